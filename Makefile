@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make run` (the pipeline, ending in a leaderboard) and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export SKYBENCH_ROOT := $(CURDIR)
+# Quiet TensorFlow and keep the CPU thread count sane on small machines.
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: setup data run test lint clean
+
+# Create or refresh .venv whenever pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+	@bash scripts/ensure-sandbox-tools.sh
+
+# Real data from the DVC remote `challenge`; go on without it when the remote is unreachable.
+data: setup
+	@bash scripts/pull-real-data.sh
+
+run: setup data
+	dvc repro
+	skybench report
+
+test: setup data
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf releases results scratch mlflow.db mlruns

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Fetch the real-data release (data.dvc) from the default DVC remote, or say in one line why not.
+if out=$(dvc pull -q data.dvc 2>&1); then
+  echo "skybench: real data in data/ is up to date (DVC remote '$(dvc remote default)')"
+else
+  echo "skybench: real-data remote '$(dvc remote default 2>/dev/null)' is not reachable; going on without data/ ($(echo "$out" | grep -m1 -i error | cut -c1-160))"
+fi
+exit 0

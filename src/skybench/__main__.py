@@ -1,0 +1,3 @@
+from skybench.cli import app
+
+app()

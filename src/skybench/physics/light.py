@@ -1,0 +1,54 @@
+"""Light profiles in lenstronomy's conventions (LightModel/Profiles): surface brightness per arcsec^2."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.special import gamma as gamma_fn
+
+from .backend import array_namespace, param
+
+_SMOOTHING = 1e-4  # lenstronomy SersicUtil(smoothing=0.0001): floor on R and R_sersic
+
+
+def b_n(n: Any) -> Any:
+    """lenstronomy's linear approximation b_n = 1.9992 n - 0.3271 (SersicUtil.b_n), not gammaincinv."""
+    return np.maximum(1.9992 * np.asarray(n, dtype=np.float64) - 0.3271, 1e-5)
+
+
+def elliptical_radius2(x: Any, y: Any, e1: Any, e2: Any, center_x: Any, center_y: Any) -> Any:
+    """Squared product-average elliptical radius (lenstronomy param_util.transform_e1e2_product_average)."""
+    e1, e2 = np.asarray(e1, dtype=np.float64), np.asarray(e2, dtype=np.float64)
+    norm = np.sqrt(np.maximum(np.abs(1 - e1**2 - e2**2), 1e-6))
+    dx, dy = x - param(center_x, x), y - param(center_y, x)
+    xe = param((1 - e1) / norm, x) * dx - param(e2 / norm, x) * dy
+    ye = -param(e2 / norm, x) * dx + param((1 + e1) / norm, x) * dy
+    return xe**2 + ye**2
+
+
+def sersic_ellipse(x: Any, y: Any, amp: Any, R_sersic: Any, n_sersic: Any, e1: Any, e2: Any,
+                   center_x: Any, center_y: Any) -> Any:
+    """I(R) = amp exp(-b_n [(R/R_sersic)^(1/n) - 1]) (lenstronomy SERSIC_ELLIPSE)."""
+    xp = array_namespace(x)
+    R2 = xp.maximum(elliptical_radius2(x, y, e1, e2, center_x, center_y), param(_SMOOTHING**2, x))
+    R_s = np.maximum(np.asarray(R_sersic, dtype=np.float64), _SMOOTHING)
+    n, bn = np.asarray(n_sersic, dtype=np.float64), b_n(n_sersic)
+    # (R/Rs)^(1/n) = exp(log(R^2)/(2n) - log(Rs)/n): no sqrt or pow on the pixel grid.
+    frac = xp.exp(xp.log(R2) * param(0.5 / n, x) - param(np.log(R_s) / n, x))
+    return param(amp, x) * xp.exp(param(bn, x) - param(bn, x) * frac)
+
+
+def sersic_total_flux(amp: Any, R_sersic: Any, n_sersic: Any) -> Any:
+    """Total flux 2 pi n R^2 amp e^b / b^(2n) Gamma(2n) (lenstronomy SersicUtil._total_flux)."""
+    n, bn = np.asarray(n_sersic, dtype=np.float64), b_n(n_sersic)
+    return amp * np.asarray(R_sersic) ** 2 * 2 * np.pi * n * np.exp(bn) / bn ** (2 * n) * gamma_fn(2 * n)
+
+
+def gaussian_ellipse(x: Any, y: Any, amp: Any, sigma: Any, e1: Any, e2: Any,
+                     center_x: Any, center_y: Any) -> Any:
+    """amp / (2 pi sigma^2) exp(-R^2 / 2 sigma^2), amp = total flux (lenstronomy GAUSSIAN_ELLIPSE)."""
+    xp = array_namespace(x)
+    sigma = np.asarray(sigma, dtype=np.float64)
+    R2 = elliptical_radius2(x, y, e1, e2, center_x, center_y)
+    return param(amp / (2 * np.pi * sigma**2), x) * xp.exp(-R2 * param(0.5 / sigma**2, x))

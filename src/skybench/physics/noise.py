@@ -1,0 +1,25 @@
+"""Noise model of lenstronomy's Util/data_util.py and SimAPI.noise_for_model, in e-/s per pixel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def magnitude2cps(magnitude: Any, zero_point: float) -> Any:
+    """counts per second = 10^(-(m - ZP)/2.5), ZP the magnitude giving 1 e-/s (data_util.magnitude2cps)."""
+    return 10.0 ** (-(np.asarray(magnitude, dtype=np.float64) - zero_point) / 2.5)
+
+
+def cps2magnitude(cps: Any, zero_point: float) -> Any:
+    return -2.5 * np.log10(np.asarray(cps, dtype=np.float64)) + zero_point
+
+
+def background_sigma(read_noise: float, exposure_time: float, num_exposures: int, sky_brightness: float,
+                     zero_point: float, pixel_scale: float) -> float:
+    """sigma_bkg = sqrt(N RN^2 + T cps_sky pix^2) / T, T = N t_exp (data_util.bkg_noise)."""
+    total_time = num_exposures * exposure_time
+    sky_cps = magnitude2cps(sky_brightness, zero_point) * pixel_scale**2
+    return float(np.sqrt(num_exposures * read_noise**2 + total_time * sky_cps) / total_time)
+

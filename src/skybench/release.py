@@ -1,0 +1,176 @@
+"""Versioned dataset releases: one writer for every track, atomic, hashed, streamed in chunks.
+
+Layout::
+
+    DIR/manifest.json            track, profile, seed, version, counts, shapes, sha256 of every file
+    DIR/public/{train,val}/      images-00000.npy ... (float32, N x bands x H x W) + meta.parquet
+    DIR/public/test/             images-*.npy + index.parquet (ids only)
+    DIR/hidden/test/meta.parquet labels and full metadata of the test set
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from . import __version__
+
+FORMAT = "skybench-release/1"
+SPLITS = ("train", "val", "test")
+# (split, [(start, stop), ...]) -> the chunks in that order: (float32 images (B, ...), metadata with ``id``)
+ChunksFn = Callable[[str, list[tuple[int, int]]], Iterator[tuple[np.ndarray, pd.DataFrame]]]
+
+
+class ReleaseError(RuntimeError):
+    """A release is missing, incomplete or does not match its manifest."""
+
+
+def sha256_file(path: Path, block: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+    # No pandas index, fixed writer settings: the same table always gives the same bytes.
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, compression="zstd")
+
+
+def write_release(out: Path, *, info: dict[str, Any], counts: dict[str, int], image_shape: tuple[int, ...],
+                  make_chunks: ChunksFn, chunk_size: int = 128, shard_size: int = 10_000,
+                  public_test_columns: tuple[str, ...] = ("id",), label_columns: tuple[str, ...] = (),
+                  progress: bool = True) -> Path:
+    """Write a release to ``out`` atomically: build it in a sibling temporary folder, then rename.
+
+    A failure (including a full disk) removes the temporary folder and leaves any previous release intact.
+    ``label_columns`` are kept out of ``public/test``; everything but ``public_test_columns`` is hidden."""
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with _progress(progress) as bar:
+            for split in SPLITS:
+                n = counts.get(split, 0)
+                if n:
+                    _write_split(tmp, split, n, image_shape, make_chunks, chunk_size, shard_size,
+                                 public_test_columns, bar)
+        files = {p.relative_to(tmp).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                 for p in sorted(tmp.rglob("*")) if p.is_file()}
+        manifest = {"format": FORMAT, **info, "skybench_version": __version__,
+                    "counts": {s: counts.get(s, 0) for s in SPLITS}, "image_shape": list(image_shape),
+                    "image_dtype": "float32", "label_columns": list(label_columns), "files": files}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_split(root: Path, split: str, n: int, image_shape: tuple[int, ...], make_chunks: ChunksFn,
+                 chunk_size: int, shard_size: int, public_test_columns: tuple[str, ...], bar: Any) -> None:
+    pub = root / "public" / split
+    pub.mkdir(parents=True)
+    task = bar.add_task(f"{split:5s}", total=n) if bar else None
+    metas = []
+    for shard_no, shard_start in enumerate(range(0, n, shard_size)):
+        shard_stop = min(n, shard_start + shard_size)
+        arr = np.lib.format.open_memmap(pub / f"images-{shard_no:05d}.npy", mode="w+", dtype=np.float32,
+                                        shape=(shard_stop - shard_start, *image_shape))
+        ranges = [(a, min(shard_stop, a + chunk_size)) for a in range(shard_start, shard_stop, chunk_size)]
+        for (start, stop), (images, meta) in zip(ranges, make_chunks(split, ranges), strict=True):
+            if images.shape != (stop - start, *image_shape):
+                raise ValueError(f"chunk {split}[{start}:{stop}] has shape {images.shape}")
+            arr[start - shard_start:stop - shard_start] = images
+            metas.append(meta)
+            if bar:
+                bar.advance(task, stop - start)
+        arr.flush()
+        del arr
+    meta = pd.concat(metas, ignore_index=True)
+    if split == "test":
+        _write_parquet(meta[list(public_test_columns)], pub / "index.parquet")
+        (root / "hidden" / split).mkdir(parents=True)
+        _write_parquet(meta, root / "hidden" / split / "meta.parquet")
+    else:
+        _write_parquet(meta, pub / "meta.parquet")
+
+
+class _NoBar:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _progress(enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    path = Path(root) / "manifest.json"
+    if not path.is_file():
+        raise ReleaseError(f"{root}: not a skybench release (no manifest.json); was it written completely?")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ReleaseError(f"{path}: corrupt manifest ({exc})") from exc
+    if manifest.get("format") != FORMAT:
+        raise ReleaseError(f"{path}: unknown release format {manifest.get('format')!r}, expected {FORMAT}")
+    return manifest
+
+
+def verify_release(root: Path, *, include_hidden: bool = True) -> list[str]:
+    """Re-hash every file against the manifest; return one message per problem (empty list: all good)."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    problems = []
+    listed = manifest["files"]
+    for rel, entry in sorted(listed.items()):
+        if not include_hidden and rel.startswith("hidden/"):
+            continue
+        path = root / rel
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif path.stat().st_size != entry["bytes"]:
+            problems.append(f"{path}: size {path.stat().st_size} bytes, manifest says {entry['bytes']}")
+        elif sha256_file(path) != entry["sha256"]:
+            problems.append(f"{path}: sha256 does not match the manifest")
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_file() and rel != "manifest.json" and rel not in listed:
+            problems.append(f"{path}: not listed in the manifest")
+    return problems
+
+
+def release_digest(root: Path) -> str:
+    """sha256 of the manifest: one value that names the exact content of a release."""
+    return sha256_file(Path(root) / "manifest.json")
+
+
+def iter_shards(root: Path, split: str) -> Iterator[np.ndarray]:
+    for path in sorted((Path(root) / "public" / split).glob("images-*.npy")):
+        yield np.load(path, mmap_mode="r")

@@ -1,0 +1,41 @@
+"""A short summary of what the pipeline produced, printed at the end of ``make run``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from .release import ReleaseError, read_manifest, verify_release
+
+
+def print_report(releases: Path) -> None:
+    console = Console()
+    table = Table(title="Releases")
+    for col in ("release", "track", "profile", "seed", "train", "val", "test", "lens fraction (train)",
+                "verify"):
+        table.add_column(col)
+    for root in sorted(p for p in Path(releases).glob("*") if p.is_dir()):
+        try:
+            m = read_manifest(root)
+        except ReleaseError as exc:
+            table.add_row(root.name, "-", "-", "-", "-", "-", "-", "-", str(exc))
+            continue
+        frac = "-"
+        label = (m.get("label_columns") or [None])[0]
+        meta = root / "public" / "train" / "meta.parquet"
+        if label and meta.is_file():
+            frac = f"{pd.read_parquet(meta, columns=[label])[label].mean():.2f}"
+        problems = verify_release(root)
+        c = m["counts"]
+        table.add_row(root.name, m["track"], m["profile"], str(m["seed"]), str(c["train"]), str(c["val"]),
+                      str(c["test"]), frac, "ok" if not problems else f"{len(problems)} problem(s)")
+    console.print(table)
+    data = Path(releases).parent / "data"
+    if (data / "README.md").is_file():
+        n = sum(1 for p in data.rglob("*") if p.is_file())
+        console.print(f"Real data: {data} ({n} files, pulled from the DVC remote)")
+    else:
+        console.print("Real data: not present (the DVC remote 'challenge' was not reachable)")

@@ -1,0 +1,78 @@
+"""The ``simulate`` stage: make a versioned release of a track from its YAML, a profile and a seed."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .physics.backend import get_backend
+from .release import write_release
+from .tracks import Track, load_track
+
+
+def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", seed: int = 0,
+                     size: int | None = None, backend: str = "auto", progress: bool = True,
+                     chunk_size: int = 128, workers: int | None = None) -> Path:
+    """Simulate ``track`` into the release folder ``out``.
+
+    On the CPU, chunks are simulated by ``workers`` processes (default: all cores); every object has its
+    own seed, so the files are the same whatever the number of workers.
+    ``size`` overrides the number of test cut-outs and scales train/val in proportion (for quick runs)."""
+    track = load_track(track) if isinstance(track, str) else track
+    split = track.split_sizes(profile)
+    counts = {"train": split.train, "val": split.val, "test": split.test}
+    if size is not None:
+        scale = size / max(split.test, 1)
+        counts = {"train": max(1, round(split.train * scale)), "val": max(1, round(split.val * scale)),
+                  "test": size}
+    be = get_backend(backend)
+    if track.task != "lens":  # pragma: no cover - later tasks register their simulator here
+        raise NotImplementedError(f"no simulator for task {track.task!r}")
+    label_columns = ("is_lens",)
+    workers = workers or (os.cpu_count() or 1) if be.name == "numpy" else 1
+    n = track.cutout.size
+    info = {"track": track.name, "task": track.task, "profile": profile, "seed": seed,
+            "bands": track.band_names, "pixel_scale": track.survey.pixel_scale, "units": "e-/s per pixel",
+            "backend": f"{be.name}-{be.device}"}
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(track, backend)) if workers > 1 \
+            else _InProcess(track, backend) as pool:
+
+        def make_chunks(split: str, ranges: list[tuple[int, int]]) -> Iterator[Any]:
+            return pool.map(_simulate_chunk, [(seed, split, a, b) for a, b in ranges])
+
+        return write_release(Path(out), info=info, counts=counts, image_shape=(len(track.band_names), n, n),
+                             make_chunks=make_chunks, chunk_size=chunk_size, label_columns=label_columns,
+                             progress=progress)
+
+
+_SIM: Any = None
+
+
+def _init_worker(track: Track, backend: str) -> None:
+    global _SIM
+    from .lens_simulator import LensSimulator
+
+    _SIM = LensSimulator(track, get_backend(backend))
+
+
+def _simulate_chunk(job: tuple[int, str, int, int]) -> Any:
+    return _SIM.simulate(*job)
+
+
+class _InProcess:
+    """The executor interface, run in this process (one worker, or a GPU backend)."""
+
+    def __init__(self, track: Track, backend: str):
+        _init_worker(track, backend)
+
+    def __enter__(self) -> _InProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def map(self, fn: Any, jobs: list[Any]) -> Iterator[Any]:
+        return map(fn, jobs)

@@ -1,0 +1,120 @@
+"""Track definitions: one YAML file per track under ``benchmarks/``, validated here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Band(_Strict):
+    name: str
+    zero_point: float = Field(description="magnitude giving 1 e-/s")
+    sky_brightness: float = Field(description="mag/arcsec^2")
+    exposure_time: float = Field(gt=0, description="seconds per exposure")
+    num_exposures: int = Field(gt=0)
+    read_noise: float = Field(ge=0, description="e- per exposure")
+    ccd_gain: float = Field(gt=0)
+    seeing: float = Field(gt=0, description="Gaussian PSF FWHM [arcsec]")
+
+
+class Survey(_Strict):
+    name: str
+    pixel_scale: float = Field(gt=0, description="arcsec/pixel")
+    bands: list[Band]
+
+
+class Cutout(_Strict):
+    size: int = Field(gt=0)
+    supersampling: int = Field(1, ge=1)
+
+
+class Split(_Strict):
+    train: int = Field(ge=0)
+    val: int = Field(ge=0)
+    test: int = Field(ge=0)
+
+
+class Metrics(_Strict):
+    primary: str
+    higher_is_better: bool
+    report: list[str]
+
+
+class Output(_Strict):
+    kind: Literal["score", "point", "pdf", "image"]
+    shape: list[str | int]
+
+
+class SandboxLimits(_Strict):
+    memory_mb: int = 4096
+    cpu_seconds: int = 600
+    wall_seconds: float = 900
+    max_processes: int = 64
+
+
+class Evaluation(_Strict):
+    batch_size: int = Field(256, gt=0)
+
+
+class Track(_Strict):
+    name: str
+    task: Literal["lens"]
+    description: str
+    survey: Survey
+    cutout: Cutout
+    profiles: dict[str, Split]
+    population: dict[str, Any]
+    label: dict[str, Any]
+    metrics: Metrics
+    output: Output
+    sandbox: SandboxLimits = SandboxLimits()
+    evaluation: Evaluation = Evaluation()
+
+    @property
+    def band_names(self) -> list[str]:
+        return [b.name for b in self.survey.bands]
+
+    def split_sizes(self, profile: str) -> Split:
+        if profile not in self.profiles:
+            raise KeyError(f"track {self.name!r} has no profile {profile!r}; it has {sorted(self.profiles)}")
+        return self.profiles[profile]
+
+
+def project_root() -> Path:
+    """The repository root: $SKYBENCH_ROOT, else the nearest parent holding ``benchmarks/``."""
+    if env := os.environ.get("SKYBENCH_ROOT"):
+        return Path(env).resolve()
+    for parent in [Path.cwd(), *Path.cwd().parents]:
+        if (parent / "benchmarks").is_dir():
+            return parent
+    return Path.cwd()
+
+
+def benchmarks_dir() -> Path:
+    return project_root() / "benchmarks"
+
+
+def list_tracks() -> list[str]:
+    return sorted(p.stem for p in benchmarks_dir().glob("*.yaml"))
+
+
+def load_track(name_or_path: str | Path) -> Track:
+    """Load and validate a track by name (``lens-space``) or by path to its YAML file."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = benchmarks_dir() / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no track definition {path}; known tracks: {', '.join(list_tracks())}")
+    raw = yaml.safe_load(path.read_text())
+    try:
+        return Track.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(f"{path}: invalid track definition:\n{exc}") from exc

@@ -1,0 +1,30 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("SKYBENCH_ROOT", str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_space_release(tmp_path_factory) -> Path:
+    """A small lens-space release shared by the tests that only read it."""
+    from skybench.simulate import simulate_release
+
+    out = tmp_path_factory.mktemp("rel") / "lens-space"
+    return simulate_release("lens-space", out, profile="demo", seed=3, size=64, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_ground_release(tmp_path_factory) -> Path:
+    from skybench.simulate import simulate_release
+
+    out = tmp_path_factory.mktemp("rel") / "lens-ground"
+    return simulate_release("lens-ground", out, profile="demo", seed=3, size=48, progress=False)

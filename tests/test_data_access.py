@@ -1,0 +1,40 @@
+"""skybench.data: the one-line access teams use, in numpy, torch and TensorFlow."""
+
+import numpy as np
+import pytest
+
+from skybench.data import ShardedArray, open_release
+
+
+def test_numpy_access_is_memory_mapped_and_labelled(tiny_space_release):
+    rel = open_release(tiny_space_release)
+    x, y = rel.images("train"), rel.labels("train")
+    assert x.shape == (64, 1, 101, 101) and len(y) == 64
+    assert isinstance(x.shards[0], np.memmap)
+    np.testing.assert_array_equal(x[3], np.load(tiny_space_release / "public/train/images-00000.npy")[3])
+    with pytest.raises(PermissionError):
+        rel.labels("test")
+
+
+def test_sharded_array_indexes_across_shards(tmp_path):
+    for k, n in enumerate((3, 4)):
+        np.save(tmp_path / f"images-{k:05d}.npy", np.arange(n * 2, dtype=np.float32).reshape(n, 2) + 100 * k)
+    arr = ShardedArray(sorted(tmp_path.glob("*.npy")))
+    assert arr.shape == (7, 2)
+    np.testing.assert_array_equal(arr[[0, 3, 6]], [[0, 1], [100, 101], [106, 107]])
+    np.testing.assert_array_equal(arr[-1], [106, 107])
+    assert sum(len(b) for b in arr.batches(3)) == 7
+
+
+def test_torch_dataset_yields_images_and_labels(tiny_space_release):
+    torch = pytest.importorskip("torch")
+    ds = open_release(tiny_space_release).torch_dataset("train")
+    x, y = next(iter(torch.utils.data.DataLoader(ds, batch_size=8)))
+    assert tuple(x.shape) == (8, 1, 101, 101) and tuple(y.shape) == (8,)
+
+
+def test_tf_dataset_yields_images_and_labels(tiny_space_release):
+    pytest.importorskip("tensorflow")
+    ds = open_release(tiny_space_release).tf_dataset("val").batch(4)
+    x, y = next(iter(ds))
+    assert tuple(x.shape) == (4, 1, 101, 101) and tuple(y.shape) == (4,)

@@ -1,0 +1,112 @@
+"""The lens simulator against lenstronomy's ImageModel, the noise formula, and its own label rule."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from skybench.lens_simulator import LensSimulator, lenstronomy_kwargs, object_seed
+from skybench.physics.backend import get_backend
+from skybench.physics.psf import gaussian_kernel_2d
+from skybench.tracks import load_track
+
+pytest.importorskip("lenstronomy")
+from lenstronomy.Data.imaging_data import ImageData  # noqa: E402
+from lenstronomy.Data.psf import PSF  # noqa: E402
+from lenstronomy.ImSim.image_model import ImageModel  # noqa: E402
+from lenstronomy.LensModel.lens_model import LensModel  # noqa: E402
+from lenstronomy.LightModel.light_model import LightModel  # noqa: E402
+
+
+def lenstronomy_image(row: pd.Series, track, band: str) -> np.ndarray:
+    """Re-render one object from its metadata row and the track YAML alone, with lenstronomy."""
+    kw = lenstronomy_kwargs(row, track, band)
+    data = ImageData(image_data=np.zeros((kw["kwargs_pixel_grid"]["nx"],) * 2),
+                     transform_pix2angle=kw["kwargs_pixel_grid"]["transform_pix2angle"],
+                     ra_at_xy_0=kw["kwargs_pixel_grid"]["ra_at_xy_0"],
+                     dec_at_xy_0=kw["kwargs_pixel_grid"]["dec_at_xy_0"])
+    psf = PSF(psf_type="PIXEL", kernel_point_source=gaussian_kernel_2d(kw["psf_fwhm"], kw["pixel_scale"]))
+    m = kw["kwargs_model"]
+    model = ImageModel(data, psf, LensModel(m["lens_model_list"]), LightModel(m["source_light_model_list"]),
+                       LightModel(m["lens_light_model_list"]), kwargs_numerics=kw["kwargs_numerics"])
+    return model.image(kw["kwargs_lens"], kw["kwargs_source"], kw["kwargs_lens_light"])
+
+
+def _rows_covering_every_component(sim: LensSimulator, n: int = 400) -> pd.DataFrame:
+    rows = pd.DataFrame([{"id": i, **sim.sample(object_seed(7, "train", i))} for i in range(n)])
+    picks = [rows[rows[c]].index[0] for c in ("has_source", "has_companion", "has_arclet", "has_ring")]
+    picks.append(rows[rows.n_clumps == 3].index[0])
+    picks.append(rows[~rows.has_source].index[0])
+    return rows.loc[picks].reset_index(drop=True)
+
+
+@pytest.mark.parametrize("track_name", ["lens-space", "lens-ground"])
+def test_noise_free_image_matches_lenstronomy_image_model_to_1e3_of_peak(track_name):
+    track = load_track(track_name)
+    sim = LensSimulator(track, get_backend("numpy"))
+    rows = _rows_covering_every_component(sim)
+    model, _ = sim.render(rows)
+    for i, row in rows.iterrows():
+        for b, band in enumerate(track.band_names):
+            ref = lenstronomy_image(row, track, band)
+            peak = np.max(np.abs(ref))
+            assert np.max(np.abs(model[i, b] - ref)) < 1e-3 * peak, (track_name, i, band)
+
+
+def test_torch_backend_renders_the_same_image_as_numpy():
+    pytest.importorskip("torch")
+    track = load_track("lens-space")
+    img_np, meta_np = LensSimulator(track, get_backend("numpy")).simulate(1, "test", 0, 4)
+    img_t, meta_t = LensSimulator(track, get_backend("torch-cpu")).simulate(1, "test", 0, 4)
+    pd.testing.assert_frame_equal(meta_np.drop(columns=["arc_snr", "magnification"]),
+                                  meta_t.drop(columns=["arc_snr", "magnification"]))
+    np.testing.assert_allclose(img_t, img_np, atol=1e-4 * np.abs(img_np).max())
+
+
+def test_psf_convolution_conserves_flux():
+    track = load_track("lens-ground")
+    sim = LensSimulator(track, get_backend("numpy"))
+    r = sim.renderer
+    img = np.zeros((1, 4, r.size, r.size), dtype=np.float32)
+    img[0, :, 50, 50] = 1.0
+    img[0, :, 40:60, 45] = 2.0
+    out = r.convolve(img)
+    np.testing.assert_allclose(out.sum(axis=(2, 3)), img.sum(axis=(2, 3)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("track_name", ["lens-space", "lens-ground"])
+def test_noise_level_matches_the_data_util_formula_within_2_percent(track_name):
+    track = load_track(track_name)
+    sim = LensSimulator(track, get_backend("numpy"))
+    images, meta = sim.simulate(5, "train", 0, 32)
+    model, _ = sim.render(meta.drop(columns=["split"]))
+    resid = images - model
+    # Background-dominated pixels: the outer ring of the cut-out, where sources are faint.
+    edge = np.zeros(images.shape[-2:], bool)
+    edge[:8], edge[-8:], edge[:, :8], edge[:, -8:] = True, True, True, True
+    measured = resid[:, :, edge].std(axis=(0, 2))
+    expected = np.sqrt(sim.renderer.sigma_bkg**2 + np.abs(model[:, :, edge]).mean(axis=(0, 2))
+                       / sim.renderer.total_time)
+    np.testing.assert_allclose(measured, expected, rtol=0.02)
+
+
+def test_label_follows_the_visibility_rule_and_records_its_quantities(tiny_space_release):
+    meta = pd.read_parquet(tiny_space_release / "public" / "train" / "meta.parquet")
+    rule = load_track("lens-space").label
+    expected = (meta.has_source & (meta.magnification > rule["min_magnification"])
+                & (meta.n_pix_source > rule["min_source_pixels"]))
+    assert (meta.is_lens.astype(bool) == expected).all()
+    assert {"lens_theta_E", "magnification", "arc_snr", "n_pix_source", "seed"} <= set(meta.columns)
+    assert meta.loc[meta.has_source, "magnification"].min() > 0.5
+    assert 0 < meta.is_lens.mean() < 1
+
+
+def test_an_object_is_remade_exactly_from_its_seed(tiny_space_release):
+    meta = pd.read_parquet(tiny_space_release / "public" / "train" / "meta.parquet")
+    sim = LensSimulator(load_track("lens-space"), get_backend("numpy"))
+    row = meta.iloc[5]
+    again = sim.sample(int(row["seed"]))
+    for key, value in again.items():
+        assert row[key] == value or (np.isinf(value) and np.isinf(row[key])), key
+    images = np.load(tiny_space_release / "public" / "train" / "images-00000.npy")
+    one, _ = sim.simulate(3, "train", 5, 6)
+    np.testing.assert_array_equal(one[0], images[5])

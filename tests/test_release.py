@@ -1,0 +1,99 @@
+"""Releases: byte-identical for a seed, hashed in the manifest, verified, and written atomically."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from skybench.cli import app
+from skybench.release import read_manifest, verify_release, write_release
+from skybench.simulate import simulate_release
+
+
+def _files(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_byte_identical_files_and_another_seed_does_not(tmp_path, tiny_ground_release):
+    # One worker here, several for the fixture: the bytes must not depend on it.
+    again = simulate_release("lens-ground", tmp_path / "again", seed=3, size=48, progress=False, workers=1,
+                             chunk_size=20)
+    assert _files(again) == _files(tiny_ground_release)
+    other = simulate_release("lens-ground", tmp_path / "other", seed=4, size=48, progress=False)
+    a, b = _files(other), _files(tiny_ground_release)
+    assert a.keys() == b.keys()
+    assert a["public/test/images-00000.npy"] != b["public/test/images-00000.npy"]
+
+
+def test_manifest_describes_the_release(tiny_ground_release):
+    m = read_manifest(tiny_ground_release)
+    assert m["track"] == "lens-ground" and m["profile"] == "demo" and m["seed"] == 3
+    assert m["bands"] == ["u", "g", "r", "i"] and m["pixel_scale"] == 0.2
+    assert m["image_shape"] == [4, 101, 101] and m["counts"]["test"] == 48
+    assert set(m["files"]) >= {"public/train/meta.parquet", "public/test/index.parquet",
+                               "hidden/test/meta.parquet", "public/test/images-00000.npy"}
+    images = np.load(tiny_ground_release / "public/test/images-00000.npy", mmap_mode="r")
+    assert images.dtype == np.float32 and images.shape == (48, 4, 101, 101)
+
+
+def test_test_labels_are_only_in_hidden(tiny_ground_release):
+    public = pd.read_parquet(tiny_ground_release / "public/test/index.parquet")
+    hidden = pd.read_parquet(tiny_ground_release / "hidden/test/meta.parquet")
+    assert list(public.columns) == ["id"]
+    assert "is_lens" in hidden.columns and (hidden.id.to_numpy() == public.id.to_numpy()).all()
+
+
+def test_verify_passes_and_names_a_changed_file(tmp_path, tiny_space_release):
+    assert verify_release(tiny_space_release) == []
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_space_release, copy)
+    shard = copy / "public/train/images-00000.npy"
+    data = bytearray(shard.read_bytes())
+    data[-7] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    problems = verify_release(copy)
+    assert len(problems) == 1 and "public/train/images-00000.npy" in problems[0]
+    result = CliRunner().invoke(app, ["verify", str(copy)])
+    assert result.exit_code != 0 and "images-00000.npy" in result.output
+
+
+def test_verify_rejects_a_folder_without_manifest(tmp_path):
+    result = CliRunner().invoke(app, ["verify", str(tmp_path)])
+    assert result.exit_code != 0 and "manifest.json" in result.output
+
+
+def test_a_failed_write_leaves_the_previous_release_intact(tmp_path, tiny_space_release):
+    import shutil
+
+    out = tmp_path / "rel"
+    shutil.copytree(tiny_space_release, out)
+    before = _files(out)
+
+    def failing_chunks(split, ranges):
+        for start, stop in ranges:
+            if split == "val":
+                raise OSError(28, "No space left on device")
+            yield np.zeros((stop - start, 1, 4, 4), np.float32), pd.DataFrame({"id": range(start, stop)})
+
+    with pytest.raises(OSError, match="No space"):
+        write_release(out, info={}, counts={"train": 10, "val": 5, "test": 5}, image_shape=(1, 4, 4),
+                      make_chunks=failing_chunks, progress=False)
+    assert _files(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["rel"]  # no temporary folder left behind
+
+
+def test_cli_simulate_writes_a_release(tmp_path):
+    result = CliRunner().invoke(app, ["simulate", "lens-space", "--out", str(tmp_path / "r"), "--size", "8",
+                                      "--seed", "2"])
+    assert result.exit_code == 0, result.output
+    m = json.loads((tmp_path / "r/manifest.json").read_text())
+    assert m["counts"] == {"train": 8, "val": 2, "test": 8}
+
+
+def test_cli_simulate_names_an_unknown_track(tmp_path):
+    result = CliRunner().invoke(app, ["simulate", "no-such-track", "--out", str(tmp_path / "r")])
+    assert result.exit_code != 0 and "no-such-track" in result.output

@@ -1,0 +1,253 @@
+"""Attacks on skybench.sandbox: each must fail inside the sandbox, be reported, and leave the host intact."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from skybench.sandbox import Limits, SandboxResult, run_sandboxed
+
+
+def _bwrap_works() -> bool:
+    if shutil.which("bwrap") is None:
+        return False
+    try:
+        probe = ["bwrap", "--ro-bind", "/", "/", "--unshare-net", "--unshare-pid", "true"]
+        if os.geteuid() != 0:
+            probe.insert(1, "--unshare-user")
+        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _bwrap_works(), reason="bubblewrap missing or cannot create namespaces")
+
+FAST = Limits(memory_mb=1024, cpu_seconds=20, wall_seconds=30, max_processes=32)
+
+
+def run_script(tmp_path: Path, source: str, *args: str, limits: Limits = FAST, ro_binds=(),
+               **kw) -> SandboxResult:
+    """Write ``source`` to a read-only-bound folder and run it with the sandbox's Python."""
+    code = tmp_path / "code"
+    code.mkdir(exist_ok=True)
+    code.chmod(0o755)  # as root the sandboxed command runs as an unprivileged uid
+    script = code / "attack.py"
+    script.write_text(textwrap.dedent(source))
+    script.chmod(0o644)
+    return run_sandboxed([sys.executable, str(script), *args], scratch=tmp_path / "scratch",
+                         ro_binds=[code, *ro_binds], limits=limits, **kw)
+
+
+def host_processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_well_behaved_script_writes_scratch_and_succeeds(tmp_path):
+    res = run_script(tmp_path, """
+        import os
+        with open("/scratch/out.txt", "w") as f:
+            f.write("result " + os.environ["FOO"])
+        print("hello from", os.getcwd())
+    """, env={"FOO": "bar"})
+    assert res.ok, res
+    assert (res.returncode, res.reason) == (0, "")
+    assert res.stdout == "hello from /scratch\n"
+    out = tmp_path / "scratch" / "out.txt"
+    assert out.read_text() == "result bar"
+    assert out.stat().st_uid == os.getuid()  # ownership handed back to the caller
+
+
+def test_crashing_script_reports_last_stderr_line(tmp_path):
+    res = run_script(tmp_path, 'raise RuntimeError("boom")')
+    assert not res.ok
+    assert res.returncode == 1
+    assert res.reason == "exited with status 1: RuntimeError: boom"
+    assert "Traceback" in res.stderr
+
+
+def test_socket_to_host_loopback_server_never_connects(tmp_path):
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    server.setblocking(False)
+    port = server.getsockname()[1]
+    try:
+        res = run_script(tmp_path, f"""
+            import socket
+            s = socket.create_connection(("127.0.0.1", {port}), timeout=3)
+            s.sendall(b"stolen labels")
+            print("connected")
+        """)
+        assert not res.ok
+        assert res.reason.startswith("exited with status 1: ")
+        assert "Connection" in res.reason or "unreachable" in res.reason
+        assert "connected" not in res.stdout
+        with pytest.raises(BlockingIOError):  # the host server never saw a connection
+            server.accept()
+    finally:
+        server.close()
+
+
+def test_hidden_dir_next_to_bound_public_dir_is_invisible(tmp_path):
+    release = tmp_path / "release"
+    (release / "public" / "test").mkdir(parents=True)
+    (release / "hidden").mkdir()
+    (release / "public" / "test" / "images.txt").write_text("public images")
+    secret = f"label-secret-{uuid.uuid4().hex}"
+    (release / "hidden" / "labels.csv").write_text(secret)
+    res = run_script(tmp_path, f"""
+        import os
+        print(open("{release}/public/test/images.txt").read())
+        print(os.listdir("{release}"))
+        print(open("{release}/hidden/labels.csv").read())
+    """, ro_binds=[release / "public" / "test"])
+    assert not res.ok
+    assert res.reason.startswith("exited with status 1: FileNotFoundError")
+    assert "public images" in res.stdout  # the bound public folder is readable ...
+    assert "['public']" in res.stdout  # ... but nothing else of the release exists inside
+    assert secret not in res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("target", ["host_tmp", "new_in_ro_bind", "overwrite_ro_bind", "usr"])
+def test_writes_outside_scratch_fail(tmp_path, target):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "model.onnx").write_text("original")
+    path = {"host_tmp": tmp_path / f"escape-{uuid.uuid4().hex}.txt", "new_in_ro_bind": ro / "planted.py",
+            "overwrite_ro_bind": ro / "model.onnx", "usr": Path("/usr/lib/escape-sandbox-test.txt")}[target]
+    res = run_script(tmp_path, f"""
+        with open("{path}", "w") as f:
+            f.write("pwned")
+        print("written")
+    """, ro_binds=[ro])
+    assert not res.ok
+    assert res.reason.startswith("exited with status 1: ")
+    assert any(e in res.reason for e in ("Read-only file system", "Permission denied", "No such file"))
+    assert "written" not in res.stdout
+    if target == "overwrite_ro_bind":
+        assert path.read_text() == "original"
+    else:
+        assert not path.exists()
+
+
+@pytest.mark.parametrize("alloc", ["bytearray(10 * 1024**3)", "__import__('numpy').ones(10 * 1024**3, 'u1')"])
+def test_allocating_10_gb_hits_memory_limit(tmp_path, alloc):
+    res = run_script(tmp_path, f"""
+        buf = {alloc}
+        print("allocated", len(buf))
+    """, env={"OPENBLAS_NUM_THREADS": "1"})
+    assert not res.ok
+    assert res.reason == "exceeded the memory limit of 1024 MB"
+    assert "allocated" not in res.stdout
+
+
+def test_infinite_loop_hits_wall_time_limit(tmp_path):
+    marker = f"wall-{uuid.uuid4().hex}"
+    t0 = time.monotonic()
+    res = run_script(tmp_path, "while True:\n    pass\n", marker,
+                     limits=Limits(memory_mb=1024, cpu_seconds=60, wall_seconds=3))
+    elapsed = time.monotonic() - t0
+    assert not res.ok
+    assert res.returncode is None
+    assert res.reason == "exceeded the wall-time limit of 3 s"
+    assert 2.9 <= res.wall_seconds <= 6 and elapsed <= 8
+    assert host_processes_with(marker) == []
+
+
+@pytest.mark.parametrize("ignore_sigxcpu", [False, True])
+def test_cpu_burner_hits_cpu_time_limit(tmp_path, ignore_sigxcpu):
+    res = run_script(tmp_path, f"""
+        import signal
+        if {ignore_sigxcpu}:
+            signal.signal(signal.SIGXCPU, signal.SIG_IGN)  # then the hard limit sends SIGKILL
+        while True:
+            pass
+    """, limits=Limits(memory_mb=1024, cpu_seconds=1, wall_seconds=30))
+    assert not res.ok
+    assert res.reason == "killed: exceeded the CPU-time limit of 1 s"
+    assert res.wall_seconds < 10
+
+
+@pytest.mark.parametrize("how", ["fork", "threads"])
+def test_fork_bomb_hits_process_limit(tmp_path, how):
+    res = run_script(tmp_path, f"""
+        import os, threading, time
+        for i in range(200):
+            if "{how}" == "threads":
+                threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+            elif os.fork() == 0:
+                open(f"/scratch/child-{{i}}", "w").close()
+                time.sleep(30)
+                os._exit(0)
+        print("spawned all")
+    """, limits=Limits(memory_mb=2048, cpu_seconds=20, wall_seconds=30, max_processes=8))
+    assert not res.ok
+    assert "exceeded the process limit of 8" in res.reason
+    assert "spawned all" not in res.stdout
+    assert len(list((tmp_path / "scratch").glob("child-*"))) < 8
+    assert res.wall_seconds < 10  # the sleeping children did not keep it alive
+
+
+def test_background_process_is_reported_and_killed(tmp_path):
+    marker = f"bg-{uuid.uuid4().hex}"
+    res = run_script(tmp_path, """
+        import subprocess, sys
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)", sys.argv[1]],
+                         start_new_session=True)
+        print("main done")
+    """, marker)
+    assert not res.ok
+    assert res.returncode == 0
+    assert res.reason == "left 1 background process running after it returned"
+    assert res.stdout == "main done\n"
+    assert res.wall_seconds < 10
+    assert host_processes_with(marker) == []
+
+
+def test_parent_environment_does_not_leak(tmp_path, monkeypatch):
+    token = f"tok-{uuid.uuid4().hex}"
+    monkeypatch.setenv("SECRET_TOKEN", token)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", token)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://{token}")
+    res = run_script(tmp_path, """
+        import os
+        print(dict(os.environ))
+        try:  # the sandbox's init shim: not readable either
+            print(open("/proc/1/environ", "rb").read())
+        except OSError as e:
+            print("shim environ:", e)
+        print(os.environ["SECRET_TOKEN"])
+    """)
+    assert not res.ok
+    assert res.reason == "exited with status 1: KeyError: 'SECRET_TOKEN'"
+    assert token not in res.stdout + res.stderr
+    assert "'HOME': '/scratch'" in res.stdout
+
+
+def test_gpu_flag_without_gpu_still_runs(tmp_path):
+    res = run_script(tmp_path, "print('ok')", gpu=True)
+    assert res.ok, res
+    assert res.stdout == "ok\n"
+
+
+def test_missing_bwrap_raises_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(RuntimeError, match="apt-get install bubblewrap"):
+        run_sandboxed(["true"], scratch=tmp_path / "scratch")
