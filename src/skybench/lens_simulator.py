@@ -133,14 +133,18 @@ class LensSimulator:
         xp = be.xp
         B, nb, n = len(meta), len(self.bands), r.size
         x, y = r.x, r.y
+        cols = {k: v.to_numpy() for k, v in meta.items()}  # pandas indexing is slow in the loop below
 
         def col(name: str, idx: np.ndarray) -> np.ndarray:
-            return meta[name].to_numpy(dtype=np.float64)[idx, None, None]
+            return cols[name].astype(np.float64)[idx, None, None]
 
-        everyone = np.arange(B)
-        ax, ay = sie_deflection(x, y, *(col(f"lens_{k}", everyone) for k in
+        # Deflections only where something is lensed; ``slot`` maps an object to its row in bx, by.
+        lensed_idx = np.flatnonzero(cols["has_source"])
+        slot = np.full(B, -1)
+        slot[lensed_idx] = np.arange(lensed_idx.size)
+        ax, ay = sie_deflection(x, y, *(col(f"lens_{k}", lensed_idx) for k in
                                         ("theta_E", "e1", "e2", "center_x", "center_y")))
-        sx_, sy_ = shear_deflection(x, y, col("shear_gamma1", everyone), col("shear_gamma2", everyone))
+        sx_, sy_ = shear_deflection(x, y, col("shear_gamma1", lensed_idx), col("shear_gamma2", lensed_idx))
         bx, by = x - ax - sx_, y - ay - sy_  # lens equation: beta = theta - alpha(theta)
 
         total = xp.zeros((B, nb, n, n), dtype=be.dtype, device=_dev(x))
@@ -148,13 +152,15 @@ class LensSimulator:
         comps = [(p, lensed, "sersic") for p, lensed in SERSIC_COMPONENTS] + \
                 [(p, lensed, "gauss") for p, lensed in GAUSSIAN_COMPONENTS]
         for prefix, lensed, kind in comps:
-            amps = meta[[f"{prefix}_amp_{b}" for b in self.band_names]].to_numpy(dtype=np.float64)
+            amps = np.stack([cols[f"{prefix}_amp_{b}"] for b in self.band_names], axis=1).astype(np.float64)
             idx = np.flatnonzero(np.any(amps != 0.0, axis=1))
             if idx.size == 0:
                 continue
             tidx = be.index(idx)
-            gx = bx[tidx] if lensed else x
-            gy = by[tidx] if lensed else y
+            if lensed:
+                gx, gy = bx[be.index(slot[idx])], by[be.index(slot[idx])]
+            else:
+                gx, gy = x, y
             shape = [col(f"{prefix}_{k}", idx) for k in ("e1", "e2", "center_x", "center_y")]
             if kind == "sersic":
                 sb = sersic_ellipse(gx, gy, 1.0, col(f"{prefix}_R_sersic", idx), col(f"{prefix}_n_sersic", idx),

@@ -15,7 +15,7 @@ from .tracks import Track, load_track
 
 def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", seed: int = 0,
                      size: int | None = None, backend: str = "auto", progress: bool = True,
-                     chunk_size: int = 128, workers: int | None = None) -> Path:
+                     chunk_size: int = 16, workers: int | None = None) -> Path:
     """Simulate ``track`` into the release folder ``out``.
 
     On the CPU, chunks are simulated by ``workers`` processes (default: all cores); every object has its

@@ -1,0 +1,165 @@
+"""Leaderboard of a track, built from its MLflow evaluation runs (see :mod:`skybench.tracking`).
+
+One row per (team, name): its latest complete evaluation. Ranked by the primary metric; ties go to the
+earliest submission (``submitted`` = first evaluation run of that team/name, any release, any outcome),
+then to team/name. Failed submissions (and any without a primary metric) follow the ranked rows, unranked.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from mlflow.store.tracking import SEARCH_MAX_RESULTS_DEFAULT
+from mlflow.tracking import MlflowClient
+
+from skybench.tracking import KIND_TAG, experiment_name, tracking_uri
+from skybench.tracks import Track
+
+__all__ = ["columns", "leaderboard", "render", "write_results"]
+
+Format = Literal["table", "markdown", "csv", "html"]
+
+
+def _metric_columns(track: Track, extra_columns: Sequence[str] = ()) -> list[str]:
+    p = track.metrics.primary
+    names = [*track.metrics.report, *extra_columns, f"{p}_ci_low", f"{p}_ci_high"]
+    return list(dict.fromkeys(names))  # dedupe, keep order
+
+
+def columns(track: Track, extra_columns: Sequence[str] = ()) -> list[str]:
+    """Column order of :func:`leaderboard`."""
+    head = ["rank", "team", "name", "status"]
+    return [*head, *_metric_columns(track, extra_columns), "format", "device", "submitted", "reason"]
+
+
+def _runs(track: Track) -> pd.DataFrame:
+    """Complete evaluation runs of the track, oldest first (explicit ASC: MLflow defaults to newest first).
+
+    Uses an ``MlflowClient`` on :func:`tracking_uri` rather than ``mlflow.set_tracking_uri``, which would
+    pin the process-wide URI and ignore a later ``$MLFLOW_TRACKING_URI``.
+    """
+    c = MlflowClient(tracking_uri=tracking_uri())
+    exp = c.get_experiment_by_name(experiment_name(track.name))
+    if exp is None:
+        return pd.DataFrame()
+    rows, token = [], None
+    while True:
+        page = c.search_runs(
+            [exp.experiment_id],
+            f"tags.`{KIND_TAG}` = 'evaluation' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time ASC"],
+            max_results=SEARCH_MAX_RESULTS_DEFAULT,
+            page_token=token,
+        )
+        for run in page:
+            rows.append(
+                {
+                    "start_time": pd.Timestamp(run.info.start_time, unit="ms", tz="UTC"),
+                    **{f"params.{k}": v for k, v in run.data.params.items()},
+                    **{f"tags.{k}": v for k, v in run.data.tags.items()},
+                    **{f"metrics.{k}": v for k, v in run.data.metrics.items()},
+                }
+            )
+        if not (token := page.token):
+            break
+    return pd.DataFrame(rows).sort_values("start_time", kind="stable") if rows else pd.DataFrame()
+
+
+def leaderboard(
+    track: Track, *, release_sha256: str | None = None, extra_columns: Sequence[str] = ()
+) -> pd.DataFrame:
+    """The ranked leaderboard (see module docstring); only runs on ``release_sha256`` if given."""
+    cols = columns(track, extra_columns)
+    runs = _runs(track)
+    if runs.empty:
+        return pd.DataFrame({c: pd.Series(dtype="Int64" if c == "rank" else object) for c in cols})
+
+    def col(name: str, default: object = "") -> pd.Series:
+        return runs[name] if name in runs else pd.Series(default, index=runs.index)
+
+    runs = runs.assign(team=col("params.team"), name=col("params.name"))
+    first = runs.groupby(["team", "name"])["start_time"].min().rename("first_run")
+    if release_sha256 is not None:
+        runs = runs[col("tags.release_sha256") == release_sha256]
+    latest = runs.drop_duplicates(["team", "name"], keep="last").join(first, on=["team", "name"])
+
+    out = pd.DataFrame(
+        {
+            "team": latest["team"],
+            "name": latest["name"],
+            "status": latest.get("tags.status", pd.Series("FINISHED", index=latest.index)).fillna("FINISHED"),
+            **{m: pd.to_numeric(latest.get(f"metrics.{m}", math.nan)) for m in _metric_columns(track, extra_columns)},
+            "format": latest.get("params.format", ""),
+            "device": latest.get("tags.device", ""),
+            "first_run": latest["first_run"],
+            "reason": latest.get("tags.failure_reason", ""),
+        }
+    ).fillna({"format": "", "device": "", "reason": ""})
+
+    primary = track.metrics.primary
+    ok = (out["status"] == "FINISHED") & out[primary].notna()
+    keys = ["first_run", "team", "name"]
+    ranked = out[ok].sort_values([primary, *keys], ascending=[not track.metrics.higher_is_better, True, True, True])
+    rest = out[~ok].sort_values(keys)
+    board = pd.concat([ranked, rest], ignore_index=True)
+    board.insert(0, "rank", pd.array([*range(1, len(ranked) + 1), *[pd.NA] * len(rest)], dtype="Int64"))
+    board["submitted"] = [t.isoformat(timespec="milliseconds") for t in board.pop("first_run")]
+    return board[cols]
+
+
+def _cell(value: object) -> str:
+    """Human-readable cell: floats to 4 decimals, missing values blank, one line."""
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return " ".join(str(value).split())
+
+
+def render(df: pd.DataFrame, fmt: Format = "table") -> str:
+    """Render a leaderboard as a text table, a markdown pipe table, CSV (full precision) or HTML."""
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    cells = [[_cell(v) for v in row] for row in df.astype(object).itertuples(index=False)]
+    if fmt == "markdown":
+        lines = [list(map(str, df.columns)), ["---"] * len(df.columns), *cells]
+        return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in lines) + "\n"
+    if fmt == "html":
+        return pd.DataFrame(cells, columns=df.columns).to_html(index=False)
+    if fmt == "table":
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*map(str, df.columns))
+        for row in cells:
+            table.add_row(*row)
+        buf = io.StringIO()
+        Console(file=buf, width=1000, color_system=None, force_terminal=False).print(table)
+        return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
+    raise ValueError(f"unknown format {fmt!r}; choose table, markdown, csv or html")
+
+
+def write_results(
+    track: Track, out_dir: Path, *, release_sha256: str | None = None, extra_columns: Sequence[str] = ()
+) -> None:
+    """Write ``leaderboard.md`` and ``metrics.json`` ({"team/name": {metric: value}}, ranked entries).
+
+    Deterministic for a given store, so re-publishing (e.g. after a DVC run-cache restore) is idempotent.
+    """
+    df = leaderboard(track, release_sha256=release_sha256, extra_columns=extra_columns)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "leaderboard.md").write_text(f"# Leaderboard: {track.name}\n\n" + render(df, "markdown"))
+    metrics = {
+        f"{row['team']}/{row['name']}": {
+            m: float(row[m]) for m in _metric_columns(track, extra_columns) if pd.notna(row[m])
+        }
+        for _, row in df[df["rank"].notna()].iterrows()
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

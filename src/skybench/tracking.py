@@ -1,0 +1,191 @@
+"""The one MLflow logger of skybench: one run per (submission, release) evaluation.
+
+Conventions:
+
+* the store is ``$MLFLOW_TRACKING_URI`` (read at every call), else ``<project root>/mlflow.db`` (sqlite);
+  artifacts of a sqlite store go next to the database, under ``mlartifacts/<experiment>``;
+* leaderboard runs live in ``skybench-<track>``, training curves in ``skybench-training-<track>``;
+* a run is *complete* when its MLflow status is ``FINISHED``. The submission's outcome is the ``status``
+  tag (``FINISHED`` or ``FAILED``, with ``failure_reason``): a failing submission is a complete record too.
+  A run whose logging crashed ends ``FAILED``/``KILLED`` (or stays ``RUNNING`` after a hard kill) and is
+  ignored by :func:`find_evaluation` and the leaderboard;
+* :func:`find_evaluation` returns a complete run of the same (submission, release), failed outcomes
+  included: evaluation is deterministic, so an unchanged failing submission is skipped too; a fixed
+  resubmission has a new ``submission_sha256`` and is evaluated. Pass ``include_failed=False`` to retry.
+* Under concurrency call :func:`ensure_experiment` once (creates the database and the experiment)
+  before starting parallel jobs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from mlflow.entities import Run, RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from skybench.tracks import project_root
+
+__all__ = [
+    "ensure_experiment",
+    "experiment_name",
+    "find_evaluation",
+    "git_commit",
+    "log_evaluation",
+    "tracking_uri",
+    "training_experiment",
+]
+
+KIND_TAG = "skybench.kind"
+_MAX_TAG = 5000  # MLflow caps tag values at 8000 characters
+
+
+def tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else an absolute sqlite path under the project root."""
+    if uri := os.environ.get("MLFLOW_TRACKING_URI"):
+        return uri
+    return f"sqlite:///{(project_root() / 'mlflow.db').resolve()}"
+
+
+def experiment_name(track: str) -> str:
+    """Leaderboard experiment of a track."""
+    return f"skybench-{track}"
+
+
+def training_experiment(track: str) -> str:
+    """Training-curve experiment of a track (kept apart from the leaderboard)."""
+    return f"skybench-training-{track}"
+
+
+def client() -> MlflowClient:
+    return MlflowClient(tracking_uri=tracking_uri())
+
+
+def _artifact_location(uri: str, name: str) -> str | None:
+    """For a sqlite file store: ``<db dir>/mlartifacts/<name>``; otherwise the server's default."""
+    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///"))
+    return (db.parent / "mlartifacts" / name).resolve().as_uri()
+
+
+def ensure_experiment(name: str) -> str:
+    """Id of experiment ``name``, created if missing (safe if another process creates it meanwhile)."""
+    c = client()
+    if exp := c.get_experiment_by_name(name):
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name, artifact_location=_artifact_location(tracking_uri(), name))
+    except MlflowException:
+        if exp := c.get_experiment_by_name(name):  # lost a creation race
+            return exp.experiment_id
+        raise
+
+
+def _quoted(value: str) -> str:
+    if "'" in value or "\\" in value:
+        raise ValueError(f"tag value not allowed in an MLflow filter: {value!r}")
+    return f"'{value}'"
+
+
+def find_evaluation(
+    track: str, submission_sha256: str, release_sha256: str, *, include_failed: bool = True
+) -> Run | None:
+    """The latest complete evaluation run of this (submission, release), or None."""
+    c = client()
+    exp = c.get_experiment_by_name(experiment_name(track))
+    if exp is None:
+        return None
+    query = (
+        f"tags.`{KIND_TAG}` = 'evaluation'"
+        f" and tags.submission_sha256 = {_quoted(submission_sha256)}"
+        f" and tags.release_sha256 = {_quoted(release_sha256)}"
+        " and attributes.status = 'FINISHED'"
+    )
+    if not include_failed:
+        query += " and tags.status = 'FINISHED'"
+    runs = c.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def _finite_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+def log_evaluation(
+    track: str,
+    *,
+    team: str,
+    name: str,
+    fmt: str,
+    status: Literal["FINISHED", "FAILED"],
+    metrics: Mapping[str, float],
+    tags: Mapping[str, str],
+    artifacts: Mapping[str, Path] | list[Path] = (),
+    reason: str = "",
+) -> str:
+    """Log one evaluation as one complete run; return its run id.
+
+    ``artifacts``: a list of files/directories logged at the artifact root, or ``{subdir: path}``.
+    Order: create (RUNNING) -> params/metrics/tags in one batch -> artifacts -> terminate FINISHED.
+    Any exception on the way terminates the run FAILED (KILLED on Ctrl-C) and is re-raised.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+
+    if status not in ("FINISHED", "FAILED"):
+        raise ValueError(f"status must be FINISHED or FAILED, got {status!r}")
+    c = client()
+    exp_id = ensure_experiment(experiment_name(track))
+    run = c.create_run(exp_id, run_name=f"{team}/{name}", tags={KIND_TAG: "evaluation"})
+    run_id = run.info.run_id
+    try:
+        all_tags = {
+            **{k: str(v) for k, v in tags.items()},
+            KIND_TAG: "evaluation",
+            "skybench.track": track,
+            "status": status,
+            "failure_reason": reason[:_MAX_TAG],
+        }
+        ts = run.info.start_time
+        c.log_batch(
+            run_id,
+            metrics=[Metric(k, v, ts, 0) for k, v in _finite_metrics(metrics).items()],
+            params=[Param("team", team), Param("name", name), Param("format", fmt)],
+            tags=[RunTag(k, v) for k, v in all_tags.items()],
+        )
+        items = artifacts.items() if isinstance(artifacts, Mapping) else ((None, p) for p in artifacts)
+        for subdir, path in items:
+            path = Path(path)
+            if path.is_dir():
+                c.log_artifacts(run_id, str(path), artifact_path=subdir or None)
+            else:
+                c.log_artifact(run_id, str(path), artifact_path=subdir or None)
+    except BaseException as exc:
+        end = RunStatus.KILLED if isinstance(exc, KeyboardInterrupt) else RunStatus.FAILED
+        try:
+            c.set_terminated(run_id, RunStatus.to_string(end))
+        except Exception:  # store unreachable: the run stays RUNNING, still never FINISHED
+            pass
+        raise
+    c.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def git_commit() -> str:
+    """HEAD commit of the project root, or ``unknown`` outside a git repository (or before any commit)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(project_root()), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
