@@ -50,6 +50,111 @@ def verify(release: Path) -> None:
 
 
 @app.command()
+def validate(folder: Path, release: Annotated[Path | None, typer.Option(help="release to take inputs from")] = None,
+             n: Annotated[int, typer.Option(help="number of public test inputs to run")] = 8) -> None:
+    """Check a submission: schema, loading in the sandbox, and outputs on a few public examples."""
+    import tempfile
+
+    from .evaluate import default_release
+    from .submission import SubmissionError, load_submission, sandboxed_predict
+    from .tracks import load_track
+
+    try:
+        sub = load_submission(folder)
+        track = load_track(sub.spec.track)
+    except (SubmissionError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    release = release or default_release(track)
+    if not (release / "manifest.json").is_file():
+        _fail(f"no release at {release}; make one with `skybench simulate {track.name} --out {release}` "
+              "or pass --release")
+    with tempfile.TemporaryDirectory(prefix="skybench-validate-") as scratch:
+        res = sandboxed_predict(sub, release, scratch=Path(scratch), track=track, limit=n)
+    if not res.ok:
+        _fail(f"{folder}: {res.reason}")
+    typer.echo(f"{folder}: OK - {sub.spec.format} model for {track.name} returned {res.predictions.shape} "
+               f"finite {res.predictions.dtype} scores on {n} public inputs (device: {res.device})")
+
+
+@app.command()
+def evaluate(folders: Annotated[list[Path], typer.Argument(help="submission folders")],
+             track: Annotated[str, typer.Option(help="track to evaluate on")],
+             release: Annotated[Path | None, typer.Option(help="release folder (default releases/TRACK)")] = None,
+             out: Annotated[Path | None, typer.Option(help="where evaluation records go")] = None,
+             log: Annotated[bool, typer.Option(help="publish to MLflow right away")] = True,
+             force: Annotated[bool, typer.Option(help="re-evaluate unchanged submissions")] = False) -> None:
+    """Evaluate submissions on the hidden test labels, in the sandbox, and log them to MLflow."""
+    from .evaluate import evaluate as run
+    from .release import ReleaseError
+
+    try:
+        outcomes = run(folders, track, release, out=out, publish=log, force=force)
+    except (ReleaseError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    for o in outcomes:
+        primary = next(iter(o.metrics.items()), None)
+        score = f" {primary[0]}={primary[1]:.4f}" if primary else ""
+        line = f"{o.status:9s} {o.team}/{o.name}{score}" + (f"  ({o.reason})" if o.reason else "")
+        typer.secho(line, fg=typer.colors.RED if o.status == "FAILED" else None)
+
+
+@app.command("log")
+def log_(evaluations: Path, track: Annotated[str | None, typer.Option()] = None) -> None:
+    """Publish evaluation records to MLflow (idempotent; also logs records kept during an outage)."""
+    from .log import publish_all
+
+    new, old = publish_all(evaluations, track)
+    typer.echo(f"{evaluations}: {new} run(s) logged, {old} already in MLflow")
+
+
+@app.command()
+def leaderboard(track: str,
+                format: Annotated[str, typer.Option("--format", help="table, markdown, csv or html")] = "table",
+                release: Annotated[Path | None, typer.Option(help="rank only runs on this release")] = None,
+                write: Annotated[Path | None, typer.Option(help="also write leaderboard.md, metrics.json")] = None,
+                all_releases: Annotated[bool, typer.Option(help="rank runs of every release")] = False) -> None:
+    """Print the ranking of a track (earliest submission wins ties; failed entries are listed, unranked)."""
+    from . import leaderboard as lb
+    from .evaluate import default_release
+    from .release import release_digest
+    from .tracks import load_track
+
+    t = load_track(track)
+    rel = release or default_release(t)
+    sha = None if all_releases or not (rel / "manifest.json").is_file() else release_digest(rel)
+    if write:
+        lb.write_results(t, write, release_sha256=sha)
+        _copy_roc_curves(write / "evaluations", write / "roc")
+    try:
+        typer.echo(lb.render(lb.leaderboard(t, release_sha256=sha), format))  # type: ignore[arg-type]
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+def _copy_roc_curves(evaluations: Path, out: Path) -> None:
+    """One ROC csv per evaluated submission, in one folder, for `dvc plots show`."""
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for roc in sorted(evaluations.glob("*/roc.csv")):
+        shutil.copy(roc, out / f"{roc.parent.name}.csv")
+
+
+@app.command()
+def ui(port: int = 5000) -> None:
+    """Start the MLflow UI on the project's tracking store."""
+    import subprocess
+
+    from .tracking import tracking_uri
+
+    uri = tracking_uri()
+    typer.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port}")
+    subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(port)],
+                   check=False)
+
+
+@app.command()
 def report(releases: Annotated[Path, typer.Option(help="folder holding the releases")] = Path("releases")) -> None:
     """Summarise what the pipeline produced."""
     from .report import print_report

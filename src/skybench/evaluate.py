@@ -1,0 +1,152 @@
+"""The ``evaluate`` stage: run submissions in the sandbox on a release's public test inputs and score them.
+
+For each submission it writes an evaluation record, ``OUT/<team>__<name>/`` (``evaluation.json``,
+``predictions.csv``, ``metrics.json``, ``roc.csv``, plots), and then publishes it to MLflow (``log.py``).
+Records stay on disk, so an unreachable tracking server loses nothing: ``skybench log OUT`` publishes
+them later. A bad submission becomes a FAILED record with a one-line reason; the others carry on."""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import __version__
+from .release import ReleaseError, read_manifest, release_digest, verify_release
+from .score import score
+from .submission import Submission, SubmissionError, folder_sha256, load_submission, sandboxed_predict
+from .tracking import find_evaluation, git_commit
+from .tracks import Track, load_track, project_root
+
+RECORD = "evaluation.json"
+
+
+@dataclass
+class Outcome:
+    folder: Path
+    team: str
+    name: str
+    status: str  # FINISHED, FAILED or SKIPPED
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    record: Path | None = None
+
+
+def default_release(track: Track) -> Path:
+    return project_root() / "releases" / track.name
+
+
+def default_out(track: Track) -> Path:
+    return project_root() / "results" / track.name / "evaluations"
+
+
+def check_release(release: Path, track: Track) -> str:
+    """Verify the release against its manifest before anything is scored; return its digest."""
+    manifest = read_manifest(release)
+    if manifest.get("track") != track.name:
+        raise ReleaseError(f"{release}: release of track {manifest.get('track')!r}, not {track.name!r}")
+    problems = verify_release(release)
+    if problems:
+        raise ReleaseError(f"{release}: refusing to evaluate on a release that fails verification:\n  "
+                           + "\n  ".join(problems))
+    return release_digest(release)
+
+
+def record_dir(out: Path, team: str, name: str) -> Path:
+    return out / re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{team}__{name}")
+
+
+def evaluate(folders: list[Path], track: str | Track, release: Path | None = None, *, out: Path | None = None,
+             publish: bool = True, force: bool = False) -> list[Outcome]:
+    """Evaluate every submission folder meant for ``track``; return one outcome per folder."""
+    from .log import publish_record
+
+    track = load_track(track) if isinstance(track, str) else track
+    release = Path(release or default_release(track))
+    out = Path(out or default_out(track))
+    release_sha = check_release(release, track)
+    hidden = pd.read_parquet(release / "hidden" / "test" / "meta.parquet")
+    outcomes = []
+    for folder in map(Path, folders):
+        outcome = _evaluate_one(folder, track, release, release_sha, hidden, out, force)
+        if publish and outcome.record is not None:
+            try:
+                publish_record(outcome.record, track.name)
+            except Exception as exc:  # noqa: BLE001 - the record stays on disk for `skybench log`
+                outcome.reason = (f"{outcome.reason}; " if outcome.reason else "") + \
+                    f"not logged to MLflow ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); " \
+                    f"the record is kept in {outcome.record}, publish it later with `skybench log {out}`"
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _evaluate_one(folder: Path, track: Track, release: Path, release_sha: str, hidden: pd.DataFrame, out: Path,
+                  force: bool) -> Outcome:
+    try:
+        sub = load_submission(folder)
+    except SubmissionError as exc:
+        # Still recorded (and ranked as FAILED) under the folder's name, so organisers see it.
+        rec = _write_record(record_dir(out, "invalid", folder.name), team="invalid", name=folder.name, fmt="?",
+                            status="FAILED", reason=str(exc).replace("\n", " "), sub_sha=_safe_sha(folder),
+                            release_sha=release_sha, device="none", metrics={})
+        return Outcome(folder, "invalid", folder.name, "FAILED", str(exc), record=rec)
+    spec = sub.spec
+    if spec.track != track.name:
+        return Outcome(folder, spec.team, spec.name, "SKIPPED", f"submission is for track {spec.track}")
+    rdir = record_dir(out, spec.team, spec.name)
+    if not force and (_same_record(rdir, sub, release_sha) or _in_mlflow(track.name, sub.sha256, release_sha)):
+        return Outcome(folder, spec.team, spec.name, "SKIPPED", "unchanged since its last evaluation",
+                       record=rdir if (rdir / RECORD).is_file() else None)
+    with tempfile.TemporaryDirectory(prefix="skybench-scratch-") as scratch:
+        res = sandboxed_predict(sub, release / "public" / "test", scratch=Path(scratch), track=track)
+    metrics: dict[str, float] = {}
+    status, reason = ("FINISHED", "") if res.ok else ("FAILED", res.reason)
+    if res.ok:
+        rdir.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"id": res.ids, "score": res.predictions}).to_csv(rdir / "predictions.csv", index=False)
+        metrics = score(track, res.ids, res.predictions, hidden, rdir)
+    rec = _write_record(rdir, team=spec.team, name=spec.name, fmt=spec.format, status=status, reason=reason,
+                        sub_sha=sub.sha256, release_sha=release_sha, device=res.device, metrics=metrics,
+                        seconds=res.seconds, n=len(res.ids))
+    return Outcome(folder, spec.team, spec.name, status, reason, metrics, rec)
+
+
+def _in_mlflow(track: str, sub_sha: str, release_sha: str) -> bool:
+    try:
+        return find_evaluation(track, sub_sha, release_sha) is not None
+    except Exception:  # noqa: BLE001 - an unreachable server must not stop evaluation; logging reports it
+        return False
+
+
+def _safe_sha(folder: Path) -> str:
+    try:
+        return folder_sha256(folder)
+    except OSError:
+        return "unreadable"
+
+
+def _same_record(rdir: Path, sub: Submission, release_sha: str) -> bool:
+    try:
+        rec = json.loads((rdir / RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    return rec.get("submission_sha256") == sub.sha256 and rec.get("release_sha256") == release_sha
+
+
+def _write_record(rdir: Path, *, team: str, name: str, fmt: str, status: str, reason: str, sub_sha: str,
+                  release_sha: str, device: str, metrics: dict, **extra: object) -> Path:
+    rdir.mkdir(parents=True, exist_ok=True)
+    if status != "FINISHED":  # no stale predictions or plots from an earlier, successful version
+        for p in rdir.iterdir():
+            p.unlink()
+    rec = {"team": team, "name": name, "format": fmt, "status": status, "reason": reason,
+           "submission_sha256": sub_sha, "release_sha256": release_sha, "device": device,
+           "skybench_version": __version__, "git_commit": git_commit(), "metrics": metrics, **extra}
+    tmp = rdir / f".{RECORD}.tmp"
+    tmp.write_text(json.dumps(rec, indent=2, sort_keys=True, default=float) + "\n")
+    tmp.replace(rdir / RECORD)  # the record appears whole or not at all
+    return rdir

@@ -1,0 +1,42 @@
+"""The ``log`` stage: publish evaluation records to MLflow, idempotently.
+
+Run after every ``evaluate`` (DVC may restore evaluation records from its run-cache without running any
+code, so this stage always runs) and by hand after a tracking-server outage (``skybench log DIR``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .tracking import find_evaluation, log_evaluation
+
+RECORD = "evaluation.json"
+TAGS = ("submission_sha256", "release_sha256", "git_commit", "skybench_version", "device")
+
+
+def publish_record(rdir: Path, track: str | None = None) -> str | None:
+    """Log one record unless MLflow already has it; return the new run id, or None if it was there."""
+    rec = json.loads((Path(rdir) / RECORD).read_text())
+    track = track or _track_of(Path(rdir))
+    if find_evaluation(track, rec["submission_sha256"], rec["release_sha256"]):
+        return None
+    artifacts = [p for p in sorted(Path(rdir).iterdir()) if p.is_file() and not p.name.startswith(".")]
+    return log_evaluation(track, team=rec["team"], name=rec["name"], fmt=rec["format"], status=rec["status"],
+                          metrics=rec["metrics"], tags={k: str(rec.get(k, "")) for k in TAGS},
+                          artifacts=artifacts, reason=rec.get("reason", ""))
+
+
+def publish_all(evaluations: Path, track: str | None = None) -> tuple[int, int]:
+    """Publish every record under ``evaluations``; return (newly logged, already there)."""
+    new = old = 0
+    for rec in sorted(Path(evaluations).glob(f"*/{RECORD}")):
+        if publish_record(rec.parent, track):
+            new += 1
+        else:
+            old += 1
+    return new, old
+
+
+def _track_of(rdir: Path) -> str:
+    # results/<track>/evaluations/<team>__<name>
+    return rdir.resolve().parent.parent.name

@@ -1,0 +1,280 @@
+"""Runs INSIDE the sandbox: load a submission, stream the test images through it, write the predictions.
+
+    python -m skybench.runner --submission /submission --inputs /inputs --out /scratch/predictions.npy \
+        [--limit N] [--batch-size B] [--device auto|cpu|cuda]
+
+Every model gets float32 batches of shape (B, bands, H, W), streamed from the memory-mapped shards
+``images-*.npy`` (the last batch may be smaller). Outputs are stacked into one float32 .npy; a trailing
+singleton axis is dropped ((B, 1) -> (B,)). ``runner.json`` next to it records device, count and seconds.
+
+Formats:
+  onnx     onnxruntime, CUDAExecutionProvider first when available; exactly one input, first output used.
+  keras    ``keras.saving.load_model(path, safe_mode=True, compile=False)``; ``predict_on_batch``.
+  torch    a ``torch.export`` program (.pt2, ``torch.export.save``) loaded with ``torch.export.load(p).module()``.
+           Export it with a dynamic batch dimension (``dynamic_shapes``). TorchScript files are not accepted.
+  sklearn  a skops file; only sklearn/numpy/scipy.sparse types are trusted. The runner FLATTENS each batch
+           to (B, bands*H*W) before calling the model; it uses ``predict_proba(x)[:, 1]`` when available,
+           else ``decision_function``, else ``predict``.
+  python   ``predict.py`` with ``load(model_dir) -> model`` (called once with the submission folder) and
+           ``predict(model, batch) -> array`` per batch; an optional module attribute ``DEVICE = "cuda"``
+           declares the device used (default "cpu"). The submission folder is on ``sys.path``.
+
+On any error the runner exits with status 1 and one clear last stderr line starting with ``runner:``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+Predict = Callable[[np.ndarray], object]
+SKOPS_ALLOWED = ("sklearn.", "numpy.", "scipy.sparse.")
+
+
+class RunnerError(Exception):
+    """An error with a message meant for the participant."""
+
+
+def _threads() -> int:
+    return int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+
+
+def load_onnx(path: Path, device: str) -> tuple[Predict, str]:
+    import onnxruntime as ort
+
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device == "cuda" and not cuda:
+        raise RunnerError("--device cuda, but onnxruntime has no CUDAExecutionProvider")
+    providers = (["CUDAExecutionProvider"] if cuda and device != "cpu" else []) + ["CPUExecutionProvider"]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = _threads()
+    opts.inter_op_num_threads = 1
+    try:
+        sess = ort.InferenceSession(str(path), opts, providers=providers)
+    except Exception as exc:
+        raise RunnerError(f"model file does not load as ONNX: {exc}") from exc
+    inputs = sess.get_inputs()
+    if len(inputs) != 1:
+        raise RunnerError(f"the ONNX model must have exactly one input, it has {[i.name for i in inputs]}")
+    name = inputs[0].name
+    used = "cuda" if sess.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+    return (lambda x: sess.run(None, {name: x})[0]), used
+
+
+def load_keras(path: Path, device: str) -> tuple[Predict, str]:
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    import keras
+
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:
+        raise RunnerError(f"model file does not load as Keras (safe_mode=True): {exc}") from exc
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        used = "cuda" if tf.config.list_physical_devices("GPU") else "cpu"
+    elif backend == "torch":
+        import torch
+
+        used = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        used = "cpu"
+    if device == "cuda" and used != "cuda":
+        raise RunnerError(f"--device cuda, but keras ({backend}) sees no GPU")
+
+    def predict(x: np.ndarray) -> object:
+        out = model.predict_on_batch(x)
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+    return predict, used
+
+
+def load_torch(path: Path, device: str) -> tuple[Predict, str]:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RunnerError("--device cuda, but torch sees no GPU")
+    used = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
+    try:
+        module = torch.export.load(str(path)).module().to(used)
+    except Exception as exc:
+        raise RunnerError(f"model file does not load as a torch.export program (.pt2 written by "
+                          f"torch.export.save; TorchScript is not accepted): {exc}") from exc
+
+    def predict(x: np.ndarray) -> object:
+        with torch.no_grad():
+            out = module(torch.from_numpy(x).to(used))
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        return out.detach().float().cpu().numpy()
+
+    return predict, used
+
+
+def load_sklearn(path: Path, device: str) -> tuple[Predict, str]:
+    import skops.io as sio
+
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+    except Exception as exc:
+        raise RunnerError(f"model file does not load as skops: {exc}") from exc
+    refused = [t for t in untrusted if not t.startswith(SKOPS_ALLOWED)]
+    if refused:
+        raise RunnerError(f"skops file holds types outside the allow-list (sklearn, numpy, scipy.sparse): "
+                          f"{', '.join(refused)}")
+    try:
+        model = sio.load(path, trusted=untrusted)
+    except Exception as exc:
+        raise RunnerError(f"model file does not load as skops: {exc}") from exc
+
+    if hasattr(model, "predict_proba"):
+        def method(x: np.ndarray) -> object:
+            proba = np.asarray(model.predict_proba(x))
+            return proba[:, 1] if proba.ndim == 2 and proba.shape[1] == 2 else proba
+    elif hasattr(model, "decision_function"):
+        method = model.decision_function
+    elif hasattr(model, "predict"):
+        method = model.predict
+    else:
+        raise RunnerError(f"the skops object ({type(model).__name__}) has no predict_proba, "
+                          f"decision_function or predict method")
+    return (lambda x: method(x.reshape(len(x), -1))), "cpu"
+
+
+def load_python(path: Path, device: str) -> tuple[Predict, str]:
+    folder = path.parent
+    sys.path.insert(0, str(folder))
+    try:
+        spec = importlib.util.spec_from_file_location("submission_predict", path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    except Exception as exc:
+        traceback.print_exc()
+        raise RunnerError(f"{path.name} failed to import: {type(exc).__name__}: {exc}") from exc
+    for fn in ("load", "predict"):
+        if not callable(getattr(mod, fn, None)):
+            raise RunnerError(f"{path.name} must define {fn}() (see the module docstring of skybench.runner)")
+    try:
+        model = mod.load(str(folder))
+    except Exception as exc:
+        traceback.print_exc()
+        raise RunnerError(f"load() raised {type(exc).__name__}: {exc}") from exc
+    return (lambda x: mod.predict(model, x)), str(getattr(mod, "DEVICE", "cpu"))
+
+
+LOADERS: dict[str, Callable[[Path, str], tuple[Predict, str]]] = {
+    "onnx": load_onnx, "keras": load_keras, "torch": load_torch, "sklearn": load_sklearn, "python": load_python}
+
+
+def read_spec(folder: Path) -> tuple[str, Path]:
+    """(format, model path) from ``submission.yaml`` (fully validated by the parent beforehand)."""
+    import yaml
+
+    raw = yaml.safe_load((folder / "submission.yaml").read_text())
+    fmt, model = raw.get("format"), raw.get("model")
+    if fmt not in LOADERS:
+        raise RunnerError(f"submission.yaml: format {fmt!r} cannot run here (one of {', '.join(LOADERS)})")
+    path = (folder / str(model)).resolve()
+    if not path.is_relative_to(folder.resolve()) or not path.is_file():
+        raise RunnerError(f"submission.yaml: model {model!r} is not a file in the submission folder")
+    return fmt, path
+
+
+def iter_batches(inputs: Path, batch_size: int, limit: int | None) -> Iterator[np.ndarray]:
+    """Batches from the memory-mapped shards, in order; only one batch is ever read into memory."""
+    left = limit
+    for shard_path in sorted(inputs.glob("images-*.npy")):
+        shard = np.load(shard_path, mmap_mode="r")
+        for start in range(0, len(shard), batch_size):
+            if left is not None and left <= 0:
+                return
+            stop = min(len(shard), start + batch_size, start + left if left is not None else len(shard))
+            yield np.ascontiguousarray(shard[start:stop], dtype=np.float32)
+            if left is not None:
+                left -= stop - start
+
+
+def count_inputs(inputs: Path, limit: int | None) -> int:
+    n = sum(len(np.load(p, mmap_mode="r")) for p in inputs.glob("images-*.npy"))
+    return n if limit is None else min(n, limit)
+
+
+def run(submission: Path, inputs: Path, out: Path, *, limit: int | None = None, batch_size: int = 256,
+        device: str = "auto") -> dict:
+    """Predict every input image with the submission's model; write ``out`` and ``runner.json`` beside it."""
+    fmt, model_path = read_spec(submission)
+    predict, used = LOADERS[fmt](model_path, device)
+    total = count_inputs(inputs, limit)
+    print(f"runner: {fmt} model loaded on {used}; predicting {total} cut-outs", file=sys.stderr)
+    start = last_log = time.monotonic()
+    outs: list[np.ndarray] = []
+    done = 0
+    for i, batch in enumerate(iter_batches(inputs, batch_size, limit)):
+        try:
+            res = predict(batch)
+        except Exception as exc:
+            traceback.print_exc()
+            raise RunnerError(f"predict failed on batch {i} (shape {batch.shape}): {type(exc).__name__}: "
+                              f"{exc}") from exc
+        try:
+            res = np.asarray(res, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise RunnerError(f"batch {i}: predictions are not numeric: {exc}") from exc
+        if res.ndim == 0:
+            raise RunnerError(f"batch {i}: the model returned a scalar, expected one value per image")
+        if res.ndim == 2 and res.shape[1] == 1:
+            res = res[:, 0]
+        if outs and res.shape[1:] != outs[0].shape[1:]:
+            raise RunnerError(f"batch {i}: the model returned shape {res.shape}, batch 0 gave {outs[0].shape}")
+        outs.append(res)
+        done += len(batch)
+        if time.monotonic() - last_log > 10:
+            last_log = time.monotonic()
+            rate = done / (last_log - start)
+            print(f"runner: {done}/{total} cut-outs ({rate:.0f}/s)", file=sys.stderr)
+    pred = np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+    seconds = time.monotonic() - start
+    np.save(out, pred)
+    info = {"format": fmt, "device": used, "n": done, "seconds": round(seconds, 3)}
+    (out.parent / "runner.json").write_text(json.dumps(info) + "\n")
+    print(f"runner: predicted {done} cut-outs in {seconds:.1f} s on {used}", file=sys.stderr)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m skybench.runner", description=__doc__.splitlines()[0])
+    p.add_argument("--submission", type=Path, default=Path("/submission"))
+    p.add_argument("--inputs", type=Path, default=Path("/inputs"))
+    p.add_argument("--out", type=Path, default=Path("/scratch/predictions.npy"))
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    args = p.parse_args(argv)
+    try:
+        run(args.submission, args.inputs, args.out, limit=args.limit, batch_size=args.batch_size,
+            device=args.device)
+        return 0
+    except RunnerError as exc:
+        print(f"runner: {exc}", file=sys.stderr)
+    except Exception as exc:
+        traceback.print_exc()
+        print(f"runner: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # skip framework teardown and any threads the submission left behind

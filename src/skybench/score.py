@@ -1,0 +1,71 @@
+"""The scoring program: predictions and hidden labels in, metrics and plots out.
+
+It never runs participant code (that is the sandboxed runner's job) and the runner never sees labels
+(Codabench's split between ingestion and scoring)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .metrics import completeness_by_bin, lens_metrics, roc_curve, threshold_at_fpr
+from .tracks import Track
+
+COMPLETENESS_FPR = 0.01  # completeness is measured at the threshold giving 1% false positives
+THETA_E_BINS = np.array([0.0, 0.6, 0.9, 1.2, 1.5, 2.0, 3.0])
+SNR_BINS = np.array([0.0, 10, 20, 40, 80, 160, 1e6])
+
+
+def score(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: pd.DataFrame,
+          out_dir: Path) -> dict[str, float]:
+    """Score ``predictions`` (aligned with ``ids``) against the hidden test table; write plots to ``out_dir``."""
+    if track.task != "lens":  # pragma: no cover - later tracks add their scorer here
+        raise NotImplementedError(track.task)
+    truth = hidden.set_index("id").loc[ids]
+    return score_lens(truth, np.asarray(predictions, dtype=np.float64), Path(out_dir))
+
+
+def score_lens(truth: pd.DataFrame, scores: np.ndarray, out_dir: Path) -> dict[str, float]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = truth["is_lens"].to_numpy().astype(int)
+    metrics = lens_metrics(labels, scores, n_resamples=1000, seed=0)
+    fpr, tpr, thr = roc_curve(labels, scores)
+    pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thr}).to_csv(out_dir / "roc.csv", index=False)
+    cut = threshold_at_fpr(labels, scores, COMPLETENESS_FPR)
+    tables = {}
+    for column, bins in (("lens_theta_E", THETA_E_BINS), ("arc_snr", SNR_BINS)):
+        c = completeness_by_bin(labels, scores, cut, truth[column].to_numpy(), bins)
+        tables[column] = pd.DataFrame({"low": c["bin_edges"][:-1], "high": c["bin_edges"][1:], "n_lens": c["n_lens"],
+                                       "completeness": c["completeness"]})
+    pd.concat(tables, names=["quantity"]).to_csv(out_dir / "completeness.csv")
+    _plot(fpr, tpr, metrics, tables, out_dir)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return metrics
+
+
+def _plot(fpr: np.ndarray, tpr: np.ndarray, metrics: dict, tables: dict, out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot(fpr, tpr, drawstyle="steps-post")
+    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate",
+           title=f"AUROC {metrics['auroc']:.4f} [{metrics['auroc_ci_low']:.3f}, {metrics['auroc_ci_high']:.3f}]")
+    fig.tight_layout()
+    fig.savefig(out_dir / "roc.png", dpi=100)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.5), sharey=True)
+    for ax, (column, table) in zip(axes, tables.items(), strict=True):
+        centres = np.where(table.high < 1e5, (table.low + table.high) / 2, table.low * 1.5)
+        ax.plot(centres, table.completeness, "o-")
+        ax.set(xlabel={"lens_theta_E": "theta_E [arcsec]", "arc_snr": "arc S/N"}[column], ylim=(0, 1.05))
+    axes[0].set_ylabel(f"completeness at FPR = {COMPLETENESS_FPR:g}")
+    fig.tight_layout()
+    fig.savefig(out_dir / "completeness.png", dpi=100)
+    plt.close(fig)

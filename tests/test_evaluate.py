@@ -1,0 +1,135 @@
+"""The shared evaluation stage end to end: sandboxed inference, scoring, MLflow, leaderboard, faults."""
+
+import json
+import shutil
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from skybench import leaderboard as lb
+from skybench.cli import app
+from skybench.evaluate import evaluate
+from skybench.metrics import lens_metrics
+from skybench.release import ReleaseError
+from skybench.tracks import load_track
+
+PREDICT_OK = """
+import numpy as np
+def load(model_dir):
+    return None
+def predict(model, batch):
+    # Central flux against the outer ring: a weak but real lens score.
+    centre = batch[:, :, 35:66, 35:66].sum(axis=(1, 2, 3))
+    return (centre / (np.abs(batch).sum(axis=(1, 2, 3)) + 1e-9)).astype("float32")
+"""
+PREDICT_NAN = "import numpy as np\ndef load(d): return None\ndef predict(m, b): return np.full(len(b), np.nan)\n"
+PREDICT_CRASH = "def load(d): return None\ndef predict(m, b): raise RuntimeError('kaboom in predict')\n"
+PREDICT_HIDDEN = """
+def load(d):
+    return open('/inputs/../hidden/test/meta.parquet', 'rb').read()
+def predict(m, b): return b.sum(axis=(1, 2, 3))
+"""
+
+
+def _submission(root, name, code, track="lens-space"):
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "predict.py").write_text(textwrap.dedent(code))
+    (folder / "submission.yaml").write_text(
+        f"team: tests\nname: {name}\ntrack: {track}\nformat: python\nmodel: predict.py\n")
+    folder.chmod(0o755)
+    return folder
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    return tmp_path
+
+
+@pytest.fixture
+def subs(tmp_path):
+    root = tmp_path / "subs"
+    return {name: _submission(root, name, code) for name, code in
+            [("ok", PREDICT_OK), ("nan", PREDICT_NAN), ("crash", PREDICT_CRASH), ("hidden", PREDICT_HIDDEN)]}
+
+
+def test_evaluate_scores_good_submissions_and_fails_bad_ones_without_stopping(store, subs, tiny_space_release):
+    out = store / "evals"
+    outcomes = {o.name: o for o in evaluate(list(subs.values()), "lens-space", tiny_space_release, out=out)}
+    assert outcomes["ok"].status == "FINISHED"
+    assert outcomes["nan"].status == "FAILED" and "non-finite" in outcomes["nan"].reason
+    assert outcomes["crash"].status == "FAILED" and "kaboom" in outcomes["crash"].reason
+    assert outcomes["hidden"].status == "FAILED"
+    # The scores are the metric module's on the hidden labels, recomputed here independently.
+    hidden = pd.read_parquet(tiny_space_release / "hidden/test/meta.parquet").set_index("id")
+    pred = pd.read_csv(out / "tests__ok/predictions.csv")
+    expected = lens_metrics(hidden.loc[pred.id, "is_lens"].to_numpy(), pred.score.to_numpy(), seed=0)
+    assert outcomes["ok"].metrics["auroc"] == pytest.approx(expected["auroc"], abs=1e-12)
+    for f in ("roc.png", "completeness.png", "metrics.json", "roc.csv", "evaluation.json"):
+        assert (out / "tests__ok" / f).is_file(), f
+    board = lb.leaderboard(load_track("lens-space"))
+    assert list(board.loc[board["rank"].notna(), "name"]) == ["ok"]
+    failed = board[board.status == "FAILED"]
+    assert set(failed.name) == {"nan", "crash", "hidden"} and failed["rank"].isna().all()
+
+
+def test_re_evaluating_an_unchanged_submission_adds_no_run(store, subs, tiny_space_release):
+    from skybench.tracking import client, experiment_name
+
+    evaluate([subs["ok"]], "lens-space", tiny_space_release, out=store / "evals")
+    again = evaluate([subs["ok"]], "lens-space", tiny_space_release, out=store / "evals")
+    assert again[0].status == "SKIPPED"
+    shutil.rmtree(store / "evals")  # even without the local record, MLflow knows it
+    third = evaluate([subs["ok"]], "lens-space", tiny_space_release, out=store / "evals")
+    assert third[0].status == "SKIPPED"
+    exp = client().get_experiment_by_name(experiment_name("lens-space"))
+    assert len(client().search_runs([exp.experiment_id])) == 1
+
+
+def test_a_corrupt_shard_stops_evaluation_naming_the_file_and_leaves_the_leaderboard(store, subs, tmp_path,
+                                                                                     tiny_space_release):
+    evaluate([subs["ok"]], "lens-space", tiny_space_release, out=store / "evals")
+    before = lb.leaderboard(load_track("lens-space"))
+    bad = tmp_path / "bad-release"
+    shutil.copytree(tiny_space_release, bad)
+    shard = bad / "public/test/images-00000.npy"
+    data = np.load(shard)
+    data[0, 0, 0, 0] += 1
+    np.save(shard, data)
+    with pytest.raises(ReleaseError, match="public/test/images-00000.npy"):
+        evaluate([subs["nan"]], "lens-space", bad, out=store / "evals")
+    pd.testing.assert_frame_equal(lb.leaderboard(load_track("lens-space")), before)
+
+
+def test_unreachable_tracking_server_keeps_the_record_for_skybench_log(store, subs, tiny_space_release, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    out = store / "evals"
+    res = evaluate([subs["ok"]], "lens-space", tiny_space_release, out=out)
+    assert "not logged to MLflow" in res[0].reason and "skybench log" in res[0].reason
+    assert json.loads((out / "tests__ok/evaluation.json").read_text())["status"] == "FINISHED"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}/mlflow.db")
+    result = CliRunner().invoke(app, ["log", str(out), "--track", "lens-space"])
+    assert result.exit_code == 0 and "1 run(s) logged" in result.output
+    assert list(lb.leaderboard(load_track("lens-space")).name) == ["ok"]
+
+
+def test_cli_leaderboard_csv_has_the_documented_columns(store, subs, tiny_space_release):
+    evaluate([subs["ok"], subs["crash"]], "lens-space", tiny_space_release, out=store / "evals")
+    result = CliRunner().invoke(app, ["leaderboard", "lens-space", "--format", "csv", "--all-releases"])
+    assert result.exit_code == 0, result.output
+    header = result.output.splitlines()[0].split(",")
+    for col in ("rank", "team", "name", "status", "auroc", "tpr0", "tpr10", "auroc_ci_low", "auroc_ci_high"):
+        assert col in header
+
+
+def test_cli_validate_accepts_a_good_submission_and_explains_a_bad_one(subs, tiny_space_release):
+    ok = CliRunner().invoke(app, ["validate", str(subs["ok"]), "--release", str(tiny_space_release)])
+    assert ok.exit_code == 0 and "OK" in ok.output
+    bad = CliRunner().invoke(app, ["validate", str(subs["nan"]), "--release", str(tiny_space_release)])
+    assert bad.exit_code != 0 and "non-finite" in bad.output
