@@ -133,3 +133,72 @@ def test_cli_validate_accepts_a_good_submission_and_explains_a_bad_one(subs, tin
     assert ok.exit_code == 0 and "OK" in ok.output
     bad = CliRunner().invoke(app, ["validate", str(subs["nan"]), "--release", str(tiny_space_release)])
     assert bad.exit_code != 0 and "non-finite" in bad.output
+
+
+ATTACKS = {
+    "socket": """
+import socket
+def load(d):
+    socket.create_connection(("127.0.0.1", {port}), timeout=2).sendall(b"stolen")
+def predict(m, b): return b.sum(axis=(1, 2, 3))
+""",
+    "write-outside": """
+def load(d):
+    open("{target}", "w").write("pwned")
+def predict(m, b): return b.sum(axis=(1, 2, 3))
+""",
+    "alloc-10gb": """
+import numpy as np
+def load(d):
+    return np.ones(10 * 1024**3 // 8)
+def predict(m, b): return b.sum(axis=(1, 2, 3))
+""",
+    "loop-forever": """
+def load(d):
+    while True:
+        pass
+def predict(m, b): return b.sum(axis=(1, 2, 3))
+""",
+    "background": """
+import subprocess, sys
+def load(d):
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1000)", "{marker}"], start_new_session=True)
+def predict(m, b): return b.sum(axis=(1, 2, 3))
+""",
+    "wrong-shape": "def load(d): return None\ndef predict(m, b): return b[:, 0, :2, 0]\n",
+}
+
+
+def test_every_attack_is_failed_with_a_reason_and_the_honest_submission_still_scores(store, tmp_path,
+                                                                                    tiny_space_release):
+    import socket
+    import uuid
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.1)
+    target = tmp_path / "outside.txt"
+    marker = f"skybench-marker-{uuid.uuid4().hex}"
+    root = tmp_path / "attacks"
+    folders = [_submission(root, name, code.replace("{port}", str(server.getsockname()[1]))
+                           .replace("{target}", str(target)).replace("{marker}", marker))
+               for name, code in ATTACKS.items()]
+    folders.insert(3, _submission(root, "honest", PREDICT_OK))
+    track = load_track("lens-space")
+    track = track.model_copy(update={"sandbox": track.sandbox.model_copy(
+        update={"memory_mb": 2048, "wall_seconds": 20, "cpu_seconds": 20})})
+    outcomes = {o.name: o for o in evaluate(folders, track, tiny_space_release, out=tmp_path / "evals")}
+    assert outcomes["honest"].status == "FINISHED" and outcomes["honest"].metrics["auroc"] > 0
+    expected = {"socket": "", "write-outside": "", "alloc-10gb": "memory", "loop-forever": "limit",
+                "background": "background", "wrong-shape": "shape"}
+    for name, word in expected.items():
+        assert outcomes[name].status == "FAILED", name
+        assert word in outcomes[name].reason and "\n" not in outcomes[name].reason, (name, outcomes[name].reason)
+    with pytest.raises(TimeoutError):
+        server.accept()  # nothing ever connected
+    assert not target.exists()
+    procs = [p for p in __import__("pathlib").Path("/proc").glob("[0-9]*/cmdline")]
+    assert not any(marker.encode() in p.read_bytes() for p in procs if p.exists())
+    board = lb.leaderboard(load_track("lens-space"))
+    assert list(board.loc[board["rank"].notna(), "name"]) == ["honest"]

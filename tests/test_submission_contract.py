@@ -295,3 +295,18 @@ def test_predictions_csv_needs_id_and_score_columns(tiny_space_release, track, t
     (tmp_path / "p.csv").write_text("ident,prob\n0,0.5\n")
     res = sandboxed_predict(sub, tiny_space_release, scratch=tmp_path / "s", track=track)
     assert res.reason == "p.csv: expected the columns id,score, got ident,prob"
+
+
+def test_every_format_scores_through_the_evaluation_stage(examples, tiny_space_release, tmp_path, monkeypatch):
+    from skybench import leaderboard as lb
+    from skybench.evaluate import evaluate
+    from skybench.tracks import load_track
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    outcomes = evaluate(sorted(examples.iterdir()), "lens-space", tiny_space_release, out=tmp_path / "evals")
+    assert sorted(o.name for o in outcomes) == sorted(f"{f}-example" for f in FORMATS)
+    for o in outcomes:
+        assert o.status == "FINISHED", (o.name, o.reason)
+        assert 0.0 <= o.metrics["auroc"] <= 1.0 and o.metrics["auroc_ci_low"] <= o.metrics["auroc_ci_high"]
+    board = lb.leaderboard(load_track("lens-space"))
+    assert board["rank"].notna().sum() == len(FORMATS)

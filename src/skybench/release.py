@@ -143,14 +143,16 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
-def verify_release(root: Path, *, include_hidden: bool = True) -> list[str]:
-    """Re-hash every file against the manifest; return one message per problem (empty list: all good)."""
+def verify_release(root: Path, *, only: tuple[str, ...] = ()) -> list[str]:
+    """Re-hash files against the manifest; return one message per problem (empty list: all good).
+
+    ``only``: restrict the check to files under these prefixes (e.g. the test set before scoring)."""
     root = Path(root)
     manifest = read_manifest(root)
     problems = []
     listed = manifest["files"]
     for rel, entry in sorted(listed.items()):
-        if not include_hidden and rel.startswith("hidden/"):
+        if only and not rel.startswith(only):
             continue
         path = root / rel
         if not path.is_file():
@@ -161,7 +163,7 @@ def verify_release(root: Path, *, include_hidden: bool = True) -> list[str]:
             problems.append(f"{path}: sha256 does not match the manifest")
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
-        if path.is_file() and rel != "manifest.json" and rel not in listed:
+        if path.is_file() and rel != "manifest.json" and rel not in listed and rel.startswith(only):
             problems.append(f"{path}: not listed in the manifest")
     return problems
 

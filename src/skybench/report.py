@@ -12,7 +12,7 @@ from .release import ReleaseError, read_manifest, verify_release
 
 
 def print_report(releases: Path) -> None:
-    console = Console()
+    console = Console(width=160)
     table = Table(title="Releases")
     for col in ("release", "track", "profile", "seed", "train", "val", "test", "lens fraction (train)",
                 "verify"):
@@ -39,3 +39,24 @@ def print_report(releases: Path) -> None:
         console.print(f"Real data: {data} ({n} files, pulled from the DVC remote)")
     else:
         console.print("Real data: not present (the DVC remote 'challenge' was not reachable)")
+    _print_leaderboards(console, Path(releases))
+
+
+def _print_leaderboards(console: Console, releases: Path) -> None:
+    """The ranking of every track that has a release, on that release, from MLflow."""
+    from . import leaderboard as lb
+    from .release import release_digest
+    from .tracking import tracking_uri
+    from .tracks import list_tracks, load_track
+
+    for name in list_tracks():
+        rel = releases / name
+        if not (rel / "manifest.json").is_file():
+            continue
+        track = load_track(name)
+        board = lb.leaderboard(track, release_sha256=release_digest(rel))
+        console.print(f"\nLeaderboard {name} ({track.metrics.primary}, release {rel}):")
+        keep = ["rank", "team", "name", "status", *track.metrics.report, f"{track.metrics.primary}_ci_low",
+                f"{track.metrics.primary}_ci_high", "device", "reason"]
+        print(lb.render(board[keep], "table") if len(board) else "  no evaluations yet")
+    console.print(f"\nMLflow store: {tracking_uri()} (browse it with `skybench ui`)")
