@@ -163,7 +163,7 @@ def verify_release(root: Path, *, only: tuple[str, ...] = ()) -> list[str]:
             problems.append(f"{path}: sha256 does not match the manifest")
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root).as_posix()
-        if path.is_file() and rel != "manifest.json" and rel not in listed and rel.startswith(only):
+        if path.is_file() and rel != "manifest.json" and rel not in listed and (not only or rel.startswith(only)):
             problems.append(f"{path}: not listed in the manifest")
     return problems
 
