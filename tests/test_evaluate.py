@@ -202,3 +202,22 @@ def test_every_attack_is_failed_with_a_reason_and_the_honest_submission_still_sc
     assert not any(marker.encode() in p.read_bytes() for p in procs if p.exists())
     board = lb.leaderboard(load_track("lens-space"))
     assert list(board.loc[board["rank"].notna(), "name"]) == ["honest"]
+
+
+def test_real_lens_recall_is_the_fraction_above_the_1_percent_fpr_threshold(store, subs, tmp_path,
+                                                                             tiny_space_release):
+    from skybench.metrics import threshold_at_fpr
+    from skybench.simulate import simulate_release
+
+    real = simulate_release("lens-space", tmp_path / "real", seed=11, size=8, progress=False)
+    track = load_track("lens-space")
+    track = track.model_copy(update={"evaluation": track.evaluation.model_copy(update={"real_lenses": str(real)})})
+    (o,) = evaluate([subs["ok"]], track, tiny_space_release, out=tmp_path / "evals")
+    pred = pd.read_csv(tmp_path / "evals/tests__ok/predictions.csv")
+    real_scores = pd.read_csv(tmp_path / "evals/tests__ok/real_lens_scores.csv")
+    hidden = pd.read_parquet(tiny_space_release / "hidden/test/meta.parquet").set_index("id")
+    cut = threshold_at_fpr(hidden.loc[pred.id, "is_lens"].to_numpy(), pred.score.to_numpy(), 0.01)
+    assert len(real_scores) == 8
+    assert o.metrics["real_lens_recall"] == pytest.approx(np.mean(real_scores.score.to_numpy() >= cut))
+    board = lb.leaderboard(track)
+    assert "real_lens_recall" in board.columns and board["real_lens_recall"].notna().all()

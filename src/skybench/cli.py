@@ -154,6 +154,24 @@ def ui(port: int = 5000) -> None:
                    check=False)
 
 
+@app.command("import-real-lenses")
+def import_real_lenses(data: Path = Path("data"), out: Path = Path("releases/real-hst-lenses"),
+                       track: str = "lens-space", seed: int = 0) -> None:
+    """Turn the real HST lenses in data/ into a lens-space evaluation set (empty if data/ is missing)."""
+    from .real_lenses import import_real_lenses as run
+    from .release import write_release
+
+    try:
+        path = run(data, track, out, seed=seed, progress=sys.stderr.isatty())
+    except FileNotFoundError as exc:
+        typer.echo(f"real data not available ({exc}); writing an empty real-lens set to {out}")
+        path = write_release(out, info={"track": track, "task": "lens", "profile": "real-hst", "seed": seed,
+                                        "note": "real data was not available"},
+                             counts={}, image_shape=(1, 101, 101), make_chunks=lambda s, r: iter(()),
+                             label_columns=("is_lens",), progress=False)
+    typer.echo(f"wrote {path}")
+
+
 @app.command()
 def report(releases: Annotated[Path, typer.Option(help="folder holding the releases")] = Path("releases")) -> None:
     """Summarise what the pipeline produced."""

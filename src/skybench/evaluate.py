@@ -17,8 +17,15 @@ import pandas as pd
 
 from . import __version__
 from .release import ReleaseError, read_manifest, release_digest, verify_release
-from .score import score
-from .submission import Submission, SubmissionError, folder_sha256, load_submission, sandboxed_predict
+from .score import real_lens_recall, score
+from .submission import (
+    PredictResult,
+    Submission,
+    SubmissionError,
+    folder_sha256,
+    load_submission,
+    sandboxed_predict,
+)
 from .tracking import find_evaluation, git_commit
 from .tracks import Track, load_track, project_root
 
@@ -109,10 +116,28 @@ def _evaluate_one(folder: Path, track: Track, release: Path, release_sha: str, h
         rdir.mkdir(parents=True, exist_ok=True)
         pd.DataFrame({"id": res.ids, "score": res.predictions}).to_csv(rdir / "predictions.csv", index=False)
         metrics = score(track, res.ids, res.predictions, hidden, rdir)
+        status, reason = _score_real_lenses(sub, track, hidden, res, rdir, metrics)
     rec = _write_record(rdir, team=spec.team, name=spec.name, fmt=spec.format, status=status, reason=reason,
                         sub_sha=sub.sha256, release_sha=release_sha, device=res.device, metrics=metrics,
                         seconds=res.seconds, n=len(res.ids))
     return Outcome(folder, spec.team, spec.name, status, reason, metrics, rec)
+
+
+def _score_real_lenses(sub: Submission, track: Track, hidden: pd.DataFrame, res: PredictResult, rdir: Path,
+                       metrics: dict[str, float]) -> tuple[str, str]:
+    """Run the submission on the track's real-lens set too (same sandbox) and add ``real_lens_recall``."""
+    real = project_root() / track.evaluation.real_lenses if track.evaluation.real_lenses else None
+    if real is None or not (real / "manifest.json").is_file() or read_manifest(real)["counts"]["test"] == 0:
+        return "FINISHED", ""
+    with tempfile.TemporaryDirectory(prefix="skybench-scratch-") as scratch:
+        real_res = sandboxed_predict(sub, real / "public" / "test", scratch=Path(scratch), track=track)
+    if not real_res.ok:
+        return "FAILED", f"on the real-lens set: {real_res.reason}"
+    pd.DataFrame({"id": real_res.ids, "score": real_res.predictions}).to_csv(rdir / "real_lens_scores.csv",
+                                                                           index=False)
+    truth = hidden.set_index("id").loc[res.ids]
+    metrics["real_lens_recall"] = real_lens_recall(truth, res.predictions, real_res.predictions)
+    return "FINISHED", ""
 
 
 def _in_mlflow(track: str, sub_sha: str, release_sha: str) -> bool:

@@ -14,7 +14,7 @@ import pandas as pd
 from .metrics import completeness_by_bin, lens_metrics, roc_curve, threshold_at_fpr
 from .tracks import Track
 
-COMPLETENESS_FPR = 0.01  # completeness is measured at the threshold giving 1% false positives
+COMPLETENESS_FPR = 0.01  # completeness and real-lens recall use the threshold giving 1% false positives
 THETA_E_BINS = np.array([0.0, 0.6, 0.9, 1.2, 1.5, 2.0, 3.0])
 SNR_BINS = np.array([0.0, 10, 20, 40, 80, 160, 1e6])
 
@@ -69,3 +69,9 @@ def _plot(fpr: np.ndarray, tpr: np.ndarray, metrics: dict, tables: dict, out_dir
     fig.tight_layout()
     fig.savefig(out_dir / "completeness.png", dpi=100)
     plt.close(fig)
+
+
+def real_lens_recall(truth: pd.DataFrame, scores: np.ndarray, real_scores: np.ndarray) -> float:
+    """Fraction of real lenses scored at or above the threshold that gives FPR = 1% on the simulated test set."""
+    cut = threshold_at_fpr(truth["is_lens"].to_numpy().astype(int), np.asarray(scores, float), COMPLETENESS_FPR)
+    return float(np.mean(np.asarray(real_scores, float) >= cut))

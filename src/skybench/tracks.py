@@ -62,6 +62,9 @@ class SandboxLimits(_Strict):
 
 class Evaluation(_Strict):
     batch_size: int = Field(256, gt=0)
+    # A release of real lenses (path relative to the project root); each submission is also run on it and
+    # scored by the fraction found above the threshold that gives 1% false positives on the simulated test.
+    real_lenses: str | None = None
 
 
 class Track(_Strict):
