@@ -95,18 +95,19 @@ def _write_split(root: Path, split: str, n: int, image_shape: tuple[int, ...], m
     metas = []
     for shard_no, shard_start in enumerate(range(0, n, shard_size)):
         shard_stop = min(n, shard_start + shard_size)
-        arr = np.lib.format.open_memmap(pub / f"images-{shard_no:05d}.npy", mode="w+", dtype=np.float32,
-                                        shape=(shard_stop - shard_start, *image_shape))
+        # Plain appends, not a memory map: the pages of a written memory map would stay in the RSS.
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
+                  "shape": (shard_stop - shard_start, *image_shape)}
         ranges = [(a, min(shard_stop, a + chunk_size)) for a in range(shard_start, shard_stop, chunk_size)]
-        for (start, stop), (images, meta) in zip(ranges, make_chunks(split, ranges), strict=True):
-            if images.shape != (stop - start, *image_shape):
-                raise ValueError(f"chunk {split}[{start}:{stop}] has shape {images.shape}")
-            arr[start - shard_start:stop - shard_start] = images
-            metas.append(meta)
-            if bar:
-                bar.advance(task, stop - start)
-        arr.flush()
-        del arr
+        with open(pub / f"images-{shard_no:05d}.npy", "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            for (start, stop), (images, meta) in zip(ranges, make_chunks(split, ranges), strict=True):
+                if images.shape != (stop - start, *image_shape):
+                    raise ValueError(f"chunk {split}[{start}:{stop}] has shape {images.shape}")
+                f.write(np.ascontiguousarray(images, dtype="<f4").tobytes())
+                metas.append(meta)
+                if bar:
+                    bar.advance(task, stop - start)
     meta = pd.concat(metas, ignore_index=True)
     if split == "test":
         _write_parquet(meta[list(public_test_columns)], pub / "index.parquet")

@@ -192,17 +192,26 @@ def read_spec(folder: Path) -> tuple[str, Path]:
 
 
 def iter_batches(inputs: Path, batch_size: int, limit: int | None) -> Iterator[np.ndarray]:
-    """Batches from the memory-mapped shards, in order; only one batch is ever read into memory."""
+    """Batches from the shards, in order, read with plain file reads rather than a memory map, so that
+    only one batch is ever resident (touched pages of a memory map would count towards the RSS)."""
     left = limit
     for shard_path in sorted(inputs.glob("images-*.npy")):
-        shard = np.load(shard_path, mmap_mode="r")
-        for start in range(0, len(shard), batch_size):
-            if left is not None and left <= 0:
-                return
-            stop = min(len(shard), start + batch_size, start + left if left is not None else len(shard))
-            yield np.ascontiguousarray(shard[start:stop], dtype=np.float32)
-            if left is not None:
-                left -= stop - start
+        with open(shard_path, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            if fortran:
+                raise RunnerError(f"{shard_path.name}: Fortran-ordered arrays are not supported")
+            per_row = int(np.prod(shape[1:]))
+            for start in range(0, shape[0], batch_size):
+                if left is not None and left <= 0:
+                    return
+                rows = min(shape[0], start + batch_size) - start
+                rows = rows if left is None else min(rows, left)
+                batch = np.fromfile(f, dtype=dtype, count=rows * per_row).reshape(rows, *shape[1:])
+                yield np.ascontiguousarray(batch, dtype=np.float32)
+                if left is not None:
+                    left -= rows
 
 
 def count_inputs(inputs: Path, limit: int | None) -> int:
