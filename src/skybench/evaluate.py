@@ -19,7 +19,6 @@ from . import __version__
 from .release import ReleaseError, read_manifest, release_digest, verify_release
 from .score import real_lens_recall, score
 from .submission import (
-    PredictResult,
     Submission,
     SubmissionError,
     folder_sha256,
@@ -108,36 +107,38 @@ def _evaluate_one(folder: Path, track: Track, release: Path, release_sha: str, h
     if not force and (_same_record(rdir, sub, release_sha) or _in_mlflow(track.name, sub.sha256, release_sha)):
         return Outcome(folder, spec.team, spec.name, "SKIPPED", "unchanged since its last evaluation",
                        record=rdir if (rdir / RECORD).is_file() else None)
+    real = _real_lens_set(track) if spec.format != "predictions" else None
     with tempfile.TemporaryDirectory(prefix="skybench-scratch-") as scratch:
-        res = sandboxed_predict(sub, release / "public" / "test", scratch=Path(scratch), track=track)
+        res = sandboxed_predict(sub, release / "public" / "test", scratch=Path(scratch), track=track,
+                                extra_inputs=real)
     metrics: dict[str, float] = {}
     status, reason = ("FINISHED", "") if res.ok else ("FAILED", res.reason)
-    if res.ok:
+    if res.ok and res.extra is not None and not res.extra.ok:
+        status, reason = "FAILED", f"on the real-lens set: {res.extra.reason}"
+    elif res.ok:
         rdir.mkdir(parents=True, exist_ok=True)
         pd.DataFrame({"id": res.ids, "score": res.predictions}).to_csv(rdir / "predictions.csv", index=False)
         metrics = score(track, res.ids, res.predictions, hidden, rdir)
-        status, reason = _score_real_lenses(sub, track, hidden, res, rdir, metrics)
+        if res.extra is not None:
+            extra = res.extra
+            pd.DataFrame({"id": extra.ids, "score": extra.predictions}).to_csv(rdir / "real_lens_scores.csv",
+                                                                               index=False)
+            truth = hidden.set_index("id").loc[res.ids]
+            metrics["real_lens_recall"] = real_lens_recall(truth, res.predictions, extra.predictions)
     rec = _write_record(rdir, team=spec.team, name=spec.name, fmt=spec.format, status=status, reason=reason,
                         sub_sha=sub.sha256, release_sha=release_sha, device=res.device, metrics=metrics,
                         seconds=res.seconds, n=len(res.ids))
     return Outcome(folder, spec.team, spec.name, status, reason, metrics, rec)
 
 
-def _score_real_lenses(sub: Submission, track: Track, hidden: pd.DataFrame, res: PredictResult, rdir: Path,
-                       metrics: dict[str, float]) -> tuple[str, str]:
-    """Run the submission on the track's real-lens set too (same sandbox) and add ``real_lens_recall``."""
-    real = project_root() / track.evaluation.real_lenses if track.evaluation.real_lenses else None
-    if real is None or not (real / "manifest.json").is_file() or read_manifest(real)["counts"]["test"] == 0:
-        return "FINISHED", ""
-    with tempfile.TemporaryDirectory(prefix="skybench-scratch-") as scratch:
-        real_res = sandboxed_predict(sub, real / "public" / "test", scratch=Path(scratch), track=track)
-    if not real_res.ok:
-        return "FAILED", f"on the real-lens set: {real_res.reason}"
-    pd.DataFrame({"id": real_res.ids, "score": real_res.predictions}).to_csv(rdir / "real_lens_scores.csv",
-                                                                           index=False)
-    truth = hidden.set_index("id").loc[res.ids]
-    metrics["real_lens_recall"] = real_lens_recall(truth, res.predictions, real_res.predictions)
-    return "FINISHED", ""
+def _real_lens_set(track: Track) -> Path | None:
+    """The track's real-lens release, when it has one with objects in it."""
+    if not track.evaluation.real_lenses:
+        return None
+    real = project_root() / track.evaluation.real_lenses
+    if not (real / "manifest.json").is_file() or read_manifest(real)["counts"]["test"] == 0:
+        return None
+    return real
 
 
 def _in_mlflow(track: str, sub_sha: str, release_sha: str) -> bool:

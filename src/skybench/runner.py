@@ -1,7 +1,10 @@
 """Runs INSIDE the sandbox: load a submission, stream the test images through it, write the predictions.
 
-    python -m skybench.runner --submission /submission --inputs /inputs --out /scratch/predictions.npy \
-        [--limit N] [--batch-size B] [--device auto|cpu|cuda]
+    python -m skybench.runner --submission /submission --inputs /inputs [/extra ...] \
+        --out /scratch/predictions.npy [/scratch/extra.npy ...] [--limit N] [--batch-size B] [--device auto|cpu|cuda]
+
+Several input sets (e.g. the test set and a real-lens set) are predicted with one loaded model, each into
+its own output file.
 
 Every model gets float32 batches of shape (B, bands, H, W), streamed from the memory-mapped shards
 ``images-*.npy`` (the last batch may be smaller). Outputs are stacked into one float32 .npy; a trailing
@@ -219,11 +222,26 @@ def count_inputs(inputs: Path, limit: int | None) -> int:
     return n if limit is None else min(n, limit)
 
 
-def run(submission: Path, inputs: Path, out: Path, *, limit: int | None = None, batch_size: int = 256,
-        device: str = "auto") -> dict:
-    """Predict every input image with the submission's model; write ``out`` and ``runner.json`` beside it."""
+def run(submission: Path, inputs: Path | list[Path], out: Path | list[Path], *, limit: int | None = None,
+        batch_size: int = 256, device: str = "auto") -> dict:
+    """Predict every input image with the submission's model; write ``out`` and ``runner.json`` beside it.
+
+    Lists of ``inputs`` and ``out`` predict several input sets with the model loaded once."""
+    inputs_list = inputs if isinstance(inputs, list) else [inputs]
+    outs_list = out if isinstance(out, list) else [out]
+    if len(inputs_list) != len(outs_list):
+        raise RunnerError(f"{len(inputs_list)} input folders but {len(outs_list)} output files")
     fmt, model_path = read_spec(submission)
     predict, used = LOADERS[fmt](model_path, device)
+    infos = [_predict_set(predict, fmt, used, i, o, limit, batch_size)
+             for i, o in zip(inputs_list, outs_list, strict=True)]
+    info = {"format": fmt, "device": used, "n": infos[0]["n"], "seconds": infos[0]["seconds"], "sets": infos}
+    (outs_list[0].parent / "runner.json").write_text(json.dumps(info) + "\n")
+    return info
+
+
+def _predict_set(predict: Predict, fmt: str, used: str, inputs: Path, out: Path, limit: int | None,
+                 batch_size: int) -> dict:
     total = count_inputs(inputs, limit)
     print(f"runner: {fmt} model loaded on {used}; predicting {total} cut-outs", file=sys.stderr)
     start = last_log = time.monotonic()
@@ -255,17 +273,15 @@ def run(submission: Path, inputs: Path, out: Path, *, limit: int | None = None, 
     pred = np.concatenate(outs) if outs else np.zeros((0,), np.float32)
     seconds = time.monotonic() - start
     np.save(out, pred)
-    info = {"format": fmt, "device": used, "n": done, "seconds": round(seconds, 3)}
-    (out.parent / "runner.json").write_text(json.dumps(info) + "\n")
     print(f"runner: predicted {done} cut-outs in {seconds:.1f} s on {used}", file=sys.stderr)
-    return info
+    return {"inputs": str(inputs), "n": done, "seconds": round(seconds, 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m skybench.runner", description=__doc__.splitlines()[0])
     p.add_argument("--submission", type=Path, default=Path("/submission"))
-    p.add_argument("--inputs", type=Path, default=Path("/inputs"))
-    p.add_argument("--out", type=Path, default=Path("/scratch/predictions.npy"))
+    p.add_argument("--inputs", type=Path, nargs="+", default=[Path("/inputs")])
+    p.add_argument("--out", type=Path, nargs="+", default=[Path("/scratch/predictions.npy")])
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

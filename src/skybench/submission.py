@@ -75,6 +75,7 @@ class PredictResult:
     device: str  # "cuda", "cpu", "none" (predictions format) or "unknown"
     seconds: float  # wall time of the sandboxed run (0 for the predictions format)
     log: str = ""  # tail of the runner's stderr
+    extra: PredictResult | None = None  # predictions on ``extra_inputs``, from the same sandboxed run
 
 
 def folder_sha256(folder: Path) -> str:
@@ -229,12 +230,15 @@ def read_predictions_csv(path: Path, ids: np.ndarray) -> tuple[np.ndarray | None
 
 
 def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Track, limit: int | None = None,
-                      gpu: bool | None = None) -> PredictResult:
+                      gpu: bool | None = None, extra_inputs: Path | None = None) -> PredictResult:
     """Predict the test set of the release ``inputs`` (its root or its ``public/test`` folder).
 
     Code runs in the sandbox with the track's limits, seeing only the submission and the public test
-    images; the parent then checks count, shape and finiteness. ``gpu=None``: use CUDA when available."""
+    images; the parent then checks count, shape and finiteness. ``gpu=None``: use CUDA when available.
+    ``extra_inputs``: a second input set (e.g. real lenses) predicted by the same run, returned as ``.extra``
+    (not for the ``predictions`` format, whose CSV covers the public test set only)."""
     test_dir = _test_folder(inputs)
+    extra_dir = _test_folder(extra_inputs) if extra_inputs is not None else None
     all_ids = pd.read_parquet(test_dir / "index.parquet")["id"].to_numpy()
     n = len(all_ids) if limit is None else min(limit, len(all_ids))
     ids = all_ids[:n]
@@ -251,8 +255,8 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
     gpu = cuda_available() if gpu is None else gpu
     scratch = Path(scratch)
     scratch.mkdir(parents=True, exist_ok=True)
-    out, info = scratch / "predictions.npy", scratch / "runner.json"
-    for stale in (out, info):
+    out, info, extra_out = scratch / "predictions.npy", scratch / "runner.json", scratch / "extra.npy"
+    for stale in (out, info, extra_out):
         stale.unlink(missing_ok=True)
 
     threads = str(min(4, os.cpu_count() or 1))
@@ -262,13 +266,18 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
     argv = [sys.executable, "-m", "skybench.runner", "--submission", "/submission", "--inputs", "/inputs",
             "--out", "/scratch/predictions.npy", "--batch-size", str(track.evaluation.batch_size),
             "--device", "auto" if gpu else "cpu"]
+    binds = [(sub.folder, "/submission"), (test_dir, "/inputs")]
+    if extra_dir is not None:
+        argv[argv.index("/inputs") + 1:argv.index("/inputs") + 1] = ["/extra"]
+        argv[argv.index("/scratch/predictions.npy") + 1:argv.index("/scratch/predictions.npy") + 1] = \
+            ["/scratch/extra.npy"]
+        binds.append((extra_dir, "/extra"))
     if limit is not None:
         argv += ["--limit", str(n)]
     box = track.sandbox
     limits = Limits(memory_mb=box.memory_mb, cpu_seconds=box.cpu_seconds, wall_seconds=box.wall_seconds,
                     max_processes=box.max_processes)
-    res = run_sandboxed(argv, scratch=scratch, ro_binds=[(sub.folder, "/submission"), (test_dir, "/inputs")],
-                        limits=limits, env=env, gpu=gpu)
+    res = run_sandboxed(argv, scratch=scratch, ro_binds=binds, limits=limits, env=env, gpu=gpu)
     device = "unknown"
     try:
         if info.is_file() and not info.is_symlink() and info.stat().st_size < 10_000:
@@ -278,12 +287,22 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
         pass
     if not res.ok:
         return _fail(res.reason, ids, device, res.wall_seconds, res.stderr)
+    result = _read_output(out, ids, n, track, device, res.wall_seconds, res.stderr)
+    if result.ok and extra_dir is not None:
+        extra_ids = pd.read_parquet(extra_dir / "index.parquet")["id"].to_numpy()[:n]
+        result.extra = _read_output(extra_out, extra_ids, len(extra_ids), track, device, 0.0, "")
+    return result
+
+
+def _read_output(out: Path, ids: np.ndarray, n: int, track: Track, device: str, seconds: float,
+                 log: str) -> PredictResult:
+    """Load and check one predictions file written by the sandboxed runner."""
     if out.is_symlink() or not out.is_file():
-        return _fail("produced no predictions file", ids, device, res.wall_seconds, res.stderr)
+        return _fail("produced no predictions file", ids, device, seconds, log)
     try:  # memory-mapped: a huge file is rejected on its header, before anything is read
         pred = np.load(out, mmap_mode="r", allow_pickle=False)
     except Exception as exc:
-        return _fail(f"predictions file is not a readable .npy array: {exc}", ids, device, res.wall_seconds)
+        return _fail(f"predictions file is not a readable .npy array: {exc}", ids, device, seconds)
     if reason := validate_predictions(pred, n, track.output.kind):
-        return _fail(reason, ids, device, res.wall_seconds, res.stderr)
-    return PredictResult(True, "", np.array(pred, dtype=np.float32), ids, device, res.wall_seconds, res.stderr)
+        return _fail(reason, ids, device, seconds, log)
+    return PredictResult(True, "", np.array(pred, dtype=np.float32), ids, device, seconds, log)
