@@ -1,0 +1,287 @@
+"""Shared helpers for training the baselines (``baselines/<name>/train.py``).
+
+Every baseline script does the same few things around its own model:
+
+    args = parse_args("k-NN on PCA features")           # --track --release --out [--max-train] [--epochs] ...
+    params = baseline_params("knn", args)                # train.knn from params.yaml, resolved for the profile
+    seed_everything(params["seed"])                      # python, numpy (+ torch / TensorFlow when imported)
+    x, y = load_split(args.release, "train", args.max_train)
+    sigma = noise_sigma(x)                               # per-band noise, stored inside the exported model
+    with CurveLogger("knn", args.track, params) as log:  # MLflow run in skybench-training-<track>
+        ... log.epoch(e, loss=..., val_loss=..., val_auroc=...)
+    write_submission(args.out, "knn", args.track, "sklearn", "model.skops", "...")
+
+Parameters live in ``params.yaml`` under ``train.<baseline>``. A value may depend on the pipeline's
+``profile``: ``epochs: {demo: 6, challenge: 40}`` is read as 6 under ``profile: demo``; or on the track:
+``crop: {lens-space: 64, lens-ground: 48}`` (nested either way round). Only the public
+``train`` and ``val`` splits of a release are read here; the hidden test labels never are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from .tracks import list_tracks, project_root
+
+__all__ = [
+    "CurveLogger",
+    "baseline_params",
+    "binary_metrics",
+    "fresh_folder",
+    "load_split",
+    "noise_sigma",
+    "parse_args",
+    "seed_everything",
+    "sklearn_stretch",
+    "write_submission",
+]
+
+PROFILES = ("demo", "challenge")
+TEAM = "baselines"
+
+
+def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line shared by every baseline's ``train.py``."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--track", required=True, help="track name, e.g. lens-space")
+    p.add_argument("--release", type=Path, required=True, help="release root (only public/train and val are read)")
+    p.add_argument("--out", type=Path, required=True, help="submission folder to write")
+    p.add_argument("--max-train", type=int, default=None, help="use only the first N training cut-outs")
+    p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
+    p.add_argument("--params", type=Path, default=None, help="parameters file (default: <project>/params.yaml)")
+    p.add_argument("--profile", default=None, help="override the profile of the parameters file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=YAML",
+                   help="override one parameter of this baseline, e.g. --set widths=[8,16] (repeatable)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log training curves")
+    return p.parse_args(argv)
+
+
+def _resolve(value: Any, profile: str, track: str | None) -> Any:
+    """``{demo: a, challenge: b}`` -> the profile's value, ``{lens-space: a, lens-ground: b}`` -> the track's
+    (nested either way round); anything else unchanged."""
+    if not isinstance(value, Mapping) or not value:
+        return value
+    keys = set(value)
+    if keys <= set(PROFILES):
+        choice, kind = profile, "profile"
+    elif keys <= set(list_tracks()) and track is not None:
+        choice, kind = track, "track"
+    else:
+        return value
+    if choice not in value:
+        raise KeyError(f"no value for {kind} {choice!r} in {dict(value)}")
+    return _resolve(value[choice], profile, track)
+
+
+def baseline_params(name: str, args: argparse.Namespace | None = None, *, params_file: Path | None = None,
+                    profile: str | None = None, track: str | None = None,
+                    overrides: list[str] | None = None) -> dict[str, Any]:
+    """``train.<name>`` of the parameters file, resolved for the profile and track, with overrides.
+
+    ``--epochs`` (when given) replaces ``epochs``; ``--set k=v`` replaces ``k`` (``v`` parsed as YAML)."""
+    params_file = params_file or (args.params if args is not None else None) or project_root() / "params.yaml"
+    raw = yaml.safe_load(Path(params_file).read_text()) or {}
+    profile = profile or (args.profile if args is not None else None) or raw.get("profile", "demo")
+    section = (raw.get("train") or {}).get(name)
+    if section is None:
+        raise KeyError(f"{params_file}: no parameters under train.{name}")
+    track = track or (args.track if args is not None else None)
+    params = {k: _resolve(v, profile, track) for k, v in section.items()}
+    for item in (overrides or []) + (list(args.overrides) if args is not None else []):
+        key, sep, value = item.partition("=")
+        if not sep or key not in params:
+            raise KeyError(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(params)}")
+        params[key] = yaml.safe_load(value)
+    if args is not None and args.epochs is not None:
+        params["epochs"] = args.epochs
+    params["profile"] = profile
+    return params
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy, and torch / TensorFlow when the script imported them; ask for deterministic ops."""
+    random.seed(seed)
+    np.random.seed(seed)
+    if "torch" in sys.modules:
+        import torch
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS on a GPU
+        torch.manual_seed(seed)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    if "tensorflow" in sys.modules or "keras" in sys.modules:
+        import keras
+        import tensorflow as tf
+
+        keras.utils.set_random_seed(seed)
+        tf.config.experimental.enable_op_determinism()
+
+
+def load_split(release: str | Path, split: str, max_n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(images float32 (N, bands, H, W), labels int64 (N,)) of a public ``train`` or ``val`` split."""
+    if split not in ("train", "val"):
+        raise ValueError(f"baselines train on the public train/val splits only, not {split!r}")
+    from .data import open_release
+
+    rel = open_release(release)
+    images = rel.images(split)
+    n = len(images) if max_n is None else min(max_n, len(images))
+    x = np.ascontiguousarray(images[:n], dtype=np.float32)
+    y = np.asarray(rel.labels(split)[:n]).astype(np.int64)
+    return x, y
+
+
+def noise_sigma(x: np.ndarray, border: int = 8) -> np.ndarray:
+    """Per-band noise sigma (float32, (bands,)) as 1.4826 * MAD of the pixels within ``border`` of the edge.
+
+    Cut-outs are centred on the deflector, so the border is mostly sky (a few companions do not move the
+    median)."""
+    x = np.asarray(x, dtype=np.float32)
+    mask = np.ones(x.shape[-2:], bool)
+    mask[border:-border, border:-border] = False
+    pix = np.moveaxis(x[..., mask], 1, 0).reshape(x.shape[1], -1)  # (bands, N * n_border)
+    med = np.median(pix, axis=1, keepdims=True)
+    sigma = 1.4826 * np.median(np.abs(pix - med), axis=1)
+    if not np.all(np.isfinite(sigma) & (sigma > 0)):
+        raise ValueError(f"could not estimate the noise level from the border pixels: {sigma}")
+    return sigma.astype(np.float32)
+
+
+def sklearn_stretch(sigma: np.ndarray, size: int, crop: int | None) -> Any:
+    """A fitted scikit-learn Pipeline for flattened (N, bands*size*size) cut-outs, as the runner passes them:
+
+    crop   FunctionTransformer(numpy.take): the central ``crop`` x ``crop`` pixels of every band
+    noise  StandardScaler(with_mean=False) whose ``scale_`` is the noise sigma of each pixel's band (fitted
+           on the two rows +sigma and -sigma, whose standard deviation is sigma)
+    asinh  FunctionTransformer(numpy.arcsinh): linear for faint pixels, logarithmic for bright cores
+
+    Only sklearn types and numpy functions: a skops file of it loads with the runner's allow-list."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer, StandardScaler
+
+    sigma = np.asarray(sigma, dtype=np.float64).reshape(-1)
+    crop = size if not crop or crop >= size else int(crop)
+    a = (size - crop) // 2
+    rows = np.arange(a, a + crop)
+    pix = (rows[:, None] * size + rows[None, :]).reshape(-1)  # central pixels of one band, row-major
+    columns = np.concatenate([b * size * size + pix for b in range(len(sigma))])
+    band_sigma = np.repeat(sigma, len(pix))
+    steps = [
+        ("crop", FunctionTransformer(np.take, kw_args={"indices": columns, "axis": 1})),
+        ("noise", StandardScaler(with_mean=False).fit(np.stack([band_sigma, -band_sigma]))),
+        ("asinh", FunctionTransformer(np.arcsinh)),
+    ]
+    pipe = Pipeline(steps)
+    pipe.steps[0][1].fit(np.zeros((1, len(sigma) * size * size), np.float32))
+    pipe.steps[2][1].fit(np.zeros((1, len(columns)), np.float32))
+    return pipe
+
+
+def binary_metrics(labels: np.ndarray, scores: np.ndarray, eps: float = 1e-7) -> dict[str, float]:
+    """Binary cross-entropy and ROC AUC of scores in [0, 1] (AUROC NaN when one class is missing)."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.clip(np.asarray(scores, dtype=np.float64).reshape(-1), eps, 1 - eps)
+    loss = float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+    auc = float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else math.nan
+    return {"loss": loss, "auroc": auc}
+
+
+def _flat(params: Mapping[str, Any]) -> dict[str, str]:
+    return {k: str(v)[:500] for k, v in params.items()}
+
+
+class CurveLogger:
+    """One MLflow run per training in ``skybench-training-<track>`` (apart from the leaderboard runs).
+
+    ``epoch(step, **metrics)`` logs one point of each curve; ``summary(**metrics)`` final values. The run ends
+    FINISHED, or FAILED when the training raised. ``enabled=False`` (``--no-mlflow``) logs nothing."""
+
+    def __init__(self, baseline: str, track: str, params: Mapping[str, Any], *, enabled: bool = True):
+        self.baseline, self.track, self.params, self.enabled = baseline, track, dict(params), enabled
+        self.run_id: str | None = None
+        self.t0 = time.perf_counter()
+        self.history: list[dict[str, float]] = []
+
+    def __enter__(self) -> CurveLogger:
+        self.t0 = time.perf_counter()
+        if not self.enabled:
+            return self
+        from mlflow.entities import Param, RunTag
+
+        from .tracking import KIND_TAG, client, ensure_experiment, git_commit, training_experiment
+
+        self._client = client()
+        exp_id = ensure_experiment(training_experiment(self.track))
+        run = self._client.create_run(exp_id, run_name=f"{TEAM}/{self.baseline}",
+                                      tags={KIND_TAG: "training"})
+        self.run_id = run.info.run_id
+        tags = {"team": TEAM, "baseline": self.baseline, "skybench.track": self.track, "git_commit": git_commit()}
+        self._client.log_batch(self.run_id, params=[Param(k, v) for k, v in _flat(self.params).items()],
+                               tags=[RunTag(k, v) for k, v in tags.items()])
+        return self
+
+    def _log(self, step: int, metrics: Mapping[str, float]) -> None:
+        if not self.enabled or self.run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and math.isfinite(v)]
+        self._client.log_batch(self.run_id, metrics=batch)
+
+    def epoch(self, step: int, **metrics: float) -> None:
+        metrics = {k: float(v) for k, v in metrics.items()}
+        self.history.append({"epoch": step, **metrics})
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        print(f"[{self.baseline} {self.track}] epoch {step}  {shown}  ({time.perf_counter() - self.t0:.0f} s)",
+              flush=True)
+        self._log(step, metrics)
+
+    def summary(self, **metrics: float) -> None:
+        self._log(0, {"final_" + k: v for k, v in metrics.items()})
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        seconds = time.perf_counter() - self.t0
+        print(f"[{self.baseline} {self.track}] trained in {seconds:.1f} s", flush=True)
+        if not self.enabled or self.run_id is None:
+            return
+        try:
+            self._log(0, {"train_seconds": seconds})
+        finally:
+            self._client.set_terminated(self.run_id, "FINISHED" if exc_type is None else "FAILED")
+
+
+def write_submission(out: str | Path, name: str, track: str, fmt: str, model: str, description: str) -> Path:
+    """Write ``out/submission.yaml`` (team ``baselines``) and make the folder readable by the sandbox."""
+    out = Path(out)
+    spec = {"team": TEAM, "name": name, "track": track, "format": fmt, "model": model,
+            "description": description}
+    (out / "submission.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, width=1000))
+    for path in [out, *out.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return out
+
+
+def fresh_folder(out: str | Path) -> Path:
+    """Empty ``out`` (created if missing) so that no stale model file survives into the submission."""
+    import shutil
+
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    return out
