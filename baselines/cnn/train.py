@@ -22,8 +22,6 @@ seeded, with TensorFlow op determinism. TensorFlow uses a GPU by itself when it 
 from __future__ import annotations
 
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +39,7 @@ from skybench.train import (  # noqa: E402
     load_split,
     noise_sigma,
     parse_args,
+    run_cli,
     seed_everything,
     write_submission,
 )
@@ -132,13 +131,5 @@ def train(argv: list[str] | None = None) -> tuple[Any, Path]:
     return model, out
 
 
-def main(argv: list[str] | None = None) -> int:
-    train(argv)
-    return 0
-
-
 if __name__ == "__main__":
-    t0 = time.perf_counter()
-    rc = main()
-    print(f"total {time.perf_counter() - t0:.1f} s")
-    sys.exit(rc)
+    run_cli(train)

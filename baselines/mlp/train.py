@@ -12,8 +12,6 @@ Pipeline holds stretch, PCA and MLP.
 
 from __future__ import annotations
 
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ from skybench.train import (
     load_split,
     noise_sigma,
     parse_args,
+    run_cli,
     seed_everything,
     sklearn_stretch,
     write_submission,
@@ -78,13 +77,5 @@ def train(argv: list[str] | None = None) -> tuple[Any, Path]:
     return model, out
 
 
-def main(argv: list[str] | None = None) -> int:
-    train(argv)
-    return 0
-
-
 if __name__ == "__main__":
-    t0 = time.perf_counter()
-    rc = main()
-    print(f"total {time.perf_counter() - t0:.1f} s")
-    sys.exit(rc)
+    run_cli(train)

@@ -18,8 +18,6 @@ seed; uses CUDA when available.
 from __future__ import annotations
 
 import copy
-import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from skybench.train import (
     load_split,
     noise_sigma,
     parse_args,
+    run_cli,
     seed_everything,
     write_submission,
 )
@@ -211,13 +210,5 @@ def train(argv: list[str] | None = None) -> tuple[Any, Path]:
     return Scorer(model).cpu().eval(), out
 
 
-def main(argv: list[str] | None = None) -> int:
-    train(argv)
-    return 0
-
-
 if __name__ == "__main__":
-    t0 = time.perf_counter()
-    rc = main()
-    print(f"total {time.perf_counter() - t0:.1f} s")
-    sys.exit(rc)
+    run_cli(train)

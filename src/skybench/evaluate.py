@@ -77,8 +77,10 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
     release_sha = check_release(release, track)
     hidden = pd.read_parquet(release / "hidden" / "test" / "meta.parquet")
     outcomes = []
+    real = _real_lens_set(track)
+    real_sha = release_digest(real) if real is not None else ""
     for folder in map(Path, folders):
-        outcome = _evaluate_one(folder, track, release, release_sha, hidden, out, force)
+        outcome = _evaluate_one(folder, track, release, release_sha, real, real_sha, hidden, out, force)
         if publish and outcome.record is not None:
             try:
                 publish_record(outcome.record, track.name)
@@ -90,8 +92,8 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
     return outcomes
 
 
-def _evaluate_one(folder: Path, track: Track, release: Path, release_sha: str, hidden: pd.DataFrame, out: Path,
-                  force: bool) -> Outcome:
+def _evaluate_one(folder: Path, track: Track, release: Path, release_sha: str, real: Path | None, real_sha: str,
+                  hidden: pd.DataFrame, out: Path, force: bool) -> Outcome:
     try:
         sub = load_submission(folder)
     except SubmissionError as exc:
@@ -104,10 +106,12 @@ def _evaluate_one(folder: Path, track: Track, release: Path, release_sha: str, h
     if spec.track != track.name:
         return Outcome(folder, spec.team, spec.name, "SKIPPED", f"submission is for track {spec.track}")
     rdir = record_dir(out, spec.team, spec.name)
-    if not force and (_same_record(rdir, sub, release_sha) or _in_mlflow(track.name, sub.sha256, release_sha)):
+    if spec.format == "predictions":  # its CSV covers the public test set only
+        real, real_sha = None, ""
+    if not force and (_same_record(rdir, sub, release_sha, real_sha)
+                      or _in_mlflow(track.name, sub.sha256, release_sha, real_sha)):
         return Outcome(folder, spec.team, spec.name, "SKIPPED", "unchanged since its last evaluation",
                        record=rdir if (rdir / RECORD).is_file() else None)
-    real = _real_lens_set(track) if spec.format != "predictions" else None
     with tempfile.TemporaryDirectory(prefix="skybench-scratch-") as scratch:
         res = sandboxed_predict(sub, release / "public" / "test", scratch=Path(scratch), track=track,
                                 extra_inputs=real)
@@ -127,7 +131,7 @@ def _evaluate_one(folder: Path, track: Track, release: Path, release_sha: str, h
             metrics["real_lens_recall"] = real_lens_recall(truth, res.predictions, extra.predictions)
     rec = _write_record(rdir, team=spec.team, name=spec.name, fmt=spec.format, status=status, reason=reason,
                         sub_sha=sub.sha256, release_sha=release_sha, device=res.device, metrics=metrics,
-                        seconds=res.seconds, n=len(res.ids))
+                        seconds=res.seconds, n=len(res.ids), real_release_sha256=real_sha)
     return Outcome(folder, spec.team, spec.name, status, reason, metrics, rec)
 
 
@@ -141,9 +145,10 @@ def _real_lens_set(track: Track) -> Path | None:
     return real
 
 
-def _in_mlflow(track: str, sub_sha: str, release_sha: str) -> bool:
+def _in_mlflow(track: str, sub_sha: str, release_sha: str, real_sha: str) -> bool:
     try:
-        return find_evaluation(track, sub_sha, release_sha) is not None
+        run = find_evaluation(track, sub_sha, release_sha)
+        return run is not None and run.data.tags.get("real_release_sha256", "") == real_sha
     except Exception:  # noqa: BLE001 - an unreachable server must not stop evaluation; logging reports it
         return False
 
@@ -155,12 +160,13 @@ def _safe_sha(folder: Path) -> str:
         return "unreadable"
 
 
-def _same_record(rdir: Path, sub: Submission, release_sha: str) -> bool:
+def _same_record(rdir: Path, sub: Submission, release_sha: str, real_sha: str) -> bool:
     try:
         rec = json.loads((rdir / RECORD).read_text())
     except (OSError, ValueError):
         return False
-    return rec.get("submission_sha256") == sub.sha256 and rec.get("release_sha256") == release_sha
+    return (rec.get("submission_sha256"), rec.get("release_sha256"), rec.get("real_release_sha256", "")) == \
+        (sub.sha256, release_sha, real_sha)
 
 
 def _write_record(rdir: Path, *, team: str, name: str, fmt: str, status: str, reason: str, sub_sha: str,

@@ -11,14 +11,15 @@ from pathlib import Path
 from .tracking import find_evaluation, log_evaluation
 
 RECORD = "evaluation.json"
-TAGS = ("submission_sha256", "release_sha256", "git_commit", "skybench_version", "device")
+TAGS = ("submission_sha256", "release_sha256", "real_release_sha256", "git_commit", "skybench_version", "device")
 
 
 def publish_record(rdir: Path, track: str | None = None) -> str | None:
     """Log one record unless MLflow already has it; return the new run id, or None if it was there."""
     rec = json.loads((Path(rdir) / RECORD).read_text())
     track = track or _track_of(Path(rdir))
-    if find_evaluation(track, rec["submission_sha256"], rec["release_sha256"]):
+    run = find_evaluation(track, rec["submission_sha256"], rec["release_sha256"])
+    if run is not None and run.data.tags.get("real_release_sha256", "") == rec.get("real_release_sha256", ""):
         return None
     artifacts = [p for p in sorted(Path(rdir).iterdir()) if p.is_file() and not p.name.startswith(".")]
     return log_evaluation(track, team=rec["team"], name=rec["name"], fmt=rec["format"], status=rec["status"],

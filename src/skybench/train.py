@@ -25,7 +25,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -285,3 +285,10 @@ def fresh_folder(out: str | Path) -> Path:
         shutil.rmtree(out)
     out.mkdir(parents=True)
     return out
+
+
+def run_cli(train: Callable[[list[str] | None], object]) -> None:
+    """The ``__main__`` of a baseline's train.py: train from the command line and print the wall time."""
+    start = time.perf_counter()
+    train(None)
+    print(f"total {time.perf_counter() - start:.1f} s")
