@@ -138,9 +138,10 @@ def test_leaderboard_ties_go_to_earliest_submission(store: str, track: Track, tm
 
     df = leaderboard(track)
     assert list(df.columns) == [
-        "rank", "team", "name", "status", "auroc", "tpr0", "tpr10", "tpr_fpr1e-3", "average_precision",
+        "rank", "team", "name", "status", *track.metrics.report,
         "auroc_ci_low", "auroc_ci_high", "format", "device", "submitted", "reason",
     ]  # fmt: skip
+    assert track.metrics.report[:5] == ["auroc", "tpr0", "tpr10", "tpr_fpr1e-3", "average_precision"]
     assert list(df["team"]) == ["zeta", "alpha", "carol", "bob"]
     assert df["rank"].tolist()[:3] == [1, 2, 3] and pd.isna(df["rank"].iloc[3])
     assert df["auroc"].iloc[2] == 0.85 and len(df) == 4
