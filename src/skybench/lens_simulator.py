@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .lens_population import LensLabel, LensPopulation
-from .physics.backend import Backend
+from .physics.backend import Backend, device
 from .physics.lens_mass import phi_q2ellipticity, shear_deflection, sie_deflection
 from .physics.light import gaussian_ellipse, sersic_ellipse, sersic_total_flux
 from .physics.noise import magnitude2cps
@@ -147,8 +147,8 @@ class LensSimulator:
         sx_, sy_ = shear_deflection(x, y, col("shear_gamma1", lensed_idx), col("shear_gamma2", lensed_idx))
         bx, by = x - ax - sx_, y - ay - sy_  # lens equation: beta = theta - alpha(theta)
 
-        total = xp.zeros((B, nb, n, n), dtype=be.dtype, device=_dev(x))
-        source = xp.zeros((B, nb, n, n), dtype=be.dtype, device=_dev(x))
+        total = xp.zeros((B, nb, n, n), dtype=be.dtype, device=device(x))
+        source = xp.zeros((B, nb, n, n), dtype=be.dtype, device=device(x))
         comps = [(p, lensed, "sersic") for p, lensed in SERSIC_COMPONENTS] + \
                 [(p, lensed, "gauss") for p, lensed in GAUSSIAN_COMPONENTS]
         for prefix, lensed, kind in comps:
@@ -227,12 +227,6 @@ class LensSimulator:
 def _reference_band(colors: dict[str, float], names: list[str]) -> int:
     """The band whose colour is 0 (magnitudes are drawn in it)."""
     return next(i for i, b in enumerate(names) if colors[b] == 0.0)
-
-
-def _dev(a: Any) -> Any:
-    from array_api_compat import device
-
-    return device(a)
 
 
 def lenstronomy_kwargs(row: pd.Series | dict, track: Track, band: str) -> dict[str, Any]:

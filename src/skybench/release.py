@@ -173,7 +173,3 @@ def release_digest(root: Path) -> str:
     """sha256 of the manifest: one value that names the exact content of a release."""
     return sha256_file(Path(root) / "manifest.json")
 
-
-def iter_shards(root: Path, split: str) -> Iterator[np.ndarray]:
-    for path in sorted((Path(root) / "public" / split).glob("images-*.npy")):
-        yield np.load(path, mmap_mode="r")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from scipy.special import erf
 
@@ -32,10 +30,3 @@ def convolution_matrix(kernel_1d: np.ndarray, n: int) -> np.ndarray:
     inside = np.abs(offsets) <= half
     return np.where(inside, kernel_1d[np.clip(offsets + half, 0, len(kernel_1d) - 1)], 0.0)
 
-
-def convolve_separable(images: Any, matrix: Any) -> Any:
-    """Convolve (..., n, n) images with the separable kernel whose 1-D matrix is ``matrix``.
-
-    Same result as ``scipy.signal.fftconvolve(image, outer(k, k), mode="same")`` (lenstronomy's "fft"
-    convolution), in O(n^3) matrix products that batch well on CPU and GPU."""
-    return matrix @ images @ matrix.T
