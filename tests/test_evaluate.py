@@ -211,10 +211,10 @@ def test_real_lens_recall_is_the_fraction_above_the_1_percent_fpr_threshold(stor
 
     real = simulate_release("lens-space", tmp_path / "real", seed=11, size=8, progress=False)
     track = load_track("lens-space")
-    track = track.model_copy(update={"evaluation": track.evaluation.model_copy(update={"real_lenses": str(real)})})
+    track = track.model_copy(update={"evaluation": track.evaluation.model_copy(update={"real_set": str(real)})})
     (o,) = evaluate([subs["ok"]], track, tiny_space_release, out=tmp_path / "evals")
     pred = pd.read_csv(tmp_path / "evals/tests__ok/predictions.csv")
-    real_scores = pd.read_csv(tmp_path / "evals/tests__ok/real_lens_scores.csv")
+    real_scores = pd.read_csv(tmp_path / "evals/tests__ok/real_predictions.csv")
     hidden = pd.read_parquet(tiny_space_release / "hidden/test/meta.parquet").set_index("id")
     cut = threshold_at_fpr(hidden.loc[pred.id, "is_lens"].to_numpy(), pred.score.to_numpy(), 0.01)
     assert len(real_scores) == 8

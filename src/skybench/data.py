@@ -61,11 +61,19 @@ class Release:
         m = self.manifest
         return f"Release({self.root}, track={m['track']}, profile={m['profile']}, counts={m['counts']})"
 
-    def images(self, split: str) -> ShardedArray:
-        paths = sorted((self.root / "public" / split).glob("images-*.npy"))
+    def array(self, split: str, name: str = "images") -> ShardedArray:
+        """A public per-object array of a split: ``images``, ``features`` (catalogue tracks), ``truth`` ..."""
+        paths = sorted((self.root / "public" / split).glob(f"{name}-*.npy"))
         if not paths:
-            raise FileNotFoundError(f"{self.root}: no images for split {split!r}")
+            raise FileNotFoundError(f"{self.root}: no {name} for split {split!r}")
         return ShardedArray(paths)
+
+    def images(self, split: str) -> ShardedArray:
+        return self.array(split, "images")
+
+    def features(self, split: str) -> ShardedArray:
+        """Catalogue features (N, F); their names are in the manifest's ``feature_names``."""
+        return self.array(split, "features")
 
     def meta(self, split: str) -> pd.DataFrame:
         """Metadata of a public split (for ``test``: only the ids)."""

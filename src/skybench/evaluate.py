@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import __version__
 from .release import ReleaseError, read_manifest, release_digest, verify_release
-from .score import real_lens_recall, score
+from .score import score, score_real
 from .submission import (
     Submission,
     SubmissionError,
@@ -75,9 +75,9 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
     release = Path(release or default_release(track))
     out = Path(out or default_out(track))
     release_sha = check_release(release, track)
-    hidden = pd.read_parquet(release / "hidden" / "test" / "meta.parquet")
+    hidden = release / "hidden" / "test"
     outcomes = []
-    real = _real_lens_set(track)
+    real = _real_set(track)
     real_sha = release_digest(real) if real is not None else ""
     for folder in map(Path, folders):
         outcome = _evaluate_one(folder, track, release, release_sha, real, real_sha, hidden, out, force)
@@ -93,7 +93,7 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
 
 
 def _evaluate_one(folder: Path, track: Track, release: Path, release_sha: str, real: Path | None, real_sha: str,
-                  hidden: pd.DataFrame, out: Path, force: bool) -> Outcome:
+                  hidden: Path, out: Path, force: bool) -> Outcome:
     try:
         sub = load_submission(folder)
     except SubmissionError as exc:
@@ -106,7 +106,7 @@ def _evaluate_one(folder: Path, track: Track, release: Path, release_sha: str, r
     if spec.track != track.name:
         return Outcome(folder, spec.team, spec.name, "SKIPPED", f"submission is for track {spec.track}")
     rdir = record_dir(out, spec.team, spec.name)
-    if spec.format == "predictions":  # its CSV covers the public test set only
+    if spec.format == "predictions":  # its file covers the public test set only
         real, real_sha = None, ""
     if not force and (_same_record(rdir, sub, release_sha, real_sha)
                       or _in_mlflow(track.name, sub.sha256, release_sha, real_sha)):
@@ -118,28 +118,39 @@ def _evaluate_one(folder: Path, track: Track, release: Path, release_sha: str, r
     metrics: dict[str, float] = {}
     status, reason = ("FINISHED", "") if res.ok else ("FAILED", res.reason)
     if res.ok and res.extra is not None and not res.extra.ok:
-        status, reason = "FAILED", f"on the real-lens set: {res.extra.reason}"
+        status, reason = "FAILED", f"on the real set {track.evaluation.real_set}: {res.extra.reason}"
     elif res.ok:
         rdir.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame({"id": res.ids, "score": res.predictions}).to_csv(rdir / "predictions.csv", index=False)
+        save_predictions(rdir, "predictions", res.ids, res.predictions)
         metrics = score(track, res.ids, res.predictions, hidden, rdir)
-        if res.extra is not None:
+        if res.extra is not None and real is not None:
             extra = res.extra
-            pd.DataFrame({"id": extra.ids, "score": extra.predictions}).to_csv(rdir / "real_lens_scores.csv",
-                                                                               index=False)
-            truth = hidden.set_index("id").loc[res.ids]
-            metrics["real_lens_recall"] = real_lens_recall(truth, res.predictions, extra.predictions)
+            save_predictions(rdir, "real_predictions", extra.ids, extra.predictions)
+            metrics |= score_real(track, res.ids, res.predictions, hidden, extra.ids, extra.predictions,
+                                  real / "hidden" / "test", rdir)
     rec = _write_record(rdir, team=spec.team, name=spec.name, fmt=spec.format, status=status, reason=reason,
                         sub_sha=sub.sha256, release_sha=release_sha, device=res.device, metrics=metrics,
                         seconds=res.seconds, n=len(res.ids), real_release_sha256=real_sha)
     return Outcome(folder, spec.team, spec.name, status, reason, metrics, rec)
 
 
-def _real_lens_set(track: Track) -> Path | None:
-    """The track's real-lens release, when it has one with objects in it."""
-    if not track.evaluation.real_lenses:
+def save_predictions(rdir: Path, stem: str, ids: pd.Series, predictions: object) -> None:
+    """``<stem>.csv`` (id, score) for one value per object; else ``<stem>.npy`` plus ``<stem>_ids.csv``."""
+    import numpy as np
+
+    pred = np.asarray(predictions)
+    if pred.ndim == 1:
+        pd.DataFrame({"id": ids, "score": pred}).to_csv(rdir / f"{stem}.csv", index=False)
+    else:
+        np.save(rdir / f"{stem}.npy", pred)
+        pd.DataFrame({"id": ids}).to_csv(rdir / f"{stem}_ids.csv", index=False)
+
+
+def _real_set(track: Track) -> Path | None:
+    """The track's release of real objects, when it has one with objects in it."""
+    if not track.evaluation.real_set:
         return None
-    real = project_root() / track.evaluation.real_lenses
+    real = project_root() / track.evaluation.real_set
     if not (real / "manifest.json").is_file() or read_manifest(real)["counts"]["test"] == 0:
         return None
     return real

@@ -36,6 +36,17 @@ def object_seed(seed: int, split: str, index: int) -> int:
 
 
 class LensSimulator:
+    hidden_arrays: tuple[str, ...] = ()
+    label_columns: tuple[str, ...] = ("is_lens",)
+
+    @staticmethod
+    def arrays(track: Track) -> dict[str, tuple[int, ...]]:
+        return {"images": (len(track.band_names), track.cutout.size, track.cutout.size)}
+
+    @staticmethod
+    def release_info(track: Track) -> dict[str, Any]:
+        return {}
+
     def __init__(self, track: Track, backend: Backend):
         self.track, self.backend = track, backend
         self.pop = LensPopulation.model_validate(track.population)

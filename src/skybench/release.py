@@ -6,10 +6,15 @@ Layout::
     DIR/public/{train,val}/      images-00000.npy ... (float32, N x bands x H x W) + meta.parquet
     DIR/public/test/             images-*.npy + index.parquet (ids only)
     DIR/hidden/test/meta.parquet labels and full metadata of the test set
+
+A track may have other per-object arrays besides ``images`` (e.g. ``features``: catalogue magnitudes, or
+``truth``: the undegraded image), each sharded the same way as ``<name>-00000.npy``. Arrays named in
+``hidden_arrays`` go to ``hidden/test/`` for the test split (they are answers), and to ``public/`` otherwise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -28,8 +33,10 @@ from . import __version__
 
 FORMAT = "skybench-release/1"
 SPLITS = ("train", "val", "test")
-# (split, [(start, stop), ...]) -> the chunks in that order: (float32 images (B, ...), metadata with ``id``)
-ChunksFn = Callable[[str, list[tuple[int, int]]], Iterator[tuple[np.ndarray, pd.DataFrame]]]
+# (split, [(start, stop), ...]) -> the chunks in that order: (arrays, metadata with ``id``), where arrays is
+# the float32 images (B, ...) or a dict {array name: float32 (B, ...)}
+Chunk = tuple["np.ndarray | dict[str, np.ndarray]", pd.DataFrame]
+ChunksFn = Callable[[str, list[tuple[int, int]]], Iterator[Chunk]]
 
 
 class ReleaseError(RuntimeError):
@@ -49,14 +56,18 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
     pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, compression="zstd")
 
 
-def write_release(out: Path, *, info: dict[str, Any], counts: dict[str, int], image_shape: tuple[int, ...],
-                  make_chunks: ChunksFn, chunk_size: int = 128, shard_size: int = 10_000,
+def write_release(out: Path, *, info: dict[str, Any], counts: dict[str, int],
+                  image_shape: tuple[int, ...] | None = None, make_chunks: ChunksFn,
+                  arrays: dict[str, tuple[int, ...]] | None = None, hidden_arrays: tuple[str, ...] = (),
+                  chunk_size: int = 128, shard_size: int = 10_000,
                   public_test_columns: tuple[str, ...] = ("id",), label_columns: tuple[str, ...] = (),
                   progress: bool = True) -> Path:
     """Write a release to ``out`` atomically: build it in a sibling temporary folder, then rename.
 
     A failure (including a full disk) removes the temporary folder and leaves any previous release intact.
+    ``arrays``: per-object array shapes by name (default ``{"images": image_shape}``).
     ``label_columns`` are kept out of ``public/test``; everything but ``public_test_columns`` is hidden."""
+    arrays = dict(arrays) if arrays is not None else {"images": tuple(image_shape or ())}
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -66,12 +77,14 @@ def write_release(out: Path, *, info: dict[str, Any], counts: dict[str, int], im
             for split in SPLITS:
                 n = counts.get(split, 0)
                 if n:
-                    _write_split(tmp, split, n, image_shape, make_chunks, chunk_size, shard_size,
+                    _write_split(tmp, split, n, arrays, hidden_arrays, make_chunks, chunk_size, shard_size,
                                  public_test_columns, bar)
         files = {p.relative_to(tmp).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {"format": FORMAT, **info, "skybench_version": __version__,
-                    "counts": {s: counts.get(s, 0) for s in SPLITS}, "image_shape": list(image_shape),
+                    "counts": {s: counts.get(s, 0) for s in SPLITS},
+                    **({"image_shape": list(arrays["images"])} if "images" in arrays else {}),
+                    "arrays": {k: list(v) for k, v in arrays.items()}, "hidden_arrays": list(hidden_arrays),
                     "image_dtype": "float32", "label_columns": list(label_columns), "files": files}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if out.exists():
@@ -87,32 +100,44 @@ def write_release(out: Path, *, info: dict[str, Any], counts: dict[str, int], im
     return out
 
 
-def _write_split(root: Path, split: str, n: int, image_shape: tuple[int, ...], make_chunks: ChunksFn,
-                 chunk_size: int, shard_size: int, public_test_columns: tuple[str, ...], bar: Any) -> None:
+def _write_split(root: Path, split: str, n: int, arrays: dict[str, tuple[int, ...]], hidden_arrays: tuple[str, ...],
+                 make_chunks: ChunksFn, chunk_size: int, shard_size: int, public_test_columns: tuple[str, ...],
+                 bar: Any) -> None:
     pub = root / "public" / split
     pub.mkdir(parents=True)
+    hid = root / "hidden" / split
+    if split == "test":
+        hid.mkdir(parents=True)
     task = bar.add_task(f"{split:5s}", total=n) if bar else None
     metas = []
     for shard_no, shard_start in enumerate(range(0, n, shard_size)):
         shard_stop = min(n, shard_start + shard_size)
-        # Plain appends, not a memory map: the pages of a written memory map would stay in the RSS.
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
-                  "shape": (shard_stop - shard_start, *image_shape)}
         ranges = [(a, min(shard_stop, a + chunk_size)) for a in range(shard_start, shard_stop, chunk_size)]
-        with open(pub / f"images-{shard_no:05d}.npy", "wb") as f:
-            np.lib.format.write_array_header_1_0(f, header)
-            for (start, stop), (images, meta) in zip(ranges, make_chunks(split, ranges), strict=True):
-                if images.shape != (stop - start, *image_shape):
-                    raise ValueError(f"chunk {split}[{start}:{stop}] has shape {images.shape}")
-                f.write(np.ascontiguousarray(images, dtype="<f4").tobytes())
+        files = {}
+        with contextlib.ExitStack() as stack:
+            for name, shape in arrays.items():
+                folder = hid if split == "test" and name in hidden_arrays else pub
+                f = files[name] = stack.enter_context(open(folder / f"{name}-{shard_no:05d}.npy", "wb"))
+                # Plain appends, not a memory map: the pages of a written memory map would stay in the RSS.
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
+                          "shape": (shard_stop - shard_start, *shape)}
+                np.lib.format.write_array_header_1_0(f, header)
+            for (start, stop), (chunk, meta) in zip(ranges, make_chunks(split, ranges), strict=True):
+                chunk = chunk if isinstance(chunk, dict) else {"images": chunk}
+                if set(chunk) != set(arrays):
+                    raise ValueError(f"chunk {split}[{start}:{stop}] has arrays {sorted(chunk)}, expected "
+                                     f"{sorted(arrays)}")
+                for name, shape in arrays.items():
+                    if chunk[name].shape != (stop - start, *shape):
+                        raise ValueError(f"chunk {split}[{start}:{stop}]: {name} has shape {chunk[name].shape}")
+                    files[name].write(np.ascontiguousarray(chunk[name], dtype="<f4").tobytes())
                 metas.append(meta)
                 if bar:
                     bar.advance(task, stop - start)
     meta = pd.concat(metas, ignore_index=True)
     if split == "test":
         _write_parquet(meta[list(public_test_columns)], pub / "index.parquet")
-        (root / "hidden" / split).mkdir(parents=True)
-        _write_parquet(meta, root / "hidden" / split / "meta.parquet")
+        _write_parquet(meta, hid / "meta.parquet")
     else:
         _write_parquet(meta, pub / "meta.parquet")
 

@@ -6,9 +6,12 @@
 Several input sets (e.g. the test set and a real-lens set) are predicted with one loaded model, each into
 its own output file.
 
-Every model gets float32 batches of shape (B, bands, H, W), streamed from the memory-mapped shards
-``images-*.npy`` (the last batch may be smaller). Outputs are stacked into one float32 .npy; a trailing
-singleton axis is dropped ((B, 1) -> (B,)). ``runner.json`` next to it records device, count and seconds.
+Every model gets float32 batches of shape (B, bands, H, W), streamed from the shards ``images-*.npy``
+(the last batch may be smaller). On a catalogue track it gets ``features`` (B, F) instead, and on a track
+with both, a pair ``(images, features)`` (ONNX: two inputs, in that order; Keras: a list; torch: two
+arguments; sklearn: both flattened and concatenated; python: the tuple). Outputs are stacked into one
+float32 .npy; a trailing singleton axis is dropped ((B, 1) -> (B,)). ``runner.json`` next to it records
+device, count and seconds.
 
 Formats:
   onnx     onnxruntime, CUDAExecutionProvider first when available; exactly one input, first output used.
@@ -39,7 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-Predict = Callable[[np.ndarray], object]
+Batch = np.ndarray | tuple[np.ndarray, ...]
+Predict = Callable[[Batch], object]
+INPUT_ARRAYS = ("images", "features")  # the per-object arrays a model may get, in this order
 SKOPS_ALLOWED = ("sklearn.", "numpy.", "scipy.sparse.")
 
 
@@ -65,12 +70,17 @@ def load_onnx(path: Path, device: str) -> tuple[Predict, str]:
         sess = ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as exc:
         raise RunnerError(f"model file does not load as ONNX: {exc}") from exc
-    inputs = sess.get_inputs()
-    if len(inputs) != 1:
-        raise RunnerError(f"the ONNX model must have exactly one input, it has {[i.name for i in inputs]}")
-    name = inputs[0].name
+    names = [i.name for i in sess.get_inputs()]
     used = "cuda" if sess.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
-    return (lambda x: sess.run(None, {name: x})[0]), used
+
+    def predict(x: Batch) -> object:
+        xs = x if isinstance(x, tuple) else (x,)
+        if len(xs) != len(names):
+            raise RunnerError(f"the ONNX model has inputs {names}, but this track gives {len(xs)} array(s) "
+                              f"({', '.join(str(a.shape) for a in xs)})")
+        return sess.run(None, dict(zip(names, xs, strict=True)))[0]
+
+    return predict, used
 
 
 def load_keras(path: Path, device: str) -> tuple[Predict, str]:
@@ -96,8 +106,8 @@ def load_keras(path: Path, device: str) -> tuple[Predict, str]:
     if device == "cuda" and used != "cuda":
         raise RunnerError(f"--device cuda, but keras ({backend}) sees no GPU")
 
-    def predict(x: np.ndarray) -> object:
-        out = model.predict_on_batch(x)
+    def predict(x: Batch) -> object:
+        out = model.predict_on_batch(list(x) if isinstance(x, tuple) else x)
         return out[0] if isinstance(out, (list, tuple)) else out
 
     return predict, used
@@ -115,9 +125,10 @@ def load_torch(path: Path, device: str) -> tuple[Predict, str]:
         raise RunnerError(f"model file does not load as a torch.export program (.pt2 written by "
                           f"torch.export.save; TorchScript is not accepted): {exc}") from exc
 
-    def predict(x: np.ndarray) -> object:
+    def predict(x: Batch) -> object:
+        xs = x if isinstance(x, tuple) else (x,)
         with torch.no_grad():
-            out = module(torch.from_numpy(x).to(used))
+            out = module(*(torch.from_numpy(a).to(used) for a in xs))
         out = out[0] if isinstance(out, (list, tuple)) else out
         return out.detach().float().cpu().numpy()
 
@@ -151,7 +162,11 @@ def load_sklearn(path: Path, device: str) -> tuple[Predict, str]:
     else:
         raise RunnerError(f"the skops object ({type(model).__name__}) has no predict_proba, "
                           f"decision_function or predict method")
-    return (lambda x: method(x.reshape(len(x), -1))), "cpu"
+    def flat(x: Batch) -> np.ndarray:
+        xs = x if isinstance(x, tuple) else (x,)
+        return np.concatenate([a.reshape(len(a), -1) for a in xs], axis=1)
+
+    return (lambda x: method(flat(x))), "cpu"
 
 
 def load_python(path: Path, device: str) -> tuple[Predict, str]:
@@ -194,11 +209,27 @@ def read_spec(folder: Path) -> tuple[str, Path]:
     return fmt, path
 
 
-def iter_batches(inputs: Path, batch_size: int, limit: int | None) -> Iterator[np.ndarray]:
+def input_arrays(inputs: Path) -> list[str]:
+    """Names of the per-object arrays in an input folder, in the order a model gets them."""
+    names = [n for n in INPUT_ARRAYS if any(inputs.glob(f"{n}-*.npy"))]
+    if not names:
+        raise RunnerError(f"{inputs}: no input arrays ({', '.join(f'{n}-*.npy' for n in INPUT_ARRAYS)})")
+    return names
+
+
+def iter_inputs(inputs: Path, batch_size: int, limit: int | None) -> Iterator[Batch]:
+    """Batches of the folder's input arrays: one array, or a tuple when the track has several."""
+    names = input_arrays(inputs)
+    streams = [iter_batches(inputs, batch_size, limit, n) for n in names]
+    for parts in zip(*streams, strict=True):
+        yield parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def iter_batches(inputs: Path, batch_size: int, limit: int | None, name: str = "images") -> Iterator[np.ndarray]:
     """Batches from the shards, in order, read with plain file reads rather than a memory map, so that
     only one batch is ever resident (touched pages of a memory map would count towards the RSS)."""
     left = limit
-    for shard_path in sorted(inputs.glob("images-*.npy")):
+    for shard_path in sorted(inputs.glob(f"{name}-*.npy")):
         with open(shard_path, "rb") as f:
             major, _ = np.lib.format.read_magic(f)
             read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
@@ -218,7 +249,8 @@ def iter_batches(inputs: Path, batch_size: int, limit: int | None) -> Iterator[n
 
 
 def count_inputs(inputs: Path, limit: int | None) -> int:
-    n = sum(len(np.load(p, mmap_mode="r")) for p in inputs.glob("images-*.npy"))
+    first = input_arrays(inputs)[0]
+    n = sum(len(np.load(p, mmap_mode="r")) for p in inputs.glob(f"{first}-*.npy"))
     return n if limit is None else min(n, limit)
 
 
@@ -247,12 +279,13 @@ def _predict_set(predict: Predict, fmt: str, used: str, inputs: Path, out: Path,
     start = last_log = time.monotonic()
     outs: list[np.ndarray] = []
     done = 0
-    for i, batch in enumerate(iter_batches(inputs, batch_size, limit)):
+    for i, batch in enumerate(iter_inputs(inputs, batch_size, limit)):
         try:
             res = predict(batch)
         except Exception as exc:
             traceback.print_exc()
-            raise RunnerError(f"predict failed on batch {i} (shape {batch.shape}): {type(exc).__name__}: "
+            shape = tuple(a.shape for a in batch) if isinstance(batch, tuple) else batch.shape
+            raise RunnerError(f"predict failed on batch {i} (shape {shape}): {type(exc).__name__}: "
                               f"{exc}") from exc
         try:
             res = np.asarray(res, dtype=np.float32)
@@ -265,7 +298,7 @@ def _predict_set(predict: Predict, fmt: str, used: str, inputs: Path, out: Path,
         if outs and res.shape[1:] != outs[0].shape[1:]:
             raise RunnerError(f"batch {i}: the model returned shape {res.shape}, batch 0 gave {outs[0].shape}")
         outs.append(res)
-        done += len(batch)
+        done += len(batch[0] if isinstance(batch, tuple) else batch)
         if time.monotonic() - last_log > 10:
             last_log = time.monotonic()
             rate = done / (last_log - start)

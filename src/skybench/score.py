@@ -5,8 +5,11 @@ It never runs participant code (that is the sandboxed runner's job) and the runn
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pandas as pd
@@ -19,13 +22,33 @@ THETA_E_BINS = np.array([0.0, 0.6, 0.9, 1.2, 1.5, 2.0, 3.0])
 SNR_BINS = np.array([0.0, 10, 20, 40, 80, 160, 1e6])
 
 
-def score(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: pd.DataFrame,
-          out_dir: Path) -> dict[str, float]:
-    """Score ``predictions`` (aligned with ``ids``) against the hidden test table; write plots to ``out_dir``."""
-    if track.task != "lens":  # pragma: no cover - later tracks add their scorer here
-        raise NotImplementedError(track.task)
-    truth = hidden.set_index("id").loc[ids]
-    return score_lens(truth, np.asarray(predictions, dtype=np.float64), Path(out_dir))
+def score(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path, out_dir: Path) -> dict[str, float]:
+    """Score ``predictions`` (aligned with ``ids``) against the hidden test folder ``hidden`` (``meta.parquet``
+    and any hidden arrays); write plots and tables to ``out_dir``. Dispatches on the track's task."""
+    return _scorer(track).score_task(track, ids, predictions, Path(hidden), Path(out_dir))
+
+
+def score_real(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path, real_ids: np.ndarray,
+               real_predictions: np.ndarray, real_hidden: Path, out_dir: Path) -> dict[str, float]:
+    """Metrics on the track's real set (``evaluation.real_set``), predicted in the same sandboxed run."""
+    return _scorer(track).score_real_task(track, ids, predictions, Path(hidden), real_ids, real_predictions,
+                                          Path(real_hidden), Path(out_dir))
+
+
+def _scorer(track: Track) -> ModuleType:
+    """The module that scores the track's task: this one for lenses, ``score_<task>`` for the others."""
+    return sys.modules[__name__] if track.task == "lens" else importlib.import_module(f"skybench.score_{track.task}")
+
+
+def score_task(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path, out_dir: Path) -> dict[str, float]:
+    truth = pd.read_parquet(hidden / "meta.parquet").set_index("id").loc[ids]
+    return score_lens(truth, np.asarray(predictions, dtype=np.float64), out_dir)
+
+
+def score_real_task(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path, real_ids: np.ndarray,
+                    real_predictions: np.ndarray, real_hidden: Path, out_dir: Path) -> dict[str, float]:
+    truth = pd.read_parquet(hidden / "meta.parquet").set_index("id").loc[ids]
+    return {"real_lens_recall": real_lens_recall(truth, predictions, real_predictions)}
 
 
 def score_lens(truth: pd.DataFrame, scores: np.ndarray, out_dir: Path) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -29,33 +30,39 @@ def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", se
         counts = {"train": max(1, round(split.train * scale)), "val": max(1, round(split.val * scale)),
                   "test": size}
     be = get_backend(backend)
-    if track.task != "lens":  # pragma: no cover - later tasks register their simulator here
-        raise NotImplementedError(f"no simulator for task {track.task!r}")
-    label_columns = ("is_lens",)
+    cls = simulator_class(track)
     workers = workers or (os.cpu_count() or 1) if be.name == "numpy" else 1
-    n = track.cutout.size
     info = {"track": track.name, "task": track.task, "profile": profile, "seed": seed,
             "bands": track.band_names, "pixel_scale": track.survey.pixel_scale, "units": "e-/s per pixel",
-            "backend": f"{be.name}-{be.device}"}
+            "backend": f"{be.name}-{be.device}", **cls.release_info(track)}
     with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(track, backend)) if workers > 1 \
             else _InProcess(track, backend) as pool:
 
         def make_chunks(split: str, ranges: list[tuple[int, int]]) -> Iterator[Any]:
             return pool.map(_simulate_chunk, [(seed, split, a, b) for a, b in ranges])
 
-        return write_release(Path(out), info=info, counts=counts, image_shape=(len(track.band_names), n, n),
-                             make_chunks=make_chunks, chunk_size=chunk_size, label_columns=label_columns,
-                             progress=progress)
+        return write_release(Path(out), info=info, counts=counts, arrays=cls.arrays(track),
+                             hidden_arrays=cls.hidden_arrays, make_chunks=make_chunks, chunk_size=chunk_size,
+                             label_columns=cls.label_columns, progress=progress)
 
 
+# The simulator of each task: a class built as ``cls(track, backend)`` whose ``simulate(seed, split, start, stop)``
+# returns (arrays, metadata) for objects start..stop, with class-level ``arrays(track)`` (name -> shape per
+# object), ``hidden_arrays``, ``label_columns`` and ``release_info(track)`` (extra manifest entries).
+SIMULATORS = {"lens": "skybench.lens_simulator:LensSimulator",
+              "photoz": "skybench.photoz_simulator:GalaxySimulator",
+              "enhance": "skybench.enhance_simulator:EnhanceSimulator"}
 _SIM: Any = None
+
+
+def simulator_class(track: Track) -> Any:
+    module, name = SIMULATORS[track.task].split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def _init_worker(track: Track, backend: str) -> None:
     global _SIM
-    from .lens_simulator import LensSimulator
-
-    _SIM = LensSimulator(track, get_backend(backend))
+    _SIM = simulator_class(track)(track, get_backend(backend))
 
 
 def _simulate_chunk(job: tuple[int, str, int, int]) -> Any:

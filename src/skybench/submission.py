@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .release import sha256_file
 from .sandbox import Limits, run_sandboxed
-from .tracks import Track, list_tracks
+from .tracks import Output, Track, list_tracks
 
 FORMATS = ("onnx", "keras", "torch", "sklearn", "python", "predictions")
 MODEL_SUFFIX = {"onnx": ".onnx", "keras": ".keras", "torch": ".pt2", "sklearn": ".skops", "python": ".py",
@@ -181,17 +181,31 @@ def _fail(reason: str, ids: np.ndarray, device: str = "unknown", seconds: float 
     return PredictResult(False, reason, None, ids, device, seconds, log)
 
 
-def validate_predictions(pred: np.ndarray, n: int, kind: str) -> str:
+def expected_shapes(output: Output, n: int, input_shape: tuple[int, ...] = ()) -> list[tuple[int, ...]]:
+    """The prediction shapes a track accepts for ``n`` inputs (``input_shape``: one input image)."""
+    if output.kind == "image":
+        return [(n, *input_shape)]
+    shapes = [(n,)]
+    if output.kind == "pdf" and output.grid is not None:
+        shapes.append((n, int(output.grid[2])))
+    return shapes
+
+
+def validate_predictions(pred: np.ndarray, n: int, output: Output, input_shape: tuple[int, ...] = ()) -> str:
     """One-line reason why ``pred`` is not a valid output for ``n`` inputs ("" when it is)."""
     if pred.dtype.kind not in "iuf":
         return f"returned non-numeric values (dtype {pred.dtype})"
-    if kind == "score" and pred.ndim == 1 and len(pred) != n:
+    shapes = expected_shapes(output, n, input_shape)
+    if pred.ndim == 1 and (n,) in shapes and len(pred) != n:
         return f"returned {len(pred)} predictions, expected {n} (one per input)"
-    if (kind == "score" and pred.shape != (n,)) or pred.ndim == 0 or pred.shape[0] != n:
-        return f"returned shape {tuple(pred.shape)}, expected {(n,) if kind == 'score' else (n, '...')}"
+    if tuple(pred.shape) not in shapes:
+        want = " or ".join(str(s) for s in shapes)
+        return f"returned shape {tuple(pred.shape)}, expected {want} for a {output.kind!r} track"
     bad = int(np.size(pred) - np.count_nonzero(np.isfinite(np.asarray(pred, dtype=np.float32))))
     if bad:  # counted in float32, the dtype we keep: 1e300 is inf there
         return f"returned {bad} non-finite value{'s' if bad != 1 else ''} (NaN/inf)"
+    if output.kind == "pdf" and pred.ndim == 2 and (np.any(pred < 0) or np.any(pred.sum(axis=1) <= 0)):
+        return "returned a PDF with negative values or a row that sums to zero"
     return ""
 
 
@@ -303,6 +317,13 @@ def _read_output(out: Path, ids: np.ndarray, n: int, track: Track, device: str, 
         pred = np.load(out, mmap_mode="r", allow_pickle=False)
     except Exception as exc:
         return _fail(f"predictions file is not a readable .npy array: {exc}", ids, device, seconds)
-    if reason := validate_predictions(pred, n, track.output.kind):
+    if reason := validate_predictions(pred, n, track.output, _input_shape(track)):
         return _fail(reason, ids, device, seconds, log)
     return PredictResult(True, "", np.array(pred, dtype=np.float32), ids, device, seconds, log)
+
+
+def _input_shape(track: Track) -> tuple[int, ...]:
+    """Shape of one input image of the track (what an ``image`` output must match)."""
+    if track.cutout is None:
+        return ()
+    return (len(track.band_names), track.cutout.size, track.cutout.size)

@@ -49,8 +49,15 @@ class Metrics(_Strict):
 
 
 class Output(_Strict):
+    """What a submission returns per input. ``shape`` uses "N" for the number of inputs.
+
+    score: (N,) ranking score. point: (N,) value. pdf: a point estimate (N,) or a PDF (N, K) on ``grid``
+    (K = ``grid[2]`` bins, centres spread evenly over [grid[0], grid[1]]). image: same shape as the input."""
+
     kind: Literal["score", "point", "pdf", "image"]
     shape: list[str | int]
+    grid: tuple[float, float, int] | None = None  # (low, high, K) bin centres of a PDF output
+    point_estimate: Literal["mean", "median", "mode"] = "mean"  # how a PDF becomes a point estimate
 
 
 class SandboxLimits(_Strict):
@@ -62,17 +69,19 @@ class SandboxLimits(_Strict):
 
 class Evaluation(_Strict):
     batch_size: int = Field(256, gt=0)
-    # A release of real lenses (path relative to the project root); each submission is also run on it and
-    # scored by the fraction found above the threshold that gives 1% false positives on the simulated test.
-    real_lenses: str | None = None
+    # A release of real objects (path relative to the project root); each submission is also run on it in the
+    # same sandboxed run and scored by the task's scorer (lens: recall of real lenses; enhance: real truth).
+    real_set: str | None = None
 
 
 class Track(_Strict):
     name: str
-    task: Literal["lens"]
+    task: Literal["lens", "photoz", "enhance"]
     description: str
     survey: Survey
-    cutout: Cutout
+    cutout: Cutout | None = None  # None for a track whose inputs are catalogue features only
+    # Arrays a model receives per object, in this order (see skybench.runner): image cut-outs and/or features.
+    inputs: list[Literal["images", "features"]] = ["images"]
     profiles: dict[str, Split]
     population: dict[str, Any]
     label: dict[str, Any]
