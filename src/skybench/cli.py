@@ -77,18 +77,20 @@ def validate(folder: Path, release: Annotated[Path | None, typer.Option(help="re
 
 
 @app.command()
-def evaluate(folders: Annotated[list[Path], typer.Argument(help="submission folders")],
-             track: Annotated[str, typer.Option(help="track to evaluate on")],
+def evaluate(folders: Annotated[list[Path] | None, typer.Argument(
+                 help="submission folders (default: every one under submissions/ and baselines/ for TRACK)")] = None,
+             track: Annotated[str, typer.Option(help="track to evaluate on")] = ...,
              release: Annotated[Path | None, typer.Option(help="release folder (default releases/TRACK)")] = None,
              out: Annotated[Path | None, typer.Option(help="where evaluation records go")] = None,
              log: Annotated[bool, typer.Option(help="publish to MLflow right away")] = True,
              force: Annotated[bool, typer.Option(help="re-evaluate unchanged submissions")] = False) -> None:
     """Evaluate submissions on the hidden test labels, in the sandbox, and log them to MLflow."""
+    from .evaluate import discover_submissions
     from .evaluate import evaluate as run
     from .release import ReleaseError
 
     try:
-        outcomes = run(folders, track, release, out=out, publish=log, force=force)
+        outcomes = run(folders or discover_submissions(track), track, release, out=out, publish=log, force=force)
     except (ReleaseError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     for o in outcomes:

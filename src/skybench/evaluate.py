@@ -62,6 +62,25 @@ def check_release(release: Path, track: Track) -> str:
     return release_digest(release)
 
 
+def discover_submissions(track: str, roots: tuple[str, ...] = ("submissions", "baselines")) -> list[Path]:
+    """Every submission folder under ``roots`` (relative to the project root) declaring ``track``.
+
+    A folder whose ``submission.yaml`` cannot be read is included when its path names the track, so that
+    it is recorded as FAILED with its reason rather than silently left out."""
+    import yaml
+
+    found = []
+    for root in roots:
+        for spec in sorted((project_root() / root).rglob("submission.yaml")):
+            try:
+                declared = (yaml.safe_load(spec.read_text()) or {}).get("track")
+            except (yaml.YAMLError, AttributeError, OSError):
+                declared = track if track in spec.parent.parts else None
+            if declared == track:
+                found.append(spec.parent)
+    return found
+
+
 def record_dir(out: Path, team: str, name: str) -> Path:
     return out / re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{team}__{name}")
 
