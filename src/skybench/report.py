@@ -14,7 +14,7 @@ from .release import ReleaseError, read_manifest, verify_release
 def print_report(releases: Path) -> None:
     console = Console(width=160)
     table = Table(title="Releases")
-    for col in ("release", "track", "profile", "seed", "train", "val", "test", "lens fraction (train)",
+    for col in ("release", "track", "profile", "seed", "train", "val", "test", "label (train mean)",
                 "verify"):
         table.add_column(col)
     for root in sorted(p for p in Path(releases).glob("*") if p.is_dir()):
@@ -24,7 +24,7 @@ def print_report(releases: Path) -> None:
             table.add_row(root.name, "-", "-", "-", "-", "-", "-", "-", str(exc))
             continue
         frac = "-"
-        label = (m.get("label_columns") or [None])[0]
+        label = (m.get("label_columns") or [None])[0]  # is_lens: the lens fraction; z: the mean redshift
         meta = root / "public" / "train" / "meta.parquet"
         if label and meta.is_file():
             frac = f"{pd.read_parquet(meta, columns=[label])[label].mean():.2f}"
