@@ -7,7 +7,7 @@ export SKYBENCH_ROOT := $(CURDIR)
 # Quiet TensorFlow and keep the CPU thread count sane on small machines.
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup data run test lint clean
+.PHONY: setup data run test lint clean notebooks
 
 # Create or refresh .venv whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -28,6 +28,10 @@ run: setup data
 
 test: setup data
 	$(PY) -m pytest -q
+
+# The tutorial notebooks, executed with bigger sizes into notebooks/executed/ (git-ignored), outputs kept.
+notebooks: setup data
+	SKYBENCH_NB_SIZE=1000 SKYBENCH_NB_EPOCHS=8 $(PY) notebooks/execute.py
 
 lint: setup
 	$(VENV)/bin/ruff check .
