@@ -3,15 +3,18 @@
 For each submission it writes an evaluation record, ``OUT/<team>__<name>/`` (``evaluation.json``,
 ``predictions.csv``, ``metrics.json``, ``roc.csv``, plots), and then publishes it to MLflow (``log.py``).
 Records stay on disk, so an unreachable tracking server loses nothing: ``skybench log OUT`` publishes
-them later. A bad submission becomes a FAILED record with a one-line reason; the others carry on."""
+them later. A bad submission becomes a FAILED record with a one-line reason; the others carry on.
+
+The sandboxed inference runs on an executor (``--executor local|ray``, :mod:`skybench.executors`); scoring,
+records and logging always run here, so scores do not depend on the executor."""
 
 from __future__ import annotations
 
 import json
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -19,14 +22,17 @@ from . import __version__
 from .release import ReleaseError, read_manifest, release_digest, verify_release
 from .score import score, score_real
 from .submission import (
+    PredictResult,
     Submission,
     SubmissionError,
     folder_sha256,
     load_submission,
-    sandboxed_predict,
 )
 from .tracking import find_evaluation, git_commit
 from .tracks import Track, load_track, project_root
+
+if TYPE_CHECKING:
+    from .executors import Executor
 
 RECORD = "evaluation.json"
 
@@ -40,6 +46,7 @@ class Outcome:
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     record: Path | None = None
+    unpublished: str = ""  # why the record could not be logged to MLflow ("" when logged or not asked to)
 
 
 def default_release(track: Track) -> Path:
@@ -86,33 +93,60 @@ def record_dir(out: Path, team: str, name: str) -> Path:
 
 
 def evaluate(folders: list[Path], track: str | Track, release: Path | None = None, *, out: Path | None = None,
-             publish: bool = True, force: bool = False) -> list[Outcome]:
-    """Evaluate every submission folder meant for ``track``; return one outcome per folder."""
+             publish: bool = True, force: bool = False, executor: str | Executor = "local",
+             executor_options: dict | None = None) -> list[Outcome]:
+    """Evaluate every submission folder meant for ``track``; return one outcome per folder.
+
+    ``executor``: where the sandboxed inference runs (``local`` or ``ray``, see :mod:`skybench.executors`);
+    scoring, records and MLflow logging happen here, one submission at a time, in the order of ``folders``."""
+    from .executors import Job, get_executor
     from .log import publish_record
+    from .tracking import unreachable
 
     track = load_track(track) if isinstance(track, str) else track
     release = Path(release or default_release(track))
     out = Path(out or default_out(track))
     release_sha = check_release(release, track)
     hidden = release / "hidden" / "test"
-    outcomes = []
     real = _real_set(track)
     real_sha = release_digest(real) if real is not None else ""
-    for folder in map(Path, folders):
-        outcome = _evaluate_one(folder, track, release, release_sha, real, real_sha, hidden, out, force)
-        if publish and outcome.record is not None:
+    down = unreachable()  # a dead tracking server: evaluate anyway, keep the records, say so once per record
+    plans: list[Outcome | _Plan] = [_plan(Path(f), track, real, real_sha, release_sha, out, force, not down)
+                                    for f in folders]
+    todo = [p for p in plans if isinstance(p, _Plan)]
+    jobs = [Job(p.sub, release / "public" / "test", track, p.real) for p in todo]
+    results = iter(get_executor(executor, **(executor_options or {})).run(jobs)) if jobs else iter(())
+    outcomes = []
+    for plan in plans:
+        outcome = plan if isinstance(plan, Outcome) else _finish(plan, next(results), track, release_sha, hidden)
+        if publish and outcome.record is not None:  # a skipped record too: it may be pending from an outage
             try:
+                if down:
+                    raise ConnectionError(down)
                 publish_record(outcome.record, track.name)
             except Exception as exc:  # noqa: BLE001 - the record stays on disk for `skybench log`
+                outcome.unpublished = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                 outcome.reason = (f"{outcome.reason}; " if outcome.reason else "") + \
-                    f"not logged to MLflow ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); " \
+                    f"not logged to MLflow ({outcome.unpublished}); " \
                     f"the record is kept in {outcome.record}, publish it later with `skybench log {out}`"
         outcomes.append(outcome)
     return outcomes
 
 
-def _evaluate_one(folder: Path, track: Track, release: Path, release_sha: str, real: Path | None, real_sha: str,
-                  hidden: Path, out: Path, force: bool) -> Outcome:
+@dataclass
+class _Plan:
+    """A submission that is to be run: everything but its predictions."""
+
+    folder: Path
+    sub: Submission
+    rdir: Path
+    real: Path | None
+    real_sha: str
+
+
+def _plan(folder: Path, track: Track, real: Path | None, real_sha: str, release_sha: str, out: Path, force: bool,
+          ask_mlflow: bool) -> Outcome | _Plan:
+    """The outcome when nothing needs to run (invalid, other track, unchanged), else a plan to run it."""
     try:
         sub = load_submission(folder)
     except SubmissionError as exc:
@@ -128,12 +162,16 @@ def _evaluate_one(folder: Path, track: Track, release: Path, release_sha: str, r
     if spec.format == "predictions":  # its file covers the public test set only
         real, real_sha = None, ""
     if not force and (_same_record(rdir, sub, release_sha, real_sha)
-                      or _in_mlflow(track.name, sub.sha256, release_sha, real_sha)):
+                      or (ask_mlflow and _in_mlflow(track.name, sub.sha256, release_sha, real_sha))):
         return Outcome(folder, spec.team, spec.name, "SKIPPED", "unchanged since its last evaluation",
                        record=rdir if (rdir / RECORD).is_file() else None)
-    with tempfile.TemporaryDirectory(prefix="skybench-scratch-") as scratch:
-        res = sandboxed_predict(sub, release / "public" / "test", scratch=Path(scratch), track=track,
-                                extra_inputs=real)
+    return _Plan(folder, sub, rdir, real, real_sha)
+
+
+def _finish(plan: _Plan, res: PredictResult, track: Track, release_sha: str, hidden: Path) -> Outcome:
+    """Score a submission's predictions and write its record."""
+    sub, rdir, real = plan.sub, plan.rdir, plan.real
+    spec = sub.spec
     metrics: dict[str, float] = {}
     status, reason = ("FINISHED", "") if res.ok else ("FAILED", res.reason)
     if res.ok and res.extra is not None and not res.extra.ok:
@@ -149,8 +187,8 @@ def _evaluate_one(folder: Path, track: Track, release: Path, release_sha: str, r
                                   real / "hidden" / "test", rdir)
     rec = _write_record(rdir, team=spec.team, name=spec.name, fmt=spec.format, status=status, reason=reason,
                         sub_sha=sub.sha256, release_sha=release_sha, device=res.device, metrics=metrics,
-                        seconds=res.seconds, n=len(res.ids), real_release_sha256=real_sha)
-    return Outcome(folder, spec.team, spec.name, status, reason, metrics, rec)
+                        seconds=res.seconds, n=len(res.ids), real_release_sha256=plan.real_sha)
+    return Outcome(plan.folder, spec.team, spec.name, status, reason, metrics, rec)
 
 
 def save_predictions(rdir: Path, stem: str, ids: pd.Series, predictions: object) -> None:

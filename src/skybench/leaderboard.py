@@ -3,6 +3,10 @@
 One row per (team, name): its latest complete evaluation. Ranked by the primary metric; ties go to the
 earliest submission (``submitted`` = first evaluation run of that team/name, any release, any outcome),
 then to team/name. Failed submissions (and any without a primary metric) follow the ranked rows, unranked.
+
+A track with ``evaluation.public_fraction`` has a public and a private part of its test set: while its
+``evaluation.phase`` is ``open`` every metric column holds the public-part value (``public_<m>`` in MLflow) and
+no private or whole-set value is shown; once ``closed`` the columns hold the private-part values, which rank.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from skybench.tracking import KIND_TAG, experiment_name, tracking_uri
 from skybench.tracks import Track
 
-__all__ = ["columns", "leaderboard", "render", "write_results"]
+__all__ = ["columns", "leaderboard", "metric_prefix", "render", "scored_on", "write_results"]
 
 Format = Literal["table", "markdown", "csv", "html"]
 
@@ -36,6 +40,23 @@ def columns(track: Track, extra_columns: Sequence[str] = ()) -> list[str]:
     """Column order of :func:`leaderboard`."""
     head = ["rank", "team", "name", "status"]
     return [*head, *_metric_columns(track, extra_columns), "format", "device", "submitted", "reason"]
+
+
+def metric_prefix(track: Track) -> str:
+    """MLflow metric prefix the leaderboard shows: "" (no split), "public_" (open) or "private_" (closed)."""
+    if track.evaluation.public_fraction is None:
+        return ""
+    return "public_" if track.evaluation.phase == "open" else "private_"
+
+
+def scored_on(track: Track) -> str:
+    """One line saying which part of the test set the leaderboard ranks on."""
+    f = track.evaluation.public_fraction
+    if f is None:
+        return "the whole test set"
+    if track.evaluation.phase == "open":
+        return f"the public {f:.0%} of the test set (phase open; private scores hidden until it closes)"
+    return f"the private {1 - f:.0%} of the test set (phase closed: final ranking)"
 
 
 def _runs(track: Track) -> pd.DataFrame:
@@ -83,6 +104,7 @@ def leaderboard(
     def col(name: str, default: object = "") -> pd.Series:
         return runs[name] if name in runs else pd.Series(default, index=runs.index)
 
+    prefix = metric_prefix(track)
     runs = runs.assign(team=col("params.team"), name=col("params.name"))
     first = runs.groupby(["team", "name"])["start_time"].min().rename("first_run")
     if release_sha256 is not None:
@@ -94,7 +116,8 @@ def leaderboard(
             "team": latest["team"],
             "name": latest["name"],
             "status": latest.get("tags.status", pd.Series("FINISHED", index=latest.index)).fillna("FINISHED"),
-            **{m: pd.to_numeric(latest.get(f"metrics.{m}", math.nan)) for m in _metric_columns(track, extra_columns)},
+            **{m: pd.to_numeric(latest.get(f"metrics.{prefix}{m}", math.nan))
+               for m in _metric_columns(track, extra_columns)},
             "format": latest.get("params.format", ""),
             "device": latest.get("tags.device", ""),
             "first_run": latest["first_run"],
@@ -155,7 +178,8 @@ def write_results(
     df = leaderboard(track, release_sha256=release_sha256, extra_columns=extra_columns)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "leaderboard.md").write_text(f"# Leaderboard: {track.name}\n\n" + render(df, "markdown"))
+    (out_dir / "leaderboard.md").write_text(f"# Leaderboard: {track.name}\n\nRanked on {scored_on(track)}.\n\n"
+                                            + render(df, "markdown"))
     metrics = {
         f"{row['team']}/{row['name']}": {
             m: float(row[m]) for m in _metric_columns(track, extra_columns) if pd.notna(row[m])

@@ -24,15 +24,60 @@ SNR_BINS = np.array([0.0, 10, 20, 40, 80, 160, 1e6])
 
 def score(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path, out_dir: Path) -> dict[str, float]:
     """Score ``predictions`` (aligned with ``ids``) against the hidden test folder ``hidden`` (``meta.parquet``
-    and any hidden arrays); write plots and tables to ``out_dir``. Dispatches on the track's task."""
-    return _scorer(track).score_task(track, ids, predictions, Path(hidden), Path(out_dir))
+    and any hidden arrays); write plots and tables to ``out_dir``. Dispatches on the track's task.
+
+    With ``evaluation.public_fraction`` set, the same scorer also runs on the public and on the private part
+    of the test ids (:func:`public_mask`), adding ``public_<m>`` and ``private_<m>`` for every metric ``m``."""
+    scorer = _scorer(track)
+    metrics = scorer.score_task(track, ids, predictions, Path(hidden), Path(out_dir))
+    if track.evaluation.public_fraction is None:
+        return metrics
+    import tempfile
+
+    all_ids = pd.read_parquet(Path(hidden) / "meta.parquet", columns=["id"])["id"].to_numpy()
+    public = public_mask(np.asarray(ids), all_ids, track.evaluation.public_fraction, track.evaluation.split_seed)
+    pred = np.asarray(predictions)
+    for part, mask in (("public", public), ("private", ~public)):
+        if not mask.any():
+            continue
+        with tempfile.TemporaryDirectory(prefix=f"skybench-{part}-") as tmp:  # the part's plots are not kept
+            part_metrics = scorer.score_task(track, np.asarray(ids)[mask], pred[mask], Path(hidden), Path(tmp))
+        metrics |= {f"{part}_{k}": v for k, v in part_metrics.items()}
+    return metrics
+
+
+def public_mask(ids: np.ndarray, all_ids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """True where an id of ``ids`` is in the public part: ``round(fraction * len(all_ids))`` of the test ids,
+    drawn with ``seed`` from the sorted ids of the whole test set (so it depends on neither order nor subset)."""
+    universe = np.sort(np.asarray(all_ids))
+    k = int(round(fraction * len(universe)))
+    chosen = universe[np.random.default_rng(seed).permutation(len(universe))[:k]]
+    return np.isin(np.asarray(ids), chosen)
 
 
 def score_real(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path, real_ids: np.ndarray,
                real_predictions: np.ndarray, real_hidden: Path, out_dir: Path) -> dict[str, float]:
-    """Metrics on the track's real set (``evaluation.real_set``), predicted in the same sandboxed run."""
-    return _scorer(track).score_real_task(track, ids, predictions, Path(hidden), real_ids, real_predictions,
-                                          Path(real_hidden), Path(out_dir))
+    """Metrics on the track's real set (``evaluation.real_set``), predicted in the same sandboxed run.
+
+    With a public/private split, also ``public_<m>`` / ``private_<m>``: the same metrics with only that part of
+    the simulated test set given to the scorer (e.g. the threshold of real-lens recall comes from that part)."""
+    scorer = _scorer(track)
+    metrics = scorer.score_real_task(track, ids, predictions, Path(hidden), real_ids, real_predictions,
+                                     Path(real_hidden), Path(out_dir))
+    if track.evaluation.public_fraction is None:
+        return metrics
+    import tempfile
+
+    all_ids = pd.read_parquet(Path(hidden) / "meta.parquet", columns=["id"])["id"].to_numpy()
+    public = public_mask(np.asarray(ids), all_ids, track.evaluation.public_fraction, track.evaluation.split_seed)
+    pred = np.asarray(predictions)
+    for part, mask in (("public", public), ("private", ~public)):
+        if mask.any():
+            with tempfile.TemporaryDirectory(prefix=f"skybench-{part}-") as tmp:
+                part_metrics = scorer.score_real_task(track, np.asarray(ids)[mask], pred[mask], Path(hidden),
+                                                      real_ids, real_predictions, Path(real_hidden), Path(tmp))
+            metrics |= {f"{part}_{k}": v for k, v in part_metrics.items()}
+    return metrics
 
 
 def _scorer(track: Track) -> ModuleType:

@@ -204,8 +204,13 @@ def validate_predictions(pred: np.ndarray, n: int, output: Output, input_shape: 
     bad = int(np.size(pred) - np.count_nonzero(np.isfinite(np.asarray(pred, dtype=np.float32))))
     if bad:  # counted in float32, the dtype we keep: 1e300 is inf there
         return f"returned {bad} non-finite value{'s' if bad != 1 else ''} (NaN/inf)"
-    if output.kind == "pdf" and pred.ndim == 2 and (np.any(pred < 0) or np.any(pred.sum(axis=1) <= 0)):
-        return "returned a PDF with negative values or a row that sums to zero"
+    if output.kind == "pdf" and pred.ndim == 2:
+        from .metrics import validate_pdf  # non-negative bin probabilities, rows summing to 1 within 1e-3
+
+        try:
+            validate_pdf(pred, pred.shape[1])
+        except ValueError as exc:
+            return f"returned an invalid PDF: {exc}"
     return ""
 
 
@@ -244,13 +249,15 @@ def read_predictions_csv(path: Path, ids: np.ndarray) -> tuple[np.ndarray | None
 
 
 def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Track, limit: int | None = None,
-                      gpu: bool | None = None, extra_inputs: Path | None = None) -> PredictResult:
+                      gpu: bool | None = None, extra_inputs: Path | None = None,
+                      threads: int | None = None) -> PredictResult:
     """Predict the test set of the release ``inputs`` (its root or its ``public/test`` folder).
 
     Code runs in the sandbox with the track's limits, seeing only the submission and the public test
     images; the parent then checks count, shape and finiteness. ``gpu=None``: use CUDA when available.
     ``extra_inputs``: a second input set (e.g. real lenses) predicted by the same run, returned as ``.extra``
-    (not for the ``predictions`` format, whose CSV covers the public test set only)."""
+    (not for the ``predictions`` format, whose CSV covers the public test set only). ``threads``: CPU threads
+    of the model (default min(4, cores)); an executor running several sandboxes at once gives each fewer."""
     test_dir = _test_folder(inputs)
     extra_dir = _test_folder(extra_inputs) if extra_inputs is not None else None
     all_ids = pd.read_parquet(test_dir / "index.parquet")["id"].to_numpy()
@@ -273,10 +280,12 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
     for stale in (out, info, extra_out):
         stale.unlink(missing_ok=True)
 
-    threads = str(min(4, os.cpu_count() or 1))
-    env = dict.fromkeys(_THREAD_VARS, threads) | {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONNOUSERSITE": "1"}
+    n_threads = str(threads or min(4, os.cpu_count() or 1))
+    env = dict.fromkeys(_THREAD_VARS, n_threads) | {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONNOUSERSITE": "1"}
     if not gpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
+    elif "CUDA_VISIBLE_DEVICES" in os.environ:  # e.g. the GPU a Ray task was given: the sandbox sees only it
+        env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
     argv = [sys.executable, "-m", "skybench.runner", "--submission", "/submission", "--inputs", "/inputs",
             "--out", "/scratch/predictions.npy", "--batch-size", str(track.evaluation.batch_size),
             "--device", "auto" if gpu else "cpu"]
@@ -303,7 +312,7 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
         return _fail(res.reason, ids, device, res.wall_seconds, res.stderr)
     result = _read_output(out, ids, n, track, device, res.wall_seconds, res.stderr)
     if result.ok and extra_dir is not None:
-        extra_ids = pd.read_parquet(extra_dir / "index.parquet")["id"].to_numpy()[:n]
+        extra_ids = pd.read_parquet(extra_dir / "index.parquet")["id"].to_numpy()[:limit]  # --limit covers both
         result.extra = _read_output(extra_out, extra_ids, len(extra_ids), track, device, 0.0, "")
     return result
 

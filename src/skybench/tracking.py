@@ -39,6 +39,7 @@ __all__ = [
     "log_evaluation",
     "tracking_uri",
     "training_experiment",
+    "unreachable",
 ]
 
 KIND_TAG = "skybench.kind"
@@ -177,7 +178,51 @@ def log_evaluation(
             pass
         raise
     c.set_terminated(run_id, "FINISHED")
+    drop_duplicates(c, exp_id, all_tags)
     return run_id
+
+
+DEDUP_TAGS = ("submission_sha256", "release_sha256", "real_release_sha256")
+
+
+def drop_duplicates(c: MlflowClient, exp_id: str, tags: Mapping[str, str]) -> int:
+    """Delete all but one complete run of the same (submission, release, real set); return how many.
+
+    Evaluators racing on one submission may each log a run. The keeper is the latest started (ties: the
+    highest run id), the same for every evaluator, so whichever finishes last leaves exactly one run and no
+    evaluator ever deletes the keeper (it is the newest in every evaluator's view). Deleted runs are MLflow's
+    soft deletes (lifecycle ``deleted``): hidden from searches, recoverable with ``mlflow gc``'s counterpart."""
+    if not tags.get("submission_sha256") or not tags.get("release_sha256"):
+        return 0
+    query = (f"tags.`{KIND_TAG}` = 'evaluation' and attributes.status = 'FINISHED'"
+             f" and tags.submission_sha256 = {_quoted(tags['submission_sha256'])}"
+             f" and tags.release_sha256 = {_quoted(tags['release_sha256'])}")
+    real = tags.get("real_release_sha256", "")
+    runs = [r for r in c.search_runs([exp_id], query, max_results=1000)
+            if r.data.tags.get("real_release_sha256", "") == real]
+    runs.sort(key=lambda r: (r.info.start_time, r.info.run_id))
+    for run in runs[:-1]:
+        try:
+            c.delete_run(run.info.run_id)
+        except MlflowException:  # already deleted by another evaluator
+            pass
+    return max(len(runs) - 1, 0)
+
+
+def unreachable(timeout: float = 10.0) -> str:
+    """"" when the tracking store answers, else a one-line reason (used to fail fast, before any work)."""
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return ""
+    import urllib.request
+
+    try:  # the tracking server's own health endpoint; no MLflow retries and back-off
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
+            if resp.status == 200:
+                return ""
+            return f"MLflow server {uri} answered HTTP {resp.status} on /health"
+    except OSError as exc:
+        return f"MLflow server {uri} is unreachable ({getattr(exc, 'reason', exc)})"
 
 
 def git_commit() -> str:

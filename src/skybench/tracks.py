@@ -72,6 +72,13 @@ class Evaluation(_Strict):
     # A release of real objects (path relative to the project root); each submission is also run on it in the
     # same sandboxed run and scored by the task's scorer (lens: recall of real lenses; enhance: real truth).
     real_set: str | None = None
+    # Public/private leaderboard (Kaggle-style): the hidden test ids are split with ``split_seed`` into a public
+    # part (``public_fraction`` of them) and a private part; each part is scored on its own (metrics
+    # ``public_<m>``, ``private_<m>``). While ``phase`` is ``open`` the leaderboard shows the public part only;
+    # once ``closed`` the private part ranks it. None: no split, the whole test set ranks (the default).
+    public_fraction: float | None = Field(None, gt=0, lt=1)
+    split_seed: int = 0
+    phase: Literal["open", "closed"] = "open"
 
 
 class Track(_Strict):

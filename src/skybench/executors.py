@@ -1,0 +1,209 @@
+"""Where the sandboxed inference of submissions runs: ``local`` (this process, one submission after another)
+or ``ray`` (Ray tasks on a local Ray instance or on the cluster at ``$RAY_ADDRESS``).
+
+Both run the same :func:`skybench.submission.sandboxed_predict` (bubblewrap, the track's limits); only the
+predictions come back, and scoring stays in the evaluating process, so scores do not depend on the executor.
+
+With Ray, each submission's test set is cut into contiguous shards, one Ray task each (``num_gpus=1`` when
+the cluster has GPUs). Shard boundaries fall on the runner's batch boundaries (a batch never spans two
+shards, exactly as in a local run), so a deterministic model gets the same batches and gives the same bits.
+A task whose shard is not the whole test set predicts a *view* of it: a folder in the task's temporary
+directory with the shard's rows of each input array (whole shard files are hard-linked, else copied) and of
+``index.parquet``; the sandbox sees only that folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from .submission import PredictResult, Submission, sandboxed_predict
+from .tracks import Track
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One submission to predict: its public test folder and, optionally, the track's real set."""
+
+    sub: Submission
+    test_dir: Path  # a release's public/test folder
+    track: Track
+    extra: Path | None = None  # the real set's release, predicted by the same run
+
+
+class Executor(Protocol):
+    name: str
+
+    def run(self, jobs: list[Job]) -> Iterator[PredictResult]:
+        """One result per job, in the order of ``jobs`` (yielded as they complete in that order)."""
+        ...
+
+
+class LocalExecutor:
+    """The embedded default: one sandbox at a time in this process."""
+
+    name = "local"
+
+    def run(self, jobs: list[Job]) -> Iterator[PredictResult]:
+        for job in jobs:
+            with tempfile.TemporaryDirectory(prefix="skybench-scratch-") as scratch:
+                yield sandboxed_predict(job.sub, job.test_dir, scratch=Path(scratch), track=job.track,
+                                        extra_inputs=job.extra)
+
+
+class RayExecutor:
+    """Shards of every submission as Ray tasks; connects to ``address`` / ``$RAY_ADDRESS`` or starts Ray here.
+
+    ``shards``: shards per submission (default: the cluster's GPUs, else its CPUs / ``cpus_per_task``).
+    ``num_cpus``: CPUs of a Ray instance started here (default: all)."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, *, shards: int | None = None, cpus_per_task: int = 1,
+                 num_cpus: int | None = None) -> None:
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.shards = shards
+        self.cpus_per_task = cpus_per_task
+        self.num_cpus = num_cpus
+
+    def run(self, jobs: list[Job]) -> Iterator[PredictResult]:
+        ray, started = _connect(self.address, self.num_cpus)
+        try:
+            resources = ray.cluster_resources()
+            gpus = int(resources.get("GPU", 0))
+            slots = gpus or max(1, int(resources.get("CPU", 1)) // self.cpus_per_task)
+            task = ray.remote(_predict_shard).options(num_cpus=self.cpus_per_task, num_gpus=1 if gpus else 0)
+            threads = None if gpus else self.cpus_per_task
+            pending = []
+            for job in jobs:
+                if job.sub.spec.format == "predictions":  # runs no code: checked here, nothing to distribute
+                    pending.append(None)
+                    continue
+                ranges = shard_ranges(job.test_dir, job.track.evaluation.batch_size, self.shards or slots)
+                pending.append([task.remote(job, a, b, i == 0, threads) for i, (a, b) in enumerate(ranges)])
+            for job, refs in zip(jobs, pending, strict=True):
+                if refs is None:
+                    yield next(LocalExecutor().run([job]))
+                else:
+                    yield merge_results(ray.get(refs))
+        finally:
+            if started:
+                ray.shutdown()
+
+
+def get_executor(name: str | Executor, **options: object) -> Executor:
+    """An executor by name (``local`` or ``ray``), or ``name`` itself when it already is one."""
+    if not isinstance(name, str):
+        return name
+    if name == "local":
+        return LocalExecutor()
+    if name == "ray":
+        return RayExecutor(**options)  # type: ignore[arg-type]
+    raise ValueError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
+
+
+def _connect(address: str | None, num_cpus: int | None) -> tuple[object, bool]:
+    """(the ray module, whether we started it). Offline-safe: no dashboard, no uv runtime env."""
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if ray.is_initialized():
+        return ray, False
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    return ray, True
+
+
+def _shard_files(test_dir: Path) -> dict[str, list[tuple[Path, int]]]:
+    """{array name: [(shard file, rows), ...]} of the per-object arrays in a public test folder."""
+    from .runner import input_arrays
+
+    return {name: [(p, int(np.load(p, mmap_mode="r").shape[0])) for p in sorted(test_dir.glob(f"{name}-*.npy"))]
+            for name in input_arrays(test_dir)}
+
+
+def shard_ranges(test_dir: Path, batch_size: int, shards: int) -> list[tuple[int, int]]:
+    """Up to ``shards`` contiguous (start, stop) row ranges covering the test set, cut only where the runner
+    starts a batch (every ``batch_size`` rows from the start of each shard file)."""
+    files = next(iter(_shard_files(Path(test_dir)).values()))
+    starts, offset = [], 0
+    for _, rows in files:
+        starts += range(offset, offset + rows, batch_size)
+        offset += rows
+    k = max(1, min(shards, len(starts)))
+    cuts = sorted({starts[round(i * len(starts) / k)] for i in range(k)}) + [offset] if starts else [0, 0]
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
+
+
+def write_view(test_dir: Path, start: int, stop: int, dest: Path) -> Path:
+    """A public-test-like folder at ``dest`` holding rows [start, stop) of ``test_dir``."""
+    dest.mkdir(parents=True)
+    for name, files in _shard_files(Path(test_dir)).items():
+        offset = k = 0
+        for path, rows in files:
+            a, b = max(start, offset), min(stop, offset + rows)
+            if a < b:
+                target = dest / f"{name}-{k:05d}.npy"
+                k += 1
+                if (a, b) == (offset, offset + rows):
+                    try:
+                        os.link(path, target)
+                    except OSError:  # another filesystem
+                        shutil.copyfile(path, target)
+                else:
+                    _copy_rows(path, a - offset, b - offset, target)
+            offset += rows
+    index = pd.read_parquet(Path(test_dir) / "index.parquet")
+    index.iloc[start:stop].to_parquet(dest / "index.parquet", index=False)
+    for p in [dest, *dest.iterdir()]:
+        p.chmod(0o755 if p.is_dir() else 0o644)  # readable by the sandbox's unprivileged uid
+    return dest
+
+
+def _copy_rows(src: Path, a: int, b: int, target: Path, block: int = 256) -> None:
+    """Rows [a, b) of a .npy file into a new .npy file, a block of rows at a time."""
+    arr = np.load(src, mmap_mode="r")
+    header = {"descr": np.lib.format.dtype_to_descr(arr.dtype), "fortran_order": False,
+              "shape": (b - a, *arr.shape[1:])}
+    with open(target, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for i in range(a, b, block):
+            f.write(np.ascontiguousarray(arr[i:min(b, i + block)]).tobytes())
+
+
+def _predict_shard(job: Job, start: int, stop: int, with_extra: bool, threads: int | None) -> PredictResult:
+    """Body of a Ray task: predict rows [start, stop) of the job's test set in the sandbox, on this worker."""
+    total = sum(rows for _, rows in next(iter(_shard_files(job.test_dir).values())))
+    extra = job.extra if with_extra else None
+    with tempfile.TemporaryDirectory(prefix="skybench-shard-") as tmp:
+        inputs = job.test_dir if (start, stop) == (0, total) else write_view(job.test_dir, start, stop,
+                                                                             Path(tmp) / "inputs")
+        return sandboxed_predict(job.sub, inputs, scratch=Path(tmp) / "scratch", track=job.track,
+                                 extra_inputs=extra, threads=threads)
+
+
+def merge_results(parts: list[PredictResult]) -> PredictResult:
+    """One result from the shards' results, in shard order; the first failing shard fails it."""
+    ids = np.concatenate([p.ids for p in parts])
+    seconds = max(p.seconds for p in parts)  # the shards ran side by side
+    bad = next((p for p in parts if not p.ok), None)
+    if bad is not None:
+        i = parts.index(bad)
+        reason = bad.reason if len(parts) == 1 else f"shard {i + 1}/{len(parts)}: {bad.reason}"
+        return replace(bad, reason=reason, ids=ids, seconds=seconds)
+    pred = np.concatenate([p.predictions for p in parts])  # type: ignore[misc]
+    return PredictResult(True, "", pred, ids, parts[0].device, seconds, parts[-1].log, extra=parts[0].extra)
+

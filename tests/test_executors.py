@@ -1,0 +1,88 @@
+"""Executors: the Ray executor (a real local Ray instance, 2 CPUs) gives the local executor's results bit for bit."""
+
+import json
+import os
+import textwrap
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from skybench.evaluate import evaluate
+from skybench.executors import get_executor, shard_ranges, write_view
+from skybench.tracks import load_track
+
+# Per-object arithmetic only: a deterministic model whose outputs do not depend on how the rows are batched.
+PREDICT = """
+import numpy as np
+def load(d):
+    return None
+def predict(m, b):
+    centre = b[:, :, 40:61, 40:61].astype("float64").sum(axis=(1, 2, 3))
+    return (centre / (np.abs(b).astype("float64").sum(axis=(1, 2, 3)) + 1e-9)).astype("float32")
+"""
+PEEK = """
+def load(d):
+    return open('/inputs/../hidden/test/meta.parquet', 'rb').read()
+def predict(m, b): return b.sum(axis=(1, 2, 3))
+"""
+
+
+def _submission(root, name, code):
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "predict.py").write_text(textwrap.dedent(code))
+    (folder / "submission.yaml").write_text(f"team: ray\nname: {name}\ntrack: lens-space\nformat: python\n"
+                                            "model: predict.py\n")
+    for p in (root, folder, *folder.iterdir()):
+        p.chmod(0o755)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    start = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    print(f"ray.init: {time.perf_counter() - start:.1f} s")
+    yield ray
+    ray.shutdown()
+
+
+def test_shards_cut_on_batch_boundaries_and_views_hold_the_rows(tiny_space_release, tmp_path):
+    test = tiny_space_release / "public/test"
+    assert shard_ranges(test, 16, 3) == [(0, 16), (16, 48), (48, 64)]
+    assert shard_ranges(test, 256, 4) == [(0, 64)]  # one batch: one shard
+    view = write_view(test, 16, 48, tmp_path / "view")
+    np.testing.assert_array_equal(np.load(view / "images-00000.npy"), np.load(test / "images-00000.npy")[16:48])
+    ids = pd.read_parquet(test / "index.parquet")["id"].to_numpy()
+    np.testing.assert_array_equal(pd.read_parquet(view / "index.parquet")["id"].to_numpy(), ids[16:48])
+    with pytest.raises(ValueError, match="unknown executor"):
+        get_executor("dask")
+
+
+def test_ray_executor_matches_local_bit_for_bit_and_keeps_the_sandbox(ray_local, tiny_space_release, tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    subs = [_submission(tmp_path / "subs", "det", PREDICT), _submission(tmp_path / "subs", "peek", PEEK)]
+    track = load_track("lens-space")
+    # Batches of 16: the 64 test cut-outs go out as 3 shards, so the Ray run really is split across tasks.
+    track = track.model_copy(update={"evaluation": track.evaluation.model_copy(
+        update={"batch_size": 16, "real_set": None})})
+    local = evaluate(subs[:1], track, tiny_space_release, out=tmp_path / "local", publish=False)
+    start = time.perf_counter()
+    remote = evaluate(subs, track, tiny_space_release, out=tmp_path / "ray", publish=False, executor="ray",
+                      executor_options={"shards": 3})
+    print(f"ray evaluate of 2 submissions x 3 shards: {time.perf_counter() - start:.1f} s")
+    assert [o.status for o in local + remote] == ["FINISHED", "FINISHED", "FAILED"]
+    assert remote[0].metrics == local[0].metrics  # the same floats, not approximately
+    a = pd.read_csv(tmp_path / "local/ray__det/predictions.csv", dtype={"score": str})
+    b = pd.read_csv(tmp_path / "ray/ray__det/predictions.csv", dtype={"score": str})
+    pd.testing.assert_frame_equal(a, b)  # the same text, so the same bits
+    assert json.loads((tmp_path / "ray/ray__det/evaluation.json").read_text())["n"] == 64
+    # Inside the Ray worker the sandbox still hides the labels: the peeking submission fails in its shard.
+    assert "shard 1/3" in remote[1].reason and ("No such file" in remote[1].reason or "denied" in remote[1].reason)

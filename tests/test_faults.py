@@ -1,0 +1,187 @@
+"""Faults: `skybench evaluate` SIGKILLed mid-submission, a corrupt or mismatching shard, an unreachable MLflow
+server, and a full disk while a release is written."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from skybench import leaderboard as lb
+from skybench.cli import app
+from skybench.release import ReleaseError, read_manifest, verify_release
+from skybench.tracking import experiment_name
+from skybench.tracks import load_track
+
+SKYBENCH = str(Path(sys.executable).parent / "skybench")
+SLOW = """
+import time
+import numpy as np
+def load(d):
+    time.sleep(3)
+def predict(m, b):
+    return b[:, :, 45:56, 45:56].sum(axis=(1, 2, 3)).astype(np.float32)
+"""
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def _runs(uri):
+    c = MlflowClient(uri)
+    exp = c.get_experiment_by_name(experiment_name("lens-space"))
+    return [] if exp is None else c.search_runs([exp.experiment_id])
+
+
+def _python_submission(root, name, code):
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "predict.py").write_text(textwrap.dedent(code))
+    (folder / "submission.yaml").write_text(f"team: f\nname: {name}\ntrack: lens-space\nformat: python\n"
+                                            "model: predict.py\n")
+    for p in (root, folder, *folder.iterdir()):
+        p.chmod(0o755)
+    return folder
+
+
+def _csv_submission(root, name, release):
+    folder = root / name
+    folder.mkdir(parents=True)
+    ids = pd.read_parquet(release / "public/test/index.parquet")["id"]
+    pd.DataFrame({"id": ids, "score": np.linspace(0, 1, len(ids))}).to_csv(folder / "s.csv", index=False)
+    (folder / "submission.yaml").write_text(f"team: f\nname: {name}\ntrack: lens-space\nformat: predictions\n"
+                                            "model: s.csv\n")
+    return folder
+
+
+def test_sigkill_mid_submission_then_rerun_leaves_one_finished_run(store, tmp_path, tiny_space_release):
+    sub = _python_submission(tmp_path / "subs", "slow", SLOW)
+    out = tmp_path / "evals"
+    cmd = [SKYBENCH, "evaluate", str(sub), "--track", "lens-space", "--release", str(tiny_space_release),
+           "--out", str(out)]
+    env = os.environ | {"MLFLOW_TRACKING_URI": store}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    runner = []
+    while not runner and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)  # wait until the sandboxed model is running
+        runner = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                  if "skybench.runner" in " ".join(p.cmdline())]
+    assert runner, "the sandboxed runner never started"
+    time.sleep(1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    gone, alive = psutil.wait_procs(runner, timeout=15)
+    assert not alive  # the sandbox dies with its parent
+    assert not (out / "f__slow" / "evaluation.json").exists()
+    assert [r for r in _runs(store) if r.info.status == "FINISHED"] == []
+    # What a kill during MLflow logging leaves: a run created but never terminated. It must not count.
+    c = MlflowClient(store)
+    from skybench.tracking import ensure_experiment
+
+    half = c.create_run(ensure_experiment(experiment_name("lens-space")), tags={"skybench.kind": "evaluation"})
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "FINISHED" in rerun.stdout
+    finished = [r for r in _runs(store) if r.info.status == "FINISHED"]
+    assert len(finished) == 1 and finished[0].data.tags["status"] == "FINISHED"
+    assert c.get_run(half.info.run_id).info.status == "RUNNING"  # never promoted to FINISHED
+    board = lb.leaderboard(load_track("lens-space"))
+    assert list(board["name"]) == ["slow"] and board["auroc"].notna().all()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_corrupt_or_mismatching_shard_stops_the_release_naming_the_file(store, tmp_path, tiny_space_release,
+                                                                       damage):
+    good = _csv_submission(tmp_path / "subs", "good", tiny_space_release)
+    assert CliRunner().invoke(app, ["evaluate", str(good), "--track", "lens-space", "--release",
+                                    str(tiny_space_release), "--out", str(tmp_path / "e1")]).exit_code == 0
+    before = lb.leaderboard(load_track("lens-space"))
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_space_release, bad)
+    shard = bad / "public/test/images-00000.npy"
+    data = shard.read_bytes()
+    if damage == "truncate":  # a corrupt shard: cut short
+        shard.write_bytes(data[: len(data) // 2])
+    else:  # same size, one byte changed: only the hash tells
+        shard.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    other = _csv_submission(tmp_path / "subs", "other", tiny_space_release)
+    result = CliRunner().invoke(app, ["evaluate", str(other), "--track", "lens-space", "--release", str(bad),
+                                      "--out", str(tmp_path / "e2")])
+    assert result.exit_code == 1 and "public/test/images-00000.npy" in result.output
+    assert ("size" if damage == "truncate" else "sha256") in result.output
+    assert not (tmp_path / "e2").exists()
+    pd.testing.assert_frame_equal(lb.leaderboard(load_track("lens-space")), before)
+
+
+def test_unreachable_mlflow_fails_clearly_and_log_publishes_later(store, tmp_path, tiny_space_release, monkeypatch):
+    sub = _csv_submission(tmp_path / "subs", "offline", tiny_space_release)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    out = tmp_path / "evals"
+    result = CliRunner().invoke(app, ["evaluate", str(sub), "--track", "lens-space", "--release",
+                                      str(tiny_space_release), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "NOT logged to MLflow" in result.output and "unreachable" in result.output
+    assert "skybench log" in result.output
+    kept = pd.read_csv(out / "f__offline" / "predictions.csv")  # nothing lost
+    assert len(kept) == 64
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    assert "1 run(s) logged" in CliRunner().invoke(app, ["log", str(out), "--track", "lens-space"]).output
+    assert "0 run(s) logged" in CliRunner().invoke(app, ["log", str(out), "--track", "lens-space"]).output
+    assert list(lb.leaderboard(load_track("lens-space"))["name"]) == ["offline"]
+
+
+WRITER = """
+import resource, signal, sys
+import numpy as np, pandas as pd
+from skybench.release import write_release
+# ignore: the write fails with EFBIG (Python's default); killed: SIGXFSZ kills the writer mid-write
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN if sys.argv[2] == "ignore" else signal.SIG_DFL)
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # a 'disk' that is full after 200 kB per file
+def chunks(split, ranges):
+    for a, b in ranges:
+        yield np.full((b - a, 1, 101, 101), 1.0, np.float32), pd.DataFrame({"id": range(a, b), "is_lens": 0})
+write_release(sys.argv[1], info={"track": "lens-space", "seed": 1}, counts={"test": 40}, image_shape=(1, 101, 101),
+              make_chunks=chunks, label_columns=("is_lens",), progress=False)
+"""
+
+
+@pytest.mark.parametrize("on_full", ["ignore", "killed"])
+def test_disk_full_while_writing_a_release_never_leaves_it_half_written(tmp_path, tiny_space_release, on_full):
+    out = tmp_path / "releases" / "lens-space"
+    shutil.copytree(tiny_space_release, out)  # an earlier, complete release at the same place
+    before = read_manifest(out)
+    res = subprocess.run([sys.executable, "-c", WRITER, str(out), on_full], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode != 0
+    if on_full == "ignore":
+        assert "File too large" in res.stderr  # EFBIG, a real failed write
+        assert [p.name for p in out.parent.iterdir()] == ["lens-space"]  # temporary folder removed
+    else:
+        assert res.returncode == -signal.SIGXFSZ
+        for leftover in out.parent.glob(".lens-space.tmp-*"):  # a hidden temporary folder with no manifest
+            assert not (leftover / "manifest.json").exists()
+    assert read_manifest(out) == before and verify_release(out) == []  # the old release, whole
+    fresh = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-c", WRITER, str(fresh), on_full], capture_output=True, timeout=120)
+    assert not fresh.exists()
+    with pytest.raises(ReleaseError, match="no manifest"):
+        read_manifest(fresh)

@@ -1,0 +1,90 @@
+"""skybench against a real `mlflow server` (SQLite backend, proxied artifacts) on 127.0.0.1, and 8 evaluations
+writing to it at once."""
+
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from skybench.evaluate import evaluate
+from skybench.leaderboard import leaderboard
+from skybench.tracking import experiment_name
+from skybench.tracks import load_track
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mlflow-server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
+         "--artifacts-destination", (tmp / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        stdout=open(tmp / "server.log", "wb"), stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    start = time.monotonic()
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() - start > 90:
+            proc.kill()
+            pytest.fail(f"mlflow server did not start: {(tmp / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    print(f"mlflow server up in {time.monotonic() - start:.1f} s")
+    yield uri
+    os.killpg(proc.pid, signal.SIGKILL)  # a throw-away server: no graceful shutdown to wait for
+    proc.wait(timeout=30)
+
+
+def _csv_submission(root, name, ids, seed):
+    import numpy as np
+
+    folder = root / name
+    folder.mkdir(parents=True)
+    scores = np.random.default_rng(seed).random(len(ids))
+    pd.DataFrame({"id": ids, "score": scores}).to_csv(folder / "scores.csv", index=False)
+    (folder / "submission.yaml").write_text(f"team: load\nname: {name}\ntrack: lens-space\nformat: predictions\n"
+                                            "model: scores.csv\n")
+    return folder
+
+
+def _evaluate(folder, release, out):
+    (o,) = evaluate([folder], "lens-space", release, out=out)
+    return o.status, o.unpublished
+
+
+def test_eight_concurrent_evaluations_lose_no_run_and_duplicate_none(server, tiny_space_release, tmp_path,
+                                                                     monkeypatch):
+    ids = pd.read_parquet(tiny_space_release / "public/test/index.parquet")["id"]
+    subs = [_csv_submission(tmp_path / "subs", f"s{i}", ids, i) for i in range(4)]
+    # 8 evaluator processes at once (forked, so they skip the imports): each of the 4 submissions is evaluated
+    # by two of them (a race on the same run), each writing its own records folder.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    jobs = [(subs[k % 4], tiny_space_release, tmp_path / f"out{k}") for k in range(8)]
+    with multiprocessing.get_context("fork").Pool(8) as pool:
+        outcomes = pool.starmap(_evaluate, jobs)
+    # The later evaluator of a pair may find the earlier one's run and skip; none fails to log.
+    assert all(status in ("FINISHED", "SKIPPED") and not unpublished for status, unpublished in outcomes), outcomes
+    c = MlflowClient(server)
+    exp = c.get_experiment_by_name(experiment_name("lens-space"))
+    runs = c.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")
+    assert sorted(r.data.params["name"] for r in runs) == ["s0", "s1", "s2", "s3"]  # none lost, none twice
+    assert {r.info.status for r in c.search_runs([exp.experiment_id])} == {"FINISHED"}
+    # Artifacts went through the server to its artifact store.
+    assert "roc.csv" in {a.path for a in c.list_artifacts(runs[0].info.run_id)}
+    board = leaderboard(load_track("lens-space"))
+    assert sorted(board["name"]) == ["s0", "s1", "s2", "s3"] and board["rank"].notna().all()

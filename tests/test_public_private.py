@@ -1,0 +1,100 @@
+"""Public/private leaderboard: a seeded split of the hidden test ids, public scores while open, private when closed."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from skybench import leaderboard as lb
+from skybench.cli import app
+from skybench.evaluate import evaluate
+from skybench.metrics import lens_metrics
+from skybench.score import public_mask
+from skybench.tracking import client, experiment_name
+from skybench.tracks import load_track
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, root):
+    """A project root whose lens-space track has a 30% public part (seed 7), phase open."""
+    (tmp_path / "benchmarks").mkdir()
+    for f in (root / "benchmarks").glob("*.yaml"):
+        shutil.copy(f, tmp_path / "benchmarks")
+    spec = yaml.safe_load((root / "benchmarks/lens-space.yaml").read_text())
+    spec["evaluation"] |= {"public_fraction": 0.3, "split_seed": 7, "phase": "open", "real_set": None}
+    (tmp_path / "benchmarks/lens-space.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.setenv("SKYBENCH_ROOT", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    return tmp_path
+
+
+def _csv_submission(root, name, ids, scores):
+    folder = root / "submissions" / name
+    folder.mkdir(parents=True)
+    pd.DataFrame({"id": ids, "score": scores}).to_csv(folder / "scores.csv", index=False)
+    (folder / "submission.yaml").write_text(f"team: t\nname: {name}\ntrack: lens-space\nformat: predictions\n"
+                                            "model: scores.csv\n")
+    return folder
+
+
+def test_split_is_seeded_and_the_phase_decides_what_ranks(project, tiny_space_release):
+    track = load_track("lens-space")
+    hidden = pd.read_parquet(tiny_space_release / "hidden/test/meta.parquet")
+    ids, y = hidden["id"].to_numpy(), hidden["is_lens"].to_numpy()
+    # The split, recomputed by hand: 30% of the sorted ids, drawn by a seed-7 permutation.
+    chosen = np.sort(ids)[np.random.default_rng(7).permutation(len(ids))[:round(0.3 * len(ids))]]
+    pub = np.isin(ids, chosen)
+    assert pub.sum() == 19 and (public_mask(ids, ids, 0.3, 7) == pub).all()
+    assert (public_mask(ids[::-1], ids, 0.3, 7) == pub[::-1]).all()  # order does not matter
+    assert not (public_mask(ids, ids, 0.3, 8) == pub).all()  # the seed does
+
+    noise = np.random.default_rng(0).random(len(ids))
+    # "public-fit" is right on the public part only, "private-fit" on the private part only.
+    subs = [_csv_submission(project, "public-fit", ids, np.where(pub, y, noise)),
+            _csv_submission(project, "private-fit", ids, np.where(pub, noise, y))]
+    outcomes = evaluate(subs, track, tiny_space_release, out=project / "evals")
+    m = {o.name: o.metrics for o in outcomes}
+    assert m["public-fit"]["public_auroc"] == 1.0 and m["private-fit"]["private_auroc"] == 1.0
+    expect = lens_metrics(y[~pub], noise[~pub], seed=0)["auroc"]
+    assert m["public-fit"]["private_auroc"] == pytest.approx(expect, abs=1e-12)
+
+    board = lb.leaderboard(track)  # open: the public part ranks, and it is all that is shown
+    assert list(board["name"]) == ["public-fit", "private-fit"]
+    assert list(board["auroc"]) == [1.0, m["private-fit"]["public_auroc"]]
+    result = CliRunner().invoke(app, ["leaderboard", "lens-space", "--format", "csv", "--all-releases"])
+    assert result.exit_code == 0, result.output
+    shown = pd.read_csv(__import__("io").StringIO(result.output))
+    cols = [c for c in shown.columns if c in m["public-fit"]]
+    assert "auroc" in cols and "auroc_ci_low" in cols and not any(c.startswith("private") for c in shown.columns)
+    for _, row in shown.iterrows():  # every number shown is the public part's, none private or whole-set
+        pub_m = {c: m[row["name"]][f"public_{c}"] for c in cols}
+        assert row[cols].astype(float).to_dict() == pytest.approx(pub_m, nan_ok=True)
+        assert row["auroc"] != m[row["name"]]["auroc"] and row["auroc"] != m[row["name"]]["private_auroc"]
+    # both parts are in MLflow
+    exp = client().get_experiment_by_name(experiment_name("lens-space"))
+    run = client().search_runs([exp.experiment_id])[0]
+    assert {"public_auroc", "private_auroc", "private_auroc_ci_low"} <= set(run.data.metrics)
+
+    closed = track.model_copy(update={"evaluation": track.evaluation.model_copy(update={"phase": "closed"})})
+    final = lb.leaderboard(closed)
+    assert list(final["name"]) == ["private-fit", "public-fit"] and final["auroc"].iloc[0] == 1.0
+    lb.write_results(closed, project / "results")
+    assert "private 70%" in (project / "results/leaderboard.md").read_text()
+
+
+def test_real_set_metrics_are_split_too(project, tiny_space_release):
+    from skybench.score import real_lens_recall, score_real
+
+    track = load_track("lens-space")
+    hidden = pd.read_parquet(tiny_space_release / "hidden/test/meta.parquet")
+    ids, y = hidden["id"].to_numpy(), hidden["is_lens"].to_numpy()
+    scores = np.random.default_rng(1).random(len(ids)) + y
+    real = np.linspace(0.5, 1.5, 10)
+    m = score_real(track, ids, scores, tiny_space_release / "hidden/test", np.arange(10), real,
+                   tiny_space_release / "hidden/test", project)
+    pub = public_mask(ids, ids, 0.3, 7)
+    assert m["public_real_lens_recall"] == real_lens_recall(hidden[pub], scores[pub], real)
+    assert m["private_real_lens_recall"] == real_lens_recall(hidden[~pub], scores[~pub], real)
