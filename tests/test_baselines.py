@@ -167,11 +167,18 @@ def test_training_curves_are_logged_apart_from_the_leaderboard(trained, mlflow_u
 
 def test_params_and_dvc_stages_cover_every_baseline_and_track():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert set(params["train"]) == set(BASELINES)
     stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]
-    assert stage["matrix"]["baseline"] == list(BASELINES)
-    assert all("hidden" not in d and not d.rstrip("/").endswith("test") for d in stage["deps"])
-    assert "train.${item.baseline}" in stage["params"]
+    entries = stage["foreach"]
+    # every lens baseline is trained on every lens track, each baseline has parameters and a train.py
+    assert {(e["baseline"], e["track"]) for e in entries.values()} >= \
+        {(b, t) for b in BASELINES for t in ("lens-space", "lens-ground")}
+    for key, e in entries.items():
+        assert key == f"{e['baseline']}-{e['track']}"
+        assert e["baseline"] in params["train"] and (ROOT / "baselines" / e["baseline"] / "train.py").is_file()
+        assert e["track"] in params["tracks"]
+    do = stage["do"]
+    assert all("hidden" not in d and not d.rstrip("/").endswith("test") for d in do["deps"])
+    assert "train.${item.baseline}" in do["params"]
 
 
 def test_parameters_follow_the_profile(tmp_path):

@@ -1,0 +1,314 @@
+"""SDSS Main-Galaxy-Sample-like galaxies for the photometric-redshift tracks (after Pasquet et al. 2019).
+
+Per object (its own seeded generator, :func:`~skybench.lens_simulator.object_seed`):
+
+* redshift from dV/dz x the number of galaxies brighter than the r < ``r_limit`` cut at that redshift (a Schechter
+  r-band luminosity function, Blanton et al. 2003), then the absolute magnitude M_r from that luminosity function
+  truncated at the cut with the object's own K-correction, so that every galaxy has r <= ``r_limit``;
+* a bulge (CWW E template with a ``bulge_young_fraction`` of Sbc light: the colour scatter of early types; Sersic
+  n = 4) plus a disk (a mixture of the CWW Sbc, Scd and Im templates with Calzetti internal reddening, Sersic
+  n = 1); ``bulge_fraction`` is the bulge's share of the rest-frame r-band light, so the galaxy SED is a bulge/disk
+  template mixture and its colours have gradients;
+* AB magnitudes from :class:`~skybench.physics.sed.Photometry` (templates redshifted and integrated through the
+  speclite ``sdss2010`` filters; tabulated by :class:`~skybench.physics.sed.MagnitudeTable` on a (z, E(B-V)_int)
+  grid, < 1e-3 mag from the direct integral), Galactic extinction A_b = R_b E(B-V) (Schlafly & Finkbeiner 2011);
+* physical half-light radii from size-luminosity relations (after Shen et al. 2003), turned into arcsec with the
+  angular-diameter distance of ``astropy.cosmology`` - so sizes shrink with z. The surface brightness is total
+  flux / area with flux ~ 1/D_L^2 and area ~ 1/D_A^2, i.e. the (1+z)^-4 cosmological dimming;
+* images: the lens simulator's :class:`~skybench.physics.render.Renderer` (supersampled Sersic profiles, per-band
+  Gaussian PSF, sky + read + Poisson noise); catalogue magnitudes: the extinction-corrected true magnitudes plus
+  Gaussian errors from the same noise model in an effective aperture; a zero-point error per object and band
+  (``mag_error_floor``) offsets the images and the catalogue alike, and is included in the quoted errors.
+
+The photoz-images and photoz-catalog tracks share the population, survey and split sizes, so for one seed they
+hold the same galaxies (same ``seed`` column): the CNN-on-images vs k-NN-on-magnitudes comparison is like for like.
+Every parameter of every object is in its metadata row."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from .lens_simulator import object_seed
+from .physics.backend import Backend
+from .physics.lens_mass import phi_q2ellipticity
+from .physics.light import sersic_ellipse, sersic_total_flux
+from .physics.noise import background_sigma
+from .physics.psf import FWHM_TO_SIGMA
+from .physics.render import Renderer
+from .physics.sed import CWW_TEMPLATES, SDSS_BANDS, SDSS_EXTINCTION, MagnitudeTable
+from .tracks import Track
+
+ARCSEC_PER_RAD = 206264.806
+MAG_ERR = 2.5 / np.log(10.0)  # sigma_m = 1.0857 sigma_F / F (first-order error propagation)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SizeRelation(_Strict):
+    """log10 R_half[kpc] = log10(R0) - 0.4 slope (M_r - M0) + N(0, scatter) (R ~ L^slope, Shen et al. 2003)."""
+
+    R0_kpc: float = Field(gt=0)
+    M0: float = -21.0
+    slope: float
+    scatter_dex: float = Field(ge=0)
+
+
+class GalaxyPopulation(_Strict):
+    z_range: tuple[float, float] = (0.005, 0.4)
+    r_limit: float = 17.8                       # MGS: Petrosian r < 17.77
+    H0: float = 70.0
+    Om0: float = 0.3
+    M_star: float = -21.21                      # Blanton et al. 2003: M* - 5 log10 h = -20.44, h = 0.7
+    alpha: float = -1.05
+    M_range: tuple[float, float] = (-24.0, -16.0)
+    bulge_fraction: tuple[float, float] = (0.0, 1.0)  # uniform share of rest-frame r-band light in the bulge
+    disk_type: tuple[float, float] = (0.0, 2.0)  # 0 = Sbc, 1 = Scd, 2 = Im, linear mixtures in between
+    # share of the bulge's rest-frame r light from a younger (Sbc) population: the scatter of early-type colours
+    bulge_young_fraction: tuple[float, float] = (0.0, 0.3)
+    ebv_internal: tuple[float, float] = (0.0, 0.3)  # Calzetti E(B-V) of the disk, uniform
+    ebv_galactic_mean: float = Field(0.03, ge=0)     # exponential, clipped at ebv_galactic_max
+    ebv_galactic_max: float = 0.2
+    bulge_size: SizeRelation
+    disk_size: SizeRelation
+    disk_q: tuple[float, float] = (0.2, 1.0)
+    bulge_q: tuple[float, float] = (0.6, 1.0)
+    center_sigma: float = Field(0.2, ge=0)       # arcsec
+    # photometric calibration (zero-point) error [mag]: one Gaussian offset per object and band, in the images and
+    # the catalogue alike (both are measured from the same calibrated frames); added to the catalogue errors
+    mag_error_floor: float = Field(0.01, ge=0)
+    features: list[str] = Field(min_length=1)    # metadata columns given to models as ``features``
+
+
+class PhotozLabel(_Strict):
+    name: str = "z"
+
+
+@functools.cache
+def magnitude_table() -> MagnitudeTable:
+    """The CWW magnitude table (built once per process; a forked worker inherits the parent's)."""
+    return MagnitudeTable()
+
+
+class GalaxySimulator:
+    hidden_arrays: tuple[str, ...] = ()
+    label_columns: tuple[str, ...] = ("z",)
+
+    @staticmethod
+    def arrays(track: Track) -> dict[str, tuple[int, ...]]:
+        pop = GalaxyPopulation.model_validate(track.population)
+        out: dict[str, tuple[int, ...]] = {}
+        if "images" in track.inputs:
+            if track.cutout is None:
+                raise ValueError(f"track {track.name!r} takes images but has no cutout")
+            out["images"] = (len(track.band_names), track.cutout.size, track.cutout.size)
+        if "features" in track.inputs:
+            out["features"] = (len(pop.features),)
+        return out
+
+    @staticmethod
+    def release_info(track: Track) -> dict[str, Any]:
+        pop = GalaxyPopulation.model_validate(track.population)
+        magnitude_table()  # built here, in the parent process, so that the forked simulation workers inherit it
+        return {"feature_names": list(pop.features) if "features" in track.inputs else [],
+                "label": "z", "cosmology": f"FlatLambdaCDM(H0={pop.H0}, Om0={pop.Om0})"}
+
+    def __init__(self, track: Track, backend: Backend):
+        if track.band_names != list(SDSS_BANDS):
+            raise ValueError(f"track {track.name!r}: the photo-z simulator needs bands {list(SDSS_BANDS)}, "
+                             f"got {track.band_names}")
+        self.track, self.backend = track, backend
+        self.pop = GalaxyPopulation.model_validate(track.population)
+        PhotozLabel.model_validate(track.label)
+        self.bands = track.survey.bands
+        self.phot = magnitude_table()
+        self.renderer = (Renderer(track.cutout.size, track.survey.pixel_scale, track.cutout.supersampling,
+                                  self.bands, backend) if "images" in track.inputs else None)
+        px = track.survey.pixel_scale
+        self.sigma_bkg = np.array([background_sigma(b.read_noise, b.exposure_time, b.num_exposures,
+                                                    b.sky_brightness, b.zero_point, px) for b in self.bands])
+        self.total_time = np.array([b.num_exposures * b.exposure_time for b in self.bands])
+        self.zero_points = np.array([b.zero_point for b in self.bands])
+        self.psf_sigma = np.array([b.seeing * FWHM_TO_SIGMA for b in self.bands])  # arcsec
+        self._tables()
+
+    # ---------------------------------------------------------------- distance and selection tables
+    def _tables(self) -> None:
+        from astropy.cosmology import FlatLambdaCDM
+
+        p = self.pop
+        cosmo = FlatLambdaCDM(H0=p.H0, Om0=p.Om0)
+        self.z_grid = np.linspace(p.z_range[0], p.z_range[1], 400)
+        self.dm_grid = cosmo.distmod(self.z_grid).value  # 5 log10(D_L / 10 pc)
+        self.da_grid = cosmo.angular_diameter_distance(self.z_grid).to("kpc").value
+        dvdz = cosmo.differential_comoving_volume(self.z_grid).value
+        # Schechter function in magnitudes (Blanton et al. 2003 eq. 1 with M): phi ~ x^(alpha+1) exp(-x),
+        # x = 10^(-0.4 (M - M*)); its cumulative on a fine grid gives the truncated inverse CDF.
+        self.M_grid = np.linspace(p.M_range[0], p.M_range[1], 2001)
+        x = 10.0 ** (-0.4 * (self.M_grid - p.M_star))
+        phi = x ** (p.alpha + 1.0) * np.exp(-x)
+        cdf = np.concatenate([[0.0], np.cumsum((phi[1:] + phi[:-1]) / 2 * np.diff(self.M_grid))])
+        self.M_cdf = cdf / cdf[-1]
+        # n(z) ~ dV/dz * Phi(M < r_limit - DM - K) with the K-correction of a mid-type (half bulge, Sbc) galaxy;
+        # each object's own K then sets its magnitude, so the r cut holds exactly for every object.
+        w = np.tile([0.5, 0.5, 0.0, 0.0], (len(self.z_grid), 1))
+        k_typ = self._kcorr(self.z_grid, w, np.zeros_like(self.z_grid))[:, 2]
+        n_z = dvdz * np.interp(p.r_limit - self.dm_grid - k_typ, self.M_grid, self.M_cdf)
+        c = np.concatenate([[0.0], np.cumsum((n_z[1:] + n_z[:-1]) / 2 * np.diff(self.z_grid))])
+        self.z_cdf = c / c[-1]
+
+    def _kcorr(self, z: np.ndarray, weights: np.ndarray, ebv_int: np.ndarray) -> np.ndarray:
+        """(B, bands) m_b - M_r - DM: observed magnitudes of the SED at z relative to its rest-frame r band."""
+        at_z = self.phot.magnitudes(z, weights, ebv_int)
+        rest = self.phot.magnitudes(np.zeros_like(z), weights, ebv_int)[:, 2:3]
+        return at_z - rest
+
+    # ---------------------------------------------------------------- parameters
+    def sample(self, obj_seed: int) -> dict[str, Any]:
+        """Draw the free parameters of one object from ``default_rng(obj_seed)``; same order for all objects."""
+        rng = np.random.default_rng(obj_seed)
+        u, p = rng.uniform, self.pop
+        row: dict[str, Any] = {"seed": obj_seed}
+        row["z"] = float(np.interp(rng.random(), self.z_cdf, self.z_grid))
+        row["u_M"] = float(rng.random())  # quantile of M_r in the luminosity function truncated at the r cut
+        row["bulge_fraction"] = u(*p.bulge_fraction)
+        row["disk_type"] = u(*p.disk_type)
+        row["ebv_internal"] = u(*p.ebv_internal)
+        row["ebv_galactic"] = float(min(rng.exponential(p.ebv_galactic_mean), p.ebv_galactic_max))
+        row["bulge_size_dev"] = float(rng.normal(0.0, p.bulge_size.scatter_dex))
+        row["disk_size_dev"] = float(rng.normal(0.0, p.disk_size.scatter_dex))
+        phi = u(0, np.pi)
+        for comp, qr in (("bulge", p.bulge_q), ("disk", p.disk_q)):
+            q = u(*qr)
+            e1, e2 = phi_q2ellipticity(phi + rng.normal(0, 0.1), q)
+            row.update({f"{comp}_q": q, f"{comp}_e1": float(e1), f"{comp}_e2": float(e2)})
+        cx, cy = rng.normal(0.0, p.center_sigma, 2)
+        row.update(center_x=float(cx), center_y=float(cy))
+        for b, c in zip(SDSS_BANDS, rng.normal(0.0, p.mag_error_floor, len(SDSS_BANDS)), strict=True):
+            row[f"calib_{b}"] = float(c)
+        row["bulge_young_fraction"] = u(*p.bulge_young_fraction)
+        return row
+
+    def _light_weights(self, light: np.ndarray) -> np.ndarray:
+        """Template weights giving each template the share ``light`` (B, templates) of the rest-frame r light."""
+        rest_r = self.phot.maggies(np.zeros(len(CWW_TEMPLATES)), np.eye(len(CWW_TEMPLATES)),
+                                   np.zeros(len(CWW_TEMPLATES)))[:, 2]
+        return light / rest_r[None, :]
+
+    def _disk_weights(self, t: np.ndarray) -> np.ndarray:
+        """Sbc/Scd/Im mixture of disk type t in [0, 2] (shares of rest r light, linear between neighbours)."""
+        w = np.zeros((len(t), len(CWW_TEMPLATES)))
+        lo = np.clip(np.floor(t), 0, 1).astype(int)
+        f = t - lo
+        w[np.arange(len(t)), 1 + lo] = 1.0 - f
+        w[np.arange(len(t)), 2 + lo] = f
+        return self._light_weights(w)
+
+    def _bulge_weights(self, young: np.ndarray) -> np.ndarray:
+        """E template plus a share ``young`` of Sbc light."""
+        w = np.zeros((len(young), len(CWW_TEMPLATES)))
+        w[:, 0], w[:, 1] = 1.0 - young, young
+        return self._light_weights(w)
+
+    def photometry(self, meta: pd.DataFrame) -> pd.DataFrame:
+        """Magnitudes, fluxes and sizes of every object of ``meta`` (the rows of :meth:`sample`)."""
+        p, n = self.pop, len(meta)
+        z = meta["z"].to_numpy(np.float64)
+        fb = meta["bulge_fraction"].to_numpy(np.float64)
+        ebv_int, ebv_gal = meta["ebv_internal"].to_numpy(np.float64), meta["ebv_galactic"].to_numpy(np.float64)
+        w_bulge = self._bulge_weights(meta["bulge_young_fraction"].to_numpy(np.float64))
+        w_disk = self._disk_weights(meta["disk_type"].to_numpy(np.float64))
+        # Each component normalised to rest-frame r maggies 1, then weighted by its share of the rest r light.
+        k_bulge = 10.0 ** (-0.4 * self._kcorr(z, w_bulge, np.zeros(n)))
+        k_disk = 10.0 ** (-0.4 * self._kcorr(z, w_disk, ebv_int))
+        k_total = -2.5 * np.log10(fb[:, None] * k_bulge + (1 - fb[:, None]) * k_disk)  # m_b - M_r - DM
+        dm = np.interp(z, self.z_grid, self.dm_grid)
+        m_lim = p.r_limit - dm - k_total[:, 2]
+        cdf_lim = np.interp(m_lim, self.M_grid, self.M_cdf)
+        M_r = np.interp(meta["u_M"].to_numpy() * cdf_lim, self.M_cdf, self.M_grid)
+        out = pd.DataFrame(index=meta.index)
+        out["M_r"] = M_r
+        out["distmod"] = dm
+        mag_true = M_r[:, None] + dm[:, None] + k_total  # extinction-free AB magnitudes
+        ext = np.array([SDSS_EXTINCTION[b] for b in SDSS_BANDS])[None, :] * ebv_gal[:, None]
+        calib = meta[[f"calib_{b}" for b in SDSS_BANDS]].to_numpy(np.float64)
+        mag_obs = mag_true + ext + calib  # what the calibrated images hold
+        # Sizes: physical half-light radii, then arcsec through the angular-diameter distance.
+        d_a = np.interp(z, self.z_grid, self.da_grid)
+        for comp, rel in (("bulge", p.bulge_size), ("disk", p.disk_size)):
+            log_r = np.log10(rel.R0_kpc) - 0.4 * rel.slope * (M_r - rel.M0) + meta[f"{comp}_size_dev"].to_numpy()
+            out[f"{comp}_R_kpc"] = 10.0**log_r
+            out[f"{comp}_R_sersic"] = 10.0**log_r / d_a * ARCSEC_PER_RAD  # theta = R / D_A
+        out["bulge_n_sersic"], out["disk_n_sersic"] = 4.0, 1.0
+        out["D_A_kpc"] = d_a
+        share_b = fb[:, None] * k_bulge / (fb[:, None] * k_bulge + (1 - fb[:, None]) * k_disk)  # per band
+        flux = 10.0 ** (-0.4 * (mag_obs - self.zero_points[None, :]))  # e-/s
+        # Catalogue errors: background + Poisson noise in an effective Gaussian aperture of area 4 pi sigma^2
+        # (sigma^2 = PSF^2 + (R_half / 1.1774)^2, light-weighted size), plus the calibration floor.
+        r_half = share_b[:, 2] * out["bulge_R_sersic"].to_numpy() + (1 - share_b[:, 2]) * out["disk_R_sersic"]
+        sig2 = self.psf_sigma[None, :] ** 2 + (np.asarray(r_half)[:, None] / 1.1774) ** 2
+        area = 4 * np.pi * sig2 / self.track.survey.pixel_scale**2
+        var = flux / self.total_time[None, :] + area * self.sigma_bkg[None, :] ** 2
+        err_meas = MAG_ERR * np.sqrt(var) / flux
+        err = np.sqrt(err_meas**2 + p.mag_error_floor**2)
+        for i, b in enumerate(SDSS_BANDS):
+            out[f"mag_true_{b}"] = mag_true[:, i]
+            out[f"mag_obs_true_{b}"] = mag_obs[:, i]
+            out[f"err_{b}"] = err[:, i]
+            out[f"err_meas_{b}"] = err_meas[:, i]
+            out[f"flux_{b}"] = flux[:, i]
+            out[f"bulge_share_{b}"] = share_b[:, i]
+        return out
+
+    # ---------------------------------------------------------------- rendering
+    def render(self, meta: pd.DataFrame) -> Any:
+        """Noise-free (B, bands, n, n) images in e-/s on the backend: bulge + disk Sersic profiles, PSF-convolved."""
+        be, r = self.backend, self.renderer
+        B, n = len(meta), r.size
+        total = None
+        for comp in ("bulge", "disk"):
+            def col(name: str) -> np.ndarray:
+                return meta[name].to_numpy(np.float64)[:, None, None]
+
+            R, ns = col(f"{comp}_R_sersic"), col(f"{comp}_n_sersic")
+            sb = sersic_ellipse(r.x, r.y, 1.0, R, ns, col(f"{comp}_e1"), col(f"{comp}_e2"), col("center_x"),
+                                col("center_y"))
+            unit = sersic_total_flux(1.0, R[:, 0, 0], ns[:, 0, 0])  # total flux of amp = 1
+            amps = np.stack([meta[f"flux_{b}"].to_numpy() * (meta[f"bulge_share_{b}"].to_numpy() if comp == "bulge"
+                                                                else 1 - meta[f"bulge_share_{b}"].to_numpy())
+                             for b in SDSS_BANDS], axis=1) / unit[:, None]
+            contrib = r.bin(sb)[:, None] * be.asarray(amps[:, :, None, None])
+            total = contrib if total is None else total + contrib
+        assert total is not None and tuple(total.shape) == (B, len(self.bands), n, n)
+        return r.convolve(total)
+
+    # ---------------------------------------------------------------- one chunk
+    def simulate(self, seed: int, split: str, start: int, stop: int) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+        """Objects ``start..stop`` of ``split``: their arrays (images and/or features) and metadata."""
+        rows = [{"id": i, **self.sample(object_seed(seed, split, i))} for i in range(start, stop)]
+        meta = pd.DataFrame(rows)
+        meta = pd.concat([meta, self.photometry(meta)], axis=1)
+        # Catalogue magnitudes: its own noise stream, fixed by the object's seed; extinction-corrected as in SDSS.
+        noise = np.stack([np.random.default_rng([s, 2]).standard_normal(len(SDSS_BANDS)) for s in meta["seed"]])
+        for i, b in enumerate(SDSS_BANDS):
+            meta[f"mag_{b}"] = meta[f"mag_true_{b}"] + meta[f"calib_{b}"] + noise[:, i] * meta[f"err_meas_{b}"]
+        meta.insert(1, "split", split)
+        arrays: dict[str, np.ndarray] = {}
+        if self.renderer is not None:
+            model = self.render(meta)
+            shape = (len(self.bands), self.track.cutout.size, self.track.cutout.size)
+            normal = np.stack([np.random.default_rng([s, 1]).standard_normal(shape, dtype=np.float32)
+                               for s in meta["seed"]])
+            arrays["images"] = self.backend.to_numpy(self.renderer.add_noise(model, normal)).astype(np.float32)
+        if "features" in self.track.inputs:
+            missing = [c for c in self.pop.features if c not in meta]
+            if missing:
+                raise ValueError(f"track {self.track.name!r}: unknown feature columns {missing}")
+            arrays["features"] = meta[list(self.pop.features)].to_numpy(np.float32)
+        return arrays, meta

@@ -1,0 +1,99 @@
+"""Scoring of the photometric-redshift tracks: point metrics, PDF metrics and the diagnostic plots.
+
+A submission returns either a point estimate z_phot of shape (N,) or bin probabilities of shape (N, K) on the
+track's grid (``output.grid``); a PDF's point estimate is its ``output.point_estimate`` (mean by default).
+Written to ``out_dir`` (all logged to MLflow): ``metrics.json``, ``zphot.csv`` (id, z_spec, z_phot, dz),
+``zphot_vs_zspec.png``, ``dz_vs_zspec.png`` and, for a PDF, ``pit.csv`` and ``pit.png``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .metrics import pdf_grid, pdf_point_estimate, photoz_metrics, pit, validate_pdf
+from .tracks import Track
+
+PIT_BINS = 20
+
+
+def point_and_pdf(track: Track, predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(z_phot, pdf or None, bin edges or None) from a submission's output; raises ``ValueError`` for a bad PDF."""
+    pred = np.asarray(predictions, dtype=np.float64)
+    if pred.ndim == 1:
+        return pred, None, None
+    if track.output.grid is None:
+        raise ValueError(f"track {track.name!r} declares no PDF grid; return a point estimate of shape (N,)")
+    centres, edges = pdf_grid(track.output.grid)
+    pdf = validate_pdf(pred, len(centres))
+    return pdf_point_estimate(pdf, centres, track.output.point_estimate), pdf, edges
+
+
+def score_task(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path,
+               out_dir: Path) -> dict[str, float]:
+    truth = pd.read_parquet(Path(hidden) / "meta.parquet").set_index("id").loc[ids]
+    z_spec = truth[track.label.get("name", "z")].to_numpy(np.float64)
+    return score_photoz(track, ids, z_spec, predictions, Path(out_dir))
+
+
+def score_photoz(track: Track, ids: np.ndarray, z_spec: np.ndarray, predictions: np.ndarray,
+                 out_dir: Path) -> dict[str, float]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    z_phot, pdf, edges = point_and_pdf(track, predictions)
+    metrics = photoz_metrics(z_spec, z_phot, pdf, edges, n_resamples=1000, seed=0)
+    dz = (z_phot - z_spec) / (1 + z_spec)
+    pd.DataFrame({"id": ids, "z_spec": z_spec, "z_phot": z_phot, "dz": dz}).to_csv(out_dir / "zphot.csv",
+                                                                                 index=False)
+    pit_values = pit(pdf, edges, z_spec) if pdf is not None else None
+    if pit_values is not None:
+        counts, bins = np.histogram(pit_values, bins=PIT_BINS, range=(0, 1))
+        pd.DataFrame({"low": bins[:-1], "high": bins[1:], "count": counts}).to_csv(out_dir / "pit.csv", index=False)
+    _plot(z_spec, z_phot, dz, pit_values, metrics, track, out_dir)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return metrics
+
+
+def _plot(z_spec: np.ndarray, z_phot: np.ndarray, dz: np.ndarray, pit_values: np.ndarray | None, metrics: dict,
+          track: Track, out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    hi = float(track.output.grid[1]) if track.output.grid else float(max(z_spec.max(), z_phot.max()))
+    hi = max(hi, float(np.percentile(z_spec, 99.5)))
+    title = (f"sigma_MAD {metrics['sigma_mad']:.4f}  bias {metrics['bias_mean']:+.4f}  "
+             f"eta {100 * metrics['outlier_frac']:.2f}%")
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    ax.hist2d(z_spec, z_phot, bins=80, range=[[0, hi], [0, hi]], cmap="viridis", norm=LogNorm(), cmin=1)
+    ax.plot([0, hi], [0, hi], c="w", lw=0.8, ls="--")
+    ax.set(xlabel="z_spec", ylabel="z_phot", title=title)
+    ax.title.set_fontsize(8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "zphot_vs_zspec.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.hist2d(z_spec, np.clip(dz, -0.15, 0.15), bins=[80, 60], range=[[0, hi], [-0.15, 0.15]], cmap="viridis",
+              norm=LogNorm(), cmin=1)
+    for y in (0.0,):
+        ax.axhline(y, c="w", lw=0.8, ls="--")
+    for y in (-0.05, 0.05):
+        ax.axhline(y, c="r", lw=0.6, ls=":")
+    ax.set(xlabel="z_spec", ylabel="dz = (z_phot - z_spec) / (1 + z_spec)", title=title)
+    ax.title.set_fontsize(8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "dz_vs_zspec.png", dpi=100)
+    plt.close(fig)
+
+    if pit_values is not None:
+        fig, ax = plt.subplots(figsize=(4.5, 3.4))
+        ax.hist(pit_values, bins=PIT_BINS, range=(0, 1), density=True, histtype="stepfilled", alpha=0.7)
+        ax.axhline(1.0, c="k", ls="--", lw=0.8)
+        ax.set(xlabel="PIT", ylabel="density", title=f"PIT (KS {metrics['pit_ks']:.3f}, CRPS {metrics['crps']:.4f})")
+        fig.tight_layout()
+        fig.savefig(out_dir / "pit.png", dpi=100)
+        plt.close(fig)

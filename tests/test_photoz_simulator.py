@@ -1,0 +1,127 @@
+"""The galaxy simulator of the photo-z tracks: selection, photometry, sizes, images, reproducibility."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from skybench.photoz_simulator import GalaxySimulator, magnitude_table
+from skybench.physics.backend import get_backend
+from skybench.physics.sed import SDSS_BANDS, Photometry
+from skybench.tracks import load_track
+
+
+@pytest.fixture(scope="module")
+def sims() -> dict[str, GalaxySimulator]:
+    be = get_backend("numpy")
+    return {t: GalaxySimulator(load_track(t), be) for t in ("photoz-images", "photoz-catalog")}
+
+
+@pytest.fixture(scope="module")
+def chunk(sims) -> tuple[dict, pd.DataFrame]:
+    return sims["photoz-images"].simulate(7, "train", 0, 24)
+
+
+@pytest.fixture(scope="module")
+def population(sims) -> pd.DataFrame:
+    return sims["photoz-catalog"].simulate(11, "train", 0, 600)[1]
+
+
+def test_tracks_share_the_population_and_differ_in_inputs():
+    images, catalog = load_track("photoz-images"), load_track("photoz-catalog")
+    pop_i, pop_c = dict(images.population), dict(catalog.population)
+    assert pop_i.pop("features") == ["ebv_galactic"]
+    assert pop_c.pop("features")[:5] == [f"mag_{b}" for b in SDSS_BANDS]
+    assert pop_i == pop_c and images.survey == catalog.survey and images.profiles == catalog.profiles
+    assert images.output == catalog.output and images.output.grid == (0.0011111, 0.3988889, 180)
+
+
+def test_same_galaxies_in_both_tracks(sims, chunk):
+    arrays, meta = chunk
+    cat_arrays, cat_meta = sims["photoz-catalog"].simulate(7, "train", 0, 24)
+    pd.testing.assert_frame_equal(meta, cat_meta)
+    assert set(arrays) == {"images", "features"} and set(cat_arrays) == {"features"}
+    assert arrays["images"].shape == (24, 5, 64, 64) and arrays["images"].dtype == np.float32
+    np.testing.assert_array_equal(arrays["features"][:, 0], meta["ebv_galactic"].to_numpy(np.float32))
+    np.testing.assert_array_equal(cat_arrays["features"][:, 2], meta["mag_r"].to_numpy(np.float32))
+
+
+def test_objects_do_not_depend_on_the_chunking(sims, chunk):
+    arrays, meta = chunk
+    a1, m1 = sims["photoz-images"].simulate(7, "train", 0, 10)
+    a2, m2 = sims["photoz-images"].simulate(7, "train", 10, 24)
+    np.testing.assert_array_equal(np.concatenate([a1["images"], a2["images"]]), arrays["images"])
+    pd.testing.assert_frame_equal(pd.concat([m1, m2], ignore_index=True), meta)
+
+
+def test_mgs_like_selection(population):
+    m = population
+    assert np.all(m["mag_true_r"] <= 17.8 + 1e-6)  # the r < 17.8 cut holds for the true magnitudes
+    assert np.all((m["z"] > 0) & (m["z"] < 0.4))
+    assert 0.06 < np.median(m["z"]) < 0.13  # MGS: median z ~ 0.1
+    assert np.mean(m["z"] > 0.25) < 0.05
+    assert np.all((m["M_r"] >= -24) & (m["M_r"] <= -16))
+    # realistic errors: r-band errors of a few 0.01 mag, u-band errors larger
+    assert 0.005 < np.median(m["err_r"]) < 0.03 and np.median(m["err_u"]) > 2 * np.median(m["err_r"])
+
+
+def test_every_parameter_is_in_the_metadata(chunk):
+    meta = chunk[1]
+    for col in ("seed", "z", "M_r", "bulge_fraction", "disk_type", "ebv_internal", "ebv_galactic", "bulge_R_kpc",
+                "disk_R_kpc", "bulge_R_sersic", "disk_R_sersic", "bulge_e1", "disk_e2", "center_x", "D_A_kpc", "u_M",
+                "bulge_young_fraction",
+                *(f"{k}_{b}" for k in ("mag", "mag_true", "mag_obs_true", "err", "err_meas", "calib", "flux",
+                                       "bulge_share") for b in SDSS_BANDS)):
+        assert col in meta, col
+
+
+def test_magnitudes_follow_the_sed(sims, chunk):
+    """Re-derive one galaxy's magnitudes from the direct integral (no table) and its recorded parameters."""
+    meta = chunk[1]
+    sim = sims["photoz-images"]
+    phot = Photometry()
+    row = meta.iloc[3]
+    w_disk = sim._disk_weights(np.array([row["disk_type"]]))
+    fb = row["bulge_fraction"]
+    w_bulge = sim._bulge_weights(np.array([row["bulge_young_fraction"]]))
+    bulge = phot.maggies([row["z"]], w_bulge)[0] / phot.maggies([0.0], w_bulge)[0][2]
+    disk = (phot.maggies([row["z"]], w_disk, [row["ebv_internal"]])[0]
+            / phot.maggies([0.0], w_disk, [row["ebv_internal"]])[0][2])
+    mags = row["M_r"] + row["distmod"] - 2.5 * np.log10(fb * bulge + (1 - fb) * disk)
+    np.testing.assert_allclose([row[f"mag_true_{b}"] for b in SDSS_BANDS], mags, atol=1e-3)
+    assert magnitude_table() is sim.phot
+
+
+def test_sizes_shrink_with_distance(population):
+    m = population
+    # angle = physical size / angular-diameter distance
+    np.testing.assert_allclose(m["disk_R_sersic"], m["disk_R_kpc"] / m["D_A_kpc"] * 206264.806, rtol=1e-9)
+    near, far = m["z"] < np.percentile(m["z"], 25), m["z"] > np.percentile(m["z"], 75)
+    assert np.median(m["disk_R_sersic"][near]) > 1.5 * np.median(m["disk_R_sersic"][far])
+    # the angular size carries redshift information beyond the magnitude: at fixed r, larger -> closer
+    bright = m[(m["mag_r"] > 17.0) & (m["mag_r"] < 17.8)]
+    rho = np.corrcoef(np.log(bright["disk_R_sersic"]), bright["z"])[0, 1]
+    assert rho < -0.3
+
+
+def test_images_hold_the_catalogue_flux_and_dimming(sims, chunk):
+    arrays, meta = chunk
+    sim = sims["photoz-images"]
+    model = sim.backend.to_numpy(sim.render(meta))
+    total = model.sum(axis=(2, 3))
+    flux = meta[[f"flux_{b}" for b in SDSS_BANDS]].to_numpy()
+    # galaxies well inside the 25" frame (an n = 4 bulge has ~5% of its light beyond 12 R_e)
+    small = ((meta["disk_R_sersic"] < 3.0) & (meta["bulge_R_sersic"] < 1.0)).to_numpy()
+    assert small.sum() >= 3
+    np.testing.assert_allclose(total[small], flux[small], rtol=0.08)
+    # the noise: background + Poisson, as the renderer adds it
+    resid = arrays["images"] - model
+    corner = resid[:, :, :8, :8].std(axis=(0, 2, 3))
+    np.testing.assert_allclose(corner, sim.renderer.sigma_bkg, rtol=0.1)
+    # surface brightness = flux / area with flux ~ 10^(-0.4 (M + DM)) = L / D_L^2 (before K-correction and
+    # extinction) and area ~ (R / D_A)^2: the (1+z)^-4 dimming at fixed luminosity and physical size
+    sb = 10 ** (-0.4 * (meta["M_r"] + meta["distmod"])) / meta["disk_R_sersic"] ** 2
+    lum_size = 10 ** (-0.4 * meta["M_r"]) / meta["disk_R_kpc"] ** 2
+    ratio = np.log10(sb / lum_size) + 4 * np.log10(1 + meta["z"])
+    assert np.ptp(ratio) < 1e-3  # constant (up to the interpolation of the distance tables)
