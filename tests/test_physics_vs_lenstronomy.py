@@ -86,3 +86,68 @@ def test_psf_kernel_is_normalised_and_has_the_requested_fwhm():
     x = np.arange(len(k)) - len(k) // 2
     sigma_pix = np.sqrt(np.sum(k * x**2) - (1 / 12))  # pixel integration adds a 1/12 variance
     assert sigma_pix * 2.3548 * 0.05 == pytest.approx(0.7, rel=1e-3)
+
+
+def test_batched_ray_shooting_matches_lenstronomy():
+    """The renderer's lens equation (quadratic form as a matrix product, outer sums, float32 arctan)."""
+    from skybench.physics.lens_mass import sie_shear_ray_shoot
+
+    rng = np.random.default_rng(3)
+    xs = (np.arange(60) - 29.5) * 0.1
+    kw = dict(theta_E=rng.uniform(0.3, 2.5, 4), e1=rng.uniform(-0.4, 0.4, 4), e2=rng.uniform(-0.4, 0.4, 4),
+              center_x=rng.normal(0, 0.1, 4), center_y=rng.normal(0, 0.1, 4), gamma1=rng.uniform(-0.1, 0.1, 4),
+              gamma2=rng.uniform(-0.1, 0.1, 4))
+    ox, oy = rng.normal(0, 1, 4), rng.normal(0, 1, 4)
+    x, y = np.meshgrid(xs, xs)
+    lm = LensModel(["SIE", "SHEAR"])
+    for dtype, tol in ((np.float64, 1e-6), (np.float32, 1e-5)):
+        bx, by = sie_shear_ray_shoot(xs, xs, np.empty(1, dtype), **kw, origin_x=ox, origin_y=oy)
+        assert bx.dtype == dtype
+        for b in range(4):
+            ref_x, ref_y = lm.ray_shooting(x, y, [{k: kw[k][b] for k in list(kw)[:5]},
+                                                  dict(gamma1=kw["gamma1"][b], gamma2=kw["gamma2"][b])])
+            np.testing.assert_allclose(bx[b], ref_x - ox[b], atol=tol, rtol=0)
+            np.testing.assert_allclose(by[b], ref_y - oy[b], atol=tol, rtol=0)
+
+
+def test_renderer_profiles_equal_the_light_functions():
+    """Renderer.sersic and .gaussian (radius as one matrix product over the grid) against light.py; Renderer.bin."""
+    from skybench.physics.backend import Backend
+    from skybench.physics.render import Renderer
+    from skybench.tracks import load_track
+
+    bands = load_track("lens-space").survey.bands
+    args = dict(e1=np.array([0.3, -0.2]), e2=np.array([0.1, 0.25]), center_x=np.array([0.03, 2.1]),
+                center_y=np.array([-0.04, -1.3]))
+    col = {k: v[:, None, None] for k, v in args.items()}
+    for dtype, rtol in ((np.float64, 1e-9), (np.float32, 2e-5)):
+        r = Renderer(21, 0.1, 2, bands, Backend("numpy", "cpu", dtype))
+        x, y = np.asarray(r.x, np.float64), np.asarray(r.y, np.float64)
+        R, n, sigma = np.array([0.4, 0.15]), np.array([4.0, 0.8]), np.array([0.3, 0.05])
+        ours = r.sersic(R, n, **args)
+        ref = light.sersic_ellipse(x, y, 1.0, R[:, None, None], n[:, None, None], *col.values())
+        np.testing.assert_allclose(ours, ref, rtol=rtol, atol=rtol * ref.max())
+        ours = r.gaussian(sigma, **args)
+        ref = light.gaussian_ellipse(x, y, 1.0, sigma[:, None, None], *col.values())
+        np.testing.assert_allclose(ours, ref, rtol=rtol, atol=rtol * ref.max())
+        sb = np.random.default_rng(0).random((3, 42, 42)).astype(dtype)
+        ref = sb.reshape(3, 21, 2, 21, 2).mean(axis=(2, 4)) * 0.1**2
+        np.testing.assert_allclose(r.bin(sb), ref, rtol=1e-6)
+
+
+def test_float32_kernels():
+    from skybench.physics import kernels
+
+    u = np.concatenate([np.linspace(-50, 50, 200001), np.logspace(-30, 17, 2001), -np.logspace(-30, 17, 2001),
+                        [0.0, np.inf, -np.inf, 3e38]]).astype(np.float32)
+    a = u.copy()
+    kernels.atan_(a, np.empty_like(a), np.empty_like(a))
+    ref = np.arctan(u.astype(np.float64))
+    np.testing.assert_allclose(a, ref, rtol=5e-7, atol=1e-37)
+    v = np.array([-np.inf, -3.0, -0.0, 0.0, 1e-40, 1e-9, 0.5, 2.0, np.inf], np.float32)[None]
+    for low in (1e-8, 0.7):
+        expected = np.maximum(v, low).astype(np.float32)
+        np.testing.assert_array_equal(kernels.clamp_min_(v.copy(), np.array([[low]])), expected)
+    out = np.empty((2, 3, 4), np.float32)
+    cols, rows = np.arange(6.0).reshape(2, 3), np.arange(8.0).reshape(2, 4) * 10
+    np.testing.assert_array_equal(kernels.outer_sum(cols, rows, out), cols[:, :, None] + rows[:, None, :])

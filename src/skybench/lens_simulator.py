@@ -7,6 +7,7 @@ lenstronomy keyword lists."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -14,8 +15,10 @@ import pandas as pd
 
 from .lens_population import LensLabel, LensPopulation
 from .physics.backend import Backend, device
-from .physics.lens_mass import phi_q2ellipticity, shear_deflection, sie_deflection
-from .physics.light import gaussian_ellipse, sersic_ellipse, sersic_total_flux
+from .physics.kernels import exp_mostly_zero_, per_object, quadratic_form_points, scatter_add_, take_minus
+from .physics.kernels import module as array_module
+from .physics.lens_mass import phi_q2ellipticity, sie_shear_ray_shoot
+from .physics.light import ellipse_metric, sersic_profile_, sersic_total_flux
 from .physics.noise import magnitude2cps
 from .physics.render import Renderer
 from .tracks import Track
@@ -57,182 +60,251 @@ class LensSimulator:
                                  self.bands, backend)
 
     # ---------------------------------------------------------------- parameters
-    def _mags(self, rng: np.random.Generator, mag_ref: float, colors: dict[str, float]) -> np.ndarray:
-        scatter = rng.normal(0.0, self.pop.color_scatter, len(self.bands))
-        return np.array([mag_ref + colors[b] + (s if colors[b] != 0.0 else 0.0)
-                         for b, s in zip(self.band_names, scatter, strict=True)])
+    # Each object draws N_UNIFORM uniforms and N_NORMAL + 5 * bands standard normals from its own generator in
+    # two calls (many small draws cost more than the rest of the sampling); they are used in a fixed order.
+    N_UNIFORM, N_NORMAL = 45, 9
 
-    def _amps(self, row: dict[str, Any], prefix: str, mags: np.ndarray, unit_flux: float) -> None:
-        for band, m in zip(self.bands, mags, strict=True):
-            row[f"{prefix}_mag_{band.name}"] = float(m)
-            row[f"{prefix}_amp_{band.name}"] = float(magnitude2cps(m, band.zero_point) / unit_flux)
-
-    def _sersic(self, rng, row, prefix, present, R, n, q, phi, cx, cy, mag_ref, colors) -> None:
+    def _sersic(self, row: dict[str, Any], prefix: str, present: bool, R: float, n: float, q: float, phi: float,
+                cx: float, cy: float, mag_ref: float, colors: dict[str, float], normals: Any) -> float:
+        """Record one Sersic component (magnitudes: reference + colour + scatter); returns its flux per unit
+        amplitude."""
         e1, e2 = phi_q2ellipticity(phi, q)
-        row.update({f"{prefix}_R_sersic": R, f"{prefix}_n_sersic": n, f"{prefix}_e1": float(e1),
-                    f"{prefix}_e2": float(e2), f"{prefix}_center_x": cx, f"{prefix}_center_y": cy})
-        mags = self._mags(rng, mag_ref, colors)
-        self._amps(row, prefix, mags, float(sersic_total_flux(1.0, R, n)))
-        if not present:
-            for b in self.band_names:
-                row[f"{prefix}_mag_{b}"], row[f"{prefix}_amp_{b}"] = np.inf, 0.0
+        row[prefix + "_R_sersic"], row[prefix + "_n_sersic"] = R, n
+        row[prefix + "_e1"], row[prefix + "_e2"], row[prefix + "_center_x"], row[prefix + "_center_y"] = e1, e2, cx, cy
+        unit_flux = sersic_total_flux(1.0, R, n)
+        for band in self.bands:
+            s = next(normals) * self.pop.color_scatter
+            m = mag_ref + colors[band.name] + (s if colors[band.name] != 0.0 else 0.0)
+            row[f"{prefix}_mag_{band.name}"] = m if present else np.inf
+            row[f"{prefix}_amp_{band.name}"] = magnitude2cps(m, band.zero_point) / unit_flux if present else 0.0
+        return unit_flux
 
     def sample(self, obj_seed: int) -> dict[str, Any]:
         """Draw every parameter of one object from ``default_rng(obj_seed)``; same order for all objects."""
-        rng = np.random.default_rng(obj_seed)
-        u, p = rng.uniform, self.pop
+        return self._sample(obj_seed)[0]
+
+    def _sample(self, obj_seed: int) -> tuple[dict[str, Any], np.random.Generator]:
+        """The parameters and the generator after drawing them (the object's noise comes next from it)."""
+        rng, p, pi = np.random.default_rng(obj_seed), self.pop, math.pi
+        uniforms = iter(rng.random(self.N_UNIFORM).tolist())
+        normals = iter(rng.standard_normal(self.N_NORMAL + 5 * len(self.bands)).tolist())
+
+        def u(low: float, high: float) -> float:
+            return low + (high - low) * next(uniforms)
+
         row: dict[str, Any] = {"seed": obj_seed}
         # Lens mass: SIE + external shear (lenstronomy SIE, SHEAR).
-        theta_E, q, phi = u(*p.lens.theta_E), u(*p.lens.q), u(0, np.pi)
+        theta_E, q, phi = u(*p.lens.theta_E), u(*p.lens.q), u(0, pi)
         e1, e2 = phi_q2ellipticity(phi, q)
-        cx, cy = rng.normal(0.0, p.lens.center_sigma, 2)
-        g, gphi = u(*p.lens.gamma_ext), u(0, np.pi)
-        row.update(lens_theta_E=theta_E, lens_e1=float(e1), lens_e2=float(e2), lens_center_x=float(cx),
-                   lens_center_y=float(cy), shear_gamma1=float(g * np.cos(2 * gphi)),
-                   shear_gamma2=float(g * np.sin(2 * gphi)))
+        cx, cy = p.lens.center_sigma * next(normals), p.lens.center_sigma * next(normals)
+        g, gphi = u(*p.lens.gamma_ext), u(0, pi)
+        row.update(lens_theta_E=theta_E, lens_e1=e1, lens_e2=e2, lens_center_x=cx, lens_center_y=cy,
+                   shear_gamma1=g * math.cos(2 * gphi), shear_gamma2=g * math.sin(2 * gphi))
         # Lens light: elliptical Sersic roughly aligned with the mass.
-        self._sersic(rng, row, "lens_light", True, u(*p.lens.R_sersic), u(*p.lens.n_sersic), u(*p.lens.light_q),
-                     phi + rng.normal(0, 0.17), float(cx), float(cy), u(*p.lens.mag), p.lens.colors)
+        self._sersic(row, "lens_light", True, u(*p.lens.R_sersic), u(*p.lens.n_sersic), u(*p.lens.light_q),
+                     phi + 0.17 * next(normals), cx, cy, u(*p.lens.mag), p.lens.colors, normals)
         # Source: elliptical Sersic behind the lens, uniform in area within beta_max * theta_E.
-        has_source = bool(rng.random() < p.p_source)
-        beta, bphi = theta_E * p.source.beta_max * np.sqrt(rng.random()), u(0, 2 * np.pi)
-        sx, sy = float(cx + beta * np.cos(bphi)), float(cy + beta * np.sin(bphi))
+        has_source = u(0, 1) < p.p_source
+        beta, bphi = theta_E * p.source.beta_max * math.sqrt(u(0, 1)), u(0, 2 * pi)
+        sx, sy = cx + beta * math.cos(bphi), cy + beta * math.sin(bphi)
         R_src = u(*p.source.R_sersic)
-        self._sersic(rng, row, "source", has_source, R_src, u(*p.source.n_sersic), u(*p.source.q),
-                     u(0, np.pi), sx, sy, u(*p.source.mag), p.source.colors)
+        src_unit_flux = self._sersic(row, "source", has_source, R_src, u(*p.source.n_sersic), u(*p.source.q),
+                                     u(0, pi), sx, sy, u(*p.source.mag), p.source.colors, normals)
         row["has_source"] = has_source
         # Star-forming clumps in the source (lenstronomy GAUSSIAN_ELLIPSE with e = 0, amp = flux).
-        n_clumps = int(rng.integers(p.source.n_clumps[0], p.source.n_clumps[1] + 1)) if has_source else 0
+        lo, hi, w = *p.source.n_clumps, u(0, 1)
+        n_clumps = lo + int(w * (hi - lo + 1)) if has_source else 0  # uniform on lo..hi
         row["n_clumps"] = n_clumps
         for k in range(MAX_CLUMPS):
-            off = rng.normal(0.0, R_src, 2)
+            ox, oy = R_src * next(normals), R_src * next(normals)
             frac, sig = u(*p.source.clump_flux_fraction), u(*p.source.clump_sigma)
             row.update({f"clump{k}_sigma": sig, f"clump{k}_e1": 0.0, f"clump{k}_e2": 0.0,
-                        f"clump{k}_center_x": sx + float(off[0]), f"clump{k}_center_y": sy + float(off[1])})
+                        f"clump{k}_center_x": sx + ox, f"clump{k}_center_y": sy + oy})
             for b in self.band_names:
-                flux = frac * row[f"source_amp_{b}"] * sersic_total_flux(1.0, R_src, row["source_n_sersic"])
-                row[f"clump{k}_amp_{b}"] = float(flux) if k < n_clumps else 0.0
+                row[f"clump{k}_amp_{b}"] = frac * row[f"source_amp_{b}"] * src_unit_flux if k < n_clumps else 0.0
         # Look-alikes: an unlensed companion, a tangential arclet with no counter-image, a ring galaxy.
         c = p.contaminants
-        present = rng.random(3) < np.array([c.companion, c.arclet, c.ring])
-        r, a = u(1.0, 4.0), u(0, 2 * np.pi)
-        self._sersic(rng, row, "companion", present[0], u(0.15, 0.5), u(0.8, 2.5), u(0.4, 1.0), u(0, np.pi),
-                     float(cx + r * np.cos(a)), float(cy + r * np.sin(a)), u(*c.mag), c.colors)
-        r, a = u(1.0, 3.0), u(0, 2 * np.pi)
-        self._sersic(rng, row, "arclet", present[1], u(0.2, 0.6), u(0.5, 1.0), u(0.15, 0.35), a + np.pi / 2,
-                     float(cx + r * np.cos(a)), float(cy + r * np.sin(a)), u(*c.mag), c.colors)
+        present = [u(0, 1) < c.companion, u(0, 1) < c.arclet, u(0, 1) < c.ring]
+        r, a = u(1.0, 4.0), u(0, 2 * pi)
+        self._sersic(row, "companion", present[0], u(0.15, 0.5), u(0.8, 2.5), u(0.4, 1.0), u(0, pi),
+                     cx + r * math.cos(a), cy + r * math.sin(a), u(*c.mag), c.colors, normals)
+        r, a = u(1.0, 3.0), u(0, 2 * pi)
+        self._sersic(row, "arclet", present[1], u(0.2, 0.6), u(0.5, 1.0), u(0.15, 0.35), a + pi / 2,
+                     cx + r * math.cos(a), cy + r * math.sin(a), u(*c.mag), c.colors, normals)
         # Ring: difference of two Gaussians with equal central surface brightness, so it is zero at the
         # centre and positive outside; total flux = amp_outer + amp_inner (amp_inner < 0).
-        s_out, ratio, rq, rphi = u(0.5, 1.5) * theta_E, u(0.5, 0.7), u(0.6, 1.0), u(0, np.pi)
+        s_out, ratio, rq, rphi = u(0.5, 1.5) * theta_E, u(0.5, 0.7), u(0.6, 1.0), u(0, pi)
         re1, re2 = phi_q2ellipticity(rphi, rq)
-        mags = self._mags(rng, u(*c.mag), c.colors)
+        mag_ref = u(*c.mag)
         for name, sig in (("ring_outer", s_out), ("ring_inner", s_out * ratio)):
-            row.update({f"{name}_sigma": sig, f"{name}_e1": float(re1), f"{name}_e2": float(re2),
-                        f"{name}_center_x": float(cx), f"{name}_center_y": float(cy)})
-        for band, m in zip(self.bands, mags, strict=True):
-            flux = float(magnitude2cps(m, band.zero_point)) if present[2] else 0.0
-            row[f"ring_mag_{band.name}"] = float(m) if present[2] else np.inf
+            row.update({f"{name}_sigma": sig, f"{name}_e1": re1, f"{name}_e2": re2, f"{name}_center_x": cx,
+                        f"{name}_center_y": cy})
+        for band in self.bands:
+            s = next(normals) * p.color_scatter
+            m = mag_ref + c.colors[band.name] + (s if c.colors[band.name] != 0.0 else 0.0)
+            flux = magnitude2cps(m, band.zero_point) if present[2] else 0.0
+            row[f"ring_mag_{band.name}"] = m if present[2] else np.inf
             row[f"ring_outer_amp_{band.name}"] = flux / (1 - ratio**2)
             row[f"ring_inner_amp_{band.name}"] = -flux * ratio**2 / (1 - ratio**2)
-        row.update(has_companion=bool(present[0]), has_arclet=bool(present[1]), has_ring=bool(present[2]))
-        return row
+        row.update(has_companion=present[0], has_arclet=present[1], has_ring=present[2])
+        assert next(uniforms, None) is None and next(normals, None) is None, "every draw is used"
+        return row, rng
 
     # ---------------------------------------------------------------- rendering
-    def render(self, meta: pd.DataFrame) -> tuple[Any, Any]:
-        """Noise-free (B, bands, n, n) images and the PSF-convolved lensed source alone, on the backend."""
+    def render(self, meta: pd.DataFrame | dict[str, np.ndarray]) -> tuple[Any, Any]:
+        """Noise-free (B, bands, n, n) images and the PSF-convolved lensed source alone, on the backend.
+
+        Each component is evaluated for all the objects that have it at once, into reused buffers: the
+        unlensed ones on the regular supersampled grid (radius as one matrix product), the lensed ones at the
+        source-plane positions of the lensed objects."""
         be, r = self.backend, self.renderer
         xp = be.xp
-        B, nb, n = len(meta), len(self.bands), r.size
-        x, y = r.x, r.y
-        cols = {k: v.to_numpy() for k, v in meta.items()}  # pandas indexing is slow in the loop below
+        cols = _columns(meta)
+        B, nb, n, m = len(cols["lens_theta_E"]), len(self.bands), r.size, len(r.coords)
+        comps = [(p, lensed, "sersic") for p, lensed in SERSIC_COMPONENTS] + \
+                [(p, lensed, "gauss") for p, lensed in GAUSSIAN_COMPONENTS]
+        shape = ("e1", "e2", "center_x", "center_y")
 
-        def col(name: str, idx: np.ndarray) -> np.ndarray:
-            return cols[name].astype(np.float64)[idx, None, None]
+        def col(name: str, idx: Any = slice(None)) -> np.ndarray:
+            return np.asarray(cols[name], dtype=np.float64)[idx]
 
-        # Deflections only where something is lensed; ``slot`` maps an object to its row in bx, by.
+        amps = {p: np.stack([col(f"{p}_amp_{b}") for b in self.band_names], axis=1) for p, _, _ in comps}
+        present = {p: np.flatnonzero(np.any(a != 0.0, axis=1)) for p, a in amps.items()}
         lensed_idx = np.flatnonzero(cols["has_source"])
         slot = np.full(B, -1)
         slot[lensed_idx] = np.arange(lensed_idx.size)
-        ax, ay = sie_deflection(x, y, *(col(f"lens_{k}", lensed_idx) for k in
-                                        ("theta_E", "e1", "e2", "center_x", "center_y")))
-        sx_, sy_ = shear_deflection(x, y, col("shear_gamma1", lensed_idx), col("shear_gamma2", lensed_idx))
-        bx, by = x - ax - sx_, y - ay - sy_  # lens equation: beta = theta - alpha(theta)
+        total = r.workspace("total", (B, nb, n, n))
+        source = r.workspace("source", (lensed_idx.size, nb, n, n))  # of the lensed objects
+        total[...], source[...] = 0, 0
 
-        total = xp.zeros((B, nb, n, n), dtype=be.dtype, device=device(x))
-        source = xp.zeros((B, nb, n, n), dtype=be.dtype, device=device(x))
-        comps = [(p, lensed, "sersic") for p, lensed in SERSIC_COMPONENTS] + \
-                [(p, lensed, "gauss") for p, lensed in GAUSSIAN_COMPONENTS]
-        for prefix, lensed, kind in comps:
-            amps = np.stack([cols[f"{prefix}_amp_{b}"] for b in self.band_names], axis=1).astype(np.float64)
-            idx = np.flatnonzero(np.any(amps != 0.0, axis=1))
-            if idx.size == 0:
-                continue
-            tidx = be.index(idx)
-            if lensed:
-                gx, gy = bx[be.index(slot[idx])], by[be.index(slot[idx])]
-            else:
-                gx, gy = x, y
-            shape = [col(f"{prefix}_{k}", idx) for k in ("e1", "e2", "center_x", "center_y")]
-            if kind == "sersic":
-                sb = sersic_ellipse(gx, gy, 1.0, col(f"{prefix}_R_sersic", idx), col(f"{prefix}_n_sersic", idx),
-                                    *shape)
-            else:
-                sb = gaussian_ellipse(gx, gy, 1.0, col(f"{prefix}_sigma", idx), *shape)
-            contrib = r.bin(sb)[:, None] * be.asarray(amps[idx][:, :, None, None])
-            total[tidx] += contrib
-            if lensed:
-                source[tidx] += contrib
-        return r.convolve(total), r.convolve(source)
+        def add(prefixes: list[str], sb: Any, factor: Any = 1.0, lensed: bool = False) -> None:
+            """Bin the unit-amplitude surface brightness (P, m, m) of the (object, component) pairs of
+            ``prefixes``, in that order, and add it with the amplitudes. Each object's components are added in one
+            fixed order, so its image does not depend on the batch."""
+            img = r.bin(sb, out=r.workspace("binned", (sb.shape[0], n, n)))
+            a = np.concatenate([amps[p][present[p]] for p in prefixes]) * factor  # (P, bands)
+            contrib = r.workspace("contrib", (sb.shape[0], nb, n, n))
+            array_module(img).multiply(img[:, None], be.asarray(a[:, :, None, None]), out=contrib)
+            start = 0
+            for p in prefixes:
+                stop = start + present[p].size
+                scatter_add_(total, present[p], contrib[start:stop])
+                if lensed:
+                    scatter_add_(source, slot[present[p]], contrib[start:stop])
+                start = stop
+
+        # Unlensed components: one batch per profile over every (object, component) pair.
+        for kind, profile, names in (("sersic", r.sersic, ("R_sersic", "n_sersic") + shape),
+                                     ("gauss", r.gaussian, ("sigma",) + shape)):
+            prefixes = [p for p, lensed, k in comps if k == kind and not lensed and present[p].size]
+            if prefixes:
+                args = [np.concatenate([col(f"{p}_{a}", present[p]) for p in prefixes]) for a in names]
+                add(prefixes, profile(*args, out=r.workspace("sb", (len(args[0]), m, m))))
+
+        # Lensed components at the source-plane positions beta (lens equation), relative to the source centre.
+        if lensed_idx.size:
+            nl = lensed_idx.size
+            sx, sy = col("source_center_x", lensed_idx), col("source_center_y", lensed_idx)
+            X, Y = sie_shear_ray_shoot(
+                r.coords, r.coords, r.x, *(col(f"lens_{k}", lensed_idx) for k in ("theta_E",) + shape),
+                col("shear_gamma1", lensed_idx), col("shear_gamma2", lensed_idx), sx, sy,
+                work=r.workspace("ray", (6, nl, m, m)))
+            for kind in ("sersic", "gauss"):  # one batch per profile over every (object, component) pair
+                prefixes = [p for p, lensed, k in comps if k == kind and lensed and present[p].size]
+                if not prefixes:
+                    continue
+                idx = np.concatenate([present[p] for p in prefixes])
+                rows, P = slot[idx], idx.size
+
+                def cat(a: str) -> np.ndarray:
+                    return np.concatenate([col(f"{p}_{a}", present[p]) for p in prefixes])  # noqa: B023
+
+                dx, dy = cat("center_x") - sx[rows], cat("center_y") - sy[rows]
+                if P == nl and np.array_equal(rows, np.arange(nl)) and not (np.any(dx) or np.any(dy)):
+                    gx, gy = X, Y  # the source itself: beta - source centre
+                else:
+                    gx = take_minus(X, rows, dx, out=r.workspace("gx", (P, m, m)))
+                    gy = take_minus(Y, rows, dy, out=r.workspace("gy", (P, m, m)))
+                qxx, qxy, qyy = ellipse_metric(cat("e1"), cat("e2"))
+                if kind == "sersic":  # (R / R_sersic)^2
+                    scale, factor = 1 / np.maximum(cat("R_sersic"), 1e-4) ** 2, np.ones((P, 1))
+                else:  # -R^2 / 2 sigma^2; the normalisation 1 / (2 pi sigma^2) goes with the amplitude
+                    sigma = cat("sigma")
+                    scale, factor = -0.5 / sigma**2, 1 / (2 * np.pi * sigma[:, None] ** 2)
+                sb = quadratic_form_points(gx, gy, per_object(qxx * scale, gx),
+                                           per_object(qxy * scale, gx) if np.any(qxy) else None,
+                                           per_object(qyy * scale, gx), out=r.workspace("sb", (P, m, m)),
+                                           tmp=r.workspace("qtmp", (P, m, m)))
+                if kind == "sersic":
+                    sersic_profile_(sb, cat("R_sersic"), cat("n_sersic"))
+                else:  # compact clumps: most of the grid underflows to 0
+                    exp_mostly_zero_(sb)
+                add(prefixes, sb, factor, lensed=True)
+
+        full_source = xp.zeros((B, nb, n, n), dtype=be.dtype, device=device(r.x))
+        if lensed_idx.size:  # the source is zero elsewhere
+            full_source[be.index(lensed_idx)] = r.convolve(source)
+        return r.convolve(total), full_source
 
     # ---------------------------------------------------------------- the visibility rule
-    def label(self, meta: pd.DataFrame, model: Any, source: Any) -> pd.DataFrame:
+    def label(self, meta: pd.DataFrame | dict[str, np.ndarray], model: Any, source: Any) -> pd.DataFrame:
         """Apply the track's visibility rule and record the quantities it uses."""
+        index = meta.index if isinstance(meta, pd.DataFrame) else None
+        return pd.DataFrame(self._label(_columns(meta), model, source), index=index)
+
+    def _label(self, cols: dict[str, np.ndarray], model: Any, source: Any) -> dict[str, np.ndarray]:
         be, r, rule = self.backend, self.renderer, self.rule
         xp = be.xp
-        sig = be.asarray(r.sigma_bkg[None, :, None, None])
-        t = be.asarray(r.total_time[None, :, None, None])
-        above = source > rule.pixel_sigma * sig
-        n_pix = be.to_numpy(xp.sum(xp.astype(above, be.dtype), axis=(2, 3)))  # (B, bands)
-        var = sig**2 + xp.abs(model) / t
-        s_sum = xp.sum(xp.where(above, source, 0.0 * source), axis=(2, 3))
-        v_sum = xp.sum(xp.where(above, var, 0.0 * var), axis=(2, 3))
-        snr = be.to_numpy(s_sum / xp.sqrt(xp.maximum(v_sum, 1e-30 + 0 * v_sum)))
-        # Magnification: lensed source flux in the frame / intrinsic source flux (reference band).
+        has = np.asarray(cols["has_source"], dtype=bool)
+        B, li = has.size, np.flatnonzero(has)
+        n_pix, snr, lensed_flux = np.zeros(B, np.int64), np.zeros(B, np.float32), np.zeros(B, np.float32)
         ref = _reference_band(self.pop.source.colors, self.band_names)
-        lensed_flux = be.to_numpy(xp.sum(source[:, ref], axis=(1, 2)))
-        amp_ref = meta[f"source_amp_{self.band_names[ref]}"].to_numpy()
-        intrinsic = sersic_total_flux(amp_ref, meta["source_R_sersic"].to_numpy(),
-                                      meta["source_n_sersic"].to_numpy())
-        intrinsic = intrinsic + sum(meta[f"clump{k}_amp_{self.band_names[ref]}"].to_numpy()
+        if li.size:  # the source is zero in the other cut-outs
+            src, mod = source[be.index(li)], model[be.index(li)]
+            sig2 = be.asarray(r.sigma_bkg[None, :, None, None] ** 2)
+            mask = xp.astype(src > be.asarray(rule.pixel_sigma * r.sigma_bkg[None, :, None, None]), be.dtype)
+            n_b = xp.sum(mask, axis=(2, 3))  # (L, bands)
+            s_sum = xp.sum(src * mask, axis=(2, 3))
+            # sum over the pixels above threshold of the variance sigma_bkg^2 + |model| / t
+            v_sum = n_b * sig2[..., 0, 0] + xp.sum(xp.abs(mod) * mask, axis=(2, 3)) / be.asarray(r.total_time[None])
+            n_pix[li] = be.to_numpy(n_b).max(axis=1).astype(np.int64)
+            snr[li] = be.to_numpy(s_sum / xp.sqrt(xp.clip(v_sum, 1e-30, None))).max(axis=1)
+            lensed_flux[li] = be.to_numpy(xp.sum(src[:, ref], axis=(1, 2)))
+        # Magnification: lensed source flux in the frame / intrinsic source flux (reference band).
+        amp_ref = np.asarray(cols[f"source_amp_{self.band_names[ref]}"], dtype=np.float64)
+        intrinsic = sersic_total_flux(amp_ref, np.asarray(cols["source_R_sersic"], dtype=np.float64),
+                                      np.asarray(cols["source_n_sersic"], dtype=np.float64))
+        intrinsic = intrinsic + sum(np.asarray(cols[f"clump{k}_amp_{self.band_names[ref]}"], dtype=np.float64)
                                     for k in range(MAX_CLUMPS))
-        has = meta["has_source"].to_numpy()
-        out = pd.DataFrame(index=meta.index)
-        out["magnification"] = np.where(has, lensed_flux / np.where(intrinsic > 0, intrinsic, 1.0), np.nan)
-        out["n_pix_source"] = np.where(has, n_pix.max(axis=1), 0).astype(np.int64)
-        out["arc_snr"] = np.where(has, snr.max(axis=1), 0.0)
-        out["is_lens"] = (has & (out["magnification"] > rule.min_magnification)
-                          & (out["n_pix_source"] > rule.min_source_pixels)).astype(np.int8)
-        return out
+        magnification = np.where(has, lensed_flux / np.where(intrinsic > 0, intrinsic, 1.0), np.nan)
+        return {"magnification": magnification, "n_pix_source": n_pix, "arc_snr": snr,
+                "is_lens": (has & (magnification > rule.min_magnification)
+                            & (n_pix > rule.min_source_pixels)).astype(np.int8)}
 
     # ---------------------------------------------------------------- one chunk
     def simulate(self, seed: int, split: str, start: int, stop: int) -> tuple[np.ndarray, pd.DataFrame]:
         """Objects ``start..stop`` of ``split``: float32 images (B, bands, n, n) in e-/s and their metadata."""
-        rows, noise = [], []
-        shape = (len(self.bands), self.track.cutout.size, self.track.cutout.size)
-        for index in range(start, stop):
-            s = object_seed(seed, split, index)
-            row = {"id": index, **self.sample(s)}
+        rows = []
+        normal = np.empty((stop - start, len(self.bands), self.track.cutout.size, self.track.cutout.size),
+                          dtype=np.float32)
+        for k, index in enumerate(range(start, stop)):
+            row, rng = self._sample(object_seed(seed, split, index))
             rows.append(row)
-            # The noise has its own stream, also fixed by the object's seed.
-            rng = np.random.default_rng([s, 1])
-            noise.append(rng.standard_normal(shape, dtype=np.float32))
-        meta = pd.DataFrame(rows)
-        model, source = self.render(meta)
-        labels = self.label(meta, model, source)
-        images = self.renderer.add_noise(model, np.stack(noise))
-        meta = pd.concat([meta, labels], axis=1)
-        meta.insert(1, "split", split)
+            # The noise continues the object's own stream, so it too is fixed by the object's seed.
+            rng.standard_normal(normal.shape[1:], dtype=np.float32, out=normal[k])
+        # Columns: every row has the same keys in the same order (one code path draws them all).
+        cols = {"id": np.arange(start, stop, dtype=np.int64),
+                **dict(zip(rows[0], map(np.array, zip(*(r.values() for r in rows), strict=True)), strict=True))}
+        model, source = self.render(cols)
+        labels = self._label(cols, model, source)
+        images = self.renderer.add_noise(model, normal)
+        meta = pd.DataFrame({"id": cols.pop("id"), "split": split, **cols, **labels})
         return self.backend.to_numpy(images).astype(np.float32, copy=False), meta
+
+
+def _columns(meta: pd.DataFrame | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Metadata as a dict of numpy columns (indexing a DataFrame per column is slow)."""
+    return meta if isinstance(meta, dict) else {k: v.to_numpy() for k, v in meta.items()}
 
 
 def _reference_band(colors: dict[str, float], names: list[str]) -> int:

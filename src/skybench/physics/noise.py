@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -9,6 +10,9 @@ import numpy as np
 
 def magnitude2cps(magnitude: Any, zero_point: float) -> Any:
     """counts per second = 10^(-(m - ZP)/2.5), ZP the magnitude giving 1 e-/s (data_util.magnitude2cps)."""
+    if isinstance(magnitude, (float, int)):  # one value: plain floats are much faster
+        x = -(float(magnitude) - zero_point) / 2.5
+        return 10.0**x if x < 300 else math.inf
     return 10.0 ** (-(np.asarray(magnitude, dtype=np.float64) - zero_point) / 2.5)
 
 
