@@ -23,7 +23,7 @@ data: setup
 	@bash scripts/pull-real-data.sh
 
 run: setup data
-	dvc repro
+	bash scripts/repro.sh
 	skybench report
 
 test: setup data

@@ -83,14 +83,22 @@ def evaluate(folders: Annotated[list[Path] | None, typer.Argument(
              release: Annotated[Path | None, typer.Option(help="release folder (default releases/TRACK)")] = None,
              out: Annotated[Path | None, typer.Option(help="where evaluation records go")] = None,
              log: Annotated[bool, typer.Option(help="publish to MLflow right away")] = True,
-             force: Annotated[bool, typer.Option(help="re-evaluate unchanged submissions")] = False) -> None:
+             force: Annotated[bool, typer.Option(help="re-evaluate unchanged submissions")] = False,
+             executor: Annotated[str, typer.Option(
+                 help="where inference runs: local, or ray ($RAY_ADDRESS, else a local Ray instance)")] = "local",
+             shards: Annotated[int | None, typer.Option(help="ray: shards per submission (default: GPUs or CPUs)")]
+             = None) -> None:
     """Evaluate submissions on the hidden test labels, in the sandbox, and log them to MLflow."""
     from .evaluate import discover_submissions
     from .evaluate import evaluate as run
     from .release import ReleaseError
 
+    if executor not in ("local", "ray"):
+        _fail(f"unknown executor {executor!r}; choose local or ray")
+    options = {"shards": shards} if executor == "ray" else {}
     try:
-        outcomes = run(folders or discover_submissions(track), track, release, out=out, publish=log, force=force)
+        outcomes = run(folders or discover_submissions(track), track, release, out=out, publish=log, force=force,
+                       executor=executor, executor_options=options)
     except (ReleaseError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     for o in outcomes:
@@ -98,6 +106,11 @@ def evaluate(folders: Annotated[list[Path] | None, typer.Argument(
         score = f" {primary[0]}={primary[1]:.4f}" if primary else ""
         line = f"{o.status:9s} {o.team}/{o.name}{score}" + (f"  ({o.reason})" if o.reason else "")
         typer.secho(line, fg=typer.colors.RED if o.status == "FAILED" else None)
+    pending = [o for o in outcomes if o.unpublished]
+    if pending:
+        where = pending[0].record.parent if pending[0].record else "the evaluations folder"
+        _fail(f"{len(pending)} evaluation record(s) NOT logged to MLflow ({pending[0].unpublished}); predictions "
+              f"and records are kept on disk; publish them later with `skybench log {where} --track {track}`", 2)
 
 
 @app.command("log")
@@ -114,7 +127,10 @@ def leaderboard(track: str,
                 format: Annotated[str, typer.Option("--format", help="table, markdown, csv or html")] = "table",
                 release: Annotated[Path | None, typer.Option(help="rank only runs on this release")] = None,
                 write: Annotated[Path | None, typer.Option(help="also write leaderboard.md, metrics.json")] = None,
-                all_releases: Annotated[bool, typer.Option(help="rank runs of every release")] = False) -> None:
+                all_releases: Annotated[bool, typer.Option(help="rank runs of every release")] = False,
+                publish: Annotated[Path | None, typer.Option(
+                    help="first publish the evaluation records in this folder to MLflow (as `skybench log`)")] = None
+                ) -> None:
     """Print the ranking of a track (earliest submission wins ties; failed entries are listed, unranked)."""
     from . import leaderboard as lb
     from .evaluate import default_release
@@ -122,6 +138,8 @@ def leaderboard(track: str,
     from .tracks import load_track
 
     t = load_track(track)
+    if publish is not None:
+        log_(publish, track)
     rel = release or default_release(t)
     sha = None if all_releases or not (rel / "manifest.json").is_file() else release_digest(rel)
     if write:
@@ -171,6 +189,66 @@ def import_real_lenses(data: Path = Path("data"), out: Path = Path("releases/rea
                                         "note": "real data was not available"},
                              counts={}, image_shape=(1, 101, 101), make_chunks=lambda s, r: iter(()),
                              label_columns=("is_lens",), progress=False)
+    typer.echo(f"wrote {path}")
+
+
+@app.command("import-bologna")
+def import_bologna(src: Annotated[Path, typer.Argument(help="folder of Lens Finding Challenge 1.0 FITS files")],
+                   track: Annotated[str, typer.Option(help="lens-space (VIS) or lens-ground (SDSS U,G,R,I)")] = ...,
+                   out: Annotated[Path, typer.Option(help="release folder to write")] = ...,
+                   classifications: Annotated[Path | None, typer.Option(
+                       help="labels CSV (ID, is_lens); default SRC/classifications.csv")] = None) -> None:
+    """Turn Strong Lens Finding Challenge 1.0 files into a test-only release that `evaluate --release` scores."""
+    from .bologna import BolognaError
+    from .bologna import import_bologna as run
+
+    try:
+        path = run(src, track, out, classifications=classifications, progress=sys.stderr.isatty())
+    except (BolognaError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {path}")
+
+
+@app.command("export-bologna")
+def export_bologna(release: Path, out: Annotated[Path, typer.Option(help="folder to write")] = ...,
+                   labels: Annotated[bool, typer.Option(help="also write classifications.csv")] = True) -> None:
+    """Write a release's test set in the Strong Lens Finding Challenge 1.0 layout (FITS per cut-out and band)."""
+    from .bologna import BolognaError
+    from .bologna import export_bologna as run
+    from .release import ReleaseError
+
+    try:
+        path = run(release, out, labels=labels)
+    except (BolognaError, ReleaseError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {path}")
+
+
+@app.command("import-sdss-mgs")
+def import_sdss_mgs(data: Path = Path("data"), out: Path = Path("releases/photoz-sdss-mgs"),
+                    track: str = "photoz-sdss-mgs", n_val: int = 500) -> None:
+    """Turn the real SDSS MGS catalogue in data/photoz_sdss_mgs into the photoz-sdss-mgs release."""
+    from .sdss_mgs import import_sdss_mgs as run
+
+    try:
+        path = run(data, track, out, n_val=n_val, progress=sys.stderr.isatty())
+    except (FileNotFoundError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(f"wrote {path}")
+
+
+@app.command("import-real-truth")
+def import_real_truth(data: Path = Path("data"), out: Path = Path("releases/enhance-real"), track: str = "enhance",
+                      seed: int = 0) -> None:
+    """Degrade the real HST galaxy images in data/ into the enhance track's real-truth set (empty without data/)."""
+    from .real_truth import empty_real_truth
+    from .real_truth import import_real_truth as run
+
+    try:
+        path = run(data, track, out, seed=seed, progress=sys.stderr.isatty())
+    except FileNotFoundError as exc:
+        typer.echo(f"real data not available ({exc}); writing an empty real-truth set to {out}")
+        path = empty_real_truth(track, out, seed=seed, note=str(exc))
     typer.echo(f"wrote {path}")
 
 

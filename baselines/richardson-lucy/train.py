@@ -1,0 +1,83 @@
+"""Richardson-Lucy baseline: classical deconvolution with the known PSF (scikit-image), the bar to clear.
+
+    python baselines/richardson-lucy/train.py --track enhance --release releases/enhance \
+        --out baselines/richardson-lucy/enhance [--max-train N]
+
+Nothing is learned: the degradation PSF comes from the release manifest (``degradation.psf_kernel_1d``, public
+information), and the two knobs (number of iterations, pedestal in units of each band's input noise sigma) are
+chosen on the public validation split by the track's primary metric (PSNR of the display-stretched images), over the
+grid ``train.richardson-lucy`` of params.yaml. The submission is ``predict.py`` (format ``python``) + ``psf.npy`` +
+``rl.json``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from skybench.data import open_release
+from skybench.metrics import stretched_psnr
+from skybench.tracks import load_track
+from skybench.train import CurveLogger, baseline_params, fresh_folder, parse_args, run_cli, write_submission
+
+NAME = "richardson-lucy"
+HERE = Path(__file__).resolve().parent
+
+
+def _predict_module() -> Any:
+    spec = importlib.util.spec_from_file_location("rl_predict", HERE / "predict.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def train(argv: list[str] | None = None) -> tuple[dict[str, Any], Path]:
+    args = parse_args(__doc__.splitlines()[0], argv)
+    params = baseline_params(NAME, args)
+    track = load_track(args.track)
+    rel = open_release(args.release)
+    deg = rel.manifest.get("degradation")
+    if not deg:
+        raise ValueError(f"{args.release}: no 'degradation' in the manifest; is it an enhance release?")
+    k1 = np.asarray(deg["psf_kernel_1d"], dtype=np.float64)
+    psf = np.outer(k1, k1)
+    sigma_in = np.array([deg["sigma_degraded"][b] for b in track.band_names])
+    low = [deg["display_stretch"]["low"][b] for b in track.band_names]
+    high = [deg["display_stretch"]["high"][b] for b in track.band_names]
+    n_val = int(params["n_val"]) if args.max_train is None else min(int(params["n_val"]), args.max_train)
+    x = np.asarray(rel.images("val")[:n_val], dtype=np.float32)
+    t = np.asarray(rel.array("val", "truth")[:n_val], dtype=np.float64)
+    mod = _predict_module()
+    best: tuple[float, int, float] = (-np.inf, 0, 0.0)
+    with CurveLogger(NAME, args.track, params, enabled=not args.no_mlflow) as log:
+        step = 0
+        for ped in params["pedestal_sigma"]:
+            for n_iter in params["num_iter"]:
+                model = {"psf": psf, "num_iter": int(n_iter), "pedestal": (float(ped) * sigma_in).tolist()}
+                score = float(np.mean(stretched_psnr(mod.predict(model, x), t, low, high)))
+                step += 1
+                log.epoch(step, val_psnr=score, num_iter=float(n_iter), pedestal_sigma=float(ped))
+                if score > best[0]:
+                    best = (score, int(n_iter), float(ped))
+        log.summary(val_psnr=best[0], num_iter=best[1], pedestal_sigma=best[2])
+    out = fresh_folder(args.out)
+    np.save(out / "psf.npy", psf)
+    cfg = {"num_iter": best[1], "pedestal": (best[2] * sigma_in).tolist(), "pedestal_sigma": best[2],
+           "val_psnr": best[0], "psf_fwhm_arcsec": deg["psf_fwhm_arcsec"]}
+    (out / "rl.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    shutil.copy(HERE / "predict.py", out / "predict.py")
+    write_submission(out, NAME, args.track, "python", "predict.py",
+                     f"skimage.restoration.richardson_lucy with the known Gaussian PSF (FWHM {deg['psf_fwhm_arcsec']}"
+                     f"\"), {best[1]} iterations, pedestal {best[2]:g} sigma (chosen on val by PSNR)")
+    print(f"wrote {out} (val PSNR {best[0]:.2f} dB, {best[1]} iterations, pedestal {best[2]:g} sigma)")
+    return {**cfg, "psf": psf}, out
+
+
+if __name__ == "__main__":
+    run_cli(train)

@@ -1,0 +1,115 @@
+"""Scoring of the image-enhancement track: predicted images against the hidden truth images.
+
+Metrics (``skybench.metrics.image_metrics``; each the mean over images with a bootstrap 95% CI):
+``psnr`` [dB] and ``ssim`` of the images after Schawinski et al.'s display stretch with the fixed flux range of
+``label.display_stretch``, ``psnr_flux`` [dB] on the flux with the fixed range ``label.flux_data_range``,
+``flux_rel_error``
+(|relative total-flux error|, mean over bands), ``flux_bias`` (signed), ``size_rel_error`` and
+``ellipticity_error`` (Gaussian-weighted second moments of the band sum, ``label.moments_sigma``) and ``chi2``
+(per pixel, residual against the truth's known noise: sigma_truth^2 + truth/T). A method that invents structure
+moves flux and moments and adds residual power beyond the truth's noise, so these show it even where PSNR may not.
+The real-truth set (``evaluation.real_set``) gets the same metrics as ``real_<name>`` columns.
+
+Files written to the evaluation record (all logged to MLflow): ``metrics.json``, ``per_object.csv`` (and
+``per_object_real.csv``), and the galleries ``gallery.png`` / ``gallery_real.png``: input, output, truth and
+residual of a fixed set of objects (the ``label.gallery`` lowest ids).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .enhance_simulator import Degradation
+from .metrics import image_metrics, truth_variance
+from .tracks import Track
+
+N_RESAMPLES = 1000
+
+
+def _arrays(folder: Path, name: str) -> np.ndarray:
+    paths = sorted(Path(folder).glob(f"{name}-*.npy"))
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no {name}-*.npy")
+    return np.concatenate([np.load(p) for p in paths])
+
+
+def _aligned(hidden: Path, ids: np.ndarray) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """(metadata, truth, degraded input) of the objects ``ids``, in that order."""
+    meta = pd.read_parquet(hidden / "meta.parquet")
+    row = pd.Series(np.arange(len(meta)), index=meta["id"].to_numpy())
+    missing = np.setdiff1d(ids, row.index)
+    if missing.size:
+        raise ValueError(f"{hidden}: ids without truth: {missing[:5].tolist()}")
+    take = row.loc[np.asarray(ids)].to_numpy()
+    inputs = _arrays(hidden.parent.parent / "public" / "test", "images")
+    return meta.iloc[take].reset_index(drop=True), _arrays(hidden, "truth")[take], inputs[take]
+
+
+def score_images(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path, out_dir: Path,
+                 suffix: str = "") -> dict[str, float]:
+    """Metrics of ``predictions`` against the truth in ``hidden``; per-object table and gallery into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    deg = Degradation.model_validate(track.label)
+    meta, truth, inputs = _aligned(hidden, np.asarray(ids))
+    pred = np.asarray(predictions, dtype=np.float64)
+    if pred.shape != truth.shape:
+        raise ValueError(f"predictions have shape {pred.shape}, the truth {truth.shape}")
+    names = track.band_names
+    sigma = meta[[f"sigma_truth_{b}" for b in names]].to_numpy(np.float64)
+    total_time = [b.num_exposures * b.exposure_time for b in track.survey.bands]
+    metrics, per = image_metrics(pred, truth, stretch_low=[deg.display_stretch["low"][b] for b in names],
+                                 stretch_high=[deg.display_stretch["high"][b] for b in names],
+                                 flux_range=[deg.flux_data_range[b] for b in names],
+                                 variance=truth_variance(truth, sigma, total_time),
+                                 pixel_scale=track.survey.pixel_scale, weight_sigma=deg.moments_sigma,
+                                 n_resamples=N_RESAMPLES, seed=0)
+    pd.DataFrame({"id": meta["id"], **per}).to_csv(out_dir / f"per_object{suffix}.csv", index=False)
+    order = np.argsort(meta["id"].to_numpy())[:deg.gallery]
+    if order.size:
+        _gallery(inputs[order], pred[order], truth[order], sigma[order], meta["id"].to_numpy()[order],
+                 per["psnr"][order], out_dir / f"gallery{suffix}.png")
+    return metrics
+
+
+def score_task(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path, out_dir: Path) -> dict[str, float]:
+    metrics = score_images(track, ids, predictions, hidden, out_dir)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return metrics
+
+
+def score_real_task(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path, real_ids: np.ndarray,
+                    real_predictions: np.ndarray, real_hidden: Path, out_dir: Path) -> dict[str, float]:
+    """The same metrics on the real-truth set, as ``real_<metric>`` columns."""
+    metrics = score_images(track, real_ids, real_predictions, real_hidden, out_dir, suffix="_real")
+    return {f"real_{k}": v for k, v in metrics.items()}
+
+
+def _gallery(inputs: np.ndarray, pred: np.ndarray, truth: np.ndarray, sigma: np.ndarray, ids: np.ndarray,
+             psnr: np.ndarray, path: Path) -> None:
+    """Rows: objects; columns: input, output, truth (band sum, asinh of flux / noise) and residual / noise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(ids)
+    fig, axes = plt.subplots(n, 4, figsize=(8, 2.1 * n), squeeze=False)
+    for i in range(n):
+        noise = float(np.sqrt(np.sum(sigma[i] ** 2)))
+        stretch = [np.arcsinh(a[i].sum(axis=0) / noise) for a in (inputs, pred, truth)]
+        vmax = float(np.percentile(stretch[2], 99.5))
+        for j, (img, title) in enumerate(zip(stretch, ("input", "output", "truth"), strict=True)):
+            axes[i, j].imshow(img, origin="lower", cmap="magma", vmin=-1.0, vmax=vmax)
+            axes[i, j].set_title(f"{title} (id {ids[i]})" if j == 0 else title, fontsize=8)
+        axes[i, 3].imshow((pred[i] - truth[i]).sum(axis=0) / noise, origin="lower", cmap="RdBu_r", vmin=-5, vmax=5)
+        axes[i, 3].set_title(f"residual/sigma, PSNR {psnr[i]:.1f}", fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -1,0 +1,130 @@
+"""Image metrics of the enhancement track on known cases: identical images, a pure shift, added noise of known
+sigma, and a model that invents structure (penalised by the flux, shape and chi^2 metrics)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from skybench.metrics import (
+    chi2_per_pixel,
+    flux_rel_error,
+    image_metrics,
+    psnr,
+    second_moments,
+    shape_errors,
+    ssim,
+    stretched_psnr,
+)
+
+PIX = 0.396
+R = np.array([200.0, 300.0, 300.0])
+LOW, HIGH = np.array([-2.2, -1.9, -1.3]), np.array([89.0, 75.0, 54.0])
+
+
+def galaxy(n: int = 6, size: int = 64, seed: int = 0) -> np.ndarray:
+    """(n, 3, size, size) smooth elliptical Gaussian galaxies with different shapes, well inside the frame."""
+    rng = np.random.default_rng(seed)
+    c = (np.arange(size) - (size - 1) / 2) * PIX
+    x, y = np.meshgrid(c, c)
+    out = np.empty((n, 3, size, size))
+    for i in range(n):
+        s, q, phi = rng.uniform(1.5, 2.5), rng.uniform(0.4, 0.9), rng.uniform(0, np.pi)
+        xr, yr = x * np.cos(phi) + y * np.sin(phi), -x * np.sin(phi) + y * np.cos(phi)
+        prof = np.exp(-0.5 * ((xr / s) ** 2 + (yr / (q * s)) ** 2))
+        out[i] = prof[None] * np.array([80.0, 150.0, 200.0])[:, None, None]
+    return out
+
+
+def test_identical_images() -> None:
+    t = galaxy()
+    assert np.all(np.isinf(psnr(t, t, R)))
+    np.testing.assert_allclose(ssim(t, t, R), 1.0)
+    np.testing.assert_allclose(flux_rel_error(t, t), 0.0)
+    errs = shape_errors(t, t, PIX, 3.0)
+    np.testing.assert_allclose(errs["size_rel_error"], 0.0, atol=1e-12)
+    np.testing.assert_allclose(errs["ellipticity_error"], 0.0, atol=1e-12)
+    np.testing.assert_allclose(chi2_per_pixel(t, t, 1.0), 0.0)
+    metrics, _ = image_metrics(t, t, stretch_low=LOW, stretch_high=HIGH, flux_range=R, variance=1.0,
+                               pixel_scale=PIX, weight_sigma=3.0, n_resamples=50)
+    assert np.isinf(metrics["psnr"]) and np.isinf(metrics["psnr_flux"]) and metrics["ssim"] == pytest.approx(1.0)
+
+
+def test_pure_shift() -> None:
+    """A shift by whole pixels: PSNR and SSIM drop as the formula says; flux and shape are unchanged."""
+    t = galaxy()
+    p = np.roll(t, (2, -3), axis=(2, 3))  # the galaxies are far from the edge: nothing wraps around
+    expected = -10 * np.log10(np.mean(((p - t) / R[None, :, None, None]) ** 2, axis=(1, 2, 3)))
+    np.testing.assert_allclose(psnr(p, t, R), expected)
+    assert np.all(psnr(p, t, R) < 40) and np.all(ssim(p, t, R) < 0.99)
+    np.testing.assert_allclose(flux_rel_error(p, t), 0.0, atol=1e-9)
+    errs = shape_errors(p, t, PIX, 3.0)  # the weight follows each image's centroid
+    assert np.all(errs["size_rel_error"] < 1e-3) and np.all(errs["ellipticity_error"] < 1e-3)
+    mt, mp = second_moments(t, PIX, 3.0), second_moments(p, PIX, 3.0)
+    np.testing.assert_allclose(mp["x"] - mt["x"], -3 * PIX, atol=1e-3)
+    np.testing.assert_allclose(mp["y"] - mt["y"], 2 * PIX, atol=1e-3)
+
+
+def test_added_noise_of_known_sigma() -> None:
+    t = np.repeat(galaxy(2), 20, axis=0)
+    sigma = 0.5
+    p = t + np.random.default_rng(1).normal(0.0, sigma, t.shape)
+    # PSNR of white noise: 10 log10(R^2 / sigma^2) per band, averaged in MSE
+    expected = -10 * np.log10(np.mean((sigma / R) ** 2))
+    assert np.mean(psnr(p, t, R)) == pytest.approx(expected, abs=0.05)
+    assert np.mean(chi2_per_pixel(p, t, sigma**2)) == pytest.approx(1.0, abs=0.01)
+    assert np.mean(chi2_per_pixel(p, t, (2 * sigma) ** 2)) == pytest.approx(0.25, abs=0.01)
+    assert np.all(ssim(p, t, R) < 1.0)
+    assert np.all(flux_rel_error(p, t) < 0.01)
+
+
+def test_invented_structure_is_penalised() -> None:
+    """An output with fake clumps (a hallucinating model) scores worse than an honest, slightly blurry one in
+    flux, size, ellipticity and chi^2 — even where its PSNR is not worse."""
+    t = galaxy(8)
+    sigma = 0.5
+    rng = np.random.default_rng(2)
+    noisy_truth = t + rng.normal(0, sigma, t.shape)
+    honest = t.copy()
+    c = (np.arange(64) - 31.5) * PIX
+    x, y = np.meshgrid(c, c)
+    fake = t.copy()
+    for i in range(len(t)):
+        for _ in range(3):  # three bright compact clumps off-centre
+            cx, cy = rng.uniform(-4, 4, 2)
+            fake[i] += 25.0 * np.exp(-0.5 * ((x - cx) ** 2 + (y - cy) ** 2) / 0.4**2)[None]
+    kw = dict(stretch_low=LOW, stretch_high=HIGH, flux_range=R, variance=sigma**2, pixel_scale=PIX,
+              weight_sigma=3.0, n_resamples=100)
+    good, _ = image_metrics(honest, noisy_truth, **kw)
+    bad, _ = image_metrics(fake, noisy_truth, **kw)
+    for name in ("flux_rel_error", "size_rel_error", "ellipticity_error", "chi2"):
+        assert bad[name] > 3 * good[name], name
+    assert bad["chi2"] > 5 and good["chi2"] == pytest.approx(1.0, abs=0.05)
+    assert bad["chi2_ci_low"] > good["chi2_ci_high"]
+
+
+def test_stretched_psnr() -> None:
+    """PSNR of the display-stretched images: saturated cores do not count, faint residuals do."""
+    t = galaxy(4)
+    above = t > HIGH[None, :, None, None]
+    core = np.where(above, 1.5 * t, t)  # only pixels above the stretch's upper limit change
+    assert above.sum() > 100
+    assert np.all(np.isinf(stretched_psnr(core, t, LOW, HIGH))) and np.all(np.isfinite(psnr(core, t, R)))
+    faint = t + 0.5  # a small pedestal everywhere
+    assert np.all(stretched_psnr(faint, t, LOW, HIGH) < psnr(faint, t, R))
+    with pytest.raises(ValueError, match="high > low"):
+        stretched_psnr(t, t, HIGH, LOW)
+
+
+def test_bad_inputs() -> None:
+    t = galaxy(2)
+    with pytest.raises(ValueError, match="shape"):
+        psnr(t[:, :2], t, R)
+    with pytest.raises(ValueError, match="finite"):
+        psnr(np.where(t > 100, np.nan, t), t, R)
+    with pytest.raises(ValueError, match="data_range"):
+        psnr(t, t, [1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="variance"):
+        chi2_per_pixel(t, t, 0.0)
+    with pytest.raises(ValueError, match="flux"):
+        flux_rel_error(t, -t)
