@@ -80,8 +80,11 @@ def train(argv: list[str] | None = None) -> tuple[Any, Path]:
     args = parse_args(__doc__.splitlines()[0], argv)
     params = baseline_params(NAME, args)
     if params.get("cpu_threads"):  # on a shared CPU one thread per process is much faster than contended ones
-        tf.config.threading.set_intra_op_parallelism_threads(int(params["cpu_threads"]))
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(int(params["cpu_threads"]))
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # TensorFlow already started in this process (e.g. in the tests): keep its threads
+            pass
     seed_everything(int(params["seed"]))
     bands = load_track(args.track).band_names
     rel = open_release(args.release)
