@@ -84,6 +84,7 @@ def evaluate(folders: Annotated[list[Path] | None, typer.Argument(
              out: Annotated[Path | None, typer.Option(help="where evaluation records go")] = None,
              log: Annotated[bool, typer.Option(help="publish to MLflow right away")] = True,
              force: Annotated[bool, typer.Option(help="re-evaluate unchanged submissions")] = False,
+             examples: Annotated[bool, typer.Option(help="with no FOLDERS: include submissions/examples/")] = True,
              executor: Annotated[str, typer.Option(
                  help="where inference runs: local, or ray ($RAY_ADDRESS, else a local Ray instance)")] = "local",
              shards: Annotated[int | None, typer.Option(help="ray: shards per submission (default: GPUs or CPUs)")]
@@ -97,7 +98,8 @@ def evaluate(folders: Annotated[list[Path] | None, typer.Argument(
         _fail(f"unknown executor {executor!r}; choose local or ray")
     options = {"shards": shards} if executor == "ray" else {}
     try:
-        outcomes = run(folders or discover_submissions(track), track, release, out=out, publish=log, force=force,
+        outcomes = run(folders or discover_submissions(track, examples=examples), track, release, out=out,
+                       publish=log, force=force,
                        executor=executor, executor_options=options)
     except (ReleaseError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))

@@ -69,8 +69,10 @@ def check_release(release: Path, track: Track) -> str:
     return release_digest(release)
 
 
-def discover_submissions(track: str, roots: tuple[str, ...] = ("submissions", "baselines")) -> list[Path]:
-    """Every submission folder under ``roots`` (relative to the project root) declaring ``track``.
+def discover_submissions(track: str, roots: tuple[str, ...] = ("submissions", "baselines"),
+                         examples: bool = True) -> list[Path]:
+    """Every submission folder under ``roots`` (relative to the project root) declaring ``track``;
+    without those under ``submissions/examples/`` when ``examples`` is false.
 
     A folder whose ``submission.yaml`` cannot be read is included when its path names the track, so that
     it is recorded as FAILED with its reason rather than silently left out."""
@@ -79,6 +81,8 @@ def discover_submissions(track: str, roots: tuple[str, ...] = ("submissions", "b
     found = []
     for root in roots:
         for spec in sorted((project_root() / root).rglob("submission.yaml")):
+            if not examples and spec.is_relative_to(project_root() / "submissions" / "examples"):
+                continue
             try:
                 declared = (yaml.safe_load(spec.read_text()) or {}).get("track")
             except (yaml.YAMLError, AttributeError, OSError):
