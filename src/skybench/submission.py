@@ -168,6 +168,8 @@ def _not_world_readable(folder: Path) -> Path | None:
 
 @functools.cache
 def cuda_available() -> bool:
+    if not any(Path("/dev").glob("nvidia[0-9]*")):  # no NVIDIA device node: skip importing torch (seconds)
+        return False
     try:
         import torch
 
