@@ -19,21 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import skops.io as sio
 from sklearn.neighbors import KNeighborsRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from skybench.photoz_train import feature_names, load_photoz_split, mag_colour_step, val_metrics
-from skybench.train import (
-    CurveLogger,
-    baseline_params,
-    fresh_folder,
-    parse_args,
-    run_cli,
-    seed_everything,
-    write_submission,
-)
+from skybench.photoz_train import mag_colour_step, train_catalogue
+from skybench.train import run_cli
 
 NAME = "photoz-knn"
 
@@ -45,27 +36,13 @@ def fit(params: dict, names: list[str], x: np.ndarray, z: np.ndarray) -> Pipelin
 
 
 def train(argv: list[str] | None = None) -> tuple[Any, Path]:
-    args = parse_args(__doc__.splitlines()[0], argv)
-    params = baseline_params(NAME, args)
-    seed_everything(int(params["seed"]))
-    names = feature_names(args.release)
-    x, z = load_photoz_split(args.release, "train", max_n=args.max_train)
-    xv, zv = load_photoz_split(args.release, "val")
-    params["n_neighbors"] = min(int(params["n_neighbors"]), len(x))
-    out = fresh_folder(args.out)
-    with CurveLogger(NAME, args.track, params, enabled=not args.no_mlflow) as log:
-        model = fit(params, names, x, z)
-        val = val_metrics(model.predict(xv), zv)
-        log.epoch(1, val_sigma_mad=val["sigma_mad"], val_outlier_frac=val["outlier_frac"])
-        if params["refit_on_val"]:
-            model = fit(params, names, np.concatenate([x, xv]), np.concatenate([z, zv]))
-        sio.dump(model, out / "model.skops")
-        log.summary(val_sigma_mad=val["sigma_mad"])
-    write_submission(out, NAME, args.track, "sklearn", "model.skops",
-                     f"k-NN regression (k={params['n_neighbors']}, {params['weights']} weights) on the standardised "
-                     "ugriz magnitudes and 4 colours; point estimate; skops")
-    print(f"wrote {out} (val sigma_MAD {val['sigma_mad']:.5f}, eta {val['outlier_frac']:.4f})")
-    return model, out
+    return train_catalogue(NAME, __doc__, fit, lambda p: (
+        f"k-NN regression (k={p['n_neighbors']}, {p['weights']} weights) on the standardised ugriz magnitudes and "
+        "4 colours; point estimate; skops"), argv, prepare=_cap_k)
+
+
+def _cap_k(params: dict, n_train: int) -> None:
+    params["n_neighbors"] = min(int(params["n_neighbors"]), n_train)
 
 
 if __name__ == "__main__":

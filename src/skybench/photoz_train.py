@@ -5,6 +5,7 @@ Only the public ``train`` and ``val`` splits are read; the hidden test labels ne
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +74,35 @@ def z_bins(track: Track) -> tuple[np.ndarray, np.ndarray]:
     if track.output.grid is None:
         raise ValueError(f"track {track.name!r} declares no PDF grid")
     return pdf_grid(track.output.grid)
+
+
+def train_catalogue(name: str, doc: str, fit: Callable[[dict, list[str], np.ndarray, np.ndarray], Any],
+                    describe: Callable[[dict], str], argv: list[str] | None = None,
+                    prepare: Callable[[dict, int], None] | None = None) -> tuple[Any, Path]:
+    """The catalogue baselines' training: ``fit(params, names, x, z)`` on train, score on val (MLflow), refit on
+    train + val when ``refit_on_val``, write a skops submission described by ``describe(params)``.
+    ``prepare(params, n_train)`` may adjust the parameters to the data before anything is logged."""
+    import skops.io as sio
+
+    from .train import CurveLogger, baseline_params, fresh_folder, parse_args, seed_everything, write_submission
+
+    args = parse_args(doc.splitlines()[0], argv)
+    params = baseline_params(name, args)
+    seed_everything(int(params["seed"]))
+    names = feature_names(args.release)
+    x, z = load_photoz_split(args.release, "train", max_n=args.max_train)
+    xv, zv = load_photoz_split(args.release, "val")
+    if prepare is not None:
+        prepare(params, len(x))
+    out = fresh_folder(args.out)
+    with CurveLogger(name, args.track, params, enabled=not args.no_mlflow) as log:
+        model = fit(params, names, x, z)
+        val = val_metrics(model.predict(xv), zv)
+        log.epoch(1, val_sigma_mad=val["sigma_mad"], val_outlier_frac=val["outlier_frac"])
+        if params["refit_on_val"]:
+            model = fit(params, names, np.concatenate([x, xv]), np.concatenate([z, zv]))
+        sio.dump(model, out / "model.skops")
+        log.summary(val_sigma_mad=val["sigma_mad"])
+    write_submission(out, name, args.track, "sklearn", "model.skops", describe(params))
+    print(f"wrote {out} (val sigma_MAD {val['sigma_mad']:.5f}, eta {val['outlier_frac']:.4f})")
+    return model, out
