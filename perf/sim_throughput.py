@@ -32,19 +32,20 @@ import pandas as pd  # noqa: E402
 from skybench.lens_simulator import LensSimulator, lenstronomy_kwargs, object_seed  # noqa: E402
 from skybench.physics.backend import get_backend  # noqa: E402
 from skybench.physics.psf import gaussian_kernel_2d  # noqa: E402
+from skybench.simulate import CHUNK_SIZE as CHUNK  # noqa: E402
 from skybench.tracks import load_track  # noqa: E402
 
 
 def ours(track, backend: str):
-    """A function that simulates the next ``k`` objects, in chunks of 16 as `skybench simulate` does."""
+    """A function that simulates the next ``k`` objects, in chunks as `skybench simulate` does."""
     sim = LensSimulator(track, get_backend(backend))
     sim.simulate(0, "test", 0, 8)  # warm-up
     state = {"next": 0}
 
     def run(k: int) -> int:
         start = state["next"]
-        for a in range(start, start + k, 16):
-            sim.simulate(0, "test", a, min(a + 16, start + k))
+        for a in range(start, start + k, CHUNK):
+            sim.simulate(0, "test", a, min(a + CHUNK, start + k))
         state["next"] += k
         return k
 
@@ -56,9 +57,8 @@ def ours_images_only(track, backend: str, n: int):
     the lensed source that the label needs) and drawing and adding the noise; parameters are drawn beforehand."""
     sim = LensSimulator(track, get_backend(backend))
     chunks = []
-    for a in range(0, n, 16):
-        rows = [sim.sample(object_seed(0, "test", i)) for i in range(a, min(a + 16, n))]
-        chunks.append({k: np.array([r[k] for r in rows]) for k in rows[0]})
+    for a in range(0, n, CHUNK):
+        chunks.append(sim._sample([object_seed(0, "test", i) for i in range(a, min(a + CHUNK, n))])[0])
     rng = np.random.default_rng(0)
     state = {"next": 0}
 
@@ -83,7 +83,7 @@ def lenstronomy_runner(track, n: int):
     from lenstronomy.SimulationAPI.sim_api import SimAPI
 
     sim = LensSimulator(track, get_backend("numpy"))
-    _, meta = sim.simulate(0, "test", 0, n)  # the same objects, re-rendered by lenstronomy below
+    meta = pd.DataFrame(sim.simulate(0, "test", 0, n)[1])  # the same objects, re-rendered by lenstronomy below
     band = track.survey.bands[0]
     single_band = dict(pixel_scale=track.survey.pixel_scale, exposure_time=band.exposure_time,
                        num_exposures=band.num_exposures, magnitude_zero_point=band.zero_point,

@@ -57,8 +57,8 @@ def test_torch_backend_renders_the_same_image_as_numpy():
     track = load_track("lens-space")
     img_np, meta_np = LensSimulator(track, get_backend("numpy")).simulate(1, "test", 0, 4)
     img_t, meta_t = LensSimulator(track, get_backend("torch-cpu")).simulate(1, "test", 0, 4)
-    pd.testing.assert_frame_equal(meta_np.drop(columns=["arc_snr", "magnification"]),
-                                  meta_t.drop(columns=["arc_snr", "magnification"]))
+    pd.testing.assert_frame_equal(pd.DataFrame(meta_np).drop(columns=["arc_snr", "magnification"]),
+                                  pd.DataFrame(meta_t).drop(columns=["arc_snr", "magnification"]))
     np.testing.assert_allclose(img_t, img_np, atol=1e-4 * np.abs(img_np).max())
 
 
@@ -78,7 +78,7 @@ def test_noise_level_matches_the_data_util_formula_within_2_percent(track_name):
     track = load_track(track_name)
     sim = LensSimulator(track, get_backend("numpy"))
     images, meta = sim.simulate(5, "train", 0, 32)
-    model, _ = sim.render(meta.drop(columns=["split"]))
+    model, _ = sim.render(meta)
     resid = images - model
     # Background-dominated pixels: the outer ring of the cut-out, where sources are faint.
     edge = np.zeros(images.shape[-2:], bool)

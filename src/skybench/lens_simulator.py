@@ -64,8 +64,8 @@ class LensSimulator:
     # two calls (many small draws cost more than the rest of the sampling); they are used in a fixed order.
     N_UNIFORM, N_NORMAL = 45, 9
 
-    def _sersic(self, row: dict[str, Any], prefix: str, present: bool, R: float, n: float, q: float, phi: float,
-                cx: float, cy: float, mag_ref: float, colors: dict[str, float], normals: Any) -> float:
+    def _sersic(self, row: dict[str, Any], prefix: str, present: Any, R: Any, n: Any, q: Any, phi: Any,
+                cx: Any, cy: Any, mag_ref: Any, colors: dict[str, float], normals: Any) -> Any:
         """Record one Sersic component (magnitudes: reference + colour + scatter); returns its flux per unit
         amplitude."""
         e1, e2 = phi_q2ellipticity(phi, q)
@@ -75,62 +75,66 @@ class LensSimulator:
         for band in self.bands:
             s = next(normals) * self.pop.color_scatter
             m = mag_ref + colors[band.name] + (s if colors[band.name] != 0.0 else 0.0)
-            row[f"{prefix}_mag_{band.name}"] = m if present else np.inf
-            row[f"{prefix}_amp_{band.name}"] = magnitude2cps(m, band.zero_point) / unit_flux if present else 0.0
+            row[f"{prefix}_mag_{band.name}"] = np.where(present, m, np.inf)
+            row[f"{prefix}_amp_{band.name}"] = np.where(present, magnitude2cps(m, band.zero_point) / unit_flux, 0.0)
         return unit_flux
 
     def sample(self, obj_seed: int) -> dict[str, Any]:
-        """Draw every parameter of one object from ``default_rng(obj_seed)``; same order for all objects."""
-        return self._sample(obj_seed)[0]
+        """Every parameter of one object, drawn from ``default_rng(obj_seed)``, as Python scalars."""
+        cols, _ = self._sample([obj_seed])
+        return {k: v[0].item() for k, v in cols.items()}
 
-    def _sample(self, obj_seed: int) -> tuple[dict[str, Any], np.random.Generator]:
-        """The parameters and the generator after drawing them (the object's noise comes next from it)."""
-        rng, p, pi = np.random.default_rng(obj_seed), self.pop, math.pi
-        uniforms = iter(rng.random(self.N_UNIFORM).tolist())
-        normals = iter(rng.standard_normal(self.N_NORMAL + 5 * len(self.bands)).tolist())
+    def _sample(self, seeds: list[int]) -> tuple[dict[str, np.ndarray], list[np.random.Generator]]:
+        """The parameters of a batch of objects as columns, and each object's generator after its draws (its
+        noise comes next from it). Each object draws its uniforms and normals from its own generator in two
+        calls; the formulas below then run on whole columns, so an object's values do not depend on the batch."""
+        rngs = [np.random.default_rng(s) for s in seeds]
+        U = np.array([rng.random(self.N_UNIFORM) for rng in rngs]).T  # (draw, object)
+        N = np.array([rng.standard_normal(self.N_NORMAL + 5 * len(self.bands)) for rng in rngs]).T
+        uniforms, normals, p, pi = iter(U), iter(N), self.pop, math.pi
 
-        def u(low: float, high: float) -> float:
+        def u(low: float, high: float) -> np.ndarray:
             return low + (high - low) * next(uniforms)
 
-        row: dict[str, Any] = {"seed": obj_seed}
+        row: dict[str, Any] = {"seed": np.array(seeds, dtype=np.int64)}
         # Lens mass: SIE + external shear (lenstronomy SIE, SHEAR).
         theta_E, q, phi = u(*p.lens.theta_E), u(*p.lens.q), u(0, pi)
         e1, e2 = phi_q2ellipticity(phi, q)
         cx, cy = p.lens.center_sigma * next(normals), p.lens.center_sigma * next(normals)
         g, gphi = u(*p.lens.gamma_ext), u(0, pi)
         row.update(lens_theta_E=theta_E, lens_e1=e1, lens_e2=e2, lens_center_x=cx, lens_center_y=cy,
-                   shear_gamma1=g * math.cos(2 * gphi), shear_gamma2=g * math.sin(2 * gphi))
+                   shear_gamma1=g * np.cos(2 * gphi), shear_gamma2=g * np.sin(2 * gphi))
         # Lens light: elliptical Sersic roughly aligned with the mass.
         self._sersic(row, "lens_light", True, u(*p.lens.R_sersic), u(*p.lens.n_sersic), u(*p.lens.light_q),
                      phi + 0.17 * next(normals), cx, cy, u(*p.lens.mag), p.lens.colors, normals)
         # Source: elliptical Sersic behind the lens, uniform in area within beta_max * theta_E.
         has_source = u(0, 1) < p.p_source
-        beta, bphi = theta_E * p.source.beta_max * math.sqrt(u(0, 1)), u(0, 2 * pi)
-        sx, sy = cx + beta * math.cos(bphi), cy + beta * math.sin(bphi)
+        beta, bphi = theta_E * p.source.beta_max * np.sqrt(u(0, 1)), u(0, 2 * pi)
+        sx, sy = cx + beta * np.cos(bphi), cy + beta * np.sin(bphi)
         R_src = u(*p.source.R_sersic)
         src_unit_flux = self._sersic(row, "source", has_source, R_src, u(*p.source.n_sersic), u(*p.source.q),
                                      u(0, pi), sx, sy, u(*p.source.mag), p.source.colors, normals)
         row["has_source"] = has_source
         # Star-forming clumps in the source (lenstronomy GAUSSIAN_ELLIPSE with e = 0, amp = flux).
         lo, hi, w = *p.source.n_clumps, u(0, 1)
-        n_clumps = lo + int(w * (hi - lo + 1)) if has_source else 0  # uniform on lo..hi
+        n_clumps = np.where(has_source, lo + (w * (hi - lo + 1)).astype(np.int64), 0)  # uniform on lo..hi
         row["n_clumps"] = n_clumps
         for k in range(MAX_CLUMPS):
             ox, oy = R_src * next(normals), R_src * next(normals)
             frac, sig = u(*p.source.clump_flux_fraction), u(*p.source.clump_sigma)
-            row.update({f"clump{k}_sigma": sig, f"clump{k}_e1": 0.0, f"clump{k}_e2": 0.0,
+            row.update({f"clump{k}_sigma": sig, f"clump{k}_e1": np.zeros_like(sig), f"clump{k}_e2": np.zeros_like(sig),
                         f"clump{k}_center_x": sx + ox, f"clump{k}_center_y": sy + oy})
             for b in self.band_names:
-                row[f"clump{k}_amp_{b}"] = frac * row[f"source_amp_{b}"] * src_unit_flux if k < n_clumps else 0.0
+                row[f"clump{k}_amp_{b}"] = np.where(k < n_clumps, frac * row[f"source_amp_{b}"] * src_unit_flux, 0.0)
         # Look-alikes: an unlensed companion, a tangential arclet with no counter-image, a ring galaxy.
         c = p.contaminants
         present = [u(0, 1) < c.companion, u(0, 1) < c.arclet, u(0, 1) < c.ring]
         r, a = u(1.0, 4.0), u(0, 2 * pi)
         self._sersic(row, "companion", present[0], u(0.15, 0.5), u(0.8, 2.5), u(0.4, 1.0), u(0, pi),
-                     cx + r * math.cos(a), cy + r * math.sin(a), u(*c.mag), c.colors, normals)
+                     cx + r * np.cos(a), cy + r * np.sin(a), u(*c.mag), c.colors, normals)
         r, a = u(1.0, 3.0), u(0, 2 * pi)
         self._sersic(row, "arclet", present[1], u(0.2, 0.6), u(0.5, 1.0), u(0.15, 0.35), a + pi / 2,
-                     cx + r * math.cos(a), cy + r * math.sin(a), u(*c.mag), c.colors, normals)
+                     cx + r * np.cos(a), cy + r * np.sin(a), u(*c.mag), c.colors, normals)
         # Ring: difference of two Gaussians with equal central surface brightness, so it is zero at the
         # centre and positive outside; total flux = amp_outer + amp_inner (amp_inner < 0).
         s_out, ratio, rq, rphi = u(0.5, 1.5) * theta_E, u(0.5, 0.7), u(0.6, 1.0), u(0, pi)
@@ -142,13 +146,13 @@ class LensSimulator:
         for band in self.bands:
             s = next(normals) * p.color_scatter
             m = mag_ref + c.colors[band.name] + (s if c.colors[band.name] != 0.0 else 0.0)
-            flux = magnitude2cps(m, band.zero_point) if present[2] else 0.0
-            row[f"ring_mag_{band.name}"] = m if present[2] else np.inf
+            flux = np.where(present[2], magnitude2cps(m, band.zero_point), 0.0)
+            row[f"ring_mag_{band.name}"] = np.where(present[2], m, np.inf)
             row[f"ring_outer_amp_{band.name}"] = flux / (1 - ratio**2)
             row[f"ring_inner_amp_{band.name}"] = -flux * ratio**2 / (1 - ratio**2)
         row.update(has_companion=present[0], has_arclet=present[1], has_ring=present[2])
         assert next(uniforms, None) is None and next(normals, None) is None, "every draw is used"
-        return row, rng
+        return {k: v if np.ndim(v) else np.full(len(seeds), v) for k, v in row.items()}, rngs
 
     # ---------------------------------------------------------------- rendering
     def render(self, meta: pd.DataFrame | dict[str, np.ndarray]) -> tuple[Any, Any]:
@@ -282,23 +286,19 @@ class LensSimulator:
                             & (n_pix > rule.min_source_pixels)).astype(np.int8)}
 
     # ---------------------------------------------------------------- one chunk
-    def simulate(self, seed: int, split: str, start: int, stop: int) -> tuple[np.ndarray, pd.DataFrame]:
-        """Objects ``start..stop`` of ``split``: float32 images (B, bands, n, n) in e-/s and their metadata."""
-        rows = []
+    def simulate(self, seed: int, split: str, start: int, stop: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Objects ``start..stop`` of ``split``: float32 images (B, bands, n, n) in e-/s and their metadata
+        columns (``pd.DataFrame(meta)`` is the table)."""
+        samples, rngs = self._sample([object_seed(seed, split, index) for index in range(start, stop)])
         normal = np.empty((stop - start, len(self.bands), self.track.cutout.size, self.track.cutout.size),
                           dtype=np.float32)
-        for k, index in enumerate(range(start, stop)):
-            row, rng = self._sample(object_seed(seed, split, index))
-            rows.append(row)
-            # The noise continues the object's own stream, so it too is fixed by the object's seed.
+        for k, rng in enumerate(rngs):  # the noise continues the object's own stream: fixed by its seed too
             rng.standard_normal(normal.shape[1:], dtype=np.float32, out=normal[k])
-        # Columns: every row has the same keys in the same order (one code path draws them all).
-        cols = {"id": np.arange(start, stop, dtype=np.int64),
-                **dict(zip(rows[0], map(np.array, zip(*(r.values() for r in rows), strict=True)), strict=True))}
+        cols = {"id": np.arange(start, stop, dtype=np.int64), **samples}
         model, source = self.render(cols)
         labels = self._label(cols, model, source)
         images = self.renderer.add_noise(model, normal)
-        meta = pd.DataFrame({"id": cols.pop("id"), "split": split, **cols, **labels})
+        meta = {"id": cols.pop("id"), "split": np.full(stop - start, split), **cols, **labels}
         return self.backend.to_numpy(images).astype(np.float32, copy=False), meta
 
 
