@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -37,7 +38,7 @@ def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", se
     info = {"track": track.name, "task": track.task, "profile": profile, "seed": seed,
             "bands": track.band_names, "pixel_scale": track.survey.pixel_scale, "units": "e-/s per pixel",
             "backend": f"{be.name}-{be.device}", **cls.release_info(track)}
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(track, backend)) if workers > 1 \
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(track, backend, True)) if workers > 1 \
             else _InProcess(track, backend) as pool:
 
         def make_chunks(split: str, ranges: list[tuple[int, int]]) -> Iterator[Any]:
@@ -63,8 +64,12 @@ def simulator_class(track: Track) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def _init_worker(track: Track, backend: str) -> None:
+def _init_worker(track: Track, backend: str, one_thread: bool = False) -> None:
     global _SIM
+    if one_thread:  # one process per core: torch's element-wise math (physics.kernels) runs on one thread
+        os.environ["OMP_NUM_THREADS"] = "1"
+        if "torch" in sys.modules:  # imported before the fork: also safe after the parent used OpenMP
+            sys.modules["torch"].set_num_threads(1)
     _SIM = simulator_class(track)(track, get_backend(backend))
 
 

@@ -104,7 +104,7 @@ def sie_shear_ray_shoot(xs: np.ndarray, ys: np.ndarray, like: Any, theta_E: Any,
     m.add(z, 1.0, out=t)
     K.rsub_(z, 1.0)
     t /= z
-    m.log(t, out=t)
+    K.log_(t)
     # beta = theta - R(-phi) (b/sq) (ax', ay') - shear, minus the origin.
     K.outer_sum(np.stack([-g2[:, None] * ys[None, :], (1 + g1)[:, None] * ys[None, :] - oy[:, None]]),
                 np.stack([(1 - g1)[:, None] * xs[None, :] - ox[:, None], -g2[:, None] * xs[None, :]]),

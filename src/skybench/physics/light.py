@@ -73,13 +73,13 @@ def ellipse_metric(e1: Any, e2: Any) -> tuple[Any, Any, Any]:
 def sersic_profile_(u2: Any, R_sersic: Any, n_sersic: Any) -> Any:
     """In place: u2 = (R / R_sersic)^2 (B, ...) -> I(R) / amp = exp(-b_n [(R/R_sersic)^(1/n) - 1]), with R and
     R_sersic floored at lenstronomy's smoothing as in :func:`sersic_ellipse`; per-object parameters (B,)."""
-    from .kernels import clamp_min_, module, per_object
+    from .kernels import clamp_min_, log_, module, per_object
 
     m, nd = module(u2), u2.ndim
     R_s = np.maximum(np.asarray(R_sersic, dtype=np.float64), _SMOOTHING)
     n, bn = np.asarray(n_sersic, dtype=np.float64), b_n(n_sersic)
     clamp_min_(u2, per_object((_SMOOTHING / R_s) ** 2, u2, nd))
-    m.log(u2, out=u2)  # (R/Rs)^(1/n) = exp(log(u2) / 2n): no pow on the pixel grid
+    log_(u2)  # (R/Rs)^(1/n) = exp(log(u2) / 2n): no pow on the pixel grid
     u2 *= per_object(0.5 / n, u2, nd)
     m.exp(u2, out=u2)
     u2 *= per_object(-bn, u2, nd)
