@@ -86,7 +86,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import ray
-    from eval_throughput import export_cnn
+    from eval_throughput import cnn_submission
 
     from skybench.evaluate import evaluate
     from skybench.executors import RayExecutor
@@ -105,13 +105,7 @@ def main() -> None:
         else:
             release = noise_release(tmp / "release", track.name, args.size)
         print(f"wrote the {args.size}-cut-out test set in {time.perf_counter() - t:.0f} s", flush=True)
-        sub = tmp / "sub"
-        sub.mkdir()
-        export_cnn(sub / "model.onnx", len(track.band_names))
-        (sub / "submission.yaml").write_text(f"team: perf\nname: cnn\ntrack: {track.name}\nformat: onnx\n"
-                                             "model: model.onnx\n")
-        for p in (tmp, sub, *sub.iterdir()):
-            p.chmod(0o755)
+        sub = cnn_submission(tmp, track)
 
         runs: list[tuple[str, object, int]] = [("local", "local", 0)]
         runs += [(f"ray, {k} worker{'s' if k > 1 else ''}", RayExecutor(), k) for k in args.workers]

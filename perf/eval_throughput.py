@@ -13,8 +13,12 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from skybench.tracks import Track
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -34,6 +38,18 @@ def export_cnn(path: Path, bands: int) -> None:
                       output_names=["score"], dynamic_axes={"images": {0: "N"}, "score": {0: "N"}}, dynamo=False)
 
 
+def cnn_submission(tmp: Path, track: Track) -> Path:
+    """``tmp``/sub: the ONNX CNN as an ``onnx`` submission for ``track``, readable by the sandbox."""
+    sub = tmp / "sub"
+    sub.mkdir()
+    export_cnn(sub / "model.onnx", len(track.band_names))
+    (sub / "submission.yaml").write_text(f"team: perf\nname: cnn\ntrack: {track.name}\nformat: onnx\n"
+                                         "model: model.onnx\n")
+    for p in (tmp, sub, *sub.iterdir()):
+        p.chmod(0o755)
+    return sub
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", type=int, default=2000, help="test cut-outs")
@@ -50,13 +66,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         release = simulate_release(track, tmp / "release", size=args.size, progress=False)
-        sub = tmp / "sub"
-        sub.mkdir()
-        export_cnn(sub / "model.onnx", len(track.band_names))
-        (sub / "submission.yaml").write_text(f"team: perf\nname: cnn\ntrack: {track.name}\nformat: onnx\n"
-                                             "model: model.onnx\n")
-        for p in (tmp, sub, *sub.iterdir()):
-            p.chmod(0o755)
+        sub = cnn_submission(tmp, track)
 
         t = time.perf_counter()
         (outcome,) = evaluate([sub], track, release, out=tmp / "evals", publish=False)

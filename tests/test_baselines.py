@@ -3,16 +3,13 @@ exported model scores like the in-framework model, and its training curves reach
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import shutil
-import subprocess
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import yaml
+from helpers import baseline_module, bwrap_works
 
 from skybench.data import open_release
 from skybench.submission import load_submission, sandboxed_predict
@@ -28,24 +25,6 @@ TINY = {  # small widths so that the whole file stays fast
                "--set", "lr_step=1"],
 }
 FORMAT = {"knn": "sklearn", "mlp": "sklearn", "cnn": "keras", "resnet": "onnx"}
-
-
-def _bwrap_works() -> bool:
-    if shutil.which("bwrap") is None:
-        return False
-    probe = ["bwrap", "--ro-bind", "/", "/", "--unshare-net", "--unshare-pid", "true"]
-    try:
-        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-def baseline_module(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"baseline_{name}", ROOT / "baselines" / name / "train.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +58,7 @@ def test_tiny_training_writes_a_submission(name, trained):
     assert sorted(p.name for p in folder.iterdir()) == sorted(["submission.yaml", sub.spec.model])
 
 
-@pytest.mark.skipif(not _bwrap_works(), reason="bubblewrap missing or cannot create namespaces")
+@pytest.mark.skipif(not bwrap_works(), reason="bubblewrap missing or cannot create namespaces")
 @pytest.mark.parametrize("name", BASELINES)
 def test_submission_runs_in_the_sandbox(name, trained, tiny_space_release, tmp_path):
     _, folder = trained[name]

@@ -4,14 +4,11 @@ the evaluation scores them, on the simulated test set and on a real-truth set.""
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
-import subprocess
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
+from helpers import baseline_module, bwrap_works
 
 from skybench.data import open_release
 from skybench.simulate import simulate_release
@@ -26,25 +23,6 @@ TINY = {
     "gan": ["--epochs", "1", "--set", "widths=[4,8,16]", "--set", "disc_widths=[4,8,16]"],
 }
 FORMAT = {"richardson-lucy": "python", "autoencoder": "keras", "gan": "onnx"}
-
-
-def _bwrap_works() -> bool:
-    if shutil.which("bwrap") is None:
-        return False
-    probe = ["bwrap", "--ro-bind", "/", "/", "--unshare-net", "--unshare-pid", "true"]
-    try:
-        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-def baseline_module(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"enhance_{name.replace('-', '_')}",
-                                                  ROOT / "baselines" / name / "train.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +42,7 @@ def trained(tmp_path_factory, release) -> dict:
     return runs
 
 
-@pytest.mark.skipif(not _bwrap_works(), reason="bubblewrap missing or cannot create namespaces")
+@pytest.mark.skipif(not bwrap_works(), reason="bubblewrap missing or cannot create namespaces")
 @pytest.mark.parametrize("name", BASELINES)
 def test_baseline_submission_runs_in_the_sandbox(name, trained, release, tmp_path):
     _, folder = trained[name]

@@ -2,11 +2,11 @@
 
 import json
 import shutil
-import textwrap
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import python_submission
 from typer.testing import CliRunner
 
 from skybench import leaderboard as lb
@@ -34,16 +34,6 @@ def predict(m, b): return b.sum(axis=(1, 2, 3))
 """
 
 
-def _submission(root, name, code, track="lens-space"):
-    folder = root / name
-    folder.mkdir(parents=True)
-    (folder / "predict.py").write_text(textwrap.dedent(code))
-    (folder / "submission.yaml").write_text(
-        f"team: tests\nname: {name}\ntrack: {track}\nformat: python\nmodel: predict.py\n")
-    folder.chmod(0o755)
-    return folder
-
-
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
@@ -53,7 +43,7 @@ def store(tmp_path, monkeypatch):
 @pytest.fixture
 def subs(tmp_path):
     root = tmp_path / "subs"
-    return {name: _submission(root, name, code) for name, code in
+    return {name: python_submission(root, name, code) for name, code in
             [("ok", PREDICT_OK), ("nan", PREDICT_NAN), ("crash", PREDICT_CRASH), ("hidden", PREDICT_HIDDEN)]}
 
 
@@ -181,10 +171,10 @@ def test_every_attack_is_failed_with_a_reason_and_the_honest_submission_still_sc
     target = tmp_path / "outside.txt"
     marker = f"skybench-marker-{uuid.uuid4().hex}"
     root = tmp_path / "attacks"
-    folders = [_submission(root, name, code.replace("{port}", str(server.getsockname()[1]))
+    folders = [python_submission(root, name, code.replace("{port}", str(server.getsockname()[1]))
                            .replace("{target}", str(target)).replace("{marker}", marker))
                for name, code in ATTACKS.items()]
-    folders.insert(3, _submission(root, "honest", PREDICT_OK))
+    folders.insert(3, python_submission(root, "honest", PREDICT_OK))
     track = load_track("lens-space")
     track = track.model_copy(update={"sandbox": track.sandbox.model_copy(
         update={"memory_mb": 2048, "wall_seconds": 20, "cpu_seconds": 20})})

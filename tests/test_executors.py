@@ -2,12 +2,12 @@
 
 import json
 import os
-import textwrap
 import time
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import python_submission
 
 from skybench.evaluate import evaluate
 from skybench.executors import get_executor, shard_ranges, write_view
@@ -27,17 +27,6 @@ def load(d):
     return open('/inputs/../hidden/test/meta.parquet', 'rb').read()
 def predict(m, b): return b.sum(axis=(1, 2, 3))
 """
-
-
-def _submission(root, name, code):
-    folder = root / name
-    folder.mkdir(parents=True)
-    (folder / "predict.py").write_text(textwrap.dedent(code))
-    (folder / "submission.yaml").write_text(f"team: ray\nname: {name}\ntrack: lens-space\nformat: python\n"
-                                            "model: predict.py\n")
-    for p in (root, folder, *folder.iterdir()):
-        p.chmod(0o755)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +57,8 @@ def test_shards_cut_on_batch_boundaries_and_views_hold_the_rows(tiny_space_relea
 def test_ray_executor_matches_local_bit_for_bit_and_keeps_the_sandbox(ray_local, tiny_space_release, tmp_path,
                                                                        monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    subs = [_submission(tmp_path / "subs", "det", PREDICT), _submission(tmp_path / "subs", "peek", PEEK)]
+    subs = [python_submission(tmp_path / "subs", "det", PREDICT, team="ray"),
+            python_submission(tmp_path / "subs", "peek", PEEK, team="ray")]
     track = load_track("lens-space")
     # Batches of 16: the 64 test cut-outs go out as 3 shards, so the Ray run really is split across tasks.
     track = track.model_copy(update={"evaluation": track.evaluation.model_copy(

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
+from helpers import csv_submission, python_submission
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -48,29 +48,13 @@ def _runs(uri):
     return [] if exp is None else c.search_runs([exp.experiment_id])
 
 
-def _python_submission(root, name, code):
-    folder = root / name
-    folder.mkdir(parents=True)
-    (folder / "predict.py").write_text(textwrap.dedent(code))
-    (folder / "submission.yaml").write_text(f"team: f\nname: {name}\ntrack: lens-space\nformat: python\n"
-                                            "model: predict.py\n")
-    for p in (root, folder, *folder.iterdir()):
-        p.chmod(0o755)
-    return folder
-
-
-def _csv_submission(root, name, release):
-    folder = root / name
-    folder.mkdir(parents=True)
+def _linear_scores(root, name, release):
     ids = pd.read_parquet(release / "public/test/index.parquet")["id"]
-    pd.DataFrame({"id": ids, "score": np.linspace(0, 1, len(ids))}).to_csv(folder / "s.csv", index=False)
-    (folder / "submission.yaml").write_text(f"team: f\nname: {name}\ntrack: lens-space\nformat: predictions\n"
-                                            "model: s.csv\n")
-    return folder
+    return csv_submission(root / name, name, ids, np.linspace(0, 1, len(ids)), team="f")
 
 
 def test_sigkill_mid_submission_then_rerun_leaves_one_finished_run(store, tmp_path, tiny_space_release):
-    sub = _python_submission(tmp_path / "subs", "slow", SLOW)
+    sub = python_submission(tmp_path / "subs", "slow", SLOW, team="f")
     out = tmp_path / "evals"
     cmd = [SKYBENCH, "evaluate", str(sub), "--track", "lens-space", "--release", str(tiny_space_release),
            "--out", str(out)]
@@ -108,7 +92,7 @@ def test_sigkill_mid_submission_then_rerun_leaves_one_finished_run(store, tmp_pa
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_corrupt_or_mismatching_shard_stops_the_release_naming_the_file(store, tmp_path, tiny_space_release,
                                                                        damage):
-    good = _csv_submission(tmp_path / "subs", "good", tiny_space_release)
+    good = _linear_scores(tmp_path / "subs", "good", tiny_space_release)
     assert CliRunner().invoke(app, ["evaluate", str(good), "--track", "lens-space", "--release",
                                     str(tiny_space_release), "--out", str(tmp_path / "e1")]).exit_code == 0
     before = lb.leaderboard(load_track("lens-space"))
@@ -120,7 +104,7 @@ def test_corrupt_or_mismatching_shard_stops_the_release_naming_the_file(store, t
         shard.write_bytes(data[: len(data) // 2])
     else:  # same size, one byte changed: only the hash tells
         shard.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
-    other = _csv_submission(tmp_path / "subs", "other", tiny_space_release)
+    other = _linear_scores(tmp_path / "subs", "other", tiny_space_release)
     result = CliRunner().invoke(app, ["evaluate", str(other), "--track", "lens-space", "--release", str(bad),
                                       "--out", str(tmp_path / "e2")])
     assert result.exit_code == 1 and "public/test/images-00000.npy" in result.output
@@ -130,7 +114,7 @@ def test_corrupt_or_mismatching_shard_stops_the_release_naming_the_file(store, t
 
 
 def test_unreachable_mlflow_fails_clearly_and_log_publishes_later(store, tmp_path, tiny_space_release, monkeypatch):
-    sub = _csv_submission(tmp_path / "subs", "offline", tiny_space_release)
+    sub = _linear_scores(tmp_path / "subs", "offline", tiny_space_release)
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

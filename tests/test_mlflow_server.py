@@ -10,8 +10,10 @@ import sys
 import time
 import urllib.request
 
+import numpy as np
 import pandas as pd
 import pytest
+from helpers import csv_submission
 from mlflow.tracking import MlflowClient
 
 from skybench.evaluate import evaluate
@@ -50,18 +52,6 @@ def server(tmp_path_factory):
     proc.wait(timeout=30)
 
 
-def _csv_submission(root, name, ids, seed):
-    import numpy as np
-
-    folder = root / name
-    folder.mkdir(parents=True)
-    scores = np.random.default_rng(seed).random(len(ids))
-    pd.DataFrame({"id": ids, "score": scores}).to_csv(folder / "scores.csv", index=False)
-    (folder / "submission.yaml").write_text(f"team: load\nname: {name}\ntrack: lens-space\nformat: predictions\n"
-                                            "model: scores.csv\n")
-    return folder
-
-
 def _evaluate(folder, release, out):
     (o,) = evaluate([folder], "lens-space", release, out=out)
     return o.status, o.unpublished
@@ -70,7 +60,8 @@ def _evaluate(folder, release, out):
 def test_eight_concurrent_evaluations_lose_no_run_and_duplicate_none(server, tiny_space_release, tmp_path,
                                                                      monkeypatch):
     ids = pd.read_parquet(tiny_space_release / "public/test/index.parquet")["id"]
-    subs = [_csv_submission(tmp_path / "subs", f"s{i}", ids, i) for i in range(4)]
+    subs = [csv_submission(tmp_path / "subs" / f"s{i}", f"s{i}", ids, np.random.default_rng(i).random(len(ids)),
+                           team="load") for i in range(4)]
     # 8 evaluator processes at once (forked, so they skip the imports): each of the 4 submissions is evaluated
     # by two of them (a race on the same run), each writing its own records folder.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server)

@@ -5,15 +5,14 @@ must make its own releases and models, as from a fresh checkout; the repository'
 mlflow.db are never touched. ``make notebooks`` runs them with bigger sizes, outputs kept, for reading.
 """
 
-import os
 import resource
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import bwrap_works
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -22,18 +21,6 @@ CI_ENV = {"SKYBENCH_NB_SIZE": "64", "SKYBENCH_NB_EPOCHS": "1", "SKYBENCH_NB_BASE
 # Where the baselines are trained (make run), evaluate the fastest one next to this notebook's model.
 BASELINES = {"03-resnet-pytorch": "resnet"}
 TIMEOUT = 600  # per cell; a notebook that needs more than a few minutes at these sizes is broken anyway
-
-
-def _bwrap_works() -> bool:
-    if shutil.which("bwrap") is None:
-        return False
-    probe = ["bwrap", "--ro-bind", "/", "/", "--unshare-net", "--unshare-pid", "true"]
-    if os.geteuid() != 0:
-        probe.insert(1, "--unshare-user")
-    try:
-        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
 
 
 def _code(nb: nbformat.NotebookNode) -> str:
@@ -61,7 +48,7 @@ def test_notebook_runs_from_a_fresh_checkout(path, tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    if any(f'"{cmd}"' in _code(nb) for cmd in ("validate", "evaluate")) and not _bwrap_works():
+    if any(f'"{cmd}"' in _code(nb) for cmd in ("validate", "evaluate")) and not bwrap_works():
         pytest.skip("bubblewrap missing or cannot create namespaces (skybench validate/evaluate need it)")
     copy = tmp_path / path.name
     shutil.copy(path, copy)

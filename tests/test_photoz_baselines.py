@@ -3,16 +3,13 @@ returns a valid output (a point estimate, or a PDF on the track's grid); the rea
 
 from __future__ import annotations
 
-import importlib.util
-import shutil
-import subprocess
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import baseline_module, bwrap_works
 
 from skybench.submission import load_submission, sandboxed_predict, validate_predictions
 from skybench.tracks import load_track
@@ -25,25 +22,6 @@ TINY = {"photoz-knn": ["--set", "n_neighbors=5"], "photoz-linear": [],
         "photoz-cnn": ["--epochs", "1", "--set", "filters=[4,8]", "--set", "dense=16", "--set", "batch_size=16"]}
 TRACK_OF = {"photoz-knn": "photoz-catalog", "photoz-linear": "photoz-catalog", "photoz-mlp": "photoz-catalog",
             "photoz-cnn": "photoz-images"}
-
-
-def _bwrap_works() -> bool:
-    if shutil.which("bwrap") is None:
-        return False
-    probe = ["bwrap", "--ro-bind", "/", "/", "--unshare-net", "--unshare-pid", "true"]
-    try:
-        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-def baseline_module(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"baseline_{name.replace('-', '_')}",
-                                                  ROOT / "baselines" / name / "train.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +62,7 @@ def test_tiny_training_writes_a_valid_submission(name, trained, releases, tmp_pa
     track = load_track(TRACK_OF[name])
     assert (sub.spec.team, sub.spec.name, sub.spec.track) == ("baselines", name, track.name)
     assert sub.spec.format == ("keras" if name == "photoz-cnn" else "sklearn")
-    if not _bwrap_works():
+    if not bwrap_works():
         pytest.skip("bubblewrap missing or cannot create namespaces")
     res = sandboxed_predict(sub, releases[track.name], scratch=tmp_path / "scratch", track=track)
     assert res.ok, f"{res.reason}\n{res.log}"

@@ -141,7 +141,7 @@ def test_float32_kernels():
     u = np.concatenate([np.linspace(-50, 50, 200001), np.logspace(-30, 17, 2001), -np.logspace(-30, 17, 2001),
                         [0.0, np.inf, -np.inf, 3e38]]).astype(np.float32)
     a = u.copy()
-    kernels.atan_(a, np.empty_like(a), np.empty_like(a))
+    kernels.atan_(a)
     ref = np.arctan(u.astype(np.float64))
     np.testing.assert_allclose(a, ref, rtol=5e-7, atol=1e-37)
     v = np.array([-np.inf, -3.0, -0.0, 0.0, 1e-40, 1e-9, 0.5, 2.0, np.inf], np.float32)[None]

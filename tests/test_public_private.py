@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import csv_submission
 from typer.testing import CliRunner
 
 from skybench import leaderboard as lb
@@ -31,15 +32,6 @@ def project(tmp_path, monkeypatch, root):
     return tmp_path
 
 
-def _csv_submission(root, name, ids, scores):
-    folder = root / "submissions" / name
-    folder.mkdir(parents=True)
-    pd.DataFrame({"id": ids, "score": scores}).to_csv(folder / "scores.csv", index=False)
-    (folder / "submission.yaml").write_text(f"team: t\nname: {name}\ntrack: lens-space\nformat: predictions\n"
-                                            "model: scores.csv\n")
-    return folder
-
-
 def test_split_is_seeded_and_the_phase_decides_what_ranks(project, tiny_space_release):
     track = load_track("lens-space")
     hidden = pd.read_parquet(tiny_space_release / "hidden/test/meta.parquet")
@@ -53,8 +45,10 @@ def test_split_is_seeded_and_the_phase_decides_what_ranks(project, tiny_space_re
 
     noise = np.random.default_rng(0).random(len(ids))
     # "public-fit" is right on the public part only, "private-fit" on the private part only.
-    subs = [_csv_submission(project, "public-fit", ids, np.where(pub, y, noise)),
-            _csv_submission(project, "private-fit", ids, np.where(pub, noise, y))]
+    subs = [csv_submission(project / "submissions" / "public-fit", "public-fit", ids, np.where(pub, y, noise),
+                           team="t"),
+            csv_submission(project / "submissions" / "private-fit", "private-fit", ids, np.where(pub, noise, y),
+                           team="t")]
     outcomes = evaluate(subs, track, tiny_space_release, out=project / "evals")
     m = {o.name: o.metrics for o in outcomes}
     assert m["public-fit"]["public_auroc"] == 1.0 and m["private-fit"]["private_auroc"] == 1.0

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
 import sys
 import textwrap
 import time
@@ -13,23 +11,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from helpers import bwrap_works
 
 from skybench.sandbox import Limits, SandboxResult, run_sandboxed
 
-
-def _bwrap_works() -> bool:
-    if shutil.which("bwrap") is None:
-        return False
-    try:
-        probe = ["bwrap", "--ro-bind", "/", "/", "--unshare-net", "--unshare-pid", "true"]
-        if os.geteuid() != 0:
-            probe.insert(1, "--unshare-user")
-        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _bwrap_works(), reason="bubblewrap missing or cannot create namespaces")
+pytestmark = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap missing or cannot create namespaces")
 
 FAST = Limits(memory_mb=1024, cpu_seconds=20, wall_seconds=30, max_processes=32)
 

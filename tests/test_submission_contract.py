@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import subprocess
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import bwrap_works
 
 from skybench.submission import FORMATS, Submission, SubmissionError, load_submission, sandboxed_predict
 from skybench.tracks import Evaluation, SandboxLimits, load_track
@@ -20,17 +20,7 @@ from skybench.tracks import Evaluation, SandboxLimits, load_track
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _bwrap_works() -> bool:
-    if shutil.which("bwrap") is None:
-        return False
-    probe = ["bwrap", "--ro-bind", "/", "/", "--unshare-net", "--unshare-pid", "true"]
-    try:
-        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-needs_bwrap = pytest.mark.skipif(not _bwrap_works(), reason="bubblewrap missing or cannot create namespaces")
+needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap missing or cannot create namespaces")
 
 
 @pytest.fixture(scope="module")

@@ -298,13 +298,8 @@ def _processing(target: Target, seed: int) -> str:
     )
 
 
-def import_real_lenses(data_dir: Path, track: Track | str, out: Path, *, seed: int = 0, target_mag: float = 20.25,
-                       progress: bool = False) -> Path:
-    """Write the real HST lenses of ``data_dir`` (the folder holding ``lenses_hst/``, or that folder itself)
-    as the ``test`` split of a release at ``out`` in the format of ``track``; return ``out``."""
-    track = load_track(track) if isinstance(track, str) else track
-    target = Target.from_track(track, target_mag)
-    lens_dir = _lens_dir(data_dir)
+def _read_catalog(lens_dir: Path) -> pd.DataFrame:
+    """``lens_dir``/catalog.csv sorted by file, after checking that every file it names is there."""
     catalog_path = lens_dir / "catalog.csv"
     if not catalog_path.is_file():
         raise FileNotFoundError(f"no {catalog_path}: pull the real data first (dvc pull)")
@@ -312,6 +307,17 @@ def import_real_lenses(data_dir: Path, track: Track | str, out: Path, *, seed: i
     missing = [f for f in catalog["file"] if not (lens_dir / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{lens_dir}: files in catalog.csv are missing: {missing}")
+    return catalog
+
+
+def import_real_lenses(data_dir: Path, track: Track | str, out: Path, *, seed: int = 0, target_mag: float = 20.25,
+                       progress: bool = False) -> Path:
+    """Write the real HST lenses of ``data_dir`` (the folder holding ``lenses_hst/``, or that folder itself)
+    as the ``test`` split of a release at ``out`` in the format of ``track``; return ``out``."""
+    track = load_track(track) if isinstance(track, str) else track
+    target = Target.from_track(track, target_mag)
+    lens_dir = _lens_dir(data_dir)
+    catalog = _read_catalog(lens_dir)
     count = len(catalog)
 
     def rows(start: int, stop: int) -> tuple[np.ndarray, pd.DataFrame]:

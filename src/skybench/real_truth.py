@@ -32,7 +32,7 @@ import pandas as pd
 
 from .enhance_simulator import EnhanceSimulator, GalaxyPopulation, degradation_info
 from .physics.degrade import degrade
-from .real_lenses import APERTURE_RADIUS, Target, _lens_dir, _sha256, process_lens
+from .real_lenses import APERTURE_RADIUS, Target, _lens_dir, _read_catalog, _sha256, process_lens
 from .release import write_release
 from .tracks import Track, load_track
 
@@ -76,13 +76,7 @@ def import_real_truth(data_dir: Path, track: Track | str, out: Path, *, seed: in
         raise ValueError(f"angular_stretch must be positive, got {angular_stretch}")
     targets = _targets(track, mag_r, angular_stretch)
     lens_dir = _lens_dir(data_dir)
-    catalog_path = lens_dir / "catalog.csv"
-    if not catalog_path.is_file():
-        raise FileNotFoundError(f"no {catalog_path}: pull the real data first (dvc pull)")
-    catalog = pd.read_csv(catalog_path).sort_values("file", ignore_index=True)
-    missing = [f for f in catalog["file"] if not (lens_dir / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{lens_dir}: files in catalog.csv are missing: {missing}")
+    catalog = _read_catalog(lens_dir)
     info = degradation_info(track)
     names, pix = track.band_names, track.survey.pixel_scale
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -29,20 +31,25 @@ def score(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path, 
     With ``evaluation.public_fraction`` set, the same scorer also runs on the public and on the private part
     of the test ids (:func:`public_mask`), adding ``public_<m>`` and ``private_<m>`` for every metric ``m``."""
     scorer = _scorer(track)
-    metrics = scorer.score_task(track, ids, predictions, Path(hidden), Path(out_dir))
+    return _with_parts(track, ids, predictions, hidden, out_dir,
+                       lambda i, p, out: scorer.score_task(track, i, p, Path(hidden), out))
+
+
+def _with_parts(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path, out_dir: Path,
+                run: Callable[[np.ndarray, np.ndarray, Path], dict[str, float]]) -> dict[str, float]:
+    """``run(ids, predictions, out)`` on the whole test set, then, with a public/private split, on each part
+    (its plots are not kept), adding ``public_<m>`` and ``private_<m>``."""
+    metrics = run(ids, predictions, Path(out_dir))
     if track.evaluation.public_fraction is None:
         return metrics
-    import tempfile
-
     all_ids = pd.read_parquet(Path(hidden) / "meta.parquet", columns=["id"])["id"].to_numpy()
     public = public_mask(np.asarray(ids), all_ids, track.evaluation.public_fraction, track.evaluation.split_seed)
     pred = np.asarray(predictions)
     for part, mask in (("public", public), ("private", ~public)):
-        if not mask.any():
-            continue
-        with tempfile.TemporaryDirectory(prefix=f"skybench-{part}-") as tmp:  # the part's plots are not kept
-            part_metrics = scorer.score_task(track, np.asarray(ids)[mask], pred[mask], Path(hidden), Path(tmp))
-        metrics |= {f"{part}_{k}": v for k, v in part_metrics.items()}
+        if mask.any():
+            with tempfile.TemporaryDirectory(prefix=f"skybench-{part}-") as tmp:
+                part_metrics = run(np.asarray(ids)[mask], pred[mask], Path(tmp))
+            metrics |= {f"{part}_{k}": v for k, v in part_metrics.items()}
     return metrics
 
 
@@ -62,22 +69,9 @@ def score_real(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: P
     With a public/private split, also ``public_<m>`` / ``private_<m>``: the same metrics with only that part of
     the simulated test set given to the scorer (e.g. the threshold of real-lens recall comes from that part)."""
     scorer = _scorer(track)
-    metrics = scorer.score_real_task(track, ids, predictions, Path(hidden), real_ids, real_predictions,
-                                     Path(real_hidden), Path(out_dir))
-    if track.evaluation.public_fraction is None:
-        return metrics
-    import tempfile
-
-    all_ids = pd.read_parquet(Path(hidden) / "meta.parquet", columns=["id"])["id"].to_numpy()
-    public = public_mask(np.asarray(ids), all_ids, track.evaluation.public_fraction, track.evaluation.split_seed)
-    pred = np.asarray(predictions)
-    for part, mask in (("public", public), ("private", ~public)):
-        if mask.any():
-            with tempfile.TemporaryDirectory(prefix=f"skybench-{part}-") as tmp:
-                part_metrics = scorer.score_real_task(track, np.asarray(ids)[mask], pred[mask], Path(hidden),
-                                                      real_ids, real_predictions, Path(real_hidden), Path(tmp))
-            metrics |= {f"{part}_{k}": v for k, v in part_metrics.items()}
-    return metrics
+    return _with_parts(track, ids, predictions, hidden, out_dir,
+                       lambda i, p, out: scorer.score_real_task(track, i, p, Path(hidden), real_ids,
+                                                                real_predictions, Path(real_hidden), out))
 
 
 def _scorer(track: Track) -> ModuleType:

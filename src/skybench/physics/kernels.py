@@ -128,13 +128,8 @@ def quadratic_form_points(x: Any, y: Any, qxx: Any, qxy: Any, qyy: Any, out: Any
     return out
 
 
-# Cephes atanf: atan(w) = w + w z P(z), z = w^2, |w| <= tan(pi/8) (relative error ~1e-7).
-_ATAN_P = (8.05374449538e-2, -1.38776856032e-1, 1.99777106478e-1, -3.33329491539e-1)
-
-
 def _numpy_has_svml() -> bool:
-    """numpy's float32 arctan is vectorised (SVML) only on AVX-512 (Skylake-X and later) CPUs, where exp and
-    log are also ~4x faster than on AVX2."""
+    """numpy's float32 exp, log and arctan are SVML-vectorised only on AVX-512 (Skylake-X and later) CPUs."""
     try:
         from numpy._core._multiarray_umath import __cpu_features__
     except ImportError:  # pragma: no cover - numpy < 2
@@ -142,7 +137,7 @@ def _numpy_has_svml() -> bool:
     return bool(__cpu_features__.get("AVX512_SKX"))
 
 
-_FAST_NUMPY_ATAN = _numpy_has_svml()
+_NUMPY_SVML = _numpy_has_svml()
 
 
 def exp_mostly_zero_(a: Any) -> Any:
@@ -151,7 +146,7 @@ def exp_mostly_zero_(a: Any) -> Any:
     float32 exp underflows to exactly 0 below -104 (half the smallest subnormal is e^-104.0), so on numpy
     without AVX-512 (where exp costs ~2 ns a value) only the arguments above -104.5 are evaluated and the
     rest set to 0: the same bits, about twice as fast when most of the grid is empty."""
-    if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous) or _FAST_NUMPY_ATAN:
+    if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.flags.c_contiguous) or _NUMPY_SVML:
         return module(a).exp(a, out=a)
     flat = a.reshape(-1)
     keep = np.flatnonzero(flat > np.float32(-104.5))
@@ -164,9 +159,9 @@ def exp_mostly_zero_(a: Any) -> Any:
 @functools.cache
 def _torch_math() -> Any:
     """torch, for float32 log and arctan of numpy arrays (zero-copy views) where numpy's are slower: on CPUs
-    without AVX-512, ATen's vectorised (SLEEF) log is ~1.4x numpy's and its arctan ~1.4x the polynomial below
-    (numpy's own float32 arctan is scalar code there). None where numpy is as fast or torch is missing."""
-    if _FAST_NUMPY_ATAN:
+    without AVX-512, ATen's vectorised (SLEEF) log is ~1.4x numpy's, and numpy's float32 arctan is scalar code
+    there (15-20 ns a value). None where numpy is as fast or torch is missing."""
+    if _NUMPY_SVML:
         return None
     try:
         import torch
@@ -175,39 +170,22 @@ def _torch_math() -> Any:
     return torch
 
 
+def _unary_(a: Any, numpy_fn: Any, torch_method: str) -> Any:
+    """An element-wise function of ``a`` in place: numpy's, or torch's kernel on a numpy view, or the tensor's."""
+    if not isinstance(a, np.ndarray):
+        return getattr(a, torch_method)()
+    torch = _torch_math() if a.dtype == np.float32 else None
+    if torch is None:
+        return numpy_fn(a, out=a)
+    getattr(torch.from_numpy(a), torch_method)()
+    return a
+
+
 def log_(a: Any) -> Any:
     """log(a) in place."""
-    if isinstance(a, np.ndarray) and a.dtype == np.float32 and _torch_math() is not None:
-        _torch_math().from_numpy(a).log_()
-        return a
-    return module(a).log(a, out=a)
+    return _unary_(a, np.log, "log_")
 
 
-def atan_(a: Any, t: Any, p: Any, bounded: bool = False) -> Any:
-    """arctan(a) in place (``t``, ``p`` same-shape scratch). numpy's float32 arctan is scalar code here
-    (~15-20 ns per value); this uses two half-angle steps, atan(u) = 2 atan(u / (1 + sqrt(1 + u^2))),
-    which bring |u| below tan(pi/8), then Cephes' atanf polynomial: ~20 vector passes, relative error
-    < 3e-7. ``bounded``: the caller guarantees |a| < 1e18 (saves a clip). Other dtypes, torch, and numpy on
-    AVX-512 CPUs (vectorised arctan, several times faster than this) use the library arctan."""
-    if not (isinstance(a, np.ndarray) and a.dtype == np.float32) or _FAST_NUMPY_ATAN:
-        return np.arctan(a, out=a) if isinstance(a, np.ndarray) else a.atan_()
-    if _torch_math() is not None:
-        _torch_math().from_numpy(a).atan_()
-        return a
-    if not bounded:
-        np.clip(a, -1e18, 1e18, out=a)  # u^2 stays finite; atan(1e18) = pi/2 in float32
-    for _ in range(2):
-        np.multiply(a, a, out=t)
-        t += 1
-        np.sqrt(t, out=t)
-        t += 1
-        a /= t
-    np.multiply(a, a, out=t)  # z
-    np.multiply(t, _ATAN_P[0], out=p)
-    for c in _ATAN_P[1:]:
-        p += c
-        p *= t
-    p *= a
-    a += p
-    a *= 4
-    return a
+def atan_(a: Any) -> Any:
+    """arctan(a) in place."""
+    return _unary_(a, np.arctan, "atan_")

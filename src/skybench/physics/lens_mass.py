@@ -97,7 +97,7 @@ def sie_shear_ray_shoot(xs: np.ndarray, ys: np.ndarray, like: Any, theta_E: Any,
     # ax' = atan(sq x' / (psi + s)), in the major-axis frame (lenstronomy NIEMajorAxis.derivatives).
     psi += c[0]
     u /= psi
-    K.atan_(u, t, bx, bounded=True)  # |sq x' / psi| <= sq / q
+    K.atan_(u)
     # ay' = atanh(sq y' / (psi + q^2 s)) = log((1 + w) / (1 - w)) / 2, one log instead of atanh.
     psi += c[1]
     z /= psi

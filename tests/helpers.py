@@ -1,0 +1,58 @@
+"""Helpers shared by the tests: bubblewrap detection, baseline training modules, small submissions."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+from types import ModuleType
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def bwrap_works() -> bool:
+    """bubblewrap is installed and can create the namespaces the sandbox uses."""
+    if shutil.which("bwrap") is None:
+        return False
+    probe = ["bwrap", "--ro-bind", "/", "/", "--unshare-net", "--unshare-pid", "true"]
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def baseline_module(name: str) -> ModuleType:
+    """baselines/<name>/train.py as a module."""
+    spec = importlib.util.spec_from_file_location(f"baseline_{name.replace('-', '_')}",
+                                                  ROOT / "baselines" / name / "train.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def python_submission(root: Path, name: str, code: str, *, team: str = "tests", track: str = "lens-space") -> Path:
+    """A ``python``-format submission ``root/name`` whose predict.py is ``code``, readable by the sandbox."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "predict.py").write_text(textwrap.dedent(code))
+    (folder / "submission.yaml").write_text(f"team: {team}\nname: {name}\ntrack: {track}\nformat: python\n"
+                                            "model: predict.py\n")
+    for p in (root, folder, *folder.iterdir()):
+        p.chmod(0o755)
+    return folder
+
+
+def csv_submission(folder: Path, name: str, ids: object, scores: object, *, team: str = "tests") -> Path:
+    """A ``predictions``-format lens-space submission in ``folder``: a CSV of ``id, score``."""
+    folder.mkdir(parents=True)
+    pd.DataFrame({"id": ids, "score": scores}).to_csv(folder / "scores.csv", index=False)
+    (folder / "submission.yaml").write_text(f"team: {team}\nname: {name}\ntrack: lens-space\nformat: predictions\n"
+                                            "model: scores.csv\n")
+    return folder
