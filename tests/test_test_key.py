@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import stat
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,6 +17,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
+import skybench
 from skybench.cli import app
 from skybench.physics.backend import get_backend
 from skybench.release import read_manifest, verify_release
@@ -211,6 +214,10 @@ def test_challenge_refuses_a_public_or_bad_key(tmp_path):
     assert not (tmp_path / "absent.key").exists()
     with pytest.raises(KeyFileError, match="inside"):  # the release folder is replaced, and bound in the sandbox
         release_key("challenge", key_file=tmp_path / "rel/hidden/k.key", out=tmp_path / "rel")
+    for inside_sandbox in (Path(skybench.__file__).parent / "k.key", Path(sys.prefix) / "k.key"):
+        with pytest.raises(KeyFileError, match="inside"):
+            release_key("challenge", key_file=inside_sandbox)
+        assert not inside_sandbox.exists()
 
 
 def test_cli_simulate_takes_a_key_file_and_names_a_bad_one(tmp_path):

@@ -180,14 +180,20 @@ def release_key(profile: str, *, key_file: Path | str | None = None, create: boo
     if key_file is None and profile in PUBLIC_PROFILES:
         return ReleaseKey.public(), False
     path = Path(key_file) if key_file is not None else default_key_path(profile)
-    _check_location(path, [Path(__file__).parent, Path(sys.prefix), *([Path(out)] if out is not None else [])])
+    # What the sandbox binds (the package, the Python installation, /usr) or the release writer replaces.
+    _check_location(path, [Path(__file__).parent, Path(sys.prefix), Path(sys.base_prefix), Path("/usr"),
+                           *([Path(out)] if out is not None else [])])
     if path.exists() or path.is_symlink() or not create:
         if not path.exists() and not path.is_symlink():
             raise KeyFileError(f"profile {profile!r} needs a private test-set key and {path} does not exist; "
                                "pass the key file the release was made with (--key-file), or allow creating "
                                "a new one")
         return read_key(path), False
-    return create_key(path), True
+    try:
+        return create_key(path), True
+    except OSError as exc:
+        raise KeyFileError(f"test-set key {path}: cannot create it ({exc}); give a writable --key-file PATH or "
+                           f"set ${KEY_DIR_ENV}") from None
 
 
 def require_private(profile: str, key: ReleaseKey) -> None:
