@@ -134,11 +134,11 @@ def peak_rss(n_objects: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         code = ("import resource,sys; from skybench.simulate import simulate_release;"
                 f"simulate_release('lens-ground', sys.argv[1], profile='challenge', size={n_objects},"
-                " progress=False);"
+                " progress=False, key_file=sys.argv[2]);"  # a throw-away test-set key, not the organiser's
                 "r=resource.getrusage; print(max(r(resource.RUSAGE_SELF).ru_maxrss,"
                 " r(resource.RUSAGE_CHILDREN).ru_maxrss))")
-        out = subprocess.run([sys.executable, "-c", code, f"{tmp}/rel"], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run([sys.executable, "-c", code, f"{tmp}/rel", f"{tmp}/challenge.key"],
+                             capture_output=True, text=True, check=True)
         return int(out.stdout.strip().splitlines()[-1]) / 1024
 
 

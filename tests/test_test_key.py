@@ -233,3 +233,13 @@ def test_cli_simulate_takes_a_key_file_and_names_a_bad_one(tmp_path):
                                       "--profile", "challenge", "--key-file", str(tmp_path / "new.key")])
     assert result.exit_code == 0, result.output
     assert read_manifest(tmp_path / "r")["test_key"]["fingerprint"] == read_key(tmp_path / "new.key").fingerprint
+
+
+def test_one_key_per_profile_keeps_the_photoz_tracks_on_the_same_test_galaxies(tmp_path, monkeypatch):
+    monkeypatch.setenv("SKYBENCH_KEY_DIR", str(tmp_path / "keys"))
+    metas = [pd.read_parquet(simulate_release(t, tmp_path / t, profile="challenge", seed=2, size=3, progress=False,
+                                              workers=1) / "hidden/test/meta.parquet")
+             for t in ("photoz-catalog", "photoz-images")]
+    assert metas[0]["seed"].tolist() == metas[1]["seed"].tolist()
+    assert metas[0]["z"].tolist() == metas[1]["z"].tolist()
+    assert metas[0]["seed"].tolist() != [public_object_seed(2, "test", i) for i in range(3)]
