@@ -124,7 +124,8 @@ def read_key(path: Path) -> ReleaseKey:
         if st.st_mode & 0o077:
             raise KeyFileError(f"test-set key {path}: mode {stat.S_IMODE(st.st_mode):04o} lets other users read "
                                f"it; run `chmod 600 {path}`")
-        text = path.read_bytes()[:4096].decode("ascii").strip()
+        with open(path, "rb") as f:
+            text = f.read(4096).decode("ascii").strip()
         secret = bytes.fromhex(text)
     except KeyFileError:
         raise
