@@ -29,10 +29,11 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from skybench.lens_simulator import LensSimulator, lenstronomy_kwargs, object_seed  # noqa: E402
+from skybench.lens_simulator import LensSimulator, lenstronomy_kwargs  # noqa: E402
 from skybench.physics.backend import get_backend  # noqa: E402
 from skybench.physics.psf import gaussian_kernel_2d  # noqa: E402
 from skybench.simulate import CHUNK_SIZE as CHUNK  # noqa: E402
+from skybench.testkey import public_object_seed  # noqa: E402
 from skybench.tracks import load_track  # noqa: E402
 
 
@@ -58,7 +59,7 @@ def ours_images_only(track, backend: str, n: int):
     sim = LensSimulator(track, get_backend(backend))
     chunks = []
     for a in range(0, n, CHUNK):
-        chunks.append(sim._sample([object_seed(0, "test", i) for i in range(a, min(a + CHUNK, n))])[0])
+        chunks.append(sim._sample([public_object_seed(0, "test", i) for i in range(a, min(a + CHUNK, n))])[0])
     rng = np.random.default_rng(0)
     state = {"next": 0}
 
@@ -133,11 +134,11 @@ def peak_rss(n_objects: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         code = ("import resource,sys; from skybench.simulate import simulate_release;"
                 f"simulate_release('lens-ground', sys.argv[1], profile='challenge', size={n_objects},"
-                " progress=False);"
+                " progress=False, key_file=sys.argv[2]);"  # a throw-away test-set key, not the organiser's
                 "r=resource.getrusage; print(max(r(resource.RUSAGE_SELF).ru_maxrss,"
                 " r(resource.RUSAGE_CHILDREN).ru_maxrss))")
-        out = subprocess.run([sys.executable, "-c", code, f"{tmp}/rel"], capture_output=True, text=True,
-                             check=True)
+        out = subprocess.run([sys.executable, "-c", code, f"{tmp}/rel", f"{tmp}/challenge.key"],
+                             capture_output=True, text=True, check=True)
         return int(out.stdout.strip().splitlines()[-1]) / 1024
 
 

@@ -4,9 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skybench.lens_simulator import LensSimulator, lenstronomy_kwargs, object_seed
+from skybench.lens_simulator import LensSimulator, lenstronomy_kwargs
 from skybench.physics.backend import get_backend
 from skybench.physics.psf import gaussian_kernel_2d
+from skybench.testkey import public_object_seed
 from skybench.tracks import load_track
 
 pytest.importorskip("lenstronomy")
@@ -32,7 +33,7 @@ def lenstronomy_image(row: pd.Series, track, band: str) -> np.ndarray:
 
 
 def _rows_covering_every_component(sim: LensSimulator, n: int = 400) -> pd.DataFrame:
-    rows = pd.DataFrame([{"id": i, **sim.sample(object_seed(7, "train", i))} for i in range(n)])
+    rows = pd.DataFrame([{"id": i, **sim.sample(public_object_seed(7, "train", i))} for i in range(n)])
     picks = [rows[rows[c]].index[0] for c in ("has_source", "has_companion", "has_arclet", "has_ring")]
     picks.append(rows[rows.n_clumps == 3].index[0])
     picks.append(rows[~rows.has_source].index[0])

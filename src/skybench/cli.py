@@ -21,13 +21,18 @@ def _fail(message: str, code: int = 1) -> None:
 def simulate(track: str, out: Annotated[Path, typer.Option(help="release folder to write")],
              profile: str = "demo", seed: int = 0,
              size: Annotated[int | None, typer.Option(help="number of test cut-outs (scales the rest)")] = None,
-             backend: Annotated[str, typer.Option(help="auto, numpy, torch-cpu or torch-cuda")] = "auto") -> None:
+             backend: Annotated[str, typer.Option(help="auto, numpy, torch-cpu or torch-cuda")] = "auto",
+             key_file: Annotated[Path | None, typer.Option(
+                 help="the organiser's private test-set key (default: $SKYBENCH_KEY_DIR/PROFILE.key, else "
+                      "secrets/PROFILE.key); needed by every profile but demo")] = None,
+             create_key: Annotated[bool, typer.Option(
+                 help="create the key file if it does not exist")] = True) -> None:
     """Simulate a track into a versioned release (manifest, public/ and hidden/)."""
     from .simulate import simulate_release
 
     try:
         path = simulate_release(track, out, profile=profile, seed=seed, size=size, backend=backend,
-                                progress=sys.stderr.isatty())
+                                progress=sys.stderr.isatty(), key_file=key_file, create_key=create_key)
     except (FileNotFoundError, KeyError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"wrote {path}")

@@ -1,6 +1,6 @@
 """Image-enhancement simulator: galaxy truth images and their degraded copies (Schawinski et al. 2017).
 
-Per object (its own seed, :func:`skybench.lens_simulator.object_seed`):
+Per object (its own seed, :class:`skybench.testkey.ObjectSeeds`):
 
 1. draw a galaxy (``population`` of the track): a Sersic bulge, an exponential disk (Sersic n = 1) with
    logarithmic spiral arms, Gaussian star-forming clumps; ellipticals are bulge only, irregulars disk + many
@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .lens_simulator import object_seed
 from .physics.backend import Backend, device
 from .physics.degrade import added_sigma, blurred_noise_gain, degradation_kernel, degrade
 from .physics.galaxy import spiral_arms
@@ -32,6 +31,7 @@ from .physics.light import gaussian_ellipse, sersic_ellipse, sersic_total_flux
 from .physics.noise import background_sigma, magnitude2cps
 from .physics.psf import gaussian_kernel_1d
 from .physics.render import Renderer
+from .testkey import ObjectSeeds, as_object_seeds
 from .tracks import Track
 
 TYPES = ("elliptical", "spiral", "irregular")
@@ -255,14 +255,17 @@ class EnhanceSimulator:
         return r.convolve(total)
 
     # ---------------------------------------------------------------- one chunk
-    def simulate(self, seed: int, split: str, start: int, stop: int) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    def simulate(self, seeds: ObjectSeeds | int, split: str, start: int, stop: int
+                 ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
         """Objects ``start..stop`` of ``split``: {"images": degraded, "truth": truth} float32 (B, bands, n, n)
-        in e-/s per pixel, and their metadata."""
+        in e-/s per pixel, and their metadata. ``seeds``: the per-object seeds (an int: a release seed, public
+        derivation)."""
+        seeds = as_object_seeds(seeds)
         n = self.track.cutout.size  # type: ignore[union-attr]
         shape = (len(self.band_names), n, n)
         rows, noise_truth, noise_deg = [], [], []
         for index in range(start, stop):
-            s = object_seed(seed, split, index)
+            s = seeds(split, index)
             rows.append({"id": index, **self.sample(s)})
             noise_truth.append(np.random.default_rng([s, 1]).standard_normal(shape, dtype=np.float32))
             noise_deg.append(np.random.default_rng([s, 2]).standard_normal(shape, dtype=np.float32))

@@ -21,21 +21,15 @@ from .physics.lens_mass import phi_q2ellipticity, sie_shear_ray_shoot
 from .physics.light import ellipse_metric, sersic_profile_, sersic_total_flux
 from .physics.noise import magnitude2cps
 from .physics.render import Renderer
+from .testkey import ObjectSeeds, as_object_seeds
 from .tracks import Track
 
 MAX_CLUMPS = 3
-SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 # Light components: (column prefix, profile, lensed?). Absent components have zero amplitude.
 SERSIC_COMPONENTS = [("lens_light", False), ("source", True), ("companion", False), ("arclet", False)]
 GAUSSIAN_COMPONENTS = [(f"clump{k}", True) for k in range(MAX_CLUMPS)] + [("ring_outer", False),
                                                                           ("ring_inner", False)]
-
-
-def object_seed(seed: int, split: str, index: int) -> int:
-    """The seed of one object: a function of the release seed, its split and its index."""
-    ss = np.random.SeedSequence([seed, SPLIT_CODES[split], index])
-    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))  # fits in int64 for Parquet
 
 
 class LensSimulator:
@@ -286,10 +280,12 @@ class LensSimulator:
                             & (n_pix > rule.min_source_pixels)).astype(np.int8)}
 
     # ---------------------------------------------------------------- one chunk
-    def simulate(self, seed: int, split: str, start: int, stop: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def simulate(self, seeds: ObjectSeeds | int, split: str, start: int, stop: int
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Objects ``start..stop`` of ``split``: float32 images (B, bands, n, n) in e-/s and their metadata
-        columns (``pd.DataFrame(meta)`` is the table)."""
-        samples, rngs = self._sample([object_seed(seed, split, index) for index in range(start, stop)])
+        columns (``pd.DataFrame(meta)`` is the table). ``seeds``: the per-object seeds (an int: a release seed,
+        public derivation)."""
+        samples, rngs = self._sample(as_object_seeds(seeds).many(split, start, stop))
         normal = np.empty((stop - start, len(self.bands), self.track.cutout.size, self.track.cutout.size),
                           dtype=np.float32)
         for k, rng in enumerate(rngs):  # the noise continues the object's own stream: fixed by its seed too

@@ -1,6 +1,6 @@
 """SDSS Main-Galaxy-Sample-like galaxies for the photometric-redshift tracks (after Pasquet et al. 2019).
 
-Per object (its own seeded generator, :func:`~skybench.lens_simulator.object_seed`):
+Per object (its own seeded generator, :class:`~skybench.testkey.ObjectSeeds`):
 
 * redshift from dV/dz x the number of galaxies brighter than the r < ``r_limit`` cut at that redshift (a Schechter
   r-band luminosity function, Blanton et al. 2003), then the absolute magnitude M_r from that luminosity function
@@ -33,7 +33,6 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from .lens_simulator import object_seed
 from .physics.backend import Backend
 from .physics.lens_mass import phi_q2ellipticity
 from .physics.light import sersic_ellipse, sersic_total_flux
@@ -41,6 +40,7 @@ from .physics.noise import background_sigma
 from .physics.psf import FWHM_TO_SIGMA
 from .physics.render import Renderer
 from .physics.sed import CWW_TEMPLATES, SDSS_BANDS, SDSS_EXTINCTION, MagnitudeTable
+from .testkey import ObjectSeeds, as_object_seeds
 from .tracks import Track
 
 ARCSEC_PER_RAD = 206264.806
@@ -289,9 +289,12 @@ class GalaxySimulator:
         return r.convolve(total)
 
     # ---------------------------------------------------------------- one chunk
-    def simulate(self, seed: int, split: str, start: int, stop: int) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
-        """Objects ``start..stop`` of ``split``: their arrays (images and/or features) and metadata."""
-        rows = [{"id": i, **self.sample(object_seed(seed, split, i))} for i in range(start, stop)]
+    def simulate(self, seeds: ObjectSeeds | int, split: str, start: int, stop: int
+                 ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+        """Objects ``start..stop`` of ``split``: their arrays (images and/or features) and metadata.
+        ``seeds``: the per-object seeds (an int: a release seed, public derivation)."""
+        seeds = as_object_seeds(seeds)
+        rows = [{"id": i, **self.sample(seeds(split, i))} for i in range(start, stop)]
         meta = pd.DataFrame(rows)
         meta = pd.concat([meta, self.photometry(meta)], axis=1)
         # Catalogue magnitudes: its own noise stream, fixed by the object's seed; extinction-corrected as in SDSS.

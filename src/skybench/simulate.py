@@ -1,4 +1,5 @@
-"""The ``simulate`` stage: make a versioned release of a track from its YAML, a profile and a seed."""
+"""The ``simulate`` stage: make a versioned release of a track from its YAML, a profile, a seed and (except for
+the public ``demo`` profile) the organiser's test-set key (:mod:`skybench.testkey`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from .physics.backend import get_backend
 from .release import write_release
+from .testkey import ObjectSeeds, default_key_path, release_key, require_private
 from .tracks import Track, load_track
 
 CHUNK_SIZE = 32  # objects rendered together: larger batches cost more in cache misses than they save
@@ -19,14 +21,23 @@ CHUNK_SIZE = 32  # objects rendered together: larger batches cost more in cache 
 
 def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", seed: int = 0,
                      size: int | None = None, backend: str = "auto", progress: bool = True,
-                     chunk_size: int = CHUNK_SIZE, workers: int | None = None) -> Path:
+                     chunk_size: int = CHUNK_SIZE, workers: int | None = None,
+                     key_file: Path | str | None = None, create_key: bool = True) -> Path:
     """Simulate ``track`` into the release folder ``out``.
 
     On the CPU, chunks are simulated by ``workers`` processes (default: all cores); every object has its
     own seed, so the files are the same whatever the number of workers.
-    ``size`` overrides the number of test cut-outs and scales train/val in proportion (for quick runs)."""
+    ``size`` overrides the number of test cut-outs and scales train/val in proportion (for quick runs).
+    The test split is drawn from the key in ``key_file`` (default: :func:`~skybench.testkey.default_key_path`,
+    created if absent and ``create_key``); the ``demo`` profile without ``key_file`` uses public seeds."""
     track = load_track(track) if isinstance(track, str) else track
     split = track.split_sizes(profile)
+    key, created = release_key(profile, key_file=key_file, create=create_key, out=Path(out))
+    require_private(profile, key)
+    if created:
+        print(f"created a new test-set key {key_file or default_key_path(profile)} (fingerprint {key.fingerprint}); "
+              "keep it private and back it up: this release can only be re-made with it", file=sys.stderr)
+    seeds = ObjectSeeds(seed, key)
     counts = {"train": split.train, "val": split.val, "test": split.test}
     if size is not None:
         scale = size / max(split.test, 1)
@@ -37,19 +48,20 @@ def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", se
     workers = workers or (os.cpu_count() or 1) if be.name == "numpy" else 1
     info = {"track": track.name, "task": track.task, "profile": profile, "seed": seed,
             "bands": track.band_names, "pixel_scale": track.survey.pixel_scale, "units": "e-/s per pixel",
-            "backend": f"{be.name}-{be.device}", **cls.release_info(track)}
+            "backend": f"{be.name}-{be.device}", "test_key": key.manifest_entry(), **cls.release_info(track)}
     with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(track, backend, True)) if workers > 1 \
             else _InProcess(track, backend) as pool:
 
         def make_chunks(split: str, ranges: list[tuple[int, int]]) -> Iterator[Any]:
-            return pool.map(_simulate_chunk, [(seed, split, a, b) for a, b in ranges])
+            return pool.map(_simulate_chunk, [(seeds, split, a, b) for a, b in ranges])
 
         return write_release(Path(out), info=info, counts=counts, arrays=cls.arrays(track),
                              hidden_arrays=cls.hidden_arrays, make_chunks=make_chunks, chunk_size=chunk_size,
                              label_columns=cls.label_columns, progress=progress)
 
 
-# The simulator of each task: a class built as ``cls(track, backend)`` whose ``simulate(seed, split, start, stop)``
+# The simulator of each task: a class built as ``cls(track, backend)`` whose ``simulate(seeds, split, start, stop)``
+# (seeds: an ObjectSeeds, or a release seed with public derivation)
 # returns (arrays, metadata as a DataFrame or a dict of columns) for objects start..stop, with class-level
 # ``arrays(track)`` (name -> shape per object), ``hidden_arrays``, ``label_columns`` and ``release_info(track)``
 # (extra manifest entries).
@@ -73,7 +85,7 @@ def _init_worker(track: Track, backend: str, one_thread: bool = False) -> None:
     _SIM = simulator_class(track)(track, get_backend(backend))
 
 
-def _simulate_chunk(job: tuple[int, str, int, int]) -> Any:
+def _simulate_chunk(job: tuple[ObjectSeeds, str, int, int]) -> Any:
     return _SIM.simulate(*job)
 
 
