@@ -6,6 +6,7 @@ import pytest
 from helpers import bwrap_works, python_submission
 
 from skybench.evaluate import evaluate
+from skybench.metrics import threshold_at_fpr
 from skybench.release import ReleaseError, write_release
 from skybench.tracks import load_track
 
@@ -13,7 +14,8 @@ needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot cr
 
 # Every structural route to the real objects: a second mounted folder, rows beyond what /inputs/index.parquet
 # lists (the old layout predicted the real set after it), ids of a minority format, a shard file or batch of
-# an odd size. Flagged objects score 10 + u, the rest u ~ U(0, 1): a random model but for what it detects.
+# an odd size. Flagged objects score 10 + s, the rest s: a weak lens score (central flux fraction) but for what
+# it detects.
 ADVERSARY = """
 import glob, os
 import numpy as np
@@ -21,7 +23,7 @@ import pyarrow.parquet as pq
 
 def load(d):
     ids = [str(i) for i in pq.read_table('/inputs/index.parquet').column('id').to_pylist()]
-    kinds = [(i.isdigit(), len(i)) for i in ids]
+    kinds = [(i.isdigit(), i[:1].isalpha()) for i in ids]
     common = max(set(kinds), key=kinds.count)
     shards = [np.load(p, mmap_mode='r').shape[0] for p in sorted(glob.glob('/inputs/*-*.npy'))]
     others = [p for p in glob.glob('/*/*.npy') + glob.glob('/*/*/*.npy') + glob.glob('/*/*/*/*.npy')
@@ -34,7 +36,7 @@ def load(d):
                 odd_shard |= set(range(starts[k], starts[k] + n))
     return {'seen': 0, 'n': len(ids), 'odd_id': {p for p, k in enumerate(kinds) if k != common},
             'odd_shard': odd_shard, 'second_folder': bool(others) or os.path.isdir('/extra'),
-            'sizes': [], 'rng': np.random.default_rng(12345)}
+            'sizes': []}
 
 def predict(st, b):
     n = len(b)
@@ -45,7 +47,8 @@ def predict(st, b):
     flag |= np.isin(pos, list(st['odd_id'] | st['odd_shard']))
     if st['second_folder'] and len(st['sizes']) > 1 and n != st['sizes'][0]:
         flag |= True  # an odd-sized batch once a second folder was seen
-    return (st['rng'].random(n) + 10.0 * flag).astype('float32')
+    s = b[:, :, 35:66, 35:66].sum(axis=(1, 2, 3)) / (np.abs(b).sum(axis=(1, 2, 3)) + 1e-9)
+    return (s + 10.0 * flag).astype('float32')
 """
 PIXEL_SUM = """
 import numpy as np
@@ -69,10 +72,10 @@ def store(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def real_set(tmp_path_factory):
-    """A second tiny lens-space release standing in for the real set (8 objects; ids 0..7 like the test set's)."""
+    """A second tiny lens-space release standing in for the real set (32 objects; ids 0..31 like the test set's)."""
     from skybench.simulate import simulate_release
 
-    return simulate_release("lens-space", tmp_path_factory.mktemp("real") / "real", seed=11, size=8, progress=False)
+    return simulate_release("lens-space", tmp_path_factory.mktemp("real") / "real", seed=11, size=32, progress=False)
 
 
 def _with_real(real) -> object:
@@ -94,12 +97,21 @@ def test_a_model_cannot_tell_the_real_objects_from_the_simulated_ones(real_set, 
     (o,) = evaluate([sub], _with_real(real_set), tiny_space_release, out=tmp_path / "evals", publish=False)
     assert o.status == "FINISHED", o.reason
     real = pd.read_csv(tmp_path / "evals/tests__adversary/real_predictions.csv").score.to_numpy()
-    test = pd.read_csv(tmp_path / "evals/tests__adversary/predictions.csv").score.to_numpy()
-    assert len(real) == 8 and len(test) == 64
-    # It flagged the real objects no more often than the simulated ones (on the old layout: all 8, no other).
-    assert (real >= 10).mean() <= max(0.375, (test >= 10).mean() + 0.375), (real, test)
-    # Random scores: about 1/33 of real objects above the 1%-FPR threshold of ~32 negatives; P(>= 4 of 8) ~ 1e-4.
-    assert o.metrics["real_lens_recall"] <= 0.375, o.metrics["real_lens_recall"]
+    pred = pd.read_csv(tmp_path / "evals/tests__adversary/predictions.csv")
+    test = pred.score.to_numpy()
+    assert len(real) == 32 and len(test) == 64
+    # Real-lens recall is what its simulated positives allow: the real set (here simulated too, about half of
+    # it lenses) clears the threshold no more often than the simulated lenses do. The 1%-FPR threshold of 31
+    # negatives is often +inf (recall 0 whatever the real scores), so this also checks it at 10% FPR, where the
+    # old layout (/inputs, then /extra) gives 1.0.
+    labels = pd.read_parquet(tiny_space_release / "hidden/test/meta.parquet").set_index("id").loc[pred.id].is_lens
+    for fpr, recall in ((0.01, o.metrics["real_lens_recall"]), (0.1, None)):
+        cut = threshold_at_fpr(labels.to_numpy(), test, fpr)
+        tpr = float(np.mean(test[labels.to_numpy() == 1] >= cut))
+        recall = float(np.mean(real >= cut)) if recall is None else recall
+        assert recall <= tpr + 0.25, (fpr, recall, tpr)
+    # It flagged the real objects no more often than the simulated ones (old layout: all 32 and no other).
+    assert (real >= 10).mean() <= (test >= 10).mean() + 0.25, (real, test)
     assert list((tmp_path / "tmp").iterdir()) == []  # the mixed folder is gone after evaluate()
 
 
@@ -124,20 +136,20 @@ def test_every_evaluation_draws_a_new_secret_order(real_set, tiny_space_release,
         assert o.status == "FINISHED", o.reason
         pos = pd.concat([pd.read_csv(tmp_path / f"e{k}/tests__pos/{s}.csv").score
                          for s in ("predictions", "real_predictions")]).to_numpy().astype(int)
-        assert sorted(pos) == list(range(72))  # every object once in one stream of 64 + 8
+        assert sorted(pos) == list(range(96))  # every object once in one stream of 64 + 32
         seen.append(pos)
     assert not np.array_equal(*seen)
     # Neither the release order, nor the real objects last (the old second folder) or first.
     for pos in seen:
-        assert not np.array_equal(pos, np.arange(72))
-        assert sorted(pos[64:]) != list(range(64, 72)) and sorted(pos[64:]) != list(range(8))
+        assert not np.array_equal(pos, np.arange(96))
+        assert sorted(pos[64:]) != list(range(64, 96)) and sorted(pos[64:]) != list(range(32))
 
 
 def test_the_mixed_folder_holds_both_sets_and_nothing_that_names_them(real_set, tiny_space_release, tmp_path):
     from skybench.mixing import mix_inputs
 
     test_dir, real_dir = tiny_space_release / "public/test", real_set / "public/test"
-    mixed = mix_inputs(test_dir, real_dir, shard_size=30)  # several shard files
+    mixed = mix_inputs(test_dir, real_dir, shard_size=40)  # several shard files
     try:
         folder = mixed.folder
         files = sorted(p.name for p in folder.rglob("*"))
@@ -149,22 +161,22 @@ def test_the_mixed_folder_holds_both_sets_and_nothing_that_names_them(real_set, 
 
         table = pq.read_table(folder / "index.parquet")
         assert table.column_names == ["id"] and not (table.schema.metadata or {})
-        assert table.column("id").to_pylist() == [f"x{i:06d}" for i in range(72)]
+        assert table.column("id").to_pylist() == [f"x{i:06d}" for i in range(96)]
         raw = (folder / "index.parquet").read_bytes()
         assert b"real" not in raw and b"test" not in raw and b"pandas" not in raw
         # The arrays: every object of both sets once, at the position the parent's mapping says.
         images = np.concatenate([np.load(folder / f"images-0000{k}.npy") for k in range(3)])
-        assert images.shape == (72, 1, 101, 101) and images.dtype == np.float32
+        assert images.shape == (96, 1, 101, 101) and images.dtype == np.float32
         sources = {"test": np.load(test_dir / "images-00000.npy"), "real": np.load(real_dir / "images-00000.npy")}
         index = {"test": pd.read_parquet(test_dir / "index.parquet").id.tolist(),
                  "real": pd.read_parquet(real_dir / "index.parquet").id.tolist()}
         mapping = mixed.mapping()
-        assert (mapping.source == "real").sum() == 8 and mapping.id.tolist() == table.column("id").to_pylist()
+        assert (mapping.source == "real").sum() == 32 and mapping.id.tolist() == table.column("id").to_pylist()
         for p, (src, orig) in enumerate(zip(mapping.source, mapping.original_id, strict=True)):
             np.testing.assert_array_equal(images[p], sources[src][index[src].index(orig)])
         # Real objects are spread over the stream, not gathered in one shard or batch.
         real_pos = np.flatnonzero(mapping.source == "real")
-        assert len({p // 30 for p in real_pos}) >= 2
+        assert len({p // 40 for p in real_pos}) >= 2
     finally:
         mixed.cleanup()
     assert not folder.exists()
