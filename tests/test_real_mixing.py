@@ -145,6 +145,30 @@ def test_every_evaluation_draws_a_new_secret_order(real_set, tiny_space_release,
         assert sorted(pos[64:]) != list(range(64, 96)) and sorted(pos[64:]) != list(range(32))
 
 
+@needs_bwrap
+def test_the_ray_executor_shards_the_mixed_stream_and_the_split_still_holds(real_set, tiny_space_release, tmp_path):
+    import os
+
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    track = _with_real(real_set)
+    track = track.model_copy(update={"evaluation": track.evaluation.model_copy(update={"batch_size": 16})})
+    sub = python_submission(tmp_path / "subs", "sum", PIXEL_SUM)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:  # 96 mixed rows in batches of 16: 3 shards, each a view of the mixed folder
+        (o,) = evaluate([sub], track, tiny_space_release, out=tmp_path / "ray", publish=False, executor="ray",
+                        executor_options={"shards": 3})
+    finally:
+        ray.shutdown()
+    assert o.status == "FINISHED", o.reason
+    for stem, release in (("predictions", tiny_space_release), ("real_predictions", real_set)):
+        got = pd.read_csv(tmp_path / f"ray/tests__sum/{stem}.csv")
+        np.testing.assert_array_equal(got.id, pd.read_parquet(release / "public/test/index.parquet").id)
+        np.testing.assert_allclose(got.score.to_numpy(), _sums(release / "public/test"), rtol=1e-6)
+
+
 def test_the_mixed_folder_holds_both_sets_and_nothing_that_names_them(real_set, tiny_space_release, tmp_path):
     from skybench.mixing import mix_inputs
 
