@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from . import __version__
+from .mixing import MixedInputs, mix_inputs
 from .release import ReleaseError, read_manifest, release_digest, verify_release
 from .score import score, score_real
 from .submission import (
@@ -118,11 +119,15 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
     plans: list[Outcome | _Plan] = [_plan(Path(f), track, real, real_sha, release_sha, out, force, not down)
                                     for f in folders]
     todo = [p for p in plans if isinstance(p, _Plan)]
-    jobs = [Job(p.sub, release / "public" / "test", track, p.real) for p in todo]
+    # One mixed stream of test and real inputs for every submission that gets the real set (see mixing.py).
+    mixed = mix_inputs(release / "public" / "test", real / "public" / "test") \
+        if real is not None and any(p.real is not None for p in todo) else None
+    jobs = [Job(p.sub, mixed.folder if mixed and p.real else release / "public" / "test", track) for p in todo]
     results = iter(get_executor(executor, **(executor_options or {})).run(jobs)) if jobs else iter(())
     outcomes = []
     for plan in plans:
-        outcome = plan if isinstance(plan, Outcome) else _finish(plan, next(results), track, release_sha, hidden)
+        outcome = plan if isinstance(plan, Outcome) else \
+            _finish(plan, _split(next(results), plan, mixed), track, release_sha, hidden)
         if publish and outcome.record is not None:  # a skipped record too: it may be pending from an outage
             try:
                 if down:
@@ -134,7 +139,14 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
                     f"not logged to MLflow ({outcome.unpublished}); " \
                     f"the record is kept in {outcome.record}, publish it later with `skybench log {out}`"
         outcomes.append(outcome)
+    if mixed is not None:  # also removed when collected, should the loop raise
+        mixed.cleanup()
     return outcomes
+
+
+def _split(res: PredictResult, plan: _Plan, mixed: MixedInputs | None) -> PredictResult:
+    """A mixed stream's predictions as the test set's, with the real set's as ``.extra``."""
+    return mixed.split(res) if mixed is not None and plan.real is not None else res
 
 
 @dataclass

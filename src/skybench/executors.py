@@ -33,12 +33,12 @@ EXECUTORS = ("local", "ray")
 
 @dataclass(frozen=True)
 class Job:
-    """One submission to predict: its public test folder and, optionally, the track's real set."""
+    """One submission to predict on one input folder (a release's public/test folder, or the mixed folder of
+    the test and real sets from :mod:`skybench.mixing`, whose mapping stays with the caller)."""
 
     sub: Submission
-    test_dir: Path  # a release's public/test folder
+    test_dir: Path  # the folder the sandbox sees as /inputs
     track: Track
-    extra: Path | None = None  # the real set's release, predicted by the same run
 
 
 class Executor(Protocol):
@@ -57,8 +57,7 @@ class LocalExecutor:
     def run(self, jobs: list[Job]) -> Iterator[PredictResult]:
         for job in jobs:
             with tempfile.TemporaryDirectory(prefix="skybench-scratch-") as scratch:
-                yield sandboxed_predict(job.sub, job.test_dir, scratch=Path(scratch), track=job.track,
-                                        extra_inputs=job.extra)
+                yield sandboxed_predict(job.sub, job.test_dir, scratch=Path(scratch), track=job.track)
 
 
 class RayExecutor:
@@ -90,7 +89,7 @@ class RayExecutor:
                     pending.append(None)
                     continue
                 ranges = shard_ranges(job.test_dir, job.track.evaluation.batch_size, self.shards or slots)
-                pending.append([task.remote(job, a, b, i == 0, threads) for i, (a, b) in enumerate(ranges)])
+                pending.append([task.remote(job, a, b, threads) for a, b in ranges])
             for job, refs in zip(jobs, pending, strict=True):
                 if refs is None:
                     yield next(LocalExecutor().run([job]))
@@ -184,15 +183,14 @@ def _copy_rows(src: Path, a: int, b: int, target: Path, block: int = 256) -> Non
             f.write(np.ascontiguousarray(arr[i:min(b, i + block)]).tobytes())
 
 
-def _predict_shard(job: Job, start: int, stop: int, with_extra: bool, threads: int | None) -> PredictResult:
+def _predict_shard(job: Job, start: int, stop: int, threads: int | None) -> PredictResult:
     """Body of a Ray task: predict rows [start, stop) of the job's test set in the sandbox, on this worker."""
     total = sum(rows for _, rows in next(iter(_shard_files(job.test_dir).values())))
-    extra = job.extra if with_extra else None
     with tempfile.TemporaryDirectory(prefix="skybench-shard-") as tmp:
         inputs = job.test_dir if (start, stop) == (0, total) else write_view(job.test_dir, start, stop,
                                                                              Path(tmp) / "inputs")
         return sandboxed_predict(job.sub, inputs, scratch=Path(tmp) / "scratch", track=job.track,
-                                 extra_inputs=extra, threads=threads)
+                                 threads=threads)
 
 
 def merge_results(parts: list[PredictResult]) -> PredictResult:
@@ -205,5 +203,5 @@ def merge_results(parts: list[PredictResult]) -> PredictResult:
         reason = bad.reason if len(parts) == 1 else f"shard {i + 1}/{len(parts)}: {bad.reason}"
         return replace(bad, reason=reason, ids=ids, seconds=seconds)
     pred = np.concatenate([p.predictions for p in parts])  # type: ignore[misc]
-    return PredictResult(True, "", pred, ids, parts[0].device, seconds, parts[-1].log, extra=parts[0].extra)
+    return PredictResult(True, "", pred, ids, parts[0].device, seconds, parts[-1].log)
 

@@ -1,10 +1,10 @@
 """Runs INSIDE the sandbox: load a submission, stream the test images through it, write the predictions.
 
-    python -m skybench.runner --submission /submission --inputs /inputs [/extra ...] \
-        --out /scratch/predictions.npy [/scratch/extra.npy ...] [--limit N] [--batch-size B] [--device auto|cpu|cuda]
+    python -m skybench.runner --submission /submission --inputs /inputs \
+        --out /scratch/predictions.npy [--limit N] [--batch-size B] [--device auto|cpu|cuda]
 
-Several input sets (e.g. the test set and a real-lens set) are predicted with one loaded model, each into
-its own output file.
+There is one input folder: during evaluation it holds the simulated test set and the track's real set as
+one stream in a secret order, with opaque ids (``skybench.mixing``).
 
 Every model gets float32 batches of shape (B, bands, H, W), streamed from the shards ``images-*.npy``
 (the last batch may be smaller). On a catalogue track it gets ``features`` (B, F) instead, and on a track
@@ -254,21 +254,13 @@ def count_inputs(inputs: Path, limit: int | None) -> int:
     return n if limit is None else min(n, limit)
 
 
-def run(submission: Path, inputs: Path | list[Path], out: Path | list[Path], *, limit: int | None = None,
-        batch_size: int = 256, device: str = "auto") -> dict:
-    """Predict every input image with the submission's model; write ``out`` and ``runner.json`` beside it.
-
-    Lists of ``inputs`` and ``out`` predict several input sets with the model loaded once."""
-    inputs_list = inputs if isinstance(inputs, list) else [inputs]
-    outs_list = out if isinstance(out, list) else [out]
-    if len(inputs_list) != len(outs_list):
-        raise RunnerError(f"{len(inputs_list)} input folders but {len(outs_list)} output files")
+def run(submission: Path, inputs: Path, out: Path, *, limit: int | None = None, batch_size: int = 256,
+        device: str = "auto") -> dict:
+    """Predict every input image with the submission's model; write ``out`` and ``runner.json`` beside it."""
     fmt, model_path = read_spec(submission)
     predict, used = LOADERS[fmt](model_path, device)
-    infos = [_predict_set(predict, fmt, used, i, o, limit, batch_size)
-             for i, o in zip(inputs_list, outs_list, strict=True)]
-    info = {"format": fmt, "device": used, "n": infos[0]["n"], "seconds": infos[0]["seconds"], "sets": infos}
-    (outs_list[0].parent / "runner.json").write_text(json.dumps(info) + "\n")
+    info = {"format": fmt, "device": used, **_predict_set(predict, fmt, used, inputs, out, limit, batch_size)}
+    (out.parent / "runner.json").write_text(json.dumps(info) + "\n")
     return info
 
 
@@ -313,8 +305,8 @@ def _predict_set(predict: Predict, fmt: str, used: str, inputs: Path, out: Path,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m skybench.runner", description=__doc__.splitlines()[0])
     p.add_argument("--submission", type=Path, default=Path("/submission"))
-    p.add_argument("--inputs", type=Path, nargs="+", default=[Path("/inputs")])
-    p.add_argument("--out", type=Path, nargs="+", default=[Path("/scratch/predictions.npy")])
+    p.add_argument("--inputs", type=Path, default=Path("/inputs"))
+    p.add_argument("--out", type=Path, default=Path("/scratch/predictions.npy"))
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

@@ -75,7 +75,7 @@ class PredictResult:
     device: str  # "cuda", "cpu", "none" (predictions format) or "unknown"
     seconds: float  # wall time of the sandboxed run (0 for the predictions format)
     log: str = ""  # tail of the runner's stderr
-    extra: PredictResult | None = None  # predictions on ``extra_inputs``, from the same sandboxed run
+    extra: PredictResult | None = None  # the real set's part of a mixed stream (``mixing.MixedInputs.split``)
 
 
 def folder_sha256(folder: Path) -> str:
@@ -251,17 +251,15 @@ def read_predictions_csv(path: Path, ids: np.ndarray) -> tuple[np.ndarray | None
 
 
 def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Track, limit: int | None = None,
-                      gpu: bool | None = None, extra_inputs: Path | None = None,
-                      threads: int | None = None) -> PredictResult:
+                      gpu: bool | None = None, threads: int | None = None) -> PredictResult:
     """Predict the test set of the release ``inputs`` (its root or its ``public/test`` folder).
 
     Code runs in the sandbox with the track's limits, seeing only the submission and the public test
     images; the parent then checks count, shape and finiteness. ``gpu=None``: use CUDA when available.
-    ``extra_inputs``: a second input set (e.g. real lenses) predicted by the same run, returned as ``.extra``
-    (not for the ``predictions`` format, whose CSV covers the public test set only). ``threads``: CPU threads
+    ``inputs`` may also be a mixed folder of :mod:`skybench.mixing` (the test and real sets as one stream;
+    the caller splits the result). ``threads``: CPU threads
     of the model (default min(4, cores)); an executor running several sandboxes at once gives each fewer."""
     test_dir = _test_folder(inputs)
-    extra_dir = _test_folder(extra_inputs) if extra_inputs is not None else None
     all_ids = pd.read_parquet(test_dir / "index.parquet")["id"].to_numpy()
     n = len(all_ids) if limit is None else min(limit, len(all_ids))
     ids = all_ids[:n]
@@ -278,8 +276,8 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
     gpu = cuda_available() if gpu is None else gpu
     scratch = Path(scratch)
     scratch.mkdir(parents=True, exist_ok=True)
-    out, info, extra_out = scratch / "predictions.npy", scratch / "runner.json", scratch / "extra.npy"
-    for stale in (out, info, extra_out):
+    out, info = scratch / "predictions.npy", scratch / "runner.json"
+    for stale in (out, info):
         stale.unlink(missing_ok=True)
 
     n_threads = str(threads or min(4, os.cpu_count() or 1))
@@ -291,12 +289,7 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
     argv = [sys.executable, "-m", "skybench.runner", "--submission", "/submission", "--inputs", "/inputs",
             "--out", "/scratch/predictions.npy", "--batch-size", str(track.evaluation.batch_size),
             "--device", "auto" if gpu else "cpu"]
-    binds = [(sub.folder, "/submission"), (test_dir, "/inputs")]
-    if extra_dir is not None:
-        argv[argv.index("/inputs") + 1:argv.index("/inputs") + 1] = ["/extra"]
-        argv[argv.index("/scratch/predictions.npy") + 1:argv.index("/scratch/predictions.npy") + 1] = \
-            ["/scratch/extra.npy"]
-        binds.append((extra_dir, "/extra"))
+    binds = [(sub.folder, "/submission"), (test_dir, "/inputs")]  # one input stream, nothing else
     if limit is not None:
         argv += ["--limit", str(n)]
     box = track.sandbox
@@ -312,11 +305,7 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
         pass
     if not res.ok:
         return _fail(res.reason, ids, device, res.wall_seconds, res.stderr)
-    result = _read_output(out, ids, n, track, device, res.wall_seconds, res.stderr)
-    if result.ok and extra_dir is not None:
-        extra_ids = pd.read_parquet(extra_dir / "index.parquet")["id"].to_numpy()[:limit]  # --limit covers both
-        result.extra = _read_output(extra_out, extra_ids, len(extra_ids), track, device, 0.0, "")
-    return result
+    return _read_output(out, ids, n, track, device, res.wall_seconds, res.stderr)
 
 
 def _read_output(out: Path, ids: np.ndarray, n: int, track: Track, device: str, seconds: float,
