@@ -25,6 +25,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from .sandbox import remove_tree
 from .submission import PredictResult, Submission, sandboxed_predict
 from .tracks import Track
 
@@ -56,9 +57,13 @@ class LocalExecutor:
 
     def run(self, jobs: list[Job]) -> Iterator[PredictResult]:
         for job in jobs:
-            with tempfile.TemporaryDirectory(prefix="skybench-scratch-") as scratch:
-                yield sandboxed_predict(job.sub, job.test_dir, scratch=Path(scratch), track=job.track,
-                                        extra_inputs=job.extra)
+            scratch = Path(tempfile.mkdtemp(prefix="skybench-scratch-"))
+            try:
+                result = sandboxed_predict(job.sub, job.test_dir, scratch=scratch, track=job.track,
+                                           extra_inputs=job.extra)
+            finally:
+                remove_tree(scratch)  # iterative: any depth
+            yield result
 
 
 class RayExecutor:
@@ -188,11 +193,14 @@ def _predict_shard(job: Job, start: int, stop: int, with_extra: bool, threads: i
     """Body of a Ray task: predict rows [start, stop) of the job's test set in the sandbox, on this worker."""
     total = sum(rows for _, rows in next(iter(_shard_files(job.test_dir).values())))
     extra = job.extra if with_extra else None
-    with tempfile.TemporaryDirectory(prefix="skybench-shard-") as tmp:
+    tmp = Path(tempfile.mkdtemp(prefix="skybench-shard-"))
+    try:
         inputs = job.test_dir if (start, stop) == (0, total) else write_view(job.test_dir, start, stop,
-                                                                             Path(tmp) / "inputs")
-        return sandboxed_predict(job.sub, inputs, scratch=Path(tmp) / "scratch", track=job.track,
+                                                                             tmp / "inputs")
+        return sandboxed_predict(job.sub, inputs, scratch=tmp / "scratch", track=job.track,
                                  extra_inputs=extra, threads=threads)
+    finally:
+        remove_tree(tmp)  # iterative: any depth
 
 
 def merge_results(parts: list[PredictResult]) -> PredictResult:

@@ -27,7 +27,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .release import sha256_file
+from .release import read_manifest, sha256_file
 from .sandbox import Limits, run_sandboxed
 from .tracks import Output, Track, list_tracks
 
@@ -300,9 +300,13 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
     if limit is not None:
         argv += ["--limit", str(n)]
     box = track.sandbox
-    limits = Limits(memory_mb=box.memory_mb, cpu_seconds=box.cpu_seconds, wall_seconds=box.wall_seconds,
-                    max_processes=box.max_processes)
-    res = run_sandboxed(argv, scratch=scratch, ro_binds=binds, limits=limits, env=env, gpu=gpu)
+    n_extra = len(pd.read_parquet(extra_dir / "index.parquet", columns=["id"])) if extra_dir else 0
+    objects = n + (n_extra if limit is None else min(limit, n_extra))  # --limit covers both sets
+    wall, cpu = box.scaled(objects, int(n_threads))
+    limits = Limits(memory_mb=box.memory_mb, cpu_seconds=cpu, wall_seconds=wall, max_processes=box.max_processes,
+                    cpus=float(n_threads), scratch_mb=box.scratch_mb, require_cgroups=_challenge(test_dir))
+    res = run_sandboxed(argv, scratch=scratch, ro_binds=binds, limits=limits, env=env, gpu=gpu,
+                        outputs=[out.name, info.name, extra_out.name])
     device = "unknown"
     try:
         if info.is_file() and not info.is_symlink() and info.stat().st_size < 10_000:
@@ -317,6 +321,15 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
         extra_ids = pd.read_parquet(extra_dir / "index.parquet")["id"].to_numpy()[:limit]  # --limit covers both
         result.extra = _read_output(extra_out, extra_ids, len(extra_ids), track, device, 0.0, "")
     return result
+
+
+def _challenge(test_dir: Path) -> bool:
+    """Whether ``test_dir`` (a release's public/test) belongs to a ``challenge``-profile release, which must
+    not run without cgroups."""
+    try:
+        return read_manifest(test_dir.parent.parent).get("profile") == "challenge"
+    except Exception:  # a bare test folder (tests, Ray shard views): no manifest
+        return False
 
 
 def _read_output(out: Path, ids: np.ndarray, n: int, track: Track, device: str, seconds: float,
