@@ -514,8 +514,9 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
     nproc = limits.max_processes + (0 if privileged else 1)  # unprivileged: the shim shares the uid
     # RLIMIT_AS is a second line of defence that CUDA cannot live with (it maps huge virtual ranges).
     rlimits = [["RLIMIT_DATA" if gpu else "RLIMIT_AS", mem], ["RLIMIT_CPU", int(limits.cpu_seconds)],
-               ["RLIMIT_NPROC", nproc], ["RLIMIT_CORE", 0], ["RLIMIT_NOFILE", limits.open_files],
-               ["RLIMIT_FSIZE", limits.scratch_mb * 1024 * 1024]]
+               ["RLIMIT_NPROC", nproc], ["RLIMIT_CORE", 0], ["RLIMIT_NOFILE", limits.open_files]]
+    if not privileged:  # /scratch is a host folder, not a size-limited tmpfs: bound each file at least
+        rlimits.append(["RLIMIT_FSIZE", limits.scratch_mb * 1024 * 1024])
     cfg = {"uid": uid if privileged else None, "gid": gid, "rlimits": rlimits}
 
     child_env = {k: os.environ[k] for k in _THREAD_VARS if k in os.environ}
