@@ -395,3 +395,36 @@ def test_challenge_releases_require_cgroups(tiny_space_release, tmp_path, monkey
         assert seen[-1].require_cgroups is want
         assert seen[-1].cpus is not None and seen[-1].wall_seconds < 60
     assert len(pd.read_parquet(release / "public" / "test" / "index.parquet")) == 64
+
+
+KILLED_EVALUATOR = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from skybench.sandbox import Limits, run_sandboxed
+run_sandboxed(["sleep", "60"], scratch=Path(sys.argv[2]), limits=Limits(memory_mb=256))
+"""
+
+
+@needs_bwrap
+@needs_cgroups
+@pytest.mark.skipif(os.geteuid() != 0, reason="the /scratch tmpfs needs root")
+def test_leftovers_of_a_killed_evaluator_are_cleaned_by_the_next_run(tmp_path):
+    src = Path(__file__).resolve().parents[1] / "src"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_EVALUATOR, str(src), str(tmp_path / "dead")])
+    try:
+        for _ in range(200):
+            if f"skybench-scratch-{proc.pid}" in Path("/proc/self/mountinfo").read_text():
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the sandbox never started")
+        time.sleep(0.5)
+    finally:
+        proc.kill()  # SIGKILL: no finally blocks run in the evaluator
+        proc.wait()
+    assert f"skybench-scratch-{proc.pid}" in Path("/proc/self/mountinfo").read_text()
+    assert_next_sandbox_works(tmp_path)
+    assert f"skybench-scratch-{proc.pid}" not in Path("/proc/self/mountinfo").read_text()
+    bases = cgroups._v1_bases()[0] or {}
+    assert not [d for b in bases.values() for d in (b / "skybench").glob(f"run-{proc.pid}-*")]

@@ -208,6 +208,32 @@ def _mkdir(path: Path) -> None:
         raise CgroupError(f"cannot create cgroup {path}: {exc.strerror or exc}") from exc
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _sweep(parents: dict[str, Path], version: int) -> None:
+    """Remove run groups left by evaluators that were killed (SIGKILL, OOM) before they could clean up."""
+    stale: dict[str, dict[str, Path]] = {}
+    for ctrl, parent in parents.items():
+        try:
+            entries = list(parent.glob("run-*-*"))
+        except OSError:
+            continue
+        for d in entries:
+            pid = d.name.split("-")[1]
+            if pid.isdigit() and not _alive(int(pid)):
+                stale.setdefault(d.name, {})[ctrl] = d
+    for dirs in stale.values():
+        Cgroup(version, dirs, 0).remove()
+
+
 def create(*, memory_mb: int, max_processes: int, cpus: float | None = None) -> Cgroup | None:
     """A new run cgroup with these limits, or None (after a loud warning) when the host offers none.
 
@@ -221,6 +247,7 @@ def create(*, memory_mb: int, max_processes: int, cpus: float | None = None) -> 
             _enable(base)
             _mkdir(parent)
             _enable(parent)
+            _sweep({"unified": parent}, 2)
             run = parent / name
             _mkdir(run)
             cg = Cgroup(2, {"unified": run}, memory_mb)
@@ -247,8 +274,10 @@ def create(*, memory_mb: int, max_processes: int, cpus: float | None = None) -> 
     dirs: dict[str, Path] = {}
     cg = Cgroup(1, dirs, memory_mb)
     try:
-        for ctrl, b in bases.items():
+        for b in bases.values():
             _mkdir(b / "skybench")
+        _sweep({ctrl: b / "skybench" for ctrl, b in bases.items()}, 1)
+        for ctrl, b in bases.items():
             dirs[ctrl] = b / "skybench" / name
             _mkdir(dirs[ctrl])
         m = dirs["memory"]

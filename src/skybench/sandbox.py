@@ -43,6 +43,7 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "N
 _MEMORY_PATTERNS = ("MemoryError", "std::bad_alloc", "Cannot allocate memory", "can't allocate memory",
                     "Unable to allocate", "Failed to allocate memory")
 _DISK_PATTERNS = ("No space left on device", "Disk quota exceeded", "File too large")
+_MOUNT_SOURCE = "skybench-scratch"
 _SANDBOX_TASKS = 4  # bwrap and the init shim, which share the cgroup's pids.max with the command
 _NPROC_PATTERNS = ("Resource temporarily unavailable", "BlockingIOError", "can't start new thread",
                    "pthread_create failed", "fork: retry")
@@ -303,10 +304,33 @@ def _libc() -> ctypes.CDLL:
 
 def _mount_scratch(target: Path, limits: Limits, uid: int, gid: int) -> None:
     opts = f"size={limits.scratch_mb}m,nr_inodes={limits.scratch_files},mode=0700,uid={uid},gid={gid}"
-    if _libc().mount(b"skybench-scratch", os.fsencode(target), b"tmpfs", 0x2 | 0x4,  # MS_NOSUID | MS_NODEV
+    source = f"{_MOUNT_SOURCE}-{os.getpid()}".encode()  # the pid lets a later run unmount it if we die
+    if _libc().mount(source, os.fsencode(target), b"tmpfs", 0x2 | 0x4,  # MS_NOSUID | MS_NODEV
                      opts.encode()) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"cannot mount a tmpfs on {target}: {os.strerror(err)}")
+
+
+def _sweep_scratch_mounts() -> None:
+    """Unmount /scratch tmpfs left by evaluators that were killed before they could clean up."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        f, r = left.split(), right.split()
+        if len(f) < 5 or len(r) < 2 or r[0] != "tmpfs" or not r[1].startswith(_MOUNT_SOURCE + "-"):
+            continue
+        pid = r[1].rsplit("-", 1)[1]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        target = Path(f[4].replace("\\040", " "))
+        try:
+            _umount(target)
+            target.rmdir()
+        except OSError:
+            pass
 
 
 def _umount(target: Path) -> None:
@@ -486,6 +510,7 @@ def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path
     mounted = False
     try:
         if privileged:
+            _sweep_scratch_mounts()
             try:
                 _mount_scratch(box, limits, uid, gid)
                 mounted = True
