@@ -239,6 +239,9 @@ def test_remove_tree_deletes_trees_deeper_than_the_recursion_limit(tmp_path):
         os.close(fd)
         fd = nfd
     os.close(os.open("leaf", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+    os.mkdir("locked", 0, dir_fd=fd)  # unreadable, unwritable folder with a file in it
+    os.close(os.open("locked/x", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+    os.chmod("locked", 0, dir_fd=fd)
     os.symlink("/etc", "etc-link", dir_fd=fd)
     os.close(fd)
     remove_tree(root)
@@ -323,8 +326,9 @@ def test_gpu_task_sees_only_its_own_device():
     got = gpu_binds(dev, "2", pci, "/sys/module/nvidia")
     assert got == [("--dev-bind", "/dev/nvidia2"), ("--dev-bind", "/dev/nvidiactl"),
                    ("--dev-bind", "/dev/nvidia-uvm"), ("--dev-bind", "/dev/nvidia-uvm-tools"),
-                   ("--ro-bind", "/sys/module/nvidia"), ("--ro-bind", "/sys/devices/pci0000:00/0000:00:06.0")]
-    assert not any(p in ("/sys", "/sys/bus", "/sys/class", "/sys/devices") for _, p in got)
+                   ("--ro-bind", "/sys/module/nvidia"), ("--ro-bind", "/sys/devices/pci0000:00/0000:00:06.0"),
+                   ("--symlink", "/sys/devices/pci0000:00/0000:00:06.0", "/sys/bus/pci/devices/0000:00:06.0")]
+    assert not any(p in ("/sys", "/sys/bus", "/sys/class", "/sys/devices") for _, p, *_ in got)
     assert gpu_binds(["nvidia0", "nvidiactl"], None) == [("--dev-bind", "/dev/nvidia0"),
                                                           ("--dev-bind", "/dev/nvidiactl")]
     with pytest.raises(RuntimeError, match="set it to the one GPU index"):

@@ -203,9 +203,9 @@ def seccomp_bpf() -> bytes:
 
 
 def gpu_binds(dev_names: Sequence[str], visible: str | None,
-              pci_dirs: Mapping[int, str] | None = None, sys_module: str | None = None) -> list[tuple[str, str]]:
-    """(bwrap option, path) for one GPU task: its own /dev/nvidiaN, the control and UVM nodes, and in /sys only
-    the nvidia module and that GPU's PCI folder (``pci_dirs``: device minor -> folder).
+              pci_dirs: Mapping[int, str] | None = None, sys_module: str | None = None) -> list[tuple[str, ...]]:
+    """(bwrap option, path[, destination]) for one GPU task: its own /dev/nvidiaN, the control and UVM nodes,
+    and in /sys only the nvidia module and that GPU's PCI folder (``pci_dirs``: device minor -> folder).
 
     ``dev_names``: the entries of /dev; ``visible``: $CUDA_VISIBLE_DEVICES. The GPU is the index in
     ``visible`` when it is one number, else the only GPU; several GPUs and no index is an error."""
@@ -226,8 +226,9 @@ def gpu_binds(dev_names: Sequence[str], visible: str | None,
     out += [("--dev-bind", f"/dev/{n}") for n in ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools") if n in dev_names]
     if sys_module:
         out.append(("--ro-bind", sys_module))
-    if pci_dirs and gpu in pci_dirs:
+    if pci_dirs and gpu in pci_dirs:  # NVML looks the GPU up by bus id under /sys/bus/pci/devices
         out.append(("--ro-bind", pci_dirs[gpu]))
+        out.append(("--symlink", pci_dirs[gpu], f"/sys/bus/pci/devices/{Path(pci_dirs[gpu]).name}"))
     return out
 
 
@@ -282,6 +283,7 @@ def remove_tree(path: Path) -> None:
                     continue
                 except IsADirectoryError:
                     pass
+                os.chmod(name, 0o700, dir_fd=root)  # the sandbox may have left it unreadable (it is dead now)
                 sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=root)
                 try:  # move its sub-folders up to the top, delete its files, then remove it
                     for child in os.listdir(sub):
@@ -531,7 +533,7 @@ def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path
 
 
 def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[tuple[str, str]],
-         gpu_args: list[tuple[str, str]], limits: Limits, env: Mapping[str, str] | None, gpu: bool, cwd: str,
+         gpu_args: list[tuple[str, ...]], limits: Limits, env: Mapping[str, str] | None, gpu: bool, cwd: str,
          outputs: Sequence[str], cg: cgroups.Cgroup | None, uid: int, gid: int, start: float) -> SandboxResult:
     privileged = os.geteuid() == 0
     pkg_dir = Path(__file__).resolve().parent
@@ -569,8 +571,8 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
         m.add("--ro-bind", src, dest)
     m.add("--bind", str(box), "/scratch")
     m.args += ["--proc", "/proc", "--dev", "/dev", *size, "--perms", "1777", "--tmpfs", "/dev/shm"]
-    for opt, path in gpu_args:
-        m.add(opt, path, path)
+    for opt, src, *dest in gpu_args:
+        m.add(opt, src, dest[0] if dest else src)
     m.args += ["--remount-ro", "/", "--chdir", cwd]
     ns = ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
           "--hostname", "sandbox", "--die-with-parent", "--new-session", "--as-pid-1",
