@@ -180,7 +180,11 @@ def seccomp_bpf() -> bytes:
     """The sandbox's seccomp filter as BPF (libseccomp via pyseccomp): allow all but the calls above."""
     import errno
 
-    import pyseccomp as sc
+    try:
+        import pyseccomp as sc
+    except (ImportError, OSError) as exc:
+        raise RuntimeError(f"the sandbox's seccomp filter needs libseccomp and its Python binding ({exc}); install "
+                           "them with `apt-get install libseccomp2` and `pip install pyseccomp`") from exc
 
     f = sc.SyscallFilter(sc.ALLOW)  # other architectures (e.g. i386 via int 0x80) are killed by default
     for name in _DENIED_SYSCALLS:
@@ -502,13 +506,18 @@ def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path
     try:
         cg = cgroups.create(memory_mb=limits.memory_mb, max_processes=limits.max_processes + _SANDBOX_TASKS,
                             cpus=limits.cpus)
-    except cgroups.CgroupError as exc:
+    except (cgroups.CgroupError, OSError) as exc:
         return host_failure(f"sandbox setup failed: {exc}")
     if cg is None and limits.require_cgroups:
         return host_failure("refused: this profile requires cgroups to contain memory, processes and CPU, and "
                             f"none can be used here ({cgroups.unavailable_reason()})")
     uid = gid = 3_000_000 + secrets.randbelow(1_000_000) if privileged else 65534
-    box = Path(tempfile.mkdtemp(prefix=".sandbox-", dir=scratch))  # the sandbox's /scratch
+    try:
+        box = Path(tempfile.mkdtemp(prefix=".sandbox-", dir=scratch))  # the sandbox's /scratch
+    except OSError as exc:  # e.g. ENOSPC on the host
+        if cg is not None:
+            cg.remove()
+        return host_failure(f"sandbox setup failed: cannot create a folder in {scratch}: {exc.strerror}")
     mounted = False
     try:
         if privileged:
