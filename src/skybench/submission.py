@@ -76,6 +76,7 @@ class PredictResult:
     seconds: float  # wall time of the sandboxed run (0 for the predictions format)
     log: str = ""  # tail of the runner's stderr
     extra: PredictResult | None = None  # predictions on ``extra_inputs``, from the same sandboxed run
+    infrastructure: bool = False  # the failure is the host's, not the submission's (SandboxResult): retry it
 
 
 def folder_sha256(folder: Path) -> str:
@@ -315,7 +316,9 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
     except (ValueError, AttributeError, OSError):
         pass
     if not res.ok:
-        return _fail(res.reason, ids, device, res.wall_seconds, res.stderr)
+        failed = _fail(res.reason, ids, device, res.wall_seconds, res.stderr)
+        failed.infrastructure = res.infrastructure
+        return failed
     result = _read_output(out, ids, n, track, device, res.wall_seconds, res.stderr)
     if result.ok and extra_dir is not None:
         extra_ids = pd.read_parquet(extra_dir / "index.parquet")["id"].to_numpy()[:limit]  # --limit covers both
