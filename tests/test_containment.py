@@ -434,3 +434,43 @@ def test_leftovers_of_a_killed_evaluator_are_cleaned_by_the_next_run(tmp_path):
     assert f"skybench-scratch-{proc.pid}" not in Path("/proc/self/mountinfo").read_text()
     bases = cgroups._v1_bases()[0] or {}
     assert not [d for b in bases.values() for d in (b / "skybench").glob(f"run-{proc.pid}-*")]
+
+
+@needs_bwrap
+@needs_cgroups
+def test_attackers_fail_one_by_one_and_the_honest_submission_after_them_scores(tiny_space_release, tmp_path):
+    """Through the evaluation path (LocalExecutor, sandboxed_predict): each attacker gets a one-line reason,
+    the evaluator survives, and the honest submission that follows gets its predictions."""
+    from skybench.executors import Job, LocalExecutor
+
+    track = load_track("lens-space")
+    box = track.sandbox.model_copy(update={"memory_mb": 768, "max_processes": 32, "load_seconds": 20,
+                                             "scratch_mb": 128})
+    track = track.model_copy(update={"sandbox": box, "evaluation": Evaluation(batch_size=32)})
+    attacks = {
+        "memfd": "import os\nfd = os.memfd_create('x')\nfor _ in range(3000):\n    os.write(fd, b'x' * (1 << 20))\n",
+        "forks": "import os, time\nfor _ in range(300):\n    if os.fork() == 0:\n        time.sleep(60)\n",
+        "scratch": "for i in range(10_000):\n    open(f'/scratch/f{i}', 'wb').write(b'x' * (1 << 20))\n",
+    }
+    subs = [load_submission(python_submission(tmp_path / "subs", name, f"""
+def load(d):
+    return None
+def predict(model, batch):
+{textwrap.indent(code, '    ')}
+""")) for name, code in attacks.items()]
+    subs.append(load_submission(python_submission(tmp_path / "subs", "honest", """
+        import numpy as np
+        def load(d):
+            return None
+        def predict(model, batch):
+            return np.asarray(batch).reshape(len(batch), -1).mean(axis=1)
+    """)))
+    test_dir = tiny_space_release / "public" / "test"
+    results = list(LocalExecutor().run([Job(s, test_dir, track) for s in subs]))
+    reasons = [r.reason for r in results]
+    assert reasons[0] == "exceeded the memory limit of 768 MB"
+    assert reasons[1].startswith("exceeded the process limit of 32")
+    assert reasons[2].startswith("ran out of disk space: /scratch holds 128 MB")
+    assert all("\n" not in r for r in reasons)
+    assert not any(r.infrastructure for r in results)
+    assert results[3].ok and results[3].predictions.shape == (64,)
