@@ -51,7 +51,7 @@ def test_well_behaved_script_writes_scratch_and_succeeds(tmp_path):
         with open("/scratch/out.txt", "w") as f:
             f.write("result " + os.environ["FOO"])
         print("hello from", os.getcwd())
-    """, env={"FOO": "bar"})
+    """, env={"FOO": "bar"}, outputs=["out.txt"])
     assert res.ok, res
     assert (res.returncode, res.reason) == (0, "")
     assert res.stdout == "hello from /scratch\n"
@@ -187,7 +187,6 @@ def test_fork_bomb_hits_process_limit(tmp_path, how):
     assert not res.ok
     assert "exceeded the process limit of 8" in res.reason
     assert "spawned all" not in res.stdout
-    assert len(list((tmp_path / "scratch").glob("child-*"))) < 8
     assert res.wall_seconds < 10  # the sleeping children did not keep it alive
 
 

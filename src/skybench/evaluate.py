@@ -122,7 +122,9 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
     # One mixed stream of test and real inputs for every submission that gets the real set (see mixing.py).
     mixed = mix_inputs(release / "public" / "test", real / "public" / "test") \
         if real is not None and any(p.real is not None for p in todo) else None
-    jobs = [Job(p.sub, mixed.folder if mixed and p.real else release / "public" / "test", track) for p in todo]
+    challenge = read_manifest(release).get("profile") == "challenge"  # never run without cgroup limits
+    jobs = [Job(p.sub, mixed.folder if mixed and p.real else release / "public" / "test", track, challenge)
+            for p in todo]
     results = iter(get_executor(executor, **(executor_options or {})).run(jobs)) if jobs else iter(())
     outcomes = []
     for plan in plans:

@@ -25,6 +25,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from .sandbox import remove_tree
 from .submission import PredictResult, Submission, sandboxed_predict
 from .tracks import Track
 
@@ -39,6 +40,7 @@ class Job:
     sub: Submission
     test_dir: Path  # the folder the sandbox sees as /inputs
     track: Track
+    require_cgroups: bool = False  # a challenge release: never run without cgroup limits
 
 
 class Executor(Protocol):
@@ -56,8 +58,13 @@ class LocalExecutor:
 
     def run(self, jobs: list[Job]) -> Iterator[PredictResult]:
         for job in jobs:
-            with tempfile.TemporaryDirectory(prefix="skybench-scratch-") as scratch:
-                yield sandboxed_predict(job.sub, job.test_dir, scratch=Path(scratch), track=job.track)
+            scratch = Path(tempfile.mkdtemp(prefix="skybench-scratch-"))
+            try:
+                result = sandboxed_predict(job.sub, job.test_dir, scratch=scratch, track=job.track,
+                                           require_cgroups=job.require_cgroups)
+            finally:
+                remove_tree(scratch)  # iterative: any depth
+            yield result
 
 
 class RayExecutor:
@@ -186,11 +193,14 @@ def _copy_rows(src: Path, a: int, b: int, target: Path, block: int = 256) -> Non
 def _predict_shard(job: Job, start: int, stop: int, threads: int | None) -> PredictResult:
     """Body of a Ray task: predict rows [start, stop) of the job's test set in the sandbox, on this worker."""
     total = sum(rows for _, rows in next(iter(_shard_files(job.test_dir).values())))
-    with tempfile.TemporaryDirectory(prefix="skybench-shard-") as tmp:
+    tmp = Path(tempfile.mkdtemp(prefix="skybench-shard-"))
+    try:
         inputs = job.test_dir if (start, stop) == (0, total) else write_view(job.test_dir, start, stop,
-                                                                             Path(tmp) / "inputs")
-        return sandboxed_predict(job.sub, inputs, scratch=Path(tmp) / "scratch", track=job.track,
-                                 threads=threads)
+                                                                             tmp / "inputs")
+        return sandboxed_predict(job.sub, inputs, scratch=tmp / "scratch", track=job.track, threads=threads,
+                                 require_cgroups=job.require_cgroups)
+    finally:
+        remove_tree(tmp)  # iterative: any depth
 
 
 def merge_results(parts: list[PredictResult]) -> PredictResult:

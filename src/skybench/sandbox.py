@@ -1,16 +1,21 @@
 """Run an untrusted command inside bubblewrap with resource limits, and say how it ended.
 
-The child gets private net/pid/ipc/uts/cgroup namespaces, a minimal read-only filesystem and a writable
-/scratch. A tiny init shim (PID 1 of the sandbox) sets RLIMIT_AS/CPU/NPROC/CORE on the command, reaps orphans
-and counts survivors; the parent enforces wall time by killing the sandbox's PID 1, which takes the whole
-namespace with it. Process count: RLIMIT_NPROC is never enforced for kernel uid 0, even inside a user
-namespace, so as root bwrap runs privileged and the shim drops the command to a fresh unprivileged uid
-(scratch is chowned to it, then back to the caller); as an ordinary user bwrap makes a user namespace whose
-uid is already non-zero. Linux counts threads in RLIMIT_NPROC.
+The child gets private net/pid/ipc/uts/cgroup namespaces, a minimal read-only filesystem, a seccomp filter
+(no namespaces, mounts, ptrace, bpf, keyrings...) and a fresh writable /scratch: as root a size- and
+inode-limited tmpfs, unmounted after the declared outputs were copied out, so nothing the command wrote
+reaches the host otherwise. Memory (with tmpfs, shared memory and memfd pages), processes and CPU are held
+by a per-run cgroup (skybench.cgroups) that bwrap joins before it starts; the OOM killer's verdict is read
+from it. A tiny init shim (PID 1 of the sandbox) also sets rlimits (AS/DATA, CPU, NPROC, NOFILE, FSIZE,
+CORE) on the command, reaps orphans and counts survivors; the parent enforces wall time by killing the
+sandbox's PID 1, which takes the whole namespace with it, then kills whatever is left in the cgroup.
+RLIMIT_NPROC is never enforced for kernel uid 0, even inside a user namespace, so as root bwrap runs
+privileged and the shim drops the command to a fresh unprivileged uid; as an ordinary user bwrap makes a
+user namespace whose uid is already non-zero. Linux counts threads in RLIMIT_NPROC and pids.max.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import glob
 import json
@@ -19,29 +24,42 @@ import secrets
 import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Limits", "SandboxResult", "run_sandboxed"]
+from . import cgroups
+
+__all__ = ["Limits", "SandboxResult", "check_bwrap_features", "gpu_binds", "remove_tree", "run_sandboxed",
+           "seccomp_bpf"]
 
 TAIL_BYTES = 20_000
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 _MEMORY_PATTERNS = ("MemoryError", "std::bad_alloc", "Cannot allocate memory", "can't allocate memory",
                     "Unable to allocate", "Failed to allocate memory")
+_DISK_PATTERNS = ("No space left on device", "Disk quota exceeded", "File too large")
+_MOUNT_SOURCE = "skybench-scratch"
+_SANDBOX_TASKS = 4  # bwrap and the init shim, which share the cgroup's pids.max with the command
 _NPROC_PATTERNS = ("Resource temporarily unavailable", "BlockingIOError", "can't start new thread",
                    "pthread_create failed", "fork: retry")
 
 
 @dataclass(frozen=True)
 class Limits:
-    memory_mb: int = 4096  # RLIMIT_AS of the command (RLIMIT_DATA with gpu=True); also caps /tmp and /dev/shm
+    memory_mb: int = 4096  # cgroup memory (incl. tmpfs, shm, memfd); RLIMIT_AS (RLIMIT_DATA with gpu) too
     cpu_seconds: int = 600  # RLIMIT_CPU: per process, summed over its threads
     wall_seconds: float = 900  # enforced by the parent
-    max_processes: int = 64  # RLIMIT_NPROC: processes *and threads* of the command
+    max_processes: int = 64  # cgroup pids.max and RLIMIT_NPROC: processes *and threads* of the command
+    cpus: float | None = None  # CPU quota in cores (cgroup); None: no quota
+    scratch_mb: int = 1024  # size of /scratch (a tmpfs when running as root); also RLIMIT_FSIZE
+    scratch_files: int = 100_000  # inodes of /scratch
+    open_files: int = 1024  # RLIMIT_NOFILE
+    require_cgroups: bool = False  # refuse to run (infrastructure failure) where cgroups or tmpfs are missing
 
 
 @dataclass
@@ -52,12 +70,14 @@ class SandboxResult:
     stdout: str  # last TAIL_BYTES of output
     stderr: str
     wall_seconds: float
+    infrastructure: bool = False  # the failure is the host's (sandbox setup, cgroup, mount, disk): retry it
 
 
 # Runs as PID 1 inside the sandbox: argv = [status_fd, config_json, *command].
 _SHIM = r"""
 import json, os, resource, signal, sys, time
 fd, cfg, argv = int(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3:]
+os.write(fd, b"S")  # started: the sandbox was set up (a failure before this is the host's)
 signal.signal(signal.SIGINT, signal.SIG_DFL)
 try:  # not dumpable: a same-uid command can neither ptrace us nor open /proc/1/fd
     import ctypes
@@ -70,6 +90,11 @@ if pid == 0:
         for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
             signal.signal(s, signal.SIG_DFL)
         os.closerange(3, 1 << 16)
+        try:  # the command, not this shim, is the OOM killer's first choice
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("1000")
+        except OSError:
+            pass
         if os.getuid() == 0 and cfg["uid"] is not None:
             os.setgroups([])
             os.setresgid(cfg["gid"], cfg["gid"], cfg["gid"])
@@ -118,32 +143,227 @@ os._exit(code if code >= 0 else 128 - code)
 """
 
 
+_REQUIRED_BWRAP = {"--size": "a size-limited /tmp", "--disable-userns": "no nested user namespaces",
+                   "--seccomp": "the system-call filter"}
+
+
 @functools.cache
-def _bwrap_help(bwrap: str) -> str:
-    # --size and --disable-userns are missing from older bwrap releases: use them only where supported.
-    return subprocess.run([bwrap, "--help"], capture_output=True, text=True).stdout
+def _bwrap_help(bwrap: str) -> tuple[str, str]:
+    help_text = subprocess.run([bwrap, "--help"], capture_output=True, text=True).stdout
+    version = subprocess.run([bwrap, "--version"], capture_output=True, text=True).stdout.strip()
+    return help_text, version or "bubblewrap of unknown version"
+
+
+def check_bwrap_features(help_text: str, version: str, path: str = "bwrap") -> None:
+    """Raise RuntimeError when this bubblewrap lacks an option the sandbox relies on."""
+    missing = [f"{opt} ({why})" for opt, why in _REQUIRED_BWRAP.items() if opt not in help_text]
+    if missing:
+        raise RuntimeError(f"{path} ({version}) lacks {', '.join(missing)}; the sandbox needs bubblewrap >= 0.8.0: "
+                           "install a newer one (Debian 12 / Ubuntu 24.04 `apt-get install bubblewrap`, or build "
+                           "it from https://github.com/containers/bubblewrap) and put it first on PATH")
+
+
+# System calls no model needs: namespaces and mounts (escape and privilege tools), tracing other processes,
+# kernel keyrings, BPF, perf, module loading, handle-based opens (a classic container escape), userfaultfd.
+_DENIED_SYSCALLS = ("unshare", "setns", "mount", "umount2", "pivot_root", "move_mount", "open_tree", "fsopen",
+                    "fsconfig", "fsmount", "fspick", "mount_setattr", "ptrace", "process_vm_readv",
+                    "process_vm_writev", "bpf", "keyctl", "add_key", "request_key", "perf_event_open",
+                    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
+                    "open_by_handle_at", "name_to_handle_at", "userfaultfd", "reboot", "swapon", "swapoff",
+                    "syslog", "io_uring_setup", "io_uring_enter", "io_uring_register", "acct", "quotactl")
+# CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET (linux/sched.h)
+_CLONE_NEW = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
+
+
+@functools.cache
+def seccomp_bpf() -> bytes:
+    """The sandbox's seccomp filter as BPF (libseccomp via pyseccomp): allow all but the calls above."""
+    import errno
+
+    try:
+        import pyseccomp as sc
+    except (ImportError, OSError) as exc:
+        raise RuntimeError(f"the sandbox's seccomp filter needs libseccomp and its Python binding ({exc}); install "
+                           "them with `apt-get install libseccomp2` and `pip install pyseccomp`") from exc
+
+    f = sc.SyscallFilter(sc.ALLOW)  # other architectures (e.g. i386 via int 0x80) are killed by default
+    for name in _DENIED_SYSCALLS:
+        try:
+            f.add_rule(sc.ERRNO(errno.EPERM), name)
+        except (OSError, ValueError):  # not a system call on this architecture
+            pass
+    for flag in _CLONE_NEW:  # clone(flags, ...): any namespace flag -> EPERM
+        f.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+    f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")  # its flags are in memory, unfilterable: glibc falls back to clone
+    fd = os.memfd_create("seccomp", 0)
+    try:
+        with os.fdopen(os.dup(fd), "wb") as tmp:
+            f.export_bpf(tmp)
+        os.lseek(fd, 0, os.SEEK_SET)
+        size = os.fstat(fd).st_size
+        return os.pread(fd, size, 0)
+    finally:
+        os.close(fd)
+
+
+def gpu_binds(dev_names: Sequence[str], visible: str | None,
+              pci_dirs: Mapping[int, str] | None = None, sys_module: str | None = None) -> list[tuple[str, ...]]:
+    """(bwrap option, path[, destination]) for one GPU task: its own /dev/nvidiaN, the control and UVM nodes,
+    and in /sys only the nvidia module and that GPU's PCI folder (``pci_dirs``: device minor -> folder).
+
+    ``dev_names``: the entries of /dev; ``visible``: $CUDA_VISIBLE_DEVICES. The GPU is the index in
+    ``visible`` when it is one number, else the only GPU; several GPUs and no index is an error."""
+    gpus = sorted(int(n[6:]) for n in dev_names if n.startswith("nvidia") and n[6:].isdigit())
+    if not gpus:
+        return []
+    v = (visible or "").strip()
+    if v.isdigit():
+        if int(v) not in gpus:
+            raise RuntimeError(f"CUDA_VISIBLE_DEVICES={v} but /dev/nvidia{v} does not exist")
+        gpu = int(v)
+    elif len(gpus) == 1:
+        gpu = gpus[0]
+    else:
+        raise RuntimeError(f"{len(gpus)} GPUs and CUDA_VISIBLE_DEVICES={visible!r}: set it to the one GPU index "
+                           "this task may use (Ray does so for GPU tasks)")
+    out = [("--dev-bind", f"/dev/nvidia{gpu}")]
+    out += [("--dev-bind", f"/dev/{n}") for n in ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools") if n in dev_names]
+    if sys_module:
+        out.append(("--ro-bind", sys_module))
+    if pci_dirs and gpu in pci_dirs:  # NVML looks the GPU up by bus id under /sys/bus/pci/devices
+        out.append(("--ro-bind", pci_dirs[gpu]))
+        out.append(("--symlink", pci_dirs[gpu], f"/sys/bus/pci/devices/{Path(pci_dirs[gpu]).name}"))
+    return out
+
+
+def _nvidia_pci_dirs() -> dict[int, str]:
+    """{device minor: /sys/devices/... PCI folder} from /proc/driver/nvidia/gpus/<bus id>/information."""
+    out: dict[int, str] = {}
+    for info in glob.glob("/proc/driver/nvidia/gpus/*/information"):
+        try:
+            text = Path(info).read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "Device Minor" and value.strip().isdigit():
+                bus = Path(info).parent.name.lower()
+                path = os.path.realpath(f"/sys/bus/pci/devices/{bus}")
+                if path.startswith("/sys/devices/"):
+                    out[int(value)] = path
+    return out
 
 
 def _fmt(x: float) -> str:
     return f"{x:g}"
 
 
-def _memfd(name: str, data: str) -> int:
+def _memfd(name: str, data: str | bytes) -> int:
     fd = os.memfd_create(name, 0)
-    os.write(fd, data.encode())
+    os.write(fd, data.encode() if isinstance(data, str) else data)
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
 
 
-def _chown_tree(root: Path, uid: int, gid: int) -> None:
-    # lchown only: the tree may hold symlinks planted by the sandboxed command.
-    os.lchown(root, uid, gid)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            try:
-                os.lchown(os.path.join(dirpath, name), uid, gid)
-            except FileNotFoundError:
-                pass
+def remove_tree(path: Path) -> None:
+    """Delete a directory tree of any depth (iteratively, at most two open folders): a sandbox can leave
+    trees deeper than ``shutil.rmtree``'s recursion limit or than PATH_MAX. Symlinks are removed, never followed."""
+    path = Path(path)
+    try:
+        root = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        path.unlink()
+        return
+    n = 0
+    try:
+        while names := os.listdir(root):
+            for name in names:
+                try:
+                    os.unlink(name, dir_fd=root)
+                    continue
+                except FileNotFoundError:
+                    continue
+                except IsADirectoryError:
+                    pass
+                os.chmod(name, 0o700, dir_fd=root)  # the sandbox may have left it unreadable (it is dead now)
+                sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=root)
+                try:  # move its sub-folders up to the top, delete its files, then remove it
+                    for child in os.listdir(sub):
+                        try:
+                            os.unlink(child, dir_fd=sub)
+                        except IsADirectoryError:
+                            n += 1
+                            os.rename(child, f".rm-{n}", src_dir_fd=sub, dst_dir_fd=root)
+                finally:
+                    os.close(sub)
+                os.rmdir(name, dir_fd=root)
+    finally:
+        os.close(root)
+    os.rmdir(path)
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _mount_scratch(target: Path, limits: Limits, uid: int, gid: int) -> None:
+    opts = f"size={limits.scratch_mb}m,nr_inodes={limits.scratch_files},mode=0700,uid={uid},gid={gid}"
+    source = f"{_MOUNT_SOURCE}-{os.getpid()}".encode()  # the pid lets a later run unmount it if we die
+    if _libc().mount(source, os.fsencode(target), b"tmpfs", 0x2 | 0x4,  # MS_NOSUID | MS_NODEV
+                     opts.encode()) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"cannot mount a tmpfs on {target}: {os.strerror(err)}")
+
+
+def _sweep_scratch_mounts() -> None:
+    """Unmount /scratch tmpfs left by evaluators that were killed before they could clean up."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        f, r = left.split(), right.split()
+        if len(f) < 5 or len(r) < 2 or r[0] != "tmpfs" or not r[1].startswith(_MOUNT_SOURCE + "-"):
+            continue
+        pid = r[1].rsplit("-", 1)[1]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        target = Path(f[4].replace("\\040", " "))
+        try:
+            _umount(target)
+            target.rmdir()
+        except OSError:
+            pass
+
+
+def _umount(target: Path) -> None:
+    if _libc().umount2(os.fsencode(target), 2) != 0:  # MNT_DETACH
+        err = ctypes.get_errno()
+        raise OSError(err, f"cannot unmount {target}: {os.strerror(err)}")
+
+
+def _copy_outputs(box: Path, names: Sequence[str], dest: Path, max_bytes: int) -> None:
+    """Copy the regular files ``names`` of the sandbox's scratch to ``dest`` (symlinks, FIFOs and folders
+    are skipped; a missing file is the caller's to report)."""
+    for name in names:
+        if "/" in name or name in ("", ".", ".."):
+            raise ValueError(f"outputs must be plain file names, got {name!r}")
+        (dest / name).unlink(missing_ok=True)
+        try:
+            fd = os.open(box / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        with os.fdopen(fd, "rb") as src:
+            st = os.fstat(src.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+                continue
+            tmp = dest / f".{name}.part"
+            with open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out)
+            os.replace(tmp, dest / name)
 
 
 class _Mounts:
@@ -199,40 +419,60 @@ def _last_line(text: str) -> str:
     return ""
 
 
-def _classify(status: dict | None, rc: int | None, timed_out: bool, stderr: str, limits: Limits) -> str:
+def _classify(status: dict | None, rc: int | None, timed_out: bool, stderr: str, limits: Limits, *,
+              started: bool = True, oom: bool = False, pids_hit: bool = False) -> tuple[str, bool]:
+    """(one-line reason, whether the host is to blame) for how the sandbox ended; reason "" when it succeeded."""
     if timed_out:
-        return f"exceeded the wall-time limit of {_fmt(limits.wall_seconds)} s"
+        return f"exceeded the wall-time limit of {_fmt(limits.wall_seconds)} s", False
+    if oom:
+        return f"exceeded the memory limit of {limits.memory_mb} MB", False
     last = _last_line(stderr)
-    if status is None:  # the shim never reported: sandbox setup failed, or it was killed
-        return f"sandbox failed (bubblewrap exited with status {rc})" + (f": {last}" if last else "")
+    if status is None:  # the shim never reported
+        if not started:  # bwrap (or joining the cgroup) failed before any submitted code ran
+            return f"sandbox setup failed (bubblewrap exited with status {rc})" + (f": {last}" if last else ""), True
+        return f"sandbox killed (status {rc})" + (f": {last}" if last else ""), False
     code, left = status["returncode"], status["survivors"]
     extra = f" (and left {left} background process{'es' if left != 1 else ''} running)" if left else ""
-    if code in (-signal.SIGXCPU, -signal.SIGKILL) and status["cpu"] >= limits.cpu_seconds - 0.05:
-        return f"killed: exceeded the CPU-time limit of {_fmt(limits.cpu_seconds)} s{extra}"
+    # rusage can read a little under the kernel's RLIMIT_CPU clock; SIGXCPU comes only from that limit
+    if code == -signal.SIGXCPU or (code == -signal.SIGKILL and status["cpu"] >= 0.8 * limits.cpu_seconds - 0.05):
+        return f"killed: exceeded the CPU-time limit of {_fmt(limits.cpu_seconds)} s{extra}", False
     if code != 0 and any(p in stderr for p in _MEMORY_PATTERNS) and "CUDA out of memory" not in stderr:
-        return f"exceeded the memory limit of {limits.memory_mb} MB{extra}"
-    if code != 0 and any(p in stderr for p in _NPROC_PATTERNS):
-        return f"exceeded the process limit of {limits.max_processes} (processes and threads): {last}{extra}"
+        return f"exceeded the memory limit of {limits.memory_mb} MB{extra}", False
+    if code != 0 and (pids_hit or any(p in stderr for p in _NPROC_PATTERNS)):
+        return f"exceeded the process limit of {limits.max_processes} (processes and threads): {last}{extra}", False
+    if code == -signal.SIGXFSZ or (code != 0 and any(p in stderr for p in _DISK_PATTERNS)):
+        return (f"ran out of disk space: /scratch holds {limits.scratch_mb} MB and {limits.scratch_files} files, "
+                f"/tmp and /dev/shm count against the memory limit{extra}"), False
     if code < 0:
         try:
             name = signal.Signals(-code).name
         except ValueError:
             name = str(-code)
-        return f"killed by signal {name}" + (f": {last}" if last else "") + extra
+        return f"killed by signal {name}" + (f": {last}" if last else "") + extra, False
     if code != 0:
-        return f"exited with status {code}" + (f": {last}" if last else "") + extra
+        return f"exited with status {code}" + (f": {last}" if last else "") + extra, False
     if left:
-        return f"left {left} background process{'es' if left != 1 else ''} running after it returned"
-    return ""
+        return f"left {left} background process{'es' if left != 1 else ''} running after it returned", False
+    return "", False
+
+
+# Runs bwrap inside the run's cgroup: the shell joins every controller's cgroup.procs, then execs bwrap, so
+# everything the sandbox starts is charged there from its first instruction.
+_JOIN_CGROUP = ('for f in "$@"; do [ "$f" = -- ] && break; echo $$ > "$f" || '
+                '{ echo "skybench: cannot join cgroup $f" >&2; exit 125; }; shift; done; shift; exec "$@"')
 
 
 def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path | tuple[Path, str]] = (),
                   limits: Limits = Limits(), env: Mapping[str, str] | None = None, gpu: bool = False,
-                  cwd: str = "/scratch") -> SandboxResult:
-    """Run ``argv`` in a bubblewrap sandbox; ``scratch`` is the only writable host path (at /scratch).
+                  cwd: str = "/scratch", outputs: Sequence[str] = ()) -> SandboxResult:
+    """Run ``argv`` in a bubblewrap sandbox with a fresh, size-limited, writable /scratch.
 
-    ``ro_binds``: a Path is bound read-only at the same path, a (src, dest) tuple binds src at dest.
-    When running as root the command runs as an unprivileged uid, so bound paths must be world-readable.
+    ``outputs``: plain file names in /scratch copied to the host folder ``scratch`` after the run (regular
+    files only); everything else the command wrote is discarded. ``ro_binds``: a Path is bound read-only at
+    the same path, a (src, dest) tuple binds src at dest. When running as root the command runs as an
+    unprivileged uid, so bound paths must be world-readable. Memory, processes and CPU are enforced by a
+    cgroup where the host has one (see skybench.cgroups), else by rlimits only (refused with
+    ``limits.require_cgroups``).
     """
     bwrap = shutil.which("bwrap")
     if bwrap is None:
@@ -240,6 +480,8 @@ def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path
                            "`apt-get install bubblewrap` (running them unsandboxed is not acceptable)")
     if not argv:
         raise ValueError("argv must not be empty")
+    help_text, version = _bwrap_help(bwrap)
+    check_bwrap_features(help_text, version, bwrap)
     scratch = Path(scratch).resolve()
     scratch.mkdir(parents=True, exist_ok=True)
     binds: list[tuple[str, str]] = []
@@ -249,14 +491,68 @@ def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path
         if not os.path.exists(src):
             raise FileNotFoundError(f"ro_bind source does not exist: {src}")
         binds.append((src, os.fspath(dest)))
+    gpu_args = gpu_binds(os.listdir("/dev"), os.environ.get("CUDA_VISIBLE_DEVICES"), _nvidia_pci_dirs(),
+                         "/sys/module/nvidia" if os.path.isdir("/sys/module/nvidia") else None) if gpu else []
+
+    start = time.monotonic()
+
+    def host_failure(reason: str) -> SandboxResult:
+        return SandboxResult(ok=False, returncode=None, reason=reason, stdout="", stderr="",
+                             wall_seconds=time.monotonic() - start, infrastructure=True)
 
     privileged = os.geteuid() == 0
+    if limits.require_cgroups and not privileged:
+        return host_failure("refused: this profile needs a size-limited /scratch, which only root can mount")
+    try:
+        cg = cgroups.create(memory_mb=limits.memory_mb, max_processes=limits.max_processes + _SANDBOX_TASKS,
+                            cpus=limits.cpus)
+    except (cgroups.CgroupError, OSError) as exc:
+        return host_failure(f"sandbox setup failed: {exc}")
+    if cg is None and limits.require_cgroups:
+        return host_failure("refused: this profile requires cgroups to contain memory, processes and CPU, and "
+                            f"none can be used here ({cgroups.unavailable_reason()})")
     uid = gid = 3_000_000 + secrets.randbelow(1_000_000) if privileged else 65534
+    try:
+        box = Path(tempfile.mkdtemp(prefix=".sandbox-", dir=scratch))  # the sandbox's /scratch
+    except OSError as exc:  # e.g. ENOSPC on the host
+        if cg is not None:
+            cg.remove()
+        return host_failure(f"sandbox setup failed: cannot create a folder in {scratch}: {exc.strerror}")
+    mounted = False
+    try:
+        if privileged:
+            _sweep_scratch_mounts()
+            try:
+                _mount_scratch(box, limits, uid, gid)
+                mounted = True
+            except OSError as exc:
+                return host_failure(f"sandbox setup failed: {exc.strerror}")
+        return _run(argv, bwrap, box, scratch, binds, gpu_args, limits, env, gpu, cwd, outputs, cg, uid, gid,
+                    start)
+    finally:
+        try:
+            if mounted:
+                _umount(box)
+                box.rmdir()
+            else:
+                remove_tree(box)
+        finally:
+            if cg is not None:
+                cg.remove()
+
+
+def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[tuple[str, str]],
+         gpu_args: list[tuple[str, ...]], limits: Limits, env: Mapping[str, str] | None, gpu: bool, cwd: str,
+         outputs: Sequence[str], cg: cgroups.Cgroup | None, uid: int, gid: int, start: float) -> SandboxResult:
+    privileged = os.geteuid() == 0
     pkg_dir = Path(__file__).resolve().parent
     mem = limits.memory_mb * 1024 * 1024
     nproc = limits.max_processes + (0 if privileged else 1)  # unprivileged: the shim shares the uid
+    # RLIMIT_AS is a second line of defence that CUDA cannot live with (it maps huge virtual ranges).
     rlimits = [["RLIMIT_DATA" if gpu else "RLIMIT_AS", mem], ["RLIMIT_CPU", int(limits.cpu_seconds)],
-               ["RLIMIT_NPROC", nproc], ["RLIMIT_CORE", 0]]
+               ["RLIMIT_NPROC", nproc], ["RLIMIT_CORE", 0], ["RLIMIT_NOFILE", limits.open_files]]
+    if not privileged:  # /scratch is a host folder, not a size-limited tmpfs: bound each file at least
+        rlimits.append(["RLIMIT_FSIZE", limits.scratch_mb * 1024 * 1024])
     cfg = {"uid": uid if privileged else None, "gid": gid, "rlimits": rlimits}
 
     child_env = {k: os.environ[k] for k in _THREAD_VARS if k in os.environ}
@@ -266,10 +562,11 @@ def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path
         child_env[k] = f"{v}:{child_env[k]}" if k == "PYTHONPATH" and v else str(v)
 
     passwd = f"root:x:0:0::/:/usr/sbin/nologin\nsandbox:x:{uid}:{gid}::/scratch:/bin/sh\n"
-    fds = {"passwd": _memfd("passwd", passwd), "group": _memfd("group", f"root:x:0:\nsandbox:x:{gid}:\n")}
+    fds = {"passwd": _memfd("passwd", passwd), "group": _memfd("group", f"root:x:0:\nsandbox:x:{gid}:\n"),
+           "seccomp": _memfd("seccomp", seccomp_bpf())}
     info_r, fds["info"] = os.pipe()
     status_r, fds["status"] = os.pipe()
-    size = ["--size", str(mem)] if "--size" in _bwrap_help(bwrap) else []
+    size = ["--size", str(mem)]
     m = _Mounts()
     m.args += [*size, "--perms", "1777", "--tmpfs", "/tmp"]
     m._dirs.add("/tmp")
@@ -281,26 +578,24 @@ def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path
     m.add("--ro-bind", str(pkg_dir), str(pkg_dir))
     for src, dest in binds:
         m.add("--ro-bind", src, dest)
-    m.add("--bind", str(scratch), "/scratch")
+    m.add("--bind", str(box), "/scratch")
     m.args += ["--proc", "/proc", "--dev", "/dev", *size, "--perms", "1777", "--tmpfs", "/dev/shm"]
-    if gpu:
-        for node in sorted(glob.glob("/dev/nvidia*")):
-            m.args += ["--dev-bind", node, node]
-        for d in ("/sys/bus", "/sys/class", "/sys/devices", "/sys/module"):
-            m.add_existing("--ro-bind", d)
+    for opt, src, *dest in gpu_args:
+        m.add(opt, src, dest[0] if dest else src)
     m.args += ["--remount-ro", "/", "--chdir", cwd]
     ns = ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-          "--hostname", "sandbox", "--die-with-parent", "--new-session", "--as-pid-1"]
-    if not privileged:
-        ns += ["--unshare-user", "--uid", str(uid), "--gid", str(gid)]
-        ns += ["--disable-userns"] if "--disable-userns" in _bwrap_help(bwrap) else []
+          "--hostname", "sandbox", "--die-with-parent", "--new-session", "--as-pid-1",
+          "--seccomp", str(fds["seccomp"])]
+    if not privileged:  # as root bwrap cannot --disable-userns; the seccomp filter denies new namespaces then
+        ns += ["--unshare-user", "--uid", str(uid), "--gid", str(gid), "--disable-userns"]
     cmd = [bwrap, *ns, *m.args, "--info-fd", str(fds["info"]), "--", sys.executable, "-I", "-S", "-c", _SHIM,
            str(fds["status"]), json.dumps(cfg), *argv]
+    if cg is not None:
+        cmd = ["/bin/sh", "-c", _JOIN_CGROUP, "sh", *map(str, cg.procs_files), "--", *cmd]
 
-    start = time.monotonic()
+    oom = pids_hit = False
+    host_error = ""
     try:
-        if privileged:
-            _chown_tree(scratch, uid, gid)
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, env=child_env, pass_fds=tuple(fds.values()),
@@ -312,20 +607,30 @@ def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path
     finally:
         os.close(info_r)
         os.close(status_r)
-        if privileged:
-            _chown_tree(scratch, os.getuid(), os.getgid())
+        if cg is not None:
+            cg.kill()
+            oom, pids_hit = cg.oom_killed(), cg.pids_limit_hit()
     wall = time.monotonic() - start
+    try:
+        _copy_outputs(box, outputs, scratch, limits.scratch_mb * 1024 * 1024)
+    except OSError as exc:  # e.g. ENOSPC on the host
+        host_error = f"could not copy the outputs to {scratch}: {exc.strerror or exc}"
 
     stdout = bytes(bufs["out"][-TAIL_BYTES:]).decode("utf-8", "replace")
     stderr = bytes(bufs["err"][-TAIL_BYTES:]).decode("utf-8", "replace")
+    raw = bytes(bufs["status"])
+    started = raw.startswith(b"S")
     try:
-        status = json.loads(bufs["status"]) if bufs["status"] and not timed_out else None
+        status = json.loads(raw[1:]) if started and len(raw) > 1 and not timed_out else None
     except ValueError:
         status = None
-    reason = _classify(status, proc.returncode, timed_out, stderr, limits)
+    reason, infrastructure = _classify(status, proc.returncode, timed_out, stderr, limits, started=started,
+                                       oom=oom, pids_hit=pids_hit)
+    if host_error and not reason:
+        reason, infrastructure = host_error, True
     returncode = None if timed_out else (status["returncode"] if status else proc.returncode)
     return SandboxResult(ok=not reason, returncode=returncode, reason=reason, stdout=stdout, stderr=stderr,
-                         wall_seconds=wall)
+                         wall_seconds=wall, infrastructure=infrastructure)
 
 
 def _collect(proc: subprocess.Popen, info_r: int, status_r: int, wall_seconds: float,

@@ -27,7 +27,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .release import sha256_file
+from .release import read_manifest, sha256_file
 from .sandbox import Limits, run_sandboxed
 from .tracks import Output, Track, list_tracks
 
@@ -76,6 +76,7 @@ class PredictResult:
     seconds: float  # wall time of the sandboxed run (0 for the predictions format)
     log: str = ""  # tail of the runner's stderr
     extra: PredictResult | None = None  # the real set's part of a mixed stream (``mixing.MixedInputs.split``)
+    infrastructure: bool = False  # the failure is the host's, not the submission's (SandboxResult): retry it
 
 
 def folder_sha256(folder: Path) -> str:
@@ -251,14 +252,16 @@ def read_predictions_csv(path: Path, ids: np.ndarray) -> tuple[np.ndarray | None
 
 
 def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Track, limit: int | None = None,
-                      gpu: bool | None = None, threads: int | None = None) -> PredictResult:
+                      gpu: bool | None = None, threads: int | None = None,
+                      require_cgroups: bool | None = None) -> PredictResult:
     """Predict the test set of the release ``inputs`` (its root or its ``public/test`` folder).
 
     Code runs in the sandbox with the track's limits, seeing only the submission and the public test
     images; the parent then checks count, shape and finiteness. ``gpu=None``: use CUDA when available.
     ``inputs`` may also be a mixed folder of :mod:`skybench.mixing` (the test and real sets as one stream;
     the caller splits the result). ``threads``: CPU threads
-    of the model (default min(4, cores)); an executor running several sandboxes at once gives each fewer."""
+    of the model (default min(4, cores)); an executor running several sandboxes at once gives each fewer.
+    ``require_cgroups``: refuse to run without cgroup limits (None: when ``inputs`` is in a ``challenge`` release)."""
     test_dir = _test_folder(inputs)
     all_ids = pd.read_parquet(test_dir / "index.parquet")["id"].to_numpy()
     n = len(all_ids) if limit is None else min(limit, len(all_ids))
@@ -293,9 +296,13 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
     if limit is not None:
         argv += ["--limit", str(n)]
     box = track.sandbox
-    limits = Limits(memory_mb=box.memory_mb, cpu_seconds=box.cpu_seconds, wall_seconds=box.wall_seconds,
-                    max_processes=box.max_processes)
-    res = run_sandboxed(argv, scratch=scratch, ro_binds=binds, limits=limits, env=env, gpu=gpu)
+    wall, cpu = box.scaled(n, int(n_threads))
+    if require_cgroups is None:
+        require_cgroups = _challenge(test_dir)
+    limits = Limits(memory_mb=box.memory_mb, cpu_seconds=cpu, wall_seconds=wall, max_processes=box.max_processes,
+                    cpus=float(n_threads), scratch_mb=box.scratch_mb, require_cgroups=require_cgroups)
+    res = run_sandboxed(argv, scratch=scratch, ro_binds=binds, limits=limits, env=env, gpu=gpu,
+                        outputs=[out.name, info.name])
     device = "unknown"
     try:
         if info.is_file() and not info.is_symlink() and info.stat().st_size < 10_000:
@@ -304,8 +311,19 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
     except (ValueError, AttributeError, OSError):
         pass
     if not res.ok:
-        return _fail(res.reason, ids, device, res.wall_seconds, res.stderr)
+        failed = _fail(res.reason, ids, device, res.wall_seconds, res.stderr)
+        failed.infrastructure = res.infrastructure
+        return failed
     return _read_output(out, ids, n, track, device, res.wall_seconds, res.stderr)
+
+
+def _challenge(test_dir: Path) -> bool:
+    """Whether ``test_dir`` (a release's public/test) belongs to a ``challenge``-profile release, which must
+    not run without cgroups."""
+    try:
+        return read_manifest(test_dir.parent.parent).get("profile") == "challenge"
+    except Exception:  # a bare test folder (tests, Ray shard views): no manifest
+        return False
 
 
 def _read_output(out: Path, ids: np.ndarray, n: int, track: Track, device: str, seconds: float,

@@ -61,10 +61,21 @@ class Output(_Strict):
 
 
 class SandboxLimits(_Strict):
-    memory_mb: int = 4096
-    cpu_seconds: int = 600
-    wall_seconds: float = 900
-    max_processes: int = 64
+    """Limits of one sandboxed run. Time scales with the work: wall = load_seconds + seconds_per_object x
+    objects, capped at wall_seconds; CPU time = that wall x the model's threads, capped at cpu_seconds."""
+
+    memory_mb: int = Field(4096, gt=0)
+    cpu_seconds: int = Field(600, gt=0)
+    wall_seconds: float = Field(900, gt=0)  # the cap, whatever the number of objects
+    max_processes: int = Field(64, gt=0)
+    load_seconds: float = Field(60, gt=0)  # start-up: interpreter, framework import (TF ~10 s), model load
+    seconds_per_object: float = Field(0.05, ge=0)
+    scratch_mb: int = Field(1024, gt=0)  # size of the sandbox's /scratch
+
+    def scaled(self, objects: int, threads: int) -> tuple[float, int]:
+        """(wall seconds, CPU seconds) for ``objects`` inputs predicted with ``threads`` threads."""
+        wall = min(self.wall_seconds, self.load_seconds + self.seconds_per_object * objects)
+        return wall, max(1, min(self.cpu_seconds, int(wall * threads) + 1))
 
 
 class Evaluation(_Strict):

@@ -1,0 +1,311 @@
+"""A cgroup per sandboxed run: memory (including tmpfs, shared-memory and memfd pages, which rlimits miss),
+processes and threads, and CPU, enforced by the kernel on everything the sandbox starts.
+
+cgroup v2 where the host has a v2 memory controller (``memory.max``, ``memory.swap.max``, ``pids.max``,
+``cpu.max``), else the v1 ``memory``/``pids``/``cpu`` hierarchies (``memory.limit_in_bytes`` with
+``memory.memsw.limit_in_bytes``, ``pids.max``, ``cpu.cfs_quota_us``). Run groups are created below a
+``skybench`` group inside this process's own cgroup of each controller. ``create`` returns None (and warns
+once) when neither can be used; the caller then falls back to rlimits, or refuses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Cgroup", "CgroupError", "create", "unavailable_reason"]
+
+log = logging.getLogger(__name__)
+_V1_CONTROLLERS = ("memory", "pids", "cpu")
+_PERIOD_US = 100_000
+_warned: set[str] = set()
+
+
+class CgroupError(RuntimeError):
+    """A cgroup could not be created or configured (the host's fault, not the submission's)."""
+
+
+def _mounts() -> list[tuple[str, str, str, set[str]]]:
+    """(mount root, mount point, fstype, super options) of the cgroup mounts in /proc/self/mountinfo."""
+    out = []
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        f, r = left.split(), right.split()
+        if len(f) >= 5 and len(r) >= 3 and r[0] in ("cgroup", "cgroup2"):
+            out.append((f[3], f[4].replace("\\040", " "), r[0], set(r[2].split(","))))
+    return out
+
+
+def _own_paths() -> dict[str, str]:
+    """{controller: path} of this process from /proc/self/cgroup ("" is the v2 unified hierarchy)."""
+    paths: dict[str, str] = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, ctrls, path = line.split(":", 2)
+        for c in ctrls.split(",") if ctrls else [""]:
+            paths[c] = path
+    return paths
+
+
+def _join(mount_root: str, mount_point: str, own: str) -> Path:
+    rel = os.path.relpath(own, mount_root) if own.startswith(mount_root) else own.lstrip("/")
+    return Path(mount_point) / ("" if rel == "." else rel)
+
+
+def _v2_base() -> tuple[Path | None, str]:
+    own = _own_paths()
+    if "" not in own:
+        return None, "no cgroup v2 hierarchy"
+    for root, point, fstype, _ in _mounts():
+        if fstype == "cgroup2":
+            base = _join(root, point, own[""])
+            try:
+                ctrls = (base / "cgroup.controllers").read_text().split()
+            except OSError as exc:
+                return None, f"cannot read {base}/cgroup.controllers: {exc}"
+            if "memory" not in ctrls or "pids" not in ctrls:
+                return None, f"the cgroup v2 hierarchy at {point} has no memory/pids controller"
+            return base, ""
+    return None, "no cgroup v2 mount"
+
+
+def _v1_bases() -> tuple[dict[str, Path] | None, str]:
+    own = _own_paths()
+    bases: dict[str, Path] = {}
+    for root, point, fstype, opts in _mounts():
+        for c in _V1_CONTROLLERS:
+            if fstype == "cgroup" and c in opts and c in own and c not in bases:
+                bases[c] = _join(root, point, own[c])
+    missing = [c for c in ("memory", "pids") if c not in bases]
+    if missing:
+        return None, f"no cgroup v1 {'/'.join(missing)} controller mounted"
+    for base in bases.values():
+        if not os.access(base, os.W_OK):
+            return None, f"cgroup {base} is not writable (run as root, or delegate it to this user)"
+    return bases, ""
+
+
+def unavailable_reason() -> str:
+    """Why no cgroup can be created here ("" when one can)."""
+    if _v2_base()[0] is not None:
+        return ""
+    return _v1_bases()[1]
+
+
+def warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+        print(f"skybench: WARNING: {message}", file=sys.stderr)
+
+
+@dataclass
+class Cgroup:
+    """One run's cgroup: ``dirs`` are its folders (one per v1 controller, or the single v2 folder)."""
+
+    version: int
+    dirs: dict[str, Path]
+    memory_mb: int
+    _removed: bool = field(default=False, repr=False)
+
+    @property
+    def procs_files(self) -> list[Path]:
+        """The ``cgroup.procs`` files a process writes its pid to, to join this cgroup."""
+        return [d / "cgroup.procs" for d in self.dirs.values()]
+
+    def _read(self, ctrl: str, name: str) -> dict[str, int]:
+        try:
+            text = (self.dirs[ctrl] / name).read_text()
+        except (OSError, KeyError):
+            return {}
+        out = {}
+        for line in text.splitlines():
+            k, _, v = line.partition(" ")
+            if v.strip().lstrip("-").isdigit():
+                out[k] = int(v)
+        return out
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel's OOM killer fired in this cgroup."""
+        if self.version == 2:
+            return self._read("unified", "memory.events").get("oom_kill", 0) > 0
+        ctl = self._read("memory", "memory.oom_control")
+        if "oom_kill" in ctl:  # kernels >= 4.13
+            return ctl["oom_kill"] > 0
+        try:
+            return int((self.dirs["memory"] / "memory.memsw.failcnt").read_text()) > 0
+        except (OSError, ValueError):
+            return False
+
+    def pids_limit_hit(self) -> bool:
+        ctrl = "unified" if self.version == 2 else "pids"
+        return self._read(ctrl, "pids.events").get("max", 0) > 0
+
+    def pids(self) -> list[int]:
+        out: set[int] = set()
+        for f in self.procs_files:
+            try:
+                out.update(int(x) for x in f.read_text().split())
+            except (OSError, ValueError):
+                pass
+        return sorted(out)
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL everything in the cgroup until it is empty (v2: ``cgroup.kill``)."""
+        if self.version == 2:
+            try:
+                (self.dirs["unified"] / "cgroup.kill").write_text("1")
+            except OSError:
+                pass
+        end = time.monotonic() + timeout
+        while (pids := self.pids()) and time.monotonic() < end:
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.02)
+
+    def remove(self) -> None:
+        """Kill what is left, then remove the cgroup's folders."""
+        if self._removed:
+            return
+        self.kill()
+        for d in self.dirs.values():
+            for _ in range(100):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:  # EBUSY while the last tasks exit
+                    time.sleep(0.05)
+            else:
+                warn_once(f"could not remove cgroup {d}")
+        self._removed = True
+
+
+def _write(path: Path, value: str) -> None:
+    try:
+        path.write_text(value)
+    except OSError as exc:
+        raise CgroupError(f"cannot write {value!r} to {path}: {exc.strerror or exc}") from exc
+
+
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise CgroupError(f"cannot create cgroup {path}: {exc.strerror or exc}") from exc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _sweep(parents: dict[str, Path], version: int) -> None:
+    """Remove run groups left by evaluators that were killed (SIGKILL, OOM) before they could clean up."""
+    stale: dict[str, dict[str, Path]] = {}
+    for ctrl, parent in parents.items():
+        try:
+            entries = list(parent.glob("run-*-*"))
+        except OSError:
+            continue
+        for d in entries:
+            pid = d.name.split("-")[1]
+            if pid.isdigit() and not _alive(int(pid)):
+                stale.setdefault(d.name, {})[ctrl] = d
+    for dirs in stale.values():
+        Cgroup(version, dirs, 0).remove()
+
+
+def create(*, memory_mb: int, max_processes: int, cpus: float | None = None) -> Cgroup | None:
+    """A new run cgroup with these limits, or None (after a loud warning) when the host offers none.
+
+    Raises CgroupError when cgroups exist but creating or configuring this one failed."""
+    mem = str(memory_mb * 1024 * 1024)
+    name = f"run-{os.getpid()}-{secrets.token_hex(4)}"
+    base, why2 = _v2_base()
+    if base is not None:
+        parent = base / "skybench"
+        try:
+            _enable(base)
+            _mkdir(parent)
+            _enable(parent)
+            _sweep({"unified": parent}, 2)
+            run = parent / name
+            _mkdir(run)
+            cg = Cgroup(2, {"unified": run}, memory_mb)
+        except CgroupError as exc:
+            why2 = str(exc)
+        else:
+            try:
+                _write(run / "memory.max", mem)
+                if (run / "memory.swap.max").exists():
+                    _write(run / "memory.swap.max", "0")
+                _write(run / "pids.max", str(max_processes))
+                if cpus and (run / "cpu.max").exists():
+                    _write(run / "cpu.max", f"{int(cpus * _PERIOD_US)} {_PERIOD_US}")
+            except CgroupError:
+                cg.remove()
+                raise
+            return cg
+    bases, why1 = _v1_bases()
+    if bases is None:
+        warn_once(f"cgroups unavailable (v2: {why2}; v1: {why1}): memory, process and CPU limits fall back to "
+                  "rlimits, which do not count tmpfs, shared memory or memfd pages; the challenge profile "
+                  "refuses to run like this")
+        return None
+    dirs: dict[str, Path] = {}
+    cg = Cgroup(1, dirs, memory_mb)
+    try:
+        for b in bases.values():
+            _mkdir(b / "skybench")
+        _sweep({ctrl: b / "skybench" for ctrl, b in bases.items()}, 1)
+        for ctrl, b in bases.items():
+            dirs[ctrl] = b / "skybench" / name
+            _mkdir(dirs[ctrl])
+        m = dirs["memory"]
+        _write(m / "memory.limit_in_bytes", mem)  # before memsw, which must stay >= it
+        if (m / "memory.memsw.limit_in_bytes").exists():
+            _write(m / "memory.memsw.limit_in_bytes", mem)  # no swap beyond the limit
+        else:
+            warn_once("memory.memsw.limit_in_bytes is missing (boot with swapaccount=1): sandboxes may swap "
+                      "beyond their memory limit")
+            try:
+                (m / "memory.swappiness").write_text("0")
+            except OSError:
+                pass
+        _write(dirs["pids"] / "pids.max", str(max_processes))
+        if cpus and "cpu" in dirs:
+            _write(dirs["cpu"] / "cpu.cfs_period_us", str(_PERIOD_US))
+            _write(dirs["cpu"] / "cpu.cfs_quota_us", str(int(cpus * _PERIOD_US)))
+    except CgroupError:
+        cg.remove()
+        raise
+    return cg
+
+
+def _enable(group: Path) -> None:
+    """Enable memory, pids (and cpu) for the children of a v2 group."""
+    ctrls = (group / "cgroup.controllers").read_text().split() if (group / "cgroup.controllers").exists() else []
+    want = [c for c in ("memory", "pids", "cpu") if c in ctrls]
+    have = (group / "cgroup.subtree_control").read_text().split()
+    missing = [c for c in want if c not in have]
+    if missing:
+        _write(group / "cgroup.subtree_control", " ".join(f"+{c}" for c in missing))
