@@ -161,10 +161,11 @@ def render(df: pd.DataFrame, fmt: Format = "table") -> str:
         return pd.DataFrame(cells, columns=df.columns).to_html(index=False, escape=True)
     if fmt == "table":
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
         from rich.text import Text
 
-        table = Table(*(Text(str(c)) for c in df.columns))  # Text: never parsed as rich markup ("[/]")
+        table = Table(*(escape(str(c)) for c in df.columns))  # cells as Text: never parsed as markup ("[/]")
         for row in cells:
             table.add_row(*map(Text, row))
         buf = io.StringIO()
