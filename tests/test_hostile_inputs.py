@@ -53,15 +53,44 @@ def _folder(root: Path, name: str, spec: str | bytes | None = None) -> Path:
     return folder
 
 
-def _nest(folder: Path, depth: int) -> None:
-    """``folder/d/d/.../d`` ``depth`` deep, made relative to an open descriptor (no path-length limit)."""
-    fd = os.open(folder, os.O_RDONLY)
-    for _ in range(depth):
-        os.mkdir("d", dir_fd=fd)
-        nxt = os.open("d", os.O_RDONLY, dir_fd=fd)
+def _rm_deep(top: Path) -> None:
+    """Remove a tree of any depth without recursion (shutil.rmtree, and so pytest's own clean-up of its
+    temporary folders, recurse and would raise RecursionError on these trees)."""
+    stack = [(str(top), False)]
+    while stack:
+        path, emptied = stack.pop()
+        if emptied:
+            os.rmdir(path)
+            continue
+        stack.append((path, True))
+        with os.scandir(path) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append((e.path, False))
+                else:
+                    os.unlink(e.path)
+
+
+@pytest.fixture
+def nest():
+    """``nest(folder, depth)`` makes ``folder/d/d/.../d`` ``depth`` deep (through descriptors: no path-length
+    limit); the trees are removed after the test."""
+    made: list[Path] = []
+
+    def make(folder: Path, depth: int) -> None:
+        made.append(folder / "d")
+        fd = os.open(folder, os.O_RDONLY)
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            nxt = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
         os.close(fd)
-        fd = nxt
-    os.close(fd)
+
+    yield make
+    for top in made:
+        if top.exists():
+            _rm_deep(top)
 
 
 def _run(folders: list[Path], release: Path, out: Path, **kw) -> list[Outcome]:
@@ -156,11 +185,11 @@ def test_overlong_or_markup_team_is_refused_at_load_with_a_clear_reason(tmp_path
 
 # --- submission folders: bounded, iterative walks -------------------------------------------------------
 
-def test_hostile_folder_trees_are_failed(store, tmp_path, tiny_space_release):
+def test_hostile_folder_trees_are_failed(store, tmp_path, tiny_space_release, nest):
     root = tmp_path / "subs"
     deep1100, deep1500 = _folder(root, "deep-1100"), _folder(root, "deep-1500")
-    _nest(deep1100, 1100)
-    _nest(deep1500, 1500)
+    nest(deep1100, 1100)
+    nest(deep1500, 1500)
     many = _folder(root, "many-files")
     for i in range(10_001):
         (many / f"f{i}").touch()
@@ -178,12 +207,12 @@ def test_hostile_folder_trees_are_failed(store, tmp_path, tiny_space_release):
     _failed(outcomes[4], "pipe", "not a regular file")
 
 
-def test_discovery_survives_hostile_trees(tmp_path, monkeypatch):
+def test_discovery_survives_hostile_trees(tmp_path, monkeypatch, nest):
     monkeypatch.setenv("SKYBENCH_ROOT", str(tmp_path))
     subs = tmp_path / "submissions"
     good = _folder(subs / "a", "good", GOOD_SPEC.format(name="good"))
-    _nest(subs / "a", 1500)  # a 1,500-deep tree next to the submissions
-    _nest(good, 1100)
+    nest(subs / "a", 1500)  # a 1,500-deep tree next to the submissions
+    nest(good, 1100)
     bad_yaml = _folder(subs / "lens-space", "bad", b"track: lens-space\n\xff" + b"[" * 5000)
     nested = _folder(subs / "b", "nested", "track: " + "[" * 5000 + "]" * 5000 + "\n")
     linked = subs / "c" / "linked"
