@@ -301,6 +301,43 @@ def test_hostile_sandbox_outputs_are_failed(store, tmp_path, tiny_space_release)
         _failed(outcome, *words)
 
 
+DEEP_SCRATCH = """
+import os
+def load(d):  # a 1,500-deep tree in the scratch folder, left for the evaluator to clean up
+    fd = os.open("/scratch", os.O_RDONLY)
+    for _ in range(1500):
+        os.mkdir("d", dir_fd=fd)
+        nxt = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+def predict(m, b):
+    return b.sum(axis=(1, 2, 3))
+"""
+
+
+@needs_bwrap
+def test_a_crash_while_cleaning_up_scratch_does_not_stop_the_others(store, tmp_path, tiny_space_release,
+                                                                     monkeypatch):
+    import tempfile
+
+    scratch_root = tmp_path / "tmp"
+    scratch_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_root))  # the executor's scratch folders go here
+    root = tmp_path / "subs"
+    deep = python_submission(root, "deep-scratch", DEEP_SCRATCH, team="evil")
+    after = python_submission(root, "after", "def load(d): return None\n"
+                              "def predict(m, b): return b.sum(axis=(1, 2, 3))\n", team="honest")
+    try:
+        outcomes = _run([deep, after, _good(root, tiny_space_release)], tiny_space_release, tmp_path / "evals",
+                        publish=False)
+    finally:
+        for left in scratch_root.iterdir():
+            _rm_deep(left)
+    if outcomes[0].status == "FAILED":  # the clean-up crashed (RecursionError) or refused: contained here
+        _failed(outcomes[0])
+    assert outcomes[1].status == "FINISHED", outcomes[1].reason
+
+
 # --- one boundary per submission ------------------------------------------------------------------------
 
 class _FaultyExecutor:

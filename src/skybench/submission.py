@@ -247,8 +247,9 @@ def load_submission(folder: str | Path) -> Submission:
         if spec.format == "predictions" and target != root / model:  # read here, in the evaluator
             raise SubmissionError(f"{path}: key 'model': {show(spec.model)} is a symlink, passes through one or "
                                   "uses '..'; a predictions CSV must be a plain file in the folder")
-    except OSError as exc:
-        raise SubmissionError(f"{path}: key 'model': {show(spec.model)}: {exc.strerror or exc}") from exc
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Path.resolve on Python < 3.13)
+        raise SubmissionError(clip(f"{path}: key 'model': {show(spec.model)}: "
+                                   f"{getattr(exc, 'strerror', None) or exc}")) from exc
     suffix = MODEL_SUFFIX[spec.format]
     if target.suffix != suffix:
         raise SubmissionError(f"{path}: key 'model': format {spec.format!r} needs a {suffix} file, "
