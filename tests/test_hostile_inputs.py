@@ -275,6 +275,8 @@ def load(d):
         np.save = lambda file, arr, *a, **k: _save(file, arr.astype(object), allow_pickle=True)
     elif mode == "symlink":  # predictions.npy a symlink into the submission
         np.save = lambda file, arr, *a, **k: os.symlink("/submission/predict.py", file)
+    elif mode == "too-many":  # a valid .npy, far larger than any answer: refused on its header
+        np.save = lambda file, arr, *a, **k: _save(file, np.zeros(10**7, np.float32))
     elif mode == "huge-header":  # a header of 10**12 rows on a tiny file
         def save(file, arr, *a, **k):
             with open(file, "wb") as f:
@@ -287,7 +289,8 @@ def predict(m, b):
 """
 TAMPER_WORDS = {"npz": ["not a .npy array"], "json": ["runner.json", "nested 4000 levels"],
                 "short": ["bytes, but its header describes"], "object": ["non-numeric"],
-                "symlink": ["symlink"], "huge-header": ["bytes, but its header describes"]}
+                "symlink": ["symlink"], "too-many": ["returned 10000000 predictions, expected 64"],
+                "huge-header": ["bytes, but its header describes"]}
 
 
 @needs_bwrap

@@ -83,7 +83,7 @@ def discover_submissions(track: str, roots: tuple[str, ...] = ("submissions", "b
     from .files import WalkLimits, iter_entries
 
     # Team folders are walked without recursion and not below 8 levels (submissions/examples/<track>/<format>
-    # is 4), never following symlinks; a submission.yaml that is a symlink is found, and then refused.
+    # is 4), never following symlinks; each submission.yaml is read as load_submission reads it (bounded).
     limits = WalkLimits(max_depth=8, max_entries=None, max_bytes=None)
     found = []
     for root in roots:
@@ -150,7 +150,7 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
                     raise res
                 outcome = _finish(plan, res, track, release_sha, hidden)
         except Exception as exc:  # noqa: BLE001 - the boundary
-            outcome = _crashed(plan.folder, plan, exc, out, release_sha)
+            outcome = _crashed(plan.folder, plan if isinstance(plan, _Plan) else None, exc, out, release_sha)
         outcome.reason = clip(outcome.reason, 1000)
         if publish and outcome.record is not None:  # a skipped record too: it may be pending from an outage
             try:

@@ -20,6 +20,7 @@ import os
 import reprlib
 import stat
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -475,9 +476,11 @@ def _read_runner_info(info: Path) -> tuple[str, str]:
     return (device if device in ("cpu", "cuda") else "unknown"), ""
 
 
-def _read_npy(out: Path) -> np.ndarray | str:
-    """A memory map of the ``.npy`` file ``out``, or a one-line reason why it is not a plain numeric .npy
-    array whose size is exactly its header's. Nothing is loaded (callers check the shape first)."""
+def _read_npy(out: Path, max_items: int, why: Callable[[np.ndarray], str]) -> np.ndarray | str:
+    """The array in the ``.npy`` file ``out``, or a one-line reason why it is not a plain numeric .npy array
+    whose size is exactly its header's. More than ``max_items`` values are never read: ``why`` (the shape
+    check) explains them on a zero-copy stand-in. Read into memory, not mapped: a mapped file that shrinks
+    would crash this process with SIGBUS."""
     fmt = np.lib.format
     try:
         with open_regular(out) as f:
@@ -488,18 +491,21 @@ def _read_npy(out: Path) -> np.ndarray | str:
             read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
             shape, fortran, dtype = read_header(f, max_header_size=NPY_MAX_HEADER)
             offset = f.tell()
-    except (FolderError, OSError, ValueError, SyntaxError, TypeError) as exc:
+            if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None or dtype.kind not in "iuf":
+                return f"returned non-numeric values (dtype {clip(str(dtype), 60)})"
+            if fortran:
+                return "predictions file is Fortran-ordered; write it with np.save of a C-ordered array"
+            count = math.prod(shape)  # exact integers: no overflow
+            if size != offset + count * dtype.itemsize:
+                return f"predictions file is {size} bytes, but its header describes {offset + count * dtype.itemsize}"
+            if count > max_items:
+                return why(np.broadcast_to(np.zeros((), dtype), shape)) or f"returned {count} values, too many"
+            data = f.read(count * dtype.itemsize)
+    except (FolderError, OSError, ValueError, SyntaxError, TypeError, MemoryError) as exc:
         return clip(f"predictions file is not a .npy array: {type(exc).__name__}: {exc}")
-    if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None or dtype.kind not in "iuf":
-        return f"returned non-numeric values (dtype {clip(str(dtype), 60)})"
-    if fortran:
-        return "predictions file is Fortran-ordered; write it with np.save of a C-ordered array"
-    expected = offset + math.prod(shape) * dtype.itemsize  # exact integers: no overflow
-    if size != expected:
-        return f"predictions file is {size} bytes, but its header describes {expected}"
-    if size == offset:  # nothing to map (an empty array)
-        return np.zeros(shape, dtype)
-    return np.memmap(out, dtype=dtype, mode="r", offset=offset, shape=tuple(shape))
+    if len(data) != count * dtype.itemsize:
+        return "predictions file changed while it was read"
+    return np.frombuffer(data, dtype).reshape(shape)
 
 
 def _read_output(out: Path, ids: np.ndarray, n: int, track: Track, device: str, seconds: float,
@@ -507,10 +513,12 @@ def _read_output(out: Path, ids: np.ndarray, n: int, track: Track, device: str, 
     """Load and check one predictions file written by the sandboxed runner."""
     if not os.path.lexists(out):
         return _fail("produced no predictions file", ids, device, seconds, log)
-    pred = _read_npy(out)
+    shape = _input_shape(track)
+    max_items = max(math.prod(s) for s in expected_shapes(track.output, n, shape))
+    pred = _read_npy(out, max_items, lambda a: validate_predictions(a, n, track.output, shape))
     if isinstance(pred, str):
         return _fail(pred, ids, device, seconds, log)
-    if reason := validate_predictions(pred, n, track.output, _input_shape(track)):
+    if reason := validate_predictions(pred, n, track.output, shape):
         return _fail(reason, ids, device, seconds, log)
     return PredictResult(True, "", np.array(pred, dtype=np.float32), ids, device, seconds, log)
 
