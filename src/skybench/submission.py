@@ -56,7 +56,7 @@ class SubmissionError(ValueError):
 
 def clip(text: str, n: int = MAX_MESSAGE) -> str:
     """``text`` on one line, at most ``n`` characters, non-printable characters escaped."""
-    text = " ".join(str(text).split())
+    text = " ".join(str(text)[:8 * n].split())  # sliced first: a huge message costs nothing
     text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:4 * n])
     return text if len(text) <= n else text[:n - 3] + "..."
 
