@@ -218,8 +218,11 @@ def test_discovery_survives_hostile_trees(tmp_path, monkeypatch, nest):
     linked = subs / "c" / "linked"
     linked.mkdir(parents=True)
     (linked / "submission.yaml").symlink_to(good / "submission.yaml")
+    fifo = subs / "lens-space" / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "submission.yaml")  # reading it would block discovery forever
     found = discover_submissions("lens-space", roots=("submissions", "baselines"))
-    assert good in found and bad_yaml in found  # bad_yaml: its path names the track, so it is recorded
+    assert good in found and bad_yaml in found and fifo in found  # their paths name the track: recorded
     assert nested not in found and linked not in found  # unreadable, and not named by the track
 
 
