@@ -12,8 +12,14 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Reproducible benchmarks and challenges for deep learning in astronomy.")
 
 
+def _shown(text: object) -> str:
+    """``text`` with control characters (terminal escapes, bidi overrides) escaped; newlines kept."""
+    return "\n".join("".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
+                     for line in str(text).splitlines())
+
+
 def _fail(message: str, code: int = 1) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    typer.secho(f"error: {_shown(message)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
 
@@ -77,7 +83,7 @@ def validate(folder: Path, release: Annotated[Path | None, typer.Option(help="re
         res = sandboxed_predict(sub, release, scratch=Path(scratch), track=track, limit=n)
     if not res.ok:
         _fail(f"{folder}: {res.reason}")
-    typer.echo(f"{folder}: OK - {sub.spec.format} model for {track.name} returned {res.predictions.shape} "
+    typer.echo(f"{_shown(folder)}: OK - {sub.spec.format} model for {track.name} returned {res.predictions.shape} "
                f"finite {res.predictions.dtype} scores on {n} public inputs (device: {res.device})")
 
 
@@ -112,7 +118,7 @@ def evaluate(folders: Annotated[list[Path] | None, typer.Argument(
         primary = next(iter(o.metrics.items()), None)
         score = f" {primary[0]}={primary[1]:.4f}" if primary else ""
         line = f"{o.status:9s} {o.team}/{o.name}{score}" + (f"  ({o.reason})" if o.reason else "")
-        typer.secho(line, fg=typer.colors.RED if o.status == "FAILED" else None)
+        typer.secho(_shown(" ".join(line.split())), fg=typer.colors.RED if o.status == "FAILED" else None)
     pending = [o for o in outcomes if o.unpublished]
     if pending:
         where = pending[0].record.parent if pending[0].record else "the evaluations folder"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,17 +24,20 @@ from .mixing import MixedInputs, mix_inputs
 from .release import ReleaseError, read_manifest, release_digest, verify_release
 from .score import score, score_real
 from .submission import (
+    SPEC_FILE,
     PredictResult,
     Submission,
     SubmissionError,
+    clip,
     folder_sha256,
     load_submission,
+    read_spec_file,
 )
 from .tracking import find_evaluation, git_commit
 from .tracks import Track, load_track, project_root
 
 if TYPE_CHECKING:
-    from .executors import Executor
+    from .executors import Executor, Job
 
 RECORD = "evaluation.json"
 
@@ -77,16 +81,25 @@ def discover_submissions(track: str, roots: tuple[str, ...] = ("submissions", "b
 
     A folder whose ``submission.yaml`` cannot be read is included when its path names the track, so that
     it is recorded as FAILED with its reason rather than silently left out."""
-    import yaml
+    from .files import WalkLimits, iter_entries
 
+    # Team folders are walked without recursion and not below 8 levels (submissions/examples/<track>/<format>
+    # is 4), never following symlinks; each submission.yaml is read as load_submission reads it (bounded).
+    limits = WalkLimits(max_depth=8, max_entries=None, max_bytes=None)
     found = []
     for root in roots:
-        for spec in sorted((project_root() / root).rglob("submission.yaml")):
+        top = project_root() / root
+        if not top.is_dir():
+            continue
+        specs = sorted(e.path for e in iter_entries(top, limits, prune=True)
+                       if e.path.name == SPEC_FILE and not e.is_dir)
+        for spec in specs:
             if not examples and spec.is_relative_to(project_root() / "submissions" / "examples"):
                 continue
             try:
-                declared = (yaml.safe_load(spec.read_text()) or {}).get("track")
-            except (yaml.YAMLError, AttributeError, OSError):
+                raw = read_spec_file(spec)
+                declared = raw.get("track") if isinstance(raw, dict) else None
+            except Exception:  # noqa: BLE001 - any unreadable spec: decided by its path, recorded as FAILED
                 declared = track if track in spec.parent.parts else None
             if declared == track:
                 found.append(spec.parent)
@@ -116,8 +129,14 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
     real = _real_set(track)
     real_sha = release_digest(real) if real is not None else ""
     down = unreachable()  # a dead tracking server: evaluate anyway, keep the records, say so once per record
-    plans: list[Outcome | _Plan] = [_plan(Path(f), track, real, real_sha, release_sha, out, force, not down)
-                                    for f in folders]
+    # One boundary per submission: whatever it makes happen here (planning, its predictions, scoring, its
+    # record, publication) becomes its FAILED record with a one-line reason, and the next one is evaluated.
+    plans: list[Outcome | _Plan] = []
+    for f in folders:
+        try:
+            plans.append(_plan(Path(f), track, real, real_sha, release_sha, out, force, not down))
+        except Exception as exc:  # noqa: BLE001 - the boundary
+            plans.append(_crashed(Path(f), None, exc, out, release_sha))
     todo = [p for p in plans if isinstance(p, _Plan)]
     # One mixed stream of test and real inputs for every submission that gets the real set (see mixing.py).
     mixed = mix_inputs(release / "public" / "test", real / "public" / "test") \
@@ -125,18 +144,27 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
     challenge = read_manifest(release).get("profile") == "challenge"  # never run without cgroup limits
     jobs = [Job(p.sub, mixed.folder if mixed and p.real else release / "public" / "test", track, challenge)
             for p in todo]
-    results = iter(get_executor(executor, **(executor_options or {})).run(jobs)) if jobs else iter(())
+    results = _results(get_executor(executor, **(executor_options or {})), jobs) if jobs else iter(())
     outcomes = []
     for plan in plans:
-        outcome = plan if isinstance(plan, Outcome) else \
-            _finish(plan, _split(next(results), plan, mixed), track, release_sha, hidden)
+        try:
+            if isinstance(plan, Outcome):
+                outcome = plan
+            else:
+                res = next(results)
+                if isinstance(res, BaseException):
+                    raise res
+                outcome = _finish(plan, _split(res, plan, mixed), track, release_sha, hidden)
+        except Exception as exc:  # noqa: BLE001 - the boundary
+            outcome = _crashed(plan.folder, plan if isinstance(plan, _Plan) else None, exc, out, release_sha)
+        outcome.reason = clip(outcome.reason, 1000)
         if publish and outcome.record is not None:  # a skipped record too: it may be pending from an outage
             try:
                 if down:
                     raise ConnectionError(down)
                 publish_record(outcome.record, track.name)
             except Exception as exc:  # noqa: BLE001 - the record stays on disk for `skybench log`
-                outcome.unpublished = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                outcome.unpublished = one_line(exc)
                 outcome.reason = (f"{outcome.reason}; " if outcome.reason else "") + \
                     f"not logged to MLflow ({outcome.unpublished}); " \
                     f"the record is kept in {outcome.record}, publish it later with `skybench log {out}`"
@@ -149,6 +177,49 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
 def _split(res: PredictResult, plan: _Plan, mixed: MixedInputs | None) -> PredictResult:
     """A mixed stream's predictions as the test set's, with the real set's as ``.extra``."""
     return mixed.split(res) if mixed is not None and plan.real is not None else res
+
+
+def one_line(exc: BaseException) -> str:
+    """``<ExceptionType>: <message>`` on one bounded line (never raises, whatever the message)."""
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 - a message that cannot even be printed
+        message = "(unprintable message)"
+    return clip(f"{type(exc).__name__}: {message}" if message else type(exc).__name__)
+
+
+def _results(executor: Executor, jobs: list[Job]) -> Iterator[PredictResult | Exception]:
+    """The executor's result for each job in order, or the exception that stopped it on that job.
+
+    An executor whose iterator raises is finished, so the jobs after the failing one go to a new run."""
+    done = 0
+    while done < len(jobs):
+        try:
+            for res in executor.run(jobs[done:]):
+                done += 1
+                yield res
+            if done == len(jobs):
+                return
+            exc: Exception = RuntimeError(f"executor {executor.name!r} returned no result for this submission")
+        except Exception as err:  # noqa: BLE001 - blamed on the job it was running; the others carry on
+            exc = err
+        done += 1
+        yield exc
+
+
+def _crashed(folder: Path, plan: _Plan | None, exc: Exception, out: Path, release_sha: str) -> Outcome:
+    """The FAILED outcome (with a record when one can be written) of a submission whose evaluation raised."""
+    reason = f"evaluation failed: {one_line(exc)}"
+    team, name = (plan.sub.spec.team, plan.sub.spec.name) if plan is not None else ("invalid", folder.name)
+    record = None
+    try:
+        rdir = plan.rdir if plan is not None else record_dir(out, team, name)
+        record = _write_record(rdir, team=team, name=name, fmt=plan.sub.spec.format if plan else "?",
+                               status="FAILED", reason=reason, sub_sha=plan.sub.sha256 if plan else "unreadable",
+                               release_sha=release_sha, device="unknown", metrics={})
+    except Exception as err:  # noqa: BLE001 - not even a record: the outcome still says why
+        reason += f"; no record written ({one_line(err)})"
+    return Outcome(folder, team, name, "FAILED", reason, record=record)
 
 
 @dataclass
@@ -242,7 +313,7 @@ def _in_mlflow(track: str, sub_sha: str, release_sha: str, real_sha: str) -> boo
 def _safe_sha(folder: Path) -> str:
     try:
         return folder_sha256(folder)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: SubmissionError, e.g. a folder beyond the size limits
         return "unreadable"
 
 

@@ -137,12 +137,13 @@ def leaderboard(
 
 
 def _cell(value: object) -> str:
-    """Human-readable cell: floats to 4 decimals, missing values blank, one line."""
+    """Human-readable cell: floats to 4 decimals, missing values blank, one line, control characters (terminal
+    escapes, bidi overrides) shown escaped: team-supplied text cannot restyle or reorder the output."""
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float):
         return f"{value:.4f}"
-    return " ".join(str(value).split())
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(str(value).split()))
 
 
 def render(df: pd.DataFrame, fmt: Format = "table") -> str:
@@ -152,16 +153,21 @@ def render(df: pd.DataFrame, fmt: Format = "table") -> str:
     cells = [[_cell(v) for v in row] for row in df.astype(object).itertuples(index=False)]
     if fmt == "markdown":
         lines = [list(map(str, df.columns)), ["---"] * len(df.columns), *cells]
-        return "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in line) + " |" for line in lines) + "\n"
+        def md(cell: str) -> str:  # no table breaks, no raw HTML
+            return cell.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+        return "\n".join("| " + " | ".join(map(md, line)) + " |" for line in lines) + "\n"
     if fmt == "html":
-        return pd.DataFrame(cells, columns=df.columns).to_html(index=False)
+        return pd.DataFrame(cells, columns=df.columns).to_html(index=False, escape=True)
     if fmt == "table":
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(*map(str, df.columns))
+        table = Table(*(escape(str(c)) for c in df.columns))  # cells as Text: never parsed as markup ("[/]")
         for row in cells:
-            table.add_row(*row)
+            table.add_row(*map(Text, row))
         buf = io.StringIO()
         Console(file=buf, width=1000, color_system=None, force_terminal=False).print(table)
         return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .release import ReleaseError, read_manifest, verify_release
 
@@ -21,7 +23,7 @@ def print_report(releases: Path) -> None:
         try:
             m = read_manifest(root)
         except ReleaseError as exc:
-            table.add_row(root.name, "-", "-", "-", "-", "-", "-", "-", str(exc))
+            table.add_row(Text(root.name), "-", "-", "-", "-", "-", "-", "-", Text(str(exc)))
             continue
         frac = "-"
         label = (m.get("label_columns") or [None])[0]  # is_lens: the lens fraction; z: the mean redshift
@@ -30,13 +32,14 @@ def print_report(releases: Path) -> None:
             frac = f"{pd.read_parquet(meta, columns=[label])[label].mean():.2f}"
         problems = verify_release(root)
         c = m["counts"]
-        table.add_row(root.name, m["track"], m["profile"], str(m["seed"]), str(c["train"]), str(c["val"]),
-                      str(c["test"]), frac, "ok" if not problems else f"{len(problems)} problem(s)")
+        table.add_row(*map(Text, (root.name, str(m["track"]), str(m["profile"]), str(m["seed"]), str(c["train"]),
+                                  str(c["val"]), str(c["test"]), frac,
+                                  "ok" if not problems else f"{len(problems)} problem(s)")))
     console.print(table)
     data = Path(releases).parent / "data"
     if (data / "README.md").is_file():
         n = sum(1 for p in data.rglob("*") if p.is_file())
-        console.print(f"Real data: {data} ({n} files, pulled from the DVC remote)")
+        console.print(f"Real data: {escape(str(data))} ({n} files, pulled from the DVC remote)")
     else:
         console.print("Real data: not present (the DVC remote 'challenge' was not reachable)")
     _print_leaderboards(console, Path(releases))
@@ -55,8 +58,8 @@ def _print_leaderboards(console: Console, releases: Path) -> None:
             continue
         track = load_track(name)
         board = lb.leaderboard(track, release_sha256=release_digest(rel))
-        console.print(f"\nLeaderboard {name} ({track.metrics.primary}, release {rel}):")
+        console.print(escape(f"\nLeaderboard {name} ({track.metrics.primary}, release {rel}):"))
         keep = ["rank", "team", "name", "status", *track.metrics.report, f"{track.metrics.primary}_ci_low",
                 f"{track.metrics.primary}_ci_high", "device", "reason"]
         print(lb.render(board[keep], "table") if len(board) else "  no evaluations yet")
-    console.print(f"\nMLflow store: {tracking_uri()} (browse it with `skybench ui`)")
+    console.print(escape(f"\nMLflow store: {tracking_uri()} (browse it with `skybench ui`)"))

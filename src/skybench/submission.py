@@ -15,18 +15,22 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
+import reprlib
 import stat
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError
 
+from .files import SUBMISSION_LIMITS, FolderError, WalkLimits, open_regular, read_regular, walk
 from .release import read_manifest, sha256_file
 from .sandbox import Limits, run_sandboxed
 from .tracks import Output, Track, list_tracks
@@ -39,20 +43,63 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "N
                 "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 
 
+SPEC_MAX_BYTES = 64 * 1024  # submission.yaml
+CSV_MAX_BYTES = 64 * 1024**2  # a predictions-format CSV
+SPEC_MAX_DEPTH = 8  # nesting of submission.yaml (the spec itself is one flat mapping)
+MAX_MESSAGE = 300  # characters of one error line
+SLUG = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
 class SubmissionError(ValueError):
     """A submission folder is invalid; the message names the file and the key."""
+
+
+def clip(text: str, n: int = MAX_MESSAGE) -> str:
+    """``text`` on one line, at most ``n`` characters, non-printable characters escaped."""
+    text = " ".join(str(text)[:8 * n].split())  # sliced first: a huge message costs nothing
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:4 * n])
+    return text if len(text) <= n else text[:n - 3] + "..."
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlevel = 60, 60, 2
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 4
+
+
+def show(value: object) -> str:
+    """A bounded repr of a team-supplied value, for error messages (never the whole of a huge value)."""
+    return clip(_REPR.repr(value), 80)
+
+
+def _no_dots(value: str) -> str:
+    if ".." in value:
+        raise ValueError("must not contain '..'")
+    return value
+
+
+def _printable(keep: str = "") -> AfterValidator:
+    def check(value: str) -> str:
+        bad = next((c for c in value if not c.isprintable() and c not in keep), None)
+        if bad is not None:
+            raise ValueError(f"contains the control character {bad!r} at position {value.index(bad)}")
+        return value
+
+    return AfterValidator(check)
+
+
+Slug = Annotated[str, StringConstraints(pattern=SLUG), AfterValidator(_no_dots)]
 
 
 class SubmissionSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    team: str
-    name: str
-    track: str
+    team: Slug
+    name: Slug
+    track: Slug
     format: Literal["onnx", "keras", "torch", "sklearn", "python", "predictions"]
-    model: str
-    description: str | None = None
-    contact: str | None = None
+    model: Annotated[str, StringConstraints(min_length=1, max_length=255), _printable()]
+    description: Annotated[str, StringConstraints(max_length=2000), _printable("\n\t")] | None = None
+    contact: Annotated[str, StringConstraints(max_length=200), _printable()] | None = None
 
 
 @dataclass(frozen=True)
@@ -80,15 +127,24 @@ class PredictResult:
 
 
 def folder_sha256(folder: Path) -> str:
-    """sha256 over the sorted (relative path, sha256) of every file; symlinks count by their target."""
+    """sha256 over the sorted (relative path, sha256) of every file; symlinks count by their target.
+
+    Walks within :data:`skybench.files.SUBMISSION_LIMITS`; a folder beyond them, or holding a FIFO, socket
+    or device, raises ``SubmissionError``."""
     h = hashlib.sha256()
     folder = Path(folder)
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder).as_posix()
-        if path.is_symlink():
-            h.update(f"{rel}\0symlink:{os.readlink(path)}\n".encode())
-        elif path.is_file():
-            h.update(f"{rel}\0{sha256_file(path)}\n".encode())
+    try:
+        entries = walk(folder, SUBMISSION_LIMITS)
+    except FolderError as exc:
+        raise SubmissionError(f"{clip(str(exc))} (see 'Size limits' in SUBMITTING.md)") from exc
+    for e in entries:
+        rel = os.fsencode(e.rel)  # names need not be UTF-8
+        if e.is_symlink:
+            h.update(rel + b"\0symlink:" + os.fsencode(os.readlink(e.path)) + b"\n")
+        elif e.is_file:
+            h.update(rel + f"\0{sha256_file(e.path)}\n".encode())
+        elif not e.is_dir:
+            raise SubmissionError(f"{folder}: {clip(e.rel, 100)} is not a regular file, folder or symlink")
     return h.hexdigest()
 
 
@@ -101,32 +157,80 @@ def _describe_error(err: dict) -> tuple[str, str]:
     if kind == "missing":
         return key, "missing required key"
     if kind == "literal_error":
-        return key, f"must be one of {', '.join(FORMATS)}, got {value!r}"
+        return key, f"must be one of {', '.join(FORMATS)}, got {show(value)}"
     if kind.endswith("_type"):
-        return key, f"expected {kind.removesuffix('_type')}, got {type(value).__name__} {value!r}"
-    return key, err["msg"]
+        return key, f"expected {kind.removesuffix('_type')}, got {type(value).__name__} {show(value)}"
+    if kind == "string_pattern_mismatch":
+        return key, (f"must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit "
+                     f"(pattern {SLUG}), got {show(value)}")
+    if kind == "value_error":
+        return key, f"{err.get('ctx', {}).get('error', err['msg'])}, got {show(value)}"
+    return key, f"{err['msg']}, got {show(value)}"
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` without anchors or aliases (no "billion laughs") and with a nesting limit.
+
+    Nesting is the only recursion in PyYAML (the composer), so the limit rules out a RecursionError."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(None, None, "anchors and aliases (& and *) are not allowed",
+                                              event.start_mark)
+        if self._depth >= SPEC_MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {SPEC_MAX_DEPTH} levels",
+                                              event.start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def read_spec_file(path: Path) -> object:
+    """The parsed YAML of a ``submission.yaml``: a regular file (not a symlink) of at most 64 KiB, UTF-8,
+    without anchors or aliases, nested at most 8 deep. Raises ``SubmissionError`` with a one-line reason."""
+    path = Path(path)
+    try:
+        data = read_regular(path, SPEC_MAX_BYTES)
+    except FolderError as exc:
+        raise SubmissionError(f"{path}: {clip(str(exc).removeprefix(path.name).lstrip(': '))}") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SubmissionError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                              "save it as UTF-8") from exc
+    try:
+        return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SubmissionError(f"{path}: YAML syntax error{where}: {clip(problem)}") from exc
+    except RecursionError as exc:  # last resort; the depth limit should make this unreachable
+        raise SubmissionError(f"{path}: YAML nested too deeply") from exc
 
 
 def load_submission(folder: str | Path) -> Submission:
     """Read and validate ``folder/submission.yaml``; raise ``SubmissionError`` naming file and key."""
     folder = Path(folder)
     path = folder / SPEC_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise SubmissionError(f"{path}: missing (every submission folder needs a {SPEC_FILE})")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SubmissionError(f"{path}: YAML syntax error{where}: {problem}") from exc
+    raw = read_spec_file(path)
     if not isinstance(raw, dict):
         raise SubmissionError(f"{path}: expected a mapping of keys ({', '.join(SubmissionSpec.model_fields)}),"
                               f" got {type(raw).__name__}")
     try:
         spec = SubmissionSpec.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"{path}: key '{k}': {m}" for k, m in map(_describe_error, exc.errors())]
+        errors = exc.errors()
+        lines = [clip(f"{path}: key '{clip(k, 40)}': {m}") for k, m in map(_describe_error, errors[:5])]
+        if len(errors) > 5:
+            lines.append(f"{path}: and {len(errors) - 5} more errors")
         raise SubmissionError("\n".join(lines)) from exc
 
     if spec.track not in list_tracks():
@@ -134,17 +238,24 @@ def load_submission(folder: str | Path) -> Submission:
                               f"(known: {', '.join(list_tracks())})")
     model = Path(spec.model)
     if model.is_absolute():
-        raise SubmissionError(f"{path}: key 'model': {spec.model!r} must be relative to the submission folder")
-    root = folder.resolve()
-    target = (root / model).resolve()
-    if not target.is_relative_to(root) or target == root:
-        raise SubmissionError(f"{path}: key 'model': {spec.model!r} escapes the submission folder")
-    if not target.is_file():
-        raise SubmissionError(f"{path}: key 'model': file {spec.model!r} not found in {folder}")
+        raise SubmissionError(f"{path}: key 'model': {show(spec.model)} must be relative to the submission folder")
+    try:
+        root = folder.resolve()
+        target = (root / model).resolve()
+        if not target.is_relative_to(root) or target == root:
+            raise SubmissionError(f"{path}: key 'model': {show(spec.model)} escapes the submission folder")
+        if not target.is_file():
+            raise SubmissionError(f"{path}: key 'model': file {show(spec.model)} not found in {folder}")
+        if spec.format == "predictions" and target != root / model:  # read here, in the evaluator
+            raise SubmissionError(f"{path}: key 'model': {show(spec.model)} is a symlink, passes through one or "
+                                  "uses '..'; a predictions CSV must be a plain file in the folder")
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Path.resolve on Python < 3.13)
+        raise SubmissionError(clip(f"{path}: key 'model': {show(spec.model)}: "
+                                   f"{getattr(exc, 'strerror', None) or exc}")) from exc
     suffix = MODEL_SUFFIX[spec.format]
     if target.suffix != suffix:
         raise SubmissionError(f"{path}: key 'model': format {spec.format!r} needs a {suffix} file, "
-                              f"got {spec.model!r}")
+                              f"got {show(spec.model)}")
     return Submission(folder=folder, spec=spec, sha256=folder_sha256(folder))
 
 
@@ -157,10 +268,9 @@ def _test_folder(inputs: Path) -> Path:
     return folder
 
 
-def _not_world_readable(folder: Path) -> Path | None:
+def _not_world_readable(folder: Path, limits: WalkLimits = SUBMISSION_LIMITS) -> Path | None:
     """First path the sandbox's unprivileged uid could not read (it runs as one when we are root)."""
-    for path in [folder, *folder.rglob("*")]:
-        mode = path.lstat().st_mode
+    for path, mode in [(folder, folder.lstat().st_mode), *((e.path, e.st.st_mode) for e in walk(folder, limits))]:
         need = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(mode) else 0)
         if not stat.S_ISLNK(mode) and mode & need != need:
             return path
@@ -219,16 +329,23 @@ def validate_predictions(pred: np.ndarray, n: int, output: Output, input_shape: 
 
 def read_predictions_csv(path: Path, ids: np.ndarray) -> tuple[np.ndarray | None, str]:
     """Scores from an ``id,score`` CSV in the order of ``ids``, or (None, reason)."""
+    import io
+
     name = path.name
+    try:  # the bytes of a plain file (no symlink, FIFO, archive name or size trick) parsed as plain CSV
+        data = read_regular(path, CSV_MAX_BYTES)
+    except FolderError as exc:
+        return None, clip(str(exc))
     try:
-        df = pd.read_csv(path, dtype={"id": str})
+        df = pd.read_csv(io.BytesIO(data), dtype={"id": str}, compression=None, encoding="utf-8",
+                         encoding_errors="strict")
     except Exception as exc:
-        return None, f"{name}: not a readable CSV: {str(exc).strip().splitlines()[-1]}"
+        return None, clip(f"{name}: not a readable CSV: {(str(exc).strip().splitlines() or [''])[-1]}")
     if sorted(df.columns) != ["id", "score"]:
-        return None, f"{name}: expected the columns id,score, got {','.join(map(str, df.columns))}"
+        return None, clip(f"{name}: expected the columns id,score, got {','.join(map(str, df.columns))}")
 
     def some(values: list) -> str:
-        return ", ".join(map(repr, values[:3])) + (", ..." if len(values) > 3 else "")
+        return ", ".join(map(show, values[:3])) + (", ..." if len(values) > 3 else "")
 
     want = pd.Index(ids.astype(str))
     got = df["id"].fillna("").str.strip()
@@ -273,8 +390,13 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
         return PredictResult(True, "", pred[:n], ids, "none", 0.0)
 
     if os.geteuid() == 0:  # the sandboxed command runs as an unprivileged uid
-        for folder in (sub.folder, test_dir):
-            if bad := _not_world_readable(folder.resolve()):
+        release_limits = WalkLimits(max_depth=4, max_entries=None, max_bytes=None)  # the organiser's files
+        for folder, limits in ((sub.folder, SUBMISSION_LIMITS), (test_dir, release_limits)):
+            try:
+                bad = _not_world_readable(folder.resolve(), limits)
+            except FolderError as exc:
+                return _fail(clip(str(exc)), ids)
+            if bad:
                 return _fail(f"{bad} is not world-readable; the sandbox cannot read it (chmod -R a+rX)", ids)
     gpu = cuda_available() if gpu is None else gpu
     scratch = Path(scratch)
@@ -303,17 +425,13 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
                     cpus=float(n_threads), scratch_mb=box.scratch_mb, require_cgroups=require_cgroups)
     res = run_sandboxed(argv, scratch=scratch, ro_binds=binds, limits=limits, env=env, gpu=gpu,
                         outputs=[out.name, info.name])
-    device = "unknown"
-    try:
-        if info.is_file() and not info.is_symlink() and info.stat().st_size < 10_000:
-            device = json.loads(info.read_text()).get("device")
-            device = device if device in ("cpu", "cuda") else "unknown"
-    except (ValueError, AttributeError, OSError):
-        pass
+    device, problem = _read_runner_info(info)
     if not res.ok:
         failed = _fail(res.reason, ids, device, res.wall_seconds, res.stderr)
         failed.infrastructure = res.infrastructure
         return failed
+    if problem:  # the runner always writes a valid runner.json; anything else was written by the model
+        return _fail(problem, ids, device, res.wall_seconds, res.stderr)
     return _read_output(out, ids, n, track, device, res.wall_seconds, res.stderr)
 
 
@@ -326,16 +444,88 @@ def _challenge(test_dir: Path) -> bool:
         return False
 
 
+RUNNER_JSON_MAX_BYTES = 64 * 1024
+NPY_MAX_HEADER = 10_000  # numpy's own default limit on the header of an .npy file
+
+
+def _json_depth(text: str) -> int:
+    """Deepest nesting of ``[``/``{`` in a JSON text (outside strings), counted without recursion."""
+    depth = deepest = 0
+    in_str = escaped = False
+    for c in text:
+        if in_str:
+            escaped, in_str = (False, True) if escaped else (c == "\\", c != '"')
+        elif c == '"':
+            in_str = True
+        elif c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth -= 1
+    return deepest
+
+
+def _read_runner_info(info: Path) -> tuple[str, str]:
+    """(device, problem) from the runner's ``runner.json``: "unknown" and a one-line problem when it is
+    missing, not a small regular file, not UTF-8, nested, or not the object the runner writes."""
+    if not os.path.lexists(info):
+        return "unknown", "runner.json: missing (the runner did not finish)"
+    try:
+        text = read_regular(info, RUNNER_JSON_MAX_BYTES).decode("utf-8")
+        if (depth := _json_depth(text)) > 4:  # the runner writes a flat object
+            return "unknown", f"runner.json: nested {depth} levels deep; the runner writes 1"
+        data = json.loads(text)
+    except (FolderError, OSError, ValueError, RecursionError) as exc:  # UnicodeError, JSONDecodeError
+        return "unknown", clip(f"runner.json: not the runner's output: {type(exc).__name__}: {exc}")
+    if not isinstance(data, dict):
+        return "unknown", f"runner.json: expected an object, got {type(data).__name__}"
+    device = data.get("device")
+    return (device if device in ("cpu", "cuda") else "unknown"), ""
+
+
+def _read_npy(out: Path, max_items: int, why: Callable[[np.ndarray], str]) -> np.ndarray | str:
+    """The array in the ``.npy`` file ``out``, or a one-line reason why it is not a plain numeric .npy array
+    whose size is exactly its header's. More than ``max_items`` values are never read: ``why`` (the shape
+    check) explains them on a zero-copy stand-in. Read into memory, not mapped: a mapped file that shrinks
+    would crash this process with SIGBUS."""
+    fmt = np.lib.format
+    try:
+        with open_regular(out) as f:
+            size = os.fstat(f.fileno()).st_size
+            version = fmt.read_magic(f)  # ValueError unless the file starts with the .npy magic
+            if version not in ((1, 0), (2, 0), (3, 0)):
+                return f"predictions file has an unknown .npy version {version}"
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read_header(f, max_header_size=NPY_MAX_HEADER)
+            offset = f.tell()
+            if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None or dtype.kind not in "iuf":
+                return f"returned non-numeric values (dtype {clip(str(dtype), 60)})"
+            if fortran:
+                return "predictions file is Fortran-ordered; write it with np.save of a C-ordered array"
+            count = math.prod(shape)  # exact integers: no overflow
+            if size != offset + count * dtype.itemsize:
+                return f"predictions file is {size} bytes, but its header describes {offset + count * dtype.itemsize}"
+            if count > max_items:
+                return why(np.broadcast_to(np.zeros((), dtype), shape)) or f"returned {count} values, too many"
+            data = f.read(count * dtype.itemsize)
+    except (FolderError, OSError, ValueError, SyntaxError, TypeError, MemoryError) as exc:
+        return clip(f"predictions file is not a .npy array: {type(exc).__name__}: {exc}")
+    if len(data) != count * dtype.itemsize:
+        return "predictions file changed while it was read"
+    return np.frombuffer(data, dtype).reshape(shape)
+
+
 def _read_output(out: Path, ids: np.ndarray, n: int, track: Track, device: str, seconds: float,
                  log: str) -> PredictResult:
     """Load and check one predictions file written by the sandboxed runner."""
-    if out.is_symlink() or not out.is_file():
+    if not os.path.lexists(out):
         return _fail("produced no predictions file", ids, device, seconds, log)
-    try:  # memory-mapped: a huge file is rejected on its header, before anything is read
-        pred = np.load(out, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:
-        return _fail(f"predictions file is not a readable .npy array: {exc}", ids, device, seconds)
-    if reason := validate_predictions(pred, n, track.output, _input_shape(track)):
+    shape = _input_shape(track)
+    max_items = max(math.prod(s) for s in expected_shapes(track.output, n, shape))
+    pred = _read_npy(out, max_items, lambda a: validate_predictions(a, n, track.output, shape))
+    if isinstance(pred, str):
+        return _fail(pred, ids, device, seconds, log)
+    if reason := validate_predictions(pred, n, track.output, shape):
         return _fail(reason, ids, device, seconds, log)
     return PredictResult(True, "", np.array(pred, dtype=np.float32), ids, device, seconds, log)
 

@@ -1,0 +1,414 @@
+"""Hostile inputs never stop the evaluator: each becomes its submission's FAILED record with a one-line reason,
+and the honest submission evaluated with it keeps its score, record and predictions (issue 13).
+
+Every test runs the real ``evaluate()`` on a hostile folder next to a good ``predictions``-format submission;
+sandbox outputs are made hostile from inside the real sandbox by a ``python`` submission."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import json
+import os
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import bwrap_works, csv_submission, python_submission
+from typer.testing import CliRunner
+
+from skybench.evaluate import Outcome, discover_submissions, evaluate, record_dir
+from skybench.submission import SubmissionError, load_submission
+
+GOOD_SPEC = "team: evil\nname: {name}\ntrack: lens-space\nformat: python\nmodel: predict.py\n"
+needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create namespaces here")
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    return tmp_path
+
+
+def _ids(release: Path) -> np.ndarray:
+    return pd.read_parquet(release / "public/test/index.parquet")["id"].to_numpy()
+
+
+def _good(root: Path, release: Path) -> Path:
+    ids = _ids(release)
+    return csv_submission(root / "good", "good", ids, np.linspace(0, 1, len(ids)), team="honest")
+
+
+def _folder(root: Path, name: str, spec: str | bytes | None = None) -> Path:
+    """A python-format folder ``root/name`` with ``spec`` as its submission.yaml (None: none written)."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "predict.py").write_text("def load(d): return None\ndef predict(m, b): return b.sum(axis=(1, 2, 3))\n")
+    spec = GOOD_SPEC.format(name=name) if spec is None else spec
+    (folder / "submission.yaml").write_bytes(spec.encode() if isinstance(spec, str) else spec)
+    return folder
+
+
+def _rm_deep(top: Path) -> None:
+    """Remove a tree of any depth without recursion (shutil.rmtree, and so pytest's own clean-up of its
+    temporary folders, recurse and would raise RecursionError on these trees)."""
+    stack = [(str(top), False)]
+    while stack:
+        path, emptied = stack.pop()
+        if emptied:
+            os.rmdir(path)
+            continue
+        stack.append((path, True))
+        with os.scandir(path) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append((e.path, False))
+                else:
+                    os.unlink(e.path)
+
+
+@pytest.fixture
+def nest():
+    """``nest(folder, depth)`` makes ``folder/d/d/.../d`` ``depth`` deep (through descriptors: no path-length
+    limit); the trees are removed after the test."""
+    made: list[Path] = []
+
+    def make(folder: Path, depth: int) -> None:
+        made.append(folder / "d")
+        fd = os.open(folder, os.O_RDONLY)
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            nxt = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        os.close(fd)
+
+    yield make
+    for top in made:
+        if top.exists():
+            _rm_deep(top)
+
+
+def _run(folders: list[Path], release: Path, out: Path, **kw) -> list[Outcome]:
+    """evaluate() with the good submission last; it must not raise, and the good one must be intact."""
+    outcomes = evaluate(folders, "lens-space", release, out=out, **kw)
+    assert len(outcomes) == len(folders)
+    good = outcomes[-1]
+    assert good.status == "FINISHED", good.reason
+    assert 0.0 <= good.metrics["auroc"] <= 1.0
+    rec = json.loads((good.record / "evaluation.json").read_text())
+    assert rec["status"] == "FINISHED" and rec["metrics"]["auroc"] == good.metrics["auroc"]
+    pred = pd.read_csv(good.record / "predictions.csv")
+    assert len(pred) == len(_ids(release)) and pred["score"].notna().all()
+    return outcomes
+
+
+def _failed(outcome: Outcome, *words: str) -> None:
+    assert outcome.status == "FAILED", (outcome.name, outcome.reason)
+    reason = outcome.reason
+    assert reason and "\n" not in reason and len(reason) <= 1000, reason
+    for w in words:
+        assert w in reason, (w, reason)
+    assert all(c.isprintable() for c in reason), reason
+    if outcome.record is not None:  # the record says the same
+        assert json.loads((outcome.record / "evaluation.json").read_text())["status"] == "FAILED"
+
+
+# --- submission.yaml: bounded, strict parsing ------------------------------------------------------------
+
+def _laughs() -> str:
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, 10):  # 9**10 strings once expanded
+        prev, cur = chr(ord("a") + i - 1), chr(ord("a") + i)
+        lines.append(f"{cur}: &{cur} [" + ",".join([f"*{prev}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+YAML_ATTACKS: dict[str, tuple[str | bytes, list[str]]] = {
+    "non-utf8": (GOOD_SPEC.format(name="x").encode() + b"description: caf\xe9\n", ["not UTF-8", "0xe9", "offset"]),
+    "nul-in-model": (GOOD_SPEC.format(name="x").replace("model: predict.py", 'model: "predict.py\\0.txt"'),
+                     ["key 'model'", "control character", "\\x00"]),
+    "escape-in-description": (GOOD_SPEC.format(name="x") + 'description: "\\e[2J\\e[31mred"\n',
+                              ["key 'description'", "control character"]),
+    "nested-flow": (GOOD_SPEC.format(name="x") + "description: " + "[" * 20_000 + "]" * 20_000 + "\n",
+                    ["nested deeper than 8 levels"]),
+    "nested-block": (GOOD_SPEC.format(name="x") + "description:\n"
+                     + "".join(" " * i + f"k{i}:\n" for i in range(1, 200)), ["nested deeper than 8 levels"]),
+    "billion-laughs": (_laughs() + GOOD_SPEC.format(name="x"), ["anchors and aliases"]),
+    "laughs-in-a-key": (_laughs() + GOOD_SPEC.format(name="x").replace("name: x", "name: *j"),
+                        ["anchors and aliases"]),
+    "oversized": (GOOD_SPEC.format(name="x") + "description: " + "x" * 70_000 + "\n", ["larger than 64 KiB"]),
+    "long-team": (GOOD_SPEC.format(name="x").replace("team: evil", "team: " + "t" * 600),
+                  ["key 'team'", "pattern", "..."]),
+    "markup-team": (GOOD_SPEC.format(name="x").replace("team: evil", "team: '[/]'"), ["key 'team'", "'[/]'"]),
+    "dotdot-name": (GOOD_SPEC.format(name="a..b"), ["key 'name'", "'..'"]),
+    "slash-name": (GOOD_SPEC.format(name="lens/finders"), ["key 'name'", "pattern"]),
+    "long-contact": (GOOD_SPEC.format(name="x") + "contact: " + "c" * 300 + "\n", ["key 'contact'", "200"]),
+    "python-tag": (GOOD_SPEC.format(name="x") + "description: !!python/object/apply:os.system [id]\n",
+                   ["YAML syntax error", "python/object"]),
+}
+
+
+def test_hostile_submission_yaml_is_failed_with_one_line(store, tmp_path, tiny_space_release):
+    root = tmp_path / "subs"
+    folders = [_folder(root, name, spec) for name, (spec, _) in YAML_ATTACKS.items()]
+    link = _folder(root, "symlink-spec", None)  # submission.yaml a symlink to a valid spec elsewhere
+    (link / "submission.yaml").unlink()
+    (tmp_path / "elsewhere.yaml").write_text(GOOD_SPEC.format(name="x"))
+    (link / "submission.yaml").symlink_to(tmp_path / "elsewhere.yaml")
+    fifo = _folder(root, "fifo-spec", None)
+    (fifo / "submission.yaml").unlink()
+    os.mkfifo(fifo / "submission.yaml")  # reading it would block forever
+    start = time.monotonic()
+    outcomes = _run([*folders, link, fifo, _good(root, tiny_space_release)], tiny_space_release,
+                    tmp_path / "evals", publish=False)
+    assert time.monotonic() - start < 120
+    for (name, (_, words)), outcome in zip(YAML_ATTACKS.items(), outcomes, strict=False):
+        _failed(outcome, "submission.yaml", *words)
+        assert outcome.folder.name == name
+    _failed(outcomes[-3], "symlink")
+    _failed(outcomes[-2], "not a regular file")
+
+
+def test_overlong_or_markup_team_is_refused_at_load_with_a_clear_reason(tmp_path):
+    folder = _folder(tmp_path, "long", GOOD_SPEC.format(name="x").replace("team: evil", "team: " + "t" * 600))
+    with pytest.raises(SubmissionError) as info:
+        load_submission(folder)
+    msg = str(info.value)
+    assert "key 'team'" in msg and "1-64 letters, digits" in msg and len(msg) < 400
+    assert load_submission(_folder(tmp_path, "ok", None)).spec.team == "evil"
+
+
+# --- submission folders: bounded, iterative walks -------------------------------------------------------
+
+def test_hostile_folder_trees_are_failed(store, tmp_path, tiny_space_release, nest):
+    root = tmp_path / "subs"
+    deep1100, deep1500 = _folder(root, "deep-1100"), _folder(root, "deep-1500")
+    nest(deep1100, 1100)
+    nest(deep1500, 1500)
+    many = _folder(root, "many-files")
+    for i in range(10_001):
+        (many / f"f{i}").touch()
+    sparse = _folder(root, "sparse")
+    with open(sparse / "weights.bin", "wb") as f:
+        f.truncate(3 * 1024**3)  # 3 GiB that take no disk
+    fifo = _folder(root, "fifo")
+    os.mkfifo(fifo / "pipe")
+    outcomes = _run([deep1100, deep1500, many, sparse, fifo, _good(root, tiny_space_release)], tiny_space_release,
+                    tmp_path / "evals", publish=False)
+    _failed(outcomes[0], "nested deeper than 32 levels")
+    _failed(outcomes[1], "nested deeper than 32 levels")
+    _failed(outcomes[2], "more than 10000 files")
+    _failed(outcomes[3], "larger than 2 GiB")
+    _failed(outcomes[4], "pipe", "not a regular file")
+
+
+def test_discovery_survives_hostile_trees(tmp_path, monkeypatch, nest):
+    monkeypatch.setenv("SKYBENCH_ROOT", str(tmp_path))
+    subs = tmp_path / "submissions"
+    good = _folder(subs / "a", "good", GOOD_SPEC.format(name="good"))
+    nest(subs / "a", 1500)  # a 1,500-deep tree next to the submissions
+    nest(good, 1100)
+    bad_yaml = _folder(subs / "lens-space", "bad", b"track: lens-space\n\xff" + b"[" * 5000)
+    nested = _folder(subs / "b", "nested", "track: " + "[" * 5000 + "]" * 5000 + "\n")
+    linked = subs / "c" / "linked"
+    linked.mkdir(parents=True)
+    (linked / "submission.yaml").symlink_to(good / "submission.yaml")
+    fifo = subs / "lens-space" / "fifo"
+    fifo.mkdir()
+    os.mkfifo(fifo / "submission.yaml")  # reading it would block discovery forever
+    found = discover_submissions("lens-space", roots=("submissions", "baselines"))
+    assert good in found and bad_yaml in found and fifo in found  # their paths name the track: recorded
+    assert nested not in found and linked not in found  # unreadable, and not named by the track
+
+
+# --- predictions CSV: plain text only, read by its own path -------------------------------------------
+
+def test_compressed_or_linked_predictions_are_not_decompressed(store, tmp_path, tiny_space_release):
+    ids = _ids(tiny_space_release)
+    text = pd.DataFrame({"id": ids, "score": np.linspace(0, 1, len(ids))}).to_csv(index=False).encode()
+    zipped = io.BytesIO()
+    with zipfile.ZipFile(zipped, "w") as z:
+        z.writestr("p.csv", text)
+    root = tmp_path / "subs"
+    folders = []
+    for name, payload in [("gz", gzip.compress(text)), ("bz2", bz2.compress(text)), ("zip", zipped.getvalue())]:
+        folder = csv_submission(root / name, name, ids, np.zeros(len(ids)), team="evil")
+        (folder / "scores.csv").write_bytes(payload)  # a .csv name, compressed content: parsed as text
+        folders.append(folder)
+    link = csv_submission(root / "link", "link", ids, np.zeros(len(ids)), team="evil")
+    (link / "scores.csv").rename(link / "data.csv")
+    (link / "data.csv").write_bytes(bz2.compress(text))
+    (link / "scores.bz2").symlink_to("data.csv")  # the old evaluator inferred bz2 from this name
+    (link / "submission.yaml").write_text((link / "submission.yaml").read_text().replace("scores.csv", "scores.bz2"))
+    big = csv_submission(root / "big", "big", ids, np.zeros(len(ids)), team="evil")
+    with open(big / "scores.csv", "ab") as f:
+        f.truncate(65 * 1024**2)
+    outcomes = _run([*folders, link, big, _good(root, tiny_space_release)], tiny_space_release, tmp_path / "evals",
+                    publish=False)
+    for o in outcomes[:3]:
+        _failed(o, "scores.csv")
+    _failed(outcomes[3], "key 'model'", "symlink")
+    _failed(outcomes[4], "larger than 64 MiB")
+
+
+# --- sandbox outputs: only a plain .npy and the runner's own runner.json -------------------------------
+
+TAMPER = """
+import json, os
+import numpy as np
+
+_save = np.save
+def load(d):
+    mode = {mode!r}
+    if mode == "npz":  # the runner's np.save writes an .npz archive under the .npy name
+        np.save = lambda file, arr, *a, **k: np.savez(open(file, "wb"), predictions=arr)
+    elif mode == "json":  # the runner's runner.json nested thousands deep
+        json.dumps = lambda *a, **k: "[" * 4000 + "]" * 4000
+    elif mode == "short":  # a header promising more than the file holds
+        def save(file, arr, *a, **k):
+            _save(file, arr)
+            os.truncate(file, os.path.getsize(file) - 16)
+        np.save = save
+    elif mode == "object":  # a pickled object array
+        np.save = lambda file, arr, *a, **k: _save(file, arr.astype(object), allow_pickle=True)
+    elif mode == "symlink":  # predictions.npy a symlink into the submission
+        np.save = lambda file, arr, *a, **k: os.symlink("/submission/predict.py", file)
+    elif mode == "too-many":  # a valid .npy, far larger than any answer: refused on its header
+        np.save = lambda file, arr, *a, **k: _save(file, np.zeros(10**7, np.float32))
+    elif mode == "huge-header":  # a header of 10**12 rows on a tiny file
+        def save(file, arr, *a, **k):
+            with open(file, "wb") as f:
+                np.lib.format.write_array_header_1_0(f, dict(descr="<f4", fortran_order=False, shape=(10**12,)))
+        np.save = save
+    return None
+
+def predict(m, b):
+    return b.sum(axis=(1, 2, 3))
+"""
+TAMPER_WORDS = {"npz": ["not a .npy array"], "json": ["runner.json", "nested 4000 levels"],
+                "short": ["bytes, but its header describes"], "object": ["non-numeric"],
+                "symlink": ["symlink"], "too-many": ["returned 10000000 predictions, expected 64"],
+                "huge-header": ["bytes, but its header describes"]}
+
+
+@needs_bwrap
+def test_hostile_sandbox_outputs_are_failed(store, tmp_path, tiny_space_release):
+    root = tmp_path / "subs"
+    folders = [python_submission(root, mode, TAMPER.format(mode=mode), team="evil") for mode in TAMPER_WORDS]
+    good = _good(root, tiny_space_release)
+    outcomes = _run([*folders, good], tiny_space_release, tmp_path / "evals", publish=False)
+    for (mode, words), outcome in zip(TAMPER_WORDS.items(), outcomes, strict=False):
+        assert outcome.name == mode
+        _failed(outcome, *words)
+
+
+DEEP_SCRATCH = """
+import os
+def load(d):  # a 1,500-deep tree in the scratch folder, left for the evaluator to clean up
+    fd = os.open("/scratch", os.O_RDONLY)
+    for _ in range(1500):
+        os.mkdir("d", dir_fd=fd)
+        nxt = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+def predict(m, b):
+    return b.sum(axis=(1, 2, 3))
+"""
+
+
+@needs_bwrap
+def test_a_crash_while_cleaning_up_scratch_does_not_stop_the_others(store, tmp_path, tiny_space_release,
+                                                                     monkeypatch):
+    import tempfile
+
+    scratch_root = tmp_path / "tmp"
+    scratch_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_root))  # the executor's scratch folders go here
+    root = tmp_path / "subs"
+    deep = python_submission(root, "deep-scratch", DEEP_SCRATCH, team="evil")
+    after = python_submission(root, "after", "def load(d): return None\n"
+                              "def predict(m, b): return b.sum(axis=(1, 2, 3))\n", team="honest")
+    try:
+        outcomes = _run([deep, after, _good(root, tiny_space_release)], tiny_space_release, tmp_path / "evals",
+                        publish=False)
+    finally:
+        for left in scratch_root.iterdir():
+            _rm_deep(left)
+    if outcomes[0].status == "FAILED":  # the clean-up crashed (RecursionError) or refused: contained here
+        _failed(outcomes[0])
+    assert outcomes[1].status == "FINISHED", outcomes[1].reason
+
+
+# --- one boundary per submission ------------------------------------------------------------------------
+
+class _FaultyExecutor:
+    """The real local executor, with an infrastructure fault (a full disk) injected for one submission."""
+
+    name = "faulty"
+
+    def __init__(self, victim: str) -> None:
+        self.victim = victim
+
+    def run(self, jobs):
+        from skybench.executors import LocalExecutor
+
+        for job in jobs:
+            if job.sub.spec.name == self.victim:
+                raise OSError(28, "No space left on device")
+            yield from LocalExecutor().run([job])
+
+
+def test_one_submission_raising_anywhere_does_not_stop_the_others(store, tmp_path, tiny_space_release):
+    ids = _ids(tiny_space_release)
+    root = tmp_path / "subs"
+    first = csv_submission(root / "first", "first", ids, np.linspace(1, 0, len(ids)), team="honest")
+    victim = csv_submission(root / "victim", "victim", ids, np.linspace(1, 0, len(ids)), team="honest")
+    blocked = csv_submission(root / "blocked", "blocked", ids, np.linspace(1, 0, len(ids)), team="honest")
+    out = tmp_path / "evals"
+    record_dir(out, "honest", "blocked").parent.mkdir(parents=True)
+    record_dir(out, "honest", "blocked").write_text("a file where the record folder goes")
+    outcomes = _run([first, victim, blocked, _good(root, tiny_space_release)], tiny_space_release, out,
+                    executor=_FaultyExecutor("victim"))
+    assert outcomes[0].status == "FINISHED" and 0 <= outcomes[0].metrics["auroc"] <= 1
+    _failed(outcomes[1], "OSError", "No space left on device")
+    _failed(outcomes[2], "evaluation failed:")
+
+
+# --- display: team-supplied text is never markup or terminal control -----------------------------------
+
+def test_markup_and_control_characters_are_shown_literally(store, tmp_path, tiny_space_release, capsys):
+    from skybench import leaderboard as lb
+    from skybench.cli import app
+    from skybench.report import print_report
+
+    ids = _ids(tiny_space_release)
+    root = tmp_path / "subs"
+    hostile = csv_submission(root / "m", "markup", [*ids[1:], "[/]", "[bold]x\x1b[2J"],
+                             np.zeros(len(ids) + 1), team="evil")
+    outcomes = _run([hostile, _good(root, tiny_space_release)], tiny_space_release, tmp_path / "evals")
+    _failed(outcomes[0], "unknown ids", "'[/]'")
+    result = CliRunner().invoke(app, ["leaderboard", "lens-space", "--all-releases"])
+    assert result.exit_code == 0, result.output
+    assert "'[/]'" in result.output and "\x1b" not in result.output and "\\x1b" in result.output
+
+    board = pd.DataFrame({"rank": [1], "team": ["[/]"], "name": ["[bold]n<script>|x"], "status": ["FAILED"],
+                          "reason": ["[red]boom[/red] \u202e \x1b[31m"]})
+    table = lb.render(board, "table")
+    assert "[/]" in table and "[bold]n<script>" in table and "[red]boom[/red]" in table
+    assert "\x1b" not in table and "\u202e" not in table and "\\u202e" in table
+    assert "<script>" not in lb.render(board, "html") and "&lt;script&gt;" in lb.render(board, "html")
+    md = lb.render(board, "markdown")
+    assert "<script>" not in md and "n&lt;script&gt;\\|x" in md
+
+    releases = tmp_path / "releases"
+    (releases / "[/]broken[bold]").mkdir(parents=True)  # no manifest: its error is shown in the table
+    (releases / "lens-space").symlink_to(tiny_space_release)
+    capsys.readouterr()
+    print_report(releases)  # a leaderboard with the hostile row, and the broken release: no MarkupError
+    shown = capsys.readouterr().out
+    assert "[/]" in shown and "'[/]'" in shown and "\x1b" not in shown
