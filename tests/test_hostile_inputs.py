@@ -292,7 +292,7 @@ def predict(m, b):
 """
 TAMPER_WORDS = {"npz": ["not a .npy array"], "json": ["runner.json", "nested 4000 levels"],
                 "short": ["bytes, but its header describes"], "object": ["non-numeric"],
-                "symlink": ["symlink"], "too-many": ["returned 10000000 predictions, expected 64"],
+                "symlink": ["no predictions file"], "too-many": ["returned 10000000 predictions, expected 64"],
                 "huge-header": ["bytes, but its header describes"]}
 
 
