@@ -154,12 +154,13 @@ def leaderboard(track: str,
 
 
 def _copy_roc_curves(evaluations: Path, out: Path) -> None:
-    """One ROC csv per evaluated submission, in one folder, for `dvc plots show`."""
+    """One ROC csv per evaluated submission, in one folder, for `dvc plots show`: the participant's curve
+    (public part, fixed FPRs; ``roc_public.csv``), never the organiser's full one."""
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    for roc in sorted(evaluations.glob("*/roc.csv")):
+    for roc in sorted(evaluations.glob("*/roc_public.csv")):
         shutil.copy(roc, out / f"{roc.parent.name}.csv")
 
 
