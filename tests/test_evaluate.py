@@ -205,8 +205,8 @@ def test_real_lens_recall_is_the_fraction_above_the_1_percent_fpr_threshold(stor
     track = load_track("lens-space")
     track = track.model_copy(update={"evaluation": track.evaluation.model_copy(update={"real_set": str(real)})})
     (o,) = evaluate([subs["ok"]], track, tiny_space_release, out=tmp_path / "evals")
-    pred = pd.read_csv(tmp_path / "evals/tests__ok/predictions.csv")
-    real_scores = pd.read_csv(tmp_path / "evals/tests__ok/real_predictions.csv")
+    pred = pd.read_csv(tmp_path / "evals-private/tests__ok/predictions.csv")
+    real_scores = pd.read_csv(tmp_path / "evals-private/tests__ok/real_predictions.csv")
     hidden = pd.read_parquet(tiny_space_release / "hidden/test/meta.parquet").set_index("id")
     cut = threshold_at_fpr(hidden.loc[pred.id, "is_lens"].to_numpy(), pred.score.to_numpy(), 0.01)
     assert len(real_scores) == 8

@@ -132,7 +132,7 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
             try:
                 if down:
                     raise ConnectionError(down)
-                publish_record(outcome.record, track.name)
+                publish_record(outcome.record, track)
             except Exception as exc:  # noqa: BLE001 - the record stays on disk for `skybench log`
                 outcome.unpublished = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                 outcome.reason = (f"{outcome.reason}; " if outcome.reason else "") + \

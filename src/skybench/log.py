@@ -9,23 +9,23 @@ import json
 from pathlib import Path
 
 from .tracking import find_evaluation, log_evaluation
+from .tracks import Track, load_track
 
 RECORD = "evaluation.json"
 TAGS = ("submission_sha256", "release_sha256", "real_release_sha256", "git_commit", "skybench_version", "device")
 
 
-def publish_record(rdir: Path, track: str | None = None) -> str | None:
+def publish_record(rdir: Path, track: str | Track | None = None) -> str | None:
     """Log one record unless MLflow already has it; return the new run id, or None if it was there.
 
     The organiser's full record (``private/<record>/``, :mod:`skybench.visibility`) goes to the organiser
     experiment first, then the participant view to ``skybench-<track>``: only the metrics of
     :func:`participant_view` and the files of :func:`participant_artifacts`, whatever else the folder holds."""
-    from .tracks import load_track
     from .visibility import participant_artifacts, participant_view
 
     rec = json.loads((Path(rdir) / RECORD).read_text())
-    track = track or _track_of(Path(rdir))
-    t = load_track(track)
+    t = track if isinstance(track, Track) else load_track(track or _track_of(Path(rdir)))
+    track = t.name
     tags = {k: str(rec.get(k, "")) for k in TAGS}
     new_org = _publish_organiser(track, Path(rdir), rec, tags)
     run = find_evaluation(track, rec["submission_sha256"], rec["release_sha256"])
