@@ -284,3 +284,22 @@ def test_enhance_truth_cannot_be_read_off_participant_artifacts(tmp_path, monkey
         elif name != "metrics.json":
             assert (shown0 / name).read_bytes() == (shown1 / name).read_bytes(), name
     assert not np.array_equal(imread(full0 / "gallery.png"), imread(full1 / "gallery.png"))
+
+
+def test_participant_roc_has_a_fixed_size_and_interpolates_the_curve():
+    from skybench.metrics import ROC_FPR_GRID, roc_curve, roc_on_grid
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    for scores in (rng.random(500), np.round(rng.random(500), 1), y + rng.random(500)):
+        fpr, tpr = roc_on_grid(y, scores)
+        assert len(fpr) == len(tpr) == len(ROC_FPR_GRID) and list(fpr) == list(ROC_FPR_GRID)
+        assert np.all(np.diff(tpr) >= 0) and tpr[-1] == 1.0
+        full_fpr, full_tpr, _ = roc_curve(y, scores)
+        for f, t in zip(fpr, tpr, strict=True):  # between the curve's TPRs just left and right of f
+            left = full_tpr[full_fpr <= f].max()
+            right = full_tpr[full_fpr >= f].min()
+            assert left - 1e-12 <= t <= max(left, right) + 1e-12
+    fpr, tpr = roc_on_grid([0, 0, 1, 1], [0.1, 0.3, 0.2, 0.4])  # (0,.5) (.5,.5) (.5,1) (1,1)
+    assert tpr[list(ROC_FPR_GRID).index(0.0)] == 0.5 and tpr[list(ROC_FPR_GRID).index(0.5)] == 1.0
+    assert tpr[list(ROC_FPR_GRID).index(0.2)] == pytest.approx(0.5)
