@@ -303,3 +303,16 @@ def test_participant_roc_has_a_fixed_size_and_interpolates_the_curve():
     fpr, tpr = roc_on_grid([0, 0, 1, 1], [0.1, 0.3, 0.2, 0.4])  # (0,.5) (.5,.5) (.5,1) (1,1)
     assert tpr[list(ROC_FPR_GRID).index(0.0)] == 0.5 and tpr[list(ROC_FPR_GRID).index(0.5)] == 1.0
     assert tpr[list(ROC_FPR_GRID).index(0.2)] == pytest.approx(0.5)
+
+
+def test_organiser_experiment_keeps_its_artifacts_apart(tmp_path, monkeypatch):
+    from skybench.tracking import ensure_experiment, ensure_organiser_experiment
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    c = MlflowClient(tracking_uri())
+    part = c.get_experiment(ensure_experiment(experiment_name("lens-space"))).artifact_location
+    org = c.get_experiment(ensure_organiser_experiment("lens-space")).artifact_location
+    assert org != part and not org.startswith(part.rstrip("/") + "/") and org.endswith("-organiser")
+    monkeypatch.setenv("SKYBENCH_ORGANISER_ARTIFACTS", str(tmp_path / "vault"))  # an organiser-only path
+    org = c.get_experiment(ensure_organiser_experiment("lens-ground")).artifact_location
+    assert org == (tmp_path / "vault" / "skybench-lens-ground-organiser").as_uri()
