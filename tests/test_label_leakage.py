@@ -316,3 +316,32 @@ def test_organiser_experiment_keeps_its_artifacts_apart(tmp_path, monkeypatch):
     monkeypatch.setenv("SKYBENCH_ORGANISER_ARTIFACTS", str(tmp_path / "vault"))  # an organiser-only path
     org = c.get_experiment(ensure_organiser_experiment("lens-ground")).artifact_location
     assert org == (tmp_path / "vault" / "skybench-lens-ground-organiser").as_uri()
+
+
+def test_publication_filters_a_record_folder_whatever_it_holds(tmp_path, monkeypatch, root):
+    """A record folder written by an older skybench (full metrics, full ROC, predictions beside the record):
+    the participant experiment still gets only the participant view."""
+    from skybench.log import publish_record
+
+    project = _project(tmp_path / "p", monkeypatch, root, "lens-space",
+                       {"public_fraction": 0.3, "split_seed": 7, "phase": "open"})
+    rdir = project / "results/lens-space/evaluations/eve__old"
+    rdir.mkdir(parents=True)
+    rec = {"team": "eve", "name": "old", "format": "predictions", "status": "FINISHED", "reason": "",
+           "submission_sha256": "a" * 64, "release_sha256": "b" * 64, "real_release_sha256": "",
+           "metrics": {"auroc": 0.9, "public_auroc": 0.8, "private_auroc": 0.95}}
+    (rdir / "evaluation.json").write_text(json.dumps(rec))
+    (rdir / "metrics.json").write_text(json.dumps(rec["metrics"]))
+    for name in ("roc.csv", "predictions.csv"):
+        (rdir / name).write_text("fpr,tpr\n0,0\n0,0.5\n1,1\n")
+    assert publish_record(rdir)
+    seen = _view(project, "lens-space", False, tmp_path / "dl")
+    assert {Path(n).name for n in seen["files"] if n.startswith("mlflow/")} == {"evaluation.json", "metrics.json"}
+    assert set(seen["metrics"]) - {"auroc", "private_auroc"} == {"public_auroc"}  # the disk copy is as it was
+    c = MlflowClient(tracking_uri())
+    [run] = c.search_runs([c.get_experiment_by_name(experiment_name("lens-space")).experiment_id])
+    assert set(run.data.metrics) == {"public_auroc"}
+    published = [json.loads(d) for n, d in seen["files"].items() if n.startswith("mlflow/")]
+    assert all(set(p.get("metrics", p)) == {"public_auroc"} for p in published)
+    [org] = c.search_runs([c.get_experiment_by_name(organiser_experiment("lens-space")).experiment_id])
+    assert {"auroc", "private_auroc"} <= set(org.data.metrics)

@@ -6,6 +6,7 @@ code, so this stage always runs) and by hand after a tracking-server outage (``s
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 from .tracking import find_evaluation, log_evaluation
@@ -31,11 +32,16 @@ def publish_record(rdir: Path, track: str | Track | None = None) -> str | None:
     run = find_evaluation(track, rec["submission_sha256"], rec["release_sha256"])
     if run is not None and run.data.tags.get("real_release_sha256", "") == rec.get("real_release_sha256", ""):
         return new_org
-    allowed = participant_artifacts(t)
-    artifacts = [p for p in sorted(Path(rdir).iterdir()) if p.is_file() and p.name in allowed]
-    return log_evaluation(track, team=rec["team"], name=rec["name"], fmt=rec["format"], status=rec["status"],
-                          metrics=participant_view(t, rec["metrics"]), tags=tags,
-                          artifacts=artifacts, reason=rec.get("reason", ""))
+    shown = participant_view(t, rec["metrics"])
+    allowed = set(participant_artifacts(t)) - {RECORD, "metrics.json"}
+    with tempfile.TemporaryDirectory(prefix="skybench-view-") as tmp:
+        # the record and metrics files rewritten from the participant view, whatever the folder's copies hold
+        (Path(tmp) / RECORD).write_text(json.dumps(rec | {"metrics": shown}, indent=2, sort_keys=True) + "\n")
+        (Path(tmp) / "metrics.json").write_text(json.dumps(shown, indent=2, sort_keys=True) + "\n")
+        artifacts = [*sorted(Path(tmp).iterdir()),
+                     *[p for p in sorted(Path(rdir).iterdir()) if p.is_file() and p.name in allowed]]
+        return log_evaluation(track, team=rec["team"], name=rec["name"], fmt=rec["format"], status=rec["status"],
+                              metrics=shown, tags=tags, artifacts=artifacts, reason=rec.get("reason", ""))
 
 
 def _publish_organiser(track: str, rdir: Path, rec: dict, tags: dict[str, str]) -> str | None:
