@@ -56,11 +56,13 @@ def test_evaluate_scores_good_submissions_and_fails_bad_ones_without_stopping(st
     assert outcomes["hidden"].status == "FAILED"
     # The scores are the metric module's on the hidden labels, recomputed here independently.
     hidden = pd.read_parquet(tiny_space_release / "hidden/test/meta.parquet").set_index("id")
-    pred = pd.read_csv(out / "tests__ok/predictions.csv")
+    pred = pd.read_csv(store / "evals-private/tests__ok/predictions.csv")  # per-object: organiser folder only
     expected = lens_metrics(hidden.loc[pred.id, "is_lens"].to_numpy(), pred.score.to_numpy(), seed=0)
     assert outcomes["ok"].metrics["auroc"] == pytest.approx(expected["auroc"], abs=1e-12)
-    for f in ("roc.png", "completeness.png", "metrics.json", "roc.csv", "evaluation.json"):
-        assert (out / "tests__ok" / f).is_file(), f
+    for f in ("roc.png", "completeness.png", "metrics.json", "roc.csv", "evaluation.json", "predictions.csv"):
+        assert (store / "evals-private" / "tests__ok" / f).is_file(), f
+    assert sorted(p.name for p in (out / "tests__ok").iterdir()) == \
+        ["evaluation.json", "metrics.json", "roc_public.csv", "roc_public.png"]
     board = lb.leaderboard(load_track("lens-space"))
     assert list(board.loc[board["rank"].notna(), "name"]) == ["ok"]
     failed = board[board.status == "FAILED"]
@@ -203,8 +205,8 @@ def test_real_lens_recall_is_the_fraction_above_the_1_percent_fpr_threshold(stor
     track = load_track("lens-space")
     track = track.model_copy(update={"evaluation": track.evaluation.model_copy(update={"real_set": str(real)})})
     (o,) = evaluate([subs["ok"]], track, tiny_space_release, out=tmp_path / "evals")
-    pred = pd.read_csv(tmp_path / "evals/tests__ok/predictions.csv")
-    real_scores = pd.read_csv(tmp_path / "evals/tests__ok/real_predictions.csv")
+    pred = pd.read_csv(tmp_path / "evals-private/tests__ok/predictions.csv")
+    real_scores = pd.read_csv(tmp_path / "evals-private/tests__ok/real_predictions.csv")
     hidden = pd.read_parquet(tiny_space_release / "hidden/test/meta.parquet").set_index("id")
     cut = threshold_at_fpr(hidden.loc[pred.id, "is_lens"].to_numpy(), pred.score.to_numpy(), 0.01)
     assert len(real_scores) == 8

@@ -70,8 +70,8 @@ def test_ray_executor_matches_local_bit_for_bit_and_keeps_the_sandbox(ray_local,
     print(f"ray evaluate of 2 submissions x 3 shards: {time.perf_counter() - start:.1f} s")
     assert [o.status for o in local + remote] == ["FINISHED", "FINISHED", "FAILED"]
     assert remote[0].metrics == local[0].metrics  # the same floats, not approximately
-    a = pd.read_csv(tmp_path / "local/ray__det/predictions.csv", dtype={"score": str})
-    b = pd.read_csv(tmp_path / "ray/ray__det/predictions.csv", dtype={"score": str})
+    a = pd.read_csv(tmp_path / "local-private/ray__det/predictions.csv", dtype={"score": str})
+    b = pd.read_csv(tmp_path / "ray-private/ray__det/predictions.csv", dtype={"score": str})
     pd.testing.assert_frame_equal(a, b)  # the same text, so the same bits
     assert json.loads((tmp_path / "ray/ray__det/evaluation.json").read_text())["n"] == 64
     # Inside the Ray worker the sandbox still hides the labels: the peeking submission fails in its shard.

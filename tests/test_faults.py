@@ -125,7 +125,7 @@ def test_unreachable_mlflow_fails_clearly_and_log_publishes_later(store, tmp_pat
     assert result.exit_code == 2, result.output
     assert "NOT logged to MLflow" in result.output and "unreachable" in result.output
     assert "skybench log" in result.output
-    kept = pd.read_csv(out / "f__offline" / "predictions.csv")  # nothing lost
+    kept = pd.read_csv(tmp_path / "evals-private" / "f__offline" / "predictions.csv")  # nothing lost
     assert len(kept) == 64
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     assert "1 run(s) logged" in CliRunner().invoke(app, ["log", str(out), "--track", "lens-space"]).output

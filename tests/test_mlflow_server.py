@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from skybench.evaluate import evaluate
 from skybench.leaderboard import leaderboard
-from skybench.tracking import experiment_name
+from skybench.tracking import experiment_name, organiser_experiment
 from skybench.tracks import load_track
 
 
@@ -76,6 +76,10 @@ def test_eight_concurrent_evaluations_lose_no_run_and_duplicate_none(server, tin
     assert sorted(r.data.params["name"] for r in runs) == ["s0", "s1", "s2", "s3"]  # none lost, none twice
     assert {r.info.status for r in c.search_runs([exp.experiment_id])} == {"FINISHED"}
     # Artifacts went through the server to its artifact store.
-    assert "roc.csv" in {a.path for a in c.list_artifacts(runs[0].info.run_id)}
+    assert "roc_public.csv" in {a.path for a in c.list_artifacts(runs[0].info.run_id)}
+    org = c.get_experiment_by_name(organiser_experiment("lens-space"))
+    org_runs = c.search_runs([org.experiment_id], "attributes.status = 'FINISHED'")
+    assert sorted(r.data.params["name"] for r in org_runs) == ["s0", "s1", "s2", "s3"]
+    assert "roc.csv" in {a.path for a in c.list_artifacts(org_runs[0].info.run_id)}
     board = leaderboard(load_track("lens-space"))
     assert sorted(board["name"]) == ["s0", "s1", "s2", "s3"] and board["rank"].notna().all()

@@ -14,7 +14,7 @@ from skybench.cli import app
 from skybench.evaluate import evaluate
 from skybench.metrics import lens_metrics
 from skybench.score import public_mask
-from skybench.tracking import client, experiment_name
+from skybench.tracking import client, experiment_name, organiser_experiment
 from skybench.tracks import load_track
 
 
@@ -67,10 +67,13 @@ def test_split_is_seeded_and_the_phase_decides_what_ranks(project, tiny_space_re
         pub_m = {c: m[row["name"]][f"public_{c}"] for c in cols}
         assert row[cols].astype(float).to_dict() == pytest.approx(pub_m, nan_ok=True)
         assert row["auroc"] != m[row["name"]]["auroc"] and row["auroc"] != m[row["name"]]["private_auroc"]
-    # both parts are in MLflow
-    exp = client().get_experiment_by_name(experiment_name("lens-space"))
+    # both parts are in the organiser's MLflow experiment; participants' has the public part only while open
+    exp = client().get_experiment_by_name(organiser_experiment("lens-space"))
     run = client().search_runs([exp.experiment_id])[0]
-    assert {"public_auroc", "private_auroc", "private_auroc_ci_low"} <= set(run.data.metrics)
+    assert {"public_auroc", "private_auroc", "private_auroc_ci_low", "auroc"} <= set(run.data.metrics)
+    exp = client().get_experiment_by_name(experiment_name("lens-space"))
+    for run in client().search_runs([exp.experiment_id]):
+        assert run.data.metrics and all(k.startswith("public_") for k in run.data.metrics)
 
     closed = track.model_copy(update={"evaluation": track.evaluation.model_copy(update={"phase": "closed"})})
     final = lb.leaderboard(closed)

@@ -114,8 +114,12 @@ def evaluate(folders: Annotated[list[Path] | None, typer.Argument(
                        executor=executor, executor_options=options)
     except (ReleaseError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
-    for o in outcomes:
-        primary = next(iter(o.metrics.items()), None)
+    from .tracks import load_track
+    from .visibility import participant_view
+
+    t = load_track(track)
+    for o in outcomes:  # the console may be a CI log teams read: only the participant view's metrics
+        primary = next(iter(participant_view(t, o.metrics).items()), None)
         score = f" {primary[0]}={primary[1]:.4f}" if primary else ""
         line = f"{o.status:9s} {o.team}/{o.name}{score}" + (f"  ({o.reason})" if o.reason else "")
         typer.secho(_shown(" ".join(line.split())), fg=typer.colors.RED if o.status == "FAILED" else None)
@@ -165,12 +169,13 @@ def leaderboard(track: str,
 
 
 def _copy_roc_curves(evaluations: Path, out: Path) -> None:
-    """One ROC csv per evaluated submission, in one folder, for `dvc plots show`."""
+    """One ROC csv per evaluated submission, in one folder, for `dvc plots show`: the participant's curve
+    (public part, fixed FPRs; ``roc_public.csv``), never the organiser's full one."""
     import shutil
 
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    for roc in sorted(evaluations.glob("*/roc.csv")):
+    for roc in sorted(evaluations.glob("*/roc_public.csv")):
         shutil.copy(roc, out / f"{roc.parent.name}.csv")
 
 

@@ -1,7 +1,10 @@
 """The ``evaluate`` stage: run submissions in the sandbox on a release's public test inputs and score them.
 
 For each submission it writes an evaluation record, ``OUT/<team>__<name>/`` (``evaluation.json``,
-``predictions.csv``, ``metrics.json``, ``roc.csv``, plots), and then publishes it to MLflow (``log.py``).
+``metrics.json`` and the aggregate plots a participant may see), the organiser's full record in
+``results/<track>/private/<team>__<name>/`` (``OUT-private/`` for another OUT): predictions, per-object
+tables, full ROC, truth plots, every metric (see :mod:`skybench.visibility`); then it publishes both to MLflow
+(``log.py``).
 Records stay on disk, so an unreachable tracking server loses nothing: ``skybench log OUT`` publishes
 them later. A bad submission becomes a FAILED record with a one-line reason; the others carry on.
 
@@ -35,6 +38,7 @@ from .submission import (
 )
 from .tracking import find_evaluation, git_commit
 from .tracks import Track, load_track, project_root
+from .visibility import make_private_dir, make_private_root, participant_view, private_dir, write_participant_view
 
 if TYPE_CHECKING:
     from .executors import Executor, Job
@@ -125,6 +129,7 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
     release = Path(release or default_release(track))
     out = Path(out or default_out(track))
     release_sha = check_release(release, track)
+    make_private_root(out)  # always there (a DVC output), even when nothing finishes
     hidden = release / "hidden" / "test"
     real = _real_set(track)
     real_sha = release_digest(real) if real is not None else ""
@@ -162,7 +167,7 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
             try:
                 if down:
                     raise ConnectionError(down)
-                publish_record(outcome.record, track.name)
+                publish_record(outcome.record, track)
             except Exception as exc:  # noqa: BLE001 - the record stays on disk for `skybench log`
                 outcome.unpublished = one_line(exc)
                 outcome.reason = (f"{outcome.reason}; " if outcome.reason else "") + \
@@ -266,22 +271,29 @@ def _finish(plan: _Plan, res: PredictResult, track: Track, release_sha: str, hid
     if res.ok and res.extra is not None and not res.extra.ok:
         status, reason = "FAILED", f"on the real set {track.evaluation.real_set}: {res.extra.reason}"
     elif res.ok:
-        rdir.mkdir(parents=True, exist_ok=True)
-        save_predictions(rdir, "predictions", res.ids, res.predictions)
-        metrics = score(track, res.ids, res.predictions, hidden, rdir)
+        # Scorers and predictions write to the organiser's folder; the record folder gets the participant view.
+        priv = make_private_dir(rdir)
+        save_predictions(priv, "predictions", res.ids, res.predictions)
+        metrics = score(track, res.ids, res.predictions, hidden, priv)
         if res.extra is not None and real is not None:
             extra = res.extra
-            save_predictions(rdir, "real_predictions", extra.ids, extra.predictions)
+            save_predictions(priv, "real_predictions", extra.ids, extra.predictions)
             metrics |= score_real(track, res.ids, res.predictions, hidden, extra.ids, extra.predictions,
-                                  real / "hidden" / "test", rdir)
-    rec = _write_record(rdir, team=spec.team, name=spec.name, fmt=spec.format, status=status, reason=reason,
-                        sub_sha=sub.sha256, release_sha=release_sha, device=res.device, metrics=metrics,
-                        seconds=res.seconds, n=len(res.ids), real_release_sha256=plan.real_sha)
+                                  real / "hidden" / "test", priv)
+        write_participant_view(track, priv, rdir, metrics)
+    fields = dict(team=spec.team, name=spec.name, fmt=spec.format, status=status, reason=reason,
+                  sub_sha=sub.sha256, release_sha=release_sha, device=res.device,
+                  seconds=res.seconds, n=len(res.ids), real_release_sha256=plan.real_sha)
+    if status == "FINISHED" or private_dir(rdir).is_dir():  # the full record (a failure clears an old one)
+        _write_record(make_private_dir(rdir), metrics=metrics, **fields)
+    rec = _write_record(rdir, metrics=participant_view(track, metrics), **fields)
     return Outcome(plan.folder, spec.team, spec.name, status, reason, metrics, rec)
 
 
 def save_predictions(rdir: Path, stem: str, ids: pd.Series, predictions: object) -> None:
-    """``<stem>.csv`` (id, score) for one value per object; else ``<stem>.npy`` plus ``<stem>_ids.csv``."""
+    """``<stem>.csv`` (id, score) for one value per object; else ``<stem>.npy`` plus ``<stem>_ids.csv``.
+
+    Per-object, so written to the organiser's folder only (:func:`skybench.visibility.private_dir`)."""
     import numpy as np
 
     pred = np.asarray(predictions)

@@ -1,4 +1,5 @@
-"""Leaderboard of a track, built from its MLflow evaluation runs (see :mod:`skybench.tracking`).
+"""Leaderboard of a track, built from its MLflow evaluation runs (see :mod:`skybench.tracking`), for organisers:
+it reads the organiser experiment, and publishes (``write_results``) only the phase's part of the metrics.
 
 One row per (team, name): its latest complete evaluation. Ranked by the primary metric; ties go to the
 earliest submission (``submitted`` = first evaluation run of that team/name, any release, any outcome),
@@ -22,7 +23,7 @@ import pandas as pd
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_DEFAULT
 from mlflow.tracking import MlflowClient
 
-from skybench.tracking import KIND_TAG, experiment_name, tracking_uri
+from skybench.tracking import KIND_TAG, experiment_name, organiser_experiment, tracking_uri
 from skybench.tracks import Track
 
 __all__ = ["columns", "leaderboard", "metric_prefix", "render", "scored_on", "write_results"]
@@ -64,9 +65,13 @@ def _runs(track: Track) -> pd.DataFrame:
 
     Uses an ``MlflowClient`` on :func:`tracking_uri` rather than ``mlflow.set_tracking_uri``, which would
     pin the process-wide URI and ignore a later ``$MLFLOW_TRACKING_URI``.
+
+    Reads the organiser experiment (every metric: a closed phase ranks on the private ones) when there is one,
+    else the participant experiment; what is shown is decided by :func:`metric_prefix` either way.
     """
     c = MlflowClient(tracking_uri=tracking_uri())
-    exp = c.get_experiment_by_name(experiment_name(track.name))
+    exp = (c.get_experiment_by_name(organiser_experiment(track.name))
+           or c.get_experiment_by_name(experiment_name(track.name)))
     if exp is None:
         return pd.DataFrame()
     rows, token = [], None

@@ -6,25 +6,65 @@ code, so this stage always runs) and by hand after a tracking-server outage (``s
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 from .tracking import find_evaluation, log_evaluation
+from .tracks import Track, load_track
 
 RECORD = "evaluation.json"
 TAGS = ("submission_sha256", "release_sha256", "real_release_sha256", "git_commit", "skybench_version", "device")
 
 
-def publish_record(rdir: Path, track: str | None = None) -> str | None:
-    """Log one record unless MLflow already has it; return the new run id, or None if it was there."""
+def publish_record(rdir: Path, track: str | Track | None = None) -> str | None:
+    """Log one record unless MLflow already has it; return the new run id, or None if it was there.
+
+    The organiser's full record (``private/<record>/``, :mod:`skybench.visibility`) goes to the organiser
+    experiment first, then the participant view to ``skybench-<track>``: only the metrics of
+    :func:`participant_view` and the files of :func:`participant_artifacts`, whatever else the folder holds."""
+    from .visibility import participant_artifacts, participant_view
+
     rec = json.loads((Path(rdir) / RECORD).read_text())
-    track = track or _track_of(Path(rdir))
+    t = track if isinstance(track, Track) else load_track(track or _track_of(Path(rdir)))
+    track = t.name
+    tags = {k: str(rec.get(k, "")) for k in TAGS}
+    new_org = _publish_organiser(track, Path(rdir), rec, tags)
     run = find_evaluation(track, rec["submission_sha256"], rec["release_sha256"])
     if run is not None and run.data.tags.get("real_release_sha256", "") == rec.get("real_release_sha256", ""):
+        return new_org
+    shown = participant_view(t, rec["metrics"])
+    allowed = set(participant_artifacts(t)) - {RECORD, "metrics.json"}
+    with tempfile.TemporaryDirectory(prefix="skybench-view-") as tmp:
+        # the record and metrics files rewritten from the participant view, whatever the folder's copies hold
+        (Path(tmp) / RECORD).write_text(json.dumps(rec | {"metrics": shown}, indent=2, sort_keys=True) + "\n")
+        (Path(tmp) / "metrics.json").write_text(json.dumps(shown, indent=2, sort_keys=True) + "\n")
+        artifacts = [*sorted(Path(tmp).iterdir()),
+                     *[p for p in sorted(Path(rdir).iterdir()) if p.is_file() and p.name in allowed]]
+        return log_evaluation(track, team=rec["team"], name=rec["name"], fmt=rec["format"], status=rec["status"],
+                              metrics=shown, tags=tags, artifacts=artifacts, reason=rec.get("reason", ""))
+
+
+def _publish_organiser(track: str, rdir: Path, rec: dict, tags: dict[str, str]) -> str | None:
+    """Log the full record to the organiser experiment unless it is there; its folder's record when it is of
+    the same submission, release and outcome as ``rec`` (else a stale one: the participant record is used)."""
+    from .tracking import ensure_organiser_experiment, find_organiser_evaluation, organiser_experiment
+    from .visibility import private_dir
+
+    if find_organiser_evaluation(track, tags) is not None:
         return None
-    artifacts = [p for p in sorted(Path(rdir).iterdir()) if p.is_file() and not p.name.startswith(".")]
-    return log_evaluation(track, team=rec["team"], name=rec["name"], fmt=rec["format"], status=rec["status"],
-                          metrics=rec["metrics"], tags={k: str(rec.get(k, "")) for k in TAGS},
-                          artifacts=artifacts, reason=rec.get("reason", ""))
+    priv, full, folder = private_dir(rdir), rec, rdir
+    try:
+        org = json.loads((priv / RECORD).read_text())
+    except (OSError, ValueError):
+        org = None
+    same = ("submission_sha256", "release_sha256", "real_release_sha256", "status")
+    if org is not None and all(org.get(k, "") == rec.get(k, "") for k in same):
+        full, folder = org, priv
+    ensure_organiser_experiment(track)
+    artifacts = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
+    return log_evaluation(track, team=full["team"], name=full["name"], fmt=full["format"], status=full["status"],
+                          metrics=full["metrics"], tags=tags, artifacts=artifacts, reason=full.get("reason", ""),
+                          experiment=organiser_experiment(track))
 
 
 def publish_all(evaluations: Path, track: str | None = None) -> tuple[int, int]:

@@ -29,6 +29,7 @@ __all__ = [
     "completeness_by_bin",
     "lens_metrics",
     "roc_curve",
+    "roc_on_grid",
     "threshold_at_fpr",
     "tpr0",
     "tpr10",
@@ -112,6 +113,29 @@ def roc_curve(
     tp, fp, thresholds = _counts(y, s)
     # Metcalf+19 Sec. 4: "TPR = TP/(TP+FN)", "FPR = FP/(FP+TN)", lens if p >= threshold
     return fp / fp[-1], tp / tp[-1], thresholds
+
+
+# FPRs at which participants see the ROC curve: a fixed grid, so the table's size never depends on the scores
+ROC_FPR_GRID = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def roc_on_grid(labels: ArrayLike, scores: ArrayLike,
+                grid: Sequence[float] = ROC_FPR_GRID) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``(fpr, tpr)``: the ROC curve sampled at the fixed FPRs ``grid``.
+
+    At each grid FPR ``f`` the TPR is interpolated linearly between the last ROC point with ``fpr <= f`` and
+    the next one (the operating points reachable by randomising between their two thresholds), so one point
+    per grid value whatever the scores: unlike :func:`roc_curve` it has no step per distinct score to read
+    labels off."""
+    fpr, tpr, _ = roc_curve(labels, scores)
+    f = np.asarray(grid, dtype=np.float64)
+    if f.ndim != 1 or np.any((f < 0) | (f > 1)) or np.any(np.diff(f) <= 0):
+        raise ValueError(f"grid must be increasing FPRs in [0, 1], got {grid!r}")
+    i = np.searchsorted(fpr, f, side="right") - 1  # last point at or left of f (highest TPR there)
+    j = np.minimum(i + 1, len(fpr) - 1)
+    span = fpr[j] - fpr[i]
+    w = np.divide(f - fpr[i], span, out=np.zeros_like(f), where=span > 0)
+    return f, tpr[i] + w * (tpr[j] - tpr[i])
 
 
 def auroc(labels: ArrayLike, scores: ArrayLike) -> float:

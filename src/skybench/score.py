@@ -16,7 +16,7 @@ from types import ModuleType
 import numpy as np
 import pandas as pd
 
-from .metrics import completeness_by_bin, lens_metrics, roc_curve, threshold_at_fpr
+from .metrics import completeness_by_bin, lens_metrics, roc_curve, roc_on_grid, threshold_at_fpr
 from .tracks import Track
 
 COMPLETENESS_FPR = 0.01  # completeness and real-lens recall use the threshold giving 1% false positives
@@ -29,23 +29,36 @@ def score(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path, 
     and any hidden arrays); write plots and tables to ``out_dir``. Dispatches on the track's task.
 
     With ``evaluation.public_fraction`` set, the same scorer also runs on the public and on the private part
-    of the test ids (:func:`public_mask`), adding ``public_<m>`` and ``private_<m>`` for every metric ``m``."""
+    of the test ids (:func:`public_mask`), adding ``public_<m>`` and ``private_<m>`` for every metric ``m``.
+
+    Everything in ``out_dir`` is organiser-only except what :mod:`skybench.visibility` lets participants see;
+    a scorer module's ``public_artifacts`` writes those that depend on labels from the public part only (the
+    whole test set without a split)."""
     scorer = _scorer(track)
+    public = getattr(scorer, "public_artifacts", None)
     return _with_parts(track, ids, predictions, hidden, out_dir,
-                       lambda i, p, out: scorer.score_task(track, i, p, Path(hidden), out))
+                       lambda i, p, out: scorer.score_task(track, i, p, Path(hidden), out),
+                       public=(lambda i, p, out: public(track, i, p, Path(hidden), out)) if public else None)
 
 
 def _with_parts(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path, out_dir: Path,
-                run: Callable[[np.ndarray, np.ndarray, Path], dict[str, float]]) -> dict[str, float]:
+                run: Callable[[np.ndarray, np.ndarray, Path], dict[str, float]],
+                public: Callable[[np.ndarray, np.ndarray, Path], None] | None = None) -> dict[str, float]:
     """``run(ids, predictions, out)`` on the whole test set, then, with a public/private split, on each part
-    (its plots are not kept), adding ``public_<m>`` and ``private_<m>``."""
+    (its plots are not kept), adding ``public_<m>`` and ``private_<m>``; then ``public(ids, predictions, out)``
+    on the public part (the whole set without a split)."""
     metrics = run(ids, predictions, Path(out_dir))
+    pred = np.asarray(predictions)
     if track.evaluation.public_fraction is None:
+        if public is not None:
+            public(np.asarray(ids), pred, Path(out_dir))
         return metrics
     all_ids = pd.read_parquet(Path(hidden) / "meta.parquet", columns=["id"])["id"].to_numpy()
-    public = public_mask(np.asarray(ids), all_ids, track.evaluation.public_fraction, track.evaluation.split_seed)
-    pred = np.asarray(predictions)
-    for part, mask in (("public", public), ("private", ~public)):
+    public_part = public_mask(np.asarray(ids), all_ids, track.evaluation.public_fraction,
+                              track.evaluation.split_seed)
+    if public is not None and public_part.any():
+        public(np.asarray(ids)[public_part], pred[public_part], Path(out_dir))
+    for part, mask in (("public", public_part), ("private", ~public_part)):
         if mask.any():
             with tempfile.TemporaryDirectory(prefix=f"skybench-{part}-") as tmp:
                 part_metrics = run(np.asarray(ids)[mask], pred[mask], Path(tmp))
@@ -88,6 +101,28 @@ def score_real_task(track: Track, ids: np.ndarray, predictions: np.ndarray, hidd
                     real_predictions: np.ndarray, real_hidden: Path, out_dir: Path) -> dict[str, float]:
     truth = pd.read_parquet(hidden / "meta.parquet").set_index("id").loc[ids]
     return {"real_lens_recall": real_lens_recall(truth, predictions, real_predictions)}
+
+
+def public_artifacts(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path, out_dir: Path) -> None:
+    """The participant's ROC curve: ``roc_public.csv`` / ``.png``, sampled at the fixed FPRs of
+    :func:`skybench.metrics.roc_on_grid` on the objects ``ids`` (the public part), so its size and its points
+    never depend on how many distinct scores a submission gives."""
+    truth = pd.read_parquet(hidden / "meta.parquet").set_index("id").loc[ids]
+    fpr, tpr = roc_on_grid(truth["is_lens"].to_numpy().astype(int), np.asarray(predictions, dtype=np.float64))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"fpr": fpr, "tpr": tpr}).to_csv(out_dir / "roc_public.csv", index=False)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot(fpr, tpr, "o-")
+    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title="ROC (public part, fixed FPRs)")
+    fig.tight_layout()
+    fig.savefig(out_dir / "roc_public.png", dpi=100)
+    plt.close(fig)
 
 
 def score_lens(truth: pd.DataFrame, scores: np.ndarray, out_dir: Path) -> dict[str, float]:

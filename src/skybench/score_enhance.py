@@ -10,9 +10,11 @@ Metrics (``skybench.metrics.image_metrics``; each the mean over images with a bo
 moves flux and moments and adds residual power beyond the truth's noise, so these show it even where PSNR may not.
 The real-truth set (``evaluation.real_set``) gets the same metrics as ``real_<name>`` columns.
 
-Files written to the evaluation record (all logged to MLflow): ``metrics.json``, ``per_object.csv`` (and
-``per_object_real.csv``), and the galleries ``gallery.png`` / ``gallery_real.png``: input, output, truth and
-residual of a fixed set of objects (the ``label.gallery`` lowest ids).
+Files written to the organiser's folder: ``metrics.json``, ``per_object.csv`` (and ``per_object_real.csv``),
+and the galleries ``gallery.png`` / ``gallery_real.png``: input, output, truth and residual of a fixed set of
+objects (the ``label.gallery`` lowest ids). Participants see only ``outputs.png`` / ``outputs_real.png``
+(:mod:`skybench.visibility`): the same objects' input and output, drawn from the public input and the
+submission's own output alone, so they hold nothing of the truth.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def score_images(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden:
     if order.size:
         _gallery(inputs[order], pred[order], truth[order], sigma[order], meta["id"].to_numpy()[order],
                  per["psnr"][order], out_dir / f"gallery{suffix}.png")
+        _outputs(inputs[order], pred[order], meta["id"].to_numpy()[order], out_dir / f"outputs{suffix}.png")
     return metrics
 
 
@@ -107,6 +110,32 @@ def _gallery(inputs: np.ndarray, pred: np.ndarray, truth: np.ndarray, sigma: np.
             axes[i, j].set_title(f"{title} (id {ids[i]})" if j == 0 else title, fontsize=8)
         axes[i, 3].imshow((pred[i] - truth[i]).sum(axis=0) / noise, origin="lower", cmap="RdBu_r", vmin=-5, vmax=5)
         axes[i, 3].set_title(f"residual/sigma, PSNR {psnr[i]:.1f}", fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _outputs(inputs: np.ndarray, pred: np.ndarray, ids: np.ndarray, path: Path) -> None:
+    """The participant's gallery: input and output of each object (band sum, asinh of flux / noise), with the
+    noise estimated from the public input (MAD) rather than the truth's sigma, so no hidden value shapes it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(ids)
+    fig, axes = plt.subplots(n, 2, figsize=(4, 2.1 * n), squeeze=False)
+    for i in range(n):
+        band_sum = inputs[i].sum(axis=0)
+        noise = float(1.4826 * np.median(np.abs(band_sum - np.median(band_sum)))) or 1.0  # MAD -> sigma
+        stretch = [np.arcsinh(a[i].sum(axis=0) / noise) for a in (inputs, pred)]
+        vmax = max(float(np.percentile(stretch[0], 99.5)), 1.0)
+        for j, (img, title) in enumerate(zip(stretch, ("input", "output"), strict=True)):
+            axes[i, j].imshow(img, origin="lower", cmap="magma", vmin=-1.0, vmax=vmax)
+            axes[i, j].set_title(f"{title} (id {ids[i]})" if j == 0 else title, fontsize=8)
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])

@@ -5,6 +5,12 @@ Conventions:
 * the store is ``$MLFLOW_TRACKING_URI`` (read at every call), else ``<project root>/mlflow.db`` (sqlite);
   artifacts of a sqlite store go next to the database, under ``mlartifacts/<experiment>``;
 * leaderboard runs live in ``skybench-<track>``, training curves in ``skybench-training-<track>``;
+* ``skybench-<track>`` holds what participants may see of each evaluation (:mod:`skybench.visibility`); the
+  full record (every metric, per-object tables, full ROC) goes to ``skybench-<track>-organiser``
+  (:func:`organiser_experiment`), whose artifacts live apart (``$SKYBENCH_ORGANISER_ARTIFACTS`` or
+  ``mlartifacts/skybench-<track>-organiser``). Grant teams read access to ``skybench-<track>`` only (MLflow's
+  experiment permissions with ``--app-name basic-auth``) and keep the organiser artifact path unreadable to
+  them (file permissions or the object store's ACL);
 * a run is *complete* when its MLflow status is ``FINISHED``. The submission's outcome is the ``status``
   tag (``FINISHED`` or ``FAILED``, with ``failure_reason``): a failing submission is a complete record too.
   A run whose logging crashed ends ``FAILED``/``KILLED`` (or stays ``RUNNING`` after a hard kill) and is
@@ -33,10 +39,13 @@ from skybench.tracks import project_root
 
 __all__ = [
     "ensure_experiment",
+    "ensure_organiser_experiment",
     "experiment_name",
     "find_evaluation",
+    "find_organiser_evaluation",
     "git_commit",
     "log_evaluation",
+    "organiser_experiment",
     "tracking_uri",
     "training_experiment",
     "unreachable",
@@ -56,6 +65,11 @@ def tracking_uri() -> str:
 def experiment_name(track: str) -> str:
     """Leaderboard experiment of a track."""
     return f"skybench-{track}"
+
+
+def organiser_experiment(track: str) -> str:
+    """Organiser-only experiment of a track: the full evaluation records (see :mod:`skybench.visibility`)."""
+    return f"skybench-{track}-organiser"
 
 
 def training_experiment(track: str) -> str:
@@ -86,6 +100,40 @@ def ensure_experiment(name: str) -> str:
         if exp := c.get_experiment_by_name(name):  # lost a creation race
             return exp.experiment_id
         raise
+
+
+def ensure_organiser_experiment(track: str) -> str:
+    """Id of :func:`organiser_experiment`, created if missing with its own artifact location:
+    ``$SKYBENCH_ORGANISER_ARTIFACTS`` (a URI or path the teams cannot read) if set, else as
+    :func:`ensure_experiment`."""
+    name = organiser_experiment(track)
+    c = client()
+    if exp := c.get_experiment_by_name(name):
+        return exp.experiment_id
+    if not (where := os.environ.get("SKYBENCH_ORGANISER_ARTIFACTS")):
+        return ensure_experiment(name)
+    location = where if "://" in where else (Path(where) / name).resolve().as_uri()
+    try:
+        return c.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        if exp := c.get_experiment_by_name(name):  # lost a creation race
+            return exp.experiment_id
+        raise
+
+
+def find_organiser_evaluation(track: str, tags: Mapping[str, str]) -> Run | None:
+    """The latest complete run in :func:`organiser_experiment` with the same submission, release and real-set
+    tags as ``tags``, or None."""
+    c = client()
+    exp = c.get_experiment_by_name(organiser_experiment(track))
+    if exp is None or not tags.get("submission_sha256") or not tags.get("release_sha256"):
+        return None
+    query = (f"tags.`{KIND_TAG}` = 'evaluation' and attributes.status = 'FINISHED'"
+             f" and tags.submission_sha256 = {_quoted(tags['submission_sha256'])}"
+             f" and tags.release_sha256 = {_quoted(tags['release_sha256'])}")
+    runs = [r for r in c.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"])
+            if r.data.tags.get("real_release_sha256", "") == tags.get("real_release_sha256", "")]
+    return runs[0] if runs else None
 
 
 def _quoted(value: str) -> str:
@@ -133,9 +181,11 @@ def log_evaluation(
     tags: Mapping[str, str],
     artifacts: Mapping[str, Path] | list[Path] = (),
     reason: str = "",
+    experiment: str | None = None,
 ) -> str:
     """Log one evaluation as one complete run; return its run id.
 
+    ``experiment``: where to log it, by default :func:`experiment_name` (the participant view).
     ``artifacts``: a list of files/directories logged at the artifact root, or ``{subdir: path}``.
     Order: create (RUNNING) -> params/metrics/tags in one batch -> artifacts -> terminate FINISHED.
     Any exception on the way terminates the run FAILED (KILLED on Ctrl-C) and is re-raised.
@@ -145,7 +195,7 @@ def log_evaluation(
     if status not in ("FINISHED", "FAILED"):
         raise ValueError(f"status must be FINISHED or FAILED, got {status!r}")
     c = client()
-    exp_id = ensure_experiment(experiment_name(track))
+    exp_id = ensure_experiment(experiment or experiment_name(track))
     run = c.create_run(exp_id, run_name=f"{team}/{name}", tags={KIND_TAG: "evaluation"})
     run_id = run.info.run_id
     try:

@@ -1,0 +1,97 @@
+"""What a participant may see of an evaluation, and what only the organiser sees: the one place to audit.
+
+The scorers write every file of an evaluation (per-object tables, predictions, the full ROC curve, plots with
+the truth) into the organiser's folder, ``results/<track>/private/<record>/`` (:func:`private_dir`). The
+participant's record folder, ``results/<track>/evaluations/<record>/``, and the participant MLflow experiment
+``skybench-<track>`` get only:
+
+* the metrics :func:`participant_view` keeps: with a public/private split, the ``public_*`` metrics while the
+  phase is ``open`` and also the ``private_*`` ones once it is ``closed`` (never a whole-set metric); without a
+  split, the whole-set metrics;
+* the files :func:`participant_artifacts` names for the task: aggregate tables and plots that hold no
+  per-object truth (the lens ROC sampled at fixed FPRs on the public part, the enhance gallery of the
+  submission's own outputs without the truth).
+
+The organiser's MLflow experiment (``skybench-<track>-organiser``, its own artifact location) holds the full
+record. Both the disk copy (:func:`write_participant_view`) and MLflow publication (``log.publish_record``)
+go through these functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+from .tracks import Track
+
+__all__ = ["participant_artifacts", "participant_view", "private_dir", "private_root", "write_participant_view"]
+
+PRIVATE = "private"
+RECORD = "evaluation.json"
+# Participant-visible files per task. Nothing else from the organiser's folder is ever copied or logged.
+_ARTIFACTS = {
+    "lens": ("roc_public.csv", "roc_public.png"),
+    "photoz": (),  # PIT and z_phot-vs-z_spec plots are built from per-object truth: organiser only
+    "enhance": ("outputs.png", "outputs_real.png"),
+}
+
+
+def participant_view(track: Track, metrics: Mapping[str, float]) -> dict[str, float]:
+    """The metrics a participant may see now (see the module docstring)."""
+    if track.evaluation.public_fraction is None:
+        return dict(metrics)
+    parts = ("public_",) if track.evaluation.phase == "open" else ("public_", "private_")
+    return {k: v for k, v in metrics.items() if k.startswith(parts)}
+
+
+def participant_artifacts(track: Track) -> tuple[str, ...]:
+    """Names of the files a participant may see in a record of ``track`` (the record and metrics included)."""
+    return (RECORD, "metrics.json", *_ARTIFACTS.get(track.task, ()))
+
+
+def private_root(out: Path) -> Path:
+    """The organiser-only folder of the records in ``out``: ``results/<track>/private`` for the usual
+    ``results/<track>/evaluations``, else ``<out>-private`` (so two record folders never share one)."""
+    out = Path(out)
+    return out.parent / (PRIVATE if out.name == "evaluations" else f"{out.name}-{PRIVATE}")
+
+
+def private_dir(rdir: Path) -> Path:
+    """The organiser-only folder of the record folder ``rdir``: ``<private_root(out)>/<record>``."""
+    rdir = Path(rdir)
+    return private_root(rdir.parent) / rdir.name
+
+
+def make_private_root(out: Path) -> Path:
+    """Create :func:`private_root` of ``out``, readable by its owner only."""
+    root = private_root(out)
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o700)  # the file-system gate; MLflow's permissions gate the organiser experiment
+    return root
+
+
+def make_private_dir(rdir: Path) -> Path:
+    """Create :func:`private_dir` of ``rdir`` (and its owner-only ``private/`` root)."""
+    make_private_root(Path(rdir).parent)
+    priv = private_dir(rdir)
+    priv.mkdir(exist_ok=True)
+    return priv
+
+
+def write_participant_view(track: Track, private: Path, rdir: Path, metrics: Mapping[str, float]) -> None:
+    """Fill the record folder ``rdir`` with the participant view of the organiser folder ``private``: the
+    allowed files, and ``metrics.json`` of :func:`participant_view`; any other file in ``rdir`` is removed
+    (e.g. a per-object table left by an older skybench)."""
+    rdir.mkdir(parents=True, exist_ok=True)
+    allowed = participant_artifacts(track)
+    for p in rdir.iterdir():
+        if p.name not in allowed and not p.name.startswith("."):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    for name in _ARTIFACTS.get(track.task, ()):
+        if (Path(private) / name).is_file():
+            shutil.copyfile(Path(private) / name, rdir / name)
+    (rdir / "metrics.json").write_text(json.dumps(participant_view(track, metrics), indent=2, sort_keys=True)
+                                       + "\n")
