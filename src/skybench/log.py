@@ -11,15 +11,19 @@ from pathlib import Path
 from .tracking import find_evaluation, log_evaluation
 
 RECORD = "evaluation.json"
-TAGS = ("submission_sha256", "release_sha256", "real_release_sha256", "git_commit", "skybench_version", "device")
+TAGS = ("submission_sha256", "release_sha256", "real_release_sha256", "track_sha256", "scorer_sha256",
+        "skybench_version", "git_commit", "device", "failure_kind", "submitted")
+KEY = ("real_release_sha256", "track_sha256", "scorer_sha256", "skybench_version")  # with the two shas: one result
 
 
 def publish_record(rdir: Path, track: str | None = None) -> str | None:
-    """Log one record unless MLflow already has it; return the new run id, or None if it was there."""
+    """Log one record unless MLflow already has it (same key, identity and outcome); return the new run id,
+    or None if it was there."""
     rec = json.loads((Path(rdir) / RECORD).read_text())
     track = track or _track_of(Path(rdir))
-    run = find_evaluation(track, rec["submission_sha256"], rec["release_sha256"])
-    if run is not None and run.data.tags.get("real_release_sha256", "") == rec.get("real_release_sha256", ""):
+    run = find_evaluation(track, rec["submission_sha256"], rec["release_sha256"],
+                          match={k: str(rec.get(k, "")) for k in (*KEY, "status", "failure_kind")})
+    if run is not None and (run.data.params.get("team"), run.data.params.get("name")) == (rec["team"], rec["name"]):
         return None
     artifacts = [p for p in sorted(Path(rdir).iterdir()) if p.is_file() and not p.name.startswith(".")]
     return log_evaluation(track, team=rec["team"], name=rec["name"], fmt=rec["format"], status=rec["status"],
@@ -31,6 +35,8 @@ def publish_all(evaluations: Path, track: str | None = None) -> tuple[int, int]:
     """Publish every record under ``evaluations``; return (newly logged, already there)."""
     new = old = 0
     for rec in sorted(Path(evaluations).glob(f"*/{RECORD}")):
+        if rec.parent.name.startswith("."):  # a record being written (evaluate's staging folders)
+            continue
         if publish_record(rec.parent, track):
             new += 1
         else:
@@ -39,5 +45,5 @@ def publish_all(evaluations: Path, track: str | None = None) -> tuple[int, int]:
 
 
 def _track_of(rdir: Path) -> str:
-    # results/<track>/evaluations/<team>__<name>
+    # results/<track>/evaluations/<team>+<name>
     return rdir.resolve().parent.parent.name

@@ -76,6 +76,7 @@ class PredictResult:
     seconds: float  # wall time of the sandboxed run (0 for the predictions format)
     log: str = ""  # tail of the runner's stderr
     extra: PredictResult | None = None  # predictions on ``extra_inputs``, from the same sandboxed run
+    infrastructure: bool = False  # failed for a reason of the evaluating machine, not of the submission
 
 
 def folder_sha256(folder: Path) -> str:
@@ -179,8 +180,8 @@ def cuda_available() -> bool:
 
 
 def _fail(reason: str, ids: np.ndarray, device: str = "unknown", seconds: float = 0.0,
-          log: str = "") -> PredictResult:
-    return PredictResult(False, reason, None, ids, device, seconds, log)
+          log: str = "", infrastructure: bool = False) -> PredictResult:
+    return PredictResult(False, reason, None, ids, device, seconds, log, infrastructure=infrastructure)
 
 
 def expected_shapes(output: Output, n: int, input_shape: tuple[int, ...] = ()) -> list[tuple[int, ...]]:
@@ -311,7 +312,8 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
     except (ValueError, AttributeError, OSError):
         pass
     if not res.ok:
-        return _fail(res.reason, ids, device, res.wall_seconds, res.stderr)
+        return _fail(res.reason, ids, device, res.wall_seconds, res.stderr,
+                     infrastructure=bool(getattr(res, "infrastructure", False)))
     result = _read_output(out, ids, n, track, device, res.wall_seconds, res.stderr)
     if result.ok and extra_dir is not None:
         extra_ids = pd.read_parquet(extra_dir / "index.parquet")["id"].to_numpy()[:limit]  # --limit covers both
