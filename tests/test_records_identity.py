@@ -344,3 +344,18 @@ def test_submission_time_is_the_commit_time_of_a_clean_folder(tmp_path):
     assert submission_time(folder, "sha", rdir, received) == "2029-05-06T05:08:09.000+00:00"
     (folder / "extra.txt").write_text("not committed")  # the evaluated bytes are not the commit's
     assert submission_time(folder, "sha", rdir, received) == "2030-01-01T00:00:00.000+00:00"
+
+
+def test_only_a_record_in_its_own_folder_is_published(project, tiny_space_release, tmp_path):
+    from skybench.log import publish_all
+
+    ids = _ids(tiny_space_release)
+    sub = csv_submission(tmp_path / "sub", "m", ids, _labels(tiny_space_release, ids), team="t")
+    out = tmp_path / "evals"
+    (o,) = evaluate([sub], "lens-space", tiny_space_release, out=out, publish=False)
+    shutil.copytree(o.record, out / "t__m")  # the folder layout before percent-encoding
+    shutil.copytree(o.record, out / ".staged-t+m.x")  # a record being written
+    with pytest.warns(UserWarning, match="t__m"):
+        assert publish_all(out, "lens-space") == (1, 0)
+    c = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    assert len(c.search_runs([c.get_experiment_by_name(experiment_name("lens-space")).experiment_id])) == 1

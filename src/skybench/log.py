@@ -6,6 +6,7 @@ code, so this stage always runs) and by hand after a tracking-server outage (``s
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from .tracking import find_evaluation, log_evaluation
@@ -32,10 +33,25 @@ def publish_record(rdir: Path, track: str | None = None) -> str | None:
 
 
 def publish_all(evaluations: Path, track: str | None = None) -> tuple[int, int]:
-    """Publish every record under ``evaluations``; return (newly logged, already there)."""
+    """Publish every record under ``evaluations``; return (newly logged, already there).
+
+    A record is published only from its own folder (:func:`skybench.evaluate.record_dir` of its team and
+    name): not from evaluate's staging folders, nor from a folder of the layout before percent-encoding
+    (``<team>__<name>``), which would otherwise come after, and override, the current record."""
+    from .evaluate import record_dir
+
     new = old = 0
     for rec in sorted(Path(evaluations).glob(f"*/{RECORD}")):
-        if rec.parent.name.startswith("."):  # a record being written (evaluate's staging folders)
+        if rec.parent.name.startswith("."):  # a record being written
+            continue
+        try:
+            head = json.loads(rec.read_text())
+            own = record_dir(rec.parent.parent, str(head["team"]), str(head["name"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            own = None
+        if own != rec.parent:
+            warnings.warn(f"{rec.parent}: not the record folder of the team and name in its {RECORD} (a stale "
+                          f"record of an older layout, or moved by hand); not published, remove it", stacklevel=2)
             continue
         if publish_record(rec.parent, track):
             new += 1
