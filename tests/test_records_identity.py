@@ -251,6 +251,13 @@ def test_an_infrastructure_failure_is_retried_until_it_finishes(project, tiny_sp
     board = leaderboard(load_track("lens-space"))
     assert board["status"].tolist() == ["FINISHED"] and board["rank"].tolist() == [1]
 
+    before = _snapshot(o.record)  # a forced re-run that the machine cannot do keeps the good record
+    monkeypatch.setenv("PATH", str(no_bwrap))
+    (f,) = evaluate([sub], "lens-space", tiny_space_release, out=out, force=True)
+    assert f.status == "FAILED" and f.failure_kind == "infrastructure" and f.record is None
+    assert _snapshot(o.record) == before
+    assert leaderboard(load_track("lens-space"))["status"].tolist() == ["FINISHED"]
+
 
 def _edit_track(project: Path) -> None:
     path = project / "benchmarks/lens-space.yaml"
@@ -359,3 +366,14 @@ def test_only_a_record_in_its_own_folder_is_published(project, tiny_space_releas
         assert publish_all(out, "lens-space") == (1, 0)
     c = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     assert len(c.search_runs([c.get_experiment_by_name(experiment_name("lens-space")).experiment_id])) == 1
+
+
+def test_which_exceptions_are_the_machines_fault():
+    from skybench.executors import infrastructure_failure, is_infrastructure
+
+    assert is_infrastructure(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_infrastructure(RuntimeError("bubblewrap (bwrap) is required"))
+    assert not is_infrastructure(RecursionError("a hostile output nested too deep"))
+    assert not is_infrastructure(ValueError("a bad value"))
+    res = infrastructure_failure(OSError(errno.ENOSPC, "No space left on device"))
+    assert not res.ok and res.infrastructure and res.reason.startswith("OSError: ") and "\n" not in res.reason

@@ -299,6 +299,9 @@ def _finish(plan: _Plan, res: PredictResult, track: Track, release_sha: str, hid
     kind = INFRASTRUCTURE if not res.ok and getattr(res, "infrastructure", False) else ""
     if kind:
         reason = f"infrastructure failure, not the submission's (retried at the next evaluation): {reason}"
+        if _same_record(rdir, sub, release_sha, plan.real_sha, cache_key(track)):  # a forced re-run: keep it
+            return Outcome(plan.folder, plan.team, plan.name, "FAILED", f"{reason}; the previous record is kept",
+                           failure_kind=kind)
     stage = _stage(rdir)
     try:
         if res.ok and res.extra is not None and not res.extra.ok:
