@@ -337,8 +337,9 @@ def test_a_failed_placeholder_does_not_reserve_an_earlier_time(project, tiny_spa
     assert board["team"].tolist() == ["q", "p", "lone"] and board["status"].tolist()[:2] == ["FINISHED"] * 2
 
 
-def test_submission_time_is_the_commit_time_of_a_clean_folder(tmp_path):
+def test_submission_time_is_the_commit_time_of_a_clean_folder(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
+    monkeypatch.setenv("SKYBENCH_ROOT", str(repo))
     folder = repo / "submissions/t/n"
     folder.mkdir(parents=True)
     (folder / "submission.yaml").write_text("team: t\n")
@@ -351,6 +352,10 @@ def test_submission_time_is_the_commit_time_of_a_clean_folder(tmp_path):
     assert submission_time(folder, "sha", rdir, received) == "2029-05-06T05:08:09.000+00:00"
     (folder / "extra.txt").write_text("not committed")  # the evaluated bytes are not the commit's
     assert submission_time(folder, "sha", rdir, received) == "2030-01-01T00:00:00.000+00:00"
+    upload = tmp_path / "upload"  # outside the project: never a git time (its own .git is not trusted)
+    shutil.copytree(repo, upload)
+    (upload / "submissions/t/n/extra.txt").unlink()
+    assert submission_time(upload / "submissions/t/n", "sha", rdir, received) == "2030-01-01T00:00:00.000+00:00"
 
 
 def test_only_a_record_in_its_own_folder_is_published(project, tiny_space_release, tmp_path):

@@ -517,17 +517,25 @@ def _utc(when: datetime | str) -> str:
 
 def _git_time(folder: Path) -> str:
     """Commit time of ``folder``'s latest first-parent commit (on a merge workflow: when the organisers' branch
-    took it) when every file in it is committed and unchanged; "" otherwise."""
+    took it) when it is in the project and every file in it is committed and unchanged; "" otherwise.
+
+    git runs in the project root, never in the folder: a ``.git`` in an uploaded folder could configure
+    commands (``core.fsmonitor``) that git would run."""
+    rel = _in_project(folder)
+    if rel is None or not folder.is_dir():
+        return ""
+
     def git(*args: str) -> str | None:
         try:
-            out = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=60)
+            out = subprocess.run(["git", "-C", str(project_root()), *args, "--", rel.as_posix()],
+                                 capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.SubprocessError):
             return None
         return out.stdout.strip() if out.returncode == 0 else None
 
-    if not folder.is_dir() or not git("ls-files", "--", "."):
+    if not git("ls-files"):
         return ""
-    if git("status", "--porcelain", "--ignored", "--untracked-files=all", "--", ".") != "":
+    if git("status", "--porcelain", "--ignored", "--untracked-files=all") != "":
         return ""  # changed, untracked or ignored files: the evaluated bytes are not the commit's
-    when = git("log", "-1", "--first-parent", "--format=%cI", "--", ".")
+    when = git("log", "-1", "--first-parent", "--format=%cI")
     return _utc(when) if when else ""
