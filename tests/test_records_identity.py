@@ -119,6 +119,10 @@ def test_path_identity_rules(project):
     team, name, why = ident("submissions/y/z", f"team: x\nname: z\n{spec}")
     assert (team, name) == ("y", "z")
     assert why == "submission.yaml says team 'x', but the folder submissions/y/z/ belongs to team 'y'"
+    deep = Path("submissions/b", *["d"] * 1100)  # a folder nested deep: still b's, with a bounded name
+    team, name, _, why = ev._path_identity(deep)
+    assert team == "b" and len(name) < 200 and "must be submissions/<team>/<name>/" in why
+    assert name != ev._path_identity(Path("submissions/b", *["d"] * 1101))[1]
     # Outside the project's submission roots: the identity given by the caller (e.g. an upload server).
     outside = project.parent / "upload"
     outside.mkdir()

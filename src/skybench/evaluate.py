@@ -181,6 +181,8 @@ def _path_identity(rel: Path) -> tuple[str, str, str | None, str]:
     """(team, name, track or None, problem) of a folder ``rel`` under submissions/ or baselines/. A folder
     at the wrong depth is named by its whole path (a ``/`` no well-placed folder name has)."""
     parts, whole = rel.parts, rel.as_posix()
+    if len(whole) > 100:  # a folder nested deep: a bounded name (MLflow caps parameters), still one per path
+        whole = f"{whole[:60]}...{hashlib.sha256(whole.encode('utf-8', 'surrogateescape')).hexdigest()[:32]}"
     if parts[0] == "baselines":
         if len(parts) == 3:
             return "baselines", parts[1], parts[2], ""
@@ -275,7 +277,7 @@ def _plan(folder: Path, track: Track, real: Path | None, real_sha: str, release_
     rdir = record_dir(out, team, name)
     key = cache_key(track)
     if problem or refused:  # recorded (and listed as FAILED) under the folder's identity, never the claimed one
-        reason = problem or refused
+        reason = problem or " ".join(refused.split())[:1000]
         sha = sub.sha256 if sub is not None else _safe_sha(folder)
         rec = _write_record(rdir, team=team, name=name, fmt=sub.spec.format if sub is not None else "?",
                             status="FAILED", reason=reason, sub_sha=sha, release_sha=release_sha, device="none",
