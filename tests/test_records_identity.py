@@ -386,3 +386,12 @@ def test_which_exceptions_are_the_machines_fault():
     assert not is_infrastructure(ValueError("a bad value"))
     res = infrastructure_failure(OSError(errno.ENOSPC, "No space left on device"))
     assert not res.ok and res.infrastructure and res.reason.startswith("OSError: ") and "\n" not in res.reason
+
+
+def test_a_record_left_aside_by_a_crashed_swap_is_put_back(tmp_path):
+    rdir = tmp_path / "t+m"
+    aside = tmp_path / ".staged-t+m.old.abc" / "record"  # where a non-atomic swap parks the old record
+    aside.mkdir(parents=True)
+    (aside / "evaluation.json").write_text("{}")
+    stage = ev._stage(rdir)
+    assert (rdir / "evaluation.json").read_text() == "{}" and stage.is_dir() and not aside.exists()

@@ -404,8 +404,11 @@ _STAGE = ".staged-"  # prefix of record folders being written (hidden: never pub
 
 def _stage(rdir: Path) -> Path:
     """A new empty sibling folder of ``rdir`` to write a record into (same filesystem, so renames are atomic).
-    Leftovers of crashed writes older than a day are removed."""
+    An old record left aside by a crashed :func:`_swap` is put back; leftovers older than a day are removed."""
     rdir.parent.mkdir(parents=True, exist_ok=True)
+    for aside in rdir.parent.glob(f"{_STAGE}{rdir.name}.old.*/record"):  # a crash inside a non-atomic _swap
+        if not rdir.exists():
+            os.rename(aside, rdir)
     for old in rdir.parent.glob(f"{_STAGE}{rdir.name}.*"):
         try:
             if time.time() - old.lstat().st_mtime > 86400:
