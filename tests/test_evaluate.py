@@ -11,10 +11,11 @@ from typer.testing import CliRunner
 
 from skybench import leaderboard as lb
 from skybench.cli import app
-from skybench.evaluate import evaluate
+from skybench.evaluate import evaluate, record_dir
 from skybench.metrics import lens_metrics
 from skybench.release import ReleaseError
 from skybench.tracks import load_track
+from skybench.visibility import private_dir
 
 PREDICT_OK = """
 import numpy as np
@@ -56,12 +57,12 @@ def test_evaluate_scores_good_submissions_and_fails_bad_ones_without_stopping(st
     assert outcomes["hidden"].status == "FAILED"
     # The scores are the metric module's on the hidden labels, recomputed here independently.
     hidden = pd.read_parquet(tiny_space_release / "hidden/test/meta.parquet").set_index("id")
-    pred = pd.read_csv(store / "evals-private/tests__ok/predictions.csv")  # per-object: organiser folder only
+    pred = pd.read_csv(private_dir(record_dir(out, "tests", "ok")) / "predictions.csv")  # organiser folder only
     expected = lens_metrics(hidden.loc[pred.id, "is_lens"].to_numpy(), pred.score.to_numpy(), seed=0)
     assert outcomes["ok"].metrics["auroc"] == pytest.approx(expected["auroc"], abs=1e-12)
     for f in ("roc.png", "completeness.png", "metrics.json", "roc.csv", "evaluation.json", "predictions.csv"):
-        assert (store / "evals-private" / "tests__ok" / f).is_file(), f
-    assert sorted(p.name for p in (out / "tests__ok").iterdir()) == \
+        assert (private_dir(record_dir(out, "tests", "ok")) / f).is_file(), f
+    assert sorted(p.name for p in record_dir(out, "tests", "ok").iterdir()) == \
         ["evaluation.json", "metrics.json", "roc_public.csv", "roc_public.png"]
     board = lb.leaderboard(load_track("lens-space"))
     assert list(board.loc[board["rank"].notna(), "name"]) == ["ok"]
@@ -104,7 +105,7 @@ def test_unreachable_tracking_server_keeps_the_record_for_skybench_log(store, su
     out = store / "evals"
     res = evaluate([subs["ok"]], "lens-space", tiny_space_release, out=out)
     assert "not logged to MLflow" in res[0].reason and "skybench log" in res[0].reason
-    assert json.loads((out / "tests__ok/evaluation.json").read_text())["status"] == "FINISHED"
+    assert json.loads((record_dir(out, "tests", "ok") / "evaluation.json").read_text())["status"] == "FINISHED"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}/mlflow.db")
     result = CliRunner().invoke(app, ["log", str(out), "--track", "lens-space"])
     assert result.exit_code == 0 and "1 run(s) logged" in result.output
@@ -205,8 +206,8 @@ def test_real_lens_recall_is_the_fraction_above_the_1_percent_fpr_threshold(stor
     track = load_track("lens-space")
     track = track.model_copy(update={"evaluation": track.evaluation.model_copy(update={"real_set": str(real)})})
     (o,) = evaluate([subs["ok"]], track, tiny_space_release, out=tmp_path / "evals")
-    pred = pd.read_csv(tmp_path / "evals-private/tests__ok/predictions.csv")
-    real_scores = pd.read_csv(tmp_path / "evals-private/tests__ok/real_predictions.csv")
+    pred = pd.read_csv(private_dir(record_dir(tmp_path / "evals", "tests", "ok")) / "predictions.csv")
+    real_scores = pd.read_csv(private_dir(record_dir(tmp_path / "evals", "tests", "ok")) / "real_predictions.csv")
     hidden = pd.read_parquet(tiny_space_release / "hidden/test/meta.parquet").set_index("id")
     cut = threshold_at_fpr(hidden.loc[pred.id, "is_lens"].to_numpy(), pred.score.to_numpy(), 0.01)
     assert len(real_scores) == 8

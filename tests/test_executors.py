@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 from helpers import python_submission
 
-from skybench.evaluate import evaluate
+from skybench.evaluate import evaluate, record_dir
 from skybench.executors import get_executor, shard_ranges, write_view
 from skybench.tracks import load_track
+from skybench.visibility import private_dir
 
 # Per-object arithmetic only: a deterministic model whose outputs do not depend on how the rows are batched.
 PREDICT = """
@@ -70,9 +71,11 @@ def test_ray_executor_matches_local_bit_for_bit_and_keeps_the_sandbox(ray_local,
     print(f"ray evaluate of 2 submissions x 3 shards: {time.perf_counter() - start:.1f} s")
     assert [o.status for o in local + remote] == ["FINISHED", "FINISHED", "FAILED"]
     assert remote[0].metrics == local[0].metrics  # the same floats, not approximately
-    a = pd.read_csv(tmp_path / "local-private/ray__det/predictions.csv", dtype={"score": str})
-    b = pd.read_csv(tmp_path / "ray-private/ray__det/predictions.csv", dtype={"score": str})
+    a = pd.read_csv(private_dir(record_dir(tmp_path / "local", "ray", "det")) / "predictions.csv",
+                    dtype={"score": str})
+    b = pd.read_csv(private_dir(record_dir(tmp_path / "ray", "ray", "det")) / "predictions.csv",
+                    dtype={"score": str})
     pd.testing.assert_frame_equal(a, b)  # the same text, so the same bits
-    assert json.loads((tmp_path / "ray/ray__det/evaluation.json").read_text())["n"] == 64
+    assert json.loads((record_dir(tmp_path / "ray", "ray", "det") / "evaluation.json").read_text())["n"] == 64
     # Inside the Ray worker the sandbox still hides the labels: the peeking submission fails in its shard.
     assert "shard 1/3" in remote[1].reason and ("No such file" in remote[1].reason or "denied" in remote[1].reason)

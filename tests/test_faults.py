@@ -20,9 +20,11 @@ from typer.testing import CliRunner
 
 from skybench import leaderboard as lb
 from skybench.cli import app
+from skybench.evaluate import record_dir
 from skybench.release import ReleaseError, read_manifest, verify_release
 from skybench.tracking import experiment_name
 from skybench.tracks import load_track
+from skybench.visibility import private_dir
 
 SKYBENCH = str(Path(sys.executable).parent / "skybench")
 SLOW = """
@@ -72,7 +74,7 @@ def test_sigkill_mid_submission_then_rerun_leaves_one_finished_run(store, tmp_pa
     proc.wait()
     gone, alive = psutil.wait_procs(runner, timeout=15)
     assert not alive  # the sandbox dies with its parent
-    assert not (out / "f__slow" / "evaluation.json").exists()
+    assert not (record_dir(out, "f", "slow") / "evaluation.json").exists()
     assert [r for r in _runs(store) if r.info.status == "FINISHED"] == []
     # What a kill during MLflow logging leaves: a run created but never terminated. It must not count.
     c = MlflowClient(store)
@@ -125,7 +127,7 @@ def test_unreachable_mlflow_fails_clearly_and_log_publishes_later(store, tmp_pat
     assert result.exit_code == 2, result.output
     assert "NOT logged to MLflow" in result.output and "unreachable" in result.output
     assert "skybench log" in result.output
-    kept = pd.read_csv(tmp_path / "evals-private" / "f__offline" / "predictions.csv")  # nothing lost
+    kept = pd.read_csv(private_dir(record_dir(out, "f", "offline")) / "predictions.csv")  # nothing lost
     assert len(kept) == 64
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     assert "1 run(s) logged" in CliRunner().invoke(app, ["log", str(out), "--track", "lens-space"]).output

@@ -45,9 +45,9 @@ def test_split_is_seeded_and_the_phase_decides_what_ranks(project, tiny_space_re
 
     noise = np.random.default_rng(0).random(len(ids))
     # "public-fit" is right on the public part only, "private-fit" on the private part only.
-    subs = [csv_submission(project / "submissions" / "public-fit", "public-fit", ids, np.where(pub, y, noise),
+    subs = [csv_submission(project / "submissions" / "t" / "public-fit", "public-fit", ids, np.where(pub, y, noise),
                            team="t"),
-            csv_submission(project / "submissions" / "private-fit", "private-fit", ids, np.where(pub, noise, y),
+            csv_submission(project / "submissions" / "t" / "private-fit", "private-fit", ids, np.where(pub, noise, y),
                            team="t")]
     outcomes = evaluate(subs, track, tiny_space_release, out=project / "evals")
     m = {o.name: o.metrics for o in outcomes}

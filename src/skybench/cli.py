@@ -176,7 +176,8 @@ def _copy_roc_curves(evaluations: Path, out: Path) -> None:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     for roc in sorted(evaluations.glob("*/roc_public.csv")):
-        shutil.copy(roc, out / f"{roc.parent.name}.csv")
+        if not roc.parent.name.startswith("."):  # not a record being written
+            shutil.copy(roc, out / f"{roc.parent.name}.csv")
 
 
 @app.command()

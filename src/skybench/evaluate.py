@@ -1,10 +1,16 @@
 """The ``evaluate`` stage: run submissions in the sandbox on a release's public test inputs and score them.
 
-For each submission it writes an evaluation record, ``OUT/<team>__<name>/`` (``evaluation.json``,
-``metrics.json`` and the aggregate plots a participant may see), the organiser's full record in
-``results/<track>/private/<team>__<name>/`` (``OUT-private/`` for another OUT): predictions, per-object
-tables, full ROC, truth plots, every metric (see :mod:`skybench.visibility`); then it publishes both to MLflow
-(``log.py``).
+For each submission it writes an evaluation record, ``OUT/<team>+<name>/`` (:func:`record_dir`: each part
+percent-encoded, so different names never share a folder): ``evaluation.json``, ``metrics.json`` and the
+aggregate plots a participant may see; and the organiser's full record in ``results/<track>/private/<record>/``
+(``OUT-private/`` for another OUT): predictions, per-object tables, full ROC, truth plots, every metric (see
+:mod:`skybench.visibility`); then it publishes both to MLflow (``log.py``). Each record is written aside and
+swapped in whole (:func:`_write_record`): a crash leaves the old or the new record, never a mix.
+
+Who an entry belongs to is its folder's place in the project (:func:`identity`), not what its
+``submission.yaml`` claims. A failure of the evaluating machine (``PredictResult.infrastructure``) is
+recorded as such and retried by the next run; a result is reused only for the same submission, release,
+track definition, scorer code and skybench version (:func:`cache_key`).
 Records stay on disk, so an unreachable tracking server loses nothing: ``skybench log OUT`` publishes
 them later. A bad submission becomes a FAILED record with a one-line reason; the others carry on.
 
@@ -13,10 +19,19 @@ records and logging always run here, so scores do not depend on the executor."""
 
 from __future__ import annotations
 
+import ast
+import functools
+import hashlib
 import json
-import re
-from collections.abc import Iterator
+import os
+import shutil
+import string
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +46,7 @@ from .submission import (
     PredictResult,
     Submission,
     SubmissionError,
+    SubmissionSpec,
     clip,
     folder_sha256,
     load_submission,
@@ -38,12 +54,13 @@ from .submission import (
 )
 from .tracking import find_evaluation, git_commit
 from .tracks import Track, load_track, project_root
-from .visibility import make_private_dir, make_private_root, participant_view, private_dir, write_participant_view
+from .visibility import make_private_root, participant_view, private_dir, write_participant_view
 
 if TYPE_CHECKING:
     from .executors import Executor, Job
 
 RECORD = "evaluation.json"
+INFRASTRUCTURE = "infrastructure"  # ``failure_kind`` of a failure of the evaluating machine, not the submission
 
 
 @dataclass
@@ -56,6 +73,7 @@ class Outcome:
     metrics: dict[str, float] = field(default_factory=dict)
     record: Path | None = None
     unpublished: str = ""  # why the record could not be logged to MLflow ("" when logged or not asked to)
+    failure_kind: str = ""  # "infrastructure" when the machine, not the submission, failed (retried next run)
 
 
 def default_release(track: Track) -> Path:
@@ -110,14 +128,103 @@ def discover_submissions(track: str, roots: tuple[str, ...] = ("submissions", "b
     return found
 
 
+_SAFE = frozenset(string.ascii_letters + string.digits + "_-")
+_MAX_DIR = 200  # a record folder name stays well under NAME_MAX (255 bytes)
+
+
+def _encode(part: str) -> str:
+    """``part`` with every character but ``[A-Za-z0-9_-]`` percent-encoded (UTF-8): ``%``, ``+``, ``.``
+    and ``~`` never appear unencoded, so the encoding is injective and never ``.`` or ``..``."""
+    return "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
+                   for c in part)
+
+
 def record_dir(out: Path, team: str, name: str) -> Path:
-    return out / re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{team}__{name}")
+    """``out/<team>+<name>``, each part percent-encoded: different (team, name) pairs never share a folder.
+
+    A name too long for one folder keeps a readable prefix and ends in ``~`` and the sha256 of the pair
+    (``~`` is never in a short name)."""
+    key = f"{_encode(team)}+{_encode(name)}"
+    if len(key) > _MAX_DIR:
+        digest = hashlib.sha256(json.dumps([team, name]).encode()).hexdigest()
+        key = f"{key[:_MAX_DIR - 65]}~{digest}"
+    return Path(out) / key
+
+
+RESERVED_TEAMS = ("examples", "baselines", "invalid")  # identities the project itself files records under
+
+
+def identity(folder: Path, spec: SubmissionSpec | None, given: tuple[str, str] | None = None
+             ) -> tuple[str, str, str]:
+    """(team, name, problem): whom ``folder``'s record is filed under, and why its ``submission.yaml`` is
+    refused ("" when it agrees).
+
+    In the project the path is the identity: ``submissions/<team>/<name>/``, ``submissions/examples/<track>/
+    <format>/`` (team ``examples``, name ``<format>-example``) and ``baselines/<baseline>/<track>/`` (team
+    ``baselines``, name ``<baseline>``); the yaml must agree, so no folder can file a record under another
+    team. A folder elsewhere (explicit paths: tests, an upload server) is ``given``'s, else the yaml's."""
+    rel = _in_project(Path(folder))
+    claim = (spec.team, spec.name) if spec is not None else None
+    if rel is None:
+        team, name = given or claim or ("invalid", Path(folder).name)
+        where = "the identity it was submitted under"
+        track = None
+    else:
+        team, name, track, problem = _path_identity(rel)
+        if problem:
+            return team, name, problem
+        where = f"the folder {rel.as_posix()}/"
+    if spec is None or claim == (team, name) and track in (None, spec.track):
+        return team, name, ""
+    if spec.team != team:
+        return team, name, f"submission.yaml says team {spec.team!r}, but {where} belongs to team {team!r}"
+    if spec.name != name:
+        return team, name, f"submission.yaml says name {spec.name!r}, but {where} is named {name!r}"
+    return team, name, f"submission.yaml says track {spec.track!r}, but {where} is for track {track!r}"
+
+
+def _in_project(folder: Path) -> Path | None:
+    """``folder`` relative to the project root when it is under its submissions/ or baselines/, else None."""
+    root = project_root()
+    for base in {Path(os.path.abspath(root)), root.resolve()}:
+        for f in (Path(os.path.abspath(folder)), folder.parent.resolve() / folder.name):
+            if f.is_relative_to(base) and f.relative_to(base).parts[:1] in (("submissions",), ("baselines",)):
+                return f.relative_to(base)
+    return None
+
+
+def _path_identity(rel: Path) -> tuple[str, str, str | None, str]:
+    """(team, name, track or None, problem) of a folder ``rel`` under submissions/ or baselines/. A folder
+    at the wrong depth is named by its whole path (a ``/`` no well-placed folder name has)."""
+    parts, whole = rel.parts, rel.as_posix()
+    if len(whole) > 100:  # a folder nested deep: a bounded name (MLflow caps parameters), still one per path
+        whole = f"{whole[:60]}...{hashlib.sha256(whole.encode('utf-8', 'surrogateescape')).hexdigest()[:32]}"
+    if parts[0] == "baselines":
+        if len(parts) == 3:
+            return "baselines", parts[1], parts[2], ""
+        return "baselines", whole, None, f"a baseline folder must be baselines/<baseline>/<track>/, not {whole}/"
+    if parts[1:2] == ("examples",):
+        if len(parts) == 4:
+            return "examples", f"{parts[3]}-example", parts[2], ""
+        return "examples", whole, None, \
+            f"an example folder must be submissions/examples/<track>/<format>/, not {whole}/"
+    if len(parts) < 2 or parts[1] in RESERVED_TEAMS:
+        return "invalid", whole, None, \
+            f"{whole}/: team names {', '.join(RESERVED_TEAMS)} are reserved; use submissions/<team>/<name>/"
+    if len(parts) != 3:
+        return parts[1], whole, None, f"a submission folder must be submissions/<team>/<name>/, not {whole}/"
+    return parts[1], parts[2], None, ""
 
 
 def evaluate(folders: list[Path], track: str | Track, release: Path | None = None, *, out: Path | None = None,
              publish: bool = True, force: bool = False, executor: str | Executor = "local",
-             executor_options: dict | None = None) -> list[Outcome]:
+             executor_options: dict | None = None, identities: Mapping[Path, tuple[str, str]] | None = None,
+             received: Mapping[Path, datetime | str] | None = None) -> list[Outcome]:
     """Evaluate every submission folder meant for ``track``; return one outcome per folder.
+
+    ``identities``: {folder: (team, name)} of folders outside the project's submissions/ and baselines/
+    (e.g. uploads; inside them the path is the identity, :func:`identity`). ``received``: {folder: when the
+    server received it}, the submission time of a folder that is not a clean git checkout.
 
     ``executor``: where the sandboxed inference runs (``local`` or ``ray``, see :mod:`skybench.executors`);
     scoring, records and MLflow logging happen here, one submission at a time, in the order of ``folders``."""
@@ -134,14 +241,17 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
     real = _real_set(track)
     real_sha = release_digest(real) if real is not None else ""
     down = unreachable()  # a dead tracking server: evaluate anyway, keep the records, say so once per record
+    ids = {Path(k): v for k, v in (identities or {}).items()}
+    got = {Path(k): v for k, v in (received or {}).items()}
     # One boundary per submission: whatever it makes happen here (planning, its predictions, scoring, its
     # record, publication) becomes its FAILED record with a one-line reason, and the next one is evaluated.
     plans: list[Outcome | _Plan] = []
     for f in folders:
         try:
-            plans.append(_plan(Path(f), track, real, real_sha, release_sha, out, force, not down))
+            plans.append(_plan(Path(f), track, real, real_sha, release_sha, out, force, not down,
+                               ids.get(Path(f)), got.get(Path(f))))
         except Exception as exc:  # noqa: BLE001 - the boundary
-            plans.append(_crashed(Path(f), None, exc, out, release_sha))
+            plans.append(_crashed(Path(f), None, exc, out, release_sha, track))
     todo = [p for p in plans if isinstance(p, _Plan)]
     # One mixed stream of test and real inputs for every submission that gets the real set (see mixing.py).
     mixed = mix_inputs(release / "public" / "test", real / "public" / "test") \
@@ -161,7 +271,7 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
                     raise res
                 outcome = _finish(plan, _split(res, plan, mixed), track, release_sha, hidden)
         except Exception as exc:  # noqa: BLE001 - the boundary
-            outcome = _crashed(plan.folder, plan if isinstance(plan, _Plan) else None, exc, out, release_sha)
+            outcome = _crashed(plan.folder, plan if isinstance(plan, _Plan) else None, exc, out, release_sha, track)
         outcome.reason = clip(outcome.reason, 1000)
         if publish and outcome.record is not None:  # a skipped record too: it may be pending from an outage
             try:
@@ -212,16 +322,17 @@ def _results(executor: Executor, jobs: list[Job]) -> Iterator[PredictResult | Ex
         yield exc
 
 
-def _crashed(folder: Path, plan: _Plan | None, exc: Exception, out: Path, release_sha: str) -> Outcome:
+def _crashed(folder: Path, plan: _Plan | None, exc: Exception, out: Path, release_sha: str,
+             track: Track) -> Outcome:
     """The FAILED outcome (with a record when one can be written) of a submission whose evaluation raised."""
     reason = f"evaluation failed: {one_line(exc)}"
-    team, name = (plan.sub.spec.team, plan.sub.spec.name) if plan is not None else ("invalid", folder.name)
-    record = None
+    team, name, record = "invalid", folder.name, None
     try:
+        team, name = (plan.team, plan.name) if plan is not None else identity(folder, None, None)[:2]
         rdir = plan.rdir if plan is not None else record_dir(out, team, name)
-        record = _write_record(rdir, team=team, name=name, fmt=plan.sub.spec.format if plan else "?",
-                               status="FAILED", reason=reason, sub_sha=plan.sub.sha256 if plan else "unreadable",
-                               release_sha=release_sha, device="unknown", metrics={})
+        record = _write_records(track, rdir, team=team, name=name, fmt=plan.sub.spec.format if plan else "?",
+                                status="FAILED", reason=reason, sub_sha=plan.sub.sha256 if plan else "unreadable",
+                                release_sha=release_sha, device="unknown", metrics={})
     except Exception as err:  # noqa: BLE001 - not even a record: the outcome still says why
         reason += f"; no record written ({one_line(err)})"
     return Outcome(folder, team, name, "FAILED", reason, record=record)
@@ -236,58 +347,88 @@ class _Plan:
     rdir: Path
     real: Path | None
     real_sha: str
+    team: str
+    name: str
+    submitted: str
 
 
 def _plan(folder: Path, track: Track, real: Path | None, real_sha: str, release_sha: str, out: Path, force: bool,
-          ask_mlflow: bool) -> Outcome | _Plan:
+          ask_mlflow: bool, given: tuple[str, str] | None = None,
+          received: datetime | str | None = None) -> Outcome | _Plan:
     """The outcome when nothing needs to run (invalid, other track, unchanged), else a plan to run it."""
     try:
-        sub = load_submission(folder)
+        sub: Submission | None = load_submission(folder)
+        problem = ""
     except SubmissionError as exc:
-        # Still recorded (and ranked as FAILED) under the folder's name, so organisers see it.
-        rec = _write_record(record_dir(out, "invalid", folder.name), team="invalid", name=folder.name, fmt="?",
-                            status="FAILED", reason=str(exc).replace("\n", " "), sub_sha=_safe_sha(folder),
-                            release_sha=release_sha, device="none", metrics={})
-        return Outcome(folder, "invalid", folder.name, "FAILED", str(exc), record=rec)
-    spec = sub.spec
-    if spec.track != track.name:
-        return Outcome(folder, spec.team, spec.name, "SKIPPED", f"submission is for track {spec.track}")
-    rdir = record_dir(out, spec.team, spec.name)
-    if spec.format == "predictions":  # its file covers the public test set only
+        sub, problem = None, str(exc).replace("\n", " ")
+    team, name, refused = identity(folder, sub.spec if sub is not None else None, given)
+    if sub is not None and sub.spec.track != track.name:
+        return Outcome(folder, team, name, "SKIPPED", f"submission is for track {sub.spec.track}")
+    rdir = record_dir(out, team, name)
+    key = cache_key(track)
+    if problem or refused:  # recorded (and listed as FAILED) under the folder's identity, never the claimed one
+        reason = problem or " ".join(refused.split())[:1000]
+        sha = sub.sha256 if sub is not None else _safe_sha(folder)
+        rec = _write_records(track, rdir, team=team, name=name, fmt=sub.spec.format if sub is not None else "?",
+                             status="FAILED", reason=reason, sub_sha=sha, release_sha=release_sha, device="none",
+                             metrics={}, submitted=submission_time(folder, sha, rdir, received), **key)
+        return Outcome(folder, team, name, "FAILED", reason, record=rec)
+    assert sub is not None
+    if sub.spec.format == "predictions":  # its file covers the public test set only
         real, real_sha = None, ""
-    if not force and (_same_record(rdir, sub, release_sha, real_sha)
-                      or (ask_mlflow and _in_mlflow(track.name, sub.sha256, release_sha, real_sha))):
-        return Outcome(folder, spec.team, spec.name, "SKIPPED", "unchanged since its last evaluation",
+    if not force and (_same_record(rdir, sub, release_sha, real_sha, key)
+                      or (ask_mlflow and _in_mlflow(track.name, sub.sha256, release_sha, real_sha, key, team, name))):
+        return Outcome(folder, team, name, "SKIPPED", "unchanged since its last evaluation",
                        record=rdir if (rdir / RECORD).is_file() else None)
-    return _Plan(folder, sub, rdir, real, real_sha)
+    return _Plan(folder, sub, rdir, real, real_sha, team, name, submission_time(folder, sub.sha256, rdir, received))
 
 
 def _finish(plan: _Plan, res: PredictResult, track: Track, release_sha: str, hidden: Path) -> Outcome:
-    """Score a submission's predictions and write its record."""
+    """Score a submission's predictions into a new record folder, then swap it in for the old one."""
     sub, rdir, real = plan.sub, plan.rdir, plan.real
-    spec = sub.spec
     metrics: dict[str, float] = {}
     status, reason = ("FINISHED", "") if res.ok else ("FAILED", res.reason)
-    if res.ok and res.extra is not None and not res.extra.ok:
-        status, reason = "FAILED", f"on the real set {track.evaluation.real_set}: {res.extra.reason}"
-    elif res.ok:
-        # Scorers and predictions write to the organiser's folder; the record folder gets the participant view.
-        priv = make_private_dir(rdir)
-        save_predictions(priv, "predictions", res.ids, res.predictions)
-        metrics = score(track, res.ids, res.predictions, hidden, priv)
-        if res.extra is not None and real is not None:
-            extra = res.extra
-            save_predictions(priv, "real_predictions", extra.ids, extra.predictions)
-            metrics |= score_real(track, res.ids, res.predictions, hidden, extra.ids, extra.predictions,
-                                  real / "hidden" / "test", priv)
-        write_participant_view(track, priv, rdir, metrics)
-    fields = dict(team=spec.team, name=spec.name, fmt=spec.format, status=status, reason=reason,
-                  sub_sha=sub.sha256, release_sha=release_sha, device=res.device,
-                  seconds=res.seconds, n=len(res.ids), real_release_sha256=plan.real_sha)
-    if status == "FINISHED" or private_dir(rdir).is_dir():  # the full record (a failure clears an old one)
-        _write_record(make_private_dir(rdir), metrics=metrics, **fields)
-    rec = _write_record(rdir, metrics=participant_view(track, metrics), **fields)
-    return Outcome(plan.folder, spec.team, spec.name, status, reason, metrics, rec)
+    kind = INFRASTRUCTURE if not res.ok and getattr(res, "infrastructure", False) else ""
+    if kind:
+        reason = f"infrastructure failure, not the submission's (retried at the next evaluation): {reason}"
+        if _same_record(rdir, sub, release_sha, plan.real_sha, cache_key(track)):  # a forced re-run: keep it
+            return Outcome(plan.folder, plan.team, plan.name, "FAILED", f"{reason}; the previous record is kept",
+                           failure_kind=kind)
+    # Scorers and predictions write to the organiser's folder; the record folder gets the participant view.
+    make_private_root(rdir.parent)
+    stage, private_stage = _stage(rdir), _stage(private_dir(rdir))
+    try:
+        if res.ok and res.extra is not None and not res.extra.ok:
+            status, reason = "FAILED", f"on the real set {track.evaluation.real_set}: {res.extra.reason}"
+        elif res.ok:
+            save_predictions(private_stage, "predictions", res.ids, res.predictions)
+            metrics = score(track, res.ids, res.predictions, hidden, private_stage)
+            if res.extra is not None and real is not None:
+                extra = res.extra
+                save_predictions(private_stage, "real_predictions", extra.ids, extra.predictions)
+                metrics |= score_real(track, res.ids, res.predictions, hidden, extra.ids, extra.predictions,
+                                      real / "hidden" / "test", private_stage)
+            write_participant_view(track, private_stage, stage, metrics)
+        rec = _write_records(track, rdir, stage=stage, private_stage=private_stage if status == "FINISHED" else None,
+                             team=plan.team, name=plan.name, fmt=sub.spec.format, status=status, reason=reason,
+                             sub_sha=sub.sha256, release_sha=release_sha, device=res.device, metrics=metrics,
+                             seconds=res.seconds, n=len(res.ids), real_release_sha256=plan.real_sha,
+                             failure_kind=kind, submitted=plan.submitted, **cache_key(track))
+    finally:
+        for folder in (stage, private_stage):
+            shutil.rmtree(folder, ignore_errors=True)  # gone after a swap; a half-written record otherwise
+    return Outcome(plan.folder, plan.team, plan.name, status, reason, metrics, rec, failure_kind=kind)
+
+
+def _write_records(track: Track, rdir: Path, *, metrics: dict, stage: Path | None = None,
+                   private_stage: Path | None = None, **fields: object) -> Path:
+    """The organiser's full record (when there is a new one, or an old one a failure must replace), then the
+    participant's record with the participant view of ``metrics``; return the participant record folder."""
+    priv = private_dir(rdir)
+    if private_stage is not None or priv.is_dir():
+        make_private_root(rdir.parent)
+        _write_record(priv, metrics=metrics, staged=private_stage, **fields)  # type: ignore[arg-type]
+    return _write_record(rdir, metrics=participant_view(track, metrics), staged=stage, **fields)  # type: ignore[arg-type]
 
 
 def save_predictions(rdir: Path, stem: str, ids: pd.Series, predictions: object) -> None:
@@ -314,12 +455,18 @@ def _real_set(track: Track) -> Path | None:
     return real
 
 
-def _in_mlflow(track: str, sub_sha: str, release_sha: str, real_sha: str) -> bool:
+def _in_mlflow(track: str, sub_sha: str, release_sha: str, real_sha: str, key: Mapping[str, str] | None = None,
+               team: str | None = None, name: str | None = None) -> bool:
+    """Whether MLflow has a usable result of this submission: same key, same identity, no infrastructure
+    failure (those are retried)."""
     try:
-        run = find_evaluation(track, sub_sha, release_sha)
-        return run is not None and run.data.tags.get("real_release_sha256", "") == real_sha
+        run = find_evaluation(track, sub_sha, release_sha, match={"real_release_sha256": real_sha, **(key or {})})
     except Exception:  # noqa: BLE001 - an unreachable server must not stop evaluation; logging reports it
         return False
+    if run is None or run.data.tags.get("failure_kind", "") == INFRASTRUCTURE:
+        return False
+    params = run.data.params
+    return (team is None or params.get("team") == team) and (name is None or params.get("name") == name)
 
 
 def _safe_sha(folder: Path) -> str:
@@ -329,25 +476,178 @@ def _safe_sha(folder: Path) -> str:
         return "unreadable"
 
 
-def _same_record(rdir: Path, sub: Submission, release_sha: str, real_sha: str) -> bool:
+def _same_record(rdir: Path, sub: Submission, release_sha: str, real_sha: str,
+                 key: Mapping[str, str] | None = None) -> bool:
+    """Whether ``rdir`` holds a result of this very evaluation that may be reused (not an infrastructure
+    failure)."""
     try:
         rec = json.loads((rdir / RECORD).read_text())
     except (OSError, ValueError):
         return False
-    return (rec.get("submission_sha256"), rec.get("release_sha256"), rec.get("real_release_sha256", "")) == \
-        (sub.sha256, release_sha, real_sha)
+    if not isinstance(rec, dict) or rec.get("failure_kind") == INFRASTRUCTURE:
+        return False
+    want = {"submission_sha256": sub.sha256, "release_sha256": release_sha, "real_release_sha256": real_sha,
+            **(key or {})}
+    return all(rec.get(k, "") == v for k, v in want.items())
 
 
 def _write_record(rdir: Path, *, team: str, name: str, fmt: str, status: str, reason: str, sub_sha: str,
-                  release_sha: str, device: str, metrics: dict, **extra: object) -> Path:
-    rdir.mkdir(parents=True, exist_ok=True)
-    if status != "FINISHED":  # no stale predictions or plots from an earlier, successful version
-        for p in rdir.iterdir():
-            p.unlink()
+                  release_sha: str, device: str, metrics: dict, staged: Path | None = None,
+                  **extra: object) -> Path:
+    """Write ``evaluation.json`` into ``staged`` (a folder made by :func:`_stage` holding the rest of the new
+    record; a new empty one when None), then swap that whole folder in for ``rdir``. Nothing of the old
+    record is deleted before the new one is complete, and a crash leaves one or the other, whole."""
+    staged = staged if staged is not None else _stage(rdir)
     rec = {"team": team, "name": name, "format": fmt, "status": status, "reason": reason,
            "submission_sha256": sub_sha, "release_sha256": release_sha, "device": device,
            "skybench_version": __version__, "git_commit": git_commit(), "metrics": metrics, **extra}
-    tmp = rdir / f".{RECORD}.tmp"
-    tmp.write_text(json.dumps(rec, indent=2, sort_keys=True, default=float) + "\n")
-    tmp.replace(rdir / RECORD)  # the record appears whole or not at all
+    (staged / RECORD).write_text(json.dumps(rec, indent=2, sort_keys=True, default=float) + "\n")
+    _swap(staged, rdir)
     return rdir
+
+
+_STAGE = ".staged-"  # prefix of record folders being written (hidden: never published, never read back)
+
+
+def _stage(rdir: Path) -> Path:
+    """A new empty sibling folder of ``rdir`` to write a record into (same filesystem, so renames are atomic).
+    An old record left aside by a crashed :func:`_swap` is put back; leftovers older than a day are removed."""
+    rdir.parent.mkdir(parents=True, exist_ok=True)
+    for aside in rdir.parent.glob(f"{_STAGE}{rdir.name}.old.*/record"):  # a crash inside a non-atomic _swap
+        if not rdir.exists():
+            os.rename(aside, rdir)
+    for old in rdir.parent.glob(f"{_STAGE}{rdir.name}.*"):
+        try:
+            if time.time() - old.lstat().st_mtime > 86400:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+    return Path(tempfile.mkdtemp(prefix=f"{_STAGE}{rdir.name}.", dir=rdir.parent))
+
+
+def _swap(new: Path, rdir: Path) -> None:
+    """Put folder ``new`` at ``rdir``; the old ``rdir`` ends at ``new``'s path (the caller removes it)."""
+    if not rdir.exists() and not rdir.is_symlink():
+        os.rename(new, rdir)
+    elif not _exchange(new, rdir):  # no atomic exchange here: the old record aside, the new one in
+        aside = Path(tempfile.mkdtemp(prefix=f"{_STAGE}{rdir.name}.old.", dir=rdir.parent)) / "record"
+        os.rename(rdir, aside)
+        try:
+            os.rename(new, rdir)
+        except BaseException:
+            os.rename(aside, rdir)
+            raise
+        os.rename(aside, new)
+        aside.parent.rmdir()
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is unsupported."""
+    import ctypes
+    import errno
+
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if fn is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+SCORERS = ("score", "score_photoz", "score_enhance", "metrics")  # the modules that turn predictions into scores
+
+
+def cache_key(track: Track) -> dict[str, str]:
+    """What, besides the submission and the releases, a score depends on; any change re-scores."""
+    return {"track_sha256": hashlib.sha256(track.model_dump_json().encode()).hexdigest(),
+            "scorer_sha256": scorer_sha256(), "skybench_version": __version__}
+
+
+def scorer_sha256() -> str:
+    """sha256 over the source of :data:`SCORERS` and of every skybench module they import, transitively."""
+    pkg = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in scorer_files():
+        h.update(f"{path.relative_to(pkg).as_posix()}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    return h.hexdigest()
+
+
+@functools.cache
+def scorer_files() -> tuple[Path, ...]:
+    """The source files of skybench's scoring: :data:`SCORERS` and the skybench modules they import."""
+    pkg = Path(__file__).resolve().parent
+    todo, seen = [pkg / f"{m}.py" for m in SCORERS], set()
+    while todo:
+        path = todo.pop()
+        if path in seen or not path.is_file():
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_bytes())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("skybench")):
+                base = path.parent
+                for _ in range(node.level - 1):
+                    base = base.parent
+                if not node.level:
+                    base, mod = pkg.parent, node.module or ""
+                else:
+                    mod = node.module or ""
+                target = base.joinpath(*mod.split(".")) if mod else base
+                todo += [target.with_suffix(".py"), target / "__init__.py",
+                         *(target / f"{a.name}.py" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                todo += [pkg.parent.joinpath(*a.name.split(".")).with_suffix(".py")
+                         for a in node.names if a.name.startswith("skybench.")]
+    return tuple(sorted(p for p in seen if p.is_relative_to(pkg)))
+
+
+def submission_time(folder: Path, sub_sha: str, rdir: Path, received: datetime | str | None = None) -> str:
+    """When the evaluated version of ``folder`` was submitted (UTC ISO, ms): the commit time of the last
+    first-parent commit touching it when it is a clean git checkout; else ``received`` (a server's receipt
+    time); else the time this exact version (``sub_sha``) was first evaluated, kept in its record."""
+    if when := _git_time(Path(folder)):
+        return when
+    if received is not None:
+        return _utc(received)
+    try:
+        rec = json.loads((rdir / RECORD).read_text())
+        if rec.get("submission_sha256") == sub_sha and rec.get("submitted"):
+            return _utc(rec["submitted"])
+    except (OSError, ValueError, TypeError, AttributeError):
+        pass
+    return _utc(datetime.now(timezone.utc))
+
+
+def _utc(when: datetime | str) -> str:
+    t = datetime.fromisoformat(when) if isinstance(when, str) else when
+    t = t if t.tzinfo is not None else t.replace(tzinfo=timezone.utc)
+    return t.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _git_time(folder: Path) -> str:
+    """Commit time of ``folder``'s latest first-parent commit (on a merge workflow: when the organisers' branch
+    took it) when it is in the project and every file in it is committed and unchanged; "" otherwise.
+
+    git runs in the project root, never in the folder: a ``.git`` in an uploaded folder could configure
+    commands (``core.fsmonitor``) that git would run."""
+    rel = _in_project(folder)
+    if rel is None or not folder.is_dir():
+        return ""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(project_root()), *args, "--", rel.as_posix()],
+                                 capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    if not git("ls-files"):
+        return ""
+    if git("status", "--porcelain", "--ignored", "--untracked-files=all") != "":
+        return ""  # changed, untracked or ignored files: the evaluated bytes are not the commit's
+    when = git("log", "-1", "--first-parent", "--format=%cI")
+    return _utc(when) if when else ""

@@ -60,11 +60,15 @@ class LocalExecutor:
         for job in jobs:
             scratch = Path(tempfile.mkdtemp(prefix="skybench-scratch-"))
             try:
-                result = sandboxed_predict(job.sub, job.test_dir, scratch=scratch, track=job.track,
-                                           require_cgroups=job.require_cgroups)
+                res = sandboxed_predict(job.sub, job.test_dir, scratch=scratch, track=job.track,
+                                        require_cgroups=job.require_cgroups)
+            except Exception as exc:
+                if not is_infrastructure(exc):
+                    raise
+                res = infrastructure_failure(exc)
             finally:
                 remove_tree(scratch)  # iterative: any depth
-            yield result
+            yield res
 
 
 class RayExecutor:
@@ -83,7 +87,12 @@ class RayExecutor:
         self.num_cpus = num_cpus
 
     def run(self, jobs: list[Job]) -> Iterator[PredictResult]:
-        ray, started = _connect(self.address, self.num_cpus)
+        try:
+            ray, started = _connect(self.address, self.num_cpus)
+        except Exception as exc:  # no Ray here: every job failed for the machine's reason, and is retried
+            for _ in jobs:
+                yield infrastructure_failure(exc)
+            return
         try:
             resources = ray.cluster_resources()
             gpus = int(resources.get("GPU", 0))
@@ -100,11 +109,33 @@ class RayExecutor:
             for job, refs in zip(jobs, pending, strict=True):
                 if refs is None:
                     yield next(LocalExecutor().run([job]))
-                else:
-                    yield merge_results(ray.get(refs))
+                    continue
+                try:
+                    res = merge_results(ray.get(refs))
+                except Exception as exc:  # a lost worker or node, a task that raised: Ray's or the host's
+                    if not is_infrastructure(exc):
+                        raise
+                    res = infrastructure_failure(exc)
+                yield res
         finally:
             if started:
                 ray.shutdown()
+
+
+def is_infrastructure(exc: BaseException) -> bool:
+    """Whether an exception of the evaluating machinery is the host's fault, not the submission's: no
+    bubblewrap (``RuntimeError``), a full disk or other ``OSError``, any Ray error."""
+    if isinstance(exc, RecursionError):  # a hostile output nested too deep: the submission's doing
+        return False
+    return isinstance(exc, (OSError, RuntimeError)) or any(c.__module__.split(".")[0] == "ray"
+                                                           for c in type(exc).__mro__)
+
+
+def infrastructure_failure(exc: BaseException) -> PredictResult:
+    """A failed result marked ``infrastructure`` (recorded as such and retried at the next evaluation)."""
+    line = (str(exc).strip().splitlines() or [""])[0][:300]
+    return PredictResult(False, f"{type(exc).__name__}: {line}", None, np.array([], dtype=str), "unknown", 0.0,
+                         infrastructure=True)
 
 
 def get_executor(name: str | Executor, **options: object) -> Executor:

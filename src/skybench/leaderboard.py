@@ -1,9 +1,11 @@
 """Leaderboard of a track, built from its MLflow evaluation runs (see :mod:`skybench.tracking`), for organisers:
 it reads the organiser experiment, and publishes (``write_results``) only the phase's part of the metrics.
 
-One row per (team, name): its latest complete evaluation. Ranked by the primary metric; ties go to the
-earliest submission (``submitted`` = first evaluation run of that team/name, any release, any outcome),
-then to team/name. Failed submissions (and any without a primary metric) follow the ranked rows, unranked.
+One row per (team, name): its latest FINISHED evaluation, ranked by the primary metric; ties go to the
+earliest submission of the scored version (tag ``submitted``: its git commit time, or when the server received
+it, or when it was first evaluated; see :func:`skybench.evaluate.submission_time`), then to team/name. Failed
+runs never rank, hold a row or reserve a time: an entry with only failures (or no primary metric) is listed
+after the ranked rows, unranked, with its latest failure.
 
 A track with ``evaluation.public_fraction`` has a public and a private part of its test set: while its
 ``evaluation.phase`` is ``open`` every metric column holds the public-part value (``public_<m>`` in MLflow) and
@@ -110,34 +112,44 @@ def leaderboard(
         return runs[name] if name in runs else pd.Series(default, index=runs.index)
 
     prefix = metric_prefix(track)
-    runs = runs.assign(team=col("params.team"), name=col("params.name"))
-    first = runs.groupby(["team", "name"])["start_time"].min().rename("first_run")
+    status = col("tags.status", "FINISHED").replace("", "FINISHED").fillna("FINISHED")
+    when = pd.to_datetime(col("tags.submitted", ""), utc=True, errors="coerce", format="ISO8601").dt.as_unit("ms")
+    runs = runs.assign(team=col("params.team"), name=col("params.name"), status=status,  # untagged: run start
+                       submitted=when.fillna(runs["start_time"].dt.as_unit("ms")))
     if release_sha256 is not None:
         runs = runs[col("tags.release_sha256") == release_sha256]
-    latest = runs.drop_duplicates(["team", "name"], keep="last").join(first, on=["team", "name"])
+    finished = runs[runs["status"] == "FINISHED"].drop_duplicates(["team", "name"], keep="last")
+    entry = pd.MultiIndex.from_frame(runs[["team", "name"]])
+    done = pd.MultiIndex.from_frame(finished[["team", "name"]]) if len(finished) else pd.MultiIndex.from_tuples(
+        [], names=["team", "name"])
+    failed = runs[~entry.isin(done)].drop_duplicates(["team", "name"], keep="last")
+    latest = pd.concat([finished, failed])
+
+    def get(name: str, default: object = "") -> pd.Series:
+        return latest[name] if name in latest else pd.Series(default, index=latest.index)
 
     out = pd.DataFrame(
         {
             "team": latest["team"],
             "name": latest["name"],
-            "status": latest.get("tags.status", pd.Series("FINISHED", index=latest.index)).fillna("FINISHED"),
-            **{m: pd.to_numeric(latest.get(f"metrics.{prefix}{m}", math.nan))
+            "status": latest["status"],
+            **{m: pd.to_numeric(get(f"metrics.{prefix}{m}", math.nan))
                for m in _metric_columns(track, extra_columns)},
-            "format": latest.get("params.format", ""),
-            "device": latest.get("tags.device", ""),
-            "first_run": latest["first_run"],
-            "reason": latest.get("tags.failure_reason", ""),
+            "format": get("params.format"),
+            "device": get("tags.device"),
+            "when": latest["submitted"],
+            "reason": get("tags.failure_reason"),
         }
     ).fillna({"format": "", "device": "", "reason": ""})
 
     primary = track.metrics.primary
     ok = (out["status"] == "FINISHED") & out[primary].notna()
-    keys = ["first_run", "team", "name"]
+    keys = ["when", "team", "name"]
     ranked = out[ok].sort_values([primary, *keys], ascending=[not track.metrics.higher_is_better, True, True, True])
     rest = out[~ok].sort_values(keys)
     board = pd.concat([ranked, rest], ignore_index=True)
     board.insert(0, "rank", pd.array([*range(1, len(ranked) + 1), *[pd.NA] * len(rest)], dtype="Int64"))
-    board["submitted"] = [t.isoformat(timespec="milliseconds") for t in board.pop("first_run")]
+    board["submitted"] = [t.isoformat(timespec="milliseconds") for t in board.pop("when")]
     return board[cols]
 
 

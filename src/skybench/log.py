@@ -7,17 +7,21 @@ from __future__ import annotations
 
 import json
 import tempfile
+import warnings
 from pathlib import Path
 
 from .tracking import find_evaluation, log_evaluation
 from .tracks import Track, load_track
 
 RECORD = "evaluation.json"
-TAGS = ("submission_sha256", "release_sha256", "real_release_sha256", "git_commit", "skybench_version", "device")
+TAGS = ("submission_sha256", "release_sha256", "real_release_sha256", "track_sha256", "scorer_sha256",
+        "skybench_version", "git_commit", "device", "failure_kind", "submitted")
+KEY = ("real_release_sha256", "track_sha256", "scorer_sha256", "skybench_version")  # with the two shas: one result
 
 
 def publish_record(rdir: Path, track: str | Track | None = None) -> str | None:
-    """Log one record unless MLflow already has it; return the new run id, or None if it was there.
+    """Log one record unless MLflow already has it (same key, identity and outcome); return the new run id,
+    or None if it was there.
 
     The organiser's full record (``private/<record>/``, :mod:`skybench.visibility`) goes to the organiser
     experiment first, then the participant view to ``skybench-<track>``: only the metrics of
@@ -29,8 +33,7 @@ def publish_record(rdir: Path, track: str | Track | None = None) -> str | None:
     track = t.name
     tags = {k: str(rec.get(k, "")) for k in TAGS}
     new_org = _publish_organiser(track, Path(rdir), rec, tags)
-    run = find_evaluation(track, rec["submission_sha256"], rec["release_sha256"])
-    if run is not None and run.data.tags.get("real_release_sha256", "") == rec.get("real_release_sha256", ""):
+    if _logged(track, rec, None):
         return new_org
     shown = participant_view(t, rec["metrics"])
     allowed = set(participant_artifacts(t)) - {RECORD, "metrics.json"}
@@ -44,20 +47,27 @@ def publish_record(rdir: Path, track: str | Track | None = None) -> str | None:
                               metrics=shown, tags=tags, artifacts=artifacts, reason=rec.get("reason", ""))
 
 
+def _logged(track: str, rec: dict, experiment: str | None) -> bool:
+    """Whether ``experiment`` (default: the participant one) has this record: same key, identity and outcome."""
+    run = find_evaluation(track, rec["submission_sha256"], rec["release_sha256"], experiment=experiment,
+                          match={k: str(rec.get(k, "")) for k in (*KEY, "status", "failure_kind")})
+    return run is not None and (run.data.params.get("team"), run.data.params.get("name")) == (rec["team"], rec["name"])
+
+
 def _publish_organiser(track: str, rdir: Path, rec: dict, tags: dict[str, str]) -> str | None:
     """Log the full record to the organiser experiment unless it is there; its folder's record when it is of
     the same submission, release and outcome as ``rec`` (else a stale one: the participant record is used)."""
-    from .tracking import ensure_organiser_experiment, find_organiser_evaluation, organiser_experiment
+    from .tracking import ensure_organiser_experiment, organiser_experiment
     from .visibility import private_dir
 
-    if find_organiser_evaluation(track, tags) is not None:
+    if _logged(track, rec, organiser_experiment(track)):
         return None
     priv, full, folder = private_dir(rdir), rec, rdir
     try:
         org = json.loads((priv / RECORD).read_text())
     except (OSError, ValueError):
         org = None
-    same = ("submission_sha256", "release_sha256", "real_release_sha256", "status")
+    same = ("submission_sha256", "release_sha256", *KEY, "status", "team", "name")
     if org is not None and all(org.get(k, "") == rec.get(k, "") for k in same):
         full, folder = org, priv
     ensure_organiser_experiment(track)
@@ -68,9 +78,26 @@ def _publish_organiser(track: str, rdir: Path, rec: dict, tags: dict[str, str]) 
 
 
 def publish_all(evaluations: Path, track: str | None = None) -> tuple[int, int]:
-    """Publish every record under ``evaluations``; return (newly logged, already there)."""
+    """Publish every record under ``evaluations``; return (newly logged, already there).
+
+    A record is published only from its own folder (:func:`skybench.evaluate.record_dir` of its team and
+    name): not from evaluate's staging folders, nor from a folder of the layout before percent-encoding
+    (``<team>__<name>``), which would otherwise come after, and override, the current record."""
+    from .evaluate import record_dir
+
     new = old = 0
     for rec in sorted(Path(evaluations).glob(f"*/{RECORD}")):
+        if rec.parent.name.startswith("."):  # a record being written
+            continue
+        try:
+            head = json.loads(rec.read_text())
+            own = record_dir(rec.parent.parent, str(head["team"]), str(head["name"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            own = None
+        if own != rec.parent:
+            warnings.warn(f"{rec.parent}: not the record folder of the team and name in its {RECORD} (a stale "
+                          f"record of an older layout, or moved by hand); not published, remove it", stacklevel=2)
+            continue
         if publish_record(rec.parent, track):
             new += 1
         else:
@@ -79,5 +106,5 @@ def publish_all(evaluations: Path, track: str | None = None) -> tuple[int, int]:
 
 
 def _track_of(rdir: Path) -> str:
-    # results/<track>/evaluations/<team>__<name>
+    # results/<track>/evaluations/<team>+<name>
     return rdir.resolve().parent.parent.name

@@ -123,7 +123,7 @@ class PredictResult:
     seconds: float  # wall time of the sandboxed run (0 for the predictions format)
     log: str = ""  # tail of the runner's stderr
     extra: PredictResult | None = None  # the real set's part of a mixed stream (``mixing.MixedInputs.split``)
-    infrastructure: bool = False  # the failure is the host's, not the submission's (SandboxResult): retry it
+    infrastructure: bool = False  # failed for a reason of the evaluating machine, not of the submission: retry
 
 
 def folder_sha256(folder: Path) -> str:
@@ -290,8 +290,8 @@ def cuda_available() -> bool:
 
 
 def _fail(reason: str, ids: np.ndarray, device: str = "unknown", seconds: float = 0.0,
-          log: str = "") -> PredictResult:
-    return PredictResult(False, reason, None, ids, device, seconds, log)
+          log: str = "", infrastructure: bool = False) -> PredictResult:
+    return PredictResult(False, reason, None, ids, device, seconds, log, infrastructure=infrastructure)
 
 
 def expected_shapes(output: Output, n: int, input_shape: tuple[int, ...] = ()) -> list[tuple[int, ...]]:
@@ -427,9 +427,7 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
                         outputs=[out.name, info.name])
     device, problem = _read_runner_info(info)
     if not res.ok:
-        failed = _fail(res.reason, ids, device, res.wall_seconds, res.stderr)
-        failed.infrastructure = res.infrastructure
-        return failed
+        return _fail(res.reason, ids, device, res.wall_seconds, res.stderr, infrastructure=res.infrastructure)
     if problem:  # the runner always writes a valid runner.json; anything else was written by the model
         return _fail(problem, ids, device, res.wall_seconds, res.stderr)
     return _read_output(out, ids, n, track, device, res.wall_seconds, res.stderr)

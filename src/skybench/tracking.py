@@ -15,9 +15,11 @@ Conventions:
   tag (``FINISHED`` or ``FAILED``, with ``failure_reason``): a failing submission is a complete record too.
   A run whose logging crashed ends ``FAILED``/``KILLED`` (or stays ``RUNNING`` after a hard kill) and is
   ignored by :func:`find_evaluation` and the leaderboard;
-* :func:`find_evaluation` returns a complete run of the same (submission, release), failed outcomes
-  included: evaluation is deterministic, so an unchanged failing submission is skipped too; a fixed
-  resubmission has a new ``submission_sha256`` and is evaluated. Pass ``include_failed=False`` to retry.
+* :func:`find_evaluation` returns a complete run of the same (submission, release) and, with ``match``, the
+  same further tags (real set, track definition, scorer code, skybench version: a change of any re-scores),
+  failed outcomes included: evaluation is deterministic, so an unchanged failing submission is skipped too;
+  a fixed resubmission has a new ``submission_sha256`` and is evaluated. Pass ``include_failed=False`` to
+  retry. A failure of the machine (tag ``failure_kind`` = ``infrastructure``) is for the caller to retry.
 * Under concurrency call :func:`ensure_experiment` once (creates the database and the experiment)
   before starting parallel jobs.
 """
@@ -42,7 +44,6 @@ __all__ = [
     "ensure_organiser_experiment",
     "experiment_name",
     "find_evaluation",
-    "find_organiser_evaluation",
     "git_commit",
     "log_evaluation",
     "organiser_experiment",
@@ -121,21 +122,6 @@ def ensure_organiser_experiment(track: str) -> str:
         raise
 
 
-def find_organiser_evaluation(track: str, tags: Mapping[str, str]) -> Run | None:
-    """The latest complete run in :func:`organiser_experiment` with the same submission, release and real-set
-    tags as ``tags``, or None."""
-    c = client()
-    exp = c.get_experiment_by_name(organiser_experiment(track))
-    if exp is None or not tags.get("submission_sha256") or not tags.get("release_sha256"):
-        return None
-    query = (f"tags.`{KIND_TAG}` = 'evaluation' and attributes.status = 'FINISHED'"
-             f" and tags.submission_sha256 = {_quoted(tags['submission_sha256'])}"
-             f" and tags.release_sha256 = {_quoted(tags['release_sha256'])}")
-    runs = [r for r in c.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"])
-            if r.data.tags.get("real_release_sha256", "") == tags.get("real_release_sha256", "")]
-    return runs[0] if runs else None
-
-
 def _quoted(value: str) -> str:
     if "'" in value or "\\" in value:
         raise ValueError(f"tag value not allowed in an MLflow filter: {value!r}")
@@ -143,11 +129,13 @@ def _quoted(value: str) -> str:
 
 
 def find_evaluation(
-    track: str, submission_sha256: str, release_sha256: str, *, include_failed: bool = True
+    track: str, submission_sha256: str, release_sha256: str, *, include_failed: bool = True,
+    match: Mapping[str, str] | None = None, experiment: str | None = None,
 ) -> Run | None:
-    """The latest complete evaluation run of this (submission, release), or None."""
+    """The latest complete evaluation run of this (submission, release) whose tags also equal ``match``
+    (a missing tag counts as ""), or None; in ``experiment`` (default: the track's participant experiment)."""
     c = client()
-    exp = c.get_experiment_by_name(experiment_name(track))
+    exp = c.get_experiment_by_name(experiment or experiment_name(track))
     if exp is None:
         return None
     query = (
@@ -158,8 +146,9 @@ def find_evaluation(
     )
     if not include_failed:
         query += " and tags.status = 'FINISHED'"
-    runs = c.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None
+    runs = c.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1000)
+    want = dict(match or {})
+    return next((r for r in runs if all(r.data.tags.get(k, "") == v for k, v in want.items())), None)
 
 
 def _finite_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -232,11 +221,13 @@ def log_evaluation(
     return run_id
 
 
-DEDUP_TAGS = ("submission_sha256", "release_sha256", "real_release_sha256")
+DEDUP_TAGS = ("submission_sha256", "release_sha256", "real_release_sha256", "track_sha256", "scorer_sha256",
+              "skybench_version")
 
 
 def drop_duplicates(c: MlflowClient, exp_id: str, tags: Mapping[str, str]) -> int:
-    """Delete all but one complete run of the same (submission, release, real set); return how many.
+    """Delete all but one complete run of the same :data:`DEDUP_TAGS` (submission, release, real set, track
+    definition, scorer code, skybench version); return how many.
 
     Evaluators racing on one submission may each log a run. The keeper is the latest started (ties: the
     highest run id), the same for every evaluator, so whichever finishes last leaves exactly one run and no
@@ -247,9 +238,8 @@ def drop_duplicates(c: MlflowClient, exp_id: str, tags: Mapping[str, str]) -> in
     query = (f"tags.`{KIND_TAG}` = 'evaluation' and attributes.status = 'FINISHED'"
              f" and tags.submission_sha256 = {_quoted(tags['submission_sha256'])}"
              f" and tags.release_sha256 = {_quoted(tags['release_sha256'])}")
-    real = tags.get("real_release_sha256", "")
     runs = [r for r in c.search_runs([exp_id], query, max_results=1000)
-            if r.data.tags.get("real_release_sha256", "") == real]
+            if all(r.data.tags.get(k, "") == tags.get(k, "") for k in DEDUP_TAGS)]
     runs.sort(key=lambda r: (r.info.start_time, r.info.run_id))
     for run in runs[:-1]:
         try:

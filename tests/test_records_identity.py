@@ -1,0 +1,397 @@
+"""Entries cannot be hijacked, records are never half-written, infrastructure failures and stale scores do not
+stick, and ties go to the earliest submission of the scored version (issue 13, "Entries can be hijacked")."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from helpers import ROOT, bwrap_works, csv_submission, python_submission
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from mlflow.tracking import MlflowClient
+
+from skybench import evaluate as ev
+from skybench.evaluate import evaluate, identity, record_dir, submission_time
+from skybench.leaderboard import leaderboard
+from skybench.submission import load_submission
+from skybench.tracking import experiment_name
+from skybench.tracks import load_track
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project root of its own (a copy of benchmarks/, an empty submissions/) and an MLflow store."""
+    root = tmp_path / "project"
+    shutil.copytree(ROOT / "benchmarks", root / "benchmarks")
+    (root / "submissions").mkdir()
+    monkeypatch.setenv("SKYBENCH_ROOT", str(root))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    return root
+
+
+def _ids(release: Path) -> np.ndarray:
+    return pd.read_parquet(release / "public/test/index.parquet")["id"].to_numpy()
+
+
+def _labels(release: Path, ids: np.ndarray) -> np.ndarray:
+    meta = pd.read_parquet(release / "hidden/test/meta.parquet").set_index("id")
+    return meta.loc[ids, "is_lens"].to_numpy(float)
+
+
+def _snapshot(rdir: Path) -> dict[str, bytes]:
+    return {p.relative_to(rdir).as_posix(): p.read_bytes() for p in sorted(rdir.rglob("*")) if p.is_file()}
+
+
+def _run(folders: list[Path], release: Path, out: Path, **kw: object) -> dict[tuple[str, str], ev.Outcome]:
+    return {(o.team, o.name): o for o in evaluate(folders, "lens-space", release, out=out, **kw)}
+
+
+# --- identity: the path decides whose entry it is -----------------------------------------------------------
+
+@pytest.mark.parametrize("where, claim", [
+    ("submissions/b/x", "team: a\nname: finder"),  # another team's name
+    ("submissions/b/finder", "team: a\nname: finder"),  # same folder name, other team
+    ("submissions/b/x/deeper", "team: b\nname: x"),  # not exactly submissions/<team>/<name>/
+    ("submissions/baselines/finder", "team: baselines\nname: finder"),  # a reserved team
+    ("submissions/examples/lens-space/python", "team: a\nname: finder"),
+])
+def test_a_folder_cannot_file_its_record_under_another_identity(project, tiny_space_release, where, claim):
+    out = project / "results/lens-space/evaluations"
+    ids = _ids(tiny_space_release)
+    good = csv_submission(project / "submissions/a/finder", "finder", ids, _labels(tiny_space_release, ids),
+                          team="a")
+    first = _run([good], tiny_space_release, out)[("a", "finder")]
+    assert first.status == "FINISHED"
+    before = _snapshot(first.record)
+    board_before = leaderboard(load_track("lens-space"))
+
+    folder = project / where
+    folder.mkdir(parents=True)
+    pd.DataFrame({"id": ids[:3], "score": 0.0}).to_csv(folder / "scores.csv", index=False)  # a failing entry
+    (folder / "submission.yaml").write_text(f"{claim}\ntrack: lens-space\nformat: predictions\nmodel: scores.csv\n")
+    (outcome,) = evaluate([folder], "lens-space", tiny_space_release, out=out)
+
+    assert outcome.status == "FAILED" and (outcome.team, outcome.name) != ("a", "finder")
+    assert "\n" not in outcome.reason and ("submission.yaml says" in outcome.reason or "must be" in outcome.reason
+                                           or "reserved" in outcome.reason)
+    rec = json.loads((outcome.record / "evaluation.json").read_text())
+    assert (rec["team"], rec["name"], rec["status"]) == (outcome.team, outcome.name, "FAILED")
+    assert outcome.record != first.record and _snapshot(first.record) == before  # A's record and predictions
+    board = leaderboard(load_track("lens-space"))
+    a_row = board[(board.team == "a") & (board.name == "finder")]
+    pd.testing.assert_frame_equal(a_row.reset_index(drop=True), board_before.reset_index(drop=True))
+    intruder = board[(board.team == outcome.team) & (board.name == outcome.name)]
+    assert intruder["status"].tolist() == ["FAILED"] and intruder["rank"].isna().all()
+
+
+def test_path_identity_rules(project):
+    from skybench.train import write_submission
+
+    def ident(rel: str, text: str) -> tuple[str, str, str]:
+        folder = project / rel
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "model.skops").write_text("")
+        (folder / "submission.yaml").write_text(text)
+        return identity(folder, load_submission(folder).spec)
+
+    base = project / "baselines/knn/lens-space"
+    base.mkdir(parents=True)
+    write_submission(base, "knn", "lens-space", "sklearn", "model.skops", "k nearest neighbours")
+    (base / "model.skops").write_text("")
+    assert identity(base, load_submission(base).spec) == ("baselines", "knn", "")  # as train.py writes it
+    spec = "track: lens-space\nformat: sklearn\nmodel: model.skops\n"
+    assert ident("submissions/examples/lens-space/sklearn", f"team: examples\nname: sklearn-example\n{spec}") == \
+        ("examples", "sklearn-example", "")
+    team, name, why = ident("submissions/examples/lens-ground/sklearn", f"team: examples\nname: sklearn-example\n"
+                                                                        f"{spec}")
+    assert (team, name) == ("examples", "sklearn-example") and "track" in why  # the path says lens-ground
+    assert ident("baselines/knn/lens-ground", f"team: baselines\nname: knn\n{spec}")[2]
+    assert ident("submissions/t/n", f"team: t\nname: n\n{spec}") == ("t", "n", "")
+    team, name, why = ident("submissions/y/z", f"team: x\nname: z\n{spec}")
+    assert (team, name) == ("y", "z")
+    assert why == "submission.yaml says team 'x', but the folder submissions/y/z/ belongs to team 'y'"
+    deep = Path("submissions/b", *["d"] * 1100)  # a folder nested deep: still b's, with a bounded name
+    team, name, _, why = ev._path_identity(deep)
+    assert team == "b" and len(name) < 200 and "must be submissions/<team>/<name>/" in why
+    assert name != ev._path_identity(Path("submissions/b", *["d"] * 1101))[1]
+    # Outside the project's submission roots: the identity given by the caller (e.g. an upload server).
+    outside = project.parent / "upload"
+    outside.mkdir()
+    (outside / "model.skops").write_text("")
+    (outside / "submission.yaml").write_text(f"team: x\nname: z\n{spec}")
+    s = load_submission(outside).spec
+    assert identity(outside, s) == ("x", "z", "")
+    assert identity(outside, s, ("x", "z")) == ("x", "z", "")
+    assert identity(outside, s, ("u", "z"))[:2] == ("u", "z") and "team 'x'" in identity(outside, s, ("u", "z"))[2]
+
+
+def test_given_identity_files_an_upload_under_its_uploader(project, tiny_space_release, tmp_path):
+    ids = _ids(tiny_space_release)
+    sub = csv_submission(tmp_path / "upload", "finder", ids, np.zeros(len(ids)), team="a")  # claims a/finder
+    out = tmp_path / "evals"
+    (o,) = evaluate([sub], "lens-space", tiny_space_release, out=out, identities={sub: ("mallory", "finder")})
+    assert (o.team, o.name, o.status) == ("mallory", "finder", "FAILED") and "team 'a'" in o.reason
+    assert o.record == record_dir(out, "mallory", "finder")
+
+
+# --- record folders: one per identity ---------------------------------------------------------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(st.tuples(st.text(), st.text()), st.tuples(st.text(), st.text()))
+@example(("lens finders", "m"), ("lens/finders", "m"))
+@example(("lens finders", "m"), ("lens-finders", "m"))
+@example(("x__y", "z"), ("x", "y__z"))
+@example(("x__y,z", "n"), ("x,y__z", "n"))
+@example(("x", "y+z"), ("x+y", "z"))
+@example(("a" * 300, "b"), ("a" * 300, "c"))
+@example((".", ""), ("..", ""))
+def test_record_dir_is_injective_and_a_valid_folder_name(a, b):
+    da, db = record_dir(Path("out"), *a), record_dir(Path("out"), *b)
+    assert (da == db) == (a == b)
+    for d in (da, db):
+        assert d.parent == Path("out") and d.name not in ("", ".", "..") and not d.name.startswith(".")
+        assert "/" not in d.name and "\0" not in d.name and len(os.fsencode(d.name)) <= 255
+
+
+# --- records are written aside and swapped in whole ---------------------------------------------------------
+
+def test_an_interrupted_record_write_leaves_the_old_record_whole(project, tiny_space_release, monkeypatch):
+    out = project / "evals"
+    ids = _ids(tiny_space_release)
+    folder = csv_submission(project / "submissions/a/finder", "finder", ids, _labels(tiny_space_release, ids),
+                            team="a")
+    first = _run([folder], tiny_space_release, out)[("a", "finder")]
+    before = _snapshot(first.record)
+    assert {"evaluation.json", "predictions.csv", "metrics.json"} <= set(before)
+
+    # A new version whose record cannot be swapped in (e.g. the disk fills at that moment).
+    pd.DataFrame({"id": ids, "score": np.linspace(0, 1, len(ids))}).to_csv(folder / "scores.csv", index=False)
+
+    def full_disk(a, b):
+        raise OSError(errno.ENOSPC, "No space left on device", str(b))
+
+    exchange = ev._exchange
+    monkeypatch.setattr(ev, "_exchange", full_disk)
+    try:
+        evaluate([folder], "lens-space", tiny_space_release, out=out)
+    except OSError:
+        pass
+    assert _snapshot(first.record) == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no half-written record left behind
+
+    # A crash while the new record is being scored, after files were written into it.
+    monkeypatch.setattr(ev, "_exchange", exchange)
+
+    def crash(track, ids, predictions, hidden, rdir):
+        (rdir / "metrics.json").write_text("{}")
+        raise MemoryError("killed while scoring")
+
+    monkeypatch.setattr(ev, "score", crash)
+    with pytest.raises(MemoryError):
+        evaluate([folder], "lens-space", tiny_space_release, out=out)
+    assert _snapshot(first.record) == before
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("atomic", [True, False])
+def test_swap_replaces_a_record_whole(tmp_path, monkeypatch, atomic):
+    if not atomic:  # a system without renameat2(RENAME_EXCHANGE): old aside, new in, old removed
+        monkeypatch.setattr(ev, "_exchange", lambda a, b: False)
+    rdir = tmp_path / "r"
+    rdir.mkdir()
+    (rdir / "old.csv").write_text("old")
+    new = ev._stage(rdir)
+    (new / "new.csv").write_text("new")
+    ev._swap(new, rdir)
+    assert sorted(p.name for p in rdir.iterdir()) == ["new.csv"]
+    assert (new / "old.csv").read_text() == "old"  # the caller removes it
+
+
+# --- infrastructure failures are retried; a changed scorer or track re-scores --------------------------------
+
+PREDICT = """
+import numpy as np
+def load(model_dir):
+    return None
+def predict(model, batch):
+    return batch.sum(axis=(1, 2, 3)).astype("float32")
+"""
+
+
+@pytest.mark.skipif(not bwrap_works(), reason="needs a working bubblewrap")
+def test_an_infrastructure_failure_is_retried_until_it_finishes(project, tiny_space_release, tmp_path,
+                                                                 monkeypatch):
+    sub = python_submission(tmp_path / "subs", "model", PREDICT, team="t")
+    out = tmp_path / "evals"
+    path = os.environ["PATH"]
+    no_bwrap = tmp_path / "bin"
+    no_bwrap.mkdir()
+    monkeypatch.setenv("PATH", str(no_bwrap))  # the host lost bubblewrap: not the submission's fault
+    assert shutil.which("bwrap") is None
+    for _ in range(2):  # never taken from the cache: tried again every time
+        (o,) = evaluate([sub], "lens-space", tiny_space_release, out=out)
+        assert o.status == "FAILED" and o.failure_kind == "infrastructure" and "bubblewrap" in o.reason
+        assert json.loads((o.record / "evaluation.json").read_text())["failure_kind"] == "infrastructure"
+    c = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    (run,) = c.search_runs([c.get_experiment_by_name(experiment_name("lens-space")).experiment_id])
+    assert run.data.tags["failure_kind"] == "infrastructure" and run.data.tags["status"] == "FAILED"
+    board = leaderboard(load_track("lens-space"))
+    assert board["status"].tolist() == ["FAILED"] and "infrastructure" in board["reason"].iloc[0]
+
+    monkeypatch.setenv("PATH", path)  # bubblewrap is back
+    (o,) = evaluate([sub], "lens-space", tiny_space_release, out=out)
+    assert o.status == "FINISHED" and o.failure_kind == ""
+    (o,) = evaluate([sub], "lens-space", tiny_space_release, out=out)
+    assert o.status == "SKIPPED"  # a real result is cached
+    board = leaderboard(load_track("lens-space"))
+    assert board["status"].tolist() == ["FINISHED"] and board["rank"].tolist() == [1]
+
+    before = _snapshot(o.record)  # a forced re-run that the machine cannot do keeps the good record
+    monkeypatch.setenv("PATH", str(no_bwrap))
+    (f,) = evaluate([sub], "lens-space", tiny_space_release, out=out, force=True)
+    assert f.status == "FAILED" and f.failure_kind == "infrastructure" and f.record is None
+    assert _snapshot(o.record) == before
+    assert leaderboard(load_track("lens-space"))["status"].tolist() == ["FINISHED"]
+
+
+def _edit_track(project: Path) -> None:
+    path = project / "benchmarks/lens-space.yaml"
+    path.write_text(path.read_text().replace("find galaxy-galaxy strong lenses.",
+                                             "find galaxy-galaxy strong lenses (v2)."))
+
+
+def _bump_scorer(monkeypatch: pytest.MonkeyPatch, project: Path) -> None:
+    monkeypatch.setattr(ev, "scorer_sha256", lambda: "f" * 64)
+
+
+def _bump_version(monkeypatch: pytest.MonkeyPatch, project: Path) -> None:
+    monkeypatch.setattr(ev, "__version__", "999.0")
+
+
+@pytest.mark.parametrize("change", ["track", "scorer", "version"])
+def test_a_changed_track_scorer_or_version_rescores(project, tiny_space_release, tmp_path, monkeypatch, change):
+    ids = _ids(tiny_space_release)
+    sub = csv_submission(tmp_path / "sub", "m", ids, _labels(tiny_space_release, ids))
+    out, fresh = tmp_path / "evals", tmp_path / "fresh"
+    (o,) = evaluate([sub], "lens-space", tiny_space_release, out=out)
+    assert o.status == "FINISHED"
+    old = json.loads((o.record / "evaluation.json").read_text())
+    assert evaluate([sub], "lens-space", tiny_space_release, out=out)[0].status == "SKIPPED"  # the record
+    assert evaluate([sub], "lens-space", tiny_space_release, out=fresh)[0].status == "SKIPPED"  # MLflow
+
+    if change == "track":
+        _edit_track(project)
+    elif change == "scorer":
+        _bump_scorer(monkeypatch, project)
+    else:
+        _bump_version(monkeypatch, project)
+    (o,) = evaluate([sub], "lens-space", tiny_space_release, out=out, publish=False)  # not from the old record
+    assert o.status == "FINISHED"
+    new = json.loads((o.record / "evaluation.json").read_text())
+    (o,) = evaluate([sub], "lens-space", tiny_space_release, out=tmp_path / "other")  # not taken from MLflow
+    assert o.status == "FINISHED"
+    key = {"track": "track_sha256", "scorer": "scorer_sha256", "version": "skybench_version"}[change]
+    assert new[key] != old[key] and new["submitted"] == old["submitted"]  # the same version: same time
+    c = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = c.search_runs([c.get_experiment_by_name(experiment_name("lens-space")).experiment_id])
+    assert sorted(r.data.tags[key] for r in runs) == sorted({old[key], new[key]})  # one run per key
+
+
+def test_scorer_hash_covers_the_scoring_modules_and_their_imports():
+    names = {p.name for p in ev.scorer_files()}
+    assert {"score.py", "score_photoz.py", "score_enhance.py", "metrics.py", "tracks.py"} <= names
+    assert "evaluate.py" not in names and "cli.py" not in names
+
+
+# --- ties: the submission time of the scored version, FINISHED runs only --------------------------------------
+
+def test_a_failed_placeholder_does_not_reserve_an_earlier_time(project, tiny_space_release, tmp_path):
+    ids = _ids(tiny_space_release)
+    labels = _labels(tiny_space_release, ids)
+    out = tmp_path / "evals"
+    t = [datetime(2030, 1, d, tzinfo=timezone.utc) for d in (1, 2, 3, 4)]
+    p = csv_submission(tmp_path / "p", "m", ids[:5], np.zeros(5), team="p")  # a placeholder: FAILED
+    q = csv_submission(tmp_path / "q", "m", ids, labels, team="q")
+    lone = csv_submission(tmp_path / "lone", "m", ids[:5], np.zeros(5), team="lone")  # only ever fails
+    _run([p, lone], tiny_space_release, out, received={p: t[0], lone: t[0]})
+    assert _run([q], tiny_space_release, out, received={q: t[1]})[("q", "m")].status == "FINISHED"
+    pd.DataFrame({"id": ids, "score": labels}).to_csv(p / "scores.csv", index=False)  # p: the same scores now
+    assert _run([p], tiny_space_release, out, received={p: t[2]})[("p", "m")].status == "FINISHED"
+
+    board = leaderboard(load_track("lens-space"))
+    assert board["team"].tolist() == ["q", "p", "lone"]  # equal scores: q's scored version came first
+    assert board["auroc"].iloc[0] == board["auroc"].iloc[1]
+    assert board["rank"].tolist()[:2] == [1, 2] and pd.isna(board["rank"].iloc[2])
+    assert board["submitted"].tolist()[:2] == [t[1].isoformat(timespec="milliseconds"),
+                                               t[2].isoformat(timespec="milliseconds")]
+
+    # p breaks its entry again: its row stays its latest FINISHED run, still ranked.
+    pd.DataFrame({"id": ids[:2], "score": 0.0}).to_csv(p / "scores.csv", index=False)
+    assert _run([p], tiny_space_release, out, received={p: t[3]})[("p", "m")].status == "FAILED"
+    board = leaderboard(load_track("lens-space"))
+    assert board["team"].tolist() == ["q", "p", "lone"] and board["status"].tolist()[:2] == ["FINISHED"] * 2
+
+
+def test_submission_time_is_the_commit_time_of_a_clean_folder(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    monkeypatch.setenv("SKYBENCH_ROOT", str(repo))
+    folder = repo / "submissions/t/n"
+    folder.mkdir(parents=True)
+    (folder / "submission.yaml").write_text("team: t\n")
+    env = {**os.environ, "GIT_COMMITTER_DATE": "2029-05-06T07:08:09+02:00", "GIT_AUTHOR_DATE": "2001-01-01T00:00:00",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x"}
+    for cmd in (["init", "-q"], ["add", "."], ["commit", "-qm", "entry"]):
+        subprocess.run(["git", "-C", str(repo), *cmd], check=True, env=env)
+    rdir = tmp_path / "record"
+    received = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    assert submission_time(folder, "sha", rdir, received) == "2029-05-06T05:08:09.000+00:00"
+    (folder / "extra.txt").write_text("not committed")  # the evaluated bytes are not the commit's
+    assert submission_time(folder, "sha", rdir, received) == "2030-01-01T00:00:00.000+00:00"
+    upload = tmp_path / "upload"  # outside the project: never a git time (its own .git is not trusted)
+    shutil.copytree(repo, upload)
+    (upload / "submissions/t/n/extra.txt").unlink()
+    assert submission_time(upload / "submissions/t/n", "sha", rdir, received) == "2030-01-01T00:00:00.000+00:00"
+
+
+def test_only_a_record_in_its_own_folder_is_published(project, tiny_space_release, tmp_path):
+    from skybench.log import publish_all
+
+    ids = _ids(tiny_space_release)
+    sub = csv_submission(tmp_path / "sub", "m", ids, _labels(tiny_space_release, ids), team="t")
+    out = tmp_path / "evals"
+    (o,) = evaluate([sub], "lens-space", tiny_space_release, out=out, publish=False)
+    shutil.copytree(o.record, out / "t__m")  # the folder layout before percent-encoding
+    shutil.copytree(o.record, out / ".staged-t+m.x")  # a record being written
+    with pytest.warns(UserWarning, match="t__m"):
+        assert publish_all(out, "lens-space") == (1, 0)
+    c = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    assert len(c.search_runs([c.get_experiment_by_name(experiment_name("lens-space")).experiment_id])) == 1
+
+
+def test_which_exceptions_are_the_machines_fault():
+    from skybench.executors import infrastructure_failure, is_infrastructure
+
+    assert is_infrastructure(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_infrastructure(RuntimeError("bubblewrap (bwrap) is required"))
+    assert not is_infrastructure(RecursionError("a hostile output nested too deep"))
+    assert not is_infrastructure(ValueError("a bad value"))
+    res = infrastructure_failure(OSError(errno.ENOSPC, "No space left on device"))
+    assert not res.ok and res.infrastructure and res.reason.startswith("OSError: ") and "\n" not in res.reason
+
+
+def test_a_record_left_aside_by_a_crashed_swap_is_put_back(tmp_path):
+    rdir = tmp_path / "t+m"
+    aside = tmp_path / ".staged-t+m.old.abc" / "record"  # where a non-atomic swap parks the old record
+    aside.mkdir(parents=True)
+    (aside / "evaluation.json").write_text("{}")
+    stage = ev._stage(rdir)
+    assert (rdir / "evaluation.json").read_text() == "{}" and stage.is_dir() and not aside.exists()
