@@ -250,7 +250,7 @@ def test_enhance_truth_cannot_be_read_off_participant_artifacts(tmp_path, monkey
     assert any(n.endswith("outputs.png") for n in seen["files"])  # a gallery, of the submission's own outputs
 
     # Per-object truth statistics: none of the organiser's per-object values is a number participants see.
-    per = pd.read_csv(project / "results/enhance/private/eve__spy/per_object.csv").drop(columns="id")
+    per = pd.read_csv(project / "results/enhance/private/eve+spy/per_object.csv").drop(columns="id")
     values = per.to_numpy(np.float64).ravel()
     values = values[np.isfinite(values) & (values != np.round(values))]
     assert values.size > 20 and not _matched(values, _numbers(seen)).any()
@@ -259,7 +259,7 @@ def test_enhance_truth_cannot_be_read_off_participant_artifacts(tmp_path, monkey
     # Images: the participant's files do not change when the truth does (same predictions, another truth),
     # so they carry nothing of it; the organiser's gallery does change.
     track = load_track("enhance")
-    priv = project / "results/enhance/private/eve__spy"
+    priv = project / "results/enhance/private/eve+spy"
     pred, ids = np.load(priv / "predictions.npy"), pd.read_csv(priv / "predictions_ids.csv")["id"].to_numpy()
     other = tmp_path / "other"
     shutil.copytree(release, other)
@@ -325,7 +325,7 @@ def test_publication_filters_a_record_folder_whatever_it_holds(tmp_path, monkeyp
 
     project = _project(tmp_path / "p", monkeypatch, root, "lens-space",
                        {"public_fraction": 0.3, "split_seed": 7, "phase": "open"})
-    rdir = project / "results/lens-space/evaluations/eve__old"
+    rdir = project / "results/lens-space/evaluations/eve+old"
     rdir.mkdir(parents=True)
     rec = {"team": "eve", "name": "old", "format": "predictions", "status": "FINISHED", "reason": "",
            "submission_sha256": "a" * 64, "release_sha256": "b" * 64, "real_release_sha256": "",

@@ -5,10 +5,11 @@ import pandas as pd
 import pytest
 from helpers import bwrap_works, python_submission
 
-from skybench.evaluate import evaluate
+from skybench.evaluate import evaluate, record_dir
 from skybench.metrics import threshold_at_fpr
 from skybench.release import ReleaseError, write_release
 from skybench.tracks import load_track
+from skybench.visibility import private_dir
 
 needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create namespaces here")
 
@@ -96,8 +97,9 @@ def test_a_model_cannot_tell_the_real_objects_from_the_simulated_ones(real_set, 
     sub = python_submission(tmp_path / "subs", "adversary", ADVERSARY)
     (o,) = evaluate([sub], _with_real(real_set), tiny_space_release, out=tmp_path / "evals", publish=False)
     assert o.status == "FINISHED", o.reason
-    real = pd.read_csv(tmp_path / "evals/tests__adversary/real_predictions.csv").score.to_numpy()
-    pred = pd.read_csv(tmp_path / "evals/tests__adversary/predictions.csv")
+    priv = private_dir(record_dir(tmp_path / "evals", "tests", "adversary"))
+    real = pd.read_csv(priv / "real_predictions.csv").score.to_numpy()
+    pred = pd.read_csv(priv / "predictions.csv")
     test = pred.score.to_numpy()
     assert len(real) == 32 and len(test) == 64
     # Real-lens recall is what its simulated positives allow: the real set (here simulated too, about half of
@@ -121,7 +123,7 @@ def test_predictions_are_split_back_to_each_set_in_its_own_id_order(real_set, ti
     (o,) = evaluate([sub], _with_real(real_set), tiny_space_release, out=tmp_path / "evals", publish=False)
     assert o.status == "FINISHED", o.reason
     for stem, release in (("predictions", tiny_space_release), ("real_predictions", real_set)):
-        got = pd.read_csv(tmp_path / f"evals/tests__sum/{stem}.csv")
+        got = pd.read_csv(private_dir(record_dir(tmp_path / "evals", "tests", "sum")) / f"{stem}.csv")
         ids = pd.read_parquet(release / "public/test/index.parquet")["id"].to_numpy()
         np.testing.assert_array_equal(got.id.to_numpy(), ids)
         np.testing.assert_allclose(got.score.to_numpy(), _sums(release / "public/test"), rtol=1e-6)
@@ -134,7 +136,7 @@ def test_every_evaluation_draws_a_new_secret_order(real_set, tiny_space_release,
     for k in range(2):
         (o,) = evaluate([sub], _with_real(real_set), tiny_space_release, out=tmp_path / f"e{k}", publish=False)
         assert o.status == "FINISHED", o.reason
-        pos = pd.concat([pd.read_csv(tmp_path / f"e{k}/tests__pos/{s}.csv").score
+        pos = pd.concat([pd.read_csv(private_dir(record_dir(tmp_path / f"e{k}", "tests", "pos")) / f"{s}.csv").score
                          for s in ("predictions", "real_predictions")]).to_numpy().astype(int)
         assert sorted(pos) == list(range(96))  # every object once in one stream of 64 + 32
         seen.append(pos)
@@ -164,7 +166,7 @@ def test_the_ray_executor_shards_the_mixed_stream_and_the_split_still_holds(real
         ray.shutdown()
     assert o.status == "FINISHED", o.reason
     for stem, release in (("predictions", tiny_space_release), ("real_predictions", real_set)):
-        got = pd.read_csv(tmp_path / f"ray/tests__sum/{stem}.csv")
+        got = pd.read_csv(private_dir(record_dir(tmp_path / "ray", "tests", "sum")) / f"{stem}.csv")
         np.testing.assert_array_equal(got.id, pd.read_parquet(release / "public/test/index.parquet").id)
         np.testing.assert_allclose(got.score.to_numpy(), _sums(release / "public/test"), rtol=1e-6)
 
