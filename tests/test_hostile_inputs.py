@@ -21,8 +21,9 @@ import pytest
 from helpers import bwrap_works, csv_submission, python_submission
 from typer.testing import CliRunner
 
-from skybench.evaluate import Outcome, discover_submissions, evaluate, record_dir
+from skybench.evaluate import Outcome, discover_submissions, evaluate
 from skybench.submission import SubmissionError, load_submission
+from skybench.visibility import private_dir
 
 GOOD_SPEC = "team: evil\nname: {name}\ntrack: lens-space\nformat: python\nmodel: predict.py\n"
 needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create namespaces here")
@@ -100,9 +101,9 @@ def _run(folders: list[Path], release: Path, out: Path, **kw) -> list[Outcome]:
     good = outcomes[-1]
     assert good.status == "FINISHED", good.reason
     assert 0.0 <= good.metrics["auroc"] <= 1.0
-    rec = json.loads((good.record / "evaluation.json").read_text())
+    rec = json.loads((private_dir(good.record) / "evaluation.json").read_text())  # the organiser's full record
     assert rec["status"] == "FINISHED" and rec["metrics"]["auroc"] == good.metrics["auroc"]
-    pred = pd.read_csv(good.record / "predictions.csv")
+    pred = pd.read_csv(private_dir(good.record) / "predictions.csv")
     assert len(pred) == len(_ids(release)) and pred["score"].notna().all()
     return outcomes
 
@@ -347,12 +348,13 @@ def test_a_crash_while_cleaning_up_scratch_does_not_stop_the_others(store, tmp_p
 # --- one boundary per submission ------------------------------------------------------------------------
 
 class _FaultyExecutor:
-    """The real local executor, with an infrastructure fault (a full disk) injected for one submission."""
+    """The real local executor, with an infrastructure fault (a full disk) injected for one submission, and a
+    result the scorer cannot use (one prediction too few) for another."""
 
     name = "faulty"
 
-    def __init__(self, victim: str) -> None:
-        self.victim = victim
+    def __init__(self, victim: str, broken: str = "") -> None:
+        self.victim, self.broken = victim, broken
 
     def run(self, jobs):
         from skybench.executors import LocalExecutor
@@ -360,7 +362,10 @@ class _FaultyExecutor:
         for job in jobs:
             if job.sub.spec.name == self.victim:
                 raise OSError(28, "No space left on device")
-            yield from LocalExecutor().run([job])
+            for res in LocalExecutor().run([job]):
+                if job.sub.spec.name == self.broken:
+                    res.predictions = res.predictions[:-1]
+                yield res
 
 
 def test_one_submission_raising_anywhere_does_not_stop_the_others(store, tmp_path, tiny_space_release):
@@ -370,10 +375,8 @@ def test_one_submission_raising_anywhere_does_not_stop_the_others(store, tmp_pat
     victim = csv_submission(root / "victim", "victim", ids, np.linspace(1, 0, len(ids)), team="honest")
     blocked = csv_submission(root / "blocked", "blocked", ids, np.linspace(1, 0, len(ids)), team="honest")
     out = tmp_path / "evals"
-    record_dir(out, "honest", "blocked").parent.mkdir(parents=True)
-    record_dir(out, "honest", "blocked").write_text("a file where the record folder goes")
     outcomes = _run([first, victim, blocked, _good(root, tiny_space_release)], tiny_space_release, out,
-                    executor=_FaultyExecutor("victim"))
+                    executor=_FaultyExecutor("victim", broken="blocked"))
     assert outcomes[0].status == "FINISHED" and 0 <= outcomes[0].metrics["auroc"] <= 1
     _failed(outcomes[1], "OSError", "No space left on device")
     _failed(outcomes[2], "evaluation failed:")

@@ -25,6 +25,7 @@ from skybench.leaderboard import leaderboard
 from skybench.submission import load_submission
 from skybench.tracking import experiment_name
 from skybench.tracks import load_track
+from skybench.visibility import private_dir
 
 
 @pytest.fixture
@@ -170,8 +171,9 @@ def test_an_interrupted_record_write_leaves_the_old_record_whole(project, tiny_s
     folder = csv_submission(project / "submissions/a/finder", "finder", ids, _labels(tiny_space_release, ids),
                             team="a")
     first = _run([folder], tiny_space_release, out)[("a", "finder")]
-    before = _snapshot(first.record)
-    assert {"evaluation.json", "predictions.csv", "metrics.json"} <= set(before)
+    before, before_private = _snapshot(first.record), _snapshot(private_dir(first.record))
+    assert {"evaluation.json", "metrics.json"} <= set(before)
+    assert {"evaluation.json", "predictions.csv", "metrics.json"} <= set(before_private)
 
     # A new version whose record cannot be swapped in (e.g. the disk fills at that moment).
     pd.DataFrame({"id": ids, "score": np.linspace(0, 1, len(ids))}).to_csv(folder / "scores.csv", index=False)
@@ -181,12 +183,11 @@ def test_an_interrupted_record_write_leaves_the_old_record_whole(project, tiny_s
 
     exchange = ev._exchange
     monkeypatch.setattr(ev, "_exchange", full_disk)
-    try:
-        evaluate([folder], "lens-space", tiny_space_release, out=out)
-    except OSError:
-        pass
-    assert _snapshot(first.record) == before
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no half-written record left behind
+    [failed] = evaluate([folder], "lens-space", tiny_space_release, out=out)
+    assert failed.status == "FAILED" and "No space left" in failed.reason and "no record written" in failed.reason
+    assert _snapshot(first.record) == before and _snapshot(private_dir(first.record)) == before_private
+    for folder_ in (out, private_dir(first.record).parent):  # no half-written record left behind
+        assert not [p for p in folder_.iterdir() if p.name.startswith(".")]
 
     # A crash while the new record is being scored, after files were written into it.
     monkeypatch.setattr(ev, "_exchange", exchange)
@@ -196,10 +197,13 @@ def test_an_interrupted_record_write_leaves_the_old_record_whole(project, tiny_s
         raise MemoryError("killed while scoring")
 
     monkeypatch.setattr(ev, "score", crash)
-    with pytest.raises(MemoryError):
-        evaluate([folder], "lens-space", tiny_space_release, out=out)
-    assert _snapshot(first.record) == before
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    [crashed] = evaluate([folder], "lens-space", tiny_space_release, out=out)
+    # The failure boundary files a complete FAILED record of the new version; nothing half-written survives.
+    assert crashed.status == "FAILED" and "MemoryError: killed while scoring" in crashed.reason
+    rec = json.loads((first.record / "evaluation.json").read_text())
+    assert rec["status"] == "FAILED" and set(_snapshot(first.record)) == {"evaluation.json"}
+    for folder_ in (out, private_dir(first.record).parent):
+        assert not [p for p in folder_.iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.parametrize("atomic", [True, False])

@@ -497,12 +497,17 @@ def _write_record(rdir: Path, *, team: str, name: str, fmt: str, status: str, re
     """Write ``evaluation.json`` into ``staged`` (a folder made by :func:`_stage` holding the rest of the new
     record; a new empty one when None), then swap that whole folder in for ``rdir``. Nothing of the old
     record is deleted before the new one is complete, and a crash leaves one or the other, whole."""
-    staged = staged if staged is not None else _stage(rdir)
+    own = staged is None
+    staged = _stage(rdir) if staged is None else staged
     rec = {"team": team, "name": name, "format": fmt, "status": status, "reason": reason,
            "submission_sha256": sub_sha, "release_sha256": release_sha, "device": device,
            "skybench_version": __version__, "git_commit": git_commit(), "metrics": metrics, **extra}
-    (staged / RECORD).write_text(json.dumps(rec, indent=2, sort_keys=True, default=float) + "\n")
-    _swap(staged, rdir)
+    try:
+        (staged / RECORD).write_text(json.dumps(rec, indent=2, sort_keys=True, default=float) + "\n")
+        _swap(staged, rdir)
+    finally:
+        if own:  # gone after a swap; a half-written record otherwise
+            shutil.rmtree(staged, ignore_errors=True)
     return rdir
 
 
