@@ -75,6 +75,7 @@ def write_release(out: Path, *, info: dict[str, Any], counts: dict[str, int],
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
+        tmp.mkdir()  # also for a release without objects (an empty real set: `make run` without data/)
         with _progress(progress) as bar:
             for split in SPLITS:
                 n = counts.get(split, 0)
