@@ -202,13 +202,15 @@ def test_real_lens_recall_is_the_fraction_above_the_1_percent_fpr_threshold(stor
     from skybench.metrics import threshold_at_fpr
     from skybench.simulate import simulate_release
 
-    real = simulate_release("lens-space", tmp_path / "real", seed=11, size=8, progress=False)
+    real = simulate_release("lens-space", tmp_path / "real", seed=11, size=8, progress=False, real_set=False)
     track = load_track("lens-space")
     track = track.model_copy(update={"evaluation": track.evaluation.model_copy(update={"real_set": str(real)})})
-    (o,) = evaluate([subs["ok"]], track, tiny_space_release, out=tmp_path / "evals")
+    # The real set is folded into the release's test stream when it is made (skybench.mixing).
+    release = simulate_release(track, tmp_path / "rel", seed=3, size=64, progress=False)
+    (o,) = evaluate([subs["ok"]], track, release, out=tmp_path / "evals")
     pred = pd.read_csv(private_dir(record_dir(tmp_path / "evals", "tests", "ok")) / "predictions.csv")
     real_scores = pd.read_csv(private_dir(record_dir(tmp_path / "evals", "tests", "ok")) / "real_predictions.csv")
-    hidden = pd.read_parquet(tiny_space_release / "hidden/test/meta.parquet").set_index("id")
+    hidden = pd.read_parquet(release / "hidden/test/meta.parquet").set_index("id")
     cut = threshold_at_fpr(hidden.loc[pred.id, "is_lens"].to_numpy(), pred.score.to_numpy(), 0.01)
     assert len(real_scores) == 8
     assert o.metrics["real_lens_recall"] == pytest.approx(np.mean(real_scores.score.to_numpy() >= cut))

@@ -1,22 +1,29 @@
-"""The real set is mixed into the test inputs: one stream, a secret order, opaque ids, split back in the parent."""
+"""The real set is folded into the release's published test stream: one stream, a keyed order, opaque ids, split
+back in the parent by the hidden mapping (mixing.fold_in at `skybench simulate`, mixing.Stream at evaluation)."""
+
+import hashlib
+import json
+import shutil
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
-from helpers import bwrap_works, python_submission
+from helpers import bwrap_works, csv_submission, python_submission
 
 from skybench.evaluate import evaluate, record_dir
 from skybench.metrics import threshold_at_fpr
-from skybench.release import ReleaseError, write_release
+from skybench.mixing import SOURCES, Stream, fold_in
+from skybench.release import ReleaseError, verify_release, write_release
+from skybench.simulate import simulate_release
 from skybench.tracks import load_track
 from skybench.visibility import private_dir
 
 needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create namespaces here")
 
 # Every structural route to the real objects: a second mounted folder, rows beyond what /inputs/index.parquet
-# lists (the old layout predicted the real set after it), ids of a minority format, a shard file or batch of
-# an odd size. Flagged objects score 10 + s, the rest s: a weak lens score (central flux fraction) but for what
-# it detects.
+# lists, ids of a minority format, a shard file or batch of an odd size. Flagged objects score 10 + s, the rest
+# s: a weak lens score (central flux fraction) but for what it detects.
 ADVERSARY = """
 import glob, os
 import numpy as np
@@ -51,18 +58,25 @@ def predict(st, b):
     s = b[:, :, 35:66, 35:66].sum(axis=(1, 2, 3)) / (np.abs(b).sum(axis=(1, 2, 3)) + 1e-9)
     return (s + 10.0 * flag).astype('float32')
 """
+# The fingerprint attack: the model carries the sha256 of every image of the published public/test (known when
+# it is submitted) and flags every image it does not know as real.
+FINGERPRINT = """
+import hashlib, os
+import numpy as np
+
+def load(d):
+    return set(open(os.path.join(d, 'known.txt')).read().split())
+
+def predict(known, b):
+    flag = np.array([hashlib.sha256(np.ascontiguousarray(x, dtype='<f4').tobytes()).hexdigest() not in known
+                     for x in b])
+    s = b[:, :, 35:66, 35:66].sum(axis=(1, 2, 3)) / (np.abs(b).sum(axis=(1, 2, 3)) + 1e-9)
+    return (s + 10.0 * flag).astype('float32')
+"""
 PIXEL_SUM = """
 import numpy as np
 def load(d): return None
 def predict(m, b): return b.astype('float64').sum(axis=(1, 2, 3)).astype('float32')
-"""
-# The stream position of every object, as the model sees it.
-POSITION = """
-import numpy as np
-def load(d): return {'seen': 0}
-def predict(st, b):
-    st['seen'] += len(b)
-    return np.arange(st['seen'] - len(b), st['seen']).astype('float32')
 """
 
 
@@ -74,9 +88,8 @@ def store(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def real_set(tmp_path_factory):
     """A second tiny lens-space release standing in for the real set (32 objects; ids 0..31 like the test set's)."""
-    from skybench.simulate import simulate_release
-
-    return simulate_release("lens-space", tmp_path_factory.mktemp("real") / "real", seed=11, size=32, progress=False)
+    return simulate_release("lens-space", tmp_path_factory.mktemp("real") / "real", seed=11, size=32, progress=False,
+                            real_set=False)
 
 
 def _with_real(real) -> object:
@@ -84,71 +97,87 @@ def _with_real(real) -> object:
     return track.model_copy(update={"evaluation": track.evaluation.model_copy(update={"real_set": str(real)})})
 
 
+@pytest.fixture(scope="module")
+def folded(real_set, tmp_path_factory):
+    """A 64-object lens-space release made with the real set in its YAML: the real set is folded in (the
+    track's own ``evaluation.real_set``, as ``skybench simulate`` reads it)."""
+    return simulate_release(_with_real(real_set), tmp_path_factory.mktemp("rel") / "lens-space", seed=3, size=64,
+                            progress=False)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """The same simulated release without a real set: the simulated test objects as they were before."""
+    return simulate_release("lens-space", tmp_path_factory.mktemp("plain") / "lens-space", seed=3, size=64,
+                            progress=False, real_set=False)
+
+
+def _images(folder) -> np.ndarray:
+    return np.concatenate([np.load(p) for p in sorted(folder.glob("images-*.npy"))])
+
+
 def _sums(folder) -> np.ndarray:
-    images = np.concatenate([np.load(p) for p in sorted(folder.glob("images-*.npy"))])
-    return images.astype(np.float64).sum(axis=(1, 2, 3)).astype(np.float32)
+    return _images(folder).astype(np.float64).sum(axis=(1, 2, 3)).astype(np.float32)
+
+
+def _fingerprinter(root, release):
+    """The FINGERPRINT submission, knowing every image of ``release``'s published public/test."""
+    sub = python_submission(root, "fingerprint", FINGERPRINT)
+    known = [hashlib.sha256(np.ascontiguousarray(x, dtype="<f4").tobytes()).hexdigest()
+             for x in _images(release / "public/test")]
+    (sub / "known.txt").write_text("\n".join(known) + "\n")
+    (sub / "known.txt").chmod(0o644)
+    return sub
 
 
 @needs_bwrap
-def test_a_model_cannot_tell_the_real_objects_from_the_simulated_ones(real_set, tiny_space_release, tmp_path,
-                                                                       monkeypatch):
-    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
-    sub = python_submission(tmp_path / "subs", "adversary", ADVERSARY)
-    (o,) = evaluate([sub], _with_real(real_set), tiny_space_release, out=tmp_path / "evals", publish=False)
-    assert o.status == "FINISHED", o.reason
-    priv = private_dir(record_dir(tmp_path / "evals", "tests", "adversary"))
-    real = pd.read_csv(priv / "real_predictions.csv").score.to_numpy()
-    pred = pd.read_csv(priv / "predictions.csv")
-    test = pred.score.to_numpy()
-    assert len(real) == 32 and len(test) == 64
-    # Real-lens recall is what its simulated positives allow: the real set (here simulated too, about half of
-    # it lenses) clears the threshold no more often than the simulated lenses do. The 1%-FPR threshold of 31
-    # negatives is often +inf (recall 0 whatever the real scores), so this also checks it at 10% FPR, where the
-    # old layout (/inputs, then /extra) gives 1.0.
-    labels = pd.read_parquet(tiny_space_release / "hidden/test/meta.parquet").set_index("id").loc[pred.id].is_lens
-    for fpr, recall in ((0.01, o.metrics["real_lens_recall"]), (0.1, None)):
-        cut = threshold_at_fpr(labels.to_numpy(), test, fpr)
-        tpr = float(np.mean(test[labels.to_numpy() == 1] >= cut))
-        recall = float(np.mean(real >= cut)) if recall is None else recall
-        assert recall <= tpr + 0.25, (fpr, recall, tpr)
-    # It flagged the real objects no more often than the simulated ones (old layout: all 32 and no other).
-    assert (real >= 10).mean() <= (test >= 10).mean() + 0.25, (real, test)
-    assert list((tmp_path / "tmp").iterdir()) == []  # the mixed folder is gone after evaluate()
+def test_a_model_cannot_tell_the_real_objects_from_the_simulated_ones(real_set, folded, tmp_path):
+    """Neither by structure (folders, ids, shards, batches, positions) nor by not having seen them: the
+    published test set already holds the real objects. On the old design (the real set mixed in at evaluation
+    only) the fingerprinting model flags exactly the 32 real objects: real-lens recall 1.0."""
+    subs = [python_submission(tmp_path / "subs", "adversary", ADVERSARY), _fingerprinter(tmp_path / "subs", folded)]
+    outcomes = evaluate(subs, _with_real(real_set), folded, out=tmp_path / "evals", publish=False)
+    labels_all = pd.read_parquet(folded / "hidden/test/meta.parquet").set_index("id")
+    for o in outcomes:
+        assert o.status == "FINISHED", (o.name, o.reason)
+        priv = private_dir(record_dir(tmp_path / "evals", "tests", o.name))
+        real = pd.read_csv(priv / "real_predictions.csv").score.to_numpy()
+        pred = pd.read_csv(priv / "predictions.csv")
+        test = pred.score.to_numpy()
+        assert len(real) == 32 and len(test) == 64
+        # Real-lens recall is what its simulated positives allow: the real set (here simulated too, about half
+        # of it lenses) clears the threshold no more often than the simulated lenses do. The 1%-FPR threshold
+        # of ~31 negatives is often +inf (recall 0 whatever the real scores), so this also checks 10% FPR.
+        labels = labels_all.loc[pred.id].is_lens.to_numpy()
+        for fpr, recall in ((0.01, o.metrics["real_lens_recall"]), (0.1, None)):
+            cut = threshold_at_fpr(labels, test, fpr)
+            tpr = float(np.mean(test[labels == 1] >= cut))
+            recall = float(np.mean(real >= cut)) if recall is None else recall
+            assert recall <= tpr + 0.25, (o.name, fpr, recall, tpr)
+        # It flagged the real objects no more often than the simulated ones.
+        assert (real >= 10).mean() <= (test >= 10).mean() + 0.25, (o.name, real, test)
 
 
 @needs_bwrap
-def test_predictions_are_split_back_to_each_set_in_its_own_id_order(real_set, tiny_space_release, tmp_path):
+def test_predictions_are_split_back_to_each_set_in_its_own_id_order(real_set, folded, plain, tmp_path):
     sub = python_submission(tmp_path / "subs", "sum", PIXEL_SUM)
-    (o,) = evaluate([sub], _with_real(real_set), tiny_space_release, out=tmp_path / "evals", publish=False)
+    (o,) = evaluate([sub], _with_real(real_set), folded, out=tmp_path / "evals", publish=False)
     assert o.status == "FINISHED", o.reason
-    for stem, release in (("predictions", tiny_space_release), ("real_predictions", real_set)):
-        got = pd.read_csv(private_dir(record_dir(tmp_path / "evals", "tests", "sum")) / f"{stem}.csv")
-        ids = pd.read_parquet(release / "public/test/index.parquet")["id"].to_numpy()
-        np.testing.assert_array_equal(got.id.to_numpy(), ids)
-        np.testing.assert_allclose(got.score.to_numpy(), _sums(release / "public/test"), rtol=1e-6)
+    priv = private_dir(record_dir(tmp_path / "evals", "tests", "sum"))
+    # The simulated part: the same objects, ids and order as the release made without a real set.
+    got = pd.read_csv(priv / "predictions.csv")
+    np.testing.assert_array_equal(got.id.to_numpy(), pd.read_parquet(plain / "public/test/index.parquet").id)
+    np.testing.assert_array_equal(got.id.to_numpy(), pd.read_parquet(folded / "hidden/test/meta.parquet").id)
+    np.testing.assert_allclose(got.score.to_numpy(), _sums(plain / "public/test"), rtol=1e-6)
+    got = pd.read_csv(priv / "real_predictions.csv")
+    np.testing.assert_array_equal(got.id.to_numpy(), pd.read_parquet(real_set / "public/test/index.parquet").id)
+    np.testing.assert_allclose(got.score.to_numpy(), _sums(real_set / "public/test"), rtol=1e-6)
+    rec = json.loads((record_dir(tmp_path / "evals", "tests", "sum") / "evaluation.json").read_text())
+    assert rec["n"] == 64 and rec["real_release_sha256"]
 
 
 @needs_bwrap
-def test_every_evaluation_draws_a_new_secret_order(real_set, tiny_space_release, tmp_path):
-    sub = python_submission(tmp_path / "subs", "pos", POSITION)
-    seen = []
-    for k in range(2):
-        (o,) = evaluate([sub], _with_real(real_set), tiny_space_release, out=tmp_path / f"e{k}", publish=False)
-        assert o.status == "FINISHED", o.reason
-        pos = pd.concat([pd.read_csv(private_dir(record_dir(tmp_path / f"e{k}", "tests", "pos")) / f"{s}.csv").score
-                         for s in ("predictions", "real_predictions")]).to_numpy().astype(int)
-        assert sorted(pos) == list(range(96))  # every object once in one stream of 64 + 32
-        seen.append(pos)
-    assert not np.array_equal(*seen)
-    # Neither the release order, nor the real objects last (the old second folder) or first.
-    for pos in seen:
-        assert not np.array_equal(pos, np.arange(96))
-        assert sorted(pos[64:]) != list(range(64, 96)) and sorted(pos[64:]) != list(range(32))
-
-
-@needs_bwrap
-def test_the_ray_executor_shards_the_mixed_stream_and_the_split_still_holds(real_set, tiny_space_release, tmp_path):
+def test_the_ray_executor_shards_the_stream_and_the_split_still_holds(real_set, folded, plain, tmp_path):
     import os
 
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
@@ -159,82 +188,111 @@ def test_the_ray_executor_shards_the_mixed_stream_and_the_split_still_holds(real
     track = track.model_copy(update={"evaluation": track.evaluation.model_copy(update={"batch_size": 16})})
     sub = python_submission(tmp_path / "subs", "sum", PIXEL_SUM)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:  # 96 mixed rows in batches of 16: 3 shards, each a view of the mixed folder
-        (o,) = evaluate([sub], track, tiny_space_release, out=tmp_path / "ray", publish=False, executor="ray",
+    try:  # 96 rows in batches of 16: 3 shards, each a view of the published stream
+        (o,) = evaluate([sub], track, folded, out=tmp_path / "ray", publish=False, executor="ray",
                         executor_options={"shards": 3})
     finally:
         ray.shutdown()
     assert o.status == "FINISHED", o.reason
-    for stem, release in (("predictions", tiny_space_release), ("real_predictions", real_set)):
+    for stem, release in (("predictions", plain), ("real_predictions", real_set)):
         got = pd.read_csv(private_dir(record_dir(tmp_path / "ray", "tests", "sum")) / f"{stem}.csv")
         np.testing.assert_array_equal(got.id, pd.read_parquet(release / "public/test/index.parquet").id)
         np.testing.assert_allclose(got.score.to_numpy(), _sums(release / "public/test"), rtol=1e-6)
 
 
-def test_the_mixed_folder_holds_both_sets_and_nothing_that_names_them(real_set, tiny_space_release, tmp_path):
-    from skybench.mixing import mix_inputs
-
-    test_dir, real_dir = tiny_space_release / "public/test", real_set / "public/test"
-    mixed = mix_inputs(test_dir, real_dir, shard_size=40)  # several shard files
-    try:
-        folder = mixed.folder
-        files = sorted(p.name for p in folder.rglob("*"))
-        assert files == ["images-00000.npy", "images-00001.npy", "images-00002.npy", "index.parquet"]
-        assert all((p.stat().st_mode & 0o777) == 0o644 for p in folder.iterdir())
-        assert (folder.stat().st_mode & 0o777) == 0o755 and (folder.parent.stat().st_mode & 0o777) == 0o755
-        # index.parquet: opaque ids in stream order, no other column and no metadata.
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(folder / "index.parquet")
-        assert table.column_names == ["id"] and not (table.schema.metadata or {})
-        assert table.column("id").to_pylist() == [f"x{i:06d}" for i in range(96)]
-        raw = (folder / "index.parquet").read_bytes()
-        assert b"real" not in raw and b"test" not in raw and b"pandas" not in raw
-        # The arrays: every object of both sets once, at the position the parent's mapping says.
-        images = np.concatenate([np.load(folder / f"images-0000{k}.npy") for k in range(3)])
-        assert images.shape == (96, 1, 101, 101) and images.dtype == np.float32
-        sources = {"test": np.load(test_dir / "images-00000.npy"), "real": np.load(real_dir / "images-00000.npy")}
-        index = {"test": pd.read_parquet(test_dir / "index.parquet").id.tolist(),
-                 "real": pd.read_parquet(real_dir / "index.parquet").id.tolist()}
-        mapping = mixed.mapping()
-        assert (mapping.source == "real").sum() == 32 and mapping.id.tolist() == table.column("id").to_pylist()
-        for p, (src, orig) in enumerate(zip(mapping.source, mapping.original_id, strict=True)):
-            np.testing.assert_array_equal(images[p], sources[src][index[src].index(orig)])
-        # Real objects are spread over the stream, not gathered in one shard or batch.
-        real_pos = np.flatnonzero(mapping.source == "real")
-        assert len({p // 40 for p in real_pos}) >= 2
-    finally:
-        mixed.cleanup()
-    assert not folder.exists()
+def test_a_predictions_csv_covers_the_real_objects_too(real_set, folded, plain, tmp_path):
+    """A CSV is written for the published stream's ids, so it gets real-set scores like any model."""
+    stream = pd.read_parquet(folded / "public/test/index.parquet").id.to_numpy()
+    sums = _sums(folded / "public/test")
+    sub = csv_submission(tmp_path / "subs" / "csv", "csv", stream, sums)
+    (o,) = evaluate([sub], _with_real(real_set), folded, out=tmp_path / "evals", publish=False)
+    assert o.status == "FINISHED", o.reason
+    assert "real_lens_recall" in o.metrics
+    priv = private_dir(record_dir(tmp_path / "evals", "tests", "csv"))
+    got = pd.read_csv(priv / "real_predictions.csv")
+    np.testing.assert_array_equal(got.id, pd.read_parquet(real_set / "public/test/index.parquet").id)
+    np.testing.assert_allclose(got.score.to_numpy(), _sums(real_set / "public/test"), rtol=1e-6)
+    np.testing.assert_allclose(pd.read_csv(priv / "predictions.csv").score, _sums(plain / "public/test"), rtol=1e-6)
 
 
-def test_the_split_restores_each_set_for_image_outputs_too(real_set, tiny_space_release):
-    from skybench.mixing import mix_inputs
+def test_the_published_test_folder_holds_both_sets_and_nothing_that_names_them(real_set, folded, plain, tmp_path):
+    assert verify_release(folded) == []
+    test_dir = folded / "public/test"
+    assert sorted(p.name for p in test_dir.iterdir()) == ["images-00000.npy", "index.parquet"]
+    assert not list((folded / "public").glob(".*")) and not (folded / "public" / SOURCES).exists()
+    # index.parquet: opaque ids in stream order, no other column and no metadata.
+    table = pq.read_table(test_dir / "index.parquet")
+    assert table.column_names == ["id"] and not (table.schema.metadata or {})
+    assert table.column("id").to_pylist() == [f"t{i:06d}" for i in range(96)]
+    raw = (test_dir / "index.parquet").read_bytes()
+    assert b"real" not in raw and b"sim" not in raw and b"pandas" not in raw
+    manifest = json.loads((folded / "manifest.json").read_text())
+    assert manifest["real_set"] | {"release_sha256": ""} == {"path": str(real_set), "folded_in": True, "real": 32,
+                                                             "simulated": 64, "stream": 96, "release_sha256": ""}
+    # Every object of both sets once, at the position the hidden mapping says.
+    mapping = Stream.load(folded, real_set).mapping()
+    images = _images(test_dir)
+    assert images.shape == (96, 1, 101, 101) and images.dtype == np.float32
+    sources = {"sim": _images(plain / "public/test"), "real": _images(real_set / "public/test")}
+    index = {"sim": pd.read_parquet(plain / "public/test/index.parquet").id.tolist(),
+             "real": pd.read_parquet(real_set / "public/test/index.parquet").id.tolist()}
+    assert (mapping.source == "real").sum() == 32 and mapping.id.tolist() == table.column("id").to_pylist()
+    for p, (src, orig) in enumerate(zip(mapping.source, mapping.original_id, strict=True)):
+        np.testing.assert_array_equal(images[p], sources[src][index[src].index(orig)])
+    # The real objects are spread over the stream: neither first nor last, nor in release order.
+    real_pos = np.flatnonzero(mapping.source == "real")
+    assert real_pos.min() < 64 and real_pos.max() >= 32 and not np.array_equal(real_pos, np.arange(64, 96))
+    # The streaming writer over several shard files (bounded memory): folding into a copy of the plain release.
+    copy = tmp_path / "copy"
+    shutil.copytree(plain, copy)
+    counts = fold_in(copy, real_set, b"k" * 32, shard_size=40)
+    assert counts == {"simulated": 64, "real": 32, "stream": 96}
+    assert sorted(p.name for p in (copy / "public/test").iterdir()) == \
+        ["images-00000.npy", "images-00001.npy", "images-00002.npy", "index.parquet"]
+    other = Stream.load(copy, real_set)
+    shards = _images(copy / "public/test")
+    for p, (src, orig) in enumerate(zip(other.mapping().source, other.mapping().original_id, strict=True)):
+        np.testing.assert_array_equal(shards[p], sources[src][index[src].index(orig)])
+    assert len({p // 40 for p in np.flatnonzero(other.is_real)}) >= 2
+
+
+def test_the_split_restores_each_set_for_image_outputs_too(real_set, folded, plain):
     from skybench.submission import PredictResult
 
-    test_dir, real_dir = tiny_space_release / "public/test", real_set / "public/test"
-    mixed = mix_inputs(test_dir, real_dir, key=b"k" * 32, limit=20)
-    try:
-        stream = np.load(mixed.folder / "images-00000.npy")
-        res = mixed.split(PredictResult(True, "", 2 * stream, mixed.stream_ids, "cpu", 1.0))
-        assert res.ok and len(res.ids) == 20  # --limit: the first 20 simulated objects, every real one
-        np.testing.assert_array_equal(res.predictions, 2 * np.load(test_dir / "images-00000.npy")[:20])
-        np.testing.assert_array_equal(res.extra.predictions, 2 * np.load(real_dir / "images-00000.npy"))
-        np.testing.assert_array_equal(res.extra.ids, pd.read_parquet(real_dir / "index.parquet").id)
-        # A result that is not in stream order (an executor bug) is refused, not silently misassigned.
-        bad = mixed.split(PredictResult(True, "", stream, mixed.stream_ids[::-1], "cpu", 1.0))
-        assert not bad.ok and "stream order" in bad.reason
-        failed = mixed.split(PredictResult(False, "crashed", None, mixed.stream_ids, "cpu", 1.0))
-        assert not failed.ok and failed.reason == "crashed" and len(failed.ids) == 20
-        # The same key gives the same order (the organiser can redo it); another key another.
-        again = mix_inputs(test_dir, real_dir, key=b"k" * 32, limit=20)
-        other = mix_inputs(test_dir, real_dir, key=b"j" * 32, limit=20)
-        assert np.array_equal(again.row, mixed.row) and np.array_equal(again.is_real, mixed.is_real)
-        assert not (np.array_equal(other.row, mixed.row) and np.array_equal(other.is_real, mixed.is_real))
-        again.cleanup()
-        other.cleanup()
-    finally:
-        mixed.cleanup()
+    stream = Stream.load(folded, real_set)
+    images = _images(folded / "public/test")
+    res = stream.split(PredictResult(True, "", 2 * images, stream.stream_ids, "cpu", 1.0))
+    assert res.ok and len(res.ids) == 64
+    np.testing.assert_array_equal(res.predictions, 2 * _images(plain / "public/test"))
+    np.testing.assert_array_equal(res.extra.predictions, 2 * _images(real_set / "public/test"))
+    np.testing.assert_array_equal(res.extra.ids, pd.read_parquet(real_set / "public/test/index.parquet").id)
+    # A result that does not cover the stream in order (an executor bug, --limit) is refused, not misassigned.
+    bad = stream.split(PredictResult(True, "", images, stream.stream_ids[::-1], "cpu", 1.0))
+    assert not bad.ok and "stream" in bad.reason
+    short = stream.split(PredictResult(True, "", images[:20], stream.stream_ids[:20], "cpu", 1.0))
+    assert not short.ok and "stream" in short.reason
+    failed = stream.split(PredictResult(False, "crashed", None, stream.stream_ids, "cpu", 1.0))
+    assert not failed.ok and failed.reason == "crashed" and len(failed.ids) == 64
+
+
+def test_a_release_is_remade_byte_identically_with_the_same_key_seed_and_real_set(real_set, tmp_path):
+    keys = tmp_path / "keys"
+
+    def make(out, key):
+        return simulate_release(_with_real(real_set), tmp_path / out, profile="challenge", seed=5, size=24,
+                                progress=False, key_file=keys / key, workers=1)
+
+    a, b, c = make("a", "one.key"), make("b", "one.key"), make("c", "two.key")
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    for rel in files:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    assert verify_release(a) == [] and verify_release(c) == []
+    # Another key: another order (and other simulated test objects).
+    src_a, src_c = (pd.read_parquet(r / "hidden/test" / SOURCES) for r in (a, c))
+    assert not src_a.source.equals(src_c.source) or not src_a.source_id.equals(src_c.source_id)
+    # The manifest never names which stream ids are real.
+    assert "t0000" not in (a / "manifest.json").read_text()
 
 
 def _fake_release(out, arrays: dict[str, tuple[int, ...]], n: int = 4):
@@ -247,18 +305,43 @@ def _fake_release(out, arrays: dict[str, tuple[int, ...]], n: int = 4):
                          progress=False)
 
 
-def test_a_real_set_of_other_shapes_is_refused_with_a_clear_error(tiny_space_release, tmp_path):
-    from skybench.mixing import mix_inputs
-
-    test_dir = tiny_space_release / "public/test"
+def test_a_real_set_of_other_shapes_is_refused_with_a_clear_error(tmp_path):
     small = _fake_release(tmp_path / "small", {"images": (1, 50, 50)})
     with pytest.raises(ReleaseError, match=r"images \(1, 50, 50\).*differ.*images \(1, 101, 101\).*re-import"):
-        mix_inputs(test_dir, small / "public/test")
+        simulate_release("lens-space", tmp_path / "rel", seed=3, size=8, progress=False, real_set=small, workers=1)
+    assert not (tmp_path / "rel").exists() and not list(tmp_path.glob(".rel.tmp-*"))
     other = _fake_release(tmp_path / "other", {"images": (1, 101, 101), "features": (3,)})
     with pytest.raises(ReleaseError, match="features"):
-        mix_inputs(test_dir, other / "public/test")
-    # Through evaluate(): refused before any submission runs (the CLI prints ReleaseErrors as one message).
+        simulate_release("lens-space", tmp_path / "rel", seed=3, size=8, progress=False, real_set=other, workers=1)
+
+
+@needs_bwrap
+def test_without_real_objects_nothing_is_folded_in_and_the_demo_path_still_works(tmp_path, plain):
+    """`make run` offline: the import stage writes an empty real set; a missing one is handled the same way."""
+    empty = _fake_release(tmp_path / "empty", {"images": (1, 101, 101)}, n=0)
+    missing = tmp_path / "missing"
+    for real, why in ((empty, "no test objects"), (missing, "no real release")):
+        rel = simulate_release(_with_real(real), tmp_path / f"rel-{real.name}", seed=3, size=64, progress=False)
+        manifest = json.loads((rel / "manifest.json").read_text())
+        assert manifest["real_set"]["folded_in"] is False and why in manifest["real_set"]["why"]
+        assert not (rel / "hidden/test" / SOURCES).exists()
+        for f in ("public/test/index.parquet", "public/test/images-00000.npy", "hidden/test/meta.parquet"):
+            assert (rel / f).read_bytes() == (plain / f).read_bytes(), f  # the demo's objects, ids and labels
     sub = python_submission(tmp_path / "subs", "sum", PIXEL_SUM)
-    with pytest.raises(ReleaseError, match="cannot be mixed"):
-        evaluate([sub], _with_real(small), tiny_space_release, out=tmp_path / "evals", publish=False)
-    assert not (tmp_path / "evals").exists()
+    (o,) = evaluate([sub], _with_real(empty), tmp_path / "rel-empty", out=tmp_path / "evals", publish=False)
+    assert o.status == "FINISHED", o.reason
+    assert o.metrics["auroc"] > 0 and "real_lens_recall" not in o.metrics
+    (p,) = evaluate([sub], load_track("lens-space"), plain, out=tmp_path / "plain", publish=False)
+    assert p.metrics == o.metrics  # the same scores as a release without any real set
+
+
+def test_evaluation_refuses_a_real_set_that_is_not_the_one_folded_in(real_set, folded, tmp_path):
+    changed = tmp_path / "changed"  # the real set re-imported since: another manifest
+    shutil.copytree(real_set, changed)
+    manifest = json.loads((changed / "manifest.json").read_text())
+    (changed / "manifest.json").write_text(json.dumps(manifest | {"note": "re-imported"}))
+    sub = python_submission(tmp_path / "subs", "sum", PIXEL_SUM)
+    with pytest.raises(ReleaseError, match="re-make the release"):
+        evaluate([sub], _with_real(changed), folded, out=tmp_path / "evals", publish=False)
+    with pytest.raises(ReleaseError, match="re-make the release"):
+        evaluate([sub], _with_real(tmp_path / "nowhere"), folded, out=tmp_path / "evals", publish=False)

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from . import __version__
-from .mixing import MixedInputs, mix_inputs
+from .mixing import Stream
 from .release import ReleaseError, read_manifest, release_digest, verify_release
 from .score import score, score_real
 from .submission import (
@@ -238,8 +238,10 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
     release_sha = check_release(release, track)
     make_private_root(out)  # always there (a DVC output), even when nothing finishes
     hidden = release / "hidden" / "test"
-    real = _real_set(track)
+    real = _real_set(track, release)
     real_sha = release_digest(real) if real is not None else ""
+    # The real set is folded into the release's test stream (mixing.fold_in): split every result back.
+    stream = Stream.load(release, real)
     down = unreachable()  # a dead tracking server: evaluate anyway, keep the records, say so once per record
     ids = {Path(k): v for k, v in (identities or {}).items()}
     got = {Path(k): v for k, v in (received or {}).items()}
@@ -253,12 +255,8 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
         except Exception as exc:  # noqa: BLE001 - the boundary
             plans.append(_crashed(Path(f), None, exc, out, release_sha, track))
     todo = [p for p in plans if isinstance(p, _Plan)]
-    # One mixed stream of test and real inputs for every submission that gets the real set (see mixing.py).
-    mixed = mix_inputs(release / "public" / "test", real / "public" / "test") \
-        if real is not None and any(p.real is not None for p in todo) else None
     challenge = read_manifest(release).get("profile") == "challenge"  # never run without cgroup limits
-    jobs = [Job(p.sub, mixed.folder if mixed and p.real else release / "public" / "test", track, challenge)
-            for p in todo]
+    jobs = [Job(p.sub, release / "public" / "test", track, challenge) for p in todo]
     results = _results(get_executor(executor, **(executor_options or {})), jobs) if jobs else iter(())
     outcomes = []
     for plan in plans:
@@ -269,7 +267,7 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
                 res = next(results)
                 if isinstance(res, BaseException):
                     raise res
-                outcome = _finish(plan, _split(res, plan, mixed), track, release_sha, hidden)
+                outcome = _finish(plan, stream.split(res) if stream is not None else res, track, release_sha, hidden)
         except Exception as exc:  # noqa: BLE001 - the boundary
             outcome = _crashed(plan.folder, plan if isinstance(plan, _Plan) else None, exc, out, release_sha, track)
         outcome.reason = clip(outcome.reason, 1000)
@@ -284,14 +282,7 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
                     f"not logged to MLflow ({outcome.unpublished}); " \
                     f"the record is kept in {outcome.record}, publish it later with `skybench log {out}`"
         outcomes.append(outcome)
-    if mixed is not None:  # also removed when collected, should the loop raise
-        mixed.cleanup()
     return outcomes
-
-
-def _split(res: PredictResult, plan: _Plan, mixed: MixedInputs | None) -> PredictResult:
-    """A mixed stream's predictions as the test set's, with the real set's as ``.extra``."""
-    return mixed.split(res) if mixed is not None and plan.real is not None else res
 
 
 def one_line(exc: BaseException) -> str:
@@ -374,8 +365,6 @@ def _plan(folder: Path, track: Track, real: Path | None, real_sha: str, release_
                              metrics={}, submitted=submission_time(folder, sha, rdir, received), **key)
         return Outcome(folder, team, name, "FAILED", reason, record=rec)
     assert sub is not None
-    if sub.spec.format == "predictions":  # its file covers the public test set only
-        real, real_sha = None, ""
     if not force and (_same_record(rdir, sub, release_sha, real_sha, key)
                       or (ask_mlflow and _in_mlflow(track.name, sub.sha256, release_sha, real_sha, key, team, name))):
         return Outcome(folder, team, name, "SKIPPED", "unchanged since its last evaluation",
@@ -445,13 +434,17 @@ def save_predictions(rdir: Path, stem: str, ids: pd.Series, predictions: object)
         pd.DataFrame({"id": ids}).to_csv(rdir / f"{stem}_ids.csv", index=False)
 
 
-def _real_set(track: Track) -> Path | None:
-    """The track's release of real objects, when it has one with objects in it."""
-    if not track.evaluation.real_set:
+def _real_set(track: Track, release: Path) -> Path | None:
+    """The track's release of real objects (``evaluation.real_set``) when it is folded into ``release``'s test
+    stream (``skybench simulate`` does that); raises ``ReleaseError`` when it is not the one folded in."""
+    folded = read_manifest(release).get("real_set") or {}
+    if not track.evaluation.real_set or not folded.get("folded_in"):
         return None
     real = project_root() / track.evaluation.real_set
-    if not (real / "manifest.json").is_file() or read_manifest(real)["counts"]["test"] == 0:
-        return None
+    if not (real / "manifest.json").is_file() or release_digest(real) != folded.get("release_sha256"):
+        raise ReleaseError(f"{release} holds the real set {folded.get('path')} as it was when the release was made "
+                           f"(sha256 {folded.get('release_sha256')}), but {real} is missing or has changed since; "
+                           "re-make the release (`dvc repro`, or `skybench simulate`) so both agree")
     return real
 
 

@@ -34,8 +34,8 @@ EXECUTORS = ("local", "ray")
 
 @dataclass(frozen=True)
 class Job:
-    """One submission to predict on one input folder (a release's public/test folder, or the mixed folder of
-    the test and real sets from :mod:`skybench.mixing`, whose mapping stays with the caller)."""
+    """One submission to predict on one input folder (a release's public/test folder: with a real set, one
+    stream of the test and real sets from :mod:`skybench.mixing`, whose mapping the caller splits back)."""
 
     sub: Submission
     test_dir: Path  # the folder the sandbox sees as /inputs

@@ -1,22 +1,24 @@
-"""One input stream for the simulated test set and a track's real set, in a secret order, with opaque ids.
+"""The real set folded into a release's test split: one stream, a keyed order, opaque ids; split back in the parent.
 
-A model that could tell the real objects (``evaluation.real_set``) from the simulated ones by where they come
-from (a second folder, their ids, their file, their batch or position) could score them high and game the
-real-set metric. So the organiser writes ONE public-test-like folder holding both sets' per-object arrays
-interleaved in a uniformly random order drawn from a secret key, with ids ``x000000 ... x{N-1}`` in stream
-order. The mapping back (stream position -> set, row) stays in this process (:class:`MixedInputs`); the
-predictions, which come back in stream order, are split with it into the test set's and the real set's, each
-in its own ``index.parquet`` order, so the scorers are unchanged.
+A model that could tell the real objects (``evaluation.real_set``) from the simulated ones could score them
+high and game the real-set metric: by where they come from (a second folder, their ids, their file, their batch
+or position), or by not having seen them: the public test inputs are published, so a model can carry a
+fingerprint of every published image and flag any other. So the real objects are part of the published test
+inputs: at release time (:func:`fold_in`, called by ``skybench simulate``) ``public/test`` is rewritten as ONE
+stream holding the simulated test objects and the real set's, interleaved in an order drawn from the release's
+test-set key (:func:`order_key`), with ids ``t000000 ... t{N-1}`` in stream order. The mapping (stream id ->
+source ``sim``/``real``, original id, row) is kept in ``hidden/test/sources.parquet``; the evaluator runs the
+sandbox on ``public/test`` as it is and splits the predictions with it (:class:`Stream`) into the simulated
+test set's and the real set's, each in its original order, so the scorers are unchanged.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
-import secrets
-import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ import pyarrow.parquet as pq
 
 from .release import ReleaseError
 from .submission import PredictResult
+from .testkey import ReleaseKey
 
 SHARD_SIZE = 10_000  # rows per array file, as release.write_release
 _BLOCK = 256  # rows gathered per write
@@ -85,56 +88,22 @@ def secret_order(n: int, key: bytes) -> np.ndarray:
     return np.argsort(tags, kind="stable")
 
 
-@dataclass
-class MixedInputs:
-    """A mixed input folder and the parent-side mapping of its stream back to the two sets."""
-
-    folder: Path  # what the sandbox sees: <array>-*.npy and index.parquet (opaque ids only)
-    stream_ids: np.ndarray  # the opaque ids, in stream order
-    is_real: np.ndarray  # bool per stream position
-    row: np.ndarray  # per stream position: the row in its own set's index.parquet
-    test_ids: np.ndarray  # ids of the (possibly limited) simulated test set, in its index order
-    real_ids: np.ndarray  # ids of the real set, in its index order
-    _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
-
-    def mapping(self) -> pd.DataFrame:
-        """opaque id -> (source ``test``/``real``, original id); for the organiser only, never written to the folder."""
-        original = np.empty(len(self.row), dtype=object)
-        original[self.is_real] = self.real_ids[self.row[self.is_real]]
-        original[~self.is_real] = self.test_ids[self.row[~self.is_real]]
-        return pd.DataFrame({"id": self.stream_ids, "source": np.where(self.is_real, "real", "test"),
-                             "original_id": original})
-
-    def split(self, res: PredictResult) -> PredictResult:
-        """The stream's result as the test set's (ids and predictions in its index order), with the real set's
-        as ``.extra``. A failed result stays failed, with the test ids."""
-        if not res.ok or res.predictions is None:
-            return replace(res, ids=self.test_ids, predictions=None)
-        if len(res.ids) != len(self.stream_ids) or not np.array_equal(res.ids, self.stream_ids):
-            return replace(res, ok=False, reason="the predictions came back out of stream order (an executor bug)",
-                           ids=self.test_ids, predictions=None)
-        pred = np.asarray(res.predictions)
-        test = np.empty((len(self.test_ids), *pred.shape[1:]), pred.dtype)
-        real = np.empty((len(self.real_ids), *pred.shape[1:]), pred.dtype)
-        test[self.row[~self.is_real]] = pred[~self.is_real]
-        real[self.row[self.is_real]] = pred[self.is_real]
-        extra = PredictResult(True, "", real, self.real_ids, res.device, 0.0)
-        return replace(res, predictions=test, ids=self.test_ids, extra=extra)
-
-    def cleanup(self) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
+SOURCES = "sources.parquet"  # in hidden/test/: the stream's mapping back to the two sets
+_ORDER_MSG = b"skybench real-set stream order/1"
 
 
-def mix_inputs(test_dir: Path, real_dir: Path, dest: Path | None = None, *, key: bytes | None = None,
-               limit: int | None = None, shard_size: int = SHARD_SIZE) -> MixedInputs:
-    """Write the public test folder ``test_dir`` and the real set's public test folder ``real_dir`` as one
-    folder of interleaved inputs, in an order drawn from ``key`` (default: 32 fresh random bytes).
+def order_key(key: ReleaseKey, seed: int) -> bytes:
+    """The key of a release's stream order: an HMAC under the private test-set key; for a public key (the
+    ``demo`` profile, public by design) a hash of the release seed, which anyone can recompute."""
+    msg = _ORDER_MSG + b"\0" + str(int(seed)).encode()
+    if key.secret is None:
+        return hashlib.sha256(msg).digest()
+    return hmac.new(key.secret, msg, hashlib.sha256).digest()
 
-    ``dest``: the folder to create (default: a new temporary folder, removed by :meth:`MixedInputs.cleanup` or
-    when the object is collected). ``limit``: only the first ``limit`` test objects (and every real one).
-    Raises ``ReleaseError`` when the two sets do not give a model the same arrays of the same shapes."""
-    test_dir, real_dir = Path(test_dir), Path(real_dir)
+
+def check_shapes(test_dir: Path, real_dir: Path) -> tuple[dict[str, _Rows], np.ndarray, dict[str, _Rows], np.ndarray]:
+    """Both sets' rows and ids; raises ``ReleaseError`` when they do not give a model the same arrays of the
+    same shapes."""
     test, test_ids = _inputs(test_dir)
     real, real_ids = _inputs(real_dir)
     want = {k: v.row_shape for k, v in test.items()}
@@ -146,34 +115,115 @@ def mix_inputs(test_dir: Path, real_dir: Path, dest: Path | None = None, *, key:
         raise ReleaseError(f"{real_dir}: the real set's per-object inputs ({show(got)}) differ from the test set's "
                            f"in {test_dir} ({show(want)}), so they cannot be mixed into one input stream; "
                            f"re-import the real set for this track (same arrays, bands and cut-out size)")
-    n_test = len(test_ids) if limit is None else min(limit, len(test_ids))
-    test_ids = test_ids[:n_test]
-    n = n_test + len(real_ids)
-    order = secret_order(n, key if key is not None else secrets.token_bytes(32))
+    return test, test_ids, real, real_ids
+
+
+def stream_ids(n: int) -> np.ndarray:
+    width = max(6, len(str(n - 1)))
+    return np.array([f"t{i:0{width}d}" for i in range(n)], dtype=object)
+
+
+def fold_in(root: Path, real: Path, key: bytes, *, shard_size: int = SHARD_SIZE) -> dict[str, object]:
+    """Rewrite the test split of the release being written in ``root`` (``public/test``, ``hidden/test``) as one
+    stream of its simulated objects and the real release ``real``'s test objects, in the order drawn from
+    ``key`` (:func:`order_key`); write the mapping to ``hidden/test/sources.parquet``. Hidden labels and arrays
+    of the simulated objects keep their original ids and order. Reads and writes a block of rows at a time.
+
+    Returns the counts for the manifest. Raises ``ReleaseError`` when the sets' arrays differ."""
+    root, real = Path(root), Path(real)
+    test_dir, hidden = root / "public" / "test", root / "hidden" / "test"
+    test, test_ids, real_rows, real_ids = check_shapes(test_dir, real / "public" / "test")
+    n_test, n = len(test_ids), len(test_ids) + len(real_ids)
+    order = secret_order(n, key)
     # Stream position p holds object order[p] of the concatenation (test rows, then real rows).
     is_real = order >= n_test
     row = np.where(is_real, order - n_test, order)
-    tmp = None
-    if dest is None:
-        tmp = tempfile.TemporaryDirectory(prefix="skybench-mixed-")
-        dest = Path(tmp.name) / "inputs"
-    dest = Path(dest)
-    try:
-        dest.mkdir(parents=True)
-        for name in want:
-            _write_array(dest, name, [test[name], real[name]], is_real, row, shard_size)
-        width = max(6, len(str(n - 1)))
-        stream_ids = np.array([f"x{i:0{width}d}" for i in range(n)], dtype=object)
-        pq.write_table(pa.table({"id": pa.array(stream_ids, pa.string())}), dest / "index.parquet")
-        if tmp is not None:
-            Path(tmp.name).chmod(0o755)  # mkdtemp makes it 0700
-        for p in [dest, *dest.iterdir()]:
-            p.chmod(0o755 if p.is_dir() else 0o644)  # readable by the sandbox's unprivileged uid
-    except BaseException:
-        if tmp is not None:
-            tmp.cleanup()
-        raise
-    return MixedInputs(dest, stream_ids, is_real, row, test_ids, real_ids, tmp)
+    ids = stream_ids(n)
+    new = root / "public" / ".test-stream"
+    new.mkdir()
+    for name in test:
+        _write_array(new, name, [test[name], real_rows[name]], is_real, row, shard_size)
+    _write_table({"id": pa.array(ids, pa.string())}, new / "index.parquet")
+    original = np.empty(n, dtype=object)
+    original[is_real] = real_ids[row[is_real]]
+    original[~is_real] = test_ids[row[~is_real]]
+    _write_table({"id": pa.array(ids, pa.string()),
+                  "source": pa.array(np.where(is_real, "real", "sim"), pa.string()),
+                  "source_id": pa.array([str(x) for x in original], pa.string()),
+                  "row": pa.array(row, pa.int64())}, hidden / SOURCES)
+    for p in test_dir.iterdir():
+        p.unlink()
+    test_dir.rmdir()
+    new.rename(test_dir)
+    return {"simulated": int(n_test), "real": int(len(real_ids)), "stream": int(n)}
+
+
+def _write_table(columns: dict[str, pa.Array], path: Path) -> None:
+    # No pandas metadata, fixed writer settings: the same table always gives the same bytes.
+    pq.write_table(pa.table(columns), path, compression="zstd")
+
+
+@dataclass
+class Stream:
+    """The mapping of a release's test stream back to the two sets (from ``hidden/test/sources.parquet``)."""
+
+    stream_ids: np.ndarray  # the opaque ids, in stream order
+    is_real: np.ndarray  # bool per stream position
+    row: np.ndarray  # per stream position: the row in its own set's order
+    test_ids: np.ndarray  # ids of the simulated test set, in hidden/test/meta.parquet order
+    real_ids: np.ndarray  # ids of the real set, in its index.parquet order
+
+    @classmethod
+    def load(cls, release: Path, real: Path | None = None) -> Stream | None:
+        """The stream of ``release``, or None when nothing was folded into it. ``real``: the real release, for
+        its ids in their original type (else the ids as written in the mapping)."""
+        hidden = Path(release) / "hidden" / "test"
+        if not (hidden / SOURCES).is_file():
+            return None
+        src = pd.read_parquet(hidden / SOURCES)
+        test_ids = pd.read_parquet(hidden / "meta.parquet", columns=["id"])["id"].to_numpy()
+        is_real = (src["source"] == "real").to_numpy()
+        row = src["row"].to_numpy()
+        names = src["source_id"].to_numpy()
+        n_real = int(is_real.sum())
+        real_ids = np.empty(n_real, dtype=object)
+        real_ids[row[is_real]] = names[is_real]
+        if real is not None:
+            ids = pd.read_parquet(Path(real) / "public" / "test" / "index.parquet", columns=["id"])["id"].to_numpy()
+            if len(ids) != n_real or [str(x) for x in ids] != list(real_ids):
+                raise ReleaseError(f"{real}: its test ids are not those folded into {release}; re-make the release "
+                                   "(`skybench simulate`, or `dvc repro`) with this real set")
+            real_ids = ids
+        if len(test_ids) != int((~is_real).sum()) or \
+                [str(x) for x in test_ids[row[~is_real]]] != list(names[~is_real]):
+            raise ReleaseError(f"{hidden / SOURCES}: does not match {hidden / 'meta.parquet'}; the release is "
+                               "inconsistent, re-make it")
+        return cls(src["id"].to_numpy(), is_real, row, test_ids, real_ids)
+
+    def mapping(self) -> pd.DataFrame:
+        """opaque id -> (source ``sim``/``real``, original id); for the organiser only."""
+        original = np.empty(len(self.row), dtype=object)
+        original[self.is_real] = self.real_ids[self.row[self.is_real]]
+        original[~self.is_real] = self.test_ids[self.row[~self.is_real]]
+        return pd.DataFrame({"id": self.stream_ids, "source": np.where(self.is_real, "real", "sim"),
+                             "original_id": original})
+
+    def split(self, res: PredictResult) -> PredictResult:
+        """The stream's result as the simulated test set's (ids and predictions in its original order), with
+        the real set's as ``.extra``. A failed result stays failed, with the simulated test ids."""
+        if not res.ok or res.predictions is None:
+            return replace(res, ids=self.test_ids, predictions=None)
+        if len(res.ids) != len(self.stream_ids) or not np.array_equal(res.ids, self.stream_ids):
+            return replace(res, ok=False, reason="the predictions do not cover the test stream in its order "
+                           "(an executor bug, or --limit on a release with a real set)",
+                           ids=self.test_ids, predictions=None)
+        pred = np.asarray(res.predictions)
+        test = np.empty((len(self.test_ids), *pred.shape[1:]), pred.dtype)
+        real = np.empty((len(self.real_ids), *pred.shape[1:]), pred.dtype)
+        test[self.row[~self.is_real]] = pred[~self.is_real]
+        real[self.row[self.is_real]] = pred[self.is_real]
+        extra = PredictResult(True, "", real, self.real_ids, res.device, 0.0)
+        return replace(res, predictions=test, ids=self.test_ids, extra=extra)
 
 
 def _write_array(dest: Path, name: str, sources: list[_Rows], is_real: np.ndarray, row: np.ndarray,

@@ -61,24 +61,28 @@ def write_release(out: Path, *, info: dict[str, Any], counts: dict[str, int],
                   arrays: dict[str, tuple[int, ...]] | None = None, hidden_arrays: tuple[str, ...] = (),
                   chunk_size: int = 128, shard_size: int = 10_000,
                   public_test_columns: tuple[str, ...] = ("id",), label_columns: tuple[str, ...] = (),
-                  progress: bool = True) -> Path:
+                  progress: bool = True, finish: Callable[[Path], dict[str, Any]] | None = None) -> Path:
     """Write a release to ``out`` atomically: build it in a sibling temporary folder, then rename.
 
     A failure (including a full disk) removes the temporary folder and leaves any previous release intact.
     ``arrays``: per-object array shapes by name (default ``{"images": image_shape}``).
-    ``label_columns`` are kept out of ``public/test``; everything but ``public_test_columns`` is hidden."""
+    ``label_columns`` are kept out of ``public/test``; everything but ``public_test_columns`` is hidden.
+    ``finish(folder)``: run on the written splits before they are hashed (e.g. folding the real set into the
+    test split, :func:`skybench.mixing.fold_in`); its result is added to the manifest."""
     arrays = dict(arrays) if arrays is not None else {"images": tuple(image_shape or ())}
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
+        tmp.mkdir()  # also for a release without objects (an empty real set: `make run` without data/)
         with _progress(progress) as bar:
             for split in SPLITS:
                 n = counts.get(split, 0)
                 if n:
                     _write_split(tmp, split, n, arrays, hidden_arrays, make_chunks, chunk_size, shard_size,
                                  public_test_columns, bar)
+        info = {**info, **(finish(tmp) if finish is not None else {})}
         files = {p.relative_to(tmp).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
         manifest = {"format": FORMAT, **info, "skybench_version": __version__,

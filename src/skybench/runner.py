@@ -3,8 +3,8 @@
     python -m skybench.runner --submission /submission --inputs /inputs \
         --out /scratch/predictions.npy [--limit N] [--batch-size B] [--device auto|cpu|cuda]
 
-There is one input folder: during evaluation it holds the simulated test set and the track's real set as
-one stream in a secret order, with opaque ids (``skybench.mixing``).
+There is one input folder, the release's public/test: on a track with a real set it holds the simulated test
+set and the real set as one stream in a keyed order, with opaque ids (``skybench.mixing``).
 
 Every model gets float32 batches of shape (B, bands, H, W), streamed from the shards ``images-*.npy``
 (the last batch may be smaller). On a catalogue track it gets ``features`` (B, F) instead, and on a track

@@ -6,15 +6,16 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .mixing import fold_in, order_key
 from .physics.backend import get_backend
-from .release import write_release
+from .release import read_manifest, release_digest, write_release
 from .testkey import ObjectSeeds, default_key_path, release_key, require_private
-from .tracks import Track, load_track
+from .tracks import Track, load_track, project_root
 
 CHUNK_SIZE = 32  # objects rendered together: larger batches cost more in cache misses than they save
 
@@ -22,14 +23,18 @@ CHUNK_SIZE = 32  # objects rendered together: larger batches cost more in cache 
 def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", seed: int = 0,
                      size: int | None = None, backend: str = "auto", progress: bool = True,
                      chunk_size: int = CHUNK_SIZE, workers: int | None = None,
-                     key_file: Path | str | None = None, create_key: bool = True) -> Path:
+                     key_file: Path | str | None = None, create_key: bool = True,
+                     real_set: Path | str | bool = True) -> Path:
     """Simulate ``track`` into the release folder ``out``.
 
     On the CPU, chunks are simulated by ``workers`` processes (default: all cores); every object has its
     own seed, so the files are the same whatever the number of workers.
     ``size`` overrides the number of test cut-outs and scales train/val in proportion (for quick runs).
     The test split is drawn from the key in ``key_file`` (default: :func:`~skybench.testkey.default_key_path`,
-    created if absent and ``create_key``); the ``demo`` profile without ``key_file`` uses public seeds."""
+    created if absent and ``create_key``); the ``demo`` profile without ``key_file`` uses public seeds.
+    ``real_set``: the real release folded into the test split (:func:`skybench.mixing.fold_in`; True: the
+    track's ``evaluation.real_set``, relative to the project root; False: none). A missing or empty real set
+    is not folded in, and the manifest says so."""
     track = load_track(track) if isinstance(track, str) else track
     split = track.split_sizes(profile)
     key, created = release_key(profile, key_file=key_file, create=create_key, out=Path(out))
@@ -49,6 +54,7 @@ def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", se
     info = {"track": track.name, "task": track.task, "profile": profile, "seed": seed,
             "bands": track.band_names, "pixel_scale": track.survey.pixel_scale, "units": "e-/s per pixel",
             "backend": f"{be.name}-{be.device}", "test_key": key.manifest_entry(), **cls.release_info(track)}
+    finish = _real_set_fold(track, real_set, order_key(key, seed))
     with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(track, backend, True)) if workers > 1 \
             else _InProcess(track, backend) as pool:
 
@@ -57,7 +63,27 @@ def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", se
 
         return write_release(Path(out), info=info, counts=counts, arrays=cls.arrays(track),
                              hidden_arrays=cls.hidden_arrays, make_chunks=make_chunks, chunk_size=chunk_size,
-                             label_columns=cls.label_columns, progress=progress)
+                             label_columns=cls.label_columns, progress=progress, finish=finish)
+
+
+def _real_set_fold(track: Track, real_set: Path | str | bool, key: bytes) -> Callable[[Path], dict[str, Any]]:
+    """The ``finish`` step of the release writer: fold the real set into the test split (or say why not)."""
+    given = track.evaluation.real_set if real_set is True else (None if real_set is False else str(real_set))
+
+    def finish(root: Path) -> dict[str, Any]:
+        if not given:
+            return {}
+        real = project_root() / given
+        entry: dict[str, Any] = {"path": given, "folded_in": False}
+        if not (real / "manifest.json").is_file():
+            return {"real_set": entry | {"why": "no real release there when this release was made"}}
+        if read_manifest(real)["counts"]["test"] == 0:
+            return {"real_set": entry | {"why": "the real release has no test objects"}}
+        counts = fold_in(root, real, key)
+        return {"real_set": {"path": given, "folded_in": True, "release_sha256": release_digest(real),
+                             **counts}}
+
+    return finish
 
 
 # The simulator of each task: a class built as ``cls(track, backend)`` whose ``simulate(seeds, split, start, stop)``

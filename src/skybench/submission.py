@@ -122,7 +122,7 @@ class PredictResult:
     device: str  # "cuda", "cpu", "none" (predictions format) or "unknown"
     seconds: float  # wall time of the sandboxed run (0 for the predictions format)
     log: str = ""  # tail of the runner's stderr
-    extra: PredictResult | None = None  # the real set's part of a mixed stream (``mixing.MixedInputs.split``)
+    extra: PredictResult | None = None  # the real set's part of a mixed stream (``mixing.Stream.split``)
     infrastructure: bool = False  # failed for a reason of the evaluating machine, not of the submission: retry
 
 
@@ -375,8 +375,8 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
 
     Code runs in the sandbox with the track's limits, seeing only the submission and the public test
     images; the parent then checks count, shape and finiteness. ``gpu=None``: use CUDA when available.
-    ``inputs`` may also be a mixed folder of :mod:`skybench.mixing` (the test and real sets as one stream;
-    the caller splits the result). ``threads``: CPU threads
+    With a real set folded into the release (:mod:`skybench.mixing`) the test and real sets are one stream;
+    the caller splits the result. ``threads``: CPU threads
     of the model (default min(4, cores)); an executor running several sandboxes at once gives each fewer.
     ``require_cgroups``: refuse to run without cgroup limits (None: when ``inputs`` is in a ``challenge`` release)."""
     test_dir = _test_folder(inputs)
