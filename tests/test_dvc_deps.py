@@ -1,0 +1,112 @@
+"""dvc.yaml lists exactly the code each stage runs: derived from the imports of its entry point (skybench.stagedeps).
+
+A stage whose deps miss a file its command uses is not re-run when that file changes (a stale baseline reaches
+the leaderboard); a stage that lists code it never uses re-runs for nothing (editing bologna.py re-evaluated every
+track). Stages are resolved (foreach expanded, params interpolated) by DVC itself.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path, PurePosixPath
+
+import pytest
+from dvc.repo import Repo
+
+from skybench.stagedeps import stage_usage
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _covers(dep: str, path: str) -> bool:
+    """A dep covers a path when it is the path or a folder above it."""
+    return dep == path or PurePosixPath(path).is_relative_to(dep)
+
+
+def _is_code(dep: str) -> bool:
+    """Deps that must be exact: code and track definitions (not data folders such as releases/ or submissions/)."""
+    return dep.startswith(("src/", "benchmarks/")) or dep.endswith(".py")
+
+
+def dependency_problems(dvc_dir: Path, code_root: Path = ROOT) -> list[str]:
+    """One line per stage dependency that is missing or not used, for the dvc.yaml in ``dvc_dir``; the code is
+    read from ``code_root``."""
+    problems = []
+    with Repo(str(dvc_dir)) as repo:
+        stages = [s for s in repo.index.stages if s.cmd]
+        for stage in stages:
+            cmd = stage.cmd if isinstance(stage.cmd, str) else " && ".join(stage.cmd)
+            deps = [PurePosixPath(d.def_path).as_posix() for d in stage.deps if d.def_path != "params.yaml"]
+            outs = [PurePosixPath(o.def_path).as_posix() for o in stage.outs]
+            usage = stage_usage(cmd, code_root)
+            for path in sorted(usage.files):
+                if not any(_covers(d, path) for d in deps):
+                    problems.append(f"{stage.name}: its command uses {path}, but dvc.yaml does not list it "
+                                    f"(or a folder above it) in the stage's deps; add `- {path}`")
+            for arg in sorted(usage.inputs):
+                if not any(_covers(d, arg) or _covers(arg, d) for d in deps + outs):
+                    problems.append(f"{stage.name}: its command reads {arg} (an argument), but no dep or out "
+                                    f"of the stage is it, above it or under it; add `- {arg}` to its deps")
+            for dep in deps:
+                if not _is_code(dep):
+                    continue
+                under = [f for f in usage.files if _covers(dep, f)]
+                if not under:
+                    problems.append(f"{stage.name}: lists {dep} in its deps, but its command never uses it; "
+                                    f"remove it")
+                elif (code_root / dep).is_dir():
+                    unused = sorted(p.relative_to(code_root).as_posix() for p in (code_root / dep).rglob("*.py")
+                                    if p.relative_to(code_root).as_posix() not in usage.files)
+                    if unused:
+                        problems.append(f"{stage.name}: lists the folder {dep}, which holds files its command "
+                                        f"never uses ({', '.join(unused)}); list the used files instead")
+    return problems
+
+
+def test_every_stage_depends_on_exactly_the_code_it_runs() -> None:
+    problems = dependency_problems(ROOT)
+    assert not problems, "dvc.yaml:\n" + "\n".join(problems)
+
+
+def _copy_pipeline(tmp_path: Path, edit: tuple[str, str] | None = None) -> Path:
+    """A DVC project in ``tmp_path`` holding this dvc.yaml and params.yaml, with ``edit`` = (old, new) applied to
+    the first ``old`` of dvc.yaml."""
+    Repo.init(str(tmp_path), no_scm=True).close()
+    text = (ROOT / "dvc.yaml").read_text()
+    if edit is not None:
+        assert edit[0] in text, f"dvc.yaml: no {edit[0]!r} to edit"
+        text = text.replace(*edit, 1)
+    (tmp_path / "dvc.yaml").write_text(text)
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    return tmp_path
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    # a photo-z baseline no longer depends on the shared photo-z training helpers
+    ("photoz-knn-photoz-catalog: {baseline: photoz-knn, track: photoz-catalog, lib: src/skybench/photoz_train.py,",
+     "photoz-knn-photoz-catalog: {baseline: photoz-knn, track: photoz-catalog, lib: src/skybench/train.py,",
+     "train@photoz-knn-photoz-catalog: its command uses src/skybench/photoz_train.py"),
+    # the Richardson-Lucy baseline copies predict.py into its submission
+    ("extra: baselines/richardson-lucy/predict.py}", "extra: baselines/richardson-lucy/train.py}",
+     "train@richardson-lucy-enhance: its command uses baselines/richardson-lucy/predict.py"),
+])
+def test_a_removed_dependency_is_reported(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    problems = dependency_problems(_copy_pipeline(tmp_path, (old, new)))
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_a_removed_dependency_line_is_reported(tmp_path: Path) -> None:
+    """Removed from the evaluate stages (its first use in dvc.yaml): every track's evaluation is reported."""
+    problems = dependency_problems(_copy_pipeline(tmp_path, ("        - src/skybench/score_photoz.py\n", "")))
+    assert {p.split(":")[0] for p in problems} == {f"evaluate@{t}" for t in
+                                                    ("lens-space", "lens-ground", "photoz-images", "photoz-catalog",
+                                                     "photoz-sdss-mgs", "enhance")}, problems
+    assert all("src/skybench/score_photoz.py" in p for p in problems), problems
+
+
+def test_wholesale_code_dependency_is_reported(tmp_path: Path) -> None:
+    """Depending on the whole package makes every stage re-run on any edit (bologna.py re-evaluated every track)."""
+    problems = dependency_problems(_copy_pipeline(tmp_path, ("        - src/skybench/score_photoz.py\n",
+                                                             "        - src/skybench\n")))
+    assert any(p.startswith("evaluate@enhance: lists the folder src/skybench, which holds files its command never "
+                            "uses") and "src/skybench/bologna.py" in p for p in problems), problems
