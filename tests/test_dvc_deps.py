@@ -8,6 +8,7 @@ track). Stages are resolved (foreach expanded, params interpolated) by DVC itsel
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -110,3 +111,79 @@ def test_wholesale_code_dependency_is_reported(tmp_path: Path) -> None:
                                                              "        - src/skybench\n")))
     assert any(p.startswith("evaluate@enhance: lists the folder src/skybench, which holds files its command never "
                             "uses") and "src/skybench/bologna.py" in p for p in problems), problems
+
+
+# --- what `dvc status` marks changed after an edit, in a copy whose dvc.lock records the current code -----------
+
+def _record_current_deps(project: Path) -> None:
+    """Write dvc.lock as if every stage had just run: the current hash of each dep (outs are absent here)."""
+    with Repo(str(project)) as repo:
+        stages = [s for s in repo.index.stages if s.cmd]
+        for stage in stages:
+            stage.save_deps(allow_missing=True)
+        stages[0].dvcfile.dump_stages(stages, update_pipeline=False)
+
+
+@pytest.fixture(scope="module")
+def locked_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's files that git sees (tracked or not ignored), copied into a fresh DVC project, with a dvc.lock
+    of their current hashes: a checkout whose pipeline is up to date as far as code goes."""
+    if shutil.which("git") is None:
+        pytest.skip("git is needed to list the project's files")
+    copy = tmp_path_factory.mktemp("pipeline")
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        src = ROOT / rel
+        if src.is_file() and not rel.startswith((".dvc/", "dvc.lock")):
+            (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, copy / rel)
+    Repo.init(str(copy), no_scm=True).close()
+    _record_current_deps(copy)
+    return copy
+
+
+def _changed_after_editing(project: Path, rel: str) -> set[str]:
+    """The stages that `dvc status` reports changed because of ``rel`` (a dep that is it or a folder above it), after
+    appending a comment to it (undone afterwards)."""
+    path = project / rel
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original + b"\n# an edit\n")
+        with Repo(str(project)) as repo:
+            status = repo.status()
+    finally:
+        path.write_bytes(original)
+    return {name.rpartition(":")[2] for name, entries in status.items()  # "<path>/dvc.yaml:<stage>" from elsewhere
+            if any(isinstance(e, dict) and any(_covers(d, rel) for d in e.get("changed deps", {})) for e in entries)}
+
+
+def test_the_copy_starts_up_to_date(locked_copy: Path) -> None:
+    with Repo(str(locked_copy)) as repo:
+        modified = {name: deps for name, entries in repo.status().items() for e in entries if isinstance(e, dict)
+                    for deps in [{d for d, why in e.get("changed deps", {}).items() if why == "modified"}] if deps}
+    assert not modified, modified
+
+
+def test_editing_a_shared_helper_marks_exactly_the_stages_that_use_it(locked_copy: Path) -> None:
+    with Repo(str(locked_copy)) as repo:
+        names = {s.name for s in repo.index.stages if s.cmd}
+    photoz_train = {n for n in names if n.startswith("train@photoz-")}
+    assert len(photoz_train) == 7
+    # photo-z training helpers: the photo-z baselines retrain (their evaluate/leaderboard follow from their outputs)
+    assert _changed_after_editing(locked_copy, "src/skybench/photoz_train.py") == photoz_train
+    # the Bologna importer is no stage's code
+    assert _changed_after_editing(locked_copy, "src/skybench/bologna.py") == set()
+    # metrics: the photo-z and enhance baselines, simulation and evaluation, but no lens baseline
+    metrics = _changed_after_editing(locked_copy, "src/skybench/metrics.py")
+    lens_train = {n for n in names if n.startswith("train@") and n.endswith(("-lens-space", "-lens-ground"))}
+    assert len(lens_train) == 8 and not metrics & lens_train, metrics & lens_train
+    assert {n for n in names if n.startswith("train@")} - lens_train <= metrics
+    assert {n for n in names if n.startswith(("simulate@", "evaluate@", "leaderboard@"))} <= metrics
+    # the leaderboard code: the leaderboards only
+    assert _changed_after_editing(locked_copy, "src/skybench/leaderboard.py") == \
+        {n for n in names if n.startswith("leaderboard@")}
+    # the Richardson-Lucy predictor: its training (it is copied into the submission) and, through the `baselines`
+    # folder, every evaluation
+    assert _changed_after_editing(locked_copy, "baselines/richardson-lucy/predict.py") == \
+        {"train@richardson-lucy-enhance"} | {n for n in names if n.startswith("evaluate@")}
