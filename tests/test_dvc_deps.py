@@ -187,3 +187,32 @@ def test_editing_a_shared_helper_marks_exactly_the_stages_that_use_it(locked_cop
     # folder, every evaluation
     assert _changed_after_editing(locked_copy, "baselines/richardson-lucy/predict.py") == \
         {"train@richardson-lucy-enhance"} | {n for n in names if n.startswith("evaluate@")}
+
+
+def test_stage_usage_follows_lazy_string_and_sibling_imports(tmp_path: Path) -> None:
+    """On a toy project: what the derivation follows, and that it stops at the project's edge."""
+    files = {
+        "src/skybench/__init__.py": "",
+        "src/skybench/a.py": "import numpy\n\ndef f():\n    from . import b\n    return b\n",
+        "src/skybench/b.py": "import importlib\nSIM = 'skybench.sub.c:Sim'\n"
+                             "def scorer(task):\n    return importlib.import_module(f'skybench.score_{task}')\n",
+        "src/skybench/sub/__init__.py": "",
+        "src/skybench/sub/c.py": "from ..tracks import load_track\nT = load_track('fixed-track')\n",
+        "src/skybench/tracks.py": "def load_track(name): ...\n",
+        "src/skybench/score_x.py": "", "src/skybench/score_y.py": "", "src/skybench/scorer.py": "",
+        "src/skybench/unused.py": "",
+        "baselines/toy/train.py": "from pathlib import Path\nimport helper\nfrom skybench.a import f\n"
+                                  "HERE = Path(__file__).parent\nSRC = HERE / 'predict.py'\n",
+        "baselines/toy/helper.py": "", "baselines/toy/predict.py": "from skybench import tracks\n",
+        "baselines/toy/notes.py": "",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    usage = stage_usage("python baselines/toy/train.py --track toy-track --release releases/toy --out x", tmp_path)
+    assert usage.files == {
+        "baselines/toy/train.py", "baselines/toy/helper.py", "baselines/toy/predict.py",
+        "src/skybench/__init__.py", "src/skybench/a.py", "src/skybench/b.py", "src/skybench/sub/__init__.py",
+        "src/skybench/sub/c.py", "src/skybench/tracks.py", "src/skybench/score_x.py", "src/skybench/score_y.py",
+        "benchmarks/toy-track.yaml", "benchmarks/fixed-track.yaml"}
+    assert usage.inputs == {"releases/toy"}

@@ -224,6 +224,8 @@ def stage_usage(cmd: str, root: Path | str) -> Usage:
             raise StageDepsError(f"{cmd!r}: no skybench command")
         function, params = _cli_arguments(rest[0], rest[1:])
         start, analysed = _cli_entry(project, function), {project.src / PACKAGE / "cli.py"}
+        if argv[0] != PACKAGE:  # python -m skybench runs __main__.py, which imports cli
+            start.add(project.src / PACKAGE / "__main__.py")
         inputs = {str(v) for v in params.values() if isinstance(v, Path)}
         track = params.get("track")
     elif argv[:1] in (["python"], ["python3"]) and len(argv) > 1 and argv[1].endswith(".py"):
