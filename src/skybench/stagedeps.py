@@ -1,0 +1,267 @@
+"""The project files a pipeline stage's command uses, derived from the imports of its entry point (``ast``).
+
+    python -m skybench.stagedeps "skybench evaluate --track enhance --release releases/enhance ..."
+
+prints them, one a line; ``tests/test_dvc_deps.py`` checks every stage of ``dvc.yaml`` against them. Entry points:
+
+* ``skybench <command> ...``: the module-level code of ``skybench/cli.py`` (and its imports), plus the body of the
+  command's function and of the cli.py helpers it calls (cli.py imports lazily inside commands);
+* ``python <script>.py ...`` (``baselines/<name>/train.py``): the whole script.
+
+From there, transitively within the project: every ``skybench`` module imported anywhere in a used module (lazy
+imports included; importing ``a.b`` runs ``a/__init__.py`` too), modules named in strings
+(``"skybench.lens_simulator:LensSimulator"``, ``f"skybench.score_{task}"`` -> every ``score_*`` module,
+``python -m skybench.runner`` argv), a script's sibling modules (its folder is on ``sys.path``), and sibling files a
+module names as ``"<file>.py"`` (``HERE / "predict.py"``, loaded or copied into a submission). Granularity is the
+module: a used module counts whole, whatever part of it runs.
+
+Data files: ``load_track`` reads ``benchmarks/<track>.yaml`` for the command's ``track`` argument (CLI: parsed by
+typer, defaults included; scripts: ``--track``) and for constant ``load_track("<name>")`` calls; the paths given as
+arguments (``--release``, ``--data``, ...) are reported as ``inputs``. Not derived: ``params.yaml`` (DVC's
+``params:``), ``list_tracks()`` (globs the track names only), the git history (``submission_time``) and
+``secrets/`` (the organiser's key, not in git).
+
+Kept in the package (not scripts/) so that the tests import it and ruff and the type checker see it; no stage imports
+it, so it is in no stage's dependencies.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import re
+import shlex
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE = "skybench"
+_MODULE_STRING = re.compile(rf"^{PACKAGE}(\.\w+)+(:\w+)?$")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a stage's command uses, as paths relative to the project root (posix)."""
+
+    files: frozenset[str]  # project files its code runs or reads (modules, sibling files, track YAMLs)
+    inputs: frozenset[str]  # paths given as arguments (files or folders; may be outputs of the stage itself)
+
+
+class StageDepsError(ValueError):
+    """The command is not an entry point this module understands."""
+
+
+class _Project:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.src = self.root / "src"
+
+    def module_files(self, dotted: str) -> list[Path]:
+        """The files importing ``dotted`` runs: each package's ``__init__.py`` on the way, then the module."""
+        parts, out = dotted.split("."), []
+        for i in range(1, len(parts) + 1):
+            base = self.src.joinpath(*parts[:i])
+            if (base / "__init__.py").is_file():
+                out.append(base / "__init__.py")
+            elif i == len(parts) and base.with_suffix(".py").is_file():
+                out.append(base.with_suffix(".py"))
+            else:
+                return out if i == len(parts) and out else []
+        return out
+
+    def is_module(self, dotted: str) -> bool:
+        base = self.src.joinpath(*dotted.split("."))
+        return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+    def modules_with_prefix(self, prefix: str) -> list[str]:
+        """Dotted names of the package's modules starting with ``prefix`` (``skybench.score_``)."""
+        pkg, _, stem = prefix.rpartition(".")
+        folder = self.src.joinpath(*pkg.split("."))
+        return sorted(f"{pkg}.{p.stem if p.suffix else p.name}" for p in folder.glob(f"{stem}*")
+                      if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file())
+
+    def package_of(self, path: Path) -> str | None:
+        """``skybench.physics`` for src/skybench/physics/render.py; None for a file outside the package."""
+        if not path.is_relative_to(self.src / PACKAGE):
+            return None
+        return ".".join(path.parent.relative_to(self.src).parts)
+
+
+def _imports(project: _Project, path: Path, nodes: Iterable[ast.AST]) -> Iterator[Path]:
+    """Project files that ``nodes`` (parts of the file ``path``) import or name."""
+    package = project.package_of(path)
+    for node in nodes:
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                if package is None:
+                    continue  # a relative import in a script fails at run time
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                full = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                full = node.module or ""
+            names = [full, *(f"{full}.{a.name}" for a in node.names if project.is_module(f"{full}.{a.name}"))]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if _MODULE_STRING.match(node.value):
+                names = [node.value.split(":")[0]]
+            elif node.value.endswith(".py") and "/" not in node.value and (path.parent / node.value).is_file():
+                yield path.parent / node.value  # a sibling loaded or copied by name (HERE / "predict.py")
+        elif isinstance(node, ast.JoinedStr) and node.values:
+            first = node.values[0]
+            if isinstance(first, ast.Constant) and isinstance(first.value, str) \
+                    and first.value.startswith(f"{PACKAGE}.") and len(node.values) > 1:
+                names = project.modules_with_prefix(first.value)
+        for name in names:
+            top = name.split(".")[0]
+            if top == PACKAGE:
+                yield from project.module_files(name)
+            elif package is None and (path.parent / f"{top}.py").is_file():
+                yield path.parent / f"{top}.py"  # a script's folder is sys.path[0]
+
+
+@functools.cache
+def _parsed(path: Path, mtime_ns: int) -> ast.Module:
+    return ast.parse(path.read_bytes(), str(path))
+
+
+def _parse(path: Path) -> ast.Module:
+    """The file's syntax tree, parsed once per version of the file."""
+    return _parsed(path, path.stat().st_mtime_ns)
+
+
+@functools.cache
+def _file_imports(root: Path, path: Path, mtime_ns: int) -> tuple[Path, ...]:
+    return tuple(_imports(_Project(root), path, ast.walk(_parsed(path, mtime_ns))))
+
+
+def _closure(project: _Project, start: Iterable[Path], analysed: Iterable[Path] = ()) -> set[Path]:
+    """``start`` and the project files they use, transitively; ``analysed`` files count but are not parsed again."""
+    seen: set[Path] = set(analysed)
+    todo = list(start)
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        if path.suffix == ".py":
+            todo += _file_imports(project.root, path, path.stat().st_mtime_ns)
+    return seen
+
+
+def _cli_entry(project: _Project, command: str) -> set[Path]:
+    """What cli.py's module-level code and ``command``'s function (with the cli.py helpers it calls) import."""
+    cli = project.src / PACKAGE / "cli.py"
+    tree = _parse(cli)
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+    if command not in functions:
+        raise StageDepsError(f"{cli}: no function {command!r} for the command")
+    # module-level statements run for every command (a decorator's arguments too, but not a function's body)
+    top: list[ast.AST] = [n for n in tree.body if not isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+    for fn in functions.values():
+        top += [*fn.decorator_list, *(d for d in fn.args.defaults + fn.args.kw_defaults if d is not None)]
+    nodes = [sub for n in top for sub in ast.walk(n)]
+    todo, done = [command], set()
+    while todo:  # the command's function and the module-level cli.py functions it calls, transitively
+        name = todo.pop()
+        if name in done:
+            continue
+        done.add(name)
+        body = list(ast.walk(functions[name]))
+        nodes += body
+        todo += [n.id for n in body if isinstance(n, ast.Name) and n.id in functions]
+    return set(_imports(project, cli, nodes))
+
+
+@functools.cache
+def _load_track_constants(path: Path, mtime_ns: int) -> frozenset[str]:
+    """The names in the file's ``load_track("<name>")`` calls."""
+    out = set()
+    for node in ast.walk(_parsed(path, mtime_ns)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name | ast.Attribute) \
+                and (node.func.id if isinstance(node.func, ast.Name) else node.func.attr) == "load_track" \
+                and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+            out.add(node.args[0].value)
+    return frozenset(out)
+
+
+def _track_yamls(project: _Project, files: Iterable[Path], track: object) -> set[Path]:
+    """The track YAMLs ``load_track`` reads: the command's ``track``, and constant ``load_track("<name>")`` calls."""
+    files = list(files)
+    if project.src / PACKAGE / "tracks.py" not in files:
+        return set()
+    names = {track} if isinstance(track, str) else set()
+    for path in files:
+        if path.suffix == ".py":
+            names |= _load_track_constants(path, path.stat().st_mtime_ns)
+    return {project.root / ("" if Path(n).suffix else "benchmarks") / (n if Path(n).suffix else f"{n}.yaml")
+            for n in names}
+
+
+def _cli_arguments(command: str, args: list[str]) -> tuple[str, dict[str, object]]:
+    """(the Python function's name, the parsed parameters with defaults) of ``skybench <command> <args>``."""
+    import typer.main
+
+    from .cli import app
+
+    group = typer.main.get_command(app)
+    cmd = getattr(group, "commands", {}).get(command)
+    if cmd is None or cmd.callback is None:
+        raise StageDepsError(f"skybench has no command {command!r}")
+    ctx = cmd.make_context(command, list(args), resilient_parsing=True)
+    return cmd.callback.__name__, dict(ctx.params)
+
+
+def stage_usage(cmd: str, root: Path | str) -> Usage:
+    """The project files the stage command ``cmd`` uses, run from the project ``root``."""
+    project = _Project(Path(root))
+    argv = shlex.split(cmd)
+    if argv[:1] == [PACKAGE] or argv[:3] in (["python", "-m", PACKAGE], [sys.executable, "-m", PACKAGE]):
+        rest = argv[1:] if argv[0] == PACKAGE else argv[3:]
+        if not rest:
+            raise StageDepsError(f"{cmd!r}: no skybench command")
+        function, params = _cli_arguments(rest[0], rest[1:])
+        start, analysed = _cli_entry(project, function), {project.src / PACKAGE / "cli.py"}
+        if argv[0] != PACKAGE:  # python -m skybench runs __main__.py, which imports cli
+            start.add(project.src / PACKAGE / "__main__.py")
+        inputs = {str(v) for v in params.values() if isinstance(v, Path)}
+        track = params.get("track")
+    elif argv[:1] in (["python"], ["python3"]) and len(argv) > 1 and argv[1].endswith(".py"):
+        script = project.root / argv[1]
+        if not script.is_file():
+            raise StageDepsError(f"{cmd!r}: no script {script}")
+        start, analysed = {script}, set()
+        opts = _options(argv[2:])
+        inputs = {v for k, v in opts.items() if k in ("release", "data") and v}
+        track = opts.get("track")
+    else:
+        raise StageDepsError(f"{cmd!r}: not `skybench <command> ...` nor `python <script>.py ...`")
+    files = _closure(project, start, analysed)
+    files |= _track_yamls(project, files, track)
+    rel = frozenset(p.relative_to(project.root).as_posix() for p in files)
+    return Usage(files=rel, inputs=frozenset(Path(i).as_posix() for i in inputs))
+
+
+def _options(args: list[str]) -> dict[str, str]:
+    """``--name value`` and ``--name=value`` pairs of a script's argv."""
+    out: dict[str, str] = {}
+    for i, a in enumerate(args):
+        if a.startswith("--"):
+            key, eq, value = a[2:].partition("=")
+            out[key.replace("-", "_")] = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:  # pragma: no cover - a helper for writing dvc.yaml
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        sys.exit('usage: python -m skybench.stagedeps "<stage command>"')
+    usage = stage_usage(argv[0], Path.cwd())
+    print("\n".join(sorted(usage.files)))
+    print("\n".join(f"# input: {i}" for i in sorted(usage.inputs)))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

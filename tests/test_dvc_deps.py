@@ -1,0 +1,218 @@
+"""dvc.yaml lists exactly the code each stage runs: derived from the imports of its entry point (skybench.stagedeps).
+
+A stage whose deps miss a file its command uses is not re-run when that file changes (a stale baseline reaches
+the leaderboard); a stage that lists code it never uses re-runs for nothing (editing bologna.py re-evaluated every
+track). Stages are resolved (foreach expanded, params interpolated) by DVC itself.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path, PurePosixPath
+
+import pytest
+from dvc.repo import Repo
+
+from skybench.stagedeps import stage_usage
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _covers(dep: str, path: str) -> bool:
+    """A dep covers a path when it is the path or a folder above it."""
+    return dep == path or PurePosixPath(path).is_relative_to(dep)
+
+
+def _is_code(dep: str) -> bool:
+    """Deps that must be exact: code and track definitions (not data folders such as releases/ or submissions/)."""
+    return dep.startswith(("src/", "benchmarks/")) or dep.endswith(".py")
+
+
+def dependency_problems(dvc_dir: Path, code_root: Path = ROOT) -> list[str]:
+    """One line per stage dependency that is missing or not used, for the dvc.yaml in ``dvc_dir``; the code is
+    read from ``code_root``."""
+    problems = []
+    with Repo(str(dvc_dir)) as repo:
+        stages = [s for s in repo.index.stages if s.cmd]
+        for stage in stages:
+            cmd = stage.cmd if isinstance(stage.cmd, str) else " && ".join(stage.cmd)
+            deps = [PurePosixPath(d.def_path).as_posix() for d in stage.deps if d.def_path != "params.yaml"]
+            outs = [PurePosixPath(o.def_path).as_posix() for o in stage.outs]
+            usage = stage_usage(cmd, code_root)
+            for path in sorted(usage.files):
+                if not any(_covers(d, path) for d in deps):
+                    problems.append(f"{stage.name}: its command uses {path}, but dvc.yaml does not list it "
+                                    f"(or a folder above it) in the stage's deps; add `- {path}`")
+            for arg in sorted(usage.inputs):
+                if not any(_covers(d, arg) or _covers(arg, d) for d in deps + outs):
+                    problems.append(f"{stage.name}: its command reads {arg} (an argument), but no dep or out "
+                                    f"of the stage is it, above it or under it; add `- {arg}` to its deps")
+            for dep in deps:
+                if not _is_code(dep):
+                    continue
+                under = [f for f in usage.files if _covers(dep, f)]
+                if not under:
+                    problems.append(f"{stage.name}: lists {dep} in its deps, but its command never uses it; "
+                                    f"remove it")
+                elif (code_root / dep).is_dir():
+                    unused = sorted(p.relative_to(code_root).as_posix() for p in (code_root / dep).rglob("*.py")
+                                    if p.relative_to(code_root).as_posix() not in usage.files)
+                    if unused:
+                        problems.append(f"{stage.name}: lists the folder {dep}, which holds files its command "
+                                        f"never uses ({', '.join(unused)}); list the used files instead")
+    return problems
+
+
+def test_every_stage_depends_on_exactly_the_code_it_runs() -> None:
+    problems = dependency_problems(ROOT)
+    assert not problems, "dvc.yaml:\n" + "\n".join(problems)
+
+
+def _copy_pipeline(tmp_path: Path, edit: tuple[str, str] | None = None) -> Path:
+    """A DVC project in ``tmp_path`` holding this dvc.yaml and params.yaml, with ``edit`` = (old, new) applied to
+    the first ``old`` of dvc.yaml."""
+    Repo.init(str(tmp_path), no_scm=True).close()
+    text = (ROOT / "dvc.yaml").read_text()
+    if edit is not None:
+        assert edit[0] in text, f"dvc.yaml: no {edit[0]!r} to edit"
+        text = text.replace(*edit, 1)
+    (tmp_path / "dvc.yaml").write_text(text)
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    return tmp_path
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    # a photo-z baseline no longer depends on the shared photo-z training helpers
+    ("photoz-knn-photoz-catalog: {baseline: photoz-knn, track: photoz-catalog, lib: src/skybench/photoz_train.py,",
+     "photoz-knn-photoz-catalog: {baseline: photoz-knn, track: photoz-catalog, lib: src/skybench/train.py,",
+     "train@photoz-knn-photoz-catalog: its command uses src/skybench/photoz_train.py"),
+    # the Richardson-Lucy baseline copies predict.py into its submission
+    ("extra: baselines/richardson-lucy/predict.py}", "extra: baselines/richardson-lucy/train.py}",
+     "train@richardson-lucy-enhance: its command uses baselines/richardson-lucy/predict.py"),
+])
+def test_a_removed_dependency_is_reported(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    problems = dependency_problems(_copy_pipeline(tmp_path, (old, new)))
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_a_removed_dependency_line_is_reported(tmp_path: Path) -> None:
+    """Removed from the evaluate stages (its first use in dvc.yaml): every track's evaluation is reported."""
+    problems = dependency_problems(_copy_pipeline(tmp_path, ("        - src/skybench/score_photoz.py\n", "")))
+    assert {p.split(":")[0] for p in problems} == {f"evaluate@{t}" for t in
+                                                    ("lens-space", "lens-ground", "photoz-images", "photoz-catalog",
+                                                     "photoz-sdss-mgs", "enhance")}, problems
+    assert all("src/skybench/score_photoz.py" in p for p in problems), problems
+
+
+def test_wholesale_code_dependency_is_reported(tmp_path: Path) -> None:
+    """Depending on the whole package makes every stage re-run on any edit (bologna.py re-evaluated every track)."""
+    problems = dependency_problems(_copy_pipeline(tmp_path, ("        - src/skybench/score_photoz.py\n",
+                                                             "        - src/skybench\n")))
+    assert any(p.startswith("evaluate@enhance: lists the folder src/skybench, which holds files its command never "
+                            "uses") and "src/skybench/bologna.py" in p for p in problems), problems
+
+
+# --- what `dvc status` marks changed after an edit, in a copy whose dvc.lock records the current code -----------
+
+def _record_current_deps(project: Path) -> None:
+    """Write dvc.lock as if every stage had just run: the current hash of each dep (outs are absent here)."""
+    with Repo(str(project)) as repo:
+        stages = [s for s in repo.index.stages if s.cmd]
+        for stage in stages:
+            stage.save_deps(allow_missing=True)
+        stages[0].dvcfile.dump_stages(stages, update_pipeline=False)
+
+
+@pytest.fixture(scope="module")
+def locked_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's files that git sees (tracked or not ignored), copied into a fresh DVC project, with a dvc.lock
+    of their current hashes: a checkout whose pipeline is up to date as far as code goes."""
+    if shutil.which("git") is None:
+        pytest.skip("git is needed to list the project's files")
+    copy = tmp_path_factory.mktemp("pipeline")
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, listed):
+        src = ROOT / rel
+        if src.is_file() and not rel.startswith((".dvc/", "dvc.lock")):
+            (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, copy / rel)
+    Repo.init(str(copy), no_scm=True).close()
+    _record_current_deps(copy)
+    return copy
+
+
+def _changed_after_editing(project: Path, rel: str) -> set[str]:
+    """The stages that `dvc status` reports changed because of ``rel`` (a dep that is it or a folder above it), after
+    appending a comment to it (undone afterwards)."""
+    path = project / rel
+    original = path.read_bytes()
+    try:
+        path.write_bytes(original + b"\n# an edit\n")
+        with Repo(str(project)) as repo:
+            status = repo.status()
+    finally:
+        path.write_bytes(original)
+    return {name.rpartition(":")[2] for name, entries in status.items()  # "<path>/dvc.yaml:<stage>" from elsewhere
+            if any(isinstance(e, dict) and any(_covers(d, rel) for d in e.get("changed deps", {})) for e in entries)}
+
+
+def test_the_copy_starts_up_to_date(locked_copy: Path) -> None:
+    with Repo(str(locked_copy)) as repo:
+        modified = {name: deps for name, entries in repo.status().items() for e in entries if isinstance(e, dict)
+                    for deps in [{d for d, why in e.get("changed deps", {}).items() if why == "modified"}] if deps}
+    assert not modified, modified
+
+
+def test_editing_a_shared_helper_marks_exactly_the_stages_that_use_it(locked_copy: Path) -> None:
+    with Repo(str(locked_copy)) as repo:
+        names = {s.name for s in repo.index.stages if s.cmd}
+    photoz_train = {n for n in names if n.startswith("train@photoz-")}
+    assert len(photoz_train) == 7
+    # photo-z training helpers: the photo-z baselines retrain (their evaluate/leaderboard follow from their outputs)
+    assert _changed_after_editing(locked_copy, "src/skybench/photoz_train.py") == photoz_train
+    # the Bologna importer is no stage's code
+    assert _changed_after_editing(locked_copy, "src/skybench/bologna.py") == set()
+    # metrics: the photo-z and enhance baselines, simulation and evaluation, but no lens baseline
+    metrics = _changed_after_editing(locked_copy, "src/skybench/metrics.py")
+    lens_train = {n for n in names if n.startswith("train@") and n.endswith(("-lens-space", "-lens-ground"))}
+    assert len(lens_train) == 8 and not metrics & lens_train, metrics & lens_train
+    assert {n for n in names if n.startswith("train@")} - lens_train <= metrics
+    assert {n for n in names if n.startswith(("simulate@", "evaluate@", "leaderboard@"))} <= metrics
+    # the leaderboard code: the leaderboards only
+    assert _changed_after_editing(locked_copy, "src/skybench/leaderboard.py") == \
+        {n for n in names if n.startswith("leaderboard@")}
+    # the Richardson-Lucy predictor: its training (it is copied into the submission) and, through the `baselines`
+    # folder, every evaluation
+    assert _changed_after_editing(locked_copy, "baselines/richardson-lucy/predict.py") == \
+        {"train@richardson-lucy-enhance"} | {n for n in names if n.startswith("evaluate@")}
+
+
+def test_stage_usage_follows_lazy_string_and_sibling_imports(tmp_path: Path) -> None:
+    """On a toy project: what the derivation follows, and that it stops at the project's edge."""
+    files = {
+        "src/skybench/__init__.py": "",
+        "src/skybench/a.py": "import numpy\n\ndef f():\n    from . import b\n    return b\n",
+        "src/skybench/b.py": "import importlib\nSIM = 'skybench.sub.c:Sim'\n"
+                             "def scorer(task):\n    return importlib.import_module(f'skybench.score_{task}')\n",
+        "src/skybench/sub/__init__.py": "",
+        "src/skybench/sub/c.py": "from ..tracks import load_track\nT = load_track('fixed-track')\n",
+        "src/skybench/tracks.py": "def load_track(name): ...\n",
+        "src/skybench/score_x.py": "", "src/skybench/score_y.py": "", "src/skybench/scorer.py": "",
+        "src/skybench/unused.py": "",
+        "baselines/toy/train.py": "from pathlib import Path\nimport helper\nfrom skybench.a import f\n"
+                                  "HERE = Path(__file__).parent\nSRC = HERE / 'predict.py'\n",
+        "baselines/toy/helper.py": "", "baselines/toy/predict.py": "from skybench import tracks\n",
+        "baselines/toy/notes.py": "",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    usage = stage_usage("python baselines/toy/train.py --track toy-track --release releases/toy --out x", tmp_path)
+    assert usage.files == {
+        "baselines/toy/train.py", "baselines/toy/helper.py", "baselines/toy/predict.py",
+        "src/skybench/__init__.py", "src/skybench/a.py", "src/skybench/b.py", "src/skybench/sub/__init__.py",
+        "src/skybench/sub/c.py", "src/skybench/tracks.py", "src/skybench/score_x.py", "src/skybench/score_y.py",
+        "benchmarks/toy-track.yaml", "benchmarks/fixed-track.yaml"}
+    assert usage.inputs == {"releases/toy"}
