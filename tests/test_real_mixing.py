@@ -131,6 +131,7 @@ def _fingerprinter(root, release):
 
 
 @needs_bwrap
+@pytest.mark.slow
 def test_a_model_cannot_tell_the_real_objects_from_the_simulated_ones(real_set, folded, tmp_path):
     """Neither by structure (folders, ids, shards, batches, positions) nor by not having seen them: the
     published test set already holds the real objects. On the old design (the real set mixed in at evaluation
@@ -177,6 +178,7 @@ def test_predictions_are_split_back_to_each_set_in_its_own_id_order(real_set, fo
 
 
 @needs_bwrap
+@pytest.mark.slow
 def test_the_ray_executor_shards_the_stream_and_the_split_still_holds(real_set, folded, plain, tmp_path):
     import os
 
