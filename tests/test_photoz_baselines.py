@@ -107,6 +107,7 @@ def test_photoz_entries_in_params_and_dvc():
 
 
 @pytest.mark.skipif(not (MGS / "train.csv").is_file(), reason="real data not pulled (make data)")
+@pytest.mark.slow
 def test_sdss_mgs_release_and_knn(tmp_path):
     from skybench.data import open_release
     from skybench.metrics import sigma_mad

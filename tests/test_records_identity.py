@@ -282,6 +282,7 @@ def _bump_version(monkeypatch: pytest.MonkeyPatch, project: Path) -> None:
 
 
 @pytest.mark.parametrize("change", ["track", "scorer", "version"])
+@pytest.mark.slow
 def test_a_changed_track_scorer_or_version_rescores(project, tiny_space_release, tmp_path, monkeypatch, change):
     ids = _ids(tiny_space_release)
     sub = csv_submission(tmp_path / "sub", "m", ids, _labels(tiny_space_release, ids))
