@@ -318,6 +318,7 @@ def test_a_real_set_of_other_shapes_is_refused_with_a_clear_error(tmp_path):
 
 
 @needs_bwrap
+@pytest.mark.slow
 def test_without_real_objects_nothing_is_folded_in_and_the_demo_path_still_works(tmp_path, plain):
     """`make run` offline: the import stage writes an empty real set; a missing one is handled the same way."""
     empty = _fake_release(tmp_path / "empty", {"images": (1, 101, 101)}, n=0)
