@@ -49,6 +49,7 @@ def trained(tmp_path_factory, tiny_space_release, mlflow_uri) -> dict:
 
 
 @pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.slow
 def test_tiny_training_writes_a_submission(name, trained):
     _, folder = trained[name]
     sub = load_submission(folder)
@@ -60,6 +61,7 @@ def test_tiny_training_writes_a_submission(name, trained):
 
 @pytest.mark.skipif(not bwrap_works(), reason="bubblewrap missing or cannot create namespaces")
 @pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.slow
 def test_submission_runs_in_the_sandbox(name, trained, tiny_space_release, tmp_path):
     _, folder = trained[name]
     res = sandboxed_predict(load_submission(folder), tiny_space_release, scratch=tmp_path / "scratch",
@@ -73,6 +75,7 @@ def _images(release: Path) -> np.ndarray:
     return np.asarray(open_release(release).images("test")[:16], dtype=np.float32)
 
 
+@pytest.mark.slow
 def test_knn_and_mlp_skops_files_score_like_the_pipelines(trained, tiny_space_release):
     import skops.io as sio
 
@@ -87,6 +90,7 @@ def test_knn_and_mlp_skops_files_score_like_the_pipelines(trained, tiny_space_re
         np.testing.assert_allclose(loaded.predict_proba(flat)[:, 1], model.predict_proba(flat)[:, 1], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_cnn_keras_file_scores_like_the_trained_model(trained, tiny_space_release):
     import keras
 
@@ -97,6 +101,7 @@ def test_cnn_keras_file_scores_like_the_trained_model(trained, tiny_space_releas
                                np.asarray(model.predict_on_batch(x)).reshape(-1), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_resnet_onnx_scores_like_torch(trained, tiny_space_release):
     import onnxruntime as ort
     import torch
@@ -111,6 +116,7 @@ def test_resnet_onnx_scores_like_torch(trained, tiny_space_release):
         np.testing.assert_allclose(got, expected[:len(batch)], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_noise_normalisation_is_inside_every_model(trained, tiny_space_release):
     from skybench.train import baseline_params, noise_sigma
 
@@ -126,6 +132,7 @@ def test_noise_normalisation_is_inside_every_model(trained, tiny_space_release):
     np.testing.assert_allclose(np.ravel(norm.variance), (sigma * clip) ** 2, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_training_curves_are_logged_apart_from_the_leaderboard(trained, mlflow_uri):
     from mlflow.tracking import MlflowClient
 

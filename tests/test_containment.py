@@ -438,6 +438,7 @@ def test_leftovers_of_a_killed_evaluator_are_cleaned_by_the_next_run(tmp_path):
 
 @needs_bwrap
 @needs_cgroups
+@pytest.mark.slow
 def test_attackers_fail_one_by_one_and_the_honest_submission_after_them_scores(tiny_space_release, tmp_path):
     """Through the evaluation path (LocalExecutor, sandboxed_predict): each attacker gets a one-line reason,
     the evaluator survives, and the honest submission that follows gets its predictions."""

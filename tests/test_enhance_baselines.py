@@ -44,6 +44,7 @@ def trained(tmp_path_factory, release) -> dict:
 
 @pytest.mark.skipif(not bwrap_works(), reason="bubblewrap missing or cannot create namespaces")
 @pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.slow
 def test_baseline_submission_runs_in_the_sandbox(name, trained, release, tmp_path):
     _, folder = trained[name]
     sub = load_submission(folder)
@@ -58,6 +59,7 @@ def test_baseline_submission_runs_in_the_sandbox(name, trained, release, tmp_pat
     np.testing.assert_allclose(res.predictions.sum(axis=(2, 3)), x.sum(axis=(2, 3)), rtol=0.5)
 
 
+@pytest.mark.slow
 def test_exported_models_match_the_trained_ones(trained, release):
     import keras
     import onnxruntime as ort
@@ -77,6 +79,7 @@ def test_exported_models_match_the_trained_ones(trained, release):
                                rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_richardson_lucy_uses_the_known_psf(trained, release):
     import json
 

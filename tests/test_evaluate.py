@@ -70,6 +70,7 @@ def test_evaluate_scores_good_submissions_and_fails_bad_ones_without_stopping(st
     assert set(failed.name) == {"nan", "crash", "hidden"} and failed["rank"].isna().all()
 
 
+@pytest.mark.slow
 def test_re_evaluating_an_unchanged_submission_adds_no_run(store, subs, tiny_space_release):
     from skybench.tracking import client, experiment_name
 
@@ -162,6 +163,7 @@ def predict(m, b): return b.sum(axis=(1, 2, 3))
 }
 
 
+@pytest.mark.slow
 def test_every_attack_is_failed_with_a_reason_and_the_honest_submission_still_scores(store, tmp_path,
                                                                                     tiny_space_release):
     import socket

@@ -55,6 +55,7 @@ def test_shards_cut_on_batch_boundaries_and_views_hold_the_rows(tiny_space_relea
         get_executor("dask")
 
 
+@pytest.mark.slow
 def test_ray_executor_matches_local_bit_for_bit_and_keeps_the_sandbox(ray_local, tiny_space_release, tmp_path,
                                                                        monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")

@@ -55,6 +55,7 @@ def _linear_scores(root, name, release):
     return csv_submission(root / name, name, ids, np.linspace(0, 1, len(ids)), team="f")
 
 
+@pytest.mark.slow
 def test_sigkill_mid_submission_then_rerun_leaves_one_finished_run(store, tmp_path, tiny_space_release):
     sub = python_submission(tmp_path / "subs", "slow", SLOW, team="f")
     out = tmp_path / "evals"

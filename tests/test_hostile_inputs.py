@@ -323,6 +323,7 @@ def predict(m, b):
 
 
 @needs_bwrap
+@pytest.mark.slow
 def test_a_crash_while_cleaning_up_scratch_does_not_stop_the_others(store, tmp_path, tiny_space_release,
                                                                      monkeypatch):
     import tempfile

@@ -234,6 +234,7 @@ def predict(m, batch):
 """
 
 
+@pytest.mark.slow
 def test_enhance_truth_cannot_be_read_off_participant_artifacts(tmp_path, monkeypatch, root):
     from matplotlib.image import imread
 

@@ -57,6 +57,7 @@ def _evaluate(folder, release, out):
     return o.status, o.unpublished
 
 
+@pytest.mark.slow
 def test_eight_concurrent_evaluations_lose_no_run_and_duplicate_none(server, tiny_space_release, tmp_path,
                                                                      monkeypatch):
     ids = pd.read_parquet(tiny_space_release / "public/test/index.parquet")["id"]

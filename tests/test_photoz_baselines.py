@@ -56,6 +56,7 @@ def test_simulated_releases_name_their_features(releases):
 
 
 @pytest.mark.parametrize("name", list(TRACK_OF))
+@pytest.mark.slow
 def test_tiny_training_writes_a_valid_submission(name, trained, releases, tmp_path):
     folder = trained[name]
     sub = load_submission(folder)
@@ -74,6 +75,7 @@ def test_tiny_training_writes_a_valid_submission(name, trained, releases, tmp_pa
         np.testing.assert_allclose(res.predictions.sum(axis=1), 1.0, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_scoring_writes_metrics_and_plots(trained, releases, tmp_path):
     from skybench.score import score
 
@@ -105,6 +107,7 @@ def test_photoz_entries_in_params_and_dvc():
 
 
 @pytest.mark.skipif(not (MGS / "train.csv").is_file(), reason="real data not pulled (make data)")
+@pytest.mark.slow
 def test_sdss_mgs_release_and_knn(tmp_path):
     from skybench.data import open_release
     from skybench.metrics import sigma_mad

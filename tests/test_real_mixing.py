@@ -131,6 +131,7 @@ def _fingerprinter(root, release):
 
 
 @needs_bwrap
+@pytest.mark.slow
 def test_a_model_cannot_tell_the_real_objects_from_the_simulated_ones(real_set, folded, tmp_path):
     """Neither by structure (folders, ids, shards, batches, positions) nor by not having seen them: the
     published test set already holds the real objects. On the old design (the real set mixed in at evaluation
@@ -177,6 +178,7 @@ def test_predictions_are_split_back_to_each_set_in_its_own_id_order(real_set, fo
 
 
 @needs_bwrap
+@pytest.mark.slow
 def test_the_ray_executor_shards_the_stream_and_the_split_still_holds(real_set, folded, plain, tmp_path):
     import os
 
@@ -316,6 +318,7 @@ def test_a_real_set_of_other_shapes_is_refused_with_a_clear_error(tmp_path):
 
 
 @needs_bwrap
+@pytest.mark.slow
 def test_without_real_objects_nothing_is_folded_in_and_the_demo_path_still_works(tmp_path, plain):
     """`make run` offline: the import stage writes an empty real set; a missing one is handled the same way."""
     empty = _fake_release(tmp_path / "empty", {"images": (1, 101, 101)}, n=0)

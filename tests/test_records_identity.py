@@ -282,6 +282,7 @@ def _bump_version(monkeypatch: pytest.MonkeyPatch, project: Path) -> None:
 
 
 @pytest.mark.parametrize("change", ["track", "scorer", "version"])
+@pytest.mark.slow
 def test_a_changed_track_scorer_or_version_rescores(project, tiny_space_release, tmp_path, monkeypatch, change):
     ids = _ids(tiny_space_release)
     sub = csv_submission(tmp_path / "sub", "m", ids, _labels(tiny_space_release, ids))
@@ -318,6 +319,7 @@ def test_scorer_hash_covers_the_scoring_modules_and_their_imports():
 
 # --- ties: the submission time of the scored version, FINISHED runs only --------------------------------------
 
+@pytest.mark.slow
 def test_a_failed_placeholder_does_not_reserve_an_earlier_time(project, tiny_space_release, tmp_path):
     ids = _ids(tiny_space_release)
     labels = _labels(tiny_space_release, ids)

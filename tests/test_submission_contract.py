@@ -287,6 +287,7 @@ def test_predictions_csv_needs_id_and_score_columns(tiny_space_release, track, t
     assert res.reason == "p.csv: expected the columns id,score, got ident,prob"
 
 
+@pytest.mark.slow
 def test_every_format_scores_through_the_evaluation_stage(examples, tiny_space_release, tmp_path, monkeypatch):
     from skybench import leaderboard as lb
     from skybench.evaluate import evaluate

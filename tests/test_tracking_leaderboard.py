@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -79,7 +80,22 @@ def test_default_tracking_uri_is_absolute_sqlite_under_root(monkeypatch, root: P
     assert tracking.tracking_uri() == "sqlite:////elsewhere/x.db"
     assert tracking.experiment_name("lens-space") == "skybench-lens-space"
     assert tracking.training_experiment("lens-space") == "skybench-training-lens-space"
-    assert isinstance(tracking.git_commit(), str) and tracking.git_commit()
+
+
+def test_git_commit_is_the_head_of_the_project_repository(monkeypatch, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    monkeypatch.setenv("SKYBENCH_ROOT", str(repo))
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # never find a repository above tmp_path
+    assert tracking.git_commit() == "unknown"  # not a repository
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    assert tracking.git_commit() == "unknown"  # no commit yet
+    (repo / "f.txt").write_text("x")
+    subprocess.run([*git, "add", "f.txt"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "one"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert len(head) == 40 and tracking.git_commit() == head
 
 
 def test_log_and_find_is_idempotent(store: str, track: Track, tmp_path: Path) -> None:

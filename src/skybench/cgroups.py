@@ -33,7 +33,7 @@ class CgroupError(RuntimeError):
 
 def _mounts() -> list[tuple[str, str, str, set[str]]]:
     """(mount root, mount point, fstype, super options) of the cgroup mounts in /proc/self/mountinfo."""
-    out = []
+    out: list[tuple[str, str, str, set[str]]] = []
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:

@@ -83,6 +83,7 @@ def validate(folder: Path, release: Annotated[Path | None, typer.Option(help="re
         res = sandboxed_predict(sub, release, scratch=Path(scratch), track=track, limit=n)
     if not res.ok:
         _fail(f"{folder}: {res.reason}")
+    assert res.predictions is not None
     typer.echo(f"{_shown(folder)}: OK - {sub.spec.format} model for {track.name} returned {res.predictions.shape} "
                f"finite {res.predictions.dtype} scores on {n} public inputs (device: {res.device})")
 
@@ -90,7 +91,7 @@ def validate(folder: Path, release: Annotated[Path | None, typer.Option(help="re
 @app.command()
 def evaluate(folders: Annotated[list[Path] | None, typer.Argument(
                  help="submission folders (default: every one under submissions/ and baselines/ for TRACK)")] = None,
-             track: Annotated[str, typer.Option(help="track to evaluate on")] = ...,
+             track: Annotated[str, typer.Option(help="track to evaluate on")] = ...,  # type: ignore[assignment]
              release: Annotated[Path | None, typer.Option(help="release folder (default releases/TRACK)")] = None,
              out: Annotated[Path | None, typer.Option(help="where evaluation records go")] = None,
              log: Annotated[bool, typer.Option(help="publish to MLflow right away")] = True,
@@ -213,8 +214,8 @@ def import_real_lenses(data: Path = Path("data"), out: Path = Path("releases/rea
 
 @app.command("import-bologna")
 def import_bologna(src: Annotated[Path, typer.Argument(help="folder of Lens Finding Challenge 1.0 FITS files")],
-                   track: Annotated[str, typer.Option(help="lens-space (VIS) or lens-ground (SDSS U,G,R,I)")] = ...,
-                   out: Annotated[Path, typer.Option(help="release folder to write")] = ...,
+                   track: Annotated[str, typer.Option(help="lens-space (VIS) or lens-ground (SDSS U,G,R,I)")] = ...,  # type: ignore[assignment]
+                   out: Annotated[Path, typer.Option(help="release folder to write")] = ...,  # type: ignore[assignment]
                    classifications: Annotated[Path | None, typer.Option(
                        help="labels CSV (ID, is_lens); default SRC/classifications.csv")] = None) -> None:
     """Turn Strong Lens Finding Challenge 1.0 files into a test-only release that `evaluate --release` scores."""
@@ -229,7 +230,7 @@ def import_bologna(src: Annotated[Path, typer.Argument(help="folder of Lens Find
 
 
 @app.command("export-bologna")
-def export_bologna(release: Path, out: Annotated[Path, typer.Option(help="folder to write")] = ...,
+def export_bologna(release: Path, out: Annotated[Path, typer.Option(help="folder to write")] = ...,  # type: ignore[assignment]
                    labels: Annotated[bool, typer.Option(help="also write classifications.csv")] = True) -> None:
     """Write a release's test set in the Strong Lens Finding Challenge 1.0 layout (FITS per cut-out and band)."""
     from .bologna import BolognaError

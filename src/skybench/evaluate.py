@@ -362,7 +362,8 @@ def _plan(folder: Path, track: Track, real: Path | None, real_sha: str, release_
         sha = sub.sha256 if sub is not None else _safe_sha(folder)
         rec = _write_records(track, rdir, team=team, name=name, fmt=sub.spec.format if sub is not None else "?",
                              status="FAILED", reason=reason, sub_sha=sha, release_sha=release_sha, device="none",
-                             metrics={}, submitted=submission_time(folder, sha, rdir, received), **key)
+                             metrics={}, submitted=submission_time(folder, sha, rdir, received),
+                             **key)  # type: ignore[arg-type]  # mypy: a str key could fill ``stage``; none does
         return Outcome(folder, team, name, "FAILED", reason, record=rec)
     assert sub is not None
     if not force and (_same_record(rdir, sub, release_sha, real_sha, key)
@@ -390,10 +391,12 @@ def _finish(plan: _Plan, res: PredictResult, track: Track, release_sha: str, hid
         if res.ok and res.extra is not None and not res.extra.ok:
             status, reason = "FAILED", f"on the real set {track.evaluation.real_set}: {res.extra.reason}"
         elif res.ok:
+            assert res.predictions is not None  # a finished run has predictions
             save_predictions(private_stage, "predictions", res.ids, res.predictions)
             metrics = score(track, res.ids, res.predictions, hidden, private_stage)
             if res.extra is not None and real is not None:
                 extra = res.extra
+                assert extra.predictions is not None
                 save_predictions(private_stage, "real_predictions", extra.ids, extra.predictions)
                 metrics |= score_real(track, res.ids, res.predictions, hidden, extra.ids, extra.predictions,
                                       real / "hidden" / "test", private_stage)

@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -99,7 +99,7 @@ class RayExecutor:
             slots = gpus or max(1, int(resources.get("CPU", 1)) // self.cpus_per_task)
             task = ray.remote(_predict_shard).options(num_cpus=self.cpus_per_task, num_gpus=1 if gpus else 0)
             threads = None if gpus else self.cpus_per_task
-            pending = []
+            pending: list[list[Any] | None] = []
             for job in jobs:
                 if job.sub.spec.format == "predictions":  # runs no code: checked here, nothing to distribute
                     pending.append(None)
@@ -149,7 +149,7 @@ def get_executor(name: str | Executor, **options: object) -> Executor:
     raise ValueError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
 
 
-def _connect(address: str | None, num_cpus: int | None) -> tuple[object, bool]:
+def _connect(address: str | None, num_cpus: int | None) -> tuple[Any, bool]:
     """(the ray module, whether we started it). Offline-safe: no dashboard, no uv runtime env."""
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -176,7 +176,8 @@ def shard_ranges(test_dir: Path, batch_size: int, shards: int) -> list[tuple[int
     """Up to ``shards`` contiguous (start, stop) row ranges covering the test set, cut only where the runner
     starts a batch (every ``batch_size`` rows from the start of each shard file)."""
     files = next(iter(_shard_files(Path(test_dir)).values()))
-    starts, offset = [], 0
+    starts: list[int] = []
+    offset = 0
     for _, rows in files:
         starts += range(offset, offset + rows, batch_size)
         offset += rows
@@ -243,6 +244,6 @@ def merge_results(parts: list[PredictResult]) -> PredictResult:
         i = parts.index(bad)
         reason = bad.reason if len(parts) == 1 else f"shard {i + 1}/{len(parts)}: {bad.reason}"
         return replace(bad, reason=reason, ids=ids, seconds=seconds)
-    pred = np.concatenate([p.predictions for p in parts])  # type: ignore[misc]
+    pred = np.concatenate([p.predictions for p in parts])
     return PredictResult(True, "", pred, ids, parts[0].device, seconds, parts[-1].log)
 

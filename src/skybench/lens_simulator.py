@@ -38,6 +38,7 @@ class LensSimulator:
 
     @staticmethod
     def arrays(track: Track) -> dict[str, tuple[int, ...]]:
+        assert track.cutout is not None, f"track {track.name!r} has no cutout"
         return {"images": (len(track.band_names), track.cutout.size, track.cutout.size)}
 
     @staticmethod
@@ -50,6 +51,7 @@ class LensSimulator:
         self.rule = LensLabel.model_validate(track.label)
         self.bands = track.survey.bands
         self.band_names = track.band_names
+        assert track.cutout is not None, f"track {track.name!r} has no cutout"
         self.renderer = Renderer(track.cutout.size, track.survey.pixel_scale, track.cutout.supersampling,
                                  self.bands, backend)
 
@@ -197,14 +199,14 @@ class LensSimulator:
             prefixes = [p for p, lensed, k in comps if k == kind and not lensed and present[p].size]
             if prefixes:
                 args = [np.concatenate([col(f"{p}_{a}", present[p]) for p in prefixes]) for a in names]
-                add(prefixes, profile(*args, out=r.workspace("sb", (len(args[0]), m, m))))
+                add(prefixes, profile(*args, out=r.workspace("sb", (len(args[0]), m, m))))  # type: ignore[misc]
 
         # Lensed components at the source-plane positions beta (lens equation), relative to the source centre.
         if lensed_idx.size:
             nl = lensed_idx.size
             sx, sy = col("source_center_x", lensed_idx), col("source_center_y", lensed_idx)
-            X, Y = sie_shear_ray_shoot(
-                r.coords, r.coords, r.x, *(col(f"lens_{k}", lensed_idx) for k in ("theta_E",) + shape),
+            X, Y = sie_shear_ray_shoot(  # mypy cannot count the *(...) arguments: five arrays
+                r.coords, r.coords, r.x, *(col(f"lens_{k}", lensed_idx) for k in ("theta_E",) + shape),  # type: ignore[call-arg, misc, arg-type]
                 col("shear_gamma1", lensed_idx), col("shear_gamma2", lensed_idx), sx, sy,
                 work=r.workspace("ray", (6, nl, m, m)))
             for kind in ("sersic", "gauss"):  # one batch per profile over every (object, component) pair
@@ -286,8 +288,7 @@ class LensSimulator:
         columns (``pd.DataFrame(meta)`` is the table). ``seeds``: the per-object seeds (an int: a release seed,
         public derivation)."""
         samples, rngs = self._sample(as_object_seeds(seeds).many(split, start, stop))
-        normal = np.empty((stop - start, len(self.bands), self.track.cutout.size, self.track.cutout.size),
-                          dtype=np.float32)
+        normal = np.empty((stop - start, len(self.bands), self.renderer.size, self.renderer.size), dtype=np.float32)
         for k, rng in enumerate(rngs):  # the noise continues the object's own stream: fixed by its seed too
             rng.standard_normal(normal.shape[1:], dtype=np.float32, out=normal[k])
         cols = {"id": np.arange(start, stop, dtype=np.int64), **samples}
@@ -314,6 +315,7 @@ def lenstronomy_kwargs(row: pd.Series | dict, track: Track, band: str) -> dict[s
     Returns kwargs_model, kwargs_lens, kwargs_source, kwargs_lens_light and the pixel grid settings, so
     ``ImageModel(data, psf, lens_model, source_model, lens_light_model, kwargs_numerics)`` reproduces our
     image (see tests/test_lens_simulator.py)."""
+    assert track.cutout is not None, f"track {track.name!r} has no cutout"
     n, pix = track.cutout.size, track.survey.pixel_scale
     kw_lens = [dict(theta_E=row["lens_theta_E"], e1=row["lens_e1"], e2=row["lens_e2"],
                     center_x=row["lens_center_x"], center_y=row["lens_center_y"]),
@@ -329,7 +331,10 @@ def lenstronomy_kwargs(row: pd.Series | dict, track: Track, band: str) -> dict[s
                     e2=row[f"{prefix}_e2"], center_x=row[f"{prefix}_center_x"],
                     center_y=row[f"{prefix}_center_y"])
 
-    src_models, src_kw, ll_models, ll_kw = [], [], [], []
+    src_models: list[str] = []
+    ll_models: list[str] = []
+    src_kw: list[dict[str, float]] = []
+    ll_kw: list[dict[str, float]] = []
     for prefix, lensed in SERSIC_COMPONENTS:
         if row[f"{prefix}_amp_{band}"] != 0.0:
             (src_models if lensed else ll_models).append("SERSIC_ELLIPSE")

@@ -128,8 +128,11 @@ class GalaxySimulator:
         PhotozLabel.model_validate(track.label)
         self.bands = track.survey.bands
         self.phot = magnitude_table()
-        self.renderer = (Renderer(track.cutout.size, track.survey.pixel_scale, track.cutout.supersampling,
-                                  self.bands, backend) if "images" in track.inputs else None)
+        self.renderer: Renderer | None = None
+        if "images" in track.inputs:
+            assert track.cutout is not None, f"track {track.name!r} has image inputs but no cutout"
+            self.renderer = Renderer(track.cutout.size, track.survey.pixel_scale, track.cutout.supersampling,
+                                     self.bands, backend)
         px = track.survey.pixel_scale
         self.sigma_bkg = np.array([background_sigma(b.read_noise, b.exposure_time, b.num_exposures,
                                                     b.sky_brightness, b.zero_point, px) for b in self.bands])
@@ -270,6 +273,7 @@ class GalaxySimulator:
     def render(self, meta: pd.DataFrame) -> Any:
         """Noise-free (B, bands, n, n) images in e-/s on the backend: bulge + disk Sersic profiles, PSF-convolved."""
         be, r = self.backend, self.renderer
+        assert r is not None, "render() needs a track with image inputs"
         B, n = len(meta), r.size
         total = None
         for comp in ("bulge", "disk"):
@@ -305,7 +309,7 @@ class GalaxySimulator:
         arrays: dict[str, np.ndarray] = {}
         if self.renderer is not None:
             model = self.render(meta)
-            shape = (len(self.bands), self.track.cutout.size, self.track.cutout.size)
+            shape = (len(self.bands), self.renderer.size, self.renderer.size)
             normal = np.stack([np.random.default_rng([s, 1]).standard_normal(shape, dtype=np.float32)
                                for s in meta["seed"]])
             arrays["images"] = self.backend.to_numpy(self.renderer.add_noise(model, normal)).astype(np.float32)

@@ -35,7 +35,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -76,7 +76,7 @@ def resample_flux(image: np.ndarray, scale_in: float | tuple[float, float], scal
                   out_shape: tuple[int, int]) -> np.ndarray:
     """Flux-conserving resampling of a (y, x) image in flux per pixel onto a centred grid of ``out_shape``
     pixels of ``scale_out``; ``scale_in`` is one pixel scale or (y, x) scales of the input."""
-    sy, sx = (scale_in, scale_in) if np.isscalar(scale_in) else scale_in  # type: ignore[misc]
+    sy, sx = cast("tuple[float, float]", (scale_in, scale_in) if np.isscalar(scale_in) else scale_in)
     image = np.asarray(image, dtype=np.float64)
     a_y = overlap_matrix(image.shape[0], float(sy), out_shape[0], scale_out)
     a_x = overlap_matrix(image.shape[1], float(sx), out_shape[1], scale_out)
@@ -103,9 +103,9 @@ def fit_psf_fwhm(psf: np.ndarray, pixel_scale: float, radius: float = 0.3) -> fl
     psf = np.asarray(psf, dtype=np.float64)
     psf = psf / psf.sum()
     half = max(2, int(round(radius / pixel_scale)))
-    cy, cx = np.unravel_index(np.argmax(psf), psf.shape)
-    cy = int(np.clip(cy, half, psf.shape[0] - half - 1))
-    cx = int(np.clip(cx, half, psf.shape[1] - half - 1))
+    py, px = np.unravel_index(np.argmax(psf), psf.shape)
+    cy = int(np.clip(py, half, psf.shape[0] - half - 1))
+    cx = int(np.clip(px, half, psf.shape[1] - half - 1))
     core = psf[cy - half:cy + half + 1, cx - half:cx + half + 1]
     idx = np.arange(-half, half + 1, dtype=np.float64)
 
@@ -139,6 +139,7 @@ class Target:
         if len(track.survey.bands) != 1:
             raise ValueError(f"track {track.name!r} has bands {track.band_names}; the HST lenses are one band")
         b = track.survey.bands[0]
+        assert track.cutout is not None, f"track {track.name!r} has no cutout"
         lo, hi = track.population.get("lens", {}).get("mag", [-np.inf, np.inf])
         if not lo <= target_mag <= hi:
             raise ValueError(f"target magnitude {target_mag} is outside the track's lens range [{lo}, {hi}]")

@@ -226,7 +226,7 @@ def gpu_binds(dev_names: Sequence[str], visible: str | None,
     else:
         raise RuntimeError(f"{len(gpus)} GPUs and CUDA_VISIBLE_DEVICES={visible!r}: set it to the one GPU index "
                            "this task may use (Ray does so for GPU tasks)")
-    out = [("--dev-bind", f"/dev/nvidia{gpu}")]
+    out: list[tuple[str, ...]] = [("--dev-bind", f"/dev/nvidia{gpu}")]
     out += [("--dev-bind", f"/dev/{n}") for n in ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools") if n in dev_names]
     if sys_module:
         out.append(("--ro-bind", sys_module))
@@ -487,10 +487,10 @@ def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path
     binds: list[tuple[str, str]] = []
     for b in ro_binds:
         src, dest = (b, b) if isinstance(b, (str, os.PathLike)) else b
-        src = os.path.realpath(src)
-        if not os.path.exists(src):
-            raise FileNotFoundError(f"ro_bind source does not exist: {src}")
-        binds.append((src, os.fspath(dest)))
+        real = os.path.realpath(src)
+        if not os.path.exists(real):
+            raise FileNotFoundError(f"ro_bind source does not exist: {real}")
+        binds.append((real, os.fspath(dest)))
     gpu_args = gpu_binds(os.listdir("/dev"), os.environ.get("CUDA_VISIBLE_DEVICES"), _nvidia_pci_dirs(),
                          "/sys/module/nvidia" if os.path.isdir("/sys/module/nvidia") else None) if gpu else []
 
@@ -580,8 +580,8 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
         m.add("--ro-bind", src, dest)
     m.add("--bind", str(box), "/scratch")
     m.args += ["--proc", "/proc", "--dev", "/dev", *size, "--perms", "1777", "--tmpfs", "/dev/shm"]
-    for opt, src, *dest in gpu_args:
-        m.add(opt, src, dest[0] if dest else src)
+    for opt, src, *to in gpu_args:
+        m.add(opt, src, to[0] if to else src)
     m.args += ["--remount-ro", "/", "--chdir", cwd]
     ns = ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
           "--hostname", "sandbox", "--die-with-parent", "--new-session", "--as-pid-1",
@@ -639,10 +639,10 @@ def _collect(proc: subprocess.Popen, info_r: int, status_r: int, wall_seconds: f
     assert proc.stdout is not None and proc.stderr is not None
     bufs = {"out": bytearray(), "err": bytearray(), "info": bytearray(), "status": bytearray()}
     sel = selectors.DefaultSelector()
-    for fd, key in ((proc.stdout.fileno(), "out"), (proc.stderr.fileno(), "err"), (info_r, "info"),
-                    (status_r, "status")):
+    for fd, name in ((proc.stdout.fileno(), "out"), (proc.stderr.fileno(), "err"), (info_r, "info"),
+                     (status_r, "status")):
         os.set_blocking(fd, False)
-        sel.register(fd, selectors.EVENT_READ, key)
+        sel.register(fd, selectors.EVENT_READ, name)
     deadline = time.monotonic() + wall_seconds
     timed_out = False
     try:

@@ -49,7 +49,7 @@ def score_photoz(track: Track, ids: np.ndarray, z_spec: np.ndarray, predictions:
     dz = (z_phot - z_spec) / (1 + z_spec)
     pd.DataFrame({"id": ids, "z_spec": z_spec, "z_phot": z_phot, "dz": dz}).to_csv(out_dir / "zphot.csv",
                                                                                  index=False)
-    pit_values = pit(pdf, edges, z_spec) if pdf is not None else None
+    pit_values = pit(pdf, edges, z_spec) if pdf is not None and edges is not None else None
     if pit_values is not None:
         counts, bins = np.histogram(pit_values, bins=PIT_BINS, range=(0, 1))
         pd.DataFrame({"low": bins[:-1], "high": bins[1:], "count": counts}).to_csv(out_dir / "pit.csv", index=False)

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic_core import ErrorDetails
 
 from .files import SUBMISSION_LIMITS, FolderError, WalkLimits, open_regular, read_regular, walk
 from .release import read_manifest, sha256_file
@@ -148,7 +149,7 @@ def folder_sha256(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _describe_error(err: dict) -> tuple[str, str]:
+def _describe_error(err: ErrorDetails) -> tuple[str, str]:
     """(key, message) for one pydantic error, in words a participant understands."""
     key = ".".join(str(p) for p in err["loc"]) or "(top level)"
     kind, value = err["type"], err.get("input")
@@ -298,7 +299,7 @@ def expected_shapes(output: Output, n: int, input_shape: tuple[int, ...] = ()) -
     """The prediction shapes a track accepts for ``n`` inputs (``input_shape``: one input image)."""
     if output.kind == "image":
         return [(n, *input_shape)]
-    shapes = [(n,)]
+    shapes: list[tuple[int, ...]] = [(n,)]
     if output.kind == "pdf" and output.grid is not None:
         shapes.append((n, int(output.grid[2])))
     return shapes
@@ -391,9 +392,9 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
 
     if os.geteuid() == 0:  # the sandboxed command runs as an unprivileged uid
         release_limits = WalkLimits(max_depth=4, max_entries=None, max_bytes=None)  # the organiser's files
-        for folder, limits in ((sub.folder, SUBMISSION_LIMITS), (test_dir, release_limits)):
+        for folder, walk_limits in ((sub.folder, SUBMISSION_LIMITS), (test_dir, release_limits)):
             try:
-                bad = _not_world_readable(folder.resolve(), limits)
+                bad = _not_world_readable(folder.resolve(), walk_limits)
             except FolderError as exc:
                 return _fail(clip(str(exc)), ids)
             if bad:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -168,7 +168,7 @@ def log_evaluation(
     status: Literal["FINISHED", "FAILED"],
     metrics: Mapping[str, float],
     tags: Mapping[str, str],
-    artifacts: Mapping[str, Path] | list[Path] = (),
+    artifacts: Mapping[str, Path] | Sequence[Path] = (),
     reason: str = "",
     experiment: str | None = None,
 ) -> str:

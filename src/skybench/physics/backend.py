@@ -18,10 +18,12 @@ class Backend:
     @property
     def xp(self) -> Any:
         if self.name == "numpy":
-            import array_api_compat.numpy as xp
-        else:
-            import array_api_compat.torch as xp
-        return xp
+            import array_api_compat.numpy as np_xp
+
+            return np_xp
+        import array_api_compat.torch as torch_xp
+
+        return torch_xp
 
     def asarray(self, a: np.ndarray) -> Any:
         """Move a numpy array to this backend with its working dtype."""

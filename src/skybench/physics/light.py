@@ -43,10 +43,10 @@ def sersic_ellipse(x: Any, y: Any, amp: Any, R_sersic: Any, n_sersic: Any, e1: A
 def sersic_total_flux(amp: Any, R_sersic: Any, n_sersic: Any) -> Any:
     """Total flux 2 pi n R^2 amp e^b / b^(2n) Gamma(2n) (lenstronomy SersicUtil._total_flux)."""
     if isinstance(amp, (float, int)) and isinstance(R_sersic, (float, int)) and isinstance(n_sersic, (float, int)):
-        n, bn = float(n_sersic), max(1.9992 * float(n_sersic) - 0.3271, 1e-5)  # one object: plain floats
+        n1, b1 = float(n_sersic), max(1.9992 * float(n_sersic) - 0.3271, 1e-5)  # one object: plain floats
         try:
-            return float(amp) * float(R_sersic) ** 2 * 2 * math.pi * n * math.exp(bn) / bn ** (2 * n) \
-                * math.gamma(2 * n)
+            return float(amp) * float(R_sersic) ** 2 * 2 * math.pi * n1 * math.exp(b1) / b1 ** (2 * n1) \
+                * math.gamma(2 * n1)
         except (OverflowError, ValueError):
             pass
     n, bn = np.asarray(n_sersic, dtype=np.float64), b_n(n_sersic)
