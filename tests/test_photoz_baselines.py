@@ -97,9 +97,11 @@ def test_photoz_entries_in_params_and_dvc():
     entries = stages["train"]["foreach"]
     for name, track in TRACK_OF.items():
         assert name in params["train"]
-        assert entries[f"{name}-{track}"] == {"baseline": name, "track": track}
+        entry = entries[f"{name}-{track}"]  # also `lib`/`extra`: the code it trains with (tests/test_dvc_deps.py)
+        assert (entry["baseline"], entry["track"]) == (name, track)
     for name in CATALOGUE:
-        assert entries[f"{name}-photoz-sdss-mgs"] == {"baseline": name, "track": "photoz-sdss-mgs"}
+        entry = entries[f"{name}-photoz-sdss-mgs"]
+        assert (entry["baseline"], entry["track"]) == (name, "photoz-sdss-mgs")
     assert stages["import-sdss-mgs"]["outs"] == ["releases/photoz-sdss-mgs"]
     for name in TRACK_OF:  # trained submissions are DVC outputs, not in git
         ignored = (ROOT / "baselines" / name / ".gitignore").read_text().split()
