@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -110,12 +111,7 @@ def _gallery(inputs: np.ndarray, pred: np.ndarray, truth: np.ndarray, sigma: np.
             axes[i, j].set_title(f"{title} (id {ids[i]})" if j == 0 else title, fontsize=8)
         axes[i, 3].imshow((pred[i] - truth[i]).sum(axis=0) / noise, origin="lower", cmap="RdBu_r", vmin=-5, vmax=5)
         axes[i, 3].set_title(f"residual/sigma, PSNR {psnr[i]:.1f}", fontsize=8)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    _save_grid(fig, axes, path)
 
 
 def _outputs(inputs: np.ndarray, pred: np.ndarray, ids: np.ndarray, path: Path) -> None:
@@ -136,6 +132,13 @@ def _outputs(inputs: np.ndarray, pred: np.ndarray, ids: np.ndarray, path: Path) 
         for j, (img, title) in enumerate(zip(stretch, ("input", "output"), strict=True)):
             axes[i, j].imshow(img, origin="lower", cmap="magma", vmin=-1.0, vmax=vmax)
             axes[i, j].set_title(f"{title} (id {ids[i]})" if j == 0 else title, fontsize=8)
+    _save_grid(fig, axes, path)
+
+
+def _save_grid(fig: Any, axes: np.ndarray, path: Path) -> None:
+    """Save a gallery figure without ticks and close it."""
+    import matplotlib.pyplot as plt
+
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
