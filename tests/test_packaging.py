@@ -200,21 +200,29 @@ def test_makefile_installs_all_and_dev() -> None:
     assert re.search(r"pip install .*['\"]?\.\[all,dev\]", makefile), "the Makefile must install '.[all,dev]'"
 
 
-@pytest.mark.timeout(120)
-def test_core_modules_import_with_the_extras_hidden() -> None:
-    """The same, at run time: import the core modules and print the CLI's help in a Python that cannot
-    import any module of a distribution outside the core install."""
+def _run_core_only(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a Python that cannot import any module of a distribution outside the core install."""
     core = _closure({_norm(r.name) for r in _requirements()})
     blocked = sorted(top for top, dists in _packages_distributions().items()
                      if not {_norm(d) for d in dists} & (core | {"skybench"}) and top.isidentifier())
-    code = textwrap.dedent(f"""
-        import importlib, sys
+    blocker = textwrap.dedent(f"""
+        import sys
         BLOCKED = set({blocked!r})
         class Block:
             def find_spec(self, name, path=None, target=None):
                 if name.partition(".")[0] in BLOCKED:
-                    raise ModuleNotFoundError(f"{{name}} is not in the core install", name=name)
+                    raise ModuleNotFoundError(f"No module named {{name!r}} (not in the core install)", name=name)
         sys.meta_path.insert(0, Block())
+    """)
+    return subprocess.run([sys.executable, "-c", blocker + textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=110, env={**os.environ, "PYTHONPATH": str(SRC), "SKYBENCH_ROOT": str(ROOT)})
+
+
+@pytest.mark.timeout(120)
+def test_core_modules_import_with_the_extras_hidden() -> None:
+    """The same, at run time: import the core modules and print the CLI's help without the extras."""
+    done = _run_core_only(f"""
+        import importlib
         for module in {CORE_MODULES[:1] + CORE_MODULES[2:]!r}:
             importlib.import_module(module)
         from skybench.cli import app
@@ -224,7 +232,40 @@ def test_core_modules_import_with_the_extras_hidden() -> None:
             assert exc.code == 0, exc.code
         print("IMPORTED")
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=110,
-                          env={**os.environ, "PYTHONPATH": str(SRC)})
     assert done.returncode == 0 and "IMPORTED" in done.stdout, done.stderr[-3000:]
     assert "validate" in done.stdout
+
+
+EXAMPLE = ROOT / "submissions" / "examples" / "lens-space" / "onnx"
+
+
+@pytest.mark.timeout(120)
+def test_validate_without_the_eval_extra_checks_the_schema_and_says_what_to_install(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "submission.yaml").write_text("team: x\n")  # no track, no format
+    code = """
+        import sys
+        from skybench.cli import app
+        try:
+            app(["validate", sys.argv[1]], prog_name="skybench")
+        except SystemExit as exc:
+            print("EXIT", exc.code)
+    """
+    good = _run_core_only(code.replace("sys.argv[1]", repr(str(EXAMPLE))))
+    assert "EXIT 1" in good.stdout, good.stderr[-3000:]
+    assert "the schema is valid" in good.stderr and "pip install 'skybench[eval]'" in good.stderr, good.stderr
+    bad = _run_core_only(code.replace("sys.argv[1]", repr(str(broken))))
+    assert "EXIT 1" in bad.stdout and "skybench[eval]" not in bad.stderr, bad.stderr  # the schema error itself
+
+
+@pytest.mark.timeout(120)
+def test_runner_names_the_extra_of_a_missing_framework(tmp_path: Path) -> None:
+    done = _run_core_only(f"""
+        from skybench.runner import main
+        print("EXIT", main(["--submission", {str(EXAMPLE)!r}, "--inputs", {str(tmp_path)!r},
+                            "--out", {str(tmp_path / "p.npy")!r}]))
+    """)
+    assert "EXIT 1" in done.stdout, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("runner: ModuleNotFoundError") and "pip install 'skybench[eval]'" in last, last
