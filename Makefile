@@ -12,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 # Create or refresh .venv whenever pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[all,dev]'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -66,7 +66,6 @@ def validate(folder: Path, release: Annotated[Path | None, typer.Option(help="re
     """Check a submission: schema, loading in the sandbox, and outputs on a few public examples."""
     import tempfile
 
-    from .evaluate import default_release
     from .submission import SubmissionError, load_submission, sandboxed_predict
     from .tracks import load_track
 
@@ -75,6 +74,11 @@ def validate(folder: Path, release: Annotated[Path | None, typer.Option(help="re
         track = load_track(sub.spec.track)
     except (SubmissionError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
+    try:  # the schema check above needs the core install only; running the model needs the [eval] extra
+        from .evaluate import default_release
+    except ModuleNotFoundError as exc:
+        _fail(f"{_shown(folder)}: the schema is valid, but running the model needs the evaluation extras "
+              f"({exc.name} is missing): pip install 'skybench[eval]'")
     release = release or default_release(track)
     if not (release / "manifest.json").is_file():
         _fail(f"no release at {release}; make one with `skybench simulate {track.name} --out {release}` "

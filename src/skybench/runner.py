@@ -46,6 +46,9 @@ Batch = np.ndarray | tuple[np.ndarray, ...]
 Predict = Callable[[Batch], object]
 INPUT_ARRAYS = ("images", "features")  # the per-object arrays a model may get, in this order
 SKOPS_ALLOWED = ("sklearn.", "numpy.", "scipy.sparse.")
+# the pyproject extra that installs each model format's framework (the core install has none of them)
+FRAMEWORK_EXTRAS = {"onnxruntime": "eval", "skops": "eval", "sklearn": "eval", "scipy": "eval",
+                    "keras": "tf", "tensorflow": "tf", "torch": "torch"}
 
 
 class RunnerError(Exception):
@@ -319,7 +322,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"runner: {exc}", file=sys.stderr)
     except Exception as exc:
         traceback.print_exc()
-        print(f"runner: {type(exc).__name__}: {exc}", file=sys.stderr)
+        missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+        extra = FRAMEWORK_EXTRAS.get((missing or "").partition(".")[0])
+        hint = f"; install the framework with: pip install 'skybench[{extra}]'" if extra else ""
+        print(f"runner: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
     return 1
 
 
