@@ -33,6 +33,7 @@ def test_torch_dataset_yields_images_and_labels(tiny_space_release):
     assert tuple(x.shape) == (8, 1, 101, 101) and tuple(y.shape) == (8,)
 
 
+@pytest.mark.slow
 def test_tf_dataset_yields_images_and_labels(tiny_space_release):
     pytest.importorskip("tensorflow")
     ds = open_release(tiny_space_release).tf_dataset("val").batch(4)

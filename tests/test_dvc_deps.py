@@ -165,6 +165,7 @@ def test_the_copy_starts_up_to_date(locked_copy: Path) -> None:
     assert not modified, modified
 
 
+@pytest.mark.slow
 def test_editing_a_shared_helper_marks_exactly_the_stages_that_use_it(locked_copy: Path) -> None:
     with Repo(str(locked_copy)) as repo:
         names = {s.name for s in repo.index.stages if s.cmd}

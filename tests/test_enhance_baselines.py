@@ -89,6 +89,7 @@ def test_richardson_lucy_uses_the_known_psf(trained, release):
     assert json.loads((folder / "rl.json").read_text())["num_iter"] in (2, 4)
 
 
+@pytest.mark.slow
 def test_scoring_of_enhanced_images(release, tmp_path):
     """The track's scorer on the truth itself and on the degraded input: the truth wins every metric."""
     from skybench.score import score

@@ -48,6 +48,7 @@ def subs(tmp_path):
             [("ok", PREDICT_OK), ("nan", PREDICT_NAN), ("crash", PREDICT_CRASH), ("hidden", PREDICT_HIDDEN)]}
 
 
+@pytest.mark.slow
 def test_evaluate_scores_good_submissions_and_fails_bad_ones_without_stopping(store, subs, tiny_space_release):
     out = store / "evals"
     outcomes = {o.name: o for o in evaluate(list(subs.values()), "lens-space", tiny_space_release, out=out)}

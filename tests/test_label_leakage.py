@@ -151,6 +151,7 @@ def _best_roc_attack(view: dict, ids: np.ndarray, y: np.ndarray, scores: np.ndar
     return best, margin
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase", ["open", "closed", "no split"])
 def test_lens_labels_cannot_be_read_off_participant_artifacts(phase, tmp_path, monkeypatch, root, lens_release):
     split = {"public_fraction": None} if phase == "no split" else \
