@@ -388,9 +388,7 @@ def _finish(plan: _Plan, res: PredictResult, track: Track, release_sha: str, hid
     make_private_root(rdir.parent)
     stage, private_stage = _stage(rdir), _stage(private_dir(rdir))
     try:
-        if res.ok and res.extra is not None and not res.extra.ok:
-            status, reason = "FAILED", f"on the real set {track.evaluation.real_set}: {res.extra.reason}"
-        elif res.ok:
+        if res.ok:
             assert res.predictions is not None  # a finished run has predictions
             save_predictions(private_stage, "predictions", res.ids, res.predictions)
             metrics = score(track, res.ids, res.predictions, hidden, private_stage)
