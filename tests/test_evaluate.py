@@ -209,7 +209,7 @@ def test_real_lens_recall_is_the_fraction_above_the_1_percent_fpr_threshold(stor
     track = load_track("lens-space")
     track = track.model_copy(update={"evaluation": track.evaluation.model_copy(update={"real_set": str(real)})})
     # The real set is folded into the release's test stream when it is made (skybench.mixing).
-    release = simulate_release(track, tmp_path / "rel", seed=3, size=64, progress=False)
+    release = simulate_release(track, tmp_path / "rel", seed=3, size=64, progress=False, real_set=True)
     (o,) = evaluate([subs["ok"]], track, release, out=tmp_path / "evals")
     pred = pd.read_csv(private_dir(record_dir(tmp_path / "evals", "tests", "ok")) / "predictions.csv")
     real_scores = pd.read_csv(private_dir(record_dir(tmp_path / "evals", "tests", "ok")) / "real_predictions.csv")

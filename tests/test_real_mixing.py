@@ -102,7 +102,7 @@ def folded(real_set, tmp_path_factory):
     """A 64-object lens-space release made with the real set in its YAML: the real set is folded in (the
     track's own ``evaluation.real_set``, as ``skybench simulate`` reads it)."""
     return simulate_release(_with_real(real_set), tmp_path_factory.mktemp("rel") / "lens-space", seed=3, size=64,
-                            progress=False)
+                            progress=False, real_set=True)
 
 
 @pytest.fixture(scope="module")
@@ -282,7 +282,7 @@ def test_a_release_is_remade_byte_identically_with_the_same_key_seed_and_real_se
 
     def make(out, key):
         return simulate_release(_with_real(real_set), tmp_path / out, profile="challenge", seed=5, size=24,
-                                progress=False, key_file=keys / key, workers=1)
+                                progress=False, key_file=keys / key, workers=1, real_set=True)
 
     a, b, c = make("a", "one.key"), make("b", "one.key"), make("c", "two.key")
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
@@ -324,7 +324,8 @@ def test_without_real_objects_nothing_is_folded_in_and_the_demo_path_still_works
     empty = _fake_release(tmp_path / "empty", {"images": (1, 101, 101)}, n=0)
     missing = tmp_path / "missing"
     for real, why in ((empty, "no test objects"), (missing, "no real release")):
-        rel = simulate_release(_with_real(real), tmp_path / f"rel-{real.name}", seed=3, size=64, progress=False)
+        rel = simulate_release(_with_real(real), tmp_path / f"rel-{real.name}", seed=3, size=64, progress=False,
+                               real_set=True)
         manifest = json.loads((rel / "manifest.json").read_text())
         assert manifest["real_set"]["folded_in"] is False and why in manifest["real_set"]["why"]
         assert not (rel / "hidden/test" / SOURCES).exists()

@@ -38,7 +38,8 @@ def simulate(track: str, out: Annotated[Path, typer.Option(help="release folder 
 
     try:
         path = simulate_release(track, out, profile=profile, seed=seed, size=size, backend=backend,
-                                progress=sys.stderr.isatty(), key_file=key_file, create_key=create_key)
+                                progress=sys.stderr.isatty(), key_file=key_file, create_key=create_key,
+                                real_set=True)  # the track's real set, folded in (a library call opts in)
     except (FileNotFoundError, KeyError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"wrote {path}")

@@ -24,7 +24,7 @@ def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", se
                      size: int | None = None, backend: str = "auto", progress: bool = True,
                      chunk_size: int = CHUNK_SIZE, workers: int | None = None,
                      key_file: Path | str | None = None, create_key: bool = True,
-                     real_set: Path | str | bool = True) -> Path:
+                     real_set: Path | str | bool = False) -> Path:
     """Simulate ``track`` into the release folder ``out``.
 
     On the CPU, chunks are simulated by ``workers`` processes (default: all cores); every object has its
@@ -33,7 +33,8 @@ def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", se
     The test split is drawn from the key in ``key_file`` (default: :func:`~skybench.testkey.default_key_path`,
     created if absent and ``create_key``); the ``demo`` profile without ``key_file`` uses public seeds.
     ``real_set``: the real release folded into the test split (:func:`skybench.mixing.fold_in`; True: the
-    track's ``evaluation.real_set``, relative to the project root; False: none). A missing or empty real set
+    track's ``evaluation.real_set``, relative to the project root, as ``skybench simulate`` does; False, the
+    default: none, so a library call does not depend on what the project has built). A missing or empty real set
     is not folded in, and the manifest says so."""
     track = load_track(track) if isinstance(track, str) else track
     split = track.split_sizes(profile)
