@@ -88,8 +88,8 @@ def main() -> None:
     import ray
     from eval_throughput import cnn_submission
 
-    from skybench.evaluate import evaluate
-    from skybench.executors import RayExecutor
+    from skybench.harness.evaluate import evaluate
+    from skybench.harness.executors import RayExecutor
     from skybench.tracks import load_track
 
     track = load_track(args.track)

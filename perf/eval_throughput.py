@@ -57,8 +57,8 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp()}/mlflow.db")
 
-    from skybench.data import open_release
-    from skybench.evaluate import evaluate
+    from skybench.harness.evaluate import evaluate
+    from skybench.release.reader import open_release
     from skybench.simulate import simulate_release
     from skybench.tracks import load_track
 

@@ -29,10 +29,10 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from skybench.lens_simulator import LensSimulator, lenstronomy_kwargs  # noqa: E402
 from skybench.physics.backend import get_backend  # noqa: E402
 from skybench.physics.psf import gaussian_kernel_2d  # noqa: E402
 from skybench.simulate import CHUNK_SIZE as CHUNK  # noqa: E402
+from skybench.tasks.lens.simulator import LensSimulator, lenstronomy_kwargs  # noqa: E402
 from skybench.testkey import public_object_seed  # noqa: E402
 from skybench.tracks import load_track  # noqa: E402
 

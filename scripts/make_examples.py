@@ -129,7 +129,7 @@ def make_python(folder: Path) -> None:
 def make_predictions(folder: Path, release: Path) -> None:
     import pandas as pd
 
-    from skybench.data import open_release
+    from skybench.release.reader import open_release
 
     rel = open_release(release)
     ns: dict = {}

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from helpers import baseline_module, bwrap_works
 
-from skybench.data import open_release
-from skybench.submission import load_submission, sandboxed_predict
+from skybench.harness.submission import load_submission, sandboxed_predict
+from skybench.release.reader import open_release
 from skybench.tracks import load_track
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,7 +79,7 @@ def _images(release: Path) -> np.ndarray:
 def test_knn_and_mlp_skops_files_score_like_the_pipelines(trained, tiny_space_release):
     import skops.io as sio
 
-    from skybench.runner import SKOPS_ALLOWED
+    from skybench.harness.runner import SKOPS_ALLOWED
 
     flat = _images(tiny_space_release).reshape(16, -1)
     for name in ("knn", "mlp"):
@@ -118,7 +118,7 @@ def test_resnet_onnx_scores_like_torch(trained, tiny_space_release):
 
 @pytest.mark.slow
 def test_noise_normalisation_is_inside_every_model(trained, tiny_space_release):
-    from skybench.train import baseline_params, noise_sigma
+    from skybench.training import baseline_params, noise_sigma
 
     x = np.asarray(open_release(tiny_space_release).images("train")[:64], dtype=np.float32)
     sigma = noise_sigma(x)
@@ -168,7 +168,7 @@ def test_params_and_dvc_stages_cover_every_baseline_and_track():
 
 
 def test_parameters_follow_the_profile(tmp_path):
-    from skybench.train import baseline_params
+    from skybench.training import baseline_params
 
     f = tmp_path / "params.yaml"
     f.write_text("profile: challenge\ntrain:\n  x:\n    seed: 1\n    epochs: {demo: 2, challenge: 9}\n")

@@ -8,10 +8,10 @@ import pytest
 from astropy.io import fits
 from typer.testing import CliRunner
 
-from skybench.bologna import BolognaError, export_bologna, import_bologna
 from skybench.cli import app
-from skybench.data import open_release
 from skybench.release import verify_release
+from skybench.release.reader import open_release
+from skybench.tasks.lens.bologna import BolognaError, export_bologna, import_bologna
 
 
 @pytest.fixture(scope="module")

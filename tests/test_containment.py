@@ -17,9 +17,9 @@ import pandas as pd
 import pytest
 from helpers import bwrap_works, python_submission
 
-from skybench import cgroups
-from skybench.sandbox import Limits, SandboxResult, check_bwrap_features, gpu_binds, remove_tree, run_sandboxed
-from skybench.submission import load_submission, sandboxed_predict
+from skybench.harness import cgroups
+from skybench.harness.sandbox import Limits, SandboxResult, check_bwrap_features, gpu_binds, remove_tree, run_sandboxed
+from skybench.harness.submission import load_submission, sandboxed_predict
 from skybench.tracks import Evaluation, SandboxLimits, load_track
 
 needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap missing or cannot create namespaces")
@@ -356,7 +356,7 @@ NO_CGROUPS = """
 import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from skybench.sandbox import Limits, run_sandboxed
+from skybench.harness.sandbox import Limits, run_sandboxed
 res = run_sandboxed(["true"], scratch=Path(sys.argv[2]), limits=Limits(require_cgroups=bool(int(sys.argv[3]))))
 print(res.ok, res.infrastructure, res.reason)
 """
@@ -381,7 +381,7 @@ def test_without_cgroups_the_challenge_profile_is_refused(tmp_path, required):
 
 
 def test_challenge_releases_require_cgroups(tiny_space_release, tmp_path, monkeypatch):
-    import skybench.submission as submission
+    import skybench.harness.submission as submission
 
     release = tmp_path / "challenge"
     shutil.copytree(tiny_space_release, release)
@@ -407,7 +407,7 @@ KILLED_EVALUATOR = """
 import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from skybench.sandbox import Limits, run_sandboxed
+from skybench.harness.sandbox import Limits, run_sandboxed
 run_sandboxed(["sleep", "60"], scratch=Path(sys.argv[2]), limits=Limits(memory_mb=256))
 """
 
@@ -442,7 +442,7 @@ def test_leftovers_of_a_killed_evaluator_are_cleaned_by_the_next_run(tmp_path):
 def test_attackers_fail_one_by_one_and_the_honest_submission_after_them_scores(tiny_space_release, tmp_path):
     """Through the evaluation path (LocalExecutor, sandboxed_predict): each attacker gets a one-line reason,
     the evaluator survives, and the honest submission that follows gets its predictions."""
-    from skybench.executors import Job, LocalExecutor
+    from skybench.harness.executors import Job, LocalExecutor
 
     track = load_track("lens-space")
     box = track.sandbox.model_copy(update={"memory_mb": 768, "max_processes": 32, "load_seconds": 20,

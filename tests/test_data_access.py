@@ -1,9 +1,9 @@
-"""skybench.data: the one-line access teams use, in numpy, torch and TensorFlow."""
+"""skybench.release.reader: the one-line access teams use, in numpy, torch and TensorFlow."""
 
 import numpy as np
 import pytest
 
-from skybench.data import ShardedArray, open_release
+from skybench.release.reader import ShardedArray, open_release
 
 
 def test_numpy_access_is_memory_mapped_and_labelled(tiny_space_release):

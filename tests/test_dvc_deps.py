@@ -84,9 +84,9 @@ def _copy_pipeline(tmp_path: Path, edit: tuple[str, str] | None = None) -> Path:
 
 @pytest.mark.parametrize(("old", "new", "expected"), [
     # a photo-z baseline no longer depends on the shared photo-z training helpers
-    ("photoz-knn-photoz-catalog: {baseline: photoz-knn, track: photoz-catalog, lib: src/skybench/photoz_train.py,",
-     "photoz-knn-photoz-catalog: {baseline: photoz-knn, track: photoz-catalog, lib: src/skybench/train.py,",
-     "train@photoz-knn-photoz-catalog: its command uses src/skybench/photoz_train.py"),
+    ("photoz-knn-photoz-catalog: {baseline: photoz-knn, track: photoz-catalog, lib: src/skybench/training/photoz.py,",
+     "photoz-knn-photoz-catalog: {baseline: photoz-knn, track: photoz-catalog, lib: src/skybench/training/__init__.py,",
+     "train@photoz-knn-photoz-catalog: its command uses src/skybench/training/photoz.py"),
     # the Richardson-Lucy baseline copies predict.py into its submission
     ("extra: baselines/richardson-lucy/predict.py}", "extra: baselines/richardson-lucy/train.py}",
      "train@richardson-lucy-enhance: its command uses baselines/richardson-lucy/predict.py"),
@@ -98,19 +98,19 @@ def test_a_removed_dependency_is_reported(tmp_path: Path, old: str, new: str, ex
 
 def test_a_removed_dependency_line_is_reported(tmp_path: Path) -> None:
     """Removed from the evaluate stages (its first use in dvc.yaml): every track's evaluation is reported."""
-    problems = dependency_problems(_copy_pipeline(tmp_path, ("        - src/skybench/score_photoz.py\n", "")))
+    problems = dependency_problems(_copy_pipeline(tmp_path, ("        - src/skybench/tasks/photoz/score.py\n", "")))
     assert {p.split(":")[0] for p in problems} == {f"evaluate@{t}" for t in
                                                     ("lens-space", "lens-ground", "photoz-images", "photoz-catalog",
                                                      "photoz-sdss-mgs", "enhance")}, problems
-    assert all("src/skybench/score_photoz.py" in p for p in problems), problems
+    assert all("src/skybench/tasks/photoz/score.py" in p for p in problems), problems
 
 
 def test_wholesale_code_dependency_is_reported(tmp_path: Path) -> None:
     """Depending on the whole package makes every stage re-run on any edit (bologna.py re-evaluated every track)."""
-    problems = dependency_problems(_copy_pipeline(tmp_path, ("        - src/skybench/score_photoz.py\n",
+    problems = dependency_problems(_copy_pipeline(tmp_path, ("        - src/skybench/tasks/photoz/score.py\n",
                                                              "        - src/skybench\n")))
     assert any(p.startswith("evaluate@enhance: lists the folder src/skybench, which holds files its command never "
-                            "uses") and "src/skybench/bologna.py" in p for p in problems), problems
+                            "uses") and "src/skybench/tasks/lens/bologna.py" in p for p in problems), problems
 
 
 # --- what `dvc status` marks changed after an edit, in a copy whose dvc.lock records the current code -----------
@@ -172,9 +172,9 @@ def test_editing_a_shared_helper_marks_exactly_the_stages_that_use_it(locked_cop
     photoz_train = {n for n in names if n.startswith("train@photoz-")}
     assert len(photoz_train) == 7
     # photo-z training helpers: the photo-z baselines retrain (their evaluate/leaderboard follow from their outputs)
-    assert _changed_after_editing(locked_copy, "src/skybench/photoz_train.py") == photoz_train
+    assert _changed_after_editing(locked_copy, "src/skybench/training/photoz.py") == photoz_train
     # the Bologna importer is no stage's code
-    assert _changed_after_editing(locked_copy, "src/skybench/bologna.py") == set()
+    assert _changed_after_editing(locked_copy, "src/skybench/tasks/lens/bologna.py") == set()
     # metrics: the photo-z and enhance baselines, simulation and evaluation, but no lens baseline
     metrics = _changed_after_editing(locked_copy, "src/skybench/metrics.py")
     lens_train = {n for n in names if n.startswith("train@") and n.endswith(("-lens-space", "-lens-ground"))}
@@ -182,7 +182,7 @@ def test_editing_a_shared_helper_marks_exactly_the_stages_that_use_it(locked_cop
     assert {n for n in names if n.startswith("train@")} - lens_train <= metrics
     assert {n for n in names if n.startswith(("simulate@", "evaluate@", "leaderboard@"))} <= metrics
     # the leaderboard code: the leaderboards only
-    assert _changed_after_editing(locked_copy, "src/skybench/leaderboard.py") == \
+    assert _changed_after_editing(locked_copy, "src/skybench/tracking/leaderboard.py") == \
         {n for n in names if n.startswith("leaderboard@")}
     # the Richardson-Lucy predictor: its training (it is copied into the submission) and, through the `baselines`
     # folder, every evaluation

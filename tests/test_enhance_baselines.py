@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from helpers import baseline_module, bwrap_works
 
-from skybench.data import open_release
+from skybench.harness.submission import load_submission, sandboxed_predict
+from skybench.release.reader import open_release
 from skybench.simulate import simulate_release
-from skybench.submission import load_submission, sandboxed_predict
 from skybench.tracks import load_track
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_richardson_lucy_uses_the_known_psf(trained, release):
 @pytest.mark.slow
 def test_scoring_of_enhanced_images(release, tmp_path):
     """The track's scorer on the truth itself and on the degraded input: the truth wins every metric."""
-    from skybench.score import score
+    from skybench.harness.score import score
 
     track = load_track("enhance")
     rel = open_release(release)
@@ -106,7 +106,7 @@ def test_scoring_of_enhanced_images(release, tmp_path):
     assert good["psnr_ci_low"] <= good["psnr"] <= good["psnr_ci_high"]
     assert (tmp_path / "good" / "gallery.png").is_file() and (tmp_path / "good" / "per_object.csv").is_file()
     real = track.model_copy(update={"evaluation": track.evaluation.model_copy(update={"real_set": None})})
-    from skybench.score import score_real
+    from skybench.harness.score import score_real
 
     extra = score_real(real, ids, noisy, hidden, ids, noisy, hidden, tmp_path / "good")
     assert extra["real_psnr"] == pytest.approx(good["psnr"]) and "real_chi2" in extra

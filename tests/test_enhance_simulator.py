@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skybench.data import open_release
-from skybench.enhance_simulator import EnhanceSimulator, degradation_info
 from skybench.physics.backend import get_backend
 from skybench.physics.degrade import degrade
-from skybench.real_lenses import fit_psf_fwhm
+from skybench.real_hst import fit_psf_fwhm
+from skybench.release.reader import open_release
 from skybench.simulate import simulate_release
+from skybench.tasks.enhance.simulator import EnhanceSimulator, degradation_info
 from skybench.tracks import load_track
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def test_real_truth_set(track, tmp_path) -> None:
     lens_dir = ROOT / "data" / "lenses_hst"
     if not (lens_dir / "catalog.csv").is_file():
         pytest.skip("real data not pulled (data/lenses_hst)")
-    from skybench.real_truth import import_real_truth
+    from skybench.tasks.enhance.real import import_real_truth
 
     sub = tmp_path / "lenses_hst"
     sub.mkdir()

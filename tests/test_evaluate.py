@@ -9,13 +9,13 @@ import pytest
 from helpers import python_submission
 from typer.testing import CliRunner
 
-from skybench import leaderboard as lb
 from skybench.cli import app
-from skybench.evaluate import evaluate, record_dir
+from skybench.harness.evaluate import evaluate, record_dir
+from skybench.harness.visibility import private_dir
 from skybench.metrics import lens_metrics
 from skybench.release import ReleaseError
+from skybench.tracking import leaderboard as lb
 from skybench.tracks import load_track
-from skybench.visibility import private_dir
 
 PREDICT_OK = """
 import numpy as np
@@ -208,7 +208,7 @@ def test_real_lens_recall_is_the_fraction_above_the_1_percent_fpr_threshold(stor
     real = simulate_release("lens-space", tmp_path / "real", seed=11, size=8, progress=False, real_set=False)
     track = load_track("lens-space")
     track = track.model_copy(update={"evaluation": track.evaluation.model_copy(update={"real_set": str(real)})})
-    # The real set is folded into the release's test stream when it is made (skybench.mixing).
+    # The real set is folded into the release's test stream when it is made (skybench.release.mixing).
     release = simulate_release(track, tmp_path / "rel", seed=3, size=64, progress=False, real_set=True)
     (o,) = evaluate([subs["ok"]], track, release, out=tmp_path / "evals")
     pred = pd.read_csv(private_dir(record_dir(tmp_path / "evals", "tests", "ok")) / "predictions.csv")

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from helpers import python_submission
 
-from skybench.evaluate import evaluate, record_dir
-from skybench.executors import get_executor, shard_ranges, write_view
+from skybench.harness.evaluate import evaluate, record_dir
+from skybench.harness.executors import get_executor, shard_ranges, write_view
+from skybench.harness.visibility import private_dir
 from skybench.tracks import load_track
-from skybench.visibility import private_dir
 
 # Per-object arithmetic only: a deterministic model whose outputs do not depend on how the rows are batched.
 PREDICT = """

@@ -18,13 +18,13 @@ from helpers import csv_submission, python_submission
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from skybench import leaderboard as lb
 from skybench.cli import app
-from skybench.evaluate import record_dir
+from skybench.harness.evaluate import record_dir
+from skybench.harness.visibility import private_dir
 from skybench.release import ReleaseError, read_manifest, verify_release
 from skybench.tracking import experiment_name
+from skybench.tracking import leaderboard as lb
 from skybench.tracks import load_track
-from skybench.visibility import private_dir
 
 SKYBENCH = str(Path(sys.executable).parent / "skybench")
 SLOW = """
@@ -68,7 +68,7 @@ def test_sigkill_mid_submission_then_rerun_leaves_one_finished_run(store, tmp_pa
     while not runner and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.2)  # wait until the sandboxed model is running
         runner = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                  if "skybench.runner" in " ".join(p.cmdline())]
+                  if "skybench.harness.runner" in " ".join(p.cmdline())]
     assert runner, "the sandboxed runner never started"
     time.sleep(1)
     proc.send_signal(signal.SIGKILL)

@@ -21,9 +21,9 @@ import pytest
 from helpers import bwrap_works, csv_submission, python_submission
 from typer.testing import CliRunner
 
-from skybench.evaluate import Outcome, discover_submissions, evaluate
-from skybench.submission import SubmissionError, load_submission
-from skybench.visibility import private_dir
+from skybench.harness.evaluate import Outcome, discover_submissions, evaluate
+from skybench.harness.submission import SubmissionError, load_submission
+from skybench.harness.visibility import private_dir
 
 GOOD_SPEC = "team: evil\nname: {name}\ntrack: lens-space\nformat: python\nmodel: predict.py\n"
 needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create namespaces here")
@@ -358,7 +358,7 @@ class _FaultyExecutor:
         self.victim, self.broken = victim, broken
 
     def run(self, jobs):
-        from skybench.executors import LocalExecutor
+        from skybench.harness.executors import LocalExecutor
 
         for job in jobs:
             if job.sub.spec.name == self.victim:
@@ -386,9 +386,9 @@ def test_one_submission_raising_anywhere_does_not_stop_the_others(store, tmp_pat
 # --- display: team-supplied text is never markup or terminal control -----------------------------------
 
 def test_markup_and_control_characters_are_shown_literally(store, tmp_path, tiny_space_release, capsys):
-    from skybench import leaderboard as lb
     from skybench.cli import app
-    from skybench.report import print_report
+    from skybench.tracking import leaderboard as lb
+    from skybench.tracking.report import print_report
 
     ids = _ids(tiny_space_release)
     root = tmp_path / "subs"

@@ -22,11 +22,11 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from skybench.cli import app
-from skybench.evaluate import evaluate
-from skybench.score import public_mask, score
+from skybench.harness.evaluate import evaluate
+from skybench.harness.score import public_mask, score
+from skybench.harness.visibility import participant_artifacts, write_participant_view
 from skybench.tracking import experiment_name, organiser_experiment, tracking_uri
 from skybench.tracks import load_track
-from skybench.visibility import participant_artifacts, write_participant_view
 
 # Files that hold per-object data or the truth: organiser-only, whatever the task.
 ORGANISER_ONLY = {"roc.csv", "roc.png", "completeness.csv", "completeness.png", "predictions.csv", "predictions.npy",
@@ -323,7 +323,7 @@ def test_organiser_experiment_keeps_its_artifacts_apart(tmp_path, monkeypatch):
 def test_publication_filters_a_record_folder_whatever_it_holds(tmp_path, monkeypatch, root):
     """A record folder written by an older skybench (full metrics, full ROC, predictions beside the record):
     the participant experiment still gets only the participant view."""
-    from skybench.log import publish_record
+    from skybench.tracking.log import publish_record
 
     project = _project(tmp_path / "p", monkeypatch, root, "lens-space",
                        {"public_fraction": 0.3, "split_seed": 7, "phase": "open"})

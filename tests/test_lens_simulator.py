@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skybench.lens_simulator import LensSimulator, lenstronomy_kwargs
 from skybench.physics.backend import get_backend
 from skybench.physics.psf import gaussian_kernel_2d
+from skybench.tasks.lens.simulator import LensSimulator, lenstronomy_kwargs
 from skybench.testkey import public_object_seed
 from skybench.tracks import load_track
 

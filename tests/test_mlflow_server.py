@@ -16,9 +16,9 @@ import pytest
 from helpers import csv_submission
 from mlflow.tracking import MlflowClient
 
-from skybench.evaluate import evaluate
-from skybench.leaderboard import leaderboard
+from skybench.harness.evaluate import evaluate
 from skybench.tracking import experiment_name, organiser_experiment
+from skybench.tracking.leaderboard import leaderboard
 from skybench.tracks import load_track
 
 

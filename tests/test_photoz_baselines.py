@@ -11,7 +11,7 @@ import pytest
 import yaml
 from helpers import baseline_module, bwrap_works
 
-from skybench.submission import load_submission, sandboxed_predict, validate_predictions
+from skybench.harness.submission import load_submission, sandboxed_predict, validate_predictions
 from skybench.tracks import load_track
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def test_tiny_training_writes_a_valid_submission(name, trained, releases, tmp_pa
 
 @pytest.mark.slow
 def test_scoring_writes_metrics_and_plots(trained, releases, tmp_path):
-    from skybench.score import score
+    from skybench.harness.score import score
 
     track = load_track("photoz-images")
     rel = releases["photoz-images"]
@@ -111,10 +111,10 @@ def test_photoz_entries_in_params_and_dvc():
 @pytest.mark.skipif(not (MGS / "train.csv").is_file(), reason="real data not pulled (make data)")
 @pytest.mark.slow
 def test_sdss_mgs_release_and_knn(tmp_path):
-    from skybench.data import open_release
     from skybench.metrics import sigma_mad
     from skybench.release import read_manifest, verify_release
-    from skybench.sdss_mgs import FEATURES, import_sdss_mgs
+    from skybench.release.reader import open_release
+    from skybench.tasks.photoz.real import FEATURES, import_sdss_mgs
 
     out = import_sdss_mgs(ROOT / "data", "photoz-sdss-mgs", tmp_path / "mgs", progress=False)
     assert verify_release(out) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from skybench.harness.submission import validate_predictions
 from skybench.metrics import (
     bias_mean,
     bias_median,
@@ -22,8 +23,7 @@ from skybench.metrics import (
     sigma_mad,
     validate_pdf,
 )
-from skybench.score_photoz import point_and_pdf
-from skybench.submission import validate_predictions
+from skybench.tasks.photoz.score import point_and_pdf
 from skybench.tracks import load_track
 
 GRID = (0.0011111, 0.3988889, 180)

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skybench.photoz_simulator import GalaxySimulator, magnitude_table
 from skybench.physics.backend import get_backend
 from skybench.physics.sed import SDSS_BANDS, Photometry
+from skybench.tasks.photoz.simulator import GalaxySimulator, magnitude_table
 from skybench.tracks import load_track
 
 

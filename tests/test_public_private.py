@@ -9,12 +9,12 @@ import yaml
 from helpers import csv_submission
 from typer.testing import CliRunner
 
-from skybench import leaderboard as lb
 from skybench.cli import app
-from skybench.evaluate import evaluate
+from skybench.harness.evaluate import evaluate
+from skybench.harness.score import public_mask
 from skybench.metrics import lens_metrics
-from skybench.score import public_mask
 from skybench.tracking import client, experiment_name, organiser_experiment
+from skybench.tracking import leaderboard as lb
 from skybench.tracks import load_track
 
 
@@ -83,7 +83,7 @@ def test_split_is_seeded_and_the_phase_decides_what_ranks(project, tiny_space_re
 
 
 def test_real_set_metrics_are_split_too(project, tiny_space_release):
-    from skybench.score import real_lens_recall, score_real
+    from skybench.harness.score import real_lens_recall, score_real
 
     track = load_track("lens-space")
     hidden = pd.read_parquet(tiny_space_release / "hidden/test/meta.parquet")

@@ -8,7 +8,7 @@ import pytest
 from scipy.special import erf
 
 from skybench.physics.noise import magnitude2cps
-from skybench.real_lenses import (
+from skybench.real_hst import (
     discrete_gaussian_kernel,
     fit_psf_fwhm,
     import_real_lenses,
@@ -161,7 +161,7 @@ def test_metadata_records_the_processing_of_every_object(real_release, hst_dir):
 
 
 def test_one_object_is_reproducible_from_its_seed(hst_dir):
-    from skybench.real_lenses import Target
+    from skybench.real_hst import Target
 
     target = Target.from_track(load_track("lens-space"), 20.25)
     path = hst_dir / "SDSSJ0737+3216_F814W.fits"

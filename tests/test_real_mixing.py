@@ -11,13 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import bwrap_works, csv_submission, python_submission
 
-from skybench.evaluate import evaluate, record_dir
+from skybench.harness.evaluate import evaluate, record_dir
+from skybench.harness.visibility import private_dir
 from skybench.metrics import threshold_at_fpr
-from skybench.mixing import SOURCES, Stream, fold_in
 from skybench.release import ReleaseError, verify_release, write_release
+from skybench.release.mixing import SOURCES, Stream, fold_in
 from skybench.simulate import simulate_release
 from skybench.tracks import load_track
-from skybench.visibility import private_dir
 
 needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create namespaces here")
 
@@ -259,7 +259,7 @@ def test_the_published_test_folder_holds_both_sets_and_nothing_that_names_them(r
 
 
 def test_the_split_restores_each_set_for_image_outputs_too(real_set, folded, plain):
-    from skybench.submission import PredictResult
+    from skybench.harness.submission import PredictResult
 
     stream = Stream.load(folded, real_set)
     images = _images(folded / "public/test")

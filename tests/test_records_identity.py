@@ -19,13 +19,13 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
-from skybench import evaluate as ev
-from skybench.evaluate import evaluate, identity, record_dir, submission_time
-from skybench.leaderboard import leaderboard
-from skybench.submission import load_submission
+from skybench.harness import evaluate as ev
+from skybench.harness.evaluate import evaluate, identity, record_dir, submission_time
+from skybench.harness.submission import load_submission
+from skybench.harness.visibility import private_dir
 from skybench.tracking import experiment_name
+from skybench.tracking.leaderboard import leaderboard
 from skybench.tracks import load_track
-from skybench.visibility import private_dir
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ def test_a_folder_cannot_file_its_record_under_another_identity(project, tiny_sp
 
 
 def test_path_identity_rules(project):
-    from skybench.train import write_submission
+    from skybench.training import write_submission
 
     def ident(rel: str, text: str) -> tuple[str, str, str]:
         folder = project / rel
@@ -312,9 +312,10 @@ def test_a_changed_track_scorer_or_version_rescores(project, tiny_space_release,
 
 
 def test_scorer_hash_covers_the_scoring_modules_and_their_imports():
-    names = {p.name for p in ev.scorer_files()}
-    assert {"score.py", "score_photoz.py", "score_enhance.py", "metrics.py", "tracks.py"} <= names
-    assert "evaluate.py" not in names and "cli.py" not in names
+    pkg = Path(ev.__file__).resolve().parents[1]
+    names = {p.relative_to(pkg).as_posix() for p in ev.scorer_files()}
+    assert {"harness/score.py", "tasks/photoz/score.py", "tasks/enhance/score.py", "metrics.py", "tracks.py"} <= names
+    assert "harness/evaluate.py" not in names and "cli.py" not in names
 
 
 # --- ties: the submission time of the scored version, FINISHED runs only --------------------------------------
@@ -369,7 +370,7 @@ def test_submission_time_is_the_commit_time_of_a_clean_folder(tmp_path, monkeypa
 
 
 def test_only_a_record_in_its_own_folder_is_published(project, tiny_space_release, tmp_path):
-    from skybench.log import publish_all
+    from skybench.tracking.log import publish_all
 
     ids = _ids(tiny_space_release)
     sub = csv_submission(tmp_path / "sub", "m", ids, _labels(tiny_space_release, ids), team="t")
@@ -384,7 +385,7 @@ def test_only_a_record_in_its_own_folder_is_published(project, tiny_space_releas
 
 
 def test_which_exceptions_are_the_machines_fault():
-    from skybench.executors import infrastructure_failure, is_infrastructure
+    from skybench.harness.executors import infrastructure_failure, is_infrastructure
 
     assert is_infrastructure(OSError(errno.ENOSPC, "No space left on device"))
     assert is_infrastructure(RuntimeError("bubblewrap (bwrap) is required"))

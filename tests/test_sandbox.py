@@ -1,4 +1,4 @@
-"""Attacks on skybench.sandbox: each must fail inside the sandbox, be reported, and leave the host intact."""
+"""Attacks on skybench.harness.sandbox: each must fail inside the sandbox, be reported, and leave the host intact."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import bwrap_works
 
-from skybench.sandbox import Limits, SandboxResult, run_sandboxed
+from skybench.harness.sandbox import Limits, SandboxResult, run_sandboxed
 
 pytestmark = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap missing or cannot create namespaces")
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from helpers import bwrap_works
 
-from skybench.submission import FORMATS, Submission, SubmissionError, load_submission, sandboxed_predict
+from skybench.harness.submission import FORMATS, Submission, SubmissionError, load_submission, sandboxed_predict
 from skybench.tracks import Evaluation, SandboxLimits, load_track
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +89,7 @@ def test_example_meets_contract(fmt, examples, tiny_space_release, track, tmp_pa
 @needs_bwrap
 def test_sandboxed_scores_equal_in_process_scores(examples, tiny_space_release, fast_track, tmp_path):
     """Batching (24 per batch, partial last batch), streaming order and ``limit`` keep every score in place."""
-    from skybench.data import open_release
+    from skybench.release.reader import open_release
 
     images = np.asarray(open_release(tiny_space_release).images("test"))
     ns: dict = {}
@@ -289,8 +289,8 @@ def test_predictions_csv_needs_id_and_score_columns(tiny_space_release, track, t
 
 @pytest.mark.slow
 def test_every_format_scores_through_the_evaluation_stage(examples, tiny_space_release, tmp_path, monkeypatch):
-    from skybench import leaderboard as lb
-    from skybench.evaluate import evaluate
+    from skybench.harness.evaluate import evaluate
+    from skybench.tracking import leaderboard as lb
     from skybench.tracks import load_track
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from skybench import tracking
-from skybench.leaderboard import leaderboard, render, write_results
+from skybench.tracking.leaderboard import leaderboard, render, write_results
 from skybench.tracks import Track, load_track
 
 REL = "r" * 64

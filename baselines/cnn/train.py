@@ -31,7 +31,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402, F401  (imported so that seed_everything enables TF op determinism)
 
-from skybench.train import (  # noqa: E402
+from skybench.training import (  # noqa: E402
     CurveLogger,
     baseline_params,
     binary_metrics,

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from skybench.data import open_release
 from skybench.metrics import stretched_psnr
-from skybench.train import (
+from skybench.release.reader import open_release
+from skybench.training import (
     CurveLogger,
     baseline_params,
     fresh_folder,

@@ -8,7 +8,7 @@ One scikit-learn Pipeline, fed the flattened (N, bands*101*101) cut-outs as the 
     stretch      the central ``crop`` x ``crop`` pixels of each band (FunctionTransformer(numpy.take)), divided
                  by the band's noise sigma (1.4826 MAD of the training set's border pixels; a StandardScaler
                  whose scale_ is that sigma), then numpy.arcsinh: compresses the bright lens cores, keeps
-                 faint arcs linear (``skybench.train.sklearn_stretch``)
+                 faint arcs linear (``skybench.training.sklearn_stretch``)
     pca          PCA to ``n_components`` (randomised SVD, seeded)
     knn          KNeighborsClassifier(``n_neighbors``); the score is the fraction of lenses among the neighbours
 
@@ -27,7 +27,7 @@ from sklearn.decomposition import PCA
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 
-from skybench.train import (
+from skybench.training import (
     CurveLogger,
     baseline_params,
     binary_metrics,

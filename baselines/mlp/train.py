@@ -3,7 +3,7 @@
     python baselines/mlp/train.py --track lens-space --release releases/lens-space \
         --out baselines/mlp/lens-space [--max-train N] [--epochs E]
 
-The same front end as the k-NN baseline (``skybench.train.sklearn_stretch``: central crop divided by the
+The same front end as the k-NN baseline (``skybench.training.sklearn_stretch``: central crop divided by the
 per-band noise sigma, arcsinh stretch), then PCA to ``n_components`` whitened components and an MLPClassifier
 (ReLU, Adam, L2 ``alpha``) trained one epoch at a time with ``partial_fit`` so that the loss, validation loss
 and validation AUROC of every epoch go to MLflow. The PCA is fitted on the training split once; the exported
@@ -21,7 +21,7 @@ from sklearn.decomposition import PCA
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 
-from skybench.train import (
+from skybench.training import (
     CurveLogger,
     baseline_params,
     binary_metrics,

@@ -37,9 +37,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402, F401  (imported so that seed_everything enables TF op determinism)
 
 from skybench.metrics import pdf_point_estimate  # noqa: E402
-from skybench.photoz_train import load_photoz_split, val_metrics, z_bins  # noqa: E402
 from skybench.tracks import load_track  # noqa: E402
-from skybench.train import (  # noqa: E402
+from skybench.training import (  # noqa: E402
     CurveLogger,
     baseline_params,
     fresh_folder,
@@ -49,6 +48,7 @@ from skybench.train import (  # noqa: E402
     seed_everything,
     write_submission,
 )
+from skybench.training.photoz import load_photoz_split, val_metrics, z_bins  # noqa: E402
 
 NAME = "photoz-cnn"
 BRIGHTNESS_SCALES = (3.0, 30.0, 300.0)  # sigma: softsign(flux / s) resolves faint to bright galaxies

@@ -23,8 +23,8 @@ from sklearn.neighbors import KNeighborsRegressor
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from skybench.photoz_train import mag_colour_step, train_catalogue
-from skybench.train import run_cli
+from skybench.training import run_cli
+from skybench.training.photoz import mag_colour_step, train_catalogue
 
 NAME = "photoz-knn"
 

@@ -22,8 +22,8 @@ from sklearn.linear_model import LinearRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from skybench.photoz_train import mag_colour_step, train_catalogue
-from skybench.train import run_cli
+from skybench.training import run_cli
+from skybench.training.photoz import mag_colour_step, train_catalogue
 
 NAME = "photoz-linear"
 

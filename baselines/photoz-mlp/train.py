@@ -25,8 +25,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from skybench.photoz_train import mag_colour_step, train_catalogue
-from skybench.train import run_cli
+from skybench.training import run_cli
+from skybench.training.photoz import mag_colour_step, train_catalogue
 
 NAME = "photoz-mlp"
 

@@ -27,7 +27,7 @@ import torch
 from scipy.special import expit
 from torch import nn
 
-from skybench.train import (
+from skybench.training import (
     CurveLogger,
     baseline_params,
     binary_metrics,

@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from skybench.data import open_release
 from skybench.metrics import stretched_psnr
+from skybench.release.reader import open_release
 from skybench.tracks import load_track
-from skybench.train import CurveLogger, baseline_params, fresh_folder, parse_args, run_cli, write_submission
+from skybench.training import CurveLogger, baseline_params, fresh_folder, parse_args, run_cli, write_submission
 
 NAME = "richardson-lucy"
 HERE = Path(__file__).resolve().parent

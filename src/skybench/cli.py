@@ -34,7 +34,7 @@ def simulate(track: str, out: Annotated[Path, typer.Option(help="release folder 
              create_key: Annotated[bool, typer.Option(
                  help="create the key file if it does not exist")] = True) -> None:
     """Simulate a track into a versioned release (manifest, public/ and hidden/)."""
-    from .simulate import simulate_release
+    from skybench.simulate import simulate_release
 
     try:
         path = simulate_release(track, out, profile=profile, seed=seed, size=size, backend=backend,
@@ -48,7 +48,7 @@ def simulate(track: str, out: Annotated[Path, typer.Option(help="release folder 
 @app.command()
 def verify(release: Path) -> None:
     """Re-hash a release and name every file that does not match its manifest."""
-    from .release import ReleaseError, verify_release
+    from skybench.release import ReleaseError, verify_release
 
     try:
         problems = verify_release(release)
@@ -67,8 +67,8 @@ def validate(folder: Path, release: Annotated[Path | None, typer.Option(help="re
     """Check a submission: schema, loading in the sandbox, and outputs on a few public examples."""
     import tempfile
 
-    from .submission import SubmissionError, load_submission, sandboxed_predict
-    from .tracks import load_track
+    from skybench.harness.submission import SubmissionError, load_submission, sandboxed_predict
+    from skybench.tracks import load_track
 
     try:
         sub = load_submission(folder)
@@ -76,7 +76,7 @@ def validate(folder: Path, release: Annotated[Path | None, typer.Option(help="re
     except (SubmissionError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     try:  # the schema check above needs the core install only; running the model needs the [eval] extra
-        from .evaluate import default_release
+        from skybench.harness.evaluate import default_release
     except ModuleNotFoundError as exc:
         _fail(f"{_shown(folder)}: the schema is valid, but running the model needs the evaluation extras "
               f"({exc.name} is missing): pip install 'skybench[eval]'")
@@ -107,9 +107,9 @@ def evaluate(folders: Annotated[list[Path] | None, typer.Argument(
              shards: Annotated[int | None, typer.Option(help="ray: shards per submission (default: GPUs or CPUs)")]
              = None) -> None:
     """Evaluate submissions on the hidden test labels, in the sandbox, and log them to MLflow."""
-    from .evaluate import discover_submissions
-    from .evaluate import evaluate as run
-    from .release import ReleaseError
+    from skybench.harness.evaluate import discover_submissions
+    from skybench.harness.evaluate import evaluate as run
+    from skybench.release import ReleaseError
 
     if executor not in ("local", "ray"):
         _fail(f"unknown executor {executor!r}; choose local or ray")
@@ -120,8 +120,8 @@ def evaluate(folders: Annotated[list[Path] | None, typer.Argument(
                        executor=executor, executor_options=options)
     except (ReleaseError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
-    from .tracks import load_track
-    from .visibility import participant_view
+    from skybench.harness.visibility import participant_view
+    from skybench.tracks import load_track
 
     t = load_track(track)
     for o in outcomes:  # the console may be a CI log teams read: only the participant view's metrics
@@ -139,7 +139,7 @@ def evaluate(folders: Annotated[list[Path] | None, typer.Argument(
 @app.command("log")
 def log_(evaluations: Path, track: Annotated[str | None, typer.Option()] = None) -> None:
     """Publish evaluation records to MLflow (idempotent; also logs records kept during an outage)."""
-    from .log import publish_all
+    from skybench.tracking.log import publish_all
 
     new, old = publish_all(evaluations, track)
     typer.echo(f"{evaluations}: {new} run(s) logged, {old} already in MLflow")
@@ -155,10 +155,10 @@ def leaderboard(track: str,
                     help="first publish the evaluation records in this folder to MLflow (as `skybench log`)")] = None
                 ) -> None:
     """Print the ranking of a track (earliest submission wins ties; failed entries are listed, unranked)."""
-    from . import leaderboard as lb
-    from .evaluate import default_release
-    from .release import release_digest
-    from .tracks import load_track
+    from skybench.harness.evaluate import default_release
+    from skybench.release import release_digest
+    from skybench.tracking import leaderboard as lb
+    from skybench.tracks import load_track
 
     t = load_track(track)
     if publish is not None:
@@ -191,7 +191,7 @@ def ui(port: int = 5000) -> None:
     """Start the MLflow UI on the project's tracking store."""
     import subprocess
 
-    from .tracking import tracking_uri
+    from skybench.tracking import tracking_uri
 
     uri = tracking_uri()
     typer.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port}")
@@ -203,8 +203,8 @@ def ui(port: int = 5000) -> None:
 def import_real_lenses(data: Path = Path("data"), out: Path = Path("releases/real-hst-lenses"),
                        track: str = "lens-space", seed: int = 0) -> None:
     """Turn the real HST lenses in data/ into a lens-space evaluation set (empty if data/ is missing)."""
-    from .real_lenses import import_real_lenses as run
-    from .release import write_release
+    from skybench.real_hst import import_real_lenses as run
+    from skybench.release import write_release
 
     try:
         path = run(data, track, out, seed=seed, progress=sys.stderr.isatty())
@@ -224,8 +224,8 @@ def import_bologna(src: Annotated[Path, typer.Argument(help="folder of Lens Find
                    classifications: Annotated[Path | None, typer.Option(
                        help="labels CSV (ID, is_lens); default SRC/classifications.csv")] = None) -> None:
     """Turn Strong Lens Finding Challenge 1.0 files into a test-only release that `evaluate --release` scores."""
-    from .bologna import BolognaError
-    from .bologna import import_bologna as run
+    from skybench.tasks.lens.bologna import BolognaError
+    from skybench.tasks.lens.bologna import import_bologna as run
 
     try:
         path = run(src, track, out, classifications=classifications, progress=sys.stderr.isatty())
@@ -238,9 +238,9 @@ def import_bologna(src: Annotated[Path, typer.Argument(help="folder of Lens Find
 def export_bologna(release: Path, out: Annotated[Path, typer.Option(help="folder to write")] = ...,  # type: ignore[assignment]
                    labels: Annotated[bool, typer.Option(help="also write classifications.csv")] = True) -> None:
     """Write a release's test set in the Strong Lens Finding Challenge 1.0 layout (FITS per cut-out and band)."""
-    from .bologna import BolognaError
-    from .bologna import export_bologna as run
-    from .release import ReleaseError
+    from skybench.release import ReleaseError
+    from skybench.tasks.lens.bologna import BolognaError
+    from skybench.tasks.lens.bologna import export_bologna as run
 
     try:
         path = run(release, out, labels=labels)
@@ -253,7 +253,7 @@ def export_bologna(release: Path, out: Annotated[Path, typer.Option(help="folder
 def import_sdss_mgs(data: Path = Path("data"), out: Path = Path("releases/photoz-sdss-mgs"),
                     track: str = "photoz-sdss-mgs", n_val: int = 500) -> None:
     """Turn the real SDSS MGS catalogue in data/photoz_sdss_mgs into the photoz-sdss-mgs release."""
-    from .sdss_mgs import import_sdss_mgs as run
+    from skybench.tasks.photoz.real import import_sdss_mgs as run
 
     try:
         path = run(data, track, out, n_val=n_val, progress=sys.stderr.isatty())
@@ -266,8 +266,8 @@ def import_sdss_mgs(data: Path = Path("data"), out: Path = Path("releases/photoz
 def import_real_truth(data: Path = Path("data"), out: Path = Path("releases/enhance-real"), track: str = "enhance",
                       seed: int = 0) -> None:
     """Degrade the real HST galaxy images in data/ into the enhance track's real-truth set (empty without data/)."""
-    from .real_truth import empty_real_truth
-    from .real_truth import import_real_truth as run
+    from skybench.tasks.enhance.real import empty_real_truth
+    from skybench.tasks.enhance.real import import_real_truth as run
 
     try:
         path = run(data, track, out, seed=seed, progress=sys.stderr.isatty())
@@ -280,7 +280,7 @@ def import_real_truth(data: Path = Path("data"), out: Path = Path("releases/enha
 @app.command()
 def report(releases: Annotated[Path, typer.Option(help="folder holding the releases")] = Path("releases")) -> None:
     """Summarise what the pipeline produced."""
-    from .report import print_report
+    from skybench.tracking.report import print_report
 
     print_report(releases)
 

@@ -11,11 +11,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .mixing import fold_in, order_key
-from .physics.backend import get_backend
-from .release import read_manifest, release_digest, write_release
-from .testkey import ObjectSeeds, default_key_path, release_key, require_private
-from .tracks import Track, load_track, project_root
+from skybench.physics.backend import get_backend
+from skybench.release import read_manifest, release_digest, write_release
+from skybench.release.mixing import fold_in, order_key
+from skybench.testkey import ObjectSeeds, default_key_path, release_key, require_private
+from skybench.tracks import Track, load_track, project_root
 
 CHUNK_SIZE = 32  # objects rendered together: larger batches cost more in cache misses than they save
 
@@ -32,7 +32,7 @@ def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", se
     ``size`` overrides the number of test cut-outs and scales train/val in proportion (for quick runs).
     The test split is drawn from the key in ``key_file`` (default: :func:`~skybench.testkey.default_key_path`,
     created if absent and ``create_key``); the ``demo`` profile without ``key_file`` uses public seeds.
-    ``real_set``: the real release folded into the test split (:func:`skybench.mixing.fold_in`; True: the
+    ``real_set``: the real release folded into the test split (:func:`skybench.release.mixing.fold_in`; True: the
     track's ``evaluation.real_set``, relative to the project root, as ``skybench simulate`` does; False, the
     default: none, so a library call does not depend on what the project has built). A missing or empty real set
     is not folded in, and the manifest says so."""
@@ -92,9 +92,9 @@ def _real_set_fold(track: Track, real_set: Path | str | bool, key: bytes) -> Cal
 # returns (arrays, metadata as a DataFrame or a dict of columns) for objects start..stop, with class-level
 # ``arrays(track)`` (name -> shape per object), ``hidden_arrays``, ``label_columns`` and ``release_info(track)``
 # (extra manifest entries).
-SIMULATORS = {"lens": "skybench.lens_simulator:LensSimulator",
-              "photoz": "skybench.photoz_simulator:GalaxySimulator",
-              "enhance": "skybench.enhance_simulator:EnhanceSimulator"}
+SIMULATORS = {"lens": "skybench.tasks.lens.simulator:LensSimulator",
+              "photoz": "skybench.tasks.photoz.simulator:GalaxySimulator",
+              "enhance": "skybench.tasks.enhance.simulator:EnhanceSimulator"}
 _SIM: Any = None
 
 

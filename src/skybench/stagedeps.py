@@ -10,10 +10,10 @@ prints them, one a line; ``tests/test_dvc_deps.py`` checks every stage of ``dvc.
 
 From there, transitively within the project: every ``skybench`` module imported anywhere in a used module (lazy
 imports included; importing ``a.b`` runs ``a/__init__.py`` too), modules named in strings
-(``"skybench.lens_simulator:LensSimulator"``, ``f"skybench.score_{task}"`` -> every ``score_*`` module,
-``python -m skybench.runner`` argv), a script's sibling modules (its folder is on ``sys.path``), and sibling files a
-module names as ``"<file>.py"`` (``HERE / "predict.py"``, loaded or copied into a submission). Granularity is the
-module: a used module counts whole, whatever part of it runs.
+(``"skybench.tasks.lens.simulator:LensSimulator"``, ``f"skybench.tasks.{task}"`` -> every task package,
+``python -m skybench.harness.runner`` argv), a script's sibling modules (its folder is on ``sys.path``), and
+sibling files a module names as ``"<file>.py"`` (``HERE / "predict.py"``, loaded or copied into a submission).
+Granularity is the module: a used module counts whole, whatever part of it runs.
 
 Data files: ``load_track`` reads ``benchmarks/<track>.yaml`` for the command's ``track`` argument (CLI: parsed by
 typer, defaults included; scripts: ``--track``) and for constant ``load_track("<name>")`` calls; the paths given as
@@ -204,7 +204,7 @@ def _cli_arguments(command: str, args: list[str]) -> tuple[str, dict[str, object
     """(the Python function's name, the parsed parameters with defaults) of ``skybench <command> <args>``."""
     import typer.main
 
-    from .cli import app
+    from skybench.cli import app
 
     group = typer.main.get_command(app)
     cmd = getattr(group, "commands", {}).get(command)

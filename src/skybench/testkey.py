@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .tracks import project_root
+from skybench.tracks import project_root
 
 KEY_BYTES = 32
 PUBLIC_PROFILES = frozenset({"demo"})  # profiles whose test set may be re-made from public information

@@ -98,7 +98,7 @@ class Track(_Strict):
     description: str
     survey: Survey
     cutout: Cutout | None = None  # None for a track whose inputs are catalogue features only
-    # Arrays a model receives per object, in this order (see skybench.runner): image cut-outs and/or features.
+    # Arrays a model receives per object, in this order (see skybench.harness.runner): image cut-outs and/or features.
     inputs: list[Literal["images", "features"]] = ["images"]
     profiles: dict[str, Split]
     population: dict[str, Any]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .psf import convolution_matrix, gaussian_kernel_1d, gaussian_kernel_2d
+from skybench.physics.psf import convolution_matrix, gaussian_kernel_1d, gaussian_kernel_2d
 
 
 def degradation_kernel(fwhm: float, pixel_scale: float) -> np.ndarray:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import array_namespace, param
+from skybench.physics.backend import array_namespace, param
 
 
 def elliptical_coords(x: Any, y: Any, e1: Any, e2: Any, center_x: Any, center_y: Any) -> tuple[Any, Any]:

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from . import kernels as K
-from .backend import array_namespace, param
+from skybench.physics import kernels as K
+from skybench.physics.backend import array_namespace, param
 
 
 def ellipticity2phi_q(e1: Any, e2: Any) -> tuple[Any, Any]:

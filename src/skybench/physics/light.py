@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from scipy.special import gamma as gamma_fn
 
-from .backend import array_namespace, param
+from skybench.physics.backend import array_namespace, param
 
 _SMOOTHING = 1e-4  # lenstronomy SersicUtil(smoothing=0.0001): floor on R and R_sersic
 
@@ -73,7 +73,7 @@ def ellipse_metric(e1: Any, e2: Any) -> tuple[Any, Any, Any]:
 def sersic_profile_(u2: Any, R_sersic: Any, n_sersic: Any) -> Any:
     """In place: u2 = (R / R_sersic)^2 (B, ...) -> I(R) / amp = exp(-b_n [(R/R_sersic)^(1/n) - 1]), with R and
     R_sersic floored at lenstronomy's smoothing as in :func:`sersic_ellipse`; per-object parameters (B,)."""
-    from .kernels import clamp_min_, log_, module, per_object
+    from skybench.physics.kernels import clamp_min_, log_, module, per_object
 
     m, nd = module(u2), u2.ndim
     R_s = np.maximum(np.asarray(R_sersic, dtype=np.float64), _SMOOTHING)

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from . import kernels as K
-from .backend import Backend
-from .light import _SMOOTHING, ellipse_metric, sersic_profile_
-from .noise import background_sigma
-from .psf import convolution_matrix, gaussian_kernel_1d
+from skybench.physics import kernels as K
+from skybench.physics.backend import Backend
+from skybench.physics.light import _SMOOTHING, ellipse_metric, sersic_profile_
+from skybench.physics.noise import background_sigma
+from skybench.physics.psf import convolution_matrix, gaussian_kernel_1d
 
 
 class Renderer:

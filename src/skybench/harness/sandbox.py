@@ -4,7 +4,7 @@ The child gets private net/pid/ipc/uts/cgroup namespaces, a minimal read-only fi
 (no namespaces, mounts, ptrace, bpf, keyrings...) and a fresh writable /scratch: as root a size- and
 inode-limited tmpfs, unmounted after the declared outputs were copied out, so nothing the command wrote
 reaches the host otherwise. Memory (with tmpfs, shared memory and memfd pages), processes and CPU are held
-by a per-run cgroup (skybench.cgroups) that bwrap joins before it starts; the OOM killer's verdict is read
+by a per-run cgroup (skybench.harness.cgroups) that bwrap joins before it starts; the OOM killer's verdict is read
 from it. A tiny init shim (PID 1 of the sandbox) also sets rlimits (AS/DATA, CPU, NPROC, NOFILE, FSIZE,
 CORE) on the command, reaps orphans and counts survivors; the parent enforces wall time by killing the
 sandbox's PID 1, which takes the whole namespace with it, then kills whatever is left in the cgroup.
@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cgroups
+from skybench.harness import cgroups
 
 __all__ = ["Limits", "SandboxResult", "check_bwrap_features", "gpu_binds", "remove_tree", "run_sandboxed",
            "seccomp_bpf"]
@@ -471,7 +471,7 @@ def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path
     files only); everything else the command wrote is discarded. ``ro_binds``: a Path is bound read-only at
     the same path, a (src, dest) tuple binds src at dest. When running as root the command runs as an
     unprivileged uid, so bound paths must be world-readable. Memory, processes and CPU are enforced by a
-    cgroup where the host has one (see skybench.cgroups), else by rlimits only (refused with
+    cgroup where the host has one (see skybench.harness.cgroups), else by rlimits only (refused with
     ``limits.require_cgroups``).
     """
     bwrap = shutil.which("bwrap")
@@ -545,7 +545,7 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
          gpu_args: list[tuple[str, ...]], limits: Limits, env: Mapping[str, str] | None, gpu: bool, cwd: str,
          outputs: Sequence[str], cg: cgroups.Cgroup | None, uid: int, gid: int, start: float) -> SandboxResult:
     privileged = os.geteuid() == 0
-    pkg_dir = Path(__file__).resolve().parent
+    pkg_dir = Path(__file__).resolve().parents[1]  # skybench/
     mem = limits.memory_mb * 1024 * 1024
     nproc = limits.max_processes + (0 if privileged else 1)  # unprivileged: the shim shares the uid
     # RLIMIT_AS is a second line of defence that CUDA cannot live with (it maps huge virtual ranges).

@@ -4,7 +4,7 @@ For each submission it writes an evaluation record, ``OUT/<team>+<name>/`` (:fun
 percent-encoded, so different names never share a folder): ``evaluation.json``, ``metrics.json`` and the
 aggregate plots a participant may see; and the organiser's full record in ``results/<track>/private/<record>/``
 (``OUT-private/`` for another OUT): predictions, per-object tables, full ROC, truth plots, every metric (see
-:mod:`skybench.visibility`); then it publishes both to MLflow (``log.py``). Each record is written aside and
+:mod:`skybench.harness.visibility`); then it publishes both to MLflow (``log.py``). Each record is written aside and
 swapped in whole (:func:`_write_record`): a crash leaves the old or the new record, never a mix.
 
 Who an entry belongs to is its folder's place in the project (:func:`identity`), not what its
@@ -14,7 +14,7 @@ track definition, scorer code and skybench version (:func:`cache_key`).
 Records stay on disk, so an unreachable tracking server loses nothing: ``skybench log OUT`` publishes
 them later. A bad submission becomes a FAILED record with a one-line reason; the others carry on.
 
-The sandboxed inference runs on an executor (``--executor local|ray``, :mod:`skybench.executors`); scoring,
+The sandboxed inference runs on an executor (``--executor local|ray``, :mod:`skybench.harness.executors`); scoring,
 records and logging always run here, so scores do not depend on the executor."""
 
 from __future__ import annotations
@@ -37,11 +37,9 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from . import __version__
-from .mixing import Stream
-from .release import ReleaseError, read_manifest, release_digest, verify_release
-from .score import score, score_real
-from .submission import (
+from skybench import __version__
+from skybench.harness.score import score, score_real
+from skybench.harness.submission import (
     SPEC_FILE,
     PredictResult,
     Submission,
@@ -52,12 +50,14 @@ from .submission import (
     load_submission,
     read_spec_file,
 )
-from .tracking import find_evaluation, git_commit
-from .tracks import Track, load_track, project_root
-from .visibility import make_private_root, participant_view, private_dir, write_participant_view
+from skybench.harness.visibility import make_private_root, participant_view, private_dir, write_participant_view
+from skybench.release import ReleaseError, read_manifest, release_digest, verify_release
+from skybench.release.mixing import Stream
+from skybench.tracking import find_evaluation, git_commit
+from skybench.tracks import Track, load_track, project_root
 
 if TYPE_CHECKING:
-    from .executors import Executor, Job
+    from skybench.harness.executors import Executor, Job
 
 RECORD = "evaluation.json"
 INFRASTRUCTURE = "infrastructure"  # ``failure_kind`` of a failure of the evaluating machine, not the submission
@@ -103,7 +103,7 @@ def discover_submissions(track: str, roots: tuple[str, ...] = ("submissions", "b
 
     A folder whose ``submission.yaml`` cannot be read is included when its path names the track, so that
     it is recorded as FAILED with its reason rather than silently left out."""
-    from .files import WalkLimits, iter_entries
+    from skybench.harness.files import WalkLimits, iter_entries
 
     # Team folders are walked without recursion and not below 8 levels (submissions/examples/<track>/<format>
     # is 4), never following symlinks; each submission.yaml is read as load_submission reads it (bounded).
@@ -226,11 +226,11 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
     (e.g. uploads; inside them the path is the identity, :func:`identity`). ``received``: {folder: when the
     server received it}, the submission time of a folder that is not a clean git checkout.
 
-    ``executor``: where the sandboxed inference runs (``local`` or ``ray``, see :mod:`skybench.executors`);
+    ``executor``: where the sandboxed inference runs (``local`` or ``ray``, see :mod:`skybench.harness.executors`);
     scoring, records and MLflow logging happen here, one submission at a time, in the order of ``folders``."""
-    from .executors import Job, get_executor
-    from .log import publish_record
-    from .tracking import unreachable
+    from skybench.harness.executors import Job, get_executor
+    from skybench.tracking import unreachable
+    from skybench.tracking.log import publish_record
 
     track = load_track(track) if isinstance(track, str) else track
     release = Path(release or default_release(track))
@@ -424,7 +424,7 @@ def _write_records(track: Track, rdir: Path, *, metrics: dict, stage: Path | Non
 def save_predictions(rdir: Path, stem: str, ids: pd.Series, predictions: object) -> None:
     """``<stem>.csv`` (id, score) for one value per object; else ``<stem>.npy`` plus ``<stem>_ids.csv``.
 
-    Per-object, so written to the organiser's folder only (:func:`skybench.visibility.private_dir`)."""
+    Per-object, so written to the organiser's folder only (:func:`skybench.harness.visibility.private_dir`)."""
     import numpy as np
 
     pred = np.asarray(predictions)
@@ -557,7 +557,8 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-SCORERS = ("score", "score_photoz", "score_enhance", "metrics")  # the modules that turn predictions into scores
+# the modules that turn predictions into scores
+SCORERS = ("harness/score", "tasks/lens/score", "tasks/photoz/score", "tasks/enhance/score", "metrics")
 
 
 def cache_key(track: Track) -> dict[str, str]:
@@ -568,7 +569,7 @@ def cache_key(track: Track) -> dict[str, str]:
 
 def scorer_sha256() -> str:
     """sha256 over the source of :data:`SCORERS` and of every skybench module they import, transitively."""
-    pkg = Path(__file__).resolve().parent
+    pkg = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
     for path in scorer_files():
         h.update(f"{path.relative_to(pkg).as_posix()}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
@@ -578,7 +579,7 @@ def scorer_sha256() -> str:
 @functools.cache
 def scorer_files() -> tuple[Path, ...]:
     """The source files of skybench's scoring: :data:`SCORERS` and the skybench modules they import."""
-    pkg = Path(__file__).resolve().parent
+    pkg = Path(__file__).resolve().parents[1]
     todo, seen = [pkg / f"{m}.py" for m in SCORERS], set()
     while todo:
         path = todo.pop()

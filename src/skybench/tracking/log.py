@@ -10,8 +10,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from .tracking import find_evaluation, log_evaluation
-from .tracks import Track, load_track
+from skybench.tracking import find_evaluation, log_evaluation
+from skybench.tracks import Track, load_track
 
 RECORD = "evaluation.json"
 TAGS = ("submission_sha256", "release_sha256", "real_release_sha256", "track_sha256", "scorer_sha256",
@@ -23,10 +23,10 @@ def publish_record(rdir: Path, track: str | Track | None = None) -> str | None:
     """Log one record unless MLflow already has it (same key, identity and outcome); return the new run id,
     or None if it was there.
 
-    The organiser's full record (``private/<record>/``, :mod:`skybench.visibility`) goes to the organiser
+    The organiser's full record (``private/<record>/``, :mod:`skybench.harness.visibility`) goes to the organiser
     experiment first, then the participant view to ``skybench-<track>``: only the metrics of
     :func:`participant_view` and the files of :func:`participant_artifacts`, whatever else the folder holds."""
-    from .visibility import participant_artifacts, participant_view
+    from skybench.harness.visibility import participant_artifacts, participant_view
 
     rec = json.loads((Path(rdir) / RECORD).read_text())
     t = track if isinstance(track, Track) else load_track(track or _track_of(Path(rdir)))
@@ -57,8 +57,8 @@ def _logged(track: str, rec: dict, experiment: str | None) -> bool:
 def _publish_organiser(track: str, rdir: Path, rec: dict, tags: dict[str, str]) -> str | None:
     """Log the full record to the organiser experiment unless it is there; its folder's record when it is of
     the same submission, release and outcome as ``rec`` (else a stale one: the participant record is used)."""
-    from .tracking import ensure_organiser_experiment, organiser_experiment
-    from .visibility import private_dir
+    from skybench.harness.visibility import private_dir
+    from skybench.tracking import ensure_organiser_experiment, organiser_experiment
 
     if _logged(track, rec, organiser_experiment(track)):
         return None
@@ -80,10 +80,10 @@ def _publish_organiser(track: str, rdir: Path, rec: dict, tags: dict[str, str]) 
 def publish_all(evaluations: Path, track: str | None = None) -> tuple[int, int]:
     """Publish every record under ``evaluations``; return (newly logged, already there).
 
-    A record is published only from its own folder (:func:`skybench.evaluate.record_dir` of its team and
+    A record is published only from its own folder (:func:`skybench.harness.evaluate.record_dir` of its team and
     name): not from evaluate's staging folders, nor from a folder of the layout before percent-encoding
     (``<team>__<name>``), which would otherwise come after, and override, the current record."""
-    from .evaluate import record_dir
+    from skybench.harness.evaluate import record_dir
 
     new = old = 0
     for rec in sorted(Path(evaluations).glob(f"*/{RECORD}")):

@@ -4,7 +4,7 @@
         submission.yaml     team, name, track, format, model (+ optional description, contact)
         model.onnx          or .keras / .pt2 (torch.export) / .skops / predict.py / predictions .csv
 
-``sandboxed_predict`` runs ``python -m skybench.runner`` under bubblewrap with only the submission folder
+``sandboxed_predict`` runs ``python -m skybench.harness.runner`` under bubblewrap with only the submission folder
 (at /submission) and the release's ``public/test`` folder (at /inputs) bound read-only, then validates
 what came back in the parent. The ``predictions`` format runs no code: its CSV (``id,score``) is checked
 against the release's ``index.parquet`` here.
@@ -31,10 +31,10 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError
 from pydantic_core import ErrorDetails
 
-from .files import SUBMISSION_LIMITS, FolderError, WalkLimits, open_regular, read_regular, walk
-from .release import read_manifest, sha256_file
-from .sandbox import Limits, run_sandboxed
-from .tracks import Output, Track, list_tracks
+from skybench.harness.files import SUBMISSION_LIMITS, FolderError, WalkLimits, open_regular, read_regular, walk
+from skybench.harness.sandbox import Limits, run_sandboxed
+from skybench.release import read_manifest, sha256_file
+from skybench.tracks import Output, Track, list_tracks
 
 FORMATS = ("onnx", "keras", "torch", "sklearn", "python", "predictions")
 MODEL_SUFFIX = {"onnx": ".onnx", "keras": ".keras", "torch": ".pt2", "sklearn": ".skops", "python": ".py",
@@ -130,7 +130,7 @@ class PredictResult:
 def folder_sha256(folder: Path) -> str:
     """sha256 over the sorted (relative path, sha256) of every file; symlinks count by their target.
 
-    Walks within :data:`skybench.files.SUBMISSION_LIMITS`; a folder beyond them, or holding a FIFO, socket
+    Walks within :data:`skybench.harness.files.SUBMISSION_LIMITS`; a folder beyond them, or holding a FIFO, socket
     or device, raises ``SubmissionError``."""
     h = hashlib.sha256()
     folder = Path(folder)
@@ -319,7 +319,7 @@ def validate_predictions(pred: np.ndarray, n: int, output: Output, input_shape: 
     if bad:  # counted in float32, the dtype we keep: 1e300 is inf there
         return f"returned {bad} non-finite value{'s' if bad != 1 else ''} (NaN/inf)"
     if output.kind == "pdf" and pred.ndim == 2:
-        from .metrics import validate_pdf  # non-negative bin probabilities, rows summing to 1 within 1e-3
+        from skybench.metrics import validate_pdf  # non-negative bin probabilities, rows summing to 1 within 1e-3
 
         try:
             validate_pdf(pred, pred.shape[1])
@@ -376,7 +376,7 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
 
     Code runs in the sandbox with the track's limits, seeing only the submission and the public test
     images; the parent then checks count, shape and finiteness. ``gpu=None``: use CUDA when available.
-    With a real set folded into the release (:mod:`skybench.mixing`) the test and real sets are one stream;
+    With a real set folded into the release (:mod:`skybench.release.mixing`) the test and real sets are one stream;
     the caller splits the result. ``threads``: CPU threads
     of the model (default min(4, cores)); an executor running several sandboxes at once gives each fewer.
     ``require_cgroups``: refuse to run without cgroup limits (None: when ``inputs`` is in a ``challenge`` release)."""
@@ -412,7 +412,7 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
         env["CUDA_VISIBLE_DEVICES"] = ""
     elif "CUDA_VISIBLE_DEVICES" in os.environ:  # e.g. the GPU a Ray task was given: the sandbox sees only it
         env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
-    argv = [sys.executable, "-m", "skybench.runner", "--submission", "/submission", "--inputs", "/inputs",
+    argv = [sys.executable, "-m", "skybench.harness.runner", "--submission", "/submission", "--inputs", "/inputs",
             "--out", "/scratch/predictions.npy", "--batch-size", str(track.evaluation.batch_size),
             "--device", "auto" if gpu else "cpu"]
     binds = [(sub.folder, "/submission"), (test_dir, "/inputs")]  # one input stream, nothing else

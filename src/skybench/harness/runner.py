@@ -1,10 +1,10 @@
 """Runs INSIDE the sandbox: load a submission, stream the test images through it, write the predictions.
 
-    python -m skybench.runner --submission /submission --inputs /inputs \
+    python -m skybench.harness.runner --submission /submission --inputs /inputs \
         --out /scratch/predictions.npy [--limit N] [--batch-size B] [--device auto|cpu|cuda]
 
 There is one input folder, the release's public/test: on a track with a real set it holds the simulated test
-set and the real set as one stream in a keyed order, with opaque ids (``skybench.mixing``).
+set and the real set as one stream in a keyed order, with opaque ids (``skybench.release.mixing``).
 
 Every model gets float32 batches of shape (B, bands, H, W), streamed from the shards ``images-*.npy``
 (the last batch may be smaller). On a catalogue track it gets ``features`` (B, F) instead, and on a track
@@ -185,7 +185,7 @@ def load_python(path: Path, device: str) -> tuple[Predict, str]:
         raise RunnerError(f"{path.name} failed to import: {type(exc).__name__}: {exc}") from exc
     for fn in ("load", "predict"):
         if not callable(getattr(mod, fn, None)):
-            raise RunnerError(f"{path.name} must define {fn}() (see the module docstring of skybench.runner)")
+            raise RunnerError(f"{path.name} must define {fn}() (see the module docstring of skybench.harness.runner)")
     try:
         model = mod.load(str(folder))
     except Exception as exc:
@@ -306,7 +306,7 @@ def _predict_set(predict: Predict, fmt: str, used: str, inputs: Path, out: Path,
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m skybench.runner", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m skybench.harness.runner", description=__doc__.splitlines()[0])
     p.add_argument("--submission", type=Path, default=Path("/submission"))
     p.add_argument("--inputs", type=Path, default=Path("/inputs"))
     p.add_argument("--out", type=Path, default=Path("/scratch/predictions.npy"))

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .tracks import list_tracks, project_root
+from skybench.tracks import list_tracks, project_root
 
 __all__ = [
     "CurveLogger",
@@ -132,7 +132,7 @@ def load_split(release: str | Path, split: str, max_n: int | None = None) -> tup
     """(images float32 (N, bands, H, W), labels int64 (N,)) of a public ``train`` or ``val`` split."""
     if split not in ("train", "val"):
         raise ValueError(f"baselines train on the public train/val splits only, not {split!r}")
-    from .data import open_release
+    from skybench.release.reader import open_release
 
     rel = open_release(release)
     images = rel.images(split)
@@ -221,7 +221,7 @@ class CurveLogger:
             return self
         from mlflow.entities import Param, RunTag
 
-        from .tracking import KIND_TAG, client, ensure_experiment, git_commit, training_experiment
+        from skybench.tracking import KIND_TAG, client, ensure_experiment, git_commit, training_experiment
 
         self._client = client()
         exp_id = ensure_experiment(training_experiment(self.track))

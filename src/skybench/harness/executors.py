@@ -1,7 +1,7 @@
 """Where the sandboxed inference of submissions runs: ``local`` (this process, one submission after another)
 or ``ray`` (Ray tasks on a local Ray instance or on the cluster at ``$RAY_ADDRESS``).
 
-Both run the same :func:`skybench.submission.sandboxed_predict` (bubblewrap, the track's limits); only the
+Both run the same :func:`skybench.harness.submission.sandboxed_predict` (bubblewrap, the track's limits); only the
 predictions come back, and scoring stays in the evaluating process, so scores do not depend on the executor.
 
 With Ray, each submission's test set is cut into contiguous shards, one Ray task each (``num_gpus=1`` when
@@ -25,9 +25,9 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from .sandbox import remove_tree
-from .submission import PredictResult, Submission, sandboxed_predict
-from .tracks import Track
+from skybench.harness.sandbox import remove_tree
+from skybench.harness.submission import PredictResult, Submission, sandboxed_predict
+from skybench.tracks import Track
 
 EXECUTORS = ("local", "ray")
 
@@ -35,7 +35,7 @@ EXECUTORS = ("local", "ray")
 @dataclass(frozen=True)
 class Job:
     """One submission to predict on one input folder (a release's public/test folder: with a real set, one
-    stream of the test and real sets from :mod:`skybench.mixing`, whose mapping the caller splits back)."""
+    stream of the test and real sets from :mod:`skybench.release.mixing`, whose mapping the caller splits back)."""
 
     sub: Submission
     test_dir: Path  # the folder the sandbox sees as /inputs
@@ -166,7 +166,7 @@ def _connect(address: str | None, num_cpus: int | None) -> tuple[Any, bool]:
 
 def _shard_files(test_dir: Path) -> dict[str, list[tuple[Path, int]]]:
     """{array name: [(shard file, rows), ...]} of the per-object arrays in a public test folder."""
-    from .runner import input_arrays
+    from skybench.harness.runner import input_arrays
 
     return {name: [(p, int(np.load(p, mmap_mode="r").shape[0])) for p in sorted(test_dir.glob(f"{name}-*.npy"))]
             for name in input_arrays(test_dir)}

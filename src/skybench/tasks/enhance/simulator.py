@@ -23,16 +23,16 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .physics.backend import Backend, device
-from .physics.degrade import added_sigma, blurred_noise_gain, degradation_kernel, degrade
-from .physics.galaxy import spiral_arms
-from .physics.lens_mass import phi_q2ellipticity
-from .physics.light import gaussian_ellipse, sersic_ellipse, sersic_total_flux
-from .physics.noise import background_sigma, magnitude2cps
-from .physics.psf import gaussian_kernel_1d
-from .physics.render import Renderer
-from .testkey import ObjectSeeds, as_object_seeds
-from .tracks import Track
+from skybench.physics.backend import Backend, device
+from skybench.physics.degrade import added_sigma, blurred_noise_gain, degradation_kernel, degrade
+from skybench.physics.galaxy import spiral_arms
+from skybench.physics.lens_mass import phi_q2ellipticity
+from skybench.physics.light import gaussian_ellipse, sersic_ellipse, sersic_total_flux
+from skybench.physics.noise import background_sigma, magnitude2cps
+from skybench.physics.psf import gaussian_kernel_1d
+from skybench.physics.render import Renderer
+from skybench.testkey import ObjectSeeds, as_object_seeds
+from skybench.tracks import Track
 
 TYPES = ("elliptical", "spiral", "irregular")
 MAX_CLUMPS = 10

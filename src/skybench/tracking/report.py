@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from .release import ReleaseError, read_manifest, verify_release
+from skybench.release import ReleaseError, read_manifest, verify_release
 
 
 def print_report(releases: Path) -> None:
@@ -47,10 +47,10 @@ def print_report(releases: Path) -> None:
 
 def _print_leaderboards(console: Console, releases: Path) -> None:
     """The ranking of every track that has a release, on that release, from MLflow."""
-    from . import leaderboard as lb
-    from .release import release_digest
-    from .tracking import tracking_uri
-    from .tracks import list_tracks, load_track
+    from skybench.release import release_digest
+    from skybench.tracking import leaderboard as lb
+    from skybench.tracking import tracking_uri
+    from skybench.tracks import list_tracks, load_track
 
     for name in list_tracks():
         rel = releases / name

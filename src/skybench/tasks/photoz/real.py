@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .release import write_release
-from .tracks import Track, load_track
+from skybench.release import write_release
+from skybench.tracks import Track, load_track
 
 PROFILE = "real-sdss-mgs"
 FEATURES = ("mag_u", "mag_g", "mag_r", "mag_i", "mag_z", "err_u", "err_g", "err_r", "err_i", "err_z")

@@ -13,7 +13,7 @@ The real-truth set (``evaluation.real_set``) gets the same metrics as ``real_<na
 Files written to the organiser's folder: ``metrics.json``, ``per_object.csv`` (and ``per_object_real.csv``),
 and the galleries ``gallery.png`` / ``gallery_real.png``: input, output, truth and residual of a fixed set of
 objects (the ``label.gallery`` lowest ids). Participants see only ``outputs.png`` / ``outputs_real.png``
-(:mod:`skybench.visibility`): the same objects' input and output, drawn from the public input and the
+(:mod:`skybench.harness.visibility`): the same objects' input and output, drawn from the public input and the
 submission's own output alone, so they hold nothing of the truth.
 """
 
@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .enhance_simulator import Degradation
-from .metrics import image_metrics, truth_variance
-from .tracks import Track
+from skybench.metrics import image_metrics, truth_variance
+from skybench.tasks.enhance.simulator import Degradation
+from skybench.tracks import Track
 
 N_RESAMPLES = 1000
 

@@ -26,9 +26,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .release import ReleaseError
-from .submission import PredictResult
-from .testkey import ReleaseKey
+from skybench.harness.submission import PredictResult
+from skybench.release import ReleaseError
+from skybench.testkey import ReleaseKey
 
 SHARD_SIZE = 10_000  # rows per array file, as release.write_release
 _BLOCK = 256  # rows gathered per write
@@ -66,7 +66,7 @@ def _array_rows(folder: Path, name: str) -> _Rows:
 
 def _inputs(folder: Path) -> tuple[dict[str, _Rows], np.ndarray]:
     """({array name: rows}, ids) of a public test folder, checked for one row per id in every array."""
-    from .runner import RunnerError, input_arrays
+    from skybench.harness.runner import RunnerError, input_arrays
 
     try:
         names = input_arrays(folder)

@@ -25,7 +25,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from .tracks import Track
+from skybench.tracks import Track
 
 __all__ = ["participant_artifacts", "participant_view", "private_dir", "private_root", "write_participant_view"]
 

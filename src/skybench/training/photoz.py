@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import outlier_fraction, pdf_grid, sigma_mad
-from .tracks import Track
+from skybench.metrics import outlier_fraction, pdf_grid, sigma_mad
+from skybench.tracks import Track
 
 MAGS = ("mag_u", "mag_g", "mag_r", "mag_i", "mag_z")
 
@@ -22,7 +22,7 @@ def load_photoz_split(release: str | Path, split: str, name: str = "features",
     """(array ``name`` float32 (N, ...), spectroscopic z float64 (N,)) of the public ``train`` or ``val`` split."""
     if split not in ("train", "val"):
         raise ValueError(f"baselines train on the public train/val splits only, not {split!r}")
-    from .data import open_release
+    from skybench.release.reader import open_release
 
     rel = open_release(release)
     arr = rel.array(split, name)
@@ -33,7 +33,7 @@ def load_photoz_split(release: str | Path, split: str, name: str = "features",
 
 
 def feature_names(release: str | Path) -> list[str]:
-    from .release import read_manifest
+    from skybench.release import read_manifest
 
     names = read_manifest(Path(release)).get("feature_names") or []
     if not names:
@@ -84,7 +84,14 @@ def train_catalogue(name: str, doc: str, fit: Callable[[dict, list[str], np.ndar
     ``prepare(params, n_train)`` may adjust the parameters to the data before anything is logged."""
     import skops.io as sio
 
-    from .train import CurveLogger, baseline_params, fresh_folder, parse_args, seed_everything, write_submission
+    from skybench.training import (
+        CurveLogger,
+        baseline_params,
+        fresh_folder,
+        parse_args,
+        seed_everything,
+        write_submission,
+    )
 
     args = parse_args(doc.splitlines()[0], argv)
     params = baseline_params(name, args)

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .release import read_manifest, write_release
-from .tracks import Track, load_track
+from skybench.release import read_manifest, write_release
+from skybench.tracks import Track, load_track
 
 # Ground-based band folders of the challenge (its README: Band1=R, Band2=I, Band3=G, Band4=U).
 GROUND_FOLDERS = {"R": "Band1", "I": "Band2", "G": "Band3", "U": "Band4"}
@@ -141,7 +141,7 @@ def export_bologna(release: Path, out: Path, *, labels: bool = True) -> Path:
     folder renamed at the end). ``labels``: also write ``classifications.csv`` (ID, is_lens) from hidden/."""
     from astropy.io import fits
 
-    from .data import open_release
+    from skybench.release.reader import open_release
 
     release, out = Path(release), Path(out).resolve()
     manifest = read_manifest(release)

@@ -13,16 +13,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .lens_population import LensLabel, LensPopulation
-from .physics.backend import Backend, device
-from .physics.kernels import exp_mostly_zero_, per_object, quadratic_form_points, scatter_add_, take_minus
-from .physics.kernels import module as array_module
-from .physics.lens_mass import phi_q2ellipticity, sie_shear_ray_shoot
-from .physics.light import ellipse_metric, sersic_profile_, sersic_total_flux
-from .physics.noise import magnitude2cps
-from .physics.render import Renderer
-from .testkey import ObjectSeeds, as_object_seeds
-from .tracks import Track
+from skybench.physics.backend import Backend, device
+from skybench.physics.kernels import exp_mostly_zero_, per_object, quadratic_form_points, scatter_add_, take_minus
+from skybench.physics.kernels import module as array_module
+from skybench.physics.lens_mass import phi_q2ellipticity, sie_shear_ray_shoot
+from skybench.physics.light import ellipse_metric, sersic_profile_, sersic_total_flux
+from skybench.physics.noise import magnitude2cps
+from skybench.physics.render import Renderer
+from skybench.tasks.lens.config import LensLabel, LensPopulation
+from skybench.testkey import ObjectSeeds, as_object_seeds
+from skybench.tracks import Track
 
 MAX_CLUMPS = 3
 

@@ -43,10 +43,10 @@ from astropy.io import fits
 from scipy.optimize import least_squares
 from scipy.special import erf, ive
 
-from .physics.noise import background_sigma, cps2magnitude, magnitude2cps
-from .physics.psf import FWHM_TO_SIGMA, convolution_matrix
-from .release import write_release
-from .tracks import Track, load_track
+from skybench.physics.noise import background_sigma, cps2magnitude, magnitude2cps
+from skybench.physics.psf import FWHM_TO_SIGMA, convolution_matrix
+from skybench.release import write_release
+from skybench.tracks import Track, load_track
 
 PROFILE = "real-hst"
 APERTURE_RADIUS = 2.0  # arcsec: flux of deflector + arcs used to set the magnitude
@@ -353,7 +353,7 @@ def import_real_lenses(data_dir: Path, track: Track | str, out: Path, *, seed: i
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m skybench.real_lenses", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m skybench.real_hst", description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("data"), help="folder holding lenses_hst/ (default: data)")
     ap.add_argument("--out", type=Path, default=Path("releases/real-hst-lenses"), help="release folder to write")
     ap.add_argument("--track", default="lens-space", help="track name or YAML path (default: lens-space)")

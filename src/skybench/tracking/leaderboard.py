@@ -3,7 +3,7 @@ it reads the organiser experiment, and publishes (``write_results``) only the ph
 
 One row per (team, name): its latest FINISHED evaluation, ranked by the primary metric; ties go to the
 earliest submission of the scored version (tag ``submitted``: its git commit time, or when the server received
-it, or when it was first evaluated; see :func:`skybench.evaluate.submission_time`), then to team/name. Failed
+it, or when it was first evaluated; see :func:`skybench.harness.evaluate.submission_time`), then to team/name. Failed
 runs never rank, hold a row or reserve a time: an entry with only failures (or no primary metric) is listed
 after the ranked rows, unranked, with its latest failure.
 

@@ -4,7 +4,7 @@ A submission returns either a point estimate z_phot of shape (N,) or bin probabi
 track's grid (``output.grid``); a PDF's point estimate is its ``output.point_estimate`` (mean by default).
 Written to ``out_dir``, the organiser's folder: ``metrics.json``, ``zphot.csv`` (id, z_spec, z_phot, dz),
 ``zphot_vs_zspec.png``, ``dz_vs_zspec.png`` and, for a PDF, ``pit.csv`` and ``pit.png``. All of them are built
-from per-object truth, so participants see only the aggregate metrics (:mod:`skybench.visibility`): a PIT
+from per-object truth, so participants see only the aggregate metrics (:mod:`skybench.harness.visibility`): a PIT
 histogram of 20 bins is 20 more numbers to probe the truth with, and a submission that encodes each object's
 identity in its z_phot turns the z_phot-vs-z_spec plots into a lookup table of z_spec."""
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .metrics import pdf_grid, pdf_point_estimate, photoz_metrics, pit, validate_pdf
-from .tracks import Track
+from skybench.metrics import pdf_grid, pdf_point_estimate, photoz_metrics, pit, validate_pdf
+from skybench.tracks import Track
 
 PIT_BINS = 20
 

@@ -33,15 +33,15 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from .physics.backend import Backend
-from .physics.lens_mass import phi_q2ellipticity
-from .physics.light import sersic_ellipse, sersic_total_flux
-from .physics.noise import background_sigma
-from .physics.psf import FWHM_TO_SIGMA
-from .physics.render import Renderer
-from .physics.sed import CWW_TEMPLATES, SDSS_BANDS, SDSS_EXTINCTION, MagnitudeTable
-from .testkey import ObjectSeeds, as_object_seeds
-from .tracks import Track
+from skybench.physics.backend import Backend
+from skybench.physics.lens_mass import phi_q2ellipticity
+from skybench.physics.light import sersic_ellipse, sersic_total_flux
+from skybench.physics.noise import background_sigma
+from skybench.physics.psf import FWHM_TO_SIGMA
+from skybench.physics.render import Renderer
+from skybench.physics.sed import CWW_TEMPLATES, SDSS_BANDS, SDSS_EXTINCTION, MagnitudeTable
+from skybench.testkey import ObjectSeeds, as_object_seeds
+from skybench.tracks import Track
 
 ARCSEC_PER_RAD = 206264.806
 MAG_ERR = 2.5 / np.log(10.0)  # sigma_m = 1.0857 sigma_F / F (first-order error propagation)

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from . import __version__
+from skybench import __version__
 
 FORMAT = "skybench-release/1"
 SPLITS = ("train", "val", "test")
@@ -68,7 +68,7 @@ def write_release(out: Path, *, info: dict[str, Any], counts: dict[str, int],
     ``arrays``: per-object array shapes by name (default ``{"images": image_shape}``).
     ``label_columns`` are kept out of ``public/test``; everything but ``public_test_columns`` is hidden.
     ``finish(folder)``: run on the written splits before they are hashed (e.g. folding the real set into the
-    test split, :func:`skybench.mixing.fold_in`); its result is added to the manifest."""
+    test split, :func:`skybench.release.mixing.fold_in`); its result is added to the manifest."""
     arrays = dict(arrays) if arrays is not None else {"images": tuple(image_shape or ())}
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)

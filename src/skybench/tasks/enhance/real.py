@@ -5,7 +5,7 @@ F140W and ACS/WFC F814W; see ``data/README.md`` section 1) and writes a release 
 image, the **truth** (hidden) and its **degraded** copy (``images``, public), in the enhancement track's format
 (3 bands, 64 x 64, 0.396"/px, e-/s per pixel). Per object and band:
 
-1. bring the HST image to the truth instrument with :func:`skybench.real_lenses.process_lens` (the lens
+1. bring the HST image to the truth instrument with :func:`skybench.real_hst.process_lens` (the lens
    importer's reader, PSF matching, flux-conserving resampling, flux scaling and noise): target grid 64 x 64,
    the band's seeing, zero point, background sigma and exposure time. The HST angles are stretched by
    ``angular_stretch`` (default 3): the galaxies are shown as if they were that many times nearer, so that their
@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .enhance_simulator import EnhanceSimulator, GalaxyPopulation, degradation_info
-from .physics.degrade import degrade
-from .real_lenses import APERTURE_RADIUS, Target, _lens_dir, _read_catalog, _sha256, process_lens
-from .release import write_release
-from .tracks import Track, load_track
+from skybench.physics.degrade import degrade
+from skybench.real_hst import APERTURE_RADIUS, Target, _lens_dir, _read_catalog, _sha256, process_lens
+from skybench.release import write_release
+from skybench.tasks.enhance.simulator import EnhanceSimulator, GalaxyPopulation, degradation_info
+from skybench.tracks import Track, load_track
 
 PROFILE = "real-hst"
 
@@ -54,7 +54,7 @@ def _processing(track: Track, mag_r: float, stretch: float, seed: int) -> str:
     info = degradation_info(track)
     return (
         "Real HST galaxy images (data/lenses_hst: 20 DESI-LS WFC3/IR F140W at 0.08\"/px, 7 SLACS ACS/WFC F814W at"
-        f" 0.05\"/px) as the truth of the {track.name} track. Per band {track.band_names}: skybench.real_lenses."
+        f" 0.05\"/px) as the truth of the {track.name} track. Per band {track.band_names}: skybench.real_hst."
         "process_lens (read the primary HDU; match the HST PSF to the band's Gaussian seeing with a discrete Gaussian"
         " kernel; flux-conserving area-weighted rebinning onto the track grid; flux scaling; Gaussian background +"
         f" Poisson noise to the band's sigma) with HST angles stretched by {stretch:g} (the galaxy shown {stretch:g}x"
@@ -134,7 +134,7 @@ def empty_real_truth(track: Track | str, out: Path, *, seed: int = 0, note: str 
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m skybench.real_truth", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m skybench.tasks.enhance.real", description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("data"), help="folder holding lenses_hst/ (default: data)")
     ap.add_argument("--out", type=Path, default=Path("releases/enhance-real"), help="release folder to write")
     ap.add_argument("--track", default="enhance", help="track name or YAML path (default: enhance)")

@@ -1,6 +1,6 @@
 """One-line access to a release for teams: numpy memmaps, a torch ``Dataset`` and a ``tf.data.Dataset``.
 
-    >>> rel = skybench.data.open_release("releases/lens-space")
+    >>> rel = skybench.release.reader.open_release("releases/lens-space")
     >>> x, y = rel.images("train"), rel.labels("train")   # memory-mapped, (N, bands, H, W) float32
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .release import read_manifest
+from skybench.release import read_manifest
 
 
 class ShardedArray:
@@ -51,6 +51,38 @@ class ShardedArray:
             yield self[start:start + batch_size]
 
 
+class HiddenSplit:
+    """The organiser-only part of a split (``test``): full metadata with the labels, and the hidden arrays
+    (answers such as the undegraded ``truth`` images). Only the scoring side ever opens one."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        if not (self.folder / "meta.parquet").is_file():
+            raise FileNotFoundError(f"{self.folder}: not a hidden split (no meta.parquet)")
+
+    def __repr__(self) -> str:
+        return f"HiddenSplit({self.folder})"
+
+    def meta(self, columns: list[str] | None = None) -> pd.DataFrame:
+        """Every object's metadata and labels, with its ``id``, in release order."""
+        return pd.read_parquet(self.folder / "meta.parquet", columns=columns)
+
+    def ids(self) -> np.ndarray:
+        return self.meta(["id"])["id"].to_numpy()
+
+    def truth(self, ids: np.ndarray, columns: list[str] | None = None) -> pd.DataFrame:
+        """The metadata rows of ``ids``, in that order, indexed by id (KeyError for an unknown id)."""
+        return self.meta(columns if columns is None or "id" in columns else ["id", *columns]) \
+            .set_index("id").loc[np.asarray(ids)]
+
+    def array(self, name: str) -> ShardedArray:
+        """A hidden per-object array (release order), memory-mapped."""
+        paths = sorted(self.folder.glob(f"{name}-*.npy"))
+        if not paths:
+            raise FileNotFoundError(f"{self.folder}: no hidden array {name!r}")
+        return ShardedArray(paths)
+
+
 class Release:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -67,6 +99,10 @@ class Release:
         if not paths:
             raise FileNotFoundError(f"{self.root}: no {name} for split {split!r}")
         return ShardedArray(paths)
+
+    def hidden(self, split: str = "test") -> HiddenSplit:
+        """The organiser-only labels and arrays of ``split`` (a release folder teams never get)."""
+        return HiddenSplit(self.root / "hidden" / split)
 
     def images(self, split: str) -> ShardedArray:
         return self.array(split, "images")

@@ -16,8 +16,8 @@ from types import ModuleType
 import numpy as np
 import pandas as pd
 
-from .metrics import completeness_by_bin, lens_metrics, roc_curve, roc_on_grid, threshold_at_fpr
-from .tracks import Track
+from skybench.metrics import completeness_by_bin, lens_metrics, roc_curve, roc_on_grid, threshold_at_fpr
+from skybench.tracks import Track
 
 COMPLETENESS_FPR = 0.01  # completeness and real-lens recall use the threshold giving 1% false positives
 THETA_E_BINS = np.array([0.0, 0.6, 0.9, 1.2, 1.5, 2.0, 3.0])
@@ -31,7 +31,7 @@ def score(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path, 
     With ``evaluation.public_fraction`` set, the same scorer also runs on the public and on the private part
     of the test ids (:func:`public_mask`), adding ``public_<m>`` and ``private_<m>`` for every metric ``m``.
 
-    Everything in ``out_dir`` is organiser-only except what :mod:`skybench.visibility` lets participants see;
+    Everything in ``out_dir`` is organiser-only except what :mod:`skybench.harness.visibility` lets participants see;
     a scorer module's ``public_artifacts`` writes those that depend on labels from the public part only (the
     whole test set without a split)."""
     scorer = _scorer(track)
@@ -89,7 +89,8 @@ def score_real(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: P
 
 def _scorer(track: Track) -> ModuleType:
     """The module that scores the track's task: this one for lenses, ``score_<task>`` for the others."""
-    return sys.modules[__name__] if track.task == "lens" else importlib.import_module(f"skybench.score_{track.task}")
+    return sys.modules[__name__] if track.task == "lens" else \
+        importlib.import_module(f"skybench.tasks.{track.task}.score")
 
 
 def score_task(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path, out_dir: Path) -> dict[str, float]:

@@ -5,7 +5,7 @@ Conventions:
 * the store is ``$MLFLOW_TRACKING_URI`` (read at every call), else ``<project root>/mlflow.db`` (sqlite);
   artifacts of a sqlite store go next to the database, under ``mlartifacts/<experiment>``;
 * leaderboard runs live in ``skybench-<track>``, training curves in ``skybench-training-<track>``;
-* ``skybench-<track>`` holds what participants may see of each evaluation (:mod:`skybench.visibility`); the
+* ``skybench-<track>`` holds what participants may see of each evaluation (:mod:`skybench.harness.visibility`); the
   full record (every metric, per-object tables, full ROC) goes to ``skybench-<track>-organiser``
   (:func:`organiser_experiment`), whose artifacts live apart (``$SKYBENCH_ORGANISER_ARTIFACTS`` or
   ``mlartifacts/skybench-<track>-organiser``). Grant teams read access to ``skybench-<track>`` only (MLflow's
@@ -69,7 +69,7 @@ def experiment_name(track: str) -> str:
 
 
 def organiser_experiment(track: str) -> str:
-    """Organiser-only experiment of a track: the full evaluation records (see :mod:`skybench.visibility`)."""
+    """Organiser-only experiment of a track: the full evaluation records (see :mod:`skybench.harness.visibility`)."""
     return f"skybench-{track}-organiser"
 
 

@@ -1,0 +1,87 @@
+"""The contract every science task implements, checked when the task is registered.
+
+A task is one folder ``skybench/tasks/<name>/`` whose ``__init__.py`` defines a :class:`Task` subclass: its typed
+track configuration, its simulator, its scorer (simulated and real test sets) and the output kind its
+submissions return. Like lenstronomy's ``LensProfileBase`` and scikit-learn's estimator API, the abstract methods
+are the whole interface: the harness, the release writer and the CLI call nothing else, and
+``tests/contract/`` runs one suite over every registered task (a new task gets those tests for free).
+Tasks never import one another; what they share lives in :mod:`skybench.common` and :mod:`skybench.physics`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from skybench.release.reader import HiddenSplit
+    from skybench.testkey import ObjectSeeds
+    from skybench.tracks import Track
+
+
+class Simulator(Protocol):
+    """What a task's simulator class provides; built as ``cls(track, backend)``."""
+
+    hidden_arrays: ClassVar[tuple[str, ...]]  # per-object arrays that are answers (kept out of public/test)
+    label_columns: ClassVar[list[str]]  # metadata columns that are labels (the first is the training target)
+
+    @classmethod
+    def arrays(cls, track: Track) -> dict[str, tuple[int, ...]]:
+        """Array name -> shape of one object (``images``: (bands, H, W), ...)."""
+        ...
+
+    @classmethod
+    def release_info(cls, track: Track) -> dict[str, Any]:
+        """Extra manifest entries (the degradation, feature names, ...)."""
+        ...
+
+    def simulate(self, seeds: ObjectSeeds | int, split: str, start: int, stop: int) -> Any:
+        """(arrays, metadata with ``id``) for objects ``start..stop`` of ``split``, each from its own seed."""
+        ...
+
+
+class Task(ABC):
+    """One science case. Subclasses set the class variables and implement the abstract methods."""
+
+    name: ClassVar[str]  # the ``task:`` value of its track YAMLs
+    track_model: ClassVar[type[Track]]  # pydantic model of its track YAML (``task: Literal[name]``)
+    output_kinds: ClassVar[tuple[str, ...]]  # ``output.kind`` values its tracks may declare
+
+    @abstractmethod
+    def simulator(self) -> type[Simulator]:
+        """The simulator class (imported lazily: scoring never needs the physics)."""
+
+    @abstractmethod
+    def score(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
+              out_dir: Path) -> dict[str, float]:
+        """Metrics of ``predictions`` (aligned with ``ids``) against the hidden ``truth``; organiser-only plots
+        and tables go to ``out_dir``."""
+
+    @abstractmethod
+    def score_real(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
+                   real_ids: np.ndarray, real_predictions: np.ndarray, real_truth: HiddenSplit,
+                   out_dir: Path) -> dict[str, float]:
+        """Metrics on the track's real set, given the simulated test predictions as well (e.g. a threshold)."""
+
+    @abstractmethod
+    def oracle(self, track: Track, truth: HiddenSplit, ids: np.ndarray) -> np.ndarray:
+        """Perfect predictions for ``ids``: what the scorer must rate best (used by the contract tests)."""
+
+    def public_artifacts(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
+                         out_dir: Path) -> None:
+        """Label-dependent files participants may see, from the public part ``ids`` only (default: none)."""
+        return None
+
+
+def check_task(cls: type[Task]) -> None:
+    """Raise TypeError naming what ``cls`` lacks: an abstract method left unimplemented or a class variable."""
+    if missing := sorted(getattr(cls, "__abstractmethods__", ())):
+        raise TypeError(f"task {cls.__name__} does not implement {', '.join(missing)} (skybench.tasks.base.Task)")
+    for attr in ("name", "track_model", "output_kinds"):
+        if not hasattr(cls, attr):
+            raise TypeError(f"task {cls.__name__} does not set the class variable {attr!r}")
+    if cls.track_model.model_fields["task"].annotation is None:
+        raise TypeError(f"task {cls.__name__}: its track_model has no 'task' field")
