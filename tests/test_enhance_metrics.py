@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from skybench.metrics import (
+from skybench.tasks.enhance.metrics import (
     chi2_per_pixel,
     flux_rel_error,
     image_metrics,

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from skybench.cli import app
 from skybench.harness.evaluate import evaluate, record_dir
 from skybench.harness.visibility import private_dir
-from skybench.metrics import lens_metrics
 from skybench.release import ReleaseError
+from skybench.tasks.lens.metrics import lens_metrics
 from skybench.tracking import leaderboard as lb
 from skybench.tracks import load_track
 
@@ -202,8 +202,8 @@ def test_every_attack_is_failed_with_a_reason_and_the_honest_submission_still_sc
 
 def test_real_lens_recall_is_the_fraction_above_the_1_percent_fpr_threshold(store, subs, tmp_path,
                                                                              tiny_space_release):
-    from skybench.metrics import threshold_at_fpr
     from skybench.simulate import simulate_release
+    from skybench.tasks.lens.metrics import threshold_at_fpr
 
     real = simulate_release("lens-space", tmp_path / "real", seed=11, size=8, progress=False, real_set=False)
     track = load_track("lens-space")

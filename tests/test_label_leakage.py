@@ -289,7 +289,7 @@ def test_enhance_truth_cannot_be_read_off_participant_artifacts(tmp_path, monkey
 
 
 def test_participant_roc_has_a_fixed_size_and_interpolates_the_curve():
-    from skybench.metrics import ROC_FPR_GRID, roc_curve, roc_on_grid
+    from skybench.tasks.lens.metrics import ROC_FPR_GRID, roc_curve, roc_on_grid
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 500)

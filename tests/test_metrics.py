@@ -1,4 +1,4 @@
-"""Tests for skybench.metrics (Metcalf et al. 2019 lens-finding metrics)."""
+"""Tests for skybench.tasks.lens.metrics and skybench.common (Metcalf et al. 2019 lens-finding metrics)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import sklearn.metrics as skm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from skybench import metrics as m
+from skybench import common
+from skybench.tasks.lens import metrics as m
 
 # --------------------------------------------------------------------------- helpers / strategies
 
@@ -263,24 +264,24 @@ def test_average_precision_equals_sklearn_with_ties() -> None:
 
 def test_bootstrap_ci_is_deterministic_for_fixed_seed_and_changes_with_seed() -> None:
     labels, scores = _gaussian_scores(300, 5)
-    a = m.bootstrap_ci(m.auroc, labels, scores, n_resamples=200, seed=7)
-    b = m.bootstrap_ci(m.auroc, labels, scores, n_resamples=200, seed=7)
-    c = m.bootstrap_ci(m.auroc, labels, scores, n_resamples=200, seed=8)
+    a = common.bootstrap_ci(m.auroc, labels, scores, n_resamples=200, seed=7)
+    b = common.bootstrap_ci(m.auroc, labels, scores, n_resamples=200, seed=7)
+    c = common.bootstrap_ci(m.auroc, labels, scores, n_resamples=200, seed=8)
     assert a == b
     assert a != c
 
 
 def test_bootstrap_ci_contains_point_estimate() -> None:
     labels, scores = _gaussian_scores(1000, 11)
-    low, high = m.bootstrap_ci(m.auroc, labels, scores, n_resamples=300, seed=0)
+    low, high = common.bootstrap_ci(m.auroc, labels, scores, n_resamples=300, seed=0)
     point = m.auroc(labels, scores)
     assert low < point < high
     assert 0.0 < high - low < 0.2
 
 
 def test_bootstrap_ci_is_narrower_for_more_data() -> None:
-    small = m.bootstrap_ci(m.auroc, *_gaussian_scores(200, 3), n_resamples=300, seed=0)
-    large = m.bootstrap_ci(m.auroc, *_gaussian_scores(5000, 3), n_resamples=300, seed=0)
+    small = common.bootstrap_ci(m.auroc, *_gaussian_scores(200, 3), n_resamples=300, seed=0)
+    large = common.bootstrap_ci(m.auroc, *_gaussian_scores(5000, 3), n_resamples=300, seed=0)
     assert (large[1] - large[0]) < 0.5 * (small[1] - small[0])
 
 
@@ -293,16 +294,16 @@ def test_bootstrap_ci_is_generic_over_metric_and_array_count() -> None:
         dz = (zp - zt) / (1 + zt)
         return float(1.4826 * np.median(np.abs(dz - np.median(dz))))
 
-    low, high = m.bootstrap_ci(sigma_nmad, z_true, z_pred, n_resamples=200, seed=1)
+    low, high = common.bootstrap_ci(sigma_nmad, z_true, z_pred, n_resamples=200, seed=1)
     assert low < sigma_nmad(z_true, z_pred) < high
     assert 0.04 < low < high < 0.06
-    low1, high1 = m.bootstrap_ci(lambda x: float(np.mean(x)), z_true, n_resamples=200, seed=1)
+    low1, high1 = common.bootstrap_ci(lambda x: float(np.mean(x)), z_true, n_resamples=200, seed=1)
     assert low1 < float(np.mean(z_true)) < high1
 
 
 def test_bootstrap_ci_skips_single_class_resamples() -> None:
     # with 3 objects, about a quarter of resamples hold one class only: they must be skipped, not raise
-    low, high = m.bootstrap_ci(m.auroc, [1, 0, 0], [0.9, 0.1, 0.2], n_resamples=400, seed=0)
+    low, high = common.bootstrap_ci(m.auroc, [1, 0, 0], [0.9, 0.1, 0.2], n_resamples=400, seed=0)
     assert (low, high) == (1.0, 1.0)
     calls: list[int] = []
 
@@ -310,7 +311,7 @@ def test_bootstrap_ci_skips_single_class_resamples() -> None:
         calls.append(1)
         return m.auroc(y, s)
 
-    low, high = m.bootstrap_ci(counting_auroc, [1, 0], [0.2, 0.8], n_resamples=200, seed=0)
+    low, high = common.bootstrap_ci(counting_auroc, [1, 0], [0.2, 0.8], n_resamples=200, seed=0)
     assert (low, high) == (0.0, 0.0)
     assert len(calls) == 200
 
@@ -320,15 +321,15 @@ def test_bootstrap_ci_propagates_other_errors_and_checks_arguments() -> None:
         raise ValueError("not a one-class problem")
 
     with pytest.raises(ValueError, match="not a one-class problem"):
-        m.bootstrap_ci(broken, np.arange(5), n_resamples=10)
+        common.bootstrap_ci(broken, np.arange(5), n_resamples=10)
     with pytest.raises(ValueError, match="differ in length"):
-        m.bootstrap_ci(m.auroc, [0, 1, 1], [0.1, 0.2], n_resamples=10)
+        common.bootstrap_ci(m.auroc, [0, 1, 1], [0.1, 0.2], n_resamples=10)
     with pytest.raises(ValueError, match="n_resamples"):
-        m.bootstrap_ci(m.auroc, [0, 1], [0.1, 0.2], n_resamples=0)
+        common.bootstrap_ci(m.auroc, [0, 1], [0.1, 0.2], n_resamples=0)
     with pytest.raises(ValueError, match="alpha"):
-        m.bootstrap_ci(m.auroc, [0, 1], [0.1, 0.2], alpha=1.0)
+        common.bootstrap_ci(m.auroc, [0, 1], [0.1, 0.2], alpha=1.0)
     with pytest.raises(ValueError, match="every bootstrap resample"):
-        m.bootstrap_ci(lambda x: float("nan"), np.arange(5), n_resamples=10)
+        common.bootstrap_ci(lambda x: float("nan"), np.arange(5), n_resamples=10)
 
 
 @pytest.mark.parametrize("n, seed", [(3, 0), (40, 1), (3000, 2)])
@@ -336,7 +337,7 @@ def test_lens_metrics_fast_auroc_ci_equals_generic_bootstrap(n: int, seed: int) 
     labels, scores = _gaussian_scores(n, seed)
     scores = np.round(scores, 1)  # ties
     out = m.lens_metrics(labels, scores, n_resamples=150, seed=seed)
-    low, high = m.bootstrap_ci(m.auroc, labels, scores, n_resamples=150, seed=seed)
+    low, high = common.bootstrap_ci(m.auroc, labels, scores, n_resamples=150, seed=seed)
     assert (out["auroc_ci_low"], out["auroc_ci_high"]) == (low, high)
 
 
@@ -436,9 +437,9 @@ def test_metrics_raise_clear_value_error_on_bad_input(labels, scores, match, fn)
 
 
 def test_single_class_error_is_undefined_metric_error_subclass_of_value_error() -> None:
-    with pytest.raises(m.UndefinedMetricError):
+    with pytest.raises(common.UndefinedMetricError):
         m.auroc([1, 1], [0.1, 0.2])
-    assert issubclass(m.UndefinedMetricError, ValueError)
+    assert issubclass(common.UndefinedMetricError, ValueError)
 
 
 def test_boolean_and_float_labels_are_accepted() -> None:

@@ -111,9 +111,9 @@ def test_photoz_entries_in_params_and_dvc():
 @pytest.mark.skipif(not (MGS / "train.csv").is_file(), reason="real data not pulled (make data)")
 @pytest.mark.slow
 def test_sdss_mgs_release_and_knn(tmp_path):
-    from skybench.metrics import sigma_mad
     from skybench.release import read_manifest, verify_release
     from skybench.release.reader import open_release
+    from skybench.tasks.photoz.metrics import sigma_mad
     from skybench.tasks.photoz.real import FEATURES, import_sdss_mgs
 
     out = import_sdss_mgs(ROOT / "data", "photoz-sdss-mgs", tmp_path / "mgs", progress=False)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from skybench.harness.submission import validate_predictions
-from skybench.metrics import (
+from skybench.tasks.photoz.metrics import (
     bias_mean,
     bias_median,
     cde_loss,

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from skybench.cli import app
 from skybench.harness.evaluate import evaluate
 from skybench.harness.score import public_mask
-from skybench.metrics import lens_metrics
+from skybench.tasks.lens.metrics import lens_metrics
 from skybench.tracking import client, experiment_name, organiser_experiment
 from skybench.tracking import leaderboard as lb
 from skybench.tracks import load_track

@@ -11,14 +11,13 @@ from skybench.physics.noise import magnitude2cps
 from skybench.real_hst import (
     discrete_gaussian_kernel,
     fit_psf_fwhm,
-    import_real_lenses,
-    main,
     overlap_matrix,
     process_lens,
     resample_flux,
     robust_sigma,
 )
 from skybench.release import read_manifest, verify_release
+from skybench.tasks.lens.real import import_real_lenses, main
 from skybench.tracks import load_track
 
 

@@ -13,10 +13,10 @@ from helpers import bwrap_works, csv_submission, python_submission
 
 from skybench.harness.evaluate import evaluate, record_dir
 from skybench.harness.visibility import private_dir
-from skybench.metrics import threshold_at_fpr
 from skybench.release import ReleaseError, verify_release, write_release
 from skybench.release.mixing import SOURCES, Stream, fold_in
 from skybench.simulate import simulate_release
+from skybench.tasks.lens.metrics import threshold_at_fpr
 from skybench.tracks import load_track
 
 needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create namespaces here")

@@ -32,8 +32,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402  (also: seed_everything enables TF op determinism when it is imported)
 
-from skybench.metrics import stretched_psnr  # noqa: E402
 from skybench.release.reader import open_release  # noqa: E402
+from skybench.tasks.enhance.metrics import stretched_psnr  # noqa: E402
 from skybench.tracks import load_track  # noqa: E402
 from skybench.training import (  # noqa: E402
     CurveLogger,

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from skybench.metrics import stretched_psnr
 from skybench.release.reader import open_release
+from skybench.tasks.enhance.metrics import stretched_psnr
 from skybench.training import (
     CurveLogger,
     baseline_params,

@@ -36,7 +36,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402, F401  (imported so that seed_everything enables TF op determinism)
 
-from skybench.metrics import pdf_point_estimate  # noqa: E402
+from skybench.tasks.photoz.metrics import pdf_point_estimate  # noqa: E402
 from skybench.tracks import load_track  # noqa: E402
 from skybench.training import (  # noqa: E402
     CurveLogger,

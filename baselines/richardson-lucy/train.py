@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from skybench.metrics import stretched_psnr
 from skybench.release.reader import open_release
+from skybench.tasks.enhance.metrics import stretched_psnr
 from skybench.tracks import load_track
 from skybench.training import CurveLogger, baseline_params, fresh_folder, parse_args, run_cli, write_submission
 

@@ -203,8 +203,8 @@ def ui(port: int = 5000) -> None:
 def import_real_lenses(data: Path = Path("data"), out: Path = Path("releases/real-hst-lenses"),
                        track: str = "lens-space", seed: int = 0) -> None:
     """Turn the real HST lenses in data/ into a lens-space evaluation set (empty if data/ is missing)."""
-    from skybench.real_hst import import_real_lenses as run
     from skybench.release import write_release
+    from skybench.tasks.lens.real import import_real_lenses as run
 
     try:
         path = run(data, track, out, seed=seed, progress=sys.stderr.isatty())

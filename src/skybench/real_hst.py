@@ -1,38 +1,33 @@
-"""Real-lens evaluation set: HST images of confirmed lenses brought to a track's format and noise level.
+"""Real HST images brought to a track's grid, PSF, flux scale and noise: what the real-data importers share
+(the lens importer :mod:`skybench.tasks.lens.real`, the enhancement one :mod:`skybench.tasks.enhance.real`).
 
-``import_real_lenses(data_dir, track, out)`` reads ``lenses_hst/*.fits`` (see ``data/README.md`` section 1)
-and writes a release (``skybench verify``-able) whose ``test`` split holds every lens (``is_lens = 1``).
-Per object, in this order:
+:func:`process_lens` reads one ``lenses_hst/*.fits`` file (see ``data/README.md`` section 1) and, in this order:
 
-1. read the primary HDU with ``astropy.io.fits`` (array axis 0 = FITS y = NAXIS2) and the pixel scale of
+1. reads the primary HDU with ``astropy.io.fits`` (array axis 0 = FITS y = NAXIS2) and the pixel scale of
    each axis from the WCS CD matrix (SLACS), the ``PIX2AN`` pixel-to-arcsec matrix (DESI) or ``PIXSCALE``;
-2. measure the FWHM of the HST PSF (``PSF`` extension) with a pixel-integrated circular Gaussian fit to
-   its core, and convolve, on the original grid, with the discrete Gaussian kernel (``exp(-t) I_n(t)``,
-   variance exactly ``t`` pixel^2) that takes it to the track's Gaussian PSF:
+2. measures the FWHM of the HST PSF (``PSF`` extension) with a pixel-integrated circular Gaussian fit to
+   its core, and convolves, on the original grid, with the discrete Gaussian kernel (``exp(-t) I_n(t)``,
+   variance exactly ``t`` pixel^2) that takes it to the target's Gaussian PSF:
    ``s_diff^2 = s_track^2 - s_hst^2 - p_hst^2/12`` (the last term: the blur that the piecewise-constant
    resampling of step 3 adds);
-3. resample to the track's grid (0.1"/px, 101 x 101) centred on the image centre, by exact area-weighted
+3. resamples to the target grid (e.g. 0.1"/px, 101 x 101) centred on the image centre, by exact area-weighted
    rebinning of the image as a piecewise-constant surface: ``new = A_y @ img @ A_x.T`` with
    ``A[i, j] = overlap(new pixel i, old pixel j) / old pixel length``, which conserves the flux (e-/s) of
    every old pixel inside the frame; the frame outside the HST footprint is zero;
-4. scale the flux so that the flux within ``r = 2"`` of the centre (deflector + arcs, measured after
-   resampling, before the PSF step) has the target magnitude (default 20.25, the middle of the track's
-   lens magnitude range) at the track's zero point;
-5. add Gaussian noise of variance ``max(sigma_bkg^2 - sigma_exist^2, 0) + |img| / T`` per pixel
+4. scales the flux so that the flux within ``r = 2"`` of the centre (deflector + arcs, measured after
+   resampling, before the PSF step) has the target magnitude at the target's zero point;
+5. adds Gaussian noise of variance ``max(sigma_bkg^2 - sigma_exist^2, 0) + |img| / T`` per pixel
    (lenstronomy ``data_util``: background + Poisson of the image, ``T = num_exposures * exposure_time``),
    where ``sigma_exist`` is the HST noise carried through steps 2-4 (white noise of rms ``BKG_RMS``, or
    ``1.4826 * MAD`` of a 5-pixel border ring of the original image where there is no ``BKG_RMS``,
    propagated exactly through the linear map of steps 2-4).
 
-Every number of every step is in the hidden metadata; the manifest's ``processing`` string says the same.
+Every number of every step is returned with the image, for the hidden metadata.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -45,10 +40,8 @@ from scipy.special import erf, ive
 
 from skybench.physics.noise import background_sigma, cps2magnitude, magnitude2cps
 from skybench.physics.psf import FWHM_TO_SIGMA, convolution_matrix
-from skybench.release import write_release
-from skybench.tracks import Track, load_track
+from skybench.tracks import Track
 
-PROFILE = "real-hst"
 APERTURE_RADIUS = 2.0  # arcsec: flux of deflector + arcs used to set the magnitude
 BORDER_WIDTH = 5  # pixels of the original image used for a MAD noise estimate when BKG_RMS is missing
 MAD_TO_SIGMA = 1.4826
@@ -136,13 +129,11 @@ class Target:
 
     @classmethod
     def from_track(cls, track: Track, target_mag: float) -> Target:
+        """The target of a one-band track: its grid, seeing, zero point, background sigma and exposure time."""
         if len(track.survey.bands) != 1:
             raise ValueError(f"track {track.name!r} has bands {track.band_names}; the HST lenses are one band")
         b = track.survey.bands[0]
         assert track.cutout is not None, f"track {track.name!r} has no cutout"
-        lo, hi = track.population.get("lens", {}).get("mag", [-np.inf, np.inf])
-        if not lo <= target_mag <= hi:
-            raise ValueError(f"target magnitude {target_mag} is outside the track's lens range [{lo}, {hi}]")
         sigma = background_sigma(b.read_noise, b.exposure_time, b.num_exposures, b.sky_brightness, b.zero_point,
                                  track.survey.pixel_scale)
         return cls(track.cutout.size, track.survey.pixel_scale, b.seeing, b.zero_point, sigma,
@@ -275,30 +266,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _processing(target: Target, seed: int) -> str:
-    target_cps = float(magnitude2cps(target.target_mag, target.zero_point))
-    return (
-        "Real HST lenses (data/lenses_hst: 20 DESI-LS WFC3/IR F140W at 0.08\"/px, 7 SLACS ACS/WFC F814W at 0.05\"/px)"
-        " brought to this track. Per object: (1) read the primary HDU with astropy.io.fits (axis 0 = FITS y);"
-        " pixel scale per axis from the WCS CD matrix, the PIX2AN matrix or PIXSCALE; non-finite pixels set to 0;"
-        " no rotation (orientation as stored). (2) HST PSF FWHM from a pixel-integrated circular Gaussian fit to"
-        " the core (r<=0.3\") of the PSF extension; convolved on the original grid with the discrete Gaussian"
-        f" kernel exp(-t)I_n(t) of variance s_diff^2 = s_target^2 - s_hst^2 - p_hst^2/12 (target FWHM"
-        f" {target.fwhm}\", s = FWHM/2.3548; p^2/12 = blur added by step 3; 0 if negative). (3) Flux-conserving"
-        f" area-weighted rebinning of the image as a piecewise-constant surface onto {target.size}x{target.size}"
-        f" pixels of {target.pixel_scale}\" centred on the image centre (new = A_y @ img @ A_x.T, A[i,j] ="
-        " overlap(new i, old j) / old pixel length); outside the HST footprint the frame is 0 before noise."
-        f" (4) Flux scaled so that the flux within r = {APERTURE_RADIUS}\" of the centre (deflector + arcs,"
-        f" measured after rebinning without the PSF step; images are already background-subtracted) is"
-        f" magnitude {target.target_mag} at ZP {target.zero_point} (= {target_cps:.4g} e-/s)."
-        " (5) Gaussian noise of per-pixel variance max(sigma_bkg^2 - sigma_exist^2, 0)"
-        f" + |img|/T with sigma_bkg = {target.sigma_bkg:.6g} e-/s (skybench.physics.noise.background_sigma of the"
-        f" band) and T = {target.total_time:g} s, sigma_exist = HST noise (BKG_RMS header, else 1.4826*MAD of a"
-        f" {BORDER_WIDTH}-px border ring of the original image) propagated as white noise through steps 2-4;"
-        f" numpy default_rng([seed={seed}, index]). All numbers per object are in hidden/test/meta.parquet."
-    )
-
-
 def _read_catalog(lens_dir: Path) -> pd.DataFrame:
     """``lens_dir``/catalog.csv sorted by file, after checking that every file it names is there."""
     catalog_path = lens_dir / "catalog.csv"
@@ -309,61 +276,3 @@ def _read_catalog(lens_dir: Path) -> pd.DataFrame:
     if missing:
         raise FileNotFoundError(f"{lens_dir}: files in catalog.csv are missing: {missing}")
     return catalog
-
-
-def import_real_lenses(data_dir: Path, track: Track | str, out: Path, *, seed: int = 0, target_mag: float = 20.25,
-                       progress: bool = False) -> Path:
-    """Write the real HST lenses of ``data_dir`` (the folder holding ``lenses_hst/``, or that folder itself)
-    as the ``test`` split of a release at ``out`` in the format of ``track``; return ``out``."""
-    track = load_track(track) if isinstance(track, str) else track
-    target = Target.from_track(track, target_mag)
-    lens_dir = _lens_dir(data_dir)
-    catalog = _read_catalog(lens_dir)
-    count = len(catalog)
-
-    def rows(start: int, stop: int) -> tuple[np.ndarray, pd.DataFrame]:
-        images, metas = [], []
-        for index in range(start, stop):
-            entry = catalog.iloc[index]
-            path = lens_dir / entry["file"]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # duplicated keywords in the HLA headers
-                image, numbers = process_lens(path, target, np.random.default_rng([seed, index]))
-            images.append(image[None].astype(np.float32))
-            metas.append({
-                "id": index, "split": "test", "is_lens": np.int8(1), "file": entry["file"], "name": entry["name"],
-                "survey": entry["survey"], "telescope": entry["telescope"], "instrument": entry["instrument"],
-                "band": entry["band"], "z_lens": float(entry["z_lens"]), "z_lens_type": _text(entry["z_lens_type"]),
-                "z_source": float(entry["z_source"]), "seed": seed, "noise_seed": f"[{seed}, {index}]",
-                **numbers, "source_sha256": _sha256(path), "provenance_repo": entry["provenance_repo"],
-                "provenance_path": entry["provenance_path"], "provenance_commit": entry["provenance_commit"],
-                "licence": entry["licence"],
-            })
-        return np.stack(images), pd.DataFrame(metas)
-
-    def make_chunks(split: str, ranges: list[tuple[int, int]]) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
-        return (rows(a, b) for a, b in ranges)
-
-    info = {"track": track.name, "task": track.task, "profile": PROFILE, "seed": seed, "bands": track.band_names,
-            "pixel_scale": track.survey.pixel_scale, "units": "e-/s per pixel",
-            "source": "data/lenses_hst (real HST images of confirmed lenses; data/README.md section 1)",
-            "processing": _processing(target, seed)}
-    return write_release(Path(out), info=info, counts={"test": count}, image_shape=(1, target.size, target.size),
-                         make_chunks=make_chunks, label_columns=("is_lens",), progress=progress)
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m skybench.real_hst", description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("data"), help="folder holding lenses_hst/ (default: data)")
-    ap.add_argument("--out", type=Path, default=Path("releases/real-hst-lenses"), help="release folder to write")
-    ap.add_argument("--track", default="lens-space", help="track name or YAML path (default: lens-space)")
-    ap.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
-    ap.add_argument("--target-mag", type=float, default=20.25, help="magnitude of the r=2\" flux (default: 20.25)")
-    args = ap.parse_args(argv)
-    out = import_real_lenses(args.data, args.track, args.out, seed=args.seed, target_mag=args.target_mag,
-                             progress=True)
-    print(f"{out}: {len(pd.read_parquet(out / 'public/test/index.parquet'))} real lenses")
-
-
-if __name__ == "__main__":
-    main()

@@ -3,7 +3,6 @@ the public ``demo`` profile) the organiser's test-set key (:mod:`skybench.testke
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -87,20 +86,14 @@ def _real_set_fold(track: Track, real_set: Path | str | bool, key: bytes) -> Cal
     return finish
 
 
-# The simulator of each task: a class built as ``cls(track, backend)`` whose ``simulate(seeds, split, start, stop)``
-# (seeds: an ObjectSeeds, or a release seed with public derivation)
-# returns (arrays, metadata as a DataFrame or a dict of columns) for objects start..stop, with class-level
-# ``arrays(track)`` (name -> shape per object), ``hidden_arrays``, ``label_columns`` and ``release_info(track)``
-# (extra manifest entries).
-SIMULATORS = {"lens": "skybench.tasks.lens.simulator:LensSimulator",
-              "photoz": "skybench.tasks.photoz.simulator:GalaxySimulator",
-              "enhance": "skybench.tasks.enhance.simulator:EnhanceSimulator"}
 _SIM: Any = None
 
 
 def simulator_class(track: Track) -> Any:
-    module, name = SIMULATORS[track.task].split(":")
-    return getattr(importlib.import_module(module), name)
+    """The track's task's simulator (:class:`skybench.tasks.base.Simulator`), built as ``cls(track, backend)``."""
+    from skybench.tasks import get_task
+
+    return get_task(track.task).simulator()
 
 
 def _init_worker(track: Track, backend: str, one_thread: bool = False) -> None:

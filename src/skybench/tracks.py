@@ -1,17 +1,21 @@
-"""Track definitions: one YAML file per track under ``benchmarks/``, validated here."""
+"""Track definitions: one YAML file per track under ``benchmarks/``, validated here.
+
+:class:`Track` holds what every task shares (survey, cut-out, splits, output, sandbox, evaluation); each task
+narrows it in its ``config.py`` (``task: Literal[name]`` and its typed ``population`` and ``label``).
+:func:`load_track` validates a YAML once, against the union of the registered tasks' track models
+discriminated on ``task``, and returns that task's model."""
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from skybench.common import Strict as _Strict
 
 
 class Band(_Strict):
@@ -93,16 +97,19 @@ class Evaluation(_Strict):
 
 
 class Track(_Strict):
+    """What every track declares; a task's track model (``skybench.tasks.<task>.config``) narrows ``task`` to its
+    name and types ``population`` and ``label``."""
+
     name: str
-    task: Literal["lens", "photoz", "enhance"]
+    task: str
     description: str
     survey: Survey
     cutout: Cutout | None = None  # None for a track whose inputs are catalogue features only
     # Arrays a model receives per object, in this order (see skybench.harness.runner): image cut-outs and/or features.
     inputs: list[Literal["images", "features"]] = ["images"]
     profiles: dict[str, Split]
-    population: dict[str, Any]
-    label: dict[str, Any]
+    population: Any
+    label: Any
     metrics: Metrics
     output: Output
     sandbox: SandboxLimits = SandboxLimits()
@@ -144,7 +151,26 @@ def load_track(name_or_path: str | Path) -> Track:
     if not path.is_file():
         raise FileNotFoundError(f"no track definition {path}; known tracks: {', '.join(list_tracks())}")
     raw = yaml.safe_load(path.read_text())
+    from skybench.tasks import get_task, task_names
+
+    task = raw.get("task") if isinstance(raw, dict) else None
+    if task not in task_names():
+        raise ValueError(f"{path}: unknown task {task!r}; known tasks: {', '.join(task_names())}")
     try:
-        return Track.model_validate(raw)
+        track = _track_adapter(tuple(get_task(t).track_model for t in task_names())).validate_python(raw)
     except ValidationError as exc:
         raise ValueError(f"{path}: invalid track definition:\n{exc}") from exc
+    kinds = get_task(track.task).output_kinds
+    if track.output.kind not in kinds:
+        raise ValueError(f"{path}: output.kind {track.output.kind!r} is not one of the {track.task} task's "
+                         f"{', '.join(kinds)}")
+    return track
+
+
+@functools.cache
+def _track_adapter(models: tuple[type[Track], ...]) -> TypeAdapter[Track]:
+    """A validator of the union of ``models`` discriminated on ``task`` (one per registered task)."""
+    if len(models) == 1:
+        return TypeAdapter(models[0])
+    union: Any = Annotated[Union[models], Field(discriminator="task")]  # noqa: UP007 - a runtime tuple of types
+    return TypeAdapter(union)

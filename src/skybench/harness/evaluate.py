@@ -53,6 +53,7 @@ from skybench.harness.submission import (
 from skybench.harness.visibility import make_private_root, participant_view, private_dir, write_participant_view
 from skybench.release import ReleaseError, read_manifest, release_digest, verify_release
 from skybench.release.mixing import Stream
+from skybench.release.reader import HiddenSplit, Release
 from skybench.tracking import find_evaluation, git_commit
 from skybench.tracks import Track, load_track, project_root
 
@@ -237,7 +238,7 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
     out = Path(out or default_out(track))
     release_sha = check_release(release, track)
     make_private_root(out)  # always there (a DVC output), even when nothing finishes
-    hidden = release / "hidden" / "test"
+    hidden = Release(release).hidden("test")
     real = _real_set(track, release)
     real_sha = release_digest(real) if real is not None else ""
     # The real set is folded into the release's test stream (mixing.fold_in): split every result back.
@@ -373,7 +374,7 @@ def _plan(folder: Path, track: Track, real: Path | None, real_sha: str, release_
     return _Plan(folder, sub, rdir, real, real_sha, team, name, submission_time(folder, sub.sha256, rdir, received))
 
 
-def _finish(plan: _Plan, res: PredictResult, track: Track, release_sha: str, hidden: Path) -> Outcome:
+def _finish(plan: _Plan, res: PredictResult, track: Track, release_sha: str, hidden: HiddenSplit) -> Outcome:
     """Score a submission's predictions into a new record folder, then swap it in for the old one."""
     sub, rdir, real = plan.sub, plan.rdir, plan.real
     metrics: dict[str, float] = {}
@@ -397,7 +398,7 @@ def _finish(plan: _Plan, res: PredictResult, track: Track, release_sha: str, hid
                 assert extra.predictions is not None
                 save_predictions(private_stage, "real_predictions", extra.ids, extra.predictions)
                 metrics |= score_real(track, res.ids, res.predictions, hidden, extra.ids, extra.predictions,
-                                      real / "hidden" / "test", private_stage)
+                                      Release(real).hidden("test"), private_stage)
             write_participant_view(track, private_stage, stage, metrics)
         rec = _write_records(track, rdir, stage=stage, private_stage=private_stage if status == "FINISHED" else None,
                              team=plan.team, name=plan.name, fmt=sub.spec.format, status=status, reason=reason,
@@ -558,7 +559,7 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 # the modules that turn predictions into scores
-SCORERS = ("harness/score", "tasks/lens/score", "tasks/photoz/score", "tasks/enhance/score", "metrics")
+SCORERS = ("harness/score", "tasks/lens/score", "tasks/photoz/score", "tasks/enhance/score")
 
 
 def cache_key(track: Track) -> dict[str, str]:

@@ -82,6 +82,14 @@ class HiddenSplit:
             raise FileNotFoundError(f"{self.folder}: no hidden array {name!r}")
         return ShardedArray(paths)
 
+    def inputs(self, name: str = "images") -> ShardedArray:
+        """The public array ``name`` of the same split (the inputs teams were given), release order, memory-mapped:
+        for a scorer that shows them beside its predictions (the enhance gallery)."""
+        paths = sorted((self.folder.parent.parent / "public" / self.folder.name).glob(f"{name}-*.npy"))
+        if not paths:
+            raise FileNotFoundError(f"{self.folder}: no public array {name!r} beside this hidden split")
+        return ShardedArray(paths)
+
 
 class Release:
     def __init__(self, root: str | Path):

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from skybench.metrics import outlier_fraction, pdf_grid, sigma_mad
+from skybench.tasks.photoz.metrics import outlier_fraction, pdf_grid, sigma_mad
 from skybench.tracks import Track
 
 MAGS = ("mag_u", "mag_g", "mag_r", "mag_i", "mag_z")

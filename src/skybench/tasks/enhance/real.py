@@ -33,24 +33,25 @@ import pandas as pd
 from skybench.physics.degrade import degrade
 from skybench.real_hst import APERTURE_RADIUS, Target, _lens_dir, _read_catalog, _sha256, process_lens
 from skybench.release import write_release
-from skybench.tasks.enhance.simulator import EnhanceSimulator, GalaxyPopulation, degradation_info
+from skybench.tasks.enhance.config import EnhanceTrack
+from skybench.tasks.enhance.simulator import EnhanceSimulator, degradation_info
 from skybench.tracks import Track, load_track
 
 PROFILE = "real-hst"
 
 
-def _targets(track: Track, mag_r: float, stretch: float) -> list[Target]:
+def _targets(track: EnhanceTrack, mag_r: float, stretch: float) -> list[Target]:
     """One process_lens target per band, on the stretched angular scale (angles / ``stretch``)."""
     if track.cutout is None:
         raise ValueError(f"track {track.name!r} has no cutout")
-    pop = GalaxyPopulation.model_validate(track.population)
+    pop = track.population
     info = degradation_info(track)
     return [Target(track.cutout.size, track.survey.pixel_scale / stretch, b.seeing / stretch, b.zero_point,
                    info["sigma_truth"][b.name], b.num_exposures * b.exposure_time, mag_r + pop.bulge.colors[b.name])
             for b in track.survey.bands]
 
 
-def _processing(track: Track, mag_r: float, stretch: float, seed: int) -> str:
+def _processing(track: EnhanceTrack, mag_r: float, stretch: float, seed: int) -> str:
     info = degradation_info(track)
     return (
         "Real HST galaxy images (data/lenses_hst: 20 DESI-LS WFC3/IR F140W at 0.08\"/px, 7 SLACS ACS/WFC F814W at"
@@ -70,7 +71,7 @@ def import_real_truth(data_dir: Path, track: Track | str, out: Path, *, seed: in
                       angular_stretch: float = 3.0, progress: bool = False) -> Path:
     """Write the real-truth release of ``track`` (default ``enhance``) from ``data_dir``/lenses_hst; return ``out``."""
     track = load_track(track) if isinstance(track, str) else track
-    if track.task != "enhance":
+    if not isinstance(track, EnhanceTrack):
         raise ValueError(f"track {track.name!r} is a {track.task} track, not an enhance track")
     if angular_stretch <= 0:
         raise ValueError(f"angular_stretch must be positive, got {angular_stretch}")
@@ -127,6 +128,8 @@ def import_real_truth(data_dir: Path, track: Track | str, out: Path, *, seed: in
 def empty_real_truth(track: Track | str, out: Path, *, seed: int = 0, note: str = "") -> Path:
     """An empty real-truth release (when the real data is not available): evaluation then skips the real set."""
     track = load_track(track) if isinstance(track, str) else track
+    if not isinstance(track, EnhanceTrack):
+        raise ValueError(f"track {track.name!r} is a {track.task} track, not an enhance track")
     return write_release(Path(out), info={"track": track.name, "task": track.task, "profile": PROFILE, "seed": seed,
                                           "note": note or "real data was not available"},
                          counts={}, arrays=EnhanceSimulator.arrays(track), hidden_arrays=EnhanceSimulator.hidden_arrays,

@@ -1,6 +1,6 @@
 """Scoring of the image-enhancement track: predicted images against the hidden truth images.
 
-Metrics (``skybench.metrics.image_metrics``; each the mean over images with a bootstrap 95% CI):
+Metrics (:func:`skybench.tasks.enhance.metrics.image_metrics`; each the mean over images with a bootstrap 95% CI):
 ``psnr`` [dB] and ``ssim`` of the images after Schawinski et al.'s display stretch with the fixed flux range of
 ``label.display_stretch``, ``psnr_flux`` [dB] on the flux with the fixed range ``label.flux_data_range``,
 ``flux_rel_error``
@@ -21,42 +21,42 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from skybench.metrics import image_metrics, truth_variance
-from skybench.tasks.enhance.simulator import Degradation
-from skybench.tracks import Track
+from skybench.tasks.enhance.config import EnhanceTrack
+from skybench.tasks.enhance.metrics import image_metrics, truth_variance
+
+if TYPE_CHECKING:
+    from skybench.release.reader import HiddenSplit
 
 N_RESAMPLES = 1000
 
 
-def _arrays(folder: Path, name: str) -> np.ndarray:
-    paths = sorted(Path(folder).glob(f"{name}-*.npy"))
-    if not paths:
-        raise FileNotFoundError(f"{folder}: no {name}-*.npy")
-    return np.concatenate([np.load(p) for p in paths])
-
-
-def _aligned(hidden: Path, ids: np.ndarray) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """(metadata, truth, degraded input) of the objects ``ids``, in that order."""
-    meta = pd.read_parquet(hidden / "meta.parquet")
+def _rows(hidden: HiddenSplit, ids: np.ndarray) -> tuple[pd.DataFrame, np.ndarray]:
+    """(metadata of the objects ``ids`` in that order, their rows in release order)."""
+    meta = hidden.meta()
     row = pd.Series(np.arange(len(meta)), index=meta["id"].to_numpy())
     missing = np.setdiff1d(ids, row.index)
     if missing.size:
         raise ValueError(f"{hidden}: ids without truth: {missing[:5].tolist()}")
     take = row.loc[np.asarray(ids)].to_numpy()
-    inputs = _arrays(hidden.parent.parent / "public" / "test", "images")
-    return meta.iloc[take].reset_index(drop=True), _arrays(hidden, "truth")[take], inputs[take]
+    return meta.iloc[take].reset_index(drop=True), take
 
 
-def score_images(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path, out_dir: Path,
+def _aligned(hidden: HiddenSplit, ids: np.ndarray) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """(metadata, truth, degraded input) of the objects ``ids``, in that order."""
+    meta, take = _rows(hidden, ids)
+    return meta, hidden.array("truth")[take], hidden.inputs("images")[take]
+
+
+def score_images(track: EnhanceTrack, ids: np.ndarray, predictions: np.ndarray, hidden: HiddenSplit, out_dir: Path,
                  suffix: str = "") -> dict[str, float]:
     """Metrics of ``predictions`` against the truth in ``hidden``; per-object table and gallery into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    deg = Degradation.model_validate(track.label)
+    deg = track.label
     meta, truth, inputs = _aligned(hidden, np.asarray(ids))
     pred = np.asarray(predictions, dtype=np.float64)
     if pred.shape != truth.shape:
@@ -79,17 +79,24 @@ def score_images(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden:
     return metrics
 
 
-def score_task(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path, out_dir: Path) -> dict[str, float]:
-    metrics = score_images(track, ids, predictions, hidden, out_dir)
+def score(track: EnhanceTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
+          out_dir: Path) -> dict[str, float]:
+    metrics = score_images(track, ids, predictions, truth, out_dir)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
 
 
-def score_real_task(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path, real_ids: np.ndarray,
-                    real_predictions: np.ndarray, real_hidden: Path, out_dir: Path) -> dict[str, float]:
+def score_real(track: EnhanceTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
+               real_ids: np.ndarray, real_predictions: np.ndarray, real_truth: HiddenSplit,
+               out_dir: Path) -> dict[str, float]:
     """The same metrics on the real-truth set, as ``real_<metric>`` columns."""
-    metrics = score_images(track, real_ids, real_predictions, real_hidden, out_dir, suffix="_real")
+    metrics = score_images(track, real_ids, real_predictions, real_truth, out_dir, suffix="_real")
     return {f"real_{k}": v for k, v in metrics.items()}
+
+
+def oracle(track: EnhanceTrack, truth: HiddenSplit, ids: np.ndarray) -> np.ndarray:
+    """The truth images of ``ids``."""
+    return truth.array("truth")[_rows(truth, ids)[1]]
 
 
 def _gallery(inputs: np.ndarray, pred: np.ndarray, truth: np.ndarray, sigma: np.ndarray, ids: np.ndarray,

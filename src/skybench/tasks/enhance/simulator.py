@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from skybench.physics.backend import Backend, device
 from skybench.physics.degrade import added_sigma, blurred_noise_gain, degradation_kernel, degrade
@@ -31,76 +30,13 @@ from skybench.physics.light import gaussian_ellipse, sersic_ellipse, sersic_tota
 from skybench.physics.noise import background_sigma, magnitude2cps
 from skybench.physics.psf import gaussian_kernel_1d
 from skybench.physics.render import Renderer
+from skybench.tasks.enhance.config import MAX_CLUMPS, TYPES, EnhanceTrack
 from skybench.testkey import ObjectSeeds, as_object_seeds
-from skybench.tracks import Track
-
-TYPES = ("elliptical", "spiral", "irregular")
-MAX_CLUMPS = 10
-Range = tuple[float, float]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Component(_Strict):
-    R_sersic: Range
-    n_sersic: Range = (1.0, 1.0)
-    q: Range
-    colors: dict[str, float]
-
-
-class Arms(_Strict):
-    n_arms: tuple[int, int]
-    pitch_deg: Range
-    sharpness: Range
-    fraction: Range  # of the disk's flux moved into the arms
-
-
-class Clumps(_Strict):
-    n: dict[str, tuple[int, int]]
-    sigma: Range
-    flux_fraction: Range
-    radius: Range
-    colors: dict[str, float]
-
-
-class GalaxyPopulation(_Strict):
-    types: dict[str, float]
-    mag: Range
-    center_sigma: float = Field(ge=0)
-    color_scatter: float = Field(ge=0)
-    bulge: Component
-    bulge_fraction: dict[str, Range]
-    disk: Component
-    arms: Arms
-    clumps: Clumps
-
-    @model_validator(mode="after")
-    def _check(self) -> GalaxyPopulation:
-        for name, table in (("types", self.types), ("bulge_fraction", self.bulge_fraction),
-                            ("clumps.n", self.clumps.n)):
-            if set(table) != set(TYPES):
-                raise ValueError(f"population.{name} must have exactly the keys {list(TYPES)}, got {sorted(table)}")
-        if not np.isclose(sum(self.types.values()), 1.0):
-            raise ValueError(f"population.types probabilities sum to {sum(self.types.values())}, not 1")
-        if max(hi for _, hi in self.clumps.n.values()) > MAX_CLUMPS:
-            raise ValueError(f"population.clumps.n: at most {MAX_CLUMPS} clumps")
-        return self
-
-
-class Degradation(_Strict):
-    psf_fwhm: float = Field(gt=0, description="arcsec, Gaussian FWHM of the degradation")
-    noise_factor: float = Field(gt=0, description="background sigma of the input / that of the truth")
-    display_stretch: dict[str, dict[str, float]]  # {low: {band: flux}, high: {band: flux}}
-    flux_data_range: dict[str, float]
-    moments_sigma: float = Field(gt=0)
-    gallery: int = Field(6, ge=0)
-
-
-def degradation_info(track: Track) -> dict[str, Any]:
+def degradation_info(track: EnhanceTrack) -> dict[str, Any]:
     """What method users may know: the degradation PSF and the noise sigmas per band (manifest ``degradation``)."""
-    d = Degradation.model_validate(track.label)
+    d = track.label
     p = track.survey.pixel_scale
     sigma = np.array([background_sigma(b.read_noise, b.exposure_time, b.num_exposures, b.sky_brightness,
                                        b.zero_point, p) for b in track.survey.bands])
@@ -123,22 +59,21 @@ class EnhanceSimulator:
     label_columns: tuple[str, ...] = ()
 
     @staticmethod
-    def arrays(track: Track) -> dict[str, tuple[int, ...]]:
+    def arrays(track: EnhanceTrack) -> dict[str, tuple[int, ...]]:
         if track.cutout is None:
             raise ValueError(f"track {track.name!r}: the enhance task needs a cutout")
         shape = (len(track.band_names), track.cutout.size, track.cutout.size)
         return {"images": shape, "truth": shape}
 
     @staticmethod
-    def release_info(track: Track) -> dict[str, Any]:
+    def release_info(track: EnhanceTrack) -> dict[str, Any]:
         return {"units": "e-/s per pixel", "degradation": degradation_info(track)}
 
-    def __init__(self, track: Track, backend: Backend):
+    def __init__(self, track: EnhanceTrack, backend: Backend):
         if track.cutout is None:
             raise ValueError(f"track {track.name!r}: the enhance task needs a cutout")
         self.track, self.backend = track, backend
-        self.pop = GalaxyPopulation.model_validate(track.population)
-        self.deg = Degradation.model_validate(track.label)
+        self.pop, self.deg = track.population, track.label
         self.band_names = track.band_names
         for name, colors in (("bulge", self.pop.bulge.colors), ("disk", self.pop.disk.colors),
                              ("clumps", self.pop.clumps.colors)):
@@ -288,4 +223,4 @@ class EnhanceSimulator:
         return {"images": images.astype(np.float32), "truth": truth.astype(np.float32)}, meta
 
 
-__all__ = ["EnhanceSimulator", "GalaxyPopulation", "degradation_info", "degradation_kernel"]
+__all__ = ["MAX_CLUMPS", "TYPES", "EnhanceSimulator", "degradation_info", "degradation_kernel"]

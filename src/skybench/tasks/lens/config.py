@@ -1,13 +1,12 @@
-"""The lens-track population, as declared under ``population:`` in a lens track's YAML."""
+"""The typed configuration of a lens track: its ``population:``, its ``label:`` (the visibility rule) and the
+track model that ``skybench.tracks.load_track`` validates a lens YAML against."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+from skybench.common import Strict as _Strict
+from skybench.tracks import Track
 
 Range = tuple[float, float]
 
@@ -57,3 +56,9 @@ class LensLabel(_Strict):
     min_magnification: float
     min_source_pixels: int
     pixel_sigma: float
+
+
+class LensTrack(Track):
+    task: Literal["lens"]
+    population: LensPopulation
+    label: LensLabel

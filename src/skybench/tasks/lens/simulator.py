@@ -20,9 +20,8 @@ from skybench.physics.lens_mass import phi_q2ellipticity, sie_shear_ray_shoot
 from skybench.physics.light import ellipse_metric, sersic_profile_, sersic_total_flux
 from skybench.physics.noise import magnitude2cps
 from skybench.physics.render import Renderer
-from skybench.tasks.lens.config import LensLabel, LensPopulation
+from skybench.tasks.lens.config import LensTrack
 from skybench.testkey import ObjectSeeds, as_object_seeds
-from skybench.tracks import Track
 
 MAX_CLUMPS = 3
 
@@ -37,18 +36,17 @@ class LensSimulator:
     label_columns: tuple[str, ...] = ("is_lens",)
 
     @staticmethod
-    def arrays(track: Track) -> dict[str, tuple[int, ...]]:
+    def arrays(track: LensTrack) -> dict[str, tuple[int, ...]]:
         assert track.cutout is not None, f"track {track.name!r} has no cutout"
         return {"images": (len(track.band_names), track.cutout.size, track.cutout.size)}
 
     @staticmethod
-    def release_info(track: Track) -> dict[str, Any]:
+    def release_info(track: LensTrack) -> dict[str, Any]:
         return {}
 
-    def __init__(self, track: Track, backend: Backend):
+    def __init__(self, track: LensTrack, backend: Backend):
         self.track, self.backend = track, backend
-        self.pop = LensPopulation.model_validate(track.population)
-        self.rule = LensLabel.model_validate(track.label)
+        self.pop, self.rule = track.population, track.label
         self.bands = track.survey.bands
         self.band_names = track.band_names
         assert track.cutout is not None, f"track {track.name!r} has no cutout"
@@ -309,7 +307,7 @@ def _reference_band(colors: dict[str, float], names: list[str]) -> int:
     return next(i for i, b in enumerate(names) if colors[b] == 0.0)
 
 
-def lenstronomy_kwargs(row: pd.Series | dict, track: Track, band: str) -> dict[str, Any]:
+def lenstronomy_kwargs(row: pd.Series | dict, track: LensTrack, band: str) -> dict[str, Any]:
     """lenstronomy ``ImageModel`` inputs that re-render one object in one band, noise-free.
 
     Returns kwargs_model, kwargs_lens, kwargs_source, kwargs_lens_light and the pixel grid settings, so

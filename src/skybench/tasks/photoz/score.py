@@ -6,23 +6,30 @@ Written to ``out_dir``, the organiser's folder: ``metrics.json``, ``zphot.csv`` 
 ``zphot_vs_zspec.png``, ``dz_vs_zspec.png`` and, for a PDF, ``pit.csv`` and ``pit.png``. All of them are built
 from per-object truth, so participants see only the aggregate metrics (:mod:`skybench.harness.visibility`): a PIT
 histogram of 20 bins is 20 more numbers to probe the truth with, and a submission that encodes each object's
-identity in its z_phot turns the z_phot-vs-z_spec plots into a lookup table of z_spec."""
+identity in its z_phot turns the z_phot-vs-z_spec plots into a lookup table of z_spec. A real set
+(``evaluation.real_set``: a release whose hidden metadata has the spectroscopic redshift) gets the same metrics as
+``real_<name>``, and the same files with the suffix ``_real``."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from skybench.metrics import pdf_grid, pdf_point_estimate, photoz_metrics, pit, validate_pdf
-from skybench.tracks import Track
+from skybench.tasks.photoz.config import PhotozTrack
+from skybench.tasks.photoz.metrics import pdf_grid, pdf_point_estimate, photoz_metrics, pit, validate_pdf
+
+if TYPE_CHECKING:
+    from skybench.release.reader import HiddenSplit
 
 PIT_BINS = 20
 
 
-def point_and_pdf(track: Track, predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+def point_and_pdf(track: PhotozTrack,
+                  predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """(z_phot, pdf or None, bin edges or None) from a submission's output; raises ``ValueError`` for a bad PDF."""
     pred = np.asarray(predictions, dtype=np.float64)
     if pred.ndim == 1:
@@ -34,32 +41,62 @@ def point_and_pdf(track: Track, predictions: np.ndarray) -> tuple[np.ndarray, np
     return pdf_point_estimate(pdf, centres, track.output.point_estimate), pdf, edges
 
 
-def score_task(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path,
-               out_dir: Path) -> dict[str, float]:
-    truth = pd.read_parquet(Path(hidden) / "meta.parquet").set_index("id").loc[ids]
-    z_spec = truth[track.label.get("name", "z")].to_numpy(np.float64)
-    return score_photoz(track, ids, z_spec, predictions, Path(out_dir))
+def true_redshifts(track: PhotozTrack, truth: HiddenSplit, ids: np.ndarray) -> np.ndarray:
+    """The spectroscopic redshifts (the label column) of ``ids``, in that order."""
+    name = track.label.name
+    return truth.truth(ids, [name])[name].to_numpy(np.float64)
 
 
-def score_photoz(track: Track, ids: np.ndarray, z_spec: np.ndarray, predictions: np.ndarray,
-                 out_dir: Path) -> dict[str, float]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    z_phot, pdf, edges = point_and_pdf(track, predictions)
-    metrics = photoz_metrics(z_spec, z_phot, pdf, edges, n_resamples=1000, seed=0)
-    dz = (z_phot - z_spec) / (1 + z_spec)
-    pd.DataFrame({"id": ids, "z_spec": z_spec, "z_phot": z_phot, "dz": dz}).to_csv(out_dir / "zphot.csv",
-                                                                                 index=False)
-    pit_values = pit(pdf, edges, z_spec) if pdf is not None and edges is not None else None
-    if pit_values is not None:
-        counts, bins = np.histogram(pit_values, bins=PIT_BINS, range=(0, 1))
-        pd.DataFrame({"low": bins[:-1], "high": bins[1:], "count": counts}).to_csv(out_dir / "pit.csv", index=False)
-    _plot(z_spec, z_phot, dz, pit_values, metrics, track, out_dir)
+def score(track: PhotozTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
+          out_dir: Path) -> dict[str, float]:
+    metrics = score_photoz(track, ids, true_redshifts(track, truth, ids), predictions, Path(out_dir))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
 
 
+def score_real(track: PhotozTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
+               real_ids: np.ndarray, real_predictions: np.ndarray, real_truth: HiddenSplit,
+               out_dir: Path) -> dict[str, float]:
+    """The same metrics on the real set's spectroscopic redshifts, as ``real_<metric>`` columns."""
+    z = true_redshifts(track, real_truth, real_ids)
+    metrics = score_photoz(track, real_ids, z, real_predictions, Path(out_dir), suffix="_real")
+    return {f"real_{k}": v for k, v in metrics.items()}
+
+
+def oracle(track: PhotozTrack, truth: HiddenSplit, ids: np.ndarray) -> np.ndarray:
+    """z_spec itself; for a PDF track, all the probability in the bin holding z_spec (the first or last bin for a
+    redshift off the grid)."""
+    z = true_redshifts(track, truth, ids)
+    if track.output.kind != "pdf" or track.output.grid is None:
+        return z
+    _, edges = pdf_grid(track.output.grid)
+    k = np.clip(np.searchsorted(edges, z, side="right") - 1, 0, len(edges) - 2)
+    pdf = np.zeros((len(z), len(edges) - 1))
+    pdf[np.arange(len(z)), k] = 1.0
+    return pdf
+
+
+def score_photoz(track: PhotozTrack, ids: np.ndarray, z_spec: np.ndarray, predictions: np.ndarray,
+                 out_dir: Path, suffix: str = "") -> dict[str, float]:
+    """Metrics of ``predictions`` against ``z_spec``; per-object table, PIT histogram and plots into ``out_dir``
+    (file names ending in ``suffix``)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    z_phot, pdf, edges = point_and_pdf(track, predictions)
+    metrics = photoz_metrics(z_spec, z_phot, pdf, edges, n_resamples=1000, seed=0)
+    dz = (z_phot - z_spec) / (1 + z_spec)
+    pd.DataFrame({"id": ids, "z_spec": z_spec, "z_phot": z_phot, "dz": dz}).to_csv(out_dir / f"zphot{suffix}.csv",
+                                                                                 index=False)
+    pit_values = pit(pdf, edges, z_spec) if pdf is not None and edges is not None else None
+    if pit_values is not None:
+        counts, bins = np.histogram(pit_values, bins=PIT_BINS, range=(0, 1))
+        pd.DataFrame({"low": bins[:-1], "high": bins[1:], "count": counts}).to_csv(out_dir / f"pit{suffix}.csv",
+                                                                                   index=False)
+    _plot(z_spec, z_phot, dz, pit_values, metrics, track, out_dir, suffix)
+    return metrics
+
+
 def _plot(z_spec: np.ndarray, z_phot: np.ndarray, dz: np.ndarray, pit_values: np.ndarray | None, metrics: dict,
-          track: Track, out_dir: Path) -> None:
+          track: PhotozTrack, out_dir: Path, suffix: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -76,7 +113,7 @@ def _plot(z_spec: np.ndarray, z_phot: np.ndarray, dz: np.ndarray, pit_values: np
     ax.set(xlabel="z_spec", ylabel="z_phot", title=title)
     ax.title.set_fontsize(8)
     fig.tight_layout()
-    fig.savefig(out_dir / "zphot_vs_zspec.png", dpi=100)
+    fig.savefig(out_dir / f"zphot_vs_zspec{suffix}.png", dpi=100)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
@@ -89,7 +126,7 @@ def _plot(z_spec: np.ndarray, z_phot: np.ndarray, dz: np.ndarray, pit_values: np
     ax.set(xlabel="z_spec", ylabel="dz = (z_phot - z_spec) / (1 + z_spec)", title=title)
     ax.title.set_fontsize(8)
     fig.tight_layout()
-    fig.savefig(out_dir / "dz_vs_zspec.png", dpi=100)
+    fig.savefig(out_dir / f"dz_vs_zspec{suffix}.png", dpi=100)
     plt.close(fig)
 
     if pit_values is not None:
@@ -98,5 +135,5 @@ def _plot(z_spec: np.ndarray, z_phot: np.ndarray, dz: np.ndarray, pit_values: np
         ax.axhline(1.0, c="k", ls="--", lw=0.8)
         ax.set(xlabel="PIT", ylabel="density", title=f"PIT (KS {metrics['pit_ks']:.3f}, CRPS {metrics['crps']:.4f})")
         fig.tight_layout()
-        fig.savefig(out_dir / "pit.png", dpi=100)
+        fig.savefig(out_dir / f"pit{suffix}.png", dpi=100)
         plt.close(fig)

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
 from skybench.physics.backend import Backend
 from skybench.physics.lens_mass import phi_q2ellipticity
@@ -40,54 +39,19 @@ from skybench.physics.noise import background_sigma
 from skybench.physics.psf import FWHM_TO_SIGMA
 from skybench.physics.render import Renderer
 from skybench.physics.sed import CWW_TEMPLATES, SDSS_BANDS, SDSS_EXTINCTION, MagnitudeTable
+from skybench.tasks.photoz.config import GalaxyPopulation, PhotozTrack
 from skybench.testkey import ObjectSeeds, as_object_seeds
-from skybench.tracks import Track
 
 ARCSEC_PER_RAD = 206264.806
 MAG_ERR = 2.5 / np.log(10.0)  # sigma_m = 1.0857 sigma_F / F (first-order error propagation)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SizeRelation(_Strict):
-    """log10 R_half[kpc] = log10(R0) - 0.4 slope (M_r - M0) + N(0, scatter) (R ~ L^slope, Shen et al. 2003)."""
-
-    R0_kpc: float = Field(gt=0)
-    M0: float = -21.0
-    slope: float
-    scatter_dex: float = Field(ge=0)
-
-
-class GalaxyPopulation(_Strict):
-    z_range: tuple[float, float] = (0.005, 0.4)
-    r_limit: float = 17.8                       # MGS: Petrosian r < 17.77
-    H0: float = 70.0
-    Om0: float = 0.3
-    M_star: float = -21.21                      # Blanton et al. 2003: M* - 5 log10 h = -20.44, h = 0.7
-    alpha: float = -1.05
-    M_range: tuple[float, float] = (-24.0, -16.0)
-    bulge_fraction: tuple[float, float] = (0.0, 1.0)  # uniform share of rest-frame r-band light in the bulge
-    disk_type: tuple[float, float] = (0.0, 2.0)  # 0 = Sbc, 1 = Scd, 2 = Im, linear mixtures in between
-    # share of the bulge's rest-frame r light from a younger (Sbc) population: the scatter of early-type colours
-    bulge_young_fraction: tuple[float, float] = (0.0, 0.3)
-    ebv_internal: tuple[float, float] = (0.0, 0.3)  # Calzetti E(B-V) of the disk, uniform
-    ebv_galactic_mean: float = Field(0.03, ge=0)     # exponential, clipped at ebv_galactic_max
-    ebv_galactic_max: float = 0.2
-    bulge_size: SizeRelation
-    disk_size: SizeRelation
-    disk_q: tuple[float, float] = (0.2, 1.0)
-    bulge_q: tuple[float, float] = (0.6, 1.0)
-    center_sigma: float = Field(0.2, ge=0)       # arcsec
-    # photometric calibration (zero-point) error [mag]: one Gaussian offset per object and band, in the images and
-    # the catalogue alike (both are measured from the same calibrated frames); added to the catalogue errors
-    mag_error_floor: float = Field(0.01, ge=0)
-    features: list[str] = Field(min_length=1)    # metadata columns given to models as ``features``
-
-
-class PhotozLabel(_Strict):
-    name: str = "z"
+def _simulated(track: PhotozTrack) -> GalaxyPopulation:
+    """The track's simulated population (a real catalogue track is imported, never simulated)."""
+    if not isinstance(track.population, GalaxyPopulation):
+        raise ValueError(f"track {track.name!r} is a real catalogue (population.source: {track.population.source}); "
+                         "import it (skybench import-sdss-mgs) instead of simulating it")
+    return track.population
 
 
 @functools.cache
@@ -101,8 +65,8 @@ class GalaxySimulator:
     label_columns: tuple[str, ...] = ("z",)
 
     @staticmethod
-    def arrays(track: Track) -> dict[str, tuple[int, ...]]:
-        pop = GalaxyPopulation.model_validate(track.population)
+    def arrays(track: PhotozTrack) -> dict[str, tuple[int, ...]]:
+        pop = _simulated(track)
         out: dict[str, tuple[int, ...]] = {}
         if "images" in track.inputs:
             if track.cutout is None:
@@ -113,19 +77,18 @@ class GalaxySimulator:
         return out
 
     @staticmethod
-    def release_info(track: Track) -> dict[str, Any]:
-        pop = GalaxyPopulation.model_validate(track.population)
+    def release_info(track: PhotozTrack) -> dict[str, Any]:
+        pop = _simulated(track)
         magnitude_table()  # built here, in the parent process, so that the forked simulation workers inherit it
         return {"feature_names": list(pop.features) if "features" in track.inputs else [],
                 "label": "z", "cosmology": f"FlatLambdaCDM(H0={pop.H0}, Om0={pop.Om0})"}
 
-    def __init__(self, track: Track, backend: Backend):
+    def __init__(self, track: PhotozTrack, backend: Backend):
         if track.band_names != list(SDSS_BANDS):
             raise ValueError(f"track {track.name!r}: the photo-z simulator needs bands {list(SDSS_BANDS)}, "
                              f"got {track.band_names}")
         self.track, self.backend = track, backend
-        self.pop = GalaxyPopulation.model_validate(track.population)
-        PhotozLabel.model_validate(track.label)
+        self.pop = _simulated(track)
         self.bands = track.survey.bands
         self.phot = magnitude_table()
         self.renderer: Renderer | None = None

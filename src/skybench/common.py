@@ -1,0 +1,81 @@
+"""What the science tasks share (tasks never import one another): the strict pydantic base of every
+configuration model, and the bootstrap confidence interval of any metric."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["Strict", "UndefinedMetricError", "bootstrap_ci", "check_bootstrap_args", "percentile_interval"]
+
+
+class Strict(BaseModel):
+    """A frozen model that rejects unknown keys: a typo in a track YAML is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class UndefinedMetricError(ValueError):
+    """The metric is undefined for this input (e.g. only one class present).
+
+    :func:`bootstrap_ci` skips resamples whose metric raises this error.
+    """
+
+
+def bootstrap_ci(
+    metric_fn: Callable[..., float],
+    *arrays: ArrayLike,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float]:
+    """Percentile bootstrap ``(1 - alpha)`` confidence interval of ``metric_fn(*arrays)``.
+
+    Rows (axis 0) of all ``arrays`` are resampled together with replacement using
+    ``numpy.random.default_rng(seed)``. A resample is skipped when ``metric_fn`` raises
+    :class:`UndefinedMetricError` (e.g. only one class drawn) or returns a non-finite value;
+    any other exception propagates.
+    """
+    if not arrays:
+        raise ValueError("bootstrap_ci needs at least one data array")
+    check_bootstrap_args(n_resamples, alpha)
+    data = [np.asarray(a) for a in arrays]
+    if any(a.ndim == 0 for a in data):
+        raise ValueError("bootstrap_ci arrays must have at least one dimension")
+    n = data[0].shape[0]
+    if any(a.shape[0] != n for a in data):
+        raise ValueError(f"bootstrap_ci arrays differ in length: {[a.shape[0] for a in data]}")
+    if n == 0:
+        raise ValueError("bootstrap_ci arrays are empty")
+
+    rng = np.random.default_rng(seed)
+    stats = np.empty(int(n_resamples))
+    n_ok = 0
+    for _ in range(int(n_resamples)):
+        idx = rng.integers(0, n, size=n)
+        try:
+            value = float(metric_fn(*(a[idx] for a in data)))
+        except UndefinedMetricError:
+            continue
+        if np.isfinite(value):
+            stats[n_ok] = value
+            n_ok += 1
+    return percentile_interval(stats[:n_ok], alpha)
+
+
+def check_bootstrap_args(n_resamples: int, alpha: float) -> None:
+    if int(n_resamples) != n_resamples or n_resamples < 1:
+        raise ValueError(f"n_resamples must be a positive integer, got {n_resamples!r}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+
+
+def percentile_interval(stats: NDArray[np.float64], alpha: float) -> tuple[float, float]:
+    if stats.shape[0] == 0:
+        raise ValueError("metric undefined on every bootstrap resample")
+    # Efron & Tibshirani 1993, Sec. 13.3: percentile interval [q(alpha/2), q(1 - alpha/2)]
+    low, high = np.quantile(stats, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return float(low), float(high)

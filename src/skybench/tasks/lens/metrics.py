@@ -1,0 +1,302 @@
+"""Strong-lens classification metrics (Metcalf et al. 2019, A&A 625, A119, arXiv:1802.03609).
+
+Dependency-light: numpy and scikit-learn only, no plotting. Conventions:
+
+* an object is classified as a lens when its score ``p >= threshold``; the thresholds are the
+  distinct score values, so a block of tied scores is one threshold (a lens tied with a non-lens
+  is never counted as found before that non-lens);
+* every ROC curve starts at (0, 0) (threshold ``+inf``, nothing selected) and ends at (1, 1)
+  (threshold = lowest score, everything selected).
+
+The generic bootstrap interval is :func:`skybench.common.bootstrap_ci`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from sklearn.metrics import average_precision_score
+
+from skybench.common import UndefinedMetricError, check_bootstrap_args, percentile_interval
+
+__all__ = [
+    "auroc",
+    "average_precision",
+    "completeness_by_bin",
+    "lens_metrics",
+    "roc_curve",
+    "roc_on_grid",
+    "threshold_at_fpr",
+    "tpr0",
+    "tpr10",
+    "tpr_at_fpr",
+    "tpr_at_max_fp",
+]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _validate(
+    labels: ArrayLike, scores: ArrayLike, *, require_both: bool = True
+) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
+    """Check labels/scores and return them as (bool array, float64 array)."""
+    y = np.asarray(labels)
+    s = np.asarray(scores)
+    if y.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {y.shape}")
+    if s.ndim != 1:
+        raise ValueError(f"scores must be 1-D, got shape {s.shape}")
+    if y.shape[0] != s.shape[0]:
+        raise ValueError(f"labels and scores differ in length: {y.shape[0]} != {s.shape[0]}")
+    if y.dtype.kind not in "biuf":
+        raise ValueError(f"labels must be numeric or boolean 0/1, got dtype {y.dtype}")
+    if s.dtype.kind not in "biuf":
+        raise ValueError(f"scores must be real numbers, got dtype {s.dtype}")
+    is_one = y == 1
+    if not np.all(is_one | (y == 0)):
+        bad = np.unique(y[~(is_one | (y == 0))])[:5]
+        raise ValueError(f"labels must be 0 (non-lens) or 1 (lens); found other values, e.g. {bad.tolist()}")
+    s = s.astype(np.float64, copy=False)
+    if not np.all(np.isfinite(s)):
+        raise ValueError(f"scores must be finite; found {int(np.sum(~np.isfinite(s)))} NaN/inf value(s)")
+    if require_both:
+        n_pos = int(np.count_nonzero(is_one))
+        if n_pos == 0 or n_pos == y.shape[0]:
+            raise UndefinedMetricError(
+                "both classes must be present (labels contain "
+                f"{n_pos} lens(es) and {y.shape[0] - n_pos} non-lens(es))"
+            )
+    return is_one, s
+
+
+def _counts(
+    y: NDArray[np.bool_], s: NDArray[np.float64]
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.float64]]:
+    """Cumulative (TP, FP, threshold) at each distinct score, descending, with a leading (0, 0, +inf)."""
+    order = np.argsort(s)[::-1]
+    s_sorted = s[order]
+    y_sorted = y[order]
+    # last index of each tie block (scores sorted descending)
+    ends = np.flatnonzero(s_sorted[1:] != s_sorted[:-1])
+    ends = np.append(ends, s_sorted.shape[0] - 1)
+    tp = np.cumsum(y_sorted, dtype=np.int64)[ends]
+    fp = ends + 1 - tp
+    zero = np.zeros(1, dtype=np.int64)
+    thresholds = np.concatenate([[np.inf], s_sorted[ends]])
+    return np.concatenate([zero, tp]), np.concatenate([zero, fp.astype(np.int64)]), thresholds
+
+
+# --------------------------------------------------------------------------- ROC-based metrics
+
+
+def roc_curve(
+    labels: ArrayLike, scores: ArrayLike
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Tie-aware ROC curve ``(fpr, tpr, thresholds)``, one point per distinct score.
+
+    ``thresholds[0]`` is ``+inf`` (the (0, 0) point); the last point is (1, 1). Matches
+    ``sklearn.metrics.roc_curve(..., drop_intermediate=False)``.
+    """
+    y, s = _validate(labels, scores)
+    tp, fp, thresholds = _counts(y, s)
+    # Metcalf+19 Sec. 4: "TPR = TP/(TP+FN)", "FPR = FP/(FP+TN)", lens if p >= threshold
+    return fp / fp[-1], tp / tp[-1], thresholds
+
+
+# FPRs at which participants see the ROC curve: a fixed grid, so the table's size never depends on the scores
+ROC_FPR_GRID = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def roc_on_grid(labels: ArrayLike, scores: ArrayLike,
+                grid: Sequence[float] = ROC_FPR_GRID) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``(fpr, tpr)``: the ROC curve sampled at the fixed FPRs ``grid``.
+
+    At each grid FPR ``f`` the TPR is interpolated linearly between the last ROC point with ``fpr <= f`` and
+    the next one (the operating points reachable by randomising between their two thresholds), so one point
+    per grid value whatever the scores: unlike :func:`roc_curve` it has no step per distinct score to read
+    labels off."""
+    fpr, tpr, _ = roc_curve(labels, scores)
+    f = np.asarray(grid, dtype=np.float64)
+    if f.ndim != 1 or np.any((f < 0) | (f > 1)) or np.any(np.diff(f) <= 0):
+        raise ValueError(f"grid must be increasing FPRs in [0, 1], got {grid!r}")
+    i = np.searchsorted(fpr, f, side="right") - 1  # last point at or left of f (highest TPR there)
+    j = np.minimum(i + 1, len(fpr) - 1)
+    span = fpr[j] - fpr[i]
+    w = np.divide(f - fpr[i], span, out=np.zeros_like(f), where=span > 0)
+    return f, tpr[i] + w * (tpr[j] - tpr[i])
+
+
+def auroc(labels: ArrayLike, scores: ArrayLike) -> float:
+    """Area under the tie-aware ROC curve (equals ``sklearn.metrics.roc_auc_score``)."""
+    y, s = _validate(labels, scores)
+    tp, fp, _ = _counts(y, s)
+    # Metcalf+19 Sec. 4: "AUROC ... the area under the ROC curve" (trapezoid, exact integer sum)
+    twice_area = int(np.sum(np.diff(fp) * (tp[1:] + tp[:-1])))
+    return twice_area / (2.0 * float(tp[-1]) * float(fp[-1]))
+
+
+def tpr_at_max_fp(labels: ArrayLike, scores: ArrayLike, max_fp: int) -> float:
+    """Highest TPR over thresholds that make at most ``max_fp`` false positives (0 if none do)."""
+    if int(max_fp) != max_fp or max_fp < 0:
+        raise ValueError(f"max_fp must be a non-negative integer, got {max_fp!r}")
+    y, s = _validate(labels, scores)
+    tp, fp, _ = _counts(y, s)
+    # the (0, 0) point always qualifies; TP is non-decreasing so the last qualifying point is the max
+    return float(tp[fp <= max_fp].max() / tp[-1])
+
+
+def tpr0(labels: ArrayLike, scores: ArrayLike) -> float:
+    """TPR0: the highest TPR reached before a single false positive occurs."""
+    # Metcalf+19 Sec. 4: "TPR0 ... the highest TPR reached, as a function of p threshold,
+    # before a single false positive occurs"
+    return tpr_at_max_fp(labels, scores, 0)
+
+
+def tpr10(labels: ArrayLike, scores: ArrayLike) -> float:
+    """TPR10: the highest TPR over thresholds with fewer than ten false positives."""
+    # Metcalf+19 Sec. 4: "TPR10 ... the TPR at the point where less than ten false positives are made"
+    return tpr_at_max_fp(labels, scores, 9)
+
+
+def _fpr_ok(fp: NDArray[np.int64], fpr: float) -> NDArray[np.bool_]:
+    if not 0.0 <= fpr <= 1.0:
+        raise ValueError(f"fpr must be in [0, 1], got {fpr!r}")
+    # FP/N <= fpr, with FPR = FP/(FP+TN) (Metcalf+19 Sec. 4)
+    return fp / fp[-1] <= fpr
+
+
+def tpr_at_fpr(labels: ArrayLike, scores: ArrayLike, fpr: float = 1e-3) -> float:
+    """Highest TPR over thresholds whose FPR is <= ``fpr``."""
+    y, s = _validate(labels, scores)
+    tp, fp, _ = _counts(y, s)
+    return float(tp[_fpr_ok(fp, fpr)].max() / tp[-1])
+
+
+def threshold_at_fpr(labels: ArrayLike, scores: ArrayLike, fpr: float) -> float:
+    """Lowest threshold (a score value) whose FPR is <= ``fpr``.
+
+    Returns ``+inf`` (select nothing) when even the highest-scored block exceeds ``fpr``.
+    """
+    y, s = _validate(labels, scores)
+    _, fp, thresholds = _counts(y, s)
+    # thresholds descend, so the last qualifying one is the lowest
+    return float(thresholds[_fpr_ok(fp, fpr)][-1])
+
+
+def average_precision(labels: ArrayLike, scores: ArrayLike) -> float:
+    """Average precision, ``sklearn.metrics.average_precision_score``."""
+    y, s = _validate(labels, scores)
+    # sklearn: "AP = sum_n (R_n - R_{n-1}) P_n"
+    return float(average_precision_score(y, s))
+
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def _auroc_bootstrap_ci(
+    y: NDArray[np.bool_], s: NDArray[np.float64], n_resamples: int, seed: int, alpha: float
+) -> tuple[float, float]:
+    """Same result as ``bootstrap_ci(auroc, y, s, ...)`` (same draws), without a sort per resample.
+
+    The data are sorted once; each resample becomes integer counts per object, and the exact
+    integer trapezoid sum of :func:`auroc` is taken over the fixed tie blocks.
+    """
+    check_bootstrap_args(n_resamples, alpha)
+    n = s.shape[0]
+    order = np.argsort(s)[::-1]
+    pos = np.empty(n, dtype=np.intp)
+    pos[order] = np.arange(n)
+    s_sorted = s[order]
+    y_sorted = y[order]
+    starts = np.flatnonzero(np.concatenate([[True], s_sorted[1:] != s_sorted[:-1]]))
+    rng = np.random.default_rng(seed)
+    stats = np.empty(int(n_resamples))
+    n_ok = 0
+    for _ in range(int(n_resamples)):
+        w = np.bincount(pos[rng.integers(0, n, size=n)], minlength=n)
+        tp_b = np.add.reduceat(np.where(y_sorted, w, 0), starts)
+        fp_b = np.add.reduceat(w, starts) - tp_b
+        n_pos = int(tp_b.sum())
+        n_neg = n - n_pos
+        if n_pos == 0 or n_neg == 0:
+            continue
+        # trapezoid: sum dFP * (TP + TP_prev), TP_prev = TP - dTP; empty blocks add zero area
+        twice_area = int(np.sum(fp_b * (2 * np.cumsum(tp_b) - tp_b)))
+        stats[n_ok] = twice_area / (2.0 * float(n_pos) * float(n_neg))
+        n_ok += 1
+    return percentile_interval(stats[:n_ok], alpha)
+
+
+# --------------------------------------------------------------------------- completeness
+
+
+def completeness_by_bin(
+    labels: ArrayLike,
+    scores: ArrayLike,
+    threshold: float,
+    values: ArrayLike,
+    bins: Sequence[float] | NDArray[Any],
+) -> dict[str, NDArray[Any]]:
+    """Lens completeness (fraction with ``score >= threshold``) in bins of ``values``.
+
+    Only true lenses are used; ``values`` of non-lenses are ignored (may be NaN). ``bins`` are
+    increasing edges with ``numpy.histogram`` semantics (last bin closed); lenses outside are dropped.
+    Returns ``bin_edges``, ``n_lens``, ``n_found`` and ``completeness`` (NaN for empty bins).
+    """
+    y, s = _validate(labels, scores, require_both=False)
+    v = np.asarray(values)
+    if v.ndim != 1 or v.shape[0] != y.shape[0]:
+        raise ValueError(f"values must be 1-D with the length of labels ({y.shape[0]}), got shape {v.shape}")
+    if v.dtype.kind not in "biuf":
+        raise ValueError(f"values must be real numbers, got dtype {v.dtype}")
+    edges = np.asarray(bins, dtype=np.float64)
+    if edges.ndim != 1 or edges.shape[0] < 2 or not np.all(np.isfinite(edges)):
+        raise ValueError("bins must be a 1-D sequence of at least two finite edges")
+    if not np.all(np.diff(edges) > 0):
+        raise ValueError("bins must be strictly increasing")
+    if np.isnan(threshold):
+        raise ValueError("threshold must not be NaN")
+    v_lens = v[y].astype(np.float64)
+    if not np.all(np.isfinite(v_lens)):
+        raise ValueError("values must be finite for every lens")
+    found = s[y] >= threshold
+    n_lens, _ = np.histogram(v_lens, bins=edges)
+    n_found, _ = np.histogram(v_lens[found], bins=edges)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        completeness = np.where(n_lens > 0, n_found / np.maximum(n_lens, 1), np.nan)
+    return {"bin_edges": edges, "n_lens": n_lens, "n_found": n_found, "completeness": completeness}
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def lens_metrics(
+    labels: ArrayLike, scores: ArrayLike, *, n_resamples: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """All lens-finding metrics of Metcalf et al. 2019 plus a bootstrap CI on AUROC.
+
+    ``n_resamples=0`` skips the bootstrap (CI bounds are NaN).
+    """
+    y, s = _validate(labels, scores)
+    if n_resamples:
+        # fast path, identical to bootstrap_ci(auroc, y, s, n_resamples=n_resamples, seed=seed)
+        low, high = _auroc_bootstrap_ci(y, s, n_resamples, seed, 0.05)
+    else:
+        low, high = float("nan"), float("nan")
+    n_lens = int(np.count_nonzero(y))
+    return {
+        "auroc": auroc(y, s),
+        "auroc_ci_low": low,
+        "auroc_ci_high": high,
+        "tpr0": tpr0(y, s),
+        "tpr10": tpr10(y, s),
+        "tpr_fpr1e-3": tpr_at_fpr(y, s, 1e-3),
+        "average_precision": average_precision(y, s),
+        "n_lens": n_lens,
+        "n_nonlens": int(y.shape[0]) - n_lens,
+    }

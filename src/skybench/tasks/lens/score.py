@@ -1,0 +1,112 @@
+"""Scoring of the lens tracks: Metcalf et al. 2019's metrics, the ROC curve, completeness in bins of Einstein
+radius and arc S/N, and the recall of real lenses at the threshold of 1% false positives on the simulated test set.
+
+Written to ``out_dir``, the organiser's folder: ``metrics.json``, ``roc.csv`` / ``roc.png`` and
+``completeness.csv`` / ``.png``; participants see only :func:`public_artifacts` (``roc_public.*``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from skybench.tasks.lens.metrics import completeness_by_bin, lens_metrics, roc_curve, roc_on_grid, threshold_at_fpr
+from skybench.tracks import Track
+
+if TYPE_CHECKING:
+    from skybench.release.reader import HiddenSplit
+
+COMPLETENESS_FPR = 0.01  # completeness and real-lens recall use the threshold giving 1% false positives
+THETA_E_BINS = np.array([0.0, 0.6, 0.9, 1.2, 1.5, 2.0, 3.0])
+SNR_BINS = np.array([0.0, 10, 20, 40, 80, 160, 1e6])
+
+
+def score(track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
+          out_dir: Path) -> dict[str, float]:
+    return score_lens(truth.truth(ids), np.asarray(predictions, dtype=np.float64), out_dir)
+
+
+def score_real(track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit, real_ids: np.ndarray,
+               real_predictions: np.ndarray, real_truth: HiddenSplit, out_dir: Path) -> dict[str, float]:
+    """``real_lens_recall``: every object of the real set is a lens (its scores only are needed)."""
+    return {"real_lens_recall": real_lens_recall(truth.truth(ids), predictions, real_predictions)}
+
+
+def oracle(track: Track, truth: HiddenSplit, ids: np.ndarray) -> np.ndarray:
+    """Perfect scores: the label itself."""
+    return truth.truth(ids, ["is_lens"])["is_lens"].to_numpy().astype(np.float64)
+
+
+def public_artifacts(track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
+                     out_dir: Path) -> None:
+    """The participant's ROC curve: ``roc_public.csv`` / ``.png``, sampled at the fixed FPRs of
+    :func:`skybench.tasks.lens.metrics.roc_on_grid` on the objects ``ids`` (the public part), so its size and its
+    points never depend on how many distinct scores a submission gives."""
+    labels = truth.truth(ids, ["is_lens"])["is_lens"]
+    fpr, tpr = roc_on_grid(labels.to_numpy().astype(int), np.asarray(predictions, dtype=np.float64))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"fpr": fpr, "tpr": tpr}).to_csv(out_dir / "roc_public.csv", index=False)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot(fpr, tpr, "o-")
+    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title="ROC (public part, fixed FPRs)")
+    fig.tight_layout()
+    fig.savefig(out_dir / "roc_public.png", dpi=100)
+    plt.close(fig)
+
+
+def score_lens(truth: pd.DataFrame, scores: np.ndarray, out_dir: Path) -> dict[str, float]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = truth["is_lens"].to_numpy().astype(int)
+    metrics = lens_metrics(labels, scores, n_resamples=1000, seed=0)
+    fpr, tpr, thr = roc_curve(labels, scores)
+    pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thr}).to_csv(out_dir / "roc.csv", index=False)
+    cut = threshold_at_fpr(labels, scores, COMPLETENESS_FPR)
+    tables = {}
+    for column, bins in (("lens_theta_E", THETA_E_BINS), ("arc_snr", SNR_BINS)):
+        c = completeness_by_bin(labels, scores, cut, truth[column].to_numpy(), bins)
+        tables[column] = pd.DataFrame({"low": c["bin_edges"][:-1], "high": c["bin_edges"][1:], "n_lens": c["n_lens"],
+                                       "completeness": c["completeness"]})
+    pd.concat(tables, names=["quantity"]).to_csv(out_dir / "completeness.csv")
+    _plot(fpr, tpr, metrics, tables, out_dir)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    return metrics
+
+
+def _plot(fpr: np.ndarray, tpr: np.ndarray, metrics: dict, tables: dict, out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot(fpr, tpr, drawstyle="steps-post")
+    ax.plot([0, 1], [0, 1], ls=":", c="grey")
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate",
+           title=f"AUROC {metrics['auroc']:.4f} [{metrics['auroc_ci_low']:.3f}, {metrics['auroc_ci_high']:.3f}]")
+    fig.tight_layout()
+    fig.savefig(out_dir / "roc.png", dpi=100)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.5), sharey=True)
+    for ax, (column, table) in zip(axes, tables.items(), strict=True):
+        centres = np.where(table.high < 1e5, (table.low + table.high) / 2, table.low * 1.5)
+        ax.plot(centres, table.completeness, "o-")
+        ax.set(xlabel={"lens_theta_E": "theta_E [arcsec]", "arc_snr": "arc S/N"}[column], ylim=(0, 1.05))
+    axes[0].set_ylabel(f"completeness at FPR = {COMPLETENESS_FPR:g}")
+    fig.tight_layout()
+    fig.savefig(out_dir / "completeness.png", dpi=100)
+    plt.close(fig)
+
+
+def real_lens_recall(truth: pd.DataFrame, scores: np.ndarray, real_scores: np.ndarray) -> float:
+    """Fraction of real lenses scored at or above the threshold that gives FPR = 1% on the simulated test set."""
+    cut = threshold_at_fpr(truth["is_lens"].to_numpy().astype(int), np.asarray(scores, float), COMPLETENESS_FPR)
+    return float(np.mean(np.asarray(real_scores, float) >= cut))
