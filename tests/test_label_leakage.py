@@ -25,6 +25,7 @@ from skybench.cli import app
 from skybench.harness.evaluate import evaluate
 from skybench.harness.score import public_mask, score
 from skybench.harness.visibility import participant_artifacts, write_participant_view
+from skybench.release.reader import open_release
 from skybench.tracking import experiment_name, organiser_experiment, tracking_uri
 from skybench.tracks import load_track
 
@@ -274,7 +275,7 @@ def test_enhance_truth_cannot_be_read_off_participant_artifacts(tmp_path, monkey
     views = []
     for i, rel in enumerate((release, other)):
         full, shown = tmp_path / f"full{i}", tmp_path / f"shown{i}"
-        metrics = score(track, ids, pred, rel / "hidden/test", full)
+        metrics = score(track, ids, pred, open_release(rel).hidden(), full)
         write_participant_view(track, full, shown, metrics)
         views.append((full, shown))
     (full0, shown0), (full1, shown1) = views

@@ -93,8 +93,8 @@ def test_noise_level_matches_the_data_util_formula_within_2_percent(track_name):
 def test_label_follows_the_visibility_rule_and_records_its_quantities(tiny_space_release):
     meta = pd.read_parquet(tiny_space_release / "public" / "train" / "meta.parquet")
     rule = load_track("lens-space").label
-    expected = (meta.has_source & (meta.magnification > rule["min_magnification"])
-                & (meta.n_pix_source > rule["min_source_pixels"]))
+    expected = (meta.has_source & (meta.magnification > rule.min_magnification)
+                & (meta.n_pix_source > rule.min_source_pixels))
     assert (meta.is_lens.astype(bool) == expected).all()
     assert {"lens_theta_E", "magnification", "arc_snr", "n_pix_source", "seed"} <= set(meta.columns)
     assert meta.loc[meta.has_source, "magnification"].min() > 0.5

@@ -12,6 +12,7 @@ import yaml
 from helpers import baseline_module, bwrap_works
 
 from skybench.harness.submission import load_submission, sandboxed_predict, validate_predictions
+from skybench.release.reader import open_release
 from skybench.tracks import load_track
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,12 +84,12 @@ def test_scoring_writes_metrics_and_plots(trained, releases, tmp_path):
     rel = releases["photoz-images"]
     ids = pd.read_parquet(rel / "public" / "test" / "index.parquet")["id"].to_numpy()
     pdf = np.full((len(ids), 180), 1 / 180, dtype=np.float32)
-    metrics = score(track, ids, pdf, rel / "hidden" / "test", tmp_path)
+    metrics = score(track, ids, pdf, open_release(rel).hidden(), tmp_path)
     assert {"sigma_mad", "sigma_mad_ci_low", "sigma_mad_ci_high", "pit_ks", "crps", "cde_loss"} <= set(metrics)
     for f in ("metrics.json", "zphot.csv", "zphot_vs_zspec.png", "dz_vs_zspec.png", "pit.png", "pit.csv"):
         assert (tmp_path / f).is_file(), f
     with pytest.raises(ValueError, match="sum to 1"):
-        score(track, ids, pdf * 3, rel / "hidden" / "test", tmp_path / "bad")
+        score(track, ids, pdf * 3, open_release(rel).hidden(), tmp_path / "bad")
 
 
 def test_photoz_entries_in_params_and_dvc():

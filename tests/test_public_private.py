@@ -83,15 +83,17 @@ def test_split_is_seeded_and_the_phase_decides_what_ranks(project, tiny_space_re
 
 
 def test_real_set_metrics_are_split_too(project, tiny_space_release):
-    from skybench.harness.score import real_lens_recall, score_real
+    from skybench.harness.score import score_real
+    from skybench.release.reader import open_release
+    from skybench.tasks.lens.score import real_lens_recall
 
     track = load_track("lens-space")
     hidden = pd.read_parquet(tiny_space_release / "hidden/test/meta.parquet")
     ids, y = hidden["id"].to_numpy(), hidden["is_lens"].to_numpy()
     scores = np.random.default_rng(1).random(len(ids)) + y
     real = np.linspace(0.5, 1.5, 10)
-    m = score_real(track, ids, scores, tiny_space_release / "hidden/test", np.arange(10), real,
-                   tiny_space_release / "hidden/test", project)
+    split = open_release(tiny_space_release).hidden()
+    m = score_real(track, ids, scores, split, np.arange(10), real, split, project)
     pub = public_mask(ids, ids, 0.3, 7)
     assert m["public_real_lens_recall"] == real_lens_recall(hidden[pub], scores[pub], real)
     assert m["private_real_lens_recall"] == real_lens_recall(hidden[~pub], scores[~pub], real)

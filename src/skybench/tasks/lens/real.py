@@ -40,7 +40,7 @@ def lens_target(track: Track, target_mag: float) -> Target:
     lens magnitude range."""
     if not isinstance(track, LensTrack):
         raise ValueError(f"track {track.name!r} is a {track.task} track, not a lens track")
-    target = lens_target(track, target_mag)
+    target = Target.from_track(track, target_mag)
     lo, hi = track.population.lens.mag
     if not lo <= target_mag <= hi:
         raise ValueError(f"target magnitude {target_mag} is outside the track's lens range [{lo}, {hi}]")
