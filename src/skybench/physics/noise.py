@@ -1,8 +1,10 @@
-"""Noise model of lenstronomy's Util/data_util.py and SimAPI.noise_for_model, in e-/s per pixel."""
+"""Noise model of lenstronomy's Util/data_util.py and SimAPI.noise_for_model, in e-/s per pixel, and the one way
+every simulator draws its per-object noise (:func:`object_normals`)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -27,3 +29,20 @@ def background_sigma(read_noise: float, exposure_time: float, num_exposures: int
     sky_cps = magnitude2cps(sky_brightness, zero_point) * pixel_scale**2
     return float(np.sqrt(num_exposures * read_noise**2 + total_time * sky_cps) / total_time)
 
+
+
+def noise_stream(seed: int, stream: int) -> np.random.Generator:
+    """The generator of an object's noise stream ``stream`` (1, 2, ...), apart from its parameters' ``seed`` stream."""
+    return np.random.default_rng([seed, stream])
+
+
+def object_normals(generators: Iterable[np.random.Generator], shape: tuple[int, ...],
+                   dtype: Any = np.float32) -> np.ndarray:
+    """(objects, *shape) standard normals, object k's drawn from its own generator alone, so an object's noise
+    is fixed by its seed whatever the batch; the generator is that of :func:`noise_stream`, or the object's
+    parameter generator continued after its draws."""
+    gens = list(generators)
+    out = np.empty((len(gens), *shape), dtype=dtype)
+    for k, rng in enumerate(gens):
+        rng.standard_normal(shape, dtype=dtype, out=out[k])
+    return out

@@ -27,7 +27,7 @@ from skybench.physics.degrade import added_sigma, blurred_noise_gain, degradatio
 from skybench.physics.galaxy import spiral_arms
 from skybench.physics.lens_mass import phi_q2ellipticity
 from skybench.physics.light import gaussian_ellipse, sersic_ellipse, sersic_total_flux
-from skybench.physics.noise import background_sigma, magnitude2cps
+from skybench.physics.noise import background_sigma, magnitude2cps, noise_stream, object_normals
 from skybench.physics.psf import gaussian_kernel_1d
 from skybench.physics.render import Renderer
 from skybench.tasks.enhance.config import MAX_CLUMPS, TYPES, EnhanceTrack
@@ -198,19 +198,16 @@ class EnhanceSimulator:
         seeds = as_object_seeds(seeds)
         n = self.track.cutout.size  # type: ignore[union-attr]
         shape = (len(self.band_names), n, n)
-        rows, noise_truth, noise_deg = [], [], []
-        for index in range(start, stop):
-            s = seeds(split, index)
-            rows.append({"id": index, **self.sample(s)})
-            noise_truth.append(np.random.default_rng([s, 1]).standard_normal(shape, dtype=np.float32))
-            noise_deg.append(np.random.default_rng([s, 2]).standard_normal(shape, dtype=np.float32))
-        meta = pd.DataFrame(rows)
+        object_seeds = [seeds(split, index) for index in range(start, stop)]
+        meta = pd.DataFrame([{"id": index, **self.sample(s)} for index, s in zip(range(start, stop), object_seeds,
+                                                                                  strict=True)])
+        noise_truth = object_normals((noise_stream(s, 1) for s in object_seeds), shape)
+        noise_deg = object_normals((noise_stream(s, 2) for s in object_seeds), shape)
         model = self.render(meta)
-        truth = self.backend.to_numpy(self.renderer.add_noise(model, np.stack(noise_truth))).astype(np.float64)
+        truth = self.backend.to_numpy(self.renderer.add_noise(model, noise_truth)).astype(np.float64)
         d, info = self.deg, self.info
         sigma = np.array([info["sigma_truth"][b] for b in self.band_names])
-        images = degrade(truth, sigma, d.psf_fwhm, self.track.survey.pixel_scale, d.noise_factor,
-                         np.stack(noise_deg))
+        images = degrade(truth, sigma, d.psf_fwhm, self.track.survey.pixel_scale, d.noise_factor, noise_deg)
         model_np = self.backend.to_numpy(model).astype(np.float64)
         for i, b in enumerate(self.band_names):
             meta[f"model_flux_{b}"] = model_np[:, i].sum(axis=(1, 2))  # noise-free flux in the frame

@@ -18,7 +18,7 @@ from skybench.physics.kernels import exp_mostly_zero_, per_object, quadratic_for
 from skybench.physics.kernels import module as array_module
 from skybench.physics.lens_mass import phi_q2ellipticity, sie_shear_ray_shoot
 from skybench.physics.light import ellipse_metric, sersic_profile_, sersic_total_flux
-from skybench.physics.noise import magnitude2cps
+from skybench.physics.noise import magnitude2cps, object_normals
 from skybench.physics.render import Renderer
 from skybench.tasks.lens.config import LensTrack
 from skybench.testkey import ObjectSeeds, as_object_seeds
@@ -286,9 +286,8 @@ class LensSimulator:
         columns (``pd.DataFrame(meta)`` is the table). ``seeds``: the per-object seeds (an int: a release seed,
         public derivation)."""
         samples, rngs = self._sample(as_object_seeds(seeds).many(split, start, stop))
-        normal = np.empty((stop - start, len(self.bands), self.renderer.size, self.renderer.size), dtype=np.float32)
-        for k, rng in enumerate(rngs):  # the noise continues the object's own stream: fixed by its seed too
-            rng.standard_normal(normal.shape[1:], dtype=np.float32, out=normal[k])
+        # the noise continues each object's own parameter stream: fixed by its seed too
+        normal = object_normals(rngs, (len(self.bands), self.renderer.size, self.renderer.size))
         cols = {"id": np.arange(start, stop, dtype=np.int64), **samples}
         model, source = self.render(cols)
         labels = self._label(cols, model, source)

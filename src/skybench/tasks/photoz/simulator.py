@@ -35,7 +35,7 @@ import pandas as pd
 from skybench.physics.backend import Backend
 from skybench.physics.lens_mass import phi_q2ellipticity
 from skybench.physics.light import sersic_ellipse, sersic_total_flux
-from skybench.physics.noise import background_sigma
+from skybench.physics.noise import background_sigma, noise_stream, object_normals
 from skybench.physics.psf import FWHM_TO_SIGMA
 from skybench.physics.render import Renderer
 from skybench.physics.sed import CWW_TEMPLATES, SDSS_BANDS, SDSS_EXTINCTION, MagnitudeTable
@@ -265,7 +265,7 @@ class GalaxySimulator:
         meta = pd.DataFrame(rows)
         meta = pd.concat([meta, self.photometry(meta)], axis=1)
         # Catalogue magnitudes: its own noise stream, fixed by the object's seed; extinction-corrected as in SDSS.
-        noise = np.stack([np.random.default_rng([s, 2]).standard_normal(len(SDSS_BANDS)) for s in meta["seed"]])
+        noise = object_normals((noise_stream(s, 2) for s in meta["seed"]), (len(SDSS_BANDS),), np.float64)
         for i, b in enumerate(SDSS_BANDS):
             meta[f"mag_{b}"] = meta[f"mag_true_{b}"] + meta[f"calib_{b}"] + noise[:, i] * meta[f"err_meas_{b}"]
         meta.insert(1, "split", split)
@@ -273,8 +273,7 @@ class GalaxySimulator:
         if self.renderer is not None:
             model = self.render(meta)
             shape = (len(self.bands), self.renderer.size, self.renderer.size)
-            normal = np.stack([np.random.default_rng([s, 1]).standard_normal(shape, dtype=np.float32)
-                               for s in meta["seed"]])
+            normal = object_normals((noise_stream(s, 1) for s in meta["seed"]), shape)
             arrays["images"] = self.backend.to_numpy(self.renderer.add_noise(model, normal)).astype(np.float32)
         if "features" in self.track.inputs:
             missing = [c for c in self.pop.features if c not in meta]
