@@ -92,6 +92,20 @@ def test_a_task_without_a_class_variable_fails_when_registered_naming_it(clean_r
     assert "bare" not in task_names()
 
 
+def test_a_track_model_must_narrow_task_to_the_tasks_name(clean_registry):
+    class Loose(_Complete):
+        name = "loose"  # its track model says task: Literal["toy-registry"]
+
+    with pytest.raises(TypeError, match=r"Loose: its track_model must declare task: Literal\['loose'\]"):
+        register(Loose)
+
+    class Untyped(_Complete):
+        track_model = Track  # task: str
+
+    with pytest.raises(TypeError, match="Untyped: its track_model must declare task: Literal"):
+        register(Untyped)
+
+
 def test_two_classes_cannot_claim_one_name(clean_registry):
     register(_Complete)
     register(_Complete)  # the same class again is fine

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, get_args, get_origin
 
 import numpy as np
 
@@ -83,5 +83,7 @@ def check_task(cls: type[Task]) -> None:
     for attr in ("name", "track_model", "output_kinds"):
         if not hasattr(cls, attr):
             raise TypeError(f"task {cls.__name__} does not set the class variable {attr!r}")
-    if cls.track_model.model_fields["task"].annotation is None:
-        raise TypeError(f"task {cls.__name__}: its track_model has no 'task' field")
+    field = cls.track_model.model_fields.get("task")
+    if field is None or get_origin(field.annotation) is not Literal or get_args(field.annotation) != (cls.name,):
+        # load_track discriminates the registered track models on this literal
+        raise TypeError(f"task {cls.__name__}: its track_model must declare task: Literal[{cls.name!r}]")
