@@ -281,3 +281,29 @@ def test_photoz_scores_the_real_set_against_its_spectroscopic_redshifts(photoz_r
     assert {"real_pit_ks", "real_crps", "real_cde_loss"} <= set(m) and abs(m["real_bias_mean"]) < 0.01
     assert (tmp_path / "zphot_real.csv").is_file() and (tmp_path / "pit_real.png").is_file()
     assert not (tmp_path / "metrics.json").exists()  # the simulated test set's file is score()'s alone
+
+
+def test_lens_oracle_scores_perfectly(tiny_space_release, tmp_path):
+    from skybench.harness.score import score
+    from skybench.release.reader import open_release
+
+    track = load_track("lens-space")
+    hidden = open_release(tiny_space_release).hidden()
+    ids = hidden.ids()[::-1]
+    m = score(track, ids, get_task("lens").oracle(track, hidden, ids), hidden, tmp_path)
+    assert m["auroc"] == 1.0 and m["tpr0"] == 1.0 and m["average_precision"] == 1.0
+
+
+def test_enhance_oracle_is_the_truth_of_each_id(tmp_path):
+    from skybench.release.reader import open_release
+    from skybench.simulate import simulate_release
+
+    rel = simulate_release("enhance", tmp_path / "enhance", profile="demo", seed=2, size=6, progress=False,
+                           workers=1)
+    track, hidden = load_track("enhance"), open_release(rel).hidden()
+    ids = hidden.ids()[[3, 0, 5]]
+    truth = get_task("enhance").oracle(track, hidden, ids)
+    order = {int(i): k for k, i in enumerate(hidden.ids())}
+    np.testing.assert_array_equal(truth, np.asarray(hidden.array("truth"))[[order[int(i)] for i in ids]])
+    m = get_task("enhance").score(track, ids, truth, hidden, tmp_path / "scored")
+    assert m["psnr"] == np.inf and m["flux_rel_error"] == 0.0 and m["chi2"] == 0.0
