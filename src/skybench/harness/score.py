@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from skybench.metrics import completeness_by_bin, lens_metrics, roc_curve, roc_on_grid, threshold_at_fpr
+from skybench.release.reader import HiddenSplit
 from skybench.tracks import Track
 
 COMPLETENESS_FPR = 0.01  # completeness and real-lens recall use the threshold giving 1% false positives
@@ -87,10 +88,35 @@ def score_real(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: P
                                                                 real_predictions, Path(real_hidden), out))
 
 
-def _scorer(track: Track) -> ModuleType:
+def _scorer(track: Track) -> ModuleType | _TaskScorer:
     """The module that scores the track's task: this one for lenses, ``score_<task>`` for the others."""
+    if track.task not in ("lens", "photoz", "enhance"):  # a task registered with skybench.tasks.register
+        return _TaskScorer(track.task)
     return sys.modules[__name__] if track.task == "lens" else \
         importlib.import_module(f"skybench.tasks.{track.task}.score")
+
+
+class _TaskScorer:
+    """The scorer-module interface above, over a registered :class:`skybench.tasks.base.Task`."""
+
+    def __init__(self, name: str):
+        from skybench.tasks import get_task
+
+        self.task = get_task(name)
+
+    def score_task(self, track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path,
+                   out_dir: Path) -> dict[str, float]:
+        return self.task.score(track, ids, predictions, HiddenSplit(hidden), out_dir)
+
+    def score_real_task(self, track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path,
+                        real_ids: np.ndarray, real_predictions: np.ndarray, real_hidden: Path,
+                        out_dir: Path) -> dict[str, float]:
+        return self.task.score_real(track, ids, predictions, HiddenSplit(hidden), real_ids, real_predictions,
+                                    HiddenSplit(real_hidden), out_dir)
+
+    def public_artifacts(self, track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path,
+                         out_dir: Path) -> None:
+        self.task.public_artifacts(track, ids, predictions, HiddenSplit(hidden), out_dir)
 
 
 def score_task(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Path, out_dir: Path) -> dict[str, float]:
