@@ -64,7 +64,7 @@ def _cases() -> list[object]:
             by_task.setdefault(str(raw.get("task")), []).append(path)
     cases: list[object] = []
     for name in task_names():
-        paths = by_task.get(name) or [None]
+        paths: list[Path | None] = [*by_task.get(name, [])] or [None]
         for i, path in enumerate(paths):
             cases.append(pytest.param(Case(name, path), id=f"{name}:{path.stem if path else 'no-track'}",
                                       marks=[pytest.mark.slow] if i else []))

@@ -75,10 +75,10 @@ def test_a_task_lacking_a_method_is_refused_when_registered() -> None:
         track_model = ToyTrack
         output_kinds = ("point",)
 
-        def simulator(self):  # type: ignore[override]
+        def simulator(self):
             raise NotImplementedError
 
-        def score(self, *args: object) -> dict[str, float]:  # type: ignore[override]
+        def score(self, *args: object) -> dict[str, float]:
             return {}
 
     with pytest.raises(TypeError, match="oracle, score_real"):

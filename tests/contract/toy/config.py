@@ -31,6 +31,6 @@ class ToyLabel(_Strict):
 
 
 class ToyTrack(Track):
-    task: Literal["toy"]  # type: ignore[assignment]  # the discriminator: each task narrows it to its name
-    population: ToyPopulation  # type: ignore[assignment]
-    label: ToyLabel = ToyLabel()  # type: ignore[assignment]
+    task: Literal["toy"]  # the discriminator: each task narrows it to its name
+    population: ToyPopulation
+    label: ToyLabel = ToyLabel()
