@@ -173,7 +173,7 @@ def test_hidden_columns_and_arrays_never_reach_the_public_test_split(task: Task,
     n = rel.manifest["counts"]["test"]
     assert sorted(public_index["id"]) == sorted(hidden_meta["id"]) and len(public_index) == n
     leaked = (set(public_index.columns) & set(hidden_meta.columns)) - {"id"}
-    assert not leaked, f"hidden columns in public/test: {sorted(leaked)}"
+    assert not leaked, f"hidden columns in the public test split: {sorted(leaked)}"
     assert set(sim.label_columns) <= set(hidden_meta.columns)
     assert set(sim.label_columns) <= set(rel.meta("train").columns), "the training split must carry its labels"
     assert list(rel.manifest["hidden_arrays"]) == list(sim.hidden_arrays)
@@ -258,7 +258,7 @@ def test_public_artifacts_are_files_participants_are_shown(task: Task, track: Tr
                                                            oracle: tuple[np.ndarray, np.ndarray],
                                                            tmp_path: Path) -> None:
     ids, pred = oracle
-    half = len(ids) // 2  # the public part of a public/private split
+    half = len(ids) // 2  # the public part when the test set is split into public and private parts
     assert task.public_artifacts(track, ids[:half], pred[:half], truth, tmp_path) is None
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if not p.is_dir())
     unlisted = set(written) - set(participant_artifacts(track))
