@@ -36,7 +36,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 PACKAGE = "skybench"
+TASKS = "tasks"  # skybench/tasks/<task>/: one package per science task
 _MODULE_STRING = re.compile(rf"^{PACKAGE}(\.\w+)+(:\w+)?$")
 
 
@@ -53,9 +56,17 @@ class StageDepsError(ValueError):
 
 
 class _Project:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, task: str | None = None) -> None:
         self.root = root.resolve()
         self.src = self.root / "src"
+        self.task = task  # the stage's task: modules of other tasks named in strings are not its code
+
+    def other_task(self, dotted: str) -> bool:
+        """``dotted`` is in the package of a task other than the stage's (``skybench.tasks.photoz.score`` for a
+        lens stage); False when the stage has no task."""
+        parts = dotted.split(".")
+        return (self.task is not None and parts[:2] == [PACKAGE, TASKS] and len(parts) > 2 and parts[2] != self.task
+                and (self.src.joinpath(PACKAGE, TASKS, parts[2]) / "__init__.py").is_file())
 
     def module_files(self, dotted: str) -> list[Path]:
         """The files importing ``dotted`` runs: each package's ``__init__.py`` on the way, then the module."""
@@ -106,20 +117,32 @@ def _imports(project: _Project, path: Path, nodes: Iterable[ast.AST]) -> Iterato
             names = [full, *(f"{full}.{a.name}" for a in node.names if project.is_module(f"{full}.{a.name}"))]
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             if _MODULE_STRING.match(node.value):
-                names = [node.value.split(":")[0]]
+                names = [n for n in [node.value.split(":")[0]] if not project.other_task(n)]
             elif node.value.endswith(".py") and "/" not in node.value and (path.parent / node.value).is_file():
                 yield path.parent / node.value  # a sibling loaded or copied by name (HERE / "predict.py")
         elif isinstance(node, ast.JoinedStr) and node.values:
-            first = node.values[0]
-            if isinstance(first, ast.Constant) and isinstance(first.value, str) \
-                    and first.value.startswith(f"{PACKAGE}.") and len(node.values) > 1:
-                names = project.modules_with_prefix(first.value)
+            names = [n for n in _formatted_modules(project, node) if not project.other_task(n)]
         for name in names:
             top = name.split(".")[0]
             if top == PACKAGE:
                 yield from project.module_files(name)
             elif package is None and (path.parent / f"{top}.py").is_file():
                 yield path.parent / f"{top}.py"  # a script's folder is sys.path[0]
+
+
+def _formatted_modules(project: _Project, node: ast.JoinedStr) -> list[str]:
+    """The project modules an f-string such as ``f"skybench.tasks.{task}"`` or ``f"skybench.tasks.{task}.score"``
+    can name: every module with the constant prefix, followed by the constant suffix when there is one."""
+    first, values = node.values[0], node.values
+    if not (isinstance(first, ast.Constant) and isinstance(first.value, str)
+            and first.value.startswith(f"{PACKAGE}.") and len(values) > 1):
+        return []
+    last = values[2] if len(values) == 3 else None
+    suffix = last.value if isinstance(last, ast.Constant) and isinstance(last.value, str) else ""
+    modules = project.modules_with_prefix(first.value)
+    if suffix and re.fullmatch(r"(\.\w+)+", suffix):
+        return [m + suffix for m in modules if project.is_module(m + suffix)]
+    return modules
 
 
 @functools.cache
@@ -133,8 +156,8 @@ def _parse(path: Path) -> ast.Module:
 
 
 @functools.cache
-def _file_imports(root: Path, path: Path, mtime_ns: int) -> tuple[Path, ...]:
-    return tuple(_imports(_Project(root), path, ast.walk(_parsed(path, mtime_ns))))
+def _file_imports(root: Path, task: str | None, path: Path, mtime_ns: int) -> tuple[Path, ...]:
+    return tuple(_imports(_Project(root, task), path, ast.walk(_parsed(path, mtime_ns))))
 
 
 def _closure(project: _Project, start: Iterable[Path], analysed: Iterable[Path] = ()) -> set[Path]:
@@ -147,7 +170,7 @@ def _closure(project: _Project, start: Iterable[Path], analysed: Iterable[Path] 
             continue
         seen.add(path)
         if path.suffix == ".py":
-            todo += _file_imports(project.root, path, path.stat().st_mtime_ns)
+            todo += _file_imports(project.root, project.task, path, path.stat().st_mtime_ns)
     return seen
 
 
@@ -214,28 +237,43 @@ def _cli_arguments(command: str, args: list[str]) -> tuple[str, dict[str, object
     return cmd.callback.__name__, dict(ctx.params)
 
 
+def track_task(root: Path | str, track: object) -> str | None:
+    """The ``task`` of ``benchmarks/<track>.yaml`` (None when there is no such track)."""
+    if not isinstance(track, str) or Path(track).suffix:
+        return None
+    path = Path(root) / "benchmarks" / f"{track}.yaml"
+    if not path.is_file():
+        return None
+    task = (yaml.safe_load(path.read_text()) or {}).get("task")
+    return task if isinstance(task, str) else None
+
+
 def stage_usage(cmd: str, root: Path | str) -> Usage:
-    """The project files the stage command ``cmd`` uses, run from the project ``root``."""
-    project = _Project(Path(root))
+    """The project files the stage command ``cmd`` uses, run from the project ``root``.
+
+    A command for a track of task T (``--track``, or the CLI's ``track`` argument) uses, of the task packages that
+    the registry and the scorers name in strings, only ``tasks/T``."""
     argv = shlex.split(cmd)
     if argv[:1] == [PACKAGE] or argv[:3] in (["python", "-m", PACKAGE], [sys.executable, "-m", PACKAGE]):
         rest = argv[1:] if argv[0] == PACKAGE else argv[3:]
         if not rest:
             raise StageDepsError(f"{cmd!r}: no skybench command")
         function, params = _cli_arguments(rest[0], rest[1:])
+        track = params.get("track")
+        project = _Project(Path(root), track_task(root, track))
         start, analysed = _cli_entry(project, function), {project.src / PACKAGE / "cli.py"}
         if argv[0] != PACKAGE:  # python -m skybench runs __main__.py, which imports cli
             start.add(project.src / PACKAGE / "__main__.py")
         inputs = {str(v) for v in params.values() if isinstance(v, Path)}
-        track = params.get("track")
     elif argv[:1] in (["python"], ["python3"]) and len(argv) > 1 and argv[1].endswith(".py"):
+        opts = _options(argv[2:])
+        track = opts.get("track")
+        project = _Project(Path(root), track_task(root, track))
         script = project.root / argv[1]
         if not script.is_file():
             raise StageDepsError(f"{cmd!r}: no script {script}")
         start, analysed = {script}, set()
-        opts = _options(argv[2:])
         inputs = {v for k, v in opts.items() if k in ("release", "data") and v}
-        track = opts.get("track")
     else:
         raise StageDepsError(f"{cmd!r}: not `skybench <command> ...` nor `python <script>.py ...`")
     files = _closure(project, start, analysed)
