@@ -34,7 +34,7 @@ import shlex
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
@@ -292,10 +292,86 @@ def _options(args: list[str]) -> dict[str, str]:
     return out
 
 
+def is_code_dep(dep: str) -> bool:
+    """Deps that must be exact: code and track definitions (not data folders such as releases/ or submissions/)."""
+    return dep.startswith(("src/", "benchmarks/")) or dep.endswith(".py")
+
+
+def _compact(root: Path, files: set[str]) -> list[str]:
+    """``files`` sorted, a folder of the package standing for its files when it has several and all are used."""
+    folders = sorted({PurePosixPath(f).parent for f in files if f.startswith(f"src/{PACKAGE}/")},
+                     key=lambda d: (len(d.parts), d))
+    out, covered = [], set()
+    for folder in folders:
+        if len(folder.parts) < 3 or any(folder.is_relative_to(c) for c in covered):
+            continue
+        inside = {p.relative_to(root).as_posix() for p in (root / folder).rglob("*.py")}
+        if len(inside) > 1 and inside <= files:
+            covered.add(folder)
+    out = [f for f in files if not any(PurePosixPath(f).is_relative_to(c) for c in covered)]
+    return sorted(out + [c.as_posix() for c in covered])
+
+
+def write_deps(dvc_yaml: Path | str, code_root: Path | str | None = None) -> dict[str, list[str]]:
+    """Rewrite the code deps of every stage group of ``dvc_yaml`` from what its commands use (the project's code read
+    from ``code_root``, by default the folder of ``dvc_yaml``); return them.
+
+    Per group (a plain stage, or the stages of a ``foreach``/``matrix``): the literal deps that are code
+    (:func:`is_code_dep`) are replaced by the files its stages use that no other dep covers (the ``${...}`` ones,
+    data); those must be the same for every stage of the group, else the group is refused (give the differing files a
+    ``${item...}`` dep, or split the group)."""
+    from dvc.repo import Repo
+    from ruamel.yaml import YAML
+
+    dvc_yaml = Path(dvc_yaml).resolve()
+    root = Path(code_root or dvc_yaml.parent).resolve()
+    groups: dict[str, list[tuple[str, list[str]]]] = {}
+    with Repo(str(dvc_yaml.parent)) as repo:
+        for stage in repo.index.stages:
+            if stage.cmd and Path(stage.path).resolve() == dvc_yaml:
+                cmd = stage.cmd if isinstance(stage.cmd, str) else " && ".join(stage.cmd)
+                deps = [PurePosixPath(d.def_path).as_posix() for d in stage.deps if d.def_path != "params.yaml"]
+                groups.setdefault(stage.name.split("@")[0], []).append((cmd, deps))
+    yml = YAML()
+    yml.preserve_quotes = True
+    yml.width = 4096
+    yml.indent(mapping=2, sequence=4, offset=2)
+    data = yml.load(dvc_yaml)
+    written = {}
+    for group, members in groups.items():
+        entry = data["stages"][group]
+        body = entry["do"] if "foreach" in entry else entry
+        seq = body["deps"]
+        literal = [d for d in seq if isinstance(d, str) and "${" not in d and is_code_dep(d)]
+        needs = []
+        for cmd, deps in members:
+            kept = [d for d in deps if d not in literal]
+            used = stage_usage(cmd, root).files
+            needs.append({f for f in used if not any(f == k or PurePosixPath(f).is_relative_to(k) for k in kept)})
+        if any(n != needs[0] for n in needs):
+            differ = sorted(set().union(*needs) - set.intersection(*needs))
+            raise StageDepsError(f"{dvc_yaml}: the stages of {group} use different code ({', '.join(differ)}); "
+                                 "give those files a ${item...} dep or split the group")
+        new = _compact(root, needs[0])
+        at = next((i for i, d in enumerate(seq) if d in literal), len(seq))
+        for i in reversed([i for i, d in enumerate(seq) if d in literal]):
+            del seq[i]
+        for k, dep in enumerate(new):
+            seq.insert(at + k, dep)
+        written[group] = new
+    yml.dump(data, dvc_yaml)
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:  # pragma: no cover - a helper for writing dvc.yaml
     argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "--write":
+        for group, deps in write_deps(Path(argv[1])).items():
+            print(f"{group}: {len(deps)} code deps")
+        return
     if len(argv) != 1:
-        sys.exit('usage: python -m skybench.stagedeps "<stage command>"')
+        sys.exit('usage: python -m skybench.stagedeps "<stage command>"  |  python -m skybench.stagedeps --write '
+                 'dvc.yaml')
     usage = stage_usage(argv[0], Path.cwd())
     print("\n".join(sorted(usage.files)))
     print("\n".join(f"# input: {i}" for i in sorted(usage.inputs)))
