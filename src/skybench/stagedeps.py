@@ -301,7 +301,7 @@ def _compact(root: Path, files: set[str]) -> list[str]:
     """``files`` sorted, a folder of the package standing for its files when it has several and all are used."""
     folders = sorted({PurePosixPath(f).parent for f in files if f.startswith(f"src/{PACKAGE}/")},
                      key=lambda d: (len(d.parts), d))
-    out, covered = [], set()
+    covered: set[PurePosixPath] = set()
     for folder in folders:
         if len(folder.parts) < 3 or any(folder.is_relative_to(c) for c in covered):
             continue
@@ -349,7 +349,7 @@ def write_deps(dvc_yaml: Path | str, code_root: Path | str | None = None) -> dic
             used = stage_usage(cmd, root).files
             needs.append({f for f in used if not any(f == k or PurePosixPath(f).is_relative_to(k) for k in kept)})
         if any(n != needs[0] for n in needs):
-            differ = sorted(set().union(*needs) - set.intersection(*needs))
+            differ = sorted(set[str]().union(*needs) - needs[0].intersection(*needs[1:]))
             raise StageDepsError(f"{dvc_yaml}: the stages of {group} use different code ({', '.join(differ)}); "
                                  "give those files a ${item...} dep or split the group")
         new = _compact(root, needs[0])
