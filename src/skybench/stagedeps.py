@@ -2,7 +2,9 @@
 
     python -m skybench.stagedeps "skybench evaluate --track enhance --release releases/enhance ..."
 
-prints them, one a line; ``tests/test_dvc_deps.py`` checks every stage of ``dvc.yaml`` against them. Entry points:
+prints them, one a line; ``python -m skybench.stagedeps --write dvc.yaml`` rewrites the code deps of every stage
+group of ``dvc.yaml`` from them (:func:`write_deps`); ``tests/test_dvc_deps.py`` checks every stage against them.
+Entry points:
 
 * ``skybench <command> ...``: the module-level code of ``skybench/cli.py`` (and its imports), plus the body of the
   command's function and of the cli.py helpers it calls (cli.py imports lazily inside commands);
@@ -10,10 +12,12 @@ prints them, one a line; ``tests/test_dvc_deps.py`` checks every stage of ``dvc.
 
 From there, transitively within the project: every ``skybench`` module imported anywhere in a used module (lazy
 imports included; importing ``a.b`` runs ``a/__init__.py`` too), modules named in strings
-(``"skybench.tasks.lens.simulator:LensSimulator"``, ``f"skybench.tasks.{task}"`` -> every task package,
-``python -m skybench.harness.runner`` argv), a script's sibling modules (its folder is on ``sys.path``), and
+(``"skybench.tasks.lens.simulator:LensSimulator"``, ``f"skybench.tasks.{task}.score"`` -> that module of every task
+package, ``python -m skybench.harness.runner`` argv), a script's sibling modules (its folder is on ``sys.path``), and
 sibling files a module names as ``"<file>.py"`` (``HERE / "predict.py"``, loaded or copied into a submission).
-Granularity is the module: a used module counts whole, whatever part of it runs.
+Granularity is the module: a used module counts whole, whatever part of it runs. A command for a track
+(``--track``, or the CLI's ``track`` argument) of task T uses, of the task packages named in strings (the registry,
+the scorer dispatch), only ``tasks/T``: the code picks the track's task at run time. Real imports always count.
 
 Data files: ``load_track`` reads ``benchmarks/<track>.yaml`` for the command's ``track`` argument (CLI: parsed by
 typer, defaults included; scripts: ``--track``) and for constant ``load_track("<name>")`` calls; the paths given as
