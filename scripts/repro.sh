@@ -7,7 +7,8 @@ fi
 echo "skybench: the real SDSS MGS catalogue is not in data/; running every track except photoz-sdss-mgs"
 targets=$(python - <<'PY'
 import yaml
-print(" ".join(f"leaderboard@{t}" for t in yaml.safe_load(open("params.yaml"))["tracks"] if t != "photoz-sdss-mgs"))
+tracks = yaml.safe_load(open("params.yaml"))["tracks"]  # {task: [track, ...]}
+print(" ".join(f"leaderboard-{task}@{t}" for task, ts in tracks.items() for t in ts if t != "photoz-sdss-mgs"))
 PY
 )
 exec dvc repro "$@" $targets

@@ -28,9 +28,9 @@ def bwrap_works() -> bool:
 
 
 def baseline_module(name: str) -> ModuleType:
-    """baselines/<name>/train.py as a module."""
-    spec = importlib.util.spec_from_file_location(f"baseline_{name.replace('-', '_')}",
-                                                  ROOT / "baselines" / name / "train.py")
+    """baselines/<task>/<name>/train.py as a module."""
+    (path,) = (ROOT / "baselines").glob(f"*/{name}/train.py")
+    spec = importlib.util.spec_from_file_location(f"baseline_{name.replace('-', '_')}", path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -152,19 +152,25 @@ def test_training_curves_are_logged_apart_from_the_leaderboard(trained, mlflow_u
 
 
 def test_params_and_dvc_stages_cover_every_baseline_and_track():
+    from dvc.repo import Repo
+
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]
-    entries = stage["foreach"]
-    # every lens baseline is trained on every lens track, each baseline has parameters and a train.py
-    assert {(e["baseline"], e["track"]) for e in entries.values()} >= \
-        {(b, t) for b in BASELINES for t in ("lens-space", "lens-ground")}
-    for key, e in entries.items():
-        assert key == f"{e['baseline']}-{e['track']}"
-        assert e["baseline"] in params["train"] and (ROOT / "baselines" / e["baseline"] / "train.py").is_file()
-        assert e["track"] in params["tracks"]
-    do = stage["do"]
-    assert all("hidden" not in d and not d.rstrip("/").endswith("test") for d in do["deps"])
-    assert "train.${item.baseline}" in do["params"]
+    groups = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    with Repo(str(ROOT)) as repo:
+        stages = {s.name: s for s in repo.index.stages if s.cmd and s.name.startswith("train-")}
+    # every lens baseline is trained on every lens track
+    assert {f"train-lens@{b}-{t}" for b in BASELINES for t in ("lens-space", "lens-ground")} <= set(stages)
+    for key, stage in stages.items():  # each stage: a baseline of its task with parameters, on a track of that task
+        group, _, _ = key.partition("@")
+        task = group.removeprefix("train-").split("-")[0]
+        script, track = stage.cmd.split()[1], stage.cmd.split("--track ")[1].split()[0]
+        baseline = Path(script).parent.name
+        assert script == f"baselines/{task}/{baseline}/train.py" and (ROOT / script).is_file()
+        assert key == f"{group}@{baseline}-{track}"
+        assert baseline in params["train"] and track in params["tracks"][task]
+        assert [o.def_path for o in stage.outs] == [f"baselines/{task}/{baseline}/{track}"]
+        assert all("hidden" not in d.def_path and not d.def_path.rstrip("/").endswith("test") for d in stage.deps)
+        assert "train.${item.baseline}" in groups[group]["params"]
 
 
 def test_parameters_follow_the_profile(tmp_path):

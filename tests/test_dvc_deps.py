@@ -2,7 +2,8 @@
 
 A stage whose deps miss a file its command uses is not re-run when that file changes (a stale baseline reaches
 the leaderboard); a stage that lists code it never uses re-runs for nothing (editing bologna.py re-evaluated every
-track). Stages are resolved (foreach expanded, params interpolated) by DVC itself.
+track); a stage of one task's track that depends on another task's code re-runs when that task changes. Stages are
+resolved (foreach and matrix expanded, params interpolated) by DVC itself.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 from dvc.repo import Repo
 
-from skybench.stagedeps import stage_usage
+from skybench.stagedeps import StageDepsError, is_code_dep, stage_usage, write_deps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,9 +25,7 @@ def _covers(dep: str, path: str) -> bool:
     return dep == path or PurePosixPath(path).is_relative_to(dep)
 
 
-def _is_code(dep: str) -> bool:
-    """Deps that must be exact: code and track definitions (not data folders such as releases/ or submissions/)."""
-    return dep.startswith(("src/", "benchmarks/")) or dep.endswith(".py")
+_is_code = is_code_dep  # deps that must be exact: code and track definitions (not data such as releases/)
 
 
 def dependency_problems(dvc_dir: Path, code_root: Path = ROOT) -> list[str]:
@@ -84,12 +83,15 @@ def _copy_pipeline(tmp_path: Path, edit: tuple[str, str] | None = None) -> Path:
 
 @pytest.mark.parametrize(("old", "new", "expected"), [
     # a photo-z baseline no longer depends on the shared photo-z training helpers
-    ("photoz-knn-photoz-catalog: {baseline: photoz-knn, track: photoz-catalog, lib: src/skybench/training/photoz.py,",
-     "photoz-knn-photoz-catalog: {baseline: photoz-knn, track: photoz-catalog, lib: src/skybench/training/__init__.py,",
-     "train@photoz-knn-photoz-catalog: its command uses src/skybench/training/photoz.py"),
+    ("      - src/skybench/training/photoz.py\n", "",
+     "train-photoz@photoz-knn-photoz-catalog: its command uses src/skybench/training/photoz.py"),
     # the Richardson-Lucy baseline copies predict.py into its submission
-    ("extra: baselines/richardson-lucy/predict.py}", "extra: baselines/richardson-lucy/train.py}",
-     "train@richardson-lucy-enhance: its command uses baselines/richardson-lucy/predict.py"),
+    ("      - baselines/enhance/${item.baseline}/predict.py  # copied into the submission\n", "",
+     "train-enhance-rl@richardson-lucy-enhance: its command uses baselines/enhance/richardson-lucy/predict.py"),
+    # a lens baseline does not use the photo-z training helpers
+    ("      - src/skybench/training/loop.py\n",
+     "      - src/skybench/training/loop.py\n      - src/skybench/training/photoz.py\n",
+     "train-lens@knn-lens-space: lists src/skybench/training/photoz.py in its deps, but its command never uses it"),
 ])
 def test_a_removed_dependency_is_reported(tmp_path: Path, old: str, new: str, expected: str) -> None:
     problems = dependency_problems(_copy_pipeline(tmp_path, (old, new)))
@@ -97,20 +99,55 @@ def test_a_removed_dependency_is_reported(tmp_path: Path, old: str, new: str, ex
 
 
 def test_a_removed_dependency_line_is_reported(tmp_path: Path) -> None:
-    """Removed from the evaluate stages (its first use in dvc.yaml): every track's evaluation is reported."""
-    problems = dependency_problems(_copy_pipeline(tmp_path, ("        - src/skybench/tasks/photoz/score.py\n", "")))
-    assert {p.split(":")[0] for p in problems} == {f"evaluate@{t}" for t in
-                                                    ("lens-space", "lens-ground", "photoz-images", "photoz-catalog",
-                                                     "photoz-sdss-mgs", "enhance")}, problems
+    """Removed from the photo-z evaluation (its first use in dvc.yaml): every photo-z track's evaluation is
+    reported, and no other stage."""
+    problems = dependency_problems(_copy_pipeline(tmp_path, ("      - src/skybench/tasks/photoz/score.py\n", "")))
+    assert {p.split(":")[0] for p in problems} == {f"evaluate-photoz@{t}" for t in
+                                                    ("photoz-images", "photoz-catalog", "photoz-sdss-mgs")}, problems
     assert all("src/skybench/tasks/photoz/score.py" in p for p in problems), problems
 
 
 def test_wholesale_code_dependency_is_reported(tmp_path: Path) -> None:
     """Depending on the whole package makes every stage re-run on any edit (bologna.py re-evaluated every track)."""
-    problems = dependency_problems(_copy_pipeline(tmp_path, ("        - src/skybench/tasks/photoz/score.py\n",
-                                                             "        - src/skybench\n")))
-    assert any(p.startswith("evaluate@enhance: lists the folder src/skybench, which holds files its command never "
-                            "uses") and "src/skybench/tasks/lens/bologna.py" in p for p in problems), problems
+    problems = dependency_problems(_copy_pipeline(tmp_path, ("      - src/skybench/tasks/photoz/score.py\n",
+                                                             "      - src/skybench\n")))
+    assert any(p.startswith("evaluate-photoz@photoz-catalog: lists the folder src/skybench, which holds files its "
+                            "command never uses") and "src/skybench/tasks/lens/bologna.py" in p for p in problems), \
+        problems
+
+
+def test_a_track_uses_only_its_own_task_code() -> None:
+    """The registry and the scorer name every task package in strings; a track's stages use only its task's."""
+    for cmd, task in (("skybench simulate lens-space --profile demo --seed 1 --out releases/lens-space", "lens"),
+                      ("skybench simulate photoz-catalog --profile demo --seed 1 --out releases/x", "photoz"),
+                      ("skybench evaluate --track photoz-catalog --release releases/photoz-catalog --out x", "photoz"),
+                      ("skybench evaluate --track enhance --release releases/enhance --out x", "enhance")):
+        tasks = {PurePosixPath(f).parts[3] for f in stage_usage(cmd, ROOT).files
+                 if f.startswith("src/skybench/tasks/") and len(PurePosixPath(f).parts) > 4}
+        assert tasks == {task}, (cmd, tasks)
+
+
+def test_write_regenerates_the_code_deps(tmp_path: Path) -> None:
+    """`python -m skybench.stagedeps --write dvc.yaml` writes back exactly this dvc.yaml (it is up to date), and
+    restores a removed dependency and drops an unused one (the rest of the file unchanged)."""
+    original = (ROOT / "dvc.yaml").read_text()
+    edited = original.replace("      - src/skybench/training/photoz.py\n", "", 1)
+    edited = edited.replace("      - src/skybench/training/loop.py\n",
+                            "      - src/skybench/training/loop.py\n      - src/skybench/tasks/lens/bologna.py\n", 1)
+    assert edited.count("\n") == original.count("\n")
+    project = _copy_pipeline(tmp_path, (original, edited))
+    assert dependency_problems(project)  # broken before
+    written = write_deps(project / "dvc.yaml", ROOT)
+    assert (project / "dvc.yaml").read_text() == original
+    assert "src/skybench/training/photoz.py" in written["train-photoz"]
+
+
+def test_write_refuses_a_group_whose_stages_use_different_code(tmp_path: Path) -> None:
+    """A matrix mixing a lens and a photo-z track cannot have one list of code deps."""
+    text = (ROOT / "dvc.yaml").read_text().replace("track: ${tracks.lens}", "track: [lens-space, photoz-catalog]", 1)
+    project = _copy_pipeline(tmp_path, ((ROOT / "dvc.yaml").read_text(), text))
+    with pytest.raises(StageDepsError, match="the stages of evaluate-lens use different code"):
+        write_deps(project / "dvc.yaml", ROOT)
 
 
 # --- what `dvc status` marks changed after an edit, in a copy whose dvc.lock records the current code -----------
@@ -165,29 +202,38 @@ def test_the_copy_starts_up_to_date(locked_copy: Path) -> None:
     assert not modified, modified
 
 
+def _stages(names: set[str], *prefixes: str) -> set[str]:
+    return {n for n in names if n.startswith(prefixes)}
+
+
 @pytest.mark.slow
 def test_editing_a_shared_helper_marks_exactly_the_stages_that_use_it(locked_copy: Path) -> None:
     with Repo(str(locked_copy)) as repo:
         names = {s.name for s in repo.index.stages if s.cmd}
-    photoz_train = {n for n in names if n.startswith("train@photoz-")}
+    photoz_train = _stages(names, "train-photoz")
     assert len(photoz_train) == 7
     # photo-z training helpers: the photo-z baselines retrain (their evaluate/leaderboard follow from their outputs)
     assert _changed_after_editing(locked_copy, "src/skybench/training/photoz.py") == photoz_train
+    # the shared training loop: every baseline, nothing else
+    assert _changed_after_editing(locked_copy, "src/skybench/training/loop.py") == _stages(names, "train-")
     # the Bologna importer is no stage's code
     assert _changed_after_editing(locked_copy, "src/skybench/tasks/lens/bologna.py") == set()
-    # metrics: the photo-z and enhance baselines, simulation and evaluation, but no lens baseline
-    metrics = _changed_after_editing(locked_copy, "src/skybench/metrics.py")
-    lens_train = {n for n in names if n.startswith("train@") and n.endswith(("-lens-space", "-lens-ground"))}
-    assert len(lens_train) == 8 and not metrics & lens_train, metrics & lens_train
-    assert {n for n in names if n.startswith("train@")} - lens_train <= metrics
-    assert {n for n in names if n.startswith(("simulate@", "evaluate@", "leaderboard@"))} <= metrics
+    # a task's simulator: its own tracks' releases only (not the other tasks' tracks)
+    assert _changed_after_editing(locked_copy, "src/skybench/tasks/lens/simulator.py") == \
+        _stages(names, "simulate-lens@")
+    assert _changed_after_editing(locked_copy, "src/skybench/tasks/photoz/score.py") == \
+        _stages(names, "evaluate-photoz@", "leaderboard-photoz@")
+    # a task's metrics: that task's stages (its baselines validate with them), never another task's
+    metrics = _changed_after_editing(locked_copy, "src/skybench/tasks/enhance/metrics.py")
+    assert metrics and all("enhance" in s for s in metrics), metrics
+    assert _stages(names, "evaluate-enhance@", "leaderboard-enhance@", "train-enhance@") <= metrics
     # the leaderboard code: the leaderboards only
     assert _changed_after_editing(locked_copy, "src/skybench/tracking/leaderboard.py") == \
-        {n for n in names if n.startswith("leaderboard@")}
+        _stages(names, "leaderboard-")
     # the Richardson-Lucy predictor: its training (it is copied into the submission) and, through the `baselines`
     # folder, every evaluation
-    assert _changed_after_editing(locked_copy, "baselines/richardson-lucy/predict.py") == \
-        {"train@richardson-lucy-enhance"} | {n for n in names if n.startswith("evaluate@")}
+    assert _changed_after_editing(locked_copy, "baselines/enhance/richardson-lucy/predict.py") == \
+        {"train-enhance-rl@richardson-lucy-enhance"} | _stages(names, "evaluate-")
 
 
 def test_stage_usage_follows_lazy_string_and_sibling_imports(tmp_path: Path) -> None:
@@ -217,3 +263,32 @@ def test_stage_usage_follows_lazy_string_and_sibling_imports(tmp_path: Path) -> 
         "src/skybench/sub/c.py", "src/skybench/tracks.py", "src/skybench/score_x.py", "src/skybench/score_y.py",
         "benchmarks/toy-track.yaml", "benchmarks/fixed-track.yaml"}
     assert usage.inputs == {"releases/toy"}
+
+
+def test_stage_usage_keeps_only_the_tracks_task_of_string_named_tasks(tmp_path: Path) -> None:
+    """Task packages named in strings (a registry, ``f"skybench.tasks.{task}.score"``) count for their own task's
+    tracks only; a stage without a track keeps them all; a real import of another task's module always counts."""
+    files = {
+        "src/skybench/__init__.py": "", "src/skybench/tracks.py": "def load_track(name): ...\n",
+        "src/skybench/tasks/__init__.py": "from skybench.tasks import base\n"
+                                          "BUILTIN = {'a': 'skybench.tasks.a', 'b': 'skybench.tasks.b'}\n",
+        "src/skybench/tasks/base.py": "",
+        "src/skybench/tasks/a/__init__.py": "", "src/skybench/tasks/a/score.py": "",
+        "src/skybench/tasks/b/__init__.py": "", "src/skybench/tasks/b/score.py": "",
+        "src/skybench/tasks/b/units.py": "",
+        "src/skybench/score.py": "import importlib\nfrom skybench import tasks, tracks\n"
+                                 "from skybench.tasks.b import units\n"
+                                 "def scorer(t):\n    return importlib.import_module(f'skybench.tasks.{t}.score')\n",
+        "benchmarks/ta.yaml": "name: ta\ntask: a\n",
+        "run.py": "from skybench import score\n",
+    }
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    common = {"run.py", "src/skybench/__init__.py", "src/skybench/score.py", "src/skybench/tracks.py",
+              "src/skybench/tasks/__init__.py", "src/skybench/tasks/base.py", "src/skybench/tasks/b/__init__.py",
+              "src/skybench/tasks/b/units.py"}
+    assert stage_usage("python run.py --track ta", tmp_path).files == common | {
+        "benchmarks/ta.yaml", "src/skybench/tasks/a/__init__.py", "src/skybench/tasks/a/score.py"}
+    assert stage_usage("python run.py", tmp_path).files == common | {
+        "src/skybench/tasks/a/__init__.py", "src/skybench/tasks/a/score.py", "src/skybench/tasks/b/score.py"}

@@ -93,19 +93,22 @@ def test_scoring_writes_metrics_and_plots(trained, releases, tmp_path):
 
 
 def test_photoz_entries_in_params_and_dvc():
+    from dvc.repo import Repo
+
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    entries = stages["train"]["foreach"]
-    for name, track in TRACK_OF.items():
+    with Repo(str(ROOT)) as repo:
+        stages = {s.name: s for s in repo.index.stages if s.cmd}
+    group = {"photoz-cnn": "train-photoz-images"}
+    wanted = [(name, track) for name, track in TRACK_OF.items()] + [(n, "photoz-sdss-mgs") for n in CATALOGUE]
+    for name, track in wanted:
         assert name in params["train"]
-        entry = entries[f"{name}-{track}"]  # also `lib`/`extra`: the code it trains with (tests/test_dvc_deps.py)
-        assert (entry["baseline"], entry["track"]) == (name, track)
-    for name in CATALOGUE:
-        entry = entries[f"{name}-photoz-sdss-mgs"]
-        assert (entry["baseline"], entry["track"]) == (name, "photoz-sdss-mgs")
-    assert stages["import-sdss-mgs"]["outs"] == ["releases/photoz-sdss-mgs"]
+        stage = stages[f"{group.get(name, 'train-photoz')}@{name}-{track}"]
+        assert stage.cmd.split()[:2] == ["python", f"baselines/photoz/{name}/train.py"]
+        assert f"--track {track}" in stage.cmd
+        assert [o.def_path for o in stage.outs] == [f"baselines/photoz/{name}/{track}"]
+    assert [o.def_path for o in stages["import-sdss-mgs"].outs] == ["releases/photoz-sdss-mgs"]
     for name in TRACK_OF:  # trained submissions are DVC outputs, not in git
-        ignored = (ROOT / "baselines" / name / ".gitignore").read_text().split()
+        ignored = (ROOT / "baselines" / "photoz" / name / ".gitignore").read_text().split()
         assert f"/{TRACK_OF[name]}" in ignored
 
 

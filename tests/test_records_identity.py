@@ -104,7 +104,7 @@ def test_path_identity_rules(project):
         (folder / "submission.yaml").write_text(text)
         return identity(folder, load_submission(folder).spec)
 
-    base = project / "baselines/knn/lens-space"
+    base = project / "baselines/lens/knn/lens-space"
     base.mkdir(parents=True)
     write_submission(base, "knn", "lens-space", "sklearn", "model.skops", "k nearest neighbours")
     (base / "model.skops").write_text("")
@@ -115,7 +115,7 @@ def test_path_identity_rules(project):
     team, name, why = ident("submissions/examples/lens-ground/sklearn", f"team: examples\nname: sklearn-example\n"
                                                                         f"{spec}")
     assert (team, name) == ("examples", "sklearn-example") and "track" in why  # the path says lens-ground
-    assert ident("baselines/knn/lens-ground", f"team: baselines\nname: knn\n{spec}")[2]
+    assert ident("baselines/lens/knn/lens-ground", f"team: baselines\nname: knn\n{spec}")[2]
     assert ident("submissions/t/n", f"team: t\nname: n\n{spec}") == ("t", "n", "")
     team, name, why = ident("submissions/y/z", f"team: x\nname: z\n{spec}")
     assert (team, name) == ("y", "z")

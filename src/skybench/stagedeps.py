@@ -2,7 +2,9 @@
 
     python -m skybench.stagedeps "skybench evaluate --track enhance --release releases/enhance ..."
 
-prints them, one a line; ``tests/test_dvc_deps.py`` checks every stage of ``dvc.yaml`` against them. Entry points:
+prints them, one a line; ``python -m skybench.stagedeps --write dvc.yaml`` rewrites the code deps of every stage
+group of ``dvc.yaml`` from them (:func:`write_deps`); ``tests/test_dvc_deps.py`` checks every stage against them.
+Entry points:
 
 * ``skybench <command> ...``: the module-level code of ``skybench/cli.py`` (and its imports), plus the body of the
   command's function and of the cli.py helpers it calls (cli.py imports lazily inside commands);
@@ -10,10 +12,12 @@ prints them, one a line; ``tests/test_dvc_deps.py`` checks every stage of ``dvc.
 
 From there, transitively within the project: every ``skybench`` module imported anywhere in a used module (lazy
 imports included; importing ``a.b`` runs ``a/__init__.py`` too), modules named in strings
-(``"skybench.tasks.lens.simulator:LensSimulator"``, ``f"skybench.tasks.{task}"`` -> every task package,
-``python -m skybench.harness.runner`` argv), a script's sibling modules (its folder is on ``sys.path``), and
+(``"skybench.tasks.lens.simulator:LensSimulator"``, ``f"skybench.tasks.{task}.score"`` -> that module of every task
+package, ``python -m skybench.harness.runner`` argv), a script's sibling modules (its folder is on ``sys.path``), and
 sibling files a module names as ``"<file>.py"`` (``HERE / "predict.py"``, loaded or copied into a submission).
-Granularity is the module: a used module counts whole, whatever part of it runs.
+Granularity is the module: a used module counts whole, whatever part of it runs. A command for a track
+(``--track``, or the CLI's ``track`` argument) of task T uses, of the task packages named in strings (the registry,
+the scorer dispatch), only ``tasks/T``: the code picks the track's task at run time. Real imports always count.
 
 Data files: ``load_track`` reads ``benchmarks/<track>.yaml`` for the command's ``track`` argument (CLI: parsed by
 typer, defaults included; scripts: ``--track``) and for constant ``load_track("<name>")`` calls; the paths given as
@@ -34,9 +38,12 @@ import shlex
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+
+import yaml
 
 PACKAGE = "skybench"
+TASKS = "tasks"  # skybench/tasks/<task>/: one package per science task
 _MODULE_STRING = re.compile(rf"^{PACKAGE}(\.\w+)+(:\w+)?$")
 
 
@@ -53,9 +60,17 @@ class StageDepsError(ValueError):
 
 
 class _Project:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, task: str | None = None) -> None:
         self.root = root.resolve()
         self.src = self.root / "src"
+        self.task = task  # the stage's task: modules of other tasks named in strings are not its code
+
+    def other_task(self, dotted: str) -> bool:
+        """``dotted`` is in the package of a task other than the stage's (``skybench.tasks.photoz.score`` for a
+        lens stage); False when the stage has no task."""
+        parts = dotted.split(".")
+        return (self.task is not None and parts[:2] == [PACKAGE, TASKS] and len(parts) > 2 and parts[2] != self.task
+                and (self.src.joinpath(PACKAGE, TASKS, parts[2]) / "__init__.py").is_file())
 
     def module_files(self, dotted: str) -> list[Path]:
         """The files importing ``dotted`` runs: each package's ``__init__.py`` on the way, then the module."""
@@ -106,20 +121,32 @@ def _imports(project: _Project, path: Path, nodes: Iterable[ast.AST]) -> Iterato
             names = [full, *(f"{full}.{a.name}" for a in node.names if project.is_module(f"{full}.{a.name}"))]
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             if _MODULE_STRING.match(node.value):
-                names = [node.value.split(":")[0]]
+                names = [n for n in [node.value.split(":")[0]] if not project.other_task(n)]
             elif node.value.endswith(".py") and "/" not in node.value and (path.parent / node.value).is_file():
                 yield path.parent / node.value  # a sibling loaded or copied by name (HERE / "predict.py")
         elif isinstance(node, ast.JoinedStr) and node.values:
-            first = node.values[0]
-            if isinstance(first, ast.Constant) and isinstance(first.value, str) \
-                    and first.value.startswith(f"{PACKAGE}.") and len(node.values) > 1:
-                names = project.modules_with_prefix(first.value)
+            names = [n for n in _formatted_modules(project, node) if not project.other_task(n)]
         for name in names:
             top = name.split(".")[0]
             if top == PACKAGE:
                 yield from project.module_files(name)
             elif package is None and (path.parent / f"{top}.py").is_file():
                 yield path.parent / f"{top}.py"  # a script's folder is sys.path[0]
+
+
+def _formatted_modules(project: _Project, node: ast.JoinedStr) -> list[str]:
+    """The project modules an f-string such as ``f"skybench.tasks.{task}"`` or ``f"skybench.tasks.{task}.score"``
+    can name: every module with the constant prefix, followed by the constant suffix when there is one."""
+    first, values = node.values[0], node.values
+    if not (isinstance(first, ast.Constant) and isinstance(first.value, str)
+            and first.value.startswith(f"{PACKAGE}.") and len(values) > 1):
+        return []
+    last = values[2] if len(values) == 3 else None
+    suffix = last.value if isinstance(last, ast.Constant) and isinstance(last.value, str) else ""
+    modules = project.modules_with_prefix(first.value)
+    if suffix and re.fullmatch(r"(\.\w+)+", suffix):
+        return [m + suffix for m in modules if project.is_module(m + suffix)]
+    return modules
 
 
 @functools.cache
@@ -133,8 +160,8 @@ def _parse(path: Path) -> ast.Module:
 
 
 @functools.cache
-def _file_imports(root: Path, path: Path, mtime_ns: int) -> tuple[Path, ...]:
-    return tuple(_imports(_Project(root), path, ast.walk(_parsed(path, mtime_ns))))
+def _file_imports(root: Path, task: str | None, path: Path, mtime_ns: int) -> tuple[Path, ...]:
+    return tuple(_imports(_Project(root, task), path, ast.walk(_parsed(path, mtime_ns))))
 
 
 def _closure(project: _Project, start: Iterable[Path], analysed: Iterable[Path] = ()) -> set[Path]:
@@ -147,7 +174,7 @@ def _closure(project: _Project, start: Iterable[Path], analysed: Iterable[Path] 
             continue
         seen.add(path)
         if path.suffix == ".py":
-            todo += _file_imports(project.root, path, path.stat().st_mtime_ns)
+            todo += _file_imports(project.root, project.task, path, path.stat().st_mtime_ns)
     return seen
 
 
@@ -214,28 +241,43 @@ def _cli_arguments(command: str, args: list[str]) -> tuple[str, dict[str, object
     return cmd.callback.__name__, dict(ctx.params)
 
 
+def track_task(root: Path | str, track: object) -> str | None:
+    """The ``task`` of ``benchmarks/<track>.yaml`` (None when there is no such track)."""
+    if not isinstance(track, str) or Path(track).suffix:
+        return None
+    path = Path(root) / "benchmarks" / f"{track}.yaml"
+    if not path.is_file():
+        return None
+    task = (yaml.safe_load(path.read_text()) or {}).get("task")
+    return task if isinstance(task, str) else None
+
+
 def stage_usage(cmd: str, root: Path | str) -> Usage:
-    """The project files the stage command ``cmd`` uses, run from the project ``root``."""
-    project = _Project(Path(root))
+    """The project files the stage command ``cmd`` uses, run from the project ``root``.
+
+    A command for a track of task T (``--track``, or the CLI's ``track`` argument) uses, of the task packages that
+    the registry and the scorers name in strings, only ``tasks/T``."""
     argv = shlex.split(cmd)
     if argv[:1] == [PACKAGE] or argv[:3] in (["python", "-m", PACKAGE], [sys.executable, "-m", PACKAGE]):
         rest = argv[1:] if argv[0] == PACKAGE else argv[3:]
         if not rest:
             raise StageDepsError(f"{cmd!r}: no skybench command")
         function, params = _cli_arguments(rest[0], rest[1:])
+        track = params.get("track")
+        project = _Project(Path(root), track_task(root, track))
         start, analysed = _cli_entry(project, function), {project.src / PACKAGE / "cli.py"}
         if argv[0] != PACKAGE:  # python -m skybench runs __main__.py, which imports cli
             start.add(project.src / PACKAGE / "__main__.py")
         inputs = {str(v) for v in params.values() if isinstance(v, Path)}
-        track = params.get("track")
     elif argv[:1] in (["python"], ["python3"]) and len(argv) > 1 and argv[1].endswith(".py"):
+        opts = _options(argv[2:])
+        track = opts.get("track")
+        project = _Project(Path(root), track_task(root, track))
         script = project.root / argv[1]
         if not script.is_file():
             raise StageDepsError(f"{cmd!r}: no script {script}")
         start, analysed = {script}, set()
-        opts = _options(argv[2:])
         inputs = {v for k, v in opts.items() if k in ("release", "data") and v}
-        track = opts.get("track")
     else:
         raise StageDepsError(f"{cmd!r}: not `skybench <command> ...` nor `python <script>.py ...`")
     files = _closure(project, start, analysed)
@@ -254,10 +296,86 @@ def _options(args: list[str]) -> dict[str, str]:
     return out
 
 
+def is_code_dep(dep: str) -> bool:
+    """Deps that must be exact: code and track definitions (not data folders such as releases/ or submissions/)."""
+    return dep.startswith(("src/", "benchmarks/")) or dep.endswith(".py")
+
+
+def _compact(root: Path, files: set[str]) -> list[str]:
+    """``files`` sorted, a folder of the package standing for its files when it has several and all are used."""
+    folders = sorted({PurePosixPath(f).parent for f in files if f.startswith(f"src/{PACKAGE}/")},
+                     key=lambda d: (len(d.parts), d))
+    covered: set[PurePosixPath] = set()
+    for folder in folders:
+        if len(folder.parts) < 3 or any(folder.is_relative_to(c) for c in covered):
+            continue
+        inside = {p.relative_to(root).as_posix() for p in (root / folder).rglob("*.py")}
+        if len(inside) > 1 and inside <= files:
+            covered.add(folder)
+    out = [f for f in files if not any(PurePosixPath(f).is_relative_to(c) for c in covered)]
+    return sorted(out + [c.as_posix() for c in covered])
+
+
+def write_deps(dvc_yaml: Path | str, code_root: Path | str | None = None) -> dict[str, list[str]]:
+    """Rewrite the code deps of every stage group of ``dvc_yaml`` from what its commands use (the project's code read
+    from ``code_root``, by default the folder of ``dvc_yaml``); return them.
+
+    Per group (a plain stage, or the stages of a ``foreach``/``matrix``): the literal deps that are code
+    (:func:`is_code_dep`) are replaced by the files its stages use that no other dep covers (the ``${...}`` ones,
+    data); those must be the same for every stage of the group, else the group is refused (give the differing files a
+    ``${item...}`` dep, or split the group)."""
+    from dvc.repo import Repo
+    from ruamel.yaml import YAML
+
+    dvc_yaml = Path(dvc_yaml).resolve()
+    root = Path(code_root or dvc_yaml.parent).resolve()
+    groups: dict[str, list[tuple[str, list[str]]]] = {}
+    with Repo(str(dvc_yaml.parent)) as repo:
+        for stage in repo.index.stages:
+            if stage.cmd and Path(stage.path).resolve() == dvc_yaml:
+                cmd = stage.cmd if isinstance(stage.cmd, str) else " && ".join(stage.cmd)
+                deps = [PurePosixPath(d.def_path).as_posix() for d in stage.deps if d.def_path != "params.yaml"]
+                groups.setdefault(stage.name.split("@")[0], []).append((cmd, deps))
+    yml = YAML()
+    yml.preserve_quotes = True
+    yml.width = 4096
+    yml.indent(mapping=2, sequence=4, offset=2)
+    data = yml.load(dvc_yaml)
+    written = {}
+    for group, members in groups.items():
+        entry = data["stages"][group]
+        body = entry["do"] if "foreach" in entry else entry
+        seq = body["deps"]
+        literal = [d for d in seq if isinstance(d, str) and "${" not in d and is_code_dep(d)]
+        needs = []
+        for cmd, deps in members:
+            kept = [d for d in deps if d not in literal]
+            used = stage_usage(cmd, root).files
+            needs.append({f for f in used if not any(f == k or PurePosixPath(f).is_relative_to(k) for k in kept)})
+        if any(n != needs[0] for n in needs):
+            differ = sorted(set[str]().union(*needs) - needs[0].intersection(*needs[1:]))
+            raise StageDepsError(f"{dvc_yaml}: the stages of {group} use different code ({', '.join(differ)}); "
+                                 "give those files a ${item...} dep or split the group")
+        new = _compact(root, needs[0])
+        at = next((i for i, d in enumerate(seq) if d in literal), len(seq))
+        for i in reversed([i for i, d in enumerate(seq) if d in literal]):
+            del seq[i]
+        for k, dep in enumerate(new):
+            seq.insert(at + k, dep)
+        written[group] = new
+    yml.dump(data, dvc_yaml)
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:  # pragma: no cover - a helper for writing dvc.yaml
     argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "--write":
+        for group, deps in write_deps(Path(argv[1])).items():
+            print(f"{group}: {len(deps)} code deps")
+        return
     if len(argv) != 1:
-        sys.exit('usage: python -m skybench.stagedeps "<stage command>"')
+        sys.exit('usage: python -m skybench.stagedeps "<stage command>"  |  python -m skybench.stagedeps --write '
+                 'dvc.yaml')
     usage = stage_usage(argv[0], Path.cwd())
     print("\n".join(sorted(usage.files)))
     print("\n".join(f"# input: {i}" for i in sorted(usage.inputs)))

@@ -161,8 +161,8 @@ def identity(folder: Path, spec: SubmissionSpec | None, given: tuple[str, str] |
     refused ("" when it agrees).
 
     In the project the path is the identity: ``submissions/<team>/<name>/``, ``submissions/examples/<track>/
-    <format>/`` (team ``examples``, name ``<format>-example``) and ``baselines/<baseline>/<track>/`` (team
-    ``baselines``, name ``<baseline>``); the yaml must agree, so no folder can file a record under another
+    <format>/`` (team ``examples``, name ``<format>-example``) and ``baselines/<task>/<baseline>/<track>/``
+    (team ``baselines``, name ``<baseline>``); the yaml must agree, so no folder can file a record under another
     team. A folder elsewhere (explicit paths: tests, an upload server) is ``given``'s, else the yaml's."""
     rel = _in_project(Path(folder))
     claim = (spec.team, spec.name) if spec is not None else None
@@ -201,9 +201,10 @@ def _path_identity(rel: Path) -> tuple[str, str, str | None, str]:
     if len(whole) > 100:  # a folder nested deep: a bounded name (MLflow caps parameters), still one per path
         whole = f"{whole[:60]}...{hashlib.sha256(whole.encode('utf-8', 'surrogateescape')).hexdigest()[:32]}"
     if parts[0] == "baselines":
-        if len(parts) == 3:
-            return "baselines", parts[1], parts[2], ""
-        return "baselines", whole, None, f"a baseline folder must be baselines/<baseline>/<track>/, not {whole}/"
+        if len(parts) == 4:
+            return "baselines", parts[2], parts[3], ""
+        return "baselines", whole, None, \
+            f"a baseline folder must be baselines/<task>/<baseline>/<track>/, not {whole}/"
     if parts[1:2] == ("examples",):
         if len(parts) == 4:
             return "examples", f"{parts[3]}-example", parts[2], ""

@@ -1,15 +1,21 @@
-"""Shared helpers for training the baselines (``baselines/<name>/train.py``).
+"""What the baselines (``baselines/<task>/<name>/train.py``) share, so that each ``train.py`` is its model and its
+hyper-parameters only.
 
 Every baseline script does the same few things around its own model:
 
-    args = parse_args("k-NN on PCA features")           # --track --release --out [--max-train] [--epochs] ...
-    params = baseline_params("knn", args)                # train.knn from params.yaml, resolved for the profile
-    seed_everything(params["seed"])                      # python, numpy (+ torch / TensorFlow when imported)
+    args, params = start("knn", __doc__, argv)           # --track --release ...; train.knn of params.yaml; seeds
     x, y = load_split(args.release, "train", args.max_train)
     sigma = noise_sigma(x)                               # per-band noise, stored inside the exported model
+    out = fresh_folder(args.out)
     with CurveLogger("knn", args.track, params) as log:  # MLflow run in skybench-training-<track>
         ... log.epoch(e, loss=..., val_loss=..., val_auroc=...)
-    write_submission(args.out, "knn", args.track, "sklearn", "model.skops", "...")
+        save_skops(model, out / "model.skops")           # byte-identical for the same model (serialise.py)
+    write_submission(out, "knn", args.track, "sklearn", "model.skops", "...")
+
+The rest of the package: :mod:`~skybench.training.loop` (keep the best epoch, Keras epoch callbacks, batched
+prediction, flip/rotation augmentation), :mod:`~skybench.training.serialise` (skops, Keras and ONNX files that are
+the same bytes for the same model), and per task :mod:`~skybench.training.photoz` and
+:mod:`~skybench.training.enhance` (loaders, the degradation from the manifest, validation metrics).
 
 Parameters live in ``params.yaml`` under ``train.<baseline>``. A value may depend on the pipeline's
 ``profile``: ``epochs: {demo: 6, challenge: 40}`` is read as 6 under ``profile: demo``; or on the track:
@@ -33,17 +39,35 @@ import numpy as np
 import yaml
 
 from skybench.tracks import list_tracks, project_root
+from skybench.training.loop import (
+    KeepBest,
+    dihedral_numpy,
+    dihedral_torch,
+    keras_epoch_callback,
+    predict_batches,
+)
+from skybench.training.serialise import export_onnx, save_keras, save_skops
 
 __all__ = [
     "CurveLogger",
+    "KeepBest",
     "baseline_params",
     "binary_metrics",
+    "dihedral_numpy",
+    "dihedral_torch",
+    "export_onnx",
     "fresh_folder",
+    "keras_epoch_callback",
     "load_split",
     "noise_sigma",
     "parse_args",
+    "predict_batches",
+    "save_keras",
+    "save_skops",
     "seed_everything",
+    "set_threads",
     "sklearn_stretch",
+    "start",
     "write_submission",
 ]
 
@@ -109,6 +133,27 @@ def baseline_params(name: str, args: argparse.Namespace | None = None, *, params
     return params
 
 
+def set_threads(n: int | None) -> None:
+    """Use ``n`` CPU threads in torch / TensorFlow when the script imported them (None or 0: the default).
+
+    On a shared CPU one thread per process is much faster than contended ones. TensorFlow fixes its thread pools
+    when it starts: in a process where it already ran (the tests), its threads are kept."""
+    if not n:
+        return
+    if "torch" in sys.modules:
+        import torch
+
+        torch.set_num_threads(int(n))
+    if "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(int(n))
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # TensorFlow already started in this process
+            pass
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy, and torch / TensorFlow when the script imported them; ask for deterministic ops."""
     random.seed(seed)
@@ -126,6 +171,18 @@ def seed_everything(seed: int) -> None:
 
         keras.utils.set_random_seed(seed)
         tf.config.experimental.enable_op_determinism()
+
+
+def start(name: str, doc: str | None, argv: list[str] | None = None, *,
+          seed: bool = True) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """The beginning of every baseline's training: (the command line ``argv``, ``train.<name>`` of the parameters
+    resolved for it), with the CPU threads (``cpu_threads``) set and everything seeded (``seed``)."""
+    args = parse_args((doc or name).splitlines()[0], argv)
+    params = baseline_params(name, args)
+    set_threads(params.get("cpu_threads"))
+    if seed:
+        seed_everything(int(params["seed"]))
+    return args, params
 
 
 def load_split(release: str | Path, split: str, max_n: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Helpers shared by the photo-z baselines (``baselines/photoz-*/train.py``): public splits of a photo-z release,
+"""Helpers shared by the photo-z baselines (``baselines/photoz/*/train.py``): public splits of a photo-z release,
 the magnitude + colour feature map as a scikit-learn step, and validation metrics.
 
 Only the public ``train`` and ``val`` splits are read; the hidden test labels never are."""
@@ -11,8 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from skybench.tasks.photoz.metrics import outlier_fraction, pdf_grid, sigma_mad
+from skybench.tasks.photoz.metrics import outlier_fraction, pdf_grid, pdf_point_estimate, sigma_mad
 from skybench.tracks import Track
+
+__all__ = ["feature_names", "load_photoz_split", "mag_colour_step", "pdf_point_estimate", "train_catalogue",
+           "val_metrics", "z_bins"]
 
 MAGS = ("mag_u", "mag_g", "mag_r", "mag_i", "mag_z")
 
@@ -82,20 +85,9 @@ def train_catalogue(name: str, doc: str, fit: Callable[[dict, list[str], np.ndar
     """The catalogue baselines' training: ``fit(params, names, x, z)`` on train, score on val (MLflow), refit on
     train + val when ``refit_on_val``, write a skops submission described by ``describe(params)``.
     ``prepare(params, n_train)`` may adjust the parameters to the data before anything is logged."""
-    import skops.io as sio
+    from skybench.training import CurveLogger, fresh_folder, save_skops, start, write_submission
 
-    from skybench.training import (
-        CurveLogger,
-        baseline_params,
-        fresh_folder,
-        parse_args,
-        seed_everything,
-        write_submission,
-    )
-
-    args = parse_args(doc.splitlines()[0], argv)
-    params = baseline_params(name, args)
-    seed_everything(int(params["seed"]))
+    args, params = start(name, doc, argv)
     names = feature_names(args.release)
     x, z = load_photoz_split(args.release, "train", max_n=args.max_train)
     xv, zv = load_photoz_split(args.release, "val")
@@ -108,7 +100,7 @@ def train_catalogue(name: str, doc: str, fit: Callable[[dict, list[str], np.ndar
         log.epoch(1, val_sigma_mad=val["sigma_mad"], val_outlier_frac=val["outlier_frac"])
         if params["refit_on_val"]:
             model = fit(params, names, np.concatenate([x, xv]), np.concatenate([z, zv]))
-        sio.dump(model, out / "model.skops")
+        save_skops(model, out / "model.skops")
         log.summary(val_sigma_mad=val["sigma_mad"])
     write_submission(out, name, args.track, "sklearn", "model.skops", describe(params))
     print(f"wrote {out} (val sigma_MAD {val['sigma_mad']:.5f}, eta {val['outlier_frac']:.4f})")

@@ -1,6 +1,7 @@
 """GAN baseline: a pix2pix conditional GAN (Isola et al. 2017, arXiv:1611.07004) as in Schawinski et al. 2017.
 
-    python baselines/gan/train.py --track enhance --release releases/enhance --out baselines/gan/enhance \
+    python baselines/enhance/gan/train.py --track enhance --release releases/enhance \
+        --out baselines/enhance/gan/enhance \
         [--max-train N] [--epochs E] [--set widths=[16,32]]
 
 Generator: a U-Net (strided 4x4 convolutions down, transposed convolutions up, skip connections; BatchNorm and
@@ -22,7 +23,6 @@ to MLflow.
 from __future__ import annotations
 
 import copy
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +30,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from skybench.release.reader import open_release
-from skybench.tasks.enhance.metrics import stretched_psnr
+from skybench.tracks import load_track
 from skybench.training import (
     CurveLogger,
-    baseline_params,
+    KeepBest,
+    dihedral_torch,
+    export_onnx,
     fresh_folder,
-    parse_args,
+    predict_batches,
     run_cli,
-    seed_everything,
+    start,
     write_submission,
 )
+from skybench.training.enhance import load_pairs, read_degradation, val_psnr
 
 NAME = "gan"
 
@@ -124,12 +126,7 @@ class Enhancer(nn.Module):
 
 def augment_pair(a: torch.Tensor, b: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """The same random flip and k*90-degree rotation for each (input, truth) pair."""
-    flip = torch.rand(len(a), generator=gen) < 0.5
-    k = torch.randint(0, 4, (len(a),), generator=gen)
-    out_a, out_b = a.clone(), b.clone()
-    for i in range(len(a)):
-        ai, bi = (a[i].flip(-1), b[i].flip(-1)) if flip[i] else (a[i], b[i])
-        out_a[i], out_b[i] = torch.rot90(ai, int(k[i]), dims=(1, 2)), torch.rot90(bi, int(k[i]), dims=(1, 2))
+    out_a, out_b = dihedral_torch([a, b], gen)
     return out_a, out_b
 
 
@@ -148,50 +145,16 @@ def random_crop(a: torch.Tensor, b: torch.Tensor, size: int, gen: torch.Generato
 def enhance(model: nn.Module, x: np.ndarray, batch: int = 128) -> np.ndarray:
     model.eval()
     dev = next(model.parameters()).device
-    return np.concatenate([model(torch.from_numpy(x[i:i + batch]).to(dev)).cpu().numpy()
-                           for i in range(0, len(x), batch)])
-
-
-def load_pairs(release: Path, split: str, max_n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(degraded, truth) float32 arrays of a public split (train or val)."""
-    if split not in ("train", "val"):
-        raise ValueError(f"baselines train on the public train/val splits only, not {split!r}")
-    rel = open_release(release)
-    n = len(rel.images(split)) if max_n is None else min(max_n, len(rel.images(split)))
-    return (np.ascontiguousarray(rel.images(split)[:n], dtype=np.float32),
-            np.ascontiguousarray(rel.array(split, "truth")[:n], dtype=np.float32))
-
-
-def release_sigma(release: Path, bands: list[str]) -> tuple[np.ndarray, tuple[list[float], list[float]]]:
-    """Per-band input noise sigma and the metric's display-stretch range (low, high) from the release manifest."""
-    deg = open_release(release).manifest.get("degradation")
-    if not deg:
-        raise ValueError(f"{release}: no 'degradation' in the manifest; is it an enhance release?")
-    return (np.array([deg["sigma_degraded"][b] for b in bands], dtype=np.float32),
-            ([float(deg["display_stretch"]["low"][b]) for b in bands],
-             [float(deg["display_stretch"]["high"][b]) for b in bands]))
-
-
-def export_onnx(model: nn.Module, path: Path, shape: tuple[int, ...]) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.cpu().eval(), (torch.zeros(2, *shape),), str(path), input_names=["images"],
-                          output_names=["enhanced"], dynamic_axes={"images": {0: "N"}, "enhanced": {0: "N"}},
-                          dynamo=False)
+    return predict_batches(lambda b: model(torch.from_numpy(b).to(dev)).cpu().numpy(), [x], batch)
 
 
 def train(argv: list[str] | None = None) -> tuple[Any, Path]:
-    args = parse_args(__doc__.splitlines()[0], argv)
-    params = baseline_params(NAME, args)
-    seed_everything(int(params["seed"]))
-    if params.get("cpu_threads"):  # on a shared CPU one thread per process is much faster than contended ones
-        torch.set_num_threads(int(params["cpu_threads"]))
-    from skybench.tracks import load_track
-
+    args, params = start(NAME, __doc__, argv)
     bands = load_track(args.track).band_names
     x, t = load_pairs(args.release, "train", args.max_train)
     xv, tv = load_pairs(args.release, "val")
-    sigma, stretch_range = release_sigma(args.release, bands)
+    deg = read_degradation(args.release, bands)
+    sigma = deg.sigma.astype(np.float32)
     stretch = Stretch(sigma, float(params["stretch_sigma"]))
     gen_net, disc = UNet(len(bands), list(params["widths"])), PatchGAN(len(bands), list(params["disc_widths"]))
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -211,7 +174,7 @@ def train(argv: list[str] | None = None) -> tuple[Any, Path]:
     bs = int(params["batch_size"])
     crop = int(params["crop"])
     out = fresh_folder(args.out)
-    best: tuple[int, float, Any] = (0, -np.inf, None)
+    keep = KeepBest("psnr")
     with CurveLogger(NAME, args.track, {**params, "sigma": sigma.tolist(), "device": device},
                      enabled=not args.no_mlflow) as log:
         for epoch in range(1, epochs + 1):
@@ -246,20 +209,19 @@ def train(argv: list[str] | None = None) -> tuple[Any, Path]:
                 batches += 1
             for sched in scheds:
                 sched.step()
-            val_psnr = float(np.mean(stretched_psnr(enhance(model, xv), tv, *stretch_range)))
+            psnr = val_psnr(enhance(model, xv), tv, deg)
             g, adv, l1, d = sums / max(batches, 1)
             log.epoch(epoch, loss_generator=g, loss_generator_adv=adv, loss_l1=l1, loss_discriminator=d,
-                      val_psnr=val_psnr, lr=scheds[0].get_last_lr()[0])
-            if val_psnr > best[1]:
-                best = (epoch, val_psnr, copy.deepcopy(model.state_dict()))
-        model.load_state_dict(best[2])
-        print(f"kept epoch {best[0]} (best val PSNR {best[1]:.2f} dB)")
-        export_onnx(model, out / "model.onnx", x.shape[1:])
-        log.summary(val_psnr=best[1], best_epoch=best[0])
+                      val_psnr=psnr, lr=scheds[0].get_last_lr()[0])
+            keep.update(epoch, {"psnr": psnr}, lambda: copy.deepcopy(model.state_dict()))
+        model.load_state_dict(keep.state)
+        print(f"kept epoch {keep.epoch} (best val PSNR {keep.value:.2f} dB)")
+        export_onnx(model, out / "model.onnx", x.shape[1:], "enhanced")
+        log.summary(val_psnr=keep.value, best_epoch=keep.epoch)
     write_submission(out, NAME, args.track, "onnx", "model.onnx",
                      f"pix2pix conditional GAN (U-Net {params['widths']}, PatchGAN {params['disc_widths']}, "
                      f"L1 x {lam:g} + adversarial) on asinh-stretched images; ONNX")
-    print(f"wrote {out} (val PSNR {best[1]:.2f} dB)")
+    print(f"wrote {out} (val PSNR {keep.value:.2f} dB)")
     return model.eval(), out
 
 

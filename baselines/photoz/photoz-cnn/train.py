@@ -1,8 +1,8 @@
 """Photo-z CNN baseline: a Keras CNN on the ugriz cut-outs plus E(B-V) that classifies over the track's redshift
 bins and outputs a PDF (softmax), as Pasquet et al. 2019 (arXiv:1806.06607) do; exported as ``.keras``.
 
-    python baselines/photoz-cnn/train.py --track photoz-images --release releases/photoz-images \
-        --out baselines/photoz-cnn/photoz-images [--max-train N] [--epochs E] [--set dense=64]
+    python baselines/photoz/photoz-cnn/train.py --track photoz-images --release releases/photoz-images \
+        --out baselines/photoz/photoz-cnn/photoz-images [--max-train N] [--epochs E] [--set dense=64]
 
 Inputs as the runner gives them: images (B, 5, 64, 64) in e-/s and features (B, 1) = Galactic E(B-V). Only
 built-in Keras layers (the file loads with ``safe_mode=True`` and no custom objects):
@@ -36,19 +36,20 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402, F401  (imported so that seed_everything enables TF op determinism)
 
-from skybench.tasks.photoz.metrics import pdf_point_estimate  # noqa: E402
 from skybench.tracks import load_track  # noqa: E402
 from skybench.training import (  # noqa: E402
     CurveLogger,
-    baseline_params,
+    KeepBest,
     fresh_folder,
+    keras_epoch_callback,
     noise_sigma,
-    parse_args,
+    predict_batches,
     run_cli,
-    seed_everything,
+    save_keras,
+    start,
     write_submission,
 )
-from skybench.training.photoz import load_photoz_split, val_metrics, z_bins  # noqa: E402
+from skybench.training.photoz import load_photoz_split, pdf_point_estimate, val_metrics, z_bins  # noqa: E402
 
 NAME = "photoz-cnn"
 BRIGHTNESS_SCALES = (3.0, 30.0, 300.0)  # sigma: softsign(flux / s) resolves faint to bright galaxies
@@ -103,40 +104,11 @@ def soft_labels(z: np.ndarray, edges: np.ndarray, sigma_bins: float) -> np.ndarr
 
 
 def predict(model: keras.Model, x: np.ndarray, f: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    out = [np.asarray(model.predict_on_batch([x[i:i + batch_size], f[i:i + batch_size]]))
-           for i in range(0, len(x), batch_size)]
-    return np.concatenate(out)
-
-
-class Curves(keras.callbacks.Callback):
-    """Validation sigma_MAD and outlier fraction of the PDF mean per epoch; keeps the best epoch's weights."""
-
-    def __init__(self, log: CurveLogger, xv: np.ndarray, fv: np.ndarray, zv: np.ndarray, centres: np.ndarray,
-                 keep_best: bool):
-        super().__init__()
-        self.log, self.xv, self.fv, self.zv, self.centres, self.keep_best = log, xv, fv, zv, centres, keep_best
-        self.last: dict[str, float] = {}
-        self.best: tuple[int, dict[str, float], list | None] = (0, {"sigma_mad": np.inf}, None)
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        zp = pdf_point_estimate(predict(self.model, self.xv, self.fv), self.centres)
-        self.last = val_metrics(zp, self.zv)
-        self.log.epoch(epoch + 1, loss=float((logs or {}).get("loss", np.nan)), val_sigma_mad=self.last["sigma_mad"],
-                       val_outlier_frac=self.last["outlier_frac"])
-        if self.keep_best and self.last["sigma_mad"] < self.best[1]["sigma_mad"]:
-            self.best = (epoch + 1, self.last, self.model.get_weights())
-
-    def on_train_end(self, logs: dict | None = None) -> None:
-        if self.keep_best and self.best[2] is not None:
-            self.model.set_weights(self.best[2])
-            self.last = self.best[1]
-            print(f"kept epoch {self.best[0]} (best val sigma_MAD)")
+    return predict_batches(lambda xb, fb: model.predict_on_batch([xb, fb]), [x, f], batch_size)
 
 
 def train(argv: list[str] | None = None) -> tuple[Any, Path]:
-    args = parse_args(__doc__.splitlines()[0], argv)
-    params = baseline_params(NAME, args)
-    seed_everything(int(params["seed"]))
+    args, params = start(NAME, __doc__, argv)
     track = load_track(args.track)
     centres, edges = z_bins(track)
     x, z = load_photoz_split(args.release, "train", "images", args.max_train)
@@ -149,11 +121,18 @@ def train(argv: list[str] | None = None) -> tuple[Any, Path]:
     targets = soft_labels(z, edges, float(params["label_sigma"]))
     out = fresh_folder(args.out)
     with CurveLogger(NAME, args.track, {**params, "sigma": sigma.tolist()}, enabled=not args.no_mlflow) as log:
-        curves = Curves(log, xv, fv, zv, centres, bool(params["keep_best"]))
+        def validate(m: keras.Model, epoch: int, logs: dict) -> dict[str, float]:
+            val = val_metrics(pdf_point_estimate(predict(m, xv, fv), centres), zv)
+            log.epoch(epoch, loss=float(logs.get("loss", np.nan)), val_sigma_mad=val["sigma_mad"],
+                      val_outlier_frac=val["outlier_frac"])
+            return val
+
+        keep = KeepBest("sigma_mad", "min", enabled=bool(params["keep_best"]))
+        curves = keras_epoch_callback(validate, keep, "sigma_MAD")
         model.fit([x, f], targets, batch_size=int(params["batch_size"]), epochs=int(params["epochs"]), shuffle=True,
                   verbose=0, callbacks=[curves])
-        model.save(out / "model.keras")
-        log.summary(val_sigma_mad=curves.last.get("sigma_mad", np.nan), best_epoch=curves.best[0])
+        save_keras(model, out / "model.keras")
+        log.summary(val_sigma_mad=curves.last.get("sigma_mad", np.nan), best_epoch=keep.epoch)
     write_submission(out, NAME, args.track, "keras", "model.keras",
                      f"CNN (conv {params['filters']}) + aperture photometry on the ugriz cut-outs and E(B-V); softmax "
                      f"over {len(centres)} redshift bins (PDF), as Pasquet et al. 2019; Keras")

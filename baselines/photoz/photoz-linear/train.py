@@ -1,7 +1,7 @@
 """Photo-z linear baseline: scikit-learn ordinary least squares on magnitudes and colours, exported with skops.
 
-    python baselines/photoz-linear/train.py --track photoz-catalog --release releases/photoz-catalog \
-        --out baselines/photoz-linear/photoz-catalog
+    python baselines/photoz/photoz-linear/train.py --track photoz-catalog --release releases/photoz-catalog \
+        --out baselines/photoz/photoz-linear/photoz-catalog
 
 One Pipeline on the track's catalogue features (names from the release manifest):
 

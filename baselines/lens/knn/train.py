@@ -1,7 +1,7 @@
 """k-NN baseline: scikit-learn k-nearest neighbours on a PCA of arcsinh-stretched pixels, exported with skops.
 
-    python baselines/knn/train.py --track lens-space --release releases/lens-space \
-        --out baselines/knn/lens-space [--max-train N]
+    python baselines/lens/knn/train.py --track lens-space --release releases/lens-space \
+        --out baselines/lens/knn/lens-space [--max-train N]
 
 One scikit-learn Pipeline, fed the flattened (N, bands*101*101) cut-outs as the runner gives them:
 
@@ -22,22 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import skops.io as sio
 from sklearn.decomposition import PCA
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
 
 from skybench.training import (
     CurveLogger,
-    baseline_params,
     binary_metrics,
     fresh_folder,
     load_split,
     noise_sigma,
-    parse_args,
     run_cli,
-    seed_everything,
+    save_skops,
     sklearn_stretch,
+    start,
     write_submission,
 )
 
@@ -55,9 +53,7 @@ def fit(params: dict, sigma: np.ndarray, x: np.ndarray, y: np.ndarray) -> Pipeli
 
 def train(argv: list[str] | None = None) -> tuple[Any, Path]:
     """Train from the command line ``argv``; return (the trained in-framework model, the submission folder)."""
-    args = parse_args(__doc__.splitlines()[0], argv)
-    params = baseline_params(NAME, args)
-    seed_everything(int(params["seed"]))
+    args, params = start(NAME, __doc__, argv)
     x, y = load_split(args.release, "train", args.max_train)
     xv, yv = load_split(args.release, "val")
     sigma = noise_sigma(x)
@@ -69,7 +65,7 @@ def train(argv: list[str] | None = None) -> tuple[Any, Path]:
         train = binary_metrics(y, model.predict_proba(x.reshape(len(x), -1))[:, 1])
         val = binary_metrics(yv, model.predict_proba(xv.reshape(len(xv), -1))[:, 1])
         log.epoch(1, loss=train["loss"], auroc=train["auroc"], val_loss=val["loss"], val_auroc=val["auroc"])
-        sio.dump(model, out / "model.skops")
+        save_skops(model, out / "model.skops")
         log.summary(val_auroc=val["auroc"], val_loss=val["loss"])
     write_submission(out, NAME, args.track, "sklearn", "model.skops",
                      f"k-NN (k={params['n_neighbors']}) on {params['n_components']} PCA components of the "

@@ -1,7 +1,7 @@
 """MLP baseline: a scikit-learn multi-layer perceptron on whitened PCA features, exported with skops.
 
-    python baselines/mlp/train.py --track lens-space --release releases/lens-space \
-        --out baselines/mlp/lens-space [--max-train N] [--epochs E]
+    python baselines/lens/mlp/train.py --track lens-space --release releases/lens-space \
+        --out baselines/lens/mlp/lens-space [--max-train N] [--epochs E]
 
 The same front end as the k-NN baseline (``skybench.training.sklearn_stretch``: central crop divided by the
 per-band noise sigma, arcsinh stretch), then PCA to ``n_components`` whitened components and an MLPClassifier
@@ -16,22 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import skops.io as sio
 from sklearn.decomposition import PCA
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 
 from skybench.training import (
     CurveLogger,
-    baseline_params,
     binary_metrics,
     fresh_folder,
     load_split,
     noise_sigma,
-    parse_args,
     run_cli,
-    seed_everything,
+    save_skops,
     sklearn_stretch,
+    start,
     write_submission,
 )
 
@@ -51,9 +49,7 @@ def build(params: dict, sigma: np.ndarray, size: int) -> tuple[Pipeline, PCA, ML
 
 def train(argv: list[str] | None = None) -> tuple[Any, Path]:
     """Train from the command line ``argv``; return (the trained in-framework model, the submission folder)."""
-    args = parse_args(__doc__.splitlines()[0], argv)
-    params = baseline_params(NAME, args)
-    seed_everything(int(params["seed"]))
+    args, params = start(NAME, __doc__, argv)
     x, y = load_split(args.release, "train", args.max_train)
     xv, yv = load_split(args.release, "val")
     sigma = noise_sigma(x)
@@ -68,7 +64,7 @@ def train(argv: list[str] | None = None) -> tuple[Any, Path]:
             val = binary_metrics(yv, mlp.predict_proba(fv)[:, 1])
             log.epoch(epoch, loss=float(mlp.loss_), val_loss=val["loss"], val_auroc=val["auroc"])
         model = Pipeline([("stretch", stretch), ("pca", pca), ("mlp", mlp)])
-        sio.dump(model, out / "model.skops")
+        save_skops(model, out / "model.skops")
         log.summary(val_auroc=val["auroc"], val_loss=val["loss"])
     write_submission(out, NAME, args.track, "sklearn", "model.skops",
                      f"MLP {params['hidden']} on {params['n_components']} whitened PCA components of the "

@@ -1,7 +1,7 @@
 """CNN baseline: the classic small Keras CNN, adapted to lens cut-outs, exported as ``.keras``.
 
-    python baselines/cnn/train.py --track lens-space --release releases/lens-space \
-        --out baselines/cnn/lens-space [--max-train N] [--epochs E] [--set dense=64]
+    python baselines/lens/cnn/train.py --track lens-space --release releases/lens-space \
+        --out baselines/lens/cnn/lens-space [--max-train N] [--epochs E] [--set dense=64]
 
 The teaching example's network (Conv2D 32 5x5 - MaxPool - Conv2D 64 5x5 - MaxPool - Dense 1000 - output),
 with a sigmoid output for lens / non-lens. Everything between the raw cut-out and the score is a built-in
@@ -33,14 +33,16 @@ import tensorflow as tf  # noqa: E402, F401  (imported so that seed_everything e
 
 from skybench.training import (  # noqa: E402
     CurveLogger,
-    baseline_params,
+    KeepBest,
     binary_metrics,
     fresh_folder,
+    keras_epoch_callback,
     load_split,
     noise_sigma,
-    parse_args,
+    predict_batches,
     run_cli,
-    seed_everything,
+    save_keras,
+    start,
     write_submission,
 )
 
@@ -76,40 +78,12 @@ def build(params: dict, bands: int, size: int, sigma: np.ndarray) -> keras.Model
 
 def predict(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Scores (N,) batch by batch (``model.predict`` builds a tf.data pipeline per call)."""
-    out = [np.asarray(model.predict_on_batch(x[i:i + batch_size])).reshape(-1) for i in range(0, len(x), batch_size)]
-    return np.concatenate(out) if out else np.empty(0, np.float32)
-
-
-class Curves(keras.callbacks.Callback):
-    """Validation loss and AUROC at the end of every epoch, logged with the training loss; with ``keep_best``
-    the weights of the epoch with the best validation AUROC are restored at the end of training."""
-
-    def __init__(self, log: CurveLogger, xv: np.ndarray, yv: np.ndarray, batch_size: int, keep_best: bool):
-        super().__init__()
-        self.log, self.xv, self.yv, self.batch_size, self.keep_best = log, xv, yv, batch_size, keep_best
-        self.last: dict[str, float] = {}
-        self.best: tuple[int, dict[str, float], list | None] = (0, {"auroc": -np.inf}, None)
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        pred = predict(self.model, self.xv, self.batch_size)
-        self.last = binary_metrics(self.yv, pred)
-        self.log.epoch(epoch + 1, loss=float((logs or {}).get("loss", np.nan)), val_loss=self.last["loss"],
-                       val_auroc=self.last["auroc"])
-        if self.keep_best and not self.last["auroc"] <= self.best[1]["auroc"]:  # NaN (one class) counts as best
-            self.best = (epoch + 1, self.last, self.model.get_weights())
-
-    def on_train_end(self, logs: dict | None = None) -> None:
-        if self.keep_best and self.best[2] is not None:
-            self.model.set_weights(self.best[2])
-            self.last = self.best[1]
-            print(f"kept epoch {self.best[0]} (best val AUROC)")
+    return predict_batches(lambda b: np.asarray(model.predict_on_batch(b)).reshape(-1), [x], batch_size)
 
 
 def train(argv: list[str] | None = None) -> tuple[Any, Path]:
     """Train from the command line ``argv``; return (the trained in-framework model, the submission folder)."""
-    args = parse_args(__doc__.splitlines()[0], argv)
-    params = baseline_params(NAME, args)
-    seed_everything(int(params["seed"]))
+    args, params = start(NAME, __doc__, argv)
     x, y = load_split(args.release, "train", args.max_train)
     xv, yv = load_split(args.release, "val")
     sigma = noise_sigma(x)
@@ -118,12 +92,18 @@ def train(argv: list[str] | None = None) -> tuple[Any, Path]:
     out = fresh_folder(args.out)
     bs = int(params["batch_size"])
     with CurveLogger(NAME, args.track, {**params, "sigma": sigma.tolist()}, enabled=not args.no_mlflow) as log:
-        curves = Curves(log, xv, yv, 256, bool(params["keep_best"]))
+        def validate(m: keras.Model, epoch: int, logs: dict) -> dict[str, float]:
+            val = binary_metrics(yv, predict(m, xv, 256))
+            log.epoch(epoch, loss=float(logs.get("loss", np.nan)), val_loss=val["loss"], val_auroc=val["auroc"])
+            return val
+
+        keep = KeepBest("auroc", nan_is_best=True, enabled=bool(params["keep_best"]))
+        curves = keras_epoch_callback(validate, keep, "AUROC")
         model.fit(x, y.astype(np.float32), batch_size=bs, epochs=int(params["epochs"]), shuffle=True, verbose=0,
                   callbacks=[curves])
-        model.save(out / "model.keras")
+        save_keras(model, out / "model.keras")
         log.summary(val_auroc=curves.last.get("auroc", np.nan), val_loss=curves.last.get("loss", np.nan),
-                    best_epoch=curves.best[0])
+                    best_epoch=keep.epoch)
     write_submission(out, NAME, args.track, "keras", "model.keras",
                      f"classic small CNN (conv {params['filters']}, dense {params['dense']}) on the central "
                      f"{params['crop']} px, noise-normalised and soft-clipped at {params['clip_sigma']} sigma; Keras")

@@ -1,7 +1,7 @@
 """Autoencoder baseline: a convolutional denoising autoencoder in Keras, exported as ``.keras``.
 
-    python baselines/autoencoder/train.py --track enhance --release releases/enhance \
-        --out baselines/autoencoder/enhance [--max-train N] [--epochs E] [--set filters=[16,32]]
+    python baselines/enhance/autoencoder/train.py --track enhance --release releases/enhance \
+        --out baselines/enhance/autoencoder/enhance [--max-train N] [--epochs E] [--set filters=[16,32]]
 
 Encoder: strided 3x3 convolutions (``filters``, stride 2 each, ReLU); decoder: the mirror image with transposed
 convolutions and a linear output, added to the input (the network learns the correction; Mao et al. 2016,
@@ -30,20 +30,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402  (also: seed_everything enables TF op determinism when it is imported)
+import tensorflow as tf  # noqa: E402, F401  (imported so that start() sets TF threads and op determinism)
 
-from skybench.release.reader import open_release  # noqa: E402
-from skybench.tasks.enhance.metrics import stretched_psnr  # noqa: E402
 from skybench.tracks import load_track  # noqa: E402
 from skybench.training import (  # noqa: E402
     CurveLogger,
-    baseline_params,
+    KeepBest,
+    dihedral_numpy,
     fresh_folder,
-    parse_args,
     run_cli,
-    seed_everything,
+    save_keras,
+    start,
     write_submission,
 )
+from skybench.training.enhance import load_pairs, read_degradation, val_psnr  # noqa: E402
 
 NAME = "autoencoder"
 
@@ -66,60 +66,34 @@ def build(params: dict, bands: int, size: int, sigma: np.ndarray) -> keras.Model
     return keras.Model(inp, layers.Permute((3, 1, 2))(out), name="denoising_autoencoder")
 
 
-def augment(x: np.ndarray, t: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The same random flip and k*90-degree rotation of each (input, truth) pair."""
-    xa, ta = x.copy(), t.copy()
-    flip, k = rng.random(len(x)) < 0.5, rng.integers(0, 4, len(x))
-    for i in range(len(x)):
-        a, b = (x[i, :, :, ::-1], t[i, :, :, ::-1]) if flip[i] else (x[i], t[i])
-        xa[i], ta[i] = np.rot90(a, k[i], axes=(1, 2)), np.rot90(b, k[i], axes=(1, 2))
-    return xa, ta
-
-
 def train(argv: list[str] | None = None) -> tuple[Any, Path]:
-    args = parse_args(__doc__.splitlines()[0], argv)
-    params = baseline_params(NAME, args)
-    if params.get("cpu_threads"):  # on a shared CPU one thread per process is much faster than contended ones
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(int(params["cpu_threads"]))
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-        except RuntimeError:  # TensorFlow already started in this process (e.g. in the tests): keep its threads
-            pass
-    seed_everything(int(params["seed"]))
+    args, params = start(NAME, __doc__, argv)
     bands = load_track(args.track).band_names
-    rel = open_release(args.release)
-    deg = rel.manifest.get("degradation")
-    if not deg:
-        raise ValueError(f"{args.release}: no 'degradation' in the manifest; is it an enhance release?")
-    sigma = np.array([deg["sigma_degraded"][b] for b in bands])
-    low = [float(deg["display_stretch"]["low"][b]) for b in bands]
-    high = [float(deg["display_stretch"]["high"][b]) for b in bands]
-    n = len(rel.images("train")) if args.max_train is None else min(args.max_train, len(rel.images("train")))
-    x, t = (np.asarray(rel.array("train", a)[:n], dtype=np.float32) for a in ("images", "truth"))
-    xv, tv = (np.asarray(rel.array("val", a)[:], dtype=np.float32) for a in ("images", "truth"))
-    model = build(params, len(bands), x.shape[-1], sigma)
+    deg = read_degradation(args.release, bands)
+    x, t = load_pairs(args.release, "train", args.max_train)
+    xv, tv = load_pairs(args.release, "val")
+    model = build(params, len(bands), x.shape[-1], deg.sigma)
     model.compile(optimizer=keras.optimizers.Adam(float(params["lr"])), loss="mae")
     rng = np.random.default_rng(int(params["seed"]))
     out = fresh_folder(args.out)
-    best: tuple[int, float, Any] = (0, -np.inf, None)
-    with CurveLogger(NAME, args.track, {**params, "sigma": sigma.tolist()}, enabled=not args.no_mlflow) as log:
+    keep = KeepBest("psnr")
+    with CurveLogger(NAME, args.track, {**params, "sigma": deg.sigma.tolist()}, enabled=not args.no_mlflow) as log:
         for epoch in range(1, int(params["epochs"]) + 1):
-            xa, ta = augment(x, t, rng)
+            xa, ta = dihedral_numpy([x, t], rng)
             hist = model.fit(xa, ta, batch_size=int(params["batch_size"]), epochs=1, verbose=0, shuffle=True)
             pred = model.predict(xv, batch_size=128, verbose=0)
-            val_psnr = float(np.mean(stretched_psnr(pred, tv, low, high)))
+            psnr = val_psnr(pred, tv, deg)
             val_mae = float(np.mean(np.abs(pred - tv)))
-            log.epoch(epoch, loss=float(hist.history["loss"][-1]), val_loss=val_mae, val_psnr=val_psnr)
-            if val_psnr > best[1]:
-                best = (epoch, val_psnr, model.get_weights())
-        model.set_weights(best[2])
-        print(f"kept epoch {best[0]} (best val PSNR {best[1]:.2f} dB)")
-        log.summary(val_psnr=best[1], best_epoch=best[0])
-    model.save(out / "model.keras")
+            log.epoch(epoch, loss=float(hist.history["loss"][-1]), val_loss=val_mae, val_psnr=psnr)
+            keep.update(epoch, {"psnr": psnr}, model.get_weights)
+        model.set_weights(keep.state)
+        print(f"kept epoch {keep.epoch} (best val PSNR {keep.value:.2f} dB)")
+        log.summary(val_psnr=keep.value, best_epoch=keep.epoch)
+    save_keras(model, out / "model.keras")
     write_submission(out, NAME, args.track, "keras", "model.keras",
                      f"convolutional denoising autoencoder (filters {params['filters']}, residual output), "
                      f"MAE loss; Keras")
-    print(f"wrote {out} (val PSNR {best[1]:.2f} dB)")
+    print(f"wrote {out} (val PSNR {keep.value:.2f} dB)")
     return model, out
 
 

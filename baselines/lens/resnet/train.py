@@ -1,7 +1,7 @@
 """ResNet baseline: a pre-activation bottleneck ResNet in the style of CMU DeepLens, exported to ONNX.
 
-    python baselines/resnet/train.py --track lens-space --release releases/lens-space \
-        --out baselines/resnet/lens-space [--max-train N] [--epochs E] [--set widths=[16,32]]
+    python baselines/lens/resnet/train.py --track lens-space --release releases/lens-space \
+        --out baselines/lens/resnet/lens-space [--max-train N] [--epochs E] [--set widths=[16,32]]
 
 After Lanusse et al. 2018 (arXiv:1703.02642): a 7x7 convolution with 32 filters, stages of pre-activation
 bottleneck units (BN-ELU-conv 1x1, BN-ELU-conv 3x3, BN-ELU-conv 1x1 + shortcut; He et al. 2016) that halve
@@ -18,7 +18,6 @@ seed; uses CUDA when available.
 from __future__ import annotations
 
 import copy
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +28,16 @@ from torch import nn
 
 from skybench.training import (
     CurveLogger,
-    baseline_params,
+    KeepBest,
     binary_metrics,
+    dihedral_torch,
+    export_onnx,
     fresh_folder,
     load_split,
     noise_sigma,
-    parse_args,
+    predict_batches,
     run_cli,
-    seed_everything,
+    start,
     write_submission,
 )
 
@@ -120,33 +121,13 @@ class Scorer(nn.Module):
 
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Random horizontal flip and rotation by k*90 degrees, per cut-out (the 8 symmetries of the square)."""
-    n = len(x)
-    flip = torch.rand(n, generator=gen) < 0.5
-    x = torch.where(flip.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
-    k = torch.randint(0, 4, (n,), generator=gen)
-    out = x.clone()
-    for r in (1, 2, 3):
-        sel = (k == r).nonzero().squeeze(1).to(x.device)
-        if len(sel):
-            out[sel] = torch.rot90(x[sel], r, dims=(2, 3))
-    return out
+    return dihedral_torch([x], gen)[0]
 
 
 @torch.no_grad()
 def predict(model: nn.Module, x: np.ndarray, device: str, batch: int = 256) -> np.ndarray:
     model.eval()
-    out = [model(torch.from_numpy(x[i:i + batch]).to(device)).float().cpu().numpy()
-           for i in range(0, len(x), batch)]
-    return np.concatenate(out) if out else np.empty(0, np.float32)
-
-
-def export_onnx(model: nn.Module, path: Path, shape: tuple[int, ...]) -> None:
-    scorer = Scorer(model).cpu().eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(scorer, (torch.zeros(2, *shape),), str(path), input_names=["images"],
-                          output_names=["score"], dynamic_axes={"images": {0: "N"}, "score": {0: "N"}},
-                          dynamo=False)
+    return predict_batches(lambda b: model(torch.from_numpy(b).to(device)).float().cpu().numpy(), [x], batch)
 
 
 def build(params: dict, bands: int, sigma: np.ndarray, size: int) -> DeepLensResNet:
@@ -159,9 +140,7 @@ def build(params: dict, bands: int, sigma: np.ndarray, size: int) -> DeepLensRes
 
 def train(argv: list[str] | None = None) -> tuple[Any, Path]:
     """Train from the command line ``argv``; return (the trained in-framework model, the submission folder)."""
-    args = parse_args(__doc__.splitlines()[0], argv)
-    params = baseline_params(NAME, args)
-    seed_everything(int(params["seed"]))
+    args, params = start(NAME, __doc__, argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     x, y = load_split(args.release, "train", args.max_train)
     xv, yv = load_split(args.release, "val")
@@ -174,7 +153,7 @@ def train(argv: list[str] | None = None) -> tuple[Any, Path]:
     bs = int(params["batch_size"])
     xt, yt = torch.from_numpy(x), torch.from_numpy(y).float()
     out = fresh_folder(args.out)
-    best: tuple = (0, {"auroc": -np.inf}, None)
+    keep = KeepBest("auroc", nan_is_best=True, enabled=bool(params["keep_best"]))
     with CurveLogger(NAME, args.track, {**params, "sigma": sigma.tolist(), "device": device},
                      enabled=not args.no_mlflow) as log:
         for epoch in range(1, int(params["epochs"]) + 1):
@@ -195,14 +174,13 @@ def train(argv: list[str] | None = None) -> tuple[Any, Path]:
             val = binary_metrics(yv, expit(predict(model, xv, device)))
             log.epoch(epoch, loss=total / max(seen, 1), val_loss=val["loss"], val_auroc=val["auroc"],
                       lr=sched.get_last_lr()[0])
-            if params["keep_best"] and not val["auroc"] <= best[1]["auroc"]:  # NaN (one class) counts as best
-                best = (epoch, val, copy.deepcopy(model.state_dict()))
-        if params["keep_best"]:
-            model.load_state_dict(best[2])
-            val = best[1]
-            print(f"kept epoch {best[0]} (best val AUROC)")
-        export_onnx(model, out / "model.onnx", x.shape[1:])
-        log.summary(val_auroc=val["auroc"], val_loss=val["loss"], best_epoch=best[0])
+            keep.update(epoch, val, lambda: copy.deepcopy(model.state_dict()))
+        if keep.enabled:
+            model.load_state_dict(keep.state)
+            val = keep.metrics
+            print(f"kept epoch {keep.epoch} (best val AUROC)")
+        export_onnx(Scorer(model), out / "model.onnx", x.shape[1:], "score")
+        log.summary(val_auroc=val["auroc"], val_loss=val["loss"], best_epoch=keep.epoch)
     write_submission(out, NAME, args.track, "onnx", "model.onnx",
                      f"DeepLens-style pre-activation bottleneck ResNet (widths {params['widths']}, units "
                      f"{params['units']}), noise-normalised and clipped at {params['clip_sigma']} sigma; ONNX")

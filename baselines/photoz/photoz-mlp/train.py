@@ -1,8 +1,8 @@
 """Photo-z MLP baseline: a scikit-learn multi-layer perceptron regressor on magnitudes and colours, exported with
 skops.
 
-    python baselines/photoz-mlp/train.py --track photoz-catalog --release releases/photoz-catalog \
-        --out baselines/photoz-mlp/photoz-catalog
+    python baselines/photoz/photoz-mlp/train.py --track photoz-catalog --release releases/photoz-catalog \
+        --out baselines/photoz/photoz-mlp/photoz-catalog
 
 One Pipeline on the track's catalogue features (names from the release manifest):
 

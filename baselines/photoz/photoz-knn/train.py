@@ -1,8 +1,8 @@
 """Photo-z k-NN baseline: scikit-learn k-nearest-neighbour regression on magnitudes and colours (in the style of
 Beck et al. 2016, MNRAS 460, 1371), exported with skops.
 
-    python baselines/photoz-knn/train.py --track photoz-catalog --release releases/photoz-catalog \
-        --out baselines/photoz-knn/photoz-catalog
+    python baselines/photoz/photoz-knn/train.py --track photoz-catalog --release releases/photoz-catalog \
+        --out baselines/photoz/photoz-knn/photoz-catalog
 
 One Pipeline on the track's catalogue features (names from the release manifest):
 

@@ -1,7 +1,7 @@
 """Richardson-Lucy baseline: classical deconvolution with the known PSF (scikit-image), the bar to clear.
 
-    python baselines/richardson-lucy/train.py --track enhance --release releases/enhance \
-        --out baselines/richardson-lucy/enhance [--max-train N]
+    python baselines/enhance/richardson-lucy/train.py --track enhance --release releases/enhance \
+        --out baselines/enhance/richardson-lucy/enhance [--max-train N]
 
 Nothing is learned: the degradation PSF comes from the release manifest (``degradation.psf_kernel_1d``, public
 information), and the two knobs (number of iterations, pedestal in units of each band's input noise sigma) are
@@ -20,10 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from skybench.release.reader import open_release
-from skybench.tasks.enhance.metrics import stretched_psnr
 from skybench.tracks import load_track
-from skybench.training import CurveLogger, baseline_params, fresh_folder, parse_args, run_cli, write_submission
+from skybench.training import CurveLogger, fresh_folder, run_cli, start, write_submission
+from skybench.training.enhance import load_pairs, read_degradation, val_psnr
 
 NAME = "richardson-lucy"
 HERE = Path(__file__).resolve().parent
@@ -38,45 +37,36 @@ def _predict_module() -> Any:
 
 
 def train(argv: list[str] | None = None) -> tuple[dict[str, Any], Path]:
-    args = parse_args(__doc__.splitlines()[0], argv)
-    params = baseline_params(NAME, args)
-    track = load_track(args.track)
-    rel = open_release(args.release)
-    deg = rel.manifest.get("degradation")
-    if not deg:
-        raise ValueError(f"{args.release}: no 'degradation' in the manifest; is it an enhance release?")
-    k1 = np.asarray(deg["psf_kernel_1d"], dtype=np.float64)
-    psf = np.outer(k1, k1)
-    sigma_in = np.array([deg["sigma_degraded"][b] for b in track.band_names])
-    low = [deg["display_stretch"]["low"][b] for b in track.band_names]
-    high = [deg["display_stretch"]["high"][b] for b in track.band_names]
+    args, params = start(NAME, __doc__, argv, seed=False)
+    deg = read_degradation(args.release, load_track(args.track).band_names)
+    sigma_in = deg.sigma
     n_val = int(params["n_val"]) if args.max_train is None else min(int(params["n_val"]), args.max_train)
-    x = np.asarray(rel.images("val")[:n_val], dtype=np.float32)
-    t = np.asarray(rel.array("val", "truth")[:n_val], dtype=np.float64)
+    x, t = load_pairs(args.release, "val", n_val)
+    t = t.astype(np.float64)
     mod = _predict_module()
     best: tuple[float, int, float] = (-np.inf, 0, 0.0)
     with CurveLogger(NAME, args.track, params, enabled=not args.no_mlflow) as log:
         step = 0
         for ped in params["pedestal_sigma"]:
             for n_iter in params["num_iter"]:
-                model = {"psf": psf, "num_iter": int(n_iter), "pedestal": (float(ped) * sigma_in).tolist()}
-                score = float(np.mean(stretched_psnr(mod.predict(model, x), t, low, high)))
+                model = {"psf": deg.psf, "num_iter": int(n_iter), "pedestal": (float(ped) * sigma_in).tolist()}
+                score = val_psnr(mod.predict(model, x), t, deg)
                 step += 1
                 log.epoch(step, val_psnr=score, num_iter=float(n_iter), pedestal_sigma=float(ped))
                 if score > best[0]:
                     best = (score, int(n_iter), float(ped))
         log.summary(val_psnr=best[0], num_iter=best[1], pedestal_sigma=best[2])
     out = fresh_folder(args.out)
-    np.save(out / "psf.npy", psf)
+    np.save(out / "psf.npy", deg.psf)
     cfg = {"num_iter": best[1], "pedestal": (best[2] * sigma_in).tolist(), "pedestal_sigma": best[2],
-           "val_psnr": best[0], "psf_fwhm_arcsec": deg["psf_fwhm_arcsec"]}
+           "val_psnr": best[0], "psf_fwhm_arcsec": deg.fwhm_arcsec}
     (out / "rl.json").write_text(json.dumps(cfg, indent=2) + "\n")
     shutil.copy(HERE / "predict.py", out / "predict.py")
     write_submission(out, NAME, args.track, "python", "predict.py",
-                     f"skimage.restoration.richardson_lucy with the known Gaussian PSF (FWHM {deg['psf_fwhm_arcsec']}"
+                     f"skimage.restoration.richardson_lucy with the known Gaussian PSF (FWHM {deg.fwhm_arcsec}"
                      f"\"), {best[1]} iterations, pedestal {best[2]:g} sigma (chosen on val by PSNR)")
     print(f"wrote {out} (val PSNR {best[0]:.2f} dB, {best[1]} iterations, pedestal {best[2]:g} sigma)")
-    return {**cfg, "psf": psf}, out
+    return {**cfg, "psf": deg.psf}, out
 
 
 if __name__ == "__main__":
