@@ -68,6 +68,17 @@ def test_every_stage_depends_on_exactly_the_code_it_runs() -> None:
     assert not problems, "dvc.yaml:\n" + "\n".join(problems)
 
 
+def _in_group(group: str, dep: str, replacement: str | None) -> tuple[str, str]:
+    """The (old, new) edit of dvc.yaml that removes ``dep`` from the deps of the stage group ``group`` (or puts
+    ``replacement`` in its place)."""
+    text = (ROOT / "dvc.yaml").read_text()
+    start = text.index(f"\n  {group}:\n")
+    section = text[start:text.index("\n\n  ", start + 1)]
+    line = f"\n      - {dep}\n"
+    assert line in section, f"dvc.yaml: {group} does not list {dep}"
+    return section, section.replace(line, f"\n      - {replacement}\n" if replacement else "\n", 1)
+
+
 def _copy_pipeline(tmp_path: Path, edit: tuple[str, str] | None = None) -> Path:
     """A DVC project in ``tmp_path`` holding this dvc.yaml and params.yaml, with ``edit`` = (old, new) applied to
     the first ``old`` of dvc.yaml."""
@@ -101,7 +112,8 @@ def test_a_removed_dependency_is_reported(tmp_path: Path, old: str, new: str, ex
 def test_a_removed_dependency_line_is_reported(tmp_path: Path) -> None:
     """Removed from the photo-z evaluation (its first use in dvc.yaml): every photo-z track's evaluation is
     reported, and no other stage."""
-    problems = dependency_problems(_copy_pipeline(tmp_path, ("      - src/skybench/tasks/photoz/score.py\n", "")))
+    edit = _in_group("evaluate-photoz", "src/skybench/tasks/photoz/score.py", None)
+    problems = dependency_problems(_copy_pipeline(tmp_path, edit))
     assert {p.split(":")[0] for p in problems} == {f"evaluate-photoz@{t}" for t in
                                                     ("photoz-images", "photoz-catalog", "photoz-sdss-mgs")}, problems
     assert all("src/skybench/tasks/photoz/score.py" in p for p in problems), problems
@@ -109,8 +121,8 @@ def test_a_removed_dependency_line_is_reported(tmp_path: Path) -> None:
 
 def test_wholesale_code_dependency_is_reported(tmp_path: Path) -> None:
     """Depending on the whole package makes every stage re-run on any edit (bologna.py re-evaluated every track)."""
-    problems = dependency_problems(_copy_pipeline(tmp_path, ("      - src/skybench/tasks/photoz/score.py\n",
-                                                             "      - src/skybench\n")))
+    edit = _in_group("evaluate-photoz", "src/skybench/tasks/photoz/score.py", "src/skybench")
+    problems = dependency_problems(_copy_pipeline(tmp_path, edit))
     assert any(p.startswith("evaluate-photoz@photoz-catalog: lists the folder src/skybench, which holds files its "
                             "command never uses") and "src/skybench/tasks/lens/bologna.py" in p for p in problems), \
         problems

@@ -79,3 +79,27 @@ def percentile_interval(stats: NDArray[np.float64], alpha: float) -> tuple[float
     # Efron & Tibshirani 1993, Sec. 13.3: percentile interval [q(alpha/2), q(1 - alpha/2)]
     low, high = np.quantile(stats, [alpha / 2.0, 1.0 - alpha / 2.0])
     return float(low), float(high)
+
+
+PDF_NORM_TOLERANCE = 1e-3  # a PDF row's probabilities must sum to 1 within this
+
+
+# The harness checks a `pdf` output with it before any task scores it.
+def validate_pdf(pdf: ArrayLike, n_bins: int, tolerance: float = PDF_NORM_TOLERANCE) -> NDArray[np.float64]:
+    """Check an (N, K) array of bin probabilities: finite, non-negative, each row summing to 1 within
+    ``tolerance``. Returns it as float64; raises ``ValueError`` with one clear line otherwise."""
+    p = np.asarray(pdf, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != n_bins:
+        raise ValueError(f"a PDF must have shape (N, {n_bins}) (one probability per redshift bin), got {p.shape}")
+    if not np.all(np.isfinite(p)):
+        raise ValueError(f"the PDF has {int(np.sum(~np.isfinite(p)))} non-finite value(s)")
+    if np.any(p < 0):
+        rows = np.flatnonzero(np.any(p < 0, axis=1))
+        raise ValueError(f"the PDF has negative values in {rows.size} row(s), e.g. row {int(rows[0])} "
+                         f"(min {p.min():.3g})")
+    sums = p.sum(axis=1)
+    bad = np.flatnonzero(np.abs(sums - 1.0) > tolerance)
+    if bad.size:
+        raise ValueError(f"PDF rows must sum to 1 within {tolerance:g} (bin probabilities); {bad.size} row(s) do "
+                         f"not, e.g. row {int(bad[0])} sums to {sums[bad[0]]:.6g}")
+    return p

@@ -320,7 +320,7 @@ def validate_predictions(pred: np.ndarray, n: int, output: Output, input_shape: 
         return f"returned {bad} non-finite value{'s' if bad != 1 else ''} (NaN/inf)"
     if output.kind == "pdf" and pred.ndim == 2:
         # non-negative bin probabilities, rows summing to 1 within 1e-3
-        from skybench.tasks.photoz.metrics import validate_pdf
+        from skybench.common import validate_pdf
 
         try:
             validate_pdf(pred, pred.shape[1])

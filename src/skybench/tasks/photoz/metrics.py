@@ -9,10 +9,11 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from skybench.common import PDF_NORM_TOLERANCE as PDF_NORM_TOLERANCE  # the pdf output kind's check, re-exported
 from skybench.common import bootstrap_ci
+from skybench.common import validate_pdf as validate_pdf
 
 PHOTOZ_OUTLIER_DZ = 0.05  # Pasquet et al. 2019: eta = fraction of |dz| > 0.05
-PDF_NORM_TOLERANCE = 1e-3  # a PDF row's probabilities must sum to 1 within this
 
 
 def _photoz_validate(z_phot: ArrayLike, z_spec: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -83,26 +84,6 @@ def pdf_grid(grid: Sequence[float]) -> tuple[NDArray[np.float64], NDArray[np.flo
     width = (high - low) / (k - 1)
     edges = np.concatenate([centres - width / 2, [centres[-1] + width / 2]])
     return centres, edges
-
-
-def validate_pdf(pdf: ArrayLike, n_bins: int, tolerance: float = PDF_NORM_TOLERANCE) -> NDArray[np.float64]:
-    """Check an (N, K) array of bin probabilities: finite, non-negative, each row summing to 1 within
-    ``tolerance``. Returns it as float64; raises ``ValueError`` with one clear line otherwise."""
-    p = np.asarray(pdf, dtype=np.float64)
-    if p.ndim != 2 or p.shape[1] != n_bins:
-        raise ValueError(f"a PDF must have shape (N, {n_bins}) (one probability per redshift bin), got {p.shape}")
-    if not np.all(np.isfinite(p)):
-        raise ValueError(f"the PDF has {int(np.sum(~np.isfinite(p)))} non-finite value(s)")
-    if np.any(p < 0):
-        rows = np.flatnonzero(np.any(p < 0, axis=1))
-        raise ValueError(f"the PDF has negative values in {rows.size} row(s), e.g. row {int(rows[0])} "
-                         f"(min {p.min():.3g})")
-    sums = p.sum(axis=1)
-    bad = np.flatnonzero(np.abs(sums - 1.0) > tolerance)
-    if bad.size:
-        raise ValueError(f"PDF rows must sum to 1 within {tolerance:g} (bin probabilities); {bad.size} row(s) do "
-                         f"not, e.g. row {int(bad[0])} sums to {sums[bad[0]]:.6g}")
-    return p
 
 
 def pdf_point_estimate(pdf: ArrayLike, centres: ArrayLike, kind: str = "mean") -> NDArray[np.float64]:
