@@ -45,13 +45,14 @@ from scipy.special import erf, ive
 
 from skybench.physics.noise import background_sigma, cps2magnitude, magnitude2cps
 from skybench.physics.psf import FWHM_TO_SIGMA, convolution_matrix
-from skybench.release import write_release
+from skybench.release import layout, open_release, write_release
 from skybench.tracks import Track, load_track
 
 PROFILE = "real-hst"
 APERTURE_RADIUS = 2.0  # arcsec: flux of deflector + arcs used to set the magnitude
 BORDER_WIDTH = 5  # pixels of the original image used for a MAD noise estimate when BKG_RMS is missing
 MAD_TO_SIGMA = 1.4826
+_HIDDEN_META = layout.meta_path(layout.hidden_dir("", "test")).as_posix()  # as the manifest's processing note says
 # AB zero points (magnitude of 1 e-/s), only to record the HST magnitude of each object. WFC3/IR F140W:
 # STScI WFC3 IR photometric calibration; ACS/WFC: computed from PHOTFLAM and PHOTPLAM in the header.
 F140W_AB_ZERO_POINT = 26.4524
@@ -295,7 +296,7 @@ def _processing(target: Target, seed: int) -> str:
         f" + |img|/T with sigma_bkg = {target.sigma_bkg:.6g} e-/s (skybench.physics.noise.background_sigma of the"
         f" band) and T = {target.total_time:g} s, sigma_exist = HST noise (BKG_RMS header, else 1.4826*MAD of a"
         f" {BORDER_WIDTH}-px border ring of the original image) propagated as white noise through steps 2-4;"
-        f" numpy default_rng([seed={seed}, index]). All numbers per object are in hidden/test/meta.parquet."
+        f" numpy default_rng([seed={seed}, index]). All numbers per object are in {_HIDDEN_META}."
     )
 
 
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     out = import_real_lenses(args.data, args.track, args.out, seed=args.seed, target_mag=args.target_mag,
                              progress=True)
-    print(f"{out}: {len(pd.read_parquet(out / 'public/test/index.parquet'))} real lenses")
+    print(f"{out}: {len(open_release(out).meta('test'))} real lenses")
 
 
 if __name__ == "__main__":

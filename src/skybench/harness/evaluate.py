@@ -51,7 +51,7 @@ from skybench.harness.submission import (
     read_spec_file,
 )
 from skybench.harness.visibility import make_private_root, participant_view, private_dir, write_participant_view
-from skybench.release import ReleaseError, read_manifest, release_digest, verify_release
+from skybench.release import ReleaseError, layout, read_manifest, release_digest, verify_release
 from skybench.release.mixing import Stream
 from skybench.tracking import find_evaluation, git_commit
 from skybench.tracks import Track, load_track, project_root
@@ -89,7 +89,7 @@ def check_release(release: Path, track: Track) -> str:
     manifest = read_manifest(release)
     if manifest.get("track") != track.name:
         raise ReleaseError(f"{release}: release of track {manifest.get('track')!r}, not {track.name!r}")
-    problems = verify_release(release, only=("public/test/", "hidden/"))  # what scoring reads
+    problems = verify_release(release, only=layout.split_prefixes("test"))  # what scoring reads
     if problems:
         raise ReleaseError(f"{release}: refusing to evaluate on a release that fails verification:\n  "
                            + "\n  ".join(problems))
@@ -237,7 +237,7 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
     out = Path(out or default_out(track))
     release_sha = check_release(release, track)
     make_private_root(out)  # always there (a DVC output), even when nothing finishes
-    hidden = release / "hidden" / "test"
+    hidden = layout.hidden_dir(release, "test")
     real = _real_set(track, release)
     real_sha = release_digest(real) if real is not None else ""
     # The real set is folded into the release's test stream (mixing.fold_in): split every result back.
@@ -256,7 +256,7 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
             plans.append(_crashed(Path(f), None, exc, out, release_sha, track))
     todo = [p for p in plans if isinstance(p, _Plan)]
     challenge = read_manifest(release).get("profile") == "challenge"  # never run without cgroup limits
-    jobs = [Job(p.sub, release / "public" / "test", track, challenge) for p in todo]
+    jobs = [Job(p.sub, layout.public_dir(release, "test"), track, challenge) for p in todo]
     results = _results(get_executor(executor, **(executor_options or {})), jobs) if jobs else iter(())
     outcomes = []
     for plan in plans:
@@ -397,7 +397,7 @@ def _finish(plan: _Plan, res: PredictResult, track: Track, release_sha: str, hid
                 assert extra.predictions is not None
                 save_predictions(private_stage, "real_predictions", extra.ids, extra.predictions)
                 metrics |= score_real(track, res.ids, res.predictions, hidden, extra.ids, extra.predictions,
-                                      real / "hidden" / "test", private_stage)
+                                      layout.hidden_dir(real, "test"), private_stage)
             write_participant_view(track, private_stage, stage, metrics)
         rec = _write_records(track, rdir, stage=stage, private_stage=private_stage if status == "FINISHED" else None,
                              team=plan.team, name=plan.name, fmt=sub.spec.format, status=status, reason=reason,
@@ -442,7 +442,7 @@ def _real_set(track: Track, release: Path) -> Path | None:
     if not track.evaluation.real_set or not folded.get("folded_in"):
         return None
     real = project_root() / track.evaluation.real_set
-    if not (real / "manifest.json").is_file() or release_digest(real) != folded.get("release_sha256"):
+    if not layout.is_release(real) or release_digest(real) != folded.get("release_sha256"):
         raise ReleaseError(f"{release} holds the real set {folded.get('path')} as it was when the release was made "
                            f"(sha256 {folded.get('release_sha256')}), but {real} is missing or has changed since; "
                            "re-make the release (`dvc repro`, or `skybench simulate`) so both agree")
