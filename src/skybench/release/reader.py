@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from skybench.release import layout
-from skybench.release.shards import ShardedArray, iter_batches
+from skybench.release.shards import INPUT_ARRAYS, ShardedArray, iter_batches
 from skybench.release.verify import read_manifest
 
 __all__ = ["HiddenSplit", "Release", "ShardedArray", "open_release"]
@@ -97,9 +97,11 @@ class Release:
         return ShardedArray(paths)
 
     def public_arrays(self, split: str) -> list[str]:
-        """Names of the per-object arrays teams get for ``split`` (the test split's answers are hidden)."""
+        """Names of the per-object arrays teams get for ``split`` (the test split's answers are hidden): the model
+        inputs first, in the order the runner passes them, then the others by name."""
         hidden = set(self.manifest.get("hidden_arrays", [])) if split == "test" else set()
-        return [n for n in self.manifest.get("arrays", {"images": None}) if n not in hidden]
+        names = [n for n in self.manifest.get("arrays", {"images": None}) if n not in hidden]
+        return sorted(names, key=lambda n: (INPUT_ARRAYS.index(n) if n in INPUT_ARRAYS else len(INPUT_ARRAYS), n))
 
     def public_batches(self, split: str, batch_size: int, names: list[str] | None = None,
                        limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
