@@ -98,7 +98,7 @@ def test_scoring_of_enhanced_images(release, tmp_path):
     rel = open_release(release)
     ids = rel.meta("test")["id"].to_numpy()
     hidden = release / "hidden" / "test"
-    truth = np.concatenate([np.load(p) for p in sorted(hidden.glob("truth-*.npy"))])
+    truth = rel.hidden("test").array("truth")[:]
     noisy = truth + np.random.default_rng(0).normal(0, 0.05, truth.shape).astype(np.float32)
     good = score(track, ids, noisy, hidden, tmp_path / "good")
     bad = score(track, ids, np.asarray(rel.images("test")), hidden, tmp_path / "bad")

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import python_submission
+from helpers import HIDDEN_TEST_META, python_submission
 from typer.testing import CliRunner
 
 from skybench.cli import app
@@ -28,9 +28,9 @@ def predict(model, batch):
 """
 PREDICT_NAN = "import numpy as np\ndef load(d): return None\ndef predict(m, b): return np.full(len(b), np.nan)\n"
 PREDICT_CRASH = "def load(d): return None\ndef predict(m, b): raise RuntimeError('kaboom in predict')\n"
-PREDICT_HIDDEN = """
+PREDICT_HIDDEN = f"""
 def load(d):
-    return open('/inputs/../hidden/test/meta.parquet', 'rb').read()
+    return open('/inputs/../{HIDDEN_TEST_META}', 'rb').read()
 def predict(m, b): return b.sum(axis=(1, 2, 3))
 """
 

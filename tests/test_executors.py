@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import python_submission
+from helpers import HIDDEN_TEST_META, python_submission
 
 from skybench.harness.evaluate import evaluate, record_dir
 from skybench.harness.executors import get_executor, shard_ranges, write_view
@@ -24,9 +24,9 @@ def predict(m, b):
     centre = b[:, :, 40:61, 40:61].astype("float64").sum(axis=(1, 2, 3))
     return (centre / (np.abs(b).astype("float64").sum(axis=(1, 2, 3)) + 1e-9)).astype("float32")
 """
-PEEK = """
+PEEK = f"""
 def load(d):
-    return open('/inputs/../hidden/test/meta.parquet', 'rb').read()
+    return open('/inputs/../{HIDDEN_TEST_META}', 'rb').read()
 def predict(m, b): return b.sum(axis=(1, 2, 3))
 """
 
