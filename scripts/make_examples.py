@@ -184,9 +184,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder of releases; the predictions CSV is written for <releases>/<track>")
     p.add_argument("--formats", nargs="+", choices=FORMATS, default=list(FORMATS))
     args = p.parse_args(argv)
+    from skybench.release import layout
+
     for track in args.tracks:
         release = args.releases / track
-        release = release if (release / "manifest.json").is_file() else None
+        release = release if layout.is_release(release) else None
         for folder in make_examples(args.out / track, release, tuple(args.formats), track):
             size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
             print(f"wrote {folder} ({size / 1024:.0f} kB)")

@@ -12,7 +12,11 @@ from types import ModuleType
 
 import pandas as pd
 
+from skybench.release import layout
+
 ROOT = Path(__file__).resolve().parents[1]
+# A release's hidden test labels, relative to its root: what a hostile submission goes looking for.
+HIDDEN_TEST_META = layout.relpath(layout.meta_path(layout.hidden_dir(".", "test")), ".")
 
 
 @functools.cache

@@ -30,7 +30,7 @@ def test_import_the_challenge_samples_of_both_tracks(samples, tmp_path):
         ids = open_release(rel).meta("test")["id"].to_numpy()
         want = truth[truth["set"] == kind].drop_duplicates("ID").set_index("ID")
         assert sorted(ids) == sorted(want.index)  # 12 ground IDs, 16 space IDs
-        hidden = pd.read_parquet(rel / "hidden/test/meta.parquet").set_index("id")
+        hidden = open_release(rel).hidden("test").meta().set_index("id")
         assert (hidden.loc[ids, "is_lens"].to_numpy() == want.loc[ids, "is_lens"].to_numpy()).all()
         images = np.asarray(open_release(rel).images("test"))
         assert images.shape == (len(ids), bands, 101, 101)
@@ -48,8 +48,8 @@ def test_export_then_import_gives_back_the_release(tiny_ground_release, tmp_path
     back = import_bologna(out, "lens-ground", tmp_path / "back")
     np.testing.assert_array_equal(np.asarray(open_release(back).images("test")),
                                   np.asarray(open_release(tiny_ground_release).images("test")))
-    a = pd.read_parquet(back / "hidden/test/meta.parquet")
-    b = pd.read_parquet(tiny_ground_release / "hidden/test/meta.parquet")
+    a = open_release(back).hidden("test").meta()
+    b = open_release(tiny_ground_release).hidden("test").meta()
     assert (a["id"].to_numpy() == b["id"].to_numpy()).all() and (a["is_lens"] == b["is_lens"]).all()
 
 

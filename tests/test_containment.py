@@ -13,13 +13,13 @@ import textwrap
 import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from helpers import bwrap_works, python_submission
 
 from skybench.harness import cgroups
 from skybench.harness.sandbox import Limits, SandboxResult, check_bwrap_features, gpu_binds, remove_tree, run_sandboxed
 from skybench.harness.submission import load_submission, sandboxed_predict
+from skybench.release import layout, open_release, read_manifest
 from skybench.tracks import Evaluation, SandboxLimits, load_track
 
 needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap missing or cannot create namespaces")
@@ -385,10 +385,10 @@ def test_challenge_releases_require_cgroups(tiny_space_release, tmp_path, monkey
 
     release = tmp_path / "challenge"
     shutil.copytree(tiny_space_release, release)
-    manifest = json.loads((release / "manifest.json").read_text())
-    (release / "manifest.json").write_text(json.dumps(manifest | {"profile": "challenge"}))
-    assert submission._challenge(release / "public" / "test")
-    assert not submission._challenge(tiny_space_release / "public" / "test")
+    manifest = read_manifest(release)
+    layout.manifest_path(release).write_text(json.dumps(manifest | {"profile": "challenge"}))
+    assert submission._challenge(layout.public_dir(release, "test"))
+    assert not submission._challenge(layout.public_dir(tiny_space_release, "test"))
     assert not submission._challenge(tmp_path)
     seen = []
     monkeypatch.setattr(submission, "run_sandboxed", lambda argv, **kw: seen.append(kw["limits"]) or
@@ -400,7 +400,7 @@ def test_challenge_releases_require_cgroups(tiny_space_release, tmp_path, monkey
         assert not res.ok and res.infrastructure  # handed on for a retry
         assert seen[-1].require_cgroups is want
         assert seen[-1].cpus is not None and seen[-1].wall_seconds < 60
-    assert len(pd.read_parquet(release / "public" / "test" / "index.parquet")) == 64
+    assert len(open_release(release).meta("test")) == 64
 
 
 KILLED_EVALUATOR = """
@@ -466,7 +466,7 @@ def predict(model, batch):
         def predict(model, batch):
             return np.asarray(batch).reshape(len(batch), -1).mean(axis=1)
     """)))
-    test_dir = tiny_space_release / "public" / "test"
+    test_dir = layout.public_dir(tiny_space_release, "test")
     results = list(LocalExecutor().run([Job(s, test_dir, track) for s in subs]))
     reasons = [r.reason for r in results]
     assert reasons[0] == "exceeded the memory limit of 768 MB"

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from skybench.release import layout
 from skybench.release.reader import ShardedArray, open_release
 
 
@@ -11,14 +12,15 @@ def test_numpy_access_is_memory_mapped_and_labelled(tiny_space_release):
     x, y = rel.images("train"), rel.labels("train")
     assert x.shape == (64, 1, 101, 101) and len(y) == 64
     assert isinstance(x.shards[0], np.memmap)
-    np.testing.assert_array_equal(x[3], np.load(tiny_space_release / "public/train/images-00000.npy")[3])
+    first = layout.shard_paths(layout.public_dir(tiny_space_release, "train"), "images")[0]
+    np.testing.assert_array_equal(x[3], np.load(first)[3])
     with pytest.raises(PermissionError):
         rel.labels("test")
 
 
 def test_sharded_array_indexes_across_shards(tmp_path):
     for k, n in enumerate((3, 4)):
-        np.save(tmp_path / f"images-{k:05d}.npy", np.arange(n * 2, dtype=np.float32).reshape(n, 2) + 100 * k)
+        np.save(tmp_path / layout.shard_name("images", k), np.arange(n * 2, dtype=np.float32).reshape(n, 2) + 100 * k)
     arr = ShardedArray(sorted(tmp_path.glob("*.npy")))
     assert arr.shape == (7, 2)
     np.testing.assert_array_equal(arr[[0, 3, 6]], [[0, 1], [100, 101], [106, 107]])

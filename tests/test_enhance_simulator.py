@@ -3,7 +3,6 @@ simulated release (truth hidden on test, degradation in the manifest), and the r
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 from skybench.physics.backend import get_backend
 from skybench.physics.degrade import degrade
 from skybench.real_hst import fit_psf_fwhm
+from skybench.release import layout, read_manifest
 from skybench.release.reader import open_release
 from skybench.simulate import simulate_release
 from skybench.tasks.enhance.simulator import EnhanceSimulator, degradation_info
@@ -75,13 +75,13 @@ def test_simulator_objects(track) -> None:
 def test_release_layout(track, tmp_path) -> None:
     out = simulate_release(track, tmp_path / "rel", profile="demo", seed=3, size=6, progress=False, workers=1)
     rel = open_release(out)
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = read_manifest(out)
     assert manifest["degradation"]["psf_fwhm_arcsec"] == 1.4 and manifest["hidden_arrays"] == ["truth"]
     assert len(manifest["degradation"]["psf_kernel_1d"]) % 2 == 1
     assert rel.array("train", "truth").shape[1:] == (3, 64, 64)  # training pairs are public
-    assert not list((out / "public" / "test").glob("truth-*.npy"))  # the test truth is hidden
-    assert len(list((out / "hidden" / "test").glob("truth-*.npy"))) == 1
-    assert list(pd.read_parquet(out / "public/test/index.parquet").columns) == ["id"]
+    assert not layout.shard_paths(layout.public_dir(out, "test"), "truth")  # the test truth is hidden
+    assert len(layout.shard_paths(layout.hidden_dir(out, "test"), "truth")) == 1
+    assert list(rel.meta("test").columns) == ["id"]
 
 
 def test_real_truth_set(track, tmp_path) -> None:
@@ -99,9 +99,10 @@ def test_real_truth_set(track, tmp_path) -> None:
     for f in cat["file"]:
         (sub / f).symlink_to(lens_dir / f)
     out = import_real_truth(tmp_path, track, tmp_path / "real", seed=1)
-    meta = pd.read_parquet(out / "hidden/test/meta.parquet")
-    truth = np.load(next((out / "hidden/test").glob("truth-*.npy")))
-    images = np.load(next((out / "public/test").glob("images-*.npy")))
+    hidden = open_release(out).hidden("test")
+    meta = hidden.meta()
+    truth = hidden.array("truth")[:]
+    images = open_release(out).images("test")[:]
     assert truth.shape == images.shape == (2, 3, 64, 64)
     assert np.all(truth.sum(axis=(2, 3)) > 0)
     np.testing.assert_allclose(meta["sigma_degraded_g"], 1.2 * meta["sigma_truth_g"])

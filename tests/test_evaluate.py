@@ -6,13 +6,13 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import python_submission
+from helpers import HIDDEN_TEST_META, python_submission
 from typer.testing import CliRunner
 
 from skybench.cli import app
 from skybench.harness.evaluate import evaluate, record_dir
 from skybench.harness.visibility import private_dir
-from skybench.release import ReleaseError
+from skybench.release import ReleaseError, layout, open_release
 from skybench.tasks.lens.metrics import lens_metrics
 from skybench.tracking import leaderboard as lb
 from skybench.tracks import load_track
@@ -28,9 +28,9 @@ def predict(model, batch):
 """
 PREDICT_NAN = "import numpy as np\ndef load(d): return None\ndef predict(m, b): return np.full(len(b), np.nan)\n"
 PREDICT_CRASH = "def load(d): return None\ndef predict(m, b): raise RuntimeError('kaboom in predict')\n"
-PREDICT_HIDDEN = """
+PREDICT_HIDDEN = f"""
 def load(d):
-    return open('/inputs/../hidden/test/meta.parquet', 'rb').read()
+    return open('/inputs/../{HIDDEN_TEST_META}', 'rb').read()
 def predict(m, b): return b.sum(axis=(1, 2, 3))
 """
 
@@ -57,7 +57,7 @@ def test_evaluate_scores_good_submissions_and_fails_bad_ones_without_stopping(st
     assert outcomes["crash"].status == "FAILED" and "kaboom" in outcomes["crash"].reason
     assert outcomes["hidden"].status == "FAILED"
     # The scores are the metric module's on the hidden labels, recomputed here independently.
-    hidden = pd.read_parquet(tiny_space_release / "hidden/test/meta.parquet").set_index("id")
+    hidden = open_release(tiny_space_release).hidden("test").meta().set_index("id")
     pred = pd.read_csv(private_dir(record_dir(out, "tests", "ok")) / "predictions.csv")  # organiser folder only
     expected = lens_metrics(hidden.loc[pred.id, "is_lens"].to_numpy(), pred.score.to_numpy(), seed=0)
     assert outcomes["ok"].metrics["auroc"] == pytest.approx(expected["auroc"], abs=1e-12)
@@ -91,11 +91,11 @@ def test_a_corrupt_shard_stops_evaluation_naming_the_file_and_leaves_the_leaderb
     before = lb.leaderboard(load_track("lens-space"))
     bad = tmp_path / "bad-release"
     shutil.copytree(tiny_space_release, bad)
-    shard = bad / "public/test/images-00000.npy"
+    shard = layout.shard_paths(layout.public_dir(bad, "test"), "images")[0]  # corrupted on purpose
     data = np.load(shard)
     data[0, 0, 0, 0] += 1
     np.save(shard, data)
-    with pytest.raises(ReleaseError, match="public/test/images-00000.npy"):
+    with pytest.raises(ReleaseError, match=layout.relpath(shard, bad)):
         evaluate([subs["nan"]], "lens-space", bad, out=store / "evals")
     pd.testing.assert_frame_equal(lb.leaderboard(load_track("lens-space")), before)
 
@@ -213,7 +213,7 @@ def test_real_lens_recall_is_the_fraction_above_the_1_percent_fpr_threshold(stor
     (o,) = evaluate([subs["ok"]], track, release, out=tmp_path / "evals")
     pred = pd.read_csv(private_dir(record_dir(tmp_path / "evals", "tests", "ok")) / "predictions.csv")
     real_scores = pd.read_csv(private_dir(record_dir(tmp_path / "evals", "tests", "ok")) / "real_predictions.csv")
-    hidden = pd.read_parquet(release / "hidden/test/meta.parquet").set_index("id")
+    hidden = open_release(release).hidden("test").meta().set_index("id")
     cut = threshold_at_fpr(hidden.loc[pred.id, "is_lens"].to_numpy(), pred.score.to_numpy(), 0.01)
     assert len(real_scores) == 8
     assert o.metrics["real_lens_recall"] == pytest.approx(np.mean(real_scores.score.to_numpy() >= cut))

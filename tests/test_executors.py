@@ -7,11 +7,12 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import python_submission
+from helpers import HIDDEN_TEST_META, python_submission
 
 from skybench.harness.evaluate import evaluate, record_dir
 from skybench.harness.executors import get_executor, shard_ranges, write_view
 from skybench.harness.visibility import private_dir
+from skybench.release import layout
 from skybench.tracks import load_track
 
 # Per-object arithmetic only: a deterministic model whose outputs do not depend on how the rows are batched.
@@ -23,9 +24,9 @@ def predict(m, b):
     centre = b[:, :, 40:61, 40:61].astype("float64").sum(axis=(1, 2, 3))
     return (centre / (np.abs(b).astype("float64").sum(axis=(1, 2, 3)) + 1e-9)).astype("float32")
 """
-PEEK = """
+PEEK = f"""
 def load(d):
-    return open('/inputs/../hidden/test/meta.parquet', 'rb').read()
+    return open('/inputs/../{HIDDEN_TEST_META}', 'rb').read()
 def predict(m, b): return b.sum(axis=(1, 2, 3))
 """
 
@@ -44,13 +45,14 @@ def ray_local():
 
 
 def test_shards_cut_on_batch_boundaries_and_views_hold_the_rows(tiny_space_release, tmp_path):
-    test = tiny_space_release / "public/test"
+    test = layout.public_dir(tiny_space_release, "test")
     assert shard_ranges(test, 16, 3) == [(0, 16), (16, 48), (48, 64)]
     assert shard_ranges(test, 256, 4) == [(0, 64)]  # one batch: one shard
     view = write_view(test, 16, 48, tmp_path / "view")
-    np.testing.assert_array_equal(np.load(view / "images-00000.npy"), np.load(test / "images-00000.npy")[16:48])
-    ids = pd.read_parquet(test / "index.parquet")["id"].to_numpy()
-    np.testing.assert_array_equal(pd.read_parquet(view / "index.parquet")["id"].to_numpy(), ids[16:48])
+    first = layout.shard_name("images", 0)
+    np.testing.assert_array_equal(np.load(view / first), np.load(test / first)[16:48])
+    ids = pd.read_parquet(layout.index_path(test))["id"].to_numpy()
+    np.testing.assert_array_equal(pd.read_parquet(layout.index_path(view))["id"].to_numpy(), ids[16:48])
     with pytest.raises(ValueError, match="unknown executor"):
         get_executor("dask")
 

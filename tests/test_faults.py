@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from skybench.cli import app
 from skybench.harness.evaluate import record_dir
 from skybench.harness.visibility import private_dir
-from skybench.release import ReleaseError, read_manifest, verify_release
+from skybench.release import ReleaseError, layout, open_release, read_manifest, verify_release
 from skybench.tracking import experiment_name
 from skybench.tracking import leaderboard as lb
 from skybench.tracks import load_track
@@ -51,7 +51,7 @@ def _runs(uri):
 
 
 def _linear_scores(root, name, release):
-    ids = pd.read_parquet(release / "public/test/index.parquet")["id"]
+    ids = open_release(release).meta("test")["id"]
     return csv_submission(root / name, name, ids, np.linspace(0, 1, len(ids)), team="f")
 
 
@@ -101,7 +101,7 @@ def test_corrupt_or_mismatching_shard_stops_the_release_naming_the_file(store, t
     before = lb.leaderboard(load_track("lens-space"))
     bad = tmp_path / "bad"
     shutil.copytree(tiny_space_release, bad)
-    shard = bad / "public/test/images-00000.npy"
+    shard = layout.shard_paths(layout.public_dir(bad, "test"), "images")[0]  # damaged on purpose
     data = shard.read_bytes()
     if damage == "truncate":  # a corrupt shard: cut short
         shard.write_bytes(data[: len(data) // 2])
@@ -110,7 +110,7 @@ def test_corrupt_or_mismatching_shard_stops_the_release_naming_the_file(store, t
     other = _linear_scores(tmp_path / "subs", "other", tiny_space_release)
     result = CliRunner().invoke(app, ["evaluate", str(other), "--track", "lens-space", "--release", str(bad),
                                       "--out", str(tmp_path / "e2")])
-    assert result.exit_code == 1 and "public/test/images-00000.npy" in result.output
+    assert result.exit_code == 1 and layout.relpath(shard, bad) in result.output
     assert ("size" if damage == "truncate" else "sha256") in result.output
     assert not (tmp_path / "e2").exists()
     pd.testing.assert_frame_equal(lb.leaderboard(load_track("lens-space")), before)
@@ -165,7 +165,7 @@ def test_disk_full_while_writing_a_release_never_leaves_it_half_written(tmp_path
     else:
         assert res.returncode == -signal.SIGXFSZ
         for leftover in out.parent.glob(".lens-space.tmp-*"):  # a hidden temporary folder with no manifest
-            assert not (leftover / "manifest.json").exists()
+            assert not layout.manifest_path(leftover).exists()
     assert read_manifest(out) == before and verify_release(out) == []  # the old release, whole
     fresh = tmp_path / "fresh"
     subprocess.run([sys.executable, "-c", WRITER, str(fresh), on_full], capture_output=True, timeout=120)

@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 from skybench.harness.evaluate import Outcome, discover_submissions, evaluate
 from skybench.harness.submission import SubmissionError, load_submission
 from skybench.harness.visibility import private_dir
+from skybench.release import open_release
 
 GOOD_SPEC = "team: evil\nname: {name}\ntrack: lens-space\nformat: python\nmodel: predict.py\n"
 needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create namespaces here")
@@ -36,7 +37,7 @@ def store(tmp_path, monkeypatch):
 
 
 def _ids(release: Path) -> np.ndarray:
-    return pd.read_parquet(release / "public/test/index.parquet")["id"].to_numpy()
+    return open_release(release).meta("test")["id"].to_numpy()
 
 
 def _good(root: Path, release: Path) -> Path:

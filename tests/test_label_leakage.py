@@ -25,7 +25,7 @@ from skybench.cli import app
 from skybench.harness.evaluate import evaluate
 from skybench.harness.score import public_mask, score
 from skybench.harness.visibility import participant_artifacts, write_participant_view
-from skybench.release.reader import open_release
+from skybench.release import layout, open_release
 from skybench.tracking import experiment_name, organiser_experiment, tracking_uri
 from skybench.tracks import load_track
 
@@ -158,7 +158,7 @@ def test_lens_labels_cannot_be_read_off_participant_artifacts(phase, tmp_path, m
     split = {"public_fraction": None} if phase == "no split" else \
         {"public_fraction": 0.3, "split_seed": 7, "phase": phase}
     project = _project(tmp_path / "p", monkeypatch, root, "lens-space", split)
-    hidden = pd.read_parquet(lens_release / "hidden/test/meta.parquet")
+    hidden = open_release(lens_release).hidden("test").meta()
     ids, y = hidden["id"].to_numpy(), hidden["is_lens"].to_numpy().astype(int)
     scores = np.random.default_rng(5).permutation(len(ids)) / len(ids)  # distinct: a score names an object
     _run(project, "lens-space", csv_submission(tmp_path / "subs" / "spy", "spy", ids, scores, team="eve"),
@@ -201,8 +201,8 @@ def test_photoz_redshifts_cannot_be_read_off_participant_artifacts(tmp_path, mon
     project = _project(tmp_path / "p", monkeypatch, root, "photoz-catalog", {})
     release = simulate_release("photoz-catalog", tmp_path / "rel" / "photoz-catalog", profile="demo", seed=2,
                                size=300, progress=False)
-    ids = pd.read_parquet(release / "public/test/index.parquet")["id"].to_numpy()
-    z_spec = pd.read_parquet(release / "hidden/test/meta.parquet").set_index("id").loc[ids, "z"].to_numpy()
+    ids = open_release(release).meta("test")["id"].to_numpy()
+    z_spec = open_release(release).hidden("test").meta().set_index("id").loc[ids, "z"].to_numpy()
     z_phot = 0.05 + 0.001 * np.random.default_rng(1).permutation(len(ids))  # distinct: a z_phot names an object
     sub = tmp_path / "subs" / "spy"
     sub.mkdir(parents=True)
@@ -266,12 +266,12 @@ def test_enhance_truth_cannot_be_read_off_participant_artifacts(tmp_path, monkey
     pred, ids = np.load(priv / "predictions.npy"), pd.read_csv(priv / "predictions_ids.csv")["id"].to_numpy()
     other = tmp_path / "other"
     shutil.copytree(release, other)
-    for p in sorted((other / "hidden/test").glob("truth-*.npy")):
+    for p in layout.shard_paths(layout.hidden_dir(other, "test"), "truth"):  # changed on purpose
         t = np.load(p)
         np.save(p, (np.roll(t, 1, axis=0) * 1.7 + 0.3).astype(t.dtype))
-    meta = pd.read_parquet(other / "hidden/test/meta.parquet")
+    meta = open_release(other).hidden("test").meta()
     meta[[c for c in meta.columns if c.startswith("sigma_truth_")]] *= 3.0
-    meta.to_parquet(other / "hidden/test/meta.parquet")
+    meta.to_parquet(layout.meta_path(layout.hidden_dir(other, "test")))
     views = []
     for i, rel in enumerate((release, other)):
         full, shown = tmp_path / f"full{i}", tmp_path / f"shown{i}"

@@ -6,6 +6,7 @@ import pytest
 
 from skybench.physics.backend import get_backend
 from skybench.physics.psf import gaussian_kernel_2d
+from skybench.release import open_release
 from skybench.tasks.lens.simulator import LensSimulator, lenstronomy_kwargs
 from skybench.testkey import public_object_seed
 from skybench.tracks import load_track
@@ -91,7 +92,7 @@ def test_noise_level_matches_the_data_util_formula_within_2_percent(track_name):
 
 
 def test_label_follows_the_visibility_rule_and_records_its_quantities(tiny_space_release):
-    meta = pd.read_parquet(tiny_space_release / "public" / "train" / "meta.parquet")
+    meta = open_release(tiny_space_release).meta("train")
     rule = load_track("lens-space").label
     expected = (meta.has_source & (meta.magnification > rule.min_magnification)
                 & (meta.n_pix_source > rule.min_source_pixels))
@@ -102,12 +103,12 @@ def test_label_follows_the_visibility_rule_and_records_its_quantities(tiny_space
 
 
 def test_an_object_is_remade_exactly_from_its_seed(tiny_space_release):
-    meta = pd.read_parquet(tiny_space_release / "public" / "train" / "meta.parquet")
+    meta = open_release(tiny_space_release).meta("train")
     sim = LensSimulator(load_track("lens-space"), get_backend("numpy"))
     row = meta.iloc[5]
     again = sim.sample(int(row["seed"]))
     for key, value in again.items():
         assert row[key] == value or (np.isinf(value) and np.isinf(row[key])), key
-    images = np.load(tiny_space_release / "public" / "train" / "images-00000.npy")
+    images = open_release(tiny_space_release).images("train")
     one, _ = sim.simulate(3, "train", 5, 6)
     np.testing.assert_array_equal(one[0], images[5])

@@ -11,12 +11,12 @@ import time
 import urllib.request
 
 import numpy as np
-import pandas as pd
 import pytest
 from helpers import csv_submission
 from mlflow.tracking import MlflowClient
 
 from skybench.harness.evaluate import evaluate
+from skybench.release import open_release
 from skybench.tracking import experiment_name, organiser_experiment
 from skybench.tracking.leaderboard import leaderboard
 from skybench.tracks import load_track
@@ -60,7 +60,7 @@ def _evaluate(folder, release, out):
 @pytest.mark.slow
 def test_eight_concurrent_evaluations_lose_no_run_and_duplicate_none(server, tiny_space_release, tmp_path,
                                                                      monkeypatch):
-    ids = pd.read_parquet(tiny_space_release / "public/test/index.parquet")["id"]
+    ids = open_release(tiny_space_release).meta("test")["id"]
     subs = [csv_submission(tmp_path / "subs" / f"s{i}", f"s{i}", ids, np.random.default_rng(i).random(len(ids)),
                            team="load") for i in range(4)]
     # 8 evaluator processes at once (forked, so they skip the imports): each of the 4 submissions is evaluated

@@ -12,7 +12,7 @@ import yaml
 from helpers import baseline_module, bwrap_works
 
 from skybench.harness.submission import load_submission, sandboxed_predict, validate_predictions
-from skybench.release.reader import open_release
+from skybench.release import layout, open_release
 from skybench.tracks import load_track
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def test_simulated_releases_name_their_features(releases):
         man = read_manifest(releases[track])
         assert len(man["feature_names"]) == names and man["label_columns"] == ["z"]
         assert verify_release(releases[track]) == []
-        assert "z" not in pd.read_parquet(releases[track] / "public" / "test" / "index.parquet")
+        assert "z" not in open_release(releases[track]).meta("test")
     assert set(read_manifest(releases["photoz-images"])["arrays"]) == {"images", "features"}
 
 
@@ -82,7 +82,7 @@ def test_scoring_writes_metrics_and_plots(trained, releases, tmp_path):
 
     track = load_track("photoz-images")
     rel = releases["photoz-images"]
-    ids = pd.read_parquet(rel / "public" / "test" / "index.parquet")["id"].to_numpy()
+    ids = open_release(rel).meta("test")["id"].to_numpy()
     pdf = np.full((len(ids), 180), 1 / 180, dtype=np.float32)
     metrics = score(track, ids, pdf, open_release(rel).hidden(), tmp_path)
     assert {"sigma_mad", "sigma_mad_ci_low", "sigma_mad_ci_high", "pit_ks", "crps", "cde_loss"} <= set(metrics)
@@ -125,8 +125,8 @@ def test_sdss_mgs_release_and_knn(tmp_path):
     man = read_manifest(out)
     assert man["counts"] == {"train": 4500, "val": 500, "test": 5000}
     assert man["feature_names"] == list(FEATURES)
-    assert list(pd.read_parquet(out / "public" / "test" / "index.parquet").columns) == ["id"]
-    hidden = pd.read_parquet(out / "hidden" / "test" / "meta.parquet")
+    assert list(open_release(out).meta("test").columns) == ["id"]
+    hidden = open_release(out).hidden("test").meta()
     src = pd.read_csv(MGS / "test.csv")
     np.testing.assert_allclose(hidden["z"], src.iloc[:, 0])
     rel = open_release(out)
@@ -135,5 +135,5 @@ def test_sdss_mgs_release_and_knn(tmp_path):
     # the k-NN baseline on this split matches the reference k-NN (sigma_MAD ~ 0.0144)
     model, _ = baseline_module("photoz-knn").train(["--track", "photoz-sdss-mgs", "--release", str(out), "--out",
                                                     str(tmp_path / "knn"), "--no-mlflow"])
-    x = np.concatenate([np.load(p) for p in sorted((out / "public" / "test").glob("features-*.npy"))])
+    x = np.concatenate([np.load(p) for p in layout.shard_paths(layout.public_dir(out, "test"), "features")])
     assert sigma_mad(model.predict(x.astype(np.float64)), hidden["z"].to_numpy()) < 0.0150

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from skybench.cli import app
 from skybench.harness.evaluate import evaluate
 from skybench.harness.score import public_mask
+from skybench.release import open_release
 from skybench.tasks.lens.metrics import lens_metrics
 from skybench.tracking import client, experiment_name, organiser_experiment
 from skybench.tracking import leaderboard as lb
@@ -34,7 +35,7 @@ def project(tmp_path, monkeypatch, root):
 
 def test_split_is_seeded_and_the_phase_decides_what_ranks(project, tiny_space_release):
     track = load_track("lens-space")
-    hidden = pd.read_parquet(tiny_space_release / "hidden/test/meta.parquet")
+    hidden = open_release(tiny_space_release).hidden("test").meta()
     ids, y = hidden["id"].to_numpy(), hidden["is_lens"].to_numpy()
     # The split, recomputed by hand: 30% of the sorted ids, drawn by a seed-7 permutation.
     chosen = np.sort(ids)[np.random.default_rng(7).permutation(len(ids))[:round(0.3 * len(ids))]]
@@ -88,7 +89,7 @@ def test_real_set_metrics_are_split_too(project, tiny_space_release):
     from skybench.tasks.lens.score import real_lens_recall
 
     track = load_track("lens-space")
-    hidden = pd.read_parquet(tiny_space_release / "hidden/test/meta.parquet")
+    hidden = open_release(tiny_space_release).hidden("test").meta()
     ids, y = hidden["id"].to_numpy(), hidden["is_lens"].to_numpy()
     scores = np.random.default_rng(1).random(len(ids)) + y
     real = np.linspace(0.5, 1.5, 10)

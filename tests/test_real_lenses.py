@@ -16,7 +16,7 @@ from skybench.real_hst import (
     resample_flux,
     robust_sigma,
 )
-from skybench.release import read_manifest, verify_release
+from skybench.release import open_release, read_manifest, verify_release
 from skybench.tasks.lens.real import import_real_lenses, main
 from skybench.tracks import load_track
 
@@ -111,15 +111,15 @@ def test_importer_writes_a_verifiable_release_of_27_lenses(real_release):
     assert m["counts"] == {"train": 0, "val": 0, "test": 27} and m["image_shape"] == [1, 101, 101]
     assert "rebinning" in m["processing"] and "BKG_RMS" in m["processing"] and "20.25" in m["processing"]
     json.dumps(m)
-    images = np.load(real_release / "public/test/images-00000.npy")
+    images = open_release(real_release).images("test")[:]
     assert images.dtype == np.float32 and images.shape == (27, 1, 101, 101) and np.isfinite(images).all()
-    index = pd.read_parquet(real_release / "public/test/index.parquet")
+    index = open_release(real_release).meta("test")
     assert list(index.columns) == ["id"] and index.id.tolist() == list(range(27))
 
 
 def test_background_noise_matches_the_track(real_release):
-    meta = pd.read_parquet(real_release / "hidden/test/meta.parquet")
-    images = np.load(real_release / "public/test/images-00000.npy")[:, 0]
+    meta = open_release(real_release).hidden("test").meta()
+    images = open_release(real_release).images("test")[:][:, 0]
     border = np.ones((101, 101), dtype=bool)
     border[10:-10, 10:-10] = False
     sigma = np.array([robust_sigma(im[border]) for im in images])
@@ -137,7 +137,7 @@ def test_background_noise_matches_the_track(real_release):
 
 
 def test_metadata_records_the_processing_of_every_object(real_release, hst_dir):
-    meta = pd.read_parquet(real_release / "hidden/test/meta.parquet")
+    meta = open_release(real_release).hidden("test").meta()
     catalog = pd.read_csv(hst_dir / "catalog.csv")
     assert len(meta) == 27 and sorted(meta.file) == sorted(catalog.file)
     assert (meta.is_lens == 1).all() and (meta.split == "test").all()

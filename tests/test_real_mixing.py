@@ -13,7 +13,7 @@ from helpers import bwrap_works, csv_submission, python_submission
 
 from skybench.harness.evaluate import evaluate, record_dir
 from skybench.harness.visibility import private_dir
-from skybench.release import ReleaseError, verify_release, write_release
+from skybench.release import ReleaseError, layout, open_release, read_manifest, verify_release, write_release
 from skybench.release.mixing import SOURCES, Stream, fold_in
 from skybench.simulate import simulate_release
 from skybench.tasks.lens.metrics import threshold_at_fpr
@@ -113,7 +113,7 @@ def plain(tmp_path_factory):
 
 
 def _images(folder) -> np.ndarray:
-    return np.concatenate([np.load(p) for p in sorted(folder.glob("images-*.npy"))])
+    return np.concatenate([np.load(p) for p in layout.shard_paths(folder, "images")])
 
 
 def _sums(folder) -> np.ndarray:
@@ -124,7 +124,7 @@ def _fingerprinter(root, release):
     """The FINGERPRINT submission, knowing every image of ``release``'s published public/test."""
     sub = python_submission(root, "fingerprint", FINGERPRINT)
     known = [hashlib.sha256(np.ascontiguousarray(x, dtype="<f4").tobytes()).hexdigest()
-             for x in _images(release / "public/test")]
+             for x in _images(layout.public_dir(release, "test"))]
     (sub / "known.txt").write_text("\n".join(known) + "\n")
     (sub / "known.txt").chmod(0o644)
     return sub
@@ -138,7 +138,7 @@ def test_a_model_cannot_tell_the_real_objects_from_the_simulated_ones(real_set, 
     only) the fingerprinting model flags exactly the 32 real objects: real-lens recall 1.0."""
     subs = [python_submission(tmp_path / "subs", "adversary", ADVERSARY), _fingerprinter(tmp_path / "subs", folded)]
     outcomes = evaluate(subs, _with_real(real_set), folded, out=tmp_path / "evals", publish=False)
-    labels_all = pd.read_parquet(folded / "hidden/test/meta.parquet").set_index("id")
+    labels_all = open_release(folded).hidden("test").meta().set_index("id")
     for o in outcomes:
         assert o.status == "FINISHED", (o.name, o.reason)
         priv = private_dir(record_dir(tmp_path / "evals", "tests", o.name))
@@ -167,12 +167,12 @@ def test_predictions_are_split_back_to_each_set_in_its_own_id_order(real_set, fo
     priv = private_dir(record_dir(tmp_path / "evals", "tests", "sum"))
     # The simulated part: the same objects, ids and order as the release made without a real set.
     got = pd.read_csv(priv / "predictions.csv")
-    np.testing.assert_array_equal(got.id.to_numpy(), pd.read_parquet(plain / "public/test/index.parquet").id)
-    np.testing.assert_array_equal(got.id.to_numpy(), pd.read_parquet(folded / "hidden/test/meta.parquet").id)
-    np.testing.assert_allclose(got.score.to_numpy(), _sums(plain / "public/test"), rtol=1e-6)
+    np.testing.assert_array_equal(got.id.to_numpy(), open_release(plain).meta("test").id)
+    np.testing.assert_array_equal(got.id.to_numpy(), open_release(folded).hidden("test").meta().id)
+    np.testing.assert_allclose(got.score.to_numpy(), _sums(layout.public_dir(plain, "test")), rtol=1e-6)
     got = pd.read_csv(priv / "real_predictions.csv")
-    np.testing.assert_array_equal(got.id.to_numpy(), pd.read_parquet(real_set / "public/test/index.parquet").id)
-    np.testing.assert_allclose(got.score.to_numpy(), _sums(real_set / "public/test"), rtol=1e-6)
+    np.testing.assert_array_equal(got.id.to_numpy(), open_release(real_set).meta("test").id)
+    np.testing.assert_allclose(got.score.to_numpy(), _sums(layout.public_dir(real_set, "test")), rtol=1e-6)
     rec = json.loads((record_dir(tmp_path / "evals", "tests", "sum") / "evaluation.json").read_text())
     assert rec["n"] == 64 and rec["real_release_sha256"]
 
@@ -198,46 +198,48 @@ def test_the_ray_executor_shards_the_stream_and_the_split_still_holds(real_set, 
     assert o.status == "FINISHED", o.reason
     for stem, release in (("predictions", plain), ("real_predictions", real_set)):
         got = pd.read_csv(private_dir(record_dir(tmp_path / "ray", "tests", "sum")) / f"{stem}.csv")
-        np.testing.assert_array_equal(got.id, pd.read_parquet(release / "public/test/index.parquet").id)
-        np.testing.assert_allclose(got.score.to_numpy(), _sums(release / "public/test"), rtol=1e-6)
+        np.testing.assert_array_equal(got.id, open_release(release).meta("test").id)
+        np.testing.assert_allclose(got.score.to_numpy(), _sums(layout.public_dir(release, "test")), rtol=1e-6)
 
 
 def test_a_predictions_csv_covers_the_real_objects_too(real_set, folded, plain, tmp_path):
     """A CSV is written for the published stream's ids, so it gets real-set scores like any model."""
-    stream = pd.read_parquet(folded / "public/test/index.parquet").id.to_numpy()
-    sums = _sums(folded / "public/test")
+    stream = open_release(folded).meta("test").id.to_numpy()
+    sums = _sums(layout.public_dir(folded, "test"))
     sub = csv_submission(tmp_path / "subs" / "csv", "csv", stream, sums)
     (o,) = evaluate([sub], _with_real(real_set), folded, out=tmp_path / "evals", publish=False)
     assert o.status == "FINISHED", o.reason
     assert "real_lens_recall" in o.metrics
     priv = private_dir(record_dir(tmp_path / "evals", "tests", "csv"))
     got = pd.read_csv(priv / "real_predictions.csv")
-    np.testing.assert_array_equal(got.id, pd.read_parquet(real_set / "public/test/index.parquet").id)
-    np.testing.assert_allclose(got.score.to_numpy(), _sums(real_set / "public/test"), rtol=1e-6)
-    np.testing.assert_allclose(pd.read_csv(priv / "predictions.csv").score, _sums(plain / "public/test"), rtol=1e-6)
+    np.testing.assert_array_equal(got.id, open_release(real_set).meta("test").id)
+    np.testing.assert_allclose(got.score.to_numpy(), _sums(layout.public_dir(real_set, "test")), rtol=1e-6)
+    np.testing.assert_allclose(pd.read_csv(priv / "predictions.csv").score, _sums(layout.public_dir(plain, "test")),
+                               rtol=1e-6)
 
 
 def test_the_published_test_folder_holds_both_sets_and_nothing_that_names_them(real_set, folded, plain, tmp_path):
     assert verify_release(folded) == []
-    test_dir = folded / "public/test"
-    assert sorted(p.name for p in test_dir.iterdir()) == ["images-00000.npy", "index.parquet"]
-    assert not list((folded / "public").glob(".*")) and not (folded / "public" / SOURCES).exists()
+    test_dir = layout.public_dir(folded, "test")
+    assert sorted(p.name for p in test_dir.iterdir()) == [layout.shard_name("images", 0), layout.INDEX]
+    assert not list(test_dir.parent.glob(".*")) and not (test_dir.parent / SOURCES).exists()
     # index.parquet: opaque ids in stream order, no other column and no metadata.
-    table = pq.read_table(test_dir / "index.parquet")
+    table = pq.read_table(layout.index_path(test_dir))
     assert table.column_names == ["id"] and not (table.schema.metadata or {})
     assert table.column("id").to_pylist() == [f"t{i:06d}" for i in range(96)]
-    raw = (test_dir / "index.parquet").read_bytes()
+    raw = layout.index_path(test_dir).read_bytes()
     assert b"real" not in raw and b"sim" not in raw and b"pandas" not in raw
-    manifest = json.loads((folded / "manifest.json").read_text())
+    manifest = read_manifest(folded)
     assert manifest["real_set"] | {"release_sha256": ""} == {"path": str(real_set), "folded_in": True, "real": 32,
                                                              "simulated": 64, "stream": 96, "release_sha256": ""}
     # Every object of both sets once, at the position the hidden mapping says.
     mapping = Stream.load(folded, real_set).mapping()
     images = _images(test_dir)
     assert images.shape == (96, 1, 101, 101) and images.dtype == np.float32
-    sources = {"sim": _images(plain / "public/test"), "real": _images(real_set / "public/test")}
-    index = {"sim": pd.read_parquet(plain / "public/test/index.parquet").id.tolist(),
-             "real": pd.read_parquet(real_set / "public/test/index.parquet").id.tolist()}
+    sources = {"sim": _images(layout.public_dir(plain, "test")),
+               "real": _images(layout.public_dir(real_set, "test"))}
+    index = {"sim": open_release(plain).meta("test").id.tolist(),
+             "real": open_release(real_set).meta("test").id.tolist()}
     assert (mapping.source == "real").sum() == 32 and mapping.id.tolist() == table.column("id").to_pylist()
     for p, (src, orig) in enumerate(zip(mapping.source, mapping.original_id, strict=True)):
         np.testing.assert_array_equal(images[p], sources[src][index[src].index(orig)])
@@ -249,10 +251,10 @@ def test_the_published_test_folder_holds_both_sets_and_nothing_that_names_them(r
     shutil.copytree(plain, copy)
     counts = fold_in(copy, real_set, b"k" * 32, shard_size=40)
     assert counts == {"simulated": 64, "real": 32, "stream": 96}
-    assert sorted(p.name for p in (copy / "public/test").iterdir()) == \
-        ["images-00000.npy", "images-00001.npy", "images-00002.npy", "index.parquet"]
+    assert sorted(p.name for p in (layout.public_dir(copy, "test")).iterdir()) == \
+        [*(layout.shard_name("images", k) for k in range(3)), layout.INDEX]
     other = Stream.load(copy, real_set)
-    shards = _images(copy / "public/test")
+    shards = _images(layout.public_dir(copy, "test"))
     for p, (src, orig) in enumerate(zip(other.mapping().source, other.mapping().original_id, strict=True)):
         np.testing.assert_array_equal(shards[p], sources[src][index[src].index(orig)])
     assert len({p // 40 for p in np.flatnonzero(other.is_real)}) >= 2
@@ -262,12 +264,12 @@ def test_the_split_restores_each_set_for_image_outputs_too(real_set, folded, pla
     from skybench.harness.submission import PredictResult
 
     stream = Stream.load(folded, real_set)
-    images = _images(folded / "public/test")
+    images = _images(layout.public_dir(folded, "test"))
     res = stream.split(PredictResult(True, "", 2 * images, stream.stream_ids, "cpu", 1.0))
     assert res.ok and len(res.ids) == 64
-    np.testing.assert_array_equal(res.predictions, 2 * _images(plain / "public/test"))
-    np.testing.assert_array_equal(res.extra.predictions, 2 * _images(real_set / "public/test"))
-    np.testing.assert_array_equal(res.extra.ids, pd.read_parquet(real_set / "public/test/index.parquet").id)
+    np.testing.assert_array_equal(res.predictions, 2 * _images(layout.public_dir(plain, "test")))
+    np.testing.assert_array_equal(res.extra.predictions, 2 * _images(layout.public_dir(real_set, "test")))
+    np.testing.assert_array_equal(res.extra.ids, open_release(real_set).meta("test").id)
     # A result that does not cover the stream in order (an executor bug, --limit) is refused, not misassigned.
     bad = stream.split(PredictResult(True, "", images, stream.stream_ids[::-1], "cpu", 1.0))
     assert not bad.ok and "stream" in bad.reason
@@ -291,10 +293,10 @@ def test_a_release_is_remade_byte_identically_with_the_same_key_seed_and_real_se
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     assert verify_release(a) == [] and verify_release(c) == []
     # Another key: another order (and other simulated test objects).
-    src_a, src_c = (pd.read_parquet(r / "hidden/test" / SOURCES) for r in (a, c))
+    src_a, src_c = (pd.read_parquet(layout.sources_path(layout.hidden_dir(r, "test"))) for r in (a, c))
     assert not src_a.source.equals(src_c.source) or not src_a.source_id.equals(src_c.source_id)
     # The manifest never names which stream ids are real.
-    assert "t0000" not in (a / "manifest.json").read_text()
+    assert "t0000" not in layout.manifest_path(a).read_text()
 
 
 def _fake_release(out, arrays: dict[str, tuple[int, ...]], n: int = 4):
@@ -326,11 +328,12 @@ def test_without_real_objects_nothing_is_folded_in_and_the_demo_path_still_works
     for real, why in ((empty, "no test objects"), (missing, "no real release")):
         rel = simulate_release(_with_real(real), tmp_path / f"rel-{real.name}", seed=3, size=64, progress=False,
                                real_set=True)
-        manifest = json.loads((rel / "manifest.json").read_text())
+        manifest = read_manifest(rel)
         assert manifest["real_set"]["folded_in"] is False and why in manifest["real_set"]["why"]
-        assert not (rel / "hidden/test" / SOURCES).exists()
-        for f in ("public/test/index.parquet", "public/test/images-00000.npy", "hidden/test/meta.parquet"):
-            assert (rel / f).read_bytes() == (plain / f).read_bytes(), f  # the demo's objects, ids and labels
+        assert not layout.sources_path(layout.hidden_dir(rel, "test")).exists()
+        for f in (layout.public_meta_path, lambda r, s: layout.public_dir(r, s) / layout.shard_name("images", 0),
+                  lambda r, s: layout.meta_path(layout.hidden_dir(r, s))):
+            assert f(rel, "test").read_bytes() == f(plain, "test").read_bytes(), f  # the demo's objects, ids, labels
     sub = python_submission(tmp_path / "subs", "sum", PIXEL_SUM)
     (o,) = evaluate([sub], _with_real(empty), tmp_path / "rel-empty", out=tmp_path / "evals", publish=False)
     assert o.status == "FINISHED", o.reason
@@ -342,8 +345,8 @@ def test_without_real_objects_nothing_is_folded_in_and_the_demo_path_still_works
 def test_evaluation_refuses_a_real_set_that_is_not_the_one_folded_in(real_set, folded, tmp_path):
     changed = tmp_path / "changed"  # the real set re-imported since: another manifest
     shutil.copytree(real_set, changed)
-    manifest = json.loads((changed / "manifest.json").read_text())
-    (changed / "manifest.json").write_text(json.dumps(manifest | {"note": "re-imported"}))
+    manifest = read_manifest(changed)
+    layout.manifest_path(changed).write_text(json.dumps(manifest | {"note": "re-imported"}))
     sub = python_submission(tmp_path / "subs", "sum", PIXEL_SUM)
     with pytest.raises(ReleaseError, match="re-make the release"):
         evaluate([sub], _with_real(changed), folded, out=tmp_path / "evals", publish=False)

@@ -23,6 +23,7 @@ from skybench.harness import evaluate as ev
 from skybench.harness.evaluate import evaluate, identity, record_dir, submission_time
 from skybench.harness.submission import load_submission
 from skybench.harness.visibility import private_dir
+from skybench.release import open_release
 from skybench.tracking import experiment_name
 from skybench.tracking.leaderboard import leaderboard
 from skybench.tracks import load_track
@@ -40,11 +41,11 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _ids(release: Path) -> np.ndarray:
-    return pd.read_parquet(release / "public/test/index.parquet")["id"].to_numpy()
+    return open_release(release).meta("test")["id"].to_numpy()
 
 
 def _labels(release: Path, ids: np.ndarray) -> np.ndarray:
-    meta = pd.read_parquet(release / "hidden/test/meta.parquet").set_index("id")
+    meta = open_release(release).hidden("test").meta().set_index("id")
     return meta.loc[ids, "is_lens"].to_numpy(float)
 
 

@@ -1,15 +1,21 @@
 """Releases: byte-identical for a seed, hashed in the manifest, verified, and written atomically."""
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from skybench.cli import app
-from skybench.release import read_manifest, verify_release, write_release
+from skybench.release import layout, open_release, read_manifest, verify_release, write_release
 from skybench.simulate import simulate_release
+
+
+def _name(path):
+    """The manifest's name of a path inside a release (built from the layout, never spelled here)."""
+    return layout.relpath(path, ".")
+
+
+TEST_IMAGES = _name(layout.public_dir(".", "test") / layout.shard_name("images", 0))
 
 
 def _files(root):
@@ -24,7 +30,7 @@ def test_same_seed_gives_byte_identical_files_and_another_seed_does_not(tmp_path
     other = simulate_release("lens-ground", tmp_path / "other", seed=4, size=48, progress=False)
     a, b = _files(other), _files(tiny_ground_release)
     assert a.keys() == b.keys()
-    assert a["public/test/images-00000.npy"] != b["public/test/images-00000.npy"]
+    assert a[TEST_IMAGES] != b[TEST_IMAGES]
 
 
 def test_manifest_describes_the_release(tiny_ground_release):
@@ -32,15 +38,16 @@ def test_manifest_describes_the_release(tiny_ground_release):
     assert m["track"] == "lens-ground" and m["profile"] == "demo" and m["seed"] == 3
     assert m["bands"] == ["u", "g", "r", "i"] and m["pixel_scale"] == 0.2
     assert m["image_shape"] == [4, 101, 101] and m["counts"]["test"] == 48
-    assert set(m["files"]) >= {"public/train/meta.parquet", "public/test/index.parquet",
-                               "hidden/test/meta.parquet", "public/test/images-00000.npy"}
-    images = np.load(tiny_ground_release / "public/test/images-00000.npy", mmap_mode="r")
+    assert set(m["files"]) >= {_name(layout.public_meta_path(".", "train")),
+                               _name(layout.public_meta_path(".", "test")),
+                               _name(layout.meta_path(layout.hidden_dir(".", "test"))), TEST_IMAGES}
+    images = np.load(tiny_ground_release / TEST_IMAGES, mmap_mode="r")
     assert images.dtype == np.float32 and images.shape == (48, 4, 101, 101)
 
 
 def test_test_labels_are_only_in_hidden(tiny_ground_release):
-    public = pd.read_parquet(tiny_ground_release / "public/test/index.parquet")
-    hidden = pd.read_parquet(tiny_ground_release / "hidden/test/meta.parquet")
+    public = open_release(tiny_ground_release).meta("test")
+    hidden = open_release(tiny_ground_release).hidden("test").meta()
     assert list(public.columns) == ["id"]
     assert "is_lens" in hidden.columns and (hidden.id.to_numpy() == public.id.to_numpy()).all()
 
@@ -51,19 +58,19 @@ def test_verify_passes_and_names_a_changed_file(tmp_path, tiny_space_release):
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_space_release, copy)
-    shard = copy / "public/train/images-00000.npy"
+    shard = layout.shard_paths(layout.public_dir(copy, "train"), "images")[0]  # corrupted on purpose
     data = bytearray(shard.read_bytes())
     data[-7] ^= 0xFF
     shard.write_bytes(bytes(data))
     problems = verify_release(copy)
-    assert len(problems) == 1 and "public/train/images-00000.npy" in problems[0]
+    assert len(problems) == 1 and layout.relpath(shard, copy) in problems[0]
     result = CliRunner().invoke(app, ["verify", str(copy)])
     assert result.exit_code != 0 and "images-00000.npy" in result.output
 
 
 def test_verify_rejects_a_folder_without_manifest(tmp_path):
     result = CliRunner().invoke(app, ["verify", str(tmp_path)])
-    assert result.exit_code != 0 and "manifest.json" in result.output
+    assert result.exit_code != 0 and layout.MANIFEST in result.output
 
 
 def test_a_failed_write_leaves_the_previous_release_intact(tmp_path, tiny_space_release):
@@ -90,7 +97,7 @@ def test_cli_simulate_writes_a_release(tmp_path):
     result = CliRunner().invoke(app, ["simulate", "lens-space", "--out", str(tmp_path / "r"), "--size", "8",
                                       "--seed", "2"])
     assert result.exit_code == 0, result.output
-    m = json.loads((tmp_path / "r/manifest.json").read_text())
+    m = read_manifest(tmp_path / "r")
     assert m["counts"] == {"train": 8, "val": 2, "test": 8}
 
 

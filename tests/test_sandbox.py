@@ -14,6 +14,7 @@ import pytest
 from helpers import bwrap_works
 
 from skybench.harness.sandbox import Limits, SandboxResult, run_sandboxed
+from skybench.release import layout
 
 pytestmark = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap missing or cannot create namespaces")
 
@@ -93,21 +94,22 @@ def test_socket_to_host_loopback_server_never_connects(tmp_path):
 
 def test_hidden_dir_next_to_bound_public_dir_is_invisible(tmp_path):
     release = tmp_path / "release"
-    (release / "public" / "test").mkdir(parents=True)
-    (release / "hidden").mkdir()
-    (release / "public" / "test" / "images.txt").write_text("public images")
+    public, hidden = layout.public_dir(release, "test"), layout.hidden_dir(release, "test")
+    public.mkdir(parents=True)
+    hidden.mkdir(parents=True)
+    (public / "images.txt").write_text("public images")
     secret = f"label-secret-{uuid.uuid4().hex}"
-    (release / "hidden" / "labels.csv").write_text(secret)
+    (hidden / "labels.csv").write_text(secret)
     res = run_script(tmp_path, f"""
         import os
-        print(open("{release}/public/test/images.txt").read())
+        print(open("{public}/images.txt").read())
         print(os.listdir("{release}"))
-        print(open("{release}/hidden/labels.csv").read())
-    """, ro_binds=[release / "public" / "test"])
+        print(open("{hidden}/labels.csv").read())
+    """, ro_binds=[public])
     assert not res.ok
     assert res.reason.startswith("exited with status 1: FileNotFoundError")
     assert "public images" in res.stdout  # the bound public folder is readable ...
-    assert "['public']" in res.stdout  # ... but nothing else of the release exists inside
+    assert f"[{layout.PUBLIC!r}]" in res.stdout  # ... but nothing else of the release exists inside
     assert secret not in res.stdout + res.stderr
 
 

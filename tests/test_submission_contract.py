@@ -15,6 +15,7 @@ import pytest
 from helpers import bwrap_works
 
 from skybench.harness.submission import FORMATS, Submission, SubmissionError, load_submission, sandboxed_predict
+from skybench.release import layout, open_release
 from skybench.tracks import Evaluation, SandboxLimits, load_track
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def examples(tmp_path_factory, tiny_space_release) -> Path:
 
 
 def index_ids(release: Path) -> np.ndarray:
-    return pd.read_parquet(release / "public" / "test" / "index.parquet")["id"].to_numpy()
+    return open_release(release).meta("test")["id"].to_numpy()
 
 
 def write_submission(folder: Path, spec: str, files: dict[str, str]) -> Path:
@@ -153,14 +154,16 @@ def test_yaml_syntax_error_names_line(tmp_path):
 
 # --- evaluation safety: malicious or broken python submissions ------------------------------------
 
+# The probe's paths come from the layout: renaming a folder must not make it look in the wrong place and pass.
 LEAK_PROBE = """
+    import fnmatch
     import os
     import numpy as np
 
     RELEASE = {release!r}
-    CANDIDATES = ["/inputs/../hidden/test/meta.parquet", "/hidden/test/meta.parquet",
-                  RELEASE + "/hidden/test/meta.parquet", RELEASE + "/manifest.json",
-                  RELEASE + "/public/train/meta.parquet"]
+    CANDIDATES = ["/inputs/../" + {hidden_meta!r}, "/" + {hidden_meta!r},
+                  RELEASE + "/" + {hidden_meta!r}, RELEASE + "/" + {manifest!r},
+                  RELEASE + "/" + {train_meta!r}]
 
     def leaks(walk=True):
         found = []
@@ -173,7 +176,7 @@ LEAK_PROBE = """
                 pass
         for top, dirs, files in os.walk("/") if walk else ():
             dirs[:] = [d for d in dirs if (top, d) not in SKIP and d != "site-packages"]
-            found += [os.path.join(top, n) for n in dirs + files if "hidden" in n or n == "meta.parquet"]
+            found += [os.path.join(top, n) for n in dirs + files if {hidden!r} in n or n == {meta!r}]
         try:
             open("/inputs/planted", "w").close()
             found.append("/inputs is writable")
@@ -185,7 +188,7 @@ LEAK_PROBE = """
 
     def load(model_dir):
         names = os.listdir("/inputs")
-        assert all(n == "index.parquet" or n.startswith("images-") for n in names), names
+        assert all(n == {index!r} or fnmatch.fnmatch(n, {images!r}) for n in names), names
         return None
 
     def predict(model, batch):
@@ -197,14 +200,17 @@ LEAK_PROBE = """
 
 @needs_bwrap
 def test_hidden_labels_are_out_of_reach(tiny_space_release, fast_track, tmp_path):
-    code = LEAK_PROBE.format(release=str(tiny_space_release.resolve()))
+    code = LEAK_PROBE.format(release=str(tiny_space_release.resolve()), hidden=layout.HIDDEN, meta=layout.META,
+                             hidden_meta=layout.relpath(layout.meta_path(layout.hidden_dir(".", "test")), "."),
+                             train_meta=layout.relpath(layout.public_meta_path(".", "train"), "."),
+                             manifest=layout.MANIFEST, index=layout.INDEX, images=layout.shard_pattern("images"))
     ns: dict = {}
     exec(textwrap.dedent(code), ns)
     assert len(ns["leaks"](walk=False)) >= 3  # outside the sandbox the probe does see the labels
     res = sandboxed_predict(python_submission(tmp_path / "sub", code), tiny_space_release,
                             scratch=tmp_path / "scratch", track=fast_track)
     assert res.ok, res.reason
-    assert not (tiny_space_release / "public" / "test" / "planted").exists()
+    assert not (layout.public_dir(tiny_space_release, "test") / "planted").exists()
 
 
 @needs_bwrap

@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 import skybench
 from skybench.cli import app
 from skybench.physics.backend import get_backend
-from skybench.release import read_manifest, verify_release
+from skybench.release import layout, open_release, read_manifest, verify_release
+from skybench.release.writer import SPLITS
 from skybench.simulate import simulate_release, simulator_class
 from skybench.testkey import (
     KeyFileError,
@@ -63,7 +64,8 @@ def _attack(track_name: str, seeds: ObjectSeeds, split: str, n: int):
 
 
 def _npy(release, split: str, name: str, hidden: bool = False) -> np.ndarray:
-    return np.load(release / ("hidden" if hidden else "public") / split / f"{name}-00000.npy")
+    folder = layout.hidden_dir(release, split) if hidden else layout.public_dir(release, split)
+    return np.load(folder / layout.shard_name(name, 0))
 
 
 @pytest.mark.parametrize("track", list(SIZES))
@@ -71,7 +73,7 @@ def test_challenge_test_set_cannot_be_remade_from_public_information(challenge, 
     releases, _ = challenge
     rel = releases[track]
     n = SIZES[track]
-    truth = pd.read_parquet(rel / "hidden/test/meta.parquet")
+    truth = open_release(rel).hidden("test").meta()
     arrays = {"lens-space": "images", "photoz-catalog": "features", "enhance": "images"}[track]
     published = _npy(rel, "test", arrays)
 
@@ -112,7 +114,7 @@ def test_same_key_file_remakes_the_release_byte_identically_and_another_key_chan
     again = simulate_release("lens-space", tmp_path / "again", profile="challenge", seed=SEED,
                              size=SIZES["lens-space"], progress=False, workers=1, key_file=key_file)
     assert read_manifest(again)["files"] == first["files"]
-    assert (again / "manifest.json").read_bytes() == (releases["lens-space"] / "manifest.json").read_bytes()
+    assert layout.manifest_path(again).read_bytes() == layout.manifest_path(releases["lens-space"]).read_bytes()
     assert verify_release(again) == []
     assert first["test_key"]["kind"] == "private"
     assert first["test_key"]["fingerprint"] == read_key(key_file).fingerprint
@@ -122,7 +124,8 @@ def test_same_key_file_remakes_the_release_byte_identically_and_another_key_chan
                              key_file=_write_key(tmp_path / "other.key", OTHER_KEY))
     files = read_manifest(other)["files"]
     changed = {f for f in files if files[f]["sha256"] != first["files"][f]["sha256"]}
-    assert changed == {"public/test/images-00000.npy", "hidden/test/meta.parquet"}
+    assert changed == {layout.relpath(p, other) for p in (layout.public_dir(other, "test") / layout.shard_name(
+        "images", 0), layout.meta_path(layout.hidden_dir(other, "test")))}
     assert read_manifest(other)["test_key"]["fingerprint"] != first["test_key"]["fingerprint"]
 
 
@@ -131,13 +134,14 @@ def test_no_test_seed_or_key_material_in_public_files_or_manifest(challenge):
     secret = read_key(key_file).secret
     assert secret is not None
     for track, rel in releases.items():
-        seeds = set(pd.read_parquet(rel / "hidden/test/meta.parquet")["seed"].tolist())
+        seeds = set(open_release(rel).hidden("test").meta()["seed"].tolist())
         assert seeds == {ObjectSeeds(SEED, read_key(key_file))("test", i) for i in range(SIZES[track])}
-        assert pq.read_schema(rel / "public/test/index.parquet").names == ["id"]
+        assert pq.read_schema(layout.public_meta_path(rel, "test")).names == ["id"]
         needles = [secret, secret.hex().encode(), secret.hex().upper().encode(), FIXED_KEY.encode()]
         needles += [s.to_bytes(8, order) for s in seeds for order in ("little", "big")] + \
                    [str(s).encode() for s in seeds]
-        files = [p for p in (rel / "public").rglob("*") if p.is_file()] + [rel / "manifest.json"]
+        files = [p for s in SPLITS for p in layout.public_dir(rel, s).rglob("*") if p.is_file()] \
+            + [layout.manifest_path(rel)]
         for path in files:
             data = path.read_bytes()
             assert not [x for x in needles if x in data], path
@@ -175,7 +179,7 @@ def test_demo_profile_uses_the_public_derivation_and_says_so(tmp_path, monkeypat
     assert read_manifest(rel)["test_key"]["kind"] == "public"
     assert "fingerprint" not in read_manifest(rel)["test_key"]
     assert not (tmp_path / "keys").exists()  # no key needed, none made
-    seeds = pd.read_parquet(rel / "hidden/test/meta.parquet")["seed"].tolist()
+    seeds = open_release(rel).hidden("test").meta()["seed"].tolist()
     assert seeds == [public_object_seed(1, "test", i) for i in range(4)]
 
 
@@ -213,7 +217,7 @@ def test_challenge_refuses_a_public_or_bad_key(tmp_path):
         release_key("challenge", key_file=tmp_path / "absent.key", create=False)
     assert not (tmp_path / "absent.key").exists()
     with pytest.raises(KeyFileError, match="inside"):  # the release folder is replaced, and bound in the sandbox
-        release_key("challenge", key_file=tmp_path / "rel/hidden/k.key", out=tmp_path / "rel")
+        release_key("challenge", key_file=layout.hidden_dir(tmp_path / "rel") / "k.key", out=tmp_path / "rel")
     for inside_sandbox in (Path(skybench.__file__).parent / "k.key", Path(sys.prefix) / "k.key"):
         with pytest.raises(KeyFileError, match="inside"):
             release_key("challenge", key_file=inside_sandbox)
@@ -237,8 +241,8 @@ def test_cli_simulate_takes_a_key_file_and_names_a_bad_one(tmp_path):
 
 def test_one_key_per_profile_keeps_the_photoz_tracks_on_the_same_test_galaxies(tmp_path, monkeypatch):
     monkeypatch.setenv("SKYBENCH_KEY_DIR", str(tmp_path / "keys"))
-    metas = [pd.read_parquet(simulate_release(t, tmp_path / t, profile="challenge", seed=2, size=3, progress=False,
-                                              workers=1) / "hidden/test/meta.parquet")
+    metas = [open_release(simulate_release(t, tmp_path / t, profile="challenge", seed=2, size=3, progress=False,
+                                           workers=1)).hidden("test").meta()
              for t in ("photoz-catalog", "photoz-images")]
     assert metas[0]["seed"].tolist() == metas[1]["seed"].tolist()
     assert metas[0]["z"].tolist() == metas[1]["z"].tolist()

@@ -29,7 +29,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture(scope="module")
 def track() -> Track:
-    t = load_track("lens-space")  # whole-test-set ranking here; the public/private phases: test_public_private.py
+    t = load_track("lens-space")  # whole-test-set ranking here; the public-private phases: test_public_private.py
     return t.model_copy(update={"evaluation": t.evaluation.model_copy(update={"public_fraction": None})})
 
 

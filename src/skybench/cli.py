@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from skybench.release import layout  # names only: keeps the CLI start light
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproducible benchmarks and challenges for deep learning in astronomy.")
 
@@ -33,7 +35,7 @@ def simulate(track: str, out: Annotated[Path, typer.Option(help="release folder 
                       "secrets/PROFILE.key); needed by every profile but demo")] = None,
              create_key: Annotated[bool, typer.Option(
                  help="create the key file if it does not exist")] = True) -> None:
-    """Simulate a track into a versioned release (manifest, public/ and hidden/)."""
+    """Simulate a track into a versioned release (manifest, public and hidden folders)."""
     from skybench.simulate import simulate_release
 
     try:
@@ -81,7 +83,7 @@ def validate(folder: Path, release: Annotated[Path | None, typer.Option(help="re
         _fail(f"{_shown(folder)}: the schema is valid, but running the model needs the evaluation extras "
               f"({exc.name} is missing): pip install 'skybench[eval]'")
     release = release or default_release(track)
-    if not (release / "manifest.json").is_file():
+    if not layout.is_release(release):
         _fail(f"no release at {release}; make one with `skybench simulate {track.name} --out {release}` "
               "or pass --release")
     with tempfile.TemporaryDirectory(prefix="skybench-validate-") as scratch:
@@ -164,7 +166,7 @@ def leaderboard(track: str,
     if publish is not None:
         log_(publish, track)
     rel = release or default_release(t)
-    sha = None if all_releases or not (rel / "manifest.json").is_file() else release_digest(rel)
+    sha = None if all_releases or not layout.is_release(rel) else release_digest(rel)
     if write:
         lb.write_results(t, write, release_sha256=sha)
         _copy_roc_curves(write / "evaluations", write / "roc")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from skybench.physics.backend import get_backend
-from skybench.release import read_manifest, release_digest, write_release
+from skybench.release import layout, read_manifest, release_digest, write_release
 from skybench.release.mixing import fold_in, order_key
 from skybench.testkey import ObjectSeeds, default_key_path, release_key, require_private
 from skybench.tracks import Track, load_track, project_root
@@ -75,7 +75,7 @@ def _real_set_fold(track: Track, real_set: Path | str | bool, key: bytes) -> Cal
             return {}
         real = project_root() / given
         entry: dict[str, Any] = {"path": given, "folded_in": False}
-        if not (real / "manifest.json").is_file():
+        if not layout.is_release(real):
             return {"real_set": entry | {"why": "no real release there when this release was made"}}
         if read_manifest(real)["counts"]["test"] == 0:
             return {"real_set": entry | {"why": "the real release has no test objects"}}

@@ -51,7 +51,7 @@ from skybench.harness.submission import (
     read_spec_file,
 )
 from skybench.harness.visibility import make_private_root, participant_view, private_dir, write_participant_view
-from skybench.release import ReleaseError, read_manifest, release_digest, verify_release
+from skybench.release import ReleaseError, layout, read_manifest, release_digest, verify_release
 from skybench.release.mixing import Stream
 from skybench.release.reader import HiddenSplit, Release
 from skybench.tracking import find_evaluation, git_commit
@@ -90,7 +90,7 @@ def check_release(release: Path, track: Track) -> str:
     manifest = read_manifest(release)
     if manifest.get("track") != track.name:
         raise ReleaseError(f"{release}: release of track {manifest.get('track')!r}, not {track.name!r}")
-    problems = verify_release(release, only=("public/test/", "hidden/"))  # what scoring reads
+    problems = verify_release(release, only=layout.split_prefixes("test"))  # what scoring reads
     if problems:
         raise ReleaseError(f"{release}: refusing to evaluate on a release that fails verification:\n  "
                            + "\n  ".join(problems))
@@ -258,7 +258,7 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
             plans.append(_crashed(Path(f), None, exc, out, release_sha, track))
     todo = [p for p in plans if isinstance(p, _Plan)]
     challenge = read_manifest(release).get("profile") == "challenge"  # never run without cgroup limits
-    jobs = [Job(p.sub, release / "public" / "test", track, challenge) for p in todo]
+    jobs = [Job(p.sub, layout.public_dir(release, "test"), track, challenge) for p in todo]
     results = _results(get_executor(executor, **(executor_options or {})), jobs) if jobs else iter(())
     outcomes = []
     for plan in plans:
@@ -444,7 +444,7 @@ def _real_set(track: Track, release: Path) -> Path | None:
     if not track.evaluation.real_set or not folded.get("folded_in"):
         return None
     real = project_root() / track.evaluation.real_set
-    if not (real / "manifest.json").is_file() or release_digest(real) != folded.get("release_sha256"):
+    if not layout.is_release(real) or release_digest(real) != folded.get("release_sha256"):
         raise ReleaseError(f"{release} holds the real set {folded.get('path')} as it was when the release was made "
                            f"(sha256 {folded.get('release_sha256')}), but {real} is missing or has changed since; "
                            "re-make the release (`dvc repro`, or `skybench simulate`) so both agree")

@@ -9,7 +9,7 @@ the cluster has GPUs). Shard boundaries fall on the runner's batch boundaries (a
 shards, exactly as in a local run), so a deterministic model gets the same batches and gives the same bits.
 A task whose shard is not the whole test set predicts a *view* of it: a folder in the task's temporary
 directory with the shard's rows of each input array (whole shard files are hard-linked, else copied) and of
-``index.parquet``; the sandbox sees only that folder.
+the ids index (:mod:`skybench.release.layout`); the sandbox sees only that folder.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import pandas as pd
 
 from skybench.harness.sandbox import remove_tree
 from skybench.harness.submission import PredictResult, Submission, sandboxed_predict
+from skybench.release import layout
+from skybench.release.shards import input_arrays, shards
 from skybench.tracks import Track
 
 EXECUTORS = ("local", "ray")
@@ -34,7 +36,7 @@ EXECUTORS = ("local", "ray")
 
 @dataclass(frozen=True)
 class Job:
-    """One submission to predict on one input folder (a release's public/test folder: with a real set, one
+    """One submission to predict on one input folder (a release's public test folder: with a real set, one
     stream of the test and real sets from :mod:`skybench.release.mixing`, whose mapping the caller splits back)."""
 
     sub: Submission
@@ -166,10 +168,7 @@ def _connect(address: str | None, num_cpus: int | None) -> tuple[Any, bool]:
 
 def _shard_files(test_dir: Path) -> dict[str, list[tuple[Path, int]]]:
     """{array name: [(shard file, rows), ...]} of the per-object arrays in a public test folder."""
-    from skybench.harness.runner import input_arrays
-
-    return {name: [(p, int(np.load(p, mmap_mode="r").shape[0])) for p in sorted(test_dir.glob(f"{name}-*.npy"))]
-            for name in input_arrays(test_dir)}
+    return {name: [(s.path, s.rows) for s in shards(test_dir, name)] for name in input_arrays(test_dir)}
 
 
 def shard_ranges(test_dir: Path, batch_size: int, shards: int) -> list[tuple[int, int]]:
@@ -194,7 +193,7 @@ def write_view(test_dir: Path, start: int, stop: int, dest: Path) -> Path:
         for path, rows in files:
             a, b = max(start, offset), min(stop, offset + rows)
             if a < b:
-                target = dest / f"{name}-{k:05d}.npy"
+                target = dest / layout.shard_name(name, k)
                 k += 1
                 if (a, b) == (offset, offset + rows):
                     try:
@@ -204,8 +203,8 @@ def write_view(test_dir: Path, start: int, stop: int, dest: Path) -> Path:
                 else:
                     _copy_rows(path, a - offset, b - offset, target)
             offset += rows
-    index = pd.read_parquet(Path(test_dir) / "index.parquet")
-    index.iloc[start:stop].to_parquet(dest / "index.parquet", index=False)
+    index = pd.read_parquet(layout.index_path(test_dir))
+    index.iloc[start:stop].to_parquet(layout.index_path(dest), index=False)
     for p in [dest, *dest.iterdir()]:
         p.chmod(0o755 if p.is_dir() else 0o644)  # readable by the sandbox's unprivileged uid
     return dest

@@ -3,15 +3,15 @@
     python -m skybench.harness.runner --submission /submission --inputs /inputs \
         --out /scratch/predictions.npy [--limit N] [--batch-size B] [--device auto|cpu|cuda]
 
-There is one input folder, the release's public/test: on a track with a real set it holds the simulated test
-set and the real set as one stream in a keyed order, with opaque ids (``skybench.release.mixing``).
+There is one input folder, the release's public test split: on a track with a real set it holds the simulated
+test set and the real set as one stream in a keyed order, with opaque ids (``skybench.release.mixing``).
 
-Every model gets float32 batches of shape (B, bands, H, W), streamed from the shards ``images-*.npy``
-(the last batch may be smaller). On a catalogue track it gets ``features`` (B, F) instead, and on a track
-with both, a pair ``(images, features)`` (ONNX: two inputs, in that order; Keras: a list; torch: two
-arguments; sklearn: both flattened and concatenated; python: the tuple). Outputs are stacked into one
-float32 .npy; a trailing singleton axis is dropped ((B, 1) -> (B,)). ``runner.json`` next to it records
-device, count and seconds.
+Every model gets float32 batches of shape (B, bands, H, W), streamed from the shards of ``images``
+(:func:`skybench.release.shards.iter_batches`; the last batch of each shard file may be smaller). On a
+catalogue track it gets ``features`` (B, F) instead, and on a track with both, a pair ``(images, features)``
+(ONNX: two inputs, in that order; Keras: a list; torch: two arguments; sklearn: both flattened and
+concatenated; python: the tuple). Outputs are stacked into one float32 .npy; a trailing singleton axis is
+dropped ((B, 1) -> (B,)). ``runner.json`` next to it records device, count and seconds.
 
 Formats:
   onnx     onnxruntime, CUDAExecutionProvider first when available; exactly one input, first output used.
@@ -42,9 +42,10 @@ from pathlib import Path
 
 import numpy as np
 
+from skybench.release import shards  # numpy only: no pandas or pyarrow in the sandbox
+
 Batch = np.ndarray | tuple[np.ndarray, ...]
 Predict = Callable[[Batch], object]
-INPUT_ARRAYS = ("images", "features")  # the per-object arrays a model may get, in this order
 SKOPS_ALLOWED = ("sklearn.", "numpy.", "scipy.sparse.")
 # the pyproject extra that installs each model format's framework (the core install has none of them)
 FRAMEWORK_EXTRAS = {"onnxruntime": "eval", "skops": "eval", "sklearn": "eval", "scipy": "eval",
@@ -214,10 +215,10 @@ def read_spec(folder: Path) -> tuple[str, Path]:
 
 def input_arrays(inputs: Path) -> list[str]:
     """Names of the per-object arrays in an input folder, in the order a model gets them."""
-    names = [n for n in INPUT_ARRAYS if any(inputs.glob(f"{n}-*.npy"))]
-    if not names:
-        raise RunnerError(f"{inputs}: no input arrays ({', '.join(f'{n}-*.npy' for n in INPUT_ARRAYS)})")
-    return names
+    try:
+        return shards.input_arrays(inputs)
+    except shards.ShardError as exc:
+        raise RunnerError(str(exc)) from exc
 
 
 def iter_inputs(inputs: Path, batch_size: int, limit: int | None) -> Iterator[Batch]:
@@ -231,29 +232,17 @@ def iter_inputs(inputs: Path, batch_size: int, limit: int | None) -> Iterator[Ba
 def iter_batches(inputs: Path, batch_size: int, limit: int | None, name: str = "images") -> Iterator[np.ndarray]:
     """Batches from the shards, in order, read with plain file reads rather than a memory map, so that
     only one batch is ever resident (touched pages of a memory map would count towards the RSS)."""
-    left = limit
-    for shard_path in sorted(inputs.glob(f"{name}-*.npy")):
-        with open(shard_path, "rb") as f:
-            major, _ = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read_header(f)
-            if fortran:
-                raise RunnerError(f"{shard_path.name}: Fortran-ordered arrays are not supported")
-            per_row = int(np.prod(shape[1:]))
-            for start in range(0, shape[0], batch_size):
-                if left is not None and left <= 0:
-                    return
-                rows = min(shape[0], start + batch_size) - start
-                rows = rows if left is None else min(rows, left)
-                batch = np.fromfile(f, dtype=dtype, count=rows * per_row).reshape(rows, *shape[1:])
-                yield np.ascontiguousarray(batch, dtype=np.float32)
-                if left is not None:
-                    left -= rows
+    try:
+        yield from shards.iter_batches(inputs, name, batch_size, limit)
+    except shards.ShardError as exc:
+        raise RunnerError(str(exc)) from exc
 
 
 def count_inputs(inputs: Path, limit: int | None) -> int:
-    first = input_arrays(inputs)[0]
-    n = sum(len(np.load(p, mmap_mode="r")) for p in inputs.glob(f"{first}-*.npy"))
+    try:
+        n = shards.count_rows(inputs, input_arrays(inputs)[0])
+    except shards.ShardError as exc:
+        raise RunnerError(str(exc)) from exc
     return n if limit is None else min(n, limit)
 
 

@@ -36,7 +36,7 @@ def score(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Hidden
 def _with_parts(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: HiddenSplit, out_dir: Path,
                 run: Callable[[np.ndarray, np.ndarray, Path], dict[str, float]],
                 public: Callable[[np.ndarray, np.ndarray, Path], None] | None = None) -> dict[str, float]:
-    """``run(ids, predictions, out)`` on the whole test set, then, with a public/private split, on each part
+    """``run(ids, predictions, out)`` on the whole test set, then, with public and private parts, on each part
     (its plots are not kept), adding ``public_<m>`` and ``private_<m>``; then ``public(ids, predictions, out)``
     on the public part (the whole set without a split)."""
     metrics = run(ids, predictions, Path(out_dir))
@@ -71,7 +71,7 @@ def score_real(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: H
                real_predictions: np.ndarray, real_hidden: HiddenSplit, out_dir: Path) -> dict[str, float]:
     """Metrics on the track's real set (``evaluation.real_set``), predicted in the same sandboxed run.
 
-    With a public/private split, also ``public_<m>`` / ``private_<m>``: the same metrics with only that part of
+    With public and private parts, also ``public_<m>`` / ``private_<m>``: the same metrics with only that part of
     the simulated test set given to the scorer (e.g. the threshold of real-lens recall comes from that part)."""
     task = get_task(track.task)
     return _with_parts(track, ids, predictions, hidden, out_dir,

@@ -5,9 +5,9 @@
         model.onnx          or .keras / .pt2 (torch.export) / .skops / predict.py / predictions .csv
 
 ``sandboxed_predict`` runs ``python -m skybench.harness.runner`` under bubblewrap with only the submission folder
-(at /submission) and the release's ``public/test`` folder (at /inputs) bound read-only, then validates
+(at /submission) and the release's public test folder (at /inputs) bound read-only, then validates
 what came back in the parent. The ``predictions`` format runs no code: its CSV (``id,score``) is checked
-against the release's ``index.parquet`` here.
+against the release's test ids here.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pydantic_core import ErrorDetails
 
 from skybench.harness.files import SUBMISSION_LIMITS, FolderError, WalkLimits, open_regular, read_regular, walk
 from skybench.harness.sandbox import Limits, run_sandboxed
-from skybench.release import read_manifest, sha256_file
+from skybench.release import layout, read_manifest, sha256_file
 from skybench.tracks import Output, Track, list_tracks
 
 FORMATS = ("onnx", "keras", "torch", "sklearn", "python", "predictions")
@@ -119,7 +119,7 @@ class PredictResult:
     ok: bool
     reason: str  # "" when ok, else one line
     predictions: np.ndarray | None  # float32 (N,) in the order of ``ids``; None when not ok
-    ids: np.ndarray  # ids of the inputs (index.parquet order), first ``limit`` when limited
+    ids: np.ndarray  # ids of the inputs (in the input folder's order), first ``limit`` when limited
     device: str  # "cuda", "cpu", "none" (predictions format) or "unknown"
     seconds: float  # wall time of the sandboxed run (0 for the predictions format)
     log: str = ""  # tail of the runner's stderr
@@ -261,11 +261,12 @@ def load_submission(folder: str | Path) -> Submission:
 
 
 def _test_folder(inputs: Path) -> Path:
-    """``public/test`` of a release root, or ``inputs`` itself when it already is such a folder."""
+    """The public test folder of a release root, or ``inputs`` itself when it already is such a folder."""
     inputs = Path(inputs).resolve()
-    folder = inputs / "public" / "test" if (inputs / "public" / "test").is_dir() else inputs
-    if "hidden" in folder.parts or not (folder / "index.parquet").is_file():
-        raise FileNotFoundError(f"{inputs}: not a release nor its public/test folder (no index.parquet)")
+    public = layout.public_dir(inputs, "test")
+    folder = public if public.is_dir() else inputs
+    if not layout.is_input_folder(folder):
+        raise FileNotFoundError(f"{inputs}: not a release nor its public test folder (no {layout.INDEX})")
     return folder
 
 
@@ -373,7 +374,7 @@ def read_predictions_csv(path: Path, ids: np.ndarray) -> tuple[np.ndarray | None
 def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Track, limit: int | None = None,
                       gpu: bool | None = None, threads: int | None = None,
                       require_cgroups: bool | None = None) -> PredictResult:
-    """Predict the test set of the release ``inputs`` (its root or its ``public/test`` folder).
+    """Predict the test set of the release ``inputs`` (its root or its public test folder).
 
     Code runs in the sandbox with the track's limits, seeing only the submission and the public test
     images; the parent then checks count, shape and finiteness. ``gpu=None``: use CUDA when available.
@@ -382,7 +383,7 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
     of the model (default min(4, cores)); an executor running several sandboxes at once gives each fewer.
     ``require_cgroups``: refuse to run without cgroup limits (None: when ``inputs`` is in a ``challenge`` release)."""
     test_dir = _test_folder(inputs)
-    all_ids = pd.read_parquet(test_dir / "index.parquet")["id"].to_numpy()
+    all_ids = pd.read_parquet(layout.index_path(test_dir))["id"].to_numpy()
     n = len(all_ids) if limit is None else min(limit, len(all_ids))
     ids = all_ids[:n]
     if sub.spec.format == "predictions":
@@ -436,10 +437,10 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
 
 
 def _challenge(test_dir: Path) -> bool:
-    """Whether ``test_dir`` (a release's public/test) belongs to a ``challenge``-profile release, which must
-    not run without cgroups."""
+    """Whether ``test_dir`` (a release's public test folder) belongs to a ``challenge``-profile release, which
+    must not run without cgroups."""
     try:
-        return read_manifest(test_dir.parent.parent).get("profile") == "challenge"
+        return read_manifest(layout.release_of(test_dir)[0]).get("profile") == "challenge"
     except Exception:  # a bare test folder (tests, Ray shard views): no manifest
         return False
 

@@ -5,7 +5,7 @@ the truth) into the organiser's folder, ``results/<track>/private/<record>/`` (:
 participant's record folder, ``results/<track>/evaluations/<record>/``, and the participant MLflow experiment
 ``skybench-<track>`` get only:
 
-* the metrics :func:`participant_view` keeps: with a public/private split, the ``public_*`` metrics while the
+* the metrics :func:`participant_view` keeps: with a public-private split, the ``public_*`` metrics while the
   phase is ``open`` and also the ``private_*`` ones once it is ``closed`` (never a whole-set metric); without a
   split, the whole-set metrics;
 * the files :func:`participant_artifacts` names for the task: aggregate tables and plots that hold no

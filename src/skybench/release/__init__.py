@@ -1,205 +1,42 @@
-"""Versioned dataset releases: one writer for every track, atomic, hashed, streamed in chunks.
+"""Versioned dataset releases: the only code that knows how a release lies on disk.
 
-Layout::
+* :mod:`~skybench.release.layout`: the folder and file names (nothing else spells them);
+* :mod:`~skybench.release.writer`: :func:`write_release`, atomic, hashed, streamed in chunks;
+* :mod:`~skybench.release.reader`: :func:`open_release` / :class:`Release` for teams and trainers (arrays,
+  metadata, :meth:`Release.public_batches`) and :class:`HiddenSplit` for the scorers;
+* :mod:`~skybench.release.verify`: the manifest, :func:`verify_release`, :func:`release_digest`;
+* :mod:`~skybench.release.shards`: the numpy-only shard reading the sandboxed runner uses;
+* :mod:`~skybench.release.mixing`: the real set folded into the test split.
 
-    DIR/manifest.json            track, profile, seed, version, counts, shapes, sha256 of every file
-    DIR/public/{train,val}/      images-00000.npy ... (float32, N x bands x H x W) + meta.parquet
-    DIR/public/test/             images-*.npy + index.parquet (ids only)
-    DIR/hidden/test/meta.parquet labels and full metadata of the test set
-
-A track may have other per-object arrays besides ``images`` (e.g. ``features``: catalogue magnitudes, or
-``truth``: the undegraded image), each sharded the same way as ``<name>-00000.npy``. Arrays named in
-``hidden_arrays`` go to ``hidden/test/`` for the test split (they are answers), and to ``public/`` otherwise.
+The names below are loaded on first use, so that ``import skybench.release.layout`` (in the sandbox) does not
+import pandas, pyarrow or rich.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import os
-import shutil
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+if TYPE_CHECKING:
+    from skybench.release.reader import HiddenSplit, Release, ShardedArray, open_release
+    from skybench.release.verify import ReleaseError, read_manifest, release_digest, sha256_file, verify_release
+    from skybench.release.writer import write_release
 
-from skybench import __version__
+__all__ = ["HiddenSplit", "Release", "ReleaseError", "ShardedArray", "open_release", "read_manifest",
+           "release_digest", "sha256_file", "verify_release", "write_release"]
 
-FORMAT = "skybench-release/1"
-SPLITS = ("train", "val", "test")
-# (split, [(start, stop), ...]) -> the chunks in that order: (arrays, metadata with ``id``), where arrays is
-# the float32 images (B, ...) or a dict {array name: float32 (B, ...)}
-Chunk = tuple["np.ndarray | dict[str, np.ndarray]", "pd.DataFrame | dict[str, np.ndarray]"]  # arrays, metadata
-ChunksFn = Callable[[str, list[tuple[int, int]]], Iterator[Chunk]]
+_HOME = {"HiddenSplit": "reader", "Release": "reader", "ShardedArray": "reader", "open_release": "reader",
+         "ReleaseError": "verify", "read_manifest": "verify", "release_digest": "verify", "sha256_file": "verify",
+         "verify_release": "verify", "write_release": "writer"}
 
 
-class ReleaseError(RuntimeError):
-    """A release is missing, incomplete or does not match its manifest."""
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'skybench.release' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"skybench.release.{_HOME[name]}"), name)
+    globals()[name] = value
+    return value
 
 
-def sha256_file(path: Path, block: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
-    # No pandas index, fixed writer settings: the same table always gives the same bytes.
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), path, compression="zstd")
-
-
-def write_release(out: Path, *, info: dict[str, Any], counts: dict[str, int],
-                  image_shape: tuple[int, ...] | None = None, make_chunks: ChunksFn,
-                  arrays: dict[str, tuple[int, ...]] | None = None, hidden_arrays: tuple[str, ...] = (),
-                  chunk_size: int = 128, shard_size: int = 10_000,
-                  public_test_columns: tuple[str, ...] = ("id",), label_columns: tuple[str, ...] = (),
-                  progress: bool = True, finish: Callable[[Path], dict[str, Any]] | None = None) -> Path:
-    """Write a release to ``out`` atomically: build it in a sibling temporary folder, then rename.
-
-    A failure (including a full disk) removes the temporary folder and leaves any previous release intact.
-    ``arrays``: per-object array shapes by name (default ``{"images": image_shape}``).
-    ``label_columns`` are kept out of ``public/test``; everything but ``public_test_columns`` is hidden.
-    ``finish(folder)``: run on the written splits before they are hashed (e.g. folding the real set into the
-    test split, :func:`skybench.release.mixing.fold_in`); its result is added to the manifest."""
-    arrays = dict(arrays) if arrays is not None else {"images": tuple(image_shape or ())}
-    out = Path(out).resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()  # also for a release without objects (an empty real set: `make run` without data/)
-        with _progress(progress) as bar:
-            for split in SPLITS:
-                n = counts.get(split, 0)
-                if n:
-                    _write_split(tmp, split, n, arrays, hidden_arrays, make_chunks, chunk_size, shard_size,
-                                 public_test_columns, bar)
-        info = {**info, **(finish(tmp) if finish is not None else {})}
-        files = {p.relative_to(tmp).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                 for p in sorted(tmp.rglob("*")) if p.is_file()}
-        manifest = {"format": FORMAT, **info, "skybench_version": __version__,
-                    "counts": {s: counts.get(s, 0) for s in SPLITS},
-                    **({"image_shape": list(arrays["images"])} if "images" in arrays else {}),
-                    "arrays": {k: list(v) for k, v in arrays.items()}, "hidden_arrays": list(hidden_arrays),
-                    "image_dtype": "float32", "label_columns": list(label_columns), "files": files}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
-def _write_split(root: Path, split: str, n: int, arrays: dict[str, tuple[int, ...]], hidden_arrays: tuple[str, ...],
-                 make_chunks: ChunksFn, chunk_size: int, shard_size: int, public_test_columns: tuple[str, ...],
-                 bar: Any) -> None:
-    pub = root / "public" / split
-    pub.mkdir(parents=True)
-    hid = root / "hidden" / split
-    if split == "test":
-        hid.mkdir(parents=True)
-    task = bar.add_task(f"{split:5s}", total=n) if bar else None
-    metas = []
-    for shard_no, shard_start in enumerate(range(0, n, shard_size)):
-        shard_stop = min(n, shard_start + shard_size)
-        ranges = [(a, min(shard_stop, a + chunk_size)) for a in range(shard_start, shard_stop, chunk_size)]
-        files = {}
-        with contextlib.ExitStack() as stack:
-            for name, shape in arrays.items():
-                folder = hid if split == "test" and name in hidden_arrays else pub
-                f = files[name] = stack.enter_context(open(folder / f"{name}-{shard_no:05d}.npy", "wb"))
-                # Plain appends, not a memory map: the pages of a written memory map would stay in the RSS.
-                header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
-                          "shape": (shard_stop - shard_start, *shape)}
-                np.lib.format.write_array_header_1_0(f, header)
-            for (start, stop), (chunk, meta) in zip(ranges, make_chunks(split, ranges), strict=True):
-                chunk = chunk if isinstance(chunk, dict) else {"images": chunk}
-                if set(chunk) != set(arrays):
-                    raise ValueError(f"chunk {split}[{start}:{stop}] has arrays {sorted(chunk)}, expected "
-                                     f"{sorted(arrays)}")
-                for name, shape in arrays.items():
-                    if chunk[name].shape != (stop - start, *shape):
-                        raise ValueError(f"chunk {split}[{start}:{stop}]: {name} has shape {chunk[name].shape}")
-                    files[name].write(np.ascontiguousarray(chunk[name], dtype="<f4").tobytes())
-                # Columns, joined into one table per split: a DataFrame per chunk costs more than the chunk.
-                metas.append(meta if isinstance(meta, dict) else {k: meta[k].to_numpy() for k in meta.columns})
-                if bar:
-                    bar.advance(task, stop - start)
-    meta = pd.DataFrame({k: np.concatenate([m[k] for m in metas]) for k in metas[0]})
-    if split == "test":
-        _write_parquet(meta[list(public_test_columns)], pub / "index.parquet")
-        _write_parquet(meta, hid / "meta.parquet")
-    else:
-        _write_parquet(meta, pub / "meta.parquet")
-
-
-class _NoBar:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _progress(enabled: bool) -> Any:
-    if not enabled:
-        return _NoBar()
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-
-
-def read_manifest(root: Path) -> dict[str, Any]:
-    path = Path(root) / "manifest.json"
-    if not path.is_file():
-        raise ReleaseError(f"{root}: not a skybench release (no manifest.json); was it written completely?")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ReleaseError(f"{path}: corrupt manifest ({exc})") from exc
-    if manifest.get("format") != FORMAT:
-        raise ReleaseError(f"{path}: unknown release format {manifest.get('format')!r}, expected {FORMAT}")
-    return manifest
-
-
-def verify_release(root: Path, *, only: tuple[str, ...] = ()) -> list[str]:
-    """Re-hash files against the manifest; return one message per problem (empty list: all good).
-
-    ``only``: restrict the check to files under these prefixes (e.g. the test set before scoring)."""
-    root = Path(root)
-    manifest = read_manifest(root)
-    problems = []
-    listed = manifest["files"]
-    for rel, entry in sorted(listed.items()):
-        if only and not rel.startswith(only):
-            continue
-        path = root / rel
-        if not path.is_file():
-            problems.append(f"{path}: missing")
-        elif path.stat().st_size != entry["bytes"]:
-            problems.append(f"{path}: size {path.stat().st_size} bytes, manifest says {entry['bytes']}")
-        elif sha256_file(path) != entry["sha256"]:
-            problems.append(f"{path}: sha256 does not match the manifest")
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if path.is_file() and rel != "manifest.json" and rel not in listed and (not only or rel.startswith(only)):
-            problems.append(f"{path}: not listed in the manifest")
-    return problems
-
-
-def release_digest(root: Path) -> str:
-    """sha256 of the manifest: one value that names the exact content of a release."""
-    return sha256_file(Path(root) / "manifest.json")
-
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -27,7 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from skybench.harness.submission import PredictResult
-from skybench.release import ReleaseError
+from skybench.release import layout
+from skybench.release.shards import input_arrays, shards
+from skybench.release.verify import ReleaseError
 from skybench.testkey import ReleaseKey
 
 SHARD_SIZE = 10_000  # rows per array file, as release.write_release
@@ -48,35 +50,20 @@ class _Rows:
 
 
 def _array_rows(folder: Path, name: str) -> _Rows:
-    files, shapes = [], set()
-    for path in sorted(folder.glob(f"{name}-*.npy")):
-        with open(path, "rb") as f:
-            major, _ = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read(f)
-            if fortran or dtype != np.dtype("<f4") or not shape:
-                raise ReleaseError(f"{path}: expected a C-ordered little-endian float32 array, got {dtype} "
-                                   f"{'Fortran' if fortran else 'C'}-ordered of shape {shape}")
-            files.append((path, f.tell(), int(shape[0])))
-            shapes.add(tuple(int(s) for s in shape[1:]))
-    if len(shapes) != 1:
-        raise ReleaseError(f"{folder}: the {name}-*.npy files have per-object shapes {sorted(shapes)}")
-    return _Rows(files, shapes.pop())
+    found = shards(folder, name, float32=True)  # ShardError (a ReleaseError) for anything but C-ordered <f4
+    if not found:
+        raise ReleaseError(f"{folder}: no {layout.shard_pattern(name)} files")
+    return _Rows([(s.path, s.offset, s.rows) for s in found], found[0].shape[1:])
 
 
 def _inputs(folder: Path) -> tuple[dict[str, _Rows], np.ndarray]:
     """({array name: rows}, ids) of a public test folder, checked for one row per id in every array."""
-    from skybench.harness.runner import RunnerError, input_arrays
-
-    try:
-        names = input_arrays(folder)
-    except RunnerError as exc:
-        raise ReleaseError(str(exc)) from exc
+    names = input_arrays(folder)  # ShardError, a ReleaseError, when there is none
     arrays = {name: _array_rows(folder, name) for name in names}
-    ids = pd.read_parquet(folder / "index.parquet", columns=["id"])["id"].to_numpy()
+    ids = pd.read_parquet(layout.index_path(folder), columns=["id"])["id"].to_numpy()
     for name, rows in arrays.items():
         if rows.n != len(ids):
-            raise ReleaseError(f"{folder}: {rows.n} rows of {name} but {len(ids)} ids in index.parquet")
+            raise ReleaseError(f"{folder}: {rows.n} rows of {name} but {len(ids)} ids in {layout.INDEX}")
     return arrays, ids
 
 
@@ -88,7 +75,7 @@ def secret_order(n: int, key: bytes) -> np.ndarray:
     return np.argsort(tags, kind="stable")
 
 
-SOURCES = "sources.parquet"  # in hidden/test/: the stream's mapping back to the two sets
+SOURCES = layout.SOURCES  # in the hidden test folder: the stream's mapping back to the two sets
 _ORDER_MSG = b"skybench real-set stream order/1"
 
 
@@ -131,26 +118,26 @@ def fold_in(root: Path, real: Path, key: bytes, *, shard_size: int = SHARD_SIZE)
 
     Returns the counts for the manifest. Raises ``ReleaseError`` when the sets' arrays differ."""
     root, real = Path(root), Path(real)
-    test_dir, hidden = root / "public" / "test", root / "hidden" / "test"
-    test, test_ids, real_rows, real_ids = check_shapes(test_dir, real / "public" / "test")
+    test_dir, hidden = layout.public_dir(root, "test"), layout.hidden_dir(root, "test")
+    test, test_ids, real_rows, real_ids = check_shapes(test_dir, layout.public_dir(real, "test"))
     n_test, n = len(test_ids), len(test_ids) + len(real_ids)
     order = secret_order(n, key)
     # Stream position p holds object order[p] of the concatenation (test rows, then real rows).
     is_real = order >= n_test
     row = np.where(is_real, order - n_test, order)
     ids = stream_ids(n)
-    new = root / "public" / ".test-stream"
+    new = test_dir.with_name(".test-stream")
     new.mkdir()
     for name in test:
         _write_array(new, name, [test[name], real_rows[name]], is_real, row, shard_size)
-    _write_table({"id": pa.array(ids, pa.string())}, new / "index.parquet")
+    _write_table({"id": pa.array(ids, pa.string())}, layout.index_path(new))
     original = np.empty(n, dtype=object)
     original[is_real] = real_ids[row[is_real]]
     original[~is_real] = test_ids[row[~is_real]]
     _write_table({"id": pa.array(ids, pa.string()),
                   "source": pa.array(np.where(is_real, "real", "sim"), pa.string()),
                   "source_id": pa.array([str(x) for x in original], pa.string()),
-                  "row": pa.array(row, pa.int64())}, hidden / SOURCES)
+                  "row": pa.array(row, pa.int64())}, layout.sources_path(hidden))
     for p in test_dir.iterdir():
         p.unlink()
     test_dir.rmdir()
@@ -177,11 +164,11 @@ class Stream:
     def load(cls, release: Path, real: Path | None = None) -> Stream | None:
         """The stream of ``release``, or None when nothing was folded into it. ``real``: the real release, for
         its ids in their original type (else the ids as written in the mapping)."""
-        hidden = Path(release) / "hidden" / "test"
-        if not (hidden / SOURCES).is_file():
+        hidden = layout.hidden_dir(release, "test")
+        if not layout.sources_path(hidden).is_file():
             return None
-        src = pd.read_parquet(hidden / SOURCES)
-        test_ids = pd.read_parquet(hidden / "meta.parquet", columns=["id"])["id"].to_numpy()
+        src = pd.read_parquet(layout.sources_path(hidden))
+        test_ids = pd.read_parquet(layout.meta_path(hidden), columns=["id"])["id"].to_numpy()
         is_real = (src["source"] == "real").to_numpy()
         row = src["row"].to_numpy()
         names = src["source_id"].to_numpy()
@@ -189,15 +176,15 @@ class Stream:
         real_ids = np.empty(n_real, dtype=object)
         real_ids[row[is_real]] = names[is_real]
         if real is not None:
-            ids = pd.read_parquet(Path(real) / "public" / "test" / "index.parquet", columns=["id"])["id"].to_numpy()
+            ids = pd.read_parquet(layout.index_path(layout.public_dir(real, "test")), columns=["id"])["id"].to_numpy()
             if len(ids) != n_real or [str(x) for x in ids] != list(real_ids):
                 raise ReleaseError(f"{real}: its test ids are not those folded into {release}; re-make the release "
                                    "(`skybench simulate`, or `dvc repro`) with this real set")
             real_ids = ids
         if len(test_ids) != int((~is_real).sum()) or \
                 [str(x) for x in test_ids[row[~is_real]]] != list(names[~is_real]):
-            raise ReleaseError(f"{hidden / SOURCES}: does not match {hidden / 'meta.parquet'}; the release is "
-                               "inconsistent, re-make it")
+            raise ReleaseError(f"{layout.sources_path(hidden)}: does not match {layout.meta_path(hidden)}; the "
+                               "release is inconsistent, re-make it")
         return cls(src["id"].to_numpy(), is_real, row, test_ids, real_ids)
 
     def mapping(self) -> pd.DataFrame:
@@ -236,7 +223,7 @@ def _write_array(dest: Path, name: str, sources: list[_Rows], is_real: np.ndarra
     try:
         for k, a in enumerate(range(0, len(row), shard_size)):
             b = min(len(row), a + shard_size)
-            with open(dest / f"{name}-{k:05d}.npy", "wb") as f:
+            with open(dest / layout.shard_name(name, k), "wb") as f:
                 np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False,
                                                          "shape": (b - a, *shape)})
                 for c in range(a, b, _BLOCK):

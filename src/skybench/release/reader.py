@@ -1,7 +1,10 @@
-"""One-line access to a release for teams: numpy memmaps, a torch ``Dataset`` and a ``tf.data.Dataset``.
+"""The one reader of a release: numpy memmaps, streamed batches, a torch ``Dataset`` and a ``tf.data.Dataset``
+for teams; the hidden split (:class:`HiddenSplit`) for the scorers.
 
     >>> rel = skybench.release.reader.open_release("releases/lens-space")
     >>> x, y = rel.images("train"), rel.labels("train")   # memory-mapped, (N, bands, H, W) float32
+    >>> for batch in rel.public_batches("test", 256):     # {"images": (B, bands, H, W)}, one batch in memory
+    ...     ...
 """
 
 from __future__ import annotations
@@ -13,59 +16,32 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from skybench.release import read_manifest
+from skybench.release import layout
+from skybench.release.shards import INPUT_ARRAYS, ShardedArray, iter_batches
+from skybench.release.verify import read_manifest
 
-
-class ShardedArray:
-    """The image shards of one split seen as one read-only (N, bands, H, W) array, memory-mapped."""
-
-    def __init__(self, paths: list[Path]):
-        self.shards = [np.load(p, mmap_mode="r") for p in paths]
-        self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
-        first = self.shards[0] if self.shards else np.empty((0,), np.float32)
-        self.shape = (int(self.offsets[-1]), *first.shape[1:])
-        self.dtype = first.dtype
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        if isinstance(key, (int, np.integer)):
-            k = int(key) + (len(self) if key < 0 else 0)
-            s = int(np.searchsorted(self.offsets, k, side="right") - 1)
-            return np.asarray(self.shards[s][k - self.offsets[s]])
-        idx = np.arange(len(self))[key]
-        out = np.empty((len(idx), *self.shape[1:]), self.dtype)
-        shard_of = np.searchsorted(self.offsets, idx, side="right") - 1
-        for s in np.unique(shard_of):
-            sel = shard_of == s
-            out[sel] = self.shards[s][idx[sel] - self.offsets[s]]
-        return out
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        return self[:] if dtype is None else self[:].astype(dtype)
-
-    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        """Consecutive batches, streamed from the shards (never more than one batch in memory)."""
-        for start in range(0, len(self), batch_size):
-            yield self[start:start + batch_size]
+__all__ = ["HiddenSplit", "Release", "ShardedArray", "open_release"]
 
 
 class HiddenSplit:
     """The organiser-only part of a split (``test``): full metadata with the labels, and the hidden arrays
-    (answers such as the undegraded ``truth`` images). Only the scoring side ever opens one."""
+    (answers such as the undegraded ``truth`` images). Only the scoring side ever opens one.
 
-    def __init__(self, folder: str | Path):
+    ``folder``: the hidden split folder (:meth:`Release.hidden` gives it); ``public``: the public folder of the
+    same split (default: the one beside it in the release), for :meth:`inputs`."""
+
+    def __init__(self, folder: str | Path, public: str | Path | None = None):
         self.folder = Path(folder)
-        if not (self.folder / "meta.parquet").is_file():
-            raise FileNotFoundError(f"{self.folder}: not a hidden split (no meta.parquet)")
+        if not layout.meta_path(self.folder).is_file():
+            raise FileNotFoundError(f"{self.folder}: not a hidden split (no {layout.META})")
+        self._public = Path(public) if public is not None else None
 
     def __repr__(self) -> str:
         return f"HiddenSplit({self.folder})"
 
     def meta(self, columns: list[str] | None = None) -> pd.DataFrame:
         """Every object's metadata and labels, with its ``id``, in release order."""
-        return pd.read_parquet(self.folder / "meta.parquet", columns=columns)
+        return pd.read_parquet(layout.meta_path(self.folder), columns=columns)
 
     def ids(self) -> np.ndarray:
         return self.meta(["id"])["id"].to_numpy()
@@ -77,18 +53,30 @@ class HiddenSplit:
 
     def array(self, name: str) -> ShardedArray:
         """A hidden per-object array (release order), memory-mapped."""
-        paths = sorted(self.folder.glob(f"{name}-*.npy"))
+        paths = layout.shard_paths(self.folder, name)
         if not paths:
             raise FileNotFoundError(f"{self.folder}: no hidden array {name!r}")
         return ShardedArray(paths)
 
-    def inputs(self, name: str = "images") -> ShardedArray:
-        """The public array ``name`` of the same split (the inputs teams were given), release order, memory-mapped:
-        for a scorer that shows them beside its predictions (the enhance gallery)."""
-        paths = sorted((self.folder.parent.parent / "public" / self.folder.name).glob(f"{name}-*.npy"))
-        if not paths:
-            raise FileNotFoundError(f"{self.folder}: no public array {name!r} beside this hidden split")
-        return ShardedArray(paths)
+    def inputs(self, name: str = "images", ids: np.ndarray | None = None) -> np.ndarray:
+        """The public input rows (what a model was given) of this split's objects: of ``ids`` in that order, else
+        of all in release order (KeyError for an unknown id). With a real set folded into the test stream
+        (:mod:`skybench.release.mixing`) the public rows are in stream order: this undoes it."""
+        public = self._public
+        if public is None:
+            root, _, split = layout.release_of(self.folder)
+            public = layout.public_dir(root, split)
+        sources = layout.sources_path(self.folder)
+        if sources.is_file():  # stream position of every simulated object, in release order
+            src = pd.read_parquet(sources, columns=["source", "row"])
+            sim = (src["source"] == "sim").to_numpy()
+            rows = np.empty(int(sim.sum()), dtype=np.int64)
+            rows[src["row"].to_numpy()[sim]] = np.flatnonzero(sim)
+        else:
+            rows = np.arange(len(self.ids()))
+        if ids is not None:
+            rows = rows[pd.Series(np.arange(len(rows)), index=self.ids()).loc[np.asarray(ids)].to_numpy()]
+        return ShardedArray.open(public, name)[rows]
 
 
 class Release:
@@ -103,14 +91,36 @@ class Release:
 
     def array(self, split: str, name: str = "images") -> ShardedArray:
         """A public per-object array of a split: ``images``, ``features`` (catalogue tracks), ``truth`` ..."""
-        paths = sorted((self.root / "public" / split).glob(f"{name}-*.npy"))
+        paths = layout.shard_paths(layout.public_dir(self.root, split), name)
         if not paths:
             raise FileNotFoundError(f"{self.root}: no {name} for split {split!r}")
         return ShardedArray(paths)
 
+    def public_arrays(self, split: str) -> list[str]:
+        """Names of the per-object arrays teams get for ``split`` (the test split's answers are hidden): the model
+        inputs first, in the order the runner passes them, then the others by name."""
+        hidden = set(self.manifest.get("hidden_arrays", [])) if split == "test" else set()
+        names = [n for n in self.manifest.get("arrays", {"images": None}) if n not in hidden]
+        return sorted(names, key=lambda n: (INPUT_ARRAYS.index(n) if n in INPUT_ARRAYS else len(INPUT_ARRAYS), n))
+
+    def public_batches(self, split: str, batch_size: int, names: list[str] | None = None,
+                       limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """``{name: float32 (B, ...)}`` batch by batch, in release order, streamed from the shards with plain
+        reads: one batch in memory, whatever the split's size. Batches restart at each shard file (the last
+        of each may be smaller), exactly as the sandboxed runner feeds a submission. ``names``: default
+        :meth:`public_arrays`; ``limit``: at most that many objects."""
+        names = list(names) if names is not None else self.public_arrays(split)
+        folder = layout.public_dir(self.root, split)
+        for name in names:
+            if not layout.shard_paths(folder, name):
+                raise FileNotFoundError(f"{self.root}: no {name} for split {split!r}")
+        streams = [iter_batches(folder, name, batch_size, limit) for name in names]
+        for parts in zip(*streams, strict=True):
+            yield dict(zip(names, parts, strict=True))
+
     def hidden(self, split: str = "test") -> HiddenSplit:
         """The organiser-only labels and arrays of ``split`` (a release folder teams never get)."""
-        return HiddenSplit(self.root / "hidden" / split)
+        return HiddenSplit(layout.hidden_dir(self.root, split), layout.public_dir(self.root, split))
 
     def images(self, split: str) -> ShardedArray:
         return self.array(split, "images")
@@ -121,8 +131,7 @@ class Release:
 
     def meta(self, split: str) -> pd.DataFrame:
         """Metadata of a public split (for ``test``: only the ids)."""
-        name = "index.parquet" if split == "test" else "meta.parquet"
-        return pd.read_parquet(self.root / "public" / split / name)
+        return pd.read_parquet(layout.public_meta_path(self.root, split))
 
     def labels(self, split: str) -> np.ndarray:
         if split == "test":

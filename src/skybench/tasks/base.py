@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 class Simulator(Protocol):
     """What a task's simulator class provides; built as ``cls(track, backend)``."""
 
-    hidden_arrays: ClassVar[tuple[str, ...]]  # per-object arrays that are answers (kept out of public/test)
+    hidden_arrays: ClassVar[tuple[str, ...]]  # per-object arrays that are answers (never in the published test split)
     label_columns: ClassVar[list[str]]  # metadata columns that are labels (the first is the training target)
 
     @classmethod

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from skybench.release import ReleaseError, read_manifest, verify_release
+from skybench.release import ReleaseError, layout, read_manifest, verify_release
 
 
 def print_report(releases: Path) -> None:
@@ -27,7 +27,7 @@ def print_report(releases: Path) -> None:
             continue
         frac = "-"
         label = (m.get("label_columns") or [None])[0]  # is_lens: the lens fraction; z: the mean redshift
-        meta = root / "public" / "train" / "meta.parquet"
+        meta = layout.public_meta_path(root, "train")
         if label and meta.is_file():
             frac = f"{pd.read_parquet(meta, columns=[label])[label].mean():.2f}"
         problems = verify_release(root)
@@ -54,7 +54,7 @@ def _print_leaderboards(console: Console, releases: Path) -> None:
 
     for name in list_tracks():
         rel = releases / name
-        if not (rel / "manifest.json").is_file():
+        if not layout.is_release(rel):
             continue
         track = load_track(name)
         board = lb.leaderboard(track, release_sha256=release_digest(rel))

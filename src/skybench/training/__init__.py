@@ -79,7 +79,7 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
     """The command line shared by every baseline's ``train.py``."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--track", required=True, help="track name, e.g. lens-space")
-    p.add_argument("--release", type=Path, required=True, help="release root (only public/train and val are read)")
+    p.add_argument("--release", type=Path, required=True, help="release root (only public train and val are read)")
     p.add_argument("--out", type=Path, required=True, help="submission folder to write")
     p.add_argument("--max-train", type=int, default=None, help="use only the first N training cut-outs")
     p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")

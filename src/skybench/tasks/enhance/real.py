@@ -32,7 +32,7 @@ import pandas as pd
 
 from skybench.physics.degrade import degrade
 from skybench.real_hst import APERTURE_RADIUS, Target, _lens_dir, _read_catalog, _sha256, process_lens
-from skybench.release import write_release
+from skybench.release import open_release, write_release
 from skybench.tasks.enhance.config import EnhanceTrack
 from skybench.tasks.enhance.simulator import EnhanceSimulator, degradation_info
 from skybench.tracks import Track, load_track
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     out = import_real_truth(args.data, args.track, args.out, seed=args.seed, progress=True)
-    print(f"{out}: {len(pd.read_parquet(out / 'public/test/index.parquet'))} real galaxies")
+    print(f"{out}: {len(open_release(out).meta('test'))} real galaxies")
 
 
 if __name__ == "__main__":

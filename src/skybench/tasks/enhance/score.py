@@ -49,7 +49,7 @@ def _rows(hidden: HiddenSplit, ids: np.ndarray) -> tuple[pd.DataFrame, np.ndarra
 def _aligned(hidden: HiddenSplit, ids: np.ndarray) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """(metadata, truth, degraded input) of the objects ``ids``, in that order."""
     meta, take = _rows(hidden, ids)
-    return meta, hidden.array("truth")[take], hidden.inputs("images")[take]
+    return meta, hidden.array("truth")[take], hidden.inputs("images", np.asarray(ids))
 
 
 def score_images(track: EnhanceTrack, ids: np.ndarray, predictions: np.ndarray, hidden: HiddenSplit, out_dir: Path,

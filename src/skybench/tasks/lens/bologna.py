@@ -138,7 +138,7 @@ def import_bologna(src: Path, track: str | Track, out: Path, *, classifications:
 
 def export_bologna(release: Path, out: Path, *, labels: bool = True) -> Path:
     """Write the test set of ``release`` to ``out`` in the challenge layout (atomically: a temporary sibling
-    folder renamed at the end). ``labels``: also write ``classifications.csv`` (ID, is_lens) from hidden/."""
+    folder renamed at the end). ``labels``: also write ``classifications.csv`` (ID, is_lens) from the hidden labels."""
     from astropy.io import fits
 
     from skybench.release.reader import open_release
@@ -168,7 +168,7 @@ def export_bologna(release: Path, out: Path, *, labels: bool = True) -> Path:
                     hdu.header["PIXSCALE"] = (scale, "arcsec/pixel")
                     hdu.writeto(folder / file_name(band, object_id))
         if labels:
-            hidden = pd.read_parquet(release / "hidden" / "test" / "meta.parquet", columns=["id", "is_lens"])
+            hidden = rel.hidden("test").meta(["id", "is_lens"])
             hidden.rename(columns={"id": "ID"}).astype("int64").to_csv(tmp / "classifications.csv", index=False)
         tmp.mkdir(parents=True, exist_ok=True)
         if out.exists():

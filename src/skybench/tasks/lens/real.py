@@ -28,11 +28,12 @@ from skybench.real_hst import (
     _text,
     process_lens,
 )
-from skybench.release import write_release
+from skybench.release import layout, open_release, write_release
 from skybench.tasks.lens.config import LensTrack
 from skybench.tracks import Track, load_track
 
 PROFILE = "real-hst"
+_HIDDEN_META = layout.meta_path(layout.hidden_dir("", "test")).as_posix()  # named in the processing note
 
 
 def lens_target(track: Track, target_mag: float) -> Target:
@@ -67,7 +68,7 @@ def _processing(target: Target, seed: int) -> str:
         f" + |img|/T with sigma_bkg = {target.sigma_bkg:.6g} e-/s (skybench.physics.noise.background_sigma of the"
         f" band) and T = {target.total_time:g} s, sigma_exist = HST noise (BKG_RMS header, else 1.4826*MAD of a"
         f" {BORDER_WIDTH}-px border ring of the original image) propagated as white noise through steps 2-4;"
-        f" numpy default_rng([seed={seed}, index]). All numbers per object are in hidden/test/meta.parquet."
+        f" numpy default_rng([seed={seed}, index]). All numbers per object are in {_HIDDEN_META}."
     )
 
 
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     out = import_real_lenses(args.data, args.track, args.out, seed=args.seed, target_mag=args.target_mag,
                              progress=True)
-    print(f"{out}: {len(pd.read_parquet(out / 'public/test/index.parquet'))} real lenses")
+    print(f"{out}: {len(open_release(out).meta('test'))} real lenses")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,73 @@
+"""Checking a release against its manifest: the sha256 and size of every file, and nothing unlisted.
+
+Light on purpose (hashlib and json): :mod:`skybench.release.shards`, which the sandboxed runner imports, raises
+:class:`ReleaseError` subclasses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from skybench.release import layout
+
+FORMAT = "skybench-release/1"
+
+
+class ReleaseError(RuntimeError):
+    """A release is missing, incomplete or does not match its manifest."""
+
+
+def sha256_file(path: Path, block: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    path = layout.manifest_path(root)
+    if not path.is_file():
+        raise ReleaseError(f"{root}: not a skybench release (no {layout.MANIFEST}); was it written completely?")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ReleaseError(f"{path}: corrupt manifest ({exc})") from exc
+    if manifest.get("format") != FORMAT:
+        raise ReleaseError(f"{path}: unknown release format {manifest.get('format')!r}, expected {FORMAT}")
+    return manifest
+
+
+def verify_release(root: Path, *, only: tuple[str, ...] = ()) -> list[str]:
+    """Re-hash files against the manifest; return one message per problem (empty list: all good).
+
+    ``only``: restrict the check to files under these prefixes (e.g. :func:`skybench.release.layout.split_prefixes`:
+    what scoring a split reads)."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    problems = []
+    listed = manifest["files"]
+    for rel, entry in sorted(listed.items()):
+        if only and not rel.startswith(only):
+            continue
+        path = root / rel
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif path.stat().st_size != entry["bytes"]:
+            problems.append(f"{path}: size {path.stat().st_size} bytes, manifest says {entry['bytes']}")
+        elif sha256_file(path) != entry["sha256"]:
+            problems.append(f"{path}: sha256 does not match the manifest")
+    for path in sorted(root.rglob("*")):
+        rel = layout.relpath(path, root)
+        if path.is_file() and rel != layout.MANIFEST and rel not in listed and (not only or rel.startswith(only)):
+            problems.append(f"{path}: not listed in the manifest")
+    return problems
+
+
+def release_digest(root: Path) -> str:
+    """sha256 of the manifest: one value that names the exact content of a release."""
+    return sha256_file(layout.manifest_path(root))
+
