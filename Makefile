@@ -31,7 +31,7 @@ $(VENV)/.installed: $(LOCK) pyproject.toml
 # TORCH_WHEELS is where uv finds torch's CPU wheels (a local folder works too: TORCH_WHEELS=/opt/wheels).
 TORCH_WHEELS ?= https://download.pytorch.org/whl/cpu/torch/
 lock:
-	$(VENV)/bin/uv pip compile pyproject.toml --extra all --extra dev --python-version 3.11 \
+	uv pip compile pyproject.toml --extra all --extra dev --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 --generate-hashes --find-links $(TORCH_WHEELS) $(UPGRADE) \
 	  --custom-compile-command "make lock" -o $(LOCK)
 
