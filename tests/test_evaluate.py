@@ -64,7 +64,7 @@ def test_evaluate_scores_good_submissions_and_fails_bad_ones_without_stopping(st
     for f in ("roc.png", "completeness.png", "metrics.json", "roc.csv", "evaluation.json", "predictions.csv"):
         assert (private_dir(record_dir(out, "tests", "ok")) / f).is_file(), f
     assert sorted(p.name for p in record_dir(out, "tests", "ok").iterdir()) == \
-        ["evaluation.json", "metrics.json", "roc_public.csv", "roc_public.png"]
+        ["evaluation.json", "metrics.json", "roc_public.csv", "roc_public.png", "run.json"]
     board = lb.leaderboard(load_track("lens-space"))
     assert list(board.loc[board["rank"].notna(), "name"]) == ["ok"]
     failed = board[board.status == "FAILED"]

@@ -196,8 +196,13 @@ def test_all_extra_holds_every_runtime_extra() -> None:
 
 
 def test_makefile_installs_all_and_dev() -> None:
+    # make setup installs requirements/lock.txt, which `make lock` compiles from '.[all,dev]' (that the lock holds
+    # every requirement of those extras: tests/test_reproducible.py)
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"pip install .*['\"]?\.\[all,dev\]", makefile), "the Makefile must install '.[all,dev]'"
+    assert re.search(r"PIP_INSTALL := .*-m pip install", makefile)
+    assert "$(PIP_INSTALL) --require-hashes -r $(LOCK)" in makefile, "the Makefile must install the lock"
+    assert re.search(r"uv pip compile pyproject.toml --extra all --extra dev .*\n.*\n.*-o \$\(LOCK\)", makefile), \
+        "make lock must compile the lock from '.[all,dev]'"
 
 
 def _run_core_only(code: str) -> subprocess.CompletedProcess[str]:

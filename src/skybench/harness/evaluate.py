@@ -61,6 +61,11 @@ if TYPE_CHECKING:
     from skybench.harness.executors import Executor, Job
 
 RECORD = "evaluation.json"
+# What differs from one run of the same evaluation to the next (wall time, the code's commit): kept beside the
+# record, out of evaluation.json, so records are reproducible to the byte; .dvcignore keeps it out of DVC's
+# hashes, `skybench log` publishes it to MLflow with the record.
+RUN_FILE = "run.json"
+RUN_FIELDS = ("seconds", "git_commit")
 INFRASTRUCTURE = "infrastructure"  # ``failure_kind`` of a failure of the evaluating machine, not the submission
 
 
@@ -498,8 +503,10 @@ def _write_record(rdir: Path, *, team: str, name: str, fmt: str, status: str, re
     rec = {"team": team, "name": name, "format": fmt, "status": status, "reason": reason,
            "submission_sha256": sub_sha, "release_sha256": release_sha, "device": device,
            "skybench_version": __version__, "git_commit": git_commit(), "metrics": metrics, **extra}
+    run = {k: rec.pop(k) for k in RUN_FIELDS if k in rec}
     try:
         (staged / RECORD).write_text(json.dumps(rec, indent=2, sort_keys=True, default=float) + "\n")
+        (staged / RUN_FILE).write_text(json.dumps(run, indent=2, sort_keys=True, default=float) + "\n")
         _swap(staged, rdir)
     finally:
         if own:  # gone after a swap; a half-written record otherwise
@@ -609,11 +616,14 @@ def scorer_files() -> tuple[Path, ...]:
 def submission_time(folder: Path, sub_sha: str, rdir: Path, received: datetime | str | None = None) -> str:
     """When the evaluated version of ``folder`` was submitted (UTC ISO, ms): the commit time of the last
     first-parent commit touching it when it is a clean git checkout; else ``received`` (a server's receipt
-    time); else the time this exact version (``sub_sha``) was first evaluated, kept in its record."""
+    time); else, for a folder the pipeline builds (a trained baseline), :func:`_built_time`; else the time this
+    exact version (``sub_sha``) was first evaluated, kept in its record."""
     if when := _git_time(Path(folder)):
         return when
     if received is not None:
         return _utc(received)
+    if when := _built_time(Path(folder)):
+        return when
     try:
         rec = json.loads((rdir / RECORD).read_text())
         if rec.get("submission_sha256") == sub_sha and rec.get("submitted"):
@@ -652,4 +662,30 @@ def _git_time(folder: Path) -> str:
     if git("status", "--porcelain", "--ignored", "--untracked-files=all") != "":
         return ""  # changed, untracked or ignored files: the evaluated bytes are not the commit's
     when = git("log", "-1", "--first-parent", "--format=%cI")
+    return _utc(when) if when else ""
+
+
+def _built_time(folder: Path) -> str:
+    """For a git-ignored folder in the project (an output of the pipeline, e.g. a baseline DVC trained into
+    baselines/<baseline>/<track>/): the commit time of the latest first-parent commit touching its parent folder
+    (the code that built it; .gitignore files aside, which DVC edits when it adds an output), when that is
+    committed and unchanged; "" otherwise. Unlike the time of the first evaluation, a clean clone gets it again."""
+    rel = _in_project(folder)
+    if rel is None or len(rel.parts) < 2 or not folder.is_dir():
+        return ""
+    parent = rel.parent.as_posix()
+
+    def git(*args: str) -> subprocess.CompletedProcess[str] | None:
+        try:
+            return subprocess.run(["git", "-C", str(project_root()), *args], capture_output=True, text=True,
+                                  timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    ignored = git("check-ignore", "-q", "--", rel.as_posix())
+    status = git("status", "--porcelain", "--untracked-files=all", "--", parent)
+    if ignored is None or ignored.returncode != 0 or status is None or status.returncode != 0 or status.stdout:
+        return ""
+    log = git("log", "-1", "--first-parent", "--format=%cI", "--", parent, f":(exclude,glob){parent}/**/.gitignore")
+    when = log.stdout.strip() if log is not None and log.returncode == 0 else ""
     return _utc(when) if when else ""

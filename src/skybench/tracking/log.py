@@ -28,7 +28,7 @@ def publish_record(rdir: Path, track: str | Track | None = None) -> str | None:
     :func:`participant_view` and the files of :func:`participant_artifacts`, whatever else the folder holds."""
     from skybench.harness.visibility import participant_artifacts, participant_view
 
-    rec = json.loads((Path(rdir) / RECORD).read_text())
+    rec = json.loads((Path(rdir) / RECORD).read_text()) | _run_facts(Path(rdir))
     t = track if isinstance(track, Track) else load_track(track or _track_of(Path(rdir)))
     track = t.name
     tags = {k: str(rec.get(k, "")) for k in TAGS}
@@ -45,6 +45,18 @@ def publish_record(rdir: Path, track: str | Track | None = None) -> str | None:
                      *[p for p in sorted(Path(rdir).iterdir()) if p.is_file() and p.name in allowed]]
         return log_evaluation(track, team=rec["team"], name=rec["name"], fmt=rec["format"], status=rec["status"],
                               metrics=shown, tags=tags, artifacts=artifacts, reason=rec.get("reason", ""))
+
+
+def _run_facts(rdir: Path) -> dict:
+    """The record's run-specific facts (wall time, git commit) from its ``run.json``; {} when there is none
+    (e.g. a record restored from DVC's cache, which leaves it out)."""
+    from skybench.harness.evaluate import RUN_FIELDS, RUN_FILE
+
+    try:
+        facts = json.loads((rdir / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: facts[k] for k in RUN_FIELDS if k in facts} if isinstance(facts, dict) else {}
 
 
 def _logged(track: str, rec: dict, experiment: str | None) -> bool:
