@@ -128,27 +128,35 @@ BROKEN = {  # how a record goes wrong -> the field the one-line reason must name
 }
 
 
-@pytest.mark.parametrize("where", ["participant", "organiser"])
 @pytest.mark.parametrize("case", sorted(BROKEN))
-def test_an_invalid_record_is_refused_in_one_line_and_the_others_are_published(evaluations, tmp_path, monkeypatch,
-                                                                               case, where):
+def test_an_invalid_record_is_refused_in_one_line_naming_the_file_and_field(evaluations, tmp_path, case):
+    out = _copy(evaluations, tmp_path, ["good"])
+    rdir = record_dir(out, "tests", "good")
+    breaking, field = BROKEN[case]
+    (rdir / RECORD).write_text(json.dumps(breaking(json.loads((rdir / RECORD).read_text()))))
+    with pytest.raises(RecordError) as refused:
+        read_record(rdir / RECORD)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"{rdir / RECORD}: ") and f"{field}: " in message, message
+    with pytest.raises(RecordError) as refused:  # before anything reaches MLflow
+        publish_record(rdir, TRACK)
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize("where", ["participant", "organiser"])
+def test_an_invalid_record_is_left_out_and_the_others_are_published(evaluations, tmp_path, monkeypatch, where):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     out = _copy(evaluations, tmp_path / "p", ["good", "other"])
     rdir = record_dir(out, "tests", "good")
     bad = rdir / RECORD if where == "participant" else private_dir(rdir) / RECORD
-    breaking, field = BROKEN[case]
-    bad.write_text(json.dumps(breaking(json.loads(bad.read_text()))))
+    bad.write_text(json.dumps(json.loads(bad.read_text()) | {"rank": 1}))
     before = {p: p.read_bytes() for p in sorted(out.parent.rglob("*")) if p.is_file()}
 
-    with pytest.raises(RecordError) as single:
-        publish_record(rdir, TRACK)
-    message = str(single.value)
-    assert "\n" not in message and message.startswith(f"{bad}: ") and field in message, message
     with pytest.raises(RecordError) as every:
         publish_all(out, TRACK)
     header, *lines = str(every.value).splitlines()
-    assert "1 evaluation record(s) not published (1 newly logged" in header and lines == [message]
-
+    assert "1 evaluation record(s) not published (1 newly logged" in header
+    assert len(lines) == 1 and lines[0].startswith(f"{bad}: not a valid evaluation record (rank: "), lines
     c = MlflowClient()
     runs = [r for exp in (experiment_name(TRACK), organiser_experiment(TRACK))
             for r in c.search_runs([c.get_experiment_by_name(exp).experiment_id])]

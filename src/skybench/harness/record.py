@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, StrictFloat, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError
 
 from skybench import __version__
 
@@ -30,14 +30,15 @@ RECORD = "evaluation.json"  # the record's file name in a record folder (partici
 INFRASTRUCTURE = "infrastructure"  # ``failure_kind`` of a failure of the evaluating machine, not the submission
 
 
-def _plain_number(value: object) -> object:
-    """A numpy (or other non-builtin real) scalar as ``json.dumps(default=float)`` always wrote it: a float."""
-    if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
-        return float(value)
-    return value
+def _metric(value: object) -> int | float:
+    """A metric is a JSON number, an int or a float (NaN included), written as ``json.dumps(default=float)``
+    always wrote it: a subclass of int or float as its value, a numpy (or other real) scalar as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"a metric must be a number, not {type(value).__name__}")
+    return int(value) if isinstance(value, int) else float(value)
 
 
-Metric = Annotated[StrictInt | StrictFloat, BeforeValidator(_plain_number)]
+Metric = Annotated[int | float, PlainValidator(_metric)]
 
 
 class EvaluationRecord(BaseModel):
