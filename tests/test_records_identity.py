@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
 from skybench.harness import evaluate as ev
+from skybench.harness import record as rec_io
 from skybench.harness.evaluate import evaluate, identity, record_dir, submission_time
 from skybench.harness.submission import load_submission
 from skybench.harness.visibility import private_dir
@@ -182,8 +183,8 @@ def test_an_interrupted_record_write_leaves_the_old_record_whole(project, tiny_s
     def full_disk(a, b):
         raise OSError(errno.ENOSPC, "No space left on device", str(b))
 
-    exchange = ev._exchange
-    monkeypatch.setattr(ev, "_exchange", full_disk)
+    exchange = rec_io._exchange
+    monkeypatch.setattr(rec_io, "_exchange", full_disk)
     [failed] = evaluate([folder], "lens-space", tiny_space_release, out=out)
     assert failed.status == "FAILED" and "No space left" in failed.reason and "no record written" in failed.reason
     assert _snapshot(first.record) == before and _snapshot(private_dir(first.record)) == before_private
@@ -191,7 +192,7 @@ def test_an_interrupted_record_write_leaves_the_old_record_whole(project, tiny_s
         assert not [p for p in folder_.iterdir() if p.name.startswith(".")]
 
     # A crash while the new record is being scored, after files were written into it.
-    monkeypatch.setattr(ev, "_exchange", exchange)
+    monkeypatch.setattr(rec_io, "_exchange", exchange)
 
     def crash(track, ids, predictions, hidden, rdir):
         (rdir / "metrics.json").write_text("{}")
@@ -202,7 +203,7 @@ def test_an_interrupted_record_write_leaves_the_old_record_whole(project, tiny_s
     # The failure boundary files a complete FAILED record of the new version; nothing half-written survives.
     assert crashed.status == "FAILED" and "MemoryError: killed while scoring" in crashed.reason
     rec = json.loads((first.record / "evaluation.json").read_text())
-    assert rec["status"] == "FAILED" and set(_snapshot(first.record)) == {"evaluation.json"}
+    assert rec["status"] == "FAILED" and set(_snapshot(first.record)) == {"evaluation.json", "run.json"}
     for folder_ in (out, private_dir(first.record).parent):
         assert not [p for p in folder_.iterdir() if p.name.startswith(".")]
 
@@ -210,13 +211,13 @@ def test_an_interrupted_record_write_leaves_the_old_record_whole(project, tiny_s
 @pytest.mark.parametrize("atomic", [True, False])
 def test_swap_replaces_a_record_whole(tmp_path, monkeypatch, atomic):
     if not atomic:  # a system without renameat2(RENAME_EXCHANGE): old aside, new in, old removed
-        monkeypatch.setattr(ev, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(rec_io, "_exchange", lambda a, b: False)
     rdir = tmp_path / "r"
     rdir.mkdir()
     (rdir / "old.csv").write_text("old")
-    new = ev._stage(rdir)
+    new = rec_io._stage(rdir)
     (new / "new.csv").write_text("new")
-    ev._swap(new, rdir)
+    rec_io._swap(new, rdir)
     assert sorted(p.name for p in rdir.iterdir()) == ["new.csv"]
     assert (new / "old.csv").read_text() == "old"  # the caller removes it
 
@@ -403,5 +404,5 @@ def test_a_record_left_aside_by_a_crashed_swap_is_put_back(tmp_path):
     aside = tmp_path / ".staged-t+m.old.abc" / "record"  # where a non-atomic swap parks the old record
     aside.mkdir(parents=True)
     (aside / "evaluation.json").write_text("{}")
-    stage = ev._stage(rdir)
+    stage = rec_io._stage(rdir)
     assert (rdir / "evaluation.json").read_text() == "{}" and stage.is_dir() and not aside.exists()

@@ -23,6 +23,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from skybench.harness import evaluate as ev
+from skybench.harness import record as rec_mod
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACK = "lens-ground"  # no real set folded in: the release depends on nothing the project has built
@@ -82,10 +83,10 @@ def test_a_tiny_pipeline_run_twice_gives_the_same_files(tmp_path):
 
     # What DVC leaves out is exactly the run facts beside each record, and they are there (MLflow gets them).
     left_out = sorted(rel for rel in ha if ignored.match_file(rel))
-    assert left_out == sorted(r.replace("evaluation.json", ev.RUN_FILE) for r in records)
+    assert left_out == sorted(r.replace("evaluation.json", rec_mod.RUN_FILE) for r in records)
     for rel in left_out:
         facts = json.loads((a / rel).read_text())
-        assert set(facts) == set(ev.RUN_FIELDS) and facts["seconds"] > 0 and len(facts["git_commit"]) == 40
+        assert set(facts) == set(rec_mod.RUN_FIELDS) and facts["seconds"] > 0 and len(facts["git_commit"]) == 40
 
     # The comparison sees a changed byte (so the assertion above can fail).
     (b / records[0]).write_text((b / records[0]).read_text().replace("FINISHED", "FINISHED "))
@@ -98,20 +99,20 @@ def test_run_specific_facts_stay_out_of_the_record(tmp_path):
     fields = dict(team="t", name="n", fmt="predictions", status="FINISHED", reason="", sub_sha="s" * 64,
                   release_sha="r" * 64, device="cpu", metrics={"auroc": 0.75},
                   submitted="2030-01-01T00:00:00.000+00:00")
-    one = ev._write_record(tmp_path / "one", seconds=1.5, n=10, **fields)  # type: ignore[arg-type]
-    two = ev._write_record(tmp_path / "two", seconds=99.25, n=10, **fields)  # type: ignore[arg-type]
+    one = rec_mod._write_record(tmp_path / "one", seconds=1.5, n=10, **fields)  # type: ignore[arg-type]
+    two = rec_mod._write_record(tmp_path / "two", seconds=99.25, n=10, **fields)  # type: ignore[arg-type]
     assert (one / ev.RECORD).read_bytes() == (two / ev.RECORD).read_bytes()
-    assert not set(ev.RUN_FIELDS) & set(json.loads((one / ev.RECORD).read_text()))
-    assert json.loads((two / ev.RUN_FILE).read_text())["seconds"] == 99.25
-    assert [p.name for p in sorted(one.iterdir())] == [ev.RECORD, ev.RUN_FILE]
+    assert not set(rec_mod.RUN_FIELDS) & set(json.loads((one / ev.RECORD).read_text()))
+    assert json.loads((two / rec_mod.RUN_FILE).read_text())["seconds"] == 99.25
+    assert [p.name for p in sorted(one.iterdir())] == [ev.RECORD, rec_mod.RUN_FILE]
 
 
 def test_the_mlflow_record_still_has_the_run_facts(tmp_path):
-    from skybench.tracking.log import _run_facts
+    from skybench.harness.record import _run_facts
 
-    (tmp_path / ev.RUN_FILE).write_text(json.dumps({"seconds": 3.0, "git_commit": "c" * 40, "team": "other"}))
+    (tmp_path / rec_mod.RUN_FILE).write_text(json.dumps({"seconds": 3.0, "git_commit": "c" * 40, "team": "other"}))
     assert _run_facts(tmp_path) == {"seconds": 3.0, "git_commit": "c" * 40}  # nothing but the run facts
-    (tmp_path / ev.RUN_FILE).write_text("[1]")
+    (tmp_path / rec_mod.RUN_FILE).write_text("[1]")
     assert _run_facts(tmp_path) == {} and _run_facts(tmp_path / "absent") == {}
 
 

@@ -141,9 +141,13 @@ def evaluate(folders: Annotated[list[Path] | None, typer.Argument(
 @app.command("log")
 def log_(evaluations: Path, track: Annotated[str | None, typer.Option()] = None) -> None:
     """Publish evaluation records to MLflow (idempotent; also logs records kept during an outage)."""
+    from skybench.harness.record import RecordError
     from skybench.tracking.log import publish_all
 
-    new, old = publish_all(evaluations, track)
+    try:
+        new, old = publish_all(evaluations, track)
+    except RecordError as exc:  # the valid records were published; these were not
+        _fail(str(exc))
     typer.echo(f"{evaluations}: {new} run(s) logged, {old} already in MLflow")
 
 

@@ -1,11 +1,11 @@
 """The ``evaluate`` stage: run submissions in the sandbox on a release's public test inputs and score them.
 
-For each submission it writes an evaluation record, ``OUT/<team>+<name>/`` (:func:`record_dir`: each part
-percent-encoded, so different names never share a folder): ``evaluation.json``, ``metrics.json`` and the
+For each submission it writes an evaluation record, ``OUT/<team>+<name>/`` (:mod:`skybench.harness.record`: each
+part percent-encoded, so different names never share a folder): ``evaluation.json``, ``metrics.json`` and the
 aggregate plots a participant may see; and the organiser's full record in ``results/<track>/private/<record>/``
 (``OUT-private/`` for another OUT): predictions, per-object tables, full ROC, truth plots, every metric (see
 :mod:`skybench.harness.visibility`); then it publishes both to MLflow (``log.py``). Each record is written aside and
-swapped in whole (:func:`_write_record`): a crash leaves the old or the new record, never a mix.
+swapped in whole (``record._write_record``): a crash leaves the old or the new record, never a mix.
 
 Who an entry belongs to is its folder's place in the project (:func:`identity`), not what its
 ``submission.yaml`` claims. A failure of the evaluating machine (``PredictResult.infrastructure``) is
@@ -22,13 +22,9 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import json
 import os
 import shutil
-import string
 import subprocess
-import tempfile
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -38,6 +34,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from skybench import __version__
+from skybench.harness.record import INFRASTRUCTURE, RECORD, RecordError, _stage, _write_records, read_record, record_dir
 from skybench.harness.score import score, score_real
 from skybench.harness.submission import (
     SPEC_FILE,
@@ -50,23 +47,15 @@ from skybench.harness.submission import (
     load_submission,
     read_spec_file,
 )
-from skybench.harness.visibility import make_private_root, participant_view, private_dir, write_participant_view
+from skybench.harness.visibility import make_private_root, private_dir, write_participant_view
 from skybench.release import ReleaseError, layout, read_manifest, release_digest, verify_release
 from skybench.release.mixing import Stream
 from skybench.release.reader import HiddenSplit, Release
-from skybench.tracking import find_evaluation, git_commit
+from skybench.tracking import find_evaluation
 from skybench.tracks import Track, load_track, project_root
 
 if TYPE_CHECKING:
     from skybench.harness.executors import Executor, Job
-
-RECORD = "evaluation.json"
-# What differs from one run of the same evaluation to the next (wall time, the code's commit): kept beside the
-# record, out of evaluation.json, so records are reproducible to the byte; .dvcignore keeps it out of DVC's
-# hashes, `skybench log` publishes it to MLflow with the record.
-RUN_FILE = "run.json"
-RUN_FIELDS = ("seconds", "git_commit")
-INFRASTRUCTURE = "infrastructure"  # ``failure_kind`` of a failure of the evaluating machine, not the submission
 
 
 @dataclass
@@ -132,29 +121,6 @@ def discover_submissions(track: str, roots: tuple[str, ...] = ("submissions", "b
             if declared == track:
                 found.append(spec.parent)
     return found
-
-
-_SAFE = frozenset(string.ascii_letters + string.digits + "_-")
-_MAX_DIR = 200  # a record folder name stays well under NAME_MAX (255 bytes)
-
-
-def _encode(part: str) -> str:
-    """``part`` with every character but ``[A-Za-z0-9_-]`` percent-encoded (UTF-8): ``%``, ``+``, ``.``
-    and ``~`` never appear unencoded, so the encoding is injective and never ``.`` or ``..``."""
-    return "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
-                   for c in part)
-
-
-def record_dir(out: Path, team: str, name: str) -> Path:
-    """``out/<team>+<name>``, each part percent-encoded: different (team, name) pairs never share a folder.
-
-    A name too long for one folder keeps a readable prefix and ends in ``~`` and the sha256 of the pair
-    (``~`` is never in a short name)."""
-    key = f"{_encode(team)}+{_encode(name)}"
-    if len(key) > _MAX_DIR:
-        digest = hashlib.sha256(json.dumps([team, name]).encode()).hexdigest()
-        key = f"{key[:_MAX_DIR - 65]}~{digest}"
-    return Path(out) / key
 
 
 RESERVED_TEAMS = ("examples", "baselines", "invalid")  # identities the project itself files records under
@@ -417,17 +383,6 @@ def _finish(plan: _Plan, res: PredictResult, track: Track, release_sha: str, hid
     return Outcome(plan.folder, plan.team, plan.name, status, reason, metrics, rec, failure_kind=kind)
 
 
-def _write_records(track: Track, rdir: Path, *, metrics: dict, stage: Path | None = None,
-                   private_stage: Path | None = None, **fields: object) -> Path:
-    """The organiser's full record (when there is a new one, or an old one a failure must replace), then the
-    participant's record with the participant view of ``metrics``; return the participant record folder."""
-    priv = private_dir(rdir)
-    if private_stage is not None or priv.is_dir():
-        make_private_root(rdir.parent)
-        _write_record(priv, metrics=metrics, staged=private_stage, **fields)  # type: ignore[arg-type]
-    return _write_record(rdir, metrics=participant_view(track, metrics), staged=stage, **fields)  # type: ignore[arg-type]
-
-
 def save_predictions(rdir: Path, stem: str, ids: pd.Series, predictions: object) -> None:
     """``<stem>.csv`` (id, score) for one value per object; else ``<stem>.npy`` plus ``<stem>_ids.csv``.
 
@@ -482,88 +437,14 @@ def _same_record(rdir: Path, sub: Submission, release_sha: str, real_sha: str,
     """Whether ``rdir`` holds a result of this very evaluation that may be reused (not an infrastructure
     failure)."""
     try:
-        rec = json.loads((rdir / RECORD).read_text())
-    except (OSError, ValueError):
+        rec = read_record(rdir / RECORD)
+    except RecordError:  # unreadable or invalid: evaluated again, and rewritten
         return False
-    if not isinstance(rec, dict) or rec.get("failure_kind") == INFRASTRUCTURE:
+    if rec.failure_kind == INFRASTRUCTURE:
         return False
     want = {"submission_sha256": sub.sha256, "release_sha256": release_sha, "real_release_sha256": real_sha,
             **(key or {})}
-    return all(rec.get(k, "") == v for k, v in want.items())
-
-
-def _write_record(rdir: Path, *, team: str, name: str, fmt: str, status: str, reason: str, sub_sha: str,
-                  release_sha: str, device: str, metrics: dict, staged: Path | None = None,
-                  **extra: object) -> Path:
-    """Write ``evaluation.json`` into ``staged`` (a folder made by :func:`_stage` holding the rest of the new
-    record; a new empty one when None), then swap that whole folder in for ``rdir``. Nothing of the old
-    record is deleted before the new one is complete, and a crash leaves one or the other, whole."""
-    own = staged is None
-    staged = _stage(rdir) if staged is None else staged
-    rec = {"team": team, "name": name, "format": fmt, "status": status, "reason": reason,
-           "submission_sha256": sub_sha, "release_sha256": release_sha, "device": device,
-           "skybench_version": __version__, "git_commit": git_commit(), "metrics": metrics, **extra}
-    run = {k: rec.pop(k) for k in RUN_FIELDS if k in rec}
-    try:
-        (staged / RECORD).write_text(json.dumps(rec, indent=2, sort_keys=True, default=float) + "\n")
-        (staged / RUN_FILE).write_text(json.dumps(run, indent=2, sort_keys=True, default=float) + "\n")
-        _swap(staged, rdir)
-    finally:
-        if own:  # gone after a swap; a half-written record otherwise
-            shutil.rmtree(staged, ignore_errors=True)
-    return rdir
-
-
-_STAGE = ".staged-"  # prefix of record folders being written (hidden: never published, never read back)
-
-
-def _stage(rdir: Path) -> Path:
-    """A new empty sibling folder of ``rdir`` to write a record into (same filesystem, so renames are atomic).
-    An old record left aside by a crashed :func:`_swap` is put back; leftovers older than a day are removed."""
-    rdir.parent.mkdir(parents=True, exist_ok=True)
-    for aside in rdir.parent.glob(f"{_STAGE}{rdir.name}.old.*/record"):  # a crash inside a non-atomic _swap
-        if not rdir.exists():
-            os.rename(aside, rdir)
-    for old in rdir.parent.glob(f"{_STAGE}{rdir.name}.*"):
-        try:
-            if time.time() - old.lstat().st_mtime > 86400:
-                shutil.rmtree(old, ignore_errors=True)
-        except OSError:
-            pass
-    return Path(tempfile.mkdtemp(prefix=f"{_STAGE}{rdir.name}.", dir=rdir.parent))
-
-
-def _swap(new: Path, rdir: Path) -> None:
-    """Put folder ``new`` at ``rdir``; the old ``rdir`` ends at ``new``'s path (the caller removes it)."""
-    if not rdir.exists() and not rdir.is_symlink():
-        os.rename(new, rdir)
-    elif not _exchange(new, rdir):  # no atomic exchange here: the old record aside, the new one in
-        aside = Path(tempfile.mkdtemp(prefix=f"{_STAGE}{rdir.name}.old.", dir=rdir.parent)) / "record"
-        os.rename(rdir, aside)
-        try:
-            os.rename(new, rdir)
-        except BaseException:
-            os.rename(aside, rdir)
-            raise
-        os.rename(aside, new)
-        aside.parent.rmdir()
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is unsupported."""
-    import ctypes
-    import errno
-
-    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
-    if fn is None:
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), str(b))
+    return all(getattr(rec, k, "") == v for k, v in want.items())
 
 
 # the modules that turn predictions into scores
@@ -625,10 +506,10 @@ def submission_time(folder: Path, sub_sha: str, rdir: Path, received: datetime |
     if when := _built_time(Path(folder)):
         return when
     try:
-        rec = json.loads((rdir / RECORD).read_text())
-        if rec.get("submission_sha256") == sub_sha and rec.get("submitted"):
-            return _utc(rec["submitted"])
-    except (OSError, ValueError, TypeError, AttributeError):
+        rec = read_record(rdir / RECORD)
+        if rec.submission_sha256 == sub_sha and rec.submitted:
+            return _utc(rec.submitted)
+    except ValueError:  # RecordError, or a time that is not ISO 8601
         pass
     return _utc(datetime.now(timezone.utc))
 

@@ -73,74 +73,9 @@ class SandboxResult:
     infrastructure: bool = False  # the failure is the host's (sandbox setup, cgroup, mount, disk): retry it
 
 
-# Runs as PID 1 inside the sandbox: argv = [status_fd, config_json, *command].
-_SHIM = r"""
-import json, os, resource, signal, sys, time
-fd, cfg, argv = int(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3:]
-os.write(fd, b"S")  # started: the sandbox was set up (a failure before this is the host's)
-signal.signal(signal.SIGINT, signal.SIG_DFL)
-try:  # not dumpable: a same-uid command can neither ptrace us nor open /proc/1/fd
-    import ctypes
-    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)
-except Exception:
-    pass
-pid = os.fork()
-if pid == 0:
-    try:
-        for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
-            signal.signal(s, signal.SIG_DFL)
-        os.closerange(3, 1 << 16)
-        try:  # the command, not this shim, is the OOM killer's first choice
-            with open("/proc/self/oom_score_adj", "w") as f:
-                f.write("1000")
-        except OSError:
-            pass
-        if os.getuid() == 0 and cfg["uid"] is not None:
-            os.setgroups([])
-            os.setresgid(cfg["gid"], cfg["gid"], cfg["gid"])
-            os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])
-        for name, value in cfg["rlimits"]:
-            res = getattr(resource, name)
-            hard = resource.getrlimit(res)[1]
-            inf = hard == resource.RLIM_INFINITY
-            value = value if inf else min(value, hard)
-            # CPU: SIGXCPU at the soft limit, SIGKILL one second later if that signal is ignored.
-            grace = 1 if name == "RLIMIT_CPU" and (inf or value + 1 <= hard) else 0
-            resource.setrlimit(res, (value, value + grace))
-        os.execvp(argv[0], argv)
-    except BaseException as e:
-        os.write(2, f"sandbox: cannot run {argv[0]!r}: {e}\n".encode())
-    os._exit(127)
-while True:  # reap everything (we are init) until the command itself exits
-    p, status, ru = os.wait4(-1, 0)
-    if p == pid:
-        break
-
-def survivors():
-    while True:
-        try:
-            if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                break
-        except ChildProcessError:
-            break
-    alive = 0
-    for d in os.listdir("/proc"):
-        if d.isdigit() and int(d) != os.getpid():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    alive += f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
-            except (OSError, IndexError):
-                pass
-    return alive
-
-left = survivors()
-if left:
-    time.sleep(0.3)  # let processes that are already on their way out finish
-    left = survivors()
-code = os.waitstatus_to_exitcode(status)
-os.write(fd, json.dumps({"returncode": code, "cpu": ru.ru_utime + ru.ru_stime, "survivors": left}).encode())
-os._exit(code if code >= 0 else 128 - code)
-"""
+# The init shim (skybench.harness.shim), PID 1 inside the sandbox: run by path, as the package folder is bound
+# read-only there; argv = [status_fd, config_json, *command].
+_SHIM = Path(__file__).resolve().with_name("shim.py")
 
 
 _REQUIRED_BWRAP = {"--size": "a size-limited /tmp", "--disable-userns": "no nested user namespaces",
@@ -588,7 +523,7 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
           "--seccomp", str(fds["seccomp"])]
     if not privileged:  # as root bwrap cannot --disable-userns; the seccomp filter denies new namespaces then
         ns += ["--unshare-user", "--uid", str(uid), "--gid", str(gid), "--disable-userns"]
-    cmd = [bwrap, *ns, *m.args, "--info-fd", str(fds["info"]), "--", sys.executable, "-I", "-S", "-c", _SHIM,
+    cmd = [bwrap, *ns, *m.args, "--info-fd", str(fds["info"]), "--", sys.executable, "-I", "-S", str(_SHIM),
            str(fds["status"]), json.dumps(cfg), *argv]
     if cg is not None:
         cmd = ["/bin/sh", "-c", _JOIN_CGROUP, "sh", *map(str, cg.procs_files), "--", *cmd]

@@ -25,12 +25,12 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from skybench.harness.record import RECORD
 from skybench.tracks import Track
 
 __all__ = ["participant_artifacts", "participant_view", "private_dir", "private_root", "write_participant_view"]
 
 PRIVATE = "private"
-RECORD = "evaluation.json"
 # Participant-visible files per task. Nothing else from the organiser's folder is ever copied or logged.
 _ARTIFACTS = {
     "lens": ("roc_public.csv", "roc_public.png"),

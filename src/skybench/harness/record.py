@@ -1,0 +1,236 @@
+"""The evaluation record: one typed model (:class:`EvaluationRecord`), written by ``evaluate`` and read by ``log``.
+
+A record folder is ``OUT/<team>+<name>/`` (:func:`record_dir`) holding :data:`RECORD` (this model as JSON:
+``indent=2``, sorted keys, one trailing newline) beside the files of the evaluation. Each record is written
+aside and swapped in whole (:func:`_write_record`): a crash leaves the old or the new record, never a mix.
+A record that does not validate is never published: reading it raises :class:`RecordError`, one line naming
+the file and what is wrong."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import numbers
+import os
+import shutil
+import string
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError
+
+from skybench import __version__
+
+if TYPE_CHECKING:
+    from skybench.tracks import Track
+
+RECORD = "evaluation.json"  # the record's file name in a record folder (participant's and organiser's)
+# What differs from one run of the same evaluation to the next (wall time, the code's commit): kept beside the
+# record in RUN_FILE, out of RECORD, so records are reproducible to the byte; .dvcignore keeps it out of DVC's
+# hashes, and read_record puts it back, so `skybench log` publishes it to MLflow with the record.
+RUN_FILE = "run.json"
+RUN_FIELDS = ("seconds", "git_commit")
+INFRASTRUCTURE = "infrastructure"  # ``failure_kind`` of a failure of the evaluating machine, not the submission
+
+
+def _metric(value: object) -> int | float:
+    """A metric is a JSON number, an int or a float (NaN included), written as ``json.dumps(default=float)``
+    always wrote it: a subclass of int or float as its value, a numpy (or other real) scalar as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"a metric must be a number, not {type(value).__name__}")
+    return int(value) if isinstance(value, int) else float(value)
+
+
+Metric = Annotated[int | float, PlainValidator(_metric)]
+
+
+class EvaluationRecord(BaseModel):
+    """What ``evaluation.json`` holds. A key is written only when the writer set it (:meth:`to_json`), so the
+    records of every path (finished, refused, crashed) keep exactly the keys they always had; the defaults are
+    what a reader sees for a key an older record lacks."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    team: str
+    name: str
+    format: str  # the submission format, "?" when its submission.yaml could not be read
+    status: Literal["FINISHED", "FAILED"]
+    reason: str = ""  # one line; "" when finished
+    submission_sha256: str  # "unreadable" when the folder could not be hashed
+    release_sha256: str
+    real_release_sha256: str = ""  # the real set folded into the release ("" when none)
+    device: str = ""  # "cuda", "cpu", "none" (predictions format) or "unknown"
+    skybench_version: str = ""
+    git_commit: str = ""
+    track_sha256: str = ""  # with scorer_sha256 and skybench_version: evaluate.cache_key
+    scorer_sha256: str = ""
+    failure_kind: Literal["", "infrastructure"] = ""  # "infrastructure": the machine failed, retried next run
+    submitted: str = ""  # UTC ISO time the evaluated version was submitted (evaluate.submission_time)
+    seconds: float | None = None  # wall time of the sandboxed run; absent when nothing ran
+    n: int | None = None  # number of objects predicted; absent when nothing ran
+    metrics: dict[str, Metric]
+
+    def to_json(self, with_run: bool = False) -> str:
+        """The record file's text: the keys that were set (but the run facts, unless ``with_run``), sorted,
+        indented by 2, and a final newline."""
+        return _dumps(self.model_dump(exclude_unset=True, exclude=None if with_run else set(RUN_FIELDS)))
+
+    def run_json(self) -> str:
+        """The run file's text: the run facts (:data:`RUN_FIELDS`) that were set."""
+        return _dumps(self.model_dump(exclude_unset=True, include=set(RUN_FIELDS)))
+
+
+def _dumps(data: dict) -> str:
+    return json.dumps(data, indent=2, sort_keys=True, default=float) + "\n"
+
+
+class RecordError(ValueError):
+    """Evaluation records that cannot be read or do not validate: one line per record, naming its file."""
+
+
+def read_record(path: Path) -> EvaluationRecord:
+    """The record in file ``path``, with the run facts of the :data:`RUN_FILE` beside it (none when it is
+    missing or not an object, as in a record restored from DVC's cache); raises :class:`RecordError` (one line)
+    when the record is unreadable or invalid."""
+    try:
+        raw = json.loads(Path(path).read_bytes())
+    except OSError as exc:
+        raise RecordError(f"{path}: cannot read the evaluation record ({exc.strerror or exc})") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise RecordError(f"{path}: not an evaluation record, invalid JSON ({_clip(str(exc))}); "
+                          "remove it, or re-run `skybench evaluate --force` to rewrite it") from exc
+    if isinstance(raw, dict):
+        raw |= _run_facts(Path(path).parent)
+    try:
+        return EvaluationRecord.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the record'}: {e['msg']}" for e in exc.errors())
+        raise RecordError(f"{path}: not a valid evaluation record ({_clip(problems)}); remove it, or re-run "
+                          "`skybench evaluate --force` to rewrite it") from None
+
+
+def _run_facts(folder: Path) -> dict:
+    try:
+        facts = json.loads((folder / RUN_FILE).read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return {k: facts[k] for k in RUN_FIELDS if k in facts} if isinstance(facts, dict) else {}
+
+
+def _clip(text: str, limit: int = 500) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else f"{text[:limit]}..."
+
+
+_SAFE = frozenset(string.ascii_letters + string.digits + "_-")
+_MAX_DIR = 200  # a record folder name stays well under NAME_MAX (255 bytes)
+
+
+def _encode(part: str) -> str:
+    """``part`` with every character but ``[A-Za-z0-9_-]`` percent-encoded (UTF-8): ``%``, ``+``, ``.``
+    and ``~`` never appear unencoded, so the encoding is injective and never ``.`` or ``..``."""
+    return "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
+                   for c in part)
+
+
+def record_dir(out: Path, team: str, name: str) -> Path:
+    """``out/<team>+<name>``, each part percent-encoded: different (team, name) pairs never share a folder.
+
+    A name too long for one folder keeps a readable prefix and ends in ``~`` and the sha256 of the pair
+    (``~`` is never in a short name)."""
+    key = f"{_encode(team)}+{_encode(name)}"
+    if len(key) > _MAX_DIR:
+        digest = hashlib.sha256(json.dumps([team, name]).encode()).hexdigest()
+        key = f"{key[:_MAX_DIR - 65]}~{digest}"
+    return Path(out) / key
+
+
+def _write_records(track: Track, rdir: Path, *, metrics: dict, stage: Path | None = None,
+                   private_stage: Path | None = None, **fields: object) -> Path:
+    """The organiser's full record (when there is a new one, or an old one a failure must replace), then the
+    participant's record with the participant view of ``metrics``; return the participant record folder."""
+    from skybench.harness.visibility import make_private_root, participant_view, private_dir
+
+    priv = private_dir(rdir)
+    if private_stage is not None or priv.is_dir():
+        make_private_root(rdir.parent)
+        _write_record(priv, metrics=metrics, staged=private_stage, **fields)  # type: ignore[arg-type]
+    return _write_record(rdir, metrics=participant_view(track, metrics), staged=stage, **fields)  # type: ignore[arg-type]
+
+
+def _write_record(rdir: Path, *, team: str, name: str, fmt: str, status: str, reason: str, sub_sha: str,
+                  release_sha: str, device: str, metrics: dict, staged: Path | None = None,
+                  **extra: object) -> Path:
+    """Write ``evaluation.json`` into ``staged`` (a folder made by :func:`_stage` holding the rest of the new
+    record; a new empty one when None), then swap that whole folder in for ``rdir``. Nothing of the old
+    record is deleted before the new one is complete, and a crash leaves one or the other, whole."""
+    from skybench.tracking import git_commit
+
+    own = staged is None
+    staged = _stage(rdir) if staged is None else staged
+    try:
+        rec = EvaluationRecord.model_validate(
+            {"team": team, "name": name, "format": fmt, "status": status, "reason": reason,
+             "submission_sha256": sub_sha, "release_sha256": release_sha, "device": device,
+             "skybench_version": __version__, "git_commit": git_commit(), "metrics": metrics, **extra})
+        (staged / RECORD).write_text(rec.to_json())
+        (staged / RUN_FILE).write_text(rec.run_json())
+        _swap(staged, rdir)
+    finally:
+        if own:  # gone after a swap; a half-written record otherwise
+            shutil.rmtree(staged, ignore_errors=True)
+    return rdir
+
+
+_STAGE = ".staged-"  # prefix of record folders being written (hidden: never published, never read back)
+
+
+def _stage(rdir: Path) -> Path:
+    """A new empty sibling folder of ``rdir`` to write a record into (same filesystem, so renames are atomic).
+    An old record left aside by a crashed :func:`_swap` is put back; leftovers older than a day are removed."""
+    rdir.parent.mkdir(parents=True, exist_ok=True)
+    for aside in rdir.parent.glob(f"{_STAGE}{rdir.name}.old.*/record"):  # a crash inside a non-atomic _swap
+        if not rdir.exists():
+            os.rename(aside, rdir)
+    for old in rdir.parent.glob(f"{_STAGE}{rdir.name}.*"):
+        try:
+            if time.time() - old.lstat().st_mtime > 86400:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
+    return Path(tempfile.mkdtemp(prefix=f"{_STAGE}{rdir.name}.", dir=rdir.parent))
+
+
+def _swap(new: Path, rdir: Path) -> None:
+    """Put folder ``new`` at ``rdir``; the old ``rdir`` ends at ``new``'s path (the caller removes it)."""
+    if not rdir.exists() and not rdir.is_symlink():
+        os.rename(new, rdir)
+    elif not _exchange(new, rdir):  # no atomic exchange here: the old record aside, the new one in
+        aside = Path(tempfile.mkdtemp(prefix=f"{_STAGE}{rdir.name}.old.", dir=rdir.parent)) / "record"
+        os.rename(rdir, aside)
+        try:
+            os.rename(new, rdir)
+        except BaseException:
+            os.rename(aside, rdir)
+            raise
+        os.rename(aside, new)
+        aside.parent.rmdir()
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is unsupported."""
+    import ctypes
+    import errno
+
+    fn = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if fn is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))

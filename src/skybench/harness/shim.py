@@ -1,0 +1,101 @@
+"""The init shim: PID 1 inside the bubblewrap sandbox, run by path by :mod:`skybench.harness.sandbox` as
+``python -I -S shim.py STATUS_FD CONFIG_JSON COMMAND...``.
+
+It writes ``S`` to STATUS_FD once the sandbox is set up (a failure before that is the host's), forks the
+command (default signal dispositions, no inherited descriptors, first choice of the OOM killer, dropped to the
+configured uid and gid when run as root, with the configured rlimits), reaps every process as init does until
+the command exits, counts the processes still alive, and writes ``{"returncode", "cpu", "survivors"}`` as JSON
+to STATUS_FD before exiting with the command's status. CONFIG_JSON: ``{"uid": int | null, "gid": int,
+"rlimits": [["RLIMIT_...", value], ...]}``.
+
+Standard library only, never skybench: it runs isolated (``-I -S``) before the command, and nothing the
+command can reach may change what it does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import sys
+import time
+from typing import Any, NoReturn
+
+
+def main() -> NoReturn:
+    fd, cfg, argv = int(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3:]
+    os.write(fd, b"S")  # started: the sandbox was set up (a failure before this is the host's)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:  # not dumpable: a same-uid command can neither ptrace us nor open /proc/1/fd
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)
+    except Exception:
+        pass
+    pid = os.fork()
+    if pid == 0:
+        _command(argv, cfg)
+    while True:  # reap everything (we are init) until the command itself exits
+        p, status, ru = os.wait4(-1, 0)
+        if p == pid:
+            break
+    left = _survivors()
+    if left:
+        time.sleep(0.3)  # let processes that are already on their way out finish
+        left = _survivors()
+    code = os.waitstatus_to_exitcode(status)
+    os.write(fd, json.dumps({"returncode": code, "cpu": ru.ru_utime + ru.ru_stime, "survivors": left}).encode())
+    os._exit(code if code >= 0 else 128 - code)
+
+
+def _command(argv: list[str], cfg: dict[str, Any]) -> NoReturn:
+    """In the forked child: set up the command's process and exec it (exit 127 when it cannot run)."""
+    try:
+        for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
+            signal.signal(s, signal.SIG_DFL)
+        os.closerange(3, 1 << 16)
+        try:  # the command, not this shim, is the OOM killer's first choice
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("1000")
+        except OSError:
+            pass
+        if os.getuid() == 0 and cfg["uid"] is not None:
+            os.setgroups([])
+            os.setresgid(cfg["gid"], cfg["gid"], cfg["gid"])
+            os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])
+        for name, value in cfg["rlimits"]:
+            res = getattr(resource, name)
+            hard = resource.getrlimit(res)[1]
+            inf = hard == resource.RLIM_INFINITY
+            value = value if inf else min(value, hard)
+            # CPU: SIGXCPU at the soft limit, SIGKILL one second later if that signal is ignored.
+            grace = 1 if name == "RLIMIT_CPU" and (inf or value + 1 <= hard) else 0
+            resource.setrlimit(res, (value, value + grace))
+        os.execvp(argv[0], argv)
+    except BaseException as e:
+        os.write(2, f"sandbox: cannot run {argv[0]!r}: {e}\n".encode())
+    os._exit(127)
+
+
+def _survivors() -> int:
+    """Reap what has exited, then count the processes of the sandbox, other than this one, still alive."""
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                break
+        except ChildProcessError:
+            break
+    alive = 0
+    for d in os.listdir("/proc"):
+        if d.isdigit() and int(d) != os.getpid():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    alive += f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
+            except (OSError, IndexError):
+                pass
+    return alive
+
+
+if __name__ == "__main__":
+    main()
