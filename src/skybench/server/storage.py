@@ -224,6 +224,12 @@ def _untar(tar: tarfile.TarFile, stage: Path, limits: UploadLimits) -> None:
             else:
                 raise UploadError(f"archive member {m.name!r}: only regular files and folders are allowed "
                                   "(no devices, FIFOs or other special files)")
+        # tarfile ends quietly at a truncated header: read the (compressed) stream to its end to tell.
+        trailing = 0
+        while chunk := tar.fileobj.read(CHUNK):
+            trailing += len(chunk)
+            if trailing > 16 * CHUNK:
+                raise UploadError("archive has more than 16 MiB of data after its end; pack only the folder")
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise UploadError(f"archive is damaged or truncated ({type(exc).__name__}: {exc})") from exc
 
