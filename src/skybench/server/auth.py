@@ -27,7 +27,7 @@ RESERVED = ("examples", "baselines", "invalid")  # team names the evaluation sta
 
 
 class AuthError(Exception):
-    """A token is missing, malformed or wrong (always the same message: nothing to learn from it)."""
+    """A token is missing, or malformed or wrong (one message for both: nothing to learn from it)."""
 
 
 class RateLimited(Exception):
@@ -108,7 +108,9 @@ class FailureLimiter:
 def verify(session: Session, token: str | None, client: str, limiter: FailureLimiter) -> Team:
     """The team whose token this is; raises :class:`RateLimited` or :class:`AuthError`."""
     limiter.check(client)
-    m = _TOKEN.match(token or "")
+    if not token:  # no guess made: not counted (a browser's first request carries none)
+        raise AuthError("missing token (send 'Authorization: Bearer <your team token>')")
+    m = _TOKEN.match(token)
     team = session.scalar(select(Team).where(Team.token_id == m.group(1))) if m else None
     ok = False
     if team is not None and m is not None:
