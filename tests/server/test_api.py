@@ -18,7 +18,8 @@ def pack(team: str, name: str, track: str = "lens-space", fmt: str = "onnx") -> 
     spec = (f"team: {team}\nname: {name}\ntrack: {track}\nformat: {fmt}\nmodel: model.onnx\n").encode()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for arc, data in ((f"{name}/submission.yaml", spec), (f"{name}/model.onnx", (EXAMPLE / "model.onnx").read_bytes())):
+        model = (EXAMPLE / "model.onnx").read_bytes()
+        for arc, data in ((f"{name}/submission.yaml", spec), (f"{name}/model.onnx", model)):
             info = tarfile.TarInfo(arc)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
