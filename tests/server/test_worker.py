@@ -10,7 +10,6 @@ from fastapi.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers.py
 from helpers import bwrap_works  # noqa: E402
-
 from test_api import pack  # noqa: E402
 
 
