@@ -192,3 +192,20 @@ def test_phases_gate_submissions(Session, cfg, team):
     assert tc.phase_at(now + timedelta(days=10)) == "closed"
     with pytest.raises(ValueError, match="order"):
         TrackConfig.model_validate({"phases": {"open": now, "closed": now - timedelta(days=1)}})
+
+
+def test_an_entry_name_belongs_to_one_track(Session, cfg, team):
+    from skybench.server import queue
+    from skybench.server.db import Submission
+
+    tracks = dict(cfg.tracks)
+    tracks["lens-ground"] = tracks["lens-ground"].model_copy(update={"open": True})
+    cfg = cfg.model_copy(update={"tracks": tracks})
+    with Session() as s:
+        s.add(Submission(id="f" * 32, team_id=team.id, track="lens-ground", name="resnet", sha256=SHA,
+                         phase="open", state="finished"))
+        s.commit()
+        with pytest.raises(queue.Refused, match="taken by your submissions to track 'lens-ground'") as exc:
+            queue.enqueue(s, cfg, team, "lens-space", "resnet", SHA)
+        assert exc.value.status == 409
+        queue.enqueue(s, cfg, team, "lens-ground", "resnet", SHA)  # the same track: a new version of the entry

@@ -104,6 +104,11 @@ def enqueue(session: Session, cfg: ChallengeConfig, team: Team, track: str, name
         starts = cfg.tracks[track].phases.get("open")
         when = f"; it opens at {starts.isoformat()}" if phase == "pending" and starts else ""
         raise Refused(f"track {track!r} is in phase {phase!r} and takes no new submissions{when}", 409)
+    other = session.scalar(select(Submission.track).where(Submission.team_id == team.id, Submission.name == name,
+                                                         Submission.track != track).limit(1))
+    if other is not None:  # submissions/<team>/<name>/ is one entry, of one track
+        raise Refused(f"your entry name {name!r} is taken by your submissions to track {other!r}; "
+                      "use another name for this track", 409)
     q = cfg.track(track).quota
     day, per_phase = _periods(phase, received_at)
     try:

@@ -1,4 +1,4 @@
-"""``skybench worker``: claim a job, put its folder where ``dvc repro`` finds it, evaluate it, record the outcome.
+"""``skybench worker``: claim a job, copy its folder where ``dvc repro`` finds it, evaluate it, record the outcome.
 
 The evaluation is the project's own sandboxed :func:`skybench.harness.evaluate.evaluate` for that one folder,
 published to MLflow as today; its idempotency (the folder's sha256 in the records and in MLflow) means a job
@@ -100,10 +100,13 @@ def run_one(cfg: ChallengeConfig, sessions: sessionmaker, owner: str, *, executo
     hb = _Heartbeat(beat, max(1.0, cfg.lease_seconds / 3))
     hb.start()
     try:
-        store = Store(cfg.storage, cfg.upload)
-        folder = place(store.object_dir(sub.sha256), project_folder(cfg, team_name, sub.name))
-        outcome = evaluate([folder], sub.track, release, out=out, publish=publish, executor=executor,
-                           received={folder: sub.received_at})[0]
+        stored = Store(cfg.storage, cfg.upload).object_dir(sub.sha256)
+        # Where the organiser's `dvc repro` finds it; its record there is this one (same identity and sha256).
+        place(stored, project_folder(cfg, team_name, sub.name))
+        # Evaluated from the immutable, content-addressed copy: a newer upload of the same entry replacing
+        # the project copy meanwhile cannot change what this job runs.
+        outcome = evaluate([stored], sub.track, release, out=out, publish=publish, executor=executor,
+                           identities={stored: (team_name, sub.name)}, received={stored: sub.received_at})[0]
     except Exception as exc:  # noqa: BLE001 - the machine's fault (no release, a full disk...): retried
         outcome = None
         why = f"infrastructure failure, not the submission's: {one_line(exc)}"
