@@ -79,3 +79,105 @@ def test_upload_evaluate_finish_end_to_end(server, cfg, tmp_path, tiny_space_rel
     again = worker.run_one(cfg, Session, "w", release=tiny_space_release, out=tmp_path / "evals")
     assert again.id == second["id"] and again.state == "finished" and again.metrics == done.metrics
     assert len(mlflow.search_runs(experiment_names=["skybench-lens-space"], output_format="list")) == 1
+
+
+SLOW_PREDICT = """
+import time
+import numpy as np
+def load(model_dir):
+    time.sleep(6)  # long enough for the test to kill the worker mid-run
+def predict(model, batch):
+    return batch.sum(axis=(1, 2, 3)).astype("float32")
+"""
+
+WORKER = """
+import sys
+from pathlib import Path
+from skybench.server.config import load_config
+from skybench.server.db import make_engine, sessions
+from skybench.server.worker import run_one
+cfg = load_config(sys.argv[1])
+run_one(cfg, sessions(make_engine(cfg.db_url)), "doomed", release=Path(sys.argv[2]), out=Path(sys.argv[3]))
+"""
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """{pid: command name} of every process below ``pid``."""
+    children: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    for p in Path("/proc").iterdir():
+        try:
+            stat = (p / "stat").read_text() if p.name.isdigit() else ""
+        except OSError:
+            continue
+        if stat:
+            name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+            names[int(p.name)] = name
+            children.setdefault(int(rest[1]), []).append(int(p.name))
+    found, todo = {}, [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found[c] = names[c]
+            todo.append(c)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create the sandbox's namespaces here")
+def test_a_worker_killed_mid_run_leaves_a_job_another_worker_finishes_once(cfg, engine, tmp_path,
+                                                                          tiny_space_release, monkeypatch):
+    import contextlib
+    import io
+    import os
+    import signal
+    import subprocess
+    import tarfile
+    import time
+
+    import mlflow
+    import yaml
+    from helpers import python_submission
+
+    from skybench.server import queue, worker
+    from skybench.server.auth import add_team
+    from skybench.server.db import Submission, sessions
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.search_experiments()  # create the MLflow store first: MLflow's own set-up is not what is tested
+    cfg = cfg.model_copy(update={"lease_seconds": 5})
+    config = tmp_path / "challenge.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
+    Session = sessions(engine)
+    folder = python_submission(tmp_path / "src", "slow", SLOW_PREDICT, team="alpha")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(folder, arcname="slow")
+    store = worker.Store(cfg.storage, cfg.upload)
+    loaded, _ = store.store(store.unpack(store.receive([buf.getvalue()])))
+    with Session() as s:
+        team = add_team(s, "alpha").team
+        jid = queue.enqueue(s, cfg, team, "lens-space", "slow", loaded.sha256).id
+    out = tmp_path / "evals"
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, str(config), str(tiny_space_release), str(out)],
+                            start_new_session=True, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "bwrap" not in _descendants(proc.pid).values():
+            time.sleep(0.2)
+        time.sleep(1)  # inside the sandbox's load() now
+        assert proc.poll() is None and "bwrap" in _descendants(proc.pid).values(), "no sandbox to kill"
+    finally:
+        for pid in [proc.pid, *_descendants(proc.pid)]:  # the machine dies: the worker and all it started
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(30)
+    with Session() as s:
+        sub = s.get(Submission, jid)
+        assert sub.state == "running" and sub.lease_owner == "doomed"
+        expires = sub.lease_expires
+        assert queue.claim(s, "B", 5) is None  # its lease still holds (the heartbeat renewed it)
+    time.sleep(max(0.0, (expires - queue.utcnow()).total_seconds()) + 0.5)
+    done = worker.run_one(cfg, Session, "B", release=tiny_space_release, out=out)
+    assert done is not None and done.id == jid and done.state == "finished" and done.attempt == 2, done.reason
+    runs = mlflow.search_runs(experiment_names=["skybench-lens-space"], output_format="list")
+    assert [(r.data.params.get("team"), r.data.params.get("name")) for r in runs] == [("alpha", "slow")]
