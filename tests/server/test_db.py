@@ -90,3 +90,18 @@ def test_token_guessing_is_rate_limited(Session):
             verify(s, good, "1.2.3.4", lim)
         assert 1 <= exc.value.retry_after <= 61
         assert verify(s, good, "5.6.7.8", lim).name == "t"  # another client is not affected
+
+
+def test_verified_token_cache_and_rotation(Session):
+    from skybench.server.auth import AuthError, FailureLimiter, VerifiedCache, add_team, rotate_token, verify
+
+    with Session() as s:
+        old = add_team(s, "t").token
+        lim, cache = FailureLimiter(10, 60), VerifiedCache()
+        assert verify(s, old, "c", lim, cache).name == "t"
+        assert cache.get(s, old) is not None and cache.get(s, old + "x") is None
+        new = rotate_token(s, "t")
+        assert cache.get(s, old) is None  # the stored hash changed: the cached check no longer holds
+        with pytest.raises(AuthError):
+            verify(s, old, "c", lim, cache)
+        assert verify(s, new, "c", lim, cache).name == "t"

@@ -23,7 +23,7 @@ from starlette.types import Message
 
 from skybench.harness.submission import SLUG
 from skybench.server import queue
-from skybench.server.auth import AuthError, FailureLimiter, RateLimited, verify
+from skybench.server.auth import AuthError, FailureLimiter, RateLimited, VerifiedCache, verify
 from skybench.server.config import ChallengeConfig, Phase
 from skybench.server.db import Submission, Team, make_engine, sessions, upgrade, utcnow
 from skybench.server.storage import Store, UploadError
@@ -52,6 +52,7 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
     Session = sessions(engine)
     store = Store(cfg.storage, cfg.upload)
     limiter = FailureLimiter(cfg.auth.max_failures, cfg.auth.window_seconds)
+    verified = VerifiedCache()
     app = FastAPI(title="skybench challenge server", docs_url="/api/docs", openapi_url="/api/openapi.json",
                   redoc_url=None)
     app.state.cfg, app.state.engine, app.state.sessions, app.state.store = cfg, engine, Session, store
@@ -63,7 +64,7 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
         client = request.client.host if request.client else "unknown"
         with Session() as s:
             try:
-                return verify(s, token, client, limiter)
+                return verify(s, token, client, limiter, verified)
             except RateLimited as exc:
                 raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
             except AuthError as exc:

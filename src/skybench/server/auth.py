@@ -6,6 +6,7 @@ guessing); a refused client is answered before any hash is computed."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import threading
@@ -105,9 +106,39 @@ class FailureLimiter:
             self._recent(client, time.monotonic()).append(time.monotonic())
 
 
-def verify(session: Session, token: str | None, client: str, limiter: FailureLimiter) -> Team:
+class VerifiedCache:
+    """Tokens verified in the last ``ttl`` seconds, by their sha256, so a status poll costs no argon2 run.
+
+    A hit still reads the team's row and must find the same stored hash: a rotated token stops at once."""
+
+    def __init__(self, ttl: float = 60.0, size: int = 10_000) -> None:
+        self.ttl, self.size = ttl, size
+        self._seen: dict[bytes, tuple[int, str, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, session: Session, token: str) -> Team | None:
+        key = hashlib.sha256(token.encode()).digest()
+        with self._lock:
+            hit = self._seen.get(key)
+        if hit is None or hit[2] < time.monotonic():
+            return None
+        team = session.get(Team, hit[0])
+        return team if team is not None and team.token_hash == hit[1] else None
+
+    def put(self, token: str, team: Team) -> None:
+        with self._lock:
+            if len(self._seen) >= self.size:
+                self._seen.clear()
+            self._seen[hashlib.sha256(token.encode()).digest()] = (team.id, team.token_hash,
+                                                                   time.monotonic() + self.ttl)
+
+
+def verify(session: Session, token: str | None, client: str, limiter: FailureLimiter,
+           cache: VerifiedCache | None = None) -> Team:
     """The team whose token this is; raises :class:`RateLimited` or :class:`AuthError`."""
     limiter.check(client)
+    if token and cache is not None and (team := cache.get(session, token)) is not None:
+        return team
     if not token:  # no guess made: not counted (a browser's first request carries none)
         raise AuthError("missing token (send 'Authorization: Bearer <your team token>')")
     m = _TOKEN.match(token)
@@ -123,4 +154,6 @@ def verify(session: Session, token: str | None, client: str, limiter: FailureLim
     if not ok or team is None:
         limiter.failed(client)
         raise AuthError("invalid or missing token (send 'Authorization: Bearer <your team token>')")
+    if cache is not None:
+        cache.put(token, team)
     return team
