@@ -105,6 +105,8 @@ def test_schema_errors_cost_no_quota(server):
     me = client.get("/api/me", headers=_auth(tokens["alpha"])).json()
     assert me["tracks"]["lens-space"]["quota_left"] == {"today": 3, "phase": 5}
     assert client.get("/api/submissions", headers=_auth(tokens["alpha"])).json() == []
+    store = server[2].state.store
+    assert list(store.objects.iterdir()) == [] and list(store.incoming.iterdir()) == [], "nothing kept"
 
 
 def test_quota_and_closed_track_over_the_api(server):

@@ -26,11 +26,15 @@ def test_upgrade_is_idempotent(engine):
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
 
 
-def test_sqlite_uses_wal(engine):
-    if engine.dialect.name != "sqlite":
-        pytest.skip("WAL is SQLite's")
+def test_sqlite_uses_wal(tmp_path):
+    from skybench.server.db import make_engine, upgrade
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'sub' / 'server.db'}")  # its folder is created too
+    upgrade(engine)
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
 
 
 def test_only_the_token_hash_is_stored(Session):

@@ -140,12 +140,8 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
                                   f"{', '.join(n for n, c in cfg.tracks.items() if c.open)})", 404)
             archive = await run_in_threadpool(store.receive_file, upload.file)
             folder = await run_in_threadpool(store.unpack, archive)
-            loaded, _ = await run_in_threadpool(store.store, folder)  # moved: only its staging folder is left
-            spec = loaded.spec
-            for key, want in (("team", t.name), ("name", name), ("track", track)):
-                if getattr(spec, key) != want:
-                    raise UploadError(f"submission.yaml: key '{key}' is {getattr(spec, key)!r}, but this upload is "
-                                      f"{key} {want!r}; make them agree", 422)
+            # Moved into the store when valid: only its staging folder is left to remove.
+            loaded, _ = await run_in_threadpool(store.store, folder, {"team": t.name, "name": name, "track": track})
             with Session() as s:
                 sub = queue.enqueue(s, cfg, s.get(Team, t.id), track, name, loaded.sha256, received)
         except UploadError as exc:

@@ -126,16 +126,21 @@ class Store:
             top.unlink(missing_ok=True)
 
     # -- storing ----------------------------------------------------------------------------------------------
-    def store(self, folder: Path) -> tuple[Submission, Path]:
+    def store(self, folder: Path, expect: dict[str, str] | None = None) -> tuple[Submission, Path]:
         """Validate ``folder`` (an unpacked upload) and move it to ``objects/`` under its sha256.
 
-        Raises :class:`UploadError` (422) with the schema's one-line reasons. Returns the submission as
-        loaded from its stored place, and that place."""
+        ``expect``: keys of ``submission.yaml`` that must have these values (the uploading team, the entry's
+        name, the track). Raises :class:`UploadError` (422) with the schema's one-line reasons, before
+        anything is stored. Returns the submission as loaded from its stored place, and that place."""
         try:
-            load_submission(folder)
+            spec = load_submission(folder).spec
             sha = folder_sha256(folder)
         except SubmissionError as exc:
             raise UploadError(str(exc).replace(f"{folder}/", "").replace(str(folder), "(upload)"), 422) from exc
+        for key, want in (expect or {}).items():
+            if getattr(spec, key) != want:
+                raise UploadError(f"submission.yaml: key '{key}' is {getattr(spec, key)!r}, but this upload is "
+                                  f"{key} {want!r}; make them agree", 422)
         dest = self.object_dir(sha)
         if not dest.exists():
             for p in folder.rglob("*"):  # read-only for everyone: the sandbox's unprivileged user reads it
