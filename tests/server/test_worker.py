@@ -52,6 +52,25 @@ def test_infrastructure_failure_is_retried_then_given_back(server, cfg, tmp_path
     assert client.get(sub["status_url"], headers=headers).json()["state"] == "failed"
     placed = Path(cfg.project_root) / "submissions" / "alpha" / "m1"
     assert (placed / "submission.yaml").is_file() and (placed / "model.onnx").is_file()
+    assert list((Path(cfg.project_root) / ".skybench-staging").iterdir()) == []
+
+
+def test_place_replaces_the_entry_folder_atomically(tmp_path):
+    from skybench.server.worker import place
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, text in ((a, "v1"), (b, "v2")):
+        folder.mkdir()
+        (folder / "submission.yaml").write_text(text)
+        (folder / "submission.yaml").chmod(0o444)
+        folder.chmod(0o555)  # like the store's read-only objects
+    dest = tmp_path / "project" / "submissions" / "alpha" / "m1"
+    place(a, dest)
+    place(b, dest)
+    assert (dest / "submission.yaml").read_text() == "v2"
+    assert dest.stat().st_mode & 0o777 == 0o755 and (dest / "submission.yaml").stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in (tmp_path / "project" / "submissions" / "alpha").iterdir()) == ["m1"]
+    assert list((tmp_path / "project" / ".skybench-staging").iterdir()) == []
 
 
 @pytest.mark.slow

@@ -39,15 +39,20 @@ def project_folder(cfg: ChallengeConfig, team: str, name: str) -> Path:
 
 
 def place(src: Path, dest: Path) -> Path:
-    """Copy the stored folder ``src`` to ``dest`` (``submissions/<team>/<name>/``), replacing what was there."""
+    """Copy the stored folder ``src`` to ``dest`` (``submissions/<team>/<name>/``), replacing what was there.
+
+    Staged in ``<project>/.skybench-staging/`` (outside the folders ``dvc repro`` scans, on the same
+    filesystem), then renamed into place, so a scan never sees a half-copied folder."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.tmp"
+    staging = dest.parents[2] / ".skybench-staging"
+    staging.mkdir(exist_ok=True)
+    tmp = staging / f"{dest.name}.{secrets.token_hex(4)}.tmp"
     shutil.copytree(src, tmp, copy_function=shutil.copyfile)
     for p in [tmp, *tmp.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)
     old = None
     if dest.exists():
-        old = dest.parent / f".{dest.name}.{secrets.token_hex(4)}.old"
+        old = staging / f"{dest.name}.{secrets.token_hex(4)}.old"
         os.rename(dest, old)
     os.rename(tmp, dest)
     if old is not None:
