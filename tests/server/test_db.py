@@ -109,3 +109,19 @@ def test_verified_token_cache_and_rotation(Session):
         with pytest.raises(AuthError):
             verify(s, old, "c", lim, cache)
         assert verify(s, new, "c", lim, cache).name == "t"
+
+
+def test_failure_table_forgets_clients_whose_window_passed():
+    import time
+
+    from skybench.server.auth import FailureLimiter, RateLimited
+
+    lim = FailureLimiter(2, 0.2, max_clients=10)
+    for i in range(10):
+        lim.failed(f"10.0.0.{i}")
+    time.sleep(0.25)
+    lim.failed("10.0.1.1")
+    lim.failed("10.0.1.1")
+    assert len(lim._fails) == 1
+    with pytest.raises(RateLimited):
+        lim.check("10.0.1.1")

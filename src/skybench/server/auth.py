@@ -80,8 +80,8 @@ def rotate_token(session: Session, name: str) -> str:
 class FailureLimiter:
     """Failed attempts per client in a sliding window (in this process's memory: per server process)."""
 
-    def __init__(self, max_failures: int, window_seconds: float) -> None:
-        self.max, self.window = max_failures, window_seconds
+    def __init__(self, max_failures: int, window_seconds: float, max_clients: int = 100_000) -> None:
+        self.max, self.window, self.max_clients = max_failures, window_seconds, max_clients
         self._fails: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
@@ -102,8 +102,12 @@ class FailureLimiter:
                 self._fails.pop(client, None)  # keep the table small
 
     def failed(self, client: str) -> None:
+        now = time.monotonic()
         with self._lock:
-            self._recent(client, time.monotonic()).append(time.monotonic())
+            if len(self._fails) >= self.max_clients:  # many addresses (IPv6): forget those whose window passed
+                for c in [c for c, q in self._fails.items() if not q or q[-1] <= now - self.window]:
+                    del self._fails[c]
+            self._recent(client, now).append(now)
 
 
 class VerifiedCache:
