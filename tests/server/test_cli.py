@@ -94,3 +94,37 @@ def test_submit_uploads_and_prints_the_status_url(live, tmp_path: Path, monkeypa
     monkeypatch.setenv("SKYBENCH_TOKEN", token[:-2] + "xx")
     r = runner.invoke(app, ["submit", str(folder), "--server", url, "--skip-validate"])
     assert r.exit_code == 1 and "401" in r.output and "invalid" in r.output
+
+
+def test_skybench_serve_and_worker_start_from_the_command_line(config: Path, cfg):
+    import json
+    import os
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, "-m", "skybench"]
+    proc = subprocess.Popen([*cmd, "serve", "--config", str(config), "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        status = None
+        for _ in range(150):  # up to 30 s on a loaded machine
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/me", timeout=2)
+            except urllib.error.HTTPError as exc:
+                status, body = exc.code, json.load(exc)
+                break
+            except urllib.error.URLError:
+                time.sleep(0.2)
+        assert status == 401 and "token" in body["detail"], proc.poll()
+        spec = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/openapi.json", timeout=5))
+        assert "/api/submissions/{sub_id}" in spec["paths"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    done = subprocess.run([*cmd, "worker", "--config", str(config), "--once"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -144,7 +144,14 @@ def run(cfg: ChallengeConfig, sessions: sessionmaker, *, poll_seconds: float = 5
     owner = worker_id()
     log.info("worker %s polling every %.0f s", owner, poll_seconds)
     while True:
-        done = run_one(cfg, sessions, owner, executor=executor)
+        try:
+            done = run_one(cfg, sessions, owner, executor=executor)
+        except Exception:  # noqa: BLE001 - the database is away, say: its job (if any) is re-run after its lease
+            log.exception("worker %s: could not claim or record a job; trying again in %.0f s", owner, poll_seconds)
+            if once:
+                raise
+            time.sleep(poll_seconds)
+            continue
         if done is not None:
             log.info("%s: %s %s", done.id, done.state, done.reason)
             continue
