@@ -26,7 +26,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 # what a team uses with the core install: the CLI (its app object), reading releases, validating a submission
 CORE_MODULES = ("skybench", "skybench.__main__", "skybench.cli", "skybench.release.reader", "skybench.release",
                 "skybench.release.writer", "skybench.tracks", "skybench.harness.submission")
-RUNTIME_EXTRAS = ("sim", "eval", "tf", "torch", "ray")
+RUNTIME_EXTRAS = ("sim", "eval", "tf", "torch", "ray", "server")
 
 
 def _norm(name: str) -> str:

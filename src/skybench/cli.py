@@ -293,3 +293,9 @@ def report(releases: Annotated[Path, typer.Option(help="folder holding the relea
 
 def main() -> None:  # pragma: no cover
     app()
+
+
+# The challenge server: skybench serve, worker, admin (db, team, phase) and submit (skybench/server/cli.py).
+from skybench.server.cli import register as _register_server  # noqa: E402
+
+_register_server(app)

@@ -1,0 +1,165 @@
+"""The challenge server's FastAPI application (``skybench serve``): a JSON API under ``/api/``.
+
+    POST /api/submissions        multipart: file (.tar.gz/.zip of the submission folder), track, name -> 202
+    GET  /api/submissions        the team's submissions
+    GET  /api/submissions/{id}   one of them (404 for another team's id: existence is not revealed)
+    GET  /api/me                 the team, its quotas left and each track's phase
+
+Every call needs ``Authorization: Bearer <team token>``. An upload is refused before its body is read when
+the token is wrong, and cut off past ``upload.max_bytes``; a schema error is answered at once (422) and costs
+no quota."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import Engine, select
+from starlette.datastructures import UploadFile
+from starlette.types import Message
+
+from skybench.harness.submission import SLUG
+from skybench.server import queue
+from skybench.server.auth import AuthError, FailureLimiter, RateLimited, VerifiedCache, verify
+from skybench.server.config import ChallengeConfig, Phase
+from skybench.server.db import Submission, Team, make_engine, sessions, upgrade, utcnow
+from skybench.server.storage import Store, UploadError
+
+_MULTIPART_SLACK = 64 * 1024  # form fields and part headers around the archive
+
+
+def shown_metrics(cfg: ChallengeConfig, track: str, phase: Phase, metrics: dict[str, float]) -> dict[str, float]:
+    """What a team sees of its own metrics now: the public part until the final phase (then the private part
+    too), never a whole-test-set metric of a split track; rounded while the phase is open."""
+    from skybench.tracks import load_track
+
+    if load_track(track).evaluation.public_fraction is not None:
+        parts = ("public_", "private_") if phase == "final" else ("public_",)
+        metrics = {k: v for k, v in metrics.items() if k.startswith(parts)}
+    digits = cfg.public_score_digits
+    if digits is not None and phase == "open":
+        metrics = {k: round(v, digits) if isinstance(v, float) and math.isfinite(v) else v
+                   for k, v in metrics.items()}
+    return metrics
+
+
+def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
+    engine = engine or make_engine(cfg.db_url)
+    upgrade(engine)
+    Session = sessions(engine)
+    store = Store(cfg.storage, cfg.upload)
+    limiter = FailureLimiter(cfg.auth.max_failures, cfg.auth.window_seconds)
+    verified = VerifiedCache()
+    app = FastAPI(title="skybench challenge server", docs_url="/api/docs", openapi_url="/api/openapi.json",
+                  redoc_url=None)
+    app.state.cfg, app.state.engine, app.state.sessions, app.state.store = cfg, engine, Session, store
+    app.state.limiter = limiter
+
+    def team(request: Request) -> Team:
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else None
+        client = request.client.host if request.client else "unknown"
+        with Session() as s:
+            try:
+                return verify(s, token, client, limiter, verified)
+            except RateLimited as exc:
+                raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
+            except AuthError as exc:
+                raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+
+    def view(sub: Submission, team_name: str) -> dict[str, Any]:
+        with Session() as s:
+            phase = queue.current_phase(s, cfg, sub.track)
+        return {"id": sub.id, "team": team_name, "track": sub.track, "name": sub.name, "sha256": sub.sha256,
+                "phase": sub.phase, "state": sub.state, "reason": sub.reason, "attempt": sub.attempt,
+                "counted": sub.counted,
+                "metrics": shown_metrics(cfg, sub.track, phase, sub.metrics or {}) if sub.state == "finished" else {},
+                **{f"{k}_at": (getattr(sub, f"{k}_at").isoformat() if getattr(sub, f"{k}_at") else None)
+                   for k in ("received", "queued", "running", "finished", "failed")},
+                "status_url": f"/api/submissions/{sub.id}"}
+
+    @app.get("/api/me")
+    def me(t: Team = Depends(team)) -> dict[str, Any]:
+        with Session() as s:
+            tracks = {name: {"phase": queue.current_phase(s, cfg, name),
+                             "quota_left": queue.quota_left(s, cfg, t, name)}
+                      for name, tc in cfg.tracks.items() if tc.open}
+        return {"team": t.name, "members": t.members, "admin": t.is_admin, "tracks": tracks}
+
+    @app.get("/api/submissions")
+    def mine(t: Team = Depends(team)) -> list[dict[str, Any]]:
+        with Session() as s:
+            subs = s.scalars(select(Submission).where(Submission.team_id == t.id)
+                             .order_by(Submission.received_at.desc())).all()
+        return [view(x, t.name) for x in subs]
+
+    @app.get("/api/submissions/{sub_id}")
+    def one(sub_id: str, t: Team = Depends(team)) -> dict[str, Any]:
+        with Session() as s:
+            sub = s.get(Submission, sub_id)
+        if sub is None or sub.team_id != t.id:  # another team's id looks exactly like a missing one
+            raise HTTPException(404, f"no submission {sub_id!r} of team {t.name!r}")
+        return view(sub, t.name)
+
+    @app.post("/api/submissions", status_code=202)
+    async def submit(request: Request, t: Team = Depends(team)) -> dict[str, Any]:
+        received = utcnow()
+        limit = cfg.upload.max_bytes + _MULTIPART_SLACK
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise HTTPException(413, f"upload of {declared} bytes is larger than the limit of "
+                                     f"{cfg.upload.max_bytes} bytes; nothing was stored")
+        seen = 0
+
+        async def capped() -> Message:  # the body as it arrives, cut off past the limit
+            nonlocal seen
+            message = await request.receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise UploadError(f"upload larger than the limit of {cfg.upload.max_bytes} bytes; it was cut off "
+                                  "and discarded", 413)
+            return message
+
+        archive = folder = None
+        form = None
+        try:
+            form = await Request(request.scope, capped).form(max_files=1, max_fields=8)
+            track, name, upload = form.get("track"), form.get("name"), form.get("file")
+            for key, value in (("track", track), ("name", name)):
+                if not isinstance(value, str) or not re.match(SLUG, value) or ".." in value:
+                    raise UploadError(f"form field {key!r}: 1-64 letters, digits, '.', '_' or '-' required", 422)
+            if not isinstance(upload, UploadFile):
+                raise UploadError("form field 'file': the packed submission folder (.tar.gz or .zip) is required",
+                                  422)
+            assert isinstance(track, str) and isinstance(name, str)
+            if track not in cfg.tracks or not cfg.tracks[track].open:
+                raise UploadError(f"track {track!r} takes no submissions here (open: "
+                                  f"{', '.join(n for n, c in cfg.tracks.items() if c.open)})", 404)
+            archive = await run_in_threadpool(store.receive_file, upload.file)
+            folder = await run_in_threadpool(store.unpack, archive)
+            # Moved into the store when valid: only its staging folder is left to remove.
+            loaded, _ = await run_in_threadpool(store.store, folder, {"team": t.name, "name": name, "track": track})
+            with Session() as s:
+                sub = queue.enqueue(s, cfg, s.get(Team, t.id), track, name, loaded.sha256, received)
+        except UploadError as exc:
+            raise HTTPException(exc.status, str(exc)) from None
+        except queue.Refused as exc:
+            raise HTTPException(exc.status, str(exc)) from None
+        finally:
+            for leftover in (archive, folder):
+                if leftover is not None:
+                    store.discard(leftover)
+            if form is not None:
+                await form.close()
+        return view(sub, t.name)
+
+    return app
+
+
+def serve(cfg: ChallengeConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(cfg), host=host, port=port, proxy_headers=True)

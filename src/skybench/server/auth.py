@@ -1,0 +1,163 @@
+"""Team and admin tokens: ``sbt_<id>_<secret>``; only the argon2id hash of the secret is stored.
+
+The public ``<id>`` finds the row, so a check costs one argon2 verification, not one per team. Failed checks
+are counted per client and refused with 429 past ``auth.max_failures`` in ``auth.window_seconds`` (token
+guessing); a refused client is answered before any hash is computed."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from skybench.harness.submission import SLUG
+from skybench.server.db import Team
+
+_HASHER = PasswordHasher()  # argon2id with the library's (RFC 9106 low-memory) defaults
+_TOKEN = re.compile(r"^sbt_([A-Za-z0-9]{16})_([A-Za-z0-9_-]{43})$")
+RESERVED = ("examples", "baselines", "invalid")  # team names the evaluation stage uses itself
+
+
+class AuthError(Exception):
+    """A token is missing, or malformed or wrong (one message for both: nothing to learn from it)."""
+
+
+class RateLimited(Exception):
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"too many failed token checks from this client; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Issued:
+    team: Team
+    token: str  # shown once, never stored
+
+
+def new_token() -> tuple[str, str, str]:
+    """(token, id, argon2 hash of the secret)."""
+    tid = "".join(secrets.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789") for _ in range(16))
+    secret = secrets.token_urlsafe(32)  # 256 bits
+    return f"sbt_{tid}_{secret}", tid, _HASHER.hash(secret)
+
+
+def add_team(session: Session, name: str, members: list[str] | None = None, *, admin: bool = False) -> Issued:
+    """Create a team (or an admin account with ``admin``) and return it with its token; commits."""
+    if not re.match(SLUG, name) or ".." in name:
+        raise ValueError(f"team name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or "
+                         "digit (it becomes the folder submissions/<team>/)")
+    if name in RESERVED:
+        raise ValueError(f"team name {name!r} is reserved for the evaluation stage; choose another")
+    if session.scalar(select(Team).where(Team.name == name)) is not None:
+        raise ValueError(f"team {name!r} exists already; `skybench admin team token {name}` issues a new token")
+    token, tid, hashed = new_token()
+    team = Team(name=name, members=[m.strip() for m in members or [] if m.strip()], token_id=tid,
+                token_hash=hashed, is_admin=admin)
+    session.add(team)
+    session.commit()
+    return Issued(team, token)
+
+
+def rotate_token(session: Session, name: str) -> str:
+    """A new token for team ``name``; the old one stops working. Commits."""
+    team = session.scalar(select(Team).where(Team.name == name))
+    if team is None:
+        raise ValueError(f"no team {name!r}")
+    token, team.token_id, team.token_hash = new_token()
+    session.commit()
+    return token
+
+
+class FailureLimiter:
+    """Failed attempts per client in a sliding window (in this process's memory: per server process)."""
+
+    def __init__(self, max_failures: int, window_seconds: float, max_clients: int = 100_000) -> None:
+        self.max, self.window, self.max_clients = max_failures, window_seconds, max_clients
+        self._fails: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str, now: float) -> deque[float]:
+        q = self._fails.setdefault(client, deque())
+        while q and q[0] <= now - self.window:
+            q.popleft()
+        return q
+
+    def check(self, client: str) -> None:
+        """Raise :class:`RateLimited` when ``client`` has used up its failures."""
+        now = time.monotonic()
+        with self._lock:
+            q = self._recent(client, now)
+            if len(q) >= self.max:
+                raise RateLimited(max(1, int(q[0] + self.window - now) + 1))
+            if not q:
+                self._fails.pop(client, None)  # keep the table small
+
+    def failed(self, client: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._fails) >= self.max_clients:  # many addresses (IPv6): forget those whose window passed
+                for c in [c for c, q in self._fails.items() if not q or q[-1] <= now - self.window]:
+                    del self._fails[c]
+            self._recent(client, now).append(now)
+
+
+class VerifiedCache:
+    """Tokens verified in the last ``ttl`` seconds, by their sha256, so a status poll costs no argon2 run.
+
+    A hit still reads the team's row and must find the same stored hash: a rotated token stops at once."""
+
+    def __init__(self, ttl: float = 60.0, size: int = 10_000) -> None:
+        self.ttl, self.size = ttl, size
+        self._seen: dict[bytes, tuple[int, str, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, session: Session, token: str) -> Team | None:
+        key = hashlib.sha256(token.encode()).digest()
+        with self._lock:
+            hit = self._seen.get(key)
+        if hit is None or hit[2] < time.monotonic():
+            return None
+        team = session.get(Team, hit[0])
+        return team if team is not None and team.token_hash == hit[1] else None
+
+    def put(self, token: str, team: Team) -> None:
+        with self._lock:
+            if len(self._seen) >= self.size:
+                self._seen.clear()
+            self._seen[hashlib.sha256(token.encode()).digest()] = (team.id, team.token_hash,
+                                                                   time.monotonic() + self.ttl)
+
+
+def verify(session: Session, token: str | None, client: str, limiter: FailureLimiter,
+           cache: VerifiedCache | None = None) -> Team:
+    """The team whose token this is; raises :class:`RateLimited` or :class:`AuthError`."""
+    limiter.check(client)
+    if token and cache is not None and (team := cache.get(session, token)) is not None:
+        return team
+    if not token:  # no guess made: not counted (a browser's first request carries none)
+        raise AuthError("missing token (send 'Authorization: Bearer <your team token>')")
+    m = _TOKEN.match(token)
+    team = session.scalar(select(Team).where(Team.token_id == m.group(1))) if m else None
+    ok = False
+    if team is not None and m is not None:
+        try:
+            ok = _HASHER.verify(team.token_hash, m.group(2))
+        except (VerificationError, InvalidHashError):
+            ok = False
+    else:
+        _HASHER.hash("x")  # as slow as a real check: no timing difference between unknown and wrong
+    if not ok or team is None:
+        limiter.failed(client)
+        raise AuthError("invalid or missing token (send 'Authorization: Bearer <your team token>')")
+    if cache is not None:
+        cache.put(token, team)
+    return team

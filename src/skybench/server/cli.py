@@ -1,0 +1,224 @@
+"""The challenge server's commands: ``skybench serve``, ``worker``, ``admin ...`` and ``submit``.
+
+Registered on the main ``skybench`` app by :func:`register`; heavy imports (FastAPI, SQLAlchemy) happen inside
+the commands, so ``skybench --help`` and ``skybench submit`` stay light."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import tarfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import sessionmaker
+
+    from skybench.server.config import ChallengeConfig
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="the challenge's challenge.yaml",
+                                         envvar="SKYBENCH_CHALLENGE")]
+DEFAULT_CONFIG = Path("challenge.yaml")
+TOKEN_FILE = Path("~/.config/skybench/token")
+
+admin = typer.Typer(no_args_is_help=True, help="Manage a challenge server's database, teams and phases.")
+admin_db = typer.Typer(no_args_is_help=True, help="The server's database.")
+admin_team = typer.Typer(no_args_is_help=True, help="Teams and their tokens.")
+admin_phase = typer.Typer(no_args_is_help=True, help="Override the phase the dates in challenge.yaml give a track.")
+admin.add_typer(admin_db, name="db")
+admin.add_typer(admin_team, name="team")
+admin.add_typer(admin_phase, name="phase")
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    from skybench.cli import _shown
+
+    typer.secho(f"error: {_shown(message)}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def _config(path: Path) -> ChallengeConfig:
+    from skybench.server.config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        _fail(str(exc))
+
+
+def _sessions(path: Path) -> tuple[ChallengeConfig, sessionmaker]:
+    from skybench.server.db import make_engine, sessions, upgrade
+
+    cfg = _config(path)
+    engine = make_engine(cfg.db_url)
+    upgrade(engine)
+    return cfg, sessions(engine)
+
+
+def serve(config: ConfigOpt = DEFAULT_CONFIG, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Run the challenge server (applies the database migrations first)."""
+    from skybench.server.app import serve as run
+
+    run(_config(config), host=host, port=port)
+
+
+def worker(config: ConfigOpt = DEFAULT_CONFIG,
+           executor: Annotated[str, typer.Option(help="local or ray (see skybench evaluate)")] = "local",
+           poll: Annotated[float, typer.Option(help="seconds between looks at an empty queue")] = 5.0,
+           once: Annotated[bool, typer.Option(help="stop when the queue is empty")] = False) -> None:
+    """Evaluate queued submissions one at a time, until interrupted."""
+    import logging
+
+    from skybench.server.worker import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg, sessions = _sessions(config)
+    run(cfg, sessions, poll_seconds=poll, executor=executor, once=once)
+
+
+@admin_db.command("upgrade")
+def db_upgrade(config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Create or upgrade the database schema (the server also does this at start)."""
+    cfg, _ = _sessions(config)
+    typer.echo(f"database {cfg.db_url.split('@')[-1]} is at the latest schema")
+
+
+@admin_team.command("add")
+def team_add(name: str, config: ConfigOpt = DEFAULT_CONFIG,
+             members: Annotated[str, typer.Option(help="comma-separated member names or e-mails")] = "",
+             is_admin: Annotated[bool, typer.Option("--admin", help="an organiser account, not a team")] = False
+             ) -> None:
+    """Add a team and print its token (shown this once; only its hash is stored)."""
+    from skybench.server.auth import add_team
+
+    _, sessions = _sessions(config)
+    with sessions() as s:
+        try:
+            issued = add_team(s, name, members.split(","), admin=is_admin)
+        except ValueError as exc:
+            _fail(str(exc))
+    typer.echo(f"{'admin' if is_admin else 'team'} {name} added; its token (shown once, keep it secret):",
+               err=True)
+    typer.echo(issued.token)
+
+
+@admin_team.command("token")
+def team_token(name: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Issue a new token for a team (the old one stops working) and print it once."""
+    from skybench.server.auth import rotate_token
+
+    _, sessions = _sessions(config)
+    with sessions() as s:
+        try:
+            typer.echo(rotate_token(s, name))
+        except ValueError as exc:
+            _fail(str(exc))
+
+
+@admin_phase.command("set")
+def phase_set(track: str, phase: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Put TRACK in PHASE (pending, open, closed or final) whatever the dates say."""
+    from skybench.server import queue
+    from skybench.server.config import PHASES
+
+    cfg, sessions = _sessions(config)
+    if phase not in PHASES:
+        _fail(f"phase {phase!r}: one of {', '.join(PHASES)}")
+    try:
+        cfg.track(track)
+    except KeyError as exc:
+        _fail(str(exc.args[0]))
+    with sessions() as s:
+        queue.set_phase(s, track, phase, by="cli")
+    typer.echo(f"{track}: phase {phase}")
+
+
+@admin_phase.command("close")
+def phase_close(track: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Close TRACK: no new submissions."""
+    phase_set(track, "closed", config)
+
+
+def _token() -> str:
+    token = os.environ.get("SKYBENCH_TOKEN", "").strip()
+    if not token and TOKEN_FILE.expanduser().is_file():
+        token = TOKEN_FILE.expanduser().read_text().strip()
+    if not token:
+        _fail(f"no token: set SKYBENCH_TOKEN or write your team's token to {TOKEN_FILE}")
+    return token
+
+
+def pack(folder: Path) -> bytes:
+    """``folder`` as a .tar.gz of regular files and folders under one top folder (what the server accepts)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for p in sorted([folder, *folder.rglob("*")]):
+            if p.is_symlink() or not (p.is_file() or p.is_dir()):
+                raise ValueError(f"{p}: only regular files and folders can be submitted (no symlinks)")
+            tar.add(p, arcname=(Path(folder.name) / p.relative_to(folder)).as_posix(), recursive=False)
+    return buf.getvalue()
+
+
+def _multipart(fields: dict[str, str], filename: str, data: bytes) -> tuple[bytes, str]:
+    boundary = secrets.token_hex(16)
+    out = io.BytesIO()
+    for k, v in fields.items():
+        out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode())
+    out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+              "Content-Type: application/gzip\r\n\r\n".encode())
+    out.write(data)
+    out.write(f"\r\n--{boundary}--\r\n".encode())
+    return out.getvalue(), f"multipart/form-data; boundary={boundary}"
+
+
+def submit(folder: Path, server: Annotated[str, typer.Option(help="the challenge server's URL",
+                                                             envvar="SKYBENCH_SERVER")],
+           skip_validate: Annotated[bool, typer.Option(help="check the schema only, do not run the model")] = False,
+           release: Annotated[Path | None, typer.Option(help="release for the local validation")] = None) -> None:
+    """Validate FOLDER locally, pack it and upload it; print the submission id and its status URL."""
+    from skybench.harness.submission import SubmissionError, load_submission
+
+    token = _token()
+    try:
+        sub = load_submission(folder)
+    except SubmissionError as exc:
+        _fail(str(exc))
+    if not skip_validate:
+        from skybench.cli import validate
+
+        validate(folder, release=release)
+    try:
+        data = pack(folder)
+    except ValueError as exc:
+        _fail(str(exc))
+    body, ctype = _multipart({"track": sub.spec.track, "name": sub.spec.name}, f"{sub.spec.name}.tar.gz", data)
+    url = server.rstrip("/") + "/api/submissions"
+    req = urllib.request.Request(url, data=body, method="POST", headers={
+        "Authorization": f"Bearer {token}", "Content-Type": ctype, "Content-Length": str(len(body))})
+    try:
+        with urllib.request.urlopen(req, timeout=600) as resp:  # noqa: S310 - the URL the user gave
+            answer = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.load(exc).get("detail", exc.reason)
+        except (ValueError, AttributeError):
+            detail = exc.reason
+        _fail(f"{url}: {exc.code} {detail}")
+    except urllib.error.URLError as exc:
+        _fail(f"{url}: cannot reach the server ({exc.reason})")
+    typer.echo(f"submitted {sub.spec.name} to {sub.spec.track}: id {answer['id']}, state {answer['state']}")
+    typer.echo(f"status: {server.rstrip('/')}{answer['status_url']}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the server's commands to the ``skybench`` app."""
+    app.command()(serve)
+    app.command()(worker)
+    app.command()(submit)
+    app.add_typer(admin, name="admin")

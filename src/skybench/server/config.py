@@ -1,0 +1,126 @@
+"""``challenge.yaml``: what a challenge server enforces (tracks, phases, quotas, storage, limits)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Phase = Literal["pending", "open", "closed", "final"]
+PHASES: tuple[Phase, ...] = ("pending", "open", "closed", "final")
+
+
+class ConfigError(ValueError):
+    """``challenge.yaml`` is invalid; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Quota(_Strict):
+    per_day: int = Field(5, ge=0)  # counted submissions per team, track and UTC day
+    per_phase: int = Field(100, ge=0)  # counted submissions per team and track in one phase
+
+
+class TrackConfig(_Strict):
+    open: bool = True  # accepts submissions at all (a track can be listed but not run)
+    # The start of each phase (UTC; a date without a zone is read as UTC). Before `open` the track is pending;
+    # a phase left out is never entered by date (``skybench admin phase`` can still move it).
+    phases: dict[Literal["open", "closed", "final"], datetime] = Field(default_factory=dict)
+    quota: Quota = Quota()
+    final_entries: int | None = Field(None, ge=1)  # K for this track; None: the challenge's
+
+    @field_validator("phases")
+    @classmethod
+    def _ordered(cls, v: dict[str, datetime]) -> dict[str, datetime]:
+        v = {k: (t if t.tzinfo else t.replace(tzinfo=timezone.utc)) for k, t in v.items()}
+        dates = [v[p] for p in ("open", "closed", "final") if p in v]
+        if dates != sorted(dates):
+            raise ValueError("phase dates must be in the order open <= closed <= final")
+        return v
+
+    def phase_at(self, when: datetime) -> Phase:
+        """The phase the dates give at ``when`` (aware)."""
+        now: Phase = "pending"
+        for p in ("open", "closed", "final"):
+            start = self.phases.get(p)
+            if start is not None and start <= when:
+                now = p
+        if not self.phases:
+            now = "open"  # no dates: open until an admin closes it
+        return now
+
+
+class UploadLimits(_Strict):
+    max_bytes: int = Field(256 * 1024**2, ge=1)  # the uploaded archive
+    max_files: int = Field(1000, ge=1)  # files and folders in it
+    max_unpacked_bytes: int = Field(1024**3, ge=1)  # sum of the unpacked file sizes
+    max_depth: int = Field(16, ge=1)  # folder nesting
+
+
+class AuthLimits(_Strict):
+    max_failures: int = Field(10, ge=1)  # failed token checks per client ...
+    window_seconds: int = Field(300, ge=1)  # ... in this many seconds; then 429 until the window passes
+
+
+class ChallengeConfig(_Strict):
+    tracks: dict[str, TrackConfig]
+    storage: Path = Path("challenge-store")  # relative to the yaml's folder
+    database_url: str | None = None  # None: sqlite:///<storage>/skybench.db
+    public_score_digits: int | None = Field(None, ge=0, le=12)  # round scores shown during the open phase
+    upload: UploadLimits = UploadLimits()
+    auth: AuthLimits = AuthLimits()
+    lease_seconds: int = Field(900, ge=5)  # a job whose worker sent no heartbeat for this long is re-run
+    max_attempts: int = Field(3, ge=1)  # claims of one job before it fails for good (a worker dies each time)
+    final_entries: int = Field(1, ge=1)  # K: final entries a team may pick per track when a track closes
+    project_root: Path | None = None  # where `submissions/<team>/<name>/` goes; None: skybench's project root
+
+    @model_validator(mode="after")
+    def _known_tracks(self) -> ChallengeConfig:
+        from skybench.tracks import list_tracks
+
+        unknown = sorted(set(self.tracks) - set(list_tracks()))
+        if unknown:
+            raise ValueError(f"unknown track(s) {', '.join(unknown)} (known: {', '.join(list_tracks())})")
+        return self
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.storage / 'skybench.db').resolve()}"
+
+    def track(self, name: str) -> TrackConfig:
+        try:
+            return self.tracks[name]
+        except KeyError:
+            raise KeyError(f"track {name!r} is not part of this challenge "
+                           f"(tracks: {', '.join(self.tracks)})") from None
+
+    def k(self, track: str) -> int:
+        return self.track(track).final_entries or self.final_entries
+
+
+def load_config(path: str | Path) -> ChallengeConfig:
+    """Read ``challenge.yaml``; relative paths in it are relative to its folder."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror}); copy challenge.example.yaml and edit it") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: YAML syntax error: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with at least 'tracks'")
+    try:
+        cfg = ChallengeConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{path}: key '{'.'.join(map(str, e['loc'])) or '(top level)'}': {e['msg']}" for e in exc.errors()]
+        raise ConfigError("\n".join(lines)) from exc
+    base = path.resolve().parent
+    update: dict[str, object] = {"storage": base / cfg.storage}
+    if cfg.project_root is not None:
+        update["project_root"] = base / cfg.project_root
+    return cfg.model_copy(update=update)

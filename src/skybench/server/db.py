@@ -1,0 +1,156 @@
+"""The server's state in a SQL database through SQLAlchemy 2: teams, submissions (the queue), phases, quotas.
+
+SQLite (the default; WAL mode so readers never wait for the writer) or PostgreSQL (``postgresql+psycopg://``).
+The schema is created and upgraded by the Alembic migrations in ``skybench/server/migrations`` only."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+STATES = ("received", "queued", "running", "finished", "failed")
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTC(TypeDecorator):
+    """An aware UTC datetime stored as a naive UTC one, so SQLite's text and PostgreSQL compare alike."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column; use an aware one (skybench.server.db.utcnow)")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return value.replace(tzinfo=timezone.utc) if value is not None else None
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Team(Base):
+    __tablename__ = "teams"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    members: Mapped[list[str]] = mapped_column(JSON, default=list)
+    token_id: Mapped[str] = mapped_column(String(32), unique=True)  # public lookup part of the token
+    token_hash: Mapped[str] = mapped_column(String(256))  # argon2id of the secret part; the token is never stored
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTC, default=utcnow)
+    submissions: Mapped[list[Submission]] = relationship(back_populates="team")
+
+
+class Submission(Base):
+    """One upload, and the queue's job for it: received -> queued -> running -> finished | failed."""
+
+    __tablename__ = "submissions"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # random hex: ids reveal nothing
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), index=True)
+    track: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(String(64))  # of the canonical folder (storage.canonical_sha256)
+    phase: Mapped[str] = mapped_column(String(16))  # the phase it was submitted in
+    state: Mapped[str] = mapped_column(String(16), default="received")
+    received_at: Mapped[datetime] = mapped_column(UTC, default=utcnow)
+    queued_at: Mapped[datetime | None] = mapped_column(UTC)
+    running_at: Mapped[datetime | None] = mapped_column(UTC)  # the latest claim
+    finished_at: Mapped[datetime | None] = mapped_column(UTC)
+    failed_at: Mapped[datetime | None] = mapped_column(UTC)
+    reason: Mapped[str] = mapped_column(Text, default="")  # one line; "" when finished
+    log: Mapped[str] = mapped_column(Text, default="")  # the sandbox's stderr tail
+    metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)  # all of them; shown filtered by phase
+    attempt: Mapped[int] = mapped_column(Integer, default=0)  # claims so far
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires: Mapped[datetime | None] = mapped_column(UTC)
+    counted: Mapped[bool] = mapped_column(Boolean, default=False)  # holds one unit of the team's quotas
+    quota_day: Mapped[str | None] = mapped_column(String(10))  # the UTC day whose quota it holds
+    team: Mapped[Team] = relationship(back_populates="submissions")
+
+    __table_args__ = (Index("ix_submissions_state_queued", "state", "queued_at"),
+                      Index("ix_submissions_team_track", "team_id", "track"))
+
+
+class PhaseState(Base):
+    """An admin's override of the phase the dates in challenge.yaml give a track."""
+
+    __tablename__ = "phase_state"
+    track: Mapped[str] = mapped_column(String(64), primary_key=True)
+    phase: Mapped[str] = mapped_column(String(16))
+    changed_at: Mapped[datetime] = mapped_column(UTC, default=utcnow)
+    changed_by: Mapped[str] = mapped_column(String(64), default="")
+
+
+class QuotaUse(Base):
+    """Counted submissions of a team on a track in one period (``day:YYYY-MM-DD`` or ``phase:<phase>``).
+
+    Reserved with one conditional UPDATE (``used < limit``), so concurrent uploads cannot overrun a quota."""
+
+    __tablename__ = "quota_use"
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), primary_key=True)
+    track: Mapped[str] = mapped_column(String(64), primary_key=True)
+    period: Mapped[str] = mapped_column(String(32), primary_key=True)
+    used: Mapped[int] = mapped_column(Integer, default=0)
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for ``url``; SQLite gets WAL mode, a busy timeout and foreign keys on every connection."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")  # durable across a process crash in WAL mode
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply the Alembic migrations to ``engine``'s database (``skybench admin db upgrade``; the server at start)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("path_separator", "os")
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def sessions(engine: Engine) -> sessionmaker:
+    return sessionmaker(engine, expire_on_commit=False)

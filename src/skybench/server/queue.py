@@ -1,0 +1,219 @@
+"""The submission queue: enqueue with quota accounting, claim with a lease, heartbeat, finish, fail.
+
+A claim is atomic on both databases: PostgreSQL locks the oldest claimable row with ``SELECT ... FOR UPDATE
+SKIP LOCKED`` (concurrent workers skip it instead of waiting); SQLite, which has one writer at a time, moves a
+candidate with one conditional ``UPDATE ... WHERE id = ? AND <still claimable>`` and checks the row count.
+A job is claimable when queued, or running with an expired lease (its worker died): it is re-run, and the
+evaluation stage's own idempotency (the submission's sha256 in the records and MLflow) keeps it from being
+published twice.
+
+Quotas (``challenge.yaml``: per team, track and UTC day, and per phase) are reserved when a submission is
+queued, with one conditional ``UPDATE quota_use SET used = used + 1 WHERE used < limit`` per period, so
+concurrent uploads cannot overrun them. A submission that runs and fails in the sandbox keeps its unit (free
+failures would be an oracle); a schema rejection never reaches the queue; an infrastructure failure (the
+evaluating machine's fault) is queued again without a new unit, and given back if it fails for good."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta
+
+from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from skybench.server.config import ChallengeConfig, Phase
+from skybench.server.db import PhaseState, QuotaUse, Submission, Team, utcnow
+
+
+class Refused(Exception):
+    """A submission the server does not queue; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def current_phase(session: Session, cfg: ChallengeConfig, track: str, now: datetime | None = None) -> Phase:
+    """An admin's override of the track's phase, else what the dates in ``challenge.yaml`` give."""
+    override = session.get(PhaseState, track)
+    if override is not None:
+        return override.phase  # type: ignore[return-value]
+    return cfg.track(track).phase_at(now or utcnow())
+
+
+def set_phase(session: Session, track: str, phase: Phase, by: str = "") -> None:
+    """Override the phase of ``track`` (``skybench admin phase``); commits."""
+    row = session.get(PhaseState, track) or PhaseState(track=track)
+    row.phase, row.changed_at, row.changed_by = phase, utcnow(), by
+    session.add(row)
+    session.commit()
+
+
+def _periods(phase: str, when: datetime) -> tuple[str, str]:
+    return f"day:{when.date().isoformat()}", f"phase:{phase}"
+
+
+def _reserve(session: Session, team_id: int, track: str, period: str, limit: int) -> bool:
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(insert(QuotaUse).values(team_id=team_id, track=track, period=period, used=0)
+                    .on_conflict_do_nothing())
+    res = session.execute(update(QuotaUse)
+                          .where(QuotaUse.team_id == team_id, QuotaUse.track == track, QuotaUse.period == period,
+                                 QuotaUse.used < limit)
+                          .values(used=QuotaUse.used + 1))
+    return res.rowcount == 1  # type: ignore[attr-defined]
+
+
+def _release(session: Session, sub: Submission) -> None:
+    for period in _periods(sub.phase, sub.received_at):
+        session.execute(update(QuotaUse)
+                        .where(QuotaUse.team_id == sub.team_id, QuotaUse.track == sub.track,
+                               QuotaUse.period == period, QuotaUse.used > 0)
+                        .values(used=QuotaUse.used - 1))
+    sub.counted = False
+
+
+def quota_left(session: Session, cfg: ChallengeConfig, team: Team, track: str, now: datetime | None = None
+               ) -> dict[str, int]:
+    """Counted submissions still allowed today (UTC) and in the current phase."""
+    now = now or utcnow()
+    phase = current_phase(session, cfg, track, now)
+    q = cfg.track(track).quota
+    left = {}
+    for key, period, limit in zip(("today", "phase"), _periods(phase, now), (q.per_day, q.per_phase), strict=True):
+        used = session.scalar(select(QuotaUse.used).where(QuotaUse.team_id == team.id, QuotaUse.track == track,
+                                                          QuotaUse.period == period)) or 0
+        left[key] = max(0, limit - used)
+    return left
+
+
+def enqueue(session: Session, cfg: ChallengeConfig, team: Team, track: str, name: str, sha256: str,
+            received_at: datetime | None = None) -> Submission:
+    """Queue a schema-valid, stored submission and reserve one unit of each quota; commits.
+
+    Raises :class:`Refused` when the track takes no submissions now or a quota is used up (nothing kept)."""
+    now = utcnow()
+    received_at = received_at or now
+    if track not in cfg.tracks or not cfg.tracks[track].open:
+        raise Refused(f"track {track!r} takes no submissions on this server (open: "
+                      f"{', '.join(t for t, c in cfg.tracks.items() if c.open) or 'none'})", 404)
+    phase = current_phase(session, cfg, track, now)
+    if phase != "open":
+        starts = cfg.tracks[track].phases.get("open")
+        when = f"; it opens at {starts.isoformat()}" if phase == "pending" and starts else ""
+        raise Refused(f"track {track!r} is in phase {phase!r} and takes no new submissions{when}", 409)
+    other = session.scalar(select(Submission.track).where(Submission.team_id == team.id, Submission.name == name,
+                                                         Submission.track != track).limit(1))
+    if other is not None:  # submissions/<team>/<name>/ is one entry, of one track
+        raise Refused(f"your entry name {name!r} is taken by your submissions to track {other!r}; "
+                      "use another name for this track", 409)
+    q = cfg.track(track).quota
+    day, per_phase = _periods(phase, received_at)
+    try:
+        if not _reserve(session, team.id, track, day, q.per_day):
+            raise Refused(f"daily quota of {q.per_day} submissions on {track!r} used up for "
+                          f"{received_at.date().isoformat()} (UTC); it resets at 00:00 UTC", 429)
+        if not _reserve(session, team.id, track, per_phase, q.per_phase):
+            raise Refused(f"quota of {q.per_phase} submissions on {track!r} in phase {phase!r} used up", 429)
+        sub = Submission(id=secrets.token_hex(16), team_id=team.id, track=track, name=name, sha256=sha256,
+                         phase=phase, state="queued", received_at=received_at, queued_at=now, counted=True,
+                         quota_day=day.removeprefix("day:"), reason="", log="", metrics={}, attempt=0)
+        session.add(sub)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return sub
+
+
+def _claimable(now: datetime) -> ColumnElement[bool]:
+    return or_(Submission.state == "queued",
+               and_(Submission.state == "running", Submission.lease_expires < now))
+
+
+def _give_up_dead(session: Session, now: datetime, max_attempts: int) -> None:
+    """Fail the jobs whose lease expired ``max_attempts`` times (each claim killed its worker)."""
+    session.execute(update(Submission)
+                    .where(Submission.state == "running", Submission.lease_expires < now,
+                           Submission.attempt >= max_attempts)
+                    .values(state="failed", failed_at=now, lease_owner=None, lease_expires=None,
+                            reason=f"the evaluation stopped without a result {max_attempts} times (its worker "
+                                   "died or lost its lease each time); not retried"))
+    session.commit()
+
+
+def claim(session: Session, owner: str, lease_seconds: float, max_attempts: int = 3,
+          now: datetime | None = None) -> Submission | None:
+    """Claim the oldest claimable job for ``owner`` with a lease of ``lease_seconds``; None when there is none."""
+    now = now or utcnow()
+    _give_up_dead(session, now, max_attempts)
+    moved = dict(state="running", running_at=now, lease_owner=owner,
+                 lease_expires=now + timedelta(seconds=lease_seconds))
+    if session.get_bind().dialect.name == "postgresql":
+        sub = session.scalars(select(Submission).where(_claimable(now)).order_by(Submission.queued_at)
+                              .limit(1).with_for_update(skip_locked=True)).first()
+        if sub is None:
+            session.rollback()
+            return None
+        for k, v in moved.items():
+            setattr(sub, k, v)
+        sub.attempt += 1
+        session.commit()
+        return sub
+    for _ in range(100):  # lost races only; each loop either claims or sees another worker's claim
+        cid = session.scalar(select(Submission.id).where(_claimable(now)).order_by(Submission.queued_at).limit(1))
+        if cid is None:
+            session.rollback()
+            return None
+        res = session.execute(update(Submission).where(Submission.id == cid, _claimable(now))
+                              .values(attempt=Submission.attempt + 1, **moved))
+        session.commit()
+        if res.rowcount == 1:  # type: ignore[attr-defined]
+            return session.get(Submission, cid, populate_existing=True)
+    return None
+
+
+def _mine(sub_id: str, owner: str) -> ColumnElement[bool]:
+    return and_(Submission.id == sub_id, Submission.state == "running", Submission.lease_owner == owner)
+
+
+def heartbeat(session: Session, sub_id: str, owner: str, lease_seconds: float) -> bool:
+    """Extend ``owner``'s lease; False when the lease was lost (expired and claimed by another worker)."""
+    res = session.execute(update(Submission).where(_mine(sub_id, owner))
+                          .values(lease_expires=utcnow() + timedelta(seconds=lease_seconds)))
+    session.commit()
+    return res.rowcount == 1  # type: ignore[attr-defined]
+
+
+def finish(session: Session, sub_id: str, owner: str, metrics: dict[str, float], log: str = "") -> bool:
+    """Mark ``owner``'s job finished; False (nothing changed) when it no longer holds the lease."""
+    res = session.execute(update(Submission).where(_mine(sub_id, owner))
+                          .values(state="finished", finished_at=utcnow(), metrics=metrics, log=log, reason="",
+                                  lease_owner=None, lease_expires=None))
+    session.commit()
+    return res.rowcount == 1  # type: ignore[attr-defined]
+
+
+def fail(session: Session, sub_id: str, owner: str, reason: str, log: str = "", *, counts: bool = True) -> bool:
+    """Mark ``owner``'s job failed with a one-line ``reason``; ``counts=False`` gives its quota unit back."""
+    sub = session.scalars(select(Submission).where(_mine(sub_id, owner)).with_for_update()).first()
+    if sub is None:
+        session.rollback()
+        return False
+    sub.state, sub.failed_at, sub.reason, sub.log = "failed", utcnow(), reason, log
+    sub.lease_owner = sub.lease_expires = None
+    if not counts and sub.counted:
+        _release(session, sub)
+    session.commit()
+    return True
+
+
+def requeue(session: Session, sub_id: str, owner: str, reason: str) -> bool:
+    """Put ``owner``'s job back in the queue (an infrastructure failure: the machine's, not the submission's)."""
+    res = session.execute(update(Submission).where(_mine(sub_id, owner))
+                          .values(state="queued", queued_at=utcnow(), reason=reason, lease_owner=None,
+                                  lease_expires=None))
+    session.commit()
+    return res.rowcount == 1  # type: ignore[attr-defined]

@@ -1,0 +1,268 @@
+"""Uploads: streamed to disk with a byte limit, unpacked safely, validated, stored content-addressed.
+
+    <storage>/incoming/<random>.upload       an upload being received (removed when done or cut off)
+    <storage>/objects/<sha[:2]>/<sha>/       a stored submission folder, read-only (sha256 of the folder)
+
+Unpacking accepts only regular files and folders, with relative names that stay inside the folder, within
+the file-count, unpacked-size and depth limits of ``challenge.yaml``'s ``upload:``; everything else (absolute
+paths, ``..``, symlinks, hard links, devices, FIFOs, archive bombs) refuses the whole upload, and nothing is
+ever written outside a fresh staging folder inside the store."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import stat
+import tarfile
+import zipfile
+import zlib
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path, PurePosixPath
+from typing import IO, BinaryIO
+
+from skybench.harness.submission import Submission, SubmissionError, folder_sha256, load_submission
+from skybench.server.config import UploadLimits
+
+CHUNK = 1024 * 1024
+
+
+class UploadError(ValueError):
+    """An upload refused before it was queued (costs no quota); ``status`` is the HTTP status to answer."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Store:
+    def __init__(self, root: Path, limits: UploadLimits) -> None:
+        self.root, self.limits = Path(root), limits
+        self.incoming, self.objects = self.root / "incoming", self.root / "objects"
+        for d in (self.incoming, self.objects):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def object_dir(self, sha256: str) -> Path:
+        if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
+            raise ValueError(f"not a sha256: {sha256!r}")
+        return self.objects / sha256[:2] / sha256
+
+    # -- receiving --------------------------------------------------------------------------------------------
+    def _new_upload(self) -> Path:
+        return self.incoming / f"{secrets.token_hex(16)}.upload"
+
+    def receive(self, chunks: Iterable[bytes]) -> Path:
+        """Write ``chunks`` to a new file in ``incoming/``; past ``upload.max_bytes`` stop, remove it, raise."""
+        path = self._new_upload()
+        try:
+            with open(path, "xb") as f:
+                n = 0
+                for chunk in chunks:
+                    n += len(chunk)
+                    if n > self.limits.max_bytes:
+                        raise self._too_big()
+                    f.write(chunk)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+
+    async def areceive(self, chunks: AsyncIterator[bytes]) -> Path:
+        """:meth:`receive` for an async stream (a request body)."""
+        path = self._new_upload()
+        try:
+            with open(path, "xb") as f:
+                n = 0
+                async for chunk in chunks:
+                    n += len(chunk)
+                    if n > self.limits.max_bytes:
+                        raise self._too_big()
+                    f.write(chunk)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return path
+
+    def receive_file(self, src: BinaryIO) -> Path:
+        return self.receive(iter(lambda: src.read(CHUNK), b""))
+
+    def _too_big(self) -> UploadError:
+        return UploadError(f"upload larger than the limit of {self.limits.max_bytes} bytes; it was cut off and "
+                           "discarded (pack only the submission folder: submission.yaml and the model)", 413)
+
+    # -- unpacking --------------------------------------------------------------------------------------------
+    def unpack(self, archive: Path) -> Path:
+        """Unpack a .tar.gz/.tar/.zip into a fresh staging folder in ``incoming/`` and return the submission
+        folder in it (the archive's only top-level folder, if it has one and nothing else)."""
+        stage = self.incoming / f"{secrets.token_hex(16)}.d"
+        stage.mkdir(mode=0o700)
+        try:
+            if zipfile.is_zipfile(archive):
+                _unzip(archive, stage, self.limits)
+            else:
+                try:
+                    tar = tarfile.open(archive, mode="r:*")
+                except (tarfile.TarError, OSError, EOFError) as exc:
+                    raise UploadError(f"not a .tar.gz, .tar or .zip archive ({exc})") from exc
+                with tar:
+                    _untar(tar, stage, self.limits)
+            entries = list(stage.iterdir())
+            return entries[0] if len(entries) == 1 and entries[0].is_dir() else stage
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+
+    def discard(self, path: Path) -> None:
+        """Remove an upload or staging folder in ``incoming/`` (never anything else)."""
+        path = Path(path)
+        top = path
+        while top.parent != self.incoming and top.parent != top:
+            top = top.parent
+        if top.parent != self.incoming:
+            raise ValueError(f"{path} is not in {self.incoming}")
+        if top.is_dir():
+            shutil.rmtree(top, ignore_errors=True)
+        else:
+            top.unlink(missing_ok=True)
+
+    # -- storing ----------------------------------------------------------------------------------------------
+    def store(self, folder: Path, expect: dict[str, str] | None = None) -> tuple[Submission, Path]:
+        """Validate ``folder`` (an unpacked upload) and move it to ``objects/`` under its sha256.
+
+        ``expect``: keys of ``submission.yaml`` that must have these values (the uploading team, the entry's
+        name, the track). Raises :class:`UploadError` (422) with the schema's one-line reasons, before
+        anything is stored. Returns the submission as loaded from its stored place, and that place."""
+        try:
+            spec = load_submission(folder).spec
+            sha = folder_sha256(folder)
+        except SubmissionError as exc:
+            raise UploadError(str(exc).replace(f"{folder}/", "").replace(str(folder), "(upload)"), 422) from exc
+        for key, want in (expect or {}).items():
+            if getattr(spec, key) != want:
+                raise UploadError(f"submission.yaml: key '{key}' is {getattr(spec, key)!r}, but this upload is "
+                                  f"{key} {want!r}; make them agree", 422)
+        dest = self.object_dir(sha)
+        if not dest.exists():
+            for p in folder.rglob("*"):  # read-only for everyone: the sandbox's unprivileged user reads it
+                p.chmod(0o555 if p.is_dir() else 0o444)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(folder, dest)
+            except OSError:
+                if not dest.exists():  # another upload of the same content won the rename: keep that one
+                    raise
+            else:
+                dest.chmod(0o555)
+        return load_submission(dest), dest
+
+
+def _member_path(name: str, limits: UploadLimits) -> PurePosixPath:
+    """The relative path an archive member may be unpacked to, or :class:`UploadError`."""
+    if "\\" in name or "\0" in name:
+        raise UploadError(f"archive member {name!r}: backslashes and NUL are not allowed in names")
+    p = PurePosixPath(name)
+    if p.is_absolute() or name.startswith("/"):
+        raise UploadError(f"archive member {name!r}: absolute paths are not allowed; pack relative paths")
+    if ".." in p.parts:
+        raise UploadError(f"archive member {name!r}: '..' is not allowed in paths")
+    parts = [x for x in p.parts if x != "."]
+    if not parts:
+        raise UploadError(f"archive member {name!r}: empty path")
+    if len(parts) > limits.max_depth:
+        raise UploadError(f"archive member {name!r}: nested deeper than {limits.max_depth} folders")
+    return PurePosixPath(*parts)
+
+
+def _mkdirs(stage: Path, rel: PurePosixPath) -> Path:
+    """Create ``stage/rel`` as a folder, refusing to pass through anything but folders made here."""
+    cur = stage
+    for part in rel.parts:
+        cur = cur / part
+        try:
+            os.mkdir(cur, 0o700)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(cur).st_mode):
+                raise UploadError(f"archive member {rel}: {part} is both a file and a folder") from None
+    return cur
+
+
+def _write(stage: Path, rel: PurePosixPath, src: IO[bytes], budget: list[int], limits: UploadLimits) -> None:
+    parent = _mkdirs(stage, rel.parent) if rel.parent != PurePosixPath(".") else stage
+    target = parent / rel.name
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise UploadError(f"archive member {rel}: appears twice (or is both a file and a folder)") from None
+    with os.fdopen(fd, "wb") as f:
+        while chunk := src.read(CHUNK):
+            budget[0] -= len(chunk)  # counted as written: a zip's declared sizes can lie
+            if budget[0] < 0:
+                raise UploadError(f"archive unpacks to more than {limits.max_unpacked_bytes} bytes "
+                                  "(upload.max_unpacked_bytes)")
+            f.write(chunk)
+
+
+def _count(n: int, limits: UploadLimits) -> None:
+    if n > limits.max_files:
+        raise UploadError(f"archive holds more than {limits.max_files} files and folders (upload.max_files)")
+
+
+def _untar(tar: tarfile.TarFile, stage: Path, limits: UploadLimits) -> None:
+    budget, n = [limits.max_unpacked_bytes], 0
+    try:
+        for m in tar:  # streamed: members are checked one by one, never listed in full first
+            n += 1
+            _count(n, limits)
+            rel = _member_path(m.name, limits)
+            if m.issym() or m.islnk():
+                raise UploadError(f"archive member {m.name!r}: links are not allowed (symbolic or hard, to "
+                                  f"{m.linkname!r}); pack the file itself")
+            if m.isdir():
+                _mkdirs(stage, rel)
+            elif m.isfile():
+                if m.size > budget[0]:
+                    raise UploadError(f"archive unpacks to more than {limits.max_unpacked_bytes} bytes "
+                                      "(upload.max_unpacked_bytes)")
+                src = tar.extractfile(m)
+                assert src is not None  # a regular file always has one
+                _write(stage, rel, src, budget, limits)
+            else:
+                raise UploadError(f"archive member {m.name!r}: only regular files and folders are allowed "
+                                  "(no devices, FIFOs or other special files)")
+        # tarfile ends quietly at a truncated header: read the (compressed) stream to its end to tell.
+        trailing = 0
+        while chunk := tar.fileobj.read(CHUNK):
+            trailing += len(chunk)
+            if trailing > 16 * CHUNK:
+                raise UploadError("archive has more than 16 MiB of data after its end; pack only the folder")
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise UploadError(f"archive is damaged or truncated ({type(exc).__name__}: {exc})") from exc
+
+
+def _unzip(archive: Path, stage: Path, limits: UploadLimits) -> None:
+    budget = [limits.max_unpacked_bytes]
+    try:
+        with zipfile.ZipFile(archive) as z:
+            infos = z.infolist()
+            _count(len(infos), limits)
+            if sum(i.file_size for i in infos) > limits.max_unpacked_bytes:
+                raise UploadError(f"archive unpacks to more than {limits.max_unpacked_bytes} bytes "
+                                  "(upload.max_unpacked_bytes)")
+            for i in infos:
+                rel = _member_path(i.filename, limits)
+                mode = i.external_attr >> 16
+                kind = stat.S_IFMT(mode)
+                if i.is_dir():
+                    if kind not in (0, stat.S_IFDIR):
+                        raise UploadError(f"archive member {i.filename!r}: only regular files and folders")
+                    _mkdirs(stage, rel)
+                    continue
+                if kind == stat.S_IFLNK:
+                    raise UploadError(f"archive member {i.filename!r}: links are not allowed; pack the file itself")
+                if kind not in (0, stat.S_IFREG):
+                    raise UploadError(f"archive member {i.filename!r}: only regular files and folders are allowed "
+                                      "(no devices, FIFOs or other special files)")
+                with z.open(i) as src:
+                    _write(stage, rel, src, budget, limits)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError, zlib.error) as exc:
+        raise UploadError(f"archive is damaged or unsupported ({type(exc).__name__}: {exc})") from exc

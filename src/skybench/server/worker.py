@@ -1,0 +1,160 @@
+"""``skybench worker``: claim a job, copy its folder where ``dvc repro`` finds it, evaluate it, record the outcome.
+
+The evaluation is the project's own sandboxed :func:`skybench.harness.evaluate.evaluate` for that one folder,
+published to MLflow as today; its idempotency (the folder's sha256 in the records and in MLflow) means a job
+re-run after its worker died is not published twice. While it runs, a thread renews the job's lease."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
+
+from skybench.server import queue
+from skybench.server.config import ChallengeConfig
+from skybench.server.db import Submission, Team
+from skybench.server.storage import Store
+
+log = logging.getLogger("skybench.worker")
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def project_folder(cfg: ChallengeConfig, team: str, name: str) -> Path:
+    from skybench.tracks import project_root
+
+    return Path(cfg.project_root or project_root()) / "submissions" / team / name
+
+
+def place(src: Path, dest: Path) -> Path:
+    """Copy the stored folder ``src`` to ``dest`` (``submissions/<team>/<name>/``), replacing what was there.
+
+    Staged in ``<project>/.skybench-staging/`` (outside the folders ``dvc repro`` scans, on the same
+    filesystem), then renamed into place, so a scan never sees a half-copied folder."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.parents[2] / ".skybench-staging"
+    staging.mkdir(exist_ok=True)
+    tmp = staging / f"{dest.name}.{secrets.token_hex(4)}.tmp"
+    shutil.copytree(src, tmp, copy_function=shutil.copyfile)
+    for p in [tmp, *tmp.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    old = None
+    if dest.exists():
+        old = staging / f"{dest.name}.{secrets.token_hex(4)}.old"
+        os.rename(dest, old)
+    os.rename(tmp, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+class _Heartbeat(threading.Thread):
+    def __init__(self, beat: Callable[[], bool], every: float) -> None:
+        super().__init__(daemon=True, name="skybench-lease")
+        self.beat, self.every, self.stopped, self.lost = beat, every, threading.Event(), False
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.every):
+            try:
+                if not self.beat():
+                    self.lost = True
+                    return
+            except Exception:  # noqa: BLE001 - a database hiccup: try again at the next beat
+                log.exception("heartbeat failed")
+
+
+def _previous_metrics(sessions: sessionmaker, sub: Submission) -> dict[str, float] | None:
+    with sessions() as s:
+        prev = s.scalars(select(Submission).where(
+            Submission.team_id == sub.team_id, Submission.track == sub.track, Submission.name == sub.name,
+            Submission.sha256 == sub.sha256, Submission.state == "finished").order_by(Submission.finished_at.desc())
+        ).first()
+        return dict(prev.metrics) if prev is not None else None
+
+
+def run_one(cfg: ChallengeConfig, sessions: sessionmaker, owner: str, *, executor: str = "local",
+            release: Path | None = None, out: Path | None = None, publish: bool = True) -> Submission | None:
+    """Claim and evaluate one job; return it as recorded (None when the queue was empty)."""
+    from skybench.harness.evaluate import INFRASTRUCTURE, evaluate, one_line
+
+    with sessions() as s:
+        sub = queue.claim(s, owner, cfg.lease_seconds, cfg.max_attempts)
+        if sub is None:
+            return None
+        team = s.get(Team, sub.team_id)
+        assert team is not None
+        team_name = team.name
+    log.info("claimed %s (%s/%s on %s, attempt %d)", sub.id, team_name, sub.name, sub.track, sub.attempt)
+
+    def beat() -> bool:
+        with sessions() as s:
+            return queue.heartbeat(s, sub.id, owner, cfg.lease_seconds)
+
+    hb = _Heartbeat(beat, max(1.0, cfg.lease_seconds / 3))
+    hb.start()
+    try:
+        stored = Store(cfg.storage, cfg.upload).object_dir(sub.sha256)
+        # Where the organiser's `dvc repro` finds it; its record there is this one (same identity and sha256).
+        place(stored, project_folder(cfg, team_name, sub.name))
+        # Evaluated from the immutable, content-addressed copy: a newer upload of the same entry replacing
+        # the project copy meanwhile cannot change what this job runs.
+        outcome = evaluate([stored], sub.track, release, out=out, publish=publish, executor=executor,
+                           identities={stored: (team_name, sub.name)}, received={stored: sub.received_at})[0]
+    except Exception as exc:  # noqa: BLE001 - the machine's fault (no release, a full disk...): retried
+        outcome = None
+        why = f"infrastructure failure, not the submission's: {one_line(exc)}"
+    finally:
+        hb.stopped.set()
+        hb.join()
+    with sessions() as s:
+        if outcome is not None and outcome.status == "FINISHED":
+            queue.finish(s, sub.id, owner, outcome.metrics)
+        elif outcome is not None and outcome.status == "SKIPPED":
+            metrics = _previous_metrics(sessions, sub)
+            if metrics is None and outcome.record is not None and (outcome.record / "metrics.json").is_file():
+                metrics = json.loads((outcome.record / "metrics.json").read_text())
+            queue.finish(s, sub.id, owner, metrics or {})
+        elif outcome is not None and outcome.failure_kind != INFRASTRUCTURE:
+            queue.fail(s, sub.id, owner, outcome.reason or "failed without a reason", counts=True)
+        else:
+            why = outcome.reason if outcome is not None else why
+            if sub.attempt >= cfg.max_attempts:
+                queue.fail(s, sub.id, owner, f"{why} (after {sub.attempt} attempts; not counted in your quota)",
+                           counts=False)
+            else:
+                queue.requeue(s, sub.id, owner, why)
+        return s.get(Submission, sub.id, populate_existing=True)
+
+
+def run(cfg: ChallengeConfig, sessions: sessionmaker, *, poll_seconds: float = 5.0, executor: str = "local",
+        once: bool = False) -> None:
+    """The worker loop: evaluate jobs until interrupted (``once``: until the queue is empty)."""
+    owner = worker_id()
+    log.info("worker %s polling every %.0f s", owner, poll_seconds)
+    while True:
+        try:
+            done = run_one(cfg, sessions, owner, executor=executor)
+        except Exception:  # noqa: BLE001 - the database is away, say: its job (if any) is re-run after its lease
+            log.exception("worker %s: could not claim or record a job; trying again in %.0f s", owner, poll_seconds)
+            if once:
+                raise
+            time.sleep(poll_seconds)
+            continue
+        if done is not None:
+            log.info("%s: %s %s", done.id, done.state, done.reason)
+            continue
+        if once:
+            return
+        time.sleep(poll_seconds)

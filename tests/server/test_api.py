@@ -1,0 +1,153 @@
+"""The JSON API (FastAPI TestClient) on SQLite and PostgreSQL: tokens, uploads, isolation between teams."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "submissions" / "examples" / "lens-space" / "onnx"
+
+
+def pack(team: str, name: str, track: str = "lens-space", fmt: str = "onnx") -> bytes:
+    """The example ONNX submission as ``team``'s entry ``name``, as a .tar.gz with a top folder."""
+    spec = (f"team: {team}\nname: {name}\ntrack: {track}\nformat: {fmt}\nmodel: model.onnx\n").encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        model = (EXAMPLE / "model.onnx").read_bytes()
+        for arc, data in ((f"{name}/submission.yaml", spec), (f"{name}/model.onnx", model)):
+            info = tarfile.TarInfo(arc)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.fixture
+def server(cfg, engine):  # type: ignore[no-untyped-def]
+    from skybench.server.app import create_app
+    from skybench.server.auth import add_team
+    from skybench.server.db import sessions
+
+    app = create_app(cfg, engine)
+    with sessions(engine)() as s:
+        tokens = {n: add_team(s, n).token for n in ("alpha", "beta")}
+    with TestClient(app) as client:
+        yield client, tokens, app
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _upload(client, token, data: bytes, track="lens-space", name="m1"):  # type: ignore[no-untyped-def]
+    return client.post("/api/submissions", headers=_auth(token), data={"track": track, "name": name},
+                       files={"file": ("sub.tar.gz", data, "application/gzip")})
+
+
+def test_upload_then_status_and_another_team_gets_404(server):
+    client, tokens, _ = server
+    r = _upload(client, tokens["alpha"], pack("alpha", "m1"))
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["state"] == "queued" and body["status_url"] == f"/api/submissions/{body['id']}"
+    assert body["received_at"] and body["queued_at"] and body["counted"]
+    mine = client.get(body["status_url"], headers=_auth(tokens["alpha"]))
+    assert mine.status_code == 200 and mine.json()["name"] == "m1"
+    theirs = client.get(body["status_url"], headers=_auth(tokens["beta"]))
+    missing = client.get("/api/submissions/" + "0" * 32, headers=_auth(tokens["beta"]))
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.json()["detail"].replace(body["id"], "X") == missing.json()["detail"].replace("0" * 32, "X")
+    assert client.get("/api/submissions", headers=_auth(tokens["beta"])).json() == []
+    assert [s["id"] for s in client.get("/api/submissions", headers=_auth(tokens["alpha"])).json()] == [body["id"]]
+    me = client.get("/api/me", headers=_auth(tokens["alpha"])).json()
+    assert me["team"] == "alpha" and me["tracks"]["lens-space"] == {"phase": "open",
+                                                                     "quota_left": {"today": 2, "phase": 4}}
+
+
+@pytest.mark.parametrize("path", ["/api/me", "/api/submissions", "/api/submissions/abc"])
+def test_no_valid_token_no_data(server, path):
+    client, tokens, _ = server
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": tokens["alpha"]},
+                    {"Authorization": f"Basic {tokens['alpha']}"}):
+        r = client.get(path, headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", (headers, r.text)
+
+
+def test_upload_without_token_is_refused(server):
+    client, tokens, _ = server
+    r = client.post("/api/submissions", data={"track": "lens-space", "name": "m1"},
+                    files={"file": ("s.tar.gz", pack("alpha", "m1"), "application/gzip")})
+    assert r.status_code == 401
+
+
+def test_token_guessing_gets_429(server):
+    client, tokens, _ = server
+    for _ in range(3):  # auth.max_failures in the test config
+        assert client.get("/api/me", headers=_auth("sbt_AAAAAAAAAAAAAAAA_" + "A" * 43)).status_code == 401
+    r = client.get("/api/me", headers=_auth(tokens["alpha"]))
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+
+
+def test_schema_errors_cost_no_quota(server):
+    client, tokens, _ = server
+    bad = [pack("alpha", "m1", fmt="onnnx"),  # an invalid format
+           pack("beta", "m1"),  # the yaml names another team
+           pack("alpha", "other")]  # the yaml names another entry
+    for data in bad:
+        r = _upload(client, tokens["alpha"], data)
+        assert r.status_code == 422, r.text
+    assert "key 'format'" in _upload(client, tokens["alpha"], bad[0]).json()["detail"]
+    assert "key 'team' is 'beta'" in _upload(client, tokens["alpha"], bad[1]).json()["detail"]
+    me = client.get("/api/me", headers=_auth(tokens["alpha"])).json()
+    assert me["tracks"]["lens-space"]["quota_left"] == {"today": 3, "phase": 5}
+    assert client.get("/api/submissions", headers=_auth(tokens["alpha"])).json() == []
+    store = server[2].state.store
+    assert list(store.objects.iterdir()) == [] and list(store.incoming.iterdir()) == [], "nothing kept"
+
+
+def test_quota_and_closed_track_over_the_api(server):
+    client, tokens, _ = server
+    for i in range(3):
+        assert _upload(client, tokens["alpha"], pack("alpha", f"q{i}"), name=f"q{i}").status_code == 202
+    r = _upload(client, tokens["alpha"], pack("alpha", "q3"), name="q3")
+    assert r.status_code == 429 and "daily quota of 3" in r.json()["detail"]
+    r = _upload(client, tokens["alpha"], pack("alpha", "g", track="lens-ground"), track="lens-ground", name="g")
+    assert r.status_code == 404 and "takes no submissions" in r.json()["detail"]
+
+
+def test_oversized_upload_is_cut_off(server):
+    client, tokens, app = server
+    store = app.state.store
+    big = bytes(3_000_000)  # upload.max_bytes is 2,000,000
+    r = _upload(client, tokens["alpha"], big)
+    assert r.status_code == 413 and "larger than the limit of 2000000 bytes" in r.json()["detail"]
+
+    def chunked():  # no Content-Length: cut off while streaming
+        boundary = b"b0undary"
+        yield b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="s.tgz"\r\n\r\n'
+        for _ in range(50):
+            yield bytes(256 * 1024)
+        yield b"\r\n--" + boundary + b"--\r\n"
+
+    r = client.post("/api/submissions", headers={**_auth(tokens["alpha"]),
+                                                 "Content-Type": "multipart/form-data; boundary=b0undary"},
+                    content=chunked())
+    assert r.status_code == 413, r.text
+    assert list(store.incoming.iterdir()) == [] and list(store.objects.iterdir()) == []
+
+
+def test_archive_attack_over_the_api_leaves_nothing(server, tmp_path):
+    client, tokens, app = server
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("x/../../../escaped")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    r = _upload(client, tokens["alpha"], buf.getvalue())
+    assert r.status_code == 400 and "'..' is not allowed" in r.json()["detail"]
+    assert list(app.state.store.incoming.iterdir()) == []
+    assert not any(p.name == "escaped" for p in tmp_path.rglob("*"))

@@ -1,0 +1,130 @@
+"""``skybench admin`` and ``skybench submit`` against a real server (uvicorn on loopback)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from skybench.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "submissions" / "examples" / "lens-space" / "onnx"
+
+
+@pytest.fixture
+def config(cfg, tmp_path: Path) -> Path:
+    path = tmp_path / "challenge.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
+    return path
+
+
+def test_admin_team_add_prints_the_token_once_and_stores_its_hash(config: Path, cfg):
+    from skybench.server.auth import FailureLimiter, verify
+    from skybench.server.db import Team, make_engine, sessions
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["admin", "db", "upgrade", "--config", str(config)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["admin", "team", "add", "lensfinders", "--members", "ada, bob", "--config", str(config)])
+    assert r.exit_code == 0, r.output
+    token = r.stdout.strip().splitlines()[-1]
+    assert token.startswith("sbt_") and r.stdout.count(token) == 1
+    again = runner.invoke(app, ["admin", "team", "add", "lensfinders", "--config", str(config)])
+    assert again.exit_code == 1 and "exists already" in again.output
+    with sessions(make_engine(cfg.db_url))() as s:
+        assert verify(s, token, "cli", FailureLimiter(5, 60)).members == ["ada", "bob"]
+        assert token.split("_", 2)[2] not in s.query(Team).one().token_hash
+    r = runner.invoke(app, ["admin", "phase", "close", "lens-space", "--config", str(config)])
+    assert r.exit_code == 0 and "closed" in r.output
+    r = runner.invoke(app, ["admin", "phase", "set", "nope", "open", "--config", str(config)])
+    assert r.exit_code == 1 and "not part of this challenge" in r.output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def live(cfg, engine):  # type: ignore[no-untyped-def]
+    import uvicorn
+
+    from skybench.server.app import create_app
+    from skybench.server.auth import add_team
+    from skybench.server.db import sessions
+
+    with sessions(engine)() as s:
+        token = add_team(s, "alpha").token
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg, engine), host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", token
+    server.should_exit = True
+    t.join(10)
+
+
+def test_submit_uploads_and_prints_the_status_url(live, tmp_path: Path, monkeypatch):
+    url, token = live
+    folder = tmp_path / "m1"
+    shutil.copytree(EXAMPLE, folder)
+    spec = (folder / "submission.yaml").read_text().replace("team: examples", "team: alpha")
+    (folder / "submission.yaml").write_text(spec.replace("name: onnx-example", "name: m1"))
+    runner = CliRunner()
+    monkeypatch.delenv("SKYBENCH_TOKEN", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    r = runner.invoke(app, ["submit", str(folder), "--server", url, "--skip-validate"])
+    assert r.exit_code == 1 and "no token" in r.output
+    monkeypatch.setenv("SKYBENCH_TOKEN", token)
+    r = runner.invoke(app, ["submit", str(folder), "--server", url, "--skip-validate"])
+    assert r.exit_code == 0, r.output
+    assert "state queued" in r.output and f"{url}/api/submissions/" in r.output
+    monkeypatch.setenv("SKYBENCH_TOKEN", token[:-2] + "xx")
+    r = runner.invoke(app, ["submit", str(folder), "--server", url, "--skip-validate"])
+    assert r.exit_code == 1 and "401" in r.output and "invalid" in r.output
+
+
+def test_skybench_serve_and_worker_start_from_the_command_line(config: Path, cfg):
+    import json
+    import os
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, "-m", "skybench"]
+    proc = subprocess.Popen([*cmd, "serve", "--config", str(config), "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        status = None
+        for _ in range(150):  # up to 30 s on a loaded machine
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/me", timeout=2)
+            except urllib.error.HTTPError as exc:
+                status, body = exc.code, json.load(exc)
+                break
+            except urllib.error.URLError:
+                time.sleep(0.2)
+        assert status == 401 and "token" in body["detail"], proc.poll()
+        spec = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/openapi.json", timeout=5))
+        assert "/api/submissions/{sub_id}" in spec["paths"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    done = subprocess.run([*cmd, "worker", "--config", str(config), "--once"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

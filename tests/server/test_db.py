@@ -1,0 +1,127 @@
+"""Schema, migrations and tokens on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, select, text
+
+
+def test_migrations_match_the_models(engine):
+    from skybench.server.db import Base
+
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == [], f"the models and migrations/ differ (write a new Alembic revision): {diff}"
+    tables = set(inspect(engine).get_table_names())
+    assert {"teams", "submissions", "phase_state", "quota_use", "alembic_version"} <= tables
+
+
+def test_upgrade_is_idempotent(engine):
+    from skybench.server.db import upgrade
+
+    upgrade(engine)  # the server applies the migrations at every start
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+
+
+def test_sqlite_uses_wal(tmp_path):
+    from skybench.server.db import make_engine, upgrade
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'sub' / 'server.db'}")  # its folder is created too
+    upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+        assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_only_the_token_hash_is_stored(Session):
+    from skybench.server.auth import FailureLimiter, add_team, verify
+    from skybench.server.db import Team
+
+    with Session() as s:
+        issued = add_team(s, "lensfinders", ["ada", "bob"])
+    token = issued.token
+    secret = token.split("_", 2)[2]
+    with Session() as s:
+        row = s.scalar(select(Team).where(Team.name == "lensfinders"))
+        stored = " ".join(str(getattr(row, c.key)) for c in Team.__table__.columns)
+        assert secret not in stored and token not in stored
+        assert row.token_hash.startswith("$argon2id$")
+        assert row.members == ["ada", "bob"] and not row.is_admin
+        lim = FailureLimiter(5, 60)
+        assert verify(s, token, "c", lim).name == "lensfinders"
+
+
+def test_wrong_tokens_are_refused(Session):
+    from skybench.server.auth import AuthError, FailureLimiter, add_team, verify
+
+    with Session() as s:
+        a = add_team(s, "a").token
+        b = add_team(s, "b").token
+        lim = FailureLimiter(100, 60)
+        tid_a, secret_b = a.split("_")[1], b.split("_", 2)[2]
+        for bad in (None, "", "sbt_x_y", a[:-1] + ("A" if a[-1] != "A" else "B"), f"sbt_{tid_a}_{secret_b}"):
+            with pytest.raises(AuthError):
+                verify(s, bad, "c", lim)
+        assert verify(s, b, "c", lim).name == "b"
+
+
+def test_team_names(Session):
+    from skybench.server.auth import add_team
+
+    with Session() as s:
+        for bad in ("../x", "examples", "a b", "", "x" * 65):
+            with pytest.raises(ValueError):
+                add_team(s, bad)
+        add_team(s, "ok")
+        with pytest.raises(ValueError, match="exists already"):
+            add_team(s, "ok")
+
+
+def test_token_guessing_is_rate_limited(Session):
+    from skybench.server.auth import AuthError, FailureLimiter, RateLimited, add_team, verify
+
+    with Session() as s:
+        good = add_team(s, "t").token
+        lim = FailureLimiter(3, 60)
+        for _ in range(3):
+            with pytest.raises(AuthError):
+                verify(s, "sbt_guess", "1.2.3.4", lim)
+        with pytest.raises(RateLimited) as exc:  # even the right token: the client is refused first
+            verify(s, good, "1.2.3.4", lim)
+        assert 1 <= exc.value.retry_after <= 61
+        assert verify(s, good, "5.6.7.8", lim).name == "t"  # another client is not affected
+
+
+def test_verified_token_cache_and_rotation(Session):
+    from skybench.server.auth import AuthError, FailureLimiter, VerifiedCache, add_team, rotate_token, verify
+
+    with Session() as s:
+        old = add_team(s, "t").token
+        lim, cache = FailureLimiter(10, 60), VerifiedCache()
+        assert verify(s, old, "c", lim, cache).name == "t"
+        assert cache.get(s, old) is not None and cache.get(s, old + "x") is None
+        new = rotate_token(s, "t")
+        assert cache.get(s, old) is None  # the stored hash changed: the cached check no longer holds
+        with pytest.raises(AuthError):
+            verify(s, old, "c", lim, cache)
+        assert verify(s, new, "c", lim, cache).name == "t"
+
+
+def test_failure_table_forgets_clients_whose_window_passed():
+    import time
+
+    from skybench.server.auth import FailureLimiter, RateLimited
+
+    lim = FailureLimiter(2, 0.2, max_clients=10)
+    for i in range(10):
+        lim.failed(f"10.0.0.{i}")
+    time.sleep(0.25)
+    lim.failed("10.0.1.1")
+    lim.failed("10.0.1.1")
+    assert len(lim._fails) == 1
+    with pytest.raises(RateLimited):
+        lim.check("10.0.1.1")

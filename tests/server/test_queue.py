@@ -1,0 +1,211 @@
+"""The queue on SQLite and PostgreSQL: exclusive claims, leases, quotas, phases."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+SHA = "ab" * 32
+
+
+@pytest.fixture
+def team(Session):  # type: ignore[no-untyped-def]
+    from skybench.server.auth import add_team
+
+    with Session() as s:
+        return add_team(s, "lensfinders").team
+
+
+def _enqueue(Session, cfg, team, n: int, when=None) -> list[str]:  # noqa: N803
+    from skybench.server import queue
+
+    ids = []
+    with Session() as s:
+        for i in range(n):
+            ids.append(queue.enqueue(s, cfg, team, "lens-space", f"m{i}", SHA, when).id)
+    return ids
+
+
+def _open_cfg(cfg, per_day: int = 1000, per_phase: int = 1000):  # type: ignore[no-untyped-def]
+    tracks = dict(cfg.tracks)
+    tracks["lens-space"] = tracks["lens-space"].model_copy(
+        update={"quota": tracks["lens-space"].quota.model_copy(update={"per_day": per_day, "per_phase": per_phase})})
+    return cfg.model_copy(update={"tracks": tracks})
+
+
+def test_claims_are_exclusive_under_concurrency(Session, cfg, team):
+    from skybench.server import queue
+
+    cfg = _open_cfg(cfg)
+    ids = _enqueue(Session, cfg, team, 24)
+    got: list[tuple[str, str]] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def work(owner: str) -> None:
+        try:
+            start.wait()
+            with Session() as s:
+                while (sub := queue.claim(s, owner, 60)) is not None:
+                    got.append((sub.id, owner))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    claimed = [i for i, _ in got]
+    assert sorted(claimed) == sorted(ids), "every job claimed exactly once"
+    from skybench.server.db import Submission
+
+    with Session() as s:
+        rows = s.scalars(select(Submission)).all()
+        assert {r.state for r in rows} == {"running"} and {r.attempt for r in rows} == {1}
+        assert all(r.lease_owner == dict(got)[r.id] for r in rows)
+
+
+def test_expired_lease_is_reclaimed_and_the_old_owner_is_shut_out(Session, cfg, team):
+    from skybench.server import queue
+    from skybench.server.db import utcnow
+
+    [jid] = _enqueue(Session, cfg, team, 1)
+    t0 = utcnow()
+    with Session() as s:
+        a = queue.claim(s, "A", 30, now=t0)
+        assert a is not None and a.id == jid and a.attempt == 1
+        assert queue.claim(s, "B", 30, now=t0 + timedelta(seconds=29)) is None  # the lease still holds
+        b = queue.claim(s, "B", 30, now=t0 + timedelta(seconds=31))  # A died: its lease ran out
+        assert b is not None and b.id == jid and b.attempt == 2 and b.lease_owner == "B"
+        assert not queue.heartbeat(s, jid, "A", 30)
+        assert not queue.finish(s, jid, "A", {"auroc": 0.9})
+        assert queue.heartbeat(s, jid, "B", 30)
+        assert queue.finish(s, jid, "B", {"auroc": 0.8})
+        from skybench.server.db import Submission
+
+        sub = s.get(Submission, jid, populate_existing=True)
+        assert sub.state == "finished" and sub.metrics == {"auroc": 0.8} and sub.finished_at is not None
+        assert sub.received_at <= sub.queued_at <= sub.running_at  # (finished_at is real time; claims were faked)
+
+
+def test_a_job_that_kills_its_worker_every_time_fails_for_good(Session, cfg, team):
+    from skybench.server import queue
+    from skybench.server.db import Submission, utcnow
+
+    [jid] = _enqueue(Session, cfg, team, 1)
+    t = utcnow()
+    with Session() as s:
+        for i in range(3):
+            assert queue.claim(s, f"w{i}", 10, max_attempts=3, now=t + timedelta(seconds=11 * i)).id == jid
+        assert queue.claim(s, "w9", 10, max_attempts=3, now=t + timedelta(seconds=40)) is None
+        sub = s.get(Submission, jid, populate_existing=True)
+        assert sub.state == "failed" and "3 times" in sub.reason
+
+
+def test_quota_per_day_and_per_phase(Session, cfg, team):
+    from skybench.server import queue
+    from skybench.server.db import utcnow
+
+    today = utcnow()
+    _enqueue(Session, cfg, team, 3, today)  # per_day 3
+    with Session() as s, pytest.raises(queue.Refused, match="daily quota of 3") as exc:
+        queue.enqueue(s, cfg, team, "lens-space", "x", SHA, today)
+    assert exc.value.status == 429
+    tomorrow = today + timedelta(days=1)
+    _enqueue(Session, cfg, team, 2, tomorrow)  # per_phase 5: 3 + 2
+    with Session() as s:
+        with pytest.raises(queue.Refused, match="quota of 5 submissions .* in phase 'open'"):
+            queue.enqueue(s, cfg, team, "lens-space", "y", SHA, tomorrow)
+        assert queue.quota_left(s, cfg, team, "lens-space", tomorrow) == {"today": 1, "phase": 0}
+
+
+def test_sandbox_failures_count_and_infrastructure_failures_do_not(Session, cfg, team):
+    from skybench.server import queue
+    from skybench.server.db import Submission, utcnow
+
+    now = utcnow()
+    ids = _enqueue(Session, cfg, team, 3, now)
+    with Session() as s:
+        for jid in ids:
+            assert queue.claim(s, "w", 60).id == jid
+        assert queue.fail(s, ids[0], "w", "exited with status 1: boom", counts=True)
+        assert queue.fail(s, ids[1], "w", "infrastructure failure", counts=False)
+        assert queue.requeue(s, ids[2], "w", "infrastructure failure: retried")
+        rows = {r.id: r for r in s.scalars(select(Submission)).all()}
+        assert rows[ids[0]].counted and not rows[ids[1]].counted and rows[ids[2]].counted
+        assert rows[ids[2]].state == "queued" and rows[ids[2]].lease_owner is None
+        assert queue.quota_left(s, cfg, team, "lens-space", now) == {"today": 1, "phase": 3}
+        queue.enqueue(s, cfg, team, "lens-space", "again", SHA, now)  # the unit given back can be used
+        with pytest.raises(queue.Refused):
+            queue.enqueue(s, cfg, team, "lens-space", "again2", SHA, now)
+
+
+def test_concurrent_uploads_cannot_overrun_the_quota(Session, cfg, team):
+    from skybench.server import queue
+    from skybench.server.db import Submission
+
+    results: list[str] = []
+    start = threading.Barrier(8)
+
+    def up(i: int) -> None:
+        start.wait()
+        with Session() as s:
+            try:
+                queue.enqueue(s, cfg, team, "lens-space", f"c{i}", SHA)
+                results.append("ok")
+            except queue.Refused:
+                results.append("refused")
+
+    threads = [threading.Thread(target=up, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(results) == ["ok"] * 3 + ["refused"] * 5
+    with Session() as s:
+        assert len(s.scalars(select(Submission)).all()) == 3
+
+
+def test_phases_gate_submissions(Session, cfg, team):
+    from skybench.server import queue
+    from skybench.server.config import TrackConfig
+    from skybench.server.db import utcnow
+
+    with Session() as s:
+        with pytest.raises(queue.Refused, match="takes no submissions") as exc:
+            queue.enqueue(s, cfg, team, "lens-ground", "x", SHA)  # open: false in challenge.yaml
+        assert exc.value.status == 404
+        queue.set_phase(s, "lens-space", "closed", by="admin")
+        assert queue.current_phase(s, cfg, "lens-space") == "closed"
+        with pytest.raises(queue.Refused, match="phase 'closed'") as exc:
+            queue.enqueue(s, cfg, team, "lens-space", "x", SHA)
+        assert exc.value.status == 409
+    now = utcnow()
+    tc = TrackConfig.model_validate({"phases": {"open": now + timedelta(days=1), "closed": now + timedelta(days=9)}})
+    assert tc.phase_at(now) == "pending"
+    assert tc.phase_at(now + timedelta(days=2)) == "open"
+    assert tc.phase_at(now + timedelta(days=10)) == "closed"
+    with pytest.raises(ValueError, match="order"):
+        TrackConfig.model_validate({"phases": {"open": now, "closed": now - timedelta(days=1)}})
+
+
+def test_an_entry_name_belongs_to_one_track(Session, cfg, team):
+    from skybench.server import queue
+    from skybench.server.db import Submission
+
+    tracks = dict(cfg.tracks)
+    tracks["lens-ground"] = tracks["lens-ground"].model_copy(update={"open": True})
+    cfg = cfg.model_copy(update={"tracks": tracks})
+    with Session() as s:
+        s.add(Submission(id="f" * 32, team_id=team.id, track="lens-ground", name="resnet", sha256=SHA,
+                         phase="open", state="finished"))
+        s.commit()
+        with pytest.raises(queue.Refused, match="taken by your submissions to track 'lens-ground'") as exc:
+            queue.enqueue(s, cfg, team, "lens-space", "resnet", SHA)
+        assert exc.value.status == 409
+        queue.enqueue(s, cfg, team, "lens-ground", "resnet", SHA)  # the same track: a new version of the entry

@@ -1,0 +1,163 @@
+"""Uploads: the byte limit, safe unpacking (archive attacks), content-addressed storage, schema validation."""
+
+from __future__ import annotations
+
+import io
+import stat
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from skybench.server.config import UploadLimits
+from skybench.server.storage import Store, UploadError
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "submissions" / "examples" / "lens-space" / "onnx"
+LIMITS = UploadLimits(max_bytes=2_000_000, max_files=20, max_unpacked_bytes=3_000_000, max_depth=6)
+
+
+def _tar(members: list[tuple[tarfile.TarInfo, bytes | None]], mode: str = "w:gz") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as tar:
+        for info, data in members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def _file(name: str, data: bytes = b"x") -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, data
+
+
+def _special(name: str, kind: bytes, link: str = "") -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, link
+    return info, None
+
+
+def _zip(entries: list[tuple[str, bytes, int]]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data, mode in entries:
+            zi = zipfile.ZipInfo(name)
+            zi.external_attr = mode << 16
+            zi.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(zi, data)
+    return buf.getvalue()
+
+
+def _example_tar(top: str = "onnx") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(EXAMPLE, arcname=top)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "store", LIMITS)
+
+
+def _files_outside(tmp_path: Path, store: Store) -> set[Path]:
+    return {p for p in tmp_path.rglob("*") if not p.is_relative_to(store.root)}
+
+
+ATTACKS = {
+    "absolute path": (lambda: _tar([_file("/tmp/skybench-evil")]), "absolute paths are not allowed"),
+    "dot-dot": (lambda: _tar([_file("sub/../../evil")]), "'..' is not allowed"),
+    "symlink": (lambda: _tar([_special("sub/model.onnx", tarfile.SYMTYPE, "/etc/passwd")]), "links are not allowed"),
+    "hard link": (lambda: _tar([_file("sub/a"), _special("sub/b", tarfile.LNKTYPE, "sub/a")]),
+                  "links are not allowed"),
+    "char device": (lambda: _tar([_special("sub/zero", tarfile.CHRTYPE)]), "only regular files and folders"),
+    "fifo": (lambda: _tar([_special("sub/pipe", tarfile.FIFOTYPE)]), "only regular files and folders"),
+    "too many files": (lambda: _tar([_file(f"sub/f{i}") for i in range(25)]), "more than 20 files"),
+    "tar bomb": (lambda: _tar([_file("sub/zeros", bytes(3_500_000))]), "unpacks to more than 3000000 bytes"),
+    "many small that add up": (lambda: _tar([_file(f"sub/z{i}", bytes(900_000)) for i in range(4)]),
+                               "unpacks to more than 3000000 bytes"),
+    "too deep": (lambda: _tar([_file("a/b/c/d/e/f/g/h")]), "nested deeper than 6"),
+    "duplicate": (lambda: _tar([_file("sub/a"), _file("sub/a")]), "appears twice"),
+    "file then folder": (lambda: _tar([_file("sub/a"), _file("sub/a/b")]), "both a file and a folder"),
+    "zip dot-dot": (lambda: _zip([("../evil", b"x", 0o100644)]), "'..' is not allowed"),
+    "zip absolute": (lambda: _zip([("/evil", b"x", 0o100644)]), "absolute paths"),
+    "zip symlink": (lambda: _zip([("sub/link", b"/etc/passwd", stat.S_IFLNK | 0o777)]), "links are not allowed"),
+    "zip bomb": (lambda: _zip([("sub/zeros", bytes(3_500_000), 0o100644)]), "unpacks to more than"),
+    "zip fifo": (lambda: _zip([("sub/p", b"", stat.S_IFIFO | 0o644)]), "only regular files"),
+    "not an archive": (lambda: b"hello, I am not an archive" * 10, "not a .tar.gz, .tar or .zip"),
+    "truncated": (lambda: _example_tar()[:-10], "damaged or truncated"),
+    "cut in half": (lambda: (lambda d: d[:len(d) // 2])(_example_tar()), "damaged or truncated"),
+}
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+def test_archive_attacks_are_refused(attack: str, store: Store, tmp_path: Path):
+    make, message = ATTACKS[attack]
+    data = make()
+    before = _files_outside(tmp_path, store)
+    archive = store.receive([data])
+    with pytest.raises(UploadError, match=message):
+        store.unpack(archive)
+    store.discard(archive)
+    assert list(store.incoming.iterdir()) == [], "the staging folder is removed"
+    assert list(store.objects.iterdir()) == []
+    assert _files_outside(tmp_path, store) == before
+    assert not Path("/tmp/skybench-evil").exists() and not (tmp_path / "evil").exists()
+
+
+def test_zip_that_lies_about_its_size_is_cut_off(store: Store):
+    data = bytearray(_zip([("sub/zeros", bytes(3_500_000), 0o100644)]))
+    # Rewrite the declared uncompressed size (local header and central directory) to 10 bytes.
+    for sig, off in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        i = data.find(sig)
+        data[i + off:i + off + 4] = (10).to_bytes(4, "little")
+    archive = store.receive([bytes(data)])
+    with pytest.raises(UploadError, match="unpacks to more than|damaged"):
+        store.unpack(archive)
+    assert [p.name for p in store.incoming.iterdir()] == [archive.name]
+
+
+def test_oversized_upload_is_cut_off(store: Store):
+    sent = []
+
+    def chunks():
+        for i in range(100):  # 100 MiB offered; the limit is 2 MB
+            sent.append(i)
+            yield bytes(1024 * 1024)
+
+    with pytest.raises(UploadError, match="larger than the limit of 2000000 bytes") as exc:
+        store.receive(chunks())
+    assert exc.value.status == 413
+    assert len(sent) <= 3, "reading stops at the limit"
+    assert list(store.incoming.iterdir()) == [], "the partial file is removed"
+
+
+@pytest.mark.parametrize("kind", ["tar.gz with a top folder", "zip without one"])
+def test_valid_upload_is_stored_content_addressed_and_read_only(kind: str, store: Store):
+    from skybench.harness.submission import folder_sha256
+
+    if kind.startswith("tar"):
+        data = _example_tar()
+    else:
+        data = _zip([(p.name, p.read_bytes(), 0o100644) for p in sorted(EXAMPLE.iterdir())])
+    folder = store.unpack(store.receive([data]))
+    sub, dest = store.store(folder)
+    assert sub.sha256 == folder_sha256(EXAMPLE) and dest == store.object_dir(sub.sha256)
+    assert sorted(p.name for p in dest.iterdir()) == sorted(p.name for p in EXAMPLE.iterdir())
+    for p in [dest, *dest.iterdir()]:
+        mode = p.stat().st_mode
+        assert mode & 0o222 == 0 and mode & 0o444 == 0o444, f"{p} read-only and world-readable"
+    again = store.unpack(store.receive([data]))  # the same content again: one stored copy
+    assert store.store(again)[1] == dest
+
+
+def test_schema_error_names_the_key_not_the_server_paths(store: Store):
+    spec = (EXAMPLE / "submission.yaml").read_text().replace("format: onnx", "format: onnnx")
+    data = _tar([_file("sub/submission.yaml", spec.encode()),
+                 _file("sub/model.onnx", (EXAMPLE / "model.onnx").read_bytes())])
+    folder = store.unpack(store.receive([data]))
+    with pytest.raises(UploadError, match="key 'format': must be one of") as exc:
+        store.store(folder)
+    assert exc.value.status == 422 and str(store.root) not in str(exc.value)
+    assert list(store.objects.iterdir()) == []

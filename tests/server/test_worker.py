@@ -1,0 +1,202 @@
+"""The worker: claim -> place under submissions/<team>/<name>/ -> the project's evaluate -> finished | failed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers.py
+from helpers import bwrap_works  # noqa: E402
+from test_api import pack  # noqa: E402
+
+
+@pytest.fixture
+def server(cfg, engine):  # type: ignore[no-untyped-def]
+    from skybench.server.app import create_app
+    from skybench.server.auth import add_team
+    from skybench.server.db import sessions
+
+    app = create_app(cfg, engine)
+    with sessions(engine)() as s:
+        token = add_team(s, "alpha").token
+    with TestClient(app) as client:
+        yield client, {"Authorization": f"Bearer {token}"}, sessions(engine)
+
+
+def _upload(client, headers, name="m1"):  # type: ignore[no-untyped-def]
+    r = client.post("/api/submissions", headers=headers, data={"track": "lens-space", "name": name},
+                    files={"file": ("s.tar.gz", pack("alpha", name), "application/gzip")})
+    assert r.status_code == 202, r.text
+    return r.json()
+
+
+def test_infrastructure_failure_is_retried_then_given_back(server, cfg, tmp_path):
+    from skybench.server import queue, worker
+
+    client, headers, Session = server
+    sub = _upload(client, headers)
+    missing = tmp_path / "no-release"  # the machine's fault: the release is not there
+    for attempt in (1, 2):
+        done = worker.run_one(cfg, Session, "w", release=missing, out=tmp_path / "evals", publish=False)
+        assert done.state == "queued" and done.attempt == attempt and "infrastructure failure" in done.reason
+    done = worker.run_one(cfg, Session, "w", release=missing, out=tmp_path / "evals", publish=False)
+    assert done.state == "failed" and "after 3 attempts; not counted" in done.reason and not done.counted
+    with Session() as s:
+        from skybench.server.db import Team
+
+        assert queue.quota_left(s, cfg, s.get(Team, done.team_id), "lens-space")["today"] == 3
+    assert worker.run_one(cfg, Session, "w", release=missing, publish=False) is None  # the queue is empty
+    assert client.get(sub["status_url"], headers=headers).json()["state"] == "failed"
+    placed = Path(cfg.project_root) / "submissions" / "alpha" / "m1"
+    assert (placed / "submission.yaml").is_file() and (placed / "model.onnx").is_file()
+    assert list((Path(cfg.project_root) / ".skybench-staging").iterdir()) == []
+
+
+def test_place_replaces_the_entry_folder_atomically(tmp_path):
+    from skybench.server.worker import place
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, text in ((a, "v1"), (b, "v2")):
+        folder.mkdir()
+        (folder / "submission.yaml").write_text(text)
+        (folder / "submission.yaml").chmod(0o444)
+        folder.chmod(0o555)  # like the store's read-only objects
+    dest = tmp_path / "project" / "submissions" / "alpha" / "m1"
+    place(a, dest)
+    place(b, dest)
+    assert (dest / "submission.yaml").read_text() == "v2"
+    assert dest.stat().st_mode & 0o777 == 0o755 and (dest / "submission.yaml").stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in (tmp_path / "project" / "submissions" / "alpha").iterdir()) == ["m1"]
+    assert list((tmp_path / "project" / ".skybench-staging").iterdir()) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create the sandbox's namespaces here")
+def test_upload_evaluate_finish_end_to_end(server, cfg, tmp_path, tiny_space_release, monkeypatch):
+    from skybench.server import worker
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    client, headers, Session = server
+    sub = _upload(client, headers)
+    done = worker.run_one(cfg, Session, "w", release=tiny_space_release, out=tmp_path / "evals")
+    assert done is not None and done.state == "finished", done.reason if done else None
+    assert done.finished_at >= done.running_at >= done.queued_at >= done.received_at
+    assert {"public_auroc", "private_auroc"} <= set(done.metrics)  # the server keeps them all ...
+    shown = client.get(sub["status_url"], headers=headers).json()
+    assert shown["state"] == "finished" and shown["metrics"]
+    assert all(k.startswith("public_") for k in shown["metrics"])  # ... a team sees the public part
+    assert shown["metrics"]["public_auroc"] == round(done.metrics["public_auroc"], 3)
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["skybench-lens-space"], output_format="list")
+    assert [(r.data.params.get("team"), r.data.params.get("name")) for r in runs] == [("alpha", "m1")]
+    # The same folder again (a worker died after evaluating, say): finished from the record, no second run.
+    second = _upload(client, headers)
+    again = worker.run_one(cfg, Session, "w", release=tiny_space_release, out=tmp_path / "evals")
+    assert again.id == second["id"] and again.state == "finished" and again.metrics == done.metrics
+    assert len(mlflow.search_runs(experiment_names=["skybench-lens-space"], output_format="list")) == 1
+
+
+SLOW_PREDICT = """
+import time
+import numpy as np
+def load(model_dir):
+    time.sleep(6)  # long enough for the test to kill the worker mid-run
+def predict(model, batch):
+    return batch.sum(axis=(1, 2, 3)).astype("float32")
+"""
+
+WORKER = """
+import sys
+from pathlib import Path
+from skybench.server.config import load_config
+from skybench.server.db import make_engine, sessions
+from skybench.server.worker import run_one
+cfg = load_config(sys.argv[1])
+run_one(cfg, sessions(make_engine(cfg.db_url)), "doomed", release=Path(sys.argv[2]), out=Path(sys.argv[3]))
+"""
+
+
+def _descendants(pid: int) -> dict[int, str]:
+    """{pid: command name} of every process below ``pid``."""
+    children: dict[int, list[int]] = {}
+    names: dict[int, str] = {}
+    for p in Path("/proc").iterdir():
+        try:
+            stat = (p / "stat").read_text() if p.name.isdigit() else ""
+        except OSError:
+            continue
+        if stat:
+            name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+            names[int(p.name)] = name
+            children.setdefault(int(rest[1]), []).append(int(p.name))
+    found, todo = {}, [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found[c] = names[c]
+            todo.append(c)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create the sandbox's namespaces here")
+def test_a_worker_killed_mid_run_leaves_a_job_another_worker_finishes_once(cfg, engine, tmp_path,
+                                                                          tiny_space_release, monkeypatch):
+    import contextlib
+    import io
+    import os
+    import signal
+    import subprocess
+    import tarfile
+    import time
+
+    import mlflow
+    import yaml
+    from helpers import python_submission
+
+    from skybench.server import queue, worker
+    from skybench.server.auth import add_team
+    from skybench.server.db import Submission, sessions
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.search_experiments()  # create the MLflow store first: MLflow's own set-up is not what is tested
+    cfg = cfg.model_copy(update={"lease_seconds": 5})
+    config = tmp_path / "challenge.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
+    Session = sessions(engine)
+    folder = python_submission(tmp_path / "src", "slow", SLOW_PREDICT, team="alpha")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(folder, arcname="slow")
+    store = worker.Store(cfg.storage, cfg.upload)
+    loaded, _ = store.store(store.unpack(store.receive([buf.getvalue()])))
+    with Session() as s:
+        team = add_team(s, "alpha").team
+        jid = queue.enqueue(s, cfg, team, "lens-space", "slow", loaded.sha256).id
+    out = tmp_path / "evals"
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, str(config), str(tiny_space_release), str(out)],
+                            start_new_session=True, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "bwrap" not in _descendants(proc.pid).values():
+            time.sleep(0.2)
+        time.sleep(1)  # inside the sandbox's load() now
+        assert proc.poll() is None and "bwrap" in _descendants(proc.pid).values(), "no sandbox to kill"
+    finally:
+        for pid in [proc.pid, *_descendants(proc.pid)]:  # the machine dies: the worker and all it started
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait(30)
+    with Session() as s:
+        sub = s.get(Submission, jid)
+        assert sub.state == "running" and sub.lease_owner == "doomed"
+        expires = sub.lease_expires
+        assert queue.claim(s, "B", 5) is None  # its lease still holds (the heartbeat renewed it)
+    time.sleep(max(0.0, (expires - queue.utcnow()).total_seconds()) + 0.5)
+    done = worker.run_one(cfg, Session, "B", release=tiny_space_release, out=out)
+    assert done is not None and done.id == jid and done.state == "finished" and done.attempt == 2, done.reason
+    runs = mlflow.search_runs(experiment_names=["skybench-lens-space"], output_format="list")
+    assert [(r.data.params.get("team"), r.data.params.get("name")) for r in runs] == [("alpha", "slow")]
