@@ -304,3 +304,11 @@ def test_stage_usage_keeps_only_the_tracks_task_of_string_named_tasks(tmp_path: 
         "benchmarks/ta.yaml", "src/skybench/tasks/a/__init__.py", "src/skybench/tasks/a/score.py"}
     assert stage_usage("python run.py", tmp_path).files == common | {
         "src/skybench/tasks/a/__init__.py", "src/skybench/tasks/a/score.py", "src/skybench/tasks/b/score.py"}
+
+
+def test_the_server_commands_are_not_a_stage_s_code() -> None:
+    """cli.py registers the challenge server's commands: a pipeline stage runs only their import-time code."""
+    files = stage_usage("skybench evaluate --track enhance --release releases/enhance --out x", ROOT).files
+    assert "src/skybench/server/cli.py" in files  # imported by cli.py, so it counts
+    assert not {f for f in files if f.startswith("src/skybench/server/")} - {"src/skybench/server/__init__.py",
+                                                                            "src/skybench/server/cli.py"}

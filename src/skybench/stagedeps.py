@@ -178,6 +178,27 @@ def _closure(project: _Project, start: Iterable[Path], analysed: Iterable[Path] 
     return seen
 
 
+# Modules cli.py imports only to register more commands (the challenge server's): for a stage running another
+# command, only their import-time code runs, not their commands' bodies.
+COMMAND_PLUGINS = ("server/cli.py",)
+
+
+def _type_checking_only(node: ast.stmt) -> bool:
+    """``if TYPE_CHECKING:`` (imports for annotations, never run)."""
+    return isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING" \
+        and not node.orelse
+
+
+def _module_level(tree: ast.Module) -> list[ast.AST]:
+    """The nodes that run when the module is imported (a decorator's arguments too, but not a function's body)."""
+    defs = [n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+    top: list[ast.AST] = [n for n in tree.body if not isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+                          and not _type_checking_only(n)]
+    for fn in defs:
+        top += [*fn.decorator_list, *(d for d in fn.args.defaults + fn.args.kw_defaults if d is not None)]
+    return [sub for n in top for sub in ast.walk(n)]
+
+
 def _cli_entry(project: _Project, command: str) -> set[Path]:
     """What cli.py's module-level code and ``command``'s function (with the cli.py helpers it calls) import."""
     cli = project.src / PACKAGE / "cli.py"
@@ -185,11 +206,7 @@ def _cli_entry(project: _Project, command: str) -> set[Path]:
     functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
     if command not in functions:
         raise StageDepsError(f"{cli}: no function {command!r} for the command")
-    # module-level statements run for every command (a decorator's arguments too, but not a function's body)
-    top: list[ast.AST] = [n for n in tree.body if not isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
-    for fn in functions.values():
-        top += [*fn.decorator_list, *(d for d in fn.args.defaults + fn.args.kw_defaults if d is not None)]
-    nodes = [sub for n in top for sub in ast.walk(n)]
+    nodes = _module_level(tree)  # runs for every command
     todo, done = [command], set()
     while todo:  # the command's function and the module-level cli.py functions it calls, transitively
         name = todo.pop()
@@ -266,6 +283,10 @@ def stage_usage(cmd: str, root: Path | str) -> Usage:
         track = params.get("track")
         project = _Project(Path(root), track_task(root, track))
         start, analysed = _cli_entry(project, function), {project.src / PACKAGE / "cli.py"}
+        for plugin in (project.src / PACKAGE / p for p in COMMAND_PLUGINS):
+            if plugin in start:  # not this command's module: only its import-time code runs
+                analysed.add(plugin)
+                start |= set(_imports(project, plugin, _module_level(_parse(plugin))))
         if argv[0] != PACKAGE:  # python -m skybench runs __main__.py, which imports cli
             start.add(project.src / PACKAGE / "__main__.py")
         inputs = {str(v) for v in params.values() if isinstance(v, Path)}
