@@ -96,6 +96,7 @@ def test_submit_uploads_and_prints_the_status_url(live, tmp_path: Path, monkeypa
     assert r.exit_code == 1 and "401" in r.output and "invalid" in r.output
 
 
+@pytest.mark.slow  # starts uvicorn and a worker process
 def test_skybench_serve_and_worker_start_from_the_command_line(config: Path, cfg):
     import json
     import os
