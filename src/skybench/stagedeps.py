@@ -60,10 +60,11 @@ class StageDepsError(ValueError):
 
 
 class _Project:
-    def __init__(self, root: Path, task: str | None = None) -> None:
+    def __init__(self, root: Path, task: str | None = None, command: str | None = None) -> None:
         self.root = root.resolve()
         self.src = self.root / "src"
         self.task = task  # the stage's task: modules of other tasks named in strings are not its code
+        self.command = command  # the skybench command a stage runs (None: a script)
 
     def other_task(self, dotted: str) -> bool:
         """``dotted`` is in the package of a task other than the stage's (``skybench.tasks.photoz.score`` for a
@@ -159,9 +160,27 @@ def _parse(path: Path) -> ast.Module:
     return _parsed(path, path.stat().st_mtime_ns)
 
 
+# The methods of a task's class (skybench/tasks/<task>/__init__.py) that each command calls; their bodies import
+# the task's heavy modules (the simulator's physics, the scorer), so they count only for these commands. Every
+# other stage uses a task's class for its track model only (load_track).
+TASK_METHODS_RUN_BY = {"simulate": frozenset({"simulator"}),
+                       "evaluate": frozenset({"score", "score_real", "oracle", "public_artifacts"})}
+
+
 @functools.cache
-def _file_imports(root: Path, task: str | None, path: Path, mtime_ns: int) -> tuple[Path, ...]:
-    return tuple(_imports(_Project(root, task), path, ast.walk(_parsed(path, mtime_ns))))
+def _file_imports(root: Path, task: str | None, command: str | None, path: Path, mtime_ns: int) -> tuple[Path, ...]:
+    project = _Project(root, task, command)
+    tree = _parsed(path, mtime_ns)
+    if path.name == "__init__.py" and path.parent.parent == project.src / PACKAGE / TASKS:
+        run = TASK_METHODS_RUN_BY.get(command or "", frozenset())
+        skip = {id(n) for c in tree.body if isinstance(c, ast.ClassDef) for m in c.body
+                if isinstance(m, ast.FunctionDef) and m.name in _TASK_METHODS and m.name not in run
+                for n in ast.walk(m)}
+        return tuple(_imports(project, path, (n for n in ast.walk(tree) if id(n) not in skip)))
+    return tuple(_imports(project, path, ast.walk(tree)))
+
+
+_TASK_METHODS = frozenset().union(*TASK_METHODS_RUN_BY.values())
 
 
 def _closure(project: _Project, start: Iterable[Path], analysed: Iterable[Path] = ()) -> set[Path]:
@@ -174,7 +193,7 @@ def _closure(project: _Project, start: Iterable[Path], analysed: Iterable[Path] 
             continue
         seen.add(path)
         if path.suffix == ".py":
-            todo += _file_imports(project.root, project.task, path, path.stat().st_mtime_ns)
+            todo += _file_imports(project.root, project.task, project.command, path, path.stat().st_mtime_ns)
     return seen
 
 
@@ -281,7 +300,7 @@ def stage_usage(cmd: str, root: Path | str) -> Usage:
             raise StageDepsError(f"{cmd!r}: no skybench command")
         function, params = _cli_arguments(rest[0], rest[1:])
         track = params.get("track")
-        project = _Project(Path(root), track_task(root, track))
+        project = _Project(Path(root), track_task(root, track), command=function)
         start, analysed = _cli_entry(project, function), {project.src / PACKAGE / "cli.py"}
         for plugin in (project.src / PACKAGE / p for p in COMMAND_PLUGINS):
             if plugin in start:  # not this command's module: only its import-time code runs
