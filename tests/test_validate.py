@@ -45,7 +45,7 @@ def test_hints_name_the_common_mistakes() -> None:
     assert "channels-last" in predict_hint(keras_msg, (7, *SHAPE), set())
     torch_msg = "RuntimeError: Expected input at *args[0].shape[0] to be equal to 8, but got 256"
     assert "static batch" in predict_hint(torch_msg, (256, *SHAPE), set())
-    assert "worked at batch size 256 but fails at 3" in predict_hint("RuntimeError: boom", (3, *SHAPE), {256})
+    assert "worked at batch size 256, fails at 3" in predict_hint("RuntimeError: boom", (3, *SHAPE), {256})
     assert predict_hint("ZeroDivisionError: division by zero", (256, *SHAPE), set()) == ""
 
 

@@ -70,9 +70,11 @@ def one_line(text: str, n: int = MAX_ERROR) -> str:
 
 
 def _exception_text(exc: BaseException) -> str:
-    """``Type: message`` of a model's exception, without Keras' boilerplate first line."""
-    msg = re.sub(r"^\s*Exception encountered when calling [^\n]*\n", "", str(exc))
-    return one_line(f"{type(exc).__name__}: {msg}", 240)
+    """``Type: message`` of a model's exception, without terminal colours and Keras' boilerplate."""
+    msg = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(exc))
+    msg = re.sub(r"^\s*Exception encountered when calling [^\n]*\n", "", msg)
+    msg = msg.split("Arguments received by")[0]
+    return one_line(f"{type(exc).__name__}: {msg}", 200)
 
 
 def predict_hint(message: str, shape: tuple[int, ...], ok_batches: set[int]) -> str:
@@ -80,17 +82,16 @@ def predict_hint(message: str, shape: tuple[int, ...], ok_batches: set[int]) -> 
     when none applies. ``ok_batches``: batch sizes the model already handled in this run."""
     n = shape[0]
     if ok_batches - {n}:
-        return (f"it worked at batch size {', '.join(map(str, sorted(ok_batches)))} but fails at {n}: the model has "
-                f"a static batch dimension; export it with a dynamic one")
+        return (f"worked at batch size {', '.join(map(str, sorted(ok_batches)))}, fails at {n}: a static batch "
+                f"dimension; export it with a dynamic one")
     if len(shape) == 4:
         c, h, w = shape[1:]
         if (f"{h}, {w}, {c})" in message or re.search(rf"axis -1\D+{c}\b", message)
                 or re.search(rf"to have {w} channels", message)):
-            return (f"the model seems to expect channels-last input (N, H, W, bands); the input is channels-first "
-                    f"(N, bands, H, W) = (N, {c}, {h}, {w}): transpose inside the model")
+            return "the model expects channels-last input; it gets (N, bands, H, W): transpose inside the model"
     if re.search(r"size\(\)\[0\]|shape\[0\]|index: 0 Got: \d+ Expected: \d+|batch", message, re.IGNORECASE):
-        return (f"the model seems to have a static batch dimension (it was fed {n} inputs); export it with a "
-                f"dynamic one (torch.export: dynamic_shapes; ONNX: a symbolic first axis)")
+        return ("a static batch dimension? export with a dynamic one (torch.export: dynamic_shapes; ONNX: a "
+                "symbolic axis 0)")
     return ""
 
 
