@@ -312,7 +312,7 @@ def _predict_set(predict: Predict, fmt: str, used: str, inputs: Path, out: Path,
             fed = " and ".join(f"{a.dtype} {tuple(a.shape)}" for a in parts)
             text = _exception_text(exc)
             hint = predict_hint(text, tuple(parts[0].shape), ok_batches)
-            raise RunnerError(f"the model raised {text} | on batch {i}, input {fed}"
+            raise RunnerError(f"predict failed on batch {i} (input {fed}): {text}"
                               + (f" | hint: {hint}" if hint else "")) from exc
         ok_batches.add(len(batch[0] if isinstance(batch, tuple) else batch))
         try:
