@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT, bwrap_works, python_submission
 from typer.testing import CliRunner
 
-from helpers import ROOT, bwrap_works, python_submission
 from skybench.cli import app
 from skybench.harness.runner import predict_hint
 from skybench.release.reader import open_release
