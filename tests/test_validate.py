@@ -139,3 +139,21 @@ def test_good_example_passes_both_batch_sizes_and_scores_on_val(tiny_space_relea
     m = re.search(r"auroc = (\d\.\d{4})  \(primary\)", out)
     assert m and 0.0 <= float(m.group(1)) <= 1.0, out
     assert "validation split" in out, out
+
+
+@needs_bwrap
+@pytest.mark.timeout(600)
+def test_a_model_that_only_takes_the_evaluation_batch_size_fails_at_the_small_one(tmp_path: Path,
+                                                                                  tiny_space_release: Path) -> None:
+    folder = python_submission(tmp_path / "subs", "only256", """
+        import numpy as np
+        def load(d): return None
+        def predict(m, b):
+            if len(b) != 256:
+                raise ValueError(f"cannot reshape array of size {b.size} into shape (256, 10201)")
+            return b.mean(axis=(1, 2, 3))
+    """)
+    code, out = _validate(folder, tiny_space_release)
+    assert code != 0, out
+    assert re.search(r"batch size 256 \(256 inputs.*OK", out), out
+    assert "works at batch size 256 but fails at 7" in out.replace("\n", " "), out

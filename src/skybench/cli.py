@@ -104,7 +104,7 @@ def validate(folder: Path, release: Annotated[Path | None, typer.Option(help="re
         checks = check_batches(sub, track, release, Path(scratch))
     for c in checks:
         r = c.result
-        status = (f"OK - {r.predictions.shape} finite scores" if r.ok and r.predictions is not None
+        status = (f"OK - {r.predictions.shape} finite values" if r.ok and r.predictions is not None
                   else f"FAILED - {r.reason}")
         typer.echo(_shown(f"{folder}: batch size {c.batch_size} ({c.n} inputs, device {r.device}): {status}"))
     if not all(c.result.ok for c in checks):
