@@ -65,8 +65,12 @@ def verify(release: Path) -> None:
 
 @app.command()
 def validate(folder: Path, release: Annotated[Path | None, typer.Option(help="release to take inputs from")] = None,
-             n: Annotated[int, typer.Option(help="number of public test inputs to run")] = 8) -> None:
-    """Check a submission: schema, loading in the sandbox, and outputs on a few public examples."""
+             score: Annotated[bool, typer.Option(
+                 help="also run the model on the public validation split and print the track's metrics")] = False,
+             limit: Annotated[int | None, typer.Option(help="--score: at most this many validation inputs")] = None,
+             ) -> None:
+    """Check a submission as the evaluation will run it: schema, loading in the sandbox, and outputs on public
+    inputs at the track's evaluation batch size and at a small odd one. --score: metrics on the public val split."""
     import tempfile
 
     from skybench.harness.submission import SubmissionError, load_submission, sandboxed_predict
@@ -79,6 +83,7 @@ def validate(folder: Path, release: Annotated[Path | None, typer.Option(help="re
         _fail(str(exc))
     try:  # the schema check above needs the core install only; running the model needs the [eval] extra
         from skybench.harness.evaluate import default_release
+        from skybench.harness.validate import SMALL_BATCH, batch_hint, check_batches, score_val
     except ModuleNotFoundError as exc:
         _fail(f"{_shown(folder)}: the schema is valid, but running the model needs the evaluation extras "
               f"({exc.name} is missing): pip install 'skybench[eval]'")
@@ -86,13 +91,39 @@ def validate(folder: Path, release: Annotated[Path | None, typer.Option(help="re
     if not layout.is_release(release):
         _fail(f"no release at {release}; make one with `skybench simulate {track.name} --out {release}` "
               "or pass --release")
+    if sub.spec.format == "predictions":  # no code runs: the CSV is checked against the public test ids
+        with tempfile.TemporaryDirectory(prefix="skybench-validate-") as scratch:
+            res = sandboxed_predict(sub, release, scratch=Path(scratch), track=track)
+        if not res.ok:
+            _fail(f"{folder}: {res.reason}")
+        typer.echo(f"{_shown(folder)}: OK - predictions CSV covers the {len(res.ids)} public test ids")
+        if score:
+            _fail("--score needs a model: a predictions CSV holds test ids only, not the validation split's")
+        return
     with tempfile.TemporaryDirectory(prefix="skybench-validate-") as scratch:
-        res = sandboxed_predict(sub, release, scratch=Path(scratch), track=track, limit=n)
-    if not res.ok:
-        _fail(f"{folder}: {res.reason}")
-    assert res.predictions is not None
-    typer.echo(f"{_shown(folder)}: OK - {sub.spec.format} model for {track.name} returned {res.predictions.shape} "
-               f"finite {res.predictions.dtype} scores on {n} public inputs (device: {res.device})")
+        checks = check_batches(sub, track, release, Path(scratch))
+    for c in checks:
+        r = c.result
+        status = (f"OK - {r.predictions.shape} finite values" if r.ok and r.predictions is not None
+                  else f"FAILED - {r.reason}")
+        typer.echo(_shown(f"{folder}: batch size {c.batch_size} ({c.n} inputs, device {r.device}): {status}"))
+    if not all(c.result.ok for c in checks):
+        hint = batch_hint(checks)
+        _fail(f"{folder}: the model fails in the sandbox" + (f"; hint: {hint}" if hint else "")
+              + f" (the evaluation runs it at batch size {track.evaluation.batch_size}, the last batch smaller; "
+              f"validate also tries {SMALL_BATCH})")
+    typer.echo(f"{_shown(folder)}: OK - {sub.spec.format} model for {track.name} passes at batch sizes "
+               f"{', '.join(str(c.batch_size) for c in checks)}")
+    if score:
+        with tempfile.TemporaryDirectory(prefix="skybench-score-") as out:
+            local = score_val(sub, track, release, Path(out), limit=limit)
+        if not local.result.ok:
+            _fail(f"{folder}: on the validation split: {local.result.reason}")
+        primary = track.metrics.primary
+        typer.echo(f"{_shown(folder)}: public validation split ({local.n} objects, not the test set; no quota used):")
+        for name in [primary, *(m for m in track.metrics.report if m != primary)]:
+            if name in local.metrics:
+                typer.echo(f"  {name} = {local.metrics[name]:.4f}" + ("  (primary)" if name == primary else ""))
 
 
 @app.command()

@@ -25,7 +25,9 @@ Formats:
            ``predict(model, batch) -> array`` per batch; an optional module attribute ``DEVICE = "cuda"``
            declares the device used (default "cpu"). The submission folder is on ``sys.path``.
 
-On any error the runner exits with status 1 and one clear last stderr line starting with ``runner:``.
+On any error the runner exits with status 1 and one clear last stderr line starting with ``runner:``; the same
+line (the exception's type and message, the input shape and dtype fed, and a hint for common mistakes, at most
+``MAX_ERROR`` characters) goes to ``runner.json`` as ``{"error": ...}`` for the parent.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -52,8 +55,44 @@ FRAMEWORK_EXTRAS = {"onnxruntime": "eval", "skops": "eval", "sklearn": "eval", "
                     "keras": "tf", "tensorflow": "tf", "torch": "torch"}
 
 
+MAX_ERROR = 400  # characters of the one-line error written to runner.json
+
+
 class RunnerError(Exception):
     """An error with a message meant for the participant."""
+
+
+def one_line(text: str, n: int = MAX_ERROR) -> str:
+    """``text`` on one line of at most ``n`` printable characters (framework errors span many lines)."""
+    text = " ".join(str(text)[:8 * n].split())
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= n else text[:n - 3] + "..."
+
+
+def _exception_text(exc: BaseException) -> str:
+    """``Type: message`` of a model's exception, without terminal colours and Keras' boilerplate."""
+    msg = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(exc))
+    msg = re.sub(r"^\s*Exception encountered when calling [^\n]*\n", "", msg)
+    msg = msg.split("Arguments received by")[0]
+    return one_line(f"{type(exc).__name__}: {msg}", 200)
+
+
+def predict_hint(message: str, shape: tuple[int, ...], ok_batches: set[int]) -> str:
+    """A one-line hint for the common mistakes behind a model's exception on an input of ``shape``; ""
+    when none applies. ``ok_batches``: batch sizes the model already handled in this run."""
+    n = shape[0]
+    if ok_batches - {n}:
+        return (f"worked at batch size {', '.join(map(str, sorted(ok_batches)))}, fails at {n}: a static batch "
+                f"dimension; export it with a dynamic one")
+    if len(shape) == 4:
+        c, h, w = shape[1:]
+        if (f"{h}, {w}, {c})" in message or re.search(rf"axis -1\D+{c}\b", message)
+                or re.search(rf"to have {w} channels", message)):
+            return "the model expects channels-last input; it gets (N, bands, H, W): transpose inside the model"
+    if re.search(r"size\(\)\[0\]|shape\[0\]|index: 0 Got: \d+ Expected: \d+|batch", message, re.IGNORECASE):
+        return ("a static batch dimension? export with a dynamic one (torch.export: dynamic_shapes; ONNX: a "
+                "symbolic axis 0)")
+    return ""
 
 
 def _threads() -> int:
@@ -263,14 +302,19 @@ def _predict_set(predict: Predict, fmt: str, used: str, inputs: Path, out: Path,
     start = last_log = time.monotonic()
     outs: list[np.ndarray] = []
     done = 0
+    ok_batches: set[int] = set()
     for i, batch in enumerate(iter_inputs(inputs, batch_size, limit)):
         try:
             res = predict(batch)
         except Exception as exc:
             traceback.print_exc()
-            shape = tuple(a.shape for a in batch) if isinstance(batch, tuple) else batch.shape
-            raise RunnerError(f"predict failed on batch {i} (shape {shape}): {type(exc).__name__}: "
-                              f"{exc}") from exc
+            parts = batch if isinstance(batch, tuple) else (batch,)
+            fed = " and ".join(f"{a.dtype} {tuple(a.shape)}" for a in parts)
+            text = _exception_text(exc)
+            hint = predict_hint(text, tuple(parts[0].shape), ok_batches)
+            raise RunnerError(f"predict failed on batch {i} (input {fed}): {text}"
+                              + (f" | hint: {hint}" if hint else "")) from exc
+        ok_batches.add(len(batch[0] if isinstance(batch, tuple) else batch))
         try:
             res = np.asarray(res, dtype=np.float32)
         except (TypeError, ValueError) as exc:
@@ -280,7 +324,8 @@ def _predict_set(predict: Predict, fmt: str, used: str, inputs: Path, out: Path,
         if res.ndim == 2 and res.shape[1] == 1:
             res = res[:, 0]
         if outs and res.shape[1:] != outs[0].shape[1:]:
-            raise RunnerError(f"batch {i}: the model returned shape {res.shape}, batch 0 gave {outs[0].shape}")
+            raise RunnerError(f"batch {i}: the model returned shape {res.shape}, batch 0 gave {outs[0].shape}"
+                              " | hint: return one row per input, the same shape for every batch")
         outs.append(res)
         done += len(batch[0] if isinstance(batch, tuple) else batch)
         if time.monotonic() - last_log > 10:
@@ -308,13 +353,18 @@ def main(argv: list[str] | None = None) -> int:
             device=args.device)
         return 0
     except RunnerError as exc:
-        print(f"runner: {exc}", file=sys.stderr)
+        error = one_line(str(exc))
     except Exception as exc:
         traceback.print_exc()
         missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
         extra = FRAMEWORK_EXTRAS.get((missing or "").partition(".")[0])
         hint = f"; install the framework with: pip install 'skybench[{extra}]'" if extra else ""
-        print(f"runner: {type(exc).__name__}: {exc}{hint}", file=sys.stderr)
+        error = one_line(f"{type(exc).__name__}: {exc}{hint}")
+    try:  # the parent prefers this to the last stderr line, which a framework's teardown may still follow
+        (args.out.parent / "runner.json").write_text(json.dumps({"error": error}) + "\n")
+    except OSError:
+        pass
+    print(f"runner: {error}", file=sys.stderr)
     return 1
 
 

@@ -315,7 +315,10 @@ def validate_predictions(pred: np.ndarray, n: int, output: Output, input_shape: 
         return f"returned {len(pred)} predictions, expected {n} (one per input)"
     if tuple(pred.shape) not in shapes:
         want = " or ".join(str(s) for s in shapes)
-        return f"returned shape {tuple(pred.shape)}, expected {want} for a {output.kind!r} track"
+        hint = ("the same shape as the input, channels first (N, bands, H, W)" if output.kind == "image"
+                else "one value per input, e.g. probs[:, 1] of a two-class output" if output.kind == "score"
+                else "one value per input" + (" or one PDF row per input" if len(shapes) > 1 else ""))
+        return f"returned shape {tuple(pred.shape)}, expected {want} for a {output.kind!r} track | hint: return {hint}"
     bad = int(np.size(pred) - np.count_nonzero(np.isfinite(np.asarray(pred, dtype=np.float32))))
     if bad:  # counted in float32, the dtype we keep: 1e300 is inf there
         return f"returned {bad} non-finite value{'s' if bad != 1 else ''} (NaN/inf)"
@@ -373,7 +376,7 @@ def read_predictions_csv(path: Path, ids: np.ndarray) -> tuple[np.ndarray | None
 
 def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Track, limit: int | None = None,
                       gpu: bool | None = None, threads: int | None = None,
-                      require_cgroups: bool | None = None) -> PredictResult:
+                      require_cgroups: bool | None = None, batch_size: int | None = None) -> PredictResult:
     """Predict the test set of the release ``inputs`` (its root or its public test folder).
 
     Code runs in the sandbox with the track's limits, seeing only the submission and the public test
@@ -381,7 +384,8 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
     With a real set folded into the release (:mod:`skybench.release.mixing`) the test and real sets are one stream;
     the caller splits the result. ``threads``: CPU threads
     of the model (default min(4, cores)); an executor running several sandboxes at once gives each fewer.
-    ``require_cgroups``: refuse to run without cgroup limits (None: when ``inputs`` is in a ``challenge`` release)."""
+    ``require_cgroups``: refuse to run without cgroup limits (None: when ``inputs`` is in a ``challenge`` release).
+    ``batch_size``: default the track's evaluation batch size (``skybench validate`` tries others too)."""
     test_dir = _test_folder(inputs)
     all_ids = pd.read_parquet(layout.index_path(test_dir))["id"].to_numpy()
     n = len(all_ids) if limit is None else min(limit, len(all_ids))
@@ -415,7 +419,7 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
     elif "CUDA_VISIBLE_DEVICES" in os.environ:  # e.g. the GPU a Ray task was given: the sandbox sees only it
         env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
     argv = [sys.executable, "-m", "skybench.harness.runner", "--submission", "/submission", "--inputs", "/inputs",
-            "--out", "/scratch/predictions.npy", "--batch-size", str(track.evaluation.batch_size),
+            "--out", "/scratch/predictions.npy", "--batch-size", str(batch_size or track.evaluation.batch_size),
             "--device", "auto" if gpu else "cpu"]
     binds = [(sub.folder, "/submission"), (test_dir, "/inputs")]  # one input stream, nothing else
     if limit is not None:
@@ -430,7 +434,10 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
                         outputs=[out.name, info.name])
     device, problem = _read_runner_info(info)
     if not res.ok:
-        return _fail(res.reason, ids, device, res.wall_seconds, res.stderr, infrastructure=res.infrastructure)
+        reason = res.reason
+        if reason.startswith("exited with status") and (error := _runner_error(info)):
+            reason = clip(f"{reason.partition(':')[0]}: runner: {error}", MAX_RUNNER_ERROR)
+        return _fail(reason, ids, device, res.wall_seconds, res.stderr, infrastructure=res.infrastructure)
     if problem:  # the runner always writes a valid runner.json; anything else was written by the model
         return _fail(problem, ids, device, res.wall_seconds, res.stderr)
     return _read_output(out, ids, n, track, device, res.wall_seconds, res.stderr)
@@ -482,6 +489,20 @@ def _read_runner_info(info: Path) -> tuple[str, str]:
         return "unknown", f"runner.json: expected an object, got {type(data).__name__}"
     device = data.get("device")
     return (device if device in ("cpu", "cuda") else "unknown"), ""
+
+
+MAX_RUNNER_ERROR = 480  # characters of a reason that carries the runner's error line
+
+
+def _runner_error(info: Path) -> str:
+    """The one-line ``error`` the runner wrote to ``runner.json`` when the model failed ("" when there is none).
+    The sandbox wrote it, so it is the team's own text: bounded, one line, never anything from the labels."""
+    try:
+        data = json.loads(read_regular(info, RUNNER_JSON_MAX_BYTES).decode("utf-8"))
+    except (FolderError, OSError, ValueError, RecursionError):
+        return ""
+    error = data.get("error") if isinstance(data, dict) else None
+    return clip(error, MAX_RUNNER_ERROR - 40) if isinstance(error, str) else ""
 
 
 def _read_npy(out: Path, max_items: int, why: Callable[[np.ndarray], str]) -> np.ndarray | str:

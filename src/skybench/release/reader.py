@@ -122,6 +122,14 @@ class Release:
         """The organiser-only labels and arrays of ``split`` (a release folder teams never get)."""
         return HiddenSplit(layout.hidden_dir(self.root, split), layout.public_dir(self.root, split))
 
+    def split_truth(self, split: str = "val") -> HiddenSplit:
+        """A public split with labels (``train``/``val``) as a truth source with the :class:`HiddenSplit`
+        interface, so a task's scorer can score predictions on it locally (``skybench validate --score``)."""
+        if split == "test":
+            raise PermissionError("test labels are hidden; score locally on 'val' instead")
+        folder = layout.public_dir(self.root, split)
+        return HiddenSplit(folder, folder)
+
     def images(self, split: str) -> ShardedArray:
         return self.array(split, "images")
 
