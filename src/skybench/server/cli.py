@@ -124,7 +124,7 @@ def team_token(name: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
 @admin_phase.command("set")
 def phase_set(track: str, phase: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Put TRACK in PHASE (pending, open, closed or final) whatever the dates say."""
-    from skybench.server import queue
+    from skybench.server import phases
     from skybench.server.config import PHASES
 
     cfg, sessions = _sessions(config)
@@ -135,14 +135,22 @@ def phase_set(track: str, phase: str, config: ConfigOpt = DEFAULT_CONFIG) -> Non
     except KeyError as exc:
         _fail(str(exc.args[0]))
     with sessions() as s:
-        queue.set_phase(s, track, phase, by="cli")
-    typer.echo(f"{track}: phase {phase}")
+        old = phases.change_phase(s, cfg, track, phase, by="cli")
+    kept = f" (the leaderboard of phase {old} is kept under {cfg.storage / 'leaderboards' / track})" \
+        if old in ("open", "closed") and old != phase else ""
+    typer.echo(f"{track}: phase {phase}{kept}")
 
 
 @admin_phase.command("close")
 def phase_close(track: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Close TRACK: no new submissions."""
     phase_set(track, "closed", config)
+
+
+@admin_phase.command("final")
+def phase_final(track: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Reveal TRACK's private leaderboard (each team's final entries rank on the private part)."""
+    phase_set(track, "final", config)
 
 
 def _token() -> str:
