@@ -224,9 +224,27 @@ def submit(folder: Path, server: Annotated[str, typer.Option(help="the challenge
     typer.echo(f"status: {server.rstrip('/')}{answer['status_url']}")
 
 
+def publish_release(
+        track: str,
+        remote: Annotated[str, typer.Option(help="the DVC remote teams pull from (`dvc remote add NAME URL`)")],
+        project: Annotated[Path | None, typer.Option(help="the organiser's DVC project (default: skybench's)")] = None,
+        release: Annotated[Path | None, typer.Option(help="the release (default: <project>/releases/TRACK)")] = None
+) -> None:
+    """Push the public part of TRACK's release (public splits, a manifest without hidden hashes) to REMOTE."""
+    from skybench.server.publish import PublishError, publish
+
+    try:
+        dvcfile = publish(track, remote, project=project, release=release)
+    except PublishError as exc:
+        _fail(str(exc))
+    typer.echo(f"published the public part of {track} to DVC remote {remote!r}; commit {dvcfile} so teams can "
+               f"`dvc pull` or `dvc import` it")
+
+
 def register(app: typer.Typer) -> None:
     """Add the server's commands to the ``skybench`` app."""
     app.command()(serve)
     app.command()(worker)
     app.command()(submit)
+    app.command("publish-release")(publish_release)
     app.add_typer(admin, name="admin")
