@@ -23,7 +23,7 @@ def test_upgrade_is_idempotent(engine):
 
     upgrade(engine)  # the server applies the migrations at every start
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
 
 
 def test_sqlite_uses_wal(tmp_path):

@@ -69,6 +69,7 @@ class Outcome:
     record: Path | None = None
     unpublished: str = ""  # why the record could not be logged to MLflow ("" when logged or not asked to)
     failure_kind: str = ""  # "infrastructure" when the machine, not the submission, failed (retried next run)
+    log: str = ""  # the sandbox's own stderr tail (PredictResult.log, bounded); never anything from the labels
 
 
 def default_release(track: Track) -> Path:
@@ -380,7 +381,7 @@ def _finish(plan: _Plan, res: PredictResult, track: Track, release_sha: str, hid
     finally:
         for folder in (stage, private_stage):
             shutil.rmtree(folder, ignore_errors=True)  # gone after a swap; a half-written record otherwise
-    return Outcome(plan.folder, plan.team, plan.name, status, reason, metrics, rec, failure_kind=kind)
+    return Outcome(plan.folder, plan.team, plan.name, status, reason, metrics, rec, failure_kind=kind, log=res.log)
 
 
 def save_predictions(rdir: Path, stem: str, ids: pd.Series, predictions: object) -> None:

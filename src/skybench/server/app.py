@@ -74,7 +74,8 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
         with Session() as s:
             phase = queue.current_phase(s, cfg, sub.track)
         return {"id": sub.id, "team": team_name, "track": sub.track, "name": sub.name, "sha256": sub.sha256,
-                "phase": sub.phase, "state": sub.state, "reason": sub.reason, "attempt": sub.attempt,
+                "phase": sub.phase, "state": sub.state, "reason": sub.reason, "log": sub.log or "",
+                "attempt": sub.attempt,
                 "counted": sub.counted,
                 "metrics": shown_metrics(cfg, sub.track, phase, sub.metrics or {}) if sub.state == "finished" else {},
                 **{f"{k}_at": (getattr(sub, f"{k}_at").isoformat() if getattr(sub, f"{k}_at") else None)
@@ -156,6 +157,10 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
                 await form.close()
         return view(sub, t.name)
 
+    from skybench.server import admin, phases
+
+    app.include_router(phases.router(cfg, Session, team))
+    app.include_router(admin.router(cfg, Session, team))
     return app
 
 

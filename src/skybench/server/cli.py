@@ -124,7 +124,7 @@ def team_token(name: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
 @admin_phase.command("set")
 def phase_set(track: str, phase: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Put TRACK in PHASE (pending, open, closed or final) whatever the dates say."""
-    from skybench.server import queue
+    from skybench.server import phases
     from skybench.server.config import PHASES
 
     cfg, sessions = _sessions(config)
@@ -135,14 +135,22 @@ def phase_set(track: str, phase: str, config: ConfigOpt = DEFAULT_CONFIG) -> Non
     except KeyError as exc:
         _fail(str(exc.args[0]))
     with sessions() as s:
-        queue.set_phase(s, track, phase, by="cli")
-    typer.echo(f"{track}: phase {phase}")
+        old = phases.change_phase(s, cfg, track, phase, by="cli")
+    kept = f" (the leaderboard of phase {old} is kept under {cfg.storage / 'leaderboards' / track})" \
+        if old in ("open", "closed") and old != phase else ""
+    typer.echo(f"{track}: phase {phase}{kept}")
 
 
 @admin_phase.command("close")
 def phase_close(track: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Close TRACK: no new submissions."""
     phase_set(track, "closed", config)
+
+
+@admin_phase.command("final")
+def phase_final(track: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
+    """Reveal TRACK's private leaderboard (each team's final entries rank on the private part)."""
+    phase_set(track, "final", config)
 
 
 def _token() -> str:
@@ -216,9 +224,27 @@ def submit(folder: Path, server: Annotated[str, typer.Option(help="the challenge
     typer.echo(f"status: {server.rstrip('/')}{answer['status_url']}")
 
 
+def publish_release(
+        track: str,
+        remote: Annotated[str, typer.Option(help="the DVC remote teams pull from (`dvc remote add NAME URL`)")],
+        project: Annotated[Path | None, typer.Option(help="the organiser's DVC project (default: skybench's)")] = None,
+        release: Annotated[Path | None, typer.Option(help="the release (default: <project>/releases/TRACK)")] = None
+) -> None:
+    """Push the public part of TRACK's release (public splits, a manifest without hidden hashes) to REMOTE."""
+    from skybench.server.publish import PublishError, publish
+
+    try:
+        dvcfile = publish(track, remote, project=project, release=release)
+    except PublishError as exc:
+        _fail(str(exc))
+    typer.echo(f"published the public part of {track} to DVC remote {remote!r}; commit {dvcfile} so teams can "
+               f"`dvc pull` or `dvc import` it")
+
+
 def register(app: typer.Typer) -> None:
     """Add the server's commands to the ``skybench`` app."""
     app.command()(serve)
     app.command()(worker)
     app.command()(submit)
+    app.command("publish-release")(publish_release)
     app.add_typer(admin, name="admin")

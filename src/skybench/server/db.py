@@ -118,6 +118,30 @@ class QuotaUse(Base):
     used: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class FinalChoice(Base):
+    """A submission a team picked as one of its final entries on a track (at most K; none: its best public)."""
+
+    __tablename__ = "final_choices"
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), primary_key=True)
+    track: Mapped[str] = mapped_column(String(64), primary_key=True)
+    submission_id: Mapped[str] = mapped_column(ForeignKey("submissions.id"), primary_key=True)
+    chosen_at: Mapped[datetime] = mapped_column(UTC, default=utcnow)
+
+
+class LeaderboardSnapshot(Base):
+    """The leaderboard of a track as a phase ended (also written as JSON and markdown in the store)."""
+
+    __tablename__ = "leaderboard_snapshots"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    track: Mapped[str] = mapped_column(String(64))
+    phase: Mapped[str] = mapped_column(String(16))  # the phase that ended
+    taken_at: Mapped[datetime] = mapped_column(UTC, default=utcnow)
+    rows: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    path: Mapped[str] = mapped_column(Text, default="")  # the JSON file in the store
+
+    __table_args__ = (Index("ix_snapshots_track_phase", "track", "phase"),)
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for ``url``; SQLite gets WAL mode, a busy timeout and foreign keys on every connection."""
     if url.startswith("sqlite"):

@@ -120,14 +120,14 @@ def run_one(cfg: ChallengeConfig, sessions: sessionmaker, owner: str, *, executo
         hb.join()
     with sessions() as s:
         if outcome is not None and outcome.status == "FINISHED":
-            queue.finish(s, sub.id, owner, outcome.metrics)
+            queue.finish(s, sub.id, owner, outcome.metrics, log=outcome.log)
         elif outcome is not None and outcome.status == "SKIPPED":
             metrics = _previous_metrics(sessions, sub)
             if metrics is None and outcome.record is not None and (outcome.record / "metrics.json").is_file():
                 metrics = json.loads((outcome.record / "metrics.json").read_text())
             queue.finish(s, sub.id, owner, metrics or {})
         elif outcome is not None and outcome.failure_kind != INFRASTRUCTURE:
-            queue.fail(s, sub.id, owner, outcome.reason or "failed without a reason", counts=True)
+            queue.fail(s, sub.id, owner, outcome.reason or "failed without a reason", log=outcome.log, counts=True)
         else:
             why = outcome.reason if outcome is not None else why
             if sub.attempt >= cfg.max_attempts:

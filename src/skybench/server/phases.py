@@ -1,0 +1,218 @@
+"""Phases of a track (``open`` -> ``closed`` -> ``final``), final entries and leaderboard snapshots.
+
+    GET  /api/tracks/{track}/leaderboard[?phase=P]  public part while open/closed, the private part of each
+                                                     team's final entries once final; ``phase=``: the snapshot
+                                                     kept when phase P ended (no token needed)
+    GET  /api/tracks/{track}/final                   the team's final entries (its choice, else its best public)
+    POST /api/tracks/{track}/final                   {"submissions": [id, ...]}: pick up to K while closed
+
+The ranking itself is :func:`skybench.tracking.leaderboard.leaderboard` (MLflow stays the source of truth);
+this module only chooses which part of the test set it shows and which entries rank in the final phase.
+A phase change (``skybench admin phase``, the admin API, or the dates in ``challenge.yaml``, noticed at the
+next leaderboard request) first stores the leaderboard of the phase that ends."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from fastapi import APIRouter, Depends, HTTPException
+from pydantic import BaseModel, Field
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from skybench.server import queue
+from skybench.server.config import PHASES, ChallengeConfig, Phase
+from skybench.server.db import FinalChoice, LeaderboardSnapshot, Submission, Team, utcnow
+
+ENDED_BEFORE: dict[str, tuple[str, ...]] = {"pending": (), "open": (), "closed": ("open",),
+                                            "final": ("open", "closed")}
+
+
+def _track(name: str) -> Any:
+    from skybench.tracks import load_track
+
+    return load_track(name)
+
+
+def _rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """JSON-ready rows: NaN/NA as None, numbers as Python numbers."""
+    out = []
+    for rec in df.astype(object).to_dict(orient="records"):
+        out.append({k: (None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+                        else int(v) if k == "rank" else v) for k, v in rec.items()})
+    return out
+
+
+def _board(track_name: str, part: str) -> pd.DataFrame:
+    """The MLflow leaderboard ranked on the ``public`` or ``private`` part of the test set."""
+    from skybench.tracking.leaderboard import leaderboard
+
+    track = _track(track_name)
+    ev = track.evaluation.model_copy(update={"phase": "open" if part == "public" else "closed"})
+    return leaderboard(track.model_copy(update={"evaluation": ev}))
+
+
+def _round(cfg: ChallengeConfig, track_name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    digits = cfg.public_score_digits
+    if digits is None:
+        return rows
+    from skybench.tracking.leaderboard import _metric_columns
+
+    metrics = set(_metric_columns(_track(track_name)))
+    return [{k: round(v, digits) if k in metrics and isinstance(v, float) else v for k, v in r.items()}
+            for r in rows]
+
+
+def best_public(public: pd.DataFrame) -> dict[str, str]:
+    """{team: name of its best-ranked entry on the public board}."""
+    ranked = public[public["rank"].notna()].sort_values("rank")
+    return dict(ranked.drop_duplicates("team")[["team", "name"]].itertuples(index=False, name=None))
+
+
+def final_entries(session: Session, track: str, public: pd.DataFrame) -> set[tuple[str, str]]:
+    """(team, name) of the entries that rank in the final phase: each team's chosen ones, else its best public."""
+    chosen: dict[str, set[str]] = {}
+    rows = session.execute(select(Team.name, Submission.name).join(FinalChoice, FinalChoice.team_id == Team.id)
+                           .join(Submission, Submission.id == FinalChoice.submission_id)
+                           .where(FinalChoice.track == track)).all()
+    for team, name in rows:
+        chosen.setdefault(team, set()).add(name)
+    out = {(t, n) for t, names in chosen.items() for n in names}
+    out |= {(t, n) for t, n in best_public(public).items() if t not in chosen}
+    return out
+
+
+def live_board(session: Session, cfg: ChallengeConfig, track: str, phase: str) -> list[dict[str, Any]]:
+    """The leaderboard a phase shows: the public part (rounded while open), or the final private ranking."""
+    if phase in ("pending", "open", "closed"):
+        rows = _rows(_board(track, "public"))
+        return _round(cfg, track, rows) if phase == "open" else rows
+    public, private = _board(track, "public"), _board(track, "private")
+    keep = final_entries(session, track, public)
+    chosen = pd.Series([(t, n) in keep for t, n in zip(private["team"], private["name"], strict=True)],
+                       index=private.index, dtype=bool)
+    ok = private[chosen & private["rank"].notna()].copy()
+    ok["rank"] = range(1, len(ok) + 1)  # already in rank order: renumber among the final entries
+    return _rows(ok)
+
+
+def _markdown(rows: list[dict[str, Any]]) -> str:
+    from skybench.tracking.leaderboard import render
+
+    return render(pd.DataFrame(rows), "markdown") if rows else "(no entries)\n"
+
+
+def snapshot(session: Session, cfg: ChallengeConfig, track: str, phase: str) -> LeaderboardSnapshot:
+    """Store the leaderboard ``phase`` shows now (JSON + markdown under ``<storage>/leaderboards/``, a row)."""
+    rows = live_board(session, cfg, track, phase)
+    taken = utcnow()
+    folder = cfg.storage / "leaderboards" / track
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / f"{phase}-{taken.strftime('%Y%m%dT%H%M%S%fZ')}"
+    doc = {"track": track, "phase": phase, "taken_at": taken.isoformat(), "rows": rows}
+    stem.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str) + "\n", encoding="utf-8")
+    stem.with_suffix(".md").write_text(f"# {track}: leaderboard at the end of phase {phase} "
+                                       f"({taken.isoformat(timespec='seconds')})\n\n{_markdown(rows)}",
+                                       encoding="utf-8")
+    snap = LeaderboardSnapshot(track=track, phase=phase, taken_at=taken, rows=json.loads(json.dumps(rows,
+                               default=str)), path=str(stem.with_suffix(".json")))
+    session.add(snap)
+    session.commit()
+    return snap
+
+
+def latest_snapshot(session: Session, track: str, phase: str) -> LeaderboardSnapshot | None:
+    return session.scalars(select(LeaderboardSnapshot).where(LeaderboardSnapshot.track == track,
+                                                             LeaderboardSnapshot.phase == phase)
+                           .order_by(LeaderboardSnapshot.taken_at.desc())).first()
+
+
+def catch_up(session: Session, cfg: ChallengeConfig, track: str, now: datetime | None = None) -> Phase:
+    """The track's phase now, after snapshotting every phase that ended (by date) without one."""
+    phase = queue.current_phase(session, cfg, track, now)
+    for ended in ENDED_BEFORE[phase]:
+        if latest_snapshot(session, track, ended) is None:
+            snapshot(session, cfg, track, ended)
+    return phase
+
+
+def change_phase(session: Session, cfg: ChallengeConfig, track: str, phase: str, by: str = "") -> Phase:
+    """Move ``track`` to ``phase``, storing the leaderboard of the phase that ends first; returns the old one."""
+    if phase not in PHASES:
+        raise ValueError(f"phase {phase!r}: one of {', '.join(PHASES)}")
+    cfg.track(track)  # KeyError naming the tracks
+    old = catch_up(session, cfg, track)
+    if old != phase and old in ("open", "closed"):
+        snapshot(session, cfg, track, old)
+    queue.set_phase(session, track, phase, by=by)
+    return old
+
+
+class FinalPick(BaseModel):
+    submissions: list[str] = Field(..., description="ids of the team's own finished submissions on this track")
+
+
+def router(cfg: ChallengeConfig, sessions: sessionmaker, team: Callable[..., Team]) -> APIRouter:
+    api = APIRouter(prefix="/api/tracks", tags=["phases"])
+
+    def known(track: str) -> None:
+        if track not in cfg.tracks:
+            raise HTTPException(404, f"no track {track!r} in this challenge (tracks: {', '.join(cfg.tracks)})")
+
+    @api.get("/{track}/leaderboard")
+    def board(track: str, phase: str | None = None) -> dict[str, Any]:
+        known(track)
+        with sessions() as s:
+            now = catch_up(s, cfg, track)
+            if phase is not None:
+                snap = latest_snapshot(s, track, phase)
+                if snap is None:
+                    raise HTTPException(404, f"no snapshot of phase {phase!r} of {track!r}: it is kept when the "
+                                             f"phase ends (now {now!r})")
+                return {"track": track, "phase": snap.phase, "snapshot": True,
+                        "taken_at": snap.taken_at.isoformat(), "rows": snap.rows}
+            rows = live_board(s, cfg, track, now)
+        part = "private (final entries)" if now == "final" else "public"
+        return {"track": track, "phase": now, "snapshot": False, "part": part, "rows": rows}
+
+    def _view(s: Session, t: Team, track: str) -> dict[str, Any]:
+        ids = s.scalars(select(FinalChoice.submission_id).where(FinalChoice.team_id == t.id,
+                                                                 FinalChoice.track == track)).all()
+        return {"track": track, "k": cfg.k(track), "chosen": sorted(ids),
+                "default": "" if ids else "your best-ranked public entry"}
+
+    @api.get("/{track}/final")
+    def mine(track: str, t: Team = Depends(team)) -> dict[str, Any]:
+        known(track)
+        with sessions() as s:
+            return _view(s, t, track)
+
+    @api.post("/{track}/final")
+    def pick(track: str, body: FinalPick, t: Team = Depends(team)) -> dict[str, Any]:
+        known(track)
+        ids = list(dict.fromkeys(body.submissions))
+        k = cfg.k(track)
+        if len(ids) > k:
+            raise HTTPException(422, f"{len(ids)} final entries chosen on {track!r}; at most {k}")
+        with sessions() as s:
+            phase = catch_up(s, cfg, track)
+            if phase != "closed":
+                raise HTTPException(409, f"final entries are chosen while {track!r} is closed; it is {phase!r}")
+            for sid in ids:
+                sub = s.get(Submission, sid)
+                if sub is None or sub.team_id != t.id:  # another team's id looks like a missing one
+                    raise HTTPException(404, f"no submission {sid!r} of team {t.name!r}")
+                if sub.track != track or sub.state != "finished":
+                    raise HTTPException(422, f"submission {sid!r} is {sub.state} on {sub.track!r}: only finished "
+                                             f"submissions on {track!r} can be final entries")
+            s.execute(delete(FinalChoice).where(FinalChoice.team_id == t.id, FinalChoice.track == track))
+            s.add_all(FinalChoice(team_id=t.id, track=track, submission_id=sid) for sid in ids)
+            s.commit()
+            return _view(s, t, track)
+
+    return api

@@ -1,0 +1,191 @@
+"""Phases (open -> closed -> final), final entries, leaderboard snapshots, the admin API and the team's log,
+on SQLite and PostgreSQL, with the leaderboard read from a real MLflow store."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import tarfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers.py
+from helpers import bwrap_works  # noqa: E402
+from test_api import pack  # noqa: E402
+
+TRACK = "lens-space"  # split into a public and a private part (evaluation.public_fraction)
+# (team, name, public auroc, private auroc): the public and the private rankings differ
+ENTRIES = [("alpha", "a1", 0.91234, 0.61), ("alpha", "a2", 0.80111, 0.95), ("beta", "b1", 0.85555, 0.70)]
+PRIVATE = {e[3] for e in ENTRIES}
+
+
+def _log(team: str, name: str, public: float, private: float) -> None:
+    from skybench import tracking
+
+    time.sleep(0.005)  # distinct start times
+    metrics = {f"{part}_{m}": v + d for part, v in (("public", public), ("private", private))
+               for m, d in (("auroc", 0.0), ("auroc_ci_low", -0.01), ("auroc_ci_high", 0.01))}
+    tracking.log_evaluation(TRACK, team=team, name=name, fmt="onnx", status="FINISHED", metrics=metrics,
+                            tags={"submission_sha256": f"{team}{name}".ljust(64, "0"), "release_sha256": "r" * 64,
+                                  "device": "cpu"}, experiment=tracking.organiser_experiment(TRACK))
+
+
+@pytest.fixture
+def challenge(cfg, engine, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """A server with teams alpha and beta, an admin, their finished entries in the DB and in MLflow."""
+    from skybench.server.app import create_app
+    from skybench.server.auth import add_team
+    from skybench.server.db import Submission, sessions, utcnow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    Session = sessions(engine)
+    ids: dict[str, str] = {}
+    with Session() as s:
+        teams = {n: add_team(s, n) for n in ("alpha", "beta")}
+        tokens = {n: i.token for n, i in teams.items()} | {"admin": add_team(s, "org", admin=True).token}
+        for team, name, pub, priv in ENTRIES:
+            now = utcnow()
+            sub = Submission(id=f"{name}".ljust(32, "0"), team_id=teams[team].team.id, track=TRACK, name=name,
+                             sha256="0" * 64, phase="open", state="finished", received_at=now, queued_at=now,
+                             finished_at=now, metrics={"public_auroc": pub, "private_auroc": priv})
+            s.add(sub)
+            ids[name] = sub.id
+            _log(team, name, pub, priv)
+        s.commit()
+    with TestClient(create_app(cfg, engine)) as client:
+        yield client, {k: {"Authorization": f"Bearer {v}"} for k, v in tokens.items()}, ids, Session
+
+
+def _board(client, phase=None):  # type: ignore[no-untyped-def]
+    r = client.get(f"/api/tracks/{TRACK}/leaderboard", params={"phase": phase} if phase else {})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _values(rows) -> set[float]:  # type: ignore[no-untyped-def]
+    return {v for r in rows for v in r.values() if isinstance(v, float)}
+
+
+def test_open_closed_final_with_final_entries_and_snapshots(challenge, cfg):
+    client, auth, ids, _ = challenge
+    board = _board(client)
+    assert board["phase"] == "open"
+    assert [(r["team"], r["name"]) for r in board["rows"]] == [("alpha", "a1"), ("beta", "b1"), ("alpha", "a2")]
+    assert board["rows"][0]["auroc"] == 0.912  # public part, rounded (public_score_digits: 3)
+    assert not _values(board["rows"]) & PRIVATE  # nothing of the private part while open
+    pick = f"/api/tracks/{TRACK}/final"
+    assert client.post(pick, json={"submissions": [ids["a2"]]}, headers=auth["alpha"]).status_code == 409
+    assert client.get(f"/api/tracks/{TRACK}/leaderboard", params={"phase": "open"}).status_code == 404
+
+    # A team cannot change phases (the admin API does not exist for it); the admin can.
+    phase = f"/api/admin/tracks/{TRACK}/phase"
+    assert client.post(phase, json={"phase": "closed"}, headers=auth["alpha"]).status_code == 404
+    r = client.post(phase, json={"phase": "closed"}, headers=auth["admin"])
+    assert r.status_code == 200 and r.json()["was"] == "open", r.text
+    snap = _board(client, "open")
+    assert snap["snapshot"] and [r["name"] for r in snap["rows"]] == ["a1", "b1", "a2"]
+    files = sorted(p.suffix for p in (cfg.storage / "leaderboards" / TRACK).iterdir())
+    assert files == [".json", ".md"]
+    assert "a1" in next((cfg.storage / "leaderboards" / TRACK).glob("open-*.md")).read_text()
+    closed = _board(client)
+    assert closed["phase"] == "closed" and not _values(closed["rows"]) & PRIVATE
+    up = client.post("/api/submissions", headers=auth["alpha"], data={"track": TRACK, "name": "late"},
+                     files={"file": ("s.tar.gz", pack("alpha", "late"), "application/gzip")})
+    assert up.status_code == 409 and "closed" in up.json()["detail"]
+
+    # Final entries: own finished ones only, at most K (1 here); another team's id is a missing one.
+    assert client.post(pick, json={"submissions": [ids["a2"]]}, headers=auth["beta"]).status_code == 404
+    assert client.post(pick, json={"submissions": ["f" * 32]}, headers=auth["beta"]).status_code == 404
+    assert client.post(pick, json={"submissions": [ids["a1"], ids["a2"]]},
+                       headers=auth["alpha"]).status_code == 422
+    assert client.get(pick, headers=auth["beta"]).json()["chosen"] == []
+    r = client.post(pick, json={"submissions": [ids["a2"]]}, headers=auth["alpha"])
+    assert r.status_code == 200 and r.json()["chosen"] == [ids["a2"]], r.text
+    assert client.post(pick, json={"submissions": [ids["a2"]]}).status_code == 401
+
+    assert client.post(phase, json={"phase": "final"}, headers=auth["admin"]).json()["was"] == "closed"
+    final = _board(client)
+    # alpha ranks with its chosen a2 (private 0.95), beta with its default best public b1 (private 0.70); a1 not.
+    assert final["phase"] == "final"
+    assert [(r["rank"], r["team"], r["name"], r["auroc"]) for r in final["rows"]] == [
+        (1, "alpha", "a2", 0.95), (2, "beta", "b1", 0.70)]
+    assert _board(client, "closed")["snapshot"]
+    assert client.post(pick, json={"submissions": [ids["a1"]]}, headers=auth["alpha"]).status_code == 409
+
+
+def test_dates_drive_the_phase_and_the_ended_phase_is_snapshotted(challenge, cfg, engine):
+    from skybench.server import phases
+
+    client, _, _, Session = challenge
+    past = datetime.now(timezone.utc) - timedelta(days=2)
+    tracks = dict(cfg.tracks)
+    tracks[TRACK] = tracks[TRACK].model_copy(update={"phases": {"open": past, "closed": past + timedelta(days=1)}})
+    dated = cfg.model_copy(update={"tracks": tracks})
+    with Session() as s:
+        assert phases.catch_up(s, dated, TRACK) == "closed"
+        snap = phases.latest_snapshot(s, TRACK, "open")
+        assert snap is not None and [r["name"] for r in snap.rows] == ["a1", "b1", "a2"]
+        phases.catch_up(s, dated, TRACK)  # once only
+        from sqlalchemy import func, select
+
+        from skybench.server.db import LeaderboardSnapshot
+
+        assert s.scalar(select(func.count()).select_from(LeaderboardSnapshot)) == 1
+        assert Path(snap.path).is_file() and json.loads(Path(snap.path).read_text())["phase"] == "open"
+
+
+def test_admin_api_adds_and_lists_teams(challenge):
+    client, auth, _, _ = challenge
+    r = client.post("/api/admin/teams", json={"name": "gamma", "members": ["g@x.org"]}, headers=auth["admin"])
+    assert r.status_code == 201, r.text
+    token = r.json()["token"]
+    me = client.get("/api/me", headers={"Authorization": f"Bearer {token}"}).json()
+    assert me["team"] == "gamma" and me["members"] == ["g@x.org"] and not me["admin"]
+    assert client.post("/api/admin/teams", json={"name": "gamma"}, headers=auth["admin"]).status_code == 409
+    assert client.post("/api/admin/teams", json={"name": "../x"}, headers=auth["admin"]).status_code == 422
+    listed = {t["team"]: t for t in client.get("/api/admin/teams", headers=auth["admin"]).json()}
+    assert set(listed) == {"alpha", "beta", "org", "gamma"} and listed["alpha"]["submissions"] == 2
+    assert "token" not in json.dumps(listed) and "hash" not in json.dumps(listed)
+    for who in ("alpha", None):
+        headers = auth[who] if who else {}
+        assert client.get("/api/admin/teams", headers=headers).status_code in (404, 401)
+        assert client.post("/api/admin/teams", json={"name": "evil"}, headers=headers).status_code in (404, 401)
+
+
+NOISY = """
+import sys
+def load(model_dir):
+    print("loading my model: shape mismatch ahead", file=sys.stderr)
+    raise RuntimeError("my model is broken")
+def predict(model, batch):
+    return batch.sum(axis=(1, 2, 3))
+"""
+
+
+@pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create the sandbox's namespaces here")
+def test_a_failed_run_shows_the_team_its_reason_and_sandbox_stderr(challenge, cfg, tmp_path, tiny_space_release):
+    from skybench.server import worker
+
+    client, auth, _, Session = challenge
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for arc, data in (("noisy/submission.yaml", f"team: alpha\nname: noisy\ntrack: {TRACK}\nformat: python\n"
+                                                    "model: predict.py\n".encode()),
+                          ("noisy/predict.py", NOISY.encode())):
+            info = tarfile.TarInfo(arc)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    r = client.post("/api/submissions", headers=auth["alpha"], data={"track": TRACK, "name": "noisy"},
+                    files={"file": ("s.tar.gz", buf.getvalue(), "application/gzip")})
+    assert r.status_code == 202, r.text
+    done = worker.run_one(cfg, Session, "w", release=tiny_space_release, out=tmp_path / "evals")
+    assert done is not None and done.state == "failed"
+    shown = client.get(r.json()["status_url"], headers=auth["alpha"]).json()
+    assert shown["reason"] and "\n" not in shown["reason"]
+    assert "shape mismatch ahead" in shown["log"] and "my model is broken" in shown["log"]
+    assert client.get(r.json()["status_url"], headers=auth["beta"]).status_code == 404
