@@ -156,6 +156,9 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
                 await form.close()
         return view(sub, t.name)
 
+    from skybench.server.web import install
+
+    install(app)  # the HTML pages (/, /tracks/..., /login, /team, /submit)
     return app
 
 
