@@ -149,12 +149,11 @@ def test_log_in_upload_queued_finished_leaderboard(served, browser, shots, tmp_p
     assert done is not None and done.state == "finished", done.reason if done else "the queue was empty"
 
     page.goto(status_page)
-    assert page.locator("#state").inner_text() == "finished"
-    assert page.get_by_role("cell", name="public_auroc").is_visible()
-    plot = page.locator("figure img")
-    if plot.count():  # the lens ROC on the public part, from the participant's MLflow artifacts
-        assert plot.first.evaluate("img => img.complete && img.naturalWidth > 0")
     shots(page, "04-finished")
+    assert page.locator("#state").inner_text() == "finished"
+    assert page.get_by_role("rowheader", name="public_auroc", exact=True).is_visible()
+    plot = page.locator("figure img")  # the lens ROC on the public part, from the participant's MLflow artifacts
+    assert plot.count() == 1 and plot.first.evaluate("img => img.complete && img.naturalWidth > 0")
 
     page.goto(f"{url}/tracks/lens-space")
     row = page.locator("table.board tbody tr", has_text="m1")

@@ -167,7 +167,7 @@ def _fmt(value: object) -> str:
     if value is None or value is _NA or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{value:.6g}"  # a rounded public score shows as rounded
     return str(value)
 
 
