@@ -66,6 +66,10 @@ def test_no_team_page_without_login(web):
     assert bad.status_code == 401 and "not valid" in bad.text and "skybench_session=" not in bad.headers.get(
         "set-cookie", "").replace("skybench_session=\"\"", "")
     assert client.get("/team").status_code == 303
+    for _ in range(2):  # auth.max_failures is 3 in the test config: then even the right token waits
+        client.post("/login", data={"token": "nope", "csrf": _csrf(client.get("/login").text)})
+    limited = client.post("/login", data={"token": tokens["alpha"], "csrf": _csrf(client.get("/login").text)})
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
     # A forged cookie (not signed with the server's secret) is no session either.
     client.cookies.set("skybench_session", "eyJ0ZWFtIjoxfQ.forged.sig")
     assert client.get("/team").status_code == 303
