@@ -211,8 +211,11 @@ def public_board(cfg: ChallengeConfig, track_name: str, phase: Phase) -> dict[st
             ranked.append({"rank": int(row["rank"]), **entry})
         else:
             failed.append(entry)
+    f = track.evaluation.public_fraction
+    where = (f"the public {f:.0%} of the test set (private scores are revealed in the final phase)"
+             if f is not None and phase != "final" else scored_on(track))
     return {"track": track, "primary": primary, "report": report, "ranked": ranked, "failed": failed,
-            "scored_on": scored_on(track), "higher": track.metrics.higher_is_better}
+            "scored_on": where, "higher": track.metrics.higher_is_better}
 
 
 # -- plots ----------------------------------------------------------------------------------------------------------
