@@ -38,6 +38,7 @@ lock:
 setup: $(VENV)/.installed
 	@bash scripts/ensure-sandbox-tools.sh
 	@bash scripts/ensure-postgres.sh
+	@bash scripts/ensure-browser.sh
 
 # Real data from the DVC remote `challenge`; go on without it when the remote is unreachable.
 data: setup

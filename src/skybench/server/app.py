@@ -161,6 +161,9 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
 
     app.include_router(phases.router(cfg, Session, team))
     app.include_router(admin.router(cfg, Session, team))
+    from skybench.server.web import install
+
+    install(app)  # the HTML pages (/, /tracks/..., /login, /team, /submit)
     return app
 
 

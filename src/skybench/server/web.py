@@ -1,0 +1,491 @@
+"""The challenge server's HTML pages (server-rendered with Jinja2, autoescaped; no JavaScript).
+
+    GET  /                          the tracks and their phases
+    GET  /tracks/{track}            the public leaderboard (:func:`skybench.tracking.leaderboard.leaderboard`)
+    GET  /login, POST /login        log in with the team token; POST /logout
+    GET  /team                      the team's own submissions
+    GET  /team/submissions/{id}     one of them, with its plot (404 for another team's id)
+    GET  /submit, POST /submit      the upload form (the same store and queue as POST /api/submissions)
+
+The session is a cookie (HttpOnly, SameSite=Strict, Secure over https) signed with itsdangerous and a secret
+kept in the store (``<storage>/web-secret``, mode 0600); it holds the team id, a fingerprint of the team's
+token hash (a rotated token ends every session at once) and a per-session CSRF token that every POST form
+must send back in a hidden field; a POST whose ``Origin`` is another site is refused as well."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import os
+import re
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import jinja2
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.datastructures import UploadFile
+from starlette.types import Message
+
+from skybench.harness.submission import SLUG
+from skybench.server import queue
+from skybench.server.auth import AuthError, RateLimited, verify
+from skybench.server.config import ChallengeConfig, Phase
+from skybench.server.db import Submission, Team, utcnow
+from skybench.server.storage import UploadError
+
+HERE = Path(__file__).parent
+COOKIE = "skybench_session"
+SESSION_SECONDS = 12 * 3600
+_MULTIPART_SLACK = 64 * 1024  # form fields and part headers around the archive (as the JSON API)
+# No script at all, no framing, images and styles from this server only.
+_CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+        "base-uri 'none'")
+
+templates = Jinja2Templates(env=jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
+                                                   autoescape=True, undefined=jinja2.StrictUndefined))
+router = APIRouter(include_in_schema=False)
+
+
+class _Csrf(Exception):
+    pass
+
+
+# -- sessions ---------------------------------------------------------------------------------------------------
+def _secret(storage: Path) -> bytes:
+    """The server's signing secret: created once in the store, readable by the server's user only."""
+    path = Path(storage) / "web-secret"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another server process made it first
+        return path.read_bytes()
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_bytes(32))
+    return path.read_bytes()
+
+
+def _signer(request: Request) -> URLSafeTimedSerializer:
+    state = request.app.state
+    if getattr(state, "web_signer", None) is None:
+        state.web_signer = URLSafeTimedSerializer(_secret(state.cfg.storage), salt="skybench-web-session")
+    return state.web_signer
+
+
+def _fingerprint(team: Team) -> str:
+    return hashlib.sha256(team.token_hash.encode()).hexdigest()[:32]
+
+
+def _session(request: Request) -> dict[str, Any]:
+    """The request's session ({} when none or invalid); cached on the request."""
+    if not hasattr(request.state, "web_session"):
+        data: dict[str, Any] = {}
+        raw = request.cookies.get(COOKIE)
+        if raw:
+            try:
+                loaded = _signer(request).loads(raw, max_age=SESSION_SECONDS)
+                data = loaded if isinstance(loaded, dict) else {}
+            except BadSignature:
+                data = {}
+        request.state.web_session = data
+        request.state.web_new_cookie = None
+    return request.state.web_session
+
+
+def _csrf(request: Request) -> str:
+    """This session's CSRF token; a visitor without a session gets one (an anonymous session)."""
+    sess = _session(request)
+    if not isinstance(sess.get("csrf"), str):
+        sess = {"csrf": secrets.token_urlsafe(32)}
+        request.state.web_session = sess
+        request.state.web_new_cookie = sess
+    return sess["csrf"]
+
+
+def _current_team(request: Request) -> Team | None:
+    sess = _session(request)
+    tid, fp = sess.get("team"), sess.get("fp")
+    if not isinstance(tid, int) or not isinstance(fp, str):
+        return None
+    with request.app.state.sessions() as s:
+        team = s.get(Team, tid)
+    if team is None or not hmac.compare_digest(_fingerprint(team), fp):  # rotated token: logged out
+        return None
+    return team
+
+
+def _set_cookie(request: Request, response: Response, data: dict[str, Any] | None) -> None:
+    secure = request.url.scheme == "https"
+    if data is None:
+        response.delete_cookie(COOKIE, path="/", secure=secure, httponly=True, samesite="strict")
+        return
+    response.set_cookie(COOKIE, _signer(request).dumps(data), max_age=SESSION_SECONDS, path="/", secure=secure,
+                        httponly=True, samesite="strict")
+
+
+def _check_post(request: Request, form_token: object) -> None:
+    """Refuse a POST from another site: a foreign ``Origin``, or a CSRF token that is not this session's."""
+    origin = request.headers.get("origin")
+    if origin is not None:
+        mine = f"{request.url.scheme}://{request.url.netloc}"
+        parts = urlsplit(origin)
+        if origin == "null" or f"{parts.scheme}://{parts.netloc}" != mine:
+            raise _Csrf(f"this form was sent from another site ({origin}); use the form on {mine}")
+    want = _session(request).get("csrf")
+    if not isinstance(want, str) or not isinstance(form_token, str) or not hmac.compare_digest(want, form_token):
+        raise _Csrf("the form's security token is missing or out of date; reload the page and send the form again")
+
+
+# -- rendering ----------------------------------------------------------------------------------------------------
+def _page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    team = context.pop("team", None) if "team" in context else _current_team(request)
+    context = {"team": team, "csrf": _csrf(request), "challenge_tracks": list(request.app.state.cfg.tracks),
+               **context}
+    response = templates.TemplateResponse(request, name, context, status_code=status)
+    if request.state.web_new_cookie is not None:
+        _set_cookie(request, response, request.state.web_new_cookie)
+    return response
+
+
+def _error(request: Request, status: int, message: str) -> HTMLResponse:
+    return _page(request, "error.html", status, message=message, code=status)
+
+
+def _fmt(value: object) -> str:
+    if value is None or value is _NA or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"  # a rounded public score shows as rounded
+    return str(value)
+
+
+try:
+    import pandas as pd
+
+    _NA: object = pd.NA
+except ImportError:  # pragma: no cover - pandas is a core dependency
+    _NA = object()
+
+
+# -- the leaderboard ----------------------------------------------------------------------------------------------
+def public_board(cfg: ChallengeConfig, track_name: str, phase: Phase) -> dict[str, Any]:
+    """The leaderboard of ``track_name`` as the public may see it in ``phase``: the public part of a split
+    test set until the ``final`` phase (then the private part), rounded while ``open`` as the JSON API does.
+    The ranking is :func:`skybench.tracking.leaderboard.leaderboard`'s (the CLI's)."""
+    from skybench.tracking.leaderboard import leaderboard, scored_on
+    from skybench.tracks import load_track
+
+    track = load_track(track_name)
+    track = track.model_copy(update={"evaluation": track.evaluation.model_copy(
+        update={"phase": "closed" if phase == "final" else "open"})})
+    board = leaderboard(track)
+    primary = track.metrics.primary
+    report = [m for m in track.metrics.report if m != primary]
+    digits = cfg.public_score_digits if phase == "open" else None
+
+    def num(v: object) -> str:
+        if v is None or v is _NA or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
+            return ""
+        v = float(v)
+        return f"{round(v, digits):.{digits}f}" if digits is not None else f"{v:.4f}"
+
+    ranked, failed = [], []
+    for row in board.astype(object).to_dict("records"):
+        entry = {"team": str(row["team"]), "name": str(row["name"]), "submitted": str(row["submitted"])[:19],
+                 "primary": num(row[primary]), "ci_low": num(row.get(f"{primary}_ci_low")),
+                 "ci_high": num(row.get(f"{primary}_ci_high")), "report": [num(row[m]) for m in report],
+                 "status": str(row["status"]), "reason": str(row["reason"] or "")}
+        if row["rank"] is not _NA and row["rank"] is not None:
+            ranked.append({"rank": int(row["rank"]), **entry})
+        else:
+            failed.append(entry)
+    f = track.evaluation.public_fraction
+    where = (f"the public {f:.0%} of the test set (private scores are revealed in the final phase)"
+             if f is not None and phase != "final" else scored_on(track))
+    return {"track": track, "primary": primary, "report": report, "ranked": ranked, "failed": failed,
+            "scored_on": where, "higher": track.metrics.higher_is_better}
+
+
+# -- plots ----------------------------------------------------------------------------------------------------------
+def _run_of(sub: Submission, team_name: str) -> Any:
+    """The participant MLflow run of this submission (``skybench-<track>``), or None."""
+    from skybench.tracking import KIND_TAG, client, experiment_name
+
+    if not re.fullmatch(r"[0-9a-f]{64}", sub.sha256) or not re.match(SLUG, team_name):
+        return None
+    c = client()
+    exp = c.get_experiment_by_name(experiment_name(sub.track))
+    if exp is None:
+        return None
+    runs = c.search_runs([exp.experiment_id], f"tags.`{KIND_TAG}` = 'evaluation' and tags.submission_sha256 = "
+                         f"'{sub.sha256}' and params.team = '{team_name}' and attributes.status = 'FINISHED'",
+                         order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def plots(sub: Submission, team_name: str) -> list[str]:
+    """Names of the PNG plots a participant may see of this submission (``participant_artifacts``)."""
+    from skybench.harness.visibility import participant_artifacts
+    from skybench.tracking import client
+    from skybench.tracks import load_track
+
+    if sub.state != "finished":
+        return []
+    try:
+        run = _run_of(sub, team_name)
+        if run is None:
+            return []
+        allowed = {n for n in participant_artifacts(load_track(sub.track)) if n.endswith(".png")}
+        return sorted(a.path for a in client().list_artifacts(run.info.run_id) if a.path in allowed)
+    except Exception:  # noqa: BLE001 - MLflow away: the page shows no plot rather than an error
+        return []
+
+
+def plot_bytes(sub: Submission, team_name: str, name: str) -> bytes | None:
+    from skybench.tracking import client
+
+    if name not in plots(sub, team_name):
+        return None
+    run = _run_of(sub, team_name)
+    with tempfile.TemporaryDirectory(prefix="skybench-plot-") as tmp:
+        return Path(client().download_artifacts(run.info.run_id, name, tmp)).read_bytes()
+
+
+# -- pages ----------------------------------------------------------------------------------------------------------
+@router.get("/", response_class=HTMLResponse)
+def index(request: Request) -> HTMLResponse:
+    cfg: ChallengeConfig = request.app.state.cfg
+    with request.app.state.sessions() as s:
+        tracks = [{"name": n, "open": c.open, "phase": queue.current_phase(s, cfg, n)} for n, c in cfg.tracks.items()]
+    return _page(request, "index.html", tracks=tracks)
+
+
+@router.get("/tracks/{track}", response_class=HTMLResponse)
+def track_page(request: Request, track: str) -> HTMLResponse:
+    cfg: ChallengeConfig = request.app.state.cfg
+    if track not in cfg.tracks:
+        return _error(request, 404, f"no track {track!r} in this challenge")
+    with request.app.state.sessions() as s:
+        phase = queue.current_phase(s, cfg, track)
+    return _page(request, "track.html", phase=phase, open=cfg.tracks[track].open,
+                 **public_board(cfg, track, phase))
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request) -> HTMLResponse:
+    return _page(request, "login.html")
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login(request: Request) -> Response:
+    form = await request.form(max_files=0, max_fields=4, max_part_size=4096)
+    try:
+        _check_post(request, form.get("csrf"))
+    except _Csrf as exc:
+        return _error(request, 403, str(exc))
+    token = form.get("token")
+    client = request.client.host if request.client else "unknown"
+    state = request.app.state
+
+    def check() -> Team:
+        with state.sessions() as s:
+            return verify(s, token.strip() if isinstance(token, str) else None, client, state.limiter)
+
+    try:
+        team = await run_in_threadpool(check)
+    except RateLimited as exc:
+        r = _page(request, "login.html", 429, message=str(exc))
+        r.headers["Retry-After"] = str(exc.retry_after)
+        return r
+    except AuthError:
+        return _page(request, "login.html", 401, message="that token is not valid; paste the token that "
+                                                         "`skybench admin team add` printed for your team")
+    response = RedirectResponse("/team", status_code=303)
+    # A fresh CSRF token at log-in: one planted in the anonymous session is of no use.
+    _set_cookie(request, response, {"team": team.id, "fp": _fingerprint(team), "csrf": secrets.token_urlsafe(32)})
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    form = await request.form(max_files=0, max_fields=2, max_part_size=1024)
+    try:
+        _check_post(request, form.get("csrf"))
+    except _Csrf as exc:
+        return _error(request, 403, str(exc))
+    response = RedirectResponse("/", status_code=303)
+    _set_cookie(request, response, None)
+    return response
+
+
+def _login_first(request: Request) -> RedirectResponse:
+    return RedirectResponse("/login", status_code=303)
+
+
+def _row(cfg: ChallengeConfig, sub: Submission, phase: Phase) -> dict[str, Any]:
+    from skybench.server.app import shown_metrics
+
+    metrics = shown_metrics(cfg, sub.track, phase, sub.metrics or {}) if sub.state == "finished" else {}
+    when = sub.finished_at or sub.failed_at or sub.running_at or sub.queued_at or sub.received_at
+    return {"id": sub.id, "track": sub.track, "name": sub.name, "state": sub.state, "reason": sub.reason,
+            "log": sub.log, "attempt": sub.attempt, "counted": sub.counted,
+            "received": sub.received_at.isoformat(timespec="seconds") if sub.received_at else "",
+            "updated": when.isoformat(timespec="seconds") if when else "",
+            "metrics": {k: _fmt(v) for k, v in sorted(metrics.items())}}
+
+
+@router.get("/team", response_class=HTMLResponse)
+def team_page(request: Request) -> Response:
+    team = _current_team(request)
+    if team is None:
+        return _login_first(request)
+    cfg: ChallengeConfig = request.app.state.cfg
+    from sqlalchemy import select
+
+    with request.app.state.sessions() as s:
+        subs = s.scalars(select(Submission).where(Submission.team_id == team.id)
+                         .order_by(Submission.received_at.desc())).all()
+        phases = {n: queue.current_phase(s, cfg, n) for n in cfg.tracks}
+        quotas = {n: queue.quota_left(s, cfg, team, n) for n, c in cfg.tracks.items() if c.open}
+    return _page(request, "team.html", team=team, quotas=quotas, phases=phases,
+                 submissions=[_row(cfg, x, phases.get(x.track, "open")) for x in subs])
+
+
+def _own(request: Request, team: Team, sub_id: str) -> Submission | None:
+    with request.app.state.sessions() as s:
+        sub = s.get(Submission, sub_id)
+    return sub if sub is not None and sub.team_id == team.id else None  # another team's id: as a missing one
+
+
+@router.get("/team/submissions/{sub_id}", response_class=HTMLResponse)
+def submission_page(request: Request, sub_id: str) -> Response:
+    team = _current_team(request)
+    if team is None:
+        return _login_first(request)
+    sub = _own(request, team, sub_id)
+    if sub is None:
+        return _error(request, 404, f"no submission {sub_id!r} of team {team.name!r}")
+    cfg: ChallengeConfig = request.app.state.cfg
+    with request.app.state.sessions() as s:
+        phase = queue.current_phase(s, cfg, sub.track)
+    return _page(request, "submission.html", team=team, sub=_row(cfg, sub, phase), plots=plots(sub, team.name))
+
+
+@router.get("/team/submissions/{sub_id}/plots/{name}")
+def plot(request: Request, sub_id: str, name: str) -> Response:
+    team = _current_team(request)
+    sub = _own(request, team, sub_id) if team is not None else None
+    data = plot_bytes(sub, team.name, name) if sub is not None and team is not None else None
+    if data is None:
+        raise HTTPException(404, "no such plot")
+    return Response(data, media_type="image/png", headers={"Cache-Control": "private, no-store"})
+
+
+@router.get("/submit", response_class=HTMLResponse)
+def submit_form(request: Request) -> Response:
+    team = _current_team(request)
+    if team is None:
+        return _login_first(request)
+    return _submit_page(request, team)
+
+
+def _submit_page(request: Request, team: Team, status: int = 200, message: str = "",
+                 values: dict[str, str] | None = None) -> HTMLResponse:
+    cfg: ChallengeConfig = request.app.state.cfg
+    with request.app.state.sessions() as s:
+        tracks = [{"name": n, "phase": queue.current_phase(s, cfg, n), "quota": queue.quota_left(s, cfg, team, n)}
+                  for n, c in cfg.tracks.items() if c.open]
+    return _page(request, "submit.html", status, team=team, tracks=tracks, message=message,
+                 values=values or {"track": "", "name": ""}, max_mb=f"{cfg.upload.max_bytes / 1e6:.0f}")
+
+
+@router.post("/submit", response_class=HTMLResponse)
+async def submit(request: Request) -> Response:
+    """The upload form: the JSON API's path (``Store.receive_file`` -> ``unpack`` -> ``store`` -> ``enqueue``),
+    after the session and (once the form is read) its CSRF token are checked; nothing is stored before."""
+    team = await run_in_threadpool(_current_team, request)
+    if team is None:  # before the body is read
+        return _login_first(request)
+    cfg: ChallengeConfig = request.app.state.cfg
+    store = request.app.state.store
+    received = utcnow()
+    limit = cfg.upload.max_bytes + _MULTIPART_SLACK
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return await run_in_threadpool(_submit_page, request, team, 413,
+                                       f"the upload of {declared} bytes is larger than the limit of "
+                                       f"{cfg.upload.max_bytes} bytes; nothing was stored")
+    seen = 0
+
+    async def capped() -> Message:  # the body as it arrives, cut off past the limit
+        nonlocal seen
+        message = await request.receive()
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            raise UploadError(f"upload larger than the limit of {cfg.upload.max_bytes} bytes; it was cut off and "
+                              "discarded", 413)
+        return message
+
+    archive = folder = form = None
+    values = {"track": "", "name": ""}
+    try:
+        form = await Request(request.scope, capped).form(max_files=1, max_fields=8)
+        _check_post(request, form.get("csrf"))
+        track, name, upload = form.get("track"), form.get("name"), form.get("file")
+        values = {"track": track if isinstance(track, str) else "", "name": name if isinstance(name, str) else ""}
+        for key, value in (("track", track), ("entry name", name)):
+            if not isinstance(value, str) or not re.match(SLUG, value) or ".." in value:
+                raise UploadError(f"{key}: 1-64 letters, digits, '.', '_' or '-' required", 422)
+        if not isinstance(upload, UploadFile) or not upload.filename:
+            raise UploadError("choose the packed submission folder (.tar.gz or .zip) to upload", 422)
+        assert isinstance(track, str) and isinstance(name, str)
+        if track not in cfg.tracks or not cfg.tracks[track].open:
+            raise UploadError(f"track {track!r} takes no submissions here", 404)
+        archive = await run_in_threadpool(store.receive_file, upload.file)
+        folder = await run_in_threadpool(store.unpack, archive)
+        loaded, _ = await run_in_threadpool(store.store, folder, {"team": team.name, "name": name, "track": track})
+
+        def enqueue() -> Submission:
+            with request.app.state.sessions() as s:
+                return queue.enqueue(s, cfg, s.get(Team, team.id), track, name, loaded.sha256, received)
+
+        sub = await run_in_threadpool(enqueue)
+    except _Csrf as exc:
+        return _error(request, 403, str(exc))
+    except (UploadError, queue.Refused) as exc:
+        return await run_in_threadpool(_submit_page, request, team, exc.status, str(exc), values)
+    finally:
+        for leftover in (archive, folder):
+            if leftover is not None:
+                store.discard(leftover)
+        if form is not None:
+            await form.close()
+    return RedirectResponse(f"/team/submissions/{sub.id}", status_code=303)
+
+
+def install(app: FastAPI) -> None:
+    """Add the pages, the stylesheet and the pages' security headers to ``app``."""
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    @app.middleware("http")
+    async def _headers(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        if not request.url.path.startswith("/api/"):
+            response.headers.setdefault("Content-Security-Policy", _CSP)
+            response.headers.setdefault("X-Content-Type-Options", "nosniff")
+            response.headers.setdefault("Referrer-Policy", "same-origin")
+            response.headers.setdefault("X-Frame-Options", "DENY")
+        return response

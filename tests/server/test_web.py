@@ -1,0 +1,227 @@
+"""The HTML pages (FastAPI TestClient) on SQLite and PostgreSQL: log-in, isolation, CSRF, cookie flags, escaping."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_api import pack  # noqa: E402
+
+EVIL = "<script>alert(1)</script>"
+
+
+@pytest.fixture
+def web(cfg, engine, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    from skybench.server.app import create_app
+    from skybench.server.auth import add_team
+    from skybench.server.db import sessions
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    app = create_app(cfg, engine)
+    with sessions(engine)() as s:
+        tokens = {n: add_team(s, n).token for n in ("alpha", "beta")}
+    yield app, tokens
+
+
+def _csrf(html: str) -> str:
+    m = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert m, "no CSRF field in the form"
+    return m.group(1)
+
+
+def login(app, token: str) -> TestClient:  # type: ignore[no-untyped-def]
+    client = TestClient(app, follow_redirects=False)
+    r = client.post("/login", data={"token": token, "csrf": _csrf(client.get("/login").text)})
+    assert r.status_code == 303 and r.headers["location"] == "/team", r.text
+    return client
+
+
+def _submit(client: TestClient, data: bytes, name: str = "m1", csrf: str | None = "auto", **headers: str):
+    form = {"track": "lens-space", "name": name}
+    if csrf == "auto":
+        csrf = _csrf(client.get("/submit").text)
+    if csrf is not None:
+        form["csrf"] = csrf
+    return client.post("/submit", data=form, files={"file": ("m.tar.gz", data, "application/gzip")},
+                       headers=headers)
+
+
+def test_no_team_page_without_login(web):
+    app, tokens = web
+    client = TestClient(app, follow_redirects=False)
+    for path in ("/team", "/submit", "/team/submissions/" + "0" * 32):
+        r = client.get(path)
+        assert r.status_code == 303 and r.headers["location"] == "/login", path
+    assert client.get("/team/submissions/" + "0" * 32 + "/plots/roc_public.png").status_code == 404
+    r = _submit(client, pack("alpha", "m1"), csrf="x")
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    # A wrong token is refused, and counts towards the rate limit shared with the API.
+    bad = client.post("/login", data={"token": "sbt_AAAAAAAAAAAAAAAA_" + "A" * 43,
+                                      "csrf": _csrf(client.get("/login").text)})
+    assert bad.status_code == 401 and "not valid" in bad.text and "skybench_session=" not in bad.headers.get(
+        "set-cookie", "").replace("skybench_session=\"\"", "")
+    assert client.get("/team").status_code == 303
+    for _ in range(2):  # auth.max_failures is 3 in the test config: then even the right token waits
+        client.post("/login", data={"token": "nope", "csrf": _csrf(client.get("/login").text)})
+    limited = client.post("/login", data={"token": tokens["alpha"], "csrf": _csrf(client.get("/login").text)})
+    assert limited.status_code == 429 and int(limited.headers["retry-after"]) >= 1
+    # A forged cookie (not signed with the server's secret) is no session either.
+    client.cookies.set("skybench_session", "eyJ0ZWFtIjoxfQ.forged.sig")
+    assert client.get("/team").status_code == 303
+
+
+def test_session_cookie_flags_and_logout(web):
+    app, tokens = web
+    client = TestClient(app, follow_redirects=False)
+    csrf = _csrf(client.get("/login").text)
+    r = client.post("/login", data={"token": tokens["alpha"], "csrf": csrf})
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith("skybench_session=")
+    flags = {f.strip().lower() for f in cookie.split(";")[1:]}
+    assert "httponly" in flags and "samesite=strict" in flags and "path=/" in flags
+    assert "secure" not in flags  # plain http (the TestClient); over https it is set, next test
+    assert tokens["alpha"] not in cookie  # the token itself is never in the cookie
+    page = client.get("/team")
+    assert page.status_code == 200 and "Team alpha" in page.text
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert client.post("/logout", data={"csrf": _csrf(page.text)}).status_code == 303
+    assert client.get("/team").status_code == 303
+
+
+def test_cookie_is_secure_over_https(web):
+    app, tokens = web
+    client = TestClient(app, base_url="https://challenge.example", follow_redirects=False)
+    r = client.post("/login", data={"token": tokens["alpha"], "csrf": _csrf(client.get("/login").text)})
+    assert r.status_code == 303
+    assert "secure" in {f.strip().lower() for f in r.headers["set-cookie"].split(";")}
+
+
+def test_rotated_token_ends_the_session(web, engine):
+    from skybench.server.auth import rotate_token
+    from skybench.server.db import sessions
+
+    app, tokens = web
+    client = login(app, tokens["alpha"])
+    assert client.get("/team").status_code == 200
+    with sessions(engine)() as s:
+        rotate_token(s, "alpha")
+    assert client.get("/team").status_code == 303
+
+
+def test_upload_form_queues_and_team_b_gets_404(web):
+    app, tokens = web
+    a = login(app, tokens["alpha"])
+    r = _submit(a, pack("alpha", "m1"))
+    assert r.status_code == 303, r.text
+    where = r.headers["location"]
+    sub_id = where.rsplit("/", 1)[1]
+    page = a.get(where)
+    assert page.status_code == 200 and 'id="state">queued<' in page.text
+    assert "m1" in a.get("/team").text
+    # The JSON API sees the same submission: the same store and queue.
+    api = a.get(f"/api/submissions/{sub_id}", headers={"Authorization": f"Bearer {tokens['alpha']}"})
+    assert api.status_code == 200 and api.json()["state"] == "queued" and api.json()["counted"]
+    b = login(app, tokens["beta"])
+    theirs, missing = b.get(where), b.get("/team/submissions/" + "0" * 32)
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.text.replace(sub_id, "X") == missing.text.replace("0" * 32, "X")
+    assert b.get(f"{where}/plots/roc_public.png").status_code == 404
+    assert "m1" not in b.get("/team").text
+
+
+def test_schema_error_on_the_form_is_shown_and_costs_nothing(web):
+    app, tokens = web
+    a = login(app, tokens["alpha"])
+    r = _submit(a, pack("beta", "m1"))
+    assert r.status_code == 422 and "key &#39;team&#39; is &#39;beta&#39;" in r.text
+    store = app.state.store
+    assert list(store.objects.iterdir()) == [] and list(store.incoming.iterdir()) == []
+    assert "3 submissions left today" in a.get("/team").text
+
+
+@pytest.mark.parametrize("attack", ["missing", "wrong", "other-session", "foreign-origin"])
+def test_csrf_on_the_upload_form_is_refused_and_nothing_stored(web, attack):
+    app, tokens = web
+    a = login(app, tokens["alpha"])
+    headers = {}
+    if attack == "missing":
+        csrf = None
+    elif attack == "wrong":
+        csrf = "x" * 43
+    elif attack == "other-session":  # a valid token of another session (the attacker's own log-in)
+        csrf = _csrf(login(app, tokens["beta"]).get("/submit").text)
+    else:  # the right token, sent from another site
+        csrf, headers = "auto", {"Origin": "https://evil.example"}
+    r = _submit(a, pack("alpha", "m1"), csrf=csrf, **headers)
+    assert r.status_code == 403, r.text
+    store = app.state.store
+    assert list(store.objects.iterdir()) == [] and list(store.incoming.iterdir()) == []
+    assert a.get("/api/submissions", headers={"Authorization": f"Bearer {tokens['alpha']}"}).json() == []
+    # The same form with the session's own token and no foreign Origin goes through.
+    assert _submit(a, pack("alpha", "m1"), Origin="http://testserver").status_code == 303
+
+
+def test_login_form_needs_its_csrf_token(web):
+    app, tokens = web
+    client = TestClient(app, follow_redirects=False)
+    client.get("/login")
+    r = client.post("/login", data={"token": tokens["alpha"]})
+    assert r.status_code == 403 and "skybench_session" not in r.headers.get("set-cookie", "")
+    assert client.get("/team").status_code == 303
+
+
+def test_script_names_are_escaped(web, engine, monkeypatch):
+    """A team or entry name with markup renders as text, on the team pages and the public leaderboard."""
+    from skybench.server.db import Submission, Team, sessions, utcnow
+    from skybench.tracking import log_evaluation
+
+    app, tokens = web
+    with sessions(engine)() as s:  # a name the CLI would refuse, written straight into the database
+        team = s.get(Team, 1)
+        team.name = EVIL
+        s.add(Submission(id="e" * 32, team_id=team.id, track="lens-space", name=EVIL, sha256="0" * 64,
+                         phase="open", state="failed", reason=EVIL, received_at=utcnow(), failed_at=utcnow()))
+        s.commit()
+    log_evaluation("lens-space", team=EVIL, name=EVIL, fmt="onnx", status="FINISHED",
+                   metrics={"public_auroc": 0.91, "public_auroc_ci_low": 0.9, "public_auroc_ci_high": 0.92,
+                            "auroc": 0.5, "private_auroc": 0.123456},
+                   tags={"submitted": "2026-01-01T00:00:00+00:00"})
+    log_evaluation("lens-space", team=EVIL, name="broken", fmt="onnx", status="FAILED", metrics={},
+                   tags={}, reason=EVIL)
+    a = login(app, tokens["alpha"])
+    for page in (a.get("/team"), a.get("/team/submissions/" + "e" * 32), a.get("/tracks/lens-space")):
+        assert page.status_code == 200
+        assert EVIL not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
+    board = a.get("/tracks/lens-space").text
+    assert "0.910" in board and "[0.900, 0.920]" in board  # public part, rounded to 3 digits (public_score_digits)
+    assert "0.123" not in board and "0.500" not in board  # no private or whole-set value while open
+    assert "Entries without a score" in board
+
+
+def test_leaderboard_is_the_cli_ranking_and_reveals_private_only_in_final(web, engine):
+    from skybench.server import queue
+    from skybench.server.db import sessions
+    from skybench.tracking import log_evaluation
+
+    app, _ = web
+    for team, pub, priv in (("t1", 0.7, 0.95), ("t2", 0.9, 0.6)):
+        log_evaluation("lens-space", team=team, name="e", fmt="onnx", status="FINISHED",
+                       metrics={"public_auroc": pub, "private_auroc": priv}, tags={})
+    client = TestClient(app)
+    rows = re.findall(r'<td class="num">(\d+)</td><td>(t\d)</td>', client.get("/tracks/lens-space").text)
+    assert rows == [("1", "t2"), ("2", "t1")]
+    with sessions(engine)() as s:
+        queue.set_phase(s, "lens-space", "closed")
+    assert re.findall(r'<td class="num">(\d+)</td><td>(t\d)</td>', client.get("/tracks/lens-space").text) == rows
+    with sessions(engine)() as s:
+        queue.set_phase(s, "lens-space", "final")
+    final = client.get("/tracks/lens-space").text
+    assert re.findall(r'<td class="num">(\d+)</td><td>(t\d)</td>', final) == [("1", "t1"), ("2", "t2")]
+    assert "0.9500" in final  # the private value, unrounded after the open phase
+    assert client.get("/tracks/nope").status_code == 404
+    assert "lens-space" in client.get("/").text
