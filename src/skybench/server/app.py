@@ -22,7 +22,7 @@ from starlette.datastructures import UploadFile
 from starlette.types import Message
 
 from skybench.harness.submission import SLUG
-from skybench.server import queue
+from skybench.server import faults, queue
 from skybench.server.auth import AuthError, FailureLimiter, RateLimited, VerifiedCache, verify
 from skybench.server.config import ChallengeConfig, Phase
 from skybench.server.db import Submission, Team, make_engine, sessions, upgrade, utcnow
@@ -57,6 +57,7 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
                   redoc_url=None)
     app.state.cfg, app.state.engine, app.state.sessions, app.state.store = cfg, engine, Session, store
     app.state.limiter = limiter
+    faults.install(app)  # 503 while the database is away, 507 when the store is full
 
     def team(request: Request) -> Team:
         header = request.headers.get("authorization", "")

@@ -10,6 +10,7 @@ ever written outside a fresh staging folder inside the store."""
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
@@ -33,6 +34,17 @@ class UploadError(ValueError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def store_full(exc: OSError) -> UploadError | None:
+    """The team's error for a write that failed because the store is full (None for any other failure)."""
+    if exc.errno not in _NO_SPACE:
+        return None
+    return UploadError(f"the server's submission store is full ({os.strerror(exc.errno or 0)}); your upload was "
+                       "not stored and costs no quota; try again later and tell the organisers", 507)
 
 
 class Store:
@@ -62,8 +74,10 @@ class Store:
                     if n > self.limits.max_bytes:
                         raise self._too_big()
                     f.write(chunk)
-        except BaseException:
+        except BaseException as exc:
             path.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and (full := store_full(exc)):
+                raise full from exc
             raise
         return path
 
@@ -78,8 +92,10 @@ class Store:
                     if n > self.limits.max_bytes:
                         raise self._too_big()
                     f.write(chunk)
-        except BaseException:
+        except BaseException as exc:
             path.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and (full := store_full(exc)):
+                raise full from exc
             raise
         return path
 
@@ -95,8 +111,8 @@ class Store:
         """Unpack a .tar.gz/.tar/.zip into a fresh staging folder in ``incoming/`` and return the submission
         folder in it (the archive's only top-level folder, if it has one and nothing else)."""
         stage = self.incoming / f"{secrets.token_hex(16)}.d"
-        stage.mkdir(mode=0o700)
         try:
+            stage.mkdir(mode=0o700)
             if zipfile.is_zipfile(archive):
                 _unzip(archive, stage, self.limits)
             else:
@@ -108,8 +124,11 @@ class Store:
                     _untar(tar, stage, self.limits)
             entries = list(stage.iterdir())
             return entries[0] if len(entries) == 1 and entries[0].is_dir() else stage
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(stage, ignore_errors=True)
+            cause = exc.__cause__ if isinstance(exc, UploadError) else exc  # _untar/_unzip wrap OSError
+            if isinstance(cause, OSError) and (full := store_full(cause)):
+                raise full from exc
             raise
 
     def discard(self, path: Path) -> None:
@@ -145,10 +164,12 @@ class Store:
         if not dest.exists():
             for p in folder.rglob("*"):  # read-only for everyone: the sandbox's unprivileged user reads it
                 p.chmod(0o555 if p.is_dir() else 0o444)
-            dest.parent.mkdir(parents=True, exist_ok=True)
             try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(folder, dest)
-            except OSError:
+            except OSError as exc:
+                if full := store_full(exc):
+                    raise full from exc
                 if not dest.exists():  # another upload of the same content won the rename: keep that one
                     raise
             else:
