@@ -11,6 +11,7 @@ no quota."""
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any
@@ -31,12 +32,18 @@ from skybench.server.storage import Store, UploadError
 _MULTIPART_SLACK = 64 * 1024  # form fields and part headers around the archive
 
 
+@functools.lru_cache(maxsize=64)
+def _public_fraction(track: str) -> float | None:
+    """The track's ``public_fraction``, read once per process (load_track takes ~50 ms: a poll must not)."""
+    from skybench.tracks import load_track
+
+    return load_track(track).evaluation.public_fraction
+
+
 def shown_metrics(cfg: ChallengeConfig, track: str, phase: Phase, metrics: dict[str, float]) -> dict[str, float]:
     """What a team sees of its own metrics now: the public part until the final phase (then the private part
     too), never a whole-test-set metric of a split track; rounded while the phase is open."""
-    from skybench.tracks import load_track
-
-    if load_track(track).evaluation.public_fraction is not None:
+    if _public_fraction(track) is not None:
         parts = ("public_", "private_") if phase == "final" else ("public_",)
         metrics = {k: v for k, v in metrics.items() if k.startswith(parts)}
     digits = cfg.public_score_digits
