@@ -290,3 +290,46 @@ def test_database_unreachable_answers_503_and_recovers(tmp_path, postgres):  # t
         engine.dispose()
     finally:
         pg.stop()
+
+
+@pytest.mark.parametrize("when", ["mid-body", "before-answer"])
+def test_submit_says_the_connection_broke_mid_upload(tmp_path, monkeypatch, when: str):
+    """A server that dies while reading the body, or after it but before answering (here: a TCP listener that
+    reads part or all of it, then resets the connection): `skybench submit` says what happened and what to do,
+    with no traceback."""
+    import shutil
+    import struct
+
+    from typer.testing import CliRunner
+
+    from skybench.cli import app
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def die_mid_body() -> None:
+        conn, _ = listener.accept()
+        conn.recv(2048)  # the headers and the start of the body
+        if when == "before-answer":  # the whole body (it ends with the multipart's closing boundary)
+            got, conn_timeout = b"", time.monotonic() + 30
+            while not got.endswith(b"--\r\n") and time.monotonic() < conn_timeout:
+                got = got[-16:] + conn.recv(1 << 16)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST, like a killed process
+        conn.close()
+
+    th = threading.Thread(target=die_mid_body, daemon=True)
+    th.start()
+    folder = tmp_path / "m1"
+    shutil.copytree(ROOT / "submissions" / "examples" / "lens-space" / "onnx", folder)
+    spec = (folder / "submission.yaml").read_text().replace("team: examples", "team: alpha")
+    (folder / "submission.yaml").write_text(spec.replace("name: onnx-example", "name: m1"))
+    (folder / "padding.bin").write_bytes(os.urandom(2_000_000))  # a body the listener does not read in full
+    monkeypatch.setenv("SKYBENCH_TOKEN", "sbt_x")
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    r = CliRunner().invoke(app, ["submit", str(folder), "--server", url, "--skip-validate"])
+    th.join(10)
+    listener.close()
+    assert r.exit_code == 1, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)  # no traceback
+    assert "connection" in r.output and "broke" in r.output and "again" in r.output, r.output
