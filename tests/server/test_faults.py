@@ -333,3 +333,22 @@ def test_submit_says_the_connection_broke_mid_upload(tmp_path, monkeypatch, when
     assert r.exit_code == 1, r.output
     assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)  # no traceback
     assert "connection" in r.output and "broke" in r.output and "again" in r.output, r.output
+
+
+def test_what_a_crash_left_in_incoming_is_swept_at_start(cfg, tmp_path):
+    """A server killed while it unpacked leaves files in incoming/; the next start removes those untouched for
+    hours, never a young one (a live upload of another server sharing the store)."""
+    from skybench.server.storage import STALE_SECONDS, Store
+
+    incoming = Path(cfg.storage) / "incoming"
+    incoming.mkdir(parents=True)
+    old_upload, old_stage, young = incoming / "a.upload", incoming / "b.d", incoming / "c.upload"
+    old_upload.write_bytes(b"x" * 100)
+    (old_stage / "sub").mkdir(parents=True)
+    (old_stage / "sub" / "model.onnx").write_bytes(b"y")
+    young.write_bytes(b"z")
+    past = time.time() - STALE_SECONDS - 60
+    for p in (old_upload, old_stage):
+        os.utime(p, (past, past))
+    Store(cfg.storage, cfg.upload)
+    assert sorted(p.name for p in incoming.iterdir()) == ["c.upload"]

@@ -1,6 +1,7 @@
 """Uploads: streamed to disk with a byte limit, unpacked safely, validated, stored content-addressed.
 
-    <storage>/incoming/<random>.upload       an upload being received (removed when done or cut off)
+    <storage>/incoming/<random>.upload       an upload being received (removed when done or cut off, or
+                                             after a crash, by the next start: Store.sweep)
     <storage>/objects/<sha[:2]>/<sha>/       a stored submission folder, read-only (sha256 of the folder)
 
 Unpacking accepts only regular files and folders, with relative names that stay inside the folder, within
@@ -16,6 +17,7 @@ import secrets
 import shutil
 import stat
 import tarfile
+import time
 import zipfile
 import zlib
 from collections.abc import AsyncIterator, Iterable
@@ -26,6 +28,7 @@ from skybench.harness.submission import Submission, SubmissionError, folder_sha2
 from skybench.server.config import UploadLimits
 
 CHUNK = 1024 * 1024
+STALE_SECONDS = 6 * 3600  # an upload in incoming/ older than this was left by a crash
 
 
 class UploadError(ValueError):
@@ -53,6 +56,20 @@ class Store:
         self.incoming, self.objects = self.root / "incoming", self.root / "objects"
         for d in (self.incoming, self.objects):
             d.mkdir(parents=True, exist_ok=True)
+        self.sweep()
+
+    def sweep(self, older_than: float = STALE_SECONDS) -> list[Path]:
+        """Remove what a crashed server left in ``incoming/`` (untouched for ``older_than`` seconds; a live
+        upload of another server sharing the store is younger); return what was removed."""
+        cutoff, gone = time.time() - older_than, []
+        for p in self.incoming.iterdir():
+            try:
+                if p.lstat().st_mtime < cutoff:
+                    self.discard(p)
+                    gone.append(p)
+            except OSError:  # removed meanwhile by another process
+                continue
+        return gone
 
     def object_dir(self, sha256: str) -> Path:
         if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
