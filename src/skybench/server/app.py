@@ -11,6 +11,7 @@ no quota."""
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any
@@ -22,7 +23,7 @@ from starlette.datastructures import UploadFile
 from starlette.types import Message
 
 from skybench.harness.submission import SLUG
-from skybench.server import queue
+from skybench.server import faults, queue
 from skybench.server.auth import AuthError, FailureLimiter, RateLimited, VerifiedCache, verify
 from skybench.server.config import ChallengeConfig, Phase
 from skybench.server.db import Submission, Team, make_engine, sessions, upgrade, utcnow
@@ -31,12 +32,18 @@ from skybench.server.storage import Store, UploadError
 _MULTIPART_SLACK = 64 * 1024  # form fields and part headers around the archive
 
 
+@functools.lru_cache(maxsize=64)
+def _public_fraction(track: str) -> float | None:
+    """The track's ``public_fraction``, read once per process (load_track takes ~50 ms: a poll must not)."""
+    from skybench.tracks import load_track
+
+    return load_track(track).evaluation.public_fraction
+
+
 def shown_metrics(cfg: ChallengeConfig, track: str, phase: Phase, metrics: dict[str, float]) -> dict[str, float]:
     """What a team sees of its own metrics now: the public part until the final phase (then the private part
     too), never a whole-test-set metric of a split track; rounded while the phase is open."""
-    from skybench.tracks import load_track
-
-    if load_track(track).evaluation.public_fraction is not None:
+    if _public_fraction(track) is not None:
         parts = ("public_", "private_") if phase == "final" else ("public_",)
         metrics = {k: v for k, v in metrics.items() if k.startswith(parts)}
     digits = cfg.public_score_digits
@@ -57,6 +64,7 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
                   redoc_url=None)
     app.state.cfg, app.state.engine, app.state.sessions, app.state.store = cfg, engine, Session, store
     app.state.limiter = limiter
+    faults.install(app)  # 503 while the database is away, 507 when the store is full
 
     def team(request: Request) -> Team:
         header = request.headers.get("authorization", "")

@@ -5,6 +5,7 @@ the commands, so ``skybench --help`` and ``skybench submit`` stay light."""
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
@@ -185,6 +186,12 @@ def _multipart(fields: dict[str, str], filename: str, data: bytes) -> tuple[byte
     return out.getvalue(), f"multipart/form-data; boundary={boundary}"
 
 
+def _broke(url: str, server: str, exc: BaseException) -> NoReturn:
+    _fail(f"{url}: the connection broke during the upload ({type(exc).__name__}: {exc}); the server may have "
+          f"restarted. An upload without an answer may or may not have been queued: check "
+          f"{server.rstrip('/')}/api/submissions, then submit again if it is not there")
+
+
 def submit(folder: Path, server: Annotated[str, typer.Option(help="the challenge server's URL",
                                                              envvar="SKYBENCH_SERVER")],
            skip_validate: Annotated[bool, typer.Option(help="check the schema only, do not run the model")] = False,
@@ -219,7 +226,11 @@ def submit(folder: Path, server: Annotated[str, typer.Option(help="the challenge
             detail = exc.reason
         _fail(f"{url}: {exc.code} {detail}")
     except urllib.error.URLError as exc:
-        _fail(f"{url}: cannot reach the server ({exc.reason})")
+        if not isinstance(exc.reason, ConnectionError):
+            _fail(f"{url}: cannot reach the server ({exc.reason})")
+        _broke(url, server, exc.reason)
+    except (http.client.HTTPException, ConnectionError) as exc:  # after the body was sent: no answer came
+        _broke(url, server, exc)
     typer.echo(f"submitted {sub.spec.name} to {sub.spec.track}: id {answer['id']}, state {answer['state']}")
     typer.echo(f"status: {server.rstrip('/')}{answer['status_url']}")
 

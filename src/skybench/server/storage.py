@@ -1,6 +1,7 @@
 """Uploads: streamed to disk with a byte limit, unpacked safely, validated, stored content-addressed.
 
-    <storage>/incoming/<random>.upload       an upload being received (removed when done or cut off)
+    <storage>/incoming/<random>.upload       an upload being received (removed when done or cut off, or
+                                             after a crash, by the next start: Store.sweep)
     <storage>/objects/<sha[:2]>/<sha>/       a stored submission folder, read-only (sha256 of the folder)
 
 Unpacking accepts only regular files and folders, with relative names that stay inside the folder, within
@@ -10,11 +11,13 @@ ever written outside a fresh staging folder inside the store."""
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
 import stat
 import tarfile
+import time
 import zipfile
 import zlib
 from collections.abc import AsyncIterator, Iterable
@@ -25,6 +28,7 @@ from skybench.harness.submission import Submission, SubmissionError, folder_sha2
 from skybench.server.config import UploadLimits
 
 CHUNK = 1024 * 1024
+STALE_SECONDS = 6 * 3600  # an upload in incoming/ older than this was left by a crash
 
 
 class UploadError(ValueError):
@@ -35,12 +39,37 @@ class UploadError(ValueError):
         self.status = status
 
 
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def store_full(exc: OSError) -> UploadError | None:
+    """The team's error for a write that failed because the store is full (None for any other failure)."""
+    if exc.errno not in _NO_SPACE:
+        return None
+    return UploadError(f"the server's submission store is full ({os.strerror(exc.errno or 0)}); your upload was "
+                       "not stored and costs no quota; try again later and tell the organisers", 507)
+
+
 class Store:
     def __init__(self, root: Path, limits: UploadLimits) -> None:
         self.root, self.limits = Path(root), limits
         self.incoming, self.objects = self.root / "incoming", self.root / "objects"
         for d in (self.incoming, self.objects):
             d.mkdir(parents=True, exist_ok=True)
+        self.sweep()
+
+    def sweep(self, older_than: float = STALE_SECONDS) -> list[Path]:
+        """Remove what a crashed server left in ``incoming/`` (untouched for ``older_than`` seconds; a live
+        upload of another server sharing the store is younger); return what was removed."""
+        cutoff, gone = time.time() - older_than, []
+        for p in self.incoming.iterdir():
+            try:
+                if p.lstat().st_mtime < cutoff:
+                    self.discard(p)
+                    gone.append(p)
+            except OSError:  # removed meanwhile by another process
+                continue
+        return gone
 
     def object_dir(self, sha256: str) -> Path:
         if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
@@ -62,8 +91,10 @@ class Store:
                     if n > self.limits.max_bytes:
                         raise self._too_big()
                     f.write(chunk)
-        except BaseException:
+        except BaseException as exc:
             path.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and (full := store_full(exc)):
+                raise full from exc
             raise
         return path
 
@@ -78,8 +109,10 @@ class Store:
                     if n > self.limits.max_bytes:
                         raise self._too_big()
                     f.write(chunk)
-        except BaseException:
+        except BaseException as exc:
             path.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and (full := store_full(exc)):
+                raise full from exc
             raise
         return path
 
@@ -95,8 +128,8 @@ class Store:
         """Unpack a .tar.gz/.tar/.zip into a fresh staging folder in ``incoming/`` and return the submission
         folder in it (the archive's only top-level folder, if it has one and nothing else)."""
         stage = self.incoming / f"{secrets.token_hex(16)}.d"
-        stage.mkdir(mode=0o700)
         try:
+            stage.mkdir(mode=0o700)
             if zipfile.is_zipfile(archive):
                 _unzip(archive, stage, self.limits)
             else:
@@ -108,8 +141,11 @@ class Store:
                     _untar(tar, stage, self.limits)
             entries = list(stage.iterdir())
             return entries[0] if len(entries) == 1 and entries[0].is_dir() else stage
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(stage, ignore_errors=True)
+            cause = exc.__cause__ if isinstance(exc, UploadError) else exc  # _untar/_unzip wrap OSError
+            if isinstance(cause, OSError) and (full := store_full(cause)):
+                raise full from exc
             raise
 
     def discard(self, path: Path) -> None:
@@ -145,10 +181,12 @@ class Store:
         if not dest.exists():
             for p in folder.rglob("*"):  # read-only for everyone: the sandbox's unprivileged user reads it
                 p.chmod(0o555 if p.is_dir() else 0o444)
-            dest.parent.mkdir(parents=True, exist_ok=True)
             try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
                 os.rename(folder, dest)
-            except OSError:
+            except OSError as exc:
+                if full := store_full(exc):
+                    raise full from exc
                 if not dest.exists():  # another upload of the same content won the rename: keep that one
                     raise
             else:
