@@ -82,8 +82,8 @@ def validate(folder: Path, release: Annotated[Path | None, typer.Option(help="re
     except (SubmissionError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     try:  # the schema check above needs the core install only; running the model needs the [eval] extra
-        from skybench.harness.evaluate import default_release
         from skybench.harness.validate import SMALL_BATCH, batch_hint, check_batches, score_val
+        from skybench.tracks import default_release
     except ModuleNotFoundError as exc:
         _fail(f"{_shown(folder)}: the schema is valid, but running the model needs the evaluation extras "
               f"({exc.name} is missing): pip install 'skybench[eval]'")
@@ -192,10 +192,9 @@ def leaderboard(track: str,
                     help="first publish the evaluation records in this folder to MLflow (as `skybench log`)")] = None
                 ) -> None:
     """Print the ranking of a track (earliest submission wins ties; failed entries are listed, unranked)."""
-    from skybench.harness.evaluate import default_release
     from skybench.release import release_digest
     from skybench.tracking import leaderboard as lb
-    from skybench.tracks import load_track
+    from skybench.tracks import default_release, load_track
 
     t = load_track(track)
     if publish is not None:

@@ -135,6 +135,11 @@ def project_root() -> Path:
     return Path.cwd()
 
 
+def default_release(track: Track) -> Path:
+    """Where the pipeline writes the track's release (``releases/<track>``)."""
+    return project_root() / "releases" / track.name
+
+
 def benchmarks_dir() -> Path:
     return project_root() / "benchmarks"
 

@@ -52,7 +52,7 @@ from skybench.release import ReleaseError, layout, read_manifest, release_digest
 from skybench.release.mixing import Stream
 from skybench.release.reader import HiddenSplit, Release
 from skybench.tracking import find_evaluation
-from skybench.tracks import Track, load_track, project_root
+from skybench.tracks import Track, default_release, load_track, project_root
 
 if TYPE_CHECKING:
     from skybench.harness.executors import Executor, Job
@@ -70,10 +70,6 @@ class Outcome:
     unpublished: str = ""  # why the record could not be logged to MLflow ("" when logged or not asked to)
     failure_kind: str = ""  # "infrastructure" when the machine, not the submission, failed (retried next run)
     log: str = ""  # the sandbox's own stderr tail (PredictResult.log, bounded); never anything from the labels
-
-
-def default_release(track: Track) -> Path:
-    return project_root() / "releases" / track.name
 
 
 def default_out(track: Track) -> Path:
