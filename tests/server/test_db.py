@@ -111,6 +111,41 @@ def test_verified_token_cache_and_rotation(Session):
         assert verify(s, new, "c", lim, cache).name == "t"
 
 
+def test_a_burst_of_first_requests_runs_one_argon2_check(Session, monkeypatch):
+    """Concurrent first requests with one token wait for one check (the load test's 25 uploads per team each ran
+    argon2: ~0.8 s and 64 MiB apiece) and all get the team."""
+    import threading
+
+    from skybench.server import auth
+
+    calls = []
+    real = auth._HASHER
+
+    class Counted:  # the real argon2 hasher, its checks counted
+        def verify(self, stored: str, secret: str) -> bool:
+            calls.append(1)
+            return real.verify(stored, secret)
+
+        def hash(self, secret: str) -> str:
+            return real.hash(secret)
+
+    with Session() as s:
+        token = auth.add_team(s, "burst").token
+    monkeypatch.setattr(auth, "_HASHER", Counted())
+    lim, cache, names = auth.FailureLimiter(10, 60), auth.VerifiedCache(), []
+
+    def one() -> None:
+        with Session() as s:
+            names.append(auth.verify(s, token, "c", lim, cache).name)
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert names == ["burst"] * 8 and len(calls) == 1
+
+
 def test_failure_table_forgets_clients_whose_window_passed():
     import time
 
