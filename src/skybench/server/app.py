@@ -20,16 +20,13 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine, select
 from starlette.datastructures import UploadFile
-from starlette.types import Message
 
 from skybench.harness.submission import SLUG
 from skybench.server import faults, queue
 from skybench.server.auth import AuthError, FailureLimiter, RateLimited, VerifiedCache, verify
 from skybench.server.config import ChallengeConfig, Phase
 from skybench.server.db import Submission, Team, make_engine, sessions, upgrade, utcnow
-from skybench.server.storage import Store, UploadError
-
-_MULTIPART_SLACK = 64 * 1024  # form fields and part headers around the archive
+from skybench.server.storage import Store, UploadError, read_upload_form
 
 
 @functools.lru_cache(maxsize=64)
@@ -116,26 +113,10 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
     @app.post("/api/submissions", status_code=202)
     async def submit(request: Request, t: Team = Depends(team)) -> dict[str, Any]:
         received = utcnow()
-        limit = cfg.upload.max_bytes + _MULTIPART_SLACK
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise HTTPException(413, f"upload of {declared} bytes is larger than the limit of "
-                                     f"{cfg.upload.max_bytes} bytes; nothing was stored")
-        seen = 0
-
-        async def capped() -> Message:  # the body as it arrives, cut off past the limit
-            nonlocal seen
-            message = await request.receive()
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise UploadError(f"upload larger than the limit of {cfg.upload.max_bytes} bytes; it was cut off "
-                                  "and discarded", 413)
-            return message
-
         archive = folder = None
         form = None
         try:
-            form = await Request(request.scope, capped).form(max_files=1, max_fields=8)
+            form = await read_upload_form(request, cfg.upload.max_bytes)
             track, name, upload = form.get("track"), form.get("name"), form.get("file")
             for key, value in (("track", track), ("name", name)):
                 if not isinstance(value, str) or not re.match(SLUG, value) or ".." in value:

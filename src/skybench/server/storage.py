@@ -22,10 +22,40 @@ import zipfile
 import zlib
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path, PurePosixPath
-from typing import IO, BinaryIO
+from typing import IO, TYPE_CHECKING, BinaryIO
 
 from skybench.harness.submission import Submission, SubmissionError, folder_sha256, load_submission
 from skybench.server.config import UploadLimits
+
+if TYPE_CHECKING:
+    from starlette.datastructures import FormData
+    from starlette.requests import Request
+    from starlette.types import Message
+
+MULTIPART_SLACK = 64 * 1024  # form fields and part headers around the archive
+
+
+async def read_upload_form(request: Request, max_bytes: int) -> FormData:
+    """The multipart form of an upload, read as it arrives and cut off past ``max_bytes`` of archive (plus
+    :data:`MULTIPART_SLACK`): :class:`UploadError` 413 from the declared length, or as soon as the body passes it."""
+    from starlette.requests import Request
+
+    limit = max_bytes + MULTIPART_SLACK
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise UploadError(f"upload of {declared} bytes is larger than the limit of {max_bytes} bytes; nothing was "
+                          "stored", 413)
+    seen = 0
+
+    async def capped() -> Message:
+        nonlocal seen
+        message = await request.receive()
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            raise UploadError(f"upload larger than the limit of {max_bytes} bytes; it was cut off and discarded", 413)
+        return message
+
+    return await Request(request.scope, capped).form(max_files=1, max_fields=8)
 
 CHUNK = 1024 * 1024
 STALE_SECONDS = 6 * 3600  # an upload in incoming/ older than this was left by a crash

@@ -33,19 +33,17 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.datastructures import UploadFile
-from starlette.types import Message
 
 from skybench.harness.submission import SLUG
 from skybench.server import queue
 from skybench.server.auth import AuthError, RateLimited, verify
 from skybench.server.config import ChallengeConfig, Phase
 from skybench.server.db import Submission, Team, utcnow
-from skybench.server.storage import UploadError
+from skybench.server.storage import UploadError, read_upload_form
 
 HERE = Path(__file__).parent
 COOKIE = "skybench_session"
 SESSION_SECONDS = 12 * 3600
-_MULTIPART_SLACK = 64 * 1024  # form fields and part headers around the archive (as the JSON API)
 # No script at all, no framing, images and styles from this server only.
 _CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
         "base-uri 'none'")
@@ -421,27 +419,10 @@ async def submit(request: Request) -> Response:
     cfg: ChallengeConfig = request.app.state.cfg
     store = request.app.state.store
     received = utcnow()
-    limit = cfg.upload.max_bytes + _MULTIPART_SLACK
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return await run_in_threadpool(_submit_page, request, team, 413,
-                                       f"the upload of {declared} bytes is larger than the limit of "
-                                       f"{cfg.upload.max_bytes} bytes; nothing was stored")
-    seen = 0
-
-    async def capped() -> Message:  # the body as it arrives, cut off past the limit
-        nonlocal seen
-        message = await request.receive()
-        seen += len(message.get("body", b""))
-        if seen > limit:
-            raise UploadError(f"upload larger than the limit of {cfg.upload.max_bytes} bytes; it was cut off and "
-                              "discarded", 413)
-        return message
-
     archive = folder = form = None
     values = {"track": "", "name": ""}
     try:
-        form = await Request(request.scope, capped).form(max_files=1, max_fields=8)
+        form = await read_upload_form(request, cfg.upload.max_bytes)
         _check_post(request, form.get("csrf"))
         track, name, upload = form.get("track"), form.get("name"), form.get("file")
         values = {"track": track if isinstance(track, str) else "", "name": name if isinstance(name, str) else ""}
