@@ -53,7 +53,7 @@ test: setup data
 	$(PY) -m pytest -q
 
 # The fast lane (under 3 minutes on 2 cores): everything not marked `slow` (notebooks, baseline training,
-# sandboxed TF/torch models, Ray, the MLflow server, big simulations).
+# sandboxed TF/torch models, Ray, the MLflow server, big simulations, the PostgreSQL runs of the server tests).
 check: setup data
 	$(PY) -m pytest -q -m "not slow"
 

@@ -94,7 +94,8 @@ def postgres() -> Iterator[Postgres | None]:
         pg.stop()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# Every database test runs on both; the fast lane (`make check`) keeps SQLite, `make test` adds PostgreSQL.
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'server.db'}"
