@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyseccomp  # noqa: F401  (the sandbox's system-call filter: running a model needs the [eval] extra)
 
 from skybench.harness.submission import PredictResult, Submission, sandboxed_predict
 from skybench.release import layout
