@@ -22,6 +22,9 @@ from skybench.harness.submission import load_submission, sandboxed_predict
 from skybench.release import layout, open_release, read_manifest
 from skybench.tracks import Evaluation, SandboxLimits, load_track
 
+# Sandboxed end-to-end runs of the trust model's attacks: the full suite (`make test`), not the fast lane.
+pytestmark = pytest.mark.slow
+
 needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap missing or cannot create namespaces")
 needs_cgroups = pytest.mark.skipif(bool(cgroups.unavailable_reason()), reason="no usable cgroup controllers")
 SMALL = Limits(memory_mb=256, cpu_seconds=20, wall_seconds=30, max_processes=32, scratch_mb=64)

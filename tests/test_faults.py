@@ -26,6 +26,9 @@ from skybench.tracking import experiment_name
 from skybench.tracking import leaderboard as lb
 from skybench.tracks import load_track
 
+# Sandboxed end-to-end runs of the trust model's attacks: the full suite (`make test`), not the fast lane.
+pytestmark = pytest.mark.slow
+
 SKYBENCH = str(Path(sys.executable).parent / "skybench")
 SLOW = """
 import time

@@ -26,6 +26,9 @@ from skybench.harness.submission import SubmissionError, load_submission
 from skybench.harness.visibility import private_dir
 from skybench.release import open_release
 
+# Sandboxed end-to-end runs of the trust model's attacks: the full suite (`make test`), not the fast lane.
+pytestmark = pytest.mark.slow
+
 GOOD_SPEC = "team: evil\nname: {name}\ntrack: lens-space\nformat: python\nmodel: predict.py\n"
 needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create namespaces here")
 

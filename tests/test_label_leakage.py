@@ -29,6 +29,9 @@ from skybench.release import layout, open_release
 from skybench.tracking import experiment_name, organiser_experiment, tracking_uri
 from skybench.tracks import load_track
 
+# Sandboxed end-to-end runs of the trust model's attacks: the full suite (`make test`), not the fast lane.
+pytestmark = pytest.mark.slow
+
 # Files that hold per-object data or the truth: organiser-only, whatever the task.
 ORGANISER_ONLY = {"roc.csv", "roc.png", "completeness.csv", "completeness.png", "predictions.csv", "predictions.npy",
                   "predictions_ids.csv", "real_predictions.csv", "real_predictions.npy", "real_predictions_ids.csv",

@@ -23,6 +23,9 @@ from skybench.release.reader import open_release
 from skybench.tracking import experiment_name, organiser_experiment
 from skybench.tracking.log import publish_all, publish_record
 
+# Sandboxed end-to-end runs of the trust model's attacks: the full suite (`make test`), not the fast lane.
+pytestmark = pytest.mark.slow
+
 TRACK = "lens-space"
 HOSTILE = ("t\udcff\u202e%+.", "../n~ ü")  # a lone surrogate (undecodable path byte), bidi override, separators
 # The keys each path of evaluate writes, as before the model existed (evaluate._finish, _plan, _crashed).

@@ -29,6 +29,9 @@ from skybench.tracking import experiment_name
 from skybench.tracking.leaderboard import leaderboard
 from skybench.tracks import load_track
 
+# Sandboxed end-to-end runs of the trust model's attacks: the full suite (`make test`), not the fast lane.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
