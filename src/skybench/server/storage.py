@@ -20,7 +20,7 @@ import tarfile
 import time
 import zipfile
 import zlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, BinaryIO
 
@@ -117,24 +117,6 @@ class Store:
             with open(path, "xb") as f:
                 n = 0
                 for chunk in chunks:
-                    n += len(chunk)
-                    if n > self.limits.max_bytes:
-                        raise self._too_big()
-                    f.write(chunk)
-        except BaseException as exc:
-            path.unlink(missing_ok=True)
-            if isinstance(exc, OSError) and (full := store_full(exc)):
-                raise full from exc
-            raise
-        return path
-
-    async def areceive(self, chunks: AsyncIterator[bytes]) -> Path:
-        """:meth:`receive` for an async stream (a request body)."""
-        path = self._new_upload()
-        try:
-            with open(path, "xb") as f:
-                n = 0
-                async for chunk in chunks:
                     n += len(chunk)
                     if n > self.limits.max_bytes:
                         raise self._too_big()
