@@ -39,7 +39,7 @@ CASES = {
     "gan": ("enhance", "enhance", ["--max-train", "16", "--epochs", "1", "--set", "widths=[4,8,16]",
                                    "--set", "disc_widths=[4,8,16]"]),
 }
-FAST: set[str] = {"richardson-lucy"}  # the others train models: slow lane (each about 8 s)
+FAST: set[str] = set()  # each trains in two processes (3-9 s): slow lane
 
 
 @pytest.fixture(scope="module")

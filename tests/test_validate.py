@@ -15,6 +15,9 @@ from skybench.cli import app
 from skybench.harness.runner import predict_hint
 from skybench.release.reader import open_release
 
+# Each case runs the sandbox at two batch sizes: the full suite (`make test`), not the fast lane.
+pytestmark = pytest.mark.slow
+
 needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap missing or cannot create namespaces")
 EXAMPLES = ROOT / "submissions" / "examples" / "lens-space"
 SHAPE = (1, 101, 101)  # lens-space: one band (VIS), 101 x 101 pixels
