@@ -36,15 +36,28 @@ def fast_track(track):
     return track.model_copy(update={"sandbox": limits, "evaluation": Evaluation(batch_size=24)})
 
 
+class Examples:
+    """The example submissions, each format built on first use (the ONNX and Keras exports cost seconds)."""
+
+    def __init__(self, root: Path, release: Path) -> None:
+        spec = importlib.util.spec_from_file_location("make_examples", ROOT / "scripts" / "make_examples.py")
+        assert spec is not None and spec.loader is not None
+        self.maker = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(self.maker)
+        self.root, self.release = root, release
+
+    def __truediv__(self, fmt: str) -> Path:
+        if not (self.root / fmt).is_dir():
+            assert self.maker.make_examples(self.root, release=self.release, formats=(fmt,)) == [self.root / fmt]
+        return self.root / fmt
+
+    def all(self) -> list[Path]:
+        return [self / fmt for fmt in FORMATS]
+
+
 @pytest.fixture(scope="module")
-def examples(tmp_path_factory, tiny_space_release) -> Path:
-    spec = importlib.util.spec_from_file_location("make_examples", ROOT / "scripts" / "make_examples.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    out = tmp_path_factory.mktemp("examples")
-    assert [p.name for p in mod.make_examples(out, release=tiny_space_release)] == list(FORMATS)
-    return out
+def examples(tmp_path_factory, tiny_space_release) -> Examples:
+    return Examples(tmp_path_factory.mktemp("examples"), tiny_space_release)
 
 
 def index_ids(release: Path) -> np.ndarray:
@@ -67,8 +80,10 @@ def python_submission(folder: Path, predict_py: str) -> Submission:
 # --- every example format meets the contract -------------------------------------------------------
 
 
+# The framework formats' runs (TF, torch start-up in the sandbox) take seconds each: in `make test` only.
 @needs_bwrap
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", [pytest.param(f, marks=pytest.mark.slow) if f in ("onnx", "keras", "torch") else f
+                                 for f in FORMATS])
 def test_example_meets_contract(fmt, examples, tiny_space_release, track, tmp_path):
     sub = load_submission(examples / fmt)
     assert (sub.spec.team, sub.spec.name, sub.spec.track, sub.spec.format) == (
@@ -243,9 +258,9 @@ def test_missing_functions_are_named(tiny_space_release, fast_track, tmp_path):
 
 
 @needs_bwrap
-def test_corrupt_model_file_is_named(examples, tiny_space_release, fast_track, tmp_path):
-    folder = shutil.copytree(examples / "onnx", tmp_path / "sub")
-    (folder / "model.onnx").write_bytes(b"not a model")
+def test_corrupt_model_file_is_named(tiny_space_release, fast_track, tmp_path):
+    spec = "team: t\nname: broken\ntrack: lens-space\nformat: onnx\nmodel: model.onnx\n"
+    folder = write_submission(tmp_path / "sub", spec, {"model.onnx": "not a model"})
     res = sandboxed_predict(load_submission(folder), tiny_space_release, scratch=tmp_path / "s",
                             track=fast_track)
     assert not res.ok and "runner: model file does not load as ONNX" in res.reason
@@ -300,7 +315,7 @@ def test_every_format_scores_through_the_evaluation_stage(examples, tiny_space_r
     from skybench.tracks import load_track
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    outcomes = evaluate(sorted(examples.iterdir()), "lens-space", tiny_space_release, out=tmp_path / "evals")
+    outcomes = evaluate(examples.all(), "lens-space", tiny_space_release, out=tmp_path / "evals")
     assert sorted(o.name for o in outcomes) == sorted(f"{f}-example" for f in FORMATS)
     for o in outcomes:
         assert o.status == "FINISHED", (o.name, o.reason)
