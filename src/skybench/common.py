@@ -3,13 +3,14 @@ configuration model, and the bootstrap confidence interval of any metric."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["Strict", "UndefinedMetricError", "bootstrap_ci", "check_bootstrap_args", "percentile_interval"]
+__all__ = ["Strict", "UndefinedMetricError", "bootstrap_ci", "check_bootstrap_args", "percentile_interval",
+           "proportion_ci", "stratified", "stratum_key", "stratum_labels", "stratum_masks"]
 
 
 class Strict(BaseModel):
@@ -103,3 +104,79 @@ def validate_pdf(pdf: ArrayLike, n_bins: int, tolerance: float = PDF_NORM_TOLERA
         raise ValueError(f"PDF rows must sum to 1 within {tolerance:g} (bin probabilities); {bad.size} row(s) do "
                          f"not, e.g. row {int(bad[0])} sums to {sums[bad[0]]:.6g}")
     return p
+
+
+# --------------------------------------------------------------------------- strata (the track YAML's ``strata:``)
+# Per-bin metric keys are flat, usable as MLflow metric names: ``by_<column>_<bin>_<metric>``, with ``<bin>`` the
+# edges ``<low>-<high>`` (``%g``: ``by_lens_theta_E_0.4-0.8_tpr_fpr1``) or the category (``by_contaminant_ring_fpr_fpr1``);
+# intervals add ``_ci_low`` / ``_ci_high``. The public/private split prefixes them as any metric (``public_by_...``).
+
+
+def stratum_labels(edges: Sequence[float] | None, values: Sequence[str] | None) -> list[str]:
+    """The bin names of a stratum, in order: ``"<low>-<high>"`` per pair of ``edges``, else the ``values``."""
+    if edges is not None:
+        return [f"{lo:g}-{hi:g}" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
+    return [str(v) for v in values or ()]
+
+
+def stratum_key(column: str, label: str, metric: str) -> str:
+    """The flat metric key of ``metric`` in bin ``label`` of ``column`` (see the comment above)."""
+    return f"by_{column}_{label}_{metric}"
+
+
+def stratum_masks(edges: Sequence[float] | None, values: Sequence[str] | None,
+                  column: ArrayLike) -> list[tuple[str, NDArray[np.bool_]]]:
+    """(bin name, membership mask over the rows of ``column``) per bin: numeric ``edges`` as ``numpy.histogram``
+    (``[low, high)``, the last bin closed; NaN and values outside are in no bin), or equality with each of
+    ``values`` (compared as strings)."""
+    labels = stratum_labels(edges, values)
+    col = np.asarray(column)
+    if edges is not None:
+        if col.dtype.kind not in "biuf":
+            raise ValueError(f"a stratum with edges needs a numeric column, got dtype {col.dtype}")
+        x = col.astype(np.float64)
+        e = np.asarray(edges, dtype=np.float64)
+        last = len(e) - 2
+        return [(lab, (x >= e[i]) & ((x < e[i + 1]) if i < last else (x <= e[i + 1])))
+                for i, lab in enumerate(labels)]
+    as_str = col.astype(str)
+    return [(lab, as_str == lab) for lab in labels]
+
+
+def stratified(strata: Sequence[object], table: Mapping[str, ArrayLike],
+               per_bin: Callable[[NDArray[np.bool_]], Mapping[str, float]],
+               derived: Mapping[str, Callable[[str], NDArray[np.bool_]]] | None = None) -> dict[str, float]:
+    """Per-bin metrics of every stratum (objects with ``column``, ``edges``, ``values``, as
+    :class:`skybench.tracks.Stratum`): ``per_bin(mask)`` for each bin's membership mask, under
+    :func:`stratum_key` names. ``table`` maps column names to per-object arrays (the rows ``per_bin`` masks);
+    ``derived[column](value)`` gives the mask of a categorical bin the table has no column for (e.g. an object
+    that belongs to several categories). A column in neither raises ``ValueError`` naming it."""
+    out: dict[str, float] = {}
+    derived = derived or {}
+    for s in strata:
+        column, edges, values = s.column, s.edges, s.values  # type: ignore[attr-defined]
+        if column in derived and values is not None:
+            bins = [(v, derived[column](v)) for v in values]
+        elif column in table:
+            bins = stratum_masks(edges, values, table[column])
+        else:
+            raise ValueError(f"strata: the hidden test table has no column {column!r}; fix the track's strata: "
+                             f"section (columns: {', '.join(sorted(map(str, table))[:40])})")
+        for label, mask in bins:
+            out |= {stratum_key(column, label, k): v for k, v in per_bin(mask).items()}
+    return out
+
+
+def proportion_ci(hits: ArrayLike, n_resamples: int = 1000, seed: int = 0) -> dict[str, float]:
+    """``value`` (the mean of the 0/1 ``hits``), its bootstrap ``ci_low`` / ``ci_high`` and ``n``; value and
+    interval NaN when ``hits`` is empty."""
+    h = np.asarray(hits, dtype=np.float64)
+    if h.size == 0:
+        return {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
+    check_bootstrap_args(n_resamples, 0.05)
+    if not np.all((h == 0) | (h == 1)):
+        raise ValueError("proportion_ci needs 0/1 values")
+    # the percentile bootstrap of a mean of 0/1 values, drawn directly: a resample's hit count is Binomial(n, p)
+    k = np.random.default_rng(seed).binomial(h.size, h.mean(), size=int(n_resamples))
+    low, high = percentile_interval(k / h.size, 0.05)
+    return {"value": float(h.mean()), "ci_low": low, "ci_high": high, "n": int(h.size)}

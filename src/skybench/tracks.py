@@ -8,12 +8,13 @@ discriminated on ``task``, and returns that task's model."""
 from __future__ import annotations
 
 import functools
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from skybench.common import Strict as _Strict
 
@@ -96,6 +97,35 @@ class Evaluation(_Strict):
     phase: Literal["open", "closed"] = "open"
 
 
+class Stratum(_Strict):
+    """One ``strata:`` entry: a metadata column of the hidden test table and its bins, either numeric ``edges``
+    (bins ``[e_i, e_i+1)``, the last one closed; values outside are in no bin) or categorical ``values``. The
+    scorer reports the task's per-bin metrics (:func:`skybench.common.stratum_key` names them); ``metric`` is the
+    one ``skybench leaderboard TRACK --by COLUMN`` prints and the small-multiples plot draws."""
+
+    column: str
+    edges: list[float] | None = None
+    values: list[str] | None = None
+    metric: str
+
+    @model_validator(mode="after")
+    def _check(self) -> Stratum:
+        where = f"strata: column {self.column!r}"
+        if (self.edges is None) == (self.values is None):
+            raise ValueError(f"{where}: give either edges (numeric bins) or values (categories), not "
+                             f"{'both' if self.edges is not None else 'neither'}")
+        if self.edges is not None:
+            e = self.edges
+            if len(e) < 2 or not all(math.isfinite(x) for x in e):
+                raise ValueError(f"{where}: edges must be at least two finite numbers, got {e}")
+            if bad := [i for i in range(1, len(e)) if e[i] <= e[i - 1]]:
+                raise ValueError(f"{where}: edges must be strictly increasing, got {e} (edge {bad[0]} = "
+                                 f"{e[bad[0]]:g} after {e[bad[0] - 1]:g}); sort them")
+        if self.values is not None and (not self.values or len(set(self.values)) != len(self.values)):
+            raise ValueError(f"{where}: values must be distinct and non-empty, got {self.values}")
+        return self
+
+
 class Track(_Strict):
     """What every track declares; a task's track model (``skybench.tasks.<task>.config``) narrows ``task`` to its
     name and types ``population`` and ``label``."""
@@ -114,6 +144,32 @@ class Track(_Strict):
     output: Output
     sandbox: SandboxLimits = SandboxLimits()
     evaluation: Evaluation = Evaluation()
+    # Metadata columns whose bins get their own metrics (stratified scoring; see Stratum).
+    strata: list[Stratum] = []
+
+    @model_validator(mode="after")
+    def _check_strata(self) -> Track:
+        known, metrics = self.strata_columns(), self.strata_metrics()
+        seen: set[str] = set()
+        for i, s in enumerate(self.strata):
+            if s.column in seen:
+                raise ValueError(f"strata[{i}]: column {s.column!r} is listed twice")
+            seen.add(s.column)
+            if known is not None and s.column not in known:
+                raise ValueError(f"strata[{i}]: unknown column {s.column!r}: the hidden test table of track "
+                                 f"{self.name!r} has no such column; choose one of {', '.join(sorted(known))}")
+            if metrics is not None and s.metric not in metrics:
+                raise ValueError(f"strata[{i}] (column {s.column!r}): unknown metric {s.metric!r}; the {self.task} "
+                                 f"task reports per bin {', '.join(sorted(metrics))}")
+        return self
+
+    def strata_columns(self) -> set[str] | None:
+        """Hidden-table columns ``strata:`` may name (None: not checked here; the scorer checks the table)."""
+        return None
+
+    def strata_metrics(self) -> set[str] | None:
+        """Per-bin metric names a stratum's ``metric`` may name (None: not checked)."""
+        return None
 
     @property
     def band_names(self) -> list[str]:

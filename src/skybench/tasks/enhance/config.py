@@ -76,3 +76,13 @@ class EnhanceTrack(Track):
     task: Literal["enhance"]
     population: EnhancePopulation
     label: Degradation
+
+    def strata_columns(self) -> set[str]:
+        """What ``strata:`` may name: parameters of the simulated galaxies (sizes in arcsec, r magnitude, model
+        flux per band) and their ``type``."""
+        return {"mag_r", "type", "bulge_fraction", "bulge_R_sersic", "disk_R_sersic", "n_clumps",
+                *(f"model_flux_{b}" for b in self.band_names)}
+
+    def strata_metrics(self) -> set[str]:
+        return {"psnr", "ssim", "psnr_flux", "flux_rel_error", "flux_bias", "size_rel_error", "ellipticity_error",
+                "chi2", "n_objects"}

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from skybench.common import bootstrap_ci, stratified
 from skybench.tasks.enhance.config import EnhanceTrack
 from skybench.tasks.enhance.metrics import image_metrics, truth_variance
 
@@ -53,8 +54,9 @@ def _aligned(hidden: HiddenSplit, ids: np.ndarray) -> tuple[pd.DataFrame, np.nda
 
 
 def score_images(track: EnhanceTrack, ids: np.ndarray, predictions: np.ndarray, hidden: HiddenSplit, out_dir: Path,
-                 suffix: str = "") -> dict[str, float]:
-    """Metrics of ``predictions`` against the truth in ``hidden``; per-object table and gallery into ``out_dir``."""
+                 suffix: str = "", strata: bool = False) -> dict[str, float]:
+    """Metrics of ``predictions`` against the truth in ``hidden``; per-object table and gallery into ``out_dir``.
+    With ``strata``, also the track's ``strata:`` metrics (:func:`stratified_images`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     deg = track.label
     meta, truth, inputs = _aligned(hidden, np.asarray(ids))
@@ -71,6 +73,8 @@ def score_images(track: EnhanceTrack, ids: np.ndarray, predictions: np.ndarray, 
                                  pixel_scale=track.survey.pixel_scale, weight_sigma=deg.moments_sigma,
                                  n_resamples=N_RESAMPLES, seed=0)
     pd.DataFrame({"id": meta["id"], **per}).to_csv(out_dir / f"per_object{suffix}.csv", index=False)
+    if strata:
+        metrics |= stratified_images(track, meta, per)
     order = np.argsort(meta["id"].to_numpy())[:deg.gallery]
     if order.size:
         _gallery(inputs[order], pred[order], truth[order], sigma[order], meta["id"].to_numpy()[order],
@@ -81,7 +85,7 @@ def score_images(track: EnhanceTrack, ids: np.ndarray, predictions: np.ndarray, 
 
 def score(track: EnhanceTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
           out_dir: Path) -> dict[str, float]:
-    metrics = score_images(track, ids, predictions, truth, out_dir)
+    metrics = score_images(track, ids, predictions, truth, out_dir, strata=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
 
@@ -92,6 +96,23 @@ def score_real(track: EnhanceTrack, ids: np.ndarray, predictions: np.ndarray, tr
     """The same metrics on the real-truth set, as ``real_<metric>`` columns."""
     metrics = score_images(track, real_ids, real_predictions, real_truth, out_dir, suffix="_real")
     return {f"real_{k}": v for k, v in metrics.items()}
+
+
+def stratified_images(track: EnhanceTrack, meta: pd.DataFrame, per: dict[str, np.ndarray]) -> dict[str, float]:
+    """Per bin of each stratum, the mean of every per-object metric with its bootstrap interval
+    (``by_<column>_<bin>_<metric>``, ``_ci_low`` / ``_ci_high``) and ``n_objects``; ``meta`` and ``per`` share rows."""
+
+    def per_bin(mask: np.ndarray) -> dict[str, float]:
+        out: dict[str, float] = {"n_objects": int(mask.sum())}
+        if mask.any():
+            for name, values in per.items():
+                v = np.asarray(values, dtype=np.float64)[mask]
+                out[name] = float(np.mean(v))
+                if np.all(np.isfinite(v)):  # an exact copy's PSNR is inf: no interval
+                    out[f"{name}_ci_low"], out[f"{name}_ci_high"] = bootstrap_ci(np.mean, v, n_resamples=N_RESAMPLES)
+        return out
+
+    return stratified(track.strata, {c: meta[c].to_numpy() for c in meta.columns}, per_bin)
 
 
 def oracle(track: EnhanceTrack, truth: HiddenSplit, ids: np.ndarray) -> np.ndarray:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import model_validator
+
 from skybench.common import Strict as _Strict
 from skybench.tracks import Track
 
 Range = tuple[float, float]
+CONTAMINANT_TYPES = {"ring", "arclet", "companion", "none"}
 
 
 class LensPop(_Strict):
@@ -62,3 +65,21 @@ class LensTrack(Track):
     task: Literal["lens"]
     population: LensPopulation
     label: LensLabel
+
+    def strata_columns(self) -> set[str]:
+        """What ``strata:`` may name: parameters and labels of the simulated test table, and ``contaminant``
+        (categories ring, arclet, companion, none: an object counts in each type it has, ``none`` if it has none)."""
+        per_band = [f"{c}_mag_{b}" for c in ("lens_light", "source") for b in self.band_names]
+        return {"lens_theta_E", "arc_snr", "magnification", "n_pix_source", "n_clumps", "lens_light_R_sersic",
+                "source_R_sersic", "contaminant", *per_band}
+
+    def strata_metrics(self) -> set[str]:
+        return {"tpr_fpr1", "tpr0", "fpr_fpr1", "n_lens", "n_nonlens"}
+
+    @model_validator(mode="after")
+    def _check_contaminant(self) -> LensTrack:
+        for i, s in enumerate(self.strata):
+            if s.column == "contaminant" and (s.values is None or set(s.values) - CONTAMINANT_TYPES):
+                raise ValueError(f"strata[{i}] (column 'contaminant'): give values, a subset of "
+                                 f"{sorted(CONTAMINANT_TYPES)}, got {s.values or s.edges}")
+        return self

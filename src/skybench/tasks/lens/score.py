@@ -7,14 +7,16 @@ Written to ``out_dir``, the organiser's folder: ``metrics.json``, ``roc.csv`` / 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from skybench.common import proportion_ci, stratified
 from skybench.tasks.lens.metrics import completeness_by_bin, lens_metrics, roc_curve, roc_on_grid, threshold_at_fpr
-from skybench.tracks import Track
+from skybench.tracks import Stratum, Track
 
 if TYPE_CHECKING:
     from skybench.release.reader import HiddenSplit
@@ -26,7 +28,7 @@ SNR_BINS = np.array([0.0, 10, 20, 40, 80, 160, 1e6])
 
 def score(track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
           out_dir: Path) -> dict[str, float]:
-    return score_lens(truth.truth(ids), np.asarray(predictions, dtype=np.float64), out_dir)
+    return score_lens(truth.truth(ids), np.asarray(predictions, dtype=np.float64), out_dir, strata=track.strata)
 
 
 def score_real(track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit, real_ids: np.ndarray,
@@ -63,10 +65,12 @@ def public_artifacts(track: Track, ids: np.ndarray, predictions: np.ndarray, tru
     plt.close(fig)
 
 
-def score_lens(truth: pd.DataFrame, scores: np.ndarray, out_dir: Path) -> dict[str, float]:
+def score_lens(truth: pd.DataFrame, scores: np.ndarray, out_dir: Path,
+               strata: Sequence[Stratum] = ()) -> dict[str, float]:
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = truth["is_lens"].to_numpy().astype(int)
     metrics = lens_metrics(labels, scores, n_resamples=1000, seed=0)
+    metrics |= stratified_lens(truth, labels, scores, strata)
     fpr, tpr, thr = roc_curve(labels, scores)
     pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thr}).to_csv(out_dir / "roc.csv", index=False)
     cut = threshold_at_fpr(labels, scores, COMPLETENESS_FPR)
@@ -79,6 +83,49 @@ def score_lens(truth: pd.DataFrame, scores: np.ndarray, out_dir: Path) -> dict[s
     _plot(fpr, tpr, metrics, tables, out_dir)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
+
+
+CONTAMINANTS = ("ring", "arclet", "companion")
+
+
+def contaminant_mask(truth: pd.DataFrame, kind: str) -> np.ndarray:
+    """Objects of contaminant type ``kind``: an object counts in each type it has (``has_<kind>``), and in
+    ``none`` when it has none of them."""
+    has = {c: truth[f"has_{c}"].to_numpy().astype(bool) for c in CONTAMINANTS}
+    if kind == "none":
+        return ~np.logical_or.reduce(list(has.values()))
+    if kind not in has:
+        raise ValueError(f"unknown contaminant type {kind!r}; choose from {', '.join((*CONTAMINANTS, 'none'))}")
+    return has[kind]
+
+
+def stratified_lens(truth: pd.DataFrame, labels: np.ndarray, scores: np.ndarray,
+                    strata: Sequence[Stratum]) -> dict[str, float]:
+    """Per bin of each stratum, at the entry's FPR = 1% threshold over the whole set scored (fixed, so the interval
+    is the bootstrap one of a proportion given that threshold): ``tpr_fpr1`` (completeness of the bin's lenses)
+    with ``_ci_low`` / ``_ci_high``, ``tpr0`` (at the threshold before the first false positive), ``fpr_fpr1`` (the
+    bin's non-lenses scored above the threshold) with its interval, ``n_lens`` and ``n_nonlens``. NaN (empty)
+    values are left out."""
+    if not strata:
+        return {}
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    cut = threshold_at_fpr(y.astype(int), s, COMPLETENESS_FPR)
+    cut0 = threshold_at_fpr(y.astype(int), s, 0.0)
+
+    def per_bin(mask: np.ndarray) -> dict[str, float]:
+        lens, non = mask & y, mask & ~y
+        out: dict[str, float] = {"n_lens": int(lens.sum()), "n_nonlens": int(non.sum())}
+        for name, sel in (("tpr_fpr1", lens), ("fpr_fpr1", non)):
+            if sel.any():
+                p = proportion_ci(s[sel] >= cut)
+                out |= {name: p["value"], f"{name}_ci_low": p["ci_low"], f"{name}_ci_high": p["ci_high"]}
+        if lens.any():
+            out["tpr0"] = float(np.mean(s[lens] >= cut0))
+        return out
+
+    table = {c: truth[c].to_numpy() for c in {st.column for st in strata} if c in truth.columns}
+    return stratified(strata, table, per_bin, derived={"contaminant": lambda v: contaminant_mask(truth, v)})
 
 
 def _plot(fpr: np.ndarray, tpr: np.ndarray, metrics: dict, tables: dict, out_dir: Path) -> None:

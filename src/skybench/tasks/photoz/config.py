@@ -63,3 +63,17 @@ class PhotozTrack(Track):
     task: Literal["photoz"]
     population: GalaxyPopulation | CataloguePopulation
     label: PhotozLabel
+
+    def strata_columns(self) -> set[str]:
+        """What ``strata:`` may name: the label (z_spec), the magnitudes, and for simulated galaxies their
+        true magnitudes and parameters; a real catalogue's hidden table has its features and the label."""
+        base = {self.label.name, *self.population.features}
+        if isinstance(self.population, CataloguePopulation):
+            return base
+        bands = ("u", "g", "r", "i", "z")
+        return base | {f"mag_{b}" for b in bands} | {f"mag_true_{b}" for b in bands} | {
+            "M_r", "ebv_galactic", "ebv_internal", "bulge_fraction", "disk_type"}
+
+    def strata_metrics(self) -> set[str]:
+        return {"sigma_mad", "bias_mean", "bias_median", "sigma_iqr", "outlier_frac", "rail_outlier_frac", "pit_ks",
+                "crps", "cde_loss", "n_objects"}

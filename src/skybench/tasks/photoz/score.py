@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from skybench.common import stratified, stratum_key, stratum_masks
 from skybench.tasks.photoz.config import PhotozTrack
 from skybench.tasks.photoz.metrics import pdf_grid, pdf_point_estimate, photoz_metrics, pit, validate_pdf
 
@@ -49,7 +50,12 @@ def true_redshifts(track: PhotozTrack, truth: HiddenSplit, ids: np.ndarray) -> n
 
 def score(track: PhotozTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
           out_dir: Path) -> dict[str, float]:
-    metrics = score_photoz(track, ids, true_redshifts(track, truth, ids), predictions, Path(out_dir))
+    z_spec = true_redshifts(track, truth, ids)
+    metrics = score_photoz(track, ids, z_spec, predictions, Path(out_dir))
+    if track.strata:
+        columns = sorted({s.column for s in track.strata} - {track.label.name})
+        table = truth.truth(ids, columns) if columns else pd.DataFrame(index=pd.Index(ids))
+        metrics |= stratified_photoz(track, table, z_spec, predictions, Path(out_dir))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
 
@@ -85,6 +91,64 @@ def score_photoz(track: PhotozTrack, ids: np.ndarray, z_spec: np.ndarray, predic
                                                                                    index=False)
     _plot(z_spec, z_phot, dz, pit_values, metrics, track, out_dir, suffix)
     return metrics
+
+
+def stratified_photoz(track: PhotozTrack, table: pd.DataFrame, z_spec: np.ndarray, predictions: np.ndarray,
+                      out_dir: Path) -> dict[str, float]:
+    """The track's metrics in each bin of its ``strata:`` (``by_<column>_<bin>_<metric>``, sigma_MAD with its
+    bootstrap interval, ``n_objects``); for a PDF, the local PIT: each bin's ``pit_ks`` beside the global one, and
+    its PIT histogram in ``pit_strata.csv`` / ``.png`` (organiser only, like the global one). ``table``: the hidden
+    columns of the objects, in the order of ``z_spec``; the label column is ``z_spec`` itself."""
+    z_phot, pdf, edges = point_and_pdf(track, predictions)
+    keep = {*track.metrics.report, "sigma_mad_ci_low", "sigma_mad_ci_high", "n_objects"}
+    columns = {c: table[c].to_numpy() for c in table.columns} | {track.label.name: z_spec}
+
+    def per_bin(mask: np.ndarray) -> dict[str, float]:
+        if not mask.any():
+            return {"n_objects": 0}
+        m = photoz_metrics(z_spec[mask], z_phot[mask], None if pdf is None else pdf[mask], edges,
+                           n_resamples=1000, seed=0)
+        return {k: v for k, v in m.items() if k in keep}
+
+    metrics = stratified(track.strata, columns, per_bin)
+    if pdf is not None and edges is not None:
+        pit_values = pit(pdf, edges, z_spec)
+        rows = []
+        for st in track.strata:
+            for label, mask in stratum_masks(st.edges, st.values, columns[st.column]):
+                counts, bins = np.histogram(pit_values[mask], bins=PIT_BINS, range=(0, 1))
+                rows += [{"column": st.column, "bin": label, "low": lo, "high": hi, "count": c}
+                         for lo, hi, c in zip(bins[:-1], bins[1:], counts, strict=True)]
+        hist = pd.DataFrame(rows, columns=["column", "bin", "low", "high", "count"])
+        hist.to_csv(out_dir / "pit_strata.csv", index=False)
+        _plot_local_pit(hist, metrics, out_dir / "pit_strata.png")
+    return metrics
+
+
+def _plot_local_pit(hist: pd.DataFrame, metrics: dict[str, float], path: Path) -> None:
+    """One panel per stratum: the PIT density of each bin (a calibrated PDF is flat at 1), KS in the legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(hist.groupby("column", sort=False))
+    if not groups:
+        return
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.4), squeeze=False)
+    for ax, (column, g) in zip(axes[0], groups, strict=True):
+        for label, b in g.groupby("bin", sort=False):
+            n = b["count"].sum()
+            if n:
+                ks = metrics.get(stratum_key(str(column), str(label), "pit_ks"), float("nan"))
+                ax.stairs(b["count"] / n * len(b), np.r_[b["low"].to_numpy(), b["high"].iloc[-1]],
+                          label=f"{label} (KS {ks:.3f})")
+        ax.axhline(1.0, c="k", ls="--", lw=0.8)
+        ax.set(xlabel="PIT", ylabel="density", title=f"local PIT by {column}")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _plot(z_spec: np.ndarray, z_phot: np.ndarray, dz: np.ndarray, pit_values: np.ndarray | None, metrics: dict,
