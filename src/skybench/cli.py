@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from skybench.release import layout  # names only: keeps the CLI start light
+
+if TYPE_CHECKING:
+    from skybench.tracks import Track
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproducible benchmarks and challenges for deep learning in astronomy.")
@@ -189,7 +192,11 @@ def leaderboard(track: str,
                 write: Annotated[Path | None, typer.Option(help="also write leaderboard.md, metrics.json")] = None,
                 all_releases: Annotated[bool, typer.Option(help="rank runs of every release")] = False,
                 publish: Annotated[Path | None, typer.Option(
-                    help="first publish the evaluation records in this folder to MLflow (as `skybench log`)")] = None
+                    help="first publish the evaluation records in this folder to MLflow (as `skybench log`)")] = None,
+                by: Annotated[str | None, typer.Option(
+                    "--by", help="one column per bin of this stratum (a column of the track's strata:)")] = None,
+                metric: Annotated[str | None, typer.Option(
+                    help="with --by: the per-bin metric to show (default: the stratum's)")] = None,
                 ) -> None:
     """Print the ranking of a track (earliest submission wins ties; failed entries are listed, unranked)."""
     from skybench.release import release_digest
@@ -204,10 +211,30 @@ def leaderboard(track: str,
     if write:
         lb.write_results(t, write, release_sha256=sha)
         _copy_roc_curves(write / "evaluations", write / "roc")
+        _write_strata_plot(t, write, sha)
     try:
-        typer.echo(lb.render(lb.leaderboard(t, release_sha256=sha), format))  # type: ignore[arg-type]
+        typer.echo(_board(t, sha, format, by, metric))
     except ValueError as exc:
         _fail(str(exc))
+
+
+def _board(t: Track, sha: str | None, format: str, by: str | None, metric: str | None) -> str:
+    """The rendered leaderboard; with ``by``, one column per bin of that stratum; the HTML form ends with the
+    small-multiples plot of the track's strata."""
+    from skybench.tracking import leaderboard as lb
+
+    board = lb.by_leaderboard(t, by, metric=metric, release_sha256=sha) if by else lb.leaderboard(
+        t, release_sha256=sha)
+    out = lb.render(board, format)  # type: ignore[arg-type]
+    return out + lb.strata_html(t, release_sha256=sha) if format == "html" else out
+
+
+def _write_strata_plot(t: Track, write: Path, sha: str | None) -> None:
+    """``strata.png`` (small multiples of the track's strata) into ``write`` and into MLflow."""
+    from skybench.tracking import leaderboard as lb
+
+    if (png := lb.plot_strata(t, write / lb.STRATA_PLOT, release_sha256=sha)) is not None:
+        lb.log_strata_plot(t, png, release_sha256=sha)
 
 
 def _copy_roc_curves(evaluations: Path, out: Path) -> None:

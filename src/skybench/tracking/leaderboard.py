@@ -21,14 +21,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_DEFAULT
 from mlflow.tracking import MlflowClient
 
+from skybench.common import stratum_key, stratum_labels
 from skybench.tracking import KIND_TAG, experiment_name, organiser_experiment, tracking_uri
-from skybench.tracks import Track
+from skybench.tracks import Stratum, Track
 
-__all__ = ["columns", "leaderboard", "metric_prefix", "render", "scored_on", "write_results"]
+__all__ = ["by_columns", "by_leaderboard", "columns", "leaderboard", "log_strata_plot", "metric_prefix",
+           "plot_strata", "render", "scored_on", "strata_html", "stratum", "write_results"]
 
 Format = Literal["table", "markdown", "csv", "html"]
 
@@ -210,3 +213,115 @@ def write_results(
         for _, row in df[df["rank"].notna()].iterrows()
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- strata (`--by COLUMN`, small multiples)
+
+
+def stratum(track: Track, column: str) -> Stratum:
+    """The track's stratum on ``column``; ``ValueError`` naming the track's strata otherwise."""
+    for s in track.strata:
+        if s.column == column:
+            return s
+    have = ", ".join(s.column for s in track.strata) or "none"
+    raise ValueError(f"track {track.name!r} has no stratum {column!r} (its strata: {have}); add it to the "
+                     f"strata: section of benchmarks/{track.name}.yaml")
+
+
+def by_columns(track: Track, column: str, metric: str | None = None, *, intervals: bool = False) -> list[str]:
+    """Metric keys of ``metric`` (default: the stratum's) in each bin of ``column``, in bin order; with
+    ``intervals``, each followed by its ``_ci_low`` and ``_ci_high``."""
+    s = stratum(track, column)
+    keys = [stratum_key(column, label, metric or s.metric) for label in stratum_labels(s.edges, s.values)]
+    return [x for k in keys for x in ((k, f"{k}_ci_low", f"{k}_ci_high") if intervals else (k,))]
+
+
+def by_leaderboard(track: Track, column: str, *, metric: str | None = None,
+                   release_sha256: str | None = None) -> pd.DataFrame:
+    """The leaderboard with one column per bin of ``column`` (named ``<metric>[<bin>]``), after the rank, the
+    entry, its status and the primary metric; rows ranked as :func:`leaderboard`."""
+    s = stratum(track, column)
+    m = metric or s.metric
+    keys = by_columns(track, column, m)
+    board = leaderboard(track, release_sha256=release_sha256, extra_columns=keys)
+    labels = stratum_labels(s.edges, s.values)
+    head = ["rank", "team", "name", "status", track.metrics.primary]
+    return board[[*head, *keys]].rename(columns={k: f"{m}[{b}]" for k, b in zip(keys, labels, strict=True)})
+
+
+def plot_strata(track: Track, path: Path, *, release_sha256: str | None = None) -> Path | None:
+    """Small multiples of the track's strata into ``path`` (PNG): one panel per stratum, its metric against the
+    bin, one line per ranked entry with its bootstrap interval as error bars. The values are the leaderboard's
+    (the phase's part of the test set, :func:`metric_prefix`). None (nothing written) without strata or entries."""
+    if not track.strata:
+        return None
+    keys = [k for s in track.strata for k in by_columns(track, s.column, intervals=True)]
+    board = leaderboard(track, release_sha256=release_sha256, extra_columns=keys)
+    board = board[board["rank"].notna()]
+    if board.empty:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(track.strata)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4), squeeze=False)
+    for ax, s in zip(axes[0], track.strata, strict=True):
+        labels = stratum_labels(s.edges, s.values)
+        cols = by_columns(track, s.column)
+        x = np.arange(len(labels))
+        for _, row in board.iterrows():
+            y = row[cols].to_numpy(dtype=float)
+            low = np.array([row.get(f"{c}_ci_low", np.nan) for c in cols], dtype=float)
+            high = np.array([row.get(f"{c}_ci_high", np.nan) for c in cols], dtype=float)
+            err = np.vstack([np.where(np.isfinite(low), y - low, 0), np.where(np.isfinite(high), high - y, 0)])
+            ax.errorbar(x, y, yerr=np.clip(err, 0, None), marker="o", ms=3, capsize=2, lw=1,
+                        label=f"{int(row['rank'])}. {row['team']}/{row['name']}"[:40])
+        ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
+        ax.set(xlabel=s.column, ylabel=s.metric, title=f"{s.metric} by {s.column}")
+        ax.title.set_fontsize(9)
+    axes[0][0].legend(fontsize=6)
+    fig.suptitle(f"{track.name}: metric per bin, on {scored_on(track)}", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, metadata={"Software": None})  # no version string: the same bytes every run
+    plt.close(fig)
+    return path
+
+
+def strata_html(track: Track, *, release_sha256: str | None = None) -> str:
+    """The small-multiples plot as an HTML ``<img>`` (inline PNG) to follow the HTML leaderboard; "" without one."""
+    import base64
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="skybench-strata-") as tmp:
+        png = plot_strata(track, Path(tmp) / "strata.png", release_sha256=release_sha256)
+        if png is None:
+            return ""
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+    return f'<img alt="{track.name}: metrics per stratum" src="data:image/png;base64,{data}">\n'
+
+
+STRATA_PLOT = "strata.png"
+
+
+def log_strata_plot(track: Track, path: Path, *, release_sha256: str | None = None) -> str:
+    """Log the small-multiples plot ``path`` to the track's participant experiment, as artifact ``strata.png`` of
+    one run per (track, release) tagged ``skybench.kind = leaderboard`` (reused, the artifact replaced; the
+    leaderboard reads only ``evaluation`` runs). Returns the run id."""
+    from skybench.tracking import client, ensure_experiment, experiment_name
+
+    c = client()
+    exp_id = ensure_experiment(experiment_name(track.name))
+    sha = release_sha256 or "any"
+    found = c.search_runs([exp_id], f"tags.`{KIND_TAG}` = 'leaderboard' and tags.release_sha256 = '{sha}'",
+                          max_results=1)
+    run_id = found[0].info.run_id if found else c.create_run(
+        exp_id, run_name=f"leaderboard {track.name}", tags={KIND_TAG: "leaderboard", "release_sha256": sha,
+                                                             "skybench.track": track.name}).info.run_id
+    c.log_artifact(run_id, str(path))
+    if not found:
+        c.set_terminated(run_id, "FINISHED")
+    return run_id

@@ -1,0 +1,262 @@
+"""Stratified scoring (the track YAML's ``strata:``): per-bin metrics against hand-computed values, the YAML's
+validation, ``skybench leaderboard TRACK --by COLUMN``, the small-multiples plot, and what participants see."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from skybench import tracking
+from skybench.cli import app
+from skybench.common import stratum_masks
+from skybench.harness.score import public_mask, score
+from skybench.harness.visibility import participant_view
+from skybench.release import layout
+from skybench.release.reader import HiddenSplit
+from skybench.tasks.enhance.score import stratified_images
+from skybench.tasks.lens.score import score_lens, stratified_lens
+from skybench.tasks.photoz.metrics import pdf_grid
+from skybench.tasks.photoz.score import stratified_photoz
+from skybench.tracking import leaderboard as lb
+from skybench.tracks import Stratum, Track, load_track
+
+THETA = Stratum(column="lens_theta_E", edges=[0.4, 0.8, 1.2], metric="tpr_fpr1")
+CONTAMINANT = Stratum(column="contaminant", values=["ring", "arclet", "companion", "none"], metric="fpr_fpr1")
+
+
+def _lens_table() -> tuple[pd.DataFrame, np.ndarray]:
+    """100 non-lenses (scores 0 .. 0.5, one ring-and-companion galaxy at 0.95) and 6 lenses in two theta_E bins.
+
+    At FPR <= 1% one false positive is allowed, so the threshold is the lowest score above 0.5 (0.6); before the
+    first false positive it is the lowest lens score above 0.95 (0.96)."""
+    non = np.linspace(0.0, 0.5, 100)
+    non[0] = 0.95
+    lens = np.array([0.99, 0.9, 0.6, 0.2, 0.96, 0.4])
+    n = len(non) + len(lens)
+    truth = pd.DataFrame({
+        "is_lens": np.r_[np.zeros(100, int), np.ones(6, int)],
+        "lens_theta_E": np.r_[np.full(100, np.nan), [0.5, 0.6, 0.7, 0.8 - 1e-9, 1.2, 0.9]],  # 1.2: the closed end
+        "arc_snr": np.r_[np.full(100, np.nan), [5.0, 15, 25, 50, 100, 200]],
+        "has_ring": np.zeros(n, bool), "has_arclet": np.zeros(n, bool), "has_companion": np.zeros(n, bool),
+    })
+    truth.loc[[0, 10, 20, 30], "has_ring"] = True  # the 0.95 non-lens and three low-scored ones
+    truth.loc[[0], "has_companion"] = True  # co-occurs with its ring: it counts in both types
+    truth.loc[[40, 50], "has_arclet"] = True
+    return truth, np.r_[non, lens]
+
+
+def test_lens_strata_equal_hand_computed_values() -> None:
+    truth, scores = _lens_table()
+    m = stratified_lens(truth, truth["is_lens"].to_numpy(), scores, [THETA, CONTAMINANT])
+    # theta_E in [0.4, 0.8): lenses 0.99, 0.9, 0.6, 0.2 -> 3 of 4 at >= 0.6, 1 of 4 at >= 0.96
+    assert m["by_lens_theta_E_0.4-0.8_tpr_fpr1"] == 0.75
+    assert m["by_lens_theta_E_0.4-0.8_tpr0"] == 0.25
+    assert m["by_lens_theta_E_0.4-0.8_n_lens"] == 4
+    # [0.8, 1.2], closed: 0.96 and 0.4 -> 1 of 2 at both thresholds
+    assert m["by_lens_theta_E_0.8-1.2_tpr_fpr1"] == 0.5
+    assert m["by_lens_theta_E_0.8-1.2_tpr0"] == 0.5
+    assert m["by_lens_theta_E_0.8-1.2_n_lens"] == 2
+    assert m["by_lens_theta_E_0.4-0.8_n_nonlens"] == 0 and "by_lens_theta_E_0.4-0.8_fpr_fpr1" not in m  # NaN theta
+    # contaminants among non-lenses: ring 1 of 4 above 0.6, companion 1 of 1 (the same object), arclet 0 of 2,
+    # none: the other 94, none above
+    assert m["by_contaminant_ring_fpr_fpr1"] == 0.25 and m["by_contaminant_ring_n_nonlens"] == 4
+    assert m["by_contaminant_companion_fpr_fpr1"] == 1.0 and m["by_contaminant_companion_n_nonlens"] == 1
+    assert m["by_contaminant_arclet_fpr_fpr1"] == 0.0 and m["by_contaminant_arclet_n_nonlens"] == 2
+    assert m["by_contaminant_none_fpr_fpr1"] == 0.0 and m["by_contaminant_none_n_nonlens"] == 94
+    assert m["by_contaminant_none_tpr_fpr1"] == pytest.approx(4 / 6)  # every lens is clean
+    for key in ("by_lens_theta_E_0.4-0.8_tpr_fpr1", "by_lens_theta_E_0.8-1.2_tpr_fpr1",
+                "by_contaminant_ring_fpr_fpr1"):
+        assert 0 <= m[f"{key}_ci_low"] <= m[key] <= m[f"{key}_ci_high"] <= 1
+        assert m[f"{key}_ci_low"] < m[f"{key}_ci_high"]  # a bin of a few objects: a wide interval
+    assert m["by_contaminant_arclet_fpr_fpr1_ci_low"] == m["by_contaminant_arclet_fpr_fpr1_ci_high"] == 0.0
+
+
+def test_lens_scorer_reports_the_track_strata(tmp_path: Path) -> None:
+    truth, scores = _lens_table()
+    m = score_lens(truth, scores, tmp_path, strata=[THETA])
+    assert m["by_lens_theta_E_0.4-0.8_tpr_fpr1"] == 0.75 and "auroc" in m
+    assert not any(k.startswith("by_contaminant") for k in m)
+
+
+def test_numeric_bins_are_half_open_and_the_last_closed() -> None:
+    x = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 2.5, np.nan])
+    bins = dict(stratum_masks([0.0, 1.0, 2.0], None, x))
+    assert list(bins) == ["0-1", "1-2"]
+    assert bins["0-1"].tolist() == [True, True, False, False, False, False, False]
+    assert bins["1-2"].tolist() == [False, False, True, True, True, False, False]
+
+
+def test_photoz_strata_and_local_pit_equal_hand_computed_values(tmp_path: Path) -> None:
+    track = load_track("photoz-catalog")
+    centres, edges = pdf_grid(track.output.grid)
+    # bright bin [10, 15.5): dz = 0, +0.01, -0.01 -> sigma_MAD = 1.4826 * 0.01; faint [15.5, 16.5): one outlier of 4
+    z = np.array([0.1, 0.1, 0.1, 0.2, 0.2, 0.2, 0.2])
+    dz = np.array([0.0, 0.01, -0.01, 0.1, 0.0, 0.0, 0.0])
+    z_phot = z + dz * (1 + z)
+    table = pd.DataFrame({"mag_r": [12.0, 14.0, 15.0, 15.5, 16.0, 16.0, 16.5]})
+    strata = [Stratum(column="mag_r", edges=[10.0, 15.5, 16.5], metric="sigma_mad")]
+    m = stratified_photoz(track.model_copy(update={"strata": strata}), table, z, z_phot, tmp_path)
+    assert m["by_mag_r_10-15.5_sigma_mad"] == pytest.approx(1.4826 * 0.01)
+    assert m["by_mag_r_10-15.5_n_objects"] == 3 and m["by_mag_r_15.5-16.5_n_objects"] == 4
+    assert m["by_mag_r_15.5-16.5_outlier_frac"] == 0.25
+    assert m["by_mag_r_15.5-16.5_bias_mean"] == pytest.approx(0.1 / 4)
+    assert m["by_mag_r_10-15.5_sigma_mad_ci_low"] <= m["by_mag_r_10-15.5_sigma_mad"]
+
+    # PDFs: the bright galaxies' PDFs put all mass below z_spec (PIT 1: KS 1); the faint ones' straddle it
+    # (z_spec at the middle of a bin holding all the mass: PIT 0.5, KS 0.5)
+    pdf = np.zeros((len(z), len(centres)))
+    k = np.searchsorted(edges, 0.2) - 1  # the bin holding z = 0.2
+    pdf[:3, 0] = 1.0
+    pdf[3:, k] = 1.0
+    z_pdf = np.r_[z[:3], np.full(4, (edges[k] + edges[k + 1]) / 2)]
+    strata = [Stratum(column="z", edges=[0.0, 0.15, 0.4], metric="pit_ks")]
+    m = stratified_photoz(track.model_copy(update={"strata": strata}), pd.DataFrame(index=range(7)), z_pdf, pdf,
+                          tmp_path)
+    assert m["by_z_0-0.15_pit_ks"] == pytest.approx(1.0)
+    assert m["by_z_0.15-0.4_pit_ks"] == pytest.approx(0.5)
+    hist = pd.read_csv(tmp_path / "pit_strata.csv")
+    assert hist.groupby("bin")["count"].sum().to_dict() == {"0-0.15": 3, "0.15-0.4": 4}
+    assert (tmp_path / "pit_strata.png").stat().st_size > 0
+
+
+def test_enhance_strata_are_means_per_bin() -> None:
+    track = load_track("enhance")
+    meta = pd.DataFrame({"mag_r": [14.0, 14.2, 16.5, 15.0], "type": ["spiral", "elliptical", "spiral", "irregular"]})
+    per = {"psnr": np.array([30.0, 20.0, 10.0, 40.0])}
+    strata = [Stratum(column="mag_r", edges=[14.0, 15.0, 16.5], metric="psnr"),
+              Stratum(column="type", values=["elliptical", "spiral", "irregular"], metric="psnr")]
+    m = stratified_images(track.model_copy(update={"strata": strata}), meta, per)
+    assert m["by_mag_r_14-15_psnr"] == 25.0 and m["by_mag_r_15-16.5_psnr"] == 25.0  # 15.0 and the closed end 16.5
+    assert m["by_type_spiral_psnr"] == 20.0 and m["by_type_spiral_n_objects"] == 2
+    assert m["by_type_elliptical_psnr"] == 20.0
+    assert m["by_mag_r_14-15_psnr_ci_low"] <= 25.0 <= m["by_mag_r_14-15_psnr_ci_high"]
+
+
+# --------------------------------------------------------------------------- YAML validation
+
+
+def _track_file(tmp_path: Path, root: Path, strata: list[dict]) -> Path:
+    raw = yaml.safe_load((root / "benchmarks" / "lens-space.yaml").read_text())
+    raw["strata"] = strata
+    path = tmp_path / "lens-custom.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize(("strata", "says"), [
+    ([{"column": "lens_theta_e", "edges": [0.4, 1.0], "metric": "tpr_fpr1"}],
+     ["strata[0]", "unknown column 'lens_theta_e'", "lens_theta_E"]),
+    ([{"column": "lens_theta_E", "edges": [0.4, 1.2, 0.8], "metric": "tpr_fpr1"}],
+     ["strata", "'lens_theta_E'", "strictly increasing", "edge 2 = 0.8 after 1.2"]),
+    ([{"column": "arc_snr", "edges": [0, 10], "metric": "auroc"}], ["strata[0]", "unknown metric 'auroc'"]),
+    ([{"column": "contaminant", "values": ["ring", "spiral"], "metric": "fpr_fpr1"}],
+     ["strata[0]", "'contaminant'", "arclet"]),
+    ([{"column": "arc_snr", "metric": "tpr_fpr1"}], ["'arc_snr'", "either edges"]),
+])
+def test_invalid_strata_say_what_and_where(tmp_path: Path, root: Path, strata: list[dict], says: list[str]) -> None:
+    path = _track_file(tmp_path, root, strata)
+    with pytest.raises(ValueError) as err:
+        load_track(path)
+    assert str(path) in str(err.value)
+    for text in says:
+        assert text in str(err.value)
+
+
+def test_every_track_declares_strata() -> None:
+    for name in ("lens-space", "lens-ground", "photoz-catalog", "photoz-images", "photoz-sdss-mgs", "enhance"):
+        assert load_track(name).strata, name
+    lens = load_track("lens-space")
+    assert {s.column for s in lens.strata} >= {"lens_theta_E", "arc_snr", "contaminant"}
+    assert "by_contaminant_ring_fpr_fpr1" in lb.columns(lens)  # the ring false-positive rate is a column
+
+
+# --------------------------------------------------------------------------- participant view
+
+
+def test_participant_record_carries_only_public_part_strata(tmp_path: Path) -> None:
+    truth, scores = _lens_table()
+    truth.insert(0, "id", np.arange(len(truth)))
+    folder = tmp_path / "hidden"
+    folder.mkdir()
+    truth.to_parquet(layout.meta_path(folder))
+    track = load_track("lens-space")
+    track = track.model_copy(update={"strata": [THETA, CONTAMINANT], "evaluation": track.evaluation.model_copy(
+        update={"public_fraction": 0.5, "phase": "open", "split_seed": 3})})
+    ids = truth["id"].to_numpy()
+    metrics = score(track, ids, scores, HiddenSplit(folder), tmp_path / "out")
+    shown = participant_view(track, metrics)
+    strata_shown = [k for k in shown if "by_" in k]
+    assert strata_shown and all(k.startswith("public_by_") for k in strata_shown)
+    assert any(k.startswith("by_") for k in metrics) and any(k.startswith("private_by_") for k in metrics)
+    # the public values are those of the public part alone
+    pub = public_mask(ids, ids, 0.5, 3)
+    expected = stratified_lens(truth[pub], truth["is_lens"].to_numpy()[pub], scores[pub], [THETA, CONTAMINANT])
+    assert {k.removeprefix("public_"): v for k, v in shown.items() if "by_" in k} == pytest.approx(expected)
+
+
+# --------------------------------------------------------------------------- leaderboard --by, small multiples
+
+REL = "s" * 64
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    return uri
+
+
+def _log(track: Track, name: str, tpr: list[float]) -> None:
+    time.sleep(0.005)
+    prefix = lb.metric_prefix(track)
+    keys = lb.by_columns(track, "lens_theta_E")
+    metrics = {f"{prefix}auroc": 0.9 + tpr[0] / 100, f"{prefix}by_contaminant_ring_fpr_fpr1": 0.02,
+               **{f"{prefix}{k}": v for k, v in zip(keys, tpr, strict=True)},
+               **{f"{prefix}{k}_ci_low": v - 0.05 for k, v in zip(keys, tpr, strict=True)},
+               **{f"{prefix}{k}_ci_high": v + 0.05 for k, v in zip(keys, tpr, strict=True)}}
+    tracking.log_evaluation(track.name, team="t", name=name, fmt="onnx", status="FINISHED", metrics=metrics,
+                            tags={"submission_sha256": name.ljust(64, "0"), "release_sha256": REL})
+
+
+def test_leaderboard_by_prints_one_column_per_bin(store: str) -> None:
+    track = load_track("lens-space")
+    _log(track, "resnet", [0.2, 0.5, 0.7, 0.8])
+    _log(track, "cnn", [0.1, 0.3, 0.6, 0.65])
+    out = CliRunner().invoke(app, ["leaderboard", "lens-space", "--by", "lens_theta_E", "--format", "csv",
+                                   "--all-releases"])
+    assert out.exit_code == 0, out.output
+    board = pd.read_csv(pd.io.common.StringIO(out.output))
+    bins = ["tpr_fpr1[0.4-0.8]", "tpr_fpr1[0.8-1.2]", "tpr_fpr1[1.2-1.6]", "tpr_fpr1[1.6-2]"]
+    assert [c for c in board.columns if c.startswith("tpr_fpr1[")] == bins
+    assert board.set_index("name").loc["resnet", bins].tolist() == [0.2, 0.5, 0.7, 0.8]
+    assert board["name"].tolist() == ["resnet", "cnn"]
+    table = CliRunner().invoke(app, ["leaderboard", "lens-space", "--all-releases"])
+    assert "by_contaminant_ring_fpr_fpr1" in table.output and "0.0200" in table.output
+    bad = CliRunner().invoke(app, ["leaderboard", "lens-space", "--by", "nope", "--all-releases"])
+    assert bad.exit_code != 0 and "no stratum 'nope'" in bad.output and "lens_theta_E" in bad.output
+
+
+def test_small_multiples_plot_in_html_and_mlflow(store: str, tmp_path: Path) -> None:
+    track = load_track("lens-space")
+    assert lb.plot_strata(track, tmp_path / "empty.png") is None  # no entries: no plot
+    _log(track, "resnet", [0.2, 0.5, 0.7, 0.8])
+    png = lb.plot_strata(track, tmp_path / "strata.png")
+    assert png is not None and png.read_bytes()[:4] == b"\x89PNG"
+    assert lb.plot_strata(track, tmp_path / "again.png").read_bytes() == png.read_bytes()  # type: ignore[union-attr]
+    html = CliRunner().invoke(app, ["leaderboard", "lens-space", "--format", "html", "--all-releases"]).output
+    assert "<table" in html and 'src="data:image/png;base64,' in html
+    first = lb.log_strata_plot(track, png, release_sha256=REL)
+    assert lb.log_strata_plot(track, png, release_sha256=REL) == first  # one run per (track, release)
+    c = MlflowClient(tracking_uri=store)
+    assert [a.path for a in c.list_artifacts(first)] == ["strata.png"]
+    assert lb.leaderboard(track)["name"].tolist() == ["resnet"]  # the plot's run is no entry
+    assert math.isclose(lb.by_leaderboard(track, "lens_theta_E")["tpr_fpr1[1.6-2]"].iloc[0], 0.8)
