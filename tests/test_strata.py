@@ -160,6 +160,10 @@ def _track_file(tmp_path: Path, root: Path, strata: list[dict]) -> Path:
     ([{"column": "contaminant", "values": ["ring", "spiral"], "metric": "fpr_fpr1"}],
      ["strata[0]", "'contaminant'", "arclet"]),
     ([{"column": "arc_snr", "metric": "tpr_fpr1"}], ["'arc_snr'", "either edges"]),
+    ([{"column": "contaminant", "values": ["ring", "ring/arclet"], "metric": "fpr_fpr1"}],
+     ["'contaminant'", "'ring/arclet'", "MLflow metric name"]),
+    ([{"column": "arc_snr", "edges": [1.0000001, 1.0000002, 1.0000003], "metric": "tpr_fpr1"}],
+     ["'arc_snr'", "same name"]),
 ])
 def test_invalid_strata_say_what_and_where(tmp_path: Path, root: Path, strata: list[dict], says: list[str]) -> None:
     path = _track_file(tmp_path, root, strata)
@@ -243,6 +247,9 @@ def test_leaderboard_by_prints_one_column_per_bin(store: str) -> None:
     assert "by_contaminant_ring_fpr_fpr1" in table.output and "0.0200" in table.output
     bad = CliRunner().invoke(app, ["leaderboard", "lens-space", "--by", "nope", "--all-releases"])
     assert bad.exit_code != 0 and "no stratum 'nope'" in bad.output and "lens_theta_E" in bad.output
+    bad = CliRunner().invoke(app, ["leaderboard", "lens-space", "--by", "arc_snr", "--metric", "auroc",
+                                   "--all-releases"])
+    assert bad.exit_code != 0 and "no per-bin metric 'auroc'" in bad.output
 
 
 def test_small_multiples_plot_in_html_and_mlflow(store: str, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -97,6 +98,9 @@ class Evaluation(_Strict):
     phase: Literal["open", "closed"] = "open"
 
 
+_METRIC_SAFE = re.compile(r"[A-Za-z0-9_.\-]+")  # within MLflow's metric-name characters, no "/" or spaces
+
+
 class Stratum(_Strict):
     """One ``strata:`` entry: a metadata column of the hidden test table and its bins, either numeric ``edges``
     (bins ``[e_i, e_i+1)``, the last one closed; values outside are in no bin) or categorical ``values``. The
@@ -123,6 +127,15 @@ class Stratum(_Strict):
                                  f"{e[bad[0]]:g} after {e[bad[0] - 1]:g}); sort them")
         if self.values is not None and (not self.values or len(set(self.values)) != len(self.values)):
             raise ValueError(f"{where}: values must be distinct and non-empty, got {self.values}")
+        from skybench.common import stratum_labels
+
+        labels = stratum_labels(self.edges, self.values)
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"{where}: the bins {labels} have the same name (edges print with 6 significant "
+                             "digits); use edges that differ there")
+        if unsafe := [x for x in (self.column, self.metric, *labels) if not _METRIC_SAFE.fullmatch(x)]:
+            raise ValueError(f"{where}: {unsafe[0]!r} cannot be part of an MLflow metric name; use letters, digits and "
+                             "_ . - only")
         return self
 
 

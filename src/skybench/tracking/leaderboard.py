@@ -242,6 +242,8 @@ def by_leaderboard(track: Track, column: str, *, metric: str | None = None,
     entry, its status and the primary metric; rows ranked as :func:`leaderboard`."""
     s = stratum(track, column)
     m = metric or s.metric
+    if (known := track.strata_metrics()) is not None and m not in known:
+        raise ValueError(f"no per-bin metric {m!r} in track {track.name!r}; choose one of {', '.join(sorted(known))}")
     keys = by_columns(track, column, m)
     board = leaderboard(track, release_sha256=release_sha256, extra_columns=keys)
     labels = stratum_labels(s.edges, s.values)
