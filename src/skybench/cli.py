@@ -201,13 +201,43 @@ def leaderboard(track: str,
         log_(publish, track)
     rel = release or default_release(t)
     sha = None if all_releases or not layout.is_release(rel) else release_digest(rel)
+    hidden = rel if sha is not None else None  # rank intervals need one release's hidden test split
     if write:
-        lb.write_results(t, write, release_sha256=sha)
+        lb.write_results(t, write, release_sha256=sha, release=hidden)
         _copy_roc_curves(write / "evaluations", write / "roc")
     try:
-        typer.echo(lb.render(lb.leaderboard(t, release_sha256=sha), format))  # type: ignore[arg-type]
+        typer.echo(lb.render(lb.leaderboard(t, release_sha256=sha, release=hidden), format))  # type: ignore[arg-type]
     except ValueError as exc:
         _fail(str(exc))
+
+
+@app.command()
+def compare(track: str, a: Annotated[str, typer.Argument(help="an entry: team/name, or name if only one team has it")],
+            b: Annotated[str, typer.Argument(help="another entry")],
+            release: Annotated[Path | None, typer.Option(help="the release both were evaluated on")] = None) -> None:
+    """Paired bootstrap comparison of two leaderboard entries: the difference of the primary metric on the part
+    of the test set the leaderboard ranks on, its 95% interval and a two-sided p-value."""
+    from mlflow.tracking import MlflowClient
+
+    from skybench.release import release_digest
+    from skybench.release.reader import open_release
+    from skybench.tracking import leaderboard as lb
+    from skybench.tracking import ranks, tracking_uri
+    from skybench.tracks import default_release, load_track
+
+    t = load_track(track)
+    rel = release or default_release(t)
+    if not layout.is_release(rel):
+        _fail(f"{rel}: not a release; give the release both entries were evaluated on with --release")
+    board = lb.finished_entries(t, release_sha256=release_digest(rel))
+    try:
+        picked = [lb.find_entry(board, who, t.name) for who in (a, b)]
+        c = MlflowClient(tracking_uri=tracking_uri())
+        entries = [(key, ranks.load_predictions(c, run_id)) for key, run_id in picked]
+        result = ranks.compare(t, open_release(rel).hidden("test"), entries[0], entries[1])
+    except (LookupError, OSError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(_shown(result.summary(t.metrics.higher_is_better)))
 
 
 def _copy_roc_curves(evaluations: Path, out: Path) -> None:

@@ -94,6 +94,9 @@ class Evaluation(_Strict):
     public_fraction: float | None = Field(None, gt=0, lt=1)
     split_seed: int = 0
     phase: Literal["open", "closed"] = "open"
+    # Rank intervals and tie groups (skybench.tracking.ranks): paired bootstrap resamples of the ranked part.
+    rank_resamples: int = Field(1000, gt=0)
+    rank_seed: int = 0
 
 
 class Track(_Strict):
