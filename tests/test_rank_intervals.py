@@ -179,3 +179,28 @@ def test_write_results_puts_ranks_in_metrics_json_and_mlflow_tags(
         good = c.search_runs([exp.experiment_id], "params.name = 'good'")[0]
         assert {k: good.data.tags.get(k) for k in ("rank", "rank_low", "rank_high", "group")} == \
             {"rank": "1", "rank_low": "1", "rank_high": "1", "group": "A"}, experiment
+
+
+def test_the_ranked_part_is_the_public_part_while_open_and_the_private_part_once_closed(
+        track: Track, tiny_space_release: Path) -> None:
+    from skybench.harness.score import public_mask
+
+    hidden = open_release(tiny_space_release).hidden("test")
+    every = np.sort(hidden.ids())
+    split = track.evaluation.model_copy(update={"public_fraction": 0.3, "split_seed": 2026})
+    parts = {phase: ranks.part_ids(track.model_copy(update={"evaluation": split.model_copy(update={"phase": phase})}),
+                                   hidden) for phase in ("open", "closed")}
+    np.testing.assert_array_equal(parts["open"], every[public_mask(every, every, 0.3, 2026)])
+    np.testing.assert_array_equal(np.sort(np.concatenate([parts["open"], parts["closed"]])), every)
+    assert len(parts["open"]) == round(0.3 * len(every))
+    np.testing.assert_array_equal(ranks.part_ids(track, hidden), every)  # no split: the whole test set
+
+
+def test_an_entry_without_saved_predictions_leaves_the_intervals_empty_with_a_warning(
+        store: str, track: Track, tiny_space_release: Path) -> None:
+    tracking.log_evaluation(track.name, team="t", name="bare", fmt="csv", status="FINISHED", metrics={"auroc": 0.7},
+                            tags={"submission_sha256": "b" * 64, "release_sha256": release_digest(tiny_space_release)},
+                            experiment=tracking.organiser_experiment(track.name))
+    with pytest.warns(UserWarning, match="no rank intervals: .*no saved predictions"):
+        board = leaderboard(track, release=tiny_space_release)
+    assert board["rank"].tolist() == [1] and board["rank_low"].isna().all() and board["group"].tolist() == [""]
