@@ -233,9 +233,9 @@ def test_editing_a_shared_helper_marks_exactly_the_stages_that_use_it(locked_cop
     # a task's simulator: its own tracks' releases only (not the other tasks' tracks)
     assert _changed_after_editing(locked_copy, "src/skybench/tasks/lens/simulator.py") == \
         _stages(names, "simulate-lens@")
-    # a task's scorer: its evaluations only (the leaderboards follow from their outputs)
+    # a task's scorer: its evaluations and its leaderboards (their rank intervals: Task.score_resamples)
     assert _changed_after_editing(locked_copy, "src/skybench/tasks/photoz/score.py") == \
-        _stages(names, "evaluate-photoz@")
+        _stages(names, "evaluate-photoz@", "leaderboard-photoz@")
     # a task's metrics: that task's stages (its baselines validate with them), never another task's
     metrics = _changed_after_editing(locked_copy, "src/skybench/tasks/enhance/metrics.py")
     assert metrics and all("enhance" in s for s in metrics), metrics

@@ -48,6 +48,9 @@ class _Complete(Task):
     def oracle(self, track, truth, ids):  # type: ignore[no-untyped-def]
         return np.zeros(len(ids))
 
+    def score_resamples(self, track, ids, predictions, truth, indices):  # type: ignore[no-untyped-def]
+        return np.zeros(len(indices))
+
 
 @pytest.fixture
 def clean_registry(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,7 +88,8 @@ def test_a_task_without_a_method_fails_when_registered_naming_it(clean_registry)
 
 
 def test_a_task_without_a_class_variable_fails_when_registered_naming_it(clean_registry):
-    methods = {k: v for k, v in vars(_Complete).items() if k in ("simulator", "score", "score_real", "oracle")}
+    methods = {k: v for k, v in vars(_Complete).items() if k in ("simulator", "score", "score_real", "oracle",
+                                                                  "score_resamples")}
     bare = type("Bare", (Task,), {"name": "bare", "track_model": ToyTrack, **methods})  # no output_kinds
     with pytest.raises(TypeError, match="Bare does not set the class variable 'output_kinds'"):
         register(bare)

@@ -155,7 +155,7 @@ def test_leaderboard_ties_go_to_earliest_submission(store: str, track: Track, tm
 
     df = leaderboard(track)
     assert list(df.columns) == [
-        "rank", "team", "name", "status", *track.metrics.report,
+        "rank", "rank_low", "rank_high", "group", "team", "name", "status", *track.metrics.report,
         "auroc_ci_low", "auroc_ci_high", "format", "device", "submitted", "reason",
     ]  # fmt: skip
     assert track.metrics.report[:5] == ["auroc", "tpr0", "tpr10", "tpr_fpr1e-3", "average_precision"]
@@ -196,7 +196,8 @@ def test_render_formats(store: str, track: Track) -> None:
     assert list(back["team"]) == ["alpha", "beta"]
 
     md = render(df, "markdown")
-    assert md.startswith("| rank | team |") and "0.9123" in md and "0.912345678" not in md
+    assert md.startswith("| rank | rank_low | rank_high | group | team |")
+    assert "0.9123" in md and "0.912345678" not in md
     for fmt in ("table", "markdown", "html"):
         text = render(df, fmt)
         assert "alpha" in text and "beta" in text

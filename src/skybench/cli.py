@@ -208,23 +208,24 @@ def leaderboard(track: str,
         log_(publish, track)
     rel = release or default_release(t)
     sha = None if all_releases or not layout.is_release(rel) else release_digest(rel)
+    hidden = rel if sha is not None else None  # rank intervals need one release's hidden test split
     if write:
-        lb.write_results(t, write, release_sha256=sha)
+        lb.write_results(t, write, release_sha256=sha, release=hidden)
         _copy_roc_curves(write / "evaluations", write / "roc")
         _write_strata_plot(t, write, sha)
     try:
-        typer.echo(_board(t, sha, format, by, metric))
+        typer.echo(_board(t, sha, hidden, format, by, metric))
     except ValueError as exc:
         _fail(str(exc))
 
 
-def _board(t: Track, sha: str | None, format: str, by: str | None, metric: str | None) -> str:
+def _board(t: Track, sha: str | None, release: Path | None, format: str, by: str | None, metric: str | None) -> str:
     """The rendered leaderboard; with ``by``, one column per bin of that stratum; the HTML form ends with the
     small-multiples plot of the track's strata."""
     from skybench.tracking import leaderboard as lb
 
-    board = lb.by_leaderboard(t, by, metric=metric, release_sha256=sha) if by else lb.leaderboard(
-        t, release_sha256=sha)
+    board = lb.by_leaderboard(t, by, metric=metric, release_sha256=sha, release=release) if by else lb.leaderboard(
+        t, release_sha256=sha, release=release)
     out = lb.render(board, format)  # type: ignore[arg-type]
     return out + lb.strata_html(t, release_sha256=sha) if format == "html" else out
 
@@ -235,6 +236,33 @@ def _write_strata_plot(t: Track, write: Path, sha: str | None) -> None:
 
     if (png := lb.plot_strata(t, write / lb.STRATA_PLOT, release_sha256=sha)) is not None:
         lb.log_strata_plot(t, png, release_sha256=sha)
+@app.command()
+def compare(track: str, a: Annotated[str, typer.Argument(help="an entry: team/name, or name if only one team has it")],
+            b: Annotated[str, typer.Argument(help="another entry")],
+            release: Annotated[Path | None, typer.Option(help="the release both were evaluated on")] = None) -> None:
+    """Paired bootstrap comparison of two leaderboard entries: the difference of the primary metric on the part
+    of the test set the leaderboard ranks on, its 95% interval and a two-sided p-value."""
+    from mlflow.tracking import MlflowClient
+
+    from skybench.release import release_digest
+    from skybench.release.reader import open_release
+    from skybench.tracking import leaderboard as lb
+    from skybench.tracking import ranks, tracking_uri
+    from skybench.tracks import default_release, load_track
+
+    t = load_track(track)
+    rel = release or default_release(t)
+    if not layout.is_release(rel):
+        _fail(f"{rel}: not a release; give the release both entries were evaluated on with --release")
+    board = lb.finished_entries(t, release_sha256=release_digest(rel))
+    try:
+        picked = [lb.find_entry(board, who, t.name) for who in (a, b)]
+        c = MlflowClient(tracking_uri=tracking_uri())
+        entries = [(key, ranks.load_predictions(c, run_id)) for key, run_id in picked]
+        result = ranks.compare(t, open_release(rel).hidden("test"), entries[0], entries[1])
+    except (LookupError, OSError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(_shown(result.summary(t.metrics.higher_is_better)))
 
 
 def _copy_roc_curves(evaluations: Path, out: Path) -> None:

@@ -9,8 +9,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["Strict", "UndefinedMetricError", "bootstrap_ci", "check_bootstrap_args", "percentile_interval",
-           "proportion_ci", "stratified", "stratum_key", "stratum_labels", "stratum_masks"]
+__all__ = ["Strict", "UndefinedMetricError", "bootstrap_ci", "check_bootstrap_args", "check_indices", "on_resamples",
+           "percentile_interval", "proportion_ci", "stratified", "stratum_key", "stratum_labels", "stratum_masks"]
 
 
 class Strict(BaseModel):
@@ -65,6 +65,30 @@ def bootstrap_ci(
             stats[n_ok] = value
             n_ok += 1
     return percentile_interval(stats[:n_ok], alpha)
+
+
+def check_indices(indices: ArrayLike, n: int) -> NDArray[np.intp]:
+    """``indices`` as an (R, m) integer array of positions into ``n`` objects; ValueError saying what is wrong."""
+    idx = np.asarray(indices)
+    if idx.ndim != 2 or idx.dtype.kind not in "iu":
+        raise ValueError(f"resample indices must be an (R, m) integer array, got {idx.dtype} of shape {idx.shape}")
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise ValueError(f"resample indices must lie in [0, {n}), got [{idx.min()}, {idx.max()}]")
+    return idx.astype(np.intp, copy=False)
+
+
+def on_resamples(metric_fn: Callable[..., float], indices: ArrayLike, *arrays: ArrayLike) -> NDArray[np.float64]:
+    """``metric_fn`` of the rows ``indices[r]`` of every array, for each resample ``r`` (the slow, generic path of
+    :meth:`skybench.tasks.base.Task.score_resamples`); NaN where it raises :class:`UndefinedMetricError`."""
+    data = [np.asarray(a) for a in arrays]
+    idx = check_indices(indices, data[0].shape[0])
+    out = np.full(idx.shape[0], np.nan)
+    for r, rows in enumerate(idx):
+        try:
+            out[r] = float(metric_fn(*(a[rows] for a in data)))
+        except UndefinedMetricError:
+            pass
+    return out
 
 
 def check_bootstrap_args(n_resamples: int, alpha: float) -> None:

@@ -164,7 +164,9 @@ def _parse(path: Path) -> ast.Module:
 # the task's heavy modules (the simulator's physics, the scorer), so they count only for these commands. Every
 # other stage uses a task's class for its track model only (load_track).
 TASK_METHODS_RUN_BY = {"simulate": frozenset({"simulator"}),
-                       "evaluate": frozenset({"score", "score_real", "oracle", "public_artifacts"})}
+                       "evaluate": frozenset({"score", "score_real", "oracle", "public_artifacts"}),
+                       "leaderboard": frozenset({"score_resamples"}),  # rank intervals (tracking/ranks.py)
+                       "compare": frozenset({"score_resamples"})}
 
 
 @functools.cache

@@ -96,6 +96,9 @@ class Evaluation(_Strict):
     public_fraction: float | None = Field(None, gt=0, lt=1)
     split_seed: int = 0
     phase: Literal["open", "closed"] = "open"
+    # Rank intervals and tie groups (skybench.tracking.ranks): paired bootstrap resamples of the ranked part.
+    rank_resamples: int = Field(1000, gt=0)
+    rank_seed: int = 0
 
 
 _METRIC_SAFE = re.compile(r"[A-Za-z0-9_.\-]+")  # within MLflow's metric-name characters, no "/" or spaces

@@ -238,6 +238,24 @@ def test_oracle_scores_best_and_shuffled_predictions_score_near_chance(
         assert abs(np.mean(shuffled) - level) < tolerance, f"{primary} of shuffled predictions: {shuffled}"
 
 
+def test_score_resamples_gives_the_scorers_primary_metric_of_each_resample(
+        task: Task, track: Track, truth: HiddenSplit, oracle: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+    ids, pred = oracle
+    rng = np.random.default_rng(1)
+    pred = np.asarray(pred, np.float64)
+    noisy = pred + rng.normal(0, 0.3 * (np.std(pred) or 1.0), pred.shape)  # imperfect: ties and ranks matter
+    if pred.ndim == 2 and track.output.kind == "pdf":  # a PDF track's oracle is a point estimate: keep that
+        noisy = pred
+    primary = track.metrics.primary
+    draws = rng.integers(0, len(ids), size=(3, len(ids)))
+    indices = np.vstack([np.arange(len(ids)), draws])
+    got = np.asarray(task.score_resamples(track, ids, noisy, truth, indices))
+    assert got.shape == (4,), f"score_resamples returned shape {got.shape} for 4 resamples"
+    for r, rows in enumerate(indices):  # a repeated object counts as often as it is drawn
+        want = task.score(track, ids[rows], noisy[rows], truth, tmp_path / f"r{r}")[primary]
+        assert got[r] == pytest.approx(want, rel=1e-9, abs=1e-12), f"resample {r}: {got[r]} != score's {want}"
+
+
 def test_score_real_works_on_a_small_real_set(task: Task, track: Track, truth: HiddenSplit,
                                               oracle: tuple[np.ndarray, np.ndarray],
                                               oracle_metrics: dict[str, float], real_release: Path,

@@ -70,6 +70,14 @@ class Task(ABC):
     def oracle(self, track: Track, truth: HiddenSplit, ids: np.ndarray) -> np.ndarray:
         """Perfect predictions for ``ids``: what the scorer must rate best (used by the contract tests)."""
 
+    @abstractmethod
+    def score_resamples(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
+                        indices: np.ndarray) -> np.ndarray:
+        """The track's primary metric (``track.metrics.primary``, as :meth:`score` computes it) on each resample:
+        row ``r`` of ``indices`` (R, m) holds positions into ``ids``/``predictions``, with repeats (a bootstrap
+        draw). Returns (R,) float64, NaN where the metric is undefined on a resample. Vectorised where cheap: the
+        leaderboard's rank intervals call it with 1,000 resamples for every entry."""
+
     def public_artifacts(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
                          out_dir: Path) -> None:
         """Label-dependent files participants may see, from the public part ``ids`` only (default: none)."""

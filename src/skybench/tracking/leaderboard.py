@@ -17,21 +17,25 @@ from __future__ import annotations
 import io
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
+from mlflow.exceptions import MlflowException
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_DEFAULT
 from mlflow.tracking import MlflowClient
 
 from skybench.common import stratum_key, stratum_labels
 from skybench.tracking import KIND_TAG, experiment_name, organiser_experiment, tracking_uri
+from skybench.tracking.ranks import RANK_COLUMNS
 from skybench.tracks import Stratum, Track
 
-__all__ = ["by_columns", "by_leaderboard", "columns", "leaderboard", "log_strata_plot", "metric_prefix",
-           "plot_strata", "render", "scored_on", "strata_html", "stratum", "write_results"]
+__all__ = ["add_rank_intervals", "by_columns", "by_leaderboard", "columns", "find_entry", "finished_entries",
+           "leaderboard", "log_strata_plot", "metric_prefix", "plot_strata", "render", "scored_on", "strata_html",
+           "stratum", "tag_ranks", "write_results"]
 
 Format = Literal["table", "markdown", "csv", "html"]
 
@@ -44,7 +48,7 @@ def _metric_columns(track: Track, extra_columns: Sequence[str] = ()) -> list[str
 
 def columns(track: Track, extra_columns: Sequence[str] = ()) -> list[str]:
     """Column order of :func:`leaderboard`."""
-    head = ["rank", "team", "name", "status"]
+    head = ["rank", *RANK_COLUMNS, "team", "name", "status"]
     return [*head, *_metric_columns(track, extra_columns), "format", "device", "submitted", "reason"]
 
 
@@ -92,6 +96,7 @@ def _runs(track: Track) -> pd.DataFrame:
             rows.append(
                 {
                     "start_time": pd.Timestamp(run.info.start_time, unit="ms", tz="UTC"),
+                    "run_id": run.info.run_id,
                     **{f"params.{k}": v for k, v in run.data.params.items()},
                     **{f"tags.{k}": v for k, v in run.data.tags.items()},
                     **{f"metrics.{k}": v for k, v in run.data.metrics.items()},
@@ -103,13 +108,23 @@ def _runs(track: Track) -> pd.DataFrame:
 
 
 def leaderboard(
-    track: Track, *, release_sha256: str | None = None, extra_columns: Sequence[str] = ()
+    track: Track, *, release_sha256: str | None = None, extra_columns: Sequence[str] = (),
+    release: Path | None = None,
 ) -> pd.DataFrame:
-    """The ranked leaderboard (see module docstring); only runs on ``release_sha256`` if given."""
-    cols = columns(track, extra_columns)
+    """The ranked leaderboard (see module docstring); only runs on ``release_sha256`` if given. With the
+    ``release`` folder (its hidden test split) the rank intervals and groups too (:func:`add_rank_intervals`)."""
+    return _board(track, release_sha256=release_sha256, extra_columns=extra_columns, release=release)[
+        columns(track, extra_columns)]
+
+
+def _board(track: Track, *, release_sha256: str | None, extra_columns: Sequence[str],
+           release: Path | None) -> pd.DataFrame:
+    """:func:`leaderboard` with its runs' ``run_id`` (organiser runs when there are)."""
+    cols = [*columns(track, extra_columns), "run_id"]
     runs = _runs(track)
     if runs.empty:
-        return pd.DataFrame({c: pd.Series(dtype="Int64" if c == "rank" else object) for c in cols})
+        return pd.DataFrame({c: pd.Series(dtype="Int64" if c in ("rank", "rank_low", "rank_high") else object)
+                             for c in cols})
 
     def col(name: str, default: object = "") -> pd.Series:
         return runs[name] if name in runs else pd.Series(default, index=runs.index)
@@ -142,6 +157,7 @@ def leaderboard(
             "device": get("tags.device"),
             "when": latest["submitted"],
             "reason": get("tags.failure_reason"),
+            "run_id": latest["run_id"],
         }
     ).fillna({"format": "", "device": "", "reason": ""})
 
@@ -153,7 +169,57 @@ def leaderboard(
     board = pd.concat([ranked, rest], ignore_index=True)
     board.insert(0, "rank", pd.array([*range(1, len(ranked) + 1), *[pd.NA] * len(rest)], dtype="Int64"))
     board["submitted"] = [t.isoformat(timespec="milliseconds") for t in board.pop("when")]
-    return board[cols]
+    return add_rank_intervals(track, board, release)[cols]
+
+
+def add_rank_intervals(track: Track, board: pd.DataFrame, release: Path | None) -> pd.DataFrame:
+    """``board`` with ``rank_low``, ``rank_high`` and ``group`` (:mod:`skybench.tracking.ranks`) of its ranked
+    entries, from the predictions saved with their organiser runs (column ``run_id``) and the hidden test split
+    of ``release``. Empty (NA, "") without a release, or when a ranked entry has no saved predictions (a warning
+    says which): an interval among some entries only would not be the leaderboard's."""
+    from skybench.tracking import ranks
+
+    board = board.assign(rank_low=pd.array([pd.NA] * len(board), dtype="Int64"),
+                         rank_high=pd.array([pd.NA] * len(board), dtype="Int64"), group="")
+    ranked = board.index[board["rank"].notna()]
+    if release is None or not len(ranked):
+        return board
+    try:
+        from skybench.release.reader import open_release
+
+        hidden = open_release(release).hidden("test")
+        c = MlflowClient(tracking_uri=tracking_uri())
+        predictions = {f"{board.at[i, 'team']}/{board.at[i, 'name']}": ranks.load_predictions(c, board.at[i, "run_id"])
+                       for i in ranked}
+        _, values = ranks.primary_resamples(track, hidden, predictions)
+        table = ranks.rank_intervals(values, track.metrics.higher_is_better, range(len(ranked)))
+    except (OSError, ValueError, KeyError, MlflowException) as exc:
+        warnings.warn(f"{track.name}: no rank intervals: {exc}", stacklevel=2)
+        return board
+    board.loc[ranked, "rank_low"] = table["rank_low"].to_numpy()
+    board.loc[ranked, "rank_high"] = table["rank_high"].to_numpy()
+    board.loc[ranked, "group"] = table["group"].to_numpy()
+    return board
+
+
+def finished_entries(track: Track, *, release_sha256: str | None = None) -> pd.DataFrame:
+    """The ranked entries (``team``, ``name``, ``run_id`` of their latest FINISHED evaluation), best first."""
+    board = _board(track, release_sha256=release_sha256, extra_columns=(), release=None)
+    return board.loc[board["rank"].notna(), ["team", "name", "run_id"]].reset_index(drop=True)
+
+
+def find_entry(entries: pd.DataFrame, who: str, track: str) -> tuple[str, str]:
+    """(``team/name``, run id) of the entry ``who`` (``team/name``, or a ``name`` only one team has) among
+    :func:`finished_entries`; LookupError naming the entries there are."""
+    keys = (entries["team"] + "/" + entries["name"]).tolist()
+    hits = [i for i, k in enumerate(keys) if k == who] or [i for i, n in enumerate(entries["name"]) if n == who]
+    if len(hits) == 1:
+        return keys[hits[0]], str(entries["run_id"].iloc[hits[0]])
+    if hits:
+        raise LookupError(f"{who!r} is the name of {len(hits)} entries of {track}: "
+                          f"{', '.join(keys[i] for i in hits)}; give team/name")
+    shown = ", ".join(keys) if keys else "none: no FINISHED evaluation on this release"
+    raise LookupError(f"no FINISHED entry {who!r} on the {track} leaderboard; its entries: {shown}")
 
 
 def _cell(value: object) -> str:
@@ -195,24 +261,30 @@ def render(df: pd.DataFrame, fmt: Format = "table") -> str:
 
 
 def write_results(
-    track: Track, out_dir: Path, *, release_sha256: str | None = None, extra_columns: Sequence[str] = ()
+    track: Track, out_dir: Path, *, release_sha256: str | None = None, extra_columns: Sequence[str] = (),
+    release: Path | None = None,
 ) -> None:
-    """Write ``leaderboard.md`` and ``metrics.json`` ({"team/name": {metric: value}}, ranked entries).
+    """Write ``leaderboard.md`` and ``metrics.json`` ({"team/name": {metric: value}}, ranked entries, with
+    ``rank``, ``rank_low``, ``rank_high`` and ``group``), and tag the ranked runs with those four
+    (:func:`tag_ranks`).
 
     Deterministic for a given store, so re-publishing (e.g. after a DVC run-cache restore) is idempotent.
     """
-    df = leaderboard(track, release_sha256=release_sha256, extra_columns=extra_columns)
+    full = _board(track, release_sha256=release_sha256, extra_columns=extra_columns, release=release)
+    df = full[columns(track, extra_columns)]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "leaderboard.md").write_text(f"# Leaderboard: {track.name}\n\nRanked on {scored_on(track)}.\n\n"
                                             + render(df, "markdown"))
     metrics = {
         f"{row['team']}/{row['name']}": {
-            m: float(row[m]) for m in _metric_columns(track, extra_columns) if pd.notna(row[m])
+            **_rank_fields(row),
+            **{m: float(row[m]) for m in _metric_columns(track, extra_columns) if pd.notna(row[m])},
         }
         for _, row in df[df["rank"].notna()].iterrows()
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    tag_ranks(track, full)
 
 
 # --------------------------------------------------------------------------- strata (`--by COLUMN`, small multiples)
@@ -237,7 +309,7 @@ def by_columns(track: Track, column: str, metric: str | None = None, *, interval
 
 
 def by_leaderboard(track: Track, column: str, *, metric: str | None = None,
-                   release_sha256: str | None = None) -> pd.DataFrame:
+                   release_sha256: str | None = None, release: Path | None = None) -> pd.DataFrame:
     """The leaderboard with one column per bin of ``column`` (named ``<metric>[<bin>]``), after the rank, the
     entry, its status and the primary metric; rows ranked as :func:`leaderboard`."""
     s = stratum(track, column)
@@ -245,9 +317,9 @@ def by_leaderboard(track: Track, column: str, *, metric: str | None = None,
     if (known := track.strata_metrics()) is not None and m not in known:
         raise ValueError(f"no per-bin metric {m!r} in track {track.name!r}; choose one of {', '.join(sorted(known))}")
     keys = by_columns(track, column, m)
-    board = leaderboard(track, release_sha256=release_sha256, extra_columns=keys)
+    board = leaderboard(track, release_sha256=release_sha256, extra_columns=keys, release=release)
     labels = stratum_labels(s.edges, s.values)
-    head = ["rank", "team", "name", "status", track.metrics.primary]
+    head = ["rank", "group", "team", "name", "status", track.metrics.primary]
     return board[[*head, *keys]].rename(columns={k: f"{m}[{b}]" for k, b in zip(keys, labels, strict=True)})
 
 
@@ -327,3 +399,31 @@ def log_strata_plot(track: Track, path: Path, *, release_sha256: str | None = No
     if not found:
         c.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def _rank_fields(row: pd.Series) -> dict[str, int | str]:
+    """``rank``, and ``rank_low``, ``rank_high``, ``group`` where the board has them."""
+    out: dict[str, int | str] = {"rank": int(row["rank"])}
+    if pd.notna(row["rank_low"]):
+        out |= {"rank_low": int(row["rank_low"]), "rank_high": int(row["rank_high"]), "group": str(row["group"])}
+    return out
+
+
+def tag_ranks(track: Track, board: pd.DataFrame) -> None:
+    """Tag each ranked run of ``board`` (a :func:`_board`) with ``rank``, ``rank_low``, ``rank_high`` and ``group``
+    (blank without an interval), in its organiser run and the participant run of the same submission and
+    release; unranked runs get their rank tags cleared, so a tag never outlives the ranking it came from."""
+    from skybench.tracking import find_evaluation
+
+    c = MlflowClient(tracking_uri=tracking_uri())
+    for _, row in board.iterrows():
+        fields = _rank_fields(row) if pd.notna(row["rank"]) else {}
+        tags = {k: str(fields.get(k, "")) for k in ("rank", "rank_low", "rank_high", "group")}
+        run_ids = {row["run_id"]}
+        run = c.get_run(row["run_id"])
+        sub, rel = run.data.tags.get("submission_sha256"), run.data.tags.get("release_sha256")
+        if sub and rel and (shown := find_evaluation(track.name, sub, rel)) is not None:
+            run_ids.add(shown.info.run_id)
+        for run_id in sorted(run_ids):
+            for k, v in tags.items():
+                c.set_tag(run_id, k, v)

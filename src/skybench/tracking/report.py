@@ -57,9 +57,10 @@ def _print_leaderboards(console: Console, releases: Path) -> None:
         if not layout.is_release(rel):
             continue
         track = load_track(name)
-        board = lb.leaderboard(track, release_sha256=release_digest(rel))
+        board = lb.leaderboard(track, release_sha256=release_digest(rel), release=rel)
         console.print(escape(f"\nLeaderboard {name} ({track.metrics.primary}, release {rel}):"))
-        keep = ["rank", "team", "name", "status", *track.metrics.report, f"{track.metrics.primary}_ci_low",
+        keep = ["rank", "rank_low", "rank_high", "group",
+                "team", "name", "status", *track.metrics.report, f"{track.metrics.primary}_ci_low",
                 f"{track.metrics.primary}_ci_high", "device", "reason"]
         print(lb.render(board[keep], "table") if len(board) else "  no evaluations yet")
     console.print(escape(f"\nMLflow store: {tracking_uri()} (browse it with `skybench ui`)"))

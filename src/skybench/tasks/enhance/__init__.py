@@ -48,6 +48,12 @@ class EnhanceTask(Task):
 
         return score.oracle(self._own(track), truth, ids)
 
+    def score_resamples(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
+                        indices: np.ndarray) -> np.ndarray:
+        from skybench.tasks.enhance import score
+
+        return score.score_resamples(self._own(track), ids, predictions, truth, indices)
+
     @staticmethod
     def _own(track: Track) -> EnhanceTrack:
         if not isinstance(track, EnhanceTrack):

@@ -47,6 +47,12 @@ class LensTask(Task):
 
         return score.oracle(self._own(track), truth, ids)
 
+    def score_resamples(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
+                        indices: np.ndarray) -> np.ndarray:
+        from skybench.tasks.lens import score
+
+        return score.score_resamples(self._own(track), ids, predictions, truth, indices)
+
     def public_artifacts(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
                          out_dir: Path) -> None:
         from skybench.tasks.lens import score

@@ -14,8 +14,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from skybench.common import proportion_ci, stratified
-from skybench.tasks.lens.metrics import completeness_by_bin, lens_metrics, roc_curve, roc_on_grid, threshold_at_fpr
+from skybench.common import on_resamples, proportion_ci, stratified
+from skybench.tasks.lens.metrics import (
+    auroc_resamples,
+    completeness_by_bin,
+    lens_metrics,
+    roc_curve,
+    roc_on_grid,
+    threshold_at_fpr,
+)
 from skybench.tracks import Stratum, Track
 
 if TYPE_CHECKING:
@@ -40,6 +47,18 @@ def score_real(track: Track, ids: np.ndarray, predictions: np.ndarray, truth: Hi
 def oracle(track: Track, truth: HiddenSplit, ids: np.ndarray) -> np.ndarray:
     """Perfect scores: the label itself."""
     return truth.truth(ids, ["is_lens"])["is_lens"].to_numpy().astype(np.float64)
+
+
+def score_resamples(track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
+                    indices: np.ndarray) -> np.ndarray:
+    """The primary metric on each resample: AUROC by one sort and counts per resample; any other metric of
+    :func:`lens_metrics` by the generic loop (NaN on a resample without both classes)."""
+    labels = truth.truth(ids, ["is_lens"])["is_lens"].to_numpy().astype(int)
+    scores = np.asarray(predictions, dtype=np.float64)
+    primary = track.metrics.primary
+    if primary == "auroc":
+        return auroc_resamples(labels, scores, indices)
+    return on_resamples(lambda y, s: lens_metrics(y, s, n_resamples=0)[primary], indices, labels, scores)
 
 
 def public_artifacts(track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,

@@ -47,6 +47,12 @@ class PhotozTask(Task):
 
         return score.oracle(self._own(track), truth, ids)
 
+    def score_resamples(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
+                        indices: np.ndarray) -> np.ndarray:
+        from skybench.tasks.photoz import score
+
+        return score.score_resamples(self._own(track), ids, predictions, truth, indices)
+
     @staticmethod
     def _own(track: Track) -> PhotozTrack:
         if not isinstance(track, PhotozTrack):
