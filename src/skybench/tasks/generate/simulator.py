@@ -149,7 +149,7 @@ class MapSimulator:
         s = (self.pop.n_pix,) * 2
         g = np.fft.irfft2(np.fft.rfft2(field) * self._amplitude, s=s)
         kappa = g if self.kappa0 is None else self.kappa0 * np.expm1(g - self.sigma_g2 / 2)
-        if noise is not None:
+        if noise is not None and self.noise_sigma is not None:
             kappa = kappa + self.noise_sigma * noise
         if self.pop.smoothing_fwhm_arcmin is not None:
             kappa = np.fft.irfft2(np.fft.rfft2(kappa) * self.window, s=s)
@@ -163,7 +163,7 @@ class MapSimulator:
         amp = torch.as_tensor(self._amplitude, dtype=dt, device=dev)
         g = torch.fft.irfft2(torch.fft.rfft2(torch.as_tensor(field, dtype=dt, device=dev)) * amp, s=s)
         kappa = g if self.kappa0 is None else self.kappa0 * torch.expm1(g - self.sigma_g2 / 2)
-        if noise is not None:
+        if noise is not None and self.noise_sigma is not None:
             kappa = kappa + self.noise_sigma * torch.as_tensor(noise, dtype=dt, device=dev)
         if self.pop.smoothing_fwhm_arcmin is not None:
             w = torch.as_tensor(self.window, dtype=dt, device=dev)
