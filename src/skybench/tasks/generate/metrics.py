@@ -60,7 +60,7 @@ def ell_bins(n_pix: int, size_deg: float, n_bins: int, spacing: str = "log") -> 
     """Bin edges from the fundamental mode 2 pi / L to the axis Nyquist frequency (excluded), every bin holding
     at least one mode."""
     l_f = 2 * np.pi / np.deg2rad(size_deg)
-    lo, hi = l_f * 0.999, l_f * n_pix / 2
+    lo, hi = l_f * 0.999, l_f * (n_pix / 2 - 1e-6)  # the axis Nyquist modes (real, unpaired) stay out
     edges = np.geomspace(lo, hi, n_bins + 1) if spacing == "log" else np.linspace(lo, hi, n_bins + 1)
     counts = np.histogram(ell_of_modes(n_pix, size_deg), edges)[0]
     if (counts == 0).any():
@@ -312,7 +312,7 @@ def memorisation_check(gen: np.ndarray, train: np.ndarray, heldout: np.ndarray, 
 
 @dataclass(frozen=True)
 class CollapseCheck:
-    cl_variance_ratio: np.ndarray  # (B,) map-to-map variance of C_l, generated / truth
+    cl_variance_ratio: np.ndarray  # (B,) map-to-map variance of C_l / its mean^2, generated over truth
     median_variance_ratio: float
     duplicate_ratio: float  # median scale-free nearest-neighbour distance within the set, generated / truth
     flagged: bool
@@ -329,15 +329,15 @@ def _scale_free_nn(features: np.ndarray) -> np.ndarray:
 
 def collapse_check(gen: np.ndarray, truth: np.ndarray, size_deg: float, edges: np.ndarray,
                    min_ratio: float = 0.5, seed: int = 0) -> CollapseCheck:
-    """Mode collapse: the map-to-map variance of C_l per bin against the truth's, and near-duplicates within the
+    """Mode collapse: the map-to-map (fractional) variance of C_l per bin against the truth's, and near-duplicates within the
     generated set (one map repeated, shifted or mirrored, or a few maps repeated) against an equally large set of
     truth maps. Flagged when the median variance ratio or the duplicate ratio is below ``min_ratio``."""
     g, t = as_maps(gen, "gen"), as_maps(truth, "truth")
     if g.shape[0] < 3 or t.shape[0] < 3:
         raise ValueError("collapse_check: needs at least 3 generated and 3 truth maps")
-    var_g = power_spectrum(g, size_deg, edges).cl.var(axis=0, ddof=1)
-    var_t = power_spectrum(t, size_deg, edges).cl.var(axis=0, ddof=1)
-    ratio = var_g / var_t
+    cl_g, cl_t = power_spectrum(g, size_deg, edges).cl, power_spectrum(t, size_deg, edges).cl
+    # fractional variances (2 / modes for a Gaussian field): a generator with the wrong amplitude is no collapse
+    ratio = (cl_g.var(axis=0, ddof=1) / cl_g.mean(axis=0) ** 2) / (cl_t.var(axis=0, ddof=1) / cl_t.mean(axis=0) ** 2)
     n = min(g.shape[0], t.shape[0], 2000)  # nearest-neighbour distances depend on the set size: equal sizes
     rng = np.random.default_rng(seed)
     g_sub, t_sub = (x[rng.choice(x.shape[0], n, replace=False)] for x in (g, t))
