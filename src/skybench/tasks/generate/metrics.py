@@ -329,9 +329,10 @@ def _scale_free_nn(features: np.ndarray) -> np.ndarray:
 
 def collapse_check(gen: np.ndarray, truth: np.ndarray, size_deg: float, edges: np.ndarray,
                    min_ratio: float = 0.5, seed: int = 0) -> CollapseCheck:
-    """Mode collapse: the map-to-map (fractional) variance of C_l per bin against the truth's, and near-duplicates within the
-    generated set (one map repeated, shifted or mirrored, or a few maps repeated) against an equally large set of
-    truth maps. Flagged when the median variance ratio or the duplicate ratio is below ``min_ratio``."""
+    """Mode collapse: the map-to-map (fractional) variance of C_l per bin against the truth's, and
+    near-duplicates within the generated set (one map repeated, shifted or mirrored, or a few maps repeated)
+    against an equally large set of truth maps. Flagged when the median variance ratio or the duplicate ratio is
+    below ``min_ratio``."""
     g, t = as_maps(gen, "gen"), as_maps(truth, "truth")
     if g.shape[0] < 3 or t.shape[0] < 3:
         raise ValueError("collapse_check: needs at least 3 generated and 3 truth maps")
