@@ -171,3 +171,27 @@ def test_config_rejects_inconsistent_populations():
     assert kappa0_hilbert2011(1.0) == pytest.approx(0.02975)
     with pytest.raises(ValueError, match="lognormal_shift"):
         MapSimulator(population(lognormal_shift=1e-4), "numpy")
+
+
+def test_scores_on_simulated_maps_oracle_near_one_gaussian_and_cheats_caught():
+    """End to end on the truth process: an independent draw (the lognormal oracle) scores chi^2/dof ~ 1, a
+    Gaussian field with the same C_l does not, copying the training maps passes the chi^2 but not the
+    memorisation check, and one map repeated fails both the chi^2 and the collapse check."""
+    from skybench.tasks.generate.metrics import SummaryBins, chi2_per_dof, collapse_check, memorisation_check
+
+    truth_sim = MapSimulator(population(), "numpy")
+    grf_sim = MapSimulator(population(lognormal_shift=None), "numpy")
+    train, heldout = truth_sim.simulate(range(0, 200)), truth_sim.simulate(range(10_000, 10_200))
+    bins = SummaryBins.from_truth(heldout, SIZE)
+    ref = bins.vectors(heldout)
+    oracle, grf = truth_sim.simulate(range(20_000, 20_100)), grf_sim.simulate(range(30_000, 30_100))
+    assert 0.4 < chi2_per_dof(bins.vectors(oracle), ref).per_dof < 2.0
+    assert chi2_per_dof(bins.vectors(grf), ref).per_dof > 50
+    copies = train[:100]
+    assert chi2_per_dof(bins.vectors(copies), ref).per_dof < 2.0  # the chi^2 alone cannot see copying
+    assert memorisation_check(copies, train, heldout).flagged
+    assert not memorisation_check(oracle, train, heldout).flagged
+    repeated = np.repeat(oracle[:1], 100, axis=0)
+    assert chi2_per_dof(bins.vectors(repeated), ref).per_dof > 10
+    assert collapse_check(repeated, heldout, SIZE, bins.ell_edges).flagged
+    assert not collapse_check(oracle, heldout, SIZE, bins.ell_edges).flagged

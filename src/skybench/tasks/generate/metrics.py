@@ -7,7 +7,8 @@ bootstrap over maps (:func:`skybench.common.bootstrap_ci`) can resample them.
 - :func:`pdf_distances`: one-point pixel PDF, Kolmogorov-Smirnov and Wasserstein-1;
 - :func:`peak_counts`: local maxima (8 periodic neighbours) per height bin;
 - :func:`minkowski`: V0, V1, V2 per threshold (finite differences);
-- :func:`chi2_per_dof`: a summary vector's mean against the truth's, with the truth covariance (Hartlap factor);
+- :class:`SummaryBins` and :func:`chi2_per_dof`: the concatenated summary vector (C_l, peaks, V0, V1, V2) and
+  its mean against the truth's, with the truth covariance (Hartlap factor): the primary score;
 - :func:`memorisation_check` and :func:`collapse_check`: copying the training set, mode collapse.
 """
 
@@ -233,6 +234,37 @@ def chi2_per_dof(gen: np.ndarray, truth: np.ndarray) -> Chi2:
     return Chi2(chi2=chi2, dof=d, per_dof=chi2 / d, hartlap=hartlap)
 
 
+@dataclass(frozen=True)
+class SummaryBins:
+    """The bins of the summary vector, fixed from the truth maps so that every component varies over them."""
+
+    size_deg: float
+    ell_edges: np.ndarray
+    peak_edges: np.ndarray  # map units; the outer edges are -inf and +inf
+    thresholds: np.ndarray  # map units, equally spaced
+
+    @classmethod
+    def from_truth(cls, truth: np.ndarray, size_deg: float, n_ell: int = 8, n_peaks: int = 6,
+                   n_thresholds: int = 8, spacing: str = "log") -> SummaryBins:
+        """C_l bins from :func:`ell_bins`; peak-height bins holding equal numbers of the truth's peaks; Minkowski
+        thresholds equally spaced between the truth's 1st and 99th pixel percentiles."""
+        t = as_maps(truth, "truth")
+        heights = t[peak_mask(t)]
+        if len(heights) < n_peaks:
+            raise ValueError(f"SummaryBins: the truth maps have {len(heights)} peaks, fewer than {n_peaks} bins")
+        inner = np.quantile(heights, np.linspace(0, 1, n_peaks + 1)[1:-1])
+        lo, hi = np.quantile(t, [0.01, 0.99])
+        return cls(size_deg=size_deg, ell_edges=ell_bins(t.shape[-1], size_deg, n_ell, spacing),
+                   peak_edges=np.r_[-np.inf, inner, np.inf], thresholds=np.linspace(lo, hi, n_thresholds))
+
+    def vectors(self, maps: np.ndarray) -> np.ndarray:
+        """(N, D) per-map summary vectors: binned C_l, peak counts, V0, V1, V2 (the primary score's input)."""
+        m = as_maps(maps)
+        v0, v1, v2 = minkowski(m, self.thresholds)
+        return np.concatenate([power_spectrum(m, self.size_deg, self.ell_edges).cl, peak_counts(m, self.peak_edges),
+                               v0, v1, v2], axis=1)
+
+
 # ---------------------------------------------------------------------------------- memorisation and collapse
 
 
@@ -254,7 +286,8 @@ def _sq_distances(x: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Squared Euclidean distances between the rows of ``x`` (n, V, F) and ``b`` (m, F): (n, V, m)."""
     xx = np.einsum("ivf,ivf->iv", x, x)
     bb = np.einsum("jf,jf->j", b, b)
-    return np.maximum(xx[:, :, None] + bb[None, None, :] - 2 * np.einsum("ivf,jf->ivj", x, b), 0.0)
+    xb = (x.reshape(-1, x.shape[-1]) @ b.T).reshape(x.shape[0], x.shape[1], b.shape[0])  # one BLAS gemm
+    return np.maximum(xx[:, :, None] + bb[None, None, :] - 2 * xb, 0.0)
 
 
 def _nn_distance(a: np.ndarray, b: np.ndarray, exclude_self: bool = False, chunk: int = 256) -> np.ndarray:
