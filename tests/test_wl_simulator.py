@@ -191,7 +191,32 @@ def test_scores_on_simulated_maps_oracle_near_one_gaussian_and_cheats_caught():
     assert chi2_per_dof(bins.vectors(copies), ref).per_dof < 2.0  # the chi^2 alone cannot see copying
     assert memorisation_check(copies, train, heldout).flagged
     assert not memorisation_check(oracle, train, heldout).flagged
+    # per statistic: the Gaussian field's C_l is right, its peaks and Minkowski functionals are not
+    sl = bins.slices
+    assert sl["cl"].stop - sl["cl"].start == len(bins.ell_edges) - 1 and sl["v2"].stop == ref.shape[1]
+    assert chi2_per_dof(bins.vectors(grf)[:, sl["cl"]], ref[:, sl["cl"]]).per_dof < 3
+    for name in ("peaks", "v0", "v1", "v2"):
+        assert chi2_per_dof(bins.vectors(grf)[:, sl[name]], ref[:, sl[name]]).per_dof > 10, name
     repeated = np.repeat(oracle[:1], 100, axis=0)
     assert chi2_per_dof(bins.vectors(repeated), ref).per_dof > 10
     assert collapse_check(repeated, heldout, SIZE, bins.ell_edges).flagged
     assert not collapse_check(oracle, heldout, SIZE, bins.ell_edges).flagged
+
+
+def test_linear_cl_scales_as_sigma8_squared_and_latents_are_declared():
+    pop = population(cosmology={"matter_power_spectrum": "linear"})
+    ell = np.array([100.0, 1000.0])
+    base = convergence_cl(pop.cosmology, pop.sources, ell)
+    higher = convergence_cl(pop.cosmology.with_params(Omega_m=0.3, sigma8=0.9), pop.sources, ell)
+    np.testing.assert_allclose(higher / base, (0.9 / 0.8) ** 2, rtol=1e-3)
+    # more matter, more lensing (at fixed sigma8, C_l grows with Omega_m)
+    more = convergence_cl(pop.cosmology.with_params(Omega_m=0.35, sigma8=0.8), pop.sources, ell)
+    assert np.all(more > base)
+    with pytest.raises(ValidationError):
+        pop.cosmology.with_params(Omega_m=0.02, sigma8=0.8)  # below Omega_b
+    rng = np.random.default_rng(0)
+    z = population(latent={"dim": 16}).latent.draw(4000, rng)
+    assert z.shape == (4000, 16) and z.dtype == np.float32
+    assert abs(z.mean()) < 0.02 and abs(z.std() - 1) < 0.02
+    u = population(latent={"dim": 8, "distribution": "uniform"}).latent.draw(1000, rng)
+    assert u.min() >= -1 and u.max() <= 1 and abs(u.std() - 1 / np.sqrt(3)) < 0.02
