@@ -105,7 +105,7 @@ class MapPopulation(_Strict):
     n_pix: int = Field(128, ge=8, le=4096)
     size_deg: float = Field(3.5, gt=0, le=20)
     # None: Gaussian random field (no lognormal transform); "hilbert2011": kappa0_hilbert2011 at the sources'
-    # mean redshift; a number: that shift.
+    # mean redshift (an approximation for a broad n(z): the fit is for one source plane); a number: that shift.
     lognormal_shift: float | Literal["hilbert2011"] | None = "hilbert2011"
     sigma_e: float | None = Field(None, gt=0, description="shape noise per ellipticity component")
     n_gal: float | None = Field(None, gt=0, description="source galaxies per arcmin^2")
