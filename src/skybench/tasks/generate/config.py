@@ -1,0 +1,147 @@
+"""The typed configuration of a weak-lensing map population (the ``generate`` task, CosmoGAN, Mustafa et al.
+2019): the cosmology, the source redshift distribution, the map geometry, the non-Gaussian (shifted lognormal)
+transform, optional shape noise and smoothing, and the latent vectors a generator receives."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from skybench.common import Strict as _Strict
+
+
+def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2)
+
+
+class Cosmology(_Strict):
+    """Flat LCDM, massless neutrinos. ``Omega_m`` is the total matter density (cold dark matter + baryons);
+    the conditional track varies ``Omega_m`` and ``sigma8`` (:meth:`with_params`)."""
+
+    Omega_m: float = Field(0.3, gt=0, lt=1)
+    Omega_b: float = Field(0.05, gt=0, lt=1)
+    h: float = Field(0.7, gt=0.2, lt=1.5)
+    n_s: float = Field(0.96, gt=0.5, lt=1.5)
+    sigma8: float = Field(0.8, gt=0, lt=3)
+    transfer_function: Literal["eisenstein_hu", "bbks", "boltzmann_camb", "boltzmann_class"] = "eisenstein_hu"
+    matter_power_spectrum: Literal["halofit", "linear"] = "halofit"
+
+    @property
+    def Omega_c(self) -> float:
+        return self.Omega_m - self.Omega_b
+
+    @model_validator(mode="after")
+    def _check(self) -> Cosmology:
+        if self.Omega_b >= self.Omega_m:
+            raise ValueError(f"cosmology: Omega_b={self.Omega_b} must be below Omega_m={self.Omega_m} "
+                             "(Omega_m counts cold dark matter and baryons)")
+        return self
+
+    def with_params(self, Omega_m: float, sigma8: float) -> Cosmology:
+        """The same cosmology at another ``(Omega_m, sigma8)``, validated again."""
+        return Cosmology.model_validate({**self.model_dump(), "Omega_m": Omega_m, "sigma8": sigma8})
+
+
+class SmailNz(_Strict):
+    """n(z) proportional to z^alpha exp(-(z/z0)^beta) (Smail et al. 1994), tabulated on ``n_z`` points in
+    ``[0, z_max]``."""
+
+    kind: Literal["smail"]
+    z0: float = Field(gt=0)
+    alpha: float = Field(2.0, ge=0)
+    beta: float = Field(1.5, gt=0)
+    z_max: float = Field(4.0, gt=0)
+    n_z: int = Field(512, ge=16)
+
+    def table(self) -> tuple[np.ndarray, np.ndarray]:
+        z = np.linspace(0.0, self.z_max, self.n_z)
+        nz = z**self.alpha * np.exp(-((z / self.z0) ** self.beta))
+        return z, nz / _trapezoid(nz, z)
+
+    def mean_z(self) -> float:
+        z, nz = self.table()
+        return _trapezoid(z * nz, z)
+
+
+class SourcePlane(_Strict):
+    """All sources at one redshift."""
+
+    kind: Literal["plane"]
+    z_s: float = Field(gt=0, le=10)
+
+    def mean_z(self) -> float:
+        return self.z_s
+
+
+Sources = Annotated[SmailNz | SourcePlane, Field(discriminator="kind")]
+
+
+class Latent(_Strict):
+    """The latent vectors a generator receives: shape ``(N, dim)``, float32, drawn by the evaluator."""
+
+    dim: int = Field(64, ge=1, le=4096)
+    distribution: Literal["normal", "uniform"] = "normal"  # N(0, 1) or U(-1, 1) per component
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        if self.distribution == "normal":
+            return rng.standard_normal((n, self.dim), dtype=np.float32)
+        return rng.uniform(-1.0, 1.0, (n, self.dim)).astype(np.float32)
+
+
+def kappa0_hilbert2011(z_s: float) -> float:
+    """The lognormal shift (minus the minimum convergence) for sources at ``z_s``."""
+    # Hilbert, Hartlap & Schneider 2011, A&A 536, A85, eq. (38): fit to the Millennium Simulation.
+    return 0.008 * z_s + 0.029 * z_s**2 - 0.0079 * z_s**3 + 0.00065 * z_s**4
+
+
+class MapPopulation(_Strict):
+    """A population of convergence maps: ``n_pix`` x ``n_pix`` pixels covering ``size_deg`` x ``size_deg``
+    (periodic, flat sky)."""
+
+    cosmology: Cosmology = Cosmology()
+    sources: Sources
+    n_pix: int = Field(128, ge=8, le=4096)
+    size_deg: float = Field(3.5, gt=0, le=20)
+    # None: Gaussian random field (no lognormal transform); "hilbert2011": kappa0_hilbert2011 at the sources'
+    # mean redshift (an approximation for a broad n(z): the fit is for one source plane); a number: that shift.
+    lognormal_shift: float | Literal["hilbert2011"] | None = "hilbert2011"
+    sigma_e: float | None = Field(None, gt=0, description="shape noise per ellipticity component")
+    n_gal: float | None = Field(None, gt=0, description="source galaxies per arcmin^2")
+    smoothing_fwhm_arcmin: float | None = Field(None, gt=0, description="Gaussian smoothing after the noise")
+    n_ell: int = Field(256, ge=16, description="log-spaced multipoles at which pyccl computes C_l")
+    latent: Latent = Latent()
+
+    @model_validator(mode="after")
+    def _check(self) -> MapPopulation:
+        if self.n_pix % 2:
+            raise ValueError(f"n_pix={self.n_pix} must be even (the FFT's Nyquist mode)")
+        if (self.sigma_e is None) != (self.n_gal is None):
+            raise ValueError("shape noise needs both sigma_e and n_gal (or neither)")
+        if isinstance(self.lognormal_shift, float) and self.lognormal_shift <= 0:
+            raise ValueError(f"lognormal_shift={self.lognormal_shift} must be positive")
+        return self
+
+    @property
+    def pixel_rad(self) -> float:
+        return float(np.deg2rad(self.size_deg) / self.n_pix)
+
+    @property
+    def pixel_arcmin(self) -> float:
+        return self.size_deg * 60.0 / self.n_pix
+
+    def kappa0(self) -> float | None:
+        """The lognormal shift in use, or None for a Gaussian field."""
+        if self.lognormal_shift is None:
+            return None
+        if self.lognormal_shift == "hilbert2011":
+            return kappa0_hilbert2011(self.sources.mean_z())
+        return float(self.lognormal_shift)
+
+    def noise_sigma(self) -> float | None:
+        """Per-pixel standard deviation of the shape noise on the convergence, or None."""
+        if self.sigma_e is None or self.n_gal is None:
+            return None
+        # kappa noise per pixel = sigma_e / sqrt(n_gal * pixel area) (e.g. van Waerbeke 2000, MNRAS 313, 524)
+        return float(self.sigma_e / np.sqrt(self.n_gal * self.pixel_arcmin**2))

@@ -1,0 +1,410 @@
+"""Summary statistics and scores of convergence maps (the ``generate`` task): how cosmologists judge an emulator.
+
+Maps are ``(N, H, W)`` or ``(N, 1, H, W)``, square, periodic. Every statistic is computed per map (rows), so a
+bootstrap over maps (:func:`skybench.common.bootstrap_ci`) can resample them.
+
+- :func:`power_spectrum`: azimuthally binned C_l with the simulator's normalisation;
+- :func:`pdf_distances`: one-point pixel PDF, Kolmogorov-Smirnov and Wasserstein-1;
+- :func:`peak_counts`: local maxima (8 periodic neighbours) per height bin;
+- :func:`minkowski`: V0, V1, V2 per threshold (finite differences);
+- :class:`SummaryBins` and :func:`chi2_per_dof`: the concatenated summary vector (C_l, peaks, V0, V1, V2) and
+  its mean against the truth's, with the truth covariance (Hartlap factor): the primary score;
+- :func:`memorisation_check` and :func:`collapse_check`: copying the training set, mode collapse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+CHUNK = 256  # maps per vectorised block: bounds the memory of the statistics of thousands of maps
+
+# ---------------------------------------------------------------------------------------------------- inputs
+
+
+def as_maps(maps: np.ndarray, name: str = "maps") -> np.ndarray:
+    """``(N, H, W)`` float64 from ``(N, H, W)`` or ``(N, 1, H, W)``; square, finite, at least one map."""
+    a = np.asarray(maps)
+    if a.ndim == 4 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 3 or a.shape[0] == 0 or a.shape[1] != a.shape[2]:
+        raise ValueError(f"{name}: expected maps of shape (N, 1, n, n) or (N, n, n) with N >= 1, got {a.shape}")
+    if not np.issubdtype(a.dtype, np.number) or np.iscomplexobj(a):
+        raise ValueError(f"{name}: expected real numbers, got dtype {a.dtype}")
+    a = a.astype(np.float64, copy=False)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{name}: {int((~np.isfinite(a)).sum())} pixels are NaN or infinite")
+    return a
+
+
+# ---------------------------------------------------------------------------------------------- power spectrum
+
+
+def ell_of_modes(n_pix: int, size_deg: float) -> np.ndarray:
+    """|l| of the ``numpy.fft.rfft2`` modes of an ``n_pix`` map of side ``size_deg``."""
+    d = np.deg2rad(size_deg) / n_pix
+    ky = 2 * np.pi * np.fft.fftfreq(n_pix, d=d)
+    kx = 2 * np.pi * np.fft.rfftfreq(n_pix, d=d)
+    return np.hypot(ky[:, None], kx[None, :])
+
+
+def _rfft_weights(n_pix: int) -> np.ndarray:
+    """How many modes of the full plane each rfft2 column stands for: 1 for kx = 0 and Nyquist, else 2."""
+    w = np.full(n_pix // 2 + 1, 2.0)
+    w[0] = 1.0
+    if n_pix % 2 == 0:
+        w[-1] = 1.0
+    return np.broadcast_to(w, (n_pix, n_pix // 2 + 1))
+
+
+def ell_bins(n_pix: int, size_deg: float, n_bins: int, spacing: str = "log") -> np.ndarray:
+    """Bin edges from the fundamental mode 2 pi / L to the axis Nyquist frequency (excluded), every bin holding
+    at least one mode."""
+    l_f = 2 * np.pi / np.deg2rad(size_deg)
+    lo, hi = l_f * 0.999, l_f * (n_pix / 2 - 1e-6)  # the axis Nyquist modes (real, unpaired) stay out
+    edges = np.geomspace(lo, hi, n_bins + 1) if spacing == "log" else np.linspace(lo, hi, n_bins + 1)
+    counts = np.histogram(ell_of_modes(n_pix, size_deg), edges)[0]
+    if (counts == 0).any():
+        raise ValueError(f"ell_bins: {int((counts == 0).sum())} of {n_bins} {spacing} bins hold no Fourier mode "
+                         f"of a {n_pix}-pixel map; use fewer bins or linear spacing")
+    return edges
+
+
+@dataclass(frozen=True)
+class PowerSpectrum:
+    ell: np.ndarray  # (B,) mode-weighted mean |l| per bin
+    cl: np.ndarray  # (N, B) per map
+    n_modes: np.ndarray  # (B,) modes of the full Fourier plane per bin (each pair l, -l counts twice)
+    edges: np.ndarray  # (B + 1,)
+
+
+def bin_grid(values: np.ndarray, n_pix: int, size_deg: float, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mode-weighted means over the bins of ``values`` on the rfft2 grid (``(..., n, n // 2 + 1)``), and the
+    number of full-plane modes per bin."""
+    ell = ell_of_modes(n_pix, size_deg)
+    idx = np.digitize(ell, edges) - 1  # bin of each mode; -1 or B: outside
+    w = _rfft_weights(n_pix)
+    n_b = len(edges) - 1
+    inside = (idx >= 0) & (idx < n_b)
+    onehot = np.zeros((n_b, *ell.shape))
+    onehot[(idx[inside], *np.nonzero(inside))] = w[inside]
+    n_modes = onehot.sum(axis=(1, 2))
+    if (n_modes == 0).any():
+        raise ValueError(f"bin_grid: bins {np.flatnonzero(n_modes == 0).tolist()} hold no Fourier mode")
+    binned = np.tensordot(values, onehot, axes=([-2, -1], [1, 2])) / n_modes
+    return binned, n_modes
+
+
+def power_spectrum(maps: np.ndarray, size_deg: float, edges: np.ndarray) -> PowerSpectrum:
+    """Binned C_l of each map: C = pixel_area^2 |rfft2|^2 / map area (the flat-sky estimator with numpy's
+    unnormalised FFT; :func:`skybench.tasks.generate.simulator.grid_correlation` is its inverse)."""
+    m = as_maps(maps)
+    n = m.shape[-1]
+    d = np.deg2rad(size_deg) / n
+    parts = []
+    for s in range(0, m.shape[0], CHUNK):  # bounded memory for thousands of maps
+        p = np.abs(np.fft.rfft2(m[s : s + CHUNK])) ** 2 * d**2 / n**2  # d^4 |F|^2 / (n d)^2
+        cl, n_modes = bin_grid(p, n, size_deg, edges)
+        parts.append(cl)
+    cl = np.concatenate(parts)
+    ell, _ = bin_grid(ell_of_modes(n, size_deg), n, size_deg, edges)
+    return PowerSpectrum(ell=ell, cl=cl, n_modes=n_modes, edges=np.asarray(edges))
+
+
+def cl_mean_abs_rel_diff(gen_cl: np.ndarray, truth_cl: np.ndarray) -> float:
+    """Mean over l bins of |<C_gen> / <C_truth> - 1| (the maps' mean spectra)."""
+    return float(np.mean(np.abs(np.mean(gen_cl, axis=0) / np.mean(truth_cl, axis=0) - 1)))
+
+
+# ------------------------------------------------------------------------------------------------------- PDF
+
+
+def pdf_distances(gen: np.ndarray, truth: np.ndarray, max_pixels: int | None = 4_000_000, seed: int = 0
+                  ) -> tuple[float, float]:
+    """Kolmogorov-Smirnov statistic and Wasserstein-1 distance between the pooled pixel values; a set with more
+    than ``max_pixels`` pixels is subsampled (uniformly, without replacement, seeded)."""
+    rng = np.random.default_rng(seed)
+
+    def pooled(maps: np.ndarray, name: str) -> np.ndarray:
+        x = as_maps(maps, name).ravel()
+        return x if max_pixels is None or x.size <= max_pixels else rng.choice(x, max_pixels, replace=False)
+
+    g, t = pooled(gen, "gen"), pooled(truth, "truth")
+    return float(stats.ks_2samp(g, t).statistic), float(stats.wasserstein_distance(g, t))
+
+
+# ----------------------------------------------------------------------------------------------------- peaks
+
+
+def peak_mask(maps: np.ndarray) -> np.ndarray:
+    """Pixels strictly above all 8 neighbours (periodic boundaries)."""
+    m = as_maps(maps)
+    mask = np.ones(m.shape, dtype=bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                mask &= m > np.roll(m, (dy, dx), axis=(1, 2))
+    return mask
+
+
+def _per_map_histogram(values: np.ndarray, rows: np.ndarray, n_rows: int, edges: np.ndarray,
+                       weights: np.ndarray | None = None) -> np.ndarray:
+    """(n_rows, B) histograms of ``values`` (row ``rows[i]`` each) over ``edges``; outside values dropped."""
+    b = np.searchsorted(edges, values, side="right") - 1
+    ok = (b >= 0) & (b < len(edges) - 1)
+    n_b = len(edges) - 1
+    flat = rows[ok] * n_b + b[ok]
+    w = None if weights is None else weights[ok]
+    return np.bincount(flat, weights=w, minlength=n_rows * n_b).reshape(n_rows, n_b)
+
+
+def peak_counts(maps: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """(N, B) number of peaks per map whose height falls in each bin of ``edges`` (map units)."""
+    m = as_maps(maps)
+    mask = peak_mask(m)
+    rows = np.nonzero(mask)[0]
+    return _per_map_histogram(m[mask], rows, m.shape[0], np.asarray(edges, dtype=float)).astype(float)
+
+
+# ------------------------------------------------------------------------------------- Minkowski functionals
+
+
+def minkowski(maps: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """V0, V1, V2 (each ``(N, T)``) at equally spaced ``thresholds`` (map units); lengths in pixels.
+
+    V0 = area fraction at or above the threshold, V1 = boundary length / (4 area), V2 = integrated boundary curvature
+    / (2 pi area), from central finite differences (periodic); the delta function on the contour is a bin of
+    one threshold step around each threshold.
+    """
+    # Kratochvil et al. 2012, PRD 85, 103513, eqs. (5)-(7); Matsubara 2010, PRD 81, 083505
+    m = as_maps(maps)
+    nu = np.asarray(thresholds, dtype=float)
+    if nu.ndim != 1 or len(nu) < 2 or not np.allclose(np.diff(nu), nu[1] - nu[0], rtol=1e-6) or nu[1] <= nu[0]:
+        raise ValueError("minkowski: thresholds must be at least 2 increasing, equally spaced values")
+    blocks = [_minkowski_block(m[s : s + CHUNK], nu) for s in range(0, m.shape[0], CHUNK)]
+    v0, v1, v2 = (np.concatenate([b[i] for b in blocks]) for i in range(3))
+    return v0, v1, v2
+
+
+def _minkowski_block(m: np.ndarray, nu: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    step = nu[1] - nu[0]
+    n, npix = m.shape[0], m.shape[1] * m.shape[2]
+
+    def shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:  # a(y + dy, x + dx)
+        return np.roll(a, (-dy, -dx), axis=(1, 2))
+
+    kx = (shift(m, 0, 1) - shift(m, 0, -1)) / 2
+    ky = (shift(m, 1, 0) - shift(m, -1, 0)) / 2
+    kxx = shift(m, 0, 1) + shift(m, 0, -1) - 2 * m
+    kyy = shift(m, 1, 0) + shift(m, -1, 0) - 2 * m
+    kxy = (shift(m, 1, 1) - shift(m, 1, -1) - shift(m, -1, 1) + shift(m, -1, -1)) / 4
+    grad2 = kx**2 + ky**2
+    curv = np.divide(2 * kx * ky * kxy - kx**2 * kyy - ky**2 * kxx, grad2, out=np.zeros_like(m), where=grad2 > 0)
+
+    rows = np.repeat(np.arange(n), npix)
+    flat = m.ravel()
+    # V0: fraction at or above each threshold
+    below = _per_map_histogram(flat, rows, n, np.concatenate([[-np.inf], nu]))  # counts <= ... per gap
+    v0 = 1.0 - np.cumsum(below, axis=1) / npix
+    centred = np.concatenate([nu - step / 2, [nu[-1] + step / 2]])
+    v1 = _per_map_histogram(flat, rows, n, centred, np.sqrt(grad2).ravel()) / (4 * npix * step)
+    v2 = _per_map_histogram(flat, rows, n, centred, curv.ravel()) / (2 * np.pi * npix * step)
+    return v0, v1, v2
+
+
+# -------------------------------------------------------------------------------------------- the chi^2 score
+
+
+@dataclass(frozen=True)
+class Chi2:
+    chi2: float
+    dof: int
+    per_dof: float  # 1 is perfect
+    hartlap: float  # the factor applied to the inverse covariance
+
+
+def chi2_per_dof(gen: np.ndarray, truth: np.ndarray) -> Chi2:
+    """chi^2 of the generated maps' mean summary vector against the truth maps' mean, with the truth's covariance.
+
+    ``gen`` (Ng, D) and ``truth`` (Nt, D) are per-map summary vectors (e.g. C_l bins, peak counts, Minkowski
+    functionals concatenated). The difference of the two means has covariance C (1/Ng + 1/Nt); C is estimated
+    from ``truth`` and its inverse debiased by the Hartlap factor (Nt - D - 2) / (Nt - 1), so an independent
+    draw of the truth process scores 1 on average.
+    """
+    # Hartlap, Simon & Schneider 2007, A&A 464, 399, eq. (17)
+    g, t = np.atleast_2d(np.asarray(gen, float)), np.atleast_2d(np.asarray(truth, float))
+    (n_g, d), n_t = g.shape, t.shape[0]
+    if t.shape[1] != d:
+        raise ValueError(f"chi2_per_dof: gen has {d} summary components, truth {t.shape[1]}")
+    if n_t < d + 3:
+        raise ValueError(f"chi2_per_dof: {n_t} truth maps cannot estimate a {d}x{d} covariance; need >= {d + 3}")
+    if not (np.isfinite(g).all() and np.isfinite(t).all()):
+        raise ValueError("chi2_per_dof: summary vectors must be finite")
+    mu, sd = t.mean(axis=0), t.std(axis=0, ddof=1)
+    if (sd == 0).any():
+        raise ValueError(f"chi2_per_dof: summary components {np.flatnonzero(sd == 0).tolist()} do not vary over "
+                         "the truth maps (e.g. an empty peak or threshold bin); choose bins from the truth maps")
+    z_t = (t - mu) / sd  # standardised: solve with the correlation matrix, better conditioned
+    corr = np.cov(z_t, rowvar=False, ddof=1).reshape(d, d)
+    diff = (g.mean(axis=0) - mu) / sd
+    hartlap = (n_t - d - 2) / (n_t - 1)
+    chi2 = hartlap * float(diff @ np.linalg.solve(corr, diff)) / (1 / n_g + 1 / n_t)
+    return Chi2(chi2=chi2, dof=d, per_dof=chi2 / d, hartlap=hartlap)
+
+
+@dataclass(frozen=True)
+class SummaryBins:
+    """The bins of the summary vector, fixed from the truth maps so that every component varies over them."""
+
+    size_deg: float
+    ell_edges: np.ndarray
+    peak_edges: np.ndarray  # map units; the outer edges are -inf and +inf
+    thresholds: np.ndarray  # map units, equally spaced
+
+    @classmethod
+    def from_truth(cls, truth: np.ndarray, size_deg: float, n_ell: int = 8, n_peaks: int = 6,
+                   n_thresholds: int = 8, spacing: str = "log") -> SummaryBins:
+        """C_l bins from :func:`ell_bins`; peak-height bins holding equal numbers of the truth's peaks; Minkowski
+        thresholds equally spaced between the truth's 1st and 99th pixel percentiles."""
+        t = as_maps(truth, "truth")
+        heights = t[peak_mask(t)]
+        if len(heights) < n_peaks:
+            raise ValueError(f"SummaryBins: the truth maps have {len(heights)} peaks, fewer than {n_peaks} bins")
+        inner = np.quantile(heights, np.linspace(0, 1, n_peaks + 1)[1:-1])
+        lo, hi = np.quantile(t, [0.01, 0.99])
+        return cls(size_deg=size_deg, ell_edges=ell_bins(t.shape[-1], size_deg, n_ell, spacing),
+                   peak_edges=np.r_[-np.inf, inner, np.inf], thresholds=np.linspace(lo, hi, n_thresholds))
+
+    @property
+    def slices(self) -> dict[str, slice]:
+        """Where each statistic sits in a summary vector (for a chi^2 of one statistic alone)."""
+        sizes = {"cl": len(self.ell_edges) - 1, "peaks": len(self.peak_edges) - 1, "v0": len(self.thresholds),
+                 "v1": len(self.thresholds), "v2": len(self.thresholds)}
+        ends = np.cumsum(list(sizes.values()))
+        return {k: slice(int(e - n), int(e)) for (k, n), e in zip(sizes.items(), ends, strict=True)}
+
+    def vectors(self, maps: np.ndarray) -> np.ndarray:
+        """(N, D) per-map summary vectors: binned C_l, peak counts, V0, V1, V2 (the primary score's input)."""
+        m = as_maps(maps)
+        v0, v1, v2 = minkowski(m, self.thresholds)
+        return np.concatenate([power_spectrum(m, self.size_deg, self.ell_edges).cl, peak_counts(m, self.peak_edges),
+                               v0, v1, v2], axis=1)
+
+
+# ---------------------------------------------------------------------------------- memorisation and collapse
+
+
+def invariant_features(maps: np.ndarray, k_max: int = 16) -> np.ndarray:
+    """(N, 4, F) Fourier amplitudes |FFT| of the modes |k_x|, |k_y| <= ``k_max`` under the 4 symmetries that
+    matter for a real square map (identity, transpose, mirror, both): equal for periodic translations, mirrors
+    and 90-degree rotations of a map, so a shifted or flipped copy is still a copy."""
+    m = as_maps(maps)
+    n = m.shape[-1]
+    k = min(k_max, n // 2 - 1)
+    idx = np.r_[0 : k + 1, n - k : n]  # ky, kx = 0..k, -k..-1
+    a = np.abs(np.fft.fft2(m))[:, idx][:, :, idx]
+    mirror = np.r_[0, np.arange(2 * k, 0, -1)]  # kx -> -kx in that ordering
+    variants = [a, a.transpose(0, 2, 1), a[:, :, mirror], a[:, :, mirror].transpose(0, 2, 1)]
+    return np.stack(variants, axis=1).reshape(m.shape[0], 4, -1)
+
+
+def _sq_distances(x: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances between the rows of ``x`` (n, V, F) and ``b`` (m, F): (n, V, m)."""
+    xx = np.einsum("ivf,ivf->iv", x, x)
+    bb = np.einsum("jf,jf->j", b, b)
+    xb = (x.reshape(-1, x.shape[-1]) @ b.T).reshape(x.shape[0], x.shape[1], b.shape[0])  # one BLAS gemm
+    return np.maximum(xx[:, :, None] + bb[None, None, :] - 2 * xb, 0.0)
+
+
+def _nn_distance(a: np.ndarray, b: np.ndarray, exclude_self: bool = False, chunk: int = 256) -> np.ndarray:
+    """Euclidean distance of each row of ``a`` ((Na, F) or (Na, V, F): minimum over variants V) to its nearest
+    row of ``b`` (Nb, F); with ``exclude_self``, ``a`` and ``b`` are the same set and row i skips itself."""
+    a3 = a if a.ndim == 3 else a[:, None]
+    b2 = b.reshape(b.shape[0], -1)
+    out = np.empty(a3.shape[0])
+    for s in range(0, a3.shape[0], chunk):
+        d2 = _sq_distances(a3[s : s + chunk], b2).min(axis=1)
+        if exclude_self:
+            r = np.arange(s, s + d2.shape[0])
+            d2[r - s, r] = np.inf
+        out[s : s + chunk] = d2.min(axis=1)
+    return np.sqrt(out)
+
+
+@dataclass(frozen=True)
+class MemorisationCheck:
+    closer_to_train: float  # fraction of generated maps nearer to a training map than to any held-out map
+    expected: float  # that fraction without memorisation: n_train / (n_train + n_heldout)
+    p_value: float  # one-sided binomial, the smaller over the two distances, Bonferroni x2
+    median_ratio: float  # median NN distance generated -> train / held-out truth -> train (pixel space)
+    flagged: bool
+
+
+def memorisation_check(gen: np.ndarray, train: np.ndarray, heldout: np.ndarray, alpha: float = 1e-3
+                       ) -> MemorisationCheck:
+    """Are the generated maps copies of the training maps?
+
+    Training and held-out maps are independent draws of the truth process, so without memorisation a generated
+    map's nearest neighbour in their union lies in the training set with probability n_train / (n_train +
+    n_heldout), whatever the generator's distribution (data-copying tests: Meehan, Chaudhuri & Dasgupta 2020,
+    AISTATS). Copying shows as an excess; tested with pixel distances and with distances between
+    translation/mirror-invariant Fourier amplitudes (:func:`invariant_features`), so a shifted copy is caught.
+    Also reported: the median distance to the training set, generated over held-out (the issue's comparison).
+    """
+    g, tr, ho = as_maps(gen, "gen"), as_maps(train, "train"), as_maps(heldout, "heldout")
+    if not g.shape[1:] == tr.shape[1:] == ho.shape[1:]:
+        raise ValueError(f"memorisation_check: map sizes differ: {g.shape[1:]}, {tr.shape[1:]}, {ho.shape[1:]}")
+    expected = tr.shape[0] / (tr.shape[0] + ho.shape[0])
+    flat = [x.reshape(x.shape[0], -1) for x in (g, tr, ho)]
+    feats = [invariant_features(x) for x in (g, tr, ho)]
+    fractions, p_values = [], []
+    for a, b_tr, b_ho in ((flat[0], flat[1], flat[2]), (feats[0], feats[1][:, 0], feats[2][:, 0])):
+        d_tr, d_ho = _nn_distance(a, b_tr), _nn_distance(a, b_ho)
+        k = float(np.sum(d_tr < d_ho) + 0.5 * np.sum(d_tr == d_ho))
+        fractions.append(k / len(d_tr))
+        p_values.append(float(stats.binomtest(int(np.floor(k)), len(d_tr), expected, alternative="greater").pvalue))
+    ratio = float(np.median(_nn_distance(flat[0], flat[1])) / np.median(_nn_distance(flat[2], flat[1])))
+    p = min(1.0, 2 * min(p_values))
+    return MemorisationCheck(closer_to_train=max(fractions), expected=expected, p_value=p, median_ratio=ratio,
+                             flagged=p < alpha)
+
+
+@dataclass(frozen=True)
+class CollapseCheck:
+    cl_variance_ratio: np.ndarray  # (B,) map-to-map variance of C_l / its mean^2, generated over truth
+    median_variance_ratio: float
+    duplicate_ratio: float  # median scale-free nearest-neighbour distance within the set, generated / truth
+    flagged: bool
+
+
+def _scale_free_nn(features: np.ndarray) -> np.ndarray:
+    """Nearest-neighbour distance within a set (translation/mirror invariant) over the set's median distance
+    between random pairs of its maps, so a generator with less power is not mistaken for a collapsed one."""
+    b = features[:, 0]
+    nn = _nn_distance(features, b, exclude_self=True)
+    typical = np.median(np.sqrt(_sq_distances(b[:, None], b)[:, 0][np.triu_indices(len(b), k=1)]))
+    return nn / typical if typical > 0 else np.zeros_like(nn)
+
+
+def collapse_check(gen: np.ndarray, truth: np.ndarray, size_deg: float, edges: np.ndarray,
+                   min_ratio: float = 0.5, seed: int = 0) -> CollapseCheck:
+    """Mode collapse: the map-to-map (fractional) variance of C_l per bin against the truth's, and
+    near-duplicates within the generated set (one map repeated, shifted or mirrored, or a few maps repeated)
+    against an equally large set of truth maps. Flagged when the median variance ratio or the duplicate ratio is
+    below ``min_ratio``."""
+    g, t = as_maps(gen, "gen"), as_maps(truth, "truth")
+    if g.shape[0] < 3 or t.shape[0] < 3:
+        raise ValueError("collapse_check: needs at least 3 generated and 3 truth maps")
+    cl_g, cl_t = power_spectrum(g, size_deg, edges).cl, power_spectrum(t, size_deg, edges).cl
+    # fractional variances (2 / modes for a Gaussian field): a generator with the wrong amplitude is no collapse
+    ratio = (cl_g.var(axis=0, ddof=1) / cl_g.mean(axis=0) ** 2) / (cl_t.var(axis=0, ddof=1) / cl_t.mean(axis=0) ** 2)
+    n = min(g.shape[0], t.shape[0], 2000)  # nearest-neighbour distances depend on the set size: equal sizes
+    rng = np.random.default_rng(seed)
+    g_sub, t_sub = (x[rng.choice(x.shape[0], n, replace=False)] for x in (g, t))
+    dup = float(np.median(_scale_free_nn(invariant_features(g_sub))) /
+                np.median(_scale_free_nn(invariant_features(t_sub))))
+    med = float(np.median(ratio))
+    return CollapseCheck(cl_variance_ratio=ratio, median_variance_ratio=med, duplicate_ratio=dup,
+                         flagged=bool(med < min_ratio or dup < min_ratio))

@@ -1,0 +1,176 @@
+"""The generate task's map metrics on inputs with known answers: white noise's flat C_l, a shift's Wasserstein
+distance, peaks of constant and single-bump maps, the Gaussian Minkowski functionals, the chi^2 of truth
+against truth, and the memorisation and collapse checks against copying and repeating generators."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage, stats
+from scipy.special import erfc
+
+from skybench.tasks.generate.metrics import (
+    as_maps,
+    chi2_per_dof,
+    collapse_check,
+    ell_bins,
+    memorisation_check,
+    minkowski,
+    pdf_distances,
+    peak_counts,
+    power_spectrum,
+)
+
+N, SIZE = 64, 3.5
+
+
+def smooth_gaussian_maps(n_maps: int, seed: int, sigma_pix: float = 3.0, n: int = N) -> np.ndarray:
+    """Gaussian random fields: white noise smoothed by a periodic Gaussian (scipy.ndimage, mode wrap)."""
+    rng = np.random.default_rng(seed)
+    white = rng.standard_normal((n_maps, n, n))
+    return np.stack([ndimage.gaussian_filter(w, sigma_pix, mode="wrap") for w in white])
+
+
+def lognormal_maps(n_maps: int, seed: int) -> np.ndarray:
+    """Skewed maps (a shifted lognormal of smooth Gaussian fields), the truth-like process of these tests."""
+    g = smooth_gaussian_maps(n_maps, seed)
+    g /= g.std()
+    return np.expm1(0.6 * g - 0.18)
+
+
+def test_white_noise_has_a_flat_power_spectrum_at_sigma2_times_pixel_area():
+    sigma = 0.02
+    maps = sigma * np.random.default_rng(0).standard_normal((64, 1, N, N))
+    ps = power_spectrum(maps, SIZE, ell_bins(N, SIZE, 8))
+    expected = sigma**2 * (np.deg2rad(SIZE) / N) ** 2
+    # each bin: a mean of n_modes / 2 exponentials per map, 64 maps
+    err = expected * np.sqrt(2 / ps.n_modes / 64)
+    z = (ps.cl.mean(0) - expected) / err
+    assert np.all(np.abs(z) < 4), z
+    assert np.all(np.diff(ps.ell) > 0) and ps.cl.shape == (64, 8)
+
+
+def test_pdf_distances_known_answers():
+    maps = lognormal_maps(8, 1)
+    assert pdf_distances(maps, maps) == (0.0, 0.0)
+    ks, w1 = pdf_distances(maps + 0.05, maps)  # a shift by c: Wasserstein-1 is exactly c
+    assert w1 == pytest.approx(0.05, rel=1e-9) and ks > 0
+    ks_gauss, _ = pdf_distances(smooth_gaussian_maps(8, 2) / smooth_gaussian_maps(8, 2).std() * maps.std(), maps)
+    assert ks_gauss > 0.03  # same variance, no skewness: the KS statistic sees it
+
+
+def test_peaks_of_constant_bump_and_plateau_maps():
+    edges = np.array([-10.0, 0.5, 1.5, 10.0])
+    assert peak_counts(np.full((3, 1, N, N), 0.7), edges).sum() == 0
+    bump = np.zeros((1, N, N))
+    bump[0, 0, 0] = 1.0  # at the corner: its neighbours wrap around
+    np.testing.assert_array_equal(peak_counts(bump, edges), [[0, 1, 0]])
+    plateau = bump.copy()
+    plateau[0, 0, 1] = 1.0  # two equal maxima side by side: neither is strictly above all neighbours
+    assert peak_counts(plateau, edges).sum() == 0
+    two = np.zeros((2, N, N))
+    two[1, 10, 10], two[1, 30, 40] = 2.0, 1.0
+    np.testing.assert_array_equal(peak_counts(two, edges), [[0, 0, 0], [0, 1, 1]])
+
+
+def test_minkowski_functionals_of_a_gaussian_field_match_the_analytic_ones():
+    maps = smooth_gaussian_maps(32, 3, sigma_pix=4.0)
+    maps -= maps.mean()
+    s0 = maps.std()
+    nu = np.linspace(-2.5, 2.5, 21)
+    v0, v1, v2 = minkowski(maps, nu * s0)
+    # V0: the Gaussian tail fraction
+    np.testing.assert_allclose(v0.mean(0), 0.5 * erfc(nu / np.sqrt(2)), atol=0.02)
+    # V1, V2 (Tomita 1986; Schmalzing & Gorski 1998): s1^2 = <|grad kappa|^2> per pixel^2, from the spectrum
+    k = 2 * np.pi * np.fft.fftfreq(N)
+    k2 = k[:, None] ** 2 + k[None, :] ** 2
+    s1 = np.sqrt(np.mean(np.sum(k2 * np.abs(np.fft.fft2(maps)) ** 2, axis=(1, 2))) / N**4)
+    g = np.exp(-(nu**2) / 2)
+    v1_th = s1 / (8 * np.sqrt(2) * s0) * g
+    v2_th = s1**2 / (2 * s0**2) / (2 * np.pi) ** 1.5 * nu * g
+    np.testing.assert_allclose(v1.mean(0), v1_th, atol=0.06 * v1_th.max())
+    np.testing.assert_allclose(v2.mean(0), v2_th, atol=0.08 * np.abs(v2_th).max())
+    with pytest.raises(ValueError, match="equally spaced"):
+        minkowski(maps, np.array([0.0, 1.0, 3.0]))
+
+
+def test_chi2_per_dof_of_truth_against_truth_is_one_with_the_hartlap_factor():
+    rng = np.random.default_rng(4)
+    d, n_t, n_g = 10, 40, 30
+    a = rng.standard_normal((d, d))
+    cov = a @ a.T + d * np.eye(d)
+    draws = [chi2_per_dof(rng.multivariate_normal(np.ones(d), cov, n_g),
+                          rng.multivariate_normal(np.ones(d), cov, n_t)).per_dof for _ in range(400)]
+    # Hartlap's (n_t - d - 2) / (n_t - 1) = 0.72 here: without it the mean would be about 1.4
+    assert np.mean(draws) == pytest.approx(1.0, abs=0.08)
+    # a mean off by delta: chi^2 about delta^T C^-1 delta / (1/n_g + 1/n_t)
+    delta = 3 * np.ones(d)
+    shifted = chi2_per_dof(rng.multivariate_normal(1 + delta, cov, n_g), rng.multivariate_normal(np.ones(d), cov, 400))
+    expected = delta @ np.linalg.solve(cov, delta) / (1 / n_g + 1 / 400) / d
+    assert shifted.per_dof == pytest.approx(expected, rel=0.5) and expected > 5
+    with pytest.raises(ValueError, match="do not vary"):
+        chi2_per_dof(np.ones((5, 3)), np.c_[rng.standard_normal((20, 2)), np.zeros(20)])
+    with pytest.raises(ValueError, match="cannot estimate"):
+        chi2_per_dof(np.ones((5, 3)), rng.standard_normal((5, 3)))
+
+
+def summaries(maps: np.ndarray) -> np.ndarray:
+    s = 0.45  # about the truth maps' standard deviation
+    cl = power_spectrum(maps, SIZE, ell_bins(N, SIZE, 6)).cl
+    peaks = peak_counts(maps, np.array([-1, 0.5, 1, 2, 10]) * s)
+    v0, v1, v2 = minkowski(maps, np.linspace(-1, 2, 4) * s)
+    return np.c_[np.log(cl), peaks, v0, v1, v2]
+
+
+def test_chi2_on_maps_separates_a_gaussian_field_from_the_skewed_truth():
+    truth, again = summaries(lognormal_maps(200, 5)), summaries(lognormal_maps(100, 6))
+    assert 0.2 < chi2_per_dof(again, truth).per_dof < 2.5
+    gauss = smooth_gaussian_maps(100, 7)
+    gauss *= lognormal_maps(50, 8).std() / gauss.std()  # same variance, no skewness
+    assert chi2_per_dof(summaries(gauss), truth).per_dof > 10
+
+
+def test_memorisation_check_catches_copies_shifted_flipped_and_noisy():
+    train, heldout, fresh = lognormal_maps(60, 10), lognormal_maps(60, 11), lognormal_maps(40, 12)
+    honest = memorisation_check(fresh, train, heldout)
+    assert not honest.flagged and honest.median_ratio > 0.8
+    rng = np.random.default_rng(0)
+    copies = train[rng.integers(0, len(train), 40)]
+    assert memorisation_check(copies, train, heldout).flagged
+    moved = np.stack([np.roll(m, (int(rng.integers(N)), int(rng.integers(N))), axis=(0, 1)) for m in copies])
+    moved[::2] = moved[::2, ::-1]  # mirrored
+    moved[1::4] = np.rot90(moved[1::4], axes=(1, 2))
+    check = memorisation_check(moved, train, heldout)
+    assert check.flagged, check
+    noisy = copies + 0.2 * copies.std() * rng.standard_normal(copies.shape)
+    assert memorisation_check(noisy, train, heldout).flagged
+    # half the batch copied is still caught
+    assert memorisation_check(np.concatenate([copies[:20], fresh[:20]]), train, heldout).flagged
+
+
+def test_collapse_check_catches_repeated_maps_but_not_a_weaker_amplitude():
+    truth, fresh = lognormal_maps(60, 20), lognormal_maps(60, 21)
+    edges = ell_bins(N, SIZE, 6)
+    assert not collapse_check(fresh, truth, SIZE, edges).flagged
+    assert not collapse_check(0.5 * fresh, truth, SIZE, edges).flagged  # wrong, but not collapsed
+    one = np.repeat(fresh[:1], 60, axis=0)
+    assert collapse_check(one, truth, SIZE, edges).flagged
+    rng = np.random.default_rng(1)
+    rolled = np.stack([np.roll(fresh[0], (int(rng.integers(N)), int(rng.integers(N))), axis=(0, 1)) for _ in range(60)])
+    c = collapse_check(rolled, truth, SIZE, edges)
+    assert c.flagged and c.median_variance_ratio < 1e-6
+    few = np.tile(fresh[:5], (12, 1, 1))  # five maps repeated: the C_l scatter looks fine, the duplicates do not
+    c = collapse_check(few, truth, SIZE, edges)
+    assert c.flagged and c.duplicate_ratio < 0.1
+
+
+def test_maps_are_validated():
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        as_maps(np.full((2, 1, 8, 8), np.nan))
+    with pytest.raises(ValueError, match="shape"):
+        as_maps(np.zeros((2, 3, 8, 8)))
+    with pytest.raises(ValueError, match="shape"):
+        as_maps(np.zeros((2, 8, 9)))
+    with pytest.raises(ValueError, match="hold no Fourier mode"):
+        ell_bins(N, SIZE, 200)
+    assert stats.skew(lognormal_maps(4, 0).ravel()) > 0.5
