@@ -143,6 +143,7 @@ def test_pyccl_cl_agrees_with_an_independent_limber_integral():
                                rtol=2e-3)
 
 
+@pytest.mark.slow
 def test_torch_path_matches_the_numpy_reference():
     pytest.importorskip("torch")
     pop = population(sigma_e=0.26, n_gal=30.0, smoothing_fwhm_arcmin=2.0)
@@ -173,6 +174,7 @@ def test_config_rejects_inconsistent_populations():
         MapSimulator(population(lognormal_shift=1e-4), "numpy")
 
 
+@pytest.mark.slow
 def test_scores_on_simulated_maps_oracle_near_one_gaussian_and_cheats_caught():
     """End to end on the truth process: an independent draw (the lognormal oracle) scores chi^2/dof ~ 1, a
     Gaussian field with the same C_l does not, copying the training maps passes the chi^2 but not the
