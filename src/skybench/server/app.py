@@ -22,7 +22,7 @@ from sqlalchemy import Engine, select
 from starlette.datastructures import UploadFile
 
 from skybench.harness.submission import SLUG
-from skybench.server import faults, queue
+from skybench.server import faults, intake, queue
 from skybench.server.auth import AuthError, FailureLimiter, RateLimited, VerifiedCache, verify
 from skybench.server.config import ChallengeConfig, Phase
 from skybench.server.db import Submission, Team, make_engine, sessions, upgrade, utcnow
@@ -54,6 +54,8 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
     engine = engine or make_engine(cfg.db_url)
     upgrade(engine)
     Session = sessions(engine)
+    with Session() as s:
+        queue.expire_received(s)  # uploads a stopped server was checking: never acknowledged, not counted
     store = Store(cfg.storage, cfg.upload)
     limiter = FailureLimiter(cfg.auth.max_failures, cfg.auth.window_seconds)
     verified = VerifiedCache()
@@ -113,7 +115,6 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
     @app.post("/api/submissions", status_code=202)
     async def submit(request: Request, t: Team = Depends(team)) -> dict[str, Any]:
         received = utcnow()
-        archive = folder = None
         form = None
         try:
             form = await read_upload_form(request, cfg.upload.max_bytes)
@@ -128,20 +129,13 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
             if track not in cfg.tracks or not cfg.tracks[track].open:
                 raise UploadError(f"track {track!r} takes no submissions here (open: "
                                   f"{', '.join(n for n, c in cfg.tracks.items() if c.open)})", 404)
-            archive = await run_in_threadpool(store.receive_file, upload.file)
-            folder = await run_in_threadpool(store.unpack, archive)
-            # Moved into the store when valid: only its staging folder is left to remove.
-            loaded, _ = await run_in_threadpool(store.store, folder, {"team": t.name, "name": name, "track": track})
-            with Session() as s:
-                sub = queue.enqueue(s, cfg, s.get(Team, t.id), track, name, loaded.sha256, received)
+            sub = await run_in_threadpool(intake.accept, cfg, Session, store, t.id, track, name, upload.file,
+                                          received)
         except UploadError as exc:
             raise HTTPException(exc.status, str(exc)) from None
         except queue.Refused as exc:
             raise HTTPException(exc.status, str(exc)) from None
         finally:
-            for leftover in (archive, folder):
-                if leftover is not None:
-                    store.discard(leftover)
             if form is not None:
                 await form.close()
         return view(sub, t.name)

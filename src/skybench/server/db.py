@@ -74,7 +74,8 @@ class Submission(Base):
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), index=True)
     track: Mapped[str] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(64))
-    sha256: Mapped[str] = mapped_column(String(64))  # of the canonical folder (storage.canonical_sha256)
+    # Of the validated folder (storage.Store.store); None while ``received`` (its schema not yet checked).
+    sha256: Mapped[str | None] = mapped_column(String(64))
     phase: Mapped[str] = mapped_column(String(16))  # the phase it was submitted in
     state: Mapped[str] = mapped_column(String(16), default="received")
     received_at: Mapped[datetime] = mapped_column(UTC, default=utcnow)

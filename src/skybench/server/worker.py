@@ -105,6 +105,7 @@ def run_one(cfg: ChallengeConfig, sessions: sessionmaker, owner: str, *, executo
     hb = _Heartbeat(beat, max(1.0, cfg.lease_seconds / 3))
     hb.start()
     try:
+        assert sub.sha256 is not None  # only a queued (validated) submission is claimed
         stored = Store(cfg.storage, cfg.upload).object_dir(sub.sha256)
         # Where the organiser's `dvc repro` finds it; its record there is this one (same identity and sha256).
         place(stored, project_folder(cfg, team_name, sub.name))
