@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers.py
 from helpers import bwrap_works  # noqa: E402
@@ -189,3 +190,73 @@ def test_a_failed_run_shows_the_team_its_reason_and_sandbox_stderr(challenge, cf
     assert shown["reason"] and "\n" not in shown["reason"]
     assert "shape mismatch ahead" in shown["log"] and "my model is broken" in shown["log"]
     assert client.get(r.json()["status_url"], headers=auth["beta"]).status_code == 404
+
+
+def test_concurrent_final_picks_never_500_never_more_than_k(challenge):
+    """Teams' final-entry posts racing each other (alpha's two entries, K = 1): each answer is 200 or a clear
+    4xx, and alpha ends with exactly one of the choices posted, never a mix of two."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from skybench.server.db import FinalChoice
+
+    client, auth, ids, Session = challenge
+    assert client.post(f"/api/admin/tracks/{TRACK}/phase", json={"phase": "closed"},
+                       headers=auth["admin"]).status_code == 200
+    picks = [[ids["a1"]], [ids["a2"]], [ids["a1"], ids["a2"]]] * 4
+    gate = Barrier(len(picks))
+
+    def post(pick: list[str]) -> tuple[int, str]:
+        gate.wait()
+        r = client.post(f"/api/tracks/{TRACK}/final", json={"submissions": pick}, headers=auth["alpha"])
+        return r.status_code, r.text
+
+    with ThreadPoolExecutor(len(picks)) as pool:
+        answers = list(pool.map(post, picks))
+    for (code, text), pick in zip(answers, picks, strict=True):
+        assert code in ((422,) if len(pick) == 2 else (200, 409)), (code, text)
+        assert "at most 1" in text if len(pick) == 2 else True
+    with Session() as s:
+        rows = s.scalars(select(FinalChoice.submission_id).where(FinalChoice.track == TRACK)).all()
+    assert len(rows) == 1 and rows[0] in (ids["a1"], ids["a2"])
+
+
+def test_final_choices_are_serialised_per_team(cfg, Session):  # noqa: N803
+    """choose_finals itself from 8 threads at once (K = 2), on the real database: every call is saved whole or
+    refused with FinalRefused 409, and the team ends with exactly one call's choice."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from skybench.server import phases, queue
+    from skybench.server.auth import add_team
+    from skybench.server.db import FinalChoice, Submission, utcnow
+
+    cfg = cfg.model_copy(update={"final_entries": 2})
+    with Session() as s:
+        team = add_team(s, "alpha").team
+        now = utcnow()
+        subs = [Submission(id=f"s{i}".ljust(32, "0"), team_id=team.id, track=TRACK, name=f"e{i}", sha256="0" * 64,
+                           phase="open", state="finished", received_at=now, queued_at=now, finished_at=now,
+                           metrics={}) for i in range(8)]
+        s.add_all(subs)
+        s.commit()
+        queue.set_phase(s, TRACK, "closed")
+    choices = [[subs[i].id, subs[(i + 1) % 8].id] for i in range(8)]
+    gate = Barrier(len(choices))
+
+    def choose(pick: list[str]) -> str:
+        gate.wait()
+        with Session() as s:
+            try:
+                phases.choose_finals(s, cfg, team, TRACK, pick)
+                return "saved"
+            except phases.FinalRefused as exc:
+                assert exc.status == 409 and "at the same time" in str(exc)
+                return "refused"
+
+    with ThreadPoolExecutor(len(choices)) as pool:
+        outcomes = list(pool.map(choose, choices))
+    assert "saved" in outcomes
+    with Session() as s:
+        final = set(s.scalars(select(FinalChoice.submission_id).where(FinalChoice.team_id == team.id)).all())
+    assert final in [set(c) for c, o in zip(choices, outcomes, strict=True) if o == "saved"]

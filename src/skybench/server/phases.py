@@ -22,7 +22,8 @@ from typing import Any
 import pandas as pd
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from skybench.server import queue
@@ -153,6 +154,52 @@ def change_phase(session: Session, cfg: ChallengeConfig, track: str, phase: str,
     return old
 
 
+class FinalRefused(Exception):
+    """A choice of final entries not saved; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def choose_finals(session: Session, cfg: ChallengeConfig, team: Team, track: str, ids: list[str]) -> list[str]:
+    """Replace ``team``'s final entries on ``track`` by ``ids`` (at most K), atomically; commits.
+
+    The transaction starts by writing the team's row, which serialises a team's concurrent choices on both
+    databases (PostgreSQL: a row lock; SQLite: the write lock, taken before anything is read, so the busy
+    timeout waits instead of failing on a stale snapshot): the last one saved wins, and no mix of two ever
+    exceeds K. Raises :class:`FinalRefused` (nothing changed)."""
+    ids = list(dict.fromkeys(ids))
+    k = cfg.k(track)
+    if len(ids) > k:
+        raise FinalRefused(f"{len(ids)} final entries chosen on {track!r}; at most {k}", 422)
+    try:
+        # a non-key column: PostgreSQL then does not wait for the team's concurrent uploads (their FK locks)
+        session.execute(update(Team).where(Team.id == team.id).values(is_admin=Team.is_admin))
+        phase = queue.current_phase(session, cfg, track)
+        if phase != "closed":
+            raise FinalRefused(f"final entries are chosen while {track!r} is closed; it is {phase!r}", 409)
+        for sid in ids:
+            sub = session.get(Submission, sid)
+            if sub is None or sub.team_id != team.id:  # another team's id looks like a missing one
+                raise FinalRefused(f"no submission {sid!r} of team {team.name!r}", 404)
+            if sub.track != track or sub.state != "finished":
+                raise FinalRefused(f"submission {sid!r} is {sub.state} on {sub.track!r}: only finished "
+                                   f"submissions on {track!r} can be final entries", 422)
+        session.execute(delete(FinalChoice).where(FinalChoice.team_id == team.id, FinalChoice.track == track))
+        session.add_all(FinalChoice(team_id=team.id, track=track, submission_id=sid) for sid in ids)
+        session.commit()
+    except (OperationalError, IntegrityError) as exc:  # a lock wait that timed out, say
+        session.rollback()
+        raise FinalRefused(f"another choice of final entries of team {team.name!r} on {track!r} was being saved "
+                           f"at the same time and this one was not saved ({type(exc.orig).__name__}); "
+                           f"look at GET /api/tracks/{track}/final and choose again if needed", 409) from exc
+    except BaseException:
+        session.rollback()
+        raise
+    return ids
+
+
 class FinalPick(BaseModel):
     submissions: list[str] = Field(..., description="ids of the team's own finished submissions on this track")
 
@@ -195,24 +242,13 @@ def router(cfg: ChallengeConfig, sessions: sessionmaker, team: Callable[..., Tea
     @api.post("/{track}/final")
     def pick(track: str, body: FinalPick, t: Team = Depends(team)) -> dict[str, Any]:
         known(track)
-        ids = list(dict.fromkeys(body.submissions))
-        k = cfg.k(track)
-        if len(ids) > k:
-            raise HTTPException(422, f"{len(ids)} final entries chosen on {track!r}; at most {k}")
         with sessions() as s:
-            phase = catch_up(s, cfg, track)
-            if phase != "closed":
-                raise HTTPException(409, f"final entries are chosen while {track!r} is closed; it is {phase!r}")
-            for sid in ids:
-                sub = s.get(Submission, sid)
-                if sub is None or sub.team_id != t.id:  # another team's id looks like a missing one
-                    raise HTTPException(404, f"no submission {sid!r} of team {t.name!r}")
-                if sub.track != track or sub.state != "finished":
-                    raise HTTPException(422, f"submission {sid!r} is {sub.state} on {sub.track!r}: only finished "
-                                             f"submissions on {track!r} can be final entries")
-            s.execute(delete(FinalChoice).where(FinalChoice.team_id == t.id, FinalChoice.track == track))
-            s.add_all(FinalChoice(team_id=t.id, track=track, submission_id=sid) for sid in ids)
-            s.commit()
+            catch_up(s, cfg, track)  # may store a snapshot: before the team's lock below
+        with sessions() as s:
+            try:
+                choose_finals(s, cfg, t, track, body.submissions)
+            except FinalRefused as exc:
+                raise HTTPException(exc.status, str(exc)) from None
             return _view(s, t, track)
 
     return api
