@@ -260,3 +260,96 @@ def test_final_choices_are_serialised_per_team(cfg, Session):  # noqa: N803
     with Session() as s:
         final = set(s.scalars(select(FinalChoice.submission_id).where(FinalChoice.team_id == team.id)).all())
     assert final in [set(c) for c, o in zip(choices, outcomes, strict=True) if o == "saved"]
+
+
+def _dated(cfg, **update):  # type: ignore[no-untyped-def]
+    """``cfg`` with lens-space opened two days ago and closed one day ago (by date)."""
+    past = datetime.now(timezone.utc) - timedelta(days=2)
+    tracks = dict(cfg.tracks)
+    tracks[TRACK] = tracks[TRACK].model_copy(update={"phases": {"open": past, "closed": past + timedelta(days=1)}})
+    return cfg.model_copy(update={"tracks": tracks, **update})
+
+
+def test_a_snapshot_is_taken_once_under_concurrency(challenge, cfg):
+    """Eight threads snapshotting the same ended phase at once: one row, one pair of files, one answer."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from skybench.server import phases
+    from skybench.server.db import LeaderboardSnapshot
+
+    _, _, _, Session = challenge
+    gate = Barrier(8)
+
+    def take(_: int) -> int:
+        gate.wait()
+        with Session() as s:
+            return phases.snapshot(s, cfg, TRACK, "open").id
+
+    with ThreadPoolExecutor(8) as pool:
+        got = set(pool.map(take, range(8)))
+    with Session() as s:
+        rows = s.scalars(select(LeaderboardSnapshot)).all()
+    assert len(rows) == 1 and got == {rows[0].id}
+    files = sorted(p.name for p in (cfg.storage / "leaderboards" / TRACK).iterdir())
+    assert files == [Path(rows[0].path).name, Path(rows[0].path).with_suffix(".md").name]
+
+
+def test_the_servers_tick_snapshots_an_ended_phase_without_a_request(challenge, cfg, engine):
+    """No leaderboard request at all: the server's lifespan tick stores the snapshot of the phase that ended
+    by date, and the worker's tick after it stores nothing more."""
+    from skybench.server import worker
+    from skybench.server.app import create_app
+    from skybench.server.db import LeaderboardSnapshot
+
+    _, _, _, Session = challenge
+    dated = _dated(cfg, tick_seconds=0.2)
+    with Session() as s:
+        assert s.scalars(select(LeaderboardSnapshot)).all() == []
+    with TestClient(create_app(dated, engine)):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with Session() as s:
+                snaps = s.scalars(select(LeaderboardSnapshot)).all()
+            if snaps:
+                break
+            time.sleep(0.2)
+    assert [(x.track, x.phase) for x in snaps] == [(TRACK, "open")]
+    worker.tick(dated, Session)
+    with Session() as s:
+        assert len(s.scalars(select(LeaderboardSnapshot)).all()) == 1
+
+
+def test_worker_tick_snapshots_an_ended_phase(challenge, cfg):
+    from skybench.server import worker
+    from skybench.server.db import LeaderboardSnapshot
+
+    _, _, _, Session = challenge
+    worker.tick(_dated(cfg), Session)
+    with Session() as s:
+        snaps = s.scalars(select(LeaderboardSnapshot)).all()
+    assert [(x.track, x.phase) for x in snaps] == [(TRACK, "open")]
+    assert [r["name"] for r in snaps[0].rows] == ["a1", "b1", "a2"]
+
+
+def test_migration_0004_keeps_the_first_of_duplicate_snapshots(db_url):
+    from sqlalchemy import text
+
+    from skybench.server.db import make_engine, upgrade
+
+    engine = make_engine(db_url)
+    upgrade(engine, "0003")
+    with engine.begin() as conn:
+        for taken, rows in (("2026-01-01 00:00:00", "[1]"), ("2026-01-02 00:00:00", "[2]"),
+                            ("2026-01-03 00:00:00", "[3]")):
+            conn.execute(text("INSERT INTO leaderboard_snapshots (track, phase, taken_at, rows, path) "
+                              "VALUES ('t', 'open', :taken, :rows, '')"), {"taken": taken, "rows": rows})
+    upgrade(engine)
+    with engine.begin() as conn:
+        assert [tuple(r) for r in conn.execute(text("SELECT phase, rows FROM leaderboard_snapshots"))] == [
+            ("open", [1])] or [r[1] for r in conn.execute(text("SELECT phase, rows FROM leaderboard_snapshots"))
+                               ] == ["[1]"]
+        with pytest.raises(Exception, match="(?i)unique|duplicate"):
+            conn.execute(text("INSERT INTO leaderboard_snapshots (track, phase, taken_at, rows, path) "
+                              "VALUES ('t', 'open', '2026-01-04 00:00:00', '[4]', '')"))
+    engine.dispose()

@@ -11,14 +11,19 @@ no quota."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import logging
 import math
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine, select
+from sqlalchemy.orm import sessionmaker
 from starlette.datastructures import UploadFile
 
 from skybench.harness.submission import SLUG
@@ -27,6 +32,8 @@ from skybench.server.auth import AuthError, FailureLimiter, RateLimited, Verifie
 from skybench.server.config import ChallengeConfig, Phase
 from skybench.server.db import Submission, Team, make_engine, sessions, upgrade, utcnow
 from skybench.server.storage import Store, UploadError, read_upload_form
+
+log = logging.getLogger("skybench.server")
 
 
 @functools.lru_cache(maxsize=64)
@@ -50,6 +57,33 @@ def shown_metrics(cfg: ChallengeConfig, track: str, phase: Phase, metrics: dict[
     return metrics
 
 
+async def _tick(cfg: ChallengeConfig, Session: sessionmaker) -> None:  # noqa: N803 - a sessionmaker
+    from skybench.server import phases
+
+    def once() -> None:
+        with Session() as s:
+            phases.catch_up_all(s, cfg)
+
+    while True:
+        try:
+            await run_in_threadpool(once)
+        except Exception:  # noqa: BLE001 - the database or MLflow away: try again at the next tick
+            log.exception("phase tick failed; trying again in %.0f s", cfg.tick_seconds)
+        await asyncio.sleep(cfg.tick_seconds)
+
+
+@contextlib.asynccontextmanager
+async def _ticking(cfg: ChallengeConfig, Session: sessionmaker, app: FastAPI) -> AsyncIterator[None]:  # noqa: N803
+    """The app's lifespan: every ``tick_seconds``, snapshot the phases that ended by date."""
+    task = asyncio.create_task(_tick(cfg, Session))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
     engine = engine or make_engine(cfg.db_url)
     upgrade(engine)
@@ -60,7 +94,7 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
     limiter = FailureLimiter(cfg.auth.max_failures, cfg.auth.window_seconds)
     verified = VerifiedCache()
     app = FastAPI(title="skybench challenge server", docs_url="/api/docs", openapi_url="/api/openapi.json",
-                  redoc_url=None)
+                  redoc_url=None, lifespan=functools.partial(_ticking, cfg, Session))
     app.state.cfg, app.state.engine, app.state.sessions, app.state.store = cfg, engine, Session, store
     app.state.limiter = limiter
     faults.install(app)  # 503 while the database is away, 507 when the store is full

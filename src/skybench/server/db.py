@@ -130,7 +130,8 @@ class FinalChoice(Base):
 
 
 class LeaderboardSnapshot(Base):
-    """The leaderboard of a track as a phase ended (also written as JSON and markdown in the store)."""
+    """The leaderboard of a track as a phase ended (also written as JSON and markdown in the store); one per
+    track and phase (the first taken)."""
 
     __tablename__ = "leaderboard_snapshots"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -140,7 +141,7 @@ class LeaderboardSnapshot(Base):
     rows: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     path: Mapped[str] = mapped_column(Text, default="")  # the JSON file in the store
 
-    __table_args__ = (Index("ix_snapshots_track_phase", "track", "phase"),)
+    __table_args__ = (Index("uq_snapshots_track_phase", "track", "phase", unique=True),)
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

@@ -9,12 +9,14 @@
 The ranking itself is :func:`skybench.tracking.leaderboard.leaderboard` (MLflow stays the source of truth);
 this module only chooses which part of the test set it shows and which entries rank in the final phase.
 A phase change (``skybench admin phase``, the admin API, or the dates in ``challenge.yaml``, noticed at the
-next leaderboard request) first stores the leaderboard of the phase that ends."""
+first server or worker tick (``tick_seconds``) or leaderboard request after the date) first stores the
+leaderboard of the phase that ends, once: one snapshot per track and phase (a unique index; insert if absent)."""
 
 from __future__ import annotations
 
 import json
 import math
+import secrets
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -23,6 +25,7 @@ import pandas as pd
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -109,28 +112,41 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def snapshot(session: Session, cfg: ChallengeConfig, track: str, phase: str) -> LeaderboardSnapshot:
-    """Store the leaderboard ``phase`` shows now (JSON + markdown under ``<storage>/leaderboards/``, a row)."""
-    rows = live_board(session, cfg, track, phase)
+    """The snapshot of ``phase`` of ``track``: the one stored, else the leaderboard ``phase`` shows now, stored
+    (JSON + markdown under ``<storage>/leaderboards/``, a row). Idempotent across processes: the row is
+    inserted only if absent (unique per track and phase), and a loser of that race removes its files."""
+    if (have := latest_snapshot(session, track, phase)) is not None:
+        return have
+    rows = json.loads(json.dumps(live_board(session, cfg, track, phase), default=str))
     taken = utcnow()
     folder = cfg.storage / "leaderboards" / track
     folder.mkdir(parents=True, exist_ok=True)
-    stem = folder / f"{phase}-{taken.strftime('%Y%m%dT%H%M%S%fZ')}"
+    stem = folder / f"{phase}-{taken.strftime('%Y%m%dT%H%M%S%fZ')}-{secrets.token_hex(4)}"
+    files = (stem.with_suffix(".json"), stem.with_suffix(".md"))
     doc = {"track": track, "phase": phase, "taken_at": taken.isoformat(), "rows": rows}
-    stem.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str) + "\n", encoding="utf-8")
-    stem.with_suffix(".md").write_text(f"# {track}: leaderboard at the end of phase {phase} "
-                                       f"({taken.isoformat(timespec='seconds')})\n\n{_markdown(rows)}",
-                                       encoding="utf-8")
-    snap = LeaderboardSnapshot(track=track, phase=phase, taken_at=taken, rows=json.loads(json.dumps(rows,
-                               default=str)), path=str(stem.with_suffix(".json")))
-    session.add(snap)
+    files[0].write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    files[1].write_text(f"# {track}: leaderboard at the end of phase {phase} "
+                        f"({taken.isoformat(timespec='seconds')})\n\n{_markdown(rows)}", encoding="utf-8")
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    res = session.execute(insert(LeaderboardSnapshot).values(track=track, phase=phase, taken_at=taken, rows=rows,
+                                               path=str(files[0]))
+                          .on_conflict_do_nothing(index_elements=["track", "phase"])
+                          .returning(LeaderboardSnapshot.id))
+    won = res.first() is not None  # no row back: the insert was skipped
     session.commit()
-    return snap
+    if not won:  # another process stored it first: keep that one
+        for f in files:
+            f.unlink(missing_ok=True)
+    have = latest_snapshot(session, track, phase)
+    assert have is not None
+    return have
 
 
 def latest_snapshot(session: Session, track: str, phase: str) -> LeaderboardSnapshot | None:
+    """The snapshot of ``phase`` of ``track`` (there is at most one), or None."""
     return session.scalars(select(LeaderboardSnapshot).where(LeaderboardSnapshot.track == track,
                                                              LeaderboardSnapshot.phase == phase)
-                           .order_by(LeaderboardSnapshot.taken_at.desc())).first()
+                           .execution_options(populate_existing=True)).first()
 
 
 def catch_up(session: Session, cfg: ChallengeConfig, track: str, now: datetime | None = None) -> Phase:
@@ -142,8 +158,14 @@ def catch_up(session: Session, cfg: ChallengeConfig, track: str, now: datetime |
     return phase
 
 
+def catch_up_all(session: Session, cfg: ChallengeConfig, now: datetime | None = None) -> dict[str, Phase]:
+    """:func:`catch_up` for every track (the server's and the worker's tick)."""
+    return {track: catch_up(session, cfg, track, now) for track in cfg.tracks}
+
+
 def change_phase(session: Session, cfg: ChallengeConfig, track: str, phase: str, by: str = "") -> Phase:
-    """Move ``track`` to ``phase``, storing the leaderboard of the phase that ends first; returns the old one."""
+    """Move ``track`` to ``phase``, storing the leaderboard of the phase that ends first (unless one is stored:
+    a phase reopened and ended again keeps its first snapshot); returns the old one."""
     if phase not in PHASES:
         raise ValueError(f"phase {phase!r}: one of {', '.join(PHASES)}")
     cfg.track(track)  # KeyError naming the tracks
