@@ -187,4 +187,5 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
 def serve(cfg: ChallengeConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(cfg), host=host, port=port, proxy_headers=True)
+    uvicorn.run(create_app(cfg), host=host, port=port, proxy_headers=True,
+                timeout_graceful_shutdown=cfg.shutdown_grace_seconds)

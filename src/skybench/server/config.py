@@ -80,6 +80,9 @@ class ChallengeConfig(_Strict):
     # How often the server and each worker look at the phase dates (a phase that ended is snapshotted at the
     # first tick or leaderboard request after its date).
     tick_seconds: float = Field(10.0, gt=0)
+    # On SIGTERM `skybench serve` stops taking connections and waits this long for requests in flight (a
+    # stalled upload among them), then cancels them: a cancelled upload is not acknowledged and keeps nothing.
+    shutdown_grace_seconds: int = Field(10, ge=1)
     project_root: Path | None = None  # where `submissions/<team>/<name>/` goes; None: skybench's project root
 
     @model_validator(mode="after")
