@@ -353,3 +353,41 @@ def test_migration_0004_keeps_the_first_of_duplicate_snapshots(db_url):
             conn.execute(text("INSERT INTO leaderboard_snapshots (track, phase, taken_at, rows, path) "
                               "VALUES ('t', 'open', '2026-01-04 00:00:00', '[4]', '')"))
     engine.dispose()
+
+
+def test_leaderboard_cache_is_kept_briefly_and_dropped_when_a_job_ends(challenge, cfg, engine):
+    """A run published to MLflow outside the queue shows after ``leaderboard_cache_seconds``; a job a worker
+    finishes (queue.finish) shows at once; with the cache off every request reads MLflow."""
+    from skybench.server import queue
+    from skybench.server.app import create_app
+    from skybench.server.auth import add_team
+    from skybench.server.db import Submission, utcnow
+
+    _, _, _, Session = challenge
+    names = lambda c: sorted(r["name"] for r in _board(c)["rows"])  # noqa: E731
+    with TestClient(create_app(cfg.model_copy(update={"leaderboard_cache_seconds": 3600}), engine)) as c:
+        assert names(c) == ["a1", "a2", "b1"]
+        _log("beta", "b2", 0.5, 0.5)  # the organiser's own run, say: not through the queue
+        assert names(c) == ["a1", "a2", "b1"]  # cached
+        with Session() as s:  # a worker finishes a job: the cache is dropped
+            team = add_team(s, "gamma").team
+            now = utcnow()
+            s.add(Submission(id="g" * 32, team_id=team.id, track=TRACK, name="g1", sha256="0" * 64, phase="open",
+                             state="running", received_at=now, queued_at=now, running_at=now, lease_owner="w",
+                             lease_expires=now + timedelta(minutes=5)))
+            s.commit()
+            _log("gamma", "g1", 0.6, 0.6)
+            assert queue.finish(s, "g" * 32, "w", {"public_auroc": 0.6})
+        assert names(c) == ["a1", "a2", "b1", "b2", "g1"]
+        _log("beta", "b3", 0.4, 0.4)
+        assert "b3" not in names(c)
+    with TestClient(create_app(cfg.model_copy(update={"leaderboard_cache_seconds": 0.5}), engine)) as c:
+        before = names(c)
+        _log("beta", "b4", 0.3, 0.3)
+        assert names(c) == before  # within the time
+        time.sleep(0.6)
+        assert "b4" in names(c) and "b3" in names(c)
+    with TestClient(create_app(cfg.model_copy(update={"leaderboard_cache_seconds": 0}), engine)) as c:
+        names(c)
+        _log("beta", "b5", 0.2, 0.2)
+        assert "b5" in names(c)

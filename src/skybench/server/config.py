@@ -83,6 +83,8 @@ class ChallengeConfig(_Strict):
     # On SIGTERM `skybench serve` stops taking connections and waits this long for requests in flight (a
     # stalled upload among them), then cancels them: a cancelled upload is not acknowledged and keeps nothing.
     shutdown_grace_seconds: int = Field(10, ge=1)
+    # The leaderboard read from MLflow is reused this long (0: never) unless a worker finished a job since.
+    leaderboard_cache_seconds: float = Field(5.0, ge=0)
     project_root: Path | None = None  # where `submissions/<team>/<name>/` goes; None: skybench's project root
 
     @model_validator(mode="after")

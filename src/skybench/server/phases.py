@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import math
 import secrets
+import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -24,7 +26,7 @@ from typing import Any
 import pandas as pd
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -61,6 +63,47 @@ def _board(track_name: str, part: str) -> pd.DataFrame:
     return leaderboard(track.model_copy(update={"evaluation": ev}))
 
 
+class _BoardCache:
+    """Leaderboards read from MLflow, kept ``leaderboard_cache_seconds`` and only while no job has finished
+    or failed since (the queue's latest end time, read from the database: a worker on any host invalidates)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._boards: dict[tuple[str, str, str, str], tuple[object, float, pd.DataFrame]] = {}
+
+    def get(self, session: Session, cfg: ChallengeConfig, track: str, part: str) -> pd.DataFrame:
+        from skybench.tracking import tracking_uri
+
+        if cfg.leaderboard_cache_seconds <= 0:
+            return _board(track, part)
+        key = (str(session.get_bind().engine.url), tracking_uri(), track, part)
+        version = results_version(session)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._boards.get(key)
+        if hit is not None and hit[0] == version and now - hit[1] < cfg.leaderboard_cache_seconds:
+            return hit[2].copy()
+        board = _board(track, part)
+        with self._lock:
+            self._boards[key] = (version, now, board)
+        return board.copy()
+
+
+def results_version(session: Session) -> tuple[object, ...]:
+    """Changes whenever a worker finishes or fails a job (the leaderboard cache's key)."""
+    row = session.execute(select(func.max(Submission.finished_at), func.max(Submission.failed_at),
+                                 func.count(Submission.finished_at))).one()
+    return tuple(row)
+
+
+BOARDS = _BoardCache()
+
+
+def board(session: Session, cfg: ChallengeConfig, track: str, part: str, *, fresh: bool = False) -> pd.DataFrame:
+    """The leaderboard of ``track`` on the ``public`` or ``private`` part, from the cache unless ``fresh``."""
+    return _board(track, part) if fresh else BOARDS.get(session, cfg, track, part)
+
+
 def _round(cfg: ChallengeConfig, track_name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     digits = cfg.public_score_digits
     if digits is None:
@@ -91,12 +134,15 @@ def final_entries(session: Session, track: str, public: pd.DataFrame) -> set[tup
     return out
 
 
-def live_board(session: Session, cfg: ChallengeConfig, track: str, phase: str) -> list[dict[str, Any]]:
-    """The leaderboard a phase shows: the public part (rounded while open), or the final private ranking."""
+def live_board(session: Session, cfg: ChallengeConfig, track: str, phase: str, *, fresh: bool = False
+               ) -> list[dict[str, Any]]:
+    """The leaderboard a phase shows: the public part (rounded while open), or the final private ranking
+    (``fresh``: read from MLflow now, not from the few-seconds cache)."""
     if phase in ("pending", "open", "closed"):
-        rows = _rows(_board(track, "public"))
+        rows = _rows(board(session, cfg, track, "public", fresh=fresh))
         return _round(cfg, track, rows) if phase == "open" else rows
-    public, private = _board(track, "public"), _board(track, "private")
+    public, private = (board(session, cfg, track, "public", fresh=fresh),
+                       board(session, cfg, track, "private", fresh=fresh))
     keep = final_entries(session, track, public)
     chosen = pd.Series([(t, n) in keep for t, n in zip(private["team"], private["name"], strict=True)],
                        index=private.index, dtype=bool)
@@ -117,7 +163,7 @@ def snapshot(session: Session, cfg: ChallengeConfig, track: str, phase: str) -> 
     inserted only if absent (unique per track and phase), and a loser of that race removes its files."""
     if (have := latest_snapshot(session, track, phase)) is not None:
         return have
-    rows = json.loads(json.dumps(live_board(session, cfg, track, phase), default=str))
+    rows = json.loads(json.dumps(live_board(session, cfg, track, phase, fresh=True), default=str))
     taken = utcnow()
     folder = cfg.storage / "leaderboards" / track
     folder.mkdir(parents=True, exist_ok=True)
@@ -234,7 +280,7 @@ def router(cfg: ChallengeConfig, sessions: sessionmaker, team: Callable[..., Tea
             raise HTTPException(404, f"no track {track!r} in this challenge (tracks: {', '.join(cfg.tracks)})")
 
     @api.get("/{track}/leaderboard")
-    def board(track: str, phase: str | None = None) -> dict[str, Any]:
+    def leaderboard(track: str, phase: str | None = None) -> dict[str, Any]:
         known(track)
         with sessions() as s:
             now = catch_up(s, cfg, track)

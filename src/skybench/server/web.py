@@ -178,17 +178,18 @@ except ImportError:  # pragma: no cover - pandas is a core dependency
 
 
 # -- the leaderboard ----------------------------------------------------------------------------------------------
-def public_board(cfg: ChallengeConfig, track_name: str, phase: Phase) -> dict[str, Any]:
+def public_board(cfg: ChallengeConfig, track_name: str, phase: Phase, session: Any) -> dict[str, Any]:
     """The leaderboard of ``track_name`` as the public may see it in ``phase``: the public part of a split
     test set until the ``final`` phase (then the private part), rounded while ``open`` as the JSON API does.
-    The ranking is :func:`skybench.tracking.leaderboard.leaderboard`'s (the CLI's)."""
-    from skybench.tracking.leaderboard import leaderboard, scored_on
+    The ranking is :func:`skybench.tracking.leaderboard.leaderboard`'s (the CLI's), through the API's cache."""
+    from skybench.server.phases import board as cached_board
+    from skybench.tracking.leaderboard import scored_on
     from skybench.tracks import load_track
 
     track = load_track(track_name)
     track = track.model_copy(update={"evaluation": track.evaluation.model_copy(
         update={"phase": "closed" if phase == "final" else "open"})})
-    board = leaderboard(track)
+    board = cached_board(session, cfg, track_name, "private" if phase == "final" else "public")
     primary = track.metrics.primary
     report = [m for m in track.metrics.report if m != primary]
     digits = cfg.public_score_digits if phase == "open" else None
@@ -277,8 +278,8 @@ def track_page(request: Request, track: str) -> HTMLResponse:
         return _error(request, 404, f"no track {track!r} in this challenge")
     with request.app.state.sessions() as s:
         phase = queue.current_phase(s, cfg, track)
-    return _page(request, "track.html", phase=phase, open=cfg.tracks[track].open,
-                 **public_board(cfg, track, phase))
+        shown = public_board(cfg, track, phase, s)
+    return _page(request, "track.html", phase=phase, open=cfg.tracks[track].open, **shown)
 
 
 @router.get("/login", response_class=HTMLResponse)
