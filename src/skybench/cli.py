@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from skybench.release import layout  # names only: keeps the CLI start light
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from skybench.tracks import Track
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproducible benchmarks and challenges for deep learning in astronomy.")
@@ -189,7 +194,11 @@ def leaderboard(track: str,
                 write: Annotated[Path | None, typer.Option(help="also write leaderboard.md, metrics.json")] = None,
                 all_releases: Annotated[bool, typer.Option(help="rank runs of every release")] = False,
                 publish: Annotated[Path | None, typer.Option(
-                    help="first publish the evaluation records in this folder to MLflow (as `skybench log`)")] = None
+                    help="first publish the evaluation records in this folder to MLflow (as `skybench log`)")] = None,
+                columns: Annotated[str | None, typer.Option(
+                    help="table: these columns, comma-separated (default: the track's; <metric>_ci is its interval)")]
+                = None,
+                all_columns: Annotated[bool, typer.Option("--all", help="table: every column")] = False,
                 ) -> None:
     """Print the ranking of a track (earliest submission wins ties; failed entries are listed, unranked)."""
     from skybench.release import release_digest
@@ -205,9 +214,27 @@ def leaderboard(track: str,
         lb.write_results(t, write, release_sha256=sha)
         _copy_roc_curves(write / "evaluations", write / "roc")
     try:
-        typer.echo(lb.render(lb.leaderboard(t, release_sha256=sha), format))  # type: ignore[arg-type]
+        board = lb.leaderboard(t, release_sha256=sha)
+        if format == "table":
+            _terminal_table(t, board, columns, all_columns)
+        elif columns is not None or all_columns:
+            _fail(f"--columns and --all choose the table's columns; the {format} form keeps every column")
+        else:
+            typer.echo(lb.render(board, format))  # type: ignore[arg-type]
     except ValueError as exc:
         _fail(str(exc))
+
+
+def _terminal_table(track: Track, board: pd.DataFrame, columns: str | None, all_columns: bool) -> None:
+    """Print the track's default columns of ``board`` (or ``columns``, or all), then the failure reasons the
+    table leaves out, one line each."""
+    from skybench.tracking import leaderboard as lb
+
+    chosen = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
+    view = lb.terminal_view(track, board, chosen, all_columns)
+    typer.echo(lb.render(view, "table"), nl=False)
+    for note in lb.failure_notes(board, view):
+        typer.echo(f"FAILED {note}")
 
 
 def _copy_roc_curves(evaluations: Path, out: Path) -> None:
