@@ -213,6 +213,7 @@ def leaderboard(track: str,
     if write:
         lb.write_results(t, write, release_sha256=sha)
         _copy_roc_curves(write / "evaluations", write / "roc")
+        _annotate_ui(t, sha)
     try:
         board = lb.leaderboard(t, release_sha256=sha)
         if format == "table":
@@ -237,6 +238,14 @@ def _terminal_table(track: Track, board: pd.DataFrame, columns: str | None, all_
         typer.echo(f"FAILED {note}")
 
 
+def _annotate_ui(track: Track, release_sha256: str | None) -> None:
+    """Name and tag the leaderboard's runs for the MLflow UI (rank, group, primary metric first)."""
+    from skybench.tracking import leaderboard as lb
+    from skybench.tracking.ui import annotate_runs
+
+    annotate_runs(track, lb.leaderboard(track, release_sha256=release_sha256), release_sha256=release_sha256)
+
+
 def _copy_roc_curves(evaluations: Path, out: Path) -> None:
     """One ROC csv per evaluated submission, in one folder, for `dvc plots show`: the participant's curve
     (public part, fixed FPRs; ``roc_public.csv``), never the organiser's full one."""
@@ -250,16 +259,26 @@ def _copy_roc_curves(evaluations: Path, out: Path) -> None:
 
 
 @app.command()
-def ui(port: int = 5000) -> None:
-    """Start the MLflow UI on the project's tracking store."""
+def ui(port: int = 5000, host: Annotated[str, typer.Option(help="address to serve on")] = "127.0.0.1",
+       serve: Annotated[bool, typer.Option(help="start the UI (--no-serve: only tag the runs, print the URLs)")]
+       = True) -> None:
+    """Start MLflow's UI on the project's tracking store; print each track's leaderboard URL (runs view, best
+    first), with runs named by rank, group and primary metric."""
     import subprocess
 
     from skybench.tracking import tracking_uri
+    from skybench.tracking.ui import prepare
 
     uri = tracking_uri()
-    typer.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port}")
-    subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(port)],
-                   check=False)
+    remote = uri.startswith(("http://", "https://"))  # a tracking server is its own UI
+    base = uri if remote else f"http://{host}:{port}"
+    for experiment, url in prepare(base):
+        typer.echo(f"{experiment}: {url}")
+    if remote or not serve:
+        return
+    typer.echo(f"MLflow UI for {uri} on {base}")
+    subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
+                    "--port", str(port)], check=False)
 
 
 @app.command("import-real-lenses")
