@@ -3,8 +3,8 @@ The browser check of the same is tests/test_mlflow_ui_browser.py."""
 
 from __future__ import annotations
 
+import json
 import time
-import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -89,10 +89,17 @@ def test_runs_url_sorts_by_the_ranked_metric(store: MlflowClient) -> None:
     exp = store.get_experiment_by_name("skybench-lens-space")
     ((name, url),) = ui.track_urls(open_track, "http://127.0.0.1:5000/", store)
     assert name == "skybench-lens-space"
-    base, query = url.split("?")
-    assert base == f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs"
-    q = urllib.parse.parse_qs(query)
-    assert q == {"orderByKey": ["metrics.`public_auroc`"], "orderByAsc": ["false"],
-                 "searchFilter": ["tags.`skybench.leaderboard` = 'yes'"]}
+    assert url == f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?viewStateShareKey=skybench-leaderboard"
+    view = json.loads(store.get_experiment(exp.experiment_id).tags["mlflow.sharedViewState.skybench-leaderboard"])
+    assert view["orderByKey"] == "metrics.`public_auroc`" and view["orderByAsc"] is False
+    assert view["searchFilter"] == "tags.`skybench.leaderboard` = 'yes'"
+    assert view["selectedColumns"] == ["metrics.`public_auroc`", "metrics.`public_auroc_ci_low`",
+                                       "metrics.`public_auroc_ci_high`", "metrics.`public_tpr0`",
+                                       "metrics.`public_tpr10`", "metrics.`public_real_lens_recall`",
+                                       "tags.`skybench.rank`", "tags.`skybench.group`"]
     photoz = load_track("photoz-catalog")  # lower is better
-    assert "orderByAsc=true" in ui.runs_url("http://h", "1", "sigma_mad", photoz.metrics.higher_is_better)
+    _log(photoz, "a", None, "a")
+    ui.track_urls(photoz, "http://h", store)
+    view = json.loads(store.get_experiment_by_name("skybench-photoz-catalog").tags[
+        "mlflow.sharedViewState.skybench-leaderboard"])
+    assert (view["orderByKey"], view["orderByAsc"]) == ("metrics.`sigma_mad`", True)

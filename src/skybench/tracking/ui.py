@@ -9,12 +9,18 @@ runs table shows the run name first, the metrics far to the right. So:
 * each evaluation run on the leaderboard is named ``<rank> <group> <primary>=<value> <team>/<name>`` and tagged
   ``skybench.rank``, ``skybench.group``, ``skybench.leaderboard`` = ``yes`` (:func:`annotate_runs`); a run that
   left the leaderboard (superseded, or of another release) gets back its plain ``<team>/<name>`` and loses them;
-* :func:`runs_url` is the runs view of one experiment, filtered to leaderboard runs and sorted by the primary
-  metric (the query parameters of the UI's own links: ``searchFilter``, ``orderByKey``, ``orderByAsc``).
+* :func:`runs_url` is the runs view of one experiment with the shared view :func:`share_view` stores in the
+  experiment (the UI's ``viewStateShareKey``): leaderboard runs only, sorted by the ranked metric (the UI's
+  ``searchFilter``, ``orderByKey``, ``orderByAsc``), and the primary metric, its interval, the track's key metrics,
+  rank and group as the columns right after the run name (the runs table's column choice is not a URL
+  parameter). Not ``workflowType=machine_learning``: MLflow 3.17's "Model training" runs page ignores shared
+  views (its columns live in the browser's storage), so the link opens the runs page of the default workflow
+  ("Training runs"), which applies them.
 """
 
 from __future__ import annotations
 
+import json
 import urllib.parse
 from collections.abc import Iterable
 
@@ -32,11 +38,13 @@ from skybench.tracking import (
 )
 from skybench.tracks import Track
 
-__all__ = ["EXPERIMENT_KIND_TAG", "MODEL_TRAINING", "annotate_runs", "mark_model_training", "runs_url",
-           "track_urls"]
+__all__ = ["EXPERIMENT_KIND_TAG", "MODEL_TRAINING", "annotate_runs", "mark_model_training", "prepare", "runs_url",
+           "share_view", "track_urls", "view_columns"]
 
 RANK_TAG, GROUP_TAG, ON_BOARD_TAG = "skybench.rank", "skybench.group", "skybench.leaderboard"
 ON_BOARD_FILTER = f"tags.`{ON_BOARD_TAG}` = 'yes'"
+VIEW_KEY = "skybench-leaderboard"
+SHARED_VIEW_TAG = "mlflow.sharedViewState."  # + the key: the UI's "share view" experiment tag (plain JSON read too)
 
 
 def mark_model_training(c: MlflowClient | None = None) -> list[str]:
@@ -129,25 +137,51 @@ def annotate_runs(track: Track, board: pd.DataFrame, *, release_sha256: str | No
     return changed
 
 
-def runs_url(base_url: str, experiment_id: str, sort_metric: str, higher_is_better: bool) -> str:
-    """The UI's runs view of an experiment: leaderboard runs only, best first by ``sort_metric``."""
-    query = urllib.parse.urlencode({"searchFilter": ON_BOARD_FILTER, "orderByKey": f"metrics.`{sort_metric}`",
-                                    "orderByAsc": "false" if higher_is_better else "true"},
-                                   quote_via=urllib.parse.quote)
+def _facets(sort_metric: str, higher_is_better: bool) -> dict[str, str | bool]:
+    return {"searchFilter": ON_BOARD_FILTER, "orderByKey": f"metrics.`{sort_metric}`",
+            "orderByAsc": not higher_is_better}
+
+
+def view_columns(track: Track) -> list[str]:
+    """The runs table's columns after the run name (the UI's ``<type>.`<name>``` keys): the ranked metric, its
+    interval, the track's other default leaderboard metrics, then the rank and group tags."""
+    from skybench.tracking.leaderboard import default_columns, metric_prefix
+
+    p = track.metrics.primary
+    metrics = [p, f"{p}_ci_low", f"{p}_ci_high",
+               *(c for c in default_columns(track) if c in track.metrics.report and c != p)]
+    return ([f"metrics.`{metric_prefix(track)}{m}`" for m in dict.fromkeys(metrics)]
+            + [f"tags.`{RANK_TAG}`", f"tags.`{GROUP_TAG}`"])
+
+
+def share_view(track: Track, experiment_id: str, c: MlflowClient | None = None) -> None:
+    """Store the leaderboard view of ``track`` in its experiment (the tag the UI's "share view" writes)."""
+    c = c or client()
+    from skybench.tracking.leaderboard import metric_prefix
+
+    state = {**_facets(metric_prefix(track) + track.metrics.primary, track.metrics.higher_is_better),
+             "selectedColumns": view_columns(track), "runsHiddenMode": "SHOW_ALL"}
+    c.set_experiment_tag(experiment_id, SHARED_VIEW_TAG + VIEW_KEY, json.dumps(state))
+
+
+def runs_url(base_url: str, experiment_id: str) -> str:
+    """The UI's runs view of an experiment with the shared view of :func:`share_view` (leaderboard runs only,
+    best first by the ranked metric). The link carries the view's key only: MLflow 3.17's UI skips a shared view
+    when the link also has search facets (``orderByKey``...); it writes the view's facets into the URL itself."""
+    query = urllib.parse.urlencode({"viewStateShareKey": VIEW_KEY})
     return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
 
 
 def track_urls(track: Track, base_url: str, c: MlflowClient | None = None) -> list[tuple[str, str]]:
     """(experiment name, :func:`runs_url`) of the track's participant and organiser experiments that exist,
-    sorted by the metric the leaderboard ranks on (``public_<primary>`` while a split track's phase is open)."""
-    from skybench.tracking.leaderboard import metric_prefix
-
+    sorted by the metric the leaderboard ranks on (``public_<primary>`` while a split track's phase is open);
+    stores each one's :func:`share_view`."""
     c = c or client()
-    metric = metric_prefix(track) + track.metrics.primary
     out = []
     for name in (experiment_name(track.name), organiser_experiment(track.name)):
         if (exp := c.get_experiment_by_name(name)) is not None:
-            out.append((name, runs_url(base_url, exp.experiment_id, metric, track.metrics.higher_is_better)))
+            share_view(track, exp.experiment_id, c)
+            out.append((name, runs_url(base_url, exp.experiment_id)))
     return out
 
 
