@@ -74,6 +74,8 @@ def test_columns_option_and_unknown_column(enhance_store: str) -> None:
     lines = bad.output.strip().splitlines()
     assert len(lines) == 1 and "unknown column(s) sharpness" in lines[0]
     assert "known: rank, team, name, status, psnr" in lines[0] and "psnr_ci" in lines[0]
+    empty = CliRunner().invoke(app, ["leaderboard", "enhance", "--all-releases", "--columns", " , "])
+    assert empty.exit_code == 1 and "no column chosen for enhance; known: rank" in empty.output
 
 
 def test_markdown_and_csv_keep_every_column(enhance_store: str) -> None:

@@ -252,6 +252,8 @@ def terminal_view(track: Track, df: pd.DataFrame, columns: Sequence[str] | None 
     if columns is not None:
         if unknown := [c for c in columns if c not in known]:
             raise ValueError(f"unknown column(s) {', '.join(unknown)} for {track.name}; known: {', '.join(known)}")
+        if not columns:
+            raise ValueError(f"no column chosen for {track.name}; known: {', '.join(known)}")
         chosen = list(dict.fromkeys(columns))
     else:
         chosen = [c for c in default_columns(track) if c in known]
