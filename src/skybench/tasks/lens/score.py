@@ -7,8 +7,8 @@ Written to ``out_dir``, the organiser's folder: ``metrics.json``, ``roc.csv`` / 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
