@@ -73,7 +73,7 @@ def test_columns_option_and_unknown_column(enhance_store: str) -> None:
     assert bad.exit_code == 1
     lines = bad.output.strip().splitlines()
     assert len(lines) == 1 and "unknown column(s) sharpness" in lines[0]
-    assert "known: rank, team, name, status, psnr" in lines[0] and "psnr_ci" in lines[0]
+    assert "known: rank, rank_low, rank_high, group, team, name, status, psnr" in lines[0] and "psnr_ci" in lines[0]
     empty = CliRunner().invoke(app, ["leaderboard", "enhance", "--all-releases", "--columns", " , "])
     assert empty.exit_code == 1 and "no column chosen for enhance; known: rank" in empty.output
 
@@ -90,7 +90,7 @@ def test_markdown_and_csv_keep_every_column(enhance_store: str) -> None:
 
 def test_default_columns_tolerate_a_missing_group_and_show_it_when_present() -> None:
     t = load_track("enhance")
-    board = pd.DataFrame({c: [1.0] for c in lb.columns(t)})
+    board = pd.DataFrame({c: [1.0] for c in lb.columns(t) if c != "group"})  # a board without rank intervals
     assert "group" not in lb.terminal_view(t, board).columns
     board.insert(1, "group", ["A"])
     view = lb.terminal_view(t, board)

@@ -226,7 +226,8 @@ def leaderboard(track: str,
         if format == "table" and not by:
             _terminal_table(t, board, columns, all_columns)
         elif columns is not None or all_columns:
-            _fail(f"--columns and --all choose the table's columns; --by and the {format} form show their own")
+            _fail("--columns and --all choose the table's columns; " + (
+                "--by shows one column per bin" if by else f"the {format} form keeps every column"))
         else:
             out = lb.render(board, format)  # type: ignore[arg-type]
             typer.echo(out + lb.strata_html(t, release_sha256=sha) if format == "html" else out)
