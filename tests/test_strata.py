@@ -18,7 +18,7 @@ from skybench import tracking
 from skybench.cli import app
 from skybench.common import stratum_masks
 from skybench.harness.score import public_mask, score
-from skybench.harness.visibility import participant_view
+from skybench.harness.visibility import MIN_STRATUM_OBJECTS, participant_view
 from skybench.release import layout
 from skybench.release.reader import HiddenSplit
 from skybench.tasks.enhance.score import stratified_images
@@ -203,7 +203,27 @@ def test_participant_record_carries_only_public_part_strata(tmp_path: Path) -> N
     # the public values are those of the public part alone
     pub = public_mask(ids, ids, 0.5, 3)
     expected = stratified_lens(truth[pub], truth["is_lens"].to_numpy()[pub], scores[pub], [THETA, CONTAMINANT])
-    assert {k.removeprefix("public_"): v for k, v in shown.items() if "by_" in k} == pytest.approx(expected)
+    got = {k.removeprefix("public_"): v for k, v in shown.items() if "by_" in k}
+    assert got and got == pytest.approx({k: expected[k] for k in got})
+    # bins with fewer than MIN_STRATUM_OBJECTS lenses or non-lenses are left out whole, the others kept whole
+    bins = {k.rsplit("_n_", 1)[0] for k in expected if "_n_" in k}
+    for b in bins:
+        counts = [v for k, v in expected.items() if k.startswith(f"{b}_n_")]
+        kept = [k for k in got if k.startswith(f"{b}_")]
+        small = any(0 < c < MIN_STRATUM_OBJECTS for c in counts)
+        assert (kept == []) if small else (sorted(kept) == sorted(k for k in expected if k.startswith(f"{b}_")))
+    assert len({k.rsplit("_n_", 1)[0] for k in got if "_n_" in k}) < len(bins)  # some bins here are small
+
+
+def test_small_strata_bins_are_left_out_of_the_participant_view() -> None:
+    track = load_track("enhance")
+    track = track.model_copy(update={"evaluation": track.evaluation.model_copy(update={"public_fraction": None})})
+    big, one = "by_type_spiral_", "by_type_elliptical_"
+    metrics = {"psnr": 30.0, f"{big}n_objects": MIN_STRATUM_OBJECTS, f"{big}psnr": 31.0,
+               f"{one}n_objects": 1, f"{one}psnr": 27.123456}  # one object: its own PSNR
+    shown = participant_view(track, metrics)
+    assert shown == {"psnr": 30.0, f"{big}n_objects": MIN_STRATUM_OBJECTS, f"{big}psnr": 31.0}
+    assert participant_view(track, {f"{one}psnr": 27.0}) == {}  # a bin without its count is not shown either
 
 
 # --------------------------------------------------------------------------- leaderboard --by, small multiples

@@ -218,7 +218,7 @@ def leaderboard(track: str,
     if write:
         lb.write_results(t, write, release_sha256=sha, release=hidden)
         _copy_roc_curves(write / "evaluations", write / "roc")
-        _write_strata_plot(t, write, sha)
+        _write_strata_plot(t, sha)
         _annotate_ui(t, sha, hidden)
     try:
         board = (lb.by_leaderboard(t, by, metric=metric, release_sha256=sha, release=hidden) if by
@@ -235,12 +235,16 @@ def leaderboard(track: str,
         _fail(str(exc))
 
 
-def _write_strata_plot(t: Track, write: Path, sha: str | None) -> None:
-    """``strata.png`` (small multiples of the track's strata) into ``write`` and into MLflow."""
+def _write_strata_plot(t: Track, sha: str | None) -> None:
+    """``strata.png`` (small multiples of the track's strata, small bins included) into the organiser's MLflow
+    experiment only: nothing beside the published leaderboard in ``write``."""
+    import tempfile
+
     from skybench.tracking import leaderboard as lb
 
-    if (png := lb.plot_strata(t, write / lb.STRATA_PLOT, release_sha256=sha)) is not None:
-        lb.log_strata_plot(t, png, release_sha256=sha)
+    with tempfile.TemporaryDirectory(prefix="skybench-strata-") as tmp:
+        if (png := lb.plot_strata(t, Path(tmp) / lb.STRATA_PLOT, release_sha256=sha)) is not None:
+            lb.log_strata_plot(t, png, release_sha256=sha)
 
 
 @app.command()

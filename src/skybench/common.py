@@ -133,7 +133,7 @@ def validate_pdf(pdf: ArrayLike, n_bins: int, tolerance: float = PDF_NORM_TOLERA
 # --------------------------------------------------------------------------- strata (the track YAML's ``strata:``)
 # Per-bin metric keys are flat, usable as MLflow metric names: ``by_<column>_<bin>_<metric>``, with ``<bin>``
 # the edges ``<low>-<high>`` (``%g``: ``by_lens_theta_E_0.4-0.8_tpr_fpr1``) or the category
-# (``by_contaminant_ring_fpr_fpr1``); intervals add ``_ci_low`` / ``_ci_high``. The public/private split prefixes
+# (``by_contaminant_ring_fpr_fpr1``); intervals add ``_ci_low`` / ``_ci_high``. The public and private parts prefix
 # them as any metric (``public_by_...``).
 
 

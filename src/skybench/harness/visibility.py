@@ -7,7 +7,8 @@ participant's record folder, ``results/<track>/evaluations/<record>/``, and the 
 
 * the metrics :func:`participant_view` keeps: with a public-private split, the ``public_*`` metrics while the
   phase is ``open`` and also the ``private_*`` ones once it is ``closed`` (never a whole-set metric); without a
-  split, the whole-set metrics;
+  split, the whole-set metrics; per-stratum metrics only of bins with at least :data:`MIN_STRATUM_OBJECTS`
+  objects in each population counted there (a mean or median over fewer names single objects' values);
 * the files :func:`participant_artifacts` names for the task: aggregate tables and plots that hold no
   per-object truth (the lens ROC sampled at fixed FPRs on the public part, the enhance gallery of the
   submission's own outputs without the truth).
@@ -25,10 +26,15 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
+from skybench.common import stratum_key, stratum_labels
 from skybench.harness.record import RECORD
 from skybench.tracks import Track
 
-__all__ = ["participant_artifacts", "participant_view", "private_dir", "private_root", "write_participant_view"]
+__all__ = ["MIN_STRATUM_OBJECTS", "participant_artifacts", "participant_view", "private_dir", "private_root",
+           "write_participant_view"]
+
+# Small-cell suppression of per-stratum metrics shown to participants; the organiser's record keeps them all.
+MIN_STRATUM_OBJECTS = 10
 
 PRIVATE = "private"
 # Participant-visible files per task. Nothing else from the organiser's folder is ever copied or logged.
@@ -42,9 +48,26 @@ _ARTIFACTS = {
 def participant_view(track: Track, metrics: Mapping[str, float]) -> dict[str, float]:
     """The metrics a participant may see now (see the module docstring)."""
     if track.evaluation.public_fraction is None:
-        return dict(metrics)
-    parts = ("public_",) if track.evaluation.phase == "open" else ("public_", "private_")
-    return {k: v for k, v in metrics.items() if k.startswith(parts)}
+        shown = dict(metrics)
+    else:
+        parts = ("public_",) if track.evaluation.phase == "open" else ("public_", "private_")
+        shown = {k: v for k, v in metrics.items() if k.startswith(parts)}
+    return _without_small_strata(track, shown)
+
+
+def _without_small_strata(track: Track, metrics: dict[str, float]) -> dict[str, float]:
+    """``metrics`` less every key of a stratum bin whose object counts (its ``n_*`` keys: ``n_objects``,
+    ``n_lens``, ``n_nonlens``...) include one between 1 and :data:`MIN_STRATUM_OBJECTS` - 1, or that has none."""
+    drop: set[str] = set()
+    for s in track.strata:
+        for label in stratum_labels(s.edges, s.values):
+            for part in ("", "public_", "private_"):
+                prefix = part + stratum_key(s.column, label, "")
+                keys = [k for k in metrics if k.startswith(prefix)]
+                counts = [metrics[k] for k in keys if k[len(prefix):].startswith("n_")]
+                if not counts or any(0 < c < MIN_STRATUM_OBJECTS for c in counts):
+                    drop.update(keys)
+    return {k: v for k, v in metrics.items() if k not in drop}
 
 
 def participant_artifacts(track: Track) -> tuple[str, ...]:

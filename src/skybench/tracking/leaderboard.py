@@ -24,6 +24,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
+from mlflow.entities import Experiment
 from mlflow.exceptions import MlflowException
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_DEFAULT
 from mlflow.tracking import MlflowClient
@@ -76,14 +77,18 @@ def _runs(track: Track) -> pd.DataFrame:
     Uses an ``MlflowClient`` on :func:`tracking_uri` rather than ``mlflow.set_tracking_uri``, which would
     pin the process-wide URI and ignore a later ``$MLFLOW_TRACKING_URI``.
 
-    Reads the organiser experiment (every metric: a closed phase ranks on the private ones) when there is one,
-    else the participant experiment; what is shown is decided by :func:`metric_prefix` either way.
+    Reads the organiser experiment (every metric: a closed phase ranks on the private ones) when it holds
+    evaluations, else the participant experiment; what is shown is decided by :func:`metric_prefix` either way.
     """
     c = MlflowClient(tracking_uri=tracking_uri())
-    exp = (c.get_experiment_by_name(organiser_experiment(track.name))
-           or c.get_experiment_by_name(experiment_name(track.name)))
-    if exp is None:
-        return pd.DataFrame()
+    for name in (organiser_experiment(track.name), experiment_name(track.name)):
+        if (exp := c.get_experiment_by_name(name)) is not None and not (runs := _evaluations(c, exp)).empty:
+            return runs
+    return pd.DataFrame()
+
+
+def _evaluations(c: MlflowClient, exp: Experiment) -> pd.DataFrame:
+    """The complete evaluation runs of experiment ``exp``, oldest first."""
     rows, token = [], None
     while True:
         page = c.search_runs(
@@ -383,13 +388,14 @@ STRATA_PLOT = "strata.png"
 
 
 def log_strata_plot(track: Track, path: Path, *, release_sha256: str | None = None) -> str:
-    """Log the small-multiples plot ``path`` to the track's participant experiment, as artifact ``strata.png`` of
-    one run per (track, release) tagged ``skybench.kind = leaderboard`` (reused, the artifact replaced; the
-    leaderboard reads only ``evaluation`` runs). Returns the run id."""
-    from skybench.tracking import client, ensure_experiment, experiment_name
+    """Log the small-multiples plot ``path`` to the track's organiser experiment (it is drawn from the
+    organiser's records, small bins included), as artifact ``strata.png`` of one run per (track, release) tagged
+    ``skybench.kind = leaderboard`` (reused, the artifact replaced; the leaderboard reads only ``evaluation``
+    runs). Returns the run id."""
+    from skybench.tracking import client, ensure_organiser_experiment
 
     c = client()
-    exp_id = ensure_experiment(experiment_name(track.name))
+    exp_id = ensure_organiser_experiment(track.name)
     sha = release_sha256 or "any"
     found = c.search_runs([exp_id], f"tags.`{KIND_TAG}` = 'leaderboard' and tags.release_sha256 = '{sha}'",
                           max_results=1)
