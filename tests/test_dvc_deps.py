@@ -139,6 +139,7 @@ def test_a_track_uses_only_its_own_task_code() -> None:
         assert tasks == {task}, (cmd, tasks)
 
 
+@pytest.mark.slow
 def test_write_regenerates_the_code_deps(tmp_path: Path) -> None:
     """`python -m skybench.stagedeps --write dvc.yaml` writes back exactly this dvc.yaml (it is up to date), and
     restores a removed dependency and drops an unused one (the rest of the file unchanged)."""
@@ -207,6 +208,7 @@ def _changed_after_editing(project: Path, rel: str) -> set[str]:
             if any(isinstance(e, dict) and any(_covers(d, rel) for d in e.get("changed deps", {})) for e in entries)}
 
 
+@pytest.mark.slow
 def test_the_copy_starts_up_to_date(locked_copy: Path) -> None:
     with Repo(str(locked_copy)) as repo:
         modified = {name: deps for name, entries in repo.status().items() for e in entries if isinstance(e, dict)

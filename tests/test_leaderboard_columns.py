@@ -44,6 +44,7 @@ def _width(text: str) -> int:
     return max(len(line) for line in text.splitlines())
 
 
+@pytest.mark.slow
 def test_enhance_leaderboard_fits_in_120_columns(enhance_store: str) -> None:
     result = CliRunner().invoke(app, ["leaderboard", "enhance", "--all-releases"])
     assert result.exit_code == 0, result.output
@@ -78,6 +79,7 @@ def test_columns_option_and_unknown_column(enhance_store: str) -> None:
     assert empty.exit_code == 1 and "no column chosen for enhance; known: rank" in empty.output
 
 
+@pytest.mark.slow
 def test_markdown_and_csv_keep_every_column(enhance_store: str) -> None:
     cols = lb.columns(load_track("enhance"))
     md = CliRunner().invoke(app, ["leaderboard", "enhance", "--all-releases", "--format", "markdown"])

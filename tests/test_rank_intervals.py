@@ -115,6 +115,7 @@ def test_identical_predictions_tie_and_a_clearly_better_entry_is_alone_in_group_
     assert plain["rank_low"].isna().all() and (plain["group"] == "").all()
 
 
+@pytest.mark.slow
 def test_rank_intervals_are_deterministic_and_follow_the_seed(
         track: Track, tiny_space_release: Path, entries: dict[str, np.ndarray]) -> None:
     cols = ["name", "rank_low", "rank_high", "group"]
@@ -129,6 +130,7 @@ def test_rank_intervals_are_deterministic_and_follow_the_seed(
     np.testing.assert_array_equal(v1, ranks.primary_resamples(track, hidden, pred)[1])
 
 
+@pytest.mark.slow
 def test_compare_gives_the_paired_difference_interval_and_p_value(
         track: Track, tiny_space_release: Path, entries: dict[str, np.ndarray]) -> None:
     truth = _truth(tiny_space_release)

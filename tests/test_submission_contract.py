@@ -80,10 +80,10 @@ def python_submission(folder: Path, predict_py: str) -> Submission:
 # --- every example format meets the contract -------------------------------------------------------
 
 
-# The framework formats' runs (TF, torch start-up in the sandbox) take seconds each: in `make test` only.
+# The framework formats' runs (TF, torch, sklearn start-up in the sandbox) take seconds each: `make test` only.
 @needs_bwrap
-@pytest.mark.parametrize("fmt", [pytest.param(f, marks=pytest.mark.slow) if f in ("onnx", "keras", "torch") else f
-                                 for f in FORMATS])
+@pytest.mark.parametrize("fmt", [pytest.param(f, marks=pytest.mark.slow) if f in ("onnx", "keras", "torch", "sklearn")
+                                 else f for f in FORMATS])
 def test_example_meets_contract(fmt, examples, tiny_space_release, track, tmp_path):
     sub = load_submission(examples / fmt)
     assert (sub.spec.team, sub.spec.name, sub.spec.track, sub.spec.format) == (

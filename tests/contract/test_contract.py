@@ -56,6 +56,10 @@ class Case:
     path: Path | None  # None: the task has no track to check (a failure of the case)
 
 
+# Tasks whose scorer alone takes ~20 s here (enhance: SSIM and moments of every image): make test only.
+HEAVY_TASKS = {"enhance"}
+
+
 def _cases() -> list[object]:
     by_task: dict[str, list[Path]] = {}
     for path in [*sorted(benchmarks_dir().glob("*.yaml")), *(p for ps in EXTRA_TRACKS.values() for p in ps)]:
@@ -67,7 +71,7 @@ def _cases() -> list[object]:
         paths: list[Path | None] = [*by_task.get(name, [])] or [None]
         for i, path in enumerate(paths):
             cases.append(pytest.param(Case(name, path), id=f"{name}:{path.stem if path else 'no-track'}",
-                                      marks=[pytest.mark.slow] if i else []))
+                                      marks=[pytest.mark.slow] if i or name in HEAVY_TASKS else []))
     return cases
 
 

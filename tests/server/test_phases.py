@@ -168,6 +168,7 @@ def predict(model, batch):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create the sandbox's namespaces here")
 def test_a_failed_run_shows_the_team_its_reason_and_sandbox_stderr(challenge, cfg, tmp_path, tiny_space_release):
     from skybench.server import worker
@@ -192,6 +193,7 @@ def test_a_failed_run_shows_the_team_its_reason_and_sandbox_stderr(challenge, cf
     assert client.get(r.json()["status_url"], headers=auth["beta"]).status_code == 404
 
 
+@pytest.mark.slow
 def test_concurrent_final_picks_never_500_never_more_than_k(challenge):
     """Teams' final-entry posts racing each other (alpha's two entries, K = 1): each answer is 200 or a clear
     4xx, and alpha ends with exactly one of the choices posted, never a mix of two."""
@@ -270,6 +272,7 @@ def _dated(cfg, **update):  # type: ignore[no-untyped-def]
     return cfg.model_copy(update={"tracks": tracks, **update})
 
 
+@pytest.mark.slow
 def test_a_snapshot_is_taken_once_under_concurrency(challenge, cfg):
     """Eight threads snapshotting the same ended phase at once: one row, one pair of files, one answer."""
     from concurrent.futures import ThreadPoolExecutor
@@ -295,6 +298,7 @@ def test_a_snapshot_is_taken_once_under_concurrency(challenge, cfg):
     assert files == [Path(rows[0].path).name, Path(rows[0].path).with_suffix(".md").name]
 
 
+@pytest.mark.slow
 def test_the_servers_tick_snapshots_an_ended_phase_without_a_request(challenge, cfg, engine):
     """No leaderboard request at all: the server's lifespan tick stores the snapshot of the phase that ended
     by date, and the worker's tick after it stores nothing more."""
@@ -320,6 +324,7 @@ def test_the_servers_tick_snapshots_an_ended_phase_without_a_request(challenge, 
         assert len(s.scalars(select(LeaderboardSnapshot)).all()) == 1
 
 
+@pytest.mark.slow
 def test_worker_tick_snapshots_an_ended_phase(challenge, cfg):
     from skybench.server import worker
     from skybench.server.db import LeaderboardSnapshot
@@ -355,6 +360,7 @@ def test_migration_0004_keeps_the_first_of_duplicate_snapshots(db_url):
     engine.dispose()
 
 
+@pytest.mark.slow
 def test_leaderboard_cache_is_kept_briefly_and_dropped_when_a_job_ends(challenge, cfg, engine):
     """A run published to MLflow outside the queue shows after ``leaderboard_cache_seconds``; a job a worker
     finishes (queue.finish) shows at once; with the cache off every request reads MLflow."""

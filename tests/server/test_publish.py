@@ -55,6 +55,7 @@ def organiser(tmp_path: Path, tiny_space_release: Path) -> tuple[Path, Path, Pat
     return project, release, remote
 
 
+@pytest.mark.slow
 def test_published_remote_holds_only_the_public_part_and_a_team_can_pull_it(organiser, tmp_path):
     from skybench.cli import app
     from skybench.release import layout
