@@ -13,6 +13,16 @@ def root() -> Path:
     return ROOT
 
 
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh MLflow store (its URI) in the test's folder, which is also the working directory; test files
+    that need another kind of store define their own ``store``."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    return uri
+
+
 @pytest.fixture(scope="session")
 def tiny_space_release(tmp_path_factory) -> Path:
     """A small lens-space release shared by the tests that only read it."""

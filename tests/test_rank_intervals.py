@@ -23,14 +23,6 @@ from skybench.tracking.leaderboard import find_entry, finished_entries, leaderbo
 from skybench.tracks import Track, load_track
 
 
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)
-    return uri
-
-
 @pytest.fixture(scope="module")
 def track() -> Track:
     t = load_track("lens-space")  # the whole test set ranks (a 64-object release has too few for a 30% part)

@@ -231,14 +231,6 @@ def test_small_strata_bins_are_left_out_of_the_participant_view() -> None:
 REL = "s" * 64
 
 
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)
-    return uri
-
-
 def _log(track: Track, name: str, tpr: list[float]) -> None:
     time.sleep(0.005)
     prefix = lb.metric_prefix(track)
