@@ -300,6 +300,8 @@ def expected_shapes(output: Output, n: int, input_shape: tuple[int, ...] = ()) -
     """The prediction shapes a track accepts for ``n`` inputs (``input_shape``: one input image)."""
     if output.kind == "image":
         return [(n, *input_shape)]
+    if output.kind == "maps":
+        return [(n, *(int(d) for d in output.shape[1:]))]
     shapes: list[tuple[int, ...]] = [(n,)]
     if output.kind == "pdf" and output.grid is not None:
         shapes.append((n, int(output.grid[2])))
@@ -316,6 +318,7 @@ def validate_predictions(pred: np.ndarray, n: int, output: Output, input_shape: 
     if tuple(pred.shape) not in shapes:
         want = " or ".join(str(s) for s in shapes)
         hint = ("the same shape as the input, channels first (N, bands, H, W)" if output.kind == "image"
+                else f"one array of shape {tuple(output.shape[1:])} per input" if output.kind == "maps"
                 else "one value per input, e.g. probs[:, 1] of a two-class output" if output.kind == "score"
                 else "one value per input" + (" or one PDF row per input" if len(shapes) > 1 else ""))
         return f"returned shape {tuple(pred.shape)}, expected {want} for a {output.kind!r} track | hint: return {hint}"
