@@ -94,3 +94,40 @@ def test_cheating_generators_rank_below_the_gaussian_baseline(tmp_path: Path, mo
     assert primary["oracle"] < 3, primary  # the truth process: chi^2 per dof near 1
     # the GRF has the right power spectrum but the wrong one-point PDF
     assert m["grf"]["pdf_ks"] > m["oracle"]["pdf_ks"], (m["grf"]["pdf_ks"], m["oracle"]["pdf_ks"])
+
+
+def test_predictions_format_takes_a_npy_of_maps_on_a_maps_track(tmp_path: Path, monkeypatch) -> None:
+    from skybench.harness.submission import load_submission, sandboxed_predict
+
+    project = tmp_path / "project"
+    (project / "benchmarks").mkdir(parents=True)
+    shutil.copy(benchmarks_dir() / "wl-maps.yaml", project / "benchmarks" / "wl-maps.yaml")
+    monkeypatch.setenv("SKYBENCH_ROOT", str(project))
+    track = load_track("wl-maps")
+    release = simulate_release(track, project / "releases" / "wl-maps", seed=3, size=20, progress=False,
+                               workers=1, backend="numpy")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    spec = {"team": "tests", "name": "npy", "track": "wl-maps", "format": "predictions", "model": "maps.npy"}
+    (sub / "submission.yaml").write_text(yaml.safe_dump(spec))
+    maps = np.random.default_rng(0).normal(0, 0.01, (20, 1, 64, 64)).astype(np.float32)
+
+    def run(array: np.ndarray, name: str = "maps.npy") -> tuple[bool, str]:
+        for f in sub.glob("maps.*"):
+            f.unlink()
+        np.save(sub / "maps.npy", array)
+        if name != "maps.npy":
+            (sub / "maps.npy").rename(sub / name)
+        (sub / "submission.yaml").write_text(yaml.safe_dump(spec | {"model": name}))
+        res = sandboxed_predict(load_submission(sub), release, scratch=tmp_path / "scratch", track=track)
+        return res.ok, res.reason
+
+    ok, reason = run(maps)
+    assert ok, reason
+    for bad, word in ((maps[:-1], "expected (20, 1, 64, 64)"), (maps[:, :, :32], "expected (20, 1, 64, 64)"),
+                      (np.where(np.arange(64) == 3, np.nan, maps).astype(np.float32), "non-finite")):
+        ok, reason = run(bad)
+        assert not ok and word in reason and "\n" not in reason, reason
+    (sub / "maps.csv").write_text("id,score\n")
+    ok, reason = run(maps, "maps.csv")
+    assert not ok and ".npy" in reason, reason
