@@ -131,3 +131,32 @@ def test_predictions_format_takes_a_npy_of_maps_on_a_maps_track(tmp_path: Path, 
     (sub / "maps.csv").write_text("id,score\n")
     ok, reason = run(maps, "maps.csv")
     assert not ok and ".npy" in reason, reason
+
+
+@pytest.mark.slow
+def test_cosmogan_trains_and_exports_a_generator_of_maps(tmp_path: Path, monkeypatch) -> None:
+    import onnxruntime as ort
+
+    project = tmp_path / "project"
+    (project / "benchmarks").mkdir(parents=True)
+    shutil.copy(benchmarks_dir() / "wl-maps.yaml", project / "benchmarks" / "wl-maps.yaml")
+    monkeypatch.setenv("SKYBENCH_ROOT", str(project))
+    release = simulate_release(load_track("wl-maps"), project / "releases" / "wl-maps", seed=3, size=20,
+                               progress=False, workers=1, backend="numpy")
+    spec = importlib.util.spec_from_file_location("train_cosmogan", BASELINES / "cosmogan" / "train.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    model, out = mod.train(["--track", "wl-maps", "--release", str(release), "--out", str(tmp_path / "gan"),
+                            "--params", str(ROOT / "params.yaml"), "--no-mlflow", "--epochs", "1",
+                            "--max-train", "16", "--set", "widths=[16,8,8,4]", "--set", "disc_widths=[4,8,8,16]"])
+    assert yaml.safe_load((out / "submission.yaml").read_text())["format"] == "onnx"
+    z = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
+    sess = ort.InferenceSession(str(out / "model.onnx"))
+    maps = sess.run(None, {sess.get_inputs()[0].name: z})[0]
+    assert maps.shape == (5, 1, 64, 64) and np.isfinite(maps).all()
+    # the log-pixel transform is inverted inside the model: kappa = exp(.) - shift > -shift, where the shift is
+    # just beyond the training maps' minimum (raw standardised outputs would reach far below)
+    train = np.asarray(open_release(release).array("train", "maps")[:16], np.float64)
+    assert maps.min() > -(-train.min() + 0.1 * train.std()) - 1e-6
+    assert maps.std(axis=(1, 2, 3)).min() > 0  # not a constant map
