@@ -69,7 +69,9 @@ def test_cheating_generators_rank_below_the_gaussian_baseline(tmp_path: Path, mo
     grf = _as_test_submission(_train("grf", release, subs / "grf"), "grf")
     oracle = _as_test_submission(_train("lognormal-oracle", release, subs / "oracle"), "oracle")
     copier = _train("lognormal-oracle", release, subs / "copier")
-    np.save(copier / "train_maps.npy", np.asarray(open_release(release).array("train", "maps")[:]))
+    # public maps, val ones first: copying the validation split must be caught as well
+    np.save(copier / "train_maps.npy", np.concatenate([np.asarray(open_release(release).array(s, "maps")[:])
+                                                       for s in ("val", "train")]))
     (copier / "predict.py").write_text(COPY_TRAIN)
     copier = _as_test_submission(copier, "copier")
     repeat = _train("lognormal-oracle", release, subs / "repeat")

@@ -10,7 +10,8 @@ the generated set is ``predictions`` (one map per latent vector, rows as given, 
   ``chi2_minkowski``: the same for one statistic; ``chi2_per_dof_raw``: before the flag penalty;
 * ``cl_rel_diff`` (mean |relative difference| of the mean C_l over l bins), ``pdf_ks`` and ``pdf_w1`` (pooled
   pixel PDF), each with a bootstrap interval over generated maps (``_ci_low`` / ``_ci_high``);
-* ``memorised`` (1 when the maps are closer to the public training maps than held-out truth maps are: copies),
+* ``memorised`` (1 when the maps are closer to the public maps, train and val, than held-out truth maps are:
+  copies),
   ``collapsed`` (1 when the map-to-map C_l variance or the spread of the set is far below the truth's), with
   their statistics. **Rule**: a flagged generator's primary is ``chi2_per_dof_raw + label.flag_penalty``, so it
   ranks below every unflagged one (the Gaussian baseline included). The flags are checked on the distinct ids
@@ -89,9 +90,13 @@ class Reference:
 
 
 def _train_maps(truth: HiddenSplit) -> np.ndarray:
-    """The release's public training maps (what a memorising generator copies)."""
-    root = layout.release_of(truth.folder)[0]
-    return as_maps(np.asarray(Release(root).array("train", "maps")[:]), "training maps")
+    """Every public map of the release, train and val (what a memorising generator can copy), but those of the
+    truth's own split (``skybench validate --score`` scores against the val maps)."""
+    root, _, own = layout.release_of(truth.folder)
+    rel = Release(root)
+    public = [np.asarray(rel.array(split, "maps")[:]) for split in ("train", "val")
+              if split != own and rel.manifest["counts"][split]]
+    return as_maps(np.concatenate(public), "public maps")
 
 
 def _generated(track: GenerateTrack, predictions: np.ndarray, ids: np.ndarray) -> np.ndarray:
