@@ -65,15 +65,16 @@ def free_port() -> int:
 
 
 def pack(team: str, name: str) -> bytes:
-    spec = f"team: {team}\nname: {name}\ntrack: {TRACK}\nformat: onnx\nmodel: model.onnx\n".encode()
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        model = (EXAMPLE / "model.onnx").read_bytes()
-        for arc, data in ((f"{name}/submission.yaml", spec), (f"{name}/model.onnx", model)):
-            info = tarfile.TarInfo(arc)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    """The example ONNX submission as ``team``'s entry ``name``, packed as ``skybench submit`` packs it."""
+    from skybench.server.cli import pack as pack_folder
+
+    with tempfile.TemporaryDirectory(prefix="skybench-pack-") as tmp:
+        folder = Path(tmp) / name
+        folder.mkdir()
+        (folder / "submission.yaml").write_text(
+            f"team: {team}\nname: {name}\ntrack: {TRACK}\nformat: onnx\nmodel: model.onnx\n")
+        shutil.copyfile(EXAMPLE / "model.onnx", folder / "model.onnx")
+        return pack_folder(folder)
 
 
 def pct(xs: list[float], q: float) -> float:

@@ -11,6 +11,8 @@ import typer
 from skybench.release import layout  # names only: keeps the CLI start light
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from skybench.tracks import Track
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -197,6 +199,10 @@ def leaderboard(track: str,
                     "--by", help="one column per bin of this stratum (a column of the track's strata:)")] = None,
                 metric: Annotated[str | None, typer.Option(
                     help="with --by: the per-bin metric to show (default: the stratum's)")] = None,
+                columns: Annotated[str | None, typer.Option(
+                    help="table: these columns, comma-separated (default: the track's; <metric>_ci is its interval)")]
+                = None,
+                all_columns: Annotated[bool, typer.Option("--all", help="table: every column")] = False,
                 ) -> None:
     """Print the ranking of a track (earliest submission wins ties; failed entries are listed, unranked)."""
     from skybench.release import release_digest
@@ -213,21 +219,20 @@ def leaderboard(track: str,
         lb.write_results(t, write, release_sha256=sha, release=hidden)
         _copy_roc_curves(write / "evaluations", write / "roc")
         _write_strata_plot(t, write, sha)
+        _annotate_ui(t, sha, hidden)
     try:
-        typer.echo(_board(t, sha, hidden, format, by, metric))
+        board = (lb.by_leaderboard(t, by, metric=metric, release_sha256=sha, release=hidden) if by
+                 else lb.leaderboard(t, release_sha256=sha, release=hidden))
+        if format == "table" and not by:
+            _terminal_table(t, board, columns, all_columns)
+        elif columns is not None or all_columns:
+            _fail("--columns and --all choose the table's columns; " + (
+                "--by shows one column per bin" if by else f"the {format} form keeps every column"))
+        else:
+            out = lb.render(board, format)  # type: ignore[arg-type]
+            typer.echo(out + lb.strata_html(t, release_sha256=sha) if format == "html" else out)
     except ValueError as exc:
         _fail(str(exc))
-
-
-def _board(t: Track, sha: str | None, release: Path | None, format: str, by: str | None, metric: str | None) -> str:
-    """The rendered leaderboard; with ``by``, one column per bin of that stratum; the HTML form ends with the
-    small-multiples plot of the track's strata."""
-    from skybench.tracking import leaderboard as lb
-
-    board = lb.by_leaderboard(t, by, metric=metric, release_sha256=sha, release=release) if by else lb.leaderboard(
-        t, release_sha256=sha, release=release)
-    out = lb.render(board, format)  # type: ignore[arg-type]
-    return out + lb.strata_html(t, release_sha256=sha) if format == "html" else out
 
 
 def _write_strata_plot(t: Track, write: Path, sha: str | None) -> None:
@@ -236,6 +241,8 @@ def _write_strata_plot(t: Track, write: Path, sha: str | None) -> None:
 
     if (png := lb.plot_strata(t, write / lb.STRATA_PLOT, release_sha256=sha)) is not None:
         lb.log_strata_plot(t, png, release_sha256=sha)
+
+
 @app.command()
 def compare(track: str, a: Annotated[str, typer.Argument(help="an entry: team/name, or name if only one team has it")],
             b: Annotated[str, typer.Argument(help="another entry")],
@@ -263,6 +270,25 @@ def compare(track: str, a: Annotated[str, typer.Argument(help="an entry: team/na
     except (LookupError, OSError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(_shown(result.summary(t.metrics.higher_is_better)))
+def _terminal_table(track: Track, board: pd.DataFrame, columns: str | None, all_columns: bool) -> None:
+    """Print the track's default columns of ``board`` (or ``columns``, or all), then the failure reasons the
+    table leaves out, one line each."""
+    from skybench.tracking import leaderboard as lb
+
+    chosen = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
+    view = lb.terminal_view(track, board, chosen, all_columns)
+    typer.echo(lb.render(view, "table"), nl=False)
+    for note in lb.failure_notes(board, view):
+        typer.echo(f"FAILED {note}")
+
+
+def _annotate_ui(track: Track, release_sha256: str | None, release: Path | None = None) -> None:
+    """Name and tag the leaderboard's runs for the MLflow UI (rank, group, primary metric first)."""
+    from skybench.tracking import leaderboard as lb
+    from skybench.tracking.ui import annotate_runs
+
+    board = lb.leaderboard(track, release_sha256=release_sha256, release=release)
+    annotate_runs(track, board, release_sha256=release_sha256)
 
 
 def _copy_roc_curves(evaluations: Path, out: Path) -> None:
@@ -278,16 +304,26 @@ def _copy_roc_curves(evaluations: Path, out: Path) -> None:
 
 
 @app.command()
-def ui(port: int = 5000) -> None:
-    """Start the MLflow UI on the project's tracking store."""
+def ui(port: int = 5000, host: Annotated[str, typer.Option(help="address to serve on")] = "127.0.0.1",
+       serve: Annotated[bool, typer.Option(help="start the UI (--no-serve: only tag the runs, print the URLs)")]
+       = True) -> None:
+    """Start MLflow's UI on the project's tracking store; print each track's leaderboard URL (runs view, best
+    first), with runs named by rank, group and primary metric."""
     import subprocess
 
     from skybench.tracking import tracking_uri
+    from skybench.tracking.ui import prepare
 
     uri = tracking_uri()
-    typer.echo(f"MLflow UI for {uri} on http://127.0.0.1:{port}")
-    subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--port", str(port)],
-                   check=False)
+    remote = uri.startswith(("http://", "https://"))  # a tracking server is its own UI
+    base = uri if remote else f"http://{host}:{port}"
+    for experiment, url in prepare(base):
+        typer.echo(f"{experiment}: {url}")
+    if remote or not serve:
+        return
+    typer.echo(f"MLflow UI for {uri} on {base}")
+    subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host,
+                    "--port", str(port)], check=False)
 
 
 @app.command("import-real-lenses")

@@ -54,6 +54,14 @@ class Metrics(_Strict):
     report: list[str]
 
 
+class LeaderboardView(_Strict):
+    """What ``skybench leaderboard TRACK`` prints by default in the terminal (``--columns``/``--all`` choose
+    others; the markdown, CSV and HTML forms keep every column). Names are leaderboard columns, plus
+    ``<primary>_ci`` (the primary metric's 95% interval in one cell); a default the board lacks is left out."""
+
+    columns: list[str] = Field(min_length=1)
+
+
 class Output(_Strict):
     """What a submission returns per input. ``shape`` uses "N" for the number of inputs.
 
@@ -159,6 +167,7 @@ class Track(_Strict):
     population: Any
     label: Any
     metrics: Metrics
+    leaderboard: LeaderboardView | None = None  # None: rank, group, team, name, status, primary and its interval
     output: Output
     sandbox: SandboxLimits = SandboxLimits()
     evaluation: Evaluation = Evaluation()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers.py
 from helpers import bwrap_works  # noqa: E402
@@ -189,3 +190,208 @@ def test_a_failed_run_shows_the_team_its_reason_and_sandbox_stderr(challenge, cf
     assert shown["reason"] and "\n" not in shown["reason"]
     assert "shape mismatch ahead" in shown["log"] and "my model is broken" in shown["log"]
     assert client.get(r.json()["status_url"], headers=auth["beta"]).status_code == 404
+
+
+def test_concurrent_final_picks_never_500_never_more_than_k(challenge):
+    """Teams' final-entry posts racing each other (alpha's two entries, K = 1): each answer is 200 or a clear
+    4xx, and alpha ends with exactly one of the choices posted, never a mix of two."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from skybench.server.db import FinalChoice
+
+    client, auth, ids, Session = challenge
+    assert client.post(f"/api/admin/tracks/{TRACK}/phase", json={"phase": "closed"},
+                       headers=auth["admin"]).status_code == 200
+    picks = [[ids["a1"]], [ids["a2"]], [ids["a1"], ids["a2"]]] * 4
+    gate = Barrier(len(picks))
+
+    def post(pick: list[str]) -> tuple[int, str]:
+        gate.wait()
+        r = client.post(f"/api/tracks/{TRACK}/final", json={"submissions": pick}, headers=auth["alpha"])
+        return r.status_code, r.text
+
+    with ThreadPoolExecutor(len(picks)) as pool:
+        answers = list(pool.map(post, picks))
+    for (code, text), pick in zip(answers, picks, strict=True):
+        assert code in ((422,) if len(pick) == 2 else (200, 409)), (code, text)
+        assert "at most 1" in text if len(pick) == 2 else True
+    with Session() as s:
+        rows = s.scalars(select(FinalChoice.submission_id).where(FinalChoice.track == TRACK)).all()
+    assert len(rows) == 1 and rows[0] in (ids["a1"], ids["a2"])
+
+
+def test_final_choices_are_serialised_per_team(cfg, Session):  # noqa: N803
+    """choose_finals itself from 8 threads at once (K = 2), on the real database: every call is saved whole or
+    refused with FinalRefused 409, and the team ends with exactly one call's choice."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from skybench.server import phases, queue
+    from skybench.server.auth import add_team
+    from skybench.server.db import FinalChoice, Submission, utcnow
+
+    cfg = cfg.model_copy(update={"final_entries": 2})
+    with Session() as s:
+        team = add_team(s, "alpha").team
+        now = utcnow()
+        subs = [Submission(id=f"s{i}".ljust(32, "0"), team_id=team.id, track=TRACK, name=f"e{i}", sha256="0" * 64,
+                           phase="open", state="finished", received_at=now, queued_at=now, finished_at=now,
+                           metrics={}) for i in range(8)]
+        s.add_all(subs)
+        s.commit()
+        queue.set_phase(s, TRACK, "closed")
+    choices = [[subs[i].id, subs[(i + 1) % 8].id] for i in range(8)]
+    gate = Barrier(len(choices))
+
+    def choose(pick: list[str]) -> str:
+        gate.wait()
+        with Session() as s:
+            try:
+                phases.choose_finals(s, cfg, team, TRACK, pick)
+                return "saved"
+            except phases.FinalRefused as exc:
+                assert exc.status == 409 and "at the same time" in str(exc)
+                return "refused"
+
+    with ThreadPoolExecutor(len(choices)) as pool:
+        outcomes = list(pool.map(choose, choices))
+    assert "saved" in outcomes
+    with Session() as s:
+        final = set(s.scalars(select(FinalChoice.submission_id).where(FinalChoice.team_id == team.id)).all())
+    assert final in [set(c) for c, o in zip(choices, outcomes, strict=True) if o == "saved"]
+
+
+def _dated(cfg, **update):  # type: ignore[no-untyped-def]
+    """``cfg`` with lens-space opened two days ago and closed one day ago (by date)."""
+    past = datetime.now(timezone.utc) - timedelta(days=2)
+    tracks = dict(cfg.tracks)
+    tracks[TRACK] = tracks[TRACK].model_copy(update={"phases": {"open": past, "closed": past + timedelta(days=1)}})
+    return cfg.model_copy(update={"tracks": tracks, **update})
+
+
+def test_a_snapshot_is_taken_once_under_concurrency(challenge, cfg):
+    """Eight threads snapshotting the same ended phase at once: one row, one pair of files, one answer."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from skybench.server import phases
+    from skybench.server.db import LeaderboardSnapshot
+
+    _, _, _, Session = challenge
+    gate = Barrier(8)
+
+    def take(_: int) -> int:
+        gate.wait()
+        with Session() as s:
+            return phases.snapshot(s, cfg, TRACK, "open").id
+
+    with ThreadPoolExecutor(8) as pool:
+        got = set(pool.map(take, range(8)))
+    with Session() as s:
+        rows = s.scalars(select(LeaderboardSnapshot)).all()
+    assert len(rows) == 1 and got == {rows[0].id}
+    files = sorted(p.name for p in (cfg.storage / "leaderboards" / TRACK).iterdir())
+    assert files == [Path(rows[0].path).name, Path(rows[0].path).with_suffix(".md").name]
+
+
+def test_the_servers_tick_snapshots_an_ended_phase_without_a_request(challenge, cfg, engine):
+    """No leaderboard request at all: the server's lifespan tick stores the snapshot of the phase that ended
+    by date, and the worker's tick after it stores nothing more."""
+    from skybench.server import worker
+    from skybench.server.app import create_app
+    from skybench.server.db import LeaderboardSnapshot
+
+    _, _, _, Session = challenge
+    dated = _dated(cfg, tick_seconds=0.2)
+    with Session() as s:
+        assert s.scalars(select(LeaderboardSnapshot)).all() == []
+    with TestClient(create_app(dated, engine)):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with Session() as s:
+                snaps = s.scalars(select(LeaderboardSnapshot)).all()
+            if snaps:
+                break
+            time.sleep(0.2)
+    assert [(x.track, x.phase) for x in snaps] == [(TRACK, "open")]
+    worker.tick(dated, Session)
+    with Session() as s:
+        assert len(s.scalars(select(LeaderboardSnapshot)).all()) == 1
+
+
+def test_worker_tick_snapshots_an_ended_phase(challenge, cfg):
+    from skybench.server import worker
+    from skybench.server.db import LeaderboardSnapshot
+
+    _, _, _, Session = challenge
+    worker.tick(_dated(cfg), Session)
+    with Session() as s:
+        snaps = s.scalars(select(LeaderboardSnapshot)).all()
+    assert [(x.track, x.phase) for x in snaps] == [(TRACK, "open")]
+    assert [r["name"] for r in snaps[0].rows] == ["a1", "b1", "a2"]
+
+
+def test_migration_0004_keeps_the_first_of_duplicate_snapshots(db_url):
+    from sqlalchemy import text
+
+    from skybench.server.db import make_engine, upgrade
+
+    engine = make_engine(db_url)
+    upgrade(engine, "0003")
+    with engine.begin() as conn:
+        for taken, rows in (("2026-01-01 00:00:00", "[1]"), ("2026-01-02 00:00:00", "[2]"),
+                            ("2026-01-03 00:00:00", "[3]")):
+            conn.execute(text("INSERT INTO leaderboard_snapshots (track, phase, taken_at, rows, path) "
+                              "VALUES ('t', 'open', :taken, :rows, '')"), {"taken": taken, "rows": rows})
+    upgrade(engine)
+    with engine.begin() as conn:
+        assert [tuple(r) for r in conn.execute(text("SELECT phase, rows FROM leaderboard_snapshots"))] == [
+            ("open", [1])] or [r[1] for r in conn.execute(text("SELECT phase, rows FROM leaderboard_snapshots"))
+                               ] == ["[1]"]
+        with pytest.raises(Exception, match="(?i)unique|duplicate"):
+            conn.execute(text("INSERT INTO leaderboard_snapshots (track, phase, taken_at, rows, path) "
+                              "VALUES ('t', 'open', '2026-01-04 00:00:00', '[4]', '')"))
+    engine.dispose()
+
+
+def test_leaderboard_cache_is_kept_briefly_and_dropped_when_a_job_ends(challenge, cfg, engine):
+    """A run published to MLflow outside the queue shows after ``leaderboard_cache_seconds``; a job a worker
+    finishes (queue.finish) shows at once; with the cache off every request reads MLflow."""
+    from skybench.server import queue
+    from skybench.server.app import create_app
+    from skybench.server.auth import add_team
+    from skybench.server.db import Submission, utcnow
+
+    _, _, _, Session = challenge
+    names = lambda c: sorted(r["name"] for r in _board(c)["rows"])  # noqa: E731
+    with TestClient(create_app(cfg.model_copy(update={"leaderboard_cache_seconds": 3600}), engine)) as c:
+        assert names(c) == ["a1", "a2", "b1"]
+        _log("beta", "b2", 0.5, 0.5)  # the organiser's own run, say: not through the queue
+        assert names(c) == ["a1", "a2", "b1"]  # cached
+        with Session() as s:  # a worker finishes a job: the cache is dropped
+            team = add_team(s, "gamma").team
+            now = utcnow()
+            s.add(Submission(id="g" * 32, team_id=team.id, track=TRACK, name="g1", sha256="0" * 64, phase="open",
+                             state="running", received_at=now, queued_at=now, running_at=now, lease_owner="w",
+                             lease_expires=now + timedelta(minutes=5)))
+            s.commit()
+            _log("gamma", "g1", 0.6, 0.6)
+            assert queue.finish(s, "g" * 32, "w", {"public_auroc": 0.6})
+        assert names(c) == ["a1", "a2", "b1", "b2", "g1"]
+        _log("beta", "b3", 0.4, 0.4)
+        assert "b3" not in names(c)
+    ttl = 4.0
+    with TestClient(create_app(cfg.model_copy(update={"leaderboard_cache_seconds": ttl}), engine)) as c:
+        t0 = time.monotonic()
+        before = names(c)  # (the cache is per process: the entry the app above read may still serve)
+        _log("beta", "b4", 0.3, 0.3)
+        if time.monotonic() - t0 < ttl - 0.5:  # (a loaded machine may take longer than ttl to log a run)
+            assert names(c) == before  # within the time
+        time.sleep(max(0.0, ttl - (time.monotonic() - t0)) + 0.2)
+        after = names(c)
+        assert "b4" in after and "b3" in after
+    with TestClient(create_app(cfg.model_copy(update={"leaderboard_cache_seconds": 0}), engine)) as c:
+        names(c)
+        _log("beta", "b5", 0.2, 0.2)
+        assert "b5" in names(c)

@@ -352,3 +352,86 @@ def test_what_a_crash_left_in_incoming_is_swept_at_start(cfg, tmp_path):
         os.utime(p, (past, past))
     Store(cfg.storage, cfg.upload)
     assert sorted(p.name for p in incoming.iterdir()) == ["c.upload"]
+
+
+def test_what_a_dead_process_left_in_incoming_is_swept_at_once(cfg):
+    """An upload file of a process of this host that is gone is removed at the next start, however young;
+    one of a live process (this one) and one of another host are kept (until they are stale)."""
+    from skybench.server import storage
+
+    incoming = Path(cfg.storage) / "incoming"
+    incoming.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = storage._HOST
+    names = {"dead": f"{dead.pid}-{host}.aa.upload", "dead_stage": f"{dead.pid}-{host}.bb.d",
+             "live": f"{os.getpid()}-{host}.cc.upload", "other_host": f"{dead.pid}-00000000.dd.upload"}
+    for name in names.values():
+        (incoming / name).mkdir() if name.endswith(".d") else (incoming / name).write_bytes(b"x")
+    storage.Store(cfg.storage, cfg.upload)
+    assert sorted(p.name for p in incoming.iterdir()) == sorted([names["live"], names["other_host"]])
+
+
+@pytest.fixture
+def graceful(cfg, engine, tmp_path) -> Iterator[tuple[Served, str, object]]:  # type: ignore[no-untyped-def]
+    from skybench.server.auth import add_team
+    from skybench.server.db import sessions
+
+    cfg = cfg.model_copy(update={"shutdown_grace_seconds": 2})
+    config = tmp_path / "challenge.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
+    with sessions(engine)() as s:
+        token = add_team(s, "alpha").token
+    srv = Served(config, tmp_path)
+    srv.start(token)
+    try:
+        yield srv, token, cfg
+    finally:
+        if srv.proc is not None and srv.proc.poll() is None:
+            srv.kill()
+
+
+@pytest.mark.slow
+def test_sigterm_does_not_wait_forever_on_a_stalled_upload(graceful, engine):  # type: ignore[no-untyped-def]
+    """`skybench serve` gets SIGTERM while a team's upload has stalled half-way: it exits within
+    ``shutdown_grace_seconds`` (plus start-up slack), the stalled upload is not acknowledged and leaves nothing
+    in the store or the database, and the acknowledged one is kept."""
+    from sqlalchemy import select
+
+    from skybench.server.db import Submission, sessions
+
+    srv, token, cfg = graceful
+    with httpx.Client(base_url=srv.url, timeout=60) as c:
+        r = _upload(c, token, "acked")
+        assert r.status_code == 202, r.text
+        acked = r.json()
+    body = _big("stalled", 1_200_000)
+    boundary = "skybenchstall"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"track\"\r\n\r\nlens-space\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nstalled\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"s.tar.gz\"\r\n"
+            "Content-Type: application/gzip\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", srv.port)) as conn:
+        conn.sendall(f"POST /api/submissions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                     f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                     f"Content-Length: {len(head) + len(body) + 64}\r\n\r\n".encode() + head + body[:len(body) // 2])
+        time.sleep(1.0)  # the server is waiting for the rest of the body, which never comes
+        assert srv.proc is not None
+        t0 = time.monotonic()
+        os.killpg(srv.proc.pid, signal.SIGTERM)
+        srv.proc.wait(cfg.shutdown_grace_seconds + 20)  # TimeoutExpired: it waits on the stalled upload
+        took = time.monotonic() - t0
+        conn.settimeout(5)
+        try:
+            answer = conn.recv(4096)
+        except OSError:
+            answer = b""
+    assert took < cfg.shutdown_grace_seconds + 15, took
+    assert b" 202 " not in answer.split(b"\r\n", 1)[0], answer  # never acknowledged
+    assert _files(Path(cfg.storage) / "incoming") == []
+    assert _objects(cfg) == [acked["sha256"]]
+    with sessions(engine)() as s:
+        assert [(x.name, x.state) for x in s.scalars(select(Submission)).all()] == [("acked", "queued")]
+    srv.start(token)  # and the acknowledged upload is there after the restart
+    with httpx.Client(base_url=srv.url, timeout=60) as c:
+        assert c.get(acked["status_url"], headers={"Authorization": f"Bearer {token}"}).json()["state"] == "queued"

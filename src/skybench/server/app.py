@@ -11,22 +11,29 @@ no quota."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import logging
 import math
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine, select
+from sqlalchemy.orm import sessionmaker
 from starlette.datastructures import UploadFile
 
 from skybench.harness.submission import SLUG
-from skybench.server import faults, queue
+from skybench.server import faults, intake, queue
 from skybench.server.auth import AuthError, FailureLimiter, RateLimited, VerifiedCache, verify
 from skybench.server.config import ChallengeConfig, Phase
 from skybench.server.db import Submission, Team, make_engine, sessions, upgrade, utcnow
 from skybench.server.storage import Store, UploadError, read_upload_form
+
+log = logging.getLogger("skybench.server")
 
 
 @functools.lru_cache(maxsize=64)
@@ -50,15 +57,44 @@ def shown_metrics(cfg: ChallengeConfig, track: str, phase: Phase, metrics: dict[
     return metrics
 
 
+async def _tick(cfg: ChallengeConfig, Session: sessionmaker) -> None:  # noqa: N803 - a sessionmaker
+    from skybench.server import phases
+
+    def once() -> None:
+        with Session() as s:
+            phases.catch_up_all(s, cfg)
+
+    while True:
+        try:
+            await run_in_threadpool(once)
+        except Exception:  # noqa: BLE001 - the database or MLflow away: try again at the next tick
+            log.exception("phase tick failed; trying again in %.0f s", cfg.tick_seconds)
+        await asyncio.sleep(cfg.tick_seconds)
+
+
+@contextlib.asynccontextmanager
+async def _ticking(cfg: ChallengeConfig, Session: sessionmaker, app: FastAPI) -> AsyncIterator[None]:  # noqa: N803
+    """The app's lifespan: every ``tick_seconds``, snapshot the phases that ended by date."""
+    task = asyncio.create_task(_tick(cfg, Session))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
     engine = engine or make_engine(cfg.db_url)
     upgrade(engine)
     Session = sessions(engine)
+    with Session() as s:
+        queue.expire_received(s)  # uploads a stopped server was checking: never acknowledged, not counted
     store = Store(cfg.storage, cfg.upload)
     limiter = FailureLimiter(cfg.auth.max_failures, cfg.auth.window_seconds)
     verified = VerifiedCache()
     app = FastAPI(title="skybench challenge server", docs_url="/api/docs", openapi_url="/api/openapi.json",
-                  redoc_url=None)
+                  redoc_url=None, lifespan=functools.partial(_ticking, cfg, Session))
     app.state.cfg, app.state.engine, app.state.sessions, app.state.store = cfg, engine, Session, store
     app.state.limiter = limiter
     faults.install(app)  # 503 while the database is away, 507 when the store is full
@@ -113,7 +149,6 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
     @app.post("/api/submissions", status_code=202)
     async def submit(request: Request, t: Team = Depends(team)) -> dict[str, Any]:
         received = utcnow()
-        archive = folder = None
         form = None
         try:
             form = await read_upload_form(request, cfg.upload.max_bytes)
@@ -128,20 +163,13 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
             if track not in cfg.tracks or not cfg.tracks[track].open:
                 raise UploadError(f"track {track!r} takes no submissions here (open: "
                                   f"{', '.join(n for n, c in cfg.tracks.items() if c.open)})", 404)
-            archive = await run_in_threadpool(store.receive_file, upload.file)
-            folder = await run_in_threadpool(store.unpack, archive)
-            # Moved into the store when valid: only its staging folder is left to remove.
-            loaded, _ = await run_in_threadpool(store.store, folder, {"team": t.name, "name": name, "track": track})
-            with Session() as s:
-                sub = queue.enqueue(s, cfg, s.get(Team, t.id), track, name, loaded.sha256, received)
+            sub = await run_in_threadpool(intake.accept, cfg, Session, store, t.id, track, name, upload.file,
+                                          received)
         except UploadError as exc:
             raise HTTPException(exc.status, str(exc)) from None
         except queue.Refused as exc:
             raise HTTPException(exc.status, str(exc)) from None
         finally:
-            for leftover in (archive, folder):
-                if leftover is not None:
-                    store.discard(leftover)
             if form is not None:
                 await form.close()
         return view(sub, t.name)
@@ -159,4 +187,5 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
 def serve(cfg: ChallengeConfig, host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(cfg), host=host, port=port, proxy_headers=True)
+    uvicorn.run(create_app(cfg), host=host, port=port, proxy_headers=True,
+                timeout_graceful_shutdown=cfg.shutdown_grace_seconds)

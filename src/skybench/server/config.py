@@ -77,6 +77,14 @@ class ChallengeConfig(_Strict):
     lease_seconds: int = Field(900, ge=5)  # a job whose worker sent no heartbeat for this long is re-run
     max_attempts: int = Field(3, ge=1)  # claims of one job before it fails for good (a worker dies each time)
     final_entries: int = Field(1, ge=1)  # K: final entries a team may pick per track when a track closes
+    # How often the server and each worker look at the phase dates (a phase that ended is snapshotted at the
+    # first tick or leaderboard request after its date).
+    tick_seconds: float = Field(10.0, gt=0)
+    # On SIGTERM `skybench serve` stops taking connections and waits this long for requests in flight (a
+    # stalled upload among them), then cancels them: a cancelled upload is not acknowledged and keeps nothing.
+    shutdown_grace_seconds: int = Field(10, ge=1)
+    # The leaderboard read from MLflow is reused this long (0: never) unless a worker finished a job since.
+    leaderboard_cache_seconds: float = Field(5.0, ge=0)
     project_root: Path | None = None  # where `submissions/<team>/<name>/` goes; None: skybench's project root
 
     @model_validator(mode="after")

@@ -74,7 +74,8 @@ class Submission(Base):
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), index=True)
     track: Mapped[str] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(64))
-    sha256: Mapped[str] = mapped_column(String(64))  # of the canonical folder (storage.canonical_sha256)
+    # Of the validated folder (storage.Store.store); None while ``received`` (its schema not yet checked).
+    sha256: Mapped[str | None] = mapped_column(String(64))
     phase: Mapped[str] = mapped_column(String(16))  # the phase it was submitted in
     state: Mapped[str] = mapped_column(String(16), default="received")
     received_at: Mapped[datetime] = mapped_column(UTC, default=utcnow)
@@ -129,7 +130,8 @@ class FinalChoice(Base):
 
 
 class LeaderboardSnapshot(Base):
-    """The leaderboard of a track as a phase ended (also written as JSON and markdown in the store)."""
+    """The leaderboard of a track as a phase ended (also written as JSON and markdown in the store); one per
+    track and phase (the first taken)."""
 
     __tablename__ = "leaderboard_snapshots"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -139,7 +141,7 @@ class LeaderboardSnapshot(Base):
     rows: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     path: Mapped[str] = mapped_column(Text, default="")  # the JSON file in the store
 
-    __table_args__ = (Index("ix_snapshots_track_phase", "track", "phase"),)
+    __table_args__ = (Index("uq_snapshots_track_phase", "track", "phase", unique=True),)
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

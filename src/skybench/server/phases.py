@@ -9,12 +9,16 @@
 The ranking itself is :func:`skybench.tracking.leaderboard.leaderboard` (MLflow stays the source of truth);
 this module only chooses which part of the test set it shows and which entries rank in the final phase.
 A phase change (``skybench admin phase``, the admin API, or the dates in ``challenge.yaml``, noticed at the
-next leaderboard request) first stores the leaderboard of the phase that ends."""
+first server or worker tick (``tick_seconds``) or leaderboard request after the date) first stores the
+leaderboard of the phase that ends, once: one snapshot per track and phase (a unique index; insert if absent)."""
 
 from __future__ import annotations
 
 import json
 import math
+import secrets
+import threading
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -22,7 +26,9 @@ from typing import Any
 import pandas as pd
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from skybench.server import queue
@@ -57,6 +63,47 @@ def _board(track_name: str, part: str) -> pd.DataFrame:
     return leaderboard(track.model_copy(update={"evaluation": ev}))
 
 
+class _BoardCache:
+    """Leaderboards read from MLflow, kept ``leaderboard_cache_seconds`` and only while no job has finished
+    or failed since (the queue's latest end time, read from the database: a worker on any host invalidates)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._boards: dict[tuple[str, str, str, str], tuple[object, float, pd.DataFrame]] = {}
+
+    def get(self, session: Session, cfg: ChallengeConfig, track: str, part: str) -> pd.DataFrame:
+        from skybench.tracking import tracking_uri
+
+        if cfg.leaderboard_cache_seconds <= 0:
+            return _board(track, part)
+        key = (str(session.get_bind().engine.url), tracking_uri(), track, part)
+        version = results_version(session)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._boards.get(key)
+        if hit is not None and hit[0] == version and now - hit[1] < cfg.leaderboard_cache_seconds:
+            return hit[2].copy()
+        board = _board(track, part)
+        with self._lock:
+            self._boards[key] = (version, now, board)
+        return board.copy()
+
+
+def results_version(session: Session) -> tuple[object, ...]:
+    """Changes whenever a worker finishes or fails a job (the leaderboard cache's key)."""
+    row = session.execute(select(func.max(Submission.finished_at), func.max(Submission.failed_at),
+                                 func.count(Submission.finished_at))).one()
+    return tuple(row)
+
+
+BOARDS = _BoardCache()
+
+
+def board(session: Session, cfg: ChallengeConfig, track: str, part: str, *, fresh: bool = False) -> pd.DataFrame:
+    """The leaderboard of ``track`` on the ``public`` or ``private`` part, from the cache unless ``fresh``."""
+    return _board(track, part) if fresh else BOARDS.get(session, cfg, track, part)
+
+
 def _round(cfg: ChallengeConfig, track_name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     digits = cfg.public_score_digits
     if digits is None:
@@ -87,12 +134,15 @@ def final_entries(session: Session, track: str, public: pd.DataFrame) -> set[tup
     return out
 
 
-def live_board(session: Session, cfg: ChallengeConfig, track: str, phase: str) -> list[dict[str, Any]]:
-    """The leaderboard a phase shows: the public part (rounded while open), or the final private ranking."""
+def live_board(session: Session, cfg: ChallengeConfig, track: str, phase: str, *, fresh: bool = False
+               ) -> list[dict[str, Any]]:
+    """The leaderboard a phase shows: the public part (rounded while open), or the final private ranking
+    (``fresh``: read from MLflow now, not from the few-seconds cache)."""
     if phase in ("pending", "open", "closed"):
-        rows = _rows(_board(track, "public"))
+        rows = _rows(board(session, cfg, track, "public", fresh=fresh))
         return _round(cfg, track, rows) if phase == "open" else rows
-    public, private = _board(track, "public"), _board(track, "private")
+    public, private = (board(session, cfg, track, "public", fresh=fresh),
+                       board(session, cfg, track, "private", fresh=fresh))
     keep = final_entries(session, track, public)
     chosen = pd.Series([(t, n) in keep for t, n in zip(private["team"], private["name"], strict=True)],
                        index=private.index, dtype=bool)
@@ -108,28 +158,41 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def snapshot(session: Session, cfg: ChallengeConfig, track: str, phase: str) -> LeaderboardSnapshot:
-    """Store the leaderboard ``phase`` shows now (JSON + markdown under ``<storage>/leaderboards/``, a row)."""
-    rows = live_board(session, cfg, track, phase)
+    """The snapshot of ``phase`` of ``track``: the one stored, else the leaderboard ``phase`` shows now, stored
+    (JSON + markdown under ``<storage>/leaderboards/``, a row). Idempotent across processes: the row is
+    inserted only if absent (unique per track and phase), and a loser of that race removes its files."""
+    if (have := latest_snapshot(session, track, phase)) is not None:
+        return have
+    rows = json.loads(json.dumps(live_board(session, cfg, track, phase, fresh=True), default=str))
     taken = utcnow()
     folder = cfg.storage / "leaderboards" / track
     folder.mkdir(parents=True, exist_ok=True)
-    stem = folder / f"{phase}-{taken.strftime('%Y%m%dT%H%M%S%fZ')}"
+    stem = folder / f"{phase}-{taken.strftime('%Y%m%dT%H%M%S%fZ')}-{secrets.token_hex(4)}"
+    files = (stem.with_suffix(".json"), stem.with_suffix(".md"))
     doc = {"track": track, "phase": phase, "taken_at": taken.isoformat(), "rows": rows}
-    stem.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str) + "\n", encoding="utf-8")
-    stem.with_suffix(".md").write_text(f"# {track}: leaderboard at the end of phase {phase} "
-                                       f"({taken.isoformat(timespec='seconds')})\n\n{_markdown(rows)}",
-                                       encoding="utf-8")
-    snap = LeaderboardSnapshot(track=track, phase=phase, taken_at=taken, rows=json.loads(json.dumps(rows,
-                               default=str)), path=str(stem.with_suffix(".json")))
-    session.add(snap)
+    files[0].write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    files[1].write_text(f"# {track}: leaderboard at the end of phase {phase} "
+                        f"({taken.isoformat(timespec='seconds')})\n\n{_markdown(rows)}", encoding="utf-8")
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    res = session.execute(insert(LeaderboardSnapshot).values(track=track, phase=phase, taken_at=taken, rows=rows,
+                                               path=str(files[0]))
+                          .on_conflict_do_nothing(index_elements=["track", "phase"])
+                          .returning(LeaderboardSnapshot.id))
+    won = res.first() is not None  # no row back: the insert was skipped
     session.commit()
-    return snap
+    if not won:  # another process stored it first: keep that one
+        for f in files:
+            f.unlink(missing_ok=True)
+    have = latest_snapshot(session, track, phase)
+    assert have is not None
+    return have
 
 
 def latest_snapshot(session: Session, track: str, phase: str) -> LeaderboardSnapshot | None:
+    """The snapshot of ``phase`` of ``track`` (there is at most one), or None."""
     return session.scalars(select(LeaderboardSnapshot).where(LeaderboardSnapshot.track == track,
                                                              LeaderboardSnapshot.phase == phase)
-                           .order_by(LeaderboardSnapshot.taken_at.desc())).first()
+                           .execution_options(populate_existing=True)).first()
 
 
 def catch_up(session: Session, cfg: ChallengeConfig, track: str, now: datetime | None = None) -> Phase:
@@ -141,8 +204,14 @@ def catch_up(session: Session, cfg: ChallengeConfig, track: str, now: datetime |
     return phase
 
 
+def catch_up_all(session: Session, cfg: ChallengeConfig, now: datetime | None = None) -> dict[str, Phase]:
+    """:func:`catch_up` for every track (the server's and the worker's tick)."""
+    return {track: catch_up(session, cfg, track, now) for track in cfg.tracks}
+
+
 def change_phase(session: Session, cfg: ChallengeConfig, track: str, phase: str, by: str = "") -> Phase:
-    """Move ``track`` to ``phase``, storing the leaderboard of the phase that ends first; returns the old one."""
+    """Move ``track`` to ``phase``, storing the leaderboard of the phase that ends first (unless one is stored:
+    a phase reopened and ended again keeps its first snapshot); returns the old one."""
     if phase not in PHASES:
         raise ValueError(f"phase {phase!r}: one of {', '.join(PHASES)}")
     cfg.track(track)  # KeyError naming the tracks
@@ -151,6 +220,52 @@ def change_phase(session: Session, cfg: ChallengeConfig, track: str, phase: str,
         snapshot(session, cfg, track, old)
     queue.set_phase(session, track, phase, by=by)
     return old
+
+
+class FinalRefused(Exception):
+    """A choice of final entries not saved; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def choose_finals(session: Session, cfg: ChallengeConfig, team: Team, track: str, ids: list[str]) -> list[str]:
+    """Replace ``team``'s final entries on ``track`` by ``ids`` (at most K), atomically; commits.
+
+    The transaction starts by writing the team's row, which serialises a team's concurrent choices on both
+    databases (PostgreSQL: a row lock; SQLite: the write lock, taken before anything is read, so the busy
+    timeout waits instead of failing on a stale snapshot): the last one saved wins, and no mix of two ever
+    exceeds K. Raises :class:`FinalRefused` (nothing changed)."""
+    ids = list(dict.fromkeys(ids))
+    k = cfg.k(track)
+    if len(ids) > k:
+        raise FinalRefused(f"{len(ids)} final entries chosen on {track!r}; at most {k}", 422)
+    try:
+        # a non-key column: PostgreSQL then does not wait for the team's concurrent uploads (their FK locks)
+        session.execute(update(Team).where(Team.id == team.id).values(is_admin=Team.is_admin))
+        phase = queue.current_phase(session, cfg, track)
+        if phase != "closed":
+            raise FinalRefused(f"final entries are chosen while {track!r} is closed; it is {phase!r}", 409)
+        for sid in ids:
+            sub = session.get(Submission, sid)
+            if sub is None or sub.team_id != team.id:  # another team's id looks like a missing one
+                raise FinalRefused(f"no submission {sid!r} of team {team.name!r}", 404)
+            if sub.track != track or sub.state != "finished":
+                raise FinalRefused(f"submission {sid!r} is {sub.state} on {sub.track!r}: only finished "
+                                   f"submissions on {track!r} can be final entries", 422)
+        session.execute(delete(FinalChoice).where(FinalChoice.team_id == team.id, FinalChoice.track == track))
+        session.add_all(FinalChoice(team_id=team.id, track=track, submission_id=sid) for sid in ids)
+        session.commit()
+    except (OperationalError, IntegrityError) as exc:  # a lock wait that timed out, say
+        session.rollback()
+        raise FinalRefused(f"another choice of final entries of team {team.name!r} on {track!r} was being saved "
+                           f"at the same time and this one was not saved ({type(exc.orig).__name__}); "
+                           f"look at GET /api/tracks/{track}/final and choose again if needed", 409) from exc
+    except BaseException:
+        session.rollback()
+        raise
+    return ids
 
 
 class FinalPick(BaseModel):
@@ -165,7 +280,7 @@ def router(cfg: ChallengeConfig, sessions: sessionmaker, team: Callable[..., Tea
             raise HTTPException(404, f"no track {track!r} in this challenge (tracks: {', '.join(cfg.tracks)})")
 
     @api.get("/{track}/leaderboard")
-    def board(track: str, phase: str | None = None) -> dict[str, Any]:
+    def leaderboard(track: str, phase: str | None = None) -> dict[str, Any]:
         known(track)
         with sessions() as s:
             now = catch_up(s, cfg, track)
@@ -195,24 +310,13 @@ def router(cfg: ChallengeConfig, sessions: sessionmaker, team: Callable[..., Tea
     @api.post("/{track}/final")
     def pick(track: str, body: FinalPick, t: Team = Depends(team)) -> dict[str, Any]:
         known(track)
-        ids = list(dict.fromkeys(body.submissions))
-        k = cfg.k(track)
-        if len(ids) > k:
-            raise HTTPException(422, f"{len(ids)} final entries chosen on {track!r}; at most {k}")
         with sessions() as s:
-            phase = catch_up(s, cfg, track)
-            if phase != "closed":
-                raise HTTPException(409, f"final entries are chosen while {track!r} is closed; it is {phase!r}")
-            for sid in ids:
-                sub = s.get(Submission, sid)
-                if sub is None or sub.team_id != t.id:  # another team's id looks like a missing one
-                    raise HTTPException(404, f"no submission {sid!r} of team {t.name!r}")
-                if sub.track != track or sub.state != "finished":
-                    raise HTTPException(422, f"submission {sid!r} is {sub.state} on {sub.track!r}: only finished "
-                                             f"submissions on {track!r} can be final entries")
-            s.execute(delete(FinalChoice).where(FinalChoice.team_id == t.id, FinalChoice.track == track))
-            s.add_all(FinalChoice(team_id=t.id, track=track, submission_id=sid) for sid in ids)
-            s.commit()
+            catch_up(s, cfg, track)  # may store a snapshot: before the team's lock below
+        with sessions() as s:
+            try:
+                choose_finals(s, cfg, t, track, body.submissions)
+            except FinalRefused as exc:
+                raise HTTPException(exc.status, str(exc)) from None
             return _view(s, t, track)
 
     return api

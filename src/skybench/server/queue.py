@@ -18,12 +18,14 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from skybench.server.config import ChallengeConfig, Phase
 from skybench.server.db import PhaseState, QuotaUse, Submission, Team, utcnow
+
+RECEIVED_STALE_SECONDS = 3600  # a row still ``received`` this long after its upload was left by a stopped server
 
 
 class Refused(Exception):
@@ -89,11 +91,57 @@ def quota_left(session: Session, cfg: ChallengeConfig, team: Team, track: str, n
     return left
 
 
-def enqueue(session: Session, cfg: ChallengeConfig, team: Team, track: str, name: str, sha256: str,
+def receive(session: Session, cfg: ChallengeConfig, team: Team, track: str, name: str,
             received_at: datetime | None = None) -> Submission:
+    """The row of an upload that is on disk and not yet checked (state ``received``); commits.
+
+    :func:`enqueue` moves it to ``queued``; a refused upload's row is removed (:func:`abandon`): it was never
+    acknowledged and costs no quota."""
+    received_at = received_at or utcnow()
+    sub = Submission(id=secrets.token_hex(16), team_id=team.id, track=track, name=name, sha256=None,
+                     phase=current_phase(session, cfg, track, received_at), state="received",
+                     received_at=received_at, counted=False, reason="", log="", metrics={}, attempt=0)
+    session.add(sub)
+    session.commit()
+    return sub
+
+
+def abandon(session: Session, sub_id: str) -> None:
+    """Remove the row of an upload refused before it was queued (a no-op once it is queued); commits."""
+    session.execute(delete(Submission).where(Submission.id == sub_id, Submission.state == "received"))
+    session.commit()
+
+
+def expire_received(session: Session, older_than: float = RECEIVED_STALE_SECONDS) -> int:
+    """Fail the ``received`` rows a stopped server left (older than ``older_than`` seconds: a live upload of
+    another server sharing the database is younger); they were never acknowledged nor counted. Commits."""
+    res = session.execute(update(Submission)
+                          .where(Submission.state == "received",
+                                 Submission.received_at < utcnow() - timedelta(seconds=older_than))
+                          .values(state="failed", failed_at=utcnow(), counted=False,
+                                  reason="the server stopped while checking this upload; it was not queued and "
+                                         "costs no quota: submit it again"))
+    session.commit()
+    return res.rowcount  # type: ignore[attr-defined]
+
+
+def enqueue(session: Session, cfg: ChallengeConfig, team: Team, track: str, name: str, sha256: str,
+            received_at: datetime | None = None, sub_id: str | None = None) -> Submission:
     """Queue a schema-valid, stored submission and reserve one unit of each quota; commits.
 
-    Raises :class:`Refused` when the track takes no submissions now or a quota is used up (nothing kept)."""
+    ``sub_id``: the ``received`` row of this upload (:func:`receive`), moved to ``queued``; without it a new
+    row is written. Raises :class:`Refused` when the track takes no submissions now or a quota is used up
+    (nothing kept: the received row is removed)."""
+    try:
+        return _enqueue(session, cfg, team, track, name, sha256, received_at, sub_id)
+    except Refused:
+        if sub_id is not None:
+            abandon(session, sub_id)
+        raise
+
+
+def _enqueue(session: Session, cfg: ChallengeConfig, team: Team, track: str, name: str, sha256: str,
+             received_at: datetime | None, sub_id: str | None) -> Submission:
     now = utcnow()
     received_at = received_at or now
     if track not in cfg.tracks or not cfg.tracks[track].open:
@@ -117,14 +165,26 @@ def enqueue(session: Session, cfg: ChallengeConfig, team: Team, track: str, name
                           f"{received_at.date().isoformat()} (UTC); it resets at 00:00 UTC", 429)
         if not _reserve(session, team.id, track, per_phase, q.per_phase):
             raise Refused(f"quota of {q.per_phase} submissions on {track!r} in phase {phase!r} used up", 429)
-        sub = Submission(id=secrets.token_hex(16), team_id=team.id, track=track, name=name, sha256=sha256,
-                         phase=phase, state="queued", received_at=received_at, queued_at=now, counted=True,
-                         quota_day=day.removeprefix("day:"), reason="", log="", metrics={}, attempt=0)
-        session.add(sub)
+        queued = dict(sha256=sha256, phase=phase, state="queued", queued_at=now, counted=True,
+                      quota_day=day.removeprefix("day:"))
+        if sub_id is None:
+            sub = Submission(id=secrets.token_hex(16), team_id=team.id, track=track, name=name,
+                             received_at=received_at, reason="", log="", metrics={}, attempt=0, **queued)
+            session.add(sub)
+        else:  # received -> queued, only from received (expire_received may have failed it meanwhile)
+            res = session.execute(update(Submission).where(Submission.id == sub_id, Submission.team_id == team.id,
+                                                           Submission.state == "received").values(**queued))
+            if res.rowcount != 1:  # type: ignore[attr-defined]
+                raise Refused(f"upload {sub_id} is no longer waiting to be queued (the server restarted?); "
+                              "submit it again", 409)
         session.commit()
     except BaseException:
         session.rollback()
         raise
+    if sub_id is not None:
+        moved = session.get(Submission, sub_id, populate_existing=True)
+        assert moved is not None
+        return moved
     return sub
 
 

@@ -1,7 +1,8 @@
 """Uploads: streamed to disk with a byte limit, unpacked safely, validated, stored content-addressed.
 
-    <storage>/incoming/<random>.upload       an upload being received (removed when done or cut off, or
-                                             after a crash, by the next start: Store.sweep)
+    <storage>/incoming/<owner>.<random>.upload  an upload being received (removed when done or cut off, or
+                                             after a crash, by the next start: Store.sweep); <owner> names
+                                             the process (pid and host), so a dead one's files go at once
     <storage>/objects/<sha[:2]>/<sha>/       a stored submission folder, read-only (sha256 of the folder)
 
 Unpacking accepts only regular files and folders, with relative names that stay inside the folder, within
@@ -12,9 +13,11 @@ ever written outside a fresh staging folder inside the store."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import secrets
 import shutil
+import socket
 import stat
 import tarfile
 import time
@@ -61,6 +64,28 @@ CHUNK = 1024 * 1024
 STALE_SECONDS = 6 * 3600  # an upload in incoming/ older than this was left by a crash
 
 
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _owner() -> str:
+    """``<pid>-<host hash>`` of this process (computed per call: a forked child is another owner)."""
+    return f"{os.getpid()}-{_HOST}"
+
+
+def _owner_dead(name: str) -> bool:
+    """Whether ``name`` (in ``incoming/``) was written by a process of this host that is no longer running."""
+    pid, _, host = name.partition(".")[0].partition("-")
+    if not pid.isdigit() or host != _HOST or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 class UploadError(ValueError):
     """An upload refused before it was queued (costs no quota); ``status`` is the HTTP status to answer."""
 
@@ -89,12 +114,13 @@ class Store:
         self.sweep()
 
     def sweep(self, older_than: float = STALE_SECONDS) -> list[Path]:
-        """Remove what a crashed server left in ``incoming/`` (untouched for ``older_than`` seconds; a live
-        upload of another server sharing the store is younger); return what was removed."""
+        """Remove what a stopped server left in ``incoming/``: what a dead process of this host wrote (its
+        name says which), and anything untouched for ``older_than`` seconds (a live upload of a server on
+        another host sharing the store is younger); return what was removed."""
         cutoff, gone = time.time() - older_than, []
         for p in self.incoming.iterdir():
             try:
-                if p.lstat().st_mtime < cutoff:
+                if _owner_dead(p.name) or p.lstat().st_mtime < cutoff:
                     self.discard(p)
                     gone.append(p)
             except OSError:  # removed meanwhile by another process
@@ -108,7 +134,7 @@ class Store:
 
     # -- receiving --------------------------------------------------------------------------------------------
     def _new_upload(self) -> Path:
-        return self.incoming / f"{secrets.token_hex(16)}.upload"
+        return self.incoming / f"{_owner()}.{secrets.token_hex(16)}.upload"
 
     def receive(self, chunks: Iterable[bytes]) -> Path:
         """Write ``chunks`` to a new file in ``incoming/``; past ``upload.max_bytes`` stop, remove it, raise."""
@@ -139,7 +165,7 @@ class Store:
     def unpack(self, archive: Path) -> Path:
         """Unpack a .tar.gz/.tar/.zip into a fresh staging folder in ``incoming/`` and return the submission
         folder in it (the archive's only top-level folder, if it has one and nothing else)."""
-        stage = self.incoming / f"{secrets.token_hex(16)}.d"
+        stage = self.incoming / f"{_owner()}.{secrets.token_hex(16)}.d"
         try:
             stage.mkdir(mode=0o700)
             if zipfile.is_zipfile(archive):

@@ -35,10 +35,10 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.datastructures import UploadFile
 
 from skybench.harness.submission import SLUG
-from skybench.server import queue
+from skybench.server import intake, queue
 from skybench.server.auth import AuthError, RateLimited, verify
 from skybench.server.config import ChallengeConfig, Phase
-from skybench.server.db import Submission, Team, utcnow
+from skybench.server.db import STATES, Submission, Team, utcnow
 from skybench.server.storage import UploadError, read_upload_form
 
 HERE = Path(__file__).parent
@@ -178,17 +178,18 @@ except ImportError:  # pragma: no cover - pandas is a core dependency
 
 
 # -- the leaderboard ----------------------------------------------------------------------------------------------
-def public_board(cfg: ChallengeConfig, track_name: str, phase: Phase) -> dict[str, Any]:
+def public_board(cfg: ChallengeConfig, track_name: str, phase: Phase, session: Any) -> dict[str, Any]:
     """The leaderboard of ``track_name`` as the public may see it in ``phase``: the public part of a split
     test set until the ``final`` phase (then the private part), rounded while ``open`` as the JSON API does.
-    The ranking is :func:`skybench.tracking.leaderboard.leaderboard`'s (the CLI's)."""
-    from skybench.tracking.leaderboard import leaderboard, scored_on
+    The ranking is :func:`skybench.tracking.leaderboard.leaderboard`'s (the CLI's), through the API's cache."""
+    from skybench.server.phases import board as cached_board
+    from skybench.tracking.leaderboard import scored_on
     from skybench.tracks import load_track
 
     track = load_track(track_name)
     track = track.model_copy(update={"evaluation": track.evaluation.model_copy(
         update={"phase": "closed" if phase == "final" else "open"})})
-    board = leaderboard(track)
+    board = cached_board(session, cfg, track_name, "private" if phase == "final" else "public")
     primary = track.metrics.primary
     report = [m for m in track.metrics.report if m != primary]
     digits = cfg.public_score_digits if phase == "open" else None
@@ -221,7 +222,7 @@ def _run_of(sub: Submission, team_name: str) -> Any:
     """The participant MLflow run of this submission (``skybench-<track>``), or None."""
     from skybench.tracking import KIND_TAG, client, experiment_name
 
-    if not re.fullmatch(r"[0-9a-f]{64}", sub.sha256) or not re.match(SLUG, team_name):
+    if not re.fullmatch(r"[0-9a-f]{64}", sub.sha256 or "") or not re.match(SLUG, team_name):
         return None
     c = client()
     exp = c.get_experiment_by_name(experiment_name(sub.track))
@@ -277,8 +278,8 @@ def track_page(request: Request, track: str) -> HTMLResponse:
         return _error(request, 404, f"no track {track!r} in this challenge")
     with request.app.state.sessions() as s:
         phase = queue.current_phase(s, cfg, track)
-    return _page(request, "track.html", phase=phase, open=cfg.tracks[track].open,
-                 **public_board(cfg, track, phase))
+        shown = public_board(cfg, track, phase, s)
+    return _page(request, "track.html", phase=phase, open=cfg.tracks[track].open, **shown)
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -340,6 +341,8 @@ def _row(cfg: ChallengeConfig, sub: Submission, phase: Phase) -> dict[str, Any]:
     return {"id": sub.id, "track": sub.track, "name": sub.name, "state": sub.state, "reason": sub.reason,
             "log": sub.log, "attempt": sub.attempt, "counted": sub.counted,
             "received": sub.received_at.isoformat(timespec="seconds") if sub.received_at else "",
+            "moves": [(state, t.isoformat(timespec="seconds")) for state in STATES
+                      if (t := getattr(sub, f"{state}_at")) is not None],
             "updated": when.isoformat(timespec="seconds") if when else "",
             "metrics": {k: _fmt(v) for k, v in sorted(metrics.items())}}
 
@@ -411,7 +414,7 @@ def _submit_page(request: Request, team: Team, status: int = 200, message: str =
 
 @router.post("/submit", response_class=HTMLResponse)
 async def submit(request: Request) -> Response:
-    """The upload form: the JSON API's path (``Store.receive_file`` -> ``unpack`` -> ``store`` -> ``enqueue``),
+    """The upload form: the JSON API's path (:func:`skybench.server.intake.accept`),
     after the session and (once the form is read) its CSRF token are checked; nothing is stored before."""
     team = await run_in_threadpool(_current_team, request)
     if team is None:  # before the body is read
@@ -419,7 +422,7 @@ async def submit(request: Request) -> Response:
     cfg: ChallengeConfig = request.app.state.cfg
     store = request.app.state.store
     received = utcnow()
-    archive = folder = form = None
+    form = None
     values = {"track": "", "name": ""}
     try:
         form = await read_upload_form(request, cfg.upload.max_bytes)
@@ -434,23 +437,13 @@ async def submit(request: Request) -> Response:
         assert isinstance(track, str) and isinstance(name, str)
         if track not in cfg.tracks or not cfg.tracks[track].open:
             raise UploadError(f"track {track!r} takes no submissions here", 404)
-        archive = await run_in_threadpool(store.receive_file, upload.file)
-        folder = await run_in_threadpool(store.unpack, archive)
-        loaded, _ = await run_in_threadpool(store.store, folder, {"team": team.name, "name": name, "track": track})
-
-        def enqueue() -> Submission:
-            with request.app.state.sessions() as s:
-                return queue.enqueue(s, cfg, s.get(Team, team.id), track, name, loaded.sha256, received)
-
-        sub = await run_in_threadpool(enqueue)
+        sub = await run_in_threadpool(intake.accept, cfg, request.app.state.sessions, store, team.id, track, name,
+                                      upload.file, received)
     except _Csrf as exc:
         return _error(request, 403, str(exc))
     except (UploadError, queue.Refused) as exc:
         return await run_in_threadpool(_submit_page, request, team, exc.status, str(exc), values)
     finally:
-        for leftover in (archive, folder):
-            if leftover is not None:
-                store.discard(leftover)
         if form is not None:
             await form.close()
     return RedirectResponse(f"/team/submissions/{sub.id}", status_code=303)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -105,6 +106,7 @@ def run_one(cfg: ChallengeConfig, sessions: sessionmaker, owner: str, *, executo
     hb = _Heartbeat(beat, max(1.0, cfg.lease_seconds / 3))
     hb.start()
     try:
+        assert sub.sha256 is not None  # only a queued (validated) submission is claimed
         stored = Store(cfg.storage, cfg.upload).object_dir(sub.sha256)
         # Where the organiser's `dvc repro` finds it; its record there is this one (same identity and sha256).
         place(stored, project_folder(cfg, team_name, sub.name))
@@ -138,12 +140,27 @@ def run_one(cfg: ChallengeConfig, sessions: sessionmaker, owner: str, *, executo
         return s.get(Submission, sub.id, populate_existing=True)
 
 
+def tick(cfg: ChallengeConfig, sessions: sessionmaker) -> None:
+    """Snapshot the phases that ended by date (each once, whichever server or worker comes first)."""
+    from skybench.server import phases
+
+    try:
+        with sessions() as s:
+            phases.catch_up_all(s, cfg)
+    except Exception:  # noqa: BLE001 - the database or MLflow away: the next tick tries again
+        log.exception("phase tick failed")
+
+
 def run(cfg: ChallengeConfig, sessions: sessionmaker, *, poll_seconds: float = 5.0, executor: str = "local",
         once: bool = False) -> None:
     """The worker loop: evaluate jobs until interrupted (``once``: until the queue is empty)."""
     owner = worker_id()
     log.info("worker %s polling every %.0f s", owner, poll_seconds)
+    last_tick = -math.inf
     while True:
+        if time.monotonic() - last_tick >= cfg.tick_seconds:
+            last_tick = time.monotonic()
+            tick(cfg, sessions)
         try:
             done = run_one(cfg, sessions, owner, executor=executor)
         except Exception:  # noqa: BLE001 - the database is away, say: its job (if any) is re-run after its lease

@@ -53,6 +53,9 @@ __all__ = [
 ]
 
 KIND_TAG = "skybench.kind"
+# MLflow 3's UI opens an experiment on its runs ("Model training") rather than the GenAI traces overview when it
+# has this tag (the UI's own setExperimentTag key and ExperimentKind.CUSTOM_MODEL_DEVELOPMENT; skybench.tracking.ui)
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 _MAX_TAG = 5000  # MLflow caps tag values at 8000 characters
 
 
@@ -96,7 +99,8 @@ def ensure_experiment(name: str) -> str:
     if exp := c.get_experiment_by_name(name):
         return exp.experiment_id
     try:
-        return c.create_experiment(name, artifact_location=_artifact_location(tracking_uri(), name))
+        return c.create_experiment(name, artifact_location=_artifact_location(tracking_uri(), name),
+                                   tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
     except MlflowException:
         if exp := c.get_experiment_by_name(name):  # lost a creation race
             return exp.experiment_id
@@ -115,7 +119,7 @@ def ensure_organiser_experiment(track: str) -> str:
         return ensure_experiment(name)
     location = where if "://" in where else (Path(where) / name).resolve().as_uri()
     try:
-        return c.create_experiment(name, artifact_location=location)
+        return c.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
     except MlflowException:
         if exp := c.get_experiment_by_name(name):  # lost a creation race
             return exp.experiment_id

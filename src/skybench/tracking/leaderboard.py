@@ -33,9 +33,10 @@ from skybench.tracking import KIND_TAG, experiment_name, organiser_experiment, t
 from skybench.tracking.ranks import RANK_COLUMNS
 from skybench.tracks import Stratum, Track
 
-__all__ = ["add_rank_intervals", "by_columns", "by_leaderboard", "columns", "find_entry", "finished_entries",
-           "leaderboard", "log_strata_plot", "metric_prefix", "plot_strata", "render", "scored_on", "strata_html",
-           "stratum", "tag_ranks", "write_results"]
+__all__ = ["add_rank_intervals", "by_columns", "by_leaderboard", "columns", "default_columns", "failure_notes",
+           "find_entry", "finished_entries", "known_columns", "leaderboard", "log_strata_plot", "metric_prefix",
+           "plot_strata", "render", "scored_on", "strata_html", "stratum", "tag_ranks", "terminal_view",
+           "write_results"]
 
 Format = Literal["table", "markdown", "csv", "html"]
 
@@ -427,3 +428,66 @@ def tag_ranks(track: Track, board: pd.DataFrame) -> None:
         for run_id in sorted(run_ids):
             for k, v in tags.items():
                 c.set_tag(run_id, k, v)
+
+
+# Terminal view: the track's default columns (``leaderboard.columns`` of its YAML), ``--columns``, ``--all``.
+_CI = "_ci"
+_CLIP = {"team": 14, "name": 20}  # team-chosen text: at most this wide in a chosen-columns table
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
+def default_columns(track: Track) -> list[str]:
+    """The columns ``skybench leaderboard TRACK`` prints by default (the track YAML's ``leaderboard.columns``)."""
+    if track.leaderboard is not None:
+        return list(track.leaderboard.columns)
+    p = track.metrics.primary
+    return ["rank", "group", "team", "name", "status", p, f"{p}{_CI}"]
+
+
+def interval_columns(df: pd.DataFrame) -> list[str]:
+    """``<m>_ci`` for every ``<m>_ci_low`` with its ``<m>_ci_high`` in ``df``: the interval in one cell."""
+    return [c.removesuffix("_low") for c in df.columns
+            if str(c).endswith(f"{_CI}_low") and f"{str(c).removesuffix('_low')}_high" in df.columns]
+
+
+def known_columns(df: pd.DataFrame) -> list[str]:
+    """Every column :func:`terminal_view` can show for ``df``."""
+    return [*map(str, df.columns), *interval_columns(df)]
+
+
+def terminal_view(track: Track, df: pd.DataFrame, columns: Sequence[str] | None = None,
+                  all_columns: bool = False) -> pd.DataFrame:
+    """The columns of ``df`` to print in a terminal: all of them, ``columns`` (an unknown one raises ValueError
+    naming the known ones), or :func:`default_columns` (those ``df`` lacks left out). ``<m>_ci`` cells read
+    ``[low, high]``; team and name are cut to :data:`_CLIP` characters (all of them with ``all_columns``)."""
+    if all_columns:
+        return df
+    known = known_columns(df)
+    if columns is not None:
+        if unknown := [c for c in columns if c not in known]:
+            raise ValueError(f"unknown column(s) {', '.join(unknown)} for {track.name}; known: {', '.join(known)}")
+        if not columns:
+            raise ValueError(f"no column chosen for {track.name}; known: {', '.join(known)}")
+        chosen = list(dict.fromkeys(columns))
+    else:
+        chosen = [c for c in default_columns(track) if c in known]
+    out = pd.DataFrame(index=df.index)
+    for c in chosen:
+        if c in _CLIP and c in df.columns:
+            out[c] = [_clip(_cell(v), _CLIP[c]) for v in df[c].astype(object)]
+        elif c in df.columns:
+            out[c] = df[c]
+        else:
+            out[c] = [f"[{_cell(lo)}, {_cell(hi)}]" if _cell(lo) or _cell(hi) else ""
+                      for lo, hi in zip(df[f"{c}_low"].astype(object), df[f"{c}_high"].astype(object), strict=True)]
+    return out
+
+
+def failure_notes(df: pd.DataFrame, view: pd.DataFrame) -> list[str]:
+    """One line per entry with a failure reason, ``team/name: reason``, when ``view`` does not show reasons."""
+    if "reason" in view.columns or "reason" not in df.columns:
+        return []
+    return [_cell(f"{r['team']}/{r['name']}: {r['reason']}") for _, r in df.iterrows() if _cell(r["reason"])]

@@ -59,8 +59,13 @@ def _print_leaderboards(console: Console, releases: Path) -> None:
         track = load_track(name)
         board = lb.leaderboard(track, release_sha256=release_digest(rel), release=rel)
         console.print(escape(f"\nLeaderboard {name} ({track.metrics.primary}, release {rel}):"))
-        keep = ["rank", "rank_low", "rank_high", "group",
-                "team", "name", "status", *track.metrics.report, f"{track.metrics.primary}_ci_low",
-                f"{track.metrics.primary}_ci_high", "device", "reason"]
-        print(lb.render(board[keep], "table") if len(board) else "  no evaluations yet")
+        if not len(board):
+            print("  no evaluations yet")
+            continue
+        view = lb.terminal_view(track, board)  # the track's default columns, as `skybench leaderboard` prints
+        print(lb.render(view, "table"), end="")
+        for note in lb.failure_notes(board, view):
+            print(f"FAILED {note}")
+    console.print(escape("\n`skybench leaderboard TRACK --all` shows every metric, `--by COLUMN` one column per "
+                         "bin of a stratum, `skybench compare TRACK A B` a paired difference."))
     console.print(escape(f"\nMLflow store: {tracking_uri()} (browse it with `skybench ui`)"))

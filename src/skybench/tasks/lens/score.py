@@ -7,6 +7,7 @@ Written to ``out_dir``, the organiser's folder: ``metrics.json``, ``roc.csv`` / 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,8 +41,12 @@ def score(track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenS
 
 def score_real(track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit, real_ids: np.ndarray,
                real_predictions: np.ndarray, real_truth: HiddenSplit, out_dir: Path) -> dict[str, float]:
-    """``real_lens_recall``: every object of the real set is a lens (its scores only are needed)."""
-    return {"real_lens_recall": real_lens_recall(truth.truth(ids), predictions, real_predictions)}
+    """``real_lens_recall`` and its Wilson 95% interval (``real_lens_recall_ci_low``/``_ci_high``): every object of
+    the real set is a lens (its scores only are needed); a few dozen real lenses make a wide interval."""
+    found, n = real_lens_found(truth.truth(ids), predictions, real_predictions)
+    low, high = wilson_interval(found, n)
+    return {"real_lens_recall": found / n if n else float("nan"),
+            "real_lens_recall_ci_low": low, "real_lens_recall_ci_high": high}
 
 
 def oracle(track: Track, truth: HiddenSplit, ids: np.ndarray) -> np.ndarray:
@@ -172,7 +177,29 @@ def _plot(fpr: np.ndarray, tpr: np.ndarray, metrics: dict, tables: dict, out_dir
     plt.close(fig)
 
 
+def real_lens_found(truth: pd.DataFrame, scores: np.ndarray, real_scores: np.ndarray) -> tuple[int, int]:
+    """(real lenses scored at or above the threshold that gives FPR = 1% on the simulated test set, real lenses)."""
+    cut = threshold_at_fpr(truth["is_lens"].to_numpy().astype(int), np.asarray(scores, float), COMPLETENESS_FPR)
+    real = np.asarray(real_scores, float)
+    return int(np.count_nonzero(real >= cut)), int(real.size)
+
+
 def real_lens_recall(truth: pd.DataFrame, scores: np.ndarray, real_scores: np.ndarray) -> float:
     """Fraction of real lenses scored at or above the threshold that gives FPR = 1% on the simulated test set."""
-    cut = threshold_at_fpr(truth["is_lens"].to_numpy().astype(int), np.asarray(scores, float), COMPLETENESS_FPR)
-    return float(np.mean(np.asarray(real_scores, float) >= cut))
+    found, n = real_lens_found(truth, scores, real_scores)
+    return found / n if n else float("nan")
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of the binomial proportion ``successes / n`` (NaN, NaN for n = 0): unlike the normal
+    approximation it stays inside [0, 1] and is not empty at 0 or n successes, as happens with a few dozen lenses."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + confidence / 2))
+    p = successes / n
+    # Wilson 1927, JASA 22, 209: (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    denom = 1 + z * z / n
+    return max(0.0, (centre - half) / denom), min(1.0, (centre + half) / denom)

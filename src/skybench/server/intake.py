@@ -1,0 +1,52 @@
+"""One upload's way into the queue, shared by the JSON API and the web form:
+
+    on disk (``Store.receive_file``) -> row ``received`` -> unpacked -> schema-checked and stored -> ``queued``
+
+Run whole in one worker thread, which cleans up after itself: a request cancelled meanwhile (the client went
+away, the server is shutting down) cannot leave a file in ``incoming/`` or a ``received`` row behind, since
+the thread, not the cancelled coroutine, removes them. A refused upload (:class:`UploadError`,
+:class:`queue.Refused`) keeps no row and costs no quota."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from sqlalchemy.orm import sessionmaker
+
+from skybench.server import queue
+from skybench.server.config import ChallengeConfig
+from skybench.server.db import Submission, Team
+from skybench.server.storage import Store
+
+
+def accept(cfg: ChallengeConfig, sessions: sessionmaker, store: Store, team_id: int, track: str, name: str,
+           src: BinaryIO, received: datetime) -> Submission:
+    """Receive ``src`` (the uploaded archive) as ``team_id``'s entry ``name`` on ``track`` and queue it.
+
+    Raises :class:`UploadError` or :class:`queue.Refused` (nothing kept) with the team's message."""
+    archive: Path | None = None
+    folder: Path | None = None
+    sub_id: str | None = None
+    queued = False
+    try:
+        archive = store.receive_file(src)
+        with sessions() as s:
+            team = s.get(Team, team_id)
+            assert team is not None
+            sub_id = queue.receive(s, cfg, team, track, name, received).id
+        folder = store.unpack(archive)
+        # Moved into the store when valid: only its staging folder is left to remove.
+        loaded, _ = store.store(folder, {"team": team.name, "name": name, "track": track})
+        with sessions() as s:
+            sub = queue.enqueue(s, cfg, team, track, name, loaded.sha256, received, sub_id=sub_id)
+        queued = True
+        return sub
+    finally:
+        for leftover in (archive, folder):
+            if leftover is not None:
+                store.discard(leftover)
+        if sub_id is not None and not queued:
+            with sessions() as s:
+                queue.abandon(s, sub_id)

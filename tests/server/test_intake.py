@@ -1,0 +1,154 @@
+"""An upload's row: received (on disk, schema not checked) -> queued, each move timestamped; a refused upload
+keeps no row and costs no quota; a row a stopped server left ``received`` is failed, not counted.
+On SQLite (and PostgreSQL in ``make test``)."""
+
+from __future__ import annotations
+
+import io
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_api import pack  # noqa: E402
+
+
+@pytest.fixture
+def setup(cfg, engine):  # type: ignore[no-untyped-def]
+    from skybench.server.auth import add_team
+    from skybench.server.db import sessions
+    from skybench.server.storage import Store
+
+    Session = sessions(engine)
+    with Session() as s:
+        team = add_team(s, "alpha").team
+    return cfg, Session, Store(cfg.storage, cfg.upload), team
+
+
+def _rows(Session):  # type: ignore[no-untyped-def]  # noqa: N803
+    from skybench.server.db import Submission
+
+    with Session() as s:
+        return list(s.scalars(select(Submission)).all())
+
+
+class _SeeRowWhileChecking:
+    """Wraps Store.unpack to record the upload's row as it is while its archive is being checked."""
+
+    def __init__(self, store, Session) -> None:  # type: ignore[no-untyped-def]  # noqa: N803
+        self.unpack, self.Session, self.seen = store.unpack, Session, []
+        store.unpack = self
+
+    def __call__(self, archive):  # type: ignore[no-untyped-def]
+        self.seen = [(r.state, r.sha256, r.counted, r.received_at, r.queued_at) for r in _rows(self.Session)]
+        return self.unpack(archive)
+
+
+def test_received_then_queued_each_move_timestamped(setup):
+    from skybench.server import intake, queue
+    from skybench.server.db import utcnow
+
+    cfg, Session, store, team = setup
+    seen = _SeeRowWhileChecking(store, Session)
+    t0 = utcnow()
+    sub = intake.accept(cfg, Session, store, team.id, "lens-space", "m1", io.BytesIO(pack("alpha", "m1")), t0)
+    [(state, sha, counted, received_at, queued_at)] = seen.seen
+    assert (state, sha, counted, queued_at) == ("received", None, False, None)  # on disk, not yet checked
+    assert received_at == t0
+    [row] = _rows(Session)
+    assert row.id == sub.id and row.state == "queued" and row.counted and row.sha256 and len(row.sha256) == 64
+    assert row.received_at == t0 <= row.queued_at and row.running_at is None
+    with Session() as s:
+        assert queue.quota_left(s, cfg, team, "lens-space") == {"today": 2, "phase": 4}
+
+
+def test_received_row_is_not_claimable(setup):
+    from skybench.server import queue
+
+    cfg, Session, _, team = setup
+    with Session() as s:
+        sub = queue.receive(s, cfg, team, "lens-space", "m1")
+        assert queue.claim(s, "w1", 30) is None
+        assert s.get(queue.Submission, sub.id).state == "received"
+
+
+@pytest.mark.parametrize("bad", ["schema", "quota"])
+def test_refused_upload_keeps_no_row_and_no_quota(setup, bad):
+    from skybench.server import intake, queue
+    from skybench.server.db import utcnow
+    from skybench.server.storage import UploadError
+
+    cfg, Session, store, team = setup
+    if bad == "quota":
+        for i in range(3):  # per_day: 3
+            intake.accept(cfg, Session, store, team.id, "lens-space", f"q{i}", io.BytesIO(pack("alpha", f"q{i}")),
+                          utcnow())
+    before = {r.id for r in _rows(Session)}
+    with Session() as s:
+        left = queue.quota_left(s, cfg, team, "lens-space")
+    seen = _SeeRowWhileChecking(store, Session)
+    data = pack("alpha", "m1", fmt="onnnx") if bad == "schema" else pack("alpha", "q3")
+    with pytest.raises(UploadError if bad == "schema" else queue.Refused):
+        intake.accept(cfg, Session, store, team.id, "lens-space", "m1" if bad == "schema" else "q3",
+                      io.BytesIO(data), utcnow())
+    assert "received" in [x[0] for x in seen.seen]  # the row existed while it was checked ...
+    assert {r.id for r in _rows(Session)} == before  # ... and is gone
+    with Session() as s:
+        assert queue.quota_left(s, cfg, team, "lens-space") == left
+    assert list(store.incoming.iterdir()) == []
+
+
+def test_stale_received_rows_fail_uncounted(setup):
+    from skybench.server import queue
+    from skybench.server.db import Submission, utcnow
+
+    cfg, Session, store, team = setup
+    with Session() as s:
+        old = queue.receive(s, cfg, team, "lens-space", "old", utcnow() - timedelta(hours=2)).id
+        young = queue.receive(s, cfg, team, "lens-space", "young").id
+        assert queue.expire_received(s) == 1
+    with Session() as s:
+        o, y = s.get(Submission, old), s.get(Submission, young)
+        assert o.state == "failed" and not o.counted and o.failed_at is not None
+        assert "not queued and costs no quota" in o.reason
+        assert y.state == "received"
+        # the stopped server's upload cannot be queued any more: the team is told to submit again
+        with pytest.raises(queue.Refused, match="submit it again"):
+            queue.enqueue(s, cfg, team, "lens-space", "old", "ab" * 32, sub_id=old)
+        assert s.get(Submission, old, populate_existing=True).state == "failed"
+        assert queue.quota_left(s, cfg, team, "lens-space") == {"today": 3, "phase": 5}
+
+
+def test_api_and_pages_show_every_move(setup, engine):
+    from fastapi.testclient import TestClient
+
+    from skybench.server.app import create_app
+    from skybench.server.auth import add_team
+
+    cfg, Session, _, _ = setup
+    app = create_app(cfg, engine)
+    with Session() as s:
+        token = add_team(s, "beta").token
+    with TestClient(app) as client:
+        r = client.post("/api/submissions", headers={"Authorization": f"Bearer {token}"},
+                        data={"track": "lens-space", "name": "m1"},
+                        files={"file": ("s.tar.gz", pack("beta", "m1"), "application/gzip")})
+        assert r.status_code == 202, r.text
+        body = r.json()
+        assert body["state"] == "queued" and body["received_at"] <= body["queued_at"]
+        assert body["running_at"] is None and body["finished_at"] is None and body["failed_at"] is None
+        client.post("/login", data={"token": token, "csrf": _csrf(client)})
+        page = client.get(f"/team/submissions/{body['id']}").text
+        assert 'class="move-received"' in page and 'class="move-queued"' in page
+        assert 'class="move-running"' not in page
+
+
+def _csrf(client) -> str:  # type: ignore[no-untyped-def]
+    import re
+
+    m = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").text)
+    assert m is not None
+    return m.group(1)
