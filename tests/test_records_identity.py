@@ -321,6 +321,7 @@ def test_scorer_hash_covers_the_scoring_modules_and_their_imports():
     names = {p.relative_to(pkg).as_posix() for p in ev.scorer_files()}
     assert {"harness/score.py", "tasks/lens/score.py", "tasks/photoz/score.py", "tasks/enhance/score.py",
             "tasks/lens/metrics.py", "tasks/photoz/metrics.py", "tasks/enhance/metrics.py", "common.py",
+            "tasks/generate/score.py", "tasks/generate/metrics.py",
             "tasks/__init__.py", "tasks/base.py", "release/reader.py", "tracks.py"} <= names
     assert "harness/evaluate.py" not in names and "cli.py" not in names
 

@@ -17,6 +17,7 @@ import skybench.tasks as registry
 from skybench.tasks import BUILTIN, get_task, register, task_names
 from skybench.tasks.base import Task
 from skybench.tasks.enhance.config import Degradation, EnhancePopulation, EnhanceTrack
+from skybench.tasks.generate.config import GenerateScoring, GenerateTrack, MapPopulation
 from skybench.tasks.lens.config import LensLabel, LensPopulation, LensTrack
 from skybench.tasks.photoz.config import CataloguePopulation, GalaxyPopulation, PhotozTrack
 from skybench.tracks import Track, load_track
@@ -122,12 +123,12 @@ def test_two_classes_cannot_claim_one_name(clean_registry):
 
 
 def test_unknown_task_names_say_which_exist(tmp_path):
-    with pytest.raises(KeyError, match="unknown task 'nope'; known tasks: enhance, lens, photoz"):
+    with pytest.raises(KeyError, match="unknown task 'nope'; known tasks: enhance, generate, lens, photoz"):
         get_task("nope")
     with pytest.raises(ValueError) as err:
         load_track(_yaml_like("lens-space", tmp_path, task="nope"))
     msg = str(err.value)
-    assert "\n" not in msg and "unknown task 'nope'" in msg and "known tasks: enhance, lens, photoz" in msg
+    assert "\n" not in msg and "unknown task 'nope'" in msg and "known tasks: enhance, generate, lens, photoz" in msg
 
 
 def test_every_builtin_task_is_registered_with_its_own_name():
@@ -144,6 +145,7 @@ def test_every_builtin_task_is_registered_with_its_own_name():
     ("photoz-catalog", PhotozTrack, GalaxyPopulation, None),
     ("photoz-sdss-mgs", PhotozTrack, CataloguePopulation, None),
     ("enhance", EnhanceTrack, EnhancePopulation, Degradation),
+    ("wl-maps", GenerateTrack, MapPopulation, GenerateScoring),
 ])
 def test_load_track_returns_the_tasks_typed_model(track, model, population, label):
     t = load_track(track)
@@ -184,10 +186,11 @@ def test_a_plugin_task_loads_its_own_track_model(clean_registry, tmp_path):
 
 def test_reading_a_track_imports_neither_the_physics_nor_the_scorers():
     code = ("import sys; from skybench.tracks import load_track; [load_track(t) for t in "
-            "('lens-space', 'photoz-images', 'enhance')]; "
+            "('lens-space', 'photoz-images', 'enhance', 'wl-maps')]; "
             "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib', "
             "'sklearn')} | {m for m in sys.modules if m.startswith(('skybench.physics', 'skybench.tasks.lens.s', "
-            "'skybench.tasks.photoz.s', 'skybench.tasks.enhance.s', 'skybench.tasks.lens.metrics'))}))")
+            "'skybench.tasks.photoz.s', 'skybench.tasks.enhance.s', 'skybench.tasks.lens.metrics', "
+            "'skybench.tasks.generate.s', 'skybench.tasks.generate.m'))}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(ROOT / "src"), "SKYBENCH_ROOT": str(ROOT), "PATH": "/usr/bin"})
     assert out.stdout.strip() == "[]", out.stdout

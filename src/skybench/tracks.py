@@ -66,9 +66,10 @@ class Output(_Strict):
     """What a submission returns per input. ``shape`` uses "N" for the number of inputs.
 
     score: (N,) ranking score. point: (N,) value. pdf: a point estimate (N,) or a PDF (N, K) on ``grid``
-    (K = ``grid[2]`` bins, centres spread evenly over [grid[0], grid[1]]). image: same shape as the input."""
+    (K = ``grid[2]`` bins, centres spread evenly over [grid[0], grid[1]]). image: same shape as the input.
+    maps: one array of the fixed per-object ``shape`` (after "N") per input, e.g. a generated map (N, 1, H, W)."""
 
-    kind: Literal["score", "point", "pdf", "image"]
+    kind: Literal["score", "point", "pdf", "image", "maps"]
     shape: list[str | int]
     grid: tuple[float, float, int] | None = None  # (low, high, K) bin centres of a PDF output
     point_estimate: Literal["mean", "median", "mode"] = "mean"  # how a PDF becomes a point estimate
@@ -159,8 +160,9 @@ class Track(_Strict):
     description: str
     survey: Survey
     cutout: Cutout | None = None  # None for a track whose inputs are catalogue features only
-    # Arrays a model receives per object, in this order (see skybench.harness.runner): image cut-outs and/or features.
-    inputs: list[Literal["images", "features"]] = ["images"]
+    # Arrays a model receives per object, in this order (see skybench.harness.runner): image cut-outs and/or
+    # features; a generator gets latent vectors.
+    inputs: list[Literal["images", "features", "latents"]] = ["images"]
     profiles: dict[str, Split]
     population: Any
     label: Any

@@ -10,8 +10,10 @@ Every model gets float32 batches of shape (B, bands, H, W), streamed from the sh
 (:func:`skybench.release.shards.iter_batches`; the last batch of each shard file may be smaller). On a
 catalogue track it gets ``features`` (B, F) instead, and on a track with both, a pair ``(images, features)``
 (ONNX: two inputs, in that order; Keras: a list; torch: two arguments; sklearn: both flattened and
-concatenated; python: the tuple). Outputs are stacked into one float32 .npy; a trailing singleton axis is
-dropped ((B, 1) -> (B,)). ``runner.json`` next to it records device, count and seconds.
+concatenated; python: the tuple). A generator (the ``generate`` task) gets ``latents`` (B, dim) and returns maps
+(B, 1, H, W). Which arrays a model gets is :data:`skybench.release.shards.INPUT_ARRAYS`, those present in the public
+test folder. Outputs are stacked into one float32 .npy; a trailing singleton axis is dropped ((B, 1) -> (B,)).
+``runner.json`` next to it records device, count and seconds.
 
 Formats:
   onnx     onnxruntime, CUDAExecutionProvider first when available; exactly one input, first output used.

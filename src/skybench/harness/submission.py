@@ -7,7 +7,8 @@
 ``sandboxed_predict`` runs ``python -m skybench.harness.runner`` under bubblewrap with only the submission folder
 (at /submission) and the release's public test folder (at /inputs) bound read-only, then validates
 what came back in the parent. The ``predictions`` format runs no code: its CSV (``id,score``) is checked
-against the release's test ids here.
+against the release's test ids here; on a ``maps`` track it is a ``.npy`` of one output per test id, in the order
+of the public test index, read and checked like a runner's output.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ FORMATS = ("onnx", "keras", "torch", "sklearn", "python", "predictions")
 MODEL_SUFFIX = {"onnx": ".onnx", "keras": ".keras", "torch": ".pt2", "sklearn": ".skops", "python": ".py",
                 "predictions": ".csv"}
 SPEC_FILE = "submission.yaml"
+NPY_PREDICTIONS = ".npy"  # the predictions format of a ``maps`` track: one .npy of N outputs, in the test index order
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                 "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 
@@ -254,6 +256,8 @@ def load_submission(folder: str | Path) -> Submission:
         raise SubmissionError(clip(f"{path}: key 'model': {show(spec.model)}: "
                                    f"{getattr(exc, 'strerror', None) or exc}")) from exc
     suffix = MODEL_SUFFIX[spec.format]
+    if spec.format == "predictions" and target.suffix == NPY_PREDICTIONS:  # a maps track's N maps
+        suffix = NPY_PREDICTIONS
     if target.suffix != suffix:
         raise SubmissionError(f"{path}: key 'model': format {spec.format!r} needs a {suffix} file, "
                               f"got {show(spec.model)}")
@@ -300,6 +304,8 @@ def expected_shapes(output: Output, n: int, input_shape: tuple[int, ...] = ()) -
     """The prediction shapes a track accepts for ``n`` inputs (``input_shape``: one input image)."""
     if output.kind == "image":
         return [(n, *input_shape)]
+    if output.kind == "maps":
+        return [(n, *(int(d) for d in output.shape[1:]))]
     shapes: list[tuple[int, ...]] = [(n,)]
     if output.kind == "pdf" and output.grid is not None:
         shapes.append((n, int(output.grid[2])))
@@ -316,6 +322,7 @@ def validate_predictions(pred: np.ndarray, n: int, output: Output, input_shape: 
     if tuple(pred.shape) not in shapes:
         want = " or ".join(str(s) for s in shapes)
         hint = ("the same shape as the input, channels first (N, bands, H, W)" if output.kind == "image"
+                else f"one array of shape {tuple(output.shape[1:])} per input" if output.kind == "maps"
                 else "one value per input, e.g. probs[:, 1] of a two-class output" if output.kind == "score"
                 else "one value per input" + (" or one PDF row per input" if len(shapes) > 1 else ""))
         return f"returned shape {tuple(pred.shape)}, expected {want} for a {output.kind!r} track | hint: return {hint}"
@@ -391,6 +398,17 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
     n = len(all_ids) if limit is None else min(limit, len(all_ids))
     ids = all_ids[:n]
     if sub.spec.format == "predictions":
+        npy = sub.model_path.suffix == NPY_PREDICTIONS
+        if npy != (track.output.kind == "maps"):
+            want = "a .npy of one map per test id (public test index order)" if track.output.kind == "maps" \
+                else "an id,score .csv"
+            return _fail(f"predictions file {sub.model_path.name}: a {track.output.kind!r} track takes {want}", ids,
+                         device="none")
+        if npy:
+            result = _read_output(sub.model_path, all_ids, len(all_ids), track, "none", 0.0, "")
+            if result.predictions is None:
+                return _fail(result.reason, ids, device="none")
+            return PredictResult(True, "", result.predictions[:n], ids, "none", 0.0)
         pred, reason = read_predictions_csv(sub.model_path, all_ids)
         if pred is None:
             return _fail(reason, ids, device="none")

@@ -42,6 +42,7 @@ _ARTIFACTS = {
     "lens": ("roc_public.csv", "roc_public.png"),
     "photoz": (),  # PIT and z_phot-vs-z_spec plots are built from per-object truth: organiser only
     "enhance": ("outputs.png", "outputs_real.png"),
+    "generate": ("summary_stats.png",),
 }
 
 

@@ -20,7 +20,8 @@ import numpy as np
 from skybench.release import layout
 from skybench.release.verify import ReleaseError
 
-INPUT_ARRAYS = ("images", "features")  # the per-object arrays a model may get, in this order
+INPUT_ARRAYS = ("images", "features", "latents")  # the per-object arrays a model may get, in this order
+# (latents: the generate task's latent vectors, drawn per object from the test-set key)
 
 
 class ShardError(ReleaseError):

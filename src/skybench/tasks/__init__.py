@@ -15,6 +15,7 @@ BUILTIN = {  # task name -> the package whose ``TASK`` is its Task class
     "lens": "skybench.tasks.lens",
     "photoz": "skybench.tasks.photoz",
     "enhance": "skybench.tasks.enhance",
+    "generate": "skybench.tasks.generate",
 }
 _REGISTERED: dict[str, Task] = {}
 

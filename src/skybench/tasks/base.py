@@ -49,6 +49,9 @@ class Task(ABC):
     name: ClassVar[str]  # the ``task:`` value of its track YAMLs
     track_model: ClassVar[type[Track]]  # pydantic model of its track YAML (``task: Literal[name]``)
     output_kinds: ClassVar[tuple[str, ...]]  # ``output.kind`` values its tracks may declare
+    # False for a generative task: its score compares the distribution of the predictions with the truth's, so
+    # predictions shuffled among objects score the same (the contract suite then skips that check)
+    paired: ClassVar[bool] = True
 
     @abstractmethod
     def simulator(self) -> type[Simulator]:

@@ -10,6 +10,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from skybench.common import Strict as _Strict
+from skybench.tracks import Track
 
 
 def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
@@ -145,3 +146,40 @@ class MapPopulation(_Strict):
             return None
         # kappa noise per pixel = sigma_e / sqrt(n_gal * pixel area) (e.g. van Waerbeke 2000, MNRAS 313, 524)
         return float(self.sigma_e / np.sqrt(self.n_gal * self.pixel_arcmin**2))
+
+
+class GenerateScoring(_Strict):
+    """How generated maps are scored (``label:`` of a generate track; :mod:`skybench.tasks.generate.score`)."""
+
+    # bins of the summary vector (C_l, peak counts, V0..V2); fewer when the truth set is too small to estimate the
+    # covariance (the scorer keeps D <= (N_truth - 3) / 2)
+    n_ell: int = Field(8, ge=2)
+    n_peaks: int = Field(6, ge=2)
+    n_thresholds: int = Field(6, ge=2)
+    memorisation_alpha: float = Field(1e-3, gt=0, lt=1)
+    collapse_min_ratio: float = Field(0.5, gt=0, lt=1)
+    # a flagged generator (copies of the training maps, collapse) gets chi2_per_dof + flag_penalty: below any
+    # honest generator, the Gaussian baseline included, whatever its chi^2
+    flag_penalty: float = Field(1e6, gt=0)
+    n_bootstrap: int = Field(200, ge=0)
+    gallery: int = Field(6, ge=0)
+
+
+class GenerateTrack(Track):
+    task: Literal["generate"]
+    population: MapPopulation
+    label: GenerateScoring = GenerateScoring()
+    inputs: list[Literal["images", "features", "latents"]] = ["latents"]
+
+    @model_validator(mode="after")
+    def _check_generate(self) -> GenerateTrack:
+        n = self.population.n_pix
+        want: list[str | int] = ["N", 1, n, n]
+        if self.output.kind != "maps" or list(self.output.shape) != want:
+            raise ValueError(f"a generate track's output must be {{kind: maps, shape: {want}}} (population.n_pix "
+                             f"{n}), got kind {self.output.kind!r}, shape {self.output.shape}")
+        if self.inputs != ["latents"]:
+            raise ValueError(f"a generate track's inputs are [latents], got {self.inputs}")
+        if self.cutout is not None:
+            raise ValueError("a generate track has no cutout: its map geometry is population.n_pix / size_deg")
+        return self

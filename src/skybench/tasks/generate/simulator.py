@@ -25,10 +25,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from skybench.physics.backend import Backend, get_backend
 from skybench.physics.noise import noise_stream, object_normals
-from skybench.tasks.generate.config import Cosmology, MapPopulation, SmailNz, SourcePlane
+from skybench.tasks.generate.config import Cosmology, GenerateTrack, MapPopulation, SmailNz, SourcePlane
+from skybench.testkey import ObjectSeeds, as_object_seeds
 
 
 def ccl_cosmology(cosmo: Cosmology) -> Any:
@@ -40,11 +42,23 @@ def ccl_cosmology(cosmo: Cosmology) -> Any:
                            matter_power_spectrum=cosmo.matter_power_spectrum)
 
 
+_CL_CACHE: dict[str, np.ndarray] = {}
+
+
 def convergence_cl(cosmo: Cosmology, sources: SmailNz | SourcePlane, ell: np.ndarray) -> np.ndarray:
-    """The convergence power spectrum C_l^kappa kappa (Limber) at multipoles ``ell`` (>= 2)."""
+    """The convergence power spectrum C_l^kappa kappa (Limber) at multipoles ``ell`` (>= 2). Memoised per process:
+    the release's worker processes are forked, and pyccl (OpenMP) may hang in a child forked after the parent used
+    it; a child then inherits the parent's table."""
+    ell = np.asarray(ell, dtype=float)
+    key = f"{cosmo.model_dump_json()}|{sources.model_dump_json()}|{ell.tobytes().hex()}"
+    if key not in _CL_CACHE:
+        _CL_CACHE[key] = _convergence_cl(cosmo, sources, ell)
+    return _CL_CACHE[key].copy()
+
+
+def _convergence_cl(cosmo: Cosmology, sources: SmailNz | SourcePlane, ell: np.ndarray) -> np.ndarray:
     import pyccl
 
-    ell = np.asarray(ell, dtype=float)
     if np.any(ell < 2):
         raise ValueError(f"convergence_cl: multipoles must be >= 2, got min {ell.min()}")
     c = ccl_cosmology(cosmo)
@@ -181,3 +195,45 @@ class MapSimulator:
         with np.errstate(invalid="ignore", divide="ignore"):
             u = (np.log1p(x / self.kappa0) + self.sigma_g2 / 2) / sg
         return np.where(x <= -self.kappa0, 0.0, norm.cdf(np.nan_to_num(u, nan=-np.inf)))
+
+
+LATENT_STREAM = 3  # noise_stream of an object's latent vector (1: field, 2: shape noise)
+
+
+class GenerateSimulator:
+    """The release-facing simulator of a generate track: per object, a truth map ``maps`` (1, H, W) and a latent
+    vector ``latents`` (dim,). On the test split the maps are hidden and the latents are the generator's inputs;
+    the latents are drawn from a stream of their own, so they say nothing about the hidden maps."""
+
+    hidden_arrays = ("maps",)
+    label_columns: list[str] = []  # nothing per object to predict: the score compares distributions
+
+    def __init__(self, track: GenerateTrack, backend: Backend | str = "auto"):
+        self.track = track
+        self.sim = MapSimulator(track.population, backend)
+
+    @classmethod
+    def arrays(cls, track: GenerateTrack) -> dict[str, tuple[int, ...]]:
+        n = track.population.n_pix
+        return {"latents": (track.population.latent.dim,), "maps": (1, n, n)}
+
+    @classmethod
+    def release_info(cls, track: GenerateTrack) -> dict[str, Any]:
+        pop = track.population
+        # built here, in the parent, before the worker processes are forked: they inherit its pyccl C_l
+        sim = MapSimulator(pop, "numpy")
+        return {"maps": {"n_pix": pop.n_pix, "size_deg": pop.size_deg, "kappa0": sim.kappa0,
+                         "sigma_g2": sim.sigma_g2, "clipped_fraction": sim.clipped_fraction,
+                         "latent": pop.latent.model_dump(), "units": "convergence (dimensionless)"}}
+
+    def simulate(self, seeds: ObjectSeeds | int, split: str, start: int, stop: int
+                 ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+        seeds = as_object_seeds(seeds)
+        s = [int(seeds(split, i)) for i in range(start, stop)]
+        maps = self.sim.simulate(s)
+        latent = self.track.population.latent
+        lat = np.stack([latent.draw(1, noise_stream(x, LATENT_STREAM))[0] for x in s]) if s else \
+            np.zeros((0, latent.dim), np.float32)
+        meta = pd.DataFrame({"id": np.arange(start, stop), "split": split, "seed": s,
+                             "kappa_std": maps.reshape(len(s), -1).std(axis=1).astype(np.float64)})
+        return {"maps": maps, "latents": lat}, meta
