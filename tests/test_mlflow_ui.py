@@ -64,20 +64,20 @@ def test_runs_are_named_and_tagged_by_rank_and_untagged_when_superseded(store: M
 
     def seen(run_id: str) -> tuple[str, dict[str, str]]:
         r = store.get_run(run_id)
-        return r.info.run_name, {k: v for k, v in r.data.tags.items() if k.startswith("skybench.") and k not in (
-            tracking.KIND_TAG, "skybench.track")}
+        return r.info.run_name, {k: v for k, v in r.data.tags.items() if (k.startswith("skybench.") or k in (
+            ui.RANK_TAG, ui.GROUP_TAG)) and k not in (tracking.KIND_TAG, "skybench.track")}
 
-    on = {"skybench.leaderboard": "yes", "skybench.group": ""}
-    assert seen(b) == ("1 auroc=0.8000 t/b", {**on, "skybench.rank": "1"})
-    assert seen(a) == ("2 auroc=0.7000 t/a", {**on, "skybench.rank": "2"})
-    assert seen(c) == ("FAILED t/c", {**on, "skybench.rank": ""})
+    on = {"skybench.leaderboard": "yes", "group": ""}
+    assert seen(b) == ("1 auroc=0.8000 t/b", {**on, "rank": "1"})
+    assert seen(a) == ("2 auroc=0.7000 t/a", {**on, "rank": "2"})
+    assert seen(c) == ("FAILED t/c", {**on, "rank": ""})
     assert seen(first_a) == ("t/a", {}) and seen(other_release) == ("t/d", {})
     assert ui.annotate_runs(track, board, release_sha256=REL) == 0  # idempotent
 
     # with a group column (the rank-interval helper's), it follows the rank; a run leaving the board is undone
     board = lb.leaderboard(track).assign(group=lambda d: ["A" if r == 1 else "B" for r in d["rank"].fillna(0)])
     ui.annotate_runs(track, board)
-    assert seen(other_release) == ("1 A auroc=0.9900 t/d", {**on, "skybench.rank": "1", "skybench.group": "A"})
+    assert seen(other_release) == ("1 A auroc=0.9900 t/d", {**on, "rank": "1", "group": "A"})
     ui.annotate_runs(track, lb.leaderboard(track, release_sha256=REL), release_sha256=REL)
     assert seen(other_release) == ("t/d", {})
     assert seen(b)[0] == "1 auroc=0.8000 t/b"
@@ -96,7 +96,7 @@ def test_runs_url_sorts_by_the_ranked_metric(store: MlflowClient) -> None:
     assert view["selectedColumns"] == ["metrics.`public_auroc`", "metrics.`public_auroc_ci_low`",
                                        "metrics.`public_auroc_ci_high`", "metrics.`public_tpr0`",
                                        "metrics.`public_tpr10`", "metrics.`public_by_contaminant_ring_fpr_fpr1`",
-                                       "tags.`skybench.rank`", "tags.`skybench.group`"]
+                                       "tags.`rank`", "tags.`group`"]
     photoz = load_track("photoz-catalog")  # lower is better
     _log(photoz, "a", None, "a")
     ui.track_urls(photoz, "http://h", store)

@@ -7,8 +7,9 @@ runs table shows the run name first, the metrics far to the right. So:
 * every skybench experiment is tagged a model-training experiment (:func:`mark_model_training`; new ones at
   creation, in :func:`skybench.tracking.ensure_experiment`);
 * each evaluation run on the leaderboard is named ``<rank> <group> <primary>=<value> <team>/<name>`` and tagged
-  ``skybench.rank``, ``skybench.group``, ``skybench.leaderboard`` = ``yes`` (:func:`annotate_runs`); a run that
-  left the leaderboard (superseded, or of another release) gets back its plain ``<team>/<name>`` and loses them;
+  ``rank``, ``group`` (the tags :func:`skybench.tracking.leaderboard.tag_ranks` writes) and
+  ``skybench.leaderboard`` = ``yes`` (:func:`annotate_runs`); a run that left the leaderboard (superseded, or of
+  another release) gets back its plain ``<team>/<name>`` and loses them;
 * :func:`runs_url` is the runs view of one experiment with the shared view :func:`share_view` stores in the
   experiment (the UI's ``viewStateShareKey``): leaderboard runs only, sorted by the ranked metric (the UI's
   ``searchFilter``, ``orderByKey``, ``orderByAsc``), and the primary metric, its interval, the track's key metrics,
@@ -41,7 +42,8 @@ from skybench.tracks import Track
 __all__ = ["EXPERIMENT_KIND_TAG", "MODEL_TRAINING", "annotate_runs", "mark_model_training", "prepare", "runs_url",
            "share_view", "track_urls", "view_columns"]
 
-RANK_TAG, GROUP_TAG, ON_BOARD_TAG = "skybench.rank", "skybench.group", "skybench.leaderboard"
+# rank and group: the same tags as the leaderboard stage writes (skybench.tracking.leaderboard.tag_ranks)
+RANK_TAG, GROUP_TAG, ON_BOARD_TAG = "rank", "group", "skybench.leaderboard"
 ON_BOARD_FILTER = f"tags.`{ON_BOARD_TAG}` = 'yes'"
 VIEW_KEY = "skybench-leaderboard"
 SHARED_VIEW_TAG = "mlflow.sharedViewState."  # + the key: the UI's "share view" experiment tag (plain JSON read too)
