@@ -1,0 +1,190 @@
+"""The typed configuration of a lens-detection track (task ``detect``): survey tiles, the scene population (field
+galaxies from a number-count and a size-magnitude relation, stars, look-alikes and strong lenses of a lens track)
+and the matching rule of the detection metrics.
+
+The lens population is not repeated here: ``population.lenses.track`` names a lens track (``lens-space``) whose
+population, visibility rule and stamp renderer the scene simulator uses through the task registry."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import yaml
+from pydantic import Field, model_validator
+
+from skybench.common import Strict as _Strict
+from skybench.tracks import Track
+
+Range = tuple[float, float]
+KINDS = ("lens", "lookalike", "galaxy", "star")  # the ``kind`` of a truth-table row
+ARCSEC2_PER_DEG2 = 3600.0**2
+
+
+def _check_range(name: str, r: Range) -> None:
+    if not (math.isfinite(r[0]) and math.isfinite(r[1]) and r[0] <= r[1]):
+        raise ValueError(f"{name}: a range must be [low, high] with low <= high, got {list(r)}")
+
+
+class NumberCounts(_Strict):
+    """Cumulative counts log10 N(<m) = log10_n_ref + slope (m - m_ref), N per deg^2, in the reference band;
+    objects are drawn with magnitudes in ``mag``."""
+
+    mag: Range
+    log10_n_ref: float
+    m_ref: float
+    slope: float = Field(gt=0)
+
+    def log10_cumulative(self, m: np.ndarray | float) -> np.ndarray:
+        return self.log10_n_ref + self.slope * (np.asarray(m, dtype=np.float64) - self.m_ref)
+
+    def per_deg2(self) -> float:
+        """Expected number per deg^2 with magnitudes in ``mag``."""
+        lo, hi = self.log10_cumulative(np.array(self.mag))
+        return float(10.0**hi - 10.0**lo)
+
+    def cdf(self, m: np.ndarray) -> np.ndarray:
+        """The magnitude distribution within ``mag``: (N(<m) - N(<lo)) / (N(<hi) - N(<lo)), clipped to [0, 1]."""
+        lo, hi = self.mag
+        m = np.clip(np.asarray(m, dtype=np.float64), lo, hi)
+        return np.expm1(self.slope * np.log(10) * (m - lo)) / np.expm1(self.slope * np.log(10) * (hi - lo))
+
+    def magnitudes(self, u: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`cdf` for uniforms ``u`` in [0, 1)."""
+        lo, hi = self.mag
+        k = self.slope * np.log(10)
+        return lo + np.log1p(np.asarray(u) * np.expm1(k * (hi - lo))) / k
+
+    @model_validator(mode="after")
+    def _check(self) -> NumberCounts:
+        _check_range("mag", self.mag)
+        return self
+
+
+class SizeMagnitude(_Strict):
+    """Median exponential-disc scale length ln(r_d / arcsec) = ln_rd_ref + ln_rd_slope (m - m_ref), scale lengths
+    drawn from p(r) ~ r exp(-(r / a)^alpha) with that median; half-light radius R_e = 1.678 r_d (exponential disc),
+    capped at ``max_R_sersic`` arcsec."""
+
+    ln_rd_ref: float
+    ln_rd_slope: float
+    m_ref: float
+    alpha: float = Field(gt=0)
+    max_R_sersic: float = Field(gt=0)
+
+
+class GalaxyPop(NumberCounts):
+    size: SizeMagnitude
+    n_sersic: Range
+    q: Range
+    colors: dict[str, float]
+    color_scatter: float = Field(0.0, ge=0)
+
+
+class StarPop(NumberCounts):
+    colors: dict[str, float]
+
+
+class LensDraw(_Strict):
+    """Strong lenses and look-alikes per tile, drawn from a lens track's population (objects that pass its
+    visibility rule are lenses; objects that fail it and carry a ring, arclet or companion are look-alikes)."""
+
+    track: str
+    per_tile: tuple[int, int]  # number of lenses, uniform on low..high
+    lookalikes_per_tile: tuple[int, int]
+    max_draws: int = Field(64, ge=1)  # lens-population objects tried per tile to fill both
+
+    @model_validator(mode="after")
+    def _check(self) -> LensDraw:
+        for name, (lo, hi) in (("per_tile", self.per_tile), ("lookalikes_per_tile", self.lookalikes_per_tile)):
+            if not 0 <= lo <= hi:
+                raise ValueError(f"lenses.{name}: [low, high] with 0 <= low <= high, got {[lo, hi]}")
+        return self
+
+
+class Placement(_Strict):
+    edge_margin: float = Field(ge=0)  # arcsec: lens-population objects are centred at least this far inside
+    min_separation: float = Field(ge=0)  # arcsec between the centres of two lens-population objects
+    max_tries: int = Field(100, ge=1)  # positions tried per object before it is left out of the tile
+
+
+class Saturation(_Strict):
+    full_well: float = Field(gt=0)  # electrons per exposure: a pixel holds at most this in each exposure
+
+
+class DetectPopulation(_Strict):
+    galaxies: GalaxyPop
+    stars: StarPop
+    lenses: LensDraw
+    placement: Placement
+    saturation: Saturation
+
+
+class Tile(_Strict):
+    size: int = Field(gt=0)  # pixels per side
+    supersampling: int = Field(2, ge=1)  # of the field-galaxy stamps
+    max_stamp: int = Field(128, ge=8)  # the largest field-galaxy stamp (pixels)
+
+
+class Matching(_Strict):
+    """A candidate matches a true lens within max(radius, theta_E_factor x theta_E) arcsec of its centre."""
+
+    radius: float = Field(gt=0)
+    theta_E_factor: float = Field(0.0, ge=0)
+    fp_per_deg2: list[float] = Field(default_factory=lambda: [1.0, 10.0])  # operating points of completeness
+
+
+class DetectLabel(_Strict):
+    name: Literal["lenses"] = "lenses"
+    matching: Matching
+
+
+class DetectOutput(_Strict):
+    """Per tile up to ``max_candidates`` (K) candidates (x, y, score), NaN-padded: (N, K, 3)."""
+
+    kind: Literal["detections"]
+    shape: list[str | int]
+    max_candidates: int = Field(gt=0)
+
+
+class DetectTrack(Track):
+    task: Literal["detect"]
+    tile: Tile
+    population: DetectPopulation
+    label: DetectLabel
+    output: DetectOutput  # type: ignore[assignment]  # a new output kind (the shared Output has no "detections")
+
+    @property
+    def tile_area_deg2(self) -> float:
+        return (self.tile.size * self.survey.pixel_scale) ** 2 / ARCSEC2_PER_DEG2
+
+    def strata_columns(self) -> set[str]:
+        per_band = [f"lens_light_mag_{b}" for b in self.band_names]
+        return {"lens_theta_E", "arc_snr", "magnification", *per_band}
+
+    def strata_metrics(self) -> set[str]:
+        return {"completeness", "completeness_fp10", "completeness_fp1"}
+
+    @model_validator(mode="after")
+    def _check(self) -> DetectTrack:
+        p = self.population
+        for name, colors in (("galaxies", p.galaxies.colors), ("stars", p.stars.colors)):
+            if set(colors) != set(self.band_names) or 0.0 not in colors.values():
+                raise ValueError(f"population.{name}.colors: one colour per band {self.band_names} with 0 for the "
+                                 f"reference band, got {colors}")
+        for name, r in (("galaxies.n_sersic", p.galaxies.n_sersic), ("galaxies.q", p.galaxies.q)):
+            _check_range(f"population.{name}", r)
+        if not 0 < p.galaxies.q[0] <= p.galaxies.q[1] <= 1:
+            raise ValueError(f"population.galaxies.q: axis ratios in (0, 1], got {list(p.galaxies.q)}")
+        if self.output.shape != ["N", self.output.max_candidates, 3]:
+            raise ValueError(f"output.shape must be [N, {self.output.max_candidates}, 3] (candidates x, y, score), "
+                             f"got {self.output.shape}")
+        return self
+
+
+def load_detect_track(path: str | Path) -> DetectTrack:
+    """A detect track from its YAML file (until the task is registered, ``load_track`` does not know it)."""
+    with open(path) as f:
+        return DetectTrack.model_validate(yaml.safe_load(f))
