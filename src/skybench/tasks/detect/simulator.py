@@ -1,0 +1,300 @@
+"""Survey-tile scenes for lens detection: field galaxies, stars, look-alikes and strong lenses, rendered with the
+shared physics and the noise of the survey, with a truth table of every catalogued object.
+
+Each tile is drawn from its own seed (``seeds(split, index)``, keyed on the hidden test split), in independent
+streams (:func:`skybench.physics.noise.noise_stream`): 0 the field (galaxies and stars), 1 the number and placement
+of the lens-population objects, 2 the noise; the lens-population objects are those of the lens track the YAML names,
+each with its own seed derived from the tile's, rendered by that track's simulator (taken from the task registry:
+the same population, renderer and visibility rule as the cut-out tracks). So a tile does not depend on the batch.
+
+Image formation: field galaxies (Sersic stamps on the supersampled grid) and stars (point sources at pixel centres)
+are convolved once over the whole tile with the survey PSF (zero padding outside the tile); lens-population objects
+come as PSF-convolved stamps of the lens track's cut-out size and are added after that. Then background + Poisson
+noise, and saturation: each exposure holds at most the full well, so a pixel's rate is clipped at
+full_well / exposure_time. Pixel (0, 0)'s centre is at x = y = 0; x runs along columns, y along rows."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import gamma as gamma_dist
+
+from skybench.physics.backend import Backend, get_backend
+from skybench.physics.lens_mass import phi_q2ellipticity
+from skybench.physics.light import sersic_total_flux
+from skybench.physics.noise import magnitude2cps, noise_stream
+from skybench.physics.render import Renderer
+from skybench.tasks.detect.config import DetectTrack
+from skybench.testkey import ObjectSeeds, as_object_seeds
+
+FIELD, PLACEMENT, NOISE = 0, 1, 2  # the tile's random streams
+EXP_HALF_LIGHT = 1.678  # half-light radius / scale length of an exponential disc (b_1 of the Sersic profile)
+STAMP_RADII = 5.0  # field-galaxy stamps reach this many half-light radii (plus the PSF) from the centre
+LOOKALIKE_FLAGS = ("has_companion", "has_arclet", "has_ring")
+
+
+def lens_object_seeds(tile_seed: int, n: int) -> list[int]:
+    """The seeds of the lens-population objects a tile may use, in the order they are tried."""
+    state = np.random.SeedSequence([int(tile_seed), 3]).generate_state(n, dtype=np.uint64)
+    return [int(s >> np.uint64(1)) for s in state]  # fits in int64, as the release's seeds
+
+
+@dataclass
+class Scene:
+    """One tile: its noise-free model, the lens-population stamps already in it, and the truth table."""
+
+    seed: int
+    model: np.ndarray  # (bands, H, W) e-/s, noise-free and unsaturated
+    truth: pd.DataFrame  # one row per catalogued object
+    n_lens_wanted: int
+    n_lookalike_wanted: int
+
+
+class DetectSimulator:
+    hidden_arrays: tuple[str, ...] = ()
+    label_columns: tuple[str, ...] = ("n_lens",)
+
+    @staticmethod
+    def arrays(track: DetectTrack) -> dict[str, tuple[int, ...]]:
+        return {"images": (len(track.band_names), track.tile.size, track.tile.size)}
+
+    @staticmethod
+    def release_info(track: DetectTrack) -> dict[str, Any]:
+        return {"tile_size": track.tile.size, "pixel_scale": track.survey.pixel_scale,
+                "tile_area_deg2": track.tile_area_deg2,
+                "saturation_e_per_s": {b.name: track.population.saturation.full_well / b.exposure_time
+                                       for b in track.survey.bands}}
+
+    def __init__(self, track: DetectTrack, backend: Backend | None = None, lens_track: Any = None):
+        from skybench.tasks import get_task
+        from skybench.tracks import load_track
+
+        self.track, self.backend = track, backend or get_backend("numpy")
+        self.pop, self.bands, self.band_names = track.population, track.survey.bands, track.band_names
+        lens_track = lens_track if lens_track is not None else load_track(self.pop.lenses.track)
+        if lens_track.survey != track.survey:
+            raise ValueError(f"track {track.name!r}: its survey differs from that of the lens track "
+                             f"{lens_track.name!r} its lenses come from; give both the same survey: section")
+        if lens_track.task != "lens":
+            raise ValueError(f"track {track.name!r}: population.lenses.track {lens_track.name!r} is a "
+                             f"{lens_track.task} track; name a lens track (lens-space)")
+        self.lens_track = lens_track
+        # the lens task's simulator, from the registry (tasks never import one another): its population,
+        # renderer and visibility rule; sample, render and label are its public methods
+        lens_cls: Any = get_task("lens").simulator()
+        self.lens_sim = lens_cls(lens_track, self.backend)
+        self.stamp = int(lens_track.cutout.size)
+        self.size, self.pix = track.tile.size, track.survey.pixel_scale
+        self.tile_renderer = Renderer(self.size, self.pix, 1, self.bands, get_backend("numpy"))
+        self._stamp_renderers: dict[int, Renderer] = {}
+        self.saturation = np.array([self.pop.saturation.full_well / b.exposure_time for b in self.bands])
+        g = self.pop.galaxies
+        # p(r) ~ r exp(-(r/a)^alpha): (r/a)^alpha ~ Gamma(2/alpha); a from the median of the size relation
+        self._size_shape = 2.0 / g.size.alpha
+        self._size_median_t = float(gamma_dist.ppf(0.5, self._size_shape)) ** (1.0 / g.size.alpha)
+
+    # ------------------------------------------------------------------ the field: galaxies and stars
+    def draw_field(self, tile_seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The field galaxies and stars of a tile (parameters only, from its stream 0)."""
+        rng = noise_stream(int(tile_seed), FIELD)
+        g, s, area, nb = self.pop.galaxies, self.pop.stars, self.track.tile_area_deg2, len(self.bands)
+        n_gal, n_star = int(rng.poisson(g.per_deg2() * area)), int(rng.poisson(s.per_deg2() * area))
+        U, T = rng.random((6, n_gal)), rng.gamma(self._size_shape, size=n_gal)
+        colour_normals = rng.standard_normal((nb, n_gal))
+        span = self.size - 1.0
+        x, y, mag = U[0] * span, U[1] * span, g.magnitudes(U[2])
+        sz = g.size
+        r_med = np.exp(sz.ln_rd_ref + sz.ln_rd_slope * (mag - sz.m_ref))
+        r_d = r_med / self._size_median_t * T ** (1.0 / sz.alpha)
+        R = np.minimum(EXP_HALF_LIGHT * r_d, sz.max_R_sersic)
+        n = g.n_sersic[0] + (g.n_sersic[1] - g.n_sersic[0]) * U[3]
+        q = g.q[0] + (g.q[1] - g.q[0]) * U[4]
+        e1, e2 = phi_q2ellipticity(np.pi * U[5], q)
+        gal = {"kind": np.full(n_gal, "galaxy"), "x": x, "y": y, "mag": mag, "R_sersic": R, "n_sersic": n,
+               "e1": e1, "e2": e2, "r_d": r_d}
+        for k, b in enumerate(self.band_names):
+            c = g.colors[b]
+            gal[f"mag_{b}"] = mag + c + (g.color_scatter * colour_normals[k] if c != 0.0 else 0.0)
+        V = rng.random((3, n_star))
+        star_mag = s.magnitudes(V[2])  # stars sit at pixel centres (a point source is the PSF there)
+        stars = {"kind": np.full(n_star, "star"), "x": np.floor(V[0] * self.size), "y": np.floor(V[1] * self.size),
+                 "mag": star_mag, **{f"mag_{b}": star_mag + s.colors[b] for b in self.band_names}}
+        return pd.DataFrame(gal), pd.DataFrame(stars)
+
+    def _renderer(self, size: int) -> Renderer:
+        if size not in self._stamp_renderers:
+            self._stamp_renderers[size] = Renderer(size, self.pix, self.track.tile.supersampling, self.bands,
+                                                   self.backend)
+        return self._stamp_renderers[size]
+
+    def _stamp_sizes(self, R: np.ndarray) -> np.ndarray:
+        psf = max(b.seeing for b in self.bands) / self.pix
+        need = 2 * (STAMP_RADII * R / self.pix + 2 * psf) + 2
+        return np.clip(2 ** np.ceil(np.log2(np.maximum(need, 16))), 16, self.track.tile.max_stamp).astype(int)
+
+    def _add_galaxies(self, tile: np.ndarray, gal: pd.DataFrame, chunk: int = 64) -> None:
+        """Add the field galaxies, unconvolved, to ``tile`` (bands, H, W): Sersic stamps on the supersampled grid,
+        batched per stamp size (an object's stamp does not depend on the others)."""
+        if gal.empty:
+            return
+        sizes = self._stamp_sizes(gal["R_sersic"].to_numpy())
+        for size in np.unique(sizes):
+            r, rows = self._renderer(int(size)), np.flatnonzero(sizes == size)
+            for start in range(0, rows.size, chunk):
+                sel = gal.iloc[rows[start:start + chunk]]
+                x, y = sel["x"].to_numpy(), sel["y"].to_numpy()
+                c0, r0 = np.floor(x - (size - 1) / 2).astype(int), np.floor(y - (size - 1) / 2).astype(int)
+                cx, cy = (x - c0 - (size - 1) / 2) * self.pix, (y - r0 - (size - 1) / 2) * self.pix
+                R, n = sel["R_sersic"].to_numpy(), sel["n_sersic"].to_numpy()
+                sb = r.sersic(R, n, sel["e1"].to_numpy(), sel["e2"].to_numpy(), cx, cy)
+                img = self.backend.to_numpy(r.bin(sb)).astype(np.float64)  # (P, n, n) per unit amplitude
+                unit = sersic_total_flux(1.0, R, n)
+                for k in range(len(sel)):
+                    amps = [magnitude2cps(float(sel[f"mag_{b}"].iloc[k]), band.zero_point) / unit[k]
+                            for b, band in zip(self.band_names, self.bands, strict=True)]
+                    _paste(tile, img[k][None] * np.asarray(amps)[:, None, None], int(r0[k]), int(c0[k]))
+
+    def _add_stars(self, tile: np.ndarray, stars: pd.DataFrame) -> None:
+        for _, row in stars.iterrows():
+            for i, (b, band) in enumerate(zip(self.band_names, self.bands, strict=True)):
+                tile[i, int(row["y"]), int(row["x"])] += magnitude2cps(float(row[f"mag_{b}"]), band.zero_point)
+
+    # ------------------------------------------------------------------ lenses and look-alikes
+    def _lens_population(self, tile_seed: int, n_lens: int, n_look: int, chunk: int = 8
+                         ) -> tuple[pd.DataFrame, np.ndarray]:
+        """The first ``n_lens`` objects of the tile's lens-population stream that pass the visibility rule and the
+        first ``n_look`` that fail it with a ring, arclet or companion, with their PSF-convolved stamps."""
+        seeds = lens_object_seeds(tile_seed, self.pop.lenses.max_draws)
+        taken: list[pd.DataFrame] = []
+        stamps: list[np.ndarray] = []
+        need = {"lens": n_lens, "lookalike": n_look}
+        for start in range(0, len(seeds), chunk):
+            if not any(need.values()):
+                break
+            samples = [self.lens_sim.sample(s) for s in seeds[start:start + chunk]]
+            cols = {k: np.array([smp[k] for smp in samples]) for k in samples[0]}
+            model, source = self.lens_sim.render(cols)
+            meta = pd.concat([pd.DataFrame(cols), self.lens_sim.label(cols, model, source)], axis=1)
+            lens = meta["is_lens"].to_numpy() == 1
+            look = ~lens & np.any(meta[list(LOOKALIKE_FLAGS)].to_numpy(dtype=bool), axis=1)
+            kind = np.where(lens, "lens", np.where(look, "lookalike", ""))
+            for k in range(len(meta)):
+                if kind[k] and need[kind[k]] > 0:
+                    need[kind[k]] -= 1
+                    taken.append(meta.iloc[[k]].assign(kind=kind[k]))
+                    stamps.append(self.backend.to_numpy(model[k]).astype(np.float64))
+        if not taken:
+            return pd.DataFrame(), np.zeros((0, len(self.bands), self.stamp, self.stamp))
+        order = sorted(range(len(taken)), key=lambda i: taken[i]["kind"].iloc[0] != "lens")  # lenses first
+        return (pd.concat([taken[i] for i in order], ignore_index=True), np.stack([stamps[i] for i in order]))
+
+    def _place(self, rng: np.random.Generator, n: int) -> list[tuple[float, float] | None]:
+        """Centres (pixels) of ``n`` lens-population objects: uniform inside the edge margin, at least
+        min_separation apart; None for an object with no room after max_tries positions."""
+        p = self.pop.placement
+        lo = p.edge_margin / self.pix
+        hi = self.size - 1 - lo
+        if hi < lo:
+            raise ValueError(f"track {self.track.name!r}: placement.edge_margin {p.edge_margin}\" leaves no room in a "
+                             f"{self.size}-pixel tile")
+        min_d = p.min_separation / self.pix
+        placed: list[tuple[float, float]] = []
+        out: list[tuple[float, float] | None] = []
+        for _ in range(n):
+            spot = None
+            for xy in lo + (hi - lo) * rng.random((p.max_tries, 2)):
+                if all(math.hypot(xy[0] - a, xy[1] - b) >= min_d for a, b in placed):
+                    spot = (float(xy[0]), float(xy[1]))
+                    placed.append(spot)
+                    break
+            out.append(spot)
+        return out
+
+    # ------------------------------------------------------------------ one tile
+    def scene(self, tile_seed: int) -> Scene:
+        """The noise-free model of one tile and its truth table."""
+        tile_seed = int(tile_seed)
+        gal, stars = self.draw_field(tile_seed)
+        nb = len(self.bands)
+        tile = np.zeros((nb, self.size, self.size))
+        self._add_galaxies(tile, gal)
+        self._add_stars(tile, stars)
+        model = self.tile_renderer.convolve(tile[None].astype(np.float32))[0].astype(np.float64)
+
+        rng = noise_stream(tile_seed, PLACEMENT)
+        lo, hi = self.pop.lenses.per_tile
+        n_lens = int(rng.integers(lo, hi + 1))
+        lo, hi = self.pop.lenses.lookalikes_per_tile
+        n_look = int(rng.integers(lo, hi + 1))
+        objs, stamps = self._lens_population(tile_seed, n_lens, n_look)
+        spots = self._place(rng, len(objs))
+        keep = [k for k, s in enumerate(spots) if s is not None]
+        h = (self.stamp - 1) / 2
+        for k in keep:  # stamp pixel (0, 0) at tile (r0, c0): the stamp's centre at (c0 + h, r0 + h)
+            sx, sy = spots[k]  # type: ignore[misc]
+            c0, r0 = int(np.floor(sx - h + 0.5)), int(np.floor(sy - h + 0.5))
+            _paste(model, stamps[k], r0, c0)
+            objs.loc[k, "x"] = c0 + h + objs.loc[k, "lens_center_x"] / self.pix
+            objs.loc[k, "y"] = r0 + h + objs.loc[k, "lens_center_y"] / self.pix
+        objs = objs.iloc[keep].reset_index(drop=True) if len(objs) else objs
+        if len(objs):
+            ref = self.band_names[0]
+            objs["mag"] = objs[f"lens_light_mag_{ref}"]
+            objs["theta_E"] = np.where(objs["kind"] == "lens", objs["lens_theta_E"], np.nan)
+        truth = pd.concat([t for t in (objs, gal, stars) if len(t)], ignore_index=True) if (
+            len(objs) or len(gal) or len(stars)) else pd.DataFrame({"kind": [], "x": [], "y": [], "mag": []})
+        if "theta_E" not in truth.columns:
+            truth["theta_E"] = np.nan
+        return Scene(tile_seed, model, truth, n_lens, n_look)
+
+    def observe(self, scene: Scene) -> np.ndarray:
+        """Noise (from the tile's stream 2) and saturation on a scene's model: float32 (bands, H, W) in e-/s."""
+        normal = noise_stream(scene.seed, NOISE).standard_normal((1, *scene.model.shape), dtype=np.float32)
+        noisy = self.tile_renderer.add_noise(scene.model[None].astype(np.float32), normal)[0]
+        return self.saturate(noisy)
+
+    def saturate(self, images: np.ndarray) -> np.ndarray:
+        """Clip (..., bands, H, W) rates at each band's full_well / exposure_time."""
+        return np.minimum(images, self.saturation.astype(images.dtype)[:, None, None])
+
+    # ------------------------------------------------------------------ a batch of tiles
+    def simulate_tiles(self, seeds: ObjectSeeds | int, split: str, start: int, stop: int
+                       ) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
+        """Tiles ``start..stop`` of ``split``: float32 images (B, bands, H, W) in e-/s, one row per tile (id, seed,
+        counts) and the truth table (one row per catalogued object; ``tile`` is the tile's id)."""
+        obj_seeds = as_object_seeds(seeds).many(split, start, stop)
+        images = np.empty((stop - start, len(self.bands), self.size, self.size), dtype=np.float32)
+        tiles, truths = [], []
+        for k, (tile_id, s) in enumerate(zip(range(start, stop), obj_seeds, strict=True)):
+            sc = self.scene(s)
+            images[k] = self.observe(sc)
+            kinds = sc.truth["kind"].to_numpy()
+            tiles.append({"id": tile_id, "split": split, "seed": s, "n_lens": int(np.sum(kinds == "lens")),
+                          "n_lookalike": int(np.sum(kinds == "lookalike")), "n_galaxy": int(np.sum(kinds == "galaxy")),
+                          "n_star": int(np.sum(kinds == "star")),
+                          "n_saturated": int(np.sum(images[k] >= self.saturate(np.full_like(images[k], np.inf))))})
+            truths.append(sc.truth.assign(tile=tile_id))
+        truth = pd.concat(truths, ignore_index=True)
+        first = ["tile", "kind", "x", "y", "theta_E", "mag"]
+        truth = truth[first + [c for c in truth.columns if c not in first]]
+        return images, pd.DataFrame(tiles), truth
+
+    def simulate(self, seeds: ObjectSeeds | int, split: str, start: int, stop: int
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The :class:`~skybench.tasks.base.Simulator` form: images and one metadata row per tile (the per-object
+        truth table comes from :meth:`simulate_tiles`)."""
+        images, tiles, _ = self.simulate_tiles(seeds, split, start, stop)
+        return images, {c: tiles[c].to_numpy() for c in tiles.columns}
+
+
+def _paste(tile: np.ndarray, stamp: np.ndarray, r0: int, c0: int) -> None:
+    """tile[:, r0:r0+h, c0:c0+w] += stamp, the part of the stamp outside the tile dropped."""
+    H, W = tile.shape[-2:]
+    h, w = stamp.shape[-2:]
+    ra, rb, ca, cb = max(r0, 0), min(r0 + h, H), max(c0, 0), min(c0 + w, W)
+    if ra < rb and ca < cb:
+        tile[..., ra:rb, ca:cb] += stamp[..., ra - r0:rb - r0, ca - c0:cb - c0]

@@ -1,0 +1,168 @@
+"""The survey-tile scene simulator: lenses in a tile against lenstronomy, field-galaxy number counts and sizes against
+the declared relations, saturation at full well, and tiles independent of the batch."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from skybench.physics.psf import gaussian_kernel_2d
+from skybench.tasks.detect.config import DetectTrack, load_detect_track
+from skybench.tasks.detect.simulator import DetectSimulator
+from skybench.tasks.lens.simulator import lenstronomy_kwargs
+
+YAML = Path(__file__).parent / "detect" / "lens-tiles-small.yaml"
+NONE = -30.0  # log10 N per deg^2: no object of that kind
+
+
+def _track(**changes) -> DetectTrack:
+    """The small test track with ``section__key`` set (e.g. ``galaxies__log10_n_ref``) under population."""
+    d = load_detect_track(YAML).model_dump()
+    for key, value in changes.items():
+        *path, last = key.split("__")
+        node = d if path[0] in ("tile", "output") else d["population"]
+        for p in path:
+            node = node[p]
+        node[last] = value
+    return DetectTrack.model_validate(d)
+
+
+@pytest.fixture(scope="module")
+def base() -> DetectSimulator:
+    return DetectSimulator(load_detect_track(YAML))
+
+
+def _lenstronomy_image(row: pd.Series, track, band: str) -> np.ndarray:
+    """One lens-population object re-rendered by lenstronomy from its truth row and the lens track alone."""
+    from lenstronomy.Data.imaging_data import ImageData
+    from lenstronomy.Data.psf import PSF
+    from lenstronomy.ImSim.image_model import ImageModel
+    from lenstronomy.LensModel.lens_model import LensModel
+    from lenstronomy.LightModel.light_model import LightModel
+
+    kw = lenstronomy_kwargs(row, track, band)
+    g = kw["kwargs_pixel_grid"]
+    data = ImageData(image_data=np.zeros((g["nx"], g["ny"])), transform_pix2angle=g["transform_pix2angle"],
+                     ra_at_xy_0=g["ra_at_xy_0"], dec_at_xy_0=g["dec_at_xy_0"])
+    psf = PSF(psf_type="PIXEL", kernel_point_source=gaussian_kernel_2d(kw["psf_fwhm"], kw["pixel_scale"]))
+    m = kw["kwargs_model"]
+    model = ImageModel(data, psf, LensModel(m["lens_model_list"]), LightModel(m["source_light_model_list"]),
+                       LightModel(m["lens_light_model_list"]), kwargs_numerics=kw["kwargs_numerics"])
+    return model.image(kw["kwargs_lens"], kw["kwargs_source"], kw["kwargs_lens_light"])
+
+
+def test_lenses_in_a_tile_rerender_against_lenstronomy():
+    pytest.importorskip("lenstronomy")
+    # only lens-population objects, whole stamps inside the tile, apart: each stamp is its object alone
+    track = _track(galaxies__log10_n_ref=NONE, stars__log10_n_ref=NONE, lenses__per_tile=(2, 2),
+                   lenses__lookalikes_per_tile=(1, 1), placement__edge_margin=5.1, placement__min_separation=10.2,
+                   tile__size=400)
+    sim = DetectSimulator(track)
+    n, pix = sim.stamp, track.survey.pixel_scale
+    h = (n - 1) // 2
+    for tile_seed in (11, 12):
+        scene = sim.scene(tile_seed)
+        truth = scene.truth
+        assert sorted(truth["kind"]) == ["lens", "lens", "lookalike"]
+        assert (truth.loc[truth.kind == "lens", "is_lens"] == 1).all()
+        look = truth[truth.kind == "lookalike"]
+        assert (look["is_lens"] == 0).all() and look[["has_companion", "has_arclet", "has_ring"]].any(axis=1).all()
+        covered = np.zeros(scene.model.shape[1:], bool)
+        for _, row in truth.iterrows():
+            # the stamp is found from the truth table alone: (x, y) is the deflector, lens_center its offset
+            c0 = int(round(row["x"] - row["lens_center_x"] / pix)) - h
+            r0 = int(round(row["y"] - row["lens_center_y"] / pix)) - h
+            ref = _lenstronomy_image(row, sim.lens_track, "VIS")
+            cut = scene.model[0, r0:r0 + n, c0:c0 + n]
+            assert cut.shape == ref.shape
+            assert np.max(np.abs(cut - ref)) < 1e-3 * np.max(np.abs(ref)), (tile_seed, row["kind"])
+            covered[r0:r0 + n, c0:c0 + n] = True
+        assert np.all(scene.model[0, ~covered] == 0)  # nothing else in the tile
+
+
+def test_field_galaxy_number_counts_follow_the_declared_relation(base):
+    g, area = base.pop.galaxies, base.track.tile_area_deg2
+    fields = [base.draw_field(s)[0] for s in range(600)]
+    counts = np.array([len(f) for f in fields])
+    mags = np.concatenate([f["mag"].to_numpy() for f in fields])
+    # counts per tile: Poisson with the mean of the relation, N(<26) - N(<18) per deg^2 times the tile area
+    mu = (10 ** g.log10_cumulative(g.mag[1]) - 10 ** g.log10_cumulative(g.mag[0])) * area
+    assert abs(counts.sum() - mu * len(fields)) < 4 * np.sqrt(mu * len(fields))
+    assert stats.chisquare(np.bincount(counts, minlength=60)[:60].astype(float) + 1e-9,
+                           stats.poisson.pmf(np.arange(60), mu) * len(fields) + 1e-9).pvalue > 1e-3
+    # magnitudes: dN/dm ~ 10^(slope m) on [18, 26] (KS), and a relation 0.05 steeper is rejected
+    assert stats.kstest(mags, g.cdf).pvalue > 1e-3
+    steeper = g.model_copy(update={"slope": g.slope + 0.05})
+    assert stats.kstest(mags, steeper.cdf).pvalue < 1e-6
+
+
+def test_field_galaxy_sizes_follow_the_size_magnitude_relation(base):
+    gal = pd.concat([base.draw_field(s)[0] for s in range(600)])
+    sz = base.pop.galaxies.size
+    for lo, hi in ((22.0, 23.0), (24.5, 25.0), (25.5, 26.0)):
+        sel = gal[(gal.mag >= lo) & (gal.mag < hi)]
+        m = sel["mag"].to_numpy()
+        expected = np.median(np.exp(sz.ln_rd_ref + sz.ln_rd_slope * (m - sz.m_ref)))
+        assert np.median(sel["r_d"]) == pytest.approx(expected, rel=4 / np.sqrt(len(sel))), (lo, hi, len(sel))
+    np.testing.assert_allclose(gal["R_sersic"], np.minimum(1.678 * gal["r_d"], sz.max_R_sersic))
+
+
+def test_bright_stars_saturate_at_full_well():
+    track = _track(galaxies__log10_n_ref=NONE, stars__mag=(13.0, 14.0), stars__log10_n_ref=6.0,
+                   stars__m_ref=14.0, lenses__per_tile=(0, 0), lenses__lookalikes_per_tile=(0, 0))
+    sim = DetectSimulator(track)
+    scene = sim.scene(5)
+    assert (scene.truth["kind"] == "star").sum() >= 5
+    level = track.population.saturation.full_well / track.survey.bands[0].exposure_time
+    image = sim.observe(scene)
+    assert image.max() == np.float32(level)
+    clipped = image >= np.float32(level)
+    assert clipped.sum() >= 5 and np.all(scene.model[clipped] > level)  # only where the true rate exceeds it
+    # each star's peak pixel is at its catalogued position and is saturated
+    for _, s in scene.truth.iterrows():
+        assert clipped[0, int(s["y"]), int(s["x"])]
+    _, tiles, _ = sim.simulate_tiles(5, "train", 0, 1)
+    assert tiles["n_saturated"].iloc[0] > 0
+    deep = DetectSimulator(_track(galaxies__log10_n_ref=NONE, stars__mag=(13.0, 14.0), stars__log10_n_ref=6.0,
+                                  stars__m_ref=14.0, lenses__per_tile=(0, 0), lenses__lookalikes_per_tile=(0, 0),
+                                  saturation__full_well=1e12))
+    assert deep.observe(deep.scene(5)).max() > level  # the clip is the full well, not the stars' brightness
+
+
+def test_same_seed_same_tiles_whatever_the_batch(base):
+    images, tiles, truth = base.simulate_tiles(7, "train", 0, 3)
+    for start in (1, 2):
+        one, t1, tr1 = base.simulate_tiles(7, "train", start, start + 1)
+        np.testing.assert_array_equal(one[0], images[start])
+        pd.testing.assert_frame_equal(t1.reset_index(drop=True), tiles.iloc[[start]].reset_index(drop=True))
+        pd.testing.assert_frame_equal(tr1.reset_index(drop=True),
+                                      truth[truth.tile == start].reset_index(drop=True)[tr1.columns])
+    other, _, _ = base.simulate_tiles(8, "train", 0, 1)
+    assert not np.array_equal(other[0], images[0])
+    assert images.dtype == np.float32 and images.shape == (3, 1, 256, 256)
+    assert set(truth["kind"]) <= {"lens", "lookalike", "galaxy", "star"}
+    assert tiles["n_lens"].sum() == (truth["kind"] == "lens").sum()
+
+
+def test_truth_positions_are_where_the_light_is(base):
+    scene = base.scene(21)
+    gal = scene.truth[(scene.truth.kind == "galaxy") & (scene.truth.mag < 23)]
+    assert len(gal) or len(scene.truth[scene.truth.kind == "lens"])
+    for _, row in pd.concat([gal, scene.truth[scene.truth.kind.isin(["lens", "lookalike"])]]).iterrows():
+        x, y = int(round(row["x"])), int(round(row["y"]))
+        if 3 <= x < 253 and 3 <= y < 253:
+            patch = scene.model[0, y - 3:y + 4, x - 3:x + 4]
+            assert patch[3, 3] >= 0.5 * patch.max(), row["kind"]  # near the local peak
+
+
+def test_track_checks():
+    with pytest.raises(ValueError, match="output.shape must be"):
+        _track(output__shape=["N", 50, 3])
+    with pytest.raises(ValueError, match="one colour per band"):
+        _track(galaxies__colors={"r": 0.0})
+    d = load_detect_track(YAML).model_dump()
+    d["survey"]["pixel_scale"] = 0.2
+    with pytest.raises(ValueError, match="differs from that of the lens track"):
+        DetectSimulator(DetectTrack.model_validate(d))
