@@ -166,3 +166,28 @@ def test_track_checks():
     d["survey"]["pixel_scale"] = 0.2
     with pytest.raises(ValueError, match="differs from that of the lens track"):
         DetectSimulator(DetectTrack.model_validate(d))
+
+
+def test_simulated_truth_scores_as_expected_end_to_end(base):
+    from skybench.tasks.detect.metrics import score_tiles
+
+    track = base.track
+    _, tiles, truth = base.simulate_tiles(3, "val", 0, 12)
+    ids = tiles["id"].tolist()
+    K = track.output.max_candidates
+
+    def candidates(kinds_scores: dict[str, float]) -> np.ndarray:
+        out = np.full((len(ids), K, 3), np.nan)
+        for i, t in enumerate(ids):
+            rows = truth[(truth.tile == t) & truth.kind.isin(list(kinds_scores))]
+            out[i, :len(rows)] = np.c_[rows.x, rows.y, rows.kind.map(kinds_scores)]
+        return out
+
+    assert truth.kind.eq("lens").sum() >= 5 and truth.kind.eq("lookalike").sum() >= 5
+    perfect = score_tiles(track, ids, candidates({"lens": 0.9, "lookalike": 0.1}), truth, n_resamples=50)
+    assert perfect["average_precision"] == 1.0 and perfect["completeness_fp1"] == 1.0
+    fooled = score_tiles(track, ids, candidates({"lens": 0.1, "lookalike": 0.9}), truth, n_resamples=50)
+    assert fooled["completeness"] == 1.0 and fooled["completeness_fp1"] == 0.0  # every look-alike ranks first
+    assert fooled["average_precision"] < 0.8
+    with pytest.raises(ValueError, match="outside the tile"):
+        score_tiles(track, ids, candidates({"lens": 0.9}) + 300.0, truth)

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from skybench.common import UndefinedMetricError, bootstrap_ci, stratum_key, stratum_masks
+from skybench.tasks.detect.config import DetectTrack
 
 REC_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # COCO's recThrs
 
@@ -269,3 +270,16 @@ def detection_metrics(m: Matched, fp_per_deg2: Sequence[float] = (1.0, 10.0),
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = low, high
     out.update(n_tiles=float(m.n_tiles), n_lens=float(m.lens_tile.size), n_candidates=float(m.score.size))
     return out
+
+
+def score_tiles(track: DetectTrack, tile_ids: Sequence[int], predictions: object, truth: pd.DataFrame,
+                n_resamples: int = 1000, seed: int = 0) -> dict[str, float]:
+    """A track's detection metrics: ``predictions`` (N, K, 3) for the tiles ``tile_ids`` validated, matched to the
+    lenses of the truth table with the track's rule (``label.matching``), scored at its false-positive rates and
+    per bin of its ``lens_theta_E`` stratum, with bootstrap intervals over tiles."""
+    rule = track.label.matching
+    cands = validate_detections(predictions, len(tile_ids), track.output.max_candidates, track.tile.size)
+    m = match(cands, truth, tile_ids, rule.radius, rule.theta_E_factor, track.survey.pixel_scale,
+              track.tile_area_deg2)
+    edges = next((s.edges for s in track.strata if s.column == "lens_theta_E"), None)
+    return detection_metrics(m, rule.fp_per_deg2, edges, n_resamples=n_resamples, seed=seed)
