@@ -27,14 +27,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
-from skybench.common import bootstrap_ci, check_indices
+from skybench.common import bootstrap_ci, check_indices, stratum_key
 from skybench.release import layout
 from skybench.release.reader import Release
-from skybench.tasks.generate.config import GenerateScoring, GenerateTrack
+from skybench.tasks.generate.config import MIN_MAPS_PER_POINT, POINT_METRICS, GenerateScoring, GenerateTrack
 from skybench.tasks.generate.metrics import (
     SummaryBins,
     as_maps,
@@ -82,7 +83,10 @@ class Reference:
 
     @classmethod
     def of(cls, track: GenerateTrack, truth: HiddenSplit) -> Reference:
-        maps = as_maps(np.asarray(truth.array("maps")[:]), "truth maps")
+        return cls.from_maps(track, as_maps(np.asarray(truth.array("maps")[:]), "truth maps"))
+
+    @classmethod
+    def from_maps(cls, track: GenerateTrack, maps: np.ndarray) -> Reference:
         n_ell, n_peaks, n_thr = bin_counts(track.label, maps.shape[0])
         bins = SummaryBins.from_truth(maps, track.population.size_deg, n_ell=n_ell, n_peaks=n_peaks,
                                       n_thresholds=n_thr)
@@ -107,12 +111,13 @@ def _generated(track: GenerateTrack, predictions: np.ndarray, ids: np.ndarray) -
     return g[:, 0]
 
 
-def flags(track: GenerateTrack, gen: np.ndarray, ids: np.ndarray, ref: Reference, train: np.ndarray
-          ) -> dict[str, float]:
-    """The memorisation and collapse checks on the maps of the distinct ``ids``."""
+def flags(track: GenerateTrack, gen: np.ndarray, ids: np.ndarray, ref: Reference, train: np.ndarray,
+          null: str = "binomial") -> dict[str, float]:
+    """The memorisation and collapse checks on the maps of the distinct ``ids`` (``null``: of the memorisation
+    test, :func:`~skybench.tasks.generate.metrics.memorisation_check`)."""
     first = np.unique(np.asarray(ids), return_index=True)[1]
     g = gen[np.sort(first)]
-    mem = memorisation_check(g, train, ref.maps, alpha=track.label.memorisation_alpha)
+    mem = memorisation_check(g, train, ref.maps, alpha=track.label.memorisation_alpha, null=null)
     col = collapse_check(g, ref.maps, track.population.size_deg, ref.bins.ell_edges,
                          min_ratio=track.label.collapse_min_ratio)
     return {"memorised": float(mem.flagged), "memorisation_p_value": mem.p_value,
@@ -150,8 +155,10 @@ def _chi2(gen_vectors: np.ndarray, ref: Reference, part: slice | list[slice] | N
 
 
 def score_maps(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
-               train: np.ndarray, ref: Reference | None = None, with_chi2: bool = True) -> dict[str, float]:
-    """Every metric of the generated maps ``predictions`` (aligned with ``ids``) against ``truth``'s maps."""
+               train: np.ndarray, ref: Reference | None = None, with_chi2: bool = True,
+               with_flags: bool = True) -> dict[str, float]:
+    """Every metric of the generated maps ``predictions`` (aligned with ``ids``) against ``truth``'s maps (or
+    ``ref``'s); ``with_flags``: also the memorisation and collapse checks (the penalty needs them)."""
     label = track.label
     gen = _generated(track, predictions, ids)
     ref = ref or Reference.of(track, truth)
@@ -171,7 +178,8 @@ def score_maps(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, t
             out[f"{name}_ci_low"], out[f"{name}_ci_high"] = bootstrap_ci(
                 lambda r, k=k: _binned_pdf_distances(hist[r].sum(axis=0), ref_cdf, widths)[k], rows,
                 n_resamples=label.n_bootstrap)
-    out |= flags(track, gen, ids, ref, train)
+    if with_flags:
+        out |= flags(track, gen, ids, ref, train)
     if not with_chi2:
         return out
     vec = ref.bins.vectors(gen)
@@ -180,7 +188,7 @@ def score_maps(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, t
     out["chi2_per_dof_raw"] = raw
     out["chi2_cl"], out["chi2_peaks"] = _chi2(vec, ref, sl["cl"]), _chi2(vec, ref, sl["peaks"])
     out["chi2_minkowski"] = _chi2(vec, ref, [sl["v0"], sl["v1"], sl["v2"]])
-    penalty = label.flag_penalty if out["memorised"] or out["collapsed"] else 0.0
+    penalty = label.flag_penalty if out.get("memorised") or out.get("collapsed") else 0.0
     out["chi2_per_dof"] = raw + penalty
     if label.n_bootstrap:
         out["chi2_per_dof_ci_low"], out["chi2_per_dof_ci_high"] = (
@@ -191,7 +199,10 @@ def score_maps(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, t
 def score(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
           out_dir: Path) -> dict[str, float]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = score_maps(track, ids, predictions, truth, _train_maps(truth))
+    if track.population.grid is not None:
+        metrics = score_grid(track, ids, predictions, truth, GridReference.of(track, truth, public_of(truth)))
+    else:
+        metrics = score_maps(track, ids, predictions, truth, _train_maps(truth))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
 
@@ -201,28 +212,35 @@ def score_real(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, t
                out_dir: Path) -> dict[str, float]:
     """The same metrics against a second truth set (``real_<metric>``); the chi^2 only where that set has enough
     maps for its covariance."""
-    ref_maps = as_maps(np.asarray(real_truth.array("maps")[:]), "real truth maps")
+    if track.population.grid is not None:
+        grid = GridReference.of(track, real_truth, public_of(truth))
+        metrics = score_grid(track, real_ids, real_predictions, real_truth, grid)
+    else:
+        ref_maps = as_maps(np.asarray(real_truth.array("maps")[:]), "real truth maps")
+        ref, with_chi2 = _reference_or_bins(track, ref_maps)
+        metrics = score_maps(track, real_ids, real_predictions, real_truth, _train_maps(truth), ref, with_chi2)
+    return {f"real_{k}": v for k, v in metrics.items()}
+
+
+def _reference_or_bins(track: GenerateTrack, ref_maps: np.ndarray) -> tuple[Reference, bool]:
+    """The reference of a truth set, and whether it has enough maps for the chi^2 (else only C_l bins)."""
     try:
-        n_ell, n_peaks, n_thr = bin_counts(track.label, ref_maps.shape[0])
-        bins = SummaryBins.from_truth(ref_maps, track.population.size_deg, n_ell=n_ell, n_peaks=n_peaks,
-                                      n_thresholds=n_thr)
-        with_chi2 = True
+        return Reference.from_maps(track, ref_maps), True
     except ValueError:
         from skybench.tasks.generate.metrics import ell_bins
 
         bins = SummaryBins(track.population.size_deg, ell_bins(ref_maps.shape[-1], track.population.size_deg,
                                                                track.label.n_ell), np.array([-np.inf, np.inf]),
                            np.zeros(1))
-        with_chi2 = False
-    ref = Reference(ref_maps, bins, bins.vectors(ref_maps) if with_chi2 else np.zeros((len(ref_maps), 0)))
-    metrics = score_maps(track, real_ids, real_predictions, real_truth, _train_maps(truth), ref, with_chi2)
-    return {f"real_{k}": v for k, v in metrics.items()}
+        return Reference(ref_maps, bins, np.zeros((len(ref_maps), 0))), False
 
 
 def score_resamples(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
                     indices: np.ndarray) -> np.ndarray:
     """The primary on each resample: summary vectors once per map, the chi^2 of each resample's mean vector; the
-    flags (and so the penalty) of the whole set."""
+    flags (and so the penalty) of the whole set. A conditional track: :func:`grid_resamples`."""
+    if track.population.grid is not None:
+        return grid_resamples(track, ids, predictions, truth, indices)
     gen = _generated(track, predictions, ids)
     ref = Reference.of(track, truth)
     vec = ref.bins.vectors(gen)
@@ -274,3 +292,259 @@ def public_artifacts(track: GenerateTrack, ids: np.ndarray, predictions: np.ndar
     out_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_dir / "summary_stats.png", dpi=80)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------ conditional tracks (population.grid)
+
+
+@dataclass(frozen=True)
+class Public:
+    """The public maps a generator could have copied or learned from (train and val, less the truth's own split),
+    with their grid points and parameters."""
+
+    maps: np.ndarray  # (Np, H, W)
+    points: np.ndarray  # (Np,) grid point of each map
+    params: np.ndarray  # (Np, 2) (Omega_m, sigma8)
+
+
+def public_of(truth: HiddenSplit) -> Public:
+    root, _, own = layout.release_of(truth.folder)
+    rel = Release(root)
+    splits = [s for s in ("train", "val") if s != own and rel.manifest["counts"][s]]
+    maps = as_maps(np.concatenate([np.asarray(rel.array(s, "maps")[:]) for s in splits]), "public maps")
+    points = np.concatenate([rel.meta(s)["grid_point"].to_numpy(np.int64) for s in splits])
+    params = np.concatenate([np.asarray(rel.array(s, "params")[:], np.float64) for s in splits])
+    return Public(maps, points, params)
+
+
+@dataclass(frozen=True)
+class ParamReadBack:
+    """The fixed parameter regressor: ridge regression (Hoerl & Kennard 1970, Technometrics 12, 55) of
+    (Omega_m, sigma8) on the standardised per-map summary vector (log C_l, peak counts, V0, V1, V2; bins from the
+    public maps), fitted on the public maps. Deterministic: the release alone fixes it."""
+
+    bins: SummaryBins
+    log_floor: np.ndarray  # per C_l bin: C_l below this is taken as this before the log (a map without power)
+    model: Any  # sklearn Pipeline(StandardScaler, Ridge)
+
+    @classmethod
+    def fit(cls, track: GenerateTrack, public: Public) -> ParamReadBack:
+        from sklearn.linear_model import Ridge
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        label = track.label
+        bins = SummaryBins.from_truth(public.maps, track.population.size_deg, n_ell=label.n_ell,
+                                      n_peaks=label.n_peaks, n_thresholds=label.n_thresholds)
+        cl = bins.vectors(public.maps)[:, bins.slices["cl"]]
+        floor = np.maximum(cl.min(axis=0), 1e-300) * 1e-3
+        me = cls(bins, floor, make_pipeline(StandardScaler(), Ridge(alpha=READBACK_ALPHA)))
+        me.model.fit(me.features(public.maps), public.params)
+        return me
+
+    def features(self, maps: np.ndarray) -> np.ndarray:
+        v = self.bins.vectors(maps)
+        sl = self.bins.slices["cl"]
+        v[:, sl] = np.log(np.maximum(v[:, sl], self.log_floor))
+        return v
+
+    def predict(self, maps: np.ndarray) -> np.ndarray:
+        """(N, 2) predicted (Omega_m, sigma8)."""
+        return np.asarray(self.model.predict(self.features(maps)), np.float64).reshape(len(maps), 2)
+
+
+READBACK_ALPHA = 1.0  # ridge penalty on standardised features (hundreds of maps, ~30 features: light)
+
+
+def param_bias(pred: np.ndarray, points: np.ndarray, grid: np.ndarray) -> tuple[float, float]:
+    """Mean over the grid points present of |mean predicted - true|, for Omega_m and sigma8."""
+    present = np.unique(points)
+    dev = np.array([np.abs(pred[points == p].mean(axis=0) - grid[p]) for p in present])
+    return float(dev[:, 0].mean()), float(dev[:, 1].mean())
+
+
+@dataclass(frozen=True)
+class GridReference:
+    """What every score of one truth set of a conditional track shares: a :class:`Reference` per grid point
+    (``refs``; None when some point has too few truth maps for its chi^2: then ``pooled``, all truth maps as one
+    set, scores the maps as on an unconditional track), the public maps and the fitted parameter regressor."""
+
+    grid: np.ndarray  # (P, 2) (Omega_m, sigma8) of every point
+    labels: list[str]
+    truth_points: np.ndarray  # (Nt,) grid point of every truth map
+    refs: list[Reference] | None
+    pooled: Reference
+    pooled_chi2: bool  # whether the pooled set has enough maps for the chi^2
+    public: Public
+    readback: ParamReadBack
+    truth_bias: tuple[float, float]  # the regressor's param_bias on the truth maps
+
+    @classmethod
+    def of(cls, track: GenerateTrack, truth: HiddenSplit, public: Public) -> GridReference:
+        assert track.population.grid is not None
+        maps = as_maps(np.asarray(truth.array("maps")[:]), "truth maps")
+        points = truth.meta(["grid_point"])["grid_point"].to_numpy(np.int64)
+        n_points = track.population.n_points
+        grid = np.array(track.population.grid.points(), np.float64)
+        counts = np.bincount(points, minlength=n_points)
+        refs = None
+        if counts.min() >= MIN_MAPS_PER_POINT:
+            refs = [Reference.from_maps(track, maps[points == p]) for p in range(n_points)]
+        pooled, pooled_chi2 = _reference_or_bins(track, maps)
+        readback = ParamReadBack.fit(track, public)
+        return cls(grid, track.population.grid.labels(), points, refs, pooled, pooled_chi2, public, readback,
+                   param_bias(readback.predict(maps), points, grid))
+
+    def points_of(self, truth: HiddenSplit, ids: np.ndarray) -> np.ndarray:
+        """The grid point of each id, from the truth's table (ValueError for an id it lacks)."""
+        meta = truth.meta(["id", "grid_point"])
+        lookup = pd.Series(meta["grid_point"].to_numpy(np.int64), index=meta["id"].to_numpy())
+        try:
+            return lookup.loc[np.asarray(ids)].to_numpy(np.int64)
+        except KeyError as exc:
+            raise ValueError(f"ids not in the truth set {truth.folder}: {exc}") from exc
+
+
+def _strict(track: GenerateTrack) -> GenerateTrack:
+    """The track with the memorisation test's alpha divided by the number of grid points (Bonferroni: one test
+    per point, a flag when any rejects)."""
+    label = track.label.model_copy(update={"memorisation_alpha": track.label.memorisation_alpha
+                                           / track.population.n_points})
+    return track.model_copy(update={"label": label})
+
+
+def _point_rows(points: np.ndarray, n_points: int) -> list[np.ndarray]:
+    return [np.flatnonzero(points == p) for p in range(n_points)]
+
+
+def _grid_chi2(vectors: list[np.ndarray], position: np.ndarray, points: np.ndarray, refs: list[Reference],
+               rows: np.ndarray) -> float:
+    """Mean over the grid points drawn in ``rows`` of each point's chi^2 per dof (``vectors[p]``: the summary
+    vectors of point p's rows, ``position``: where each row sits in its point's vectors)."""
+    values = []
+    for p, ref in enumerate(refs):
+        sel = rows[points[rows] == p]
+        if len(sel):
+            values.append(_chi2(vectors[p][position[sel]], ref))
+    return float(np.mean(values))
+
+
+def _grid_flags(track: GenerateTrack, gen: np.ndarray, ids: np.ndarray, points: np.ndarray, grid: GridReference
+                ) -> dict[int, dict[str, float]]:
+    """The memorisation (Bonferroni over points) and collapse checks per grid point that has at least 3 distinct
+    generated maps, against that point's public and truth maps."""
+    assert grid.refs is not None
+    strict = _strict(track)
+    out = {}
+    for p, rows in enumerate(_point_rows(points, len(grid.refs))):
+        if len(np.unique(ids[rows])) >= 3:
+            out[p] = flags(strict, gen[rows], ids[rows], grid.refs[p], grid.public.maps[grid.public.points == p],
+                           null="relabel")
+    return out
+
+
+def _combined_flags(per: dict[int, dict[str, float]], n_points: int) -> dict[str, float]:
+    """The whole set's flags from the per-point ones: flagged when any point is; the most telling statistic."""
+    if not per:
+        return {"memorised": 0.0, "collapsed": 0.0}
+    col = {k: np.array([f[k] for f in per.values()]) for k in next(iter(per.values()))}
+    return {"memorised": float(col["memorised"].max()), "collapsed": float(col["collapsed"].max()),
+            "memorisation_p_value": float(min(1.0, n_points * col["memorisation_p_value"].min())),
+            "closer_to_train": float(col["closer_to_train"].max()),
+            "closer_to_train_expected": float(col["closer_to_train_expected"].mean()),
+            "nn_train_distance_ratio": float(col["nn_train_distance_ratio"].min()),
+            "cl_variance_ratio": float(col["cl_variance_ratio"].min()),
+            "duplicate_ratio": float(col["duplicate_ratio"].min()), "n_points_checked": float(len(per))}
+
+
+def score_grid(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
+               grid: GridReference) -> dict[str, float]:
+    """The metrics of a conditional track (see :func:`grid_resamples` for its primary on resamples).
+
+    Per grid point ``p`` (the generated maps of the ids at p against p's truth maps, its public maps for the
+    memorisation check; :func:`score_maps`), under ``by_cosmology_<label>_<metric>``; the whole set's metric is the
+    mean over the points drawn (chi^2 per dof, per statistic, C_l difference, PDF distances), flags when any
+    point is flagged (memorisation at alpha / P per point), ``chi2_per_dof`` = the mean chi^2 per dof plus
+    the flag penalty, its interval from resampling all ids together. ``param_bias_<param>``: mean over points of
+    |mean regressed value on the generated maps - the point's value| (:class:`ParamReadBack`); ``_truth``: the
+    same on the truth maps (the regressor's own floor). With too few truth maps at some point (a tiny test set),
+    the maps are scored pooled (``n_points_scored`` 0)."""
+    gen = _generated(track, predictions, ids)
+    ids = np.asarray(ids)
+    points = grid.points_of(truth, ids)
+    n_points = len(grid.labels)
+    out: dict[str, float] = {}
+    pred = grid.readback.predict(gen)
+    out["param_bias_Omega_m"], out["param_bias_sigma8"] = param_bias(pred, points, grid.grid)
+    out["param_bias_Omega_m_truth"], out["param_bias_sigma8_truth"] = grid.truth_bias
+    per_point: dict[int, dict[str, float]] = {}
+    for p, rows in enumerate(_point_rows(points, n_points)):
+        if len(rows):
+            per_point[p] = {"n_maps": float(len(rows)), "param_mean_Omega_m": float(pred[rows, 0].mean()),
+                            "param_mean_sigma8": float(pred[rows, 1].mean())}
+    if grid.refs is None:
+        out |= score_maps(track, ids, predictions, truth, grid.public.maps, grid.pooled, grid.pooled_chi2)
+        out["n_points_scored"] = 0.0
+    else:
+        flags_per = _grid_flags(track, gen, ids, points, grid)
+        label = track.label.model_copy(update={"n_bootstrap": 0})
+        quiet = track.model_copy(update={"label": label})
+        for p, rows in enumerate(_point_rows(points, n_points)):
+            if not len(rows):
+                continue
+            m = score_maps(quiet, ids[rows], predictions[rows], truth, grid.public.maps, grid.refs[p],
+                           with_flags=False)
+            f = flags_per.get(p, {})
+            penalty = track.label.flag_penalty if f.get("memorised") or f.get("collapsed") else 0.0
+            per_point[p] |= {k: v for k, v in m.items() if k != "n_maps"} | f
+            per_point[p]["chi2_per_dof"] = m["chi2_per_dof_raw"] + penalty
+        scored = [per_point[p] for p in sorted(per_point)]
+        for k in ("chi2_per_dof_raw", "chi2_cl", "chi2_peaks", "chi2_minkowski", "cl_rel_diff", "pdf_ks",
+                  "pdf_w1"):
+            out[k] = float(np.mean([m[k] for m in scored]))
+        out |= _combined_flags(flags_per, n_points)
+        out["n_points_scored"] = float(len(scored))
+        penalty = track.label.flag_penalty if out["memorised"] or out["collapsed"] else 0.0
+        out["chi2_per_dof"] = out["chi2_per_dof_raw"] + penalty
+        if track.label.n_bootstrap:
+            refs = grid.refs
+            vectors, position = _point_vectors(gen, points, refs)
+            out["chi2_per_dof_ci_low"], out["chi2_per_dof_ci_high"] = (
+                v + penalty for v in bootstrap_ci(lambda r: _grid_chi2(vectors, position, points, refs, r),
+                                                  np.arange(len(gen)), n_resamples=track.label.n_bootstrap))
+    out["n_maps"] = float(len(gen))
+    for p, m in per_point.items():
+        out |= {stratum_key("cosmology", grid.labels[p], k): v for k, v in m.items() if k in POINT_METRICS}
+    return out
+
+
+def _point_vectors(gen: np.ndarray, points: np.ndarray, refs: list[Reference]) -> tuple[list[np.ndarray],
+                                                                                        np.ndarray]:
+    """Per grid point, the summary vectors (that point's bins) of its rows, and each row's place among them."""
+    position = np.zeros(len(gen), np.int64)
+    vectors = []
+    for p, rows in enumerate(_point_rows(points, len(refs))):
+        position[rows] = np.arange(len(rows))
+        vectors.append(refs[p].bins.vectors(gen[rows]) if len(rows) else np.zeros((0, refs[p].vectors.shape[1])))
+    return vectors, position
+
+
+def grid_resamples(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
+                   indices: np.ndarray) -> np.ndarray:
+    """The primary of a conditional track on each resample of all ids together (rows regrouped by grid point;
+    a point no row of a resample falls on is left out of its mean), with the flags of the whole set."""
+    gen = _generated(track, predictions, ids)
+    ids = np.asarray(ids)
+    grid = GridReference.of(track, truth, public_of(truth))
+    idx = check_indices(indices, len(gen))
+    if grid.refs is None:
+        ref = grid.pooled
+        vec = ref.bins.vectors(gen)
+        f = flags(track, gen, ids, ref, grid.public.maps)
+        penalty = track.label.flag_penalty if f["memorised"] or f["collapsed"] else 0.0
+        return np.array([_chi2(vec[rows], ref) + penalty for rows in idx])
+    points = grid.points_of(truth, ids)
+    f = _combined_flags(_grid_flags(track, gen, ids, points, grid), len(grid.labels))
+    penalty = track.label.flag_penalty if f["memorised"] or f["collapsed"] else 0.0
+    vectors, position = _point_vectors(gen, points, grid.refs)
+    return np.array([_grid_chi2(vectors, position, points, grid.refs, rows) + penalty for rows in idx])
