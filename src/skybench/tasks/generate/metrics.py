@@ -342,15 +342,6 @@ class MemorisationCheck:
     flagged: bool
 
 
-def _nn_index(a: np.ndarray, b: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """Index of the nearest row of ``b`` (Nb, F) to each row of ``a`` ((Na, F) or (Na, V, F): nearest over the
-    variants V); ties go to the lowest index."""
-    a3 = a if a.ndim == 3 else a[:, None]
-    b2 = b.reshape(b.shape[0], -1)
-    return np.concatenate([_sq_distances(a3[s : s + chunk], b2).min(axis=1).argmin(axis=1)
-                           for s in range(0, a3.shape[0], chunk)])
-
-
 def relabel_p_value(nn: np.ndarray, n_train: int, n_heldout: int) -> float:
     """P(S >= observed S) for S = the number of rows whose nearest neighbour ``nn`` (an index into the union,
     training maps first) is a training map, when the train/held-out labels of the union are a uniformly random
@@ -397,15 +388,21 @@ def memorisation_check(gen: np.ndarray, train: np.ndarray, heldout: np.ndarray, 
     feats = [invariant_features(x) for x in (g, tr, ho)]
     fractions, p_values = [], []
     for a, b_tr, b_ho in ((flat[0], flat[1], flat[2]), (feats[0], feats[1][:, 0], feats[2][:, 0])):
-        d_tr, d_ho = _nn_distance(a, b_tr), _nn_distance(a, b_ho)
+        if null == "binomial":
+            d_tr, d_ho = _nn_distance(a, b_tr), _nn_distance(a, b_ho)
+        else:  # one pass over the union: the distances and the nearest neighbour's index
+            a3 = a if a.ndim == 3 else a[:, None]
+            d2 = np.concatenate([_sq_distances(a3[s : s + 256], np.concatenate([b_tr, b_ho])).min(axis=1)
+                                 for s in range(0, a3.shape[0], 256)])
+            d_tr, d_ho = np.sqrt(d2[:, : len(b_tr)].min(axis=1)), np.sqrt(d2[:, len(b_tr) :].min(axis=1))
+            nn = d2.argmin(axis=1)
         k = float(np.sum(d_tr < d_ho) + 0.5 * np.sum(d_tr == d_ho))
         fractions.append(k / len(d_tr))
         if null == "binomial":
             p_values.append(float(stats.binomtest(int(np.floor(k)), len(d_tr), expected,
                                                   alternative="greater").pvalue))
         else:
-            union = np.concatenate([b_tr, b_ho])
-            p_values.append(relabel_p_value(_nn_index(a, union), len(b_tr), len(b_ho)))
+            p_values.append(relabel_p_value(nn, len(b_tr), len(b_ho)))
     ratio = float(np.median(_nn_distance(flat[0], flat[1])) / np.median(_nn_distance(flat[2], flat[1])))
     p = min(1.0, 2 * min(p_values))
     return MemorisationCheck(closer_to_train=max(fractions), expected=expected, p_value=p, median_ratio=ratio,

@@ -112,13 +112,15 @@ def _generated(track: GenerateTrack, predictions: np.ndarray, ids: np.ndarray) -
 
 
 def flags(track: GenerateTrack, gen: np.ndarray, ids: np.ndarray, ref: Reference, train: np.ndarray,
-          null: str = "binomial") -> dict[str, float]:
+          null: str = "binomial", collapse_edges: np.ndarray | None = None) -> dict[str, float]:
     """The memorisation and collapse checks on the maps of the distinct ``ids`` (``null``: of the memorisation
-    test, :func:`~skybench.tasks.generate.metrics.memorisation_check`)."""
+    test, :func:`~skybench.tasks.generate.metrics.memorisation_check`; ``collapse_edges``: the C_l bins of the
+    collapse check, default the reference's)."""
     first = np.unique(np.asarray(ids), return_index=True)[1]
     g = gen[np.sort(first)]
     mem = memorisation_check(g, train, ref.maps, alpha=track.label.memorisation_alpha, null=null)
-    col = collapse_check(g, ref.maps, track.population.size_deg, ref.bins.ell_edges,
+    col = collapse_check(g, ref.maps, track.population.size_deg,
+                         ref.bins.ell_edges if collapse_edges is None else collapse_edges,
                          min_ratio=track.label.collapse_min_ratio)
     return {"memorised": float(mem.flagged), "memorisation_p_value": mem.p_value,
             "closer_to_train": mem.closer_to_train, "closer_to_train_expected": mem.expected,
@@ -431,30 +433,38 @@ def _grid_chi2(vectors: list[np.ndarray], position: np.ndarray, points: np.ndarr
 
 def _grid_flags(track: GenerateTrack, gen: np.ndarray, ids: np.ndarray, points: np.ndarray, grid: GridReference
                 ) -> dict[int, dict[str, float]]:
-    """The memorisation (Bonferroni over points) and collapse checks per grid point that has at least 3 distinct
-    generated maps, against that point's public and truth maps."""
+    """The memorisation (exact relabelling test, Bonferroni over points) and collapse checks per grid point that
+    has at least 3 distinct generated maps, against that point's public and truth maps. The collapse check's C_l
+    bins are the track's ``label.n_ell`` (not the fewer of a point's chi^2: in wide bins the non-Gaussian truth's
+    C_l varies far more than a Gaussian field's, which is no collapse)."""
+    from skybench.tasks.generate.metrics import ell_bins
+
     assert grid.refs is not None
     strict = _strict(track)
+    edges = ell_bins(track.population.n_pix, track.population.size_deg, track.label.n_ell)
     out = {}
     for p, rows in enumerate(_point_rows(points, len(grid.refs))):
         if len(np.unique(ids[rows])) >= 3:
             out[p] = flags(strict, gen[rows], ids[rows], grid.refs[p], grid.public.maps[grid.public.points == p],
-                           null="relabel")
+                           null="relabel", collapse_edges=edges)
     return out
 
 
-def _combined_flags(per: dict[int, dict[str, float]], n_points: int) -> dict[str, float]:
-    """The whole set's flags from the per-point ones: flagged when any point is; the most telling statistic."""
+def _combined_flags(per: dict[int, dict[str, float]], n_points: int, min_ratio: float) -> dict[str, float]:
+    """The whole set's flags from the per-point ones: memorised when any point is; collapsed when the median over
+    points of the C_l variance ratio (each point's is noisy: tens of maps) or any point's duplicate ratio is below
+    ``min_ratio``."""
     if not per:
         return {"memorised": 0.0, "collapsed": 0.0}
     col = {k: np.array([f[k] for f in per.values()]) for k in next(iter(per.values()))}
-    return {"memorised": float(col["memorised"].max()), "collapsed": float(col["collapsed"].max()),
+    variance, duplicates = float(np.median(col["cl_variance_ratio"])), float(col["duplicate_ratio"].min())
+    return {"memorised": float(col["memorised"].max()),
+            "collapsed": float(variance < min_ratio or duplicates < min_ratio),
             "memorisation_p_value": float(min(1.0, n_points * col["memorisation_p_value"].min())),
             "closer_to_train": float(col["closer_to_train"].max()),
             "closer_to_train_expected": float(col["closer_to_train_expected"].mean()),
             "nn_train_distance_ratio": float(col["nn_train_distance_ratio"].min()),
-            "cl_variance_ratio": float(col["cl_variance_ratio"].min()),
-            "duplicate_ratio": float(col["duplicate_ratio"].min()), "n_points_checked": float(len(per))}
+            "cl_variance_ratio": variance, "duplicate_ratio": duplicates, "n_points_checked": float(len(per))}
 
 
 def score_grid(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
@@ -463,12 +473,13 @@ def score_grid(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, t
 
     Per grid point ``p`` (the generated maps of the ids at p against p's truth maps, its public maps for the
     memorisation check; :func:`score_maps`), under ``by_cosmology_<label>_<metric>``; the whole set's metric is the
-    mean over the points drawn (chi^2 per dof, per statistic, C_l difference, PDF distances), flags when any
-    point is flagged (memorisation at alpha / P per point), ``chi2_per_dof`` = the mean chi^2 per dof plus
-    the flag penalty, its interval from resampling all ids together. ``param_bias_<param>``: mean over points of
-    |mean regressed value on the generated maps - the point's value| (:class:`ParamReadBack`); ``_truth``: the
-    same on the truth maps (the regressor's own floor). With too few truth maps at some point (a tiny test set),
-    the maps are scored pooled (``n_points_scored`` 0)."""
+    mean over the points drawn (chi^2 per dof, per statistic, C_l difference, PDF distances), the flags from the
+    points' checks (:func:`_combined_flags`; memorisation at alpha / P per point), ``chi2_per_dof`` = the mean
+    chi^2 per dof plus the flag penalty (per point too), its interval from resampling all ids together (the other
+    metrics have no interval here). ``param_bias_<param>``: mean over points of |mean regressed value on the
+    generated maps - the point's value| (:class:`ParamReadBack`); ``_truth``: the same on the truth maps (the
+    regressor's own floor: ridge shrinks towards the grid's centre). With too few truth maps at some point (a tiny
+    test set), the maps are scored pooled, as on an unconditional track (``n_points_scored`` 0)."""
     gen = _generated(track, predictions, ids)
     ids = np.asarray(ids)
     points = grid.points_of(truth, ids)
@@ -487,6 +498,8 @@ def score_grid(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, t
         out["n_points_scored"] = 0.0
     else:
         flags_per = _grid_flags(track, gen, ids, points, grid)
+        out |= _combined_flags(flags_per, n_points, track.label.collapse_min_ratio)
+        penalty = track.label.flag_penalty if out["memorised"] or out["collapsed"] else 0.0
         label = track.label.model_copy(update={"n_bootstrap": 0})
         quiet = track.model_copy(update={"label": label})
         for p, rows in enumerate(_point_rows(points, n_points)):
@@ -494,17 +507,13 @@ def score_grid(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, t
                 continue
             m = score_maps(quiet, ids[rows], predictions[rows], truth, grid.public.maps, grid.refs[p],
                            with_flags=False)
-            f = flags_per.get(p, {})
-            penalty = track.label.flag_penalty if f.get("memorised") or f.get("collapsed") else 0.0
-            per_point[p] |= {k: v for k, v in m.items() if k != "n_maps"} | f
-            per_point[p]["chi2_per_dof"] = m["chi2_per_dof_raw"] + penalty
+            per_point[p] |= {k: v for k, v in m.items() if k != "n_maps"} | flags_per.get(p, {})
+            per_point[p]["chi2_per_dof"] = m["chi2_per_dof_raw"] + penalty  # the whole set's flags
         scored = [per_point[p] for p in sorted(per_point)]
         for k in ("chi2_per_dof_raw", "chi2_cl", "chi2_peaks", "chi2_minkowski", "cl_rel_diff", "pdf_ks",
                   "pdf_w1"):
             out[k] = float(np.mean([m[k] for m in scored]))
-        out |= _combined_flags(flags_per, n_points)
         out["n_points_scored"] = float(len(scored))
-        penalty = track.label.flag_penalty if out["memorised"] or out["collapsed"] else 0.0
         out["chi2_per_dof"] = out["chi2_per_dof_raw"] + penalty
         if track.label.n_bootstrap:
             refs = grid.refs
@@ -544,7 +553,7 @@ def grid_resamples(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarra
         penalty = track.label.flag_penalty if f["memorised"] or f["collapsed"] else 0.0
         return np.array([_chi2(vec[rows], ref) + penalty for rows in idx])
     points = grid.points_of(truth, ids)
-    f = _combined_flags(_grid_flags(track, gen, ids, points, grid), len(grid.labels))
+    f = _combined_flags(_grid_flags(track, gen, ids, points, grid), len(grid.labels), track.label.collapse_min_ratio)
     penalty = track.label.flag_penalty if f["memorised"] or f["collapsed"] else 0.0
     vectors, position = _point_vectors(gen, points, grid.refs)
     return np.array([_grid_chi2(vectors, position, points, grid.refs, rows) + penalty for rows in idx])
