@@ -18,6 +18,10 @@ the generated set is ``predictions`` (one map per latent vector, rows as given, 
   of ``ids`` (a bootstrap resample repeats objects; the evaluator never does), and :func:`score_resamples` keeps the
   flags of the whole set for every resample.
 
+A conditional track (``population.grid``) is scored per grid point by :func:`score_grid` (the same metrics under
+``by_cosmology_<label>_<metric>``, their mean over points, the parameter read-back ``param_bias_*``) and
+:func:`grid_resamples`.
+
 Participants see ``summary_stats.png`` (:func:`public_artifacts`): their maps' statistics against the public
 training maps'; nothing from the hidden maps.
 """
