@@ -214,6 +214,7 @@ def test_the_truth_process_scores_near_one_at_every_grid_point(scored):
     assert m["chi2_per_dof"] == pytest.approx(chi2.mean())
     assert not (m["memorised"] or m["collapsed"]), m
     assert (point_values(m, "n_maps") == 40).all()
+    assert (point_values(m, "chi2_per_dof_ci_low") < point_values(m, "chi2_per_dof_ci_high")).all()
     # the regressor reads the parameters back from the oracle's maps as well as from the truth's
     for p in ("Omega_m", "sigma8"):
         assert m[f"param_bias_{p}"] < m[f"param_bias_{p}_truth"] + 0.01, m
@@ -370,3 +371,22 @@ def test_conditional_baselines_and_cheats_in_the_sandbox(tmp_path: Path, monkeyp
     # the per-point baselines get the cosmology right: the parameters read back as well as from the truth
     assert m["oracle"]["param_bias_sigma8"] < m["oracle"]["param_bias_sigma8_truth"] + 0.02, m["oracle"]
     assert "by_cosmology_Om0.3_s8_0.8_chi2_per_dof" in m["grf"]
+
+
+def test_a_shared_nearest_neighbour_is_no_memorisation_under_relabelling():
+    """A near-empty public map is the nearest neighbour of every faint generated map (a hub): the binomial test
+    calls that copying, the relabelling test (what the conditional scorer uses) does not; real copies are
+    caught by both."""
+    from skybench.tasks.generate.metrics import memorisation_check
+
+    rng = np.random.default_rng(0)
+    train, heldout = rng.normal(0, 1, (60, 16, 16)), rng.normal(0, 1, (40, 16, 16))
+    train[7] *= 1e-3  # the hub
+    faint = rng.normal(0, 0.3, (40, 16, 16))  # independent of the training maps
+    assert memorisation_check(faint, train, heldout, null="binomial").flagged
+    relabel = memorisation_check(faint, train, heldout, null="relabel")
+    assert not relabel.flagged and relabel.p_value > 0.1, relabel
+    copies = np.roll(train[20:60], 3, axis=2)  # shifted copies
+    assert memorisation_check(copies, train, heldout, null="relabel").flagged
+    with pytest.raises(ValueError, match="null"):
+        memorisation_check(faint, train, heldout, null="poisson")
