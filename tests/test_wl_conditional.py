@@ -177,29 +177,44 @@ def per_point(ids: np.ndarray, simulate) -> np.ndarray:  # noqa: ANN001
     return out
 
 
+class Scored:
+    """The test set's generators (made and scored on first use): ``gens[name]``, ``[name]`` its metrics."""
+
+    def __init__(self, release: Path, out: Path):
+        rel = open_release(release)
+        self.truth, self.out = rel.hidden("test"), out
+        self.ids = ids = rel.meta("test")["id"].to_numpy()
+        sims = [MapSimulator(POP.at_point(p), "numpy") for p in range(POP.n_points)]
+        fiducial = MapSimulator(POP.model_copy(update={"grid": None}), "numpy")
+        train_maps = np.asarray(rel.array("train", "maps")[:])
+        train_points = rel.meta("train")["grid_point"].to_numpy()
+        self.makers = {
+            "oracle": lambda: per_point(ids, lambda p, rows: sims[p].simulate(list(10**6 + ids[rows]))),
+            # the fiducial cosmology whatever the parameters asked for
+            "fiducial": lambda: per_point(ids, lambda p, rows: fiducial.simulate(list(2 * 10**6 + ids[rows]))),
+            # the public training maps of the point asked for, each once
+            "copier": lambda: per_point(ids, lambda p, rows: train_maps[train_points == p][: len(rows)]),
+            # one map of the right cosmology per point, repeated
+            "one-map": lambda: per_point(ids, lambda p, rows: np.repeat(sims[p].simulate([3 * 10**6 + p]),
+                                                                        len(rows), 0)),
+        }
+        self.gens: dict[str, np.ndarray] = {}
+        self.metrics: dict[str, dict[str, float]] = {}
+
+    def gen(self, name: str) -> np.ndarray:
+        if name not in self.gens:
+            self.gens[name] = self.makers[name]()
+        return self.gens[name]
+
+    def __getitem__(self, name: str) -> dict[str, float]:
+        if name not in self.metrics:
+            self.metrics[name] = S.score(TRACK, self.ids, self.gen(name), self.truth, self.out / name)
+        return self.metrics[name]
+
+
 @pytest.fixture(scope="module")
-def scored(release: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, float]]:
-    rel = open_release(release)
-    truth = rel.hidden("test")
-    ids = rel.meta("test")["id"].to_numpy()
-    sims = [MapSimulator(POP.at_point(p), "numpy") for p in range(POP.n_points)]
-    fiducial = MapSimulator(POP.model_copy(update={"grid": None}), "numpy")
-    train_maps = np.asarray(rel.array("train", "maps")[:])
-    train_points = rel.meta("train")["grid_point"].to_numpy()
-    gens = {
-        "oracle": per_point(ids, lambda p, rows: sims[p].simulate(list(10**6 + ids[rows]))),
-        # the fiducial cosmology whatever the parameters asked for
-        "fiducial": per_point(ids, lambda p, rows: fiducial.simulate(list(2 * 10**6 + ids[rows]))),
-        # the public training maps of the point asked for, each once
-        "copier": per_point(ids, lambda p, rows: train_maps[train_points == p][: len(rows)]),
-        # one map of the right cosmology per point, repeated
-        "one-map": per_point(ids, lambda p, rows: np.repeat(sims[p].simulate([3 * 10**6 + p]), len(rows), 0)),
-    }
-    out = {}
-    for name, g in gens.items():
-        out[name] = S.score(TRACK, ids, g, truth, tmp_path_factory.mktemp(name))
-    out["_gens"] = gens  # type: ignore[assignment]
-    return out
+def scored(release: Path, tmp_path_factory: pytest.TempPathFactory) -> Scored:
+    return Scored(release, tmp_path_factory.mktemp("scores"))
 
 
 def point_values(m: dict[str, float], metric: str) -> np.ndarray:
@@ -224,6 +239,7 @@ def test_the_truth_process_scores_near_one_at_every_grid_point(scored):
     assert (np.diff(s8, axis=1) > 0.03).all(), s8
 
 
+@pytest.mark.slow
 def test_a_generator_that_ignores_the_parameters_scores_much_worse(scored):
     m, oracle = scored["fiducial"], scored["oracle"]
     assert m["chi2_per_dof"] > 20 * oracle["chi2_per_dof"], (m["chi2_per_dof"], oracle["chi2_per_dof"])
@@ -236,6 +252,7 @@ def test_a_generator_that_ignores_the_parameters_scores_much_worse(scored):
     assert m["param_bias_Omega_m"] > oracle["param_bias_Omega_m"] + 0.005, m
 
 
+@pytest.mark.slow
 def test_copies_of_the_public_maps_and_one_map_repeated_are_flagged(scored):
     copier, one, oracle = scored["copier"], scored["one-map"], scored["oracle"]
     assert copier["memorised"] == 1 and copier["chi2_per_dof"] >= 1e6, copier
@@ -246,11 +263,12 @@ def test_copies_of_the_public_maps_and_one_map_repeated_are_flagged(scored):
         "chi2_per_dof"]
 
 
+@pytest.mark.slow
 def test_score_resamples_regroups_each_resample_by_grid_point(scored, release: Path, tmp_path: Path):
     rel = open_release(release)
     truth = rel.hidden("test")
     ids = rel.meta("test")["id"].to_numpy()
-    gen = scored["_gens"]["fiducial"]
+    gen = scored.gen("fiducial")
     rng = np.random.default_rng(3)
     indices = np.vstack([np.arange(len(ids)), rng.integers(0, len(ids), (1, len(ids)))])
     got = S.score_resamples(TRACK, ids, gen, truth, indices)
