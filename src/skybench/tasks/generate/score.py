@@ -267,7 +267,8 @@ def oracle(track: GenerateTrack, truth: HiddenSplit, ids: np.ndarray) -> np.ndar
 def public_artifacts(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
                      out_dir: Path) -> None:
     """``summary_stats.png``: C_l, pixel PDF and peak counts of the generated maps against the public training
-    maps' (no hidden map enters it)."""
+    maps' (no hidden map enters it); on a conditional track also, per grid point, the generated maps' C_l over
+    the training maps' and the parameters the regressor (fitted on the public maps) reads back from them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -279,7 +280,9 @@ def public_artifacts(track: GenerateTrack, ids: np.ndarray, predictions: np.ndar
     size = track.population.size_deg
     edges = ell_bins(train.shape[-1], size, track.label.n_ell)
     ps_g, ps_t = power_spectrum(gen, size, edges), power_spectrum(train, size, edges)
-    fig, ax = plt.subplots(1, 3, figsize=(12, 3.6))
+    grid = track.population.grid
+    fig, axes = plt.subplots(1 if grid is None else 2, 3, figsize=(12, 3.6 if grid is None else 7.2), squeeze=False)
+    ax = axes[0]
     for cl, name in ((ps_t.cl, "training maps"), (ps_g.cl, "generated")):
         ax[0].errorbar(ps_t.ell, cl.mean(axis=0), cl.std(axis=0), label=name, capsize=2)
     ax[0].set(xscale="log", yscale="log", xlabel="l", ylabel="C_l", title="power spectrum")
@@ -294,6 +297,8 @@ def public_artifacts(track: GenerateTrack, ids: np.ndarray, predictions: np.ndar
         ax[2].plot(centres, peak_counts(m, peak_edges).mean(axis=0), "o-", label=name)
     ax[2].set(xlabel="peak height kappa", ylabel="peaks per map", title="peak counts")
     ax[0].legend(fontsize=8)
+    if grid is not None:
+        _public_grid_panels(track, ids, gen, truth, edges, axes[1])
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_dir / "summary_stats.png", dpi=80)
@@ -534,7 +539,7 @@ def score_grid(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, t
     for p, m in per_point.items():
         out |= {stratum_key("cosmology", grid.labels[p], k): v for k, v in m.items()
                 if k in POINT_METRICS or k in ("chi2_per_dof_ci_low", "chi2_per_dof_ci_high")}
-    return out
+    return {k: out[k] for k in ("chi2_per_dof",) if k in out} | out  # the primary first (the console shows it)
 
 
 def _point_vectors(gen: np.ndarray, points: np.ndarray, refs: list[Reference]) -> tuple[list[np.ndarray],
@@ -567,3 +572,34 @@ def grid_resamples(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarra
     penalty = track.label.flag_penalty if f["memorised"] or f["collapsed"] else 0.0
     vectors, position = _point_vectors(gen, points, grid.refs)
     return np.array([_grid_chi2(vectors, position, points, grid.refs, rows) + penalty for rows in idx])
+
+
+def _public_grid_panels(track: GenerateTrack, ids: np.ndarray, gen: np.ndarray, truth: HiddenSplit,
+                        edges: np.ndarray, ax: Any) -> None:
+    """Per grid point: generated / training mean C_l, and the parameters read back (public maps only; the grid
+    point of an id is its public ``params``)."""
+    assert track.population.grid is not None
+    public = public_of(truth)
+    size = track.population.size_deg
+    grid = np.array(track.population.grid.points())
+    # the point of an id: the grid point its public params input names (float32 in the release)
+    params = np.asarray(truth.inputs("params", np.asarray(ids)), np.float64)
+    points = np.argmin(np.abs(params[:, None, :] - grid[None]).sum(axis=-1), axis=1)
+    cl_g = power_spectrum(gen, size, edges)
+    cl_t = power_spectrum(public.maps, size, edges).cl
+    pred = ParamReadBack.fit(track, public).predict(gen)
+    for p, label in enumerate(track.population.grid.labels()):
+        mine, theirs = points == p, public.points == p
+        if mine.any() and theirs.any():
+            ax[0].plot(cl_g.ell, cl_g.cl[mine].mean(axis=0) / cl_t[theirs].mean(axis=0), label=label)
+    ax[0].axhline(1, color="k", lw=0.5)
+    ax[0].set(xscale="log", xlabel="l", ylabel="generated / training C_l", title="C_l per cosmology")
+    ax[0].legend(fontsize=6, ncol=2)
+    for k, name in enumerate(("Omega_m", "sigma8")):
+        present = [p for p in range(len(grid)) if (points == p).any()]
+        mean = [pred[points == p, k].mean() for p in present]
+        sd = [pred[points == p, k].std() for p in present]
+        ax[1 + k].errorbar(grid[present, k], mean, sd, fmt="o", capsize=2)
+        lims = [grid[:, k].min() * 0.9, grid[:, k].max() * 1.1]
+        ax[1 + k].plot(lims, lims, "k--", lw=0.5)
+        ax[1 + k].set(xlabel=f"{name} asked for", ylabel=f"{name} read back", title=f"{name} read back")
