@@ -194,6 +194,10 @@ class Scored:
             "fiducial": lambda: per_point(ids, lambda p, rows: fiducial.simulate(list(2 * 10**6 + ids[rows]))),
             # the public training maps of the point asked for, each once
             "copier": lambda: per_point(ids, lambda p, rows: train_maps[train_points == p][: len(rows)]),
+            # half of them copies, the other half the truth process: caught by the test over all points together
+            "half-copier": lambda: per_point(ids, lambda p, rows: np.concatenate([
+                train_maps[train_points == p][: len(rows) // 2],
+                sims[p].simulate(list(4 * 10**6 + ids[rows[len(rows) // 2:]]))])),
             # one map of the right cosmology per point, repeated
             "one-map": lambda: per_point(ids, lambda p, rows: np.repeat(sims[p].simulate([3 * 10**6 + p]),
                                                                         len(rows), 0)),
@@ -259,6 +263,9 @@ def test_copies_of_the_public_maps_and_one_map_repeated_are_flagged(scored):
     assert copier["chi2_per_dof_raw"] < 3  # the chi^2 alone cannot see copies of the right cosmology
     assert one["collapsed"] == 1 and one["chi2_per_dof"] >= 1e6, one
     assert point_values(one, "collapsed").all()
+    half = scored["half-copier"]
+    assert half["memorised"] == 1 and half["memorisation_p_value_combined"] < 1e-6, half
+    assert not point_values(half, "memorised").any()  # no single point has the evidence
     assert max(copier["chi2_per_dof"], one["chi2_per_dof"]) > scored["fiducial"]["chi2_per_dof"] > oracle[
         "chi2_per_dof"]
 

@@ -340,15 +340,17 @@ class MemorisationCheck:
     p_value: float  # one-sided binomial, the smaller over the two distances, Bonferroni x2
     median_ratio: float  # median NN distance generated -> train / held-out truth -> train (pixel space)
     flagged: bool
+    # null "relabel": (observed S, its null pmf) per distance (pixels, invariant features): to combine sets
+    relabel: tuple[tuple[int, np.ndarray], ...] = ()
 
 
-def relabel_p_value(nn: np.ndarray, n_train: int, n_heldout: int) -> float:
-    """P(S >= observed S) for S = the number of rows whose nearest neighbour ``nn`` (an index into the union,
+def relabel_null(nn: np.ndarray, n_train: int, n_heldout: int) -> tuple[int, np.ndarray]:
+    """(S, the law of S) for S = the number of rows whose nearest neighbour ``nn`` (an index into the union,
     training maps first) is a training map, when the train/held-out labels of the union are a uniformly random
-    split of the same sizes (exact: the null of exchangeable maps, whatever the neighbours' multiplicities)."""
-    # A conditional permutation test: under the null the labels are exchangeable given the union and the
-    # generated set, so one map that is the nearest neighbour of many (a "hub") moves them together; the
-    # binomial test's independence does not hold then (e.g. Meehan et al. 2020 use a per-cell test for this).
+    split of the same sizes: ``pmf[s]`` = P(S = s), s = 0 .. len(nn)."""
+    # An exact conditional permutation test: under the null the labels are exchangeable given the union and the
+    # generated set, so a map that is the nearest neighbour of many (a "hub") moves them together, where a
+    # binomial test would take their outcomes as independent.
     total = n_train + n_heldout
     mult = np.bincount(np.asarray(nn, np.int64), minlength=total)
     observed = int(mult[:n_train].sum())
@@ -362,7 +364,22 @@ def relabel_p_value(nn: np.ndarray, n_train: int, n_heldout: int) -> float:
         moved = f * p_train[:, None]
         f = f * (1 - p_train)[:, None]
         f[1:, c:] += moved[:-1, : n_max + 1 - c]
-    return float(min(1.0, f[:, observed:].sum()))
+    return observed, f.sum(axis=0)
+
+
+def relabel_p_value(nn: np.ndarray, n_train: int, n_heldout: int) -> float:
+    """P(S >= observed S) under :func:`relabel_null`."""
+    observed, pmf = relabel_null(nn, n_train, n_heldout)
+    return float(min(1.0, pmf[observed:].sum()))
+
+
+def combined_relabel_p_value(parts: list[tuple[int, np.ndarray]]) -> float:
+    """P(sum S >= the observed sum) for independent parts ``(observed S, pmf of S)`` (e.g. one per grid point:
+    copying a little everywhere adds up)."""
+    pmf = np.ones(1)
+    for _, q in parts:
+        pmf = np.convolve(pmf, q)
+    return float(min(1.0, pmf[sum(o for o, _ in parts):].sum()))
 
 
 def memorisation_check(gen: np.ndarray, train: np.ndarray, heldout: np.ndarray, alpha: float = 1e-3,
@@ -387,6 +404,7 @@ def memorisation_check(gen: np.ndarray, train: np.ndarray, heldout: np.ndarray, 
     flat = [x.reshape(x.shape[0], -1) for x in (g, tr, ho)]
     feats = [invariant_features(x) for x in (g, tr, ho)]
     fractions, p_values = [], []
+    laws: list[tuple[int, np.ndarray]] = []
     for a, b_tr, b_ho in ((flat[0], flat[1], flat[2]), (feats[0], feats[1][:, 0], feats[2][:, 0])):
         if null == "binomial":
             d_tr, d_ho = _nn_distance(a, b_tr), _nn_distance(a, b_ho)
@@ -402,11 +420,12 @@ def memorisation_check(gen: np.ndarray, train: np.ndarray, heldout: np.ndarray, 
             p_values.append(float(stats.binomtest(int(np.floor(k)), len(d_tr), expected,
                                                   alternative="greater").pvalue))
         else:
-            p_values.append(relabel_p_value(nn, len(b_tr), len(b_ho)))
+            laws.append(relabel_null(nn, len(b_tr), len(b_ho)))
+            p_values.append(float(min(1.0, laws[-1][1][laws[-1][0]:].sum())))
     ratio = float(np.median(_nn_distance(flat[0], flat[1])) / np.median(_nn_distance(flat[2], flat[1])))
     p = min(1.0, 2 * min(p_values))
     return MemorisationCheck(closer_to_train=max(fractions), expected=expected, p_value=p, median_ratio=ratio,
-                             flagged=p < alpha)
+                             flagged=p < alpha, relabel=tuple(laws))
 
 
 @dataclass(frozen=True)

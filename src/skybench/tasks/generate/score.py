@@ -41,11 +41,14 @@ from skybench.release import layout
 from skybench.release.reader import Release
 from skybench.tasks.generate.config import MIN_MAPS_PER_POINT, POINT_METRICS, GenerateScoring, GenerateTrack
 from skybench.tasks.generate.metrics import (
+    CollapseCheck,
+    MemorisationCheck,
     SummaryBins,
     as_maps,
     chi2_per_dof,
     cl_mean_abs_rel_diff,
     collapse_check,
+    combined_relabel_p_value,
     memorisation_check,
     pdf_distances,
     power_spectrum,
@@ -120,12 +123,22 @@ def flags(track: GenerateTrack, gen: np.ndarray, ids: np.ndarray, ref: Reference
     """The memorisation and collapse checks on the maps of the distinct ``ids`` (``null``: of the memorisation
     test, :func:`~skybench.tasks.generate.metrics.memorisation_check`; ``collapse_edges``: the C_l bins of the
     collapse check, default the reference's)."""
+    return _flag_values(*_checks(track, gen, ids, ref, train, null, collapse_edges))
+
+
+def _checks(track: GenerateTrack, gen: np.ndarray, ids: np.ndarray, ref: Reference, train: np.ndarray,
+            null: str = "binomial", collapse_edges: np.ndarray | None = None
+            ) -> tuple[MemorisationCheck, CollapseCheck]:
     first = np.unique(np.asarray(ids), return_index=True)[1]
     g = gen[np.sort(first)]
     mem = memorisation_check(g, train, ref.maps, alpha=track.label.memorisation_alpha, null=null)
     col = collapse_check(g, ref.maps, track.population.size_deg,
                          ref.bins.ell_edges if collapse_edges is None else collapse_edges,
                          min_ratio=track.label.collapse_min_ratio)
+    return mem, col
+
+
+def _flag_values(mem: MemorisationCheck, col: CollapseCheck) -> dict[str, float]:
     return {"memorised": float(mem.flagged), "memorisation_p_value": mem.p_value,
             "closer_to_train": mem.closer_to_train, "closer_to_train_expected": mem.expected,
             "nn_train_distance_ratio": mem.median_ratio, "collapsed": float(col.flagged),
@@ -416,14 +429,6 @@ class GridReference:
             raise ValueError(f"ids not in the truth set {truth.folder}: {exc}") from exc
 
 
-def _strict(track: GenerateTrack) -> GenerateTrack:
-    """The track with the memorisation test's alpha divided by the number of grid points (Bonferroni: one test
-    per point, a flag when any rejects)."""
-    label = track.label.model_copy(update={"memorisation_alpha": track.label.memorisation_alpha
-                                           / track.population.n_points})
-    return track.model_copy(update={"label": label})
-
-
 def _point_rows(points: np.ndarray, n_points: int) -> list[np.ndarray]:
     return [np.flatnonzero(points == p) for p in range(n_points)]
 
@@ -441,35 +446,48 @@ def _grid_chi2(vectors: list[np.ndarray], position: np.ndarray, points: np.ndarr
 
 
 def _grid_flags(track: GenerateTrack, gen: np.ndarray, ids: np.ndarray, points: np.ndarray, grid: GridReference
-                ) -> dict[int, dict[str, float]]:
-    """The memorisation (exact relabelling test, Bonferroni over points) and collapse checks per grid point that
-    has at least 3 distinct generated maps, against that point's public and truth maps. The collapse check's C_l
-    bins are the track's ``label.n_ell`` (not the fewer of a point's chi^2: in wide bins the non-Gaussian truth's
-    C_l varies far more than a Gaussian field's, which is no collapse)."""
+                ) -> tuple[dict[int, dict[str, float]], float]:
+    """The memorisation and collapse checks per grid point that has at least 3 distinct generated maps, against
+    that point's public and truth maps, and the p-value of the memorisation test of all those points together.
+
+    Memorisation: the exact relabelling test (:func:`~skybench.tasks.generate.metrics.relabel_null`) per point at
+    alpha / (2 P) (Bonferroni) and, at alpha / 2, that of the summed counts over the points (copying a little at
+    every point adds up). The collapse check's C_l bins are the track's ``label.n_ell`` (not the fewer of a point's
+    chi^2: in wide bins the non-Gaussian truth's C_l varies far more than a Gaussian field's, which is no
+    collapse)."""
     from skybench.tasks.generate.metrics import ell_bins
 
     assert grid.refs is not None
-    strict = _strict(track)
+    label = track.label.model_copy(update={"memorisation_alpha": track.label.memorisation_alpha
+                                           / (2 * track.population.n_points)})
+    strict = track.model_copy(update={"label": label})
     edges = ell_bins(track.population.n_pix, track.population.size_deg, track.label.n_ell)
-    out = {}
+    out, laws = {}, []
     for p, rows in enumerate(_point_rows(points, len(grid.refs))):
         if len(np.unique(ids[rows])) >= 3:
-            out[p] = flags(strict, gen[rows], ids[rows], grid.refs[p], grid.public.maps[grid.public.points == p],
-                           null="relabel", collapse_edges=edges)
-    return out
+            mem, col = _checks(strict, gen[rows], ids[rows], grid.refs[p], grid.public.maps[grid.public.points == p],
+                               null="relabel", collapse_edges=edges)
+            out[p] = _flag_values(mem, col)
+            laws.append(mem.relabel)
+    combined = min(1.0, 2 * min(combined_relabel_p_value([law[k] for law in laws]) for k in range(2))) \
+        if laws else 1.0
+    return out, combined
 
 
-def _combined_flags(per: dict[int, dict[str, float]], n_points: int, min_ratio: float) -> dict[str, float]:
-    """The whole set's flags from the per-point ones: memorised when any point is; collapsed when the median over
-    points of the C_l variance ratio (each point's is noisy: tens of maps) or any point's duplicate ratio is below
-    ``min_ratio``."""
+def _combined_flags(per: dict[int, dict[str, float]], combined_p: float, track: GenerateTrack) -> dict[str, float]:
+    """The whole set's flags from the per-point ones: memorised when any point is or the combined test
+    (``combined_p``) rejects at alpha / 2; collapsed when the median over points of the C_l variance ratio (each
+    point's is noisy: tens of maps) or any point's duplicate ratio is below ``label.collapse_min_ratio``.
+    ``memorisation_p_value``: the smaller of the two tests' Bonferroni-corrected p-values."""
     if not per:
         return {"memorised": 0.0, "collapsed": 0.0}
+    label, n_points = track.label, track.population.n_points
     col = {k: np.array([f[k] for f in per.values()]) for k in next(iter(per.values()))}
     variance, duplicates = float(np.median(col["cl_variance_ratio"])), float(col["duplicate_ratio"].min())
-    return {"memorised": float(col["memorised"].max()),
-            "collapsed": float(variance < min_ratio or duplicates < min_ratio),
-            "memorisation_p_value": float(min(1.0, n_points * col["memorisation_p_value"].min())),
+    p_value = min(1.0, 2 * n_points * float(col["memorisation_p_value"].min()), 2 * combined_p)
+    return {"memorised": float(col["memorised"].max() or p_value < label.memorisation_alpha),
+            "collapsed": float(variance < label.collapse_min_ratio or duplicates < label.collapse_min_ratio),
+            "memorisation_p_value": p_value, "memorisation_p_value_combined": combined_p,
             "closer_to_train": float(col["closer_to_train"].max()),
             "closer_to_train_expected": float(col["closer_to_train_expected"].mean()),
             "nn_train_distance_ratio": float(col["nn_train_distance_ratio"].min()),
@@ -506,8 +524,8 @@ def score_grid(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, t
         out |= score_maps(track, ids, predictions, truth, grid.public.maps, grid.pooled, grid.pooled_chi2)
         out["n_points_scored"] = 0.0
     else:
-        flags_per = _grid_flags(track, gen, ids, points, grid)
-        out |= _combined_flags(flags_per, n_points, track.label.collapse_min_ratio)
+        flags_per, combined_p = _grid_flags(track, gen, ids, points, grid)
+        out |= _combined_flags(flags_per, combined_p, track)
         penalty = track.label.flag_penalty if out["memorised"] or out["collapsed"] else 0.0
         label = track.label.model_copy(update={"n_bootstrap": 0})
         quiet = track.model_copy(update={"label": label})
@@ -568,7 +586,7 @@ def grid_resamples(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarra
         penalty = track.label.flag_penalty if f["memorised"] or f["collapsed"] else 0.0
         return np.array([_chi2(vec[rows], ref) + penalty for rows in idx])
     points = grid.points_of(truth, ids)
-    f = _combined_flags(_grid_flags(track, gen, ids, points, grid), len(grid.labels), track.label.collapse_min_ratio)
+    f = _combined_flags(*_grid_flags(track, gen, ids, points, grid), track)
     penalty = track.label.flag_penalty if f["memorised"] or f["collapsed"] else 0.0
     vectors, position = _point_vectors(gen, points, grid.refs)
     return np.array([_grid_chi2(vectors, position, points, grid.refs, rows) + penalty for rows in idx])
