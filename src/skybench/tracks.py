@@ -161,8 +161,8 @@ class Track(_Strict):
     survey: Survey
     cutout: Cutout | None = None  # None for a track whose inputs are catalogue features only
     # Arrays a model receives per object, in this order (see skybench.harness.runner): image cut-outs and/or
-    # features; a generator gets latent vectors.
-    inputs: list[Literal["images", "features", "latents"]] = ["images"]
+    # features; a generator gets latent vectors (and, on a conditional track, the parameters).
+    inputs: list[Literal["images", "features", "latents", "params"]] = ["images"]
     profiles: dict[str, Split]
     population: Any
     label: Any

@@ -4,8 +4,9 @@
         --out baselines/generate/grf/wl-maps [--max-train N]
 
 Nothing is learned but the training maps' mean power on the rfft2 grid (the 2-D power spectrum, so the C_l of
-the generated maps is the training maps' in every l bin); the submission is ``predict.py`` (format ``python``,
-shared with ``lognormal-oracle``) + ``model.npz``.
+the generated maps is the training maps' in every l bin); on a conditional track (``population.grid``), that of
+each grid point's training maps (``--max-train``: per point). The submission is ``predict.py`` (format
+``python``, shared with ``lognormal-oracle``) + ``model.npz``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from skybench.release.reader import open_release
+from skybench.tasks.generate.config import GenerateTrack
+from skybench.tracks import load_track
 from skybench.training import fresh_folder, run_cli, start, write_submission
 
 NAME = "grf"
@@ -32,11 +35,24 @@ def grid_amplitude(maps: np.ndarray) -> np.ndarray:
 
 def train(argv: list[str] | None = None) -> tuple[dict[str, Any], Path]:
     args, params = start(NAME, __doc__, argv, seed=False)
-    maps = open_release(args.release).array("train", "maps")
-    n = len(maps) if args.max_train is None else min(args.max_train, len(maps))
-    amp = grid_amplitude(np.asarray(maps[:n]))
+    track = load_track(args.track)
+    rel = open_release(args.release)
+    maps = rel.array("train", "maps")
+    grid = track.population.grid if isinstance(track, GenerateTrack) else None
     out = fresh_folder(args.out)
-    np.savez(out / "model.npz", amplitude=amp, kappa0=np.nan, sigma_g2=0.0)
+    if grid is None:
+        n = len(maps) if args.max_train is None else min(args.max_train, len(maps))
+        amp = grid_amplitude(np.asarray(maps[:n]))
+        np.savez(out / "model.npz", amplitude=amp, kappa0=np.nan, sigma_g2=0.0)
+    else:
+        point = rel.meta("train")["grid_point"].to_numpy()
+        rows = [np.flatnonzero(point == k)[:args.max_train] for k in range(len(grid.points()))]
+        if empty := [grid.labels()[k] for k, r in enumerate(rows) if not len(r)]:
+            raise SystemExit(f"{NAME}: no training maps at grid points {empty}")
+        amp = np.stack([grid_amplitude(np.asarray(maps[r])) for r in rows])
+        n = sum(len(r) for r in rows)
+        np.savez(out / "model.npz", amplitude=amp, kappa0=np.nan, sigma_g2=np.zeros(len(rows)),
+                 grid=np.array(grid.points(), np.float64))
     shutil.copy(HERE.parent / "predict.py", out / "predict.py")
     write_submission(out, NAME, args.track, "python", "predict.py",
                      f"Gaussian random field with the mean 2-D power spectrum of {n} training maps")

@@ -5,7 +5,8 @@
 
 Reads no map: it builds the track's :class:`~skybench.tasks.generate.simulator.MapSimulator` (public physics: the
 track YAML) and ships its filter, shift and variance in ``model.npz`` for the shared numpy ``predict.py``, which
-then draws new maps of exactly the truth process (other seeds). A chi^2 per dof near 1 is the floor.
+then draws new maps of exactly the truth process (other seeds). A chi^2 per dof near 1 is the floor. On a
+conditional track (``population.grid``): one filter and variance per grid point, and the grid.
 """
 
 from __future__ import annotations
@@ -33,10 +34,15 @@ def train(argv: list[str] | None = None) -> tuple[dict[str, Any], Path]:
     pop = track.population
     if pop.noise_sigma() is not None or pop.smoothing_fwhm_arcmin is not None:
         raise SystemExit(f"{NAME}: track {args.track!r} has shape noise or smoothing, which this oracle does not draw")
-    sim = MapSimulator(pop, "numpy")
+    sim = MapSimulator(pop.at_point(0), "numpy")
     kappa0 = np.nan if sim.kappa0 is None else sim.kappa0
     out = fresh_folder(args.out)
-    np.savez(out / "model.npz", amplitude=sim._amplitude, kappa0=kappa0, sigma_g2=sim.sigma_g2)
+    if pop.grid is None:
+        np.savez(out / "model.npz", amplitude=sim._amplitude, kappa0=kappa0, sigma_g2=sim.sigma_g2)
+    else:
+        sims = [MapSimulator(pop.at_point(k), "numpy") for k in range(pop.n_points)]
+        np.savez(out / "model.npz", amplitude=np.stack([s._amplitude for s in sims]), kappa0=kappa0,
+                 sigma_g2=np.array([s.sigma_g2 for s in sims]), grid=np.array(pop.grid.points(), np.float64))
     shutil.copy(HERE.parent / "predict.py", out / "predict.py")
     write_submission(out, NAME, args.track, "python", "predict.py",
                      f"the truth process: shifted lognormal field (kappa0 {kappa0:.4g}) with pyccl's C_l")

@@ -11,12 +11,14 @@ Every model gets float32 batches of shape (B, bands, H, W), streamed from the sh
 catalogue track it gets ``features`` (B, F) instead, and on a track with both, a pair ``(images, features)``
 (ONNX: two inputs, in that order; Keras: a list; torch: two arguments; sklearn: both flattened and
 concatenated; python: the tuple). A generator (the ``generate`` task) gets ``latents`` (B, dim) and returns maps
-(B, 1, H, W). Which arrays a model gets is :data:`skybench.release.shards.INPUT_ARRAYS`, those present in the public
-test folder. Outputs are stacked into one float32 .npy; a trailing singleton axis is dropped ((B, 1) -> (B,)).
-``runner.json`` next to it records device, count and seconds.
+(B, 1, H, W); on a conditional track (``wl-maps-conditional``) the pair ``(latents, params)``, params (B, 2) =
+(Omega_m, sigma8), the same way. Which arrays a model gets is :data:`skybench.release.shards.INPUT_ARRAYS`, those
+present in the public test folder, in that order. Outputs are stacked into one float32 .npy; a trailing
+singleton axis is dropped ((B, 1) -> (B,)). ``runner.json`` next to it records device, count and seconds.
 
 Formats:
-  onnx     onnxruntime, CUDAExecutionProvider first when available; exactly one input, first output used.
+  onnx     onnxruntime, CUDAExecutionProvider first when available; one input per array the track gives, in
+           the model's input order; first output used.
   keras    ``keras.saving.load_model(path, safe_mode=True, compile=False)``; ``predict_on_batch``.
   torch    a ``torch.export`` program (.pt2, ``torch.export.save``) loaded with ``torch.export.load(p).module()``.
            Export it with a dynamic batch dimension (``dynamic_shapes``). TorchScript files are not accepted.

@@ -20,8 +20,9 @@ import numpy as np
 from skybench.release import layout
 from skybench.release.verify import ReleaseError
 
-INPUT_ARRAYS = ("images", "features", "latents")  # the per-object arrays a model may get, in this order
-# (latents: the generate task's latent vectors, drawn per object from the test-set key)
+INPUT_ARRAYS = ("images", "features", "latents", "params")  # the per-object arrays a model may get, in this order
+# (latents: the generate task's latent vectors, drawn per object from the test-set key; params: a conditional
+# generate track's (Omega_m, sigma8) per object)
 
 
 class ShardError(ReleaseError):

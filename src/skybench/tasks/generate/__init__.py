@@ -1,5 +1,8 @@
 """Weak-lensing map generation (issue 17; CosmoGAN, Mustafa et al. 2019): submissions are generators, given latent
-vectors and returning convergence maps, scored by how well the statistics of their maps match the truth's.
+vectors and returning convergence maps, scored by how well the statistics of their maps match the truth's. On a
+conditional track (``population.grid``: ``wl-maps-conditional``) a generator also gets each object's
+``params`` = (Omega_m, sigma8) and is scored per grid point, and by how well a fixed regressor reads the
+parameters back from its maps.
 
 ``config`` (the map population and the track model), ``simulator`` (pyccl C_l, Gaussian and shifted lognormal
 fields; :class:`~skybench.tasks.generate.simulator.GenerateSimulator` writes the releases), ``metrics`` (C_l, PDF,

@@ -1,6 +1,7 @@
 """The typed configuration of a weak-lensing map population (the ``generate`` task, CosmoGAN, Mustafa et al.
 2019): the cosmology, the source redshift distribution, the map geometry, the non-Gaussian (shifted lognormal)
-transform, optional shape noise and smoothing, and the latent vectors a generator receives."""
+transform, optional shape noise and smoothing, the latent vectors a generator receives and, for a conditional
+track, the grid of (Omega_m, sigma8) values (:class:`ParamGrid`) whose parameters it receives too."""
 
 from __future__ import annotations
 
@@ -97,6 +98,37 @@ def kappa0_hilbert2011(z_s: float) -> float:
     return 0.008 * z_s + 0.029 * z_s**2 - 0.0079 * z_s**3 + 0.00065 * z_s**4
 
 
+def point_label(Omega_m: float, sigma8: float) -> str:
+    """The name of a grid point in metric names (``by_cosmology_<label>_<metric>``), e.g. ``Om0.3_s8_0.8``."""
+    return f"Om{Omega_m:g}_s8_{sigma8:g}"
+
+
+class ParamGrid(_Strict):
+    """The cosmologies of a conditional track: every (Omega_m, sigma8) pair of the two lists (Omega_m the outer
+    loop). Object ``id`` of every split is at point ``id % n_points``: balanced and known from the id alone."""
+
+    Omega_m: list[float] = Field(min_length=1)
+    sigma8: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> ParamGrid:
+        for name, values in (("Omega_m", self.Omega_m), ("sigma8", self.sigma8)):
+            if len(set(values)) != len(values):
+                raise ValueError(f"population.grid.{name}: values must be distinct, got {values}")
+        labels = [point_label(*p) for p in self.points()]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"population.grid: points {labels} print alike (6 significant digits); use values "
+                             "that differ there")
+        return self
+
+    def points(self) -> list[tuple[float, float]]:
+        """(Omega_m, sigma8) of every grid point, in point order."""
+        return [(om, s8) for om in self.Omega_m for s8 in self.sigma8]
+
+    def labels(self) -> list[str]:
+        return [point_label(*p) for p in self.points()]
+
+
 class MapPopulation(_Strict):
     """A population of convergence maps: ``n_pix`` x ``n_pix`` pixels covering ``size_deg`` x ``size_deg``
     (periodic, flat sky)."""
@@ -113,6 +145,8 @@ class MapPopulation(_Strict):
     smoothing_fwhm_arcmin: float | None = Field(None, gt=0, description="Gaussian smoothing after the noise")
     n_ell: int = Field(256, ge=16, description="log-spaced multipoles at which pyccl computes C_l")
     latent: Latent = Latent()
+    # a conditional track: maps at every point of this grid (each valid with ``cosmology``'s other parameters)
+    grid: ParamGrid | None = None
 
     @model_validator(mode="after")
     def _check(self) -> MapPopulation:
@@ -122,7 +156,31 @@ class MapPopulation(_Strict):
             raise ValueError("shape noise needs both sigma_e and n_gal (or neither)")
         if isinstance(self.lognormal_shift, float) and self.lognormal_shift <= 0:
             raise ValueError(f"lognormal_shift={self.lognormal_shift} must be positive")
+        if self.grid is not None:
+            for om, s8 in self.grid.points():
+                try:
+                    self.cosmology.with_params(om, s8)
+                except ValueError as exc:
+                    raise ValueError(f"population.grid: the point Omega_m={om}, sigma8={s8} is no valid cosmology "
+                                     f"with the other parameters of population.cosmology: {exc}") from exc
         return self
+
+    @property
+    def n_points(self) -> int:
+        """Grid points (1 without a grid: the one cosmology)."""
+        return 1 if self.grid is None else len(self.grid.points())
+
+    def point_of(self, ids: np.ndarray) -> np.ndarray:
+        """The grid point of each object id (``id % n_points``; 0 without a grid)."""
+        return np.asarray(ids, dtype=np.int64) % self.n_points
+
+    def at_point(self, k: int) -> MapPopulation:
+        """The single-cosmology population of grid point ``k`` (no grid)."""
+        if self.grid is None:
+            return self
+        om, s8 = self.grid.points()[k]
+        return MapPopulation.model_validate({**self.model_dump(), "grid": None,
+                                             "cosmology": self.cosmology.with_params(om, s8).model_dump()})
 
     @property
     def pixel_rad(self) -> float:
@@ -169,7 +227,7 @@ class GenerateTrack(Track):
     task: Literal["generate"]
     population: MapPopulation
     label: GenerateScoring = GenerateScoring()
-    inputs: list[Literal["images", "features", "latents"]] = ["latents"]
+    inputs: list[Literal["images", "features", "latents", "params"]] = ["latents"]
 
     @model_validator(mode="after")
     def _check_generate(self) -> GenerateTrack:
@@ -178,8 +236,38 @@ class GenerateTrack(Track):
         if self.output.kind != "maps" or list(self.output.shape) != want:
             raise ValueError(f"a generate track's output must be {{kind: maps, shape: {want}}} (population.n_pix "
                              f"{n}), got kind {self.output.kind!r}, shape {self.output.shape}")
-        if self.inputs != ["latents"]:
-            raise ValueError(f"a generate track's inputs are [latents], got {self.inputs}")
+        want_inputs = ["latents"] if self.population.grid is None else ["latents", "params"]
+        if self.inputs != want_inputs:
+            kind = "an unconditional" if self.population.grid is None else "a conditional (population.grid)"
+            raise ValueError(f"{kind} generate track's inputs are [{', '.join(want_inputs)}], got {self.inputs}")
         if self.cutout is not None:
             raise ValueError("a generate track has no cutout: its map geometry is population.n_pix / size_deg")
+        if self.population.grid is not None:
+            need = self.population.n_points * MIN_MAPS_PER_POINT
+            if short := {k: p.test for k, p in self.profiles.items() if p.test < need}:
+                raise ValueError(f"profiles {short}: a conditional track's test split needs at least {need} maps "
+                                 f"({MIN_MAPS_PER_POINT} per grid point, for each point's chi^2 covariance)")
         return self
+
+    def strata_columns(self) -> set[str]:
+        """``strata:`` may name ``cosmology`` (the grid point's label) on a conditional track, nothing otherwise."""
+        return set() if self.population.grid is None else {"cosmology"}
+
+    def strata_metrics(self) -> set[str]:
+        return set(POINT_METRICS)
+
+    @model_validator(mode="after")
+    def _check_cosmology_stratum(self) -> GenerateTrack:
+        labels = [] if self.population.grid is None else self.population.grid.labels()
+        for s in self.strata:
+            if s.values is None or not set(s.values) <= set(labels):
+                raise ValueError(f"strata: column {s.column!r}: give values, grid point labels among {labels}, "
+                                 f"got {s.values or s.edges}")
+        return self
+
+
+# the smallest summary vector (2 C_l bins, 2 peak bins, 3 x 2 Minkowski thresholds) needs 2 D + 3 truth maps
+MIN_MAPS_PER_POINT = 23
+# what the scorer reports per grid point of a conditional track (``by_cosmology_<label>_<metric>``)
+POINT_METRICS = ("chi2_per_dof", "chi2_cl", "chi2_peaks", "chi2_minkowski", "cl_rel_diff", "pdf_ks", "pdf_w1",
+                 "memorised", "collapsed", "n_maps", "param_mean_Omega_m", "param_mean_sigma8")

@@ -340,10 +340,50 @@ class MemorisationCheck:
     p_value: float  # one-sided binomial, the smaller over the two distances, Bonferroni x2
     median_ratio: float  # median NN distance generated -> train / held-out truth -> train (pixel space)
     flagged: bool
+    # null "relabel": (observed S, its null pmf) per distance (pixels, invariant features): to combine sets
+    relabel: tuple[tuple[int, np.ndarray], ...] = ()
 
 
-def memorisation_check(gen: np.ndarray, train: np.ndarray, heldout: np.ndarray, alpha: float = 1e-3
-                       ) -> MemorisationCheck:
+def relabel_null(nn: np.ndarray, n_train: int, n_heldout: int) -> tuple[int, np.ndarray]:
+    """(S, the law of S) for S = the number of rows whose nearest neighbour ``nn`` (an index into the union,
+    training maps first) is a training map, when the train/held-out labels of the union are a uniformly random
+    split of the same sizes: ``pmf[s]`` = P(S = s), s = 0 .. len(nn)."""
+    # An exact conditional permutation test: under the null the labels are exchangeable given the union and the
+    # generated set, so a map that is the nearest neighbour of many (a "hub") moves them together, where a
+    # binomial test would take their outcomes as independent.
+    total = n_train + n_heldout
+    mult = np.bincount(np.asarray(nn, np.int64), minlength=total)
+    observed = int(mult[:n_train].sum())
+    weights = mult[mult > 0]
+    n_max = int(mult.sum())
+    f = np.zeros((len(weights) + 1, n_max + 1))  # P(t of the items so far labelled train, S = s)
+    f[0, 0] = 1.0
+    t = np.arange(len(weights) + 1)
+    for i, c in enumerate(weights):  # draw the labels of the neighbours one by one, without replacement
+        p_train = np.clip(n_train - t, 0, None) / (total - i)
+        moved = f * p_train[:, None]
+        f = f * (1 - p_train)[:, None]
+        f[1:, c:] += moved[:-1, : n_max + 1 - c]
+    return observed, f.sum(axis=0)
+
+
+def relabel_p_value(nn: np.ndarray, n_train: int, n_heldout: int) -> float:
+    """P(S >= observed S) under :func:`relabel_null`."""
+    observed, pmf = relabel_null(nn, n_train, n_heldout)
+    return float(min(1.0, pmf[observed:].sum()))
+
+
+def combined_relabel_p_value(parts: list[tuple[int, np.ndarray]]) -> float:
+    """P(sum S >= the observed sum) for independent parts ``(observed S, pmf of S)`` (e.g. one per grid point:
+    copying a little everywhere adds up)."""
+    pmf = np.ones(1)
+    for _, q in parts:
+        pmf = np.convolve(pmf, q)
+    return float(min(1.0, pmf[sum(o for o, _ in parts):].sum()))
+
+
+def memorisation_check(gen: np.ndarray, train: np.ndarray, heldout: np.ndarray, alpha: float = 1e-3,
+                       null: str = "binomial") -> MemorisationCheck:
     """Are the generated maps copies of the training maps?
 
     Training and held-out maps are independent draws of the truth process, so without memorisation a generated
@@ -352,7 +392,11 @@ def memorisation_check(gen: np.ndarray, train: np.ndarray, heldout: np.ndarray, 
     AISTATS). Copying shows as an excess; tested with pixel distances and with distances between
     translation/mirror-invariant Fourier amplitudes (:func:`invariant_features`), so a shifted copy is caught.
     Also reported: the median distance to the training set, generated over held-out (the issue's comparison).
+    ``null``: "binomial" (each generated map's outcome independent) or "relabel" (:func:`relabel_p_value`: exact
+    when many generated maps share a nearest neighbour, as in small sets of maps with a broad variance).
     """
+    if null not in ("binomial", "relabel"):
+        raise ValueError(f"memorisation_check: null must be 'binomial' or 'relabel', got {null!r}")
     g, tr, ho = as_maps(gen, "gen"), as_maps(train, "train"), as_maps(heldout, "heldout")
     if not g.shape[1:] == tr.shape[1:] == ho.shape[1:]:
         raise ValueError(f"memorisation_check: map sizes differ: {g.shape[1:]}, {tr.shape[1:]}, {ho.shape[1:]}")
@@ -360,15 +404,28 @@ def memorisation_check(gen: np.ndarray, train: np.ndarray, heldout: np.ndarray, 
     flat = [x.reshape(x.shape[0], -1) for x in (g, tr, ho)]
     feats = [invariant_features(x) for x in (g, tr, ho)]
     fractions, p_values = [], []
+    laws: list[tuple[int, np.ndarray]] = []
     for a, b_tr, b_ho in ((flat[0], flat[1], flat[2]), (feats[0], feats[1][:, 0], feats[2][:, 0])):
-        d_tr, d_ho = _nn_distance(a, b_tr), _nn_distance(a, b_ho)
+        if null == "binomial":
+            d_tr, d_ho = _nn_distance(a, b_tr), _nn_distance(a, b_ho)
+        else:  # one pass over the union: the distances and the nearest neighbour's index
+            a3 = a if a.ndim == 3 else a[:, None]
+            d2 = np.concatenate([_sq_distances(a3[s : s + 256], np.concatenate([b_tr, b_ho])).min(axis=1)
+                                 for s in range(0, a3.shape[0], 256)])
+            d_tr, d_ho = np.sqrt(d2[:, : len(b_tr)].min(axis=1)), np.sqrt(d2[:, len(b_tr) :].min(axis=1))
+            nn = d2.argmin(axis=1)
         k = float(np.sum(d_tr < d_ho) + 0.5 * np.sum(d_tr == d_ho))
         fractions.append(k / len(d_tr))
-        p_values.append(float(stats.binomtest(int(np.floor(k)), len(d_tr), expected, alternative="greater").pvalue))
+        if null == "binomial":
+            p_values.append(float(stats.binomtest(int(np.floor(k)), len(d_tr), expected,
+                                                  alternative="greater").pvalue))
+        else:
+            laws.append(relabel_null(nn, len(b_tr), len(b_ho)))
+            p_values.append(float(min(1.0, laws[-1][1][laws[-1][0]:].sum())))
     ratio = float(np.median(_nn_distance(flat[0], flat[1])) / np.median(_nn_distance(flat[2], flat[1])))
     p = min(1.0, 2 * min(p_values))
     return MemorisationCheck(closer_to_train=max(fractions), expected=expected, p_value=p, median_ratio=ratio,
-                             flagged=p < alpha)
+                             flagged=p < alpha, relabel=tuple(laws))
 
 
 @dataclass(frozen=True)

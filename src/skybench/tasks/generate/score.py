@@ -18,6 +18,10 @@ the generated set is ``predictions`` (one map per latent vector, rows as given, 
   of ``ids`` (a bootstrap resample repeats objects; the evaluator never does), and :func:`score_resamples` keeps the
   flags of the whole set for every resample.
 
+A conditional track (``population.grid``) is scored per grid point by :func:`score_grid` (the same metrics under
+``by_cosmology_<label>_<metric>``, their mean over points, the parameter read-back ``param_bias_*``) and
+:func:`grid_resamples`.
+
 Participants see ``summary_stats.png`` (:func:`public_artifacts`): their maps' statistics against the public
 training maps'; nothing from the hidden maps.
 """
@@ -27,20 +31,24 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
-from skybench.common import bootstrap_ci, check_indices
+from skybench.common import bootstrap_ci, check_indices, stratum_key
 from skybench.release import layout
 from skybench.release.reader import Release
-from skybench.tasks.generate.config import GenerateScoring, GenerateTrack
+from skybench.tasks.generate.config import MIN_MAPS_PER_POINT, POINT_METRICS, GenerateScoring, GenerateTrack
 from skybench.tasks.generate.metrics import (
+    CollapseCheck,
+    MemorisationCheck,
     SummaryBins,
     as_maps,
     chi2_per_dof,
     cl_mean_abs_rel_diff,
     collapse_check,
+    combined_relabel_p_value,
     memorisation_check,
     pdf_distances,
     power_spectrum,
@@ -82,7 +90,10 @@ class Reference:
 
     @classmethod
     def of(cls, track: GenerateTrack, truth: HiddenSplit) -> Reference:
-        maps = as_maps(np.asarray(truth.array("maps")[:]), "truth maps")
+        return cls.from_maps(track, as_maps(np.asarray(truth.array("maps")[:]), "truth maps"))
+
+    @classmethod
+    def from_maps(cls, track: GenerateTrack, maps: np.ndarray) -> Reference:
         n_ell, n_peaks, n_thr = bin_counts(track.label, maps.shape[0])
         bins = SummaryBins.from_truth(maps, track.population.size_deg, n_ell=n_ell, n_peaks=n_peaks,
                                       n_thresholds=n_thr)
@@ -107,14 +118,27 @@ def _generated(track: GenerateTrack, predictions: np.ndarray, ids: np.ndarray) -
     return g[:, 0]
 
 
-def flags(track: GenerateTrack, gen: np.ndarray, ids: np.ndarray, ref: Reference, train: np.ndarray
-          ) -> dict[str, float]:
-    """The memorisation and collapse checks on the maps of the distinct ``ids``."""
+def flags(track: GenerateTrack, gen: np.ndarray, ids: np.ndarray, ref: Reference, train: np.ndarray,
+          null: str = "binomial", collapse_edges: np.ndarray | None = None) -> dict[str, float]:
+    """The memorisation and collapse checks on the maps of the distinct ``ids`` (``null``: of the memorisation
+    test, :func:`~skybench.tasks.generate.metrics.memorisation_check`; ``collapse_edges``: the C_l bins of the
+    collapse check, default the reference's)."""
+    return _flag_values(*_checks(track, gen, ids, ref, train, null, collapse_edges))
+
+
+def _checks(track: GenerateTrack, gen: np.ndarray, ids: np.ndarray, ref: Reference, train: np.ndarray,
+            null: str = "binomial", collapse_edges: np.ndarray | None = None
+            ) -> tuple[MemorisationCheck, CollapseCheck]:
     first = np.unique(np.asarray(ids), return_index=True)[1]
     g = gen[np.sort(first)]
-    mem = memorisation_check(g, train, ref.maps, alpha=track.label.memorisation_alpha)
-    col = collapse_check(g, ref.maps, track.population.size_deg, ref.bins.ell_edges,
+    mem = memorisation_check(g, train, ref.maps, alpha=track.label.memorisation_alpha, null=null)
+    col = collapse_check(g, ref.maps, track.population.size_deg,
+                         ref.bins.ell_edges if collapse_edges is None else collapse_edges,
                          min_ratio=track.label.collapse_min_ratio)
+    return mem, col
+
+
+def _flag_values(mem: MemorisationCheck, col: CollapseCheck) -> dict[str, float]:
     return {"memorised": float(mem.flagged), "memorisation_p_value": mem.p_value,
             "closer_to_train": mem.closer_to_train, "closer_to_train_expected": mem.expected,
             "nn_train_distance_ratio": mem.median_ratio, "collapsed": float(col.flagged),
@@ -150,8 +174,10 @@ def _chi2(gen_vectors: np.ndarray, ref: Reference, part: slice | list[slice] | N
 
 
 def score_maps(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
-               train: np.ndarray, ref: Reference | None = None, with_chi2: bool = True) -> dict[str, float]:
-    """Every metric of the generated maps ``predictions`` (aligned with ``ids``) against ``truth``'s maps."""
+               train: np.ndarray, ref: Reference | None = None, with_chi2: bool = True,
+               with_flags: bool = True) -> dict[str, float]:
+    """Every metric of the generated maps ``predictions`` (aligned with ``ids``) against ``truth``'s maps (or
+    ``ref``'s); ``with_flags``: also the memorisation and collapse checks (the penalty needs them)."""
     label = track.label
     gen = _generated(track, predictions, ids)
     ref = ref or Reference.of(track, truth)
@@ -171,7 +197,8 @@ def score_maps(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, t
             out[f"{name}_ci_low"], out[f"{name}_ci_high"] = bootstrap_ci(
                 lambda r, k=k: _binned_pdf_distances(hist[r].sum(axis=0), ref_cdf, widths)[k], rows,
                 n_resamples=label.n_bootstrap)
-    out |= flags(track, gen, ids, ref, train)
+    if with_flags:
+        out |= flags(track, gen, ids, ref, train)
     if not with_chi2:
         return out
     vec = ref.bins.vectors(gen)
@@ -180,7 +207,7 @@ def score_maps(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, t
     out["chi2_per_dof_raw"] = raw
     out["chi2_cl"], out["chi2_peaks"] = _chi2(vec, ref, sl["cl"]), _chi2(vec, ref, sl["peaks"])
     out["chi2_minkowski"] = _chi2(vec, ref, [sl["v0"], sl["v1"], sl["v2"]])
-    penalty = label.flag_penalty if out["memorised"] or out["collapsed"] else 0.0
+    penalty = label.flag_penalty if out.get("memorised") or out.get("collapsed") else 0.0
     out["chi2_per_dof"] = raw + penalty
     if label.n_bootstrap:
         out["chi2_per_dof_ci_low"], out["chi2_per_dof_ci_high"] = (
@@ -191,7 +218,10 @@ def score_maps(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, t
 def score(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
           out_dir: Path) -> dict[str, float]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = score_maps(track, ids, predictions, truth, _train_maps(truth))
+    if track.population.grid is not None:
+        metrics = score_grid(track, ids, predictions, truth, GridReference.of(track, truth, public_of(truth)))
+    else:
+        metrics = score_maps(track, ids, predictions, truth, _train_maps(truth))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
 
@@ -201,28 +231,35 @@ def score_real(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, t
                out_dir: Path) -> dict[str, float]:
     """The same metrics against a second truth set (``real_<metric>``); the chi^2 only where that set has enough
     maps for its covariance."""
-    ref_maps = as_maps(np.asarray(real_truth.array("maps")[:]), "real truth maps")
+    if track.population.grid is not None:
+        grid = GridReference.of(track, real_truth, public_of(truth))
+        metrics = score_grid(track, real_ids, real_predictions, real_truth, grid)
+    else:
+        ref_maps = as_maps(np.asarray(real_truth.array("maps")[:]), "real truth maps")
+        ref, with_chi2 = _reference_or_bins(track, ref_maps)
+        metrics = score_maps(track, real_ids, real_predictions, real_truth, _train_maps(truth), ref, with_chi2)
+    return {f"real_{k}": v for k, v in metrics.items()}
+
+
+def _reference_or_bins(track: GenerateTrack, ref_maps: np.ndarray) -> tuple[Reference, bool]:
+    """The reference of a truth set, and whether it has enough maps for the chi^2 (else only C_l bins)."""
     try:
-        n_ell, n_peaks, n_thr = bin_counts(track.label, ref_maps.shape[0])
-        bins = SummaryBins.from_truth(ref_maps, track.population.size_deg, n_ell=n_ell, n_peaks=n_peaks,
-                                      n_thresholds=n_thr)
-        with_chi2 = True
+        return Reference.from_maps(track, ref_maps), True
     except ValueError:
         from skybench.tasks.generate.metrics import ell_bins
 
         bins = SummaryBins(track.population.size_deg, ell_bins(ref_maps.shape[-1], track.population.size_deg,
                                                                track.label.n_ell), np.array([-np.inf, np.inf]),
                            np.zeros(1))
-        with_chi2 = False
-    ref = Reference(ref_maps, bins, bins.vectors(ref_maps) if with_chi2 else np.zeros((len(ref_maps), 0)))
-    metrics = score_maps(track, real_ids, real_predictions, real_truth, _train_maps(truth), ref, with_chi2)
-    return {f"real_{k}": v for k, v in metrics.items()}
+        return Reference(ref_maps, bins, np.zeros((len(ref_maps), 0))), False
 
 
 def score_resamples(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
                     indices: np.ndarray) -> np.ndarray:
     """The primary on each resample: summary vectors once per map, the chi^2 of each resample's mean vector; the
-    flags (and so the penalty) of the whole set."""
+    flags (and so the penalty) of the whole set. A conditional track: :func:`grid_resamples`."""
+    if track.population.grid is not None:
+        return grid_resamples(track, ids, predictions, truth, indices)
     gen = _generated(track, predictions, ids)
     ref = Reference.of(track, truth)
     vec = ref.bins.vectors(gen)
@@ -243,7 +280,8 @@ def oracle(track: GenerateTrack, truth: HiddenSplit, ids: np.ndarray) -> np.ndar
 def public_artifacts(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
                      out_dir: Path) -> None:
     """``summary_stats.png``: C_l, pixel PDF and peak counts of the generated maps against the public training
-    maps' (no hidden map enters it)."""
+    maps' (no hidden map enters it); on a conditional track also, per grid point, the generated maps' C_l over
+    the training maps' and the parameters the regressor (fitted on the public maps) reads back from them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -255,7 +293,9 @@ def public_artifacts(track: GenerateTrack, ids: np.ndarray, predictions: np.ndar
     size = track.population.size_deg
     edges = ell_bins(train.shape[-1], size, track.label.n_ell)
     ps_g, ps_t = power_spectrum(gen, size, edges), power_spectrum(train, size, edges)
-    fig, ax = plt.subplots(1, 3, figsize=(12, 3.6))
+    grid = track.population.grid
+    fig, axes = plt.subplots(1 if grid is None else 2, 3, figsize=(12, 3.6 if grid is None else 7.2), squeeze=False)
+    ax = axes[0]
     for cl, name in ((ps_t.cl, "training maps"), (ps_g.cl, "generated")):
         ax[0].errorbar(ps_t.ell, cl.mean(axis=0), cl.std(axis=0), label=name, capsize=2)
     ax[0].set(xscale="log", yscale="log", xlabel="l", ylabel="C_l", title="power spectrum")
@@ -270,7 +310,314 @@ def public_artifacts(track: GenerateTrack, ids: np.ndarray, predictions: np.ndar
         ax[2].plot(centres, peak_counts(m, peak_edges).mean(axis=0), "o-", label=name)
     ax[2].set(xlabel="peak height kappa", ylabel="peaks per map", title="peak counts")
     ax[0].legend(fontsize=8)
+    if grid is not None:
+        _public_grid_panels(track, ids, gen, truth, edges, axes[1])
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_dir / "summary_stats.png", dpi=80)
     plt.close(fig)
+
+
+# ------------------------------------------------------------------------------ conditional tracks (population.grid)
+
+
+@dataclass(frozen=True)
+class Public:
+    """The public maps a generator could have copied or learned from (train and val, less the truth's own split),
+    with their grid points and parameters."""
+
+    maps: np.ndarray  # (Np, H, W)
+    points: np.ndarray  # (Np,) grid point of each map
+    params: np.ndarray  # (Np, 2) (Omega_m, sigma8)
+
+
+def public_of(truth: HiddenSplit) -> Public:
+    root, _, own = layout.release_of(truth.folder)
+    rel = Release(root)
+    splits = [s for s in ("train", "val") if s != own and rel.manifest["counts"][s]]
+    maps = as_maps(np.concatenate([np.asarray(rel.array(s, "maps")[:]) for s in splits]), "public maps")
+    points = np.concatenate([rel.meta(s)["grid_point"].to_numpy(np.int64) for s in splits])
+    params = np.concatenate([np.asarray(rel.array(s, "params")[:], np.float64) for s in splits])
+    return Public(maps, points, params)
+
+
+@dataclass(frozen=True)
+class ParamReadBack:
+    """The fixed parameter regressor: ridge regression (Hoerl & Kennard 1970, Technometrics 12, 55) of
+    (Omega_m, sigma8) on the standardised per-map summary vector (log C_l, peak counts, V0, V1, V2; bins from the
+    public maps), fitted on the public maps. Deterministic: the release alone fixes it."""
+
+    bins: SummaryBins
+    log_floor: np.ndarray  # per C_l bin: C_l below this is taken as this before the log (a map without power)
+    model: Any  # sklearn Pipeline(StandardScaler, Ridge)
+
+    @classmethod
+    def fit(cls, track: GenerateTrack, public: Public) -> ParamReadBack:
+        from sklearn.linear_model import Ridge
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        label = track.label
+        bins = SummaryBins.from_truth(public.maps, track.population.size_deg, n_ell=label.n_ell,
+                                      n_peaks=label.n_peaks, n_thresholds=label.n_thresholds)
+        cl = bins.vectors(public.maps)[:, bins.slices["cl"]]
+        floor = np.maximum(cl.min(axis=0), 1e-300) * 1e-3
+        me = cls(bins, floor, make_pipeline(StandardScaler(), Ridge(alpha=READBACK_ALPHA)))
+        me.model.fit(me.features(public.maps), public.params)
+        return me
+
+    def features(self, maps: np.ndarray) -> np.ndarray:
+        v = self.bins.vectors(maps)
+        sl = self.bins.slices["cl"]
+        v[:, sl] = np.log(np.maximum(v[:, sl], self.log_floor))
+        return v
+
+    def predict(self, maps: np.ndarray) -> np.ndarray:
+        """(N, 2) predicted (Omega_m, sigma8)."""
+        return np.asarray(self.model.predict(self.features(maps)), np.float64).reshape(len(maps), 2)
+
+
+READBACK_ALPHA = 1.0  # ridge penalty on standardised features (hundreds of maps, ~30 features: light)
+
+
+def param_bias(pred: np.ndarray, points: np.ndarray, grid: np.ndarray) -> tuple[float, float]:
+    """Mean over the grid points present of |mean predicted - true|, for Omega_m and sigma8."""
+    present = np.unique(points)
+    dev = np.array([np.abs(pred[points == p].mean(axis=0) - grid[p]) for p in present])
+    return float(dev[:, 0].mean()), float(dev[:, 1].mean())
+
+
+@dataclass(frozen=True)
+class GridReference:
+    """What every score of one truth set of a conditional track shares: a :class:`Reference` per grid point
+    (``refs``; None when some point has too few truth maps for its chi^2: then ``pooled``, all truth maps as one
+    set, scores the maps as on an unconditional track), the public maps and the fitted parameter regressor."""
+
+    grid: np.ndarray  # (P, 2) (Omega_m, sigma8) of every point
+    labels: list[str]
+    truth_points: np.ndarray  # (Nt,) grid point of every truth map
+    refs: list[Reference] | None
+    pooled: Reference
+    pooled_chi2: bool  # whether the pooled set has enough maps for the chi^2
+    public: Public
+    readback: ParamReadBack
+    truth_bias: tuple[float, float]  # the regressor's param_bias on the truth maps
+
+    @classmethod
+    def of(cls, track: GenerateTrack, truth: HiddenSplit, public: Public) -> GridReference:
+        assert track.population.grid is not None
+        maps = as_maps(np.asarray(truth.array("maps")[:]), "truth maps")
+        points = truth.meta(["grid_point"])["grid_point"].to_numpy(np.int64)
+        n_points = track.population.n_points
+        grid = np.array(track.population.grid.points(), np.float64)
+        counts = np.bincount(points, minlength=n_points)
+        refs = None
+        if counts.min() >= MIN_MAPS_PER_POINT:
+            refs = [Reference.from_maps(track, maps[points == p]) for p in range(n_points)]
+        pooled, pooled_chi2 = _reference_or_bins(track, maps)
+        readback = ParamReadBack.fit(track, public)
+        return cls(grid, track.population.grid.labels(), points, refs, pooled, pooled_chi2, public, readback,
+                   param_bias(readback.predict(maps), points, grid))
+
+    def points_of(self, truth: HiddenSplit, ids: np.ndarray) -> np.ndarray:
+        """The grid point of each id, from the truth's table (ValueError for an id it lacks)."""
+        meta = truth.meta(["id", "grid_point"])
+        lookup = pd.Series(meta["grid_point"].to_numpy(np.int64), index=meta["id"].to_numpy())
+        try:
+            return lookup.loc[np.asarray(ids)].to_numpy(np.int64)
+        except KeyError as exc:
+            raise ValueError(f"ids not in the truth set {truth.folder}: {exc}") from exc
+
+
+def _point_rows(points: np.ndarray, n_points: int) -> list[np.ndarray]:
+    return [np.flatnonzero(points == p) for p in range(n_points)]
+
+
+def _grid_chi2(vectors: list[np.ndarray], position: np.ndarray, points: np.ndarray, refs: list[Reference],
+               rows: np.ndarray) -> float:
+    """Mean over the grid points drawn in ``rows`` of each point's chi^2 per dof (``vectors[p]``: the summary
+    vectors of point p's rows, ``position``: where each row sits in its point's vectors)."""
+    values = []
+    for p, ref in enumerate(refs):
+        sel = rows[points[rows] == p]
+        if len(sel):
+            values.append(_chi2(vectors[p][position[sel]], ref))
+    return float(np.mean(values))
+
+
+def _grid_flags(track: GenerateTrack, gen: np.ndarray, ids: np.ndarray, points: np.ndarray, grid: GridReference
+                ) -> tuple[dict[int, dict[str, float]], float]:
+    """The memorisation and collapse checks per grid point that has at least 3 distinct generated maps, against
+    that point's public and truth maps, and the p-value of the memorisation test of all those points together.
+
+    Memorisation: the exact relabelling test (:func:`~skybench.tasks.generate.metrics.relabel_null`) per point at
+    alpha / (2 P) (Bonferroni) and, at alpha / 2, that of the summed counts over the points (copying a little at
+    every point adds up). The collapse check's C_l bins are the track's ``label.n_ell`` (not the fewer of a point's
+    chi^2: in wide bins the non-Gaussian truth's C_l varies far more than a Gaussian field's, which is no
+    collapse)."""
+    from skybench.tasks.generate.metrics import ell_bins
+
+    assert grid.refs is not None
+    label = track.label.model_copy(update={"memorisation_alpha": track.label.memorisation_alpha
+                                           / (2 * track.population.n_points)})
+    strict = track.model_copy(update={"label": label})
+    edges = ell_bins(track.population.n_pix, track.population.size_deg, track.label.n_ell)
+    out, laws = {}, []
+    for p, rows in enumerate(_point_rows(points, len(grid.refs))):
+        if len(np.unique(ids[rows])) >= 3:
+            mem, col = _checks(strict, gen[rows], ids[rows], grid.refs[p], grid.public.maps[grid.public.points == p],
+                               null="relabel", collapse_edges=edges)
+            out[p] = _flag_values(mem, col)
+            laws.append(mem.relabel)
+    combined = min(1.0, 2 * min(combined_relabel_p_value([law[k] for law in laws]) for k in range(2))) \
+        if laws else 1.0
+    return out, combined
+
+
+def _combined_flags(per: dict[int, dict[str, float]], combined_p: float, track: GenerateTrack) -> dict[str, float]:
+    """The whole set's flags from the per-point ones: memorised when any point is or the combined test
+    (``combined_p``) rejects at alpha / 2; collapsed when the median over points of the C_l variance ratio (each
+    point's is noisy: tens of maps) or any point's duplicate ratio is below ``label.collapse_min_ratio``.
+    ``memorisation_p_value``: the smaller of the two tests' Bonferroni-corrected p-values."""
+    if not per:
+        return {"memorised": 0.0, "collapsed": 0.0}
+    label, n_points = track.label, track.population.n_points
+    col = {k: np.array([f[k] for f in per.values()]) for k in next(iter(per.values()))}
+    variance, duplicates = float(np.median(col["cl_variance_ratio"])), float(col["duplicate_ratio"].min())
+    p_value = min(1.0, 2 * n_points * float(col["memorisation_p_value"].min()), 2 * combined_p)
+    return {"memorised": float(col["memorised"].max() or p_value < label.memorisation_alpha),
+            "collapsed": float(variance < label.collapse_min_ratio or duplicates < label.collapse_min_ratio),
+            "memorisation_p_value": p_value, "memorisation_p_value_combined": combined_p,
+            "closer_to_train": float(col["closer_to_train"].max()),
+            "closer_to_train_expected": float(col["closer_to_train_expected"].mean()),
+            "nn_train_distance_ratio": float(col["nn_train_distance_ratio"].min()),
+            "cl_variance_ratio": variance, "duplicate_ratio": duplicates, "n_points_checked": float(len(per))}
+
+
+def score_grid(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
+               grid: GridReference) -> dict[str, float]:
+    """The metrics of a conditional track (see :func:`grid_resamples` for its primary on resamples).
+
+    Per grid point ``p`` (the generated maps of the ids at p against p's truth maps, its public maps for the
+    memorisation check; :func:`score_maps`), under ``by_cosmology_<label>_<metric>``; the whole set's metric is the
+    mean over the points drawn (chi^2 per dof, per statistic, C_l difference, PDF distances), the flags from the
+    points' checks (:func:`_combined_flags`; memorisation at alpha / P per point), ``chi2_per_dof`` = the mean
+    chi^2 per dof plus the flag penalty (per point too), its interval from resampling all ids together (the other
+    metrics have no interval here). ``param_bias_<param>``: mean over points of |mean regressed value on the
+    generated maps - the point's value| (:class:`ParamReadBack`); ``_truth``: the same on the truth maps (the
+    regressor's own floor: ridge shrinks towards the grid's centre). With too few truth maps at some point (a tiny
+    test set), the maps are scored pooled, as on an unconditional track (``n_points_scored`` 0)."""
+    gen = _generated(track, predictions, ids)
+    ids = np.asarray(ids)
+    points = grid.points_of(truth, ids)
+    n_points = len(grid.labels)
+    out: dict[str, float] = {}
+    pred = grid.readback.predict(gen)
+    out["param_bias_Omega_m"], out["param_bias_sigma8"] = param_bias(pred, points, grid.grid)
+    out["param_bias_Omega_m_truth"], out["param_bias_sigma8_truth"] = grid.truth_bias
+    per_point: dict[int, dict[str, float]] = {}
+    for p, rows in enumerate(_point_rows(points, n_points)):
+        if len(rows):
+            per_point[p] = {"n_maps": float(len(rows)), "param_mean_Omega_m": float(pred[rows, 0].mean()),
+                            "param_mean_sigma8": float(pred[rows, 1].mean())}
+    if grid.refs is None:
+        out |= score_maps(track, ids, predictions, truth, grid.public.maps, grid.pooled, grid.pooled_chi2)
+        out["n_points_scored"] = 0.0
+    else:
+        flags_per, combined_p = _grid_flags(track, gen, ids, points, grid)
+        out |= _combined_flags(flags_per, combined_p, track)
+        penalty = track.label.flag_penalty if out["memorised"] or out["collapsed"] else 0.0
+        label = track.label.model_copy(update={"n_bootstrap": 0})
+        quiet = track.model_copy(update={"label": label})
+        for p, rows in enumerate(_point_rows(points, n_points)):
+            if not len(rows):
+                continue
+            m = score_maps(quiet, ids[rows], predictions[rows], truth, grid.public.maps, grid.refs[p],
+                           with_flags=False)
+            per_point[p] |= {k: v for k, v in m.items() if k != "n_maps"} | flags_per.get(p, {})
+            per_point[p]["chi2_per_dof"] = m["chi2_per_dof_raw"] + penalty  # the whole set's flags
+        scored = [per_point[p] for p in sorted(per_point)]
+        for k in ("chi2_per_dof_raw", "chi2_cl", "chi2_peaks", "chi2_minkowski", "cl_rel_diff", "pdf_ks",
+                  "pdf_w1"):
+            out[k] = float(np.mean([m[k] for m in scored]))
+        out["n_points_scored"] = float(len(scored))
+        out["chi2_per_dof"] = out["chi2_per_dof_raw"] + penalty
+        if track.label.n_bootstrap:
+            refs = grid.refs
+            vectors, position = _point_vectors(gen, points, refs)
+            out["chi2_per_dof_ci_low"], out["chi2_per_dof_ci_high"] = (
+                v + penalty for v in bootstrap_ci(lambda r: _grid_chi2(vectors, position, points, refs, r),
+                                                  np.arange(len(gen)), n_resamples=track.label.n_bootstrap))
+            for p in per_point:  # each point's own interval, over its maps
+                per_point[p]["chi2_per_dof_ci_low"], per_point[p]["chi2_per_dof_ci_high"] = (
+                    v + penalty for v in bootstrap_ci(lambda r, p=p: _chi2(vectors[p][r], refs[p]),
+                                                      np.arange(len(vectors[p])),
+                                                      n_resamples=track.label.n_bootstrap))
+    out["n_maps"] = float(len(gen))
+    for p, m in per_point.items():
+        out |= {stratum_key("cosmology", grid.labels[p], k): v for k, v in m.items()
+                if k in POINT_METRICS or k in ("chi2_per_dof_ci_low", "chi2_per_dof_ci_high")}
+    return {k: out[k] for k in ("chi2_per_dof",) if k in out} | out  # the primary first (the console shows it)
+
+
+def _point_vectors(gen: np.ndarray, points: np.ndarray, refs: list[Reference]) -> tuple[list[np.ndarray],
+                                                                                        np.ndarray]:
+    """Per grid point, the summary vectors (that point's bins) of its rows, and each row's place among them."""
+    position = np.zeros(len(gen), np.int64)
+    vectors = []
+    for p, rows in enumerate(_point_rows(points, len(refs))):
+        position[rows] = np.arange(len(rows))
+        vectors.append(refs[p].bins.vectors(gen[rows]) if len(rows) else np.zeros((0, refs[p].vectors.shape[1])))
+    return vectors, position
+
+
+def grid_resamples(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
+                   indices: np.ndarray) -> np.ndarray:
+    """The primary of a conditional track on each resample of all ids together (rows regrouped by grid point;
+    a point no row of a resample falls on is left out of its mean), with the flags of the whole set."""
+    gen = _generated(track, predictions, ids)
+    ids = np.asarray(ids)
+    grid = GridReference.of(track, truth, public_of(truth))
+    idx = check_indices(indices, len(gen))
+    if grid.refs is None:
+        ref = grid.pooled
+        vec = ref.bins.vectors(gen)
+        f = flags(track, gen, ids, ref, grid.public.maps)
+        penalty = track.label.flag_penalty if f["memorised"] or f["collapsed"] else 0.0
+        return np.array([_chi2(vec[rows], ref) + penalty for rows in idx])
+    points = grid.points_of(truth, ids)
+    f = _combined_flags(*_grid_flags(track, gen, ids, points, grid), track)
+    penalty = track.label.flag_penalty if f["memorised"] or f["collapsed"] else 0.0
+    vectors, position = _point_vectors(gen, points, grid.refs)
+    return np.array([_grid_chi2(vectors, position, points, grid.refs, rows) + penalty for rows in idx])
+
+
+def _public_grid_panels(track: GenerateTrack, ids: np.ndarray, gen: np.ndarray, truth: HiddenSplit,
+                        edges: np.ndarray, ax: Any) -> None:
+    """Per grid point: generated / training mean C_l, and the parameters read back (public maps only; the grid
+    point of an id is its public ``params``)."""
+    assert track.population.grid is not None
+    public = public_of(truth)
+    size = track.population.size_deg
+    grid = np.array(track.population.grid.points())
+    # the point of an id: the grid point its public params input names (float32 in the release)
+    params = np.asarray(truth.inputs("params", np.asarray(ids)), np.float64)
+    points = np.argmin(np.abs(params[:, None, :] - grid[None]).sum(axis=-1), axis=1)
+    cl_g = power_spectrum(gen, size, edges)
+    cl_t = power_spectrum(public.maps, size, edges).cl
+    pred = ParamReadBack.fit(track, public).predict(gen)
+    for p, label in enumerate(track.population.grid.labels()):
+        mine, theirs = points == p, public.points == p
+        if mine.any() and theirs.any():
+            ax[0].plot(cl_g.ell, cl_g.cl[mine].mean(axis=0) / cl_t[theirs].mean(axis=0), label=label)
+    ax[0].axhline(1, color="k", lw=0.5)
+    ax[0].set(xscale="log", xlabel="l", ylabel="generated / training C_l", title="C_l per cosmology")
+    ax[0].legend(fontsize=6, ncol=2)
+    for k, name in enumerate(("Omega_m", "sigma8")):
+        present = [p for p in range(len(grid)) if (points == p).any()]
+        mean = [pred[points == p, k].mean() for p in present]
+        sd = [pred[points == p, k].std() for p in present]
+        ax[1 + k].errorbar(grid[present, k], mean, sd, fmt="o", capsize=2)
+        lims = [grid[:, k].min() * 0.9, grid[:, k].max() * 1.1]
+        ax[1 + k].plot(lims, lims, "k--", lw=0.5)
+        ax[1 + k].set(xlabel=f"{name} asked for", ylabel=f"{name} read back", title=f"{name} read back")

@@ -203,37 +203,74 @@ LATENT_STREAM = 3  # noise_stream of an object's latent vector (1: field, 2: sha
 class GenerateSimulator:
     """The release-facing simulator of a generate track: per object, a truth map ``maps`` (1, H, W) and a latent
     vector ``latents`` (dim,). On the test split the maps are hidden and the latents are the generator's inputs;
-    the latents are drawn from a stream of their own, so they say nothing about the hidden maps."""
+    the latents are drawn from a stream of their own, so they say nothing about the hidden maps.
+
+    A conditional track (``population.grid``) also has ``params`` (2,): (Omega_m, sigma8) of the object's grid
+    point ``id % n_points`` (public on every split: an input), and metadata columns ``grid_point``, ``cosmology``
+    (the point's label), ``Omega_m``, ``sigma8``; each point's maps come from its own :class:`MapSimulator`, with
+    the same per-object seeds and streams."""
 
     hidden_arrays = ("maps",)
     label_columns: list[str] = []  # nothing per object to predict: the score compares distributions
 
     def __init__(self, track: GenerateTrack, backend: Backend | str = "auto"):
         self.track = track
-        self.sim = MapSimulator(track.population, backend)
+        pop = track.population
+        self.sims = [MapSimulator(pop.at_point(k), backend) for k in range(pop.n_points)]
+        self.sim = self.sims[0]
 
     @classmethod
     def arrays(cls, track: GenerateTrack) -> dict[str, tuple[int, ...]]:
         n = track.population.n_pix
-        return {"latents": (track.population.latent.dim,), "maps": (1, n, n)}
+        out: dict[str, tuple[int, ...]] = {"latents": (track.population.latent.dim,)}
+        if track.population.grid is not None:
+            out["params"] = (2,)
+        return out | {"maps": (1, n, n)}
 
     @classmethod
     def release_info(cls, track: GenerateTrack) -> dict[str, Any]:
         pop = track.population
-        # built here, in the parent, before the worker processes are forked: they inherit its pyccl C_l
-        sim = MapSimulator(pop, "numpy")
-        return {"maps": {"n_pix": pop.n_pix, "size_deg": pop.size_deg, "kappa0": sim.kappa0,
-                         "sigma_g2": sim.sigma_g2, "clipped_fraction": sim.clipped_fraction,
-                         "latent": pop.latent.model_dump(), "units": "convergence (dimensionless)"}}
+        # built here, in the parent, before the worker processes are forked: they inherit its pyccl C_l (every
+        # grid point's)
+        sims = [MapSimulator(pop.at_point(k), "numpy") for k in range(pop.n_points)]
+        sim = sims[0]
+        info: dict[str, Any] = {"n_pix": pop.n_pix, "size_deg": pop.size_deg, "kappa0": sim.kappa0,
+                "sigma_g2": sim.sigma_g2, "clipped_fraction": sim.clipped_fraction,
+                "latent": pop.latent.model_dump(), "units": "convergence (dimensionless)"}
+        if pop.grid is not None:
+            info = {k: v for k, v in info.items() if k not in ("sigma_g2", "clipped_fraction")}
+            info["grid"] = [{"point": k, "label": label, "Omega_m": om, "sigma8": s8, "sigma_g2": s.sigma_g2,
+                             "clipped_fraction": s.clipped_fraction}
+                            for k, ((om, s8), label, s) in enumerate(zip(pop.grid.points(), pop.grid.labels(), sims,
+                                                                         strict=True))]
+            info["params"] = ["Omega_m", "sigma8"]
+        return {"maps": info}
 
     def simulate(self, seeds: ObjectSeeds | int, split: str, start: int, stop: int
                  ) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
         seeds = as_object_seeds(seeds)
         s = [int(seeds(split, i)) for i in range(start, stop)]
-        maps = self.sim.simulate(s)
-        latent = self.track.population.latent
+        pop = self.track.population
+        ids = np.arange(start, stop)
+        if pop.grid is None:
+            maps = self.sim.simulate(s)
+        else:
+            point = pop.point_of(ids)
+            maps = np.empty((len(s), 1, pop.n_pix, pop.n_pix), np.float32)
+            for k in np.unique(point):
+                rows = np.flatnonzero(point == k)
+                maps[rows] = self.sims[k].simulate([s[r] for r in rows])
+        latent = pop.latent
         lat = np.stack([latent.draw(1, noise_stream(x, LATENT_STREAM))[0] for x in s]) if s else \
             np.zeros((0, latent.dim), np.float32)
-        meta = pd.DataFrame({"id": np.arange(start, stop), "split": split, "seed": s,
+        meta = pd.DataFrame({"id": ids, "split": split, "seed": s,
                              "kappa_std": maps.reshape(len(s), -1).std(axis=1).astype(np.float64)})
-        return {"maps": maps, "latents": lat}, meta
+        arrays = {"maps": maps, "latents": lat}
+        if pop.grid is not None:
+            grid = np.array(pop.grid.points(), dtype=np.float64)
+            labels = np.array(pop.grid.labels())
+            meta["grid_point"] = point
+            meta["cosmology"] = labels[point] if len(s) else np.array([], dtype=str)
+            meta["Omega_m"], meta["sigma8"] = grid[point, 0], grid[point, 1]
+            arrays["params"] = grid[point].astype(np.float32).reshape(len(s), 2)
+        return arrays, meta
