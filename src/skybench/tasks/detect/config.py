@@ -20,6 +20,7 @@ from skybench.tracks import Output, Track
 
 Range = tuple[float, float]
 KINDS = ("lens", "lookalike", "galaxy", "star")  # the ``kind`` of a truth-table row
+TABLE = "objects"  # the release table of every object of every tile (public for train/val, hidden for test)
 ARCSEC2_PER_DEG2 = 3600.0**2
 
 
