@@ -57,8 +57,9 @@ class Case:
     path: Path | None  # None: the task has no track to check (a failure of the case)
 
 
-# Tasks whose scorer alone takes ~20 s here (enhance: SSIM and moments of every image): make test only.
-HEAVY_TASKS = {"enhance"}
+# Tasks whose case alone takes ~20 s or more here (enhance: SSIM and moments of every image; detect: three releases
+# of 512-pixel tiles, ~40 s): make test only.
+HEAVY_TASKS = {"enhance", "detect"}
 
 
 def _cases() -> list[object]:
