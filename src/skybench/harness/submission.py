@@ -385,7 +385,8 @@ def read_detections_csv(path: Path, ids: np.ndarray, output: Output,
                                    input_shape[-1] if input_shape else 0)
     except (ValueError, OverflowError) as exc:
         return None, clip(f"{path.name}: {str(exc).removeprefix('detections CSV: ')}")
-    out = pred.astype(np.float32)
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused next
+        out = pred.astype(np.float32)
     if reason := validate_predictions(out, len(ids), output, input_shape):  # in float32, as kept (1e300 is inf)
         return None, clip(f"{path.name}: {reason}")
     return out, ""
