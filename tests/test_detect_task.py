@@ -82,3 +82,15 @@ def test_participants_see_fixed_aggregates_and_their_own_candidates_only(track: 
     table = pd.read_csv(tmp_path / "completeness_public.csv")
     assert list(table.columns) == ["fp_per_deg2", "completeness", "purity", "candidates_per_deg2"]
     assert table["fp_per_deg2"].tolist() == list(FP_GRID)  # its size never depends on the submission
+
+
+def test_tiles_without_a_lens_score_nan_with_their_counts(track: DetectTrack, truth: HiddenSplit,
+                                                         tmp_path: Path) -> None:
+    meta = truth.meta()
+    empty = meta.loc[meta["n_lens"] == 0, "id"].to_numpy()[:1]
+    if not empty.size:
+        pytest.skip("every tile of this release has a lens")
+    pred = np.full((1, track.output.max_candidates, 3), np.nan)
+    pred[0, 0] = (30.0, 40.0, 1.0)
+    got = TASK.score(track, empty, pred, truth, tmp_path)
+    assert np.isnan(got["average_precision"]) and got["n_lens"] == 0 and got["n_candidates"] == 1, got
