@@ -75,3 +75,12 @@ def test_a_csv_of_candidates_becomes_the_padded_array(tmp_path: Path) -> None:
 def test_a_bad_csv_is_refused_with_one_line(tmp_path: Path, text: str, words: str) -> None:
     pred, reason = _csv(tmp_path, text)
     assert pred is None and words in reason and "\n" not in reason and len(reason) <= MAX_MESSAGE, reason
+
+
+@pytest.mark.parametrize("output", [{"kind": "detections", "shape": ["N", 5, 3]},
+                                    {"kind": "score", "shape": ["N"], "max_candidates": 5}])
+def test_max_candidates_goes_with_the_detections_kind_only(output: dict) -> None:
+    from skybench.tracks import Output
+
+    with pytest.raises(ValueError, match="max_candidates .* goes with kind detections"):
+        Output.model_validate(output)

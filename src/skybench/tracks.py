@@ -74,6 +74,13 @@ class Output(_Strict):
     kind: Literal["score", "point", "pdf", "image", "maps", "detections"]
     shape: list[str | int]
     max_candidates: int | None = Field(None, gt=0)  # K of a ``detections`` output
+
+    @model_validator(mode="after")
+    def _check_candidates(self) -> Output:
+        if (self.kind == "detections") != (self.max_candidates is not None):
+            raise ValueError("output.max_candidates (K, candidates per image) goes with kind detections, and only "
+                             f"with it; got kind {self.kind!r}, max_candidates {self.max_candidates}")
+        return self
     grid: tuple[float, float, int] | None = None  # (low, high, K) bin centres of a PDF output
     point_estimate: Literal["mean", "median", "mode"] = "mean"  # how a PDF becomes a point estimate
 
