@@ -11,6 +11,7 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from skybench.release import layout, open_release, read_manifest, write_release
@@ -249,3 +250,48 @@ def test_shard_reading_refuses_a_fortran_ordered_file(tmp_path):
     np.save(tmp_path / layout.shard_name("images", 0), np.asfortranarray(np.ones((3, 2, 2), np.float32)))
     with pytest.raises(ShardError, match="Fortran"):
         list(iter_batches(tmp_path, "images", 2))
+
+
+def _table_release(out: Path, chunk_size: int, schema_drift: bool = False) -> Path:
+    """A release whose chunks bring a table of several rows per object (as the detect task's objects per tile)."""
+    counts = {"train": 7, "val": 3, "test": 8}
+
+    def chunks(split, ranges):
+        for a, b in ranges:
+            ids = np.arange(a, b, dtype=np.int64)
+            rows = pd.DataFrame({"tile": np.repeat(ids, 2), "x": np.repeat(ids, 2) * 1.5 + [0.0, 0.25] * len(ids),
+                                 "kind": ["lens", "star"] * len(ids)})
+            if schema_drift and a > 0:
+                rows["x"] = rows["x"].astype(np.float32)
+            yield (np.zeros((b - a, 1, 2, 2), np.float32), {"id": ids, "n": np.ones(b - a, np.int64)},
+                   {"objects": rows})
+
+    return write_release(out, info={"track": "toy", "profile": "demo", "seed": 0}, counts=counts,
+                         image_shape=(1, 2, 2), make_chunks=chunks, chunk_size=chunk_size, label_columns=("n",),
+                         progress=False, tables=("objects",))
+
+
+def test_a_tasks_tables_are_public_for_training_hidden_for_test_and_hashed(tmp_path):
+    root = _table_release(tmp_path / "r", 3)
+    rel = open_release(root)
+    assert read_manifest(root)["tables"] == ["objects"]
+    assert rel.table("train", "objects")["tile"].tolist() == [t for t in range(7) for _ in (0, 1)]
+    assert len(rel.table("val", "objects")) == 6
+    with pytest.raises(PermissionError, match="hidden"):
+        rel.table("test", "objects")
+    hidden = rel.hidden("test").table("objects")
+    assert hidden["tile"].tolist() == [t for t in range(8) for _ in (0, 1)] and set(hidden["kind"]) == {"lens", "star"}
+    test_files = {p.name for p in layout.public_dir(root, "test").iterdir()}  # only the inputs and their ids
+    assert test_files == {layout.index_path(root).name, layout.shard_name("images", 0)}
+    files = read_manifest(root)["files"]
+    for folder in (layout.public_dir(root, "train"), layout.public_dir(root, "val"), layout.hidden_dir(root)):
+        assert layout.relpath(layout.table_path(folder, "objects"), root) in files
+    # the same bytes whatever the chunks
+    other = _table_release(tmp_path / "o", 5)
+    assert read_manifest(other)["files"] == files
+
+
+def test_a_table_whose_schema_changes_between_chunks_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="table 'objects' has columns .* give every chunk the same schema"):
+        _table_release(tmp_path / "r", 3, schema_drift=True)
+    assert not (tmp_path / "r").exists()

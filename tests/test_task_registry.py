@@ -16,6 +16,7 @@ import yaml
 import skybench.tasks as registry
 from skybench.tasks import BUILTIN, get_task, register, task_names
 from skybench.tasks.base import Task
+from skybench.tasks.detect.config import DetectLabel, DetectPopulation, DetectTrack
 from skybench.tasks.enhance.config import Degradation, EnhancePopulation, EnhanceTrack
 from skybench.tasks.generate.config import GenerateScoring, GenerateTrack, MapPopulation
 from skybench.tasks.lens.config import LensLabel, LensPopulation, LensTrack
@@ -123,12 +124,13 @@ def test_two_classes_cannot_claim_one_name(clean_registry):
 
 
 def test_unknown_task_names_say_which_exist(tmp_path):
-    with pytest.raises(KeyError, match="unknown task 'nope'; known tasks: enhance, generate, lens, photoz"):
+    with pytest.raises(KeyError, match="unknown task 'nope'; known tasks: detect, enhance, generate, lens, photoz"):
         get_task("nope")
     with pytest.raises(ValueError) as err:
         load_track(_yaml_like("lens-space", tmp_path, task="nope"))
     msg = str(err.value)
-    assert "\n" not in msg and "unknown task 'nope'" in msg and "known tasks: enhance, generate, lens, photoz" in msg
+    assert "\n" not in msg and "unknown task 'nope'" in msg
+    assert "known tasks: detect, enhance, generate, lens, photoz" in msg
 
 
 def test_every_builtin_task_is_registered_with_its_own_name():
@@ -146,6 +148,7 @@ def test_every_builtin_task_is_registered_with_its_own_name():
     ("photoz-sdss-mgs", PhotozTrack, CataloguePopulation, None),
     ("enhance", EnhanceTrack, EnhancePopulation, Degradation),
     ("wl-maps", GenerateTrack, MapPopulation, GenerateScoring),
+    ("lens-tiles", DetectTrack, DetectPopulation, DetectLabel),
 ])
 def test_load_track_returns_the_tasks_typed_model(track, model, population, label):
     t = load_track(track)
@@ -186,11 +189,12 @@ def test_a_plugin_task_loads_its_own_track_model(clean_registry, tmp_path):
 
 def test_reading_a_track_imports_neither_the_physics_nor_the_scorers():
     code = ("import sys; from skybench.tracks import load_track; [load_track(t) for t in "
-            "('lens-space', 'photoz-images', 'enhance', 'wl-maps')]; "
+            "('lens-space', 'photoz-images', 'enhance', 'wl-maps', 'lens-tiles')]; "
             "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in ('torch', 'matplotlib', "
             "'sklearn')} | {m for m in sys.modules if m.startswith(('skybench.physics', 'skybench.tasks.lens.s', "
             "'skybench.tasks.photoz.s', 'skybench.tasks.enhance.s', 'skybench.tasks.lens.metrics', "
-            "'skybench.tasks.generate.s', 'skybench.tasks.generate.m'))}))")
+            "'skybench.tasks.generate.s', 'skybench.tasks.generate.m', 'skybench.tasks.detect.s', "
+            "'skybench.tasks.detect.m'))}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(ROOT / "src"), "SKYBENCH_ROOT": str(ROOT), "PATH": "/usr/bin"})
     assert out.stdout.strip() == "[]", out.stdout

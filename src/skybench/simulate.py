@@ -63,7 +63,8 @@ def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", se
 
         return write_release(Path(out), info=info, counts=counts, arrays=cls.arrays(track),
                              hidden_arrays=cls.hidden_arrays, make_chunks=make_chunks, chunk_size=chunk_size,
-                             label_columns=cls.label_columns, progress=progress, finish=finish)
+                             label_columns=cls.label_columns, progress=progress, finish=finish,
+                             tables=tuple(getattr(cls, "tables", ())))
 
 
 def _real_set_fold(track: Track, real_set: Path | str | bool, key: bytes) -> Callable[[Path], dict[str, Any]]:

@@ -67,10 +67,20 @@ class Output(_Strict):
 
     score: (N,) ranking score. point: (N,) value. pdf: a point estimate (N,) or a PDF (N, K) on ``grid``
     (K = ``grid[2]`` bins, centres spread evenly over [grid[0], grid[1]]). image: same shape as the input.
-    maps: one array of the fixed per-object ``shape`` (after "N") per input, e.g. a generated map (N, 1, H, W)."""
+    maps: one array of the fixed per-object ``shape`` (after "N") per input, e.g. a generated map (N, 1, H, W).
+    detections: per input image up to ``max_candidates`` (K) candidates (x, y, score) in pixels, NaN-padded rows:
+    (N, K, 3)."""
 
-    kind: Literal["score", "point", "pdf", "image", "maps"]
+    kind: Literal["score", "point", "pdf", "image", "maps", "detections"]
     shape: list[str | int]
+    max_candidates: int | None = Field(None, gt=0)  # K of a ``detections`` output
+
+    @model_validator(mode="after")
+    def _check_candidates(self) -> Output:
+        if (self.kind == "detections") != (self.max_candidates is not None):
+            raise ValueError("output.max_candidates (K, candidates per image) goes with kind detections, and only "
+                             f"with it; got kind {self.kind!r}, max_candidates {self.max_candidates}")
+        return self
     grid: tuple[float, float, int] | None = None  # (low, high, K) bin centres of a PDF output
     point_estimate: Literal["mean", "median", "mode"] = "mean"  # how a PDF becomes a point estimate
 
@@ -201,6 +211,12 @@ class Track(_Strict):
     @property
     def band_names(self) -> list[str]:
         return [b.name for b in self.survey.bands]
+
+    def image_shape(self) -> tuple[int, ...]:
+        """Shape of one input image, (bands, H, W); () for a track without images (catalogue features)."""
+        if self.cutout is None:
+            return ()
+        return (len(self.band_names), self.cutout.size, self.cutout.size)
 
     def split_sizes(self, profile: str) -> Split:
         if profile not in self.profiles:

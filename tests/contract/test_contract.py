@@ -28,6 +28,7 @@ import yaml
 
 from skybench.harness.submission import MAX_MESSAGE, _input_shape, expected_shapes, validate_predictions
 from skybench.harness.visibility import participant_artifacts
+from skybench.release import layout
 from skybench.release.reader import HiddenSplit, Release, open_release
 from skybench.simulate import simulate_release
 from skybench.tasks import get_task, task_names
@@ -56,8 +57,9 @@ class Case:
     path: Path | None  # None: the task has no track to check (a failure of the case)
 
 
-# Tasks whose scorer alone takes ~20 s here (enhance: SSIM and moments of every image): make test only.
-HEAVY_TASKS = {"enhance"}
+# Tasks whose case alone takes ~20 s or more here (enhance: SSIM and moments of every image; detect: three releases
+# of 512-pixel tiles, ~40 s): make test only.
+HEAVY_TASKS = {"enhance", "detect"}
 
 
 def _cases() -> list[object]:
@@ -181,6 +183,18 @@ def test_hidden_columns_and_arrays_never_reach_the_public_test_split(task: Task,
     assert set(sim.label_columns) <= set(hidden_meta.columns)
     assert set(sim.label_columns) <= set(rel.meta("train").columns), "the training split must carry its labels"
     assert list(rel.manifest["hidden_arrays"]) == list(sim.hidden_arrays)
+    # a task's per-object tables (the objects of each detection tile): hidden for test, public for train/val
+    assert list(rel.manifest.get("tables", [])) == list(getattr(sim, "tables", ()))
+    for name in rel.manifest.get("tables", []):
+        assert set(hidden.table(name).columns) and len(rel.table("train", name)) > 0
+        with pytest.raises(PermissionError):
+            rel.table("test", name)
+    test_dir = layout.public_dir(release, "test")
+    public_files = {p.name for p in test_dir.iterdir()}
+    expected = {layout.index_path(test_dir).name} | {p.name for a in rel.public_arrays("test")
+                                                     for p in layout.shard_paths(test_dir, a)}
+    assert public_files == expected, f"the public test folder holds more than the inputs and their ids: " \
+        f"{sorted(public_files - expected)}"
 
     public: dict[str, np.ndarray] = {}
     for name in rel.manifest["arrays"]:
@@ -252,6 +266,9 @@ def test_score_resamples_gives_the_scorers_primary_metric_of_each_resample(
     noisy = pred + rng.normal(0, 0.3 * (np.std(pred) or 1.0), pred.shape)  # imperfect: ties and ranks matter
     if pred.ndim == 2 and track.output.kind == "pdf":  # a PDF track's oracle is a point estimate: keep that
         noisy = pred
+    if track.output.kind == "detections":  # candidates stay in the tile, NaN padding stays padding: noisy scores
+        noisy = pred.copy()
+        noisy[..., 2] += rng.normal(0, 0.3, pred.shape[:2])
     primary = track.metrics.primary
     draws = rng.integers(0, len(ids), size=(3, len(ids)))
     indices = np.vstack([np.arange(len(ids)), draws])
@@ -308,9 +325,10 @@ def test_output_kind_accepts_the_oracle_and_rejects_bad_outputs_with_one_line(
         reason = validate_predictions(wrong, n, track.output, shape)
         assert reason and "\n" not in reason and len(reason) <= MAX_MESSAGE, f"{what} {wrong.shape}: {reason!r}"
         assert str(n) in reason, f"{what}: the reason does not say what is expected: {reason!r}"
+    finite = np.flatnonzero(np.isfinite(pred))  # a value the oracle gives (a detections oracle pads with NaN)
     for value, word in ((np.nan, "NaN"), (np.inf, "inf"), (-np.inf, "inf")):
         wrong = pred.astype(np.float64).copy()
-        wrong.flat[len(wrong.flat) // 2] = value
+        wrong.flat[finite[len(finite) // 2]] = value
         reason = validate_predictions(wrong, n, track.output, shape)
         assert reason and "\n" not in reason and word in reason, f"{value}: {reason!r}"
     reason = validate_predictions(pred.astype(str), n, track.output, shape)

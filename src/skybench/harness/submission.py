@@ -306,6 +306,8 @@ def expected_shapes(output: Output, n: int, input_shape: tuple[int, ...] = ()) -
         return [(n, *input_shape)]
     if output.kind == "maps":
         return [(n, *(int(d) for d in output.shape[1:]))]
+    if output.kind == "detections":
+        return [(n, int(output.max_candidates or 0), 3)]
     shapes: list[tuple[int, ...]] = [(n,)]
     if output.kind == "pdf" and output.grid is not None:
         shapes.append((n, int(output.grid[2])))
@@ -323,9 +325,20 @@ def validate_predictions(pred: np.ndarray, n: int, output: Output, input_shape: 
         want = " or ".join(str(s) for s in shapes)
         hint = ("the same shape as the input, channels first (N, bands, H, W)" if output.kind == "image"
                 else f"one array of shape {tuple(output.shape[1:])} per input" if output.kind == "maps"
+                else f"per image {output.max_candidates} rows (x, y, score), NaN rows as padding"
+                if output.kind == "detections"
                 else "one value per input, e.g. probs[:, 1] of a two-class output" if output.kind == "score"
                 else "one value per input" + (" or one PDF row per input" if len(shapes) > 1 else ""))
         return f"returned shape {tuple(pred.shape)}, expected {want} for a {output.kind!r} track | hint: return {hint}"
+    if output.kind == "detections":  # NaN rows are padding: the shared check of candidates, in float32 as kept
+        from skybench.common import validate_detections
+
+        try:
+            validate_detections(np.asarray(pred, dtype=np.float32), n, int(output.max_candidates or 0),
+                                input_shape[-1] if input_shape else 0)
+        except ValueError as exc:
+            return clip(f"returned invalid detections: {exc}")
+        return ""
     bad = int(np.size(pred) - np.count_nonzero(np.isfinite(np.asarray(pred, dtype=np.float32))))
     if bad:  # counted in float32, the dtype we keep: 1e300 is inf there
         return f"returned {bad} non-finite value{'s' if bad != 1 else ''} (NaN/inf)"
@@ -340,20 +353,51 @@ def validate_predictions(pred: np.ndarray, n: int, output: Output, input_shape: 
     return ""
 
 
-def read_predictions_csv(path: Path, ids: np.ndarray) -> tuple[np.ndarray | None, str]:
-    """Scores from an ``id,score`` CSV in the order of ``ids``, or (None, reason)."""
+def _read_csv(path: Path, dtype: dict[str, type] | None = None) -> tuple[pd.DataFrame | None, str]:
+    """The CSV at ``path`` read as plain text (a regular file of at most CSV_MAX_BYTES), or (None, reason)."""
     import io
 
-    name = path.name
     try:  # the bytes of a plain file (no symlink, FIFO, archive name or size trick) parsed as plain CSV
         data = read_regular(path, CSV_MAX_BYTES)
     except FolderError as exc:
         return None, clip(str(exc))
     try:
-        df = pd.read_csv(io.BytesIO(data), dtype={"id": str}, compression=None, encoding="utf-8",
-                         encoding_errors="strict")
+        return pd.read_csv(io.BytesIO(data), dtype=dtype, compression=None, encoding="utf-8",
+                           encoding_errors="strict"), ""
     except Exception as exc:
-        return None, clip(f"{name}: not a readable CSV: {(str(exc).strip().splitlines() or [''])[-1]}")
+        return None, clip(f"{path.name}: not a readable CSV: {(str(exc).strip().splitlines() or [''])[-1]}")
+
+
+def read_detections_csv(path: Path, ids: np.ndarray, output: Output,
+                        input_shape: tuple[int, ...]) -> tuple[np.ndarray | None, str]:
+    """Candidates from a ``tile_id,x,y,score`` CSV (one row per candidate) as float32 (N, K, 3) in the order of
+    ``ids``, NaN-padded, or (None, reason): unknown tiles, more than K candidates for a tile, coordinates outside
+    the tile and non-finite values are refused (:func:`skybench.common.detections_from_csv`)."""
+    from skybench.common import detections_from_csv
+
+    df, reason = _read_csv(path)
+    if df is None:
+        return None, reason
+    if sorted(df.columns) != ["score", "tile_id", "x", "y"]:
+        return None, clip(f"{path.name}: expected the columns tile_id,x,y,score, got {','.join(map(str, df.columns))}")
+    try:
+        pred = detections_from_csv(df, [int(i) for i in ids], int(output.max_candidates or 0),
+                                   input_shape[-1] if input_shape else 0)
+    except (ValueError, OverflowError) as exc:
+        return None, clip(f"{path.name}: {str(exc).removeprefix('detections CSV: ')}")
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused next
+        out = pred.astype(np.float32)
+    if reason := validate_predictions(out, len(ids), output, input_shape):  # in float32, as kept (1e300 is inf)
+        return None, clip(f"{path.name}: {reason}")
+    return out, ""
+
+
+def read_predictions_csv(path: Path, ids: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """Scores from an ``id,score`` CSV in the order of ``ids``, or (None, reason)."""
+    name = path.name
+    df, reason = _read_csv(path, {"id": str})
+    if df is None:
+        return None, reason
     if sorted(df.columns) != ["id", "score"]:
         return None, clip(f"{name}: expected the columns id,score, got {','.join(map(str, df.columns))}")
 
@@ -401,7 +445,7 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
         npy = sub.model_path.suffix == NPY_PREDICTIONS
         if npy != (track.output.kind == "maps"):
             want = "a .npy of one map per test id (public test index order)" if track.output.kind == "maps" \
-                else "an id,score .csv"
+                else "a tile_id,x,y,score .csv" if track.output.kind == "detections" else "an id,score .csv"
             return _fail(f"predictions file {sub.model_path.name}: a {track.output.kind!r} track takes {want}", ids,
                          device="none")
         if npy:
@@ -409,7 +453,10 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
             if result.predictions is None:
                 return _fail(result.reason, ids, device="none")
             return PredictResult(True, "", result.predictions[:n], ids, "none", 0.0)
-        pred, reason = read_predictions_csv(sub.model_path, all_ids)
+        if track.output.kind == "detections":
+            pred, reason = read_detections_csv(sub.model_path, all_ids, track.output, _input_shape(track))
+        else:
+            pred, reason = read_predictions_csv(sub.model_path, all_ids)
         if pred is None:
             return _fail(reason, ids, device="none")
         return PredictResult(True, "", pred[:n], ids, "none", 0.0)
@@ -572,6 +619,4 @@ def _read_output(out: Path, ids: np.ndarray, n: int, track: Track, device: str, 
 
 def _input_shape(track: Track) -> tuple[int, ...]:
     """Shape of one input image of the track (what an ``image`` output must match)."""
-    if track.cutout is None:
-        return ()
-    return (len(track.band_names), track.cutout.size, track.cutout.size)
+    return track.image_shape()

@@ -43,6 +43,8 @@ _ARTIFACTS = {
     "photoz": (),  # PIT and z_phot-vs-z_spec plots are built from per-object truth: organiser only
     "enhance": ("outputs.png", "outputs_real.png"),
     "generate": ("summary_stats.png",),
+    # completeness and purity at fixed FP rates on the public part; the team's own candidates' scores and counts
+    "detect": ("completeness_public.csv", "completeness_public.png", "candidates_public.png"),
 }
 
 

@@ -7,6 +7,9 @@
     ROOT/public/test/               <name>-*.npy + index.parquet (ids only): the sandbox's input folder
     ROOT/hidden/test/               meta.parquet (labels, full metadata), hidden arrays (answers),
                                     sources.parquet (with a folded-in real set: the stream's mapping)
+    ROOT/{public/{train,val},hidden/test}/table-<name>.parquet
+                                    a task's per-split tables of several rows per object (the objects in
+                                    each detection tile): public for train/val, hidden for test
 
 Changing the layout (a hidden validation split, zarr) starts here. Plain ``pathlib`` only: the sandboxed runner
 imports this module, so it must not pull in pandas or pyarrow.
@@ -22,6 +25,7 @@ HIDDEN = "hidden"  # what only the organiser's scoring reads
 META = "meta.parquet"  # per-object metadata: public train/val (with labels), hidden splits (everything)
 INDEX = "index.parquet"  # the ids (and only the public columns) of a public test folder
 SOURCES = "sources.parquet"  # hidden/test: the folded test stream's mapping back to the simulated and real sets
+TABLE_PREFIX = "table-"  # a task's table <name>: table-<name>.parquet (never meta, index or sources)
 SHARD_DIGITS = 5
 SHARD_SUFFIX = ".npy"
 
@@ -64,6 +68,11 @@ def index_path(folder: str | Path) -> Path:
 def sources_path(hidden: str | Path) -> Path:
     """The folded stream's mapping, in a hidden test folder."""
     return Path(hidden) / SOURCES
+
+
+def table_path(folder: str | Path, name: str) -> Path:
+    """A task's table ``name`` in a split folder: public train/val, or the hidden test folder."""
+    return Path(folder) / f"{TABLE_PREFIX}{name}.parquet"
 
 
 def shard_name(name: str, i: int) -> str:

@@ -51,6 +51,13 @@ class HiddenSplit:
         return self.meta(columns if columns is None or "id" in columns else ["id", *columns]) \
             .set_index("id").loc[np.asarray(ids)]
 
+    def table(self, name: str) -> pd.DataFrame:
+        """A task's hidden table ``name`` (e.g. the objects of every detection tile), several rows per object."""
+        path = layout.table_path(self.folder, name)
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.folder}: no table {name!r}")
+        return pd.read_parquet(path)
+
     def array(self, name: str) -> ShardedArray:
         """A hidden per-object array (release order), memory-mapped."""
         paths = layout.shard_paths(self.folder, name)
@@ -95,6 +102,15 @@ class Release:
         if not paths:
             raise FileNotFoundError(f"{self.root}: no {name} for split {split!r}")
         return ShardedArray(paths)
+
+    def table(self, split: str, name: str) -> pd.DataFrame:
+        """A task's table ``name`` of a public split (``train``/``val``; the test split's are hidden)."""
+        if split == "test":
+            raise PermissionError(f"the test split's table {name!r} is hidden; it is used only by `skybench evaluate`")
+        path = layout.table_path(layout.public_dir(self.root, split), name)
+        if not path.is_file():
+            raise FileNotFoundError(f"{self.root}: no table {name!r} for split {split!r}")
+        return pd.read_parquet(path)
 
     def public_arrays(self, split: str) -> list[str]:
         """Names of the per-object arrays teams get for ``split`` (the test split's answers are hidden): the model

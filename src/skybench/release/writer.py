@@ -2,7 +2,9 @@
 
 A track may have other per-object arrays besides ``images`` (e.g. ``features``: catalogue magnitudes, or
 ``truth``: the undegraded image), each sharded the same way. Arrays named in ``hidden_arrays`` go to the hidden
-folder of the test split (they are answers), and to the public folders otherwise. Where each file goes is
+folder of the test split (they are answers), and to the public folders otherwise. A task may also have
+``tables``: per-split tables with any number of rows per object (the truth table of the objects in each tile of the
+``detect`` task), public for train and val and hidden for test, like the metadata. Where each file goes is
 :mod:`skybench.release.layout`'s business.
 """
 
@@ -28,8 +30,9 @@ from skybench.release.verify import FORMAT, sha256_file
 
 SPLITS = ("train", "val", "test")
 # (split, [(start, stop), ...]) -> the chunks in that order: (arrays, metadata with ``id``), where arrays is
-# the float32 images (B, ...) or a dict {array name: float32 (B, ...)}
-Chunk = tuple["np.ndarray | dict[str, np.ndarray]", "pd.DataFrame | dict[str, np.ndarray]"]  # arrays, metadata
+# the float32 images (B, ...) or a dict {array name: float32 (B, ...)}; with ``tables``, a third element
+# {table name: DataFrame of the chunk's rows}
+Chunk = tuple[Any, ...]  # arrays, metadata[, tables]
 ChunksFn = Callable[[str, list[tuple[int, int]]], Iterator[Chunk]]
 
 
@@ -43,14 +46,17 @@ def write_release(out: Path, *, info: dict[str, Any], counts: dict[str, int],
                   arrays: dict[str, tuple[int, ...]] | None = None, hidden_arrays: tuple[str, ...] = (),
                   chunk_size: int = 128, shard_size: int = 10_000,
                   public_test_columns: tuple[str, ...] = ("id",), label_columns: tuple[str, ...] = (),
-                  progress: bool = True, finish: Callable[[Path], dict[str, Any]] | None = None) -> Path:
+                  progress: bool = True, finish: Callable[[Path], dict[str, Any]] | None = None,
+                  tables: tuple[str, ...] = ()) -> Path:
     """Write a release to ``out`` atomically: build it in a sibling temporary folder, then rename.
 
     A failure (including a full disk) removes the temporary folder and leaves any previous release intact.
     ``arrays``: per-object array shapes by name (default ``{"images": image_shape}``).
     ``label_columns`` are kept out of the public test split; everything but ``public_test_columns`` is hidden.
     ``finish(folder)``: run on the written splits before they are hashed (e.g. folding the real set into the
-    test split, :func:`skybench.release.mixing.fold_in`); its result is added to the manifest."""
+    test split, :func:`skybench.release.mixing.fold_in`); its result is added to the manifest.
+    ``tables``: names of the per-split tables each chunk brings as its third element (hidden for test); each
+    table's chunks must have the same columns and dtypes, so that the file does not depend on the chunks."""
     arrays = dict(arrays) if arrays is not None else {"images": tuple(image_shape or ())}
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +69,7 @@ def write_release(out: Path, *, info: dict[str, Any], counts: dict[str, int],
                 n = counts.get(split, 0)
                 if n:
                     _write_split(tmp, split, n, arrays, hidden_arrays, make_chunks, chunk_size, shard_size,
-                                 public_test_columns, bar)
+                                 public_test_columns, bar, tables)
         info = {**info, **(finish(tmp) if finish is not None else {})}
         files = {layout.relpath(p, tmp): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
                  for p in sorted(tmp.rglob("*")) if p.is_file()}
@@ -71,7 +77,8 @@ def write_release(out: Path, *, info: dict[str, Any], counts: dict[str, int],
                     "counts": {s: counts.get(s, 0) for s in SPLITS},
                     **({"image_shape": list(arrays["images"])} if "images" in arrays else {}),
                     "arrays": {k: list(v) for k, v in arrays.items()}, "hidden_arrays": list(hidden_arrays),
-                    "image_dtype": "float32", "label_columns": list(label_columns), "files": files}
+                    "image_dtype": "float32", "label_columns": list(label_columns),
+                    **({"tables": list(tables)} if tables else {}), "files": files}
         layout.manifest_path(tmp).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -88,7 +95,7 @@ def write_release(out: Path, *, info: dict[str, Any], counts: dict[str, int],
 
 def _write_split(root: Path, split: str, n: int, arrays: dict[str, tuple[int, ...]], hidden_arrays: tuple[str, ...],
                  make_chunks: ChunksFn, chunk_size: int, shard_size: int, public_test_columns: tuple[str, ...],
-                 bar: Any) -> None:
+                 bar: Any, tables: tuple[str, ...] = ()) -> None:
     pub = layout.public_dir(root, split)
     pub.mkdir(parents=True)
     hid = layout.hidden_dir(root, split)
@@ -96,6 +103,7 @@ def _write_split(root: Path, split: str, n: int, arrays: dict[str, tuple[int, ..
         hid.mkdir(parents=True)
     task = bar.add_task(f"{split:5s}", total=n) if bar else None
     metas = []
+    parts: dict[str, list[pd.DataFrame]] = {t: [] for t in tables}
     for shard_no, shard_start in enumerate(range(0, n, shard_size)):
         shard_stop = min(n, shard_start + shard_size)
         ranges = [(a, min(shard_stop, a + chunk_size)) for a in range(shard_start, shard_stop, chunk_size)]
@@ -108,8 +116,10 @@ def _write_split(root: Path, split: str, n: int, arrays: dict[str, tuple[int, ..
                 header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
                           "shape": (shard_stop - shard_start, *shape)}
                 np.lib.format.write_array_header_1_0(f, header)
-            for (start, stop), (chunk, meta) in zip(ranges, make_chunks(split, ranges), strict=True):
+            for (start, stop), got in zip(ranges, make_chunks(split, ranges), strict=True):
+                chunk, meta = got[0], got[1]
                 chunk = chunk if isinstance(chunk, dict) else {"images": chunk}
+                _add_tables(parts, got[2] if len(got) > 2 else {}, f"chunk {split}[{start}:{stop}]")
                 if set(chunk) != set(arrays):
                     raise ValueError(f"chunk {split}[{start}:{stop}] has arrays {sorted(chunk)}, expected "
                                      f"{sorted(arrays)}")
@@ -127,6 +137,20 @@ def _write_split(root: Path, split: str, n: int, arrays: dict[str, tuple[int, ..
         _write_parquet(meta, layout.meta_path(hid))
     else:
         _write_parquet(meta, layout.meta_path(pub))
+    for name, frames in parts.items():  # per-object truth: hidden for test, like the labels
+        _write_parquet(pd.concat(frames, ignore_index=True), layout.table_path(hid if split == "test" else pub, name))
+
+
+def _add_tables(parts: dict[str, list[pd.DataFrame]], got: dict[str, pd.DataFrame], where: str) -> None:
+    """Append a chunk's tables to ``parts``, checking they are the declared ones with the first chunk's schema."""
+    if set(got) != set(parts):
+        raise ValueError(f"{where} has tables {sorted(got)}, expected {sorted(parts)}")
+    for name, frame in got.items():
+        frame = pd.DataFrame(frame)
+        if parts[name] and not frame.dtypes.equals(parts[name][0].dtypes):
+            raise ValueError(f"{where}: table {name!r} has columns {dict(frame.dtypes.astype(str))}, the first chunk "
+                             f"{dict(parts[name][0].dtypes.astype(str))}; give every chunk the same schema")
+        parts[name].append(frame)
 
 
 class _NoBar:

@@ -16,6 +16,7 @@ BUILTIN = {  # task name -> the package whose ``TASK`` is its Task class
     "photoz": "skybench.tasks.photoz",
     "enhance": "skybench.tasks.enhance",
     "generate": "skybench.tasks.generate",
+    "detect": "skybench.tasks.detect",
 }
 _REGISTERED: dict[str, Task] = {}
 

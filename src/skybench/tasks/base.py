@@ -27,6 +27,8 @@ class Simulator(Protocol):
 
     hidden_arrays: ClassVar[tuple[str, ...]]  # per-object arrays that are answers (never in the published test split)
     label_columns: ClassVar[list[str]]  # metadata columns that are labels (the first is the training target)
+    # Optional ``tables``: names of per-split tables of several rows per object (the objects in a detection tile),
+    # returned by ``simulate`` as a third element {name: DataFrame}: public for train/val, hidden for test.
 
     @classmethod
     def arrays(cls, track: Track) -> dict[str, tuple[int, ...]]:
@@ -39,7 +41,8 @@ class Simulator(Protocol):
         ...
 
     def simulate(self, seeds: ObjectSeeds | int, split: str, start: int, stop: int) -> Any:
-        """(arrays, metadata with ``id``) for objects ``start..stop`` of ``split``, each from its own seed."""
+        """(arrays, metadata with ``id``[, tables]) for objects ``start..stop`` of ``split``, each from its own
+        seed."""
         ...
 
 

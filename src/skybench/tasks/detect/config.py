@@ -16,10 +16,11 @@ import yaml
 from pydantic import Field, model_validator
 
 from skybench.common import Strict as _Strict
-from skybench.tracks import Track
+from skybench.tracks import Output, Track
 
 Range = tuple[float, float]
 KINDS = ("lens", "lookalike", "galaxy", "star")  # the ``kind`` of a truth-table row
+TABLE = "objects"  # the release table of every object of every tile (public for train/val, hidden for test)
 ARCSEC2_PER_DEG2 = 3600.0**2
 
 
@@ -141,11 +142,10 @@ class DetectLabel(_Strict):
     matching: Matching
 
 
-class DetectOutput(_Strict):
+class DetectOutput(Output):
     """Per tile up to ``max_candidates`` (K) candidates (x, y, score), NaN-padded: (N, K, 3)."""
 
     kind: Literal["detections"]
-    shape: list[str | int]
     max_candidates: int = Field(gt=0)
 
 
@@ -154,11 +154,14 @@ class DetectTrack(Track):
     tile: Tile
     population: DetectPopulation
     label: DetectLabel
-    output: DetectOutput  # type: ignore[assignment]  # a new output kind (the shared Output has no "detections")
+    output: DetectOutput
 
     @property
     def tile_area_deg2(self) -> float:
         return (self.tile.size * self.survey.pixel_scale) ** 2 / ARCSEC2_PER_DEG2
+
+    def image_shape(self) -> tuple[int, ...]:
+        return (len(self.band_names), self.tile.size, self.tile.size)
 
     def strata_columns(self) -> set[str]:
         per_band = [f"lens_light_mag_{b}" for b in self.band_names]

@@ -17,86 +17,17 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from skybench.common import UndefinedMetricError, bootstrap_ci, stratum_key, stratum_masks
+from skybench.common import (  # noqa: F401 - the predictions' checks, shared with the harness
+    UndefinedMetricError,
+    bootstrap_ci,
+    detections_from_csv,
+    stratum_key,
+    stratum_masks,
+    validate_detections,
+)
 from skybench.tasks.detect.config import DetectTrack
 
 REC_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # COCO's recThrs
-
-
-# --------------------------------------------------------------------------- predictions
-def validate_detections(pred: object, n_tiles: int, max_candidates: int, tile_size: int) -> np.ndarray:
-    """Check (N, K', 3) candidates (x, y, score) with K' <= K, NaN-padded rows; returns (N, K, 3) float64 padded with
-    NaN to K. A row is padding when all three values are NaN. Raises ValueError with one line saying what is wrong."""
-    try:
-        a = np.asarray(pred, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"detections must be numbers, an (N, K, 3) array of x, y, score; got "
-                         f"{type(pred).__name__}") from None
-    if a.ndim != 3 or a.shape[0] != n_tiles or a.shape[2] != 3:
-        raise ValueError(f"detections must have shape ({n_tiles}, K, 3) (per tile up to K = {max_candidates} "
-                         f"candidates x, y, score, NaN-padded), got {a.shape}")
-    if a.shape[1] > max_candidates:
-        rows = np.flatnonzero(np.sum(~np.all(np.isnan(a), axis=2), axis=1) > max_candidates)
-        if rows.size:
-            n = int(np.sum(~np.all(np.isnan(a[rows[0]]), axis=1)))
-            raise ValueError(f"tile {int(rows[0])} has {n} candidates, more than the track's K = {max_candidates}; "
-                             f"keep the {max_candidates} best")
-        a = _compact(a, max_candidates)  # at most K rows are used: the rest is padding
-    pad = np.all(np.isnan(a), axis=2)
-    bad = ~pad & ~np.all(np.isfinite(a), axis=2)
-    if bad.any():
-        t, k = (int(v[0]) for v in np.nonzero(bad))
-        what = "score" if np.all(np.isfinite(a[t, k, :2])) else "x or y"
-        raise ValueError(f"tile {t}, candidate {k}: non-finite {what} {a[t, k].tolist()}; give finite x, y, score, "
-                         "or NaN in all three to pad")
-    x, y = a[..., 0], a[..., 1]
-    out = ~pad & ((x < -0.5) | (x > tile_size - 0.5) | (y < -0.5) | (y > tile_size - 0.5))
-    if out.any():
-        t, k = (int(v[0]) for v in np.nonzero(out))
-        raise ValueError(f"tile {t}, candidate {k}: (x, y) = ({x[t, k]:g}, {y[t, k]:g}) is outside the tile; pixel "
-                         f"centres run from 0 to {tile_size - 1} (x along columns, y along rows)")
-    if a.shape[1] < max_candidates:
-        a = np.concatenate([a, np.full((n_tiles, max_candidates - a.shape[1], 3), np.nan)], axis=1)
-    return a
-
-
-def _compact(a: np.ndarray, k: int) -> np.ndarray:
-    """Move each tile's non-padding rows first and cut to ``k`` rows (callers checked that at most k are used)."""
-    out = np.full((a.shape[0], k, 3), np.nan)
-    for t, rows in enumerate(a):
-        used = rows[~np.all(np.isnan(rows), axis=1)]
-        out[t, :len(used)] = used
-    return out
-
-
-def detections_from_csv(frame: pd.DataFrame, tile_ids: Sequence[int], max_candidates: int,
-                        tile_size: int) -> np.ndarray:
-    """The ``predictions`` CSV form, columns ``tile_id,x,y,score`` (one row per candidate), as the (N, K, 3) array of
-    the tiles ``tile_ids`` (a tile with no row has no candidate); refuses unknown tiles and more than K per tile."""
-    need = ["tile_id", "x", "y", "score"]
-    if missing := [c for c in need if c not in frame.columns]:
-        raise ValueError(f"detections CSV: missing column(s) {missing}; the header must be {','.join(need)}")
-    pos = {int(t): i for i, t in enumerate(tile_ids)}
-    try:
-        tiles = frame["tile_id"].to_numpy(dtype=np.int64)
-        xys = frame[["x", "y", "score"]].to_numpy(dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError("detections CSV: tile_id must be integers and x, y, score numbers") from None
-    if unknown := sorted(set(tiles.tolist()) - set(pos)):
-        raise ValueError(f"detections CSV: tile_id {unknown[0]} is not a tile of this split "
-                         f"({len(unknown)} unknown id(s))")
-    counts = np.bincount([pos[t] for t in tiles.tolist()], minlength=len(pos))
-    if counts.size and counts.max() > max_candidates:
-        i = int(np.argmax(counts))
-        raise ValueError(f"detections CSV: tile {int(tile_ids[i])} has {int(counts[i])} candidates, more than the "
-                         f"track's K = {max_candidates}; keep the {max_candidates} best")
-    out = np.full((len(pos), max_candidates, 3), np.nan)
-    fill = np.zeros(len(pos), dtype=np.int64)
-    for t, row in zip(tiles.tolist(), xys, strict=True):
-        i = pos[t]
-        out[i, fill[i]] = row
-        fill[i] += 1
-    return validate_detections(out, len(pos), max_candidates, tile_size)
 
 
 # --------------------------------------------------------------------------- matching

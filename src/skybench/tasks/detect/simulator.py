@@ -28,7 +28,7 @@ from skybench.physics.lens_mass import phi_q2ellipticity
 from skybench.physics.light import sersic_total_flux
 from skybench.physics.noise import magnitude2cps, noise_stream
 from skybench.physics.render import Renderer
-from skybench.tasks.detect.config import DetectTrack
+from skybench.tasks.detect.config import TABLE, DetectTrack
 from skybench.testkey import ObjectSeeds, as_object_seeds
 
 FIELD, PLACEMENT, NOISE = 0, 1, 2  # the tile's random streams
@@ -54,9 +54,13 @@ class Scene:
     n_lookalike_wanted: int
 
 
+FIRST = ["tile", "kind", "x", "y", "theta_E", "mag"]
+
+
 class DetectSimulator:
     hidden_arrays: tuple[str, ...] = ()
     label_columns: tuple[str, ...] = ("n_lens",)
+    tables: tuple[str, ...] = (TABLE,)
 
     @staticmethod
     def arrays(track: DetectTrack) -> dict[str, tuple[int, ...]]:
@@ -96,6 +100,7 @@ class DetectSimulator:
         # p(r) ~ r exp(-(r/a)^alpha): (r/a)^alpha ~ Gamma(2/alpha); a from the median of the size relation
         self._size_shape = 2.0 / g.size.alpha
         self._size_median_t = float(gamma_dist.ppf(0.5, self._size_shape)) ** (1.0 / g.size.alpha)
+        self._table_columns: list[str] | None = None
 
     # ------------------------------------------------------------------ the field: galaxies and stars
     def draw_field(self, tile_seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -242,6 +247,7 @@ class DetectSimulator:
             objs.loc[k, "y"] = r0 + h + objs.loc[k, "lens_center_y"] / self.pix
         objs = objs.iloc[keep].reset_index(drop=True) if len(objs) else objs
         if len(objs):
+            objs["seed"] = objs["seed"].astype("Int64")  # exact through the concat with the field (no seed)
             ref = self.band_names[0]
             objs["mag"] = objs[f"lens_light_mag_{ref}"]
             objs["theta_E"] = np.where(objs["kind"] == "lens", objs["lens_theta_E"], np.nan)
@@ -279,16 +285,36 @@ class DetectSimulator:
                           "n_saturated": int(np.sum(images[k] >= self.saturate(np.full_like(images[k], np.inf))))})
             truths.append(sc.truth.assign(tile=tile_id))
         truth = pd.concat(truths, ignore_index=True)
-        first = ["tile", "kind", "x", "y", "theta_E", "mag"]
-        truth = truth[first + [c for c in truth.columns if c not in first]]
+        truth = truth[FIRST + [c for c in truth.columns if c not in FIRST]]
         return images, pd.DataFrame(tiles), truth
 
+    def table_columns(self) -> list[str]:
+        """The columns of the release's truth table, whatever objects a batch of tiles holds: the first ones, the
+        lens-population object's parameters and labels (from one object of the lens track), the field galaxies'."""
+        if self._table_columns is None:
+            smp = self.lens_sim.sample(lens_object_seeds(0, 1)[0])
+            cols = {k: np.array([v]) for k, v in smp.items()}
+            lens = [*cols, *self.lens_sim.label(cols, *self.lens_sim.render(cols)).columns]
+            field = ["R_sersic", "n_sersic", "e1", "e2", "r_d", *(f"mag_{b}" for b in self.band_names)]
+            self._table_columns = list(dict.fromkeys([*FIRST, *lens, *field]))
+        return self._table_columns
+
+    def release_table(self, truth: pd.DataFrame) -> pd.DataFrame:
+        """``truth`` with the columns of :meth:`table_columns` (NaN where an object has none) in fixed dtypes: tile
+        int64, kind string, lens-object seed nullable int64, every other column float64 (flags as 0/1)."""
+        cols = self.table_columns()
+        if extra := sorted(set(truth.columns) - set(cols)):
+            raise ValueError(f"track {self.track.name!r}: truth columns {extra} are not in the release table's")
+        out = truth.reindex(columns=cols)
+        return out.astype({c: ("int64" if c == "tile" else "str" if c == "kind" else "Int64" if c == "seed"
+                               else "float64") for c in cols})
+
     def simulate(self, seeds: ObjectSeeds | int, split: str, start: int, stop: int
-                 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """The :class:`~skybench.tasks.base.Simulator` form: images and one metadata row per tile (the per-object
-        truth table comes from :meth:`simulate_tiles`)."""
-        images, tiles, _ = self.simulate_tiles(seeds, split, start, stop)
-        return images, {c: tiles[c].to_numpy() for c in tiles.columns}
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, pd.DataFrame]]:
+        """The :class:`~skybench.tasks.base.Simulator` form: images, one metadata row per tile and the release's
+        truth table (``objects``: one row per catalogued object, ``tile`` the tile's id)."""
+        images, tiles, truth = self.simulate_tiles(seeds, split, start, stop)
+        return images, {c: tiles[c].to_numpy() for c in tiles.columns}, {TABLE: self.release_table(truth)}
 
 
 def _paste(tile: np.ndarray, stamp: np.ndarray, r0: int, c0: int) -> None:
