@@ -13,14 +13,16 @@ Entry points:
 From there, transitively within the project: every ``skybench`` module imported anywhere in a used module (lazy
 imports included; importing ``a.b`` runs ``a/__init__.py`` too), modules named in strings
 (``"skybench.tasks.lens.simulator:LensSimulator"``, ``f"skybench.tasks.{task}.score"`` -> that module of every task
-package, ``python -m skybench.harness.runner`` argv), a script's sibling modules (its folder is on ``sys.path``), and
+package, ``python -m skybench.harness.runner`` argv), tasks taken from the registry by a constant name
+(``get_task("lens")`` in the detect simulator: that task's package, whatever the stage's task), a script's sibling modules (its folder is on ``sys.path``), and
 sibling files a module names as ``"<file>.py"`` (``HERE / "predict.py"``, loaded or copied into a submission).
 Granularity is the module: a used module counts whole, whatever part of it runs. A command for a track
 (``--track``, or the CLI's ``track`` argument) of task T uses, of the task packages named in strings (the registry,
 the scorer dispatch), only ``tasks/T``: the code picks the track's task at run time. Real imports always count.
 
 Data files: ``load_track`` reads ``benchmarks/<track>.yaml`` for the command's ``track`` argument (CLI: parsed by
-typer, defaults included; scripts: ``--track``) and for constant ``load_track("<name>")`` calls; the paths given as
+typer, defaults included; scripts: ``--track``) and for constant ``load_track("<name>")`` calls, and a task's
+simulator the tracks its track's YAML names in a ``track:`` field (lens-tiles draws lens-space's lenses); the paths given as
 arguments (``--release``, ``--data``, ...) are reported as ``inputs``. Not derived: ``params.yaml`` (DVC's
 ``params:``), ``list_tracks()`` (globs the track names only), the git history (``submission_time``) and
 ``secrets/`` (the organiser's key, not in git).
@@ -127,6 +129,10 @@ def _imports(project: _Project, path: Path, nodes: Iterable[ast.AST]) -> Iterato
                 yield path.parent / node.value  # a sibling loaded or copied by name (HERE / "predict.py")
         elif isinstance(node, ast.JoinedStr) and node.values:
             names = [n for n in _formatted_modules(project, node) if not project.other_task(n)]
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name | ast.Attribute)
+              and (node.func.id if isinstance(node.func, ast.Name) else node.func.attr) == "get_task"
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            names = [f"{PACKAGE}.{TASKS}.{node.args[0].value}"]  # get_task("lens"): a task used by name, any stage
         for name in names:
             top = name.split(".")[0]
             if top == PACKAGE:
@@ -261,8 +267,35 @@ def _track_yamls(project: _Project, files: Iterable[Path], track: object) -> set
     for path in files:
         if path.suffix == ".py":
             names |= _load_track_constants(path, path.stat().st_mtime_ns)
+    for name in [n for n in names if isinstance(n, str) and not Path(n).suffix]:
+        task = track_task(project.root, name)
+        if task and project.src / PACKAGE / TASKS / task / "simulator.py" in files:
+            names |= _named_tracks(project.root, name)
     return {project.root / ("" if Path(n).suffix else "benchmarks") / (n if Path(n).suffix else f"{n}.yaml")
             for n in names}
+
+
+def _named_tracks(root: Path, name: str) -> set[str]:
+    """The tracks that ``benchmarks/<name>.yaml`` names in a ``track:`` field (lens-tiles: population.lenses.track,
+    whose population its simulator draws), transitively."""
+    found: set[str] = set()
+    todo = [name]
+    while todo:
+        path = root / "benchmarks" / f"{todo.pop()}.yaml"
+        nodes: list[object] = [yaml.safe_load(path.read_text()) if path.is_file() else None]
+        while nodes:
+            node = nodes.pop()
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    if (key == "track" and isinstance(value, str) and value not in found and value != name
+                            and (root / "benchmarks" / f"{value}.yaml").is_file()):
+                        found.add(value)
+                        todo.append(value)
+                    else:
+                        nodes.append(value)
+            elif isinstance(node, list):
+                nodes.extend(node)
+    return found
 
 
 def _cli_arguments(command: str, args: list[str]) -> tuple[str, dict[str, object]]:

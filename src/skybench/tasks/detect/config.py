@@ -168,7 +168,7 @@ class DetectTrack(Track):
         return {"lens_theta_E", "arc_snr", "magnification", *per_band}
 
     def strata_metrics(self) -> set[str]:
-        return {"completeness", "completeness_fp10", "completeness_fp1"}
+        return {"completeness", *(f"completeness_fp{f:g}" for f in self.label.matching.fp_per_deg2)}
 
     @model_validator(mode="after")
     def _check(self) -> DetectTrack:
