@@ -127,16 +127,18 @@ def test_both_baselines_train_into_submissions_the_sandbox_runs(tmp_path: Path, 
     classifier = _tiny_classifier(tmp_path / "classifier")
     params["train"]["sliding-resnet"].update(resnet=str(classifier), stride=40)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    subs = project / "submissions" / "baselines"
+    subs = project / "baselines" / "detect"  # where the pipeline writes them (team baselines)
     common = ["--track", "lens-tiles", "--release", str(release), "--params", str(tmp_path / "params.yaml"),
               "--no-mlflow"]
-    baseline_module("sliding-resnet").train([*common, "--out", str(subs / "sliding-resnet")])
-    baseline_module("centernet").train([*common, "--out", str(subs / "centernet"), "--set", "steps=20",
+    baseline_module("sliding-resnet").train([*common, "--out", str(subs / "sliding-resnet" / "lens-tiles")])
+    baseline_module("centernet").train([*common, "--out", str(subs / "centernet" / "lens-tiles"), "--set", "steps=20",
                                         "--set", "crop=64", "--set", "batch_size=4"])
     for p in (tmp_path, project, *project.rglob("*")):
         p.chmod(0o755 if p.is_dir() else 0o644)
-    outcomes = {o.name: o for o in evaluate([subs / "sliding-resnet", subs / "centernet"], track, release,
+    outcomes = {o.name: o for o in evaluate([subs / "sliding-resnet" / "lens-tiles", subs / "centernet" / "lens-tiles"],
+                                            track, release,
                                             out=project / "results" / "evaluations", publish=False, force=True)}
+    assert sorted(outcomes) == ["centernet", "sliding-resnet"], [(o.folder, o.name, o.status) for o in outcomes.values()]
     for name in ("sliding-resnet", "centernet"):
         o = outcomes[name]
         assert o.status == "FINISHED", f"{name}: {o.reason}"

@@ -14,16 +14,17 @@ From there, transitively within the project: every ``skybench`` module imported 
 imports included; importing ``a.b`` runs ``a/__init__.py`` too), modules named in strings
 (``"skybench.tasks.lens.simulator:LensSimulator"``, ``f"skybench.tasks.{task}.score"`` -> that module of every task
 package, ``python -m skybench.harness.runner`` argv), tasks taken from the registry by a constant name
-(``get_task("lens")`` in the detect simulator: that task's package, whatever the stage's task), a script's sibling modules (its folder is on ``sys.path``), and
-sibling files a module names as ``"<file>.py"`` (``HERE / "predict.py"``, loaded or copied into a submission).
+(``get_task("lens")`` in the detect simulator: that task's package, whatever the stage's task), a script's sibling
+modules (its folder is on ``sys.path``), and sibling files a module names as ``"<file>.py"`` (``HERE / "predict.py"``,
+loaded or copied into a submission).
 Granularity is the module: a used module counts whole, whatever part of it runs. A command for a track
 (``--track``, or the CLI's ``track`` argument) of task T uses, of the task packages named in strings (the registry,
 the scorer dispatch), only ``tasks/T``: the code picks the track's task at run time. Real imports always count.
 
 Data files: ``load_track`` reads ``benchmarks/<track>.yaml`` for the command's ``track`` argument (CLI: parsed by
-typer, defaults included; scripts: ``--track``) and for constant ``load_track("<name>")`` calls, and a task's
-simulator the tracks its track's YAML names in a ``track:`` field (lens-tiles draws lens-space's lenses); the paths given as
-arguments (``--release``, ``--data``, ...) are reported as ``inputs``. Not derived: ``params.yaml`` (DVC's
+typer, defaults included; scripts: ``--track``) and for constant ``load_track("<name>")`` calls, and (a task's
+simulator) the tracks its track's YAML names in a ``track:`` field (lens-tiles draws lens-space's lenses); the paths
+given as arguments (``--release``, ``--data``, ...) are reported as ``inputs``. Not derived: ``params.yaml`` (DVC's
 ``params:``), ``list_tracks()`` (globs the track names only), the git history (``submission_time``) and
 ``secrets/`` (the organiser's key, not in git).
 
