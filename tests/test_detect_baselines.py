@@ -138,7 +138,7 @@ def test_both_baselines_train_into_submissions_the_sandbox_runs(tmp_path: Path, 
     outcomes = {o.name: o for o in evaluate([subs / "sliding-resnet" / "lens-tiles", subs / "centernet" / "lens-tiles"],
                                             track, release,
                                             out=project / "results" / "evaluations", publish=False, force=True)}
-    assert sorted(outcomes) == ["centernet", "sliding-resnet"], [(o.folder, o.name, o.status) for o in outcomes.values()]
+    assert sorted(outcomes) == ["centernet", "sliding-resnet"], [(o.folder, o.status) for o in outcomes.values()]
     for name in ("sliding-resnet", "centernet"):
         o = outcomes[name]
         assert o.status == "FINISHED", f"{name}: {o.reason}"

@@ -7,7 +7,8 @@ After Zhou et al. 2019 ("Objects as Points", arXiv:1904.07850): the heatmap (str
 class) is trained against Gaussian blobs at the lens centres of the public ``objects`` table (look-alikes, field
 galaxies and stars are background) with CenterNet's penalty-reduced focal loss (alpha 2, beta 4, normalised by
 the number of lenses). Training windows of ``crop`` pixels, half of them around a lens (the lenses are rare),
-random flips and 90-degree rotations, Adam for a fixed number of ``steps``. Trained from scratch on the CPU.
+random flips and 90-degree rotations, Adam for a fixed number of ``steps``. Trained from scratch (no pretrained
+weights); uses CUDA when available.
 
 The exported ONNX model takes whole tiles (N, bands, H, W) in e-/s (dynamic batch axis) and does everything in the
 graph: noise normalisation (per-band sigma, 1.4826 MAD of the training tiles), an arcsinh stretch, the network,
@@ -148,9 +149,10 @@ def lens_centres(table: Any, ids: np.ndarray) -> list[np.ndarray]:
 
 
 @torch.no_grad()
-def detect(model: Detector, x: np.ndarray, batch: int = 8) -> np.ndarray:
+def detect(model: Detector, x: np.ndarray, device: str = "cpu", batch: int = 8) -> np.ndarray:
     model.eval()
-    return np.concatenate([model(torch.from_numpy(x[i:i + batch])).numpy() for i in range(0, len(x), batch)])
+    return np.concatenate([model(torch.from_numpy(x[i:i + batch]).to(device)).cpu().numpy()
+                           for i in range(0, len(x), batch)])
 
 
 def dihedral_with_centres(xb: torch.Tensor, target: torch.Tensor, gen: torch.Generator
@@ -169,23 +171,31 @@ def train(argv: list[str] | None = None) -> tuple[Any, Path]:
     xv = np.ascontiguousarray(rel.array("val", "images"), dtype=np.float32)
     ids_v, table_v = rel.meta("val")["id"].to_numpy(), rel.table("val", TABLE)
     sigma = noise_sigma(x)
+    k = int(track.output.max_candidates)
+    cells = (x.shape[-2] // HeatmapUNet.stride) * (x.shape[-1] // HeatmapUNet.stride)
+    if cells < k:
+        raise SystemExit(f"{NAME}: {x.shape[-1]}-pixel tiles give {cells} heatmap cells, fewer than the track's "
+                         f"K = {k} candidates; use larger tiles or a smaller output.max_candidates")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     net = HeatmapUNet(x.shape[1], sigma, [int(c) for c in params["widths"]], float(params["stretch_sigma"]))
+    net = net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=float(params["lr"]))
     steps, bs, size = int(params["steps"]), int(params["batch_size"]), int(params["crop"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     rng, gen = np.random.default_rng(int(params["seed"])), torch.Generator().manual_seed(int(params["seed"]))
     out = fresh_folder(args.out)
-    model = Detector(net, int(track.output.max_candidates))
+    model = Detector(net, k)
     every = max(steps // 10, 1)
     t0 = time.perf_counter()
-    with CurveLogger(NAME, args.track, {**params, "sigma": sigma.tolist()}, enabled=not args.no_mlflow) as log:
+    with CurveLogger(NAME, args.track, {**params, "sigma": sigma.tolist(), "device": device},
+                     enabled=not args.no_mlflow) as log:
         total = 0.0
         for step in range(1, steps + 1):
             net.train()
             xb, centres = crops(x, lenses, size, bs, rng)
             target = heatmaps((size, size), centres, net.stride, float(params["heat_sigma"]))
             xb_t, tb = dihedral_with_centres(torch.from_numpy(xb), torch.from_numpy(target), gen)
-            loss = focal_loss(net(xb_t), tb)
+            loss = focal_loss(net(xb_t.to(device)), tb.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -195,10 +205,10 @@ def train(argv: list[str] | None = None) -> tuple[Any, Path]:
                 log.epoch(step, loss=total / every, lr=sched.get_last_lr()[0])
                 print(f"step {step}/{steps} loss {total / every:.3f} ({time.perf_counter() - t0:.0f} s)")
                 total = 0.0
-        val = score_tiles(track, ids_v, detect(model, xv), table_v, n_resamples=50)
+        val = score_tiles(track, ids_v, detect(model, xv, device), table_v, n_resamples=50)
         log.summary(val_average_precision=val["average_precision"], val_completeness=val["completeness"],
                     train_seconds=time.perf_counter() - t0)
-    export_onnx(model.eval(), out / "model.onnx", x.shape[1:], "candidates")
+    export_onnx(model.cpu().eval(), out / "model.onnx", x.shape[1:], "candidates")
     write_submission(out, NAME, args.track, "onnx", "model.onnx",
                      f"CenterNet-style U-Net heatmap (widths {params['widths']}, stride 4), focal loss, 3x3 max-pool "
                      f"peaks, top {model.k}; trained from scratch for {steps} steps; ONNX")
