@@ -132,7 +132,8 @@ class Exported(nn.Module):
 
     def forward(self, z: torch.Tensor, params: torch.Tensor | None = None) -> torch.Tensor:
         c = None if params is None else (params - self.cond_mu) / self.cond_sd
-        return torch.exp(self.gen(z, c) * self.sd + self.mu) - self.shift
+        u = torch.clamp(self.gen(z, c), -30.0, 30.0)  # 30 sd: finite maps even for wild latents
+        return torch.exp(u * self.sd + self.mu) - self.shift
 
 
 def export(model: Exported, path: Path, dim: int) -> Path:
