@@ -330,7 +330,7 @@ def train(argv: list[str] | None = None) -> tuple[Any, Path]:
         export(model, out / "model.onnx", dim)
     kind = "conditional DCGAN" if conditional else "DCGAN"
     write_submission(out, NAME, args.track, "onnx", "model.onnx",
-                     f"CosmoGAN {kind} (Mustafa et al. 2019), periodic convolutions, generator {params['widths']}, "
+                     f"CosmoGAN {kind} (Mustafa et al. 2019), generator {params['widths']}, "
                      f"discriminator {params['disc_widths']}, {params['epochs']} epochs on {n} training maps; ONNX")
     print(f"wrote {out} ({params['epochs']} epochs, {n} training maps, {time.perf_counter() - t0:.0f} s)")
     return model, out
