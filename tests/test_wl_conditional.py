@@ -1,10 +1,10 @@
 """The conditional weak-lensing track (``wl-maps-conditional``): maps on a grid of (Omega_m, sigma8), the
 ``params`` input array, and the per-cosmology scorer with its parameter read-back.
 
-Against independent references: pyccl's C_l of each grid point's cosmology at the map's own Fourier modes, the
-exact hypergeometric law (the relabelling test), and generators whose answer is known: the truth process (chi^2
-per dof ~ 1 per point), the fiducial cosmology at every point (wrong: a large chi^2 and parameter bias), copies
-of the public maps of the requested point and one map repeated (flagged)."""
+Against independent references: pyccl's C_l of each grid point's cosmology at the map's own Fourier modes, the exact
+hypergeometric law of the memorisation test and its sum over grid points, and generators whose answer is known: the
+truth process (chi^2 per dof ~ 1 per point), the fiducial cosmology at every point (wrong: a large chi^2 and
+parameter bias), copies of the public maps of the requested point and one map repeated (flagged)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,13 @@ from skybench.release.reader import open_release  # noqa: E402
 from skybench.simulate import simulate_release  # noqa: E402
 from skybench.tasks.generate import score as S  # noqa: E402
 from skybench.tasks.generate.config import GenerateTrack  # noqa: E402
-from skybench.tasks.generate.metrics import bin_grid, ell_bins, ell_of_modes, power_spectrum, relabel_p_value  # noqa: E402
+from skybench.tasks.generate.metrics import (  # noqa: E402
+    bin_grid,
+    combined_p_value,
+    ell_bins,
+    ell_of_modes,
+    power_spectrum,
+)
 from skybench.tasks.generate.simulator import GenerateSimulator, MapSimulator, convergence_cl  # noqa: E402
 from skybench.tracks import benchmarks_dir  # noqa: E402
 
@@ -299,21 +305,17 @@ def test_public_artifacts_use_no_hidden_map(release: Path, tmp_path: Path, monke
     assert (tmp_path / "summary_stats.png").is_file() and opened == []
 
 
-# --------------------------------------------------------------------------------------- the relabelling test
+# ------------------------------------------------------------------------- the memorisation test over points
 
 
-def test_relabel_p_value_is_the_exact_law_of_relabelled_neighbours():
-    # distinct neighbours: the hypergeometric law
-    nn = np.r_[np.arange(30), 60 + np.arange(10)]
-    assert relabel_p_value(nn, 60, 40) == pytest.approx(stats.hypergeom.sf(29, 100, 60, 40), rel=1e-9)
-    assert relabel_p_value(np.arange(40), 60, 40) == pytest.approx(stats.hypergeom.sf(39, 100, 60, 40), rel=1e-9)
-    # two hubs, 20 neighbours each, one a training map: S >= 20 unless both are held out
-    hubs = np.r_[np.zeros(20, int), np.full(20, 60)]
-    assert relabel_p_value(hubs, 60, 40) == pytest.approx(1 - 40 / 100 * 39 / 99, rel=1e-12)
-    # one training map the nearest neighbour of all 40: p = 0.6, where the binomial test (independent outcomes)
-    # would call it memorisation
-    assert relabel_p_value(np.zeros(40, int), 60, 40) == pytest.approx(0.6, rel=1e-12)
-    assert stats.binomtest(40, 40, 0.6, alternative="greater").pvalue < 1e-8
+def test_combined_p_value_is_the_tail_of_the_summed_independent_counts():
+    coin = np.array([0.5, 0.5])
+    assert combined_p_value([(1, coin), (1, coin)]) == pytest.approx(0.25, rel=1e-12)
+    assert combined_p_value([(0, coin), (1, coin)]) == pytest.approx(0.75, rel=1e-12)
+    # two points of 20 distinct neighbours each (60 of 100 maps public): the sum of two hypergeometric counts
+    law = stats.hypergeom.pmf(np.arange(21), 100, 60, 20)
+    both = sum(law[a] * law[b] for a in range(21) for b in range(21) if a + b >= 30)
+    assert combined_p_value([(15, law), (15, law)]) == pytest.approx(both, rel=1e-9)
 
 
 # ------------------------------------------------------------------------------------ end to end, in the sandbox
@@ -398,20 +400,20 @@ def test_conditional_baselines_and_cheats_in_the_sandbox(tmp_path: Path, monkeyp
     assert "by_cosmology_Om0.3_s8_0.8_chi2_per_dof" in m["grf"]
 
 
-def test_a_shared_nearest_neighbour_is_no_memorisation_under_relabelling():
-    """A near-empty public map is the nearest neighbour of every faint generated map (a hub): the binomial test
-    calls that copying, the relabelling test (what the conditional scorer uses) does not; real copies are
-    caught by both."""
+def test_a_shared_nearest_neighbour_is_no_memorisation():
+    """A near-empty public map is the nearest neighbour of every faint generated map (a hub): one distinct
+    neighbour is no evidence of copying; real copies are caught, and the test's laws are hypergeometric."""
     from skybench.tasks.generate.metrics import memorisation_check
 
     rng = np.random.default_rng(0)
     train, heldout = rng.normal(0, 1, (60, 16, 16)), rng.normal(0, 1, (40, 16, 16))
     train[7] *= 1e-3  # the hub
     faint = rng.normal(0, 0.3, (40, 16, 16))  # independent of the training maps
-    assert memorisation_check(faint, train, heldout, null="binomial").flagged
-    relabel = memorisation_check(faint, train, heldout, null="relabel")
-    assert not relabel.flagged and relabel.p_value > 0.1, relabel
+    check = memorisation_check(faint, train, heldout)
+    assert not check.flagged and check.p_value > 0.1, check
     copies = np.roll(train[20:60], 3, axis=2)  # shifted copies
-    assert memorisation_check(copies, train, heldout, null="relabel").flagged
-    with pytest.raises(ValueError, match="null"):
-        memorisation_check(faint, train, heldout, null="poisson")
+    check = memorisation_check(copies, train, heldout)
+    assert check.flagged
+    k, law = min(check.laws, key=lambda kl: stats.hypergeom.sf(kl[0] - 1, 100, 60, len(kl[1]) - 1))
+    assert law == pytest.approx(stats.hypergeom.pmf(np.arange(len(law)), 100, 60, len(law) - 1))
+    assert k == 40

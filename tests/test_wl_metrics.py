@@ -148,6 +148,56 @@ def test_memorisation_check_catches_copies_shifted_flipped_and_noisy():
     assert memorisation_check(np.concatenate([copies[:20], fresh[:20]]), train, heldout).flagged
 
 
+def test_memorisation_check_passes_honest_and_biased_generators_whose_votes_share_hubs():
+    """Honest generators, right or wrong, must not be flagged: the truth process, a Gaussian field of the same
+    variance, and a biased one (half the amplitude) whose maps all have the same few low-amplitude training or
+    held-out maps as nearest neighbours. The last gives the training maps more votes than their share (hubs that
+    happen to be training maps), which a binomial test of independent votes flags (p ~ 1e-6); the test of the
+    distinct neighbours knows that a few hubs carry the votes."""
+    train, heldout = lognormal_maps(150, 10), lognormal_maps(100, 11)
+    scale = lognormal_maps(20, 99).std()
+    for seed in (20, 21, 22):
+        fresh = lognormal_maps(100, seed)
+        gauss = smooth_gaussian_maps(100, seed + 50)
+        gauss *= scale / gauss.std()
+        for name, gen in (("truth", fresh), ("gaussian", gauss), ("half amplitude", 0.5 * fresh)):
+            check = memorisation_check(gen, train, heldout)
+            assert not check.flagged and check.p_value > 0.01, (name, seed, check)
+        biased = memorisation_check(0.5 * fresh, train, heldout)
+        assert biased.neighbours < 40 and biased.closer_to_train > biased.expected + 0.15, biased
+        assert stats.binomtest(round(biased.closer_to_train * 100), 100, biased.expected,
+                               alternative="greater").pvalue < 1e-4  # what the binomial test would have said
+
+
+def test_memorisation_check_catches_copies_among_biased_maps_and_of_a_few_maps():
+    """Copies still stand out when the rest of the batch votes for hubs, and a copier of 40 distinct training
+    maps, each twice with a little noise, is caught by the votes of distinct maps (its repeats by the collapse
+    check)."""
+    train, heldout = lognormal_maps(150, 10), lognormal_maps(100, 11)
+    rng = np.random.default_rng(3)
+    copies = train[rng.choice(len(train), 40, replace=False)]
+    mixed = np.concatenate([copies, 0.5 * lognormal_maps(60, 30)])
+    check = memorisation_check(mixed, train, heldout)
+    assert check.flagged and check.p_value < 1e-4, check
+    twice = np.concatenate([copies, copies]) + 0.1 * copies.std() * rng.standard_normal((80, N, N))
+    check = memorisation_check(twice, train, heldout)
+    assert check.flagged and check.p_value < 1e-6 and check.train_neighbours >= 39, check
+
+
+def test_memorisation_p_value_is_hypergeometric_in_the_distinct_neighbours():
+    """Known answers: generated maps that are k training and D - k held-out maps (each its own nearest
+    neighbour) give the hypergeometric tail of k of D; all votes for one training map, a p-value of ~1."""
+    train, heldout = lognormal_maps(60, 10), lognormal_maps(40, 11)
+    for k in (12, 15, 19):
+        gen = np.concatenate([train[:k], heldout[: 20 - k]])
+        check = memorisation_check(gen, train, heldout)
+        exact = min(1.0, 2 * stats.hypergeom.sf(k - 1, 100, 60, 20))
+        assert check.neighbours == 20 and check.train_neighbours == k, check
+        assert check.p_value == pytest.approx(exact, rel=1e-9), (k, check.p_value, exact)
+    one = memorisation_check(np.repeat(train[:1], 30, axis=0), train, heldout)
+    assert one.closer_to_train == 1 and one.neighbours == 1 and not one.flagged and one.p_value == 1.0, one
+
+
 def test_collapse_check_catches_repeated_maps_but_not_a_weaker_amplitude():
     truth, fresh = lognormal_maps(60, 20), lognormal_maps(60, 21)
     edges = ell_bins(N, SIZE, 6)

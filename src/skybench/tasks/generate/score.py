@@ -10,8 +10,8 @@ the generated set is ``predictions`` (one map per latent vector, rows as given, 
   ``chi2_minkowski``: the same for one statistic; ``chi2_per_dof_raw``: before the flag penalty;
 * ``cl_rel_diff`` (mean |relative difference| of the mean C_l over l bins), ``pdf_ks`` and ``pdf_w1`` (pooled
   pixel PDF), each with a bootstrap interval over generated maps (``_ci_low`` / ``_ci_high``);
-* ``memorised`` (1 when the maps are closer to the public maps, train and val, than held-out truth maps are:
-  copies),
+* ``memorised`` (1 when more distinct public maps, train and val, are the generated maps' nearest neighbours
+  than chance allows against held-out truth maps: copies; ``nn_neighbours``, ``nn_train_neighbours``),
   ``collapsed`` (1 when the map-to-map C_l variance or the spread of the set is far below the truth's), with
   their statistics. **Rule**: a flagged generator's primary is ``chi2_per_dof_raw + label.flag_penalty``, so it
   ranks below every unflagged one (the Gaussian baseline included). The flags are checked on the distinct ids
@@ -48,7 +48,7 @@ from skybench.tasks.generate.metrics import (
     chi2_per_dof,
     cl_mean_abs_rel_diff,
     collapse_check,
-    combined_relabel_p_value,
+    combined_p_value,
     memorisation_check,
     pdf_distances,
     power_spectrum,
@@ -119,19 +119,17 @@ def _generated(track: GenerateTrack, predictions: np.ndarray, ids: np.ndarray) -
 
 
 def flags(track: GenerateTrack, gen: np.ndarray, ids: np.ndarray, ref: Reference, train: np.ndarray,
-          null: str = "binomial", collapse_edges: np.ndarray | None = None) -> dict[str, float]:
-    """The memorisation and collapse checks on the maps of the distinct ``ids`` (``null``: of the memorisation
-    test, :func:`~skybench.tasks.generate.metrics.memorisation_check`; ``collapse_edges``: the C_l bins of the
-    collapse check, default the reference's)."""
-    return _flag_values(*_checks(track, gen, ids, ref, train, null, collapse_edges))
+          collapse_edges: np.ndarray | None = None) -> dict[str, float]:
+    """The memorisation and collapse checks on the maps of the distinct ``ids`` (``collapse_edges``: the C_l bins
+    of the collapse check, default the reference's)."""
+    return _flag_values(*_checks(track, gen, ids, ref, train, collapse_edges))
 
 
 def _checks(track: GenerateTrack, gen: np.ndarray, ids: np.ndarray, ref: Reference, train: np.ndarray,
-            null: str = "binomial", collapse_edges: np.ndarray | None = None
-            ) -> tuple[MemorisationCheck, CollapseCheck]:
+            collapse_edges: np.ndarray | None = None) -> tuple[MemorisationCheck, CollapseCheck]:
     first = np.unique(np.asarray(ids), return_index=True)[1]
     g = gen[np.sort(first)]
-    mem = memorisation_check(g, train, ref.maps, alpha=track.label.memorisation_alpha, null=null)
+    mem = memorisation_check(g, train, ref.maps, alpha=track.label.memorisation_alpha)
     col = collapse_check(g, ref.maps, track.population.size_deg,
                          ref.bins.ell_edges if collapse_edges is None else collapse_edges,
                          min_ratio=track.label.collapse_min_ratio)
@@ -141,6 +139,7 @@ def _checks(track: GenerateTrack, gen: np.ndarray, ids: np.ndarray, ref: Referen
 def _flag_values(mem: MemorisationCheck, col: CollapseCheck) -> dict[str, float]:
     return {"memorised": float(mem.flagged), "memorisation_p_value": mem.p_value,
             "closer_to_train": mem.closer_to_train, "closer_to_train_expected": mem.expected,
+            "nn_neighbours": float(mem.neighbours), "nn_train_neighbours": float(mem.train_neighbours),
             "nn_train_distance_ratio": mem.median_ratio, "collapsed": float(col.flagged),
             "cl_variance_ratio": col.median_variance_ratio, "duplicate_ratio": col.duplicate_ratio}
 
@@ -450,11 +449,10 @@ def _grid_flags(track: GenerateTrack, gen: np.ndarray, ids: np.ndarray, points: 
     """The memorisation and collapse checks per grid point that has at least 3 distinct generated maps, against
     that point's public and truth maps, and the p-value of the memorisation test of all those points together.
 
-    Memorisation: the exact relabelling test (:func:`~skybench.tasks.generate.metrics.relabel_null`) per point at
-    alpha / (2 P) (Bonferroni) and, at alpha / 2, that of the summed counts over the points (copying a little at
+    Memorisation: the exact hypergeometric test (:func:`~skybench.tasks.generate.metrics.memorisation_check`) per point
+    at alpha / (2 P) (Bonferroni) and, at alpha / 2, that of the summed counts over the points (copying a little at
     every point adds up). The collapse check's C_l bins are the track's ``label.n_ell`` (not the fewer of a point's
-    chi^2: in wide bins the non-Gaussian truth's C_l varies far more than a Gaussian field's, which is no
-    collapse)."""
+    chi^2: in wide bins the non-Gaussian truth's C_l varies far more than a Gaussian field's, which is no collapse)."""
     from skybench.tasks.generate.metrics import ell_bins
 
     assert grid.refs is not None
@@ -466,10 +464,10 @@ def _grid_flags(track: GenerateTrack, gen: np.ndarray, ids: np.ndarray, points: 
     for p, rows in enumerate(_point_rows(points, len(grid.refs))):
         if len(np.unique(ids[rows])) >= 3:
             mem, col = _checks(strict, gen[rows], ids[rows], grid.refs[p], grid.public.maps[grid.public.points == p],
-                               null="relabel", collapse_edges=edges)
+                               collapse_edges=edges)
             out[p] = _flag_values(mem, col)
-            laws.append(mem.relabel)
-    combined = min(1.0, 2 * min(combined_relabel_p_value([law[k] for law in laws]) for k in range(2))) \
+            laws.append(mem.laws)
+    combined = min(1.0, 2 * min(combined_p_value([law[k] for law in laws]) for k in range(2))) \
         if laws else 1.0
     return out, combined
 
