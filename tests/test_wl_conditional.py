@@ -271,7 +271,8 @@ def test_copies_of_the_public_maps_and_one_map_repeated_are_flagged(scored):
     assert point_values(one, "collapsed").all()
     half = scored["half-copier"]
     assert half["memorised"] == 1 and half["memorisation_p_value_combined"] < 1e-6, half
-    assert not point_values(half, "memorised").any()  # no single point has the evidence
+    # the summed counts are the stronger evidence: at most a few points reject alone
+    assert point_values(half, "memorised").sum() <= 3, point_values(half, "memorised")
     assert max(copier["chi2_per_dof"], one["chi2_per_dof"]) > scored["fiducial"]["chi2_per_dof"] > oracle[
         "chi2_per_dof"]
 

@@ -218,7 +218,7 @@ def score(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth:
           out_dir: Path) -> dict[str, float]:
     out_dir.mkdir(parents=True, exist_ok=True)
     if track.population.grid is not None:
-        metrics = score_grid(track, ids, predictions, truth, GridReference.of(track, truth, public_of(truth)))
+        metrics = score_grid(track, ids, predictions, truth, grid_reference(track, truth))
     else:
         metrics = score_maps(track, ids, predictions, truth, _train_maps(truth))
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
@@ -338,6 +338,20 @@ def public_of(truth: HiddenSplit) -> Public:
     points = np.concatenate([rel.meta(s)["grid_point"].to_numpy(np.int64) for s in splits])
     params = np.concatenate([np.asarray(rel.array(s, "params")[:], np.float64) for s in splits])
     return Public(maps, points, params)
+
+
+_GRID_REFS: dict[tuple[str, str, bytes], GridReference] = {}
+
+
+def grid_reference(track: GenerateTrack, truth: HiddenSplit) -> GridReference:
+    """:meth:`GridReference.of` the truth set and its release's public maps, built once per process and release
+    (the evaluator scores several entries, the leaderboard resamples each against the same truth)."""
+    root = layout.release_of(truth.folder)[0]
+    key = (track.model_dump_json(), str(Path(truth.folder).resolve()), layout.manifest_path(root).read_bytes())
+    if key not in _GRID_REFS:
+        _GRID_REFS.clear()  # one release at a time: bounded memory
+        _GRID_REFS[key] = GridReference.of(track, truth, public_of(truth))
+    return _GRID_REFS[key]
 
 
 @dataclass(frozen=True)
@@ -575,7 +589,7 @@ def grid_resamples(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarra
     a point no row of a resample falls on is left out of its mean), with the flags of the whole set."""
     gen = _generated(track, predictions, ids)
     ids = np.asarray(ids)
-    grid = GridReference.of(track, truth, public_of(truth))
+    grid = grid_reference(track, truth)
     idx = check_indices(indices, len(gen))
     if grid.refs is None:
         ref = grid.pooled
