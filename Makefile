@@ -50,7 +50,7 @@ run: setup data
 
 # The full suite (what CI runs): every test, slow ones included.
 test: setup data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # The fast lane (under 3 minutes on 2 cores): everything not marked `slow` (notebooks, baseline training,
 # sandboxed TF/torch models, Ray, the MLflow server, big simulations, the PostgreSQL runs of the server tests).
