@@ -156,9 +156,9 @@ class LensSimulator:
             row[f"ring_inner_amp_{band.name}"] = -flux * ratio**2 / (1 - ratio**2)
         row.update(has_companion=present[0], has_arclet=present[1], has_ring=present[2])
         if real:  # a real stamp: its half-light radius is R_src (source_R_sersic), any rotation, a flip or not
-            k = np.minimum((u(0, 1) * len(self.stamps)).astype(np.int64), len(self.stamps) - 1)
-            r_half = np.array([st.r_half_pix for st in self.stamps])[k]
-            row.update(source_stamp=k, source_angle=u(0, 2 * pi), source_flip=u(0, 1) < 0.5,
+            stamp = np.minimum((u(0, 1) * len(self.stamps)).astype(np.int64), len(self.stamps) - 1)
+            r_half = np.array([st.r_half_pix for st in self.stamps])[stamp]
+            row.update(source_stamp=stamp, source_angle=u(0, 2 * pi), source_flip=u(0, 1) < 0.5,
                        source_scale=R_src / r_half, source_n_sersic=np.full(len(seeds), np.nan),
                        source_e1=np.zeros(len(seeds)), source_e2=np.zeros(len(seeds)))
         assert next(uniforms, None) is None and next(normals, None) is None, "every draw is used"
@@ -369,7 +369,7 @@ def lenstronomy_kwargs(row: pd.Series | dict, track: LensTrack, band: str) -> di
 
     src_models: list[str] = []
     ll_models: list[str] = []
-    src_kw: list[dict[str, float]] = []
+    src_kw: list[dict[str, Any]] = []
     ll_kw: list[dict[str, float]] = []
     real = track.population.source.kind == "real"
     for prefix, lensed in SERSIC_COMPONENTS:

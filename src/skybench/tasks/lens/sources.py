@@ -129,9 +129,10 @@ def load_stamps(folder: str, bands: tuple[str, ...], iterations: int = 20, mask_
     stamps: list[Stamp] = []
     seen: set[bytes] = set()
     for galaxy in sorted(by_galaxy):
-        band = next((b for b in bands if b in by_galaxy[galaxy]), None)
-        if band is None:
+        found = [b for b in bands if b in by_galaxy[galaxy]]
+        if not found:
             continue
+        band = found[0]
         with fits.open(by_galaxy[galaxy][band]) as hdul:
             data = np.asarray(hdul[0].data, dtype=np.float64)
             own = np.asarray(hdul["PSF"].data, dtype=np.float64) if "PSF" in hdul else None
