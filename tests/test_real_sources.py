@@ -151,12 +151,18 @@ def test_rotation_and_flip_follow_the_interpol_geometry():
     assert interpolate(stamp, np.array([2.0]), np.array([0.0]), 1.0, 0.0, True, order=1)[0] == pytest.approx(0.0)
 
 
-def test_a_real_source_release_simulates_at_tiny_size(tmp_path):
-    from skybench.release import open_release
+@pytest.fixture(scope="module")
+def tiny_realsrc_release(tmp_path_factory):
     from skybench.simulate import simulate_release
 
-    out = simulate_release(TRACK, tmp_path / "rel", profile="demo", seed=3, size=24, progress=False)
-    rel = open_release(out)
+    return simulate_release(TRACK, tmp_path_factory.mktemp("realsrc") / "rel", profile="demo", seed=3, size=24,
+                            progress=False)
+
+
+def test_a_real_source_release_simulates_at_tiny_size(tiny_realsrc_release):
+    from skybench.release import open_release
+
+    rel = open_release(tiny_realsrc_release)
     meta = rel.meta("train")
     assert len(meta) > 0 and {"source_stamp", "source_angle", "source_flip", "source_scale"} <= set(meta.columns)
     assert meta.is_lens.any() and meta.source_n_sersic.isna().all()
@@ -164,6 +170,39 @@ def test_a_real_source_release_simulates_at_tiny_size(tmp_path):
     assert len(test) > 0 and "source_stamp" in test.columns
     images = np.concatenate(list(rel.images("train").batches(64)))
     assert images.shape == (len(meta), 1, 101, 101) and np.isfinite(images).all()
+
+
+def test_also_from_tracks_take_the_same_inputs_and_output():
+    """lens-space-realsrc evaluates lens-space's submissions: same task, inputs, cut-out, bands and output."""
+    t = load_track(TRACK)
+    assert t.evaluation.also_from == ["lens-space"]
+    for name in t.evaluation.also_from:
+        o = load_track(name)
+        assert (o.task, o.inputs, o.cutout, o.band_names, o.output) == (t.task, t.inputs, t.cutout, t.band_names,
+                                                                        t.output)
+
+
+@pytest.mark.slow
+def test_lens_space_submissions_are_evaluated_on_the_realsrc_track(tmp_path, monkeypatch, tiny_realsrc_release):
+    """A lens-space submission runs and is scored on lens-space-realsrc (its ``also_from``); a lens-ground one is
+    skipped; discovery finds lens-space's folders for it."""
+    from helpers import bwrap_works, python_submission
+
+    from skybench.harness.evaluate import discover_submissions, evaluate
+
+    if not bwrap_works():
+        pytest.skip("bubblewrap cannot create namespaces here")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    code = ("import numpy as np\ndef load(d): return None\n"
+            "def predict(m, b): return b[:, 0, 40:61, 40:61].sum(axis=(1, 2))\n")
+    space = python_submission(tmp_path / "subs", "space", code, track="lens-space")
+    ground = python_submission(tmp_path / "subs", "ground", code, track="lens-ground")
+    outcomes = {o.name: o for o in evaluate([space, ground], TRACK, tiny_realsrc_release, out=tmp_path / "evals",
+                                            publish=False)}
+    assert outcomes["space"].status == "FINISHED" and 0.0 <= outcomes["space"].metrics["auroc"] <= 1.0
+    assert outcomes["ground"].status == "SKIPPED"
+    found = discover_submissions(TRACK)
+    assert found and all("lens-space" in p.parts for p in found)
 
 
 def test_sersic_tracks_are_unchanged_by_the_real_option():
