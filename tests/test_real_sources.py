@@ -210,3 +210,11 @@ def test_sersic_tracks_are_unchanged_by_the_real_option():
     sim = LensSimulator(load_track("lens-space"), get_backend("numpy"))
     assert sim.stamps == () and "source_stamp" not in sim.sample(1)
     assert load_track("lens-space").population.source.kind == "sersic"
+
+
+def test_torch_backend_renders_the_same_real_sources_as_numpy():
+    pytest.importorskip("torch")
+    track = load_track(TRACK)
+    img_np, _ = LensSimulator(track, get_backend("numpy")).simulate(1, "test", 0, 6)
+    img_t, _ = LensSimulator(track, get_backend("torch-cpu")).simulate(1, "test", 0, 6)
+    np.testing.assert_allclose(img_t, img_np, atol=1e-4 * np.abs(img_np).max())
