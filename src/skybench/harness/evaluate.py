@@ -91,7 +91,8 @@ def check_release(release: Path, track: Track) -> str:
 
 def discover_submissions(track: str, roots: tuple[str, ...] = ("submissions", "baselines"),
                          examples: bool = True) -> list[Path]:
-    """Every submission folder under ``roots`` (relative to the project root) declaring ``track``;
+    """Every submission folder under ``roots`` (relative to the project root) declaring ``track`` (or a track of
+    its ``evaluation.also_from``);
     without those under ``submissions/examples/`` when ``examples`` is false.
 
     A folder whose ``submission.yaml`` cannot be read is included when its path names the track, so that
@@ -116,7 +117,7 @@ def discover_submissions(track: str, roots: tuple[str, ...] = ("submissions", "b
                 raw = read_spec_file(spec)
                 declared = raw.get("track") if isinstance(raw, dict) else None
             except Exception:  # noqa: BLE001 - any unreadable spec: decided by its path, recorded as FAILED
-                declared = track if track in spec.parent.parts else None
+                declared = next((t for t in sorted(accepted) if t in spec.parent.parts), None)
             if declared in accepted:
                 found.append(spec.parent)
     return found
