@@ -172,14 +172,26 @@ def test_a_real_source_release_simulates_at_tiny_size(tiny_realsrc_release):
     assert images.shape == (len(meta), 1, 101, 101) and np.isfinite(images).all()
 
 
-def test_also_from_tracks_take_the_same_inputs_and_output():
-    """lens-space-realsrc evaluates lens-space's submissions: same task, inputs, cut-out, bands and output."""
-    t = load_track(TRACK)
-    assert t.evaluation.also_from == ["lens-space"]
-    for name in t.evaluation.also_from:
-        o = load_track(name)
-        assert (o.task, o.inputs, o.cutout, o.band_names, o.output) == (t.task, t.inputs, t.cutout, t.band_names,
-                                                                        t.output)
+@pytest.mark.parametrize(("track", "other"), [(TRACK, "lens-space"), ("lens-ground-realsrc", "lens-ground")])
+def test_also_from_tracks_take_the_same_inputs_and_output(track, other):
+    """A realsrc track evaluates its Sersic track's submissions: same task, inputs, cut-out, survey and output."""
+    t = load_track(track)
+    assert t.evaluation.also_from == [other]
+    o = load_track(other)
+    assert (o.task, o.inputs, o.cutout, o.survey, o.output) == (t.task, t.inputs, t.cutout, t.survey, t.output)
+
+
+def test_ground_real_sources_follow_the_colour_model():
+    """lens-ground-realsrc: one morphology in every band, scaled by the source colours (the lensed source alone)."""
+    track = load_track("lens-ground-realsrc")
+    sim = LensSimulator(track, get_backend("numpy"))
+    rows = _lensed_rows(sim, n=4)
+    _, source = sim.render(rows)
+    for i, row in rows.iterrows():
+        flux = source[i].sum(axis=(1, 2))
+        amps = np.array([row[f"source_amp_{b}"] for b in track.band_names])
+        np.testing.assert_allclose(flux / flux[2], amps / amps[2], rtol=0.02)  # same lensing in every band
+        assert np.corrcoef(source[i, 1].ravel(), source[i, 3].ravel())[0, 1] > 0.95  # g and i: one morphology
 
 
 @pytest.mark.slow
