@@ -118,6 +118,9 @@ class Evaluation(_Strict):
     # Rank intervals and tie groups (skybench.tracking.ranks): paired bootstrap resamples of the ranked part.
     rank_resamples: int = Field(1000, gt=0)
     rank_seed: int = 0
+    # Tracks whose submissions are evaluated on this track too (a transfer test: same task, inputs and output, e.g.
+    # lens-space models on lens-space-realsrc); their records are filed under this track.
+    also_from: list[str] = []
 
 
 _METRIC_SAFE = re.compile(r"[A-Za-z0-9_.\-]+")  # within MLflow's metric-name characters, no "/" or spaces

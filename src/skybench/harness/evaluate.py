@@ -91,7 +91,8 @@ def check_release(release: Path, track: Track) -> str:
 
 def discover_submissions(track: str, roots: tuple[str, ...] = ("submissions", "baselines"),
                          examples: bool = True) -> list[Path]:
-    """Every submission folder under ``roots`` (relative to the project root) declaring ``track``;
+    """Every submission folder under ``roots`` (relative to the project root) declaring ``track`` (or a track of
+    its ``evaluation.also_from``);
     without those under ``submissions/examples/`` when ``examples`` is false.
 
     A folder whose ``submission.yaml`` cannot be read is included when its path names the track, so that
@@ -101,6 +102,7 @@ def discover_submissions(track: str, roots: tuple[str, ...] = ("submissions", "b
     # Team folders are walked without recursion and not below 8 levels (submissions/examples/<track>/<format>
     # is 4), never following symlinks; each submission.yaml is read as load_submission reads it (bounded).
     limits = WalkLimits(max_depth=8, max_entries=None, max_bytes=None)
+    accepted = {track, *_also_from(track)}
     found = []
     for root in roots:
         top = project_root() / root
@@ -115,10 +117,17 @@ def discover_submissions(track: str, roots: tuple[str, ...] = ("submissions", "b
                 raw = read_spec_file(spec)
                 declared = raw.get("track") if isinstance(raw, dict) else None
             except Exception:  # noqa: BLE001 - any unreadable spec: decided by its path, recorded as FAILED
-                declared = track if track in spec.parent.parts else None
-            if declared == track:
+                declared = next((t for t in sorted(accepted) if t in spec.parent.parts), None)
+            if declared in accepted:
                 found.append(spec.parent)
     return found
+
+
+def _also_from(track: str) -> list[str]:
+    """The tracks whose submissions ``track`` evaluates too (its ``evaluation.also_from``; none if unknown)."""
+    from skybench.tracks import list_tracks
+
+    return load_track(track).evaluation.also_from if track in list_tracks() else []
 
 
 RESERVED_TEAMS = ("examples", "baselines", "invalid")  # identities the project itself files records under
@@ -324,7 +333,7 @@ def _plan(folder: Path, track: Track, real: Path | None, real_sha: str, release_
     except SubmissionError as exc:
         sub, problem = None, str(exc).replace("\n", " ")
     team, name, refused = identity(folder, sub.spec if sub is not None else None, given)
-    if sub is not None and sub.spec.track != track.name:
+    if sub is not None and sub.spec.track not in (track.name, *track.evaluation.also_from):
         return Outcome(folder, team, name, "SKIPPED", f"submission is for track {sub.spec.track}")
     rdir = record_dir(out, team, name)
     key = cache_key(track)

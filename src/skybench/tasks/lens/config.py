@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from skybench.common import Strict as _Strict
 from skybench.tracks import Track
@@ -26,7 +26,25 @@ class LensPop(_Strict):
     colors: dict[str, float]
 
 
+class RealSource(_Strict):
+    """Where the real source stamps are and how they are prepared (``tasks/lens/sources.py``)."""
+
+    folder: str = "data/galaxies/hst_stamps"  # relative to the project root
+    bands: list[str] = ["F814W", "F115W"]  # each galaxy in the first of these it has (VIS-like: F814W)
+    interpolation: Literal["linear", "cubic"] = "cubic"  # linear = lenstronomy 1.14's INTERPOL (bilinear)
+    deconvolution_iterations: int = Field(20, ge=0)  # Richardson-Lucy iterations (0: no deconvolution)
+    mask_sigma: float = Field(3.0, gt=0)  # mask threshold, in units of the smoothed stamp's noise
+    # anti-aliasing: the stamp is smoothed to this FWHM in the source plane, in units of the supersampled pixel
+    antialias: float = Field(1.0, ge=0)
+
+
 class SourcePop(_Strict):
+    """The background source. ``kind: sersic`` (default): Sersic + Gaussian clumps; ``kind: real``: a real galaxy
+    stamp (``real:``) with a random rotation and flip, its half-light radius drawn from ``R_sersic`` and its
+    magnitude from ``mag`` (``n_sersic`` and ``q`` are then drawn but unused)."""
+
+    kind: Literal["sersic", "real"] = "sersic"
+    real: RealSource | None = None
     mag: Range
     R_sersic: Range
     n_sersic: Range
@@ -36,6 +54,14 @@ class SourcePop(_Strict):
     clump_flux_fraction: Range
     clump_sigma: Range
     colors: dict[str, float]
+
+    @model_validator(mode="after")
+    def _real_settings(self) -> SourcePop:
+        if self.kind == "real" and self.real is None:
+            object.__setattr__(self, "real", RealSource())
+        if self.kind == "sersic" and self.real is not None:
+            raise ValueError("population.source.real is for kind: real; remove it or set kind: real")
+        return self
 
 
 class ContaminantPop(_Strict):

@@ -21,6 +21,7 @@ from skybench.physics.light import ellipse_metric, sersic_profile_, sersic_total
 from skybench.physics.noise import magnitude2cps, object_normals
 from skybench.physics.render import Renderer
 from skybench.tasks.lens.config import LensTrack
+from skybench.tasks.lens.sources import Stamp, antialiased, interpolate, source_library
 from skybench.testkey import ObjectSeeds, as_object_seeds
 
 MAX_CLUMPS = 3
@@ -52,20 +53,26 @@ class LensSimulator:
         assert track.cutout is not None, f"track {track.name!r} has no cutout"
         self.renderer = Renderer(track.cutout.size, track.survey.pixel_scale, track.cutout.supersampling,
                                  self.bands, backend)
+        real = self.pop.source.real if self.pop.source.kind == "real" else None
+        # the prepared stamps of a real-source track (loaded once per process)
+        self.stamps: tuple[Stamp, ...] = source_library(real) if real is not None else ()
+        self.interp_order = 1 if real is not None and real.interpolation == "linear" else 3
+        self.antialias = real.antialias * self.renderer.pixel_scale / self.renderer.supersampling if real else 0.0
 
     # ---------------------------------------------------------------- parameters
     # Each object draws N_UNIFORM uniforms and N_NORMAL + 5 * bands standard normals from its own generator in
     # two calls (many small draws cost more than the rest of the sampling); they are used in a fixed order.
     N_UNIFORM, N_NORMAL = 45, 9
+    N_UNIFORM_REAL = 3  # a real source's stamp, rotation and flip: drawn after the others (kind: real only)
 
     def _sersic(self, row: dict[str, Any], prefix: str, present: Any, R: Any, n: Any, q: Any, phi: Any,
-                cx: Any, cy: Any, mag_ref: Any, colors: dict[str, float], normals: Any) -> Any:
+                cx: Any, cy: Any, mag_ref: Any, colors: dict[str, float], normals: Any, unit_flux: Any = None) -> Any:
         """Record one Sersic component (magnitudes: reference + colour + scatter); returns its flux per unit
-        amplitude."""
+        amplitude (``unit_flux`` if given: a real source's amplitude is its flux)."""
         e1, e2 = phi_q2ellipticity(phi, q)
         row[prefix + "_R_sersic"], row[prefix + "_n_sersic"] = R, n
         row[prefix + "_e1"], row[prefix + "_e2"], row[prefix + "_center_x"], row[prefix + "_center_y"] = e1, e2, cx, cy
-        unit_flux = sersic_total_flux(1.0, R, n)
+        unit_flux = sersic_total_flux(1.0, R, n) if unit_flux is None else unit_flux
         for band in self.bands:
             s = next(normals) * self.pop.color_scatter
             m = mag_ref + colors[band.name] + (s if colors[band.name] != 0.0 else 0.0)
@@ -83,7 +90,9 @@ class LensSimulator:
         noise comes next from it). Each object draws its uniforms and normals from its own generator in two
         calls; the formulas below then run on whole columns, so an object's values do not depend on the batch."""
         rngs = [np.random.default_rng(s) for s in seeds]
-        U = np.array([rng.random(self.N_UNIFORM) for rng in rngs]).T  # (draw, object)
+        real = bool(self.stamps)
+        n_uniform = self.N_UNIFORM + (self.N_UNIFORM_REAL if real else 0)
+        U = np.array([rng.random(n_uniform) for rng in rngs]).T  # (draw, object)
         N = np.array([rng.standard_normal(self.N_NORMAL + 5 * len(self.bands)) for rng in rngs]).T
         uniforms, normals, p, pi = iter(U), iter(N), self.pop, math.pi
 
@@ -107,7 +116,8 @@ class LensSimulator:
         sx, sy = cx + beta * np.cos(bphi), cy + beta * np.sin(bphi)
         R_src = u(*p.source.R_sersic)
         src_unit_flux = self._sersic(row, "source", has_source, R_src, u(*p.source.n_sersic), u(*p.source.q),
-                                     u(0, pi), sx, sy, u(*p.source.mag), p.source.colors, normals)
+                                     u(0, pi), sx, sy, u(*p.source.mag), p.source.colors, normals,
+                                     unit_flux=1.0 if real else None)
         row["has_source"] = has_source
         # Star-forming clumps in the source (lenstronomy GAUSSIAN_ELLIPSE with e = 0, amp = flux).
         lo, hi, w = *p.source.n_clumps, u(0, 1)
@@ -145,6 +155,12 @@ class LensSimulator:
             row[f"ring_outer_amp_{band.name}"] = flux / (1 - ratio**2)
             row[f"ring_inner_amp_{band.name}"] = -flux * ratio**2 / (1 - ratio**2)
         row.update(has_companion=present[0], has_arclet=present[1], has_ring=present[2])
+        if real:  # a real stamp: its half-light radius is R_src (source_R_sersic), any rotation, a flip or not
+            stamp = np.minimum((u(0, 1) * len(self.stamps)).astype(np.int64), len(self.stamps) - 1)
+            r_half = np.array([st.r_half_pix for st in self.stamps])[stamp]
+            row.update(source_stamp=stamp, source_angle=u(0, 2 * pi), source_flip=u(0, 1) < 0.5,
+                       source_scale=R_src / r_half, source_n_sersic=np.full(len(seeds), np.nan),
+                       source_e1=np.zeros(len(seeds)), source_e2=np.zeros(len(seeds)))
         assert next(uniforms, None) is None and next(normals, None) is None, "every draw is used"
         return {k: v if np.ndim(v) else np.full(len(seeds), v) for k, v in row.items()}, rngs
 
@@ -159,7 +175,8 @@ class LensSimulator:
         xp = be.xp
         cols = _columns(meta)
         B, nb, n, m = len(cols["lens_theta_E"]), len(self.bands), r.size, len(r.coords)
-        comps = [(p, lensed, "sersic") for p, lensed in SERSIC_COMPONENTS] + \
+        real = bool(self.stamps)
+        comps = [(p, lensed, "real" if real and p == "source" else "sersic") for p, lensed in SERSIC_COMPONENTS] + \
                 [(p, lensed, "gauss") for p, lensed in GAUSSIAN_COMPONENTS]
         shape = ("e1", "e2", "center_x", "center_y")
 
@@ -238,11 +255,32 @@ class LensSimulator:
                 else:  # compact clumps: most of the grid underflows to 0
                     exp_mostly_zero_(sb)
                 add(prefixes, sb, factor, lensed=True)
+            if real and present["source"].size:
+                add(["source"], self._real_source(X, Y, slot[present["source"]], cols, present["source"]),
+                    1 / col("source_scale", present["source"])[:, None] ** 2, lensed=True)
 
         full_source = xp.zeros((B, nb, n, n), dtype=be.dtype, device=device(r.x))
         if lensed_idx.size:  # the source is zero elsewhere
             full_source[be.index(lensed_idx)] = r.convolve(source)
         return r.convolve(total), full_source
+
+    def source_image(self, stamp: int, scale: float) -> np.ndarray:
+        """Stamp ``stamp`` as interpolated at ``scale`` arcsec per stamp pixel (anti-aliased, unit sum)."""
+        return antialiased(self.stamps[stamp].image, scale, self.antialias)
+
+    def _real_source(self, X: Any, Y: Any, rows: np.ndarray, cols: dict[str, np.ndarray], idx: np.ndarray) -> Any:
+        """The unit-sum stamps of objects ``idx`` interpolated at their source-plane offsets ``X[rows], Y[rows]``
+        (P, m, m) on the backend: flux per stamp pixel, so surface brightness = amp x this / scale^2. The
+        interpolation runs on the CPU (scipy), whatever the backend."""
+        be = self.backend
+        gx, gy = be.to_numpy(X[be.index(rows)]), be.to_numpy(Y[be.index(rows)])
+        out = np.empty(gx.shape, dtype=np.float64)
+        for j, i in enumerate(idx):
+            scale = float(cols["source_scale"][i])
+            out[j] = interpolate(self.source_image(int(cols["source_stamp"][i]), scale), gx[j].astype(np.float64),
+                                 gy[j].astype(np.float64), scale, float(cols["source_angle"][i]),
+                                 bool(cols["source_flip"][i]), self.interp_order)
+        return be.asarray(out)
 
     # ---------------------------------------------------------------- the visibility rule
     def label(self, meta: pd.DataFrame | dict[str, np.ndarray], model: Any, source: Any) -> pd.DataFrame:
@@ -270,8 +308,9 @@ class LensSimulator:
             lensed_flux[li] = be.to_numpy(xp.sum(src[:, ref], axis=(1, 2)))
         # Magnification: lensed source flux in the frame / intrinsic source flux (reference band).
         amp_ref = np.asarray(cols[f"source_amp_{self.band_names[ref]}"], dtype=np.float64)
-        intrinsic = sersic_total_flux(amp_ref, np.asarray(cols["source_R_sersic"], dtype=np.float64),
-                                      np.asarray(cols["source_n_sersic"], dtype=np.float64))
+        intrinsic = amp_ref if self.stamps else sersic_total_flux(  # a real source's amplitude is its flux
+            amp_ref, np.asarray(cols["source_R_sersic"], dtype=np.float64),
+            np.asarray(cols["source_n_sersic"], dtype=np.float64))
         intrinsic = intrinsic + sum(np.asarray(cols[f"clump{k}_amp_{self.band_names[ref]}"], dtype=np.float64)
                                     for k in range(MAX_CLUMPS))
         magnification = np.where(has, lensed_flux / np.where(intrinsic > 0, intrinsic, 1.0), np.nan)
@@ -330,10 +369,22 @@ def lenstronomy_kwargs(row: pd.Series | dict, track: LensTrack, band: str) -> di
 
     src_models: list[str] = []
     ll_models: list[str] = []
-    src_kw: list[dict[str, float]] = []
+    src_kw: list[dict[str, Any]] = []
     ll_kw: list[dict[str, float]] = []
+    real = track.population.source.kind == "real"
     for prefix, lensed in SERSIC_COMPONENTS:
-        if row[f"{prefix}_amp_{band}"] != 0.0:
+        if real and prefix == "source":
+            if row[f"source_amp_{band}"] != 0.0:  # lenstronomy INTERPOL: image in surface brightness per arcsec^2
+                scale = float(row["source_scale"])
+                real_cfg, cut = track.population.source.real, track.cutout
+                assert real_cfg is not None
+                stamp = antialiased(source_library(real_cfg)[int(row["source_stamp"])].image, scale,
+                                    real_cfg.antialias * pix / cut.supersampling)
+                src_models.append("INTERPOL")
+                src_kw.append(dict(image=(stamp[:, ::-1] if row["source_flip"] else stamp) / scale**2,
+                                   amp=row["source_amp_" + band], center_x=row["source_center_x"],
+                                   center_y=row["source_center_y"], phi_G=row["source_angle"], scale=scale))
+        elif row[f"{prefix}_amp_{band}"] != 0.0:
             (src_models if lensed else ll_models).append("SERSIC_ELLIPSE")
             (src_kw if lensed else ll_kw).append(sersic(prefix))
     for prefix, lensed in GAUSSIAN_COMPONENTS:
