@@ -212,12 +212,13 @@ def process_lens(path: Path, target: Target, rng: np.random.Generator) -> tuple[
 
 
 def match_to_target(image: np.ndarray, scale_in: tuple[float, float], fwhm_in: float, sigma_in: float,
-                    target: Target, rng: np.random.Generator, *, flux_scale: float | None = None
-                    ) -> tuple[np.ndarray, dict[str, Any]]:
+                    target: Target, rng: np.random.Generator, *, flux_scale: float | None = None,
+                    poisson: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
     """Steps 2-5 of the module docstring for one band of one image (background-subtracted, flux per pixel, axis 0
     = y) of pixel scales ``scale_in`` = (y, x) arcsec, Gaussian PSF FWHM ``fwhm_in`` arcsec (NaN: unknown,
     treated as a point), white noise ``sigma_in`` per original pixel. ``flux_scale``: the factor to the target's
-    e-/s (default: the one that gives the flux within ``APERTURE_RADIUS`` the target's magnitude).
+    e-/s (default: the one that gives the flux within ``APERTURE_RADIUS`` the target's magnitude). ``poisson``:
+    add the Poisson term ``|img| / T`` (False for images whose own noise already has it, e.g. ground-based).
     Returns the (size, size) float64 image and the numbers of every step."""
     image = np.asarray(image, dtype=np.float64)
     sy, sx = scale_in
@@ -256,7 +257,7 @@ def match_to_target(image: np.ndarray, scale_in: tuple[float, float], fwhm_in: f
     exist_var = (flux_scale * sigma_in) ** 2 * np.outer(gain_y, gain_x)
     footprint = (a_y.sum(axis=1)[:, None] > 0) & (a_x.sum(axis=1)[None, :] > 0)
     add_bkg_var = np.clip(target.sigma_bkg**2 - exist_var, 0.0, None)
-    var = add_bkg_var + np.abs(model) / target.total_time
+    var = add_bkg_var + (np.abs(model) / target.total_time if poisson else 0.0)
     out = model + rng.standard_normal(model.shape) * np.sqrt(var)
 
     inner = np.zeros((n, n), dtype=bool)
@@ -268,6 +269,8 @@ def match_to_target(image: np.ndarray, scale_in: tuple[float, float], fwhm_in: f
         "resample_factor_y": sy / p, "resample_factor_x": sx / p, "pixel_area_ratio": p * p / (sy * sx),
         "psf_fwhm_hst": fwhm_in, "psf_fwhm_target": target.fwhm, "psf_diff_sigma_arcsec": s_diff,
         "psf_diff_variance_arcsec2": diff_var,
+        # FWHM of the result's PSF: the input's, its pixel (p^2/12) and the difference kernel, as Gaussians
+        "psf_fwhm_result": float(np.sqrt(s_hst**2 + p_hst**2 / 12.0 + s_diff**2) / FWHM_TO_SIGMA),
         "aperture_radius_arcsec": APERTURE_RADIUS, "aperture_flux_orig": aperture_flux,
         "target_mag": target.target_mag, "zero_point": target.zero_point, "flux_scale": flux_scale,
         "existing_sigma_orig": sigma_in,
