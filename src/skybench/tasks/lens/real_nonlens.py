@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from astropy.io import fits
 from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
@@ -79,15 +78,15 @@ def _check(track: Track) -> LensTrack:
 
 
 # ------------------------------------------------------------------------------------------ lens-space
-def _hst_stamps(galaxy_dir: Path, catalog: pd.DataFrame) -> pd.DataFrame:
-    rows = catalog[(catalog["group"] == "hst_stamps") & (catalog["telescope"] == "HST") & (catalog["band"] == "F814W")
-                   & ~catalog["file"].str.contains("_PSF_")]  # the PSF cube is not a galaxy
-    return rows.sort_values("file", ignore_index=True)
+def _hst_stamps(galaxy_dir: Path) -> list[Path]:
+    """The HST F814W galaxy stamps (not the PSF cube), sorted by name."""
+    found = sorted(p for p in (galaxy_dir / "hst_stamps").glob("*_F814W.fits"))
+    if not found:
+        raise FileNotFoundError(f"no {galaxy_dir / 'hst_stamps'}/*_F814W.fits: pull the real data first (dvc pull)")
+    return found
 
 
-def _stamp_item(galaxy_dir: Path, entry: pd.Series, track: LensTrack, seed: int, index: int,
-                psf_cube: np.ndarray) -> Item:
-    path = galaxy_dir / entry["file"]
+def _stamp_item(path: Path, track: LensTrack, seed: int, index: int, psf_cube: np.ndarray) -> Item:
     with fits.open(path) as hdul:
         header = hdul[0].header
         image = np.asarray(hdul[0].data, dtype=np.float64)
@@ -105,9 +104,10 @@ def _stamp_item(galaxy_dir: Path, entry: pd.Series, track: LensTrack, seed: int,
     fwhm = _psf_fwhm(psf, scale)
     target = Target.for_band(track, 0, _draw_mag(track, seed, index))
     out, numbers = match_to_target(image - bkg, (scale, scale), fwhm, sigma, target, _noise_rng(seed, index))
-    meta = {"source_kind": "hst_stamp", "file": entry["file"], "name": entry["object_id"], "band": entry["band"],
-            "telescope": entry["telescope"], "instrument": entry["instrument"],
-            "orig_mag": float(entry["mag"]), "redshift": float(entry["redshift"]),
+    meta = {"source_kind": "hst_stamp", "file": f"hst_stamps/{path.name}", "name": str(header.get("OBJECT", "")),
+            "band": str(header.get("FILTER", "")), "telescope": str(header.get("TELESCOP", "")),
+            "instrument": str(header.get("INSTRUME", "")), "orig_mag": float(header.get("MAG", np.nan)),
+            "redshift": float(header.get("ZPHOT", np.nan)),
             "background_subtracted": bkg, "existing_noise_from": noise_from, "psf_from": psf_from,
             "source_sha256": _sha256(path), **numbers}
     return Item(out[None].astype(np.float32), meta)
@@ -122,7 +122,8 @@ def find_galaxies(image: np.ndarray, sigma: float, scale: float, count: int) -> 
     # white noise through a normalised Gaussian of sigma s px: sigma / (2 sqrt(pi) s) (its kernel's L2 norm)
     sigma_smooth = sigma / (2.0 * np.sqrt(np.pi) * s)
     sep, edge = SCENE_MIN_SEPARATION / scale, int(np.ceil(SCENE_EDGE / scale))
-    peaks = (smooth == maximum_filter(smooth, size=int(2 * round(sep / 2) + 1))) & (smooth > SCENE_NSIGMA * sigma_smooth)
+    peaks = smooth == maximum_filter(smooth, size=int(2 * round(sep / 2) + 1))
+    peaks &= smooth > SCENE_NSIGMA * sigma_smooth
     peaks[:edge], peaks[-edge:], peaks[:, :edge], peaks[:, -edge:] = False, False, False, False
     ys, xs = np.nonzero(peaks)
     kept: list[tuple[int, int]] = []
@@ -168,11 +169,10 @@ def _scene_items(galaxy_dir: Path, track: LensTrack, seed: int, start: int) -> l
 
 def space_nonlenses(galaxy_dir: Path, track: LensTrack, seed: int = 0) -> list[Item]:
     """The lens-space non-lenses: the HST F814W stamps, then the scene cut-outs."""
-    catalog = _read(galaxy_dir)
+    stamps = _hst_stamps(galaxy_dir)
     with fits.open(galaxy_dir / "hst_stamps" / "COSMOS_F814W_PSF_examples.fits") as hdul:
         psf_cube = np.asarray(hdul[0].data, dtype=np.float64)
-    stamps = _hst_stamps(galaxy_dir, catalog)
-    items = [_stamp_item(galaxy_dir, entry, track, seed, k, psf_cube) for k, entry in stamps.iterrows()]
+    items = [_stamp_item(path, track, seed, k, psf_cube) for k, path in enumerate(stamps)]
     return items + _scene_items(galaxy_dir, track, seed, len(items))
 
 
@@ -223,21 +223,12 @@ def ground_nonlenses(galaxy_dir: Path, track: LensTrack, seed: int = 0) -> list[
 def nonlenses(data_dir: Path, track: Track, seed: int = 0) -> list[Item]:
     """The real non-lens set of ``track`` from ``data_dir`` (the folder holding ``galaxies/``, or that folder)."""
     track = _check(track)
-    galaxy_dir = Path(data_dir) if (Path(data_dir) / "catalog.csv").is_file() and \
-        (Path(data_dir) / "kids_viking_field").is_dir() else Path(data_dir) / "galaxies"
-    if not (galaxy_dir / "catalog.csv").is_file():
-        raise FileNotFoundError(f"no {galaxy_dir / 'catalog.csv'}: pull the real data first (dvc pull)")
+    data_dir = Path(data_dir)
+    galaxy_dir = data_dir if (data_dir / "hst_stamps").is_dir() or (data_dir / "kids_viking_field").is_dir() \
+        else data_dir / "galaxies"
     if len(track.survey.bands) == 1:
         return space_nonlenses(galaxy_dir, track, seed)
     return ground_nonlenses(galaxy_dir, track, seed)
-
-
-def _read(galaxy_dir: Path) -> pd.DataFrame:
-    catalog = pd.read_csv(galaxy_dir / "catalog.csv")
-    missing = [f for f in catalog["file"] if not (galaxy_dir / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{galaxy_dir}: files in catalog.csv are missing: {missing}")
-    return catalog
 
 
 def describe(track: Track) -> str:
@@ -255,7 +246,7 @@ def describe(track: Track) -> str:
     return ("Real non-lenses (data/galaxies/kids_viking_field): 176 KiDS u, g, r, i stamps (64x64 at an inferred"
             " 0.339\"/px), sky (SKYMED) subtracted, the flux (AB ZP 0) times 10^(0.4 ZP_band) in e-/s, rebinned"
             " (upsampled) to the track's grid; no PSF convolution where the empirical KiDS PSF is already broader"
-            " than the track's (psf_fwhm_input_<band>, psf_fwhm_result_<band> record it); background noise added up to the track's"
-            " sigma where the KiDS noise (SKYSIG, carried through the rebinning) is below it, none where above"
-            " (noise_ratio_<band>); no Poisson term (the real noise has it). The 10 GAMA galaxies are r only:"
-            " left out.")
+            " than the track's (psf_fwhm_input_<band>, psf_fwhm_result_<band> record it); background noise added"
+            " up to the track's sigma where the KiDS noise (SKYSIG, carried through the rebinning) is below it,"
+            " none where above (noise_ratio_<band>); no Poisson term (the real noise has it). The 10 GAMA"
+            " galaxies are r only: left out.")
