@@ -11,11 +11,14 @@ flux-conserving rebinning, flux scale, noise to the track's level), for measurin
   magnitude drawn uniformly from the track's deflector range (as the simulated deflectors are).
 - **lens-ground** (u, g, r, i at 0.2"/px): the 176 KiDS stamps of ``kids_viking_field/`` (0.339"/px, an
   inferred scale, so resampling upsamples), with their real KiDS flux (AB zero point 0) converted to the track's
-  e-/s at each band's zero point, so the colours and magnitudes are the real ones. Their empirical PSFs
+  e-/s at each band's zero point, so the colours are the real ones; the magnitudes too, but for one common dimming
+  (``flux_dim_mag``, 0.34 mag): KiDS i is noisier than the track's i (x1.36 after resampling), and a noisier band
+  would tell the real objects apart, so every band of every stamp is dimmed by that factor, which brings the i
+  noise to the track's and the others below it. Their empirical PSFs
   (0.86-1.15") are broader than the track's (0.71-0.81"): nothing can sharpen them, so no convolution is done
   and ``psf_fwhm_result`` records the PSF they have. Their real noise is kept (it includes the sources' Poisson
-  noise: none is added) and only what is missing to the track's background is added; where KiDS is noisier
-  than the track, ``noise_ratio`` (> 1) says by how much. The 10 GAMA galaxies of ``kids_gama_profit/`` are r
+  noise: none is added) and only what is missing to the track's background is added (``noise_ratio``: the KiDS
+  part). The sky is the median of each stamp's 5-pixel border ring. The 10 GAMA galaxies of ``kids_gama_profit/`` are r
   only: they are left out rather than given invented u, g, i images.
 """
 
@@ -193,26 +196,34 @@ def ground_nonlenses(galaxy_dir: Path, track: LensTrack, seed: int = 0) -> list[
                 catalog = Table(hdul["CATALOG"].data).to_pandas()
     assert catalog is not None
     sha = {b: _sha256(p) for b, p in paths.items()}
+    targets = {b: Target.for_band(track, i, float("nan")) for i, b in enumerate(bands)}
+    fwhms = {b: _psf_fwhm(psfs[b], float(headers[b]["PIXSCALE"]), KIDS_PSF_RADIUS) for b in bands}
+    zps = {b: float(10 ** (0.4 * targets[b].zero_point)) for b in bands}  # KiDS flux (AB ZP 0) -> e-/s at the ZP
+    # The KiDS noise carried to the track's grid, per band, as a multiple of the track's (the same for every stamp):
+    # where it is above 1 every band of every stamp is dimmed by the largest ratio, so that no band is noisier
+    # than the track (a noisier band would tell the real objects apart); colours are kept.
+    ratio = {b: match_to_target(np.zeros(cubes[b].shape[1:]), (float(headers[b]["PIXSCALE"]),) * 2, fwhms[b],
+                                float(headers[b]["SKYSIG"]), targets[b], np.random.default_rng(0), flux_scale=zps[b],
+                                poisson=False)[1]["existing_sigma_processed"] / targets[b].sigma_bkg for b in bands}
+    dim = min(1.0, 1.0 / max(ratio.values()))
     items = []
     for k in range(len(catalog)):
         planes, meta = [], {"source_kind": "kids_stamp", "file": "kids_viking_field/KiDS_field_stamps_{band}.fits",
                             "name": f"KiDS field stamp {k}", "band": ",".join(bands), "telescope": "VST",
-                            "instrument": "OmegaCAM", "stamp": k,
+                            "instrument": "OmegaCAM", "stamp": k, "flux_dim_factor": dim,
+                            "flux_dim_mag": float(-2.5 * np.log10(dim)),
                             **{f"cat_{c.lower()}": catalog[c].iloc[k].item() for c in catalog.columns}}
         rng = _noise_rng(seed, k)
-        for i, b in enumerate(bands):
-            h = headers[b]
-            scale = float(h["PIXSCALE"])
-            target = Target.for_band(track, i, float("nan"))
-            flux_scale = float(10 ** (0.4 * target.zero_point))  # KiDS flux (AB ZP 0) -> e-/s at the band's ZP
-            fwhm = _psf_fwhm(psfs[b], scale, KIDS_PSF_RADIUS)
-            image = cubes[b][k] - float(h["SKYMED"])
-            out, numbers = match_to_target(image, (scale, scale), fwhm, float(h["SKYSIG"]), target, rng,
-                                           flux_scale=flux_scale, poisson=False)
+        for b in bands:
+            scale = float(headers[b]["PIXSCALE"])
+            sky = float(np.median(_border(cubes[b][k], BORDER_WIDTH)))  # the stamp's local sky
+            out, numbers = match_to_target(cubes[b][k] - sky, (scale, scale), fwhms[b], float(headers[b]["SKYSIG"]),
+                                           targets[b], rng, flux_scale=zps[b] * dim, poisson=False)
             planes.append(out)
             numbers["orig_mag_aperture"] = float(cps2magnitude(numbers["aperture_flux_orig"], 0.0))
-            numbers["sky_subtracted"] = float(h["SKYMED"])
-            numbers["noise_ratio"] = numbers["existing_sigma_processed"] / target.sigma_bkg
+            numbers["sky_subtracted"] = sky
+            numbers["noise_ratio_before_dimming"] = ratio[b]
+            numbers["noise_ratio"] = numbers["existing_sigma_processed"] / targets[b].sigma_bkg
             numbers["source_sha256"] = sha[b]
             numbers.pop("target_mag")
             meta |= {f"{key.replace('_hst', '_input')}_{b}": v for key, v in numbers.items()}
@@ -244,7 +255,9 @@ def describe(track: Track) -> str:
                 " index])), noise default_rng([seed, 2, index]). Left out: AEGIS F606W (same galaxies), the JWST"
                 " galaxy (not the VIS band, no PSF), HDF-N (no PSF).")
     return ("Real non-lenses (data/galaxies/kids_viking_field): 176 KiDS u, g, r, i stamps (64x64 at an inferred"
-            " 0.339\"/px), sky (SKYMED) subtracted, the flux (AB ZP 0) times 10^(0.4 ZP_band) in e-/s, rebinned"
+            " 0.339\"/px), sky (median of the 5-px border ring) subtracted, the flux (AB ZP 0) times 10^(0.4 ZP_band)"
+            " in e-/s, times one dimming factor for all (flux_dim_factor: the largest ratio of the KiDS noise to the"
+            " track's over the bands, so that no band is noisier than the track's), rebinned"
             " (upsampled) to the track's grid; no PSF convolution where the empirical KiDS PSF is already broader"
             " than the track's (psf_fwhm_input_<band>, psf_fwhm_result_<band> record it); background noise added"
             " up to the track's sigma where the KiDS noise (SKYSIG, carried through the rebinning) is below it,"
