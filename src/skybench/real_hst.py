@@ -8,8 +8,9 @@
 2. measures the FWHM of the HST PSF (``PSF`` extension) with a pixel-integrated circular Gaussian fit to
    its core, and convolves, on the original grid, with the discrete Gaussian kernel (``exp(-t) I_n(t)``,
    variance exactly ``t`` pixel^2) that takes it to the target's Gaussian PSF:
-   ``s_diff^2 = s_track^2 - s_hst^2 - p_hst^2/12`` (the last term: the blur that the piecewise-constant
-   resampling of step 3 adds);
+   ``s_diff^2 = s_track^2 - s_hst^2 - 2 p_hst^2/12`` (the last term: the blur of the HST pixel, which the
+   image already has, and the same again that the piecewise-constant resampling of step 3 adds; the output's
+   own pixel then gives it the blur a simulated image of the track has);
 3. resamples to the target grid (e.g. 0.1"/px, 101 x 101) centred on the image centre, by exact area-weighted
    rebinning of the image as a piecewise-constant surface: ``new = A_y @ img @ A_x.T`` with
    ``A[i, j] = overlap(new pixel i, old pixel j) / old pixel length``, which conserves the flux (e-/s) of
@@ -229,7 +230,9 @@ def match_to_target(image: np.ndarray, scale_in: tuple[float, float], fwhm_in: f
     s_target = target.fwhm * FWHM_TO_SIGMA
     s_hst = fwhm_in * FWHM_TO_SIGMA if np.isfinite(fwhm_in) else 0.0
     p_hst = float(np.sqrt(sy * sx))
-    diff_var = s_target**2 - s_hst**2 - p_hst**2 / 12.0  # arcsec^2
+    # the input pixel's box blur is in the image already and the piecewise-constant rebinning adds it again
+    # (each a variance p^2/12: Sheppard's correction); the output pixel's box is the simulated images' own
+    diff_var = s_target**2 - s_hst**2 - 2.0 * p_hst**2 / 12.0  # arcsec^2
     s_diff = float(np.sqrt(max(diff_var, 0.0)))
 
     def axis_map(n_in: int, scale_in: float) -> np.ndarray:
@@ -269,12 +272,14 @@ def match_to_target(image: np.ndarray, scale_in: tuple[float, float], fwhm_in: f
         "resample_factor_y": sy / p, "resample_factor_x": sx / p, "pixel_area_ratio": p * p / (sy * sx),
         "psf_fwhm_hst": fwhm_in, "psf_fwhm_target": target.fwhm, "psf_diff_sigma_arcsec": s_diff,
         "psf_diff_variance_arcsec2": diff_var,
-        # FWHM of the result's PSF: the input's, its pixel (p^2/12) and the difference kernel, as Gaussians
-        "psf_fwhm_result": float(np.sqrt(s_hst**2 + p_hst**2 / 12.0 + s_diff**2) / FWHM_TO_SIGMA),
+        # FWHM of the result's PSF without the output pixel: the input's, twice its pixel (p^2/12) and the
+        # difference kernel, as Gaussians
+        "psf_fwhm_result": float(np.sqrt(s_hst**2 + 2.0 * p_hst**2 / 12.0 + s_diff**2) / FWHM_TO_SIGMA),
         "aperture_radius_arcsec": APERTURE_RADIUS, "aperture_flux_orig": aperture_flux,
         "target_mag": target.target_mag, "zero_point": target.zero_point, "flux_scale": flux_scale,
         "existing_sigma_orig": sigma_in,
         "existing_sigma_processed": float(np.sqrt(np.median(exist_var[footprint]))),
+        "existing_sigma_processed_max": float(np.sqrt(exist_var[footprint].max())),
         "sigma_bkg_target": target.sigma_bkg,
         "added_bkg_sigma": float(np.sqrt(np.median(add_bkg_var[footprint]))),
         "added_bkg_sigma_outside_footprint": target.sigma_bkg,

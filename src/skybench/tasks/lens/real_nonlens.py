@@ -11,10 +11,14 @@ flux-conserving rebinning, flux scale, noise to the track's level), for measurin
   magnitude drawn uniformly from the track's deflector range (as the simulated deflectors are).
 - **lens-ground** (u, g, r, i at 0.2"/px): the 176 KiDS stamps of ``kids_viking_field/`` (0.339"/px, an
   inferred scale, so resampling upsamples), with their real KiDS flux (AB zero point 0) converted to the track's
-  e-/s at each band's zero point, so the colours are the real ones; the magnitudes too, but for one common dimming
-  (``flux_dim_mag``, 0.34 mag): KiDS i is noisier than the track's i (x1.36 after resampling), and a noisier band
-  would tell the real objects apart, so every band of every stamp is dimmed by that factor, which brings the i
-  noise to the track's and the others below it. Their empirical PSFs
+  e-/s at each band's zero point, so the colours are the real ones; the magnitudes too, but for a dimming per
+  stamp (``flux_dim_mag``, median 0.6 mag): KiDS i is noisier than the track's i (x1.36 after resampling, at
+  the frame's sigma; more in the upsampled pixels that lie inside one KiDS pixel), and a noisier band would
+  tell the real objects apart, so all bands of a stamp are dimmed by the largest ratio, over its bands and
+  pixels, of its noise (1.4826 MAD of its border ring, carried to the track's grid) to the track's, which
+  brings that band's noise to the track's and the others below it. So the real galaxies are fainter than the
+  simulated deflectors (r about 21 against 18-21.5): their total flux is the public statistic that tells them
+  apart best (AUROC about 0.78 on the demo release; the noise per band about 0.5). Their empirical PSFs
   (0.86-1.15") are broader than the track's (0.71-0.81"): nothing can sharpen them, so no convolution is done
   and ``psf_fwhm_result`` records the PSF they have. Their real noise is kept (it includes the sources' Poisson
   noise: none is added) and only what is missing to the track's background is added (``noise_ratio``: the KiDS
@@ -180,8 +184,9 @@ def space_nonlenses(galaxy_dir: Path, track: LensTrack, seed: int = 0) -> list[I
 
 
 # ------------------------------------------------------------------------------------------ lens-ground
-def ground_nonlenses(galaxy_dir: Path, track: LensTrack, seed: int = 0) -> list[Item]:
-    """The lens-ground non-lenses: the 176 KiDS u, g, r, i stamps, in the track's band order."""
+def ground_nonlenses(galaxy_dir: Path, track: LensTrack, seed: int = 0, limit: int | None = None) -> list[Item]:
+    """The lens-ground non-lenses: the 176 KiDS u, g, r, i stamps (the first ``limit``), in the track's band
+    order."""
     bands = track.band_names
     if not set(bands) <= set(KIDS_BANDS):
         raise ValueError(f"track {track.name!r} has bands {bands}; the KiDS stamps have {KIDS_BANDS}")
@@ -199,15 +204,18 @@ def ground_nonlenses(galaxy_dir: Path, track: LensTrack, seed: int = 0) -> list[
     targets = {b: Target.for_band(track, i, float("nan")) for i, b in enumerate(bands)}
     fwhms = {b: _psf_fwhm(psfs[b], float(headers[b]["PIXSCALE"]), KIDS_PSF_RADIUS) for b in bands}
     zps = {b: float(10 ** (0.4 * targets[b].zero_point)) for b in bands}  # KiDS flux (AB ZP 0) -> e-/s at the ZP
-    # The KiDS noise carried to the track's grid, per band, as a multiple of the track's (the same for every stamp):
-    # where it is above 1 every band of every stamp is dimmed by the largest ratio, so that no band is noisier
-    # than the track (a noisier band would tell the real objects apart); colours are kept.
-    ratio = {b: match_to_target(np.zeros(cubes[b].shape[1:]), (float(headers[b]["PIXSCALE"]),) * 2, fwhms[b],
-                                float(headers[b]["SKYSIG"]), targets[b], np.random.default_rng(0), flux_scale=zps[b],
-                                poisson=False)[1]["existing_sigma_processed"] / targets[b].sigma_bkg for b in bands}
-    dim = min(1.0, 1.0 / max(ratio.values()))
+    # The KiDS noise carried to the track's grid, as a multiple of the track's, per unit of input sigma (the same
+    # linear map for every stamp; its largest pixel variance: upsampling gives the pixels different variances).
+    # Each stamp's noise (1.4826 MAD of its border ring, per band) gives its ratio per band; where one is above 1
+    # all the stamp's bands are dimmed by the largest, so that no band is noisier than the track's (a noisier
+    # band would tell the real objects apart), and the colours are kept.
+    unit = {b: match_to_target(np.zeros(cubes[b].shape[1:]), (float(headers[b]["PIXSCALE"]),) * 2, fwhms[b], 1.0,
+                               targets[b], np.random.default_rng(0), flux_scale=zps[b],
+                               poisson=False)[1]["existing_sigma_processed_max"] / targets[b].sigma_bkg for b in bands}
     items = []
-    for k in range(len(catalog)):
+    for k in range(len(catalog) if limit is None else min(limit, len(catalog))):
+        sigma = {b: robust_sigma(_border(cubes[b][k], BORDER_WIDTH)) for b in bands}
+        dim = min(1.0, 1.0 / max(unit[b] * sigma[b] for b in bands))
         planes, meta = [], {"source_kind": "kids_stamp", "file": "kids_viking_field/KiDS_field_stamps_{band}.fits",
                             "name": f"KiDS field stamp {k}", "band": ",".join(bands), "telescope": "VST",
                             "instrument": "OmegaCAM", "stamp": k, "flux_dim_factor": dim,
@@ -217,13 +225,14 @@ def ground_nonlenses(galaxy_dir: Path, track: LensTrack, seed: int = 0) -> list[
         for b in bands:
             scale = float(headers[b]["PIXSCALE"])
             sky = float(np.median(_border(cubes[b][k], BORDER_WIDTH)))  # the stamp's local sky
-            out, numbers = match_to_target(cubes[b][k] - sky, (scale, scale), fwhms[b], float(headers[b]["SKYSIG"]),
-                                           targets[b], rng, flux_scale=zps[b] * dim, poisson=False)
+            out, numbers = match_to_target(cubes[b][k] - sky, (scale, scale), fwhms[b], sigma[b], targets[b], rng,
+                                           flux_scale=zps[b] * dim, poisson=False)
             planes.append(out)
             numbers["orig_mag_aperture"] = float(cps2magnitude(numbers["aperture_flux_orig"], 0.0))
             numbers["sky_subtracted"] = sky
-            numbers["noise_ratio_before_dimming"] = ratio[b]
-            numbers["noise_ratio"] = numbers["existing_sigma_processed"] / targets[b].sigma_bkg
+            numbers["noise_ratio_before_dimming"] = unit[b] * sigma[b]
+            numbers["frame_sigma"] = float(headers[b]["SKYSIG"])
+            numbers["noise_ratio"] = numbers["existing_sigma_processed_max"] / targets[b].sigma_bkg
             numbers["source_sha256"] = sha[b]
             numbers.pop("target_mag")
             meta |= {f"{key.replace('_hst', '_input')}_{b}": v for key, v in numbers.items()}
@@ -231,15 +240,16 @@ def ground_nonlenses(galaxy_dir: Path, track: LensTrack, seed: int = 0) -> list[
     return items
 
 
-def nonlenses(data_dir: Path, track: Track, seed: int = 0) -> list[Item]:
-    """The real non-lens set of ``track`` from ``data_dir`` (the folder holding ``galaxies/``, or that folder)."""
+def nonlenses(data_dir: Path, track: Track, seed: int = 0, limit: int | None = None) -> list[Item]:
+    """The real non-lens set of ``track`` from ``data_dir`` (the folder holding ``galaxies/``, or that folder);
+    ``limit``: only the first KiDS stamps (tests)."""
     track = _check(track)
     data_dir = Path(data_dir)
     galaxy_dir = data_dir if (data_dir / "hst_stamps").is_dir() or (data_dir / "kids_viking_field").is_dir() \
         else data_dir / "galaxies"
     if len(track.survey.bands) == 1:
         return space_nonlenses(galaxy_dir, track, seed)
-    return ground_nonlenses(galaxy_dir, track, seed)
+    return ground_nonlenses(galaxy_dir, track, seed, limit)
 
 
 def describe(track: Track) -> str:
@@ -256,10 +266,11 @@ def describe(track: Track) -> str:
                 " galaxy (not the VIS band, no PSF), HDF-N (no PSF).")
     return ("Real non-lenses (data/galaxies/kids_viking_field): 176 KiDS u, g, r, i stamps (64x64 at an inferred"
             " 0.339\"/px), sky (median of the 5-px border ring) subtracted, the flux (AB ZP 0) times 10^(0.4 ZP_band)"
-            " in e-/s, times one dimming factor for all (flux_dim_factor: the largest ratio of the KiDS noise to the"
-            " track's over the bands, so that no band is noisier than the track's), rebinned"
+            " in e-/s, times a dimming factor per stamp (flux_dim_factor: 1 / the largest ratio over the bands of the"
+            " stamp's noise, 1.4826 MAD of its border ring, carried to the track's grid, to the track's sigma; so"
+            " that no band is noisier than the track's), rebinned"
             " (upsampled) to the track's grid; no PSF convolution where the empirical KiDS PSF is already broader"
             " than the track's (psf_fwhm_input_<band>, psf_fwhm_result_<band> record it); background noise added"
-            " up to the track's sigma where the KiDS noise (SKYSIG, carried through the rebinning) is below it,"
+            " up to the track's sigma where the KiDS noise (carried through the rebinning) is below it,"
             " none where above (noise_ratio_<band>); no Poisson term (the real noise has it). The 10 GAMA"
             " galaxies are r only: left out.")
