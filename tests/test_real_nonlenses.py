@@ -16,6 +16,7 @@ from skybench.physics.psf import FWHM_TO_SIGMA
 from skybench.real_hst import Target, match_to_target, robust_sigma
 from skybench.tasks.lens.metrics import threshold_at_fpr
 from skybench.tasks.lens.score import real_auroc, score_real
+from skybench.tasks.lens.score import wilson_interval as score_wilson
 from skybench.tracks import load_track
 
 
@@ -146,6 +147,12 @@ def test_real_auroc_matches_sklearn_and_its_bootstrap_interval_is_the_stratified
     each = [roc_auc_score(labels[i], scores[i]) for i in idx]
     assert (low, high) == pytest.approx(tuple(np.quantile(each, [0.025, 0.975])), abs=1e-12)
     assert low < auc < high
+
+
+@pytest.mark.parametrize("n", [8, 20, 48, 176, 1000])
+def test_the_wilson_interval_ends_exactly_at_0_and_1(n):
+    """With no real non-lens above the cut, real_fpr = 0 must lie inside its interval (rounding gave 6e-18 > 0)."""
+    assert score_wilson(0, n)[0] == 0.0 and score_wilson(n, n)[1] == 1.0
 
 
 def test_real_auroc_known_values():

@@ -142,11 +142,11 @@ NO_REAL_LENSES = ("no real lenses for a multi-band track: data/lenses_hst is one
 
 
 def import_real_set(data_dir: Path, track: Track | str, out: Path, *, seed: int = 0, target_mag: float = 20.25,
-                    progress: bool = False) -> Path:
+                    progress: bool = False, limit: int | None = None) -> Path:
     """The real evaluation set of a lens track at ``out``: its real lenses (``is_lens = 1``; the HST lenses for a
     one-band track, none for a multi-band one: :data:`NO_REAL_LENSES`) and its real non-lenses (``is_lens = 0``,
     :mod:`skybench.tasks.lens.real_nonlens`), ids 0..N-1 (lenses first: the release's test stream shuffles them);
-    the hidden ``real_kind`` column says ``lens`` or ``nonlens``."""
+    the hidden ``real_kind`` column says ``lens`` or ``nonlens``. ``limit``: only the first KiDS stamps (tests)."""
     track = load_track(track) if isinstance(track, str) else track
     notes = {}
     if len(track.survey.bands) == 1:
@@ -156,7 +156,7 @@ def import_real_set(data_dir: Path, track: Track | str, out: Path, *, seed: int 
     else:
         lenses = []
         notes["lenses"] = NO_REAL_LENSES
-    non = nonlenses(data_dir, track, seed)
+    non = nonlenses(data_dir, track, seed, limit)
     notes["nonlenses"] = describe(track)
     items = [(1, Item(it.image, {"real_kind": "lens", **it.meta})) for it in lenses]
     items += [(0, Item(it.image, {"real_kind": "nonlens", "seed": seed, **it.meta})) for it in non]

@@ -236,4 +236,7 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     # Wilson 1927, JASA 22, 209: (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)
     centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     denom = 1 + z * z / n
-    return max(0.0, (centre - half) / denom), min(1.0, (centre + half) / denom)
+    # exactly 0 / 1 at 0 / n successes (the formula's terms cancel there, up to rounding)
+    low = 0.0 if successes <= 0 else max(0.0, (centre - half) / denom)
+    high = 1.0 if successes >= n else min(1.0, (centre + half) / denom)
+    return low, high
