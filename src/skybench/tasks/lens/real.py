@@ -5,6 +5,10 @@ format and noise level by :func:`skybench.real_hst.process_lens`.
 holds every lens (``is_lens = 1``), scaled so that the flux within 2" of the centre has ``target_mag`` (default
 20.25, the middle of the track's lens magnitude range). Every number of every step is in the hidden metadata;
 the manifest's ``processing`` string says the same.
+
+``import_real_set(data_dir, track, out)`` (``skybench import-real-set TRACK``) writes a lens track's whole real set,
+the one folded into its test stream: these lenses for a one-band track (none for a multi-band one:
+:data:`NO_REAL_LENSES`) and the real non-lenses of :mod:`skybench.tasks.lens.real_nonlens`, labelled ``is_lens``.
 """
 
 from __future__ import annotations
