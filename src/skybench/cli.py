@@ -348,6 +348,31 @@ def import_real_lenses(data: Path = Path("data"), out: Path = Path("releases/rea
     typer.echo(f"wrote {path}")
 
 
+@app.command("import-real-set")
+def import_real_set(track: Annotated[str, typer.Argument(help="lens track: lens-space or lens-ground")],
+                    data: Path = Path("data"),
+                    out: Annotated[Path | None, typer.Option(help="default releases/real-TRACK")] = None,
+                    seed: int = 0) -> None:
+    """A lens track's real evaluation set: real lenses (where data/ has them) and real non-lenses from
+    data/galaxies, in the track's format and noise (empty if data/ is missing)."""
+    from skybench.release import write_release
+    from skybench.tasks.lens.real import import_real_set as run
+    from skybench.tracks import load_track
+
+    out = out if out is not None else Path("releases") / f"real-{track}"
+    try:
+        path = run(data, track, out, seed=seed, progress=sys.stderr.isatty())
+    except FileNotFoundError as exc:
+        typer.echo(f"real data not available ({exc}); writing an empty real set to {out}")
+        t = load_track(track)
+        size = t.cutout.size if t.cutout is not None else 0
+        path = write_release(out, info={"track": t.name, "task": t.task, "profile": "real-set", "seed": seed,
+                                        "note": "real data was not available"},
+                             counts={}, image_shape=(len(t.band_names), size, size), make_chunks=lambda s, r: iter(()),
+                             label_columns=("is_lens",), progress=False)
+    typer.echo(f"wrote {path}")
+
+
 @app.command("import-bologna")
 def import_bologna(src: Annotated[Path, typer.Argument(help="folder of Lens Finding Challenge 1.0 FITS files")],
                    track: Annotated[str, typer.Option(help="lens-space (VIS) or lens-ground (SDSS U,G,R,I)")] = ...,  # type: ignore[assignment]

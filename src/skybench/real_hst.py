@@ -8,8 +8,9 @@
 2. measures the FWHM of the HST PSF (``PSF`` extension) with a pixel-integrated circular Gaussian fit to
    its core, and convolves, on the original grid, with the discrete Gaussian kernel (``exp(-t) I_n(t)``,
    variance exactly ``t`` pixel^2) that takes it to the target's Gaussian PSF:
-   ``s_diff^2 = s_track^2 - s_hst^2 - p_hst^2/12`` (the last term: the blur that the piecewise-constant
-   resampling of step 3 adds);
+   ``s_diff^2 = s_track^2 - s_hst^2 - 2 p_hst^2/12`` (the last term: the blur of the HST pixel, which the
+   image already has, and the same again that the piecewise-constant resampling of step 3 adds; the output's
+   own pixel then gives it the blur a simulated image of the track has);
 3. resamples to the target grid (e.g. 0.1"/px, 101 x 101) centred on the image centre, by exact area-weighted
    rebinning of the image as a piecewise-constant surface: ``new = A_y @ img @ A_x.T`` with
    ``A[i, j] = overlap(new pixel i, old pixel j) / old pixel length``, which conserves the flux (e-/s) of
@@ -132,7 +133,13 @@ class Target:
         """The target of a one-band track: its grid, seeing, zero point, background sigma and exposure time."""
         if len(track.survey.bands) != 1:
             raise ValueError(f"track {track.name!r} has bands {track.band_names}; the HST lenses are one band")
-        b = track.survey.bands[0]
+        return cls.for_band(track, 0, target_mag)
+
+    @classmethod
+    def for_band(cls, track: Track, band: int, target_mag: float) -> Target:
+        """The target of band number ``band`` of ``track``: its grid, seeing, zero point, background sigma and
+        exposure time."""
+        b = track.survey.bands[band]
         assert track.cutout is not None, f"track {track.name!r} has no cutout"
         sigma = background_sigma(b.read_noise, b.exposure_time, b.num_exposures, b.sky_brightness, b.zero_point,
                                  track.survey.pixel_scale)
@@ -183,15 +190,49 @@ def process_lens(path: Path, target: Target, rng: np.random.Generator) -> tuple[
     n_bad = int(np.count_nonzero(~np.isfinite(image)))
     image = np.where(np.isfinite(image), image, 0.0)
     sy, sx, scale_from = _pixel_scales(header)
+    fwhm_hst = fit_psf_fwhm(psf, psf_scale or float(np.sqrt(sy * sx))) if psf is not None else float("nan")
+    bkg_rms = header.get("BKG_RMS")
+    if bkg_rms is not None and np.isfinite(float(bkg_rms)) and float(bkg_rms) > 0:
+        sigma_in, noise_from = float(bkg_rms), "BKG_RMS header"
+    else:
+        sigma_in, noise_from = robust_sigma(_border(image, BORDER_WIDTH)), f"1.4826*MAD of {BORDER_WIDTH}-px border"
+    try:
+        out, numbers = match_to_target(image, (sy, sx), fwhm_hst, sigma_in, target, rng)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    ab_zp = _ab_zero_point(header)
+    aperture_flux = numbers["aperture_flux_orig"]
+    numbers = {
+        "orig_shape_y": numbers.pop("orig_shape_y"), "orig_shape_x": numbers.pop("orig_shape_x"),
+        "orig_pixel_scale_y": sy, "orig_pixel_scale_x": sx, "orig_pixel_scale_from": scale_from,
+        "orig_bkg_rms_header": float(bkg_rms) if bkg_rms is not None else np.nan, "orig_nonfinite_pixels": n_bad,
+        **numbers, "hst_ab_zero_point": ab_zp, "hst_ab_mag_aperture": float(cps2magnitude(aperture_flux, ab_zp)),
+        "existing_noise_from": noise_from,
+    }
+    return out, numbers
+
+
+def match_to_target(image: np.ndarray, scale_in: tuple[float, float], fwhm_in: float, sigma_in: float,
+                    target: Target, rng: np.random.Generator, *, flux_scale: float | None = None,
+                    poisson: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
+    """Steps 2-5 of the module docstring for one band of one image (background-subtracted, flux per pixel, axis 0
+    = y) of pixel scales ``scale_in`` = (y, x) arcsec, Gaussian PSF FWHM ``fwhm_in`` arcsec (NaN: unknown,
+    treated as a point), white noise ``sigma_in`` per original pixel. ``flux_scale``: the factor to the target's
+    e-/s (default: the one that gives the flux within ``APERTURE_RADIUS`` the target's magnitude). ``poisson``:
+    add the Poisson term ``|img| / T`` (False for images whose own noise already has it, e.g. ground-based).
+    Returns the (size, size) float64 image and the numbers of every step."""
+    image = np.asarray(image, dtype=np.float64)
+    sy, sx = scale_in
     ny, nx = image.shape
     n, p = target.size, target.pixel_scale
 
     # --- PSF: difference kernel on the original grid (both axes use their own pixel scale)
     s_target = target.fwhm * FWHM_TO_SIGMA
-    fwhm_hst = fit_psf_fwhm(psf, psf_scale or float(np.sqrt(sy * sx))) if psf is not None else float("nan")
-    s_hst = fwhm_hst * FWHM_TO_SIGMA if np.isfinite(fwhm_hst) else 0.0
+    s_hst = fwhm_in * FWHM_TO_SIGMA if np.isfinite(fwhm_in) else 0.0
     p_hst = float(np.sqrt(sy * sx))
-    diff_var = s_target**2 - s_hst**2 - p_hst**2 / 12.0  # arcsec^2
+    # the input pixel's box blur is in the image already and the piecewise-constant rebinning adds it again
+    # (each a variance p^2/12: Sheppard's correction); the output pixel's box is the simulated images' own
+    diff_var = s_target**2 - s_hst**2 - 2.0 * p_hst**2 / 12.0  # arcsec^2
     s_diff = float(np.sqrt(max(diff_var, 0.0)))
 
     def axis_map(n_in: int, scale_in: float) -> np.ndarray:
@@ -208,41 +249,37 @@ def process_lens(path: Path, target: Target, rng: np.random.Generator) -> tuple[
     c = (np.arange(n) - (n - 1) / 2.0) * p
     aperture = np.hypot(c[:, None], c[None, :]) <= APERTURE_RADIUS
     aperture_flux = float(rebinned[aperture].sum())
-    if not aperture_flux > 0:
-        raise ValueError(f"{path}: no positive flux within {APERTURE_RADIUS}\" of the centre")
-    flux_scale = float(magnitude2cps(target.target_mag, target.zero_point)) / aperture_flux
+    if flux_scale is None:
+        if not aperture_flux > 0:
+            raise ValueError(f"no positive flux within {APERTURE_RADIUS}\" of the centre")
+        flux_scale = float(magnitude2cps(target.target_mag, target.zero_point)) / aperture_flux
     model = flux_scale * (m_y @ image @ m_x.T)
 
     # --- existing noise, carried through the same linear map (white noise in, exact variance out)
-    bkg_rms = header.get("BKG_RMS")
-    if bkg_rms is not None and np.isfinite(float(bkg_rms)) and float(bkg_rms) > 0:
-        sigma_in, noise_from = float(bkg_rms), "BKG_RMS header"
-    else:
-        sigma_in, noise_from = robust_sigma(_border(image, BORDER_WIDTH)), f"1.4826*MAD of {BORDER_WIDTH}-px border"
     gain_y, gain_x = (m_y**2).sum(axis=1), (m_x**2).sum(axis=1)
     exist_var = (flux_scale * sigma_in) ** 2 * np.outer(gain_y, gain_x)
     footprint = (a_y.sum(axis=1)[:, None] > 0) & (a_x.sum(axis=1)[None, :] > 0)
     add_bkg_var = np.clip(target.sigma_bkg**2 - exist_var, 0.0, None)
-    var = add_bkg_var + np.abs(model) / target.total_time
+    var = add_bkg_var + (np.abs(model) / target.total_time if poisson else 0.0)
     out = model + rng.standard_normal(model.shape) * np.sqrt(var)
 
-    ab_zp = _ab_zero_point(header)
     inner = np.zeros((n, n), dtype=bool)
     inner[10:-10, 10:-10] = True
     numbers = {
-        "orig_shape_y": ny, "orig_shape_x": nx, "orig_pixel_scale_y": sy, "orig_pixel_scale_x": sx,
-        "orig_pixel_scale_from": scale_from, "orig_bkg_rms_header": float(bkg_rms) if bkg_rms is not None else np.nan,
-        "orig_nonfinite_pixels": n_bad,
+        "orig_shape_y": ny, "orig_shape_x": nx,
         "footprint_arcsec_y": ny * sy, "footprint_arcsec_x": nx * sx,
         "footprint_fraction": float(footprint.mean()),
         "resample_factor_y": sy / p, "resample_factor_x": sx / p, "pixel_area_ratio": p * p / (sy * sx),
-        "psf_fwhm_hst": fwhm_hst, "psf_fwhm_target": target.fwhm, "psf_diff_sigma_arcsec": s_diff,
+        "psf_fwhm_hst": fwhm_in, "psf_fwhm_target": target.fwhm, "psf_diff_sigma_arcsec": s_diff,
         "psf_diff_variance_arcsec2": diff_var,
+        # FWHM of the result's PSF without the output pixel: the input's, twice its pixel (p^2/12) and the
+        # difference kernel, as Gaussians
+        "psf_fwhm_result": float(np.sqrt(s_hst**2 + 2.0 * p_hst**2 / 12.0 + s_diff**2) / FWHM_TO_SIGMA),
         "aperture_radius_arcsec": APERTURE_RADIUS, "aperture_flux_orig": aperture_flux,
-        "hst_ab_zero_point": ab_zp, "hst_ab_mag_aperture": float(cps2magnitude(aperture_flux, ab_zp)),
         "target_mag": target.target_mag, "zero_point": target.zero_point, "flux_scale": flux_scale,
-        "existing_noise_from": noise_from, "existing_sigma_orig": sigma_in,
+        "existing_sigma_orig": sigma_in,
         "existing_sigma_processed": float(np.sqrt(np.median(exist_var[footprint]))),
+        "existing_sigma_processed_max": float(np.sqrt(exist_var[footprint].max())),
         "sigma_bkg_target": target.sigma_bkg,
         "added_bkg_sigma": float(np.sqrt(np.median(add_bkg_var[footprint]))),
         "added_bkg_sigma_outside_footprint": target.sigma_bkg,

@@ -5,6 +5,10 @@ format and noise level by :func:`skybench.real_hst.process_lens`.
 holds every lens (``is_lens = 1``), scaled so that the flux within 2" of the centre has ``target_mag`` (default
 20.25, the middle of the track's lens magnitude range). Every number of every step is in the hidden metadata;
 the manifest's ``processing`` string says the same.
+
+``import_real_set(data_dir, track, out)`` (``skybench import-real-set TRACK``) writes a lens track's whole real set,
+the one folded into its test stream: these lenses for a one-band track (none for a multi-band one:
+:data:`NO_REAL_LENSES`) and the real non-lenses of :mod:`skybench.tasks.lens.real_nonlens`, labelled ``is_lens``.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ from skybench.real_hst import (
 )
 from skybench.release import layout, open_release, write_release
 from skybench.tasks.lens.config import LensTrack
+from skybench.tasks.lens.real_nonlens import Item, describe, nonlenses
 from skybench.tracks import Track, load_track
 
 PROFILE = "real-hst"
+SET_PROFILE = "real-set"  # lenses and non-lenses
 _HIDDEN_META = layout.meta_path(layout.hidden_dir("", "test")).as_posix()  # named in the processing note
 
 
@@ -56,8 +62,9 @@ def _processing(target: Target, seed: int) -> str:
         " pixel scale per axis from the WCS CD matrix, the PIX2AN matrix or PIXSCALE; non-finite pixels set to 0;"
         " no rotation (orientation as stored). (2) HST PSF FWHM from a pixel-integrated circular Gaussian fit to"
         " the core (r<=0.3\") of the PSF extension; convolved on the original grid with the discrete Gaussian"
-        f" kernel exp(-t)I_n(t) of variance s_diff^2 = s_target^2 - s_hst^2 - p_hst^2/12 (target FWHM"
-        f" {target.fwhm}\", s = FWHM/2.3548; p^2/12 = blur added by step 3; 0 if negative). (3) Flux-conserving"
+        f" kernel exp(-t)I_n(t) of variance s_diff^2 = s_target^2 - s_hst^2 - 2 p_hst^2/12 (target FWHM"
+        f" {target.fwhm}\", s = FWHM/2.3548; p^2/12 = the HST pixel's blur, in the image and added again by"
+        " step 3; 0 if negative). (3) Flux-conserving"
         f" area-weighted rebinning of the image as a piecewise-constant surface onto {target.size}x{target.size}"
         f" pixels of {target.pixel_scale}\" centred on the image centre (new = A_y @ img @ A_x.T, A[i,j] ="
         " overlap(new i, old j) / old pixel length); outside the HST footprint the frame is 0 before noise."
@@ -73,45 +80,97 @@ def _processing(target: Target, seed: int) -> str:
 
 
 
+def _lens_items(data_dir: Path, target: Target, seed: int) -> list[Item]:
+    """The real HST lenses of ``data_dir``, processed in catalogue order (noise: default_rng([seed, index]))."""
+    lens_dir = _lens_dir(data_dir)
+    catalog = _read_catalog(lens_dir)
+    items = []
+    for index in range(len(catalog)):
+        entry = catalog.iloc[index]
+        path = lens_dir / entry["file"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # duplicated keywords in the HLA headers
+            image, numbers = process_lens(path, target, np.random.default_rng([seed, index]))
+        items.append(Item(image[None].astype(np.float32), {
+            "file": entry["file"], "name": entry["name"],
+            "survey": entry["survey"], "telescope": entry["telescope"], "instrument": entry["instrument"],
+            "band": entry["band"], "z_lens": float(entry["z_lens"]), "z_lens_type": _text(entry["z_lens_type"]),
+            "z_source": float(entry["z_source"]), "seed": seed, "noise_seed": f"[{seed}, {index}]",
+            **numbers, "source_sha256": _sha256(path), "provenance_repo": entry["provenance_repo"],
+            "provenance_path": entry["provenance_path"], "provenance_commit": entry["provenance_commit"],
+            "licence": entry["licence"]}))
+    return items
+
+
+def _write(out: Path, track: Track, items: list[tuple[int, Item]], info: dict, progress: bool) -> Path:
+    """A release of ``items`` ((is_lens, item), in id order) as its ``test`` split; hidden metadata: the union of
+    the items' columns (NaN or empty where an item has none)."""
+    meta = pd.DataFrame([{"id": k, "split": "test", "is_lens": np.int8(y), **it.meta}
+                         for k, (y, it) in enumerate(items)])
+    for c in meta.columns:  # one dtype per column: text columns with gaps get "", numbers NaN
+        if meta[c].dtype == object:
+            meta[c] = meta[c].map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+    meta["is_lens"] = meta["is_lens"].astype(np.int8)
+    shape = items[0][1].image.shape if items else (len(track.band_names), target_size(track), target_size(track))
+
+    def make_chunks(split: str, ranges: list[tuple[int, int]]) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
+        return ((np.stack([items[k][1].image for k in range(a, b)]), meta.iloc[a:b]) for a, b in ranges)
+
+    return write_release(Path(out), info=info, counts={"test": len(items)}, image_shape=tuple(shape),
+                         make_chunks=make_chunks, label_columns=("is_lens",), progress=progress)
+
+
+def target_size(track: Track) -> int:
+    assert track.cutout is not None, f"track {track.name!r} has no cutout"
+    return track.cutout.size
+
+
 def import_real_lenses(data_dir: Path, track: Track | str, out: Path, *, seed: int = 0, target_mag: float = 20.25,
                        progress: bool = False) -> Path:
     """Write the real HST lenses of ``data_dir`` (the folder holding ``lenses_hst/``, or that folder itself)
     as the ``test`` split of a release at ``out`` in the format of ``track``; return ``out``."""
     track = load_track(track) if isinstance(track, str) else track
     target = lens_target(track, target_mag)
-    lens_dir = _lens_dir(data_dir)
-    catalog = _read_catalog(lens_dir)
-    count = len(catalog)
-
-    def rows(start: int, stop: int) -> tuple[np.ndarray, pd.DataFrame]:
-        images, metas = [], []
-        for index in range(start, stop):
-            entry = catalog.iloc[index]
-            path = lens_dir / entry["file"]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # duplicated keywords in the HLA headers
-                image, numbers = process_lens(path, target, np.random.default_rng([seed, index]))
-            images.append(image[None].astype(np.float32))
-            metas.append({
-                "id": index, "split": "test", "is_lens": np.int8(1), "file": entry["file"], "name": entry["name"],
-                "survey": entry["survey"], "telescope": entry["telescope"], "instrument": entry["instrument"],
-                "band": entry["band"], "z_lens": float(entry["z_lens"]), "z_lens_type": _text(entry["z_lens_type"]),
-                "z_source": float(entry["z_source"]), "seed": seed, "noise_seed": f"[{seed}, {index}]",
-                **numbers, "source_sha256": _sha256(path), "provenance_repo": entry["provenance_repo"],
-                "provenance_path": entry["provenance_path"], "provenance_commit": entry["provenance_commit"],
-                "licence": entry["licence"],
-            })
-        return np.stack(images), pd.DataFrame(metas)
-
-    def make_chunks(split: str, ranges: list[tuple[int, int]]) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
-        return (rows(a, b) for a, b in ranges)
-
+    items = _lens_items(data_dir, target, seed)
     info = {"track": track.name, "task": track.task, "profile": PROFILE, "seed": seed, "bands": track.band_names,
             "pixel_scale": track.survey.pixel_scale, "units": "e-/s per pixel",
             "source": "data/lenses_hst (real HST images of confirmed lenses; data/README.md section 1)",
             "processing": _processing(target, seed)}
-    return write_release(Path(out), info=info, counts={"test": count}, image_shape=(1, target.size, target.size),
-                         make_chunks=make_chunks, label_columns=("is_lens",), progress=progress)
+    return _write(Path(out), track, [(1, it) for it in items], info, progress)
+
+
+# Why a track has no real lenses: nothing in data/ is a calibrated multi-band image of a confirmed lens.
+NO_REAL_LENSES = ("no real lenses for a multi-band track: data/lenses_hst is one HST band, and data/lenses_spacewarps"
+                  " are 8-bit PNG colour composites (not calibrated, no noise or PSF model), which cannot honestly be"
+                  " brought to calibrated u, g, r, i images; real_lens_recall and real_auroc are NaN")
+
+
+def import_real_set(data_dir: Path, track: Track | str, out: Path, *, seed: int = 0, target_mag: float = 20.25,
+                    progress: bool = False, limit: int | None = None) -> Path:
+    """The real evaluation set of a lens track at ``out``: its real lenses (``is_lens = 1``; the HST lenses for a
+    one-band track, none for a multi-band one: :data:`NO_REAL_LENSES`) and its real non-lenses (``is_lens = 0``,
+    :mod:`skybench.tasks.lens.real_nonlens`), ids 0..N-1 (lenses first: the release's test stream shuffles them);
+    the hidden ``real_kind`` column says ``lens`` or ``nonlens``. ``limit``: only the first KiDS stamps (tests)."""
+    track = load_track(track) if isinstance(track, str) else track
+    notes = {}
+    if len(track.survey.bands) == 1:
+        target = lens_target(track, target_mag)
+        lenses = _lens_items(data_dir, target, seed)
+        notes["lenses"] = _processing(target, seed)
+    else:
+        lenses = []
+        notes["lenses"] = NO_REAL_LENSES
+    non = nonlenses(data_dir, track, seed, limit)
+    notes["nonlenses"] = describe(track)
+    items = [(1, Item(it.image, {"real_kind": "lens", **it.meta})) for it in lenses]
+    items += [(0, Item(it.image, {"real_kind": "nonlens", "seed": seed, **it.meta})) for it in non]
+    info = {"track": track.name, "task": track.task, "profile": SET_PROFILE, "seed": seed, "bands": track.band_names,
+            "pixel_scale": track.survey.pixel_scale, "units": "e-/s per pixel",
+            "source": "data/lenses_hst (real lenses) and data/galaxies (real non-lenses); data/README.md",
+            "real_lenses": len(lenses), "real_nonlenses": len(non),
+            **({} if lenses else {"real_lenses_why_none": NO_REAL_LENSES}),
+            "processing": f"{notes['lenses']} || {notes['nonlenses']}"}
+    return _write(Path(out), track, items, info, progress)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,6 @@
 """Scoring of the lens tracks: Metcalf et al. 2019's metrics, the ROC curve, completeness in bins of Einstein
-radius and arc S/N, and the recall of real lenses at the threshold of 1% false positives on the simulated test set.
+radius and arc S/N, and, at the threshold of 1% false positives on the simulated test set, the recall of real lenses
+and the false-positive rate of real non-lenses, with the AUROC of real lenses against real non-lenses.
 
 Written to ``out_dir``, the organiser's folder: ``metrics.json``, ``roc.csv`` / ``roc.png`` and
 ``completeness.csv`` / ``.png``; participants see only :func:`public_artifacts` (``roc_public.*``)."""
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from skybench.common import on_resamples, proportion_ci, stratified
+from skybench.common import on_resamples, percentile_interval, proportion_ci, stratified
 from skybench.tasks.lens.metrics import (
     auroc_resamples,
     completeness_by_bin,
@@ -41,12 +42,45 @@ def score(track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenS
 
 def score_real(track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit, real_ids: np.ndarray,
                real_predictions: np.ndarray, real_truth: HiddenSplit, out_dir: Path) -> dict[str, float]:
-    """``real_lens_recall`` and its Wilson 95% interval (``real_lens_recall_ci_low``/``_ci_high``): every object of
-    the real set is a lens (its scores only are needed); a few dozen real lenses make a wide interval."""
-    found, n = real_lens_found(truth.truth(ids), predictions, real_predictions)
-    low, high = wilson_interval(found, n)
-    return {"real_lens_recall": found / n if n else float("nan"),
-            "real_lens_recall_ci_low": low, "real_lens_recall_ci_high": high}
+    """The real set's metrics at the entry's threshold of FPR = 1% on the simulated test set: ``real_lens_recall``
+    (its real lenses, ``is_lens = 1``) and ``real_fpr`` (its real non-lenses, ``is_lens = 0``), each with its
+    Wilson 95% interval (``_ci_low``/``_ci_high``: a few dozen objects make a wide one), and ``real_auroc`` (real
+    lenses against real non-lenses) with a stratified bootstrap interval. NaN where the real set lacks the
+    objects a metric needs (lens-ground has no real lenses: see its YAML)."""
+    real = np.asarray(real_predictions, dtype=np.float64)
+    labels = real_truth.truth(real_ids)["is_lens"].to_numpy().astype(int)
+    cut = threshold_at_fpr(truth.truth(ids)["is_lens"].to_numpy().astype(int),
+                           np.asarray(predictions, dtype=np.float64), COMPLETENESS_FPR)
+    out: dict[str, float] = {}
+    for name, sel in (("real_lens_recall", labels == 1), ("real_fpr", labels == 0)):
+        k, n = int(np.count_nonzero(real[sel] >= cut)), int(sel.sum())
+        low, high = wilson_interval(k, n)
+        out |= {name: k / n if n else float("nan"), f"{name}_ci_low": low, f"{name}_ci_high": high}
+    auc, low, high = real_auroc(labels, real)
+    return out | {"real_auroc": auc, "real_auroc_ci_low": low, "real_auroc_ci_high": high}
+
+
+REAL_AUROC_RESAMPLES = 2000
+
+
+def real_auroc(labels: np.ndarray, scores: np.ndarray, n_resamples: int = REAL_AUROC_RESAMPLES,
+               seed: int = 0) -> tuple[float, float, float]:
+    """AUROC of the real lenses (label 1) against the real non-lenses (label 0), ``sklearn.metrics.roc_auc_score``,
+    and its 95% percentile bootstrap interval, resampling the lenses and the non-lenses separately (stratified: each
+    resample keeps both classes and their counts). (NaN, NaN, NaN) without both classes."""
+    y = np.asarray(labels).astype(int)
+    s = np.asarray(scores, dtype=np.float64)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    if not len(pos) or not len(neg):
+        return float("nan"), float("nan"), float("nan")
+    from sklearn.metrics import roc_auc_score
+
+    auc = float(roc_auc_score(y, s))
+    rng = np.random.default_rng(seed)
+    idx = np.concatenate([rng.choice(pos, (n_resamples, len(pos))), rng.choice(neg, (n_resamples, len(neg)))], axis=1)
+    # Efron & Tibshirani 1993, Sec. 13.3: percentile interval of the resampled AUROCs
+    low, high = percentile_interval(auroc_resamples(y, s, idx), 0.05)
+    return auc, low, high
 
 
 def oracle(track: Track, truth: HiddenSplit, ids: np.ndarray) -> np.ndarray:
@@ -202,4 +236,7 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     # Wilson 1927, JASA 22, 209: (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)
     centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     denom = 1 + z * z / n
-    return max(0.0, (centre - half) / denom), min(1.0, (centre + half) / denom)
+    # exactly 0 / 1 at 0 / n successes (the formula's terms cancel there, up to rounding)
+    low = 0.0 if successes <= 0 else max(0.0, (centre - half) / denom)
+    high = 1.0 if successes >= n else min(1.0, (centre + half) / denom)
+    return low, high
