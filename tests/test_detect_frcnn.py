@@ -154,7 +154,11 @@ def test_a_tiny_faster_rcnn_exports_and_runs_in_the_sandbox(tmp_path: Path, monk
     pred = res.predictions
     assert (np.isnan(pred).all(axis=2) | np.isfinite(pred).all(axis=2)).all()
     s = pred[..., 2]
+    assert np.all((s[np.isfinite(s)] >= 0) & (s[np.isfinite(s)] <= 1))  # sigmoid scores; Fast NMS drops are NaN
     assert np.all(np.diff(np.where(np.isnan(s), -1.0, s), axis=1) <= 1e-6)
+    program = torch.export.load(str(out / "model.pt2")).module()  # batch 1 too: the batch axis is dynamic
+    one = torch.from_numpy(np.ascontiguousarray(rel.array("test", "images")[:1], np.float32))
+    assert program(one).shape == (1, k, 3)
     (outcome,) = evaluate([out], track, release, out=project / "results" / "evaluations", publish=False, force=True)
     assert outcome.status == "FINISHED", outcome.reason
     assert 0 <= outcome.metrics["average_precision"] <= 1 and outcome.metrics["n_candidates"] > 0, outcome.metrics
