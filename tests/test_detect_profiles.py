@@ -14,6 +14,7 @@ import yaml
 from helpers import bwrap_works
 
 from skybench.harness.evaluate import evaluate
+from skybench.harness.submission import load_submission, sandboxed_predict
 from skybench.release import read_manifest
 from skybench.release.reader import open_release
 from skybench.simulate import simulate_release
@@ -76,3 +77,9 @@ def test_a_challenge_release_has_1024_pixel_tiles_and_the_harness_uses_them(tmp_
     assert outcomes["inside"].metrics["n_candidates"] == 1, outcomes["inside"].metrics
     o = outcomes["outside"]
     assert o.status == "FAILED" and "outside the tile" in o.reason and "1023" in o.reason, o.reason
+    # the harness reads the tile from the inputs themselves: even given the unresolved track, a run on the challenge
+    # release (or a Ray shard's view of it) checks candidates against 1024-pixel tiles
+    res = sandboxed_predict(load_submission(inside), release, scratch=tmp_path / "scratch", track=track)
+    assert res.ok and res.predictions is not None and res.predictions.shape[1:] == (100, 3), res.reason
+    res = sandboxed_predict(load_submission(outside), release, scratch=tmp_path / "scratch2", track=track)
+    assert not res.ok and "outside the tile" in res.reason, res.reason
