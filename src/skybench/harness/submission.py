@@ -618,10 +618,11 @@ def _read_output(out: Path, ids: np.ndarray, n: int, track: Track, device: str, 
     return PredictResult(True, "", np.array(pred, dtype=np.float32), ids, device, seconds, log)
 
 
-def _input_shape(track: Track, test_dir: Path) -> tuple[int, ...]:
+def _input_shape(track: Track, test_dir: Path | None = None) -> tuple[int, ...]:
     """Shape of one input image as the model got it (what an ``image`` output must match, the tile candidates must
     lie in): read from the inputs' ``images`` shards, so a release with per-profile geometry (a detect track's tile
-    size), or a Ray shard's view of one, is checked against its own images; the track's for inputs without images."""
-    if layout.shard_paths(test_dir, "images"):
+    size), or a Ray shard's view of one, is checked against its own images; the track's for inputs without images
+    (or without ``test_dir``)."""
+    if test_dir is not None and layout.shard_paths(test_dir, "images"):
         return shards(test_dir, "images")[0].shape[1:]
     return track.image_shape()
