@@ -8,6 +8,13 @@ the lens population (drawing lens-track objects, rendering their stamps, the vis
 observation (noise and saturation).
 
     python perf/detect_tiles.py [--tile 1024] [--tiles 8] [--rounds 4] [--backend numpy]
+
+``--evaluate N``: instead, the evaluator's time per tile on a challenge-profile lens-tiles release of N test tiles
+(1024 x 1024, made in a temporary folder): a streaming detector (the brightest 8x8-pixel blocks) evaluated through
+the harness in the sandbox, with the local executor and with the Ray executor (2 shards), under the track's memory
+limit; the sandboxed run's own clock (``run.json`` seconds) and the scoring time per tile.
+
+    python perf/detect_tiles.py --evaluate 32
 """
 
 from __future__ import annotations
@@ -40,7 +47,10 @@ def main() -> None:
     ap.add_argument("--tiles", type=int, default=8, help="tiles per round")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--backend", default="numpy")
+    ap.add_argument("--evaluate", type=int, default=0, metavar="N", help="time the evaluator on N challenge tiles")
     args = ap.parse_args()
+    if args.evaluate:
+        return evaluate_tiles(args.evaluate)
 
     d = load_detect_track(YAML).model_dump()
     d["tile"]["size"] = args.tile
@@ -95,6 +105,61 @@ def main() -> None:
     print(f"ratio (pixels per second, scene / cut-outs): {(px / t_scene) / (px_cut / t_cut):.2f}")
     total = sum(parts.values())
     print("scene time: " + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in parts.items()))
+
+
+BLOCKS = """
+import numpy as np
+K, B = 100, 8
+def load(d):
+    return None
+def peaks(tile):
+    h, w = tile.shape[-2:]
+    blocks = tile.sum(axis=0).reshape(h // B, B, w // B, B).sum(axis=(1, 3)).ravel()
+    best = np.argsort(-blocks, kind="stable")[:K]
+    return np.stack([(best % (w // B)) * B + (B - 1) / 2, (best // (w // B)) * B + (B - 1) / 2,
+                     np.log10(np.maximum(blocks[best], 1e-3))], axis=1)
+def predict(m, batch):
+    return np.stack([peaks(tile) for tile in batch]).astype(np.float32)
+"""
+
+
+def evaluate_tiles(n: int) -> None:
+    """The evaluator's seconds per tile on ``n`` challenge tiles, local and Ray (see the module docstring)."""
+    import json
+    import tempfile
+
+    import yaml
+
+    from skybench.harness.evaluate import evaluate, record_dir
+    from skybench.simulate import simulate_release
+    from skybench.tracks import benchmarks_dir
+
+    raw = yaml.safe_load((benchmarks_dir() / "lens-tiles.yaml").read_text())
+    raw["profiles"]["challenge"] = {"train": 0, "val": 0, "test": n}
+    track = DetectTrack.model_validate(raw)
+    with tempfile.TemporaryDirectory(prefix="skybench-perf-") as tmp:
+        root = Path(tmp)
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"  # never used: publish=False
+        t0 = time.perf_counter()
+        release = simulate_release(track, root / "rel", profile="challenge", seed=8, progress=False, workers=1,
+                                   backend="numpy", key_file=root / "challenge.key")
+        print(f"{n} challenge tiles of 1024 x 1024 simulated in {time.perf_counter() - t0:.1f} s; sandbox "
+              f"{track.sandbox.memory_mb} MB, batches of {track.evaluation.batch_size}")
+        sub = root / "subs" / "perf" / "blocks"
+        sub.mkdir(parents=True)
+        (sub / "predict.py").write_text(BLOCKS)
+        (sub / "submission.yaml").write_text(yaml.safe_dump({"team": "perf", "name": "blocks", "track": "lens-tiles",
+                                                             "format": "python", "model": "predict.py"}))
+        for p in (root, root / "subs", root / "subs" / "perf", sub, *sub.iterdir()):
+            p.chmod(0o755)
+        for executor, options in (("local", {}), ("ray", {"shards": 2})):
+            t0 = time.perf_counter()
+            (o,) = evaluate([sub], track, release, out=root / executor, publish=False, executor=executor,
+                            executor_options=options)
+            wall = time.perf_counter() - t0
+            run = json.loads((record_dir(root / executor, "perf", "blocks") / "run.json").read_text())
+            print(f"{executor:5s}: {o.status}, sandboxed run {run['seconds']:.1f} s ({run['seconds'] / n:.3f} s per "
+                  f"tile), whole evaluation {wall:.1f} s ({wall / n:.2f} s per tile, scoring and records included)")
 
 
 if __name__ == "__main__":

@@ -219,3 +219,38 @@ def test_csv_form_becomes_the_padded_array_and_is_checked():
         detections_from_csv(frame, [10], 2, 50)
     with pytest.raises(ValueError, match="outside the tile"):
         detections_from_csv(frame.assign(x=[1.0, 2.0, 60.0]), [10, 11], 2, 50)
+
+
+def test_operating_points_allow_floor_of_rate_times_area_false_positives_on_the_demo_area():
+    """The demo's 64 tiles of 51.2" (0.013 deg^2): 1 and 10 false positives per deg^2 allow floor(0.013) =
+    floor(0.13) = 0 false positives (completeness before the best false positive), 1000 allow floor(12.9) = 12,
+    10000 allow 129 (everything here)."""
+    from skybench.tasks.detect.metrics import allowed_false_positives
+    from skybench.tracks import load_track
+
+    track = load_track("lens-tiles").for_profile("demo")
+    area = 64 * track.tile_area_deg2
+    assert area == pytest.approx(64 * 51.2**2 / 3600**2)
+    assert [allowed_false_positives(f, area) for f in (1, 10, 1000, 10000)] == [0, 0, 12, 129]
+    assert allowed_false_positives(13 / area, area) == 13  # rate x area a hair under 13 in floating point
+    # one candidate per tile, pooled by score: TP .99, FP .95, TP .90, 12 FPs .80-.69, TP .60, FP .50, TP .40
+    steps = [("tp", .99), ("fp", .95), ("tp", .90), *[("fp", .80 - .01 * i) for i in range(12)], ("tp", .60),
+             ("fp", .50), ("tp", .40)]
+    cands = np.full((64, 5, 3), np.nan)
+    lens_rows = []
+    for t, (kind, s) in enumerate(steps):
+        cands[t, 0] = (100.0, 100.0, s) if kind == "tp" else (400.0, 400.0, s)
+        if kind == "tp":
+            lens_rows.append({"tile": t, "x": 100.0, "y": 100.0, "theta_E": 1.0})
+    m = match(cands, pd.DataFrame(lens_rows), list(range(64)), 1.0, 1.0, PIX, track.tile_area_deg2)
+    assert threshold_at_fp_rate(m, 1.0) == threshold_at_fp_rate(m, 10.0) == 0.99
+    assert threshold_at_fp_rate(m, 1000.0) == pytest.approx(0.70)  # the 12th false positive: .80 - .01 x 10
+    s = summary(m, fp_per_deg2=track.label.matching.fp_per_deg2)
+    assert (s["completeness_fp1"], s["completeness_fp10"], s["completeness_fp1000"], s["completeness_fp10000"]) \
+        == (0.25, 0.25, 0.5, 1.0)
+    assert summary(m, fp_per_deg2=(13 / area,))[f"completeness_fp{13 / area:g}"] == 0.75  # 13 allowed: TP .60 in
+    # the best candidate is a false positive: at zero allowed, nothing is found
+    first_fp = cands.copy()
+    first_fp[63, 0] = (400.0, 400.0, 0.999)
+    m = match(first_fp, pd.DataFrame(lens_rows), list(range(64)), 1.0, 1.0, PIX, track.tile_area_deg2)
+    assert threshold_at_fp_rate(m, 10.0) == np.inf and summary(m, (10.0,))["completeness_fp10"] == 0.0

@@ -11,7 +11,7 @@ import pytest
 from skybench.harness.submission import MAX_MESSAGE, read_detections_csv, validate_predictions
 from skybench.tracks import load_track
 
-TRACK = load_track("lens-tiles")
+TRACK = load_track("lens-tiles").for_profile("demo")
 K, SIZE = TRACK.output.max_candidates or 0, TRACK.image_shape()[-1]
 IDS = np.array([3, 7, 11])
 

@@ -88,7 +88,7 @@ def validate(folder: Path, release: Annotated[Path | None, typer.Option(help="re
         _fail(str(exc))
     try:  # the schema check above needs the core install only; running the model needs the [eval] extra
         from skybench.harness.validate import SMALL_BATCH, batch_hint, check_batches, score_val
-        from skybench.tracks import default_release
+        from skybench.tracks import default_release, for_release
     except ModuleNotFoundError as exc:
         _fail(f"{_shown(folder)}: the schema is valid, but running the model needs the evaluation extras "
               f"({exc.name} is missing): pip install 'skybench[eval]'")
@@ -96,6 +96,7 @@ def validate(folder: Path, release: Annotated[Path | None, typer.Option(help="re
     if not layout.is_release(release):
         _fail(f"no release at {release}; make one with `skybench simulate {track.name} --out {release}` "
               "or pass --release")
+    track = for_release(track, release)  # the geometry of the release's profile (a detect track's tile size)
     if sub.spec.format == "predictions":  # no code runs: the CSV is checked against the public test ids
         with tempfile.TemporaryDirectory(prefix="skybench-validate-") as scratch:
             res = sandboxed_predict(sub, release, scratch=Path(scratch), track=track)

@@ -37,6 +37,7 @@ def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", se
     is not folded in, and the manifest says so."""
     track = load_track(track) if isinstance(track, str) else track
     split = track.split_sizes(profile)
+    track = track.for_profile(profile)  # per-profile values (a detect track's tile size) resolved
     key, created = release_key(profile, key_file=key_file, create=create_key, out=Path(out))
     require_private(profile, key)
     if created:

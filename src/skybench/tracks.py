@@ -12,12 +12,14 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import Field, TypeAdapter, ValidationError, model_validator
 
 from skybench.common import Strict as _Strict
+
+T = TypeVar("T")
 
 
 class Band(_Strict):
@@ -203,6 +205,18 @@ class Track(_Strict):
                                  f"task reports per bin {', '.join(sorted(metrics))}")
         return self
 
+    def for_profile(self, profile: str) -> Track:
+        """This track with its per-profile values (``{demo: 512, challenge: 1024}`` where a task's model allows
+        one, :func:`per_profile`) resolved for ``profile``: the track a release of that profile is simulated,
+        validated and scored with (:func:`for_release`). A track without per-profile values returns itself."""
+        return self
+
+    def check_per_profile(self, value: object, where: str) -> None:
+        """A per-profile mapping must name exactly the track's profiles (ValueError otherwise)."""
+        if isinstance(value, dict) and set(value) != set(self.profiles):
+            raise ValueError(f"{where}: a per-profile value names the profiles {sorted(value)}, the track has "
+                             f"{sorted(self.profiles)}; give one value per profile, or a single value for all")
+
     def strata_columns(self) -> set[str] | None:
         """Hidden-table columns ``strata:`` may name (None: not checked here; the scorer checks the table)."""
         return None
@@ -225,6 +239,23 @@ class Track(_Strict):
         if profile not in self.profiles:
             raise KeyError(f"track {self.name!r} has no profile {profile!r}; it has {sorted(self.profiles)}")
         return self.profiles[profile]
+
+
+def per_profile(value: T | dict[str, T], profile: str, where: str) -> T:
+    """A per-profile value resolved: ``{demo: a, challenge: b}`` -> the profile's, a single value -> itself."""
+    if not isinstance(value, dict):
+        return value
+    if profile not in value:
+        raise ValueError(f"{where} depends on the profile ({value}) and has no value for profile {profile!r}; "
+                         "add one, or make the release with one of those profiles")
+    return value[profile]
+
+
+def for_release(track: Track, release: str | Path) -> Track:
+    """``track`` resolved for the profile of the release at ``release`` (its manifest's ``profile``)."""
+    from skybench.release.verify import read_manifest
+
+    return track.for_profile(str(read_manifest(Path(release)).get("profile")))
 
 
 def project_root() -> Path:

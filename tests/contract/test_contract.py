@@ -94,7 +94,8 @@ def task(case: Case) -> Task:
 @pytest.fixture(scope="module")
 def track(case: Case, task: Task) -> Track:
     assert case.path is not None
-    return task.track_model.model_validate(yaml.safe_load(case.path.read_text()))
+    # per-profile values (a detect track's tile size) resolved as simulate_release and the harness resolve them
+    return task.track_model.model_validate(yaml.safe_load(case.path.read_text())).for_profile(PROFILE)
 
 
 @pytest.fixture(scope="module")

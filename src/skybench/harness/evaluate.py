@@ -53,7 +53,7 @@ from skybench.release.mixing import Stream
 from skybench.release.reader import HiddenSplit, Release
 from skybench.tasks import BUILTIN
 from skybench.tracking import find_evaluation
-from skybench.tracks import Track, default_release, load_track, project_root
+from skybench.tracks import Track, default_release, for_release, load_track, project_root
 
 if TYPE_CHECKING:
     from skybench.harness.executors import Executor, Job
@@ -216,6 +216,7 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
     release = Path(release or default_release(track))
     out = Path(out or default_out(track))
     release_sha = check_release(release, track)
+    track = for_release(track, release)  # the geometry of the release's profile (a detect track's tile size)
     make_private_root(out)  # always there (a DVC output), even when nothing finishes
     hidden = Release(release).hidden("test")
     real = _real_set(track, release)

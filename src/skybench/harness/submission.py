@@ -35,6 +35,7 @@ from pydantic_core import ErrorDetails
 from skybench.harness.files import SUBMISSION_LIMITS, FolderError, WalkLimits, open_regular, read_regular, walk
 from skybench.harness.sandbox import Limits, run_sandboxed
 from skybench.release import layout, read_manifest, sha256_file
+from skybench.release.shards import shards
 from skybench.tracks import Output, Track, list_tracks
 
 FORMATS = ("onnx", "keras", "torch", "sklearn", "python", "predictions")
@@ -449,12 +450,12 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
             return _fail(f"predictions file {sub.model_path.name}: a {track.output.kind!r} track takes {want}", ids,
                          device="none")
         if npy:
-            result = _read_output(sub.model_path, all_ids, len(all_ids), track, "none", 0.0, "")
+            result = _read_output(sub.model_path, all_ids, len(all_ids), track, "none", 0.0, "", test_dir)
             if result.predictions is None:
                 return _fail(result.reason, ids, device="none")
             return PredictResult(True, "", result.predictions[:n], ids, "none", 0.0)
         if track.output.kind == "detections":
-            pred, reason = read_detections_csv(sub.model_path, all_ids, track.output, _input_shape(track))
+            pred, reason = read_detections_csv(sub.model_path, all_ids, track.output, _input_shape(track, test_dir))
         else:
             pred, reason = read_predictions_csv(sub.model_path, all_ids)
         if pred is None:
@@ -505,7 +506,7 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
         return _fail(reason, ids, device, res.wall_seconds, res.stderr, infrastructure=res.infrastructure)
     if problem:  # the runner always writes a valid runner.json; anything else was written by the model
         return _fail(problem, ids, device, res.wall_seconds, res.stderr)
-    return _read_output(out, ids, n, track, device, res.wall_seconds, res.stderr)
+    return _read_output(out, ids, n, track, device, res.wall_seconds, res.stderr, test_dir)
 
 
 def _challenge(test_dir: Path) -> bool:
@@ -603,11 +604,11 @@ def _read_npy(out: Path, max_items: int, why: Callable[[np.ndarray], str]) -> np
 
 
 def _read_output(out: Path, ids: np.ndarray, n: int, track: Track, device: str, seconds: float,
-                 log: str) -> PredictResult:
+                 log: str, test_dir: Path) -> PredictResult:
     """Load and check one predictions file written by the sandboxed runner."""
     if not os.path.lexists(out):
         return _fail("produced no predictions file", ids, device, seconds, log)
-    shape = _input_shape(track)
+    shape = _input_shape(track, test_dir)
     max_items = max(math.prod(s) for s in expected_shapes(track.output, n, shape))
     pred = _read_npy(out, max_items, lambda a: validate_predictions(a, n, track.output, shape))
     if isinstance(pred, str):
@@ -617,6 +618,11 @@ def _read_output(out: Path, ids: np.ndarray, n: int, track: Track, device: str, 
     return PredictResult(True, "", np.array(pred, dtype=np.float32), ids, device, seconds, log)
 
 
-def _input_shape(track: Track) -> tuple[int, ...]:
-    """Shape of one input image of the track (what an ``image`` output must match)."""
+def _input_shape(track: Track, test_dir: Path | None = None) -> tuple[int, ...]:
+    """Shape of one input image as the model got it (what an ``image`` output must match, the tile candidates must
+    lie in): read from the inputs' ``images`` shards, so a release with per-profile geometry (a detect track's tile
+    size), or a Ray shard's view of one, is checked against its own images; the track's for inputs without images
+    (or without ``test_dir``)."""
+    if test_dir is not None and layout.shard_paths(test_dir, "images"):
+        return shards(test_dir, "images")[0].shape[1:]
     return track.image_shape()

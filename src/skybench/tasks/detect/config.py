@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import yaml
 from pydantic import Field, model_validator
 
 from skybench.common import Strict as _Strict
-from skybench.tracks import Output, Track
+from skybench.tracks import Output, Track, per_profile
 
 Range = tuple[float, float]
 KINDS = ("lens", "lookalike", "galaxy", "star")  # the ``kind`` of a truth-table row
@@ -123,8 +123,12 @@ class DetectPopulation(_Strict):
     saturation: Saturation
 
 
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
 class Tile(_Strict):
-    size: int = Field(gt=0)  # pixels per side
+    # pixels per side; per profile ({demo: 512, challenge: 1024}), resolved by DetectTrack.for_profile
+    size: PositiveInt | dict[str, PositiveInt]
     supersampling: int = Field(2, ge=1)  # of the field-galaxy stamps
     max_stamp: int = Field(128, ge=8)  # the largest field-galaxy stamp (pixels)
 
@@ -157,11 +161,24 @@ class DetectTrack(Track):
     output: DetectOutput
 
     @property
+    def tile_size(self) -> int:
+        """Pixels per tile side (ValueError while ``tile.size`` is per profile and not resolved)."""
+        if isinstance(self.tile.size, dict):
+            raise ValueError(f"track {self.name!r}: tile.size is per profile ({self.tile.size}); resolve it for a "
+                             "release's profile with skybench.tracks.for_release(track, release) or "
+                             "track.for_profile(profile)")
+        return self.tile.size
+
+    @property
     def tile_area_deg2(self) -> float:
-        return (self.tile.size * self.survey.pixel_scale) ** 2 / ARCSEC2_PER_DEG2
+        return (self.tile_size * self.survey.pixel_scale) ** 2 / ARCSEC2_PER_DEG2
 
     def image_shape(self) -> tuple[int, ...]:
-        return (len(self.band_names), self.tile.size, self.tile.size)
+        return (len(self.band_names), self.tile_size, self.tile_size)
+
+    def for_profile(self, profile: str) -> DetectTrack:
+        size = per_profile(self.tile.size, profile, f"track {self.name!r}: tile.size")
+        return self.model_copy(update={"tile": self.tile.model_copy(update={"size": size})})
 
     def strata_columns(self) -> set[str]:
         per_band = [f"lens_light_mag_{b}" for b in self.band_names]
@@ -172,6 +189,7 @@ class DetectTrack(Track):
 
     @model_validator(mode="after")
     def _check(self) -> DetectTrack:
+        self.check_per_profile(self.tile.size, "tile.size")
         p = self.population
         for name, colors in (("galaxies", p.galaxies.colors), ("stars", p.stars.colors)):
             if set(colors) != set(self.band_names) or 0.0 not in colors.values():

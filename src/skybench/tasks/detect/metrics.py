@@ -11,6 +11,7 @@ intervals resample tiles (:func:`skybench.common.bootstrap_ci`) without matching
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -121,9 +122,17 @@ def average_precision(m: Matched, w: np.ndarray | None = None) -> float:
     return float(np.mean(q))
 
 
+def allowed_false_positives(fp_per_deg2: float, area_deg2: float) -> int:
+    """The false positives an operating point allows on ``area_deg2``: floor(rate x area) (a tolerance of 1e-9 for
+    the rounding of the product). Below one per the area scored, e.g. 1 and 10 deg^-2 on the demo's 64 tiles of
+    51.2" (0.013 deg^2), it is 0: the completeness before the best-scoring false positive."""
+    return math.floor(fp_per_deg2 * area_deg2 + 1e-9)
+
+
 def threshold_at_fp_rate(m: Matched, fp_per_deg2: float, w: np.ndarray | None = None) -> float:
-    """The lowest score threshold (candidates with score >= it are kept) at which the false positives per deg^2 of
-    the tiles stay <= ``fp_per_deg2``; +inf when even the best candidate alone exceeds it."""
+    """The lowest score threshold (candidates with score >= it are kept) at which the (weighted) false positives
+    of the tiles stay <= :func:`allowed_false_positives` for their area; +inf when even the best candidate alone
+    exceeds it (a false positive first, with none allowed)."""
     w = _weights(m, w)
     area = float(np.sum(w)) * m.tile_area_deg2
     wc = w[m.cand_tile]
@@ -132,7 +141,7 @@ def threshold_at_fp_rate(m: Matched, fp_per_deg2: float, w: np.ndarray | None = 
     if score.size == 0:
         return -np.inf
     last = np.append(score[1:] != score[:-1], True)  # a threshold keeps a whole group of tied scores
-    ok = np.flatnonzero(last & (fp <= fp_per_deg2 * area + 1e-9))
+    ok = np.flatnonzero(last & (fp <= allowed_false_positives(fp_per_deg2, area) + 1e-9))
     return float(score[ok[-1]]) if ok.size else np.inf
 
 
@@ -209,7 +218,7 @@ def score_tiles(track: DetectTrack, tile_ids: Sequence[int], predictions: object
     lenses of the truth table with the track's rule (``label.matching``), scored at its false-positive rates and
     per bin of its ``lens_theta_E`` stratum, with bootstrap intervals over tiles."""
     rule = track.label.matching
-    cands = validate_detections(predictions, len(tile_ids), track.output.max_candidates, track.tile.size)
+    cands = validate_detections(predictions, len(tile_ids), track.output.max_candidates, track.tile_size)
     m = match(cands, truth, tile_ids, rule.radius, rule.theta_E_factor, track.survey.pixel_scale,
               track.tile_area_deg2)
     edges = next((s.edges for s in track.strata if s.column == "lens_theta_E"), None)

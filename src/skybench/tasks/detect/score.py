@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from skybench.common import UndefinedMetricError, stratum_key, stratum_masks
+from skybench.release import ReleaseError, layout, read_manifest
 from skybench.release.reader import HiddenSplit
 from skybench.tasks.detect.config import TABLE, DetectTrack
 from skybench.tasks.detect.metrics import (
@@ -29,8 +30,25 @@ from skybench.tasks.detect.metrics import (
 )
 
 N_RESAMPLES = 1000  # bootstrap resamples of tiles for the intervals
-FP_GRID = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)  # false positives per deg^2 of the public curve
+FP_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)  # false positives per deg^2 (public)
 PUBLIC_FILES = ("completeness_public.csv", "completeness_public.png", "candidates_public.png")
+
+
+def resolve(track: DetectTrack, truth: HiddenSplit) -> DetectTrack:
+    """``track`` with the geometry of the release ``truth`` is a split of: resolved for its manifest's profile
+    (per-profile tile sizes) and checked against the tile size the release recorded. A bare split folder (no
+    release around it) keeps the track's own, which must then be a single size."""
+    try:
+        manifest = read_manifest(layout.release_of(truth.folder)[0])
+    except (ValueError, ReleaseError):
+        return track
+    resolved = track.for_profile(str(manifest.get("profile")))
+    recorded = manifest.get("tile_size")
+    if recorded is not None and recorded != resolved.tile_size:
+        raise ValueError(f"track {track.name!r}: the release of {truth.folder} has {recorded}-pixel tiles, the "
+                         f"track's {manifest.get('profile')} profile {resolved.tile_size}; the track YAML changed "
+                         "after the release was made: simulate it again")
+    return resolved
 
 
 def lenses(truth: HiddenSplit) -> pd.DataFrame:
@@ -40,8 +58,9 @@ def lenses(truth: HiddenSplit) -> pd.DataFrame:
 
 
 def _matched(track: DetectTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit) -> Matched:
+    track = resolve(track, truth)
     rule = track.label.matching
-    cands = validate_detections(predictions, len(ids), track.output.max_candidates, track.tile.size)
+    cands = validate_detections(predictions, len(ids), track.output.max_candidates, track.tile_size)
     return match(cands, lenses(truth), [int(i) for i in ids], rule.radius, rule.theta_E_factor,
                  track.survey.pixel_scale, track.tile_area_deg2)
 
@@ -61,6 +80,7 @@ def score(track: DetectTrack, ids: np.ndarray, predictions: np.ndarray, truth: H
     """Detection metrics with bootstrap intervals over tiles (NaN, with the counts, for tiles without a lens); the
     completeness-purity curve and the lenses with their matched scores go to ``out_dir`` (organiser only: they
     hold per-object truth)."""
+    track = resolve(track, truth)
     m = _matched(track, ids, predictions, truth)
     try:
         metrics = score_tiles(track, [int(i) for i in ids], predictions, lenses(truth), n_resamples=N_RESAMPLES)
@@ -82,6 +102,7 @@ def score_real(track: DetectTrack, real_ids: np.ndarray, real_predictions: np.nd
                real_truth: HiddenSplit) -> dict[str, float]:
     """The detection metrics of a set of real tiles as ``real_<metric>`` (those undefined there, e.g. an empty
     theta_E bin, left out); only the counts when it holds no lens."""
+    track = resolve(track, real_truth)
     try:
         metrics = score_tiles(track, [int(i) for i in real_ids], real_predictions, lenses(real_truth),
                               n_resamples=N_RESAMPLES)
@@ -125,6 +146,7 @@ def public_artifacts(track: DetectTrack, ids: np.ndarray, predictions: np.ndarra
     """What a participant sees of the public part ``ids``: completeness and purity at the fixed false-positive
     rates of :data:`FP_GRID` (``completeness_public.csv`` / ``.png``) and their candidates' scores and counts per
     tile (``candidates_public.png``)."""
+    track = resolve(track, truth)
     m = _matched(track, ids, predictions, truth)
     rows = []
     area = len(ids) * track.tile_area_deg2

@@ -64,11 +64,11 @@ class DetectSimulator:
 
     @staticmethod
     def arrays(track: DetectTrack) -> dict[str, tuple[int, ...]]:
-        return {"images": (len(track.band_names), track.tile.size, track.tile.size)}
+        return {"images": (len(track.band_names), track.tile_size, track.tile_size)}
 
     @staticmethod
     def release_info(track: DetectTrack) -> dict[str, Any]:
-        return {"tile_size": track.tile.size, "pixel_scale": track.survey.pixel_scale,
+        return {"tile_size": track.tile_size, "pixel_scale": track.survey.pixel_scale,
                 "tile_area_deg2": track.tile_area_deg2,
                 "saturation_e_per_s": {b.name: track.population.saturation.full_well / b.exposure_time
                                        for b in track.survey.bands}}
@@ -92,7 +92,7 @@ class DetectSimulator:
         lens_cls: Any = get_task("lens").simulator()
         self.lens_sim = lens_cls(lens_track, self.backend)
         self.stamp = int(lens_track.cutout.size)
-        self.size, self.pix = track.tile.size, track.survey.pixel_scale
+        self.size, self.pix = track.tile_size, track.survey.pixel_scale
         self.tile_renderer = Renderer(self.size, self.pix, 1, self.bands, get_backend("numpy"))
         self._stamp_renderers: dict[int, Renderer] = {}
         self.saturation = np.array([self.pop.saturation.full_well / b.exposure_time for b in self.bands])
