@@ -121,7 +121,7 @@ def test_a_tiny_faster_rcnn_exports_and_runs_in_the_sandbox(tmp_path: Path, monk
     from skybench.harness.submission import load_submission, sandboxed_predict
     from skybench.release.reader import open_release
     from skybench.simulate import simulate_release
-    from skybench.tracks import benchmarks_dir, load_track
+    from skybench.tracks import benchmarks_dir, for_release, load_track
 
     project = tmp_path / "project"
     (project / "benchmarks").mkdir(parents=True)
@@ -145,7 +145,7 @@ def test_a_tiny_faster_rcnn_exports_and_runs_in_the_sandbox(tmp_path: Path, monk
     assert res.ok, res.reason
     k = int(track.output.max_candidates)
     assert res.predictions is not None and res.predictions.shape == (len(res.ids), k, 3)
-    validate_detections(res.predictions, len(res.ids), k, int(track.tile.size))
+    validate_detections(res.predictions, len(res.ids), k, for_release(track, release).tile_size)
     # the sandbox's output is the trained model's, candidates sorted by score and NaN only as whole padding rows
     rel = open_release(release)
     assert res.ids.tolist() == rel.meta("test")["id"].tolist()  # the runner streams the release order

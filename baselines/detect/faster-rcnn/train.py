@@ -44,7 +44,7 @@ from torch.nn import functional as F
 from skybench.release.reader import open_release
 from skybench.tasks.detect.config import TABLE
 from skybench.tasks.detect.metrics import score_tiles
-from skybench.tracks import load_track
+from skybench.tracks import for_release, load_track
 from skybench.training import CurveLogger, fresh_folder, noise_sigma, run_cli, start, write_submission
 
 NAME = "faster-rcnn"
@@ -343,7 +343,7 @@ def export(model: FasterRCNN, path: Path, shape: tuple[int, ...]) -> Path:
 
 def train(argv: list[str] | None = None) -> tuple[FasterRCNN, Path]:
     args, params = start(NAME, __doc__, argv)
-    track = load_track(args.track)
+    track = for_release(load_track(args.track), args.release)  # the release profile's tile size
     rel = open_release(args.release)
     x = np.ascontiguousarray(rel.array("train", "images")[:args.max_train], dtype=np.float32)
     ids = rel.meta("train")["id"].to_numpy()[:len(x)]
