@@ -17,11 +17,12 @@
    every old pixel inside the frame; the frame outside the HST footprint is zero;
 4. scales the flux so that the flux within ``r = 2"`` of the centre (deflector + arcs, measured after
    resampling, before the PSF step) has the target magnitude at the target's zero point;
-5. adds Gaussian noise of variance ``max(sigma_bkg^2 - sigma_exist^2, 0) + |img| / T`` per pixel
-   (lenstronomy ``data_util``: background + Poisson of the image, ``T = num_exposures * exposure_time``),
-   where ``sigma_exist`` is the HST noise carried through steps 2-4 (white noise of rms ``BKG_RMS``, or
-   ``1.4826 * MAD`` of a 5-pixel border ring of the original image where there is no ``BKG_RMS``,
-   propagated exactly through the linear map of steps 2-4).
+5. adds Gaussian background noise whose covariance is ``level * I - C_exist``, so that the sum with the HST
+   noise carried through steps 2-4 (covariance ``C_exist``: white noise of rms ``BKG_RMS``, or ``1.4826 * MAD``
+   of a 5-pixel border ring of the original image where there is no ``BKG_RMS``, propagated exactly through
+   the linear map of steps 2-4, correlated between pixels) is white noise of variance ``level = max(sigma_bkg^2,
+   largest eigenvalue of C_exist)``, as in a simulated image; plus the Poisson term ``|img| / T`` per pixel
+   (lenstronomy ``data_util``, ``T = num_exposures * exposure_time``).
 
 Every number of every step is returned with the image, for the hidden metadata.
 """
@@ -255,13 +256,22 @@ def match_to_target(image: np.ndarray, scale_in: tuple[float, float], fwhm_in: f
         flux_scale = float(magnitude2cps(target.target_mag, target.zero_point)) / aperture_flux
     model = flux_scale * (m_y @ image @ m_x.T)
 
-    # --- existing noise, carried through the same linear map (white noise in, exact variance out)
+    # --- existing noise, carried through the same linear map (white noise in): covariance
+    # (f sigma_in)^2 (m_y m_y^T) kron (m_x m_x^T), correlated between pixels (upsampling shares input pixels).
+    # The added noise has covariance level * I minus that, so the sum is white at ``level`` (the track's
+    # sigma^2, or the carried noise's largest eigenvalue where that is above it): neither the noise level nor its
+    # pixel-to-pixel correlation tells a real object from a simulated one. Kronecker eigenvectors: exact, cheap.
+    e_y, u_y = np.linalg.eigh(m_y @ m_y.T)
+    e_x, u_x = np.linalg.eigh(m_x @ m_x.T)
+    exist_eig = (flux_scale * sigma_in) ** 2 * np.outer(np.clip(e_y, 0.0, None), np.clip(e_x, 0.0, None))
+    level = max(target.sigma_bkg**2, float(exist_eig.max()))
     gain_y, gain_x = (m_y**2).sum(axis=1), (m_x**2).sum(axis=1)
     exist_var = (flux_scale * sigma_in) ** 2 * np.outer(gain_y, gain_x)
     footprint = (a_y.sum(axis=1)[:, None] > 0) & (a_x.sum(axis=1)[None, :] > 0)
-    add_bkg_var = np.clip(target.sigma_bkg**2 - exist_var, 0.0, None)
-    var = add_bkg_var + (np.abs(model) / target.total_time if poisson else 0.0)
-    out = model + rng.standard_normal(model.shape) * np.sqrt(var)
+    add_bkg_var = np.clip(level - exist_var, 0.0, None)  # its diagonal, for the record
+    background = u_y @ (np.sqrt(np.clip(level - exist_eig, 0.0, None)) * rng.standard_normal(model.shape)) @ u_x.T
+    poisson_var = np.abs(model) / target.total_time if poisson else np.zeros_like(model)
+    out = model + background + rng.standard_normal(model.shape) * np.sqrt(poisson_var)
 
     inner = np.zeros((n, n), dtype=bool)
     inner[10:-10, 10:-10] = True
@@ -280,9 +290,11 @@ def match_to_target(image: np.ndarray, scale_in: tuple[float, float], fwhm_in: f
         "existing_sigma_orig": sigma_in,
         "existing_sigma_processed": float(np.sqrt(np.median(exist_var[footprint]))),
         "existing_sigma_processed_max": float(np.sqrt(exist_var[footprint].max())),
+        "existing_sigma_processed_eig_max": float(np.sqrt(exist_eig.max())),
+        "white_noise_sigma": float(np.sqrt(level)),
         "sigma_bkg_target": target.sigma_bkg,
         "added_bkg_sigma": float(np.sqrt(np.median(add_bkg_var[footprint]))),
-        "added_bkg_sigma_outside_footprint": target.sigma_bkg,
+        "added_bkg_sigma_outside_footprint": float(np.sqrt(level)),
         "poisson_exposure_time": target.total_time,
         "final_border_sigma": robust_sigma(out[~inner]),
     }

@@ -39,7 +39,17 @@ from astropy.table import Table
 from scipy.ndimage import gaussian_filter, maximum_filter
 
 from skybench.physics.noise import cps2magnitude
-from skybench.real_hst import BORDER_WIDTH, Target, _border, _sha256, fit_psf_fwhm, match_to_target, robust_sigma
+from skybench.real_hst import (
+    APERTURE_RADIUS,
+    BORDER_WIDTH,
+    Target,
+    _border,
+    _sha256,
+    fit_psf_fwhm,
+    match_to_target,
+    resample_flux,
+    robust_sigma,
+)
 from skybench.tasks.lens.config import LensTrack
 from skybench.tracks import Track
 
@@ -69,9 +79,10 @@ def _psf_fwhm(psf: np.ndarray, scale: float, radius: float = 0.3) -> float:
     return fit_psf_fwhm(psf, scale, radius=min(radius, half * scale))
 
 
-def _draw_mag(track: LensTrack, seed: int, index: int) -> float:
-    lo, hi = track.population.lens.mag
-    return float(np.random.default_rng([seed, 1, index]).uniform(lo, hi))
+def _draw_mag(track: LensTrack, reference: np.ndarray, seed: int, index: int) -> float:
+    """The magnitude of the flux within 2\" of real object ``index``: drawn from the simulated non-lenses'."""
+    flux = draw_flux(reference, np.random.default_rng([seed, 1, index]))
+    return float(cps2magnitude(flux, track.survey.bands[0].zero_point))
 
 
 def _noise_rng(seed: int, index: int) -> np.random.Generator:
@@ -84,6 +95,36 @@ def _check(track: Track) -> LensTrack:
     return track
 
 
+# ------------------------------------------------------------------------------------------ flux matching
+REFERENCE_SIZE = 400  # simulated objects whose fluxes the real objects' fluxes are drawn from
+REFERENCE_SEED = 1_000_003  # public seeds of the "train" split: a reference sample, no test object
+
+
+def reference_band(track: Track) -> int:
+    """The band whose flux is matched: r where the track has it (the lens magnitudes are r), else the first."""
+    return track.band_names.index("r") if "r" in track.band_names else 0
+
+
+def simulated_fluxes(track: LensTrack, n: int = REFERENCE_SIZE, seed: int = REFERENCE_SEED) -> dict[int, np.ndarray]:
+    """Flux within ``APERTURE_RADIUS`` of the centre in the reference band of ``n`` simulated objects of ``track``
+    (public seeds), sorted, per ``is_lens`` label (0, 1): the distributions a real object's flux is drawn from, so
+    that its brightness does not tell it from the simulated objects of its class."""
+    from skybench.physics.backend import get_backend  # the simulator: only when the real set is built
+    from skybench.simulate import simulator_class
+
+    images, meta = simulator_class(track)(track, get_backend("numpy")).simulate(seed, "train", 0, n)
+    size, p = images.shape[-1], track.survey.pixel_scale
+    c = (np.arange(size) - (size - 1) / 2.0) * p
+    aperture = np.hypot(c[:, None], c[None, :]) <= APERTURE_RADIUS
+    flux = images[:, reference_band(track)][:, aperture].astype(np.float64).sum(axis=1)
+    return {v: np.sort(flux[np.asarray(meta["is_lens"]) == v]) for v in (0, 1)}
+
+
+def draw_flux(reference: np.ndarray, rng: np.random.Generator) -> float:
+    """One flux drawn from the empirical distribution ``reference`` (a random quantile, linearly interpolated)."""
+    return float(np.quantile(reference, rng.uniform()))
+
+
 # ------------------------------------------------------------------------------------------ lens-space
 def _hst_stamps(galaxy_dir: Path) -> list[Path]:
     """The HST F814W galaxy stamps (not the PSF cube), sorted by name."""
@@ -93,7 +134,8 @@ def _hst_stamps(galaxy_dir: Path) -> list[Path]:
     return found
 
 
-def _stamp_item(path: Path, track: LensTrack, seed: int, index: int, psf_cube: np.ndarray) -> Item:
+def _stamp_item(path: Path, track: LensTrack, seed: int, index: int, psf_cube: np.ndarray,
+                reference: np.ndarray) -> Item:
     with fits.open(path) as hdul:
         header = hdul[0].header
         image = np.asarray(hdul[0].data, dtype=np.float64)
@@ -109,7 +151,7 @@ def _stamp_item(path: Path, track: LensTrack, seed: int, index: int, psf_cube: n
         plane = int(np.random.default_rng([seed, 3, index]).integers(len(psf_cube)))
         psf, psf_from = psf_cube[plane], f"COSMOS_F814W_PSF_examples.fits plane {plane} (not this galaxy's)"
     fwhm = _psf_fwhm(psf, scale)
-    target = Target.for_band(track, 0, _draw_mag(track, seed, index))
+    target = Target.for_band(track, 0, _draw_mag(track, reference, seed, index))
     out, numbers = match_to_target(image - bkg, (scale, scale), fwhm, sigma, target, _noise_rng(seed, index))
     meta = {"source_kind": "hst_stamp", "file": f"hst_stamps/{path.name}", "name": str(header.get("OBJECT", "")),
             "band": str(header.get("FILTER", "")), "telescope": str(header.get("TELESCOP", "")),
@@ -143,7 +185,7 @@ def find_galaxies(image: np.ndarray, sigma: float, scale: float, count: int) -> 
     return kept
 
 
-def _scene_items(galaxy_dir: Path, track: LensTrack, seed: int, start: int) -> list[Item]:
+def _scene_items(galaxy_dir: Path, track: LensTrack, seed: int, start: int, reference: np.ndarray) -> list[Item]:
     items: list[Item] = []
     frame = track.cutout.size * track.survey.pixel_scale if track.cutout is not None else 0.0
     for name, count in SCENES.items():
@@ -162,7 +204,7 @@ def _scene_items(galaxy_dir: Path, track: LensTrack, seed: int, start: int) -> l
             index = start + len(items)
             h = min(half_frame, y, x, scene.shape[0] - 1 - y, scene.shape[1] - 1 - x)
             window = scene[y - h:y + h + 1, x - h:x + h + 1]  # odd, centred on the peak pixel
-            target = Target.for_band(track, 0, _draw_mag(track, seed, index))
+            target = Target.for_band(track, 0, _draw_mag(track, reference, seed, index))
             out, numbers = match_to_target(window, (scale, scale), fwhm, float(sigma), target, _noise_rng(seed, index))
             meta = {"source_kind": "hst_scene", "file": f"hst_fields/{name}", "name": f"{name} peak ({y}, {x})",
                     "band": str(header.get("FILTER", "F105W" if "F105W" in name else "F814W")),
@@ -179,8 +221,9 @@ def space_nonlenses(galaxy_dir: Path, track: LensTrack, seed: int = 0) -> list[I
     stamps = _hst_stamps(galaxy_dir)
     with fits.open(galaxy_dir / "hst_stamps" / "COSMOS_F814W_PSF_examples.fits") as hdul:
         psf_cube = np.asarray(hdul[0].data, dtype=np.float64)
-    items = [_stamp_item(path, track, seed, k, psf_cube) for k, path in enumerate(stamps)]
-    return items + _scene_items(galaxy_dir, track, seed, len(items))
+    reference = simulated_fluxes(track)[0]
+    items = [_stamp_item(path, track, seed, k, psf_cube, reference) for k, path in enumerate(stamps)]
+    return items + _scene_items(galaxy_dir, track, seed, len(items), reference)
 
 
 # ------------------------------------------------------------------------------------------ lens-ground
@@ -211,32 +254,51 @@ def ground_nonlenses(galaxy_dir: Path, track: LensTrack, seed: int = 0, limit: i
     # band would tell the real objects apart), and the colours are kept.
     unit = {b: match_to_target(np.zeros(cubes[b].shape[1:]), (float(headers[b]["PIXSCALE"]),) * 2, fwhms[b], 1.0,
                                targets[b], np.random.default_rng(0), flux_scale=zps[b],
-                               poisson=False)[1]["existing_sigma_processed_max"] / targets[b].sigma_bkg for b in bands}
-    items = []
-    for k in range(len(catalog) if limit is None else min(limit, len(catalog))):
+                               poisson=False)[1]["existing_sigma_processed_eig_max"] / targets[b].sigma_bkg
+            for b in bands}
+    # The flux within 2" in the reference band is drawn from the simulated non-lenses' (brightness would tell the
+    # real objects apart); a stamp can only be dimmed (brightening would raise its noise above the track's), so a
+    # stamp whose draw lies above what it reaches is dropped, and the manifest says how many.
+    reference, ref = simulated_fluxes(track)[0], bands[reference_band(track)]
+    n, p = targets[ref].size, targets[ref].pixel_scale
+    c = (np.arange(n) - (n - 1) / 2.0) * p
+    aperture = np.hypot(c[:, None], c[None, :]) <= APERTURE_RADIUS
+    stamps = range(len(catalog) if limit is None else min(limit, len(catalog)))
+    items, dropped = [], []
+    for k in stamps:
         sigma = {b: robust_sigma(_border(cubes[b][k], BORDER_WIDTH)) for b in bands}
         dim = min(1.0, 1.0 / max(unit[b] * sigma[b] for b in bands))
+        sky = {b: float(np.median(_border(cubes[b][k], BORDER_WIDTH))) for b in bands}  # the stamp's local sky
+        native = zps[ref] * float(resample_flux(cubes[ref][k] - sky[ref], float(headers[ref]["PIXSCALE"]), p,
+                                                (n, n))[aperture].sum())
+        want = draw_flux(reference, np.random.default_rng([seed, 1, k]))
+        if not 0 < want <= native * dim:
+            dropped.append(k)
+            continue
+        factor = want / native  # <= dim: no band noisier than the track's
         planes, meta = [], {"source_kind": "kids_stamp", "file": "kids_viking_field/KiDS_field_stamps_{band}.fits",
                             "name": f"KiDS field stamp {k}", "band": ",".join(bands), "telescope": "VST",
-                            "instrument": "OmegaCAM", "stamp": k, "flux_dim_factor": dim,
-                            "flux_dim_mag": float(-2.5 * np.log10(dim)),
+                            "instrument": "OmegaCAM", "stamp": k, "flux_dim_factor_max": dim,
+                            "flux_dim_factor": factor, "flux_dim_mag": float(-2.5 * np.log10(factor)),
+                            "reference_band": ref, "reference_flux_target": want,
                             **{f"cat_{c.lower()}": catalog[c].iloc[k].item() for c in catalog.columns}}
         rng = _noise_rng(seed, k)
         for b in bands:
             scale = float(headers[b]["PIXSCALE"])
-            sky = float(np.median(_border(cubes[b][k], BORDER_WIDTH)))  # the stamp's local sky
-            out, numbers = match_to_target(cubes[b][k] - sky, (scale, scale), fwhms[b], sigma[b], targets[b], rng,
-                                           flux_scale=zps[b] * dim, poisson=False)
+            out, numbers = match_to_target(cubes[b][k] - sky[b], (scale, scale), fwhms[b], sigma[b], targets[b], rng,
+                                           flux_scale=zps[b] * factor, poisson=False)
             planes.append(out)
             numbers["orig_mag_aperture"] = float(cps2magnitude(numbers["aperture_flux_orig"], 0.0))
-            numbers["sky_subtracted"] = sky
+            numbers["sky_subtracted"] = sky[b]
             numbers["noise_ratio_before_dimming"] = unit[b] * sigma[b]
             numbers["frame_sigma"] = float(headers[b]["SKYSIG"])
-            numbers["noise_ratio"] = numbers["existing_sigma_processed_max"] / targets[b].sigma_bkg
+            numbers["noise_ratio"] = numbers["existing_sigma_processed_eig_max"] / targets[b].sigma_bkg
             numbers["source_sha256"] = sha[b]
             numbers.pop("target_mag")
             meta |= {f"{key.replace('_hst', '_input')}_{b}": v for key, v in numbers.items()}
         items.append(Item(np.stack(planes).astype(np.float32), meta))
+    for it in items:
+        it.meta["stamps_considered"], it.meta["stamps_dropped_unreachable_flux"] = len(stamps), len(dropped)
     return items
 
 
