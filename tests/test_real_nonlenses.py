@@ -76,20 +76,26 @@ def test_a_psf_broader_than_the_target_is_kept_and_recorded():
 @pytest.mark.parametrize(("p_in", "sigma_in", "p_out"), [(0.03, 0.002, 0.1), (0.339, 0.5, 0.2), (0.339, 2.0, 0.2)])
 def test_the_noise_is_brought_to_the_target_level(p_in, sigma_in, p_out):
     """Pure noise in: the output's sigma is the target's where the carried input noise is below it (the added
-    noise fills the gap), and the carried input noise (existing_sigma_processed, propagated exactly through the
-    linear map) where it is above it."""
+    noise fills the gap), and the carried input noise's largest eigenvalue (existing_sigma_processed_eig_max,
+    propagated exactly through the linear map) where it is above it; either way the output noise is white (no
+    pixel-to-pixel correlation, which upsampling gives the carried noise and a model could detect)."""
     rng = np.random.default_rng(1)
     n = int(np.ceil(101 * p_out / p_in)) + 2
     target = Target(101, p_out, 0.18 if p_out == 0.1 else 0.9, 24.0, 0.5, math.inf, 20.0)
-    sigmas, carried = [], []
+    sigmas, carried, lag1 = [], [], []
     for _ in range(20):
         out, num = match_to_target(rng.normal(0, sigma_in, (n, n)), (p_in, p_in), 0.1, sigma_in, target, rng,
                                    flux_scale=1.0)
-        sigmas.append(out[5:-5, 5:-5].std())
+        inner = out[5:-5, 5:-5]
+        sigmas.append(inner.std())
         carried.append(num["existing_sigma_processed"])
-    want = max(target.sigma_bkg, carried[0])
+        lag1 += [np.corrcoef(inner[:, 1:].ravel(), inner[:, :-1].ravel())[0, 1],
+                 np.corrcoef(inner[1:].ravel(), inner[:-1].ravel())[0, 1]]
+    want = max(target.sigma_bkg, num["existing_sigma_processed_eig_max"])
+    assert num["white_noise_sigma"] == pytest.approx(want)
     assert np.mean(sigmas) == pytest.approx(want, rel=0.03)
-    assert num["added_bkg_sigma"] ** 2 == pytest.approx(max(target.sigma_bkg**2 - carried[0] ** 2, 0), abs=1e-12)
+    assert abs(np.mean(lag1)) < 0.01, np.mean(lag1)
+    assert num["added_bkg_sigma"] ** 2 == pytest.approx(max(want**2 - carried[0] ** 2, 0), abs=1e-12)
 
 
 # ------------------------------------------------------------------------------------------ metrics

@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import warnings
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from skybench.physics.noise import cps2magnitude, magnitude2cps
+from skybench.physics.noise import magnitude2cps
 from skybench.real_hst import (
     APERTURE_RADIUS,
     BORDER_WIDTH,
@@ -40,7 +39,6 @@ from skybench.tasks.lens.real_nonlens import (
     REFERENCE_SIZE,
     Item,
     describe,
-    draw_flux,
     nonlenses,
     simulated_fluxes,
 )
@@ -92,18 +90,18 @@ def _processing(target: Target, seed: int) -> str:
 def _lens_items(data_dir: Path, target: Target, seed: int, reference: np.ndarray | None = None) -> list[Item]:
     """The real HST lenses of ``data_dir``, processed in catalogue order (noise: default_rng([seed, index])).
     ``reference``: simulated lenses' fluxes within 2"; each lens's is drawn from them (default_rng([seed, 4,
-    index])) instead of all being ``target.target_mag`` (one magnitude for all would tell them apart)."""
+    index]) below what the lens reaches at the track's noise) instead of all being ``target.target_mag`` (one
+    magnitude for all would tell them apart)."""
     lens_dir = _lens_dir(data_dir)
     catalog = _read_catalog(lens_dir)
     items = []
     for index in range(len(catalog)):
         entry = catalog.iloc[index]
         path = lens_dir / entry["file"]
-        own = target if reference is None else replace(target, target_mag=float(cps2magnitude(
-            draw_flux(reference, np.random.default_rng([seed, 4, index])), target.zero_point)))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # duplicated keywords in the HLA headers
-            image, numbers = process_lens(path, own, np.random.default_rng([seed, index]))
+            image, numbers = process_lens(path, target, np.random.default_rng([seed, index]), reference=reference,
+                                          flux_rng=np.random.default_rng([seed, 4, index]))
         items.append(Item(image[None].astype(np.float32), {
             "file": entry["file"], "name": entry["name"],
             "survey": entry["survey"], "telescope": entry["telescope"], "instrument": entry["instrument"],
@@ -168,11 +166,13 @@ def import_real_set(data_dir: Path, track: Track | str, out: Path, *, seed: int 
     notes = {}
     if len(track.survey.bands) == 1:
         target = lens_target(track, target_mag)
+        assert isinstance(track, LensTrack)
         lenses = _lens_items(data_dir, target, seed, simulated_fluxes(track)[1])
         notes["lenses"] = _processing(target, seed).replace(
             f"is magnitude {target.target_mag} at", "has a magnitude drawn (numpy default_rng([seed, 4, index])) from"
             f" the simulated lenses' fluxes within {APERTURE_RADIUS}\" ({REFERENCE_SIZE} objects of this track, public"
-            f" seed {REFERENCE_SEED}, split train; per object: target_mag), at")
+            f" seed {REFERENCE_SEED}, split train), below the flux at which the lens's own noise, whitened, would exceed"
+            " the track's (flux_reach; per object: target_mag), at")
     else:
         lenses = []
         notes["lenses"] = NO_REAL_LENSES

@@ -45,8 +45,11 @@ from skybench.real_hst import (
     Target,
     _border,
     _sha256,
+    draw_flux,
     fit_psf_fwhm,
+    flux_reach,
     match_to_target,
+    noise_correlation,
     resample_flux,
     robust_sigma,
 )
@@ -79,10 +82,16 @@ def _psf_fwhm(psf: np.ndarray, scale: float, radius: float = 0.3) -> float:
     return fit_psf_fwhm(psf, scale, radius=min(radius, half * scale))
 
 
-def _draw_mag(track: LensTrack, reference: np.ndarray, seed: int, index: int) -> float:
-    """The magnitude of the flux within 2\" of real object ``index``: drawn from the simulated non-lenses'."""
-    flux = draw_flux(reference, np.random.default_rng([seed, 1, index]))
-    return float(cps2magnitude(flux, track.survey.bands[0].zero_point))
+def _draw_target(track: LensTrack, reference: np.ndarray, seed: int, index: int, image: np.ndarray, scale: float,
+                 fwhm: float, sigma: float, corr: tuple[np.ndarray, np.ndarray]) -> tuple[Target, float] | None:
+    """The target of real object ``index`` (one band) and its flux reach: the magnitude of its flux within 2\"
+    drawn from the simulated non-lenses' below what it reaches at the track's noise (None: it reaches none)."""
+    probe = Target.for_band(track, 0, float("nan"))
+    flux, reach = flux_reach(image, (scale, scale), fwhm, sigma, probe, corr)
+    want = draw_flux(reference, np.random.default_rng([seed, 1, index]), reach) if flux > 0 else None
+    if want is None:
+        return None
+    return Target.for_band(track, 0, float(cps2magnitude(want, probe.zero_point))), reach
 
 
 def _noise_rng(seed: int, index: int) -> np.random.Generator:
@@ -120,11 +129,6 @@ def simulated_fluxes(track: LensTrack, n: int = REFERENCE_SIZE, seed: int = REFE
     return {v: np.sort(flux[np.asarray(meta["is_lens"]) == v]) for v in (0, 1)}
 
 
-def draw_flux(reference: np.ndarray, rng: np.random.Generator) -> float:
-    """One flux drawn from the empirical distribution ``reference`` (a random quantile, linearly interpolated)."""
-    return float(np.quantile(reference, rng.uniform()))
-
-
 # ------------------------------------------------------------------------------------------ lens-space
 def _hst_stamps(galaxy_dir: Path) -> list[Path]:
     """The HST F814W galaxy stamps (not the PSF cube), sorted by name."""
@@ -135,7 +139,7 @@ def _hst_stamps(galaxy_dir: Path) -> list[Path]:
 
 
 def _stamp_item(path: Path, track: LensTrack, seed: int, index: int, psf_cube: np.ndarray,
-                reference: np.ndarray) -> Item:
+                reference: np.ndarray) -> Item | None:
     with fits.open(path) as hdul:
         header = hdul[0].header
         image = np.asarray(hdul[0].data, dtype=np.float64)
@@ -151,8 +155,14 @@ def _stamp_item(path: Path, track: LensTrack, seed: int, index: int, psf_cube: n
         plane = int(np.random.default_rng([seed, 3, index]).integers(len(psf_cube)))
         psf, psf_from = psf_cube[plane], f"COSMOS_F814W_PSF_examples.fits plane {plane} (not this galaxy's)"
     fwhm = _psf_fwhm(psf, scale)
-    target = Target.for_band(track, 0, _draw_mag(track, reference, seed, index))
-    out, numbers = match_to_target(image - bkg, (scale, scale), fwhm, sigma, target, _noise_rng(seed, index))
+    corr = noise_correlation(image)
+    drawn = _draw_target(track, reference, seed, index, image - bkg, scale, fwhm, sigma, corr)
+    if drawn is None:
+        return None
+    target, reach = drawn
+    out, numbers = match_to_target(image - bkg, (scale, scale), fwhm, sigma, target, _noise_rng(seed, index),
+                                   noise_corr=corr)
+    numbers["flux_reach"] = reach
     meta = {"source_kind": "hst_stamp", "file": f"hst_stamps/{path.name}", "name": str(header.get("OBJECT", "")),
             "band": str(header.get("FILTER", "")), "telescope": str(header.get("TELESCOP", "")),
             "instrument": str(header.get("INSTRUME", "")), "orig_mag": float(header.get("MAG", np.nan)),
@@ -199,13 +209,19 @@ def _scene_items(galaxy_dir: Path, track: LensTrack, seed: int, start: int, refe
         _, bkg, sigma = sigma_clipped_stats(scene, sigma=3.0, maxiters=10)
         scene = scene - bkg
         fwhm = _psf_fwhm(psf, scale)
+        corr = noise_correlation(scene)
         half_frame = int(np.ceil(frame / 2 / scale))
         for y, x in find_galaxies(scene, float(sigma), scale, count):
             index = start + len(items)
             h = min(half_frame, y, x, scene.shape[0] - 1 - y, scene.shape[1] - 1 - x)
             window = scene[y - h:y + h + 1, x - h:x + h + 1]  # odd, centred on the peak pixel
-            target = Target.for_band(track, 0, _draw_mag(track, reference, seed, index))
-            out, numbers = match_to_target(window, (scale, scale), fwhm, float(sigma), target, _noise_rng(seed, index))
+            drawn = _draw_target(track, reference, seed, index, window, scale, fwhm, float(sigma), corr)
+            if drawn is None:
+                continue
+            target, reach = drawn
+            out, numbers = match_to_target(window, (scale, scale), fwhm, float(sigma), target, _noise_rng(seed, index),
+                                           noise_corr=corr)
+            numbers["flux_reach"] = reach
             meta = {"source_kind": "hst_scene", "file": f"hst_fields/{name}", "name": f"{name} peak ({y}, {x})",
                     "band": str(header.get("FILTER", "F105W" if "F105W" in name else "F814W")),
                     "telescope": "HST", "instrument": "WFC3/IR" if "F105W" in name else "ACS/WFC",
@@ -222,8 +238,9 @@ def space_nonlenses(galaxy_dir: Path, track: LensTrack, seed: int = 0) -> list[I
     with fits.open(galaxy_dir / "hst_stamps" / "COSMOS_F814W_PSF_examples.fits") as hdul:
         psf_cube = np.asarray(hdul[0].data, dtype=np.float64)
     reference = simulated_fluxes(track)[0]
-    items = [_stamp_item(path, track, seed, k, psf_cube, reference) for k, path in enumerate(stamps)]
-    return items + _scene_items(galaxy_dir, track, seed, len(items), reference)
+    found = [_stamp_item(path, track, seed, k, psf_cube, reference) for k, path in enumerate(stamps)]
+    items = [it for it in found if it is not None]
+    return items + _scene_items(galaxy_dir, track, seed, len(found), reference)
 
 
 # ------------------------------------------------------------------------------------------ lens-ground
@@ -247,14 +264,16 @@ def ground_nonlenses(galaxy_dir: Path, track: LensTrack, seed: int = 0, limit: i
     targets = {b: Target.for_band(track, i, float("nan")) for i, b in enumerate(bands)}
     fwhms = {b: _psf_fwhm(psfs[b], float(headers[b]["PIXSCALE"]), KIDS_PSF_RADIUS) for b in bands}
     zps = {b: float(10 ** (0.4 * targets[b].zero_point)) for b in bands}  # KiDS flux (AB ZP 0) -> e-/s at the ZP
+    # the coadds' noise correlation per band: the mean of every stamp's border estimate
+    corr = {b: tuple(np.mean([noise_correlation(im)[a] for im in cubes[b]], axis=0) for a in (0, 1)) for b in bands}
     # The KiDS noise carried to the track's grid, as a multiple of the track's, per unit of input sigma (the same
     # linear map for every stamp; its largest pixel variance: upsampling gives the pixels different variances).
     # Each stamp's noise (1.4826 MAD of its border ring, per band) gives its ratio per band; where one is above 1
     # all the stamp's bands are dimmed by the largest, so that no band is noisier than the track's (a noisier
     # band would tell the real objects apart), and the colours are kept.
     unit = {b: match_to_target(np.zeros(cubes[b].shape[1:]), (float(headers[b]["PIXSCALE"]),) * 2, fwhms[b], 1.0,
-                               targets[b], np.random.default_rng(0), flux_scale=zps[b],
-                               poisson=False)[1]["existing_sigma_processed_eig_max"] / targets[b].sigma_bkg
+                               targets[b], np.random.default_rng(0), flux_scale=zps[b], poisson=False,
+                               noise_corr=corr[b])[1]["existing_sigma_processed_eig_max"] / targets[b].sigma_bkg
             for b in bands}
     # The flux within 2" in the reference band is drawn from the simulated non-lenses' (brightness would tell the
     # real objects apart); a stamp can only be dimmed (brightening would raise its noise above the track's), so a
@@ -271,8 +290,8 @@ def ground_nonlenses(galaxy_dir: Path, track: LensTrack, seed: int = 0, limit: i
         sky = {b: float(np.median(_border(cubes[b][k], BORDER_WIDTH))) for b in bands}  # the stamp's local sky
         native = zps[ref] * float(resample_flux(cubes[ref][k] - sky[ref], float(headers[ref]["PIXSCALE"]), p,
                                                 (n, n))[aperture].sum())
-        want = draw_flux(reference, np.random.default_rng([seed, 1, k]))
-        if not 0 < want <= native * dim:
+        want = draw_flux(reference, np.random.default_rng([seed, 1, k]), native * dim) if native > 0 else None
+        if want is None:
             dropped.append(k)
             continue
         factor = want / native  # <= dim: no band noisier than the track's
@@ -286,7 +305,7 @@ def ground_nonlenses(galaxy_dir: Path, track: LensTrack, seed: int = 0, limit: i
         for b in bands:
             scale = float(headers[b]["PIXSCALE"])
             out, numbers = match_to_target(cubes[b][k] - sky[b], (scale, scale), fwhms[b], sigma[b], targets[b], rng,
-                                           flux_scale=zps[b] * factor, poisson=False)
+                                           flux_scale=zps[b] * factor, poisson=False, noise_corr=corr[b])
             planes.append(out)
             numbers["orig_mag_aperture"] = float(cps2magnitude(numbers["aperture_flux_orig"], 0.0))
             numbers["sky_subtracted"] = sky[b]
