@@ -226,10 +226,8 @@ def flux_reach(image: np.ndarray, scale_in: tuple[float, float], fwhm_in: float,
 def draw_flux(reference: np.ndarray, rng: np.random.Generator, reach: float = float("inf")) -> float | None:
     """A flux drawn from the empirical distribution ``reference`` (sorted) below ``reach``: a random quantile of
     its part at or below ``reach``, linearly interpolated; None where no part is."""
-    q_max = np.searchsorted(reference, reach, side="right") / len(reference)
-    if q_max == 0:
-        return None
-    return float(np.quantile(reference, rng.uniform() * q_max))
+    below = reference[:np.searchsorted(reference, reach, side="right")]
+    return float(np.quantile(below, rng.uniform())) if len(below) else None
 
 
 def process_lens(path: Path, target: Target, rng: np.random.Generator, *, reference: np.ndarray | None = None,

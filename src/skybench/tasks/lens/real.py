@@ -171,8 +171,8 @@ def import_real_set(data_dir: Path, track: Track | str, out: Path, *, seed: int 
         notes["lenses"] = _processing(target, seed).replace(
             f"is magnitude {target.target_mag} at", "has a magnitude drawn (numpy default_rng([seed, 4, index])) from"
             f" the simulated lenses' fluxes within {APERTURE_RADIUS}\" ({REFERENCE_SIZE} objects of this track, public"
-            f" seed {REFERENCE_SEED}, split train), below the flux at which the lens's own noise, whitened, would exceed"
-            " the track's (flux_reach; per object: target_mag), at")
+            f" seed {REFERENCE_SEED}, split train), below the flux at which the lens's own noise, whitened, would"
+            " exceed the track's (flux_reach; per object: target_mag), at")
     else:
         lenses = []
         notes["lenses"] = NO_REAL_LENSES

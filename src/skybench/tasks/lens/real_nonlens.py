@@ -240,7 +240,12 @@ def space_nonlenses(galaxy_dir: Path, track: LensTrack, seed: int = 0) -> list[I
     reference = simulated_fluxes(track)[0]
     found = [_stamp_item(path, track, seed, k, psf_cube, reference) for k, path in enumerate(stamps)]
     items = [it for it in found if it is not None]
-    return items + _scene_items(galaxy_dir, track, seed, len(found), reference)
+    dropped = [p.name for p, it in zip(stamps, found, strict=True) if it is None]
+    items += _scene_items(galaxy_dir, track, seed, len(found), reference)
+    for it in items:  # the stamps whose flux reach lies below every simulated non-lens's (scenes: peaks kept)
+        it.meta["stamps_considered"], it.meta["stamps_dropped_unreachable_flux"] = len(stamps), len(dropped)
+        it.meta["stamps_dropped_names"] = ",".join(dropped)
+    return items
 
 
 # ------------------------------------------------------------------------------------------ lens-ground
