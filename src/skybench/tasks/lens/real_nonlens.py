@@ -7,23 +7,26 @@ flux-conserving rebinning, flux scale, noise to the track's level), for measurin
   galaxy: NIRCam 1.15-4.4 um is not the VIS band and has no PSF) and cut-outs of the HST scenes of
   ``hst_fields/`` centred on their brightest galaxies (:data:`SCENES`; HDF-N is left out: no PSF, so the PSF
   matching could not be stated; the Abell 2744 scenes are WFC3/IR F105W, 1.05 um, just redder than VIS:
-  ``band`` says so per object). The HST flux is not VIS flux, so each object's flux within 2" is set to a
-  magnitude drawn uniformly from the track's deflector range (as the simulated deflectors are).
-- **lens-ground** (u, g, r, i at 0.2"/px): the 176 KiDS stamps of ``kids_viking_field/`` (0.339"/px, an
-  inferred scale, so resampling upsamples), with their real KiDS flux (AB zero point 0) converted to the track's
-  e-/s at each band's zero point, so the colours are the real ones; the magnitudes too, but for a dimming per
-  stamp (``flux_dim_mag``, median 0.6 mag): KiDS i is noisier than the track's i (x1.36 after resampling, at
-  the frame's sigma; more in the upsampled pixels that lie inside one KiDS pixel), and a noisier band would
-  tell the real objects apart, so all bands of a stamp are dimmed by the largest ratio, over its bands and
-  pixels, of its noise (1.4826 MAD of its border ring, carried to the track's grid) to the track's, which
-  brings that band's noise to the track's and the others below it. So the real galaxies are fainter than the
-  simulated deflectors (r about 21 against 18-21.5): their total flux is the public statistic that tells them
-  apart best (AUROC about 0.78 on the demo release; the noise per band about 0.5). Their empirical PSFs
-  (0.86-1.15") are broader than the track's (0.71-0.81"): nothing can sharpen them, so no convolution is done
+  ``band`` says so per object). The HST flux is not VIS flux, so each object's flux within 2" is drawn from the
+  simulated non-lenses' (:func:`simulated_fluxes`), below what the object reaches before its own noise, whitened,
+  is above the track's (:func:`skybench.real_hst.flux_reach`); stamps that reach no simulated flux are dropped
+  and counted (``stamps_dropped_unreachable_flux``).
+- **lens-ground** (u, g, r, i at 0.2"/px): the 176 KiDS stamps of ``kids_viking_field/`` (0.339"/px, an inferred
+  scale, so resampling upsamples), with their real KiDS flux (AB zero point 0) converted to the track's e-/s at
+  each band's zero point, so the colours are the real ones; the flux within 2" in r is drawn from the simulated
+  non-lenses' below what the stamp reaches (a stamp whose reach is below every simulated flux is dropped, and
+  counted), which dims it (``flux_dim_mag``); the reach: KiDS i is noisier than the track's i (x1.36 after
+  resampling, at the frame's sigma; more in the upsampled pixels that lie inside one KiDS pixel), and a noisier
+  band would tell the real objects apart, so all bands of a stamp are dimmed by at least the largest ratio, over
+  its bands and pixels, of its noise (1.4826 MAD of its border ring, its correlation modelled, carried to the
+  track's grid: the largest eigenvalue of its covariance) to the track's. Even so the real field galaxies are
+  fainter than the simulated deflectors (most reach only the faint end of their fluxes) and more extended: a
+  classifier on public statistics still tells them apart (tests/test_real_indistinguishable.py). Their empirical
+  PSFs (0.86-1.15") are broader than the track's (0.71-0.81"): nothing can sharpen them, so no convolution is done
   and ``psf_fwhm_result`` records the PSF they have. Their real noise is kept (it includes the sources' Poisson
   noise: none is added) and only what is missing to the track's background is added (``noise_ratio``: the KiDS
-  part). The sky is the median of each stamp's 5-pixel border ring. The 10 GAMA galaxies of ``kids_gama_profit/`` are r
-  only: they are left out rather than given invented u, g, i images.
+  part; the sum is whitened). The sky is the median of each stamp's 5-pixel border ring. The 10 GAMA galaxies of
+  ``kids_gama_profit/`` are r only: they are left out rather than given invented u, g, i images.
 """
 
 from __future__ import annotations
@@ -119,9 +122,9 @@ def simulated_fluxes(track: LensTrack, n: int = REFERENCE_SIZE, seed: int = REFE
     (public seeds), sorted, per ``is_lens`` label (0, 1): the distributions a real object's flux is drawn from, so
     that its brightness does not tell it from the simulated objects of its class."""
     from skybench.physics.backend import get_backend  # the simulator: only when the real set is built
-    from skybench.simulate import simulator_class
+    from skybench.tasks.lens.simulator import LensSimulator
 
-    images, meta = simulator_class(track)(track, get_backend("numpy")).simulate(seed, "train", 0, n)
+    images, meta = LensSimulator(track, get_backend("numpy")).simulate(seed, "train", 0, n)
     size, p = images.shape[-1], track.survey.pixel_scale
     c = (np.arange(size) - (size - 1) / 2.0) * p
     aperture = np.hypot(c[:, None], c[None, :]) <= APERTURE_RADIUS
@@ -347,16 +350,21 @@ def describe(track: Track) -> str:
                 f" {', '.join(f'{k} (<= {v})' for k, v in SCENES.items())}; background (NOISEMEA, or the scene's"
                 " 3-sigma-clipped median) subtracted; PSF FWHM fitted to the own PSF HDU (else a random plane of"
                 " COSMOS_F814W_PSF_examples.fits); then steps (2)-(5) of the lens set, with the flux within 2\""
-                " set to a magnitude drawn uniformly from the track's deflector range (numpy default_rng([seed, 1,"
-                " index])), noise default_rng([seed, 2, index]). Left out: AEGIS F606W (same galaxies), the JWST"
+                f" drawn (numpy default_rng([seed, 1, index])) from {REFERENCE_SIZE} simulated non-lenses' of this"
+                f" track (public seed {REFERENCE_SEED}, split train), below the object's reach (flux_reach: brighter,"
+                " its own noise, whitened, would be above the track's; stamps reaching none are dropped, counted in"
+                " stamps_dropped_unreachable_flux), noise default_rng([seed, 2, index]). Left out: AEGIS F606W (same"
+                " galaxies), the JWST"
                 " galaxy (not the VIS band, no PSF), HDF-N (no PSF).")
     return ("Real non-lenses (data/galaxies/kids_viking_field): 176 KiDS u, g, r, i stamps (64x64 at an inferred"
             " 0.339\"/px), sky (median of the 5-px border ring) subtracted, the flux (AB ZP 0) times 10^(0.4 ZP_band)"
-            " in e-/s, times a dimming factor per stamp (flux_dim_factor: 1 / the largest ratio over the bands of the"
-            " stamp's noise, 1.4826 MAD of its border ring, carried to the track's grid, to the track's sigma; so"
-            " that no band is noisier than the track's), rebinned"
+            " in e-/s, times a dimming factor per stamp (flux_dim_factor: the r flux within 2\" drawn from"
+            f" {REFERENCE_SIZE} simulated non-lenses' of this track, public seed {REFERENCE_SEED}, below the stamp's"
+            " reach flux_dim_factor_max = 1 / the largest ratio over the bands of the stamp's noise, 1.4826 MAD of"
+            " its border ring with its correlation, carried to the track's grid, to the track's sigma; stamps"
+            " reaching no simulated flux dropped, counted in stamps_dropped_unreachable_flux), rebinned"
             " (upsampled) to the track's grid; no PSF convolution where the empirical KiDS PSF is already broader"
-            " than the track's (psf_fwhm_input_<band>, psf_fwhm_result_<band> record it); background noise added"
-            " up to the track's sigma where the KiDS noise (carried through the rebinning) is below it,"
-            " none where above (noise_ratio_<band>); no Poisson term (the real noise has it). The 10 GAMA"
+            " than the track's (psf_fwhm_input_<band>, psf_fwhm_result_<band> record it); background noise added,"
+            " so that the sum with the KiDS noise (carried through the rebinning, correlated) is white at the"
+            " track's sigma (noise_ratio_<band>); no Poisson term (the real noise has it). The 10 GAMA"
             " galaxies are r only: left out.")
