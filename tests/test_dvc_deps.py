@@ -233,9 +233,9 @@ def test_editing_a_shared_helper_marks_exactly_the_stages_that_use_it(locked_cop
     # the Bologna importer is no stage's code
     assert _changed_after_editing(locked_copy, "src/skybench/tasks/lens/bologna.py") == set()
     # a task's simulator: its own tracks' releases only (not the other tasks' tracks), and the detect scenes,
-    # which draw their lenses with it (get_task("lens"))
+    # which draw their lenses with it (get_task("lens")), and the real lens sets (their fluxes are drawn from it)
     assert _changed_after_editing(locked_copy, "src/skybench/tasks/lens/simulator.py") == \
-        _stages(names, "simulate-lens@", "simulate-detect@")
+        _stages(names, "simulate-lens@", "simulate-detect@", "import-real-lens")
     # a task's scorer: its evaluations and its leaderboards (their rank intervals: Task.score_resamples)
     assert _changed_after_editing(locked_copy, "src/skybench/tasks/photoz/score.py") == \
         _stages(names, "evaluate-photoz@", "leaderboard-photoz@")

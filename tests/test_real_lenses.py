@@ -128,7 +128,7 @@ def test_background_noise_matches_the_track(real_release):
     close = np.abs(sigma / target - 1) < 0.10
     assert close.mean() >= 0.85, dict(zip(meta.name, sigma / target, strict=True))
     # The existing HST noise, rescaled, is far below the target: most of the noise is added.
-    assert (meta.existing_sigma_processed < 0.2 * target).all()
+    assert (meta.existing_sigma_processed < 0.3 * target).all()
     # The lens + arc flux within 2" is at the target magnitude (PSF spill and noise: a few per cent).
     c = np.arange(101) - 50
     aperture = np.hypot(c[:, None], c[None, :]) * 0.1 <= 2.0
@@ -152,8 +152,11 @@ def test_metadata_records_the_processing_of_every_object(real_release, hst_dir):
     assert ((meta.psf_fwhm_hst > 0.05) & (meta.psf_fwhm_hst < 0.18)).all()
     assert (meta.psf_diff_sigma_arcsec > 0).all() and (meta.flux_scale > 0).all()
     np.testing.assert_allclose(meta.flux_scale * meta.aperture_flux_orig, magnitude2cps(20.25, 24.0))
+    # White noise at the track's level, or at the carried noise's largest eigenvalue where that is above it.
     np.testing.assert_allclose(meta.added_bkg_sigma**2 + meta.existing_sigma_processed**2,
-                               meta.sigma_bkg_target**2, rtol=1e-9)
+                               meta.white_noise_sigma**2, rtol=1e-9)
+    np.testing.assert_allclose(meta.white_noise_sigma, np.maximum(meta.sigma_bkg_target,
+                                                                  meta.existing_sigma_processed_eig_max), rtol=1e-9)
     assert (slacs.footprint_fraction < 0.3).all() and (meta.source_sha256.str.len() == 64).all()
     for col in ("name", "instrument", "band", "z_lens", "target_mag", "poisson_exposure_time", "noise_seed"):
         assert col in meta.columns

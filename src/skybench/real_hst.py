@@ -17,11 +17,12 @@
    every old pixel inside the frame; the frame outside the HST footprint is zero;
 4. scales the flux so that the flux within ``r = 2"`` of the centre (deflector + arcs, measured after
    resampling, before the PSF step) has the target magnitude at the target's zero point;
-5. adds Gaussian noise of variance ``max(sigma_bkg^2 - sigma_exist^2, 0) + |img| / T`` per pixel
-   (lenstronomy ``data_util``: background + Poisson of the image, ``T = num_exposures * exposure_time``),
-   where ``sigma_exist`` is the HST noise carried through steps 2-4 (white noise of rms ``BKG_RMS``, or
-   ``1.4826 * MAD`` of a 5-pixel border ring of the original image where there is no ``BKG_RMS``,
-   propagated exactly through the linear map of steps 2-4).
+5. adds Gaussian background noise whose covariance is ``level * I - C_exist``, so that the sum with the HST
+   noise carried through steps 2-4 (covariance ``C_exist``: white noise of rms ``BKG_RMS``, or ``1.4826 * MAD``
+   of a 5-pixel border ring of the original image where there is no ``BKG_RMS``, propagated exactly through
+   the linear map of steps 2-4, correlated between pixels) is white noise of variance ``level = max(sigma_bkg^2,
+   largest eigenvalue of C_exist)``, as in a simulated image; plus the Poisson term ``|img| / T`` per pixel
+   (lenstronomy ``data_util``, ``T = num_exposures * exposure_time``).
 
 Every number of every step is returned with the image, for the hidden metadata.
 """
@@ -29,7 +30,7 @@ Every number of every step is returned with the image, for the hidden metadata.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -178,8 +179,62 @@ def robust_sigma(values: np.ndarray) -> float:
     return float(MAD_TO_SIGMA * np.median(np.abs(v - np.median(v))))
 
 
-def process_lens(path: Path, target: Target, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Any]]:
-    """One HST FITS file -> (size, size) float64 image in e-/s per pixel of the target, and its numbers."""
+NOISE_MAX_LAG = 3  # input pixels of noise autocorrelation measured per axis
+
+
+def noise_correlation(image: np.ndarray, width: int = BORDER_WIDTH, max_lag: int = NOISE_MAX_LAG
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Autocorrelation of the input noise at lags 0..``max_lag`` along axis 0 and axis 1, from the ``width``-pixel
+    border ring (drizzled HST and coadded ground images have correlated noise). Robust to sources in the ring:
+    ``rho = (s+^2 - s-^2) / (s+^2 + s-^2)`` with s+- the 1.4826 MAD of the sums and differences of pixel pairs."""
+    image = np.asarray(image, dtype=np.float64)
+    strips = {0: [image[:, :width], image[:, -width:]], 1: [image[:width], image[-width:]]}
+    out = []
+    for axis in (0, 1):
+        rho = [1.0]
+        for lag in range(1, max_lag + 1):
+            a = np.concatenate([np.take(st, np.arange(st.shape[axis] - lag), axis=axis).ravel()
+                                for st in strips[axis]])
+            b = np.concatenate([np.take(st, np.arange(lag, st.shape[axis]), axis=axis).ravel()
+                                for st in strips[axis]])
+            sp, sm = robust_sigma(a + b) ** 2, robust_sigma(a - b) ** 2
+            rho.append(float((sp - sm) / (sp + sm)) if sp + sm > 0 else 0.0)
+        out.append(np.asarray(rho))
+    return out[0], out[1]
+
+
+def _toeplitz_psd(rho: np.ndarray, n: int) -> np.ndarray:
+    """(n, n) correlation matrix of a stationary row with autocorrelation ``rho`` (lags 0..L, zero beyond),
+    made positive semi-definite by clipping its eigenvalues."""
+    lags = np.abs(np.arange(n)[:, None] - np.arange(n)[None, :])
+    r = np.where(lags < len(rho), np.asarray(rho)[np.minimum(lags, len(rho) - 1)], 0.0)
+    e, u = np.linalg.eigh(r)
+    return (u * np.clip(e, 0.0, None)) @ u.T
+
+
+def flux_reach(image: np.ndarray, scale_in: tuple[float, float], fwhm_in: float, sigma_in: float, target: Target,
+               noise_corr: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, float]:
+    """(flux within ``APERTURE_RADIUS`` on the target grid in the image's units, the largest such flux in the
+    target's e-/s it can be scaled to before its carried noise, whitened, is above the target's background):
+    brighter, the real object would be noisier than a simulated one."""
+    _, num = match_to_target(image, scale_in, fwhm_in, sigma_in, target, np.random.default_rng(0), flux_scale=1.0,
+                             poisson=False, noise_corr=noise_corr)
+    flux, eig = num["aperture_flux_orig"], num["existing_sigma_processed_eig_max"]
+    return flux, (flux * target.sigma_bkg / eig if eig > 0 else float("inf"))
+
+
+def draw_flux(reference: np.ndarray, rng: np.random.Generator, reach: float = float("inf")) -> float | None:
+    """A flux drawn from the empirical distribution ``reference`` (sorted) below ``reach``: a random quantile of
+    its part at or below ``reach``, linearly interpolated; None where no part is."""
+    below = reference[:np.searchsorted(reference, reach, side="right")]
+    return float(np.quantile(below, rng.uniform())) if len(below) else None
+
+
+def process_lens(path: Path, target: Target, rng: np.random.Generator, *, reference: np.ndarray | None = None,
+                 flux_rng: np.random.Generator | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """One HST FITS file -> (size, size) float64 image in e-/s per pixel of the target, and its numbers.
+    ``reference``: sorted fluxes within 2" (e-/s) the object's is drawn from by ``flux_rng`` (:func:`draw_flux`,
+    below what it can reach at the target's noise), instead of ``target.target_mag``."""
     with fits.open(path) as hdul:
         header = hdul[0].header
         image = np.asarray(hdul[0].data, dtype=np.float64)  # axis 0 = y (NAXIS2), axis 1 = x (NAXIS1)
@@ -196,10 +251,21 @@ def process_lens(path: Path, target: Target, rng: np.random.Generator) -> tuple[
         sigma_in, noise_from = float(bkg_rms), "BKG_RMS header"
     else:
         sigma_in, noise_from = robust_sigma(_border(image, BORDER_WIDTH)), f"1.4826*MAD of {BORDER_WIDTH}-px border"
+    corr = noise_correlation(image)
+    drawn: dict[str, Any] = {}
+    if reference is not None:
+        assert flux_rng is not None, "a reference needs a flux_rng"
+        flux, reach = flux_reach(image, (sy, sx), fwhm_hst, sigma_in, target, corr)
+        want = draw_flux(reference, flux_rng, reach) if flux > 0 else None
+        if want is None:
+            raise ValueError(f"{path}: its flux cannot reach the reference's within the target's noise")
+        target = replace(target, target_mag=float(cps2magnitude(want, target.zero_point)))
+        drawn = {"flux_reach": reach, "flux_draw_truncated": bool(reach < reference[-1])}
     try:
-        out, numbers = match_to_target(image, (sy, sx), fwhm_hst, sigma_in, target, rng)
+        out, numbers = match_to_target(image, (sy, sx), fwhm_hst, sigma_in, target, rng, noise_corr=corr)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
+    numbers |= drawn
     ab_zp = _ab_zero_point(header)
     aperture_flux = numbers["aperture_flux_orig"]
     numbers = {
@@ -214,13 +280,15 @@ def process_lens(path: Path, target: Target, rng: np.random.Generator) -> tuple[
 
 def match_to_target(image: np.ndarray, scale_in: tuple[float, float], fwhm_in: float, sigma_in: float,
                     target: Target, rng: np.random.Generator, *, flux_scale: float | None = None,
-                    poisson: bool = True) -> tuple[np.ndarray, dict[str, Any]]:
+                    poisson: bool = True, noise_corr: tuple[np.ndarray, np.ndarray] | None = None
+                    ) -> tuple[np.ndarray, dict[str, Any]]:
     """Steps 2-5 of the module docstring for one band of one image (background-subtracted, flux per pixel, axis 0
     = y) of pixel scales ``scale_in`` = (y, x) arcsec, Gaussian PSF FWHM ``fwhm_in`` arcsec (NaN: unknown,
     treated as a point), white noise ``sigma_in`` per original pixel. ``flux_scale``: the factor to the target's
     e-/s (default: the one that gives the flux within ``APERTURE_RADIUS`` the target's magnitude). ``poisson``:
     add the Poisson term ``|img| / T`` (False for images whose own noise already has it, e.g. ground-based).
-    Returns the (size, size) float64 image and the numbers of every step."""
+    ``noise_corr``: the input noise's autocorrelation along axes 0 and 1 (:func:`noise_correlation`; default
+    white). Returns the (size, size) float64 image and the numbers of every step."""
     image = np.asarray(image, dtype=np.float64)
     sy, sx = scale_in
     ny, nx = image.shape
@@ -255,13 +323,26 @@ def match_to_target(image: np.ndarray, scale_in: tuple[float, float], fwhm_in: f
         flux_scale = float(magnitude2cps(target.target_mag, target.zero_point)) / aperture_flux
     model = flux_scale * (m_y @ image @ m_x.T)
 
-    # --- existing noise, carried through the same linear map (white noise in, exact variance out)
-    gain_y, gain_x = (m_y**2).sum(axis=1), (m_x**2).sum(axis=1)
+    # --- existing noise, carried through the same linear map: covariance (f sigma_in)^2 (m_y R_y m_y^T) kron
+    # (m_x R_x m_x^T), R the input's correlation (identity: white), correlated between the output pixels
+    # (upsampling shares input pixels).
+    # The added noise has covariance level * I minus that, so the sum is white at ``level`` (the track's
+    # sigma^2, or the carried noise's largest eigenvalue where that is above it): neither the noise level nor its
+    # pixel-to-pixel correlation tells a real object from a simulated one. Kronecker eigenvectors: exact, cheap.
+    r_y, r_x = (np.eye(ny), np.eye(nx)) if noise_corr is None else \
+        (_toeplitz_psd(noise_corr[0], ny), _toeplitz_psd(noise_corr[1], nx))
+    cov_y, cov_x = m_y @ r_y @ m_y.T, m_x @ r_x @ m_x.T
+    e_y, u_y = np.linalg.eigh(cov_y)
+    e_x, u_x = np.linalg.eigh(cov_x)
+    exist_eig = (flux_scale * sigma_in) ** 2 * np.outer(np.clip(e_y, 0.0, None), np.clip(e_x, 0.0, None))
+    level = max(target.sigma_bkg**2, float(exist_eig.max()))
+    gain_y, gain_x = np.diag(cov_y), np.diag(cov_x)
     exist_var = (flux_scale * sigma_in) ** 2 * np.outer(gain_y, gain_x)
     footprint = (a_y.sum(axis=1)[:, None] > 0) & (a_x.sum(axis=1)[None, :] > 0)
-    add_bkg_var = np.clip(target.sigma_bkg**2 - exist_var, 0.0, None)
-    var = add_bkg_var + (np.abs(model) / target.total_time if poisson else 0.0)
-    out = model + rng.standard_normal(model.shape) * np.sqrt(var)
+    add_bkg_var = np.clip(level - exist_var, 0.0, None)  # its diagonal, for the record
+    background = u_y @ (np.sqrt(np.clip(level - exist_eig, 0.0, None)) * rng.standard_normal(model.shape)) @ u_x.T
+    poisson_var = np.abs(model) / target.total_time if poisson else np.zeros_like(model)
+    out = model + background + rng.standard_normal(model.shape) * np.sqrt(poisson_var)
 
     inner = np.zeros((n, n), dtype=bool)
     inner[10:-10, 10:-10] = True
@@ -278,11 +359,15 @@ def match_to_target(image: np.ndarray, scale_in: tuple[float, float], fwhm_in: f
         "aperture_radius_arcsec": APERTURE_RADIUS, "aperture_flux_orig": aperture_flux,
         "target_mag": target.target_mag, "zero_point": target.zero_point, "flux_scale": flux_scale,
         "existing_sigma_orig": sigma_in,
+        "existing_noise_corr_lag1_y": float(r_y[0, 1]) if ny > 1 else 0.0,
+        "existing_noise_corr_lag1_x": float(r_x[0, 1]) if nx > 1 else 0.0,
         "existing_sigma_processed": float(np.sqrt(np.median(exist_var[footprint]))),
         "existing_sigma_processed_max": float(np.sqrt(exist_var[footprint].max())),
+        "existing_sigma_processed_eig_max": float(np.sqrt(exist_eig.max())),
+        "white_noise_sigma": float(np.sqrt(level)),
         "sigma_bkg_target": target.sigma_bkg,
         "added_bkg_sigma": float(np.sqrt(np.median(add_bkg_var[footprint]))),
-        "added_bkg_sigma_outside_footprint": target.sigma_bkg,
+        "added_bkg_sigma_outside_footprint": float(np.sqrt(level)),
         "poisson_exposure_time": target.total_time,
         "final_border_sigma": robust_sigma(out[~inner]),
     }

@@ -34,7 +34,14 @@ from skybench.real_hst import (
 )
 from skybench.release import layout, open_release, write_release
 from skybench.tasks.lens.config import LensTrack
-from skybench.tasks.lens.real_nonlens import Item, describe, nonlenses
+from skybench.tasks.lens.real_nonlens import (
+    REFERENCE_SEED,
+    REFERENCE_SIZE,
+    Item,
+    describe,
+    nonlenses,
+    simulated_fluxes,
+)
 from skybench.tracks import Track, load_track
 
 PROFILE = "real-hst"
@@ -80,8 +87,11 @@ def _processing(target: Target, seed: int) -> str:
 
 
 
-def _lens_items(data_dir: Path, target: Target, seed: int) -> list[Item]:
-    """The real HST lenses of ``data_dir``, processed in catalogue order (noise: default_rng([seed, index]))."""
+def _lens_items(data_dir: Path, target: Target, seed: int, reference: np.ndarray | None = None) -> list[Item]:
+    """The real HST lenses of ``data_dir``, processed in catalogue order (noise: default_rng([seed, index])).
+    ``reference``: simulated lenses' fluxes within 2"; each lens's is drawn from them (default_rng([seed, 4,
+    index]) below what the lens reaches at the track's noise) instead of all being ``target.target_mag`` (one
+    magnitude for all would tell them apart)."""
     lens_dir = _lens_dir(data_dir)
     catalog = _read_catalog(lens_dir)
     items = []
@@ -90,7 +100,8 @@ def _lens_items(data_dir: Path, target: Target, seed: int) -> list[Item]:
         path = lens_dir / entry["file"]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # duplicated keywords in the HLA headers
-            image, numbers = process_lens(path, target, np.random.default_rng([seed, index]))
+            image, numbers = process_lens(path, target, np.random.default_rng([seed, index]), reference=reference,
+                                          flux_rng=np.random.default_rng([seed, 4, index]))
         items.append(Item(image[None].astype(np.float32), {
             "file": entry["file"], "name": entry["name"],
             "survey": entry["survey"], "telescope": entry["telescope"], "instrument": entry["instrument"],
@@ -155,8 +166,13 @@ def import_real_set(data_dir: Path, track: Track | str, out: Path, *, seed: int 
     notes = {}
     if len(track.survey.bands) == 1:
         target = lens_target(track, target_mag)
-        lenses = _lens_items(data_dir, target, seed)
-        notes["lenses"] = _processing(target, seed)
+        assert isinstance(track, LensTrack)
+        lenses = _lens_items(data_dir, target, seed, simulated_fluxes(track)[1])
+        notes["lenses"] = _processing(target, seed).replace(
+            f"is magnitude {target.target_mag} at", "has a magnitude drawn (numpy default_rng([seed, 4, index])) from"
+            f" the simulated lenses' fluxes within {APERTURE_RADIUS}\" ({REFERENCE_SIZE} objects of this track, public"
+            f" seed {REFERENCE_SEED}, split train), below the flux at which the lens's own noise, whitened, would"
+            " exceed the track's (flux_reach; per object: target_mag), at")
     else:
         lenses = []
         notes["lenses"] = NO_REAL_LENSES

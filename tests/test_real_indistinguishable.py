@@ -1,0 +1,164 @@
+"""Trust: a model must not be able to tell the real objects of a lens track's test stream from the simulated ones
+(it could then push real non-lenses down, forging real_fpr, or real lenses up, forging real_lens_recall).
+
+A gradient-boosted classifier, cross-validated, on a broad vector of public per-object statistics of the model
+inputs (flux in apertures, peak, border level and noise, noise power at several scales and its pixel-to-pixel
+correlation, size, concentration, colours, quantization, non-finite and zero pixels) separates real from
+simulated objects, lenses and non-lenses separately where both exist. Its AUROC must lie within the null
+distribution of a classifier that has nothing to learn: on all the statistics, on the noise statistics alone and on
+the brightness alone. Where a real set still leaks (morphology of real galaxies, KiDS and HST stamps too shallow to
+reach the simulated deflectors' brightness at the track's noise) the case is a strict xfail naming the cause, so a
+fix shows up as an XPASS.
+
+Measured (sim 400 objects, seed 11; real: 27 HST lenses, 26 of 30 HST non-lenses, 73 of 176 KiDS stamps: the
+rest cannot reach any simulated flux at the track's noise), cross-validated AUROC, before the fix -> after:
+lens-space lenses all 0.99 -> 0.86, noise 0.56 -> 0.70, flux 0.995 -> 0.66; lens-space non-lenses all 0.92 -> 0.94,
+noise 0.63 -> 0.63, flux 0.70 -> 0.82; lens-ground non-lenses all 0.995 -> 0.997, noise 0.995 -> 0.66, flux
+0.95 -> 0.98."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.ndimage import gaussian_filter
+from scipy.stats import ks_2samp
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+from skybench.release import open_release
+from skybench.simulate import simulate_release
+from skybench.tasks.lens.real import import_real_set
+from skybench.tracks import load_track
+
+SIM_SIZE = {"lens-space": 400, "lens-ground": 400}
+KIDS_LIMIT = 176  # all the KiDS stamps
+
+
+def _band_stats(x: np.ndarray, scale: float) -> list[float]:
+    """Public statistics of one band (H, W) of pixel scale ``scale`` arcsec."""
+    n = x.shape[0]
+    c = (np.arange(n) - (n - 1) / 2.0) * scale
+    r = np.hypot(c[:, None], c[None, :])
+    border = np.ones(x.shape, dtype=bool)
+    border[10:-10, 10:-10] = False
+    b = x[border]
+    bmed = float(np.median(b))
+    mad = float(1.4826 * np.median(np.abs(b - bmed)))
+    xf = np.where(np.isfinite(x), x, 0.0).astype(np.float64)
+    f1, f2, f4 = (float(xf[r <= a].sum()) for a in (1.0, 2.0, 4.0))
+    tot = float(xf.sum())
+    w = np.clip(xf - bmed, 0.0, None) * (r <= 3.0)
+    ws = w.sum() + 1e-12
+    size2 = float((w * r**2).sum() / ws)
+    # noise: lag-1 correlation and power at several smoothing scales in the border strips (10 px wide)
+    strips = [xf[:10], xf[-10:], xf[:, :10].T, xf[:, -10:].T]
+    d1 = np.concatenate([(s[:, 1:] - s[:, :-1]).ravel() for s in strips])
+    d2 = np.concatenate([(s[:, 2:] - s[:, :-2]).ravel() for s in strips])
+    corr1 = 1.0 - float(np.var(d1)) / (2.0 * float(np.var(b)) + 1e-30)
+    corr2 = 1.0 - float(np.var(d2)) / (2.0 * float(np.var(b)) + 1e-30)
+    smooth = [float(np.std(gaussian_filter(xf, s)[border])) for s in (1.0, 2.0, 4.0)]
+    vals = np.unique(x[border])
+    return [tot, f1, f2, f4, f1 / (f4 + 1e-12), float(xf.max()), float(xf.min()), float(xf[n // 2, n // 2]),
+            bmed, mad, float(np.std(b)), float(np.mean(np.abs(b - bmed))), corr1, corr2,
+            *(s / (mad + 1e-30) for s in smooth), size2,
+            float(np.mean(~np.isfinite(x))), float(np.mean(x == 0)), len(vals) / b.size,
+            float(np.max(np.abs(b - bmed))) / (mad + 1e-30)]
+
+
+NAMES = ("total", "flux_1", "flux_2", "flux_4", "concentration", "max", "min", "centre", "border_median",
+         "border_mad", "border_std", "border_mean_abs_dev", "lag1_corr", "lag2_corr", "smooth1", "smooth2", "smooth4",
+         "size2", "nonfinite", "zero", "distinct", "border_max_dev")
+GROUPS = {"all": NAMES,
+          "noise": ("border_mad", "border_std", "border_mean_abs_dev", "lag1_corr", "lag2_corr", "smooth1", "smooth2",
+                    "distinct", "nonfinite", "zero"),
+          "flux": ("total", "flux_1", "flux_2", "flux_4")}
+
+
+def features(images: np.ndarray, scale: float, group: str = "all") -> np.ndarray:
+    """(N, features) per-object statistics: every band's of ``GROUPS[group]``, then (all) the colours
+    (aperture-flux ratios) between bands."""
+    keep = [NAMES.index(n) for n in GROUPS[group]]
+    rows = []
+    for im in images:
+        per = [_band_stats(band, scale) for band in im]
+        row = [p[j] for p in per for j in keep]
+        for i in range(len(per) - 1 if group == "all" else 0):
+            row += [-2.5 * np.log10(max(per[i][2], 1e-6) / max(per[i + 1][2], 1e-6)),
+                    -2.5 * np.log10(max(per[i][0], 1e-6) / max(per[i + 1][0], 1e-6))]
+        rows.append(row)
+    return np.asarray(rows, dtype=np.float64)
+
+
+def cv_auroc(x_sim: np.ndarray, x_real: np.ndarray, seed: int = 0) -> float:
+    """Cross-validated AUROC of real (1) against simulated (0)."""
+    x = np.concatenate([x_sim, x_real])
+    y = np.r_[np.zeros(len(x_sim)), np.ones(len(x_real))]
+    clf = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.1, max_leaf_nodes=8, min_samples_leaf=5,
+                                         class_weight="balanced", random_state=seed)
+    p = cross_val_predict(clf, x, y, cv=StratifiedKFold(5, shuffle=True, random_state=seed),
+                          method="predict_proba")[:, 1]
+    return float(roc_auc_score(y, p))
+
+
+def null_upper(n_sim: int, n_real: int, z: float = 3.0) -> float:
+    """Upper end (mean + z sd) of the AUROC of scores independent of the labels: Mann-Whitney U / (n0 n1),
+    variance (n0 + n1 + 1) / (12 n0 n1) (Hanley & McNeil 1982, eq. 1 at AUROC 0.5)."""
+    return 0.5 + z * float(np.sqrt((n_sim + n_real + 1) / (12.0 * n_sim * n_real)))
+
+
+@pytest.fixture(scope="module")
+def data(root):
+    d = root / "data"
+    if not (d / "galaxies" / "kids_viking_field").is_dir() or not (d / "lenses_hst" / "catalog.csv").is_file():
+        pytest.skip(f"real data missing: {d} (run `dvc pull`)")
+    return d
+
+
+@pytest.fixture(scope="module")
+def sets(data, tmp_path_factory):
+    """Per track: (real images, real is_lens, simulated images, simulated is_lens, pixel scale)."""
+    tmp = tmp_path_factory.mktemp("indist")
+    out = {}
+    for name in ("lens-space", "lens-ground"):
+        real = open_release(import_real_set(data, name, tmp / f"real-{name}", limit=KIDS_LIMIT))
+        sim = open_release(simulate_release(name, tmp / f"sim-{name}", seed=11, size=SIM_SIZE[name], progress=False,
+                                            real_set=False))
+        out[name] = (real.images("test")[:], real.hidden("test").meta().is_lens.to_numpy(), sim.images("test")[:],
+                     sim.hidden("test").meta().is_lens.to_numpy(), load_track(name).survey.pixel_scale)
+    return out
+
+
+MORPHOLOGY = "real galaxies are not Sersic profiles (size, concentration, peak, wings and neighbours in the border)"
+SHALLOW = ("the real stamps' own noise, whitened, caps how bright they can be made; most cannot reach the simulated"
+           " deflectors' fluxes")
+LEAKS = {("lens-space", "lens", "all"): MORPHOLOGY, ("lens-space", "nonlens", "all"): MORPHOLOGY,
+         ("lens-ground", "nonlens", "all"): f"{MORPHOLOGY}; KiDS PSF broader than the track's; {SHALLOW}",
+         ("lens-space", "nonlens", "flux"): SHALLOW, ("lens-ground", "nonlens", "flux"): SHALLOW,
+         ("lens-space", "lens", "noise"): "lens wings and neighbours in the border ring (real lenses, drawn brighter)",
+         ("lens-ground", "nonlens", "noise"): "neighbours in the KiDS border and a residual the whitening misses"}
+CASES = [(t, k, g) for t, k in (("lens-space", "lens"), ("lens-space", "nonlens"), ("lens-ground", "nonlens"))
+         for g in GROUPS]
+
+
+@pytest.mark.parametrize(("name", "kind", "group"), [
+    pytest.param(*c, marks=pytest.mark.xfail(strict=True, reason=LEAKS[c])) if c in LEAKS else c for c in CASES])
+def test_a_classifier_cannot_tell_real_from_simulated(name, kind, group, sets):
+    real, yr, sim, ys, scale = sets[name]
+    v = int(kind == "lens")
+    xs, xr = features(sim[ys == v], scale, group), features(real[yr == v], scale, group)
+    auroc, upper = cv_auroc(xs, xr), null_upper(len(xs), len(xr))
+    assert auroc <= upper, f"{name} {kind}s, {group} statistics: real told apart from simulated, " \
+        f"cross-validated AUROC {auroc:.3f} > {upper:.3f} (null mean + 3 sd, {len(xs)} sim, {len(xr)} real)"
+
+
+def test_real_lens_fluxes_follow_the_simulated_lenses(sets):
+    """The real lenses' flux within 2" is drawn from the simulated lenses' (it was one magnitude, 20.25, for all:
+    a spike a model could find)."""
+    real, yr, sim, ys, scale = sets["lens-space"]
+    n = real.shape[-1]
+    c = (np.arange(n) - (n - 1) / 2.0) * scale
+    aperture = np.hypot(c[:, None], c[None, :]) <= 2.0
+    fr, fs = real[yr == 1][:, 0][:, aperture].sum(axis=1), sim[ys == 1][:, 0][:, aperture].sum(axis=1)
+    assert np.unique(np.round(fr, 0)).size > len(fr) // 2
+    assert ks_2samp(fr, fs).pvalue > 0.01, (np.quantile(fr, [0.1, 0.5, 0.9]), np.quantile(fs, [0.1, 0.5, 0.9]))
