@@ -82,7 +82,7 @@ def test_magnitudes_follow_the_sed(sims, chunk):
     sim = sims["photoz-images"]
     phot = Photometry()
     row = meta.iloc[3]
-    w_disk = sim._disk_weights(np.array([row["disk_type"]]))
+    w_disk = sim._disk_weights(np.array([row["disk_type"]]), np.array([row["ir_repair"]]))
     fb = row["bulge_fraction"]
     w_bulge = sim._bulge_weights(np.array([row["bulge_young_fraction"]]), np.array([row["uv_repair"]]))
     bulge = phot.maggies([row["z"]], w_bulge)[0] / phot.maggies([0.0], w_bulge)[0][2]

@@ -16,14 +16,19 @@ import numpy as np
 C_ANGSTROM = 2.99792458e18  # speed of light [A/s]
 AB_FNU = 3631e-23  # AB zero point [erg/s/cm^2/Hz] (Oke & Gunn 1983)
 CWW_TEMPLATES = ("E", "Sbc", "Scd", "Im")
-# The CWW templates plus a UV-repaired elliptical: E dimmed by UV_FIX_MAG below UV_FIX_RAMP[0] A (rest frame),
-# linearly in magnitude up to UV_FIX_RAMP[1]. The CWW E template's near UV (below the 4000 A break, the part the
-# u band sees at z < 0.3) is bluer than SDSS red-sequence galaxies (u-g 1.73 against ~1.9 at z = 0.1); mixtures
-# of E and E_uvfix repair it, as Budavari et al. 2000 (AJ 120, 1588) repaired CWW templates against multicolour
-# photometry; the mixture weight is fitted to the MGS train split (skybench.tasks.photoz.calibrate).
-TEMPLATES = (*CWW_TEMPLATES, "E_uvfix")
+# The CWW templates plus two repaired ones, in the spirit of Budavari et al. 2000 (AJ 120, 1588), who repaired CWW
+# templates against multicolour photometry: E_uvfix, the E template dimmed by UV_FIX_MAG below UV_FIX_RAMP[0] A
+# (rest frame), linearly in magnitude up to UV_FIX_RAMP[1] (the CWW E near UV, which the u band sees at z < 0.3, is
+# bluer than SDSS red-sequence galaxies: u-g 1.73 against ~1.9 at z = 0.1); Sbc_irfix, the Sbc template dimmed by
+# IR_FIX_MAG above IR_FIX_RAMP[1] A, ramping from IR_FIX_RAMP[0] (the CWW Sbc, extended beyond ~8000 A by
+# Bolzonella et al. 2000, has i-z 0.31 at z = 0.1, redder than the E template and than SDSS blue-cloud galaxies,
+# ~0.22). Mixture weights of a template and its repaired version are fitted to the MGS train split
+# (skybench.tasks.photoz.calibrate).
+TEMPLATES = (*CWW_TEMPLATES, "E_uvfix", "Sbc_irfix")
 UV_FIX_MAG = 1.0
 UV_FIX_RAMP = (3500.0, 3900.0)
+IR_FIX_MAG = 0.5
+IR_FIX_RAMP = (7500.0, 8500.0)
 SDSS_BANDS = ("u", "g", "r", "i", "z")
 # Galactic extinction A_b / E(B-V) for the SDSS bands, R_V = 3.1 (Schlafly & Finkbeiner 2011, ApJ 737, 103, Table 6).
 SDSS_EXTINCTION = {"u": 4.239, "g": 3.303, "r": 2.285, "i": 1.698, "z": 1.263}
@@ -39,10 +44,14 @@ def galsim_sed_dir() -> str:
 def load_template(name: str) -> tuple[np.ndarray, np.ndarray]:
     """(wavelength [A], f_lambda) of a template of ``TEMPLATES``: a CWW one (``E``, ``Sbc``, ``Scd``, ``Im``) from
     GalSim's ``*_ext.sed`` (columns "Angstroms, Flux/A"; extended to the UV and IR by Bolzonella et al. 2000), or
-    ``E_uvfix`` (E with its near UV dimmed by ``UV_FIX_MAG``)."""
+    ``E_uvfix`` (E, near UV dimmed by ``UV_FIX_MAG``) or ``Sbc_irfix`` (Sbc, near IR dimmed by ``IR_FIX_MAG``)."""
     if name == "E_uvfix":
         wave, flux = load_template("E")
         dim = UV_FIX_MAG * np.clip((UV_FIX_RAMP[1] - wave) / (UV_FIX_RAMP[1] - UV_FIX_RAMP[0]), 0.0, 1.0)
+        return wave, flux * 10.0 ** (-0.4 * dim)
+    if name == "Sbc_irfix":
+        wave, flux = load_template("Sbc")
+        dim = IR_FIX_MAG * np.clip((wave - IR_FIX_RAMP[0]) / (IR_FIX_RAMP[1] - IR_FIX_RAMP[0]), 0.0, 1.0)
         return wave, flux * 10.0 ** (-0.4 * dim)
     path = os.path.join(galsim_sed_dir(), f"CWW_{name}_ext.sed")
     if not os.path.isfile(path):

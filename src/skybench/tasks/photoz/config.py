@@ -31,6 +31,8 @@ class Component(_Strict):
     ebv_internal: tuple[float, float]  # Calzetti E(B-V) of the disk
     # share of the E template's light replaced by its UV-repaired version (``E_uvfix``, skybench.physics.sed)
     uv_repair: tuple[float, float] = (0.0, 0.0)
+    # share of the Sbc template's light replaced by its near-IR-repaired version (``Sbc_irfix``)
+    ir_repair: tuple[float, float] = (0.0, 0.0)
 
 
 class RedFraction(_Strict):

@@ -43,7 +43,7 @@ from skybench.tasks.photoz.config import GalaxyPopulation, PhotozTrack
 from skybench.testkey import ObjectSeeds, as_object_seeds
 
 ARCSEC_PER_RAD = 206264.806
-_COMPONENT_PARAMS = ("bulge_fraction", "bulge_young_fraction", "disk_type", "ebv_internal", "uv_repair")
+_COMPONENT_PARAMS = ("bulge_fraction", "bulge_young_fraction", "disk_type", "ebv_internal", "uv_repair", "ir_repair")
 MAG_ERR = 2.5 / np.log(10.0)  # sigma_m = 1.0857 sigma_F / F (first-order error propagation)
 
 
@@ -124,7 +124,7 @@ class GalaxySimulator:
         self.M_cdf = cdf / cdf[-1]
         # n(z) ~ dV/dz * Phi(M < r_limit - DM - K) with the K-correction of a mid-type (half bulge, Sbc) galaxy;
         # each object's own K then sets its magnitude, so the r cut holds exactly for every object.
-        w = np.tile([0.5, 0.5, 0.0, 0.0, 0.0], (len(self.z_grid), 1))
+        w = np.tile([0.5, 0.5, 0.0, 0.0, 0.0, 0.0], (len(self.z_grid), 1))
         self.k_typ_r = self._kcorr(self.z_grid, w, np.zeros_like(self.z_grid))[:, 2]
         n_z = dvdz * np.interp(p.r_limit - self.dm_grid - self.k_typ_r, self.M_grid, self.M_cdf)
         c = np.concatenate([[0.0], np.cumsum((n_z[1:] + n_z[:-1]) / 2 * np.diff(self.z_grid))])
@@ -169,13 +169,16 @@ class GalaxySimulator:
                                    np.zeros(len(TEMPLATES)))[:, 2]
         return light / rest_r[None, :]
 
-    def _disk_weights(self, t: np.ndarray) -> np.ndarray:
-        """Sbc/Scd/Im mixture of disk type t in [0, 2] (shares of rest r light, linear between neighbours)."""
+    def _disk_weights(self, t: np.ndarray, ir_repair: np.ndarray) -> np.ndarray:
+        """Sbc/Scd/Im mixture of disk type t in [0, 2] (shares of rest r light, linear between neighbours); a share
+        ``ir_repair`` of the Sbc light from its near-IR-repaired version (``Sbc_irfix``)."""
         w = np.zeros((len(t), len(TEMPLATES)))
         lo = np.clip(np.floor(t), 0, 1).astype(int)
         f = t - lo
         w[np.arange(len(t)), 1 + lo] = 1.0 - f
         w[np.arange(len(t)), 2 + lo] = f
+        w[:, 5] = w[:, 1] * ir_repair
+        w[:, 1] *= 1.0 - ir_repair
         return self._light_weights(w)
 
     def _bulge_weights(self, young: np.ndarray, uv_repair: np.ndarray) -> np.ndarray:
@@ -205,7 +208,7 @@ class GalaxySimulator:
         ebv_int, ebv_gal = out["ebv_internal"].to_numpy(np.float64), meta["ebv_galactic"].to_numpy(np.float64)
         w_bulge = self._bulge_weights(out["bulge_young_fraction"].to_numpy(np.float64),
                                       out["uv_repair"].to_numpy(np.float64))
-        w_disk = self._disk_weights(out["disk_type"].to_numpy(np.float64))
+        w_disk = self._disk_weights(out["disk_type"].to_numpy(np.float64), out["ir_repair"].to_numpy(np.float64))
         # Each component normalised to rest-frame r maggies 1, then weighted by its share of the rest r light.
         k_bulge = 10.0 ** (-0.4 * self._kcorr(z, w_bulge, np.zeros(n)))
         k_disk = 10.0 ** (-0.4 * self._kcorr(z, w_disk, ebv_int))
