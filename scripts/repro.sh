@@ -11,4 +11,5 @@ tracks = yaml.safe_load(open("params.yaml"))["tracks"]  # {task: [track, ...]}
 print(" ".join(f"leaderboard-{task}@{t}" for task, ts in tracks.items() for t in ts if t != "photoz-sdss-mgs"))
 PY
 )
-exec dvc repro "$@" $targets
+# --allow-missing: calibrate-photoz (locked in dvc.lock) reads the real train split; its git-committed output stays
+exec dvc repro --allow-missing "$@" $targets

@@ -47,7 +47,7 @@ def test_reddened_mixture_matches_speclite(phot):
     ours = phot.magnitudes([0.12], one_hot("Sbc"), ebv_internal=[0.2])[0]
     assert np.max(np.abs(ours - speclite_mags("Sbc", 0.12, 0.2))) < 1e-3
     # a mixture is the sum of the fluxes: 10^(-0.4 m) adds
-    w = np.array([0.3, 0.7, 0.0, 0.0, 0.0])  # TEMPLATES: E, Sbc, Scd, Im, E_uvfix
+    w = np.array([0.3, 0.7, 0.0, 0.0, 0.0, 0.0, 0.0])  # TEMPLATES: E, Sbc, Scd, Im, E_uvfix, Sbc_irfix, lines
     mix = phot.maggies([0.2], w)[0]
     parts = 0.3 * 10 ** (-0.4 * speclite_mags("E", 0.2)) + 0.7 * 10 ** (-0.4 * speclite_mags("Sbc", 0.2))
     assert np.max(np.abs(-2.5 * np.log10(mix) + 2.5 * np.log10(parts))) < 1e-3

@@ -24,11 +24,19 @@ CWW_TEMPLATES = ("E", "Sbc", "Scd", "Im")
 # Bolzonella et al. 2000, has i-z 0.31 at z = 0.1, redder than the E template and than SDSS blue-cloud galaxies,
 # ~0.22). Mixture weights of a template and its repaired version are fitted to the MGS train split
 # (skybench.tasks.photoz.calibrate).
-TEMPLATES = (*CWW_TEMPLATES, "E_uvfix", "Sbc_irfix")
-UV_FIX_MAG = 1.0
+# "lines": the nebular emission lines the CWW templates lack (star-forming galaxies), H-alpha flux 1; mixed into
+# disks with an H-alpha equivalent width (skybench.tasks.photoz.simulator).
+TEMPLATES = (*CWW_TEMPLATES, "E_uvfix", "Sbc_irfix", "lines")
+UV_FIX_MAG = 1.5
 UV_FIX_RAMP = (3500.0, 3900.0)
-IR_FIX_MAG = 0.5
+IR_FIX_MAG = 1.0
 IR_FIX_RAMP = (7500.0, 8500.0)
+# Line fluxes relative to H-alpha of a typical star-forming SDSS galaxy: H-beta 1/2.86 (case B, Osterbrock &
+# Ferland 2006), [NII]6584/H-alpha 0.35 and [OIII]5007/H-beta 0.6 (the star-forming BPT locus, Kauffmann et al.
+# 2003, MNRAS 346, 1055), [NII]6548 = [NII]6584/3 and [OIII]4959 = [OIII]5007/3 (atomic ratios), [OII]3727/H-alpha
+# 0.7 (Kennicutt 1998, ARA&A 36, 189: SFR([OII]) vs SFR(H-alpha)); Gaussian, sigma 3 A.
+EMISSION_LINES = {3727.4: 0.7, 4861.3: 1 / 2.86, 4958.9: 0.6 / 2.86 / 3, 5006.8: 0.6 / 2.86, 6548.1: 0.35 / 3,
+                  6562.8: 1.0, 6583.5: 0.35}
 SDSS_BANDS = ("u", "g", "r", "i", "z")
 # Galactic extinction A_b / E(B-V) for the SDSS bands, R_V = 3.1 (Schlafly & Finkbeiner 2011, ApJ 737, 103, Table 6).
 SDSS_EXTINCTION = {"u": 4.239, "g": 3.303, "r": 2.285, "i": 1.698, "z": 1.263}
@@ -44,11 +52,18 @@ def galsim_sed_dir() -> str:
 def load_template(name: str) -> tuple[np.ndarray, np.ndarray]:
     """(wavelength [A], f_lambda) of a template of ``TEMPLATES``: a CWW one (``E``, ``Sbc``, ``Scd``, ``Im``) from
     GalSim's ``*_ext.sed`` (columns "Angstroms, Flux/A"; extended to the UV and IR by Bolzonella et al. 2000), or
-    ``E_uvfix`` (E, near UV dimmed by ``UV_FIX_MAG``) or ``Sbc_irfix`` (Sbc, near IR dimmed by ``IR_FIX_MAG``)."""
+    ``E_uvfix`` (E, near UV dimmed by ``UV_FIX_MAG``), ``Sbc_irfix`` (Sbc, near IR dimmed by ``IR_FIX_MAG``) or
+    ``lines`` (the emission lines ``EMISSION_LINES``, H-alpha flux 1)."""
     if name == "E_uvfix":
         wave, flux = load_template("E")
         dim = UV_FIX_MAG * np.clip((UV_FIX_RAMP[1] - wave) / (UV_FIX_RAMP[1] - UV_FIX_RAMP[0]), 0.0, 1.0)
         return wave, flux * 10.0 ** (-0.4 * dim)
+    if name == "lines":
+        wave = np.arange(900.0, 30000.0, 0.5)
+        flux = np.full_like(wave, 1e-9)  # a floor: the magnitude table interpolates log maggies
+        for centre, ratio in EMISSION_LINES.items():
+            flux += ratio * np.exp(-0.5 * ((wave - centre) / 3.0) ** 2) / (3.0 * np.sqrt(2 * np.pi))
+        return wave, flux
     if name == "Sbc_irfix":
         wave, flux = load_template("Sbc")
         dim = IR_FIX_MAG * np.clip((wave - IR_FIX_RAMP[0]) / (IR_FIX_RAMP[1] - IR_FIX_RAMP[0]), 0.0, 1.0)

@@ -39,6 +39,7 @@ START: dict[str, Any] = {
         "ebv_internal": [0.0, 0.05],  # red sequence: nearly dust free (Kauffmann et al. 2003, MNRAS 341, 33)
         "uv_repair": [0.0, 0.5],  # fitted (skybench.physics.sed.TEMPLATES: E_uvfix)
         "ir_repair": [0.0, 0.0],
+        "ew_halpha": [0.0, 0.0],  # red sequence: no star formation
     },
     "blue_cloud": {
         "bulge_fraction": [0.0, 0.4],  # late types: B/T < 0.4 (Allen et al. 2006)
@@ -47,6 +48,8 @@ START: dict[str, Any] = {
         "ebv_internal": [0.0, 0.3],  # star-forming SDSS galaxies: Calzetti E(B-V) 0-0.3 (Kauffmann et al. 2003)
         "uv_repair": [0.0, 0.0],
         "ir_repair": [0.0, 0.5],  # fitted (skybench.physics.sed.TEMPLATES: Sbc_irfix)
+        # H-alpha EW of star-forming SDSS galaxies: ~5-60 A, median ~25 A (Brinchmann et al. 2004, MNRAS 351, 1151)
+        "ew_halpha": [5.0, 60.0],
     },
     # red share vs M_r: low 0.2 .. high 0.9, midpoint M_r ~ -20.5 (h = 0.7) (Baldry et al. 2004, ApJ 600, 681, fig. 8)
     "red_fraction": {"low": 0.2, "high": 0.9, "M_mid": -20.5, "width": 1.0},
@@ -62,10 +65,12 @@ FREE: tuple[tuple[str, str, int | None], ...] = (
     ("blue_cloud", "ebv_internal", 1),
     ("blue_cloud", "ir_repair", 0),
     ("blue_cloud", "ir_repair", 1),
+    ("blue_cloud", "ew_halpha", 1),
     ("red_fraction", "M_mid", None),
     ("red_fraction", "low", None),
 )
-BOUNDS = {"bulge_young_fraction": (0.0, 0.6), "uv_repair": (0.0, 1.0), "ir_repair": (0.0, 1.0), "disk_type": (0.0, 2.0),
+BOUNDS = {"bulge_young_fraction": (0.0, 0.6), "uv_repair": (0.0, 1.0), "ir_repair": (0.0, 1.0),
+          "ew_halpha": (0.0, 200.0), "disk_type": (0.0, 2.0),
           "ebv_internal": (0.0, 0.3), "M_mid": (-23.0, -18.0), "low": (0.0, 0.6)}
 
 
@@ -118,7 +123,7 @@ def fit(real: pd.DataFrame, n: int, seed: int, max_evals: int = 400, track: str 
         return loss(simulate(with_values(values), n, seed, track), real)
 
     x0 = start_values()
-    steps = np.array([0.1, 0.15, 0.15, 0.05, 0.3, 0.3, 0.05, 0.2, 0.2, 0.5, 0.1])
+    steps = np.array([0.1, 0.15, 0.15, 0.05, 0.3, 0.3, 0.05, 0.2, 0.2, 30.0, 0.5, 0.1])
     simplex = np.vstack([x0, x0 + np.diag(steps)])
     res = minimize(objective, x0, method="Nelder-Mead",
                    options={"initial_simplex": simplex, "maxfev": max_evals, "xatol": 0.005, "fatol": 0.01})

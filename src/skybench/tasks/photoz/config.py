@@ -33,6 +33,8 @@ class Component(_Strict):
     uv_repair: tuple[float, float] = (0.0, 0.0)
     # share of the Sbc template's light replaced by its near-IR-repaired version (``Sbc_irfix``)
     ir_repair: tuple[float, float] = (0.0, 0.0)
+    # rest-frame H-alpha equivalent width [A] of the disk's emission lines (``lines`` template)
+    ew_halpha: tuple[float, float] = (0.0, 0.0)
 
 
 class RedFraction(_Strict):

@@ -38,12 +38,13 @@ from skybench.physics.light import sersic_ellipse, sersic_total_flux
 from skybench.physics.noise import background_sigma, noise_stream, object_normals
 from skybench.physics.psf import FWHM_TO_SIGMA
 from skybench.physics.render import Renderer
-from skybench.physics.sed import SDSS_BANDS, SDSS_EXTINCTION, TEMPLATES, MagnitudeTable
+from skybench.physics.sed import SDSS_BANDS, SDSS_EXTINCTION, TEMPLATES, MagnitudeTable, load_template
 from skybench.tasks.photoz.config import GalaxyPopulation, PhotozTrack
 from skybench.testkey import ObjectSeeds, as_object_seeds
 
 ARCSEC_PER_RAD = 206264.806
-_COMPONENT_PARAMS = ("bulge_fraction", "bulge_young_fraction", "disk_type", "ebv_internal", "uv_repair", "ir_repair")
+_COMPONENT_PARAMS = ("bulge_fraction", "bulge_young_fraction", "disk_type", "ebv_internal", "uv_repair", "ir_repair",
+                     "ew_halpha")
 MAG_ERR = 2.5 / np.log(10.0)  # sigma_m = 1.0857 sigma_F / F (first-order error propagation)
 
 
@@ -92,6 +93,9 @@ class GalaxySimulator:
         self.pop = _simulated(track)
         self.bands = track.survey.bands
         self.phot = magnitude_table()
+        # f_lambda at H-alpha (6563 A, rest) of each template (0 for the lines): the continuum of the line EWs
+        self.continuum_halpha = np.array([0.0 if t == "lines" else float(np.interp(6562.8, *load_template(t)))
+                                          for t in TEMPLATES])
         self.renderer: Renderer | None = None
         if "images" in track.inputs:
             assert track.cutout is not None, f"track {track.name!r} has image inputs but no cutout"
@@ -124,7 +128,7 @@ class GalaxySimulator:
         self.M_cdf = cdf / cdf[-1]
         # n(z) ~ dV/dz * Phi(M < r_limit - DM - K) with the K-correction of a mid-type (half bulge, Sbc) galaxy;
         # each object's own K then sets its magnitude, so the r cut holds exactly for every object.
-        w = np.tile([0.5, 0.5, 0.0, 0.0, 0.0, 0.0], (len(self.z_grid), 1))
+        w = np.tile(np.eye(len(TEMPLATES))[0] * 0.5 + np.eye(len(TEMPLATES))[1] * 0.5, (len(self.z_grid), 1))
         self.k_typ_r = self._kcorr(self.z_grid, w, np.zeros_like(self.z_grid))[:, 2]
         n_z = dvdz * np.interp(p.r_limit - self.dm_grid - self.k_typ_r, self.M_grid, self.M_cdf)
         c = np.concatenate([[0.0], np.cumsum((n_z[1:] + n_z[:-1]) / 2 * np.diff(self.z_grid))])
@@ -169,9 +173,11 @@ class GalaxySimulator:
                                    np.zeros(len(TEMPLATES)))[:, 2]
         return light / rest_r[None, :]
 
-    def _disk_weights(self, t: np.ndarray, ir_repair: np.ndarray) -> np.ndarray:
+    def _disk_weights(self, t: np.ndarray, ir_repair: np.ndarray, ew_halpha: np.ndarray | None = None
+                      ) -> np.ndarray:
         """Sbc/Scd/Im mixture of disk type t in [0, 2] (shares of rest r light, linear between neighbours); a share
-        ``ir_repair`` of the Sbc light from its near-IR-repaired version (``Sbc_irfix``)."""
+        ``ir_repair`` of the Sbc light from its near-IR-repaired version (``Sbc_irfix``); emission lines with a rest
+        H-alpha equivalent width ``ew_halpha`` [A] on that continuum."""
         w = np.zeros((len(t), len(TEMPLATES)))
         lo = np.clip(np.floor(t), 0, 1).astype(int)
         f = t - lo
@@ -179,7 +185,10 @@ class GalaxySimulator:
         w[np.arange(len(t)), 2 + lo] = f
         w[:, 5] = w[:, 1] * ir_repair
         w[:, 1] *= 1.0 - ir_repair
-        return self._light_weights(w)
+        w = self._light_weights(w)
+        if ew_halpha is not None:
+            w[:, 6] = ew_halpha * (w @ self.continuum_halpha)  # line flux = EW x continuum f_lambda
+        return w
 
     def _bulge_weights(self, young: np.ndarray, uv_repair: np.ndarray) -> np.ndarray:
         """E template (a share ``uv_repair`` of it UV-repaired, ``E_uvfix``) plus a share ``young`` of Sbc light."""
@@ -208,7 +217,8 @@ class GalaxySimulator:
         ebv_int, ebv_gal = out["ebv_internal"].to_numpy(np.float64), meta["ebv_galactic"].to_numpy(np.float64)
         w_bulge = self._bulge_weights(out["bulge_young_fraction"].to_numpy(np.float64),
                                       out["uv_repair"].to_numpy(np.float64))
-        w_disk = self._disk_weights(out["disk_type"].to_numpy(np.float64), out["ir_repair"].to_numpy(np.float64))
+        w_disk = self._disk_weights(out["disk_type"].to_numpy(np.float64), out["ir_repair"].to_numpy(np.float64),
+                                    out["ew_halpha"].to_numpy(np.float64))
         # Each component normalised to rest-frame r maggies 1, then weighted by its share of the rest r light.
         k_bulge = 10.0 ** (-0.4 * self._kcorr(z, w_bulge, np.zeros(n)))
         k_disk = 10.0 ** (-0.4 * self._kcorr(z, w_disk, ebv_int))
