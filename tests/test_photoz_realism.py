@@ -107,3 +107,19 @@ def test_the_fit_reads_the_train_split_only(tmp_path):
     assert not any("test" in Path(p).name for p in data), data
     fitted = yaml.safe_load((tmp_path / "pop.yaml").read_text())
     assert set(fitted) == {"red_sequence", "blue_cloud", "red_fraction"}
+
+
+def test_emission_lines_move_from_r_to_i_with_redshift():
+    """H-alpha (6563 A) with EW 100 A brightens r at z = 0.02 and i at z = 0.15 by ~EW(1+z)/band width (r keeps
+    H-beta and [OIII] then)."""
+    from skybench.physics.backend import get_backend
+    from skybench.tasks.photoz.simulator import GalaxySimulator
+
+    sim = GalaxySimulator(load_track("photoz-catalog"), get_backend("numpy"))
+    t, ir = np.zeros(2), np.zeros(2)
+    for z, band, other in ((0.02, 2, 3), (0.15, 3, 2)):
+        zz, e = np.full(2, z), np.zeros(2)
+        m = sim.phot.magnitudes(zz, sim._disk_weights(t, ir, np.array([0.0, 100.0])), e)
+        gain = m[0] - m[1]
+        assert 0.04 < gain[band] < 0.15, (z, gain)
+        assert gain[other] < gain[band] - 0.05, (z, gain)
