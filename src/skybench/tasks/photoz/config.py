@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -52,7 +53,8 @@ class GalaxyPopulation(_Strict):
 
     ``calibration``: a YAML file (path relative to the project root) of further population fields, merged in before
     validation; the fitted ones (:mod:`skybench.tasks.photoz.calibrate` writes ``calibration/photoz-population.yaml``).
-    A field may be set in the track or in that file, not both."""
+    A field may be set in the track or in that file, not both. A project root without the file (a test's folder of
+    track YAMLs) takes the one of the source checkout."""
 
     calibration: str | None = None
 
@@ -62,6 +64,8 @@ class GalaxyPopulation(_Strict):
         if not isinstance(data, dict) or not data.get("calibration"):
             return data
         path = project_root() / data["calibration"]
+        if not path.is_file():  # a project folder holding only benchmarks/ (tests): the checkout's file
+            path = Path(__file__).resolve().parents[4] / data["calibration"]
         if not path.is_file():
             raise ValueError(f"population.calibration: no file {path}; make it with `dvc repro calibrate-photoz` "
                              "(python -m skybench.tasks.photoz.calibrate)")
