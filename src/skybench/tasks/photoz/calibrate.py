@@ -114,7 +114,7 @@ def loss(sim: pd.DataFrame, real: pd.DataFrame) -> float:
                  + np.sum((r.g_r_by_z["diff"].to_numpy(np.float64) / 0.03) ** 2))
 
 
-def fit(real: pd.DataFrame, n: int, seed: int, max_evals: int = 400, track: str = TRACK
+def fit(real: pd.DataFrame, n: int, seed: int, max_evals: int = 700, track: str = TRACK
         ) -> tuple[dict[str, Any], float]:
     """(the fitted population part, its loss): Nelder-Mead on the FREE parameters from START."""
     from scipy.optimize import minimize
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--seed", type=int, default=0, help="release seed of the simulated fitting sample")
     ap.add_argument("--n", type=int, default=8000, help="simulated galaxies per evaluation")
-    ap.add_argument("--max-evals", type=int, default=400)
+    ap.add_argument("--max-evals", type=int, default=700)
     args = ap.parse_args(argv)
     real = read_real_train(project_root())
     fitted, value = fit(real, args.n, args.seed, args.max_evals, args.track)
