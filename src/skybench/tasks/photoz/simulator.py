@@ -5,13 +5,19 @@ Per object (its own seeded generator, :class:`~skybench.testkey.ObjectSeeds`):
 * redshift from dV/dz x the number of galaxies brighter than the r < ``r_limit`` cut at that redshift (a Schechter
   r-band luminosity function, Blanton et al. 2003), then the absolute magnitude M_r from that luminosity function
   truncated at the cut with the object's own K-correction, so that every galaxy has r <= ``r_limit``;
-* a bulge (CWW E template with a ``bulge_young_fraction`` of Sbc light: the colour scatter of early types; Sersic
-  n = 4) plus a disk (a mixture of the CWW Sbc, Scd and Im templates with Calzetti internal reddening, Sersic
-  n = 1); ``bulge_fraction`` is the bulge's share of the rest-frame r-band light, so the galaxy SED is a bulge/disk
-  template mixture and its colours have gradients;
+* two populations (``red_sequence``, ``blue_cloud``: :class:`~skybench.tasks.photoz.config.Component`): an object is
+  red with the probability ``red_fraction`` of its M_r (a tanh rising with luminosity, Baldry et al. 2004), then
+  its parameters come from its population's uniform ranges (per-object quantiles, so they move smoothly with the
+  population's parameters: the fit of :mod:`skybench.tasks.photoz.calibrate` uses common random numbers);
+* a bulge (CWW E template, a ``uv_repair`` share of it UV-repaired, with a ``bulge_young_fraction`` of Sbc light;
+  Sersic n = 4) plus a disk (a mixture of the CWW Sbc (partly near-IR-repaired, ``ir_repair``), Scd and Im
+  templates with emission lines of H-alpha equivalent width ``ew_halpha`` and Calzetti internal reddening, Sersic
+  n = 1); ``bulge_fraction`` is the bulge's share of the rest-frame r-band light (red sequence: bulge-dominated,
+  blue cloud: disk-dominated), so the galaxy SED is a bulge/disk template mixture and its colours have gradients;
 * AB magnitudes from :class:`~skybench.physics.sed.Photometry` (templates redshifted and integrated through the
   speclite ``sdss2010`` filters; tabulated by :class:`~skybench.physics.sed.MagnitudeTable` on a (z, E(B-V)_int)
   grid, < 1e-3 mag from the direct integral), Galactic extinction A_b = R_b E(B-V) (Schlafly & Finkbeiner 2011);
+  catalogue magnitudes in the SDSS system (``sdss_minus_ab``: u +0.04, z -0.02 from AB), like the real MGS;
 * physical half-light radii from size-luminosity relations (after Shen et al. 2003), turned into arcsec with the
   angular-diameter distance of ``astropy.cosmology`` - so sizes shrink with z. The surface brightness is total
   flux / area with flux ~ 1/D_L^2 and area ~ 1/D_A^2, i.e. the (1+z)^-4 cosmological dimming;
