@@ -439,7 +439,7 @@ def realism(track: str, profile: str = "demo", seed: Annotated[int, typer.Option
 
 
 @app.command("calibrate-photoz")
-def calibrate_photoz(track: str = "photoz-catalog",
+def calibrate_photoz(track: Annotated[str, typer.Argument(help="the photo-z track to fit")] = "photoz-catalog",
                      out: Annotated[Path, typer.Option(help="the calibration file the tracks name")]
                      = Path("calibration/photoz-population.yaml"),
                      seed: Annotated[int, typer.Option(help="release seed of the fitting sample")] = 0,
