@@ -8,6 +8,8 @@ import pytest
 from skybench.physics.sed import (
     CWW_TEMPLATES,
     SDSS_BANDS,
+    TEMPLATES,
+    UV_FIX_MAG,
     MagnitudeTable,
     Photometry,
     calzetti_k,
@@ -45,7 +47,7 @@ def test_reddened_mixture_matches_speclite(phot):
     ours = phot.magnitudes([0.12], one_hot("Sbc"), ebv_internal=[0.2])[0]
     assert np.max(np.abs(ours - speclite_mags("Sbc", 0.12, 0.2))) < 1e-3
     # a mixture is the sum of the fluxes: 10^(-0.4 m) adds
-    w = np.array([0.3, 0.7, 0.0, 0.0])
+    w = np.array([0.3, 0.7, 0.0, 0.0, 0.0, 0.0, 0.0])  # TEMPLATES: E, Sbc, Scd, Im, E_uvfix, Sbc_irfix, lines
     mix = phot.maggies([0.2], w)[0]
     parts = 0.3 * 10 ** (-0.4 * speclite_mags("E", 0.2)) + 0.7 * 10 ** (-0.4 * speclite_mags("Sbc", 0.2))
     assert np.max(np.abs(-2.5 * np.log10(mix) + 2.5 * np.log10(parts))) < 1e-3
@@ -73,7 +75,15 @@ def test_calzetti_curve_values():
 def test_magnitude_table_matches_direct_integration(phot):
     table = MagnitudeTable(phot)
     rng = np.random.default_rng(1)
-    z, w, e = rng.uniform(0, 0.44, 200), rng.dirichlet(np.ones(4), 200), rng.uniform(0, 0.3, 200)
+    z, w, e = rng.uniform(0, 0.44, 200), rng.dirichlet(np.ones(len(TEMPLATES)), 200), rng.uniform(0, 0.3, 200)
     assert np.max(np.abs(table.magnitudes(z, w, e) - phot.magnitudes(z, w, e))) < 1e-3
     with pytest.raises(ValueError, match="outside the table"):
         table.magnitudes([0.6], one_hot("E"), [0.0])
+
+
+def test_uv_repaired_elliptical_is_dimmer_below_the_4000_break_only(phot):
+    """E_uvfix: E dimmed by up to UV_FIX_MAG below 3900 A (rest); at z = 0 u is dimmed, g barely, r, i, z not."""
+    e, fix = phot.magnitudes([0.0], one_hot("E"))[0], phot.magnitudes([0.0], one_hot("E_uvfix"))[0]
+    assert 0.4 * UV_FIX_MAG < fix[0] - e[0] < UV_FIX_MAG
+    assert 0 < fix[1] - e[1] < 1e-3
+    np.testing.assert_allclose(fix[2:], e[2:], atol=1e-9)

@@ -82,9 +82,9 @@ def test_magnitudes_follow_the_sed(sims, chunk):
     sim = sims["photoz-images"]
     phot = Photometry()
     row = meta.iloc[3]
-    w_disk = sim._disk_weights(np.array([row["disk_type"]]))
+    w_disk = sim._disk_weights(np.array([row["disk_type"]]), np.array([row["ir_repair"]]))
     fb = row["bulge_fraction"]
-    w_bulge = sim._bulge_weights(np.array([row["bulge_young_fraction"]]))
+    w_bulge = sim._bulge_weights(np.array([row["bulge_young_fraction"]]), np.array([row["uv_repair"]]))
     bulge = phot.maggies([row["z"]], w_bulge)[0] / phot.maggies([0.0], w_bulge)[0][2]
     disk = (phot.maggies([row["z"]], w_disk, [row["ebv_internal"]])[0]
             / phot.maggies([0.0], w_disk, [row["ebv_internal"]])[0][2])
@@ -113,7 +113,7 @@ def test_images_hold_the_catalogue_flux_and_dimming(sims, chunk):
     flux = meta[[f"flux_{b}" for b in SDSS_BANDS]].to_numpy()
     # galaxies well inside the 25" frame (an n = 4 bulge has ~5% of its light beyond 12 R_e)
     small = ((meta["disk_R_sersic"] < 3.0) & (meta["bulge_R_sersic"] < 1.0)).to_numpy()
-    assert small.sum() >= 3
+    assert small.sum() >= 2  # 2 of the 24 with the two-population sizes (issue 20)
     np.testing.assert_allclose(total[small], flux[small], rtol=0.08)
     # the noise: background + Poisson, as the renderer adds it
     resid = arrays["images"] - model

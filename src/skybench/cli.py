@@ -435,6 +435,52 @@ def import_real_truth(data: Path = Path("data"), out: Path = Path("releases/enha
 
 
 @app.command()
+def realism(track: str, profile: str = "demo", seed: Annotated[int, typer.Option(help="release seed")] = 0,
+            log: Annotated[bool, typer.Option(help="log the figures and the plot to MLflow")] = True,
+            write: Annotated[Path | None, typer.Option(help="also write the table to this file")] = None,
+            strict: Annotated[bool, typer.Option(help="exit 1 when a target is missed")] = False) -> None:
+    """Compare a simulated photo-z track's colours with the real SDSS MGS train split (KS per colour, median g-r per
+    redshift bin, after matching the r and z distributions); print the table, log it and its plot to MLflow."""
+    import tempfile
+
+    from skybench.tasks.photoz import realism as rl
+    from skybench.tracks import project_root
+
+    try:
+        sim, real = rl.simulated_sample(track, profile, seed), rl.read_real_train(project_root())
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        _fail(str(exc))
+    result = rl.compare(sim, real)
+    text = f"{track} ({profile} train split, seed {seed}) vs the real MGS train split:\n{result.table()}"
+    typer.echo(text)
+    if write is not None:
+        write.parent.mkdir(parents=True, exist_ok=True)
+        write.write_text(text + "\n")
+    if log:
+        with tempfile.TemporaryDirectory(prefix="skybench-realism-") as tmp:
+            run_id = rl.log_realism(track, result, rl.plot(sim, real, result, Path(tmp) / "realism.png"))
+        typer.echo(f"logged to MLflow run {run_id}")
+    if strict and not result.passed():
+        raise typer.Exit(1)
+
+
+@app.command("calibrate-photoz")
+def calibrate_photoz(track: Annotated[str, typer.Argument(help="the photo-z track to fit")] = "photoz-catalog",
+                     out: Annotated[Path, typer.Option(help="the calibration file the tracks name")]
+                     = Path("calibration/photoz-population.yaml"),
+                     seed: Annotated[int, typer.Option(help="release seed of the fitting sample")] = 0,
+                     n: Annotated[int, typer.Option(help="simulated galaxies per evaluation")] = 8000,
+                     max_evals: int = 700) -> None:
+    """Fit the photo-z population (red sequence, blue cloud, red fraction) to the real MGS train split."""
+    from skybench.tasks.photoz.calibrate import main as run
+
+    try:
+        run(["--track", track, "--out", str(out), "--seed", str(seed), "--n", str(n), "--max-evals", str(max_evals)])
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+
+
+@app.command()
 def report(releases: Annotated[Path, typer.Option(help="folder holding the releases")] = Path("releases")) -> None:
     """Summarise what the pipeline produced."""
     from skybench.tracking.report import print_report

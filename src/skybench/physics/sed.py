@@ -16,6 +16,27 @@ import numpy as np
 C_ANGSTROM = 2.99792458e18  # speed of light [A/s]
 AB_FNU = 3631e-23  # AB zero point [erg/s/cm^2/Hz] (Oke & Gunn 1983)
 CWW_TEMPLATES = ("E", "Sbc", "Scd", "Im")
+# The CWW templates plus two repaired ones, in the spirit of Budavari et al. 2000 (AJ 120, 1588), who repaired CWW
+# templates against multicolour photometry: E_uvfix, the E template dimmed by UV_FIX_MAG below UV_FIX_RAMP[0] A
+# (rest frame), linearly in magnitude up to UV_FIX_RAMP[1] (the CWW E near UV, which the u band sees at z < 0.3, is
+# bluer than SDSS red-sequence galaxies: u-g 1.73 against ~1.9 at z = 0.1); Sbc_irfix, the Sbc template dimmed by
+# IR_FIX_MAG above IR_FIX_RAMP[1] A, ramping from IR_FIX_RAMP[0] (the CWW Sbc, extended beyond ~8000 A by
+# Bolzonella et al. 2000, has i-z 0.31 at z = 0.1, redder than the E template and than SDSS blue-cloud galaxies,
+# ~0.22). Mixture weights of a template and its repaired version are fitted to the MGS train split
+# (skybench.tasks.photoz.calibrate).
+# "lines": the nebular emission lines the CWW templates lack (star-forming galaxies), H-alpha flux 1; mixed into
+# disks with an H-alpha equivalent width (skybench.tasks.photoz.simulator).
+TEMPLATES = (*CWW_TEMPLATES, "E_uvfix", "Sbc_irfix", "lines")
+UV_FIX_MAG = 1.5
+UV_FIX_RAMP = (3500.0, 3900.0)
+IR_FIX_MAG = 1.0
+IR_FIX_RAMP = (7500.0, 8500.0)
+# Line fluxes relative to H-alpha of a typical star-forming SDSS galaxy: H-beta 1/2.86 (case B, Osterbrock &
+# Ferland 2006), [NII]6584/H-alpha 0.35 and [OIII]5007/H-beta 0.6 (the star-forming BPT locus, Kauffmann et al.
+# 2003, MNRAS 346, 1055), [NII]6548 = [NII]6584/3 and [OIII]4959 = [OIII]5007/3 (atomic ratios), [OII]3727/H-alpha
+# 0.7 (Kennicutt 1998, ARA&A 36, 189: SFR([OII]) vs SFR(H-alpha)); Gaussian, sigma 3 A.
+EMISSION_LINES = {3727.4: 0.7, 4861.3: 1 / 2.86, 4958.9: 0.6 / 2.86 / 3, 5006.8: 0.6 / 2.86, 6548.1: 0.35 / 3,
+                  6562.8: 1.0, 6583.5: 0.35}
 SDSS_BANDS = ("u", "g", "r", "i", "z")
 # Galactic extinction A_b / E(B-V) for the SDSS bands, R_V = 3.1 (Schlafly & Finkbeiner 2011, ApJ 737, 103, Table 6).
 SDSS_EXTINCTION = {"u": 4.239, "g": 3.303, "r": 2.285, "i": 1.698, "z": 1.263}
@@ -29,11 +50,27 @@ def galsim_sed_dir() -> str:
 
 @functools.cache
 def load_template(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """(wavelength [A], f_lambda) of a CWW template (``E``, ``Sbc``, ``Scd``, ``Im``), from GalSim's ``*_ext.sed``
-    (columns "Angstroms, Flux/A"; extended to the UV and IR by Bolzonella et al. 2000)."""
+    """(wavelength [A], f_lambda) of a template of ``TEMPLATES``: a CWW one (``E``, ``Sbc``, ``Scd``, ``Im``) from
+    GalSim's ``*_ext.sed`` (columns "Angstroms, Flux/A"; extended to the UV and IR by Bolzonella et al. 2000), or
+    ``E_uvfix`` (E, near UV dimmed by ``UV_FIX_MAG``), ``Sbc_irfix`` (Sbc, near IR dimmed by ``IR_FIX_MAG``) or
+    ``lines`` (the emission lines ``EMISSION_LINES``, H-alpha flux 1)."""
+    if name == "E_uvfix":
+        wave, flux = load_template("E")
+        dim = UV_FIX_MAG * np.clip((UV_FIX_RAMP[1] - wave) / (UV_FIX_RAMP[1] - UV_FIX_RAMP[0]), 0.0, 1.0)
+        return wave, flux * 10.0 ** (-0.4 * dim)
+    if name == "lines":
+        wave = np.arange(900.0, 30000.0, 0.5)
+        flux = np.full_like(wave, 1e-9)  # a floor: the magnitude table interpolates log maggies
+        for centre, ratio in EMISSION_LINES.items():
+            flux += ratio * np.exp(-0.5 * ((wave - centre) / 3.0) ** 2) / (3.0 * np.sqrt(2 * np.pi))
+        return wave, flux
+    if name == "Sbc_irfix":
+        wave, flux = load_template("Sbc")
+        dim = IR_FIX_MAG * np.clip((wave - IR_FIX_RAMP[0]) / (IR_FIX_RAMP[1] - IR_FIX_RAMP[0]), 0.0, 1.0)
+        return wave, flux * 10.0 ** (-0.4 * dim)
     path = os.path.join(galsim_sed_dir(), f"CWW_{name}_ext.sed")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no CWW template {name!r} at {path}; known: {', '.join(CWW_TEMPLATES)}")
+        raise FileNotFoundError(f"no CWW template {name!r} at {path}; known: {', '.join(TEMPLATES)}")
     data = np.loadtxt(path)
     wave, flux = data[:, 0], data[:, 1]
     keep = np.concatenate([[True], np.diff(wave) > 0])  # strictly increasing for interpolation
@@ -78,13 +115,13 @@ class Photometry:
             ab = np.sum(w * AB_FNU * C_ANGSTROM / self.wave**2)  # same integral of the AB source
             weights.append(w / ab)
         self.weights = np.stack(weights)  # (bands, wave)
-        self.templates = {t: load_template(t) for t in CWW_TEMPLATES}
+        self.templates = {t: load_template(t) for t in TEMPLATES}
 
     def rest_templates(self, z: np.ndarray) -> np.ndarray:
         """(B, templates, wave) rest-frame f_lambda at lambda_obs / (1 + z), already divided by (1 + z)."""
         z = np.asarray(z, dtype=np.float64).reshape(-1)
         rest = self.wave[None, :] / (1.0 + z[:, None])
-        out = np.stack([np.interp(rest, *self.templates[t]) for t in CWW_TEMPLATES], axis=1)
+        out = np.stack([np.interp(rest, *self.templates[t]) for t in TEMPLATES], axis=1)
         # f_lambda,obs(lambda) = f_lambda,rest(lambda / (1+z)) / (1+z) for a source at fixed luminosity distance
         return out / (1.0 + z[:, None, None])
 
@@ -94,7 +131,7 @@ class Photometry:
         law with E(B-V)_int = ``ebv_internal`` and in the observed frame by Galactic E(B-V) = ``ebv_galactic``
         (per-band coefficients ``SDSS_EXTINCTION``, applied after the integration)."""
         z = np.asarray(z, dtype=np.float64).reshape(-1)
-        w = np.asarray(template_weights, dtype=np.float64).reshape(len(z), len(CWW_TEMPLATES))
+        w = np.asarray(template_weights, dtype=np.float64).reshape(len(z), len(TEMPLATES))
         spec = np.einsum("bt,btl->bl", w, self.rest_templates(z))
         if ebv_internal is not None:
             k = calzetti_k(self.wave[None, :] / (1.0 + z[:, None]))
@@ -112,12 +149,12 @@ class Photometry:
 
 
 def one_hot(template: str) -> np.ndarray:
-    """Mixture weights selecting one CWW template."""
-    return np.array([1.0 if t == template else 0.0 for t in CWW_TEMPLATES])
+    """Mixture weights selecting one template of ``TEMPLATES``."""
+    return np.array([1.0 if t == template else 0.0 for t in TEMPLATES])
 
 
 class MagnitudeTable:
-    """Maggies of every CWW template on a (z, internal E(B-V)) grid, interpolated bilinearly in log-maggies.
+    """Maggies of every template (``TEMPLATES``) on a (z, internal E(B-V)) grid, interpolated bilinearly in log-maggies.
 
     Mixtures are exact (maggies are linear in the template weights, and the rest-frame attenuation multiplies each
     template); the interpolation error is < 1e-3 mag on the default grid (tests/test_photoz_sed.py). Building
@@ -128,7 +165,7 @@ class MagnitudeTable:
         phot = phot or Photometry()
         self.z = np.arange(0.0, z_max + dz / 2, dz)
         self.ebv = np.arange(0.0, ebv_max + debv / 2, debv)
-        table = np.empty((len(CWW_TEMPLATES), len(self.z), len(self.ebv), len(SDSS_BANDS)))
+        table = np.empty((len(TEMPLATES), len(self.z), len(self.ebv), len(SDSS_BANDS)))
         for i, z in enumerate(self.z):  # the same steps as Photometry.maggies, one redshift at a time
             spec = phot.rest_templates(np.array([z]))[0]  # (templates, wave)
             k = calzetti_k(phot.wave / (1.0 + z))
@@ -149,7 +186,7 @@ class MagnitudeTable:
         lm = self.log_maggies
         val = ((1 - tz) * (1 - te) * lm[:, iz, ie] + tz * (1 - te) * lm[:, iz + 1, ie]
                + (1 - tz) * te * lm[:, iz, ie + 1] + tz * te * lm[:, iz + 1, ie + 1])  # (templates, B, bands)
-        w = np.asarray(template_weights, dtype=np.float64).reshape(len(z), len(CWW_TEMPLATES))
+        w = np.asarray(template_weights, dtype=np.float64).reshape(len(z), len(TEMPLATES))
         return np.einsum("bt,tbk->bk", w, np.exp(val))
 
     def magnitudes(self, z: np.ndarray, template_weights: np.ndarray, ebv_internal: np.ndarray) -> np.ndarray:

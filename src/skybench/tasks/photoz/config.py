@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field
+import yaml
+from pydantic import Field, model_validator
 
 from skybench.common import Strict as _Strict
-from skybench.tracks import Track
+from skybench.tracks import Track, project_root
 
 
 class SizeRelation(_Strict):
@@ -20,8 +22,60 @@ class SizeRelation(_Strict):
     scatter_dex: float = Field(ge=0)
 
 
+class Component(_Strict):
+    """One colour population: uniform ranges of its galaxies' parameters (drawn from per-object quantiles)."""
+
+    bulge_fraction: tuple[float, float]  # share of rest-frame r-band light in the bulge (Sersic n = 4)
+    # share of the bulge's rest-frame r light from a younger (Sbc) population: the colour scatter of early types
+    bulge_young_fraction: tuple[float, float]
+    disk_type: tuple[float, float]  # 0 = Sbc, 1 = Scd, 2 = Im, linear mixtures in between
+    ebv_internal: tuple[float, float]  # Calzetti E(B-V) of the disk
+    # share of the E template's light replaced by its UV-repaired version (``E_uvfix``, skybench.physics.sed)
+    uv_repair: tuple[float, float] = (0.0, 0.0)
+    # share of the Sbc template's light replaced by its near-IR-repaired version (``Sbc_irfix``)
+    ir_repair: tuple[float, float] = (0.0, 0.0)
+    # rest-frame H-alpha equivalent width [A] of the disk's emission lines (``lines`` template)
+    ew_halpha: tuple[float, float] = (0.0, 0.0)
+
+
+class RedFraction(_Strict):
+    """f_red(M_r) = low + (high - low) (1 + tanh((M_mid - M_r) / width)) / 2: the red share rises with luminosity
+    (the form of Baldry et al. 2004, ApJ 600, 681, fig. 8 / Baldry et al. 2006, MNRAS 373, 469, eq. 9)."""
+
+    low: float = Field(ge=0, le=1)
+    high: float = Field(ge=0, le=1)
+    M_mid: float
+    width: float = Field(gt=0)
+
+
 class GalaxyPopulation(_Strict):
-    """Simulated SDSS-MGS-like galaxies (:mod:`skybench.tasks.photoz.simulator`)."""
+    """Simulated SDSS-MGS-like galaxies (:mod:`skybench.tasks.photoz.simulator`).
+
+    ``calibration``: a YAML file (path relative to the project root) of further population fields, merged in before
+    validation; the fitted ones (:mod:`skybench.tasks.photoz.calibrate` writes ``calibration/photoz-population.yaml``).
+    A field may be set in the track or in that file, not both. A project root without the file (a test's folder of
+    track YAMLs) takes the one of the source checkout."""
+
+    calibration: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_calibration(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("calibration"):
+            return data
+        path = project_root() / data["calibration"]
+        if not path.is_file():  # a project folder holding only benchmarks/ (tests): the checkout's file
+            path = Path(__file__).resolve().parents[4] / data["calibration"]
+        if not path.is_file():
+            raise ValueError(f"population.calibration: no file {path}; make it with `dvc repro calibrate-photoz` "
+                             "(python -m skybench.tasks.photoz.calibrate)")
+        fitted = yaml.safe_load(path.read_text())
+        if not isinstance(fitted, dict):
+            raise ValueError(f"population.calibration: {path} is not a mapping of population fields")
+        if both := sorted(set(fitted) & set(data)):
+            raise ValueError(f"population: {', '.join(both)} set both in the track and in the calibration file "
+                             f"{path}; remove them from one of the two")
+        return {**data, **fitted}
 
     z_range: tuple[float, float] = (0.005, 0.4)
     r_limit: float = 17.8                       # MGS: Petrosian r < 17.77
@@ -30,11 +84,15 @@ class GalaxyPopulation(_Strict):
     M_star: float = -21.21                      # Blanton et al. 2003: M* - 5 log10 h = -20.44, h = 0.7
     alpha: float = -1.05
     M_range: tuple[float, float] = (-24.0, -16.0)
-    bulge_fraction: tuple[float, float] = (0.0, 1.0)  # uniform share of rest-frame r-band light in the bulge
-    disk_type: tuple[float, float] = (0.0, 2.0)  # 0 = Sbc, 1 = Scd, 2 = Im, linear mixtures in between
-    # share of the bulge's rest-frame r light from a younger (Sbc) population: the scatter of early-type colours
-    bulge_young_fraction: tuple[float, float] = (0.0, 0.3)
-    ebv_internal: tuple[float, float] = (0.0, 0.3)  # Calzetti E(B-V) of the disk, uniform
+    # Two populations (Strateva et al. 2001, AJ 122, 1861; Baldry et al. 2004, ApJ 600, 681): a red sequence and a
+    # blue cloud, each with its own bulge share, template mixture and internal extinction; the red fraction rises
+    # with luminosity. The fitted values are in the ``calibration`` file (skybench.tasks.photoz.calibrate).
+    red_sequence: Component
+    blue_cloud: Component
+    red_fraction: RedFraction
+    # SDSS magnitudes are not exactly AB: u_AB = u_SDSS - 0.04, z_AB = z_SDSS + 0.02 (SDSS DR7 photometry docs,
+    # Abazajian et al. 2009); the catalogue (like the real one) is in the SDSS system.
+    sdss_minus_ab: tuple[float, float, float, float, float] = (0.04, 0.0, 0.0, 0.0, -0.02)
     ebv_galactic_mean: float = Field(0.03, ge=0)     # exponential, clipped at ebv_galactic_max
     ebv_galactic_max: float = 0.2
     bulge_size: SizeRelation
@@ -72,7 +130,7 @@ class PhotozTrack(Track):
             return base
         bands = ("u", "g", "r", "i", "z")
         return base | {f"mag_{b}" for b in bands} | {f"mag_true_{b}" for b in bands} | {
-            "M_r", "ebv_galactic", "ebv_internal", "bulge_fraction", "disk_type"}
+            "M_r", "ebv_galactic", "ebv_internal", "bulge_fraction", "disk_type", "red_sequence"}
 
     def strata_metrics(self) -> set[str]:
         return {"sigma_mad", "bias_mean", "bias_median", "sigma_iqr", "outlier_frac", "rail_outlier_frac", "pit_ks",

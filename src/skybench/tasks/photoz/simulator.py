@@ -5,13 +5,19 @@ Per object (its own seeded generator, :class:`~skybench.testkey.ObjectSeeds`):
 * redshift from dV/dz x the number of galaxies brighter than the r < ``r_limit`` cut at that redshift (a Schechter
   r-band luminosity function, Blanton et al. 2003), then the absolute magnitude M_r from that luminosity function
   truncated at the cut with the object's own K-correction, so that every galaxy has r <= ``r_limit``;
-* a bulge (CWW E template with a ``bulge_young_fraction`` of Sbc light: the colour scatter of early types; Sersic
-  n = 4) plus a disk (a mixture of the CWW Sbc, Scd and Im templates with Calzetti internal reddening, Sersic
-  n = 1); ``bulge_fraction`` is the bulge's share of the rest-frame r-band light, so the galaxy SED is a bulge/disk
-  template mixture and its colours have gradients;
+* two populations (``red_sequence``, ``blue_cloud``: :class:`~skybench.tasks.photoz.config.Component`): an object is
+  red with the probability ``red_fraction`` of its M_r (a tanh rising with luminosity, Baldry et al. 2004), then
+  its parameters come from its population's uniform ranges (per-object quantiles, so they move smoothly with the
+  population's parameters: the fit of :mod:`skybench.tasks.photoz.calibrate` uses common random numbers);
+* a bulge (CWW E template, a ``uv_repair`` share of it UV-repaired, with a ``bulge_young_fraction`` of Sbc light;
+  Sersic n = 4) plus a disk (a mixture of the CWW Sbc (partly near-IR-repaired, ``ir_repair``), Scd and Im
+  templates with emission lines of H-alpha equivalent width ``ew_halpha`` and Calzetti internal reddening, Sersic
+  n = 1); ``bulge_fraction`` is the bulge's share of the rest-frame r-band light (red sequence: bulge-dominated,
+  blue cloud: disk-dominated), so the galaxy SED is a bulge/disk template mixture and its colours have gradients;
 * AB magnitudes from :class:`~skybench.physics.sed.Photometry` (templates redshifted and integrated through the
   speclite ``sdss2010`` filters; tabulated by :class:`~skybench.physics.sed.MagnitudeTable` on a (z, E(B-V)_int)
   grid, < 1e-3 mag from the direct integral), Galactic extinction A_b = R_b E(B-V) (Schlafly & Finkbeiner 2011);
+  catalogue magnitudes in the SDSS system (``sdss_minus_ab``: u +0.04, z -0.02 from AB), like the real MGS;
 * physical half-light radii from size-luminosity relations (after Shen et al. 2003), turned into arcsec with the
   angular-diameter distance of ``astropy.cosmology`` - so sizes shrink with z. The surface brightness is total
   flux / area with flux ~ 1/D_L^2 and area ~ 1/D_A^2, i.e. the (1+z)^-4 cosmological dimming;
@@ -38,11 +44,13 @@ from skybench.physics.light import sersic_ellipse, sersic_total_flux
 from skybench.physics.noise import background_sigma, noise_stream, object_normals
 from skybench.physics.psf import FWHM_TO_SIGMA
 from skybench.physics.render import Renderer
-from skybench.physics.sed import CWW_TEMPLATES, SDSS_BANDS, SDSS_EXTINCTION, MagnitudeTable
+from skybench.physics.sed import SDSS_BANDS, SDSS_EXTINCTION, TEMPLATES, MagnitudeTable, load_template
 from skybench.tasks.photoz.config import GalaxyPopulation, PhotozTrack
 from skybench.testkey import ObjectSeeds, as_object_seeds
 
 ARCSEC_PER_RAD = 206264.806
+_COMPONENT_PARAMS = ("bulge_fraction", "bulge_young_fraction", "disk_type", "ebv_internal", "uv_repair", "ir_repair",
+                     "ew_halpha")
 MAG_ERR = 2.5 / np.log(10.0)  # sigma_m = 1.0857 sigma_F / F (first-order error propagation)
 
 
@@ -91,6 +99,9 @@ class GalaxySimulator:
         self.pop = _simulated(track)
         self.bands = track.survey.bands
         self.phot = magnitude_table()
+        # f_lambda at H-alpha (6563 A, rest) of each template (0 for the lines): the continuum of the line EWs
+        self.continuum_halpha = np.array([0.0 if t == "lines" else float(np.interp(6562.8, *load_template(t)))
+                                          for t in TEMPLATES])
         self.renderer: Renderer | None = None
         if "images" in track.inputs:
             assert track.cutout is not None, f"track {track.name!r} has image inputs but no cutout"
@@ -123,9 +134,9 @@ class GalaxySimulator:
         self.M_cdf = cdf / cdf[-1]
         # n(z) ~ dV/dz * Phi(M < r_limit - DM - K) with the K-correction of a mid-type (half bulge, Sbc) galaxy;
         # each object's own K then sets its magnitude, so the r cut holds exactly for every object.
-        w = np.tile([0.5, 0.5, 0.0, 0.0], (len(self.z_grid), 1))
-        k_typ = self._kcorr(self.z_grid, w, np.zeros_like(self.z_grid))[:, 2]
-        n_z = dvdz * np.interp(p.r_limit - self.dm_grid - k_typ, self.M_grid, self.M_cdf)
+        w = np.tile(np.eye(len(TEMPLATES))[0] * 0.5 + np.eye(len(TEMPLATES))[1] * 0.5, (len(self.z_grid), 1))
+        self.k_typ_r = self._kcorr(self.z_grid, w, np.zeros_like(self.z_grid))[:, 2]
+        n_z = dvdz * np.interp(p.r_limit - self.dm_grid - self.k_typ_r, self.M_grid, self.M_cdf)
         c = np.concatenate([[0.0], np.cumsum((n_z[1:] + n_z[:-1]) / 2 * np.diff(self.z_grid))])
         self.z_cdf = c / c[-1]
 
@@ -143,9 +154,11 @@ class GalaxySimulator:
         row: dict[str, Any] = {"seed": obj_seed}
         row["z"] = float(np.interp(rng.random(), self.z_cdf, self.z_grid))
         row["u_M"] = float(rng.random())  # quantile of M_r in the luminosity function truncated at the r cut
-        row["bulge_fraction"] = u(*p.bulge_fraction)
-        row["disk_type"] = u(*p.disk_type)
-        row["ebv_internal"] = u(*p.ebv_internal)
+        # quantiles: the population (red sequence or blue cloud, decided in photometry() from M_r) maps them to
+        # its own parameter ranges, so one object keeps its random numbers whatever the population's parameters
+        row["u_red"] = float(rng.random())
+        for name in _COMPONENT_PARAMS:
+            row[f"u_{name}"] = float(rng.random())
         row["ebv_galactic"] = float(min(rng.exponential(p.ebv_galactic_mean), p.ebv_galactic_max))
         row["bulge_size_dev"] = float(rng.normal(0.0, p.bulge_size.scatter_dex))
         row["disk_size_dev"] = float(rng.normal(0.0, p.disk_size.scatter_dex))
@@ -158,47 +171,67 @@ class GalaxySimulator:
         row.update(center_x=float(cx), center_y=float(cy))
         for b, c in zip(SDSS_BANDS, rng.normal(0.0, p.mag_error_floor, len(SDSS_BANDS)), strict=True):
             row[f"calib_{b}"] = float(c)
-        row["bulge_young_fraction"] = u(*p.bulge_young_fraction)
         return row
 
     def _light_weights(self, light: np.ndarray) -> np.ndarray:
         """Template weights giving each template the share ``light`` (B, templates) of the rest-frame r light."""
-        rest_r = self.phot.maggies(np.zeros(len(CWW_TEMPLATES)), np.eye(len(CWW_TEMPLATES)),
-                                   np.zeros(len(CWW_TEMPLATES)))[:, 2]
+        rest_r = self.phot.maggies(np.zeros(len(TEMPLATES)), np.eye(len(TEMPLATES)),
+                                   np.zeros(len(TEMPLATES)))[:, 2]
         return light / rest_r[None, :]
 
-    def _disk_weights(self, t: np.ndarray) -> np.ndarray:
-        """Sbc/Scd/Im mixture of disk type t in [0, 2] (shares of rest r light, linear between neighbours)."""
-        w = np.zeros((len(t), len(CWW_TEMPLATES)))
+    def _disk_weights(self, t: np.ndarray, ir_repair: np.ndarray, ew_halpha: np.ndarray | None = None
+                      ) -> np.ndarray:
+        """Sbc/Scd/Im mixture of disk type t in [0, 2] (shares of rest r light, linear between neighbours); a share
+        ``ir_repair`` of the Sbc light from its near-IR-repaired version (``Sbc_irfix``); emission lines with a rest
+        H-alpha equivalent width ``ew_halpha`` [A] on that continuum."""
+        w = np.zeros((len(t), len(TEMPLATES)))
         lo = np.clip(np.floor(t), 0, 1).astype(int)
         f = t - lo
         w[np.arange(len(t)), 1 + lo] = 1.0 - f
         w[np.arange(len(t)), 2 + lo] = f
-        return self._light_weights(w)
+        w[:, 5] = w[:, 1] * ir_repair
+        w[:, 1] *= 1.0 - ir_repair
+        w = self._light_weights(w)
+        if ew_halpha is not None:
+            w[:, 6] = ew_halpha * (w @ self.continuum_halpha)  # line flux = EW x continuum f_lambda
+        return w
 
-    def _bulge_weights(self, young: np.ndarray) -> np.ndarray:
-        """E template plus a share ``young`` of Sbc light."""
-        w = np.zeros((len(young), len(CWW_TEMPLATES)))
-        w[:, 0], w[:, 1] = 1.0 - young, young
+    def _bulge_weights(self, young: np.ndarray, uv_repair: np.ndarray) -> np.ndarray:
+        """E template (a share ``uv_repair`` of it UV-repaired, ``E_uvfix``) plus a share ``young`` of Sbc light."""
+        w = np.zeros((len(young), len(TEMPLATES)))
+        w[:, 0], w[:, 4], w[:, 1] = (1.0 - young) * (1.0 - uv_repair), (1.0 - young) * uv_repair, young
         return self._light_weights(w)
 
     def photometry(self, meta: pd.DataFrame) -> pd.DataFrame:
         """Magnitudes, fluxes and sizes of every object of ``meta`` (the rows of :meth:`sample`)."""
         p, n = self.pop, len(meta)
         z = meta["z"].to_numpy(np.float64)
-        fb = meta["bulge_fraction"].to_numpy(np.float64)
-        ebv_int, ebv_gal = meta["ebv_internal"].to_numpy(np.float64), meta["ebv_galactic"].to_numpy(np.float64)
-        w_bulge = self._bulge_weights(meta["bulge_young_fraction"].to_numpy(np.float64))
-        w_disk = self._disk_weights(meta["disk_type"].to_numpy(np.float64))
+        dm = np.interp(z, self.z_grid, self.dm_grid)
+        out = pd.DataFrame(index=meta.index)
+        # Red or blue from a first M_r (the luminosity-function quantile with the mid-type K-correction of the
+        # selection tables), then each object's own parameters, SED and K-correction.
+        m_typ = p.r_limit - dm - np.interp(z, self.z_grid, self.k_typ_r)
+        M_typ = np.interp(meta["u_M"].to_numpy() * np.interp(m_typ, self.M_grid, self.M_cdf), self.M_cdf, self.M_grid)
+        rf = p.red_fraction
+        f_red = rf.low + (rf.high - rf.low) * (1 + np.tanh((rf.M_mid - M_typ) / rf.width)) / 2
+        red = meta["u_red"].to_numpy() < f_red
+        out["red_sequence"] = red.astype(np.int8)
+        for name in _COMPONENT_PARAMS:
+            lo_hi = np.where(red[:, None], getattr(p.red_sequence, name), getattr(p.blue_cloud, name))
+            out[name] = lo_hi[:, 0] + meta[f"u_{name}"].to_numpy() * (lo_hi[:, 1] - lo_hi[:, 0])
+        fb = out["bulge_fraction"].to_numpy(np.float64)
+        ebv_int, ebv_gal = out["ebv_internal"].to_numpy(np.float64), meta["ebv_galactic"].to_numpy(np.float64)
+        w_bulge = self._bulge_weights(out["bulge_young_fraction"].to_numpy(np.float64),
+                                      out["uv_repair"].to_numpy(np.float64))
+        w_disk = self._disk_weights(out["disk_type"].to_numpy(np.float64), out["ir_repair"].to_numpy(np.float64),
+                                    out["ew_halpha"].to_numpy(np.float64))
         # Each component normalised to rest-frame r maggies 1, then weighted by its share of the rest r light.
         k_bulge = 10.0 ** (-0.4 * self._kcorr(z, w_bulge, np.zeros(n)))
         k_disk = 10.0 ** (-0.4 * self._kcorr(z, w_disk, ebv_int))
         k_total = -2.5 * np.log10(fb[:, None] * k_bulge + (1 - fb[:, None]) * k_disk)  # m_b - M_r - DM
-        dm = np.interp(z, self.z_grid, self.dm_grid)
         m_lim = p.r_limit - dm - k_total[:, 2]
         cdf_lim = np.interp(m_lim, self.M_grid, self.M_cdf)
         M_r = np.interp(meta["u_M"].to_numpy() * cdf_lim, self.M_cdf, self.M_grid)
-        out = pd.DataFrame(index=meta.index)
         out["M_r"] = M_r
         out["distmod"] = dm
         mag_true = M_r[:, None] + dm[:, None] + k_total  # extinction-free AB magnitudes
@@ -267,7 +300,8 @@ class GalaxySimulator:
         # Catalogue magnitudes: its own noise stream, fixed by the object's seed; extinction-corrected as in SDSS.
         noise = object_normals((noise_stream(s, 2) for s in meta["seed"]), (len(SDSS_BANDS),), np.float64)
         for i, b in enumerate(SDSS_BANDS):
-            meta[f"mag_{b}"] = meta[f"mag_true_{b}"] + meta[f"calib_{b}"] + noise[:, i] * meta[f"err_meas_{b}"]
+            meta[f"mag_{b}"] = (meta[f"mag_true_{b}"] + meta[f"calib_{b}"] + noise[:, i] * meta[f"err_meas_{b}"]
+                                + self.pop.sdss_minus_ab[i])
         meta.insert(1, "split", split)
         arrays: dict[str, np.ndarray] = {}
         if self.renderer is not None:

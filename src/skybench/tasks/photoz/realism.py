@@ -1,0 +1,206 @@
+"""How real the simulated photo-z galaxies look: their colours against the real SDSS Main Galaxy Sample's **train**
+split (``data/photoz_sdss_mgs/train.csv``; the test split is never read here, :func:`read_real_train`).
+
+The simulated sample is first reweighted to the real joint (r magnitude, z) distribution (:func:`match_weights`:
+per cell of a grid of real quantiles, weight = real share / simulated share), so that the colours are compared at
+the same luminosities and distances; then per colour the two-sample Kolmogorov-Smirnov distance (weighted
+simulated ECDF vs real ECDF) and per redshift bin the median g-r. Used by ``skybench realism photoz-catalog``,
+the population fit (:mod:`skybench.tasks.photoz.calibrate`) and ``tests/test_photoz_realism.py``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+COLOURS = (("u", "g"), ("g", "r"), ("r", "i"), ("i", "z"))
+Z_BINS = ((0.02, 0.06), (0.06, 0.10), (0.10, 0.14), (0.14, 0.20), (0.20, 0.30))
+KS_TARGET = 0.10  # issue 20: every colour's KS distance below this
+MEDIAN_TARGET = 0.03  # issue 20: median g-r per redshift bin within this [mag]
+REAL_TRAIN = Path("data/photoz_sdss_mgs/train.csv")
+
+
+def read_real_train(root: Path | str) -> pd.DataFrame:
+    """The real MGS train split as (z, mag_u..mag_z); only ``train.csv`` (the test split stays unseen by the
+    population fit and the realism check)."""
+    from skybench.tasks.photoz.real import read_catalogue
+
+    path = Path(root) / REAL_TRAIN
+    if path.name != "train.csv":  # pragma: no cover - a guard against editing REAL_TRAIN to the test split
+        raise ValueError(f"{path}: the realism check and the population fit read the train split only")
+    df = read_catalogue(path)
+    return df.rename(columns={"z_spec": "z"}) if "z_spec" in df else df
+
+
+def match_weights(sim_r: np.ndarray, sim_z: np.ndarray, real_r: np.ndarray, real_z: np.ndarray,
+                  n_r: int = 8, n_z: int = 10) -> np.ndarray:
+    """Weights making the simulated (r, z) distribution the real one: cells from the real quantiles (``n_r`` x
+    ``n_z``), weight = real count / simulated count of the object's cell (0 outside the real range or in a cell
+    with no real object); normalised to sum 1."""
+    r_edges = np.quantile(real_r, np.linspace(0, 1, n_r + 1))
+    z_edges = np.quantile(real_z, np.linspace(0, 1, n_z + 1))
+    real_h, _, _ = np.histogram2d(real_r, real_z, [r_edges, z_edges])
+    sim_h, _, _ = np.histogram2d(sim_r, sim_z, [r_edges, z_edges])
+    ir = np.searchsorted(r_edges, sim_r, side="right") - 1
+    iz = np.searchsorted(z_edges, sim_z, side="right") - 1
+    ir = np.where(sim_r == r_edges[-1], n_r - 1, ir)
+    iz = np.where(sim_z == z_edges[-1], n_z - 1, iz)
+    inside = (ir >= 0) & (ir < n_r) & (iz >= 0) & (iz < n_z)
+    w = np.zeros(len(sim_r))
+    cell_w = np.divide(real_h, sim_h, out=np.zeros_like(real_h), where=sim_h > 0)
+    w[inside] = cell_w[ir[inside], iz[inside]]
+    if w.sum() <= 0:
+        raise ValueError("no simulated object falls in the real (r, z) range; cannot reweight")
+    return w / w.sum()
+
+
+def weighted_ks(x: np.ndarray, w: np.ndarray, y: np.ndarray) -> float:
+    """sup |F_x,w - F_y| of the weighted ECDF of ``x`` and the ECDF of ``y``."""
+    grid = np.sort(np.concatenate([x, y]))
+    order = np.argsort(x)
+    cw = np.concatenate([[0.0], np.cumsum(w[order])]) / np.sum(w)
+    fx = cw[np.searchsorted(x[order], grid, side="right")]
+    fy = np.searchsorted(np.sort(y), grid, side="right") / len(y)
+    return float(np.max(np.abs(fx - fy)))
+
+
+def weighted_median(x: np.ndarray, w: np.ndarray) -> float:
+    return _weighted_quantile(x, w, 0.5)
+
+
+@dataclass
+class Realism:
+    """Per colour: KS distance, medians and IQRs (sim weighted, real); per z bin: median g-r (sim, real, count)."""
+
+    colours: pd.DataFrame
+    g_r_by_z: pd.DataFrame
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def passed(self, ks_target: float = KS_TARGET, median_target: float = MEDIAN_TARGET) -> bool:
+        return bool((self.colours["ks"] < ks_target).all()
+                    and (self.g_r_by_z["diff"].abs() < median_target).all())
+
+    def failures(self, ks_target: float = KS_TARGET, median_target: float = MEDIAN_TARGET) -> list[str]:
+        bad = [f"{c}: KS {k:.3f} >= {ks_target}" for c, k in self.colours["ks"].items() if k >= ks_target]
+        bad += [f"g-r median at z {b}: sim - real = {d:+.3f} (|.| >= {median_target})"
+                for b, d in self.g_r_by_z["diff"].items() if abs(d) >= median_target]
+        return bad
+
+    def table(self) -> str:
+        """The plain-text realism table (what ``skybench realism`` and ``make run`` print)."""
+        lines = ["colour   KS     sim median  sim IQR   real median  real IQR",
+                 *(f"{c:<7} {r.ks:6.3f}  {r.sim_median:9.3f}  {r.sim_iqr:8.3f}  {r.real_median:10.3f}  "
+                   f"{r.real_iqr:8.3f}" for c, r in self.colours.iterrows()),
+                 "", "z bin       g-r sim  g-r real   diff   n_real",
+                 *(f"{b:<10} {r.sim:8.3f}  {r.real:8.3f}  {r['diff']:+6.3f}  {int(r.n_real):6d}"
+                   for b, r in self.g_r_by_z.iterrows())]
+        verdict = "PASS" if self.passed() else "FAIL: " + "; ".join(self.failures())
+        return "\n".join([*lines, "", f"targets: KS < {KS_TARGET}, |median g-r diff| < {MEDIAN_TARGET}: {verdict}"])
+
+
+def _colours(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    return {f"{a}-{b}": df[f"mag_{a}"].to_numpy(np.float64) - df[f"mag_{b}"].to_numpy(np.float64)
+            for a, b in COLOURS}
+
+
+def compare(sim: pd.DataFrame, real: pd.DataFrame) -> Realism:
+    """The realism of ``sim`` (columns z, mag_u..mag_z) against ``real`` (same columns)."""
+    w = match_weights(sim["mag_r"].to_numpy(), sim["z"].to_numpy(), real["mag_r"].to_numpy(), real["z"].to_numpy())
+    keep = w > 0
+    sc, rc = _colours(sim), _colours(real)
+    rows = {}
+    for name in sc:
+        x, y = sc[name][keep], rc[name]
+        q = np.quantile(y, [0.25, 0.5, 0.75])
+        lo, hi = (_weighted_quantile(x, w[keep], p) for p in (0.25, 0.75))
+        rows[name] = {"ks": weighted_ks(x, w[keep], y), "sim_median": weighted_median(x, w[keep]),
+                      "sim_iqr": hi - lo,
+                      "real_median": q[1], "real_iqr": q[2] - q[0]}
+    zs, zr = sim["z"].to_numpy(), real["z"].to_numpy()
+    bins = {}
+    for lo_z, hi_z in Z_BINS:
+        ms = keep & (zs >= lo_z) & (zs < hi_z)
+        mr = (zr >= lo_z) & (zr < hi_z)
+        s = weighted_median(sc["g-r"][ms], w[ms]) if ms.any() else float("nan")
+        r = float(np.median(rc["g-r"][mr])) if mr.any() else float("nan")
+        bins[f"{lo_z:.2f}-{hi_z:.2f}"] = {"sim": s, "real": r, "diff": s - r, "n_real": int(mr.sum()),
+                                          "n_sim": int(ms.sum())}
+    return Realism(pd.DataFrame(rows).T, pd.DataFrame(bins).T, {"weights": w})
+
+
+def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
+    order = np.argsort(x)
+    c = np.cumsum(w[order])
+    return float(x[order][min(np.searchsorted(c, q * c[-1]), len(x) - 1)])
+
+
+def plot(sim: pd.DataFrame, real: pd.DataFrame, result: Realism, path: Path | str) -> Path:
+    """Histograms of the four colours (sim reweighted vs real) and g-r against z, saved as a PNG at ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    w = result.extra["weights"]
+    sc, rc = _colours(sim), _colours(real)
+    fig, axes = plt.subplots(1, 5, figsize=(20, 3.8))
+    for ax, name in zip(axes[:4], sc, strict=True):
+        lo, hi = np.quantile(rc[name], [0.005, 0.995])
+        bins = np.linspace(lo - 0.2, hi + 0.2, 50)
+        ax.hist(rc[name], bins, density=True, histtype="step", color="k", label="real MGS train")
+        ax.hist(sc[name], bins, weights=w, density=True, histtype="step", color="C3", label="simulated")
+        ax.set_title(f"{name}  KS {result.colours.loc[name, 'ks']:.3f}")
+    axes[0].legend(fontsize=8)
+    ax = axes[4]
+    ax.scatter(real["z"], rc["g-r"], s=1, c="k", alpha=0.3, label="real")
+    keep = w > 0
+    ax.scatter(sim["z"][keep], sc["g-r"][keep], s=1, c="C3", alpha=0.3, label="simulated")
+    mids = [np.mean(b) for b in Z_BINS]
+    ax.plot(mids, result.g_r_by_z["real"], "ko-", ms=4)
+    ax.plot(mids, result.g_r_by_z["sim"], "s-", color="C3", ms=4)
+    ax.set(xlim=(0, 0.32), ylim=(0, 1.6), xlabel="z", ylabel="g-r", title="median g-r per z bin")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def simulated_sample(track: str, profile: str = "demo", seed: int = 0) -> pd.DataFrame:
+    """The train split of ``track``'s ``profile`` (release seed ``seed``) as the release would hold it: metadata with
+    z and the catalogue magnitudes (features only; no images are drawn)."""
+    from skybench.physics.backend import get_backend
+    from skybench.tasks.photoz.config import GalaxyPopulation, PhotozTrack
+    from skybench.tasks.photoz.simulator import GalaxySimulator
+    from skybench.tracks import load_track
+
+    t = load_track(track)
+    if not isinstance(t, PhotozTrack) or not isinstance(t.population, GalaxyPopulation):
+        raise ValueError(f"track {track!r} is not a simulated photo-z track; the realism check compares a simulated "
+                         "population with the real MGS")
+    t = t.model_copy(update={"inputs": ["features"]})
+    return GalaxySimulator(t, get_backend("numpy")).simulate(seed, "train", 0, t.split_sizes(profile).train)[1]
+
+
+def log_realism(track: str, result: Realism, png: Path) -> str:
+    """Log the realism figures (metrics ``ks_<colour>``, ``g_r_diff_<zbin>``), the table and the plot ``png`` to
+    the track's organiser experiment, in one run tagged ``skybench.kind = realism`` (the leaderboard reads only
+    ``evaluation`` runs). Returns the run id."""
+    from skybench.tracking import KIND_TAG, client, ensure_organiser_experiment
+
+    c = client()
+    exp_id = ensure_organiser_experiment(track)
+    run_id = c.create_run(exp_id, run_name=f"realism {track}",
+                          tags={KIND_TAG: "realism", "skybench.track": track}).info.run_id
+    for name, row in result.colours.iterrows():
+        c.log_metric(run_id, f"ks_{name}", float(row["ks"]))
+    for name, row in result.g_r_by_z.iterrows():
+        c.log_metric(run_id, f"g_r_diff_z{name}", float(row["diff"]))
+    c.log_metric(run_id, "passed", float(result.passed()))
+    c.log_artifact(run_id, str(png))
+    c.log_text(run_id, result.table(), "realism.txt")
+    c.set_terminated(run_id, "FINISHED")
+    return run_id

@@ -1,0 +1,138 @@
+"""The simulated photo-z population against the real SDSS MGS train split (issue 20), and the fit that calibrates it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy.stats import ks_2samp
+
+from skybench.tasks.photoz import calibrate
+from skybench.tasks.photoz import realism as rl
+from skybench.tracks import load_track, project_root
+
+REAL = project_root() / rl.REAL_TRAIN
+needs_real = pytest.mark.skipif(not REAL.is_file(), reason="the real MGS catalogue is not in data/ (make data)")
+
+
+@pytest.fixture(scope="module")
+def real():
+    return rl.read_real_train(project_root())
+
+
+@pytest.fixture(scope="module")
+def demo():
+    """The photoz-catalog demo profile's train split (the same galaxies as photoz-images)."""
+    return rl.simulated_sample("photoz-catalog", "demo", seed=2026)
+
+
+@needs_real
+@pytest.mark.xfail(strict=True, reason="issue 20 not done: i-z KS 0.12 (target 0.10) with the CWW-based templates; "
+                   "the z 0.20-0.30 median g-r is +0.04 on this seed (a small bin); strict: passing flags it")
+def test_demo_population_looks_like_the_real_mgs(demo, real):
+    """Issue 20's targets: every colour's KS distance < 0.10 and the median g-r per z bin within 0.03 mag."""
+    result = rl.compare(demo, real)
+    print(result.table())
+    assert result.passed(), "; ".join(result.failures())
+
+
+@needs_real
+def test_demo_population_reaches_what_the_calibration_reached(demo, real):
+    """What the fit reached (kept from regressing until the full targets above are met): u-g, g-r, r-i KS < 0.10,
+    i-z < 0.15; median g-r within 0.03 mag for z < 0.2, within 0.06 in the small 0.20-0.30 bin. The population before
+    issue 20 fails it (KS u-g 0.43, g-r 0.14, i-z 0.21; median g-r off by up to 0.13)."""
+    result = rl.compare(demo, real)
+    ks, diff = result.colours["ks"], result.g_r_by_z["diff"].abs()
+    assert (ks[["u-g", "g-r", "r-i"]] < 0.10).all() and ks["i-z"] < 0.15, result.table()
+    assert (diff.iloc[:-1] < 0.03).all() and diff.iloc[-1] < 0.06, result.table()
+
+
+@needs_real
+def test_the_colours_are_bimodal_and_red_galaxies_are_bulge_dominated(demo, real):
+    red = demo["red_sequence"].to_numpy() == 1
+    assert 0.3 < red.mean() < 0.8
+    # morphology follows colour: the red sequence is bulge-dominated, the blue cloud disk-dominated
+    assert demo.loc[red, "bulge_fraction"].min() >= 0.5 and demo.loc[~red, "bulge_fraction"].max() <= 0.5
+    # the red sequence is redder at fixed z, and the red fraction rises with luminosity
+    mid = (demo["z"] > 0.08) & (demo["z"] < 0.12)
+    g_r = demo["mag_g"] - demo["mag_r"]
+    assert g_r[mid & red].median() > g_r[mid & ~red].median() + 0.15
+    bright = demo["M_r"] < demo["M_r"].median()
+    assert red[bright].mean() > red[~bright].mean() + 0.1
+
+
+def test_weighted_ks_is_scipys_with_equal_weights():
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(0, 1, 500), rng.normal(0.2, 1.1, 700)
+    assert rl.weighted_ks(x, np.ones(500), y) == pytest.approx(ks_2samp(x, y).statistic, abs=1e-12)
+    # doubling the weight of half the sample moves the distance
+    w = np.where(x > 0, 2.0, 1.0)
+    assert abs(rl.weighted_ks(x, w, y) - ks_2samp(x, y).statistic) > 0.02
+
+
+def test_match_weights_give_the_real_r_and_z_distribution():
+    rng = np.random.default_rng(2)
+    real_r, real_z = rng.normal(17, 0.5, 4000), rng.gamma(4, 0.025, 4000)
+    sim_r, sim_z = rng.uniform(15, 18.5, 8000), rng.uniform(0.0, 0.4, 8000)
+    assert ks_2samp(sim_z, real_z).statistic > 0.3
+    w = rl.match_weights(sim_r, sim_z, real_r, real_z)
+    assert rl.weighted_ks(sim_z, w, real_z) < 0.07 and rl.weighted_ks(sim_r, w, real_r) < 0.07  # within-cell shape
+
+
+def test_both_tracks_use_the_calibrated_population():
+    images, catalog = load_track("photoz-images"), load_track("photoz-catalog")
+    fitted = yaml.safe_load((project_root() / calibrate.OUT).read_text())
+    for t in (images, catalog):
+        assert t.population.calibration == str(calibrate.OUT)
+        assert t.population.red_fraction.model_dump() == pytest.approx(fitted["red_fraction"])
+        assert list(t.population.red_sequence.uv_repair) == fitted["red_sequence"]["uv_repair"]
+
+
+def test_a_field_in_both_the_track_and_the_calibration_is_refused(tmp_path):
+    raw = yaml.safe_load((project_root() / "benchmarks" / "photoz-catalog.yaml").read_text())
+    raw["population"]["red_fraction"] = {"low": 0.1, "high": 0.9, "M_mid": -20.0, "width": 1.0}
+    path = tmp_path / "photoz-x.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match="red_fraction set both in the track and in the calibration"):
+        load_track(path)
+
+
+@needs_real
+def test_the_fit_reads_the_train_split_only(tmp_path):
+    """The population fit opens data/photoz_sdss_mgs/train.csv and never test.csv (an audit hook sees every open)."""
+    opened: list[str] = []
+    active = [True]
+
+    def hook(event: str, args: tuple) -> None:
+        if active[0] and event == "open" and isinstance(args[0], str | Path):
+            opened.append(str(args[0]))
+
+    sys.addaudithook(hook)  # cannot be removed: deactivated below
+    try:
+        calibrate.main(["--n", "300", "--max-evals", "3", "--out", str(tmp_path / "pop.yaml")])
+    finally:
+        active[0] = False
+    data = [p for p in opened if "photoz_sdss_mgs" in p]
+    assert any(p.endswith("train.csv") for p in data), data
+    assert not any("test" in Path(p).name for p in data), data
+    fitted = yaml.safe_load((tmp_path / "pop.yaml").read_text())
+    assert set(fitted) == {"red_sequence", "blue_cloud", "red_fraction"}
+
+
+def test_emission_lines_move_from_r_to_i_with_redshift():
+    """H-alpha (6563 A) with EW 100 A brightens r at z = 0.02 and i at z = 0.15 by ~EW(1+z)/band width (r keeps
+    H-beta and [OIII] then)."""
+    from skybench.physics.backend import get_backend
+    from skybench.tasks.photoz.simulator import GalaxySimulator
+
+    sim = GalaxySimulator(load_track("photoz-catalog"), get_backend("numpy"))
+    t, ir = np.zeros(2), np.zeros(2)
+    for z, band, other in ((0.02, 2, 3), (0.15, 3, 2)):
+        zz, e = np.full(2, z), np.zeros(2)
+        m = sim.phot.magnitudes(zz, sim._disk_weights(t, ir, np.array([0.0, 100.0])), e)
+        gain = m[0] - m[1]
+        assert 0.04 < gain[band] < 0.15, (z, gain)
+        assert gain[other] < gain[band] - 0.05, (z, gain)
