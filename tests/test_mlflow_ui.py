@@ -95,7 +95,7 @@ def test_runs_url_sorts_by_the_ranked_metric(store: MlflowClient) -> None:
     assert view["searchFilter"] == "tags.`skybench.leaderboard` = 'yes'"
     assert view["selectedColumns"] == ["metrics.`public_auroc`", "metrics.`public_auroc_ci_low`",
                                        "metrics.`public_auroc_ci_high`", "metrics.`public_tpr0`",
-                                       "metrics.`public_tpr10`", "metrics.`public_by_contaminant_ring_fpr_fpr1`",
+                                       "metrics.`public_real_lens_recall`", "metrics.`public_real_fpr`",
                                        "tags.`rank`", "tags.`group`"]
     photoz = load_track("photoz-catalog")  # lower is better
     _log(photoz, "a", None, "a")
