@@ -38,3 +38,12 @@ def tiny_ground_release(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("rel") / "lens-ground"
     return simulate_release("lens-ground", out, profile="demo", seed=3, size=48, progress=False)
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The real-data release (data/, DVC-tracked) with the galaxies and lenses the real-set tests read."""
+    d = ROOT / "data"
+    if not (d / "galaxies" / "kids_viking_field").is_dir() or not (d / "lenses_hst" / "catalog.csv").is_file():
+        pytest.skip(f"real data missing: {d} (run `dvc pull`)")
+    return d

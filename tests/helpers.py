@@ -11,6 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pandas as pd
+import pytest
 
 from skybench.release import layout
 
@@ -60,3 +61,23 @@ def csv_submission(folder: Path, name: str, ids: object, scores: object, *, team
     (folder / "submission.yaml").write_text(f"team: {team}\nname: {name}\ntrack: lens-space\nformat: predictions\n"
                                             "model: scores.csv\n")
     return folder
+
+
+# A python-format lens model scoring each cut-out by its pixel sum (the real-set mixing tests).
+PIXEL_SUM = """
+import numpy as np
+def load(d): return None
+def predict(m, b): return b.astype('float64').sum(axis=(1, 2, 3)).astype('float32')
+"""
+
+
+def tiles_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project folder holding the lens-tiles and lens-space YAMLs (sliding-resnet reads the latter), made the
+    project root; MLflow points at a store in ``tmp_path``."""
+    project = tmp_path / "project"
+    (project / "benchmarks").mkdir(parents=True)
+    for name in ("lens-tiles", "lens-space"):
+        shutil.copy(ROOT / "benchmarks" / f"{name}.yaml", project / "benchmarks" / f"{name}.yaml")
+    monkeypatch.setenv("SKYBENCH_ROOT", str(project))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    return project

@@ -5,14 +5,13 @@ and the detect scorer ranks; the pipeline's stage deps follow the detect simulat
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pytest
 import yaml
-from helpers import ROOT, baseline_module, bwrap_works
+from helpers import ROOT, baseline_module, bwrap_works, tiles_project
 
 from skybench.stagedeps import stage_usage
 
@@ -112,14 +111,9 @@ def test_both_baselines_train_into_submissions_the_sandbox_runs(tmp_path: Path, 
     pytest.importorskip("torch")
     from skybench.harness.evaluate import evaluate
     from skybench.simulate import simulate_release
-    from skybench.tracks import benchmarks_dir, load_track
+    from skybench.tracks import load_track
 
-    project = tmp_path / "project"
-    (project / "benchmarks").mkdir(parents=True)
-    for name in ("lens-tiles", "lens-space"):
-        shutil.copy(benchmarks_dir() / f"{name}.yaml", project / "benchmarks" / f"{name}.yaml")
-    monkeypatch.setenv("SKYBENCH_ROOT", str(project))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")  # never used
+    project = tiles_project(tmp_path, monkeypatch)
     track = load_track("lens-tiles")
     release = simulate_release(track, project / "releases" / "lens-tiles", seed=3, size=12, progress=False,
                                workers=1, backend="numpy")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import ROOT, baseline_module, bwrap_works
+from helpers import ROOT, baseline_module, bwrap_works, tiles_project
 
 torch = pytest.importorskip("torch")
 fr = baseline_module("faster-rcnn")
@@ -121,14 +121,9 @@ def test_a_tiny_faster_rcnn_exports_and_runs_in_the_sandbox(tmp_path: Path, monk
     from skybench.harness.submission import load_submission, sandboxed_predict
     from skybench.release.reader import open_release
     from skybench.simulate import simulate_release
-    from skybench.tracks import benchmarks_dir, for_release, load_track
+    from skybench.tracks import for_release, load_track
 
-    project = tmp_path / "project"
-    (project / "benchmarks").mkdir(parents=True)
-    for name in ("lens-tiles", "lens-space"):
-        shutil.copy(benchmarks_dir() / f"{name}.yaml", project / "benchmarks" / f"{name}.yaml")
-    monkeypatch.setenv("SKYBENCH_ROOT", str(project))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")  # never used
+    project = tiles_project(tmp_path, monkeypatch)
     track = load_track("lens-tiles")
     release = simulate_release(track, project / "releases" / "lens-tiles", seed=4, size=6, progress=False,
                                workers=1, backend="numpy")

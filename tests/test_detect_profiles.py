@@ -5,13 +5,12 @@ challenge release, one outside 1024 pixels fails)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from helpers import bwrap_works
+from helpers import bwrap_works, tiles_project
 
 from skybench.harness.evaluate import evaluate
 from skybench.harness.submission import load_submission, sandboxed_predict
@@ -53,12 +52,7 @@ def _csv_submission(folder: Path, name: str, rows: list[tuple[int, float, float,
 @pytest.mark.slow
 @pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create namespaces here")
 def test_a_challenge_release_has_1024_pixel_tiles_and_the_harness_uses_them(tmp_path: Path, monkeypatch) -> None:
-    project = tmp_path / "project"
-    (project / "benchmarks").mkdir(parents=True)
-    for name in ("lens-tiles", "lens-space"):
-        shutil.copy(benchmarks_dir() / f"{name}.yaml", project / "benchmarks" / f"{name}.yaml")
-    monkeypatch.setenv("SKYBENCH_ROOT", str(project))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")  # never used: publish=False
+    project = tiles_project(tmp_path, monkeypatch)
     track = load_track("lens-tiles")
     release = simulate_release(track, project / "releases" / "lens-tiles", profile="challenge", seed=2, size=1,
                                progress=False, workers=1, backend="numpy", key_file=tmp_path / "challenge.key")

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from helpers import bwrap_works, python_submission
+from helpers import ROOT, bwrap_works, python_submission
 
 from skybench.harness import cgroups
 from skybench.harness.evaluate import evaluate, record_dir
@@ -31,20 +31,7 @@ pytestmark = [pytest.mark.slow,
 
 TILES, MEMORY_MB, BATCH = 72, 256, 4  # 72 x 4 MiB = 288 MiB of test inputs > 256 MB
 # The brightest 8x8-pixel blocks of the tile, the best K: per-tile arithmetic, so batching cannot change a bit.
-BLOCKS = """
-import numpy as np
-K, B = 100, 8
-def load(d):
-    return None
-def peaks(tile):
-    h, w = tile.shape[-2:]
-    blocks = tile.sum(axis=0).reshape(h // B, B, w // B, B).sum(axis=(1, 3)).ravel()
-    best = np.argsort(-blocks, kind="stable")[:K]
-    return np.stack([(best % (w // B)) * B + (B - 1) / 2, (best // (w // B)) * B + (B - 1) / 2,
-                     np.log10(np.maximum(blocks[best], 1e-3))], axis=1)
-def predict(m, batch):
-    return np.stack([peaks(tile) for tile in batch]).astype(np.float32)
-"""
+BLOCKS = (ROOT / "perf" / "blocks_predict.py").read_text()
 # Keeps a copy of every batch: the whole test set in memory, as a runner that loaded it at once would.
 HOARD = """
 import numpy as np

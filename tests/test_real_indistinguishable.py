@@ -108,20 +108,12 @@ def null_upper(n_sim: int, n_real: int, z: float = 3.0) -> float:
 
 
 @pytest.fixture(scope="module")
-def data(root):
-    d = root / "data"
-    if not (d / "galaxies" / "kids_viking_field").is_dir() or not (d / "lenses_hst" / "catalog.csv").is_file():
-        pytest.skip(f"real data missing: {d} (run `dvc pull`)")
-    return d
-
-
-@pytest.fixture(scope="module")
-def sets(data, tmp_path_factory):
+def sets(real_data, tmp_path_factory):
     """Per track: (real images, real is_lens, simulated images, simulated is_lens, pixel scale)."""
     tmp = tmp_path_factory.mktemp("indist")
     out = {}
     for name in ("lens-space", "lens-ground"):
-        real = open_release(import_real_set(data, name, tmp / f"real-{name}", limit=KIDS_LIMIT))
+        real = open_release(import_real_set(real_data, name, tmp / f"real-{name}", limit=KIDS_LIMIT))
         sim = open_release(simulate_release(name, tmp / f"sim-{name}", seed=11, size=SIM_SIZE[name], progress=False,
                                             real_set=False))
         out[name] = (real.images("test")[:], real.hidden("test").meta().is_lens.to_numpy(), sim.images("test")[:],

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import bwrap_works, python_submission
+from helpers import PIXEL_SUM, bwrap_works, python_submission
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
@@ -23,12 +23,6 @@ from skybench.tasks.lens.metrics import threshold_at_fpr
 from skybench.tasks.lens.real import NO_REAL_LENSES, import_real_set
 from skybench.tracks import load_track
 
-PIXEL_SUM = """
-import numpy as np
-def load(d): return None
-def predict(m, b): return b.astype('float64').sum(axis=(1, 2, 3)).astype('float32')
-"""
-
 
 @pytest.fixture(autouse=True)
 def store(tmp_path, monkeypatch):
@@ -36,18 +30,10 @@ def store(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def data(root):
-    d = root / "data"
-    if not (d / "galaxies" / "kids_viking_field").is_dir() or not (d / "lenses_hst" / "catalog.csv").is_file():
-        pytest.skip(f"real data missing: {d} (run `dvc pull`)")
-    return d
-
-
-@pytest.fixture(scope="module")
-def real_sets(data, tmp_path_factory):
+def real_sets(real_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("real")
-    return {"lens-space": import_real_set(data, "lens-space", out / "real-lens-space"),
-            "lens-ground": import_real_set(data, "lens-ground", out / "real-lens-ground", limit=48)}
+    return {"lens-space": import_real_set(real_data, "lens-space", out / "real-lens-space"),
+            "lens-ground": import_real_set(real_data, "lens-ground", out / "real-lens-ground", limit=48)}
 
 
 def _with_real(name: str, real) -> object:
