@@ -154,6 +154,10 @@ def test_a_tiny_faster_rcnn_exports_and_runs_in_the_sandbox(tmp_path: Path, monk
     program = torch.export.load(str(out / "model.pt2")).module()  # batch 1 too: the batch axis is dynamic
     one = torch.from_numpy(np.ascontiguousarray(rel.array("test", "images")[:1], np.float32))
     assert program(one).shape == (1, k, 3)
+    (tmp_path / "again").mkdir()  # the archive names its members after the file stem
+    again = fr.export(model, tmp_path / "again" / "model.pt2", tuple(one.shape[1:]))  # same weights, same bytes
+    assert again.read_bytes() == (out / "model.pt2").read_bytes()
+    assert str(ROOT).encode() not in again.read_bytes()  # no checkout path: a clone writes the same file
     (outcome,) = evaluate([out], track, release, out=project / "results" / "evaluations", publish=False, force=True)
     assert outcome.status == "FINISHED", outcome.reason
     assert 0 <= outcome.metrics["average_precision"] <= 1 and outcome.metrics["n_candidates"] > 0, outcome.metrics

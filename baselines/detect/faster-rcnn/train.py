@@ -31,8 +31,10 @@ loads it with ``torch.export.load(p).module()``. Uses CUDA for training when ava
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,7 @@ from skybench.tasks.detect.config import TABLE
 from skybench.tasks.detect.metrics import score_tiles
 from skybench.tracks import for_release, load_track
 from skybench.training import CurveLogger, fresh_folder, noise_sigma, run_cli, start, write_submission
+from skybench.training.serialise import rewrite_zip
 
 NAME = "faster-rcnn"
 HEAD_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # box-head delta scaling of Fast R-CNN (std 0.1, 0.1, 0.2, 0.2)
@@ -338,6 +341,16 @@ def export(model: FasterRCNN, path: Path, shape: tuple[int, ...]) -> Path:
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.export.export(model, (torch.zeros(2, *shape),), dynamic_shapes=({0: batch},))
     torch.export.save(program, str(path))
+    # torch.export.save writes a random serialization id and absolute source paths (the nodes' stack traces):
+    # made relative and derived from the content, so that the same weights give the same bytes in any checkout
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+        digest = hashlib.sha256(b"".join(z.read(n) for n in names if not n.endswith("serialization_id")))
+    prefix = f"{Path(__file__).resolve().parents[3]}/".encode()  # the checkout holding this file
+    edits = {n: (lambda d: d.replace(prefix, b"")) for n in names if n.endswith(".json")}
+    edits.update({n: (lambda d: str(int(digest.hexdigest()[:32], 16)).encode())
+                  for n in names if n.endswith("serialization_id")})
+    rewrite_zip(path, edits)
     return path
 
 
