@@ -48,9 +48,11 @@ run: setup data
 	bash scripts/repro.sh
 	skybench report
 
-# The full suite (what CI runs): every test, slow ones included.
+# The full suite (what CI runs): every test, slow ones included, spread over TEST_WORKERS processes (pytest-xdist;
+# one file per worker at a time, so module fixtures are built once). TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
 test: setup data
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile
 
 # The fast lane (under 3 minutes on 2 cores): everything not marked `slow` (notebooks, baseline training,
 # sandboxed TF/torch models, Ray, the MLflow server, big simulations, the PostgreSQL runs of the server tests).
