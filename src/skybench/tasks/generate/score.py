@@ -210,7 +210,8 @@ def score_maps(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, t
     out["chi2_per_dof"] = raw + penalty
     if label.n_bootstrap:
         out["chi2_per_dof_ci_low"], out["chi2_per_dof_ci_high"] = (
-            v + penalty for v in bootstrap_ci(lambda r: _chi2(vec[r], ref), rows, n_resamples=label.n_bootstrap))
+            v + penalty for v in bootstrap_ci(lambda r: _chi2(vec[r], ref), rows, n_resamples=label.n_bootstrap,
+                                              bias_corrected=True))
     return out
 
 
