@@ -12,6 +12,7 @@ import pytest
 from helpers import baseline_module, bwrap_works
 
 from skybench.harness.record import RECORD, EvaluationRecord, record_dir
+from skybench.harness.visibility import private_dir
 from skybench.tracking.mixture_report import compare
 from skybench.training import load_split, load_training
 from skybench.training.mixture import MixPart, load_mixture, mixture_plan, parse_part
@@ -122,7 +123,7 @@ def _record(out: Path, name: str, status: str = "FINISHED", **metrics: float) ->
     rec = EvaluationRecord(team="baselines", name=name, format="onnx", status=status,
                            reason="" if status == "FINISHED" else "it broke", submission_sha256="a" * 64,
                            release_sha256="b" * 64, metrics=metrics)
-    folder = record_dir(out, "baselines", name)
+    folder = private_dir(record_dir(out, "baselines", name))  # the organiser's record: every real object
     folder.mkdir(parents=True)
     (folder / RECORD).write_text(rec.to_json())
 
@@ -149,10 +150,11 @@ def test_compare_says_when_it_cannot_tell(tmp_path: Path) -> None:
     _record(ev, "resnet", **_real((0.44, 0.28, 0.62), (0.2, 0.1, 0.35)))
     _record(ev, "resnet-mix", status="FAILED")
     text = compare([ev, other], "resnet", "resnet-mix")
-    assert "baselines/resnet-mix FAILED" in text and f"no record of baselines/resnet in {other}" in text
+    assert "baselines/resnet-mix FAILED" in text
+    assert f"no record of baselines/resnet in {other.parent / 'private'}" in text
     assert text.rstrip().endswith("Outcome on lens-space: not known (a record is missing or failed; see above)")
     nan = _real((float("nan"),) * 3, (0.2, 0.1, 0.35))
-    (record_dir(ev, "baselines", "resnet-mix") / RECORD).unlink()
-    record_dir(ev, "baselines", "resnet-mix").rmdir()
+    (private_dir(record_dir(ev, "baselines", "resnet-mix")) / RECORD).unlink()
+    private_dir(record_dir(ev, "baselines", "resnet-mix")).rmdir()
     _record(ev, "resnet-mix", **nan)
     assert "real_lens_recall: not measured" in compare([ev], "resnet", "resnet-mix")

@@ -39,6 +39,7 @@ from skybench.training import (  # noqa: E402
     fresh_folder,
     keras_epoch_callback,
     load_training,
+    mixture_note,
     noise_sigma,
     predict_batches,
     run_cli,
@@ -107,7 +108,8 @@ def train(argv: list[str] | None = None) -> tuple[Any, Path]:
                     best_epoch=keep.epoch)
     write_submission(out, args.name, args.track, "keras", "model.keras",
                      f"classic small CNN (conv {params['filters']}, dense {params['dense']}) on the central "
-                     f"{params['crop']} px, noise-normalised and soft-clipped at {params['clip_sigma']} sigma; Keras")
+                     f"{params['crop']} px, noise-normalised and soft-clipped at {params['clip_sigma']} sigma; Keras"
+                     + mixture_note(args))
     print(f"wrote {out} (val AUROC {curves.last.get('auroc', float('nan')):.4f})")
     return model, out
 

@@ -26,6 +26,7 @@ from skybench.training import (
     binary_metrics,
     fresh_folder,
     load_training,
+    mixture_note,
     noise_sigma,
     run_cli,
     save_skops,
@@ -69,7 +70,8 @@ def train(argv: list[str] | None = None) -> tuple[Any, Path]:
         log.summary(val_auroc=val["auroc"], val_loss=val["loss"])
     write_submission(out, args.name, args.track, "sklearn", "model.skops",
                      f"MLP {params['hidden']} on {params['n_components']} whitened PCA components of the "
-                     f"noise-normalised, arcsinh-stretched central {params['crop']} px; skops")
+                     f"noise-normalised, arcsinh-stretched central {params['crop']} px; skops"
+                     + mixture_note(args))
     print(f"wrote {out} (val AUROC {val['auroc']:.4f})")
     return model, out
 

@@ -35,6 +35,7 @@ from skybench.training import (
     export_onnx,
     fresh_folder,
     load_training,
+    mixture_note,
     noise_sigma,
     predict_batches,
     run_cli,
@@ -184,7 +185,8 @@ def train(argv: list[str] | None = None) -> tuple[Any, Path]:
         log.summary(val_auroc=val["auroc"], val_loss=val["loss"], best_epoch=keep.epoch)
     write_submission(out, args.name, args.track, "onnx", "model.onnx",
                      f"DeepLens-style pre-activation bottleneck ResNet (widths {params['widths']}, units "
-                     f"{params['units']}), noise-normalised and clipped at {params['clip_sigma']} sigma; ONNX")
+                     f"{params['units']}), noise-normalised and clipped at {params['clip_sigma']} sigma; ONNX"
+                     + mixture_note(args))
     print(f"wrote {out} (val AUROC {val['auroc']:.4f})")
     return Scorer(model).cpu().eval(), out
 

@@ -1,7 +1,8 @@
-"""Did training on a mixture help on real skies? One baseline before (its track's release only) and after (the
-mixture, ``--also``), read from their evaluation records, compared on the track's real set: ``real_lens_recall``
-and ``real_fpr`` at each entry's threshold of 1% false positives on the simulated test, with their Wilson 95%
-intervals (``tasks/lens/score.py``), and ``real_auroc``. Printed by ``skybench report`` at the end of ``make run``
+"""Did training on a mixture help on real skies? One baseline before (its track's release only) and after (the mixture,
+``--also``), read from their organiser's evaluation records (``results/<track>/private/``: every real object),
+compared on the track's real set: ``real_lens_recall`` and ``real_fpr`` at each entry's threshold of 1% false
+positives on the simulated test, with their Wilson 95% intervals (``tasks/lens/score.py``), and ``real_auroc``.
+Printed by ``skybench report`` at the end of ``make run``
 (from ``results/realism/``):
 
     skybench compare-training --before resnet --after resnet-mix \
@@ -18,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from skybench.harness.record import RECORD, RecordError, read_record, record_dir
+from skybench.harness.visibility import private_dir
 
 TEAM = "baselines"
 COLUMNS = ("auroc", "real_lens_recall", "real_fpr", "real_auroc")  # shown per entry; the last three with intervals
@@ -26,10 +28,13 @@ JUDGED = {"real_lens_recall": "raise", "real_fpr": "lower"}
 
 
 def entry_metrics(evaluations: Path, name: str, team: str = TEAM) -> tuple[dict[str, float] | None, str]:
-    """(the metrics of ``team/name``'s record in ``evaluations``, "") or (None, why there are none)."""
-    path = record_dir(evaluations, team, name) / RECORD
+    """(the metrics of ``team/name``'s organiser record for ``evaluations``, "") or (None, why there are none).
+
+    The organiser's record (``results/<track>/private/``) has the metrics on every real object; the participant's
+    only those of the public part while the phase is open."""
+    path = private_dir(record_dir(evaluations, team, name)) / RECORD
     if not path.is_file():
-        return None, f"no record of {team}/{name} in {evaluations}"
+        return None, f"no record of {team}/{name} in {path.parent.parent}"
     try:
         rec = read_record(path)
     except RecordError as exc:
@@ -52,7 +57,9 @@ def verdict(key: str, before: Mapping[str, float], after: Mapping[str, float]) -
     b, a = before.get(key, math.nan), after.get(key, math.nan)
     if not (math.isfinite(b) and math.isfinite(a)):
         return None, f"{key}: not measured (the real set has none of the objects it needs)"
-    moved = "raised" if a > b else "lowered" if a < b else "left unchanged"
+    if a == b:
+        return False, f"{key}: unchanged at {_fmt(after, key)}"
+    moved = "raised" if a > b else "lowered"
     overlap = (after.get(f"{key}_ci_low", -math.inf) <= before.get(f"{key}_ci_high", math.inf)
                and before.get(f"{key}_ci_low", -math.inf) <= after.get(f"{key}_ci_high", math.inf))
     better = a > b if JUDGED[key] == "raise" else a < b
@@ -65,7 +72,7 @@ def compare(evaluations: Sequence[Path], before: str, after: str) -> str:
     first."""
     lines = [f"Training on a mixture: {before} (its track's release) vs {after} (the mixture with the realistic "
              "variants), real sets at each entry's 1%-FPR threshold on the simulated test, Wilson 95% intervals",
-             f"  {'evaluated on':<22}{'entry':<14}" + "".join(f"{c:<26}" for c in COLUMNS)]
+             (f"  {'evaluated on':<22}{'entry':<14}" + "".join(f"{c:<26}" for c in COLUMNS)).rstrip()]
     judged: dict[str, dict[str, float] | None] = {}
     problems = []
     for i, folder in enumerate(evaluations):

@@ -63,6 +63,7 @@ __all__ = [
     "keras_epoch_callback",
     "load_split",
     "load_training",
+    "mixture_note",
     "noise_sigma",
     "parse_args",
     "predict_batches",
@@ -231,6 +232,15 @@ def load_training(args: argparse.Namespace, params: Mapping[str, Any],
     from skybench.training.mixture import MixPart, load_mixture
 
     return load_mixture([MixPart(Path(args.release)), *also], split, max_n, seed=int(params["seed"]))
+
+
+def mixture_note(args: argparse.Namespace) -> str:
+    """For a submission's description: "" for one release, else "; trained on a mixture: <release> + <also>:<w>..."."""
+    also = getattr(args, "also", None)
+    if not also:
+        return ""
+    return "; trained on a mixture: " + " + ".join([Path(args.release).name,
+                                                    *(f"{Path(p.release).name}:{p.weight:g}" for p in also)])
 
 
 def noise_sigma(x: np.ndarray, border: int = 8) -> np.ndarray:
