@@ -13,6 +13,7 @@ from helpers import baseline_module, bwrap_works
 
 from skybench.harness.record import RECORD, EvaluationRecord, record_dir
 from skybench.harness.visibility import private_dir
+from skybench.release.reader import open_release
 from skybench.tracking.mixture_report import compare
 from skybench.training import load_split, load_training
 from skybench.training.mixture import MixPart, load_mixture, mixture_plan, parse_part
@@ -93,6 +94,28 @@ def test_load_training_without_also_is_load_split(tiny_space_release: Path, othe
 def test_a_release_of_another_instrument_is_refused(tiny_space_release: Path, tiny_ground_release: Path) -> None:
     with pytest.raises(ValueError, match=r"cannot mix .*lens-ground.* a different instrument: .*image_shape.*bands"):
         load_mixture([MixPart(tiny_space_release), MixPart(tiny_ground_release)], "train")
+
+
+def test_a_release_without_the_split_is_refused(tiny_space_release: Path, tmp_path: Path) -> None:
+    """A test-only release of the same instrument (as a real evaluation set is) has nothing to train on."""
+    import pandas as pd
+
+    from skybench.release import read_manifest
+    from skybench.release.writer import write_release
+
+    info = {k: v for k, v in read_manifest(tiny_space_release).items()
+            if k in ("track", "task", "profile", "seed", "bands", "pixel_scale", "units")}
+    shape = tuple(open_release(tiny_space_release).manifest["image_shape"])
+
+    def chunks(split: str, ranges: list[tuple[int, int]]):  # noqa: ANN202
+        for a, b in ranges:
+            yield np.zeros((b - a, *shape), np.float32), pd.DataFrame({"id": [f"t{i}" for i in range(a, b)],
+                                                                         "is_lens": [0] * (b - a)})
+
+    test_only = write_release(tmp_path / "test-only", info=info, counts={"test": 3}, image_shape=shape,
+                              make_chunks=chunks, label_columns=("is_lens",), progress=False)
+    with pytest.raises(ValueError, match=r"cannot mix .*test-only: it has no train cut-outs"):
+        load_mixture([MixPart(tiny_space_release), MixPart(test_only)], "train")
 
 
 @pytest.mark.slow

@@ -88,6 +88,12 @@ def load_mixture(parts: Sequence[MixPart], split: str, max_n: int | None = None,
     from skybench.training import load_split
 
     check_instruments([p.release for p in parts])
+    from skybench.release import read_manifest
+
+    for p in parts:
+        if not read_manifest(Path(p.release)).get("counts", {}).get(split):
+            raise ValueError(f"cannot mix {p.release}: it has no {split} cut-outs (a real evaluation set has only a "
+                             "hidden test split); mix releases with public train and val splits")
     data = [load_split(p.release, split) for p in parts]
     part, row = mixture_plan([len(y) for _, y in data], [p.weight for p in parts], seed)
     if max_n is not None:
