@@ -275,6 +275,26 @@ def compare(track: str, a: Annotated[str, typer.Argument(help="an entry: team/na
     except (LookupError, OSError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(_shown(result.summary(t.metrics.higher_is_better)))
+
+
+@app.command("compare-training")
+def compare_training(
+        evaluations: Annotated[list[Path], typer.Option(help="results/<track>/evaluations (repeatable; the first is "
+                                                             "judged)")],
+        before: Annotated[str, typer.Option(help="the baseline trained on its track's release")] = "resnet",
+        after: Annotated[str, typer.Option(help="the same baseline trained on a mixture (--also)")] = "resnet-mix",
+        write: Annotated[Path | None, typer.Option(help="also write the text to this file")] = None) -> None:
+    """Did training on a mixture raise real_lens_recall and lower real_fpr? Two baselines' records compared, with
+    their 95% intervals (skybench/tracking/mixture_report.py)."""
+    from skybench.tracking.mixture_report import compare as run
+
+    text = run(evaluations, before, after)
+    typer.echo(text, nl=False)
+    if write is not None:
+        write.parent.mkdir(parents=True, exist_ok=True)
+        write.write_text(text)
+
+
 def _terminal_table(track: Track, board: pd.DataFrame, columns: str | None, all_columns: bool) -> None:
     """Print the track's default columns of ``board`` (or ``columns``, or all), then the failure reasons the
     table leaves out, one line each."""

@@ -2,6 +2,7 @@
 
     python baselines/lens/cnn/train.py --track lens-space --release releases/lens-space \
         --out baselines/lens/cnn/lens-space [--max-train N] [--epochs E] [--set dense=64]
+        [--also releases/lens-space-realsrc[:WEIGHT] --name NAME]   # a mixture (training/mixture.py)
 
 The teaching example's network (Conv2D 32 5x5 - MaxPool - Conv2D 64 5x5 - MaxPool - Dense 1000 - output),
 with a sigmoid output for lens / non-lens. Everything between the raw cut-out and the score is a built-in
@@ -37,7 +38,8 @@ from skybench.training import (  # noqa: E402
     binary_metrics,
     fresh_folder,
     keras_epoch_callback,
-    load_split,
+    load_training,
+    mixture_note,
     noise_sigma,
     predict_batches,
     run_cli,
@@ -83,15 +85,15 @@ def predict(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndar
 
 def train(argv: list[str] | None = None) -> tuple[Any, Path]:
     """Train from the command line ``argv``; return (the trained in-framework model, the submission folder)."""
-    args, params = start(NAME, __doc__, argv)
-    x, y = load_split(args.release, "train", args.max_train)
-    xv, yv = load_split(args.release, "val")
+    args, params = start(NAME, __doc__, argv, mixture=True)
+    x, y = load_training(args, params, "train")
+    xv, yv = load_training(args, params, "val")
     sigma = noise_sigma(x)
     model = build(params, x.shape[1], x.shape[-1], sigma)
     model.compile(optimizer=keras.optimizers.Adam(float(params["lr"])), loss="binary_crossentropy")
     out = fresh_folder(args.out)
     bs = int(params["batch_size"])
-    with CurveLogger(NAME, args.track, {**params, "sigma": sigma.tolist()}, enabled=not args.no_mlflow) as log:
+    with CurveLogger(args.name, args.track, {**params, "sigma": sigma.tolist()}, enabled=not args.no_mlflow) as log:
         def validate(m: keras.Model, epoch: int, logs: dict) -> dict[str, float]:
             val = binary_metrics(yv, predict(m, xv, 256))
             log.epoch(epoch, loss=float(logs.get("loss", np.nan)), val_loss=val["loss"], val_auroc=val["auroc"])
@@ -104,9 +106,10 @@ def train(argv: list[str] | None = None) -> tuple[Any, Path]:
         save_keras(model, out / "model.keras")
         log.summary(val_auroc=curves.last.get("auroc", np.nan), val_loss=curves.last.get("loss", np.nan),
                     best_epoch=keep.epoch)
-    write_submission(out, NAME, args.track, "keras", "model.keras",
+    write_submission(out, args.name, args.track, "keras", "model.keras",
                      f"classic small CNN (conv {params['filters']}, dense {params['dense']}) on the central "
-                     f"{params['crop']} px, noise-normalised and soft-clipped at {params['clip_sigma']} sigma; Keras")
+                     f"{params['crop']} px, noise-normalised and soft-clipped at {params['clip_sigma']} sigma; Keras"
+                     + mixture_note(args))
     print(f"wrote {out} (val AUROC {curves.last.get('auroc', float('nan')):.4f})")
     return model, out
 

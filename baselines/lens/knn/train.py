@@ -2,6 +2,7 @@
 
     python baselines/lens/knn/train.py --track lens-space --release releases/lens-space \
         --out baselines/lens/knn/lens-space [--max-train N]
+        [--also releases/lens-space-realsrc[:WEIGHT] --name NAME]   # a mixture (training/mixture.py)
 
 One scikit-learn Pipeline, fed the flattened (N, bands*101*101) cut-outs as the runner gives them:
 
@@ -30,7 +31,8 @@ from skybench.training import (
     CurveLogger,
     binary_metrics,
     fresh_folder,
-    load_split,
+    load_training,
+    mixture_note,
     noise_sigma,
     run_cli,
     save_skops,
@@ -53,23 +55,24 @@ def fit(params: dict, sigma: np.ndarray, x: np.ndarray, y: np.ndarray) -> Pipeli
 
 def train(argv: list[str] | None = None) -> tuple[Any, Path]:
     """Train from the command line ``argv``; return (the trained in-framework model, the submission folder)."""
-    args, params = start(NAME, __doc__, argv)
-    x, y = load_split(args.release, "train", args.max_train)
-    xv, yv = load_split(args.release, "val")
+    args, params = start(NAME, __doc__, argv, mixture=True)
+    x, y = load_training(args, params, "train")
+    xv, yv = load_training(args, params, "val")
     sigma = noise_sigma(x)
     params["n_neighbors"] = min(int(params["n_neighbors"]), len(x))
     params["n_components"] = min(int(params["n_components"]), len(x))
     out = fresh_folder(args.out)
-    with CurveLogger(NAME, args.track, {**params, "sigma": sigma.tolist()}, enabled=not args.no_mlflow) as log:
+    with CurveLogger(args.name, args.track, {**params, "sigma": sigma.tolist()}, enabled=not args.no_mlflow) as log:
         model = fit(params, sigma, x, y)
         train = binary_metrics(y, model.predict_proba(x.reshape(len(x), -1))[:, 1])
         val = binary_metrics(yv, model.predict_proba(xv.reshape(len(xv), -1))[:, 1])
         log.epoch(1, loss=train["loss"], auroc=train["auroc"], val_loss=val["loss"], val_auroc=val["auroc"])
         save_skops(model, out / "model.skops")
         log.summary(val_auroc=val["auroc"], val_loss=val["loss"])
-    write_submission(out, NAME, args.track, "sklearn", "model.skops",
+    write_submission(out, args.name, args.track, "sklearn", "model.skops",
                      f"k-NN (k={params['n_neighbors']}) on {params['n_components']} PCA components of the "
-                     f"noise-normalised, arcsinh-stretched central {params['crop']} px; skops")
+                     f"noise-normalised, arcsinh-stretched central {params['crop']} px; skops"
+                     + mixture_note(args))
     print(f"wrote {out} (val AUROC {val['auroc']:.4f})")
     return model, out
 

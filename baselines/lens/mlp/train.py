@@ -2,6 +2,7 @@
 
     python baselines/lens/mlp/train.py --track lens-space --release releases/lens-space \
         --out baselines/lens/mlp/lens-space [--max-train N] [--epochs E]
+        [--also releases/lens-space-realsrc[:WEIGHT] --name NAME]   # a mixture (training/mixture.py)
 
 The same front end as the k-NN baseline (``skybench.training.sklearn_stretch``: central crop divided by the
 per-band noise sigma, arcsinh stretch), then PCA to ``n_components`` whitened components and an MLPClassifier
@@ -24,7 +25,8 @@ from skybench.training import (
     CurveLogger,
     binary_metrics,
     fresh_folder,
-    load_split,
+    load_training,
+    mixture_note,
     noise_sigma,
     run_cli,
     save_skops,
@@ -49,14 +51,14 @@ def build(params: dict, sigma: np.ndarray, size: int) -> tuple[Pipeline, PCA, ML
 
 def train(argv: list[str] | None = None) -> tuple[Any, Path]:
     """Train from the command line ``argv``; return (the trained in-framework model, the submission folder)."""
-    args, params = start(NAME, __doc__, argv)
-    x, y = load_split(args.release, "train", args.max_train)
-    xv, yv = load_split(args.release, "val")
+    args, params = start(NAME, __doc__, argv, mixture=True)
+    x, y = load_training(args, params, "train")
+    xv, yv = load_training(args, params, "val")
     sigma = noise_sigma(x)
     params["n_components"] = min(int(params["n_components"]), len(x))
     stretch, pca, mlp = build(params, sigma, x.shape[-1])
     out = fresh_folder(args.out)
-    with CurveLogger(NAME, args.track, {**params, "sigma": sigma.tolist()}, enabled=not args.no_mlflow) as log:
+    with CurveLogger(args.name, args.track, {**params, "sigma": sigma.tolist()}, enabled=not args.no_mlflow) as log:
         f = pca.fit_transform(stretch.transform(x.reshape(len(x), -1)))
         fv = pca.transform(stretch.transform(xv.reshape(len(xv), -1)))
         for epoch in range(1, int(params["epochs"]) + 1):
@@ -66,9 +68,10 @@ def train(argv: list[str] | None = None) -> tuple[Any, Path]:
         model = Pipeline([("stretch", stretch), ("pca", pca), ("mlp", mlp)])
         save_skops(model, out / "model.skops")
         log.summary(val_auroc=val["auroc"], val_loss=val["loss"])
-    write_submission(out, NAME, args.track, "sklearn", "model.skops",
+    write_submission(out, args.name, args.track, "sklearn", "model.skops",
                      f"MLP {params['hidden']} on {params['n_components']} whitened PCA components of the "
-                     f"noise-normalised, arcsinh-stretched central {params['crop']} px; skops")
+                     f"noise-normalised, arcsinh-stretched central {params['crop']} px; skops"
+                     + mixture_note(args))
     print(f"wrote {out} (val AUROC {val['auroc']:.4f})")
     return model, out
 

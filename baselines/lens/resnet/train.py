@@ -2,6 +2,7 @@
 
     python baselines/lens/resnet/train.py --track lens-space --release releases/lens-space \
         --out baselines/lens/resnet/lens-space [--max-train N] [--epochs E] [--set widths=[16,32]]
+        [--also releases/lens-space-realsrc[:WEIGHT] --name NAME]   # a mixture (training/mixture.py)
 
 After Lanusse et al. 2018 (arXiv:1703.02642): a 7x7 convolution with 32 filters, stages of pre-activation
 bottleneck units (BN-ELU-conv 1x1, BN-ELU-conv 3x3, BN-ELU-conv 1x1 + shortcut; He et al. 2016) that halve
@@ -33,7 +34,8 @@ from skybench.training import (
     dihedral_torch,
     export_onnx,
     fresh_folder,
-    load_split,
+    load_training,
+    mixture_note,
     noise_sigma,
     predict_batches,
     run_cli,
@@ -140,10 +142,10 @@ def build(params: dict, bands: int, sigma: np.ndarray, size: int) -> DeepLensRes
 
 def train(argv: list[str] | None = None) -> tuple[Any, Path]:
     """Train from the command line ``argv``; return (the trained in-framework model, the submission folder)."""
-    args, params = start(NAME, __doc__, argv)
+    args, params = start(NAME, __doc__, argv, mixture=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    x, y = load_split(args.release, "train", args.max_train)
-    xv, yv = load_split(args.release, "val")
+    x, y = load_training(args, params, "train")
+    xv, yv = load_training(args, params, "val")
     sigma = noise_sigma(x)
     model = build(params, x.shape[1], sigma, x.shape[-1]).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=float(params["lr"]), weight_decay=float(params["weight_decay"]))
@@ -154,7 +156,7 @@ def train(argv: list[str] | None = None) -> tuple[Any, Path]:
     xt, yt = torch.from_numpy(x), torch.from_numpy(y).float()
     out = fresh_folder(args.out)
     keep = KeepBest("auroc", nan_is_best=True, enabled=bool(params["keep_best"]))
-    with CurveLogger(NAME, args.track, {**params, "sigma": sigma.tolist(), "device": device},
+    with CurveLogger(args.name, args.track, {**params, "sigma": sigma.tolist(), "device": device},
                      enabled=not args.no_mlflow) as log:
         for epoch in range(1, int(params["epochs"]) + 1):
             model.train()
@@ -181,9 +183,10 @@ def train(argv: list[str] | None = None) -> tuple[Any, Path]:
             print(f"kept epoch {keep.epoch} (best val AUROC)")
         export_onnx(Scorer(model), out / "model.onnx", x.shape[1:], "score")
         log.summary(val_auroc=val["auroc"], val_loss=val["loss"], best_epoch=keep.epoch)
-    write_submission(out, NAME, args.track, "onnx", "model.onnx",
+    write_submission(out, args.name, args.track, "onnx", "model.onnx",
                      f"DeepLens-style pre-activation bottleneck ResNet (widths {params['widths']}, units "
-                     f"{params['units']}), noise-normalised and clipped at {params['clip_sigma']} sigma; ONNX")
+                     f"{params['units']}), noise-normalised and clipped at {params['clip_sigma']} sigma; ONNX"
+                     + mixture_note(args))
     print(f"wrote {out} (val AUROC {val['auroc']:.4f})")
     return Scorer(model).cpu().eval(), out
 

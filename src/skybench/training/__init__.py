@@ -4,7 +4,7 @@ hyper-parameters only.
 Every baseline script does the same few things around its own model:
 
     args, params = start("knn", __doc__, argv)           # --track --release ...; train.knn of params.yaml; seeds
-    x, y = load_split(args.release, "train", args.max_train)
+    x, y = load_split(args.release, "train", args.max_train)  # or load_training(args, params, "train"): mixtures
     sigma = noise_sigma(x)                               # per-band noise, stored inside the exported model
     out = fresh_folder(args.out)
     with CurveLogger("knn", args.track, params) as log:  # MLflow run in skybench-training-<track>
@@ -14,8 +14,11 @@ Every baseline script does the same few things around its own model:
 
 The rest of the package: :mod:`~skybench.training.loop` (keep the best epoch, Keras epoch callbacks, batched
 prediction, flip/rotation augmentation), :mod:`~skybench.training.serialise` (skops, Keras and ONNX files that are
-the same bytes for the same model), and per task :mod:`~skybench.training.photoz` and
-:mod:`~skybench.training.enhance` (loaders, the degradation from the manifest, validation metrics).
+the same bytes for the same model), :mod:`~skybench.training.mixture` (training on several releases of one
+instrument: ``start(..., mixture=True)`` adds ``--also RELEASE[:WEIGHT]`` and ``--name``; read with
+:func:`load_training`; ``skybench compare-training`` compares a baseline before and after, on real data), and per
+task :mod:`~skybench.training.photoz` and :mod:`~skybench.training.enhance` (loaders, the degradation from
+the manifest, validation metrics).
 
 Parameters live in ``params.yaml`` under ``train.<baseline>``. A value may depend on the pipeline's
 ``profile``: ``epochs: {demo: 6, challenge: 40}`` is read as 6 under ``profile: demo``; or on the track:
@@ -59,6 +62,8 @@ __all__ = [
     "fresh_folder",
     "keras_epoch_callback",
     "load_split",
+    "load_training",
+    "mixture_note",
     "noise_sigma",
     "parse_args",
     "predict_batches",
@@ -75,8 +80,9 @@ PROFILES = ("demo", "challenge")
 TEAM = "baselines"
 
 
-def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line shared by every baseline's ``train.py``."""
+def parse_args(description: str, argv: list[str] | None = None, *, mixture: bool = False) -> argparse.Namespace:
+    """The command line shared by every baseline's ``train.py``; ``mixture``: with ``--also`` and ``--name`` (the
+    baselines that read their data with :func:`load_training`)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--track", required=True, help="track name, e.g. lens-space")
     p.add_argument("--release", type=Path, required=True, help="release root (only public train and val are read)")
@@ -88,6 +94,11 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=YAML",
                    help="override one parameter of this baseline, e.g. --set widths=[8,16] (repeatable)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log training curves")
+    if mixture:
+        p.add_argument("--also", action="append", default=[], metavar="RELEASE[:WEIGHT]",
+                       help="also train on this release's public train/val (same instrument; repeatable); WEIGHT: "
+                            "copies of it, a fraction takes a seeded subset (default 1)")
+        p.add_argument("--name", default=None, help="the submission's name (default: the baseline's)")
     return p.parse_args(argv)
 
 
@@ -173,12 +184,23 @@ def seed_everything(seed: int) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def start(name: str, doc: str | None, argv: list[str] | None = None, *,
-          seed: bool = True) -> tuple[argparse.Namespace, dict[str, Any]]:
+def start(name: str, doc: str | None, argv: list[str] | None = None, *, seed: bool = True,
+          mixture: bool = False) -> tuple[argparse.Namespace, dict[str, Any]]:
     """The beginning of every baseline's training: (the command line ``argv``, ``train.<name>`` of the parameters
-    resolved for it), with the CPU threads (``cpu_threads``) set and everything seeded (``seed``)."""
-    args = parse_args((doc or name).splitlines()[0], argv)
+    resolved for it), with the CPU threads (``cpu_threads``) set and everything seeded (``seed``).
+
+    ``mixture``: the baseline reads its data with :func:`load_training`, so it takes ``--also`` (parsed into
+    ``args.also``: :class:`~skybench.training.mixture.MixPart` s, also in ``params["also"]``, for the logs) and
+    ``--name`` (``args.name``, the baseline's name by default)."""
+    args = parse_args((doc or name).splitlines()[0], argv, mixture=mixture)
     params = baseline_params(name, args)
+    if mixture:
+        from skybench.training.mixture import parse_part
+
+        args.also = [parse_part(a) for a in args.also]
+        args.name = args.name or name
+        if args.also:  # only then: a single-release training logs exactly what it always did
+            params["also"] = [f"{p.release}:{p.weight:g}" for p in args.also]
     set_threads(params.get("cpu_threads"))
     if seed:
         seed_everything(int(params["seed"]))
@@ -197,6 +219,28 @@ def load_split(release: str | Path, split: str, max_n: int | None = None) -> tup
     x = np.ascontiguousarray(images[:n], dtype=np.float32)
     y = np.asarray(rel.labels(split)[:n]).astype(np.int64)
     return x, y
+
+
+def load_training(args: argparse.Namespace, params: Mapping[str, Any],
+                  split: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`load_split` of ``args.release`` (``--max-train`` for ``train``), or, with ``--also``, the seeded
+    mixture of it and those releases (:func:`skybench.training.mixture.load_mixture`, seed ``params["seed"]``)."""
+    max_n = args.max_train if split == "train" else None
+    also = getattr(args, "also", None)
+    if not also:
+        return load_split(args.release, split, max_n)
+    from skybench.training.mixture import MixPart, load_mixture
+
+    return load_mixture([MixPart(Path(args.release)), *also], split, max_n, seed=int(params["seed"]))
+
+
+def mixture_note(args: argparse.Namespace) -> str:
+    """For a submission's description: "" for one release, else "; trained on a mixture: <release> + <also>:<w>..."."""
+    also = getattr(args, "also", None)
+    if not also:
+        return ""
+    return "; trained on a mixture: " + " + ".join([Path(args.release).name,
+                                                    *(f"{Path(p.release).name}:{p.weight:g}" for p in also)])
 
 
 def noise_sigma(x: np.ndarray, border: int = 8) -> np.ndarray:
