@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 from scipy.ndimage import gaussian_filter
 from scipy.stats import ks_2samp, spearmanr
 
@@ -107,7 +108,7 @@ class Geometry:
     r: np.ndarray
     border: np.ndarray
     radii: np.ndarray
-    growth: np.ndarray
+    growth: sparse.csr_matrix  # (len(radii), n * n)
     r_total: float  # the inner disc (to the border strips): the "total" flux of the CAS concentration
 
 
@@ -124,10 +125,10 @@ def geometry(n: int, sub: int = 8, step: float = 0.25) -> Geometry:
     near = np.flatnonzero(r.ravel() <= r_total + 1.0)
     sy, sx = c[near // n][:, None, None] + o[:, None], c[near % n][:, None, None] + o[None, :]
     rs = np.hypot(sy, sx).reshape(len(near), -1)
-    growth = np.zeros((len(radii), n * n), dtype=np.float32)
+    growth = np.zeros((len(radii), n * n))
     for k, rad in enumerate(radii):
         growth[k, near] = (rs <= rad).mean(axis=1)
-    return Geometry(r, border, radii, growth, float(r_total))
+    return Geometry(r, border, radii, sparse.csr_matrix(growth), float(r_total))
 
 
 def _background(x: np.ndarray, g: Geometry) -> tuple[np.ndarray, np.ndarray]:
@@ -159,7 +160,7 @@ def growth_radii(x: np.ndarray, fractions: tuple[float, ...] = (0.2, 0.5, 0.8)) 
     x = np.nan_to_num(np.asarray(x, dtype=np.float64))
     g = geometry(x.shape[-1])
     med, _ = _background(x, g)
-    curves = (x - med[:, None, None]).reshape(len(x), -1) @ g.growth.T.astype(np.float64)  # (N, K)
+    curves = np.asarray((g.growth @ (x - med[:, None, None]).reshape(len(x), -1).T).T)  # (N, K)
     total = curves[:, -1]
     out = np.full((len(x), len(fractions)), np.nan)
     ok = total > 0
@@ -168,27 +169,29 @@ def growth_radii(x: np.ndarray, fractions: tuple[float, ...] = (0.2, 0.5, 0.8)) 
     return out
 
 
-def concentration(x: np.ndarray) -> np.ndarray:
+def concentration(x: np.ndarray, radii: np.ndarray | None = None) -> np.ndarray:
     """CAS concentration C = 5 log10(r80 / r20) (Bershady, Jangren & Conselice 2000; Conselice 2003, ApJS 147, 1,
     eq. 1), r20 and r80 the radii of the circles about the frame centre holding 20% and 80% of the flux within the
     inner disc (:func:`growth_radii`; not 1.5 Petrosian radii: the frames are too small for the biggest galaxies').
-    A circular Gaussian gives 5 log10(sqrt(ln 5 / ln 1.25)) = 2.14, an exponential disc 2.7."""
-    r = growth_radii(x, (0.2, 0.8))
+    A circular Gaussian gives 5 log10(sqrt(ln 5 / ln 1.25)) = 2.14, an exponential disc 2.8. ``radii``: (N, 2) r20
+    and r80 when already measured."""
+    r = growth_radii(x, (0.2, 0.8)) if radii is None else radii
     return 5.0 * np.log10(r[:, 1] / r[:, 0])
 
 
-def asymmetry(x: np.ndarray) -> np.ndarray:
+def asymmetry(x: np.ndarray, r50: np.ndarray | None = None) -> np.ndarray:
     """CAS asymmetry A = (sum |I - I_180| - B_180) / sum |I| (Conselice 2003, ApJS 147, 1, eq. 2; Conselice,
     Bershady & Jangren 2000) in the circle of radius 3 r50 (about 1.5 Petrosian radii for Sersic n 1-4) about the
     frame centre (the cut-outs are centred on the deflector: no search for the centre minimising A), I_180 the
     frame rotated by 180 degrees, B_180 the same sum over the border strips (noise only), scaled to the circle's
-    pixel count. 0 for a symmetric object; its noise averages out."""
+    pixel count. 0 for a symmetric object; its noise averages out. ``r50``: (N,) half-light radii in pixels when
+    already measured."""
     x = np.nan_to_num(np.asarray(x, dtype=np.float64))
     g = geometry(x.shape[-1])
     med, _ = _background(x, g)
     x = x - med[:, None, None]
     diff = np.abs(x - x[:, ::-1, ::-1])  # 180 degrees about the centre pixel (odd frames) or the frame centre
-    r50 = growth_radii(x, (0.5,))[:, 0]
+    r50 = growth_radii(x, (0.5,))[:, 0] if r50 is None else r50
     rad = np.clip(np.nan_to_num(3.0 * r50, nan=g.r_total), 3.0, g.r_total)
     ap = g.r[None] <= rad[:, None, None]
     n_ap = ap.sum(axis=(1, 2))
@@ -246,12 +249,13 @@ def object_statistics(images: np.ndarray, track: LensTrack, batch: int = 256) ->
             med, sigma = _background(x[:, b], g)
             per_band.append((x[:, b] - med[:, None, None], med, sigma))
         xr, _, sigma = per_band[ref]
+        radii = growth_radii(x[:, ref], (0.2, 0.5, 0.8))
         zp = bands[ref].zero_point
         cols: dict[str, np.ndarray] = {
             "mag_2": _mag(xr[:, aperture].sum(axis=1), zp),
             "mag_total": _mag(xr.sum(axis=(1, 2)), zp),
-            "concentration": concentration(x[:, ref]),
-            "asymmetry": asymmetry(x[:, ref]),
+            "concentration": concentration(x[:, ref], radii[:, [0, 2]]),
+            "asymmetry": asymmetry(x[:, ref], radii[:, 1]),
             "peak_snr": xr[:, aperture].max(axis=1) / np.where(sigma > 0, sigma, np.nan),
             "noise_sigma": sigma,
             "noise_lowk": noise_lowk(x[:, ref]),
