@@ -170,3 +170,11 @@ def test_the_command_dispatches_by_task(tmp_path):
     assert res.exit_code == 1 and "--release: not an option of the photoz realism report" in res.output
     res = runner.invoke(app, ["realism", "lens-space", "--release", str(tmp_path / "nothing"), "--no-log"])
     assert res.exit_code == 1 and "no release of lens-space" in res.output
+
+
+def test_the_reference_band_is_the_real_sets():
+    from skybench.tasks.lens.real_nonlens import reference_band
+
+    for name in ("lens-space", "lens-ground"):
+        track = load_track(name)
+        assert rl.reference_band(track) == reference_band(track)
