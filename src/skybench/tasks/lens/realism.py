@@ -439,7 +439,7 @@ def load_groups(track: LensTrack, release: Path, real: Path | None, max_per_grou
     sim_images, sim_labels = sim.images("train")[keep], labels[keep]
     shape = sim_images.shape[1:]
     real_images, real_labels = np.empty((0, *shape), np.float32), np.empty(0, int)
-    real_note = "no real set"
+    real_note = "no real set" if real is None else f"no real set ({_shown(real)} is not a release)"
     if real is not None and layout.is_release(real):
         r = open_release(real)
         n = r.manifest["counts"].get("test", 0)
@@ -447,14 +447,24 @@ def load_groups(track: LensTrack, release: Path, real: Path | None, max_per_grou
             ids = r.meta("test")["id"].to_numpy()
             real_labels = r.hidden("test").truth(ids, ["is_lens"])["is_lens"].to_numpy().astype(int)
             real_images = r.images("test")[:]
-        real_note = f"real set {real}: {int((real_labels == 1).sum())} lenses, {int((real_labels == 0).sum())} " \
-                    "non-lenses"
+        n_lens = int((real_labels == 1).sum())
+        real_note = f"real set {_shown(real)}: {n_lens} lenses, {len(real_labels) - n_lens} non-lenses"
         if not n:
-            real_note = f"real set {real}: empty ({r.manifest.get('note', 'no objects')})"
-    header = (f"{track.name}, band {track.band_names[reference_band(track)]}: simulated {release} train split "
+            real_note = f"real set {_shown(real)}: empty ({r.manifest.get('note', 'no objects')})"
+    header = (f"{track.name}, band {track.band_names[reference_band(track)]}: simulated {_shown(release)} train split "
               f"({int((sim_labels == 1).sum())} lenses, {int((sim_labels == 0).sum())} non-lenses of {len(labels)}, "
               f"seed {seed}) vs {real_note}")
     return measure(track, sim_images, sim_labels, real_images, real_labels), header
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the project (the report's text does not depend on where the project is)."""
+    from skybench.tracks import project_root
+
+    try:
+        return Path(path).resolve().relative_to(project_root().resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def compare(track: LensTrack, release: Path, real: Path | None, entries: pd.DataFrame,
@@ -466,16 +476,14 @@ def compare(track: LensTrack, release: Path, real: Path | None, entries: pd.Data
 
 def plot(result: LensRealism, path: Path | str) -> Path:
     """Histograms of every statistic for the four groups (step, density) and the median border power spectra,
-    saved as a PNG at ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    saved as a PNG at ``path`` (a bare ``Figure``: no pyplot state, so a notebook's backend is left alone)."""
+    from matplotlib.figure import Figure
 
     stats = list(result.table.index)
     ncol = 4
     nrow = -(-(len(stats) + 1) // ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.2 * nrow), squeeze=False)
+    fig = Figure(figsize=(4.2 * ncol, 3.2 * nrow))
+    axes = fig.subplots(nrow, ncol, squeeze=False)
     colours = {"sim lens": "C3", "sim non-lens": "C0", "real lens": "k", "real non-lens": "C2"}
     styles = {"sim lens": "-", "sim non-lens": "-", "real lens": "--", "real non-lens": "--"}
     for ax, stat in zip(axes.ravel(), stats, strict=False):
@@ -485,7 +493,10 @@ def plot(result: LensRealism, path: Path | str) -> Path:
             ax.set_title(f"{stat}: no values")
             continue
         lo, hi = np.quantile(everything, [0.01, 0.99])
-        bins = np.linspace(lo, hi if hi > lo else lo + 1, 30)
+        logx = lo > 0 and hi / lo > 30  # peak S/N, noise_lowk: heavy tails
+        bins = np.geomspace(lo, hi, 30) if logx else np.linspace(lo, hi if hi > lo else lo + 1, 30)
+        if logx:
+            ax.set_xscale("log")
         for g, v in vals.items():
             if len(v):
                 ax.hist(np.clip(v, bins[0], bins[-1]), bins, density=True, histtype="step", color=colours[g],
@@ -507,7 +518,6 @@ def plot(result: LensRealism, path: Path | str) -> Path:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return path
 
 
