@@ -9,8 +9,9 @@
    track the colours of the 2" fluxes. Per statistic: median and IQR per group and the two-sample Kolmogorov-Smirnov
    distance simulated vs real per class (``scipy.stats.ks_2samp``).
 2. **Ranking on simulations vs on real data** (:func:`rank_agreement`): per evaluated entry its simulated AUROC and
-   its ``real_lens_recall``, ``real_fpr``, ``real_auroc`` (from the leaderboard stage's ``metrics.json``, else from
-   MLflow), and Spearman's rho between the simulated ranking and each real ranking.
+   its ``real_lens_recall``, ``real_fpr``, ``real_auroc`` (the leaderboard stage's ``metrics.json``: the phase's
+   part of the test set, as the leaderboard shows them), and Spearman's rho between the simulated ranking and each
+   real ranking.
 
 The classifier statistics of ``tests/test_real_indistinguishable.py`` (:func:`band_stats`, :data:`NAMES`,
 :data:`GROUPS`, :func:`features`) live here too: one home for the per-object statistics of lens cut-outs."""
@@ -346,10 +347,11 @@ class RankAgreement:
     table: pd.DataFrame
     rho: dict[str, tuple[float, int]]
     primary: str
+    note: str = ""  # why there are no entries, when that is known
 
     def text(self) -> str:
         if not len(self.table):
-            return "ranking on simulations vs real data: no evaluated entries"
+            return f"ranking on simulations vs real data: no evaluated entries{f' ({self.note})' if self.note else ''}"
         t = self.table
         cols = [self.primary, *REAL_METRICS]
         lines = [f"{'entry':<28}{'sim rank':>9}" + "".join(f"{c:>18}" for c in cols)]
@@ -400,16 +402,6 @@ def read_entries(metrics_json: Path) -> pd.DataFrame:
     if not isinstance(data, dict):
         raise ValueError(f"{metrics_json}: not a leaderboard metrics file ({{'team/name': {{metric: value}}}})")
     return pd.DataFrame.from_dict(data, orient="index")
-
-
-def entries_from_mlflow(track: LensTrack, release: Path) -> pd.DataFrame:
-    """The track's FINISHED leaderboard entries on ``release`` from MLflow, as :func:`read_entries` gives them."""
-    from skybench.release import release_digest
-    from skybench.tracking import leaderboard as lb
-
-    board = lb.leaderboard(track, release_sha256=release_digest(release), extra_columns=REAL_METRICS)
-    board = board[board["status"] == "FINISHED"]
-    return board.set_index(board["team"] + "/" + board["name"])
 
 
 # ------------------------------------------------------------------ the report
@@ -554,7 +546,7 @@ def report(track: str, *, log: bool = True, release: Path | None = None, real: P
            metrics: Path | None = None, max_per_group: int = MAX_PER_GROUP, seed: int = 0) -> tuple[str, bool, str]:
     """What ``skybench realism TRACK`` does for a lens track: the report of :func:`compare` for the release
     (default ``releases/<track>``), the track's real set (default its ``evaluation.real_set``) and the entries of
-    ``metrics`` (default ``results/<track>/metrics.json``, else the MLflow leaderboard); logged to MLflow with its
+    ``metrics`` (default ``results/<track>/metrics.json``, written by the leaderboard stage); logged to MLflow with its
     plot when ``log``. Returns (text, passed, a line about the MLflow run): there is no target to pass."""
     import tempfile
 
@@ -574,8 +566,11 @@ def report(track: str, *, log: bool = True, release: Path | None = None, real: P
     if not layout.is_release(release):
         raise FileNotFoundError(f"{release}: no release of {track}; make it with `skybench simulate {track}` "
                                 "(or `dvc repro simulate-lens@...`), or give --release")
-    entries = read_entries(metrics) if metrics.is_file() else entries_from_mlflow(t, release)
+    entries = read_entries(metrics) if metrics.is_file() else pd.DataFrame()
     result = compare(t, release, real, entries, max_per_group, seed)
+    if not metrics.is_file():
+        result.ranks.note = (f"no leaderboard metrics at {_shown(metrics)}: `skybench leaderboard {t.name} --write "
+                             f"results/{t.name}` (stage leaderboard-lens@{t.name}) writes them")
     line = ""
     if log:
         with tempfile.TemporaryDirectory(prefix="skybench-realism-") as tmp:
