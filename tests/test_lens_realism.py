@@ -145,9 +145,9 @@ def test_the_command_on_tiny_releases(tiny_ground_release, tmp_path, store):
     assert res.exit_code == 0, res.output
     text = out.read_text()
     assert text in res.output and "logged to MLflow run" in res.output
-    assert "real set" in text and ": 0 lenses, 7 non-lenses" in text
+    assert "(the real set): 0 lenses, 7 non-lenses" in text
     n_train = len(open_release(tiny_ground_release).labels("train"))
-    assert f"of {n_train}, seed 0)" in text
+    assert f"non-lenses of {n_train} (subset seed 0)" in text
     for stat in ("mag_2", "mag_total", "concentration", "asymmetry", "peak_snr", "noise_sigma", "noise_lowk",
                  "u-g", "g-r", "r-i"):
         assert any(line.startswith(stat + " ") for line in text.splitlines()), stat

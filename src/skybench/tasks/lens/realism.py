@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 BORDER = 10  # pixels: the frame's border strips, where the noise is measured
 APERTURE = 2.0  # arcsec: the flux the real sets are matched on (skybench.real_hst.APERTURE_RADIUS)
 GROUP_NAMES = ("sim lens", "sim non-lens", "real lens", "real non-lens")
-MAX_PER_GROUP = 500  # objects per simulated group (a seeded random subset): the report costs seconds
+MAX_PER_GROUP = 300  # simulated objects per group (a seeded random subset): the real groups are far smaller
 REAL_METRICS = ("real_lens_recall", "real_fpr", "real_auroc")
 LOWER_IS_BETTER = frozenset({"real_fpr"})
 
@@ -440,12 +441,12 @@ def load_groups(track: LensTrack, release: Path, real: Path | None, max_per_grou
             real_labels = r.hidden("test").truth(ids, ["is_lens"])["is_lens"].to_numpy().astype(int)
             real_images = r.images("test")[:]
         n_lens = int((real_labels == 1).sum())
-        real_note = f"real set {_shown(real)}: {n_lens} lenses, {len(real_labels) - n_lens} non-lenses"
+        real_note = f"real: {_shown(real)} (the real set): {n_lens} lenses, {len(real_labels) - n_lens} non-lenses"
         if not n:
-            real_note = f"real set {_shown(real)}: empty ({r.manifest.get('note', 'no objects')})"
-    header = (f"{track.name}, band {track.band_names[reference_band(track)]}: simulated {_shown(release)} train split "
-              f"({int((sim_labels == 1).sum())} lenses, {int((sim_labels == 0).sum())} non-lenses of {len(labels)}, "
-              f"seed {seed}) vs {real_note}")
+            real_note = f"real: {_shown(real)} (the real set): empty ({r.manifest.get('note', 'no objects')})"
+    header = (f"{track.name}, band {track.band_names[reference_band(track)]}, simulated vs real:\n"
+              f"  simulated: {_shown(release)} train split: {int((sim_labels == 1).sum())} lenses, "
+              f"{int((sim_labels == 0).sum())} non-lenses of {len(labels)} (subset seed {seed})\n  {real_note}")
     return measure(track, sim_images, sim_labels, real_images, real_labels), header
 
 
@@ -453,8 +454,8 @@ def _shown(path: Path) -> str:
     """``path`` relative to the project (the report's text does not depend on where the project is)."""
     from skybench.tracks import project_root
 
-    try:
-        return Path(path).resolve().relative_to(project_root().resolve()).as_posix()
+    try:  # not resolved: releases/<track> may be a link to elsewhere
+        return Path(os.path.abspath(path)).relative_to(os.path.abspath(project_root())).as_posix()
     except ValueError:
         return str(path)
 
