@@ -168,6 +168,8 @@ def test_the_command_dispatches_by_task(tmp_path):
     assert res.exit_code == 1 and "has no realism report" in res.output
     res = runner.invoke(app, ["realism", "photoz-catalog", "--release", str(tmp_path)])
     assert res.exit_code == 1 and "--release: not an option of the photoz realism report" in res.output
+    res = runner.invoke(app, ["realism", "lens-space", "--profile", "challenge"])
+    assert res.exit_code == 1 and "--profile: not an option of the lens realism report" in res.output
     res = runner.invoke(app, ["realism", "lens-space", "--release", str(tmp_path / "nothing"), "--no-log"])
     assert res.exit_code == 1 and "no release of lens-space" in res.output
 
@@ -178,3 +180,13 @@ def test_the_reference_band_is_the_real_sets():
     for name in ("lens-space", "lens-ground"):
         track = load_track(name)
         assert rl.reference_band(track) == reference_band(track)
+
+
+@pytest.mark.slow  # simulates the photo-z demo train split (~7 s)
+def test_the_photoz_report_runs_through_the_same_command(root):
+    if not (root / "data" / "photoz_sdss_mgs" / "train.csv").is_file():
+        pytest.skip("the real MGS catalogue is not in data/ (make data)")
+    res = CliRunner().invoke(app, ["realism", "photoz-catalog", "--no-log"])
+    assert res.exit_code == 0, res.output
+    assert "photoz-catalog (demo train split, seed 0) vs the real MGS train split:" in res.output
+    assert "targets: KS < 0.1" in res.output

@@ -459,12 +459,16 @@ def realism(track: str, profile: str = "demo",
         _fail(str(exc))
     try:
         module = importlib.import_module(f"skybench.tasks.{task}.realism")
-    except ModuleNotFoundError:
+    except ModuleNotFoundError as exc:
+        if exc.name != f"skybench.tasks.{task}.realism":  # the module exists; something it imports does not
+            raise
         _fail(f"track {track!r} is a {task} track, which has no realism report (the tasks with one have a "
               "skybench/tasks/<task>/realism.py with a report function: photoz, lens)")
     options = {"profile": profile, "seed": seed, "release": release, "real": real, "metrics": metrics}
     accepted = inspect.signature(module.report).parameters
     given = {k: v for k, v in options.items() if v is not None and k not in ("profile", "seed")}
+    if profile != "demo":
+        given["profile"] = profile
     if unknown := [k for k in given if k not in accepted]:
         _fail(f"--{', --'.join(unknown)}: not an option of the {task} realism report")
     try:
