@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.ndimage import gaussian_filter
 from scipy.stats import ks_2samp
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
@@ -29,65 +28,11 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from skybench.release import open_release
 from skybench.simulate import simulate_release
 from skybench.tasks.lens.real import import_real_set
+from skybench.tasks.lens.realism import GROUPS, features
 from skybench.tracks import load_track
 
 SIM_SIZE = {"lens-space": 400, "lens-ground": 400}
 KIDS_LIMIT = 176  # all the KiDS stamps
-
-
-def _band_stats(x: np.ndarray, scale: float) -> list[float]:
-    """Public statistics of one band (H, W) of pixel scale ``scale`` arcsec."""
-    n = x.shape[0]
-    c = (np.arange(n) - (n - 1) / 2.0) * scale
-    r = np.hypot(c[:, None], c[None, :])
-    border = np.ones(x.shape, dtype=bool)
-    border[10:-10, 10:-10] = False
-    b = x[border]
-    bmed = float(np.median(b))
-    mad = float(1.4826 * np.median(np.abs(b - bmed)))
-    xf = np.where(np.isfinite(x), x, 0.0).astype(np.float64)
-    f1, f2, f4 = (float(xf[r <= a].sum()) for a in (1.0, 2.0, 4.0))
-    tot = float(xf.sum())
-    w = np.clip(xf - bmed, 0.0, None) * (r <= 3.0)
-    ws = w.sum() + 1e-12
-    size2 = float((w * r**2).sum() / ws)
-    # noise: lag-1 correlation and power at several smoothing scales in the border strips (10 px wide)
-    strips = [xf[:10], xf[-10:], xf[:, :10].T, xf[:, -10:].T]
-    d1 = np.concatenate([(s[:, 1:] - s[:, :-1]).ravel() for s in strips])
-    d2 = np.concatenate([(s[:, 2:] - s[:, :-2]).ravel() for s in strips])
-    corr1 = 1.0 - float(np.var(d1)) / (2.0 * float(np.var(b)) + 1e-30)
-    corr2 = 1.0 - float(np.var(d2)) / (2.0 * float(np.var(b)) + 1e-30)
-    smooth = [float(np.std(gaussian_filter(xf, s)[border])) for s in (1.0, 2.0, 4.0)]
-    vals = np.unique(x[border])
-    return [tot, f1, f2, f4, f1 / (f4 + 1e-12), float(xf.max()), float(xf.min()), float(xf[n // 2, n // 2]),
-            bmed, mad, float(np.std(b)), float(np.mean(np.abs(b - bmed))), corr1, corr2,
-            *(s / (mad + 1e-30) for s in smooth), size2,
-            float(np.mean(~np.isfinite(x))), float(np.mean(x == 0)), len(vals) / b.size,
-            float(np.max(np.abs(b - bmed))) / (mad + 1e-30)]
-
-
-NAMES = ("total", "flux_1", "flux_2", "flux_4", "concentration", "max", "min", "centre", "border_median",
-         "border_mad", "border_std", "border_mean_abs_dev", "lag1_corr", "lag2_corr", "smooth1", "smooth2", "smooth4",
-         "size2", "nonfinite", "zero", "distinct", "border_max_dev")
-GROUPS = {"all": NAMES,
-          "noise": ("border_mad", "border_std", "border_mean_abs_dev", "lag1_corr", "lag2_corr", "smooth1", "smooth2",
-                    "distinct", "nonfinite", "zero"),
-          "flux": ("total", "flux_1", "flux_2", "flux_4")}
-
-
-def features(images: np.ndarray, scale: float, group: str = "all") -> np.ndarray:
-    """(N, features) per-object statistics: every band's of ``GROUPS[group]``, then (all) the colours
-    (aperture-flux ratios) between bands."""
-    keep = [NAMES.index(n) for n in GROUPS[group]]
-    rows = []
-    for im in images:
-        per = [_band_stats(band, scale) for band in im]
-        row = [p[j] for p in per for j in keep]
-        for i in range(len(per) - 1 if group == "all" else 0):
-            row += [-2.5 * np.log10(max(per[i][2], 1e-6) / max(per[i + 1][2], 1e-6)),
-                    -2.5 * np.log10(max(per[i][0], 1e-6) / max(per[i + 1][0], 1e-6))]
-        rows.append(row)
-    return np.asarray(rows, dtype=np.float64)
 
 
 def cv_auroc(x_sim: np.ndarray, x_real: np.ndarray, seed: int = 0) -> float:

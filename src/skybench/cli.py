@@ -455,32 +455,54 @@ def import_real_truth(data: Path = Path("data"), out: Path = Path("releases/enha
 
 
 @app.command()
-def realism(track: str, profile: str = "demo", seed: Annotated[int, typer.Option(help="release seed")] = 0,
+def realism(track: str, profile: str = "demo",
+            seed: Annotated[int, typer.Option(help="photo-z: release seed; lens: seed of the simulated subset")] = 0,
             log: Annotated[bool, typer.Option(help="log the figures and the plot to MLflow")] = True,
-            write: Annotated[Path | None, typer.Option(help="also write the table to this file")] = None,
-            strict: Annotated[bool, typer.Option(help="exit 1 when a target is missed")] = False) -> None:
-    """Compare a simulated photo-z track's colours with the real SDSS MGS train split (KS per colour, median g-r per
-    redshift bin, after matching the r and z distributions); print the table, log it and its plot to MLflow."""
-    import tempfile
+            write: Annotated[Path | None, typer.Option(help="also write the report to this file")] = None,
+            strict: Annotated[bool, typer.Option(help="exit 1 when a target is missed")] = False,
+            release: Annotated[Path | None, typer.Option(help="lens: the simulated release (releases/TRACK)")] = None,
+            real: Annotated[Path | None, typer.Option(help="lens: the real set (the track's real_set)")] = None,
+            metrics: Annotated[Path | None, typer.Option(
+                help="lens: the leaderboard's metrics.json (results/TRACK/metrics.json, else MLflow)")] = None) -> None:
+    """How real a simulated track looks, by its task's realism module (``skybench.tasks.<task>.realism.report``).
+    photo-z: colours against the real SDSS MGS train split (KS per colour, median g-r per redshift bin). lens:
+    per-object statistics of simulated and real lenses and non-lenses, and the baselines' ranking on simulations
+    against their real-data metrics. Prints the report, logs it and its plot to MLflow."""
+    import importlib
+    import inspect
 
-    from skybench.tasks.photoz import realism as rl
-    from skybench.tracks import project_root
+    from skybench.tracks import load_track
 
     try:
-        sim, real = rl.simulated_sample(track, profile, seed), rl.read_real_train(project_root())
+        task = load_track(track).task
     except (FileNotFoundError, ValueError, KeyError) as exc:
         _fail(str(exc))
-    result = rl.compare(sim, real)
-    text = f"{track} ({profile} train split, seed {seed}) vs the real MGS train split:\n{result.table()}"
+    try:
+        module = importlib.import_module(f"skybench.tasks.{task}.realism")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"skybench.tasks.{task}.realism":  # the module exists; something it imports does not
+            raise
+        _fail(f"track {track!r} is a {task} track, which has no realism report (the tasks with one have a "
+              "skybench/tasks/<task>/realism.py with a report function: photoz, lens)")
+    options = {"profile": profile, "seed": seed, "release": release, "real": real, "metrics": metrics}
+    accepted = inspect.signature(module.report).parameters
+    given = {k: v for k, v in options.items() if v is not None and k not in ("profile", "seed")}
+    if profile != "demo":
+        given["profile"] = profile
+    if unknown := [k for k in given if k not in accepted]:
+        _fail(f"--{', --'.join(unknown)}: not an option of the {task} realism report")
+    try:
+        text, passed, logged = module.report(track, log=log, **{k: v for k, v in options.items()
+                                                                 if k in accepted and (v is not None)})
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        _fail(str(exc))
     typer.echo(text)
     if write is not None:
         write.parent.mkdir(parents=True, exist_ok=True)
         write.write_text(text + "\n")
-    if log:
-        with tempfile.TemporaryDirectory(prefix="skybench-realism-") as tmp:
-            run_id = rl.log_realism(track, result, rl.plot(sim, real, result, Path(tmp) / "realism.png"))
-        typer.echo(f"logged to MLflow run {run_id}")
-    if strict and not result.passed():
+    if logged:
+        typer.echo(logged)
+    if strict and not passed:
         raise typer.Exit(1)
 
 

@@ -43,7 +43,7 @@ def print_report(releases: Path) -> None:
     else:
         console.print("Real data: not present (the DVC remote 'challenge' was not reachable)")
     _print_leaderboards(console, Path(releases))
-    # the photo-z realism table (stage realism-photoz: skybench realism photoz-catalog --write ...)
+    # the realism reports (stages realism-photoz, realism-lens@<track>: skybench realism TRACK --write ...)
     for path in sorted((Path(releases).parent / "results" / "realism").glob("*.txt")):
         console.print(Text(f"Realism ({path.name}):\n{path.read_text()}"))
 

@@ -204,3 +204,22 @@ def log_realism(track: str, result: Realism, png: Path) -> str:
     c.log_text(run_id, result.table(), "realism.txt")
     c.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def report(track: str, *, log: bool = True, profile: str = "demo", seed: int = 0) -> tuple[str, bool, str]:
+    """What ``skybench realism TRACK`` does for a photo-z track: the table of :func:`compare` for the ``profile``
+    train split (release seed ``seed``) against the real MGS train split, logged to MLflow with its plot when
+    ``log``. Returns (text, passed, a line about the MLflow run)."""
+    import tempfile
+
+    from skybench.tracks import project_root
+
+    sim, real = simulated_sample(track, profile, seed), read_real_train(project_root())
+    result = compare(sim, real)
+    text = f"{track} ({profile} train split, seed {seed}) vs the real MGS train split:\n{result.table()}"
+    line = ""
+    if log:
+        with tempfile.TemporaryDirectory(prefix="skybench-realism-") as tmp:
+            run_id = log_realism(track, result, plot(sim, real, result, Path(tmp) / "realism.png"))
+        line = f"logged to MLflow run {run_id}"
+    return text, result.passed(), line
