@@ -198,3 +198,24 @@ def test_an_entry_without_saved_predictions_leaves_the_intervals_empty_with_a_wa
     with pytest.warns(UserWarning, match="no rank intervals: .*no saved predictions"):
         board = leaderboard(track, release=tiny_space_release)
     assert board["rank"].tolist() == [1] and board["rank_low"].isna().all() and board["group"].tolist() == [""]
+
+
+def test_the_intervals_are_computed_once_per_board_and_again_when_its_entries_change(
+        track: Track, tiny_space_release: Path, entries: dict[str, np.ndarray], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # `skybench leaderboard --write` ranks the same board three times (write_results, the UI names, the print)
+    cols = ["name", "rank_low", "rank_high", "group"]
+    first = leaderboard(track, release=tiny_space_release)[cols]
+    calls = []
+    real = ranks.primary_resamples
+    monkeypatch.setattr(ranks, "primary_resamples", lambda *a, **k: calls.append(1) or real(*a, **k))
+    pd.testing.assert_frame_equal(leaderboard(track, release=tiny_space_release)[cols], first)
+    write_results(track, tmp_path / "out", release=tiny_space_release)
+    assert calls == []
+    y = _truth(tiny_space_release)["is_lens"].to_numpy().astype(float)
+    _submit(track, tiny_space_release, tmp_path, "t", "late", y)  # a new entry: a new board, new intervals
+    board = leaderboard(track, release=tiny_space_release).set_index("name")
+    assert calls == [1] and board.loc["late", "group"] == "A"
+    other = track.model_copy(update={"evaluation": track.evaluation.model_copy(update={"rank_seed": 1})})
+    leaderboard(other, release=tiny_space_release)  # another bootstrap seed: recomputed
+    assert calls == [1, 1]

@@ -46,6 +46,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -182,8 +183,18 @@ def load_torch(path: Path, device: str) -> tuple[Predict, str]:
     return predict, used
 
 
-def load_sklearn(path: Path, device: str) -> tuple[Predict, str]:
+def import_skops() -> ModuleType:
+    """``skops.io``, without torch: skops lists the trusted sklearn types with ``all_estimators``, whose package walk
+    imports sklearn's array-API shim for torch, and so torch (seconds of CPU, hundreds of MB) when it is installed.
+    The shim is only used on torch arrays; the list of sklearn types is the same without it."""
+    sys.modules.setdefault("sklearn.externals.array_api_compat.torch", None)  # type: ignore[arg-type]
     import skops.io as sio
+
+    return sio
+
+
+def load_sklearn(path: Path, device: str) -> tuple[Predict, str]:
+    sio = import_skops()
 
     try:
         untrusted = sio.get_untrusted_types(file=path)

@@ -178,6 +178,9 @@ def _board(track: Track, *, release_sha256: str | None, extra_columns: Sequence[
     return add_rank_intervals(track, board, release)[cols]
 
 
+_INTERVALS: dict[tuple[object, ...], pd.DataFrame] = {}  # add_rank_intervals' last table, by what it depends on
+
+
 def add_rank_intervals(track: Track, board: pd.DataFrame, release: Path | None) -> pd.DataFrame:
     """``board`` with ``rank_low``, ``rank_high`` and ``group`` (:mod:`skybench.tracking.ranks`) of its ranked
     entries, from the predictions saved with their organiser runs (column ``run_id``) and the hidden test split
@@ -191,14 +194,22 @@ def add_rank_intervals(track: Track, board: pd.DataFrame, release: Path | None) 
     if release is None or not len(ranked):
         return board
     try:
+        from skybench.release import release_digest
         from skybench.release.reader import open_release
 
-        hidden = open_release(release).hidden("test")
-        c = MlflowClient(tracking_uri=tracking_uri())
-        predictions = {f"{board.at[i, 'team']}/{board.at[i, 'name']}": ranks.load_predictions(c, board.at[i, "run_id"])
-                       for i in ranked}
-        _, values = ranks.primary_resamples(track, hidden, predictions)
-        table = ranks.rank_intervals(values, track.metrics.higher_is_better, range(len(ranked)))
+        # The intervals are a function of the track, the release's content and the ranked runs in order (a run's
+        # saved predictions never change): `skybench leaderboard --write` asks three times, each a bootstrap.
+        key = (track.model_dump_json(), release_digest(release),
+               tuple((board.at[i, "team"], board.at[i, "name"], board.at[i, "run_id"]) for i in ranked))
+        if (table := _INTERVALS.get(key)) is None:
+            hidden = open_release(release).hidden("test")
+            c = MlflowClient(tracking_uri=tracking_uri())
+            predictions = {f"{board.at[i, 'team']}/{board.at[i, 'name']}":
+                           ranks.load_predictions(c, board.at[i, "run_id"]) for i in ranked}
+            _, values = ranks.primary_resamples(track, hidden, predictions)
+            table = ranks.rank_intervals(values, track.metrics.higher_is_better, range(len(ranked)))
+            _INTERVALS.clear()  # one board's worth: a long-lived process (the server) does not accumulate
+            _INTERVALS[key] = table
     except (OSError, ValueError, KeyError, MlflowException) as exc:
         warnings.warn(f"{track.name}: no rank intervals: {exc}", stacklevel=2)
         return board
