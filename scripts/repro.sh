@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `dvc repro` of the whole pipeline; without the real data, of every track that does not need it.
+# `dvc repro` of the whole pipeline (scripts/repro.py: independent stages at the same time); without the real data,
+# of every track that does not need it.
 set -euo pipefail
 # The tracks whose real data is missing: photoz-sdss-mgs (its catalogue) and the simulated tracks whose
 # params.yaml `simulated` entry reads a folder of data/ (`data:`, e.g. lens-space-realsrc's source stamps).
@@ -14,7 +15,7 @@ print(" ".join(sorted(t for t, pattern in needs.items() if not glob.glob(pattern
 PY
 )
 if [ -z "$missing" ]; then
-  exec dvc repro "$@"
+  exec python scripts/repro.py "$@"
 fi
 echo "skybench: real data missing in data/; running every track except: $missing"
 targets=$(MISSING="$missing" python - <<'PY'
@@ -26,4 +27,4 @@ print(" ".join(f"leaderboard-{task}@{t}" for task, ts in tracks.items() for t in
 PY
 )
 # --allow-missing: calibrate-photoz (locked in dvc.lock) reads the real train split; its git-committed output stays
-exec dvc repro --allow-missing "$@" $targets
+exec python scripts/repro.py --allow-missing "$@" $targets
