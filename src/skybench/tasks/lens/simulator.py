@@ -43,7 +43,18 @@ class LensSimulator:
 
     @staticmethod
     def release_info(track: LensTrack) -> dict[str, Any]:
+        if track.injection is not None:  # an injected-arc track (tasks/lens/injected.py)
+            from skybench.tasks.lens.injected import InjectedSimulator
+
+            return InjectedSimulator.release_info(track)
         return {}
+
+    def __new__(cls, track: LensTrack, backend: Backend) -> Any:
+        if cls is LensSimulator and track.injection is not None:  # arcs injected into real galaxies
+            from skybench.tasks.lens.injected import InjectedSimulator
+
+            return InjectedSimulator(track, backend)
+        return super().__new__(cls)
 
     def __init__(self, track: LensTrack, backend: Backend):
         self.track, self.backend = track, backend
