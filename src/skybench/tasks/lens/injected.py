@@ -232,6 +232,7 @@ def inject(cutout: np.ndarray, arc: np.ndarray, normal: np.ndarray | None, total
 
 DROP_PREFIXES = ("lens_light_", "companion_", "arclet_", "ring_")  # absent components: not in the metadata
 DROP_COLUMNS = ("has_companion", "has_arclet", "has_ring")
+ABSENT = ("lens_light", "companion", "arclet", "ring_outer", "ring_inner")
 
 
 class InjectedSimulator:
@@ -257,6 +258,7 @@ class InjectedSimulator:
         self.lib = library(track)
         self.sim = LensSimulator(arc_track(track), backend)
         self.renderer = self.sim.renderer
+        self.poisson = True  # the arc's Poisson noise (False: the image is cut-out + arc exactly; tests)
 
     def params(self, seeds: list[int], cx: np.ndarray, cy: np.ndarray, theta_E: np.ndarray | None
                ) -> dict[str, np.ndarray]:
@@ -277,7 +279,15 @@ class InjectedSimulator:
 
     def arcs(self, cols: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The PSF-convolved arcs (B, bands, n, n) of ``cols`` as numpy, and their labels (the visibility rule; the
-        arc S/N's Poisson term counts the arc's flux only)."""
+        arc S/N's Poisson term counts the arc's flux only). ``cols`` may be a release's metadata: the absent
+        components it leaves out are given zero amplitudes."""
+        B = len(cols["lens_theta_E"])
+        absent = {f"{p}_amp_{b}": np.zeros(B) for p in ABSENT for b in self.track.band_names}
+        cols = {**absent, **cols}
+        off = ~np.asarray(cols["has_source"], dtype=bool)
+        if off.any():  # objects without an arc: no source (the renderer lenses only has_source objects)
+            cols |= {f"{p}_amp_{b}": np.where(off, 0.0, cols[f"{p}_amp_{b}"])
+                     for p in ("source", "clump0", "clump1", "clump2") for b in self.track.band_names}
         model, source = self.sim.render(cols)
         return self.backend.to_numpy(source).astype(np.float64), self.sim._label(cols, model, source)
 
@@ -326,7 +336,8 @@ class InjectedSimulator:
             arc[todo[ok]] = arc2[ok]
             done[todo[ok]] = True
         normal = np.stack([rng.standard_normal(arc.shape[1:]) for rng in rngs])  # the arc's Poisson noise
-        images = np.stack([inject(cutouts[i], arc[i], normal[i], self.renderer.total_time) for i in range(B)])
+        images = np.stack([inject(cutouts[i], arc[i], normal[i] if self.poisson else None,
+                                  self.renderer.total_time) for i in range(B)])
         meta: dict[str, np.ndarray] = {"id": np.arange(start, stop, dtype=np.int64), "split": np.full(B, split),
                                        "seed": np.asarray(object_seeds, dtype=np.int64)}
         meta |= {name: v for name, v in cols.items()
