@@ -157,6 +157,19 @@ def test_labels_are_balanced_and_only_the_arc_makes_a_lens(release, track):
     assert (both[both.is_lens == 0].arc_flux_r == 0).all()
 
 
+def test_arcs_are_redrawn_until_visible(track):
+    """With a strict visibility rule many first arcs fail it: they are redrawn, and an object whose draws all fail
+    gets no arc (label 0), so every label 1 passes the rule and every label 0 is the bare cut-out."""
+    strict = track.model_copy(update={"label": track.label.model_copy(update={"min_source_pixels": 600})})
+    images, meta = LensSimulator(strict, get_backend("numpy")).simulate(3, "train", 0, 48)
+    lens = meta["is_lens"] == 1
+    assert lens.any() and (meta["arc_attempts"][lens] > 1).any()
+    assert np.all(meta["n_pix_source"][lens] > 600) and np.all(meta["magnification"][lens] > 1.6)
+    assert np.all(meta["arc_flux_r"][~lens] == 0) and np.all(np.isnan(meta["magnification"][~lens]))
+    gave_up = meta["wants_arc"] & ~lens
+    assert np.all(meta["arc_attempts"][gave_up] == strict.injection.max_attempts)
+
+
 def test_the_release_validates_and_keeps_the_standard_layout(release):
     assert verify_release(release) == []
     rel = open_release(release)
@@ -195,8 +208,8 @@ def test_a_base_track_submission_is_evaluated_on_the_injected_track(tmp_path, mo
     if not bwrap_works():
         pytest.skip("bubblewrap cannot create namespaces here")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    code = ("import numpy as np\ndef load(d): return None\n"
-            "def predict(m, b): return b[:, 2, 30:71, 30:71].sum(axis=(1, 2)) - b[:, 2, 45:56, 45:56].sum(axis=(1, 2))\n")
+    code = ("import numpy as np\ndef load(d): return None\n"  # flux in an annulus: where arcs are
+            "def predict(m, b): return b[:, 2, 30:71, 30:71].sum(axis=(1, 2)) - b[:, 2, 45:56, 45:56].sum((1, 2))\n")
     sub = python_submission(tmp_path / "subs", "ground", code, track="lens-ground")
     (outcome,) = evaluate([sub], TRACK, release, out=tmp_path / "evals", publish=False)
     assert outcome.status == "FINISHED" and 0.0 <= outcome.metrics["auroc"] <= 1.0

@@ -83,8 +83,8 @@ def galaxy_groups(meta: pd.DataFrame) -> np.ndarray:
             parent[find(int(a))] = find(int(b))
         roots = np.array([find(a) for a in range(kids.size)])
         first = {r: int(stamp[roots == r].min()) for r in set(roots.tolist())}
-        for j, i in enumerate(kids):
-            out[i] = f"kids:{first[int(roots[j])]}"
+        for j, row in enumerate(kids):
+            out[row] = f"kids:{first[int(roots[j])]}"
     return out.astype(str)
 
 
@@ -138,15 +138,47 @@ def cutouts_path(track: LensTrack) -> Path:
     return p if p.is_absolute() else project_root() / p
 
 
+FALLBACK_KIDS_LIMIT = 24  # KiDS stamps read when the real set is built on the fly (no release at ``cutouts``)
+
+
 def library(track: LensTrack) -> Library:
-    """The cut-outs of ``track`` (read once per process from its real set)."""
+    """The cut-outs of ``track`` (read once per process from its real set). Where that release is not there (a
+    checkout before ``dvc repro`` made it: the tests), the real set is built from ``data/galaxies`` into a
+    temporary folder, as ``skybench import-real-set`` would (seed 0; lens-ground: the first
+    ``FALLBACK_KIDS_LIMIT`` KiDS stamps only, for time), and the manifest says so."""
     inj = track.injection
     assert inj is not None, f"track {track.name!r} has no injection settings"
     path = cutouts_path(track)
     key = (str(path), inj.split_seed, inj.test_fraction, inj.val_fraction, track.survey.pixel_scale)
     if key not in _LIBRARIES:
-        _LIBRARIES[key] = _load(track, path)
+        from skybench.release import layout
+
+        built = None if layout.is_release(path) else _build_real_set(track)
+        lib = _load(track, built or path)
+        if built is not None:
+            lib.info["cutouts"] = f"built on the fly from data/galaxies (no release at {inj.cutouts})"
+        _LIBRARIES[key] = lib
     return _LIBRARIES[key]
+
+
+def _build_real_set(track: LensTrack) -> Path:
+    import sys
+    import tempfile
+
+    from skybench.tasks.lens.real import import_real_set
+
+    data = project_root() / "data"
+    if not (data / "galaxies").is_dir():
+        raise FileNotFoundError(f"{track.name}: no real cut-out release at {cutouts_path(track)} and no {data}/galaxies"
+                                " to build one from: pull the real data (dvc pull data.dvc) and run"
+                                f" `skybench import-real-set {track.name.removesuffix('-injected')} --data data"
+                                f" --out {track.injection.cutouts if track.injection else ''}`")
+    out = Path(tempfile.mkdtemp(prefix="skybench-cutouts-")) / "real"
+    print(f"{track.name}: no real set at {cutouts_path(track)}; building it from {data}/galaxies in {out}",
+          file=sys.stderr)
+    plain = track.model_copy(update={"injection": None})  # the base track's population: the same real set
+    limit = None if len(track.band_names) == 1 else FALLBACK_KIDS_LIMIT
+    return import_real_set(data, plain, out, seed=0, limit=limit)
 
 
 def _load(track: LensTrack, path: Path) -> Library:
@@ -185,7 +217,7 @@ def _load(track: LensTrack, path: Path) -> Library:
     first = meta.iloc[0] if len(meta) else {}
     considered = int(first.get("stamps_considered", len(meta))) if len(meta) else 0
     dropped = int(first.get("stamps_dropped_unreachable_flux", 0)) if len(meta) else 0
-    info = {"cutouts": track.injection.cutouts, "cutouts_release_sha256": release_digest(path),
+    info = {"cutouts": inj.cutouts, "cutouts_release_sha256": release_digest(path),
             "real_lenses_left_out": int((~non).sum()),
             "stamps_considered": considered, "stamps_dropped_before_split": dropped,
             "galaxies": {s: sorted(g for g, v in split_of.items() if v == s) for s in SPLITS},
