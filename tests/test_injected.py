@@ -221,3 +221,17 @@ def test_the_injected_tracks_take_their_base_tracks_inputs():
         assert t.evaluation.also_from == [base] and t.evaluation.real_set is None
         assert (o.task, o.inputs, o.cutout, o.survey, o.output) == (t.task, t.inputs, t.cutout, t.survey, t.output)
         assert t.population == o.population and t.label == o.label
+
+
+def test_theta_E_can_follow_the_galaxy_flux(track):
+    """theta_E_from: flux puts theta_E at the galaxy's flux quantile (plus the scatter) within the population's range;
+    the lens sits on the galaxy (the cut-outs' blobs are centred)."""
+    inj = track.injection.model_copy(update={"theta_E_from": "flux", "theta_E_scatter": 0.05})
+    flux_track = track.model_copy(update={"injection": inj})
+    _, meta = LensSimulator(flux_track, get_backend("numpy")).simulate(4, "train", 0, 40)
+    lo, hi = track.population.lens.theta_E
+    expect = lo + (hi - lo) * meta["galaxy_flux_quantile"]
+    assert np.all((meta["lens_theta_E"] >= lo) & (meta["lens_theta_E"] <= hi))
+    assert np.all(np.abs(meta["lens_theta_E"] - expect) <= (hi - lo) * 0.05 * np.sqrt(3) + 1e-9)
+    assert np.corrcoef(meta["lens_theta_E"], meta["galaxy_flux_2arcsec"])[0, 1] > 0.5
+    assert np.all(np.hypot(meta["lens_center_x"], meta["lens_center_y"]) < 0.1)
