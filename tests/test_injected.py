@@ -17,6 +17,7 @@ from skybench.real_hst import Target
 from skybench.release import open_release, verify_release
 from skybench.tasks.lens.config import LensTrack
 from skybench.tasks.lens.injected import (
+    TRANSFORMS,
     InjectedSimulator,
     assign_splits,
     galaxy_groups,
@@ -28,7 +29,7 @@ from skybench.tasks.lens.simulator import LensSimulator
 from skybench.tracks import load_track
 
 TRACK = "lens-ground-injected"
-N_GAL = 12
+N_GAL = 20  # cut-outs of the stand-in real set (about 8 end up in test)
 
 
 def _cutout_release(out: Path, track: LensTrack) -> Path:
@@ -212,7 +213,8 @@ def test_a_base_track_submission_is_evaluated_on_the_injected_track(tmp_path, mo
             "def predict(m, b): return b[:, 2, 30:71, 30:71].sum(axis=(1, 2)) - b[:, 2, 45:56, 45:56].sum((1, 2))\n")
     sub = python_submission(tmp_path / "subs", "ground", code, track="lens-ground")
     (outcome,) = evaluate([sub], TRACK, release, out=tmp_path / "evals", publish=False)
-    assert outcome.status == "FINISHED" and 0.0 <= outcome.metrics["auroc"] <= 1.0
+    assert outcome.status == "FINISHED", outcome.reason
+    assert 0.0 <= outcome.metrics["auroc"] <= 1.0
 
 
 def test_the_injected_tracks_take_their_base_tracks_inputs():
@@ -235,3 +237,55 @@ def test_theta_E_can_follow_the_galaxy_flux(track):
     assert np.all(np.abs(meta["lens_theta_E"] - expect) <= (hi - lo) * 0.05 * np.sqrt(3) + 1e-9)
     assert np.corrcoef(meta["lens_theta_E"], meta["galaxy_flux_2arcsec"])[0, 1] > 0.5
     assert np.all(np.hypot(meta["lens_center_x"], meta["lens_center_y"]) < 0.1)
+
+
+def copy_fraction(image: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """An attacker's copy finder, from pixels alone: per image of ``others``, the largest fraction (over the 8
+    rotations and flips of ``image``) of pixels equal to it within 1e-3 of its noise sigma (MAD, per band). A copy of
+    one cut-out matches everywhere but where an arc is (~1); independent noise matches ~0.1% of pixels."""
+    med = np.median(others, axis=(-2, -1), keepdims=True)
+    tol = 1e-3 * 1.4826 * np.median(np.abs(others - med), axis=(-2, -1), keepdims=True)
+    return np.max([(np.abs(transform(image, k)[None] - others) <= tol).mean(axis=(1, 2, 3))
+                   for k in range(TRANSFORMS)], axis=0)
+
+
+def test_each_test_cutout_is_used_once_and_the_test_size_is_their_number(release, track):
+    """Test objects derive from distinct cut-outs (hidden provenance), all of the test split's; arcs go to a keyed
+    round(p_arc * n) of them; the manifest records the cap and why."""
+    rel = open_release(release)
+    test, m = rel.hidden("test").meta(), rel.manifest
+    lib = library(track)
+    n = int((lib.meta["split"] == "test").sum())
+    assert n >= 6 and test.cutout_id.is_unique and len(test) == n
+    assert set(test.cutout_id) == set(lib.meta.cutout_id[lib.meta.split == "test"])
+    assert test.wants_arc.sum() == int(np.floor(track.injection.p_arc * n + 0.5))
+    assert m["counts"]["test"] == n == m["injection"]["test_objects"]["cutouts"]
+    assert n == m["injection"]["cutouts_used"]["test"]
+    assert m["counts_requested"]["test"] == 40 and m["split_limits"] == {"test": n}
+    assert m["counts"]["train"] == m["counts_requested"]["train"] > n  # train and val repeat their cut-outs
+    assert "upper bound" in m["injection"]["test_objects"]["rule"]
+    with pytest.raises(ValueError, match="holds each once"):
+        LensSimulator(track, get_backend("numpy")).simulate(5, "test", n - 1, n + 1)
+
+
+def test_no_test_image_is_a_transformed_copy_of_another_or_of_a_training_image(release):
+    """The differencing attack (find the copies of a cut-out among the test images, subtract their median, read off
+    the arc) has nothing to work on: no test image matches another test, train or val image under any rotation or
+    flip. The train split (public) does repeat its cut-outs, which the same finder sees: it works."""
+    rel = open_release(release)
+    test = np.asarray(rel.images("test")[:], dtype=np.float64)
+    public = np.concatenate([rel.images("train")[:], rel.images("val")[:]]).astype(np.float64)
+    for i in range(len(test)):
+        others = np.concatenate([np.delete(test, i, axis=0), public])
+        assert copy_fraction(test[i], others).max() < 0.01, f"test object {i} has a copy"
+    assert copy_fraction(public[0], public[1:]).max() > 0.5  # the finder finds train's repeats
+
+
+def test_an_injected_track_folds_in_no_real_set(track, tmp_path):
+    from skybench.simulate import simulate_release
+
+    with pytest.raises(ValueError, match="real_set"):
+        LensTrack.model_validate(track.model_dump() | {"evaluation": track.evaluation.model_dump() |
+                                                       {"real_set": "releases/real-lens-ground"}})
+    with pytest.raises(ValueError, match="no real set may be folded"):
+        simulate_release(track, tmp_path / "r", size=4, progress=False, workers=1, real_set="releases/real-lens-ground")

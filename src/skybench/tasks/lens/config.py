@@ -118,6 +118,14 @@ class LensTrack(Track):
         return {"tpr_fpr1", "tpr0", "fpr_fpr1", "n_lens", "n_nonlens"}
 
     @model_validator(mode="after")
+    def _no_real_set_folded_into_injected(self) -> LensTrack:
+        if self.injection is not None and self.evaluation.real_set:
+            raise ValueError(f"evaluation.real_set ({self.evaluation.real_set}) with injection: an injected track's "
+                             "test objects are real cut-outs already; folding a real set in would repeat their "
+                             "pixels in one test stream. Remove evaluation.real_set")
+        return self
+
+    @model_validator(mode="after")
     def _check_contaminant(self) -> LensTrack:
         for i, s in enumerate(self.strata):
             if s.column == "contaminant" and (s.values is None or set(s.values) - CONTAMINANT_TYPES):

@@ -14,11 +14,15 @@ track's visibility rule; ``is_lens`` = an arc was injected. The image is ``cut-o
 (the cut-out carries the background noise already).
 
 Galaxies, not cut-outs, are split (:func:`galaxy_groups`: an HST stamp's galaxy, a whole HST scene, KiDS stamps that
-overlap in their parent frame), so no galaxy is in two of train, val and test. Caveats: the few galaxies repeat in
-every split (a dozen or so per split on lens-space), each under the same noise, so a model that compares the test
-objects with each other could difference two copies of one galaxy; and the same cut-outs (same pixels) are the real
-non-lenses of the base track's real set, so ``real_fpr`` of a model trained on this track's train split is optimistic
-on its train galaxies (the manifest lists each split's galaxies: ``injection.galaxies``)."""
+overlap in their parent frame), so no galaxy is in two of train, val and test. Train and val (public) reuse their few
+cut-outs many times (transforms, arcs); the TEST split holds each of its cut-outs exactly ONCE
+(:func:`test_assignment`: a keyed permutation, one transform, an arc for a keyed ``round(p_arc * n)`` of them), so its
+size is the number of test cut-outs (:meth:`InjectedSimulator.split_limits`; the profile's test size is an upper
+bound). Why: the whole test stream is seen in one run, and copies of one cut-out (the same noise pixels, transformed)
+would let a model difference them and read off which copy carries an arc. Caveat: the same cut-outs (same pixels)
+are the real non-lenses of the base track's real set, so ``real_fpr`` of a model trained on this track's train split
+is optimistic on its train galaxies (the manifest lists each split's galaxies: ``injection.galaxies``), and no real
+set is folded into this track's test stream (it would repeat its pixels)."""
 
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ CENTROID_RADIUS = 1.0  # arcsec: the lens is centred on the galaxy's light centr
 CENTROID_MAX = 0.3  # arcsec: at most this far from the cut-out's centre
 APERTURE_RADIUS = 2.0  # arcsec: the galaxy's flux (theta_E_from: flux), as the real sets measure it
 TRANSFORMS = 8  # rotations by 0, 90, 180, 270 degrees, each with or without a flip of x
+_TEST_ORDER_TAG = 0x7465737431  # separates the test order's stream from object 0's own
 
 
 def transform(image: np.ndarray, k: int) -> np.ndarray:
@@ -49,6 +54,16 @@ def transform(image: np.ndarray, k: int) -> np.ndarray:
     for ``k >= 4``."""
     out = np.rot90(image, k % 4, axes=(-2, -1))
     return np.ascontiguousarray(out[..., ::-1] if k >= 4 else out)
+
+
+def test_assignment(seeds: ObjectSeeds | int, n_cutouts: int, p_arc: float) -> tuple[np.ndarray, np.ndarray]:
+    """The test split's objects: object ``i`` is the test cut-out ``order[i]`` (each exactly once) and wants an arc
+    where ``arc[i]`` (exactly ``round(p_arc * n_cutouts)`` of them). Drawn from the seed of test object 0 (keyed
+    outside ``demo``: :mod:`skybench.testkey`), so neither the order nor the arcs follow from public information."""
+    rng = np.random.default_rng([as_object_seeds(seeds)("test", 0), _TEST_ORDER_TAG])
+    order = rng.permutation(n_cutouts)
+    arc = rng.permutation(n_cutouts) < int(np.floor(p_arc * n_cutouts + 0.5))
+    return order, arc
 
 
 def galaxy_groups(meta: pd.DataFrame) -> np.ndarray:
@@ -280,7 +295,18 @@ class InjectedSimulator:
 
     @staticmethod
     def release_info(track: LensTrack) -> dict[str, Any]:
-        return {"injection": library(track).info}
+        lib = library(track)
+        n = int(lib.pool("test").size)
+        return {"injection": lib.info | {"test_objects": {
+            "cutouts": n, "rule": "one object per test cut-out, each exactly once (a random transform; an arc for "
+                                  f"round(p_arc * {n}) of them); the profile's test size is an upper bound",
+            "why": "a model sees the whole test stream: copies of one cut-out (the same noise pixels) could be "
+                   "differenced to find the copy with an arc"}}}
+
+    @staticmethod
+    def split_limits(track: LensTrack) -> dict[str, int]:
+        """The most objects a split may hold: test, its number of cut-outs (train and val repeat theirs)."""
+        return {"test": int(library(track).pool("test").size)}
 
     def __init__(self, track: LensTrack, backend: Backend):
         from skybench.tasks.lens.simulator import LensSimulator
@@ -335,6 +361,12 @@ class InjectedSimulator:
         rows = pool[np.minimum((U[:, 0] * len(pool)).astype(np.int64), len(pool) - 1)]
         k = np.minimum((U[:, 1] * TRANSFORMS).astype(np.int64), TRANSFORMS - 1)
         wants = U[:, 2] < inj.p_arc
+        if split == "test":  # each test cut-out once (module docstring): no copies to difference
+            if stop > len(pool):
+                raise ValueError(f"{self.track.name}: test objects {start}..{stop} asked for, but the test split "
+                                 f"has {len(pool)} real cut-outs and holds each once; ask for at most {len(pool)}")
+            order, arc_wanted = test_assignment(seeds, len(pool), inj.p_arc)
+            rows, wants = pool[order[start:stop]], arc_wanted[start:stop]
         cutouts = np.stack([transform(lib.images[r], int(t)) for r, t in zip(rows, k, strict=True)])
         ref = self.track.band_names.index("r") if "r" in self.track.band_names else 0
         p = self.track.survey.pixel_scale
