@@ -51,10 +51,15 @@ def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", se
                   "test": size}
     be = get_backend(backend)
     cls = simulator_class(track)
+    limits: dict[str, int] = getattr(cls, "split_limits", lambda t: {})(track)  # bounded by its data (injected test)
+    capped = {s: min(c, limits.get(s, c)) for s, c in counts.items()}
     workers = workers or (os.cpu_count() or 1) if be.name == "numpy" else 1
     info = {"track": track.name, "task": track.task, "profile": profile, "seed": seed,
             "bands": track.band_names, "pixel_scale": track.survey.pixel_scale, "units": "e-/s per pixel",
             "backend": f"{be.name}-{be.device}", "test_key": key.manifest_entry(), **cls.release_info(track)}
+    if capped != counts:
+        info |= {"counts_requested": counts, "split_limits": limits}
+        counts = capped
     finish = _real_set_fold(track, real_set, order_key(key, seed))
     with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(track, backend, True)) if workers > 1 \
             else _InProcess(track, backend) as pool:
@@ -71,6 +76,9 @@ def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", se
 def _real_set_fold(track: Track, real_set: Path | str | bool, key: bytes) -> Callable[[Path], dict[str, Any]]:
     """The ``finish`` step of the release writer: fold the real set into the test split (or say why not)."""
     given = track.evaluation.real_set if real_set is True else (None if real_set is False else str(real_set))
+
+    if given and getattr(track, "injection", None) is not None:  # its test objects ARE real cut-outs (injected.py)
+        raise ValueError(f"{track.name}: no real set may be folded into an injected track's test stream ({given})")
 
     def finish(root: Path) -> dict[str, Any]:
         if not given:

@@ -87,10 +87,25 @@ class LensLabel(_Strict):
     pixel_sigma: float
 
 
+class Injection(_Strict):
+    """An injected-arc track (``tasks/lens/injected.py``): the population's arcs added to the real non-lens cut-outs
+    of the release ``cutouts`` (a real set, relative to the project root), its galaxies split by galaxy."""
+
+    cutouts: str  # e.g. releases/real-lens-space (the is_lens = 0 objects are used)
+    split_seed: int = 0  # the public shuffle of the galaxies into test, val and train
+    test_fraction: float = Field(0.5, gt=0, lt=1)  # of the galaxies
+    val_fraction: float = Field(0.2, ge=0, lt=1)
+    p_arc: float = Field(0.5, gt=0, lt=1)  # fraction of the cut-outs given an arc (label 1 where it is visible)
+    max_attempts: int = Field(8, ge=1)  # arcs drawn per cut-out until one passes the visibility rule
+    theta_E_from: Literal["population", "flux"] = "population"  # flux: its quantile follows the galaxy's flux
+    theta_E_scatter: float = Field(0.1, ge=0)  # flux: Gaussian scatter of that quantile
+
+
 class LensTrack(Track):
     task: Literal["lens"]
     population: LensPopulation
     label: LensLabel
+    injection: Injection | None = None
 
     def strata_columns(self) -> set[str]:
         """What ``strata:`` may name: parameters and labels of the simulated test table, and ``contaminant``
@@ -101,6 +116,14 @@ class LensTrack(Track):
 
     def strata_metrics(self) -> set[str]:
         return {"tpr_fpr1", "tpr0", "fpr_fpr1", "n_lens", "n_nonlens"}
+
+    @model_validator(mode="after")
+    def _no_real_set_folded_into_injected(self) -> LensTrack:
+        if self.injection is not None and self.evaluation.real_set:
+            raise ValueError(f"evaluation.real_set ({self.evaluation.real_set}) with injection: an injected track's "
+                             "test objects are real cut-outs already; folding a real set in would repeat their "
+                             "pixels in one test stream. Remove evaluation.real_set")
+        return self
 
     @model_validator(mode="after")
     def _check_contaminant(self) -> LensTrack:

@@ -43,7 +43,28 @@ class LensSimulator:
 
     @staticmethod
     def release_info(track: LensTrack) -> dict[str, Any]:
+        if track.injection is not None:  # an injected-arc track (tasks/lens/injected.py)
+            from skybench.tasks.lens.injected import InjectedSimulator
+
+            return InjectedSimulator.release_info(track)
         return {}
+
+    @staticmethod
+    def split_limits(track: LensTrack) -> dict[str, int]:
+        """The most objects per split (simulate.py caps the profile's counts): an injected track's test split holds
+        each real cut-out once."""
+        if track.injection is not None:
+            from skybench.tasks.lens.injected import InjectedSimulator
+
+            return InjectedSimulator.split_limits(track)
+        return {}
+
+    def __new__(cls, track: LensTrack, backend: Backend) -> Any:
+        if cls is LensSimulator and track.injection is not None:  # arcs injected into real galaxies
+            from skybench.tasks.lens.injected import InjectedSimulator
+
+            return InjectedSimulator(track, backend)
+        return super().__new__(cls)
 
     def __init__(self, track: LensTrack, backend: Backend):
         self.track, self.backend = track, backend
