@@ -30,24 +30,15 @@ def demo():
 
 
 @needs_real
-@pytest.mark.xfail(strict=True, reason="issue 20 not done: i-z KS 0.12 (target 0.10) with the CWW-based templates; "
-                   "the z 0.20-0.30 median g-r is +0.04 on this seed (a small bin); strict: passing flags it")
 def test_demo_population_looks_like_the_real_mgs(demo, real):
-    """Issue 20's targets: every colour's KS distance < 0.10 and the median g-r per z bin within 0.03 mag."""
+    """Issue 20's targets on the pipeline's release (demo profile, params.yaml seed 2026): every colour's KS distance
+    < 0.10 and the median g-r per z bin within 0.03 mag. Seed 2026 now: KS 0.076 / 0.025 / 0.049 / 0.059, worst bin
+    +0.029 at z 0.02-0.06 (the real median's bootstrap sd there is 0.017, at z 0.20-0.30 0.038). The CWW-based
+    population of session 8 fails it (i-z KS 0.124, median g-r +0.043 at z 0.20-0.30), the one before issue 20 by far
+    (u-g KS 0.44)."""
     result = rl.compare(demo, real)
     print(result.table())
     assert result.passed(), "; ".join(result.failures())
-
-
-@needs_real
-def test_demo_population_reaches_what_the_calibration_reached(demo, real):
-    """What the fit reached (kept from regressing until the full targets above are met): u-g, g-r, r-i KS < 0.10,
-    i-z < 0.15; median g-r within 0.03 mag for z < 0.2, within 0.06 in the small 0.20-0.30 bin. The population before
-    issue 20 fails it (KS u-g 0.43, g-r 0.14, i-z 0.21; median g-r off by up to 0.13)."""
-    result = rl.compare(demo, real)
-    ks, diff = result.colours["ks"], result.g_r_by_z["diff"].abs()
-    assert (ks[["u-g", "g-r", "r-i"]] < 0.10).all() and ks["i-z"] < 0.15, result.table()
-    assert (diff.iloc[:-1] < 0.03).all() and diff.iloc[-1] < 0.06, result.table()
 
 
 @needs_real
@@ -88,7 +79,7 @@ def test_both_tracks_use_the_calibrated_population():
     for t in (images, catalog):
         assert t.population.calibration == str(calibrate.OUT)
         assert t.population.red_fraction.model_dump() == pytest.approx(fitted["red_fraction"])
-        assert list(t.population.red_sequence.uv_repair) == fitted["red_sequence"]["uv_repair"]
+        assert list(t.population.red_sequence.metal_rich) == fitted["red_sequence"]["metal_rich"]
 
 
 def test_a_field_in_both_the_track_and_the_calibration_is_refused(tmp_path):
@@ -120,19 +111,3 @@ def test_the_fit_reads_the_train_split_only(tmp_path):
     assert not any("test" in Path(p).name for p in data), data
     fitted = yaml.safe_load((tmp_path / "pop.yaml").read_text())
     assert set(fitted) == {"red_sequence", "blue_cloud", "red_fraction"}
-
-
-def test_emission_lines_move_from_r_to_i_with_redshift():
-    """H-alpha (6563 A) with EW 100 A brightens r at z = 0.02 and i at z = 0.15 by ~EW(1+z)/band width (r keeps
-    H-beta and [OIII] then)."""
-    from skybench.physics.backend import get_backend
-    from skybench.tasks.photoz.simulator import GalaxySimulator
-
-    sim = GalaxySimulator(load_track("photoz-catalog"), get_backend("numpy"))
-    t, ir = np.zeros(2), np.zeros(2)
-    for z, band, other in ((0.02, 2, 3), (0.15, 3, 2)):
-        zz, e = np.full(2, z), np.zeros(2)
-        m = sim.phot.magnitudes(zz, sim._disk_weights(t, ir, np.array([0.0, 100.0])), e)
-        gain = m[0] - m[1]
-        assert 0.04 < gain[band] < 0.15, (z, gain)
-        assert gain[other] < gain[band] - 0.05, (z, gain)

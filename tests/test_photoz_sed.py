@@ -1,4 +1,4 @@
-"""Synthetic SDSS photometry of the CWW templates against speclite's own AB magnitudes."""
+"""Synthetic SDSS photometry of the CWW and Blanton & Roweis 2007 templates against speclite's own AB magnitudes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from skybench.physics.sed import (
+    BR07_TEMPLATES,
     CWW_TEMPLATES,
     SDSS_BANDS,
     TEMPLATES,
@@ -42,12 +43,35 @@ def test_magnitudes_match_speclite(phot, template, z):
     assert np.max(np.abs(ours - speclite_mags(template, z))) < 1e-3
 
 
+@pytest.mark.parametrize("template", BR07_TEMPLATES)
+def test_kcorrect_templates_match_speclite(phot, template):
+    """The Blanton & Roweis 2007 templates (read from the kcorrect package's data) through the same photometry."""
+    for z in (0.0, 0.15):
+        ours = phot.magnitudes([z], one_hot(template))[0]
+        assert np.max(np.abs(ours - speclite_mags(template, z))) < 1e-3
+
+
+def test_kcorrect_templates_are_what_their_file_says():
+    """BR07_3 (old) is the red-sequence template, BR07_2 and BR07_4 (young) bluer, BR07_0 the reddest; BR07_1 (the
+    burst) has strong emission lines: H-alpha + [NII] make r - i < -0.3 at z = 0 and leave r for i by z = 0.1 (r - i
+    rises by > 0.4), while the old template's r - i moves by < 0.1."""
+    phot = Photometry()
+    m = {t: phot.magnitudes([0.0, 0.1], np.tile(one_hot(t), (2, 1))) for t in BR07_TEMPLATES}
+    g_r = {t: m[t][0, 1] - m[t][0, 2] for t in BR07_TEMPLATES}
+    assert g_r["BR07_0"] > g_r["BR07_3"] > 0.6 > g_r["BR07_2"] > g_r["BR07_4"]
+    r_i = {t: m[t][:, 2] - m[t][:, 3] for t in BR07_TEMPLATES}
+    assert r_i["BR07_1"][0] < -0.3 and r_i["BR07_1"][1] > r_i["BR07_1"][0] + 0.4
+    assert abs(r_i["BR07_3"][1] - r_i["BR07_3"][0]) < 0.1
+    wave, flux = load_template("BR07_3")
+    assert wave[0] < 1000 and wave[-1] > 30000 and np.all(np.diff(wave) > 0) and np.all(flux >= 0)
+
+
 def test_reddened_mixture_matches_speclite(phot):
     # a reddened single template (the internal attenuation is applied in the rest frame)
     ours = phot.magnitudes([0.12], one_hot("Sbc"), ebv_internal=[0.2])[0]
     assert np.max(np.abs(ours - speclite_mags("Sbc", 0.12, 0.2))) < 1e-3
     # a mixture is the sum of the fluxes: 10^(-0.4 m) adds
-    w = np.array([0.3, 0.7, 0.0, 0.0, 0.0, 0.0, 0.0])  # TEMPLATES: E, Sbc, Scd, Im, E_uvfix, Sbc_irfix, lines
+    w = 0.3 * one_hot("E") + 0.7 * one_hot("Sbc")
     mix = phot.maggies([0.2], w)[0]
     parts = 0.3 * 10 ** (-0.4 * speclite_mags("E", 0.2)) + 0.7 * 10 ** (-0.4 * speclite_mags("Sbc", 0.2))
     assert np.max(np.abs(-2.5 * np.log10(mix) + 2.5 * np.log10(parts))) < 1e-3

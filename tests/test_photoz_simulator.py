@@ -70,7 +70,7 @@ def test_every_parameter_is_in_the_metadata(chunk):
     meta = chunk[1]
     for col in ("seed", "z", "M_r", "bulge_fraction", "disk_type", "ebv_internal", "ebv_galactic", "bulge_R_kpc",
                 "disk_R_kpc", "bulge_R_sersic", "disk_R_sersic", "bulge_e1", "disk_e2", "center_x", "D_A_kpc", "u_M",
-                "bulge_young_fraction",
+                "bulge_young_fraction", "metal_rich", "burst", "uv_repair", "red_sequence",
                 *(f"{k}_{b}" for k in ("mag", "mag_true", "mag_obs_true", "err", "err_meas", "calib", "flux",
                                        "bulge_share") for b in SDSS_BANDS)):
         assert col in meta, col
@@ -82,9 +82,10 @@ def test_magnitudes_follow_the_sed(sims, chunk):
     sim = sims["photoz-images"]
     phot = Photometry()
     row = meta.iloc[3]
-    w_disk = sim._disk_weights(np.array([row["disk_type"]]), np.array([row["ir_repair"]]))
+    w_disk = sim._disk_weights(np.array([row["disk_type"]]), np.array([row["burst"]]))
     fb = row["bulge_fraction"]
-    w_bulge = sim._bulge_weights(np.array([row["bulge_young_fraction"]]), np.array([row["uv_repair"]]))
+    w_bulge = sim._bulge_weights(np.array([row["bulge_young_fraction"]]), np.array([row["metal_rich"]]),
+                                 np.array([row["uv_repair"]]))
     bulge = phot.maggies([row["z"]], w_bulge)[0] / phot.maggies([0.0], w_bulge)[0][2]
     disk = (phot.maggies([row["z"]], w_disk, [row["ebv_internal"]])[0]
             / phot.maggies([0.0], w_disk, [row["ebv_internal"]])[0][2])

@@ -512,7 +512,7 @@ def calibrate_photoz(track: Annotated[str, typer.Argument(help="the photo-z trac
                      = Path("calibration/photoz-population.yaml"),
                      seed: Annotated[int, typer.Option(help="release seed of the fitting sample")] = 0,
                      n: Annotated[int, typer.Option(help="simulated galaxies per evaluation")] = 8000,
-                     max_evals: int = 700) -> None:
+                     max_evals: int = 400) -> None:
     """Fit the photo-z population (red sequence, blue cloud, red fraction) to the real MGS train split."""
     from skybench.tasks.photoz.calibrate import main as run
 

@@ -1,5 +1,6 @@
-"""Galaxy SEDs and synthetic AB photometry: Coleman-Wu-Weedman templates (GalSim's ``share/SEDs``), redshifted
-and integrated through the SDSS filter curves of speclite (``sdss2010-*``).
+"""Galaxy SEDs and synthetic AB photometry: Coleman-Wu-Weedman templates (GalSim's ``share/SEDs``) and the Blanton &
+Roweis 2007 templates (the ``kcorrect`` package's ``kcorrect-default-v4.fits``), redshifted and integrated through the
+SDSS filter curves of speclite (``sdss2010-*``).
 
 All spectra are f_lambda [erg/s/cm^2/A] on wavelengths in Angstrom. ``Photometry`` integrates many spectra at once
 on one fine observed-frame grid (trapezoid rule, photon-counting weights, as speclite does), so a batch of
@@ -8,6 +9,7 @@ galaxies costs a few matrix products."""
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 from typing import Any
 
@@ -26,7 +28,15 @@ CWW_TEMPLATES = ("E", "Sbc", "Scd", "Im")
 # (skybench.tasks.photoz.calibrate).
 # "lines": the nebular emission lines the CWW templates lack (star-forming galaxies), H-alpha flux 1; mixed into
 # disks with an H-alpha equivalent width (skybench.tasks.photoz.simulator).
-TEMPLATES = (*CWW_TEMPLATES, "E_uvfix", "Sbc_irfix", "lines")
+# The five Blanton & Roweis 2007 (AJ 133, 734) kcorrect v4 templates: non-negative combinations of Bruzual & Charlot
+# 2003 population synthesis spectra with dust and MAPPINGS-III emission lines, fitted to SDSS+GALEX+2MASS galaxies,
+# so that non-negative mixtures of them span real SDSS galaxy colours. Their file's METS (metallicity) and M300, M1000
+# (mass shares formed in the last 0.3, 1 Gyr): BR07_0 the reddest (Z 0.05, M1000 0.66), BR07_1 a burst (M300 1, strong
+# lines), BR07_2 young (Z 0.023, M1000 0.46), BR07_3 old (Z 0.021, M1000 0), BR07_4 young, metal poor (Z 0.006).
+BR07_TEMPLATES = tuple(f"BR07_{k}" for k in range(5))
+# BR07_3_uvfix: the old template BR07_3 with the same UV repair as E_uvfix (its near UV sets the red sequence's u-g,
+# whose spread in the MGS, ~0.5 mag, the BR07 mixtures alone do not reach at the red sequence's g-r).
+TEMPLATES = (*CWW_TEMPLATES, "E_uvfix", "Sbc_irfix", "lines", *BR07_TEMPLATES, "BR07_3_uvfix")
 UV_FIX_MAG = 1.5
 UV_FIX_RAMP = (3500.0, 3900.0)
 IR_FIX_MAG = 1.0
@@ -48,14 +58,37 @@ def galsim_sed_dir() -> str:
     return os.path.join(os.path.dirname(galsim.__file__), "share", "SEDs")
 
 
+def kcorrect_template_file() -> str:
+    """The kcorrect package's default template file (found without importing the package, whose import pulls in
+    matplotlib)."""
+    spec = importlib.util.find_spec("kcorrect")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("the Blanton & Roweis 2007 templates come with the kcorrect package: "
+                                  "pip install 'kcorrect>=5.1' (skybench's [sim] extra)")
+    return os.path.join(os.path.dirname(spec.origin), "data", "templates", "kcorrect-default-v4.fits")
+
+
+@functools.cache
+def _br07() -> tuple[np.ndarray, np.ndarray]:
+    from astropy.io import fits
+
+    with fits.open(kcorrect_template_file()) as hdul:
+        table = hdul["FLUX"].data  # one row: wave (nwave,), flux (5, nwave) [erg/s/cm^2/A at 10 pc per M_sun]
+        return np.asarray(table["wave"][0], np.float64), np.asarray(table["flux"][0], np.float64)
+
+
 @functools.cache
 def load_template(name: str) -> tuple[np.ndarray, np.ndarray]:
     """(wavelength [A], f_lambda) of a template of ``TEMPLATES``: a CWW one (``E``, ``Sbc``, ``Scd``, ``Im``) from
     GalSim's ``*_ext.sed`` (columns "Angstroms, Flux/A"; extended to the UV and IR by Bolzonella et al. 2000), or
     ``E_uvfix`` (E, near UV dimmed by ``UV_FIX_MAG``), ``Sbc_irfix`` (Sbc, near IR dimmed by ``IR_FIX_MAG``) or
-    ``lines`` (the emission lines ``EMISSION_LINES``, H-alpha flux 1)."""
-    if name == "E_uvfix":
-        wave, flux = load_template("E")
+    ``lines`` (the emission lines ``EMISSION_LINES``, H-alpha flux 1), or a Blanton & Roweis 2007 one (``BR07_0`` ..
+    ``BR07_4``, read from the kcorrect package's data; ``BR07_3_uvfix``: BR07_3 UV-repaired as ``E_uvfix``)."""
+    if name in BR07_TEMPLATES:
+        wave, flux = _br07()
+        return wave, flux[BR07_TEMPLATES.index(name)]
+    if name in ("E_uvfix", "BR07_3_uvfix"):
+        wave, flux = load_template(name.removesuffix("_uvfix"))
         dim = UV_FIX_MAG * np.clip((UV_FIX_RAMP[1] - wave) / (UV_FIX_RAMP[1] - UV_FIX_RAMP[0]), 0.0, 1.0)
         return wave, flux * 10.0 ** (-0.4 * dim)
     if name == "lines":

@@ -23,19 +23,20 @@ class SizeRelation(_Strict):
 
 
 class Component(_Strict):
-    """One colour population: uniform ranges of its galaxies' parameters (drawn from per-object quantiles)."""
+    """One colour population: uniform ranges of its galaxies' parameters (drawn from per-object quantiles). The SEDs
+    are mixtures of the Blanton & Roweis 2007 templates (``BR07_*``, :mod:`skybench.physics.sed`)."""
 
     bulge_fraction: tuple[float, float]  # share of rest-frame r-band light in the bulge (Sersic n = 4)
-    # share of the bulge's rest-frame r light from a younger (Sbc) population: the colour scatter of early types
+    # share of the bulge's rest-frame r light from a young population (BR07_2): the colour scatter of early types
     bulge_young_fraction: tuple[float, float]
-    disk_type: tuple[float, float]  # 0 = Sbc, 1 = Scd, 2 = Im, linear mixtures in between
+    disk_type: tuple[float, float]  # 0 = old (BR07_3), 1 = young (BR07_2), 2 = young metal-poor (BR07_4), mixtures
     ebv_internal: tuple[float, float]  # Calzetti E(B-V) of the disk
-    # share of the E template's light replaced by its UV-repaired version (``E_uvfix``, skybench.physics.sed)
+    # share of the bulge's old light from the reddest, metal-rich template (BR07_0) instead of BR07_3
+    metal_rich: tuple[float, float] = (0.0, 0.0)
+    # share of the bulge's BR07_3 light from its UV-repaired version (BR07_3_uvfix, skybench.physics.sed)
     uv_repair: tuple[float, float] = (0.0, 0.0)
-    # share of the Sbc template's light replaced by its near-IR-repaired version (``Sbc_irfix``)
-    ir_repair: tuple[float, float] = (0.0, 0.0)
-    # rest-frame H-alpha equivalent width [A] of the disk's emission lines (``lines`` template)
-    ew_halpha: tuple[float, float] = (0.0, 0.0)
+    # share of the disk's rest-frame r light from the starburst template (BR07_1, strong emission lines)
+    burst: tuple[float, float] = (0.0, 0.0)
 
 
 class RedFraction(_Strict):

@@ -9,10 +9,13 @@ Per object (its own seeded generator, :class:`~skybench.testkey.ObjectSeeds`):
   red with the probability ``red_fraction`` of its M_r (a tanh rising with luminosity, Baldry et al. 2004), then
   its parameters come from its population's uniform ranges (per-object quantiles, so they move smoothly with the
   population's parameters: the fit of :mod:`skybench.tasks.photoz.calibrate` uses common random numbers);
-* a bulge (CWW E template, a ``uv_repair`` share of it UV-repaired, with a ``bulge_young_fraction`` of Sbc light;
-  Sersic n = 4) plus a disk (a mixture of the CWW Sbc (partly near-IR-repaired, ``ir_repair``), Scd and Im
-  templates with emission lines of H-alpha equivalent width ``ew_halpha`` and Calzetti internal reddening, Sersic
-  n = 1); ``bulge_fraction`` is the bulge's share of the rest-frame r-band light (red sequence: bulge-dominated,
+* a bulge (Sersic n = 4) plus a disk (Sersic n = 1), their SEDs non-negative mixtures of the Blanton & Roweis 2007
+  templates that ship with the ``kcorrect`` package (``BR07_*``, :mod:`skybench.physics.sed`): the bulge old light
+  (BR07_3, a ``uv_repair`` share of it UV-repaired as in Budavari et al. 2000, a ``metal_rich`` share of it from the
+  reddest template BR07_0) with a ``bulge_young_fraction`` of young
+  (BR07_2) light; the disk a mixture of old, young and young metal-poor light (``disk_type`` 0 .. 2: BR07_3, BR07_2,
+  BR07_4) with a ``burst`` share of the starburst template (BR07_1, strong emission lines) and Calzetti internal
+  reddening; ``bulge_fraction`` is the bulge's share of the rest-frame r-band light (red sequence: bulge-dominated,
   blue cloud: disk-dominated), so the galaxy SED is a bulge/disk template mixture and its colours have gradients;
 * AB magnitudes from :class:`~skybench.physics.sed.Photometry` (templates redshifted and integrated through the
   speclite ``sdss2010`` filters; tabulated by :class:`~skybench.physics.sed.MagnitudeTable` on a (z, E(B-V)_int)
@@ -44,13 +47,14 @@ from skybench.physics.light import sersic_ellipse, sersic_total_flux
 from skybench.physics.noise import background_sigma, noise_stream, object_normals
 from skybench.physics.psf import FWHM_TO_SIGMA
 from skybench.physics.render import Renderer
-from skybench.physics.sed import SDSS_BANDS, SDSS_EXTINCTION, TEMPLATES, MagnitudeTable, load_template
+from skybench.physics.sed import SDSS_BANDS, SDSS_EXTINCTION, TEMPLATES, MagnitudeTable
 from skybench.tasks.photoz.config import GalaxyPopulation, PhotozTrack
 from skybench.testkey import ObjectSeeds, as_object_seeds
 
 ARCSEC_PER_RAD = 206264.806
-_COMPONENT_PARAMS = ("bulge_fraction", "bulge_young_fraction", "disk_type", "ebv_internal", "uv_repair", "ir_repair",
-                     "ew_halpha")
+_COMPONENT_PARAMS = ("bulge_fraction", "bulge_young_fraction", "disk_type", "ebv_internal", "metal_rich", "burst",
+                     "uv_repair")
+_T = {t: i for i, t in enumerate(TEMPLATES)}
 MAG_ERR = 2.5 / np.log(10.0)  # sigma_m = 1.0857 sigma_F / F (first-order error propagation)
 
 
@@ -64,7 +68,7 @@ def _simulated(track: PhotozTrack) -> GalaxyPopulation:
 
 @functools.cache
 def magnitude_table() -> MagnitudeTable:
-    """The CWW magnitude table (built once per process; a forked worker inherits the parent's)."""
+    """The template magnitude table (built once per process; a forked worker inherits the parent's)."""
     return MagnitudeTable()
 
 
@@ -99,9 +103,6 @@ class GalaxySimulator:
         self.pop = _simulated(track)
         self.bands = track.survey.bands
         self.phot = magnitude_table()
-        # f_lambda at H-alpha (6563 A, rest) of each template (0 for the lines): the continuum of the line EWs
-        self.continuum_halpha = np.array([0.0 if t == "lines" else float(np.interp(6562.8, *load_template(t)))
-                                          for t in TEMPLATES])
         self.renderer: Renderer | None = None
         if "images" in track.inputs:
             assert track.cutout is not None, f"track {track.name!r} has image inputs but no cutout"
@@ -132,9 +133,11 @@ class GalaxySimulator:
         phi = x ** (p.alpha + 1.0) * np.exp(-x)
         cdf = np.concatenate([[0.0], np.cumsum((phi[1:] + phi[:-1]) / 2 * np.diff(self.M_grid))])
         self.M_cdf = cdf / cdf[-1]
-        # n(z) ~ dV/dz * Phi(M < r_limit - DM - K) with the K-correction of a mid-type (half bulge, Sbc) galaxy;
-        # each object's own K then sets its magnitude, so the r cut holds exactly for every object.
-        w = np.tile(np.eye(len(TEMPLATES))[0] * 0.5 + np.eye(len(TEMPLATES))[1] * 0.5, (len(self.z_grid), 1))
+        # n(z) ~ dV/dz * Phi(M < r_limit - DM - K) with the K-correction of a mid-type (half old, half young light)
+        # galaxy; each object's own K then sets its magnitude, so the r cut holds exactly for every object.
+        mid = np.zeros(len(TEMPLATES))
+        mid[[_T["BR07_3"], _T["BR07_2"]]] = 0.5
+        w = self._light_weights(np.tile(mid, (len(self.z_grid), 1)))
         self.k_typ_r = self._kcorr(self.z_grid, w, np.zeros_like(self.z_grid))[:, 2]
         n_z = dvdz * np.interp(p.r_limit - self.dm_grid - self.k_typ_r, self.M_grid, self.M_cdf)
         c = np.concatenate([[0.0], np.cumsum((n_z[1:] + n_z[:-1]) / 2 * np.diff(self.z_grid))])
@@ -179,27 +182,28 @@ class GalaxySimulator:
                                    np.zeros(len(TEMPLATES)))[:, 2]
         return light / rest_r[None, :]
 
-    def _disk_weights(self, t: np.ndarray, ir_repair: np.ndarray, ew_halpha: np.ndarray | None = None
-                      ) -> np.ndarray:
-        """Sbc/Scd/Im mixture of disk type t in [0, 2] (shares of rest r light, linear between neighbours); a share
-        ``ir_repair`` of the Sbc light from its near-IR-repaired version (``Sbc_irfix``); emission lines with a rest
-        H-alpha equivalent width ``ew_halpha`` [A] on that continuum."""
+    def _disk_weights(self, t: np.ndarray, burst: np.ndarray) -> np.ndarray:
+        """Disk template weights: type t in [0, 2] mixes the old (BR07_3), young (BR07_2) and young metal-poor (BR07_4)
+        templates (shares of rest r light, linear between neighbours); a share ``burst`` of the light from the
+        starburst template (BR07_1)."""
+        seq = np.array([_T["BR07_3"], _T["BR07_2"], _T["BR07_4"]])
         w = np.zeros((len(t), len(TEMPLATES)))
         lo = np.clip(np.floor(t), 0, 1).astype(int)
         f = t - lo
-        w[np.arange(len(t)), 1 + lo] = 1.0 - f
-        w[np.arange(len(t)), 2 + lo] = f
-        w[:, 5] = w[:, 1] * ir_repair
-        w[:, 1] *= 1.0 - ir_repair
-        w = self._light_weights(w)
-        if ew_halpha is not None:
-            w[:, 6] = ew_halpha * (w @ self.continuum_halpha)  # line flux = EW x continuum f_lambda
-        return w
+        rows = np.arange(len(t))
+        w[rows, seq[lo]] = (1.0 - f) * (1.0 - burst)
+        w[rows, seq[lo + 1]] = f * (1.0 - burst)
+        w[:, _T["BR07_1"]] = burst
+        return self._light_weights(w)
 
-    def _bulge_weights(self, young: np.ndarray, uv_repair: np.ndarray) -> np.ndarray:
-        """E template (a share ``uv_repair`` of it UV-repaired, ``E_uvfix``) plus a share ``young`` of Sbc light."""
+    def _bulge_weights(self, young: np.ndarray, metal_rich: np.ndarray, uv_repair: np.ndarray) -> np.ndarray:
+        """Bulge template weights: old light (BR07_3, a share ``uv_repair`` of it UV-repaired, BR07_3_uvfix; a share
+        ``metal_rich`` of the old light from BR07_0 instead) plus a share ``young`` of young (BR07_2) light."""
         w = np.zeros((len(young), len(TEMPLATES)))
-        w[:, 0], w[:, 4], w[:, 1] = (1.0 - young) * (1.0 - uv_repair), (1.0 - young) * uv_repair, young
+        w[:, _T["BR07_3"]] = (1.0 - young) * (1.0 - metal_rich) * (1.0 - uv_repair)
+        w[:, _T["BR07_3_uvfix"]] = (1.0 - young) * (1.0 - metal_rich) * uv_repair
+        w[:, _T["BR07_0"]] = (1.0 - young) * metal_rich
+        w[:, _T["BR07_2"]] = young
         return self._light_weights(w)
 
     def photometry(self, meta: pd.DataFrame) -> pd.DataFrame:
@@ -222,9 +226,8 @@ class GalaxySimulator:
         fb = out["bulge_fraction"].to_numpy(np.float64)
         ebv_int, ebv_gal = out["ebv_internal"].to_numpy(np.float64), meta["ebv_galactic"].to_numpy(np.float64)
         w_bulge = self._bulge_weights(out["bulge_young_fraction"].to_numpy(np.float64),
-                                      out["uv_repair"].to_numpy(np.float64))
-        w_disk = self._disk_weights(out["disk_type"].to_numpy(np.float64), out["ir_repair"].to_numpy(np.float64),
-                                    out["ew_halpha"].to_numpy(np.float64))
+                                      out["metal_rich"].to_numpy(np.float64), out["uv_repair"].to_numpy(np.float64))
+        w_disk = self._disk_weights(out["disk_type"].to_numpy(np.float64), out["burst"].to_numpy(np.float64))
         # Each component normalised to rest-frame r maggies 1, then weighted by its share of the rest r light.
         k_bulge = 10.0 ** (-0.4 * self._kcorr(z, w_bulge, np.zeros(n)))
         k_disk = 10.0 ** (-0.4 * self._kcorr(z, w_disk, ebv_int))
