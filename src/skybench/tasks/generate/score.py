@@ -216,19 +216,20 @@ def score_maps(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, t
 
 
 def score(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
-          out_dir: Path) -> dict[str, float]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+          out_dir: Path | None) -> dict[str, float]:
     if track.population.grid is not None:
         metrics = score_grid(track, ids, predictions, truth, grid_reference(track, truth))
     else:
         metrics = score_maps(track, ids, predictions, truth, _train_maps(truth))
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
 
 
 def score_real(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
                real_ids: np.ndarray, real_predictions: np.ndarray, real_truth: HiddenSplit,
-               out_dir: Path) -> dict[str, float]:
+               out_dir: Path | None) -> dict[str, float]:
     """The same metrics against a second truth set (``real_<metric>``); the chi^2 only where that set has enough
     maps for its covariance."""
     if track.population.grid is not None:
