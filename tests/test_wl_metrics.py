@@ -247,3 +247,18 @@ def test_the_chi2_interval_is_bias_corrected_so_it_holds_its_own_point_estimate(
         low, high = bootstrap_ci(chi2, rows, n_resamples=200, seed=seed, bias_corrected=True)
         held += low <= point <= high
     assert missed == 6 and held == 6
+
+
+def test_invariant_features_are_kept_by_content_never_stale() -> None:
+    """The cache the leaderboard's flags share between entries: same content, same (read-only) features; changed
+    content, recomputed ones."""
+    from skybench.tasks.generate.metrics import _invariant_features, invariant_features
+
+    maps = np.random.default_rng(3).normal(size=(5, 16, 16))
+    first = invariant_features(maps)
+    assert not first.flags.writeable
+    assert invariant_features(maps.copy()) is first  # another array, the same content
+    np.testing.assert_array_equal(first, _invariant_features(maps, 16))
+    maps[2, 3, 4] += 1.0  # changed in place: never the stale features
+    np.testing.assert_array_equal(invariant_features(maps), _invariant_features(maps, 16))
+    assert not np.array_equal(invariant_features(maps), first)

@@ -281,6 +281,24 @@ def test_score_resamples_gives_the_scorers_primary_metric_of_each_resample(
         assert got[r] == pytest.approx(want, rel=1e-9, abs=1e-12), f"resample {r}: {got[r]} != score's {want}"
 
 
+def test_score_without_out_dir_gives_the_same_metrics_and_writes_nothing(
+        task: Task, track: Track, truth: HiddenSplit, oracle: tuple[np.ndarray, np.ndarray], real_release: Path,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """out_dir None (the harness's public and private part scorings): the metrics only, identical, no file."""
+    monkeypatch.chdir(tmp_path)  # a relative path written by mistake would land here
+    ids, pred = oracle
+    noisy = np.asarray(pred)
+    with_files = task.score(track, ids, noisy, truth, tmp_path / "with")
+    assert with_files == pytest.approx(task.score(track, ids, noisy, truth, None), nan_ok=True)
+    real_truth = open_release(real_release).hidden("test")
+    real_ids = open_release(real_release).meta("test")["id"].to_numpy()
+    real_pred = np.asarray(task.oracle(track, real_truth, real_ids))
+    real = task.score_real(track, ids, noisy, truth, real_ids, real_pred, real_truth, tmp_path / "with")
+    assert real == pytest.approx(task.score_real(track, ids, noisy, truth, real_ids, real_pred, real_truth, None),
+                                 nan_ok=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["with"]
+
+
 def test_score_real_works_on_a_small_real_set(task: Task, track: Track, truth: HiddenSplit,
                                               oracle: tuple[np.ndarray, np.ndarray],
                                               oracle_metrics: dict[str, float], real_release: Path,

@@ -5,7 +5,6 @@ It never runs participant code (that is the sandboxed runner's job) and the runn
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,10 +33,10 @@ def score(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: Hidden
 
 
 def _with_parts(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: HiddenSplit, out_dir: Path,
-                run: Callable[[np.ndarray, np.ndarray, Path], dict[str, float]],
+                run: Callable[[np.ndarray, np.ndarray, Path | None], dict[str, float]],
                 public: Callable[[np.ndarray, np.ndarray, Path], None] | None = None) -> dict[str, float]:
     """``run(ids, predictions, out)`` on the whole test set, then, with public and private parts, on each part
-    (its plots are not kept), adding ``public_<m>`` and ``private_<m>``; then ``public(ids, predictions, out)``
+    (with ``out`` None: no files), adding ``public_<m>`` and ``private_<m>``; then ``public(ids, predictions, out)``
     on the public part (the whole set without a split)."""
     metrics = run(ids, predictions, Path(out_dir))
     pred = np.asarray(predictions)
@@ -52,8 +51,7 @@ def _with_parts(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: 
         public(np.asarray(ids)[public_part], pred[public_part], Path(out_dir))
     for part, mask in (("public", public_part), ("private", ~public_part)):
         if mask.any():
-            with tempfile.TemporaryDirectory(prefix=f"skybench-{part}-") as tmp:
-                part_metrics = run(np.asarray(ids)[mask], pred[mask], Path(tmp))
+            part_metrics = run(np.asarray(ids)[mask], pred[mask], None)
             metrics |= {f"{part}_{k}": v for k, v in part_metrics.items()}
     return metrics
 

@@ -62,15 +62,17 @@ class Task(ABC):
 
     @abstractmethod
     def score(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
-              out_dir: Path) -> dict[str, float]:
+              out_dir: Path | None) -> dict[str, float]:
         """Metrics of ``predictions`` (aligned with ``ids``) against the hidden ``truth``; organiser-only plots
-        and tables go to ``out_dir``."""
+        and tables go to ``out_dir`` (None: the metrics only, no file written; the harness's public and private
+        part scorings, whose files nobody keeps)."""
 
     @abstractmethod
     def score_real(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
                    real_ids: np.ndarray, real_predictions: np.ndarray, real_truth: HiddenSplit,
-                   out_dir: Path) -> dict[str, float]:
-        """Metrics on the track's real set, given the simulated test predictions as well (e.g. a threshold)."""
+                   out_dir: Path | None) -> dict[str, float]:
+        """Metrics on the track's real set, given the simulated test predictions as well (e.g. a threshold);
+        ``out_dir`` as in :meth:`score`."""
 
     @abstractmethod
     def oracle(self, track: Track, truth: HiddenSplit, ids: np.ndarray) -> np.ndarray:

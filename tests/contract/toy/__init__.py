@@ -36,14 +36,14 @@ class ToyTask(Task):
         return ToySimulator
 
     def score(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
-              out_dir: Path) -> dict[str, float]:
-        return score_toy(ids, predictions, truth, Path(out_dir))
+              out_dir: Path | None) -> dict[str, float]:
+        return score_toy(ids, predictions, truth, out_dir)
 
     def score_real(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
                    real_ids: np.ndarray, real_predictions: np.ndarray, real_truth: HiddenSplit,
-                   out_dir: Path) -> dict[str, float]:
+                   out_dir: Path | None) -> dict[str, float]:
         # The flux of a real star needs nothing from the simulated test set: the same metrics, on the real set.
-        return score_toy(real_ids, real_predictions, real_truth, Path(out_dir), prefix="real_")
+        return score_toy(real_ids, real_predictions, real_truth, out_dir, prefix="real_")
 
     def oracle(self, track: Track, truth: HiddenSplit, ids: np.ndarray) -> np.ndarray:
         return true_flux(truth, ids)

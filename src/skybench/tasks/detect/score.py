@@ -76,7 +76,7 @@ def _stratum_counts(track: DetectTrack, m: Matched) -> dict[str, float]:
 
 
 def score(track: DetectTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
-          out_dir: Path) -> dict[str, float]:
+          out_dir: Path | None) -> dict[str, float]:
     """Detection metrics with bootstrap intervals over tiles (NaN, with the counts, for tiles without a lens); the
     completeness-purity curve and the lenses with their matched scores go to ``out_dir`` (organiser only: they
     hold per-object truth)."""
@@ -88,6 +88,8 @@ def score(track: DetectTrack, ids: np.ndarray, predictions: np.ndarray, truth: H
         metrics = {name: float("nan") for name in ("average_precision", "completeness", *track.metrics.report)}
         metrics |= {"n_tiles": float(m.n_tiles), "n_lens": 0.0, "n_candidates": float(m.score.size)}
     metrics |= _stratum_counts(track, m)
+    if out_dir is None:
+        return metrics
     out_dir.mkdir(parents=True, exist_ok=True)
     if m.lens_tile.size:
         recall, precision, thr = pr_curve(m)

@@ -53,11 +53,10 @@ def _aligned(hidden: HiddenSplit, ids: np.ndarray) -> tuple[pd.DataFrame, np.nda
     return meta, hidden.array("truth")[take], hidden.inputs("images", np.asarray(ids))
 
 
-def score_images(track: EnhanceTrack, ids: np.ndarray, predictions: np.ndarray, hidden: HiddenSplit, out_dir: Path,
-                 suffix: str = "", strata: bool = False) -> dict[str, float]:
-    """Metrics of ``predictions`` against the truth in ``hidden``; per-object table and gallery into ``out_dir``.
-    With ``strata``, also the track's ``strata:`` metrics (:func:`stratified_images`)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def score_images(track: EnhanceTrack, ids: np.ndarray, predictions: np.ndarray, hidden: HiddenSplit,
+                 out_dir: Path | None, suffix: str = "", strata: bool = False) -> dict[str, float]:
+    """Metrics of ``predictions`` against the truth in ``hidden``; per-object table and gallery into ``out_dir``
+    (None: none). With ``strata``, also the track's ``strata:`` metrics (:func:`stratified_images`)."""
     deg = track.label
     meta, truth, inputs = _aligned(hidden, np.asarray(ids))
     pred = np.asarray(predictions, dtype=np.float64)
@@ -72,9 +71,12 @@ def score_images(track: EnhanceTrack, ids: np.ndarray, predictions: np.ndarray, 
                                  variance=truth_variance(truth, sigma, total_time),
                                  pixel_scale=track.survey.pixel_scale, weight_sigma=deg.moments_sigma,
                                  n_resamples=N_RESAMPLES, seed=0)
-    pd.DataFrame({"id": meta["id"], **per}).to_csv(out_dir / f"per_object{suffix}.csv", index=False)
     if strata:
         metrics |= stratified_images(track, meta, per)
+    if out_dir is None:
+        return metrics
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"id": meta["id"], **per}).to_csv(out_dir / f"per_object{suffix}.csv", index=False)
     order = np.argsort(meta["id"].to_numpy())[:deg.gallery]
     if order.size:
         _gallery(inputs[order], pred[order], truth[order], sigma[order], meta["id"].to_numpy()[order],
@@ -84,15 +86,16 @@ def score_images(track: EnhanceTrack, ids: np.ndarray, predictions: np.ndarray, 
 
 
 def score(track: EnhanceTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
-          out_dir: Path) -> dict[str, float]:
+          out_dir: Path | None) -> dict[str, float]:
     metrics = score_images(track, ids, predictions, truth, out_dir, strata=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    if out_dir is not None:
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
 
 
 def score_real(track: EnhanceTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
                real_ids: np.ndarray, real_predictions: np.ndarray, real_truth: HiddenSplit,
-               out_dir: Path) -> dict[str, float]:
+               out_dir: Path | None) -> dict[str, float]:
     """The same metrics on the real-truth set, as ``real_<metric>`` columns."""
     metrics = score_images(track, real_ids, real_predictions, real_truth, out_dir, suffix="_real")
     return {f"real_{k}": v for k, v in metrics.items()}

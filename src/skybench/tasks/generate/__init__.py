@@ -37,14 +37,14 @@ class GenerateTask(Task):
         return GenerateSimulator
 
     def score(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
-              out_dir: Path) -> dict[str, float]:
+              out_dir: Path | None) -> dict[str, float]:
         from skybench.tasks.generate import score
 
         return score.score(self._own(track), ids, predictions, truth, out_dir)
 
     def score_real(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
                    real_ids: np.ndarray, real_predictions: np.ndarray, real_truth: HiddenSplit,
-                   out_dir: Path) -> dict[str, float]:
+                   out_dir: Path | None) -> dict[str, float]:
         from skybench.tasks.generate import score
 
         return score.score_real(self._own(track), ids, predictions, truth, real_ids, real_predictions, real_truth,

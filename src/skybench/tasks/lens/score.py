@@ -36,12 +36,12 @@ SNR_BINS = np.array([0.0, 10, 20, 40, 80, 160, 1e6])
 
 
 def score(track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
-          out_dir: Path) -> dict[str, float]:
+          out_dir: Path | None) -> dict[str, float]:
     return score_lens(truth.truth(ids), np.asarray(predictions, dtype=np.float64), out_dir, strata=track.strata)
 
 
 def score_real(track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit, real_ids: np.ndarray,
-               real_predictions: np.ndarray, real_truth: HiddenSplit, out_dir: Path) -> dict[str, float]:
+               real_predictions: np.ndarray, real_truth: HiddenSplit, out_dir: Path | None) -> dict[str, float]:
     """The real set's metrics at the entry's threshold of FPR = 1% on the simulated test set: ``real_lens_recall``
     (its real lenses, ``is_lens = 1``) and ``real_fpr`` (its real non-lenses, ``is_lens = 0``), each with its
     Wilson 95% interval (``_ci_low``/``_ci_high``: a few dozen objects make a wide one), and ``real_auroc`` (real
@@ -123,12 +123,15 @@ def public_artifacts(track: Track, ids: np.ndarray, predictions: np.ndarray, tru
     plt.close(fig)
 
 
-def score_lens(truth: pd.DataFrame, scores: np.ndarray, out_dir: Path,
+def score_lens(truth: pd.DataFrame, scores: np.ndarray, out_dir: Path | None,
                strata: Sequence[Stratum] = ()) -> dict[str, float]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """The metrics; with ``out_dir``, also the ROC and completeness tables and plots and ``metrics.json``."""
     labels = truth["is_lens"].to_numpy().astype(int)
     metrics = lens_metrics(labels, scores, n_resamples=1000, seed=0)
     metrics |= stratified_lens(truth, labels, scores, strata)
+    if out_dir is None:
+        return metrics
+    out_dir.mkdir(parents=True, exist_ok=True)
     fpr, tpr, thr = roc_curve(labels, scores)
     pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thr}).to_csv(out_dir / "roc.csv", index=False)
     cut = threshold_at_fpr(labels, scores, COMPLETENESS_FPR)

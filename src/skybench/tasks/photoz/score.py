@@ -49,23 +49,24 @@ def true_redshifts(track: PhotozTrack, truth: HiddenSplit, ids: np.ndarray) -> n
 
 
 def score(track: PhotozTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
-          out_dir: Path) -> dict[str, float]:
+          out_dir: Path | None) -> dict[str, float]:
     z_spec = true_redshifts(track, truth, ids)
-    metrics = score_photoz(track, ids, z_spec, predictions, Path(out_dir))
+    metrics = score_photoz(track, ids, z_spec, predictions, out_dir)
     if track.strata:
         columns = sorted({s.column for s in track.strata} - {track.label.name})
         table = truth.truth(ids, columns) if columns else pd.DataFrame(index=pd.Index(ids))
-        metrics |= stratified_photoz(track, table, z_spec, predictions, Path(out_dir))
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        metrics |= stratified_photoz(track, table, z_spec, predictions, out_dir)
+    if out_dir is not None:
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
 
 
 def score_real(track: PhotozTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
                real_ids: np.ndarray, real_predictions: np.ndarray, real_truth: HiddenSplit,
-               out_dir: Path) -> dict[str, float]:
+               out_dir: Path | None) -> dict[str, float]:
     """The same metrics on the real set's spectroscopic redshifts, as ``real_<metric>`` columns."""
     z = true_redshifts(track, real_truth, real_ids)
-    metrics = score_photoz(track, real_ids, z, real_predictions, Path(out_dir), suffix="_real")
+    metrics = score_photoz(track, real_ids, z, real_predictions, out_dir, suffix="_real")
     return {f"real_{k}": v for k, v in metrics.items()}
 
 
@@ -97,12 +98,15 @@ def score_resamples(track: PhotozTrack, ids: np.ndarray, predictions: np.ndarray
 
 
 def score_photoz(track: PhotozTrack, ids: np.ndarray, z_spec: np.ndarray, predictions: np.ndarray,
-                 out_dir: Path, suffix: str = "") -> dict[str, float]:
+                 out_dir: Path | None, suffix: str = "") -> dict[str, float]:
     """Metrics of ``predictions`` against ``z_spec``; per-object table, PIT histogram and plots into ``out_dir``
-    (file names ending in ``suffix``)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    (file names ending in ``suffix``; None: none)."""
     z_phot, pdf, edges = point_and_pdf(track, predictions)
     metrics = photoz_metrics(z_spec, z_phot, pdf, edges, n_resamples=1000, seed=0)
+    if out_dir is None:
+        return metrics
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     dz = (z_phot - z_spec) / (1 + z_spec)
     pd.DataFrame({"id": ids, "z_spec": z_spec, "z_phot": z_phot, "dz": dz}).to_csv(out_dir / f"zphot{suffix}.csv",
                                                                                  index=False)
@@ -116,7 +120,7 @@ def score_photoz(track: PhotozTrack, ids: np.ndarray, z_spec: np.ndarray, predic
 
 
 def stratified_photoz(track: PhotozTrack, table: pd.DataFrame, z_spec: np.ndarray, predictions: np.ndarray,
-                      out_dir: Path) -> dict[str, float]:
+                      out_dir: Path | None) -> dict[str, float]:
     """The track's metrics in each bin of its ``strata:`` (``by_<column>_<bin>_<metric>``, sigma_MAD with its
     bootstrap interval, ``n_objects``); for a PDF, the local PIT: each bin's ``pit_ks`` beside the global one, and
     its PIT histogram in ``pit_strata.csv`` / ``.png`` (organiser only, like the global one). ``table``: the hidden
@@ -133,7 +137,7 @@ def stratified_photoz(track: PhotozTrack, table: pd.DataFrame, z_spec: np.ndarra
         return {k: v for k, v in m.items() if k in keep}
 
     metrics = stratified(track.strata, columns, per_bin)
-    if pdf is not None and edges is not None:
+    if pdf is not None and edges is not None and out_dir is not None:
         pit_values = pit(pdf, edges, z_spec)
         rows = []
         for st in track.strata:
