@@ -165,12 +165,14 @@ def test_params_and_dvc_stages_cover_every_baseline_and_track():
         task = group.removeprefix("train-").split("-")[0]
         script, track = stage.cmd.split()[1], stage.cmd.split("--track ")[1].split()[0]
         baseline = Path(script).parent.name
+        # a mixture (--also) is its own stage and names its submission (--name): train-lens-mix -> resnet-mix
+        name = stage.cmd.split("--name ")[1].split()[0] if "--also " in stage.cmd else baseline
         assert script == f"baselines/{task}/{baseline}/train.py" and (ROOT / script).is_file()
-        assert key == f"{group}@{baseline}-{track}"
+        assert key == (f"{group}@{baseline}-{track}" if name == baseline else group)
         assert baseline in params["train"] and track in params["tracks"][task]
-        assert [o.def_path for o in stage.outs] == [f"baselines/{task}/{baseline}/{track}"]
+        assert [o.def_path for o in stage.outs] == [f"baselines/{task}/{name}/{track}"]
         assert all("hidden" not in d.def_path and not d.def_path.rstrip("/").endswith("test") for d in stage.deps)
-        assert "train.${item.baseline}" in groups[group]["params"]
+        assert ("train.${item.baseline}" if name == baseline else f"train.{baseline}") in groups[group]["params"]
 
 
 def test_parameters_follow_the_profile(tmp_path):
