@@ -343,10 +343,12 @@ def export(model: FasterRCNN, path: Path, shape: tuple[int, ...]) -> Path:
     torch.export.save(program, str(path))
     # torch.export.save writes a random serialization id and absolute source paths (the nodes' stack traces):
     # made relative and derived from the content, so that the same weights give the same bytes in any checkout
+    prefix = f"{Path(__file__).resolve().parents[3]}/".encode()  # the checkout holding this file
     with zipfile.ZipFile(path) as z:
         names = z.namelist()
-        digest = hashlib.sha256(b"".join(z.read(n) for n in names if not n.endswith("serialization_id")))
-    prefix = f"{Path(__file__).resolve().parents[3]}/".encode()  # the checkout holding this file
+        # the id is a digest of the content as written, checkout path stripped (else each clone gets its own id)
+        digest = hashlib.sha256(b"".join(z.read(n).replace(prefix, b"") if n.endswith(".json") else z.read(n)
+                                         for n in names if not n.endswith("serialization_id")))
     edits = {n: (lambda d: d.replace(prefix, b"")) for n in names if n.endswith(".json")}
     edits.update({n: (lambda d: str(int(digest.hexdigest()[:32], 16)).encode())
                   for n in names if n.endswith("serialization_id")})
