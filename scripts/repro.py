@@ -62,9 +62,13 @@ def priorities(deps: dict[str, set[str]]) -> dict[str, float]:
     return {s: chain(s) for s in deps}
 
 
+def log_path(stage: str) -> Path:
+    return LOGS / f"{re.sub(r'[^A-Za-z0-9@._-]', '_', stage)}.log"
+
+
 def run_stage(stage: str, extra: list[str]) -> tuple[int, float, str]:
     """(exit status, seconds, what DVC said) of one stage's repro; its output goes to its log file."""
-    log = LOGS / f"{re.sub(r'[^A-Za-z0-9@._-]', '_', stage)}.log"
+    log = log_path(stage)
     start = time.monotonic()
     with log.open("w") as out:
         rc = subprocess.call(["dvc", "--wait-for-lock", "repro", "--single-item", *extra, stage], stdout=out,
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[{clock:6.0f} s] {stage}: {said} ({seconds:.0f} s)", flush=True)
                 else:
                     failed.append(stage)
-                    log = LOGS / f"{re.sub(r'[^A-Za-z0-9@._-]', '_', stage)}.log"
+                    log = log_path(stage)
                     tail = log.read_text(errors="replace").splitlines()[-30:]
                     print(f"[{clock:6.0f} s] {stage}: FAILED (exit {rc}); the end of {log}:", file=sys.stderr)
                     print("\n".join("    " + line for line in tail), file=sys.stderr, flush=True)
