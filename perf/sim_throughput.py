@@ -10,7 +10,12 @@ time and of process CPU time (the CPU figure is the less noisy one when other jo
 backend only the wall-clock figure counts). Then the peak RSS of writing a lens-ground release of
 ``--rss-objects`` test cut-outs.
 
+With ``--release-objects N``, also the whole ``simulate_release`` call (sampling, rendering, noise, labels, shard
+writing) of N lens-space and N lens-ground test cut-outs (challenge profile, train and val scaled with it, a
+throw-away key), as objects written per second of wall-clock time, against the same lenstronomy figure.
+
     python perf/sim_throughput.py [--objects 256] [--rounds 8] [--rss-objects 2000] [--backend numpy|torch-cuda]
+                                  [--generator pcg64|philox] [--release-objects 100000]
 """
 
 from __future__ import annotations
@@ -30,36 +35,41 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from skybench.physics.backend import get_backend  # noqa: E402
+from skybench.physics.philox import normal32  # noqa: E402
 from skybench.physics.psf import gaussian_kernel_2d  # noqa: E402
-from skybench.simulate import CHUNK_SIZE as CHUNK  # noqa: E402
+from skybench.simulate import CHUNK_SIZE, GPU_CHUNK_SIZE, simulate_release  # noqa: E402
 from skybench.tasks.lens.simulator import LensSimulator, lenstronomy_kwargs  # noqa: E402
 from skybench.testkey import public_object_seed  # noqa: E402
 from skybench.tracks import load_track  # noqa: E402
 
 
-def ours(track, backend: str):
+def chunk_of(backend: str) -> int:
+    return GPU_CHUNK_SIZE if get_backend(backend).device == "cuda" else CHUNK_SIZE
+
+
+def ours(track, backend: str, generator: str):
     """A function that simulates the next ``k`` objects, in chunks as `skybench simulate` does."""
-    sim = LensSimulator(track, get_backend(backend))
+    sim, chunk = LensSimulator(track, get_backend(backend, generator)), chunk_of(backend)
     sim.simulate(0, "test", 0, 8)  # warm-up
     state = {"next": 0}
 
     def run(k: int) -> int:
         start = state["next"]
-        for a in range(start, start + k, CHUNK):
-            sim.simulate(0, "test", a, min(a + CHUNK, start + k))
+        for a in range(start, start + k, chunk):
+            sim.simulate(0, "test", a, min(a + chunk, start + k))
         state["next"] += k
         return k
 
     return run
 
 
-def ours_images_only(track, backend: str, n: int):
+def ours_images_only(track, backend: str, generator: str, n: int):
     """Like ``ours``, but timing only what lenstronomy's figure covers: rendering the noise-free images (with
     the lensed source that the label needs) and drawing and adding the noise; parameters are drawn beforehand."""
-    sim = LensSimulator(track, get_backend(backend))
+    sim, chunk = LensSimulator(track, get_backend(backend, generator)), chunk_of(backend)
     chunks = []
-    for a in range(0, n, CHUNK):
-        chunks.append(sim._sample([public_object_seed(0, "test", i) for i in range(a, min(a + CHUNK, n))])[0])
+    for a in range(0, n, chunk):
+        chunks.append(sim._sample([public_object_seed(0, "test", i) for i in range(a, min(a + chunk, n))])[0])
     rng = np.random.default_rng(0)
     state = {"next": 0}
 
@@ -68,7 +78,8 @@ def ours_images_only(track, backend: str, n: int):
         while done < k:
             cols = chunks[state["next"] % len(chunks)]
             model, _ = sim.render(cols)
-            normal = rng.standard_normal(model.shape, dtype=np.float32)
+            normal = normal32(sim.backend, cols["seed"], tuple(model.shape[1:])) if generator == "philox" else \
+                rng.standard_normal(tuple(model.shape), dtype=np.float32)
             sim.backend.to_numpy(sim.renderer.add_noise(model, normal))
             done += len(cols["seed"])
             state["next"] += 1
@@ -142,29 +153,54 @@ def peak_rss(n_objects: int) -> float:
         return int(out.stdout.strip().splitlines()[-1]) / 1024
 
 
+def release_rate(track: str, n_test: int, backend: str, generator: str) -> tuple[float, int]:
+    """(objects written per second, objects) of one ``simulate_release`` call: N test cut-outs of the challenge
+    profile (train and val scaled alike), with a throw-away key, after a small warm-up call."""
+    with tempfile.TemporaryDirectory() as tmp:
+        kw = dict(profile="challenge", backend=backend, generator=generator, progress=False,
+                  key_file=f"{tmp}/challenge.key")
+        simulate_release(track, f"{tmp}/warm", size=min(n_test, 64), **kw)  # imports, CUDA context, kernels
+        t = time.perf_counter()
+        out = simulate_release(track, f"{tmp}/rel", size=n_test, **kw)
+        wall = time.perf_counter() - t
+        from skybench.release import read_manifest
+
+        total = sum(read_manifest(out)["counts"].values())
+    return total / wall, total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--objects", type=int, default=256, help="skybench objects per row (lenstronomy renders half)")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--rss-objects", type=int, default=2000, help="0 to skip the memory measurement")
     ap.add_argument("--backend", default="numpy")
+    ap.add_argument("--generator", default="pcg64", choices=("pcg64", "philox"))
+    ap.add_argument("--release-objects", type=int, default=0, help="time whole simulate calls of this many test "
+                                                                   "cut-outs per lens track (0: skip)")
     args = ap.parse_args()
     # Memory first: a child's peak RSS on Linux starts from its parent's RSS at the fork, which is small now
     # and large once lenstronomy is loaded.
     rss = peak_rss(args.rss_objects) if args.rss_objects else None
     track = load_track("lens-space")
     n_ref = max(16, args.objects // 2)
-    runners = [ours(track, args.backend), ours_images_only(track, args.backend, args.objects),
+    runners = [ours(track, args.backend, args.generator),
+               ours_images_only(track, args.backend, args.generator, args.objects),
                lenstronomy_runner(track, n_ref)]
     per_round = [args.objects // args.rounds, args.objects // args.rounds, n_ref // args.rounds]
     a, a_img, b = interleaved(runners, per_round, args.rounds)
-    table = pd.DataFrame([a, a_img, b], index=[f"skybench simulate ({args.backend}, 1 thread)",
-                                               f"skybench images + noise only ({args.backend}, 1 thread)",
+    where = f"{args.backend}, {args.generator}, 1 thread"
+    table = pd.DataFrame([a, a_img, b], index=[f"skybench simulate ({where})",
+                                               f"skybench images + noise only ({where})",
                                                "lenstronomy image + noise (numpy, 1 thread)"])
     print(table.round(1).to_string())
     for what, x in (("simulate", a), ("images + noise only", a_img)):
         print(f"ratio skybench {what} / lenstronomy: {x['wall images/s'] / b['wall images/s']:.1f}x wall-clock, "
               f"{x['cpu images/s'] / b['cpu images/s']:.1f}x CPU time  (target >= 5x on the CPU)")
+    for name in ("lens-space", "lens-ground") if args.release_objects else ():
+        rate, total = release_rate(name, args.release_objects, args.backend, args.generator)
+        print(f"simulate_release {name} ({args.backend}, {args.generator}): {total} objects written at "
+              f"{rate:.0f} objects/s; ratio to lenstronomy (lens-space, 1 core): {rate / b['wall images/s']:.1f}x")
     if rss is not None:
         print(f"peak RSS writing {args.rss_objects} lens-ground test cut-outs (challenge profile sizes scale"
               f" train/val with it): {rss:.0f} MB; memory does not grow with N (streamed shards) - "

@@ -41,12 +41,18 @@ def _rows_covering_every_component(sim: LensSimulator, n: int = 400) -> pd.DataF
     return rows.loc[picks].reset_index(drop=True)
 
 
+# The CPU path (numpy, PCG64) and the GPU path's code run on the CPU (torch, Philox): physics tests take both.
+BACKENDS = [pytest.param(("numpy", "pcg64"), id="numpy-pcg64"),
+            pytest.param(("torch-cpu", "philox"), id="torch-philox")]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("track_name", ["lens-space", "lens-ground"])
-def test_noise_free_image_matches_lenstronomy_image_model_to_1e3_of_peak(track_name):
+def test_noise_free_image_matches_lenstronomy_image_model_to_1e3_of_peak(track_name, backend):
     track = load_track(track_name)
-    sim = LensSimulator(track, get_backend("numpy"))
+    sim = LensSimulator(track, get_backend(*backend))
     rows = _rows_covering_every_component(sim)
-    model, _ = sim.render(rows)
+    model = sim.backend.to_numpy(sim.render(rows)[0])
     for i, row in rows.iterrows():
         for b, band in enumerate(track.band_names):
             ref = lenstronomy_image(row, track, band)
@@ -75,12 +81,13 @@ def test_psf_convolution_conserves_flux():
     np.testing.assert_allclose(out.sum(axis=(2, 3)), img.sum(axis=(2, 3)), rtol=1e-6)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("track_name", ["lens-space", "lens-ground"])
-def test_noise_level_matches_the_data_util_formula_within_2_percent(track_name):
+def test_noise_level_matches_the_data_util_formula_within_2_percent(track_name, backend):
     track = load_track(track_name)
-    sim = LensSimulator(track, get_backend("numpy"))
+    sim = LensSimulator(track, get_backend(*backend))
     images, meta = sim.simulate(5, "train", 0, 32)
-    model, _ = sim.render(meta)
+    model = sim.backend.to_numpy(sim.render(meta)[0])
     resid = images - model
     # Background-dominated pixels: the outer ring of the cut-out, where sources are faint.
     edge = np.zeros(images.shape[-2:], bool)
@@ -112,3 +119,34 @@ def test_an_object_is_remade_exactly_from_its_seed(tiny_space_release):
     images = open_release(tiny_space_release).images("train")
     one, _ = sim.simulate(3, "train", 5, 6)
     np.testing.assert_array_equal(one[0], images[5])
+
+
+@pytest.mark.parametrize("track_name", ["lens-space", "lens-ground"])
+def test_philox_gives_the_same_objects_on_numpy_and_torch(track_name):
+    """The GPU path's generator: the same parameters and labels on every backend, noise-free images to 1e-5 of each
+    object's peak, and noise with the same statistics."""
+    pytest.importorskip("torch")
+    track = load_track(track_name)
+    sims = [LensSimulator(track, get_backend(name, "philox")) for name in ("numpy", "torch-cpu")]
+    (img_n, meta_n), (img_t, meta_t) = (sim.simulate(11, "test", 0, 24) for sim in sims)
+    pd.testing.assert_frame_equal(pd.DataFrame(meta_n).drop(columns=["arc_snr", "magnification"]),
+                                  pd.DataFrame(meta_t).drop(columns=["arc_snr", "magnification"]))
+    assert 0 < np.mean(meta_n["is_lens"]) < 1
+    model_n, model_t = (sim.backend.to_numpy(sim.render(meta_n)[0]) for sim in sims)
+    peak = np.abs(model_n).max(axis=(1, 2, 3))
+    assert (np.abs(model_t - model_n).max(axis=(1, 2, 3)) < 1e-5 * peak).all()
+    sigma = np.sqrt(sims[0].renderer.sigma_bkg[None, :, None, None] ** 2
+                    + np.abs(model_n) / sims[0].renderer.total_time[None, :, None, None])
+    for img in (img_n, img_t):
+        z = (img - model_n) / sigma
+        assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
+
+
+def test_philox_objects_do_not_depend_on_the_batch():
+    sim = LensSimulator(load_track("lens-space"), get_backend("numpy", "philox"))
+    whole_img, whole = sim.simulate(4, "train", 0, 6)
+    part_img, part = sim.simulate(4, "train", 3, 5)
+    np.testing.assert_array_equal(part_img, whole_img[3:5])
+    for key in ("seed", "lens_theta_E", "source_mag_VIS", "is_lens"):
+        np.testing.assert_array_equal(part[key], whole[key][3:5])
+    assert sim.sample(int(whole["seed"][2]))["lens_theta_E"] == whole["lens_theta_E"][2]

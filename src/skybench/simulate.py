@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +16,23 @@ from skybench.release.mixing import fold_in, order_key
 from skybench.testkey import ObjectSeeds, default_key_path, release_key, require_private
 from skybench.tracks import Track, load_track, project_root
 
-CHUNK_SIZE = 32  # objects rendered together: larger batches cost more in cache misses than they save
+CHUNK_SIZE = 32  # objects rendered together on the CPU: larger batches cost more in cache misses than they save
+GPU_CHUNK_SIZE = 2048  # on a GPU: thousands per kernel launch
 
 
 def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", seed: int = 0,
-                     size: int | None = None, backend: str = "auto", progress: bool = True,
-                     chunk_size: int = CHUNK_SIZE, workers: int | None = None,
+                     size: int | None = None, backend: str = "auto", generator: str = "auto",
+                     progress: bool = True, chunk_size: int | None = None, workers: int | None = None,
                      key_file: Path | str | None = None, create_key: bool = True,
                      real_set: Path | str | bool = False) -> Path:
     """Simulate ``track`` into the release folder ``out``.
 
     On the CPU, chunks are simulated by ``workers`` processes (default: all cores); every object has its
-    own seed, so the files are the same whatever the number of workers.
+    own seed, so the files are the same whatever the number of workers and the chunk size (default:
+    :data:`CHUNK_SIZE` on the CPU, :data:`GPU_CHUNK_SIZE` on a GPU, where the next chunk is simulated while the
+    last is written). ``generator`` (``auto``, ``pcg64`` or ``philox``, physics.backend.GENERATORS): ``auto`` is
+    Philox on a GPU where the track's simulator has it, else PCG64. A release is the same bytes for a given seed,
+    generator and backend; with one generator, numpy and torch give the same parameters and labels.
     ``size`` overrides the number of test cut-outs and scales train/val in proportion (for quick runs).
     The test split is drawn from the key in ``key_file`` (default: :func:`~skybench.testkey.default_key_path`,
     created if absent and ``create_key``); the ``demo`` profile without ``key_file`` uses public seeds.
@@ -49,20 +54,29 @@ def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", se
         scale = size / max(split.test, 1)
         counts = {"train": max(1, round(split.train * scale)), "val": max(1, round(split.val * scale)),
                   "test": size}
-    be = get_backend(backend)
     cls = simulator_class(track)
+    supported: tuple[str, ...] = getattr(cls, "generators", lambda t: ("pcg64",))(track)
+    be = get_backend(backend)
+    if generator == "auto":
+        generator = "philox" if be.device == "cuda" and "philox" in supported else "pcg64"
+    if generator not in supported:
+        raise ValueError(f"{track.name}: its simulator draws with {', '.join(supported)}, not {generator!r}")
+    be = get_backend(backend, generator)
+    chunk_size = chunk_size or (GPU_CHUNK_SIZE if be.device == "cuda" else CHUNK_SIZE)
     limits: dict[str, int] = getattr(cls, "split_limits", lambda t: {})(track)  # bounded by its data (injected test)
     capped = {s: min(c, limits.get(s, c)) for s, c in counts.items()}
     workers = workers or (os.cpu_count() or 1) if be.name == "numpy" else 1
     info = {"track": track.name, "task": track.task, "profile": profile, "seed": seed,
             "bands": track.band_names, "pixel_scale": track.survey.pixel_scale, "units": "e-/s per pixel",
             "backend": f"{be.name}-{be.device}", "test_key": key.manifest_entry(), **cls.release_info(track)}
+    if generator != "pcg64":  # absent: PCG64, as in every release made before Philox existed
+        info["generator"] = generator
     if capped != counts:
         info |= {"counts_requested": counts, "split_limits": limits}
         counts = capped
     finish = _real_set_fold(track, real_set, order_key(key, seed))
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(track, backend, True)) if workers > 1 \
-            else _InProcess(track, backend) as pool:
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(track, backend, generator, True)) \
+            if workers > 1 else _InProcess(track, backend, generator, ahead=be.name != "numpy") as pool:
 
         def make_chunks(split: str, ranges: list[tuple[int, int]]) -> Iterator[Any]:
             return pool.map(_simulate_chunk, [(seeds, split, a, b) for a, b in ranges])
@@ -106,13 +120,13 @@ def simulator_class(track: Track) -> Any:
     return get_task(track.task).simulator()
 
 
-def _init_worker(track: Track, backend: str, one_thread: bool = False) -> None:
+def _init_worker(track: Track, backend: str, generator: str, one_thread: bool = False) -> None:
     global _SIM
     if one_thread:  # one process per core: torch's element-wise math (physics.kernels) runs on one thread
         os.environ["OMP_NUM_THREADS"] = "1"
         if "torch" in sys.modules:  # imported before the fork: also safe after the parent used OpenMP
             sys.modules["torch"].set_num_threads(1)
-    _SIM = simulator_class(track)(track, get_backend(backend))
+    _SIM = simulator_class(track)(track, get_backend(backend, generator))
 
 
 def _simulate_chunk(job: tuple[ObjectSeeds, str, int, int]) -> Any:
@@ -120,10 +134,13 @@ def _simulate_chunk(job: tuple[ObjectSeeds, str, int, int]) -> Any:
 
 
 class _InProcess:
-    """The executor interface, run in this process (one worker, or a GPU backend)."""
+    """The executor interface, run in this process (one worker, or a GPU backend). ``ahead``: a thread simulates
+    the next chunk while the caller writes the last (torch and the shard writer release the GIL; numpy simulators
+    may reuse their buffers between chunks, so only torch's)."""
 
-    def __init__(self, track: Track, backend: str):
-        _init_worker(track, backend)
+    def __init__(self, track: Track, backend: str, generator: str, ahead: bool = False):
+        _init_worker(track, backend, generator)
+        self.ahead = ahead
 
     def __enter__(self) -> _InProcess:
         return self
@@ -132,4 +149,13 @@ class _InProcess:
         return None
 
     def map(self, fn: Any, jobs: list[Any]) -> Iterator[Any]:
-        return map(fn, jobs)
+        if not self.ahead:
+            yield from map(fn, jobs)
+            return
+        with ThreadPoolExecutor(1) as ahead:
+            pending = ahead.submit(fn, jobs[0]) if jobs else None
+            for job in jobs[1:]:
+                done, pending = pending, ahead.submit(fn, job)
+                yield done.result()  # type: ignore[union-attr]
+            if pending is not None:
+                yield pending.result()

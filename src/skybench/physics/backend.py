@@ -1,4 +1,5 @@
-"""Choose where the simulator and inference run: numpy on the CPU, torch on a GPU when one is present."""
+"""Choose where the simulator and inference run (numpy on the CPU, torch on a GPU when one is present) and which
+random numbers a simulator draws (:data:`GENERATORS`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ class Backend:
     name: str  # "numpy" or "torch"
     device: str  # "cpu" or "cuda"
     dtype: Any
+    generator: str = "pcg64"  # one of GENERATORS
 
     @property
     def xp(self) -> Any:
@@ -25,12 +27,14 @@ class Backend:
 
         return torch_xp
 
-    def asarray(self, a: np.ndarray) -> Any:
-        """Move a numpy array to this backend with its working dtype."""
+    def asarray(self, a: Any) -> Any:
+        """Move a numpy array (or an array already on this backend) to this backend with its working dtype."""
         if self.name == "numpy":
             return np.asarray(a, dtype=self.dtype)
         import torch
 
+        if isinstance(a, torch.Tensor):
+            return a.to(device=self.device, dtype=self.dtype)
         return torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)
 
     def index(self, idx: np.ndarray) -> Any:
@@ -55,17 +59,25 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def get_backend(name: str = "auto") -> Backend:
+# pcg64: numpy's PCG64 per object, seeded by the object's seed, drawn on the host (every simulator; the CPU path).
+# philox: Philox4x32-10 keyed by the object's seed (physics/philox.py), computed where the images are, the same
+# bits on every backend (the lens simulator; the default on a GPU).
+GENERATORS = ("pcg64", "philox")
+
+
+def get_backend(name: str = "auto", generator: str = "pcg64") -> Backend:
     """``auto`` picks torch on CUDA when a GPU is visible and numpy otherwise."""
+    if generator not in GENERATORS:
+        raise ValueError(f"unknown generator {generator!r}: use one of {', '.join(GENERATORS)}")
     if name == "auto":
         name = "torch-cuda" if cuda_available() else "numpy"
     if name == "numpy":
-        return Backend("numpy", "cpu", np.float32)
+        return Backend("numpy", "cpu", np.float32, generator)
     if name in ("torch", "torch-cpu", "torch-cuda"):
         import torch
 
         device = "cuda" if name == "torch-cuda" or (name == "torch" and torch.cuda.is_available()) else "cpu"
-        return Backend("torch", device, torch.float32)
+        return Backend("torch", device, torch.float32, generator)
     raise ValueError(f"unknown backend {name!r}: use auto, numpy, torch-cpu or torch-cuda")
 
 

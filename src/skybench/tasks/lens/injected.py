@@ -37,6 +37,7 @@ from skybench.physics.backend import Backend
 from skybench.release import open_release, release_digest
 from skybench.release.reader import HiddenSplit
 from skybench.tasks.lens.config import LensTrack
+from skybench.tasks.lens.simulator import LensSimulator
 from skybench.testkey import ObjectSeeds, as_object_seeds
 from skybench.tracks import project_root
 
@@ -285,13 +286,8 @@ ABSENT = ("lens_light", "companion", "arclet", "ring_outer", "ring_inner")
 class InjectedSimulator:
     """The simulator interface (:class:`skybench.tasks.base.Simulator`) for a track with ``injection:``."""
 
-    hidden_arrays: tuple[str, ...] = ()
-    label_columns: tuple[str, ...] = ("is_lens",)
-
-    @staticmethod
-    def arrays(track: LensTrack) -> dict[str, tuple[int, ...]]:
-        assert track.cutout is not None, f"track {track.name!r} has no cutout"
-        return {"images": (len(track.band_names), track.cutout.size, track.cutout.size)}
+    hidden_arrays, label_columns = LensSimulator.hidden_arrays, LensSimulator.label_columns  # the lens layout
+    arrays = LensSimulator.arrays
 
     @staticmethod
     def release_info(track: LensTrack) -> dict[str, Any]:
@@ -309,9 +305,9 @@ class InjectedSimulator:
         return {"test": int(library(track).pool("test").size)}
 
     def __init__(self, track: LensTrack, backend: Backend):
-        from skybench.tasks.lens.simulator import LensSimulator
-
         assert track.injection is not None, f"track {track.name!r} has no injection settings"
+        if backend.generator not in LensSimulator.generators(track):
+            raise ValueError(f"{track.name}: injected arcs are drawn with PCG64 only, not {backend.generator!r}")
         self.track, self.inj, self.backend = track, track.injection, backend
         self.lib = library(track)
         self.sim = LensSimulator(arc_track(track), backend)

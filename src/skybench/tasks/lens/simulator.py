@@ -1,6 +1,7 @@
 """Batched galaxy-galaxy strong-lens simulator: SIE + shear, Sersic light, clumpy sources, look-alikes.
 
-Parameters are drawn per object from its own seeded generator (so any object can be re-made alone) and
+Parameters are drawn per object from its own seeded generator (so any object can be re-made alone): numpy's PCG64
+on the host, or Philox keyed by the seed on the backend's device (``backend.generator``), and
 rendered in batches by the shared :class:`~skybench.physics.render.Renderer` on numpy or torch.
 Metadata columns use lenstronomy's parameter names; :func:`lenstronomy_kwargs` turns a row back into
 lenstronomy keyword lists."""
@@ -19,6 +20,7 @@ from skybench.physics.kernels import module as array_module
 from skybench.physics.lens_mass import phi_q2ellipticity, sie_shear_ray_shoot
 from skybench.physics.light import ellipse_metric, sersic_profile_, sersic_total_flux
 from skybench.physics.noise import magnitude2cps, object_normals
+from skybench.physics.philox import normal32, normal64, uniform64
 from skybench.physics.render import Renderer
 from skybench.tasks.lens.config import LensTrack
 from skybench.tasks.lens.sources import Stamp, antialiased, interpolate, source_library
@@ -48,6 +50,12 @@ class LensSimulator:
 
             return InjectedSimulator.release_info(track)
         return {}
+
+    @staticmethod
+    def generators(track: LensTrack) -> tuple[str, ...]:
+        """The generators (physics.backend.GENERATORS) this track can draw from: an injected track's arcs and
+        cut-outs are drawn on the host (PCG64)."""
+        return ("pcg64",) if track.injection is not None else ("pcg64", "philox")
 
     @staticmethod
     def split_limits(track: LensTrack) -> dict[str, int]:
@@ -106,15 +114,21 @@ class LensSimulator:
         cols, _ = self._sample([obj_seed])
         return {k: v[0].item() for k, v in cols.items()}
 
-    def _sample(self, seeds: list[int]) -> tuple[dict[str, np.ndarray], list[np.random.Generator]]:
-        """The parameters of a batch of objects as columns, and each object's generator after its draws (its
-        noise comes next from it). Each object draws its uniforms and normals from its own generator in two
-        calls; the formulas below then run on whole columns, so an object's values do not depend on the batch."""
-        rngs = [np.random.default_rng(s) for s in seeds]
-        real = bool(self.stamps)
-        n_uniform = self.N_UNIFORM + (self.N_UNIFORM_REAL if real else 0)
-        U = np.array([rng.random(n_uniform) for rng in rngs]).T  # (draw, object)
-        N = np.array([rng.standard_normal(self.N_NORMAL + 5 * len(self.bands)) for rng in rngs]).T
+    def _sample(self, seeds: list[int]) -> tuple[dict[str, np.ndarray], list[np.random.Generator] | None]:
+        """The parameters of a batch of objects as columns, and each object's PCG64 generator after its draws (its
+        noise comes next from it; None with Philox, whose noise has its own stream). Each object draws its uniforms
+        and normals from its own generator; the formulas below then run on whole columns, so an object's values do
+        not depend on the batch."""
+        real, be = bool(self.stamps), self.backend
+        n_uniform, n_normal = self.N_UNIFORM + (self.N_UNIFORM_REAL if real else 0), self.N_NORMAL + 5 * len(self.bands)
+        rngs: list[np.random.Generator] | None = None
+        if be.generator == "philox":  # every object's draws at once, where the images will be
+            keys = np.asarray(seeds, dtype=np.int64)
+            U, N = (be.to_numpy(f(be, keys, k)).T for f, k in ((uniform64, n_uniform), (normal64, n_normal)))
+        else:
+            rngs = [np.random.default_rng(s) for s in seeds]
+            U = np.array([rng.random(n_uniform) for rng in rngs]).T  # (draw, object)
+            N = np.array([rng.standard_normal(n_normal) for rng in rngs]).T
         uniforms, normals, p, pi = iter(U), iter(N), self.pop, math.pi
 
         def u(low: float, high: float) -> np.ndarray:
@@ -345,9 +359,12 @@ class LensSimulator:
         """Objects ``start..stop`` of ``split``: float32 images (B, bands, n, n) in e-/s and their metadata
         columns (``pd.DataFrame(meta)`` is the table). ``seeds``: the per-object seeds (an int: a release seed,
         public derivation)."""
-        samples, rngs = self._sample(as_object_seeds(seeds).many(split, start, stop))
-        # the noise continues each object's own parameter stream: fixed by its seed too
-        normal = object_normals(rngs, (len(self.bands), self.renderer.size, self.renderer.size))
+        object_seeds = as_object_seeds(seeds).many(split, start, stop)
+        samples, rngs = self._sample(object_seeds)
+        # the noise is fixed by each object's seed too: its Philox noise stream, or its PCG64 stream continued
+        shape = (len(self.bands), self.renderer.size, self.renderer.size)
+        normal = object_normals(rngs, shape) if rngs is not None else \
+            normal32(self.backend, np.asarray(object_seeds, dtype=np.int64), shape)
         cols = {"id": np.arange(start, stop, dtype=np.int64), **samples}
         model, source = self.render(cols)
         labels = self._label(cols, model, source)

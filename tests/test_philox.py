@@ -1,0 +1,75 @@
+"""Philox4x32-10 (physics/philox.py) against Random123's known answers, its streams' statistics, and the GPU path of
+``simulate_release`` (Philox, chunking, the thread that simulates ahead) run on the CPU."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from skybench.physics.backend import get_backend
+from skybench.physics.philox import normal32, normal64, philox4x32, uniform64
+from skybench.release import open_release, read_manifest, release_digest
+from skybench.simulate import simulate_release
+
+# Random123 tests/kat_vectors, the three "philox4x32 10" lines: counter[4] key[2] -> output[4].
+KAT = [("00000000 00000000 00000000 00000000 00000000 00000000", "6627e8d5 e169c58d bc57ac4c 9b00dbd8"),
+       ("ffffffff ffffffff ffffffff ffffffff ffffffff ffffffff", "408f276d 41c83b0e a20bc7c6 6d5451fd"),
+       ("243f6a88 85a308d3 13198a2e 03707344 a4093822 299f31d0", "d16cfe09 94fdcceb 5001e420 24126ea1")]
+NAMES = ["numpy", pytest.param("torch-cpu", marks=pytest.mark.skipif(
+    __import__("importlib").util.find_spec("torch") is None, reason="torch not installed"))]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(("given", "expected"), KAT)
+def test_philox_matches_random123_known_answers(name, given, expected):
+    be = get_backend(name)
+    words = [be.index(np.array([int(w, 16)], dtype=np.int64)) for w in given.split()]
+    out = [int(be.to_numpy(w)[0]) for w in philox4x32(*words)]
+    assert out == [int(w, 16) for w in expected.split()]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_streams_have_the_right_distributions_and_do_not_depend_on_the_batch(name):
+    be = get_backend(name)
+    keys = np.arange(2000, dtype=np.int64) * 7919 + 2**61
+    u = be.to_numpy(uniform64(be, keys, 9))
+    assert stats.kstest(u.ravel(), "uniform").pvalue > 1e-3
+    z = be.to_numpy(normal64(be, keys, 9))
+    assert stats.kstest(z.ravel(), "norm").pvalue > 1e-3
+    z32 = be.to_numpy(normal32(be, keys[:200], (3, 11, 11)))
+    assert z32.dtype == np.float32 and stats.kstest(z32.ravel(), "norm").pvalue > 1e-3
+    # neighbouring draws of an object, and the same draw of neighbouring objects, are uncorrelated
+    assert abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 0.08 and abs(np.corrcoef(u[:-1, 0], u[1:, 0])[0, 1]) < 0.08
+    np.testing.assert_array_equal(be.to_numpy(uniform64(be, keys[5:7], 9)), u[5:7])
+    assert not np.array_equal(be.to_numpy(uniform64(be, keys[:3], 9, stream="noise")), u[:3])
+
+
+def test_numpy_and_torch_draw_the_same_bits():
+    pytest.importorskip("torch")
+    keys = np.array([0, 1, 2**62 + 12345, 987654321987], dtype=np.int64)
+    a, b = get_backend("numpy"), get_backend("torch-cpu")
+    np.testing.assert_array_equal(a.to_numpy(uniform64(a, keys, 13)), b.to_numpy(uniform64(b, keys, 13)))
+    np.testing.assert_allclose(a.to_numpy(normal32(a, keys, (2, 5))), b.to_numpy(normal32(b, keys, (2, 5))), atol=1e-5)
+
+
+def test_the_gpu_path_on_the_cpu_writes_the_same_release_whatever_the_chunks(tmp_path):
+    """torch + Philox, in process with the simulate-ahead thread: chunk sizes 3 and 64 give the same bytes, the
+    manifest names the generator, and numpy + Philox gives the same labels."""
+    pytest.importorskip("torch")
+    kw = dict(profile="demo", seed=3, size=7, progress=False, workers=1, generator="philox")
+    a = simulate_release("lens-space", tmp_path / "a", backend="torch-cpu", chunk_size=3, **kw)
+    b = simulate_release("lens-space", tmp_path / "b", backend="torch-cpu", chunk_size=64, **kw)
+    c = simulate_release("lens-space", tmp_path / "c", backend="numpy", **kw)
+    assert release_digest(a) == release_digest(b)
+    manifest = read_manifest(a)
+    assert manifest["generator"] == "philox" and manifest["backend"] == "torch-cpu"
+    assert "generator" not in read_manifest(simulate_release("lens-space", tmp_path / "d", **{
+        **kw, "generator": "pcg64", "size": 2}))  # PCG64 releases are unchanged (no new manifest field)
+    ta, tc = open_release(a).meta("train"), open_release(c).meta("train")
+    assert ta["seed"].tolist() == tc["seed"].tolist() and (ta["is_lens"] == tc["is_lens"]).all()
+    np.testing.assert_allclose(ta["lens_theta_E"], tc["lens_theta_E"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("track", ["photoz-catalog", "lens-space-injected"])
+def test_a_simulator_without_philox_says_so(tmp_path, track):
+    with pytest.raises(ValueError, match="draws with pcg64"):
+        simulate_release(track, tmp_path / "r", size=2, progress=False, workers=1, generator="philox")
