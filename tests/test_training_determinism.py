@@ -12,12 +12,14 @@ import math
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from skybench.training import KeepBest, save_skops
+from skybench.training.serialise import save_torch_export
 
 ROOT = Path(__file__).resolve().parents[1]
 # name: (task, track, tiny options)
@@ -122,3 +124,28 @@ def test_keep_best_modes() -> None:
     assert not off.update(1, {"auroc": 0.9}, lambda: "w") and off.state is None and off.epoch == 0
     with pytest.raises(ValueError, match="mode"):
         KeepBest("x", "best")
+
+
+def test_save_torch_export_gives_the_same_bytes_in_any_checkout(tmp_path: Path) -> None:
+    """The same module source in two checkouts at different paths, exported and saved: the same bytes (torch writes
+    the source's absolute path and a random id), and the program loads and runs."""
+    torch = pytest.importorskip("torch")
+    import importlib.util
+
+    source = "import torch\n\n\nclass Net(torch.nn.Module):\n    def forward(self, x):\n        return (x * 2).sum(1)\n"
+    saved = []
+    for checkout in ("one", "another/deeper"):
+        root = tmp_path / checkout
+        (root / "baselines").mkdir(parents=True)
+        (root / "baselines" / "net.py").write_text(source)
+        spec = importlib.util.spec_from_file_location("net", root / "baselines" / "net.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        program = torch.export.export(module.Net(), (torch.ones(2, 3),))
+        torch.export.save(program, str(root / "plain.pt2"))  # torch's own writer: the checkout's path inside
+        with zipfile.ZipFile(root / "plain.pt2") as z:
+            assert any(str(root).encode() in z.read(n) for n in z.namelist())
+        saved.append(save_torch_export(program, root / "model.pt2", root).read_bytes())
+    assert saved[0] == saved[1]
+    loaded = torch.export.load(str(tmp_path / "one" / "model.pt2"))
+    assert loaded.module()(torch.ones(2, 3)).tolist() == [6.0, 6.0]

@@ -37,6 +37,9 @@ def simulate(track: str, out: Annotated[Path, typer.Option(help="release folder 
              backend: Annotated[str, typer.Option(help="auto, numpy, torch-cpu or torch-cuda")] = "auto",
              generator: Annotated[str, typer.Option(
                  help="auto (Philox on a GPU where the track has it, else PCG64), pcg64 or philox")] = "auto",
+             chunk_size: Annotated[int | None, typer.Option(
+                 help="objects simulated together (default: 32 on the CPU, 2048 on a GPU; less if the GPU's memory "
+                      "runs out)")] = None,
              key_file: Annotated[Path | None, typer.Option(
                  help="the organiser's private test-set key (default: $SKYBENCH_KEY_DIR/PROFILE.key, else "
                       "secrets/PROFILE.key); needed by every profile but demo")] = None,
@@ -47,8 +50,8 @@ def simulate(track: str, out: Annotated[Path, typer.Option(help="release folder 
 
     try:
         path = simulate_release(track, out, profile=profile, seed=seed, size=size, backend=backend,
-                                generator=generator, progress=sys.stderr.isatty(), key_file=key_file,
-                                create_key=create_key,
+                                generator=generator, chunk_size=chunk_size, progress=sys.stderr.isatty(),
+                                key_file=key_file, create_key=create_key,
                                 real_set=True)  # the track's real set, folded in (a library call opts in)
     except (FileNotFoundError, KeyError, ValueError) as exc:
         _fail(str(exc))

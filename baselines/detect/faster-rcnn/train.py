@@ -31,10 +31,8 @@ loads it with ``torch.export.load(p).module()``. Uses CUDA for training when ava
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +46,7 @@ from skybench.tasks.detect.config import TABLE
 from skybench.tasks.detect.metrics import score_tiles
 from skybench.tracks import for_release, load_track
 from skybench.training import CurveLogger, fresh_folder, noise_sigma, run_cli, start, write_submission
-from skybench.training.serialise import rewrite_zip
+from skybench.training.serialise import save_torch_export
 
 NAME = "faster-rcnn"
 HEAD_WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # box-head delta scaling of Fast R-CNN (std 0.1, 0.1, 0.2, 0.2)
@@ -340,20 +338,7 @@ def export(model: FasterRCNN, path: Path, shape: tuple[int, ...]) -> Path:
     model = model.cpu().eval()
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.export.export(model, (torch.zeros(2, *shape),), dynamic_shapes=({0: batch},))
-    torch.export.save(program, str(path))
-    # torch.export.save writes a random serialization id and absolute source paths (the nodes' stack traces):
-    # made relative and derived from the content, so that the same weights give the same bytes in any checkout
-    prefix = f"{Path(__file__).resolve().parents[3]}/".encode()  # the checkout holding this file
-    with zipfile.ZipFile(path) as z:
-        names = z.namelist()
-        # the id is a digest of the content as written, checkout path stripped (else each clone gets its own id)
-        digest = hashlib.sha256(b"".join(z.read(n).replace(prefix, b"") if n.endswith(".json") else z.read(n)
-                                         for n in names if not n.endswith("serialization_id")))
-    edits = {n: (lambda d: d.replace(prefix, b"")) for n in names if n.endswith(".json")}
-    edits.update({n: (lambda d: str(int(digest.hexdigest()[:32], 16)).encode())
-                  for n in names if n.endswith("serialization_id")})
-    rewrite_zip(path, edits)
-    return path
+    return save_torch_export(program, path, Path(__file__).resolve().parents[3])  # the checkout holding this file
 
 
 def train(argv: list[str] | None = None) -> tuple[FasterRCNN, Path]:

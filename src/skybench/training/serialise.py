@@ -1,4 +1,4 @@
-"""Model files that are the same bytes whenever the same model is saved: skops, Keras and ONNX.
+"""Model files that are the same bytes whenever the same model is saved: skops, Keras, ONNX and torch.export.
 
 The libraries' own writers are not: skops names its zip members and ``__id__`` fields after ``id(obj)`` (memory
 addresses) and stamps every member with the current time; Keras writes ``date_saved`` and ``shared_object_id``
@@ -9,6 +9,7 @@ loads exactly as the original. Framework imports are lazy: importing this module
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
@@ -102,4 +103,25 @@ def export_onnx(model: Any, path: str | Path, shape: tuple[int, ...], output: st
         torch.onnx.export(model.cpu().eval(), (torch.zeros(2, *shape),), str(path), input_names=["images"],
                           output_names=[output], dynamic_axes={"images": {0: "N"}, output: {0: "N"}},
                           dynamo=False)
+    return path
+
+
+def save_torch_export(program: Any, path: str | Path, root: str | Path) -> Path:
+    """``torch.export.save(program, path)`` (``.pt2``), then the same bytes in any checkout: torch writes a random
+    serialization id and the absolute paths of the source files (the nodes' stack traces); the paths under ``root``
+    (the checkout) are made relative, and the id becomes a digest of the content so edited."""
+    import torch
+
+    path = Path(path)
+    torch.export.save(program, str(path))
+    prefix = f"{Path(root).resolve()}/".encode()
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+        digest = hashlib.sha256(b"".join(z.read(n).replace(prefix, b"") if n.endswith(".json") else z.read(n)
+                                         for n in names if not n.endswith("serialization_id")))
+    edits: dict[str, Callable[[bytes], bytes]] = {n: (lambda d: d.replace(prefix, b"")) for n in names
+                                                  if n.endswith(".json")}
+    edits.update({n: (lambda _: str(int(digest.hexdigest()[:32], 16)).encode())
+                  for n in names if n.endswith("serialization_id")})
+    rewrite_zip(path, edits)
     return path
