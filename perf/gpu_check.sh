@@ -75,8 +75,8 @@ if [ -z "$GPU_NAME" ]; then
   echo "gpu_check: no GPU on this machine (nvidia-smi finds none): running the CPU halves at small sizes"
   echo "No GPU on this machine: the CPU halves at small sizes (what CI runs)." >> "$OUT"
   echo >> "$OUT"
-  step sim "$PY" perf/sim_throughput.py --backend numpy --objects 64 --rounds 2 --rss-objects 0
-  SIM_LOG=$LOGDIR/sim.log
+  SIM_ARGS=(--backend numpy --objects 64 --rounds 2 --rss-objects 0)
+  step sim "$PY" perf/sim_throughput.py "${SIM_ARGS[@]}"
   step eval "$PY" perf/gpu_eval.py --size 300 --md "$OUT" "${GOALS[@]}"
   if [ "$CHALLENGE" = 1 ]; then
     step challenge "$PY" perf/gpu_train.py --train 200 --epochs 1 --md "$OUT"
@@ -133,9 +133,10 @@ EOF
     echo "gpu_check: accelerated runtimes missing: $MISSING"
     { echo "Accelerated runtimes missing (their checks are skipped): $MISSING."; echo; } >> "$OUT"
   fi
-  # TODO(lead): the GPU-native simulator's flags: --generator philox --release-objects 100000 --rss-objects 0
-  step sim "$PY" perf/sim_throughput.py --backend torch-cuda --objects 2048 --rounds 2 --rss-objects 0
-  SIM_LOG=$LOGDIR/sim.log
+  # TODO(lead): once perf/sim_throughput.py has the GPU-native simulator's flags, this line becomes
+  #   SIM_ARGS=(--backend torch-cuda --generator philox --release-objects 100000 --rss-objects 0)
+  SIM_ARGS=(--backend torch-cuda --objects 2048 --rounds 2 --rss-objects 0)
+  step sim "$PY" perf/sim_throughput.py "${SIM_ARGS[@]}"
   step eval "$PY" perf/gpu_eval.py --size 100000 --compare 2000 --md "$OUT" "${GOALS[@]}"
   if [ "$CHALLENGE" = 1 ]; then
     step challenge "$PY" perf/gpu_train.py --train 20000 --epochs 2 --md "$OUT"
@@ -143,10 +144,10 @@ EOF
 fi
 
 {
-  echo "Simulator (\`perf/sim_throughput.py\`, arguments above in the log; its table):"
+  echo "Simulator: \`python perf/sim_throughput.py ${SIM_ARGS[*]}\`"
   echo
   echo '```'
-  sed -n '/images\/s/,/peak RSS/p' "$SIM_LOG" | grep . || echo "(no figures: it failed)"
+  sed -n '/images\/s/,/peak RSS/p' "$LOGDIR/sim.log" | grep . || echo "(no figures: it failed)"
   echo '```'
   echo
   echo "Whole script: $((SECONDS - START)) s."
