@@ -130,7 +130,8 @@ def main() -> None:
             if k:
                 ray.shutdown()
             assert o.status == "FINISHED", o.reason
-            preds.append(pd.read_csv(tmp / f"evals-{k}" / "perf__cnn" / "predictions.csv", dtype=str))
+            (csv,) = tmp.glob(f"evals-{k}-private/*/predictions.csv")  # the organiser's folder (evaluate.py)
+            preds.append(pd.read_csv(csv, dtype=str))
             rows.append((label, args.size / wall, wall, init, mem.peak / 2**20))
             print(f"{label:16s} {args.size / wall:8.1f} cut-outs/s  ({wall:.1f} s; ray.init {init:.1f} s; "
                   f"peak RSS of the process tree {mem.peak / 2**20:.0f} MB)", flush=True)

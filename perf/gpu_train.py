@@ -76,7 +76,8 @@ def main() -> int:
             f"in {t_sim:.0f} s): training {t_train:.0f} s including start-up ({rate:.0f} training cut-outs/s), "
             f"val AUROC {val_auroc}; `skybench evaluate` on {args.train} test cut-outs in {t_eval:.0f} s: AUROC "
             f"{m['auroc']:.3f} [{m['auroc_ci_low']:.3f}, {m['auroc_ci_high']:.3f}], TPR0 {m['tpr0']:.3f}, "
-            f"TPR10 {m['tpr10']:.3f} (after {args.epochs} epoch{'s' if args.epochs > 1 else ''}: a timing, not the challenge baseline's score).\n")
+            f"TPR10 {m['tpr10']:.3f} (after {args.epochs} epoch{'s' if args.epochs > 1 else ''}: a timing, not the "
+            "challenge baseline's score).\n")
     print(text)
     if args.md:
         with args.md.open("a") as f:
