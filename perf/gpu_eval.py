@@ -273,15 +273,36 @@ def record_of(o: Any) -> dict[str, Any]:
     return {"device": rec.device, "seconds": rec.seconds}
 
 
-def device_name(cuda: bool) -> str:
+def device_name(cuda: bool, gpu: int | None) -> str:
+    """The GPU's name and memory from nvidia-smi (no CUDA context in this process), else the CPU model."""
     if cuda:
-        import torch
+        try:
+            query = ["nvidia-smi", "--query-gpu=name,memory.total,memory.used,driver_version",
+                     "--format=csv,noheader", "-i", str(gpu or 0)]
+            gpu_name, total, used, driver = subprocess.run(query, capture_output=True, text=True, check=True,
+                                                           timeout=30).stdout.strip().split(", ")
+            return f"{gpu_name}, {total}, {used} in use before the checks, driver {driver}"
+        except (OSError, ValueError, subprocess.SubprocessError):
+            import torch
 
-        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}, torch {torch.__version__})"
+            return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}, torch {torch.__version__})"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
             return f"{line.partition(':')[2].strip()} x {os.cpu_count()} (no GPU)"
     return platform.processor() or "CPU"
+
+
+def runtime_versions() -> str:
+    """The installed versions of the evaluation runtimes (metadata only, nothing imported)."""
+    from importlib import metadata
+
+    out = []
+    for dist in ("onnxruntime", "onnxruntime-gpu", "torch", "tensorflow", "keras", "ray"):
+        try:
+            out.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return ", ".join(out)
 
 
 def main() -> int:
@@ -321,7 +342,7 @@ def main() -> int:
         fails.append(reason)
         print(f"FAIL: {reason}", flush=True)
 
-    name = device_name(cuda)
+    name = device_name(cuda, gpu_index)
     print(f"gpu_eval: {name}; {n} {track.name} cut-outs {shape}, batch {batch}, device {device}", flush=True)
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp_name:
         tmp = Path(tmp_name)
@@ -416,16 +437,17 @@ def main() -> int:
             x = np.ascontiguousarray(rel.images("test")[:], dtype=np.float32)
             print(f"read the test set into memory in {time.perf_counter() - t:.1f} s", flush=True)
         for fmt, r in rows.items():
-            with Peaks(gpu_index) as mem:
-                pred, t_bare = bare_predict(bare_runtime(fmt, r["sub"], device), x, batch)
+            try:
+                with Peaks(gpu_index) as mem:
+                    pred, t_bare = bare_predict(bare_runtime(fmt, r["sub"], device), x, batch)
+                k = min(args.compare, n) if cuda else n
+                cpu_pred = bare_predict(bare_runtime(fmt, r["sub"], "cpu"), x[:k], batch)[0] if cuda else pred
+            except Exception as exc:  # one format's bare runtime failing is that check's failure, not the run's
+                fail(f"{fmt}: the bare runtime failed: {type(exc).__name__}: {str(exc)[:300]}")
+                continue
             r["bare"], r["bare_gpu"] = t_bare, mem.gpu_mb
             r["diff_same"] = float(np.max(np.abs(pred - r["pred"])))
-            if cuda:
-                k = min(args.compare, n)
-                cpu_pred, _ = bare_predict(bare_runtime(fmt, r["sub"], "cpu"), x[:k], batch)
-                r["diff_cpu"], r["k"] = float(np.max(np.abs(cpu_pred - r["pred"][:k]))), k
-            else:
-                r["diff_cpu"], r["k"] = r["diff_same"], n
+            r["diff_cpu"], r["k"] = float(np.max(np.abs(cpu_pred - r["pred"][:k]))), k
             ratio = t_bare / r["wall"]
             r["ratio"] = ratio
             print(f"{fmt:6s} bare {n / t_bare:9.1f} cut-outs/s; ratio evaluate / bare {ratio:.2f} (goal >= 0.8); "
@@ -444,14 +466,15 @@ def main() -> int:
     # the figures, as Markdown for perf/RESULTS.md
     gib = 2**30
     md.append(f"Evaluation on {device} ({name}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {n} "
-              f"{track.name}-shaped noise cut-outs {shape}, batch {batch}, the same random-weight CNN in each format.")
+              f"{track.name}-shaped noise cut-outs {shape}, batch {batch}, the same random-weight CNN in each format "
+              f"({runtime_versions()}).")
     md.append("")
     md.append("| format | device (sandbox) | evaluate (cut-outs/s) | bare (cut-outs/s) | ratio (goal >= 0.8) | "
               "sandbox wall (s) | bare / sandbox wall | peak RSS parent / sandbox (GiB) | "
               "peak GPU mem eval / bare (MiB) | max abs diff vs CPU (cut-outs) |")
     md.append("|---|---|---|---|---|---|---|---|---|---|")
     for fmt, r in rows.items():
-        gpu_mem = f"{r['gpu']:.0f} / {r['bare_gpu']:.0f}" if r.get("gpu") is not None else "-"
+        gpu_mem = " / ".join("-" if r.get(key) is None else f"{r[key]:.0f}" for key in ("gpu", "bare_gpu"))
         bare = f"{n / r['bare']:.1f}" if "bare" in r else "-"
         ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
         box_ratio = f"{r['bare'] / r['box']:.2f}" if "bare" in r else "-"
