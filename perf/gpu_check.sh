@@ -137,9 +137,9 @@ EOF
   #   SIM_ARGS=(--backend torch-cuda --generator philox --release-objects 100000 --rss-objects 0)
   SIM_ARGS=(--backend torch-cuda --objects 2048 --rounds 2 --rss-objects 0)
   step sim "$PY" perf/sim_throughput.py "${SIM_ARGS[@]}"
-  step eval "$PY" perf/gpu_eval.py --size 100000 --compare 2000 --md "$OUT" "${GOALS[@]}"
+  step eval "$PY" perf/gpu_eval.py --size 100000 --compare 2000 --expect-device cuda --md "$OUT" "${GOALS[@]}"
   if [ "$CHALLENGE" = 1 ]; then
-    step challenge "$PY" perf/gpu_train.py --train 20000 --epochs 2 --md "$OUT"
+    step challenge "$PY" perf/gpu_train.py --train 20000 --epochs 2 --expect-device cuda --md "$OUT"
   fi
 fi
 

@@ -313,6 +313,8 @@ def main() -> int:
     ap.add_argument("--compare", type=int, default=2000, help="on a GPU: cut-outs predicted on the CPU too")
     ap.add_argument("--min-ratio", type=float, default=0.0, help="fail when evaluate / bare is below this")
     ap.add_argument("--require-all", action="store_true", help="a missing (accelerated) runtime is a failure")
+    ap.add_argument("--expect-device", choices=("cuda", "cpu"), default=None,
+                    help="fail at once when the harness would evaluate on another device")
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--ray-cpus", type=int, default=min(4, os.cpu_count() or 1))
     ap.add_argument("--md", type=Path, default=None, help="append the Markdown figures to this file")
@@ -328,6 +330,10 @@ def main() -> int:
 
     cuda = cuda_available()  # the harness's own decision
     device = "cuda" if cuda else "cpu"
+    if args.expect_device and device != args.expect_device:
+        print(f"FAIL: the harness evaluates on {device}, not {args.expect_device} (cuda_available() in "
+              "harness/submission.py: a /dev/nvidiaN node and torch's CUDA build)", flush=True)
+        return 1
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
     gpu_index = (int(visible) if visible.isdigit() else 0) if cuda else None
     track = load_track(args.track)

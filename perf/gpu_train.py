@@ -32,6 +32,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=2, help="epochs (the challenge profile trains 60)")
     ap.add_argument("--md", type=Path, default=None, help="append the Markdown figures to this file")
     ap.add_argument("--tmp", type=Path, default=None)
+    ap.add_argument("--expect-device", choices=("cuda", "cpu"), default=None,
+                    help="fail at once when training and evaluation would run on another device")
     args = ap.parse_args()
 
     from skybench.harness.evaluate import evaluate
@@ -41,6 +43,10 @@ def main() -> int:
 
     track = load_track(args.track)
     device = "cuda" if cuda_available() else "cpu"
+    if args.expect_device and device != args.expect_device:
+        print(f"FAIL: no {args.expect_device} here (cuda_available() in harness/submission.py says {device})",
+              file=sys.stderr)
+        return 1
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp_name:
         tmp = Path(tmp_name)
         tmp.chmod(0o755)  # the sandboxed evaluation runs as another uid
