@@ -93,8 +93,10 @@ else
         && timeout 300 "$PY" -m pip download --quiet -d "$WHEELS" "${REQS[@]}" >>"$LOGDIR/pip.log" 2>&1; then
       echo "gpu_check: installing ${REQS[*]}"
       "$PY" -m pip uninstall --quiet -y onnxruntime >/dev/null 2>&1
-      "$PY" -m pip install --quiet --no-index --find-links "$WHEELS" "${REQS[@]}" \
-        || FAILS+=("install: pip install ${REQS[*]} failed (see pip's output above)")
+      if ! "$PY" -m pip install --quiet --no-index --find-links "$WHEELS" "${REQS[@]}"; then
+        FAILS+=("install: pip install ${REQS[*]} failed (see pip's output above)")
+        "$PY" -m pip install --quiet "$(grep -m1 -o '^onnxruntime==[^ ]*' requirements/lock.txt)"  # put it back
+      fi
       if ! "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
         timeout 300 "$PY" -m pip install --quiet --index-url "$TORCH_CUDA_INDEX" "torch==$TORCH_VERSION" \
           || echo "gpu_check: torch's CUDA build is not installable from $TORCH_CUDA_INDEX"
