@@ -59,6 +59,7 @@ class PeakRSS:
 
 def noise_release(out: Path, track_name: str, n: int) -> Path:
     from skybench.release import write_release
+    from skybench.tasks.lens.score import CONTAMINANTS
     from skybench.tracks import load_track
 
     track = load_track(track_name)
@@ -67,9 +68,15 @@ def noise_release(out: Path, track_name: str, n: int) -> Path:
     def chunks(split: str, ranges: list[tuple[int, int]]):  # noqa: ANN202
         for a, b in ranges:
             rng = np.random.default_rng(a)
-            yield (rng.standard_normal((b - a, *shape), dtype=np.float32),
-                   pd.DataFrame({"id": np.arange(a, b), "is_lens": rng.integers(0, 2, b - a),
-                                 "lens_theta_E": rng.uniform(0.5, 2.5, b - a), "arc_snr": rng.uniform(0, 100, b - a)}))
+            meta = {"id": np.arange(a, b), "is_lens": rng.integers(0, 2, b - a)}
+            for s in track.strata:  # every column the scorer bins by, random within its bins
+                if s.column == "contaminant":  # derived from has_<kind> (tasks/lens/score.py, contaminant_mask)
+                    meta |= {f"has_{kind}": rng.random(b - a) < 0.1 for kind in CONTAMINANTS}
+                elif s.edges is not None:
+                    meta[s.column] = rng.uniform(s.edges[0], s.edges[-1], b - a)
+                else:
+                    meta[s.column] = rng.choice(np.asarray(s.values), b - a)
+            yield rng.standard_normal((b - a, *shape), dtype=np.float32), pd.DataFrame(meta)
 
     return write_release(out, info={"track": track.name, "task": "lens", "profile": "perf-noise", "seed": 0},
                          counts={"test": n}, image_shape=shape, make_chunks=chunks, chunk_size=256,
@@ -123,7 +130,8 @@ def main() -> None:
             if k:
                 ray.shutdown()
             assert o.status == "FINISHED", o.reason
-            preds.append(pd.read_csv(tmp / f"evals-{k}" / "perf__cnn" / "predictions.csv", dtype=str))
+            (csv,) = tmp.glob(f"evals-{k}-private/*/predictions.csv")  # the organiser's folder (evaluate.py)
+            preds.append(pd.read_csv(csv, dtype=str))
             rows.append((label, args.size / wall, wall, init, mem.peak / 2**20))
             print(f"{label:16s} {args.size / wall:8.1f} cut-outs/s  ({wall:.1f} s; ray.init {init:.1f} s; "
                   f"peak RSS of the process tree {mem.peak / 2**20:.0f} MB)", flush=True)

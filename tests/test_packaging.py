@@ -187,12 +187,28 @@ def test_every_import_in_the_package_is_installed_by_core_or_all() -> None:
 
 def test_all_extra_holds_every_runtime_extra() -> None:
     extras = PYPROJECT["project"]["optional-dependencies"]
-    assert set(RUNTIME_EXTRAS) | {"all", "dev"} == set(extras), f"extras are {sorted(extras)}"
+    assert set(RUNTIME_EXTRAS) | {"all", "dev", "gpu"} == set(extras), f"extras are {sorted(extras)}"
     everything = _expanded("all")
     for extra in RUNTIME_EXTRAS:
         assert _expanded(extra) <= everything, f"[{extra}] has {_expanded(extra) - everything} missing from [all]"
     torch = [r for r in _requirements("torch") if _norm(r.name) == "torch"]
     assert [str(r.specifier) for r in torch] == ["==2.13.0"], "the [torch] extra pins torch==2.13.0"
+
+
+def test_gpu_extra_pins_the_cuda_builds_of_the_locked_runtimes() -> None:
+    """[gpu] (perf/gpu_check.sh) is outside [all] and the lock, and pins the CUDA builds at the lock's versions
+    (onnxruntime-gpu may lag the CPU build by one minor release, as long as none is published)."""
+    lock = (ROOT / "requirements" / "lock.txt").read_text()
+    locked = {m[0]: m[1] for m in re.findall(r"^([a-z0-9_.-]+)==([^ \\+]+)", lock, flags=re.M)}
+    pins = {_norm(r.name): (str(r.specifier), r.extras) for r in _requirements("gpu")}
+    assert set(pins) == {"onnxruntime-gpu", "tensorflow"}, pins
+    assert pins["tensorflow"] == (f"=={locked['tensorflow']}", {"and-cuda"}), pins["tensorflow"]
+    spec, _ = pins["onnxruntime-gpu"]
+    want = [int(v) for v in locked["onnxruntime"].split(".")[:2]]
+    got = [int(v) for v in spec.removeprefix("==").split(".")[:2]]
+    assert spec.startswith("==") and got[0] == want[0] and want[1] - 1 <= got[1] <= want[1], (spec, want)
+    assert "onnxruntime-gpu" not in lock and "and-cuda" not in lock, "the CPU lock must not hold the [gpu] extra"
+    assert "onnxruntime-gpu" not in _expanded("all")
 
 
 def test_makefile_installs_all_and_dev() -> None:
