@@ -75,7 +75,8 @@ if [ -z "$GPU_NAME" ]; then
   echo "gpu_check: no GPU on this machine (nvidia-smi finds none): running the CPU halves at small sizes"
   echo "No GPU on this machine: the CPU halves at small sizes (what CI runs)." >> "$OUT"
   echo >> "$OUT"
-  SIM_ARGS=(--backend numpy --objects 64 --rounds 2 --rss-objects 0)
+  # the GPU path's code (torch, Philox, whole simulate calls writing shards) on the CPU
+  SIM_ARGS=(--backend torch-cpu --generator philox --objects 64 --rounds 2 --rss-objects 0 --release-objects 100)
   step sim "$PY" perf/sim_throughput.py "${SIM_ARGS[@]}"
   step eval "$PY" perf/gpu_eval.py --size 300 --md "$OUT" "${GOALS[@]}"
   if [ "$CHALLENGE" = 1 ]; then
@@ -135,9 +136,8 @@ EOF
     echo "gpu_check: accelerated runtimes missing: $MISSING"
     { echo "Accelerated runtimes missing (their checks are skipped): $MISSING."; echo; } >> "$OUT"
   fi
-  # TODO(lead): once perf/sim_throughput.py has the GPU-native simulator's flags, this line becomes
-  #   SIM_ARGS=(--backend torch-cuda --generator philox --release-objects 100000 --rss-objects 0)
-  SIM_ARGS=(--backend torch-cuda --objects 2048 --rounds 2 --rss-objects 0)
+  # goals: >= 100,000 lens-space and >= 25,000 lens-ground cut-outs/s for whole simulate calls writing shards
+  SIM_ARGS=(--backend torch-cuda --generator philox --objects 8192 --rounds 4 --rss-objects 0 --release-objects 100000)
   step sim "$PY" perf/sim_throughput.py "${SIM_ARGS[@]}"
   step eval "$PY" perf/gpu_eval.py --size 100000 --compare 2000 --expect-device cuda --md "$OUT" "${GOALS[@]}"
   if [ "$CHALLENGE" = 1 ]; then

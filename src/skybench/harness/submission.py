@@ -482,8 +482,8 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
     env = dict.fromkeys(_THREAD_VARS, n_threads) | {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONNOUSERSITE": "1"}
     if not gpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
-    elif "CUDA_VISIBLE_DEVICES" in os.environ:  # e.g. the GPU a Ray task was given: the sandbox sees only it
-        env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    # else none: the sandbox holds only this task's /dev/nvidiaN (sandbox.gpu_binds, from the host's
+    # $CUDA_VISIBLE_DEVICES), which CUDA inside numbers 0; passing the host's index N > 0 would hide it
     argv = [sys.executable, "-m", "skybench.harness.runner", "--submission", "/submission", "--inputs", "/inputs",
             "--out", "/scratch/predictions.npy", "--batch-size", str(batch_size or track.evaluation.batch_size),
             "--device", "auto" if gpu else "cpu"]
