@@ -323,6 +323,27 @@ def test_an_old_bwrap_first_on_path_is_refused(tmp_path, monkeypatch):
         run_sandboxed(["true"], scratch=tmp_path / "scratch")
 
 
+@needs_bwrap
+@pytest.mark.parametrize(("gpu", "expected"), [(True, "unset"), (False, "")])
+def test_the_sandbox_does_not_inherit_the_hosts_gpu_index(tiny_space_release, tmp_path, monkeypatch, gpu, expected):
+    """A GPU task's sandbox holds only its own /dev/nvidiaN, which CUDA inside numbers 0: the host's index (Ray's
+    CUDA_VISIBLE_DEVICES=1, say) must not follow it in, or CUDA would see no GPU and the model run on the CPU. A
+    CPU task gets an empty CUDA_VISIBLE_DEVICES (no GPU at all)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    sub = load_submission(python_submission(tmp_path / "subs", "env", """
+        import os
+        import numpy as np
+        def load(d):
+            return os.environ.get("CUDA_VISIBLE_DEVICES", "unset")
+        def predict(model, batch):
+            return np.full(len(batch), {"unset": 0.25, "": 0.5}.get(model, 0.75), dtype=np.float32)
+    """))
+    res = sandboxed_predict(sub, tiny_space_release, scratch=tmp_path / "scratch", track=load_track("lens-space"),
+                            gpu=gpu, threads=1)
+    assert res.ok, res.reason
+    assert set(res.predictions.tolist()) == {{"unset": 0.25, "": 0.5}[expected]}
+
+
 def test_gpu_task_sees_only_its_own_device():
     dev = ["null", "nvidia0", "nvidia1", "nvidia2", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset",
            "nvidia-caps"]
