@@ -37,6 +37,7 @@ import pandas as pd  # noqa: E402
 from skybench.physics.backend import get_backend  # noqa: E402
 from skybench.physics.philox import normal32  # noqa: E402
 from skybench.physics.psf import gaussian_kernel_2d  # noqa: E402
+from skybench.release import read_manifest  # noqa: E402
 from skybench.simulate import CHUNK_SIZE, GPU_CHUNK_SIZE, simulate_release  # noqa: E402
 from skybench.tasks.lens.simulator import LensSimulator, lenstronomy_kwargs  # noqa: E402
 from skybench.testkey import public_object_seed  # noqa: E402
@@ -163,8 +164,6 @@ def release_rate(track: str, n_test: int, backend: str, generator: str) -> tuple
         t = time.perf_counter()
         out = simulate_release(track, f"{tmp}/rel", size=n_test, **kw)
         wall = time.perf_counter() - t
-        from skybench.release import read_manifest
-
         total = sum(read_manifest(out)["counts"].values())
     return total / wall, total
 
