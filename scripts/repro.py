@@ -66,13 +66,13 @@ def log_path(stage: str) -> Path:
     return LOGS / f"{re.sub(r'[^A-Za-z0-9@._-]', '_', stage)}.log"
 
 
-def run_stage(stage: str, extra: list[str]) -> tuple[int, float, str]:
+def run_stage(stage: str, extra: list[str], env: dict[str, str]) -> tuple[int, float, str]:
     """(exit status, seconds, what DVC said) of one stage's repro; its output goes to its log file."""
     log = log_path(stage)
     start = time.monotonic()
     with log.open("w") as out:
         rc = subprocess.call(["dvc", "--wait-for-lock", "repro", "--single-item", *extra, stage], stdout=out,
-                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     text = log.read_text(errors="replace")
     said = "unchanged" if "didn't change, skipping" in text else "ran"
     return rc, time.monotonic() - start, said
@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allow-missing", action="store_true", help="passed to dvc repro")
     args = ap.parse_args(argv)
     extra = ["--allow-missing"] if args.allow_missing else []
+    # the cores per stage, for BLAS / OpenMP and the sandboxed models (threads beyond the cores only contend)
+    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))} | dict(os.environ)
     deps = pipeline(args.targets)
     rank = priorities(deps)
     init_mlflow()
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 ready = sorted((s for s in todo if deps[s] <= done), key=lambda s: (-rank[s], s))
                 for stage in ready[: args.jobs - len(running)]:
                     todo.discard(stage)
-                    running[pool.submit(run_stage, stage, extra)] = stage
+                    running[pool.submit(run_stage, stage, extra, env)] = stage
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -4,6 +4,9 @@ exported model scores like the in-framework model, and its training curves reach
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -185,3 +188,25 @@ def test_parameters_follow_the_profile(tmp_path):
     assert baseline_params("x", params_file=f, overrides=["epochs=3"])["epochs"] == 3
     with pytest.raises(KeyError):
         baseline_params("x", params_file=f, overrides=["nope=1"])
+
+
+def test_training_threads_default_to_the_top_level_setting(tmp_path):
+    from skybench.training import baseline_params
+
+    f = tmp_path / "params.yaml"
+    f.write_text("profile: demo\ncpu_threads: {demo: 1, challenge: 0}\ntrain:\n  x: {seed: 1}\n"
+                 "  y: {seed: 1, cpu_threads: 3}\n")
+    assert baseline_params("x", params_file=f)["cpu_threads"] == 1
+    assert baseline_params("x", params_file=f, profile="challenge")["cpu_threads"] == 0
+    assert baseline_params("y", params_file=f)["cpu_threads"] == 3
+    assert baseline_params("x", params_file=f, overrides=["cpu_threads=2"])["cpu_threads"] == 2
+
+
+def test_set_threads_limits_blas_and_torch():
+    """In a fresh process (the limits last for the process): BLAS's pools and torch's intra-op threads."""
+    code = ("import torch, numpy\nfrom threadpoolctl import threadpool_info\n"
+            "from skybench.training import set_threads\nset_threads(1)\n"
+            "print(torch.get_num_threads(), sorted({p['num_threads'] for p in threadpool_info()}))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split() == ["1", "[1]"], out

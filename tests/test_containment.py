@@ -499,3 +499,26 @@ def predict(model, batch):
     assert all("\n" not in r for r in reasons)
     assert not any(r.infrastructure for r in results)
     assert results[3].ok and results[3].predictions.shape == (64,)
+
+
+@needs_bwrap
+@pytest.mark.parametrize(("host", "expected"), [("1", 1.0), (None, float(min(4, os.cpu_count() or 1)))])
+def test_a_sandboxed_model_gets_the_hosts_thread_count(tiny_space_release, tmp_path, monkeypatch, host, expected):
+    """scripts/repro.py sets OMP_NUM_THREADS to the cores per concurrent stage: a model evaluated by one stage must
+    not use the cores the other stage runs on (contended threads are slower than fewer ones)."""
+    if host is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", host)
+    sub = load_submission(python_submission(tmp_path / "subs", "threads", """
+        import os
+        import numpy as np
+        def load(d):
+            return float(os.environ["OMP_NUM_THREADS"])
+        def predict(model, batch):
+            return np.full(len(batch), model / 10, dtype=np.float32)
+    """))
+    res = sandboxed_predict(sub, tiny_space_release, scratch=tmp_path / "scratch", track=load_track("lens-space"),
+                            gpu=False)
+    assert res.ok, res.reason
+    assert res.predictions.tolist() == pytest.approx([expected / 10] * len(res.predictions))

@@ -426,6 +426,13 @@ def read_predictions_csv(path: Path, ids: np.ndarray) -> tuple[np.ndarray | None
     return out, ""
 
 
+def default_threads() -> int:
+    """A sandboxed model's CPU threads: the host's $OMP_NUM_THREADS when set (scripts/repro.py sets it to the
+    cores per concurrent stage), else min(4, cores)."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    return int(given) if given.isdigit() and int(given) > 0 else min(4, os.cpu_count() or 1)
+
+
 def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Track, limit: int | None = None,
                       gpu: bool | None = None, threads: int | None = None,
                       require_cgroups: bool | None = None, batch_size: int | None = None) -> PredictResult:
@@ -435,7 +442,7 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
     images; the parent then checks count, shape and finiteness. ``gpu=None``: use CUDA when available.
     With a real set folded into the release (:mod:`skybench.release.mixing`) the test and real sets are one stream;
     the caller splits the result. ``threads``: CPU threads
-    of the model (default min(4, cores)); an executor running several sandboxes at once gives each fewer.
+    of the model (default :func:`default_threads`); an executor running several sandboxes at once gives each fewer.
     ``require_cgroups``: refuse to run without cgroup limits (None: when ``inputs`` is in a ``challenge`` release).
     ``batch_size``: default the track's evaluation batch size (``skybench validate`` tries others too)."""
     test_dir = _test_folder(inputs)
@@ -478,7 +485,7 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
     for stale in (out, info):
         stale.unlink(missing_ok=True)
 
-    n_threads = str(threads or min(4, os.cpu_count() or 1))
+    n_threads = str(threads or default_threads())
     env = dict.fromkeys(_THREAD_VARS, n_threads) | {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONNOUSERSITE": "1"}
     if not gpu:
         env["CUDA_VISIBLE_DEVICES"] = ""

@@ -122,7 +122,8 @@ def _resolve(value: Any, profile: str, track: str | None) -> Any:
 def baseline_params(name: str, args: argparse.Namespace | None = None, *, params_file: Path | None = None,
                     profile: str | None = None, track: str | None = None,
                     overrides: list[str] | None = None) -> dict[str, Any]:
-    """``train.<name>`` of the parameters file, resolved for the profile and track, with overrides.
+    """``train.<name>`` of the parameters file, resolved for the profile and track, with overrides; its
+    ``cpu_threads`` defaults to the file's top-level one.
 
     ``--epochs`` (when given) replaces ``epochs``; ``--set k=v`` replaces ``k`` (``v`` parsed as YAML)."""
     params_file = params_file or (args.params if args is not None else None) or project_root() / "params.yaml"
@@ -133,6 +134,7 @@ def baseline_params(name: str, args: argparse.Namespace | None = None, *, params
         raise KeyError(f"{params_file}: no parameters under train.{name}")
     track = track or (args.track if args is not None else None)
     params = {k: _resolve(v, profile, track) for k, v in section.items()}
+    params.setdefault("cpu_threads", _resolve(raw.get("cpu_threads"), profile, track))
     for item in (overrides or []) + (list(args.overrides) if args is not None else []):
         key, sep, value = item.partition("=")
         if not sep or key not in params:
@@ -145,12 +147,16 @@ def baseline_params(name: str, args: argparse.Namespace | None = None, *, params
 
 
 def set_threads(n: int | None) -> None:
-    """Use ``n`` CPU threads in torch / TensorFlow when the script imported them (None or 0: the default).
+    """Use ``n`` CPU threads in BLAS / OpenMP, and in torch / TensorFlow when the script imported them (None or 0:
+    the defaults).
 
     On a shared CPU one thread per process is much faster than contended ones. TensorFlow fixes its thread pools
     when it starts: in a process where it already ran (the tests), its threads are kept."""
     if not n:
         return
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(int(n))  # numpy / scikit-learn's BLAS and OpenMP pools, for the rest of the process
     if "torch" in sys.modules:
         import torch
 
