@@ -86,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allow-missing", action="store_true", help="passed to dvc repro")
     args = ap.parse_args(argv)
     extra = ["--allow-missing"] if args.allow_missing else []
-    # the cores per stage, for BLAS / OpenMP and the sandboxed models (threads beyond the cores only contend)
-    env = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // args.jobs))} | dict(os.environ)
+    # one BLAS / OpenMP thread per stage (and per sandboxed model), unless set: the stages run one per core, and
+    # BLAS's last bits depend on its thread count (a release made with 2 differs from one made with 1), so every
+    # machine makes the files dvc.lock names
+    env = {"OMP_NUM_THREADS": "1"} | dict(os.environ)
     deps = pipeline(args.targets)
     rank = priorities(deps)
     init_mlflow()

@@ -182,3 +182,32 @@ def test_disk_full_while_writing_a_release_never_leaves_it_half_written(tmp_path
     assert not fresh.exists()
     with pytest.raises(ReleaseError, match="no manifest"):
         read_manifest(fresh)
+
+
+SIMULATE_IN_LITTLE_MEMORY = """
+import resource, sys
+from typer.testing import CliRunner
+from skybench.cli import app
+import skybench.simulate  # imported before the limit, like everything the simulation itself needs
+from skybench.tasks import get_task
+get_task("lens").simulator()
+with open("/proc/self/status") as f:
+    vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + 600 * 2**20, resource.RLIM_INFINITY))  # 600 MB more address space
+res = CliRunner().invoke(app, ["simulate", "lens-space", "--out", sys.argv[1], "--size", sys.argv[2],
+                               "--chunk-size", sys.argv[2], "--backend", "numpy"])
+print(res.exit_code, res.output.strip())
+"""
+
+
+def test_running_out_of_memory_while_simulating_names_the_chunk_size_and_writes_nothing(tmp_path):
+    """A real allocation failure (an address-space limit): one clear line that says what to change; no release, no
+    temporary folder left."""
+    out = tmp_path / "releases" / "lens-space"
+    res = subprocess.run([sys.executable, "-c", SIMULATE_IN_LITTLE_MEMORY, str(out), "20000"], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
+    code, _, said = res.stdout.strip().partition(" ")
+    assert code == "1", res.stdout + res.stderr[-2000:]
+    assert "out of host memory simulating 20000 objects at a time" in said and "--chunk-size (say 5000)" in said
+    assert len(said.splitlines()) == 1, said
+    assert not out.exists() and list(out.parent.iterdir()) == []

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", se
         generator = "philox" if be.device == "cuda" and "philox" in supported else "pcg64"
     if generator not in supported:
         raise ValueError(f"{track.name}: its simulator draws with {', '.join(supported)}, not {generator!r}")
-    be = get_backend(backend, generator)
+    be = replace(be, generator=generator)
     chunk_size = chunk_size or (GPU_CHUNK_SIZE if be.device == "cuda" else CHUNK_SIZE)
     limits: dict[str, int] = getattr(cls, "split_limits", lambda t: {})(track)  # bounded by its data (injected test)
     capped = {s: min(c, limits.get(s, c)) for s, c in counts.items()}
@@ -75,16 +76,23 @@ def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", se
         info |= {"counts_requested": counts, "split_limits": limits}
         counts = capped
     finish = _real_set_fold(track, real_set, order_key(key, seed))
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(track, backend, generator, True)) \
-            if workers > 1 else _InProcess(track, backend, generator, ahead=be.name != "numpy") as pool:
+    try:
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(track, backend, generator, True)) \
+                if workers > 1 else _InProcess(track, backend, generator, ahead=be.name != "numpy") as pool:
 
-        def make_chunks(split: str, ranges: list[tuple[int, int]]) -> Iterator[Any]:
-            return pool.map(_simulate_chunk, [(seeds, split, a, b) for a, b in ranges])
+            def make_chunks(split: str, ranges: list[tuple[int, int]]) -> Iterator[Any]:
+                return pool.map(_simulate_chunk, [(seeds, split, a, b) for a, b in ranges])
 
-        return write_release(Path(out), info=info, counts=counts, arrays=cls.arrays(track),
-                             hidden_arrays=cls.hidden_arrays, make_chunks=make_chunks, chunk_size=chunk_size,
-                             label_columns=cls.label_columns, progress=progress, finish=finish,
-                             tables=tuple(getattr(cls, "tables", ())))
+            return write_release(Path(out), info=info, counts=counts, arrays=cls.arrays(track),
+                                 hidden_arrays=cls.hidden_arrays, make_chunks=make_chunks, chunk_size=chunk_size,
+                                 label_columns=cls.label_columns, progress=progress, finish=finish,
+                                 tables=tuple(getattr(cls, "tables", ())))
+    except (MemoryError, RuntimeError) as exc:  # torch's OutOfMemoryError (CUDA's too) is a RuntimeError
+        if not isinstance(exc, MemoryError) and type(exc).__name__ != "OutOfMemoryError":
+            raise
+        raise ValueError(f"{track.name}: out of {'GPU' if be.device == 'cuda' else 'host'} memory simulating "
+                         f"{chunk_size} objects at a time ({type(exc).__name__}); {out} is as it was: "
+                         f"rerun with a smaller --chunk-size (say {max(1, chunk_size // 4)})") from exc
 
 
 def _real_set_fold(track: Track, real_set: Path | str | bool, key: bytes) -> Callable[[Path], dict[str, Any]]:

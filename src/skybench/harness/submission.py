@@ -427,8 +427,8 @@ def read_predictions_csv(path: Path, ids: np.ndarray) -> tuple[np.ndarray | None
 
 
 def default_threads() -> int:
-    """A sandboxed model's CPU threads: the host's $OMP_NUM_THREADS when set (scripts/repro.py sets it to the
-    cores per concurrent stage), else min(4, cores)."""
+    """A sandboxed model's CPU threads: the host's $OMP_NUM_THREADS when set (scripts/repro.py sets 1 for every
+    stage), else min(4, cores)."""
     given = os.environ.get("OMP_NUM_THREADS", "")
     return int(given) if given.isdigit() and int(given) > 0 else min(4, os.cpu_count() or 1)
 
