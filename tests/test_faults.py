@@ -211,3 +211,35 @@ def test_running_out_of_memory_while_simulating_names_the_chunk_size_and_writes_
     assert "out of host memory simulating 20000 objects at a time" in said and "--chunk-size (say 5000)" in said
     assert len(said.splitlines()) == 1, said
     assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+SIMULATE_AND_KILL_A_WORKER = """
+import os, signal, sys, threading, time
+import psutil
+from typer.testing import CliRunner
+from skybench.cli import app
+
+def kill_a_worker():
+    while True:
+        children = psutil.Process().children()
+        if children:
+            time.sleep(0.5)  # the pool is working
+            os.kill(children[0].pid, signal.SIGKILL)
+            return
+        time.sleep(0.05)
+
+threading.Thread(target=kill_a_worker, daemon=True).start()
+res = CliRunner().invoke(app, ["simulate", "lens-space", "--out", sys.argv[1], "--size", "4000", "--backend", "numpy"])
+print(res.exit_code, res.output.strip())
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: simulate runs in one process, with no pool")
+def test_a_simulation_worker_killed_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "releases" / "lens-space"
+    res = subprocess.run([sys.executable, "-c", SIMULATE_AND_KILL_A_WORKER, str(out)], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path)
+    code, _, said = res.stdout.strip().partition(" ")
+    assert code == "1", res.stdout + res.stderr[-2000:]
+    assert "a simulation worker process died" in said and len(said.splitlines()) == 1, said
+    assert not out.exists() and list(out.parent.iterdir()) == []

@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,9 @@ def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", se
                                  hidden_arrays=cls.hidden_arrays, make_chunks=make_chunks, chunk_size=chunk_size,
                                  label_columns=cls.label_columns, progress=progress, finish=finish,
                                  tables=tuple(getattr(cls, "tables", ())))
+    except BrokenProcessPool as exc:  # a worker killed: by the kernel's OOM killer, most often
+        raise ValueError(f"{track.name}: a simulation worker process died (killed: by the out-of-memory killer?); "
+                         f"{out} is as it was: rerun the command") from exc
     except (MemoryError, RuntimeError) as exc:  # torch's OutOfMemoryError (CUDA's too) is a RuntimeError
         if not isinstance(exc, MemoryError) and type(exc).__name__ != "OutOfMemoryError":
             raise
