@@ -310,6 +310,27 @@ def test_stage_usage_keeps_only_the_tracks_task_of_string_named_tasks(tmp_path: 
         "src/skybench/tasks/a/__init__.py", "src/skybench/tasks/a/score.py", "src/skybench/tasks/b/score.py"}
 
 
+def test_a_task_s_modules_count_for_the_commands_that_run_them() -> None:
+    """A task's class names its simulator and scorer modules (``PackageTask``): simulating uses the simulator and
+    not the scorer, evaluating the reverse, training neither; the detect simulator draws lens-space's lenses
+    (``get_task("lens").simulator()``), so it uses the lens simulator too. Imports under ``if TYPE_CHECKING:`` never
+    run: simulating a track does not use the sandbox, whose ``PredictResult`` the release code names in annotations."""
+    def files(cmd: str) -> frozenset[str]:
+        return stage_usage(cmd, ROOT).files
+
+    simulate = files("skybench simulate lens-space --profile demo --seed 1 --out releases/lens-space")
+    evaluate = files("skybench evaluate --track lens-space --release releases/lens-space --out x")
+    train = files("python baselines/lens/resnet/train.py --track lens-space --release releases/lens-space --out x")
+    detect = files("skybench simulate lens-tiles --profile demo --seed 1 --out releases/lens-tiles")
+    sim, scorer = "src/skybench/tasks/lens/simulator.py", "src/skybench/tasks/lens/score.py"
+    assert sim in simulate and scorer not in simulate
+    assert scorer in evaluate and sim not in evaluate
+    assert sim not in train and scorer not in train
+    assert sim in detect and scorer not in detect
+    assert not {f for f in simulate | detect if f.startswith("src/skybench/harness/")}
+    assert "src/skybench/harness/submission.py" in evaluate
+
+
 def test_the_server_commands_are_not_a_stage_s_code() -> None:
     """cli.py registers the challenge server's commands: a pipeline stage runs only their import-time code."""
     files = stage_usage("skybench evaluate --track enhance --release releases/enhance --out x", ROOT).files

@@ -4,6 +4,8 @@ validated once into its task's model, and tasks never import one another."""
 from __future__ import annotations
 
 import ast
+import importlib
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +17,7 @@ import yaml
 
 import skybench.tasks as registry
 from skybench.tasks import BUILTIN, get_task, register, task_names
-from skybench.tasks.base import Task
+from skybench.tasks.base import PackageTask, Task
 from skybench.tasks.detect.config import DetectLabel, DetectPopulation, DetectTrack
 from skybench.tasks.enhance.config import Degradation, EnhancePopulation, EnhanceTrack
 from skybench.tasks.generate.config import GenerateScoring, GenerateTrack, MapPopulation
@@ -137,6 +139,31 @@ def test_every_builtin_task_is_registered_with_its_own_name():
     for name in BUILTIN:
         task = get_task(name)
         assert task.name == name and task.track_model.model_fields["task"].annotation == Literal[name]
+
+
+def test_a_package_task_names_its_modules_and_they_hold_the_scorer_functions(clean_registry):
+    class Unnamed(PackageTask):
+        name = "toy-registry"
+        track_model = ToyTrack
+        output_kinds = ("point",)
+        simulator_path = "skybench.tasks.lens.simulator:LensSimulator"  # no scorer_path
+
+    with pytest.raises(TypeError, match="Unnamed does not set the class variable 'scorer_path'"):
+        register(Unnamed)
+    for name in BUILTIN:
+        task = get_task(name)
+        assert isinstance(task, PackageTask)
+        assert task.simulator().__name__ == task.simulator_path.rpartition(":")[2]
+        scorer = importlib.import_module(task.scorer_path)
+        for function in ("score", "score_real", "oracle", "score_resamples"):
+            params = list(inspect.signature(getattr(scorer, function)).parameters)
+            method = list(inspect.signature(getattr(Task, function)).parameters)[1:]  # without self
+            assert params == method, f"{task.scorer_path}.{function}{params} is not Task.{function}{method}"
+
+
+def test_a_package_task_refuses_another_tasks_track():
+    with pytest.raises(TypeError, match="track 'lens-space' is a LensTrack, not a PhotozTrack"):
+        get_task("photoz").oracle(load_track("lens-space"), None, np.arange(3))  # type: ignore[arg-type]
 
 
 # --- load_track: one validation, typed result ------------------------------------------------------------------

@@ -19,7 +19,10 @@ modules (its folder is on ``sys.path``), and sibling files a module names as ``"
 loaded or copied into a submission).
 Granularity is the module: a used module counts whole, whatever part of it runs. A command for a track
 (``--track``, or the CLI's ``track`` argument) of task T uses, of the task packages named in strings (the registry,
-the scorer dispatch), only ``tasks/T``: the code picks the track's task at run time. Real imports always count.
+the scorer dispatch), only ``tasks/T``: the code picks the track's task at run time. Real imports always count;
+imports under ``if TYPE_CHECKING:`` never run and do not. A task class's ``simulator_path`` and ``scorer_path``
+(:class:`skybench.tasks.base.PackageTask`) count only for the commands that call the methods loading them
+(:data:`TASK_METHODS_RUN_BY`).
 
 Data files: ``load_track`` reads ``benchmarks/<track>.yaml`` for the command's ``track`` argument (CLI: parsed by
 typer, defaults included; scripts: ``--track``) and for constant ``load_track("<name>")`` calls, and (a task's
@@ -125,7 +128,9 @@ def _imports(project: _Project, path: Path, nodes: Iterable[ast.AST]) -> Iterato
             names = [full, *(f"{full}.{a.name}" for a in node.names if project.is_module(f"{full}.{a.name}"))]
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             if _MODULE_STRING.match(node.value):
-                names = [n for n in [node.value.split(":")[0]] if not project.other_task(n)]
+                # another task's module counts when named inside that task's package (reached by get_task)
+                names = [n for n in [node.value.split(":")[0]]
+                         if not project.other_task(n) or n.split(".")[:3] == (package or "").split(".")[:3]]
             elif node.value.endswith(".py") and "/" not in node.value and (path.parent / node.value).is_file():
                 yield path.parent / node.value  # a sibling loaded or copied by name (HERE / "predict.py")
         elif isinstance(node, ast.JoinedStr) and node.values:
@@ -167,29 +172,29 @@ def _parse(path: Path) -> ast.Module:
     return _parsed(path, path.stat().st_mtime_ns)
 
 
-# The methods of a task's class (skybench/tasks/<task>/__init__.py) that each command calls; their bodies import
-# the task's heavy modules (the simulator's physics, the scorer), so they count only for these commands. Every
-# other stage uses a task's class for its track model only (load_track).
+# The methods of a task's class (skybench/tasks/<task>/__init__.py) that each command calls. They import the
+# modules its class variables name (skybench.tasks.base.PackageTask: the simulator's physics, the scorer), so
+# those count only for these commands; every other stage uses a task's class for its track model only (load_track).
 TASK_METHODS_RUN_BY = {"simulate": frozenset({"simulator"}),
                        "evaluate": frozenset({"score", "score_real", "oracle", "public_artifacts"}),
                        "leaderboard": frozenset({"score_resamples"}),  # rank intervals (tracking/ranks.py)
                        "compare": frozenset({"score_resamples"})}
+_MODULE_ATTRS = {"simulator_path": frozenset({"simulator"}),
+                 "scorer_path": frozenset({"score", "score_real", "oracle", "public_artifacts", "score_resamples"})}
 
 
 @functools.cache
 def _file_imports(root: Path, task: str | None, command: str | None, path: Path, mtime_ns: int) -> tuple[Path, ...]:
     project = _Project(root, task, command)
     tree = _parsed(path, mtime_ns)
+    skipped: list[ast.AST] = [c for c in tree.body if _type_checking_only(c)]
     if path.name == "__init__.py" and path.parent.parent == project.src / PACKAGE / TASKS:
         run = TASK_METHODS_RUN_BY.get(command or "", frozenset())
-        skip = {id(n) for c in tree.body if isinstance(c, ast.ClassDef) for m in c.body
-                if isinstance(m, ast.FunctionDef) and m.name in _TASK_METHODS and m.name not in run
-                for n in ast.walk(m)}
-        return tuple(_imports(project, path, (n for n in ast.walk(tree) if id(n) not in skip)))
-    return tuple(_imports(project, path, ast.walk(tree)))
-
-
-_TASK_METHODS = frozenset().union(*TASK_METHODS_RUN_BY.values())
+        skipped += [a for c in tree.body if isinstance(c, ast.ClassDef) for a in c.body
+                    if isinstance(a, ast.Assign) and len(a.targets) == 1 and isinstance(a.targets[0], ast.Name)
+                    and a.targets[0].id in _MODULE_ATTRS and not _MODULE_ATTRS[a.targets[0].id] & run]
+    skip = {id(n) for s in skipped for n in ast.walk(s)}
+    return tuple(_imports(project, path, (n for n in ast.walk(tree) if id(n) not in skip)))
 
 
 def _closure(project: _Project, start: Iterable[Path], analysed: Iterable[Path] = ()) -> set[Path]:

@@ -20,17 +20,20 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from skybench.harness.submission import PredictResult
 from skybench.release import layout
 from skybench.release.shards import input_arrays, shards
 from skybench.release.verify import ReleaseError
 from skybench.testkey import ReleaseKey
+
+if TYPE_CHECKING:  # annotations only: the release package does not import the sandbox
+    from skybench.harness.submission import PredictResult
 
 SHARD_SIZE = 10_000  # rows per array file, as release.write_release
 _BLOCK = 256  # rows gathered per write
@@ -209,7 +212,8 @@ class Stream:
         real = np.empty((len(self.real_ids), *pred.shape[1:]), pred.dtype)
         test[self.row[~self.is_real]] = pred[~self.is_real]
         real[self.row[self.is_real]] = pred[self.is_real]
-        extra = PredictResult(True, "", real, self.real_ids, res.device, 0.0)
+        extra = replace(res, ok=True, reason="", predictions=real, ids=self.real_ids, seconds=0.0, log="", extra=None,
+                        infrastructure=False)
         return replace(res, predictions=test, ids=self.test_ids, extra=extra)
 
 

@@ -10,8 +10,10 @@ Tasks never import one another; what they share lives in :mod:`skybench.common` 
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, get_args, get_origin
 
 import numpy as np
@@ -92,11 +94,60 @@ class Task(ABC):
         return None
 
 
+class PackageTask(Task):
+    """A :class:`Task` whose simulator class and scorer live in modules named by strings and imported on first
+    use, so reading a track imports neither the physics nor the plotting. The scorer module defines ``score``,
+    ``score_real``, ``oracle``, ``score_resamples`` and optionally ``public_artifacts``, with the signatures of
+    the methods of the same names (``track`` first, checked to be a :attr:`track_model`)."""
+
+    simulator_path: ClassVar[str]  # "package.module:Class"
+    scorer_path: ClassVar[str]  # "package.module"
+
+    def simulator(self) -> type[Simulator]:
+        module, _, name = self.simulator_path.partition(":")
+        cls: type[Simulator] = getattr(importlib.import_module(module), name)
+        return cls
+
+    def score(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
+              out_dir: Path | None) -> dict[str, float]:
+        result: dict[str, float] = self._scorer().score(self._own(track), ids, predictions, truth, out_dir)
+        return result
+
+    def score_real(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
+                   real_ids: np.ndarray, real_predictions: np.ndarray, real_truth: HiddenSplit,
+                   out_dir: Path | None) -> dict[str, float]:
+        result: dict[str, float] = self._scorer().score_real(self._own(track), ids, predictions, truth, real_ids,
+                                                             real_predictions, real_truth, out_dir)
+        return result
+
+    def oracle(self, track: Track, truth: HiddenSplit, ids: np.ndarray) -> np.ndarray:
+        return np.asarray(self._scorer().oracle(self._own(track), truth, ids))
+
+    def score_resamples(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
+                        indices: np.ndarray) -> np.ndarray:
+        return np.asarray(self._scorer().score_resamples(self._own(track), ids, predictions, truth, indices))
+
+    def public_artifacts(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
+                         out_dir: Path) -> None:
+        if (write := getattr(self._scorer(), "public_artifacts", None)) is not None:
+            write(self._own(track), ids, predictions, truth, out_dir)
+
+    def _scorer(self) -> ModuleType:
+        return importlib.import_module(self.scorer_path)
+
+    def _own(self, track: Track) -> Any:
+        if not isinstance(track, self.track_model):
+            raise TypeError(f"track {track.name!r} is a {type(track).__name__}, not a {self.track_model.__name__}")
+        return track
+
+
 def check_task(cls: type[Task]) -> None:
     """Raise TypeError naming what ``cls`` lacks: an abstract method left unimplemented or a class variable."""
     if missing := sorted(getattr(cls, "__abstractmethods__", ())):
         raise TypeError(f"task {cls.__name__} does not implement {', '.join(missing)} (skybench.tasks.base.Task)")
-    for attr in ("name", "track_model", "output_kinds"):
+    needed = ("name", "track_model", "output_kinds", *(("simulator_path", "scorer_path")
+                                                       if issubclass(cls, PackageTask) else ()))
+    for attr in needed:
         if not hasattr(cls, attr):
             raise TypeError(f"task {cls.__name__} does not set the class variable {attr!r}")
     field = cls.track_model.model_fields.get("task")

@@ -10,64 +10,16 @@ and the scorer only when called."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
-
-from skybench.tasks.base import Task
+from skybench.tasks.base import PackageTask
 from skybench.tasks.detect.config import DetectTrack
 
-if TYPE_CHECKING:
-    from skybench.release.reader import HiddenSplit
-    from skybench.tracks import Track
 
-
-class DetectTask(Task):
+class DetectTask(PackageTask):
     name = "detect"
     track_model = DetectTrack
     output_kinds = ("detections",)
-
-    def simulator(self) -> Any:
-        from skybench.tasks.detect.simulator import DetectSimulator
-
-        return DetectSimulator
-
-    def score(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
-              out_dir: Path | None) -> dict[str, float]:
-        from skybench.tasks.detect import score
-
-        return score.score(self._own(track), ids, predictions, truth, out_dir)
-
-    def score_real(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
-                   real_ids: np.ndarray, real_predictions: np.ndarray, real_truth: HiddenSplit,
-                   out_dir: Path | None) -> dict[str, float]:
-        from skybench.tasks.detect import score
-
-        return score.score_real(self._own(track), real_ids, real_predictions, real_truth)
-
-    def oracle(self, track: Track, truth: HiddenSplit, ids: np.ndarray) -> np.ndarray:
-        from skybench.tasks.detect import score
-
-        return score.oracle(self._own(track), truth, ids)
-
-    def score_resamples(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
-                        indices: np.ndarray) -> np.ndarray:
-        from skybench.tasks.detect import score
-
-        return score.score_resamples(self._own(track), ids, predictions, truth, indices)
-
-    def public_artifacts(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
-                         out_dir: Path) -> None:
-        from skybench.tasks.detect import score
-
-        score.public_artifacts(self._own(track), ids, predictions, truth, out_dir)
-
-    @staticmethod
-    def _own(track: Track) -> DetectTrack:
-        if not isinstance(track, DetectTrack):
-            raise TypeError(f"track {track.name!r} is a {type(track).__name__}, not a DetectTrack")
-        return track
+    simulator_path = "skybench.tasks.detect.simulator:DetectSimulator"
+    scorer_path = "skybench.tasks.detect.score"
 
 
 TASK = DetectTask

@@ -100,10 +100,11 @@ def score(track: DetectTrack, ids: np.ndarray, predictions: np.ndarray, truth: H
     return metrics
 
 
-def score_real(track: DetectTrack, real_ids: np.ndarray, real_predictions: np.ndarray,
-               real_truth: HiddenSplit) -> dict[str, float]:
+def score_real(track: DetectTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
+               real_ids: np.ndarray, real_predictions: np.ndarray, real_truth: HiddenSplit,
+               out_dir: Path | None) -> dict[str, float]:
     """The detection metrics of a set of real tiles as ``real_<metric>`` (those undefined there, e.g. an empty
-    theta_E bin, left out); only the counts when it holds no lens."""
+    theta_E bin, left out); only the counts when it holds no lens. The simulated tiles are not needed."""
     track = resolve(track, real_truth)
     try:
         metrics = score_tiles(track, [int(i) for i in real_ids], real_predictions, lenses(real_truth),

@@ -12,66 +12,17 @@ peaks, Minkowski functionals, chi^2, memorisation, collapse) and ``score`` (the 
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
-
-from skybench.tasks.base import Task
+from skybench.tasks.base import PackageTask
 from skybench.tasks.generate.config import GenerateTrack
 
-if TYPE_CHECKING:
-    from skybench.release.reader import HiddenSplit
-    from skybench.tracks import Track
 
-
-class GenerateTask(Task):
+class GenerateTask(PackageTask):
     name = "generate"
     track_model = GenerateTrack
     output_kinds = ("maps",)
     paired = False  # the score compares distributions: a prediction belongs to no particular object
-
-    def simulator(self) -> Any:
-        from skybench.tasks.generate.simulator import GenerateSimulator
-
-        return GenerateSimulator
-
-    def score(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
-              out_dir: Path | None) -> dict[str, float]:
-        from skybench.tasks.generate import score
-
-        return score.score(self._own(track), ids, predictions, truth, out_dir)
-
-    def score_real(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
-                   real_ids: np.ndarray, real_predictions: np.ndarray, real_truth: HiddenSplit,
-                   out_dir: Path | None) -> dict[str, float]:
-        from skybench.tasks.generate import score
-
-        return score.score_real(self._own(track), ids, predictions, truth, real_ids, real_predictions, real_truth,
-                                out_dir)
-
-    def oracle(self, track: Track, truth: HiddenSplit, ids: np.ndarray) -> np.ndarray:
-        from skybench.tasks.generate import score
-
-        return score.oracle(self._own(track), truth, ids)
-
-    def score_resamples(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
-                        indices: np.ndarray) -> np.ndarray:
-        from skybench.tasks.generate import score
-
-        return score.score_resamples(self._own(track), ids, predictions, truth, indices)
-
-    def public_artifacts(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
-                         out_dir: Path) -> None:
-        from skybench.tasks.generate import score
-
-        score.public_artifacts(self._own(track), ids, predictions, truth, out_dir)
-
-    @staticmethod
-    def _own(track: Track) -> GenerateTrack:
-        if not isinstance(track, GenerateTrack):
-            raise TypeError(f"track {track.name!r} is a {type(track).__name__}, not a GenerateTrack")
-        return track
+    simulator_path = "skybench.tasks.generate.simulator:GenerateSimulator"
+    scorer_path = "skybench.tasks.generate.score"
 
 
 TASK = GenerateTask
