@@ -70,6 +70,28 @@ def test_claims_are_exclusive_under_concurrency(Session, cfg, team):
         assert all(r.lease_owner == dict(got)[r.id] for r in rows)
 
 
+def test_teams_take_turns_so_a_burst_of_one_team_does_not_hold_every_worker(Session, cfg, team):
+    """Team A queues four jobs, then B one and C one: the workers take A, B, C, then A's others (FIFO took all of
+    A's first). With one of A's jobs running, B's later job still goes before A's second."""
+    from skybench.server import queue
+    from skybench.server.auth import add_team
+    from skybench.server.db import utcnow
+
+    cfg = _open_cfg(cfg)
+    with Session() as s:
+        b, c = add_team(s, "team-b").team, add_team(s, "team-c").team
+    t0 = utcnow()
+    a_ids = _enqueue(Session, cfg, team, 4)
+    [b_id], [c_id] = _enqueue(Session, cfg, b, 1), _enqueue(Session, cfg, c, 1)
+    with Session() as s:
+        order = [queue.claim(s, f"w{i}", 600, now=t0 + timedelta(seconds=i)).id for i in range(6)]
+    assert order == [a_ids[0], b_id, c_id, *a_ids[1:]]
+
+    later = _enqueue(Session, cfg, team, 1) + _enqueue(Session, cfg, b, 1)  # A's first four still run
+    with Session() as s:
+        assert queue.claim(s, "w9", 600, now=t0 + timedelta(seconds=10)).id == later[1]
+
+
 def test_expired_lease_is_reclaimed_and_the_old_owner_is_shut_out(Session, cfg, team):
     from skybench.server import queue
     from skybench.server.db import utcnow

@@ -1,8 +1,9 @@
 """The submission queue: enqueue with quota accounting, claim with a lease, heartbeat, finish, fail.
 
-A claim is atomic on both databases: PostgreSQL locks the oldest claimable row with ``SELECT ... FOR UPDATE
-SKIP LOCKED`` (concurrent workers skip it instead of waiting); SQLite, which has one writer at a time, moves a
-candidate with one conditional ``UPDATE ... WHERE id = ? AND <still claimable>`` and checks the row count.
+Teams take turns (:func:`_next_ids`): a team that queues many jobs at once does not hold every worker while
+another team's job waits. A claim is atomic on both databases: one conditional ``UPDATE ... WHERE id = ? AND
+<still claimable>`` per candidate, in turn order, and a check of the row count (a worker that lost the race to
+another tries the next candidate).
 A job is claimable when queued, or running with an expired lease (its worker died): it is re-run, and the
 evaluation stage's own idempotency (the submission's sha256 in the records and MLflow) keeps it from being
 published twice.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, delete, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -206,33 +207,39 @@ def _give_up_dead(session: Session, now: datetime, max_attempts: int) -> None:
 
 def claim(session: Session, owner: str, lease_seconds: float, max_attempts: int = 3,
           now: datetime | None = None) -> Submission | None:
-    """Claim the oldest claimable job for ``owner`` with a lease of ``lease_seconds``; None when there is none."""
+    """Claim the next claimable job (:func:`_next_ids`) for ``owner`` with a lease of ``lease_seconds``; None when
+    there is none."""
     now = now or utcnow()
     _give_up_dead(session, now, max_attempts)
     moved = dict(state="running", running_at=now, lease_owner=owner,
                  lease_expires=now + timedelta(seconds=lease_seconds))
-    if session.get_bind().dialect.name == "postgresql":
-        sub = session.scalars(select(Submission).where(_claimable(now)).order_by(Submission.queued_at)
-                              .limit(1).with_for_update(skip_locked=True)).first()
-        if sub is None:
-            session.rollback()
-            return None
-        for k, v in moved.items():
-            setattr(sub, k, v)
-        sub.attempt += 1
-        session.commit()
-        return sub
     for _ in range(100):  # lost races only; each loop either claims or sees another worker's claim
-        cid = session.scalar(select(Submission.id).where(_claimable(now)).order_by(Submission.queued_at).limit(1))
-        if cid is None:
+        ids = _next_ids(session, now)
+        if not ids:
             session.rollback()
             return None
-        res = session.execute(update(Submission).where(Submission.id == cid, _claimable(now))
-                              .values(attempt=Submission.attempt + 1, **moved))
-        session.commit()
-        if res.rowcount == 1:  # type: ignore[attr-defined]
-            return session.get(Submission, cid, populate_existing=True)
+        for cid in ids:
+            res = session.execute(update(Submission).where(Submission.id == cid, _claimable(now))
+                                  .values(attempt=Submission.attempt + 1, **moved))
+            session.commit()
+            if res.rowcount == 1:  # type: ignore[attr-defined]
+                return session.get(Submission, cid, populate_existing=True)
     return None
+
+
+def _next_ids(session: Session, now: datetime, limit: int = 8) -> list[str]:
+    """The claimable jobs in the order teams take turns: a job's turn is its team's jobs running now plus its
+    place among the team's waiting ones, then the oldest first. A team that queues many jobs at once takes one
+    worker at a time while other teams wait, not all of them (round-robin, as a fair-share batch scheduler)."""
+    running = (select(Submission.team_id, func.count().label("n"))
+               .where(Submission.state == "running", Submission.lease_expires >= now)
+               .group_by(Submission.team_id).subquery())
+    place = func.row_number().over(partition_by=Submission.team_id, order_by=(Submission.queued_at, Submission.id))
+    waiting = (select(Submission.id, Submission.queued_at, (place + func.coalesce(running.c.n, 0)).label("turn"))
+               .outerjoin(running, running.c.team_id == Submission.team_id)
+               .where(_claimable(now)).subquery())
+    return list(session.scalars(select(waiting.c.id).order_by(waiting.c.turn, waiting.c.queued_at, waiting.c.id)
+                                .limit(limit)))
 
 
 def _mine(sub_id: str, owner: str) -> ColumnElement[bool]:
