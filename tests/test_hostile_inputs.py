@@ -290,6 +290,12 @@ def load(d):
             with open(file, "wb") as f:
                 np.lib.format.write_array_header_1_0(f, dict(descr="<f4", fortran_order=False, shape=(10**12,)))
         np.save = save
+    elif mode == "negative-shape":  # shape (-8, -8): 64 values as the size check counts, no array numpy can make
+        def save(file, arr, *a, **k):
+            with open(file, "wb") as f:
+                np.lib.format.write_array_header_1_0(f, dict(descr="<f4", fortran_order=False, shape=(-8, -8)))
+                f.write(np.zeros(64, "<f4").tobytes())
+        np.save = save
     return None
 
 def predict(m, b):
@@ -298,7 +304,8 @@ def predict(m, b):
 TAMPER_WORDS = {"npz": ["not a .npy array"], "json": ["runner.json", "nested 4000 levels"],
                 "short": ["bytes, but its header describes"], "object": ["non-numeric"],
                 "symlink": ["no predictions file"], "too-many": ["returned 10000000 predictions, expected 64"],
-                "huge-header": ["bytes, but its header describes"]}
+                "huge-header": ["bytes, but its header describes"],
+                "negative-shape": ["negative dimension", "(-8, -8)"]}
 
 
 @needs_bwrap
@@ -310,6 +317,20 @@ def test_hostile_sandbox_outputs_are_failed(store, tmp_path, tiny_space_release)
     for (mode, words), outcome in zip(TAMPER_WORDS.items(), outcomes, strict=False):
         assert outcome.name == mode
         _failed(outcome, *words)
+
+
+@pytest.mark.parametrize("shape", [(-8, -8), (-1, -1), (4, -4, -4)])
+def test_a_negative_dimension_in_an_npy_header_is_a_reason_not_an_exception(tmp_path, shape):
+    # numpy's header parser accepts negative dimensions; raised in the parent, a Ray task's error would be
+    # taken for the machine's (executors.is_infrastructure) and retried at every evaluation
+    from skybench.harness.submission import _read_npy
+
+    path = tmp_path / "predictions.npy"
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        f.write(np.zeros(abs(int(np.prod(shape))), "<f4").tobytes())
+    reason = _read_npy(path, 64, lambda a: "")
+    assert isinstance(reason, str) and "negative dimension" in reason, reason
 
 
 DEEP_SCRATCH = """

@@ -597,6 +597,8 @@ def _read_npy(out: Path, max_items: int, why: Callable[[np.ndarray], str]) -> np
                 return f"returned non-numeric values (dtype {clip(str(dtype), 60)})"
             if fortran:
                 return "predictions file is Fortran-ordered; write it with np.save of a C-ordered array"
+            if any(d < 0 for d in shape):  # numpy's header parser takes (-8, -8): 64 values, no valid shape
+                return f"predictions file header has a negative dimension: shape {clip(str(shape), 60)}"
             count = math.prod(shape)  # exact integers: no overflow
             if size != offset + count * dtype.itemsize:
                 return f"predictions file is {size} bytes, but its header describes {offset + count * dtype.itemsize}"
