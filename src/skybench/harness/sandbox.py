@@ -326,16 +326,28 @@ class _Mounts:
             self.add(opt, path, path)
 
 
+_TOP_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime",
+                 "/sys/devices/system/cpu")
+
+
 def _system_mounts(m: _Mounts) -> None:
     m.add("--ro-bind", "/usr", "/usr")
-    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+    for top in _TOP_DIRS:
         if os.path.islink(top):
             m.args += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             m.add("--ro-bind", top, top)
-    for path in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives",
-                 "/etc/localtime", "/sys/devices/system/cpu"):
+    for path in _SYSTEM_FILES:
         m.add_existing("--ro-bind", path)
+
+
+def _bound_sources(binds: Sequence[tuple[str, str]]) -> list[str]:
+    """Every host path the sandbox binds (resolved): the system's, the Python installation, the package, ``binds``."""
+    tops = [t for t in _TOP_DIRS if os.path.isdir(t) and not os.path.islink(t)]
+    paths = ["/usr", *tops, *(p for p in _SYSTEM_FILES if os.path.exists(p)), *_python_dirs(),
+             str(Path(__file__).resolve().parents[1]), *(src for src, _ in binds)]
+    return [os.path.realpath(p) for p in paths]
 
 
 def _python_dirs() -> list[str]:
@@ -404,7 +416,7 @@ _JOIN_CGROUP = ('for f in "$@"; do [ "$f" = -- ] && break; echo $$ > "$f" || '
 
 def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path | tuple[Path, str]] = (),
                   limits: Limits = Limits(), env: Mapping[str, str] | None = None, gpu: bool = False,
-                  cwd: str = "/scratch", outputs: Sequence[str] = ()) -> SandboxResult:
+                  cwd: str = "/scratch", outputs: Sequence[str] = (), private: Sequence[Path] = ()) -> SandboxResult:
     """Run ``argv`` in a bubblewrap sandbox with a fresh, size-limited, writable /scratch.
 
     ``outputs``: plain file names in /scratch copied to the host folder ``scratch`` after the run (regular
@@ -412,7 +424,8 @@ def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path
     the same path, a (src, dest) tuple binds src at dest. When running as root the command runs as an
     unprivileged uid, so bound paths must be world-readable. Memory, processes and CPU are enforced by a
     cgroup where the host has one (see skybench.harness.cgroups), else by rlimits only (refused with
-    ``limits.require_cgroups``).
+    ``limits.require_cgroups``). ``private``: folders the command must never see (the release, the project):
+    the run is refused (an infrastructure failure) when a bound folder (/usr, the Python installation...) holds one.
     """
     bwrap = shutil.which("bwrap")
     if bwrap is None:
@@ -440,6 +453,13 @@ def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path
         return SandboxResult(ok=False, returncode=None, reason=reason, stdout="", stderr="",
                              wall_seconds=time.monotonic() - start, infrastructure=True)
 
+    sources = _bound_sources(binds)
+    for path in private:  # e.g. a project in /usr/src/app: binding /usr would show its releases' hidden/ folders
+        real = os.path.realpath(path)
+        cover = next((s for s in sources if real == s or real.startswith(s.rstrip("/") + "/")), None)
+        if cover is not None:
+            return host_failure(f"refused: {path} is inside {cover}, which the sandbox binds read-only; keep "
+                                "releases and the project outside /usr, the Python installation and bound folders")
     privileged = os.geteuid() == 0
     if limits.require_cgroups and not privileged:
         return host_failure("refused: this profile needs a size-limited /scratch, which only root can mount")

@@ -36,7 +36,7 @@ from skybench.harness.files import SUBMISSION_LIMITS, FolderError, WalkLimits, o
 from skybench.harness.sandbox import Limits, run_sandboxed
 from skybench.release import layout, read_manifest, sha256_file
 from skybench.release.shards import shards
-from skybench.tracks import Output, Track, list_tracks
+from skybench.tracks import Output, Track, list_tracks, project_root
 
 FORMATS = ("onnx", "keras", "torch", "sklearn", "python", "predictions")
 MODEL_SUFFIX = {"onnx": ".onnx", "keras": ".keras", "torch": ".pt2", "sklearn": ".skops", "python": ".py",
@@ -503,8 +503,13 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
         require_cgroups = _challenge(test_dir)
     limits = Limits(memory_mb=box.memory_mb, cpu_seconds=cpu, wall_seconds=wall, max_processes=box.max_processes,
                     cpus=float(n_threads), scratch_mb=box.scratch_mb, require_cgroups=require_cgroups)
+    private = [project_root()]  # its releases' hidden/ folders, secrets/ and results/ must stay out of sight
+    try:
+        private.insert(0, layout.release_of(test_dir)[0])
+    except ValueError:  # a bare test folder (Ray shard views, validate): not a release
+        pass
     res = run_sandboxed(argv, scratch=scratch, ro_binds=binds, limits=limits, env=env, gpu=gpu,
-                        outputs=[out.name, info.name])
+                        outputs=[out.name, info.name], private=private)
     device, problem = _read_runner_info(info)
     if not res.ok:
         reason = res.reason
