@@ -254,6 +254,18 @@ def test_remove_tree_deletes_trees_deeper_than_the_recursion_limit(tmp_path):
     assert Path("/etc/passwd").exists()
 
 
+@pytest.mark.parametrize("names", [[".rm-1/sub/"], [".rm-1/x/y/", "a/b/", ".rm-2/f", ".rm-3"]])
+def test_remove_tree_deletes_folders_named_like_its_own_moves(tmp_path, names):
+    # remove_tree moves sub-folders up as .rm-<n>: a sandbox's scratch (a host folder without root) may already
+    # hold folders or files of those names; an OSError would be an infrastructure failure, retried every run
+    root = tmp_path / "scratch"
+    for name in names:  # "x/": a folder, "x": a file
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).mkdir() if name.endswith("/") else (root / name).touch()
+    remove_tree(root)
+    assert not root.exists()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another uid")
 def test_remove_tree_deletes_a_scratch_folder_its_sandbox_made_unreadable():
     # Without root the sandbox's /scratch is a host folder of the evaluator's own uid: the command can chmod it

@@ -235,8 +235,14 @@ def remove_tree(path: Path) -> None:
                         try:
                             os.unlink(child, dir_fd=sub)
                         except IsADirectoryError:
-                            n += 1
-                            os.rename(child, f".rm-{n}", src_dir_fd=sub, dst_dir_fd=root)
+                            while True:  # the tree may hold a folder or file of that name already: the next one
+                                n += 1
+                                try:
+                                    os.rename(child, f".rm-{n}", src_dir_fd=sub, dst_dir_fd=root)
+                                    break
+                                except OSError as exc:
+                                    if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EINVAL):
+                                        raise
                 finally:
                     os.close(sub)
                 os.rmdir(name, dir_fd=root)
