@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -251,6 +252,58 @@ def test_remove_tree_deletes_trees_deeper_than_the_recursion_limit(tmp_path):
     remove_tree(root)
     assert not root.exists()
     assert Path("/etc/passwd").exists()
+
+
+@pytest.mark.parametrize("names", [[".rm-1/sub/"], [".rm-1/x/y/", "a/b/", ".rm-2/f", ".rm-3"]])
+def test_remove_tree_deletes_folders_named_like_its_own_moves(tmp_path, names):
+    # remove_tree moves sub-folders up as .rm-<n>: a sandbox's scratch (a host folder without root) may already
+    # hold folders or files of those names; an OSError would be an infrastructure failure, retried every run
+    root = tmp_path / "scratch"
+    for name in names:  # "x/": a folder, "x": a file
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).mkdir() if name.endswith("/") else (root / name).touch()
+    remove_tree(root)
+    assert not root.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another uid")
+def test_remove_tree_deletes_a_scratch_folder_its_sandbox_made_unreadable():
+    # Without root the sandbox's /scratch is a host folder of the evaluator's own uid: the command can chmod it
+    # 000. The evaluator (no override of permissions) must still remove it; a PermissionError would make a
+    # submission's doing an infrastructure failure (executors.is_infrastructure), retried at every evaluation.
+    top = Path(tempfile.mkdtemp(prefix="skybench-test-"))  # in /tmp: reachable by the dropped uid
+    try:
+        box = top / ".sandbox-x"
+        (box / "sub").mkdir(parents=True)
+        (box / "sub" / "f").write_text("x")
+        (box / "f").write_text("x")
+        for p in (top, box, box / "sub", box / "sub" / "f", box / "f"):
+            os.chown(p, 65534, 65534)
+        os.chmod(box / "sub", 0)
+        os.chmod(box, 0)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # as an ordinary user, the way an unprivileged evaluator runs
+            try:
+                os.close(r)
+                os.setgroups([])
+                os.setresgid(65534, 65534, 65534)
+                os.setresuid(65534, 65534, 65534)
+                try:
+                    remove_tree(box)
+                    os.write(w, b"ok")
+                except BaseException as exc:  # noqa: BLE001 - reported to the test
+                    os.write(w, repr(exc).encode()[:500])
+            finally:
+                os._exit(0)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            said = f.read().decode()
+        os.waitpid(pid, 0)
+        assert said == "ok", said
+        assert not box.exists()
+    finally:
+        shutil.rmtree(top)
 
 
 # --- kernel interfaces: seccomp, rlimits, namespaces ----------------------------------------------------

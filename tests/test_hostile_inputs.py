@@ -290,6 +290,12 @@ def load(d):
             with open(file, "wb") as f:
                 np.lib.format.write_array_header_1_0(f, dict(descr="<f4", fortran_order=False, shape=(10**12,)))
         np.save = save
+    elif mode == "negative-shape":  # shape (-8, -8): 64 values as the size check counts, no array numpy can make
+        def save(file, arr, *a, **k):
+            with open(file, "wb") as f:
+                np.lib.format.write_array_header_1_0(f, dict(descr="<f4", fortran_order=False, shape=(-8, -8)))
+                f.write(np.zeros(64, "<f4").tobytes())
+        np.save = save
     return None
 
 def predict(m, b):
@@ -298,7 +304,8 @@ def predict(m, b):
 TAMPER_WORDS = {"npz": ["not a .npy array"], "json": ["runner.json", "nested 4000 levels"],
                 "short": ["bytes, but its header describes"], "object": ["non-numeric"],
                 "symlink": ["no predictions file"], "too-many": ["returned 10000000 predictions, expected 64"],
-                "huge-header": ["bytes, but its header describes"]}
+                "huge-header": ["bytes, but its header describes"],
+                "negative-shape": ["negative dimension", "(-8, -8)"]}
 
 
 @needs_bwrap
@@ -310,6 +317,53 @@ def test_hostile_sandbox_outputs_are_failed(store, tmp_path, tiny_space_release)
     for (mode, words), outcome in zip(TAMPER_WORDS.items(), outcomes, strict=False):
         assert outcome.name == mode
         _failed(outcome, *words)
+
+
+SPARSE_OUTPUTS = """
+import os
+import numpy as np
+
+_save = np.save
+def load(d):  # the predictions made a sparse file of the whole /scratch size, which costs the sandbox nothing
+    def save(file, arr, *a, **k):
+        _save(file, arr)
+        os.truncate(file, 255 << 20)
+    np.save = save
+
+def predict(m, b):
+    return b.sum(axis=(1, 2, 3))
+"""
+
+
+@needs_bwrap
+def test_sparse_sandbox_outputs_are_not_copied_to_the_host(tmp_path, tiny_space_release):
+    # a hole costs the sandbox's tmpfs nothing; copied out it is written in full to the evaluator's disk
+    from skybench.harness.submission import sandboxed_predict
+    from skybench.tracks import load_track
+
+    track = load_track("lens-space")
+    track = track.model_copy(update={"sandbox": track.sandbox.model_copy(update={"scratch_mb": 256})})
+    sub = load_submission(python_submission(tmp_path / "subs", "sparse", SPARSE_OUTPUTS, team="evil"))
+    scratch = tmp_path / "scratch"
+    res = sandboxed_predict(sub, tiny_space_release, scratch=scratch, track=track, gpu=False)
+    assert not res.ok and not res.infrastructure, res.reason
+    assert "predictions file is 267386880 bytes" in res.reason, res.reason  # seen as the sandbox left it
+    on_disk = {p.name: p.stat().st_blocks * 512 for p in scratch.iterdir()}  # bytes the host's disk holds
+    assert all(size <= 1 << 20 for size in on_disk.values()), on_disk
+
+
+@pytest.mark.parametrize("shape", [(-8, -8), (-1, -1), (4, -4, -4)])
+def test_a_negative_dimension_in_an_npy_header_is_a_reason_not_an_exception(tmp_path, shape):
+    # numpy's header parser accepts negative dimensions; raised in the parent, a Ray task's error would be
+    # taken for the machine's (executors.is_infrastructure) and retried at every evaluation
+    from skybench.harness.submission import _read_npy
+
+    path = tmp_path / "predictions.npy"
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        f.write(np.zeros(abs(int(np.prod(shape))), "<f4").tobytes())
+    reason = _read_npy(path, 64, lambda a: "")
+    assert isinstance(reason, str) and "negative dimension" in reason, reason
 
 
 DEEP_SCRATCH = """

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from helpers import bwrap_works
+from helpers import bwrap_works, python_submission
 
 from skybench.harness.sandbox import Limits, SandboxResult, run_sandboxed
+from skybench.harness.submission import load_submission, sandboxed_predict
 from skybench.release import layout
+from skybench.tracks import load_track
 
 pytestmark = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap missing or cannot create namespaces")
 
@@ -111,6 +115,33 @@ def test_hidden_dir_next_to_bound_public_dir_is_invisible(tmp_path):
     assert "public images" in res.stdout  # the bound public folder is readable ...
     assert f"[{layout.PUBLIC!r}]" in res.stdout  # ... but nothing else of the release exists inside
     assert secret not in res.stdout + res.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access("/usr/local/src", os.W_OK),
+                    reason="needs a writable /usr/local/src")
+def test_a_release_inside_a_folder_the_sandbox_binds_is_refused(tiny_space_release, tmp_path):
+    # e.g. a project in /usr/src/app (the python Docker image's WORKDIR): the sandbox binds /usr whole, so the
+    # release's hidden/ folder would be readable at its own path
+    top = Path(tempfile.mkdtemp(prefix="skybench-test-", dir="/usr/local/src"))
+    try:
+        top.chmod(0o755)
+        release = top / "lens-space"
+        shutil.copytree(tiny_space_release, release)
+        hidden = layout.hidden_dir(release, "test")
+        sub = load_submission(python_submission(tmp_path / "subs", "peek", f"""
+            import os, sys
+            def load(d):  # FileNotFoundError unless the hidden folder (the truth) is visible
+                names = sorted(os.listdir({str(hidden)!r}))
+                print("hidden:", names, open(os.path.join({str(hidden)!r}, names[0]), "rb").read(4), file=sys.stderr)
+            def predict(m, b):
+                return b.sum(axis=(1, 2, 3))
+        """))
+        res = sandboxed_predict(sub, release, scratch=tmp_path / "scratch", track=load_track("lens-space"),
+                                gpu=False)
+        assert not res.ok and res.infrastructure, res
+        assert res.reason.startswith(f"refused: {top}") and "hidden:" not in res.log, res.reason
+    finally:
+        shutil.rmtree(top)
 
 
 @pytest.mark.parametrize("target", ["host_tmp", "new_in_ro_bind", "overwrite_ro_bind", "usr"])

@@ -16,6 +16,7 @@ user namespace whose uid is already non-zero. Linux counts threads in RLIMIT_NPR
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import glob
 import json
@@ -211,6 +212,11 @@ def remove_tree(path: Path) -> None:
     except NotADirectoryError:
         path.unlink()
         return
+    except PermissionError:  # without root: a sandbox's /scratch (our own uid's folder) it made chmod 000
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            raise
+        os.chmod(path, 0o700)
+        root = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     n = 0
     try:
         while names := os.listdir(root):
@@ -229,8 +235,14 @@ def remove_tree(path: Path) -> None:
                         try:
                             os.unlink(child, dir_fd=sub)
                         except IsADirectoryError:
-                            n += 1
-                            os.rename(child, f".rm-{n}", src_dir_fd=sub, dst_dir_fd=root)
+                            while True:  # the tree may hold a folder or file of that name already: the next one
+                                n += 1
+                                try:
+                                    os.rename(child, f".rm-{n}", src_dir_fd=sub, dst_dir_fd=root)
+                                    break
+                                except OSError as exc:
+                                    if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EINVAL):
+                                        raise
                 finally:
                     os.close(sub)
                 os.rmdir(name, dir_fd=root)
@@ -297,8 +309,30 @@ def _copy_outputs(box: Path, names: Sequence[str], dest: Path, max_bytes: int) -
                 continue
             tmp = dest / f".{name}.part"
             with open(tmp, "wb") as out:
-                shutil.copyfileobj(src, out)
+                _copy_sparse(src.fileno(), out.fileno(), st.st_size)
             os.replace(tmp, dest / name)
+
+
+def _copy_sparse(src: int, dst: int, size: int, chunk: int = 1 << 20) -> None:
+    """Copy the first ``size`` bytes of ``src`` to ``dst``, holes as holes: a sparse file costs the sandbox's
+    tmpfs nothing, and written out in full it would fill the evaluator's disk (SEEK_DATA: Linux >= 3.8; a
+    file system without it reports the whole file as data)."""
+    pos = 0
+    while pos < size:
+        try:
+            pos = os.lseek(src, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole is left
+                break
+            raise
+        end = min(os.lseek(src, pos, os.SEEK_HOLE), size)
+        while pos < end:
+            data = os.pread(src, min(chunk, end - pos), pos)
+            if not data:  # cannot happen to a dead sandbox's file; never loop on it
+                return
+            os.pwrite(dst, data, pos)
+            pos += len(data)
+    os.ftruncate(dst, size)  # a trailing hole
 
 
 class _Mounts:
@@ -321,16 +355,28 @@ class _Mounts:
             self.add(opt, path, path)
 
 
+_TOP_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime",
+                 "/sys/devices/system/cpu")
+
+
 def _system_mounts(m: _Mounts) -> None:
     m.add("--ro-bind", "/usr", "/usr")
-    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+    for top in _TOP_DIRS:
         if os.path.islink(top):
             m.args += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             m.add("--ro-bind", top, top)
-    for path in ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives",
-                 "/etc/localtime", "/sys/devices/system/cpu"):
+    for path in _SYSTEM_FILES:
         m.add_existing("--ro-bind", path)
+
+
+def _bound_sources(binds: Sequence[tuple[str, str]]) -> list[str]:
+    """Every host path the sandbox binds (resolved): the system's, the Python installation, the package, ``binds``."""
+    tops = [t for t in _TOP_DIRS if os.path.isdir(t) and not os.path.islink(t)]
+    paths = ["/usr", *tops, *(p for p in _SYSTEM_FILES if os.path.exists(p)), *_python_dirs(),
+             str(Path(__file__).resolve().parents[1]), *(src for src, _ in binds)]
+    return [os.path.realpath(p) for p in paths]
 
 
 def _python_dirs() -> list[str]:
@@ -399,7 +445,7 @@ _JOIN_CGROUP = ('for f in "$@"; do [ "$f" = -- ] && break; echo $$ > "$f" || '
 
 def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path | tuple[Path, str]] = (),
                   limits: Limits = Limits(), env: Mapping[str, str] | None = None, gpu: bool = False,
-                  cwd: str = "/scratch", outputs: Sequence[str] = ()) -> SandboxResult:
+                  cwd: str = "/scratch", outputs: Sequence[str] = (), private: Sequence[Path] = ()) -> SandboxResult:
     """Run ``argv`` in a bubblewrap sandbox with a fresh, size-limited, writable /scratch.
 
     ``outputs``: plain file names in /scratch copied to the host folder ``scratch`` after the run (regular
@@ -407,7 +453,8 @@ def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path
     the same path, a (src, dest) tuple binds src at dest. When running as root the command runs as an
     unprivileged uid, so bound paths must be world-readable. Memory, processes and CPU are enforced by a
     cgroup where the host has one (see skybench.harness.cgroups), else by rlimits only (refused with
-    ``limits.require_cgroups``).
+    ``limits.require_cgroups``). ``private``: folders the command must never see (the release, the project):
+    the run is refused (an infrastructure failure) when a bound folder (/usr, the Python installation...) holds one.
     """
     bwrap = shutil.which("bwrap")
     if bwrap is None:
@@ -435,6 +482,13 @@ def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path
         return SandboxResult(ok=False, returncode=None, reason=reason, stdout="", stderr="",
                              wall_seconds=time.monotonic() - start, infrastructure=True)
 
+    sources = _bound_sources(binds)
+    for path in private:  # e.g. a project in /usr/src/app: binding /usr would show its releases' hidden/ folders
+        real = os.path.realpath(path)
+        cover = next((s for s in sources if real == s or real.startswith(s.rstrip("/") + "/")), None)
+        if cover is not None:
+            return host_failure(f"refused: {path} is inside {cover}, which the sandbox binds read-only; keep "
+                                "releases and the project outside /usr, the Python installation and bound folders")
     privileged = os.geteuid() == 0
     if limits.require_cgroups and not privileged:
         return host_failure("refused: this profile needs a size-limited /scratch, which only root can mount")

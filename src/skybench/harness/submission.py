@@ -36,7 +36,7 @@ from skybench.harness.files import SUBMISSION_LIMITS, FolderError, WalkLimits, o
 from skybench.harness.sandbox import Limits, run_sandboxed
 from skybench.release import layout, read_manifest, sha256_file
 from skybench.release.shards import shards
-from skybench.tracks import Output, Track, list_tracks
+from skybench.tracks import Output, Track, list_tracks, project_root
 
 FORMATS = ("onnx", "keras", "torch", "sklearn", "python", "predictions")
 MODEL_SUFFIX = {"onnx": ".onnx", "keras": ".keras", "torch": ".pt2", "sklearn": ".skops", "python": ".py",
@@ -503,8 +503,13 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
         require_cgroups = _challenge(test_dir)
     limits = Limits(memory_mb=box.memory_mb, cpu_seconds=cpu, wall_seconds=wall, max_processes=box.max_processes,
                     cpus=float(n_threads), scratch_mb=box.scratch_mb, require_cgroups=require_cgroups)
+    private = [project_root()]  # its releases' hidden/ folders, secrets/ and results/ must stay out of sight
+    try:
+        private.insert(0, layout.release_of(test_dir)[0])
+    except ValueError:  # a bare test folder (Ray shard views, validate): not a release
+        pass
     res = run_sandboxed(argv, scratch=scratch, ro_binds=binds, limits=limits, env=env, gpu=gpu,
-                        outputs=[out.name, info.name])
+                        outputs=[out.name, info.name], private=private)
     device, problem = _read_runner_info(info)
     if not res.ok:
         reason = res.reason
@@ -597,6 +602,8 @@ def _read_npy(out: Path, max_items: int, why: Callable[[np.ndarray], str]) -> np
                 return f"returned non-numeric values (dtype {clip(str(dtype), 60)})"
             if fortran:
                 return "predictions file is Fortran-ordered; write it with np.save of a C-ordered array"
+            if any(d < 0 for d in shape):  # numpy's header parser takes (-8, -8): 64 values, no valid shape
+                return f"predictions file header has a negative dimension: shape {clip(str(shape), 60)}"
             count = math.prod(shape)  # exact integers: no overflow
             if size != offset + count * dtype.itemsize:
                 return f"predictions file is {size} bytes, but its header describes {offset + count * dtype.itemsize}"
