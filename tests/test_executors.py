@@ -82,3 +82,17 @@ def test_ray_executor_matches_local_bit_for_bit_and_keeps_the_sandbox(ray_local,
     assert json.loads((record_dir(tmp_path / "ray", "ray", "det") / "evaluation.json").read_text())["n"] == 64
     # Inside the Ray worker the sandbox still hides the labels: the peeking submission fails in its shard.
     assert "shard 1/3" in remote[1].reason and ("No such file" in remote[1].reason or "denied" in remote[1].reason)
+
+
+def test_a_ray_task_s_own_exception_is_judged_by_what_it_raised():
+    """Ray wraps what a task raised in a RayTaskError; a ValueError from a submission's output is the submission's
+    failure (FAILED, not retried), as under the LocalExecutor; a full disk in the task, or a lost worker, is the
+    machine's (retried at the next evaluation)."""
+    from ray.exceptions import RayTaskError, WorkerCrashedError
+
+    from skybench.harness.executors import is_infrastructure
+
+    own = RayTaskError("_predict_shard", "Traceback ...", ValueError("bad header")).as_instanceof_cause()
+    assert not is_infrastructure(own)
+    assert is_infrastructure(RayTaskError("_predict_shard", "Traceback ...", OSError(28, "No space left")))
+    assert is_infrastructure(WorkerCrashedError())

@@ -116,7 +116,7 @@ class RayExecutor:
                     res = merge_results(ray.get(refs))
                 except Exception as exc:  # a lost worker or node, a task that raised: Ray's or the host's
                     if not is_infrastructure(exc):
-                        raise
+                        raise _task_cause(exc) from exc  # evaluate() fails this submission, as LocalExecutor
                     res = infrastructure_failure(exc)
                 yield res
         finally:
@@ -126,11 +126,22 @@ class RayExecutor:
 
 def is_infrastructure(exc: BaseException) -> bool:
     """Whether an exception of the evaluating machinery is the host's fault, not the submission's: no
-    bubblewrap (``RuntimeError``), a full disk or other ``OSError``, any Ray error."""
+    bubblewrap (``RuntimeError``), a full disk or other ``OSError``, any Ray error but a task's own exception
+    (judged by what it raised)."""
+    exc = _task_cause(exc)
     if isinstance(exc, RecursionError):  # a hostile output nested too deep: the submission's doing
         return False
     return isinstance(exc, (OSError, RuntimeError)) or any(c.__module__.split(".")[0] == "ray"
                                                            for c in type(exc).__mro__)
+
+
+def _task_cause(exc: BaseException) -> BaseException:
+    """What a Ray task raised (``RayTaskError.cause``), else ``exc``: a ValueError of a submission's output
+    is its own failure wherever it ran, not the machine's (lost workers and nodes are other Ray errors)."""
+    cause = getattr(exc, "cause", None)
+    is_task_error = any(c.__name__ == "RayTaskError" and c.__module__.split(".")[0] == "ray"
+                        for c in type(exc).__mro__)
+    return cause if is_task_error and isinstance(cause, BaseException) else exc
 
 
 def infrastructure_failure(exc: BaseException) -> PredictResult:
