@@ -148,10 +148,10 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
 
     @app.post("/api/submissions", status_code=202)
     async def submit(request: Request, t: Team = Depends(team)) -> dict[str, Any]:
-        received = utcnow()
         form = None
         try:
             form = await read_upload_form(request, cfg.upload.max_bytes)
+            received = utcnow()  # the last byte is in: a slow upload cannot keep the time it began (ties, quota day)
             track, name, upload = form.get("track"), form.get("name"), form.get("file")
             for key, value in (("track", track), ("name", name)):
                 if not isinstance(value, str) or not re.match(SLUG, value) or ".." in value:

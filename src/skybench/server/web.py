@@ -421,11 +421,11 @@ async def submit(request: Request) -> Response:
         return _login_first(request)
     cfg: ChallengeConfig = request.app.state.cfg
     store = request.app.state.store
-    received = utcnow()
     form = None
     values = {"track": "", "name": ""}
     try:
         form = await read_upload_form(request, cfg.upload.max_bytes)
+        received = utcnow()  # the last byte is in: a slow upload cannot keep the time it began (ties, quota day)
         _check_post(request, form.get("csrf"))
         track, name, upload = form.get("track"), form.get("name"), form.get("file")
         values = {"track": track if isinstance(track, str) else "", "name": name if isinstance(name, str) else ""}
