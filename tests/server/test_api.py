@@ -153,3 +153,28 @@ def test_archive_attack_over_the_api_leaves_nothing(server, tmp_path):
     assert r.status_code == 400 and "'..' is not allowed" in r.json()["detail"]
     assert list(app.state.store.incoming.iterdir()) == []
     assert not any(p.name == "escaped" for p in tmp_path.rglob("*"))
+
+
+def test_a_team_never_sees_its_metrics_of_a_stratum_bin_with_few_objects(server):
+    """The API and the team's pages show a team's own metrics through the participant view: a per-stratum value of
+    a bin with fewer than MIN_STRATUM_OBJECTS objects (one lens: whether it scored above the cut; one galaxy: its
+    median dz, i.e. its z_spec) is left out, as in the participant record and MLflow."""
+    from skybench.common import stratum_key
+    from skybench.harness.visibility import MIN_STRATUM_OBJECTS
+    from skybench.server.db import Submission, Team, sessions, utcnow
+
+    client, tokens, app = server
+    small, big = (stratum_key("lens_theta_E", label, "") for label in ("0.4-0.8", "0.8-1.2"))
+    metrics = {"public_auroc": 0.9, "private_auroc": 0.8,
+               f"public_{small}n_lens": 1, f"public_{small}n_nonlens": 0, f"public_{small}tpr0": 1.0,
+               f"public_{big}n_lens": 40, f"public_{big}n_nonlens": MIN_STRATUM_OBJECTS, f"public_{big}tpr0": 0.5}
+    with sessions(app.state.engine)() as s:
+        team = s.query(Team).filter_by(name="alpha").one()
+        now = utcnow()
+        s.add(Submission(id="f" * 32, team_id=team.id, track="lens-space", name="m1", sha256="0" * 64,
+                         phase="open", state="finished", received_at=now, queued_at=now, finished_at=now,
+                         metrics=metrics))
+        s.commit()
+    shown = client.get(f"/api/submissions/{'f' * 32}", headers=_auth(tokens["alpha"])).json()["metrics"]
+    assert f"public_{big}tpr0" in shown and "private_auroc" not in shown
+    assert not [k for k in shown if k.startswith(f"public_{small}")], shown
