@@ -85,6 +85,17 @@ def _previous_metrics(sessions: sessionmaker, sub: Submission) -> dict[str, floa
         return dict(prev.metrics) if prev is not None else None
 
 
+def _reused_failure(record: Path | None) -> str:
+    """The reason of the reused record in the folder ``record`` when it is a failure ("" otherwise)."""
+    from skybench.harness.record import RECORD, RecordError, read_record
+
+    try:
+        rec = read_record(record / RECORD) if record is not None else None
+    except RecordError:
+        return ""
+    return (rec.reason or "failed without a reason") if rec is not None and rec.status == "FAILED" else ""
+
+
 def run_one(cfg: ChallengeConfig, sessions: sessionmaker, owner: str, *, executor: str = "local",
             release: Path | None = None, out: Path | None = None, publish: bool = True) -> Submission | None:
     """Claim and evaluate one job; return it as recorded (None when the queue was empty)."""
@@ -123,6 +134,8 @@ def run_one(cfg: ChallengeConfig, sessions: sessionmaker, owner: str, *, executo
     with sessions() as s:
         if outcome is not None and outcome.status == "FINISHED":
             queue.finish(s, sub.id, owner, outcome.metrics, log=outcome.log)
+        elif outcome is not None and outcome.status == "SKIPPED" and (why := _reused_failure(outcome.record)):
+            queue.fail(s, sub.id, owner, why, counts=True)  # the same bytes failed before: they fail again
         elif outcome is not None and outcome.status == "SKIPPED":
             metrics = _previous_metrics(sessions, sub)
             if metrics is None and outcome.record is not None and (outcome.record / "metrics.json").is_file():
