@@ -85,6 +85,21 @@ def test_tied_scores_are_kept_or_dropped_together():
     assert completeness_at(m, threshold_at_fp_rate(m, 1.0)) == 1.0
 
 
+def test_a_lens_no_candidate_found_is_never_complete():
+    """Unmatched lenses carry score -inf; at the threshold -inf (no candidate at all, or "completeness" of any
+    candidate) they must not count as found: an empty submission scores 0, not 1."""
+    truth = pd.DataFrame({"tile": [0, 1], "x": [20.0, 30.0], "y": [20.0, 30.0], "theta_E": [0.5, 0.5]})
+    empty = match(np.full((2, 3, 3), np.nan), truth, [0, 1], 1.0, 1.0, PIX, tile_area_deg2=1.0)
+    s = summary(empty, fp_per_deg2=(1.0, 10.0))
+    assert (s["average_precision"], s["completeness"], s["completeness_fp1"], s["completeness_fp10"]) == (0, 0, 0, 0)
+    one = np.full((2, 3, 3), np.nan)
+    one[0, 0] = (20, 20, 0.9)  # finds the lens of tile 0, none in tile 1
+    s = summary(match(one, truth, [0, 1], 1.0, 1.0, PIX, tile_area_deg2=1.0), fp_per_deg2=(1.0,))
+    assert (s["completeness"], s["completeness_fp1"]) == (0.5, 0.5)
+    # a resample of the tiles without a candidate (tile 1 only) finds nothing either
+    assert completeness_at(empty, threshold_at_fp_rate(empty, 1.0), np.array([0.0, 1.0])) == 0.0
+
+
 def test_nearest_in_units_of_radius_wins_and_a_lens_is_matched_once():
     # one candidate between two lenses: 8 px from a theta_E = 2" lens (r 20 px), 6 px from a r = 10 px lens
     truth = pd.DataFrame({"tile": [0, 0], "x": [42.0, 56.0], "y": [50.0, 50.0], "theta_E": [2.0, 0.5]})

@@ -63,6 +63,24 @@ def _run(folders: list[Path], release: Path, out: Path, **kw: object) -> dict[tu
 
 # --- identity: the path decides whose entry it is -----------------------------------------------------------
 
+def test_a_verbatim_copy_of_another_teams_folder_does_not_delete_its_run(project, tiny_space_release):
+    """A team copies another team's entry byte for byte into its own folder: it is refused (the yaml names the
+    other team) and its FAILED record carries the same submission sha256. MLflow's clean-up of runs of one
+    evaluation (``drop_duplicates``) must not take that for the same evaluation and delete the victim's run."""
+    out = project / "results/lens-space/evaluations"
+    ids = _ids(tiny_space_release)
+    good = csv_submission(project / "submissions/a/finder", "finder", ids, _labels(tiny_space_release, ids),
+                          team="a")
+    copy = project / "submissions/zz/finder"  # sorted after a: its failure is published last
+    shutil.copytree(good, copy)
+    for _ in range(2):  # and at the next pipeline run
+        got = _run([good, copy], tiny_space_release, out)
+        assert got[("a", "finder")].status != "FAILED" and got[("zz", "finder")].status == "FAILED"
+        board = leaderboard(load_track("lens-space"))
+        a_row = board[(board.team == "a") & (board.name == "finder")]
+        assert a_row["status"].tolist() == ["FINISHED"] and a_row["rank"].tolist() == [1], board[["team", "status"]]
+
+
 @pytest.mark.parametrize("where, claim", [
     ("submissions/b/x", "team: a\nname: finder"),  # another team's name
     ("submissions/b/finder", "team: a\nname: finder"),  # same folder name, other team

@@ -153,3 +153,56 @@ def test_archive_attack_over_the_api_leaves_nothing(server, tmp_path):
     assert r.status_code == 400 and "'..' is not allowed" in r.json()["detail"]
     assert list(app.state.store.incoming.iterdir()) == []
     assert not any(p.name == "escaped" for p in tmp_path.rglob("*"))
+
+
+def test_a_team_never_sees_its_metrics_of_a_stratum_bin_with_few_objects(server):
+    """The API and the team's pages show a team's own metrics through the participant view: a per-stratum value of
+    a bin with fewer than MIN_STRATUM_OBJECTS objects (one lens: whether it scored above the cut; one galaxy: its
+    median dz, i.e. its z_spec) is left out, as in the participant record and MLflow."""
+    from skybench.common import stratum_key
+    from skybench.harness.visibility import MIN_STRATUM_OBJECTS
+    from skybench.server.db import Submission, Team, sessions, utcnow
+
+    client, tokens, app = server
+    small, big = (stratum_key("lens_theta_E", label, "") for label in ("0.4-0.8", "0.8-1.2"))
+    metrics = {"public_auroc": 0.9, "private_auroc": 0.8,
+               f"public_{small}n_lens": 1, f"public_{small}n_nonlens": 0, f"public_{small}tpr0": 1.0,
+               f"public_{big}n_lens": 40, f"public_{big}n_nonlens": MIN_STRATUM_OBJECTS, f"public_{big}tpr0": 0.5}
+    with sessions(app.state.engine)() as s:
+        team = s.query(Team).filter_by(name="alpha").one()
+        now = utcnow()
+        s.add(Submission(id="f" * 32, team_id=team.id, track="lens-space", name="m1", sha256="0" * 64,
+                         phase="open", state="finished", received_at=now, queued_at=now, finished_at=now,
+                         metrics=metrics))
+        s.commit()
+    shown = client.get(f"/api/submissions/{'f' * 32}", headers=_auth(tokens["alpha"])).json()["metrics"]
+    assert f"public_{big}tpr0" in shown and "private_auroc" not in shown
+    assert not [k for k in shown if k.startswith(f"public_{small}")], shown
+
+
+def test_a_metric_that_is_nan_or_infinite_is_stored_and_shown_as_null(server):
+    """NaN metrics are ordinary (an interval of an empty part, a real-set metric without real lenses) and a
+    submission can make others infinite (PSNR of an exact copy): a worker must still be able to record the job
+    (PostgreSQL's JSON has no NaN) and the team's status must be answered as strict JSON."""
+    import json as _json
+
+    from skybench.server import queue
+    from skybench.server.db import Submission, Team, sessions, utcnow
+
+    client, tokens, app = server
+    with sessions(app.state.engine)() as s:
+        team = s.query(Team).filter_by(name="alpha").one()
+        now = utcnow()
+        s.add(Submission(id="e" * 32, team_id=team.id, track="lens-space", name="m1", sha256="0" * 64,
+                         phase="open", state="running", received_at=now, queued_at=now, running_at=now,
+                         lease_owner="w", lease_expires=now, counted=True, reason="", log="", metrics={},
+                         attempt=1))
+        s.commit()
+        assert queue.finish(s, "e" * 32, "w", {"public_auroc": 0.9, "public_real_lens_recall": float("nan"),
+                                               "public_tpr0": float("inf"), "n_lens": 3})
+    for url in (f"/api/submissions/{'e' * 32}", "/api/submissions"):
+        r = client.get(url, headers=_auth(tokens["alpha"]))
+        assert r.status_code == 200, (url, r.status_code, r.text[:200])
+        _json.loads(r.text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))  # strict JSON
+    shown = client.get(f"/api/submissions/{'e' * 32}", headers=_auth(tokens["alpha"])).json()["metrics"]
+    assert shown == {"public_auroc": 0.9, "public_real_lens_recall": None, "public_tpr0": None}

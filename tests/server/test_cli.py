@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import shutil
 import socket
+import tempfile
 import threading
 import time
+from datetime import timezone
 from pathlib import Path
 
 import pytest
@@ -94,6 +96,47 @@ def test_submit_uploads_and_prints_the_status_url(live, tmp_path: Path, monkeypa
     monkeypatch.setenv("SKYBENCH_TOKEN", token[:-2] + "xx")
     r = runner.invoke(app, ["submit", str(folder), "--server", url, "--skip-validate"])
     assert r.exit_code == 1 and "401" in r.output and "invalid" in r.output
+
+
+def test_the_receipt_time_is_when_the_upload_is_complete_not_when_it_began(live):
+    """The receipt time breaks ties on the leaderboard and names the day whose quota an upload uses, so it must
+    be when the last byte is in (the content fixed): an upload opened early and finished later, its content
+    chosen meanwhile, must not keep the earlier time (a tie won in advance, or an earlier day's quota banked)."""
+    import http.client
+    import json
+    from datetime import datetime
+
+    from skybench.server.cli import pack as pack_folder
+
+    url, token = live
+    with tempfile.TemporaryDirectory(prefix="skybench-pack-") as tmp:
+        folder = Path(tmp) / "slow"
+        shutil.copytree(EXAMPLE, folder)
+        spec = (folder / "submission.yaml").read_text().replace("team: examples", "team: alpha")
+        (folder / "submission.yaml").write_text(spec.replace("name: onnx-example", "name: slow"))
+        archive = pack_folder(folder)
+    boundary = "skybenchslowupload"
+    body = b"".join([
+        *(f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+          for k, v in (("track", "lens-space"), ("name", "slow"))),
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="s.tar.gz"\r\n'
+        "Content-Type: application/gzip\r\n\r\n".encode(), archive, f"\r\n--{boundary}--\r\n".encode()])
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.putrequest("POST", "/api/submissions")
+    for k, v in (("Authorization", f"Bearer {token}"), ("Content-Length", str(len(body))),
+                 ("Content-Type", f"multipart/form-data; boundary={boundary}")):
+        conn.putheader(k, v)
+    conn.endheaders()
+    conn.send(body[:100])
+    time.sleep(1.5)  # the rest of the upload comes later
+    done = datetime.now(timezone.utc)
+    conn.send(body[100:])
+    r = conn.getresponse()
+    answer = json.loads(r.read())
+    assert r.status == 202, answer
+    received = datetime.fromisoformat(answer["received_at"])
+    assert received >= done, f"received_at {received} is before the upload was complete ({done})"
 
 
 @pytest.mark.slow  # starts uvicorn and a worker process

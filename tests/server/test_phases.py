@@ -72,6 +72,23 @@ def _values(rows) -> set[float]:  # type: ignore[no-untyped-def]
     return {v for r in rows for v in r.values() if isinstance(v, float)}
 
 
+def test_the_open_board_ranks_on_the_rounded_scores_it_shows(challenge, cfg):
+    """While open, scores are shown rounded (anti-probing); the order of the rows must not give back the digits
+    rounded away: two entries whose public scores round alike rank by submission time, not by the raw values
+    (else a team learns which of two of its probes scored higher, e.g. whether one object is a lens)."""
+    from skybench.server.web import public_board
+
+    client, _, _, Session = challenge
+    _log("beta", "probe1", 0.90012, 0.5)  # submitted first, lower raw score
+    _log("beta", "probe2", 0.90049, 0.5)  # both show 0.900
+    rows = _board(client)["rows"]
+    names = [r["name"] for r in rows]
+    assert names.index("probe1") < names.index("probe2"), names
+    with Session() as s:
+        ranked = [r["name"] for r in public_board(cfg, TRACK, "open", s)["ranked"]]
+    assert ranked.index("probe1") < ranked.index("probe2"), ranked
+
+
 def test_open_closed_final_with_final_entries_and_snapshots(challenge, cfg):
     client, auth, ids, _ = challenge
     board = _board(client)

@@ -100,6 +100,36 @@ def test_upload_evaluate_finish_end_to_end(server, cfg, tmp_path, tiny_space_rel
     assert len(mlflow.search_runs(experiment_names=["skybench-lens-space"], output_format="list")) == 1
 
 
+@pytest.mark.parametrize("other_worker", [False, True])  # True: the second job on a worker without the record
+def test_a_failed_submission_sent_again_stays_failed(server, cfg, tmp_path, tiny_space_release, monkeypatch,
+                                                     other_worker):
+    """The same bytes again are not run again (the record is reused), and their outcome is the record's: a
+    failure resubmitted is failed with its reason, never "finished" with no metrics (a finished entry is a
+    candidate final entry and looks like a success)."""
+    import tempfile
+
+    from skybench.server import worker
+    from skybench.server.cli import pack as pack_folder
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    client, headers, Session = server
+    with tempfile.TemporaryDirectory(prefix="skybench-pack-") as tmp:
+        folder = Path(tmp) / "broken"
+        folder.mkdir()
+        (folder / "submission.yaml").write_text(
+            "team: alpha\nname: broken\ntrack: lens-space\nformat: onnx\nmodel: model.onnx\n")
+        (folder / "model.onnx").write_bytes(b"not an onnx model")
+        archive = pack_folder(folder)
+    for attempt in range(2):
+        r = client.post("/api/submissions", headers=headers, data={"track": "lens-space", "name": "broken"},
+                        files={"file": ("s.tar.gz", archive, "application/gzip")})
+        assert r.status_code == 202, r.text
+        out = tmp_path / ("evals2" if other_worker and attempt else "evals")
+        done = worker.run_one(cfg, Session, "w", release=tiny_space_release, out=out)
+        assert done is not None and done.id == r.json()["id"]
+        assert done.state == "failed" and done.reason and not done.metrics, (attempt, done.state, done.reason)
+
+
 SLOW_PREDICT = """
 import time
 import numpy as np

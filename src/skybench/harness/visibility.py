@@ -68,7 +68,7 @@ def _without_small_strata(track: Track, metrics: dict[str, float]) -> dict[str, 
                 prefix = part + stratum_key(s.column, label, "")
                 keys = [k for k in metrics if k.startswith(prefix)]
                 counts = [metrics[k] for k in keys if k[len(prefix):].startswith("n_")]
-                if not counts or any(0 < c < MIN_STRATUM_OBJECTS for c in counts):
+                if not counts or any(c is None or 0 < c < MIN_STRATUM_OBJECTS for c in counts):  # None: unknown
                     drop.update(keys)
     return {k: v for k, v in metrics.items() if k not in drop}
 

@@ -37,19 +37,23 @@ log = logging.getLogger("skybench.server")
 
 
 @functools.lru_cache(maxsize=64)
-def _public_fraction(track: str) -> float | None:
-    """The track's ``public_fraction``, read once per process (load_track takes ~50 ms: a poll must not)."""
+def _track_in(track: str, closed: bool) -> Any:
+    """The track as the participant view sees it in a phase (``closed``: private metrics shown too), loaded once
+    per process (load_track takes ~50 ms: a poll must not)."""
     from skybench.tracks import load_track
 
-    return load_track(track).evaluation.public_fraction
+    t = load_track(track)
+    ev = t.evaluation.model_copy(update={"phase": "closed" if closed else "open"})
+    return t.model_copy(update={"evaluation": ev})
 
 
 def shown_metrics(cfg: ChallengeConfig, track: str, phase: Phase, metrics: dict[str, float]) -> dict[str, float]:
-    """What a team sees of its own metrics now: the public part until the final phase (then the private part
-    too), never a whole-test-set metric of a split track; rounded while the phase is open."""
-    if _public_fraction(track) is not None:
-        parts = ("public_", "private_") if phase == "final" else ("public_",)
-        metrics = {k: v for k, v in metrics.items() if k.startswith(parts)}
+    """What a team sees of its own metrics now: the participant view (:func:`skybench.harness.visibility.
+    participant_view`: the public part until the final phase, then the private part too, never a whole-test-set
+    metric of a split track, no stratum bin with few objects); rounded while the phase is open."""
+    from skybench.harness.visibility import participant_view
+
+    metrics = participant_view(_track_in(track, phase == "final"), metrics)
     digits = cfg.public_score_digits
     if digits is not None and phase == "open":
         metrics = {k: round(v, digits) if isinstance(v, float) and math.isfinite(v) else v
@@ -148,10 +152,10 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
 
     @app.post("/api/submissions", status_code=202)
     async def submit(request: Request, t: Team = Depends(team)) -> dict[str, Any]:
-        received = utcnow()
         form = None
         try:
             form = await read_upload_form(request, cfg.upload.max_bytes)
+            received = utcnow()  # the last byte is in: a slow upload cannot keep the time it began (ties, quota day)
             track, name, upload = form.get("track"), form.get("name"), form.get("file")
             for key, value in (("track", track), ("name", name)):
                 if not isinstance(value, str) or not re.match(SLUG, value) or ".." in value:

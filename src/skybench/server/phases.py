@@ -115,6 +115,21 @@ def _round(cfg: ChallengeConfig, track_name: str, rows: list[dict[str, Any]]) ->
             for r in rows]
 
 
+def ranked_as_shown(board: pd.DataFrame, track_name: str, digits: int | None) -> pd.DataFrame:
+    """``board`` ranked on its primary metric rounded to ``digits``, as it is shown (ties as the leaderboard breaks
+    them: the earlier submitted, then team and name): an order on the raw values would give back the digits
+    rounded away (which of two probes scored higher). Unchanged when ``digits`` is None."""
+    ranked = board[board["rank"].notna()]
+    if digits is None or ranked.empty:
+        return board
+    track = _track(track_name)
+    shown = ranked[track.metrics.primary].map(lambda v: round(float(v), digits))
+    order = ranked.assign(_shown=shown).sort_values(["_shown", "submitted", "team", "name"], kind="stable",
+                                                    ascending=[not track.metrics.higher_is_better, True, True, True])
+    order = order.drop(columns="_shown").assign(rank=pd.array(range(1, len(order) + 1), dtype="Int64"))
+    return pd.concat([order, board[board["rank"].isna()]], ignore_index=True)
+
+
 def best_public(public: pd.DataFrame) -> dict[str, str]:
     """{team: name of its best-ranked entry on the public board}."""
     ranked = public[public["rank"].notna()].sort_values("rank")
@@ -139,8 +154,10 @@ def live_board(session: Session, cfg: ChallengeConfig, track: str, phase: str, *
     """The leaderboard a phase shows: the public part (rounded while open), or the final private ranking
     (``fresh``: read from MLflow now, not from the few-seconds cache)."""
     if phase in ("pending", "open", "closed"):
-        rows = _rows(board(session, cfg, track, "public", fresh=fresh))
-        return _round(cfg, track, rows) if phase == "open" else rows
+        public = board(session, cfg, track, "public", fresh=fresh)
+        if phase != "open":
+            return _rows(public)
+        return _round(cfg, track, _rows(ranked_as_shown(public, track, cfg.public_score_digits)))
     public, private = (board(session, cfg, track, "public", fresh=fresh),
                        board(session, cfg, track, "private", fresh=fresh))
     keep = final_entries(session, track, public)

@@ -16,6 +16,7 @@ evaluating machine's fault) is queued again without a new unit, and given back i
 
 from __future__ import annotations
 
+import math
 import secrets
 from datetime import datetime, timedelta
 
@@ -255,9 +256,11 @@ def heartbeat(session: Session, sub_id: str, owner: str, lease_seconds: float) -
 
 
 def finish(session: Session, sub_id: str, owner: str, metrics: dict[str, float], log: str = "") -> bool:
-    """Mark ``owner``'s job finished; False (nothing changed) when it no longer holds the lease."""
+    """Mark ``owner``'s job finished; False (nothing changed) when it no longer holds the lease. A NaN or infinite
+    metric is kept as null: JSON (PostgreSQL's) has neither, and the job must still be recorded."""
+    kept = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
     res = session.execute(update(Submission).where(_mine(sub_id, owner))
-                          .values(state="finished", finished_at=utcnow(), metrics=metrics, log=log, reason="",
+                          .values(state="finished", finished_at=utcnow(), metrics=kept, log=log, reason="",
                                   lease_owner=None, lease_expires=None))
     session.commit()
     return res.rowcount == 1  # type: ignore[attr-defined]

@@ -183,6 +183,7 @@ def public_board(cfg: ChallengeConfig, track_name: str, phase: Phase, session: A
     test set until the ``final`` phase (then the private part), rounded while ``open`` as the JSON API does.
     The ranking is :func:`skybench.tracking.leaderboard.leaderboard`'s (the CLI's), through the API's cache."""
     from skybench.server.phases import board as cached_board
+    from skybench.server.phases import ranked_as_shown
     from skybench.tracking.leaderboard import scored_on
     from skybench.tracks import load_track
 
@@ -193,6 +194,7 @@ def public_board(cfg: ChallengeConfig, track_name: str, phase: Phase, session: A
     primary = track.metrics.primary
     report = [m for m in track.metrics.report if m != primary]
     digits = cfg.public_score_digits if phase == "open" else None
+    board = ranked_as_shown(board, track_name, digits)
 
     def num(v: object) -> str:
         if v is None or v is _NA or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
@@ -421,11 +423,11 @@ async def submit(request: Request) -> Response:
         return _login_first(request)
     cfg: ChallengeConfig = request.app.state.cfg
     store = request.app.state.store
-    received = utcnow()
     form = None
     values = {"track": "", "name": ""}
     try:
         form = await read_upload_form(request, cfg.upload.max_bytes)
+        received = utcnow()  # the last byte is in: a slow upload cannot keep the time it began (ties, quota day)
         _check_post(request, form.get("csrf"))
         track, name, upload = form.get("track"), form.get("name"), form.get("file")
         values = {"track": track if isinstance(track, str) else "", "name": name if isinstance(name, str) else ""}

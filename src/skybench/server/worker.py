@@ -85,6 +85,25 @@ def _previous_metrics(sessions: sessionmaker, sub: Submission) -> dict[str, floa
         return dict(prev.metrics) if prev is not None else None
 
 
+def _reused_failure(sessions: sessionmaker, sub: Submission, record: Path | None) -> str:
+    """The reason when the result reused for ``sub`` (the same bytes of the same entry) is a failure, "" when
+    not: its record's, else (no record on this worker's disk) the latest earlier job of the same bytes'."""
+    from skybench.harness.record import RECORD, RecordError, read_record
+
+    try:
+        rec = read_record(record / RECORD) if record is not None else None
+    except RecordError:
+        rec = None
+    if rec is not None:
+        return (rec.reason or "failed without a reason") if rec.status == "FAILED" else ""
+    with sessions() as s:
+        prev = s.scalars(select(Submission).where(
+            Submission.team_id == sub.team_id, Submission.track == sub.track, Submission.name == sub.name,
+            Submission.sha256 == sub.sha256, Submission.id != sub.id, Submission.counted.is_(True),  # not given up
+            Submission.state.in_(("finished", "failed"))).order_by(Submission.received_at.desc())).first()
+        return (prev.reason or "failed without a reason") if prev is not None and prev.state == "failed" else ""
+
+
 def run_one(cfg: ChallengeConfig, sessions: sessionmaker, owner: str, *, executor: str = "local",
             release: Path | None = None, out: Path | None = None, publish: bool = True) -> Submission | None:
     """Claim and evaluate one job; return it as recorded (None when the queue was empty)."""
@@ -123,6 +142,9 @@ def run_one(cfg: ChallengeConfig, sessions: sessionmaker, owner: str, *, executo
     with sessions() as s:
         if outcome is not None and outcome.status == "FINISHED":
             queue.finish(s, sub.id, owner, outcome.metrics, log=outcome.log)
+        elif outcome is not None and outcome.status == "SKIPPED" and (why := _reused_failure(sessions, sub,
+                                                                                             outcome.record)):
+            queue.fail(s, sub.id, owner, why, counts=True)  # the same bytes failed before: they fail again
         elif outcome is not None and outcome.status == "SKIPPED":
             metrics = _previous_metrics(sessions, sub)
             if metrics is None and outcome.record is not None and (outcome.record / "metrics.json").is_file():

@@ -221,7 +221,7 @@ def log_evaluation(
             pass
         raise
     c.set_terminated(run_id, "FINISHED")
-    drop_duplicates(c, exp_id, all_tags)
+    drop_duplicates(c, exp_id, all_tags, team=team, name=name)
     return run_id
 
 
@@ -229,9 +229,10 @@ DEDUP_TAGS = ("submission_sha256", "release_sha256", "real_release_sha256", "tra
               "skybench_version")
 
 
-def drop_duplicates(c: MlflowClient, exp_id: str, tags: Mapping[str, str]) -> int:
-    """Delete all but one complete run of the same :data:`DEDUP_TAGS` (submission, release, real set, track
-    definition, scorer code, skybench version); return how many.
+def drop_duplicates(c: MlflowClient, exp_id: str, tags: Mapping[str, str], *, team: str, name: str) -> int:
+    """Delete all but one complete run of entry ``team``/``name`` with the same :data:`DEDUP_TAGS` (submission,
+    release, real set, track definition, scorer code, skybench version); return how many. Only that entry's: a
+    refused verbatim copy of another team's folder has the same bytes, and must never delete that team's run.
 
     Evaluators racing on one submission may each log a run. The keeper is the latest started (ties: the
     highest run id), the same for every evaluator, so whichever finishes last leaves exactly one run and no
@@ -243,7 +244,8 @@ def drop_duplicates(c: MlflowClient, exp_id: str, tags: Mapping[str, str]) -> in
              f" and tags.submission_sha256 = {_quoted(tags['submission_sha256'])}"
              f" and tags.release_sha256 = {_quoted(tags['release_sha256'])}")
     runs = [r for r in c.search_runs([exp_id], query, max_results=1000)
-            if all(r.data.tags.get(k, "") == tags.get(k, "") for k in DEDUP_TAGS)]
+            if all(r.data.tags.get(k, "") == tags.get(k, "") for k in DEDUP_TAGS)
+            and (r.data.params.get("team"), r.data.params.get("name")) == (team, name)]
     runs.sort(key=lambda r: (r.info.start_time, r.info.run_id))
     for run in runs[:-1]:
         try:

@@ -147,13 +147,15 @@ def threshold_at_fp_rate(m: Matched, fp_per_deg2: float, w: np.ndarray | None = 
 
 def completeness_at(m: Matched, threshold: float, w: np.ndarray | None = None,
                     lens_mask: np.ndarray | None = None) -> float:
-    """Fraction of the (weighted) lenses whose matched candidate scores >= ``threshold``."""
+    """Fraction of the (weighted) lenses matched by a candidate that scores >= ``threshold`` (an unmatched lens is
+    not found even at ``threshold = -inf``)."""
     w = _weights(m, w)
     lw = w[m.lens_tile] * (1.0 if lens_mask is None else lens_mask)
     total = float(np.sum(lw))
     if total == 0:
         raise UndefinedMetricError("no true lens in these tiles (or bin)")
-    return float(np.sum(lw * (m.lens_score >= threshold)) / total)
+    found = np.isfinite(m.lens_score) & (m.lens_score >= threshold)  # -inf: no candidate matched it, never found
+    return float(np.sum(lw * found) / total)
 
 
 def _fp_key(rate: float) -> str:
