@@ -424,13 +424,11 @@ def _in_mlflow(track: str, sub_sha: str, release_sha: str, real_sha: str, key: M
     """Whether MLflow has a usable result of this submission: same key, same identity, no infrastructure
     failure (those are retried)."""
     try:
-        run = find_evaluation(track, sub_sha, release_sha, match={"real_release_sha256": real_sha, **(key or {})})
+        run = find_evaluation(track, sub_sha, release_sha, match={"real_release_sha256": real_sha, **(key or {})},
+                              team=team, name=name)
     except Exception:  # noqa: BLE001 - an unreachable server must not stop evaluation; logging reports it
         return False
-    if run is None or run.data.tags.get("failure_kind", "") == INFRASTRUCTURE:
-        return False
-    params = run.data.params
-    return (team is None or params.get("team") == team) and (name is None or params.get("name") == name)
+    return run is not None and run.data.tags.get("failure_kind", "") != INFRASTRUCTURE
 
 
 def _safe_sha(folder: Path) -> str:

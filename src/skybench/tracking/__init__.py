@@ -134,10 +134,12 @@ def _quoted(value: str) -> str:
 
 def find_evaluation(
     track: str, submission_sha256: str, release_sha256: str, *, include_failed: bool = True,
-    match: Mapping[str, str] | None = None, experiment: str | None = None,
+    match: Mapping[str, str] | None = None, experiment: str | None = None, team: str | None = None,
+    name: str | None = None,
 ) -> Run | None:
     """The latest complete evaluation run of this (submission, release) whose tags also equal ``match``
-    (a missing tag counts as ""), or None; in ``experiment`` (default: the track's participant experiment)."""
+    (a missing tag counts as "") and, when given, of entry ``team``/``name`` (another team's verbatim copy has the
+    same bytes), or None; in ``experiment`` (default: the track's participant experiment)."""
     c = client()
     exp = c.get_experiment_by_name(experiment or experiment_name(track))
     if exp is None:
@@ -152,7 +154,9 @@ def find_evaluation(
         query += " and tags.status = 'FINISHED'"
     runs = c.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1000)
     want = dict(match or {})
-    return next((r for r in runs if all(r.data.tags.get(k, "") == v for k, v in want.items())), None)
+    who = {k: v for k, v in (("team", team), ("name", name)) if v is not None}
+    return next((r for r in runs if all(r.data.tags.get(k, "") == v for k, v in want.items())
+                 and all(r.data.params.get(k) == v for k, v in who.items())), None)
 
 
 def _finite_metrics(metrics: Mapping[str, float]) -> dict[str, float]:

@@ -440,7 +440,8 @@ def tag_ranks(track: Track, board: pd.DataFrame) -> None:
         run_ids = {row["run_id"]}
         run = c.get_run(row["run_id"])
         sub, rel = run.data.tags.get("submission_sha256"), run.data.tags.get("release_sha256")
-        if sub and rel and (shown := find_evaluation(track.name, sub, rel)) is not None:
+        if sub and rel and (shown := find_evaluation(track.name, sub, rel, team=str(row["team"]),
+                                                     name=str(row["name"]))) is not None:
             run_ids.add(shown.info.run_id)
         for run_id in sorted(run_ids):
             for k, v in tags.items():

@@ -51,8 +51,9 @@ def publish_record(rdir: Path, track: str | Track | None = None) -> str | None:
 def _logged(track: str, rec: EvaluationRecord, experiment: str | None) -> bool:
     """Whether ``experiment`` (default: the participant one) has this record: same key, identity and outcome."""
     run = find_evaluation(track, rec.submission_sha256, rec.release_sha256, experiment=experiment,
-                          match={k: str(getattr(rec, k)) for k in (*KEY, "status", "failure_kind")})
-    return run is not None and (run.data.params.get("team"), run.data.params.get("name")) == (rec.team, rec.name)
+                          match={k: str(getattr(rec, k)) for k in (*KEY, "status", "failure_kind")},
+                          team=rec.team, name=rec.name)
+    return run is not None
 
 
 def _publish_organiser(track: str, rdir: Path, rec: EvaluationRecord, tags: dict[str, str]) -> str | None:
