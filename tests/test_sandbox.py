@@ -17,7 +17,7 @@ from helpers import bwrap_works, python_submission
 
 from skybench.harness.sandbox import Limits, SandboxResult, run_sandboxed
 from skybench.harness.submission import load_submission, sandboxed_predict
-from skybench.release import layout
+from skybench.release import layout, open_release
 from skybench.tracks import load_track
 
 pytestmark = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap missing or cannot create namespaces")
@@ -119,9 +119,9 @@ def test_hidden_dir_next_to_bound_public_dir_is_invisible(tmp_path):
 
 @pytest.mark.skipif(os.geteuid() != 0 or not os.access("/usr/local/src", os.W_OK),
                     reason="needs a writable /usr/local/src")
-def test_a_release_inside_a_folder_the_sandbox_binds_is_refused(tiny_space_release, tmp_path):
+def test_a_release_under_a_system_folder_the_sandbox_binds_is_hidden(tiny_space_release, tmp_path):
     # e.g. a project in /usr/src/app (the python Docker image's WORKDIR): the sandbox binds /usr whole, so the
-    # release's hidden/ folder would be readable at its own path
+    # release's hidden/ folder would be readable at its own path; it is masked, and the test inputs bound again
     top = Path(tempfile.mkdtemp(prefix="skybench-test-", dir="/usr/local/src"))
     try:
         top.chmod(0o755)
@@ -130,18 +130,31 @@ def test_a_release_inside_a_folder_the_sandbox_binds_is_refused(tiny_space_relea
         hidden = layout.hidden_dir(release, "test")
         sub = load_submission(python_submission(tmp_path / "subs", "peek", f"""
             import os, sys
-            def load(d):  # FileNotFoundError unless the hidden folder (the truth) is visible
-                names = sorted(os.listdir({str(hidden)!r}))
-                print("hidden:", names, open(os.path.join({str(hidden)!r}, names[0]), "rb").read(4), file=sys.stderr)
+            def load(d):
+                print("release holds", sorted(os.listdir({str(release)!r})), file=sys.stderr)
+                try:
+                    print("hidden holds", sorted(os.listdir({str(hidden)!r})), file=sys.stderr)
+                except OSError as exc:
+                    print("hidden unseen", type(exc).__name__, file=sys.stderr)
             def predict(m, b):
                 return b.sum(axis=(1, 2, 3))
         """))
         res = sandboxed_predict(sub, release, scratch=tmp_path / "scratch", track=load_track("lens-space"),
                                 gpu=False)
-        assert not res.ok and res.infrastructure, res
-        assert res.reason.startswith(f"refused: {top}") and "hidden:" not in res.log, res.reason
+        assert res.ok, res
+        assert "hidden unseen FileNotFoundError" in res.log and "release holds []" in res.log, res.log
+        assert len(res.predictions) == len(open_release(release).meta("test"))
     finally:
         shutil.rmtree(top)
+
+
+def test_a_private_folder_inside_a_bound_folder_is_refused(tmp_path):
+    """A bound folder (a submission's, the Python installation) is bound after the masks: a private folder inside
+    it would show through, so the run is refused as the evaluating machine's fault."""
+    bound = tmp_path / "bound"
+    (bound / "release").mkdir(parents=True)
+    res = run_sandboxed(["true"], scratch=tmp_path / "scratch", ro_binds=[bound], private=[bound / "release"])
+    assert not res.ok and res.infrastructure and res.reason.startswith(f"refused: {bound / 'release'} is inside")
 
 
 @pytest.mark.parametrize("target", ["host_tmp", "new_in_ro_bind", "overwrite_ro_bind", "usr"])

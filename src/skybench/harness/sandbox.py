@@ -371,22 +371,25 @@ def _system_mounts(m: _Mounts) -> None:
         m.add_existing("--ro-bind", path)
 
 
-def _bound_sources(binds: Sequence[tuple[str, str]]) -> list[str]:
-    """Every host path the sandbox binds (resolved): the system's, the Python installation, the package, ``binds``."""
+def _system_sources() -> list[str]:
+    """The host folders and files :func:`_system_mounts` binds, resolved."""
     tops = [t for t in _TOP_DIRS if os.path.isdir(t) and not os.path.islink(t)]
-    paths = ["/usr", *tops, *(p for p in _SYSTEM_FILES if os.path.exists(p)), *_python_dirs(),
-             str(Path(__file__).resolve().parents[1]), *(src for src, _ in binds)]
-    return [os.path.realpath(p) for p in paths]
+    return [os.path.realpath(p) for p in ["/usr", *tops, *(p for p in _SYSTEM_FILES if os.path.exists(p))]]
 
 
-def _python_dirs() -> list[str]:
-    # The interpreter installation and the venv; skip what /usr already covers or what nests in another.
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _python_dirs(masks: Sequence[str] = ()) -> list[str]:
+    # The interpreter installation and the venv; skip what /usr already covers (unless a mask hides it: a venv in
+    # /usr/src/app) or what nests in another.
     prefixes = (sys.base_prefix, sys.prefix, sys.base_exec_prefix, sys.exec_prefix)
     cands = {os.path.realpath(p) for p in prefixes}
     cands.add(os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))))
     dirs: list[str] = []
     for p in sorted(cands):
-        if p == "/" or p == "/usr" or p.startswith("/usr/"):
+        if p == "/" or (_inside(p, "/usr") and not any(_inside(p, m) for m in masks)):
             continue
         if not any(p.startswith(d.rstrip("/") + "/") for d in dirs):
             dirs.append(p)
@@ -454,7 +457,8 @@ def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path
     unprivileged uid, so bound paths must be world-readable. Memory, processes and CPU are enforced by a
     cgroup where the host has one (see skybench.harness.cgroups), else by rlimits only (refused with
     ``limits.require_cgroups``). ``private``: folders the command must never see (the release, the project):
-    the run is refused (an infrastructure failure) when a bound folder (/usr, the Python installation...) holds one.
+    hidden under an empty tmpfs when a system folder (/usr) holds one, refused (an infrastructure failure) when the
+    Python installation, the package or a bound folder does.
     """
     bwrap = shutil.which("bwrap")
     if bwrap is None:
@@ -482,13 +486,18 @@ def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path
         return SandboxResult(ok=False, returncode=None, reason=reason, stdout="", stderr="",
                              wall_seconds=time.monotonic() - start, infrastructure=True)
 
-    sources = _bound_sources(binds)
-    for path in private:  # e.g. a project in /usr/src/app: binding /usr would show its releases' hidden/ folders
+    # A private folder under a system folder (a project in /usr/src/app, the python image's WORKDIR) is hidden
+    # under an empty tmpfs; what the run needs of it (its inputs, the package) is bound again on top. One inside
+    # the Python installation, the package or a bound folder would show through: refused.
+    masks, system = [], _system_sources()
+    later = [*_python_dirs(), str(Path(__file__).resolve().parents[1]), *(src for src, _ in binds)]
+    for path in private:
         real = os.path.realpath(path)
-        cover = next((s for s in sources if real == s or real.startswith(s.rstrip("/") + "/")), None)
-        if cover is not None:
+        if cover := next((f for f in later if _inside(real, os.path.realpath(f))), None):
             return host_failure(f"refused: {path} is inside {cover}, which the sandbox binds read-only; keep "
-                                "releases and the project outside /usr, the Python installation and bound folders")
+                                "releases and the project outside the Python installation and bound folders")
+        if any(_inside(real, f) for f in system):
+            masks.append(real)
     privileged = os.geteuid() == 0
     if limits.require_cgroups and not privileged:
         return host_failure("refused: this profile needs a size-limited /scratch, which only root can mount")
@@ -516,7 +525,7 @@ def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path
                 mounted = True
             except OSError as exc:
                 return host_failure(f"sandbox setup failed: {exc.strerror}")
-        return _run(argv, bwrap, box, scratch, binds, gpu_args, limits, env, gpu, cwd, outputs, cg, uid, gid,
+        return _run(argv, bwrap, box, scratch, binds, masks, gpu_args, limits, env, gpu, cwd, outputs, cg, uid, gid,
                     start)
     finally:
         try:
@@ -530,7 +539,7 @@ def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path
                 cg.remove()
 
 
-def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[tuple[str, str]],
+def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[tuple[str, str]], masks: list[str],
          gpu_args: list[tuple[str, ...]], limits: Limits, env: Mapping[str, str] | None, gpu: bool, cwd: str,
          outputs: Sequence[str], cg: cgroups.Cgroup | None, uid: int, gid: int, start: float) -> SandboxResult:
     privileged = os.geteuid() == 0
@@ -560,9 +569,12 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
     m.args += [*size, "--perms", "1777", "--tmpfs", "/tmp"]
     m._dirs.add("/tmp")
     _system_mounts(m)
+    for path in masks:  # before every bind that may lie under it
+        m.args += ["--perms", "0555", "--size", "65536", "--tmpfs", path]
+        m._dirs.add(path)
     m.add("--ro-bind-data", str(fds["passwd"]), "/etc/passwd", perms="0644")
     m.add("--ro-bind-data", str(fds["group"]), "/etc/group", perms="0644")
-    for d in _python_dirs():
+    for d in _python_dirs(masks):
         m.add("--ro-bind", d, d)
     m.add("--ro-bind", str(pkg_dir), str(pkg_dir))
     for src, dest in binds:
