@@ -1,4 +1,5 @@
-"""The server's state in a SQL database through SQLAlchemy 2: teams, submissions (the queue), phases, quotas.
+"""The server's state in a SQL database through SQLAlchemy 2: teams, submissions (the queue), phases, quotas,
+web sessions.
 
 SQLite (the default; WAL mode so readers never wait for the writer) or PostgreSQL (``postgresql+psycopg://``).
 The schema is created and upgraded by the Alembic migrations in ``skybench/server/migrations`` only."""
@@ -127,6 +128,16 @@ class FinalChoice(Base):
     track: Mapped[str] = mapped_column(String(64), primary_key=True)
     submission_id: Mapped[str] = mapped_column(ForeignKey("submissions.id"), primary_key=True)
     chosen_at: Mapped[datetime] = mapped_column(UTC, default=utcnow)
+
+
+class WebSession(Base):
+    """A logged-in session of the web pages (its id is in the signed cookie); log-out deletes it, so a copy of
+    the cookie stops working at once. Rows older than the cookie's lifetime are removed at log-in."""
+
+    __tablename__ = "web_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # random; in the cookie only
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTC, default=utcnow, index=True)
 
 
 class LeaderboardSnapshot(Base):
