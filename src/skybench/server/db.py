@@ -120,6 +120,17 @@ class QuotaUse(Base):
     used: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class EntryName(Base):
+    """The track of each entry name of a team (``submissions/<team>/<name>/`` is one entry of one track), written
+    in the transaction that queues the name's first submission: its key makes two uploads of one new name to two
+    tracks, racing each other, queue one only."""
+
+    __tablename__ = "entry_names"
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    track: Mapped[str] = mapped_column(String(64))
+
+
 class FinalChoice(Base):
     """A submission a team picked as one of its final entries on a track (at most K; none: its best public)."""
 
