@@ -203,17 +203,19 @@ except ImportError:  # pragma: no cover - pandas is a core dependency
 # -- the leaderboard ----------------------------------------------------------------------------------------------
 def public_board(cfg: ChallengeConfig, track_name: str, phase: Phase, session: Any) -> dict[str, Any]:
     """The leaderboard of ``track_name`` as the public may see it in ``phase``: the public part of a split
-    test set until the ``final`` phase (then the private part), rounded while ``open`` as the JSON API does.
-    The ranking is :func:`skybench.tracking.leaderboard.leaderboard`'s (the CLI's), through the API's cache."""
+    test set until the ``final`` phase (then the final entries on the private part, as the JSON API ranks them:
+    :func:`skybench.server.phases.final_board`), rounded while ``open`` as the JSON API does. The ranking is
+    :func:`skybench.tracking.leaderboard.leaderboard`'s (the CLI's), through the API's cache."""
     from skybench.server.phases import board as cached_board
-    from skybench.server.phases import ranked_as_shown
+    from skybench.server.phases import final_board, ranked_as_shown
     from skybench.tracking.leaderboard import scored_on
     from skybench.tracks import load_track
 
     track = load_track(track_name)
     track = track.model_copy(update={"evaluation": track.evaluation.model_copy(
         update={"phase": "closed" if phase == "final" else "open"})})
-    board = cached_board(session, cfg, track_name, "private" if phase == "final" else "public")
+    board = (final_board(session, cfg, track_name) if phase == "final"
+             else cached_board(session, cfg, track_name, "public"))
     primary = track.metrics.primary
     report = [m for m in track.metrics.report if m != primary]
     digits = cfg.public_score_digits if phase == "open" else None
