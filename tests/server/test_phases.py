@@ -3,6 +3,7 @@ on SQLite and PostgreSQL, with the leaderboard read from a real MLflow store."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import sys
@@ -25,14 +26,19 @@ ENTRIES = [("alpha", "a1", 0.91234, 0.61), ("alpha", "a2", 0.80111, 0.95), ("bet
 PRIVATE = {e[3] for e in ENTRIES}
 
 
-def _log(team: str, name: str, public: float, private: float) -> None:
+def _sha(team: str, name: str, version: int = 1) -> str:
+    """The sha256 of a version of an entry: its submission row's and its evaluation runs'."""
+    return hashlib.sha256(f"{team}/{name}/{version}".encode()).hexdigest()
+
+
+def _log(team: str, name: str, public: float, private: float, sha: str | None = None) -> None:
     from skybench import tracking
 
     time.sleep(0.005)  # distinct start times
     metrics = {f"{part}_{m}": v + d for part, v in (("public", public), ("private", private))
                for m, d in (("auroc", 0.0), ("auroc_ci_low", -0.01), ("auroc_ci_high", 0.01))}
     tracking.log_evaluation(TRACK, team=team, name=name, fmt="onnx", status="FINISHED", metrics=metrics,
-                            tags={"submission_sha256": f"{team}{name}".ljust(64, "0"), "release_sha256": "r" * 64,
+                            tags={"submission_sha256": sha or _sha(team, name), "release_sha256": "r" * 64,
                                   "device": "cpu"}, experiment=tracking.organiser_experiment(TRACK))
 
 
@@ -52,7 +58,7 @@ def challenge(cfg, engine, tmp_path, monkeypatch):  # type: ignore[no-untyped-de
         for team, name, pub, priv in ENTRIES:
             now = utcnow()
             sub = Submission(id=f"{name}".ljust(32, "0"), team_id=teams[team].team.id, track=TRACK, name=name,
-                             sha256="0" * 64, phase="open", state="finished", received_at=now, queued_at=now,
+                             sha256=_sha(team, name), phase="open", state="finished", received_at=now, queued_at=now,
                              finished_at=now, metrics={"public_auroc": pub, "private_auroc": priv})
             s.add(sub)
             ids[name] = sub.id
@@ -134,6 +140,36 @@ def test_open_closed_final_with_final_entries_and_snapshots(challenge, cfg):
         (1, "alpha", "a2", 0.95), (2, "beta", "b1", 0.70)]
     assert _board(client, "closed")["snapshot"]
     assert client.post(pick, json={"submissions": [ids["a1"]]}, headers=auth["alpha"]).status_code == 409
+
+
+def test_the_final_board_ranks_the_chosen_version_of_an_entry(challenge, cfg):
+    """A final entry is chosen by submission id: a team that resubmitted an entry and chose its older version is
+    ranked on that version's evaluation (its sha256), not on the entry's latest run, on the API and the page."""
+    from skybench.server.db import Submission, utcnow
+    from skybench.server.web import public_board
+
+    client, auth, ids, Session = challenge
+    with Session() as s:  # beta's b1, version 2: evaluated later, a better private score
+        beta = s.get(Submission, ids["b1"]).team_id
+        now = utcnow()
+        s.add(Submission(id="b1v2".ljust(32, "0"), team_id=beta, track=TRACK, name="b1", sha256=_sha("beta", "b1", 2),
+                         phase="open", state="finished", received_at=now, queued_at=now, finished_at=now,
+                         metrics={"public_auroc": 0.5, "private_auroc": 0.99}))
+        s.commit()
+    _log("beta", "b1", 0.5, 0.99, sha=_sha("beta", "b1", 2))
+    phase = f"/api/admin/tracks/{TRACK}/phase"
+    assert client.post(phase, json={"phase": "closed"}, headers=auth["admin"]).status_code == 200
+    pick = f"/api/tracks/{TRACK}/final"
+    for team, sid in (("beta", ids["b1"]), ("alpha", ids["a2"])):  # beta: b1's first version (private 0.70)
+        r = client.post(pick, json={"submissions": [sid]}, headers=auth[team])
+        assert r.status_code == 200, r.text
+    assert client.post(phase, json={"phase": "final"}, headers=auth["admin"]).status_code == 200
+    rows = [(r["rank"], r["team"], r["name"], r["auroc"]) for r in _board(client)["rows"]]
+    assert rows == [(1, "alpha", "a2", 0.95), (2, "beta", "b1", 0.70)], \
+        f"the final board does not rank the chosen version of beta/b1 (private 0.70): {rows}"
+    with Session() as s:
+        shown = [(r["team"], r["name"], r["primary"]) for r in public_board(cfg, TRACK, "final", s)["ranked"]]
+    assert shown == [("alpha", "a2", "0.9500"), ("beta", "b1", "0.7000")], shown
 
 
 def test_dates_drive_the_phase_and_the_ended_phase_is_snapshotted(challenge, cfg, engine):

@@ -193,6 +193,41 @@ def test_concurrent_uploads_cannot_overrun_the_quota(Session, cfg, team):
         assert len(s.scalars(select(Submission)).all()) == 3
 
 
+def test_one_new_entry_name_sent_to_two_tracks_at_once_is_queued_once(Session, cfg, team):
+    """submissions/<team>/<name>/ is one entry of one track: two uploads of one new name to two tracks racing each
+    other (both checks made before either is saved) must not both be queued. Several rounds, two threads each."""
+    from skybench.server import queue
+    from skybench.server.db import Submission
+
+    cfg = _open_cfg(cfg)
+    tracks = dict(cfg.tracks)
+    tracks["lens-ground"] = tracks["lens-space"].model_copy()  # open, the same large quotas
+    cfg = cfg.model_copy(update={"tracks": tracks})
+    for r in range(6):
+        results: dict[str, str] = {}
+        start = threading.Barrier(2)
+
+        def up(track: str, name: str, start: threading.Barrier = start, results: dict[str, str] = results) -> None:
+            start.wait()
+            with Session() as s:
+                try:
+                    queue.enqueue(s, cfg, team, track, name, SHA)
+                    results[track] = "ok"
+                except queue.Refused as exc:
+                    results[track] = f"{exc.status} {exc}"
+
+        threads = [threading.Thread(target=up, args=(t, f"race{r}")) for t in ("lens-space", "lens-ground")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert sorted(results.values())[1] == "ok", results
+        assert sorted(results.values())[0].startswith(f"409 your entry name 'race{r}' is taken by your submissions "
+                                                      "to track"), f"round {r}: both tracks queued it: {results}"
+        with Session() as s:
+            assert len(set(s.scalars(select(Submission.track).where(Submission.name == f"race{r}")).all())) == 1
+
+
 def test_phases_gate_submissions(Session, cfg, team):
     from skybench.server import queue
     from skybench.server.config import TrackConfig
@@ -218,16 +253,38 @@ def test_phases_gate_submissions(Session, cfg, team):
 
 def test_an_entry_name_belongs_to_one_track(Session, cfg, team):
     from skybench.server import queue
-    from skybench.server.db import Submission
 
     tracks = dict(cfg.tracks)
     tracks["lens-ground"] = tracks["lens-ground"].model_copy(update={"open": True})
     cfg = cfg.model_copy(update={"tracks": tracks})
     with Session() as s:
-        s.add(Submission(id="f" * 32, team_id=team.id, track="lens-ground", name="resnet", sha256=SHA,
-                         phase="open", state="finished"))
-        s.commit()
+        queue.enqueue(s, cfg, team, "lens-ground", "resnet", SHA)
         with pytest.raises(queue.Refused, match="taken by your submissions to track 'lens-ground'") as exc:
             queue.enqueue(s, cfg, team, "lens-space", "resnet", SHA)
         assert exc.value.status == 409
         queue.enqueue(s, cfg, team, "lens-ground", "resnet", SHA)  # the same track: a new version of the entry
+
+
+def test_migration_0006_gives_each_queued_name_the_track_of_its_first_upload(db_url):
+    """Existing names are claimed by the migration: by the track of their first queued upload (an older server
+    may have let one onto two tracks); an upload never queued (no sha256) claims nothing."""
+    from sqlalchemy import text
+
+    from skybench.server.db import make_engine, upgrade
+
+    engine = make_engine(db_url)
+    upgrade(engine, "0005")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO teams (id, name, members, token_id, token_hash, is_admin, created_at) "
+                          "VALUES (1, 't', '[]', 'x', 'y', false, '2026-01-01 00:00:00')"))
+        for sid, track, name, sha, day in (("a", "lens-ground", "dup", SHA, 2), ("b", "lens-space", "dup", SHA, 1),
+                                           ("c", "lens-space", "one", SHA, 3), ("d", "lens-ground", "new", None, 1)):
+            conn.execute(text("INSERT INTO submissions (id, team_id, track, name, sha256, phase, state, received_at, "
+                              "reason, log, metrics, attempt, counted) VALUES (:id, 1, :track, :name, :sha, 'open', "
+                              "'finished', :at, '', '', '{}', 0, true)"),
+                         {"id": sid, "track": track, "name": name, "sha": sha, "at": f"2026-01-0{day} 00:00:00"})
+    upgrade(engine)
+    with engine.begin() as conn:
+        rows = sorted(tuple(r) for r in conn.execute(text("SELECT team_id, name, track FROM entry_names")))
+    assert rows == [(1, "dup", "lens-space"), (1, "one", "lens-space")]
+    engine.dispose()

@@ -93,6 +93,27 @@ def test_session_cookie_flags_and_logout(web):
     assert client.get("/team").status_code == 303
 
 
+def test_logout_ends_the_session_on_the_server(web):
+    """A copy of the session cookie taken before logging out (another machine's browser, a stolen cookie) is
+    refused after it: the server forgets the session, it does not only ask the browser to delete its cookie.
+    Another session of the same team (a team-mate's log-in) goes on."""
+    app, tokens = web
+    client = login(app, tokens["alpha"])
+    mate = login(app, tokens["alpha"])
+    copied = client.cookies.get("skybench_session")
+    assert copied
+    page = client.get("/team")
+    assert page.status_code == 200
+    assert client.post("/logout", data={"csrf": _csrf(page.text)}).status_code == 303
+    thief = TestClient(app, follow_redirects=False)
+    thief.cookies.set("skybench_session", copied)
+    for path in ("/team", "/submit"):
+        r = thief.get(path)
+        assert r.status_code == 303 and r.headers["location"] == "/login", \
+            f"{path}: the cookie copied before logging out still opens the team's pages ({r.status_code})"
+    assert mate.get("/team").status_code == 200
+
+
 def test_cookie_is_secure_over_https(web):
     app, tokens = web
     client = TestClient(app, base_url="https://challenge.example", follow_redirects=False)

@@ -1,4 +1,5 @@
-"""The server's state in a SQL database through SQLAlchemy 2: teams, submissions (the queue), phases, quotas.
+"""The server's state in a SQL database through SQLAlchemy 2: teams, submissions (the queue), phases, quotas,
+web sessions.
 
 SQLite (the default; WAL mode so readers never wait for the writer) or PostgreSQL (``postgresql+psycopg://``).
 The schema is created and upgraded by the Alembic migrations in ``skybench/server/migrations`` only."""
@@ -119,6 +120,17 @@ class QuotaUse(Base):
     used: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class EntryName(Base):
+    """The track of each entry name of a team (``submissions/<team>/<name>/`` is one entry of one track), written
+    in the transaction that queues the name's first submission: its key makes two uploads of one new name to two
+    tracks, racing each other, queue one only."""
+
+    __tablename__ = "entry_names"
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    track: Mapped[str] = mapped_column(String(64))
+
+
 class FinalChoice(Base):
     """A submission a team picked as one of its final entries on a track (at most K; none: its best public)."""
 
@@ -127,6 +139,16 @@ class FinalChoice(Base):
     track: Mapped[str] = mapped_column(String(64), primary_key=True)
     submission_id: Mapped[str] = mapped_column(ForeignKey("submissions.id"), primary_key=True)
     chosen_at: Mapped[datetime] = mapped_column(UTC, default=utcnow)
+
+
+class WebSession(Base):
+    """A logged-in session of the web pages (its id is in the signed cookie); log-out deletes it, so a copy of
+    the cookie stops working at once. Rows older than the cookie's lifetime are removed at log-in."""
+
+    __tablename__ = "web_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # random; in the cookie only
+    team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTC, default=utcnow, index=True)
 
 
 class LeaderboardSnapshot(Base):

@@ -7,7 +7,9 @@
     POST /api/tracks/{track}/final                   {"submissions": [id, ...]}: pick up to K while closed
 
 The ranking itself is :func:`skybench.tracking.leaderboard.leaderboard` (MLflow stays the source of truth);
-this module only chooses which part of the test set it shows and which entries rank in the final phase.
+this module only chooses which part of the test set it shows and which entries rank in the final phase. A
+final entry is a submission (a version of an entry): the final board ranks that submission's own evaluation,
+found by its sha256 (:func:`final_ranking`), not the entry's latest one.
 A phase change (``skybench admin phase``, the admin API, or the dates in ``challenge.yaml``, noticed at the
 first server or worker tick (``tick_seconds``) or leaderboard request after the date) first stores the
 leaderboard of the phase that ends, once: one snapshot per track and phase (a unique index; insert if absent)."""
@@ -55,10 +57,13 @@ def _rows(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _board(track_name: str, part: str) -> pd.DataFrame:
-    """The MLflow leaderboard ranked on the ``public`` or ``private`` part of the test set."""
-    from skybench.tracking.leaderboard import leaderboard
+    """The MLflow leaderboard ranked on the ``public`` or ``private`` part of the test set; ``runs``: the complete
+    evaluation runs it is built from, oldest first (the final board picks its runs by submission)."""
+    from skybench.tracking.leaderboard import _runs, leaderboard
 
     track = _track(track_name)
+    if part == "runs":
+        return _runs(track)
     ev = track.evaluation.model_copy(update={"phase": "open" if part == "public" else "closed"})
     return leaderboard(track.model_copy(update={"evaluation": ev}))
 
@@ -136,17 +141,69 @@ def best_public(public: pd.DataFrame) -> dict[str, str]:
     return dict(ranked.drop_duplicates("team")[["team", "name"]].itertuples(index=False, name=None))
 
 
-def final_entries(session: Session, track: str, public: pd.DataFrame) -> set[tuple[str, str]]:
-    """(team, name) of the entries that rank in the final phase: each team's chosen ones, else its best public."""
-    chosen: dict[str, set[str]] = {}
-    rows = session.execute(select(Team.name, Submission.name).join(FinalChoice, FinalChoice.team_id == Team.id)
+def final_entries(session: Session, track: str, public: pd.DataFrame) -> set[tuple[str, str, str | None]]:
+    """(team, name, sha256) of the submissions that rank in the final phase: each team's chosen ones (a version of
+    an entry: its sha256 identifies its evaluation), else its best public entry (sha256 None: the version the
+    public board ranks, the entry's latest)."""
+    rows = session.execute(select(Team.name, Submission.name, Submission.sha256)
+                           .join(FinalChoice, FinalChoice.team_id == Team.id)
                            .join(Submission, Submission.id == FinalChoice.submission_id)
                            .where(FinalChoice.track == track)).all()
-    for team, name in rows:
-        chosen.setdefault(team, set()).add(name)
-    out = {(t, n) for t, names in chosen.items() for n in names}
-    out |= {(t, n) for t, n in best_public(public).items() if t not in chosen}
+    out: set[tuple[str, str, str | None]] = {(t, n, sha) for t, n, sha in rows}
+    chosen = {t for t, _, _ in out}
+    out |= {(t, n, None) for t, n in best_public(public).items() if t not in chosen}
     return out
+
+
+def final_ranking(track_name: str, runs: pd.DataFrame, picks: set[tuple[str, str, str | None]]) -> pd.DataFrame:
+    """The final board (:func:`skybench.tracking.leaderboard.leaderboard`'s columns) on the private part: for each
+    of ``picks`` (:func:`final_entries`) the latest successful evaluation among ``runs`` (:func:`_board`'s
+    ``runs``) of that submission (its sha256, of that entry: another team's copy has the same bytes), or with
+    None of the entry; ranked as the leaderboard ranks (the primary metric, then the earlier submitted, then team
+    and name). A pick without such a run is left out."""
+    from skybench.tracking.leaderboard import _metric_columns, columns, metric_prefix
+
+    track = _track(track_name)
+    track = track.model_copy(update={"evaluation": track.evaluation.model_copy(update={"phase": "closed"})})
+    cols = columns(track)
+    if runs.empty or not picks:
+        return pd.DataFrame({c: pd.Series(dtype="Int64" if c in ("rank", "rank_low", "rank_high") else object)
+                             for c in cols})
+
+    def col(name: str, default: object = "") -> pd.Series:
+        return runs[name] if name in runs else pd.Series(default, index=runs.index)
+
+    team, name, sha = col("params.team"), col("params.name"), col("tags.submission_sha256")
+    ok = col("tags.status", "FINISHED").replace("", "FINISHED").fillna("FINISHED") == "FINISHED"
+    version = pd.Series([(t, n, v) in picks for t, n, v in zip(team, name, sha, strict=True)], index=runs.index)
+    entry = pd.Series([(t, n, None) in picks for t, n in zip(team, name, strict=True)], index=runs.index)
+    runs = runs.assign(team=team, name=name, sha=sha)
+    latest = pd.concat([runs[ok & version].drop_duplicates(["team", "name", "sha"], keep="last"),
+                        runs[ok & entry].drop_duplicates(["team", "name"], keep="last")])
+
+    def get(key: str, default: object = "") -> pd.Series:
+        return latest[key] if key in latest else pd.Series(default, index=latest.index)
+
+    when = pd.to_datetime(get("tags.submitted"), utc=True, errors="coerce", format="ISO8601").dt.as_unit("ms")
+    prefix, primary = metric_prefix(track), track.metrics.primary
+    out = pd.DataFrame({"team": latest["team"], "name": latest["name"], "status": "FINISHED",
+                        **{m: pd.to_numeric(get(f"metrics.{prefix}{m}", math.nan)) for m in _metric_columns(track)},
+                        "format": get("params.format"), "device": get("tags.device"),
+                        "when": when.fillna(latest["start_time"].dt.as_unit("ms")),
+                        "reason": get("tags.failure_reason")}).fillna({"format": "", "device": "", "reason": ""})
+    out = out[out[primary].notna()].sort_values([primary, "when", "team", "name"], ignore_index=True,
+                                                 ascending=[not track.metrics.higher_is_better, True, True, True])
+    out["rank"] = pd.array(range(1, len(out) + 1), dtype="Int64")
+    out["rank_low"] = out["rank_high"] = pd.array([pd.NA] * len(out), dtype="Int64")
+    out["group"] = ""
+    out["submitted"] = [t.isoformat(timespec="milliseconds") for t in out.pop("when")]
+    return out[cols]
+
+
+def final_board(session: Session, cfg: ChallengeConfig, track: str, *, fresh: bool = False) -> pd.DataFrame:
+    """The board of the final phase: the final entries (:func:`final_entries`) ranked on the private part."""
+    public = board(session, cfg, track, "public", fresh=fresh)
+    return final_ranking(track, board(session, cfg, track, "runs", fresh=fresh), final_entries(session, track, public))
 
 
 def live_board(session: Session, cfg: ChallengeConfig, track: str, phase: str, *, fresh: bool = False
@@ -158,14 +215,7 @@ def live_board(session: Session, cfg: ChallengeConfig, track: str, phase: str, *
         if phase != "open":
             return _rows(public)
         return _round(cfg, track, _rows(ranked_as_shown(public, track, cfg.public_score_digits)))
-    public, private = (board(session, cfg, track, "public", fresh=fresh),
-                       board(session, cfg, track, "private", fresh=fresh))
-    keep = final_entries(session, track, public)
-    chosen = pd.Series([(t, n) in keep for t, n in zip(private["team"], private["name"], strict=True)],
-                       index=private.index, dtype=bool)
-    ok = private[chosen & private["rank"].notna()].copy()
-    ok["rank"] = range(1, len(ok) + 1)  # already in rank order: renumber among the final entries
-    return _rows(ok)
+    return _rows(final_board(session, cfg, track, fresh=fresh))
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:

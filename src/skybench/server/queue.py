@@ -19,13 +19,14 @@ from __future__ import annotations
 import math
 import secrets
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from skybench.server.config import ChallengeConfig, Phase
-from skybench.server.db import PhaseState, QuotaUse, Submission, Team, utcnow
+from skybench.server.db import EntryName, PhaseState, QuotaUse, Submission, Team, utcnow
 
 RECEIVED_STALE_SECONDS = 3600  # a row still ``received`` this long after its upload was left by a stopped server
 
@@ -58,10 +59,24 @@ def _periods(phase: str, when: datetime) -> tuple[str, str]:
     return f"day:{when.date().isoformat()}", f"phase:{phase}"
 
 
+def _insert(session: Session) -> Any:
+    """The dialect's INSERT (with ``on_conflict_do_nothing``)."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def _claim_name(session: Session, team_id: int, name: str, track: str) -> str:
+    """The track the team's entry ``name`` belongs to, claimed for ``track`` if it had none, in the caller's
+    transaction: a concurrent claim of the same new name waits for this one to end (the key's lock on PostgreSQL,
+    the write lock on SQLite), then reads the track it claimed."""
+    session.execute(_insert(session)(EntryName).values(team_id=team_id, name=name, track=track)
+                    .on_conflict_do_nothing())
+    owner = session.scalar(select(EntryName.track).where(EntryName.team_id == team_id, EntryName.name == name))
+    assert owner is not None
+    return owner
+
+
 def _reserve(session: Session, team_id: int, track: str, period: str, limit: int) -> bool:
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(insert(QuotaUse).values(team_id=team_id, track=track, period=period, used=0)
+    session.execute(_insert(session)(QuotaUse).values(team_id=team_id, track=track, period=period, used=0)
                     .on_conflict_do_nothing())
     res = session.execute(update(QuotaUse)
                           .where(QuotaUse.team_id == team_id, QuotaUse.track == track, QuotaUse.period == period,
@@ -154,14 +169,12 @@ def _enqueue(session: Session, cfg: ChallengeConfig, team: Team, track: str, nam
         starts = cfg.tracks[track].phases.get("open")
         when = f"; it opens at {starts.isoformat()}" if phase == "pending" and starts else ""
         raise Refused(f"track {track!r} is in phase {phase!r} and takes no new submissions{when}", 409)
-    other = session.scalar(select(Submission.track).where(Submission.team_id == team.id, Submission.name == name,
-                                                         Submission.track != track).limit(1))
-    if other is not None:  # submissions/<team>/<name>/ is one entry, of one track
-        raise Refused(f"your entry name {name!r} is taken by your submissions to track {other!r}; "
-                      "use another name for this track", 409)
     q = cfg.track(track).quota
     day, per_phase = _periods(phase, received_at)
     try:
+        if (other := _claim_name(session, team.id, name, track)) != track:  # one entry, of one track
+            raise Refused(f"your entry name {name!r} is taken by your submissions to track {other!r}; "
+                          "use another name for this track", 409)
         if not _reserve(session, team.id, track, day, q.per_day):
             raise Refused(f"daily quota of {q.per_day} submissions on {track!r} used up for "
                           f"{received_at.date().isoformat()} (UTC); it resets at 00:00 UTC", 429)

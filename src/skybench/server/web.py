@@ -8,7 +8,8 @@
     GET  /submit, POST /submit      the upload form (the same store and queue as POST /api/submissions)
 
 The session is a cookie (HttpOnly, SameSite=Strict, Secure over https) signed with itsdangerous and a secret
-kept in the store (``<storage>/web-secret``, mode 0600); it holds the team id, a fingerprint of the team's
+kept in the store (``<storage>/web-secret``, mode 0600); it holds the team id, the id of the session's row in
+the database (deleted at log-out: a copy of the cookie stops working then too), a fingerprint of the team's
 token hash (a rotated token ends every session at once) and a per-session CSRF token that every POST form
 must send back in a hidden field; a POST whose ``Origin`` is another site is refused as well."""
 
@@ -21,6 +22,7 @@ import os
 import re
 import secrets
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,13 +34,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy import delete
 from starlette.datastructures import UploadFile
 
 from skybench.harness.submission import SLUG
 from skybench.server import intake, queue
 from skybench.server.auth import AuthError, RateLimited, verify
 from skybench.server.config import ChallengeConfig, Phase
-from skybench.server.db import STATES, Submission, Team, utcnow
+from skybench.server.db import STATES, Submission, Team, WebSession, utcnow
 from skybench.server.storage import UploadError, read_upload_form
 
 HERE = Path(__file__).parent
@@ -114,14 +117,34 @@ def _csrf(request: Request) -> str:
 
 def _current_team(request: Request) -> Team | None:
     sess = _session(request)
-    tid, fp = sess.get("team"), sess.get("fp")
-    if not isinstance(tid, int) or not isinstance(fp, str):
+    tid, fp, sid = sess.get("team"), sess.get("fp"), sess.get("sid")
+    if not isinstance(tid, int) or not isinstance(fp, str) or not isinstance(sid, str):
         return None
     with request.app.state.sessions() as s:
-        team = s.get(Team, tid)
+        row = s.get(WebSession, sid)
+        team = s.get(Team, tid) if row is not None and row.team_id == tid else None  # no row: logged out
     if team is None or not hmac.compare_digest(_fingerprint(team), fp):  # rotated token: logged out
         return None
     return team
+
+
+def _open_session(request: Request, team: Team) -> str:
+    """A new session row of ``team`` (its id goes in the cookie); removes the rows whose cookies have expired."""
+    sid = secrets.token_urlsafe(32)
+    with request.app.state.sessions() as s:
+        s.execute(delete(WebSession).where(WebSession.created_at < utcnow() - timedelta(seconds=SESSION_SECONDS)))
+        s.add(WebSession(id=sid, team_id=team.id))
+        s.commit()
+    return sid
+
+
+def _close_session(request: Request) -> None:
+    """Forget this request's session on the server: its cookie, and every copy of it, no longer logs in."""
+    sid = _session(request).get("sid")
+    if isinstance(sid, str):
+        with request.app.state.sessions() as s:
+            s.execute(delete(WebSession).where(WebSession.id == sid))
+            s.commit()
 
 
 def _set_cookie(request: Request, response: Response, data: dict[str, Any] | None) -> None:
@@ -180,17 +203,19 @@ except ImportError:  # pragma: no cover - pandas is a core dependency
 # -- the leaderboard ----------------------------------------------------------------------------------------------
 def public_board(cfg: ChallengeConfig, track_name: str, phase: Phase, session: Any) -> dict[str, Any]:
     """The leaderboard of ``track_name`` as the public may see it in ``phase``: the public part of a split
-    test set until the ``final`` phase (then the private part), rounded while ``open`` as the JSON API does.
-    The ranking is :func:`skybench.tracking.leaderboard.leaderboard`'s (the CLI's), through the API's cache."""
+    test set until the ``final`` phase (then the final entries on the private part, as the JSON API ranks them:
+    :func:`skybench.server.phases.final_board`), rounded while ``open`` as the JSON API does. The ranking is
+    :func:`skybench.tracking.leaderboard.leaderboard`'s (the CLI's), through the API's cache."""
     from skybench.server.phases import board as cached_board
-    from skybench.server.phases import ranked_as_shown
+    from skybench.server.phases import final_board, ranked_as_shown
     from skybench.tracking.leaderboard import scored_on
     from skybench.tracks import load_track
 
     track = load_track(track_name)
     track = track.model_copy(update={"evaluation": track.evaluation.model_copy(
         update={"phase": "closed" if phase == "final" else "open"})})
-    board = cached_board(session, cfg, track_name, "private" if phase == "final" else "public")
+    board = (final_board(session, cfg, track_name) if phase == "final"
+             else cached_board(session, cfg, track_name, "public"))
     primary = track.metrics.primary
     report = [m for m in track.metrics.report if m != primary]
     digits = cfg.public_score_digits if phase == "open" else None
@@ -313,9 +338,11 @@ async def login(request: Request) -> Response:
     except AuthError:
         return _page(request, "login.html", 401, message="that token is not valid; paste the token that "
                                                          "`skybench admin team add` printed for your team")
+    sid = await run_in_threadpool(_open_session, request, team)
     response = RedirectResponse("/team", status_code=303)
     # A fresh CSRF token at log-in: one planted in the anonymous session is of no use.
-    _set_cookie(request, response, {"team": team.id, "fp": _fingerprint(team), "csrf": secrets.token_urlsafe(32)})
+    _set_cookie(request, response, {"team": team.id, "fp": _fingerprint(team), "sid": sid,
+                                    "csrf": secrets.token_urlsafe(32)})
     return response
 
 
@@ -326,6 +353,7 @@ async def logout(request: Request) -> Response:
         _check_post(request, form.get("csrf"))
     except _Csrf as exc:
         return _error(request, 403, str(exc))
+    await run_in_threadpool(_close_session, request)
     response = RedirectResponse("/", status_code=303)
     _set_cookie(request, response, None)
     return response
