@@ -9,7 +9,7 @@
 The ranking itself is :func:`skybench.tracking.leaderboard.leaderboard` (MLflow stays the source of truth);
 this module only chooses which part of the test set it shows and which entries rank in the final phase. A
 final entry is a submission (a version of an entry): the final board ranks that submission's own evaluation,
-found by its sha256 (:func:`final_ranking`), not the entry's latest one.
+found by its sha256 (``leaderboard(versions=...)``), not the entry's latest one.
 A phase change (``skybench admin phase``, the admin API, or the dates in ``challenge.yaml``, noticed at the
 first server or worker tick (``tick_seconds``) or leaderboard request after the date) first stores the
 leaderboard of the phase that ends, once: one snapshot per track and phase (a unique index; insert if absent)."""
@@ -56,16 +56,17 @@ def _rows(df: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def _board(track_name: str, part: str) -> pd.DataFrame:
-    """The MLflow leaderboard ranked on the ``public`` or ``private`` part of the test set; ``runs``: the complete
-    evaluation runs it is built from, oldest first (the final board picks its runs by submission)."""
-    from skybench.tracking.leaderboard import _runs, leaderboard
+Versions = frozenset[tuple[str, str, str | None]]  # (team, name, submission sha256 or None: the entry's latest)
+
+
+def _board(track_name: str, part: str, versions: Versions | None = None) -> pd.DataFrame:
+    """The MLflow leaderboard ranked on the ``public`` or ``private`` part of the test set, of ``versions`` only
+    when given (the final entries)."""
+    from skybench.tracking.leaderboard import leaderboard
 
     track = _track(track_name)
-    if part == "runs":
-        return _runs(track)
     ev = track.evaluation.model_copy(update={"phase": "open" if part == "public" else "closed"})
-    return leaderboard(track.model_copy(update={"evaluation": ev}))
+    return leaderboard(track.model_copy(update={"evaluation": ev}), versions=versions)
 
 
 class _BoardCache:
@@ -74,21 +75,22 @@ class _BoardCache:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._boards: dict[tuple[str, str, str, str], tuple[object, float, pd.DataFrame]] = {}
+        self._boards: dict[tuple[str, str, str, str, Versions | None], tuple[object, float, pd.DataFrame]] = {}
 
-    def get(self, session: Session, cfg: ChallengeConfig, track: str, part: str) -> pd.DataFrame:
+    def get(self, session: Session, cfg: ChallengeConfig, track: str, part: str,
+            versions: Versions | None = None) -> pd.DataFrame:
         from skybench.tracking import tracking_uri
 
         if cfg.leaderboard_cache_seconds <= 0:
-            return _board(track, part)
-        key = (str(session.get_bind().engine.url), tracking_uri(), track, part)
+            return _board(track, part, versions)
+        key = (str(session.get_bind().engine.url), tracking_uri(), track, part, versions)
         version = results_version(session)
         now = time.monotonic()
         with self._lock:
             hit = self._boards.get(key)
         if hit is not None and hit[0] == version and now - hit[1] < cfg.leaderboard_cache_seconds:
             return hit[2].copy()
-        board = _board(track, part)
+        board = _board(track, part, versions)
         with self._lock:
             self._boards[key] = (version, now, board)
         return board.copy()
@@ -104,9 +106,11 @@ def results_version(session: Session) -> tuple[object, ...]:
 BOARDS = _BoardCache()
 
 
-def board(session: Session, cfg: ChallengeConfig, track: str, part: str, *, fresh: bool = False) -> pd.DataFrame:
-    """The leaderboard of ``track`` on the ``public`` or ``private`` part, from the cache unless ``fresh``."""
-    return _board(track, part) if fresh else BOARDS.get(session, cfg, track, part)
+def board(session: Session, cfg: ChallengeConfig, track: str, part: str, *, fresh: bool = False,
+          versions: Versions | None = None) -> pd.DataFrame:
+    """The leaderboard of ``track`` on the ``public`` or ``private`` part (of ``versions`` only when given), from
+    the cache unless ``fresh``."""
+    return _board(track, part, versions) if fresh else BOARDS.get(session, cfg, track, part, versions)
 
 
 def _round(cfg: ChallengeConfig, track_name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -141,7 +145,7 @@ def best_public(public: pd.DataFrame) -> dict[str, str]:
     return dict(ranked.drop_duplicates("team")[["team", "name"]].itertuples(index=False, name=None))
 
 
-def final_entries(session: Session, track: str, public: pd.DataFrame) -> set[tuple[str, str, str | None]]:
+def final_entries(session: Session, track: str, public: pd.DataFrame) -> Versions:
     """(team, name, sha256) of the submissions that rank in the final phase: each team's chosen ones (a version of
     an entry: its sha256 identifies its evaluation), else its best public entry (sha256 None: the version the
     public board ranks, the entry's latest)."""
@@ -152,58 +156,15 @@ def final_entries(session: Session, track: str, public: pd.DataFrame) -> set[tup
     out: set[tuple[str, str, str | None]] = {(t, n, sha) for t, n, sha in rows}
     chosen = {t for t, _, _ in out}
     out |= {(t, n, None) for t, n in best_public(public).items() if t not in chosen}
-    return out
-
-
-def final_ranking(track_name: str, runs: pd.DataFrame, picks: set[tuple[str, str, str | None]]) -> pd.DataFrame:
-    """The final board (:func:`skybench.tracking.leaderboard.leaderboard`'s columns) on the private part: for each
-    of ``picks`` (:func:`final_entries`) the latest successful evaluation among ``runs`` (:func:`_board`'s
-    ``runs``) of that submission (its sha256, of that entry: another team's copy has the same bytes), or with
-    None of the entry; ranked as the leaderboard ranks (the primary metric, then the earlier submitted, then team
-    and name). A pick without such a run is left out."""
-    from skybench.tracking.leaderboard import _metric_columns, columns, metric_prefix
-
-    track = _track(track_name)
-    track = track.model_copy(update={"evaluation": track.evaluation.model_copy(update={"phase": "closed"})})
-    cols = columns(track)
-    if runs.empty or not picks:
-        return pd.DataFrame({c: pd.Series(dtype="Int64" if c in ("rank", "rank_low", "rank_high") else object)
-                             for c in cols})
-
-    def col(name: str, default: object = "") -> pd.Series:
-        return runs[name] if name in runs else pd.Series(default, index=runs.index)
-
-    team, name, sha = col("params.team"), col("params.name"), col("tags.submission_sha256")
-    ok = col("tags.status", "FINISHED").replace("", "FINISHED").fillna("FINISHED") == "FINISHED"
-    version = pd.Series([(t, n, v) in picks for t, n, v in zip(team, name, sha, strict=True)], index=runs.index)
-    entry = pd.Series([(t, n, None) in picks for t, n in zip(team, name, strict=True)], index=runs.index)
-    runs = runs.assign(team=team, name=name, sha=sha)
-    latest = pd.concat([runs[ok & version].drop_duplicates(["team", "name", "sha"], keep="last"),
-                        runs[ok & entry].drop_duplicates(["team", "name"], keep="last")])
-
-    def get(key: str, default: object = "") -> pd.Series:
-        return latest[key] if key in latest else pd.Series(default, index=latest.index)
-
-    when = pd.to_datetime(get("tags.submitted"), utc=True, errors="coerce", format="ISO8601").dt.as_unit("ms")
-    prefix, primary = metric_prefix(track), track.metrics.primary
-    out = pd.DataFrame({"team": latest["team"], "name": latest["name"], "status": "FINISHED",
-                        **{m: pd.to_numeric(get(f"metrics.{prefix}{m}", math.nan)) for m in _metric_columns(track)},
-                        "format": get("params.format"), "device": get("tags.device"),
-                        "when": when.fillna(latest["start_time"].dt.as_unit("ms")),
-                        "reason": get("tags.failure_reason")}).fillna({"format": "", "device": "", "reason": ""})
-    out = out[out[primary].notna()].sort_values([primary, "when", "team", "name"], ignore_index=True,
-                                                 ascending=[not track.metrics.higher_is_better, True, True, True])
-    out["rank"] = pd.array(range(1, len(out) + 1), dtype="Int64")
-    out["rank_low"] = out["rank_high"] = pd.array([pd.NA] * len(out), dtype="Int64")
-    out["group"] = ""
-    out["submitted"] = [t.isoformat(timespec="milliseconds") for t in out.pop("when")]
-    return out[cols]
+    return frozenset(out)
 
 
 def final_board(session: Session, cfg: ChallengeConfig, track: str, *, fresh: bool = False) -> pd.DataFrame:
-    """The board of the final phase: the final entries (:func:`final_entries`) ranked on the private part."""
+    """The board of the final phase: the final entries (:func:`final_entries`) ranked on the private part, each
+    on its chosen version's own evaluation (two chosen versions of one entry: the later evaluated)."""
     public = board(session, cfg, track, "public", fresh=fresh)
-    return final_ranking(track, board(session, cfg, track, "runs", fresh=fresh), final_entries(session, track, public))
+    private = board(session, cfg, track, "private", fresh=fresh, versions=final_entries(session, track, public))
+    return private[private["rank"].notna()].reset_index(drop=True)
 
 
 def live_board(session: Session, cfg: ChallengeConfig, track: str, phase: str, *, fresh: bool = False

@@ -18,7 +18,7 @@ import io
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -115,16 +115,18 @@ def _evaluations(c: MlflowClient, exp: Experiment) -> pd.DataFrame:
 
 def leaderboard(
     track: Track, *, release_sha256: str | None = None, extra_columns: Sequence[str] = (),
-    release: Path | None = None,
+    release: Path | None = None, versions: Collection[tuple[str, str, str | None]] | None = None,
 ) -> pd.DataFrame:
     """The ranked leaderboard (see module docstring); only runs on ``release_sha256`` if given. With the
-    ``release`` folder (its hidden test split) the rank intervals and groups too (:func:`add_rank_intervals`)."""
-    return _board(track, release_sha256=release_sha256, extra_columns=extra_columns, release=release)[
-        columns(track, extra_columns)]
+    ``release`` folder (its hidden test split) the rank intervals and groups too (:func:`add_rank_intervals`).
+    ``versions``: only these submissions, (team, name, submission sha256), or (team, name, None) for the entry's
+    latest run (a challenge's final entries: the version a team chose, not its latest)."""
+    return _board(track, release_sha256=release_sha256, extra_columns=extra_columns, release=release,
+                  versions=versions)[columns(track, extra_columns)]
 
 
 def _board(track: Track, *, release_sha256: str | None, extra_columns: Sequence[str],
-           release: Path | None) -> pd.DataFrame:
+           release: Path | None, versions: Collection[tuple[str, str, str | None]] | None = None) -> pd.DataFrame:
     """:func:`leaderboard` with its runs' ``run_id`` (organiser runs when there are)."""
     cols = [*columns(track, extra_columns), "run_id"]
     runs = _runs(track)
@@ -142,6 +144,10 @@ def _board(track: Track, *, release_sha256: str | None, extra_columns: Sequence[
                        submitted=when.fillna(runs["start_time"].dt.as_unit("ms")))
     if release_sha256 is not None:
         runs = runs[col("tags.release_sha256") == release_sha256]
+    if versions is not None:
+        chosen = [(t, n, v) in versions or (t, n, None) in versions
+                  for t, n, v in zip(runs["team"], runs["name"], col("tags.submission_sha256"), strict=True)]
+        runs = runs[pd.Series(chosen, index=runs.index, dtype=bool)]
     finished = runs[runs["status"] == "FINISHED"].drop_duplicates(["team", "name"], keep="last")
     entry = pd.MultiIndex.from_frame(runs[["team", "name"]])
     done = pd.MultiIndex.from_frame(finished[["team", "name"]]) if len(finished) else pd.MultiIndex.from_tuples(
