@@ -503,7 +503,7 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
         require_cgroups = _challenge(test_dir)
     limits = Limits(memory_mb=box.memory_mb, cpu_seconds=cpu, wall_seconds=wall, max_processes=box.max_processes,
                     cpus=float(n_threads), scratch_mb=box.scratch_mb, require_cgroups=require_cgroups)
-    private = [project_root()]  # its releases' hidden/ folders, secrets/ and results/ must stay out of sight
+    private = [project_root()]  # its releases' hidden splits, the organiser's key and the records stay out of sight
     try:
         private.insert(0, layout.release_of(test_dir)[0])
     except ValueError:  # a bare test folder (Ray shard views, validate): not a release
