@@ -17,7 +17,9 @@ def root() -> Path:
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh MLflow store (its URI) in the test's folder, which is also the working directory; test files
     that need another kind of store define their own ``store``."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    from helpers import mlflow_store
+
+    uri = mlflow_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     return uri

@@ -21,6 +21,30 @@ HIDDEN_TEST_META = layout.relpath(layout.meta_path(layout.hidden_dir(".", "test"
 
 
 @functools.cache
+def _mlflow_template() -> Path:
+    """An empty MLflow store, created (and migrated) once per test process in a folder removed at exit."""
+    import atexit
+    import tempfile
+
+    import mlflow
+
+    folder = Path(tempfile.mkdtemp(prefix="skybench-mlflow-template-"))
+    atexit.register(shutil.rmtree, folder, True)
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{folder}/mlflow.db").search_experiments(max_results=1)
+    return folder / "mlflow.db"
+
+
+def mlflow_store(folder: Path) -> str:
+    """The URI of an empty MLflow store ``folder/mlflow.db``: a copy of a store made once per test process, since
+    MLflow's schema migrations take seconds for every new SQLite file and a copy milliseconds."""
+    dest = Path(folder) / "mlflow.db"
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_mlflow_template(), dest)
+    return f"sqlite:///{dest}"
+
+
+@functools.cache
 def bwrap_works() -> bool:
     """bubblewrap is installed and can create the namespaces the sandbox uses."""
     if shutil.which("bwrap") is None:
@@ -79,5 +103,5 @@ def tiles_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in ("lens-tiles", "lens-space"):
         shutil.copy(ROOT / "benchmarks" / f"{name}.yaml", project / "benchmarks" / f"{name}.yaml")
     monkeypatch.setenv("SKYBENCH_ROOT", str(project))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     return project

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from helpers import ROOT, bwrap_works, python_submission
+from helpers import ROOT, bwrap_works, mlflow_store, python_submission
 
 from skybench.harness import cgroups
 from skybench.harness.evaluate import evaluate, record_dir
@@ -94,7 +94,7 @@ def ray_local():
 
 def test_the_ray_executor_shards_tiles_and_gives_the_local_candidates_and_metrics(
         ray_local, track: DetectTrack, release: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     assert len(shard_ranges(layout.public_dir(release, "test"), BATCH, 3)) == 3  # really split across tasks
     sub = _subs(tmp_path / "subs")[:1]
     local = evaluate(sub, track, release, out=tmp_path / "local", publish=False)

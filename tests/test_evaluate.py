@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import HIDDEN_TEST_META, python_submission
+from helpers import HIDDEN_TEST_META, mlflow_store, python_submission
 from typer.testing import CliRunner
 
 from skybench.cli import app
@@ -37,7 +37,7 @@ def predict(m, b): return b.sum(axis=(1, 2, 3))
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     return tmp_path
 
 

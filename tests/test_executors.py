@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import HIDDEN_TEST_META, python_submission
+from helpers import HIDDEN_TEST_META, mlflow_store, python_submission
 
 from skybench.harness.evaluate import evaluate, record_dir
 from skybench.harness.executors import get_executor, shard_ranges, write_view
@@ -60,7 +60,7 @@ def test_shards_cut_on_batch_boundaries_and_views_hold_the_rows(tiny_space_relea
 @pytest.mark.slow
 def test_ray_executor_matches_local_bit_for_bit_and_keeps_the_sandbox(ray_local, tiny_space_release, tmp_path,
                                                                        monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     subs = [python_submission(tmp_path / "subs", "det", PREDICT, team="ray"),
             python_submission(tmp_path / "subs", "peek", PEEK, team="ray")]
     track = load_track("lens-space")

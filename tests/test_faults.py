@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
-from helpers import csv_submission, python_submission
+from helpers import csv_submission, mlflow_store, python_submission
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -42,7 +42,7 @@ def predict(m, b):
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
 

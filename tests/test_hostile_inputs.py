@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import bwrap_works, csv_submission, python_submission
+from helpers import bwrap_works, csv_submission, mlflow_store, python_submission
 from typer.testing import CliRunner
 
 from skybench.harness.evaluate import Outcome, discover_submissions, evaluate
@@ -35,7 +35,7 @@ needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot cr
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     return tmp_path
 
 

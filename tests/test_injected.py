@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import mlflow_store
 
 from skybench.physics.backend import get_backend
 from skybench.physics.light import sersic_total_flux
@@ -208,7 +209,7 @@ def test_a_base_track_submission_is_evaluated_on_the_injected_track(tmp_path, mo
 
     if not bwrap_works():
         pytest.skip("bubblewrap cannot create namespaces here")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     code = ("import numpy as np\ndef load(d): return None\n"  # flux in an annulus: where arcs are
             "def predict(m, b): return b[:, 2, 30:71, 30:71].sum(axis=(1, 2)) - b[:, 2, 45:56, 45:56].sum((1, 2))\n")
     sub = python_submission(tmp_path / "subs", "ground", code, track="lens-ground")

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from helpers import csv_submission, python_submission
+from helpers import csv_submission, mlflow_store, python_submission
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -57,7 +57,7 @@ def _project(tmp_path: Path, monkeypatch, root: Path, track: str, evaluation: di
                           if v is not None}
     (tmp_path / "benchmarks" / f"{track}.yaml").write_text(yaml.safe_dump(spec))
     monkeypatch.setenv("SKYBENCH_ROOT", str(tmp_path))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     return tmp_path
 
 
@@ -314,7 +314,7 @@ def test_participant_roc_has_a_fixed_size_and_interpolates_the_curve():
 def test_organiser_experiment_keeps_its_artifacts_apart(tmp_path, monkeypatch):
     from skybench.tracking import ensure_experiment, ensure_organiser_experiment
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     c = MlflowClient(tracking_uri())
     part = c.get_experiment(ensure_experiment(experiment_name("lens-space"))).artifact_location
     org = c.get_experiment(ensure_organiser_experiment("lens-space")).artifact_location

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import mlflow_store
 from typer.testing import CliRunner
 
 from skybench import tracking
@@ -24,7 +25,7 @@ METRICS = {"psnr": 31.123456, "psnr_ci_low": 30.987654, "psnr_ci_high": 31.23456
 @pytest.fixture
 def enhance_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """The enhance demo's entries (the three baselines, a do-nothing example, a failing team) in a real store."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     entries = [("baselines", "richardson-lucy", 0.0), ("baselines", "autoencoder", 1.5), ("baselines", "gan", 2.2),

@@ -12,7 +12,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from helpers import csv_submission
+from helpers import csv_submission, mlflow_store
 from mlflow.tracking import MlflowClient
 
 from skybench.harness.evaluate import evaluate
@@ -29,7 +29,7 @@ def server(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", mlflow_store(tmp),
          "--artifacts-destination", (tmp / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"],
         stdout=open(tmp / "server.log", "wb"), stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True)

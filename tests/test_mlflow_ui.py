@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import mlflow_store
 from mlflow.tracking import MlflowClient
 
 from skybench import tracking
@@ -20,7 +21,7 @@ REL = "r" * 64
 
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     return MlflowClient(uri)

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import mlflow_store
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -40,7 +41,7 @@ def test_skybench_ui_opens_on_the_sorted_runs_view(tmp_path: Path, monkeypatch: 
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
     from skybench import tracking
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     for name, auroc in (("cnn", 0.91), ("resnet", 0.95)):  # the worse one first: the view must sort
         tracking.log_evaluation(

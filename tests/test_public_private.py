@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from helpers import csv_submission
+from helpers import csv_submission, mlflow_store
 from typer.testing import CliRunner
 
 from skybench.cli import app
@@ -29,7 +29,7 @@ def project(tmp_path, monkeypatch, root):
     spec["evaluation"] |= {"public_fraction": 0.3, "split_seed": 7, "phase": "open", "real_set": None}
     (tmp_path / "benchmarks/lens-space.yaml").write_text(yaml.safe_dump(spec))
     monkeypatch.setenv("SKYBENCH_ROOT", str(tmp_path))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     return tmp_path
 
 

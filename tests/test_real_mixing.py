@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from helpers import PIXEL_SUM, bwrap_works, csv_submission, python_submission
+from helpers import PIXEL_SUM, bwrap_works, csv_submission, mlflow_store, python_submission
 
 from skybench.harness.evaluate import evaluate, record_dir
 from skybench.harness.visibility import private_dir
@@ -77,7 +77,7 @@ def predict(known, b):
 
 @pytest.fixture(autouse=True)
 def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import mlflow_store
 
 from skybench.physics.backend import get_backend
 from skybench.physics.psf import gaussian_kernel_2d
@@ -204,7 +205,7 @@ def test_lens_space_submissions_are_evaluated_on_the_realsrc_track(tmp_path, mon
 
     if not bwrap_works():
         pytest.skip("bubblewrap cannot create namespaces here")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     code = ("import numpy as np\ndef load(d): return None\n"
             "def predict(m, b): return b[:, 0, 40:61, 40:61].sum(axis=(1, 2))\n")
     space = python_submission(tmp_path / "subs", "space", code, track="lens-space")

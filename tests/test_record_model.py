@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import csv_submission
+from helpers import csv_submission, mlflow_store
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
@@ -150,7 +150,7 @@ def test_an_invalid_record_is_refused_in_one_line_naming_the_file_and_field(eval
 
 @pytest.mark.parametrize("where", ["participant", "organiser"])
 def test_an_invalid_record_is_left_out_and_the_others_are_published(evaluations, tmp_path, monkeypatch, where):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     out = _copy(evaluations, tmp_path / "p", ["good", "other"])
     rdir = record_dir(out, "tests", "good")
     bad = rdir / RECORD if where == "participant" else private_dir(rdir) / RECORD
@@ -172,7 +172,7 @@ def test_an_invalid_record_is_left_out_and_the_others_are_published(evaluations,
 
 
 def test_skybench_log_reports_an_invalid_record_without_a_traceback(evaluations, tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     out = _copy(evaluations, tmp_path / "p", ["good", "other"])
     bad = record_dir(out, "tests", "good") / RECORD
     bad.write_text(bad.read_text()[:-20])  # cut short: not JSON

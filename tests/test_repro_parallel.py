@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import mlflow_store
 
 ROOT = Path(__file__).resolve().parents[1]
 # two stages that each wait for the other to have started: they finish only when they run at the same time
@@ -25,7 +26,7 @@ def _project(tmp_path: Path, stages: dict[str, dict]) -> tuple[Path, dict[str, s
 
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db", "SKYBENCH_ROOT": str(tmp_path)}
+           "MLFLOW_TRACKING_URI": mlflow_store(tmp_path), "SKYBENCH_ROOT": str(tmp_path)}
     subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, env=env, check=True)
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
     return tmp_path, env

@@ -17,7 +17,7 @@ from pathlib import Path
 import pathspec
 import pytest
 import tomllib
-from helpers import bwrap_works
+from helpers import bwrap_works, mlflow_store
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -52,7 +52,7 @@ def _pipeline(run: Path, store: Path) -> None:
     """simulate -> evaluate -> leaderboard of one track into ``run`` (laid out like the project: releases/,
     results/) with its own MLflow store in ``store``: the commands of dvc.yaml, as DVC runs them."""
     store.mkdir()
-    env = {**os.environ, "SKYBENCH_ROOT": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{store}/mlflow.db",
+    env = {**os.environ, "SKYBENCH_ROOT": str(ROOT), "MLFLOW_TRACKING_URI": mlflow_store(store),
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     release, results = run / "releases" / TRACK, run / "results" / TRACK
     for args in (["simulate", TRACK, "--profile", "demo", "--seed", "3", "--size", "64", "--out", str(release)],

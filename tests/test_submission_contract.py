@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import bwrap_works
+from helpers import bwrap_works, mlflow_store
 
 from skybench.harness.submission import FORMATS, Submission, SubmissionError, load_submission, sandboxed_predict
 from skybench.release import layout, open_release
@@ -314,7 +314,7 @@ def test_every_format_scores_through_the_evaluation_stage(examples, tiny_space_r
     from skybench.tracking import leaderboard as lb
     from skybench.tracks import load_track
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     outcomes = evaluate(examples.all(), "lens-space", tiny_space_release, out=tmp_path / "evals")
     assert sorted(o.name for o in outcomes) == sorted(f"{f}-example" for f in FORMATS)
     for o in outcomes:

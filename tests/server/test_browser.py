@@ -22,7 +22,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers.py
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import bwrap_works  # noqa: E402
+from helpers import bwrap_works, mlflow_store  # noqa: E402
 from test_api import pack  # noqa: E402
 from test_cli import _free_port  # noqa: E402
 
@@ -63,7 +63,7 @@ def served(tmp_path: Path, monkeypatch):  # type: ignore[no-untyped-def]
     from skybench.server.config import load_config
     from skybench.server.db import make_engine, sessions, upgrade
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     config = tmp_path / "challenge.yaml"
     config.write_text(yaml.safe_dump({
         "tracks": {"lens-space": {"quota": {"per_day": 3, "per_phase": 5}}},

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers.py
-from helpers import bwrap_works  # noqa: E402
+from helpers import bwrap_works, mlflow_store  # noqa: E402
 from test_api import pack  # noqa: E402
 
 TRACK = "lens-space"  # split into a public and a private part (evaluation.public_fraction)
@@ -49,7 +49,7 @@ def challenge(cfg, engine, tmp_path, monkeypatch):  # type: ignore[no-untyped-de
     from skybench.server.auth import add_team
     from skybench.server.db import Submission, sessions, utcnow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     Session = sessions(engine)
     ids: dict[str, str] = {}
     with Session() as s:

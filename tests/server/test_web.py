@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import mlflow_store  # noqa: E402
 from test_api import pack  # noqa: E402
 
 EVIL = "<script>alert(1)</script>"
@@ -21,7 +22,7 @@ def web(cfg, engine, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     from skybench.server.auth import add_team
     from skybench.server.db import sessions
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     app = create_app(cfg, engine)
     with sessions(engine)() as s:
         tokens = {n: add_team(s, n).token for n in ("alpha", "beta")}

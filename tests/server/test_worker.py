@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers.py
-from helpers import bwrap_works  # noqa: E402
+from helpers import bwrap_works, mlflow_store  # noqa: E402
 from test_api import pack  # noqa: E402
 
 
@@ -78,7 +78,7 @@ def test_place_replaces_the_entry_folder_atomically(tmp_path):
 def test_upload_evaluate_finish_end_to_end(server, cfg, tmp_path, tiny_space_release, monkeypatch):
     from skybench.server import worker
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     client, headers, Session = server
     sub = _upload(client, headers)
     done = worker.run_one(cfg, Session, "w", release=tiny_space_release, out=tmp_path / "evals")
@@ -111,7 +111,7 @@ def test_a_failed_submission_sent_again_stays_failed(server, cfg, tmp_path, tiny
     from skybench.server import worker
     from skybench.server.cli import pack as pack_folder
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     client, headers, Session = server
     with tempfile.TemporaryDirectory(prefix="skybench-pack-") as tmp:
         folder = Path(tmp) / "broken"
@@ -191,7 +191,7 @@ def test_a_worker_killed_mid_run_leaves_a_job_another_worker_finishes_once(cfg, 
     from skybench.server.auth import add_team
     from skybench.server.db import Submission, sessions
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     mlflow.search_experiments()  # create the MLflow store first: MLflow's own set-up is not what is tested
     cfg = cfg.model_copy(update={"lease_seconds": 5})
     config = tmp_path / "challenge.yaml"
