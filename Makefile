@@ -50,12 +50,9 @@ run: setup data
 
 # The full suite (what CI runs): every test, slow ones included, spread over TEST_WORKERS processes (pytest-xdist;
 # one file per worker at a time, so module fixtures are built once). TEST_WORKERS=0 runs it in this process.
-# One BLAS/OpenMP/TensorFlow thread per worker (as scripts/repro.py gives each stage): the workers already fill the
-# cores, and two workers of two threads each on two cores ran the suite slower (perf/RESULTS.md, session 13).
 TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
-TEST_THREADS := OMP_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1
 test: setup data
-	$(TEST_THREADS) $(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile
 
 # The fast lane (under 3 minutes on 2 cores): everything not marked `slow` (notebooks, baseline training,
 # sandboxed TF/torch models, Ray, the MLflow server, big simulations, the PostgreSQL runs of the server tests).
