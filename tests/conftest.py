@@ -49,3 +49,13 @@ def real_data() -> Path:
     if not (d / "galaxies" / "kids_viking_field").is_dir() or not (d / "lenses_hst" / "catalog.csv").is_file():
         pytest.skip(f"real data missing: {d} (run `dvc pull`)")
     return d
+
+
+# The files that take longest, collected first: `make test` hands whole files to its xdist workers in collection
+# order (--dist loadfile), and the worker that gets the longest one last finishes last.
+LONGEST_FIRST = ("test_notebooks.py", "test_reproducible.py", "test_mlflow_ui_browser.py", "test_mlflow_server.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
