@@ -3,10 +3,11 @@
 
     python scripts/repro.py [--jobs N] [--allow-missing] [TARGET ...]
 
-Each stage of the targets' pipelines (every stage without targets) runs as `dvc --wait-for-lock repro
---single-item STAGE` once the stages it depends on have finished; DVC itself decides whether it is changed. A
-stage's output goes to logs/repro/<stage>.log; the console gets one line per stage, and the log's tail when it
-fails. After a failure no new stage starts, the running ones finish, and the exit status is 1.
+Each stage of the targets' pipelines (every stage of every dvc.yaml without targets) runs as `dvc --wait-for-lock
+repro --single-item STAGE` once the stages it depends on have finished; DVC itself decides whether it is changed. A
+target is a stage as DVC addresses it (`pipelines/lens/dvc.yaml:leaderboard-lens@lens-space`). A stage's output goes
+to logs/repro/<stage name>.log; the console gets one line per stage, and the log's tail when it fails. After a
+failure no new stage starts, the running ones finish, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ LOGS = Path("logs/repro")
 
 
 def pipeline(targets: list[str]) -> dict[str, set[str]]:
-    """Stage -> the stages it depends on, for the targets' pipelines (stages with a command only)."""
+    """Stage -> the stages it depends on, for the targets' pipelines (stages with a command only), each as DVC
+    addresses it (``pipelines/<task>/dvc.yaml:<name>``, or ``<name>`` in ./dvc.yaml)."""
     from dvc.repo import Repo
 
     with Repo() as repo:
@@ -34,6 +36,11 @@ def pipeline(targets: list[str]) -> dict[str, set[str]]:
             nodes = {s for t in targets for s in repo.stage.collect(t, with_deps=True)}
         runnable = {s for s in nodes if getattr(s, "cmd", None)}
         return {s.addressing: {d.addressing for d in graph.successors(s) if d in runnable} for s in runnable}
+
+
+def name(stage: str) -> str:
+    """A stage's name without its dvc.yaml (stage names are unique across the project's pipelines)."""
+    return stage.rpartition(":")[2]
 
 
 def init_mlflow() -> None:
@@ -63,7 +70,7 @@ def priorities(deps: dict[str, set[str]]) -> dict[str, float]:
 
 
 def log_path(stage: str) -> Path:
-    return LOGS / f"{re.sub(r'[^A-Za-z0-9@._-]', '_', stage)}.log"
+    return LOGS / f"{re.sub(r'[^A-Za-z0-9@._-]', '_', name(stage))}.log"
 
 
 def run_stage(stage: str, extra: list[str], env: dict[str, str]) -> tuple[int, float, str]:
@@ -91,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     # machine makes the files dvc.lock names
     env = {"OMP_NUM_THREADS": "1"} | dict(os.environ)
     deps = pipeline(args.targets)
+    if len({name(s) for s in deps}) < len(deps):
+        print("skybench: two dvc.yaml files define a stage of the same name", file=sys.stderr)
+        return 1
     rank = priorities(deps)
     init_mlflow()
     LOGS.mkdir(parents=True, exist_ok=True)
@@ -114,16 +124,16 @@ def main(argv: list[str] | None = None) -> int:
                 clock = time.monotonic() - t0
                 if rc == 0:
                     done.add(stage)
-                    print(f"[{clock:6.0f} s] {stage}: {said} ({seconds:.0f} s)", flush=True)
+                    print(f"[{clock:6.0f} s] {name(stage)}: {said} ({seconds:.0f} s)", flush=True)
                 else:
                     failed.append(stage)
                     log = log_path(stage)
                     tail = log.read_text(errors="replace").splitlines()[-30:]
-                    print(f"[{clock:6.0f} s] {stage}: FAILED (exit {rc}); the end of {log}:", file=sys.stderr)
+                    print(f"[{clock:6.0f} s] {name(stage)}: FAILED (exit {rc}); the end of {log}:", file=sys.stderr)
                     print("\n".join("    " + line for line in tail), file=sys.stderr, flush=True)
     if failed or todo:
         skipped = f"; not started: {len(todo)} stages downstream" if todo else ""
-        print(f"skybench: repro failed at {', '.join(failed)}{skipped}", file=sys.stderr)
+        print(f"skybench: repro failed at {', '.join(map(name, failed))}{skipped}", file=sys.stderr)
         return 1
     print(f"skybench: {len(done)} stages up to date in {time.monotonic() - t0:.0f} s", flush=True)
     return 0

@@ -23,8 +23,10 @@ import os
 import yaml
 tracks = yaml.safe_load(open("params.yaml"))["tracks"]  # {task: [track, ...]}
 skip = set(os.environ["MISSING"].split())
-print(" ".join(f"leaderboard-{task}@{t}" for task, ts in tracks.items() for t in ts if t not in skip))
+print(" ".join(f"pipelines/{task}/dvc.yaml:leaderboard-{task}@{t}" for task, ts in tracks.items() for t in ts
+               if t not in skip))
 PY
 )
-# --allow-missing: calibrate-photoz (locked in dvc.lock) reads the real train split; its git-committed output stays
+# --allow-missing: calibrate-photoz (locked in pipelines/photoz/dvc.lock) reads the real train split; its
+# git-committed output stays
 exec python scripts/repro.py --allow-missing "$@" $targets

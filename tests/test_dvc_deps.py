@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 from dvc.repo import Repo
 
-from skybench.stagedeps import StageDepsError, is_code_dep, stage_usage, write_deps
+from skybench.stagedeps import StageDepsError, is_code_dep, pipeline_files, stage_usage, write_deps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,8 +29,8 @@ _is_code = is_code_dep  # deps that must be exact: code and track definitions (n
 
 
 def dependency_problems(dvc_dir: Path, code_root: Path = ROOT) -> list[str]:
-    """One line per stage dependency that is missing or not used, for the dvc.yaml in ``dvc_dir``; the code is
-    read from ``code_root``."""
+    """One line per stage dependency that is missing or not used, for the pipelines of the DVC project in
+    ``dvc_dir``; the code is read from ``code_root``."""
     problems = []
     with Repo(str(dvc_dir)) as repo:
         stages = [s for s in repo.index.stages if s.cmd]
@@ -69,9 +69,9 @@ def test_every_stage_depends_on_exactly_the_code_it_runs() -> None:
 
 
 def _in_group(group: str, dep: str, replacement: str | None) -> tuple[str, str]:
-    """The (old, new) edit of dvc.yaml that removes ``dep`` from the deps of the stage group ``group`` (or puts
-    ``replacement`` in its place)."""
-    text = (ROOT / "dvc.yaml").read_text()
+    """The (old, new) edit of the dvc.yaml defining the stage group ``group`` that removes ``dep`` from its deps (or
+    puts ``replacement`` in its place)."""
+    text = next(t for f in pipeline_files(ROOT) if f"\n  {group}:\n" in (t := f.read_text()))
     start = text.index(f"\n  {group}:\n")
     section = text[start:text.index("\n\n  ", start + 1)]
     line = f"\n      - {dep}\n"
@@ -79,15 +79,20 @@ def _in_group(group: str, dep: str, replacement: str | None) -> tuple[str, str]:
     return section, section.replace(line, f"\n      - {replacement}\n" if replacement else "\n", 1)
 
 
-def _copy_pipeline(tmp_path: Path, edit: tuple[str, str] | None = None) -> Path:
-    """A DVC project in ``tmp_path`` holding this dvc.yaml and params.yaml, with ``edit`` = (old, new) applied to
-    the first ``old`` of dvc.yaml."""
+def _copy_pipeline(tmp_path: Path, edit: tuple[str, str] | None = None, file: str | None = None) -> Path:
+    """A DVC project in ``tmp_path`` holding this project's dvc.yaml files and params.yaml, with ``edit`` = (old,
+    new) applied to the first ``old`` of ``file`` (default: of the first of them that has one)."""
     Repo.init(str(tmp_path), no_scm=True).close()
-    text = (ROOT / "dvc.yaml").read_text()
-    if edit is not None:
-        assert edit[0] in text, f"dvc.yaml: no {edit[0]!r} to edit"
-        text = text.replace(*edit, 1)
-    (tmp_path / "dvc.yaml").write_text(text)
+    files = [ROOT / file] if file else pipeline_files(ROOT)
+    edited = next((f for f in files if edit is None or edit[0] in f.read_text()), None)
+    assert edit is None or edited is not None, f"{file or 'no dvc.yaml'}: no {edit and edit[0]!r} to edit"
+    for f in pipeline_files(ROOT):
+        text = f.read_text()
+        if edit is not None and f == edited:
+            text = text.replace(*edit, 1)
+        rel = f.relative_to(ROOT)
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     return tmp_path
 
@@ -105,13 +110,13 @@ def _copy_pipeline(tmp_path: Path, edit: tuple[str, str] | None = None) -> Path:
      "train-lens@knn-lens-space: lists src/skybench/training/photoz.py in its deps, but its command never uses it"),
 ])
 def test_a_removed_dependency_is_reported(tmp_path: Path, old: str, new: str, expected: str) -> None:
-    problems = dependency_problems(_copy_pipeline(tmp_path, (old, new)))
+    task = expected.split("@")[0].split("-")[1]  # train-photoz@... -> photoz
+    problems = dependency_problems(_copy_pipeline(tmp_path, (old, new), f"pipelines/{task}/dvc.yaml"))
     assert any(p.startswith(expected) for p in problems), problems
 
 
 def test_a_removed_dependency_line_is_reported(tmp_path: Path) -> None:
-    """Removed from the photo-z evaluation (its first use in dvc.yaml): every photo-z track's evaluation is
-    reported, and no other stage."""
+    """Removed from the photo-z evaluation: every photo-z track's evaluation is reported, and no other stage."""
     edit = _in_group("evaluate-photoz", "src/skybench/tasks/photoz/score.py", None)
     problems = dependency_problems(_copy_pipeline(tmp_path, edit))
     assert {p.split(":")[0] for p in problems} == {f"evaluate-photoz@{t}" for t in
@@ -141,37 +146,40 @@ def test_a_track_uses_only_its_own_task_code() -> None:
 
 @pytest.mark.slow
 def test_write_regenerates_the_code_deps(tmp_path: Path) -> None:
-    """`python -m skybench.stagedeps --write dvc.yaml` writes back exactly this dvc.yaml (it is up to date), and
-    restores a removed dependency and drops an unused one (the rest of the file unchanged)."""
-    original = (ROOT / "dvc.yaml").read_text()
+    """`python -m skybench.stagedeps --write` writes back exactly this pipelines/photoz/dvc.yaml (it is up to date),
+    and restores a removed dependency and drops an unused one (the rest of the file unchanged)."""
+    original = (ROOT / "pipelines/photoz/dvc.yaml").read_text()
     edited = original.replace("      - src/skybench/training/photoz.py\n", "", 1)
     edited = edited.replace("      - src/skybench/training/loop.py\n",
                             "      - src/skybench/training/loop.py\n      - src/skybench/tasks/lens/bologna.py\n", 1)
     assert edited.count("\n") == original.count("\n")
-    project = _copy_pipeline(tmp_path, (original, edited))
+    project = _copy_pipeline(tmp_path, (original, edited), "pipelines/photoz/dvc.yaml")
     assert dependency_problems(project)  # broken before
-    written = write_deps(project / "dvc.yaml", ROOT)
-    assert (project / "dvc.yaml").read_text() == original
+    written = write_deps(project / "pipelines/photoz/dvc.yaml", ROOT)
+    assert (project / "pipelines/photoz/dvc.yaml").read_text() == original
     assert "src/skybench/training/photoz.py" in written["train-photoz"]
 
 
 def test_write_refuses_a_group_whose_stages_use_different_code(tmp_path: Path) -> None:
     """A matrix mixing a lens and a photo-z track cannot have one list of code deps."""
-    text = (ROOT / "dvc.yaml").read_text().replace("track: ${tracks.lens}", "track: [lens-space, photoz-catalog]", 1)
-    project = _copy_pipeline(tmp_path, ((ROOT / "dvc.yaml").read_text(), text))
+    project = _copy_pipeline(tmp_path, ("track: ${tracks.lens}", "track: [lens-space, photoz-catalog]"),
+                             "pipelines/lens/dvc.yaml")
     with pytest.raises(StageDepsError, match="the stages of evaluate-lens use different code"):
-        write_deps(project / "dvc.yaml", ROOT)
+        write_deps(project / "pipelines/lens/dvc.yaml", ROOT)
 
 
 # --- what `dvc status` marks changed after an edit, in a copy whose dvc.lock records the current code -----------
 
 def _record_current_deps(project: Path) -> None:
-    """Write dvc.lock as if every stage had just run: the current hash of each dep (outs are absent here)."""
+    """Write the dvc.lock files as if every stage had just run: the current hash of each dep (outs are absent)."""
     with Repo(str(project)) as repo:
         stages = [s for s in repo.index.stages if s.cmd]
+        by_file: dict[str, list] = {}
         for stage in stages:
             stage.save_deps(allow_missing=True)
-        stages[0].dvcfile.dump_stages(stages, update_pipeline=False)
+            by_file.setdefault(stage.path, []).append(stage)
+        for group in by_file.values():
+            group[0].dvcfile.dump_stages(group, update_pipeline=False)
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +193,7 @@ def locked_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
                             capture_output=True, check=True).stdout.decode().split("\0")
     for rel in filter(None, listed):
         src = ROOT / rel
-        if src.is_file() and not rel.startswith((".dvc/", "dvc.lock")):
+        if src.is_file() and not rel.startswith(".dvc/") and PurePosixPath(rel).name != "dvc.lock":
             (copy / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, copy / rel)
     Repo.init(str(copy), no_scm=True).close()
@@ -245,7 +253,7 @@ def test_editing_a_shared_helper_marks_exactly_the_stages_that_use_it(locked_cop
     assert _stages(names, "evaluate-enhance@", "train-enhance@") <= metrics
     # the leaderboard code: the leaderboards only
     assert _changed_after_editing(locked_copy, "src/skybench/tracking/leaderboard.py") == \
-        _stages(names, "leaderboard-")
+        _stages(names, "leaderboard-") | {"report"}
     # the Richardson-Lucy predictor: its training (it is copied into the submission) and, through the `baselines`
     # folder, every evaluation
     assert _changed_after_editing(locked_copy, "baselines/enhance/richardson-lucy/predict.py") == \
@@ -348,11 +356,14 @@ def test_dvc_reads_yaml_with_the_c_parser() -> None:
 
 
 def test_dvc_lock_holds_only_the_stages_of_dvc_yaml() -> None:
-    """DVC keeps the lock entries of removed or renamed stages, and every stage parses the whole lock twice: 37 stale
+    """DVC keeps the lock entries of removed or renamed stages, and every stage parses its whole lock twice: 37 stale
     entries were a quarter of its lines. Prune them with `dvc.utils.serialize.modify_yaml`."""
     import yaml
 
     with Repo(str(ROOT)) as repo:
-        names = {s.addressing for s in repo.index.stages}
-    stale = sorted(set(yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]) - names)
-    assert not stale, f"dvc.lock: entries of stages that dvc.yaml no longer has: {', '.join(stale)}"
+        names = {(Path(s.path).resolve(), s.name) for s in repo.index.stages if s.cmd}
+    for pipeline in pipeline_files(ROOT):
+        lock = pipeline.with_name("dvc.lock")
+        locked = yaml.safe_load(lock.read_text())["stages"] if lock.is_file() else {}
+        stale = sorted(n for n in locked if (pipeline.resolve(), n) not in names)
+        assert not stale, f"{lock}: entries of stages that its dvc.yaml no longer has: {', '.join(stale)}"

@@ -2,8 +2,9 @@
 
     python -m skybench.stagedeps "skybench evaluate --track enhance --release releases/enhance ..."
 
-prints them, one a line; ``python -m skybench.stagedeps --write dvc.yaml`` rewrites the code deps of every stage
-group of ``dvc.yaml`` from them (:func:`write_deps`); ``tests/test_dvc_deps.py`` checks every stage against them.
+prints them, one a line; ``python -m skybench.stagedeps --write`` rewrites the code deps of every stage group of
+``dvc.yaml`` and ``pipelines/*/dvc.yaml`` (:func:`pipeline_files`) from them (:func:`write_deps`);
+``tests/test_dvc_deps.py`` checks every stage against them.
 Entry points:
 
 * ``skybench <command> ...``: the module-level code of ``skybench/cli.py`` (and its imports), plus the body of the
@@ -397,9 +398,15 @@ def _compact(root: Path, files: set[str]) -> list[str]:
     return sorted(out + [c.as_posix() for c in covered])
 
 
+def pipeline_files(root: Path) -> list[Path]:
+    """The project's dvc.yaml files: its own (the ``report`` stage) and one per task, ``pipelines/<task>/dvc.yaml``."""
+    return [root / "dvc.yaml", *sorted((root / "pipelines").glob("*/dvc.yaml"))]
+
+
 def write_deps(dvc_yaml: Path | str, code_root: Path | str | None = None) -> dict[str, list[str]]:
-    """Rewrite the code deps of every stage group of ``dvc_yaml`` from what its commands use (the project's code read
-    from ``code_root``, by default the folder of ``dvc_yaml``); return them.
+    """Rewrite the code deps of every stage group of ``dvc_yaml`` (the project's, or a ``pipelines/<task>/dvc.yaml``)
+    from what its commands use (the project's code read from ``code_root``, by default the DVC project's root, which
+    is every stage's ``wdir``); return them.
 
     Per group (a plain stage, or the stages of a ``foreach``/``matrix``): the literal deps that are code
     (:func:`is_code_dep`) are replaced by the files its stages use that no other dep covers (the ``${...}`` ones,
@@ -409,9 +416,9 @@ def write_deps(dvc_yaml: Path | str, code_root: Path | str | None = None) -> dic
     from ruamel.yaml import YAML
 
     dvc_yaml = Path(dvc_yaml).resolve()
-    root = Path(code_root or dvc_yaml.parent).resolve()
     groups: dict[str, list[tuple[str, list[str]]]] = {}
     with Repo(str(dvc_yaml.parent)) as repo:
+        root = Path(code_root or repo.root_dir).resolve()
         for stage in repo.index.stages:
             if stage.cmd and Path(stage.path).resolve() == dvc_yaml:
                 cmd = stage.cmd if isinstance(stage.cmd, str) else " && ".join(stage.cmd)
@@ -450,13 +457,14 @@ def write_deps(dvc_yaml: Path | str, code_root: Path | str | None = None) -> dic
 
 def main(argv: list[str] | None = None) -> None:  # pragma: no cover - a helper for writing dvc.yaml
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 2 and argv[0] == "--write":
-        for group, deps in write_deps(Path(argv[1])).items():
-            print(f"{group}: {len(deps)} code deps")
+    if argv and argv[0] == "--write":
+        for path in argv[1:] or pipeline_files(Path.cwd()):
+            for group, deps in write_deps(Path(path)).items():
+                print(f"{path}: {group}: {len(deps)} code deps")
         return
     if len(argv) != 1:
         sys.exit('usage: python -m skybench.stagedeps "<stage command>"  |  python -m skybench.stagedeps --write '
-                 'dvc.yaml')
+                 '[DVC_YAML ...] (default: dvc.yaml pipelines/*/dvc.yaml)')
     usage = stage_usage(argv[0], Path.cwd())
     print("\n".join(sorted(usage.files)))
     print("\n".join(f"# input: {i}" for i in sorted(usage.inputs)))

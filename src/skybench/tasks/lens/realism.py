@@ -566,7 +566,7 @@ def report(track: str, *, log: bool = True, release: Path | None = None, real: P
 
     if not layout.is_release(release):
         raise FileNotFoundError(f"{release}: no release of {track}; make it with `skybench simulate {track}` "
-                                "(or `dvc repro simulate-lens@...`), or give --release")
+                                f"(or `dvc repro -s pipelines/lens/dvc.yaml:simulate-lens@{track}`), or give --release")
     entries = read_entries(metrics) if metrics.is_file() else pd.DataFrame()
     result = compare(t, release, real, entries, max_per_group, seed)
     if not metrics.is_file():

@@ -68,7 +68,8 @@ class GalaxyPopulation(_Strict):
         if not path.is_file():  # a project folder holding only benchmarks/ (tests): the checkout's file
             path = Path(__file__).resolve().parents[4] / data["calibration"]
         if not path.is_file():
-            raise ValueError(f"population.calibration: no file {path}; make it with `dvc repro calibrate-photoz` "
+            raise ValueError(f"population.calibration: no file {path}; make it with "
+                             "`dvc repro pipelines/photoz/dvc.yaml:calibrate-photoz` "
                              "(python -m skybench.tasks.photoz.calibrate)")
         fitted = yaml.safe_load(path.read_text())
         if not isinstance(fitted, dict):
