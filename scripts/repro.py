@@ -98,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     # machine makes the files dvc.lock names
     env = {"OMP_NUM_THREADS": "1"} | dict(os.environ)
     deps = pipeline(args.targets)
-    if len({name(s) for s in deps}) < len(deps):
-        print("skybench: two dvc.yaml files define a stage of the same name", file=sys.stderr)
+    clashes = sorted(s for s in deps if sum(name(t) == name(s) for t in deps) > 1)
+    if clashes:
+        print(f"skybench: two dvc.yaml files define a stage of the same name: {', '.join(clashes)}", file=sys.stderr)
         return 1
     rank = priorities(deps)
     init_mlflow()

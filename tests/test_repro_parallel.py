@@ -74,3 +74,31 @@ def test_stages_get_one_thread_unless_told_otherwise(tmp_path: Path, given: str 
     res = _repro(project, env, "--jobs", "2")
     assert res.returncode == 0, res.stdout + res.stderr
     assert (project / "t.txt").read_text().strip() == (given or "1")
+
+
+@pytest.mark.slow
+def test_stages_of_several_pipelines_run_and_each_file_keeps_its_lock(tmp_path: Path) -> None:
+    """The project's layout: one dvc.yaml per task under pipelines/ (wdir: the root), and a root stage that depends
+    on their outputs; a stage is logged and shown by its name, and each dvc.yaml gets its own dvc.lock."""
+    import yaml
+
+    project, env = _project(tmp_path, {"report": {"cmd": "cat results/x.txt results/y.txt > report.txt",
+                                                  "deps": ["results"], "outs": ["report.txt"]}})
+    for task in ("x", "y"):
+        (project / "pipelines" / task).mkdir(parents=True)
+        (project / "pipelines" / task / "dvc.yaml").write_text(yaml.safe_dump({"stages": {f"make-{task}": {
+            "wdir": "../..", "cmd": f"mkdir -p results && echo {task} > results/{task}.txt",
+            "outs": [f"results/{task}.txt"]}}}))
+    res = _repro(project, env, "--jobs", "2")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "make-x: ran" in res.stdout and "report: ran" in res.stdout, res.stdout
+    assert (project / "report.txt").read_text() == "x\ny\n"
+    assert (project / "logs" / "repro" / "make-y.log").is_file()
+    for task in ("x", "y"):
+        assert set(yaml.safe_load((project / "pipelines" / task / "dvc.lock").read_text())["stages"]) == \
+            {f"make-{task}"}
+    assert set(yaml.safe_load((project / "dvc.lock").read_text())["stages"]) == {"report"}
+    (project / "pipelines" / "y" / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"make-x": {
+        "wdir": "../..", "cmd": "echo again > other.txt", "outs": ["other.txt"]}}}))
+    clash = _repro(project, env, "--jobs", "2")
+    assert clash.returncode == 1 and "define a stage of the same name" in clash.stderr, clash.stderr
