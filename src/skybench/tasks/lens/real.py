@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from skybench.physics.noise import magnitude2cps
 from skybench.real_hst import (
@@ -136,6 +137,12 @@ def target_size(track: Track) -> int:
     return track.cutout.size
 
 
+# BLAS sums in an order that depends on its thread count (the resampling matrices, A_y @ img @ A_x.T), and a last-bit
+# change moves which stamps reach the track's fluxes: one thread, so a real set is the same bytes on every machine.
+ONE_BLAS_THREAD = threadpool_limits.wrap(limits=1, user_api="blas")
+
+
+@ONE_BLAS_THREAD
 def import_real_lenses(data_dir: Path, track: Track | str, out: Path, *, seed: int = 0, target_mag: float = 20.25,
                        progress: bool = False) -> Path:
     """Write the real HST lenses of ``data_dir`` (the folder holding ``lenses_hst/``, or that folder itself)
@@ -156,6 +163,7 @@ NO_REAL_LENSES = ("no real lenses for a multi-band track: data/lenses_hst is one
                   " brought to calibrated u, g, r, i images; real_lens_recall and real_auroc are NaN")
 
 
+@ONE_BLAS_THREAD
 def import_real_set(data_dir: Path, track: Track | str, out: Path, *, seed: int = 0, target_mag: float = 20.25,
                     progress: bool = False, limit: int | None = None) -> Path:
     """The real evaluation set of a lens track at ``out``: its real lenses (``is_lens = 1``; the HST lenses for a
