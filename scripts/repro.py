@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     # machine makes the files dvc.lock names
     env = {"OMP_NUM_THREADS": "1"} | dict(os.environ)
     deps = pipeline(args.targets)
-    clashes = sorted(s for s in deps if sum(name(t) == name(s) for t in deps) > 1)
+    counts = Counter(map(name, deps))
+    clashes = sorted(s for s in deps if counts[name(s)] > 1)
     if clashes:
         print(f"skybench: two dvc.yaml files define a stage of the same name: {', '.join(clashes)}", file=sys.stderr)
         return 1

@@ -137,8 +137,8 @@ def target_size(track: Track) -> int:
     return track.cutout.size
 
 
-# BLAS sums in an order that depends on its thread count (the resampling matrices, A_y @ img @ A_x.T), and a last-bit
-# change moves which stamps reach the track's fluxes: one thread, so a real set is the same bytes on every machine.
+# A real set's bytes depended on BLAS's thread count (lens-space's non-lens noise statistics differed between 1 and 2
+# threads): one thread, so a real set is the same bytes on every machine.
 ONE_BLAS_THREAD = threadpool_limits.wrap(limits=1, user_api="blas")
 
 
