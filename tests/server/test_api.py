@@ -206,3 +206,34 @@ def test_a_metric_that_is_nan_or_infinite_is_stored_and_shown_as_null(server):
         _json.loads(r.text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))  # strict JSON
     shown = client.get(f"/api/submissions/{'e' * 32}", headers=_auth(tokens["alpha"])).json()["metrics"]
     assert shown == {"public_auroc": 0.9, "public_real_lens_recall": None, "public_tpr0": None}
+
+
+def _padded(team: str, name: str, pad: int) -> bytes:
+    """``team``'s valid entry ``name`` with an extra file of ``pad`` zero bytes (distinct bytes per ``pad``)."""
+    from skybench.server.cli import pack as pack_folder
+
+    with tempfile.TemporaryDirectory(prefix="skybench-pack-") as tmp:
+        folder = Path(tmp) / name
+        folder.mkdir()
+        (folder / "submission.yaml").write_text(
+            f"team: {team}\nname: {name}\ntrack: lens-space\nformat: onnx\nmodel: model.onnx\n")
+        shutil.copyfile(EXAMPLE / "model.onnx", folder / "model.onnx")
+        (folder / "weights.bin").write_bytes(bytes(pad))
+        return pack_folder(folder)
+
+
+def test_uploads_refused_for_quota_store_nothing(server, cfg):
+    """An upload refused at the queue costs no quota, so it must cost no disk: a team out of quota could otherwise
+    fill the store with valid uploads (a few KiB of gzip each, unpacking to ``max_unpacked_bytes``) until every
+    team's upload is refused as 'store full'."""
+    from skybench.server.storage import Store
+
+    client, tokens, _ = server
+    objects = Store(cfg.storage, cfg.upload).objects
+    for i in range(3):  # per_day: 3
+        assert _upload(client, tokens["alpha"], pack("alpha", f"q{i}"), name=f"q{i}").status_code == 202
+    stored = {p.name for p in objects.glob("*/*")}
+    for pad in range(1, 4):
+        r = _upload(client, tokens["alpha"], _padded("alpha", "q9", 3_000_000 + pad), name="q9")
+        assert r.status_code == 429 and "quota" in r.json()["detail"], r.text
+    assert {p.name for p in objects.glob("*/*")} == stored, "refused uploads left folders in the store"

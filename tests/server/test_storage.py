@@ -161,3 +161,82 @@ def test_schema_error_names_the_key_not_the_server_paths(store: Store):
         store.store(folder)
     assert exc.value.status == 422 and str(store.root) not in str(exc.value)
     assert list(store.objects.iterdir()) == []
+
+
+def _pax_bomb(size: int, kind: bytes = tarfile.XHDTYPE) -> bytes:
+    """A tar.gz whose first header is a pax (or GNU long-name) header declaring ``size`` bytes of zeros."""
+    import gzip
+
+    head = tarfile.TarInfo("././@PaxHeader")
+    head.type, head.size = kind, size
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb") as f:
+        f.write(head.tobuf(format=tarfile.USTAR_FORMAT))
+        for _ in range(size // (1 << 20)):
+            f.write(bytes(1 << 20))
+        f.write(bytes(1024))
+    return buf.getvalue()
+
+
+def _chained_pax(n: int) -> bytes:
+    """``n`` pax headers in a row before one file: tarfile reads each, recursively, keeping every one."""
+    buf = io.BytesIO()
+    for i in range(n):
+        record = b"%d comment=%d\n" % (len(b" comment=\n") + len(str(i)) + 3, i)
+        head = tarfile.TarInfo("././@PaxHeader")
+        head.type, head.size = tarfile.XHDTYPE, len(record)
+        buf.write(head.tobuf(format=tarfile.USTAR_FORMAT) + record + bytes(-len(record) % 512))
+    buf.write(_tar([_file("sub/a")], mode="w"))
+    return buf.getvalue()
+
+
+def _gnu_sparse() -> bytes:
+    head = tarfile.TarInfo("sub/sparse")
+    head.type = tarfile.GNUTYPE_SPARSE
+    return head.tobuf(format=tarfile.GNU_FORMAT) + bytes(1024)
+
+
+@pytest.mark.parametrize("make", [lambda: _pax_bomb(64 * 1024**2),
+                                  lambda: _pax_bomb(64 * 1024**2, tarfile.GNUTYPE_LONGNAME),
+                                  lambda: _chained_pax(50), _gnu_sparse],
+                         ids=["pax header bomb", "long-name bomb", "chained pax headers", "gnu sparse"])
+def test_tar_metadata_headers_are_bounded_before_they_are_read(make, store: Store):
+    """tarfile reads a pax or GNU long-name header whole, at its declared size, before any member is checked:
+    64 MiB of zeros (64 KiB of gzip) must be refused without being held in memory."""
+    import tracemalloc
+
+    data = make()
+    assert len(data) < LIMITS.max_bytes
+    archive = store.receive([data])
+    tracemalloc.start()
+    try:
+        with pytest.raises(UploadError, match="pax or long-name headers|sparse files are not allowed"):
+            store.unpack(archive)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024**2, f"unpacking held {peak >> 20} MiB"
+    assert [p.name for p in store.incoming.iterdir()] == [archive.name]
+
+
+def test_zip_central_directory_is_bounded_before_it_is_parsed(store: Store):
+    """ZipFile makes an object of every central-directory record before the file count is checked, and goes by
+    the directory's size, not its declared count: 40,000 records declared as 1 must be refused unread."""
+    import struct
+    import tracemalloc
+
+    name = b"a"
+    local = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, 0, 0, 0, len(name), 0) + name
+    record = struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, 0, 0, 0, 0, 0, 0, len(name), 0, 0, 0, 0, 0,
+                         0) + name
+    n = 40_000
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 1, 1, len(record) * n, len(local), 0)
+    archive = store.receive([local, record * n, end])
+    tracemalloc.start()
+    try:
+        with pytest.raises(UploadError, match="central directory is .* too large"):
+            store.unpack(archive)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 1024**2, f"unpacking held {peak >> 20} MiB"

@@ -115,12 +115,39 @@ def receive(session: Session, cfg: ChallengeConfig, team: Team, track: str, name
     :func:`enqueue` moves it to ``queued``; a refused upload's row is removed (:func:`abandon`): it was never
     acknowledged and costs no quota."""
     received_at = received_at or utcnow()
+    _refuse_early(session, cfg, team, track, name, received_at)
     sub = Submission(id=secrets.token_hex(16), team_id=team.id, track=track, name=name, sha256=None,
                      phase=current_phase(session, cfg, track, received_at), state="received",
                      received_at=received_at, counted=False, reason="", log="", metrics={}, attempt=0)
     session.add(sub)
     session.commit()
     return sub
+
+
+def _refuse_early(session: Session, cfg: ChallengeConfig, team: Team, track: str, name: str,
+                  received_at: datetime) -> None:
+    """Raise what :func:`enqueue` would (track closed, name taken, quota used up) before an upload is unpacked
+    and stored: a refused upload costs no quota, so it must not cost the store's disk either (a team out of
+    quota could fill it with valid uploads). :func:`enqueue` checks again, atomically."""
+    if track not in cfg.tracks or not cfg.tracks[track].open:
+        raise Refused(f"track {track!r} takes no submissions on this server (open: "
+                      f"{', '.join(t for t, c in cfg.tracks.items() if c.open) or 'none'})", 404)
+    phase = current_phase(session, cfg, track, received_at)
+    if phase != "open":
+        starts = cfg.tracks[track].phases.get("open")
+        when = f"; it opens at {starts.isoformat()}" if phase == "pending" and starts else ""
+        raise Refused(f"track {track!r} is in phase {phase!r} and takes no new submissions{when}", 409)
+    other = session.scalar(select(EntryName.track).where(EntryName.team_id == team.id, EntryName.name == name))
+    if other is not None and other != track:
+        raise Refused(f"your entry name {name!r} is taken by your submissions to track {other!r}; "
+                      "use another name for this track", 409)
+    left = quota_left(session, cfg, team, track, received_at)
+    if not left["today"]:
+        raise Refused(f"daily quota of {cfg.track(track).quota.per_day} submissions on {track!r} used up for "
+                      f"{received_at.date().isoformat()} (UTC); it resets at 00:00 UTC", 429)
+    if not left["phase"]:
+        raise Refused(f"quota of {cfg.track(track).quota.per_phase} submissions on {track!r} in phase {phase!r} "
+                      "used up", 429)
 
 
 def abandon(session: Session, sub_id: str) -> None:

@@ -25,7 +25,7 @@ import zipfile
 import zlib
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
 from skybench.harness.submission import Submission, SubmissionError, folder_sha256, load_submission
 from skybench.server.config import UploadLimits
@@ -172,7 +172,7 @@ class Store:
                 _unzip(archive, stage, self.limits)
             else:
                 try:
-                    tar = tarfile.open(archive, mode="r:*")
+                    tar = tarfile.open(archive, mode="r:*", tarinfo=_TarInfo)
                 except (tarfile.TarError, OSError, EOFError) as exc:
                     raise UploadError(f"not a .tar.gz, .tar or .zip archive ({exc})") from exc
                 with tar:
@@ -283,6 +283,36 @@ def _count(n: int, limits: UploadLimits) -> None:
         raise UploadError(f"archive holds more than {limits.max_files} files and folders (upload.max_files)")
 
 
+TAR_META_MAX = 1024**2  # pax and GNU long-name headers in one archive (names and a few numbers need KiBs)
+TAR_META_CHAIN = 8  # such headers in a row before one member (pax + long name + long link need 3)
+
+
+class _TarInfo(tarfile.TarInfo):
+    """A member header whose metadata headers are bounded before tarfile reads them.
+
+    tarfile reads a pax or GNU long-name header into memory whole, at the size its own header declares, and
+    each chained one recursively, before any member reaches :func:`_untar`: a few KiB of gzip would hold
+    gigabytes. Sparse members (old GNU and pax 1.0 maps, read block by block, unbounded) are refused."""
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                         tarfile.GNUTYPE_LONGLINK):
+            seen = getattr(tar, "_skybench_meta", (0, 0))
+            chain, total = seen[0] + 1, seen[1] + self.size
+            tar._skybench_meta = (chain, total)  # type: ignore[attr-defined]
+            if chain > TAR_META_CHAIN or total > TAR_META_MAX:
+                raise UploadError(f"archive has more than {TAR_META_MAX} bytes of pax or long-name headers, or "
+                                  f"more than {TAR_META_CHAIN} in a row; pack it with plain tar or zip")
+        else:
+            tar._skybench_meta = (0, getattr(tar, "_skybench_meta", (0, 0))[1])  # type: ignore[attr-defined]
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise UploadError(f"archive member {self.name!r}: sparse files are not allowed; pack the file itself")
+        return cast(tarfile.TarInfo, super()._proc_member(tar))  # type: ignore[misc]
+
+    def _proc_gnusparse_10(self, next: tarfile.TarInfo, pax_headers: dict, tar: tarfile.TarFile) -> None:
+        raise UploadError(f"archive member {next.name!r}: sparse files are not allowed; pack the file itself")
+
+
 def _untar(tar: tarfile.TarFile, stage: Path, limits: UploadLimits) -> None:
     budget, n = [limits.max_unpacked_bytes], 0
     try:
@@ -315,9 +345,28 @@ def _untar(tar: tarfile.TarFile, stage: Path, limits: UploadLimits) -> None:
         raise UploadError(f"archive is damaged or truncated ({type(exc).__name__}: {exc})") from exc
 
 
+ZIP_ENTRY_MAX = 8 * 1024  # one central-directory record: 46 bytes, a name of 16 folders of 255 bytes, extras
+
+
+def _zip_directory(archive: Path, limits: UploadLimits) -> None:
+    """Refuse a zip whose central directory is too large for ``upload.max_files`` entries, before ZipFile
+    reads it: it makes an object of every record (up to millions in an upload of the size limit, gigabytes of
+    memory) before :func:`_count` could see them, and goes by the directory's size, not its declared count."""
+    zf: Any = zipfile  # its end-record reader and field indexes are private (stable since Python 2.6)
+    with open(archive, "rb") as f:
+        end = zf._EndRecData(f)  # the end record ZipFile itself reads first (zip64 too)
+    if end is None:
+        raise zipfile.BadZipFile("no end of central directory record")
+    _count(end[zf._ECD_ENTRIES_TOTAL], limits)
+    if end[zf._ECD_SIZE] > limits.max_files * ZIP_ENTRY_MAX:
+        raise UploadError(f"archive's central directory is {end[zf._ECD_SIZE]} bytes, too large for "
+                          f"{limits.max_files} files and folders (upload.max_files)")
+
+
 def _unzip(archive: Path, stage: Path, limits: UploadLimits) -> None:
     budget = [limits.max_unpacked_bytes]
     try:
+        _zip_directory(archive, limits)
         with zipfile.ZipFile(archive) as z:
             infos = z.infolist()
             _count(len(infos), limits)
