@@ -328,6 +328,12 @@ def test_seccomp_denies_namespaces_mounts_tracing_and_keyrings(tmp_path):
         out["add_key"] = err(libc.syscall({nr["add_key"]}, b"user", b"k", b"v", 1, -3))
         out["bpf"] = err(libc.syscall({nr["bpf"]}, 0, None, 0))
         out["setns"] = err(libc.syscall({nr["setns"]}, 0, 0))
+        out["vsock"] = err(libc.socket(40, 1, 0))  # AF_VSOCK: outside the network namespace, reaches the hypervisor
+        out["inet"] = err(libc.socket(2, 1, 0))  # other families stay (the network namespace holds them)
+        import resource  # RLIMIT_CORE 1: a dump piped to the host's core_pattern helper is aborted; fixed
+        out["core"] = list(resource.getrlimit(resource.RLIMIT_CORE))
+        out["core0"] = err(libc.setrlimit(4, (ctypes.c_ulong * 2)(0, 0)))
+        out["nofile"] = err(libc.setrlimit(7, (ctypes.c_ulong * 2)(512, 512)))  # other limits may still be lowered
         t = threading.Thread(target=lambda: None)  # ordinary threads and processes still work
         t.start()
         t.join()
@@ -338,7 +344,8 @@ def test_seccomp_denies_namespaces_mounts_tracing_and_keyrings(tmp_path):
     got = json.loads(res.stdout)
     denied = os.strerror(1)  # EPERM
     assert got == {"unshare": denied, "ptrace": denied, "mount": denied, "keyctl": denied, "add_key": denied,
-                   "bpf": denied, "setns": denied, "subprocess": 0}
+                   "bpf": denied, "setns": denied, "vsock": denied, "inet": "ok", "core": [1, 1], "core0": denied,
+                   "nofile": "ok", "subprocess": 0}
 
 
 @needs_bwrap

@@ -107,6 +107,13 @@ _DENIED_SYSCALLS = ("unshare", "setns", "mount", "umount2", "pivot_root", "move_
                     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
                     "open_by_handle_at", "name_to_handle_at", "userfaultfd", "reboot", "swapon", "swapoff",
                     "syslog", "io_uring_setup", "io_uring_enter", "io_uring_register", "acct", "quotactl")
+# Socket families that no network namespace contains: AF_VSOCK (40) reaches the hypervisor (CID 2) and every vsock
+# service of the VM (guest agents, the host's control plane) and shares the VM's port space, whatever --unshare-net.
+_DENIED_SOCKET_FAMILIES = (40,)
+# A core dump piped to the host's core_pattern helper (apport, systemd-coredump) runs that helper as root outside the
+# sandbox and its cgroup, whatever RLIMIT_CORE = 0; the kernel aborts such a dump only at RLIMIT_CORE = 1
+# (fs/coredump.c). It is set to 1 before bwrap (prlimit) and the command may not change it.
+_RLIMIT_CORE = 4  # linux/resource.h
 # CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET (linux/sched.h)
 _CLONE_NEW = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
 
@@ -130,6 +137,11 @@ def seccomp_bpf() -> bytes:
             pass
     for flag in _CLONE_NEW:  # clone(flags, ...): any namespace flag -> EPERM
         f.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+    for family in _DENIED_SOCKET_FAMILIES:  # socket(family, ...) -> EPERM
+        f.add_rule(sc.ERRNO(errno.EPERM), "socket", sc.Arg(0, sc.EQ, family))
+    f.add_rule(sc.ERRNO(errno.EPERM), "setrlimit", sc.Arg(0, sc.EQ, _RLIMIT_CORE))
+    # prlimit64(pid, resource, new, old): setting (new != NULL) is denied, reading stays (glibc's getrlimit)
+    f.add_rule(sc.ERRNO(errno.EPERM), "prlimit64", sc.Arg(1, sc.EQ, _RLIMIT_CORE), sc.Arg(2, sc.NE, 0))
     f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")  # its flags are in memory, unfilterable: glibc falls back to clone
     fd = os.memfd_create("seccomp", 0)
     try:
@@ -446,6 +458,15 @@ _JOIN_CGROUP = ('for f in "$@"; do [ "$f" = -- ] && break; echo $$ > "$f" || '
                 '{ echo "skybench: cannot join cgroup $f" >&2; exit 125; }; shift; done; shift; exec "$@"')
 
 
+@functools.cache
+def _prlimit() -> str:
+    """util-linux's prlimit, which sets RLIMIT_CORE to 1 byte for bwrap and all it starts (see _RLIMIT_CORE)."""
+    found = shutil.which("prlimit")
+    if found is None:
+        raise RuntimeError("the sandbox needs util-linux's prlimit (apt-get install util-linux)")
+    return found
+
+
 def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path | tuple[Path, str]] = (),
                   limits: Limits = Limits(), env: Mapping[str, str] | None = None, gpu: bool = False,
                   cwd: str = "/scratch", outputs: Sequence[str] = (), private: Sequence[Path] = ()) -> SandboxResult:
@@ -548,7 +569,7 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
     nproc = limits.max_processes + (0 if privileged else 1)  # unprivileged: the shim shares the uid
     # RLIMIT_AS is a second line of defence that CUDA cannot live with (it maps huge virtual ranges).
     rlimits = [["RLIMIT_DATA" if gpu else "RLIMIT_AS", mem], ["RLIMIT_CPU", int(limits.cpu_seconds)],
-               ["RLIMIT_NPROC", nproc], ["RLIMIT_CORE", 0], ["RLIMIT_NOFILE", limits.open_files]]
+               ["RLIMIT_NPROC", nproc], ["RLIMIT_NOFILE", limits.open_files]]  # RLIMIT_CORE: prlimit below
     if not privileged:  # /scratch is a host folder, not a size-limited tmpfs: bound each file at least
         rlimits.append(["RLIMIT_FSIZE", limits.scratch_mb * 1024 * 1024])
     cfg = {"uid": uid if privileged else None, "gid": gid, "rlimits": rlimits}
@@ -589,7 +610,8 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
           "--seccomp", str(fds["seccomp"])]
     if not privileged:  # as root bwrap cannot --disable-userns; the seccomp filter denies new namespaces then
         ns += ["--unshare-user", "--uid", str(uid), "--gid", str(gid), "--disable-userns"]
-    cmd = [bwrap, *ns, *m.args, "--info-fd", str(fds["info"]), "--", sys.executable, "-I", "-S", str(_SHIM),
+    cmd = [_prlimit(), "--core=1:1", "--", bwrap, *ns, *m.args, "--info-fd", str(fds["info"]), "--",
+           sys.executable, "-I", "-S", str(_SHIM),
            str(fds["status"]), json.dumps(cfg), *argv]
     if cg is not None:
         cmd = ["/bin/sh", "-c", _JOIN_CGROUP, "sh", *map(str, cg.procs_files), "--", *cmd]
