@@ -53,14 +53,17 @@ F140W_AB_ZERO_POINT = 26.4524
 
 
 # ------------------------------------------------------------------------------------------ resampling
-def overlap_matrix(n_in: int, scale_in: float, n_out: int, scale_out: float) -> np.ndarray:
+def overlap_matrix(n_in: int, scale_in: float, n_out: int, scale_out: float, centre: float | None = None
+                   ) -> np.ndarray:
     """(n_out, n_in) matrix A with ``A[i, j]`` = overlap length of new pixel i with old pixel j / old pixel
-    length, for two pixel rows with the same centre.
+    length, for two pixel rows with the same centre: the new row's centre lies at old pixel coordinate ``centre``
+    (0-based, pixel j spans j - 1/2 .. j + 1/2; default the old row's centre, (n_in - 1) / 2).
 
     ``A @ v`` rebins a row of fluxes per pixel: every old pixel's flux is shared among the new pixels in
     proportion to the length they cover, so a column of A sums to 1 when the old pixel is inside the new row
     (flux is conserved) and a constant surface brightness gives ``scale_out / scale_in`` times the old value."""
-    old = (np.arange(n_in + 1) - n_in / 2.0) * scale_in
+    shift = 0.0 if centre is None else centre - (n_in - 1) / 2.0
+    old = (np.arange(n_in + 1) - n_in / 2.0 - shift) * scale_in
     new = (np.arange(n_out + 1) - n_out / 2.0) * scale_out
     lo = np.maximum(new[:-1, None], old[None, :-1])
     hi = np.minimum(new[1:, None], old[None, 1:])
@@ -68,13 +71,15 @@ def overlap_matrix(n_in: int, scale_in: float, n_out: int, scale_out: float) -> 
 
 
 def resample_flux(image: np.ndarray, scale_in: float | tuple[float, float], scale_out: float,
-                  out_shape: tuple[int, int]) -> np.ndarray:
+                  out_shape: tuple[int, int], centre: tuple[float, float] | None = None) -> np.ndarray:
     """Flux-conserving resampling of a (y, x) image in flux per pixel onto a centred grid of ``out_shape``
-    pixels of ``scale_out``; ``scale_in`` is one pixel scale or (y, x) scales of the input."""
+    pixels of ``scale_out``; ``scale_in`` is one pixel scale or (y, x) scales of the input; ``centre``: the (y, x)
+    input pixel coordinate the grid is centred on (default the image's centre)."""
+    cy, cx = (None, None) if centre is None else centre
     sy, sx = cast("tuple[float, float]", (scale_in, scale_in) if np.isscalar(scale_in) else scale_in)
     image = np.asarray(image, dtype=np.float64)
-    a_y = overlap_matrix(image.shape[0], float(sy), out_shape[0], scale_out)
-    a_x = overlap_matrix(image.shape[1], float(sx), out_shape[1], scale_out)
+    a_y = overlap_matrix(image.shape[0], float(sy), out_shape[0], scale_out, cy)
+    a_x = overlap_matrix(image.shape[1], float(sx), out_shape[1], scale_out, cx)
     return a_y @ image @ a_x.T
 
 
@@ -280,15 +285,16 @@ def process_lens(path: Path, target: Target, rng: np.random.Generator, *, refere
 
 def match_to_target(image: np.ndarray, scale_in: tuple[float, float], fwhm_in: float, sigma_in: float,
                     target: Target, rng: np.random.Generator, *, flux_scale: float | None = None,
-                    poisson: bool = True, noise_corr: tuple[np.ndarray, np.ndarray] | None = None
-                    ) -> tuple[np.ndarray, dict[str, Any]]:
+                    poisson: bool = True, noise_corr: tuple[np.ndarray, np.ndarray] | None = None,
+                    centre: tuple[float, float] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Steps 2-5 of the module docstring for one band of one image (background-subtracted, flux per pixel, axis 0
     = y) of pixel scales ``scale_in`` = (y, x) arcsec, Gaussian PSF FWHM ``fwhm_in`` arcsec (NaN: unknown,
     treated as a point), white noise ``sigma_in`` per original pixel. ``flux_scale``: the factor to the target's
     e-/s (default: the one that gives the flux within ``APERTURE_RADIUS`` the target's magnitude). ``poisson``:
     add the Poisson term ``|img| / T`` (False for images whose own noise already has it, e.g. ground-based).
     ``noise_corr``: the input noise's autocorrelation along axes 0 and 1 (:func:`noise_correlation`; default
-    white). Returns the (size, size) float64 image and the numbers of every step."""
+    white). ``centre``: the (y, x) input pixel coordinate (0-based) put at the frame's centre (default the image's
+    centre). Returns the (size, size) float64 image and the numbers of every step."""
     image = np.asarray(image, dtype=np.float64)
     sy, sx = scale_in
     ny, nx = image.shape
@@ -303,14 +309,16 @@ def match_to_target(image: np.ndarray, scale_in: tuple[float, float], fwhm_in: f
     diff_var = s_target**2 - s_hst**2 - 2.0 * p_hst**2 / 12.0  # arcsec^2
     s_diff = float(np.sqrt(max(diff_var, 0.0)))
 
-    def axis_map(n_in: int, scale_in: float) -> np.ndarray:
+    cy, cx = ((ny - 1) / 2.0, (nx - 1) / 2.0) if centre is None else centre
+
+    def axis_map(n_in: int, scale_in: float, c_in: float) -> np.ndarray:
         k = discrete_gaussian_kernel((s_diff / scale_in) ** 2)
         pad = len(k) // 2
         conv = convolution_matrix(k, n_in + 2 * pad)[:, pad:pad + n_in]  # original -> zero-padded grid
-        return overlap_matrix(n_in + 2 * pad, scale_in, n, p) @ conv
+        return overlap_matrix(n_in + 2 * pad, scale_in, n, p, c_in + pad) @ conv
 
-    a_y, a_x = overlap_matrix(ny, sy, n, p), overlap_matrix(nx, sx, n, p)
-    m_y, m_x = axis_map(ny, sy), axis_map(nx, sx)
+    a_y, a_x = overlap_matrix(ny, sy, n, p, cy), overlap_matrix(nx, sx, n, p, cx)
+    m_y, m_x = axis_map(ny, sy, cy), axis_map(nx, sx, cx)
     rebinned = a_y @ image @ a_x.T
 
     # --- flux scale from the aperture flux (after resampling, before the PSF step)

@@ -279,10 +279,11 @@ def ground_nonlenses(galaxy_dir: Path, track: LensTrack, seed: int = 0, limit: i
     # Each stamp's noise (1.4826 MAD of its border ring, per band) gives its ratio per band; where one is above 1
     # all the stamp's bands are dimmed by the largest, so that no band is noisier than the track's (a noisier
     # band would tell the real objects apart), and the colours are kept.
-    unit = {b: match_to_target(np.zeros(cubes[b].shape[1:]), (float(headers[b]["PIXSCALE"]),) * 2, fwhms[b], 1.0,
+    def unit_ratio(b: str, centre: tuple[float, float]) -> float:  # per stamp: its centre sets the grid's phase
+        return match_to_target(np.zeros(cubes[b].shape[1:]), (float(headers[b]["PIXSCALE"]),) * 2, fwhms[b], 1.0,
                                targets[b], np.random.default_rng(0), flux_scale=zps[b], poisson=False,
-                               noise_corr=corr[b])[1]["existing_sigma_processed_eig_max"] / targets[b].sigma_bkg
-            for b in bands}
+                               noise_corr=corr[b], centre=centre)[1]["existing_sigma_processed_eig_max"] \
+            / targets[b].sigma_bkg
     # The flux within 2" in the reference band is drawn from the simulated non-lenses' (brightness would tell the
     # real objects apart); a stamp can only be dimmed (brightening would raise its noise above the track's), so a
     # stamp whose draw lies above what it reaches is dropped, and the manifest says how many.
@@ -293,11 +294,18 @@ def ground_nonlenses(galaxy_dir: Path, track: LensTrack, seed: int = 0, limit: i
     stamps = range(len(catalog) if limit is None else min(limit, len(catalog)))
     items, dropped = [], []
     for k in stamps:
+        # the frame is centred on the galaxy (the catalogue centroid, 0-based in the stamp; the stamps are 64 px, so
+        # their centre, 31.5, is half a KiDS pixel from the galaxy, 0.85 px of the track: told apart, AUROC ~0.95),
+        # offset as the simulated deflectors are, N(0, center_sigma) per axis
+        jitter = np.random.default_rng([seed, 5, k]).normal(0.0, track.population.lens.center_sigma, 2)
+        centre = (float(catalog["YC"].iloc[k] - catalog["Y0"].iloc[k]) + jitter[0] / float(headers[ref]["PIXSCALE"]),
+                  float(catalog["XC"].iloc[k] - catalog["X0"].iloc[k]) + jitter[1] / float(headers[ref]["PIXSCALE"]))
+        unit = {b: unit_ratio(b, centre) for b in bands}  # the carried noise's largest eigenvalue: the grid's phase
         sigma = {b: robust_sigma(_border(cubes[b][k], BORDER_WIDTH)) for b in bands}
         dim = min(1.0, 1.0 / max(unit[b] * sigma[b] for b in bands))
         sky = {b: float(np.median(_border(cubes[b][k], BORDER_WIDTH))) for b in bands}  # the stamp's local sky
         native = zps[ref] * float(resample_flux(cubes[ref][k] - sky[ref], float(headers[ref]["PIXSCALE"]), p,
-                                                (n, n))[aperture].sum())
+                                                (n, n), centre)[aperture].sum())
         want = draw_flux(reference, np.random.default_rng([seed, 1, k]), native * dim) if native > 0 else None
         if want is None:
             dropped.append(k)
@@ -307,13 +315,15 @@ def ground_nonlenses(galaxy_dir: Path, track: LensTrack, seed: int = 0, limit: i
                             "name": f"KiDS field stamp {k}", "band": ",".join(bands), "telescope": "VST",
                             "instrument": "OmegaCAM", "stamp": k, "flux_dim_factor_max": dim,
                             "flux_dim_factor": factor, "flux_dim_mag": float(-2.5 * np.log10(factor)),
+                            "centre_y": centre[0], "centre_x": centre[1],
                             "reference_band": ref, "reference_flux_target": want,
                             **{f"cat_{c.lower()}": catalog[c].iloc[k].item() for c in catalog.columns}}
         rng = _noise_rng(seed, k)
         for b in bands:
             scale = float(headers[b]["PIXSCALE"])
             out, numbers = match_to_target(cubes[b][k] - sky[b], (scale, scale), fwhms[b], sigma[b], targets[b], rng,
-                                           flux_scale=zps[b] * factor, poisson=False, noise_corr=corr[b])
+                                           flux_scale=zps[b] * factor, poisson=False, noise_corr=corr[b],
+                                           centre=centre)  # the bands' stamps share one pixel grid
             planes.append(out)
             numbers["orig_mag_aperture"] = float(cps2magnitude(numbers["aperture_flux_orig"], 0.0))
             numbers["sky_subtracted"] = sky[b]

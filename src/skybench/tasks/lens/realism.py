@@ -61,6 +61,10 @@ def band_stats(x: np.ndarray, scale: float) -> list[float]:
     w = np.clip(xf - bmed, 0.0, None) * (r <= 3.0)
     ws = w.sum() + 1e-12
     size2 = float((w * r**2).sum() / ws)
+    centroid_y, centroid_x = float((w * c[:, None]).sum() / ws), float((w * c[None, :]).sum() / ws)
+    # the float32 pixels' last mantissa bit: 1 on half of them when each is a float64 value rounded once; float32
+    # arithmetic (round half to even) leaves fewer odd ones
+    odd = float(np.mean(np.asarray(x, dtype=np.float32).view(np.uint32) & 1))
     # noise: lag-1 correlation and power at several smoothing scales in the border strips (10 px wide)
     strips = [xf[:BORDER], xf[-BORDER:], xf[:, :BORDER].T, xf[:, -BORDER:].T]
     d1 = np.concatenate([(s[:, 1:] - s[:, :-1]).ravel() for s in strips])
@@ -73,15 +77,15 @@ def band_stats(x: np.ndarray, scale: float) -> list[float]:
             bmed, mad, float(np.std(b)), float(np.mean(np.abs(b - bmed))), corr1, corr2,
             *(s / (mad + 1e-30) for s in smooth), size2,
             float(np.mean(~np.isfinite(x))), float(np.mean(x == 0)), len(vals) / b.size,
-            float(np.max(np.abs(b - bmed))) / (mad + 1e-30)]
+            float(np.max(np.abs(b - bmed))) / (mad + 1e-30), odd, centroid_y, centroid_x]
 
 
 NAMES = ("total", "flux_1", "flux_2", "flux_4", "concentration", "max", "min", "centre", "border_median",
          "border_mad", "border_std", "border_mean_abs_dev", "lag1_corr", "lag2_corr", "smooth1", "smooth2", "smooth4",
-         "size2", "nonfinite", "zero", "distinct", "border_max_dev")
+         "size2", "nonfinite", "zero", "distinct", "border_max_dev", "odd_mantissa", "centroid_y", "centroid_x")
 GROUPS = {"all": NAMES,
           "noise": ("border_mad", "border_std", "border_mean_abs_dev", "lag1_corr", "lag2_corr", "smooth1", "smooth2",
-                    "distinct", "nonfinite", "zero"),
+                    "distinct", "nonfinite", "zero", "odd_mantissa"),
           "flux": ("total", "flux_1", "flux_2", "flux_4")}
 
 

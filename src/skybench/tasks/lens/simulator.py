@@ -368,7 +368,11 @@ class LensSimulator:
         cols = {"id": np.arange(start, stop, dtype=np.int64), **samples}
         model, source = self.render(cols)
         labels = self._label(cols, model, source)
-        images = self.renderer.add_noise(model, normal)
+        # the noise is added in float64 and the sum rounded once to float32, as the real set's pixels are: float32
+        # arithmetic rounds ties to even, which left the simulated pixels' last mantissa bit 0 on ~60% of pixels
+        # against 50% for the real objects (every real object told apart, AUROC 1.0)
+        xp = self.backend.xp
+        images = self.renderer.add_noise(xp.astype(model, xp.float64), normal)
         meta = {"id": cols.pop("id"), "split": np.full(stop - start, split), **cols, **labels}
         return self.backend.to_numpy(images).astype(np.float32, copy=False), meta
 
