@@ -22,7 +22,7 @@ from skybench.cli import app
 from skybench.physics.backend import get_backend
 from skybench.release import layout, open_release, read_manifest, verify_release
 from skybench.release.writer import SPLITS
-from skybench.simulate import simulate_release, simulator_class
+from skybench.simulate import object_domain, simulate_release, simulator_class
 from skybench.testkey import (
     KeyFileError,
     ObjectSeeds,
@@ -135,7 +135,8 @@ def test_no_test_seed_or_key_material_in_public_files_or_manifest(challenge):
     assert secret is not None
     for track, rel in releases.items():
         seeds = set(open_release(rel).hidden("test").meta()["seed"].tolist())
-        assert seeds == {ObjectSeeds(SEED, read_key(key_file))("test", i) for i in range(SIZES[track])}
+        keyed = ObjectSeeds(SEED, read_key(key_file), object_domain(load_track(track)))
+        assert seeds == {keyed("test", i) for i in range(SIZES[track])}
         assert pq.read_schema(layout.public_meta_path(rel, "test")).names == ["id"]
         needles = [secret, secret.hex().encode(), secret.hex().upper().encode(), FIXED_KEY.encode()]
         needles += [s.to_bytes(8, order) for s in seeds for order in ("little", "big")] + \
@@ -247,3 +248,33 @@ def test_one_key_per_profile_keeps_the_photoz_tracks_on_the_same_test_galaxies(t
     assert metas[0]["seed"].tolist() == metas[1]["seed"].tolist()
     assert metas[0]["z"].tolist() == metas[1]["z"].tolist()
     assert metas[0]["seed"].tolist() != [public_object_seed(2, "test", i) for i in range(3)]
+
+
+@pytest.mark.parametrize("other", ["lens-ground", "lens-space-realsrc", "lens-tiles"])
+def test_tracks_made_with_one_key_and_seed_do_not_share_their_test_objects(challenge, other, tmp_path):
+    """One key per profile and one release seed for every track: lens-space's test object i must not be another
+    track's test object i (the same deflector and source: 99% the same is_lens), or that track's public test inputs
+    are a second, independent look at it (and probing one track's board gives the other's labels)."""
+    releases, key_file = challenge
+    space = open_release(releases["lens-space"]).hidden("test").meta()
+    rel = simulate_release(other, tmp_path / other, profile="challenge", seed=SEED, size=8 if other == "lens-tiles"
+                           else SIZES["lens-space"], progress=False, workers=1, key_file=key_file)
+    meta = open_release(rel).hidden("test").meta()
+    assert not set(meta["seed"]) & set(space["seed"])
+    n = len(meta)
+    # the tiles' field stream 0 is numpy's stream of the bare seed, the lens objects' parameter stream
+    first = [np.random.default_rng(int(s)).random(8) for s in space["seed"][:n]]
+    assert not any(np.array_equal(np.random.default_rng([int(s), 0]).random(8), f)
+                   for s, f in zip(meta["seed"], first, strict=True))
+    if "is_lens" in meta:
+        y, other_y = space["is_lens"].to_numpy(), meta["is_lens"].to_numpy()
+        assert 0.25 < roc_auc_score(y, other_y) < 0.75  # shared seeds: 0.99
+        assert abs(np.mean(space["has_source"].to_numpy() == meta["has_source"].to_numpy()) - 0.52) < 0.2  # 1.0
+
+
+def test_only_tracks_of_one_population_share_a_test_domain():
+    domains = {t: object_domain(load_track(t)) for t in ("photoz-images", "photoz-catalog", "lens-space", "lens-ground",
+                                                       "lens-space-realsrc", "lens-space-injected", "lens-tiles",
+                                                       "wl-maps", "wl-maps-conditional", "enhance")}
+    assert domains["photoz-images"] == domains["photoz-catalog"]
+    assert len(set(domains.values())) == len(domains) - 1

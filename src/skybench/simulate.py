@@ -50,7 +50,7 @@ def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", se
     if created:
         print(f"created a new test-set key {key_file or default_key_path(profile)} (fingerprint {key.fingerprint}); "
               "keep it private and back it up: this release can only be re-made with it", file=sys.stderr)
-    seeds = ObjectSeeds(seed, key)
+    seeds = ObjectSeeds(seed, key, object_domain(track))
     counts = {"train": split.train, "val": split.val, "test": split.test}
     if size is not None:
         scale = size / max(split.test, 1)
@@ -120,6 +120,13 @@ def _real_set_fold(track: Track, real_set: Path | str | bool, key: bytes) -> Cal
                              **counts}}
 
     return finish
+
+
+def object_domain(track: Track) -> str:
+    """The domain of a track's keyed test seeds (:class:`skybench.testkey.ObjectSeeds`): its name, so that no two
+    tracks draw their test objects from the same seeds, unless its simulator's ``object_domain(track)`` names one that
+    tracks sharing a population share (the photo-z tracks: the same galaxies as images and as a catalogue)."""
+    return str(getattr(simulator_class(track), "object_domain", lambda t: t.name)(track))
 
 
 _SIM: Any = None

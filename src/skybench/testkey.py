@@ -2,16 +2,19 @@
 
 Every simulated object is drawn from its own seed. Train and val seeds are public (a function of the release
 seed, its split and its index: anyone can re-make those objects, which is fine). The seeds of the test split
-are ``HMAC-SHA256(key, release seed / split / index)`` truncated to 63 bits, with a 32-byte random key that
-exists only on the organiser's side, so neither the release seed nor the published train/val seeds give the
-test objects, their noise or their labels.
+are ``HMAC-SHA256(key, track domain / release seed / split / index)`` truncated to 63 bits, with a 32-byte random
+key that exists only on the organiser's side, so neither the release seed nor the published train/val seeds give
+the test objects, their noise or their labels. The domain is the track's name unless its task says that tracks
+share their test objects (:func:`skybench.simulate.object_domain`): without it, test object ``i`` of every track made
+with one key and seed would be drawn from the same seed (lens-space's and lens-ground's the same deflector and
+source, 99% the same ``is_lens``), so one track's public test inputs would be a second look at another's.
 
 * ``demo`` (the public profile) uses no secret: its test set is re-makeable by anyone, and the manifest says
   so (``test_key.kind: public``).
 * Every other profile needs a private key file (created at the first ``skybench simulate`` if absent):
   ``--key-file PATH``, else ``$SKYBENCH_KEY_DIR/<profile>.key``, else ``<project root>/secrets/<profile>.key``.
-  One key per profile, shared by the tracks, so tracks that share a population (photoz-images and
-  photoz-catalog) keep the same test galaxies. The manifest records only an HMAC fingerprint of the key.
+  One key per profile, shared by the tracks; tracks that share a population (photoz-images and photoz-catalog)
+  share a domain, so they keep the same test galaxies. The manifest records only an HMAC fingerprint of the key.
 
 Keep the key outside the release, ``src/`` and the Python installation: the sandbox binds those, not the
 rest of the host, so a model cannot read it."""
@@ -38,7 +41,7 @@ HIDDEN_SPLITS = frozenset({"test"})  # splits whose seeds are keyed (their label
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 KEY_DIR_ENV = "SKYBENCH_KEY_DIR"
 _FINGERPRINT_MSG = b"skybench test-set key fingerprint/1"
-_SEED_MSG = b"skybench object seed/1"
+_SEED_MSG = b"skybench object seed/2"  # /2: with the track's domain
 
 
 class KeyFileError(ValueError):
@@ -80,22 +83,26 @@ class ReleaseKey:
                                                       "index]); anyone can re-make the test set"}
         return {"kind": "private", "fingerprint": self.fingerprint,
                 "object_seeds": "train/val: numpy SeedSequence([seed, split, index]); test: HMAC-SHA256(key, "
-                                "seed/split/index), first 63 bits; the key is kept by the organiser"}
+                                "domain/seed/split/index), first 63 bits, the domain the track's own (shared by "
+                                "tracks of one population); the key is kept by the organiser"}
 
 
 @dataclass(frozen=True)
 class ObjectSeeds:
-    """The seed of every object of a release: ``seeds(split, index)``. Picklable (sent to worker processes)."""
+    """The seed of every object of a release: ``seeds(split, index)``. Picklable (sent to worker processes).
+    ``domain``: the track's test-object domain (module docstring), part of the keyed seeds only."""
 
     seed: int
     key: ReleaseKey = field(default_factory=ReleaseKey.public)
+    domain: str = ""
 
     def __call__(self, split: str, index: int) -> int:
         if split not in SPLIT_CODES:
             raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_CODES)}")
         if self.key.secret is None or split not in HIDDEN_SPLITS:
             return public_object_seed(self.seed, split, index)
-        msg = b"\0".join([_SEED_MSG, str(int(self.seed)).encode(), split.encode(), str(int(index)).encode()])
+        msg = b"\0".join([_SEED_MSG, self.domain.encode(), str(int(self.seed)).encode(), split.encode(),
+                          str(int(index)).encode()])
         return int.from_bytes(hmac.new(self.key.secret, msg, hashlib.sha256).digest()[:8], "big") >> 1
 
     def many(self, split: str, start: int, stop: int) -> list[int]:

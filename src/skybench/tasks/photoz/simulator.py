@@ -36,6 +36,8 @@ Every parameter of every object is in its metadata row."""
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 from typing import Any
 
 import numpy as np
@@ -94,6 +96,14 @@ class GalaxySimulator:
         magnitude_table()  # built here, in the parent process, so that the forked simulation workers inherit it
         return {"feature_names": list(pop.features) if "features" in track.inputs else [],
                 "label": "z", "cosmology": f"FlatLambdaCDM(H0={pop.H0}, Om0={pop.Om0})"}
+
+    @staticmethod
+    def object_domain(track: PhotozTrack) -> str:
+        """Tracks of one survey and population draw the same test galaxies (photoz-images and photoz-catalog, like
+        for like; ``skybench.simulate.object_domain``), whatever each publishes of them (``features``)."""
+        same = {"survey": track.survey.model_dump(mode="json"),
+                "population": _simulated(track).model_dump(mode="json", exclude={"features"})}
+        return "photoz:" + hashlib.sha256(json.dumps(same, sort_keys=True).encode()).hexdigest()[:32]
 
     def __init__(self, track: PhotozTrack, backend: Backend):
         if track.band_names != list(SDSS_BANDS):
