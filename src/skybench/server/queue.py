@@ -124,19 +124,25 @@ def receive(session: Session, cfg: ChallengeConfig, team: Team, track: str, name
     return sub
 
 
+def _open_phase(session: Session, cfg: ChallengeConfig, track: str, when: datetime) -> str:
+    """The track's phase at ``when``; :class:`Refused` unless the track is served and open."""
+    if track not in cfg.tracks or not cfg.tracks[track].open:
+        raise Refused(f"track {track!r} takes no submissions on this server (open: "
+                      f"{', '.join(t for t, c in cfg.tracks.items() if c.open) or 'none'})", 404)
+    phase = current_phase(session, cfg, track, when)
+    if phase != "open":
+        starts = cfg.tracks[track].phases.get("open")
+        at = f"; it opens at {starts.isoformat()}" if phase == "pending" and starts else ""
+        raise Refused(f"track {track!r} is in phase {phase!r} and takes no new submissions{at}", 409)
+    return phase
+
+
 def _refuse_early(session: Session, cfg: ChallengeConfig, team: Team, track: str, name: str,
                   received_at: datetime) -> None:
     """Raise what :func:`enqueue` would (track closed, name taken, quota used up) before an upload is unpacked
     and stored: a refused upload costs no quota, so it must not cost the store's disk either (a team out of
     quota could fill it with valid uploads). :func:`enqueue` checks again, atomically."""
-    if track not in cfg.tracks or not cfg.tracks[track].open:
-        raise Refused(f"track {track!r} takes no submissions on this server (open: "
-                      f"{', '.join(t for t, c in cfg.tracks.items() if c.open) or 'none'})", 404)
-    phase = current_phase(session, cfg, track, received_at)
-    if phase != "open":
-        starts = cfg.tracks[track].phases.get("open")
-        when = f"; it opens at {starts.isoformat()}" if phase == "pending" and starts else ""
-        raise Refused(f"track {track!r} is in phase {phase!r} and takes no new submissions{when}", 409)
+    phase = _open_phase(session, cfg, track, received_at)
     other = session.scalar(select(EntryName.track).where(EntryName.team_id == team.id, EntryName.name == name))
     if other is not None and other != track:
         raise Refused(f"your entry name {name!r} is taken by your submissions to track {other!r}; "
@@ -188,14 +194,7 @@ def _enqueue(session: Session, cfg: ChallengeConfig, team: Team, track: str, nam
              received_at: datetime | None, sub_id: str | None) -> Submission:
     now = utcnow()
     received_at = received_at or now
-    if track not in cfg.tracks or not cfg.tracks[track].open:
-        raise Refused(f"track {track!r} takes no submissions on this server (open: "
-                      f"{', '.join(t for t, c in cfg.tracks.items() if c.open) or 'none'})", 404)
-    phase = current_phase(session, cfg, track, now)
-    if phase != "open":
-        starts = cfg.tracks[track].phases.get("open")
-        when = f"; it opens at {starts.isoformat()}" if phase == "pending" and starts else ""
-        raise Refused(f"track {track!r} is in phase {phase!r} and takes no new submissions{when}", 409)
+    phase = _open_phase(session, cfg, track, now)
     q = cfg.track(track).quota
     day, per_phase = _periods(phase, received_at)
     try:
