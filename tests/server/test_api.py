@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "submissions" / "examples" / "lens-space" / "onnx"
 
 
-def pack(team: str, name: str, track: str = "lens-space", fmt: str = "onnx") -> bytes:
-    """The example ONNX submission as ``team``'s entry ``name``, packed as ``skybench submit`` packs it."""
+def pack(team: str, name: str, track: str = "lens-space", fmt: str = "onnx", pad: int = 0) -> bytes:
+    """The example ONNX submission as ``team``'s entry ``name``, packed as ``skybench submit`` packs it; ``pad``:
+    an extra file of that many zero bytes."""
     from skybench.server.cli import pack as pack_folder
 
     with tempfile.TemporaryDirectory(prefix="skybench-pack-") as tmp:
@@ -25,6 +26,8 @@ def pack(team: str, name: str, track: str = "lens-space", fmt: str = "onnx") -> 
         (folder / "submission.yaml").write_text(
             f"team: {team}\nname: {name}\ntrack: {track}\nformat: {fmt}\nmodel: model.onnx\n")
         shutil.copyfile(EXAMPLE / "model.onnx", folder / "model.onnx")
+        if pad:
+            (folder / "weights.bin").write_bytes(bytes(pad))
         return pack_folder(folder)
 
 
@@ -208,20 +211,6 @@ def test_a_metric_that_is_nan_or_infinite_is_stored_and_shown_as_null(server):
     assert shown == {"public_auroc": 0.9, "public_real_lens_recall": None, "public_tpr0": None}
 
 
-def _padded(team: str, name: str, pad: int) -> bytes:
-    """``team``'s valid entry ``name`` with an extra file of ``pad`` zero bytes (distinct bytes per ``pad``)."""
-    from skybench.server.cli import pack as pack_folder
-
-    with tempfile.TemporaryDirectory(prefix="skybench-pack-") as tmp:
-        folder = Path(tmp) / name
-        folder.mkdir()
-        (folder / "submission.yaml").write_text(
-            f"team: {team}\nname: {name}\ntrack: lens-space\nformat: onnx\nmodel: model.onnx\n")
-        shutil.copyfile(EXAMPLE / "model.onnx", folder / "model.onnx")
-        (folder / "weights.bin").write_bytes(bytes(pad))
-        return pack_folder(folder)
-
-
 def test_uploads_refused_for_quota_store_nothing(server, cfg):
     """An upload refused at the queue costs no quota, so it must cost no disk: a team out of quota could otherwise
     fill the store with valid uploads (a few KiB of gzip each, unpacking to ``max_unpacked_bytes``) until every
@@ -234,6 +223,6 @@ def test_uploads_refused_for_quota_store_nothing(server, cfg):
         assert _upload(client, tokens["alpha"], pack("alpha", f"q{i}"), name=f"q{i}").status_code == 202
     stored = {p.name for p in objects.glob("*/*")}
     for pad in range(1, 4):
-        r = _upload(client, tokens["alpha"], _padded("alpha", "q9", 3_000_000 + pad), name="q9")
+        r = _upload(client, tokens["alpha"], pack("alpha", "q9", pad=3_000_000 + pad), name="q9")
         assert r.status_code == 429 and "quota" in r.json()["detail"], r.text
     assert {p.name for p in objects.glob("*/*")} == stored, "refused uploads left folders in the store"
