@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import secrets
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -137,6 +137,19 @@ def _open_phase(session: Session, cfg: ChallengeConfig, track: str, when: dateti
     return phase
 
 
+def _name_taken(name: str, other: str | None) -> Refused:
+    return Refused(f"your entry name {name!r} is taken by your submissions to track {other!r}; "
+                   "use another name for this track", 409)
+
+
+def _quota_used(cfg: ChallengeConfig, track: str, period: Literal["day", "phase"], which: str) -> Refused:
+    q = cfg.track(track).quota
+    if period == "day":
+        return Refused(f"daily quota of {q.per_day} submissions on {track!r} used up for {which} (UTC); it resets "
+                       "at 00:00 UTC", 429)
+    return Refused(f"quota of {q.per_phase} submissions on {track!r} in phase {which!r} used up", 429)
+
+
 def _refuse_early(session: Session, cfg: ChallengeConfig, team: Team, track: str, name: str,
                   received_at: datetime) -> None:
     """Raise what :func:`enqueue` would (track closed, name taken, quota used up) before an upload is unpacked
@@ -145,15 +158,12 @@ def _refuse_early(session: Session, cfg: ChallengeConfig, team: Team, track: str
     phase = _open_phase(session, cfg, track, received_at)
     other = session.scalar(select(EntryName.track).where(EntryName.team_id == team.id, EntryName.name == name))
     if other is not None and other != track:
-        raise Refused(f"your entry name {name!r} is taken by your submissions to track {other!r}; "
-                      "use another name for this track", 409)
+        raise _name_taken(name, other)
     left = quota_left(session, cfg, team, track, received_at)
     if not left["today"]:
-        raise Refused(f"daily quota of {cfg.track(track).quota.per_day} submissions on {track!r} used up for "
-                      f"{received_at.date().isoformat()} (UTC); it resets at 00:00 UTC", 429)
+        raise _quota_used(cfg, track, "day", received_at.date().isoformat())
     if not left["phase"]:
-        raise Refused(f"quota of {cfg.track(track).quota.per_phase} submissions on {track!r} in phase {phase!r} "
-                      "used up", 429)
+        raise _quota_used(cfg, track, "phase", phase)
 
 
 def abandon(session: Session, sub_id: str) -> None:
@@ -199,13 +209,11 @@ def _enqueue(session: Session, cfg: ChallengeConfig, team: Team, track: str, nam
     day, per_phase = _periods(phase, received_at)
     try:
         if (other := _claim_name(session, team.id, name, track)) != track:  # one entry, of one track
-            raise Refused(f"your entry name {name!r} is taken by your submissions to track {other!r}; "
-                          "use another name for this track", 409)
+            raise _name_taken(name, other)
         if not _reserve(session, team.id, track, day, q.per_day):
-            raise Refused(f"daily quota of {q.per_day} submissions on {track!r} used up for "
-                          f"{received_at.date().isoformat()} (UTC); it resets at 00:00 UTC", 429)
+            raise _quota_used(cfg, track, "day", received_at.date().isoformat())
         if not _reserve(session, team.id, track, per_phase, q.per_phase):
-            raise Refused(f"quota of {q.per_phase} submissions on {track!r} in phase {phase!r} used up", 429)
+            raise _quota_used(cfg, track, "phase", phase)
         queued = dict(sha256=sha256, phase=phase, state="queued", queued_at=now, counted=True,
                       quota_day=day.removeprefix("day:"))
         if sub_id is None:
