@@ -84,6 +84,8 @@ def test_split_is_seeded_and_the_phase_decides_what_ranks(project, tiny_space_re
 
 
 def test_real_set_metrics_are_split_too(project, tiny_space_release):
+    """The real set has public and private parts of its own: no public metric depends on a private real object
+    (else probing the open board with one real object's score at a time would give its label)."""
     from skybench.harness.score import score_real
     from skybench.release.reader import open_release
     from skybench.tasks.lens.score import real_lens_recall
@@ -92,10 +94,21 @@ def test_real_set_metrics_are_split_too(project, tiny_space_release):
     hidden = open_release(tiny_space_release).hidden("test").meta()
     ids, y = hidden["id"].to_numpy(), hidden["is_lens"].to_numpy()
     scores = np.random.default_rng(1).random(len(ids)) + y
-    real = np.linspace(0.5, 1.5, 10)
     split = open_release(tiny_space_release).hidden()
-    m = score_real(track, ids, scores, split, np.arange(10), real, split, project)
+    real_ids = ids[:20]
+    real = np.linspace(0.5, 1.5, 20)
+    m = score_real(track, ids, scores, split, real_ids, real, split, project)
     pub = public_mask(ids, ids, 0.3, 7)
-    lens = split.truth(np.arange(10))["is_lens"].to_numpy() == 1  # the real set's lenses give the recall
-    assert m["public_real_lens_recall"] == real_lens_recall(hidden[pub], scores[pub], real[lens])
-    assert m["private_real_lens_recall"] == real_lens_recall(hidden[~pub], scores[~pub], real[lens])
+    real_pub = public_mask(real_ids, ids, 0.3, 7)  # the real set's own split (here: the same hidden ids)
+    assert 0 < real_pub.sum() < len(real_ids)
+    lens = split.truth(real_ids)["is_lens"].to_numpy() == 1  # the real set's lenses give the recall
+    assert m["public_real_lens_recall"] == real_lens_recall(hidden[pub], scores[pub], real[lens & real_pub])
+    assert m["private_real_lens_recall"] == real_lens_recall(hidden[~pub], scores[~pub], real[lens & ~real_pub])
+    assert m["real_lens_recall"] == real_lens_recall(hidden, scores, real[lens])  # organiser only
+
+    for j in np.flatnonzero(~real_pub):  # a private real object's score moves no public metric
+        probe = real.copy()
+        probe[j] = 100.0 if probe[j] < 1 else -100.0
+        moved = score_real(track, ids, scores, split, real_ids, probe, split, project)
+        assert {k: v for k, v in moved.items() if k.startswith("public_")} == pytest.approx(
+            {k: v for k, v in m.items() if k.startswith("public_")}, nan_ok=True)

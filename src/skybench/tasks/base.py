@@ -93,12 +93,18 @@ class Task(ABC):
         """Label-dependent files participants may see, from the public part ``ids`` only (default: none)."""
         return None
 
+    def split_groups(self, track: Track, truth: HiddenSplit) -> np.ndarray | None:
+        """A group label per object of ``truth`` (release order) that the public/private split draws its share
+        from separately (e.g. a conditional generator's grid point, so each part has maps of every point);
+        None (the default): one group."""
+        return None
+
 
 class PackageTask(Task):
     """A :class:`Task` whose simulator class and scorer live in modules named by strings and imported on first
     use, so reading a track imports neither the physics nor the plotting. The scorer module defines ``score``,
-    ``score_real``, ``oracle``, ``score_resamples`` and optionally ``public_artifacts``, with the signatures of
-    the methods of the same names (``track`` first, checked to be a :attr:`track_model`)."""
+    ``score_real``, ``oracle``, ``score_resamples`` and optionally ``public_artifacts`` and ``split_groups``, with
+    the signatures of the methods of the same names (``track`` first, checked to be a :attr:`track_model`)."""
 
     simulator_path: ClassVar[str]  # "package.module:Class"
     scorer_path: ClassVar[str]  # "package.module"
@@ -131,6 +137,10 @@ class PackageTask(Task):
                          out_dir: Path) -> None:
         if (write := getattr(self._scorer(), "public_artifacts", None)) is not None:
             write(self._own(track), ids, predictions, truth, out_dir)
+
+    def split_groups(self, track: Track, truth: HiddenSplit) -> np.ndarray | None:
+        groups = getattr(self._scorer(), "split_groups", None)
+        return None if groups is None else np.asarray(groups(self._own(track), truth))
 
     def _scorer(self) -> ModuleType:
         return importlib.import_module(self.scorer_path)

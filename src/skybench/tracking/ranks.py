@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from skybench.harness.score import public_mask
+from skybench.harness.score import part_mask
 from skybench.release.reader import HiddenSplit
 from skybench.tasks import get_task
 from skybench.tracks import Track
@@ -49,10 +49,9 @@ def rank_columns() -> tuple[str, ...]:
 def part_ids(track: Track, hidden: HiddenSplit) -> np.ndarray:
     """The sorted test ids the leaderboard ranks on (see :func:`skybench.tracking.leaderboard.metric_prefix`)."""
     ids = np.sort(hidden.ids())
-    f = track.evaluation.public_fraction
-    if f is None:
+    public = part_mask(track, hidden, ids)
+    if public is None:
         return ids
-    public = public_mask(ids, ids, f, track.evaluation.split_seed)
     return ids[public] if track.evaluation.phase == "open" else ids[~public]
 
 
