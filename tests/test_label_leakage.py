@@ -222,7 +222,7 @@ def test_photoz_redshifts_cannot_be_read_off_participant_artifacts(tmp_path, mon
     leaked = _matched(z_spec, _numbers(seen))
     assert leaked.sum() <= 1, f"{leaked.sum()} of {len(z_spec)} spectroscopic redshifts visible to participants"
     assert _matched(z_spec, _numbers(org)).all()  # the organiser's zphot.csv has them all: the attack is real
-    assert "sigma_mad" in seen["metrics"]
+    assert "public_sigma_mad" in seen["metrics"] and "sigma_mad" not in seen["metrics"]  # open phase: public part
 
 
 # --------------------------------------------------------------------------- enhance: truth off galleries and tables
@@ -246,7 +246,8 @@ def test_enhance_truth_cannot_be_read_off_participant_artifacts(tmp_path, monkey
     from skybench.simulate import simulate_release
 
     project = _project(tmp_path / "p", monkeypatch, root, "enhance", {})
-    release = simulate_release("enhance", tmp_path / "rel" / "enhance", profile="demo", seed=2, size=8,
+    # 40 test objects: a public part of 12, whose averages are no single object's value
+    release = simulate_release("enhance", tmp_path / "rel" / "enhance", profile="demo", seed=2, size=40,
                                progress=False)
     _run(project, "enhance", python_submission(tmp_path / "subs", "spy", WATERMARK, team="eve", track="enhance"),
          release)

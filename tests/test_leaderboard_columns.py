@@ -24,7 +24,8 @@ METRICS = {"psnr": 31.123456, "psnr_ci_low": 30.987654, "psnr_ci_high": 31.23456
 
 @pytest.fixture
 def enhance_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The enhance demo's entries (the three baselines, a do-nothing example, a failing team) in a real store."""
+    """The enhance demo's entries (the three baselines, a do-nothing example, a failing team) in a real store
+    (the same values for the whole test set and its public part, which the open phase shows)."""
     uri = mlflow_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
@@ -34,7 +35,8 @@ def enhance_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
         time.sleep(0.005)
         tracking.log_evaluation(
             "enhance", team=team, name=name, fmt="torch-export", status="FAILED" if shift is None else "FINISHED",
-            metrics={} if shift is None else {k: v + shift if k.startswith("psnr") else v for k, v in METRICS.items()},
+            metrics={} if shift is None else {f"{part}{k}": v + shift if k.startswith("psnr") else v
+                                              for k, v in METRICS.items() for part in ("", "public_")},
             tags={"submission_sha256": f"{team}{name}".ljust(64, "0"), "release_sha256": "r" * 64, "device": "cpu"},
             reason="" if shift is not None else "the model's output has shape (64, 3, 64, 64) but the track needs "
                                                 "(64, 3, 64, 64) float32 values; got float64 NaN in 12 images")

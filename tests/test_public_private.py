@@ -112,3 +112,30 @@ def test_real_set_metrics_are_split_too(project, tiny_space_release):
         moved = score_real(track, ids, scores, split, real_ids, probe, split, project)
         assert {k: v for k, v in moved.items() if k.startswith("public_")} == pytest.approx(
             {k: v for k, v in m.items() if k.startswith("public_")}, nan_ok=True)
+
+
+def test_tracks_that_share_test_objects_share_their_split(root, monkeypatch):
+    """Tracks with the same test objects (one keyed population: photoz-images and photoz-catalog) or the same real
+    set split them the same way; else an object private on one track would be public on the other's open board."""
+    from skybench.simulate import object_domain
+    from skybench.tracks import list_tracks
+
+    monkeypatch.setenv("SKYBENCH_ROOT", str(root))
+    seen: dict[str, tuple[str, tuple[float | None, int]]] = {}
+    shared = 0
+    for name in list_tracks():
+        track = load_track(name)
+        split = (track.evaluation.public_fraction, track.evaluation.split_seed)
+        try:
+            domain = f"domain {object_domain(track)}"
+        except ValueError:  # a real catalogue (photoz-sdss-mgs): imported, not simulated
+            domain = f"domain {name} None"
+        for objects in (domain, f"real set {track.evaluation.real_set}"):
+            if objects.endswith(" None"):
+                continue
+            if objects in seen:
+                shared += 1
+                other, other_split = seen[objects]
+                assert split == other_split, f"{name} and {other} share the {objects} but not its split"
+            seen.setdefault(objects, (name, split))
+    assert shared >= 3  # photoz-images/catalog, and two real sets shared by a track and its realsrc twin

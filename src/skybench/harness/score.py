@@ -5,12 +5,14 @@ It never runs participant code (that is the sandboxed runner's job) and the runn
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from skybench.common import UndefinedMetricError
 from skybench.release.reader import HiddenSplit
 from skybench.tasks import get_task
 from skybench.tracks import Track
@@ -40,7 +42,8 @@ def _with_parts(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: 
                 run: Callable[[np.ndarray, np.ndarray, Path | None, Part], dict[str, float]],
                 public: Callable[[np.ndarray, np.ndarray, Path], None] | None = None) -> dict[str, float]:
     """``run(ids, predictions, out, None)`` on the whole test set, then, with public and private parts, on each
-    part (``run(..., None, part)``: no files), adding ``public_<m>`` and ``private_<m>``; then ``public(ids,
+    part (``run(..., None, part)``: no files), adding ``public_<m>`` and ``private_<m>`` (none for a part where the
+    metric is undefined, e.g. one class only); then ``public(ids,
     predictions, out)`` on the public part (the whole set without a split)."""
     metrics = run(ids, predictions, Path(out_dir), None)
     ids, pred = np.asarray(ids), np.asarray(predictions)
@@ -50,11 +53,15 @@ def _with_parts(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: 
             public(ids, pred, Path(out_dir))
         return metrics
     if public is not None and public_part.any():
-        public(ids[public_part], pred[public_part], Path(out_dir))
+        with contextlib.suppress(UndefinedMetricError):  # no curve of a part that lacks a class
+            public(ids[public_part], pred[public_part], Path(out_dir))
     parts: tuple[tuple[Part, np.ndarray], ...] = (("public", public_part), ("private", ~public_part))
     for part, mask in parts:
         if mask.any():
-            part_metrics = run(ids[mask], pred[mask], None, part)
+            try:
+                part_metrics = run(ids[mask], pred[mask], None, part)
+            except UndefinedMetricError:  # e.g. one class only in a small part: that part has no metrics
+                continue
             metrics |= {f"{part}_{k}": v for k, v in part_metrics.items()}
     return metrics
 
