@@ -140,7 +140,8 @@ class PackageTask(Task):
 
     def split_groups(self, track: Track, truth: HiddenSplit) -> np.ndarray | None:
         groups = getattr(self._scorer(), "split_groups", None)
-        return None if groups is None else np.asarray(groups(self._own(track), truth))
+        labels = None if groups is None else groups(self._own(track), truth)
+        return None if labels is None else np.asarray(labels)
 
     def _scorer(self) -> ModuleType:
         return importlib.import_module(self.scorer_path)

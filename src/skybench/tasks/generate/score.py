@@ -1,8 +1,10 @@
 """Scoring of a generate track: the statistics of the generated maps against those of the hidden truth maps.
 
-The truth reference is every hidden test map of the release (a sample of the truth process, whatever ``ids``);
-the generated set is ``predictions`` (one map per latent vector, rows as given, repeats counted). Metrics
-(:mod:`skybench.tasks.generate.metrics`):
+The truth reference is the hidden maps of the distinct ``ids`` scored (:func:`truth_mask`): every test map for the
+whole test set, only the public part's for the public part (``evaluation.public_fraction``), so no public metric
+depends on a private map; a bootstrap resample (:func:`score_resamples`, with ``ids`` the part and ``indices``
+positions into it) keeps the part's reference. The generated set is ``predictions`` (one map per latent vector,
+rows as given, repeats counted). Metrics (:mod:`skybench.tasks.generate.metrics`):
 
 * ``chi2_per_dof`` (primary, lower is better, an independent draw of the truth process scores ~1): the chi^2 of
   the mean summary vector (binned C_l, peak counts, V0, V1, V2; bins fixed from the truth maps) against the truth's
@@ -20,7 +22,7 @@ the generated set is ``predictions`` (one map per latent vector, rows as given, 
 
 A conditional track (``population.grid``) is scored per grid point by :func:`score_grid` (the same metrics under
 ``by_cosmology_<label>_<metric>``, their mean over points, the parameter read-back ``param_bias_*``) and
-:func:`grid_resamples`.
+:func:`grid_resamples`; its public/private split draws each grid point's share separately (:func:`split_groups`).
 
 Participants see ``summary_stats.png`` (:func:`public_artifacts`): their maps' statistics against the public
 training maps'; nothing from the hidden maps.
@@ -81,6 +83,34 @@ def bin_counts(label: GenerateScoring, n_truth: int) -> tuple[int, int, int]:
     return n_ell, n_peaks, n_thr
 
 
+def truth_mask(truth: HiddenSplit, ids: np.ndarray) -> np.ndarray | None:
+    """Release-order mask of ``truth``'s objects whose id is among ``ids`` (repeats count once): the maps a score
+    of ``ids`` is referred to; None when that is every object (the whole set: all maps, as they are stored).
+    ValueError for an id ``truth`` lacks."""
+    all_ids = truth.ids()
+    wanted = np.unique(np.asarray(ids))
+    if (unknown := np.setdiff1d(wanted, all_ids)).size:
+        raise ValueError(f"{unknown.size} id(s) not in the truth set {truth.folder}, e.g. {unknown[0]!r}")
+    mask = np.isin(all_ids, wanted)
+    return None if mask.all() else mask
+
+
+def truth_maps(truth: HiddenSplit, ids: np.ndarray, what: str = "truth maps") -> np.ndarray:
+    """The hidden maps of the distinct ``ids`` in release order (every map for the whole set)."""
+    maps = as_maps(np.asarray(truth.array("maps")[:]), what)
+    mask = truth_mask(truth, ids)
+    return maps if mask is None else maps[mask]
+
+
+def split_groups(track: GenerateTrack, truth: HiddenSplit) -> np.ndarray | None:
+    """The public/private split's groups: on a conditional track the grid point of each truth map (release
+    order), so each part holds the same share of every point (its per-point chi^2 needs ``MIN_MAPS_PER_POINT``
+    maps in each part); None (one group) on an unconditional track."""
+    if track.population.grid is None:
+        return None
+    return truth.meta(["grid_point"])["grid_point"].to_numpy(np.int64)
+
+
 @dataclass(frozen=True)
 class Reference:
     """What every score of one truth set shares: its maps, bins and summary vectors."""
@@ -90,8 +120,9 @@ class Reference:
     vectors: np.ndarray  # (Nt, D)
 
     @classmethod
-    def of(cls, track: GenerateTrack, truth: HiddenSplit) -> Reference:
-        return cls.from_maps(track, as_maps(np.asarray(truth.array("maps")[:]), "truth maps"))
+    def of(cls, track: GenerateTrack, truth: HiddenSplit, ids: np.ndarray) -> Reference:
+        """The reference of the hidden maps of the distinct ``ids`` (:func:`truth_maps`)."""
+        return cls.from_maps(track, truth_maps(truth, ids))
 
     @classmethod
     def from_maps(cls, track: GenerateTrack, maps: np.ndarray) -> Reference:
@@ -189,11 +220,11 @@ def _chi2(gen_vectors: np.ndarray, ref: Reference, part: slice | list[slice] | N
 def score_maps(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
                train: np.ndarray, ref: Reference | None = None, with_chi2: bool = True,
                with_flags: bool = True) -> dict[str, float]:
-    """Every metric of the generated maps ``predictions`` (aligned with ``ids``) against ``truth``'s maps (or
-    ``ref``'s); ``with_flags``: also the memorisation and collapse checks (the penalty needs them)."""
+    """Every metric of the generated maps ``predictions`` (aligned with ``ids``) against the truth maps of ``ids``
+    (or ``ref``'s); ``with_flags``: also the memorisation and collapse checks (the penalty needs them)."""
     label = track.label
     gen = _generated(track, predictions, ids)
-    ref = ref or Reference.of(track, truth)
+    ref = ref or Reference.of(track, truth, ids)
     out: dict[str, float] = {"n_maps": float(len(gen))}
     size = track.population.size_deg
     edges = ref.bins.ell_edges
@@ -232,7 +263,7 @@ def score_maps(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, t
 def score(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
           out_dir: Path | None) -> dict[str, float]:
     if track.population.grid is not None:
-        metrics = score_grid(track, ids, predictions, truth, grid_reference(track, truth))
+        metrics = score_grid(track, ids, predictions, truth, grid_reference(track, truth, ids))
     else:
         metrics = score_maps(track, ids, predictions, truth, _train_maps(truth))
     if out_dir is not None:
@@ -244,13 +275,13 @@ def score(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth:
 def score_real(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
                real_ids: np.ndarray, real_predictions: np.ndarray, real_truth: HiddenSplit,
                out_dir: Path | None) -> dict[str, float]:
-    """The same metrics against a second truth set (``real_<metric>``); the chi^2 only where that set has enough
-    maps for its covariance."""
+    """The same metrics against a second truth set (``real_<metric>``), its maps of the distinct ``real_ids``;
+    the chi^2 only where those are enough maps for its covariance."""
     if track.population.grid is not None:
-        grid = GridReference.of(track, real_truth, public_of(truth))
+        grid = GridReference.of(track, real_truth, public_of(truth), real_ids)
         metrics = score_grid(track, real_ids, real_predictions, real_truth, grid)
     else:
-        ref_maps = as_maps(np.asarray(real_truth.array("maps")[:]), "real truth maps")
+        ref_maps = truth_maps(real_truth, real_ids, "real truth maps")
         ref, with_chi2 = _reference_or_bins(track, ref_maps)
         metrics = score_maps(track, real_ids, real_predictions, real_truth, _train_maps(truth), ref, with_chi2)
     return {f"real_{k}": v for k, v in metrics.items()}
@@ -271,12 +302,13 @@ def _reference_or_bins(track: GenerateTrack, ref_maps: np.ndarray) -> tuple[Refe
 
 def score_resamples(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
                     indices: np.ndarray) -> np.ndarray:
-    """The primary on each resample: summary vectors once per map, the chi^2 of each resample's mean vector; the
-    flags (and so the penalty) of the whole set. A conditional track: :func:`grid_resamples`."""
+    """The primary on each resample: summary vectors once per map, the chi^2 of each resample's mean vector against
+    the reference of ``ids`` (the part ranked, not a resample's ids); the flags (and so the penalty) of all of
+    ``ids``. A conditional track: :func:`grid_resamples`."""
     if track.population.grid is not None:
         return grid_resamples(track, ids, predictions, truth, indices)
     gen = _generated(track, predictions, ids)
-    ref = Reference.of(track, truth)
+    ref = Reference.of(track, truth, ids)
     vec = ref.bins.vectors(gen)
     f = flags(track, gen, ids, ref, _train_maps(truth))
     penalty = track.label.flag_penalty if f["memorised"] or f["collapsed"] else 0.0
@@ -356,18 +388,29 @@ def public_of(truth: HiddenSplit) -> Public:
     return Public(maps, points, params)
 
 
-_GRID_REFS: dict[tuple[str, str, bytes], GridReference] = {}
+_RELEASE: dict[tuple[str, str, bytes], tuple[Public, ParamReadBack]] = {}
+_GRID_REFS: dict[bytes | None, GridReference] = {}  # of the release in _RELEASE, by truth_mask
 
 
-def grid_reference(track: GenerateTrack, truth: HiddenSplit) -> GridReference:
-    """:meth:`GridReference.of` the truth set and its release's public maps, built once per process and release
-    (the evaluator scores several entries, the leaderboard resamples each against the same truth)."""
+def grid_reference(track: GenerateTrack, truth: HiddenSplit, ids: np.ndarray) -> GridReference:
+    """:meth:`GridReference.of` the truth maps of ``ids`` and the release's public maps. The public maps and
+    their regressor are built once per process and release, the reference once per set of ids (the whole set and
+    its two parts: the evaluator scores several entries, the leaderboard resamples each against the same truth)."""
     root = layout.release_of(truth.folder)[0]
     key = (track.model_dump_json(), str(Path(truth.folder).resolve()), layout.manifest_path(root).read_bytes())
-    if key not in _GRID_REFS:
-        _GRID_REFS.clear()  # one release at a time: bounded memory
-        _GRID_REFS[key] = GridReference.of(track, truth, public_of(truth))
-    return _GRID_REFS[key]
+    if key not in _RELEASE:
+        _RELEASE.clear()  # one release at a time: bounded memory
+        _GRID_REFS.clear()
+        public = public_of(truth)
+        _RELEASE[key] = public, ParamReadBack.fit(track, public)
+    mask = truth_mask(truth, ids)
+    part = None if mask is None else np.packbits(mask).tobytes()
+    if part not in _GRID_REFS:
+        if len(_GRID_REFS) >= 4:
+            _GRID_REFS.pop(next(iter(_GRID_REFS)))
+        public, readback = _RELEASE[key]
+        _GRID_REFS[part] = GridReference.of(track, truth, public, ids, readback)
+    return _GRID_REFS[part]
 
 
 @dataclass(frozen=True)
@@ -433,10 +476,15 @@ class GridReference:
     truth_bias: tuple[float, float]  # the regressor's param_bias on the truth maps
 
     @classmethod
-    def of(cls, track: GenerateTrack, truth: HiddenSplit, public: Public) -> GridReference:
+    def of(cls, track: GenerateTrack, truth: HiddenSplit, public: Public, ids: np.ndarray,
+           readback: ParamReadBack | None = None) -> GridReference:
+        """The reference of the truth maps of the distinct ``ids`` (:func:`truth_maps`); ``readback``: the
+        regressor fitted on ``public`` (default: fitted here)."""
         assert track.population.grid is not None
-        maps = as_maps(np.asarray(truth.array("maps")[:]), "truth maps")
+        maps = truth_maps(truth, ids)
         points = truth.meta(["grid_point"])["grid_point"].to_numpy(np.int64)
+        if (mask := truth_mask(truth, ids)) is not None:
+            points = points[mask]
         n_points = track.population.n_points
         grid = np.array(track.population.grid.points(), np.float64)
         counts = np.bincount(points, minlength=n_points)
@@ -444,7 +492,7 @@ class GridReference:
         if counts.min() >= MIN_MAPS_PER_POINT:
             refs = [Reference.from_maps(track, maps[points == p]) for p in range(n_points)]
         pooled, pooled_chi2 = _reference_or_bins(track, maps)
-        readback = ParamReadBack.fit(track, public)
+        readback = readback or ParamReadBack.fit(track, public)
         return cls(grid, track.population.grid.labels(), points, refs, pooled, pooled_chi2, public, readback,
                    param_bias(readback.predict(maps), points, grid))
 
@@ -602,10 +650,11 @@ def _point_vectors(gen: np.ndarray, points: np.ndarray, refs: list[Reference]) -
 def grid_resamples(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
                    indices: np.ndarray) -> np.ndarray:
     """The primary of a conditional track on each resample of all ids together (rows regrouped by grid point;
-    a point no row of a resample falls on is left out of its mean), with the flags of the whole set."""
+    a point no row of a resample falls on is left out of its mean) against the reference of ``ids`` (the part
+    ranked), with the flags of all of ``ids``."""
     gen = _generated(track, predictions, ids)
     ids = np.asarray(ids)
-    grid = grid_reference(track, truth)
+    grid = grid_reference(track, truth, ids)
     idx = check_indices(indices, len(gen))
     if grid.refs is None:
         ref = grid.pooled
