@@ -243,11 +243,24 @@ class GenerateTrack(Track):
         if self.cutout is not None:
             raise ValueError("a generate track has no cutout: its map geometry is population.n_pix / size_deg")
         if self.population.grid is not None:
-            need = self.population.n_points * MIN_MAPS_PER_POINT
-            if short := {k: p.test for k, p in self.profiles.items() if p.test < need}:
-                raise ValueError(f"profiles {short}: a conditional track's test split needs at least {need} maps "
-                                 f"({MIN_MAPS_PER_POINT} per grid point, for each point's chi^2 covariance)")
+            self._check_points_per_part()
         return self
+
+    def _check_points_per_part(self) -> None:
+        """Each grid point needs MIN_MAPS_PER_POINT test maps in the whole set and, with a public/private split
+        (each point's share drawn separately: ``score.split_groups``), in each part."""
+        n_points, f = self.population.n_points, self.evaluation.public_fraction
+
+        def smallest_part(test: int) -> int:  # a point holds test // P or test // P + 1 maps (id k at k % P)
+            sizes = {test // n_points, -(-test // n_points)}
+            if f is None:
+                return min(sizes)
+            return min(min(round(f * n), n - round(f * n)) for n in sizes)  # harness.score.public_mask's round
+
+        if short := {k: p.test for k, p in self.profiles.items() if smallest_part(p.test) < MIN_MAPS_PER_POINT}:
+            split = "" if f is None else f" in each part of the public_fraction {f} split"
+            raise ValueError(f"profiles {short}: a conditional track's test split needs at least "
+                             f"{MIN_MAPS_PER_POINT} maps per grid point{split} (for each point's chi^2 covariance)")
 
     def strata_columns(self) -> set[str]:
         """``strata:`` may name ``cosmology`` (the grid point's label) on a conditional track, nothing otherwise."""
