@@ -201,3 +201,14 @@ def test_the_config_asks_for_enough_maps_per_point_in_each_part():
     with pytest.raises(ValidationError, match="in each part"):
         GenerateTrack.model_validate({**raw, "evaluation": ev, "profiles": {"demo": {**demo, "test": 9 * 75}}})
     GenerateTrack.model_validate({**raw, "evaluation": ev, "profiles": {"demo": {**demo, "test": 9 * 76}}})
+
+
+def test_a_few_maps_are_scored_without_the_chi2(case: Case):
+    """``skybench validate --score --limit N`` scores N maps against their own N truth maps: fewer than the chi^2's
+    covariance needs give the other metrics and no chi^2 (not an error)."""
+    few = case.ids[:10]
+    m = S.score(case.track, few, case.gen[:10], case.truth, None)
+    if case.track.population.grid is None:
+        assert "chi2_per_dof" not in m and np.isfinite(m["cl_rel_diff"]) and m["n_maps"] == 10
+    else:
+        assert m, "the conditional track scores a few maps too"

@@ -264,8 +264,9 @@ def score(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth:
           out_dir: Path | None) -> dict[str, float]:
     if track.population.grid is not None:
         metrics = score_grid(track, ids, predictions, truth, grid_reference(track, truth, ids))
-    else:
-        metrics = score_maps(track, ids, predictions, truth, _train_maps(truth))
+    else:  # no chi^2 from too few truth maps (``skybench validate --score --limit N``): the other metrics
+        ref, with_chi2 = _reference_or_bins(track, truth_maps(truth, ids))
+        metrics = score_maps(track, ids, predictions, truth, _train_maps(truth), ref, with_chi2)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
