@@ -276,9 +276,14 @@ def test_score_resamples_gives_the_scorers_primary_metric_of_each_resample(
     indices = np.vstack([np.arange(len(ids)), draws])
     got = np.asarray(task.score_resamples(track, ids, noisy, truth, indices))
     assert got.shape == (4,), f"score_resamples returned shape {got.shape} for 4 resamples"
-    for r, rows in enumerate(indices):  # a repeated object counts as often as it is drawn
+    # A repeated object counts as often as it is drawn. An unpaired (generative) task scores a resample of the
+    # predictions against the truth of all of ``ids`` (the part ranked), which score() of the resample's ids alone
+    # does not see: there only the identity resample must match, and the others must be resamples.
+    for r, rows in enumerate(indices if task.paired else indices[:1]):
         want = task.score(track, ids[rows], noisy[rows], truth, tmp_path / f"r{r}")[primary]
         assert got[r] == pytest.approx(want, rel=1e-9, abs=1e-12), f"resample {r}: {got[r]} != score's {want}"
+    if not task.paired:
+        assert np.isfinite(got).all() and len(np.unique(got)) == len(got), got
 
 
 def test_score_without_out_dir_gives_the_same_metrics_and_writes_nothing(
