@@ -11,6 +11,7 @@ from skybench.physics.noise import magnitude2cps
 from skybench.real_hst import (
     discrete_gaussian_kernel,
     fit_psf_fwhm,
+    light_centre,
     overlap_matrix,
     process_lens,
     resample_flux,
@@ -25,6 +26,21 @@ from skybench.tracks import load_track
 def _blob(n: int, scale: float, sigma: float = 0.4, x0: float = 0.13, y0: float = -0.21) -> np.ndarray:
     c = (np.arange(n) - (n - 1) / 2) * scale
     return 1e3 * np.exp(-((c[None, :] - x0) ** 2 + (c[:, None] - y0) ** 2) / (2 * sigma**2))
+
+
+@pytest.mark.parametrize("scale", [(0.08, 0.08), (0.05, 0.06)])
+def test_light_centre_finds_the_central_galaxy_not_a_brighter_neighbour(scale):
+    """The DESI cut-outs have the deflector up to 1" off their centre and brighter sources further out."""
+    ny, nx = 151, 141
+    y, x = (np.arange(ny) - 75) * scale[0], (np.arange(nx) - 70) * scale[1]
+
+    def galaxy(y0: float, x0: float, amp: float) -> np.ndarray:
+        return amp * np.exp(-np.hypot(y[:, None] - y0, x[None, :] - x0) / 0.12)
+
+    image = galaxy(0.53, -0.87, 1.0) + galaxy(3.1, 2.0, 5.0) + galaxy(1.2, 0.9, 0.4)
+    image += np.random.default_rng(0).normal(0, 0.002, image.shape)
+    cy, cx = light_centre(image, scale)
+    assert abs((cy - 75) * scale[0] - 0.53) < 0.005 and abs((cx - 70) * scale[1] + 0.87) < 0.005
 
 
 @pytest.mark.parametrize("scale_in", [0.08, 0.05])

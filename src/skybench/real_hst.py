@@ -11,8 +11,9 @@
    ``s_diff^2 = s_track^2 - s_hst^2 - 2 p_hst^2/12`` (the last term: the blur of the HST pixel, which the
    image already has, and the same again that the piecewise-constant resampling of step 3 adds; the output's
    own pixel then gives it the blur a simulated image of the track has);
-3. resamples to the target grid (e.g. 0.1"/px, 101 x 101) centred on the image centre, by exact area-weighted
-   rebinning of the image as a piecewise-constant surface: ``new = A_y @ img @ A_x.T`` with
+3. resamples to the target grid (e.g. 0.1"/px, 101 x 101) centred on the image centre (or, with ``centre_sigma``,
+   on the deflector's light centre offset as the simulated deflectors are: :func:`jittered_centre`), by exact
+   area-weighted rebinning of the image as a piecewise-constant surface: ``new = A_y @ img @ A_x.T`` with
    ``A[i, j] = overlap(new pixel i, old pixel j) / old pixel length``, which conserves the flux (e-/s) of
    every old pixel inside the frame; the frame outside the HST footprint is zero;
 4. scales the flux so that the flux within ``r = 2"`` of the centre (deflector + arcs, measured after
@@ -37,6 +38,7 @@ from typing import Any, cast
 import numpy as np
 import pandas as pd
 from astropy.io import fits
+from scipy.ndimage import gaussian_filter
 from scipy.optimize import least_squares
 from scipy.special import erf, ive
 
@@ -50,6 +52,11 @@ MAD_TO_SIGMA = 1.4826
 # AB zero points (magnitude of 1 e-/s), only to record the HST magnitude of each object. WFC3/IR F140W:
 # STScI WFC3 IR photometric calibration; ACS/WFC: computed from PHOTFLAM and PHOTPLAM in the header.
 F140W_AB_ZERO_POINT = 26.4524
+# The central galaxy's light centre (:func:`light_centre`): the cut-outs are centred on catalogue coordinates, the
+# galaxy up to 1" off (DESI F140W: 0.99"; the next bright peak is 1.1" away in DESIJ0136-0008, 5.6" in DESIJ1018-0121).
+CENTRE_SEARCH_RADIUS = 1.5  # arcsec from the image centre within which the brightest smoothed peak is taken
+CENTRE_SMOOTH = 0.1  # arcsec: Gaussian sigma of the smoothing before the peak is found
+CENTRE_WINDOW = 0.15  # arcsec: Gaussian sigma of the window of the windowed centroid
 
 
 # ------------------------------------------------------------------------------------------ resampling
@@ -81,6 +88,52 @@ def resample_flux(image: np.ndarray, scale_in: float | tuple[float, float], scal
     a_y = overlap_matrix(image.shape[0], float(sy), out_shape[0], scale_out, cy)
     a_x = overlap_matrix(image.shape[1], float(sx), out_shape[1], scale_out, cx)
     return a_y @ image @ a_x.T
+
+
+def light_centre(image: np.ndarray, scale_in: tuple[float, float], radius: float = CENTRE_SEARCH_RADIUS
+                 ) -> tuple[float, float]:
+    """(y, x) input pixel coordinate (0-based) of the light centre of the galaxy nearest the image centre: the
+    brightest pixel of the image smoothed by a Gaussian of ``CENTRE_SMOOTH`` arcsec within ``radius`` arcsec of the
+    image centre, refined by a windowed centroid (SExtractor's XWIN/YWIN, Bertin, SExtractor manual "Windowed
+    positional parameters": ``x <- x + 2 sum w I (x_i - x) / sum w I``, ``w = exp(-r^2 / 2 s^2)``, s =
+    ``CENTRE_WINDOW``), or the peak where the iteration strays beyond ``2 s`` of it."""
+    image = np.asarray(image, dtype=np.float64)
+    sy, sx = scale_in
+    ny, nx = image.shape
+    y = (np.arange(ny) - (ny - 1) / 2.0) * sy  # arcsec from the image centre
+    x = (np.arange(nx) - (nx - 1) / 2.0) * sx
+    smooth = gaussian_filter(image, (CENTRE_SMOOTH / sy, CENTRE_SMOOTH / sx))
+    smooth[np.hypot(y[:, None], x[None, :]) > radius] = -np.inf
+    py, px = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
+    cy, cx = y[py], x[px]
+    for _ in range(16):
+        w = image * np.exp(-((y[:, None] - cy) ** 2 + (x[None, :] - cx) ** 2) / (2.0 * CENTRE_WINDOW**2))
+        norm = w.sum()
+        if not norm > 0:
+            break
+        dy, dx = 2.0 * (w.sum(axis=1) @ (y - cy)) / norm, 2.0 * (w.sum(axis=0) @ (x - cx)) / norm
+        cy, cx = cy + dy, cx + dx
+        if np.hypot(dy, dx) < 1e-4 * min(sy, sx):
+            break
+    if not np.hypot(cy - y[py], cx - x[px]) <= 2.0 * CENTRE_WINDOW:
+        cy, cx = y[py], x[px]
+    return float(cy / sy + (ny - 1) / 2.0), float(cx / sx + (nx - 1) / 2.0)
+
+
+def jittered_centre(image: np.ndarray, scale_in: tuple[float, float], sigma: float, rng: np.random.Generator
+                    ) -> tuple[tuple[float, float], dict[str, Any]]:
+    """The (y, x) input pixel coordinate a real object's frame is centred on: its :func:`light_centre` offset by
+    ``N(0, sigma)`` arcsec per axis (``rng``: y then x), as the simulated deflectors are (``lens.center_sigma``); and
+    the numbers, for the hidden metadata."""
+    ly, lx = light_centre(image, scale_in)
+    jy, jx = rng.normal(0.0, sigma, 2)
+    centre = (ly + jy / scale_in[0], lx + jx / scale_in[1])
+    ny, nx = np.shape(image)
+    return centre, {"light_centre_y": ly, "light_centre_x": lx,
+                    "light_offset_arcsec_y": (ly - (ny - 1) / 2.0) * scale_in[0],
+                    "light_offset_arcsec_x": (lx - (nx - 1) / 2.0) * scale_in[1],
+                    "centre_jitter_arcsec_y": float(jy), "centre_jitter_arcsec_x": float(jx), "centre_sigma": sigma,
+                    "centre_y": centre[0], "centre_x": centre[1]}
 
 
 # ------------------------------------------------------------------------------------------ PSF
@@ -218,12 +271,13 @@ def _toeplitz_psd(rho: np.ndarray, n: int) -> np.ndarray:
 
 
 def flux_reach(image: np.ndarray, scale_in: tuple[float, float], fwhm_in: float, sigma_in: float, target: Target,
-               noise_corr: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[float, float]:
+               noise_corr: tuple[np.ndarray, np.ndarray] | None = None, centre: tuple[float, float] | None = None
+               ) -> tuple[float, float]:
     """(flux within ``APERTURE_RADIUS`` on the target grid in the image's units, the largest such flux in the
     target's e-/s it can be scaled to before its carried noise, whitened, is above the target's background):
-    brighter, the real object would be noisier than a simulated one."""
+    brighter, the real object would be noisier than a simulated one. ``centre``: as in :func:`match_to_target`."""
     _, num = match_to_target(image, scale_in, fwhm_in, sigma_in, target, np.random.default_rng(0), flux_scale=1.0,
-                             poisson=False, noise_corr=noise_corr)
+                             poisson=False, noise_corr=noise_corr, centre=centre)
     flux, eig = num["aperture_flux_orig"], num["existing_sigma_processed_eig_max"]
     return flux, (flux * target.sigma_bkg / eig if eig > 0 else float("inf"))
 
@@ -236,10 +290,14 @@ def draw_flux(reference: np.ndarray, rng: np.random.Generator, reach: float = fl
 
 
 def process_lens(path: Path, target: Target, rng: np.random.Generator, *, reference: np.ndarray | None = None,
-                 flux_rng: np.random.Generator | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                 flux_rng: np.random.Generator | None = None, centre_sigma: float | None = None,
+                 centre_rng: np.random.Generator | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """One HST FITS file -> (size, size) float64 image in e-/s per pixel of the target, and its numbers.
     ``reference``: sorted fluxes within 2" (e-/s) the object's is drawn from by ``flux_rng`` (:func:`draw_flux`,
-    below what it can reach at the target's noise), instead of ``target.target_mag``."""
+    below what it can reach at the target's noise), instead of ``target.target_mag``. ``centre_sigma``: the frame
+    is centred on the deflector's light centre offset by N(0, centre_sigma) arcsec per axis drawn by ``centre_rng``
+    (:func:`jittered_centre`; the HST cut-outs have the deflector up to 1" off their centre) instead of the image
+    centre."""
     with fits.open(path) as hdul:
         header = hdul[0].header
         image = np.asarray(hdul[0].data, dtype=np.float64)  # axis 0 = y (NAXIS2), axis 1 = x (NAXIS1)
@@ -257,20 +315,26 @@ def process_lens(path: Path, target: Target, rng: np.random.Generator, *, refere
     else:
         sigma_in, noise_from = robust_sigma(_border(image, BORDER_WIDTH)), f"1.4826*MAD of {BORDER_WIDTH}-px border"
     corr = noise_correlation(image)
+    centre: tuple[float, float] | None = None
+    placed: dict[str, Any] = {}
+    if centre_sigma is not None:
+        assert centre_rng is not None, "a centre_sigma needs a centre_rng"
+        centre, placed = jittered_centre(image, (sy, sx), centre_sigma, centre_rng)
     drawn: dict[str, Any] = {}
     if reference is not None:
         assert flux_rng is not None, "a reference needs a flux_rng"
-        flux, reach = flux_reach(image, (sy, sx), fwhm_hst, sigma_in, target, corr)
+        flux, reach = flux_reach(image, (sy, sx), fwhm_hst, sigma_in, target, corr, centre)
         want = draw_flux(reference, flux_rng, reach) if flux > 0 else None
         if want is None:
             raise ValueError(f"{path}: its flux cannot reach the reference's within the target's noise")
         target = replace(target, target_mag=float(cps2magnitude(want, target.zero_point)))
         drawn = {"flux_reach": reach, "flux_draw_truncated": bool(reach < reference[-1])}
     try:
-        out, numbers = match_to_target(image, (sy, sx), fwhm_hst, sigma_in, target, rng, noise_corr=corr)
+        out, numbers = match_to_target(image, (sy, sx), fwhm_hst, sigma_in, target, rng, noise_corr=corr,
+                                       centre=centre)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
-    numbers |= drawn
+    numbers |= drawn | placed
     ab_zp = _ab_zero_point(header)
     aperture_flux = numbers["aperture_flux_orig"]
     numbers = {

@@ -26,6 +26,9 @@ from skybench.physics.noise import magnitude2cps
 from skybench.real_hst import (
     APERTURE_RADIUS,
     BORDER_WIDTH,
+    CENTRE_SEARCH_RADIUS,
+    CENTRE_SMOOTH,
+    CENTRE_WINDOW,
     Target,
     _lens_dir,
     _read_catalog,
@@ -62,7 +65,7 @@ def lens_target(track: Track, target_mag: float) -> Target:
     return target
 
 
-def _processing(target: Target, seed: int) -> str:
+def _processing(target: Target, seed: int, centre_sigma: float) -> str:
     target_cps = float(magnitude2cps(target.target_mag, target.zero_point))
     return (
         "Real HST lenses (data/lenses_hst: 20 DESI-LS WFC3/IR F140W at 0.08\"/px, 7 SLACS ACS/WFC F814W at 0.05\"/px)"
@@ -74,7 +77,11 @@ def _processing(target: Target, seed: int) -> str:
         f" {target.fwhm}\", s = FWHM/2.3548; p^2/12 = the HST pixel's blur, in the image and added again by"
         " step 3; 0 if negative). (3) Flux-conserving"
         f" area-weighted rebinning of the image as a piecewise-constant surface onto {target.size}x{target.size}"
-        f" pixels of {target.pixel_scale}\" centred on the image centre (new = A_y @ img @ A_x.T, A[i,j] ="
+        f" pixels of {target.pixel_scale}\" centred on the deflector's light centre (brightest pixel of the image"
+        f" smoothed by a {CENTRE_SMOOTH}\" Gaussian within {CENTRE_SEARCH_RADIUS}\" of the image centre, refined by"
+        f" a windowed centroid, SExtractor XWIN, window sigma {CENTRE_WINDOW}\") offset by N(0, {centre_sigma}\")"
+        " per axis (numpy default_rng([seed, 6, index]); lens.center_sigma of the track: the simulated deflectors'"
+        " offsets) (new = A_y @ img @ A_x.T, A[i,j] ="
         " overlap(new i, old j) / old pixel length); outside the HST footprint the frame is 0 before noise."
         f" (4) Flux scaled so that the flux within r = {APERTURE_RADIUS}\" of the centre (deflector + arcs,"
         f" measured after rebinning without the PSF step; images are already background-subtracted) is"
@@ -88,11 +95,14 @@ def _processing(target: Target, seed: int) -> str:
 
 
 
-def _lens_items(data_dir: Path, target: Target, seed: int, reference: np.ndarray | None = None) -> list[Item]:
+def _lens_items(data_dir: Path, target: Target, seed: int, centre_sigma: float, reference: np.ndarray | None = None
+                ) -> list[Item]:
     """The real HST lenses of ``data_dir``, processed in catalogue order (noise: default_rng([seed, index])).
     ``reference``: simulated lenses' fluxes within 2"; each lens's is drawn from them (default_rng([seed, 4,
     index]) below what the lens reaches at the track's noise) instead of all being ``target.target_mag`` (one
-    magnitude for all would tell them apart)."""
+    magnitude for all would tell them apart). Each frame is centred on the deflector's light centre offset by
+    N(0, ``centre_sigma``) arcsec per axis (default_rng([seed, 6, index])), as the simulated deflectors are: the
+    DESI cut-outs have it up to 1" off their centre (the brightest pixel told them apart)."""
     lens_dir = _lens_dir(data_dir)
     catalog = _read_catalog(lens_dir)
     items = []
@@ -102,7 +112,8 @@ def _lens_items(data_dir: Path, target: Target, seed: int, reference: np.ndarray
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # duplicated keywords in the HLA headers
             image, numbers = process_lens(path, target, np.random.default_rng([seed, index]), reference=reference,
-                                          flux_rng=np.random.default_rng([seed, 4, index]))
+                                          flux_rng=np.random.default_rng([seed, 4, index]), centre_sigma=centre_sigma,
+                                          centre_rng=np.random.default_rng([seed, 6, index]))
         items.append(Item(image[None].astype(np.float32), {
             "file": entry["file"], "name": entry["name"],
             "survey": entry["survey"], "telescope": entry["telescope"], "instrument": entry["instrument"],
@@ -149,11 +160,12 @@ def import_real_lenses(data_dir: Path, track: Track | str, out: Path, *, seed: i
     as the ``test`` split of a release at ``out`` in the format of ``track``; return ``out``."""
     track = load_track(track) if isinstance(track, str) else track
     target = lens_target(track, target_mag)
-    items = _lens_items(data_dir, target, seed)
+    assert isinstance(track, LensTrack)
+    items = _lens_items(data_dir, target, seed, track.population.lens.center_sigma)
     info = {"track": track.name, "task": track.task, "profile": PROFILE, "seed": seed, "bands": track.band_names,
             "pixel_scale": track.survey.pixel_scale, "units": "e-/s per pixel",
             "source": "data/lenses_hst (real HST images of confirmed lenses; data/README.md section 1)",
-            "processing": _processing(target, seed)}
+            "processing": _processing(target, seed, track.population.lens.center_sigma)}
     return _write(Path(out), track, [(1, it) for it in items], info, progress)
 
 
@@ -175,8 +187,8 @@ def import_real_set(data_dir: Path, track: Track | str, out: Path, *, seed: int 
     if len(track.survey.bands) == 1:
         target = lens_target(track, target_mag)
         assert isinstance(track, LensTrack)
-        lenses = _lens_items(data_dir, target, seed, simulated_fluxes(track)[1])
-        notes["lenses"] = _processing(target, seed).replace(
+        lenses = _lens_items(data_dir, target, seed, track.population.lens.center_sigma, simulated_fluxes(track)[1])
+        notes["lenses"] = _processing(target, seed, track.population.lens.center_sigma).replace(
             f"is magnitude {target.target_mag} at", "has a magnitude drawn (numpy default_rng([seed, 4, index])) from"
             f" the simulated lenses' fluxes within {APERTURE_RADIUS}\" ({REFERENCE_SIZE} objects of this track, public"
             f" seed {REFERENCE_SEED}, split train), below the flux at which the lens's own noise, whitened, would"
