@@ -51,6 +51,7 @@ from skybench.real_hst import (
     draw_flux,
     fit_psf_fwhm,
     flux_reach,
+    jittered_centre,
     match_to_target,
     noise_correlation,
     resample_flux,
@@ -86,11 +87,13 @@ def _psf_fwhm(psf: np.ndarray, scale: float, radius: float = 0.3) -> float:
 
 
 def _draw_target(track: LensTrack, reference: np.ndarray, seed: int, index: int, image: np.ndarray, scale: float,
-                 fwhm: float, sigma: float, corr: tuple[np.ndarray, np.ndarray]) -> tuple[Target, float] | None:
+                 fwhm: float, sigma: float, corr: tuple[np.ndarray, np.ndarray], centre: tuple[float, float]
+                 ) -> tuple[Target, float] | None:
     """The target of real object ``index`` (one band) and its flux reach: the magnitude of its flux within 2\"
-    drawn from the simulated non-lenses' below what it reaches at the track's noise (None: it reaches none)."""
+    (of ``centre``) drawn from the simulated non-lenses' below what it reaches at the track's noise (None: it
+    reaches none)."""
     probe = Target.for_band(track, 0, float("nan"))
-    flux, reach = flux_reach(image, (scale, scale), fwhm, sigma, probe, corr)
+    flux, reach = flux_reach(image, (scale, scale), fwhm, sigma, probe, corr, centre)
     want = draw_flux(reference, np.random.default_rng([seed, 1, index]), reach) if flux > 0 else None
     if want is None:
         return None
@@ -99,6 +102,14 @@ def _draw_target(track: LensTrack, reference: np.ndarray, seed: int, index: int,
 
 def _noise_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, 2, index])
+
+
+def _centre(track: LensTrack, seed: int, index: int, image: np.ndarray, scale: float
+            ) -> tuple[tuple[float, float], dict[str, Any]]:
+    """Where a lens-space frame is centred: the galaxy's light centre offset by N(0, lens.center_sigma) per axis
+    (default_rng([seed, 5, index])), as the simulated deflectors and the real lenses are."""
+    return jittered_centre(image, (scale, scale), track.population.lens.center_sigma,
+                           np.random.default_rng([seed, 5, index]))
 
 
 def _check(track: Track) -> LensTrack:
@@ -159,12 +170,14 @@ def _stamp_item(path: Path, track: LensTrack, seed: int, index: int, psf_cube: n
         psf, psf_from = psf_cube[plane], f"COSMOS_F814W_PSF_examples.fits plane {plane} (not this galaxy's)"
     fwhm = _psf_fwhm(psf, scale)
     corr = noise_correlation(image)
-    drawn = _draw_target(track, reference, seed, index, image - bkg, scale, fwhm, sigma, corr)
+    centre, placed = _centre(track, seed, index, image - bkg, scale)
+    drawn = _draw_target(track, reference, seed, index, image - bkg, scale, fwhm, sigma, corr, centre)
     if drawn is None:
         return None
     target, reach = drawn
     out, numbers = match_to_target(image - bkg, (scale, scale), fwhm, sigma, target, _noise_rng(seed, index),
-                                   noise_corr=corr)
+                                   noise_corr=corr, centre=centre)
+    numbers |= placed
     numbers["flux_reach"] = reach
     meta = {"source_kind": "hst_stamp", "file": f"hst_stamps/{path.name}", "name": str(header.get("OBJECT", "")),
             "band": str(header.get("FILTER", "")), "telescope": str(header.get("TELESCOP", "")),
@@ -213,17 +226,20 @@ def _scene_items(galaxy_dir: Path, track: LensTrack, seed: int, start: int, refe
         scene = scene - bkg
         fwhm = _psf_fwhm(psf, scale)
         corr = noise_correlation(scene)
-        half_frame = int(np.ceil(frame / 2 / scale))
+        # the frame's half width, plus room for the offset of its centre from the peak pixel (light centre, jitter)
+        half_frame = int(np.ceil((frame / 2 + 4 * track.population.lens.center_sigma + SCENE_SMOOTH) / scale))
         for y, x in find_galaxies(scene, float(sigma), scale, count):
             index = start + len(items)
             h = min(half_frame, y, x, scene.shape[0] - 1 - y, scene.shape[1] - 1 - x)
             window = scene[y - h:y + h + 1, x - h:x + h + 1]  # odd, centred on the peak pixel
-            drawn = _draw_target(track, reference, seed, index, window, scale, fwhm, float(sigma), corr)
+            centre, placed = _centre(track, seed, index, window, scale)
+            drawn = _draw_target(track, reference, seed, index, window, scale, fwhm, float(sigma), corr, centre)
             if drawn is None:
                 continue
             target, reach = drawn
             out, numbers = match_to_target(window, (scale, scale), fwhm, float(sigma), target, _noise_rng(seed, index),
-                                           noise_corr=corr)
+                                           noise_corr=corr, centre=centre)
+            numbers |= placed
             numbers["flux_reach"] = reach
             meta = {"source_kind": "hst_scene", "file": f"hst_fields/{name}", "name": f"{name} peak ({y}, {x})",
                     "band": str(header.get("FILTER", "F105W" if "F105W" in name else "F814W")),
@@ -359,7 +375,9 @@ def describe(track: Track) -> str:
                 f" >= {SCENE_MIN_SEPARATION}\" apart, >= {SCENE_EDGE}\" from the edge) of the HST scenes"
                 f" {', '.join(f'{k} (<= {v})' for k, v in SCENES.items())}; background (NOISEMEA, or the scene's"
                 " 3-sigma-clipped median) subtracted; PSF FWHM fitted to the own PSF HDU (else a random plane of"
-                " COSMOS_F814W_PSF_examples.fits); then steps (2)-(5) of the lens set, with the flux within 2\""
+                " COSMOS_F814W_PSF_examples.fits); frame centred on the galaxy's light centre offset by"
+                f" N(0, {_check(track).population.lens.center_sigma}\") per axis (as the lenses; numpy"
+                " default_rng([seed, 5, index])); then steps (2)-(5) of the lens set, with the flux within 2\""
                 f" drawn (numpy default_rng([seed, 1, index])) from {REFERENCE_SIZE} simulated non-lenses' of this"
                 f" track (public seed {REFERENCE_SEED}, split train), below the object's reach (flux_reach: brighter,"
                 " its own noise, whitened, would be above the track's; stamps reaching none are dropped, counted in"
