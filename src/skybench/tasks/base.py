@@ -94,7 +94,7 @@ class Task(ABC):
         return None
 
     def split_groups(self, track: Track, truth: HiddenSplit) -> np.ndarray | None:
-        """A group label per object of ``truth`` (release order) that the public/private split draws its share
+        """A group label per object of ``truth`` (release order) that the public-private split draws its share
         from separately (e.g. a conditional generator's grid point, so each part has maps of every point);
         None (the default): one group."""
         return None

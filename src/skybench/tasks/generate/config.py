@@ -247,7 +247,7 @@ class GenerateTrack(Track):
         return self
 
     def _check_points_per_part(self) -> None:
-        """Each grid point needs MIN_MAPS_PER_POINT test maps in the whole set and, with a public/private split
+        """Each grid point needs MIN_MAPS_PER_POINT test maps in the whole set and, with a public-private split
         (each point's share drawn separately: ``score.split_groups``), in each part."""
         n_points, f = self.population.n_points, self.evaluation.public_fraction
 

@@ -22,7 +22,7 @@ rows as given, repeats counted). Metrics (:mod:`skybench.tasks.generate.metrics`
 
 A conditional track (``population.grid``) is scored per grid point by :func:`score_grid` (the same metrics under
 ``by_cosmology_<label>_<metric>``, their mean over points, the parameter read-back ``param_bias_*``) and
-:func:`grid_resamples`; its public/private split draws each grid point's share separately (:func:`split_groups`).
+:func:`grid_resamples`; its public-private split draws each grid point's share separately (:func:`split_groups`).
 
 Participants see ``summary_stats.png`` (:func:`public_artifacts`): their maps' statistics against the public
 training maps'; nothing from the hidden maps.
@@ -103,7 +103,7 @@ def truth_maps(truth: HiddenSplit, ids: np.ndarray, what: str = "truth maps") ->
 
 
 def split_groups(track: GenerateTrack, truth: HiddenSplit) -> np.ndarray | None:
-    """The public/private split's groups: on a conditional track the grid point of each truth map (release
+    """The public-private split's groups: on a conditional track the grid point of each truth map (release
     order), so each part holds the same share of every point (its per-point chi^2 needs ``MIN_MAPS_PER_POINT``
     maps in each part); None (one group) on an unconditional track."""
     if track.population.grid is None:
