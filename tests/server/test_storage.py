@@ -203,27 +203,31 @@ def _gnu_sparse() -> bytes:
 def test_tar_metadata_headers_are_bounded_before_they_are_read(make, store: Store):
     """tarfile reads a pax or GNU long-name header whole, at its declared size, before any member is checked:
     64 MiB of zeros (64 KiB of gzip) must be refused without being held in memory."""
-    import tracemalloc
-
     data = make()
     assert len(data) < LIMITS.max_bytes
     archive = store.receive([data])
-    tracemalloc.start()
-    try:
-        with pytest.raises(UploadError, match="pax or long-name headers|sparse files are not allowed"):
-            store.unpack(archive)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = _refused_peak(store, archive, "pax or long-name headers|sparse files are not allowed")
     assert peak < 8 * 1024**2, f"unpacking held {peak >> 20} MiB"
     assert [p.name for p in store.incoming.iterdir()] == [archive.name]
+
+
+def _refused_peak(store: Store, archive: Path, match: str) -> int:
+    """Peak traced memory (bytes) of unpacking ``archive``, which must be refused with a message matching ``match``."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(UploadError, match=match):
+            store.unpack(archive)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def test_zip_central_directory_is_bounded_before_it_is_parsed(store: Store):
     """ZipFile makes an object of every central-directory record before the file count is checked, and goes by
     the directory's size, not its declared count: 40,000 records declared as 1 must be refused unread."""
     import struct
-    import tracemalloc
 
     name = b"a"
     local = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, 0, 0, 0, len(name), 0) + name
@@ -232,11 +236,5 @@ def test_zip_central_directory_is_bounded_before_it_is_parsed(store: Store):
     n = 40_000
     end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 1, 1, len(record) * n, len(local), 0)
     archive = store.receive([local, record * n, end])
-    tracemalloc.start()
-    try:
-        with pytest.raises(UploadError, match="central directory is .* too large"):
-            store.unpack(archive)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = _refused_peak(store, archive, "central directory is .* too large")
     assert peak < 4 * 1024**2, f"unpacking held {peak >> 20} MiB"
