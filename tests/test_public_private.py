@@ -139,3 +139,13 @@ def test_tracks_that_share_test_objects_share_their_split(root, monkeypatch):
                 assert split == other_split, f"{name} and {other} share the {objects} but not its split"
             seen.setdefault(objects, (name, split))
     assert shared >= 3  # photoz-images/catalog, and two real sets shared by a track and its realsrc twin
+
+
+def test_every_shipped_track_has_a_public_and_a_private_part(root, monkeypatch):
+    """Without a split the open board shows the metrics the final board ranks on, so probing it acts on the final
+    ranking (photo-z, enhance, injected and generate tracks had none before session 16)."""
+    from skybench.tracks import list_tracks
+
+    monkeypatch.setenv("SKYBENCH_ROOT", str(root))
+    missing = [name for name in list_tracks() if load_track(name).evaluation.public_fraction is None]
+    assert not missing, f"tracks without evaluation.public_fraction: {missing}"
