@@ -130,7 +130,7 @@ def cfg(tmp_path: Path, db_url: str):  # type: ignore[no-untyped-def]
     return ChallengeConfig.model_validate({
         "tracks": {"lens-space": {"quota": {"per_day": 3, "per_phase": 5}},
                    "lens-ground": {"open": False}},
-        "storage": str(tmp_path / "store"), "database_url": db_url, "public_score_digits": 3,
+        "storage": str(tmp_path / "store"), "database_url": db_url, "public_score_digits": 3, "open_board": "scores",
         "upload": {"max_bytes": 2_000_000, "max_files": 50, "max_unpacked_bytes": 4_000_000, "max_depth": 8},
         "auth": {"max_failures": 3, "window_seconds": 60}, "lease_seconds": 30,
         "project_root": str(tmp_path / "project")})

@@ -23,7 +23,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import Engine, select
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.datastructures import UploadFile
 
 from skybench.harness.submission import SLUG
@@ -47,13 +47,18 @@ def _track_in(track: str, closed: bool) -> Any:
     return t.model_copy(update={"evaluation": ev})
 
 
-def shown_metrics(cfg: ChallengeConfig, track: str, phase: Phase, metrics: dict[str, float]) -> dict[str, float]:
-    """What a team sees of its own metrics now: the participant view (:func:`skybench.harness.visibility.
-    participant_view`: the public part until the final phase, then the private part too, never a whole-test-set
-    metric of a split track, no stratum bin with few objects); rounded while the phase is open."""
+def shown_metrics(cfg: ChallengeConfig, sub: Submission, phase: Phase, session: Session) -> dict[str, Any]:
+    """What a team sees of a finished submission's metrics now: the participant view (:func:`skybench.harness.
+    visibility.participant_view`: the public part until the final phase, then the private part too, never a
+    whole-test-set metric of a split track, no stratum bin with few objects); while the phase is open, rounded,
+    or only the Ladder's score with ``open_board: ladder`` (:func:`skybench.server.ladder.shown`)."""
     from skybench.harness.visibility import participant_view
 
-    metrics = participant_view(_track_in(track, phase == "final"), metrics)
+    if phase == "open" and cfg.open_board == "ladder":
+        from skybench.server import ladder
+
+        return ladder.shown(session, cfg, sub)
+    metrics = participant_view(_track_in(sub.track, phase == "final"), sub.metrics or {})
     digits = cfg.public_score_digits
     if digits is not None and phase == "open":
         metrics = {k: round(v, digits) if isinstance(v, float) and math.isfinite(v) else v
@@ -118,11 +123,12 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
     def view(sub: Submission, team_name: str) -> dict[str, Any]:
         with Session() as s:
             phase = queue.current_phase(s, cfg, sub.track)
+            metrics = shown_metrics(cfg, sub, phase, s) if sub.state == "finished" else {}
         return {"id": sub.id, "team": team_name, "track": sub.track, "name": sub.name, "sha256": sub.sha256,
                 "phase": sub.phase, "state": sub.state, "reason": sub.reason, "log": sub.log or "",
                 "attempt": sub.attempt,
                 "counted": sub.counted,
-                "metrics": shown_metrics(cfg, sub.track, phase, sub.metrics or {}) if sub.state == "finished" else {},
+                "metrics": metrics,
                 **{f"{k}_at": (getattr(sub, f"{k}_at").isoformat() if getattr(sub, f"{k}_at") else None)
                    for k in ("received", "queued", "running", "finished", "failed")},
                 "status_url": f"/api/submissions/{sub.id}"}

@@ -72,6 +72,10 @@ class ChallengeConfig(_Strict):
     storage: Path = Path("challenge-store")  # relative to the yaml's folder
     database_url: str | None = None  # None: sqlite:///<storage>/skybench.db
     public_score_digits: int | None = Field(None, ge=0, le=12)  # round scores shown during the open phase
+    # What teams see while a track is open: every public metric of each submission ("scores"), or only the
+    # Ladder's score (skybench.server.ladder), which moves only on a real improvement
+    open_board: Literal["scores", "ladder"] = "ladder"
+    ladder_step: float | None = Field(None, gt=0)  # the Ladder's fixed step; None: the paired bootstrap's sd
     upload: UploadLimits = UploadLimits()
     auth: AuthLimits = AuthLimits()
     lease_seconds: int = Field(900, ge=5)  # a job whose worker sent no heartbeat for this long is re-run

@@ -139,22 +139,39 @@ def ranked_as_shown(board: pd.DataFrame, track_name: str, digits: int | None) ->
     return pd.concat([order, board[board["rank"].isna()]], ignore_index=True)
 
 
+def open_board(session: Session, cfg: ChallengeConfig, track: str, public: pd.DataFrame) -> pd.DataFrame:
+    """The board teams see while ``track`` is open: ``public`` (the leaderboard of the public part), or each team's
+    Ladder leader with its ladder score only (``open_board: ladder``: :mod:`skybench.server.ladder`)."""
+    if cfg.open_board != "ladder":
+        return public
+    from skybench.server import ladder
+
+    return ladder.board(session, cfg, track, public)
+
+
 def best_public(public: pd.DataFrame) -> dict[str, str]:
     """{team: name of its best-ranked entry on the public board}."""
     ranked = public[public["rank"].notna()].sort_values("rank")
     return dict(ranked.drop_duplicates("team")[["team", "name"]].itertuples(index=False, name=None))
 
 
-def final_entries(session: Session, track: str, public: pd.DataFrame) -> Versions:
+def final_entries(session: Session, cfg: ChallengeConfig, track: str, public: pd.DataFrame) -> Versions:
     """(team, name, sha256) of the submissions that rank in the final phase: each team's chosen ones (a version of
     an entry: its sha256 identifies its evaluation), else its best public entry (sha256 None: the version the
-    public board ranks, the entry's latest)."""
+    public board ranks, the entry's latest; with ``open_board: ladder``, the team's leader)."""
     rows = session.execute(select(Team.name, Submission.name, Submission.sha256)
                            .join(FinalChoice, FinalChoice.team_id == Team.id)
                            .join(Submission, Submission.id == FinalChoice.submission_id)
                            .where(FinalChoice.track == track)).all()
     out: set[tuple[str, str, str | None]] = {(t, n, sha) for t, n, sha in rows}
     chosen = {t for t, _, _ in out}
+    if cfg.open_board == "ladder":
+        from skybench.server import ladder
+
+        leaders = ladder.leaders(session, cfg, track)
+        rows = session.execute(select(Team.name, Submission.name, Submission.sha256).join(Team)
+                               .where(Submission.id.in_(leaders))).all() if leaders else []
+        return frozenset(out | {(t, n, sha) for t, n, sha in rows if t not in chosen})
     out |= {(t, n, None) for t, n in best_public(public).items() if t not in chosen}
     return frozenset(out)
 
@@ -163,7 +180,7 @@ def final_board(session: Session, cfg: ChallengeConfig, track: str, *, fresh: bo
     """The board of the final phase: the final entries (:func:`final_entries`) ranked on the private part, each
     on its chosen version's own evaluation (two chosen versions of one entry: the later evaluated)."""
     public = board(session, cfg, track, "public", fresh=fresh)
-    private = board(session, cfg, track, "private", fresh=fresh, versions=final_entries(session, track, public))
+    private = board(session, cfg, track, "private", fresh=fresh, versions=final_entries(session, cfg, track, public))
     return private[private["rank"].notna()].reset_index(drop=True)
 
 
@@ -175,7 +192,8 @@ def live_board(session: Session, cfg: ChallengeConfig, track: str, phase: str, *
         public = board(session, cfg, track, "public", fresh=fresh)
         if phase != "open":
             return _rows(public)
-        return _round(cfg, track, _rows(ranked_as_shown(public, track, cfg.public_score_digits)))
+        return _round(cfg, track, _rows(ranked_as_shown(open_board(session, cfg, track, public), track,
+                                                        cfg.public_score_digits)))
     return _rows(final_board(session, cfg, track, fresh=fresh))
 
 

@@ -207,7 +207,7 @@ def public_board(cfg: ChallengeConfig, track_name: str, phase: Phase, session: A
     :func:`skybench.server.phases.final_board`), rounded while ``open`` as the JSON API does. The ranking is
     :func:`skybench.tracking.leaderboard.leaderboard`'s (the CLI's), through the API's cache."""
     from skybench.server.phases import board as cached_board
-    from skybench.server.phases import final_board, ranked_as_shown
+    from skybench.server.phases import final_board, open_board, ranked_as_shown
     from skybench.tracking.leaderboard import scored_on
     from skybench.tracks import load_track
 
@@ -216,6 +216,8 @@ def public_board(cfg: ChallengeConfig, track_name: str, phase: Phase, session: A
         update={"phase": "closed" if phase == "final" else "open"})})
     board = (final_board(session, cfg, track_name) if phase == "final"
              else cached_board(session, cfg, track_name, "public"))
+    if phase == "open":
+        board = open_board(session, cfg, track_name, board)
     primary = track.metrics.primary
     report = [m for m in track.metrics.report if m != primary]
     digits = cfg.public_score_digits if phase == "open" else None
@@ -277,6 +279,12 @@ def plots(sub: Submission, team_name: str) -> list[str]:
         return sorted(a.path for a in client().list_artifacts(run.info.run_id) if a.path in allowed)
     except Exception:  # noqa: BLE001 - MLflow away: the page shows no plot rather than an error
         return []
+
+
+def plots_shown(cfg: ChallengeConfig, phase: Phase) -> bool:
+    """Whether teams see their plots now: not while the Ladder decides what an open phase shows (a public ROC
+    curve is a score per point)."""
+    return not (phase == "open" and cfg.open_board == "ladder")
 
 
 def plot_bytes(sub: Submission, team_name: str, name: str) -> bytes | None:
@@ -363,10 +371,10 @@ def _login_first(request: Request) -> RedirectResponse:
     return RedirectResponse("/login", status_code=303)
 
 
-def _row(cfg: ChallengeConfig, sub: Submission, phase: Phase) -> dict[str, Any]:
+def _row(cfg: ChallengeConfig, sub: Submission, phase: Phase, session: Any) -> dict[str, Any]:
     from skybench.server.app import shown_metrics
 
-    metrics = shown_metrics(cfg, sub.track, phase, sub.metrics or {}) if sub.state == "finished" else {}
+    metrics = shown_metrics(cfg, sub, phase, session) if sub.state == "finished" else {}
     when = sub.finished_at or sub.failed_at or sub.running_at or sub.queued_at or sub.received_at
     return {"id": sub.id, "track": sub.track, "name": sub.name, "state": sub.state, "reason": sub.reason,
             "log": sub.log, "attempt": sub.attempt, "counted": sub.counted,
@@ -390,8 +398,8 @@ def team_page(request: Request) -> Response:
                          .order_by(Submission.received_at.desc())).all()
         phases = {n: queue.current_phase(s, cfg, n) for n in cfg.tracks}
         quotas = {n: queue.quota_left(s, cfg, team, n) for n, c in cfg.tracks.items() if c.open}
-    return _page(request, "team.html", team=team, quotas=quotas, phases=phases,
-                 submissions=[_row(cfg, x, phases.get(x.track, "open")) for x in subs])
+        rows = [_row(cfg, x, phases.get(x.track, "open"), s) for x in subs]
+    return _page(request, "team.html", team=team, quotas=quotas, phases=phases, submissions=rows)
 
 
 def _own(request: Request, team: Team, sub_id: str) -> Submission | None:
@@ -411,13 +419,20 @@ def submission_page(request: Request, sub_id: str) -> Response:
     cfg: ChallengeConfig = request.app.state.cfg
     with request.app.state.sessions() as s:
         phase = queue.current_phase(s, cfg, sub.track)
-    return _page(request, "submission.html", team=team, sub=_row(cfg, sub, phase), plots=plots(sub, team.name))
+        row = _row(cfg, sub, phase, s)
+    return _page(request, "submission.html", team=team, sub=row,
+                 plots=plots(sub, team.name) if plots_shown(cfg, phase) else [])
 
 
 @router.get("/team/submissions/{sub_id}/plots/{name}")
 def plot(request: Request, sub_id: str, name: str) -> Response:
     team = _current_team(request)
     sub = _own(request, team, sub_id) if team is not None else None
+    if sub is not None:
+        cfg: ChallengeConfig = request.app.state.cfg
+        with request.app.state.sessions() as s:
+            if not plots_shown(cfg, queue.current_phase(s, cfg, sub.track)):
+                sub = None
     data = plot_bytes(sub, team.name, name) if sub is not None and team is not None else None
     if data is None:
         raise HTTPException(404, "no such plot")

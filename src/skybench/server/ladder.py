@@ -1,0 +1,192 @@
+"""The Ladder (Blum & Hardt 2015, ICML, arXiv:1502.04585): what teams learn of their scores while a track is
+open, when ``challenge.yaml`` says ``open_board: ladder``.
+
+Each team has one ladder per track. Its submissions that finished in the open phase are taken in the order they
+finished. The first with a primary score becomes the team's leader; a later one replaces the leader only when its
+public primary score is better by more than ``eta``:
+
+* ``ladder_step`` when set (the fixed-step Ladder);
+* else the standard deviation of the paired bootstrap difference between the two, on the public part, with the
+  leaderboard's own resamples (:func:`skybench.tracking.ranks.primary_resamples`). This is the parameter-free
+  Ladder's one-sided paired test (``mrtzh/Ladder.jl``: improve by more than s/sqrt(n)), for primary metrics such
+  as AUROC that are not a mean of per-object losses.
+
+A team sees, of each submission, only whether it became the leader and the ladder score after it (the leader's
+public primary score, rounded to ``public_score_digits``); the open board shows each team's leader with that score
+and no other metric. A submission that is not a real improvement so tells its team one bit, whatever it encodes
+in its predictions (Whitehill 2017's attack reads labels off the digits of a score)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from skybench.server.config import ChallengeConfig
+from skybench.server.db import Submission, Team
+
+log = logging.getLogger("skybench.server")
+
+
+@dataclass(frozen=True)
+class Rung:
+    """A submission's place on its team's ladder."""
+
+    team: str
+    leader: bool  # it became the team's leader
+    score: float | None  # the team's ladder score after it (None: no leader yet)
+    leader_id: str | None  # the leader after it
+
+
+def _open_track(name: str) -> Any:
+    from skybench.tracks import load_track
+
+    t = load_track(name)
+    return t.model_copy(update={"evaluation": t.evaluation.model_copy(update={"phase": "open"})})
+
+
+def score_key(track: str) -> str:
+    """The metric the ladder climbs: the primary metric of the public part (of the whole set without a split)."""
+    from skybench.tracking.leaderboard import metric_prefix
+
+    t = _open_track(track)
+    return metric_prefix(t) + t.metrics.primary
+
+
+def _value(sub: Submission, key: str) -> float | None:
+    v = (sub.metrics or {}).get(key)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _run_id(track: str, team: str, name: str, sha256: str) -> str:
+    """The organiser evaluation run of one submission (its saved predictions)."""
+    from skybench.tracking import client, organiser_experiment
+
+    c = client()
+    exp = c.get_experiment_by_name(organiser_experiment(track))
+    if exp is None:
+        raise LookupError(f"no MLflow experiment {organiser_experiment(track)!r}")
+    runs = c.search_runs([exp.experiment_id], f"tags.submission_sha256 = '{sha256}' and params.team = '{team}' "
+                         f"and params.name = '{name}' and attributes.status = 'FINISHED'",
+                         order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise LookupError(f"no organiser evaluation run of {team}/{name} ({sha256[:12]})")
+    return str(runs[0].info.run_id)
+
+
+@functools.lru_cache(maxsize=8)
+def _hidden(release: str, digest: str) -> Any:
+    from skybench.release.reader import open_release
+
+    del digest  # part of the key only: a re-made release is read again
+    return open_release(Path(release)).hidden("test")
+
+
+@functools.lru_cache(maxsize=4096)
+def _paired_sd(uri: str, track: str, team: str, a: tuple[str, str], b: tuple[str, str]) -> float:
+    """Standard deviation over the leaderboard's paired bootstrap resamples of the public primary score of
+    submission ``a`` minus that of ``b`` ((name, sha256) of ``team``); ``uri``: the MLflow store (a cache key)."""
+    from skybench.release import release_digest
+    from skybench.tracking import client, ranks
+    from skybench.tracks import default_release
+
+    del uri
+    t = _open_track(track)
+    release = default_release(t)
+    hidden = _hidden(str(release), release_digest(release))
+    predictions = {f"{team}/{n}": ranks.load_predictions(client(), _run_id(track, team, n, sha)) for n, sha in (a, b)}
+    if len(predictions) < 2:  # one entry name and one sha256: the same bytes, no difference
+        return 0.0
+    _, values = ranks.primary_resamples(t, hidden, predictions)
+    d = values[0] - values[1]
+    d = d[np.isfinite(d)]  # a resample with one class has no AUROC
+    if d.size < 2:
+        raise ValueError(f"{t.name}: too few resamples with a defined {t.metrics.primary} to compare")
+    return float(np.std(d, ddof=1))
+
+
+def _eta(cfg: ChallengeConfig, track: str, team: str, sub: Submission, leader: Submission) -> float | None:
+    if cfg.ladder_step is not None:
+        return cfg.ladder_step
+    from skybench.tracking import tracking_uri
+
+    try:
+        return _paired_sd(tracking_uri(), track, team, (sub.name, sub.sha256 or ""), (leader.name, leader.sha256 or ""))
+    except (OSError, ValueError, LookupError) as exc:  # predictions or the release missing: no step is taken
+        log.warning("ladder of %s on %s: submission %s not compared with its leader: %s", team, track, sub.id, exc)
+        return None
+
+
+def climb(session: Session, cfg: ChallengeConfig, track: str) -> dict[str, Rung]:
+    """{submission id: its rung} for every finished open-phase submission of ``track``, every team."""
+    from skybench.tracks import load_track
+
+    higher = load_track(track).metrics.higher_is_better
+    key = score_key(track)
+    digits = cfg.public_score_digits
+    rows = session.execute(select(Submission, Team.name).join(Team, Team.id == Submission.team_id)
+                           .where(Submission.track == track, Submission.state == "finished",
+                                  Submission.phase == "open")
+                           .order_by(Submission.finished_at, Submission.id)).all()
+    leaders: dict[str, tuple[Submission, float]] = {}
+    out: dict[str, Rung] = {}
+    for sub, team in rows:
+        value, best = _value(sub, key), leaders.get(team)
+        up = value is not None and (best is None or (
+            (eta := _eta(cfg, track, team, sub, best[0])) is not None
+            and (value - best[1] if higher else best[1] - value) > eta))
+        if up:
+            assert value is not None
+            leaders[team] = best = (sub, value)
+        shown = None if best is None else (round(best[1], digits) if digits is not None else best[1])
+        out[sub.id] = Rung(team=team, leader=up, score=shown, leader_id=None if best is None else best[0].id)
+    return out
+
+
+def leaders(session: Session, cfg: ChallengeConfig, track: str) -> set[str]:
+    """Ids of each team's leader now (its last rung's)."""
+    return {r.leader_id for r in {r.team: r for r in climb(session, cfg, track).values()}.values()
+            if r.leader_id is not None}
+
+
+def shown(session: Session, cfg: ChallengeConfig, sub: Submission) -> dict[str, Any]:
+    """What a team sees of one submission's scores while the track is open: the ladder score after it and
+    whether it became the leader (empty for a submission not on the ladder: another phase, not finished)."""
+    rung = climb(session, cfg, sub.track).get(sub.id)
+    if rung is None or rung.score is None:
+        return {}
+    return {score_key(sub.track): rung.score, "ladder": "new best" if rung.leader else "kept the previous best"}
+
+
+def board(session: Session, cfg: ChallengeConfig, track: str, public: pd.DataFrame) -> pd.DataFrame:
+    """The open board: one row per team, its leader with the ladder score only (columns as ``public``, the
+    leaderboard read from MLflow, whose unranked rows, failures, are kept)."""
+    from skybench.tracks import load_track
+
+    t = load_track(track)
+    rungs = climb(session, cfg, track)
+    now = {r.leader_id for r in {r.team: r for r in rungs.values()}.values() if r.leader_id is not None}
+    subs = session.execute(select(Submission, Team.name).join(Team, Team.id == Submission.team_id)
+                           .where(Submission.id.in_(now))).all() if now else []
+    rows = []
+    for sub, team in subs:
+        row: dict[str, Any] = {c: pd.NA for c in public.columns}
+        row.update(team=team, name=sub.name, status="FINISHED", format="", device="", reason="", group="",
+                   submitted=sub.received_at.isoformat(timespec="milliseconds"))
+        row[t.metrics.primary] = rungs[sub.id].score
+        rows.append(row)
+    ladder = pd.DataFrame(rows, columns=public.columns)
+    ladder = ladder.sort_values([t.metrics.primary, "submitted", "team"], kind="stable",
+                                ascending=[not t.metrics.higher_is_better, True, True])
+    ladder["rank"] = pd.array(range(1, len(ladder) + 1), dtype="Int64")
+    unranked = public[public["rank"].isna()]
+    unranked = unranked[~unranked["team"].isin(ladder["team"])]  # a team with a leader shows only its leader
+    return pd.concat([ladder, unranked], ignore_index=True) if len(unranked) else ladder.reset_index(drop=True)

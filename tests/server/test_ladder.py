@@ -1,0 +1,185 @@
+"""The Ladder on the open board (``open_board: ladder``, skybench.server.ladder; Blum & Hardt 2015): what a team
+sees of each submission and on the board while a track is open, with the fixed step and with the parameter-free
+step (the paired bootstrap's sd, checked against scikit-learn's AUROC on the same resamples), on SQLite and
+PostgreSQL, the boards read from a real MLflow store and, for the paired step, a simulated release."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/helpers.py
+from helpers import mlflow_store  # noqa: E402
+
+TRACK = "lens-space"
+
+
+def _sha(team: str, name: str, version: int) -> str:
+    return hashlib.sha256(f"{team}/{name}/{version}".encode()).hexdigest()
+
+
+def _log(team: str, name: str, sha: str, public: float, private: float, predictions: Path | None = None) -> None:
+    from skybench import tracking
+
+    time.sleep(0.005)  # distinct start times
+    metrics = {"public_auroc": public, "private_auroc": private, "public_tpr0": public / 2}
+    tracking.log_evaluation(TRACK, team=team, name=name, fmt="csv", status="FINISHED", metrics=metrics,
+                            tags={"submission_sha256": sha, "release_sha256": "r" * 64, "device": "cpu"},
+                            artifacts=[predictions] if predictions else (),
+                            experiment=tracking.organiser_experiment(TRACK))
+
+
+class Server:
+    """A challenge server on ``cfg`` whose teams' finished submissions are added one at a time, in order."""
+
+    def __init__(self, cfg, engine) -> None:  # type: ignore[no-untyped-def]
+        from skybench.server.auth import add_team
+        from skybench.server.db import sessions, utcnow
+
+        self.cfg, self.Session = cfg, sessions(engine)
+        self.t0 = utcnow()
+        self.n = 0
+        with self.Session() as s:
+            self.teams = {n: add_team(s, n) for n in ("alpha", "beta")}
+            s.commit()
+        self.auth = {n: {"Authorization": f"Bearer {i.token}"} for n, i in self.teams.items()}
+
+    def finish(self, team: str, name: str, public: float, private: float, predictions: Path | None = None) -> str:
+        from skybench.server.db import Submission
+
+        self.n += 1
+        sha = _sha(team, name, self.n)
+        when = self.t0 + timedelta(seconds=self.n)
+        with self.Session() as s:
+            sub = Submission(id=f"s{self.n:02d}".ljust(32, "0"), team_id=self.teams[team].team.id, track=TRACK,
+                             name=name, sha256=sha, phase="open", state="finished", received_at=when,
+                             queued_at=when, finished_at=when,
+                             metrics={"public_auroc": public, "private_auroc": private, "public_tpr0": public / 2})
+            s.add(sub)
+            s.commit()
+            sid = sub.id
+        _log(team, name, sha, public, private, predictions)
+        return sid
+
+
+def _config(cfg, **update):  # type: ignore[no-untyped-def]
+    return cfg.model_copy(update={"open_board": "ladder", "leaderboard_cache_seconds": 0, **update})
+
+
+def test_fixed_step_ladder_shows_one_score_that_moves_only_on_a_real_improvement(cfg, engine, tmp_path,
+                                                                                  monkeypatch):
+    from skybench.server.app import create_app
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    cfg = _config(cfg, ladder_step=0.01)
+    server = Server(cfg, engine)
+    a = [server.finish("alpha", "a", 0.80012, 0.6),  # the first: the leader
+         server.finish("alpha", "probe", 0.80544, 0.9),  # better, by less than the step: kept
+         server.finish("alpha", "b", 0.83333, 0.7),  # better by more: the new leader
+         server.finish("alpha", "c", 0.5, 0.99)]  # worse: kept
+    b = server.finish("beta", "x", 0.81, 0.5)
+    with TestClient(create_app(cfg, engine)) as client:
+        seen = [client.get(f"/api/submissions/{i}", headers=server.auth["alpha"]).json()["metrics"] for i in a]
+        assert seen == [{"public_auroc": 0.8, "ladder": "new best"},
+                        {"public_auroc": 0.8, "ladder": "kept the previous best"},
+                        {"public_auroc": 0.833, "ladder": "new best"},
+                        {"public_auroc": 0.833, "ladder": "kept the previous best"}]
+        listed = {x["id"]: x["metrics"] for x in client.get("/api/submissions", headers=server.auth["alpha"]).json()}
+        assert [listed[i] for i in a] == seen
+        assert client.get(f"/api/submissions/{b}", headers=server.auth["beta"]).json()["metrics"] == {
+            "public_auroc": 0.81, "ladder": "new best"}
+
+        rows = client.get(f"/api/tracks/{TRACK}/leaderboard").json()["rows"]
+        assert [(r["rank"], r["team"], r["name"], r["auroc"]) for r in rows] == [(1, "alpha", "b", 0.833),
+                                                                                (2, "beta", "x", 0.81)]
+        shown = {v for r in rows for k, v in r.items() if isinstance(v, float) and k != "auroc"}
+        assert not shown, rows  # no other metric, no interval: the ladder score is all a team learns
+
+        page = client.get(f"/tracks/{TRACK}")  # the web board: the same rows, no other score
+        assert page.status_code == 200 and page.text.index("<td>b</td>") < page.text.index("<td>x</td>")
+        assert "0.833" in page.text and "0.805" not in page.text and "0.416" not in page.text
+
+        # Closed: the final entries default to each team's leader (not its latest or best raw entry).
+        admin = {"Authorization": "Bearer " + _admin_token(server)}
+        assert client.post(f"/api/admin/tracks/{TRACK}/phase", json={"phase": "final"},
+                           headers=admin).status_code == 200
+        final = client.get(f"/api/tracks/{TRACK}/leaderboard").json()["rows"]
+        assert {(r["team"], r["name"]) for r in final} == {("alpha", "b"), ("beta", "x")}
+        assert {r["auroc"] for r in final} == {0.7, 0.5}  # private part of the leaders' own runs
+
+
+def _admin_token(server: Server) -> str:
+    from skybench.server.auth import add_team
+
+    with server.Session() as s:
+        token = add_team(s, "org", admin=True).token
+        s.commit()
+    return token
+
+
+def test_ladder_hides_plots_while_open(cfg, engine, tmp_path, monkeypatch):
+    from skybench.server.web import plots_shown
+
+    assert not plots_shown(_config(cfg), "open")
+    assert plots_shown(_config(cfg), "final") and plots_shown(cfg, "open")
+
+
+@pytest.fixture
+def project(tmp_path: Path, tiny_space_release: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A project whose ``releases/lens-space`` is the tiny simulated release (where the server finds it)."""
+    root = tmp_path / "project"
+    (root / "releases").mkdir(parents=True)
+    (root / "benchmarks").symlink_to(Path(__file__).resolve().parents[2] / "benchmarks")
+    (root / "releases" / TRACK).symlink_to(tiny_space_release)
+    monkeypatch.setenv("SKYBENCH_ROOT", str(root))
+    return root
+
+
+def test_parameter_free_step_is_the_paired_bootstrap_sd(cfg, engine, tmp_path, monkeypatch, project):
+    """No ``ladder_step``: a submission becomes the leader only when it beats the leader's public AUROC by more
+    than the sd of their paired bootstrap difference (the leaderboard's resamples of the public part)."""
+    from skybench.release.reader import open_release
+    from skybench.server import ladder
+    from skybench.tracking import ranks
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    cfg = _config(cfg)
+    server = Server(cfg, engine)
+    hidden = open_release(project / "releases" / TRACK).hidden("test")
+    truth = hidden.meta(["id", "is_lens"]).sort_values("id")
+    y = truth["is_lens"].to_numpy().astype(float)
+    rng = np.random.default_rng(1)
+    base = y + rng.normal(0, 1.0, y.size)
+    scores = {"first": base, "nudge": base + rng.normal(0, 0.02, y.size), "clear": y + rng.normal(0, 0.1, y.size)}
+    track = ladder._open_track(TRACK)
+    public = ranks.part_ids(track, hidden)
+    pos = pd.Series(np.arange(len(truth)), index=truth["id"].to_numpy())[public].to_numpy()
+    idx = ranks.resample_indices(len(public), track.evaluation.rank_resamples, track.evaluation.rank_seed)
+
+    def auc(s: np.ndarray, rows: np.ndarray) -> np.ndarray:  # scikit-learn on each resample (the reference)
+        return np.array([roc_auc_score(y[pos][r], s[pos][r]) if len(set(y[pos][r])) == 2 else np.nan for r in rows])
+
+    ids = {}
+    for name, s in scores.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        pd.DataFrame({"id": truth["id"], "score": s}).to_csv(folder / "predictions.csv", index=False)
+        point = float(roc_auc_score(y[pos], s[pos]))
+        ids[name] = server.finish("alpha", name, point, 0.5, folder / "predictions.csv")
+    rungs = ladder.climb(server.Session(), cfg, TRACK)
+    first = float(roc_auc_score(y[pos], scores["first"][pos]))
+    for name in ("nudge", "clear"):
+        gain = float(roc_auc_score(y[pos], scores[name][pos])) - first
+        sd = float(np.nanstd(auc(scores[name], idx) - auc(scores["first"], idx), ddof=1))
+        assert rungs[ids[name]].leader == (gain > sd), (name, gain, sd)
+    assert [rungs[ids[n]].leader for n in scores] == [True, False, True]  # the data make both cases
+    assert rungs[ids["clear"]].score == round(float(roc_auc_score(y[pos], scores["clear"][pos])), 3)
