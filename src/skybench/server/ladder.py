@@ -125,8 +125,26 @@ def _eta(cfg: ChallengeConfig, track: str, team: str, sub: Submission, leader: S
         return None
 
 
+_CLIMBS: dict[str, tuple[tuple[object, ...], dict[str, Rung]]] = {}  # per track: (what it depends on, rungs)
+
+
 def climb(session: Session, cfg: ChallengeConfig, track: str) -> dict[str, Rung]:
-    """{submission id: its rung} for every finished open-phase submission of ``track``, every team."""
+    """{submission id: its rung} for every finished open-phase submission of ``track``, every team; computed again
+    only after a job finished or failed (a team's list of submissions asks once per submission)."""
+    from skybench.server.phases import results_version
+    from skybench.tracking import tracking_uri
+
+    key = (str(session.get_bind().engine.url), tracking_uri(), track, cfg.ladder_step, cfg.public_score_digits,
+           results_version(session))
+    hit = _CLIMBS.get(track)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    rungs = _climb(session, cfg, track)
+    _CLIMBS[track] = (key, rungs)
+    return rungs
+
+
+def _climb(session: Session, cfg: ChallengeConfig, track: str) -> dict[str, Rung]:
     from skybench.tracks import load_track
 
     higher = load_track(track).metrics.higher_is_better
