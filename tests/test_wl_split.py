@@ -212,3 +212,34 @@ def test_a_few_maps_are_scored_without_the_chi2(case: Case):
         assert "chi2_per_dof" not in m and np.isfinite(m["cl_rel_diff"]) and m["n_maps"] == 10
     else:
         assert m, "the conditional track scores a few maps too"
+
+
+def quadrant_copies(train: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """(n, 1, H, W) copies of public maps with their four quadrants permuted and each rotated by 90 degrees k times:
+    every pixel is a public map's, in no place nor orientation that the whole map's invariants match."""
+    rng = np.random.default_rng(seed)
+    h = train.shape[-1] // 2
+    out = []
+    for m in train[rng.choice(len(train), n, replace=False)]:
+        q = [m[:h, :h], m[:h, h:], m[h:, :h], m[h:, h:]]
+        q = [np.rot90(q[i], int(rng.integers(4))) for i in rng.permutation(4)]
+        out.append(np.block([[q[0], q[1]], [q[2], q[3]]])[None])
+    return np.stack(out).astype(np.float32)
+
+
+def test_the_private_part_checks_memorisation_against_every_truth_map(case: Case, tmp_path: Path):
+    """A part's copies are tested against held-out truth maps like the whole set's: the private part (what the
+    final board ranks) against every truth map, so a copier the whole set's test flags is flagged there too; the
+    public part against its own maps only (no public metric depends on a private map)."""
+    track, truth, ids = case.track, case.truth, case.ids
+    if track.population.grid is not None:
+        pytest.skip("the conditional track checks memorisation per grid point")
+    maps = S.truth_maps(truth, ids)
+    ref = S.Reference.from_maps(track, maps[~case.public])
+    np.testing.assert_array_equal(S.heldout_maps(track, truth, ids[~case.public], ref), maps)
+    ref = S.Reference.from_maps(track, maps[case.public])
+    assert S.heldout_maps(track, truth, ids[case.public], ref) is ref.maps
+    gen = quadrant_copies(S._train_maps(truth), len(ids))
+    m = harness_score(track, ids, gen, truth, tmp_path)
+    assert m["memorised"] == 1, m
+    assert m["private_memorised"] == 1 and m["private_chi2_per_dof"] >= track.label.flag_penalty, m

@@ -5,8 +5,9 @@
 
 Reads no map: it builds the track's :class:`~skybench.tasks.generate.simulator.MapSimulator` (public physics: the
 track YAML) and ships its filter, shift and variance in ``model.npz`` for the shared numpy ``predict.py``, which
-then draws new maps of exactly the truth process (other seeds). A chi^2 per dof near 1 is the floor. On a
-conditional track (``population.grid``): one filter and variance per grid point, and the grid.
+then draws new maps of exactly the truth process (other seeds): a chi^2 per dof near 1 (not a floor: maps picked
+from a large draw so that their mean matches score lower). On a conditional track (``population.grid``): one
+filter and variance per grid point, and the grid.
 """
 
 from __future__ import annotations

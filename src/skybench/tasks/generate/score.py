@@ -16,9 +16,11 @@ rows as given, repeats counted). Metrics (:mod:`skybench.tasks.generate.metrics`
   than chance allows against held-out truth maps: copies; ``nn_neighbours``, ``nn_train_neighbours``),
   ``collapsed`` (1 when the map-to-map C_l variance or the spread of the set is far below the truth's), with
   their statistics. **Rule**: a flagged generator's primary is ``chi2_per_dof_raw + label.flag_penalty``, so it
-  ranks below every unflagged one (the Gaussian baseline included). The flags are checked on the distinct ids
-  of ``ids`` (a bootstrap resample repeats objects; the evaluator never does), and :func:`score_resamples` keeps the
-  flags of the whole set for every resample.
+  ranks below every unflagged one whose chi^2 per dof is under the penalty (10^6; the baselines: 10^3-10^4).
+  The flags are checked on the distinct ids of ``ids`` (a bootstrap resample repeats objects; the evaluator never
+  does), and :func:`score_resamples` keeps the flags of the whole set for every resample. The private part's
+  memorisation check holds out every truth map (:func:`heldout_maps`). Not caught: maps stitched from rotated
+  patches of public maps (the check compares whole maps); they score no better than a draw of the public process.
 
 A conditional track (``population.grid``) is scored per grid point by :func:`score_grid` (the same metrics under
 ``by_cosmology_<label>_<metric>``, their mean over points, the parameter read-back ``param_bias_*``) and
@@ -164,17 +166,34 @@ def _generated(track: GenerateTrack, predictions: np.ndarray, ids: np.ndarray) -
 
 
 def flags(track: GenerateTrack, gen: np.ndarray, ids: np.ndarray, ref: Reference, train: np.ndarray,
-          collapse_edges: np.ndarray | None = None) -> dict[str, float]:
+          collapse_edges: np.ndarray | None = None, heldout: np.ndarray | None = None) -> dict[str, float]:
     """The memorisation and collapse checks on the maps of the distinct ``ids`` (``collapse_edges``: the C_l bins
-    of the collapse check, default the reference's)."""
-    return _flag_values(*_checks(track, gen, ids, ref, train, collapse_edges))
+    of the collapse check, default the reference's; ``heldout``: the memorisation check's held-out maps, default
+    the reference's)."""
+    return _flag_values(*_checks(track, gen, ids, ref, train, collapse_edges, heldout))
+
+
+def heldout_maps(track: GenerateTrack, truth: HiddenSplit, ids: np.ndarray, ref: Reference) -> np.ndarray:
+    """The held-out maps of the memorisation check of ``ids``: the reference's (the truth maps of ``ids``), but
+    every truth map when ``ids`` are the private part. A part has fewer maps than the whole set, so its own test
+    has less power: a copier flagged on the whole set would pass the private part's, the final ranking, unflagged.
+    The private part's score may use every map; the public part's keeps its own (no public metric depends on a
+    private map)."""
+    from skybench.harness.score import part_mask
+
+    public = part_mask(track, truth, np.unique(np.asarray(ids)))
+    if public is None or public.any() or truth_mask(truth, ids) is None:
+        return ref.maps
+    return truth_maps(truth, truth.ids())
 
 
 def _checks(track: GenerateTrack, gen: np.ndarray, ids: np.ndarray, ref: Reference, train: np.ndarray,
-            collapse_edges: np.ndarray | None = None) -> tuple[MemorisationCheck, CollapseCheck]:
+            collapse_edges: np.ndarray | None = None, heldout: np.ndarray | None = None
+            ) -> tuple[MemorisationCheck, CollapseCheck]:
     first = np.unique(np.asarray(ids), return_index=True)[1]
     g = gen[np.sort(first)]
-    mem = memorisation_check(g, train, ref.maps, alpha=track.label.memorisation_alpha)
+    mem = memorisation_check(g, train, ref.maps if heldout is None else heldout,
+                             alpha=track.label.memorisation_alpha)
     col = collapse_check(g, ref.maps, track.population.size_deg,
                          ref.bins.ell_edges if collapse_edges is None else collapse_edges,
                          min_ratio=track.label.collapse_min_ratio)
@@ -242,7 +261,7 @@ def score_maps(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, t
                 lambda r, k=k: _binned_pdf_distances(hist[r].sum(axis=0), ref_cdf, widths)[k], rows,
                 n_resamples=label.n_bootstrap)
     if with_flags:
-        out |= flags(track, gen, ids, ref, train)
+        out |= flags(track, gen, ids, ref, train, heldout=heldout_maps(track, truth, ids, ref))
     if not with_chi2:
         return out
     vec = ref.bins.vectors(gen)
@@ -311,7 +330,7 @@ def score_resamples(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarr
     gen = _generated(track, predictions, ids)
     ref = Reference.of(track, truth, ids)
     vec = ref.bins.vectors(gen)
-    f = flags(track, gen, ids, ref, _train_maps(truth))
+    f = flags(track, gen, ids, ref, _train_maps(truth), heldout=heldout_maps(track, truth, ids, ref))
     penalty = track.label.flag_penalty if f["memorised"] or f["collapsed"] else 0.0
     idx = check_indices(indices, len(gen))
     return np.array([_chi2(vec[rows], ref) + penalty for rows in idx])
