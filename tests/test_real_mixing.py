@@ -347,3 +347,44 @@ def test_evaluation_refuses_a_real_set_that_is_not_the_one_folded_in(real_set, f
         evaluate([sub], _with_real(changed), folded, out=tmp_path / "evals", publish=False)
     with pytest.raises(ReleaseError, match="re-make the release"):
         evaluate([sub], _with_real(tmp_path / "nowhere"), folded, out=tmp_path / "evals", publish=False)
+
+
+IDENTITY = """
+import numpy as np
+def load(d):
+    return None
+def predict(m, batch):
+    return np.array(batch, dtype="float32")
+"""
+
+
+@needs_bwrap
+@pytest.mark.slow
+def test_the_participant_gallery_does_not_name_the_real_objects(tmp_path):
+    """An image track's participant gallery once had a second file for the real set (``outputs_real.png``: its
+    lowest ids' inputs and outputs, titled with their real ids), and the simulated one showed the simulated
+    set's lowest ids: matching a panel's input against the published stream named those stream objects real (or
+    simulated), whatever the opaque ids and keyed order hide. Now it is one gallery of the stream's first objects
+    under their stream ids, drawn from the published inputs and the submission's outputs alone."""
+    from matplotlib.image import imread
+
+    from skybench.harness.visibility import participant_artifacts
+    from skybench.tasks.enhance.score import _outputs
+
+    real = simulate_release("enhance", tmp_path / "real", seed=11, size=8, progress=False, real_set=False)
+    track = load_track("enhance")
+    track = track.model_copy(update={"evaluation": track.evaluation.model_copy(update={"real_set": str(real)})})
+    release = simulate_release(track, tmp_path / "rel", seed=3, size=12, progress=False, real_set=True)
+    sub = python_submission(tmp_path / "subs", "identity", IDENTITY, track="enhance")
+    (o,) = evaluate([sub], track, release, out=tmp_path / "evals", publish=False)
+    assert o.status == "FINISHED", o.reason
+    shown = record_dir(tmp_path / "evals", "tests", "identity")
+    names = {p.name for p in shown.iterdir()}
+    assert "outputs.png" in names and not [n for n in names if "real" in n], names
+    assert not [n for n in participant_artifacts(track) if "real" in n]
+    # The gallery is a function of the published stream (and the outputs: here the inputs themselves) only.
+    stream = open_release(release).meta("test").id.to_numpy()
+    images = _images(layout.public_dir(release, "test"))
+    k = track.label.gallery
+    _outputs(images[:k], images[:k], stream[:k], tmp_path / "expected.png")
+    np.testing.assert_array_equal(imread(shown / "outputs.png"), imread(tmp_path / "expected.png"))

@@ -231,11 +231,14 @@ def test_small_strata_bins_are_left_out_of_the_participant_view() -> None:
 REL = "s" * 64
 
 
-def _log(track: Track, name: str, tpr: list[float]) -> None:
+def _log(track: Track, name: str, tpr: list[float], ring_nonlenses: int = 20) -> None:
     time.sleep(0.005)
     prefix = lb.metric_prefix(track)
     keys = lb.by_columns(track, "lens_theta_E")
-    metrics = {f"{prefix}auroc": 0.9 + tpr[0] / 100, f"{prefix}by_contaminant_ring_fpr_fpr1": 0.02,
+    counts = {f"{prefix}{k.removesuffix('tpr_fpr1')}{n}": 20 for k in keys for n in ("n_lens", "n_nonlens")}
+    ring = f"{prefix}by_contaminant_ring_"
+    metrics = {f"{prefix}auroc": 0.9 + tpr[0] / 100, f"{ring}fpr_fpr1": 0.02, f"{ring}n_nonlens": ring_nonlenses,
+               f"{ring}n_lens": 20, **counts,
                **{f"{prefix}{k}": v for k, v in zip(keys, tpr, strict=True)},
                **{f"{prefix}{k}_ci_low": v - 0.05 for k, v in zip(keys, tpr, strict=True)},
                **{f"{prefix}{k}_ci_high": v + 0.05 for k, v in zip(keys, tpr, strict=True)}}
@@ -263,6 +266,22 @@ def test_leaderboard_by_prints_one_column_per_bin(store: str) -> None:
     bad = CliRunner().invoke(app, ["leaderboard", "lens-space", "--by", "arc_snr", "--metric", "auroc",
                                    "--all-releases"])
     assert bad.exit_code != 0 and "no per-bin metric 'auroc'" in bad.output
+
+
+def test_the_leaderboard_never_shows_a_stratum_bin_the_participant_view_hides(store: str) -> None:
+    """The board reads the organiser experiment, which keeps every stratum bin, and is published (the server's
+    track page and API, ``leaderboard --write``): a report column such as lens-space's ``by_contaminant_ring_fpr_fpr1``
+    of a bin with fewer than MIN_STRATUM_OBJECTS objects (a handful of ring non-lenses: whether each scored above
+    the cut) must be blank there as in the participant record."""
+    track = load_track("lens-space")
+    _log(track, "few", [0.2, 0.5, 0.7, 0.8], ring_nonlenses=MIN_STRATUM_OBJECTS - 1)
+    _log(track, "many", [0.1, 0.3, 0.6, 0.65], ring_nonlenses=MIN_STRATUM_OBJECTS)
+    board = lb.leaderboard(track).set_index("name")
+    ring = "by_contaminant_ring_fpr_fpr1"
+    assert math.isnan(board.loc["few", ring]) and board.loc["many", ring] == 0.02
+    assert board.loc["few", "auroc"] == pytest.approx(0.902)  # the rest of the row stays
+    by = lb.by_leaderboard(track, "contaminant").set_index("name")
+    assert math.isnan(by.loc["few", "fpr_fpr1[ring]"]) and by.loc["many", "fpr_fpr1[ring]"] == 0.02
 
 
 def test_small_multiples_plot_in_html_and_mlflow(store: str, tmp_path: Path) -> None:

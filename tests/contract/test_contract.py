@@ -331,6 +331,18 @@ def test_public_artifacts_are_files_participants_are_shown(task: Task, track: Tr
     assert not unlisted, f"public_artifacts wrote files that skybench.harness.visibility never shows: {unlisted}"
 
 
+def test_stream_artifacts_are_files_participants_are_shown(task: Task, track: Track, release: Path,
+                                                           oracle: tuple[np.ndarray, np.ndarray],
+                                                           tmp_path: Path) -> None:
+    """``stream_artifacts`` gets the published stream and the outputs only (no hidden split): what it writes
+    must be on the participant allow-list."""
+    ids, pred = oracle
+    assert task.stream_artifacts(track, ids, pred, layout.public_dir(release, "test"), tmp_path) is None
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if not p.is_dir())
+    unlisted = set(written) - set(participant_artifacts(track))
+    assert not unlisted, f"stream_artifacts wrote files that skybench.harness.visibility never shows: {unlisted}"
+
+
 # --------------------------------------------------------------------------------------------- the output kind
 
 

@@ -51,7 +51,7 @@ from skybench.harness.visibility import make_private_root, private_dir, write_pa
 from skybench.release import ReleaseError, layout, read_manifest, release_digest, verify_release
 from skybench.release.mixing import Stream
 from skybench.release.reader import HiddenSplit, Release
-from skybench.tasks import BUILTIN
+from skybench.tasks import BUILTIN, get_task
 from skybench.tracking import find_evaluation
 from skybench.tracks import Track, default_release, for_release, load_track, project_root
 
@@ -248,7 +248,8 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
                 res = next(results)
                 if isinstance(res, BaseException):
                     raise res
-                outcome = _finish(plan, stream.split(res) if stream is not None else res, track, release_sha, hidden)
+                outcome = _finish(plan, stream.split(res) if stream is not None else res, track, release_sha, hidden,
+                                  res, layout.public_dir(release, "test"))
         except Exception as exc:  # noqa: BLE001 - the boundary
             outcome = _crashed(plan.folder, plan if isinstance(plan, _Plan) else None, exc, out, release_sha, track)
         outcome.reason = clip(outcome.reason, 1000)
@@ -354,8 +355,11 @@ def _plan(folder: Path, track: Track, real: Path | None, real_sha: str, release_
     return _Plan(folder, sub, rdir, real, real_sha, team, name, submission_time(folder, sub.sha256, rdir, received))
 
 
-def _finish(plan: _Plan, res: PredictResult, track: Track, release_sha: str, hidden: HiddenSplit) -> Outcome:
-    """Score a submission's predictions into a new record folder, then swap it in for the old one."""
+def _finish(plan: _Plan, res: PredictResult, track: Track, release_sha: str, hidden: HiddenSplit,
+            streamed: PredictResult, inputs: Path) -> Outcome:
+    """Score a submission's predictions into a new record folder, then swap it in for the old one. ``streamed``:
+    the result in the published stream's order before the real set was split off (``res`` without a real set),
+    ``inputs`` that stream's folder: what participants see of their outputs is drawn from these alone."""
     sub, rdir, real = plan.sub, plan.rdir, plan.real
     metrics: dict[str, float] = {}
     status, reason = ("FINISHED", "") if res.ok else ("FAILED", res.reason)
@@ -379,6 +383,8 @@ def _finish(plan: _Plan, res: PredictResult, track: Track, release_sha: str, hid
                 save_predictions(private_stage, "real_predictions", extra.ids, extra.predictions)
                 metrics |= score_real(track, res.ids, res.predictions, hidden, extra.ids, extra.predictions,
                                       Release(real).hidden("test"), private_stage)
+            assert streamed.predictions is not None
+            get_task(track.task).stream_artifacts(track, streamed.ids, streamed.predictions, inputs, private_stage)
             write_participant_view(track, private_stage, stage, metrics)
         rec = _write_records(track, rdir, stage=stage, private_stage=private_stage if status == "FINISHED" else None,
                              team=plan.team, name=plan.name, fmt=sub.spec.format, status=status, reason=reason,

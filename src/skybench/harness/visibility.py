@@ -11,7 +11,8 @@ participant's record folder, ``results/<track>/evaluations/<record>/``, and the 
   objects in each population counted there (a mean or median over fewer names single objects' values);
 * the files :func:`participant_artifacts` names for the task: aggregate tables and plots that hold no
   per-object truth (the lens ROC sampled at fixed FPRs on the public part, the enhance gallery of the
-  submission's own outputs without the truth).
+  submission's own outputs without the truth, of the first objects of the published stream: a gallery of the real
+  set's objects would name them).
 
 The organiser's MLflow experiment (``skybench-<track>-organiser``, its own artifact location) holds the full
 record. Both the disk copy (:func:`write_participant_view`) and MLflow publication (``log.publish_record``)
@@ -31,7 +32,7 @@ from skybench.harness.record import RECORD
 from skybench.tracks import Track
 
 __all__ = ["MIN_STRATUM_OBJECTS", "participant_artifacts", "participant_view", "private_dir", "private_root",
-           "write_participant_view"]
+           "without_small_strata", "write_participant_view"]
 
 # Small-cell suppression of per-stratum metrics shown to participants; the organiser's record keeps them all.
 MIN_STRATUM_OBJECTS = 10
@@ -41,7 +42,7 @@ PRIVATE = "private"
 _ARTIFACTS = {
     "lens": ("roc_public.csv", "roc_public.png"),
     "photoz": (),  # PIT and z_phot-vs-z_spec plots are built from per-object truth: organiser only
-    "enhance": ("outputs.png", "outputs_real.png"),
+    "enhance": ("outputs.png",),  # the first objects of the published stream: never a gallery per set
     "generate": ("summary_stats.png",),
     # completeness and purity at fixed FP rates on the public part; the team's own candidates' scores and counts
     "detect": ("completeness_public.csv", "completeness_public.png", "candidates_public.png"),
@@ -56,6 +57,12 @@ def participant_view(track: Track, metrics: Mapping[str, float]) -> dict[str, fl
         parts = ("public_",) if track.evaluation.phase == "open" else ("public_", "private_")
         shown = {k: v for k, v in metrics.items() if k.startswith(parts)}
     return _without_small_strata(track, shown)
+
+
+def without_small_strata(track: Track, metrics: Mapping[str, float]) -> dict[str, float]:
+    """``metrics`` less the stratum bins too small to show (:data:`MIN_STRATUM_OBJECTS`), whatever the part: what
+    any published view (a record, the leaderboard) may show of the per-stratum metrics."""
+    return _without_small_strata(track, dict(metrics))
 
 
 def _without_small_strata(track: Track, metrics: dict[str, float]) -> dict[str, float]:

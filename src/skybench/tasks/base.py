@@ -93,6 +93,13 @@ class Task(ABC):
         """Label-dependent files participants may see, from the public part ``ids`` only (default: none)."""
         return None
 
+    def stream_artifacts(self, track: Track, ids: np.ndarray, predictions: np.ndarray, inputs: Path,
+                         out_dir: Path) -> None:
+        """Files participants may see that show the submission's own outputs: drawn from the published test stream
+        only (``ids`` and ``predictions`` in its order, before the real set is split off; ``inputs`` its public
+        folder), so which objects they show and how they are named depends on nothing hidden (default: none)."""
+        return None
+
     def split_groups(self, track: Track, truth: HiddenSplit) -> np.ndarray | None:
         """A group label per object of ``truth`` (release order) that the public-private split draws its share
         from separately (e.g. a conditional generator's grid point, so each part has maps of every point);
@@ -103,7 +110,8 @@ class Task(ABC):
 class PackageTask(Task):
     """A :class:`Task` whose simulator class and scorer live in modules named by strings and imported on first
     use, so reading a track imports neither the physics nor the plotting. The scorer module defines ``score``,
-    ``score_real``, ``oracle``, ``score_resamples`` and optionally ``public_artifacts`` and ``split_groups``, with
+    ``score_real``, ``oracle``, ``score_resamples`` and optionally ``public_artifacts``, ``stream_artifacts`` and
+    ``split_groups``, with
     the signatures of the methods of the same names (``track`` first, checked to be a :attr:`track_model`)."""
 
     simulator_path: ClassVar[str]  # "package.module:Class"
@@ -137,6 +145,11 @@ class PackageTask(Task):
                          out_dir: Path) -> None:
         if (write := getattr(self._scorer(), "public_artifacts", None)) is not None:
             write(self._own(track), ids, predictions, truth, out_dir)
+
+    def stream_artifacts(self, track: Track, ids: np.ndarray, predictions: np.ndarray, inputs: Path,
+                         out_dir: Path) -> None:
+        if (write := getattr(self._scorer(), "stream_artifacts", None)) is not None:
+            write(self._own(track), ids, predictions, inputs, out_dir)
 
     def split_groups(self, track: Track, truth: HiddenSplit) -> np.ndarray | None:
         groups = getattr(self._scorer(), "split_groups", None)

@@ -153,7 +153,7 @@ def _board(track: Track, *, release_sha256: str | None, extra_columns: Sequence[
     done = pd.MultiIndex.from_frame(finished[["team", "name"]]) if len(finished) else pd.MultiIndex.from_tuples(
         [], names=["team", "name"])
     failed = runs[~entry.isin(done)].drop_duplicates(["team", "name"], keep="last")
-    latest = pd.concat([finished, failed])
+    latest = _small_strata_blank(track, pd.concat([finished, failed]))
 
     def get(name: str, default: object = "") -> pd.Series:
         return latest[name] if name in latest else pd.Series(default, index=latest.index)
@@ -182,6 +182,22 @@ def _board(track: Track, *, release_sha256: str | None, extra_columns: Sequence[
     board.insert(0, "rank", pd.array([*range(1, len(ranked) + 1), *[pd.NA] * len(rest)], dtype="Int64"))
     board["submitted"] = [t.isoformat(timespec="milliseconds") for t in board.pop("when")]
     return add_rank_intervals(track, board, release)[cols]
+
+
+def _small_strata_blank(track: Track, runs: pd.DataFrame) -> pd.DataFrame:
+    """``runs`` with every stratum bin's metric blanked where the participant view hides it (a bin with fewer than
+    :data:`skybench.harness.visibility.MIN_STRATUM_OBJECTS` objects): the board is published and reads the
+    organiser experiment, which keeps every bin, so without this a report or ``--by`` column would show a mean
+    over a handful of objects that no participant record shows."""
+    from skybench.harness.visibility import without_small_strata
+
+    runs = runs.copy()
+    cols = [c for c in runs.columns if c.startswith("metrics.")]
+    for idx in runs.index:
+        metrics = {c[len("metrics."):]: runs.at[idx, c] for c in cols if pd.notna(runs.at[idx, c])}
+        for key in set(metrics) - set(without_small_strata(track, metrics)):
+            runs.at[idx, f"metrics.{key}"] = math.nan
+    return runs
 
 
 _INTERVALS: dict[tuple[object, ...], pd.DataFrame] = {}  # add_rank_intervals' last table, by what it depends on

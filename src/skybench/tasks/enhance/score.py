@@ -12,9 +12,10 @@ The real-truth set (``evaluation.real_set``) gets the same metrics as ``real_<na
 
 Files written to the organiser's folder: ``metrics.json``, ``per_object.csv`` (and ``per_object_real.csv``),
 and the galleries ``gallery.png`` / ``gallery_real.png``: input, output, truth and residual of a fixed set of
-objects (the ``label.gallery`` lowest ids). Participants see only ``outputs.png`` / ``outputs_real.png``
-(:mod:`skybench.harness.visibility`): the same objects' input and output, drawn from the public input and the
-submission's own output alone, so they hold nothing of the truth.
+objects (the ``label.gallery`` lowest ids). Participants see only ``outputs.png``
+(:mod:`skybench.harness.visibility`, :func:`stream_artifacts`): the input and output of the first objects of the
+published test stream under their stream ids, drawn from the public input and the submission's own output alone, so
+they hold nothing of the truth and do not say which objects are real (a gallery per set would).
 """
 
 from __future__ import annotations
@@ -81,7 +82,6 @@ def score_images(track: EnhanceTrack, ids: np.ndarray, predictions: np.ndarray, 
     if order.size:
         _gallery(inputs[order], pred[order], truth[order], sigma[order], meta["id"].to_numpy()[order],
                  per["psnr"][order], out_dir / f"gallery{suffix}.png")
-        _outputs(inputs[order], pred[order], meta["id"].to_numpy()[order], out_dir / f"outputs{suffix}.png")
     return metrics
 
 
@@ -169,6 +169,19 @@ def _gallery(inputs: np.ndarray, pred: np.ndarray, truth: np.ndarray, sigma: np.
         axes[i, 3].imshow((pred[i] - truth[i]).sum(axis=0) / noise, origin="lower", cmap="RdBu_r", vmin=-5, vmax=5)
         axes[i, 3].set_title(f"residual/sigma, PSNR {psnr[i]:.1f}", fontsize=8)
     _save_grid(fig, axes, path)
+
+
+def stream_artifacts(track: EnhanceTrack, ids: np.ndarray, predictions: np.ndarray, inputs: Path,
+                     out_dir: Path) -> None:
+    """``outputs.png``, the participant's gallery: the first ``label.gallery`` objects of the published test stream
+    (``ids``, ``predictions`` in its order; ``inputs`` its public folder), simulated and real alike, under their
+    stream ids."""
+    from skybench.release.shards import ShardedArray
+
+    k = min(track.label.gallery, len(ids))
+    if k:
+        _outputs(ShardedArray.open(Path(inputs), "images")[:k], np.asarray(predictions)[:k], np.asarray(ids)[:k],
+                 Path(out_dir) / "outputs.png")
 
 
 def _outputs(inputs: np.ndarray, pred: np.ndarray, ids: np.ndarray, path: Path) -> None:
