@@ -36,6 +36,8 @@ def main() -> None:
     (root / "benchmarks").symlink_to(Path(__file__).resolve().parents[1] / "benchmarks")
     os.environ["SKYBENCH_ROOT"] = str(root)
 
+    from sklearn.metrics import roc_auc_score
+
     from skybench import tracking
     from skybench.release.reader import open_release
     from skybench.server import ladder, phases
@@ -43,7 +45,6 @@ def main() -> None:
     from skybench.server.config import ChallengeConfig
     from skybench.server.db import Submission, make_engine, sessions, upgrade, utcnow
     from skybench.simulate import simulate_release
-    from sklearn.metrics import roc_auc_score
 
     track = "lens-space"
     release = simulate_release(track, root / "releases" / track, size=args.size, progress=False)
