@@ -16,6 +16,7 @@ import os
 import tempfile
 import time
 from datetime import timedelta
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +86,7 @@ def main() -> None:
                                         experiment=tracking.organiser_experiment(track))
         s.commit()
 
-    def timed(fn) -> float:  # type: ignore[no-untyped-def]
+    def timed(fn: Callable[[], object]) -> float:
         best = float("inf")
         for _ in range(args.repeats):
             t = time.perf_counter()
