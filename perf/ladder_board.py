@@ -15,8 +15,8 @@ import argparse
 import os
 import tempfile
 import time
-from datetime import timedelta
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
