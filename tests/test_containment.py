@@ -349,6 +349,37 @@ def test_seccomp_denies_namespaces_mounts_tracing_and_keyrings(tmp_path):
 
 
 @needs_bwrap
+def test_per_user_kernel_counters_are_not_the_sandbox_s_to_use_up(tmp_path):
+    """Queued signals, POSIX message queues and inotify instances are counted per uid up the user namespaces:
+    without root the command is the evaluator's own uid, so one sandbox could use up the evaluator's budget and
+    every other sandbox's (timer_create, sigqueue, inotify_init failing in them all). Each is bounded or denied."""
+    res = run_script(tmp_path, """
+        import ctypes, json, os, signal
+        libc = ctypes.CDLL(None, use_errno=True)
+        out = {}
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])
+        class Info(ctypes.Structure):
+            _fields_ = [("signo", ctypes.c_int), ("errno", ctypes.c_int), ("code", ctypes.c_int),
+                        ("pad", ctypes.c_byte * 116)]
+        info = Info(signo=signal.SIGRTMIN, code=-1)  # SI_QUEUE
+        n = 0
+        while n < 200_000 and libc.syscall(129, os.getpid(), signal.SIGRTMIN, ctypes.byref(info)) == 0:
+            n += 1  # rt_sigqueueinfo to itself, blocked: each stays queued
+        out["queued"] = n
+        out["inotify"] = os.strerror(ctypes.get_errno()) if libc.inotify_init1(0) < 0 else "ok"
+        libc.mq_open.restype = ctypes.c_int
+        out["mqueue"] = os.strerror(ctypes.get_errno()) if libc.mq_open(b"/q", os.O_CREAT | os.O_RDWR, 0o600,
+                                                                        None) < 0 else "ok"
+        print(json.dumps(out))
+    """)
+    assert res.ok, res
+    got = json.loads(res.stdout)
+    assert got["queued"] <= 1024
+    assert got["inotify"] == os.strerror(1)  # EPERM
+    assert got["mqueue"] != "ok"
+
+
+@needs_bwrap
 def test_open_files_are_limited(tmp_path):
     res = run_script(tmp_path, """
         import os, resource

@@ -96,3 +96,51 @@ def test_a_ray_task_s_own_exception_is_judged_by_what_it_raised():
     assert not is_infrastructure(own)
     assert is_infrastructure(RayTaskError("_predict_shard", "Traceback ...", OSError(28, "No space left")))
     assert is_infrastructure(WorkerCrashedError())
+
+
+MIXED_SHAPES = """
+import numpy as np, pandas as pd
+def load(d):
+    return str(pd.read_parquet("/inputs/index.parquet")["id"].iloc[0])
+def predict(first, b):
+    if first == "0":  # point estimates on the first shard, PDFs on the other: each shape alone is accepted
+        return np.full(len(b), 0.1, dtype="float32")
+    return np.full((len(b), 180), 1 / 180, dtype="float32")
+"""
+PDF = """
+import numpy as np
+def load(d):
+    return None
+def predict(m, b):
+    return np.full((len(b), 180), 1 / 180, dtype="float32")
+"""
+
+
+@pytest.mark.slow
+def test_one_submission_s_shards_cannot_restart_the_other_jobs(ray_local, tmp_path, monkeypatch):
+    """A photo-z entry whose shards return the two accepted shapes ((N,) and (N, bins)) used to make the merge
+    raise, which ended the Ray run (ray.shutdown: every other job's tasks killed) and restarted it on the jobs
+    after it: one entry could make everyone's evaluation run again from scratch, once per such entry."""
+    from skybench.harness.executors import RayExecutor
+    from skybench.simulate import simulate_release
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    tmp_path.chmod(0o755)
+    release = simulate_release("photoz-catalog", tmp_path / "rel" / "photoz-catalog", profile="demo", seed=3, size=64,
+                               progress=False)
+    subs = [python_submission(tmp_path / "subs", "mixed", MIXED_SHAPES, team="a", track="photoz-catalog"),
+            python_submission(tmp_path / "subs", "pdf", PDF, team="b", track="photoz-catalog")]
+    track = load_track("photoz-catalog")
+    track = track.model_copy(update={"evaluation": track.evaluation.model_copy(
+        update={"batch_size": 16, "real_set": None})})
+    runs = []
+
+    class Counting(RayExecutor):
+        def run(self, jobs):
+            runs.append(len(jobs))
+            return super().run(jobs)
+
+    out = evaluate(subs, track, release, out=tmp_path / "ray", publish=False, executor=Counting(shards=2))
+    assert [o.status for o in out] == ["FAILED", "FINISHED"]
+    assert "shard 2/2" in out[0].reason and "same shape" in out[0].reason
+    assert runs == [2]  # one run for both: the honest entry's tasks were never thrown away

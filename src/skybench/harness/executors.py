@@ -48,8 +48,9 @@ class Job:
 class Executor(Protocol):
     name: str
 
-    def run(self, jobs: list[Job]) -> Iterator[PredictResult]:
-        """One result per job, in the order of ``jobs`` (yielded as they complete in that order)."""
+    def run(self, jobs: list[Job]) -> Iterator[PredictResult | Exception]:
+        """One result per job, in the order of ``jobs`` (yielded as they complete in that order), or the exception
+        that failed that job (the run goes on with the others)."""
         ...
 
 
@@ -88,7 +89,7 @@ class RayExecutor:
         self.cpus_per_task = cpus_per_task
         self.num_cpus = num_cpus
 
-    def run(self, jobs: list[Job]) -> Iterator[PredictResult]:
+    def run(self, jobs: list[Job]) -> Iterator[PredictResult | Exception]:
         try:
             ray, started = _connect(self.address, self.num_cpus)
         except Exception as exc:  # no Ray here: every job failed for the machine's reason, and is retried
@@ -116,7 +117,11 @@ class RayExecutor:
                     res = merge_results(ray.get(refs))
                 except Exception as exc:  # a lost worker or node, a task that raised: Ray's or the host's
                     if not is_infrastructure(exc):
-                        raise _task_cause(exc) from exc  # evaluate() fails this submission, as LocalExecutor
+                        # evaluate() fails this submission, as under LocalExecutor; yielded, not raised: raising
+                        # would end this run (ray.shutdown) and restart every other job's tasks from scratch
+                        cause = _task_cause(exc)
+                        yield cause if isinstance(cause, Exception) else RuntimeError(repr(cause))
+                        continue
                     res = infrastructure_failure(exc)
                 yield res
         finally:
@@ -254,6 +259,12 @@ def merge_results(parts: list[PredictResult]) -> PredictResult:
         i = parts.index(bad)
         reason = bad.reason if len(parts) == 1 else f"shard {i + 1}/{len(parts)}: {bad.reason}"
         return replace(bad, reason=reason, ids=ids, seconds=seconds)
+    shapes = [np.asarray(p.predictions).shape[1:] for p in parts]  # every part ok here: each has predictions
+    if len(set(shapes)) > 1:  # each accepted alone (a pdf track takes (N,) or (N, bins)); one output has one shape
+        i = next(i for i, s in enumerate(shapes) if s != shapes[0])
+        return replace(parts[i], ok=False, predictions=None, ids=ids, seconds=seconds,
+                       reason=f"shard {i + 1}/{len(parts)}: returned rows of shape {shapes[i]}, shard 1 of shape "
+                              f"{shapes[0]}; return the same shape for every input")
     pred = np.concatenate([p.predictions for p in parts])
     return PredictResult(True, "", pred, ids, parts[0].device, seconds, parts[-1].log)
 

@@ -106,7 +106,10 @@ _DENIED_SYSCALLS = ("unshare", "setns", "mount", "umount2", "pivot_root", "move_
                     "process_vm_writev", "bpf", "keyctl", "add_key", "request_key", "perf_event_open",
                     "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
                     "open_by_handle_at", "name_to_handle_at", "userfaultfd", "reboot", "swapon", "swapoff",
-                    "syslog", "io_uring_setup", "io_uring_enter", "io_uring_register", "acct", "quotactl")
+                    "syslog", "io_uring_setup", "io_uring_enter", "io_uring_register", "acct", "quotactl",
+                    # counted per user across user namespaces (fs.inotify.max_user_instances, fanotify's groups):
+                    # without root the command is the evaluator's own uid, and would use up the evaluator's
+                    "inotify_init", "inotify_init1", "fanotify_init")
 # Socket families that no network namespace contains: AF_VSOCK (40) reaches the hypervisor (CID 2) and every vsock
 # service of the VM (guest agents, the host's control plane) and shares the VM's port space, whatever --unshare-net.
 _DENIED_SOCKET_FAMILIES = (40,)
@@ -569,7 +572,13 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
     nproc = limits.max_processes + (0 if privileged else 1)  # unprivileged: the shim shares the uid
     # RLIMIT_AS is a second line of defence that CUDA cannot live with (it maps huge virtual ranges).
     rlimits = [["RLIMIT_DATA" if gpu else "RLIMIT_AS", mem], ["RLIMIT_CPU", int(limits.cpu_seconds)],
-               ["RLIMIT_NPROC", nproc], ["RLIMIT_NOFILE", limits.open_files]]  # RLIMIT_CORE: prlimit below
+               ["RLIMIT_NPROC", nproc], ["RLIMIT_NOFILE", limits.open_files],  # RLIMIT_CORE: prlimit below
+               # queued signals (timer_create, sigqueue) and POSIX message queues are counted per uid up the user
+               # namespaces: without root, the evaluator's own (and every other sandbox's) budget
+               ["RLIMIT_SIGPENDING", 1024], ["RLIMIT_MSGQUEUE", 0],
+               # whatever the host grants (limits.conf rtprio, docker --ulimit rtprio): no real-time or raised
+               # priority, which a CPU quota does not hold (SCHED_FIFO escapes cpu.max / cfs_quota_us)
+               ["RLIMIT_RTPRIO", 0], ["RLIMIT_NICE", 0]]
     if not privileged:  # /scratch is a host folder, not a size-limited tmpfs: bound each file at least
         rlimits.append(["RLIMIT_FSIZE", limits.scratch_mb * 1024 * 1024])
     cfg = {"uid": uid if privileged else None, "gid": gid, "rlimits": rlimits}
@@ -661,14 +670,16 @@ def _collect(proc: subprocess.Popen, info_r: int, status_r: int, wall_seconds: f
     """Read the sandbox's pipes (keeping bounded tails) until it ends or the wall-time limit kills it."""
     assert proc.stdout is not None and proc.stderr is not None
     bufs = {"out": bytearray(), "err": bytearray(), "info": bytearray(), "status": bytearray()}
-    sel = selectors.DefaultSelector()
-    for fd, name in ((proc.stdout.fileno(), "out"), (proc.stderr.fileno(), "err"), (info_r, "info"),
-                     (status_r, "status")):
-        os.set_blocking(fd, False)
-        sel.register(fd, selectors.EVENT_READ, name)
+    # poll, not epoll: epoll watches are counted per uid (fs.epoll.max_user_watches), and without root a sandbox
+    # is this process's uid and can use them all up, failing every sandbox started meanwhile
+    sel = selectors.PollSelector()
     deadline = time.monotonic() + wall_seconds
     timed_out = False
-    try:
+    try:  # from here on, whatever fails kills the sandbox (never left running unwatched)
+        for fd, name in ((proc.stdout.fileno(), "out"), (proc.stderr.fileno(), "err"), (info_r, "info"),
+                         (status_r, "status")):
+            os.set_blocking(fd, False)
+            sel.register(fd, selectors.EVENT_READ, name)
         while sel.get_map() or proc.poll() is None:
             now = time.monotonic()
             if now >= deadline and not timed_out:
