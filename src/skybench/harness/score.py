@@ -43,8 +43,8 @@ def _with_parts(track: Track, ids: np.ndarray, predictions: np.ndarray, hidden: 
                 public: Callable[[np.ndarray, np.ndarray, Path], None] | None = None) -> dict[str, float]:
     """``run(ids, predictions, out, None)`` on the whole test set, then, with public and private parts, on each
     part (``run(..., None, part)``: no files), adding ``public_<m>`` and ``private_<m>`` (none for a part where the
-    metric is undefined, e.g. one class only); then ``public(ids,
-    predictions, out)`` on the public part (the whole set without a split)."""
+    metric is undefined, e.g. one class only); then ``public(ids, predictions, out)`` on the public part (the
+    whole set without a split)."""
     metrics = run(ids, predictions, Path(out_dir), None)
     ids, pred = np.asarray(ids), np.asarray(predictions)
     public_part = part_mask(track, hidden, ids)
