@@ -71,7 +71,12 @@ async def _tick(cfg: ChallengeConfig, Session: sessionmaker) -> None:  # noqa: N
 
     def once() -> None:
         with Session() as s:
-            phases.catch_up_all(s, cfg)
+            now = phases.catch_up_all(s, cfg)
+            if cfg.open_board == "ladder":  # the ladder's new steps are computed here, not in a team's request
+                from skybench.server import ladder
+
+                for track in (t for t, phase in now.items() if phase == "open"):
+                    ladder.climb(s, cfg, track)
 
     while True:
         try:
@@ -83,7 +88,7 @@ async def _tick(cfg: ChallengeConfig, Session: sessionmaker) -> None:  # noqa: N
 
 @contextlib.asynccontextmanager
 async def _ticking(cfg: ChallengeConfig, Session: sessionmaker, app: FastAPI) -> AsyncIterator[None]:  # noqa: N803
-    """The app's lifespan: every ``tick_seconds``, snapshot the phases that ended by date."""
+    """The app's lifespan: every ``tick_seconds``, snapshot the phases that ended by date (and climb the Ladder)."""
     task = asyncio.create_task(_tick(cfg, Session))
     try:
         yield

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,41 +92,47 @@ def _hidden(release: str, digest: str) -> Any:
 
 
 @functools.lru_cache(maxsize=4096)
-def _paired_sd(uri: str, track: str, team: str, a: tuple[str, str], b: tuple[str, str]) -> float:
-    """Standard deviation over the leaderboard's paired bootstrap resamples of the public primary score of
-    submission ``a`` minus that of ``b`` ((name, sha256) of ``team``); ``uri``: the MLflow store (a cache key)."""
-    from skybench.release import release_digest
+def _resamples(uri: str, digest: str, track: str, team: str, name: str, sha256: str) -> np.ndarray:
+    """One submission's public primary score on each of the leaderboard's bootstrap resamples (the same resampled
+    objects for every submission: paired), from its saved predictions; ``uri`` (the MLflow store) and ``digest``
+    (the release's) are cache keys. About 8 KB a submission, computed once."""
     from skybench.tracking import client, ranks
     from skybench.tracks import default_release
 
     del uri
     t = _open_track(track)
-    release = default_release(t)
-    hidden = _hidden(str(release), release_digest(release))
-    predictions = {f"{team}/{n}": ranks.load_predictions(client(), _run_id(track, team, n, sha)) for n, sha in (a, b)}
-    if len(predictions) < 2:  # one entry name and one sha256: the same bytes, no difference
-        return 0.0
-    _, values = ranks.primary_resamples(t, hidden, predictions)
-    d = values[0] - values[1]
+    hidden = _hidden(str(default_release(t)), digest)
+    predictions = {f"{team}/{name}": ranks.load_predictions(client(), _run_id(track, team, name, sha256))}
+    return ranks.primary_resamples(t, hidden, predictions)[1][0]
+
+
+def _paired_sd(track: str, team: str, a: Submission, b: Submission) -> float:
+    """Standard deviation over the paired bootstrap resamples of submission ``a``'s public primary score minus
+    ``b``'s (both of ``team``)."""
+    from skybench.release import release_digest
+    from skybench.tracking import tracking_uri
+    from skybench.tracks import default_release
+
+    key = (tracking_uri(), release_digest(default_release(_open_track(track))), track, team)
+    d = _resamples(*key, a.name, a.sha256 or "") - _resamples(*key, b.name, b.sha256 or "")
     d = d[np.isfinite(d)]  # a resample with one class has no AUROC
     if d.size < 2:
-        raise ValueError(f"{t.name}: too few resamples with a defined {t.metrics.primary} to compare")
+        raise ValueError(f"{track}: too few resamples with a defined primary metric to compare")
     return float(np.std(d, ddof=1))
 
 
 def _eta(cfg: ChallengeConfig, track: str, team: str, sub: Submission, leader: Submission) -> float | None:
     if cfg.ladder_step is not None:
         return cfg.ladder_step
-    from skybench.tracking import tracking_uri
-
     try:
-        return _paired_sd(tracking_uri(), track, team, (sub.name, sub.sha256 or ""), (leader.name, leader.sha256 or ""))
+        return _paired_sd(track, team, sub, leader)
     except (OSError, ValueError, LookupError) as exc:  # predictions or the release missing: no step is taken
         log.warning("ladder of %s on %s: submission %s not compared with its leader: %s", team, track, sub.id, exc)
         return None
 
 
 _CLIMBS: dict[str, tuple[tuple[object, ...], dict[str, Rung]]] = {}  # per track: (what it depends on, rungs)
+_LOCKS: dict[str, threading.Lock] = {}
 
 
 def climb(session: Session, cfg: ChallengeConfig, track: str) -> dict[str, Rung]:
@@ -136,12 +143,13 @@ def climb(session: Session, cfg: ChallengeConfig, track: str) -> dict[str, Rung]
 
     key = (str(session.get_bind().engine.url), tracking_uri(), track, cfg.ladder_step, cfg.public_score_digits,
            results_version(session))
-    hit = _CLIMBS.get(track)
-    if hit is not None and hit[0] == key:
-        return hit[1]
-    rungs = _climb(session, cfg, track)
-    _CLIMBS[track] = (key, rungs)
-    return rungs
+    with _LOCKS.setdefault(track, threading.Lock()):  # concurrent requests wait for one computation
+        hit = _CLIMBS.get(track)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        rungs = _climb(session, cfg, track)
+        _CLIMBS[track] = (key, rungs)
+        return rungs
 
 
 def _climb(session: Session, cfg: ChallengeConfig, track: str) -> dict[str, Rung]:
