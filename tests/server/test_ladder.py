@@ -175,7 +175,8 @@ def test_parameter_free_step_is_the_paired_bootstrap_sd(cfg, engine, tmp_path, m
         pd.DataFrame({"id": truth["id"], "score": s}).to_csv(folder / "predictions.csv", index=False)
         point = float(roc_auc_score(y[pos], s[pos]))
         ids[name] = server.finish("alpha", name, point, 0.5, folder / "predictions.csv")
-    rungs = ladder.climb(server.Session(), cfg, TRACK)
+    with server.Session() as s:  # closed: an unclosed session's connection is finalised by the GC, anywhere
+        rungs = ladder.climb(s, cfg, TRACK)
     first = float(roc_auc_score(y[pos], scores["first"][pos]))
     for name in ("nudge", "clear"):
         gain = float(roc_auc_score(y[pos], scores[name][pos])) - first
@@ -183,3 +184,13 @@ def test_parameter_free_step_is_the_paired_bootstrap_sd(cfg, engine, tmp_path, m
         assert rungs[ids[name]].leader == (gain > sd), (name, gain, sd)
     assert [rungs[ids[n]].leader for n in scores] == [True, False, True]  # the data make both cases
     assert rungs[ids["clear"]].score == round(float(roc_auc_score(y[pos], scores["clear"][pos])), 3)
+
+    # Each submission's resamples are kept in the store: a restarted server (no cache in memory) climbs the same
+    # ladder without reading a prediction again (here from an MLflow store that has none).
+    kept = sorted((cfg.storage / "ladder" / TRACK).glob("*.f64"))
+    assert len(kept) == 3 and not list((cfg.storage / "ladder" / TRACK).glob(".*")), kept
+    ladder._resamples.cache_clear()
+    ladder._CLIMBS.clear()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path / "empty"))
+    with server.Session() as s:
+        assert ladder.climb(s, cfg, TRACK) == rungs

@@ -18,9 +18,13 @@ in its predictions (Whitehill 2017's attack reads labels off the digits of a sco
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import logging
 import math
+import os
+import secrets
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,28 +96,44 @@ def _hidden(release: str, digest: str) -> Any:
 
 
 @functools.lru_cache(maxsize=4096)
-def _resamples(uri: str, digest: str, track: str, team: str, name: str, sha256: str) -> np.ndarray:
+def _resamples(store: str, digest: str, track: str, team: str, name: str, sha256: str) -> np.ndarray:
     """One submission's public primary score on each of the leaderboard's bootstrap resamples (the same resampled
-    objects for every submission: paired), from its saved predictions; ``uri`` (the MLflow store) and ``digest``
-    (the release's) are cache keys. About 8 KB a submission, computed once."""
+    objects for every submission: paired), from its saved predictions; computed once and kept (about 8 KB) under
+    ``store``/ladder/, so a restarted server reads it back instead of computing it again. ``digest``: of the
+    release and the track's definition (a re-made release or a new split is computed again)."""
     from skybench.tracking import client, ranks
     from skybench.tracks import default_release
 
-    del uri
+    # raw little-endian float64 (np.load would parse a header with ast, which CPython 3.11.7 cannot do in two
+    # threads at once: "AST constructor recursion depth mismatch")
+    path = Path(store) / "ladder" / track / f"{digest[:32]}-{team}-{name}-{sha256}.f64"  # slugs and hex only
     t = _open_track(track)
+    with contextlib.suppress(OSError, ValueError):
+        kept = np.frombuffer(path.read_bytes(), dtype="<f8")
+        if kept.shape == (t.evaluation.rank_resamples,):
+            return kept
     hidden = _hidden(str(default_release(t)), digest)
     predictions = {f"{team}/{name}": ranks.load_predictions(client(), _run_id(track, team, name, sha256))}
-    return ranks.primary_resamples(t, hidden, predictions)[1][0]
+    values = ranks.primary_resamples(t, hidden, predictions)[1][0]
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(np.asarray(values, dtype="<f8").tobytes())
+        os.replace(tmp, path)  # whole or absent: a reader never sees half a file
+    except OSError:  # a read-only or full store: computed again next time
+        tmp.unlink(missing_ok=True)
+    return values
 
 
-def _paired_sd(track: str, team: str, a: Submission, b: Submission) -> float:
+def _paired_sd(cfg: ChallengeConfig, track: str, team: str, a: Submission, b: Submission) -> float:
     """Standard deviation over the paired bootstrap resamples of submission ``a``'s public primary score minus
     ``b``'s (both of ``team``)."""
     from skybench.release import release_digest
-    from skybench.tracking import tracking_uri
     from skybench.tracks import default_release
 
-    key = (tracking_uri(), release_digest(default_release(_open_track(track))), track, team)
+    t = _open_track(track)
+    digest = hashlib.sha256(f"{release_digest(default_release(t))}{t.model_dump_json()}".encode()).hexdigest()
+    key = (str(cfg.storage), digest, track, team)
     d = _resamples(*key, a.name, a.sha256 or "") - _resamples(*key, b.name, b.sha256 or "")
     d = d[np.isfinite(d)]  # a resample with one class has no AUROC
     if d.size < 2:
@@ -125,7 +145,7 @@ def _eta(cfg: ChallengeConfig, track: str, team: str, sub: Submission, leader: S
     if cfg.ladder_step is not None:
         return cfg.ladder_step
     try:
-        return _paired_sd(track, team, sub, leader)
+        return _paired_sd(cfg, track, team, sub, leader)
     except (OSError, ValueError, LookupError) as exc:  # predictions or the release missing: no step is taken
         log.warning("ladder of %s on %s: submission %s not compared with its leader: %s", team, track, sub.id, exc)
         return None
