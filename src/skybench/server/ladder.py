@@ -51,7 +51,8 @@ class Rung:
     leader_id: str | None  # the leader after it
 
 
-def _open_track(name: str) -> Any:
+@functools.lru_cache(maxsize=64)
+def _open_track(name: str) -> Any:  # loaded once per process (~50 ms: a board or a poll must not pay it each step)
     from skybench.tracks import load_track
 
     t = load_track(name)
