@@ -174,9 +174,7 @@ def climb(session: Session, cfg: ChallengeConfig, track: str) -> dict[str, Rung]
 
 
 def _climb(session: Session, cfg: ChallengeConfig, track: str) -> dict[str, Rung]:
-    from skybench.tracks import load_track
-
-    higher = load_track(track).metrics.higher_is_better
+    higher = _open_track(track).metrics.higher_is_better
     key = score_key(track)
     digits = cfg.public_score_digits
     rows = session.execute(select(Submission, Team.name).join(Team, Team.id == Submission.team_id)
@@ -216,9 +214,7 @@ def shown(session: Session, cfg: ChallengeConfig, sub: Submission) -> dict[str, 
 def board(session: Session, cfg: ChallengeConfig, track: str, public: pd.DataFrame) -> pd.DataFrame:
     """The open board: one row per team, its leader with the ladder score only (columns as ``public``, the
     leaderboard read from MLflow, whose unranked rows, failures, are kept)."""
-    from skybench.tracks import load_track
-
-    t = load_track(track)
+    t = _open_track(track)
     rungs = climb(session, cfg, track)
     now = {r.leader_id for r in {r.team: r for r in rungs.values()}.values() if r.leader_id is not None}
     subs = session.execute(select(Submission, Team.name).join(Team, Team.id == Submission.team_id)
