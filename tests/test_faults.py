@@ -243,3 +243,35 @@ def test_a_simulation_worker_killed_is_one_line_and_writes_nothing(tmp_path):
     assert code == "1", res.stdout + res.stderr[-2000:]
     assert "a simulation worker process died" in said and len(said.splitlines()) == 1, said
     assert not out.exists() and list(out.parent.iterdir()) == []
+
+
+A_WORKER_DIES_WHILE_THE_REST_ARE_CANCELLED = """
+import multiprocessing, os, signal, time
+from skybench.simulate import _Pool
+
+def slow(i):
+    time.sleep(2)
+    return i
+
+if __name__ == "__main__":
+    try:
+        with _Pool(2) as pool:
+            futures = [pool.submit(slow, i) for i in range(10)]
+            time.sleep(0.5)
+            for f in futures[5:]:  # pending, as map's iterator cancels them when its consumer stops
+                f.cancel()
+            os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+            futures[0].result(), futures[1].result()
+    except Exception as exc:
+        print(type(exc).__name__, len(multiprocessing.active_children()))
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: simulate runs in one process, with no pool")
+def test_a_broken_simulation_pool_leaves_no_worker_behind(tmp_path):
+    # CPython 3.11's pool manager dies on the cancelled futures (gh-107219) before it stops the other worker, which
+    # then kept the interpreter from exiting: the flaky hang of the test above
+    script = tmp_path / "pool.py"  # a file, so that the workers can import `slow`
+    script.write_text(A_WORKER_DIES_WHILE_THE_REST_ARE_CANCELLED)
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.split() == ["BrokenProcessPool", "0"], res.stdout + res.stderr[-2000:]

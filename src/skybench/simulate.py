@@ -3,6 +3,7 @@ the public ``demo`` profile) the organiser's test-set key (:mod:`skybench.testke
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -78,7 +79,7 @@ def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", se
         counts = capped
     finish = _real_set_fold(track, real_set, order_key(key, seed))
     try:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(track, backend, generator, True)) \
+        with _Pool(workers, initializer=_init_worker, initargs=(track, backend, generator, True)) \
                 if workers > 1 else _InProcess(track, backend, generator, ahead=be.name != "numpy") as pool:
 
             def make_chunks(split: str, ranges: list[tuple[int, int]]) -> Iterator[Any]:
@@ -150,6 +151,25 @@ def _init_worker(track: Track, backend: str, generator: str, one_thread: bool = 
 
 def _simulate_chunk(job: tuple[ObjectSeeds, str, int, int]) -> Any:
     return _SIM.simulate(*job)
+
+
+class _Pool(ProcessPoolExecutor):
+    """A process pool whose workers are all gone when it exits. On CPython 3.11, a worker dying while
+    ``map``'s iterator cancels the pending chunks makes the pool's manager thread raise before it stops the other
+    workers (gh-107219, fixed in 3.12); they would wait for work, and the interpreter for them at exit, for ever."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self._not_ours = {p.pid for p in multiprocessing.active_children()}
+        super().__init__(*args, **kwargs)
+
+    def __exit__(self, kind: Any, *rest: Any) -> Any:
+        try:
+            return super().__exit__(kind, *rest)
+        finally:  # after a clean shutdown none is left
+            for p in multiprocessing.active_children():
+                if p.pid not in self._not_ours:
+                    p.kill()
+                    p.join()
 
 
 class _InProcess:
