@@ -41,6 +41,7 @@ def main() -> None:
     from sklearn.metrics import roc_auc_score
 
     from skybench import tracking
+    from skybench.release import release_digest
     from skybench.release.reader import open_release
     from skybench.server import ladder, phases
     from skybench.server.auth import add_team
@@ -51,6 +52,7 @@ def main() -> None:
     track = "lens-space"
     release = simulate_release(track, root / "releases" / track, size=args.size, progress=False)
     hidden = open_release(release).hidden("test")
+    release_sha = release_digest(release)
     truth = hidden.meta(["id", "is_lens"]).sort_values("id")
     y = truth["is_lens"].to_numpy().astype(float)
     t_open = ladder._open_track(track)
@@ -82,7 +84,7 @@ def main() -> None:
                                  metrics={"public_auroc": auc, "private_auroc": auc}))
                 tracking.log_evaluation(track, team=name, name=f"e{k}", fmt="csv", status="FINISHED",
                                         metrics={"public_auroc": auc, "private_auroc": auc},
-                                        tags={"submission_sha256": sha, "release_sha256": "r" * 64},
+                                        tags={"submission_sha256": sha, "release_sha256": release_sha},
                                         artifacts=[folder / "predictions.csv"],
                                         experiment=tracking.organiser_experiment(track))
         s.commit()

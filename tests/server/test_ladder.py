@@ -27,13 +27,14 @@ def _sha(team: str, name: str, version: int) -> str:
     return hashlib.sha256(f"{team}/{name}/{version}".encode()).hexdigest()
 
 
-def _log(team: str, name: str, sha: str, public: float, private: float, predictions: Path | None = None) -> None:
+def _log(team: str, name: str, sha: str, public: float, private: float, predictions: Path | None = None,
+         release_sha: str = "r" * 64) -> None:
     from skybench import tracking
 
     time.sleep(0.005)  # distinct start times
     metrics = {"public_auroc": public, "private_auroc": private, "public_tpr0": public / 2}
     tracking.log_evaluation(TRACK, team=team, name=name, fmt="csv", status="FINISHED", metrics=metrics,
-                            tags={"submission_sha256": sha, "release_sha256": "r" * 64, "device": "cpu"},
+                            tags={"submission_sha256": sha, "release_sha256": release_sha, "device": "cpu"},
                             artifacts=[predictions] if predictions else (),
                             experiment=tracking.organiser_experiment(TRACK))
 
@@ -53,7 +54,8 @@ class Server:
             s.commit()
         self.auth = {n: {"Authorization": f"Bearer {i.token}"} for n, i in self.teams.items()}
 
-    def finish(self, team: str, name: str, public: float, private: float, predictions: Path | None = None) -> str:
+    def finish(self, team: str, name: str, public: float, private: float, predictions: Path | None = None,
+               release_sha: str = "r" * 64) -> str:
         from skybench.server.db import Submission
 
         self.n += 1
@@ -67,7 +69,7 @@ class Server:
             s.add(sub)
             s.commit()
             sid = sub.id
-        _log(team, name, sha, public, private, predictions)
+        _log(team, name, sha, public, private, predictions, release_sha)
         return sid
 
 
@@ -147,8 +149,12 @@ def project(tmp_path: Path, tiny_space_release: Path, monkeypatch: pytest.Monkey
 def test_parameter_free_step_is_the_paired_bootstrap_sd(cfg, engine, tmp_path, monkeypatch, project):
     """No ``ladder_step``: a submission becomes the leader only when it beats the leader's public AUROC by more
     than the sd of their paired bootstrap difference (the leaderboard's resamples of the public part)."""
+    from sqlalchemy import select
+
+    from skybench.release import release_digest
     from skybench.release.reader import open_release
     from skybench.server import ladder
+    from skybench.server.db import Submission
     from skybench.tracking import ranks
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
@@ -169,12 +175,19 @@ def test_parameter_free_step_is_the_paired_bootstrap_sd(cfg, engine, tmp_path, m
         return np.array([roc_auc_score(y[pos][r], s[pos][r]) if len(set(y[pos][r])) == 2 else np.nan for r in rows])
 
     ids = {}
+    release_sha = release_digest(project / "releases" / TRACK)
+    decoy = tmp_path / "decoy"  # the same entries evaluated later on another release: never the ladder's
+    decoy.mkdir()
+    pd.DataFrame({"id": truth["id"], "score": -y}).to_csv(decoy / "predictions.csv", index=False)
     for name, s in scores.items():
         folder = tmp_path / name
         folder.mkdir()
         pd.DataFrame({"id": truth["id"], "score": s}).to_csv(folder / "predictions.csv", index=False)
         point = float(roc_auc_score(y[pos], s[pos]))
-        ids[name] = server.finish("alpha", name, point, 0.5, folder / "predictions.csv")
+        ids[name] = server.finish("alpha", name, point, 0.5, folder / "predictions.csv", release_sha)
+    with server.Session() as s:
+        for sub in s.scalars(select(Submission)):
+            _log("alpha", sub.name, sub.sha256, 0.0, 0.0, decoy / "predictions.csv")
     with server.Session() as s:  # closed: an unclosed session's connection is finalised by the GC, anywhere
         rungs = ladder.climb(s, cfg, TRACK)
     first = float(roc_auc_score(y[pos], scores["first"][pos]))

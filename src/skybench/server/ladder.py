@@ -72,20 +72,16 @@ def _value(sub: Submission, key: str) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def _run_id(track: str, team: str, name: str, sha256: str) -> str:
-    """The organiser evaluation run of one submission (its saved predictions)."""
-    from skybench.tracking import client, organiser_experiment
+def _run_id(track: str, team: str, name: str, sha256: str, release_sha256: str) -> str:
+    """The organiser evaluation run of one submission on this release (its saved predictions)."""
+    from skybench.tracking import find_evaluation, organiser_experiment
 
-    c = client()
-    exp = c.get_experiment_by_name(organiser_experiment(track))
-    if exp is None:
-        raise LookupError(f"no MLflow experiment {organiser_experiment(track)!r}")
-    runs = c.search_runs([exp.experiment_id], f"tags.submission_sha256 = '{sha256}' and params.team = '{team}' "
-                         f"and params.name = '{name}' and attributes.status = 'FINISHED'",
-                         order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs:
-        raise LookupError(f"no organiser evaluation run of {team}/{name} ({sha256[:12]})")
-    return str(runs[0].info.run_id)
+    run = find_evaluation(track, sha256, release_sha256, include_failed=False, team=team, name=name,
+                          experiment=organiser_experiment(track))
+    if run is None:
+        raise LookupError(f"no organiser evaluation run of {team}/{name} ({sha256[:12]}) on release "
+                          f"{release_sha256[:12]}")
+    return str(run.info.run_id)
 
 
 @functools.lru_cache(maxsize=8)
@@ -97,11 +93,12 @@ def _hidden(release: str, digest: str) -> Any:
 
 
 @functools.lru_cache(maxsize=4096)
-def _resamples(store: str, digest: str, track: str, team: str, name: str, sha256: str) -> np.ndarray:
+def _resamples(store: str, release_sha256: str, digest: str, track: str, team: str, name: str,
+               sha256: str) -> np.ndarray:
     """One submission's public primary score on each of the leaderboard's bootstrap resamples (the same resampled
     objects for every submission: paired), from its saved predictions; computed once and kept (about 8 KB) under
     ``store``/ladder/, so a restarted server reads it back instead of computing it again. ``digest``: of the
-    release and the track's definition (a re-made release or a new split is computed again)."""
+    release (``release_sha256``) and the track's definition (a re-made release or a new split is computed again)."""
     from skybench.tracking import client, ranks
     from skybench.tracks import default_release
 
@@ -114,7 +111,8 @@ def _resamples(store: str, digest: str, track: str, team: str, name: str, sha256
         if kept.shape == (t.evaluation.rank_resamples,):
             return kept
     hidden = _hidden(str(default_release(t)), digest)
-    predictions = {f"{team}/{name}": ranks.load_predictions(client(), _run_id(track, team, name, sha256))}
+    predictions = {f"{team}/{name}": ranks.load_predictions(client(), _run_id(track, team, name, sha256,
+                                                                                   release_sha256))}
     values = ranks.primary_resamples(t, hidden, predictions)[1][0]
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
     try:
@@ -133,8 +131,9 @@ def _paired_sd(cfg: ChallengeConfig, track: str, team: str, a: Submission, b: Su
     from skybench.tracks import default_release
 
     t = _open_track(track)
-    digest = hashlib.sha256(f"{release_digest(default_release(t))}{t.model_dump_json()}".encode()).hexdigest()
-    key = (str(cfg.storage), digest, track, team)
+    release = release_digest(default_release(t))
+    key = (str(cfg.storage), release, hashlib.sha256(f"{release}{t.model_dump_json()}".encode()).hexdigest(), track,
+           team)
     d = _resamples(*key, a.name, a.sha256 or "") - _resamples(*key, b.name, b.sha256 or "")
     d = d[np.isfinite(d)]  # a resample with one class has no AUROC
     if d.size < 2:
