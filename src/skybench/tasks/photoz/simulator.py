@@ -26,8 +26,9 @@ Per object (its own seeded generator, :class:`~skybench.testkey.ObjectSeeds`):
   flux / area with flux ~ 1/D_L^2 and area ~ 1/D_A^2, i.e. the (1+z)^-4 cosmological dimming;
 * images: the lens simulator's :class:`~skybench.physics.render.Renderer` (supersampled Sersic profiles, per-band
   Gaussian PSF, sky + read + Poisson noise); catalogue magnitudes: the extinction-corrected true magnitudes plus
-  Gaussian errors from the same noise model in an effective aperture; a zero-point error per object and band
-  (``mag_error_floor``) offsets the images and the catalogue alike, and is included in the quoted errors.
+  Gaussian errors from the same noise model in an effective aperture, the quoted errors (``err_*``) from the
+  measured flux as a survey's are; a zero-point error per object and band (``mag_error_floor``) offsets the images
+  and the catalogue alike, and is included in the quoted errors.
 
 The photoz-images and photoz-catalog tracks share the population, survey and split sizes, so for one seed they
 hold the same galaxies (same ``seed`` column): the CNN-on-images vs k-NN-on-magnitudes comparison is like for like.
@@ -266,10 +267,18 @@ class GalaxySimulator:
         r_half = share_b[:, 2] * out["bulge_R_sersic"].to_numpy() + (1 - share_b[:, 2]) * out["disk_R_sersic"]
         sig2 = self.psf_sigma[None, :] ** 2 + (np.asarray(r_half)[:, None] / 1.1774) ** 2
         area = 4 * np.pi * sig2 / self.track.survey.pixel_scale**2
-        var = flux / self.total_time[None, :] + area * self.sigma_bkg[None, :] ** 2
-        err_meas = MAG_ERR * np.sqrt(var) / flux
-        err = np.sqrt(err_meas**2 + p.mag_error_floor**2)
+        sky = area * self.sigma_bkg[None, :] ** 2
+        err_meas = MAG_ERR * np.sqrt(flux / self.total_time[None, :] + sky) / flux  # the noise's sd (truth)
+        # Catalogue magnitudes: extinction-corrected, with the calibration offset and Gaussian noise (its own stream,
+        # fixed by the object's seed), in the SDSS system like the real MGS.
+        noise = object_normals((noise_stream(s, 2) for s in meta["seed"]), (len(SDSS_BANDS),), np.float64)
+        mag = mag_true + calib + noise * err_meas + np.asarray(p.sdss_minus_ab)[None, :]
+        # Quoted errors from the measured flux, as a survey's are: from the true flux they would give it away.
+        measured = flux * 10.0 ** (-0.4 * noise * err_meas)
+        quoted = MAG_ERR * np.sqrt(measured / self.total_time[None, :] + sky) / measured
+        err = np.sqrt(quoted**2 + p.mag_error_floor**2)
         for i, b in enumerate(SDSS_BANDS):
+            out[f"mag_{b}"] = mag[:, i]
             out[f"mag_true_{b}"] = mag_true[:, i]
             out[f"mag_obs_true_{b}"] = mag_obs[:, i]
             out[f"err_{b}"] = err[:, i]
@@ -310,11 +319,6 @@ class GalaxySimulator:
         rows = [{"id": i, **self.sample(seeds(split, i))} for i in range(start, stop)]
         meta = pd.DataFrame(rows)
         meta = pd.concat([meta, self.photometry(meta)], axis=1)
-        # Catalogue magnitudes: its own noise stream, fixed by the object's seed; extinction-corrected as in SDSS.
-        noise = object_normals((noise_stream(s, 2) for s in meta["seed"]), (len(SDSS_BANDS),), np.float64)
-        for i, b in enumerate(SDSS_BANDS):
-            meta[f"mag_{b}"] = (meta[f"mag_true_{b}"] + meta[f"calib_{b}"] + noise[:, i] * meta[f"err_meas_{b}"]
-                                + self.pop.sdss_minus_ab[i])
         meta.insert(1, "split", split)
         arrays: dict[str, np.ndarray] = {}
         if self.renderer is not None:
