@@ -109,6 +109,17 @@ def test_label_follows_the_visibility_rule_and_records_its_quantities(tiny_space
     assert 0 < meta.is_lens.mean() < 1
 
 
+# Metcalf et al. 2019 (rbmetcalf/ChallengePaper paper.tex, Sec. 2): space-based, "60% of the cases had no background
+# source"; ground-based, lensed sources added "at the same rate as for the mock images, in this case 50%".
+@pytest.mark.parametrize(("track_name", "with_source"), [("lens-space", 0.4), ("lens-space-realsrc", 0.4),
+                                                         ("lens-ground", 0.5), ("lens-ground-realsrc", 0.5)])
+def test_the_fraction_of_cut_outs_with_a_source_is_metcalf_2019s(track_name, with_source):
+    sim = LensSimulator(load_track(track_name), get_backend("numpy"))
+    n = 3000
+    has = np.array([sim.sample(public_object_seed(5, "test", i))["has_source"] for i in range(n)])
+    assert abs(has.mean() - with_source) < 4 * np.sqrt(with_source * (1 - with_source) / n)
+
+
 def test_an_object_is_remade_exactly_from_its_seed(tiny_space_release):
     meta = open_release(tiny_space_release).meta("train")
     sim = LensSimulator(load_track("lens-space"), get_backend("numpy"))
