@@ -226,3 +226,28 @@ def test_uploads_refused_for_quota_store_nothing(server, cfg):
         r = _upload(client, tokens["alpha"], pack("alpha", "q9", pad=3_000_000 + pad), name="q9")
         assert r.status_code == 429 and "quota" in r.json()["detail"], r.text
     assert {p.name for p in objects.glob("*/*")} == stored, "refused uploads left folders in the store"
+
+
+def test_parallel_uploads_past_the_quota_store_nothing(server, cfg):
+    """The same with uploads sent at once by a team with one unit left: each passes the early quota check while
+    the others are being unpacked, all are stored, one is queued; the refused ones must leave the store too (a
+    race per unit would otherwise keep ~threads x ``max_unpacked_bytes``)."""
+    import threading
+
+    from skybench.server.storage import Store
+
+    client, tokens, _ = server
+    objects = Store(cfg.storage, cfg.upload).objects
+    for i in range(2):  # per_day: 3; one left
+        assert _upload(client, tokens["alpha"], pack("alpha", f"q{i}"), name=f"q{i}").status_code == 202
+    before = {p.name for p in objects.glob("*/*")}
+    bodies = [pack("alpha", f"r{i}", pad=3_000_000 + i) for i in range(6)]
+    codes: list[int] = []
+    threads = [threading.Thread(target=lambda i=i: codes.append(
+        _upload(client, tokens["alpha"], bodies[i], name=f"r{i}").status_code)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(codes) == [202, *[429] * 5], codes
+    assert len({p.name for p in objects.glob("*/*")} - before) == 1, "refused uploads left folders in the store"

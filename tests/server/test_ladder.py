@@ -207,3 +207,60 @@ def test_parameter_free_step_is_the_paired_bootstrap_sd(cfg, engine, tmp_path, m
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path / "empty"))
     with server.Session() as s:
         assert ladder.climb(s, cfg, TRACK) == rungs
+
+
+def test_a_teams_list_climbs_the_ladder_once_not_once_per_submission(cfg, engine, tmp_path, monkeypatch):
+    """``GET /api/submissions`` with the Ladder: each climb first reads the whole submissions table (has a job
+    ended?), so climbing once per listed submission made a team's list cost N x M (0.5 s for 100 of 10,000
+    submissions), and a few teams polling their lists held every server thread."""
+    from sqlalchemy import event
+
+    from skybench.server.app import create_app
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    cfg = _config(cfg, ladder_step=0.01)
+    server = Server(cfg, engine)
+    for i in range(12):
+        server.finish("alpha", f"e{i}", 0.7 + i / 50, 0.5)
+    scans: list[str] = []
+
+    def seen(conn, cursor, statement, *args):  # type: ignore[no-untyped-def]
+        if "max(submissions.finished_at)" in statement:
+            scans.append(statement)
+
+    with TestClient(create_app(cfg, engine)) as client:
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            listed = client.get("/api/submissions", headers=server.auth["alpha"]).json()
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+    assert [x["metrics"]["ladder"] for x in listed] == ["new best"] * 12
+    assert len(scans) <= 3, len(scans)  # this request's one (and the server's tick's, at its start)
+
+
+def test_a_track_paused_back_to_pending_shows_what_open_shows(cfg, engine, tmp_path, monkeypatch):
+    """``phase set TRACK pending`` (an admin pausing an open track) must not show what the Ladder hid while open:
+    pending showed every public metric of each submission, unrounded, and the plain public board."""
+    from skybench.server.app import create_app
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    cfg = _config(cfg, ladder_step=0.01)
+    server = Server(cfg, engine)
+    a = server.finish("alpha", "a", 0.80012, 0.6)
+    probe = server.finish("alpha", "probe", 0.80544, 0.9)
+    with TestClient(create_app(cfg, engine)) as client:
+        admin = {"Authorization": "Bearer " + _admin_token(server)}
+        before = [client.get(f"/api/submissions/{i}", headers=server.auth["alpha"]).json()["metrics"]
+                  for i in (a, probe)]
+        board = client.get(f"/api/tracks/{TRACK}/leaderboard").json()["rows"]
+        assert client.post(f"/api/admin/tracks/{TRACK}/phase", json={"phase": "pending"},
+                           headers=admin).status_code == 200
+        after = [client.get(f"/api/submissions/{i}", headers=server.auth["alpha"]).json()["metrics"]
+                 for i in (a, probe)]
+        paused = client.get(f"/api/tracks/{TRACK}/leaderboard").json()
+        page = client.get(f"/tracks/{TRACK}").text
+    assert paused["phase"] == "pending"
+    assert after == before == [{"public_auroc": 0.8, "ladder": "new best"},
+                               {"public_auroc": 0.8, "ladder": "kept the previous best"}]
+    assert paused["rows"] == board and [r["name"] for r in board] == ["a"]
+    assert "0.805" not in page and "0.4" not in page and "probe" not in page

@@ -454,3 +454,34 @@ def test_leaderboard_cache_is_kept_briefly_and_dropped_when_a_job_ends(challenge
         names(c)
         _log("beta", "b5", 0.2, 0.2)
         assert "b5" in names(c)
+
+
+def test_requests_that_miss_the_board_cache_together_read_mlflow_once(challenge, cfg, engine, monkeypatch):
+    """The leaderboard needs no token: a burst of requests when the cached board is stale (every
+    ``leaderboard_cache_seconds``, and after each job) each read every MLflow run of the track, all server
+    threads at once; they wait for one read and share it."""
+    import threading
+
+    from skybench.server import phases
+    from skybench.server.app import create_app
+
+    reads = []
+    real = phases._board
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        reads.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(phases, "_board", counted)
+    with TestClient(create_app(cfg.model_copy(update={"leaderboard_cache_seconds": 3600}), engine)) as c:
+        assert _board(c)["rows"]
+        phases.BOARDS._boards.clear()  # stale
+        reads.clear()
+        answers: list[int] = []
+        burst = [threading.Thread(target=lambda: answers.append(_board(c)["rows"] != [])) for _ in range(12)]
+        for t in burst:
+            t.start()
+        for t in burst:
+            t.join()
+    assert answers == [True] * 12
+    assert len(reads) == 1, len(reads)

@@ -29,7 +29,7 @@ from starlette.datastructures import UploadFile
 from skybench.harness.submission import SLUG
 from skybench.server import faults, intake, queue
 from skybench.server.auth import AuthError, FailureLimiter, RateLimited, VerifiedCache, verify
-from skybench.server.config import ChallengeConfig, Phase
+from skybench.server.config import ChallengeConfig, Phase, shown_as_open
 from skybench.server.db import Submission, Team, make_engine, sessions, upgrade, utcnow
 from skybench.server.storage import Store, UploadError, read_upload_form
 
@@ -47,20 +47,22 @@ def _track_in(track: str, closed: bool) -> Any:
     return t.model_copy(update={"evaluation": ev})
 
 
-def shown_metrics(cfg: ChallengeConfig, sub: Submission, phase: Phase, session: Session) -> dict[str, Any]:
+def shown_metrics(cfg: ChallengeConfig, sub: Submission, phase: Phase, session: Session,
+                  memo: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a team sees of a finished submission's metrics now: the participant view (:func:`skybench.harness.
     visibility.participant_view`: the public part until the final phase, then the private part too, never a
     whole-test-set metric of a split track, no stratum bin with few objects); while the phase is open, rounded,
-    or only the Ladder's score with ``open_board: ladder`` (:func:`skybench.server.ladder.shown`)."""
+    or only the Ladder's score with ``open_board: ladder`` (:func:`skybench.server.ladder.shown`). ``memo``: one
+    request's, so a list of a team's submissions climbs each track's ladder once, not once per submission."""
     from skybench.harness.visibility import participant_view
 
-    if phase == "open" and cfg.open_board == "ladder":
+    if shown_as_open(phase) and cfg.open_board == "ladder":
         from skybench.server import ladder
 
-        return ladder.shown(session, cfg, sub)
+        return ladder.shown(session, cfg, sub, memo)
     metrics = participant_view(_track_in(sub.track, phase == "final"), sub.metrics or {})
     digits = cfg.public_score_digits
-    if digits is not None and phase == "open":
+    if digits is not None and shown_as_open(phase):
         metrics = {k: round(v, digits) if isinstance(v, float) and math.isfinite(v) else v
                    for k, v in metrics.items()}
     return metrics
@@ -125,10 +127,12 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
             except AuthError as exc:
                 raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
 
-    def view(sub: Submission, team_name: str) -> dict[str, Any]:
+    def view(sub: Submission, team_name: str, memo: dict[str, Any] | None = None) -> dict[str, Any]:
+        memo = {} if memo is None else memo  # one request's phases and ladders
         with Session() as s:
-            phase = queue.current_phase(s, cfg, sub.track)
-            metrics = shown_metrics(cfg, sub, phase, s) if sub.state == "finished" else {}
+            if (phase := memo.get(f"phase:{sub.track}")) is None:
+                phase = memo[f"phase:{sub.track}"] = queue.current_phase(s, cfg, sub.track)
+            metrics = shown_metrics(cfg, sub, phase, s, memo) if sub.state == "finished" else {}
         return {"id": sub.id, "team": team_name, "track": sub.track, "name": sub.name, "sha256": sub.sha256,
                 "phase": sub.phase, "state": sub.state, "reason": sub.reason, "log": sub.log or "",
                 "attempt": sub.attempt,
@@ -151,7 +155,8 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
         with Session() as s:
             subs = s.scalars(select(Submission).where(Submission.team_id == t.id)
                              .order_by(Submission.received_at.desc())).all()
-        return [view(x, t.name) for x in subs]
+        memo: dict[str, Any] = {}
+        return [view(x, t.name, memo) for x in subs]
 
     @app.get("/api/submissions/{sub_id}")
     def one(sub_id: str, t: Team = Depends(team)) -> dict[str, Any]:

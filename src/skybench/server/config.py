@@ -13,6 +13,13 @@ Phase = Literal["pending", "open", "closed", "final"]
 PHASES: tuple[Phase, ...] = ("pending", "open", "closed", "final")
 
 
+def shown_as_open(phase: str) -> bool:
+    """Whether teams see scores as while a track is open (the Ladder or rounded scores, no plots): ``open``, and
+    ``pending``, before it or a track an admin paused (``phase set TRACK pending``): what was submitted while
+    open must not be shown in full then."""
+    return phase in ("pending", "open")
+
+
 class ConfigError(ValueError):
     """``challenge.yaml`` is invalid; the message names the file and the key."""
 

@@ -40,7 +40,12 @@ def accept(cfg: ChallengeConfig, sessions: sessionmaker, store: Store, team_id: 
         # Moved into the store when valid: only its staging folder is left to remove.
         loaded, _ = store.store(folder, {"team": team.name, "name": name, "track": track})
         with sessions() as s:
-            sub = queue.enqueue(s, cfg, team, track, name, loaded.sha256, received, sub_id=sub_id)
+            try:
+                sub = queue.enqueue(s, cfg, team, track, name, loaded.sha256, received, sub_id=sub_id)
+            except queue.Refused:  # a quota or name race lost after the early check: the upload keeps no disk
+                if not queue.stored_for(s, loaded.sha256):
+                    store.drop_object(loaded.sha256)
+                raise
         queued = True
         return sub
     finally:

@@ -201,10 +201,17 @@ def leaders(session: Session, cfg: ChallengeConfig, track: str) -> set[str]:
             if r.leader_id is not None}
 
 
-def shown(session: Session, cfg: ChallengeConfig, sub: Submission) -> dict[str, Any]:
+def shown(session: Session, cfg: ChallengeConfig, sub: Submission, memo: dict[str, Any] | None = None
+          ) -> dict[str, Any]:
     """What a team sees of one submission's scores while the track is open: the ladder score after it and
-    whether it became the leader (empty for a submission not on the ladder: another phase, not finished)."""
-    rung = climb(session, cfg, sub.track).get(sub.id)
+    whether it became the leader (empty for a submission not on the ladder: another phase, not finished).
+    ``memo``: one request's rungs per track (a list of N submissions climbs once: each climb reads the whole
+    submissions table to tell whether a job ended)."""
+    memo = {} if memo is None else memo
+    rungs = memo.get(f"ladder:{sub.track}")
+    if rungs is None:
+        rungs = memo[f"ladder:{sub.track}"] = climb(session, cfg, sub.track)
+    rung = rungs.get(sub.id)
     if rung is None or rung.score is None:
         return {}
     return {score_key(sub.track): rung.score, "ladder": "new best" if rung.leader else "kept the previous best"}

@@ -34,7 +34,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from skybench.server import queue
-from skybench.server.config import PHASES, ChallengeConfig, Phase
+from skybench.server.config import PHASES, ChallengeConfig, Phase, shown_as_open
 from skybench.server.db import FinalChoice, LeaderboardSnapshot, Submission, Team, utcnow
 
 ENDED_BEFORE: dict[str, tuple[str, ...]] = {"pending": (), "open": (), "closed": ("open",),
@@ -76,6 +76,7 @@ class _BoardCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._boards: dict[tuple[str, str, str, str, Versions | None], tuple[object, float, pd.DataFrame]] = {}
+        self._flights: dict[tuple[str, str, str, str, Versions | None], threading.Lock] = {}
 
     def get(self, session: Session, cfg: ChallengeConfig, track: str, part: str,
             versions: Versions | None = None) -> pd.DataFrame:
@@ -85,14 +86,19 @@ class _BoardCache:
             return _board(track, part, versions)
         key = (str(session.get_bind().engine.url), tracking_uri(), track, part, versions)
         version = results_version(session)
-        now = time.monotonic()
         with self._lock:
-            hit = self._boards.get(key)
-        if hit is not None and hit[0] == version and now - hit[1] < cfg.leaderboard_cache_seconds:
-            return hit[2].copy()
-        board = _board(track, part, versions)
-        with self._lock:
-            self._boards[key] = (version, now, board)
+            flight = self._flights.setdefault(key, threading.Lock())
+        # One read of MLflow per board at a time: requests that miss together (anyone may ask, no token) wait
+        # for it and share it instead of each reading every run of the track.
+        with flight:
+            now = time.monotonic()
+            with self._lock:
+                hit = self._boards.get(key)
+            if hit is not None and hit[0] == version and now - hit[1] < cfg.leaderboard_cache_seconds:
+                return hit[2].copy()
+            board = _board(track, part, versions)
+            with self._lock:
+                self._boards[key] = (version, now, board)
         return board.copy()
 
 
@@ -190,7 +196,7 @@ def live_board(session: Session, cfg: ChallengeConfig, track: str, phase: str, *
     (``fresh``: read from MLflow now, not from the few-seconds cache)."""
     if phase in ("pending", "open", "closed"):
         public = board(session, cfg, track, "public", fresh=fresh)
-        if phase != "open":
+        if not shown_as_open(phase):
             return _rows(public)
         return _round(cfg, track, _rows(ranked_as_shown(open_board(session, cfg, track, public), track,
                                                         cfg.public_score_digits)))

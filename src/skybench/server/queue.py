@@ -166,6 +166,11 @@ def _refuse_early(session: Session, cfg: ChallengeConfig, team: Team, track: str
         raise _quota_used(cfg, track, "phase", phase)
 
 
+def stored_for(session: Session, sha256: str) -> bool:
+    """Whether a queued (or later) submission uses the stored folder ``sha256``."""
+    return session.scalar(select(Submission.id).where(Submission.sha256 == sha256).limit(1)) is not None
+
+
 def abandon(session: Session, sub_id: str) -> None:
     """Remove the row of an upload refused before it was queued (a no-op once it is queued); commits."""
     session.execute(delete(Submission).where(Submission.id == sub_id, Submission.state == "received"))

@@ -12,6 +12,7 @@ ever written outside a fresh staging folder inside the store."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -185,6 +186,19 @@ class Store:
             if isinstance(cause, OSError) and (full := store_full(cause)):
                 raise full from exc
             raise
+
+    def drop_object(self, sha256: str) -> None:
+        """Remove the stored folder of ``sha256`` (an upload stored, then refused at the queue: it must not keep
+        its disk). Moved out of ``objects/`` at once, then deleted from ``incoming/``."""
+        dest = self.object_dir(sha256)
+        with contextlib.suppress(FileNotFoundError):
+            dest.chmod(0o755)  # a read-only folder cannot be renamed to another parent, nor emptied
+            gone = self.incoming / f"{_owner()}.{secrets.token_hex(16)}.d"
+            os.rename(dest, gone)
+            for p in [gone, *gone.rglob("*")]:
+                if p.is_dir() and not p.is_symlink():
+                    p.chmod(0o755)
+            self.discard(gone)
 
     def discard(self, path: Path) -> None:
         """Remove an upload or staging folder in ``incoming/`` (never anything else)."""

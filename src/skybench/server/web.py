@@ -40,7 +40,7 @@ from starlette.datastructures import UploadFile
 from skybench.harness.submission import SLUG
 from skybench.server import intake, queue
 from skybench.server.auth import AuthError, RateLimited, verify
-from skybench.server.config import ChallengeConfig, Phase
+from skybench.server.config import ChallengeConfig, Phase, shown_as_open
 from skybench.server.db import STATES, Submission, Team, WebSession, utcnow
 from skybench.server.storage import UploadError, read_upload_form
 
@@ -216,11 +216,11 @@ def public_board(cfg: ChallengeConfig, track_name: str, phase: Phase, session: A
         update={"phase": "closed" if phase == "final" else "open"})})
     board = (final_board(session, cfg, track_name) if phase == "final"
              else cached_board(session, cfg, track_name, "public"))
-    if phase == "open":
+    if shown_as_open(phase):
         board = open_board(session, cfg, track_name, board)
     primary = track.metrics.primary
     report = [m for m in track.metrics.report if m != primary]
-    digits = cfg.public_score_digits if phase == "open" else None
+    digits = cfg.public_score_digits if shown_as_open(phase) else None
     board = ranked_as_shown(board, track_name, digits)
 
     def num(v: object) -> str:
@@ -284,7 +284,7 @@ def plots(sub: Submission, team_name: str) -> list[str]:
 def plots_shown(cfg: ChallengeConfig, phase: Phase) -> bool:
     """Whether teams see their plots now: not while the Ladder decides what an open phase shows (a public ROC
     curve is a score per point)."""
-    return not (phase == "open" and cfg.open_board == "ladder")
+    return not (shown_as_open(phase) and cfg.open_board == "ladder")
 
 
 def plot_bytes(sub: Submission, team_name: str, name: str) -> bytes | None:
@@ -371,10 +371,11 @@ def _login_first(request: Request) -> RedirectResponse:
     return RedirectResponse("/login", status_code=303)
 
 
-def _row(cfg: ChallengeConfig, sub: Submission, phase: Phase, session: Any) -> dict[str, Any]:
+def _row(cfg: ChallengeConfig, sub: Submission, phase: Phase, session: Any,
+         memo: dict[str, Any] | None = None) -> dict[str, Any]:
     from skybench.server.app import shown_metrics
 
-    metrics = shown_metrics(cfg, sub, phase, session) if sub.state == "finished" else {}
+    metrics = shown_metrics(cfg, sub, phase, session, memo) if sub.state == "finished" else {}
     when = sub.finished_at or sub.failed_at or sub.running_at or sub.queued_at or sub.received_at
     return {"id": sub.id, "track": sub.track, "name": sub.name, "state": sub.state, "reason": sub.reason,
             "log": sub.log, "attempt": sub.attempt, "counted": sub.counted,
@@ -398,7 +399,8 @@ def team_page(request: Request) -> Response:
                          .order_by(Submission.received_at.desc())).all()
         phases = {n: queue.current_phase(s, cfg, n) for n in cfg.tracks}
         quotas = {n: queue.quota_left(s, cfg, team, n) for n, c in cfg.tracks.items() if c.open}
-        rows = [_row(cfg, x, phases.get(x.track, "open"), s) for x in subs]
+        memo: dict[str, Any] = {}  # each track's ladder climbed once for the whole list
+        rows = [_row(cfg, x, phases.get(x.track, "open"), s, memo) for x in subs]
     return _page(request, "team.html", team=team, quotas=quotas, phases=phases, submissions=rows)
 
 
