@@ -7,7 +7,7 @@ and MLflow store, in one run.
 Makes a lens-space release of ``--size`` objects, then ``--teams`` x ``--submissions`` finished open-phase
 submissions (SQLite rows and organiser MLflow runs with saved predictions of varied quality). Prints: the first
 ladder (every paired bootstrap step computed: the cost when jobs finish), the board with the ladder warm, after a
-restart (the resamples read back from the store), and the reference, each as seconds per request and as a ratio
+restart (the verdicts read back from the database), and the reference, each as seconds per request and as a ratio
 to the reference."""
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def main() -> None:
         cold = time.perf_counter() - t
         warm = timed(lambda: phases.live_board(s, cfg, track, "open", fresh=True))
 
-        def restarted() -> None:  # a new server process: nothing in memory, the resamples in the store
+        def restarted() -> None:  # a new server process: nothing in memory, the verdicts in the database
             ladder._resamples.cache_clear()
             ladder._open_track.cache_clear()
             ladder._CLIMBS.clear()
@@ -122,7 +122,7 @@ def main() -> None:
     print(f"  open board, first ladder ({steps} paired steps): {cold:8.3f} s  ratio {cold / reference:6.2f}"
           f"  ({(cold - reference) / steps * 1e3:.1f} ms per step)")
     print(f"  open board, ladder warm:                     {warm:8.3f} s  ratio {warm / reference:6.2f}")
-    print(f"  open board, restarted server (store read):   {restart:8.3f} s  ratio {restart / reference:6.2f}")
+    print(f"  open board, restarted server (verdicts kept): {restart:8.3f} s  ratio {restart / reference:6.2f}")
     print(f"  one submission's ladder view, warm:          {one * 1e3:8.2f} ms")
 
 

@@ -93,22 +93,23 @@ def test_fixed_step_ladder_shows_one_score_that_moves_only_on_a_real_improvement
         seen = [client.get(f"/api/submissions/{i}", headers=server.auth["alpha"]).json()["metrics"] for i in a]
         assert seen == [{"public_auroc": 0.8, "ladder": "new best"},
                         {"public_auroc": 0.8, "ladder": "kept the previous best"},
-                        {"public_auroc": 0.833, "ladder": "new best"},
-                        {"public_auroc": 0.833, "ladder": "kept the previous best"}]
+                        {"public_auroc": 0.83, "ladder": "new best"},  # a multiple of the step: [R]_eta
+                        {"public_auroc": 0.83, "ladder": "kept the previous best"}]
         listed = {x["id"]: x["metrics"] for x in client.get("/api/submissions", headers=server.auth["alpha"]).json()}
         assert [listed[i] for i in a] == seen
         assert client.get(f"/api/submissions/{b}", headers=server.auth["beta"]).json()["metrics"] == {
             "public_auroc": 0.81, "ladder": "new best"}
 
         rows = client.get(f"/api/tracks/{TRACK}/leaderboard").json()["rows"]
-        assert [(r["rank"], r["team"], r["name"], r["auroc"]) for r in rows] == [(1, "alpha", "b", 0.833),
+        assert [(r["rank"], r["team"], r["name"], r["auroc"]) for r in rows] == [(1, "alpha", "b", 0.83),
                                                                                 (2, "beta", "x", 0.81)]
         shown = {v for r in rows for k, v in r.items() if isinstance(v, float) and k != "auroc"}
         assert not shown, rows  # no other metric, no interval: the ladder score is all a team learns
 
         page = client.get(f"/tracks/{TRACK}")  # the web board: the same rows, no other score
         assert page.status_code == 200 and page.text.index("<td>b</td>") < page.text.index("<td>x</td>")
-        assert "0.833" in page.text and "0.805" not in page.text and "0.416" not in page.text
+        assert "0.83" in page.text and "0.833" not in page.text and "0.805" not in page.text
+        assert "0.416" not in page.text
 
         # Closed: the final entries default to each team's leader (not its latest or best raw entry).
         admin = {"Authorization": "Bearer " + _admin_token(server)}
@@ -264,3 +265,63 @@ def test_a_track_paused_back_to_pending_shows_what_open_shows(cfg, engine, tmp_p
                                {"public_auroc": 0.8, "ladder": "kept the previous best"}]
     assert paused["rows"] == board and [r["name"] for r in board] == ["a"]
     assert "0.805" not in page and "0.4" not in page and "probe" not in page
+
+
+def test_a_verdict_once_shown_never_changes(cfg, engine, tmp_path, monkeypatch):
+    """Each verdict is kept once decided (LadderRung): a job whose finish is stamped before one the team has
+    already seen (a worker's clock behind, two commits in the other order) joins the ladder after it, and does not
+    rewrite its history (srv18: "new best" became "kept the previous best", one more comparison for the team)."""
+    from skybench.server.app import create_app
+    from skybench.server.db import Submission
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    cfg = _config(cfg, ladder_step=0.01)
+    server = Server(cfg, engine)
+    server.finish("alpha", "a", 0.80, 0.5)
+    b = server.finish("alpha", "b", 0.85, 0.5)
+    with TestClient(create_app(cfg, engine)) as client:
+        seen = client.get(f"/api/submissions/{b}", headers=server.auth["alpha"]).json()["metrics"]
+        assert seen == {"public_auroc": 0.85, "ladder": "new best"}
+        c = server.finish("alpha", "c", 0.90, 0.5)
+        with server.Session() as s:  # c's worker clock is behind: it "finished" before b
+            sub = s.get(Submission, c)
+            sub.finished_at = s.get(Submission, b).finished_at - timedelta(milliseconds=500)
+            s.commit()
+        again = client.get(f"/api/submissions/{b}", headers=server.auth["alpha"]).json()["metrics"]
+        after_c = client.get(f"/api/submissions/{c}", headers=server.auth["alpha"]).json()["metrics"]
+    assert again == seen
+    assert after_c == {"public_auroc": 0.9, "ladder": "new best"}  # judged against b, the leader it followed
+
+
+def test_a_comparison_that_cannot_be_made_yet_waits_and_keeps_the_order(cfg, engine, tmp_path, monkeypatch, project):
+    """The parameter-free step reads the release and saved predictions; when that read fails for a reason that may
+    pass (the release or the tracking store away: an OSError), the submission is not decided as "kept" for good:
+    it and its team's later ones wait, shown nothing, and are decided in order once the read works."""
+    from skybench.release import release_digest
+    from skybench.release.reader import open_release
+    from skybench.server import ladder
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    cfg = _config(cfg)
+    server = Server(cfg, engine)
+    release = project / "releases" / TRACK
+    truth = open_release(release).hidden("test").meta(["id", "is_lens"]).sort_values("id")
+    y = truth["is_lens"].to_numpy().astype(float)
+    ids = []
+    for k, (name, noise) in enumerate((("first", 1.0), ("clear", 0.1), ("later", 1.0))):
+        folder = tmp_path / name
+        folder.mkdir()
+        scores = y + np.random.default_rng(k).normal(0, noise, y.size)
+        pd.DataFrame({"id": truth["id"], "score": scores}).to_csv(folder / "predictions.csv", index=False)
+        ids.append(server.finish("alpha", name, float(roc_auc_score(y, scores)), 0.5, folder / "predictions.csv",
+                                 release_digest(release)))
+    away = release.with_name("away")
+    release.rename(away)  # the release's disk gone for a while
+    try:
+        with server.Session() as s:
+            assert set(ladder.climb(s, cfg, TRACK)) == {ids[0]}  # "clear" waits, and "later" behind it
+    finally:
+        away.rename(release)
+    with server.Session() as s:
+        rungs = ladder.climb(s, cfg, TRACK)
+    assert [rungs[i].leader for i in ids] == [True, True, False]

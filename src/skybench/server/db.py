@@ -1,5 +1,5 @@
 """The server's state in a SQL database through SQLAlchemy 2: teams, submissions (the queue), phases, quotas,
-web sessions.
+web sessions, the Ladder's verdicts.
 
 SQLite (the default; WAL mode so readers never wait for the writer) or PostgreSQL (``postgresql+psycopg://``).
 The schema is created and upgraded by the Alembic migrations in ``skybench/server/migrations`` only."""
@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Engine,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -149,6 +150,21 @@ class WebSession(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # random; in the cookie only
     team_id: Mapped[int] = mapped_column(ForeignKey("teams.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTC, default=utcnow, index=True)
+
+
+class LadderRung(Base):
+    """A finished open-phase submission's verdict on its team's ladder (:mod:`skybench.server.ladder`): written once,
+    when first decided, and never computed again, so what a team was shown cannot change (a finish stamped earlier
+    by a slow clock, or a comparison that failed for a while, cannot rewrite its history). ``id`` orders them."""
+
+    __tablename__ = "ladder_rungs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    submission_id: Mapped[str] = mapped_column(ForeignKey("submissions.id"), unique=True)
+    track: Mapped[str] = mapped_column(String(64), index=True)
+    leader: Mapped[bool] = mapped_column(Boolean)  # it became its team's leader
+    leader_id: Mapped[str | None] = mapped_column(String(32))  # the team's leader after it
+    score: Mapped[float | None] = mapped_column(Float)  # that leader's public primary score (unrounded)
+    decided_at: Mapped[datetime] = mapped_column(UTC, default=utcnow)
 
 
 class LeaderboardSnapshot(Base):

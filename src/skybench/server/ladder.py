@@ -33,10 +33,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from skybench.server.config import ChallengeConfig
-from skybench.server.db import Submission, Team
+from skybench.server.db import LadderRung, Submission, Team
 
 log = logging.getLogger("skybench.server")
 
@@ -141,12 +142,20 @@ def _paired_sd(cfg: ChallengeConfig, track: str, team: str, a: Submission, b: Su
     return float(np.std(d, ddof=1))
 
 
+class _Later(Exception):
+    """A comparison that failed for a reason that may pass (a store or tracking read): decided at a later climb."""
+
+
 def _eta(cfg: ChallengeConfig, track: str, team: str, sub: Submission, leader: Submission) -> float | None:
     if cfg.ladder_step is not None:
         return cfg.ladder_step
+    from mlflow.exceptions import MlflowException
+
     try:
         return _paired_sd(cfg, track, team, sub, leader)
-    except (OSError, ValueError, LookupError) as exc:  # predictions or the release missing: no step is taken
+    except (OSError, MlflowException) as exc:  # the release's disk, the tracking server: may be back soon
+        raise _Later(str(exc)) from exc
+    except (ValueError, LookupError) as exc:  # no saved predictions, a metric undefined: no step is taken
         log.warning("ladder of %s on %s: submission %s not compared with its leader: %s", team, track, sub.id, exc)
         return None
 
@@ -156,8 +165,9 @@ _LOCKS: dict[str, threading.Lock] = {}
 
 
 def climb(session: Session, cfg: ChallengeConfig, track: str) -> dict[str, Rung]:
-    """{submission id: its rung} for every finished open-phase submission of ``track``, every team; computed again
-    only after a job finished or failed (a team's list of submissions asks once per submission)."""
+    """{submission id: its rung} for every decided finished open-phase submission of ``track``, every team. Each
+    verdict is decided once and kept (:class:`~skybench.server.db.LadderRung`); the new ones are decided after a
+    job finished or failed, or at the next call while one of a team's comparisons waits (:class:`_Later`)."""
     from skybench.server.phases import results_version
     from skybench.tracking import tracking_uri
 
@@ -167,32 +177,93 @@ def climb(session: Session, cfg: ChallengeConfig, track: str) -> dict[str, Rung]
         hit = _CLIMBS.get(track)
         if hit is not None and hit[0] == key:
             return hit[1]
-        rungs = _climb(session, cfg, track)
-        _CLIMBS[track] = (key, rungs)
+        try:
+            rungs, complete = _climb(session, cfg, track)
+        except IntegrityError:  # another server process decided some of them first: theirs are kept
+            session.rollback()
+            rungs, complete = _climb(session, cfg, track)
+        if complete:
+            _CLIMBS[track] = (key, rungs)
         return rungs
 
 
-def _climb(session: Session, cfg: ChallengeConfig, track: str) -> dict[str, Rung]:
+def _climb(session: Session, cfg: ChallengeConfig, track: str) -> tuple[dict[str, Rung], bool]:
+    """The kept verdicts, then the new ones decided in finishing order and kept; and whether none had to wait."""
     higher = _open_track(track).metrics.higher_is_better
     key = score_key(track)
-    digits = cfg.public_score_digits
+    decided = session.execute(select(LadderRung, Team.name).join(Submission, Submission.id == LadderRung.submission_id)
+                              .join(Team, Team.id == Submission.team_id).where(LadderRung.track == track)
+                              .order_by(LadderRung.id)).all()
+    leaders: dict[str, tuple[str, float]] = {}  # team: (its leader's id, that leader's score)
+    out: dict[str, Rung] = {}
+    quantum = cfg.ladder_step if cfg.ladder_step is not None else _one_over_n(track)
+    for r, team in decided:
+        if r.leader_id is not None and r.score is not None:
+            leaders[team] = (r.leader_id, r.score)
+        out[r.submission_id] = Rung(team, r.leader, _shown(cfg, quantum, r.score), r.leader_id)
     rows = session.execute(select(Submission, Team.name).join(Team, Team.id == Submission.team_id)
                            .where(Submission.track == track, Submission.state == "finished",
-                                  Submission.phase == "open")
+                                  Submission.phase == "open", Submission.id.not_in(select(LadderRung.submission_id)))
                            .order_by(Submission.finished_at, Submission.id)).all()
-    leaders: dict[str, tuple[Submission, float]] = {}
-    out: dict[str, Rung] = {}
+    waiting: set[str] = set()  # teams whose next verdict must wait: their later ones wait too (order matters)
     for sub, team in rows:
+        if team in waiting:
+            continue
         value, best = _value(sub, key), leaders.get(team)
-        up = value is not None and (best is None or (
-            (eta := _eta(cfg, track, team, sub, best[0])) is not None
-            and (value - best[1] if higher else best[1] - value) > eta))
+        try:
+            up = value is not None and (best is None or (
+                (eta := _eta(cfg, track, team, sub, _submission(session, best[0]))) is not None
+                and (value - best[1] if higher else best[1] - value) > eta))
+        except _Later as exc:
+            log.warning("ladder of %s on %s: submission %s decided later: %s", team, track, sub.id, exc)
+            waiting.add(team)
+            continue
         if up:
             assert value is not None
-            leaders[team] = best = (sub, value)
-        shown = None if best is None else (round(best[1], digits) if digits is not None else best[1])
-        out[sub.id] = Rung(team=team, leader=up, score=shown, leader_id=None if best is None else best[0].id)
-    return out
+            leaders[team] = best = (sub.id, value)
+        session.add(LadderRung(submission_id=sub.id, track=track, leader=up, leader_id=best and best[0],
+                               score=best and best[1]))
+        out[sub.id] = Rung(team, up, _shown(cfg, quantum, best and best[1]), best and best[0])
+    if rows:
+        session.commit()
+    return out, not waiting
+
+
+def _submission(session: Session, sub_id: str) -> Submission:
+    sub = session.get(Submission, sub_id)
+    if sub is None:
+        raise LookupError(f"no submission {sub_id}")
+    return sub
+
+
+def _shown(cfg: ChallengeConfig, quantum: float | None, score: float | None) -> float | None:
+    """A ladder score as teams see it: a multiple of ``quantum``, the step (Blum & Hardt 2015, Algorithm 1:
+    [R]_eta) with ``ladder_step``, else 1/n for the public part's n objects (Algorithm 2: [R]_{1/n}); then rounded
+    to ``public_score_digits``."""
+    if score is None:
+        return None
+    if quantum:
+        score = round(score / quantum) * quantum
+    return round(score, cfg.public_score_digits) if cfg.public_score_digits is not None else score
+
+
+def _one_over_n(track: str) -> float | None:
+    """1 / the number of objects in the public part of the release ``track`` serves (None without a release)."""
+    from skybench.release import release_digest
+    from skybench.tracks import default_release
+
+    try:
+        release = default_release(_open_track(track))
+        return _one_over_n_of(track, str(release), release_digest(release))
+    except (OSError, ValueError, LookupError, ZeroDivisionError):
+        return None
+
+
+@functools.lru_cache(maxsize=64)
+def _one_over_n_of(track: str, release: str, digest: str) -> float:
+    from skybench.tracking import ranks
+
+    return 1.0 / len(ranks.part_ids(_open_track(track), _hidden(release, digest)))
 
 
 def leaders(session: Session, cfg: ChallengeConfig, track: str) -> set[str]:
