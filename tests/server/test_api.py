@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 import tarfile
@@ -251,3 +252,26 @@ def test_parallel_uploads_past_the_quota_store_nothing(server, cfg):
         t.join()
     assert sorted(codes) == [202, *[429] * 5], codes
     assert len({p.name for p in objects.glob("*/*")} - before) == 1, "refused uploads left folders in the store"
+
+
+def test_a_team_holds_at_most_max_in_flight_uploads_and_others_are_not_held(server, cfg):
+    """Quotas are checked once a body is in; before that a team (quota or none) could keep any number of bodies of
+    ``max_bytes`` in flight (disk, bandwidth, a thread each). One more than ``upload.max_in_flight`` is refused
+    before its body is read, for that team only, and the slot is free again when an upload ends."""
+    from sqlalchemy import select
+
+    from skybench.server.db import Team, sessions
+
+    client, tokens, app = server
+    with sessions(app.state.engine)() as s:
+        alpha = s.scalars(select(Team).where(Team.name == "alpha")).one()
+    slots = app.state.uploads
+    with contextlib.ExitStack() as held:  # alpha's uploads in progress (slow bodies still arriving)
+        for _ in range(cfg.upload.max_in_flight):
+            held.enter_context(slots.hold(alpha.id))
+        r = _upload(client, tokens["alpha"], pack("alpha", "m1"))
+        assert r.status_code == 429 and "already in progress" in r.json()["detail"], r.text
+        assert _upload(client, tokens["beta"], pack("beta", "m1")).status_code == 202  # another team goes on
+    assert _upload(client, tokens["alpha"], pack("alpha", "m1")).status_code == 202
+    r = client.get("/api/submissions", headers=_auth(tokens["alpha"]))
+    assert [x["name"] for x in r.json()] == ["m1"]  # the refused one kept nothing

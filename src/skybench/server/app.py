@@ -113,6 +113,7 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
                   redoc_url=None, lifespan=functools.partial(_ticking, cfg, Session))
     app.state.cfg, app.state.engine, app.state.sessions, app.state.store = cfg, engine, Session, store
     app.state.limiter = limiter
+    app.state.uploads = uploads = intake.UploadSlots(cfg.upload.max_in_flight)
     faults.install(app)  # 503 while the database is away, 507 when the store is full
 
     def team(request: Request) -> Team:
@@ -170,21 +171,10 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
     async def submit(request: Request, t: Team = Depends(team)) -> dict[str, Any]:
         form = None
         try:
-            form = await read_upload_form(request, cfg.upload.max_bytes)
-            received = utcnow()  # the last byte is in: a slow upload cannot keep the time it began (ties, quota day)
-            track, name, upload = form.get("track"), form.get("name"), form.get("file")
-            for key, value in (("track", track), ("name", name)):
-                if not isinstance(value, str) or not re.match(SLUG, value) or ".." in value:
-                    raise UploadError(f"form field {key!r}: 1-64 letters, digits, '.', '_' or '-' required", 422)
-            if not isinstance(upload, UploadFile):
-                raise UploadError("form field 'file': the packed submission folder (.tar.gz or .zip) is required",
-                                  422)
-            assert isinstance(track, str) and isinstance(name, str)
-            if track not in cfg.tracks or not cfg.tracks[track].open:
-                raise UploadError(f"track {track!r} takes no submissions here (open: "
-                                  f"{', '.join(n for n, c in cfg.tracks.items() if c.open)})", 404)
-            sub = await run_in_threadpool(intake.accept, cfg, Session, store, t.id, track, name, upload.file,
-                                          received)
+            with uploads.hold(t.id):
+                form = await read_upload_form(request, cfg.upload.max_bytes)
+                received = utcnow()  # the last byte is in: a slow upload cannot keep the time it began (quota day)
+                sub = await _accept(form, t, received)
         except UploadError as exc:
             raise HTTPException(exc.status, str(exc)) from None
         except queue.Refused as exc:
@@ -193,6 +183,21 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
             if form is not None:
                 await form.close()
         return view(sub, t.name)
+
+    async def _accept(form: Any, t: Team, received: Any) -> Submission:
+        track, name, upload = form.get("track"), form.get("name"), form.get("file")
+        for key, value in (("track", track), ("name", name)):
+            if not isinstance(value, str) or not re.match(SLUG, value) or ".." in value:
+                raise UploadError(f"form field {key!r}: 1-64 letters, digits, '.', '_' or '-' required", 422)
+        if not isinstance(upload, UploadFile):
+            raise UploadError("form field 'file': the packed submission folder (.tar.gz or .zip) is required",
+                              422)
+        assert isinstance(track, str) and isinstance(name, str)
+        if track not in cfg.tracks or not cfg.tracks[track].open:
+            raise UploadError(f"track {track!r} takes no submissions here (open: "
+                              f"{', '.join(n for n, c in cfg.tracks.items() if c.open)})", 404)
+        return await run_in_threadpool(intake.accept, cfg, Session, store, t.id, track, name, upload.file,
+                                       received)
 
     from skybench.server import admin, phases
 

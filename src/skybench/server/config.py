@@ -67,6 +67,7 @@ class UploadLimits(_Strict):
     max_files: int = Field(1000, ge=1)  # files and folders in it
     max_unpacked_bytes: int = Field(1024**3, ge=1)  # sum of the unpacked file sizes
     max_depth: int = Field(16, ge=1)  # folder nesting
+    max_in_flight: int = Field(2, ge=1)  # one team's uploads in progress at once (per server process)
 
 
 class AuthLimits(_Strict):

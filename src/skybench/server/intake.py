@@ -9,6 +9,10 @@ the thread, not the cancelled coroutine, removes them. A refused upload (:class:
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections import Counter
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -18,7 +22,7 @@ from sqlalchemy.orm import sessionmaker
 from skybench.server import queue
 from skybench.server.config import ChallengeConfig
 from skybench.server.db import Submission, Team
-from skybench.server.storage import Store
+from skybench.server.storage import Store, UploadError
 
 
 def accept(cfg: ChallengeConfig, sessions: sessionmaker, store: Store, team_id: int, track: str, name: str,
@@ -55,3 +59,27 @@ def accept(cfg: ChallengeConfig, sessions: sessionmaker, store: Store, team_id: 
         if sub_id is not None and not queued:
             with sessions() as s:
                 queue.abandon(s, sub_id)
+
+
+class UploadSlots:
+    """One team's uploads in progress in this server process, at most ``limit``: one more is refused (429) before
+    its body is read, so no team, whatever its quota, holds many bodies (disk, bandwidth, a worker thread each) in
+    flight; the quota itself is checked once the body is in."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._held: Counter[int] = Counter()
+
+    @contextlib.contextmanager
+    def hold(self, team_id: int) -> Iterator[None]:
+        with self._lock:
+            if self._held[team_id] >= self.limit:
+                raise UploadError(f"{self.limit} uploads of this team are already in progress: wait for one to end",
+                                  429)
+            self._held[team_id] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held[team_id] -= 1

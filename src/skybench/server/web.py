@@ -467,25 +467,13 @@ async def submit(request: Request) -> Response:
     if team is None:  # before the body is read
         return _login_first(request)
     cfg: ChallengeConfig = request.app.state.cfg
-    store = request.app.state.store
     form = None
     values = {"track": "", "name": ""}
     try:
-        form = await read_upload_form(request, cfg.upload.max_bytes)
-        received = utcnow()  # the last byte is in: a slow upload cannot keep the time it began (ties, quota day)
-        _check_post(request, form.get("csrf"))
-        track, name, upload = form.get("track"), form.get("name"), form.get("file")
-        values = {"track": track if isinstance(track, str) else "", "name": name if isinstance(name, str) else ""}
-        for key, value in (("track", track), ("entry name", name)):
-            if not isinstance(value, str) or not re.match(SLUG, value) or ".." in value:
-                raise UploadError(f"{key}: 1-64 letters, digits, '.', '_' or '-' required", 422)
-        if not isinstance(upload, UploadFile) or not upload.filename:
-            raise UploadError("choose the packed submission folder (.tar.gz or .zip) to upload", 422)
-        assert isinstance(track, str) and isinstance(name, str)
-        if track not in cfg.tracks or not cfg.tracks[track].open:
-            raise UploadError(f"track {track!r} takes no submissions here", 404)
-        sub = await run_in_threadpool(intake.accept, cfg, request.app.state.sessions, store, team.id, track, name,
-                                      upload.file, received)
+        with request.app.state.uploads.hold(team.id):
+            form = await read_upload_form(request, cfg.upload.max_bytes)
+            received = utcnow()  # the last byte is in: a slow upload cannot keep the time it began (quota day)
+            sub = await _accept(request, team, form, received, values)
     except _Csrf as exc:
         return _error(request, 403, str(exc))
     except (UploadError, queue.Refused) as exc:
@@ -494,6 +482,24 @@ async def submit(request: Request) -> Response:
         if form is not None:
             await form.close()
     return RedirectResponse(f"/team/submissions/{sub.id}", status_code=303)
+
+
+async def _accept(request: Request, team: Team, form: Any, received: Any, values: dict[str, str]) -> Submission:
+    """The upload form's fields checked (``values``: what to show again), then :func:`intake.accept`."""
+    cfg: ChallengeConfig = request.app.state.cfg
+    _check_post(request, form.get("csrf"))
+    track, name, upload = form.get("track"), form.get("name"), form.get("file")
+    values.update(track=track if isinstance(track, str) else "", name=name if isinstance(name, str) else "")
+    for key, value in (("track", track), ("entry name", name)):
+        if not isinstance(value, str) or not re.match(SLUG, value) or ".." in value:
+            raise UploadError(f"{key}: 1-64 letters, digits, '.', '_' or '-' required", 422)
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        raise UploadError("choose the packed submission folder (.tar.gz or .zip) to upload", 422)
+    assert isinstance(track, str) and isinstance(name, str)
+    if track not in cfg.tracks or not cfg.tracks[track].open:
+        raise UploadError(f"track {track!r} takes no submissions here", 404)
+    return await run_in_threadpool(intake.accept, cfg, request.app.state.sessions, request.app.state.store,
+                                   team.id, track, name, upload.file, received)
 
 
 def install(app: FastAPI) -> None:
