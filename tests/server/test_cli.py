@@ -172,3 +172,49 @@ def test_skybench_serve_and_worker_start_from_the_command_line(config: Path, cfg
     done = subprocess.run([*cmd, "worker", "--config", str(config), "--once"], env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_submit_sends_the_token_over_https_or_to_this_machine_and_follows_no_redirect(tmp_path: Path, monkeypatch):
+    """The token is a header: not in clear text to another host, and not on to whatever host a redirect names
+    (urllib would re-send it). A real HTTP server on this machine answers 307 to a second one, which must get
+    nothing."""
+    import http.server
+
+    got: list[str] = []
+
+    class Elsewhere(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            got.append(self.headers.get("Authorization", ""))
+            self.send_response(202)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    elsewhere = http.server.HTTPServer(("127.0.0.1", 0), Elsewhere)
+
+    class Redirects(Elsewhere):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(307)
+            self.send_header("Location", f"http://127.0.0.1:{elsewhere.server_port}/api/submissions")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    first = http.server.HTTPServer(("127.0.0.1", 0), Redirects)
+    for srv in (elsewhere, first):
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+    folder = tmp_path / "m1"
+    shutil.copytree(EXAMPLE, folder)
+    monkeypatch.setenv("SKYBENCH_TOKEN", "tok_secret")
+    runner = CliRunner()
+    try:
+        r = runner.invoke(app, ["submit", str(folder), "--server", "http://challenge.example.org", "--skip-validate"])
+        assert r.exit_code == 1 and "clear text" in r.output and "https://" in r.output, r.output
+        r = runner.invoke(app, ["submit", str(folder), "--server", f"http://127.0.0.1:{first.server_port}",
+                                "--skip-validate"])
+        assert r.exit_code == 1 and "redirects (307)" in r.output, r.output
+        assert got == []  # the second server never saw the token
+    finally:
+        for srv in (elsewhere, first):
+            srv.shutdown()

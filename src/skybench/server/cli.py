@@ -12,9 +12,10 @@ import os
 import secrets
 import tarfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -154,6 +155,23 @@ def phase_final(track: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
     phase_set(track, "final", config)
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Follows no redirect: urllib would send the token on to whatever host a redirect names."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def _check_server_url(server: str, allow_http: bool) -> None:
+    """The token goes in a header: only over https, or plain http to this machine (or with ``allow_http``)."""
+    parts = urllib.parse.urlsplit(server)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        _fail(f"--server {server!r}: an http:// or https:// URL is required")
+    if parts.scheme == "http" and not allow_http and parts.hostname not in ("localhost", "127.0.0.1", "::1"):
+        _fail(f"--server {server!r}: plain http would send your team's token in clear text to {parts.hostname}; "
+              "use its https:// URL (or --allow-http on a network you trust)")
+
+
 def _token() -> str:
     token = os.environ.get("SKYBENCH_TOKEN", "").strip()
     if not token and TOKEN_FILE.expanduser().is_file():
@@ -195,10 +213,13 @@ def _broke(url: str, server: str, exc: BaseException) -> NoReturn:
 def submit(folder: Path, server: Annotated[str, typer.Option(help="the challenge server's URL",
                                                              envvar="SKYBENCH_SERVER")],
            skip_validate: Annotated[bool, typer.Option(help="check the schema only, do not run the model")] = False,
-           release: Annotated[Path | None, typer.Option(help="release for the local validation")] = None) -> None:
+           release: Annotated[Path | None, typer.Option(help="release for the local validation")] = None,
+           allow_http: Annotated[bool, typer.Option(help="send the token over plain http to a host that is not "
+                                                         "this machine")] = False) -> None:
     """Validate FOLDER locally, pack it and upload it; print the submission id and its status URL."""
     from skybench.harness.submission import SubmissionError, load_submission
 
+    _check_server_url(server, allow_http)
     token = _token()
     try:
         sub = load_submission(folder)
@@ -217,9 +238,12 @@ def submit(folder: Path, server: Annotated[str, typer.Option(help="the challenge
     req = urllib.request.Request(url, data=body, method="POST", headers={
         "Authorization": f"Bearer {token}", "Content-Type": ctype, "Content-Length": str(len(body))})
     try:
-        with urllib.request.urlopen(req, timeout=600) as resp:  # noqa: S310 - the URL the user gave
+        with urllib.request.build_opener(_NoRedirect).open(req, timeout=600) as resp:
             answer = json.load(resp)
     except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            _fail(f"{url}: the server redirects ({exc.code}) to {exc.headers.get('Location')!r}; the token was not "
+                  "sent on: give that URL as --server if you trust it")
         try:
             detail = json.load(exc).get("detail", exc.reason)
         except (ValueError, AttributeError):
