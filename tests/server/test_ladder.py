@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -325,3 +326,34 @@ def test_a_comparison_that_cannot_be_made_yet_waits_and_keeps_the_order(cfg, eng
     with server.Session() as s:
         rungs = ladder.climb(s, cfg, TRACK)
     assert [rungs[i].leader for i in ids] == [True, True, False]
+
+
+def test_a_request_does_not_wait_while_new_verdicts_are_decided(cfg, engine, tmp_path, monkeypatch):
+    """Deciding verdicts can take a while (the paired step reads predictions, scores 1,000 resamples; more on the
+    heavier tracks) and holds the track's lock; a team's request meanwhile gets the verdicts already kept, at once,
+    and the new one once it is decided."""
+    from skybench.server import ladder
+    from skybench.server.app import create_app
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    cfg = _config(cfg, ladder_step=0.01)
+    server = Server(cfg, engine)
+    a = server.finish("alpha", "a", 0.80, 0.5)
+    with TestClient(create_app(cfg, engine)) as client:
+        def seen(i: str) -> dict:  # type: ignore[type-arg]
+            return client.get(f"/api/submissions/{i}", headers=server.auth["alpha"]).json()["metrics"]
+
+        assert seen(a) == {"public_auroc": 0.8, "ladder": "new best"}
+        b = server.finish("alpha", "b", 0.85, 0.5)
+        lock = ladder._LOCKS[TRACK]
+        assert lock.acquire(timeout=30)  # as the tick does while it decides
+        answers: list[dict] = []  # type: ignore[type-arg]
+        try:  # before: each request waited for the lock, here for ever
+            asking = threading.Thread(target=lambda: answers.extend([seen(a), seen(b)]), daemon=True)
+            asking.start()
+            asking.join(120)
+            assert not asking.is_alive(), "the requests waited for the verdicts being decided"
+        finally:
+            lock.release()
+        assert answers == [{"public_auroc": 0.8, "ladder": "new best"}, {}]
+        assert seen(b) == {"public_auroc": 0.85, "ladder": "new best"}

@@ -173,7 +173,10 @@ def climb(session: Session, cfg: ChallengeConfig, track: str) -> dict[str, Rung]
 
     key = (str(session.get_bind().engine.url), tracking_uri(), track, cfg.ladder_step, cfg.public_score_digits,
            results_version(session))
-    with _LOCKS.setdefault(track, threading.Lock()):  # concurrent requests wait for one computation
+    lock = _LOCKS.setdefault(track, threading.Lock())
+    if not lock.acquire(blocking=False):  # new verdicts being decided (the tick): the kept ones, without waiting
+        return _climb(session, cfg, track, decide=False)[0]
+    try:
         hit = _CLIMBS.get(track)
         if hit is not None and hit[0] == key:
             return hit[1]
@@ -185,10 +188,14 @@ def climb(session: Session, cfg: ChallengeConfig, track: str) -> dict[str, Rung]
         if complete:
             _CLIMBS[track] = (key, rungs)
         return rungs
+    finally:
+        lock.release()
 
 
-def _climb(session: Session, cfg: ChallengeConfig, track: str) -> tuple[dict[str, Rung], bool]:
-    """The kept verdicts, then the new ones decided in finishing order and kept; and whether none had to wait."""
+def _climb(session: Session, cfg: ChallengeConfig, track: str, decide: bool = True
+           ) -> tuple[dict[str, Rung], bool]:
+    """The kept verdicts, then (``decide``) the new ones decided in finishing order and kept; and whether none had
+    to wait."""
     higher = _open_track(track).metrics.higher_is_better
     key = score_key(track)
     decided = session.execute(select(LadderRung, Team.name).join(Submission, Submission.id == LadderRung.submission_id)
@@ -201,6 +208,8 @@ def _climb(session: Session, cfg: ChallengeConfig, track: str) -> tuple[dict[str
         if r.leader_id is not None and r.score is not None:
             leaders[team] = (r.leader_id, r.score)
         out[r.submission_id] = Rung(team, r.leader, _shown(cfg, quantum, r.score), r.leader_id)
+    if not decide:
+        return out, False
     rows = session.execute(select(Submission, Team.name).join(Team, Team.id == Submission.team_id)
                            .where(Submission.track == track, Submission.state == "finished",
                                   Submission.phase == "open", Submission.id.not_in(select(LadderRung.submission_id)))
