@@ -467,6 +467,55 @@ def test_setup_failures_are_the_hosts_and_submission_failures_are_not(tmp_path):
     assert res.reason == "exited with status 3"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="the readability check runs for root, whose sandbox drops to a uid")
+@pytest.mark.parametrize("unreadable", ["submission", "release"])
+def test_an_unreadable_release_is_the_hosts_failure_and_an_unreadable_submission_is_not(tmp_path, tiny_space_release,
+                                                                                        unreadable):
+    # blamed on the submission, the release's fault would stay its FAILED record after the release is mended
+    release = tmp_path / "rel"
+    shutil.copytree(tiny_space_release, release)
+    sub = load_submission(python_submission(tmp_path / "subs", "m", "def load(d): return None\n"
+                                            "def predict(m, b): return b.sum(axis=(1, 2, 3))\n"))
+    closed = sub.model_path if unreadable == "submission" else \
+        layout.shard_paths(layout.public_dir(release, "test"), "images")[0]
+    closed.chmod(0o600)
+    res = sandboxed_predict(sub, layout.public_dir(release, "test"), scratch=tmp_path / "scratch",
+                            track=load_track("lens-space"), gpu=False)
+    assert not res.ok and "not world-readable" in res.reason and closed.name in res.reason
+    assert res.infrastructure == (unreadable == "release")
+
+
+@needs_bwrap
+def test_a_sandbox_killed_from_outside_is_the_hosts_failure(tmp_path):
+    # the sandboxed code cannot signal bwrap (another pid namespace): a SIGKILL of it came from the host (an
+    # operator, the host's OOM killer), and a FAILED record kept for the submission would never be retried
+    import threading
+
+    import psutil
+
+    def kill_bwrap():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            for p in psutil.Process().children(recursive=True):
+                try:
+                    if p.name() == "bwrap" and "sleeping" in " ".join(p.cmdline()):
+                        time.sleep(1)
+                        p.kill()
+                        return
+                except psutil.Error:
+                    pass
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_bwrap)
+    killer.start()
+    res = run_script(tmp_path, "import time\nprint('sleeping', flush=True)\ntime.sleep(30)", "sleeping")
+    killer.join()
+    assert not res.ok and res.infrastructure, res.reason
+    assert res.reason.startswith("sandbox killed from outside by signal SIGKILL"), res.reason
+    res = run_script(tmp_path, "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")  # its own doing
+    assert not res.ok and not res.infrastructure and res.reason == "killed by signal SIGKILL", res.reason
+
+
 NO_CGROUPS = """
 import sys
 from pathlib import Path

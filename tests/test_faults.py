@@ -275,3 +275,59 @@ def test_a_broken_simulation_pool_leaves_no_worker_behind(tmp_path):
     script.write_text(A_WORKER_DIES_WHILE_THE_REST_ARE_CANCELLED)
     res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert res.returncode == 0 and res.stdout.split() == ["BrokenProcessPool", "0"], res.stdout + res.stderr[-2000:]
+
+
+EVALUATE_ON_A_FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from skybench.harness.evaluate import evaluate
+sub, release, out = (Path(a) for a in sys.argv[1:4])
+first = evaluate([sub], "lens-space", release, out=out, publish=False)[0]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG, as on a full disk
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))  # too small for the predictions, large enough for a record
+full = evaluate([sub], "lens-space", release, out=out, publish=False, force=True)[0]
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+again = evaluate([sub], "lens-space", release, out=out, publish=False)[0]
+for o in (first, full, again):
+    print(o.status, o.failure_kind or "-", o.reason)
+"""
+
+
+def test_a_full_disk_while_scoring_keeps_the_previous_record_and_is_the_machines_failure(tmp_path,
+                                                                                       tiny_space_release):
+    sub = _linear_scores(tmp_path / "subs", "kept", tiny_space_release)
+    out = tmp_path / "evals"
+    res = subprocess.run([sys.executable, "-c", EVALUATE_ON_A_FULL_DISK, str(sub), str(tiny_space_release), str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr[-2000:]
+    first, full, again = res.stdout.strip().splitlines()
+    assert first.startswith("FINISHED")
+    assert full.startswith("FAILED infrastructure") and "File too large" in full and "previous record is kept" in full
+    assert again.startswith("SKIPPED")  # the kept record is this evaluation's result
+    record = record_dir(out, "f", "kept")
+    assert (record / "evaluation.json").read_text().count('"FINISHED"') == 1
+    assert len(pd.read_csv(private_dir(record) / "predictions.csv")) == 64  # the organiser's predictions too
+
+
+@pytest.mark.parametrize("scheme", ["postgresql://u:secret@", "http://"])
+def test_a_refusing_tracking_store_is_one_line_at_once_for_evaluate_log_and_leaderboard(store, tmp_path,
+                                                                                       tiny_space_release,
+                                                                                       monkeypatch, scheme):
+    # MLflow retries a dead database with back-off (minutes per store), and an HTTP server for minutes in `log`
+    sub = _linear_scores(tmp_path / "subs", "offline", tiny_space_release)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"{scheme}127.0.0.1:{port}" + ("/db" if "sql" in scheme else ""))
+    out = tmp_path / "evals"
+    start = time.monotonic()
+    result = CliRunner().invoke(app, ["evaluate", str(sub), "--track", "lens-space", "--release",
+                                      str(tiny_space_release), "--out", str(out)])
+    assert result.exit_code == 2 and "unreachable" in result.output, result.output
+    assert (record_dir(out, "f", "offline") / "evaluation.json").is_file()  # kept for `skybench log`
+    for command in (["log", str(out), "--track", "lens-space"], ["leaderboard", "lens-space"]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 1 and "unreachable" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and "secret" not in result.output, result.output
+    assert time.monotonic() - start < 60

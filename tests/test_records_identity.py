@@ -210,7 +210,8 @@ def test_an_interrupted_record_write_leaves_the_old_record_whole(project, tiny_s
     exchange = rec_io._exchange
     monkeypatch.setattr(rec_io, "_exchange", full_disk)
     [failed] = evaluate([folder], "lens-space", tiny_space_release, out=out)
-    assert failed.status == "FAILED" and "No space left" in failed.reason and "no record written" in failed.reason
+    assert failed.status == "FAILED" and "No space left" in failed.reason and "previous record is kept" in failed.reason
+    assert failed.failure_kind == "infrastructure"  # the machine's failure: retried at the next evaluation
     assert _snapshot(first.record) == before and _snapshot(private_dir(first.record)) == before_private
     for folder_ in (out, private_dir(first.record).parent):  # no half-written record left behind
         assert not [p for p in folder_.iterdir() if p.name.startswith(".")]

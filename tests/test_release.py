@@ -73,6 +73,41 @@ def test_verify_rejects_a_folder_without_manifest(tmp_path):
     assert result.exit_code != 0 and layout.MANIFEST in result.output
 
 
+def test_a_shard_linked_from_elsewhere_fails_verification_with_the_same_bytes(tmp_path, tiny_space_release):
+    # the sandbox binds the release's folders: a link out of them reads as missing there, and every model
+    # submission would be recorded FAILED (and kept so) for the release's fault
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_space_release, copy)
+    shard = layout.shard_paths(layout.public_dir(copy, "test"), "images")[0]
+    elsewhere = tmp_path / "elsewhere.npy"
+    shutil.move(shard, elsewhere)
+    shard.symlink_to(elsewhere)
+    problems = verify_release(copy)
+    assert len(problems) == 1 and "symbolic link" in problems[0] and layout.relpath(shard, copy) in problems[0]
+
+
+HEAD = b'{"format": "skybench-release/1"'
+
+
+@pytest.mark.parametrize("manifest", [b"[1, 2]", HEAD + b"}", b"\xff\xfe{",
+                                      HEAD + b', "files": {"a": {"sha256": "0"}}}',
+                                      HEAD + b', "files": {"../x": {"bytes": 0, "sha256": ""}}}'])
+def test_a_corrupt_manifest_is_one_line_naming_it(tmp_path, tiny_space_release, manifest):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_space_release, copy)
+    layout.manifest_path(copy).write_bytes(manifest)
+    for command in (["verify", str(copy)], ["evaluate", "--track", "lens-space", "--release", str(copy),
+                                             "--out", str(tmp_path / "e"), "--no-log", str(tmp_path)]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 1, result.output
+        assert "corrupt manifest" in result.output and layout.MANIFEST in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+
+
 def test_a_failed_write_leaves_the_previous_release_intact(tmp_path, tiny_space_release):
     import shutil
 

@@ -160,3 +160,24 @@ def test_a_model_that_only_takes_the_evaluation_batch_size_fails_at_the_small_on
     assert code != 0, out
     assert re.search(r"batch size 256 \(256 inputs.*OK", out), out
     assert "works at batch size 256 but fails at 7" in out.replace("\n", " "), out
+
+
+@needs_bwrap
+@pytest.mark.parametrize("damage", ["truncated val shard", "corrupt manifest"])
+def test_a_damaged_release_is_one_line_naming_it_not_a_traceback(tmp_path: Path, tiny_space_release: Path,
+                                                                damage: str) -> None:
+    import shutil
+
+    from skybench.release import layout
+
+    release = tmp_path / "rel"
+    shutil.copytree(tiny_space_release, release)
+    if damage == "corrupt manifest":
+        layout.manifest_path(release).write_bytes(b"\xff")
+    else:
+        shard = layout.shard_paths(layout.public_dir(release, "val"), "images")[0]
+        shard.write_bytes(shard.read_bytes()[:5000])
+    code, out = _validate(EXAMPLES / "onnx", release, "--score")
+    assert code == 1 and "Traceback" not in out, out
+    line = out.strip().splitlines()[-1]
+    assert line.startswith(f"error: {release}: the release could not be read") and "skybench verify" in line, out

@@ -13,6 +13,7 @@ from skybench.release import layout  # names only: keeps the CLI start light
 if TYPE_CHECKING:
     import pandas as pd
 
+    from skybench.harness.submission import Submission
     from skybench.tracks import Track
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -82,9 +83,8 @@ def validate(folder: Path, release: Annotated[Path | None, typer.Option(help="re
              ) -> None:
     """Check a submission as the evaluation will run it: schema, loading in the sandbox, and outputs on public
     inputs at the track's evaluation batch size and at a small odd one. --score: metrics on the public val split."""
-    import tempfile
-
-    from skybench.harness.submission import SubmissionError, load_submission, sandboxed_predict
+    from skybench.harness.submission import SubmissionError, load_submission
+    from skybench.release import ReleaseError
     from skybench.tracks import load_track
 
     try:
@@ -93,7 +93,7 @@ def validate(folder: Path, release: Annotated[Path | None, typer.Option(help="re
     except (SubmissionError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     try:  # the schema check above needs the core install only; running the model needs the [eval] extra
-        from skybench.harness.validate import SMALL_BATCH, batch_hint, check_batches, score_val
+        import skybench.harness.validate  # noqa: F401
         from skybench.tracks import default_release, for_release
     except ModuleNotFoundError as exc:
         _fail(f"{_shown(folder)}: the schema is valid, but running the model needs the evaluation extras "
@@ -102,7 +102,21 @@ def validate(folder: Path, release: Annotated[Path | None, typer.Option(help="re
     if not layout.is_release(release):
         _fail(f"no release at {release}; make one with `skybench simulate {track.name} --out {release}` "
               "or pass --release")
-    track = for_release(track, release)  # the geometry of the release's profile (a detect track's tile size)
+    try:
+        _validate(folder, sub, for_release(track, release), release, score, limit)
+    except (ReleaseError, ValueError, OSError) as exc:  # the model's failures are results: this is the release's
+        from skybench.harness.evaluate import one_line
+
+        _fail(f"{release}: the release could not be read ({one_line(exc)}); check it with "
+              f"`skybench verify {release}`")
+
+
+def _validate(folder: Path, sub: Submission, track: Track, release: Path, score: bool, limit: int | None) -> None:
+    import tempfile
+
+    from skybench.harness.submission import sandboxed_predict
+    from skybench.harness.validate import SMALL_BATCH, batch_hint, check_batches, score_val
+
     if sub.spec.format == "predictions":  # no code runs: the CSV is checked against the public test ids
         with tempfile.TemporaryDirectory(prefix="skybench-validate-") as scratch:
             res = sandboxed_predict(sub, release, scratch=Path(scratch), track=track)
@@ -185,8 +199,11 @@ def evaluate(folders: Annotated[list[Path] | None, typer.Argument(
 def log_(evaluations: Path, track: Annotated[str | None, typer.Option()] = None) -> None:
     """Publish evaluation records to MLflow (idempotent; also logs records kept during an outage)."""
     from skybench.harness.record import RecordError
+    from skybench.tracking import unreachable
     from skybench.tracking.log import publish_all
 
+    if down := unreachable():  # else MLflow's retries and back-off keep it silent for minutes
+        _fail(f"{down}; nothing published, the records in {evaluations} are kept")
     try:
         new, old = publish_all(evaluations, track)
     except RecordError as exc:  # the valid records were published; these were not
@@ -214,9 +231,12 @@ def leaderboard(track: str,
     """Print the ranking of a track (earliest submission wins ties; failed entries are listed, unranked)."""
     from skybench.release import release_digest
     from skybench.tracking import leaderboard as lb
+    from skybench.tracking import unreachable
     from skybench.tracks import default_release, load_track
 
     t = load_track(track)
+    if down := unreachable():  # else MLflow's retries and back-off keep it silent for minutes
+        _fail(down)
     if publish is not None:
         log_(publish, track)
     rel = release or default_release(t)

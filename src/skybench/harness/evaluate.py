@@ -297,18 +297,26 @@ def _results(executor: Executor, jobs: list[Job]) -> Iterator[PredictResult | Ex
 
 def _crashed(folder: Path, plan: _Plan | None, exc: Exception, out: Path, release_sha: str,
              track: Track) -> Outcome:
-    """The FAILED outcome (with a record when one can be written) of a submission whose evaluation raised."""
+    """The FAILED outcome (with a record when one can be written) of a submission whose evaluation raised.
+
+    An ``OSError`` (a full disk, an I/O error) is the machine's failure, not the submission's: a previous record
+    is kept whole (its scores and predictions), else the FAILED record is marked ``infrastructure`` (retried)."""
+    kind = INFRASTRUCTURE if isinstance(exc, OSError) else ""
     reason = f"evaluation failed: {one_line(exc)}"
+    if kind:
+        reason = f"infrastructure failure, not the submission's (retried at the next evaluation): {reason}"
     team, name, record = "invalid", folder.name, None
     try:
         team, name = (plan.team, plan.name) if plan is not None else identity(folder, None, None)[:2]
         rdir = plan.rdir if plan is not None else record_dir(out, team, name)
+        if kind and (rdir / RECORD).is_file():
+            return Outcome(folder, team, name, "FAILED", f"{reason}; the previous record is kept", failure_kind=kind)
         record = _write_records(track, rdir, team=team, name=name, fmt=plan.sub.spec.format if plan else "?",
                                 status="FAILED", reason=reason, sub_sha=plan.sub.sha256 if plan else "unreadable",
-                                release_sha=release_sha, device="unknown", metrics={})
+                                release_sha=release_sha, device="unknown", metrics={}, failure_kind=kind)
     except Exception as err:  # noqa: BLE001 - not even a record: the outcome still says why
         reason += f"; no record written ({one_line(err)})"
-    return Outcome(folder, team, name, "FAILED", reason, record=record)
+    return Outcome(folder, team, name, "FAILED", reason, record=record, failure_kind=kind)
 
 
 @dataclass

@@ -44,6 +44,7 @@ import re
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -51,6 +52,8 @@ from types import ModuleType
 import numpy as np
 
 from skybench.release import shards  # numpy only: no pandas or pyarrow in the sandbox
+
+_COMPLEX_WARNING = getattr(np, "exceptions", np).ComplexWarning  # numpy >= 1.25, and older
 
 Batch = np.ndarray | tuple[np.ndarray, ...]
 Predict = Callable[[Batch], object]
@@ -331,7 +334,11 @@ def _predict_set(predict: Predict, fmt: str, used: str, inputs: Path, out: Path,
                               + (f" | hint: {hint}" if hint else "")) from exc
         ok_batches.add(len(batch[0] if isinstance(batch, tuple) else batch))
         try:
-            res = np.asarray(res, dtype=np.float32)
+            with warnings.catch_warnings():  # a cast to float32 would silently drop the imaginary part
+                warnings.simplefilter("error", _COMPLEX_WARNING)
+                res = np.asarray(res, dtype=np.float32)
+        except _COMPLEX_WARNING as exc:
+            raise RunnerError(f"batch {i}: predictions are complex numbers, expected real ones") from exc
         except (TypeError, ValueError) as exc:
             raise RunnerError(f"batch {i}: predictions are not numeric: {exc}") from exc
         if res.ndim == 0:

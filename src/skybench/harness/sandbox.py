@@ -418,6 +418,13 @@ def _last_line(text: str) -> str:
     return ""
 
 
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
 def _classify(status: dict | None, rc: int | None, timed_out: bool, stderr: str, limits: Limits, *,
               started: bool = True, oom: bool = False, pids_hit: bool = False) -> tuple[str, bool]:
     """(one-line reason, whether the host is to blame) for how the sandbox ended; reason "" when it succeeded."""
@@ -429,6 +436,9 @@ def _classify(status: dict | None, rc: int | None, timed_out: bool, stderr: str,
     if status is None:  # the shim never reported
         if not started:  # bwrap (or joining the cgroup) failed before any submitted code ran
             return f"sandbox setup failed (bubblewrap exited with status {rc})" + (f": {last}" if last else ""), True
+        if rc is not None and rc < 0:  # bwrap itself was signalled: from outside, where the sandbox cannot reach
+            return (f"sandbox killed from outside by signal {_signal_name(-rc)} (by the host, not the submission)"
+                    + (f": {last}" if last else "")), True
         return f"sandbox killed (status {rc})" + (f": {last}" if last else ""), False
     code, left = status["returncode"], status["survivors"]
     extra = f" (and left {left} background process{'es' if left != 1 else ''} running)" if left else ""
@@ -443,11 +453,7 @@ def _classify(status: dict | None, rc: int | None, timed_out: bool, stderr: str,
         return (f"ran out of disk space: /scratch holds {limits.scratch_mb} MB and {limits.scratch_files} files, "
                 f"/tmp and /dev/shm count against the memory limit{extra}"), False
     if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = str(-code)
-        return f"killed by signal {name}" + (f": {last}" if last else "") + extra, False
+        return f"killed by signal {_signal_name(-code)}" + (f": {last}" if last else "") + extra, False
     if code != 0:
         return f"exited with status {code}" + (f": {last}" if last else "") + extra, False
     if left:

@@ -472,12 +472,14 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
     if os.geteuid() == 0:  # the sandboxed command runs as an unprivileged uid
         release_limits = WalkLimits(max_depth=4, max_entries=None, max_bytes=None)  # the organiser's files
         for folder, walk_limits in ((sub.folder, SUBMISSION_LIMITS), (test_dir, release_limits)):
+            ours = folder == test_dir  # the release's files: the organiser's failure, retried once mended
             try:
                 bad = _not_world_readable(folder.resolve(), walk_limits)
             except FolderError as exc:
-                return _fail(clip(str(exc)), ids)
+                return _fail(clip(str(exc)), ids, infrastructure=ours)
             if bad:
-                return _fail(f"{bad} is not world-readable; the sandbox cannot read it (chmod -R a+rX)", ids)
+                return _fail(f"{bad} is not world-readable; the sandbox cannot read it (chmod -R a+rX)", ids,
+                             infrastructure=ours)
     gpu = cuda_available() if gpu is None else gpu
     scratch = Path(scratch)
     scratch.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,20 @@ def read_manifest(root: Path) -> dict[str, Any]:
         raise ReleaseError(f"{root}: not a skybench release (no {layout.MANIFEST}); was it written completely?")
     try:
         manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ReleaseError(f"{path}: corrupt manifest ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise ReleaseError(f"{path}: corrupt manifest (a JSON {type(manifest).__name__}, not an object)")
     if manifest.get("format") != FORMAT:
         raise ReleaseError(f"{path}: unknown release format {manifest.get('format')!r}, expected {FORMAT}")
+    files = manifest.get("files")
+    bad = "no 'files' object" if not isinstance(files, dict) else next(
+        (f"entry {rel!r} is not {{'bytes': int, 'sha256': str}}" for rel, e in files.items()
+         if not (isinstance(e, dict) and type(e.get("bytes")) is int and isinstance(e.get("sha256"), str))),
+        next((f"entry {rel!r} is outside the release" for rel in files
+              if rel.startswith("/") or ".." in rel.split("/")), ""))
+    if bad:
+        raise ReleaseError(f"{path}: corrupt manifest ({bad})")
     return manifest
 
 
@@ -54,7 +65,9 @@ def verify_release(root: Path, *, only: tuple[str, ...] = ()) -> list[str]:
         if only and not rel.startswith(only):
             continue
         path = root / rel
-        if not path.is_file():
+        if path.is_symlink():  # the sandbox binds the release's folders: a link out of them is not there
+            problems.append(f"{path}: a symbolic link (to {os.readlink(path)}); a release holds plain files")
+        elif not path.is_file():
             problems.append(f"{path}: missing")
         elif path.stat().st_size != entry["bytes"]:
             problems.append(f"{path}: size {path.stat().st_size} bytes, manifest says {entry['bytes']}")

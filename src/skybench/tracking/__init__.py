@@ -262,6 +262,8 @@ def drop_duplicates(c: MlflowClient, exp_id: str, tags: Mapping[str, str], *, te
 def unreachable(timeout: float = 10.0) -> str:
     """"" when the tracking store answers, else a one-line reason (used to fail fast, before any work)."""
     uri = tracking_uri()
+    if uri.split(":", 1)[0].split("+", 1)[0] in _DB_PORTS:  # MLflow retries a dead database for minutes
+        return _database_unreachable(uri, timeout)
     if not uri.startswith(("http://", "https://")):
         return ""
     import urllib.request
@@ -273,6 +275,30 @@ def unreachable(timeout: float = 10.0) -> str:
             return f"MLflow server {uri} answered HTTP {resp.status} on /health"
     except OSError as exc:
         return f"MLflow server {uri} is unreachable ({getattr(exc, 'reason', exc)})"
+
+
+_DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}  # MLflow's database stores (sqlite aside)
+
+
+def _database_unreachable(uri: str, timeout: float) -> str:
+    """"" when the database server of a ``postgresql://``-like tracking URI takes a TCP connection, else a reason
+    (without the URI's password)."""
+    import socket
+
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(uri)
+    except Exception as exc:  # noqa: BLE001 - a URI SQLAlchemy cannot parse: MLflow will say why
+        return f"MLflow tracking URI is not a database URL ({type(exc).__name__})"
+    if not url.host:  # a local socket: nothing to probe
+        return ""
+    shown = url.render_as_string(hide_password=True)
+    try:
+        with socket.create_connection((url.host, url.port or _DB_PORTS[url.get_backend_name()]), timeout=timeout):
+            return ""
+    except OSError as exc:
+        return f"MLflow database {shown} is unreachable ({exc.strerror or exc})"
 
 
 def git_commit() -> str:
