@@ -432,3 +432,49 @@ def test_a_record_left_aside_by_a_crashed_swap_is_put_back(tmp_path):
     (aside / "evaluation.json").write_text("{}")
     stage = rec_io._stage(rdir)
     assert (rdir / "evaluation.json").read_text() == "{}" and stage.is_dir() and not aside.exists()
+
+
+def test_a_folder_name_that_is_not_utf8_cannot_stop_publishing(project, tiny_space_release, tmp_path):
+    """git and Linux allow any bytes in a folder name; Python gives them as lone surrogates, which MLflow cannot
+    store. The path is the identity, so such a folder's FAILED record is filed under a name a store holds; the
+    publishing of every record (`skybench log`, the pipeline's `leaderboard --publish`) goes on. A record written
+    with such a name (by an older skybench) is refused with a reason, the others published."""
+    from skybench.tracking.log import publish_all
+
+    ids = _ids(tiny_space_release)
+    out = project / "results/lens-space/evaluations"
+    bad = Path(os.fsdecode(os.fsencode(project / "submissions/mallory") + b"/fin\xffder"))
+    csv_submission(bad, "finder", ids, np.zeros(len(ids)), team="mallory")
+    good = csv_submission(project / "submissions/zed/finder", "finder", ids, _labels(tiny_space_release, ids),
+                          team="zed")
+    got = evaluate([bad, good], "lens-space", tiny_space_release, out=out, publish=False)
+    assert [o.status for o in got] == ["FAILED", "FINISHED"]
+    assert got[0].team == "mallory" and got[0].name.encode("utf-8") and got[0].name.startswith("fin")
+    assert publish_all(out, "lens-space") == (2, 0)
+    board = leaderboard(load_track("lens-space"))
+    assert board.set_index(["team"])["status"].to_dict() == {"zed": "FINISHED", "mallory": "FAILED"}
+
+    old = out / "mallory+fin%ED%B3%BFder"  # as an older skybench wrote it
+    shutil.copytree(got[0].record, old)
+    rec = json.loads((old / "evaluation.json").read_text()) | {"name": "fin\udcffder"}
+    (old / "evaluation.json").write_text(json.dumps(rec))
+    with pytest.raises(rec_io.RecordError, match=r"0 newly logged, 2 already in MLflow(.|\n)*not UTF-8"):
+        publish_all(out, "lens-space")
+
+
+def test_a_folder_set_back_to_an_earlier_version_is_what_the_board_shows(project, tiny_space_release):
+    """A team goes X -> Y -> X (a revert). MLflow holds X's result, but the entry's latest run is Y's: reusing
+    X's old run (or finding it "already logged") left the board on Y, a version the folder no longer holds (a
+    team could keep the score of an entry it took back before the deadline's review)."""
+    ids = _ids(tiny_space_release)
+    out = project / "results/lens-space/evaluations"
+    folder = project / "submissions/t/e"
+    for version, scores, auroc in (("X", np.zeros(len(ids)), 0.5), ("Y", _labels(tiny_space_release, ids), 1.0),
+                                   ("X", np.zeros(len(ids)), 0.5)):
+        shutil.rmtree(folder, ignore_errors=True)
+        csv_submission(folder, "e", ids, scores, team="t")
+        (o,) = evaluate([folder], "lens-space", tiny_space_release, out=out)
+        assert o.status == "FINISHED", (version, o.reason)
+        assert leaderboard(load_track("lens-space"))["auroc"].tolist() == [auroc], version
+    (o,) = evaluate([folder], "lens-space", tiny_space_release, out=out)  # unchanged now: reused, nothing added
+    assert o.status == "SKIPPED" and leaderboard(load_track("lens-space"))["auroc"].tolist() == [0.5]

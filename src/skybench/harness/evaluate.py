@@ -151,8 +151,9 @@ def identity(folder: Path, spec: SubmissionSpec | None, given: tuple[str, str] |
     else:
         team, name, track, problem = _path_identity(rel)
         if problem:
-            return team, name, problem
+            return _storable(team), _storable(name), problem
         where = f"the folder {rel.as_posix()}/"
+    team, name = _storable(team), _storable(name)
     if spec is None or claim == (team, name) and track in (None, spec.track):
         return team, name, ""
     if spec.team != team:
@@ -160,6 +161,19 @@ def identity(folder: Path, spec: SubmissionSpec | None, given: tuple[str, str] |
     if spec.name != name:
         return team, name, f"submission.yaml says name {spec.name!r}, but {where} is named {name!r}"
     return team, name, f"submission.yaml says track {spec.track!r}, but {where} is for track {track!r}"
+
+
+def _storable(part: str) -> str:
+    """``part`` as records and MLflow can hold it: a folder name that is not UTF-8 (git and Linux allow any
+    bytes; Python gives them as lone surrogates, which no UTF-8 store accepts) becomes its readable prefix, ``...``
+    and the sha256 of its bytes, so different names stay different."""
+    try:
+        part.encode("utf-8")
+        return part
+    except UnicodeEncodeError:
+        raw = part.encode("utf-8", "surrogatepass")  # injective over every str
+        shown = part.encode("utf-8", "backslashreplace").decode("utf-8")  # \udcff for the byte 0xff
+        return f"{shown[:40]}...{hashlib.sha256(raw).hexdigest()[:32]}"
 
 
 def _in_project(folder: Path) -> Path | None:
@@ -305,7 +319,7 @@ def _crashed(folder: Path, plan: _Plan | None, exc: Exception, out: Path, releas
     reason = f"evaluation failed: {one_line(exc)}"
     if kind:
         reason = f"infrastructure failure, not the submission's (retried at the next evaluation): {reason}"
-    team, name, record = "invalid", folder.name, None
+    team, name, record = "invalid", _storable(folder.name), None
     try:
         team, name = (plan.team, plan.name) if plan is not None else identity(folder, None, None)[:2]
         rdir = plan.rdir if plan is not None else record_dir(out, team, name)
@@ -436,13 +450,18 @@ def _real_set(track: Track, release: Path) -> Path | None:
 def _in_mlflow(track: str, sub_sha: str, release_sha: str, real_sha: str, key: Mapping[str, str] | None = None,
                team: str | None = None, name: str | None = None) -> bool:
     """Whether MLflow has a usable result of this submission: same key, same identity, no infrastructure
-    failure (those are retried)."""
+    failure (those are retried), and no later run of the entry (a folder set back to an earlier version is
+    evaluated again: else the board would keep showing the later version, which the folder no longer holds)."""
+    from skybench.tracking import latest_evaluation
+
     try:
         run = find_evaluation(track, sub_sha, release_sha, match={"real_release_sha256": real_sha, **(key or {})},
                               team=team, name=name)
+        latest = latest_evaluation(track, release_sha, team, name) if run is not None and team and name else run
     except Exception:  # noqa: BLE001 - an unreachable server must not stop evaluation; logging reports it
         return False
-    return run is not None and run.data.tags.get("failure_kind", "") != INFRASTRUCTURE
+    return (run is not None and run.data.tags.get("failure_kind", "") != INFRASTRUCTURE
+            and latest is not None and latest.info.run_id == run.info.run_id)
 
 
 def _safe_sha(folder: Path) -> str:

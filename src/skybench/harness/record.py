@@ -101,6 +101,11 @@ def read_record(path: Path) -> EvaluationRecord:
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise RecordError(f"{path}: not an evaluation record, invalid JSON ({_clip(str(exc))}); "
                           "remove it, or re-run `skybench evaluate --force` to rewrite it") from exc
+    try:  # a lone surrogate (JSON's "\udcff"): a name no UTF-8 store (MLflow) holds, which stopped `skybench log`
+        json.dumps(raw, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise RecordError(f"{path}: not a valid evaluation record (a text that is not UTF-8); remove it, or re-run "
+                          "`skybench evaluate --force` to rewrite it") from None
     if isinstance(raw, dict):
         raw |= _run_facts(Path(path).parent)
     try:
@@ -171,6 +176,8 @@ def _write_record(rdir: Path, *, team: str, name: str, fmt: str, status: str, re
     own = staged is None
     staged = _stage(rdir) if staged is None else staged
     try:
+        # a reason may quote a folder name that is not UTF-8 (lone surrogates): escaped, as a store can hold it
+        reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
         rec = EvaluationRecord.model_validate(
             {"team": team, "name": name, "format": fmt, "status": status, "reason": reason,
              "submission_sha256": sub_sha, "release_sha256": release_sha, "device": device,

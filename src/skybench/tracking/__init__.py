@@ -159,6 +159,29 @@ def find_evaluation(
                  and all(r.data.params.get(k) == v for k, v in who.items())), None)
 
 
+def latest_evaluation(track: str, release_sha256: str, team: str, name: str, experiment: str | None = None
+                      ) -> Run | None:
+    """The latest complete evaluation run of entry ``team``/``name`` on this release, whatever its submission
+    (the one the leaderboard shows when it finished), or None."""
+    c = client()
+    exp = c.get_experiment_by_name(experiment or experiment_name(track))
+    if exp is None:
+        return None
+    query = (f"tags.`{KIND_TAG}` = 'evaluation' and tags.release_sha256 = {_quoted(release_sha256)}"
+             " and attributes.status = 'FINISHED'")
+    if not any(q in team + name for q in "'\\"):  # a FAILED record's folder name may hold any character
+        query += f" and params.team = {_quoted(team)} and params.name = {_quoted(name)}"
+    token = None
+    while True:
+        page = c.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"],
+                             max_results=1000, page_token=token)
+        if run := next((r for r in page if (r.data.params.get("team"), r.data.params.get("name")) == (team, name)),
+                       None):
+            return run
+        if not (token := page.token):
+            return None
+
+
 def _finite_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
     out = {}
     for key, value in metrics.items():
