@@ -78,7 +78,9 @@ def _copy(evaluations: Path, dest: Path, names: list[str]) -> Path:
 
 
 def test_records_written_by_evaluate_validate_and_round_trip_byte_identically(evaluations):
-    cases = {("tests", "good"): FINISHED_KEYS, HOSTILE: REFUSED_KEYS, ("invalid", "refused"): REFUSED_KEYS,
+    stored = tuple(ev._storable(part) for part in HOSTILE)  # the lone surrogate filed under prefix and sha256
+    assert stored[0] != HOSTILE[0] and stored[1] == HOSTILE[1]
+    cases = {("tests", "good"): FINISHED_KEYS, stored: REFUSED_KEYS, ("invalid", "refused"): REFUSED_KEYS,
              ("tests", "crashed"): CRASHED_KEYS}
     assert (private_dir(record_dir(evaluations, "tests", "good")) / RECORD).is_file()
     for (team, name), keys in cases.items():

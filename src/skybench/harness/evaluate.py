@@ -29,7 +29,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -325,9 +325,10 @@ def _crashed(folder: Path, plan: _Plan | None, exc: Exception, out: Path, releas
         rdir = plan.rdir if plan is not None else record_dir(out, team, name)
         if kind and (rdir / RECORD).is_file():
             return Outcome(folder, team, name, "FAILED", f"{reason}; the previous record is kept", failure_kind=kind)
+        marked: dict[str, Any] = {"failure_kind": kind} if kind else {}  # else the key as before: absent
         record = _write_records(track, rdir, team=team, name=name, fmt=plan.sub.spec.format if plan else "?",
                                 status="FAILED", reason=reason, sub_sha=plan.sub.sha256 if plan else "unreadable",
-                                release_sha=release_sha, device="unknown", metrics={}, failure_kind=kind)
+                                release_sha=release_sha, device="unknown", metrics={}, **marked)
     except Exception as err:  # noqa: BLE001 - not even a record: the outcome still says why
         reason += f"; no record written ({one_line(err)})"
     return Outcome(folder, team, name, "FAILED", reason, record=record, failure_kind=kind)
