@@ -451,18 +451,13 @@ def _real_set(track: Track, release: Path) -> Path | None:
 def _in_mlflow(track: str, sub_sha: str, release_sha: str, real_sha: str, key: Mapping[str, str] | None = None,
                team: str | None = None, name: str | None = None) -> bool:
     """Whether MLflow has a usable result of this submission: same key, same identity, no infrastructure
-    failure (those are retried), and no later run of the entry (a folder set back to an earlier version is
-    evaluated again: else the board would keep showing the later version, which the folder no longer holds)."""
-    from skybench.tracking import latest_evaluation
-
+    failure (those are retried), and no later run of the entry (``find_evaluation(latest_only=...)``)."""
     try:
         run = find_evaluation(track, sub_sha, release_sha, match={"real_release_sha256": real_sha, **(key or {})},
-                              team=team, name=name)
-        latest = latest_evaluation(track, release_sha, team, name) if run is not None and team and name else run
+                              team=team, name=name, latest_only=bool(team and name))
     except Exception:  # noqa: BLE001 - an unreachable server must not stop evaluation; logging reports it
         return False
-    return (run is not None and run.data.tags.get("failure_kind", "") != INFRASTRUCTURE
-            and latest is not None and latest.info.run_id == run.info.run_id)
+    return run is not None and run.data.tags.get("failure_kind", "") != INFRASTRUCTURE
 
 
 def _safe_sha(folder: Path) -> str:

@@ -135,11 +135,13 @@ def _quoted(value: str) -> str:
 def find_evaluation(
     track: str, submission_sha256: str, release_sha256: str, *, include_failed: bool = True,
     match: Mapping[str, str] | None = None, experiment: str | None = None, team: str | None = None,
-    name: str | None = None,
+    name: str | None = None, latest_only: bool = False,
 ) -> Run | None:
     """The latest complete evaluation run of this (submission, release) whose tags also equal ``match``
     (a missing tag counts as "") and, when given, of entry ``team``/``name`` (another team's verbatim copy has the
-    same bytes), or None; in ``experiment`` (default: the track's participant experiment)."""
+    same bytes), or None; in ``experiment`` (default: the track's participant experiment). With ``latest_only``
+    (needs ``team`` and ``name``), None unless that run is also the entry's latest on the release, whatever its
+    submission (a folder set back to an earlier version must be evaluated and logged again)."""
     c = client()
     exp = c.get_experiment_by_name(experiment or experiment_name(track))
     if exp is None:
@@ -155,11 +157,17 @@ def find_evaluation(
     runs = c.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1000)
     want = dict(match or {})
     who = {k: v for k, v in (("team", team), ("name", name)) if v is not None}
-    return next((r for r in runs if all(r.data.tags.get(k, "") == v for k, v in want.items())
-                 and all(r.data.params.get(k) == v for k, v in who.items())), None)
+    run = next((r for r in runs if all(r.data.tags.get(k, "") == v for k, v in want.items())
+                and all(r.data.params.get(k) == v for k, v in who.items())), None)
+    if run is None or not latest_only:
+        return run
+    if team is None or name is None:
+        raise ValueError("latest_only needs team and name")
+    latest = _latest_evaluation(track, release_sha256, team, name, experiment=experiment)
+    return run if latest is not None and latest.info.run_id == run.info.run_id else None
 
 
-def latest_evaluation(track: str, release_sha256: str, team: str, name: str, experiment: str | None = None
+def _latest_evaluation(track: str, release_sha256: str, team: str, name: str, experiment: str | None = None
                       ) -> Run | None:
     """The latest complete evaluation run of entry ``team``/``name`` on this release, whatever its submission
     (the one the leaderboard shows when it finished), or None."""

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from skybench.harness.record import RECORD, EvaluationRecord, RecordError, read_record, record_dir
-from skybench.tracking import find_evaluation, latest_evaluation, log_evaluation
+from skybench.tracking import find_evaluation, log_evaluation
 from skybench.tracks import Track, load_track
 
 TAGS = ("submission_sha256", "release_sha256", "real_release_sha256", "track_sha256", "scorer_sha256",
@@ -50,15 +50,10 @@ def publish_record(rdir: Path, track: str | Track | None = None) -> str | None:
 
 def _logged(track: str, rec: EvaluationRecord, experiment: str | None) -> bool:
     """Whether ``experiment`` (default: the participant one) has this record: same key, identity and outcome,
-    as the entry's latest run (a folder set back to an earlier version is logged again, so that the board shows
-    it rather than the later version the folder no longer holds)."""
-    run = find_evaluation(track, rec.submission_sha256, rec.release_sha256, experiment=experiment,
-                          match={k: str(getattr(rec, k)) for k in (*KEY, "status", "failure_kind")},
-                          team=rec.team, name=rec.name)
-    if run is None:
-        return False
-    latest = latest_evaluation(track, rec.release_sha256, rec.team, rec.name, experiment=experiment)
-    return latest is not None and latest.info.run_id == run.info.run_id
+    as the entry's latest run (``find_evaluation(latest_only=True)``)."""
+    return find_evaluation(track, rec.submission_sha256, rec.release_sha256, experiment=experiment,
+                           match={k: str(getattr(rec, k)) for k in (*KEY, "status", "failure_kind")},
+                           team=rec.team, name=rec.name, latest_only=True) is not None
 
 
 def _publish_organiser(track: str, rdir: Path, rec: EvaluationRecord, tags: dict[str, str]) -> str | None:
