@@ -89,6 +89,7 @@ def test_a_verbatim_copy_of_another_teams_folder_does_not_delete_its_run(project
     ("submissions/b/finder", "team: a\nname: finder"),  # same folder name, other team
     ("submissions/b/x/deeper", "team: b\nname: x"),  # not exactly submissions/<team>/<name>/
     ("submissions/baselines/finder", "team: baselines\nname: finder"),  # a reserved team
+    ("submissions/Baselines/finder", "team: Baselines\nname: finder"),  # one in another case
     ("submissions/examples/lens-space/python", "team: a\nname: finder"),
 ])
 def test_a_folder_cannot_file_its_record_under_another_identity(project, tiny_space_release, where, claim):

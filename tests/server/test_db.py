@@ -77,12 +77,13 @@ def test_team_names(Session):
     from skybench.server.auth import add_team
 
     with Session() as s:
-        for bad in ("../x", "examples", "a b", "", "x" * 65):
+        for bad in ("../x", "examples", "Baselines", "INVALID", "a b", "", "x" * 65):
             with pytest.raises(ValueError):
                 add_team(s, bad)
         add_team(s, "ok")
-        with pytest.raises(ValueError, match="exists already"):
-            add_team(s, "ok")
+        for lookalike in ("ok", "OK", "oK"):  # one team on the board, whatever the case
+            with pytest.raises(ValueError, match="'ok' exists already"):
+                add_team(s, lookalike)
 
 
 def test_token_guessing_is_rate_limited(Session):

@@ -37,6 +37,7 @@ from skybench import __version__
 from skybench.harness.record import INFRASTRUCTURE, RECORD, RecordError, _stage, _write_records, read_record, record_dir
 from skybench.harness.score import score, score_real
 from skybench.harness.submission import (
+    RESERVED_TEAMS,
     SPEC_FILE,
     PredictResult,
     Submission,
@@ -46,6 +47,7 @@ from skybench.harness.submission import (
     folder_sha256,
     load_submission,
     read_spec_file,
+    reserved_team,
 )
 from skybench.harness.visibility import make_private_root, private_dir, write_participant_view
 from skybench.release import ReleaseError, layout, read_manifest, release_digest, verify_release
@@ -130,9 +132,6 @@ def _also_from(track: str) -> list[str]:
     return load_track(track).evaluation.also_from if track in list_tracks() else []
 
 
-RESERVED_TEAMS = ("examples", "baselines", "invalid")  # identities the project itself files records under
-
-
 def identity(folder: Path, spec: SubmissionSpec | None, given: tuple[str, str] | None = None
              ) -> tuple[str, str, str]:
     """(team, name, problem): whom ``folder``'s record is filed under, and why its ``submission.yaml`` is
@@ -202,7 +201,7 @@ def _path_identity(rel: Path) -> tuple[str, str, str | None, str]:
             return "examples", f"{parts[3]}-example", parts[2], ""
         return "examples", whole, None, \
             f"an example folder must be submissions/examples/<track>/<format>/, not {whole}/"
-    if len(parts) < 2 or parts[1] in RESERVED_TEAMS:
+    if len(parts) < 2 or reserved_team(parts[1]):
         return "invalid", whole, None, \
             f"{whole}/: team names {', '.join(RESERVED_TEAMS)} are reserved; use submissions/<team>/<name>/"
     if len(parts) != 3:

@@ -53,6 +53,13 @@ SPEC_MAX_DEPTH = 8  # nesting of submission.yaml (the spec itself is one flat ma
 MAX_MESSAGE = 300  # characters of one error line
 SLUG = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
+RESERVED_TEAMS = ("examples", "baselines", "invalid")  # identities the project itself files records under
+
+
+def reserved_team(team: str) -> bool:
+    """Whether ``team`` is, or looks like (any case), one of :data:`RESERVED_TEAMS`."""
+    return team.casefold() in RESERVED_TEAMS
+
 
 class SubmissionError(ValueError):
     """A submission folder is invalid; the message names the file and the key."""

@@ -16,15 +16,14 @@ from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from skybench.harness.submission import SLUG
+from skybench.harness.submission import SLUG, reserved_team
 from skybench.server.db import Team
 
 _HASHER = PasswordHasher()  # argon2id with the library's (RFC 9106 low-memory) defaults
 _TOKEN = re.compile(r"^sbt_([A-Za-z0-9]{16})_([A-Za-z0-9_-]{43})$")
-RESERVED = ("examples", "baselines", "invalid")  # team names the evaluation stage uses itself
 
 
 class AuthError(Exception):
@@ -55,10 +54,11 @@ def add_team(session: Session, name: str, members: list[str] | None = None, *, a
     if not re.match(SLUG, name) or ".." in name:
         raise ValueError(f"team name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or "
                          "digit (it becomes the folder submissions/<team>/)")
-    if name in RESERVED:
+    if reserved_team(name):
         raise ValueError(f"team name {name!r} is reserved for the evaluation stage; choose another")
-    if session.scalar(select(Team).where(Team.name == name)) is not None:
-        raise ValueError(f"team {name!r} exists already; `skybench admin team token {name}` issues a new token")
+    if (same := session.scalar(select(Team).where(func.lower(Team.name) == name.lower()))) is not None:
+        raise ValueError(f"team {same.name!r} exists already (names differing only in case are one team); "
+                         f"`skybench admin team token {same.name}` issues a new token")
     token, tid, hashed = new_token()
     team = Team(name=name, members=[m.strip() for m in members or [] if m.strip()], token_id=tid,
                 token_hash=hashed, is_admin=admin)
