@@ -218,6 +218,25 @@ def test_filling_scratch_fails_and_the_host_stays_empty(tmp_path, what):
 
 
 @needs_bwrap
+@pytest.mark.skipif(os.geteuid() != 0, reason="the size-limited /scratch tmpfs needs root")
+def test_an_output_past_its_most_bytes_costs_the_host_only_those(tmp_path):
+    """Each declared output is copied up to the most bytes it can be (the rest a hole): N sandboxes at once writing
+    their whole /scratch into predictions.npy cost the evaluator's disk N times a predictions file, not N x 1 GB."""
+    host_before = shutil.disk_usage(tmp_path).used
+    res = run_script(tmp_path, """
+        with open("/scratch/out.bin", "wb") as f:
+            f.write(bytes(range(256)) * (160 << 10))  # 40 MB
+        print("written")
+    """, limits=Limits(memory_mb=512, cpu_seconds=20, wall_seconds=30, scratch_mb=64), outputs={"out.bin": 1 << 20})
+    assert res.ok and res.stdout == "written\n", res.reason
+    out = tmp_path / "scratch" / "out.bin"
+    assert out.stat().st_size == 40 << 20  # its reader sees how large it was, and refuses it
+    assert out.stat().st_blocks * 512 <= (1 << 20) + (64 << 10)
+    assert out.read_bytes()[: 1 << 20] == bytes(range(256)) * 4096
+    assert shutil.disk_usage(tmp_path).used - host_before < 8 << 20
+
+
+@needs_bwrap
 def test_deep_directory_tree_in_scratch_does_not_crash_the_parent(tmp_path):
     res = run_script(tmp_path, """
         import os
@@ -514,6 +533,98 @@ def test_a_sandbox_killed_from_outside_is_the_hosts_failure(tmp_path):
     assert res.reason.startswith("sandbox killed from outside by signal SIGKILL"), res.reason
     res = run_script(tmp_path, "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")  # its own doing
     assert not res.ok and not res.infrastructure and res.reason == "killed by signal SIGKILL", res.reason
+
+
+FLOOD = """
+import os, time
+chunk = b"x" * (1 << 16)
+end = time.time() + 5
+while time.time() < end:
+    os.write(1, chunk)
+    os.write(2, chunk)
+print("done", flush=True)
+"""
+
+
+@needs_bwrap
+def test_an_output_flood_costs_the_evaluator_no_cpu(tmp_path):
+    """Reading a sandbox's stdout/stderr as fast as it writes took this process (a Ray worker beside other teams'
+    sandboxes) more than half a core outside the sandbox's CPU quota; only a bounded tail is kept anyway."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    res = run_script(tmp_path, FLOOD)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    assert res.ok, res.reason
+    assert res.stdout.endswith("done\n") and len(res.stderr) <= 20_000
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    assert cpu < 0.2 * res.wall_seconds, (cpu, res.wall_seconds)  # 0.58 when read at full speed
+
+
+# Two sandboxes at once (Ray slots, several workers on one node) whose limits add up to more than the machine has:
+# emulated by a limit on the group above their run groups. The hog holds its memory in /dev/shm (charged to its own
+# group, within its limit, but no process's RSS); the honest run then allocates, within its own limit, and the
+# kernel's OOM killer picks it (the larger RSS). The kernel counts that kill in the victim's group too.
+HOST_SHORT = """
+import os, sys, threading, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+host = Path(sys.argv[2])
+(host / "cgroup.procs").write_text(str(os.getpid()))  # run groups are made below host/skybench
+from skybench.harness.sandbox import Limits, run_sandboxed
+code = Path(sys.argv[3])
+limits = Limits(memory_mb=400, cpu_seconds=60, wall_seconds=60, max_processes=32, scratch_mb=16)
+res = {}
+def run(name, src):
+    (code / (name + ".py")).write_text(src)
+    res[name] = run_sandboxed([sys.executable, str(code / (name + ".py"))], scratch=code.parent / name,
+                              ro_binds=[code], limits=limits)
+HOG = "import os, time\\nf = os.open('/dev/shm/h', os.O_CREAT | os.O_WRONLY)\\n" \\
+      "for _ in range(200): os.write(f, b'x' * (1 << 20))\\ntime.sleep(12)"
+hog = threading.Thread(target=run, args=("hog", HOG))
+hog.start()
+time.sleep(4)
+run("honest", "bytearray(150 << 20); print('done')")  # 150 MB of a 400 MB limit
+hog.join()
+print(repr((res["honest"].ok, res["honest"].infrastructure, res["honest"].reason)))
+"""
+
+
+def _v1_memory_group() -> Path | None:
+    bases = cgroups._v1_bases()[0] if not cgroups._v2_base()[0] else None
+    return bases["memory"] if bases else None
+
+
+@needs_bwrap
+@pytest.mark.skipif(os.geteuid() != 0 or _v1_memory_group() is None, reason="needs root and a cgroup v1 memory group")
+def test_a_run_killed_because_the_host_ran_short_is_the_hosts_failure(tmp_path):
+    """Another team's run must not make this one FAILED for 'exceeded the memory limit' (its own fault, not
+    retried) when it stayed within its limit and the machine ran out of memory."""
+    host = _v1_memory_group() / f"test-host-short-{os.getpid()}"
+    (host / "skybench").mkdir(parents=True)
+    try:
+        for name in ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"):
+            if (host / "skybench" / name).exists():
+                (host / "skybench" / name).write_text(str(300 << 20))  # less than the two runs' 400 + 400 MB
+        code = tmp_path / "code"
+        code.mkdir()
+        for p in (tmp_path, code):
+            p.chmod(0o777)
+        src = Path(__file__).resolve().parents[1] / "src"
+        out = subprocess.run([sys.executable, "-c", HOST_SHORT, str(src), str(host), str(code)],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        ok, infrastructure, reason = eval(out.stdout.strip().splitlines()[-1])
+        assert not ok and infrastructure, reason
+        assert reason.startswith("killed by the host's out-of-memory killer while within its memory limit"), reason
+    finally:
+        for d in (host / "skybench", host):
+            for _ in range(100):
+                try:
+                    d.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.05)
 
 
 NO_CGROUPS = """

@@ -72,7 +72,7 @@ def test_ray_executor_matches_local_bit_for_bit_and_keeps_the_sandbox(ray_local,
     remote = evaluate(subs, track, tiny_space_release, out=tmp_path / "ray", publish=False, executor="ray",
                       executor_options={"shards": 3})
     print(f"ray evaluate of 2 submissions x 3 shards: {time.perf_counter() - start:.1f} s")
-    assert [o.status for o in local + remote] == ["FINISHED", "FINISHED", "FAILED"]
+    assert [o.status for o in local + remote] == ["FINISHED", "FINISHED", "FAILED"], [o.reason for o in local + remote]
     assert remote[0].metrics == local[0].metrics  # the same floats, not approximately
     a = pd.read_csv(private_dir(record_dir(tmp_path / "local", "ray", "det")) / "predictions.csv",
                     dtype={"score": str})
@@ -144,3 +144,35 @@ def test_one_submission_s_shards_cannot_restart_the_other_jobs(ray_local, tmp_pa
     assert [o.status for o in out] == ["FAILED", "FINISHED"]
     assert "shard 2/2" in out[0].reason and "same shape" in out[0].reason
     assert runs == [2]  # one run for both: the honest entry's tasks were never thrown away
+
+
+SLEEPY = """
+import sys, time
+def load(d):
+    print(f"start {time.time()}", file=sys.stderr, flush=True)
+    time.sleep(3)
+    print(f"end {time.time()}", file=sys.stderr, flush=True)
+def predict(m, b):
+    return b.sum(axis=(1, 2, 3)).astype("float32")
+"""
+
+
+@pytest.mark.slow
+def test_ray_never_runs_more_sandbox_memory_than_a_node_holds(ray_local, tiny_space_release, tmp_path, monkeypatch):
+    """Tasks reserve their sandbox's memory limit: two sandboxes whose limits add up to more than the node's memory
+    run one after the other, not at once (else the kernel's OOM killer picks one, another team's run within its
+    own limit, when the other fills its share)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    memory = ray_local.cluster_resources()["memory"]
+    track = load_track("lens-space")
+    track = track.model_copy(update={
+        "evaluation": track.evaluation.model_copy(update={"batch_size": 64, "real_set": None}),
+        "sandbox": track.sandbox.model_copy(update={"memory_mb": int(0.6 * memory) >> 20})})
+    subs = [python_submission(tmp_path / "subs", name, SLEEPY, team=name) for name in ("a", "b")]
+    out = evaluate(subs, track, tiny_space_release, out=tmp_path / "ray", publish=False, executor="ray",
+                   executor_options={"shards": 1})
+    assert [o.status for o in out] == ["FINISHED", "FINISHED"], [o.reason for o in out]
+    spans = sorted([float(line.split()[1]) for line in o.log.splitlines() if line.startswith(("start ", "end "))]
+                   for o in out)
+    assert all(len(s) == 2 for s in spans), [o.log for o in out]
+    assert spans[0][1] <= spans[1][0], spans  # the second sandbox started after the first had finished

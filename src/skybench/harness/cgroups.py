@@ -135,16 +135,46 @@ class Cgroup:
         return out
 
     def oom_killed(self) -> bool:
-        """Whether the kernel's OOM killer fired in this cgroup."""
+        """Whether the kernel's OOM killer fired in this cgroup because the run reached its own memory limit."""
+        kills = self._oom_kills()
+        if kills is None:  # kernels < 4.13 count no kills: a failed charge against the run's own limit
+            try:
+                return int((self.dirs["memory"] / "memory.memsw.failcnt").read_text()) > 0
+            except (OSError, ValueError):
+                return False
+        return kills > 0 and self._limit_hit()
+
+    def host_oom_killed(self) -> bool:
+        """Whether the kernel's OOM killer killed a process of this cgroup while the run was within its own limit:
+        the host (or a group above this one) ran out of memory, e.g. several sandboxes at once whose limits add up
+        to more than the machine has. The kernel counts such a kill in the victim's cgroup too."""
+        kills = self._oom_kills()
+        return bool(kills) and not self._limit_hit()
+
+    def _oom_kills(self) -> int | None:
+        """Processes of this cgroup killed by any OOM killer (None: a kernel < 4.13 does not count them)."""
         if self.version == 2:
-            return self._read("unified", "memory.events").get("oom_kill", 0) > 0
-        ctl = self._read("memory", "memory.oom_control")
-        if "oom_kill" in ctl:  # kernels >= 4.13
-            return ctl["oom_kill"] > 0
-        try:
-            return int((self.dirs["memory"] / "memory.memsw.failcnt").read_text()) > 0
-        except (OSError, ValueError):
-            return False
+            return self._read("unified", "memory.events").get("oom_kill", 0)
+        return self._read("memory", "memory.oom_control").get("oom_kill")
+
+    def _limit_hit(self) -> bool:
+        """Whether the run's usage reached its own memory limit (an ancestor's or the host's shortage does not
+        count here: v2 counts ``max``/``oom`` events in the group whose limit failed a charge; v1 keeps the peak
+        usage, which some kernels record without counting ``failcnt``)."""
+        if self.version == 2:
+            events = self._read("unified", "memory.events")
+            return events.get("oom", 0) > 0 or events.get("max", 0) > 0
+        d = self.dirs.get("memory")
+        for prefix in ("memory.", "memory.memsw."):
+            try:
+                if d is None or int((d / f"{prefix}failcnt").read_text()) > 0:
+                    return True
+                peak, limit = (int((d / f"{prefix}{n}").read_text()) for n in ("max_usage_in_bytes", "limit_in_bytes"))
+            except (OSError, ValueError):
+                continue
+            if peak >= limit - max(limit // 100, 1 << 20):  # within a charge batch of the limit
+                return True
+        return False
 
     def pids_limit_hit(self) -> bool:
         ctrl = "unified" if self.version == 2 else "pids"

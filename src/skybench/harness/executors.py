@@ -100,15 +100,23 @@ class RayExecutor:
             resources = ray.cluster_resources()
             gpus = int(resources.get("GPU", 0))
             slots = gpus or max(1, int(resources.get("CPU", 1)) // self.cpus_per_task)
-            task = ray.remote(_predict_shard).options(num_cpus=self.cpus_per_task, num_gpus=1 if gpus else 0)
+            task = ray.remote(_predict_shard)
+            per_task = {"num_cpus": self.cpus_per_task, "num_gpus": 1 if gpus else 0}
             threads = None if gpus else self.cpus_per_task
+            # Each task reserves its sandbox's memory limit (at most the largest node's memory, so that it can run),
+            # so Ray never runs more sandboxes on a node than its memory holds: past that, the kernel's OOM killer
+            # picks whichever sandbox has the most resident memory, another team's run within its own limit.
+            largest = max((n.get("Resources", {}).get("memory", 0) for n in ray.nodes() if n.get("Alive", True)),
+                          default=0)
             pending: list[list[Any] | None] = []
             for job in jobs:
                 if job.sub.spec.format == "predictions":  # runs no code: checked here, nothing to distribute
                     pending.append(None)
                     continue
                 ranges = shard_ranges(job.test_dir, job.track.evaluation.batch_size, self.shards or slots)
-                pending.append([task.remote(job, a, b, threads) for a, b in ranges])
+                memory = int(min(job.track.sandbox.memory_mb * 2**20, largest))
+                run = task.options(**per_task, **({"memory": memory} if memory > 0 else {}))
+                pending.append([run.remote(job, a, b, threads) for a, b in ranges])
             for job, refs in zip(jobs, pending, strict=True):
                 if refs is None:
                     yield next(LocalExecutor().run([job]))

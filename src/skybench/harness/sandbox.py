@@ -40,6 +40,7 @@ __all__ = ["Limits", "SandboxResult", "check_bwrap_features", "gpu_binds", "remo
            "seccomp_bpf"]
 
 TAIL_BYTES = 20_000
+FLOOD_BYTES = 4 << 20  # output past this on one pipe is read at most a 64 KiB chunk per 10 ms
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 _MEMORY_PATTERNS = ("MemoryError", "std::bad_alloc", "Cannot allocate memory", "can't allocate memory",
                     "Unable to allocate", "Failed to allocate memory")
@@ -307,10 +308,13 @@ def _umount(target: Path) -> None:
         raise OSError(err, f"cannot unmount {target}: {os.strerror(err)}")
 
 
-def _copy_outputs(box: Path, names: Sequence[str], dest: Path, max_bytes: int) -> None:
+def _copy_outputs(box: Path, names: Sequence[str] | Mapping[str, int], dest: Path, max_bytes: int) -> None:
     """Copy the regular files ``names`` of the sandbox's scratch to ``dest`` (symlinks, FIFOs and folders
-    are skipped; a missing file is the caller's to report)."""
-    for name in names:
+    are skipped; a missing file is the caller's to report). A mapping gives the bytes of data copied of each
+    name at most: the rest of a larger file is left a hole, so its reader sees its size and refuses it, and N
+    sandboxes at once cost the evaluator's disk what their outputs can be, not N times ``max_bytes``."""
+    caps = names if isinstance(names, Mapping) else dict.fromkeys(names, max_bytes)
+    for name, cap in caps.items():
         if "/" in name or name in ("", ".", ".."):
             raise ValueError(f"outputs must be plain file names, got {name!r}")
         (dest / name).unlink(missing_ok=True)
@@ -324,23 +328,23 @@ def _copy_outputs(box: Path, names: Sequence[str], dest: Path, max_bytes: int) -
                 continue
             tmp = dest / f".{name}.part"
             with open(tmp, "wb") as out:
-                _copy_sparse(src.fileno(), out.fileno(), st.st_size)
+                _copy_sparse(src.fileno(), out.fileno(), st.st_size, min(cap, max_bytes))
             os.replace(tmp, dest / name)
 
 
-def _copy_sparse(src: int, dst: int, size: int, chunk: int = 1 << 20) -> None:
-    """Copy the first ``size`` bytes of ``src`` to ``dst``, holes as holes: a sparse file costs the sandbox's
-    tmpfs nothing, and written out in full it would fill the evaluator's disk (SEEK_DATA: Linux >= 3.8; a
-    file system without it reports the whole file as data)."""
-    pos = 0
-    while pos < size:
+def _copy_sparse(src: int, dst: int, size: int, data_max: int | None = None, chunk: int = 1 << 20) -> None:
+    """Copy the first ``size`` bytes of ``src`` to ``dst`` (its data below ``data_max`` only), holes as holes: a
+    sparse file costs the sandbox's tmpfs nothing, and written out in full it would fill the evaluator's disk
+    (SEEK_DATA: Linux >= 3.8; a file system without it reports the whole file as data)."""
+    pos, size_of_data = 0, size if data_max is None else min(size, data_max)
+    while pos < size_of_data:
         try:
             pos = os.lseek(src, pos, os.SEEK_DATA)
         except OSError as exc:
             if exc.errno == errno.ENXIO:  # only a hole is left
                 break
             raise
-        end = min(os.lseek(src, pos, os.SEEK_HOLE), size)
+        end = min(os.lseek(src, pos, os.SEEK_HOLE), size_of_data)
         while pos < end:
             data = os.pread(src, min(chunk, end - pos), pos)
             if not data:  # cannot happen to a dead sandbox's file; never loop on it
@@ -426,12 +430,16 @@ def _signal_name(number: int) -> str:
 
 
 def _classify(status: dict | None, rc: int | None, timed_out: bool, stderr: str, limits: Limits, *,
-              started: bool = True, oom: bool = False, pids_hit: bool = False) -> tuple[str, bool]:
+              started: bool = True, oom: bool = False, pids_hit: bool = False, host_oom: bool = False,
+              ) -> tuple[str, bool]:
     """(one-line reason, whether the host is to blame) for how the sandbox ended; reason "" when it succeeded."""
     if timed_out:
         return f"exceeded the wall-time limit of {_fmt(limits.wall_seconds)} s", False
     if oom:
         return f"exceeded the memory limit of {limits.memory_mb} MB", False
+    if host_oom:  # within its own limit: the machine ran short (other sandboxes at once), not the submission
+        return (f"killed by the host's out-of-memory killer while within its memory limit of {limits.memory_mb} MB "
+                "(the machine ran out of memory, not the submission)"), True
     last = _last_line(stderr)
     if status is None:  # the shim never reported
         if not started:  # bwrap (or joining the cgroup) failed before any submitted code ran
@@ -478,11 +486,13 @@ def _prlimit() -> str:
 
 def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path | tuple[Path, str]] = (),
                   limits: Limits = Limits(), env: Mapping[str, str] | None = None, gpu: bool = False,
-                  cwd: str = "/scratch", outputs: Sequence[str] = (), private: Sequence[Path] = ()) -> SandboxResult:
+                  cwd: str = "/scratch", outputs: Sequence[str] | Mapping[str, int] = (),
+                  private: Sequence[Path] = ()) -> SandboxResult:
     """Run ``argv`` in a bubblewrap sandbox with a fresh, size-limited, writable /scratch.
 
     ``outputs``: plain file names in /scratch copied to the host folder ``scratch`` after the run (regular
-    files only); everything else the command wrote is discarded. ``ro_binds``: a Path is bound read-only at
+    files only; a mapping also gives each one's most bytes, see ``_copy_outputs``); everything else the command
+    wrote is discarded. ``ro_binds``: a Path is bound read-only at
     the same path, a (src, dest) tuple binds src at dest. When running as root the command runs as an
     unprivileged uid, so bound paths must be world-readable. Memory, processes and CPU are enforced by a
     cgroup where the host has one (see skybench.harness.cgroups), else by rlimits only (refused with
@@ -571,7 +581,8 @@ def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path
 
 def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[tuple[str, str]], masks: list[str],
          gpu_args: list[tuple[str, ...]], limits: Limits, env: Mapping[str, str] | None, gpu: bool, cwd: str,
-         outputs: Sequence[str], cg: cgroups.Cgroup | None, uid: int, gid: int, start: float) -> SandboxResult:
+         outputs: Sequence[str] | Mapping[str, int], cg: cgroups.Cgroup | None, uid: int, gid: int, start: float,
+         ) -> SandboxResult:
     privileged = os.geteuid() == 0
     pkg_dir = Path(__file__).resolve().parents[1]  # skybench/
     mem = limits.memory_mb * 1024 * 1024
@@ -631,7 +642,7 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
     if cg is not None:
         cmd = ["/bin/sh", "-c", _JOIN_CGROUP, "sh", *map(str, cg.procs_files), "--", *cmd]
 
-    oom = pids_hit = False
+    oom = pids_hit = host_oom = False
     host_error = ""
     try:
         try:
@@ -647,7 +658,7 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
         os.close(status_r)
         if cg is not None:
             cg.kill()
-            oom, pids_hit = cg.oom_killed(), cg.pids_limit_hit()
+            oom, pids_hit, host_oom = cg.oom_killed(), cg.pids_limit_hit(), cg.host_oom_killed()
     wall = time.monotonic() - start
     try:
         _copy_outputs(box, outputs, scratch, limits.scratch_mb * 1024 * 1024)
@@ -663,7 +674,7 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
     except ValueError:
         status = None
     reason, infrastructure = _classify(status, proc.returncode, timed_out, stderr, limits, started=started,
-                                       oom=oom, pids_hit=pids_hit)
+                                       oom=oom, pids_hit=pids_hit, host_oom=host_oom)
     if host_error and not reason:
         reason, infrastructure = host_error, True
     returncode = None if timed_out else (status["returncode"] if status else proc.returncode)
@@ -676,6 +687,7 @@ def _collect(proc: subprocess.Popen, info_r: int, status_r: int, wall_seconds: f
     """Read the sandbox's pipes (keeping bounded tails) until it ends or the wall-time limit kills it."""
     assert proc.stdout is not None and proc.stderr is not None
     bufs = {"out": bytearray(), "err": bytearray(), "info": bytearray(), "status": bytearray()}
+    seen: dict[str, int] = {}
     # poll, not epoll: epoll watches are counted per uid (fs.epoll.max_user_watches), and without root a sandbox
     # is this process's uid and can use them all up, failing every sandbox started meanwhile
     sel = selectors.PollSelector()
@@ -711,8 +723,13 @@ def _collect(proc: subprocess.Popen, info_r: int, status_r: int, wall_seconds: f
                     continue
                 buf = bufs[key.data]
                 buf += chunk
+                seen[key.data] = seen.get(key.data, 0) + len(chunk)
                 if len(buf) > 2 * TAIL_BYTES:
                     del buf[: len(buf) - TAIL_BYTES]
+                if seen[key.data] > FLOOD_BYTES:
+                    # a flood (only its tail is kept): read it slowly, so the sandbox waits on a full pipe instead
+                    # of this process spending a CPU its quota does not count, taken from the runs beside it
+                    time.sleep(0.01)
     finally:
         if proc.poll() is None:
             _kill_sandbox(proc, bufs["info"])

@@ -517,8 +517,11 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
         private.insert(0, layout.release_of(test_dir)[0])
     except ValueError:  # a bare test folder (Ray shard views, validate): not a release
         pass
-    res = run_sandboxed(argv, scratch=scratch, ro_binds=binds, limits=limits, env=env, gpu=gpu,
-                        outputs=[out.name, info.name], private=private)
+    # the most an acceptable output can be (16-byte values): no more of any is copied out
+    most = max(math.prod(s) for s in expected_shapes(track.output, n, _input_shape(track, test_dir)))
+    outputs = {out.name: NPY_MAX_HEADER + 16 * most + 128, info.name: RUNNER_JSON_MAX_BYTES + 1}
+    res = run_sandboxed(argv, scratch=scratch, ro_binds=binds, limits=limits, env=env, gpu=gpu, outputs=outputs,
+                        private=private)
     device, problem = _read_runner_info(info)
     if not res.ok:
         reason = res.reason
