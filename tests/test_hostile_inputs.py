@@ -261,6 +261,30 @@ def test_compressed_or_linked_predictions_are_not_decompressed(store, tmp_path, 
     _failed(outcomes[4], "larger than 64 MiB")
 
 
+@pytest.mark.timeout(300)  # it held the evaluator for hours
+def test_wide_predictions_csv_rows_are_refused_before_pandas_reads_them(store, tmp_path, tiny_space_release):
+    # pandas makes an object per header column (de-duplicating repeated names in quadratic time: 40,000 "a,"
+    # took 27 s, 400,000 over 5 min) and an index level per extra field of the first row, in the evaluator
+    ids = _ids(tiny_space_release)
+    root = tmp_path / "subs"
+    wide = {"header": b"a," * 400_000 + b"a\n",
+            "quoted": b'"id","score"\n' + b'"a",' * 300_000 + b'"a"\n',
+            "row": b"id,score\n" + b"1," * 400_000 + b"1\n",
+            "mid-quote": b'id,score\nt"x,' + b"1," * 400_000 + b'"\n'}  # a quote inside a field opens nothing
+    folders = []
+    for name, payload in wide.items():
+        folder = csv_submission(root / name, name, ids, np.zeros(len(ids)), team="evil")
+        (folder / "scores.csv").write_bytes(payload)
+        folders.append(folder)
+    quoted = csv_submission(root / "quoted-ok", "quoted-ok", ids, np.zeros(len(ids)), team="evil")
+    (quoted / "scores.csv").write_bytes(b'"id","score"\n' + b"".join(f'"{i}","0.5,"\n'.encode() for i in ids))
+    outcomes = _run([*folders, quoted, _good(root, tiny_space_release)], tiny_space_release, tmp_path / "evals",
+                    publish=False)
+    for o in outcomes[:4]:
+        _failed(o, "scores.csv", "more than 16 fields")
+    _failed(outcomes[4], "non-numeric score")  # commas inside quotes are text: parsed, then refused for its value
+
+
 # --- sandbox outputs: only a plain .npy and the runner's own runner.json -------------------------------
 
 TAMPER = """

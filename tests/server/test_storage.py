@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import stat
 import tarfile
@@ -49,6 +50,25 @@ def _zip(entries: list[tuple[str, bytes, int]]) -> bytes:
     return buf.getvalue()
 
 
+def _encrypted(data: bytes) -> bytes:
+    """``data`` (a zip of one member) with the member's "encrypted" flag set, as a password-protected zip has it."""
+    out = bytearray(data)
+    out[6] |= 1  # the local header's general-purpose flags
+    out[out.find(b"PK\x01\x02") + 8] |= 1  # and the central directory's
+    return bytes(out)
+
+
+def _negative_pax() -> bytes:
+    """A pax header block whose size is -513 (a base-256 field): tarfile asks its file for read(-512)."""
+    info = tarfile.TarInfo("PaxHeaders/x")
+    info.type, info.size = tarfile.XHDTYPE, -513
+    return info.tobuf(format=tarfile.GNU_FORMAT) + bytes(4096)
+
+
+def _gz(data: bytes) -> bytes:
+    return gzip.compress(data)
+
+
 def _example_tar(top: str = "onnx") -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
@@ -85,6 +105,10 @@ ATTACKS = {
     "zip symlink": (lambda: _zip([("sub/link", b"/etc/passwd", stat.S_IFLNK | 0o777)]), "links are not allowed"),
     "zip bomb": (lambda: _zip([("sub/zeros", bytes(3_500_000), 0o100644)]), "unpacks to more than"),
     "zip fifo": (lambda: _zip([("sub/p", b"", stat.S_IFIFO | 0o644)]), "only regular files"),
+    "zip encrypted": (lambda: _encrypted(_zip([("sub/submission.yaml", b"x", 0o100644)])), "encrypted"),
+    "negative pax size first": (lambda: _gz(_negative_pax()), "not a .tar.gz, .tar or .zip"),
+    "negative pax size later": (lambda: _gz(_tar([_file("sub/a")], mode="w")[:512 * 2] + _negative_pax()),
+                                "damaged or truncated"),
     "not an archive": (lambda: b"hello, I am not an archive" * 10, "not a .tar.gz, .tar or .zip"),
     "truncated": (lambda: _example_tar()[:-10], "damaged or truncated"),
     "cut in half": (lambda: (lambda d: d[:len(d) // 2])(_example_tar()), "damaged or truncated"),
@@ -150,6 +174,17 @@ def test_valid_upload_is_stored_content_addressed_and_read_only(kind: str, store
         assert mode & 0o222 == 0 and mode & 0o444 == 0o444, f"{p} read-only and world-readable"
     again = store.unpack(store.receive([data]))  # the same content again: one stored copy
     assert store.store(again)[1] == dest
+
+
+def test_a_dvcignore_is_refused_before_it_reaches_submissions(store: Store):
+    # dvc compiles a nested .dvcignore's patterns into regexes and matches every path below it, in the organiser's
+    # process: this pair held `dvc status` over a minute (a polynomial of degree 6 in the name's length)
+    files = [_file(f"sub/{p.name}", p.read_bytes()) for p in sorted(EXAMPLE.iterdir())]
+    data = _tar([*files, _file("sub/.dvcignore", b"*a" * 6 + b"*b\n"), _file("sub/" + "a" * 200)])
+    folder = store.unpack(store.receive([data]))
+    with pytest.raises(UploadError, match="may not hold a .dvcignore") as exc:
+        store.store(folder)
+    assert exc.value.status == 422 and list(store.objects.iterdir()) == []
 
 
 def test_schema_error_names_the_key_not_the_server_paths(store: Store):

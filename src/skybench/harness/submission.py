@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import reprlib
 import stat
 import sys
@@ -137,6 +138,12 @@ class PredictResult:
     infrastructure: bool = False  # failed for a reason of the evaluating machine, not of the submission: retry
 
 
+# A nested .dvcignore is read and compiled (patterns as regexes matched against every path below it) by `dvc status`
+# and `dvc repro`, whose evaluate stages depend on submissions/: "*a*a*a*a*a*a*b" and a file of 200 a's hold DVC for
+# hours before any sandbox starts.
+DVC_FILES = (".dvcignore",)
+
+
 def folder_sha256(folder: Path) -> str:
     """sha256 over the sorted (relative path, sha256) of every file; symlinks count by their target.
 
@@ -149,6 +156,9 @@ def folder_sha256(folder: Path) -> str:
     except FolderError as exc:
         raise SubmissionError(f"{clip(str(exc))} (see 'Size limits' in SUBMITTING.md)") from exc
     for e in entries:
+        if e.path.name in DVC_FILES:  # dvc reads these, outside the sandbox, when it hashes submissions/
+            raise SubmissionError(f"{folder}: {clip(e.rel, 100)}: a submission may not hold a {e.path.name} (DVC "
+                                  "reads it in the organiser's process); remove it")
         rel = os.fsencode(e.rel)  # names need not be UTF-8
         if e.is_symlink:
             h.update(rel + b"\0symlink:" + os.fsencode(os.readlink(e.path)) + b"\n")
@@ -361,14 +371,34 @@ def validate_predictions(pred: np.ndarray, n: int, output: Output, input_shape: 
     return ""
 
 
+CSV_MAX_FIELDS = 16  # fields in one CSV row: the formats have 2 (id,score) or 4 (tile_id,x,y,score)
+_CSV_QUOTED = re.compile(rb'([,\r\n])"(?:[^"]|"")*+"')  # a quoted field as pandas' tokenizer reads one
+_CSV_NOT_SEPARATOR = bytes(sorted(set(range(256)) - set(b",\r\n")))
+_CSV_WIDE = re.compile(b"," * CSV_MAX_FIELDS)
+
+
+def _csv_too_wide(data: bytes) -> bool:
+    """Whether a row of the CSV ``data`` may have more than :data:`CSV_MAX_FIELDS` fields, as pandas' C tokenizer
+    splits it (quotes open a field only at its start; an unclosed one is counted as text: never fewer commas).
+    pandas makes an object per column of the header and an index level per extra field of the first row, and
+    de-duplicates header names in quadratic time: a few hundred KB of commas hold the evaluator for hours."""
+    if b'"' in data:
+        data = _CSV_QUOTED.sub(rb"\1", b"\n" + data)
+    return _CSV_WIDE.search(data.translate(None, _CSV_NOT_SEPARATOR)) is not None
+
+
 def _read_csv(path: Path, dtype: dict[str, type] | None = None) -> tuple[pd.DataFrame | None, str]:
-    """The CSV at ``path`` read as plain text (a regular file of at most CSV_MAX_BYTES), or (None, reason)."""
+    """The CSV at ``path`` read as plain text (a regular file of at most CSV_MAX_BYTES, rows of at most
+    CSV_MAX_FIELDS fields), or (None, reason)."""
     import io
 
     try:  # the bytes of a plain file (no symlink, FIFO, archive name or size trick) parsed as plain CSV
         data = read_regular(path, CSV_MAX_BYTES)
     except FolderError as exc:
         return None, clip(str(exc))
+    if _csv_too_wide(data):
+        return None, clip(f"{path.name}: a row has more than {CSV_MAX_FIELDS} fields; write one row per prediction "
+                          "with only the format's columns")
     try:
         return pd.read_csv(io.BytesIO(data), dtype=dtype, compression=None, encoding="utf-8",
                            encoding_errors="strict"), ""

@@ -174,7 +174,9 @@ class Store:
             else:
                 try:
                     tar = tarfile.open(archive, mode="r:*", tarinfo=_TarInfo)
-                except (tarfile.TarError, OSError, EOFError) as exc:
+                except UploadError:
+                    raise
+                except (tarfile.TarError, OSError, EOFError, ValueError) as exc:  # ValueError: a negative size
                     raise UploadError(f"not a .tar.gz, .tar or .zip archive ({exc})") from exc
                 with tar:
                     _untar(tar, stage, self.limits)
@@ -355,7 +357,10 @@ def _untar(tar: tarfile.TarFile, stage: Path, limits: UploadLimits) -> None:
             trailing += len(chunk)
             if trailing > 16 * CHUNK:
                 raise UploadError("archive has more than 16 MiB of data after its end; pack only the folder")
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+    except UploadError:
+        raise
+    except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError) as exc:  # ValueError: tarfile read a
+        # negative (base-256) size and asked its file for read(-512)
         raise UploadError(f"archive is damaged or truncated ({type(exc).__name__}: {exc})") from exc
 
 
@@ -401,6 +406,8 @@ def _unzip(archive: Path, stage: Path, limits: UploadLimits) -> None:
                 if kind not in (0, stat.S_IFREG):
                     raise UploadError(f"archive member {i.filename!r}: only regular files and folders are allowed "
                                       "(no devices, FIFOs or other special files)")
+                if i.flag_bits & 0x1:  # ZipFile.open would raise RuntimeError: the server's 500, not the team's 400
+                    raise UploadError(f"archive member {i.filename!r}: encrypted; pack it without a password")
                 with z.open(i) as src:
                     _write(stage, rel, src, budget, limits)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError, zlib.error) as exc:
