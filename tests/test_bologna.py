@@ -68,3 +68,21 @@ def test_bad_inputs_name_the_file(samples, tmp_path):
     result = CliRunner().invoke(app, ["import-bologna", str(src), "--track", "lens-ground", "--out",
                                       str(tmp_path / "rel")])
     assert result.exit_code == 1 and victim.name in result.output
+
+
+def test_an_imported_release_is_evaluated_as_docs_scale_says(tiny_space_release, tmp_path, monkeypatch):
+    """`skybench evaluate --track lens-space --release <import-bologna release>` (docs/SCALE.md): the import
+    holds labels only, so the track's strata and the completeness tables (theta_E, arc S/N) are left out, not
+    a FAILED record ("the hidden test table has no column 'lens_theta_E'")."""
+    from helpers import csv_submission, mlflow_store
+
+    from skybench.harness.evaluate import evaluate
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    back = import_bologna(export_bologna(tiny_space_release, tmp_path / "export"), "lens-space", tmp_path / "back")
+    hidden = open_release(back).hidden("test").meta()
+    sub = csv_submission(tmp_path / "submissions" / "t" / "labels", "labels", hidden["id"].to_numpy(),
+                         hidden["is_lens"].to_numpy(), team="t")
+    (outcome,) = evaluate([sub], "lens-space", back, out=tmp_path / "evals", identities={sub: ("t", "labels")})
+    assert outcome.status == "FINISHED", outcome.reason
+    assert outcome.metrics["auroc"] == 1.0 and not any(k.startswith("by_") for k in outcome.metrics)

@@ -225,3 +225,16 @@ def test_real_lens_recall_is_the_fraction_above_the_1_percent_fpr_threshold(stor
     assert o.metrics["real_fpr"] == pytest.approx(np.mean(above[~is_lens]))
     board = lb.leaderboard(track)
     assert "real_lens_recall" in board.columns and board["real_lens_recall"].notna().all()
+
+
+def test_cli_evaluate_of_a_mistyped_folder_is_refused_and_records_nothing(store, subs, tiny_space_release):
+    """`skybench evaluate submissions/lensfnders/resnet --track ...`: a typo was evaluated as a FAILED entry of a
+    team named by the path, kept on the leaderboard; now nothing runs and nothing is written."""
+    out = store / "evals"
+    r = CliRunner().invoke(app, ["evaluate", str(subs["ok"]), str(store / "nothere"), "--track", "lens-space",
+                                 "--release", str(tiny_space_release), "--out", str(out)])
+    assert r.exit_code == 1, r.output
+    assert r.output.strip() == f"error: no such submission folder: {store / 'nothere'}; nothing evaluated"
+    assert not out.exists() or not any(out.iterdir())
+    board = CliRunner().invoke(app, ["leaderboard", "lens-space", "--format", "csv", "--all-releases"])
+    assert board.exit_code == 0 and len(board.output.strip().splitlines()) == 1, board.output  # the header only

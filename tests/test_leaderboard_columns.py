@@ -118,3 +118,15 @@ def test_every_track_declares_known_default_columns(name: str) -> None:
     assert not set(cols) - set(lb.known_columns(board)), name
     assert cols[:5] == ["rank", "group", "team", "name", "status"] and t.metrics.primary in cols
     assert f"{t.metrics.primary}_ci" in cols and 2 <= len(cols) - 7 <= 3  # two or three key metrics
+
+
+@pytest.mark.parametrize("args", [["leaderboard", "lens-spce"], ["compare", "lens-spce", "a", "b"],
+                                  ["log", "results/lens-space/evaluations", "--track", "lens-spce"]])
+def test_a_mistyped_track_is_one_line_naming_the_known_ones(args: list[str], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """leaderboard, compare and log loaded the track outside their error handling: a typo was a traceback."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert r.output.startswith("error: no track definition") and "known tracks: " in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and "lens-space" in r.output

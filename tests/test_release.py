@@ -139,3 +139,16 @@ def test_cli_simulate_writes_a_release(tmp_path):
 def test_cli_simulate_names_an_unknown_track(tmp_path):
     result = CliRunner().invoke(app, ["simulate", "no-such-track", "--out", str(tmp_path / "r")])
     assert result.exit_code != 0 and "no-such-track" in result.output
+
+
+def test_cli_simulate_says_when_the_tracks_real_set_is_not_folded_in(tmp_path, monkeypatch, root):
+    """lens-space names releases/real-lens-space as its real set; without it the release was written with no
+    word, and every real_* metric of its leaderboard stayed empty."""
+    import shutil
+
+    shutil.copytree(root / "benchmarks", tmp_path / "project" / "benchmarks")
+    monkeypatch.setenv("SKYBENCH_ROOT", str(tmp_path / "project"))
+    result = CliRunner().invoke(app, ["simulate", "lens-space", "--out", str(tmp_path / "r"), "--size", "8"])
+    assert result.exit_code == 0, result.output
+    assert "note: the track's real set releases/real-lens-space is not in this test set" in result.output
+    assert read_manifest(tmp_path / "r")["real_set"]["folded_in"] is False

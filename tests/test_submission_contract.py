@@ -163,8 +163,17 @@ def test_yaml_syntax_error_names_line(tmp_path):
     folder = write_submission(tmp_path, "team: t\nname: [unclosed\ntrack: lens-space\n", {})
     with pytest.raises(SubmissionError, match=r"submission.yaml: YAML syntax error at line \d+"):
         load_submission(folder)
-    with pytest.raises(SubmissionError, match="missing"):
+    with pytest.raises(SubmissionError, match="elsewhere: missing: no such submission folder"):
         load_submission(tmp_path / "elsewhere")
+
+
+@pytest.mark.parametrize("value", ["2027-13-45", "1" * 5000])  # a date PyYAML refuses; an int past 4,300 digits
+def test_a_value_pyyaml_refuses_is_a_yaml_error_at_its_line_not_a_crash(tmp_path, value):
+    """PyYAML's date and int constructors raise a bare ValueError; the server's intake answered 500 and
+    `skybench validate` printed the message without the file."""
+    folder = write_submission(tmp_path, f"team: t\nname: n\ndescription: {value}\n", {})
+    with pytest.raises(SubmissionError, match=r"submission.yaml: YAML syntax error at line 3, column 14: "):
+        load_submission(folder)
 
 
 # --- evaluation safety: malicious or broken python submissions ------------------------------------

@@ -51,6 +51,17 @@ def test_hints_name_the_common_mistakes() -> None:
     assert "worked at batch size 256, fails at 3" in predict_hint("RuntimeError: boom", (3, *SHAPE), {256})
     assert predict_hint("ZeroDivisionError: division by zero", (256, *SHAPE), set()) == ""
 
+    # a model made for another cut-out size or band count (ONNX Runtime's and torch.export's own words)
+    onnx_size = ("InvalidArgument: [ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input: x "
+                 "for the following indices index: 2 Got: 101 Expected: 64 index: 3 Got: 101 Expected: 64")
+    assert "another image size (64 on axis 2); it gets (N, 1, 101, 101): crop or resize" in predict_hint(
+        onnx_size, (256, *SHAPE), set())
+    hint = predict_hint("AssertionError: Guard failed: x.size()[3] == 64", (7, *SHAPE), set())
+    assert "another image size (64 on axis 3)" in hint
+    hint = predict_hint("AssertionError: Guard failed: x.size()[1] == 1", (7, 4, 101, 101), set())
+    assert hint.startswith("the model expects 1 band(s); this track gives 4")
+    assert "static batch" in predict_hint("AssertionError: Guard failed: x.size()[0] == 8", (7, *SHAPE), set())
+
 
 def test_split_truth_wraps_the_public_val_split_and_refuses_test(tiny_space_release: Path) -> None:
     rel = open_release(tiny_space_release)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -26,9 +26,19 @@ def _shown(text: object) -> str:
                      for line in str(text).splitlines())
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     typer.secho(f"error: {_shown(message)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+def _track(name: str) -> Track:
+    """``load_track(name)``, or one error line naming the known tracks (a typo is not a traceback)."""
+    from skybench.tracks import load_track
+
+    try:
+        return load_track(name)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
 
 
 @app.command()
@@ -57,6 +67,13 @@ def simulate(track: str, out: Annotated[Path, typer.Option(help="release folder 
     except (FileNotFoundError, KeyError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(f"wrote {path}")
+    from skybench.release.verify import read_manifest
+
+    real = read_manifest(path).get("real_set") or {}
+    if real.get("why"):  # the track's real set was not folded in: its real_* metrics will be empty
+        typer.echo(f"note: the track's real set {real.get('path')} is not in this test set ({real['why']}): the "
+                   "real_* metrics stay empty; make it first (`dvc repro` runs its import stage), then simulate "
+                   "again", err=True)
 
 
 @app.command()
@@ -173,6 +190,8 @@ def evaluate(folders: Annotated[list[Path] | None, typer.Argument(
     if executor not in ("local", "ray"):
         _fail(f"unknown executor {executor!r}; choose local or ray")
     options = {"shards": shards} if executor == "ray" else {}
+    if missing := [str(f) for f in folders or () if not f.is_dir()]:  # a typo: not a FAILED entry on the board
+        _fail(f"no such submission folder: {', '.join(missing)}; nothing evaluated")
     try:
         outcomes = run(folders or discover_submissions(track, examples=examples), track, release, out=out,
                        publish=log, force=force,
@@ -202,6 +221,8 @@ def log_(evaluations: Path, track: Annotated[str | None, typer.Option()] = None)
     from skybench.tracking import unreachable
     from skybench.tracking.log import publish_all
 
+    if track is not None:
+        _track(track)
     if down := unreachable():  # else MLflow's retries and back-off keep it silent for minutes
         _fail(f"{down}; nothing published, the records in {evaluations} are kept")
     try:
@@ -232,9 +253,9 @@ def leaderboard(track: str,
     from skybench.release import release_digest
     from skybench.tracking import leaderboard as lb
     from skybench.tracking import unreachable
-    from skybench.tracks import default_release, load_track
+    from skybench.tracks import default_release
 
-    t = load_track(track)
+    t = _track(track)
     if down := unreachable():  # else MLflow's retries and back-off keep it silent for minutes
         _fail(down)
     if publish is not None:
@@ -286,9 +307,9 @@ def compare(track: str, a: Annotated[str, typer.Argument(help="an entry: team/na
     from skybench.release.reader import open_release
     from skybench.tracking import leaderboard as lb
     from skybench.tracking import ranks, tracking_uri
-    from skybench.tracks import default_release, load_track
+    from skybench.tracks import default_release
 
-    t = load_track(track)
+    t = _track(track)
     rel = release or default_release(t)
     if not layout.is_release(rel):
         _fail(f"{rel}: not a release; give the release both entries were evaluated on with --release")

@@ -275,3 +275,26 @@ def test_a_team_holds_at_most_max_in_flight_uploads_and_others_are_not_held(serv
     assert _upload(client, tokens["alpha"], pack("alpha", "m1")).status_code == 202
     r = client.get("/api/submissions", headers=_auth(tokens["alpha"]))
     assert [x["name"] for x in r.json()] == ["m1"]  # the refused one kept nothing
+
+
+def test_a_date_pyyaml_refuses_in_submission_yaml_is_a_422_not_a_500(server):
+    """`description: 2027-13-45` made PyYAML raise a bare ValueError in the intake's schema check: 500, and the
+    team learnt nothing. Now a 422 naming the line, no quota, nothing kept; a track that is not this challenge's
+    is named with the challenge's tracks (whatever their phase), not as "open"."""
+    from skybench.server.cli import pack as pack_folder
+
+    client, tokens, _ = server
+    with tempfile.TemporaryDirectory(prefix="skybench-pack-") as tmp:
+        folder = Path(tmp) / "m1"
+        folder.mkdir()
+        (folder / "submission.yaml").write_text(
+            "team: alpha\nname: m1\ntrack: lens-space\nformat: onnx\nmodel: model.onnx\ndescription: 2027-13-45\n")
+        shutil.copyfile(EXAMPLE / "model.onnx", folder / "model.onnx")
+        data = pack_folder(folder)
+    r = _upload(client, tokens["alpha"], data)
+    assert r.status_code == 422 and "YAML syntax error at line 6" in r.json()["detail"], r.text
+    assert client.get("/api/submissions", headers=_auth(tokens["alpha"])).json() == []
+    store = server[2].state.store
+    assert list(store.objects.iterdir()) == [] and list(store.incoming.iterdir()) == [], "nothing kept"
+    r = _upload(client, tokens["alpha"], pack("alpha", "w", track="wl-maps"), track="wl-maps", name="w")
+    assert r.status_code == 404 and "this challenge's tracks: " in r.json()["detail"], r.text

@@ -218,3 +218,33 @@ def test_submit_sends_the_token_over_https_or_to_this_machine_and_follows_no_red
     finally:
         for srv in (elsewhere, first):
             srv.shutdown()
+
+
+
+@pytest.mark.parametrize(("edit", "where"), [
+    (("open: 2027-01-10T00:00:00Z", "open: 2027-13-10T00:00:00Z"), "at line 7, column 13: '2027-13-10T00:00:00Z'"),
+    (("    final_entries: 2 ", "   final_entries: 2 "), "at line 14, column 4: expected <block end>"),
+])
+def test_a_challenge_yaml_typo_is_one_line_naming_file_and_line(tmp_path: Path, edit, where):
+    """A bad date or a mis-indented key in challenge.yaml: one line with the file and the line, no traceback."""
+    path = tmp_path / "challenge.yaml"
+    text = (ROOT / "challenge.example.yaml").read_text()
+    assert edit[0] in text
+    path.write_text(text.replace(edit[0], edit[1], 1))
+    r = CliRunner().invoke(app, ["admin", "db", "upgrade", "--config", str(path)])
+    assert r.exit_code == 1, r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
+    assert r.output.startswith(f"error: {path}: YAML syntax error {where}"), r.output
+
+
+def test_submit_to_a_server_that_is_not_running_says_so_not_that_the_upload_broke(tmp_path: Path, monkeypatch):
+    """A refused connection sent nothing: it is not "the connection broke during the upload ... may or may not
+    have been queued"."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("SKYBENCH_TOKEN", "sbt_" + "x" * 40)
+    r = CliRunner().invoke(app, ["submit", str(EXAMPLE), "--server", f"http://127.0.0.1:{port}", "--skip-validate"])
+    assert r.exit_code == 1, r.output
+    assert "connection refused" in r.output and "nothing was uploaded" in r.output, r.output
+    assert "may or may not" not in r.output and len(r.output.strip().splitlines()) == 1

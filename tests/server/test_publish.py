@@ -109,3 +109,19 @@ def test_an_unknown_remote_or_a_missing_release_is_refused_with_the_fix(organise
     with pytest.raises(PublishError, match="no release of 'lens-ground'"):
         publish("lens-ground", "teams", project=project)
     assert not any(remote.iterdir())
+
+
+def test_the_teams_remote_is_found_beside_a_default_remote(organiser, tmp_path):
+    """`dvc remote list` marks the default remote with " (default)" after its URL: the teams remote listed after
+    it (the project's own setup: `challenge` is the default) is still found, and the default one is untouched."""
+    from skybench.server.publish import PublishError, publish
+
+    project, _, remote = organiser
+    other = tmp_path / "challenge-remote"
+    other.mkdir()
+    _dvc(project, "remote", "add", "-d", "challenge", str(other))
+    dvcfile = publish("lens-space", "teams", project=project)
+    assert dvcfile.exists() and any(p.is_file() for p in remote.rglob("*"))
+    assert not any(other.iterdir())
+    with pytest.raises(PublishError, match=r"\(remotes: teams, challenge\)|\(remotes: challenge, teams\)"):
+        publish("lens-space", "nowhere", project=project)

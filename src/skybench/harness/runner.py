@@ -97,6 +97,15 @@ def predict_hint(message: str, shape: tuple[int, ...], ok_batches: set[int]) -> 
         if (f"{h}, {w}, {c})" in message or re.search(rf"axis -1\D+{c}\b", message)
                 or re.search(rf"to have {w} channels", message)):
             return "the model expects channels-last input; it gets (N, bands, H, W): transpose inside the model"
+        # ONNX Runtime: "index: 2 Got: 101 Expected: 64"; torch.export: "Guard failed: x.size()[2] == 64"
+        m = (re.search(r"index: ([123]) Got: \d+ Expected: (\d+)", message)
+             or re.search(r"size\(\)\[([123])\] == (\d+)", message))
+        if m and m.group(1) == "1":
+            return (f"the model expects {m.group(2)} band(s); this track gives {c}, as (N, {c}, {h}, {w}): "
+                    "train on the track's bands or select them inside the model")
+        if m:
+            return (f"the model expects another image size ({m.group(2)} on axis {m.group(1)}); it gets (N, {c}, "
+                    f"{h}, {w}): crop or resize inside the model")
     if re.search(r"size\(\)\[0\]|shape\[0\]|index: 0 Got: \d+ Expected: \d+|batch", message, re.IGNORECASE):
         return ("a static batch dimension? export with a dynamic one (torch.export: dynamic_shapes; ONNX: a "
                 "symbolic axis 0)")

@@ -210,6 +210,15 @@ class _SpecLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> object:
+        """A value PyYAML's own constructors refuse with a plain ValueError (a date such as 2027-13-45, an
+        integer of more than 4,300 digits) is a YAML error at its line, not a crash of the caller."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except ValueError as exc:
+            raise yaml.constructor.ConstructorError(None, None, f"{node.value!r:.60}: {exc}",
+                                                    node.start_mark) from exc
+
 
 def read_spec_file(path: Path) -> object:
     """The parsed YAML of a ``submission.yaml``: a regular file (not a symlink) of at most 64 KiB, UTF-8,
@@ -239,6 +248,8 @@ def load_submission(folder: str | Path) -> Submission:
     """Read and validate ``folder/submission.yaml``; raise ``SubmissionError`` naming file and key."""
     folder = Path(folder)
     path = folder / SPEC_FILE
+    if not os.path.lexists(folder):  # a mistyped path: say so, not that the folder lacks its yaml
+        raise SubmissionError(f"{folder}: missing: no such submission folder")
     if not os.path.lexists(path):
         raise SubmissionError(f"{path}: missing (every submission folder needs a {SPEC_FILE})")
     raw = read_spec_file(path)

@@ -194,7 +194,7 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
                               422)
         assert isinstance(track, str) and isinstance(name, str)
         if track not in cfg.tracks or not cfg.tracks[track].open:
-            raise UploadError(f"track {track!r} takes no submissions here (open: "
+            raise UploadError(f"track {track!r} takes no submissions here (this challenge's tracks: "  # any phase
                               f"{', '.join(n for n, c in cfg.tracks.items() if c.open)})", 404)
         return await run_in_threadpool(intake.accept, cfg, Session, store, t.id, track, name, upload.file,
                                        received)

@@ -250,6 +250,9 @@ def submit(folder: Path, server: Annotated[str, typer.Option(help="the challenge
             detail = exc.reason
         _fail(f"{url}: {exc.code} {detail}")
     except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ConnectionRefusedError):  # refused at connect: not a byte was sent
+            _fail(f"{url}: cannot reach the server (connection refused: nothing listens there); nothing was "
+                  "uploaded: check --server and that `skybench serve` runs")
         if not isinstance(exc.reason, ConnectionError):
             _fail(f"{url}: cannot reach the server ({exc.reason})")
         _broke(url, server, exc.reason)

@@ -123,15 +123,28 @@ class ChallengeConfig(_Strict):
         return self.track(track).final_entries or self.final_entries
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> object:
+        """A date PyYAML refuses with a plain ValueError (2027-13-10) is a YAML error at its line."""
+        try:
+            return super().construct_object(node, deep=deep)
+        except ValueError as exc:
+            raise yaml.constructor.ConstructorError(None, None, f"{node.value!r:.60}: {exc}",
+                                                    node.start_mark) from exc
+
+
 def load_config(path: str | Path) -> ChallengeConfig:
     """Read ``challenge.yaml``; relative paths in it are relative to its folder."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_ConfigLoader)  # noqa: S506 - a SafeLoader
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror}); copy challenge.example.yaml and edit it") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: YAML syntax error: {exc}") from exc
+    except yaml.YAMLError as exc:  # one line: where, and what (PyYAML's own text spans several)
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: YAML syntax error{where}: {' '.join(str(problem).split())}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with at least 'tracks'")
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -96,9 +97,10 @@ def publish(track: str, remote: str, *, project: Path | None = None, release: Pa
                            "first, or pass --release)")
     if read_manifest(release).get("track") != track:
         raise PublishError(f"{release}: a release of {read_manifest(release).get('track')!r}, not {track!r}")
-    remotes = _dvc(project, "remote", "list").split()
-    if remote not in remotes[::2]:
-        raise PublishError(f"no DVC remote {remote!r} in {project} (remotes: {', '.join(remotes[::2]) or 'none'}); "
+    # not `dvc remote list`: it wraps long URLs onto lines of their own and marks the default with " (default)"
+    remotes = [m.group(1) for m in re.finditer(r"^remote\.(.+)\.url=", _dvc(project, "config", "--list"), re.M)]
+    if remote not in remotes:
+        raise PublishError(f"no DVC remote {remote!r} in {project} (remotes: {', '.join(remotes) or 'none'}); "
                            f"add one with `dvc remote add {remote} URL`")
     dest = stage(release, project / PUBLISHED / track)
     _dvc(project, "add", str(dest.relative_to(project)))

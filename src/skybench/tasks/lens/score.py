@@ -137,10 +137,13 @@ def score_lens(truth: pd.DataFrame, scores: np.ndarray, out_dir: Path | None,
     cut = threshold_at_fpr(labels, scores, COMPLETENESS_FPR)
     tables = {}
     for column, bins in (("lens_theta_E", THETA_E_BINS), ("arc_snr", SNR_BINS)):
+        if column not in truth.columns:  # a labels-only release (skybench import-bologna)
+            continue
         c = completeness_by_bin(labels, scores, cut, truth[column].to_numpy(), bins)
         tables[column] = pd.DataFrame({"low": c["bin_edges"][:-1], "high": c["bin_edges"][1:], "n_lens": c["n_lens"],
                                        "completeness": c["completeness"]})
-    pd.concat(tables, names=["quantity"]).to_csv(out_dir / "completeness.csv")
+    if tables:
+        pd.concat(tables, names=["quantity"]).to_csv(out_dir / "completeness.csv")
     _plot(fpr, tpr, metrics, tables, out_dir)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
@@ -167,7 +170,7 @@ def stratified_lens(truth: pd.DataFrame, labels: np.ndarray, scores: np.ndarray,
     with ``_ci_low`` / ``_ci_high``, ``tpr0`` (at the threshold before the first false positive), ``fpr_fpr1`` (the
     bin's non-lenses scored above the threshold) with its interval, ``n_lens`` and ``n_nonlens``. NaN (empty)
     values are left out."""
-    if not strata:
+    if not strata or set(truth.columns) <= {"id", "is_lens"}:  # labels only (skybench import-bologna): no strata
         return {}
     y = np.asarray(labels).astype(bool)
     s = np.asarray(scores, dtype=np.float64)
@@ -203,6 +206,8 @@ def _plot(fpr: np.ndarray, tpr: np.ndarray, metrics: dict, tables: dict, out_dir
     fig.tight_layout()
     fig.savefig(out_dir / "roc.png", dpi=100)
     plt.close(fig)
+    if not tables:  # a labels-only release: no theta_E or arc S/N to bin
+        return
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.5), sharey=True)
     for ax, (column, table) in zip(axes, tables.items(), strict=True):
         centres = np.where(table.high < 1e5, (table.low + table.high) / 2, table.low * 1.5)
