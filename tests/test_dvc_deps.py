@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -367,3 +368,31 @@ def test_dvc_lock_holds_only_the_stages_of_dvc_yaml() -> None:
         locked = yaml.safe_load(lock.read_text())["stages"] if lock.is_file() else {}
         stale = sorted(n for n in locked if (pipeline.resolve(), n) not in names)
         assert not stale, f"{lock}: entries of stages that its dvc.yaml no longer has: {', '.join(stale)}"
+
+
+def test_dvc_never_reads_the_teams_folders(tmp_path):
+    """A team's folder is the team's: DVC, in the organiser's process, would follow its symlinks when hashing a
+    stage dep (one to /dev/zero never ends) and compile its .dvcignore patterns against every path below (hours).
+    No stage depends on submissions/ (the evaluate stages depend on the index-submissions stage's files), and the
+    root .dvcignore hides it from DVC's walk."""
+    with Repo(str(ROOT)) as repo:
+        deps = [f"{s.name}: {d.def_path}" for s in repo.index.stages for d in s.deps
+                if PurePosixPath(d.def_path).parts[:1] == ("submissions",)]
+    assert deps == []
+    project = tmp_path / "project"
+    evil = project / "submissions" / "evil"
+    (evil / "x").mkdir(parents=True)
+    (evil / "x" / "model.onnx").symlink_to("/dev/zero")
+    (evil / ".dvcignore").write_text("*a" * 6 + "*b\n")
+    (evil / "x" / ("a" * 200)).touch()
+    shutil.copy(ROOT / ".dvcignore", project / ".dvcignore")
+    (project / "index.json").write_text("{}\n")
+    (project / "dvc.yaml").write_text("stages:\n  evaluate:\n    cmd: cp index.json out.json\n"
+                                      "    deps: [index.json]\n    outs: [out.json]\n")
+    dvc = [str(Path(sys.executable).parent / "dvc")]
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=project, check=True, timeout=120)
+    shutil.copy(ROOT / ".dvcignore", project / ".dvcignore")  # init writes its own
+    for cmd in (["repro", "-q"], ["status"]):
+        done = subprocess.run([*dvc, *cmd], cwd=project, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert (project / "out.json").read_text() == "{}\n"

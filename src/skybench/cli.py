@@ -214,6 +214,21 @@ def evaluate(folders: Annotated[list[Path] | None, typer.Argument(
               f"and records are kept on disk; publish them later with `skybench log {where} --track {track}`", 2)
 
 
+@app.command("index-submissions")
+def index_submissions(out: Path = Path("results/submissions")) -> None:
+    """Write what each track's evaluate stage runs of submissions/ (each folder and its sha256) to OUT/<track>.json:
+    the pipeline's evaluate stages depend on these files, not on submissions/ itself."""
+    import json
+
+    from skybench.harness.evaluate import submissions_index
+    from skybench.tracks import list_tracks
+
+    out.mkdir(parents=True, exist_ok=True)
+    for track in list_tracks():
+        (out / f"{track}.json").write_text(json.dumps(submissions_index(track), indent=1, sort_keys=True) + "\n")
+    typer.echo(f"wrote {out}/<track>.json for {len(list_tracks())} tracks")
+
+
 @app.command("log")
 def log_(evaluations: Path, track: Annotated[str | None, typer.Option()] = None) -> None:
     """Publish evaluation records to MLflow (idempotent; also logs records kept during an outage)."""

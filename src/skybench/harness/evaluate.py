@@ -125,6 +125,16 @@ def discover_submissions(track: str, roots: tuple[str, ...] = ("submissions", "b
     return found
 
 
+def submissions_index(track: str, examples: bool = False) -> dict[str, str]:
+    """What ``evaluate`` runs of ``submissions/`` for ``track``: each folder (relative to the project root) and its
+    :func:`folder_sha256`, or "unreadable". The pipeline's evaluate stages depend on this, not on ``submissions/``,
+    which DVC would hash in the organiser's process following a team's symlinks (one to /dev/zero never ends)
+    and compiling its ``.dvcignore`` patterns; the root ``.dvcignore`` hides the folder from DVC."""
+    root = project_root()
+    return {os.fsdecode(f.relative_to(root)): _safe_sha(f)
+            for f in discover_submissions(track, ("submissions",), examples=examples)}
+
+
 def _also_from(track: str) -> list[str]:
     """The tracks whose submissions ``track`` evaluates too (its ``evaluation.also_from``; none if unknown)."""
     from skybench.tracks import list_tracks
