@@ -80,9 +80,9 @@ def test_teams_take_turns_so_a_burst_of_one_team_does_not_hold_every_worker(Sess
     cfg = _open_cfg(cfg)
     with Session() as s:
         b, c = add_team(s, "team-b").team, add_team(s, "team-c").team
-    t0 = utcnow()
     a_ids = _enqueue(Session, cfg, team, 4)
     [b_id], [c_id] = _enqueue(Session, cfg, b, 1), _enqueue(Session, cfg, c, 1)
+    t0 = utcnow()
     with Session() as s:
         order = [queue.claim(s, f"w{i}", 600, now=t0 + timedelta(seconds=i)).id for i in range(6)]
     assert order == [a_ids[0], b_id, c_id, *a_ids[1:]]

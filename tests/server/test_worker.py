@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -34,14 +35,24 @@ def _upload(client, headers, name="m1"):  # type: ignore[no-untyped-def]
 
 
 def test_infrastructure_failure_is_retried_then_given_back(server, cfg, tmp_path):
+    from sqlalchemy import update
+
     from skybench.server import queue, worker
+    from skybench.server.db import Submission, utcnow
 
     client, headers, Session = server
     sub = _upload(client, headers)
     missing = tmp_path / "no-release"  # the machine's fault: the release is not there
-    for attempt in (1, 2):
+    for attempt, delay in ((1, 60), (2, 120)):
         done = worker.run_one(cfg, Session, "w", release=missing, out=tmp_path / "evals", publish=False)
         assert done.state == "queued" and done.attempt == attempt and "infrastructure failure" in done.reason
+        assert f"tried again in {delay} s" in done.reason
+        # not at once: three claims took milliseconds, before anyone could mend the machine
+        assert worker.run_one(cfg, Session, "w", release=missing, publish=False) is None
+        with Session() as s:  # the delay passes
+            assert queue.claim(s, "w", 60, now=done.queued_at - timedelta(seconds=1)) is None
+            s.execute(update(Submission).where(Submission.id == done.id).values(queued_at=utcnow()))
+            s.commit()
     done = worker.run_one(cfg, Session, "w", release=missing, out=tmp_path / "evals", publish=False)
     assert done.state == "failed" and "after 3 attempts; not counted" in done.reason and not done.counted
     with Session() as s:

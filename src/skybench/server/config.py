@@ -88,6 +88,9 @@ class ChallengeConfig(_Strict):
     auth: AuthLimits = AuthLimits()
     lease_seconds: int = Field(900, ge=5)  # a job whose worker sent no heartbeat for this long is re-run
     max_attempts: int = Field(3, ge=1)  # claims of one job before it fails for good (a worker dies each time)
+    # a job the machine failed (no release, a full disk, MLflow away) waits this long before its next attempt,
+    # twice as long after each: the organiser has minutes to mend it, not the milliseconds three claims take
+    retry_seconds: float = Field(60, ge=0)
     final_entries: int = Field(1, ge=1)  # K: final entries a team may pick per track when a track closes
     # How often the server and each worker look at the phase dates (a phase that ended is snapshotted at the
     # first tick or leaderboard request after its date).

@@ -243,7 +243,9 @@ def _enqueue(session: Session, cfg: ChallengeConfig, team: Team, track: str, nam
 
 
 def _claimable(now: datetime) -> ColumnElement[bool]:
-    return or_(Submission.state == "queued",
+    """Queued and due (a job put back after the machine failed it waits until its ``queued_at``), or running
+    with an expired lease."""
+    return or_(and_(Submission.state == "queued", or_(Submission.queued_at.is_(None), Submission.queued_at <= now)),
                and_(Submission.state == "running", Submission.lease_expires < now))
 
 
@@ -332,10 +334,11 @@ def fail(session: Session, sub_id: str, owner: str, reason: str, log: str = "", 
     return True
 
 
-def requeue(session: Session, sub_id: str, owner: str, reason: str) -> bool:
-    """Put ``owner``'s job back in the queue (an infrastructure failure: the machine's, not the submission's)."""
+def requeue(session: Session, sub_id: str, owner: str, reason: str, delay_seconds: float = 0) -> bool:
+    """Put ``owner``'s job back in the queue (an infrastructure failure: the machine's, not the submission's), due
+    in ``delay_seconds``."""
     res = session.execute(update(Submission).where(_mine(sub_id, owner))
-                          .values(state="queued", queued_at=utcnow(), reason=reason, lease_owner=None,
-                                  lease_expires=None))
+                          .values(state="queued", queued_at=utcnow() + timedelta(seconds=delay_seconds),
+                                  reason=reason, lease_owner=None, lease_expires=None))
     session.commit()
     return res.rowcount == 1  # type: ignore[attr-defined]

@@ -158,7 +158,8 @@ def run_one(cfg: ChallengeConfig, sessions: sessionmaker, owner: str, *, executo
                 queue.fail(s, sub.id, owner, f"{why} (after {sub.attempt} attempts; not counted in your quota)",
                            counts=False)
             else:
-                queue.requeue(s, sub.id, owner, why)
+                delay = cfg.retry_seconds * 2 ** (sub.attempt - 1)
+                queue.requeue(s, sub.id, owner, f"{why} (attempt {sub.attempt}; tried again in {delay:g} s)", delay)
         return s.get(Submission, sub.id, populate_existing=True)
 
 
