@@ -285,6 +285,21 @@ def test_wide_predictions_csv_rows_are_refused_before_pandas_reads_them(store, t
     _failed(outcomes[4], "non-numeric score")  # commas inside quotes are text: parsed, then refused for its value
 
 
+@pytest.mark.timeout(60)
+def test_a_bom_before_a_quote_does_not_hide_a_wide_row(tmp_path):
+    # pandas skips a UTF-8 BOM, so its quote opens the first field and closes at `p,"`: 200,000 "a" columns
+    # (quadratic de-duplication) the check must count, not read as the inside of a quoted field running to `"x"`
+    from skybench.harness.submission import _read_csv
+
+    path = tmp_path / "scores.csv"
+    path.write_bytes(b'\xef\xbb\xbf"p,"' + b",a" * 200_000 + b',"x"\nid,score\n')
+    frame, reason = _read_csv(path)
+    assert frame is None and "more than 16 fields" in reason
+    path.write_bytes(b'\xef\xbb\xbf"id","score"\n"1","0.5"\n')  # a BOM and quotes alone are a valid CSV
+    frame, reason = _read_csv(path)
+    assert reason == "" and list(frame.columns) == ["id", "score"]
+
+
 # --- sandbox outputs: only a plain .npy and the runner's own runner.json -------------------------------
 
 TAMPER = """

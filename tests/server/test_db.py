@@ -77,7 +77,7 @@ def test_team_names(Session):
     from skybench.server.auth import add_team
 
     with Session() as s:
-        for bad in ("../x", "examples", "Baselines", "INVALID", "a b", "", "x" * 65):
+        for bad in ("../x", "examples", "Baselines", "INVALID", "a b", "", "x" * 65, "baselines\n", "ok\n"):
             with pytest.raises(ValueError):
                 add_team(s, bad)
         add_team(s, "ok")

@@ -158,12 +158,12 @@ class Cgroup:
         return self._read("memory", "memory.oom_control").get("oom_kill")
 
     def _limit_hit(self) -> bool:
-        """Whether the run's usage reached its own memory limit (an ancestor's or the host's shortage does not
-        count here: v2 counts ``max``/``oom`` events in the group whose limit failed a charge; v1 keeps the peak
-        usage, which some kernels record without counting ``failcnt``)."""
+        """Whether the run's own memory limit started an OOM kill (an ancestor's or the host's shortage does not
+        count: v2 counts ``oom`` in the group whose limit failed and its ancestors, never in a child; not ``max``,
+        which page cache reclaimed at the limit raises too). v1 has no such count: ``failcnt`` or a peak usage at
+        the limit, which an honest run that filled its limit with page cache also shows (docs/SCALE.md)."""
         if self.version == 2:
-            events = self._read("unified", "memory.events")
-            return events.get("oom", 0) > 0 or events.get("max", 0) > 0
+            return self._read("unified", "memory.events").get("oom", 0) > 0
         d = self.dirs.get("memory")
         for prefix in ("memory.", "memory.memsw."):
             try:

@@ -393,8 +393,8 @@ def _csv_too_wide(data: bytes) -> bool:
     splits it (quotes open a field only at its start; an unclosed one is counted as text: never fewer commas).
     pandas makes an object per column of the header and an index level per extra field of the first row, and
     de-duplicates header names in quadratic time: a few hundred KB of commas hold the evaluator for hours."""
-    if b'"' in data:
-        data = _CSV_QUOTED.sub(rb"\1", b"\n" + data)
+    if b'"' in data:  # pandas skips a UTF-8 BOM, so a quote after it opens the first field
+        data = _CSV_QUOTED.sub(rb"\1", b"\n" + data.removeprefix(b"\xef\xbb\xbf"))
     return _CSV_WIDE.search(data.translate(None, _CSV_NOT_SEPARATOR)) is not None
 
 

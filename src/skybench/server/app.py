@@ -187,7 +187,7 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
     async def _accept(form: Any, t: Team, received: Any) -> Submission:
         track, name, upload = form.get("track"), form.get("name"), form.get("file")
         for key, value in (("track", track), ("name", name)):
-            if not isinstance(value, str) or not re.match(SLUG, value) or ".." in value:
+            if not isinstance(value, str) or not re.fullmatch(SLUG, value) or ".." in value:
                 raise UploadError(f"form field {key!r}: 1-64 letters, digits, '.', '_' or '-' required", 422)
         if not isinstance(upload, UploadFile):
             raise UploadError("form field 'file': the packed submission folder (.tar.gz or .zip) is required",

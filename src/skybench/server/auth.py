@@ -51,7 +51,7 @@ def new_token() -> tuple[str, str, str]:
 
 def add_team(session: Session, name: str, members: list[str] | None = None, *, admin: bool = False) -> Issued:
     """Create a team (or an admin account with ``admin``) and return it with its token; commits."""
-    if not re.match(SLUG, name) or ".." in name:
+    if not re.fullmatch(SLUG, name) or ".." in name:  # fullmatch: `$` alone lets "name\n" through
         raise ValueError(f"team name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or "
                          "digit (it becomes the folder submissions/<team>/)")
     if reserved_team(name):

@@ -251,7 +251,7 @@ def _run_of(sub: Submission, team_name: str) -> Any:
     """The participant MLflow run of this submission (``skybench-<track>``), or None."""
     from skybench.tracking import KIND_TAG, client, experiment_name
 
-    if not re.fullmatch(r"[0-9a-f]{64}", sub.sha256 or "") or not re.match(SLUG, team_name):
+    if not re.fullmatch(r"[0-9a-f]{64}", sub.sha256 or "") or not re.fullmatch(SLUG, team_name):
         return None
     c = client()
     exp = c.get_experiment_by_name(experiment_name(sub.track))
@@ -491,7 +491,7 @@ async def _accept(request: Request, team: Team, form: Any, received: Any, values
     track, name, upload = form.get("track"), form.get("name"), form.get("file")
     values.update(track=track if isinstance(track, str) else "", name=name if isinstance(name, str) else "")
     for key, value in (("track", track), ("entry name", name)):
-        if not isinstance(value, str) or not re.match(SLUG, value) or ".." in value:
+        if not isinstance(value, str) or not re.fullmatch(SLUG, value) or ".." in value:
             raise UploadError(f"{key}: 1-64 letters, digits, '.', '_' or '-' required", 422)
     if not isinstance(upload, UploadFile) or not upload.filename:
         raise UploadError("choose the packed submission folder (.tar.gz or .zip) to upload", 422)
