@@ -396,3 +396,23 @@ def test_dvc_never_reads_the_teams_folders(tmp_path):
         done = subprocess.run([*dvc, *cmd], cwd=project, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
     assert (project / "out.json").read_text() == "{}\n"
+
+
+def test_the_submissions_index_changes_with_what_evaluate_runs_and_never_follows_a_link(tmp_path, monkeypatch):
+    """The evaluate stages' only view of the teams' folders: each folder's sha256 (its files, links by their
+    text), the examples left out as the stage leaves them; made without reading any track (no stage before it)."""
+    from skybench.harness.evaluate import submissions_index
+
+    root = tmp_path / "project"
+    monkeypatch.setenv("SKYBENCH_ROOT", str(root))
+    entry = root / "submissions" / "a" / "finder"
+    entry.mkdir(parents=True)
+    (entry / "submission.yaml").write_text("team: a\nname: finder\n")
+    (entry / "model.onnx").symlink_to("/dev/zero")
+    (root / "submissions" / "examples" / "lens-space" / "onnx").mkdir(parents=True)
+    (root / "submissions" / "examples" / "lens-space" / "onnx" / "submission.yaml").write_text("team: examples\n")
+    (root / "submissions" / "a" / "notes").mkdir()  # no submission.yaml: evaluate runs nothing here
+    first = submissions_index()
+    assert list(first) == ["submissions/a/finder"] and len(first["submissions/a/finder"]) == 64
+    (entry / "weights.bin").write_bytes(b"1")
+    assert submissions_index()["submissions/a/finder"] != first["submissions/a/finder"]

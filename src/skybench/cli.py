@@ -215,18 +215,17 @@ def evaluate(folders: Annotated[list[Path] | None, typer.Argument(
 
 
 @app.command("index-submissions")
-def index_submissions(out: Path = Path("results/submissions")) -> None:
-    """Write what each track's evaluate stage runs of submissions/ (each folder and its sha256) to OUT/<track>.json:
-    the pipeline's evaluate stages depend on these files, not on submissions/ itself."""
+def index_submissions(out: Path = Path("results/submissions.json")) -> None:
+    """Write every team folder the evaluate stages may run, with its sha256, to OUT: the pipeline's evaluate stages
+    depend on this file, not on submissions/ itself (docs/SECURITY.md)."""
     import json
 
     from skybench.harness.evaluate import submissions_index
-    from skybench.tracks import list_tracks
 
-    out.mkdir(parents=True, exist_ok=True)
-    for track in list_tracks():
-        (out / f"{track}.json").write_text(json.dumps(submissions_index(track), indent=1, sort_keys=True) + "\n")
-    typer.echo(f"wrote {out}/<track>.json for {len(list_tracks())} tracks")
+    index = submissions_index()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+    typer.echo(f"wrote {out}: {len(index)} team folder(s)")
 
 
 @app.command("log")

@@ -91,48 +91,50 @@ def check_release(release: Path, track: Track) -> str:
     return release_digest(release)
 
 
+def _spec_folders(root: str, examples: bool = True) -> list[Path]:
+    """Every folder under ``root`` (relative to the project root) holding a ``submission.yaml``, sorted; without
+    those under ``submissions/examples/`` when ``examples`` is false. Team folders are walked without recursion
+    and not below 8 levels (submissions/examples/<track>/<format> is 4), never following symlinks."""
+    from skybench.harness.files import WalkLimits, iter_entries
+
+    top = project_root() / root
+    if not top.is_dir():
+        return []
+    limits = WalkLimits(max_depth=8, max_entries=None, max_bytes=None)
+    specs = sorted(e.path for e in iter_entries(top, limits, prune=True) if e.path.name == SPEC_FILE and not e.is_dir)
+    examples_dir = project_root() / "submissions" / "examples"
+    return [spec.parent for spec in specs if examples or not spec.is_relative_to(examples_dir)]
+
+
 def discover_submissions(track: str, roots: tuple[str, ...] = ("submissions", "baselines"),
                          examples: bool = True) -> list[Path]:
-    """Every submission folder under ``roots`` (relative to the project root) declaring ``track`` (or a track of
-    its ``evaluation.also_from``);
-    without those under ``submissions/examples/`` when ``examples`` is false.
+    """Every submission folder under ``roots`` (:func:`_spec_folders`) declaring ``track`` (or a track of its
+    ``evaluation.also_from``).
 
     A folder whose ``submission.yaml`` cannot be read is included when its path names the track, so that
     it is recorded as FAILED with its reason rather than silently left out."""
-    from skybench.harness.files import WalkLimits, iter_entries
-
-    # Team folders are walked without recursion and not below 8 levels (submissions/examples/<track>/<format>
-    # is 4), never following symlinks; each submission.yaml is read as load_submission reads it (bounded).
-    limits = WalkLimits(max_depth=8, max_entries=None, max_bytes=None)
     accepted = {track, *_also_from(track)}
     found = []
     for root in roots:
-        top = project_root() / root
-        if not top.is_dir():
-            continue
-        specs = sorted(e.path for e in iter_entries(top, limits, prune=True)
-                       if e.path.name == SPEC_FILE and not e.is_dir)
-        for spec in specs:
-            if not examples and spec.is_relative_to(project_root() / "submissions" / "examples"):
-                continue
-            try:
-                raw = read_spec_file(spec)
+        for folder in _spec_folders(root, examples):
+            try:  # read as load_submission reads it (bounded)
+                raw = read_spec_file(folder / SPEC_FILE)
                 declared = raw.get("track") if isinstance(raw, dict) else None
             except Exception:  # noqa: BLE001 - any unreadable spec: decided by its path, recorded as FAILED
-                declared = next((t for t in sorted(accepted) if t in spec.parent.parts), None)
+                declared = next((t for t in sorted(accepted) if t in folder.parts), None)
             if declared in accepted:
-                found.append(spec.parent)
+                found.append(folder)
     return found
 
 
-def submissions_index(track: str, examples: bool = False) -> dict[str, str]:
-    """What ``evaluate`` runs of ``submissions/`` for ``track``: each folder (relative to the project root) and its
-    :func:`folder_sha256`, or "unreadable". The pipeline's evaluate stages depend on this, not on ``submissions/``,
-    which DVC would hash in the organiser's process following a team's symlinks (one to /dev/zero never ends)
-    and compiling its ``.dvcignore`` patterns; the root ``.dvcignore`` hides the folder from DVC."""
+def submissions_index() -> dict[str, str]:
+    """Every team folder ``evaluate`` may run (``submissions/``; the examples left out, as the pipeline leaves
+    them), relative to the project root, and its :func:`folder_sha256`, or "unreadable". The pipeline's evaluate
+    stages depend on this, not on ``submissions/``, which DVC would hash in the organiser's process following a
+    team's symlinks (one to /dev/zero never ends) and compiling its ``.dvcignore`` patterns; the root ``.dvcignore``
+    hides the folder from DVC. It reads no track: it needs no other stage's output."""
     root = project_root()
-    return {os.fsdecode(f.relative_to(root)): _safe_sha(f)
-            for f in discover_submissions(track, ("submissions",), examples=examples)}
+    return {os.fsdecode(f.relative_to(root)): _safe_sha(f) for f in _spec_folders("submissions", examples=False)}
 
 
 def _also_from(track: str) -> list[str]:
