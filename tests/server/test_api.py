@@ -16,17 +16,22 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "submissions" / "examples" / "lens-space" / "onnx"
 
 
-def pack(team: str, name: str, track: str = "lens-space", fmt: str = "onnx", pad: int = 0) -> bytes:
+def pack(team: str, name: str, track: str = "lens-space", fmt: str = "onnx", pad: int = 0, more_yaml: str = "",
+         model: bytes | None = None) -> bytes:
     """The example ONNX submission as ``team``'s entry ``name``, packed as ``skybench submit`` packs it; ``pad``:
-    an extra file of that many zero bytes."""
+    an extra file of that many zero bytes; ``more_yaml``: lines added to its submission.yaml; ``model``: other
+    bytes for model.onnx."""
     from skybench.server.cli import pack as pack_folder
 
     with tempfile.TemporaryDirectory(prefix="skybench-pack-") as tmp:
         folder = Path(tmp) / name
         folder.mkdir()
         (folder / "submission.yaml").write_text(
-            f"team: {team}\nname: {name}\ntrack: {track}\nformat: {fmt}\nmodel: model.onnx\n")
-        shutil.copyfile(EXAMPLE / "model.onnx", folder / "model.onnx")
+            f"team: {team}\nname: {name}\ntrack: {track}\nformat: {fmt}\nmodel: model.onnx\n{more_yaml}")
+        if model is None:
+            shutil.copyfile(EXAMPLE / "model.onnx", folder / "model.onnx")
+        else:
+            (folder / "model.onnx").write_bytes(model)
         if pad:
             (folder / "weights.bin").write_bytes(bytes(pad))
         return pack_folder(folder)
@@ -281,16 +286,8 @@ def test_a_date_pyyaml_refuses_in_submission_yaml_is_a_422_not_a_500(server):
     """`description: 2027-13-45` made PyYAML raise a bare ValueError in the intake's schema check: 500, and the
     team learnt nothing. Now a 422 naming the line, no quota, nothing kept; a track that is not this challenge's
     is named with the challenge's tracks (whatever their phase), not as "open"."""
-    from skybench.server.cli import pack as pack_folder
-
     client, tokens, _ = server
-    with tempfile.TemporaryDirectory(prefix="skybench-pack-") as tmp:
-        folder = Path(tmp) / "m1"
-        folder.mkdir()
-        (folder / "submission.yaml").write_text(
-            "team: alpha\nname: m1\ntrack: lens-space\nformat: onnx\nmodel: model.onnx\ndescription: 2027-13-45\n")
-        shutil.copyfile(EXAMPLE / "model.onnx", folder / "model.onnx")
-        data = pack_folder(folder)
+    data = pack("alpha", "m1", more_yaml="description: 2027-13-45\n")
     r = _upload(client, tokens["alpha"], data)
     assert r.status_code == 422 and "YAML syntax error at line 6" in r.json()["detail"], r.text
     assert client.get("/api/submissions", headers=_auth(tokens["alpha"])).json() == []

@@ -117,20 +117,11 @@ def test_a_failed_submission_sent_again_stays_failed(server, cfg, tmp_path, tiny
     """The same bytes again are not run again (the record is reused), and their outcome is the record's: a
     failure resubmitted is failed with its reason, never "finished" with no metrics (a finished entry is a
     candidate final entry and looks like a success)."""
-    import tempfile
-
     from skybench.server import worker
-    from skybench.server.cli import pack as pack_folder
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     client, headers, Session = server
-    with tempfile.TemporaryDirectory(prefix="skybench-pack-") as tmp:
-        folder = Path(tmp) / "broken"
-        folder.mkdir()
-        (folder / "submission.yaml").write_text(
-            "team: alpha\nname: broken\ntrack: lens-space\nformat: onnx\nmodel: model.onnx\n")
-        (folder / "model.onnx").write_bytes(b"not an onnx model")
-        archive = pack_folder(folder)
+    archive = pack("alpha", "broken", model=b"not an onnx model")
     for attempt in range(2):
         r = client.post("/api/submissions", headers=headers, data={"track": "lens-space", "name": "broken"},
                         files={"file": ("s.tar.gz", archive, "application/gzip")})
