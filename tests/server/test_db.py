@@ -8,6 +8,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select, text
 
 
+@pytest.mark.filterwarnings("ignore:autogenerate skipping metadata-specified expression-based index")  # sqlite
 def test_migrations_match_the_models(engine):
     from skybench.server.db import Base
 
@@ -84,6 +85,23 @@ def test_team_names(Session):
         for lookalike in ("ok", "OK", "oK"):  # one team on the board, whatever the case
             with pytest.raises(ValueError, match="'ok' exists already"):
                 add_team(s, lookalike)
+
+
+def test_the_database_keeps_team_names_unique_in_any_case(Session):
+    """Two requests at once could both pass add_team's check; the unique index on lower(name) stops the second."""
+    from sqlalchemy.exc import IntegrityError
+
+    from skybench.server.auth import add_team, new_token
+    from skybench.server.db import Team
+
+    with Session() as s:
+        add_team(s, "Lensfinders")
+    with Session() as s:  # the second request's insert, made after its own check passed
+        s.add(Team(name="lensFinders", token_id=new_token()[1], token_hash="x"))
+        with pytest.raises(IntegrityError):
+            s.commit()
+    with Session() as s:
+        assert s.scalars(select(Team.name)).all() == ["Lensfinders"]
 
 
 def test_token_guessing_is_rate_limited(Session):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from skybench.harness.submission import SLUG, reserved_team
@@ -56,14 +57,23 @@ def add_team(session: Session, name: str, members: list[str] | None = None, *, a
                          "digit (it becomes the folder submissions/<team>/)")
     if reserved_team(name):
         raise ValueError(f"team name {name!r} is reserved for the evaluation stage; choose another")
+    def exists(same: Team) -> ValueError:
+        return ValueError(f"team {same.name!r} exists already (names differing only in case are one team); "
+                          f"`skybench admin team token {same.name}` issues a new token")
+
     if (same := session.scalar(select(Team).where(func.lower(Team.name) == name.lower()))) is not None:
-        raise ValueError(f"team {same.name!r} exists already (names differing only in case are one team); "
-                         f"`skybench admin team token {same.name}` issues a new token")
+        raise exists(same)
     token, tid, hashed = new_token()
     team = Team(name=name, members=[m.strip() for m in members or [] if m.strip()], token_id=tid,
                 token_hash=hashed, is_admin=admin)
     session.add(team)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:  # another request inserted the name (in some case) since the check: uq_teams_name_lower
+        session.rollback()
+        if (same := session.scalar(select(Team).where(func.lower(Team.name) == name.lower()))) is None:
+            raise
+        raise exists(same) from None
     return Issued(team, token)
 
 

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -66,6 +67,11 @@ class Team(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTC, default=utcnow)
     submissions: Mapped[list[Submission]] = relationship(back_populates="team")
+
+
+# One team per name whatever its case (board rows and folders submissions/<team>/ would collide): the database
+# enforces it, so two admin requests at once cannot both insert a name.
+Index("uq_teams_name_lower", func.lower(Team.name), unique=True)
 
 
 class Submission(Base):
