@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 __all__ = ["Cgroup", "CgroupError", "create", "unavailable_reason"]
 
@@ -134,22 +135,20 @@ class Cgroup:
                 out[k] = int(v)
         return out
 
-    def oom_killed(self) -> bool:
-        """Whether the kernel's OOM killer fired in this cgroup because the run reached its own memory limit."""
+    def oom_kind(self) -> Literal["own", "host"] | None:
+        """Whether the kernel's OOM killer killed a process of this cgroup: ``"own"`` when the run reached its own
+        memory limit, ``"host"`` when it was within it (the host, or a group above this one, ran out of memory:
+        e.g. several sandboxes at once whose limits add up to more than the machine has; the kernel counts such
+        a kill in the victim's cgroup too), None when it was not."""
         kills = self._oom_kills()
         if kills is None:  # kernels < 4.13 count no kills: a failed charge against the run's own limit
             try:
-                return int((self.dirs["memory"] / "memory.memsw.failcnt").read_text()) > 0
+                return "own" if int((self.dirs["memory"] / "memory.memsw.failcnt").read_text()) > 0 else None
             except (OSError, ValueError):
-                return False
-        return kills > 0 and self._limit_hit()
-
-    def host_oom_killed(self) -> bool:
-        """Whether the kernel's OOM killer killed a process of this cgroup while the run was within its own limit:
-        the host (or a group above this one) ran out of memory, e.g. several sandboxes at once whose limits add up
-        to more than the machine has. The kernel counts such a kill in the victim's cgroup too."""
-        kills = self._oom_kills()
-        return bool(kills) and not self._limit_hit()
+                return None
+        if not kills:
+            return None
+        return "own" if self._limit_hit() else "host"
 
     def _oom_kills(self) -> int | None:
         """Processes of this cgroup killed by any OOM killer (None: a kernel < 4.13 does not count them)."""

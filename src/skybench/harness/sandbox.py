@@ -658,7 +658,8 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
         os.close(status_r)
         if cg is not None:
             cg.kill()
-            oom, pids_hit, host_oom = cg.oom_killed(), cg.pids_limit_hit(), cg.host_oom_killed()
+            oom_kind, pids_hit = cg.oom_kind(), cg.pids_limit_hit()
+            oom, host_oom = oom_kind == "own", oom_kind == "host"
     wall = time.monotonic() - start
     try:
         _copy_outputs(box, outputs, scratch, limits.scratch_mb * 1024 * 1024)

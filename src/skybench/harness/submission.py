@@ -497,6 +497,7 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
     all_ids = pd.read_parquet(layout.index_path(test_dir))["id"].to_numpy()
     n = len(all_ids) if limit is None else min(limit, len(all_ids))
     ids = all_ids[:n]
+    shape = _input_shape(track, test_dir)
     if sub.spec.format == "predictions":
         npy = sub.model_path.suffix == NPY_PREDICTIONS
         if npy != (track.output.kind == "maps"):
@@ -505,12 +506,13 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
             return _fail(f"predictions file {sub.model_path.name}: a {track.output.kind!r} track takes {want}", ids,
                          device="none")
         if npy:
-            result = _read_output(sub.model_path, all_ids, len(all_ids), track, "none", 0.0, "", test_dir)
+            result = _read_output(sub.model_path, all_ids, len(all_ids), track, "none", 0.0, "", shape,
+                                  _most_values(track, len(all_ids), shape))
             if result.predictions is None:
                 return _fail(result.reason, ids, device="none")
             return PredictResult(True, "", result.predictions[:n], ids, "none", 0.0)
         if track.output.kind == "detections":
-            pred, reason = read_detections_csv(sub.model_path, all_ids, track.output, _input_shape(track, test_dir))
+            pred, reason = read_detections_csv(sub.model_path, all_ids, track.output, shape)
         else:
             pred, reason = read_predictions_csv(sub.model_path, all_ids)
         if pred is None:
@@ -559,7 +561,7 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
     except ValueError:  # a bare test folder (Ray shard views, validate): not a release
         pass
     # the most an acceptable output can be (16-byte values): no more of any is copied out
-    most = max(math.prod(s) for s in expected_shapes(track.output, n, _input_shape(track, test_dir)))
+    most = _most_values(track, n, shape)
     outputs = {out.name: NPY_MAX_HEADER + 16 * most + 128, info.name: RUNNER_JSON_MAX_BYTES + 1}
     res = run_sandboxed(argv, scratch=scratch, ro_binds=binds, limits=limits, env=env, gpu=gpu, outputs=outputs,
                         private=private)
@@ -571,7 +573,7 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
         return _fail(reason, ids, device, res.wall_seconds, res.stderr, infrastructure=res.infrastructure)
     if problem:  # the runner always writes a valid runner.json; anything else was written by the model
         return _fail(problem, ids, device, res.wall_seconds, res.stderr)
-    return _read_output(out, ids, n, track, device, res.wall_seconds, res.stderr, test_dir)
+    return _read_output(out, ids, n, track, device, res.wall_seconds, res.stderr, shape, most)
 
 
 def _challenge(test_dir: Path) -> bool:
@@ -671,18 +673,22 @@ def _read_npy(out: Path, max_items: int, why: Callable[[np.ndarray], str]) -> np
 
 
 def _read_output(out: Path, ids: np.ndarray, n: int, track: Track, device: str, seconds: float,
-                 log: str, test_dir: Path) -> PredictResult:
-    """Load and check one predictions file written by the sandboxed runner."""
+                 log: str, shape: tuple[int, ...], max_items: int) -> PredictResult:
+    """Load and check one predictions file written by the sandboxed runner (one input's ``shape``; at most
+    ``max_items`` values)."""
     if not os.path.lexists(out):
         return _fail("produced no predictions file", ids, device, seconds, log)
-    shape = _input_shape(track, test_dir)
-    max_items = max(math.prod(s) for s in expected_shapes(track.output, n, shape))
     pred = _read_npy(out, max_items, lambda a: validate_predictions(a, n, track.output, shape))
     if isinstance(pred, str):
         return _fail(pred, ids, device, seconds, log)
     if reason := validate_predictions(pred, n, track.output, shape):
         return _fail(reason, ids, device, seconds, log)
     return PredictResult(True, "", np.array(pred, dtype=np.float32), ids, device, seconds, log)
+
+
+def _most_values(track: Track, n: int, shape: tuple[int, ...]) -> int:
+    """The most values an acceptable output for ``n`` inputs of ``shape`` holds."""
+    return max(math.prod(s) for s in expected_shapes(track.output, n, shape))
 
 
 def _input_shape(track: Track, test_dir: Path | None = None) -> tuple[int, ...]:
