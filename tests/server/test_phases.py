@@ -95,6 +95,24 @@ def test_the_open_board_ranks_on_the_rounded_scores_it_shows(challenge, cfg):
     assert ranked.index("probe1") < ranked.index("probe2"), ranked
 
 
+def test_the_projects_examples_are_not_on_the_challenge_board(challenge):
+    """The organiser's `dvc repro` files the project's examples (one fails on purpose) in the same MLflow store: the
+    server's boards leave them out before ranking; the CLI's board keeps them."""
+    from skybench import tracking
+    from skybench.tracking.leaderboard import leaderboard
+    from skybench.tracks import load_track
+
+    client, _, _, _ = challenge
+    _log("examples", "onnx", 0.99, 0.99)
+    tracking.log_evaluation(TRACK, team="examples", name="predictions-example", fmt="predictions", status="FAILED",
+                            metrics={}, tags={"failure_reason": "on purpose"},
+                            experiment=tracking.organiser_experiment(TRACK))
+    rows = _board(client)["rows"]
+    assert [(r["rank"], r["team"], r["name"]) for r in rows] == [(1, "alpha", "a1"), (2, "beta", "b1"),
+                                                                 (3, "alpha", "a2")]
+    assert "examples" in set(leaderboard(load_track(TRACK))["team"])
+
+
 def test_open_closed_final_with_final_entries_and_snapshots(challenge, cfg):
     client, auth, ids, _ = challenge
     board = _board(client)

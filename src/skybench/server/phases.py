@@ -66,7 +66,8 @@ def _board(track_name: str, part: str, versions: Versions | None = None) -> pd.D
 
     track = _track(track_name)
     ev = track.evaluation.model_copy(update={"phase": "open" if part == "public" else "closed"})
-    return leaderboard(track.model_copy(update={"evaluation": ev}), versions=versions)
+    # the project's examples (one fails on purpose) are not the challenge's entries; baselines stay as reference rows
+    return leaderboard(track.model_copy(update={"evaluation": ev}), versions=versions, exclude_teams=("examples",))
 
 
 class _BoardCache:

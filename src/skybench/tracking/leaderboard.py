@@ -116,17 +116,20 @@ def _evaluations(c: MlflowClient, exp: Experiment) -> pd.DataFrame:
 def leaderboard(
     track: Track, *, release_sha256: str | None = None, extra_columns: Sequence[str] = (),
     release: Path | None = None, versions: Collection[tuple[str, str, str | None]] | None = None,
+    exclude_teams: Collection[str] = (),
 ) -> pd.DataFrame:
     """The ranked leaderboard (see module docstring); only runs on ``release_sha256`` if given. With the
     ``release`` folder (its hidden test split) the rank intervals and groups too (:func:`add_rank_intervals`).
     ``versions``: only these submissions, (team, name, submission sha256), or (team, name, None) for the entry's
-    latest run (a challenge's final entries: the version a team chose, not its latest)."""
+    latest run (a challenge's final entries: the version a team chose, not its latest). ``exclude_teams``: rows
+    of these teams are left out before ranking (a challenge server's board leaves out the project's examples)."""
     return _board(track, release_sha256=release_sha256, extra_columns=extra_columns, release=release,
-                  versions=versions)[columns(track, extra_columns)]
+                  versions=versions, exclude_teams=exclude_teams)[columns(track, extra_columns)]
 
 
 def _board(track: Track, *, release_sha256: str | None, extra_columns: Sequence[str],
-           release: Path | None, versions: Collection[tuple[str, str, str | None]] | None = None) -> pd.DataFrame:
+           release: Path | None, versions: Collection[tuple[str, str, str | None]] | None = None,
+           exclude_teams: Collection[str] = ()) -> pd.DataFrame:
     """:func:`leaderboard` with its runs' ``run_id`` (organiser runs when there are)."""
     cols = [*columns(track, extra_columns), "run_id"]
     runs = _runs(track)
@@ -144,6 +147,8 @@ def _board(track: Track, *, release_sha256: str | None, extra_columns: Sequence[
                        submitted=when.fillna(runs["start_time"].dt.as_unit("ms")))
     if release_sha256 is not None:
         runs = runs[col("tags.release_sha256") == release_sha256]
+    if exclude_teams:
+        runs = runs[~runs["team"].isin(list(exclude_teams))]
     if versions is not None:
         chosen = [(t, n, v) in versions or (t, n, None) in versions
                   for t, n, v in zip(runs["team"], runs["name"], col("tags.submission_sha256"), strict=True)]
