@@ -34,6 +34,44 @@ def _upload(client, headers, name="m1"):  # type: ignore[no-untyped-def]
     return r.json()
 
 
+def test_a_worker_takes_only_jobs_of_tracks_whose_release_its_machine_holds(server, cfg, tmp_path, monkeypatch,
+                                                                          tiny_space_release):
+    """A worker on a host without a track's release leaves that track's jobs queued for one that has it, rather
+    than failing them and making them wait to be retried."""
+    from skybench.server import worker
+    from skybench.server.db import Submission
+    from skybench.tracks import project_root
+
+    client, headers, Session = server
+    sub = _upload(client, headers)
+    root = tmp_path / "host"
+    (root / "releases").mkdir(parents=True)
+    (root / "benchmarks").symlink_to(project_root() / "benchmarks")
+    monkeypatch.setenv("SKYBENCH_ROOT", str(root))
+    mine, missing = worker.runnable_tracks(cfg)
+    assert mine == [] and set(missing) == {"lens-space", "lens-ground"} and "no manifest.json" in missing["lens-space"]
+    worker.run(cfg, Session, poll_seconds=0.01, once=True)  # nothing it can run: returns at once
+    with Session() as s:
+        job = s.get(Submission, sub["id"])
+        assert (job.state, job.attempt, job.reason) == ("queued", 0, "")  # never claimed: no failed attempt
+
+    (root / "releases" / "lens-ground").symlink_to(tiny_space_release)  # a release of another track is not one
+    (root / "releases" / "lens-space").symlink_to(tiny_space_release)
+    mine, missing = worker.runnable_tracks(cfg)
+    assert mine == ["lens-space"] and "not a release of lens-ground" in missing["lens-ground"]
+
+
+def test_claims_of_a_track_list(Session, cfg):
+    from skybench.server import queue
+    from skybench.server.auth import add_team
+
+    with Session() as s:
+        job = queue.enqueue(s, cfg, add_team(s, "gamma").team, "lens-space", "m", "a" * 64).id
+        assert queue.claim(s, "w", 60, tracks=["lens-ground"]) is None
+        assert queue.claim(s, "w", 60, tracks=[]) is None
+        assert queue.claim(s, "w", 60, tracks=["lens-ground", "lens-space"]).id == job
+
+
 def test_infrastructure_failure_is_retried_then_given_back(server, cfg, tmp_path):
     from sqlalchemy import update
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -261,20 +262,21 @@ def _give_up_dead(session: Session, now: datetime, max_attempts: int) -> None:
 
 
 def claim(session: Session, owner: str, lease_seconds: float, max_attempts: int = 3,
-          now: datetime | None = None) -> Submission | None:
-    """Claim the next claimable job (:func:`_next_ids`) for ``owner`` with a lease of ``lease_seconds``; None when
-    there is none."""
+          now: datetime | None = None, tracks: Collection[str] | None = None) -> Submission | None:
+    """Claim the next claimable job (:func:`_next_ids`) for ``owner`` with a lease of ``lease_seconds``, of
+    ``tracks`` only when given (those whose release the worker's machine holds); None when there is none."""
     now = now or utcnow()
+    ok = _claimable(now) if tracks is None else and_(_claimable(now), Submission.track.in_(list(tracks)))
     _give_up_dead(session, now, max_attempts)
     moved = dict(state="running", running_at=now, lease_owner=owner,
                  lease_expires=now + timedelta(seconds=lease_seconds))
     for _ in range(100):  # lost races only; each loop either claims or sees another worker's claim
-        ids = _next_ids(session, now)
+        ids = _next_ids(session, now, ok)
         if not ids:
             session.rollback()
             return None
         for cid in ids:
-            res = session.execute(update(Submission).where(Submission.id == cid, _claimable(now))
+            res = session.execute(update(Submission).where(Submission.id == cid, ok)
                                   .values(attempt=Submission.attempt + 1, **moved))
             session.commit()
             if res.rowcount == 1:  # type: ignore[attr-defined]
@@ -282,8 +284,8 @@ def claim(session: Session, owner: str, lease_seconds: float, max_attempts: int 
     return None
 
 
-def _next_ids(session: Session, now: datetime, limit: int = 8) -> list[str]:
-    """The claimable jobs in the order teams take turns: a job's turn is its team's jobs running now plus its
+def _next_ids(session: Session, now: datetime, claimable: ColumnElement[bool], limit: int = 8) -> list[str]:
+    """The ``claimable`` jobs in the order teams take turns: a job's turn is its team's jobs running now plus its
     place among the team's waiting ones, then the oldest first. A team that queues many jobs at once takes one
     worker at a time while other teams wait, not all of them (round-robin, as a fair-share batch scheduler)."""
     running = (select(Submission.team_id, func.count().label("n"))
@@ -292,7 +294,7 @@ def _next_ids(session: Session, now: datetime, limit: int = 8) -> list[str]:
     place = func.row_number().over(partition_by=Submission.team_id, order_by=(Submission.queued_at, Submission.id))
     waiting = (select(Submission.id, Submission.queued_at, (place + func.coalesce(running.c.n, 0)).label("turn"))
                .outerjoin(running, running.c.team_id == Submission.team_id)
-               .where(_claimable(now)).subquery())
+               .where(claimable).subquery())
     return list(session.scalars(select(waiting.c.id).order_by(waiting.c.turn, waiting.c.queued_at, waiting.c.id)
                                 .limit(limit)))
 

@@ -15,7 +15,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from sqlalchemy import select
@@ -105,12 +105,14 @@ def _reused_failure(sessions: sessionmaker, sub: Submission, record: Path | None
 
 
 def run_one(cfg: ChallengeConfig, sessions: sessionmaker, owner: str, *, executor: str = "local",
-            release: Path | None = None, out: Path | None = None, publish: bool = True) -> Submission | None:
-    """Claim and evaluate one job; return it as recorded (None when the queue was empty)."""
+            release: Path | None = None, out: Path | None = None, publish: bool = True,
+            tracks: Collection[str] | None = None) -> Submission | None:
+    """Claim and evaluate one job (of ``tracks`` only when given); return it as recorded (None when the queue had
+    none)."""
     from skybench.harness.evaluate import INFRASTRUCTURE, evaluate, one_line
 
     with sessions() as s:
-        sub = queue.claim(s, owner, cfg.lease_seconds, cfg.max_attempts)
+        sub = queue.claim(s, owner, cfg.lease_seconds, cfg.max_attempts, tracks=tracks)
         if sub is None:
             return None
         team = s.get(Team, sub.team_id)
@@ -174,18 +176,47 @@ def tick(cfg: ChallengeConfig, sessions: sessionmaker) -> None:
         log.exception("phase tick failed")
 
 
+def runnable_tracks(cfg: ChallengeConfig) -> tuple[list[str], dict[str, str]]:
+    """(the challenge's tracks whose release this machine holds, {track: why not} for the others). A worker claims
+    jobs of the first only: on a host without a track's release a job would fail and wait to be retried, while a
+    worker that has it could run it now."""
+    from skybench.harness.evaluate import one_line
+    from skybench.release.verify import read_manifest
+    from skybench.tracks import default_release, load_track
+
+    ok, missing = [], {}
+    for name in cfg.tracks:
+        try:
+            release = default_release(load_track(name))
+            if read_manifest(release).get("track") != name:
+                raise ValueError(f"{release} is not a release of {name}")
+            ok.append(name)
+        except Exception as exc:  # noqa: BLE001 - any reason: not runnable here
+            missing[name] = one_line(exc)
+    return ok, missing
+
+
 def run(cfg: ChallengeConfig, sessions: sessionmaker, *, poll_seconds: float = 5.0, executor: str = "local",
-        once: bool = False) -> None:
-    """The worker loop: evaluate jobs until interrupted (``once``: until the queue is empty)."""
+        once: bool = False, tracks: Collection[str] | None = None) -> None:
+    """The worker loop: evaluate jobs until interrupted (``once``: until the queue is empty). ``tracks``: the
+    tracks it claims jobs of; default those whose release this machine holds, looked at again every tick."""
     owner = worker_id()
     log.info("worker %s polling every %.0f s", owner, poll_seconds)
-    last_tick = -math.inf
+    last_tick, mine, told = -math.inf, list(tracks or ()), ""
     while True:
         if time.monotonic() - last_tick >= cfg.tick_seconds:
             last_tick = time.monotonic()
             tick(cfg, sessions)
+            if tracks is None:
+                mine, missing = runnable_tracks(cfg)
+                if (now := f"{mine}{missing}") != told:  # said once, and again when it changes
+                    told = now
+                    log.info("worker %s takes jobs of: %s", owner, ", ".join(mine) or "no track")
+                    for name, why in missing.items():
+                        log.warning("no release of %s on this machine (its jobs wait for a worker that has one): "
+                                    "%s", name, why)
         try:
-            done = run_one(cfg, sessions, owner, executor=executor)
+            done = run_one(cfg, sessions, owner, executor=executor, tracks=mine)
         except Exception:  # noqa: BLE001 - the database is away, say: its job (if any) is re-run after its lease
             log.exception("worker %s: could not claim or record a job; trying again in %.0f s", owner, poll_seconds)
             if once:
