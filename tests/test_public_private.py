@@ -123,23 +123,25 @@ def test_tracks_that_share_test_objects_share_their_split(root, monkeypatch):
     from skybench.tracks import list_tracks
 
     monkeypatch.setenv("SKYBENCH_ROOT", str(root))
-    seen: dict[str, tuple[str, tuple[float | None, int]]] = {}
+    seen: dict[str, tuple[str, tuple[object, ...]]] = {}
     shared = 0
     for name in list_tracks():
         track = load_track(name)
-        split = (track.evaluation.public_fraction, track.evaluation.split_seed)
+        split: tuple[object, ...] = (track.evaluation.public_fraction, track.evaluation.split_seed)
         try:
             domain = f"domain {object_domain(track)}"
         except ValueError:  # a real catalogue (photoz-sdss-mgs): imported, not simulated
             domain = f"domain {name} None"
-        for objects in (domain, f"real set {track.evaluation.real_set}"):
+        # the split draws from the whole test set: the same objects only if each profile has as many test objects
+        sizes = tuple(sorted((p, v.test) for p, v in track.profiles.items()))
+        for objects, split_here in ((domain, (*split, sizes)), (f"real set {track.evaluation.real_set}", split)):
             if objects.endswith(" None"):
                 continue
             if objects in seen:
                 shared += 1
                 other, other_split = seen[objects]
-                assert split == other_split, f"{name} and {other} share the {objects} but not its split"
-            seen.setdefault(objects, (name, split))
+                assert split_here == other_split, f"{name} and {other} share the {objects} but not its split"
+            seen.setdefault(objects, (name, split_here))
     assert shared >= 3  # photoz-images/catalog, and two real sets shared by a track and its realsrc twin
 
 
