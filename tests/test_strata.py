@@ -18,7 +18,7 @@ from skybench import tracking
 from skybench.cli import app
 from skybench.common import stratum_masks
 from skybench.harness.score import public_mask, score
-from skybench.harness.visibility import MIN_STRATUM_OBJECTS, participant_view
+from skybench.harness.visibility import MIN_STRATUM_OBJECTS, participant_view, without_small_strata
 from skybench.release import layout
 from skybench.release.reader import HiddenSplit
 from skybench.tasks.enhance.score import stratified_images
@@ -224,6 +224,8 @@ def test_small_strata_bins_are_left_out_of_the_participant_view() -> None:
     shown = participant_view(track, metrics)
     assert shown == {"psnr": 30.0, f"{big}n_objects": MIN_STRATUM_OBJECTS, f"{big}psnr": 31.0}
     assert participant_view(track, {f"{one}psnr": 27.0}) == {}  # a bin without its count is not shown either
+    for real in ("real_", "public_real_"):  # a real set's bins too (real strata are scored like the rest)
+        assert without_small_strata(track, {f"{real}{one}n_objects": 1, f"{real}{one}psnr": 27.1}) == {}
 
 
 # --------------------------------------------------------------------------- leaderboard --by, small multiples

@@ -71,7 +71,7 @@ def _without_small_strata(track: Track, metrics: dict[str, float]) -> dict[str, 
     drop: set[str] = set()
     for s in track.strata:
         for label in stratum_labels(s.edges, s.values):
-            for part in ("", "public_", "private_"):
+            for part in (p + r for p in ("", "public_", "private_") for r in ("", "real_")):  # a real set's too
                 prefix = part + stratum_key(s.column, label, "")
                 keys = [k for k in metrics if k.startswith(prefix)]
                 counts = [metrics[k] for k in keys if k[len(prefix):].startswith("n_")]
