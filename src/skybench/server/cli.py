@@ -73,7 +73,10 @@ def serve(config: ConfigOpt = DEFAULT_CONFIG, host: str = "127.0.0.1", port: int
 def worker(config: ConfigOpt = DEFAULT_CONFIG,
            executor: Annotated[str, typer.Option(help="local or ray (see skybench evaluate)")] = "local",
            poll: Annotated[float, typer.Option(help="seconds between looks at an empty queue")] = 5.0,
-           once: Annotated[bool, typer.Option(help="stop when the queue is empty")] = False) -> None:
+           once: Annotated[bool, typer.Option(help="stop when the queue is empty")] = False,
+           track: Annotated[list[str] | None, typer.Option(
+               help="take jobs of this track only (repeat for more); default: every track of the challenge whose "
+                    "release is on this machine (releases/TRACK)")] = None) -> None:
     """Evaluate queued submissions one at a time, until interrupted."""
     import logging
 
@@ -81,7 +84,12 @@ def worker(config: ConfigOpt = DEFAULT_CONFIG,
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg, sessions = _sessions(config)
-    run(cfg, sessions, poll_seconds=poll, executor=executor, once=once)
+    for name in track or ():
+        try:
+            cfg.track(name)
+        except KeyError as exc:  # not in the challenge: one line, not a worker that never takes a job
+            _fail(str(exc.args[0]))
+    run(cfg, sessions, poll_seconds=poll, executor=executor, once=once, tracks=track or None)
 
 
 @admin_db.command("upgrade")
