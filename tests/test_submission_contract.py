@@ -130,6 +130,18 @@ def test_content_hash_changes_with_any_file(examples, tmp_path):
     assert load_submission(folder).sha256 != before
 
 
+def test_content_hash_is_one_folder_per_hash(examples, tmp_path):
+    """A symlink's target may hold a newline: written as it is, the symlink a -> "T\nb" and the file c spelled
+    the same records as the symlink a -> "T" and the file "b\nc", so two different folders (git commits both)
+    shared one hash, and a changed folder passed as unchanged."""
+    one, two = (shutil.copytree(examples / "python", tmp_path / n) for n in ("one", "two"))
+    (one / "a").symlink_to("T\nb")
+    (one / "c").write_text("weights")
+    (two / "a").symlink_to("T")
+    (two / "b\nc").write_text("weights")
+    assert load_submission(one).sha256 != load_submission(two).sha256
+
+
 # --- schema errors name the file and the key ------------------------------------------------------
 
 GOOD = {"team": "t", "name": "n", "track": "lens-space", "format": "onnx", "model": "model.onnx"}

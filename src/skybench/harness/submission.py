@@ -145,7 +145,9 @@ DVC_FILES = (".dvcignore",)
 
 
 def folder_sha256(folder: Path) -> str:
-    """sha256 over the sorted (relative path, sha256) of every file; symlinks count by their target.
+    """sha256 over the sorted (relative path, sha256) of every file; symlinks count by the sha256 of their target
+    (a fixed-length record: a target is any bytes but NUL, "\n" included, so written as it is one folder's symlink
+    could spell another folder's symlink and next file, and two folders would share a hash).
 
     Walks within :data:`skybench.harness.files.SUBMISSION_LIMITS`; a folder beyond them, or holding a FIFO, socket
     or device, raises ``SubmissionError``."""
@@ -160,8 +162,9 @@ def folder_sha256(folder: Path) -> str:
             raise SubmissionError(f"{folder}: {clip(e.rel, 100)}: a submission may not hold a {e.path.name} (DVC "
                                   "reads it in the organiser's process); remove it")
         rel = os.fsencode(e.rel)  # names need not be UTF-8
-        if e.is_symlink:
-            h.update(rel + b"\0symlink:" + os.fsencode(os.readlink(e.path)) + b"\n")
+        if e.is_symlink:  # the target's own hash: a target may hold "\n" and then the next entry's name
+            target = hashlib.sha256(os.fsencode(os.readlink(e.path))).hexdigest()
+            h.update(rel + f"\0symlink:{target}\n".encode())
         elif e.is_file:
             h.update(rel + f"\0{sha256_file(e.path)}\n".encode())
         elif not e.is_dir:
@@ -527,9 +530,11 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
                 bad = _not_world_readable(folder.resolve(), walk_limits)
             except FolderError as exc:
                 return _fail(clip(str(exc)), ids, infrastructure=ours)
-            if bad:
+            if bad:  # the host's either way: no team sets a mode (git keeps only the x bit, the checkout's umask
+                # does the rest; the server's store makes every file 0444), and the mode is not in the folder's hash,
+                # so a FAILED record of the submission would be reused after the organiser's chmod
                 return _fail(f"{bad} is not world-readable; the sandbox cannot read it (chmod -R a+rX)", ids,
-                             infrastructure=ours)
+                             infrastructure=True)
     gpu = cuda_available() if gpu is None else gpu
     scratch = Path(scratch)
     scratch.mkdir(parents=True, exist_ok=True)
