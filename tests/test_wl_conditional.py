@@ -422,3 +422,38 @@ def test_a_shared_nearest_neighbour_is_no_memorisation():
     k, law = min(check.laws, key=lambda kl: stats.hypergeom.sf(kl[0] - 1, 100, 60, len(kl[1]) - 1))
     assert law == pytest.approx(stats.hypergeom.pmf(np.arange(len(law)), 100, 60, len(law) - 1))
     assert k == 40
+
+
+def test_lognormal_shift_scales_with_the_empty_beam_convergence_of_each_grid_point():
+    """The minimum convergence (empty beam) is proportional to Omega_m (REFERENCES.md, "Lognormal convergence"), so
+    the shift of each grid point is the population's scaled by it, computed here from pyccl's distances; the
+    fiducial point keeps the population's shift, and at fixed sigma8 the maps' skewness stays about constant
+    (S3 ~ Omega_m^-0.8 at tree level, Bernardeau, van Waerbeke & Mellier 1997) instead of growing with Omega_m."""
+    import pyccl
+    from scipy.stats import skew
+
+    from skybench.tasks.generate.simulator import ccl_cosmology
+
+    z_nz, nz = POP.sources.table()
+
+    def empty_beam(cosmo) -> float:
+        c = ccl_cosmology(cosmo)
+        k = []
+        for zs in z_nz[1:]:
+            chi = pyccl.comoving_radial_distance(c, 1 / (1 + np.linspace(0, zs, 400)))
+            z = np.linspace(0, zs, 400)
+            k.append(1.5 * cosmo.Omega_m * (cosmo.h / 2997.92458) ** 2
+                     * np.trapezoid(chi * (chi[-1] - chi) / chi[-1] * (1 + z), chi))
+        return float(np.trapezoid(np.array([0.0, *k]) * nz, z_nz))
+
+    fid = empty_beam(POP.cosmology)
+    skews = {}
+    for k, (om, s8) in enumerate(POP.grid.points()):
+        pop = POP.at_point(k)
+        want = POP.kappa0() * empty_beam(pop.cosmology) / fid
+        assert pop.kappa0() == pytest.approx(want, rel=2e-3), (om, s8)
+        if s8 == 0.8:
+            maps = MapSimulator(pop, "numpy").simulate(list(range(200)))
+            skews[om] = skew(maps.astype(np.float64).ravel())
+    assert POP.at_point(4).kappa0() == pytest.approx(POP.kappa0(), rel=1e-12)  # (0.30, 0.8): the population's own
+    assert abs(skews[0.35] / skews[0.25] - 1) < 0.15, skews  # a shift fixed over the grid: +35%

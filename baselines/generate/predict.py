@@ -5,8 +5,8 @@ which draws white noise; the map is that noise filtered by ``amplitude`` (rfft2 
 oracle, mapped through ``kappa0 * (exp(g - sigma_g2 / 2) - 1)`` (the truth process; Hilbert et al. 2011).
 ``model.npz`` (written by the baseline's train.py) holds ``amplitude``, ``kappa0`` (NaN: Gaussian) and
 ``sigma_g2``. On a conditional track (``wl-maps-conditional``) the batch is the tuple ``(latents, params)`` and
-``model.npz`` holds them per grid point (a leading axis) with ``grid`` (P, 2) = (Omega_m, sigma8): each map uses
-the grid point nearest to its ``params`` row (distances in units of each parameter's grid spacing)."""
+``model.npz`` holds them per grid point (a leading axis; ``kappa0`` too) with ``grid`` (P, 2) = (Omega_m, sigma8):
+each map uses the grid point nearest to its ``params`` row (distances in units of each parameter's grid spacing)."""
 
 import numpy as np
 
@@ -42,12 +42,12 @@ def predict(model, batch):
         if params is None:
             raise ValueError("this model is conditional: it needs the batch (latents, params)")
         point = nearest_point(model["grid"], params)
-        k0 = float(model["kappa0"])
+        k0 = np.broadcast_to(model["kappa0"], (len(model["grid"]),))  # one shift per grid point (or one for all)
         n = model["amplitude"].shape[1]
         out = np.empty((len(z), 1, n, n), np.float32)
         for i, row in enumerate(z):
             p = point[i]
-            out[i, 0] = _map(row, model["amplitude"][p], k0, float(model["sigma_g2"][p]))
+            out[i, 0] = _map(row, model["amplitude"][p], float(k0[p]), float(model["sigma_g2"][p]))
         return out
     amp, k0, s2 = model["amplitude"], float(model["kappa0"]), float(model["sigma_g2"])
     n = amp.shape[0]

@@ -42,7 +42,9 @@ def train(argv: list[str] | None = None) -> tuple[dict[str, Any], Path]:
         np.savez(out / "model.npz", amplitude=sim._amplitude, kappa0=kappa0, sigma_g2=sim.sigma_g2)
     else:
         sims = [MapSimulator(pop.at_point(k), "numpy") for k in range(pop.n_points)]
-        np.savez(out / "model.npz", amplitude=np.stack([s._amplitude for s in sims]), kappa0=kappa0,
+        # the shift of each grid point (it scales with the point's empty-beam convergence, MapPopulation.at_point)
+        np.savez(out / "model.npz", amplitude=np.stack([s._amplitude for s in sims]),
+                 kappa0=np.array([np.nan if s.kappa0 is None else s.kappa0 for s in sims]),
                  sigma_g2=np.array([s.sigma_g2 for s in sims]), grid=np.array(pop.grid.points(), np.float64))
     shutil.copy(HERE.parent / "predict.py", out / "predict.py")
     write_submission(out, NAME, args.track, "python", "predict.py",

@@ -101,6 +101,25 @@ def kappa0_hilbert2011(z_s: np.ndarray) -> np.ndarray:
     return 0.008 * z_s + 0.029 * z_s**2 - 0.0079 * z_s**3 + 0.00065 * z_s**4
 
 
+def empty_beam_kappa(Omega_m: float, h: float, z_s: np.ndarray, n_chi: int = 256) -> np.ndarray:
+    """|kappa_min|, the convergence of an empty beam to sources at ``z_s`` in flat LCDM (no radiation):
+    (3 H0^2 Omega_m / 2 c^2) int_0^chi_s chi (chi_s - chi) / chi_s (1 + z) dchi (REFERENCES.md, "Lognormal
+    convergence": its upper bound on the shift; Hilbert et al. 2011, Sec. 4). Proportional to Omega_m at fixed
+    distances."""
+    zs = np.atleast_1d(np.asarray(z_s, dtype=np.float64))
+    hubble = 2997.92458 / h  # c / H0 [Mpc]
+    out = np.zeros_like(zs)
+    for i, z_top in enumerate(zs):
+        if z_top <= 0:
+            continue
+        z = np.linspace(0.0, z_top, n_chi)
+        inv_e = 1.0 / np.sqrt(Omega_m * (1 + z) ** 3 + 1.0 - Omega_m)
+        chi = hubble * np.concatenate([[0.0], np.cumsum((inv_e[1:] + inv_e[:-1]) / 2 * np.diff(z))])
+        integrand = chi * (chi[-1] - chi) / chi[-1] * (1 + z)
+        out[i] = 1.5 * Omega_m / hubble**2 * _trapezoid(integrand, chi)
+    return out.reshape(np.shape(z_s))
+
+
 def point_label(Omega_m: float, sigma8: float) -> str:
     """The name of a grid point in metric names (``by_cosmology_<label>_<metric>``), e.g. ``Om0.3_s8_0.8``."""
     return f"Om{Omega_m:g}_s8_{sigma8:g}"
@@ -182,8 +201,21 @@ class MapPopulation(_Strict):
         if self.grid is None:
             return self
         om, s8 = self.grid.points()[k]
-        return MapPopulation.model_validate({**self.model_dump(), "grid": None,
-                                             "cosmology": self.cosmology.with_params(om, s8).model_dump()})
+        cosmo = self.cosmology.with_params(om, s8)
+        shift = self.lognormal_shift
+        if shift == "hilbert2011":
+            # The fit is for one cosmology, but the minimum convergence (empty beam) is proportional to Omega_m
+            # (REFERENCES.md, "Lognormal convergence"); a shift fixed over the grid makes the maps' skewness grow
+            # with Omega_m instead of staying about constant at fixed sigma8 (S3 ~ Omega_m^-0.8, Bernardeau, van
+            # Waerbeke & Mellier 1997, A&A 322, 1). Scale it from the population's cosmology by the empty beam.
+            def empty(c: Cosmology) -> float:
+                return self.sources.average(lambda z: empty_beam_kappa(c.Omega_m, c.h, z))
+
+            kappa0 = self.kappa0()
+            assert kappa0 is not None
+            shift = kappa0 * empty(cosmo) / empty(self.cosmology)
+        return MapPopulation.model_validate({**self.model_dump(), "grid": None, "lognormal_shift": shift,
+                                             "cosmology": cosmo.model_dump()})
 
     @property
     def pixel_rad(self) -> float:

@@ -238,8 +238,9 @@ class GenerateSimulator:
                 "sigma_g2": sim.sigma_g2, "clipped_fraction": sim.clipped_fraction,
                 "latent": pop.latent.model_dump(), "units": "convergence (dimensionless)"}
         if pop.grid is not None:
-            info = {k: v for k, v in info.items() if k not in ("sigma_g2", "clipped_fraction")}
-            info["grid"] = [{"point": k, "label": label, "Omega_m": om, "sigma8": s8, "sigma_g2": s.sigma_g2,
+            info = {k: v for k, v in info.items() if k not in ("kappa0", "sigma_g2", "clipped_fraction")}
+            info["grid"] = [{"point": k, "label": label, "Omega_m": om, "sigma8": s8, "kappa0": s.kappa0,
+                             "sigma_g2": s.sigma_g2,
                              "clipped_fraction": s.clipped_fraction}
                             for k, ((om, s8), label, s) in enumerate(zip(pop.grid.points(), pop.grid.labels(), sims,
                                                                          strict=True))]
