@@ -94,6 +94,31 @@ def test_minkowski_functionals_of_a_gaussian_field_match_the_analytic_ones():
         minkowski(maps, np.array([0.0, 1.0, 3.0]))
 
 
+def test_minkowski_v1_v2_are_lenstools_sums_with_numpy_derivatives():
+    """V1, V2 as REFERENCES.md defines them (LensTools extern/minkowski.c, differentials.c): periodic central
+    differences in pixels, the second derivatives those applied twice (np.gradient of np.gradient, a +-2-pixel
+    stencil), each bin's sum over N_pix and the bin width."""
+    maps = smooth_gaussian_maps(16, 2, sigma_pix=1.5)
+    maps /= maps.std()
+    nu = np.linspace(-2.0, 2.0, 9)
+    _, v1, v2 = minkowski(maps, nu)
+    pad = 4
+
+    def grad(a: np.ndarray, axis: int) -> np.ndarray:  # periodic np.gradient: wrap, differentiate, crop
+        return np.gradient(np.pad(a, pad, mode="wrap"), axis=axis)[pad:-pad, pad:-pad]
+
+    step, edges = nu[1] - nu[0], np.r_[nu - (nu[1] - nu[0]) / 2, nu[-1] + (nu[1] - nu[0]) / 2]
+    for m, got1, got2 in zip(maps, v1, v2, strict=True):
+        ky, kx = grad(m, 0), grad(m, 1)
+        kyy, kxx, kxy = grad(ky, 0), grad(kx, 1), grad(kx, 0)
+        g2 = kx**2 + ky**2
+        curv = (2 * kx * ky * kxy - kx**2 * kyy - ky**2 * kxx) / g2
+        want1 = np.histogram(m, edges, weights=np.sqrt(g2))[0] / (4 * m.size * step)
+        want2 = np.histogram(m, edges, weights=curv)[0] / (2 * np.pi * m.size * step)
+        np.testing.assert_allclose(got1, want1, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(got2, want2, rtol=1e-9, atol=1e-12)
+
+
 def test_chi2_per_dof_of_truth_against_truth_is_one_with_the_hartlap_factor():
     rng = np.random.default_rng(4)
     d, n_t, n_g = 10, 40, 30

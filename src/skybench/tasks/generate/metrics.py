@@ -176,7 +176,8 @@ def minkowski(maps: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.
     """V0, V1, V2 (each ``(N, T)``) at equally spaced ``thresholds`` (map units); lengths in pixels.
 
     V0 = area fraction at or above the threshold, V1 = boundary length / (4 area), V2 = integrated boundary curvature
-    / (2 pi area), from central finite differences (periodic); the delta function on the contour is a bin of
+    / (2 pi area), from central finite differences (periodic; the second derivatives are the first applied twice,
+    a +-2-pixel stencil, as LensTools' ``extern/differentials.c``); the delta function on the contour is a bin of
     one threshold step around each threshold.
     """
     # Kratochvil et al. 2012, PRD 85, 103513, eqs. (5)-(7); Matsubara 2010, PRD 81, 083505
@@ -196,10 +197,11 @@ def _minkowski_block(m: np.ndarray, nu: np.ndarray) -> tuple[np.ndarray, np.ndar
     def shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:  # a(y + dy, x + dx)
         return np.roll(a, (-dy, -dx), axis=(1, 2))
 
+    # LensTools extern/differentials.c: central differences, the second derivatives those applied twice (+-2 px)
     kx = (shift(m, 0, 1) - shift(m, 0, -1)) / 2
     ky = (shift(m, 1, 0) - shift(m, -1, 0)) / 2
-    kxx = shift(m, 0, 1) + shift(m, 0, -1) - 2 * m
-    kyy = shift(m, 1, 0) + shift(m, -1, 0) - 2 * m
+    kxx = (shift(m, 0, 2) + shift(m, 0, -2) - 2 * m) / 4
+    kyy = (shift(m, 2, 0) + shift(m, -2, 0) - 2 * m) / 4
     kxy = (shift(m, 1, 1) - shift(m, 1, -1) - shift(m, -1, 1) + shift(m, -1, -1)) / 4
     grad2 = kx**2 + ky**2
     curv = np.divide(2 * kx * ky * kxy - kx**2 * kyy - ky**2 * kxx, grad2, out=np.zeros_like(m), where=grad2 > 0)
