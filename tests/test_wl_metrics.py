@@ -209,6 +209,24 @@ def test_memorisation_check_catches_copies_among_biased_maps_and_of_a_few_maps()
     assert check.flagged and check.p_value < 1e-6 and check.train_neighbours >= 39, check
 
 
+def test_memorisation_check_catches_copies_beside_a_map_equally_near_every_map():
+    """A map of 1e20 (DC and Nyquist modes only, so no C_l bin and no peak sees it) is, in float64, exactly as near
+    to every public and held-out map, in pixels and in Fourier amplitudes: had it shared its vote among them all,
+    every map of the union would be a distinct neighbour (p = 1), and one such map would hide any number of
+    copies. A generated map names one neighbour, however many are tied."""
+    train, heldout = lognormal_maps(60, 10), lognormal_maps(60, 11)
+    rng = np.random.default_rng(0)
+    copies = train[rng.permutation(len(train))[:40]]
+    bomb = np.full((1, N, N), 1e20)
+    bomb[0, 1::2] = -1e20 / 3  # rows alternate: V0 is 1/2 at every threshold, no gradient in range
+    for extra in (bomb, np.full((1, N, N), -1e20)):
+        check = memorisation_check(np.concatenate([copies, extra]), train, heldout)
+        assert check.flagged and check.neighbours <= 41, check
+    fresh = lognormal_maps(40, 12)
+    check = memorisation_check(np.concatenate([fresh, bomb]), train, heldout)
+    assert not check.flagged, check
+
+
 def test_memorisation_p_value_is_hypergeometric_in_the_distinct_neighbours():
     """Known answers: generated maps that are k training and D - k held-out maps (each its own nearest
     neighbour) give the hypergeometric tail of k of D; all votes for one training map, a p-value of ~1."""

@@ -363,14 +363,15 @@ def _nn_distance(a: np.ndarray, b: np.ndarray, exclude_self: bool = False, chunk
 
 def _nn_votes(a: np.ndarray, refs: np.ndarray, chunk: int = 256) -> np.ndarray:
     """(Nr,) how many rows of ``a`` ((Na, F), or (Na, V, F): minimum over variants V) have each row of ``refs``
-    (Nr, F) as their nearest neighbour; a row with several equally near ones shares its vote among them."""
+    (Nr, F) as their nearest neighbour; a row with several equally near ones votes for the first of them only.
+    Not shared among them: a map of 1e20 is, in float64, exactly as near to every map (its own norm swallows
+    the rest of :func:`_sq_distances`), and its shared vote would make every map a distinct neighbour (p = 1)."""
     a3 = a if a.ndim == 3 else a[:, None]
     b2 = refs.reshape(refs.shape[0], -1)
     w = np.zeros(b2.shape[0])
     for s in range(0, a3.shape[0], chunk):
         d2 = _sq_distances(a3[s : s + chunk], b2).min(axis=1)
-        nearest = d2 <= d2.min(axis=1, keepdims=True)
-        w += (nearest / nearest.sum(axis=1, keepdims=True)).sum(axis=0)
+        w += np.bincount(d2.argmin(axis=1), minlength=b2.shape[0])
     return w
 
 
