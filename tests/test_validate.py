@@ -62,6 +62,13 @@ def test_hints_name_the_common_mistakes() -> None:
     assert hint.startswith("the model expects 1 band(s); this track gives 4")
     assert "static batch" in predict_hint("AssertionError: Guard failed: x.size()[0] == 8", (7, *SHAPE), set())
 
+    # a python model of a pair-input track that takes its batch for one array (numpy's and python's own words)
+    for msg in ("AttributeError: 'tuple' object has no attribute 'shape'",
+                "ValueError: setting an array element with a sequence. The requested array has an inhomogeneous "
+                "shape after 1 dimensions. The detected shape was (2,) + inhomogeneous part."):
+        assert "batch is a tuple of 2 arrays" in predict_hint(msg, (7, 5, 64, 64), set(), parts=2)
+        assert "tuple of" not in predict_hint(msg, (7, 5, 64, 64), set())
+
 
 def test_split_truth_wraps_the_public_val_split_and_refuses_test(tiny_space_release: Path) -> None:
     rel = open_release(tiny_space_release)

@@ -85,10 +85,16 @@ def _exception_text(exc: BaseException) -> str:
     return one_line(f"{type(exc).__name__}: {msg}", 200)
 
 
-def predict_hint(message: str, shape: tuple[int, ...], ok_batches: set[int]) -> str:
-    """A one-line hint for the common mistakes behind a model's exception on an input of ``shape``; ""
-    when none applies. ``ok_batches``: batch sizes the model already handled in this run."""
+def predict_hint(message: str, shape: tuple[int, ...], ok_batches: set[int], parts: int = 1) -> str:
+    """A one-line hint for the common mistakes behind a model's exception on an input of ``shape`` (the first of
+    ``parts`` arrays of a tuple batch); "" when none applies. ``ok_batches``: batch sizes the model already handled
+    in this run."""
     n = shape[0]
+    # numpy, python and torch on a tuple taken for one array: "'tuple' object has no attribute 'shape'",
+    # "inhomogeneous shape", "setting an array element with a sequence", "expected np.ndarray (got tuple)"
+    if parts > 1 and re.search(r"\btuple\b|inhomogeneous|array element with a sequence", message):
+        return (f"this track's batch is a tuple of {parts} arrays (photo-z images: (images, features); "
+                "wl-maps-conditional: (latents, params)): unpack it, e.g. images, features = batch (SUBMITTING.md)")
     if ok_batches - {n}:
         return (f"worked at batch size {', '.join(map(str, sorted(ok_batches)))}, fails at {n}: a static batch "
                 f"dimension; export it with a dynamic one")
@@ -338,7 +344,7 @@ def _predict_set(predict: Predict, fmt: str, used: str, inputs: Path, out: Path,
             parts = batch if isinstance(batch, tuple) else (batch,)
             fed = " and ".join(f"{a.dtype} {tuple(a.shape)}" for a in parts)
             text = _exception_text(exc)
-            hint = predict_hint(text, tuple(parts[0].shape), ok_batches)
+            hint = predict_hint(text, tuple(parts[0].shape), ok_batches, len(parts))
             raise RunnerError(f"predict failed on batch {i} (input {fed}): {text}"
                               + (f" | hint: {hint}" if hint else "")) from exc
         ok_batches.add(len(batch[0] if isinstance(batch, tuple) else batch))
