@@ -180,9 +180,10 @@ def test_busy_loop_on_a_small_set_fails_within_the_scaled_time(tiny_space_releas
                 pass
     """))
     t0 = time.monotonic()
-    res = sandboxed_predict(sub, tiny_space_release, scratch=tmp_path / "scratch", track=track, threads=1)
+    res = sandboxed_predict(sub, tiny_space_release, scratch=tmp_path / "scratch", track=track, threads=1, gpu=False)
     assert not res.ok
     assert res.reason == "exceeded the wall-time limit of 4.28 s"  # 3 + 0.02 x 64 objects
+    assert res.device == "cpu"  # the runner never said, but a run without a GPU ran on the CPU (was "unknown")
     assert res.seconds < 10 and time.monotonic() - t0 < 30  # the old limit held the evaluator for 900 s
 
 

@@ -571,6 +571,8 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
     res = run_sandboxed(argv, scratch=scratch, ro_binds=binds, limits=limits, env=env, gpu=gpu, outputs=outputs,
                         private=private)
     device, problem = _read_runner_info(info)
+    if device == "unknown" and not gpu:  # the runner failed before saying; without a GPU it ran on the CPU
+        device = "cpu"
     if not res.ok:
         reason = res.reason
         if reason.startswith("exited with status") and (error := _runner_error(info)):
