@@ -574,20 +574,38 @@ sys.path.insert(0, sys.argv[1])
 host = Path(sys.argv[2])
 (host / "cgroup.procs").write_text(str(os.getpid()))  # run groups are made below host/skybench
 from skybench.harness.sandbox import Limits, run_sandboxed
-code = Path(sys.argv[3])
-limits = Limits(memory_mb=400, cpu_seconds=60, wall_seconds=60, max_processes=32, scratch_mb=16)
+code, cache = Path(sys.argv[3]), sys.argv[4] == "cache"
+limits = Limits(memory_mb=200 if cache else 400, cpu_seconds=60, wall_seconds=60, max_processes=32, scratch_mb=16)
 res = {}
 def run(name, src):
     (code / (name + ".py")).write_text(src)
     res[name] = run_sandboxed([sys.executable, str(code / (name + ".py"))], scratch=code.parent / name,
                               ro_binds=[code], limits=limits)
 HOG = "import os, time\\nf = os.open('/dev/shm/h', os.O_CREAT | os.O_WRONLY)\\n" \\
-      "for _ in range(200): os.write(f, b'x' * (1 << 20))\\ntime.sleep(12)"
-hog = threading.Thread(target=run, args=("hog", HOG))
-hog.start()
-time.sleep(4)
-run("honest", "bytearray(150 << 20); print('done')")  # 150 MB of a 400 MB limit
-hog.join()
+      f"for _ in range({190 if cache else 200}): os.write(f, b'x' * (1 << 20))\\ntime.sleep(12)"
+HONEST = "bytearray(150 << 20); print('done')"  # 150 MB, within its limit
+if cache:  # first fill its own limit with page cache (reclaimed at its limit: v1 counts failcnt, peak = limit)
+    big = code / "big.bin"
+    with open(big, "wb") as f:
+        for _ in range(400):
+            f.write(os.urandom(1 << 20))
+        f.flush()
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # not cached: the run's reading charges it
+    big.chmod(0o644)
+    HONEST = ("import time\\nf = open('" + str(big) + "', 'rb')\\nwhile f.read(1 << 20):\\n    pass\\n"
+              "time.sleep(5)\\n" + HONEST)
+    honest = threading.Thread(target=run, args=("honest", HONEST))
+    honest.start()
+    time.sleep(2)
+    run("hog", HOG)
+    honest.join()
+else:
+    hog = threading.Thread(target=run, args=("hog", HOG))
+    hog.start()
+    time.sleep(4)
+    run("honest", HONEST)
+    hog.join()
 print(repr((res["honest"].ok, res["honest"].infrastructure, res["honest"].reason)))
 """
 
@@ -599,9 +617,11 @@ def _v1_memory_group() -> Path | None:
 
 @needs_bwrap
 @pytest.mark.skipif(os.geteuid() != 0 or _v1_memory_group() is None, reason="needs root and a cgroup v1 memory group")
-def test_a_run_killed_because_the_host_ran_short_is_the_hosts_failure(tmp_path):
+@pytest.mark.parametrize("cache", ["", "cache"])
+def test_a_run_killed_because_the_host_ran_short_is_the_hosts_failure(tmp_path, cache):
     """Another team's run must not make this one FAILED for 'exceeded the memory limit' (its own fault, not
-    retried) when it stayed within its limit and the machine ran out of memory."""
+    retried) when it stayed within its limit and the machine ran out of memory. ``cache``: the run first filled
+    its limit with page cache, which v1's counters cannot tell from reaching it (the kernel's report can)."""
     host = _v1_memory_group() / f"test-host-short-{os.getpid()}"
     (host / "skybench").mkdir(parents=True)
     try:
@@ -613,7 +633,7 @@ def test_a_run_killed_because_the_host_ran_short_is_the_hosts_failure(tmp_path):
         for p in (tmp_path, code):
             p.chmod(0o777)
         src = Path(__file__).resolve().parents[1] / "src"
-        out = subprocess.run([sys.executable, "-c", HOST_SHORT, str(src), str(host), str(code)],
+        out = subprocess.run([sys.executable, "-c", HOST_SHORT, str(src), str(host), str(code), cache or "-"],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr[-2000:]
         ok, infrastructure, reason = eval(out.stdout.strip().splitlines()[-1])

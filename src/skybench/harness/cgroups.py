@@ -10,6 +10,7 @@ once) when neither can be used; the caller then falls back to rlimits, or refuse
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
@@ -95,6 +96,37 @@ def _v1_bases() -> tuple[dict[str, Path] | None, str]:
     return bases, ""
 
 
+def kernel_oom_reports(group: str) -> list[dict[str, str]]:
+    """The kernel's OOM kill reports (``oom-kill:constraint=...,oom_memcg=<group whose limit failed, absent when
+    the host ran out>,task_memcg=<the victim's group>,...``, kernel 4.19+) whose victim was in a cgroup named
+    ``group``, read from /dev/kmsg; [] when it cannot be read (no CAP_SYSLOG) or holds none (rate-limited)."""
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return []
+    found: list[dict[str, str]] = []
+    try:
+        while True:
+            try:
+                record = os.read(fd, 8192)  # one record per read: "prio,seq,usec,flags;message\n..."
+            except BlockingIOError:  # the end of the buffer
+                break
+            except OSError as exc:
+                if exc.errno == errno.EPIPE:  # a record overwritten while reading: the next one follows
+                    continue
+                break
+            if not record:
+                break
+            message = record.decode("utf-8", "replace").partition(";")[2].partition("\n")[0]
+            if message.startswith("oom-kill:"):
+                fields = dict(kv.partition("=")[::2] for kv in message[len("oom-kill:"):].split(","))
+                if fields.get("task_memcg", "").endswith(f"/{group}"):
+                    found.append(fields)
+    finally:
+        os.close(fd)
+    return found
+
+
 def unavailable_reason() -> str:
     """Why no cgroup can be created here ("" when one can)."""
     if _v2_base()[0] is not None:
@@ -148,6 +180,10 @@ class Cgroup:
                 return None
         if not kills:
             return None
+        if self.version == 1 and (reports := kernel_oom_reports(self.dirs["memory"].name)):
+            # the kernel's own words: the group whose limit started the kill (none: the host's memory ran out)
+            own = any(r.get("oom_memcg") == r.get("task_memcg") for r in reports)
+            return "own" if own else "host"
         return "own" if self._limit_hit() else "host"
 
     def _oom_kills(self) -> int | None:
@@ -159,8 +195,9 @@ class Cgroup:
     def _limit_hit(self) -> bool:
         """Whether the run's own memory limit started an OOM kill (an ancestor's or the host's shortage does not
         count: v2 counts ``oom`` in the group whose limit failed and its ancestors, never in a child; not ``max``,
-        which page cache reclaimed at the limit raises too). v1 has no such count: ``failcnt`` or a peak usage at
-        the limit, which an honest run that filled its limit with page cache also shows (docs/SCALE.md)."""
+        which page cache reclaimed at the limit raises too). v1 has no such count (:meth:`oom_kind` reads the
+        kernel's report first): ``failcnt`` or a peak usage at the limit, which an honest run that filled its limit
+        with page cache also shows (docs/SCALE.md)."""
         if self.version == 2:
             return self._read("unified", "memory.events").get("oom", 0) > 0
         d = self.dirs.get("memory")
