@@ -68,7 +68,7 @@ def noise_release(out: Path, track_name: str, n: int) -> Path:
     def chunks(split: str, ranges: list[tuple[int, int]]):  # noqa: ANN202
         for a, b in ranges:
             rng = np.random.default_rng(a)
-            meta = {"id": np.arange(a, b), "is_lens": rng.integers(0, 2, b - a)}
+            meta: dict[str, np.ndarray] = {"id": np.arange(a, b), "is_lens": rng.integers(0, 2, b - a)}
             for s in track.strata:  # every column the scorer bins by, random within its bins
                 if s.column == "contaminant":  # derived from has_<kind> (tasks/lens/score.py, contaminant_mask)
                     meta |= {f"has_{kind}": rng.random(b - a) < 0.1 for kind in CONTAMINANTS}

@@ -63,8 +63,8 @@ def main() -> None:
     from skybench.tracks import load_track
 
     track = load_track(args.track)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
         release = simulate_release(track, tmp / "release", size=args.size, progress=False)
         sub = cnn_submission(tmp, track)
 

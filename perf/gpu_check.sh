@@ -88,7 +88,7 @@ else
     # [gpu]'s requirements (pyproject.toml), downloaded first so that a failure leaves onnxruntime in place
     mapfile -t REQS < <("$PY" -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["gpu"], sep="\n")')
     TORCH_VERSION=$(grep -m1 '^torch==' requirements/lock.txt | sed 's/^torch==\([^ +]*\).*/\1/')
-    TORCH_CUDA_INDEX=${TORCH_CUDA_INDEX:-https://download.pytorch.org/whl/cu128}
+    TORCH_CUDA_INDEX=${TORCH_CUDA_INDEX:-}  # e.g. https://download.pytorch.org/whl/cu128 where it is reachable
     WHEELS=$(mktemp -d)
     if timeout 30 "$PY" -m pip index versions onnxruntime-gpu >"$LOGDIR/pip.log" 2>&1 \
         && timeout 300 "$PY" -m pip download --quiet -d "$WHEELS" "${REQS[@]}" >>"$LOGDIR/pip.log" 2>&1; then
@@ -99,8 +99,18 @@ else
         "$PY" -m pip install --quiet "$(grep -m1 -o '^onnxruntime==[^ ]*' requirements/lock.txt)"  # put it back
       fi
       if ! "$PY" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then
-        timeout 300 "$PY" -m pip install --quiet --index-url "$TORCH_CUDA_INDEX" "torch==$TORCH_VERSION" \
-          || echo "gpu_check: torch's CUDA build is not installable from $TORCH_CUDA_INDEX"
+        # the installed CPU build (2.13.0+cpu) satisfies torch==2.13.0, so a plain install does nothing: download
+        # the CUDA build first (PyPI's Linux torch is one; TORCH_CUDA_INDEX names another index), then swap
+        TORCH_WHEELS=$(mktemp -d)
+        if timeout 600 "$PY" -m pip download --quiet -d "$TORCH_WHEELS" \
+            ${TORCH_CUDA_INDEX:+--index-url "$TORCH_CUDA_INDEX"} "torch==$TORCH_VERSION" >>"$LOGDIR/pip.log" 2>&1; then
+          "$PY" -m pip uninstall --quiet -y torch >/dev/null 2>&1
+          "$PY" -m pip install --quiet --no-index --find-links "$TORCH_WHEELS" "torch==$TORCH_VERSION" \
+            || FAILS+=("install: torch==$TORCH_VERSION (CUDA build) did not install: torch is gone, see pip's output")
+        else
+          echo "gpu_check: torch's CUDA build could not be downloaded (${TORCH_CUDA_INDEX:-PyPI}); see $LOGDIR/pip.log"
+        fi
+        rm -rf "$TORCH_WHEELS"
       fi
     else
       echo "gpu_check: the package index is not reachable (or lacks ${REQS[*]}): using what is installed"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -116,6 +117,8 @@ def bare_runtime(fmt: str, sub: Path, device: str) -> Callable[[np.ndarray], np.
         import onnxruntime as ort
 
         providers = (["CUDAExecutionProvider"] if device == "cuda" else []) + ["CPUExecutionProvider"]
+        if device == "cuda" and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # as the runner does: CUDA and cuDNN from pip's nvidia-* packages
         sess = ort.InferenceSession(str(sub / "model.onnx"), providers=providers)
         if sess.get_providers()[0] != ("CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"):
             raise RuntimeError(f"bare onnxruntime did not take the {device} provider: {sess.get_providers()}")
@@ -171,7 +174,7 @@ def runtime_installed(fmt: str) -> str:
     """'' when ``fmt``'s runtime imports here, else what to install."""
     import importlib.util
 
-    need = {"onnx": "onnxruntime", "torch": "torch", "keras": "tensorflow"}[fmt]
+    need = {"onnx": "onnxruntime", "torch": "torch", "keras": "tensorflow", "ray": "ray"}[fmt]
     return "" if importlib.util.find_spec(need) else need
 
 
@@ -324,6 +327,7 @@ def main() -> int:
     from eval_ray import noise_release
 
     from skybench.harness.evaluate import evaluate
+    from skybench.harness.sandbox import gpu_binds
     from skybench.harness.submission import cuda_available
     from skybench.release.reader import open_release
     from skybench.tracks import load_track
@@ -335,7 +339,10 @@ def main() -> int:
               "harness/submission.py: a /dev/nvidiaN node and torch's CUDA build)", flush=True)
         return 1
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
-    gpu_index = (int(visible) if visible.isdigit() else 0) if cuda else None
+    gpu_index = (int(visible) if visible.isdigit() else 0) if cuda else None  # NVML's index (the only GPU: 0)
+    # the node the sandbox should see: the one gpu_binds picks (the only GPU may be /dev/nvidia3 in a container)
+    want = [a[1][len("/dev/"):] for a in gpu_binds(os.listdir("/dev"), visible)
+            if re.fullmatch(r"/dev/nvidia\d+", a[1])] if cuda else []
     track = load_track(args.track)
     batch = track.evaluation.batch_size
     shape = (len(track.band_names), track.cutout.size, track.cutout.size)
@@ -358,7 +365,6 @@ def main() -> int:
         # 1. what a sandboxed GPU task sees: its own /dev/nvidiaN and nothing of another GPU
         devs, pci = sandbox_devices(tmp, cuda)
         numbered = [d for d in devs if d[6:].isdigit()]
-        want = [f"nvidia{gpu_index}"] if cuda else []
         print(f"sandbox sees: /dev/{{{', '.join(devs)}}}, {len(pci)} PCI device(s)", flush=True)
         if numbered != want:
             fail(f"the sandbox sees GPU nodes {numbered}, expected {want}")
@@ -403,7 +409,10 @@ def main() -> int:
 
         # 3. the Ray executor on the same data, the first format that ran
         ray_row = None
-        if not args.no_ray and rows:
+        if not args.no_ray and rows and runtime_installed("ray"):
+            missing.append("ray: ray is not installed here (the Ray executor's check)")
+            print("ray    MISSING: ray is not installed here; the Ray executor's check is skipped", flush=True)
+        elif not args.no_ray and rows:
             import ray
 
             from skybench.harness.executors import RayExecutor
@@ -482,11 +491,11 @@ def main() -> int:
     for fmt, r in rows.items():
         gpu_mem = " / ".join("-" if r.get(key) is None else f"{r[key]:.0f}" for key in ("gpu", "bare_gpu"))
         bare = f"{n / r['bare']:.1f}" if "bare" in r else "-"
-        ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
+        goal = f"{r['ratio']:.2f}" if "ratio" in r else "-"
         box_ratio = f"{r['bare'] / r['box']:.2f}" if "bare" in r else "-"
-        diff = f"{r['diff_cpu']:.1e} ({r['k']})" if "diff_cpu" in r else "-"
-        md.append(f"| {fmt} | {r['dev']} | {n / r['wall']:.1f} | {bare} | {ratio} | {r['box']:.1f} | {box_ratio} | "
-                  f"{r['parent'] / gib:.2f} / {r['children'] / gib:.2f} | {gpu_mem} | {diff} |")
+        vs_cpu = f"{r['diff_cpu']:.1e} ({r['k']})" if "diff_cpu" in r else "-"
+        md.append(f"| {fmt} | {r['dev']} | {n / r['wall']:.1f} | {bare} | {goal} | {r['box']:.1f} | {box_ratio} | "
+                  f"{r['parent'] / gib:.2f} / {r['children'] / gib:.2f} | {gpu_mem} | {vs_cpu} |")
     if ray_row:
         fmt, wall, init, gpus, dev, peak, diff = ray_row
         md.append("")

@@ -77,7 +77,7 @@ def pack(team: str, name: str) -> bytes:
         return pack_folder(folder)
 
 
-def pct(xs: list[float], q: float) -> float:
+def pct(xs: list[float], q: int) -> float:
     if not xs:
         return float("nan")
     return statistics.quantiles(xs, n=100, method="inclusive")[q - 1] if len(xs) > 1 else xs[0]
@@ -88,7 +88,9 @@ class PeakRSS(threading.Thread):
 
     def __init__(self, pids: dict[str, int]) -> None:
         super().__init__(daemon=True)
-        self.pids, self.stop, self.peak, self.tree = pids, threading.Event(), Counter(), Counter()
+        self.pids, self.stop = pids, threading.Event()
+        self.peak: Counter[str] = Counter()
+        self.tree: Counter[str] = Counter()
 
     def run(self) -> None:
         while not self.stop.wait(0.2):
@@ -333,14 +335,14 @@ def main() -> None:
             a.keep = True
         sys.exit(0 if ok else 1)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs:
             try:
-                p.wait(20)
+                proc.wait(20)
             except subprocess.TimeoutExpired:
-                p.kill()
+                proc.kill()
         engine.dispose()
         if not a.keep:
             shutil.rmtree(tmp, ignore_errors=True)

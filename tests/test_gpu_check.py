@@ -100,3 +100,16 @@ def test_gpu_check_exits_non_zero_with_one_reason_when_a_check_fails(tmp_path):
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("gpu_check: FAILED: sim: exit 1"), last
     assert "FAILED: eval: exit 1" in (tmp_path / "out.md").read_text()
+
+
+def test_gpu_library_path_keeps_only_entries_the_sandbox_can_see():
+    """The host's $LD_LIBRARY_PATH reaches a GPU task (the driver at /usr/local/nvidia is found only through it),
+    less the entries outside the bound folders or under a hidden one, and relative or climbing ones."""
+    from skybench.harness.sandbox import gpu_library_path
+
+    visible = ["/usr", "/lib", "/opt/venv"]
+    value = ("/usr/local/nvidia/lib64::/usr/local/nvidia/lib64:relative/lib:/usr/../work/secret:/work/project/lib:"
+             "/opt/venv/lib/python3.12/site-packages/nvidia/cublas/lib:/usr/src/app/lib:/usrx/lib")
+    assert gpu_library_path(value, visible, ["/usr/src/app"]) == (
+        "/usr/local/nvidia/lib64:/opt/venv/lib/python3.12/site-packages/nvidia/cublas/lib")
+    assert gpu_library_path(None, visible) == gpu_library_path("", visible) == ""

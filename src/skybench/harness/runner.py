@@ -129,6 +129,11 @@ def load_onnx(path: Path, device: str) -> tuple[Predict, str]:
     if device == "cuda" and not cuda:
         raise RunnerError("--device cuda, but onnxruntime has no CUDAExecutionProvider")
     providers = (["CUDAExecutionProvider"] if cuda and device != "cpu" else []) + ["CPUExecutionProvider"]
+    if providers[0] == "CUDAExecutionProvider" and hasattr(ort, "preload_dlls"):
+        try:  # onnxruntime-gpu >= 1.21 finds CUDA and cuDNN from pip's nvidia-* packages only this way
+            ort.preload_dlls()
+        except Exception:  # nothing to preload: the libraries come from the system's search path
+            pass
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = _threads()
     opts.inter_op_num_threads = 1

@@ -36,8 +36,8 @@ from pathlib import Path
 
 from skybench.harness import cgroups
 
-__all__ = ["Limits", "SandboxResult", "check_bwrap_features", "gpu_binds", "remove_tree", "run_sandboxed",
-           "seccomp_bpf"]
+__all__ = ["Limits", "SandboxResult", "check_bwrap_features", "gpu_binds", "gpu_library_path", "remove_tree",
+           "run_sandboxed", "seccomp_bpf"]
 
 TAIL_BYTES = 20_000
 FLOOD_BYTES = 4 << 20  # output past this on one pipe is read at most a 64 KiB chunk per 10 ms
@@ -186,6 +186,20 @@ def gpu_binds(dev_names: Sequence[str], visible: str | None,
         out.append(("--ro-bind", pci_dirs[gpu]))
         out.append(("--symlink", pci_dirs[gpu], f"/sys/bus/pci/devices/{Path(pci_dirs[gpu]).name}"))
     return out
+
+
+def gpu_library_path(value: str | None, visible: Sequence[str], hidden: Sequence[str] = ()) -> str:
+    """The host's $LD_LIBRARY_PATH (``value``) for a GPU task: its entries inside a folder the sandbox binds
+    (``visible``) and not under one it hides (``hidden``), in order. A driver mounted at /usr/local/nvidia is found
+    by the host through it, not through /etc/ld.so.cache; without it CUDA inside the sandbox would find no
+    libcuda.so.1 and the model would run on the CPU."""
+    keep = []
+    for entry in (value or "").split(":"):
+        path = os.path.normpath(entry) if entry.startswith("/") else ""
+        if path and entry not in keep and any(_inside(path, v) for v in visible) \
+                and not any(_inside(path, h) for h in hidden):
+            keep.append(entry)
+    return ":".join(keep)
 
 
 def _nvidia_pci_dirs() -> dict[int, str]:
@@ -603,6 +617,9 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
     child_env = {k: os.environ[k] for k in _THREAD_VARS if k in os.environ}
     child_env.update(PATH=f"{sys.prefix}/bin:/usr/local/bin:/usr/bin:/bin", HOME="/scratch", LANG="C.UTF-8",
                      LC_ALL="C.UTF-8", PYTHONPATH=str(pkg_dir.parent), PYTHONDONTWRITEBYTECODE="1")
+    if gpu and (lib := gpu_library_path(os.environ.get("LD_LIBRARY_PATH"),
+                                        ["/usr", *_TOP_DIRS, *_python_dirs(masks)], masks)):
+        child_env["LD_LIBRARY_PATH"] = lib
     for k, v in (env or {}).items():
         child_env[k] = f"{v}:{child_env[k]}" if k == "PYTHONPATH" and v else str(v)
 
