@@ -1,6 +1,7 @@
 """Faults: `skybench evaluate` SIGKILLed mid-submission, a corrupt or mismatching shard, an unreachable MLflow
 server, and a full disk while a release is written."""
 
+import json
 import os
 import shutil
 import signal
@@ -331,3 +332,117 @@ def test_a_refusing_tracking_store_is_one_line_at_once_for_evaluate_log_and_lead
         assert result.exit_code == 1 and "unreachable" in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1 and "secret" not in result.output, result.output
     assert time.monotonic() - start < 60
+
+
+def test_a_tracking_server_gone_mid_run_costs_one_failed_publish_not_one_per_record(tmp_path, tiny_space_release,
+                                                                                     monkeypatch):
+    """MLflow retries a server that went away for minutes per request (about 4 with its defaults): once a record
+    cannot be logged and the server's /health fails, the others are kept for `skybench log` at once."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    subs = [_linear_scores(tmp_path / "subs", f"m{i}", tiny_space_release) for i in range(3)]
+    seen = {"api": 0, "after": 0}
+
+    class Server(BaseHTTPRequestHandler):  # answers evaluate's look-ups (one per submission), then is gone
+        def do_GET(self):  # noqa: N802
+            alive = seen["api"] < len(subs)
+            if self.path.startswith("/api/"):
+                seen["api"] += 1
+                seen["after"] += not alive
+            if alive and self.path.startswith("/api/"):
+                body, code = json.dumps({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "none"}), 404
+            else:
+                body, code = "{}", 200 if alive else 503
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Server)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{httpd.server_address[1]}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the test's: one request, not minutes
+    out = tmp_path / "evals"
+    try:
+        result = CliRunner().invoke(app, ["evaluate", *map(str, subs), "--track", "lens-space", "--release",
+                                          str(tiny_space_release), "--out", str(out)])
+    finally:
+        httpd.shutdown()
+    assert result.exit_code == 2 and "NOT logged to MLflow" in result.output, result.output
+    assert seen["after"] == 1, seen  # the first record's publish; the others not tried
+    for i in range(3):  # nothing lost
+        assert (record_dir(out, "f", f"m{i}") / "evaluation.json").is_file()
+
+
+def test_a_release_remade_while_it_is_evaluated_is_the_machines_failure(store, tmp_path, tiny_space_release):
+    """`dvc repro` re-making a release while a worker evaluates on it: what ran (the sandbox's inputs were deleted
+    under it) and the labels scored are not those of the sha256 the record would carry. Never the team's FAILED,
+    never a score filed under the old release: the machine's failure, retried."""
+    from skybench.simulate import simulate_release
+
+    release = tmp_path / "releases" / "lens-space"
+    shutil.copytree(tiny_space_release, release)
+    sub = python_submission(tmp_path / "subs", "slow", SLOW, team="f")
+    out = tmp_path / "evals"
+    proc = subprocess.Popen([SKYBENCH, "evaluate", str(sub), "--track", "lens-space", "--release", str(release),
+                             "--out", str(out)], env=os.environ | {"MLFLOW_TRACKING_URI": store},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, runner = time.monotonic() + 120, []
+    while not runner and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)  # wait until the sandboxed model is running
+        runner = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                  if "skybench.harness.runner" in _cmdline(p)]
+    assert runner, "the sandboxed runner never started"
+    simulate_release("lens-space", release, profile="demo", seed=4, size=64, progress=False)  # re-made
+    said = proc.communicate(timeout=300)[0]
+    assert "infrastructure failure" in said and "the release changed during the evaluation" in said, said
+    rec = json.loads((record_dir(out, "f", "slow") / "evaluation.json").read_text())
+    assert rec["failure_kind"] == "infrastructure" and rec["metrics"] == {}
+
+
+LAZY = """
+import time
+from pathlib import Path
+import numpy as np
+def load(d):
+    time.sleep(3)  # a large model: loading takes a while
+    return float((Path(d) / "weights.txt").read_text())
+def predict(m, b):
+    return m * b[:, :, 45:56, 45:56].sum(axis=(1, 2, 3)).astype(np.float32)
+"""
+
+
+def test_a_folder_replaced_while_it_is_evaluated_is_the_machines_failure(store, tmp_path, tiny_space_release):
+    """The organiser's `dvc repro` runs submissions/<team>/<name>/ while a server worker puts a newer upload of the
+    entry there (worker.place): the folder is deleted under the running sandbox. Not the team's FAILED (of the
+    version it had hashed): the machine's failure, retried."""
+    from skybench.server.worker import place
+
+    v1, v2 = (python_submission(tmp_path / v, "m1", LAZY, team="alpha") for v in ("v1", "v2"))
+    (v1 / "weights.txt").write_text("1.0")
+    (v2 / "weights.txt").write_text("2.0")
+    dest = place(v1, tmp_path / "project" / "submissions" / "alpha" / "m1")
+    out = tmp_path / "evals"
+    proc = subprocess.Popen([SKYBENCH, "evaluate", str(dest), "--track", "lens-space", "--release",
+                             str(tiny_space_release), "--out", str(out)],
+                            env=os.environ | {"MLFLOW_TRACKING_URI": store}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline, runner = time.monotonic() + 120, []
+    while not runner and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)  # wait until the sandboxed model is loading
+        runner = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                  if "skybench.harness.runner" in _cmdline(p)]
+    assert runner, "the sandboxed runner never started"
+    time.sleep(1)
+    place(v2, dest)
+    said = proc.communicate(timeout=300)[0]
+    assert "infrastructure failure" in said and "changed during its evaluation" in said, said
+    rec = json.loads((record_dir(out, "alpha", "m1") / "evaluation.json").read_text())
+    assert rec["failure_kind"] == "infrastructure"

@@ -270,3 +270,61 @@ def test_a_worker_killed_mid_run_leaves_a_job_another_worker_finishes_once(cfg, 
     assert done is not None and done.id == jid and done.state == "finished" and done.attempt == 2, done.reason
     runs = mlflow.search_runs(experiment_names=["skybench-lens-space"], output_format="list")
     assert [(r.data.params.get("team"), r.data.params.get("name")) for r in runs] == [("alpha", "slow")]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create the sandbox's namespaces here")
+def test_a_result_mlflow_could_not_take_is_not_finished_until_it_is_on_the_board(server, cfg, tmp_path,
+                                                                                 tiny_space_release, monkeypatch):
+    """The server's leaderboard is MLflow: a job whose record could not be logged there (the tracking server
+    away) is the machine's failure, retried, not "finished" with scores that no board ever shows."""
+    import socket
+
+    import mlflow
+
+    from skybench.server import worker
+
+    cfg = cfg.model_copy(update={"retry_seconds": 0})
+    client, headers, Session = server
+    _upload(client, headers)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    down = worker.run_one(cfg, Session, "w", release=tiny_space_release, out=tmp_path / "evals")
+    assert down is not None and down.state == "queued" and "not logged to MLflow" in down.reason, down.state
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    done = worker.run_one(cfg, Session, "w", release=tiny_space_release, out=tmp_path / "evals")
+    assert done is not None and done.state == "finished" and done.metrics, (done.state, done.reason)
+    runs = mlflow.search_runs(experiment_names=["skybench-lens-space"], output_format="list")
+    assert [(r.data.params.get("team"), r.data.params.get("name")) for r in runs] == [("alpha", "m1")]
+
+
+PLACE_ON_A_FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from skybench.server.worker import place
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, resource.RLIM_INFINITY))
+for _ in range(3):  # the job retried
+    try:
+        place(Path(sys.argv[1]), Path(sys.argv[2]))
+    except OSError as exc:
+        print(type(exc).__name__)
+"""
+
+
+def test_a_copy_that_fills_the_disk_leaves_no_partial_folder(tmp_path):
+    """Each retry of a job whose copy failed on a full disk left its partial copy in .skybench-staging/: the disk
+    stayed full, and every other team's evaluation on that machine failed too."""
+    import subprocess
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "submission.yaml").write_text("team: a\n")
+    (src / "weights.bin").write_bytes(bytes(300_000))
+    dest = tmp_path / "project" / "submissions" / "alpha" / "m1"
+    res = subprocess.run([sys.executable, "-c", PLACE_ON_A_FULL_DISK, str(src), str(dest)], capture_output=True,
+                         text=True, timeout=60)
+    assert res.stdout.split() == ["Error"] * 3, res.stdout + res.stderr
+    assert list((tmp_path / "project" / ".skybench-staging").iterdir()) == [] and not dest.exists()

@@ -274,7 +274,7 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
                 if isinstance(res, BaseException):
                     raise res
                 outcome = _finish(plan, stream.split(res) if stream is not None else res, track, release_sha, hidden,
-                                  res, layout.public_dir(release, "test"))
+                                  res, layout.public_dir(release, "test"), release)
         except Exception as exc:  # noqa: BLE001 - the boundary
             outcome = _crashed(plan.folder, plan if isinstance(plan, _Plan) else None, exc, out, release_sha, track)
         outcome.reason = clip(outcome.reason, 1000)
@@ -285,6 +285,8 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
                 publish_record(outcome.record, track)
             except Exception as exc:  # noqa: BLE001 - the record stays on disk for `skybench log`
                 outcome.unpublished = one_line(exc)
+                if not down and not isinstance(exc, RecordError):  # gone mid-run: not minutes of retries each
+                    down = unreachable()
                 outcome.reason = (f"{outcome.reason}; " if outcome.reason else "") + \
                     f"not logged to MLflow ({outcome.unpublished}); " \
                     f"the record is kept in {outcome.record}, publish it later with `skybench log {out}`"
@@ -390,7 +392,7 @@ def _plan(folder: Path, track: Track, real: Path | None, real_sha: str, release_
 
 
 def _finish(plan: _Plan, res: PredictResult, track: Track, release_sha: str, hidden: HiddenSplit,
-            streamed: PredictResult, inputs: Path) -> Outcome:
+            streamed: PredictResult, inputs: Path, release: Path | None = None) -> Outcome:
     """Score a submission's predictions into a new record folder, then swap it in for the old one. ``streamed``:
     the result in the published stream's order before the real set was split off (``res`` without a real set),
     ``inputs`` that stream's folder: what participants see of their outputs is drawn from these alone."""
@@ -420,6 +422,12 @@ def _finish(plan: _Plan, res: PredictResult, track: Track, release_sha: str, hid
             assert streamed.predictions is not None
             get_task(track.task).stream_artifacts(track, streamed.ids, streamed.predictions, inputs, private_stage)
             write_participant_view(track, private_stage, stage, metrics)
+        if release is not None and release_digest(release) != release_sha:  # re-made meanwhile (`dvc repro`)
+            raise OSError(f"{release}: the release changed during the evaluation (its manifest is no longer sha256 "
+                          f"{release_sha[:12]}...); what ran and was scored is not that release's")
+        if _safe_sha(sub.folder) != sub.sha256:  # replaced under the sandbox (a worker's place(), a git pull)
+            raise OSError(f"{sub.folder}: the submission folder changed during its evaluation (no longer sha256 "
+                          f"{sub.sha256[:12]}...); what ran is not the version to be recorded")
         rec = _write_records(track, rdir, stage=stage, private_stage=private_stage if status == "FINISHED" else None,
                              team=plan.team, name=plan.name, fmt=sub.spec.format, status=status, reason=reason,
                              sub_sha=sub.sha256, release_sha=release_sha, device=res.device, metrics=metrics,

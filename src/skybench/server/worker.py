@@ -48,9 +48,13 @@ def place(src: Path, dest: Path) -> Path:
     staging = dest.parents[2] / ".skybench-staging"
     staging.mkdir(exist_ok=True)
     tmp = staging / f"{dest.name}.{secrets.token_hex(4)}.tmp"
-    shutil.copytree(src, tmp, copy_function=shutil.copyfile)
-    for p in [tmp, *tmp.rglob("*")]:
-        p.chmod(0o755 if p.is_dir() else 0o644)
+    try:
+        shutil.copytree(src, tmp, copy_function=shutil.copyfile)
+        for p in [tmp, *tmp.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+    except BaseException:  # a full disk: no partial copy left (each retry would add one, keeping it full)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = None
     if dest.exists():
         old = staging / f"{dest.name}.{secrets.token_hex(4)}.old"
@@ -141,6 +145,10 @@ def run_one(cfg: ChallengeConfig, sessions: sessionmaker, owner: str, *, executo
     finally:
         hb.stopped.set()
         hb.join()
+    if outcome is not None and outcome.unpublished:  # the board is MLflow: not there, not done; the retry
+        why = (f"infrastructure failure, not the submission's: its record was not logged to MLflow "  # reuses
+               f"({outcome.unpublished})")  # the record and logs it
+        outcome = None
     with sessions() as s:
         if outcome is not None and outcome.status == "FINISHED":
             queue.finish(s, sub.id, owner, outcome.metrics, log=outcome.log)
