@@ -328,6 +328,81 @@ def test_a_comparison_that_cannot_be_made_yet_waits_and_keeps_the_order(cfg, eng
     assert [rungs[i].leader for i in ids] == [True, True, False]
 
 
+def test_a_score_is_never_shown_unquantised_when_the_release_cannot_be_read(cfg, engine, tmp_path, monkeypatch,
+                                                                            project):
+    """The parameter-free Ladder shows multiples of 1/n, n read from the release; on a server host without
+    ``releases/TRACK`` (the workers hold it) or with its disk away, each team's first score (it needs no comparison)
+    and every kept leader's were shown raw, every digit, to the team and on the public board: a Whitehill probe
+    read in full."""
+    from skybench.server.app import create_app
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    cfg = _config(cfg, public_score_digits=None)
+    server = Server(cfg, engine)
+    release = project / "releases" / TRACK
+    away = release.with_name("away")
+    release.rename(away)
+    try:
+        a = server.finish("alpha", "a", 0.8123456789, 0.5)
+        with TestClient(create_app(cfg, engine)) as client:
+            seen = client.get(f"/api/submissions/{a}", headers=server.auth["alpha"]).json()["metrics"]
+            rows = client.get(f"/api/tracks/{TRACK}/leaderboard").json()["rows"]
+            page = client.get(f"/tracks/{TRACK}").text
+    finally:
+        away.rename(release)
+    assert seen == {}
+    assert all(r["auroc"] is None for r in rows), rows
+    assert "0.812" not in page
+    with TestClient(create_app(cfg, engine)) as client:  # the release back: the score, a multiple of 1/n
+        shown = client.get(f"/api/submissions/{a}", headers=server.auth["alpha"]).json()["metrics"]["public_auroc"]
+    n = round(1 / ladder_quantum())
+    assert shown != 0.8123456789 and abs(shown * n - round(shown * n)) < 1e-9, (shown, n)
+
+
+def ladder_quantum() -> float:
+    from skybench.server import ladder
+
+    q = ladder._one_over_n(TRACK)
+    assert q is not None
+    return q
+
+
+def test_a_verdict_kept_by_another_server_process_meanwhile_is_the_leader_a_later_job_follows(cfg, engine, tmp_path,
+                                                                                              monkeypatch):
+    """Several server processes climb one ladder (each its own lock). A climb read the kept verdicts, then the
+    undecided jobs, each read its own snapshot: a verdict another process kept in between (x: new best) was in
+    neither, and a job finished meanwhile (y) was judged against the leader before x, shown "new best" and its own
+    score although it is worse than x (one more score for the team, and its leader set back)."""
+    from skybench.server import ladder
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    cfg = _config(cfg, ladder_step=0.01)
+    server = Server(cfg, engine)
+    server.finish("alpha", "a", 0.80, 0.5)
+    with server.Session() as s:
+        ladder._climb(s, cfg, TRACK)  # a: the leader
+    server.finish("alpha", "x", 0.85, 0.5)  # a real improvement
+    ys: list[str] = []
+    with server.Session() as b:  # server process B starts its climb
+        real = b.execute
+        calls: list[int] = []
+
+        def execute(*args, **kwargs):  # type: ignore[no-untyped-def]
+            calls.append(1)
+            if len(calls) == 2:  # between B's two reads (the kept verdicts, the undecided jobs):
+                with server.Session() as a:  # process A decides x and commits
+                    ladder._climb(a, cfg, TRACK)
+                ys.append(server.finish("alpha", "y", 0.83, 0.5))  # then y finishes
+            return real(*args, **kwargs)
+
+        b.execute = execute  # type: ignore[method-assign]
+        rungs, _ = ladder._climb(b, cfg, TRACK)
+    with server.Session() as s:
+        kept = ladder._climb(s, cfg, TRACK)[0]  # y decided now (by B, or at the next climb)
+    assert rungs.get(ys[0]) in (None, kept[ys[0]])
+    assert not kept[ys[0]].leader, kept[ys[0]]  # y (0.83) is worse than x (0.85), the leader it followed
+
+
 def test_a_request_does_not_wait_while_new_verdicts_are_decided(cfg, engine, tmp_path, monkeypatch):
     """Deciding verdicts can take a while (the paired step reads predictions, scores 1,000 resamples; more on the
     heavier tracks) and holds the track's lock; a team's request meanwhile gets the verdicts already kept, at once,

@@ -503,3 +503,26 @@ def test_requests_that_miss_the_board_cache_together_read_mlflow_once(challenge,
             t.join()
     assert answers == [True] * 12
     assert len(reads) == 1, len(reads)
+
+
+def test_tracks_sharing_test_objects_go_through_phases_together(cfg, Session, tmp_path, monkeypatch):  # noqa: N803
+    """photoz-images and photoz-catalog score the same galaxies, split alike: one in ``final`` shows every
+    submission's private scores (its probes' digits name the private z_spec) and one in ``closed`` every public
+    score in full, while the other still takes submissions and ranks on those labels. Staggered dates are refused
+    and an admin's phase change moves both."""
+    from skybench.server import phases, queue
+    from skybench.server.config import ChallengeConfig
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    base = cfg.model_dump()
+    with pytest.raises(ValueError, match="photoz-catalog, photoz-images share their test objects"):
+        ChallengeConfig.model_validate({**base, "tracks": {
+            "photoz-catalog": {"phases": {"open": "2027-01-01", "final": "2027-02-01"}},
+            "photoz-images": {"phases": {"open": "2027-01-01", "final": "2027-04-01"}}}})
+    twins = ChallengeConfig.model_validate({**base, "tracks": {"photoz-catalog": {}, "photoz-images": {},
+                                                                "lens-space": {}}})
+    with Session() as s:
+        assert phases.change_phase(s, twins, "photoz-catalog", "closed") == "open"
+        assert {t: queue.current_phase(s, twins, t) for t in twins.tracks} == {
+            "photoz-catalog": "closed", "photoz-images": "closed", "lens-space": "open"}
+        assert phases.latest_snapshot(s, "photoz-images", "open") is not None  # its open board kept, as ended

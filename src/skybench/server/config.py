@@ -20,6 +20,22 @@ def shown_as_open(phase: str) -> bool:
     return phase in ("pending", "open")
 
 
+def twin_groups(tracks: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Groups of two or more of ``tracks`` that share their test objects (one ``simulate.object_domain``: the
+    photo-z tracks, the same galaxies as images and as a catalogue)."""
+    from skybench.simulate import object_domain
+    from skybench.tracks import load_track
+
+    domains: dict[str, list[str]] = {}
+    for name in tracks:
+        try:
+            domain = object_domain(load_track(name))
+        except (ValueError, KeyError, OSError):  # not simulated (a real catalogue): its own objects
+            domain = name
+        domains.setdefault(domain, []).append(name)
+    return [tuple(g) for g in domains.values() if len(g) > 1]
+
+
 class ConfigError(ValueError):
     """``challenge.yaml`` is invalid; the message names the file and the key."""
 
@@ -109,7 +125,16 @@ class ChallengeConfig(_Strict):
         unknown = sorted(set(self.tracks) - set(list_tracks()))
         if unknown:
             raise ValueError(f"unknown track(s) {', '.join(unknown)} (known: {', '.join(list_tracks())})")
+        for group in twin_groups(tuple(self.tracks)):
+            if len({tuple(sorted(self.tracks[t].phases.items())) for t in group}) > 1:
+                raise ValueError(f"tracks {', '.join(group)} share their test objects (and public/private split): "
+                                 "give them the same phase dates (one in `final` shows every submission's private "
+                                 "scores, the other's labels, while the other still takes submissions)")
         return self
+
+    def twins(self, track: str) -> list[str]:
+        """``track`` and the tracks of this challenge that share its test objects (moved through phases together)."""
+        return next((list(g) for g in twin_groups(tuple(self.tracks)) if track in g), [track])
 
     @property
     def db_url(self) -> str:

@@ -198,6 +198,14 @@ def _climb(session: Session, cfg: ChallengeConfig, track: str, decide: bool = Tr
     to wait."""
     higher = _open_track(track).metrics.higher_is_better
     key = score_key(track)
+    # The undecided jobs first, then the kept verdicts: each read is its own snapshot (SQLite outside a write,
+    # PostgreSQL's read committed), and a verdict another server process keeps in between must be among those
+    # read here (its job is then skipped below, or its insert conflicts and the climb starts again), never
+    # missing from both: a later job of that team would be judged against the leader before it.
+    rows = session.execute(select(Submission, Team.name).join(Team, Team.id == Submission.team_id)
+                           .where(Submission.track == track, Submission.state == "finished",
+                                  Submission.phase == "open", Submission.id.not_in(select(LadderRung.submission_id)))
+                           .order_by(Submission.finished_at, Submission.id)).all() if decide else []
     decided = session.execute(select(LadderRung, Team.name).join(Submission, Submission.id == LadderRung.submission_id)
                               .join(Team, Team.id == Submission.team_id).where(LadderRung.track == track)
                               .order_by(LadderRung.id)).all()
@@ -210,13 +218,9 @@ def _climb(session: Session, cfg: ChallengeConfig, track: str, decide: bool = Tr
         out[r.submission_id] = Rung(team, r.leader, _shown(cfg, quantum, r.score), r.leader_id)
     if not decide:
         return out, False
-    rows = session.execute(select(Submission, Team.name).join(Team, Team.id == Submission.team_id)
-                           .where(Submission.track == track, Submission.state == "finished",
-                                  Submission.phase == "open", Submission.id.not_in(select(LadderRung.submission_id)))
-                           .order_by(Submission.finished_at, Submission.id)).all()
     waiting: set[str] = set()  # teams whose next verdict must wait: their later ones wait too (order matters)
     for sub, team in rows:
-        if team in waiting:
+        if team in waiting or sub.id in out:  # waiting behind an earlier one; decided meanwhile elsewhere
             continue
         value, best = _value(sub, key), leaders.get(team)
         try:
@@ -235,7 +239,7 @@ def _climb(session: Session, cfg: ChallengeConfig, track: str, decide: bool = Tr
         out[sub.id] = Rung(team, up, _shown(cfg, quantum, best and best[1]), best and best[0])
     if rows:
         session.commit()
-    return out, not waiting
+    return out, not waiting and quantum is not None  # scores not shown for want of n: shown once it is read
 
 
 def _submission(session: Session, sub_id: str) -> Submission:
@@ -248,11 +252,11 @@ def _submission(session: Session, sub_id: str) -> Submission:
 def _shown(cfg: ChallengeConfig, quantum: float | None, score: float | None) -> float | None:
     """A ladder score as teams see it: a multiple of ``quantum``, the step (Blum & Hardt 2015, Algorithm 1:
     [R]_eta) with ``ladder_step``, else 1/n for the public part's n objects (Algorithm 2: [R]_{1/n}); then rounded
-    to ``public_score_digits``."""
-    if score is None:
+    to ``public_score_digits``. None when ``quantum`` is unknown (no step, and the release that gives n cannot
+    be read here: a server host without ``releases/TRACK``, its disk away): a raw score would show every digit."""
+    if score is None or not quantum:
         return None
-    if quantum:
-        score = round(score / quantum) * quantum
+    score = round(score / quantum) * quantum
     return round(score, cfg.public_score_digits) if cfg.public_score_digits is not None else score
 
 
@@ -302,7 +306,8 @@ def board(session: Session, cfg: ChallengeConfig, track: str, public: pd.DataFra
     leaderboard read from MLflow, whose unranked rows, failures, are kept)."""
     t = _open_track(track)
     rungs = climb(session, cfg, track)
-    now = {r.leader_id for r in {r.team: r for r in rungs.values()}.values() if r.leader_id is not None}
+    now = {r.leader_id for r in {r.team: r for r in rungs.values()}.values()
+           if r.leader_id is not None and r.score is not None}  # a score that cannot be shown: not ranked
     subs = session.execute(select(Submission, Team.name).join(Team, Team.id == Submission.team_id)
                            .where(Submission.id.in_(now))).all() if now else []
     rows = []

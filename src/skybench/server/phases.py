@@ -269,9 +269,11 @@ def change_phase(session: Session, cfg: ChallengeConfig, track: str, phase: str,
         raise ValueError(f"phase {phase!r}: one of {', '.join(PHASES)}")
     cfg.track(track)  # KeyError naming the tracks
     old = catch_up(session, cfg, track)
-    if old != phase and old in ("open", "closed"):
-        snapshot(session, cfg, track, old)
-    queue.set_phase(session, track, phase, by=by)
+    for t in cfg.twins(track):  # tracks sharing test objects move together: one's scores are the other's labels
+        was = catch_up(session, cfg, t)
+        if was != phase and was in ("open", "closed"):
+            snapshot(session, cfg, t, was)
+        queue.set_phase(session, t, phase, by=by)
     return old
 
 
