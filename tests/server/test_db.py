@@ -169,6 +169,52 @@ def test_a_burst_of_first_requests_runs_one_argon2_check(Session, monkeypatch):
     assert names == ["burst"] * 8 and len(calls) == 1
 
 
+def test_guesses_sent_at_once_run_no_more_hashes_than_the_limit(Session, monkeypatch):
+    """Wrong tokens sent together from one client: each passed the limiter's check before the first had failed,
+    so a burst ran one argon2 hash (64 MiB) per server thread instead of ``max_failures``; a right token is not
+    counted as a failure once checked."""
+    import threading
+    import time
+
+    from skybench.server import auth
+
+    real, calls = auth._HASHER, []
+
+    class Slow:  # the real hasher, its calls counted and slow enough that the burst's checks overlap
+        def verify(self, stored: str, secret: str) -> bool:
+            calls.append(1)
+            time.sleep(0.3)
+            return real.verify(stored, secret)
+
+        def hash(self, secret: str) -> str:
+            calls.append(1)
+            time.sleep(0.3)
+            return real.hash(secret)
+
+    with Session() as s:
+        good = auth.add_team(s, "t").token
+    monkeypatch.setattr(auth, "_HASHER", Slow())
+    lim, outcomes = auth.FailureLimiter(3, 60), []
+
+    def guess(i: int) -> None:
+        with Session() as s:
+            try:
+                auth.verify(s, good[:-4] + f"{i:04d}" if i % 2 else f"sbt_{i:016d}_{'x' * 43}", "1.2.3.4", lim)
+            except (auth.AuthError, auth.RateLimited) as exc:
+                outcomes.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(12)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(calls) == 3 and sorted(outcomes) == ["AuthError"] * 3 + ["RateLimited"] * 9
+    lim2 = auth.FailureLimiter(2, 60)
+    with Session() as s:
+        for _ in range(4):  # a right token, checked again and again, uses up nothing
+            assert auth.verify(s, good, "5.6.7.8", lim2).name == "t"
+
+
 def test_failure_table_forgets_clients_whose_window_passed():
     import time
 

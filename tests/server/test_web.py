@@ -115,6 +115,21 @@ def test_logout_ends_the_session_on_the_server(web):
     assert mate.get("/team").status_code == 200
 
 
+def test_team_pages_and_answers_are_not_stored_by_caches(web):
+    """A team's pages (its submissions, a form with its session's CSRF token) and its API answers say no-store: a
+    shared cache in front of the server must not hand one team's page to another visitor."""
+    app, tokens = web
+    a = login(app, tokens["alpha"])
+    assert _submit(a, pack("alpha", "m1")).status_code == 303
+    sub = a.get("/api/submissions", headers={"Authorization": f"Bearer {tokens['alpha']}"})
+    assert sub.headers.get("cache-control") == "no-store"
+    for path in ("/", "/login", "/team", "/submit", f"/team/submissions/{sub.json()[0]['id']}",
+                 "/tracks/lens-space"):
+        r = a.get(path)
+        assert r.status_code == 200 and r.headers.get("cache-control") == "no-store", path
+    assert "no-store" not in a.get("/static/style.css").headers.get("cache-control", "")
+
+
 def test_cookie_is_secure_over_https(web):
     app, tokens = web
     client = TestClient(app, base_url="https://challenge.example", follow_redirects=False)

@@ -114,10 +114,32 @@ class FailureLimiter:
     def failed(self, client: str) -> None:
         now = time.monotonic()
         with self._lock:
-            if len(self._fails) >= self.max_clients:  # many addresses (IPv6): forget those whose window passed
-                for c in [c for c, q in self._fails.items() if not q or q[-1] <= now - self.window]:
-                    del self._fails[c]
+            self._forget(now)
             self._recent(client, now).append(now)
+
+    def begin(self, client: str) -> float:
+        """Count an attempt of ``client`` as failed before its token is hashed, or raise :class:`RateLimited`:
+        attempts sent at once cannot all pass :meth:`check` before the first has failed (one argon2 hash per
+        server thread instead of ``max_failures``). :meth:`passed` takes the count back for a right token."""
+        now = time.monotonic()
+        with self._lock:
+            self._forget(now)
+            q = self._recent(client, now)
+            if len(q) >= self.max:
+                raise RateLimited(max(1, int(q[0] + self.window - now) + 1))
+            q.append(now)
+        return now
+
+    def passed(self, client: str, stamp: float) -> None:
+        with self._lock:
+            q = self._fails.get(client)
+            if q is not None and stamp in q:
+                q.remove(stamp)
+
+    def _forget(self, now: float) -> None:
+        if len(self._fails) >= self.max_clients:  # many addresses (IPv6): forget those whose window passed
+            for c in [c for c, q in self._fails.items() if not q or q[-1] <= now - self.window]:
+                del self._fails[c]
 
 
 class VerifiedCache:
@@ -173,8 +195,13 @@ def _check(session: Session, token: str | None, client: str, limiter: FailureLim
            cache: VerifiedCache | None) -> Team:
     if not token:  # no guess made: not counted (a browser's first request carries none)
         raise AuthError("missing token (send 'Authorization: Bearer <your team token>')")
+    stamp = limiter.begin(client)  # counted before the hash: a burst of guesses at once runs max_failures hashes
     m = _TOKEN.match(token)
-    team = session.scalar(select(Team).where(Team.token_id == m.group(1))) if m else None
+    try:
+        team = session.scalar(select(Team).where(Team.token_id == m.group(1))) if m else None
+    except BaseException:  # the database away: no guess was checked
+        limiter.passed(client, stamp)
+        raise
     ok = False
     if team is not None and m is not None:
         try:
@@ -183,9 +210,9 @@ def _check(session: Session, token: str | None, client: str, limiter: FailureLim
             ok = False
     else:
         _HASHER.hash("x")  # as slow as a real check: no timing difference between unknown and wrong
-    if not ok or team is None:
-        limiter.failed(client)
+    if not ok or team is None:  # the attempt stays counted
         raise AuthError("invalid or missing token (send 'Authorization: Bearer <your team token>')")
+    limiter.passed(client, stamp)
     if cache is not None:
         cache.put(token, team)
     return team

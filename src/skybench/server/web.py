@@ -510,6 +510,10 @@ def install(app: FastAPI) -> None:
     @app.middleware("http")
     async def _headers(request: Request, call_next: Any) -> Response:
         response: Response = await call_next(request)
+        if not request.url.path.startswith("/static/"):
+            # A page or answer of one session or token (a team's submissions, a form's CSRF token): never kept by
+            # a shared cache (a proxy, a CDN) for another visitor, nor by the browser after log-out.
+            response.headers.setdefault("Cache-Control", "no-store")
         if not request.url.path.startswith("/api/"):
             response.headers.setdefault("Content-Security-Policy", _CSP)
             response.headers.setdefault("X-Content-Type-Options", "nosniff")
