@@ -130,6 +130,16 @@ def test_team_pages_and_answers_are_not_stored_by_caches(web):
     assert "no-store" not in a.get("/static/style.css").headers.get("cache-control", "")
 
 
+def test_no_page_of_the_server_loads_a_script_from_elsewhere(web):
+    """FastAPI's docs page loads Swagger UI from a CDN (no pinned version or integrity hash) on the session's origin:
+    a compromised package would act as the logged-in team. The server has no docs page, only the OpenAPI JSON."""
+    app, _ = web
+    client = TestClient(app)
+    assert client.get("/api/docs").status_code == 404
+    assert client.get("/api/openapi.json").json()["info"]["title"] == "skybench challenge server"
+    assert "<script" not in client.get("/").text
+
+
 def test_cookie_is_secure_over_https(web):
     app, tokens = web
     client = TestClient(app, base_url="https://challenge.example", follow_redirects=False)

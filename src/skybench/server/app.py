@@ -109,7 +109,7 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
     store = Store(cfg.storage, cfg.upload)
     limiter = FailureLimiter(cfg.auth.max_failures, cfg.auth.window_seconds)
     verified = VerifiedCache()
-    app = FastAPI(title="skybench challenge server", docs_url="/api/docs", openapi_url="/api/openapi.json",
+    app = FastAPI(title="skybench challenge server", docs_url=None, openapi_url="/api/openapi.json",
                   redoc_url=None, lifespan=functools.partial(_ticking, cfg, Session))
     app.state.cfg, app.state.engine, app.state.sessions, app.state.store = cfg, engine, Session, store
     app.state.limiter = limiter
