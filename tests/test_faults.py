@@ -381,6 +381,16 @@ def test_a_tracking_server_gone_mid_run_costs_one_failed_publish_not_one_per_rec
         assert (record_dir(out, "f", f"m{i}") / "evaluation.json").is_file()
 
 
+def _wait_for_runner(proc: subprocess.Popen) -> None:
+    """Wait until ``proc`` (a `skybench evaluate`) has its sandboxed model running."""
+    deadline, runner = time.monotonic() + 120, []
+    while not runner and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        runner = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                  if "skybench.harness.runner" in _cmdline(p)]
+    assert runner, "the sandboxed runner never started"
+
+
 def test_a_release_remade_while_it_is_evaluated_is_the_machines_failure(store, tmp_path, tiny_space_release):
     """`dvc repro` re-making a release while a worker evaluates on it: what ran (the sandbox's inputs were deleted
     under it) and the labels scored are not those of the sha256 the record would carry. Never the team's FAILED,
@@ -394,12 +404,7 @@ def test_a_release_remade_while_it_is_evaluated_is_the_machines_failure(store, t
     proc = subprocess.Popen([SKYBENCH, "evaluate", str(sub), "--track", "lens-space", "--release", str(release),
                              "--out", str(out)], env=os.environ | {"MLFLOW_TRACKING_URI": store},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline, runner = time.monotonic() + 120, []
-    while not runner and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)  # wait until the sandboxed model is running
-        runner = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                  if "skybench.harness.runner" in _cmdline(p)]
-    assert runner, "the sandboxed runner never started"
+    _wait_for_runner(proc)
     simulate_release("lens-space", release, profile="demo", seed=4, size=64, progress=False)  # re-made
     said = proc.communicate(timeout=300)[0]
     assert "infrastructure failure" in said and "the release changed during the evaluation" in said, said
@@ -434,12 +439,7 @@ def test_a_folder_replaced_while_it_is_evaluated_is_the_machines_failure(store, 
                              str(tiny_space_release), "--out", str(out)],
                             env=os.environ | {"MLFLOW_TRACKING_URI": store}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    deadline, runner = time.monotonic() + 120, []
-    while not runner and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)  # wait until the sandboxed model is loading
-        runner = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                  if "skybench.harness.runner" in _cmdline(p)]
-    assert runner, "the sandboxed runner never started"
+    _wait_for_runner(proc)
     time.sleep(1)
     place(v2, dest)
     said = proc.communicate(timeout=300)[0]

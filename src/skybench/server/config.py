@@ -127,7 +127,7 @@ class ChallengeConfig(_Strict):
             raise ValueError(f"unknown track(s) {', '.join(unknown)} (known: {', '.join(list_tracks())})")
         for group in twin_groups(tuple(self.tracks)):
             if len({tuple(sorted(self.tracks[t].phases.items())) for t in group}) > 1:
-                raise ValueError(f"tracks {', '.join(group)} share their test objects (and public/private split): "
+                raise ValueError(f"tracks {', '.join(group)} share their test objects (and public-private split): "
                                  "give them the same phase dates (one in `final` shows every submission's private "
                                  "scores, the other's labels, while the other still takes submissions)")
         return self
