@@ -30,14 +30,22 @@ def test_sharded_array_indexes_across_shards(tmp_path):
 
 def test_torch_dataset_yields_images_and_labels(tiny_space_release):
     torch = pytest.importorskip("torch")
-    ds = open_release(tiny_space_release).torch_dataset("train")
-    x, y = next(iter(torch.utils.data.DataLoader(ds, batch_size=8)))
-    assert tuple(x.shape) == (8, 1, 101, 101) and tuple(y.shape) == (8,)
+    rel = open_release(tiny_space_release)
+    ds = rel.torch_dataset("train")
+    x, y = next(iter(torch.utils.data.DataLoader(ds, batch_size=64)))
+    assert tuple(x.shape) == (64, 1, 101, 101) and tuple(y.shape) == (64,)
+    np.testing.assert_array_equal(x.numpy(), rel.images("train")[:])  # the release's own cut-outs, in order
+    np.testing.assert_array_equal(y.numpy(), rel.labels("train"))  # each with its own label
+    assert 0 < y.sum() < len(y)  # both classes: a constant label would not pass
 
 
 @pytest.mark.slow
 def test_tf_dataset_yields_images_and_labels(tiny_space_release):
     pytest.importorskip("tensorflow")
-    ds = open_release(tiny_space_release).tf_dataset("val").batch(4)
-    x, y = next(iter(ds))
-    assert tuple(x.shape) == (4, 1, 101, 101) and tuple(y.shape) == (4,)
+    rel = open_release(tiny_space_release)
+    n = len(rel.labels("val"))
+    x, y = next(iter(rel.tf_dataset("val").batch(n)))
+    assert tuple(x.shape) == (n, 1, 101, 101) and tuple(y.shape) == (n,)
+    np.testing.assert_array_equal(x.numpy(), rel.images("val")[:])  # the release's own cut-outs, in order
+    np.testing.assert_array_equal(y.numpy(), rel.labels("val"))  # each with its own label
+    assert 0 < y.numpy().sum() < n  # both classes: a constant label would not pass

@@ -146,6 +146,38 @@ def test_one_submission_s_shards_cannot_restart_the_other_jobs(ray_local, tmp_pa
     assert runs == [2]  # one run for both: the honest entry's tasks were never thrown away
 
 
+@pytest.mark.slow
+def test_a_predictions_csv_read_in_the_driver_cannot_restart_the_other_jobs(ray_local, tiny_space_release, tmp_path,
+                                                                             monkeypatch):
+    """A predictions-format entry is read in the driver, not in a task; a score of 400 nines made pandas raise
+    OverflowError there (the other scores whole numbers), which ended the Ray run (every other job's tasks killed)
+    and restarted it."""
+    from helpers import csv_submission
+
+    from skybench.harness.executors import RayExecutor
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    tmp_path.chmod(0o755)
+    ids = pd.read_parquet(layout.index_path(layout.public_dir(tiny_space_release, "test")))["id"].to_numpy()
+    hostile = csv_submission(tmp_path / "subs" / "nines", "nines", ids, np.zeros(len(ids), int), team="a")  # "0"
+    text = (hostile / "scores.csv").read_text().splitlines()
+    text[1] = text[1].split(",")[0] + "," + "9" * 400
+    (hostile / "scores.csv").write_text("\n".join(text) + "\n")
+    honest = python_submission(tmp_path / "subs", "det", PREDICT, team="b")
+    runs = []
+
+    class Counting(RayExecutor):
+        def run(self, jobs):
+            runs.append(len(jobs))
+            return super().run(jobs)
+
+    out = evaluate([hostile, honest], "lens-space", tiny_space_release, out=tmp_path / "ray", publish=False,
+                   executor=Counting(shards=2))
+    assert [o.status for o in out] == ["FAILED", "FINISHED"], [o.reason for o in out]
+    assert "float" in out[0].reason and "\n" not in out[0].reason, out[0].reason
+    assert runs == [2]  # one run for both: the honest entry's tasks were never thrown away
+
+
 SLEEPY = """
 import sys, time
 def load(d):

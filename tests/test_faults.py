@@ -347,7 +347,7 @@ def test_a_tracking_server_gone_mid_run_costs_one_failed_publish_not_one_per_rec
 
     class Server(BaseHTTPRequestHandler):  # answers evaluate's look-ups (one per submission), then is gone
         def do_GET(self):  # noqa: N802
-            alive = seen["api"] < len(subs)
+            alive = seen["api"] < len(subs) + 1  # + evaluate's first look at the store (unreachable())
             if self.path.startswith("/api/"):
                 seen["api"] += 1
                 seen["after"] += not alive
@@ -379,6 +379,49 @@ def test_a_tracking_server_gone_mid_run_costs_one_failed_publish_not_one_per_rec
     assert seen["after"] == 1, seen  # the first record's publish; the others not tried
     for i in range(3):  # nothing lost
         assert (record_dir(out, "f", f"m{i}") / "evaluation.json").is_file()
+
+
+def test_a_tracking_server_whose_store_fails_is_unreachable_not_minutes_of_retries_per_record(tmp_path,
+                                                                                          tiny_space_release,
+                                                                                          monkeypatch):
+    """A server whose database is gone answers /health (it does not touch the store) and HTTP 500 on every API
+    call, which MLflow retries for minutes per request: one look at the store, then every record is kept."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    subs = [_linear_scores(tmp_path / "subs", f"d{i}", tiny_space_release) for i in range(2)]
+    seen = {"api": 0}
+
+    class Server(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen["api"] += self.path.startswith("/api/")
+            code, body = (200, b"OK") if self.path == "/health" else (500, b'{"error_code": "INTERNAL_ERROR"}')
+            self.send_response(code)
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Server)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{httpd.server_address[1]}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the test's: one request each, not minutes
+    out = tmp_path / "evals"
+    try:
+        result = CliRunner().invoke(app, ["evaluate", *map(str, subs), "--track", "lens-space", "--release",
+                                          str(tiny_space_release), "--out", str(out)])
+        assert result.exit_code == 2 and "answered HTTP 500" in result.output, result.output
+        assert seen["api"] == 1, seen  # the look at the store; no look-up nor publish per record
+        for i in range(2):  # nothing lost
+            assert (record_dir(out, "f", f"d{i}") / "evaluation.json").is_file()
+        for command in (["log", str(out), "--track", "lens-space"], ["leaderboard", "lens-space"]):
+            result = CliRunner().invoke(app, command)
+            assert result.exit_code == 1 and "answered HTTP 500" in result.output, result.output
+    finally:
+        httpd.shutdown()
 
 
 def _wait_for_runner(proc: subprocess.Popen) -> None:

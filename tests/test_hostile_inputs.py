@@ -179,6 +179,16 @@ def test_hostile_submission_yaml_is_failed_with_one_line(store, tmp_path, tiny_s
     _failed(outcomes[-2], "not a regular file")
 
 
+def test_a_folder_name_with_line_breaks_gives_a_one_line_reason_in_the_record(store, tmp_path, tiny_space_release):
+    # the reason quotes the folder's path: "\r", "\x85" and "\u2028" (no "\n") reached evaluation.json, and so the
+    # MLflow tag, as they were, a second line that can pose as another entry's result
+    folder = _folder(tmp_path / "subs", "a\rhonest+good FINISHED auroc=0.99\x85x\u2028\x1b[2Jy", spec="team: [\n")
+    outcome = evaluate([folder], "lens-space", tiny_space_release, out=tmp_path / "evals", publish=False)[0]
+    _failed(outcome, "YAML syntax error")
+    reason = json.loads((outcome.record / "evaluation.json").read_text())["reason"]
+    assert "YAML syntax error" in reason and len(reason.splitlines()) == 1 and reason.isprintable(), reason
+
+
 def test_overlong_or_markup_team_is_refused_at_load_with_a_clear_reason(tmp_path):
     folder = _folder(tmp_path, "long", GOOD_SPEC.format(name="x").replace("team: evil", "team: " + "t" * 600))
     with pytest.raises(SubmissionError) as info:
@@ -229,6 +239,19 @@ def test_discovery_survives_hostile_trees(tmp_path, monkeypatch, nest):
     found = discover_submissions("lens-space", roots=("submissions", "baselines"))
     assert good in found and bad_yaml in found and fifo in found  # their paths name the track: recorded
     assert nested not in found and linked not in found  # unreadable, and not named by the track
+
+
+def test_a_track_that_is_not_a_string_does_not_stop_discovery(tmp_path, monkeypatch):
+    # `track: [lens-space]` made `declared in accepted` raise TypeError (unhashable list): `skybench evaluate --track`
+    # without folders, every evaluate stage of `dvc repro`, evaluated no team at all
+    monkeypatch.setenv("SKYBENCH_ROOT", str(tmp_path))
+    subs = tmp_path / "submissions"
+    good = _folder(subs / "a", "good", GOOD_SPEC.format(name="good"))
+    listed = _folder(subs / "b", "lens-space", GOOD_SPEC.format(name="x").replace("track: lens-space",
+                                                                                  "track: [lens-space]"))
+    mapping = _folder(subs / "c", "m", GOOD_SPEC.format(name="m").replace("track: lens-space", "track: {a: b}"))
+    found = discover_submissions("lens-space", roots=("submissions", "baselines"))
+    assert good in found and listed in found and mapping not in found  # decided by the path, as unreadable specs
 
 
 # --- predictions CSV: plain text only, read by its own path -------------------------------------------
@@ -298,6 +321,42 @@ def test_a_bom_before_a_quote_does_not_hide_a_wide_row(tmp_path):
     path.write_bytes(b'\xef\xbb\xbf"id","score"\n"1","0.5"\n')  # a BOM and quotes alone are a valid CSV
     frame, reason = _read_csv(path)
     assert reason == "" and list(frame.columns) == ["id", "score"]
+
+
+@pytest.mark.timeout(60)
+def test_a_predictions_csv_of_far_more_rows_than_objects_is_refused_before_pandas_reads_them(tmp_path):
+    # 64 MiB of short rows (7.6 million distinct ids) held the evaluator, outside any sandbox limit, for a minute
+    # at 1.8 GB before "unknown ids", whatever the test set's size: rows are counted first, by every terminator
+    # pandas accepts (a CR-only file has no "\n")
+    from skybench.harness.submission import read_detections_csv, read_predictions_csv
+    from skybench.tracks import load_track
+
+    ids = np.array([f"t{i:06d}" for i in range(64)])
+    path = tmp_path / "scores.csv"
+    for end in (b"\n", b"\r", b"\r\n"):
+        path.write_bytes(b"id,score" + end + b"".join(b"%x,1%s" % (i, end) for i in range(200_000)))
+        pred, reason = read_predictions_csv(path, ids)
+        assert pred is None and "lines, for at most 64 predictions" in reason and "unknown ids" not in reason, reason
+    # an honest file passes: CRLF endings, a blank line after each row, no final terminator
+    path.write_bytes(b"id,score\r\n" + b"\r\n".join(b"%s,0.5\r\n" % i.encode() for i in ids))
+    pred, reason = read_predictions_csv(path, ids)
+    assert reason == "" and pred is not None and len(pred) == 64
+    tiles = load_track("lens-tiles").for_profile("demo")
+    k = tiles.output.max_candidates or 0
+    path.write_bytes(b"tile_id,x,y,score\n" + b"3,1,1,1\n" * (3 * k * 2 + 100))
+    pred, reason = read_detections_csv(path, np.array([3, 7, 11]), tiles.output, tiles.image_shape())
+    assert pred is None and f"for at most {3 * k} predictions" in reason, reason
+
+
+def test_a_score_beyond_any_float_is_a_reason_not_an_exception(tmp_path):
+    # whole-number scores and one of 400 digits: pandas keeps the column as text and to_numeric raised
+    # OverflowError in the evaluator (under Ray, in the driver: the run ended and every other job restarted)
+    from skybench.harness.submission import read_predictions_csv
+
+    path = tmp_path / "scores.csv"
+    path.write_bytes(b"id,score\na," + b"9" * 400 + b"\nb,1\n")
+    pred, reason = read_predictions_csv(path, np.array(["a", "b"]))
+    assert pred is None and "not a number a float can hold" in reason and "\n" not in reason, reason
 
 
 # --- sandbox outputs: only a plain .npy and the runner's own runner.json -------------------------------
@@ -405,6 +464,31 @@ def test_a_negative_dimension_in_an_npy_header_is_a_reason_not_an_exception(tmp_
         f.write(np.zeros(abs(int(np.prod(shape))), "<f4").tobytes())
     reason = _read_npy(path, 64, lambda a: "")
     assert isinstance(reason, str) and "negative dimension" in reason, reason
+
+
+@pytest.mark.parametrize("shape", [(64, True), (0, 2**70), (1,) * 65])
+def test_an_npy_shape_no_array_can_have_is_a_reason_not_an_exception(tmp_path, shape):
+    # raised in the parent, the evaluator's boundary made it "evaluation failed: TypeError: an integer is required"
+    from skybench.harness.submission import _read_npy
+
+    path = tmp_path / "predictions.npy"
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        f.write(np.zeros(int(np.prod(shape, dtype=object)), "<f4").tobytes())
+    reason = _read_npy(path, 64, lambda a: "")
+    assert isinstance(reason, str) and "invalid shape" in reason and "\n" not in reason, reason
+
+
+def test_long_double_predictions_are_refused_before_they_are_read(tmp_path):
+    # 16-byte values: an image track's answer read whole into the evaluator at twice a float64 answer's memory
+    from skybench.harness.submission import _read_npy
+
+    path = tmp_path / "predictions.npy"
+    np.save(path, np.zeros(64, np.longdouble))
+    reason = _read_npy(path, 64, lambda a: "")
+    assert isinstance(reason, str) and "16-byte values" in reason, reason
+    np.save(path, np.zeros(64, np.float64))
+    assert not isinstance(_read_npy(path, 64, lambda a: ""), str)
 
 
 DEEP_SCRATCH = """

@@ -153,3 +153,60 @@ def test_every_shipped_track_has_a_public_and_a_private_part(root, monkeypatch):
     monkeypatch.setenv("SKYBENCH_ROOT", str(root))
     missing = [name for name in list_tracks() if load_track(name).evaluation.public_fraction is None]
     assert not missing, f"tracks without evaluation.public_fraction: {missing}"
+
+
+def test_tracks_sharing_test_objects_refuse_releases_of_other_sizes(tmp_path, monkeypatch, root):
+    """photoz-images and photoz-catalog draw the same galaxies (one key, seed and object domain), but the split
+    is drawn from the whole test set: released with another --size, a galaxy public on one board is private on the
+    other, so probing one open board names the other's private redshifts. Evaluating either then refuses to run;
+    with the same size (or another seed: no shared galaxies) both evaluate, and their splits agree."""
+    from skybench.harness.score import part_mask
+    from skybench.release import ReleaseError
+    from skybench.simulate import simulate_release
+
+    (tmp_path / "benchmarks").mkdir()
+    for f in (root / "benchmarks").glob("*.yaml"):
+        shutil.copy(f, tmp_path / "benchmarks")
+    monkeypatch.setenv("SKYBENCH_ROOT", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    releases, key = tmp_path / "releases", {"profile": "challenge", "key_file": tmp_path / "test.key"}
+    catalog = simulate_release("photoz-catalog", releases / "photoz-catalog", seed=5, size=40, progress=False, **key)
+    images = simulate_release("photoz-images", releases / "photoz-images", seed=5, size=24, progress=False, **key)
+    for track, release in (("photoz-catalog", catalog), ("photoz-images", images)):
+        with pytest.raises(ReleaseError, match="same --size"):
+            evaluate([], track, release, out=tmp_path / "out" / track)
+    # A release sharing nothing (another seed) is no twin: evaluated as before.
+    elsewhere = simulate_release("photoz-catalog", tmp_path / "other", seed=6, size=40, progress=False, **key)
+    evaluate([], "photoz-catalog", elsewhere, out=tmp_path / "out" / "other")
+    shutil.rmtree(images)
+    images = simulate_release("photoz-images", releases / "photoz-images", seed=5, size=40, progress=False, **key)
+    masks = {}
+    for track, release in (("photoz-catalog", catalog), ("photoz-images", images)):
+        evaluate([], track, release, out=tmp_path / "out" / track)
+        hidden = open_release(release).hidden("test")
+        masks[track] = pd.Series(part_mask(load_track(track), hidden, hidden.ids()), index=hidden.ids())
+    pd.testing.assert_series_equal(masks["photoz-catalog"], masks["photoz-images"])
+
+
+@pytest.mark.parametrize(("closed", "evaluated"), [
+    ("lens-space-injected", "lens-space-injected"),  # evaluates lens-space's submissions, still coming in
+    ("lens-space", "lens-space-realsrc"),  # one real set: lens-space's board shows its private real_* labels
+    ("photoz-images", "photoz-catalog")])  # the same galaxies
+def test_linked_tracks_must_share_their_yaml_phase(closed, evaluated, tmp_path, monkeypatch, root):
+    """The git flow's phases are per track YAML: a closed track shows every submission's private scores, so a
+    track linked to an open one (sharing its test objects or real set, or evaluating its submissions: also_from)
+    would show private labels while submissions scored on them still come in. Evaluating is refused; an open
+    lens-space beside a closed lens-space-injected it feeds is not (only the closed side's board reveals)."""
+    from skybench.harness.evaluate import check_linked_phases
+
+    (tmp_path / "benchmarks").mkdir()
+    for f in (root / "benchmarks").glob("*.yaml"):
+        shutil.copy(f, tmp_path / "benchmarks")
+    spec = yaml.safe_load((root / f"benchmarks/{closed}.yaml").read_text())
+    spec["evaluation"]["phase"] = "closed"
+    (tmp_path / f"benchmarks/{closed}.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.setenv("SKYBENCH_ROOT", str(tmp_path))
+    with pytest.raises(ValueError, match="set `evaluation.phase` alike"):
+        evaluate([], evaluated, tmp_path / "no-release", out=tmp_path / "out")
+    if closed == "lens-space-injected":
+        check_linked_phases(load_track("lens-space"))  # the feeding track's own board is unaffected

@@ -435,6 +435,104 @@ def test_a_record_left_aside_by_a_crashed_swap_is_put_back(tmp_path):
     assert (rdir / "evaluation.json").read_text() == "{}" and stage.is_dir() and not aside.exists()
 
 
+STAGE_AND = """
+import os, signal, sys, time
+from pathlib import Path
+from skybench.harness import record
+staged = record._stage(Path(sys.argv[1]))
+print(staged, flush=True)
+if sys.argv[2] == "die":
+    os.kill(os.getpid(), signal.SIGKILL)  # an evaluation SIGKILLed while it writes the record
+time.sleep(120)  # a concurrent evaluation still writing it
+"""
+
+
+def test_staged_folders_of_killed_evaluations_go_at_the_next_evaluate_and_live_ones_stay(project, tiny_space_release,
+                                                                                          tmp_path):
+    import sys
+    import time
+
+    ids = _ids(tiny_space_release)
+    sub = csv_submission(tmp_path / "sub", "m", ids, _labels(tiny_space_release, ids), team="t")
+    out = tmp_path / "evals"
+    staged = {}
+    live = subprocess.Popen([sys.executable, "-c", STAGE_AND, str(out / "t+m"), "live"], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        staged["live"] = Path(live.stdout.readline().strip())
+        for what, rdir in (("dead", out / "t+m"), ("dead-elsewhere", out / "u+other")):
+            res = subprocess.run([sys.executable, "-c", STAGE_AND, str(rdir), "die"], capture_output=True, text=True)
+            assert res.returncode == -9, res.stderr
+            staged[what] = Path(res.stdout.strip())
+        aside = out / ".staged-u+kept.old.abc" / "record"  # an old record a crashed non-atomic swap left aside
+        aside.mkdir(parents=True)
+        (aside / "evaluation.json").write_text("{}")
+        old = time.time() - 300  # five minutes ago: not a folder being made right now
+        os.utime(aside.parent, (old, old))
+        for path in staged.values():
+            (path / "evaluation.json").write_text("{}")  # half-written
+            os.utime(path, (old, old))
+        (o,) = evaluate([sub], "lens-space", tiny_space_release, out=out, publish=False)
+        assert o.status == "FINISHED"
+        assert not staged["dead"].exists() and not staged["dead-elsewhere"].exists()  # the writers are gone
+        assert staged["live"].is_dir()  # still being written: never removed under its writer
+        assert (out / "u+kept" / "evaluation.json").read_text() == "{}"  # put back, never removed
+        assert {"t+m", staged["live"].name, "u+kept"} <= {p.name for p in out.iterdir()}
+        assert not [p for p in out.glob(".staged-*") if p.name != staged["live"].name and any(p.iterdir())]
+    finally:
+        live.kill()
+        live.wait()
+
+
+HOLD_OUT = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+fcntl.flock(fd, fcntl.LOCK_EX)  # a third evaluation writing a record in this folder right now
+print("held", flush=True)
+sys.stdin.readline()
+"""
+EVALUATE_ONE = """
+import sys
+from skybench.harness.evaluate import evaluate
+(o,) = evaluate([sys.argv[1]], "lens-space", sys.argv[2], out=sys.argv[3], publish=False)
+print(o.status, o.reason, flush=True)
+"""
+
+
+def test_two_evaluations_of_one_entry_at_once_write_its_record_once(project, tiny_space_release, tmp_path):
+    """A `dvc repro` evaluate stage and a server worker (or two workers) evaluating one entry at once: the records
+    are written one evaluation at a time, and the later one sees the other's record (the same evaluation) and keeps
+    it, rather than both writing and either winning."""
+    import sys
+    import time
+
+    ids = _ids(tiny_space_release)
+    sub = csv_submission(tmp_path / "sub", "m", ids, _labels(tiny_space_release, ids), team="t")
+    out = tmp_path / "evals"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_OUT, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    args = [sys.executable, "-c", EVALUATE_ONE, str(sub), str(tiny_space_release), str(out)]
+    evals = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 240
+        while (len(list(out.glob(".staged-t+m.*"))) < 2 and any(p.poll() is None for p in evals)
+               and time.monotonic() < deadline):  # both scored, both about to write
+            time.sleep(0.2)
+        time.sleep(1)
+    finally:
+        holder.communicate("go\n", timeout=30)
+        said = [p.communicate(timeout=240) for p in evals]
+    assert all(p.returncode == 0 for p in evals), said
+    statuses = sorted(o.split(" ", 1)[0] for o, _ in said)
+    assert statuses == ["FINISHED", "SKIPPED"], said  # the later writer kept the other's record
+    assert any("evaluated meanwhile by another evaluation" in o for o, _ in said), said
+    assert sorted(p.name for p in out.iterdir()) == ["t+m"]  # no staged folder left
+    rec = json.loads((out / "t+m" / "evaluation.json").read_text())
+    assert rec["status"] == "FINISHED" and rec["metrics"]
+
+
 def test_a_folder_name_that_is_not_utf8_cannot_stop_publishing(project, tiny_space_release, tmp_path):
     """git and Linux allow any bytes in a folder name; Python gives them as lone surrogates, which MLflow cannot
     store. The path is the identity, so such a folder's FAILED record is filed under a name a store holds; the

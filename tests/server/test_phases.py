@@ -526,3 +526,27 @@ def test_tracks_sharing_test_objects_go_through_phases_together(cfg, Session, tm
         assert {t: queue.current_phase(s, twins, t) for t in twins.tracks} == {
             "photoz-catalog": "closed", "photoz-images": "closed", "lens-space": "open"}
         assert phases.latest_snapshot(s, "photoz-images", "open") is not None  # its open board kept, as ended
+
+
+def test_tracks_sharing_a_real_set_go_through_phases_together(cfg, Session, tmp_path, monkeypatch):  # noqa: N803
+    """lens-space and lens-space-realsrc score the same real set (releases/real-lens-space), split alike: one in
+    ``closed`` or ``final`` shows every submission's ``private_real_*`` (probes that move one real object's score
+    name its label) while the other, still open, shows those objects' ``public_real_*`` nowhere but takes
+    submissions scored on them. Staggered dates are refused and an admin's phase change moves both; a track
+    sharing nothing stays where it was."""
+    from skybench.server import phases, queue
+    from skybench.server.config import ChallengeConfig
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    base = cfg.model_dump()
+    with pytest.raises(ValueError, match="lens-space, lens-space-realsrc share their test objects or real set"):
+        ChallengeConfig.model_validate({**base, "tracks": {
+            "lens-space": {"phases": {"open": "2027-01-01", "final": "2027-02-01"}},
+            "lens-space-realsrc": {"phases": {"open": "2027-01-01", "final": "2027-04-01"}}}})
+    twins = ChallengeConfig.model_validate({**base, "tracks": {"lens-space": {}, "lens-space-realsrc": {},
+                                                                "lens-tiles": {}}})
+    assert twins.twins("lens-space-realsrc") == ["lens-space", "lens-space-realsrc"]
+    with Session() as s:
+        assert phases.change_phase(s, twins, "lens-space-realsrc", "final") == "open"
+        assert {t: queue.current_phase(s, twins, t) for t in twins.tracks} == {
+            "lens-space": "final", "lens-space-realsrc": "final", "lens-tiles": "open"}

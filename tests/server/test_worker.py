@@ -328,3 +328,39 @@ def test_a_copy_that_fills_the_disk_leaves_no_partial_folder(tmp_path):
                          text=True, timeout=60)
     assert res.stdout.split() == ["Error"] * 3, res.stdout + res.stderr
     assert list((tmp_path / "project" / ".skybench-staging").iterdir()) == [] and not dest.exists()
+
+
+NUL_LOG = """
+import sys
+def load(d):
+    print("a NUL byte:\\0 and on", file=sys.stderr, flush=True)
+def predict(m, b):
+    return b.sum(axis=(1, 2, 3))
+"""
+
+
+@pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create namespaces here")
+def test_a_nul_in_the_sandbox_log_does_not_stop_the_job_being_recorded(server, cfg, tmp_path, tiny_space_release,
+                                                                       monkeypatch):
+    # PostgreSQL's text holds no NUL: storing the stderr tail raised, the job was re-run after each lease and at
+    # last failed "its worker died or lost its lease each time" (the machine blamed), its score on the board
+    import io
+    import tarfile
+
+    from skybench.server import worker
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    client, headers, Session = server
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, text in (("submission.yaml", "team: alpha\nname: nul\ntrack: lens-space\nformat: python\n"
+                                               "model: predict.py\n"), ("predict.py", NUL_LOG)):
+            info = tarfile.TarInfo(f"nul/{name}")
+            info.size = len(text.encode())
+            tar.addfile(info, io.BytesIO(text.encode()))
+    r = client.post("/api/submissions", headers=headers, data={"track": "lens-space", "name": "nul"},
+                    files={"file": ("s.tar.gz", buf.getvalue(), "application/gzip")})
+    assert r.status_code == 202, r.text
+    done = worker.run_one(cfg, Session, "w", release=tiny_space_release, out=tmp_path / "evals")
+    assert done is not None and done.state == "finished", done.reason if done else None
+    assert "a NUL byte:\\x00 and on" in done.log, done.log

@@ -23,7 +23,6 @@ import ast
 import functools
 import hashlib
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +33,19 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from skybench import __version__
-from skybench.harness.record import INFRASTRUCTURE, RECORD, RecordError, _stage, _write_records, read_record, record_dir
+from skybench.harness.record import (
+    INFRASTRUCTURE,
+    RECORD,
+    RecordError,
+    _stage,
+    _write_records,
+    discard_stage,
+    read_record,
+    record_dir,
+    record_stamp,
+    sweep_stale,
+    writing,
+)
 from skybench.harness.score import score, score_real
 from skybench.harness.submission import (
     RESERVED_TEAMS,
@@ -55,7 +66,7 @@ from skybench.release.mixing import Stream
 from skybench.release.reader import HiddenSplit, Release
 from skybench.tasks import BUILTIN, get_task
 from skybench.tracking import find_evaluation
-from skybench.tracks import Track, default_release, for_release, load_track, project_root
+from skybench.tracks import Track, default_release, for_release, list_tracks, load_track, project_root
 
 if TYPE_CHECKING:
     from skybench.harness.executors import Executor, Job
@@ -120,6 +131,8 @@ def discover_submissions(track: str, roots: tuple[str, ...] = ("submissions", "b
             try:  # read as load_submission reads it (bounded)
                 raw = read_spec_file(folder / SPEC_FILE)
                 declared = raw.get("track") if isinstance(raw, dict) else None
+                if not isinstance(declared, str):  # a list or mapping ("in" a set raised: every entry unevaluated)
+                    raise TypeError(f"track: expected a string, got {type(declared).__name__}")
             except Exception:  # noqa: BLE001 - any unreadable spec: decided by its path, recorded as FAILED
                 declared = next((t for t in sorted(accepted) if t in folder.parts), None)
             if declared in accepted:
@@ -238,11 +251,14 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
     from skybench.tracking.log import publish_record
 
     track = load_track(track) if isinstance(track, str) else track
+    check_linked_phases(track)
     release = Path(release or default_release(track))
     out = Path(out or default_out(track))
     release_sha = check_release(release, track)
+    check_twin_releases(release, track)
     track = for_release(track, release)  # the geometry of the release's profile (a detect track's tile size)
-    make_private_root(out)  # always there (a DVC output), even when nothing finishes
+    for folder in (out, make_private_root(out)):  # always there (a DVC output), even when nothing finishes
+        sweep_stale(folder)  # records half-written by an evaluation that was killed
     hidden = Release(release).hidden("test")
     real = _real_set(track, release)
     real_sha = release_digest(real) if real is not None else ""
@@ -359,6 +375,7 @@ class _Plan:
     team: str
     name: str
     submitted: str
+    seen: str = ""  # record_stamp of its record folder when planned
 
 
 def _plan(folder: Path, track: Track, real: Path | None, real_sha: str, release_sha: str, out: Path, force: bool,
@@ -384,11 +401,13 @@ def _plan(folder: Path, track: Track, real: Path | None, real_sha: str, release_
                              **key)  # type: ignore[arg-type]  # mypy: a str key could fill ``stage``; none does
         return Outcome(folder, team, name, "FAILED", reason, record=rec)
     assert sub is not None
+    seen = record_stamp(rdir)  # another evaluation of the entry writing its record meanwhile changes it
     if not force and (_same_record(rdir, sub, release_sha, real_sha, key)
                       or (ask_mlflow and _in_mlflow(track.name, sub.sha256, release_sha, real_sha, key, team, name))):
         return Outcome(folder, team, name, "SKIPPED", "unchanged since its last evaluation",
                        record=rdir if (rdir / RECORD).is_file() else None)
-    return _Plan(folder, sub, rdir, real, real_sha, team, name, submission_time(folder, sub.sha256, rdir, received))
+    return _Plan(folder, sub, rdir, real, real_sha, team, name, submission_time(folder, sub.sha256, rdir, received),
+                 seen)
 
 
 def _finish(plan: _Plan, res: PredictResult, track: Track, release_sha: str, hidden: HiddenSplit,
@@ -428,14 +447,23 @@ def _finish(plan: _Plan, res: PredictResult, track: Track, release_sha: str, hid
         if _safe_sha(sub.folder) != sub.sha256:  # replaced under the sandbox (a worker's place(), a git pull)
             raise OSError(f"{sub.folder}: the submission folder changed during its evaluation (no longer sha256 "
                           f"{sub.sha256[:12]}...); what ran is not the version to be recorded")
-        rec = _write_records(track, rdir, stage=stage, private_stage=private_stage if status == "FINISHED" else None,
-                             team=plan.team, name=plan.name, fmt=sub.spec.format, status=status, reason=reason,
-                             sub_sha=sub.sha256, release_sha=release_sha, device=res.device, metrics=metrics,
-                             seconds=res.seconds, n=len(res.ids), real_release_sha256=plan.real_sha,
-                             failure_kind=kind, submitted=plan.submitted, **cache_key(track))
+        with writing(rdir.parent):  # one writer of the entry's records at a time (a worker, a `dvc repro`)
+            if record_stamp(rdir) != plan.seen and (kind or _same_record(rdir, sub, release_sha, plan.real_sha,
+                                                                         cache_key(track))):
+                if kind:  # never the machine's failure over the record another evaluation wrote meanwhile
+                    return Outcome(plan.folder, plan.team, plan.name, "FAILED", f"{reason}; the record another "
+                                   "evaluation wrote meanwhile is kept", failure_kind=kind)
+                return Outcome(plan.folder, plan.team, plan.name, "SKIPPED", "evaluated meanwhile by another "
+                               "evaluation; its record is kept", record=rdir)
+            rec = _write_records(track, rdir, stage=stage,
+                                 private_stage=private_stage if status == "FINISHED" else None, team=plan.team,
+                                 name=plan.name, fmt=sub.spec.format, status=status, reason=reason,
+                                 sub_sha=sub.sha256, release_sha=release_sha, device=res.device, metrics=metrics,
+                                 seconds=res.seconds, n=len(res.ids), real_release_sha256=plan.real_sha,
+                                 failure_kind=kind, submitted=plan.submitted, **cache_key(track))
     finally:
         for folder in (stage, private_stage):
-            shutil.rmtree(folder, ignore_errors=True)  # gone after a swap; a half-written record otherwise
+            discard_stage(folder)  # gone after a swap; a half-written record otherwise
     return Outcome(plan.folder, plan.team, plan.name, status, reason, metrics, rec, failure_kind=kind, log=res.log)
 
 
@@ -451,6 +479,69 @@ def save_predictions(rdir: Path, stem: str, ids: pd.Series, predictions: object)
     else:
         np.save(rdir / f"{stem}.npy", pred)
         pd.DataFrame({"id": ids}).to_csv(rdir / f"{stem}_ids.csv", index=False)
+
+
+def check_linked_phases(track: Track) -> None:
+    """Refuse to evaluate ``track`` when the git flow's phases (``evaluation.phase``, per track YAML) would show one
+    track's private scores while submissions scored on those objects still come in: a track sharing its test
+    objects or real set (``server.config.twin_groups``) in another phase (a closed one shows every submission's
+    private scores, the open one's labels), or ``track`` closed while a track whose submissions it also evaluates
+    (``also_from``) is open (a closed ``lens-space-injected`` would show the private scores of every
+    ``lens-space`` submission still coming in)."""
+    from skybench.server.config import twin_groups
+
+    names = list_tracks()
+    if track.name not in names:
+        return
+    phase = track.evaluation.phase
+    twins = {t for g in twin_groups(tuple(names)) if track.name in g for t in g} - {track.name}
+    for name in sorted(twins | set(track.evaluation.also_from)):
+        other = load_track(name).evaluation.phase
+        if other != phase and (name in twins or other == "open"):
+            raise ValueError(f"track {track.name} is in phase {phase} but {name}, which shares its test objects "
+                             f"or real set or whose submissions it evaluates, is {other}: set `evaluation.phase` "
+                             "alike in both YAMLs (a closed one shows private scores while submissions scored on "
+                             "the same objects still come in)")
+
+
+def check_twin_releases(release: Path, track: Track) -> None:
+    """Refuse ``release`` when a track sharing its test objects (one ``simulate.object_domain``: photoz-images and
+    photoz-catalog) has its release (``releases/<track>``) drawn from the same key and seed but with other test
+    objects (another ``--size``): the public-private split is drawn from the whole test set, so the shared objects
+    would split differently, and one track's public board would name objects private on the other. Only for
+    releases of a private key: a public one (demo) anyone can re-make, so it has no private labels."""
+    import numpy as np
+
+    from skybench.simulate import object_domain
+
+    mine = read_manifest(release)
+    if (mine.get("test_key") or {}).get("kind") != "private":
+        return
+    ids: np.ndarray | None = None
+    for name in list_tracks():
+        try:
+            other = load_track(name)
+        except (ValueError, KeyError, OSError):
+            continue
+        theirs_at = default_release(other)
+        if name == track.name or other.task != track.task or not layout.is_release(theirs_at) \
+                or theirs_at.resolve() == Path(release).resolve():
+            continue
+        theirs = read_manifest(theirs_at)
+        if any(theirs.get(k) != mine.get(k) for k in ("profile", "seed", "test_key")):
+            continue  # other objects altogether (another key or seed): nothing shared
+        try:  # only now: it imports the task's simulator
+            if object_domain(other) != object_domain(track):
+                continue
+        except (ValueError, KeyError, OSError):  # not simulated (a real catalogue): its own objects
+            continue
+        ids = Release(release).hidden("test").ids() if ids is None else ids
+        their_ids = Release(theirs_at).hidden("test").ids()
+        if len(ids) != len(their_ids) or not np.array_equal(np.sort(ids), np.sort(their_ids)):
+            raise ReleaseError(f"{release}: {len(ids)} test objects, but {theirs_at} (track {name}, the same "
+                               f"objects: same key and seed) holds {len(their_ids)} others; tracks sharing test "
+                               "objects must be simulated with the same --size, or their public-private splits "
+                               "differ (one's public board names the other's private objects)")
 
 
 def _real_set(track: Track, release: Path) -> Path | None:

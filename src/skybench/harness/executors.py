@@ -119,7 +119,12 @@ class RayExecutor:
                 pending.append([run.remote(job, a, b, threads) for a, b in ranges])
             for job, refs in zip(jobs, pending, strict=True):
                 if refs is None:
-                    yield next(LocalExecutor().run([job]))
+                    try:
+                        res = next(LocalExecutor().run([job]))
+                    except Exception as exc:  # noqa: BLE001 - this job's own (its CSV read here): yielded, as a
+                        yield exc  # task's below; raised, it would end this run and every other job's tasks with it
+                        continue
+                    yield res
                     continue
                 try:
                     res = merge_results(ray.get(refs))

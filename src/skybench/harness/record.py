@@ -8,6 +8,8 @@ the file and what is wrong."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import numbers
@@ -24,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError
 from skybench import __version__
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from skybench.tracks import Track
 
 RECORD = "evaluation.json"  # the record's file name in a record folder (participant's and organiser's)
@@ -176,8 +180,10 @@ def _write_record(rdir: Path, *, team: str, name: str, fmt: str, status: str, re
     own = staged is None
     staged = _stage(rdir) if staged is None else staged
     try:
-        # a reason may quote a folder name that is not UTF-8 (lone surrogates): escaped, as a store can hold it
+        # a reason may quote a folder name that is not UTF-8 (lone surrogates): escaped, as a store can hold it;
+        # or one holding "\r", "\x85" or "\u2028" (line breaks to a viewer) or terminal escapes: one printable line
         reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
+        reason = "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(reason.split()))
         rec = EvaluationRecord.model_validate(
             {"team": team, "name": name, "format": fmt, "status": status, "reason": reason,
              "submission_sha256": sub_sha, "release_sha256": release_sha, "device": device,
@@ -187,27 +193,103 @@ def _write_record(rdir: Path, *, team: str, name: str, fmt: str, status: str, re
         _swap(staged, rdir)
     finally:
         if own:  # gone after a swap; a half-written record otherwise
-            shutil.rmtree(staged, ignore_errors=True)
+            discard_stage(staged)
     return rdir
 
 
 _STAGE = ".staged-"  # prefix of record folders being written (hidden: never published, never read back)
 
 
+@contextlib.contextmanager
+def writing(out: Path) -> Iterator[None]:
+    """Hold the flock of the records folder ``out`` (its directory, no file of its own): evaluations that would
+    write a record there (processes, or threads with their own descriptors) take turns. Not reentrant."""
+    import fcntl
+
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:  # a file system without flock: as before, the last writer wins
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF):
+                raise
+        yield
+    finally:
+        os.close(fd)
+
+
+def record_stamp(rdir: Path) -> str:
+    """The sha256 of ``rdir``'s record as it is now ("" when there is none or it is unreadable)."""
+    try:
+        return hashlib.sha256((rdir / RECORD).read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+_WRITERS: dict[str, int] = {}  # staged folder -> this process's open descriptor of it, holding its flock
+_STAGE_GRACE = 60.0  # seconds a new staged folder may stay unlocked (between mkdtemp and flock)
+
+
 def _stage(rdir: Path) -> Path:
-    """A new empty sibling folder of ``rdir`` to write a record into (same filesystem, so renames are atomic).
-    An old record left aside by a crashed :func:`_swap` is put back; leftovers older than a day are removed."""
+    """A new empty sibling folder of ``rdir`` to write a record into (same filesystem, so renames are atomic),
+    flocked by this process until :func:`discard_stage`. An old record left aside by a crashed :func:`_swap` is
+    put back; leftovers of writers that are gone (a SIGKILLed evaluation) are removed (:func:`sweep_stale`)."""
+    import fcntl
+
     rdir.parent.mkdir(parents=True, exist_ok=True)
     for aside in rdir.parent.glob(f"{_STAGE}{rdir.name}.old.*/record"):  # a crash inside a non-atomic _swap
         if not rdir.exists():
             os.rename(aside, rdir)
-    for old in rdir.parent.glob(f"{_STAGE}{rdir.name}.*"):
+    sweep_stale(rdir.parent, rdir.name)
+    staged = Path(tempfile.mkdtemp(prefix=f"{_STAGE}{rdir.name}.", dir=rdir.parent))
+    fd = os.open(staged, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a file system without flock: the day-old rule of sweep_stale alone
+        pass
+    _WRITERS[str(staged)] = fd
+    return staged
+
+
+def discard_stage(staged: Path) -> None:
+    """Remove a folder made by :func:`_stage` (what a swap left there, or a half-written record) and unlock it."""
+    shutil.rmtree(staged, ignore_errors=True)
+    fd = _WRITERS.pop(str(staged), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def sweep_stale(folder: Path, name: str = "*") -> None:
+    """Remove the staged folders in ``folder`` (of record folder ``name``) whose writer is gone: nobody holds their
+    flock (a writer holds it until it is done, the kernel drops it when the writer dies) and they are older than a
+    minute (a new one is flocked right after it is made); where flock is not supported, those older than a day.
+    An old record a crashed non-atomic :func:`_swap` left aside is put back first, never removed."""
+    import fcntl
+
+    for aside in Path(folder).glob(f"{_STAGE}{name}.old.*/record"):
+        rdir = Path(folder) / aside.parent.name[len(_STAGE):].split(".", 1)[0]  # record folder names have no "."
         try:
-            if time.time() - old.lstat().st_mtime > 86400:
-                shutil.rmtree(old, ignore_errors=True)
+            if not rdir.exists() and time.time() - aside.parent.lstat().st_mtime > _STAGE_GRACE:
+                os.rename(aside, rdir)
         except OSError:
             pass
-    return Path(tempfile.mkdtemp(prefix=f"{_STAGE}{rdir.name}.", dir=rdir.parent))
+    for old in Path(folder).glob(f"{_STAGE}{name}.*"):
+        try:
+            age = time.time() - old.lstat().st_mtime
+            if str(old) in _WRITERS or age < _STAGE_GRACE or not old.is_dir() or old.is_symlink():
+                continue
+            fd = os.open(old, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN) or age <= 86400:
+                    continue  # a live writer's
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 def _swap(new: Path, rdir: Path) -> None:

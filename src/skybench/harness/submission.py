@@ -401,9 +401,18 @@ def _csv_too_wide(data: bytes) -> bool:
     return _CSV_WIDE.search(data.translate(None, _CSV_NOT_SEPARATOR)) is not None
 
 
-def _read_csv(path: Path, dtype: dict[str, type] | None = None) -> tuple[pd.DataFrame | None, str]:
+def _csv_rows(data: bytes) -> int:
+    """The most rows (header included) pandas' tokenizer can make of the CSV ``data``: one per line terminator
+    (CRLF, CR or LF, which it all accepts) and a last line without one."""
+    return data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n") + 1
+
+
+def _read_csv(path: Path, dtype: dict[str, type] | None = None,
+              max_rows: int | None = None) -> tuple[pd.DataFrame | None, str]:
     """The CSV at ``path`` read as plain text (a regular file of at most CSV_MAX_BYTES, rows of at most
-    CSV_MAX_FIELDS fields), or (None, reason)."""
+    CSV_MAX_FIELDS fields; with ``max_rows``, at most twice that many lines, blank ones included), or (None,
+    reason). pandas holds an object per row and the checks hash every id: 64 MiB of short rows (7.6 million)
+    held the evaluator, outside any sandbox limit, for a minute at 1.8 GB whatever the test set's size."""
     import io
 
     try:  # the bytes of a plain file (no symlink, FIFO, archive name or size trick) parsed as plain CSV
@@ -413,6 +422,9 @@ def _read_csv(path: Path, dtype: dict[str, type] | None = None) -> tuple[pd.Data
     if _csv_too_wide(data):
         return None, clip(f"{path.name}: a row has more than {CSV_MAX_FIELDS} fields; write one row per prediction "
                           "with only the format's columns")
+    if max_rows is not None and (rows := _csv_rows(data)) > 2 * (max_rows + 1) + 16:
+        return None, clip(f"{path.name}: {rows} lines, for at most {max_rows} predictions; write a header and "
+                          "one row per prediction")
     try:
         return pd.read_csv(io.BytesIO(data), dtype=dtype, compression=None, encoding="utf-8",
                            encoding_errors="strict"), ""
@@ -427,7 +439,7 @@ def read_detections_csv(path: Path, ids: np.ndarray, output: Output,
     the tile and non-finite values are refused (:func:`skybench.common.detections_from_csv`)."""
     from skybench.common import detections_from_csv
 
-    df, reason = _read_csv(path)
+    df, reason = _read_csv(path, max_rows=len(ids) * int(output.max_candidates or 0))
     if df is None:
         return None, reason
     if sorted(df.columns) != ["score", "tile_id", "x", "y"]:
@@ -447,7 +459,7 @@ def read_detections_csv(path: Path, ids: np.ndarray, output: Output,
 def read_predictions_csv(path: Path, ids: np.ndarray) -> tuple[np.ndarray | None, str]:
     """Scores from an ``id,score`` CSV in the order of ``ids``, or (None, reason)."""
     name = path.name
-    df, reason = _read_csv(path, {"id": str})
+    df, reason = _read_csv(path, {"id": str}, max_rows=len(ids))
     if df is None:
         return None, reason
     if sorted(df.columns) != ["id", "score"]:
@@ -466,7 +478,10 @@ def read_predictions_csv(path: Path, ids: np.ndarray) -> tuple[np.ndarray | None
                 f"{len(dup)} duplicated ids ({some(dup)})" if dup else ""]
     if any(problems):
         return None, f"{name}: " + "; ".join(p for p in problems if p)
-    scores = pd.to_numeric(df["score"], errors="coerce")
+    try:  # a whole number beyond uint64 (400 nines) is kept as text, and to_numeric raises OverflowError on it
+        scores = pd.to_numeric(df["score"], errors="coerce")
+    except (OverflowError, ValueError, TypeError) as exc:
+        return None, clip(f"{name}: a score is not a number a float can hold ({type(exc).__name__}: {exc})")
     bad_rows = got[scores.isna() & df["score"].notna()].tolist()
     if bad_rows:
         return None, f"{name}: non-numeric score for {len(bad_rows)} ids ({some(bad_rows)})"
@@ -565,9 +580,9 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
         private.insert(0, layout.release_of(test_dir)[0])
     except ValueError:  # a bare test folder (Ray shard views, validate): not a release
         pass
-    # the most an acceptable output can be (16-byte values): no more of any is copied out
+    # the most an acceptable output can be (8-byte values): no more of any is copied out
     most = _most_values(track, n, shape)
-    outputs = {out.name: NPY_MAX_HEADER + 16 * most + 128, info.name: RUNNER_JSON_MAX_BYTES + 1}
+    outputs = {out.name: NPY_MAX_HEADER + NPY_MAX_ITEMSIZE * most + 128, info.name: RUNNER_JSON_MAX_BYTES + 1}
     res = run_sandboxed(argv, scratch=scratch, ro_binds=binds, limits=limits, env=env, gpu=gpu, outputs=outputs,
                         private=private)
     device, problem = _read_runner_info(info)
@@ -594,6 +609,7 @@ def _challenge(test_dir: Path) -> bool:
 
 RUNNER_JSON_MAX_BYTES = 64 * 1024
 NPY_MAX_HEADER = 10_000  # numpy's own default limit on the header of an .npy file
+NPY_MAX_ITEMSIZE = 8  # bytes of one predicted value: float64 at most (a long double is read whole, at twice that)
 
 
 def _json_depth(text: str) -> int:
@@ -662,6 +678,9 @@ def _read_npy(out: Path, max_items: int, why: Callable[[np.ndarray], str]) -> np
             offset = f.tell()
             if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None or dtype.kind not in "iuf":
                 return f"returned non-numeric values (dtype {clip(str(dtype), 60)})"
+            if dtype.itemsize > NPY_MAX_ITEMSIZE:  # long double: read whole, twice a float64 answer's memory
+                return (f"predictions file holds {dtype.itemsize}-byte values (dtype {dtype}); write float32 or "
+                        "float64")
             if fortran:
                 return "predictions file is Fortran-ordered; write it with np.save of a C-ordered array"
             if any(d < 0 for d in shape):  # numpy's header parser takes (-8, -8): 64 values, no valid shape
@@ -676,7 +695,10 @@ def _read_npy(out: Path, max_items: int, why: Callable[[np.ndarray], str]) -> np
         return clip(f"predictions file is not a .npy array: {type(exc).__name__}: {exc}")
     if len(data) != count * dtype.itemsize:
         return "predictions file changed while it was read"
-    return np.frombuffer(data, dtype).reshape(shape)
+    try:  # numpy's header parser takes (64, True), (0, 2**70) and 65 dimensions: no array numpy can make
+        return np.frombuffer(data, dtype).reshape(shape)
+    except (ValueError, TypeError) as exc:
+        return clip(f"predictions file header has an invalid shape {clip(str(shape), 60)}: {exc}")
 
 
 def _read_output(out: Path, ids: np.ndarray, n: int, track: Track, device: str, seconds: float,

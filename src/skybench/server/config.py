@@ -21,19 +21,41 @@ def shown_as_open(phase: str) -> bool:
 
 
 def twin_groups(tracks: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """Groups of two or more of ``tracks`` that share their test objects (one ``simulate.object_domain``: the
-    photo-z tracks, the same galaxies as images and as a catalogue)."""
+    """Groups of two or more of ``tracks`` that share a scored object set, and so its public-private split: their
+    test objects (one ``simulate.object_domain``: the photo-z tracks, the same galaxies as images and as a
+    catalogue) or their real set (``evaluation.real_set``: a lens track and its ``realsrc`` twin). Sharing is
+    transitive: two tracks joined through a third are in one group."""
     from skybench.simulate import object_domain
     from skybench.tracks import load_track
 
-    domains: dict[str, list[str]] = {}
+    group_of: dict[str, list[str]] = {}  # object set -> the group (shared list) of the tracks scoring it
+    groups: list[list[str]] = []
     for name in tracks:
+        sets = [f"domain {name}"]
         try:
-            domain = object_domain(load_track(name))
-        except (ValueError, KeyError, OSError):  # not simulated (a real catalogue): its own objects
-            domain = name
-        domains.setdefault(domain, []).append(name)
-    return [tuple(g) for g in domains.values() if len(g) > 1]
+            track = load_track(name)
+        except (ValueError, KeyError, OSError):  # not loadable: its own objects
+            track = None
+        if track is not None:
+            try:
+                sets = [f"domain {object_domain(track)}"]
+            except (ValueError, KeyError, OSError):  # not simulated (a real catalogue): its own objects
+                pass
+            if track.evaluation.real_set:
+                sets.append(f"real {Path(track.evaluation.real_set).as_posix().rstrip('/')}")
+        group = [name]
+        for key in sets:
+            other = group_of.get(key)
+            if other is not None and other is not group:
+                groups.remove(other)
+                group.extend(t for t in other if t not in group)
+                for k, g in group_of.items():
+                    if g is other:
+                        group_of[k] = group
+        groups.append(group)
+        for key in sets:
+            group_of[key] = group
+    return [tuple(sorted(g, key=tracks.index)) for g in groups if len(g) > 1]
 
 
 class ConfigError(ValueError):
@@ -127,13 +149,15 @@ class ChallengeConfig(_Strict):
             raise ValueError(f"unknown track(s) {', '.join(unknown)} (known: {', '.join(list_tracks())})")
         for group in twin_groups(tuple(self.tracks)):
             if len({tuple(sorted(self.tracks[t].phases.items())) for t in group}) > 1:
-                raise ValueError(f"tracks {', '.join(group)} share their test objects (and public-private split): "
+                raise ValueError(f"tracks {', '.join(group)} share their test objects or real set "
+                                 "(and its public-private split): "
                                  "give them the same phase dates (one in `final` shows every submission's private "
                                  "scores, the other's labels, while the other still takes submissions)")
         return self
 
     def twins(self, track: str) -> list[str]:
-        """``track`` and the tracks of this challenge that share its test objects (moved through phases together)."""
+        """``track`` and the tracks of this challenge that share its test objects or its real set (moved through
+        phases together)."""
         return next((list(g) for g in twin_groups(tuple(self.tracks)) if track in g), [track])
 
     @property

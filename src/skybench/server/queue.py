@@ -311,12 +311,18 @@ def heartbeat(session: Session, sub_id: str, owner: str, lease_seconds: float) -
     return res.rowcount == 1  # type: ignore[attr-defined]
 
 
+def _text(value: str) -> str:
+    """``value`` as a text column holds it: PostgreSQL's refuses NUL, which a sandbox's stderr tail may hold (the
+    write raised, and the job waited for its lease to expire and another claim)."""
+    return value.replace("\0", "\\x00")
+
+
 def finish(session: Session, sub_id: str, owner: str, metrics: dict[str, float], log: str = "") -> bool:
     """Mark ``owner``'s job finished; False (nothing changed) when it no longer holds the lease. A NaN or infinite
     metric is kept as null: JSON (PostgreSQL's) has neither, and the job must still be recorded."""
     kept = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
     res = session.execute(update(Submission).where(_mine(sub_id, owner))
-                          .values(state="finished", finished_at=utcnow(), metrics=kept, log=log, reason="",
+                          .values(state="finished", finished_at=utcnow(), metrics=kept, log=_text(log), reason="",
                                   lease_owner=None, lease_expires=None))
     session.commit()
     return res.rowcount == 1  # type: ignore[attr-defined]
@@ -328,7 +334,7 @@ def fail(session: Session, sub_id: str, owner: str, reason: str, log: str = "", 
     if sub is None:
         session.rollback()
         return False
-    sub.state, sub.failed_at, sub.reason, sub.log = "failed", utcnow(), reason, log
+    sub.state, sub.failed_at, sub.reason, sub.log = "failed", utcnow(), _text(reason), _text(log)
     sub.lease_owner = sub.lease_expires = None
     if not counts and sub.counted:
         _release(session, sub)
@@ -341,6 +347,6 @@ def requeue(session: Session, sub_id: str, owner: str, reason: str, delay_second
     in ``delay_seconds``."""
     res = session.execute(update(Submission).where(_mine(sub_id, owner))
                           .values(state="queued", queued_at=utcnow() + timedelta(seconds=delay_seconds),
-                                  reason=reason, lease_owner=None, lease_expires=None))
+                                  reason=_text(reason), lease_owner=None, lease_expires=None))
     session.commit()
     return res.rowcount == 1  # type: ignore[attr-defined]

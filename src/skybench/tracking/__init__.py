@@ -297,15 +297,27 @@ def unreachable(timeout: float = 10.0) -> str:
         return _database_unreachable(uri, timeout)
     if not uri.startswith(("http://", "https://")):
         return ""
+    import urllib.error
     import urllib.request
 
-    try:  # the tracking server's own health endpoint; no MLflow retries and back-off
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
-            if resp.status == 200:
-                return ""
-            return f"MLflow server {uri} answered HTTP {resp.status} on /health"
-    except OSError as exc:
-        return f"MLflow server {uri} is unreachable ({getattr(exc, 'reason', exc)})"
+    # /health answers without the store (a server whose database is gone says OK there): also one look-up that
+    # reads the store. An HTTP 5xx is a server that cannot serve (MLflow retries those for minutes); a 4xx (no such
+    # experiment, no credentials) is one that answers. No MLflow retries and back-off.
+    probe = f"{EVALUATION_PROBE}?experiment_name=skybench-reachability-probe"
+    for path in ("/health", probe):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}{path}", timeout=timeout) as resp:
+                status = resp.status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        except OSError as exc:
+            return f"MLflow server {uri} is unreachable ({getattr(exc, 'reason', exc)})"
+        if status >= 500 or (path == "/health" and status != 200):
+            return f"MLflow server {uri} answered HTTP {status} on {path.split('?')[0]}"
+    return ""
+
+
+EVALUATION_PROBE = "/api/2.0/mlflow/experiments/get-by-name"  # reads the tracking store
 
 
 _DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}  # MLflow's database stores (sqlite aside)
