@@ -484,11 +484,11 @@ def save_predictions(rdir: Path, stem: str, ids: pd.Series, predictions: object)
 def check_linked_phases(track: Track) -> None:
     """Refuse to evaluate ``track`` when the git flow's phases (``evaluation.phase``, per track YAML) would show one
     track's private scores while submissions scored on those objects still come in: a track sharing its test
-    objects or real set (``server.config.twin_groups``) in another phase (a closed one shows every submission's
+    objects or real set (``skybench.twins.twin_groups``) in another phase (a closed one shows every submission's
     private scores, the open one's labels), or ``track`` closed while a track whose submissions it also evaluates
     (``also_from``) is open (a closed ``lens-space-injected`` would show the private scores of every
     ``lens-space`` submission still coming in)."""
-    from skybench.server.config import twin_groups
+    from skybench.twins import twin_groups
 
     names = list_tracks()
     if track.name not in names:

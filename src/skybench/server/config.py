@@ -9,6 +9,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from skybench.twins import twin_groups
+
 Phase = Literal["pending", "open", "closed", "final"]
 PHASES: tuple[Phase, ...] = ("pending", "open", "closed", "final")
 
@@ -18,44 +20,6 @@ def shown_as_open(phase: str) -> bool:
     ``pending``, before it or a track an admin paused (``phase set TRACK pending``): what was submitted while
     open must not be shown in full then."""
     return phase in ("pending", "open")
-
-
-def twin_groups(tracks: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """Groups of two or more of ``tracks`` that share a scored object set, and so its public-private split: their
-    test objects (one ``simulate.object_domain``: the photo-z tracks, the same galaxies as images and as a
-    catalogue) or their real set (``evaluation.real_set``: a lens track and its ``realsrc`` twin). Sharing is
-    transitive: two tracks joined through a third are in one group."""
-    from skybench.simulate import object_domain
-    from skybench.tracks import load_track
-
-    group_of: dict[str, list[str]] = {}  # object set -> the group (shared list) of the tracks scoring it
-    groups: list[list[str]] = []
-    for name in tracks:
-        sets = [f"domain {name}"]
-        try:
-            track = load_track(name)
-        except (ValueError, KeyError, OSError):  # not loadable: its own objects
-            track = None
-        if track is not None:
-            try:
-                sets = [f"domain {object_domain(track)}"]
-            except (ValueError, KeyError, OSError):  # not simulated (a real catalogue): its own objects
-                pass
-            if track.evaluation.real_set:
-                sets.append(f"real {Path(track.evaluation.real_set).as_posix().rstrip('/')}")
-        group = [name]
-        for key in sets:
-            other = group_of.get(key)
-            if other is not None and other is not group:
-                groups.remove(other)
-                group.extend(t for t in other if t not in group)
-                for k, g in group_of.items():
-                    if g is other:
-                        group_of[k] = group
-        groups.append(group)
-        for key in sets:
-            group_of[key] = group
-    return [tuple(sorted(g, key=tracks.index)) for g in groups if len(g) > 1]
 
 
 class ConfigError(ValueError):
