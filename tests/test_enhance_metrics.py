@@ -128,3 +128,25 @@ def test_bad_inputs() -> None:
         chi2_per_pixel(t, t, 0.0)
     with pytest.raises(ValueError, match="flux"):
         flux_rel_error(t, -t)
+
+
+def test_an_empty_output_image_scores_badly_instead_of_failing_the_submission() -> None:
+    """A denoiser that sees nothing in one faint input returns zeros (or slightly negative flux) for it: its moments
+    are undefined. That image gets size 0 (size error 1) and no ellipticity; the others are scored as before, and
+    only the truth must have light."""
+    t = galaxy()
+    errs_before = shape_errors(1.01 * t, t, PIX, 3.0)
+    for dark in (0.0, -0.01):
+        p = 1.01 * t
+        p[2] = dark * t[2]
+        errs = shape_errors(p, t, PIX, 3.0)
+        assert errs["size_rel_error"][2] == 1.0
+        e_truth = second_moments(t[2:3], PIX, 3.0)
+        assert errs["ellipticity_error"][2] == pytest.approx(float(np.hypot(e_truth["e1"][0], e_truth["e2"][0])))
+        keep = np.arange(len(t)) != 2
+        np.testing.assert_allclose(errs["size_rel_error"][keep], errs_before["size_rel_error"][keep], atol=1e-12)
+        metrics, _ = image_metrics(p, t, stretch_low=LOW, stretch_high=HIGH, flux_range=R, variance=1.0,
+                                   pixel_scale=PIX, weight_sigma=3.0, n_resamples=0)
+        assert np.isfinite(metrics["psnr"]) and np.isfinite(metrics["size_rel_error"])
+    with pytest.raises(ValueError, match="positive weighted flux"):
+        shape_errors(t, np.zeros_like(t), PIX, 3.0)

@@ -305,3 +305,27 @@ def test_invariant_features_are_kept_by_content_never_stale() -> None:
     maps[2, 3, 4] += 1.0  # changed in place: never the stale features
     np.testing.assert_array_equal(invariant_features(maps), _invariant_features(maps, 16))
     assert not np.array_equal(invariant_features(maps), first)
+
+
+
+def test_collapse_check_is_not_passed_by_a_bin_without_power():
+    """Maps of period n/2 have every odd Fourier mode exactly 0, so no power in the lowest C_l bin: its variance
+    ratio was 0/0 = NaN, the median NaN, and a collapsed set (the same power in every map) passed unflagged."""
+    truth = lognormal_maps(60, 20)
+    edges = ell_bins(N, SIZE, 6)
+    rng = np.random.default_rng(2)
+    h = N // 2
+    k = np.hypot(np.fft.fftfreq(h)[:, None] * h, np.fft.rfftfreq(h)[None, :] * h)
+    shell = np.floor(k).astype(int)
+    amp = np.where(k > 0, (k + 1.0) ** -1.5, 0.0)
+    tiles = []
+    for _ in range(60):  # the same power in every shell of every map, spread differently over its modes
+        w = rng.exponential(size=k.shape)
+        for s in np.unique(shell):
+            w[shell == s] /= w[shell == s].mean()
+        tiles.append(np.fft.irfft2(amp * np.sqrt(w) * np.exp(2j * np.pi * rng.random(k.shape)), s=(h, h)))
+    collapsed = np.asarray(tiles)
+    periodic = np.tile(collapsed, (1, 2, 2)).astype(np.float32)
+    assert np.all(power_spectrum(periodic, SIZE, edges).cl[:, 0] == 0)
+    c = collapse_check(periodic, truth, SIZE, edges)
+    assert c.duplicate_ratio > 0.5 and c.flagged and c.median_variance_ratio < 0.5, c

@@ -63,12 +63,16 @@ def flux_rel_error(pred: ArrayLike, truth: ArrayLike, signed: bool = False) -> N
 
 
 def second_moments(images: ArrayLike, pixel_scale: float, weight_sigma: float,
-                   iterations: int = 20) -> dict[str, NDArray[np.float64]]:
+                   iterations: int = 20, strict: bool = True) -> dict[str, NDArray[np.float64]]:
     """Gaussian-weighted second moments of the band-summed images: centroid, size and ellipticity per image.
 
     Q_ij = sum w I x_i x_j / sum w I about the weighted centroid (``iterations`` re-centrings from the frame
     centre), w a circular Gaussian of ``weight_sigma`` arcsec; size = sqrt((Q_xx + Q_yy) / 2) [arcsec] and
-    (e1, e2) = (Q_xx - Q_yy, 2 Q_xy) / (Q_xx + Q_yy) (Bernstein & Jarvis 2002, AJ 123, 583, Eq. 2-5)."""
+    (e1, e2) = (Q_xx - Q_yy, 2 Q_xy) / (Q_xx + Q_yy) (Bernstein & Jarvis 2002, AJ 123, 583, Eq. 2-5).
+
+    An image without a positive weighted flux (at some re-centring) raises ValueError; with ``strict=False`` it
+    has size 0 and ellipticity 0 instead (no light, no shape: a submission's empty output scores badly, the rest
+    of its images are still scored)."""
     a = np.asarray(images, dtype=np.float64)
     if a.ndim != 4:
         raise ValueError(f"images must be (N, bands, H, W), got shape {a.shape}")
@@ -77,28 +81,37 @@ def second_moments(images: ArrayLike, pixel_scale: float, weight_sigma: float,
     ys = (np.arange(h) - (h - 1) / 2.0) * pixel_scale
     xs = (np.arange(w) - (w - 1) / 2.0) * pixel_scale
     cx, cy = np.zeros(n), np.zeros(n)
+    dark = np.zeros(n, dtype=bool)  # no positive weighted flux at some step: left at its last centroid
     for _ in range(max(1, iterations)):
         dx, dy = xs[None, None, :] - cx[:, None, None], ys[None, :, None] - cy[:, None, None]
         wi = np.exp(-(dx**2 + dy**2) / (2.0 * weight_sigma**2)) * img
         norm = wi.sum(axis=(1, 2))
-        if not np.all(norm > 0):
+        dark |= ~(norm > 0)
+        if dark.any() and strict:
             raise ValueError("second moments need a positive weighted flux in every image")
-        cx, cy = cx + (wi * dx).sum(axis=(1, 2)) / norm, cy + (wi * dy).sum(axis=(1, 2)) / norm
+        safe = np.where(dark, 1.0, norm)
+        cx = np.where(dark, cx, cx + (wi * dx).sum(axis=(1, 2)) / safe)
+        cy = np.where(dark, cy, cy + (wi * dy).sum(axis=(1, 2)) / safe)
     dx, dy = xs[None, None, :] - cx[:, None, None], ys[None, :, None] - cy[:, None, None]
     wi = np.exp(-(dx**2 + dy**2) / (2.0 * weight_sigma**2)) * img
     norm = wi.sum(axis=(1, 2))
+    dark |= ~(norm > 0)
+    if dark.any() and strict:
+        raise ValueError("second moments need a positive weighted flux in every image")
+    norm = np.where(dark, 1.0, norm)
     qxx, qyy, qxy = ((wi * dx * dx).sum(axis=(1, 2)) / norm, (wi * dy * dy).sum(axis=(1, 2)) / norm,
                      (wi * dx * dy).sum(axis=(1, 2)) / norm)
-    trace = qxx + qyy
-    return {"x": cx, "y": cy, "size": np.sqrt(np.clip(trace, 0.0, None) / 2.0),
-            "e1": (qxx - qyy) / trace, "e2": 2.0 * qxy / trace}
+    trace = np.where(dark, 1.0, qxx + qyy)
+    return {"x": cx, "y": cy, "size": np.where(dark, 0.0, np.sqrt(np.clip(trace, 0.0, None) / 2.0)),
+            "e1": np.where(dark, 0.0, (qxx - qyy) / trace), "e2": np.where(dark, 0.0, 2.0 * qxy / trace)}
 
 
 def shape_errors(pred: ArrayLike, truth: ArrayLike, pixel_scale: float,
                  weight_sigma: float) -> dict[str, NDArray[np.float64]]:
     """``size_rel_error`` = |size_pred / size_truth - 1| and ``ellipticity_error`` = |e_pred - e_truth| per image."""
     p, t = _image_pair(pred, truth)
-    mp, mt = second_moments(p, pixel_scale, weight_sigma), second_moments(t, pixel_scale, weight_sigma)
+    # a predicted image without light scores badly (size 0); the truth must have some
+    mp, mt = second_moments(p, pixel_scale, weight_sigma, strict=False), second_moments(t, pixel_scale, weight_sigma)
     return {"size_rel_error": np.abs(mp["size"] / mt["size"] - 1.0),
             "ellipticity_error": np.hypot(mp["e1"] - mt["e1"], mp["e2"] - mt["e2"])}
 

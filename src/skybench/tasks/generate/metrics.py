@@ -466,8 +466,12 @@ def collapse_check(gen: np.ndarray, truth: np.ndarray, size_deg: float, edges: n
     if g.shape[0] < 3 or t.shape[0] < 3:
         raise ValueError("collapse_check: needs at least 3 generated and 3 truth maps")
     cl_g, cl_t = power_spectrum(g, size_deg, edges).cl, power_spectrum(t, size_deg, edges).cl
-    # fractional variances (2 / modes for a Gaussian field): a generator with the wrong amplitude is no collapse
-    ratio = (cl_g.var(axis=0, ddof=1) / cl_g.mean(axis=0) ** 2) / (cl_t.var(axis=0, ddof=1) / cl_t.mean(axis=0) ** 2)
+    # fractional variances (2 / modes for a Gaussian field): a generator with the wrong amplitude is no collapse.
+    # A bin where the generated maps have no power at all (e.g. maps of period n/2: every odd mode exactly 0) has
+    # no variance either: 0, not 0/0, whose NaN would make the median NaN and the check pass.
+    mean2_g = cl_g.mean(axis=0) ** 2
+    frac_g = np.divide(cl_g.var(axis=0, ddof=1), mean2_g, out=np.zeros_like(mean2_g), where=mean2_g > 0)
+    ratio = frac_g / (cl_t.var(axis=0, ddof=1) / cl_t.mean(axis=0) ** 2)
     n = min(g.shape[0], t.shape[0], 2000)  # nearest-neighbour distances depend on the set size: equal sizes
     rng = np.random.default_rng(seed)
     g_sub, t_sub = (x[rng.choice(x.shape[0], n, replace=False)] for x in (g, t))
@@ -475,4 +479,4 @@ def collapse_check(gen: np.ndarray, truth: np.ndarray, size_deg: float, edges: n
                 np.median(_scale_free_nn(invariant_features(t_sub))))
     med = float(np.median(ratio))
     return CollapseCheck(cl_variance_ratio=ratio, median_variance_ratio=med, duplicate_ratio=dup,
-                         flagged=bool(med < min_ratio or dup < min_ratio))
+                         flagged=not (med >= min_ratio and dup >= min_ratio))  # NaN: flagged

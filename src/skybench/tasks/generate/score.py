@@ -582,7 +582,8 @@ def _combined_flags(per: dict[int, dict[str, float]], combined_p: float, track: 
     variance, duplicates = float(np.median(col["cl_variance_ratio"])), float(col["duplicate_ratio"].min())
     p_value = min(1.0, 2 * n_points * float(col["memorisation_p_value"].min()), 2 * combined_p)
     return {"memorised": float(col["memorised"].max() or p_value < label.memorisation_alpha),
-            "collapsed": float(variance < label.collapse_min_ratio or duplicates < label.collapse_min_ratio),
+            "collapsed": float(not (variance >= label.collapse_min_ratio  # NaN: flagged
+                                    and duplicates >= label.collapse_min_ratio)),
             "memorisation_p_value": p_value, "memorisation_p_value_combined": combined_p,
             "closer_to_train": float(col["closer_to_train"].max()),
             "closer_to_train_expected": float(col["closer_to_train_expected"].mean()),
