@@ -349,7 +349,8 @@ def test_seccomp_denies_namespaces_mounts_tracing_and_keyrings(tmp_path):
         out["bpf"] = err(libc.syscall({nr["bpf"]}, 0, None, 0))
         out["setns"] = err(libc.syscall({nr["setns"]}, 0, 0))
         out["vsock"] = err(libc.socket(40, 1, 0))  # AF_VSOCK: outside the network namespace, reaches the hypervisor
-        out["inet"] = err(libc.socket(2, 1, 0))  # other families stay (the network namespace holds them)
+        out["inet"] = err(libc.socket(2, 1, 0))  # loopback buffers: host-wide tcp_mem, outside a v1 memcg
+        out["unix"] = err(libc.socket(1, 1, 0))  # other families stay (the network namespace holds them)
         import resource  # RLIMIT_CORE 1: a dump piped to the host's core_pattern helper is aborted; fixed
         out["core"] = list(resource.getrlimit(resource.RLIMIT_CORE))
         out["core0"] = err(libc.setrlimit(4, (ctypes.c_ulong * 2)(0, 0)))
@@ -364,8 +365,118 @@ def test_seccomp_denies_namespaces_mounts_tracing_and_keyrings(tmp_path):
     got = json.loads(res.stdout)
     denied = os.strerror(1)  # EPERM
     assert got == {"unshare": denied, "ptrace": denied, "mount": denied, "keyctl": denied, "add_key": denied,
-                   "bpf": denied, "setns": denied, "vsock": denied, "inet": "ok", "core": [1, 1], "core0": denied,
-                   "nofile": "ok", "subprocess": 0}
+                   "bpf": denied, "setns": denied, "vsock": denied, "inet": denied, "unix": "ok", "core": [1, 1],
+                   "core0": denied, "nofile": "ok", "subprocess": 0}
+
+
+@needs_bwrap
+def test_seccomp_argument_rules_hold_whatever_the_upper_half_of_the_register(tmp_path):
+    """The kernel reads an int argument (socket's family, setrlimit's resource) from the low 32 bits of its
+    register, seccomp compares all 64: socket(AF_VSOCK | 1 << 32) was a vsock socket, setrlimit(RLIMIT_CORE | 1 << 32)
+    set the core limit to 0 (dumps piped to the host's core_pattern helper again)."""
+    import pyseccomp
+
+    arch = pyseccomp.system_arch()
+    nr = {name: pyseccomp.resolve_syscall(arch, name) for name in ("socket", "setrlimit", "prlimit64")}
+    res = run_script(tmp_path, f"""
+        import ctypes, json, os, resource
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        def call(*args):
+            rc = libc.syscall(*(ctypes.c_long(a) for a in args))
+            return "ok" if rc >= 0 else os.strerror(ctypes.get_errno())
+        zero = (ctypes.c_ulong * 2)(0, 0)
+        high = 1 << 32
+        out = {{"vsock": call({nr["socket"]}, high | 40, 1, 0), "inet": call({nr["socket"]}, high | 2, 1, 0),
+               "inet6": call({nr["socket"]}, high | 10, 1, 0),
+               "setrlimit": call({nr["setrlimit"]}, high | 4, ctypes.addressof(zero)),
+               "prlimit": call({nr["prlimit64"]}, 0, high | 4, ctypes.addressof(zero), 0),
+               "netlink": call({nr["socket"]}, 16, 3, 2), "unix": call({nr["socket"]}, 1, 1, 0)}}
+        out["core"] = list(resource.getrlimit(resource.RLIMIT_CORE))
+        import socket
+        out["socketpair"] = len(socket.socketpair())  # multiprocessing, DataLoader workers
+        print(json.dumps(out))
+    """)
+    assert res.ok, res
+    denied = os.strerror(1)  # EPERM
+    assert json.loads(res.stdout) == {"vsock": denied, "inet": denied, "inet6": denied, "setrlimit": denied,
+                                      "prlimit": denied, "netlink": denied, "unix": "ok", "core": [1, 1],
+                                      "socketpair": 2}
+
+
+SOCKET_HOGS = {
+    # TCP over the sandbox's own loopback: 224 MB queued in a 128 MB run (v1 charges socket buffers to no limit), and
+    # counted against the host-wide tcp_mem, past which every TCP socket of the host (Ray, MLflow, the server) stalls
+    "tcp": """
+        import socket
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(64)
+        keep, total = [], 0
+        for _ in range(60):
+            c = socket.create_connection(srv.getsockname())
+            keep.append((c, srv.accept()[0]))
+            c.setblocking(False)
+            try:
+                while True:
+                    total += c.send(b"x" * 65536)
+            except BlockingIOError:
+                pass
+        print(total >> 20, "MB queued")
+    """,
+    # netlink receive queues, charged to no cgroup at all: 3 GB queued in a 128 MB run with 400 receivers
+    "netlink": """
+        import socket, struct
+        snd = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 2)  # NETLINK_USERSOCK
+        snd.bind((0, 0))
+        snd.setblocking(False)
+        keep, total, msg = [], 0, struct.pack("=LHHLL", 16 + 16000, 0x10, 0, 0, 0) + bytes(16000)
+        for _ in range(40):
+            r = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 2)
+            r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 30)
+            r.bind((0, 0))
+            keep.append(r)
+            try:
+                while True:
+                    total += snd.sendto(msg, (r.getsockname()[0], 0))
+            except OSError:
+                pass
+        print(total >> 20, "MB queued")
+    """,
+}
+
+
+@needs_bwrap
+@needs_cgroups
+@pytest.mark.parametrize("kind", sorted(SOCKET_HOGS))
+def test_socket_buffers_cannot_hold_memory_outside_the_limit(tmp_path, kind):
+    """A run has no network: it gets no socket but AF_UNIX, whose buffers its cgroup is charged for."""
+    res = run_script(tmp_path, SOCKET_HOGS[kind],
+                     limits=Limits(memory_mb=128, cpu_seconds=20, wall_seconds=30, max_processes=32, scratch_mb=64))
+    assert not res.ok and "MB queued" not in res.stdout, (res.reason, res.stdout)
+    assert res.reason == "exited with status 1: PermissionError: [Errno 1] Operation not permitted", res.reason
+    assert_next_sandbox_works(tmp_path)
+
+
+@needs_bwrap
+def test_host_wide_kernel_counters_are_not_the_sandbox_s_to_use_up(tmp_path):
+    """fs.aio-max-nr and the pseudo-terminals of every devpts instance but the host's are counted once for the whole
+    host, whatever the namespace: 16 io_setup(4096) calls held all 65,536 AIO events (every other process's io_setup
+    failed EAGAIN meanwhile), and a run could open every pty other sandboxes and containers draw on."""
+    res = run_script(tmp_path, """
+        import ctypes, json, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        ctx = ctypes.c_ulong(0)
+        out = {"io_setup": "ok" if libc.syscall(206, 4096, ctypes.byref(ctx)) == 0 else os.strerror(ctypes.get_errno())}
+        try:
+            os.openpty()
+            out["openpty"] = "ok"
+        except OSError:
+            out["openpty"] = "refused"
+        print(json.dumps(out))
+    """)
+    assert res.ok, res
+    assert json.loads(res.stdout) == {"io_setup": os.strerror(1), "openpty": "refused"}
 
 
 @needs_bwrap

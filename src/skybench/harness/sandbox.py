@@ -110,10 +110,20 @@ _DENIED_SYSCALLS = ("unshare", "setns", "mount", "umount2", "pivot_root", "move_
                     "syslog", "io_uring_setup", "io_uring_enter", "io_uring_register", "acct", "quotactl",
                     # counted per user across user namespaces (fs.inotify.max_user_instances, fanotify's groups):
                     # without root the command is the evaluator's own uid, and would use up the evaluator's
-                    "inotify_init", "inotify_init1", "fanotify_init")
-# Socket families that no network namespace contains: AF_VSOCK (40) reaches the hypervisor (CID 2) and every vsock
-# service of the VM (guest agents, the host's control plane) and shares the VM's port space, whatever --unshare-net.
-_DENIED_SOCKET_FAMILIES = (40,)
+                    "inotify_init", "inotify_init1", "fanotify_init",
+                    # host-wide, across every namespace: fs.aio-max-nr (16 io_setup(4096) calls held all 65,536, and
+                    # every other process's io_setup failed EAGAIN), as io_uring is above
+                    "io_setup")
+# The one socket family a run may use: AF_UNIX (multiprocessing, DataLoader workers), whose buffers its memory cgroup
+# is charged for. Every other is EPERM: AF_VSOCK (40) reaches the hypervisor (CID 2) and every vsock service of the VM
+# whatever --unshare-net; AF_INET/AF_INET6 reach only the run's own loopback, whose TCP/UDP buffers count against the
+# host-wide tcp_mem/udp_mem (past tcp_mem[2] every TCP socket of the host, Ray's, MLflow's, the server's, fails to
+# send) and, under cgroup v1, against no memory limit; AF_NETLINK receive queues (SO_RCVBUF up to 2 x rmem_max each)
+# are charged to no cgroup: 3 GB queued in a 128 MB run; the rest are kernel attack surface (module autoloading).
+_SOCKET_FAMILY = 1  # AF_UNIX
+# An int argument is compared on its low 32 bits only: the kernel truncates the register (setrlimit's resource), so
+# setrlimit(RLIMIT_CORE | 1 << 32, ...) would otherwise pass an EQ rule and still set RLIMIT_CORE.
+_INT = 0xFFFF_FFFF
 # A core dump piped to the host's core_pattern helper (apport, systemd-coredump) runs that helper as root outside the
 # sandbox and its cgroup, whatever RLIMIT_CORE = 0; the kernel aborts such a dump only at RLIMIT_CORE = 1
 # (fs/coredump.c). It is set to 1 before bwrap (prlimit) and the command may not change it.
@@ -141,11 +151,11 @@ def seccomp_bpf() -> bytes:
             pass
     for flag in _CLONE_NEW:  # clone(flags, ...): any namespace flag -> EPERM
         f.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
-    for family in _DENIED_SOCKET_FAMILIES:  # socket(family, ...) -> EPERM
-        f.add_rule(sc.ERRNO(errno.EPERM), "socket", sc.Arg(0, sc.EQ, family))
-    f.add_rule(sc.ERRNO(errno.EPERM), "setrlimit", sc.Arg(0, sc.EQ, _RLIMIT_CORE))
+    for call in ("socket", "socketpair"):  # (family, ...): anything but exactly AF_UNIX -> EPERM
+        f.add_rule(sc.ERRNO(errno.EPERM), call, sc.Arg(0, sc.NE, _SOCKET_FAMILY))
+    f.add_rule(sc.ERRNO(errno.EPERM), "setrlimit", sc.Arg(0, sc.MASKED_EQ, _INT, _RLIMIT_CORE))
     # prlimit64(pid, resource, new, old): setting (new != NULL) is denied, reading stays (glibc's getrlimit)
-    f.add_rule(sc.ERRNO(errno.EPERM), "prlimit64", sc.Arg(1, sc.EQ, _RLIMIT_CORE), sc.Arg(2, sc.NE, 0))
+    f.add_rule(sc.ERRNO(errno.EPERM), "prlimit64", sc.Arg(1, sc.MASKED_EQ, _INT, _RLIMIT_CORE), sc.Arg(2, sc.NE, 0))
     f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")  # its flags are in memory, unfilterable: glibc falls back to clone
     fd = os.memfd_create("seccomp", 0)
     try:
@@ -644,7 +654,10 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
     for src, dest in binds:
         m.add("--ro-bind", src, dest)
     m.add("--bind", str(box), "/scratch")
-    m.args += ["--proc", "/proc", "--dev", "/dev", *size, "--perms", "1777", "--tmpfs", "/dev/shm"]
+    m.args += ["--proc", "/proc", "--dev", "/dev", *size, "--perms", "1777", "--tmpfs", "/dev/shm",
+               # no pseudo-terminals: every devpts instance but the host's draws on one host-wide count
+               # (kernel.pty.max - kernel.pty.reserve), which one run could hold all of
+               "--dev-bind", "/dev/null", "/dev/pts/ptmx"]
     for opt, src, *to in gpu_args:
         m.add(opt, src, to[0] if to else src)
     m.args += ["--remount-ro", "/", "--chdir", cwd]
