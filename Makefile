@@ -49,8 +49,9 @@ run: setup data
 	skybench report
 
 # The full suite (what CI runs): every test, slow ones included, spread over TEST_WORKERS processes (pytest-xdist;
-# one file per worker at a time, so module fixtures are built once). TEST_WORKERS=0 runs it in this process.
-TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
+# one file per worker at a time, so module fixtures are built once). One more worker than cores, up to 4: many
+# tests wait on subprocesses (sandboxes, servers, a browser). TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n + 1 : 4 )))
 test: setup data
 	$(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile
 
