@@ -197,7 +197,7 @@ def test_linked_tracks_must_share_their_yaml_phase(closed, evaluated, tmp_path, 
     track linked to an open one (sharing its test objects or real set, or evaluating its submissions: also_from)
     would show private labels while submissions scored on them still come in. Evaluating is refused; an open
     lens-space beside a closed lens-space-injected it feeds is not (only the closed side's board reveals)."""
-    from skybench.harness.evaluate import check_linked_phases
+    from skybench.twins import check_linked_phases
 
     (tmp_path / "benchmarks").mkdir()
     for f in (root / "benchmarks").glob("*.yaml"):
@@ -208,5 +208,23 @@ def test_linked_tracks_must_share_their_yaml_phase(closed, evaluated, tmp_path, 
     monkeypatch.setenv("SKYBENCH_ROOT", str(tmp_path))
     with pytest.raises(ValueError, match="set `evaluation.phase` alike"):
         evaluate([], evaluated, tmp_path / "no-release", out=tmp_path / "out")
+    for name in {closed, evaluated}:  # nor is its board printed (closing a phase is a leaderboard run alone)
+        shown = CliRunner().invoke(app, ["leaderboard", name])
+        assert shown.exit_code == 1 and "alike in both YAMLs" in shown.output, shown.output
     if closed == "lens-space-injected":
         check_linked_phases(load_track("lens-space"))  # the feeding track's own board is unaffected
+
+
+def test_a_track_yaml_that_is_not_yaml_stops_no_other_track(tmp_path, monkeypatch, root):
+    """The linked-phase check loads every track YAML; one that does not parse (a draft being edited) is a track of
+    its own objects, as one that does not validate, not a YAML error stopping every other track's evaluation."""
+    from skybench.twins import check_linked_phases
+
+    (tmp_path / "benchmarks").mkdir()
+    for f in (root / "benchmarks").glob("*.yaml"):
+        shutil.copy(f, tmp_path / "benchmarks")
+    (tmp_path / "benchmarks/draft.yaml").write_text("task: lens\nname: draft\n  oops: [\n")
+    monkeypatch.setenv("SKYBENCH_ROOT", str(tmp_path))
+    check_linked_phases(load_track("lens-space"))
+    with pytest.raises(ValueError, match="draft.yaml: not valid YAML"):
+        load_track("draft")

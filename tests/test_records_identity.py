@@ -533,6 +533,27 @@ def test_two_evaluations_of_one_entry_at_once_write_its_record_once(project, tin
     assert rec["status"] == "FINISHED" and rec["metrics"]
 
 
+def test_a_failure_making_the_private_stage_leaves_no_locked_stage_behind(project, tiny_space_release, tmp_path):
+    """The participant record's staged folder is made (and flocked by this process) first; when making the
+    organiser's one then fails (a full disk, a file where the folder goes), the first is removed and unlocked too,
+    not left for the life of a long-running worker (a descriptor and a folder per failed job, never swept: this
+    process holds its lock)."""
+    from skybench.harness.visibility import private_root
+
+    ids = _ids(tiny_space_release)
+    sub = csv_submission(tmp_path / "sub", "m", ids, _labels(tiny_space_release, ids), team="t")
+    out = tmp_path / "evals"
+    rdir = record_dir(out, "t", "m")
+    root = private_root(out)
+    (root / ".staged-t+m.old.x" / "record").mkdir(parents=True)  # an old record set aside by a crashed swap ...
+    private_dir(rdir).symlink_to(tmp_path / "gone")  # ... that cannot be put back: making the stage fails
+    before = dict(rec_io._WRITERS)
+    (o,) = evaluate([sub], "lens-space", tiny_space_release, out=out, publish=False)
+    assert o.status == "FAILED" and o.failure_kind == "infrastructure", o.reason
+    assert rec_io._WRITERS == before  # every descriptor closed
+    assert not list(out.glob(".staged-*"))  # and its folder gone
+
+
 def test_a_folder_name_that_is_not_utf8_cannot_stop_publishing(project, tiny_space_release, tmp_path):
     """git and Linux allow any bytes in a folder name; Python gives them as lone surrogates, which MLflow cannot
     store. The path is the identity, so such a folder's FAILED record is filed under a name a store holds; the

@@ -268,8 +268,13 @@ def leaderboard(track: str,
     from skybench.tracking import leaderboard as lb
     from skybench.tracking import unreachable
     from skybench.tracks import default_release
+    from skybench.twins import check_linked_phases
 
     t = _track(track)
+    try:  # a closed board shows private scores: not while a linked track (same objects) takes submissions
+        check_linked_phases(t)
+    except ValueError as exc:
+        _fail(str(exc))
     if down := unreachable():  # else MLflow's retries and back-off keep it silent for minutes
         _fail(down)
     if publish is not None:

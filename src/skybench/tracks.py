@@ -288,7 +288,10 @@ def load_track(name_or_path: str | Path) -> Track:
         path = benchmarks_dir() / f"{name_or_path}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"no track definition {path}; known tracks: {', '.join(list_tracks())}")
-    raw = yaml.safe_load(path.read_text())
+    try:  # a ValueError, as any invalid definition: the twin checks pass over a track that cannot be loaded
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
     from skybench.tasks import get_task, task_names
 
     task = raw.get("task") if isinstance(raw, dict) else None

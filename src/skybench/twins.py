@@ -1,12 +1,12 @@
 """Tracks that share a scored object set, and so its public-private split: they must go through phases together
-(``server.config`` for a challenge server, ``harness.evaluate.check_linked_phases`` for the git flow)."""
+(``server.config`` for a challenge server, :func:`check_linked_phases` for the git flow)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from skybench.simulate import object_domain
-from skybench.tracks import load_track
+from skybench.tracks import Track, list_tracks, load_track
 
 
 def twin_groups(tracks: tuple[str, ...]) -> list[tuple[str, ...]]:
@@ -42,3 +42,24 @@ def twin_groups(tracks: tuple[str, ...]) -> list[tuple[str, ...]]:
         for key in sets:
             group_of[key] = group
     return [tuple(sorted(g, key=tracks.index)) for g in groups if len(g) > 1]
+
+
+def check_linked_phases(track: Track) -> None:
+    """Refuse to evaluate or rank ``track`` when the git flow's phases (``evaluation.phase``, per track YAML) would
+    show one track's private scores while submissions scored on those objects still come in: a track sharing its test
+    objects or real set (:func:`twin_groups`) in another phase (a closed one shows every submission's
+    private scores, the open one's labels), or ``track`` closed while a track whose submissions it also evaluates
+    (``also_from``) is open (a closed ``lens-space-injected`` would show the private scores of every
+    ``lens-space`` submission still coming in)."""
+    names = list_tracks()
+    if track.name not in names:
+        return
+    phase = track.evaluation.phase
+    twins = {t for g in twin_groups(tuple(names)) if track.name in g for t in g} - {track.name}
+    for name in sorted(twins | set(track.evaluation.also_from)):
+        other = load_track(name).evaluation.phase
+        if other != phase and (name in twins or other == "open"):
+            raise ValueError(f"track {track.name} is in phase {phase} but {name}, which shares its test objects "
+                             f"or real set or whose submissions it evaluates, is {other}: set `evaluation.phase` "
+                             "alike in both YAMLs (a closed one shows private scores while submissions scored on "
+                             "the same objects still come in)")

@@ -249,6 +249,7 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
     from skybench.harness.executors import Job, get_executor
     from skybench.tracking import unreachable
     from skybench.tracking.log import publish_record
+    from skybench.twins import check_linked_phases
 
     track = load_track(track) if isinstance(track, str) else track
     check_linked_phases(track)
@@ -426,7 +427,12 @@ def _finish(plan: _Plan, res: PredictResult, track: Track, release_sha: str, hid
                            failure_kind=kind)
     # Scorers and predictions write to the organiser's folder; the record folder gets the participant view.
     make_private_root(rdir.parent)
-    stage, private_stage = _stage(rdir), _stage(private_dir(rdir))
+    stage = _stage(rdir)
+    try:  # flocked until discarded: never left behind by the second one failing (a descriptor per failed job)
+        private_stage = _stage(private_dir(rdir))
+    except BaseException:
+        discard_stage(stage)
+        raise
     try:
         if res.ok:
             assert res.predictions is not None  # a finished run has predictions
@@ -479,29 +485,6 @@ def save_predictions(rdir: Path, stem: str, ids: pd.Series, predictions: object)
     else:
         np.save(rdir / f"{stem}.npy", pred)
         pd.DataFrame({"id": ids}).to_csv(rdir / f"{stem}_ids.csv", index=False)
-
-
-def check_linked_phases(track: Track) -> None:
-    """Refuse to evaluate ``track`` when the git flow's phases (``evaluation.phase``, per track YAML) would show one
-    track's private scores while submissions scored on those objects still come in: a track sharing its test
-    objects or real set (``skybench.twins.twin_groups``) in another phase (a closed one shows every submission's
-    private scores, the open one's labels), or ``track`` closed while a track whose submissions it also evaluates
-    (``also_from``) is open (a closed ``lens-space-injected`` would show the private scores of every
-    ``lens-space`` submission still coming in)."""
-    from skybench.twins import twin_groups
-
-    names = list_tracks()
-    if track.name not in names:
-        return
-    phase = track.evaluation.phase
-    twins = {t for g in twin_groups(tuple(names)) if track.name in g for t in g} - {track.name}
-    for name in sorted(twins | set(track.evaluation.also_from)):
-        other = load_track(name).evaluation.phase
-        if other != phase and (name in twins or other == "open"):
-            raise ValueError(f"track {track.name} is in phase {phase} but {name}, which shares its test objects "
-                             f"or real set or whose submissions it evaluates, is {other}: set `evaluation.phase` "
-                             "alike in both YAMLs (a closed one shows private scores while submissions scored on "
-                             "the same objects still come in)")
 
 
 def check_twin_releases(release: Path, track: Track) -> None:
