@@ -533,6 +533,35 @@ def test_two_evaluations_of_one_entry_at_once_write_its_record_once(project, tin
     assert rec["status"] == "FINISHED" and rec["metrics"]
 
 
+def test_failed_records_wait_for_the_writer_of_the_entry_too(project, tiny_space_release, tmp_path):
+    """A FAILED record written while planning (an invalid submission.yaml) takes the records folder's lock like a
+    finished one: it is not written over a record another evaluation is writing meanwhile."""
+    import sys
+    import threading
+
+    bad = tmp_path / "sub" / "m"
+    bad.mkdir(parents=True)
+    (bad / "submission.yaml").write_text("team: t\nname: m\ntrack: lens-space\nformat: [\n")  # not YAML
+    out = tmp_path / "evals"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_OUT, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    got: list = []
+    worker = threading.Thread(target=lambda: got.extend(evaluate([bad], "lens-space", tiny_space_release, out=out,
+                                                                 publish=False)))
+    try:
+        worker.start()
+        worker.join(8)
+        assert worker.is_alive() and not got  # waits for the other writer
+        assert not [p for p in out.iterdir() if not p.name.startswith(".")]
+    finally:
+        holder.communicate("go\n", timeout=30)
+        worker.join(60)
+    (o,) = got
+    assert o.status == "FAILED" and o.record is not None and (o.record / "evaluation.json").is_file()
+
+
 def test_a_failure_making_the_private_stage_leaves_no_locked_stage_behind(project, tiny_space_release, tmp_path):
     """The participant record's staged folder is made (and flocked by this process) first; when making the
     organiser's one then fails (a full disk, a file where the folder goes), the first is removed and unlocked too,

@@ -353,12 +353,14 @@ def _crashed(folder: Path, plan: _Plan | None, exc: Exception, out: Path, releas
     try:
         team, name = (plan.team, plan.name) if plan is not None else identity(folder, None, None)[:2]
         rdir = plan.rdir if plan is not None else record_dir(out, team, name)
-        if kind and (rdir / RECORD).is_file():
-            return Outcome(folder, team, name, "FAILED", f"{reason}; the previous record is kept", failure_kind=kind)
         marked: dict[str, Any] = {"failure_kind": kind} if kind else {}  # else the key as before: absent
-        record = _write_records(track, rdir, team=team, name=name, fmt=plan.sub.spec.format if plan else "?",
-                                status="FAILED", reason=reason, sub_sha=plan.sub.sha256 if plan else "unreadable",
-                                release_sha=release_sha, device="unknown", metrics={}, **marked)
+        with writing(rdir.parent):  # one writer of the entry's records at a time, as in _finish
+            if kind and (rdir / RECORD).is_file():
+                return Outcome(folder, team, name, "FAILED", f"{reason}; the previous record is kept",
+                               failure_kind=kind)
+            record = _write_records(track, rdir, team=team, name=name, fmt=plan.sub.spec.format if plan else "?",
+                                    status="FAILED", reason=reason, sub_sha=plan.sub.sha256 if plan else "unreadable",
+                                    release_sha=release_sha, device="unknown", metrics={}, **marked)
     except Exception as err:  # noqa: BLE001 - not even a record: the outcome still says why
         reason += f"; no record written ({one_line(err)})"
     return Outcome(folder, team, name, "FAILED", reason, record=record, failure_kind=kind)
@@ -396,10 +398,11 @@ def _plan(folder: Path, track: Track, real: Path | None, real_sha: str, release_
     if problem or refused:  # recorded (and listed as FAILED) under the folder's identity, never the claimed one
         reason = problem or " ".join(refused.split())[:1000]
         sha = sub.sha256 if sub is not None else _safe_sha(folder)
-        rec = _write_records(track, rdir, team=team, name=name, fmt=sub.spec.format if sub is not None else "?",
-                             status="FAILED", reason=reason, sub_sha=sha, release_sha=release_sha, device="none",
-                             metrics={}, submitted=submission_time(folder, sha, rdir, received),
-                             **key)  # type: ignore[arg-type]  # mypy: a str key could fill ``stage``; none does
+        with writing(rdir.parent):  # one writer of the entry's records at a time, as in _finish
+            rec = _write_records(track, rdir, team=team, name=name, fmt=sub.spec.format if sub is not None else "?",
+                                 status="FAILED", reason=reason, sub_sha=sha, release_sha=release_sha, device="none",
+                                 metrics={}, submitted=submission_time(folder, sha, rdir, received),
+                                 **key)  # type: ignore[arg-type]  # mypy: a str key could fill ``stage``; none does
         return Outcome(folder, team, name, "FAILED", reason, record=rec)
     assert sub is not None
     seen = record_stamp(rdir)  # another evaluation of the entry writing its record meanwhile changes it
