@@ -206,6 +206,7 @@ def writing(out: Path) -> Iterator[None]:
     write a record there (processes, or threads with their own descriptors) take turns. Not reentrant."""
     import fcntl
 
+    Path(out).mkdir(parents=True, exist_ok=True)  # the first record in it
     fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:
