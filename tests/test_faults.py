@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,28 @@ def _runs(uri):
 def _linear_scores(root, name, release):
     ids = open_release(release).meta("test")["id"]
     return csv_submission(root / name, name, ids, np.linspace(0, 1, len(ids)), team="f")
+
+
+class _QuietHandler(BaseHTTPRequestHandler):
+    """A handler that logs nothing and answers POST as GET (``do_GET`` in a subclass)."""
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.do_GET()  # type: ignore[attr-defined]
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _tracking_server(handler: type[BaseHTTPRequestHandler], monkeypatch) -> ThreadingHTTPServer:
+    """A stand-in tracking server on a free loopback port, serving ``handler`` in a thread; MLFLOW_TRACKING_URI points
+    at it, with MLflow's retries off (the test's: one request each, not minutes)."""
+    import threading
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{httpd.server_address[1]}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    return httpd
 
 
 def _cmdline(p: psutil.Process) -> str:
@@ -339,13 +362,11 @@ def test_a_tracking_server_gone_mid_run_costs_one_failed_publish_not_one_per_rec
     """MLflow retries a server that went away for minutes per request (about 4 with its defaults): once a record
     cannot be logged and the server's /health fails, the others are kept for `skybench log` at once."""
     import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     subs = [_linear_scores(tmp_path / "subs", f"m{i}", tiny_space_release) for i in range(3)]
     seen = {"api": 0, "after": 0}
 
-    class Server(BaseHTTPRequestHandler):  # answers evaluate's look-ups (one per submission), then is gone
+    class Server(_QuietHandler):  # answers evaluate's look-ups (one per submission), then is gone
         def do_GET(self):  # noqa: N802
             alive = seen["api"] < len(subs) + 1  # + evaluate's first look at the store (unreachable())
             if self.path.startswith("/api/"):
@@ -360,15 +381,7 @@ def test_a_tracking_server_gone_mid_run_costs_one_failed_publish_not_one_per_rec
             self.end_headers()
             self.wfile.write(body.encode())
 
-        do_POST = do_GET
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Server)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{httpd.server_address[1]}")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the test's: one request, not minutes
+    httpd = _tracking_server(Server, monkeypatch)
     out = tmp_path / "evals"
     try:
         result = CliRunner().invoke(app, ["evaluate", *map(str, subs), "--track", "lens-space", "--release",
@@ -386,13 +399,11 @@ def test_a_tracking_server_whose_store_fails_is_unreachable_not_minutes_of_retri
                                                                                           monkeypatch):
     """A server whose database is gone answers /health (it does not touch the store) and HTTP 500 on every API
     call, which MLflow retries for minutes per request: one look at the store, then every record is kept."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     subs = [_linear_scores(tmp_path / "subs", f"d{i}", tiny_space_release) for i in range(2)]
     seen = {"api": 0}
 
-    class Server(BaseHTTPRequestHandler):
+    class Server(_QuietHandler):
         def do_GET(self):  # noqa: N802
             seen["api"] += self.path.startswith("/api/")
             code, body = (200, b"OK") if self.path == "/health" else (500, b'{"error_code": "INTERNAL_ERROR"}')
@@ -400,15 +411,7 @@ def test_a_tracking_server_whose_store_fails_is_unreachable_not_minutes_of_retri
             self.end_headers()
             self.wfile.write(body)
 
-        do_POST = do_GET
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Server)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{httpd.server_address[1]}")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the test's: one request each, not minutes
+    httpd = _tracking_server(Server, monkeypatch)
     out = tmp_path / "evals"
     try:
         result = CliRunner().invoke(app, ["evaluate", *map(str, subs), "--track", "lens-space", "--release",
