@@ -211,7 +211,7 @@ def main() -> None:
         "storage": str(tmp / "store"), "database_url": f"sqlite:///{tmp / 'store' / 'skybench.db'}",
         "upload": {"max_bytes": 10_000_000, "max_files": 50, "max_unpacked_bytes": 20_000_000, "max_depth": 8},
         "auth": {"max_failures": 1000, "window_seconds": 60}, "lease_seconds": 120, "max_attempts": 3,
-        "project_root": str(project)}))
+        "project_root": str(project), "public_test_sets": True}))  # a demo release
     (tmp / "store").mkdir()
     engine = make_engine(f"sqlite:///{tmp / 'store' / 'skybench.db'}")
     upgrade(engine)

@@ -133,4 +133,4 @@ def cfg(tmp_path: Path, db_url: str):  # type: ignore[no-untyped-def]
         "storage": str(tmp_path / "store"), "database_url": db_url, "public_score_digits": 3, "open_board": "scores",
         "upload": {"max_bytes": 2_000_000, "max_files": 50, "max_unpacked_bytes": 4_000_000, "max_depth": 8},
         "auth": {"max_failures": 3, "window_seconds": 60}, "lease_seconds": 30,
-        "project_root": str(tmp_path / "project")})
+        "project_root": str(tmp_path / "project"), "public_test_sets": True})  # the tests' releases are demo ones

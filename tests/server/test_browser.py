@@ -68,7 +68,8 @@ def served(tmp_path: Path, monkeypatch):  # type: ignore[no-untyped-def]
     config.write_text(yaml.safe_dump({
         "tracks": {"lens-space": {"quota": {"per_day": 3, "per_phase": 5}}},
         "storage": "store", "public_score_digits": 3, "open_board": "scores", "project_root": "project",
-        "upload": {"max_bytes": 2_000_000, "max_files": 50, "max_unpacked_bytes": 4_000_000}}))
+        "upload": {"max_bytes": 2_000_000, "max_files": 50, "max_unpacked_bytes": 4_000_000},
+        "public_test_sets": True}))  # a demo release
     cfg = load_config(config)
     engine = make_engine(cfg.db_url)
     upgrade(engine)

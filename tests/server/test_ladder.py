@@ -130,6 +130,29 @@ def _admin_token(server: Server) -> str:
     return token
 
 
+def test_an_entry_without_a_ladder_score_shows_no_other_metric_on_the_board(cfg, engine, tmp_path, monkeypatch):
+    """A finished run whose public part has no primary (an undefined AUROC on a part that lacks a class leaves the
+    real set's public metrics in place) is unranked: on the open board it is listed like a failure, without a
+    number, never with the metrics the Ladder hides."""
+    from skybench import tracking
+    from skybench.server.app import create_app
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    cfg = _config(cfg, ladder_step=0.01)
+    server = Server(cfg, engine)
+    server.finish("alpha", "a", 0.8, 0.6)
+    tracking.log_evaluation(TRACK, team="beta", name="odd", fmt="csv", status="FINISHED",
+                            metrics={"public_tpr0": 0.4242, "public_real_auroc": 0.7171, "private_auroc": 0.9},
+                            tags={"submission_sha256": _sha("beta", "odd", 99), "release_sha256": "r" * 64,
+                                  "device": "cpu"}, experiment=tracking.organiser_experiment(TRACK))
+    with TestClient(create_app(cfg, engine)) as client:
+        rows = client.get(f"/api/tracks/{TRACK}/leaderboard").json()["rows"]
+        odd = next(r for r in rows if r["team"] == "beta")
+        assert odd["rank"] is None and odd["status"] == "FINISHED"
+        assert not {k: v for k, v in odd.items() if isinstance(v, float)}, odd
+        assert "0.424" not in client.get(f"/tracks/{TRACK}").text
+
+
 def test_ladder_hides_plots_while_open(cfg, engine, tmp_path, monkeypatch):
     from skybench.server.web import plots_shown
 

@@ -61,6 +61,40 @@ def test_a_worker_takes_only_jobs_of_tracks_whose_release_its_machine_holds(serv
     assert mine == ["lens-space"] and "not a release of lens-ground" in missing["lens-ground"]
 
 
+def test_a_release_made_with_the_public_key_is_not_scored(server, cfg, tmp_path, monkeypatch, tiny_space_release):
+    """A release of the public test-set key (the demo profile, what `dvc repro` and `skybench simulate` make by
+    default) publishes its profile and seed, from which any team makes its hidden labels again: a challenge's
+    workers neither claim its jobs nor score one on it, unless challenge.yaml says the challenge is a trial."""
+    from skybench.physics.backend import get_backend
+    from skybench.release import open_release
+    from skybench.server import worker
+    from skybench.server.publish import public_manifest
+    from skybench.simulate import simulator_class
+    from skybench.testkey import ObjectSeeds
+    from skybench.tracks import load_track, project_root
+
+    shown = public_manifest(tiny_space_release)  # what teams get with the data
+    track = load_track(shown["track"])
+    _, remade = simulator_class(track)(track, get_backend("numpy")).simulate(ObjectSeeds(shown["seed"]), "test", 0, 8)
+    labels = open_release(tiny_space_release).hidden("test").meta()["is_lens"].to_numpy()[:8]
+    assert (remade["is_lens"] == labels).all()  # the hidden labels, made again from public information
+
+    strict = cfg.model_copy(update={"public_test_sets": False})  # the default
+    client, headers, Session = server
+    sub = _upload(client, headers)
+    done = worker.run_one(strict, Session, "w", release=tiny_space_release, out=tmp_path / "evals", publish=False)
+    assert done.id == sub["id"] and done.state == "queued" and not done.metrics
+    assert "public test-set key" in done.reason and not (tmp_path / "evals").exists()
+    root = tmp_path / "host"
+    (root / "releases").mkdir(parents=True)
+    (root / "benchmarks").symlink_to(project_root() / "benchmarks")
+    (root / "releases" / "lens-space").symlink_to(tiny_space_release)
+    monkeypatch.setenv("SKYBENCH_ROOT", str(root))
+    mine, missing = worker.runnable_tracks(strict)
+    assert "lens-space" not in mine and "public test-set key" in missing["lens-space"]
+    assert "lens-space" in worker.runnable_tracks(cfg)[0]  # public_test_sets: true, a trial
+
+
 def test_claims_of_a_track_list(Session, cfg):
     from skybench.server import queue
     from skybench.server.auth import add_team

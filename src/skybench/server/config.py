@@ -103,6 +103,9 @@ class ChallengeConfig(_Strict):
     # The leaderboard read from MLflow is reused this long (0: never) unless a worker finished a job since.
     leaderboard_cache_seconds: float = Field(5.0, ge=0)
     project_root: Path | None = None  # where `submissions/<team>/<name>/` goes; None: skybench's project root
+    # Evaluate tracks whose release was made with the public test-set key (the demo profile): anyone can make its
+    # test labels again from its published manifest (skybench.testkey). Off: workers refuse them; for trials only.
+    public_test_sets: bool = False
 
     @model_validator(mode="after")
     def _known_tracks(self) -> ChallengeConfig:

@@ -304,6 +304,8 @@ def shown(session: Session, cfg: ChallengeConfig, sub: Submission, memo: dict[st
 def board(session: Session, cfg: ChallengeConfig, track: str, public: pd.DataFrame) -> pd.DataFrame:
     """The open board: one row per team, its leader with the ladder score only (columns as ``public``, the
     leaderboard read from MLflow, whose unranked rows, failures, are kept)."""
+    from skybench.tracking.leaderboard import _metric_columns
+
     t = _open_track(track)
     rungs = climb(session, cfg, track)
     now = {r.leader_id for r in {r.team: r for r in rungs.values()}.values()
@@ -323,4 +325,6 @@ def board(session: Session, cfg: ChallengeConfig, track: str, public: pd.DataFra
     ladder["rank"] = pd.array(range(1, len(ladder) + 1), dtype="Int64")
     unranked = public[public["rank"].isna()]
     unranked = unranked[~unranked["team"].isin(ladder["team"])]  # a team with a leader shows only its leader
+    # listed like a failure: a finished run without a public primary keeps no number the Ladder hides
+    unranked = unranked.assign(**{c: pd.NA for c in _metric_columns(t) if c in unranked.columns})
     return pd.concat([ladder, unranked], ignore_index=True) if len(unranked) else ladder.reset_index(drop=True)

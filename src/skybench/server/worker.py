@@ -135,6 +135,7 @@ def run_one(cfg: ChallengeConfig, sessions: sessionmaker, owner: str, *, executo
         stored = Store(cfg.storage, cfg.upload).object_dir(sub.sha256)
         # Where the organiser's `dvc repro` finds it; its record there is this one (same identity and sha256).
         place(stored, project_folder(cfg, team_name, sub.name))
+        check_hidden_labels(cfg, sub.track, release)
         # Evaluated from the immutable, content-addressed copy: a newer upload of the same entry replacing
         # the project copy meanwhile cannot change what this job runs.
         outcome = evaluate([stored], sub.track, release, out=out, publish=publish, executor=executor,
@@ -173,6 +174,25 @@ def run_one(cfg: ChallengeConfig, sessions: sessionmaker, owner: str, *, executo
         return s.get(Submission, sub.id, populate_existing=True)
 
 
+def check_hidden_labels(cfg: ChallengeConfig, track: str, release: Path | None = None) -> None:
+    """Raise ValueError when the release a job of ``track`` would be scored on (``release``, default
+    ``releases/<track>``) was made with the public test-set key (the ``demo`` profile, :mod:`skybench.testkey`):
+    its published manifest names the profile and seed, from which anyone makes the same test set, labels and all.
+    A challenge needs a private key (``skybench simulate --profile challenge``); ``public_test_sets: true`` in
+    challenge.yaml allows it for a trial. A release without a test key (real data imported from a public archive,
+    whose labels are public there) passes."""
+    from skybench.release.verify import read_manifest
+    from skybench.tracks import default_release, load_track
+
+    path = Path(release) if release is not None else default_release(load_track(track))
+    manifest = read_manifest(path)
+    if (manifest.get("test_key") or {}).get("kind") == "public" and not cfg.public_test_sets:
+        raise ValueError(f"the release of {track} was made with the public test-set key (profile "
+                         f"{manifest.get('profile')!r}): anyone can make its test labels again from its published "
+                         "seed; simulate it with a private key (`skybench simulate --profile challenge`), or set "
+                         f"`public_test_sets: true` in challenge.yaml for a trial run ({path})")
+
+
 def tick(cfg: ChallengeConfig, sessions: sessionmaker) -> None:
     """Snapshot the phases that ended by date (each once, whichever server or worker comes first)."""
     from skybench.server import phases
@@ -198,6 +218,7 @@ def runnable_tracks(cfg: ChallengeConfig) -> tuple[list[str], dict[str, str]]:
             release = default_release(load_track(name))
             if read_manifest(release).get("track") != name:
                 raise ValueError(f"{release} is not a release of {name}")
+            check_hidden_labels(cfg, name, release)
             ok.append(name)
         except Exception as exc:  # noqa: BLE001 - any reason: not runnable here
             missing[name] = one_line(exc)
