@@ -227,3 +227,22 @@ def test_linear_cl_scales_as_sigma8_squared_and_latents_are_declared():
     assert abs(z.mean()) < 0.02 and abs(z.std() - 1) < 0.02
     u = population(latent={"dim": 8, "distribution": "uniform"}).latent.draw(1000, rng)
     assert u.min() >= -1 and u.max() <= 1 and abs(u.std() - 1 / np.sqrt(3)) < 0.02
+
+
+def test_latents_are_not_raw_output_of_a_generator_seeded_by_the_map_seed():
+    """The latents are published; the hidden map of the same object comes from ``noise_stream(seed, 1)``. Were the
+    latents drawn from ``default_rng([seed, k])``, recovering that generator's state from them would lead back to
+    the seed; they come from a one-way hash of it instead."""
+    from skybench.physics.noise import noise_stream
+    from skybench.tasks.generate.simulator import GenerateSimulator, latent_rng
+    from skybench.tracks import load_track
+
+    track = load_track("wl-maps")
+    sim = GenerateSimulator(track, "numpy")
+    arrays, meta = sim.simulate(1234, "test", 0, 3)
+    latent = track.population.latent
+    for row, seed in enumerate(meta["seed"]):
+        np.testing.assert_array_equal(arrays["latents"][row], latent.draw(1, latent_rng(int(seed)))[0])
+        for stream in range(8):
+            assert not np.array_equal(arrays["latents"][row], latent.draw(1, noise_stream(int(seed), stream))[0])
+        assert not np.array_equal(arrays["latents"][row], latent.draw(1, np.random.default_rng(int(seed)))[0])

@@ -21,6 +21,7 @@ FFTs run in torch (float32) on the same normals.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -197,13 +198,20 @@ class MapSimulator:
         return np.where(x <= -self.kappa0, 0.0, norm.cdf(np.nan_to_num(u, nan=-np.inf)))
 
 
-LATENT_STREAM = 3  # noise_stream of an object's latent vector (1: field, 2: shape noise)
+def latent_rng(seed: int) -> np.random.Generator:
+    """The generator of an object's latent vector, seeded by a one-way hash of the object's seed: latents are
+    published raw generator output, and a generator state recovered from them (PCG64's can be, at great cost)
+    must not give back the seed of the object's hidden map."""
+    digest = hashlib.blake2b(int(seed).to_bytes(16, "little", signed=True), digest_size=32,
+                             person=b"skybench-latent").digest()
+    return np.random.default_rng(np.frombuffer(digest, np.uint32))
 
 
 class GenerateSimulator:
     """The release-facing simulator of a generate track: per object, a truth map ``maps`` (1, H, W) and a latent
     vector ``latents`` (dim,). On the test split the maps are hidden and the latents are the generator's inputs;
-    the latents are drawn from a stream of their own, so they say nothing about the hidden maps.
+    the latents are drawn from a generator of their own (:func:`latent_rng`), so they say nothing about the hidden
+    maps.
 
     A conditional track (``population.grid``) also has ``params`` (2,): (Omega_m, sigma8) of the object's grid
     point ``id % n_points`` (public on every split: an input), and metadata columns ``grid_point``, ``cosmology``
@@ -262,7 +270,7 @@ class GenerateSimulator:
                 rows = np.flatnonzero(point == k)
                 maps[rows] = self.sims[k].simulate([s[r] for r in rows])
         latent = pop.latent
-        lat = np.stack([latent.draw(1, noise_stream(x, LATENT_STREAM))[0] for x in s]) if s else \
+        lat = np.stack([latent.draw(1, latent_rng(x))[0] for x in s]) if s else \
             np.zeros((0, latent.dim), np.float32)
         meta = pd.DataFrame({"id": ids, "split": split, "seed": s,
                              "kappa_std": maps.reshape(len(s), -1).std(axis=1).astype(np.float64)})
