@@ -96,6 +96,32 @@ def test_socket_to_host_loopback_server_never_connects(tmp_path):
         server.close()
 
 
+
+def test_abstract_unix_sockets_of_the_host_are_out_of_reach(tmp_path):
+    """AF_UNIX is the one family a run may use; its abstract names belong to the network namespace, and each run has
+    its own: neither the host's services (D-Bus, systemd, containerd listen there) nor another run's are reachable."""
+    name = f"skybench-test-{uuid.uuid4().hex}"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind("\0" + name)
+    server.listen(8)
+    server.setblocking(False)
+    try:
+        res = run_script(tmp_path, f"""
+            import socket
+            names = [line.split()[-1] for line in open("/proc/net/unix").read().splitlines()[1:]]
+            print(sum("{name}" in n for n in names), len(names))
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect("\\0{name}")
+            print("connected")
+        """)
+        assert not res.ok and res.reason == "exited with status 1: ConnectionRefusedError: [Errno 111] Connection " \
+                                            "refused", res.reason
+        assert res.stdout == "0 0\n"  # the namespace holds no socket of the host
+        with pytest.raises(BlockingIOError):
+            server.accept()
+    finally:
+        server.close()
+
 def test_hidden_dir_next_to_bound_public_dir_is_invisible(tmp_path):
     release = tmp_path / "release"
     public, hidden = layout.public_dir(release, "test"), layout.hidden_dir(release, "test")

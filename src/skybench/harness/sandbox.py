@@ -6,7 +6,7 @@ inode-limited tmpfs, unmounted after the declared outputs were copied out, so no
 reaches the host otherwise. Memory (with tmpfs, shared memory and memfd pages), processes and CPU are held
 by a per-run cgroup (skybench.harness.cgroups) that bwrap joins before it starts; the OOM killer's verdict is read
 from it. A tiny init shim (PID 1 of the sandbox) also sets rlimits (AS/DATA, CPU, NPROC, NOFILE, FSIZE,
-CORE) on the command, reaps orphans and counts survivors; the parent enforces wall time by killing the
+CORE, MEMLOCK...) on the command, reaps orphans and counts survivors; the parent enforces wall time by killing the
 sandbox's PID 1, which takes the whole namespace with it, then kills whatever is left in the cgroup.
 RLIMIT_NPROC is never enforced for kernel uid 0, even inside a user namespace, so as root bwrap runs
 privileged and the shim drops the command to a fresh unprivileged uid; as an ordinary user bwrap makes a
@@ -25,6 +25,7 @@ import secrets
 import selectors
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -104,8 +105,8 @@ def check_bwrap_features(help_text: str, version: str, path: str = "bwrap") -> N
 # kernel keyrings, BPF, perf, module loading, handle-based opens (a classic container escape), userfaultfd.
 _DENIED_SYSCALLS = ("unshare", "setns", "mount", "umount2", "pivot_root", "move_mount", "open_tree", "fsopen",
                     "fsconfig", "fsmount", "fspick", "mount_setattr", "ptrace", "process_vm_readv",
-                    "process_vm_writev", "bpf", "keyctl", "add_key", "request_key", "perf_event_open",
-                    "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
+                    "process_vm_writev", "process_madvise", "bpf", "keyctl", "add_key", "request_key",
+                    "perf_event_open", "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
                     "open_by_handle_at", "name_to_handle_at", "userfaultfd", "reboot", "swapon", "swapoff",
                     "syslog", "io_uring_setup", "io_uring_enter", "io_uring_register", "acct", "quotactl",
                     # counted per user across user namespaces (fs.inotify.max_user_instances, fanotify's groups):
@@ -130,6 +131,19 @@ _INT = 0xFFFF_FFFF
 _RLIMIT_CORE = 4  # linux/resource.h
 # CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET (linux/sched.h)
 _CLONE_NEW = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
+# Huge pages come from the host's one pool (vm.nr_hugepages), charged to no memory cgroup: a 64 MB run held 200 MB of
+# it, and with more processes all of it, which the host reserved for others. (call, flags argument, its HUGETLB bit)
+_HUGETLB = (("mmap", 3, 0x40000), ("memfd_create", 1, 0x4), ("shmget", 2, 0x800))
+# Advice that drops pages of a file from the host's page cache, whoever reads it: the release's test inputs and the
+# Python installation are shared by every run on the host (another run's `import torch` took 1.4 times as long).
+# Ignored (0, as if done): it is only advice, and code that checks the result still runs. (call, advice argument,
+# POSIX_FADV_DONTNEED; MADV_COLD, MADV_PAGEOUT)
+_DROP_CACHE = (("fadvise64", 3, 4), ("madvise", 2, 20), ("madvise", 2, 21))
+# Calls that leave pages of a file in a pipe or socket queue (no copy): a run splicing the inputs another run read first
+# held their pages, charged to that run's cgroup and then not reclaimable there, and the other run failed with
+# "exceeded the memory limit" (64 MB pinned by 1,024 pipes). ENOSYS, as where absent: libraries copy instead
+# (Python's shutil and socket.sendfile do).
+_PIN_PAGES = ("splice", "tee", "vmsplice", "sendfile")
 
 
 @functools.cache
@@ -157,6 +171,12 @@ def seccomp_bpf() -> bytes:
     # prlimit64(pid, resource, new, old): setting (new != NULL) is denied, reading stays (glibc's getrlimit)
     f.add_rule(sc.ERRNO(errno.EPERM), "prlimit64", sc.Arg(1, sc.MASKED_EQ, _INT, _RLIMIT_CORE), sc.Arg(2, sc.NE, 0))
     f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")  # its flags are in memory, unfilterable: glibc falls back to clone
+    for call, arg, bit in _HUGETLB:
+        f.add_rule(sc.ERRNO(errno.EPERM), call, sc.Arg(arg, sc.MASKED_EQ, bit, bit))
+    for name in _PIN_PAGES:
+        f.add_rule(sc.ERRNO(errno.ENOSYS), name)
+    for call, arg, advice in _DROP_CACHE:
+        f.add_rule(sc.ERRNO(0), call, sc.Arg(arg, sc.MASKED_EQ, _INT, advice))
     fd = os.memfd_create("seccomp", 0)
     try:
         with os.fdopen(os.dup(fd), "wb") as tmp:
@@ -601,6 +621,20 @@ def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path
         finally:
             if cg is not None:
                 cg.remove()
+            _collect_unix_garbage()
+
+
+def _collect_unix_garbage() -> None:
+    """Close a unix socket pair, which has the kernel collect the AF_UNIX sockets left in flight (SCM_RIGHTS cycles)
+    now that the run's processes are gone. It collects only on a close while no collection is under way, and the run's
+    own last closes may have come during one: what they left (up to the run's memory limit of queued data) was then
+    held, charged to no live cgroup, until some other process on the host closed a unix socket."""
+    try:
+        a, b = socket.socketpair()
+    except OSError:  # out of descriptors: nothing to nudge with, the next close anywhere does it
+        return
+    a.close()
+    b.close()
 
 
 def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[tuple[str, str]], masks: list[str],
@@ -619,7 +653,11 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
                ["RLIMIT_SIGPENDING", 1024], ["RLIMIT_MSGQUEUE", 0],
                # whatever the host grants (limits.conf rtprio, docker --ulimit rtprio): no real-time or raised
                # priority, which a CPU quota does not hold (SCHED_FIFO escapes cpu.max / cfs_quota_us)
-               ["RLIMIT_RTPRIO", 0], ["RLIMIT_NICE", 0]]
+               ["RLIMIT_RTPRIO", 0], ["RLIMIT_NICE", 0],
+               # mlock pins pages of shared files too, charged to whichever run read them first, which then cannot
+               # reclaim them (see _PIN_PAGES); 64 KiB, the kernel's default before 5.16, not the host's (often
+               # unlimited on GPU and InfiniBand nodes). CUDA pins host memory through its driver, not mlock.
+               ["RLIMIT_MEMLOCK", 64 << 10]]
     if not privileged:  # /scratch is a host folder, not a size-limited tmpfs: bound each file at least
         rlimits.append(["RLIMIT_FSIZE", limits.scratch_mb * 1024 * 1024])
     cfg = {"uid": uid if privileged else None, "gid": gid, "rlimits": rlimits}
