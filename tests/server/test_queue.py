@@ -19,12 +19,13 @@ def team(Session):  # type: ignore[no-untyped-def]
         return add_team(s, "lensfinders").team
 
 
-def _enqueue(Session, cfg, team, n: int, when=None) -> list[str]:  # noqa: N803
+def _enqueue(Session, cfg, team, n: int, when=None, first: int = 0) -> list[str]:  # noqa: N803
+    """``n`` jobs of entries m<first>, m<first + 1>, ... of ``team``."""
     from skybench.server import queue
 
     ids = []
     with Session() as s:
-        for i in range(n):
+        for i in range(first, first + n):
             ids.append(queue.enqueue(s, cfg, team, "lens-space", f"m{i}", SHA, when).id)
     return ids
 
@@ -87,7 +88,7 @@ def test_teams_take_turns_so_a_burst_of_one_team_does_not_hold_every_worker(Sess
         order = [queue.claim(s, f"w{i}", 600, now=t0 + timedelta(seconds=i)).id for i in range(6)]
     assert order == [a_ids[0], b_id, c_id, *a_ids[1:]]
 
-    later = _enqueue(Session, cfg, team, 1) + _enqueue(Session, cfg, b, 1)  # A's first four still run
+    later = _enqueue(Session, cfg, team, 1, first=4) + _enqueue(Session, cfg, b, 1, first=1)  # A's four still run
     with Session() as s:
         assert queue.claim(s, "w9", 600, now=t0 + timedelta(seconds=10)).id == later[1]
 
@@ -288,3 +289,135 @@ def test_migration_0006_gives_each_queued_name_the_track_of_its_first_upload(db_
         rows = sorted(tuple(r) for r in conn.execute(text("SELECT team_id, name, track FROM entry_names")))
     assert rows == [(1, "dup", "lens-space"), (1, "one", "lens-space")]
     engine.dispose()
+
+
+def _versions(Session, cfg, team, name: str, n: int, t0) -> list[str]:  # noqa: N803
+    """``n`` versions of entry ``name``, received one second apart from ``t0``."""
+    from skybench.server import queue
+
+    with Session() as s:
+        return [queue.enqueue(s, cfg, team, "lens-space", name, f"{i:02x}" * 32, t0 + timedelta(seconds=i)).id
+                for i in range(n)]
+
+
+def test_one_entry_runs_one_version_at_a_time(Session, cfg, team):
+    """Two workers took two versions of one entry at once, and the older one, finishing last, was the one recorded
+    and ranked: a version now waits while another version of its entry runs, and other entries go first."""
+    from skybench.server import queue
+    from skybench.server.db import utcnow
+
+    cfg = _open_cfg(cfg)
+    t0 = utcnow()
+    v1, v2 = _versions(Session, cfg, team, "m", 2, t0)
+    [other] = _versions(Session, cfg, team, "n", 1, t0 + timedelta(seconds=5))
+    with Session() as s:
+        assert queue.claim(s, "A", 60).id == v1
+        assert queue.claim(s, "B", 60).id == other  # not v2, which waits for v1
+        assert queue.claim(s, "C", 60) is None
+        assert queue.finish(s, v1, "A", {"auroc": 0.7})
+        assert queue.claim(s, "C", 60).id == v2
+
+
+def test_a_version_left_behind_by_a_newer_one_is_superseded_and_given_back(Session, cfg, team):
+    """A version waiting to be retried (the machine failed it) when a newer version of its entry finished, or
+    failed for its own fault, is never run: superseded, its unit given back. A newer one that failed for the
+    machine's fault and was given up is not the entry's version: the older one still runs."""
+    from skybench.server import queue
+    from skybench.server.db import Submission, utcnow
+
+    cfg = _open_cfg(cfg)
+    noon = utcnow().replace(hour=12, minute=0, second=0, microsecond=0)  # received: one UTC day's quota
+    entries = {name: _versions(Session, cfg, team, name, 2, noon + timedelta(minutes=i))
+               for i, name in enumerate(("finished", "own-fault", "machine"))}
+    t0 = utcnow()
+    with Session() as s:
+        for i, (name, (old, new)) in enumerate(entries.items()):
+            now = t0 + timedelta(seconds=10 * i)
+            assert queue.claim(s, "w", 60, now=now).id == old
+            assert queue.requeue(s, old, "w", "infrastructure failure: retried", delay_seconds=600)
+            assert queue.claim(s, "w", 60, now=now + timedelta(seconds=1)).id == new  # old: not due yet
+            if name == "finished":
+                assert queue.finish(s, new, "w", {"auroc": 0.8})
+            else:
+                assert queue.fail(s, new, "w", "failed", counts=name == "own-fault")
+        later = t0 + timedelta(seconds=700)  # every old one is due
+        assert queue.claim(s, "w", 60, now=later).id == entries["machine"][0]
+        assert queue.claim(s, "w", 60, now=later) is None
+        for name in ("finished", "own-fault"):
+            old, new = entries[name]
+            row = s.get(Submission, old, populate_existing=True)
+            assert (row.state, row.counted, row.lease_owner, row.metrics) == ("superseded", False, None, {})
+            assert row.superseded_at is not None and row.failed_at is None and row.finished_at is None
+            assert row.reason.startswith(f"superseded by a newer submission of this entry ({new}, received at ")
+            assert row.reason.endswith("not evaluated, and not counted in your quota")
+        # 6 queued, 2 given back (superseded), 1 given back (the machine's failure given up)
+        assert queue.quota_left(s, cfg, team, "lens-space", noon)["today"] == 1000 - 3
+
+
+def test_versions_of_one_entry_claimed_at_once_run_one_at_a_time(Session, cfg, team):
+    """Four workers claim at once from 4 entries of 5 versions each: one version of each entry runs (PostgreSQL's
+    claims of different rows do not see each other's uncommitted claim; each takes its entry's row lock first)."""
+    from skybench.server import queue
+    from skybench.server.db import Submission, utcnow
+
+    cfg = _open_cfg(cfg)
+    t0 = utcnow() - timedelta(hours=1)
+    for e in range(4):
+        _versions(Session, cfg, team, f"e{e}", 5, t0 + timedelta(minutes=e))
+    for _ in range(3):
+        got: list[str] = []
+        errors: list[BaseException] = []
+        start = threading.Barrier(4)
+
+        def work(owner: str, got: list[str] = got, errors: list[BaseException] = errors,
+                 start: threading.Barrier = start) -> None:
+            try:
+                start.wait()
+                with Session() as s:
+                    while (sub := queue.claim(s, owner, 60)) is not None:
+                        got.append(sub.name)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(120)
+        assert not errors, errors
+        assert sorted(got) == ["e0", "e1", "e2", "e3"], got
+        with Session() as s:  # the versions running now end; the next round takes each entry's next one
+            for sub in s.scalars(select(Submission).where(Submission.state == "running")).all():
+                assert queue.finish(s, sub.id, sub.lease_owner, {})
+
+
+def test_a_version_still_held_when_a_newer_one_finished_is_not_recorded_and_keeps_its_unit(Session, cfg, team):
+    """Workers whose clocks differ by more than a lease: B (ahead) sees A's lease of version 1 run out while A
+    still runs it, and takes version 2 (queued before version 1's retry). Once version 2 finished, A must not
+    record version 1 (``current`` says why); had A died instead, the next claim retires version 1. Either way it
+    keeps its unit: a worker took it."""
+    from skybench.server import queue
+    from skybench.server.db import Submission, utcnow
+
+    with Session() as s:
+        v1 = queue.enqueue(s, cfg, team, "lens-space", "m", SHA).id
+        assert queue.claim(s, "C", 30).id == v1
+        assert queue.requeue(s, v1, "C", "infrastructure failure: retried", delay_seconds=100)
+        t = utcnow()
+        a = queue.claim(s, "A", 30, now=t + timedelta(seconds=200))  # A's clock: 200 s ahead
+        assert a is not None and a.id == v1 and queue.current(s, v1, "A") == ""
+        v2 = queue.enqueue(s, cfg, team, "lens-space", "m", "cd" * 32).id
+        b = queue.claim(s, "B", 30, now=t + timedelta(seconds=300))  # B's: 300 s ahead
+        assert b is not None and b.id == v2
+        assert queue.current(s, v1, "A").startswith(f"superseded by a newer submission of this entry ({v2}, ")
+        assert queue.finish(s, v2, "B", {"auroc": 0.8})
+        why = queue.current(s, v1, "A")
+        assert why.startswith(f"superseded by a newer submission of this entry ({v2}, ")
+        assert why.endswith("this evaluation of it is not recorded")
+        assert queue.claim(s, "B", 30, now=t + timedelta(seconds=300)) is None  # A seems dead: v1 is retired
+        row = s.get(Submission, v1, populate_existing=True)
+        assert (row.state, row.counted, row.lease_owner) == ("superseded", True, None)
+        assert row.reason.endswith("not evaluated again")
+        assert queue.current(s, v1, "A").startswith(f"this worker no longer holds job {v1}")
+        assert not queue.supersede(s, v1, "A", why)  # no longer A's: nothing changes
+        assert queue.quota_left(s, cfg, team, "lens-space")["today"] == 3 - 2

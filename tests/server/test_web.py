@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,31 @@ def test_upload_form_queues_and_team_b_gets_404(web):
     assert theirs.text.replace(sub_id, "X") == missing.text.replace("0" * 32, "X")
     assert b.get(f"{where}/plots/roc_public.png").status_code == 404
     assert "m1" not in b.get("/team").text
+
+
+def test_a_superseded_version_is_shown_as_such(web, engine):
+    """A version replaced by a newer one of its entry before it ran: its state, reason and time on the team's pages
+    and in the API, its unit given back."""
+    from skybench.server import queue
+    from skybench.server.db import sessions, utcnow
+
+    app, tokens = web
+    a = login(app, tokens["alpha"])
+    old, new = (_submit(a, pack("alpha", "m1", pad=pad)).headers["location"].rsplit("/", 1)[1] for pad in (0, 8))
+    Session = sessions(engine)
+    with Session() as s:
+        t0 = utcnow()
+        assert queue.claim(s, "w", 60, now=t0).id == old
+        assert queue.requeue(s, old, "w", "infrastructure failure: retried", delay_seconds=60)
+        assert queue.claim(s, "w", 60, now=t0).id == new
+        assert queue.finish(s, new, "w", {})
+        assert queue.claim(s, "w", 60, now=t0 + timedelta(seconds=120)) is None
+    page = a.get(f"/team/submissions/{old}").text
+    assert 'id="state">superseded<' in page and "Superseded (UTC)" in page and "Reload this page" not in page
+    assert f"superseded by a newer submission of this entry ({new}, received at " in page
+    assert "state-superseded" in a.get("/team").text
+    api = a.get(f"/api/submissions/{old}", headers={"Authorization": f"Bearer {tokens['alpha']}"}).json()
+    assert api["state"] == "superseded" and api["superseded_at"] and not api["counted"]
 
 
 def test_schema_error_on_the_form_is_shown_and_costs_nothing(web):

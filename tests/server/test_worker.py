@@ -27,9 +27,9 @@ def server(cfg, engine):  # type: ignore[no-untyped-def]
         yield client, {"Authorization": f"Bearer {token}"}, sessions(engine)
 
 
-def _upload(client, headers, name="m1"):  # type: ignore[no-untyped-def]
+def _upload(client, headers, name="m1", **packed):  # type: ignore[no-untyped-def]
     r = client.post("/api/submissions", headers=headers, data={"track": "lens-space", "name": name},
-                    files={"file": ("s.tar.gz", pack("alpha", name), "application/gzip")})
+                    files={"file": ("s.tar.gz", pack("alpha", name, **packed), "application/gzip")})
     assert r.status_code == 202, r.text
     return r.json()
 
@@ -398,3 +398,202 @@ def test_a_nul_in_the_sandbox_log_does_not_stop_the_job_being_recorded(server, c
     done = worker.run_one(cfg, Session, "w", release=tiny_space_release, out=tmp_path / "evals")
     assert done is not None and done.state == "finished", done.reason if done else None
     assert "a NUL byte:\\x00 and on" in done.log, done.log
+
+
+def _entry_now(cfg, out, client) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """Which version entry alpha/m1 is now: the sha256 of its folder in the project (where `dvc repro` finds it), of
+    its evaluation record, and when the version its leaderboard row ranks (MLflow's latest run) was received."""
+    from datetime import datetime
+
+    from skybench.harness.record import RECORD, read_record, record_dir
+    from skybench.harness.submission import folder_sha256
+
+    [row] = [r for r in client.get("/api/tracks/lens-space/leaderboard").json()["rows"]
+             if (r["team"], r["name"]) == ("alpha", "m1")]
+    return {"placed": folder_sha256(Path(cfg.project_root) / "submissions" / "alpha" / "m1"),
+            "recorded": read_record(record_dir(out, "alpha", "m1") / RECORD).submission_sha256,
+            "ranked": datetime.fromisoformat(row["submitted"])}
+
+
+def _version(sub: dict) -> dict[str, object]:  # type: ignore[type-arg]
+    """What :func:`_entry_now` is when ``sub`` (an upload's API view) is the entry's version."""
+    from datetime import datetime
+
+    received = datetime.fromisoformat(sub["received_at"])
+    return {"placed": sub["sha256"], "recorded": sub["sha256"],
+            "ranked": received.replace(microsecond=received.microsecond // 1000 * 1000)}  # MLflow keeps ms
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create the sandbox's namespaces here")
+def test_an_older_version_retried_after_a_newer_one_finished_is_superseded(server, cfg, tmp_path, tiny_space_release,
+                                                                          monkeypatch):
+    """Version 1 fails for the machine's reason and waits to be retried; version 2 of the same entry is uploaded,
+    runs and finishes. Version 1's retry was then placed over version 2's folder, recorded over its record and logged
+    to MLflow after it: the board ranked the older version. It is superseded instead, never run, its unit given
+    back (it was never evaluated)."""
+    from sqlalchemy import update
+
+    from skybench.server import worker
+    from skybench.server.db import Submission, utcnow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    client, headers, Session = server
+    out = tmp_path / "evals"
+    v1 = _upload(client, headers)
+    down = worker.run_one(cfg, Session, "w", release=tmp_path / "no-release", out=out)
+    assert down is not None and down.id == v1["id"] and down.state == "queued", down.reason  # again in 60 s
+    v2 = client.get(_upload(client, headers, pad=16)["status_url"], headers=headers).json()
+    done = worker.run_one(cfg, Session, "w", release=tiny_space_release, out=out)
+    assert done is not None and done.id == v2["id"] and done.state == "finished", done.reason if done else None
+    assert _entry_now(cfg, out, client) == _version(v2)
+    with Session() as s:  # version 1's delay passes
+        s.execute(update(Submission).where(Submission.id == v1["id"]).values(queued_at=utcnow()))
+        s.commit()
+    late = worker.run_one(cfg, Session, "w", release=tiny_space_release, out=out)
+    assert _entry_now(cfg, out, client) == _version(v2)
+    assert late is None  # nothing left to run
+    old = client.get(v1["status_url"], headers=headers).json()
+    assert old["state"] == "superseded" and old["superseded_at"] and not old["counted"] and not old["metrics"]
+    assert old["reason"].startswith(f"superseded by a newer submission of this entry ({v2['id']}, received at ")
+    assert "not counted in your quota" in old["reason"]
+    assert client.get("/api/me", headers=headers).json()["tracks"]["lens-space"]["quota_left"]["today"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create the sandbox's namespaces here")
+def test_two_workers_do_not_run_two_versions_of_one_entry_at_once(server, cfg, tmp_path, tiny_space_release,
+                                                                  monkeypatch):
+    """Worker A takes version 1; worker B took version 2 meanwhile and finished it first, then A recorded the older
+    version last and the board ranked it. B now leaves version 2 waiting while A runs version 1."""
+    from skybench.server import queue, worker
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    client, headers, Session = server
+    out = tmp_path / "evals"
+    v1 = _upload(client, headers)
+    v2 = client.get(_upload(client, headers, pad=16)["status_url"], headers=headers).json()
+    with Session() as s:
+        a = queue.claim(s, "A", cfg.lease_seconds)
+    assert a is not None and a.id == v1["id"]
+    meanwhile = worker.run_one(cfg, Session, "B", release=tiny_space_release, out=out)
+    older = worker.run_claimed(cfg, Session, a, "A", release=tiny_space_release, out=out)
+    after = worker.run_one(cfg, Session, "B", release=tiny_space_release, out=out)
+    assert _entry_now(cfg, out, client) == _version(v2)
+    assert meanwhile is None and older is not None and older.state == "finished", older
+    assert after is not None and after.id == v2["id"] and after.state == "finished"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create the sandbox's namespaces here")
+def test_a_worker_that_lost_its_lease_records_nothing(server, cfg, tmp_path, tiny_space_release, monkeypatch):
+    """Worker A stalls past its lease; B takes the job over and finishes it, then version 2 of the entry runs and
+    finishes. When A wakes up, its evaluation of version 1 must not be placed, recorded or logged to MLflow (it
+    was, last, and the board ranked the older version)."""
+    from datetime import timedelta
+
+    from skybench.server import queue, worker
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    client, headers, Session = server
+    out = tmp_path / "evals"
+    v1 = _upload(client, headers)
+    with Session() as s:
+        a = queue.claim(s, "A", cfg.lease_seconds)
+        assert a is not None and a.lease_expires is not None
+        b = queue.claim(s, "B", cfg.lease_seconds, now=a.lease_expires + timedelta(seconds=1))
+    assert b is not None and b.id == a.id == v1["id"] and b.attempt == 2
+    assert worker.run_claimed(cfg, Session, b, "B", release=tiny_space_release, out=out).state == "finished"
+    v2 = client.get(_upload(client, headers, pad=16)["status_url"], headers=headers).json()
+    assert worker.run_one(cfg, Session, "B", release=tiny_space_release, out=out).id == v2["id"]
+    late = worker.run_claimed(cfg, Session, a, "A", release=tiny_space_release, out=out)
+    assert _entry_now(cfg, out, client) == _version(v2)
+    assert late is not None and late.state == "finished" and late.lease_owner is None  # B's outcome stands
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create the sandbox's namespaces here")
+def test_an_evaluation_taken_over_while_it_ran_writes_no_record(server, cfg, tmp_path, tiny_space_release,
+                                                                monkeypatch):
+    """Worker A's lease runs out while its job is in the sandbox and worker B takes the job over. When A's run ends
+    it must write no record and log nothing to MLflow (the job is B's now: had a newer version of the entry run
+    after B, A's older result would have replaced it); it is asked right before the record is written."""
+    import io
+    import os
+    import tarfile
+    import threading
+    import time
+
+    import mlflow
+    from helpers import python_submission
+
+    from skybench.harness.record import RECORD, record_dir
+    from skybench.server import queue, worker
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    mlflow.search_experiments()  # create the MLflow store first: MLflow's own set-up is not what is tested
+    client, headers, Session = server
+    out = tmp_path / "evals"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(python_submission(tmp_path / "src", "m1", SLOW_PREDICT, team="alpha"), arcname="m1")
+    r = client.post("/api/submissions", headers=headers, data={"track": "lens-space", "name": "m1"},
+                    files={"file": ("s.tar.gz", buf.getvalue(), "application/gzip")})
+    assert r.status_code == 202, r.text
+    with Session() as s:
+        a = queue.claim(s, "A", cfg.lease_seconds)
+    assert a is not None and a.lease_expires is not None
+    ended: dict[str, object] = {}
+    runner = threading.Thread(target=lambda: ended.update(
+        a=worker.run_claimed(cfg, Session, a, "A", release=tiny_space_release, out=out)))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "bwrap" not in _descendants(os.getpid()).values():
+            time.sleep(0.2)
+        assert "bwrap" in _descendants(os.getpid()).values(), "worker A's sandbox did not start"
+        with Session() as s:  # inside the sandbox's load() (6 s): A stalls past its lease, B takes the job over
+            b = queue.claim(s, "B", cfg.lease_seconds, now=a.lease_expires + timedelta(seconds=1))
+    finally:
+        runner.join(120)
+    assert b is not None and b.id == a.id
+    assert not (record_dir(out, "alpha", "m1") / RECORD).exists()
+    exp = mlflow.get_experiment_by_name("skybench-lens-space")
+    assert exp is None or mlflow.search_runs([exp.experiment_id], output_format="list") == []
+    left = ended["a"]
+    assert isinstance(left, worker.Submission) and (left.state, left.lease_owner) == ("running", "B")
+    done = worker.run_claimed(cfg, Session, b, "B", release=tiny_space_release, out=out)
+    assert done is not None and done.state == "finished", done.reason if done else None
+    assert (record_dir(out, "alpha", "m1") / RECORD).is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create the sandbox's namespaces here")
+def test_a_result_reused_for_the_same_bytes_is_that_evaluation_s(server, cfg, tmp_path, tiny_space_release,
+                                                                 monkeypatch):
+    """The release is made again (another test set) and the organiser's `dvc repro` evaluates the entry on it. The
+    same bytes uploaded again are not run (the record on this release is reused); their scores were those of the
+    latest finished job of the same bytes, which ran on the old release: the team saw, and the Ladder climbed,
+    scores of another test set."""
+    import math
+
+    from skybench.harness.evaluate import evaluate
+    from skybench.server import worker
+    from skybench.simulate import simulate_release
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    client, headers, Session = server
+    out = tmp_path / "evals"
+    _upload(client, headers)
+    first = worker.run_one(cfg, Session, "w", release=tiny_space_release, out=out)
+    assert first is not None and first.state == "finished", first.reason if first else None
+    remade = simulate_release("lens-space", tmp_path / "remade" / "lens-space", profile="demo", seed=4, size=64,
+                              progress=False)
+    placed = worker.project_folder(cfg, "alpha", "m1")
+    [organiser] = evaluate([placed], "lens-space", remade, out=out, identities={placed: ("alpha", "m1")})
+    scores = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in organiser.metrics.items()}
+    assert organiser.status == "FINISHED" and scores != first.metrics
+    again = _upload(client, headers)
+    done = worker.run_one(cfg, Session, "w", release=remade, out=out)
+    assert done is not None and done.id == again["id"] and done.state == "finished", done.reason if done else None
+    assert done.metrics == scores

@@ -24,7 +24,7 @@ import functools
 import hashlib
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -77,7 +77,7 @@ class Outcome:
     folder: Path
     team: str
     name: str
-    status: str  # FINISHED, FAILED or SKIPPED
+    status: str  # FINISHED, FAILED, SKIPPED, or WITHHELD (``current`` said why not: nothing written or published)
     reason: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
     record: Path | None = None
@@ -237,12 +237,16 @@ def _path_identity(rel: Path) -> tuple[str, str, str | None, str]:
 def evaluate(folders: list[Path], track: str | Track, release: Path | None = None, *, out: Path | None = None,
              publish: bool = True, force: bool = False, executor: str | Executor = "local",
              executor_options: dict | None = None, identities: Mapping[Path, tuple[str, str]] | None = None,
-             received: Mapping[Path, datetime | str] | None = None) -> list[Outcome]:
+             received: Mapping[Path, datetime | str] | None = None,
+             current: Callable[[Path], str] | None = None) -> list[Outcome]:
     """Evaluate every submission folder meant for ``track``; return one outcome per folder.
 
     ``identities``: {folder: (team, name)} of folders outside the project's submissions/ and baselines/
     (e.g. uploads; inside them the path is the identity, :func:`identity`). ``received``: {folder: when the
-    server received it}, the submission time of a folder that is not a clean git checkout.
+    server received it}, the submission time of a folder that is not a clean git checkout. ``current``: asked
+    with a folder right before its record is written (holding the records folder's lock): "" to write it, else
+    why not (a challenge server's job that a newer version of its entry replaced meanwhile); its outcome is then
+    WITHHELD with that reason, and nothing of it is written or published.
 
     ``executor``: where the sandboxed inference runs (``local`` or ``ray``, see :mod:`skybench.harness.executors`);
     scoring, records and MLflow logging happen here, one submission at a time, in the order of ``folders``."""
@@ -274,9 +278,9 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
     for f in folders:
         try:
             plans.append(_plan(Path(f), track, real, real_sha, release_sha, out, force, not down,
-                               ids.get(Path(f)), got.get(Path(f))))
+                               ids.get(Path(f)), got.get(Path(f)), current))
         except Exception as exc:  # noqa: BLE001 - the boundary
-            plans.append(_crashed(Path(f), None, exc, out, release_sha, track))
+            plans.append(_crashed(Path(f), None, exc, out, release_sha, track, current))
     todo = [p for p in plans if isinstance(p, _Plan)]
     challenge = read_manifest(release).get("profile") == "challenge"  # never run without cgroup limits
     jobs = [Job(p.sub, layout.public_dir(release, "test"), track, challenge) for p in todo]
@@ -293,7 +297,8 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
                 outcome = _finish(plan, stream.split(res) if stream is not None else res, track, release_sha, hidden,
                                   res, layout.public_dir(release, "test"), release)
         except Exception as exc:  # noqa: BLE001 - the boundary
-            outcome = _crashed(plan.folder, plan if isinstance(plan, _Plan) else None, exc, out, release_sha, track)
+            outcome = _crashed(plan.folder, plan if isinstance(plan, _Plan) else None, exc, out, release_sha, track,
+                               current)
         outcome.reason = clip(outcome.reason, 1000)
         if publish and outcome.record is not None:  # a skipped record too: it may be pending from an outage
             try:
@@ -340,7 +345,7 @@ def _results(executor: Executor, jobs: list[Job]) -> Iterator[PredictResult | Ex
 
 
 def _crashed(folder: Path, plan: _Plan | None, exc: Exception, out: Path, release_sha: str,
-             track: Track) -> Outcome:
+             track: Track, current: Callable[[Path], str] | None = None) -> Outcome:
     """The FAILED outcome (with a record when one can be written) of a submission whose evaluation raised.
 
     An ``OSError`` (a full disk, an I/O error) is the machine's failure, not the submission's: a previous record
@@ -355,6 +360,8 @@ def _crashed(folder: Path, plan: _Plan | None, exc: Exception, out: Path, releas
         rdir = plan.rdir if plan is not None else record_dir(out, team, name)
         marked: dict[str, Any] = {"failure_kind": kind} if kind else {}  # else the key as before: absent
         with writing(rdir.parent):  # one writer of the entry's records at a time, as in _finish
+            if (held := _withheld(current, folder, team, name)) is not None:
+                return held
             if kind and (rdir / RECORD).is_file():
                 return Outcome(folder, team, name, "FAILED", f"{reason}; the previous record is kept",
                                failure_kind=kind)
@@ -379,11 +386,19 @@ class _Plan:
     name: str
     submitted: str
     seen: str = ""  # record_stamp of its record folder when planned
+    current: Callable[[Path], str] | None = None  # evaluate's ``current``
+
+
+def _withheld(current: Callable[[Path], str] | None, folder: Path, team: str, name: str) -> Outcome | None:
+    """The WITHHELD outcome of ``folder`` when ``current`` (:func:`evaluate`'s) says why its record must not be
+    written; None to write it."""
+    why = current(folder) if current is not None else ""
+    return Outcome(folder, team, name, "WITHHELD", why) if why else None
 
 
 def _plan(folder: Path, track: Track, real: Path | None, real_sha: str, release_sha: str, out: Path, force: bool,
-          ask_mlflow: bool, given: tuple[str, str] | None = None,
-          received: datetime | str | None = None) -> Outcome | _Plan:
+          ask_mlflow: bool, given: tuple[str, str] | None = None, received: datetime | str | None = None,
+          current: Callable[[Path], str] | None = None) -> Outcome | _Plan:
     """The outcome when nothing needs to run (invalid, other track, unchanged), else a plan to run it."""
     try:
         sub: Submission | None = load_submission(folder)
@@ -399,6 +414,8 @@ def _plan(folder: Path, track: Track, real: Path | None, real_sha: str, release_
         reason = problem or " ".join(refused.split())[:1000]
         sha = sub.sha256 if sub is not None else _safe_sha(folder)
         with writing(rdir.parent):  # one writer of the entry's records at a time, as in _finish
+            if (held := _withheld(current, folder, team, name)) is not None:
+                return held
             rec = _write_records(track, rdir, team=team, name=name, fmt=sub.spec.format if sub is not None else "?",
                                  status="FAILED", reason=reason, sub_sha=sha, release_sha=release_sha, device="none",
                                  metrics={}, submitted=submission_time(folder, sha, rdir, received),
@@ -411,7 +428,7 @@ def _plan(folder: Path, track: Track, real: Path | None, real_sha: str, release_
         return Outcome(folder, team, name, "SKIPPED", "unchanged since its last evaluation",
                        record=rdir if (rdir / RECORD).is_file() else None)
     return _Plan(folder, sub, rdir, real, real_sha, team, name, submission_time(folder, sub.sha256, rdir, received),
-                 seen)
+                 seen, current)
 
 
 def _finish(plan: _Plan, res: PredictResult, track: Track, release_sha: str, hidden: HiddenSplit,
@@ -457,6 +474,8 @@ def _finish(plan: _Plan, res: PredictResult, track: Track, release_sha: str, hid
             raise OSError(f"{sub.folder}: the submission folder changed during its evaluation (no longer sha256 "
                           f"{sub.sha256[:12]}...); what ran is not the version to be recorded")
         with writing(rdir.parent):  # one writer of the entry's records at a time (a worker, a `dvc repro`)
+            if (held := _withheld(plan.current, plan.folder, plan.team, plan.name)) is not None:
+                return held
             if record_stamp(rdir) != plan.seen and (kind or _same_record(rdir, sub, release_sha, plan.real_sha,
                                                                          cache_key(track))):
                 if kind:  # never the machine's failure over the record another evaluation wrote meanwhile

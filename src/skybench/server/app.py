@@ -30,7 +30,7 @@ from skybench.harness.submission import SLUG
 from skybench.server import faults, intake, queue
 from skybench.server.auth import AuthError, FailureLimiter, RateLimited, VerifiedCache, verify
 from skybench.server.config import ChallengeConfig, Phase, shown_as_open
-from skybench.server.db import Submission, Team, make_engine, sessions, upgrade, utcnow
+from skybench.server.db import STATES, Submission, Team, make_engine, sessions, upgrade, utcnow
 from skybench.server.storage import Store, UploadError, read_upload_form
 
 log = logging.getLogger("skybench.server")
@@ -140,7 +140,7 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
                 "counted": sub.counted,
                 "metrics": metrics,
                 **{f"{k}_at": (getattr(sub, f"{k}_at").isoformat() if getattr(sub, f"{k}_at") else None)
-                   for k in ("received", "queued", "running", "finished", "failed")},
+                   for k in STATES},
                 "status_url": f"/api/submissions/{sub.id}"}
 
     @app.get("/api/me")

@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-STATES = ("received", "queued", "running", "finished", "failed")
+STATES = ("received", "queued", "running", "finished", "failed", "superseded")  # each has its ``<state>_at``
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -75,7 +75,8 @@ Index("uq_teams_name_lower", func.lower(Team.name), unique=True)
 
 
 class Submission(Base):
-    """One upload, and the queue's job for it: received -> queued -> running -> finished | failed."""
+    """One upload, and the queue's job for it: received -> queued -> running -> finished | failed, or superseded
+    (a newer version of its entry took its place before it was recorded: :func:`skybench.server.queue.current`)."""
 
     __tablename__ = "submissions"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)  # random hex: ids reveal nothing
@@ -91,6 +92,7 @@ class Submission(Base):
     running_at: Mapped[datetime | None] = mapped_column(UTC)  # the latest claim
     finished_at: Mapped[datetime | None] = mapped_column(UTC)
     failed_at: Mapped[datetime | None] = mapped_column(UTC)
+    superseded_at: Mapped[datetime | None] = mapped_column(UTC)
     reason: Mapped[str] = mapped_column(Text, default="")  # one line; "" when finished
     log: Mapped[str] = mapped_column(Text, default="")  # the sandbox's stderr tail
     metrics: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)  # all of them; shown filtered by phase

@@ -1,6 +1,6 @@
 """The submission queue: enqueue with quota accounting, claim with a lease, heartbeat, finish, fail.
 
-Teams take turns (:func:`_next_ids`): a team that queues many jobs at once does not hold every worker while
+Teams take turns (:func:`_next_jobs`): a team that queues many jobs at once does not hold every worker while
 another team's job waits. A claim is atomic on both databases: one conditional ``UPDATE ... WHERE id = ? AND
 <still claimable>`` per candidate, in turn order, and a check of the row count (a worker that lost the race to
 another tries the next candidate).
@@ -8,11 +8,19 @@ A job is claimable when queued, or running with an expired lease (its worker die
 evaluation stage's own idempotency (the submission's sha256 in the records and MLflow) keeps it from being
 published twice.
 
+Versions of one entry (a team's uploads of one name) are evaluated in the order they were received, since the last
+one recorded is the one placed in ``submissions/<team>/<name>/`` and ranked (MLflow's latest run): a job waits
+while another version of its entry runs (a claim takes the entry's row lock first, so two claims at once see each
+other), and a job that a newer version has replaced (:func:`_replaced`) is never run: it is ``superseded``.
+``current`` asks again before a job is placed and before its record is written.
+
 Quotas (``challenge.yaml``: per team, track and UTC day, and per phase) are reserved when a submission is
 queued, with one conditional ``UPDATE quota_use SET used = used + 1 WHERE used < limit`` per period, so
 concurrent uploads cannot overrun them. A submission that runs and fails in the sandbox keeps its unit (free
 failures would be an oracle); a schema rejection never reaches the queue; an infrastructure failure (the
-evaluating machine's fault) is queued again without a new unit, and given back if it fails for good."""
+evaluating machine's fault) is queued again without a new unit, and given back if it fails for good. A job
+superseded while it waits in the queue gives its unit back too (it was never evaluated: at most its earlier tries
+failed for the machine's fault); one superseded once a worker has taken it keeps it, as a job whose worker died."""
 
 from __future__ import annotations
 
@@ -24,7 +32,7 @@ from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from skybench.server.config import ChallengeConfig, Phase
 from skybench.server.db import EntryName, PhaseState, QuotaUse, Submission, Team, utcnow
@@ -245,9 +253,61 @@ def _enqueue(session: Session, cfg: ChallengeConfig, team: Team, track: str, nam
 
 def _claimable(now: datetime) -> ColumnElement[bool]:
     """Queued and due (a job put back after the machine failed it waits until its ``queued_at``), or running
-    with an expired lease."""
-    return or_(and_(Submission.state == "queued", or_(Submission.queued_at.is_(None), Submission.queued_at <= now)),
-               and_(Submission.state == "running", Submission.lease_expires < now))
+    with an expired lease; and no other version of its entry running (:func:`_version_running`) nor replacing it
+    (:func:`_replaced`)."""
+    return and_(or_(and_(Submission.state == "queued",
+                         or_(Submission.queued_at.is_(None), Submission.queued_at <= now)),
+                    and_(Submission.state == "running", Submission.lease_expires < now)),
+                ~_version_running(Submission, now), ~_replaced(Submission))
+
+
+_Job = type[Submission] | Submission  # the table (in a statement, correlated) or one row's values
+
+
+def _other_version(other: type[Submission], job: _Job) -> ColumnElement[bool]:
+    """``other`` is another submission of ``job``'s entry (team, track, name)."""
+    return and_(other.team_id == job.team_id, other.track == job.track, other.name == job.name,
+                other.id != job.id)
+
+
+def _newer(other: type[Submission], job: _Job) -> ColumnElement[bool]:
+    """``other`` was received after ``job`` (the same time: the larger id, so one of two is the newer)."""
+    return or_(other.received_at > job.received_at, and_(other.received_at == job.received_at, other.id > job.id))
+
+
+def _done(other: type[Submission]) -> ColumnElement[bool]:
+    """``other`` was evaluated, its outcome the team's own: finished, or failed and counted (not the machine's
+    failure given back, nor an upload that was never queued)."""
+    return or_(other.state == "finished", and_(other.state == "failed", other.counted.is_(True)))
+
+
+def _version_running(job: _Job, now: datetime) -> ColumnElement[bool]:
+    """Another version of ``job``'s entry is running, its lease held."""
+    other = aliased(Submission)
+    return select(other.id).where(_other_version(other, job), other.state == "running",
+                                  other.lease_expires >= now).exists()
+
+
+def _replaced(job: _Job) -> ColumnElement[bool]:
+    """A newer version of ``job``'s entry is done (:func:`_done`): the entry's version now, whatever ``job`` would
+    give, so ``job`` is not run. A newer one that failed for the machine's fault does not replace it, nor does one
+    that is queued or running (that one waits, or is waited for: :func:`_version_running`)."""
+    other = aliased(Submission)
+    return select(other.id).where(_other_version(other, job), _newer(other, job), _done(other)).exists()
+
+
+def _newest(session: Session, job: Submission, running: bool = False) -> Submission | None:
+    """The newest version of ``job``'s entry received after it that is done (:func:`_done`), or (``running``)
+    running."""
+    other = aliased(Submission)
+    state = or_(_done(other), other.state == "running") if running else _done(other)
+    return session.scalars(select(other).where(_other_version(other, job), _newer(other, job), state)
+                           .order_by(other.received_at.desc(), other.id.desc()).limit(1)).first()
+
+
+def _superseded_by(newer: Submission) -> str:
+    return (f"superseded by a newer submission of this entry ({newer.id}, received at "
+            f"{newer.received_at.strftime('%Y-%m-%d %H:%M:%S')} UTC)")
 
 
 def _give_up_dead(session: Session, now: datetime, max_attempts: int) -> None:
@@ -261,21 +321,49 @@ def _give_up_dead(session: Session, now: datetime, max_attempts: int) -> None:
     session.commit()
 
 
+def _supersede_replaced(session: Session, now: datetime) -> None:
+    """Mark ``superseded`` the jobs waiting to run that a newer version replaced (:func:`_replaced`): a queued one
+    gives its quota unit back (never evaluated), one left running by a dead worker keeps it (as
+    :func:`_give_up_dead`). Each move is conditional on the row as read, so concurrent claims move it once."""
+    states = {"queued": Submission.state == "queued",
+              "running": and_(Submission.state == "running", Submission.lease_expires < now)}
+    for job in session.scalars(select(Submission).where(or_(*states.values()), _replaced(Submission))
+                               .execution_options(populate_existing=True)).all():
+        newer = _newest(session, job)
+        if newer is None:  # gone meanwhile (a database restored from a backup?): the update below moves nothing
+            continue
+        waiting = job.state == "queued"
+        why = _superseded_by(newer) + ("; not evaluated, and not counted in your quota" if waiting
+                                       else "; not evaluated again")
+        res = session.execute(update(Submission)
+                              .where(Submission.id == job.id, states[job.state], _replaced(Submission))
+                              .values(state="superseded", superseded_at=now, reason=why, lease_owner=None,
+                                      lease_expires=None))
+        if res.rowcount == 1 and waiting and job.counted:  # type: ignore[attr-defined]
+            _release(session, job)
+        session.commit()
+
+
 def claim(session: Session, owner: str, lease_seconds: float, max_attempts: int = 3,
           now: datetime | None = None, tracks: Collection[str] | None = None) -> Submission | None:
-    """Claim the next claimable job (:func:`_next_ids`) for ``owner`` with a lease of ``lease_seconds``, of
+    """Claim the next claimable job (:func:`_next_jobs`) for ``owner`` with a lease of ``lease_seconds``, of
     ``tracks`` only when given (those whose release the worker's machine holds); None when there is none."""
     now = now or utcnow()
     ok = _claimable(now) if tracks is None else and_(_claimable(now), Submission.track.in_(list(tracks)))
     _give_up_dead(session, now, max_attempts)
+    _supersede_replaced(session, now)
     moved = dict(state="running", running_at=now, lease_owner=owner,
                  lease_expires=now + timedelta(seconds=lease_seconds))
     for _ in range(100):  # lost races only; each loop either claims or sees another worker's claim
-        ids = _next_ids(session, now, ok)
-        if not ids:
+        jobs = _next_jobs(session, now, ok)
+        if not jobs:
             session.rollback()
             return None
-        for cid in ids:
+        for cid, team_id, name in jobs:
+            # The entry's row lock (PostgreSQL; SQLite's write lock is the database's): a concurrent claim of another
+            # version of the entry waits for this one to commit, then its update sees this claim.
+            session.execute(select(EntryName.team_id).where(EntryName.team_id == team_id, EntryName.name == name)
+                            .with_for_update())
             res = session.execute(update(Submission).where(Submission.id == cid, ok)
                                   .values(attempt=Submission.attempt + 1, **moved))
             session.commit()
@@ -284,19 +372,23 @@ def claim(session: Session, owner: str, lease_seconds: float, max_attempts: int 
     return None
 
 
-def _next_ids(session: Session, now: datetime, claimable: ColumnElement[bool], limit: int = 8) -> list[str]:
-    """The ``claimable`` jobs in the order teams take turns: a job's turn is its team's jobs running now plus its
-    place among the team's waiting ones, then the oldest first. A team that queues many jobs at once takes one
-    worker at a time while other teams wait, not all of them (round-robin, as a fair-share batch scheduler)."""
+def _next_jobs(session: Session, now: datetime, claimable: ColumnElement[bool], limit: int = 8
+               ) -> list[tuple[str, int, str]]:
+    """(id, team id, entry name) of the ``claimable`` jobs in the order teams take turns: a job's turn is its team's
+    jobs running now plus its place among the team's waiting ones, then the oldest first. A team that queues many
+    jobs at once takes one worker at a time while other teams wait, not all of them (round-robin, as a fair-share
+    batch scheduler)."""
     running = (select(Submission.team_id, func.count().label("n"))
                .where(Submission.state == "running", Submission.lease_expires >= now)
                .group_by(Submission.team_id).subquery())
     place = func.row_number().over(partition_by=Submission.team_id, order_by=(Submission.queued_at, Submission.id))
-    waiting = (select(Submission.id, Submission.queued_at, (place + func.coalesce(running.c.n, 0)).label("turn"))
+    waiting = (select(Submission.id, Submission.team_id, Submission.name, Submission.queued_at,
+                      (place + func.coalesce(running.c.n, 0)).label("turn"))
                .outerjoin(running, running.c.team_id == Submission.team_id)
                .where(claimable).subquery())
-    return list(session.scalars(select(waiting.c.id).order_by(waiting.c.turn, waiting.c.queued_at, waiting.c.id)
-                                .limit(limit)))
+    rows = session.execute(select(waiting.c.id, waiting.c.team_id, waiting.c.name)
+                           .order_by(waiting.c.turn, waiting.c.queued_at, waiting.c.id).limit(limit)).all()
+    return [(r.id, r.team_id, r.name) for r in rows]
 
 
 def _mine(sub_id: str, owner: str) -> ColumnElement[bool]:
@@ -348,5 +440,30 @@ def requeue(session: Session, sub_id: str, owner: str, reason: str, delay_second
     res = session.execute(update(Submission).where(_mine(sub_id, owner))
                           .values(state="queued", queued_at=utcnow() + timedelta(seconds=delay_seconds),
                                   reason=_text(reason), lease_owner=None, lease_expires=None))
+    session.commit()
+    return res.rowcount == 1  # type: ignore[attr-defined]
+
+
+def current(session: Session, sub_id: str, owner: str) -> str:
+    """Why job ``sub_id`` must not be placed, recorded or published now: ``owner`` no longer holds it, or a newer
+    version of its entry is running or done (taken while this job's lease had run out: workers' clocks apart by
+    more than a lease, say); "" when it may. Asked by the worker before it places the job's folder and by
+    ``evaluate`` right before it writes the record, holding the records folder's lock: a newer version claimed
+    after that writes its record after this one."""
+    job = session.scalars(select(Submission).where(Submission.id == sub_id)
+                          .execution_options(populate_existing=True)).first()
+    if job is None or job.state != "running" or job.lease_owner != owner:
+        return (f"this worker no longer holds job {sub_id} (its lease ran out and another worker took it over, or "
+                f"it ended: {job.state if job is not None else 'gone'}); its outcome is that worker's")
+    newer = _newest(session, job, running=True)
+    return f"{_superseded_by(newer)}; this evaluation of it is not recorded" if newer is not None else ""
+
+
+def supersede(session: Session, sub_id: str, owner: str, reason: str) -> bool:
+    """Mark ``owner``'s job superseded with ``reason`` (from :func:`current`); it keeps its quota unit (a worker
+    took it); False (nothing changed) when ``owner`` no longer holds it."""
+    res = session.execute(update(Submission).where(_mine(sub_id, owner))
+                          .values(state="superseded", superseded_at=utcnow(), reason=_text(reason), lease_owner=None,
+                                  lease_expires=None))
     session.commit()
     return res.rowcount == 1  # type: ignore[attr-defined]

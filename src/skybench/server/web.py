@@ -376,7 +376,8 @@ def _row(cfg: ChallengeConfig, sub: Submission, phase: Phase, session: Any,
     from skybench.server.app import shown_metrics
 
     metrics = shown_metrics(cfg, sub, phase, session, memo) if sub.state == "finished" else {}
-    when = sub.finished_at or sub.failed_at or sub.running_at or sub.queued_at or sub.received_at
+    when = (sub.finished_at or sub.failed_at or sub.superseded_at or sub.running_at or sub.queued_at
+            or sub.received_at)
     return {"id": sub.id, "track": sub.track, "name": sub.name, "state": sub.state, "reason": sub.reason,
             "log": sub.log, "attempt": sub.attempt, "counted": sub.counted,
             "received": sub.received_at.isoformat(timespec="seconds") if sub.received_at else "",

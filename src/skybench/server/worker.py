@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
 from skybench.server import queue
@@ -89,6 +90,26 @@ def _previous_metrics(sessions: sessionmaker, sub: Submission) -> dict[str, floa
         return dict(prev.metrics) if prev is not None else None
 
 
+def _reused_metrics(sessions: sessionmaker, sub: Submission, record: Path | None) -> dict[str, float]:
+    """The metrics of the result reused for ``sub`` (the same bytes of the same entry, evaluated before on this
+    release): its organiser's record's (every metric of that very evaluation); else (no record on this worker's
+    disk: MLflow had it) the latest finished job's of the same bytes, which may have run on another release; else
+    the participant record's."""
+    from skybench.harness.record import RECORD, RecordError, read_record
+    from skybench.harness.visibility import private_dir
+
+    try:
+        rec = read_record(private_dir(record) / RECORD) if record is not None else None
+    except RecordError:
+        rec = None
+    if rec is not None and rec.submission_sha256 == sub.sha256 and rec.status == "FINISHED":
+        return dict(rec.metrics)
+    metrics = _previous_metrics(sessions, sub)
+    if metrics is None and record is not None and (record / "metrics.json").is_file():
+        metrics = json.loads((record / "metrics.json").read_text())
+    return metrics or {}
+
+
 def _reused_failure(sessions: sessionmaker, sub: Submission, record: Path | None) -> str:
     """The reason when the result reused for ``sub`` (the same bytes of the same entry) is a failure, "" when
     not: its record's, else (no record on this worker's disk) the latest earlier job of the same bytes'."""
@@ -113,12 +134,22 @@ def run_one(cfg: ChallengeConfig, sessions: sessionmaker, owner: str, *, executo
             tracks: Collection[str] | None = None) -> Submission | None:
     """Claim and evaluate one job (of ``tracks`` only when given); return it as recorded (None when the queue had
     none)."""
-    from skybench.harness.evaluate import INFRASTRUCTURE, evaluate, one_line
-
     with sessions() as s:
         sub = queue.claim(s, owner, cfg.lease_seconds, cfg.max_attempts, tracks=tracks)
-        if sub is None:
-            return None
+    if sub is None:
+        return None
+    return run_claimed(cfg, sessions, sub, owner, executor=executor, release=release, out=out, publish=publish)
+
+
+def run_claimed(cfg: ChallengeConfig, sessions: sessionmaker, sub: Submission, owner: str, *,
+                executor: str = "local", release: Path | None = None, out: Path | None = None,
+                publish: bool = True) -> Submission | None:
+    """Evaluate the job ``sub`` that ``owner`` claimed (:func:`queue.claim`); return it as recorded. Nothing is
+    placed, recorded or published once :func:`queue.current` says no (a newer version of the entry running or
+    done, or the job taken over by another worker after this one's lease ran out)."""
+    from skybench.harness.evaluate import INFRASTRUCTURE, Outcome, evaluate, one_line
+
+    with sessions() as s:
         team = s.get(Team, sub.team_id)
         assert team is not None
         team_name = team.name
@@ -128,18 +159,30 @@ def run_one(cfg: ChallengeConfig, sessions: sessionmaker, owner: str, *, executo
         with sessions() as s:
             return queue.heartbeat(s, sub.id, owner, cfg.lease_seconds)
 
+    def current(_folder: Path) -> str:
+        try:
+            with sessions() as s:
+                return queue.current(s, sub.id, owner)
+        except SQLAlchemyError as exc:  # the machine's failure (the database away): the job is retried
+            raise OSError(f"cannot ask the challenge database whether job {sub.id} is still current: "
+                          f"{one_line(exc)}") from exc
+
     hb = _Heartbeat(beat, max(1.0, cfg.lease_seconds / 3))
     hb.start()
     try:
         assert sub.sha256 is not None  # only a queued (validated) submission is claimed
         stored = Store(cfg.storage, cfg.upload).object_dir(sub.sha256)
-        # Where the organiser's `dvc repro` finds it; its record there is this one (same identity and sha256).
-        place(stored, project_folder(cfg, team_name, sub.name))
-        check_hidden_labels(cfg, sub.track, release)
-        # Evaluated from the immutable, content-addressed copy: a newer upload of the same entry replacing
-        # the project copy meanwhile cannot change what this job runs.
-        outcome = evaluate([stored], sub.track, release, out=out, publish=publish, executor=executor,
-                           identities={stored: (team_name, sub.name)}, received={stored: sub.received_at})[0]
+        if why := current(stored):
+            outcome: Outcome | None = Outcome(stored, team_name, sub.name, "WITHHELD", why)
+        else:
+            # Where the organiser's `dvc repro` finds it; its record there is this one (same identity and sha256).
+            place(stored, project_folder(cfg, team_name, sub.name))
+            check_hidden_labels(cfg, sub.track, release)
+            # Evaluated from the immutable, content-addressed copy: a newer upload of the same entry replacing
+            # the project copy meanwhile cannot change what this job runs.
+            outcome = evaluate([stored], sub.track, release, out=out, publish=publish, executor=executor,
+                               identities={stored: (team_name, sub.name)}, received={stored: sub.received_at},
+                               current=current)[0]
     except Exception as exc:  # noqa: BLE001 - the machine's fault (no release, a full disk...): retried
         outcome = None
         why = f"infrastructure failure, not the submission's: {one_line(exc)}"
@@ -151,16 +194,16 @@ def run_one(cfg: ChallengeConfig, sessions: sessionmaker, owner: str, *, executo
                f"({outcome.unpublished})")  # the record and logs it
         outcome = None
     with sessions() as s:
-        if outcome is not None and outcome.status == "FINISHED":
+        if outcome is not None and outcome.status == "WITHHELD":
+            log.info("%s: not recorded: %s", sub.id, outcome.reason)
+            queue.supersede(s, sub.id, owner, outcome.reason)  # nothing when another worker holds it now
+        elif outcome is not None and outcome.status == "FINISHED":
             queue.finish(s, sub.id, owner, outcome.metrics, log=outcome.log)
         elif outcome is not None and outcome.status == "SKIPPED" and (why := _reused_failure(sessions, sub,
                                                                                              outcome.record)):
             queue.fail(s, sub.id, owner, why, counts=True)  # the same bytes failed before: they fail again
         elif outcome is not None and outcome.status == "SKIPPED":
-            metrics = _previous_metrics(sessions, sub)
-            if metrics is None and outcome.record is not None and (outcome.record / "metrics.json").is_file():
-                metrics = json.loads((outcome.record / "metrics.json").read_text())
-            queue.finish(s, sub.id, owner, metrics or {})
+            queue.finish(s, sub.id, owner, _reused_metrics(sessions, sub, outcome.record))
         elif outcome is not None and outcome.failure_kind != INFRASTRUCTURE:
             queue.fail(s, sub.id, owner, outcome.reason or "failed without a reason", log=outcome.log, counts=True)
         else:
