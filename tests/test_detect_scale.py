@@ -69,13 +69,21 @@ def _subs(root: Path) -> list[Path]:
             python_submission(root, "hoard", HOARD, track="lens-tiles")]
 
 
+@pytest.fixture(scope="module")
+def local(track: DetectTrack, release: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+    """Both submissions evaluated once by the local executor, into ``out/local``: (out, their outcomes)."""
+    out = tmp_path_factory.mktemp("local")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{out}/mlflow.db")  # never used: publish=False
+        return out, evaluate(_subs(out / "subs"), track, release, out=out / "local", publish=False)
+
+
 def test_tiles_stream_a_batch_at_a_time_under_a_memory_limit_smaller_than_the_test_set(
-        track: DetectTrack, release: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")  # never used: publish=False
+        track: DetectTrack, release: Path, local: tuple[Path, list]) -> None:
     test = layout.public_dir(release, "test")
     inputs = sum(p.stat().st_size for p in layout.shard_paths(test, "images"))
     assert inputs > MEMORY_MB * 2**20 and track.for_profile("challenge").image_shape() == (1, 1024, 1024)
-    blocks, hoard = evaluate(_subs(tmp_path / "subs"), track, release, out=tmp_path / "local", publish=False)
+    blocks, hoard = local[1]
     assert blocks.status == "FINISHED", blocks.reason
     assert blocks.metrics["n_tiles"] == TILES and blocks.metrics["n_lens"] > 0, blocks.metrics
     assert hoard.status == "FAILED" and f"memory limit of {MEMORY_MB} MB" in hoard.reason, hoard.reason
@@ -93,17 +101,17 @@ def ray_local():
 
 
 def test_the_ray_executor_shards_tiles_and_gives_the_local_candidates_and_metrics(
-        ray_local, track: DetectTrack, release: Path, tmp_path: Path, monkeypatch) -> None:
+        ray_local, track: DetectTrack, release: Path, local: tuple[Path, list], tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     assert len(shard_ranges(layout.public_dir(release, "test"), BATCH, 3)) == 3  # really split across tasks
     sub = _subs(tmp_path / "subs")[:1]
-    local = evaluate(sub, track, release, out=tmp_path / "local", publish=False)
+    here = local[1][:1]  # blocks, by the local executor
     remote = evaluate(sub, track, release, out=tmp_path / "ray", publish=False, executor="ray",
                       executor_options={"shards": 3})
-    assert [o.status for o in local + remote] == ["FINISHED", "FINISHED"], [o.reason for o in local + remote]
-    assert remote[0].metrics == local[0].metrics  # the same floats, not approximately
-    assert np.isfinite(local[0].metrics["average_precision"])
-    files = [private_dir(record_dir(tmp_path / where, "tests", "blocks")) for where in ("local", "ray")]
+    assert [o.status for o in here + remote] == ["FINISHED", "FINISHED"], [o.reason for o in here + remote]
+    assert remote[0].metrics == here[0].metrics  # the same floats, not approximately
+    assert np.isfinite(here[0].metrics["average_precision"])
+    files = [private_dir(record_dir(where, "tests", "blocks")) for where in (local[0] / "local", tmp_path / "ray")]
     a, b = (np.load(f / "predictions.npy") for f in files)
     assert a.shape == (TILES, 100, 3)
     np.testing.assert_array_equal(a, b)  # the same candidates, bit for bit

@@ -8,6 +8,7 @@ resolved (foreach and matrix expanded, params interpolated) by DVC itself.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from skybench.stagedeps import StageDepsError, is_code_dep, pipeline_files, stag
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@functools.cache  # called for every (dep, file) pair of every stage
 def _covers(dep: str, path: str) -> bool:
     """A dep covers a path when it is the path or a folder above it."""
     return dep == path or PurePosixPath(path).is_relative_to(dep)
@@ -317,6 +319,34 @@ def test_stage_usage_keeps_only_the_tracks_task_of_string_named_tasks(tmp_path: 
         "benchmarks/ta.yaml", "src/skybench/tasks/a/__init__.py", "src/skybench/tasks/a/score.py"}
     assert stage_usage("python run.py", tmp_path).files == common | {
         "src/skybench/tasks/a/__init__.py", "src/skybench/tasks/a/score.py", "src/skybench/tasks/b/score.py"}
+
+
+def test_stage_usage_reads_each_file_once_per_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every stage of a pipeline reads the same modules and track YAMLs: each is parsed once, and again only after
+    it changed (a test that edits a file sees the edit)."""
+    import os
+
+    import yaml
+
+    files = {"src/skybench/__init__.py": "", "src/skybench/tracks.py": "def load_track(name): ...\n",
+             "src/skybench/tasks/__init__.py": "BUILTIN = {'a': 'skybench.tasks.a', 'b': 'skybench.tasks.b'}\n",
+             "src/skybench/tasks/a/__init__.py": "", "src/skybench/tasks/b/__init__.py": "",
+             "benchmarks/ta.yaml": "name: ta\ntask: a\n", "run.py": "from skybench import tasks, tracks\n"}
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    loads: list[str] = []
+    safe_load = yaml.safe_load
+    monkeypatch.setattr(yaml, "safe_load", lambda text: loads.append(text) or safe_load(text))
+    first = stage_usage("python run.py --track ta", tmp_path)
+    assert "src/skybench/tasks/a/__init__.py" in first.files and len(loads) == 1
+    assert stage_usage("python run.py --track ta --out elsewhere", tmp_path).files == first.files
+    assert len(loads) == 1  # not read again
+    yml = tmp_path / "benchmarks/ta.yaml"
+    yml.write_text("name: ta\ntask: b\n")
+    os.utime(yml, ns=(yml.stat().st_atime_ns, yml.stat().st_mtime_ns + 10**9))  # a later version of the file
+    edited = stage_usage("python run.py --track ta", tmp_path).files
+    assert "src/skybench/tasks/b/__init__.py" in edited and "src/skybench/tasks/a/__init__.py" not in edited
 
 
 def test_a_task_s_modules_count_for_the_commands_that_run_them() -> None:

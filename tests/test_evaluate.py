@@ -183,7 +183,7 @@ def test_every_attack_is_failed_with_a_reason_and_the_honest_submission_still_sc
     folders.insert(3, python_submission(root, "honest", PREDICT_OK))
     track = load_track("lens-space")
     track = track.model_copy(update={"sandbox": track.sandbox.model_copy(
-        update={"memory_mb": 2048, "wall_seconds": 20, "cpu_seconds": 20})})
+        update={"memory_mb": 2048, "wall_seconds": 20, "cpu_seconds": 5})})  # loop-forever burns only 5 CPU s
     outcomes = {o.name: o for o in evaluate(folders, track, tiny_space_release, out=tmp_path / "evals")}
     assert outcomes["honest"].status == "FINISHED" and outcomes["honest"].metrics["auroc"] > 0
     expected = {"socket": "", "write-outside": "", "alloc-10gb": "memory", "loop-forever": "limit",

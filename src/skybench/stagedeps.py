@@ -173,6 +173,16 @@ def _parse(path: Path) -> ast.Module:
     return _parsed(path, path.stat().st_mtime_ns)
 
 
+@functools.cache
+def _loaded_yaml(path: Path, mtime_ns: int) -> object:
+    return yaml.safe_load(path.read_text())
+
+
+def _load_yaml(path: Path) -> object:
+    """The YAML file's content, read once per version of the file (shared: do not modify it)."""
+    return _loaded_yaml(path, path.stat().st_mtime_ns)
+
+
 # The methods of a task's class (skybench/tasks/<task>/__init__.py) that each command calls. They import the
 # modules its class variables name (skybench.tasks.base.PackageTask: the simulator's physics, the scorer), so
 # those count only for these commands; every other stage uses a task's class for its track model only (load_track).
@@ -187,15 +197,26 @@ _MODULE_ATTRS = {"simulator_path": frozenset({"simulator"}),
 @functools.cache
 def _file_imports(root: Path, task: str | None, command: str | None, path: Path, mtime_ns: int) -> tuple[Path, ...]:
     project = _Project(root, task, command)
-    tree = _parsed(path, mtime_ns)
-    skipped: list[ast.AST] = [c for c in tree.body if _type_checking_only(c)]
+    nodes = _candidates(path, mtime_ns)
     if path.name == "__init__.py" and path.parent.parent == project.src / PACKAGE / TASKS:
         run = TASK_METHODS_RUN_BY.get(command or "", frozenset())
-        skipped += [a for c in tree.body if isinstance(c, ast.ClassDef) for a in c.body
-                    if isinstance(a, ast.Assign) and len(a.targets) == 1 and isinstance(a.targets[0], ast.Name)
-                    and a.targets[0].id in _MODULE_ATTRS and not _MODULE_ATTRS[a.targets[0].id] & run]
-    skip = {id(n) for s in skipped for n in ast.walk(s)}
-    return tuple(_imports(project, path, (n for n in ast.walk(tree) if id(n) not in skip)))
+        skipped = [a for c in _parsed(path, mtime_ns).body if isinstance(c, ast.ClassDef) for a in c.body
+                   if isinstance(a, ast.Assign) and len(a.targets) == 1 and isinstance(a.targets[0], ast.Name)
+                   and a.targets[0].id in _MODULE_ATTRS and not _MODULE_ATTRS[a.targets[0].id] & run]
+        skip = {id(n) for s in skipped for n in ast.walk(s)}
+        nodes = tuple(n for n in nodes if id(n) not in skip)
+    return tuple(_imports(project, path, nodes))
+
+
+@functools.cache
+def _candidates(path: Path, mtime_ns: int) -> tuple[ast.AST, ...]:
+    """The file's nodes that :func:`_imports` looks at, in ``ast.walk`` order, outside ``if TYPE_CHECKING:``
+    blocks: walked once per version of the file, whatever the stage."""
+    tree = _parsed(path, mtime_ns)
+    skip = {id(n) for c in tree.body if _type_checking_only(c) for n in ast.walk(c)}
+    return tuple(n for n in ast.walk(tree)
+                 if isinstance(n, ast.Import | ast.ImportFrom | ast.Constant | ast.JoinedStr | ast.Call)
+                 and id(n) not in skip)
 
 
 def _closure(project: _Project, start: Iterable[Path], analysed: Iterable[Path] = ()) -> set[Path]:
@@ -289,7 +310,7 @@ def _named_tracks(root: Path, name: str) -> set[str]:
     todo = [name]
     while todo:
         path = root / "benchmarks" / f"{todo.pop()}.yaml"
-        nodes: list[object] = [yaml.safe_load(path.read_text()) if path.is_file() else None]
+        nodes: list[object] = [_load_yaml(path) if path.is_file() else None]
         while nodes:
             node = nodes.pop()
             if isinstance(node, dict):
@@ -305,14 +326,19 @@ def _named_tracks(root: Path, name: str) -> set[str]:
     return found
 
 
-def _cli_arguments(command: str, args: list[str]) -> tuple[str, dict[str, object]]:
-    """(the Python function's name, the parsed parameters with defaults) of ``skybench <command> <args>``."""
+@functools.cache
+def _cli_group() -> object:
+    """skybench's click group, built once (typer builds it from the signatures of every command)."""
     import typer.main
 
     from skybench.cli import app
 
-    group = typer.main.get_command(app)
-    cmd = getattr(group, "commands", {}).get(command)
+    return typer.main.get_command(app)
+
+
+def _cli_arguments(command: str, args: list[str]) -> tuple[str, dict[str, object]]:
+    """(the Python function's name, the parsed parameters with defaults) of ``skybench <command> <args>``."""
+    cmd = getattr(_cli_group(), "commands", {}).get(command)
     if cmd is None or cmd.callback is None:
         raise StageDepsError(f"skybench has no command {command!r}")
     ctx = cmd.make_context(command, list(args), resilient_parsing=True)
@@ -326,7 +352,8 @@ def track_task(root: Path | str, track: object) -> str | None:
     path = Path(root) / "benchmarks" / f"{track}.yaml"
     if not path.is_file():
         return None
-    task = (yaml.safe_load(path.read_text()) or {}).get("task")
+    data = _load_yaml(path)
+    task = data.get("task") if isinstance(data, dict) else None
     return task if isinstance(task, str) else None
 
 
