@@ -5,7 +5,7 @@ lens-ground-shaped cut-outs, against the bare runtime on the same arrays in the 
     python perf/gpu_eval.py --size 100000                   # a GPU machine (16 GB of cut-outs in /tmp and in memory)
     python perf/gpu_eval.py --size 300 --md out.md          # the CPU half (CI, perf/gpu_check.sh)
 
-Device: ``cuda_available()`` of harness/submission.py, as ``skybench evaluate`` decides it; the sandbox binds only
+Device: ``cuda_available()`` of physics/backend.py, as ``skybench evaluate`` decides it; the sandbox binds only
 the task's own /dev/nvidiaN (``sandbox.gpu_binds``), which the first check verifies from inside a sandbox. On a GPU
 a format whose accelerated runtime is missing (onnxruntime without CUDAExecutionProvider, no TensorFlow, torch
 without CUDA) is reported MISSING and skipped; ``--require-all`` makes that a failure.
@@ -336,7 +336,7 @@ def main() -> int:
     device = "cuda" if cuda else "cpu"
     if args.expect_device and device != args.expect_device:
         print(f"FAIL: the harness evaluates on {device}, not {args.expect_device} (cuda_available() in "
-              "harness/submission.py: a /dev/nvidiaN node and torch's CUDA build)", flush=True)
+              "physics/backend.py: a /dev/nvidiaN node and torch's CUDA build)", flush=True)
         return 1
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
     gpu_index = (int(visible) if visible.isdigit() else 0) if cuda else None  # NVML's index (the only GPU: 0)

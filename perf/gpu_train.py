@@ -44,7 +44,7 @@ def main() -> int:
     track = load_track(args.track)
     device = "cuda" if cuda_available() else "cpu"
     if args.expect_device and device != args.expect_device:
-        print(f"FAIL: no {args.expect_device} here (cuda_available() in harness/submission.py says {device})",
+        print(f"FAIL: no {args.expect_device} here (cuda_available() in physics/backend.py says {device})",
               file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp_name:

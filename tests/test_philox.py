@@ -1,6 +1,11 @@
 """Philox4x32-10 (physics/philox.py) against Random123's known answers, its streams' statistics, and the GPU path of
 ``simulate_release`` (Philox, chunking, the thread that simulates ahead) run on the CPU."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -73,3 +78,16 @@ def test_the_gpu_path_on_the_cpu_writes_the_same_release_whatever_the_chunks(tmp
 def test_a_simulator_without_philox_says_so(tmp_path, track):
     with pytest.raises(ValueError, match="draws with pcg64"):
         simulate_release(track, tmp_path / "r", size=2, progress=False, workers=1, generator="philox")
+
+
+@pytest.mark.skipif(any(Path("/dev").glob("nvidia[0-9]*")), reason="an NVIDIA device node: `auto` asks torch")
+def test_auto_is_numpy_without_importing_torch_where_no_nvidia_device_is():
+    """`skybench simulate` asks for the `auto` backend: on a machine without an NVIDIA device node it is numpy,
+    decided without importing torch (seconds of every simulate on a CPU machine)."""
+    code = "import sys\nfrom skybench.physics.backend import get_backend\nprint(get_backend('auto').name, " \
+           "'torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env={
+        **os.environ, "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["numpy", "False"], done.stdout

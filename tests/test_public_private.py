@@ -1,6 +1,9 @@
 """Public/private leaderboard: a seeded split of the hidden test ids, public scores while open, private when closed."""
 
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -213,6 +216,20 @@ def test_linked_tracks_must_share_their_yaml_phase(closed, evaluated, tmp_path, 
         assert shown.exit_code == 1 and "alike in both YAMLs" in shown.output, shown.output
     if closed == "lens-space-injected":
         check_linked_phases(load_track("lens-space"))  # the feeding track's own board is unaffected
+
+
+def test_the_linked_phase_check_imports_no_simulator_while_every_track_is_in_one_phase(root):
+    """Every track in one phase: nothing can be refused, so the check does not import the tasks' simulators
+    (seconds of every `skybench evaluate` and `leaderboard`) to find which tracks are linked."""
+    code = ("import sys\nfrom skybench.tracks import list_tracks, load_track\nfrom skybench.twins import "
+            "check_linked_phases\nassert len({load_track(t).evaluation.phase for t in list_tracks()}) == 1\n"
+            "check_linked_phases(load_track('photoz-images'))\n"
+            "print(sorted(m for m in sys.modules if m.startswith('skybench.tasks.') and m.endswith('.simulator')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "SKYBENCH_ROOT": str(root),
+                               "PYTHONPATH": os.pathsep.join([str(root / "src"), os.environ.get("PYTHONPATH", "")])})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 def test_a_track_yaml_that_is_not_yaml_stops_no_other_track(tmp_path, monkeypatch, root):

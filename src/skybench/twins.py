@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from skybench.simulate import object_domain
-from skybench.tracks import Track, list_tracks, load_track
+from skybench.tracks import Track, benchmarks_dir, list_tracks, load_track
 
 
 def twin_groups(tracks: tuple[str, ...]) -> list[tuple[str, ...]]:
@@ -55,6 +56,8 @@ def check_linked_phases(track: Track) -> None:
     if track.name not in names:
         return
     phase = track.evaluation.phase
+    if _all_in_phase([*names, *track.evaluation.also_from], phase):  # nothing to refuse: spare twin_groups, which
+        return  # imports every task's simulator (seconds for each `skybench evaluate` or `leaderboard`)
     twins = {t for g in twin_groups(tuple(names)) if track.name in g for t in g} - {track.name}
     for name in sorted(twins | set(track.evaluation.also_from)):
         other = load_track(name).evaluation.phase
@@ -63,3 +66,18 @@ def check_linked_phases(track: Track) -> None:
                              f"or real set or whose submissions it evaluates, is {other}: set `evaluation.phase` "
                              "alike in both YAMLs (a closed one shows private scores while submissions scored on "
                              "the same objects still come in)")
+
+
+def _all_in_phase(names: list[str], phase: str) -> bool:
+    """Every track of ``names`` loads and is in ``phase``."""
+    try:
+        return all(_phase(p, p.stat().st_mtime_ns, p.stat().st_size) == phase
+                   for p in (benchmarks_dir() / f"{name}.yaml" for name in names))
+    except (ValueError, KeyError, OSError):  # one does not load: the full check says what to do
+        return False
+
+
+@functools.cache
+def _phase(path: Path, mtime_ns: int, size: int) -> str:
+    """The phase of the track YAML ``path``, read once per version of the file (an evaluation checks every track)."""
+    return load_track(path).evaluation.phase

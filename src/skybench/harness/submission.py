@@ -13,7 +13,6 @@ of the public test index, read and checked like a runner's output.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -35,6 +34,7 @@ from pydantic_core import ErrorDetails
 
 from skybench.harness.files import SUBMISSION_LIMITS, FolderError, WalkLimits, open_regular, read_regular, walk
 from skybench.harness.sandbox import Limits, run_sandboxed
+from skybench.physics.backend import cuda_available
 from skybench.release import layout, read_manifest, sha256_file
 from skybench.release.shards import shards
 from skybench.tracks import Output, Track, list_tracks, project_root
@@ -313,18 +313,6 @@ def _not_world_readable(folder: Path, limits: WalkLimits = SUBMISSION_LIMITS) ->
         if not stat.S_ISLNK(mode) and mode & need != need:
             return path
     return None
-
-
-@functools.cache
-def cuda_available() -> bool:
-    if not any(Path("/dev").glob("nvidia[0-9]*")):  # no NVIDIA device node: skip importing torch (seconds)
-        return False
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except Exception:  # no torch, or a broken CUDA install: run on the CPU
-        return False
 
 
 def _fail(reason: str, ids: np.ndarray, device: str = "unknown", seconds: float = 0.0,

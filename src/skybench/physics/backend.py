@@ -3,7 +3,9 @@ random numbers a simulator draws (:data:`GENERATORS`)."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,12 +53,18 @@ class Backend:
         return a.detach().cpu().numpy()
 
 
+@functools.cache
 def cuda_available() -> bool:
+    """torch sees a CUDA device. Without an NVIDIA device node, False without importing torch (seconds, in every
+    ``skybench simulate`` on a CPU machine); without torch or with a broken CUDA install, False: run on the CPU."""
+    if not any(Path("/dev").glob("nvidia[0-9]*")):
+        return False
     try:
         import torch
-    except ImportError:
+
+        return bool(torch.cuda.is_available())
+    except Exception:
         return False
-    return bool(torch.cuda.is_available())
 
 
 # pcg64: numpy's PCG64 per object, seeded by the object's seed, drawn on the host (every simulator; the CPU path).
