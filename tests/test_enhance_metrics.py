@@ -50,6 +50,17 @@ def test_identical_images() -> None:
     assert np.isinf(metrics["psnr"]) and np.isinf(metrics["psnr_flux"]) and metrics["ssim"] == pytest.approx(1.0)
 
 
+def test_psnr_equals_skimage_per_image_and_band_range() -> None:
+    """PSNR = 10 log10(R^2 / MSE) against skimage.metrics.peak_signal_noise_ratio, one band's range at a time."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    t = galaxy(3)
+    p = t + np.random.default_rng(1).normal(0.0, 3.0, t.shape)
+    for b in range(3):
+        want = [peak_signal_noise_ratio(t[i, b], p[i, b], data_range=R[b]) for i in range(3)]
+        np.testing.assert_allclose(psnr(p[:, b : b + 1], t[:, b : b + 1], R[b]), want, rtol=1e-12)
+
+
 def test_pure_shift() -> None:
     """A shift by whole pixels: PSNR and SSIM drop as the formula says; flux and shape are unchanged."""
     t = galaxy()

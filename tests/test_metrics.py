@@ -189,6 +189,32 @@ def test_tpr10_is_one_when_fewer_than_ten_nonlenses_exist() -> None:
     assert m.tpr0(labels, scores) == 0.0
 
 
+@st.composite
+def _tied_many_nonlenses(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
+    """Up to 300 objects, mostly non-lenses, scores from a few levels: tie blocks across the 10th false positive."""
+    n = draw(st.integers(min_value=2, max_value=300))
+    rate = draw(st.floats(0.02, 0.5))
+    bits = draw(st.lists(st.floats(0, 1), min_size=n, max_size=n))
+    labels = (np.array(bits) < rate).astype(int)
+    labels[:2] = [0, 1]
+    levels = draw(st.lists(st.floats(0, 1, allow_nan=False), min_size=1, max_size=30, unique=True))
+    scores = draw(st.lists(st.sampled_from(levels), min_size=n, max_size=n))
+    return labels, np.array(scores) + 0.0
+
+
+@settings(max_examples=300, deadline=None)
+@given(_tied_many_nonlenses())
+def test_tpr0_tpr10_and_tpr_at_fpr_are_read_off_sklearns_roc_curve(data: tuple[np.ndarray, np.ndarray]) -> None:
+    """Metcalf+19: TPR0 the highest TPR before a single false positive, TPR10 with fewer than ten; a tie block is one
+    threshold, as in sklearn.metrics.roc_curve (drop_intermediate=False), the independent reference here."""
+    labels, scores = data
+    fpr, tpr, _ = skm.roc_curve(labels, scores, drop_intermediate=False)
+    fp = np.rint(fpr * np.count_nonzero(labels == 0))
+    assert m.tpr0(labels, scores) == tpr[fp == 0].max()
+    assert m.tpr10(labels, scores) == tpr[fp < 10].max()
+    assert m.tpr_at_fpr(labels, scores, 1e-2) == tpr[fpr <= 1e-2].max()
+
+
 def test_tpr_at_max_fp_rejects_negative_or_fractional_fp() -> None:
     with pytest.raises(ValueError, match="max_fp"):
         m.tpr_at_max_fp([0, 1], [0.1, 0.9], -1)

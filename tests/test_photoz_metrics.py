@@ -49,6 +49,24 @@ def test_point_metrics_on_a_hand_built_case():
     assert rail_outlier_rate(z_phot, z_spec) == pytest.approx(1 / 5)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_point_metrics_equal_scipy_stats_on_random_redshifts(seed):
+    """sigma_MAD, sigma_IQR, bias and eta against scipy.stats (an independent implementation of MAD and IQR)."""
+    from scipy import stats
+
+    rng = np.random.default_rng(seed)
+    z_spec = rng.uniform(0.01, 0.4, 3001)
+    z_phot = z_spec + rng.standard_t(3, 3001) * 0.012 * (1 + z_spec) + 0.002
+    dz = (z_phot - z_spec) / (1 + z_spec)
+    # scipy's scale="normal" is 1 / Phi^-1(3/4) = 1.482602..., Pasquet et al.'s factor 1.4826 to 1.5e-6
+    assert sigma_mad(z_phot, z_spec) == pytest.approx(stats.median_abs_deviation(dz, scale="normal"), rel=2e-6)
+    assert sigma_iqr(z_phot, z_spec) == pytest.approx(stats.iqr(dz) / 1.349, rel=1e-12)
+    assert bias_mean(z_phot, z_spec) == pytest.approx(stats.tmean(dz), rel=1e-12)
+    # eta: the share of |dz| > 0.05, one minus scipy's "weak" percentile (share <= 0.05)
+    eta = 1 - stats.percentileofscore(np.abs(dz), 0.05, kind="weak") / 100
+    assert eta > 0.01 and outlier_fraction(z_phot, z_spec) == pytest.approx(eta, abs=1e-12)
+
+
 def test_rail_outlier_threshold_grows_with_sigma_iqr():
     rng = np.random.default_rng(0)
     z_spec = rng.uniform(0, 0.4, 4000)

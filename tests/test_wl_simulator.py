@@ -165,6 +165,33 @@ def test_a_map_depends_on_its_seed_only():
     assert not np.allclose(a[0], a[2])
 
 
+def test_reference_sheet_values_of_the_convergence_cl_and_the_lognormal_shift():
+    """REFERENCES.md ("Lognormal convergence"): pyccl's kappa C_l of one source plane at z_s = 1 (Omega_c 0.25,
+    Omega_b 0.05, h 0.7, sigma8 0.8, n_s 0.96, Eisenstein-Hu + halofit) is 7.4e-9, 3.9e-10 and 9.7e-12 at l = 100,
+    1000 and 10^4; the Hilbert et al. 2011 shift and the empty-beam |kappa_min| (Omega_m 0.3) at z_s = 0.5 .. 2,
+    the latter also against a comoving-distance integral of astropy.cosmology."""
+    from astropy.cosmology import FlatLambdaCDM
+
+    from skybench.tasks.generate.config import Cosmology, empty_beam_kappa
+
+    cl = convergence_cl(Cosmology(), SourcePlane(kind="plane", z_s=1.0), np.array([100.0, 1000.0, 1e4]))
+    np.testing.assert_allclose(cl, [7.4e-9, 3.9e-10, 9.7e-12], rtol=0.01)
+    zs = np.array([0.5, 1.0, 1.5, 2.0])
+    np.testing.assert_allclose(kappa0_hilbert2011(zs), [0.010, 0.030, 0.054, 0.079], atol=5e-4)
+    kmin = empty_beam_kappa(0.3, 0.7, zs)
+    np.testing.assert_allclose(kmin, [0.018, 0.064, 0.126, 0.195], atol=5e-4)
+    astro = FlatLambdaCDM(H0=70.0, Om0=0.3, Tcmb0=0.0)
+    dh = 2997.92458 / 0.7  # c / H0 [Mpc]
+
+    def chi(z: float) -> float:
+        return float(astro.comoving_distance(z).value)
+
+    # |kappa_min| = (3 Omega_m / 2 D_H^2) int_0^z_s chi (chi_s - chi) / chi_s (1 + z) dchi/dz dz, dchi/dz = D_H / E(z)
+    ref = [1.5 * 0.3 / dh**2 * quad(lambda z, c=chi(z_s): chi(z) * (c - chi(z)) / c * (1 + z) * dh * astro.inv_efunc(z),
+                                    0.0, z_s)[0] for z_s in zs]
+    np.testing.assert_allclose(kmin, ref, rtol=2e-4)
+
+
 def test_config_rejects_inconsistent_populations():
     with pytest.raises(ValidationError, match="both sigma_e and n_gal"):
         population(sigma_e=0.26)
