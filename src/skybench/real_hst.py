@@ -8,9 +8,11 @@
 2. measures the FWHM of the HST PSF (``PSF`` extension) with a pixel-integrated circular Gaussian fit to
    its core, and convolves, on the original grid, with the discrete Gaussian kernel (``exp(-t) I_n(t)``,
    variance exactly ``t`` pixel^2) that takes it to the target's Gaussian PSF:
-   ``s_diff^2 = s_track^2 - s_hst^2 - 2 p_hst^2/12`` (the last term: the blur of the HST pixel, which the
-   image already has, and the same again that the piecewise-constant resampling of step 3 adds; the output's
-   own pixel then gives it the blur a simulated image of the track has);
+   ``s_diff^2 = s_track^2 + (1 - 1/S^2) p^2/12 - s_hst^2 - 2 p_hst^2/12`` (``p_hst^2/12`` twice: the blur of the
+   HST pixel, which the image already has, and the same again that the piecewise-constant resampling of step 3
+   adds; the output's own pixel then adds ``p^2/12``; ``(1 - 1/S^2) p^2/12``: the simulated images' second pixel
+   box, their surface brightness binned from ``S``-times supersampled points before the pixel-integrated PSF
+   kernel, so that the result has the blur a simulated image of the track has);
 3. resamples to the target grid (e.g. 0.1"/px, 101 x 101) centred on the image centre (or, with ``centre_sigma``,
    on the deflector's light centre offset as the simulated deflectors are: :func:`jittered_centre`), by exact
    area-weighted rebinning of the image as a piecewise-constant surface: ``new = A_y @ img @ A_x.T`` with
@@ -186,6 +188,14 @@ class Target:
     sigma_bkg: float
     total_time: float
     target_mag: float
+    supersampling: int = 1  # the track's cutout.supersampling: the simulated images' extra pixel blur
+
+    @property
+    def sim_pixel_variance(self) -> float:
+        """arcsec^2 of blur beyond the PSF and one pixel box (p^2/12) in the track's simulated images: the Renderer
+        bins S x S supersampled points ((1 - 1/S^2) p^2/12, Sheppard's correction) and then convolves with the
+        pixel-integrated PSF kernel (another p^2/12)."""
+        return (1.0 - 1.0 / self.supersampling**2) * self.pixel_scale**2 / 12.0
 
     @classmethod
     def from_track(cls, track: Track, target_mag: float) -> Target:
@@ -203,7 +213,7 @@ class Target:
         sigma = background_sigma(b.read_noise, b.exposure_time, b.num_exposures, b.sky_brightness, b.zero_point,
                                  track.survey.pixel_scale)
         return cls(track.cutout.size, track.survey.pixel_scale, b.seeing, b.zero_point, sigma,
-                   b.num_exposures * b.exposure_time, target_mag)
+                   b.num_exposures * b.exposure_time, target_mag, track.cutout.supersampling)
 
 
 def _pixel_scales(header: fits.Header) -> tuple[float, float, str]:
@@ -369,8 +379,9 @@ def match_to_target(image: np.ndarray, scale_in: tuple[float, float], fwhm_in: f
     s_hst = fwhm_in * FWHM_TO_SIGMA if np.isfinite(fwhm_in) else 0.0
     p_hst = float(np.sqrt(sy * sx))
     # the input pixel's box blur is in the image already and the piecewise-constant rebinning adds it again
-    # (each a variance p^2/12: Sheppard's correction); the output pixel's box is the simulated images' own
-    diff_var = s_target**2 - s_hst**2 - 2.0 * p_hst**2 / 12.0  # arcsec^2
+    # (each a variance p^2/12: Sheppard's correction); the output pixel's box is the simulated images' own, and
+    # their second one (Target.sim_pixel_variance) is added here
+    diff_var = s_target**2 + target.sim_pixel_variance - s_hst**2 - 2.0 * p_hst**2 / 12.0  # arcsec^2
     s_diff = float(np.sqrt(max(diff_var, 0.0)))
 
     cy, cx = ((ny - 1) / 2.0, (nx - 1) / 2.0) if centre is None else centre

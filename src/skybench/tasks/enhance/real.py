@@ -47,7 +47,8 @@ def _targets(track: EnhanceTrack, mag_r: float, stretch: float) -> list[Target]:
     pop = track.population
     info = degradation_info(track)
     return [Target(track.cutout.size, track.survey.pixel_scale / stretch, b.seeing / stretch, b.zero_point,
-                   info["sigma_truth"][b.name], b.num_exposures * b.exposure_time, mag_r + pop.bulge.colors[b.name])
+                   info["sigma_truth"][b.name], b.num_exposures * b.exposure_time, mag_r + pop.bulge.colors[b.name],
+                   track.cutout.supersampling)
             for b in track.survey.bands]
 
 
