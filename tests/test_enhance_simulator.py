@@ -11,7 +11,6 @@ import pytest
 
 from skybench.physics.backend import get_backend
 from skybench.physics.degrade import degrade
-from skybench.real_hst import fit_psf_fwhm
 from skybench.release import layout, read_manifest
 from skybench.release.reader import open_release
 from skybench.simulate import simulate_release
@@ -27,15 +26,35 @@ def track():
 
 
 def test_degradation_psf_fwhm_measured(track) -> None:
-    """A point source (one bright pixel, noise-free) comes out with the stated FWHM."""
+    """A point source (one bright pixel, noise-free) comes out with the stated FWHM: its second moment is
+    sigma = FWHM / 2.3548 / 0.396 pixels (Schawinski et al. 2017 Sec. 2), no pixel box added."""
     info = degradation_info(track)
     pix = track.survey.pixel_scale
     truth = np.zeros((1, 3, 64, 64))
     truth[0, :, 32, 32] = 1000.0
     out = degrade(truth, np.zeros(3), info["psf_fwhm_arcsec"], pix, info["noise_factor"], np.zeros(truth.shape))
+    x = np.arange(64) - 32.0
     for b in range(3):
-        assert fit_psf_fwhm(out[0, b], pix, radius=2.0) == pytest.approx(1.4, rel=0.01)
+        img = out[0, b] / out[0, b].sum()
+        fwhm = np.sqrt(np.sum(img.sum(axis=0) * x**2)) * 2.0 * np.sqrt(2.0 * np.log(2.0)) * pix
+        assert fwhm == pytest.approx(1.4, rel=1e-4)
     assert out.sum() == pytest.approx(truth.sum(), rel=1e-6)  # the blur conserves flux
+
+
+def test_degradation_is_astropys_gaussian_kernel_convolution(track) -> None:
+    """The blur equals astropy's convolution with a Gaussian2DKernel (sampled at pixel centres, as cv2.GaussianBlur
+    in Schawinski et al.'s roou.py) of the paper's sigma, zero outside the frame."""
+    from astropy.convolution import Gaussian2DKernel, convolve
+
+    pix = track.survey.pixel_scale
+    sigma = 1.4 / pix / 2.355  # the paper's sigma_pix (their 2.355)
+    truth = np.random.default_rng(2).gamma(0.3, 10.0, size=(1, 1, 48, 48))
+    fwhm = sigma * pix * 2.0 * np.sqrt(2.0 * np.log(2.0))  # the FWHM whose exact sigma is the paper's
+    ours = degrade(truth, np.zeros(1), fwhm, pix, 1.2, np.zeros(truth.shape))
+    size = 2 * int(np.ceil(5.0 * sigma)) + 1
+    ref = convolve(truth[0, 0], Gaussian2DKernel(sigma, x_size=size, y_size=size, mode="center"),
+                   boundary="fill", fill_value=0.0, normalize_kernel=True)
+    np.testing.assert_allclose(ours[0, 0], ref, rtol=1e-9, atol=1e-9 * truth.max())
 
 
 def test_degradation_noise_sigma_measured(track) -> None:
@@ -108,7 +127,8 @@ def test_real_truth_set(track, tmp_path) -> None:
     np.testing.assert_allclose(meta["sigma_degraded_g"], 1.2 * meta["sigma_truth_g"])
     blurred = degrade(truth.astype(np.float64), np.zeros(3), 1.4, 0.396, 1.2, np.zeros(truth.shape))
     resid = (images - blurred)[:, :, 8:-8, 8:-8].std(axis=(2, 3))
-    expected = np.sqrt(1.2**2 - 0.1844992**2) * meta[[f"sigma_truth_{b}" for b in "gri"]].to_numpy()
+    gain = 1.0 / (2.0 * np.sqrt(np.pi) * (1.4 / 0.396 / 2.3548))  # sum of a sampled unit Gaussian's squares
+    expected = np.sqrt(1.2**2 - gain**2) * meta[[f"sigma_truth_{b}" for b in "gri"]].to_numpy()
     np.testing.assert_allclose(resid, expected, rtol=0.1)
 
 

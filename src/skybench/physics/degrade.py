@@ -1,21 +1,35 @@
 """The degradation of Schawinski et al. 2017 (arXiv:1702.00403, Sec. 2): a worse Gaussian PSF, then white noise
-raising the background sigma to a given multiple of the original."""
+raising the background sigma to a given multiple of the original.
+
+The blur is the Gaussian sampled at pixel centres, as their code applies it (``cv2.GaussianBlur`` with
+sigma = FWHM/0.396/2.355 in ``roou.py``): the truth is already pixel-integrated, so a pixel-integrated kernel would
+add a second pixel box (FWHM 1.426" instead of 1.4" for extended light)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from skybench.physics.psf import convolution_matrix, gaussian_kernel_1d, gaussian_kernel_2d
+from skybench.physics.psf import FWHM_TO_SIGMA, convolution_matrix
+
+
+def degradation_kernel_1d(fwhm: float, pixel_scale: float, truncation: float = 5.0) -> np.ndarray:
+    """exp(-x^2 / 2 sigma^2) at the pixel centres x, sigma = FWHM / 2.3548 / pixel_scale, odd length, truncated at
+    ``truncation`` sigma, sum 1."""
+    sigma = fwhm * FWHM_TO_SIGMA / pixel_scale
+    half = max(1, int(np.ceil(truncation * sigma)))
+    k = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
+    return k / k.sum()
 
 
 def degradation_kernel(fwhm: float, pixel_scale: float) -> np.ndarray:
-    """The 2-D pixel-integrated Gaussian kernel (sum 1) that :func:`degrade` convolves with."""
-    return gaussian_kernel_2d(fwhm, pixel_scale)
+    """The 2-D kernel (sum 1) that :func:`degrade` convolves with: the outer product of the 1-D one."""
+    k = degradation_kernel_1d(fwhm, pixel_scale)
+    return np.outer(k, k)
 
 
 def blurred_noise_gain(fwhm: float, pixel_scale: float) -> float:
     """sigma of white noise after the blur / sigma before: sqrt(sum k2d^2) = sum k1d^2 for a separable kernel."""
-    k = gaussian_kernel_1d(fwhm, pixel_scale)
+    k = degradation_kernel_1d(fwhm, pixel_scale)
     return float(np.sum(k**2))
 
 
@@ -35,7 +49,7 @@ def degrade(truth: np.ndarray, sigma_truth: np.ndarray, fwhm: float, pixel_scale
     times :func:`added_sigma` of each band's background sigma ``sigma_truth`` (bands,)."""
     truth = np.asarray(truth, dtype=np.float64)
     n = truth.shape[-1]
-    conv = convolution_matrix(gaussian_kernel_1d(fwhm, pixel_scale), n)
+    conv = convolution_matrix(degradation_kernel_1d(fwhm, pixel_scale), n)
     blurred = conv @ truth @ conv.T
     add = added_sigma(sigma_truth, fwhm, pixel_scale, factor)[None, :, None, None]
     return blurred + np.asarray(normal, dtype=np.float64) * add

@@ -23,12 +23,11 @@ import numpy as np
 import pandas as pd
 
 from skybench.physics.backend import Backend, device
-from skybench.physics.degrade import added_sigma, blurred_noise_gain, degradation_kernel, degrade
+from skybench.physics.degrade import added_sigma, blurred_noise_gain, degradation_kernel, degradation_kernel_1d, degrade
 from skybench.physics.galaxy import spiral_arms
 from skybench.physics.lens_mass import phi_q2ellipticity
 from skybench.physics.light import gaussian_ellipse, sersic_ellipse, sersic_total_flux
 from skybench.physics.noise import background_sigma, magnitude2cps, noise_stream, object_normals
-from skybench.physics.psf import gaussian_kernel_1d
 from skybench.physics.render import Renderer
 from skybench.tasks.enhance.config import MAX_CLUMPS, TYPES, EnhanceTrack
 from skybench.testkey import ObjectSeeds, as_object_seeds
@@ -43,8 +42,8 @@ def degradation_info(track: EnhanceTrack) -> dict[str, Any]:
     add = added_sigma(sigma, d.psf_fwhm, p, d.noise_factor)
     names = track.band_names
     return {"psf": "gaussian", "psf_fwhm_arcsec": d.psf_fwhm, "psf_fwhm_pixels": d.psf_fwhm / p,
-            "psf_kernel_1d": gaussian_kernel_1d(d.psf_fwhm, p).tolist(),
-            "psf_note": "the 2-D kernel is outer(psf_kernel_1d, psf_kernel_1d) (pixel-integrated Gaussian); "
+            "psf_kernel_1d": degradation_kernel_1d(d.psf_fwhm, p).tolist(),
+            "psf_note": "the 2-D kernel is outer(psf_kernel_1d, psf_kernel_1d) (Gaussian sampled at pixel centres); "
                         "convolution with zero padding outside the frame",
             "noise_factor": d.noise_factor, "blurred_noise_gain": blurred_noise_gain(d.psf_fwhm, p),
             "sigma_truth": dict(zip(names, sigma.tolist(), strict=True)),
