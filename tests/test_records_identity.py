@@ -342,7 +342,8 @@ def test_a_changed_track_scorer_or_version_rescores(project, tiny_space_release,
 def test_scorer_hash_covers_the_scoring_modules_and_their_imports():
     pkg = Path(ev.__file__).resolve().parents[1]
     names = {p.relative_to(pkg).as_posix() for p in ev.scorer_files()}
-    assert {"harness/score.py", "tasks/lens/score.py", "tasks/photoz/score.py", "tasks/enhance/score.py",
+    assert {"harness/score.py", "harness/visibility.py", "tasks/lens/score.py", "tasks/photoz/score.py",
+            "tasks/enhance/score.py",
             "tasks/lens/metrics.py", "tasks/photoz/metrics.py", "tasks/enhance/metrics.py", "common.py",
             "tasks/generate/score.py", "tasks/generate/metrics.py",
             "tasks/__init__.py", "tasks/base.py", "release/reader.py", "tracks.py"} <= names

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from skybench import tracking
 from skybench.cli import app
-from skybench.common import stratum_masks
+from skybench.common import stratum_labels, stratum_masks
 from skybench.harness.score import public_mask, score
 from skybench.harness.visibility import MIN_STRATUM_OBJECTS, participant_view, without_small_strata
 from skybench.release import layout
@@ -218,14 +218,41 @@ def test_participant_record_carries_only_public_part_strata(tmp_path: Path) -> N
 def test_small_strata_bins_are_left_out_of_the_participant_view() -> None:
     track = load_track("enhance")
     track = track.model_copy(update={"evaluation": track.evaluation.model_copy(update={"public_fraction": None})})
-    big, one = "by_type_spiral_", "by_type_elliptical_"
+    big, one, more = "by_type_spiral_", "by_type_elliptical_", "by_type_irregular_"
     metrics = {"psnr": 30.0, f"{big}n_objects": MIN_STRATUM_OBJECTS, f"{big}psnr": 31.0,
-               f"{one}n_objects": 1, f"{one}psnr": 27.123456}  # one object: its own PSNR
+               f"{one}n_objects": 1, f"{one}psnr": 27.123456,  # one object: its own PSNR
+               f"{more}n_objects": MIN_STRATUM_OBJECTS + 2, f"{more}psnr": 29.0}
     shown = participant_view(track, metrics)
-    assert shown == {"psnr": 30.0, f"{big}n_objects": MIN_STRATUM_OBJECTS, f"{big}psnr": 31.0}
+    # the smallest big bin goes too: the part's mean less the other bins' would be the lone object's PSNR
+    assert shown == {"psnr": 30.0, f"{more}n_objects": MIN_STRATUM_OBJECTS + 2, f"{more}psnr": 29.0}
     assert participant_view(track, {f"{one}psnr": 27.0}) == {}  # a bin without its count is not shown either
     for real in ("real_", "public_real_"):  # a real set's bins too (real strata are scored like the rest)
         assert without_small_strata(track, {f"{real}{one}n_objects": 1, f"{real}{one}psnr": 27.1}) == {}
+
+
+def test_a_hidden_stratum_bin_is_not_the_part_less_the_bins_shown(tmp_path: Path) -> None:
+    """Small-cell suppression needs complementary suppression: with the part's mean and count shown, the bins
+    shown give the rest by difference (sum over the part less the sums over the bins shown). A photo-z track with
+    one z_spec bin of 2 objects (its high-z tail) named their mean dz, outlier fraction and CRPS exactly."""
+    z = np.r_[np.full(20, 0.02), np.full(20, 0.07), np.full(12, 0.12), np.full(12, 0.17), [0.25, 0.28]]
+    n = len(z)
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame({"id": np.arange(n), "z": z, "mag_r": rng.uniform(16.6, 17.9, n)})
+    folder = tmp_path / "hidden"
+    folder.mkdir()
+    table.to_parquet(layout.meta_path(folder))
+    track = load_track("photoz-catalog")
+    track = track.model_copy(update={"evaluation": track.evaluation.model_copy(update={"public_fraction": None})})
+    z_phot = np.clip(z + rng.normal(0, 0.03, n), 0.002, 0.398)
+    metrics = score(track, table["id"].to_numpy(), z_phot, HiddenSplit(folder), tmp_path / "out")
+    assert metrics["by_z_0.2-0.3_n_objects"] == 2  # the small bin is there, for the organiser
+    shown = participant_view(track, metrics)
+    assert "by_z_0.2-0.3_bias_mean" not in shown and shown["n_objects"] == n
+    for s in track.strata:
+        sizes = {b: shown[f"by_{s.column}_{b}_n_objects"] for b in stratum_labels(s.edges, s.values)
+                 if f"by_{s.column}_{b}_n_objects" in shown}
+        rest = n - sum(sizes.values())
+        assert rest == 0 or rest >= MIN_STRATUM_OBJECTS, (s.column, sizes)
 
 
 # --------------------------------------------------------------------------- leaderboard --by, small multiples

@@ -167,16 +167,19 @@ def test_archive_attack_over_the_api_leaves_nothing(server, tmp_path):
 def test_a_team_never_sees_its_metrics_of_a_stratum_bin_with_few_objects(server):
     """The API and the team's pages show a team's own metrics through the participant view: a per-stratum value of
     a bin with fewer than MIN_STRATUM_OBJECTS objects (one lens: whether it scored above the cut; one galaxy: its
-    median dz, i.e. its z_spec) is left out, as in the participant record and MLflow."""
+    median dz, i.e. its z_spec) is left out, as in the participant record and MLflow, and so is a bin that would
+    give it by difference (the part's count and value less the bins shown)."""
     from skybench.common import stratum_key
     from skybench.harness.visibility import MIN_STRATUM_OBJECTS
     from skybench.server.db import Submission, Team, sessions, utcnow
 
     client, tokens, app = server
-    small, big = (stratum_key("lens_theta_E", label, "") for label in ("0.4-0.8", "0.8-1.2"))
-    metrics = {"public_auroc": 0.9, "private_auroc": 0.8,
+    small, big, other = (stratum_key("lens_theta_E", label, "") for label in ("0.4-0.8", "0.8-1.2", "1.2-1.6"))
+    metrics = {"public_auroc": 0.9, "private_auroc": 0.8, "public_n_lens": 71, "public_n_nonlens": 100,
+               "public_tpr0": 0.5,
                f"public_{small}n_lens": 1, f"public_{small}n_nonlens": 0, f"public_{small}tpr0": 1.0,
-               f"public_{big}n_lens": 40, f"public_{big}n_nonlens": MIN_STRATUM_OBJECTS, f"public_{big}tpr0": 0.5}
+               f"public_{big}n_lens": 40, f"public_{big}n_nonlens": MIN_STRATUM_OBJECTS, f"public_{big}tpr0": 0.5,
+               f"public_{other}n_lens": 30, f"public_{other}n_nonlens": 0, f"public_{other}tpr0": 0.5}
     with sessions(app.state.engine)() as s:
         team = s.query(Team).filter_by(name="alpha").one()
         now = utcnow()
@@ -187,6 +190,8 @@ def test_a_team_never_sees_its_metrics_of_a_stratum_bin_with_few_objects(server)
     shown = client.get(f"/api/submissions/{'f' * 32}", headers=_auth(tokens["alpha"])).json()["metrics"]
     assert f"public_{big}tpr0" in shown and "private_auroc" not in shown
     assert not [k for k in shown if k.startswith(f"public_{small}")], shown
+    # nor by difference: the part's 71 lenses less the two big bins' 70 would be the lone lens (its hit)
+    assert not [k for k in shown if k.startswith(f"public_{other}")], shown
 
 
 def test_a_metric_that_is_nan_or_infinite_is_stored_and_shown_as_null(server):

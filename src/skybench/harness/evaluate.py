@@ -597,9 +597,9 @@ def _same_record(rdir: Path, sub: Submission, release_sha: str, real_sha: str,
     return all(getattr(rec, k, "") == v for k, v in want.items())
 
 
-# the modules that turn predictions into scores
-# every built-in task's scorer: a task added to the registry is covered without a line here
-SCORERS = ("harness/score", *(f"tasks/{t}/score" for t in BUILTIN))
+# the modules that turn predictions into scores, and the one that decides what of them participants see (a record
+# reused after that changed would keep a view the new rule hides); every built-in task's scorer is covered
+SCORERS = ("harness/score", "harness/visibility", *(f"tasks/{t}/score" for t in BUILTIN))
 
 
 def cache_key(track: Track) -> dict[str, str]:

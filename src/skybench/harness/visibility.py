@@ -8,7 +8,8 @@ participant's record folder, ``results/<track>/evaluations/<record>/``, and the 
 * the metrics :func:`participant_view` keeps: with a public-private split, the ``public_*`` metrics while the
   phase is ``open`` and also the ``private_*`` ones once it is ``closed`` (never a whole-set metric); without a
   split, the whole-set metrics; per-stratum metrics only of bins with at least :data:`MIN_STRATUM_OBJECTS`
-  objects in each population counted there (a mean or median over fewer names single objects' values);
+  objects in each population counted there (a mean or median over fewer names single objects' values), and
+  more bins left out where the part's own value less the bins shown would give the mean over fewer;
 * the files :func:`participant_artifacts` names for the task: aggregate tables and plots that hold no
   per-object truth (the lens ROC sampled at fixed FPRs on the public part, the enhance gallery of the
   submission's own outputs without the truth, of the first objects of the published stream: a gallery of the real
@@ -22,6 +23,7 @@ go through these functions.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from collections.abc import Mapping
@@ -67,17 +69,56 @@ def without_small_strata(track: Track, metrics: Mapping[str, float]) -> dict[str
 
 def _without_small_strata(track: Track, metrics: dict[str, float]) -> dict[str, float]:
     """``metrics`` less every key of a stratum bin whose object counts (its ``n_*`` keys: ``n_objects``,
-    ``n_lens``, ``n_nonlens``...) include one between 1 and :data:`MIN_STRATUM_OBJECTS` - 1, or that has none."""
+    ``n_lens``, ``n_nonlens``...) include one between 1 and :data:`MIN_STRATUM_OBJECTS` - 1, or that has none; and
+    less more bins of that stratum where the part's own count (``<part>n_lens``...) minus the bins shown would
+    leave 1 to :data:`MIN_STRATUM_OBJECTS` - 1 objects: a mean over the part less the means over the bins shown is
+    the mean over the rest (complementary suppression)."""
     drop: set[str] = set()
     for s in track.strata:
-        for label in stratum_labels(s.edges, s.values):
-            for part in (p + r for p in ("", "public_", "private_") for r in ("", "real_")):  # a real set's too
+        for part in (p + r for p in ("", "public_", "private_") for r in ("", "real_")):  # a real set's too
+            bins: dict[str, tuple[list[str], dict[str, float]]] = {}
+            for label in stratum_labels(s.edges, s.values):
                 prefix = part + stratum_key(s.column, label, "")
                 keys = [k for k in metrics if k.startswith(prefix)]
-                counts = [metrics[k] for k in keys if k[len(prefix):].startswith("n_")]
-                if not counts or any(c is None or 0 < c < MIN_STRATUM_OBJECTS for c in counts):  # None: unknown
-                    drop.update(keys)
+                bins[label] = (keys, {k[len(prefix):]: metrics[k] for k in keys if k[len(prefix):].startswith("n_")})
+            hidden = {label for label, (_, counts) in bins.items()
+                      if not counts or not all(_count(c) == 0 or _count(c) >= MIN_STRATUM_OBJECTS
+                                               for c in counts.values())}  # NaN or None: unknown, hidden
+            for label in _complement(part, bins, hidden, metrics):
+                drop.update(bins[label][0])
     return {k: v for k, v in metrics.items() if k not in drop}
+
+
+def _count(value: object) -> float:
+    """A count as a float (NaN when it is none)."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _complement(part: str, bins: Mapping[str, tuple[list[str], Mapping[str, float]]], hidden: set[str],
+                metrics: Mapping[str, float]) -> set[str]:
+    """``hidden`` and the fewest more bins (the smallest first) such that, for every count ``n_*`` of the bins, the
+    objects of the part in no bin shown (the part's count ``<part>n_*`` less those shown; without it, those of the
+    bins hidden) are none, at least :data:`MIN_STRATUM_OBJECTS`, or the whole part (then it is the part's own
+    value)."""
+    hidden = set(hidden)
+    names = sorted({n for _, counts in bins.values() for n in counts})
+    while True:
+        shown = [b for b in bins if b not in hidden]
+        grow = None
+        for n in names:
+            have = [b for b in shown if _count(bins[b][1].get(n, 0)) > 0]
+            total = _count(metrics.get(part + n))
+            rest = total - sum(_count(bins[b][1][n]) for b in have) if math.isfinite(total) else \
+                sum(c for b in hidden if math.isfinite(c := _count(bins[b][1].get(n, 0))))
+            if have and 0 < rest < MIN_STRATUM_OBJECTS:
+                grow = min(have, key=lambda b: _count(bins[b][1][n]))
+                break
+        if grow is None:
+            return hidden
+        hidden.add(grow)
 
 
 def participant_artifacts(track: Track) -> tuple[str, ...]:
