@@ -492,3 +492,68 @@ def test_a_folder_replaced_while_it_is_evaluated_is_the_machines_failure(store, 
     assert "infrastructure failure" in said and "changed during its evaluation" in said, said
     rec = json.loads((record_dir(out, "alpha", "m1") / "evaluation.json").read_text())
     assert rec["failure_kind"] == "infrastructure"
+
+
+LEADERBOARD_ON_A_FULL_DISK = """
+import resource, signal, sys
+from typer.testing import CliRunner
+from skybench.cli import app
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), resource.RLIM_INFINITY))
+res = CliRunner().invoke(app, ["leaderboard", "lens-space", "--release", sys.argv[1], "--write", sys.argv[2],
+                               "--format", "csv"])
+print(res.exit_code)
+print(res.output.strip())
+"""
+
+
+def test_a_full_disk_while_writing_the_leaderboard_keeps_the_previous_one_whole(store, tmp_path, tiny_space_release):
+    """`skybench leaderboard --write` (the leaderboard stage) on a disk too full for the new board: one line, and
+    the previous leaderboard.md and metrics.json are kept whole (they were truncated to what fitted)."""
+    for name in ("a", "b"):
+        _linear_scores(tmp_path / "subs", name, tiny_space_release)
+    ids = open_release(tiny_space_release).meta("test")["id"]
+    evaluate = ["evaluate", "--track", "lens-space", "--release", str(tiny_space_release), "--out", str(tmp_path / "e")]
+    assert CliRunner().invoke(app, [*evaluate, str(tmp_path / "subs" / "a"), str(tmp_path / "subs" / "b")]
+                              ).exit_code == 0
+    out = tmp_path / "results"
+    assert CliRunner().invoke(app, ["leaderboard", "lens-space", "--release", str(tiny_space_release), "--write",
+                                    str(out)]).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    more = [csv_submission(tmp_path / "subs" / f"m{i}", f"m{i}", ids, np.random.default_rng(i).random(len(ids)),
+                           team="f") for i in range(12)]  # a longer board than the disk has room for
+    assert CliRunner().invoke(app, [*evaluate, *map(str, more)]).exit_code == 0
+    limit = max(len(b) for b in before.values()) + 64
+    res = subprocess.run([sys.executable, "-c", LEADERBOARD_ON_A_FULL_DISK, str(tiny_space_release), str(out),
+                          str(limit)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    code, _, said = res.stdout.strip().partition("\n")
+    assert code == "1", res.stdout + res.stderr[-2000:]
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after.keys() == before.keys()  # no temporary file left
+    assert after == before, {k: len(v) for k, v in after.items()}  # nothing half-written
+    assert len(said.splitlines()) == 1 and "File too large" in said and "the previous one is kept" in said, said
+
+
+@pytest.fixture
+def read_only_fs(tmp_path):
+    """A real read-only filesystem (tmpfs mounted ro); needs root (mount)."""
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a read-only tmpfs (root needed): {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_evaluate_into_a_read_only_folder_is_one_line_and_touches_nothing(store, tmp_path, tiny_space_release,
+                                                                          read_only_fs):
+    sub = _linear_scores(tmp_path / "subs", "ro", tiny_space_release)
+    res = subprocess.run([SKYBENCH, "evaluate", str(sub), "--track", "lens-space", "--release",
+                          str(tiny_space_release), "--out", str(read_only_fs / "evals")],
+                         capture_output=True, text=True, timeout=300, env=os.environ | {"MLFLOW_TRACKING_URI": store})
+    assert res.returncode == 1, res.stdout + res.stderr
+    said = res.stderr.strip()
+    assert len(said.splitlines()) == 1 and "Read-only file system" in said and "nothing was evaluated" in said, said
+    assert str(read_only_fs) in said  # where
+    assert _runs(store) == []

@@ -196,8 +196,8 @@ def evaluate(folders: Annotated[list[Path] | None, typer.Argument(
         outcomes = run(folders or discover_submissions(track, examples=examples), track, release, out=out,
                        publish=log, force=force,
                        executor=executor, executor_options=options)
-    except (ReleaseError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+    except (ReleaseError, OSError, ValueError) as exc:  # OSError: a read-only or full --out, before any ran
+        _fail(f"{exc}; nothing was evaluated" if isinstance(exc, OSError) else str(exc))
     from skybench.harness.visibility import participant_view
     from skybench.tracks import load_track
 
@@ -283,8 +283,11 @@ def leaderboard(track: str,
     sha = None if all_releases or not layout.is_release(rel) else release_digest(rel)
     hidden = rel if sha is not None else None  # rank intervals need one release's hidden test split
     if write:
-        lb.write_results(t, write, release_sha256=sha, release=hidden)
-        _copy_roc_curves(write / "evaluations", write / "roc")
+        try:  # a full or read-only disk: one line; write_results keeps the previous board whole
+            lb.write_results(t, write, release_sha256=sha, release=hidden)
+            _copy_roc_curves(write / "evaluations", write / "roc")
+        except OSError as exc:
+            _fail(f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror or str(exc))
         _write_strata_plot(t, sha)
         _annotate_ui(t, sha, hidden)
     try:

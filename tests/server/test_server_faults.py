@@ -244,6 +244,49 @@ def test_store_full(cfg, engine, small_store):  # type: ignore[no-untyped-def]
     assert (stored / "weights.bin").stat().st_size == 1_000_000
 
 
+def test_a_full_store_when_a_phase_ends_keeps_the_snapshot_and_the_board(cfg, engine, small_store, tmp_path,
+                                                                         monkeypatch):  # type: ignore[no-untyped-def]
+    """The store full as an admin closes a track: the phase changes, the board of the phase that ended is kept in
+    the database and shown, no partial file is left, and the store's copy is written at a tick once there is room
+    (the snapshot raised: a 500 for the admin, the track's boards and every tick, a partial file each time)."""
+    import json
+
+    from helpers import mlflow_store
+    from test_phases import ENTRIES, TRACK, _log
+
+    from skybench.server import phases
+    from skybench.server.app import create_app
+    from skybench.server.auth import add_team
+    from skybench.server.db import sessions
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    cfg = cfg.model_copy(update={"storage": small_store / "store", "tick_seconds": 3600})
+    Session = sessions(engine)
+    with Session() as s:
+        for team in {e[0] for e in ENTRIES}:
+            add_team(s, team)
+        admin = {"Authorization": f"Bearer {add_team(s, 'org', admin=True).token}"}
+    for team, name, public, private in ENTRIES:
+        _log(team, name, public, private)
+    folder = cfg.storage / "leaderboards" / TRACK
+    with TestClient(create_app(cfg, engine)) as client:
+        open_rows = client.get(f"/api/tracks/{TRACK}/leaderboard").json()["rows"]
+        filler = _fill(small_store, leave=0)
+        r = client.post(f"/api/admin/tracks/{TRACK}/phase", json={"phase": "closed"}, headers=admin)
+        assert r.status_code == 200 and r.json()["was"] == "open", r.text
+        snap = client.get(f"/api/tracks/{TRACK}/leaderboard", params={"phase": "open"})
+        assert snap.status_code == 200, snap.text
+        assert [row["name"] for row in snap.json()["rows"]] == [row["name"] for row in open_rows] == ["a1", "b1", "a2"]
+        live = client.get(f"/api/tracks/{TRACK}/leaderboard")
+        assert live.status_code == 200 and live.json()["phase"] == "closed", live.text
+        assert _files(folder) == []  # nothing half-written
+        filler.unlink()
+        with Session() as s:
+            phases.catch_up_all(s, cfg)  # the next tick
+    assert sorted(p.suffix for p in _files(folder)) == [".json", ".md"]
+    assert json.loads(next(folder.glob("open-*.json")).read_text())["rows"] == snap.json()["rows"]
+
+
 # -- the database away ------------------------------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -61,6 +61,39 @@ def test_a_worker_takes_only_jobs_of_tracks_whose_release_its_machine_holds(serv
     assert mine == ["lens-space"] and "not a release of lens-ground" in missing["lens-ground"]
 
 
+def test_a_corrupt_release_is_not_runnable_and_fails_no_job(server, cfg, tmp_path, monkeypatch, tiny_space_release):
+    """A truncated or bit-flipped shard of a host's release: that host takes no job of the track (each would fail
+    `max_attempts` times as the machine's failure and end failed, for every team), and names the file; mended, it
+    takes them again."""
+    import shutil
+
+    from skybench.release import layout
+    from skybench.server import worker
+    from skybench.server.db import Submission
+    from skybench.tracks import project_root
+
+    client, headers, Session = server
+    sub = _upload(client, headers)
+    root = tmp_path / "host"
+    (root / "releases").mkdir(parents=True)
+    (root / "benchmarks").symlink_to(project_root() / "benchmarks")
+    release = root / "releases" / "lens-space"
+    shutil.copytree(tiny_space_release, release)
+    monkeypatch.setenv("SKYBENCH_ROOT", str(root))
+    shard = layout.shard_paths(layout.public_dir(release, "test"), "images")[0]
+    good = shard.read_bytes()
+    shard.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # same size, one bit: only the hash tells
+    mine, missing = worker.runnable_tracks(cfg)
+    assert "lens-space" not in mine and layout.relpath(shard, release) in missing["lens-space"]
+    assert "sha256" in missing["lens-space"]
+    worker.run(cfg, Session, poll_seconds=0.01, once=True)
+    with Session() as s:
+        job = s.get(Submission, sub["id"])
+        assert (job.state, job.attempt, job.reason) == ("queued", 0, "")  # never claimed: no failed attempt
+    shard.write_bytes(good)  # mended
+    assert "lens-space" in worker.runnable_tracks(cfg)[0]
+
+
 def test_a_release_made_with_the_public_key_is_not_scored(server, cfg, tmp_path, monkeypatch, tiny_space_release):
     """A release of the public test-set key (the demo profile, what `dvc repro` and `skybench simulate` make by
     default) publishes its profile and seed, from which any team makes its hidden labels again: a challenge's
@@ -364,6 +397,45 @@ def test_a_copy_that_fills_the_disk_leaves_no_partial_folder(tmp_path):
     assert list((tmp_path / "project" / ".skybench-staging").iterdir()) == [] and not dest.exists()
 
 
+PLACE_A_BIG_FOLDER = """
+import sys
+from pathlib import Path
+from skybench.server.worker import place
+place(Path(sys.argv[1]), Path(sys.argv[2]))
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_copy_leaves_nothing_the_next_place_keeps(tmp_path):
+    """A worker SIGKILLed (the host's OOM killer, a restart) while it copied a job's folder left the partial copy in
+    .skybench-staging/ for good: one more for every kill, until the disk was full."""
+    import signal
+    import subprocess
+    import time
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "submission.yaml").write_text("team: a\n")
+    for i in range(400):
+        (src / f"w{i:03d}.bin").write_bytes(bytes(256_000))
+    dest = tmp_path / "project" / "submissions" / "alpha" / "m1"
+    staging = tmp_path / "project" / ".skybench-staging"
+    proc = subprocess.Popen([sys.executable, "-c", PLACE_A_BIG_FOLDER, str(src), str(dest)])
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline and not (
+            staging.is_dir() and any(p.name.endswith(".tmp") for p in staging.iterdir())):
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    left = list(staging.iterdir())
+    assert len(left) == 1 and left[0].name.endswith(".tmp") and not dest.exists()  # killed mid-copy
+    from skybench.server.worker import place
+
+    place(src, dest)  # the job's retry, by a worker on the same host
+    assert list(staging.iterdir()) == []
+    assert len(list(dest.iterdir())) == 401
+
+
 NUL_LOG = """
 import sys
 def load(d):
@@ -597,3 +669,89 @@ def test_a_result_reused_for_the_same_bytes_is_that_evaluation_s(server, cfg, tm
     done = worker.run_one(cfg, Session, "w", release=remade, out=out)
     assert done is not None and done.id == again["id"] and done.state == "finished", done.reason if done else None
     assert done.metrics == scores
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create the sandbox's namespaces here")
+def test_the_database_killed_mid_run_costs_an_attempt_not_a_record_nor_a_second_unit(tmp_path, postgres,
+                                                                                     tiny_space_release, monkeypatch):
+    """PostgreSQL killed while a job's sandbox runs, and back later: the worker writes no record it cannot confirm
+    is current, publishes nothing, and stops on the database error (the job stays its, running); once the lease
+    runs out another worker evaluates it once: one MLflow run, one quota unit."""
+    import io
+    import os
+    import tarfile
+    import threading
+    import time
+
+    import mlflow
+    from helpers import python_submission
+
+    from skybench.harness.evaluate import record_dir
+    from skybench.server import queue, worker
+    from skybench.server.auth import add_team
+    from skybench.server.config import ChallengeConfig
+    from skybench.server.db import Submission, Team, make_engine, sessions, upgrade
+
+    if postgres is None:
+        pytest.skip("PostgreSQL binaries or the 'postgres' user are absent")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    mlflow.search_experiments()
+    pg = type(postgres)(postgres.bindir)  # a cluster of its own, to kill
+    pg.start()
+    try:
+        url = pg.new_database()
+        cfg = ChallengeConfig.model_validate({
+            "tracks": {"lens-space": {"quota": {"per_day": 3, "per_phase": 5}}}, "storage": str(tmp_path / "store"),
+            "database_url": url, "project_root": str(tmp_path / "project"), "lease_seconds": 5,
+            "public_test_sets": True})
+        engine = make_engine(url)
+        upgrade(engine)
+        Session = sessions(engine)
+        folder = python_submission(tmp_path / "src", "slow", SLOW_PREDICT, team="alpha")
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            tar.add(folder, arcname="slow")
+        store = worker.Store(cfg.storage, cfg.upload)
+        loaded, _ = store.store(store.unpack(store.receive([buf.getvalue()])))
+        with Session() as s:
+            team = add_team(s, "alpha").team
+            jid = queue.enqueue(s, cfg, team, "lens-space", "slow", loaded.sha256).id
+        out = tmp_path / "evals"
+        raised: list[BaseException] = []
+
+        def first() -> None:
+            try:
+                worker.run_one(cfg, Session, "A", release=tiny_space_release, out=out)
+            except BaseException as exc:  # noqa: BLE001 - what the worker loop would log
+                raised.append(exc)
+
+        t = threading.Thread(target=first)
+        t.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "bwrap" not in _descendants(os.getpid()).values():
+            time.sleep(0.1)
+        assert "bwrap" in _descendants(os.getpid()).values(), "no sandbox ran"
+        r = pg._run("pg_ctl", "-D", str(pg.data), "-m", "immediate", "-w", "stop")  # killed, no clean shutdown
+        assert r.returncode == 0, r.stderr
+        t.join(120)
+        assert not t.is_alive() and raised, "the worker recorded a job without its database"
+        assert not (record_dir(out, "alpha", "slow") / "evaluation.json").exists()
+        assert mlflow.search_runs(experiment_names=["skybench-lens-space"], output_format="list") == []
+        opts = f"-c listen_addresses='' -c unix_socket_directories={pg.sock} -p {pg.port} -c fsync=off"
+        r = pg._run("pg_ctl", "-D", str(pg.data), "-o", opts, "-l", str(pg.dir / "log"), "-w", "start")
+        assert r.returncode == 0, r.stderr
+        with Session() as s:
+            sub = s.get(Submission, jid)
+            assert (sub.state, sub.lease_owner, sub.attempt) == ("running", "A", 1)
+            expires = sub.lease_expires
+        time.sleep(max(0.0, (expires - queue.utcnow()).total_seconds()) + 0.5)
+        done = worker.run_one(cfg, Session, "B", release=tiny_space_release, out=out)
+        assert done is not None and done.id == jid and done.state == "finished" and done.attempt == 2, done.reason
+        runs = mlflow.search_runs(experiment_names=["skybench-lens-space"], output_format="list")
+        assert [(r.data.params.get("team"), r.info.status) for r in runs] == [("alpha", "FINISHED")]
+        with Session() as s:
+            assert queue.quota_left(s, cfg, s.get(Team, done.team_id), "lens-space")["today"] == 2
+        engine.dispose()
+    finally:
+        pg.stop()

@@ -96,9 +96,10 @@ def check_release(release: Path, track: Track) -> str:
     if manifest.get("track") != track.name:
         raise ReleaseError(f"{release}: release of track {manifest.get('track')!r}, not {track.name!r}")
     problems = verify_release(release, only=layout.split_prefixes("test"))  # what scoring reads
-    if problems:
+    if problems:  # each file named within the release: a one-line reason keeps the name, not a long prefix
+        inside = (f"{Path(release)}{os.sep}", f"{Path(release).resolve()}{os.sep}")
         raise ReleaseError(f"{release}: refusing to evaluate on a release that fails verification:\n  "
-                           + "\n  ".join(problems))
+                           + "\n  ".join(p.replace(inside[0], "").replace(inside[1], "") for p in problems))
     return release_digest(release)
 
 

@@ -17,6 +17,7 @@ leaderboard of the phase that ends, once: one snapshot per track and phase (a un
 from __future__ import annotations
 
 import json
+import logging
 import math
 import secrets
 import threading
@@ -36,6 +37,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from skybench.server import queue
 from skybench.server.config import PHASES, ChallengeConfig, Phase, shown_as_open
 from skybench.server.db import FinalChoice, LeaderboardSnapshot, Submission, Team, utcnow
+
+log = logging.getLogger("skybench.phases")
 
 ENDED_BEFORE: dict[str, tuple[str, ...]] = {"pending": (), "open": (), "closed": ("open",),
                                             "final": ("open", "closed")}
@@ -212,33 +215,51 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
 
 def snapshot(session: Session, cfg: ChallengeConfig, track: str, phase: str) -> LeaderboardSnapshot:
     """The snapshot of ``phase`` of ``track``: the one stored, else the leaderboard ``phase`` shows now, stored
-    (JSON + markdown under ``<storage>/leaderboards/``, a row). Idempotent across processes: the row is
-    inserted only if absent (unique per track and phase), and a loser of that race removes its files."""
+    (a row, then JSON + markdown under ``<storage>/leaderboards/``: :func:`write_snapshot_files`). Idempotent
+    across processes: the row is inserted only if absent (unique per track and phase)."""
     if (have := latest_snapshot(session, track, phase)) is not None:
         return have
     rows = json.loads(json.dumps(live_board(session, cfg, track, phase, fresh=True), default=str))
-    taken = utcnow()
-    folder = cfg.storage / "leaderboards" / track
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = folder / f"{phase}-{taken.strftime('%Y%m%dT%H%M%S%fZ')}-{secrets.token_hex(4)}"
-    files = (stem.with_suffix(".json"), stem.with_suffix(".md"))
-    doc = {"track": track, "phase": phase, "taken_at": taken.isoformat(), "rows": rows}
-    files[0].write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    files[1].write_text(f"# {track}: leaderboard at the end of phase {phase} "
-                        f"({taken.isoformat(timespec='seconds')})\n\n{_markdown(rows)}", encoding="utf-8")
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    res = session.execute(insert(LeaderboardSnapshot).values(track=track, phase=phase, taken_at=taken, rows=rows,
-                                               path=str(files[0]))
-                          .on_conflict_do_nothing(index_elements=["track", "phase"])
-                          .returning(LeaderboardSnapshot.id))
-    won = res.first() is not None  # no row back: the insert was skipped
+    session.execute(insert(LeaderboardSnapshot).values(track=track, phase=phase, taken_at=utcnow(), rows=rows,
+                                                       path="")
+                    .on_conflict_do_nothing(index_elements=["track", "phase"]))
     session.commit()
-    if not won:  # another process stored it first: keep that one
-        for f in files:
-            f.unlink(missing_ok=True)
     have = latest_snapshot(session, track, phase)
     assert have is not None
+    write_snapshot_files(session, cfg, have)
     return have
+
+
+def write_snapshot_files(session: Session, cfg: ChallengeConfig, snap: LeaderboardSnapshot) -> None:
+    """Copy the stored snapshot ``snap`` (its row is the record) to JSON + markdown in the store, unless a copy is
+    there. A full or read-only store leaves no partial file and stops nothing (the board, the phase change, the
+    other tracks): logged, and written at a later tick; concurrent writers keep the first copy recorded."""
+    if snap.path:
+        return
+    taken = snap.taken_at
+    folder = cfg.storage / "leaderboards" / snap.track
+    stem = folder / f"{snap.phase}-{taken.strftime('%Y%m%dT%H%M%S%fZ')}-{secrets.token_hex(4)}"
+    files = (stem.with_suffix(".json"), stem.with_suffix(".md"))
+    doc = {"track": snap.track, "phase": snap.phase, "taken_at": taken.isoformat(), "rows": snap.rows}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        files[0].write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        files[1].write_text(f"# {snap.track}: leaderboard at the end of phase {snap.phase} "
+                            f"({taken.isoformat(timespec='seconds')})\n\n{_markdown(snap.rows)}", encoding="utf-8")
+    except OSError as exc:
+        for f in files:
+            f.unlink(missing_ok=True)
+        log.warning("the leaderboard of phase %s of %s is kept in the database, but not yet in %s (%s); "
+                    "written at a later tick", snap.phase, snap.track, folder, exc)
+        return
+    res = session.execute(update(LeaderboardSnapshot).where(LeaderboardSnapshot.id == snap.id,
+                                                            LeaderboardSnapshot.path == "").values(path=str(files[0])))
+    session.commit()
+    if res.rowcount != 1:  # type: ignore[attr-defined]  # another process recorded its copy first: keep that one
+        for f in files:
+            f.unlink(missing_ok=True)
+    session.refresh(snap)
 
 
 def latest_snapshot(session: Session, track: str, phase: str) -> LeaderboardSnapshot | None:
@@ -252,8 +273,10 @@ def catch_up(session: Session, cfg: ChallengeConfig, track: str, now: datetime |
     """The track's phase now, after snapshotting every phase that ended (by date) without one."""
     phase = queue.current_phase(session, cfg, track, now)
     for ended in ENDED_BEFORE[phase]:
-        if latest_snapshot(session, track, ended) is None:
+        if (snap := latest_snapshot(session, track, ended)) is None:
             snapshot(session, cfg, track, ended)
+        else:
+            write_snapshot_files(session, cfg, snap)  # one the store had no room for when it was taken
     return phase
 
 

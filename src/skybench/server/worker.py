@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -26,6 +27,9 @@ from skybench.server import queue
 from skybench.server.config import ChallengeConfig
 from skybench.server.db import Submission, Team
 from skybench.server.storage import Store
+
+if TYPE_CHECKING:
+    from skybench.tracks import Track
 
 log = logging.getLogger("skybench.worker")
 
@@ -44,11 +48,17 @@ def place(src: Path, dest: Path) -> Path:
     """Copy the stored folder ``src`` to ``dest`` (``submissions/<team>/<name>/``), replacing what was there.
 
     Staged in ``<project>/.skybench-staging/`` (outside the folders ``dvc repro`` scans, on the same
-    filesystem), then renamed into place, so a scan never sees a half-copied folder."""
+    filesystem), then renamed into place, so a scan never sees a half-copied folder. Staged names start with
+    their process (pid, host): what a worker killed mid-copy left there is removed by the next place on its host."""
+    from skybench.server.storage import _owner, _owner_dead
+
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = dest.parents[2] / ".skybench-staging"
     staging.mkdir(exist_ok=True)
-    tmp = staging / f"{dest.name}.{secrets.token_hex(4)}.tmp"
+    for left in staging.iterdir():
+        if _owner_dead(left.name):
+            shutil.rmtree(left, ignore_errors=True)
+    tmp = staging / f"{_owner()}.{dest.name}.{secrets.token_hex(4)}.tmp"
     try:
         shutil.copytree(src, tmp, copy_function=shutil.copyfile)
         for p in [tmp, *tmp.rglob("*")]:
@@ -58,7 +68,7 @@ def place(src: Path, dest: Path) -> Path:
         raise
     old = None
     if dest.exists():
-        old = staging / f"{dest.name}.{secrets.token_hex(4)}.old"
+        old = staging / f"{_owner()}.{dest.name}.{secrets.token_hex(4)}.old"
         os.rename(dest, old)
     os.rename(tmp, dest)
     if old is not None:
@@ -258,14 +268,43 @@ def runnable_tracks(cfg: ChallengeConfig) -> tuple[list[str], dict[str, str]]:
     ok, missing = [], {}
     for name in cfg.tracks:
         try:
-            release = default_release(load_track(name))
+            track = load_track(name)
+            release = default_release(track)
             if read_manifest(release).get("track") != name:
                 raise ValueError(f"{release} is not a release of {name}")
             check_hidden_labels(cfg, name, release)
+            verified_release(release, track)
             ok.append(name)
         except Exception as exc:  # noqa: BLE001 - any reason: not runnable here
             missing[name] = one_line(exc)
     return ok, missing
+
+
+_VERIFIED: dict[Path, tuple[tuple[object, ...], str]] = {}  # release -> (what its check read, its problem or "")
+
+
+def verified_release(release: Path, track: Track) -> None:
+    """Raise ReleaseError unless ``release`` passes what every evaluation checks first
+    (:func:`skybench.harness.evaluate.check_release`: its test split re-hashed against its manifest). Checked
+    again only when a file of it changed (path, size, mtime): a worker's tick does not re-hash the release, and a
+    corrupt or truncated one is not runnable here, instead of failing every job of its track ``max_attempts``
+    times."""
+    from skybench.harness.evaluate import check_release
+    from skybench.release import ReleaseError, layout
+
+    root = Path(release).resolve()
+    files = [layout.manifest_path(root), *sorted(p for prefix in layout.split_prefixes("test")
+                                                 for p in (root / prefix).rglob("*") if p.is_file())]
+    seen: tuple[object, ...] = tuple((str(p), (st := p.stat()).st_size, st.st_mtime_ns, st.st_ino) for p in files)
+    if (kept := _VERIFIED.get(root)) is None or kept[0] != seen:
+        try:
+            check_release(release, track)
+            problem = ""
+        except ReleaseError as exc:
+            problem = str(exc)
+        kept = _VERIFIED[root] = (seen, problem)
+    if kept[1]:
+        raise ReleaseError(kept[1])
 
 
 def run(cfg: ChallengeConfig, sessions: sessionmaker, *, poll_seconds: float = 5.0, executor: str = "local",

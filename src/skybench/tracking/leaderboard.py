@@ -17,6 +17,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import secrets
 import warnings
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -318,8 +320,7 @@ def write_results(
     df = full[columns(track, extra_columns)]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "leaderboard.md").write_text(f"# Leaderboard: {track.name}\n\nRanked on {scored_on(track)}.\n\n"
-                                            + render(df, "markdown"))
+    board_md = f"# Leaderboard: {track.name}\n\nRanked on {scored_on(track)}.\n\n" + render(df, "markdown")
     metrics = {
         f"{row['team']}/{row['name']}": {
             **_rank_fields(row),
@@ -327,8 +328,24 @@ def write_results(
         }
         for _, row in df[df["rank"].notna()].iterrows()
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    _write_whole(out_dir, {"leaderboard.md": board_md, "metrics.json": json.dumps(metrics, indent=2) + "\n"})
     tag_ranks(track, full)
+
+
+def _write_whole(out_dir: Path, texts: dict[str, str]) -> None:
+    """Write each ``{name: text}`` into ``out_dir`` beside its old file, then swap them all in: a full or read-only
+    disk leaves the previous files whole (never half a board, nor a board and metrics of different runs)."""
+    tmps = {name: out_dir / f".{name}.{secrets.token_hex(4)}.tmp" for name in texts}
+    try:
+        for name, text in texts.items():
+            tmps[name].write_text(text)
+        for name, tmp in tmps.items():
+            os.replace(tmp, out_dir / name)
+    except OSError as exc:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, f"cannot write the leaderboard in {out_dir} ({exc.strerror or exc}); "
+                                 "the previous one is kept") from exc
 
 
 # --------------------------------------------------------------------------- strata (`--by COLUMN`, small multiples)
