@@ -34,7 +34,6 @@ from pydantic_core import ErrorDetails
 
 from skybench.harness.files import SUBMISSION_LIMITS, FolderError, WalkLimits, open_regular, read_regular, walk
 from skybench.harness.sandbox import Limits, run_sandboxed
-from skybench.physics.backend import cuda_available
 from skybench.release import layout, read_manifest, sha256_file
 from skybench.release.shards import shards
 from skybench.tracks import Output, Track, list_tracks, project_root
@@ -313,6 +312,14 @@ def _not_world_readable(folder: Path, limits: WalkLimits = SUBMISSION_LIMITS) ->
         if not stat.S_ISLNK(mode) and mode & need != need:
             return path
     return None
+
+
+def cuda_available() -> bool:
+    """:func:`skybench.physics.backend.cuda_available`, imported when asked: physics needs the sim extra, which
+    the core harness does not."""
+    from skybench.physics.backend import cuda_available as available
+
+    return available()
 
 
 def _fail(reason: str, ids: np.ndarray, device: str = "unknown", seconds: float = 0.0,
