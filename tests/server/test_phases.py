@@ -396,6 +396,39 @@ def test_the_servers_tick_snapshots_an_ended_phase_without_a_request(challenge, 
 
 
 @pytest.mark.slow
+def test_a_track_whose_board_fails_does_not_stop_the_next_tracks_snapshot(challenge, cfg, monkeypatch, caplog):
+    """Two tracks' phases ended; one track's board raises (its MLflow store, say): the tick still stores the
+    other's snapshot, logs the failing track by name, and takes its snapshot at a later tick once it works."""
+    from skybench.server import phases, worker
+    from skybench.server.db import LeaderboardSnapshot
+
+    _, _, _, Session = challenge
+    past = datetime.now(timezone.utc) - timedelta(days=2)
+    tracks = {t: c.model_copy(update={"phases": {"open": past, "closed": past + timedelta(days=1)}})
+              for t, c in cfg.tracks.items()}
+    dated = cfg.model_copy(update={"tracks": tracks})
+    board = phases.live_board
+
+    def broken_for_space(session, cfg, track, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if track == TRACK:  # the first track of the config: before, the tick stopped there
+            raise OSError(5, "Input/output error", f"mlruns/{TRACK}")
+        return board(session, cfg, track, *args, **kwargs)
+
+    assert list(dated.tracks)[0] == TRACK
+    monkeypatch.setattr(phases, "live_board", broken_for_space)
+    with caplog.at_level("ERROR", logger="skybench.phases"):
+        worker.tick(dated, Session)
+    with Session() as s:
+        assert sorted((x.track, x.phase) for x in s.scalars(select(LeaderboardSnapshot))) == [("lens-ground", "open")]
+    assert any(f"phase tick of {TRACK} failed" in r.getMessage() for r in caplog.records)
+    monkeypatch.setattr(phases, "live_board", board)  # mended
+    worker.tick(dated, Session)
+    with Session() as s:
+        assert sorted((x.track, x.phase) for x in s.scalars(select(LeaderboardSnapshot))) == [
+            ("lens-ground", "open"), (TRACK, "open")]
+
+
+@pytest.mark.slow
 def test_worker_tick_snapshots_an_ended_phase(challenge, cfg):
     from skybench.server import worker
     from skybench.server.db import LeaderboardSnapshot

@@ -78,7 +78,11 @@ async def _tick(cfg: ChallengeConfig, Session: sessionmaker) -> None:  # noqa: N
                 from skybench.server import ladder
 
                 for track in (t for t, phase in now.items() if phase == "open"):
-                    ladder.climb(s, cfg, track)
+                    try:  # one track's failure does not hold the others' Ladder
+                        ladder.climb(s, cfg, track)
+                    except Exception:  # noqa: BLE001 - logged, tried again at the next tick
+                        s.rollback()
+                        log.exception("the Ladder of %s failed; trying again in %.0f s", track, cfg.tick_seconds)
 
     while True:
         try:

@@ -281,8 +281,16 @@ def catch_up(session: Session, cfg: ChallengeConfig, track: str, now: datetime |
 
 
 def catch_up_all(session: Session, cfg: ChallengeConfig, now: datetime | None = None) -> dict[str, Phase]:
-    """:func:`catch_up` for every track (the server's and the worker's tick)."""
-    return {track: catch_up(session, cfg, track, now) for track in cfg.tracks}
+    """:func:`catch_up` for every track (the server's and the worker's tick). A track that fails is logged and
+    left out (tried again at the next tick): it stops neither the other tracks' snapshots nor their Ladder."""
+    phases: dict[str, Phase] = {}
+    for track in cfg.tracks:
+        try:
+            phases[track] = catch_up(session, cfg, track, now)
+        except Exception:  # noqa: BLE001 - whatever one track's board raised
+            session.rollback()
+            log.exception("phase tick of %s failed; trying again at the next tick", track)
+    return phases
 
 
 def change_phase(session: Session, cfg: ChallengeConfig, track: str, phase: str, by: str = "") -> Phase:
