@@ -257,6 +257,26 @@ run_one(cfg, sessions(make_engine(cfg.db_url)), "doomed", release=Path(sys.argv[
 """
 
 
+def _enqueue_slow(cfg, Session, tmp_path: Path) -> int:  # type: ignore[no-untyped-def]  # noqa: N803
+    """Store team alpha's ``slow`` entry (:data:`SLOW_PREDICT`) as an upload would and queue it; its job id."""
+    import io
+    import tarfile
+
+    from helpers import python_submission
+
+    from skybench.server import queue, worker
+    from skybench.server.auth import add_team
+
+    folder = python_submission(tmp_path / "src", "slow", SLOW_PREDICT, team="alpha")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(folder, arcname="slow")
+    store = worker.Store(cfg.storage, cfg.upload)
+    loaded, _ = store.store(store.unpack(store.receive([buf.getvalue()])))
+    with Session() as s:
+        return queue.enqueue(s, cfg, add_team(s, "alpha").team, "lens-space", "slow", loaded.sha256).id
+
+
 def _descendants(pid: int) -> dict[int, str]:
     """{pid: command name} of every process below ``pid``."""
     children: dict[int, list[int]] = {}
@@ -283,19 +303,15 @@ def _descendants(pid: int) -> dict[int, str]:
 def test_a_worker_killed_mid_run_leaves_a_job_another_worker_finishes_once(cfg, engine, tmp_path,
                                                                           tiny_space_release, monkeypatch):
     import contextlib
-    import io
     import os
     import signal
     import subprocess
-    import tarfile
     import time
 
     import mlflow
     import yaml
-    from helpers import python_submission
 
     from skybench.server import queue, worker
-    from skybench.server.auth import add_team
     from skybench.server.db import Submission, sessions
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
@@ -304,15 +320,7 @@ def test_a_worker_killed_mid_run_leaves_a_job_another_worker_finishes_once(cfg, 
     config = tmp_path / "challenge.yaml"
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
     Session = sessions(engine)
-    folder = python_submission(tmp_path / "src", "slow", SLOW_PREDICT, team="alpha")
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        tar.add(folder, arcname="slow")
-    store = worker.Store(cfg.storage, cfg.upload)
-    loaded, _ = store.store(store.unpack(store.receive([buf.getvalue()])))
-    with Session() as s:
-        team = add_team(s, "alpha").team
-        jid = queue.enqueue(s, cfg, team, "lens-space", "slow", loaded.sha256).id
+    jid = _enqueue_slow(cfg, Session, tmp_path)
     out = tmp_path / "evals"
     proc = subprocess.Popen([sys.executable, "-c", WORKER, str(config), str(tiny_space_release), str(out)],
                             start_new_session=True, env=os.environ.copy())
@@ -678,18 +686,14 @@ def test_the_database_killed_mid_run_costs_an_attempt_not_a_record_nor_a_second_
     """PostgreSQL killed while a job's sandbox runs, and back later: the worker writes no record it cannot confirm
     is current, publishes nothing, and stops on the database error (the job stays its, running); once the lease
     runs out another worker evaluates it once: one MLflow run, one quota unit."""
-    import io
     import os
-    import tarfile
     import threading
     import time
 
     import mlflow
-    from helpers import python_submission
 
     from skybench.harness.evaluate import record_dir
     from skybench.server import queue, worker
-    from skybench.server.auth import add_team
     from skybench.server.config import ChallengeConfig
     from skybench.server.db import Submission, Team, make_engine, sessions, upgrade
 
@@ -708,15 +712,7 @@ def test_the_database_killed_mid_run_costs_an_attempt_not_a_record_nor_a_second_
         engine = make_engine(url)
         upgrade(engine)
         Session = sessions(engine)
-        folder = python_submission(tmp_path / "src", "slow", SLOW_PREDICT, team="alpha")
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            tar.add(folder, arcname="slow")
-        store = worker.Store(cfg.storage, cfg.upload)
-        loaded, _ = store.store(store.unpack(store.receive([buf.getvalue()])))
-        with Session() as s:
-            team = add_team(s, "alpha").team
-            jid = queue.enqueue(s, cfg, team, "lens-space", "slow", loaded.sha256).id
+        jid = _enqueue_slow(cfg, Session, tmp_path)
         out = tmp_path / "evals"
         raised: list[BaseException] = []
 
