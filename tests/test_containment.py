@@ -553,6 +553,22 @@ def test_a_run_cannot_drop_shared_files_from_the_page_cache(tmp_path):
 
 
 @needs_bwrap
+def test_secret_memory_is_not_available(tmp_path):
+    """memfd_secret pages are unevictable whatever RLIMIT_MEMLOCK (it bounds only each mapping, and the file keeps
+    the pages after munmap: 200 MB held in 64 KiB mappings), and each page splits the kernel's direct map for good
+    (the host's 1 GB pages went from 24 GB to 7 GB after one run), which slows every process of the host. The call is
+    absent, as on a kernel without secretmem; nothing is mapped here."""
+    res = run_script(tmp_path, """
+        import ctypes, errno
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        fd = libc.syscall(ctypes.c_long(447), ctypes.c_long(0))  # memfd_secret(0), x86_64 and aarch64
+        print(fd, errno.errorcode.get(ctypes.get_errno()) if fd < 0 else "")
+    """)
+    assert res.ok and res.stdout == "-1 ENOSYS\n", res
+
+
+@needs_bwrap
 def test_per_user_kernel_counters_are_not_the_sandbox_s_to_use_up(tmp_path):
     """Queued signals, POSIX message queues and inotify instances are counted per uid up the user namespaces:
     without root the command is the evaluator's own uid, so one sandbox could use up the evaluator's budget and
@@ -836,6 +852,24 @@ def test_a_run_killed_because_the_host_ran_short_is_the_hosts_failure(tmp_path, 
         assert reason.startswith("killed by the host's out-of-memory killer while within its memory limit"), reason
     finally:
         _remove_group(host)
+
+
+@needs_bwrap
+@needs_cgroups
+def test_a_run_s_own_oom_kill_is_its_own_whatever_its_process_name(tmp_path):
+    """The kernel's OOM report (read on cgroup v1) ends with the victim's name, which the run chooses: one named
+    ",oom_memcg=/x" made its own kill read as the host's, an infrastructure failure retried at every evaluate and
+    never counted against its quota."""
+    res = run_script(tmp_path, """
+        import ctypes, os
+        ctypes.CDLL(None).prctl(15, b",oom_memcg=/x", 0, 0, 0)  # PR_SET_NAME
+        fd, chunk = os.memfd_create("hoard"), b"x" * (1 << 20)
+        while True:  # tmpfs pages: past the cgroup's limit, not RLIMIT_AS
+            os.write(fd, chunk)
+    """)
+    assert not res.ok and not res.infrastructure, res
+    assert res.reason == f"exceeded the memory limit of {SMALL.memory_mb} MB", res
+    assert_next_sandbox_works(tmp_path)
 
 
 # Two runs at once read the same inputs: the first reader's cgroup is charged for their page cache, which it reclaims

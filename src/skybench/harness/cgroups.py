@@ -119,7 +119,10 @@ def kernel_oom_reports(group: str) -> list[dict[str, str]]:
                 break
             message = record.decode("utf-8", "replace").partition(";")[2].partition("\n")[0]
             if message.startswith("oom-kill:"):
-                fields = dict(kv.partition("=")[::2] for kv in message[len("oom-kill:"):].split(","))
+                # the kernel's fields end at ",task=<victim's name>,pid=...": a name is the run's to choose (prctl
+                # PR_SET_NAME), commas and "=" included (",oom_memcg=/x" made a run's own OOM kill the host's)
+                kernel = message[len("oom-kill:"):].partition(",task=")[0]
+                fields = dict(kv.partition("=")[::2] for kv in kernel.split(","))
                 if fields.get("task_memcg", "").endswith(f"/{group}"):
                     found.append(fields)
     finally:

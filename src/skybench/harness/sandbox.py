@@ -142,8 +142,10 @@ _DROP_CACHE = (("fadvise64", 3, 4), ("madvise", 2, 20), ("madvise", 2, 21))
 # Calls that leave pages of a file in a pipe or socket queue (no copy): a run splicing the inputs another run read first
 # held their pages, charged to that run's cgroup and then not reclaimable there, and the other run failed with
 # "exceeded the memory limit" (64 MB pinned by 1,024 pipes). ENOSYS, as where absent: libraries copy instead
-# (Python's shutil and socket.sendfile do).
-_PIN_PAGES = ("splice", "tee", "vmsplice", "sendfile")
+# (Python's shutil and socket.sendfile do). memfd_secret too: its pages are unevictable whatever RLIMIT_MEMLOCK (which
+# bounds only each mapping; the file keeps them after munmap), and each one splits the kernel's direct map for good
+# (a 200 MB run took the host's 1 GB pages from 24 GB to 7 GB), which slows every process on the host.
+_PIN_PAGES = ("splice", "tee", "vmsplice", "sendfile", "memfd_secret")
 
 
 @functools.cache

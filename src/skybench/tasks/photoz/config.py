@@ -103,7 +103,7 @@ class GalaxyPopulation(_Strict):
     bulge_q: tuple[float, float] = (0.6, 1.0)
     center_sigma: float = Field(0.2, ge=0)       # arcsec
     # photometric calibration (zero-point) error [mag]: one Gaussian offset per object and band, in the images and
-    # the catalogue alike (both are measured from the same calibrated frames); added to the catalogue errors
+    # the catalogue alike (both are measured from the same calibrated frames); not in the quoted errors (as SDSS's)
     mag_error_floor: float = Field(0.01, ge=0)
     features: list[str] = Field(min_length=1)    # metadata columns given to models as ``features``
 
