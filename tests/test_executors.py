@@ -57,6 +57,22 @@ def test_shards_cut_on_batch_boundaries_and_views_hold_the_rows(tiny_space_relea
         get_executor("dask")
 
 
+def test_a_view_never_changes_the_mode_of_the_release_files_it_links(tiny_space_release, tmp_path):
+    """Whole shards are hard-linked into a Ray task's view: setting the view's modes must not make the release's
+    own file (a DVC cache file is 0444) writable, and a file the sandbox could not read is copied, not linked."""
+    import shutil
+
+    test = tmp_path / "test"
+    shutil.copytree(layout.public_dir(tiny_space_release, "test"), test)
+    shard = test / layout.shard_name("images", 0)
+    for mode, linked in ((0o444, True), (0o600, False)):
+        shard.chmod(mode)
+        view = write_view(test, 0, 64, tmp_path / f"view-{mode:o}")
+        assert shard.stat().st_mode & 0o777 == mode
+        assert os.path.samefile(view / shard.name, shard) == linked
+        assert all(p.stat().st_mode & 0o444 == 0o444 for p in view.iterdir())
+
+
 @pytest.mark.slow
 def test_ray_executor_matches_local_bit_for_bit_and_keeps_the_sandbox(ray_local, tiny_space_release, tmp_path,
                                                                        monkeypatch):

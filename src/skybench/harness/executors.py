@@ -225,17 +225,20 @@ def write_view(test_dir: Path, start: int, stop: int, dest: Path) -> Path:
                 target = dest / layout.shard_name(name, k)
                 k += 1
                 if (a, b) == (offset, offset + rows):
-                    try:
+                    try:  # a link shares the file's mode: only one the sandbox can read already
+                        if path.stat().st_mode & 0o444 != 0o444:
+                            raise PermissionError(f"{path} is not world-readable")
                         os.link(path, target)
-                    except OSError:  # another filesystem
+                    except OSError:  # another filesystem, or a mode of its own needed
                         shutil.copyfile(path, target)
                 else:
                     _copy_rows(path, a - offset, b - offset, target)
             offset += rows
     index = pd.read_parquet(layout.index_path(test_dir))
     index.iloc[start:stop].to_parquet(layout.index_path(dest), index=False)
-    for p in [dest, *dest.iterdir()]:
-        p.chmod(0o755 if p.is_dir() else 0o644)  # readable by the sandbox's unprivileged uid
+    for p in [dest, *dest.iterdir()]:  # readable by the sandbox's unprivileged uid; a link is the release's file
+        if p.is_dir() or p.stat().st_nlink == 1:  # (a DVC cache file, 0444): its mode is left as it is
+            p.chmod(0o755 if p.is_dir() else 0o644)
     return dest
 
 
