@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check of issue 21, one script (under 8 minutes on one H200; the CPU halves in about 2 minutes on 2 cores):
-#   perf/gpu_check.sh [--out FILE] [--challenge] [--no-install] [--goals]
+#   perf/gpu_check.sh [--out FILE] [--challenge] [--no-install] [--goals] [--step-timeout SECONDS]
 # On a GPU: installs pyproject's [gpu] extra (and torch's CUDA build) when the package index is reachable, else
 # says which accelerated runtimes are missing; then the simulator on the GPU, the evaluation of an ONNX, a Keras
 # and a torch.export submission in the sandbox on CUDA at 100,000 lens-ground cut-outs against the bare runtimes,
@@ -9,7 +9,8 @@
 # Every figure goes, with the device and the date, into FILE (default perf/gpu_check.out, git-ignored) as Markdown
 # for perf/RESULTS.md. Any failed check: exit 1 with one line saying which. --goals: a throughput goal missed
 # (evaluate / bare < 0.8) fails too. --no-install: use what is installed. Installing changes this environment
-# (onnxruntime is replaced by onnxruntime-gpu): meant for a throw-away GPU machine.
+# (onnxruntime is replaced by onnxruntime-gpu): meant for a throw-away GPU machine. --step-timeout: stop a check
+# that runs longer (a failed check; the next one runs), so that a time-limited machine reports every check.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -17,12 +18,14 @@ OUT=perf/gpu_check.out
 CHALLENGE=0
 INSTALL=1
 GOALS=()
+STEP_TIMEOUT=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT=$2; shift 2 ;;
     --challenge) CHALLENGE=1; shift ;;
     --no-install) INSTALL=0; shift ;;
     --goals) GOALS=(--min-ratio 0.8); shift ;;
+    --step-timeout) STEP_TIMEOUT=$2; shift 2 ;;
     *) echo "gpu_check: unknown option $1 (see the top of $0)" >&2; exit 2 ;;
   esac
 done
@@ -40,8 +43,13 @@ step() {
   local name=$1; shift
   echo "== $name: $*"
   local t0=$SECONDS
-  "$@" 2>&1 | tee "$LOGDIR/$name.log"
+  if [ "$STEP_TIMEOUT" -gt 0 ]; then
+    timeout --kill-after=10 "$STEP_TIMEOUT" "$@" 2>&1 | tee "$LOGDIR/$name.log"
+  else
+    "$@" 2>&1 | tee "$LOGDIR/$name.log"
+  fi
   local rc=${PIPESTATUS[0]}
+  [ "$rc" -ne 124 ] && [ "$rc" -ne 137 ] || echo "FAIL: stopped after --step-timeout $STEP_TIMEOUT s" >> "$LOGDIR/$name.log"
   echo "== $name: exit $rc after $((SECONDS - t0)) s"
   if [ "$rc" -ne 0 ]; then
     local why

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import shutil
 import subprocess
 import textwrap
@@ -18,6 +19,9 @@ from skybench.release import layout
 ROOT = Path(__file__).resolve().parents[1]
 # A release's hidden test labels, relative to its root: what a hostile submission goes looking for.
 HIDDEN_TEST_META = layout.relpath(layout.meta_path(layout.hidden_dir(".", "test")), ".")
+# The torch backend that the physics tests hold to the numpy one: torch-cpu, or torch-cuda on a GPU machine
+# (SKYBENCH_TEST_TORCH=torch-cuda, as perf/gpu_check.sh runs them there).
+TORCH_BACKEND = os.environ.get("SKYBENCH_TEST_TORCH", "torch-cpu")
 
 
 @functools.cache

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import TORCH_BACKEND
 
 from skybench.physics.backend import get_backend
 from skybench.physics.degrade import degrade
@@ -136,6 +137,6 @@ def test_torch_backend_matches_numpy(track) -> None:
     """The renderer's torch path (what a GPU runs) gives the numpy images to float32 precision."""
     pytest.importorskip("torch")
     a, _ = EnhanceSimulator(track, get_backend("numpy")).simulate(1, "val", 0, 3)
-    b, _ = EnhanceSimulator(track, get_backend("torch-cpu")).simulate(1, "val", 0, 3)
+    b, _ = EnhanceSimulator(track, get_backend(TORCH_BACKEND)).simulate(1, "val", 0, 3)
     for name in ("images", "truth"):
         np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=1e-3)

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import TORCH_BACKEND
 
 from skybench.physics.backend import get_backend
 from skybench.physics.psf import gaussian_kernel_2d
@@ -43,7 +44,7 @@ def _rows_covering_every_component(sim: LensSimulator, n: int = 400) -> pd.DataF
 
 # The CPU path (numpy, PCG64) and the GPU path's code run on the CPU (torch, Philox): physics tests take both.
 BACKENDS = [pytest.param(("numpy", "pcg64"), id="numpy-pcg64"),
-            pytest.param(("torch-cpu", "philox"), id="torch-philox")]
+            pytest.param((TORCH_BACKEND, "philox"), id="torch-philox")]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -64,7 +65,7 @@ def test_torch_backend_renders_the_same_image_as_numpy():
     pytest.importorskip("torch")
     track = load_track("lens-space")
     img_np, meta_np = LensSimulator(track, get_backend("numpy")).simulate(1, "test", 0, 4)
-    img_t, meta_t = LensSimulator(track, get_backend("torch-cpu")).simulate(1, "test", 0, 4)
+    img_t, meta_t = LensSimulator(track, get_backend(TORCH_BACKEND)).simulate(1, "test", 0, 4)
     pd.testing.assert_frame_equal(pd.DataFrame(meta_np).drop(columns=["arc_snr", "magnification"]),
                                   pd.DataFrame(meta_t).drop(columns=["arc_snr", "magnification"]))
     np.testing.assert_allclose(img_t, img_np, atol=1e-4 * np.abs(img_np).max())
@@ -172,7 +173,7 @@ def test_philox_gives_the_same_objects_on_numpy_and_torch(track_name):
     object's peak, and noise with the same statistics."""
     pytest.importorskip("torch")
     track = load_track(track_name)
-    sims = [LensSimulator(track, get_backend(name, "philox")) for name in ("numpy", "torch-cpu")]
+    sims = [LensSimulator(track, get_backend(name, "philox")) for name in ("numpy", TORCH_BACKEND)]
     (img_n, meta_n), (img_t, meta_t) = (sim.simulate(11, "test", 0, 24) for sim in sims)
     pd.testing.assert_frame_equal(pd.DataFrame(meta_n).drop(columns=["arc_snr", "magnification"]),
                                   pd.DataFrame(meta_t).drop(columns=["arc_snr", "magnification"]))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TORCH_BACKEND
 from scipy import stats
 
 from skybench.physics.backend import get_backend
@@ -19,7 +20,7 @@ from skybench.simulate import simulate_release
 KAT = [("00000000 00000000 00000000 00000000 00000000 00000000", "6627e8d5 e169c58d bc57ac4c 9b00dbd8"),
        ("ffffffff ffffffff ffffffff ffffffff ffffffff ffffffff", "408f276d 41c83b0e a20bc7c6 6d5451fd"),
        ("243f6a88 85a308d3 13198a2e 03707344 a4093822 299f31d0", "d16cfe09 94fdcceb 5001e420 24126ea1")]
-NAMES = ["numpy", pytest.param("torch-cpu", marks=pytest.mark.skipif(
+NAMES = ["numpy", pytest.param(TORCH_BACKEND, marks=pytest.mark.skipif(
     __import__("importlib").util.find_spec("torch") is None, reason="torch not installed"))]
 
 
@@ -51,7 +52,7 @@ def test_streams_have_the_right_distributions_and_do_not_depend_on_the_batch(nam
 def test_numpy_and_torch_draw_the_same_bits():
     pytest.importorskip("torch")
     keys = np.array([0, 1, 2**62 + 12345, 987654321987], dtype=np.int64)
-    a, b = get_backend("numpy"), get_backend("torch-cpu")
+    a, b = get_backend("numpy"), get_backend(TORCH_BACKEND)
     np.testing.assert_array_equal(a.to_numpy(uniform64(a, keys, 13)), b.to_numpy(uniform64(b, keys, 13)))
     np.testing.assert_allclose(a.to_numpy(normal32(a, keys, (2, 5))), b.to_numpy(normal32(b, keys, (2, 5))), atol=1e-5)
 
@@ -61,12 +62,12 @@ def test_the_gpu_path_on_the_cpu_writes_the_same_release_whatever_the_chunks(tmp
     manifest names the generator, and numpy + Philox gives the same labels."""
     pytest.importorskip("torch")
     kw = dict(profile="demo", seed=3, size=7, progress=False, workers=1, generator="philox")
-    a = simulate_release("lens-space", tmp_path / "a", backend="torch-cpu", chunk_size=3, **kw)
-    b = simulate_release("lens-space", tmp_path / "b", backend="torch-cpu", chunk_size=64, **kw)
+    a = simulate_release("lens-space", tmp_path / "a", backend=TORCH_BACKEND, chunk_size=3, **kw)
+    b = simulate_release("lens-space", tmp_path / "b", backend=TORCH_BACKEND, chunk_size=64, **kw)
     c = simulate_release("lens-space", tmp_path / "c", backend="numpy", **kw)
     assert release_digest(a) == release_digest(b)
     manifest = read_manifest(a)
-    assert manifest["generator"] == "philox" and manifest["backend"] == "torch-cpu"
+    assert manifest["generator"] == "philox" and manifest["backend"] == TORCH_BACKEND
     assert "generator" not in read_manifest(simulate_release("lens-space", tmp_path / "d", **{
         **kw, "generator": "pcg64", "size": 2}))  # PCG64 releases are unchanged (no new manifest field)
     ta, tc = open_release(a).meta("train"), open_release(c).meta("train")

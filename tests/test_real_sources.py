@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import mlflow_store
+from helpers import TORCH_BACKEND, mlflow_store
 
 from skybench.physics.backend import get_backend
 from skybench.physics.psf import gaussian_kernel_2d
@@ -229,5 +229,5 @@ def test_torch_backend_renders_the_same_real_sources_as_numpy():
     pytest.importorskip("torch")
     track = load_track(TRACK)
     img_np, _ = LensSimulator(track, get_backend("numpy")).simulate(1, "test", 0, 6)
-    img_t, _ = LensSimulator(track, get_backend("torch-cpu")).simulate(1, "test", 0, 6)
+    img_t, _ = LensSimulator(track, get_backend(TORCH_BACKEND)).simulate(1, "test", 0, 6)
     np.testing.assert_allclose(img_t, img_np, atol=1e-4 * np.abs(img_np).max())

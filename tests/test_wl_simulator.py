@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import TORCH_BACKEND
 from pydantic import ValidationError
 from scipy import stats
 from scipy.integrate import quad, trapezoid
@@ -153,7 +154,7 @@ def test_torch_path_matches_the_numpy_reference():
     pytest.importorskip("torch")
     pop = population(sigma_e=0.26, n_gal=30.0, smoothing_fwhm_arcmin=2.0)
     ref = MapSimulator(pop, "numpy").simulate([5, 6, 7])
-    got = MapSimulator(pop, "torch-cpu").simulate([5, 6, 7])
+    got = MapSimulator(pop, TORCH_BACKEND).simulate([5, 6, 7])
     assert got.shape == ref.shape == (3, 1, N_PIX, N_PIX) and got.dtype == np.float32
     np.testing.assert_allclose(got, ref, atol=1e-5 * float(ref.std()))
 

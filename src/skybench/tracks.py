@@ -11,6 +11,7 @@ import functools
 import math
 import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, Union
 
@@ -266,6 +267,17 @@ def project_root() -> Path:
         if (parent / "benchmarks").is_dir():
             return parent
     return Path.cwd()
+
+
+def git_commit() -> str:
+    """HEAD commit of the project root, or ``unknown`` outside a git repository (or before any commit)."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(project_root()), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
 
 
 def default_release(track: Track) -> Path:

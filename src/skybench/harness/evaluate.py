@@ -65,7 +65,6 @@ from skybench.release import ReleaseError, layout, read_manifest, release_digest
 from skybench.release.mixing import Stream
 from skybench.release.reader import HiddenSplit, Release
 from skybench.tasks import BUILTIN, get_task
-from skybench.tracking import find_evaluation
 from skybench.tracks import Track, default_release, for_release, list_tracks, load_track, project_root
 
 if TYPE_CHECKING:
@@ -252,8 +251,6 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
     ``executor``: where the sandboxed inference runs (``local`` or ``ray``, see :mod:`skybench.harness.executors`);
     scoring, records and MLflow logging happen here, one submission at a time, in the order of ``folders``."""
     from skybench.harness.executors import Job, get_executor
-    from skybench.tracking import unreachable
-    from skybench.tracking.log import publish_record
     from skybench.twins import check_linked_phases
 
     track = load_track(track) if isinstance(track, str) else track
@@ -270,7 +267,7 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
     real_sha = release_digest(real) if real is not None else ""
     # The real set is folded into the release's test stream (mixing.fold_in): split every result back.
     stream = Stream.load(release, real)
-    down = unreachable()  # a dead tracking server: evaluate anyway, keep the records, say so once per record
+    down = _tracking_down()  # a dead tracking server: evaluate anyway, keep the records, say so once per record
     ids = {Path(k): v for k, v in (identities or {}).items()}
     got = {Path(k): v for k, v in (received or {}).items()}
     # One boundary per submission: whatever it makes happen here (planning, its predictions, scoring, its
@@ -305,16 +302,28 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
             try:
                 if down:
                     raise ConnectionError(down)
+                from skybench.tracking.log import publish_record
+
                 publish_record(outcome.record, track)
             except Exception as exc:  # noqa: BLE001 - the record stays on disk for `skybench log`
                 outcome.unpublished = one_line(exc)
                 if not down and not isinstance(exc, RecordError):  # gone mid-run: not minutes of retries each
-                    down = unreachable()
+                    down = _tracking_down()
                 outcome.reason = (f"{outcome.reason}; " if outcome.reason else "") + \
                     f"not logged to MLflow ({outcome.unpublished}); " \
                     f"the record is kept in {outcome.record}, publish it later with `skybench log {out}`"
         outcomes.append(outcome)
     return outcomes
+
+
+def _tracking_down() -> str:
+    """"" when the tracking store answers, else why not; MLflow not installed is one such reason (a GPU host may
+    evaluate without it: the records stay on disk for `skybench log`)."""
+    try:
+        from skybench.tracking import unreachable
+    except ImportError as exc:
+        return f"MLflow cannot be imported here ({one_line(exc)})"
+    return unreachable()
 
 
 def one_line(exc: BaseException) -> str:
@@ -569,6 +578,8 @@ def _in_mlflow(track: str, sub_sha: str, release_sha: str, real_sha: str, key: M
     """Whether MLflow has a usable result of this submission: same key, same identity, no infrastructure
     failure (those are retried), and no later run of the entry (``find_evaluation(latest_only=...)``)."""
     try:
+        from skybench.tracking import find_evaluation  # MLflow on first use: evaluation itself runs without it
+
         run = find_evaluation(track, sub_sha, release_sha, match={"real_release_sha256": real_sha, **(key or {})},
                               team=team, name=name, latest_only=bool(team and name))
     except Exception:  # noqa: BLE001 - an unreachable server must not stop evaluation; logging reports it

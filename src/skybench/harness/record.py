@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError
 
 from skybench import __version__
+from skybench.tracks import git_commit
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -175,8 +176,6 @@ def _write_record(rdir: Path, *, team: str, name: str, fmt: str, status: str, re
     """Write ``evaluation.json`` into ``staged`` (a folder made by :func:`_stage` holding the rest of the new
     record; a new empty one when None), then swap that whole folder in for ``rdir``. Nothing of the old
     record is deleted before the new one is complete, and a crash leaves one or the other, whole."""
-    from skybench.tracking import git_commit
-
     own = staged is None
     staged = _stage(rdir) if staged is None else staged
     try:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -37,7 +36,7 @@ from mlflow.entities import Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from skybench.tracks import project_root
+from skybench.tracks import git_commit, project_root
 
 __all__ = [
     "ensure_experiment",
@@ -344,12 +343,3 @@ def _database_unreachable(uri: str, timeout: float) -> str:
         return f"MLflow database {shown} is unreachable ({exc.strerror or exc})"
 
 
-def git_commit() -> str:
-    """HEAD commit of the project root, or ``unknown`` outside a git repository (or before any commit)."""
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(project_root()), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
