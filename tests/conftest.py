@@ -27,11 +27,12 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_space_release(tmp_path_factory) -> Path:
-    """A small lens-space release shared by the tests that only read it."""
+    """A small lens-space release shared by the tests that only read it: the CPU path (numpy, PCG64) that the
+    tests remake objects with, also on a GPU machine, where ``auto`` would take torch-cuda and Philox."""
     from skybench.simulate import simulate_release
 
     out = tmp_path_factory.mktemp("rel") / "lens-space"
-    return simulate_release("lens-space", out, profile="demo", seed=3, size=64, progress=False)
+    return simulate_release("lens-space", out, profile="demo", seed=3, size=64, progress=False, backend="numpy")
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +40,7 @@ def tiny_ground_release(tmp_path_factory) -> Path:
     from skybench.simulate import simulate_release
 
     out = tmp_path_factory.mktemp("rel") / "lens-ground"
-    return simulate_release("lens-ground", out, profile="demo", seed=3, size=48, progress=False)
+    return simulate_release("lens-ground", out, profile="demo", seed=3, size=48, progress=False, backend="numpy")
 
 
 @pytest.fixture(scope="session")

@@ -65,7 +65,16 @@ def test_the_gpu_path_on_the_cpu_writes_the_same_release_whatever_the_chunks(tmp
     a = simulate_release("lens-space", tmp_path / "a", backend=TORCH_BACKEND, chunk_size=3, **kw)
     b = simulate_release("lens-space", tmp_path / "b", backend=TORCH_BACKEND, chunk_size=64, **kw)
     c = simulate_release("lens-space", tmp_path / "c", backend="numpy", **kw)
-    assert release_digest(a) == release_digest(b)
+    if TORCH_BACKEND == "torch-cuda":  # cuBLAS picks its kernels, so its summation order, by the batch's size
+        for split in ("train", "val", "test"):
+            ia, ib = (open_release(r).images(split) for r in (a, b))
+            diff = np.abs(ia - ib).max(axis=(1, 2, 3)) / np.abs(ia).max(axis=(1, 2, 3))
+            print(f"{split}: largest |chunks 3 - chunks 64| / peak {diff.max():.1e}")
+            assert (diff <= 1e-5).all(), split
+        again = simulate_release("lens-space", tmp_path / "a2", backend=TORCH_BACKEND, chunk_size=3, **kw)
+        assert release_digest(a) == release_digest(again)  # the same chunks: the same bytes
+    else:
+        assert release_digest(a) == release_digest(b)
     manifest = read_manifest(a)
     assert manifest["generator"] == "philox" and manifest["backend"] == TORCH_BACKEND
     assert "generator" not in read_manifest(simulate_release("lens-space", tmp_path / "d", **{

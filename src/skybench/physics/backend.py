@@ -47,10 +47,22 @@ class Backend:
 
         return torch.as_tensor(idx, dtype=torch.long, device=self.device)
 
-    def to_numpy(self, a: Any) -> np.ndarray:
+    def to_numpy(self, a: Any, dtype: Any = None) -> np.ndarray:
+        """A numpy array of ``a`` (cast to ``dtype`` first, on the device: half the bytes to copy for float64 to
+        float32, rounded alike on every backend). From a GPU it lands in page-locked memory from torch's caching host
+        allocator, reused once the array is freed: a fresh pageable array took ~0.6 GB/s on a VM (page faults)."""
         if self.name == "numpy":
-            return np.asarray(a)
-        return a.detach().cpu().numpy()
+            return np.asarray(a) if dtype is None else np.asarray(a).astype(dtype, copy=False)
+        import torch
+
+        a = a.detach()
+        if dtype is not None:
+            a = a.to(getattr(torch, np.dtype(dtype).name))
+        if a.device.type != "cuda":
+            return a.numpy()
+        host = torch.empty(a.shape, dtype=a.dtype, pin_memory=True)
+        host.copy_(a)
+        return host.numpy()
 
 
 @functools.cache

@@ -374,7 +374,7 @@ class LensSimulator:
         xp = self.backend.xp
         images = self.renderer.add_noise(xp.astype(model, xp.float64), normal)
         meta = {"id": cols.pop("id"), "split": np.full(stop - start, split), **cols, **labels}
-        return self.backend.to_numpy(images).astype(np.float32, copy=False), meta
+        return self.backend.to_numpy(images, np.float32), meta
 
 
 def _columns(meta: pd.DataFrame | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
