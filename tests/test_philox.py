@@ -67,7 +67,7 @@ def test_the_gpu_path_on_the_cpu_writes_the_same_release_whatever_the_chunks(tmp
     c = simulate_release("lens-space", tmp_path / "c", backend="numpy", **kw)
     if TORCH_BACKEND == "torch-cuda":  # cuBLAS picks its kernels, so its summation order, by the batch's size
         for split in ("train", "val", "test"):
-            ia, ib = (open_release(r).images(split) for r in (a, b))
+            ia, ib = (np.asarray(open_release(r).images(split)) for r in (a, b))
             diff = np.abs(ia - ib).max(axis=(1, 2, 3)) / np.abs(ia).max(axis=(1, 2, 3))
             print(f"{split}: largest |chunks 3 - chunks 64| / peak {diff.max():.1e}")
             assert (diff <= 1e-5).all(), split
