@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -98,6 +100,23 @@ def test_a_corrupt_shard_stops_evaluation_naming_the_file_and_leaves_the_leaderb
     with pytest.raises(ReleaseError, match=layout.relpath(shard, bad)):
         evaluate([subs["nan"]], "lens-space", bad, out=store / "evals")
     pd.testing.assert_frame_equal(lb.leaderboard(load_track("lens-space")), before)
+
+
+def test_evaluate_runs_without_mlflow_installed_and_keeps_the_record(subs, tiny_space_release, tmp_path):
+    """A bare GPU image has no MLflow: the evaluation runs, its record is kept for `skybench log`, and the reason
+    says why it was not logged (``import mlflow`` fails in the child, as where it is not installed)."""
+    code = ("import json, sys; sys.modules['mlflow'] = None\n"
+            "from skybench.harness.evaluate import evaluate\n"
+            "(o,) = evaluate([sys.argv[1]], 'lens-space', sys.argv[2], out=sys.argv[3])\n"
+            "print(json.dumps({'status': o.status, 'reason': o.reason}))")
+    out = tmp_path / "evals"
+    got = subprocess.run([sys.executable, "-c", code, str(subs["ok"]), str(tiny_space_release), str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert got.returncode == 0, got.stderr[-2000:]
+    result = json.loads(got.stdout.strip().splitlines()[-1])
+    assert result["status"] == "FINISHED" and "MLflow cannot be imported" in result["reason"], result
+    assert "skybench log" in result["reason"]
+    assert json.loads((record_dir(out, "tests", "ok") / "evaluation.json").read_text())["status"] == "FINISHED"
 
 
 def test_unreachable_tracking_server_keeps_the_record_for_skybench_log(store, subs, tiny_space_release, monkeypatch):
