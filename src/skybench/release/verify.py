@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -59,20 +60,28 @@ def verify_release(root: Path, *, only: tuple[str, ...] = ()) -> list[str]:
     what scoring a split reads)."""
     root = Path(root)
     manifest = read_manifest(root)
-    problems = []
     listed = manifest["files"]
+    found: dict[str, str] = {}  # one problem per listed file, reported in the manifest's order
+    hashed: list[tuple[str, Path]] = []
     for rel, entry in sorted(listed.items()):
         if only and not rel.startswith(only):
             continue
         path = root / rel
         if path.is_symlink():  # the sandbox binds the release's folders: a link out of them is not there
-            problems.append(f"{path}: a symbolic link (to {os.readlink(path)}); a release holds plain files")
+            found[rel] = f"{path}: a symbolic link (to {os.readlink(path)}); a release holds plain files"
         elif not path.is_file():
-            problems.append(f"{path}: missing")
+            found[rel] = f"{path}: missing"
         elif path.stat().st_size != entry["bytes"]:
-            problems.append(f"{path}: size {path.stat().st_size} bytes, manifest says {entry['bytes']}")
-        elif sha256_file(path) != entry["sha256"]:
-            problems.append(f"{path}: sha256 does not match the manifest")
+            found[rel] = f"{path}: size {path.stat().st_size} bytes, manifest says {entry['bytes']}"
+        else:
+            hashed.append((rel, path))
+    # hashlib releases the GIL while it hashes a block, so shards hashed side by side use that many cores (one core
+    # hashes about 1 GB/s: 16 s for a 100,000-cut-out lens-ground test set)
+    with ThreadPoolExecutor(max(1, min(len(hashed), os.cpu_count() or 1, 8))) as pool:
+        for (rel, path), digest in zip(hashed, pool.map(sha256_file, (p for _, p in hashed)), strict=True):
+            if digest != listed[rel]["sha256"]:
+                found[rel] = f"{path}: sha256 does not match the manifest"
+    problems = [found[rel] for rel in sorted(found)]
     for path in sorted(root.rglob("*")):
         rel = layout.relpath(path, root)
         if path.is_file() and rel != layout.MANIFEST and rel not in listed and (not only or rel.startswith(only)):
