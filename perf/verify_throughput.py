@@ -1,5 +1,7 @@
-"""Release verification throughput: ``verify_release`` (shards hashed on several threads) against hashing the same
-files one after another on one thread (the reference), in the same run, on a noise release of lens-ground shape.
+"""Release hashing throughput, on a noise release of lens-ground shape, each against one thread in the same run:
+``verify_release`` (shards hashed on several threads) against hashing the same files one after another, and
+``write_release`` (``perf/eval_ray.py``'s noise set) against the same write with the writer's ``sha256_files``
+replaced by a one-thread loop.
 
     python perf/verify_throughput.py [--size 5000] [--rounds 3]
 """
@@ -16,8 +18,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from eval_ray import noise_release  # noqa: E402
 
-from skybench.release import verify_release  # noqa: E402
+from skybench.release import verify_release, writer  # noqa: E402
 from skybench.release.verify import read_manifest, sha256_file  # noqa: E402
+
+
+def one_thread(paths: list[Path]) -> list[str]:
+    return [sha256_file(p) for p in paths]
 
 
 def main() -> None:
@@ -38,9 +44,21 @@ def main() -> None:
             for f in files:
                 sha256_file(f)
             ref.append(time.perf_counter() - t)
+        wrote, wrote_ref = [], []
+        threaded = writer.sha256_files
+        for i in range(args.rounds):
+            for fn, times in ((threaded, wrote), (one_thread, wrote_ref)):
+                writer.sha256_files = fn  # type: ignore[assignment]
+                t = time.perf_counter()
+                noise_release(Path(tmp) / f"w{i}-{len(times)}-{fn.__name__}", "lens-ground", args.size)
+                times.append(time.perf_counter() - t)
+        writer.sha256_files = threaded
     a, b = min(ours), min(ref)
     print(f"{gb:.2f} GB in {len(files)} files, {os.cpu_count()} CPUs, best of {args.rounds}: verify_release "
           f"{gb / a:.2f} GB/s, one thread {gb / b:.2f} GB/s; ratio {b / a:.2f}x")
+    a, b = min(wrote), min(wrote_ref)
+    print(f"write_release of the same set: {args.size / a:.0f} cut-outs/s, with one-thread hashing "
+          f"{args.size / b:.0f} cut-outs/s; ratio {b / a:.2f}x")
 
 
 if __name__ == "__main__":

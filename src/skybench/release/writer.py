@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from skybench import __version__
 from skybench.release import layout
-from skybench.release.verify import FORMAT, sha256_file
+from skybench.release.verify import FORMAT, sha256_files
 
 SPLITS = ("train", "val", "test")
 # (split, [(start, stop), ...]) -> the chunks in that order: (arrays, metadata with ``id``), where arrays is
@@ -71,8 +71,9 @@ def write_release(out: Path, *, info: dict[str, Any], counts: dict[str, int],
                     _write_split(tmp, split, n, arrays, hidden_arrays, make_chunks, chunk_size, shard_size,
                                  public_test_columns, bar, tables)
         info = {**info, **(finish(tmp) if finish is not None else {})}
-        files = {layout.relpath(p, tmp): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-                 for p in sorted(tmp.rglob("*")) if p.is_file()}
+        paths = [p for p in sorted(tmp.rglob("*")) if p.is_file()]
+        files = {layout.relpath(p, tmp): {"sha256": digest, "bytes": p.stat().st_size}
+                 for p, digest in zip(paths, sha256_files(paths), strict=True)}
         manifest = {"format": FORMAT, **info, "skybench_version": __version__,
                     "counts": {s: counts.get(s, 0) for s in SPLITS},
                     **({"image_shape": list(arrays["images"])} if "images" in arrays else {}),
