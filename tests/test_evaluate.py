@@ -102,6 +102,7 @@ def test_a_corrupt_shard_stops_evaluation_naming_the_file_and_leaves_the_leaderb
     pd.testing.assert_frame_equal(lb.leaderboard(load_track("lens-space")), before)
 
 
+@pytest.mark.slow
 def test_evaluate_runs_without_mlflow_installed_and_keeps_the_record(subs, tiny_space_release, tmp_path):
     """A bare GPU image has no MLflow: the evaluation runs, its record is kept for `skybench log`, and the reason
     says why it was not logged (``import mlflow`` fails in the child, as where it is not installed)."""
