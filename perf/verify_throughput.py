@@ -44,11 +44,12 @@ def main() -> None:
             for f in files:
                 sha256_file(f)
             ref.append(time.perf_counter() - t)
-        wrote, wrote_ref = [], []
+        wrote: list[float] = []
+        wrote_ref: list[float] = []
         threaded = writer.sha256_files
         for i in range(args.rounds):
             for fn, times in ((threaded, wrote), (one_thread, wrote_ref)):
-                writer.sha256_files = fn  # type: ignore[assignment]
+                writer.sha256_files = fn
                 t = time.perf_counter()
                 noise_release(Path(tmp) / f"w{i}-{len(times)}-{fn.__name__}", "lens-ground", args.size)
                 times.append(time.perf_counter() - t)
