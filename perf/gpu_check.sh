@@ -49,7 +49,9 @@ step() {
     "$@" 2>&1 | tee "$LOGDIR/$name.log"
   fi
   local rc=${PIPESTATUS[0]}
-  [ "$rc" -ne 124 ] && [ "$rc" -ne 137 ] || echo "FAIL: stopped after --step-timeout $STEP_TIMEOUT s" >> "$LOGDIR/$name.log"
+  if [ "$STEP_TIMEOUT" -gt 0 ] && { [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; }; then
+    echo "FAIL: stopped after --step-timeout $STEP_TIMEOUT s" >> "$LOGDIR/$name.log"
+  fi
   echo "== $name: exit $rc after $((SECONDS - t0)) s"
   if [ "$rc" -ne 0 ]; then
     local why
