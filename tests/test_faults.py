@@ -454,6 +454,7 @@ def test_a_release_remade_while_it_is_evaluated_is_the_machines_failure(store, t
     simulate_release("lens-space", release, profile="demo", seed=4, size=64, progress=False)  # re-made
     said = proc.communicate(timeout=300)[0]
     assert "infrastructure failure" in said and "the release changed during the evaluation" in said, said
+    assert proc.returncode == 3 and "failed through this machine's fault" in said, said  # dvc repro retries it
     rec = json.loads((record_dir(out, "f", "slow") / "evaluation.json").read_text())
     assert rec["failure_kind"] == "infrastructure" and rec["metrics"] == {}
 
@@ -490,6 +491,7 @@ def test_a_folder_replaced_while_it_is_evaluated_is_the_machines_failure(store, 
     place(v2, dest)
     said = proc.communicate(timeout=300)[0]
     assert "infrastructure failure" in said and "changed during its evaluation" in said, said
+    assert proc.returncode == 3 and "alpha/m1" in said, said
     rec = json.loads((record_dir(out, "alpha", "m1") / "evaluation.json").read_text())
     assert rec["failure_kind"] == "infrastructure"
 

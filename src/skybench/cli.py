@@ -183,7 +183,7 @@ def evaluate(folders: Annotated[list[Path] | None, typer.Argument(
              shards: Annotated[int | None, typer.Option(help="ray: shards per submission (default: GPUs or CPUs)")]
              = None) -> None:
     """Evaluate submissions on the hidden test labels, in the sandbox, and log them to MLflow."""
-    from skybench.harness.evaluate import discover_submissions
+    from skybench.harness.evaluate import INFRASTRUCTURE, discover_submissions
     from skybench.harness.evaluate import evaluate as run
     from skybench.release import ReleaseError
 
@@ -207,11 +207,19 @@ def evaluate(folders: Annotated[list[Path] | None, typer.Argument(
         score = f" {primary[0]}={primary[1]:.4f}" if primary else ""
         line = f"{o.status:9s} {o.team}/{o.name}{score}" + (f"  ({o.reason})" if o.reason else "")
         typer.secho(_shown(" ".join(line.split())), fg=typer.colors.RED if o.status == "FAILED" else None)
+    machine = [o for o in outcomes if o.failure_kind == INFRASTRUCTURE]
     pending = [o for o in outcomes if o.unpublished]
     if pending:
         where = pending[0].record.parent if pending[0].record else "the evaluations folder"
-        _fail(f"{len(pending)} evaluation record(s) NOT logged to MLflow ({pending[0].unpublished}); predictions "
-              f"and records are kept on disk; publish them later with `skybench log {where} --track {track}`", 2)
+        message = (f"{len(pending)} evaluation record(s) NOT logged to MLflow ({pending[0].unpublished}); predictions "
+                   f"and records are kept on disk; publish them later with `skybench log {where} --track {track}`")
+        if not machine:
+            _fail(message, 2)
+        typer.secho(f"error: {_shown(message)}", fg=typer.colors.RED, err=True)
+    if machine:  # not 0: `dvc repro` must not lock this stage, so that its next run retries them
+        _fail(f"{len(machine)} submission(s) failed through this machine's fault, not their own "
+              f"({', '.join(f'{o.team}/{o.name}' for o in machine[:3])}{', ...' if len(machine) > 3 else ''}); "
+              "their FAILED records say so; run again to retry them", 3)
 
 
 @app.command("index-submissions")
