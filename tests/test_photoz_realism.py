@@ -92,6 +92,31 @@ def test_match_weights_give_the_real_r_and_z_distribution():
     assert rl.weighted_ks(sim_z, w, real_z) < 0.07 and rl.weighted_ks(sim_r, w, real_r) < 0.07  # within-cell shape
 
 
+def test_what_the_reweighting_hides_is_reported_unweighted():
+    """A simulated sample 0.3 mag fainter than the real one, with the same colours: the reweighted colour KS cannot
+    see the offset; the unweighted r marginal shows it (KS and median), and the unweighted colour KS is scipy's."""
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+
+    def sample(n: int, shift: float) -> pd.DataFrame:
+        z = rng.gamma(4, 0.025, n)
+        r = 17.0 + 5 * np.log10(z / 0.1) + rng.normal(0, 0.5, n) + shift
+        g_r = 0.6 + 2 * z + rng.normal(0, 0.1, n) - 0.05 * (r - 17)
+        return pd.DataFrame({"z": z, "mag_u": r + g_r + 1.5, "mag_g": r + g_r, "mag_r": r, "mag_i": r - 0.3,
+                             "mag_z": r - 0.5})
+
+    real, sim = sample(4000, 0.0), sample(6000, 0.3)
+    result = rl.compare(sim, real)
+    table = result.table()
+    assert "KS unweighted" in table and "before reweighting" in table
+    assert result.marginals.loc["r [mag]", "median_diff"] == pytest.approx(0.3, abs=0.06)
+    assert result.marginals.loc["r [mag]", "ks"] > 0.07 and result.marginals.loc["z", "ks"] < 0.05
+    gr_real, gr_sim = real["mag_g"] - real["mag_r"], sim["mag_g"] - sim["mag_r"]
+    assert result.colours.loc["g-r", "ks_unweighted"] == pytest.approx(ks_2samp(gr_sim, gr_real).statistic)
+    assert result.colours.loc["g-r", "ks"] < result.colours.loc["g-r", "ks_unweighted"]  # reweighting hides it
+
+
 def test_both_tracks_use_the_calibrated_population():
     images, catalog = load_track("photoz-images"), load_track("photoz-catalog")
     fitted = yaml.safe_load((project_root() / calibrate.OUT).read_text())

@@ -4,8 +4,10 @@ split (``data/photoz_sdss_mgs/train.csv``; the test split is never read here, :f
 The simulated sample is first reweighted to the real joint (r magnitude, z) distribution (:func:`match_weights`:
 per cell of a grid of real quantiles, weight = real share / simulated share), so that the colours are compared at
 the same luminosities and distances; then per colour the two-sample Kolmogorov-Smirnov distance (weighted
-simulated ECDF vs real ECDF) and per redshift bin the median g-r. Used by ``skybench realism photoz-catalog``,
-the population fit (:mod:`skybench.tasks.photoz.calibrate`) and ``tests/test_photoz_realism.py``."""
+simulated ECDF vs real ECDF) and per redshift bin the median g-r. What the reweighting hides is shown beside it:
+each colour's KS before reweighting, and the KS and median offset of the r magnitude and z marginals. Used by
+``skybench realism photoz-catalog``, the population fit (:mod:`skybench.tasks.photoz.calibrate`) and
+``tests/test_photoz_realism.py``."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import ks_2samp
 
 COLOURS = (("u", "g"), ("g", "r"), ("r", "i"), ("i", "z"))
 Z_BINS = ((0.02, 0.06), (0.06, 0.10), (0.10, 0.14), (0.14, 0.20), (0.20, 0.30))
@@ -73,10 +76,12 @@ def weighted_median(x: np.ndarray, w: np.ndarray) -> float:
 
 @dataclass
 class Realism:
-    """Per colour: KS distance, medians and IQRs (sim weighted, real); per z bin: median g-r (sim, real, count)."""
+    """Per colour: KS distance (weighted, and unweighted), medians and IQRs (sim weighted, real); per z bin: median
+    g-r (sim, real, count); the unweighted r-magnitude and z marginals (KS, sim median - real median)."""
 
     colours: pd.DataFrame
     g_r_by_z: pd.DataFrame
+    marginals: pd.DataFrame = field(default_factory=pd.DataFrame)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def passed(self, ks_target: float = KS_TARGET, median_target: float = MEDIAN_TARGET) -> bool:
@@ -91,9 +96,12 @@ class Realism:
 
     def table(self) -> str:
         """The plain-text realism table (what ``skybench realism`` and ``make run`` print)."""
-        lines = ["colour   KS     sim median  sim IQR   real median  real IQR",
+        lines = ["colour   KS     sim median  sim IQR   real median  real IQR   KS unweighted",
                  *(f"{c:<7} {r.ks:6.3f}  {r.sim_median:9.3f}  {r.sim_iqr:8.3f}  {r.real_median:10.3f}  "
-                   f"{r.real_iqr:8.3f}" for c, r in self.colours.iterrows()),
+                   f"{r.real_iqr:8.3f}  {r.ks_unweighted:6.3f}" for c, r in self.colours.iterrows()),
+                 "", "before reweighting (not a target; the reweighting above removes these)",
+                 "marginal   KS    sim median - real median",
+                 *(f"{m:<9} {r.ks:6.3f}  {r.median_diff:+8.3f}" for m, r in self.marginals.iterrows()),
                  "", "z bin       g-r sim  g-r real   diff   n_real",
                  *(f"{b:<10} {r.sim:8.3f}  {r.real:8.3f}  {r['diff']:+6.3f}  {int(r.n_real):6d}"
                    for b, r in self.g_r_by_z.iterrows())]
@@ -118,7 +126,11 @@ def compare(sim: pd.DataFrame, real: pd.DataFrame) -> Realism:
         lo, hi = (_weighted_quantile(x, w[keep], p) for p in (0.25, 0.75))
         rows[name] = {"ks": weighted_ks(x, w[keep], y), "sim_median": weighted_median(x, w[keep]),
                       "sim_iqr": hi - lo,
-                      "real_median": q[1], "real_iqr": q[2] - q[0]}
+                      "real_median": q[1], "real_iqr": q[2] - q[0],
+                      "ks_unweighted": float(ks_2samp(sc[name], y).statistic)}
+    marginals = {col: {"ks": float(ks_2samp(sim[c].to_numpy(), real[c].to_numpy()).statistic),
+                       "median_diff": float(np.median(sim[c]) - np.median(real[c]))}
+                 for col, c in (("r [mag]", "mag_r"), ("z", "z"))}
     zs, zr = sim["z"].to_numpy(), real["z"].to_numpy()
     bins = {}
     for lo_z, hi_z in Z_BINS:
@@ -128,7 +140,7 @@ def compare(sim: pd.DataFrame, real: pd.DataFrame) -> Realism:
         r = float(np.median(rc["g-r"][mr])) if mr.any() else float("nan")
         bins[f"{lo_z:.2f}-{hi_z:.2f}"] = {"sim": s, "real": r, "diff": s - r, "n_real": int(mr.sum()),
                                           "n_sim": int(ms.sum())}
-    return Realism(pd.DataFrame(rows).T, pd.DataFrame(bins).T, {"weights": w})
+    return Realism(pd.DataFrame(rows).T, pd.DataFrame(bins).T, pd.DataFrame(marginals).T, {"weights": w})
 
 
 def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
@@ -199,6 +211,11 @@ def log_realism(track: str, result: Realism, png: Path) -> str:
         c.log_metric(run_id, f"ks_{name}", float(row["ks"]))
     for name, row in result.g_r_by_z.iterrows():
         c.log_metric(run_id, f"g_r_diff_z{name}", float(row["diff"]))
+    for name, row in result.colours.iterrows():
+        c.log_metric(run_id, f"ks_unweighted_{name}", float(row["ks_unweighted"]))
+    for name, key in (("r [mag]", "mag_r"), ("z", "z")):
+        c.log_metric(run_id, f"ks_unweighted_{key}", float(result.marginals.loc[name, "ks"]))
+        c.log_metric(run_id, f"median_diff_{key}", float(result.marginals.loc[name, "median_diff"]))
     c.log_metric(run_id, "passed", float(result.passed()))
     c.log_artifact(run_id, str(png))
     c.log_text(run_id, result.table(), "realism.txt")
