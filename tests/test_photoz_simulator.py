@@ -55,9 +55,25 @@ def test_objects_do_not_depend_on_the_chunking(sims, chunk):
     pd.testing.assert_frame_equal(pd.concat([m1, m2], ignore_index=True), meta)
 
 
+def test_petrosian_aperture_misses_what_the_literature_says():
+    """Graham et al. 2005 (AJ 130, 1535): inside 2 R_P (1/eta = 0.2) a de Vaucouleurs profile misses 0.20 mag;
+    Blanton et al. 2001 (AJ 121, 2358): the Petrosian flux is ~80% of a de Vaucouleurs, ~99% of an exponential."""
+    from skybench.tasks.photoz.simulator import petrosian_deficit, petrosian_fraction
+
+    assert -2.5 * np.log10(petrosian_fraction(4.0)) == pytest.approx(0.20, abs=0.006)
+    assert petrosian_fraction(4.0) == pytest.approx(0.80, abs=0.035) and 0.985 < petrosian_fraction(1.0) < 1.0
+    assert petrosian_fraction(2.0) < petrosian_fraction(1.0)  # more concentrated, more light outside
+    np.testing.assert_allclose(petrosian_deficit(np.array([0.0, 1.0])),
+                               -2.5 * np.log10([petrosian_fraction(1.0), petrosian_fraction(4.0)]))
+
+
 def test_mgs_like_selection(population):
     m = population
-    assert np.all(m["mag_true_r"] <= 17.8 + 1e-6)  # the r < 17.8 cut holds for the true magnitudes
+    petro = m["mag_true_r"] + m["petrosian_deficit_r"]
+    assert np.all(petro <= 17.77 + 1e-6)  # the MGS cut, Petrosian r < 17.77, holds for the true magnitudes
+    assert petro.max() > 17.7 and m["mag_true_r"].max() < 17.77 - 0.006  # catalogue (model) mags are brighter
+    red = m["red_sequence"] == 1
+    assert m.loc[red, "petrosian_deficit_r"].median() > m.loc[~red, "petrosian_deficit_r"].median() + 0.08
     assert np.all((m["z"] > 0) & (m["z"] < 0.4))
     assert 0.06 < np.median(m["z"]) < 0.13  # MGS: median z ~ 0.1
     assert np.mean(m["z"] > 0.25) < 0.05

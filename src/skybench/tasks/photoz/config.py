@@ -80,7 +80,7 @@ class GalaxyPopulation(_Strict):
         return {**data, **fitted}
 
     z_range: tuple[float, float] = (0.005, 0.4)
-    r_limit: float = 17.8                       # MGS: Petrosian r < 17.77
+    r_limit: float = 17.77                      # MGS: Petrosian r < 17.77 (Strauss et al. 2002)
     H0: float = 70.0
     Om0: float = 0.3
     M_star: float = -21.21                      # Blanton et al. 2003: M* - 5 log10 h = -20.44, h = 0.7
