@@ -1,5 +1,7 @@
 """Public/private leaderboard: a seeded split of the hidden test ids, public scores while open, private when closed."""
 
+import json
+import math
 import os
 import shutil
 import subprocess
@@ -15,7 +17,7 @@ from typer.testing import CliRunner
 from skybench.cli import app
 from skybench.harness.evaluate import evaluate
 from skybench.harness.score import public_mask
-from skybench.harness.visibility import participant_view
+from skybench.harness.visibility import SHOWN_DECIMALS, participant_view
 from skybench.release import open_release
 from skybench.tasks.lens.metrics import lens_metrics
 from skybench.tracking import client, experiment_name, organiser_experiment
@@ -71,7 +73,8 @@ def test_split_is_seeded_and_the_phase_decides_what_ranks(project, tiny_space_re
     for _, row in shown.iterrows():  # every number shown is the public part's, none private or whole-set
         view = participant_view(track, m[row["name"]])  # ... and none of a stratum bin too small to show
         pub_m = {c: view.get(f"public_{c}", float("nan")) for c in cols}
-        assert row[cols].astype(float).to_dict() == pytest.approx(pub_m, nan_ok=True)
+        full = row[cols].astype(float).to_dict()  # the organiser's CSV: full precision; the view: rounded
+        assert {k: round(v, SHOWN_DECIMALS) for k, v in full.items()} == pytest.approx(pub_m, nan_ok=True, abs=1e-12)
         assert row["auroc"] != m[row["name"]]["auroc"] and row["auroc"] != m[row["name"]]["private_auroc"]
     # both parts are in the organiser's MLflow experiment; participants' has the public part only while open
     exp = client().get_experiment_by_name(organiser_experiment("lens-space"))
@@ -86,6 +89,16 @@ def test_split_is_seeded_and_the_phase_decides_what_ranks(project, tiny_space_re
     assert list(final["name"]) == ["private-fit", "public-fit"] and final["auroc"].iloc[0] == 1.0
     lb.write_results(closed, project / "results")
     assert "private 70%" in (project / "results/leaderboard.md").read_text()
+    # the final scores in full once closed; while open, every published number to SHOWN_DECIMALS
+    assert participant_view(closed, m["public-fit"])["private_auroc"] == m["public-fit"]["private_auroc"]
+    lb.write_results(track, project / "open")
+    published = json.loads((project / "open/metrics.json").read_text())
+    record = json.loads((outcomes[1].record / "metrics.json").read_text())
+    mlflow_runs = client().search_runs([exp.experiment_id])
+    for values in [*published.values(), record, *(r.data.metrics for r in mlflow_runs)]:
+        floats = [v for v in values.values() if isinstance(v, float) and math.isfinite(v)]
+        assert floats and all(v == round(v, SHOWN_DECIMALS) for v in floats), values
+    assert any(v != round(v, SHOWN_DECIMALS) for v in m["private-fit"].values() if math.isfinite(v))
 
 
 def test_real_set_metrics_are_split_too(project, tiny_space_release):

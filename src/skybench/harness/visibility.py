@@ -5,11 +5,13 @@ the truth) into the organiser's folder, ``results/<track>/private/<record>/`` (:
 participant's record folder, ``results/<track>/evaluations/<record>/``, and the participant MLflow experiment
 ``skybench-<track>`` get only:
 
-* the metrics :func:`participant_view` keeps: with a public-private split, the ``public_*`` metrics while the
-  phase is ``open`` and also the ``private_*`` ones once it is ``closed`` (never a whole-set metric); without a
-  split, the whole-set metrics; per-stratum metrics only of bins with at least :data:`MIN_STRATUM_OBJECTS`
-  objects in each population counted there (a mean or median over fewer names single objects' values), and
-  more bins left out where the part's own value less the bins shown would give the mean over fewer;
+* the metrics :func:`participant_view` keeps, rounded to :data:`SHOWN_DECIMALS` while the phase is ``open`` (each
+  digit shown answers a query: Whitehill 2017 reads labels off a score's digits): with a public-private split, the
+  ``public_*`` metrics while the phase is ``open`` and also the ``private_*`` ones once it is ``closed`` (never a
+  whole-set metric); without a split, the whole-set metrics; per-stratum metrics only of bins with at least
+  :data:`MIN_STRATUM_OBJECTS` objects in each population counted there (a mean or median over fewer names single
+  objects' values), and more bins left out where the part's own value less the bins shown would give the mean over
+  fewer;
 * the files :func:`participant_artifacts` names for the task: aggregate tables and plots that hold no
   per-object truth (the lens ROC sampled at fixed FPRs on the public part, the enhance gallery of the
   submission's own outputs without the truth, of the first objects of the published stream: a gallery of the real
@@ -28,16 +30,19 @@ import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from skybench.common import stratum_key, stratum_labels
 from skybench.harness.record import RECORD
 from skybench.tracks import Track
 
-__all__ = ["MIN_STRATUM_OBJECTS", "participant_artifacts", "participant_view", "private_dir", "private_root",
-           "without_small_strata", "write_participant_view"]
+__all__ = ["MIN_STRATUM_OBJECTS", "SHOWN_DECIMALS", "participant_artifacts", "participant_view", "private_dir",
+           "private_root", "shown_value", "without_small_strata", "write_participant_view"]
 
 # Small-cell suppression of per-stratum metrics shown to participants; the organiser's record keeps them all.
 MIN_STRATUM_OBJECTS = 10
+# Decimals of a metric shown while a track is open: what the leaderboard prints; the organiser's record keeps all.
+SHOWN_DECIMALS = 4
 
 PRIVATE = "private"
 # Participant-visible files per task. Nothing else from the organiser's folder is ever copied or logged.
@@ -58,7 +63,16 @@ def participant_view(track: Track, metrics: Mapping[str, float]) -> dict[str, fl
     else:
         parts = ("public_",) if track.evaluation.phase == "open" else ("public_", "private_")
         shown = {k: v for k, v in metrics.items() if k.startswith(parts)}
-    return _without_small_strata(track, shown)
+    return {k: shown_value(track, v) for k, v in _without_small_strata(track, shown).items()}
+
+
+def shown_value(track: Track, value: Any) -> Any:
+    """``value`` as published while ``track`` is open: rounded to :data:`SHOWN_DECIMALS` (counts, non-finite values
+    and anything not a number, a stored null say, as they are); once closed, the final scores in full."""
+    if (track.evaluation.phase != "open" or isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or float(value).is_integer()):
+        return value
+    return round(float(value), SHOWN_DECIMALS)
 
 
 def without_small_strata(track: Track, metrics: Mapping[str, float]) -> dict[str, float]:

@@ -32,6 +32,7 @@ from mlflow.store.tracking import SEARCH_MAX_RESULTS_DEFAULT
 from mlflow.tracking import MlflowClient
 
 from skybench.common import stratum_key, stratum_labels
+from skybench.harness.visibility import SHOWN_DECIMALS, shown_value
 from skybench.tracking import KIND_TAG, experiment_name, organiser_experiment, tracking_uri
 from skybench.tracking.ranks import RANK_COLUMNS
 from skybench.tracks import Stratum, Track
@@ -269,12 +270,12 @@ def find_entry(entries: pd.DataFrame, who: str, track: str) -> tuple[str, str]:
 
 
 def _cell(value: object) -> str:
-    """Human-readable cell: floats to 4 decimals, missing values blank, one line, control characters (terminal
-    escapes, bidi overrides) shown escaped: team-supplied text cannot restyle or reorder the output."""
+    """Human-readable cell: floats to :data:`SHOWN_DECIMALS` decimals, missing values blank, one line, control
+    characters (terminal escapes, bidi overrides) shown escaped: team-supplied text cannot restyle or reorder it."""
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{value:.{SHOWN_DECIMALS}f}"
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(str(value).split()))
 
 
@@ -311,8 +312,8 @@ def write_results(
     release: Path | None = None,
 ) -> None:
     """Write ``leaderboard.md`` and ``metrics.json`` ({"team/name": {metric: value}}, ranked entries, with
-    ``rank``, ``rank_low``, ``rank_high`` and ``group``), and tag the ranked runs with those four
-    (:func:`tag_ranks`).
+    ``rank``, ``rank_low``, ``rank_high`` and ``group``; values as published, :func:`skybench.harness.visibility.
+    shown_value`), and tag the ranked runs with those four (:func:`tag_ranks`).
 
     Deterministic for a given store, so re-publishing (e.g. after a DVC run-cache restore) is idempotent.
     """
@@ -324,7 +325,7 @@ def write_results(
     metrics = {
         f"{row['team']}/{row['name']}": {
             **_rank_fields(row),
-            **{m: float(row[m]) for m in _metric_columns(track, extra_columns) if pd.notna(row[m])},
+            **{m: shown_value(track, float(row[m])) for m in _metric_columns(track, extra_columns) if pd.notna(row[m])},
         }
         for _, row in df[df["rank"].notna()].iterrows()
     }
