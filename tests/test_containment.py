@@ -374,6 +374,32 @@ def test_seccomp_denies_namespaces_mounts_tracing_and_keyrings(tmp_path):
 
 
 @needs_bwrap
+def test_a_run_is_the_oom_killers_first_choice_and_cannot_change_that(tmp_path):
+    """Every process of a run starts at oom_score_adj 1000 (the evaluator stays at its own), and /proc is read-only
+    inside: without it, an unprivileged run wrote its oom_score_adj back to the evaluator's (0), so a host short of
+    memory could kill the evaluator, MLflow or another team's run first."""
+    res = run_script(tmp_path, """
+        import json, os, subprocess
+        out = {"adj": open("/proc/self/oom_score_adj").read().strip()}
+        for value in ("0", "999", "1000"):
+            try:
+                with open("/proc/self/oom_score_adj", "w") as f:
+                    f.write(value)
+                out[value] = "written"
+            except OSError as exc:
+                out[value] = exc.strerror
+        out["child"] = subprocess.run(["cat", "/proc/self/oom_score_adj"], capture_output=True, text=True).stdout
+        out["after"] = open("/proc/self/oom_score_adj").read().strip()
+        print(json.dumps(out))
+    """)
+    assert res.ok, res
+    got = json.loads(res.stdout)
+    ro = os.strerror(30)  # EROFS
+    assert got == {"adj": "1000", "0": ro, "999": ro, "1000": ro, "child": "1000\n", "after": "1000"}, got
+    assert open("/proc/self/oom_score_adj").read().strip() != "1000"  # the evaluator's own is untouched
+
+
+@needs_bwrap
 def test_seccomp_argument_rules_hold_whatever_the_upper_half_of_the_register(tmp_path):
     """The kernel reads an int argument (socket's family, setrlimit's resource) from the low 32 bits of its
     register, seccomp compares all 64: socket(AF_VSOCK | 1 << 32) was a vsock socket, setrlimit(RLIMIT_CORE | 1 << 32)

@@ -694,7 +694,8 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
     for src, dest in binds:
         m.add("--ro-bind", src, dest)
     m.add("--bind", str(box), "/scratch")
-    m.args += ["--proc", "/proc", "--dev", "/dev", *size, "--perms", "1777", "--tmpfs", "/dev/shm",
+    # /proc read-only: the run cannot lower the oom_score_adj it starts with (cmd below), nor write any of it
+    m.args += ["--proc", "/proc", "--remount-ro", "/proc", "--dev", "/dev", *size, "--perms", "1777", "--tmpfs", "/dev/shm",
                # no pseudo-terminals: every devpts instance but the host's draws on one host-wide count
                # (kernel.pty.max - kernel.pty.reserve), which one run could hold all of
                "--dev-bind", "/dev/null", "/dev/pts/ptmx"]
@@ -706,7 +707,10 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
           "--seccomp", str(fds["seccomp"])]
     if not privileged:  # as root bwrap cannot --disable-userns; the seccomp filter denies new namespaces then
         ns += ["--unshare-user", "--uid", str(uid), "--gid", str(gid), "--disable-userns"]
-    cmd = [_prlimit(), "--core=1:1", "--", bwrap, *ns, *m.args, "--info-fd", str(fds["info"]), "--",
+    # the whole sandbox is the OOM killer's first choice (oom_score_adj 1000, inherited; raising it needs no
+    # privilege), before the evaluator, MLflow or another run; among its own processes, the largest goes first
+    cmd = ["/bin/sh", "-c", '{ echo 1000 >/proc/self/oom_score_adj; } 2>/dev/null; exec "$@"', "sh",
+           _prlimit(), "--core=1:1", "--", bwrap, *ns, *m.args, "--info-fd", str(fds["info"]), "--",
            sys.executable, "-I", "-S", str(_SHIM),
            str(fds["status"]), json.dumps(cfg), *argv]
     if cg is not None:

@@ -55,11 +55,6 @@ def _command(argv: list[str], cfg: dict[str, Any]) -> NoReturn:
         for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT):
             signal.signal(s, signal.SIG_DFL)
         os.closerange(3, 1 << 16)
-        try:  # the command, not this shim, is the OOM killer's first choice
-            with open("/proc/self/oom_score_adj", "w") as f:
-                f.write("1000")
-        except OSError:
-            pass
         if os.getuid() == 0 and cfg["uid"] is not None:
             os.setgroups([])
             os.setresgid(cfg["gid"], cfg["gid"], cfg["gid"])
