@@ -695,7 +695,8 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
         m.add("--ro-bind", src, dest)
     m.add("--bind", str(box), "/scratch")
     # /proc read-only: the run cannot lower the oom_score_adj it starts with (cmd below), nor write any of it
-    m.args += ["--proc", "/proc", "--remount-ro", "/proc", "--dev", "/dev", *size, "--perms", "1777", "--tmpfs", "/dev/shm",
+    m.args += ["--proc", "/proc", "--remount-ro", "/proc", "--dev", "/dev", *size, "--perms", "1777",
+               "--tmpfs", "/dev/shm",
                # no pseudo-terminals: every devpts instance but the host's draws on one host-wide count
                # (kernel.pty.max - kernel.pty.reserve), which one run could hold all of
                "--dev-bind", "/dev/null", "/dev/pts/ptmx"]
