@@ -252,6 +252,32 @@ def test_shard_reading_refuses_a_fortran_ordered_file(tmp_path):
         list(iter_batches(tmp_path, "images", 2))
 
 
+def test_prefetched_batches_are_the_plain_ones_and_a_truncated_shard_is_named(tmp_path):
+    """The runner's read-ahead (two reused buffers, the next batch read on a thread) gives the batches of the plain
+    reader, for every batch size and limit; a batch is valid until the next is drawn; a shard cut short is a
+    ShardError naming it, not a short batch."""
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(size=(n, 2, 3, 3)).astype(np.float32) for n in (7, 5)]
+    for i, a in enumerate(parts):
+        np.save(tmp_path / layout.shard_name("images", i), a)
+    for size, limit in ((1, None), (3, None), (4, 9), (16, None), (2, 0)):
+        plain = [b.copy() for b in iter_batches(tmp_path, "images", size, limit)]
+        ahead = [b.copy() for b in iter_batches(tmp_path, "images", size, limit, prefetch=True)]
+        assert len(plain) == len(ahead) and all(np.array_equal(a, b) for a, b in zip(plain, ahead, strict=True))
+        assert sum(len(b) for b in ahead) == (12 if limit is None else limit)
+    stream = iter_batches(tmp_path, "images", 3, prefetch=True)
+    first = next(stream)
+    kept = first.copy()
+    second = next(stream)
+    assert np.array_equal(first, kept) and not np.shares_memory(first, second)  # the buffer drawn is left alone
+    stream.close()  # stopping early ends the read-ahead thread
+    last = tmp_path / layout.shard_name("images", 1)
+    last.write_bytes(last.read_bytes()[:-40])
+    for prefetch in (False, True):
+        with pytest.raises(ShardError, match=f"{last.name}.*truncated"):
+            list(iter_batches(tmp_path, "images", 4, prefetch=prefetch))
+
+
 def _table_release(out: Path, chunk_size: int, schema_drift: bool = False) -> Path:
     """A release whose chunks bring a table of several rows per object (as the detect task's objects per tile)."""
     counts = {"train": 7, "val": 3, "test": 8}

@@ -7,7 +7,8 @@ There is one input folder, the release's public test split: on a track with a re
 test set and the real set as one stream in a keyed order, with opaque ids (``skybench.release.mixing``).
 
 Every model gets float32 batches of shape (B, bands, H, W), streamed from the shards of ``images``
-(:func:`skybench.release.shards.iter_batches`; the last batch of each shard file may be smaller). On a
+(:func:`skybench.release.shards.iter_batches`, the next batch read ahead into a reused buffer: a batch's memory
+is reused once predict returns, and the outputs are copied; the last batch of each shard file may be smaller). On a
 catalogue track it gets ``features`` (B, F) instead, and on a track with both, a pair ``(images, features)``
 (ONNX: two inputs, in that order; Keras: a list; torch: two arguments; sklearn: both flattened and
 concatenated; python: the tuple). A generator (the ``generate`` task) gets ``latents`` (B, dim) and returns maps
@@ -308,9 +309,10 @@ def iter_inputs(inputs: Path, batch_size: int, limit: int | None) -> Iterator[Ba
 
 def iter_batches(inputs: Path, batch_size: int, limit: int | None, name: str = "images") -> Iterator[np.ndarray]:
     """Batches from the shards, in order, read with plain file reads rather than a memory map, so that
-    only one batch is ever resident (touched pages of a memory map would count towards the RSS)."""
+    only one batch is ever resident (touched pages of a memory map would count towards the RSS); the next is read
+    ahead into a reused buffer while the model predicts this one."""
     try:
-        yield from shards.iter_batches(inputs, name, batch_size, limit)
+        yield from shards.iter_batches(inputs, name, batch_size, limit, prefetch=True)
     except shards.ShardError as exc:
         raise RunnerError(str(exc)) from exc
 
@@ -356,7 +358,7 @@ def _predict_set(predict: Predict, fmt: str, used: str, inputs: Path, out: Path,
         try:
             with warnings.catch_warnings():  # a cast to float32 would silently drop the imaginary part
                 warnings.simplefilter("error", _COMPLEX_WARNING)
-                res = np.asarray(res, dtype=np.float32)
+                res = np.array(res, dtype=np.float32)  # a copy: a view of the batch would change with the next
         except _COMPLEX_WARNING as exc:
             raise RunnerError(f"batch {i}: predictions are complex numbers, expected real ones") from exc
         except (TypeError, ValueError) as exc:
