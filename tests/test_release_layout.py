@@ -278,6 +278,25 @@ def test_prefetched_batches_are_the_plain_ones_and_a_truncated_shard_is_named(tm
             list(iter_batches(tmp_path, "images", 4, prefetch=prefetch))
 
 
+def test_a_model_returning_a_view_of_its_batch_keeps_its_predictions(tmp_path):
+    """The runner reuses each batch's buffer two batches later: a python model that returns a view of its batch
+    (one pixel per cut-out) must still get every cut-out's own pixel in predictions.npy."""
+    from skybench.harness import runner
+
+    images = np.arange(9 * 2 * 3 * 3, dtype=np.float32).reshape(9, 2, 3, 3)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    np.save(inputs / layout.shard_name("images", 0), images)
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "predict.py").write_text("def load(d):\n    return None\ndef predict(m, b):\n    return b[:, 0, 1, 1]\n")
+    (sub / "submission.yaml").write_text("team: t\nname: view\ntrack: lens-space\nformat: python\nmodel: predict.py\n")
+    (tmp_path / "out").mkdir()
+    info = runner.run(sub, inputs, tmp_path / "out" / "predictions.npy", batch_size=2, device="cpu")
+    assert info["n"] == 9
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "predictions.npy"), images[:, 0, 1, 1])
+
+
 def _table_release(out: Path, chunk_size: int, schema_drift: bool = False) -> Path:
     """A release whose chunks bring a table of several rows per object (as the detect task's objects per tile)."""
     counts = {"train": 7, "val": 3, "test": 8}
