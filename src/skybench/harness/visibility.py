@@ -56,23 +56,25 @@ _ARTIFACTS = {
 }
 
 
-def participant_view(track: Track, metrics: Mapping[str, float]) -> dict[str, float]:
-    """The metrics a participant may see now (see the module docstring)."""
+def participant_view(track: Track, metrics: Mapping[str, float], decimals: int = SHOWN_DECIMALS
+                     ) -> dict[str, float]:
+    """The metrics a participant may see now (see the module docstring); ``decimals``: while open, a challenge
+    server's ``public_score_digits``."""
     if track.evaluation.public_fraction is None:
         shown = dict(metrics)
     else:
         parts = ("public_",) if track.evaluation.phase == "open" else ("public_", "private_")
         shown = {k: v for k, v in metrics.items() if k.startswith(parts)}
-    return {k: shown_value(track, v) for k, v in _without_small_strata(track, shown).items()}
+    return {k: shown_value(track, v, decimals) for k, v in _without_small_strata(track, shown).items()}
 
 
-def shown_value(track: Track, value: Any) -> Any:
-    """``value`` as published while ``track`` is open: rounded to :data:`SHOWN_DECIMALS` (counts, non-finite values
-    and anything not a number, a stored null say, as they are); once closed, the final scores in full."""
+def shown_value(track: Track, value: Any, decimals: int = SHOWN_DECIMALS) -> Any:
+    """``value`` as published while ``track`` is open: rounded to ``decimals`` (counts, non-finite values and
+    anything not a number, a stored null say, as they are); once closed, the final scores in full."""
     if (track.evaluation.phase != "open" or isinstance(value, bool) or not isinstance(value, (int, float))
             or not math.isfinite(value) or float(value).is_integer()):
         return value
-    return round(float(value), SHOWN_DECIMALS)
+    return round(float(value), decimals)
 
 
 def without_small_strata(track: Track, metrics: Mapping[str, float]) -> dict[str, float]:

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -54,18 +53,15 @@ def shown_metrics(cfg: ChallengeConfig, sub: Submission, phase: Phase, session: 
     whole-test-set metric of a split track, no stratum bin with few objects); while the phase is open, rounded,
     or only the Ladder's score with ``open_board: ladder`` (:func:`skybench.server.ladder.shown`). ``memo``: one
     request's, so a list of a team's submissions climbs each track's ladder once, not once per submission."""
-    from skybench.harness.visibility import participant_view
+    from skybench.harness.visibility import SHOWN_DECIMALS, participant_view
 
     if shown_as_open(phase) and cfg.open_board == "ladder":
         from skybench.server import ladder
 
         return ladder.shown(session, cfg, sub, memo)
-    metrics = participant_view(_track_in(sub.track, phase == "final"), sub.metrics or {})
     digits = cfg.public_score_digits
-    if digits is not None and shown_as_open(phase):
-        metrics = {k: round(v, digits) if isinstance(v, float) and math.isfinite(v) else v
-                   for k, v in metrics.items()}
-    return metrics
+    decimals = SHOWN_DECIMALS if digits is None or not shown_as_open(phase) else min(digits, SHOWN_DECIMALS)
+    return participant_view(_track_in(sub.track, phase == "final"), sub.metrics or {}, decimals)
 
 
 async def _tick(cfg: ChallengeConfig, Session: sessionmaker) -> None:  # noqa: N803 - a sessionmaker

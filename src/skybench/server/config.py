@@ -81,7 +81,7 @@ class ChallengeConfig(_Strict):
     tracks: dict[str, TrackConfig]
     storage: Path = Path("challenge-store")  # relative to the yaml's folder
     database_url: str | None = None  # None: sqlite:///<storage>/skybench.db
-    public_score_digits: int | None = Field(None, ge=0, le=12)  # round scores shown during the open phase
+    public_score_digits: int | None = Field(None, ge=0, le=12)  # round scores shown while open (at most, default 4)
     # What teams see while a track is open: every public metric of each submission ("scores"), or only the
     # Ladder's score (skybench.server.ladder), which moves only on a real improvement
     open_board: Literal["scores", "ladder"] = "ladder"
