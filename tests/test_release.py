@@ -128,6 +128,43 @@ def test_a_failed_write_leaves_the_previous_release_intact(tmp_path, tiny_space_
     assert [p.name for p in tmp_path.iterdir()] == ["rel"]  # no temporary folder left behind
 
 
+def test_shards_hashed_as_written_and_files_finish_replaced_hashed_again(tmp_path, monkeypatch):
+    """The writer hashes each shard as it writes it and reads back only the other files: the metadata tables and
+    what ``finish`` wrote (fold_in's new test stream). Every digest in the manifest is the file's own."""
+    import hashlib
+    import os
+
+    from skybench.release import writer
+
+    reread: list[str] = []
+    plain = writer.sha256_files
+    monkeypatch.setattr(writer, "sha256_files",
+                        lambda paths: reread.extend("/".join(p.parts[-3:]) for p in paths) or plain(paths))
+
+    def chunks(split, ranges):
+        for start, stop in ranges:
+            rng = np.random.default_rng(start)
+            yield rng.normal(size=(stop - start, 2, 4, 4)).astype(np.float32), pd.DataFrame({"id": range(start, stop)})
+
+    def finish(root):  # as fold_in: the test stream is a new file in place of the old one
+        shard = layout.shard_paths(layout.public_dir(root, "test"), "images")[0]
+        new = shard.with_name("new.npy")
+        np.save(new, np.ones((7, 2, 4, 4), np.float32))
+        os.replace(new, shard)
+        return {}
+
+    out = write_release(tmp_path / "rel", info={}, counts={"train": 30, "val": 5, "test": 7}, image_shape=(2, 4, 4),
+                        make_chunks=chunks, chunk_size=4, shard_size=16, progress=False, finish=finish)
+    assert verify_release(out) == []
+    files = read_manifest(out)["files"]
+    for rel, entry in files.items():
+        assert entry["sha256"] == hashlib.sha256((out / rel).read_bytes()).hexdigest(), rel
+    assert len([rel for rel in files if rel.endswith(".npy")]) == 4  # train 2, val 1, test 1
+    assert [n for n in reread if n.endswith(".npy")] == ["public/test/images-00000.npy"]  # the one finish replaced
+    assert set(files) - {n for n in reread} == {"public/train/images-00000.npy", "public/train/images-00001.npy",
+                                                "public/val/images-00000.npy"}
+
+
 def test_cli_simulate_writes_a_release(tmp_path):
     result = CliRunner().invoke(app, ["simulate", "lens-space", "--out", str(tmp_path / "r"), "--size", "8",
                                       "--seed", "2"])

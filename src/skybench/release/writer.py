@@ -6,11 +6,17 @@ folder of the test split (they are answers), and to the public folders otherwise
 ``tables``: per-split tables with any number of rows per object (the truth table of the objects in each tile of the
 ``detect`` task), public for train and val and hidden for test, like the metadata. Where each file goes is
 :mod:`skybench.release.layout`'s business.
+
+Each shard file is hashed as it is written (with a GPU backend, while the next chunk is simulated on a thread), so
+the manifest needs no second read of it; a file changed after it was written (``finish`` rewrites the test
+shards) is hashed again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -54,7 +60,8 @@ def write_release(out: Path, *, info: dict[str, Any], counts: dict[str, int],
     ``arrays``: per-object array shapes by name (default ``{"images": image_shape}``).
     ``label_columns`` are kept out of the public test split; everything but ``public_test_columns`` is hidden.
     ``finish(folder)``: run on the written splits before they are hashed (e.g. folding the real set into the
-    test split, :func:`skybench.release.mixing.fold_in`); its result is added to the manifest.
+    test split, :func:`skybench.release.mixing.fold_in`); its result is added to the manifest. It replaces a file
+    it changes (a new file renamed over it), never rewrites one in place within the same clock tick.
     ``tables``: names of the per-split tables each chunk brings as its third element (hidden for test); each
     table's chunks must have the same columns and dtypes, so that the file does not depend on the chunks."""
     arrays = dict(arrays) if arrays is not None else {"images": tuple(image_shape or ())}
@@ -64,16 +71,20 @@ def write_release(out: Path, *, info: dict[str, Any], counts: dict[str, int],
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()  # also for a release without objects (an empty real set: `make run` without data/)
+        written: dict[Path, tuple[str, tuple[int, ...]]] = {}  # shard -> (sha256, its stat when written)
         with _progress(progress) as bar:
             for split in SPLITS:
                 n = counts.get(split, 0)
                 if n:
                     _write_split(tmp, split, n, arrays, hidden_arrays, make_chunks, chunk_size, shard_size,
-                                 public_test_columns, bar, tables)
+                                 public_test_columns, bar, tables, written)
         info = {**info, **(finish(tmp) if finish is not None else {})}
         paths = [p for p in sorted(tmp.rglob("*")) if p.is_file()]
-        files = {layout.relpath(p, tmp): {"sha256": digest, "bytes": p.stat().st_size}
-                 for p, digest in zip(paths, sha256_files(paths), strict=True)}
+        # fold_in writes new files (a new inode); an in-place rewrite changes the size or the times
+        known = {p: written[p][0] for p in paths if p in written and written[p][1] == _stat(p)}
+        again = [p for p in paths if p not in known]
+        known.update(zip(again, sha256_files(again), strict=True))
+        files = {layout.relpath(p, tmp): {"sha256": known[p], "bytes": p.stat().st_size} for p in paths}
         manifest = {"format": FORMAT, **info, "skybench_version": __version__,
                     "counts": {s: counts.get(s, 0) for s in SPLITS},
                     **({"image_shape": list(arrays["images"])} if "images" in arrays else {}),
@@ -94,9 +105,14 @@ def write_release(out: Path, *, info: dict[str, Any], counts: dict[str, int],
     return out
 
 
+def _stat(path: Path) -> tuple[int, ...]:
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 def _write_split(root: Path, split: str, n: int, arrays: dict[str, tuple[int, ...]], hidden_arrays: tuple[str, ...],
                  make_chunks: ChunksFn, chunk_size: int, shard_size: int, public_test_columns: tuple[str, ...],
-                 bar: Any, tables: tuple[str, ...] = ()) -> None:
+                 bar: Any, tables: tuple[str, ...], written: dict[Path, tuple[str, tuple[int, ...]]]) -> None:
     pub = layout.public_dir(root, split)
     pub.mkdir(parents=True)
     hid = layout.hidden_dir(root, split)
@@ -108,15 +124,18 @@ def _write_split(root: Path, split: str, n: int, arrays: dict[str, tuple[int, ..
     for shard_no, shard_start in enumerate(range(0, n, shard_size)):
         shard_stop = min(n, shard_start + shard_size)
         ranges = [(a, min(shard_stop, a + chunk_size)) for a in range(shard_start, shard_stop, chunk_size)]
-        files = {}
+        files, hashes = {}, {}
         with contextlib.ExitStack() as stack:
             for name, shape in arrays.items():
                 folder = hid if split == "test" and name in hidden_arrays else pub
-                f = files[name] = stack.enter_context(open(folder / layout.shard_name(name, shard_no), "wb"))
+                files[name] = stack.enter_context(open(folder / layout.shard_name(name, shard_no), "wb"))
+                hashes[name] = hashlib.sha256()
                 # Plain appends, not a memory map: the pages of a written memory map would stay in the RSS.
-                header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False,
-                          "shape": (shard_stop - shard_start, *shape)}
-                np.lib.format.write_array_header_1_0(f, header)
+                header = io.BytesIO()
+                np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")),
+                                                              "fortran_order": False,
+                                                              "shape": (shard_stop - shard_start, *shape)})
+                _append(files[name], hashes[name], header.getvalue())
             for (start, stop), got in zip(ranges, make_chunks(split, ranges), strict=True):
                 chunk, meta = got[0], got[1]
                 chunk = chunk if isinstance(chunk, dict) else {"images": chunk}
@@ -127,11 +146,14 @@ def _write_split(root: Path, split: str, n: int, arrays: dict[str, tuple[int, ..
                 for name, shape in arrays.items():
                     if chunk[name].shape != (stop - start, *shape):
                         raise ValueError(f"chunk {split}[{start}:{stop}]: {name} has shape {chunk[name].shape}")
-                    files[name].write(np.ascontiguousarray(chunk[name], dtype="<f4").data)  # no bytes copy
+                    _append(files[name], hashes[name], np.ascontiguousarray(chunk[name], dtype="<f4").data)
                 # Columns, joined into one table per split: a DataFrame per chunk costs more than the chunk.
                 metas.append(meta if isinstance(meta, dict) else {k: meta[k].to_numpy() for k in meta.columns})
                 if bar:
                     bar.advance(task, stop - start)
+            for name, f in files.items():
+                f.close()
+                written[Path(f.name)] = (hashes[name].hexdigest(), _stat(Path(f.name)))
     meta = pd.DataFrame({k: np.concatenate([m[k] for m in metas]) for k in metas[0]})
     if split == "test":
         _write_parquet(meta[list(public_test_columns)], layout.index_path(pub))
@@ -140,6 +162,12 @@ def _write_split(root: Path, split: str, n: int, arrays: dict[str, tuple[int, ..
         _write_parquet(meta, layout.meta_path(pub))
     for name, frames in parts.items():  # per-object truth: hidden for test, like the labels
         _write_parquet(pd.concat(frames, ignore_index=True), layout.table_path(hid if split == "test" else pub, name))
+
+
+def _append(f: Any, h: Any, data: Any) -> None:
+    """Write ``data`` (bytes or a buffer: no bytes copy) to ``f`` and hash it with ``h``."""
+    f.write(data)
+    h.update(data)
 
 
 def _add_tables(parts: dict[str, list[pd.DataFrame]], got: dict[str, pd.DataFrame], where: str) -> None:
