@@ -134,7 +134,7 @@ def test_params_are_public_inputs_on_every_split_and_reach_the_runner(release: P
 
     # the runner feeds (latents, params) batches, aligned, restarting per shard like the images of other tracks
     test = layout.public_dir(release, "test")
-    batches = list(runner.iter_inputs(test, 50, None))
+    batches = [tuple(a.copy() for a in b) for b in runner.iter_inputs(test, 50, None)]  # reused buffers: copy
     assert all(isinstance(b, tuple) and len(b) == 2 for b in batches)
     np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), np.asarray(rel.array("test", "params")))
     np.testing.assert_array_equal(np.concatenate([b[0] for b in batches]), np.asarray(rel.array("test", "latents")))
