@@ -300,7 +300,8 @@ def input_arrays(inputs: Path) -> list[str]:
 
 
 def iter_inputs(inputs: Path, batch_size: int, limit: int | None) -> Iterator[Batch]:
-    """Batches of the folder's input arrays: one array, or a tuple when the track has several."""
+    """Batches of the folder's input arrays: one array, or a tuple when the track has several; each valid until
+    the next one is drawn (read ahead into reused buffers)."""
     names = input_arrays(inputs)
     streams = [iter_batches(inputs, batch_size, limit, n) for n in names]
     for parts in zip(*streams, strict=True):
