@@ -11,6 +11,7 @@ heavier than numpy (no pandas, no pyarrow). Two ways to read:
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,9 +103,10 @@ def iter_batches(folder: Path, name: str, batch_size: int, limit: int | None = N
     reading from the page cache); so a batch is valid only until the next one is drawn: copy what you keep."""
     plan = _plan(folder, name, batch_size, limit)
     if not prefetch or any(s.dtype != np.dtype("<f4") for s, _, _ in plan):
-        for shard, start, rows in plan:
+        for shard, batches in itertools.groupby(plan, key=lambda b: b[0]):  # each shard opened once
             with open(shard.path, "rb") as f:
-                yield np.ascontiguousarray(_read(f, shard, start, rows, None), dtype=np.float32)
+                for _, start, rows in batches:
+                    yield np.ascontiguousarray(_read(f, shard, start, rows, None), dtype=np.float32)
         return
     yield from _prefetched(plan, batch_size)
 
