@@ -1,35 +1,61 @@
-"""A challenge-profile training step of the lens ResNet (``train.resnet`` of params.yaml at ``--profile challenge``:
-stem stride 1, 3 units per stage) on the harness's device, then its evaluation through `skybench evaluate`.
+"""The lens ResNet at the ``challenge`` profile (``train.resnet`` of params.yaml: stem stride 1, 3 units per stage,
+60 epochs) on the harness's device, trained and then scored through `skybench evaluate`.
 
-    python perf/gpu_train.py --train 20000 --epochs 2        # a GPU (perf/gpu_check.sh --challenge)
-    python perf/gpu_train.py --train 200 --epochs 1          # the CPU: that it runs
+    python perf/gpu_train.py --time-limit 200 --keep DIR     # a GPU: the whole profile (20,000 / 2,000 / 100,000)
+    python perf/gpu_train.py --test 300 --epochs 1           # the CPU: that it runs (perf/gpu_check.sh)
 
-The data are simulated with public seeds (the demo profile's population; no key, so never the organiser's),
-scaled as ``simulate_release(size=...)`` scales the demo profile: train = test = ``--train``, val a quarter.
-Prints the simulation and training times, training cut-outs/s, the validation AUROC and the test AUROC, TPR0 and
-TPR10 with the AUROC's 95% interval, and appends them as Markdown with ``--md``. A failed simulation, training or
+The release is the track's challenge profile (``--test`` scales train and val with it, as ``simulate_release(size=)``
+does), drawn with a throw-away key made here, so never the organiser's. ``--time-limit`` ends training after the
+epoch in which it passed (``train.resnet.time_limit_s``; the epoch with the best validation AUROC is exported).
+Prints the simulation and training times, training cut-outs/s, the epochs run, the validation AUROC and the test
+AUROC, TPR0 and TPR10 with 95% bootstrap intervals over the test objects, and appends them as Markdown with ``--md``.
+``--keep DIR`` copies the trained submission (ONNX) and its test metrics there. A failed simulation, training or
 evaluation exits 1 with one line."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
+RESAMPLES = 200  # bootstrap resamples for the TPR0 / TPR10 intervals (each one sorts the whole test set)
+
+
+def tpr_intervals(folder: Path, release: Path) -> dict[str, tuple[float, float]]:
+    """95% percentile-bootstrap intervals of TPR0 and TPR10 from the organiser's predictions under ``folder``."""
+    from skybench.common import bootstrap_ci
+    from skybench.release.reader import Release
+    from skybench.tasks.lens.metrics import tpr0, tpr10
+
+    (pred_csv,) = folder.rglob("predictions.csv")
+    pred = pd.read_csv(pred_csv)
+    rel = Release(release)
+    truth = rel.hidden("test").truth(pred["id"].to_numpy())
+    y = truth[rel.label_columns[0]].to_numpy().astype(bool)
+    s = pred["score"].to_numpy(np.float64)
+    return {name: bootstrap_ci(fn, y, s, n_resamples=RESAMPLES) for name, fn in (("tpr0", tpr0), ("tpr10", tpr10))}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--track", default="lens-ground")
-    ap.add_argument("--train", type=int, default=20_000, help="training cut-outs (challenge profile: 20,000)")
-    ap.add_argument("--epochs", type=int, default=2, help="epochs (the challenge profile trains 60)")
+    ap.add_argument("--test", type=int, default=None,
+                    help="test cut-outs (default: the challenge profile's 100,000; train and val scale with it)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs (default: the challenge profile's 60)")
+    ap.add_argument("--time-limit", type=float, default=None, help="seconds of training, checked after each epoch")
+    ap.add_argument("--keep", type=Path, default=None, help="copy the trained submission and its metrics here")
     ap.add_argument("--md", type=Path, default=None, help="append the Markdown figures to this file")
     ap.add_argument("--tmp", type=Path, default=None)
     ap.add_argument("--expect-device", choices=("cuda", "cpu"), default=None,
@@ -38,6 +64,7 @@ def main() -> int:
 
     from skybench.harness.evaluate import evaluate
     from skybench.harness.submission import cuda_available
+    from skybench.release import read_manifest
     from skybench.simulate import simulate_release
     from skybench.tracks import load_track
 
@@ -52,11 +79,14 @@ def main() -> int:
         tmp.chmod(0o755)  # the sandboxed evaluation runs as another uid
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
         t = time.perf_counter()
-        release = simulate_release(track, tmp / "release", size=args.train, progress=False)
+        release = simulate_release(track, tmp / "release", profile="challenge", size=args.test,
+                                   key_file=tmp / "throwaway.key", progress=False)
         t_sim = time.perf_counter() - t
+        sizes = {s: int(read_manifest(release)["counts"][s]) for s in ("train", "val", "test")}
         cmd = [sys.executable, str(ROOT / "baselines/lens/resnet/train.py"), "--track", track.name, "--release",
-               str(release), "--out", str(tmp / "resnet"), "--profile", "challenge", "--epochs", str(args.epochs),
-               "--no-mlflow"]
+               str(release), "--out", str(tmp / "resnet"), "--profile", "challenge", "--no-mlflow"]
+        cmd += ["--epochs", str(args.epochs)] if args.epochs else []
+        cmd += ["--set", f"time_limit_s={args.time_limit}"] if args.time_limit else []
         t = time.perf_counter()
         run = subprocess.run(cmd, capture_output=True, text=True)
         t_train = time.perf_counter() - t
@@ -66,6 +96,9 @@ def main() -> int:
             return 1
         found = re.search(r"val AUROC ([0-9.na]+)", run.stdout)
         val_auroc = found.group(1) if found else "?"
+        stopped = re.search(r"stopped after epoch (\d+)", run.stdout)
+        kept = re.search(r"kept epoch (\d+)", run.stdout)
+        epochs = int(stopped.group(1)) if stopped else (args.epochs or 60)
         for p in (tmp / "resnet", *(tmp / "resnet").rglob("*")):
             p.chmod(0o755 if p.is_dir() else 0o644)
         t = time.perf_counter()
@@ -76,14 +109,21 @@ def main() -> int:
             print(f"FAIL: evaluating the challenge ResNet: {o.status}: {o.reason}", file=sys.stderr)
             return 1
         m = o.metrics
-    rate = args.train * args.epochs / t_train
-    text = (f"Challenge-profile lens ResNet on {device} ({track.name}, params.yaml train.resnet at profile "
-            f"challenge, {args.epochs} of its 60 epochs, {args.train} training cut-outs simulated with public seeds "
-            f"in {t_sim:.0f} s): training {t_train:.0f} s including start-up ({rate:.0f} training cut-outs/s), "
-            f"val AUROC {val_auroc}; `skybench evaluate` on {args.train} test cut-outs in {t_eval:.0f} s: AUROC "
-            f"{m['auroc']:.3f} [{m['auroc_ci_low']:.3f}, {m['auroc_ci_high']:.3f}], TPR0 {m['tpr0']:.3f}, "
-            f"TPR10 {m['tpr10']:.3f} (after {args.epochs} epoch{'s' if args.epochs > 1 else ''}: a timing, not the "
-            "challenge baseline's score).\n")
+        ci = tpr_intervals(tmp, release)
+        if args.keep:
+            shutil.copytree(tmp / "resnet", args.keep, dirs_exist_ok=True)
+            (args.keep / "test_metrics.json").write_text(json.dumps(
+                {**m, **{f"{k}_ci_low": v[0] for k, v in ci.items()}, **{f"{k}_ci_high": v[1] for k, v in ci.items()},
+                 "sizes": sizes, "epochs": epochs, "device": device}, indent=1, default=float))
+    rate = sizes["train"] * epochs / t_train
+    text = (f"Challenge-profile lens ResNet on {device} ({track.name}, params.yaml train.resnet at profile challenge; "
+            f"{sizes['train']:,} training, {sizes['val']:,} validation and {sizes['test']:,} test cut-outs simulated "
+            f"with a throw-away key in {t_sim:.0f} s): {epochs} of 60 epochs in {t_train:.0f} s including start-up "
+            f"({rate:.0f} training cut-outs/s), kept epoch {kept.group(1) if kept else '?'}, val AUROC {val_auroc}; "
+            f"`skybench evaluate` in {t_eval:.0f} s: AUROC {m['auroc']:.3f} [{m['auroc_ci_low']:.3f}, "
+            f"{m['auroc_ci_high']:.3f}], TPR0 {m['tpr0']:.3f} [{ci['tpr0'][0]:.3f}, {ci['tpr0'][1]:.3f}], TPR10 "
+            f"{m['tpr10']:.3f} [{ci['tpr10'][0]:.3f}, {ci['tpr10'][1]:.3f}] (95% bootstrap intervals over the test "
+            f"objects; CMU DeepLens, Metcalf et al. 2019, ground: AUROC 0.98, TPR0 0.09, TPR10 0.45).\n")
     print(text)
     if args.md:
         with args.md.open("a") as f:
