@@ -259,6 +259,30 @@ def sandbox_devices(tmp: Path, gpu: bool) -> tuple[list[str], list[str]]:
     return devs.split(), pci.split()
 
 
+CUDA_INIT = """
+import time
+t = time.perf_counter()
+import torch
+x = torch.ones(256, 4, 101, 101, device="cuda")
+print(f"{time.perf_counter() - t:.2f} {float(x.sum()):.0f}")
+"""
+
+
+def sandbox_cuda_init(tmp: Path) -> str:
+    """Seconds a sandboxed GPU task takes to import torch and make its first CUDA tensor, or why it failed."""
+    from skybench.harness.sandbox import Limits, run_sandboxed
+
+    code = tmp / "cuda-init"
+    code.mkdir()
+    (code / "init.py").write_text(CUDA_INIT)
+    for p in (code, code / "init.py"):
+        p.chmod(0o755)
+    res = run_sandboxed([sys.executable, "/code/init.py"], scratch=tmp / "cuda-init-scratch",
+                        ro_binds=[(code, "/code")], limits=Limits(memory_mb=6144, cpu_seconds=120, wall_seconds=90),
+                        gpu=True)
+    return f"{res.stdout.split()[0]} s" if res.ok else f"failed: {res.reason}: {res.stderr[-300:]!r}"
+
+
 def predictions(out: Path, ids: np.ndarray) -> np.ndarray:
     """The scored predictions of the one submission evaluated into ``out``, in the order of ``ids``."""
     (csv,) = out.parent.glob(f"{out.name}-private/*/predictions.csv")  # the organiser's folder (evaluate.py)
@@ -322,6 +346,10 @@ def main() -> int:
     ap.add_argument("--ray-cpus", type=int, default=min(4, os.cpu_count() or 1))
     ap.add_argument("--md", type=Path, default=None, help="append the Markdown figures to this file")
     ap.add_argument("--tmp", type=Path, default=None, help="scratch folder (~170 kB per cut-out)")
+    ap.add_argument("--sandbox-wall", type=float, default=None,
+                    help="cap each sandboxed run at this many seconds (default: the track's limits)")
+    ap.add_argument("--stacks", type=float, default=0,
+                    help="print this process's thread stacks every this many seconds (0: never)")
     args = ap.parse_args()
 
     from eval_ray import noise_release
@@ -345,7 +373,14 @@ def main() -> int:
     # the node the sandbox should see: the one gpu_binds picks (the only GPU may be /dev/nvidia3 in a container)
     want = [a[1][len("/dev/"):] for a in gpu_binds(os.listdir("/dev"), visible)
             if re.fullmatch(r"/dev/nvidia\d+", a[1])] if cuda else []
+    if args.stacks:
+        import faulthandler
+
+        faulthandler.dump_traceback_later(args.stacks, repeat=True)
     track = load_track(args.track)
+    if args.sandbox_wall:
+        track = track.model_copy(update={"sandbox": track.sandbox.model_copy(
+            update={"wall_seconds": args.sandbox_wall})})
     batch = track.evaluation.batch_size
     shape = (len(track.band_names), track.cutout.size, track.cutout.size)
     n = args.size
@@ -372,6 +407,10 @@ def main() -> int:
             fail(f"the sandbox sees GPU nodes {numbered}, expected {want}")
         if len(pci) > (1 if cuda else 0):
             fail(f"the sandbox sees {len(pci)} PCI devices under /sys/bus/pci/devices: {pci[:4]}")
+        if cuda:
+            t = time.perf_counter()
+            print(f"sandboxed torch import + first CUDA tensor: {sandbox_cuda_init(tmp)} "
+                  f"({time.perf_counter() - t:.1f} s with the sandbox)", flush=True)
 
         t = time.perf_counter()
         release = noise_release(tmp / "release", track.name, n)
@@ -398,7 +437,8 @@ def main() -> int:
                 (o,) = evaluate([sub], track, release, out=out, publish=False)
                 wall = time.perf_counter() - t
             if o.status != "FINISHED":
-                fail(f"{fmt}: skybench evaluate {o.status}: {o.reason}")
+                fail(f"{fmt}: skybench evaluate {o.status} after {wall:.0f} s: {o.reason}")
+                print(f"{fmt}: the sandbox's stderr: {o.log[-1500:]}", flush=True)
                 continue
             record = record_of(o)
             if record.get("device") != device:

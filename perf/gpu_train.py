@@ -15,6 +15,7 @@ evaluation exits 1 with one line."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -23,7 +24,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,6 +51,17 @@ def tpr_intervals(folder: Path, release: Path) -> dict[str, tuple[float, float]]
     return {name: bootstrap_ci(fn, y, s, n_resamples=RESAMPLES) for name, fn in (("tpr0", tpr0), ("tpr10", tpr10))}
 
 
+class RlimitsAllowed:
+    """The local executor, with a challenge release's demand for cgroup limits dropped (``--allow-rlimits``)."""
+
+    name = "local"
+
+    def run(self, jobs: list[Any]) -> Iterator[Any]:
+        from skybench.harness.executors import LocalExecutor
+
+        return LocalExecutor().run([dataclasses.replace(j, require_cgroups=False) for j in jobs])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--track", default="lens-ground")
@@ -58,6 +72,9 @@ def main() -> int:
     ap.add_argument("--keep", type=Path, default=None, help="copy the trained submission and its metrics here")
     ap.add_argument("--md", type=Path, default=None, help="append the Markdown figures to this file")
     ap.add_argument("--tmp", type=Path, default=None)
+    ap.add_argument("--allow-rlimits", action="store_true",
+                    help="where cgroups have no memory/pids controller, evaluate the challenge release with the "
+                         "sandbox's rlimit fallback (the harness refuses that; this perf check only)")
     ap.add_argument("--expect-device", choices=("cuda", "cpu"), default=None,
                     help="fail at once when training and evaluation would run on another device")
     args = ap.parse_args()
@@ -99,11 +116,14 @@ def main() -> int:
         stopped = re.search(r"stopped after epoch (\d+)", run.stdout)
         kept = re.search(r"kept epoch (\d+)", run.stdout)
         epochs = int(stopped.group(1)) if stopped else (args.epochs or 60)
+        print(f"trained: {epochs} epochs, kept {kept.group(1) if kept else '?'}, val AUROC {val_auroc}, "
+              f"{t_train:.0f} s; {run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ''}", flush=True)
         for p in (tmp / "resnet", *(tmp / "resnet").rglob("*")):
             p.chmod(0o755 if p.is_dir() else 0o644)
         t = time.perf_counter()
         (o,) = evaluate([tmp / "resnet"], track, release, out=tmp / "evals", publish=False,
-                        identities={tmp / "resnet": ("baselines", "resnet")})
+                        identities={tmp / "resnet": ("baselines", "resnet")},
+                        executor=RlimitsAllowed() if args.allow_rlimits else "local")
         t_eval = time.perf_counter() - t
         if o.status != "FINISHED":
             print(f"FAIL: evaluating the challenge ResNet: {o.status}: {o.reason}", file=sys.stderr)
