@@ -117,7 +117,7 @@ def main() -> int:
         kept = re.search(r"kept epoch (\d+)", run.stdout)
         epochs = int(stopped.group(1)) if stopped else (args.epochs or 60)
         print(f"trained: {epochs} epochs, kept {kept.group(1) if kept else '?'}, val AUROC {val_auroc}, "
-              f"{t_train:.0f} s; {run.stdout.strip().splitlines()[-1] if run.stdout.strip() else ''}", flush=True)
+              f"{t_train:.0f} s; the trainer's last lines:\n{run.stdout[-1500:]}", flush=True)
         for p in (tmp / "resnet", *(tmp / "resnet").rglob("*")):
             p.chmod(0o755 if p.is_dir() else 0o644)
         t = time.perf_counter()
