@@ -120,6 +120,8 @@ def main() -> int:
               f"{t_train:.0f} s; the trainer's last lines:\n{run.stdout[-1500:]}", flush=True)
         for p in (tmp / "resnet", *(tmp / "resnet").rglob("*")):
             p.chmod(0o755 if p.is_dir() else 0o644)
+        if args.keep:  # before the evaluation, which a time-limited machine may not see the end of
+            shutil.copytree(tmp / "resnet", args.keep, dirs_exist_ok=True)
         t = time.perf_counter()
         (o,) = evaluate([tmp / "resnet"], track, release, out=tmp / "evals", publish=False,
                         identities={tmp / "resnet": ("baselines", "resnet")},
@@ -131,7 +133,6 @@ def main() -> int:
         m = o.metrics
         ci = tpr_intervals(tmp, release)
         if args.keep:
-            shutil.copytree(tmp / "resnet", args.keep, dirs_exist_ok=True)
             (args.keep / "test_metrics.json").write_text(json.dumps(
                 {**m, **{f"{k}_ci_low": v[0] for k, v in ci.items()}, **{f"{k}_ci_high": v[1] for k, v in ci.items()},
                  "sizes": sizes, "epochs": epochs, "device": device}, indent=1, default=float))

@@ -400,6 +400,35 @@ def test_a_run_is_the_oom_killers_first_choice_and_cannot_change_that(tmp_path):
 
 
 @needs_bwrap
+def test_a_gpu_run_keeps_proc_writable_and_how_low_it_can_set_its_oom_score(tmp_path):
+    """CUDA fails to initialise under a read-only /proc (error 304 on an H200), so a GPU run has a writable one.
+    Under an evaluator with CAP_SYS_RESOURCE the kernel then holds the run at oom_score_adj 1000 (the floor such a
+    writer sets); under one without it the run can lower itself to 0, no further (docs/SECURITY.md)."""
+    res = run_script(tmp_path, """
+        import json
+        out = {"adj": open("/proc/self/oom_score_adj").read().strip()}
+        for value in ("-1", "0", "1000"):
+            try:
+                with open("/proc/self/oom_score_adj", "w") as f:
+                    f.write(value)
+                out[value] = "written"
+            except OSError as exc:
+                out[value] = exc.strerror
+        out["after"] = open("/proc/self/oom_score_adj").read().strip()
+        print(json.dumps(out))
+    """, gpu=True)
+    assert res.ok, res
+    got = json.loads(res.stdout)
+    denied = os.strerror(13)  # EACCES
+    cap_sys_resource = 24  # linux/capability.h
+    effective = int(Path("/proc/self/status").read_text().split("CapEff:")[1].split()[0], 16)
+    if effective >> cap_sys_resource & 1:
+        assert got == {"adj": "1000", "-1": denied, "0": denied, "1000": "written", "after": "1000"}, got
+    else:
+        assert got == {"adj": "1000", "-1": denied, "0": "written", "1000": "written", "after": "1000"}, got
+
+
+@needs_bwrap
 def test_seccomp_argument_rules_hold_whatever_the_upper_half_of_the_register(tmp_path):
     """The kernel reads an int argument (socket's family, setrlimit's resource) from the low 32 bits of its
     register, seccomp compares all 64: socket(AF_VSOCK | 1 << 32) was a vsock socket, setrlimit(RLIMIT_CORE | 1 << 32)

@@ -191,6 +191,10 @@ def load_torch(path: Path, device: str) -> tuple[Predict, str]:
     if device == "cuda" and not torch.cuda.is_available():
         raise RunnerError("--device cuda, but torch sees no GPU")
     used = "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
+    if device == "auto" and used == "cpu" and torch.backends.cuda.is_built() and os.path.exists("/dev/nvidiactl"):
+        # a GPU bound in and a CUDA build that cannot reach it (a read-only /proc did this): say so in the log
+        print("runner: warning: a GPU is bound in but torch cannot initialise CUDA; predicting on the CPU",
+              file=sys.stderr)
     try:
         module = torch.export.load(str(path)).module().to(used)
     except Exception as exc:

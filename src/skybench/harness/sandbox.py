@@ -694,9 +694,11 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
     for src, dest in binds:
         m.add("--ro-bind", src, dest)
     m.add("--bind", str(box), "/scratch")
-    # /proc read-only: the run cannot lower the oom_score_adj it starts with (cmd below), nor write any of it
-    m.args += ["--proc", "/proc", "--remount-ro", "/proc", "--dev", "/dev", *size, "--perms", "1777",
-               "--tmpfs", "/dev/shm",
+    # /proc read-only: the run cannot lower the oom_score_adj it starts with (cmd below), nor write any of it. Not
+    # for a GPU run: CUDA cannot initialise under a read-only /proc (error 304, on an H200); there a privileged
+    # evaluator's write of 1000 (CAP_SYS_RESOURCE) is also the run's floor (the kernel's oom_score_adj_min)
+    m.args += ["--proc", "/proc", *([] if gpu else ["--remount-ro", "/proc"]), "--dev", "/dev", *size,
+               "--perms", "1777", "--tmpfs", "/dev/shm",
                # no pseudo-terminals: every devpts instance but the host's draws on one host-wide count
                # (kernel.pty.max - kernel.pty.reserve), which one run could hold all of
                "--dev-bind", "/dev/null", "/dev/pts/ptmx"]
