@@ -31,7 +31,7 @@ HOSTILE = ("t\udcff\u202e%+.", "../n~ ü")  # a lone surrogate (undecodable path
 # The keys each path of evaluate writes, as before the model existed (evaluate._finish, _plan, _crashed).
 FINISHED_KEYS = {"team", "name", "format", "status", "reason", "submission_sha256", "release_sha256", "device",
                  "skybench_version", "git_commit", "metrics", "seconds", "n", "real_release_sha256", "failure_kind",
-                 "submitted", "track_sha256", "scorer_sha256"}
+                 "submitted", "track_sha256", "scorer_sha256", "evaluated"}
 REFUSED_KEYS = FINISHED_KEYS - {"seconds", "n", "real_release_sha256", "failure_kind"}
 CRASHED_KEYS = REFUSED_KEYS - {"submitted", "track_sha256", "scorer_sha256"}
 

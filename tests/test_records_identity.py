@@ -628,3 +628,24 @@ def test_a_folder_set_back_to_an_earlier_version_is_what_the_board_shows(project
         assert leaderboard(load_track("lens-space"))["auroc"].tolist() == [auroc], version
     (o,) = evaluate([folder], "lens-space", tiny_space_release, out=out)  # unchanged now: reused, nothing added
     assert o.status == "SKIPPED" and leaderboard(load_track("lens-space"))["auroc"].tolist() == [0.5]
+
+
+def test_an_older_version_published_last_does_not_take_the_board_back(project, tiny_space_release, tmp_path):
+    """Two workers of the challenge server: version X's record is written first, Y's after it (the records lock
+    orders them), but X's worker publishes last (slow MLflow, an outage then `skybench log`). The board must stay
+    on Y: an entry's runs are ordered by when their records were written, not by when they reached MLflow."""
+    from skybench.tracking.log import publish_all
+
+    ids = _ids(tiny_space_release)
+    folder = project / "submissions/t/e"
+    outs = {}
+    for version, scores in (("X", np.zeros(len(ids))), ("Y", _labels(tiny_space_release, ids))):
+        shutil.rmtree(folder, ignore_errors=True)
+        csv_submission(folder, "e", ids, scores, team="t")
+        outs[version] = tmp_path / f"worker-{version}"
+        (o,) = evaluate([folder], "lens-space", tiny_space_release, out=outs[version], publish=False)
+        assert o.status == "FINISHED", (version, o.reason)
+    assert publish_all(outs["Y"], "lens-space") == (1, 0)
+    assert publish_all(outs["X"], "lens-space") == (1, 0)
+    board = leaderboard(load_track("lens-space"))
+    assert board["auroc"].tolist() == [1.0], board[["team", "name", "auroc"]]

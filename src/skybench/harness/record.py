@@ -18,6 +18,7 @@ import shutil
 import string
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -36,7 +37,7 @@ RECORD = "evaluation.json"  # the record's file name in a record folder (partici
 # record in RUN_FILE, out of RECORD, so records are reproducible to the byte; .dvcignore keeps it out of DVC's
 # hashes, and read_record puts it back, so `skybench log` publishes it to MLflow with the record.
 RUN_FILE = "run.json"
-RUN_FIELDS = ("seconds", "git_commit")
+RUN_FIELDS = ("seconds", "git_commit", "evaluated")
 INFRASTRUCTURE = "infrastructure"  # ``failure_kind`` of a failure of the evaluating machine, not the submission
 
 
@@ -74,6 +75,9 @@ class EvaluationRecord(BaseModel):
     failure_kind: Literal["", "infrastructure"] = ""  # "infrastructure": the machine failed, retried next run
     submitted: str = ""  # UTC ISO time the evaluated version was submitted (evaluate.submission_time)
     seconds: float | None = None  # wall time of the sandboxed run; absent when nothing ran
+    # UTC ISO time the record was written: its MLflow run's start time, so an entry's runs are in the order their
+    # records were written (one at a time, under the records lock), whatever order they are published in
+    evaluated: str = ""
     n: int | None = None  # number of objects predicted; absent when nothing ran
     metrics: dict[str, Metric]
 
@@ -186,7 +190,8 @@ def _write_record(rdir: Path, *, team: str, name: str, fmt: str, status: str, re
         rec = EvaluationRecord.model_validate(
             {"team": team, "name": name, "format": fmt, "status": status, "reason": reason,
              "submission_sha256": sub_sha, "release_sha256": release_sha, "device": device,
-             "skybench_version": __version__, "git_commit": git_commit(), "metrics": metrics, **extra})
+             "skybench_version": __version__, "git_commit": git_commit(), "metrics": metrics,
+             "evaluated": datetime.now(timezone.utc).isoformat(timespec="microseconds"), **extra})
         (staged / RECORD).write_text(rec.to_json())
         (staged / RUN_FILE).write_text(rec.run_json())
         _swap(staged, rdir)

@@ -209,10 +209,12 @@ def log_evaluation(
     artifacts: Mapping[str, Path] | Sequence[Path] = (),
     reason: str = "",
     experiment: str | None = None,
+    start_time: int | None = None,
 ) -> str:
     """Log one evaluation as one complete run; return its run id.
 
-    ``experiment``: where to log it, by default :func:`experiment_name` (the participant view).
+    ``experiment``: where to log it, by default :func:`experiment_name` (the participant view). ``start_time``
+    (ms since the epoch; default now): the run's, by which an entry's latest run is found.
     ``artifacts``: a list of files/directories logged at the artifact root, or ``{subdir: path}``.
     Order: create (RUNNING) -> params/metrics/tags in one batch -> artifacts -> terminate FINISHED.
     Any exception on the way terminates the run FAILED (KILLED on Ctrl-C) and is re-raised.
@@ -223,7 +225,7 @@ def log_evaluation(
         raise ValueError(f"status must be FINISHED or FAILED, got {status!r}")
     c = client()
     exp_id = ensure_experiment(experiment or experiment_name(track))
-    run = c.create_run(exp_id, run_name=f"{team}/{name}", tags={KIND_TAG: "evaluation"})
+    run = c.create_run(exp_id, run_name=f"{team}/{name}", tags={KIND_TAG: "evaluation"}, start_time=start_time)
     run_id = run.info.run_id
     try:
         all_tags = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
+from datetime import datetime
 from pathlib import Path
 
 from skybench.harness.record import RECORD, EvaluationRecord, RecordError, read_record, record_dir
@@ -45,7 +46,18 @@ def publish_record(rdir: Path, track: str | Track | None = None) -> str | None:
         artifacts = [*sorted(Path(tmp).iterdir()),
                      *[p for p in sorted(Path(rdir).iterdir()) if p.is_file() and p.name in allowed]]
         return log_evaluation(track, team=rec.team, name=rec.name, fmt=rec.format, status=rec.status,
-                              metrics=shown, tags=tags, artifacts=artifacts, reason=rec.reason)
+                              metrics=shown, tags=tags, artifacts=artifacts, reason=rec.reason,
+                              start_time=_millis(rec.evaluated))
+
+
+def _millis(when: str) -> int | None:
+    """A record's ``evaluated`` time in ms since the epoch; None (now) when it has none (restored from DVC's cache,
+    or written by an older skybench) or it is not a time with a zone."""
+    try:
+        t = datetime.fromisoformat(when)
+    except ValueError:
+        return None
+    return round(t.timestamp() * 1000) if t.tzinfo is not None else None
 
 
 def _logged(track: str, rec: EvaluationRecord, experiment: str | None) -> bool:
@@ -74,7 +86,7 @@ def _publish_organiser(track: str, rdir: Path, rec: EvaluationRecord, tags: dict
     artifacts = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
     return log_evaluation(track, team=full.team, name=full.name, fmt=full.format, status=full.status,
                           metrics=full.metrics, tags=tags, artifacts=artifacts, reason=full.reason,
-                          experiment=organiser_experiment(track))
+                          experiment=organiser_experiment(track), start_time=_millis(full.evaluated or rec.evaluated))
 
 
 def publish_all(evaluations: Path, track: str | None = None) -> tuple[int, int]:
