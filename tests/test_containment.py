@@ -373,25 +373,29 @@ def test_seccomp_denies_namespaces_mounts_tracing_and_keyrings(tmp_path):
                    "core0": denied, "nofile": "ok", "subprocess": 0}
 
 
+# Writes each value of argv to the run's oom_score_adj: what it was, each write's outcome, a child's and the end value
+OOM_PROBE = """
+    import json, subprocess, sys
+    out = {"adj": open("/proc/self/oom_score_adj").read().strip()}
+    for value in sys.argv[1:]:
+        try:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write(value)
+            out[value] = "written"
+        except OSError as exc:
+            out[value] = exc.strerror
+    out["child"] = subprocess.run(["cat", "/proc/self/oom_score_adj"], capture_output=True, text=True).stdout
+    out["after"] = open("/proc/self/oom_score_adj").read().strip()
+    print(json.dumps(out))
+"""
+
+
 @needs_bwrap
 def test_a_run_is_the_oom_killers_first_choice_and_cannot_change_that(tmp_path):
     """Every process of a run starts at oom_score_adj 1000 (the evaluator stays at its own), and /proc is read-only
     inside: without it, an unprivileged run wrote its oom_score_adj back to the evaluator's (0), so a host short of
     memory could kill the evaluator, MLflow or another team's run first."""
-    res = run_script(tmp_path, """
-        import json, os, subprocess
-        out = {"adj": open("/proc/self/oom_score_adj").read().strip()}
-        for value in ("0", "999", "1000"):
-            try:
-                with open("/proc/self/oom_score_adj", "w") as f:
-                    f.write(value)
-                out[value] = "written"
-            except OSError as exc:
-                out[value] = exc.strerror
-        out["child"] = subprocess.run(["cat", "/proc/self/oom_score_adj"], capture_output=True, text=True).stdout
-        out["after"] = open("/proc/self/oom_score_adj").read().strip()
-        print(json.dumps(out))
-    """)
+    res = run_script(tmp_path, OOM_PROBE, "0", "999", "1000")
     assert res.ok, res
     got = json.loads(res.stdout)
     ro = os.strerror(30)  # EROFS
@@ -404,21 +408,10 @@ def test_a_gpu_run_keeps_proc_writable_and_how_low_it_can_set_its_oom_score(tmp_
     """CUDA fails to initialise under a read-only /proc (error 304 on an H200), so a GPU run has a writable one.
     Under an evaluator with CAP_SYS_RESOURCE the kernel then holds the run at oom_score_adj 1000 (the floor such a
     writer sets); under one without it the run can lower itself to 0, no further (docs/SECURITY.md)."""
-    res = run_script(tmp_path, """
-        import json
-        out = {"adj": open("/proc/self/oom_score_adj").read().strip()}
-        for value in ("-1", "0", "1000"):
-            try:
-                with open("/proc/self/oom_score_adj", "w") as f:
-                    f.write(value)
-                out[value] = "written"
-            except OSError as exc:
-                out[value] = exc.strerror
-        out["after"] = open("/proc/self/oom_score_adj").read().strip()
-        print(json.dumps(out))
-    """, gpu=True)
+    res = run_script(tmp_path, OOM_PROBE, "-1", "0", "1000", gpu=True)
     assert res.ok, res
     got = json.loads(res.stdout)
+    assert got.pop("child") == "1000\n", got
     denied = os.strerror(13)  # EACCES
     cap_sys_resource = 24  # linux/capability.h
     effective = int(Path("/proc/self/status").read_text().split("CapEff:")[1].split()[0], 16)
