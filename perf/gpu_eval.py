@@ -407,10 +407,13 @@ def main() -> int:
             fail(f"the sandbox sees GPU nodes {numbered}, expected {want}")
         if len(pci) > (1 if cuda else 0):
             fail(f"the sandbox sees {len(pci)} PCI devices under /sys/bus/pci/devices: {pci[:4]}")
-        if cuda:
+        if cuda:  # session 26: a read-only /proc in the sandbox stopped CUDA, and the runner fell back to the CPU
             t = time.perf_counter()
-            print(f"sandboxed torch import + first CUDA tensor: {sandbox_cuda_init(tmp)} "
-                  f"({time.perf_counter() - t:.1f} s with the sandbox)", flush=True)
+            started = sandbox_cuda_init(tmp)
+            print(f"sandboxed torch import + first CUDA tensor: {started} ({time.perf_counter() - t:.1f} s with the "
+                  "sandbox)", flush=True)
+            if started.startswith("failed"):
+                fail(f"a sandboxed GPU task cannot start CUDA: {started}")
 
         t = time.perf_counter()
         release = noise_release(tmp / "release", track.name, n)
