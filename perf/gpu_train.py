@@ -29,25 +29,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
 RESAMPLES = 200  # bootstrap resamples for the TPR0 / TPR10 intervals (each one sorts the whole test set)
 
 
-def tpr_intervals(folder: Path, release: Path) -> dict[str, tuple[float, float]]:
-    """95% percentile-bootstrap intervals of TPR0 and TPR10 from the organiser's predictions under ``folder``."""
+def tpr_intervals(out: Path, release: Path) -> dict[str, tuple[float, float]]:
+    """95% percentile-bootstrap intervals of TPR0 and TPR10 from the organiser's predictions of the one submission
+    evaluated into ``out``."""
+    from gpu_eval import predictions
+
     from skybench.common import bootstrap_ci
     from skybench.release.reader import Release
     from skybench.tasks.lens.metrics import tpr0, tpr10
 
-    (pred_csv,) = folder.rglob("predictions.csv")
-    pred = pd.read_csv(pred_csv)
     rel = Release(release)
-    truth = rel.hidden("test").truth(pred["id"].to_numpy())
+    truth = rel.hidden("test").meta()
     y = truth[rel.label_columns[0]].to_numpy().astype(bool)
-    s = pred["score"].to_numpy(np.float64)
+    s = predictions(out, truth["id"].to_numpy()).astype(np.float64)
     return {name: bootstrap_ci(fn, y, s, n_resamples=RESAMPLES) for name, fn in (("tpr0", tpr0), ("tpr10", tpr10))}
 
 
@@ -67,7 +67,7 @@ def main() -> int:
     ap.add_argument("--track", default="lens-ground")
     ap.add_argument("--test", type=int, default=None,
                     help="test cut-outs (default: the challenge profile's 100,000; train and val scale with it)")
-    ap.add_argument("--epochs", type=int, default=None, help="epochs (default: the challenge profile's 60)")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs (default: the challenge profile's)")
     ap.add_argument("--time-limit", type=float, default=None, help="seconds of training, checked after each epoch")
     ap.add_argument("--keep", type=Path, default=None, help="copy the trained submission and its metrics here")
     ap.add_argument("--md", type=Path, default=None, help="append the Markdown figures to this file")
@@ -84,8 +84,10 @@ def main() -> int:
     from skybench.release import read_manifest
     from skybench.simulate import simulate_release
     from skybench.tracks import load_track
+    from skybench.training import baseline_params
 
     track = load_track(args.track)
+    profile_epochs = int(baseline_params("resnet", profile="challenge", track=track.name)["epochs"])
     device = "cuda" if cuda_available() else "cpu"
     if args.expect_device and device != args.expect_device:
         print(f"FAIL: no {args.expect_device} here (cuda_available() in physics/backend.py says {device})",
@@ -115,7 +117,7 @@ def main() -> int:
         val_auroc = found.group(1) if found else "?"
         stopped = re.search(r"stopped after epoch (\d+)", run.stdout)
         kept = re.search(r"kept epoch (\d+)", run.stdout)
-        epochs = int(stopped.group(1)) if stopped else (args.epochs or 60)
+        epochs = int(stopped.group(1)) if stopped else (args.epochs or profile_epochs)
         print(f"trained: {epochs} epochs, kept {kept.group(1) if kept else '?'}, val AUROC {val_auroc}, "
               f"{t_train:.0f} s; the trainer's last lines:\n{run.stdout[-1500:]}", flush=True)
         for p in (tmp / "resnet", *(tmp / "resnet").rglob("*")):
@@ -131,7 +133,7 @@ def main() -> int:
             print(f"FAIL: evaluating the challenge ResNet: {o.status}: {o.reason}", file=sys.stderr)
             return 1
         m = o.metrics
-        ci = tpr_intervals(tmp, release)
+        ci = tpr_intervals(tmp / "evals", release)
         if args.keep:
             (args.keep / "test_metrics.json").write_text(json.dumps(
                 {**m, **{f"{k}_ci_low": v[0] for k, v in ci.items()}, **{f"{k}_ci_high": v[1] for k, v in ci.items()},
@@ -139,8 +141,9 @@ def main() -> int:
     rate = sizes["train"] * epochs / t_train
     text = (f"Challenge-profile lens ResNet on {device} ({track.name}, params.yaml train.resnet at profile challenge; "
             f"{sizes['train']:,} training, {sizes['val']:,} validation and {sizes['test']:,} test cut-outs simulated "
-            f"with a throw-away key in {t_sim:.0f} s): {epochs} of 60 epochs in {t_train:.0f} s including start-up "
-            f"({rate:.0f} training cut-outs/s), kept epoch {kept.group(1) if kept else '?'}, val AUROC {val_auroc}; "
+            f"with a throw-away key in {t_sim:.0f} s): {epochs} of {profile_epochs} epochs in {t_train:.0f} s "
+            f"including start-up ({rate:.0f} training cut-outs/s), kept epoch {kept.group(1) if kept else '?'}, "
+            f"val AUROC {val_auroc}; "
             f"`skybench evaluate` in {t_eval:.0f} s: AUROC {m['auroc']:.3f} [{m['auroc_ci_low']:.3f}, "
             f"{m['auroc_ci_high']:.3f}], TPR0 {m['tpr0']:.3f} [{ci['tpr0'][0]:.3f}, {ci['tpr0'][1]:.3f}], TPR10 "
             f"{m['tpr10']:.3f} [{ci['tpr10'][0]:.3f}, {ci['tpr10'][1]:.3f}] (95% bootstrap intervals over the test "
