@@ -229,3 +229,37 @@ def test_failure_table_forgets_clients_whose_window_passed():
     assert len(lim._fails) == 1
     with pytest.raises(RateLimited):
         lim.check("10.0.1.1")
+
+
+def test_a_host_whose_clock_is_off_the_databases_refuses_to_serve_or_evaluate(engine, cfg, tmp_path):
+    """Hosts order an entry's versions, leases and evaluations by their own clocks: on PostgreSQL (several hosts)
+    a server or worker whose clock is more than ``max_clock_skew_seconds`` off the database server's refuses to
+    start, and says by how much. SQLite has one host, one clock."""
+    import time
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from skybench.cli import app
+    from skybench.server.app import create_app
+    from skybench.server.db import ClockSkewError, check_clock, clock_skew
+
+    skew = clock_skew(engine)
+    if engine.dialect.name == "sqlite":
+        assert skew is None
+        check_clock(engine, 1e-9, now=lambda: time.time() + 3600)  # nothing to compare with
+        return
+    assert skew is not None and abs(skew) < 0.5  # the same machine's clock, through a real round trip
+    check_clock(engine, cfg.max_clock_skew_seconds)
+    with pytest.raises(ClockSkewError, match=r"30\.\d s ahead of the database server's"):
+        check_clock(engine, 2.0, now=lambda: time.time() + 30)
+    with pytest.raises(ClockSkewError, match=r"30\.\d s behind"):
+        check_clock(engine, 2.0, now=lambda: time.time() - 30)
+    # a limit below any real round trip's skew: the server and the worker refuse, in one line
+    strict = cfg.model_copy(update={"max_clock_skew_seconds": 1e-9})
+    with pytest.raises(ClockSkewError, match="max_clock_skew_seconds"):
+        create_app(strict, engine)
+    path = tmp_path / "strict.yaml"
+    path.write_text(yaml.safe_dump(strict.model_dump(mode="json", exclude_none=True)))
+    r = CliRunner().invoke(app, ["worker", "--config", str(path), "--once"])
+    assert r.exit_code == 1 and "synchronise the clocks" in r.output, r.output

@@ -29,7 +29,7 @@ from skybench.harness.submission import SLUG
 from skybench.server import faults, intake, queue
 from skybench.server.auth import AuthError, FailureLimiter, RateLimited, VerifiedCache, verify
 from skybench.server.config import ChallengeConfig, Phase, shown_as_open
-from skybench.server.db import STATES, Submission, Team, make_engine, sessions, upgrade, utcnow
+from skybench.server.db import STATES, Submission, Team, check_clock, make_engine, sessions, upgrade, utcnow
 from skybench.server.storage import Store, UploadError, read_upload_form
 
 log = logging.getLogger("skybench.server")
@@ -102,6 +102,7 @@ async def _ticking(cfg: ChallengeConfig, Session: sessionmaker, app: FastAPI) ->
 
 def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
     engine = engine or make_engine(cfg.db_url)
+    check_clock(engine, cfg.max_clock_skew_seconds)
     upgrade(engine)
     Session = sessions(engine)
     with Session() as s:

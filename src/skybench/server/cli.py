@@ -55,10 +55,14 @@ def _config(path: Path) -> ChallengeConfig:
 
 
 def _sessions(path: Path) -> tuple[ChallengeConfig, sessionmaker]:
-    from skybench.server.db import make_engine, sessions, upgrade
+    from skybench.server.db import ClockSkewError, check_clock, make_engine, sessions, upgrade
 
     cfg = _config(path)
     engine = make_engine(cfg.db_url)
+    try:
+        check_clock(engine, cfg.max_clock_skew_seconds)
+    except ClockSkewError as exc:
+        _fail(str(exc))
     upgrade(engine)
     return cfg, sessions(engine)
 
@@ -66,8 +70,12 @@ def _sessions(path: Path) -> tuple[ChallengeConfig, sessionmaker]:
 def serve(config: ConfigOpt = DEFAULT_CONFIG, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the challenge server (applies the database migrations first)."""
     from skybench.server.app import serve as run
+    from skybench.server.db import ClockSkewError
 
-    run(_config(config), host=host, port=port)
+    try:
+        run(_config(config), host=host, port=port)
+    except ClockSkewError as exc:
+        _fail(str(exc))
 
 
 def worker(config: ConfigOpt = DEFAULT_CONFIG,

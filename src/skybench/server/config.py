@@ -88,6 +88,9 @@ class ChallengeConfig(_Strict):
     ladder_step: float | None = Field(None, gt=0)  # the Ladder's fixed step; None: the paired bootstrap's sd
     upload: UploadLimits = UploadLimits()
     auth: AuthLimits = AuthLimits()
+    # Several hosts (PostgreSQL): each server and worker refuses to start when its clock is this far off the
+    # database server's (db.check_clock); they order uploads, leases and evaluations by their own clocks.
+    max_clock_skew_seconds: float = Field(2.0, gt=0)
     lease_seconds: int = Field(900, ge=5)  # a job whose worker sent no heartbeat for this long is re-run
     max_attempts: int = Field(3, ge=1)  # claims of one job before it fails for good (a worker dies each time)
     # a job the machine failed (no release, a full disk, MLflow away) waits this long before its next attempt,

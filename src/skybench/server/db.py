@@ -6,6 +6,8 @@ The schema is created and upgraded by the Alembic migrations in ``skybench/serve
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -209,6 +212,34 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, **kwargs)
+
+
+def clock_skew(engine: Engine, now: Callable[[], float] = time.time) -> float | None:
+    """This host's clock less the database server's, in seconds (the middle of the round trip against PostgreSQL's
+    ``clock_timestamp()``); None for SQLite, whose only clock is this host's."""
+    if engine.dialect.name == "sqlite":
+        return None
+    with engine.connect() as conn:
+        sent = now()
+        theirs = float(conn.execute(text("SELECT EXTRACT(EPOCH FROM clock_timestamp())")).scalar_one())
+        back = now()
+    return (sent + back) / 2 - theirs
+
+
+class ClockSkewError(RuntimeError):
+    pass
+
+
+def check_clock(engine: Engine, limit: float, now: Callable[[], float] = time.time) -> None:
+    """Refuse to serve or evaluate on a host whose clock is more than ``limit`` seconds off the database server's:
+    hosts compare each other's times (receipt order of an entry's versions, leases, the evaluation time that picks an
+    entry's newest run, the per-day quotas), so one clock off by more than that reorders them."""
+    skew = clock_skew(engine, now)
+    if skew is not None and abs(skew) > limit:
+        raise ClockSkewError(f"this host's clock is {abs(skew):.1f} s {'ahead of' if skew > 0 else 'behind'} the "
+                             f"database server's ({engine.url.host or engine.url.query.get('host', '?')}); more than "
+                             f"max_clock_skew_seconds ({limit:g}) in challenge.yaml: synchronise the clocks (NTP) "
+                             "and start again")
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
