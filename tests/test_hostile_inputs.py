@@ -452,6 +452,32 @@ def test_sparse_sandbox_outputs_are_not_copied_to_the_host(tmp_path, tiny_space_
     assert all(size <= 1 << 20 for size in on_disk.values()), on_disk
 
 
+CLAIMS_CUDA = """
+import json, os
+import numpy as np
+def load(d):  # right predictions, and the runner's info file written by the model: "cuda"
+    np.save("/scratch/predictions.npy", np.zeros(64, np.float32))
+    with open("/scratch/runner.json", "w") as f:
+        json.dump({"device": "cuda", "n": 64}, f)
+    os._exit(0)
+
+def predict(m, b):
+    return b.sum(axis=(1, 2, 3))
+"""
+
+
+@needs_bwrap
+def test_a_run_without_a_gpu_is_recorded_on_the_cpu_whatever_it_writes(tmp_path, tiny_space_release):
+    # runner.json is written inside the sandbox: a CPU run claimed "cuda" in its record and on the board
+    from skybench.harness.submission import sandboxed_predict
+    from skybench.tracks import load_track
+
+    sub = load_submission(python_submission(tmp_path / "subs", "claims", CLAIMS_CUDA, team="evil"))
+    res = sandboxed_predict(sub, tiny_space_release, scratch=tmp_path / "scratch", track=load_track("lens-space"),
+                            gpu=False)
+    assert res.device == "cpu", (res.device, res.reason)
+
+
 @pytest.mark.parametrize("shape", [(-8, -8), (-1, -1), (4, -4, -4)])
 def test_a_negative_dimension_in_an_npy_header_is_a_reason_not_an_exception(tmp_path, shape):
     # numpy's header parser accepts negative dimensions; raised in the parent, a Ray task's error would be
@@ -477,6 +503,27 @@ def test_an_npy_shape_no_array_can_have_is_a_reason_not_an_exception(tmp_path, s
         f.write(np.zeros(int(np.prod(shape, dtype=object)), "<f4").tobytes())
     reason = _read_npy(path, 64, lambda a: "")
     assert isinstance(reason, str) and "invalid shape" in reason and "\n" not in reason, reason
+
+
+@pytest.mark.parametrize("reader", ["predictions", "shard"])
+def test_an_npy_header_too_deep_for_pythons_parser_is_a_reason_not_an_exception(tmp_path, reader):
+    # numpy parses the header as a Python literal: "1-1-1-...-1" (4,000 terms, under the 10,000-byte cap) raised
+    # RecursionError, which escaped the reader's reasons (`skybench validate` printed a traceback)
+    import struct
+
+    from skybench.harness.submission import _read_npy
+    from skybench.release.shards import ShardError, read_shard
+
+    header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1" + b"-1" * 4000 + b",), }"
+    header += b" " * ((64 - (10 + len(header) + 1) % 64) % 64) + b"\n"
+    path = tmp_path / "predictions.npy"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header)
+    if reader == "shard":  # a corrupt release file: one error that names it
+        with pytest.raises(ShardError, match="predictions.npy: not a .npy array.*RecursionError"):
+            read_shard(path)
+        return
+    reason = _read_npy(path, 64, lambda a: "")
+    assert isinstance(reason, str) and "not a .npy array: RecursionError" in reason, reason
 
 
 def test_long_double_predictions_are_refused_before_they_are_read(tmp_path):

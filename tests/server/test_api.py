@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
 import tarfile
 import tempfile
@@ -101,6 +102,32 @@ def test_token_guessing_gets_429(server):
         assert client.get("/api/me", headers=_auth("sbt_AAAAAAAAAAAAAAAA_" + "A" * 43)).status_code == 401
     r = client.get("/api/me", headers=_auth(tokens["alpha"]))
     assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+
+
+def test_a_large_body_is_refused_before_anything_reads_it(server):
+    """Routes with a JSON body (a final pick, the admin API) had it read and parsed on the event loop before the
+    token check, with no cap: 40 MiB without a token held 1.3 GB and stalled every request meanwhile. Every body
+    but an upload's is capped (app.BodyCap), declared or streamed (chunked), with or without a token."""
+    from skybench.server.app import SMALL_BODY
+
+    client, tokens, _ = server
+    big = b'{"submissions": [' + b"{}," * (SMALL_BODY // 3) + b"{}]}"
+    for path in ("/api/tracks/lens-space/final", "/api/admin/teams", "/api/admin/tracks/lens-space/phase"):
+        for headers in ({}, _auth(tokens["alpha"])):
+            r = client.post(path, content=big, headers={"Content-Type": "application/json", **headers})
+            assert r.status_code == 413 and "64 KiB" in r.json()["detail"], (path, r.status_code, r.text)
+            chunks = (big[i:i + 8192] for i in range(0, len(big), 8192))  # no Content-Length: counted as it comes
+            r = client.post(path, content=chunks, headers={"Content-Type": "application/json", **headers})
+            assert r.status_code == 413, (path, r.status_code)
+    # under the cap the route answers as before: the token is checked, then the body
+    assert client.post("/api/tracks/lens-space/final", json={"submissions": []}).status_code == 401
+    r = client.post("/api/tracks/lens-space/final", json={"submissions": []}, headers=_auth(tokens["alpha"]))
+    assert r.status_code not in (401, 413), r.text
+    # an upload keeps its own, larger cap (upload.max_bytes, 2 MB here): 200 kB of incompressible model is read
+    data = pack("alpha", "big", model=os.urandom(200_000))
+    assert len(data) > 2 * SMALL_BODY
+    r = _upload(client, tokens["alpha"], data, name="big")
+    assert r.status_code != 413 and "KiB" not in r.text, r.text
 
 
 def test_schema_errors_cost_no_quota(server):

@@ -581,7 +581,7 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
     res = run_sandboxed(argv, scratch=scratch, ro_binds=binds, limits=limits, env=env, gpu=gpu, outputs=outputs,
                         private=private)
     device, problem = _read_runner_info(info)
-    if device == "unknown" and not gpu:  # the runner failed before saying; without a GPU it ran on the CPU
+    if not gpu:  # no GPU bound in: the CPU, whatever a file written in the sandbox says
         device = "cpu"
     if not res.ok:
         reason = res.reason
@@ -686,7 +686,7 @@ def _read_npy(out: Path, max_items: int, why: Callable[[np.ndarray], str]) -> np
             if count > max_items:
                 return why(np.broadcast_to(np.zeros((), dtype), shape)) or f"returned {count} values, too many"
             data = f.read(count * dtype.itemsize)
-    except (FolderError, OSError, ValueError, SyntaxError, TypeError, MemoryError) as exc:
+    except (FolderError, OSError, ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
         return clip(f"predictions file is not a .npy array: {type(exc).__name__}: {exc}")
     if len(data) != count * dtype.itemsize:
         return "predictions file changed while it was read"

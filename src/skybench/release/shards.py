@@ -56,8 +56,8 @@ def read_shard(path: Path) -> Shard:
             major, _ = np.lib.format.read_magic(f)
             read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
             shape, fortran, dtype = read(f)
-        except ValueError as exc:
-            raise ShardError(f"{path}: not a .npy array ({exc})") from exc
+        except (ValueError, SyntaxError, RecursionError) as exc:  # the header is a Python literal, parsed
+            raise ShardError(f"{path}: not a .npy array ({type(exc).__name__}: {exc})") from exc
         if fortran:
             raise ShardError(f"{path.name}: Fortran-ordered arrays are not supported")
         if not shape:

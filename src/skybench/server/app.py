@@ -21,13 +21,14 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.datastructures import UploadFile
 
 from skybench.harness.submission import SLUG
 from skybench.server import faults, intake, queue
-from skybench.server.auth import AuthError, FailureLimiter, RateLimited, VerifiedCache, verify
+from skybench.server.auth import AuthError, Busy, FailureLimiter, RateLimited, VerifiedCache, verify
 from skybench.server.config import ChallengeConfig, Phase, shown_as_open
 from skybench.server.db import STATES, Submission, Team, check_clock, make_engine, sessions, upgrade, utcnow
 from skybench.server.storage import Store, UploadError, read_upload_form
@@ -100,6 +101,48 @@ async def _ticking(cfg: ChallengeConfig, Session: sessionmaker, app: FastAPI) ->
             await task
 
 
+SMALL_BODY = 64 * 1024  # the most any request but an upload may send: a log-in form, a final pick, an admin call
+UPLOAD_ROUTES = frozenset({("POST", "/api/submissions"), ("POST", "/submit")})  # capped at upload.max_bytes
+
+
+class BodyCap:
+    """Answer 413 to a request whose body is over ``limit`` bytes, before the app sees any of it, except on
+    ``exempt`` (method, path) routes, which stream their own bodies under their own cap. FastAPI reads and parses
+    (on the event loop) a JSON or form body before it resolves the route's token check: without this, one
+    anonymous request of a few hundred MB held GBs of memory and stalled every other request while parsed."""
+
+    def __init__(self, app: Any, limit: int = SMALL_BODY, exempt: frozenset[tuple[str, str]] = UPLOAD_ROUTES):
+        self.app, self.limit, self.exempt = app, limit, exempt
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or (scope["method"], scope["path"]) in self.exempt:
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            return await self._refuse(scope, receive, send)
+        held, size, more = [], 0, True  # at most ``limit`` bytes, read here, then given to the app as sent
+        while more:
+            message = await receive()
+            held.append(message)
+            if message["type"] != "http.request":  # the client went away
+                break
+            size += len(message.get("body", b""))
+            if size > self.limit:  # chunked, or more than its Content-Length said
+                return await self._refuse(scope, receive, send)
+            more = message.get("more_body", False)
+
+        async def replay() -> Any:
+            return held.pop(0) if held else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Any, receive: Any, send: Any) -> None:
+        response = JSONResponse({"detail": f"request body over {self.limit // 1024} KiB; only an upload "
+                                           "(POST /api/submissions, the /submit form) may be larger"},
+                                status_code=413, headers={"Connection": "close"})
+        await response(scope, receive, send)
+
+
 def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
     engine = engine or make_engine(cfg.db_url)
     check_clock(engine, cfg.max_clock_skew_seconds)
@@ -108,12 +151,12 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
     with Session() as s:
         queue.expire_received(s)  # uploads a stopped server was checking: never acknowledged, not counted
     store = Store(cfg.storage, cfg.upload)
-    limiter = FailureLimiter(cfg.auth.max_failures, cfg.auth.window_seconds)
+    limiter = FailureLimiter(cfg.auth.max_failures, cfg.auth.window_seconds, max_hashing=cfg.auth.max_hashing)
     verified = VerifiedCache()
     app = FastAPI(title="skybench challenge server", docs_url=None, openapi_url="/api/openapi.json",
                   redoc_url=None, lifespan=functools.partial(_ticking, cfg, Session))
     app.state.cfg, app.state.engine, app.state.sessions, app.state.store = cfg, engine, Session, store
-    app.state.limiter = limiter
+    app.state.limiter, app.state.verified = limiter, verified
     app.state.uploads = uploads = intake.UploadSlots(cfg.upload.max_in_flight)
     faults.install(app)  # 503 while the database is away, 507 when the store is full
 
@@ -124,8 +167,9 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
         with Session() as s:
             try:
                 return verify(s, token, client, limiter, verified)
-            except RateLimited as exc:
-                raise HTTPException(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
+            except (RateLimited, Busy) as exc:
+                raise HTTPException(429 if isinstance(exc, RateLimited) else 503, str(exc),
+                                    headers={"Retry-After": str(exc.retry_after)}) from None
             except AuthError as exc:
                 raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
 
@@ -207,6 +251,7 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
     from skybench.server.web import install
 
     install(app)  # the HTML pages (/, /tracks/..., /login, /team, /submit)
+    app.add_middleware(BodyCap)
     return app
 
 

@@ -31,6 +31,16 @@ class AuthError(Exception):
     """A token is missing, or malformed or wrong (one message for both: nothing to learn from it)."""
 
 
+class Busy(Exception):
+    """Every argon2 slot of this server process stayed taken (:class:`FailureLimiter`'s ``max_hashing``)."""
+
+    retry_after = 5
+
+    def __init__(self) -> None:
+        super().__init__(f"the server is busy checking other tokens; nothing was changed: retry in "
+                         f"{self.retry_after} s")
+
+
 class RateLimited(Exception):
     def __init__(self, retry_after: int) -> None:
         super().__init__(f"too many failed token checks from this client; retry in {retry_after} s")
@@ -90,8 +100,10 @@ def rotate_token(session: Session, name: str) -> str:
 class FailureLimiter:
     """Failed attempts per client in a sliding window (in this process's memory: per server process)."""
 
-    def __init__(self, max_failures: int, window_seconds: float, max_clients: int = 100_000) -> None:
+    def __init__(self, max_failures: int, window_seconds: float, max_clients: int = 100_000,
+                 max_hashing: int = 4) -> None:
         self.max, self.window, self.max_clients = max_failures, window_seconds, max_clients
+        self.hashing = threading.BoundedSemaphore(max_hashing)  # argon2 checks at once, whoever asks
         self._fails: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
@@ -202,14 +214,21 @@ def _check(session: Session, token: str | None, client: str, limiter: FailureLim
     except BaseException:  # the database away: no guess was checked
         limiter.passed(client, stamp)
         raise
+    session.close()  # its database connection goes back to the pool during the hash (``team`` stays loaded)
+    if not limiter.hashing.acquire(timeout=2.0):  # no guess was checked
+        limiter.passed(client, stamp)
+        raise Busy()
     ok = False
-    if team is not None and m is not None:
-        try:
-            ok = _HASHER.verify(team.token_hash, m.group(2))
-        except (VerificationError, InvalidHashError):
-            ok = False
-    else:
-        _HASHER.hash("x")  # as slow as a real check: no timing difference between unknown and wrong
+    try:
+        if team is not None and m is not None:
+            try:
+                ok = _HASHER.verify(team.token_hash, m.group(2))
+            except (VerificationError, InvalidHashError):
+                ok = False
+        else:
+            _HASHER.hash("x")  # as slow as a real check: no timing difference between unknown and wrong
+    finally:
+        limiter.hashing.release()
     if not ok or team is None:  # the attempt stays counted
         raise AuthError("invalid or missing token (send 'Authorization: Bearer <your team token>')")
     limiter.passed(client, stamp)

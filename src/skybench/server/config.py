@@ -75,6 +75,9 @@ class UploadLimits(_Strict):
 class AuthLimits(_Strict):
     max_failures: int = Field(10, ge=1)  # failed token checks per client ...
     window_seconds: int = Field(300, ge=1)  # ... in this many seconds; then 429 until the window passes
+    # argon2 checks (~64 MiB and up to ~0.8 s of a core each) running at once in a server process; one more waits
+    # up to 2 s for a slot, then is answered 503: a flood of log-ins cannot take every core and thread
+    max_hashing: int = Field(4, ge=1)
 
 
 class ChallengeConfig(_Strict):

@@ -34,12 +34,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from itsdangerous import BadSignature, URLSafeTimedSerializer
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from starlette.datastructures import UploadFile
 
 from skybench.harness.submission import SLUG
 from skybench.server import intake, queue
-from skybench.server.auth import AuthError, RateLimited, verify
+from skybench.server.auth import AuthError, Busy, RateLimited, verify
 from skybench.server.config import ChallengeConfig, Phase, shown_as_open
 from skybench.server.db import STATES, Submission, Team, WebSession, utcnow
 from skybench.server.storage import UploadError, read_upload_form
@@ -47,6 +47,7 @@ from skybench.server.storage import UploadError, read_upload_form
 HERE = Path(__file__).parent
 COOKIE = "skybench_session"
 SESSION_SECONDS = 12 * 3600
+MAX_SESSIONS = 20  # web sessions a team holds at once; a log-in past that ends its oldest
 # No script at all, no framing, images and styles from this server only.
 _CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
         "base-uri 'none'")
@@ -134,6 +135,10 @@ def _open_session(request: Request, team: Team) -> str:
     with request.app.state.sessions() as s:
         s.execute(delete(WebSession).where(WebSession.created_at < utcnow() - timedelta(seconds=SESSION_SECONDS)))
         s.add(WebSession(id=sid, team_id=team.id))
+        s.flush()
+        old = select(WebSession.id).where(WebSession.team_id == team.id, WebSession.id != sid).order_by(
+            WebSession.created_at.desc(), WebSession.id).offset(MAX_SESSIONS - 1)
+        s.execute(delete(WebSession).where(WebSession.id.in_(old.scalar_subquery())))  # its oldest log-ins end
         s.commit()
     return sid
 
@@ -335,12 +340,14 @@ async def login(request: Request) -> Response:
 
     def check() -> Team:
         with state.sessions() as s:
-            return verify(s, token.strip() if isinstance(token, str) else None, client, state.limiter)
+            # the token cache too: logging in again and again with one token costs one argon2 check a minute
+            return verify(s, token.strip() if isinstance(token, str) else None, client, state.limiter,
+                          state.verified)
 
     try:
         team = await run_in_threadpool(check)
-    except RateLimited as exc:
-        r = _page(request, "login.html", 429, message=str(exc))
+    except (RateLimited, Busy) as exc:
+        r = _page(request, "login.html", 429 if isinstance(exc, RateLimited) else 503, message=str(exc))
         r.headers["Retry-After"] = str(exc.retry_after)
         return r
     except AuthError:
