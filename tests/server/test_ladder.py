@@ -455,3 +455,46 @@ def test_a_request_does_not_wait_while_new_verdicts_are_decided(cfg, engine, tmp
             lock.release()
         assert answers == [{"public_auroc": 0.8, "ladder": "new best"}, {}]
         assert seen(b) == {"public_auroc": 0.85, "ladder": "new best"}
+
+
+def test_no_write_lock_is_held_while_verdicts_are_compared(cfg, engine, tmp_path, monkeypatch):
+    """Each comparison can take a while (1,000 paired resamples); the verdicts decided before it were flushed by
+    the next query's autoflush (a leader kept earlier, read back), which on SQLite held the database's one write
+    lock through every later comparison: uploads and workers waited. They are written at the commit now."""
+    from sqlalchemy import text
+
+    from skybench.server import ladder
+    from skybench.server.db import sessions
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    cfg = _config(cfg, ladder_step=0.01)
+    server = Server(cfg, engine)
+    server.finish("alpha", "a", 0.80, 0.5)
+    server.finish("beta", "x", 0.70, 0.5)
+    with sessions(engine)() as s:
+        ladder.climb(s, cfg, TRACK)  # a and x: kept, the teams' leaders
+    for team, name, score in (("alpha", "b", 0.85), ("beta", "y", 0.75), ("alpha", "c", 0.9)):
+        server.finish(team, name, score, 0.5)
+    writes: list[str] = []
+    eta = ladder._eta
+
+    def eta_and_a_write_meanwhile(*args):  # type: ignore[no-untyped-def]
+        with engine.connect() as conn:  # another request's write, e.g. an upload's row
+            if engine.dialect.name == "sqlite":
+                conn.execute(text("PRAGMA busy_timeout=200"))
+            try:
+                conn.execute(text("UPDATE teams SET members = members WHERE name = 'beta'"))
+                conn.commit()
+                writes.append("written")
+            except Exception as exc:  # noqa: BLE001 - "database is locked"
+                writes.append(str(exc).splitlines()[0])
+            finally:
+                if engine.dialect.name == "sqlite":
+                    conn.execute(text("PRAGMA busy_timeout=30000"))
+        return eta(*args)
+
+    monkeypatch.setattr(ladder, "_eta", eta_and_a_write_meanwhile)
+    with sessions(engine)() as s:
+        rungs = ladder.climb(s, cfg, TRACK)
+    assert len(writes) == 3 and set(writes) == {"written"}, writes
+    assert sum(r.leader for r in rungs.values()) == 5  # every one better by more than the step

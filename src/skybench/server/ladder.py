@@ -219,24 +219,25 @@ def _climb(session: Session, cfg: ChallengeConfig, track: str, decide: bool = Tr
     if not decide:
         return out, False
     waiting: set[str] = set()  # teams whose next verdict must wait: their later ones wait too (order matters)
-    for sub, team in rows:
-        if team in waiting or sub.id in out:  # waiting behind an earlier one; decided meanwhile elsewhere
-            continue
-        value, best = _value(sub, key), leaders.get(team)
-        try:
-            up = value is not None and (best is None or (
-                (eta := _eta(cfg, track, team, sub, _submission(session, best[0]))) is not None
-                and (value - best[1] if higher else best[1] - value) > eta))
-        except _Later as exc:
-            log.warning("ladder of %s on %s: submission %s decided later: %s", team, track, sub.id, exc)
-            waiting.add(team)
-            continue
-        if up:
-            assert value is not None
-            leaders[team] = best = (sub.id, value)
-        session.add(LadderRung(submission_id=sub.id, track=track, leader=up, leader_id=best and best[0],
-                               score=best and best[1]))
-        out[sub.id] = Rung(team, up, _shown(cfg, quantum, best and best[1]), best and best[0])
+    with session.no_autoflush:  # the verdicts are written at the commit: no write lock held while comparing
+        for sub, team in rows:
+            if team in waiting or sub.id in out:  # waiting behind an earlier one; decided meanwhile elsewhere
+                continue
+            value, best = _value(sub, key), leaders.get(team)
+            try:
+                up = value is not None and (best is None or (
+                    (eta := _eta(cfg, track, team, sub, _submission(session, best[0]))) is not None
+                    and (value - best[1] if higher else best[1] - value) > eta))
+            except _Later as exc:
+                log.warning("ladder of %s on %s: submission %s decided later: %s", team, track, sub.id, exc)
+                waiting.add(team)
+                continue
+            if up:
+                assert value is not None
+                leaders[team] = best = (sub.id, value)
+            session.add(LadderRung(submission_id=sub.id, track=track, leader=up, leader_id=best and best[0],
+                                   score=best and best[1]))
+            out[sub.id] = Rung(team, up, _shown(cfg, quantum, best and best[1]), best and best[0])
     if rows:
         session.commit()
     return out, not waiting and quantum is not None  # scores not shown for want of n: shown once it is read
