@@ -388,3 +388,16 @@ def test_the_participant_gallery_does_not_name_the_real_objects(tmp_path):
     k = track.label.gallery
     _outputs(images[:k], images[:k], stream[:k], tmp_path / "expected.png")
     np.testing.assert_array_equal(imread(shown / "outputs.png"), imread(tmp_path / "expected.png"))
+
+
+def test_the_published_manifest_counts_the_stream_not_the_simulated_objects(folded, tmp_path):
+    """What teams get (server.publish) says how many test objects its stream holds: the simulated count (64 here)
+    beside the 96 rows of public/test gave the real set's size away, which the public manifest drops."""
+    from skybench.release.reader import open_release
+    from skybench.release.verify import verify_release
+    from skybench.server.publish import stage
+
+    assert json.loads(layout.manifest_path(folded).read_text())["counts"]["test"] == 64
+    got = open_release(stage(folded, tmp_path / "published"))
+    assert got.manifest["counts"]["test"] == 96 == sum(len(b["images"]) for b in got.public_batches("test", 16))
+    assert verify_release(got.root) == []
