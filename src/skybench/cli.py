@@ -286,7 +286,14 @@ def leaderboard(track: str,
     if down := unreachable():  # else MLflow's retries and back-off keep it silent for minutes
         _fail(down)
     if publish is not None:
-        log_(publish, track)
+        from skybench.harness.record import RecordError
+        from skybench.tracking.log import publish_all
+
+        try:
+            new, old = publish_all(publish, track)
+            typer.echo(f"{publish}: {new} run(s) logged, {old} already in MLflow")
+        except RecordError as exc:  # the others were published: one entry's record does not hold back the board
+            typer.secho(f"warning: {_shown(str(exc))}", fg=typer.colors.YELLOW, err=True)
     rel = release or default_release(t)
     sha = None if all_releases or not layout.is_release(rel) else release_digest(rel)
     hidden = rel if sha is not None else None  # rank intervals need one release's hidden test split

@@ -26,6 +26,7 @@ Conventions:
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -56,6 +57,16 @@ KIND_TAG = "skybench.kind"
 # has this tag (the UI's own setExperimentTag key and ExperimentKind.CUSTOM_MODEL_DEVELOPMENT; skybench.tracking.ui)
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 _MAX_TAG = 5000  # MLflow caps tag values at 8000 characters
+MAX_RUN_NAME = 250  # MLflow's runs.name is VARCHAR(250): PostgreSQL refuses a longer name, SQLite keeps it
+
+
+def run_name(text: str) -> str:
+    """``text`` as an MLflow run name: one too long (a team and an entry name of up to 255 characters each) is cut,
+    with the sha256 of the whole, so that different names stay different."""
+    if len(text) <= MAX_RUN_NAME:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"{text[:MAX_RUN_NAME - 35]}...{digest}"
 
 
 def tracking_uri() -> str:
@@ -225,7 +236,8 @@ def log_evaluation(
         raise ValueError(f"status must be FINISHED or FAILED, got {status!r}")
     c = client()
     exp_id = ensure_experiment(experiment or experiment_name(track))
-    run = c.create_run(exp_id, run_name=f"{team}/{name}", tags={KIND_TAG: "evaluation"}, start_time=start_time)
+    run = c.create_run(exp_id, run_name=run_name(f"{team}/{name}"), tags={KIND_TAG: "evaluation"},
+                       start_time=start_time)
     run_id = run.info.run_id
     try:
         all_tags = {

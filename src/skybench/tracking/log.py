@@ -116,6 +116,9 @@ def publish_all(evaluations: Path, track: str | None = None) -> tuple[int, int]:
         except RecordError as exc:  # its organiser's record
             rejected.append(str(exc))
             continue
+        except Exception as exc:  # noqa: BLE001 - what the store refused of this record: the others go on
+            rejected.append(f"{path}: not logged to MLflow: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+            continue
         if logged:
             new += 1
         else:

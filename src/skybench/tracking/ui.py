@@ -36,6 +36,7 @@ from skybench.tracking import (
     client,
     experiment_name,
     organiser_experiment,
+    run_name,
 )
 from skybench.tracks import Track
 
@@ -94,11 +95,11 @@ def _run_name(track: Track, row: pd.Series) -> str:
     primary = track.metrics.primary
     entry = f"{row['team']}/{row['name']}"
     if pd.isna(row["rank"]):
-        return f"{row['status']} {entry}"
+        return run_name(f"{row['status']} {entry}")
     group = row.get("group")
     value = row[primary]
     head = f"{int(row['rank'])}" + (f" {group}" if isinstance(group, str) and group else "")
-    return f"{head} {primary}={value:.4f} {entry}" if pd.notna(value) else f"{head} {entry}"
+    return run_name(f"{head} {primary}={value:.4f} {entry}" if pd.notna(value) else f"{head} {entry}")
 
 
 def annotate_runs(track: Track, board: pd.DataFrame, *, release_sha256: str | None = None,
@@ -119,7 +120,7 @@ def annotate_runs(track: Track, board: pd.DataFrame, *, release_sha256: str | No
             tags = run.data.tags
             row = shown.get(run.info.run_id)
             if row is None:
-                plain = f"{run.data.params.get('team', '')}/{run.data.params.get('name', '')}"
+                plain = run_name(f"{run.data.params.get('team', '')}/{run.data.params.get('name', '')}")
                 if tags.get(ON_BOARD_TAG) or run.info.run_name != plain:
                     c.update_run(run.info.run_id, name=plain)
                     for key in (RANK_TAG, GROUP_TAG, ON_BOARD_TAG):
