@@ -22,7 +22,10 @@ from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from skybench.cpu import pin_cpu_kernels
+
 LOGS = Path("logs/repro")
+pin_cpu_kernels()  # inherited by every stage, also those that load numpy before skybench (a baseline's train.py)
 
 
 def pipeline(targets: list[str]) -> dict[str, set[str]]:

@@ -6,6 +6,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("SKYBENCH_ROOT", str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from skybench.cpu import pin_cpu_kernels  # noqa: E402
+
+pin_cpu_kernels()  # before any test loads numpy: the code paths `skybench` itself runs (skybench.cpu)
 
 
 @pytest.fixture(scope="session")

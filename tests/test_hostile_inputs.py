@@ -175,6 +175,9 @@ def test_hostile_submission_yaml_is_failed_with_one_line(store, tmp_path, tiny_s
     for (name, (_, words)), outcome in zip(YAML_ATTACKS.items(), outcomes, strict=False):
         _failed(outcome, "submission.yaml", *words)
         assert outcome.folder.name == name
+        # the file as the team knows it, never the organiser's paths (here a folder outside the project)
+        assert str(tmp_path) not in outcome.reason and "<submission>/submission.yaml" in outcome.reason, \
+            outcome.reason
     _failed(outcomes[-3], "symlink")
     _failed(outcomes[-2], "not a regular file")
 

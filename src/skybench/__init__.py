@@ -2,6 +2,10 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from skybench.cpu import pin_cpu_kernels
+
+pin_cpu_kernels()  # before numpy or torch loads: their code paths are chosen at their first import
+
 try:
     __version__ = version("skybench")
 except PackageNotFoundError:  # running from a source tree without installation

@@ -200,6 +200,15 @@ def _storable(part: str) -> str:
         return f"{shown[:40]}...{hashlib.sha256(raw).hexdigest()[:32]}"
 
 
+def _relative(message: str, folder: Path) -> str:
+    """``message`` with ``folder``'s absolute path (as given, and resolved) replaced by its place in the project
+    (``submissions/<team>/<name>``), or by ``<submission>`` for a folder elsewhere (a server's upload store)."""
+    shown = str(_in_project(folder) or "<submission>")
+    for path in sorted({os.path.abspath(folder), str(folder.resolve())}, key=len, reverse=True):
+        message = message.replace(path, shown)
+    return message
+
+
 def _in_project(folder: Path) -> Path | None:
     """``folder`` relative to the project root when it is under its submissions/ or baselines/, else None."""
     root = project_root()
@@ -413,8 +422,8 @@ def _plan(folder: Path, track: Track, real: Path | None, real_sha: str, release_
     try:
         sub: Submission | None = load_submission(folder)
         problem = ""
-    except SubmissionError as exc:
-        sub, problem = None, str(exc).replace("\n", " ")
+    except SubmissionError as exc:  # named as the team knows the folder, not by the organiser's paths
+        sub, problem = None, _relative(str(exc).replace("\n", " "), folder)
     team, name, refused = identity(folder, sub.spec if sub is not None else None, given)
     if sub is not None and sub.spec.track not in (track.name, *track.evaluation.also_from):
         return Outcome(folder, team, name, "SKIPPED", f"submission is for track {sub.spec.track}")
