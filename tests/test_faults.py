@@ -301,6 +301,35 @@ def test_a_broken_simulation_pool_leaves_no_worker_behind(tmp_path):
     assert res.returncode == 0 and res.stdout.split() == ["BrokenProcessPool", "0"], res.stdout + res.stderr[-2000:]
 
 
+@pytest.mark.slow
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: simulate runs in one process, with no pool")
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_simulation_leaves_no_worker_and_its_next_run_no_temporary_folder(tmp_path, how):
+    """`skybench simulate` killed (`kill -9`, or a stopped `dvc repro`'s SIGTERM): its pool workers were left
+    blocked for ever, holding the deleted shard's disk space, and the next run left the temporary folder there."""
+    out = tmp_path / "releases" / "lens-space"
+    cmd = [sys.executable, "-m", "skybench", "simulate", "lens-space", "--backend", "numpy", "--out", str(out)]
+    proc = subprocess.Popen([*cmd, "--size", "5000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not any((d / "public" / "train").is_dir() for d in out.parent.glob(".lens-space.tmp-*")):
+            assert time.monotonic() < deadline and proc.poll() is None, "the simulation never started writing"
+            time.sleep(0.2)
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert workers
+        proc.send_signal(how)
+        proc.wait(60)
+    finally:
+        proc.kill()
+    gone, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, f"workers left running: {[p.pid for p in alive]}"
+    if how == signal.SIGTERM:  # it cleaned up itself
+        assert not list(out.parent.glob(".lens-space.*"))
+    res = subprocess.run([*cmd, "--size", "8"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [p.name for p in out.parent.iterdir()] == ["lens-space"] and verify_release(out) == []
+
+
 EVALUATE_ON_A_FULL_DISK = """
 import resource, signal, sys
 from pathlib import Path

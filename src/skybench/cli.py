@@ -57,8 +57,14 @@ def simulate(track: str, out: Annotated[Path, typer.Option(help="release folder 
              create_key: Annotated[bool, typer.Option(
                  help="create the key file if it does not exist")] = True) -> None:
     """Simulate a track into a versioned release (manifest, public and hidden folders)."""
+    import signal
+
     from skybench.simulate import simulate_release
 
+    def stop(signum: int, _frame: object) -> None:  # a SIGTERM (`dvc repro` stopped): the writer cleans up first
+        raise SystemExit(128 + signum)
+
+    before = signal.signal(signal.SIGTERM, stop)
     try:
         path = simulate_release(track, out, profile=profile, seed=seed, size=size, backend=backend,
                                 generator=generator, chunk_size=chunk_size, progress=sys.stderr.isatty(),
@@ -66,6 +72,10 @@ def simulate(track: str, out: Annotated[Path, typer.Option(help="release folder 
                                 real_set=True)  # the track's real set, folded in (a library call opts in)
     except (FileNotFoundError, KeyError, ValueError) as exc:
         _fail(str(exc))
+    except OSError as exc:  # a full or read-only disk: write_release removed what it had written
+        _fail(f"cannot write the release {out}: {exc.strerror or exc} ({exc.filename or out}); {out} is as it was")
+    finally:
+        signal.signal(signal.SIGTERM, before)
     typer.echo(f"wrote {path}")
     from skybench.release.verify import read_manifest
 

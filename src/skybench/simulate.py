@@ -79,7 +79,7 @@ def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", se
         counts = capped
     finish = _real_set_fold(track, real_set, order_key(key, seed))
     try:
-        with _Pool(workers, initializer=_init_worker, initargs=(track, backend, generator, True)) \
+        with _Pool(workers, initializer=_init_worker, initargs=(track, backend, generator, True, os.getpid())) \
                 if workers > 1 else _InProcess(track, backend, generator, ahead=be.name != "numpy") as pool:
 
             def make_chunks(split: str, ranges: list[tuple[int, int]]) -> Iterator[Any]:
@@ -140,13 +140,29 @@ def simulator_class(track: Track) -> Any:
     return get_task(track.task).simulator()
 
 
-def _init_worker(track: Track, backend: str, generator: str, one_thread: bool = False) -> None:
+def _init_worker(track: Track, backend: str, generator: str, one_thread: bool = False, parent: int = 0) -> None:
     global _SIM
+    if parent:  # a pool worker: it dies with the simulation (killed, it left workers blocked for ever)
+        _die_with_parent(parent)
     if one_thread:  # one process per core: torch's element-wise math (physics.kernels) runs on one thread
         os.environ["OMP_NUM_THREADS"] = "1"
         if "torch" in sys.modules:  # imported before the fork: also safe after the parent used OpenMP
             sys.modules["torch"].set_num_threads(1)
     _SIM = simulator_class(track)(track, get_backend(backend, generator))
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when its parent dies (Linux ``prctl(PR_SET_PDEATHSIG, SIGKILL)``); exit
+    now if the parent is already gone."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # not Linux: the pool's own checks remain
+        return
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _simulate_chunk(job: tuple[ObjectSeeds, str, int, int]) -> Any:

@@ -248,3 +248,21 @@ def test_submit_to_a_server_that_is_not_running_says_so_not_that_the_upload_brok
     assert r.exit_code == 1, r.output
     assert "connection refused" in r.output and "nothing was uploaded" in r.output, r.output
     assert "may or may not" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_an_unreachable_database_is_one_line_naming_it_without_its_password(tmp_path: Path):
+    """A PostgreSQL URL nobody answers at: the worker, the server and the admin commands said so in a 49-frame
+    traceback (and a host that never answers held them 130 s first: now 10 s, connect_timeout)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "challenge.yaml"
+    path.write_text(yaml.safe_dump({"tracks": {"lens-space": {}}, "storage": str(tmp_path / "store"),
+                                    "database_url": "postgresql+psycopg://sk:hunter2@127.0.0.1:1/skybench"}))
+    for args in (["worker", "--once"], ["serve", "--port", "1"], ["admin", "db", "upgrade"]):
+        r = subprocess.run([sys.executable, "-m", "skybench", *args, "--config", str(path)], capture_output=True,
+                           text=True, timeout=120)
+        out = r.stdout + r.stderr
+        assert r.returncode == 1 and "Traceback" not in out, (args, out[-3000:])
+        assert "cannot reach the challenge database postgresql+psycopg://sk:***@127.0.0.1:1/skybench" in out, out
+        assert "hunter2" not in out

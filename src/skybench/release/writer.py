@@ -15,6 +15,7 @@ shards) is hashed again.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import io
 import json
@@ -67,6 +68,7 @@ def write_release(out: Path, *, info: dict[str, Any], counts: dict[str, int],
     arrays = dict(arrays) if arrays is not None else {"images": tuple(image_shape or ())}
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_stale(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -103,6 +105,21 @@ def write_release(out: Path, *, info: dict[str, Any], counts: dict[str, int],
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _sweep_stale(out: Path) -> None:
+    """Remove the temporary folders of ``out`` that a killed writer left (``.<name>.tmp-<pid>``, ``.old-<pid>``):
+    those whose process is gone from this machine."""
+    for folder in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
+        kind, _, pid = folder.name[len(out.name) + 2:].rpartition("-")
+        if kind not in ("tmp", "old") or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # its writer is gone
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def _stat(path: Path) -> tuple[int, ...]:

@@ -55,27 +55,36 @@ def _config(path: Path) -> ChallengeConfig:
 
 
 def _sessions(path: Path) -> tuple[ChallengeConfig, sessionmaker]:
-    from skybench.server.db import ClockSkewError, check_clock, make_engine, sessions, upgrade
+    from sqlalchemy.exc import DBAPIError
+
+    from skybench.server.db import ClockSkewError, check_clock, make_engine, sessions, unreachable, upgrade
 
     cfg = _config(path)
     engine = make_engine(cfg.db_url)
     try:
         check_clock(engine, cfg.max_clock_skew_seconds)
+        upgrade(engine)
     except ClockSkewError as exc:
         _fail(str(exc))
-    upgrade(engine)
+    except DBAPIError as exc:
+        _fail(unreachable(engine, exc))
     return cfg, sessions(engine)
 
 
 def serve(config: ConfigOpt = DEFAULT_CONFIG, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Run the challenge server (applies the database migrations first)."""
-    from skybench.server.app import serve as run
-    from skybench.server.db import ClockSkewError
+    from sqlalchemy.exc import DBAPIError
 
+    from skybench.server.app import serve as run
+    from skybench.server.db import ClockSkewError, make_engine, unreachable
+
+    cfg = _config(config)
     try:
-        run(_config(config), host=host, port=port)
+        run(cfg, host=host, port=port)
     except ClockSkewError as exc:
         _fail(str(exc))
+    except DBAPIError as exc:  # at start (the schema, the clock); later the app answers 503 per request
+        _fail(unreachable(make_engine(cfg.db_url), exc))
 
 
 def worker(config: ConfigOpt = DEFAULT_CONFIG,
