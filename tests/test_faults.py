@@ -565,6 +565,34 @@ def test_a_full_disk_while_writing_the_leaderboard_keeps_the_previous_one_whole(
     assert len(said.splitlines()) == 1 and "File too large" in said and "the previous one is kept" in said, said
 
 
+@pytest.mark.parametrize("damage", ["not json", "old format", "no such release"])
+def test_a_release_that_is_not_one_stops_the_leaderboard_and_keeps_the_board(store, tmp_path, tiny_space_release,
+                                                                              damage):
+    """A corrupt or old manifest matched no run: `skybench leaderboard --write` wrote an empty board over the last
+    one, and exited 0; a --release that is no release ranked every release's runs, unasked."""
+    _linear_scores(tmp_path / "subs", "a", tiny_space_release)
+    rel = tmp_path / "rel"
+    shutil.copytree(tiny_space_release, rel)
+    assert CliRunner().invoke(app, ["evaluate", "--track", "lens-space", "--release", str(rel), "--out",
+                                    str(tmp_path / "e"), str(tmp_path / "subs" / "a")]).exit_code == 0
+    out = tmp_path / "results"
+    assert CliRunner().invoke(app, ["leaderboard", "lens-space", "--release", str(rel), "--write", str(out)]
+                              ).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    manifest = layout.manifest_path(rel)
+    if damage == "not json":
+        manifest.write_text("{ not json")
+    elif damage == "old format":
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "format": "skybench-release/0"}))
+    else:
+        rel = tmp_path / "nowhere"
+    for args in (["leaderboard", "lens-space", "--release", str(rel), "--write", str(out)],
+                 ["compare", "lens-space", "a", "a", "--release", str(rel)]):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 1 and str(rel) in res.output and "Traceback" not in res.output, res.output
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
 @pytest.fixture
 def read_only_fs(tmp_path):
     """A real read-only filesystem (tmpfs mounted ro); needs root (mount)."""

@@ -282,7 +282,6 @@ def leaderboard(track: str,
                 all_columns: Annotated[bool, typer.Option("--all", help="table: every column")] = False,
                 ) -> None:
     """Print the ranking of a track (earliest submission wins ties; failed entries are listed, unranked)."""
-    from skybench.release import release_digest
     from skybench.tracking import leaderboard as lb
     from skybench.tracking import unreachable
     from skybench.tracks import default_release
@@ -305,7 +304,10 @@ def leaderboard(track: str,
         except RecordError as exc:  # the others were published: one entry's record does not hold back the board
             typer.secho(f"warning: {_shown(str(exc))}", fg=typer.colors.YELLOW, err=True)
     rel = release or default_release(t)
-    sha = None if all_releases or not layout.is_release(rel) else release_digest(rel)
+    if release is not None and not all_releases and not layout.is_release(release):
+        _fail(f"{release}: not a release (no manifest); give the release the entries were evaluated on, or "
+              "--all-releases")
+    sha = None if all_releases or not layout.is_release(rel) else _release_sha(rel)
     hidden = rel if sha is not None else None  # rank intervals need one release's hidden test split
     if write:
         try:  # a full or read-only disk: one line; write_results keeps the previous board whole
@@ -330,6 +332,18 @@ def leaderboard(track: str,
         _fail(str(exc))
 
 
+def _release_sha(rel: Path) -> str:
+    """The digest runs on the release ``rel`` carry; one line and exit 1 when its manifest is not a release's (a
+    corrupt or old one matched no run, and the board came out empty)."""
+    from skybench.release import ReleaseError, read_manifest, release_digest
+
+    try:
+        read_manifest(rel)
+    except ReleaseError as exc:
+        _fail(str(exc))
+    return release_digest(rel)
+
+
 def _write_strata_plot(t: Track, sha: str | None) -> None:
     """``strata.png`` (small multiples of the track's strata, small bins included) into the organiser's MLflow
     experiment only: nothing beside the published leaderboard in ``write``."""
@@ -350,7 +364,6 @@ def compare(track: str, a: Annotated[str, typer.Argument(help="an entry: team/na
     of the test set the leaderboard ranks on, its 95% interval and a two-sided p-value."""
     from mlflow.tracking import MlflowClient
 
-    from skybench.release import release_digest
     from skybench.release.reader import open_release
     from skybench.tracking import leaderboard as lb
     from skybench.tracking import ranks, tracking_uri
@@ -360,7 +373,7 @@ def compare(track: str, a: Annotated[str, typer.Argument(help="an entry: team/na
     rel = release or default_release(t)
     if not layout.is_release(rel):
         _fail(f"{rel}: not a release; give the release both entries were evaluated on with --release")
-    board = lb.finished_entries(t, release_sha256=release_digest(rel))
+    board = lb.finished_entries(t, release_sha256=_release_sha(rel))
     try:
         picked = [lb.find_entry(board, who, t.name) for who in (a, b)]
         c = MlflowClient(tracking_uri=tracking_uri())
