@@ -28,6 +28,8 @@ from skybench.tracking import experiment_name
 from skybench.tracking import leaderboard as lb
 from skybench.tracks import load_track
 
+ROOT = Path(__file__).resolve().parents[1]
+
 # Sandboxed end-to-end runs of the trust model's attacks: the full suite (`make test`), not the fast lane.
 pytestmark = pytest.mark.slow
 
@@ -591,6 +593,29 @@ def test_a_release_that_is_not_one_stops_the_leaderboard_and_keeps_the_board(sto
         res = CliRunner().invoke(app, args)
         assert res.exit_code == 1 and str(rel) in res.output and "Traceback" not in res.output, res.output
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize("damage", ["shard cut short", "shard header cut", "table cut short"])
+def test_a_damaged_release_is_one_line_naming_the_file_for_the_reader_and_a_baseline(tmp_path, tiny_space_release,
+                                                                                     damage):
+    """The reader maps shards and reads tables without hashing them: a truncated shard was numpy's "mmap length is
+    greater than file size", a cut header "EOF: reading array header", a cut table pyarrow's "magic bytes not
+    found", none naming its file, and a baseline's train.py printed the traceback."""
+    rel = tmp_path / "rel"
+    shutil.copytree(tiny_space_release, rel)
+    shard = layout.shard_paths(layout.public_dir(rel, "train"), "images")[0]
+    victim = {"shard cut short": shard, "shard header cut": shard,
+              "table cut short": layout.meta_path(layout.public_dir(rel, "train"))}[damage]
+    os.truncate(victim, 40 if damage == "shard header cut" else victim.stat().st_size // 2)
+    with pytest.raises(ReleaseError, match=str(victim)):
+        release = open_release(rel)
+        np.asarray(release.images("train")[:4]).sum()
+        release.labels("train")
+    res = subprocess.run([sys.executable, str(ROOT / "baselines" / "lens" / "knn" / "train.py"), "--track",
+                          "lens-space", "--release", str(rel), "--out", str(tmp_path / "model")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1].startswith(f"error: {victim}"), res.stderr[-2000:]
 
 
 @pytest.fixture

@@ -366,6 +366,8 @@ def _sweep_scratch_mounts() -> None:
         try:
             _umount(target)
             target.rmdir()
+            if target.parent.name.startswith(f"{_MOUNT_SOURCE}-"):  # the executor's mkdtemp, empty once swept
+                target.parent.rmdir()
         except OSError:
             pass
 

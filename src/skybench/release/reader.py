@@ -18,9 +18,20 @@ import pandas as pd
 
 from skybench.release import layout
 from skybench.release.shards import INPUT_ARRAYS, ShardedArray, iter_batches
-from skybench.release.verify import read_manifest
+from skybench.release.verify import ReleaseError, read_manifest
 
 __all__ = ["HiddenSplit", "Release", "ShardedArray", "open_release"]
+
+
+def _table(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """A release's table; ReleaseError naming the file when it cannot be read (pyarrow's errors name none)."""
+    import pyarrow as pa
+
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except pa.ArrowException as exc:  # a missing file stays FileNotFoundError
+        raise ReleaseError(f"{path}: not a readable table ({type(exc).__name__}: {' '.join(str(exc).split())}); "
+                           "check the release with `skybench verify`") from exc
 
 
 class HiddenSplit:
@@ -41,7 +52,7 @@ class HiddenSplit:
 
     def meta(self, columns: list[str] | None = None) -> pd.DataFrame:
         """Every object's metadata and labels, with its ``id``, in release order."""
-        return pd.read_parquet(layout.meta_path(self.folder), columns=columns)
+        return _table(layout.meta_path(self.folder), columns=columns)
 
     def ids(self) -> np.ndarray:
         return self.meta(["id"])["id"].to_numpy()
@@ -56,7 +67,7 @@ class HiddenSplit:
         path = layout.table_path(self.folder, name)
         if not path.is_file():
             raise FileNotFoundError(f"{self.folder}: no table {name!r}")
-        return pd.read_parquet(path)
+        return _table(path)
 
     def array(self, name: str) -> ShardedArray:
         """A hidden per-object array (release order), memory-mapped."""
@@ -75,7 +86,7 @@ class HiddenSplit:
             public = layout.public_dir(root, split)
         sources = layout.sources_path(self.folder)
         if sources.is_file():  # stream position of every simulated object, in release order
-            src = pd.read_parquet(sources, columns=["source", "row"])
+            src = _table(sources, columns=["source", "row"])
             sim = (src["source"] == "sim").to_numpy()
             rows = np.empty(int(sim.sum()), dtype=np.int64)
             rows[src["row"].to_numpy()[sim]] = np.flatnonzero(sim)
@@ -110,7 +121,7 @@ class Release:
         path = layout.table_path(layout.public_dir(self.root, split), name)
         if not path.is_file():
             raise FileNotFoundError(f"{self.root}: no table {name!r} for split {split!r}")
-        return pd.read_parquet(path)
+        return _table(path)
 
     def public_arrays(self, split: str) -> list[str]:
         """Names of the per-object arrays teams get for ``split`` (the test split's answers are hidden): the model
@@ -155,7 +166,7 @@ class Release:
 
     def meta(self, split: str) -> pd.DataFrame:
         """Metadata of a public split (for ``test``: only the ids)."""
-        return pd.read_parquet(layout.public_meta_path(self.root, split))
+        return _table(layout.public_meta_path(self.root, split))
 
     def labels(self, split: str) -> np.ndarray:
         if split == "test":

@@ -177,11 +177,24 @@ def _prefetched(plan: list[tuple[Shard, int, int]], batch_size: int) -> Iterator
                 f.close()
 
 
+def _mapped(path: Path) -> np.ndarray:
+    """One shard, memory-mapped read-only; ShardError naming it when its header is not an array's or the file is
+    shorter than its header says (numpy's own errors named neither)."""
+    shard = read_shard(path)
+    need = shard.offset + shard.rows * shard.row_bytes
+    if (size := path.stat().st_size) < need:
+        raise ShardError(f"{path}: {size} bytes, its header describes {need} (a truncated shard; check the release "
+                         "with `skybench verify`)")
+    if not shard.rows:
+        return np.empty(shard.shape, shard.dtype)
+    return np.memmap(path, dtype=shard.dtype, mode="r", offset=shard.offset, shape=shard.shape)
+
+
 class ShardedArray:
     """The shards of one array seen as one read-only (N, ...) array, memory-mapped."""
 
     def __init__(self, paths: list[Path]):
-        self.shards = [np.load(p, mmap_mode="r") for p in paths]
+        self.shards = [_mapped(Path(p)) for p in paths]
         self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
         first = self.shards[0] if self.shards else np.empty((0,), np.float32)
         self.shape = (int(self.offsets[-1]), *first.shape[1:])

@@ -395,7 +395,13 @@ def fresh_folder(out: str | Path) -> Path:
 
 
 def run_cli(train: Callable[[list[str] | None], object]) -> None:
-    """The ``__main__`` of a baseline's train.py: train from the command line and print the wall time."""
+    """The ``__main__`` of a baseline's train.py: train from the command line and print the wall time; a release
+    that cannot be read, or a disk that cannot be written, is one line on stderr and exit status 1."""
+    from skybench.release import ReleaseError
+
     start = time.perf_counter()
-    train(None)
+    try:
+        train(None)
+    except (ReleaseError, OSError) as exc:  # an OSError's text names its file
+        sys.exit(f"error: {exc}")
     print(f"total {time.perf_counter() - start:.1f} s")
