@@ -150,6 +150,24 @@ def test_an_invalid_record_is_refused_in_one_line_naming_the_file_and_field(eval
     assert str(refused.value) == message
 
 
+def test_the_leaderboard_stage_writes_the_board_of_the_others_then_fails_for_a_record_left_out(
+        evaluations, tmp_path, monkeypatch, tiny_space_release):
+    """One entry's record that cannot be published does not hold back the board (every other row is current),
+    and the stage still exits 2, as evaluate does for unlogged records: `dvc repro` must not lock a board that
+    lacks it, or nothing would publish it again."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    out = _copy(evaluations, tmp_path / "p", ["good", "other"])
+    bad = record_dir(out, "tests", "good") / RECORD
+    bad.write_text(json.dumps(json.loads(bad.read_text()) | {"rank": 1}))
+    board = tmp_path / "board"
+    res = CliRunner().invoke(app, ["leaderboard", TRACK, "--publish", str(out), "--release", str(tiny_space_release),
+                                   "--write", str(board), "--format", "csv"])
+    assert res.exit_code == 2 and f"{bad}: not a valid evaluation record" in res.output, res.output
+    assert "the board was written without them" in res.output
+    rows = json.loads((board / "metrics.json").read_text())
+    assert "other" in json.dumps(rows) and "good" not in json.dumps(rows), rows
+
+
 @pytest.mark.parametrize("where", ["participant", "organiser"])
 def test_an_invalid_record_is_left_out_and_the_others_are_published(evaluations, tmp_path, monkeypatch, where):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))

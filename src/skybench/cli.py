@@ -294,6 +294,7 @@ def leaderboard(track: str,
         _fail(str(exc))
     if down := unreachable():  # else MLflow's retries and back-off keep it silent for minutes
         _fail(down)
+    unpublished = ""
     if publish is not None:
         from skybench.harness.record import RecordError
         from skybench.tracking.log import publish_all
@@ -301,8 +302,8 @@ def leaderboard(track: str,
         try:
             new, old = publish_all(publish, track)
             typer.echo(f"{publish}: {new} run(s) logged, {old} already in MLflow")
-        except RecordError as exc:  # the others were published: one entry's record does not hold back the board
-            typer.secho(f"warning: {_shown(str(exc))}", fg=typer.colors.YELLOW, err=True)
+        except RecordError as exc:  # the others were published: the board is written, then exit 2 (below)
+            unpublished = str(exc)
     rel = release or default_release(t)
     if release is not None and not all_releases and not layout.is_release(release):
         _fail(f"{release}: not a release (no manifest); give the release the entries were evaluated on, or "
@@ -330,6 +331,8 @@ def leaderboard(track: str,
             typer.echo(out + lb.strata_html(t, release_sha256=sha) if format == "html" else out)
     except ValueError as exc:
         _fail(str(exc))
+    if unpublished:  # not 0, as evaluate's unlogged records: `dvc repro` must not lock a board without them
+        _fail(f"{unpublished}\nthe board was written without them; mend or remove those records and run again", 2)
 
 
 def _release_sha(rel: Path) -> str:
