@@ -649,3 +649,10 @@ def test_an_older_version_published_last_does_not_take_the_board_back(project, t
     assert publish_all(outs["X"], "lens-space") == (1, 0)
     board = leaderboard(load_track("lens-space"))
     assert board["auroc"].tolist() == [1.0], board[["team", "name", "auroc"]]
+    # X's stale record, logged again from its folder, is there already: logging it again would add a run to the
+    # entry each time, and a stale record without a time would take the board back
+    runs = len(MlflowClient().search_runs([MlflowClient().get_experiment_by_name(
+        experiment_name("lens-space")).experiment_id]))
+    assert publish_all(outs["X"], "lens-space") == (0, 1) and publish_all(outs["Y"], "lens-space") == (0, 1)
+    assert len(MlflowClient().search_runs([MlflowClient().get_experiment_by_name(
+        experiment_name("lens-space")).experiment_id])) == runs

@@ -88,6 +88,60 @@ def test_a_shard_linked_from_elsewhere_fails_verification_with_the_same_bytes(tm
     assert len(problems) == 1 and "symbolic link" in problems[0] and layout.relpath(shard, copy) in problems[0]
 
 
+def _rehash(root, edit=lambda m: None):
+    """Rewrite the manifest of ``root`` with its files' current sizes and digests, after ``edit(manifest)``: a
+    release whose every file matches the manifest, as someone who edited both would leave it."""
+    import hashlib
+    import json
+
+    manifest = read_manifest(root)
+    for rel in manifest["files"]:
+        data = (root / rel).read_bytes()
+        manifest["files"][rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    edit(manifest)
+    layout.manifest_path(root).write_text(json.dumps(manifest))
+
+
+def test_verify_names_counts_that_the_files_do_not_hold(tmp_path, tiny_space_release):
+    # every file matches its digest; the manifest's count of training objects does not match the files
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_space_release, copy)
+    n = read_manifest(copy)["counts"]["train"]
+    _rehash(copy, lambda m: m["counts"].update(train=n + 1))
+    problems = verify_release(copy)
+    assert len(problems) == 2 and all(f"{n} rows, the manifest says {n + 1}" in p for p in problems), problems
+    assert any(layout.META in p for p in problems) and any("images-" in p for p in problems)
+    result = CliRunner().invoke(app, ["verify", str(copy)])
+    assert result.exit_code == 1 and "the manifest says" in result.output, result.output
+
+
+def test_a_test_shard_cut_short_with_a_matching_digest_is_refused_before_scoring(tmp_path, tiny_space_release):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_space_release, copy)
+    shard = layout.shard_paths(layout.public_dir(copy, "test"), "images")[0]
+    np.save(shard, np.load(shard)[:-1])
+    _rehash(copy)
+    problems = verify_release(copy, only=layout.split_prefixes("test"))
+    assert len(problems) == 1 and "rows, the manifest says" in problems[0], problems
+    result = CliRunner().invoke(app, ["evaluate", "--track", "lens-space", "--release", str(copy), "--out",
+                                      str(tmp_path / "e"), "--no-log", str(tmp_path)])
+    assert result.exit_code == 1 and "fails verification" in result.output, result.output
+
+
+def test_verify_names_a_per_object_shape_the_manifest_does_not_list(tmp_path, tiny_space_release):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_space_release, copy)
+    _rehash(copy, lambda m: m["arrays"].update(images=[1, 2, 2]))
+    problems = verify_release(copy)
+    assert problems and all("the manifest says [1, 2, 2]" in p for p in problems), problems
+
+
 HEAD = b'{"format": "skybench-release/1"'
 
 

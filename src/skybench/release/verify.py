@@ -1,4 +1,5 @@
-"""Checking a release against its manifest: the sha256 and size of every file, and nothing unlisted.
+"""Checking a release against its manifest: the sha256 and size of every file, nothing unlisted, and as many
+rows in every array and table as the manifest's counts.
 
 Light on purpose (hashlib and json): :mod:`skybench.release.shards`, which the sandboxed runner imports, raises
 :class:`ReleaseError` subclasses.
@@ -91,6 +92,72 @@ def verify_release(root: Path, *, only: tuple[str, ...] = ()) -> list[str]:
         rel = layout.relpath(path, root)
         if path.is_file() and rel != layout.MANIFEST and rel not in listed and (not only or rel.startswith(only)):
             problems.append(f"{path}: not listed in the manifest")
+    return problems or _row_problems(root, manifest, only)  # rows are read from files that match
+
+
+def _row_problems(root: Path, manifest: dict[str, Any], only: tuple[str, ...]) -> list[str]:
+    """Whether each split's arrays and tables hold the manifest's count of objects, with its per-object shapes.
+
+    A test split with a real set folded in holds the stream (``real_set.stream`` rows) in its public folder and
+    the simulated objects (``counts.test``) in its hidden one; a published release has no hidden folder."""
+    import pyarrow.parquet as pq  # lazily: the sandboxed runner imports this module for ReleaseError
+
+    from skybench.release import shards  # imports this module
+
+    where = layout.manifest_path(root)
+    counts, arrays, hidden = manifest.get("counts"), manifest.get("arrays"), manifest.get("hidden_arrays", [])
+    if not (isinstance(counts, dict) and all(type(n) is int and n >= 0 for n in counts.values())
+            and isinstance(arrays, dict) and all(isinstance(s, list) for s in arrays.values())):
+        return [f"{where}: corrupt manifest (no 'counts' of objects or 'arrays' of per-object shapes)"]
+    real: dict[str, Any] = manifest["real_set"] if isinstance(manifest.get("real_set"), dict) else {}
+    listed = manifest["files"]
+    problems: list[str] = []
+
+    def expect(path: Path, rows: int, got: int) -> None:
+        if got != rows:
+            problems.append(f"{path}: {got} rows, the manifest says {rows}")
+
+    for split, n in sorted(counts.items()):
+        public, secret = layout.public_dir(root, split), layout.hidden_dir(root, split)
+        folders = [f"{layout.relpath(d, root)}/" for d in (public, secret)]
+        if only and not folders[0].startswith(only):  # a split is checked when its public folder is
+            continue
+        inside = [rel for rel in listed if rel.startswith(tuple(folders))]
+        if not n:
+            problems += [f"{root / rel}: the manifest counts no {split} objects" for rel in inside]
+            continue
+        stream = real.get("stream") if split == "test" and real.get("folded_in") else n
+        if type(stream) is not int:
+            problems.append(f"{where}: corrupt manifest (real_set.stream is not a count of objects)")
+            continue
+        has_hidden = any(rel.startswith(folders[1]) for rel in inside)  # not in a published release
+        try:
+            for name, shape in sorted(arrays.items()):
+                own = split == "test" and name in hidden
+                if own and not has_hidden:
+                    continue
+                folder, rows = (secret, n) if own else (public, stream)
+                found = shards.shards(folder, name)
+                if not found:
+                    problems.append(f"{folder}: no {layout.shard_pattern(name)} files; the manifest lists the "
+                                    f"array {name!r}")
+                elif found[0].shape[1:] != tuple(shape):
+                    problems.append(f"{folder}: {name} holds objects of shape {list(found[0].shape[1:])}, the "
+                                    f"manifest says {shape}")
+                else:
+                    expect(folder / layout.shard_pattern(name), rows, sum(s.rows for s in found))
+            tables = [(layout.public_meta_path(root, split), stream)]
+            if split == "test" and has_hidden:
+                tables.append((layout.meta_path(secret), n))
+                if real.get("folded_in"):
+                    tables.append((layout.sources_path(secret), stream))
+            for path, rows in tables:
+                if not path.is_file():
+                    problems.append(f"{path}: missing")
+                else:
+                    expect(path, rows, pq.ParquetFile(path).metadata.num_rows)
+        except (ReleaseError, OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            problems.append(str(exc) if str(root) in str(exc) else f"{root}: {exc}")
     return problems
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "experiment_name",
     "find_evaluation",
     "git_commit",
+    "latest_evaluation",
     "log_evaluation",
     "organiser_experiment",
     "tracking_uri",
@@ -173,11 +174,11 @@ def find_evaluation(
         return run
     if team is None or name is None:
         raise ValueError("latest_only needs team and name")
-    latest = _latest_evaluation(track, release_sha256, team, name, experiment=experiment)
+    latest = latest_evaluation(track, release_sha256, team, name, experiment=experiment)
     return run if latest is not None and latest.info.run_id == run.info.run_id else None
 
 
-def _latest_evaluation(track: str, release_sha256: str, team: str, name: str, experiment: str | None = None
+def latest_evaluation(track: str, release_sha256: str, team: str, name: str, experiment: str | None = None
                       ) -> Run | None:
     """The latest complete evaluation run of entry ``team``/``name`` on this release, whatever its submission
     (the one the leaderboard shows when it finished), or None."""

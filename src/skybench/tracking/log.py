@@ -12,7 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 from skybench.harness.record import RECORD, EvaluationRecord, RecordError, read_record, record_dir
-from skybench.tracking import find_evaluation, log_evaluation
+from skybench.tracking import find_evaluation, latest_evaluation, log_evaluation
 from skybench.tracks import Track, load_track
 
 TAGS = ("submission_sha256", "release_sha256", "real_release_sha256", "track_sha256", "scorer_sha256",
@@ -61,11 +61,19 @@ def _millis(when: str) -> int | None:
 
 
 def _logged(track: str, rec: EvaluationRecord, experiment: str | None) -> bool:
-    """Whether ``experiment`` (default: the participant one) has this record: same key, identity and outcome,
-    as the entry's latest run (``find_evaluation(latest_only=True)``)."""
-    return find_evaluation(track, rec.submission_sha256, rec.release_sha256, experiment=experiment,
-                           match={k: str(getattr(rec, k)) for k in (*KEY, "status", "failure_kind")},
-                           team=rec.team, name=rec.name, latest_only=True) is not None
+    """Whether ``experiment`` (default: the participant one) has this record (same key, identity and outcome)
+    where logging it again changes nothing: as the entry's latest run, or with a later run of the entry than the
+    record's own time (a stale copy of the record, from another records folder). A record of a folder set back
+    to an earlier version is newer than the entry's latest run: it is logged again, and the board shows it."""
+    run = find_evaluation(track, rec.submission_sha256, rec.release_sha256, experiment=experiment,
+                          match={k: str(getattr(rec, k)) for k in (*KEY, "status", "failure_kind")},
+                          team=rec.team, name=rec.name)
+    if run is None:
+        return False
+    latest = latest_evaluation(track, rec.release_sha256, rec.team, rec.name, experiment=experiment)
+    when = _millis(rec.evaluated)
+    return latest is None or latest.info.run_id == run.info.run_id or (
+        when is not None and when <= latest.info.start_time)
 
 
 def _publish_organiser(track: str, rdir: Path, rec: EvaluationRecord, tags: dict[str, str]) -> str | None:
