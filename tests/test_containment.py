@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import bwrap_works, python_submission
 
-from skybench.harness import cgroups
+from skybench.harness import cgroups, sandbox
 from skybench.harness.sandbox import Limits, SandboxResult, check_bwrap_features, gpu_binds, remove_tree, run_sandboxed
 from skybench.harness.submission import load_submission, sandboxed_predict
 from skybench.release import layout, open_release, read_manifest
@@ -701,6 +701,56 @@ def test_open_files_are_limited(tmp_path):
     first, second = res.stdout.splitlines()
     assert first == "(256, 256)"
     assert int(second.split()[0]) < 256 and second.endswith("Too many open files")
+
+
+@needs_bwrap
+@needs_cgroups
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to set fs.file-max")
+def test_the_hosts_open_file_table_is_out_of_a_runs_reach(tmp_path):
+    """Open files are one count for the host (fs.file-max): a file mapped and then closed holds no descriptor, so
+    RLIMIT_NOFILE does not bound them. 40 processes of one run held all 2.4 million of the kernel's default table,
+    and every other run failed ENFILE. Each sandbox raises the table past what the host's memory can hold."""
+    sandbox.FILE_MAX.write_text("2466290\n")  # the kernel's default here (10% of memory in KiB)
+    res = run_script(tmp_path, """
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        held = 0
+        for _ in range(4000):
+            fd = os.open("/scratch/f", os.O_RDWR | os.O_CREAT)
+            os.ftruncate(fd, 4096)
+            held += libc.mmap(None, 4096, 1, 2, fd, 0) not in (None, ctypes.c_void_p(-1).value)  # PROT_READ, PRIVATE
+            os.close(fd)
+        print(held)
+    """, limits=Limits(memory_mb=256, open_files=256, wall_seconds=60, cpu_seconds=60, max_processes=8))
+    assert res.ok, res
+    assert int(res.stdout) == 4000  # held open past RLIMIT_NOFILE
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert int(sandbox.FILE_MAX.read_text()) >= memory // 256
+
+
+@needs_bwrap
+def test_a_host_whose_open_file_table_cannot_be_raised_refuses_the_challenge_profile(tmp_path, monkeypatch, caplog):
+    table = tmp_path / "file-max"
+    table.write_text("not a number\n")
+    monkeypatch.setattr(sandbox, "FILE_MAX", table)
+    res = run_script(tmp_path, "print('ran')", limits=Limits(memory_mb=256, require_cgroups=True))
+    assert not res.ok and res.infrastructure and res.reason.startswith("refused: the host's open-file table"), res
+    assert "sysctl -w fs.file-max=" in res.reason and str(table) in res.reason
+    res = run_script(tmp_path, "print('ran')")  # the demo profile: told, and run
+    assert res.ok and res.stdout == "ran\n", res
+    assert "open-file table" in caplog.text
+
+
+def test_the_open_file_table_is_raised_only_below_what_memory_can_hold(tmp_path, monkeypatch):
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    table = tmp_path / "file-max"
+    monkeypatch.setattr(sandbox, "FILE_MAX", table)
+    for before, after in ((memory // 256 - 1, 2**63 - 1), (memory // 256, memory // 256)):
+        table.write_text(f"{before}\n")
+        assert sandbox.host_file_table() == ""
+        assert int(table.read_text()) == after
 
 
 def test_bwrap_without_required_options_is_refused():

@@ -153,6 +153,28 @@ _PIN_PAGES = ("splice", "tee", "vmsplice", "sendfile", "memfd_secret")
 _SYSCALL_CEILING = 1024
 
 
+# Open files are one count for the whole host (fs.file-max), in every namespace: RLIMIT_NOFILE bounds a process's
+# descriptors, and a file mapped and then closed holds none. 40 processes of one run held all 2.4 million, and every
+# other run's sandbox failed ENFILE. At least one file per 256 bytes of the host's memory (a struct file is 256 bytes
+# of kernel memory, charged to the run's memory cgroup), no run can fill it; systemd sets the maximum, as done here.
+FILE_MAX = Path("/proc/sys/fs/file-max")
+_LONG_MAX = 2**63 - 1
+
+
+def host_file_table() -> str:
+    """"" when no run can fill the host's table of open files (raising ``fs.file-max`` to its maximum, as root,
+    when it could), else why it can be filled."""
+    path = FILE_MAX
+    try:
+        current, memory = int(path.read_text()), os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        if current < memory // 256:
+            path.write_text(f"{_LONG_MAX}\n")
+        return ""
+    except (OSError, ValueError) as exc:
+        return (f"the host's open-file table ({path}) can be filled by one run, and raising it failed "
+                f"({getattr(exc, 'strerror', None) or exc}); as root: sysctl -w fs.file-max={_LONG_MAX}")
+
+
 @functools.cache
 def seccomp_bpf() -> bytes:
     """The sandbox's seccomp filter as BPF (libseccomp via pyseccomp): allow all but the calls above."""
@@ -619,6 +641,12 @@ def run_sandboxed(argv: Sequence[str], *, scratch: Path, ro_binds: Sequence[Path
     if cg is None and limits.require_cgroups:
         return host_failure("refused: this profile requires cgroups to contain memory, processes and CPU, and "
                             f"none can be used here ({cgroups.unavailable_reason()})")
+    if (table := host_file_table()) and limits.require_cgroups:  # as a host without cgroups: refused, else told
+        if cg is not None:
+            cg.remove()
+        return host_failure(f"refused: {table}")
+    if table:
+        cgroups.warn_once(table)
     uid = gid = 3_000_000 + secrets.randbelow(1_000_000) if privileged else 65534
     try:
         box = Path(tempfile.mkdtemp(prefix=".sandbox-", dir=scratch))  # the sandbox's /scratch
