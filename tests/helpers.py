@@ -109,3 +109,16 @@ def tiles_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("SKYBENCH_ROOT", str(project))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     return project
+
+
+def lenstronomy_psf(fwhm: float, pixel_scale: float, truncation: float = 5.0) -> object:
+    """lenstronomy's own Gaussian PSF of ``fwhm`` arcsec (``kernel_util.kernel_gaussian``: sampled at pixel centres,
+    ``truncation`` sigma), convolved as a PIXEL kernel: zero padding outside the frame, as the renderer (its
+    GAUSSIAN type filters with ``mode='nearest'``, which repeats the frame's edge)."""
+    import math
+
+    from lenstronomy.Data.psf import PSF
+    from lenstronomy.Util import kernel_util
+
+    n = 2 * math.ceil(truncation * fwhm / 2.3548200450309493 / pixel_scale) + 1
+    return PSF(psf_type="PIXEL", kernel_point_source=kernel_util.kernel_gaussian(n, pixel_scale, fwhm))

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import lenstronomy_psf
 from scipy import stats
 
-from skybench.physics.psf import gaussian_kernel_2d
 from skybench.tasks.detect.config import DetectTrack, load_detect_track
 from skybench.tasks.detect.simulator import DetectSimulator
 from skybench.tasks.lens.simulator import lenstronomy_kwargs
@@ -37,7 +37,6 @@ def base() -> DetectSimulator:
 def _lenstronomy_image(row: pd.Series, track, band: str) -> np.ndarray:
     """One lens-population object re-rendered by lenstronomy from its truth row and the lens track alone."""
     from lenstronomy.Data.imaging_data import ImageData
-    from lenstronomy.Data.psf import PSF
     from lenstronomy.ImSim.image_model import ImageModel
     from lenstronomy.LensModel.lens_model import LensModel
     from lenstronomy.LightModel.light_model import LightModel
@@ -46,7 +45,7 @@ def _lenstronomy_image(row: pd.Series, track, band: str) -> np.ndarray:
     g = kw["kwargs_pixel_grid"]
     data = ImageData(image_data=np.zeros((g["nx"], g["ny"])), transform_pix2angle=g["transform_pix2angle"],
                      ra_at_xy_0=g["ra_at_xy_0"], dec_at_xy_0=g["dec_at_xy_0"])
-    psf = PSF(psf_type="PIXEL", kernel_point_source=gaussian_kernel_2d(kw["psf_fwhm"], kw["pixel_scale"]))
+    psf = lenstronomy_psf(kw["psf_fwhm"], kw["pixel_scale"])
     m = kw["kwargs_model"]
     model = ImageModel(data, psf, LensModel(m["lens_model_list"]), LightModel(m["source_light_model_list"]),
                        LightModel(m["lens_light_model_list"]), kwargs_numerics=kw["kwargs_numerics"])

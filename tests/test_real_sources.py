@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import TORCH_BACKEND, mlflow_store
+from helpers import TORCH_BACKEND, lenstronomy_psf, mlflow_store
 
 from skybench.physics.backend import get_backend
-from skybench.physics.psf import gaussian_kernel_2d
 from skybench.tasks.lens.simulator import LensSimulator, lenstronomy_kwargs
 from skybench.tasks.lens.sources import interpolate
 from skybench.testkey import public_object_seed
@@ -36,7 +35,6 @@ def _lensed_rows(sim: LensSimulator, n: int = 12, seed: int = 11) -> pd.DataFram
 
 def _lenstronomy_image(row: pd.Series, track, band: str, source_only: bool = False) -> np.ndarray:
     from lenstronomy.Data.imaging_data import ImageData
-    from lenstronomy.Data.psf import PSF
     from lenstronomy.ImSim.image_model import ImageModel
     from lenstronomy.LensModel.lens_model import LensModel
     from lenstronomy.LightModel.light_model import LightModel
@@ -45,7 +43,7 @@ def _lenstronomy_image(row: pd.Series, track, band: str, source_only: bool = Fal
     g = kw["kwargs_pixel_grid"]
     data = ImageData(image_data=np.zeros((g["nx"],) * 2), transform_pix2angle=g["transform_pix2angle"],
                      ra_at_xy_0=g["ra_at_xy_0"], dec_at_xy_0=g["dec_at_xy_0"])
-    psf = PSF(psf_type="PIXEL", kernel_point_source=gaussian_kernel_2d(kw["psf_fwhm"], kw["pixel_scale"]))
+    psf = lenstronomy_psf(kw["psf_fwhm"], kw["pixel_scale"])
     m = kw["kwargs_model"]
     model = ImageModel(data, psf, LensModel(m["lens_model_list"]), LightModel(m["source_light_model_list"]),
                        LightModel(m["lens_light_model_list"]), kwargs_numerics=kw["kwargs_numerics"])

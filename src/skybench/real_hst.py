@@ -8,11 +8,11 @@
 2. measures the FWHM of the HST PSF (``PSF`` extension) with a pixel-integrated circular Gaussian fit to
    its core, and convolves, on the original grid, with the discrete Gaussian kernel (``exp(-t) I_n(t)``,
    variance exactly ``t`` pixel^2) that takes it to the target's Gaussian PSF:
-   ``s_diff^2 = s_track^2 + (1 - 1/S^2) p^2/12 - s_hst^2 - 2 p_hst^2/12`` (``p_hst^2/12`` twice: the blur of the
+   ``s_diff^2 = s_track^2 - p^2/12/S^2 - s_hst^2 - 2 p_hst^2/12`` (``p_hst^2/12`` twice: the blur of the
    HST pixel, which the image already has, and the same again that the piecewise-constant resampling of step 3
-   adds; the output's own pixel then adds ``p^2/12``; ``(1 - 1/S^2) p^2/12``: the simulated images' second pixel
-   box, their surface brightness binned from ``S``-times supersampled points before the pixel-integrated PSF
-   kernel, so that the result has the blur a simulated image of the track has);
+   adds; the output's own pixel then adds ``p^2/12``; ``- p^2/12/S^2``: the simulated images bin ``S``-times
+   supersampled points, short of a whole pixel box by that, before the PSF kernel sampled at pixel centres, so
+   that the result has the blur a simulated image of the track has);
 3. resamples to the target grid (e.g. 0.1"/px, 101 x 101) centred on the image centre (or, with ``centre_sigma``,
    on the deflector's light centre offset as the simulated deflectors are: :func:`jittered_centre`), by exact
    area-weighted rebinning of the image as a piecewise-constant surface: ``new = A_y @ img @ A_x.T`` with
@@ -188,14 +188,14 @@ class Target:
     sigma_bkg: float
     total_time: float
     target_mag: float
-    supersampling: int = 1  # the track's cutout.supersampling: the simulated images' extra pixel blur
+    supersampling: int = 1  # the track's cutout.supersampling: its binning is p^2/12/S^2 short of a pixel box
 
     @property
     def sim_pixel_variance(self) -> float:
-        """arcsec^2 of blur beyond the PSF and one pixel box (p^2/12) in the track's simulated images: the Renderer
-        bins S x S supersampled points ((1 - 1/S^2) p^2/12, Sheppard's correction) and then convolves with the
-        pixel-integrated PSF kernel (another p^2/12)."""
-        return (1.0 - 1.0 / self.supersampling**2) * self.pixel_scale**2 / 12.0
+        """arcsec^2 of blur beyond the PSF and one pixel box (p^2/12) in the track's simulated images, negative: the
+        Renderer bins S x S supersampled points ((1 - 1/S^2) p^2/12, Sheppard's correction, short of a whole pixel
+        box by p^2/12/S^2) and then convolves with the PSF kernel sampled at pixel centres (no box)."""
+        return -self.pixel_scale**2 / 12.0 / self.supersampling**2
 
     @classmethod
     def from_track(cls, track: Track, target_mag: float) -> Target:
@@ -379,8 +379,8 @@ def match_to_target(image: np.ndarray, scale_in: tuple[float, float], fwhm_in: f
     s_hst = fwhm_in * FWHM_TO_SIGMA if np.isfinite(fwhm_in) else 0.0
     p_hst = float(np.sqrt(sy * sx))
     # the input pixel's box blur is in the image already and the piecewise-constant rebinning adds it again
-    # (each a variance p^2/12: Sheppard's correction); the output pixel's box is the simulated images' own, and
-    # their second one (Target.sim_pixel_variance) is added here
+    # (each a variance p^2/12: Sheppard's correction); the output pixel's box is the simulated images' own, less
+    # what their supersampled binning falls short of it (Target.sim_pixel_variance, negative)
     diff_var = s_target**2 + target.sim_pixel_variance - s_hst**2 - 2.0 * p_hst**2 / 12.0  # arcsec^2
     s_diff = float(np.sqrt(max(diff_var, 0.0)))
 

@@ -2,29 +2,17 @@
 raising the background sigma to a given multiple of the original.
 
 The blur is the Gaussian sampled at pixel centres, as their code applies it (``cv2.GaussianBlur`` with
-sigma = FWHM/0.396/2.355 in ``roou.py``): the truth is already pixel-integrated, so a pixel-integrated kernel would
-add a second pixel box (FWHM 1.426" instead of 1.4" for extended light)."""
+sigma = FWHM/0.396/2.355 in ``roou.py``), the renderer's PSF kernel: the truth is already pixel-averaged, so a
+pixel-integrated kernel would add a second pixel box (FWHM 1.426" instead of 1.4" for extended light)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from skybench.physics.psf import FWHM_TO_SIGMA, convolution_matrix
+from skybench.physics.psf import convolution_matrix, gaussian_kernel_1d, gaussian_kernel_2d
 
-
-def degradation_kernel_1d(fwhm: float, pixel_scale: float, truncation: float = 5.0) -> np.ndarray:
-    """exp(-x^2 / 2 sigma^2) at the pixel centres x, sigma = FWHM / 2.3548 / pixel_scale, odd length, truncated at
-    ``truncation`` sigma, sum 1."""
-    sigma = fwhm * FWHM_TO_SIGMA / pixel_scale
-    half = max(1, int(np.ceil(truncation * sigma)))
-    k = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
-    return k / k.sum()
-
-
-def degradation_kernel(fwhm: float, pixel_scale: float) -> np.ndarray:
-    """The 2-D kernel (sum 1) that :func:`degrade` convolves with: the outer product of the 1-D one."""
-    k = degradation_kernel_1d(fwhm, pixel_scale)
-    return np.outer(k, k)
+# their blur is a PSF of the renderer's: one kernel
+degradation_kernel_1d, degradation_kernel = gaussian_kernel_1d, gaussian_kernel_2d
 
 
 def blurred_noise_gain(fwhm: float, pixel_scale: float) -> float:

@@ -1,19 +1,20 @@
-"""Gaussian PSF: a pixel-integrated, separable kernel, applied as two small matrix products."""
+"""Gaussian PSF: a separable kernel sampled at pixel centres, applied as two small matrix products."""
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import erf
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))  # sigma = FWHM / 2.3548
 
 
 def gaussian_kernel_1d(fwhm: float, pixel_scale: float, truncation: float = 5.0) -> np.ndarray:
-    """Gaussian integrated over each pixel, odd length, truncated at ``truncation`` sigma, sum 1."""
+    """exp(-x^2 / 2 sigma^2) at the pixel centres x, sigma = FWHM / 2.3548 / pixel_scale, odd length, truncated at
+    ``truncation`` sigma, sum 1: lenstronomy's GAUSSIAN PSF (``kernel_util.kernel_gaussian``). Not integrated over
+    the pixel: the image it blurs is already pixel-averaged, and a second pixel box would widen the PSF (0.189"
+    for VIS's 0.18" at 0.1"/px)."""
     sigma = fwhm * FWHM_TO_SIGMA / pixel_scale
     half = max(1, int(np.ceil(truncation * sigma)))
-    edges = (np.arange(-half, half + 2) - 0.5) / (np.sqrt(2.0) * sigma)
-    k = 0.5 * np.diff(erf(edges))
+    k = np.exp(-0.5 * (np.arange(-half, half + 1) / sigma) ** 2)
     return k / k.sum()
 
 
