@@ -41,7 +41,7 @@ def test_import_the_challenge_samples_of_both_tracks(samples, tmp_path):
 
 
 def test_export_then_import_gives_back_the_release(tiny_ground_release, tmp_path):
-    out = export_bologna(tiny_ground_release, tmp_path / "export")
+    out = export_bologna(tiny_ground_release, tmp_path / "export", labels=True)
     assert sorted(p.name for p in out.iterdir()) == ["Band1", "Band2", "Band3", "Band4", "classifications.csv"]
     ids = open_release(tiny_ground_release).meta("test")["id"].to_numpy()
     assert (out / "Band4" / f"imageSDSS_U-{ids[0]}.fits").is_file()
@@ -51,6 +51,23 @@ def test_export_then_import_gives_back_the_release(tiny_ground_release, tmp_path
     a = open_release(back).hidden("test").meta()
     b = open_release(tiny_ground_release).hidden("test").meta()
     assert (a["id"].to_numpy() == b["id"].to_numpy()).all() and (a["is_lens"] == b["is_lens"]).all()
+
+
+def test_an_export_for_teams_never_holds_secret_labels(tiny_space_release, tmp_path):
+    """`export-bologna` is for teams' FITS-reading code: it wrote the hidden test labels by default, also of a
+    release made with the organiser's private key."""
+    import json
+
+    result = CliRunner().invoke(app, ["export-bologna", str(tiny_space_release), "--out", str(tmp_path / "plain")])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "plain" / "classifications.csv").exists() and any((tmp_path / "plain").glob("*.fits"))
+    secret = tmp_path / "secret"
+    shutil.copytree(tiny_space_release, secret)
+    manifest = json.loads((secret / "manifest.json").read_text())
+    manifest["test_key"] = {"kind": "private", "fingerprint": "0" * 16}
+    (secret / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(app, ["export-bologna", str(secret), "--out", str(tmp_path / "e"), "--labels"])
+    assert result.exit_code == 1 and "secret" in result.output and not (tmp_path / "e").exists(), result.output
 
 
 def test_bad_inputs_name_the_file(samples, tmp_path):
@@ -79,7 +96,8 @@ def test_an_imported_release_is_evaluated_as_docs_scale_says(tiny_space_release,
     from skybench.harness.evaluate import evaluate
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
-    back = import_bologna(export_bologna(tiny_space_release, tmp_path / "export"), "lens-space", tmp_path / "back")
+    back = import_bologna(export_bologna(tiny_space_release, tmp_path / "export", labels=True), "lens-space",
+                          tmp_path / "back")
     hidden = open_release(back).hidden("test").meta()
     sub = csv_submission(tmp_path / "submissions" / "t" / "labels", "labels", hidden["id"].to_numpy(),
                          hidden["is_lens"].to_numpy(), team="t")

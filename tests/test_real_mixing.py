@@ -401,3 +401,15 @@ def test_the_published_manifest_counts_the_stream_not_the_simulated_objects(fold
     got = open_release(stage(folded, tmp_path / "published"))
     assert got.manifest["counts"]["test"] == 96 == sum(len(b["images"]) for b in got.public_batches("test", 16))
     assert verify_release(got.root) == []
+
+
+def test_a_folded_stream_exports_under_its_positions_and_never_with_labels(folded, tmp_path):
+    """`export-bologna` of a release with the real set folded in: the stream's opaque ids (t000000...) name the
+    files by position (it failed on int('t000000')); its labels would name the real objects: refused."""
+    from skybench.tasks.lens.bologna import BolognaError, export_bologna
+
+    n = read_manifest(folded)["real_set"]["stream"]
+    out = export_bologna(folded, tmp_path / "export")
+    assert sorted(int(p.stem.rsplit("-", 1)[1]) for p in out.glob("*.fits")) == list(range(n))
+    with pytest.raises(BolognaError, match="secret"):
+        export_bologna(folded, tmp_path / "labelled", labels=True)

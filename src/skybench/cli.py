@@ -523,7 +523,9 @@ def import_bologna(src: Annotated[Path, typer.Argument(help="folder of Lens Find
 
 @app.command("export-bologna")
 def export_bologna(release: Path, out: Annotated[Path, typer.Option(help="folder to write")] = ...,  # type: ignore[assignment]
-                   labels: Annotated[bool, typer.Option(help="also write classifications.csv")] = True) -> None:
+                   labels: Annotated[bool, typer.Option(
+                       help="also write classifications.csv with the hidden test labels (a release made with the "
+                            "public demo key only: refused where they are secret)")] = False) -> None:
     """Write a release's test set in the Strong Lens Finding Challenge 1.0 layout (FITS per cut-out and band)."""
     from skybench.release import ReleaseError
     from skybench.tasks.lens.bologna import BolognaError

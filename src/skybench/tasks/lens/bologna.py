@@ -136,15 +136,22 @@ def import_bologna(src: Path, track: str | Track, out: Path, *, classifications:
                          make_chunks=chunks, label_columns=("is_lens",), progress=progress)
 
 
-def export_bologna(release: Path, out: Path, *, labels: bool = True) -> Path:
+def export_bologna(release: Path, out: Path, *, labels: bool = False) -> Path:
     """Write the test set of ``release`` to ``out`` in the challenge layout (atomically: a temporary sibling
-    folder renamed at the end). ``labels``: also write ``classifications.csv`` (ID, is_lens) from the hidden labels."""
+    folder renamed at the end), each cut-out under the integer of its id (a folded stream's ``t000012``: 12).
+
+    ``labels``: also write ``classifications.csv`` (ID, is_lens) from the hidden labels; refused (BolognaError)
+    unless anyone can re-make them (a public test-set key, no real set folded in): the export is for teams."""
     from astropy.io import fits
 
     from skybench.release.reader import open_release
 
     release, out = Path(release), Path(out).resolve()
     manifest = read_manifest(release)
+    folded = bool((manifest.get("real_set") or {}).get("folded_in"))
+    if labels and ((manifest.get("test_key") or {}).get("kind") != "public" or folded):
+        raise BolognaError(f"{release}: its test labels are secret (a private test-set key, or a real set folded "
+                           "into the test split): export it without --labels, for teams")
     track = load_track(manifest["track"])
     bands = [_challenge_band(track, b) for b in track.band_names]
     rel = open_release(release)
@@ -157,7 +164,7 @@ def export_bologna(release: Path, out: Path, *, labels: bool = True) -> Path:
         k = 0
         for batch in imgs.batches(256):
             for cube in batch:
-                object_id = int(ids[k])
+                object_id = int(str(ids[k]).lstrip("t"))  # a folded stream's opaque ids: their position
                 k += 1
                 for band, image in zip(bands, cube, strict=True):
                     folder = tmp if band == SPACE_BAND else tmp / GROUND_FOLDERS[band]
