@@ -26,6 +26,22 @@ def phi_q2ellipticity(phi: Any, q: Any) -> tuple[Any, Any]:
     return e * np.cos(2 * phi), e * np.sin(2 * phi)
 
 
+def einstein_radius(theta_E: Any, e1: Any, e2: Any, gamma1: Any, gamma2: Any, n: int = 720) -> np.ndarray:
+    """R_ein = sqrt(A_ein / pi), A_ein the area inside the tangential critical curve (Metcalf et al. 2019), of an
+    SIE (lenstronomy's kappa = theta_E / 2 sqrt(q x^2 + y^2 / q) in its major-axis frame) plus external shear.
+
+    An isothermal lens's Hessian at (r, t) is 2 kappa(1, t) e_t e_t^T / r (e_t = (-sin t, cos t): Kormann et al.
+    1994), so det(I - Hessian - shear) = 0 at r(t) = 2 kappa(1, t) (1 - g1 cos 2t - g2 sin 2t) / (1 - g^2), and
+    A_ein = 1/2 of the integral of r(t)^2 over t (n directions; the mean of a periodic function: exact fast)."""
+    theta_E, e1, e2, g1, g2 = (np.asarray(v, dtype=np.float64)[..., None] for v in (theta_E, e1, e2, gamma1, gamma2))
+    phi, q = ellipticity2phi_q(e1, e2)
+    t = np.arange(n) * (2 * np.pi / n)
+    major, minor = np.cos(t - phi), np.sin(t - phi)  # the direction t in the major-axis frame
+    kappa = theta_E / (2 * np.sqrt(q * major**2 + minor**2 / q))
+    r = 2 * kappa * (1 - g1 * np.cos(2 * t) - g2 * np.sin(2 * t)) / (1 - g1**2 - g2**2)
+    return np.sqrt(np.mean(r**2, axis=-1))  # sqrt(A / pi), A = pi mean(r^2)
+
+
 def sie_deflection(x: Any, y: Any, theta_E: Any, e1: Any, e2: Any, center_x: Any, center_y: Any,
                    s_scale: float = 1e-10) -> tuple[Any, Any]:
     """SIE deflection (lenstronomy SIE -> NIE, Keeton & Kochanek 1998 eq. after 8).

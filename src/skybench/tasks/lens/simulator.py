@@ -17,7 +17,7 @@ import pandas as pd
 from skybench.physics.backend import Backend, device
 from skybench.physics.kernels import exp_mostly_zero_, per_object, quadratic_form_points, scatter_add_, take_minus
 from skybench.physics.kernels import module as array_module
-from skybench.physics.lens_mass import phi_q2ellipticity, sie_shear_ray_shoot
+from skybench.physics.lens_mass import einstein_radius, phi_q2ellipticity, sie_shear_ray_shoot
 from skybench.physics.light import ellipse_metric, sersic_profile_, sersic_total_flux
 from skybench.physics.noise import magnitude2cps, object_normals
 from skybench.physics.philox import normal32, normal64, uniform64
@@ -142,6 +142,8 @@ class LensSimulator:
         g, gphi = u(*p.lens.gamma_ext), u(0, pi)
         row.update(lens_theta_E=theta_E, lens_e1=e1, lens_e2=e2, lens_center_x=cx, lens_center_y=cy,
                    shear_gamma1=g * np.cos(2 * gphi), shear_gamma2=g * np.sin(2 * gphi))
+        # R_ein = sqrt(A_ein / pi) of the critical curve (Metcalf et al. 2019); theta_E is the SIE's parameter
+        row["lens_r_ein"] = einstein_radius(theta_E, e1, e2, row["shear_gamma1"], row["shear_gamma2"])
         # Lens light: elliptical Sersic roughly aligned with the mass.
         self._sersic(row, "lens_light", True, u(*p.lens.R_sersic), u(*p.lens.n_sersic), u(*p.lens.light_q),
                      phi + 0.17 * next(normals), cx, cy, u(*p.lens.mag), p.lens.colors, normals)
