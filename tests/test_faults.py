@@ -381,7 +381,8 @@ def test_a_refusing_tracking_store_is_one_line_at_once_for_evaluate_log_and_lead
                                       str(tiny_space_release), "--out", str(out)])
     assert result.exit_code == 2 and "unreachable" in result.output, result.output
     assert (record_dir(out, "f", "offline") / "evaluation.json").is_file()  # kept for `skybench log`
-    for command in (["log", str(out), "--track", "lens-space"], ["leaderboard", "lens-space"]):
+    for command in (["log", str(out), "--track", "lens-space"], ["leaderboard", "lens-space"], ["ui", "--no-serve"],
+                    ["compare", "lens-space", "a", "b", "--release", str(tiny_space_release)]):
         result = CliRunner().invoke(app, command)
         assert result.exit_code == 1 and "unreachable" in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1 and "secret" not in result.output, result.output
@@ -451,7 +452,8 @@ def test_a_tracking_server_whose_store_fails_is_unreachable_not_minutes_of_retri
         assert seen["api"] == 1, seen  # the look at the store; no look-up nor publish per record
         for i in range(2):  # nothing lost
             assert (record_dir(out, "f", f"d{i}") / "evaluation.json").is_file()
-        for command in (["log", str(out), "--track", "lens-space"], ["leaderboard", "lens-space"]):
+        for command in (["log", str(out), "--track", "lens-space"], ["leaderboard", "lens-space"], ["ui", "--no-serve"],
+                    ["compare", "lens-space", "a", "b", "--release", str(tiny_space_release)]):
             result = CliRunner().invoke(app, command)
             assert result.exit_code == 1 and "answered HTTP 500" in result.output, result.output
     finally:
@@ -564,7 +566,7 @@ def test_a_full_disk_while_writing_the_leaderboard_keeps_the_previous_one_whole(
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after.keys() == before.keys()  # no temporary file left
     assert after == before, {k: len(v) for k, v in after.items()}  # nothing half-written
-    assert len(said.splitlines()) == 1 and "File too large" in said and "the previous one is kept" in said, said
+    assert len(said.splitlines()) == 1 and "File too large" in said and "the previous files are kept" in said, said
 
 
 @pytest.mark.parametrize("damage", ["not json", "old format", "no such release"])
@@ -641,3 +643,47 @@ def test_evaluate_into_a_read_only_folder_is_one_line_and_touches_nothing(store,
     assert len(said.splitlines()) == 1 and "Read-only file system" in said and "nothing was evaluated" in said, said
     assert str(read_only_fs) in said  # where
     assert _runs(store) == []
+
+
+def test_the_roc_folder_is_swapped_whole_or_kept(tmp_path, monkeypatch):
+    """`leaderboard --write` removed roc/ first, then copied into it: a full disk left it half-written (a 0-byte
+    curve), and the error named the source file."""
+    import shutil
+
+    from skybench.cli import _copy_roc_curves
+
+    evaluations, out = tmp_path / "evaluations", tmp_path / "board" / "roc"
+    for name in ("t+a", "t+b", "t+c"):
+        (evaluations / name).mkdir(parents=True)
+        (evaluations / name / "roc_public.csv").write_text(f"fpr,tpr\n0,{name}\n")
+    _copy_roc_curves(evaluations, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["t+a.csv", "t+b.csv", "t+c.csv"]
+    (evaluations / "t+d").mkdir()
+    (evaluations / "t+d" / "roc_public.csv").write_text("fpr,tpr\n0,1\n")
+    copy, calls = shutil.copyfile, []
+
+    def full_disk(src, dst, *a, **k):  # the third copy finds the disk full
+        calls.append(dst)
+        if len(calls) == 3:
+            open(dst, "w").close()
+            raise OSError(28, "No space left on device", str(dst))
+        return copy(src, dst, *a, **k)
+
+    monkeypatch.setattr(shutil, "copyfile", full_disk)
+    with pytest.raises(OSError, match=f"cannot write the ROC curves in {out}.*No space left.*previous ones are kept"):
+        _copy_roc_curves(evaluations, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["roc"]  # nothing of the attempt is left
+
+
+def test_a_command_s_unforeseen_os_error_is_one_line_naming_the_file(tmp_path, tiny_space_release):
+    """Every command: a disk error it does not handle itself (here: export-bologna and index-submissions writing
+    under a file) is one line with the file, not a traceback."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for command in (["export-bologna", str(tiny_space_release), "--out", str(blocker / "export")],
+                    ["index-submissions", "--out", str(blocker / "submissions.json")]):
+        r = CliRunner().invoke(app, command)
+        assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (command, r.output)
+        assert len(r.output.strip().splitlines()) == 1 and str(blocker) in r.output, (command, r.output)

@@ -191,11 +191,20 @@ def test_an_invalid_record_is_left_out_and_the_others_are_published(evaluations,
     assert after == before  # nothing on disk was changed or removed
 
 
-def test_skybench_log_reports_an_invalid_record_without_a_traceback(evaluations, tmp_path, monkeypatch):
+@pytest.mark.parametrize("how", ["cut short", "nested too deeply", "run facts nested too deeply"])
+def test_skybench_log_reports_an_invalid_record_without_a_traceback(evaluations, tmp_path, monkeypatch, how):
+    """A record cut short, or arrays nested past Python's recursion limit (json raised RecursionError, which
+    stopped `skybench log` before the other records, and made `evaluate` blame the submission)."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     out = _copy(evaluations, tmp_path / "p", ["good", "other"])
     bad = record_dir(out, "tests", "good") / RECORD
-    bad.write_text(bad.read_text()[:-20])  # cut short: not JSON
+    deep = "[" * 200_000 + "]" * 200_000
+    if how == "run facts nested too deeply":  # no run facts: the record itself is read and published
+        (bad.parent / RUN_FILE).write_text(deep)
+        assert read_record(bad).team == "tests"
+        assert CliRunner().invoke(app, ["log", str(out), "--track", TRACK]).exit_code == 0
+        return
+    bad.write_text(bad.read_text()[:-20] if how == "cut short" else deep)
     result = CliRunner().invoke(app, ["log", str(out), "--track", TRACK])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
     assert "Traceback" not in result.output and f"{bad}: not an evaluation record, invalid JSON" in result.output

@@ -145,7 +145,8 @@ def test_verify_names_a_per_object_shape_the_manifest_does_not_list(tmp_path, ti
 HEAD = b'{"format": "skybench-release/1"'
 
 
-@pytest.mark.parametrize("manifest", [b"[1, 2]", HEAD + b"}", b"\xff\xfe{",
+@pytest.mark.parametrize("manifest", [b"[1, 2]", HEAD + b"}", b"\xff\xfe{", b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
+                                      HEAD + b', "files": {}, "counts": {}}',  # no track: every command reads it
                                       HEAD + b', "files": {"a": {"sha256": "0"}}}',
                                       HEAD + b', "files": {"../x": {"bytes": 0, "sha256": ""}}}'])
 def test_a_corrupt_manifest_is_one_line_naming_it(tmp_path, tiny_space_release, manifest):
@@ -207,7 +208,8 @@ def test_shards_hashed_as_written_and_files_finish_replaced_hashed_again(tmp_pat
         os.replace(new, shard)
         return {}
 
-    out = write_release(tmp_path / "rel", info={}, counts={"train": 30, "val": 5, "test": 7}, image_shape=(2, 4, 4),
+    out = write_release(tmp_path / "rel", info={"track": "t"}, counts={"train": 30, "val": 5, "test": 7},
+                        image_shape=(2, 4, 4),
                         make_chunks=chunks, chunk_size=4, shard_size=16, progress=False, finish=finish)
     assert verify_release(out) == []
     files = read_manifest(out)["files"]

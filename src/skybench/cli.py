@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -16,8 +19,30 @@ if TYPE_CHECKING:
     from skybench.harness.submission import Submission
     from skybench.tracks import Track
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Reproducible benchmarks and challenges for deep learning in astronomy.")
+class _App(typer.Typer):
+    """The ``skybench`` app: an OSError a command does not handle itself (a full or read-only disk, a lost mount)
+    is one line naming the file, not a traceback."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:  # type: ignore[override]
+        register = super().command(*args, **kwargs)
+
+        def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
+            @functools.wraps(fn)
+            def run(*a: Any, **k: Any) -> Any:
+                try:
+                    return fn(*a, **k)
+                except OSError as exc:
+                    _fail(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror
+                          else exc.strerror or str(exc))
+
+            register(run)
+            return fn
+
+        return decorator
+
+
+app = _App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+           help="Reproducible benchmarks and challenges for deep learning in astronomy.")
 
 
 def _shown(text: object) -> str:
@@ -238,11 +263,11 @@ def index_submissions(out: Path = Path("results/submissions.json")) -> None:
     depend on this file, not on submissions/ itself (docs/SECURITY.md)."""
     import json
 
+    from skybench.common import write_whole
     from skybench.harness.evaluate import submissions_index
 
     index = submissions_index()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+    write_whole(out.parent, {out.name: json.dumps(index, indent=1, sort_keys=True) + "\n"})
     typer.echo(f"wrote {out}: {len(index)} team folder(s)")
 
 
@@ -369,13 +394,15 @@ def compare(track: str, a: Annotated[str, typer.Argument(help="an entry: team/na
 
     from skybench.release.reader import open_release
     from skybench.tracking import leaderboard as lb
-    from skybench.tracking import ranks, tracking_uri
+    from skybench.tracking import ranks, tracking_uri, unreachable
     from skybench.tracks import default_release
 
     t = _track(track)
     rel = release or default_release(t)
     if not layout.is_release(rel):
         _fail(f"{rel}: not a release; give the release both entries were evaluated on with --release")
+    if down := unreachable():  # else MLflow's retries and back-off keep it silent for minutes
+        _fail(down)
     board = lb.finished_entries(t, release_sha256=_release_sha(rel))
     try:
         picked = [lb.find_entry(board, who, t.name) for who in (a, b)]
@@ -401,8 +428,9 @@ def compare_training(
     text = run(evaluations, before, after)
     typer.echo(text, nl=False)
     if write is not None:
-        write.parent.mkdir(parents=True, exist_ok=True)
-        write.write_text(text)
+        from skybench.common import write_whole
+
+        write_whole(write.parent, {write.name: text})
 
 
 def _terminal_table(track: Track, board: pd.DataFrame, columns: str | None, all_columns: bool) -> None:
@@ -431,11 +459,26 @@ def _copy_roc_curves(evaluations: Path, out: Path) -> None:
     (public part, fixed FPRs; ``roc_public.csv``), never the organiser's full one."""
     import shutil
 
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    for roc in sorted(evaluations.glob("*/roc_public.csv")):
-        if not roc.parent.name.startswith("."):  # not a record being written
-            shutil.copy(roc, out / f"{roc.parent.name}.csv")
+    new, old = out.with_name(f".{out.name}.new-{os.getpid()}"), out.with_name(f".{out.name}.old-{os.getpid()}")
+    try:  # built beside the old folder, then swapped in: a full disk leaves the old curves whole
+        new.mkdir(parents=True)
+        for roc in sorted(evaluations.glob("*/roc_public.csv")):
+            if not roc.parent.name.startswith("."):  # not a record being written
+                shutil.copyfile(roc, new / f"{roc.parent.name}.csv")
+        if out.exists():
+            out.rename(old)
+        try:
+            new.rename(out)
+        except OSError:
+            if old.exists():
+                old.rename(out)
+            raise
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write the ROC curves in {out} ({exc.strerror or exc}); the previous ones "
+                                 "are kept") from exc
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @app.command()
@@ -446,9 +489,11 @@ def ui(port: int = 5000, host: Annotated[str, typer.Option(help="address to serv
     first), with runs named by rank, group and primary metric."""
     import subprocess
 
-    from skybench.tracking import tracking_uri
+    from skybench.tracking import tracking_uri, unreachable
     from skybench.tracking.ui import prepare
 
+    if down := unreachable():
+        _fail(down)
     uri = tracking_uri()
     remote = uri.startswith(("http://", "https://"))  # a tracking server is its own UI
     base = uri if remote else f"http://{host}:{port}"
@@ -610,8 +655,9 @@ def realism(track: str, profile: str = "demo",
         _fail(str(exc))
     typer.echo(text)
     if write is not None:
-        write.parent.mkdir(parents=True, exist_ok=True)
-        write.write_text(text + "\n")
+        from skybench.common import write_whole
+
+        write_whole(write.parent, {write.name: text + "\n"})
     if logged:
         typer.echo(logged)
     if strict and not passed:

@@ -4,14 +4,17 @@ harness and a task share (PDF rows, detections)."""
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["Strict", "UndefinedMetricError", "bootstrap_ci", "check_bootstrap_args", "check_indices",
+__all__ = ["Strict", "UndefinedMetricError", "bootstrap_ci", "check_bootstrap_args", "check_indices", "write_whole",
            "detections_from_csv", "on_resamples", "percentile_interval", "proportion_ci", "stratified", "stratum_key",
            "stratum_labels", "stratum_masks", "validate_detections"]
 
@@ -292,3 +295,21 @@ def detections_from_csv(frame: Any, tile_ids: Sequence[int], max_candidates: int
         out[i, fill[i]] = row
         fill[i] += 1
     return validate_detections(out, len(pos), max_candidates, tile_size)
+
+
+def write_whole(folder: Path, texts: Mapping[str, str]) -> None:
+    """Write each ``{name: text}`` into ``folder`` beside its old file, then swap them all in: a full or read-only
+    disk, or a kill, leaves the previous files whole (never half a file, nor files of different runs). An OSError
+    names the folder and says so."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmps = {name: folder / f".{name}.{secrets.token_hex(4)}.tmp" for name in texts}
+    try:
+        for name, text in texts.items():
+            tmps[name].write_text(text)
+        for name, tmp in tmps.items():
+            os.replace(tmp, folder / name)
+    except OSError as exc:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, f"cannot write {', '.join(texts)} in {folder} ({exc.strerror or exc}); the "
+                                 "previous files are kept") from exc

@@ -266,3 +266,46 @@ def test_an_unreachable_database_is_one_line_naming_it_without_its_password(tmp_
         assert r.returncode == 1 and "Traceback" not in out, (args, out[-3000:])
         assert "cannot reach the challenge database postgresql+psycopg://sk:***@127.0.0.1:1/skybench" in out, out
         assert "hunter2" not in out
+
+
+@pytest.mark.parametrize("page", [b"<html>Sign in to the guest network</html>", b'{"ok": true}', b"[1, 2]"])
+def test_submit_answered_200_by_something_else_says_so_in_one_line(tmp_path: Path, monkeypatch, page):
+    """A captive portal or a proxy answers 200 with its own page: a JSONDecodeError or KeyError traceback left the
+    team not knowing whether the upload was received."""
+    import http.server
+
+    class Portal(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Portal)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    monkeypatch.setenv("SKYBENCH_TOKEN", "sbt_" + "x" * 40)
+    try:
+        r = CliRunner().invoke(app, ["submit", str(EXAMPLE), "--server", f"http://127.0.0.1:{srv.server_port}",
+                                     "--skip-validate"])
+    finally:
+        srv.shutdown()
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
+    assert "answered 200 but not as a skybench server" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_a_phase_change_with_mlflow_unreachable_is_refused_at_once(config: Path, monkeypatch):
+    """Changing a phase keeps the ending phase's board, read from MLflow: with MLflow down it retried for four
+    minutes, then printed a traceback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    runner = CliRunner()
+    assert runner.invoke(app, ["admin", "db", "upgrade", "--config", str(config)]).exit_code == 0
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    r = runner.invoke(app, ["admin", "phase", "close", "lens-space", "--config", str(config)])
+    assert r.exit_code == 1 and "unreachable" in r.output and "stays in its phase" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output

@@ -107,11 +107,14 @@ def read_record(path: Path) -> EvaluationRecord:
         raw = json.loads(Path(path).read_bytes())
     except OSError as exc:
         raise RecordError(f"{path}: cannot read the evaluation record ({exc.strerror or exc})") from exc
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError; arrays nested too deeply
         raise RecordError(f"{path}: not an evaluation record, invalid JSON ({_clip(str(exc))}); "
                           "remove it, or re-run `skybench evaluate --force` to rewrite it") from exc
     try:  # a lone surrogate (JSON's "\udcff"): a name no UTF-8 store (MLflow) holds, which stopped `skybench log`
         json.dumps(raw, ensure_ascii=False).encode("utf-8")
+    except RecursionError:
+        raise RecordError(f"{path}: not an evaluation record (nested too deeply); remove it, or re-run "
+                          "`skybench evaluate --force` to rewrite it") from None
     except UnicodeEncodeError:
         raise RecordError(f"{path}: not a valid evaluation record (a text that is not UTF-8); remove it, or re-run "
                           "`skybench evaluate --force` to rewrite it") from None
@@ -128,7 +131,7 @@ def read_record(path: Path) -> EvaluationRecord:
 def _run_facts(folder: Path) -> dict:
     try:
         facts = json.loads((folder / RUN_FILE).read_bytes())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # unreadable: no run facts
         return {}
     return {k: facts[k] for k in RUN_FIELDS if k in facts} if isinstance(facts, dict) else {}
 

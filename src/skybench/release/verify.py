@@ -47,6 +47,8 @@ def read_manifest(root: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ReleaseError(f"{path}: corrupt manifest ({exc})") from exc
+    except RecursionError:
+        raise ReleaseError(f"{path}: corrupt manifest (nested too deeply)") from None
     if not isinstance(manifest, dict):
         raise ReleaseError(f"{path}: corrupt manifest (a JSON {type(manifest).__name__}, not an object)")
     if manifest.get("format") != FORMAT:
@@ -57,6 +59,10 @@ def read_manifest(root: Path) -> dict[str, Any]:
          if not (isinstance(e, dict) and type(e.get("bytes")) is int and isinstance(e.get("sha256"), str))),
         next((f"entry {rel!r} is outside the release" for rel in files
               if rel.startswith("/") or ".." in rel.split("/")), ""))
+    if not bad:  # what every command reads of a release
+        kinds = {"track": str, "counts": dict}
+        bad = next((f"no {key!r} ({kind.__name__})" for key, kind in kinds.items()
+                    if not isinstance(manifest.get(key), kind)), "")
     if bad:
         raise ReleaseError(f"{path}: corrupt manifest ({bad})")
     return manifest

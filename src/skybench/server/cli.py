@@ -151,6 +151,7 @@ def team_token(name: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
 @admin_phase.command("set")
 def phase_set(track: str, phase: str, config: ConfigOpt = DEFAULT_CONFIG) -> None:
     """Put TRACK in PHASE (pending, open, closed or final) whatever the dates say."""
+    from skybench import tracking
     from skybench.server import phases
     from skybench.server.config import PHASES
 
@@ -161,6 +162,8 @@ def phase_set(track: str, phase: str, config: ConfigOpt = DEFAULT_CONFIG) -> Non
         cfg.track(track)
     except KeyError as exc:
         _fail(str(exc.args[0]))
+    if down := tracking.unreachable():  # the change keeps the board, read from MLflow (minutes of retries)
+        _fail(f"{down}; {track} stays in its phase")
     with sessions() as s:
         old = phases.change_phase(s, cfg, track, phase, by="cli")
     kept = f" (the leaderboard of phase {old} is kept under {cfg.storage / 'leaderboards' / track})" \
@@ -264,7 +267,7 @@ def submit(folder: Path, server: Annotated[str, typer.Option(help="the challenge
         "Authorization": f"Bearer {token}", "Content-Type": ctype, "Content-Length": str(len(body))})
     try:
         with urllib.request.build_opener(_NoRedirect).open(req, timeout=600) as resp:
-            answer = json.load(resp)
+            status, raw = resp.status, resp.read(1 << 20)
     except urllib.error.HTTPError as exc:
         if 300 <= exc.code < 400:
             _fail(f"{url}: the server redirects ({exc.code}) to {exc.headers.get('Location')!r}; the token was not "
@@ -283,8 +286,14 @@ def submit(folder: Path, server: Annotated[str, typer.Option(help="the challenge
         _broke(url, server, exc.reason)
     except (http.client.HTTPException, ConnectionError) as exc:  # after the body was sent: no answer came
         _broke(url, server, exc)
-    typer.echo(f"submitted {sub.spec.name} to {sub.spec.track}: id {answer['id']}, state {answer['state']}")
-    typer.echo(f"status: {server.rstrip('/')}{answer['status_url']}")
+    try:  # a proxy's or captive portal's page answers 200 too
+        answer = json.loads(raw)
+        shown = f"id {answer['id']}, state {answer['state']}", f"{server.rstrip('/')}{answer['status_url']}"
+    except (ValueError, KeyError, TypeError):
+        _fail(f"{url}: answered {status} but not as a skybench server ({' '.join(repr(raw[:80])[2:-1].split())}); "
+              "check --server, and your submissions' status on the server, before you upload again")
+    typer.echo(f"submitted {sub.spec.name} to {sub.spec.track}: {shown[0]}")
+    typer.echo(f"status: {shown[1]}")
 
 
 def publish_release(

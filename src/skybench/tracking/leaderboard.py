@@ -17,8 +17,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import secrets
 import warnings
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -31,7 +29,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_DEFAULT
 from mlflow.tracking import MlflowClient
 
-from skybench.common import stratum_key, stratum_labels
+from skybench.common import stratum_key, stratum_labels, write_whole
 from skybench.harness.visibility import SHOWN_DECIMALS, shown_value
 from skybench.tracking import KIND_TAG, experiment_name, organiser_experiment, tracking_uri
 from skybench.tracking.ranks import RANK_COLUMNS
@@ -329,24 +327,8 @@ def write_results(
         }
         for _, row in df[df["rank"].notna()].iterrows()
     }
-    _write_whole(out_dir, {"leaderboard.md": board_md, "metrics.json": json.dumps(metrics, indent=2) + "\n"})
+    write_whole(out_dir, {"leaderboard.md": board_md, "metrics.json": json.dumps(metrics, indent=2) + "\n"})
     tag_ranks(track, full)
-
-
-def _write_whole(out_dir: Path, texts: dict[str, str]) -> None:
-    """Write each ``{name: text}`` into ``out_dir`` beside its old file, then swap them all in: a full or read-only
-    disk leaves the previous files whole (never half a board, nor a board and metrics of different runs)."""
-    tmps = {name: out_dir / f".{name}.{secrets.token_hex(4)}.tmp" for name in texts}
-    try:
-        for name, text in texts.items():
-            tmps[name].write_text(text)
-        for name, tmp in tmps.items():
-            os.replace(tmp, out_dir / name)
-    except OSError as exc:
-        for tmp in tmps.values():
-            tmp.unlink(missing_ok=True)
-        raise OSError(exc.errno, f"cannot write the leaderboard in {out_dir} ({exc.strerror or exc}); "
-                                 "the previous one is kept") from exc
 
 
 # --------------------------------------------------------------------------- strata (`--by COLUMN`, small multiples)

@@ -32,8 +32,8 @@ def print_report(releases: Path) -> None:
             frac = f"{pd.read_parquet(meta, columns=[label])[label].mean():.2f}"
         problems = verify_release(root)
         c = m["counts"]
-        table.add_row(*map(Text, (root.name, str(m["track"]), str(m["profile"]), str(m["seed"]), str(c["train"]),
-                                  str(c["val"]), str(c["test"]), frac,
+        table.add_row(*map(Text, (root.name, m["track"], str(m.get("profile", "-")), str(m.get("seed", "-")),
+                                  str(c.get("train", "-")), str(c.get("val", "-")), str(c.get("test", "-")), frac,
                                   "ok" if not problems else f"{len(problems)} problem(s)")))
     console.print(table)
     data = Path(releases).parent / "data"
