@@ -170,8 +170,7 @@ def _simulate_chunk(job: tuple[ObjectSeeds, str, int, int]) -> Any:
 
 
 class _Pool(ProcessPoolExecutor):
-    """A process pool whose workers are all gone when it exits; after a failure or a SIGTERM, the chunks ``map``
-    queued are cancelled here, not whenever its iterator is collected. On CPython 3.11, a worker dying while
+    """A process pool whose workers are all gone when it exits. On CPython 3.11, a worker dying while
     ``map``'s iterator cancels the pending chunks makes the pool's manager thread raise before it stops the other
     workers (gh-107219, fixed in 3.12); they would wait for work, and the interpreter for them at exit, for ever."""
 
@@ -181,8 +180,6 @@ class _Pool(ProcessPoolExecutor):
 
     def __exit__(self, kind: Any, *rest: Any) -> Any:
         try:
-            if kind is not None:  # `map` queued the whole shard's chunks: drop those not started
-                self.shutdown(wait=True, cancel_futures=True)
             return super().__exit__(kind, *rest)
         finally:  # after a clean shutdown none is left
             for p in multiprocessing.active_children():
