@@ -1,5 +1,7 @@
 """Releases: byte-identical for a seed, hashed in the manifest, verified, and written atomically."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -140,6 +142,42 @@ def test_verify_names_a_per_object_shape_the_manifest_does_not_list(tmp_path, ti
     _rehash(copy, lambda m: m["arrays"].update(images=[1, 2, 2]))
     problems = verify_release(copy)
     assert problems and all("the manifest says [1, 2, 2]" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("hidden", [3, [1], {"labels": 1}])
+def test_verify_names_a_hidden_arrays_entry_that_is_not_a_list_of_names(tmp_path, tiny_space_release, hidden):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_space_release, copy)
+    _rehash(copy, lambda m: m.update(hidden_arrays=hidden))
+    problems = verify_release(copy)
+    assert problems == [f"{layout.manifest_path(copy)}: corrupt manifest (no 'counts' of objects, 'arrays' of "
+                        "per-object shapes or 'hidden_arrays' list of names)"], problems
+
+
+def test_a_swap_that_cannot_rename_the_new_folder_in_puts_the_old_one_back(tmp_path, monkeypatch):
+    from skybench.common import swap_in
+
+    dest, new = tmp_path / "board", tmp_path / ".board.new"
+    dest.mkdir()
+    (dest / "a").write_text("old")
+    new.mkdir()
+    (new / "a").write_text("new")
+    rename = Path.rename
+
+    def refuse_new(self, target):
+        if self == new:
+            raise OSError(28, "No space left on device")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", refuse_new)
+    with pytest.raises(OSError, match="No space left"):
+        swap_in(new, dest)
+    assert (dest / "a").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [".board.new", "board"]
+    monkeypatch.setattr(Path, "rename", rename)
+    swap_in(new, dest)
+    assert (dest / "a").read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["board"]
 
 
 HEAD = b'{"format": "skybench-release/1"'

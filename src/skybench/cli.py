@@ -459,26 +459,20 @@ def _copy_roc_curves(evaluations: Path, out: Path) -> None:
     (public part, fixed FPRs; ``roc_public.csv``), never the organiser's full one."""
     import shutil
 
-    new, old = out.with_name(f".{out.name}.new-{os.getpid()}"), out.with_name(f".{out.name}.old-{os.getpid()}")
+    from skybench.common import swap_in
+
+    new = out.with_name(f".{out.name}.new-{os.getpid()}")
     try:  # built beside the old folder, then swapped in: a full disk leaves the old curves whole
         new.mkdir(parents=True)
         for roc in sorted(evaluations.glob("*/roc_public.csv")):
             if not roc.parent.name.startswith("."):  # not a record being written
                 shutil.copyfile(roc, new / f"{roc.parent.name}.csv")
-        if out.exists():
-            out.rename(old)
-        try:
-            new.rename(out)
-        except OSError:
-            if old.exists():
-                old.rename(out)
-            raise
+        swap_in(new, out)
     except OSError as exc:
         raise OSError(exc.errno, f"cannot write the ROC curves in {out} ({exc.strerror or exc}); the previous ones "
                                  "are kept") from exc
     finally:
         shutil.rmtree(new, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @app.command()

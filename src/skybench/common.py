@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 __all__ = ["Strict", "UndefinedMetricError", "bootstrap_ci", "check_bootstrap_args", "check_indices", "write_whole",
            "detections_from_csv", "on_resamples", "percentile_interval", "proportion_ci", "stratified", "stratum_key",
-           "stratum_labels", "stratum_masks", "validate_detections"]
+           "stratum_labels", "stratum_masks", "swap_in", "validate_detections"]
 
 
 class Strict(BaseModel):
@@ -313,3 +314,22 @@ def write_whole(folder: Path, texts: Mapping[str, str]) -> None:
             tmp.unlink(missing_ok=True)
         raise OSError(exc.errno, f"cannot write {', '.join(texts)} in {folder} ({exc.strerror or exc}); the "
                                  "previous files are kept") from exc
+
+
+def swap_in(new: Path, dest: Path) -> None:
+    """Put the folder ``new`` (built beside ``dest``, on its filesystem) at ``dest``: the old folder is renamed
+    away, the new one renamed in, then the old one removed. If the new one cannot be renamed in, the old one is put
+    back: a failure or a kill never leaves ``dest`` half-written, and leaves it missing only between two renames.
+    A killed swap leaves ``.<name>.old-<pid>``, which :func:`skybench.release.writer.write_release` sweeps."""
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    had = dest.exists()
+    if had:
+        dest.rename(old)
+    try:
+        new.rename(dest)
+    except BaseException:
+        if had:
+            old.rename(dest)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

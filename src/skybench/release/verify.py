@@ -113,8 +113,10 @@ def _row_problems(root: Path, manifest: dict[str, Any], only: tuple[str, ...]) -
     where = layout.manifest_path(root)
     counts, arrays, hidden = manifest.get("counts"), manifest.get("arrays"), manifest.get("hidden_arrays", [])
     if not (isinstance(counts, dict) and all(type(n) is int and n >= 0 for n in counts.values())
-            and isinstance(arrays, dict) and all(isinstance(s, list) for s in arrays.values())):
-        return [f"{where}: corrupt manifest (no 'counts' of objects or 'arrays' of per-object shapes)"]
+            and isinstance(arrays, dict) and all(isinstance(s, list) for s in arrays.values())
+            and isinstance(hidden, list) and all(isinstance(h, str) for h in hidden)):
+        return [f"{where}: corrupt manifest (no 'counts' of objects, 'arrays' of per-object shapes or "
+                "'hidden_arrays' list of names)"]
     real: dict[str, Any] = manifest["real_set"] if isinstance(manifest.get("real_set"), dict) else {}
     listed = manifest["files"]
     problems: list[str] = []

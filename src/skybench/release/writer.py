@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from skybench import __version__
+from skybench.common import swap_in
 from skybench.release import layout
 from skybench.release.verify import FORMAT, sha256_files
 
@@ -94,13 +95,7 @@ def write_release(out: Path, *, info: dict[str, Any], counts: dict[str, int],
                     "image_dtype": "float32", "label_columns": list(label_columns),
                     **({"tables": list(tables)} if tables else {}), "files": files}
         layout.manifest_path(tmp).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
+        swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -24,6 +24,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from skybench.common import swap_in
 from skybench.release import layout
 from skybench.release.verify import read_manifest
 
@@ -72,9 +73,7 @@ def stage(release: Path, dest: Path) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(release / rel, target)
         layout.manifest_path(tmp).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
+        swap_in(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
