@@ -125,18 +125,51 @@ def test_chi2_per_dof_of_truth_against_truth_is_one_with_the_hartlap_factor():
     a = rng.standard_normal((d, d))
     cov = a @ a.T + d * np.eye(d)
     draws = [chi2_per_dof(rng.multivariate_normal(np.ones(d), cov, n_g),
-                          rng.multivariate_normal(np.ones(d), cov, n_t)).per_dof for _ in range(400)]
+                          rng.multivariate_normal(np.ones(d), cov, n_t)) for _ in range(400)]
     # Hartlap's (n_t - d - 2) / (n_t - 1) = 0.72 here: without it the mean would be about 1.4
-    assert np.mean(draws) == pytest.approx(1.0, abs=0.08)
+    assert np.mean([c.chi2 / d for c in draws]) == pytest.approx(1.0, abs=0.08)
+    assert np.mean([c.spread / d for c in draws]) == pytest.approx(1.0, abs=0.15)
+    assert np.mean([c.per_dof for c in draws]) == pytest.approx(1.0, abs=0.1)
     # a mean off by delta: chi^2 about delta^T C^-1 delta / (1/n_g + 1/n_t)
     delta = 3 * np.ones(d)
     shifted = chi2_per_dof(rng.multivariate_normal(1 + delta, cov, n_g), rng.multivariate_normal(np.ones(d), cov, 400))
     expected = delta @ np.linalg.solve(cov, delta) / (1 / n_g + 1 / 400) / d
-    assert shifted.per_dof == pytest.approx(expected, rel=0.5) and expected > 5
+    assert shifted.chi2 / d == pytest.approx(expected, rel=0.5) and expected > 5
     with pytest.raises(ValueError, match="do not vary"):
         chi2_per_dof(np.ones((5, 3)), np.c_[rng.standard_normal((20, 2)), np.zeros(20)])
     with pytest.raises(ValueError, match="cannot estimate"):
         chi2_per_dof(np.ones((5, 3)), rng.standard_normal((5, 3)))
+
+
+def test_chi2_per_dof_ranks_too_little_spread_below_an_independent_draw():
+    """The mean's chi^2 alone falls with the generated spread (0.5 per dof for no spread at the truth's mean), so
+    a lower-is-better score rewarded an under-dispersed generator; the spread term makes 1 the minimum."""
+    rng = np.random.default_rng(5)
+    d, n = 10, 100
+    a = rng.standard_normal((d, d))
+    cov = a @ a.T + d * np.eye(d)
+
+    def mean_score(scale: float) -> tuple[float, float]:
+        runs = [chi2_per_dof(scale * rng.multivariate_normal(np.zeros(d), cov, n),
+                             rng.multivariate_normal(np.zeros(d), cov, n)) for _ in range(100)]
+        return float(np.mean([c.chi2 / d for c in runs])), float(np.mean([c.per_dof for c in runs]))
+
+    honest, narrow, none = mean_score(1.0), mean_score(np.sqrt(0.6)), mean_score(0.0)
+    assert narrow[0] < honest[0] - 0.1 and none[0] < 0.6  # the mean's chi^2 alone: less spread, "better"
+    assert honest[1] == pytest.approx(1.0, abs=0.1) and narrow[1] > 2 * honest[1] and none[1] > 1e3
+    assert mean_score(np.sqrt(2.0))[1] > 2 * honest[1]  # too much spread too
+    with pytest.raises(ValueError, match="no spread"):
+        chi2_per_dof(np.ones((1, 3)), rng.standard_normal((20, 3)))
+
+
+def test_cl_rel_diff_is_the_mean_over_l_bins() -> None:
+    """The mean over bins of |<C_gen> / <C_truth> - 1| (it was one ratio of sums, which the first bins dominate)."""
+    from skybench.tasks.generate.metrics import cl_mean_abs_rel_diff
+
+    truth = np.array([[100.0, 10, 1, 0.1], [100.0, 10, 1, 0.1]])
+    assert cl_mean_abs_rel_diff(truth * [1, 1, 2, 2], truth) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="per-map spectra"):
+        cl_mean_abs_rel_diff(truth.mean(axis=0), truth.mean(axis=0))
 
 
 def summaries(maps: np.ndarray) -> np.ndarray:

@@ -7,8 +7,8 @@ bootstrap over maps (:func:`skybench.common.bootstrap_ci`) can resample them.
 - :func:`pdf_distances`: one-point pixel PDF, Kolmogorov-Smirnov and Wasserstein-1;
 - :func:`peak_counts`: local maxima (8 periodic neighbours) per height bin;
 - :func:`minkowski`: V0, V1, V2 per threshold (finite differences);
-- :class:`SummaryBins` and :func:`chi2_per_dof`: the concatenated summary vector (C_l, peaks, V0, V1, V2) and
-  its mean against the truth's, with the truth covariance (Hartlap factor): the primary score;
+- :class:`SummaryBins` and :func:`chi2_per_dof`: the concatenated summary vector (C_l, peaks, V0, V1, V2), its
+  mean (with the truth covariance, Hartlap factor) and spread against the truth's: the primary score;
 - :func:`memorisation_check` and :func:`collapse_check`: copying the training set, mode collapse.
 """
 
@@ -115,8 +115,11 @@ def power_spectrum(maps: np.ndarray, size_deg: float, edges: np.ndarray) -> Powe
 
 
 def cl_mean_abs_rel_diff(gen_cl: np.ndarray, truth_cl: np.ndarray) -> float:
-    """Mean over l bins of |<C_gen> / <C_truth> - 1| (the maps' mean spectra)."""
-    return float(np.mean(np.abs(np.mean(gen_cl, axis=0) / np.mean(truth_cl, axis=0) - 1)))
+    """Mean over l bins of |<C_gen> / <C_truth> - 1|, from the per-map spectra ``(N, bins)`` of each set."""
+    g, t = np.asarray(gen_cl), np.asarray(truth_cl)
+    if g.ndim != 2 or t.ndim != 2 or g.shape[1] != t.shape[1]:
+        raise ValueError(f"cl_mean_abs_rel_diff: per-map spectra (N, bins) expected, got {g.shape} and {t.shape}")
+    return float(np.mean(np.abs(g.mean(axis=0) / t.mean(axis=0) - 1)))
 
 
 # ------------------------------------------------------------------------------------------------------- PDF
@@ -222,19 +225,33 @@ def _minkowski_block(m: np.ndarray, nu: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 @dataclass(frozen=True)
 class Chi2:
-    chi2: float
+    chi2: float  # of the mean summary vector (D degrees of freedom)
+    spread: float  # of the log-variance of each summary component (D degrees of freedom)
     dof: int
-    per_dof: float  # 1 is perfect
+    per_dof: float  # (chi2 + spread) / 2D: 1 is perfect
     hartlap: float  # the factor applied to the inverse covariance
 
 
+def _log_var_moments(n: int) -> tuple[float, float]:
+    """(E[log s^2] - log sigma^2, Var[log s^2]) of the sample variance of ``n`` Gaussian draws: s^2 ~ sigma^2
+    chi^2_{n-1} / (n - 1), and E, Var of log chi^2_k are psi(k/2) + log 2, psi'(k/2) (Bartlett & Kendall 1946)."""
+    from scipy.special import digamma, polygamma
+
+    k = (n - 1) / 2
+    return float(digamma(k) - np.log(k)), float(polygamma(1, k))
+
+
 def chi2_per_dof(gen: np.ndarray, truth: np.ndarray) -> Chi2:
-    """chi^2 of the generated maps' mean summary vector against the truth maps' mean, with the truth's covariance.
+    """chi^2 of the generated maps' summary vectors against the truth maps', in their mean and in their spread.
 
     ``gen`` (Ng, D) and ``truth`` (Nt, D) are per-map summary vectors (e.g. C_l bins, peak counts, Minkowski
-    functionals concatenated). The difference of the two means has covariance C (1/Ng + 1/Nt); C is estimated
-    from ``truth`` and its inverse debiased by the Hartlap factor (Nt - D - 2) / (Nt - 1), so an independent
-    draw of the truth process scores 1 on average.
+    functionals concatenated). The mean: the difference of the two means has covariance C (1/Ng + 1/Nt); C is
+    estimated from ``truth`` and its inverse debiased by the Hartlap factor (Nt - D - 2) / (Nt - 1). The mean's
+    chi^2 alone falls as the generated maps' spread shrinks (a generator at the truth's mean with no spread scores
+    0.5 per dof), so the spread enters too: per component, the difference of the log sample variances, less its
+    small-sample bias, over its standard deviation (Gaussian, plus the truth's excess kurtosis: Var s^2 / sigma^4
+    = 2 / (n - 1) + (beta - 3) / n), squared and summed. An independent draw of the truth process scores 1 per
+    dof on average; too little or too much spread, or a wrong mean, scores more.
     """
     # Hartlap, Simon & Schneider 2007, A&A 464, 399, eq. (17)
     g, t = np.atleast_2d(np.asarray(gen, float)), np.atleast_2d(np.asarray(truth, float))
@@ -243,6 +260,8 @@ def chi2_per_dof(gen: np.ndarray, truth: np.ndarray) -> Chi2:
         raise ValueError(f"chi2_per_dof: gen has {d} summary components, truth {t.shape[1]}")
     if n_t < d + 3:
         raise ValueError(f"chi2_per_dof: {n_t} truth maps cannot estimate a {d}x{d} covariance; need >= {d + 3}")
+    if n_g < 2:
+        raise ValueError("chi2_per_dof: one generated map has no spread; need >= 2")
     if not (np.isfinite(g).all() and np.isfinite(t).all()):
         raise ValueError("chi2_per_dof: summary vectors must be finite")
     mu, sd = t.mean(axis=0), t.std(axis=0, ddof=1)
@@ -254,7 +273,13 @@ def chi2_per_dof(gen: np.ndarray, truth: np.ndarray) -> Chi2:
     diff = (g.mean(axis=0) - mu) / sd
     hartlap = (n_t - d - 2) / (n_t - 1)
     chi2 = hartlap * float(diff @ np.linalg.solve(corr, diff)) / (1 / n_g + 1 / n_t)
-    return Chi2(chi2=chi2, dof=d, per_dof=chi2 / d, hartlap=hartlap)
+    # the spread: log(s_g^2 / s_t^2) per component; a generated component with no spread is 1e-12 of the truth's
+    excess = np.maximum(stats.kurtosis(z_t, axis=0, fisher=True, bias=False), -2.0)
+    (bias_g, var_g), (bias_t, var_t) = _log_var_moments(n_g), _log_var_moments(n_t)
+    ratio = np.maximum((g.std(axis=0, ddof=1) / sd) ** 2, 1e-12)
+    z = (np.log(ratio) - bias_g + bias_t) / np.sqrt(var_g + var_t + excess * (1 / n_g + 1 / n_t))
+    spread = float(np.sum(z**2))
+    return Chi2(chi2=chi2, spread=spread, dof=d, per_dof=(chi2 + spread) / (2 * d), hartlap=hartlap)
 
 
 @dataclass(frozen=True)

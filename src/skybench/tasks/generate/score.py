@@ -7,9 +7,10 @@ positions into it) keeps the part's reference. The generated set is ``prediction
 rows as given, repeats counted). Metrics (:mod:`skybench.tasks.generate.metrics`):
 
 * ``chi2_per_dof`` (primary, lower is better, an independent draw of the truth process scores ~1): the chi^2 of
-  the mean summary vector (binned C_l, peak counts, V0, V1, V2; bins fixed from the truth maps) against the truth's
-  mean with the truth's covariance (Hartlap-debiased), per degree of freedom; ``chi2_cl``, ``chi2_peaks``,
-  ``chi2_minkowski``: the same for one statistic; ``chi2_per_dof_raw``: before the flag penalty;
+  the summary vectors (binned C_l, peak counts, V0, V1, V2; bins fixed from the truth maps) against the truth's,
+  their mean (with the truth's covariance, Hartlap-debiased; ``chi2_mean``) and the spread of each component
+  (``chi2_spread``), per degree of freedom (:func:`~skybench.tasks.generate.metrics.chi2_per_dof`); ``chi2_cl``,
+  ``chi2_peaks``, ``chi2_minkowski``: the same for one statistic; ``chi2_per_dof_raw``: before the flag penalty;
 * ``cl_rel_diff`` (mean |relative difference| of the mean C_l over l bins), ``pdf_ks`` and ``pdf_w1`` (pooled
   pixel PDF), each with a bootstrap interval over generated maps (``_ci_low`` / ``_ci_high``);
 * ``memorised`` (1 when more distinct public maps, train and val, are the generated maps' nearest neighbours
@@ -248,13 +249,12 @@ def score_maps(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, t
     size = track.population.size_deg
     edges = ref.bins.ell_edges
     cl_g, cl_t = power_spectrum(gen, size, edges).cl, power_spectrum(ref.maps, size, edges).cl
-    mean_t = cl_t.mean(axis=0)
-    out["cl_rel_diff"] = cl_mean_abs_rel_diff(cl_g.mean(axis=0), mean_t)
+    out["cl_rel_diff"] = cl_mean_abs_rel_diff(cl_g, cl_t)
     out["pdf_ks"], out["pdf_w1"] = pdf_distances(gen, ref.maps)
     rows = np.arange(len(gen))
     if label.n_bootstrap:
         out["cl_rel_diff_ci_low"], out["cl_rel_diff_ci_high"] = bootstrap_ci(
-            lambda r: cl_mean_abs_rel_diff(cl_g[r].mean(axis=0), mean_t), rows, n_resamples=label.n_bootstrap)
+            lambda r: cl_mean_abs_rel_diff(cl_g[r], cl_t), rows, n_resamples=label.n_bootstrap)
         hist, ref_cdf, widths = _pdf_histograms(gen, ref.maps)
         for k, name in enumerate(("pdf_ks", "pdf_w1")):
             out[f"{name}_ci_low"], out[f"{name}_ci_high"] = bootstrap_ci(
@@ -266,8 +266,9 @@ def score_maps(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, t
         return out
     vec = ref.bins.vectors(gen)
     sl = ref.bins.slices
-    raw = _chi2(vec, ref)
-    out["chi2_per_dof_raw"] = raw
+    whole = chi2_per_dof(vec, ref.vectors)
+    raw = out["chi2_per_dof_raw"] = whole.per_dof
+    out["chi2_mean"], out["chi2_spread"] = whole.chi2 / whole.dof, whole.spread / whole.dof
     out["chi2_cl"], out["chi2_peaks"] = _chi2(vec, ref, sl["cl"]), _chi2(vec, ref, sl["peaks"])
     out["chi2_minkowski"] = _chi2(vec, ref, [sl["v0"], sl["v1"], sl["v2"]])
     penalty = label.flag_penalty if out.get("memorised") or out.get("collapsed") else 0.0
