@@ -192,7 +192,7 @@ def recalibrate(gen: Generator, dim: int, normal: bool, cond: torch.Tensor | Non
 
 
 class Selector(NamedTuple):
-    """Scores a generator by the chi^2 per dof of its maps' mean summary vector against reference (public) maps:
+    """Scores a generator by the chi^2 per dof of its maps' summary vectors (mean and spread) against reference maps:
     the track's primary metric without the hidden maps. Conditional: on the reference maps' own parameters."""
 
     ref_maps: np.ndarray  # (N, H, W)
