@@ -58,6 +58,31 @@ def _encrypted(data: bytes) -> bytes:
     return bytes(out)
 
 
+def _small_bomb(method: int) -> bytes:
+    """A zip of one member compressed with ``method`` (bzip2, LZMA), 4 MiB of zeros, declared 10 bytes (both
+    headers): zipfile inflates such a member's compressed reads whole, before any size limit sees them."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", method) as z:
+        z.writestr("sub/zeros", bytes(4 * 1024**2))
+    out = bytearray(buf.getvalue())
+    central = out.find(b"PK\x01\x02")
+    out[22:26] = out[central + 24:central + 28] = (10).to_bytes(4, "little")
+    return bytes(out)
+
+
+def _bad_utf8_name() -> bytes:
+    """A zip whose second member is flagged UTF-8 (0x800) but holds byte 0xFF in its name (both headers)."""
+    data = bytearray(_zip([("sub/submission.yaml", b"x", 0o100644), ("sub/Xmodel.onnx", b"x", 0o100644)]))
+    for sig, flags, name in ((b"PK\x03\x04", 6, 30), (b"PK\x01\x02", 8, 46)):
+        i = 0
+        while (i := data.find(sig, i)) != -1:
+            if data[i + name:i + name + 5] == b"sub/X":
+                data[i + flags + 1] |= 0x08
+                data[i + name + 4] = 0xFF
+            i += 4
+    return bytes(data)
+
+
 def _negative_pax() -> bytes:
     """A pax header block whose size is -513 (a base-256 field): tarfile asks its file for read(-512)."""
     info = tarfile.TarInfo("PaxHeaders/x")
@@ -106,6 +131,9 @@ ATTACKS = {
     "zip bomb": (lambda: _zip([("sub/zeros", bytes(3_500_000), 0o100644)]), "unpacks to more than"),
     "zip fifo": (lambda: _zip([("sub/p", b"", stat.S_IFIFO | 0o644)]), "only regular files"),
     "zip encrypted": (lambda: _encrypted(_zip([("sub/submission.yaml", b"x", 0o100644)])), "encrypted"),
+    "zip bzip2 lying bomb": (lambda: _small_bomb(zipfile.ZIP_BZIP2), "compression method 12 is not accepted"),
+    "zip lzma lying bomb": (lambda: _small_bomb(zipfile.ZIP_LZMA), "compression method 14 is not accepted"),
+    "zip name not utf-8": (_bad_utf8_name, "damaged or unsupported"),
     "negative pax size first": (lambda: _gz(_negative_pax()), "not a .tar.gz, .tar or .zip"),
     "negative pax size later": (lambda: _gz(_tar([_file("sub/a")], mode="w")[:512 * 2] + _negative_pax()),
                                 "damaged or truncated"),

@@ -408,7 +408,12 @@ def _unzip(archive: Path, stage: Path, limits: UploadLimits) -> None:
                                       "(no devices, FIFOs or other special files)")
                 if i.flag_bits & 0x1:  # ZipFile.open would raise RuntimeError: the server's 500, not the team's 400
                     raise UploadError(f"archive member {i.filename!r}: encrypted; pack it without a password")
+                if i.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):  # zipfile inflates bzip2 and
+                    # LZMA reads whole (1 MiB of bzip2 zeros is terabytes), deflate in bounded steps
+                    raise UploadError(f"archive member {i.filename!r}: compression method {i.compress_type} is not "
+                                      "accepted; pack with deflate (zip's default) or none")
                 with z.open(i) as src:
                     _write(stage, rel, src, budget, limits)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError, zlib.error) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, NotImplementedError, zlib.error,
+            ValueError) as exc:  # ValueError: a member's name flagged UTF-8 that is not
         raise UploadError(f"archive is damaged or unsupported ({type(exc).__name__}: {exc})") from exc
