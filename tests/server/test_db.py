@@ -119,6 +119,25 @@ def test_token_guessing_is_rate_limited(Session):
         assert verify(s, good, "5.6.7.8", lim).name == "t"  # another client is not affected
 
 
+def test_guesses_from_one_ipv6_network_count_as_one_client(Session):
+    """A host holds a whole /64: guessing from a new address each time was never limited."""
+    from skybench.server.auth import AuthError, FailureLimiter, RateLimited, add_team, client_key, verify
+
+    assert client_key("2001:db8:1:2::7") == client_key("2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::7") != client_key("2001:db8:1:2::7")
+    assert client_key("::ffff:1.2.3.4") == client_key("1.2.3.4") == "1.2.3.4"
+    assert client_key(None) == "unknown" and client_key("testclient") == "testclient"
+    with Session() as s:
+        good = add_team(s, "t").token
+        lim = FailureLimiter(3, 60)
+        for i in range(3):
+            with pytest.raises(AuthError):
+                verify(s, "sbt_guess", client_key(f"2001:db8:1:2::{i + 1:x}"), lim)
+        with pytest.raises(RateLimited):
+            verify(s, good, client_key("2001:db8:1:2::abcd"), lim)
+        assert verify(s, good, client_key("2001:db8:9::1"), lim).name == "t"
+
+
 def test_verified_token_cache_and_rotation(Session):
     from skybench.server.auth import AuthError, FailureLimiter, VerifiedCache, add_team, rotate_token, verify
 

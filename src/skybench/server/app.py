@@ -28,7 +28,7 @@ from starlette.datastructures import UploadFile
 
 from skybench.harness.submission import SLUG
 from skybench.server import faults, intake, queue
-from skybench.server.auth import AuthError, Busy, FailureLimiter, RateLimited, VerifiedCache, verify
+from skybench.server.auth import AuthError, Busy, FailureLimiter, RateLimited, VerifiedCache, client_key, verify
 from skybench.server.config import ChallengeConfig, Phase, shown_as_open
 from skybench.server.db import STATES, Submission, Team, check_clock, make_engine, sessions, upgrade, utcnow
 from skybench.server.storage import Store, UploadError, read_upload_form
@@ -163,7 +163,7 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
     def team(request: Request) -> Team:
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else None
-        client = request.client.host if request.client else "unknown"
+        client = client_key(request.client.host if request.client else None)
         with Session() as s:
             try:
                 return verify(s, token, client, limiter, verified)

@@ -7,6 +7,7 @@ guessing); a refused client is answered before any hash is computed."""
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import secrets
 import threading
@@ -95,6 +96,18 @@ def rotate_token(session: Session, name: str) -> str:
     token, team.token_id, team.token_hash = new_token()
     session.commit()
     return token
+
+
+def client_key(host: str | None) -> str:
+    """What the log-in limiter counts failures by: an IPv4 address, or an IPv6 address's /64 network (one host
+    commonly holds a whole /64, RFC 6177, so counting its single addresses would let it guess on without limit)."""
+    try:
+        ip = ipaddress.ip_address(host or "")
+    except ValueError:
+        return host or "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ip.ipv4_mapped or ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 class FailureLimiter:

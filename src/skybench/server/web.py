@@ -39,7 +39,7 @@ from starlette.datastructures import UploadFile
 
 from skybench.harness.submission import SLUG
 from skybench.server import intake, queue
-from skybench.server.auth import AuthError, Busy, RateLimited, verify
+from skybench.server.auth import AuthError, Busy, RateLimited, client_key, verify
 from skybench.server.config import ChallengeConfig, Phase, shown_as_open
 from skybench.server.db import STATES, Submission, Team, WebSession, utcnow
 from skybench.server.storage import UploadError, read_upload_form
@@ -335,7 +335,7 @@ async def login(request: Request) -> Response:
     except _Csrf as exc:
         return _error(request, 403, str(exc))
     token = form.get("token")
-    client = request.client.host if request.client else "unknown"
+    client = client_key(request.client.host if request.client else None)
     state = request.app.state
 
     def check() -> Team:
