@@ -250,6 +250,29 @@ def test_submit_to_a_server_that_is_not_running_says_so_not_that_the_upload_brok
     assert "may or may not" not in r.output and len(r.output.strip().splitlines()) == 1
 
 
+def test_submit_validates_on_the_published_release_a_team_pulled(tmp_path: Path, monkeypatch, tiny_space_release):
+    """A team has `published/<track>` (`dvc pull published/lens-space.dvc`), not the organiser's `releases/`: the
+    local validation stopped at "no release at .../releases/lens-space"."""
+    from helpers import bwrap_works
+
+    from skybench.server.publish import stage
+
+    if not bwrap_works():
+        pytest.skip("bubblewrap missing or cannot create namespaces (validation runs the model in it)")
+    team = tmp_path / "team"
+    team.mkdir()
+    (team / "benchmarks").symlink_to(ROOT / "benchmarks")
+    stage(tiny_space_release, team / "published" / "lens-space")
+    monkeypatch.setenv("SKYBENCH_ROOT", str(team))
+    monkeypatch.setenv("SKYBENCH_TOKEN", "sbt_" + "x" * 40)
+    with socket.socket() as s:  # a port nothing listens on: the upload is refused after the validation
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = CliRunner().invoke(app, ["submit", str(EXAMPLE), "--server", f"http://127.0.0.1:{port}"])
+    assert r.exit_code == 1 and "connection refused" in r.output, r.output
+    assert "passes at batch sizes" in r.output and "no release" not in r.output, r.output
+
+
 def test_an_unreachable_database_is_one_line_naming_it_without_its_password(tmp_path: Path):
     """A PostgreSQL URL nobody answers at: the worker, the server and the admin commands said so in a 49-frame
     traceback (and a host that never answers held them 130 s first: now 10 s, connect_timeout)."""

@@ -26,9 +26,9 @@ Formats:
   sklearn  a skops file; only sklearn/numpy/scipy.sparse types are trusted. The runner FLATTENS each batch
            to (B, bands*H*W) before calling the model; it uses ``predict_proba(x)[:, 1]`` when available,
            else ``decision_function``, else ``predict``.
-  python   ``predict.py`` with ``load(model_dir) -> model`` (called once with the submission folder) and
-           ``predict(model, batch) -> array`` per batch; an optional module attribute ``DEVICE = "cuda"``
-           declares the device used (default "cpu"). The submission folder is on ``sys.path``.
+  python   ``predict.py`` with ``load(model_dir) -> model`` (called once with the folder holding
+           ``predict.py``, which is also put on ``sys.path``) and ``predict(model, batch) -> array`` per batch;
+           an optional module attribute ``DEVICE = "cuda"`` declares the device used (default "cpu").
 
 On any error the runner exits with status 1 and one clear last stderr line starting with ``runner:``; the same
 line (the exception's type and message, the input shape and dtype fed, and a hint for common mistakes, at most

@@ -241,7 +241,9 @@ def _broke(url: str, server: str, exc: BaseException) -> NoReturn:
 def submit(folder: Path, server: Annotated[str, typer.Option(help="the challenge server's URL",
                                                              envvar="SKYBENCH_SERVER")],
            skip_validate: Annotated[bool, typer.Option(help="check the schema only, do not run the model")] = False,
-           release: Annotated[Path | None, typer.Option(help="release for the local validation")] = None,
+           release: Annotated[Path | None, typer.Option(
+               help="release for the local validation (default: releases/TRACK, else the published/TRACK a team "
+                    "pulls)")] = None,
            allow_http: Annotated[bool, typer.Option(help="send the token over plain http to a host that is not "
                                                          "this machine")] = False) -> None:
     """Validate FOLDER locally, pack it and upload it; print the submission id and its status URL."""
@@ -255,7 +257,11 @@ def submit(folder: Path, server: Annotated[str, typer.Option(help="the challenge
         _fail(str(exc))
     if not skip_validate:
         from skybench.cli import validate
+        from skybench.tracks import project_root
 
+        if release is None and not (project_root() / "releases" / sub.spec.track).exists():
+            published = project_root() / "published" / sub.spec.track  # what a team pulls (`dvc pull published/...`)
+            release = published if published.exists() else None
         validate(folder, release=release)
     try:
         data = pack(folder)
