@@ -199,3 +199,18 @@ def test_photoz_metrics_summary_has_a_bootstrap_ci_and_pdf_metrics():
     assert {"pit_ks", "crps", "cde_loss", "rail_outlier_frac", "bias_median"} <= set(m)
     point_only = photoz_metrics(z_spec, mu, n_resamples=0)
     assert "crps" not in point_only and np.isnan(point_only["sigma_mad_ci_low"])
+
+
+@pytest.mark.parametrize("value", [-1.0, -1.0000001, -0.99, -5.0])
+def test_a_negative_constant_redshift_scores_as_zero_not_as_a_perfect_sigma_mad(value):
+    """z_phot = -1 gave dz = -1 for every object, sigma_MAD 0 (rank 1 on every photo-z track) whatever the labels;
+    near -1, (1 + c) times a constant's. Below 0 now counts as 0."""
+    track = load_track("photoz-catalog")
+    rng = np.random.default_rng(0)
+    z_spec = rng.uniform(0.02, 0.3, 500)
+    zp, pdf, _ = point_and_pdf(track, np.full(500, value))
+    assert pdf is None and (zp == 0).all()
+    constant = sigma_mad(zp, z_spec)
+    assert constant == pytest.approx(sigma_mad(np.zeros(500), z_spec)) and constant > 0.05
+    honest = z_spec + rng.normal(0, 0.02, 500) * (1 + z_spec)
+    assert sigma_mad(honest, z_spec) < constant

@@ -31,10 +31,14 @@ PIT_BINS = 20
 
 def point_and_pdf(track: PhotozTrack,
                   predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """(z_phot, pdf or None, bin edges or None) from a submission's output; raises ``ValueError`` for a bad PDF."""
+    """(z_phot, pdf or None, bin edges or None) from a submission's output; raises ``ValueError`` for a bad PDF.
+
+    A point estimate below 0 counts as 0 (a galaxy's redshift): dz = (z_phot - z_spec) / (1 + z_spec) is -1 for
+    every object at z_phot = -1, a sigma_MAD of 0 whatever the labels, and near it (z_phot = c > -1) sigma_MAD is
+    about (1 + c) that of a constant 0, far below any real model's for c near -1."""
     pred = np.asarray(predictions, dtype=np.float64)
     if pred.ndim == 1:
-        return pred, None, None
+        return np.maximum(pred, 0.0), None, None
     if track.output.grid is None:
         raise ValueError(f"track {track.name!r} declares no PDF grid; return a point estimate of shape (N,)")
     centres, edges = pdf_grid(track.output.grid)
