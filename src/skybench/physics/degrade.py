@@ -1,9 +1,11 @@
 """The degradation of Schawinski et al. 2017 (arXiv:1702.00403, Sec. 2): a worse Gaussian PSF, then white noise
 raising the background sigma to a given multiple of the original.
 
-The blur is the Gaussian sampled at pixel centres, as their code applies it (``cv2.GaussianBlur`` with
-sigma = FWHM/0.396/2.355 in ``roou.py``), the renderer's PSF kernel: the truth is already pixel-averaged, so a
-pixel-integrated kernel would add a second pixel box (FWHM 1.426" instead of 1.4" for extended light)."""
+The blur is the paper's Gaussian of FWHM 1.4" (sigma = FWHM/0.396/2.355 px) sampled at pixel centres, the
+renderer's PSF kernel: the truth is already pixel-averaged, so a pixel-integrated kernel would add a second pixel
+box (FWHM 1.426" instead of 1.4" for extended light). Their ``roou.py`` differs from the paper in two ways we do not
+copy: ``cv2.GaussianBlur`` with a 5x5 window (the kernel cut at +-2 px, an effective FWHM of about 1.1") and one
+noise field shared by the three bands; here the kernel is whole and each band gets its own noise."""
 
 from __future__ import annotations
 

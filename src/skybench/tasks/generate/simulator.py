@@ -134,10 +134,11 @@ class MapSimulator:
             # the exact expected power of the lognormal field drawn from the clipped C_g
             signal = grid_power(self.kappa0**2 * np.expm1(xi_g), d)
         self.noise_sigma = pop.noise_sigma()
-        noise_power = 0.0 if self.noise_sigma is None else self.noise_sigma**2 * d**2  # white: sigma^2 * pixel area
+        # white noise: C_N = sigma_pix^2 * pixel area (= sigma_e^2 / n_gal, Kaiser 1992, ApJ 388, 272)
+        noise_power = 0.0 if self.noise_sigma is None else self.noise_sigma**2 * d**2
         self.window = np.ones_like(self.ell)
         if pop.smoothing_fwhm_arcmin is not None:
-            s = np.deg2rad(pop.smoothing_fwhm_arcmin / 60.0) / np.sqrt(8 * np.log(2))
+            s = np.deg2rad(pop.smoothing_fwhm_arcmin / 60.0) / np.sqrt(8 * np.log(2))  # FWHM = sqrt(8 ln 2) sigma
             self.window = np.exp(-0.5 * (self.ell * s) ** 2)
         # what simulate() returns has, in expectation, this grid power
         self.expected_power = (signal + noise_power) * self.window**2

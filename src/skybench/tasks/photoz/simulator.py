@@ -290,12 +290,13 @@ class GalaxySimulator:
         for comp, rel in (("bulge", p.bulge_size), ("disk", p.disk_size)):
             log_r = np.log10(rel.R0_kpc) - 0.4 * rel.slope * (M_r - rel.M0) + meta[f"{comp}_size_dev"].to_numpy()
             out[f"{comp}_R_kpc"] = 10.0**log_r
-            out[f"{comp}_R_sersic"] = 10.0**log_r / d_a * ARCSEC_PER_RAD  # theta = R / D_A
+            out[f"{comp}_R_sersic"] = 10.0**log_r / d_a * ARCSEC_PER_RAD  # theta = R / D_A (Hogg 1999, eq. 18)
         out["bulge_n_sersic"], out["disk_n_sersic"] = 4.0, 1.0
         out["D_A_kpc"] = d_a
         flux = 10.0 ** (-0.4 * (mag_obs - self.zero_points[None, :]))  # e-/s
         # Catalogue errors: background + Poisson noise in an effective Gaussian aperture of area 4 pi sigma^2
-        # (sigma^2 = PSF^2 + (R_half / 1.1774)^2, light-weighted size), plus the calibration floor.
+        # (a Gaussian's noise-equivalent area, King 1983, PASP 95, 163; sigma^2 = PSF^2 + (R_half / 1.1774)^2, a
+        # Gaussian's half-light radius being sqrt(2 ln 2) sigma), plus the calibration floor.
         r_half = share_b[:, 2] * out["bulge_R_sersic"].to_numpy() + (1 - share_b[:, 2]) * out["disk_R_sersic"]
         sig2 = self.psf_sigma[None, :] ** 2 + (np.asarray(r_half)[:, None] / 1.1774) ** 2
         area = 4 * np.pi * sig2 / self.track.survey.pixel_scale**2
