@@ -571,6 +571,43 @@ def test_host_wide_kernel_counters_are_not_the_sandbox_s_to_use_up(tmp_path):
 
 
 @needs_bwrap
+def test_a_run_cannot_fill_the_hosts_bpf_jit_pool_with_filters_of_its_own(tmp_path):
+    """Compiled seccomp and socket filters share one host-wide pool (net.core.bpf_jit_limit), charged to no cgroup: a
+    run holding ~9,600 seccomp filters filled it and every unprivileged seccomp() on the host failed meanwhile."""
+    res = run_script(tmp_path, """
+        import ctypes, json, os, socket, struct
+        libc = ctypes.CDLL(None, use_errno=True)
+        ret = struct.pack("=HBBI", 6, 0, 0, 0x7FFF0000)  # one instruction: return ALLOW
+
+        class Prog(ctypes.Structure):
+            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+        prog = Prog(1, ret)
+
+        def call(*args):  # every argument a full register: an int would be passed as 32 bits
+            args = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
+            return "ok" if libc.syscall(*args) == 0 else os.strerror(ctypes.get_errno())
+
+        out = {"seccomp": call(317, 1, 0, ctypes.byref(prog)),  # seccomp(SECCOMP_SET_MODE_FILTER, 0, &prog)
+               "prctl": call(157, 22, 2, ctypes.byref(prog))}  # prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)
+        a, _ = socket.socketpair()
+        for name, opt in (("SO_ATTACH_FILTER", 26), ("SO_ATTACH_REUSEPORT_CBPF", 51)):
+            try:
+                a.setsockopt(socket.SOL_SOCKET, opt, bytes(prog))
+                out[name] = "ok"
+            except OSError as exc:
+                out[name] = os.strerror(exc.errno)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)  # other socket options stay
+        out["strict mode query"] = call(317, 2, 0, ctypes.byref(ctypes.c_uint(0x7FFF0000)))  # GET_ACTION_AVAIL
+        print(json.dumps(out))
+    """)
+    assert res.ok, res
+    denied = os.strerror(1)
+    assert json.loads(res.stdout) == {"seccomp": denied, "prctl": denied, "SO_ATTACH_FILTER": denied,
+                                      "SO_ATTACH_REUSEPORT_CBPF": denied, "strict mode query": "ok"}, res.stdout
+
+
+@needs_bwrap
 def test_huge_pages_of_the_hosts_pool_are_denied(tmp_path):
     """Huge pages (vm.nr_hugepages) are one pool for the host, charged to no memory cgroup: with a pool of 128 pages,
     a 64 MB run with 4 processes held 100 of them (200 MB). Ordinary pages of the same calls stay."""

@@ -147,6 +147,13 @@ _DROP_CACHE = (("fadvise64", 3, 4), ("madvise", 2, 20), ("madvise", 2, 21))
 # bounds only each mapping; the file keeps them after munmap), and each one splits the kernel's direct map for good
 # (a 200 MB run took the host's 1 GB pages from 24 GB to 7 GB), which slows every process on the host.
 _PIN_PAGES = ("splice", "tee", "vmsplice", "sendfile", "memfd_secret")
+# Compiled BPF programs share one host-wide pool (net.core.bpf_jit_limit, 504 MB here), charged to no cgroup: a run
+# holding ~9,600 seccomp filters of its own (a listener fd keeps each one alive) filled it, and every unprivileged
+# seccomp() on the host failed ENOTSUPP meanwhile (other sandboxes' code, systemd services, containers). Classic
+# socket filters fill the same pool. EPERM: seccomp(SECCOMP_SET_MODE_FILTER), prctl(PR_SET_SECCOMP), and
+# setsockopt(SOL_SOCKET, SO_ATTACH_FILTER, SO_ATTACH_BPF, SO_ATTACH_REUSEPORT_CBPF, SO_ATTACH_REUSEPORT_EBPF).
+_SECCOMP_SET_MODE_FILTER, _PR_SET_SECCOMP, _SOL_SOCKET = 1, 22, 1  # linux/seccomp.h, linux/prctl.h, asm/socket.h
+_SO_ATTACH = (26, 50, 51, 52)
 # A deny-list cannot deny what it cannot name: every system call number below this that libseccomp has no name for
 # (newer than the library: open_tree_attr, a mount-API call of Linux 6.15; listmount, statmount...) is ENOSYS, as on
 # a kernel without it (libraries fall back). Linux 6.18 stops at about 470 on x86_64.
@@ -200,6 +207,11 @@ def seccomp_bpf() -> bytes:
     # prlimit64(pid, resource, new, old): setting (new != NULL) is denied, reading stays (glibc's getrlimit)
     f.add_rule(sc.ERRNO(errno.EPERM), "prlimit64", sc.Arg(1, sc.MASKED_EQ, _INT, _RLIMIT_CORE), sc.Arg(2, sc.NE, 0))
     f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")  # its flags are in memory, unfilterable: glibc falls back to clone
+    f.add_rule(sc.ERRNO(errno.EPERM), "seccomp", sc.Arg(0, sc.MASKED_EQ, _INT, _SECCOMP_SET_MODE_FILTER))
+    f.add_rule(sc.ERRNO(errno.EPERM), "prctl", sc.Arg(0, sc.MASKED_EQ, _INT, _PR_SET_SECCOMP))
+    for opt in _SO_ATTACH:
+        f.add_rule(sc.ERRNO(errno.EPERM), "setsockopt", sc.Arg(1, sc.MASKED_EQ, _INT, _SOL_SOCKET),
+                   sc.Arg(2, sc.MASKED_EQ, _INT, opt))
     for call, arg, bit in _HUGETLB:
         f.add_rule(sc.ERRNO(errno.EPERM), call, sc.Arg(arg, sc.MASKED_EQ, bit, bit))
     for name in _PIN_PAGES:
