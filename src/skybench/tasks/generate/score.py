@@ -645,12 +645,13 @@ def score_grid(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, t
             vectors, position = _point_vectors(gen, points, refs)
             out["chi2_per_dof_ci_low"], out["chi2_per_dof_ci_high"] = (
                 v + penalty for v in bootstrap_ci(lambda r: _grid_chi2(vectors, position, points, refs, r),
-                                                  np.arange(len(gen)), n_resamples=track.label.n_bootstrap))
+                                                  np.arange(len(gen)), n_resamples=track.label.n_bootstrap,
+                                                  bias_corrected=True))
             for p in per_point:  # each point's own interval, over its maps
                 per_point[p]["chi2_per_dof_ci_low"], per_point[p]["chi2_per_dof_ci_high"] = (
                     v + penalty for v in bootstrap_ci(lambda r, p=p: _chi2(vectors[p][r], refs[p]),
                                                       np.arange(len(vectors[p])),
-                                                      n_resamples=track.label.n_bootstrap))
+                                                      n_resamples=track.label.n_bootstrap, bias_corrected=True))
     out["n_maps"] = float(len(gen))
     for p, m in per_point.items():
         out |= {stratum_key("cosmology", grid.labels[p], k): v for k, v in m.items()
