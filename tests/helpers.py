@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
 import shutil
+import signal
+import socket
 import subprocess
+import sys
 import textwrap
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -46,6 +53,40 @@ def mlflow_store(folder: Path) -> str:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(_mlflow_template(), dest)
     return f"sqlite:///{dest}"
+
+
+@contextlib.contextmanager
+def mlflow_server(folder: Path) -> Iterator[tuple[str, subprocess.Popen, Path]]:
+    """A real `mlflow server` (SQLite backend ``folder/mlflow.db``, proxied artifacts) on a free loopback port:
+    (its URI, its process, the store's file); killed with its process group at the end."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = mlflow_store(folder)
+    log = open(folder / "server.log", "wb")  # noqa: SIM115 - the server's, closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", store,
+         "--artifacts-destination", (folder / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True)
+    uri, start = f"http://127.0.0.1:{port}", time.monotonic()
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() - start > 90:
+                pytest.fail(f"mlflow server did not start: {(folder / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        print(f"mlflow server up in {time.monotonic() - start:.1f} s")
+        yield uri, proc, Path(store.removeprefix("sqlite:///"))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # a throw-away server: no graceful shutdown to wait for
+        proc.wait(timeout=30)
+        log.close()
 
 
 @functools.cache

@@ -2,17 +2,10 @@
 writing to it at once."""
 
 import multiprocessing
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import numpy as np
 import pytest
-from helpers import csv_submission, mlflow_store
+from helpers import csv_submission, mlflow_server
 from mlflow.tracking import MlflowClient
 
 from skybench.harness.evaluate import evaluate
@@ -24,32 +17,8 @@ from skybench.tracks import load_track
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mlflow-server")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", mlflow_store(tmp),
-         "--artifacts-destination", (tmp / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=open(tmp / "server.log", "wb"), stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    start = time.monotonic()
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() - start > 90:
-            proc.kill()
-            pytest.fail(f"mlflow server did not start: {(tmp / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.5)
-    print(f"mlflow server up in {time.monotonic() - start:.1f} s")
-    yield uri
-    os.killpg(proc.pid, signal.SIGKILL)  # a throw-away server: no graceful shutdown to wait for
-    proc.wait(timeout=30)
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as (uri, _, _):
+        yield uri
 
 
 def _evaluate(folder, release, out):

@@ -309,7 +309,9 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
         outcome.reason = clip(outcome.reason, 1000)
         if publish and outcome.record is not None:  # a skipped record too: it may be pending from an outage
             try:
-                if down:
+                # one look (no retries) before each record: MLflow retries a server that went away mid-run for
+                # about 4 minutes per request
+                if down or (down := _tracking_down()):
                     raise ConnectionError(down)
                 from skybench.tracking.log import publish_record
 

@@ -26,7 +26,9 @@ Conventions:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -315,19 +317,24 @@ def unreachable(timeout: float = 10.0) -> str:
     import urllib.request
 
     # /health answers without the store (a server whose database is gone says OK there): also one look-up that
-    # reads the store. An HTTP 5xx is a server that cannot serve (MLflow retries those for minutes); a 4xx (no such
-    # experiment, no credentials) is one that answers. No MLflow retries and back-off.
+    # reads the store, which answers 200 or 404 (no such experiment) when the store serves. Anything else cannot
+    # serve this run: 503 for a database gone (MLflow retries that for minutes), 400 for a store that fails
+    # otherwise (a corrupt SQLite file), 401/403 without credentials. No MLflow retries and back-off.
     probe = f"{EVALUATION_PROBE}?experiment_name=skybench-reachability-probe"
-    for path in ("/health", probe):
+    for path, fine in (("/health", (200,)), (probe, (200, 404))):
+        detail = ""
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}{path}", timeout=timeout) as resp:
                 status = resp.status
         except urllib.error.HTTPError as exc:
             status = exc.code
+            with contextlib.suppress(Exception):  # MLflow's {"error_code": ..., "message": ...}, if it is that
+                body = json.loads(exc.read(1 << 16))
+                detail = f" ({body['error_code']}: {str(body.get('message', '')).splitlines()[0][:200]})"
         except OSError as exc:
             return f"MLflow server {uri} is unreachable ({getattr(exc, 'reason', exc)})"
-        if status >= 500 or (path == "/health" and status != 200):
-            return f"MLflow server {uri} answered HTTP {status} on {path.split('?')[0]}"
+        if status not in fine:
+            return f"MLflow server {uri} answered HTTP {status} on {path.split('?')[0]}{detail}"
     return ""
 
 
