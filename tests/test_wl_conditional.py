@@ -329,15 +329,14 @@ def test_combined_p_value_is_the_tail_of_the_summed_independent_counts():
 
 COPY_POINT = """import numpy as np
 def load(d):
-    return {"maps": np.load(d + "/train_maps.npy"), "params": np.load(d + "/train_params.npy"), "used": {}}
+    return {"maps": np.load(d + "/train_maps.npy"), "params": np.load(d + "/train_params.npy")}
 def predict(m, batch):
     z, params = batch
     out = []
-    for row in params:  # the next unused public map of the cosmology asked for
+    for latent, row in zip(z, params):  # a public map of the cosmology asked for, chosen by the latent alone
         same = np.flatnonzero(np.all(np.isclose(m["params"], row), axis=1))
-        k = m["used"].get(tuple(row), 0)
-        m["used"][tuple(row)] = k + 1
-        out.append(m["maps"][same[k % len(same)]])
+        k = int(np.frombuffer(np.ascontiguousarray(latent[:2]).tobytes(), np.uint64)[0] % len(same))
+        out.append(m["maps"][same[k]])
     return np.stack(out)
 """
 REPEAT_ONE = """import numpy as np

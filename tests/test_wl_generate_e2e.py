@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from helpers import bwrap_works
@@ -24,10 +25,18 @@ ROOT = Path(__file__).resolve().parents[1]
 BASELINES = ROOT / "baselines" / "generate"
 
 COPY_TRAIN = """import numpy as np
-def load(d): return {"maps": np.load(d + "/train_maps.npy"), "next": 0}
+def load(d): return {"maps": np.load(d + "/train_maps.npy")}
+def predict(m, z):  # a public map chosen by each latent alone (no state: the re-run check would fail it)
+    i = np.frombuffer(np.ascontiguousarray(z[:, :2]).tobytes(), np.uint64) % len(m["maps"])
+    return m["maps"][i]
+"""
+# the online version of picking maps so that the set's statistics match: state across inputs (here: a counter)
+STATEFUL = """import numpy as np
+import predict_base as base
+def load(d): return {"base": base.load(d), "seen": 0}
 def predict(m, z):
-    i = m["next"] + np.arange(len(z)); m["next"] += len(z)
-    return m["maps"][i % len(m["maps"])]
+    m["seen"] += len(z)
+    return base.predict(m["base"], z + m["seen"])
 """
 # one map, repeated: the truth process at a fixed latent (not a training map, so only the collapse check applies)
 REPEAT_ONE = """import numpy as np
@@ -79,11 +88,18 @@ def test_cheating_generators_rank_below_the_gaussian_baseline(tmp_path: Path, mo
     shutil.copy(repeat / "predict.py", repeat / "predict_base.py")
     (repeat / "predict.py").write_text(REPEAT_ONE)
     repeat = _as_test_submission(repeat, "repeat")
+    stateful = _train("lognormal-oracle", release, subs / "stateful")
+    shutil.copy(stateful / "predict.py", stateful / "predict_base.py")
+    (stateful / "predict.py").write_text(STATEFUL)
+    stateful = _as_test_submission(stateful, "stateful")
     subs.chmod(0o755)
 
     out = project / "results" / "wl-maps" / "evaluations"
-    outcomes = {o.name: o for o in evaluate([grf, oracle, copier, repeat], track, release, out=out, publish=False,
-                                            force=True)}
+    outcomes = {o.name: o for o in evaluate([grf, oracle, copier, repeat, stateful], track, release, out=out,
+                                            publish=False, force=True)}
+    gone = outcomes.pop("stateful")
+    assert gone.status == "FAILED" and "must be a function of its own latent alone" in gone.reason, gone.reason
+    assert not list((out / "private").glob(".inputs-*")), "the drawn inputs are removed"
     m = {}
     for name, o in outcomes.items():
         assert o.status == "FINISHED", f"{name}: {o.reason}"
@@ -101,8 +117,14 @@ def test_cheating_generators_rank_below_the_gaussian_baseline(tmp_path: Path, mo
     assert m["grf"]["pdf_ks"] > m["oracle"]["pdf_ks"], (m["grf"]["pdf_ks"], m["oracle"]["pdf_ks"])
 
 
-def test_predictions_format_takes_a_npy_of_maps_on_a_maps_track(tmp_path: Path, monkeypatch) -> None:
+def test_a_maps_track_refuses_a_file_of_maps_and_draws_fresh_latents_per_submission(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    """A fixed set of maps picked from a large draw of the public physics so that its mean and spread match scored
+    0.42-0.47 per dof, below the truth process (about 1): the predictions format is refused on a maps track, and
+    the latents a generator gets are drawn for its submission, unknown before its bytes are fixed."""
     from skybench.harness.submission import load_submission, sandboxed_predict
+    from skybench.release import layout, read_manifest
+    from skybench.tasks.generate.fresh import check_rerun, latents_for, prepare, secret_of
 
     project = tmp_path / "project"
     (project / "benchmarks").mkdir(parents=True)
@@ -115,53 +137,28 @@ def test_predictions_format_takes_a_npy_of_maps_on_a_maps_track(tmp_path: Path, 
     sub.mkdir()
     spec = {"team": "tests", "name": "npy", "track": "wl-maps", "format": "predictions", "model": "maps.npy"}
     (sub / "submission.yaml").write_text(yaml.safe_dump(spec))
-    maps = np.random.default_rng(0).normal(0, 0.01, (20, 1, 64, 64)).astype(np.float32)
+    np.save(sub / "maps.npy", np.zeros((20, 1, 64, 64), np.float32))
+    res = sandboxed_predict(load_submission(sub), release, scratch=tmp_path / "scratch", track=track)
+    assert not res.ok and "takes a generator, not its maps" in res.reason, res.reason
 
-    def run(array: np.ndarray, name: str = "maps.npy") -> tuple[bool, str]:
-        for f in sub.glob("maps.*"):
-            f.unlink()
-        np.save(sub / "maps.npy", array)
-        if name != "maps.npy":
-            (sub / "maps.npy").rename(sub / name)
-        (sub / "submission.yaml").write_text(yaml.safe_dump(spec | {"model": name}))
-        res = sandboxed_predict(load_submission(sub), release, scratch=tmp_path / "scratch", track=track)
-        return res.ok, res.reason
-
-    ok, reason = run(maps)
-    assert ok, reason
-    for bad, word in ((maps[:-1], "expected (20, 1, 64, 64)"), (maps[:, :, :32], "expected (20, 1, 64, 64)"),
-                      (np.where(np.arange(64) == 3, np.nan, maps).astype(np.float32), "non-finite")):
-        ok, reason = run(bad)
-        assert not ok and word in reason and "\n" not in reason, reason
-    (sub / "maps.csv").write_text("id,score\n")
-    ok, reason = run(maps, "maps.csv")
-    assert not ok and ".npy" in reason, reason
-
-
-@pytest.mark.slow
-def test_cosmogan_trains_and_exports_a_generator_of_maps(tmp_path: Path, monkeypatch) -> None:
-    import onnxruntime as ort
-
-    project = tmp_path / "project"
-    (project / "benchmarks").mkdir(parents=True)
-    shutil.copy(benchmarks_dir() / "wl-maps.yaml", project / "benchmarks" / "wl-maps.yaml")
-    monkeypatch.setenv("SKYBENCH_ROOT", str(project))
-    release = simulate_release(load_track("wl-maps"), project / "releases" / "wl-maps", seed=3, size=20,
-                               progress=False, workers=1, backend="numpy")
-    spec = importlib.util.spec_from_file_location("train_cosmogan", BASELINES / "cosmogan" / "train.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    model, out = mod.train(["--track", "wl-maps", "--release", str(release), "--out", str(tmp_path / "gan"),
-                            "--params", str(ROOT / "params.yaml"), "--no-mlflow", "--epochs", "1",
-                            "--max-train", "16", "--set", "widths=[16,8,8,4]", "--set", "disc_widths=[4,8,8,16]"])
-    assert yaml.safe_load((out / "submission.yaml").read_text())["format"] == "onnx"
-    z = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
-    sess = ort.InferenceSession(str(out / "model.onnx"))
-    maps = sess.run(None, {sess.get_inputs()[0].name: z})[0]
-    assert maps.shape == (5, 1, 64, 64) and np.isfinite(maps).all()
-    # the log-pixel transform is inverted inside the model: kappa = exp(.) - shift > -shift, where the shift is
-    # just beyond the training maps' minimum (raw standardised outputs would reach far below)
-    train = np.asarray(open_release(release).array("train", "maps")[:16], np.float64)
-    assert maps.min() > -(-train.min() + 0.1 * train.std()) - 1e-6
-    assert maps.std(axis=(1, 2, 3)).min() > 0  # not a constant map
+    manifest, public = read_manifest(release), layout.public_dir(release, "test")
+    published = np.load(layout.shard_paths(public, "latents")[0])
+    ids = pd.read_parquet(layout.index_path(public))["id"].to_numpy()
+    first, again, batch = prepare(track, public, manifest, "a" * 64, tmp_path / "a")
+    drawn = np.load(layout.shard_paths(first, "latents")[0])
+    assert drawn.shape == published.shape and drawn.dtype == np.float32 and batch != track.evaluation.batch_size
+    assert not np.allclose(drawn, published)  # not the published latents
+    assert np.abs(drawn.mean()) < 0.1 and abs(drawn.std() - 1) < 0.05  # N(0, 1)
+    other = latents_for(track, secret_of(manifest), "b" * 64, ids)
+    assert not np.allclose(other, drawn)  # another submission, other latents
+    np.testing.assert_array_equal(latents_for(track, secret_of(manifest), "a" * 64, ids), drawn)  # reproducible
+    rerun = pd.read_parquet(layout.index_path(again))["id"].to_numpy()
+    where = [list(ids).index(i) for i in rerun]
+    assert len(rerun) == min(32, len(ids)) and where != sorted(where)  # another order
+    np.testing.assert_array_equal(np.load(layout.shard_paths(again, "latents")[0]), drawn[where])
+    public_only = {"files": {k: v for k, v in manifest["files"].items() if not k.startswith("hidden/")}}
+    with pytest.raises(ValueError, match="organiser's release"):
+        secret_of(public_only)  # a team's published manifest cannot give the secret
+    maps = np.random.default_rng(0).normal(0, 0.01, (5, 1, 8, 8)).astype(np.float32)
+    assert check_rerun(maps, maps + 1e-9) == ""
+    assert "2 of 5 maps came back different" in check_rerun(maps, np.concatenate([maps[:3], maps[3:] * 1.1]))

@@ -46,6 +46,7 @@ from skybench.harness.record import (
     sweep_stale,
     writing,
 )
+from skybench.harness.sandbox import remove_tree
 from skybench.harness.score import score, score_real
 from skybench.harness.submission import (
     RESERVED_TEAMS,
@@ -288,43 +289,87 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
                                ids.get(Path(f)), got.get(Path(f)), current))
         except Exception as exc:  # noqa: BLE001 - the boundary
             plans.append(_crashed(Path(f), None, exc, out, release_sha, track, current))
-    todo = [p for p in plans if isinstance(p, _Plan)]
-    challenge = read_manifest(release).get("profile") == "challenge"  # never run without cgroup limits
-    jobs = [Job(p.sub, layout.public_dir(release, "test"), track, challenge) for p in todo]
+    manifest = read_manifest(release)
+    challenge = manifest.get("profile") == "challenge"  # never run without cgroup limits
+    task, public = get_task(track.task), layout.public_dir(release, "test")
+    fresh = make_private_root(out) / f".inputs-{os.getpid()}"  # inputs drawn per submission (generate tracks)
+    jobs: list[Job] = []
+    runs: dict[int, int] = {}  # plan's index -> its jobs: 2 with a re-run check
+    for i, plan in enumerate(plans):
+        if not isinstance(plan, _Plan):
+            continue
+        try:
+            drawn = task.fresh_inputs(track, public, manifest, plan.sub.sha256, fresh / str(i))
+        except Exception as exc:  # noqa: BLE001 - the boundary: this submission's FAILED record
+            plans[i] = _crashed(plan.folder, plan, exc, out, release_sha, track, current)
+            continue
+        if drawn is None:
+            jobs.append(Job(plan.sub, public, track, challenge))
+        else:  # the re-run at another batch size: a track of that evaluation batch size
+            rerun_track = track.model_copy(update={"evaluation": track.evaluation.model_copy(
+                update={"batch_size": drawn[2]})})
+            jobs += [Job(plan.sub, drawn[0], track, challenge), Job(plan.sub, drawn[1], rerun_track, challenge)]
+        runs[i] = 1 if drawn is None else 2
     results = _results(get_executor(executor, **(executor_options or {})), jobs) if jobs else iter(())
     outcomes = []
-    for plan in plans:
-        try:
-            if isinstance(plan, Outcome):
-                outcome = plan
-            else:
-                res = next(results)
-                if isinstance(res, BaseException):
-                    raise res
-                outcome = _finish(plan, stream.split(res) if stream is not None else res, track, release_sha, hidden,
-                                  res, layout.public_dir(release, "test"), release)
-        except Exception as exc:  # noqa: BLE001 - the boundary
-            outcome = _crashed(plan.folder, plan if isinstance(plan, _Plan) else None, exc, out, release_sha, track,
-                               current)
-        outcome.reason = clip(outcome.reason, 1000)
-        if publish and outcome.record is not None:  # a skipped record too: it may be pending from an outage
+    try:
+        for i, plan in enumerate(plans):
             try:
-                # one look (no retries) before each record: MLflow retries a server that went away mid-run for
-                # about 4 minutes per request
-                if down or (down := _tracking_down()):
-                    raise ConnectionError(down)
-                from skybench.tracking.log import publish_record
+                if isinstance(plan, Outcome):
+                    outcome = plan
+                else:
+                    taken = [next(results) for _ in range(runs[i])]  # every job's result taken, in order
+                    for r in taken:
+                        if isinstance(r, BaseException):
+                            raise r
+                    res, *rerun = (r for r in taken if isinstance(r, PredictResult))
+                    if rerun:
+                        _check_rerun(task, res, rerun[0])
+                    outcome = _finish(plan, stream.split(res) if stream is not None else res, track, release_sha,
+                                      hidden, res, public, release)
+            except Exception as exc:  # noqa: BLE001 - the boundary
+                outcome = _crashed(plan.folder, plan if isinstance(plan, _Plan) else None, exc, out, release_sha,
+                                   track, current)
+            outcome.reason = clip(outcome.reason, 1000)
+            if publish and outcome.record is not None:  # a skipped record too: it may be pending from an outage
+                try:
+                    # one look (no retries) before each record: MLflow retries a server that went away mid-run for
+                    # about 4 minutes per request
+                    if down or (down := _tracking_down()):
+                        raise ConnectionError(down)
+                    from skybench.tracking.log import publish_record
 
-                publish_record(outcome.record, track)
-            except Exception as exc:  # noqa: BLE001 - the record stays on disk for `skybench log`
-                outcome.unpublished = one_line(exc)
-                if not down and not isinstance(exc, RecordError):  # gone mid-run: not minutes of retries each
-                    down = _tracking_down()
-                outcome.reason = (f"{outcome.reason}; " if outcome.reason else "") + \
-                    f"not logged to MLflow ({outcome.unpublished}); " \
-                    f"the record is kept in {outcome.record}, publish it later with `skybench log {out}`"
-        outcomes.append(outcome)
+                    publish_record(outcome.record, track)
+                except Exception as exc:  # noqa: BLE001 - the record stays on disk for `skybench log`
+                    outcome.unpublished = one_line(exc)
+                    if not down and not isinstance(exc, RecordError):  # gone mid-run: not minutes of retries each
+                        down = _tracking_down()
+                    outcome.reason = (f"{outcome.reason}; " if outcome.reason else "") + \
+                        f"not logged to MLflow ({outcome.unpublished}); " \
+                        f"the record is kept in {outcome.record}, publish it later with `skybench log {out}`"
+            outcomes.append(outcome)
+    finally:
+        if fresh.exists():
+            remove_tree(fresh)
     return outcomes
+
+
+class RerunError(ValueError):
+    """A generator's maps changed when some of its latents were given again (its own failure)."""
+
+
+def _check_rerun(task: Any, first: PredictResult, again: PredictResult) -> None:
+    """Raise :class:`RerunError` unless the re-run's outputs are the first run's for the same objects."""
+    if not (first.ok and again.ok) or first.predictions is None or again.predictions is None:
+        if first.ok and not again.ok:
+            if again.infrastructure:  # the machine's: retried, as any infrastructure failure
+                raise OSError(f"the re-run of some latents failed for the machine's reason: {again.reason}")
+            raise RerunError(f"the re-run of some latents in another order and batch size failed: {again.reason}")
+        return  # the first run's failure is recorded as usual
+    where = {obj: k for k, obj in enumerate(first.ids)}
+    rows = [where[obj] for obj in again.ids]
+    if why := task.check_rerun(first.predictions[rows], again.predictions):
+        raise RerunError(why)
 
 
 def _tracking_down() -> str:

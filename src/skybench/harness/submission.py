@@ -42,7 +42,7 @@ FORMATS = ("onnx", "keras", "torch", "sklearn", "python", "predictions")
 MODEL_SUFFIX = {"onnx": ".onnx", "keras": ".keras", "torch": ".pt2", "sklearn": ".skops", "python": ".py",
                 "predictions": ".csv"}
 SPEC_FILE = "submission.yaml"
-NPY_PREDICTIONS = ".npy"  # the predictions format of a ``maps`` track: one .npy of N outputs, in the test index order
+NPY_PREDICTIONS = ".npy"  # a file of maps: recognised on a maps track to refuse it (skybench.tasks.generate.fresh)
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
                 "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 
@@ -518,12 +518,11 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
                 else "a tile_id,x,y,score .csv" if track.output.kind == "detections" else "an id,score .csv"
             return _fail(f"predictions file {sub.model_path.name}: a {track.output.kind!r} track takes {want}", ids,
                          device="none")
-        if npy:
-            result = _read_output(sub.model_path, all_ids, len(all_ids), track, "none", 0.0, "", shape,
-                                  _most_values(track, len(all_ids), shape))
-            if result.predictions is None:
-                return _fail(result.reason, ids, device="none")
-            return PredictResult(True, "", result.predictions[:n], ids, "none", 0.0)
+        if npy:  # a fixed set of maps: picked so that its statistics match, it beats the truth process itself
+            return _fail(f"predictions file {sub.model_path.name}: a maps track takes a generator, not its maps: "
+                         "each evaluation draws the latents afresh, and each map must be a function of its own "
+                         "latent (skybench.tasks.generate.fresh); submit the model in a code format", ids,
+                         device="none")
         if track.output.kind == "detections":
             pred, reason = read_detections_csv(sub.model_path, all_ids, track.output, shape)
         else:

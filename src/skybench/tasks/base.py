@@ -106,6 +106,19 @@ class Task(ABC):
         None (the default): one group."""
         return None
 
+    def fresh_inputs(self, track: Track, test_dir: Path, manifest: dict[str, Any], submission_sha256: str,
+                     out: Path) -> tuple[Path, Path, int] | None:
+        """Input folders drawn for one submission, where a set of outputs more regular than independent ones would
+        game the score (:mod:`skybench.tasks.generate.fresh`): (every test object, in ``out``; some of them again
+        in another order; the batch size to run those at), from the release's ``manifest`` (the organiser's) and
+        the submission's digest. None (the default): the public test folder as it is."""
+        return None
+
+    def check_rerun(self, first: np.ndarray, again: np.ndarray) -> str:
+        """"" when the outputs ``again`` of the re-run of :meth:`fresh_inputs` are the first run's ``first``
+        (the same objects, in that order), else why not."""
+        return ""
+
 
 class PackageTask(Task):
     """A :class:`Task` whose simulator class and scorer live in modules named by strings and imported on first

@@ -12,8 +12,16 @@ peaks, Minkowski functionals, chi^2, memorisation, collapse) and ``score`` (the 
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
 from skybench.tasks.base import PackageTask
 from skybench.tasks.generate.config import GenerateTrack
+
+if TYPE_CHECKING:
+    from skybench.tracks import Track
 
 
 class GenerateTask(PackageTask):
@@ -23,6 +31,17 @@ class GenerateTask(PackageTask):
     paired = False  # the score compares distributions: a prediction belongs to no particular object
     simulator_path = "skybench.tasks.generate.simulator:GenerateSimulator"
     scorer_path = "skybench.tasks.generate.score"
+
+    def fresh_inputs(self, track: Track, test_dir: Path, manifest: dict[str, Any], submission_sha256: str,
+                     out: Path) -> tuple[Path, Path, int] | None:
+        from skybench.tasks.generate.fresh import prepare
+
+        return prepare(self._own(track), test_dir, manifest, submission_sha256, out)
+
+    def check_rerun(self, first: np.ndarray, again: np.ndarray) -> str:
+        from skybench.tasks.generate.fresh import check_rerun
+
+        return check_rerun(first, again)
 
 
 TASK = GenerateTask
