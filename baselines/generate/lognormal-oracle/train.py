@@ -7,8 +7,8 @@ Reads no map: it builds the track's :class:`~skybench.tasks.generate.simulator.M
 track YAML) and ships its filter, shift and variance in ``model.npz`` for the shared numpy ``predict.py``, which
 then draws new maps of exactly the truth process (other seeds): a chi^2 per dof near 1. (Maps picked from a large
 draw so that their mean and spread match would score lower: the evaluation's latents are drawn per submission and
-re-run, so a generator cannot pick its set; skybench.tasks.generate.fresh.) On a conditional track (``population.grid``): one
-filter and variance per grid point, and the grid.
+re-run, so a generator cannot pick its set; skybench.tasks.generate.fresh.) On a conditional track
+(``population.grid``): one filter and variance per grid point, and the grid.
 """
 
 from __future__ import annotations
