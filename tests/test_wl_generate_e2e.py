@@ -16,7 +16,7 @@ import yaml
 from helpers import bwrap_works
 
 from skybench.harness.evaluate import evaluate
-from skybench.harness.visibility import private_dir
+from skybench.harness.visibility import private_dir, private_root
 from skybench.release.reader import open_release
 from skybench.simulate import simulate_release
 from skybench.tracks import benchmarks_dir, load_track
@@ -95,11 +95,12 @@ def test_cheating_generators_rank_below_the_gaussian_baseline(tmp_path: Path, mo
     subs.chmod(0o755)
 
     out = project / "results" / "wl-maps" / "evaluations"
+    (private_root(out) / ".inputs.tmp-99999999" / "inputs").mkdir(parents=True)  # a killed evaluation's
     outcomes = {o.name: o for o in evaluate([grf, oracle, copier, repeat, stateful], track, release, out=out,
                                             publish=False, force=True)}
     gone = outcomes.pop("stateful")
     assert gone.status == "FAILED" and "must be a function of its own latent alone" in gone.reason, gone.reason
-    assert not list((out / "private").glob(".inputs-*")), "the drawn inputs are removed"
+    assert not list(private_root(out).glob(".inputs*")), "the drawn inputs are removed, a killed run's too"
     m = {}
     for name, o in outcomes.items():
         assert o.status == "FINISHED", f"{name}: {o.reason}"

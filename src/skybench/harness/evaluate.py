@@ -65,6 +65,7 @@ from skybench.harness.visibility import make_private_root, private_dir, write_pa
 from skybench.release import ReleaseError, layout, read_manifest, release_digest, verify_release
 from skybench.release.mixing import Stream
 from skybench.release.reader import HiddenSplit, Release
+from skybench.release.writer import sweep_dead_temps
 from skybench.tasks import BUILTIN, get_task
 from skybench.tracks import Track, default_release, for_release, list_tracks, load_track, project_root
 
@@ -292,7 +293,9 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
     manifest = read_manifest(release)
     challenge = manifest.get("profile") == "challenge"  # never run without cgroup limits
     task, public = get_task(track.task), layout.public_dir(release, "test")
-    fresh = make_private_root(out) / f".inputs-{os.getpid()}"  # inputs drawn per submission (generate tracks)
+    fresh = make_private_root(out) / "inputs"  # inputs drawn per submission (generate tracks), ...
+    sweep_dead_temps(fresh)  # ... in .inputs.tmp-<pid>: a killed evaluation's are removed here
+    fresh = fresh.with_name(f".inputs.tmp-{os.getpid()}")
     jobs: list[Job] = []
     runs: dict[int, int] = {}  # plan's index -> its jobs: 2 with a re-run check
     for i, plan in enumerate(plans):
@@ -667,7 +670,8 @@ def _same_record(rdir: Path, sub: Submission, release_sha: str, real_sha: str,
 
 # the modules that turn predictions into scores, and the one that decides what of them participants see (a record
 # reused after that changed would keep a view the new rule hides); every built-in task's scorer is covered
-SCORERS = ("harness/score", "harness/visibility", *(f"tasks/{t}/score" for t in BUILTIN))
+# each task's scorer and its Task class (its hooks: a generate track's fresh inputs and re-run check)
+SCORERS = ("harness/score", "harness/visibility", *(f"tasks/{t}/{m}" for t in BUILTIN for m in ("score", "__init__")))
 
 
 def cache_key(track: Track) -> dict[str, str]:

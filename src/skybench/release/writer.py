@@ -69,7 +69,7 @@ def write_release(out: Path, *, info: dict[str, Any], counts: dict[str, int],
     arrays = dict(arrays) if arrays is not None else {"images": tuple(image_shape or ())}
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_stale(out)
+    sweep_dead_temps(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -102,7 +102,7 @@ def write_release(out: Path, *, info: dict[str, Any], counts: dict[str, int],
     return out
 
 
-def _sweep_stale(out: Path) -> None:
+def sweep_dead_temps(out: Path) -> None:
     """Remove the temporary folders of ``out`` that a killed writer left (``.<name>.tmp-<pid>``, ``.old-<pid>``):
     those whose process is gone from this machine."""
     for folder in out.parent.glob(f".{glob.escape(out.name)}.*-*"):
