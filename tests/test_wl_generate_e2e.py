@@ -13,9 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from helpers import bwrap_works
+from helpers import bwrap_works, python_submission
+from typer.testing import CliRunner
 
-from skybench.harness.evaluate import evaluate
+from skybench.cli import app
+from skybench.harness.evaluate import INFRASTRUCTURE, evaluate
 from skybench.harness.visibility import private_dir, private_root
 from skybench.release.reader import open_release
 from skybench.simulate import simulate_release
@@ -94,6 +96,13 @@ def test_cheating_generators_rank_below_the_gaussian_baseline(tmp_path: Path, mo
     stateful = _as_test_submission(stateful, "stateful")
     subs.chmod(0o755)
 
+    # `skybench validate` runs the public inputs again in reverse order: the stateful one fails before it costs
+    # quota, the oracle passes
+    for sub, ok in ((stateful, False), (oracle, True)):
+        res = CliRunner().invoke(app, ["validate", str(sub), "--release", str(release)])
+        said = res.output.replace("\n", " ")
+        assert (res.exit_code == 0) == ok and ("must be a function of its own latent alone" in said) != ok, said
+
     out = project / "results" / "wl-maps" / "evaluations"
     (private_root(out) / ".inputs.tmp-99999999" / "inputs").mkdir(parents=True)  # a killed evaluation's
     outcomes = {o.name: o for o in evaluate([grf, oracle, copier, repeat, stateful], track, release, out=out,
@@ -163,3 +172,14 @@ def test_a_maps_track_refuses_a_file_of_maps_and_draws_fresh_latents_per_submiss
     maps = np.random.default_rng(0).normal(0, 0.01, (5, 1, 8, 8)).astype(np.float32)
     assert check_rerun(maps, maps + 1e-9) == ""
     assert "2 of 5 maps came back different" in check_rerun(maps, np.concatenate([maps[:3], maps[3:] * 1.1]))
+    # drawing them depends on the release and the machine alone: a failure there is never the submission's
+    import skybench.tasks.generate.fresh as fresh_module
+
+    def exhausted(*args: object, **kwargs: object) -> None:
+        raise MemoryError("no memory for the latents")
+
+    monkeypatch.setattr(fresh_module, "prepare", exhausted)
+    gen = python_submission(tmp_path / "subs", "gen", "def load(d): return None\ndef predict(m, z): return z\n",
+                            track="wl-maps")
+    [o] = evaluate([gen], track, release, out=project / "results", publish=False, force=True)
+    assert o.status == "FAILED" and o.failure_kind == INFRASTRUCTURE and "MemoryError" in o.reason, o.reason

@@ -167,7 +167,7 @@ def _validate(folder: Path, sub: Submission, track: Track, release: Path, score:
     import tempfile
 
     from skybench.harness.submission import sandboxed_predict
-    from skybench.harness.validate import SMALL_BATCH, batch_hint, check_batches, score_val
+    from skybench.harness.validate import SMALL_BATCH, batch_hint, check_batches, rerun_problem, score_val
 
     if sub.spec.format == "predictions":  # no code runs: the CSV is checked against the public test ids
         with tempfile.TemporaryDirectory(prefix="skybench-validate-") as scratch:
@@ -190,6 +190,8 @@ def _validate(folder: Path, sub: Submission, track: Track, release: Path, score:
         _fail(f"{folder}: the model fails in the sandbox" + (f"; hint: {hint}" if hint else "")
               + f" (the evaluation runs it at batch size {track.evaluation.batch_size}, the last batch smaller; "
               f"validate also tries {SMALL_BATCH})")
+    if why := rerun_problem(track.task, checks):  # the evaluation runs some inputs again and fails this
+        _fail(f"{folder}: {why}")
     typer.echo(f"{_shown(folder)}: OK - {sub.spec.format} model for {track.name} passes at batch sizes "
                f"{', '.join(str(c.batch_size) for c in checks)}")
     if score:

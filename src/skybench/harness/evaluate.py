@@ -303,8 +303,9 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
             continue
         try:
             drawn = task.fresh_inputs(track, public, manifest, plan.sub.sha256, fresh / str(i))
-        except Exception as exc:  # noqa: BLE001 - the boundary: this submission's FAILED record
-            plans[i] = _crashed(plan.folder, plan, exc, out, release_sha, track, current)
+        except Exception as exc:  # noqa: BLE001 - from the release and the machine alone: never the submission's
+            why = exc if isinstance(exc, OSError) else OSError(f"drawing its inputs failed: {one_line(exc)}")
+            plans[i] = _crashed(plan.folder, plan, why, out, release_sha, track, current)
             continue
         if drawn is None:
             jobs.append(Job(plan.sub, public, track, challenge))

@@ -32,9 +32,10 @@ class BatchCheck:
     result: PredictResult
 
 
-def input_view(release: Path, split: str, n: int | None, out: Path) -> Path:
+def input_view(release: Path, split: str, n: int | None, out: Path, reverse: bool = False) -> Path:
     """An input folder (as the runner reads a public test folder) at ``out`` holding the first ``n`` rows of the
-    release's public ``split`` (all when None), rows repeated from the start when the split has fewer."""
+    release's public ``split`` (all when None), rows repeated from the start when the split has fewer;
+    ``reverse``: the same rows, under the same ids, in reverse order."""
     src = layout.public_dir(release, split)
     if split == "test":
         ids = pd.read_parquet(layout.index_path(src), columns=["id"])["id"].to_numpy()
@@ -49,6 +50,8 @@ def input_view(release: Path, split: str, n: int | None, out: Path) -> Path:
     if n > len(ids):  # repeated rows get ids of their own
         view_ids = np.array([f"{i}#{k}" if k else str(i) for i, k in zip(view_ids, np.arange(n) // len(ids),
                                                                            strict=True)])
+    if reverse:
+        rows, view_ids = rows[::-1], view_ids[::-1]
     pd.DataFrame({"id": view_ids}).to_parquet(layout.index_path(out), index=False)
     for name in INPUT_ARRAYS:
         if layout.shard_paths(src, name):
@@ -61,15 +64,32 @@ def input_view(release: Path, split: str, n: int | None, out: Path) -> Path:
 
 def check_batches(sub: Submission, track: Track, release: Path, scratch: Path, *,
                   split: str = "test") -> list[BatchCheck]:
-    """Run the submission at the track's evaluation batch size and at :data:`SMALL_BATCH`."""
+    """Run the submission at the track's evaluation batch size and at :data:`SMALL_BATCH` (its first rows in
+    reverse order, for :func:`rerun_problem`)."""
     big = track.evaluation.batch_size
     checks = []
-    for batch_size, n in ((big, big), (SMALL_BATCH, SMALL_INPUTS)):
-        inputs = input_view(release, split, n, scratch / f"inputs-{batch_size}")
+    for batch_size, n, reverse in ((big, big, False), (SMALL_BATCH, SMALL_INPUTS, True)):
+        inputs = input_view(release, split, n, scratch / f"inputs-{batch_size}", reverse)
         res = sandboxed_predict(sub, inputs, scratch=scratch / f"run-{batch_size}", track=track,
                                 batch_size=batch_size)
         checks.append(BatchCheck(batch_size, n, res))
     return checks
+
+
+def rerun_problem(task_name: str, checks: list[BatchCheck]) -> str:
+    """Why the small batch's outputs are not the first run's for the same inputs ("" when they are, or when the
+    task does not ask): the evaluation's re-run check (:meth:`skybench.tasks.base.Task.check_rerun`)."""
+    from skybench.tasks import get_task
+
+    first, again = (c.result for c in checks[:2])
+    if not (first.ok and again.ok) or first.predictions is None or again.predictions is None:
+        return ""
+    where = {str(obj): k for k, obj in enumerate(first.ids)}  # a view with repeated rows has str ids
+    both = [(where[str(obj)], k) for k, obj in enumerate(again.ids) if str(obj) in where]
+    if not both:
+        return ""
+    rows, again_rows = (list(r) for r in zip(*both, strict=True))
+    return get_task(task_name).check_rerun(first.predictions[rows], again.predictions[again_rows])
 
 
 def batch_hint(checks: list[BatchCheck]) -> str:
