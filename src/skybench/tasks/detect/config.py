@@ -19,7 +19,7 @@ from skybench.common import Strict as _Strict
 from skybench.tracks import Output, Track, per_profile
 
 Range = tuple[float, float]
-KINDS = ("lens", "lookalike", "galaxy", "star")  # the ``kind`` of a truth-table row
+KINDS = ("lens", "lookalike", "deflector", "galaxy", "star")  # the ``kind`` of a truth-table row
 TABLE = "objects"  # the release table of every object of every tile (public for train/val, hidden for test)
 ARCSEC2_PER_DEG2 = 3600.0**2
 
@@ -89,17 +89,21 @@ class StarPop(NumberCounts):
 
 
 class LensDraw(_Strict):
-    """Strong lenses and look-alikes per tile, drawn from a lens track's population (objects that pass its
-    visibility rule are lenses; objects that fail it and carry a ring, arclet or companion are look-alikes)."""
+    """Strong lenses, look-alikes and plain deflectors per tile, drawn from a lens track's population (objects that
+    pass its visibility rule are lenses; objects that fail it and carry a ring, arclet or companion are look-alikes;
+    the rest, the same massive galaxies with no visible arc, are deflectors: without them a bright elliptical alone
+    would mark a lens)."""
 
     track: str
     per_tile: tuple[int, int]  # number of lenses, uniform on low..high
     lookalikes_per_tile: tuple[int, int]
-    max_draws: int = Field(64, ge=1)  # lens-population objects tried per tile to fill both
+    deflectors_per_tile: tuple[int, int] = (0, 0)
+    max_draws: int = Field(64, ge=1)  # lens-population objects tried per tile to fill all three
 
     @model_validator(mode="after")
     def _check(self) -> LensDraw:
-        for name, (lo, hi) in (("per_tile", self.per_tile), ("lookalikes_per_tile", self.lookalikes_per_tile)):
+        for name, (lo, hi) in (("per_tile", self.per_tile), ("lookalikes_per_tile", self.lookalikes_per_tile),
+                               ("deflectors_per_tile", self.deflectors_per_tile)):
             if not 0 <= lo <= hi:
                 raise ValueError(f"lenses.{name}: [low, high] with 0 <= low <= high, got {[lo, hi]}")
         return self

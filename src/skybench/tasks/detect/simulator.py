@@ -1,5 +1,5 @@
-"""Survey-tile scenes for lens detection: field galaxies, stars, look-alikes and strong lenses, rendered with the
-shared physics and the noise of the survey, with a truth table of every catalogued object.
+"""Survey-tile scenes for lens detection: field galaxies, stars, deflectors, look-alikes and strong lenses, rendered
+with the shared physics and the noise of the survey, with a truth table of every catalogued object.
 
 Each tile is drawn from its own seed (``seeds(split, index)``, keyed on the hidden test split), in independent
 streams (:func:`skybench.physics.noise.noise_stream`): 0 the field (galaxies and stars), 1 the number and placement
@@ -52,6 +52,7 @@ class Scene:
     truth: pd.DataFrame  # one row per catalogued object
     n_lens_wanted: int
     n_lookalike_wanted: int
+    n_deflector_wanted: int
 
 
 FIRST = ["tile", "kind", "x", "y", "theta_E", "mag"]
@@ -169,14 +170,15 @@ class DetectSimulator:
                 tile[i, int(row["y"]), int(row["x"])] += magnitude2cps(float(row[f"mag_{b}"]), band.zero_point)
 
     # ------------------------------------------------------------------ lenses and look-alikes
-    def _lens_population(self, tile_seed: int, n_lens: int, n_look: int, chunk: int = 8
+    def _lens_population(self, tile_seed: int, n_lens: int, n_look: int, n_defl: int, chunk: int = 8
                          ) -> tuple[pd.DataFrame, np.ndarray]:
-        """The first ``n_lens`` objects of the tile's lens-population stream that pass the visibility rule and the
-        first ``n_look`` that fail it with a ring, arclet or companion, with their PSF-convolved stamps."""
+        """The first ``n_lens`` objects of the tile's lens-population stream that pass the visibility rule, the
+        first ``n_look`` that fail it with a ring, arclet or companion and the first ``n_defl`` that fail it with
+        neither, with their PSF-convolved stamps."""
         seeds = lens_object_seeds(tile_seed, self.pop.lenses.max_draws)
         taken: list[pd.DataFrame] = []
         stamps: list[np.ndarray] = []
-        need = {"lens": n_lens, "lookalike": n_look}
+        need = {"lens": n_lens, "lookalike": n_look, "deflector": n_defl}
         for start in range(0, len(seeds), chunk):
             if not any(need.values()):
                 break
@@ -186,9 +188,9 @@ class DetectSimulator:
             meta = pd.concat([pd.DataFrame(cols), self.lens_sim.label(cols, model, source)], axis=1)
             lens = meta["is_lens"].to_numpy() == 1
             look = ~lens & np.any(meta[list(LOOKALIKE_FLAGS)].to_numpy(dtype=bool), axis=1)
-            kind = np.where(lens, "lens", np.where(look, "lookalike", ""))
+            kind = np.where(lens, "lens", np.where(look, "lookalike", "deflector"))
             for k in range(len(meta)):
-                if kind[k] and need[kind[k]] > 0:
+                if need[kind[k]] > 0:
                     need[kind[k]] -= 1
                     taken.append(meta.iloc[[k]].assign(kind=kind[k]))
                     stamps.append(self.backend.to_numpy(model[k]).astype(np.float64))
@@ -235,7 +237,9 @@ class DetectSimulator:
         n_lens = int(rng.integers(lo, hi + 1))
         lo, hi = self.pop.lenses.lookalikes_per_tile
         n_look = int(rng.integers(lo, hi + 1))
-        objs, stamps = self._lens_population(tile_seed, n_lens, n_look)
+        lo, hi = self.pop.lenses.deflectors_per_tile
+        n_defl = int(rng.integers(lo, hi + 1))
+        objs, stamps = self._lens_population(tile_seed, n_lens, n_look, n_defl)
         spots = self._place(rng, len(objs))
         keep = [k for k, s in enumerate(spots) if s is not None]
         h = (self.stamp - 1) / 2
@@ -255,7 +259,7 @@ class DetectSimulator:
             len(objs) or len(gal) or len(stars)) else pd.DataFrame({"kind": [], "x": [], "y": [], "mag": []})
         if "theta_E" not in truth.columns:
             truth["theta_E"] = np.nan
-        return Scene(tile_seed, model, truth, n_lens, n_look)
+        return Scene(tile_seed, model, truth, n_lens, n_look, n_defl)
 
     def observe(self, scene: Scene) -> np.ndarray:
         """Noise (from the tile's stream 2) and saturation on a scene's model: float32 (bands, H, W) in e-/s."""
@@ -280,7 +284,8 @@ class DetectSimulator:
             images[k] = self.observe(sc)
             kinds = sc.truth["kind"].to_numpy()
             tiles.append({"id": tile_id, "split": split, "seed": s, "n_lens": int(np.sum(kinds == "lens")),
-                          "n_lookalike": int(np.sum(kinds == "lookalike")), "n_galaxy": int(np.sum(kinds == "galaxy")),
+                          "n_lookalike": int(np.sum(kinds == "lookalike")),
+                          "n_deflector": int(np.sum(kinds == "deflector")), "n_galaxy": int(np.sum(kinds == "galaxy")),
                           "n_star": int(np.sum(kinds == "star")),
                           "n_saturated": int(np.sum(images[k] >= self.saturate(np.full_like(images[k], np.inf))))})
             truths.append(sc.truth.assign(tile=tile_id))
