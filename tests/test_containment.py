@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -131,6 +132,46 @@ def test_pids_max_holds_by_itself(tmp_path):
     finally:
         cg.remove()
     assert not any(d.exists() for d in cg.dirs.values())
+
+
+def _dead_pid() -> int:
+    pid = 4_000_000
+    while Path(f"/proc/{pid}").exists():
+        pid += 1
+    return pid
+
+
+@needs_cgroups
+def test_the_cgroup_sweep_spares_live_evaluators_in_other_pid_namespaces(monkeypatch):
+    """Run groups were swept when the pid in their name was dead here: an evaluator in a container or another pid
+    namespace (sharing the hierarchy, its pids meaningless here) had its running sandbox SIGKILLed whenever another
+    evaluator started one. A group is stale only when nobody holds its flock (its evaluator died)."""
+    monkeypatch.setattr(cgroups, "_SWEEP_GRACE", 0.0)
+    monkeypatch.setattr(cgroups, "_run_name", lambda: f"run-{_dead_pid()}-{os.urandom(4).hex()}")
+    groups, sleepers = [], []
+    try:
+        for _ in range(2):  # one whose evaluator lives elsewhere, one whose evaluator died
+            cg = cgroups.create(memory_mb=256, max_processes=8)
+            assert cg is not None
+            join = 'for f in "$@"; do echo $$ > "$f"; done; exec sleep 60'
+            sleepers.append(subprocess.Popen(["/bin/sh", "-c", join, "sh", *map(str, cg.procs_files)]))
+            groups.append(cg)
+        time.sleep(0.5)
+        live, dead = groups
+        for fd in dead._locks:  # the kernel drops a dead evaluator's flocks
+            os.close(fd)
+        dead._locks.clear()
+        third = cgroups.create(memory_mb=256, max_processes=8)  # another evaluation starts: it sweeps
+        assert third is not None
+        third.remove()
+        assert sleepers[1].wait(timeout=30) == -signal.SIGKILL and not any(d.exists() for d in dead.dirs.values())
+        assert sleepers[0].poll() is None and all(d.exists() for d in live.dirs.values())
+    finally:
+        for p in sleepers:
+            p.kill()
+            p.wait()
+        for cg in groups:
+            cg.remove()
 
 
 @needs_bwrap

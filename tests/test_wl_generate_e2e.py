@@ -4,9 +4,12 @@ scored and ranked: the cheaters must rank below the Gaussian baseline, the oracl
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,7 @@ from typer.testing import CliRunner
 
 from skybench.cli import app
 from skybench.harness.evaluate import INFRASTRUCTURE, evaluate
-from skybench.harness.visibility import private_dir, private_root
+from skybench.harness.visibility import make_private_root, private_dir, private_root
 from skybench.release.reader import open_release
 from skybench.simulate import simulate_release
 from skybench.tracks import benchmarks_dir, load_track
@@ -104,12 +107,14 @@ def test_cheating_generators_rank_below_the_gaussian_baseline(tmp_path: Path, mo
         assert (res.exit_code == 0) == ok and ("must be a function of its own latent alone" in said) != ok, said
 
     out = project / "results" / "wl-maps" / "evaluations"
-    (private_root(out) / ".inputs.tmp-99999999" / "inputs").mkdir(parents=True)  # a killed evaluation's
+    killed = private_root(out) / ".staged-inputs.killed"  # a killed evaluation's inputs: nobody holds their flock
+    (killed / "0" / "inputs").mkdir(parents=True)
+    os.utime(killed, (time.time() - 120, time.time() - 120))
     outcomes = {o.name: o for o in evaluate([grf, oracle, copier, repeat, stateful], track, release, out=out,
                                             publish=False, force=True)}
     gone = outcomes.pop("stateful")
     assert gone.status == "FAILED" and "must be a function of its own latent alone" in gone.reason, gone.reason
-    assert not list(private_root(out).glob(".inputs*")), "the drawn inputs are removed, a killed run's too"
+    assert not list(private_root(out).glob(".staged-*")), "the drawn inputs are removed, a killed run's too"
     m = {}
     for name, o in outcomes.items():
         assert o.status == "FINISHED", f"{name}: {o.reason}"
@@ -181,5 +186,18 @@ def test_a_maps_track_refuses_a_file_of_maps_and_draws_fresh_latents_per_submiss
     monkeypatch.setattr(fresh_module, "prepare", exhausted)
     gen = python_submission(tmp_path / "subs", "gen", "def load(d): return None\ndef predict(m, z): return z\n",
                             track="wl-maps")
-    [o] = evaluate([gen], track, release, out=project / "results", publish=False, force=True)
+    # another evaluator's inputs, alive (its flock held) in another pid namespace or host (its pid means nothing
+    # here): an evaluation starting meanwhile must leave them alone
+    out = project / "results"
+    live = make_private_root(out) / ".staged-inputs.other"
+    (live / "0" / "inputs").mkdir(parents=True)
+    os.utime(live, (time.time() - 120, time.time() - 120))
+    fd = os.open(live, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        [o] = evaluate([gen], track, release, out=out, publish=False, force=True)
+        assert (live / "0" / "inputs").is_dir()
+    finally:
+        os.close(fd)
     assert o.status == "FAILED" and o.failure_kind == INFRASTRUCTURE and "MemoryError" in o.reason, o.reason
+    assert [p.name for p in private_root(out).glob(".staged-inputs*")] == [live.name]

@@ -379,7 +379,7 @@ def test_a_score_is_never_shown_unquantised_when_the_release_cannot_be_read(cfg,
     with TestClient(create_app(cfg, engine)) as client:  # the release back: the score, a multiple of 1/n
         shown = client.get(f"/api/submissions/{a}", headers=server.auth["alpha"]).json()["metrics"]["public_auroc"]
     n = round(1 / ladder_quantum())
-    assert shown != 0.8123456789 and abs(shown * n - round(shown * n)) < 1e-9, (shown, n)
+    assert shown != 0.8123456789 and shown == round(round(shown * n) / n, 4), (shown, n)  # k/n, at 4 decimals
 
 
 def ladder_quantum() -> float:

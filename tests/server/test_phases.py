@@ -95,6 +95,28 @@ def test_the_open_board_ranks_on_the_rounded_scores_it_shows(challenge, cfg):
     assert ranked.index("probe1") < ranked.index("probe2"), ranked
 
 
+def test_without_public_score_digits_the_open_board_shows_four_decimals(challenge, cfg):
+    """The default (``public_score_digits`` unset) is 4 decimals everywhere while open: the JSON board returned
+    float64 in full (every team's rows, ~50 bits of a mean per metric), where the HTML page showed 4."""
+    from skybench.server.web import public_board
+
+    client, _, _, Session = challenge
+    digits = cfg.public_score_digits
+    object.__setattr__(cfg, "public_score_digits", None)  # the config's default (the model validates assignments)
+    try:
+        _log("beta", "probe1", 0.912345678901234, 0.5)
+        _log("beta", "probe2", 0.91231, 0.5)  # shows 0.9123 too: ranked by submission time, not the raw values
+        rows = _board(client)["rows"]
+        assert _values(rows) and all(v == round(v, 4) for v in _values(rows)), rows
+        names = [r["name"] for r in rows]
+        assert names.index("probe1") < names.index("probe2"), names
+        with Session() as s:
+            ranked = [r["name"] for r in public_board(cfg, TRACK, "open", s)["ranked"]]
+        assert ranked.index("probe1") < ranked.index("probe2"), ranked
+    finally:
+        object.__setattr__(cfg, "public_score_digits", digits)
+
+
 def test_the_projects_examples_are_not_on_the_challenge_board(challenge):
     """The organiser's `dvc repro` files the project's examples (one fails on purpose) in the same MLflow store: the
     server's boards leave them out before ranking; the CLI's board keeps them."""

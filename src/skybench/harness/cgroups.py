@@ -11,6 +11,7 @@ once) when neither can be used; the caller then falls back to rlimits, or refuse
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import secrets
@@ -152,6 +153,22 @@ class Cgroup:
     dirs: dict[str, Path]
     memory_mb: int
     _removed: bool = field(default=False, repr=False)
+    _locks: list[int] = field(default_factory=list, repr=False)  # flocked descriptors of ``dirs``: ours while alive
+
+    def claim(self, d: Path) -> None:
+        """Hold the flock of folder ``d`` of this cgroup until :meth:`remove`: :func:`_sweep` of other evaluators
+        (in other pid namespaces too, where this process's pid means nothing) then leaves it alone."""
+        try:
+            fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise CgroupError(f"cannot open cgroup {d}: {exc.strerror or exc}") from exc
+        self._locks.append(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise CgroupError(f"cgroup {d} is held by another evaluator") from exc
+            # no flock on this file system: the sweep falls back to the pid in the name
 
     @property
     def procs_files(self) -> list[Path]:
@@ -260,6 +277,9 @@ class Cgroup:
                     time.sleep(0.05)
             else:
                 warn_once(f"could not remove cgroup {d}")
+        for fd in self._locks:
+            os.close(fd)
+        self._locks.clear()
         self._removed = True
 
 
@@ -287,20 +307,51 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_SWEEP_GRACE = 60.0  # seconds a new run group may stay unlocked (between mkdir and flock)
+
+
+def _held(d: Path) -> bool | None:
+    """Whether an evaluator holds run group ``d``'s flock (:meth:`Cgroup.claim`); None where flock is unsupported.
+    Never the pid in its name alone: evaluators in containers or other pid namespaces share the hierarchy, and a
+    pid alive there may be dead or another process here."""
+    try:
+        if time.time() - d.lstat().st_mtime < _SWEEP_GRACE:
+            return True
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return True  # gone, or not ours to judge
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        return True if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else None
+    finally:
+        os.close(fd)
+    return False
+
+
 def _sweep(parents: dict[str, Path], version: int) -> None:
-    """Remove run groups left by evaluators that were killed (SIGKILL, OOM) before they could clean up."""
-    stale: dict[str, dict[str, Path]] = {}
+    """Remove run groups left by evaluators that were killed (SIGKILL, OOM) before they could clean up: those whose
+    flock nobody holds (the kernel drops it when its evaluator dies), in every controller (v1)."""
+    groups: dict[str, dict[str, Path]] = {}
     for ctrl, parent in parents.items():
         try:
             entries = list(parent.glob("run-*-*"))
         except OSError:
             continue
         for d in entries:
-            pid = d.name.split("-")[1]
-            if pid.isdigit() and not _alive(int(pid)):
-                stale.setdefault(d.name, {})[ctrl] = d
-    for dirs in stale.values():
+            groups.setdefault(d.name, {})[ctrl] = d
+    for name, dirs in groups.items():
+        held = [_held(d) for d in dirs.values()]
+        if any(held):
+            continue
+        pid = name.split("-")[1]
+        if None in held and (not pid.isdigit() or _alive(int(pid))):  # no flock here: the pid, as before
+            continue
         Cgroup(version, dirs, 0).remove()
+
+
+def _run_name() -> str:
+    return f"run-{os.getpid()}-{secrets.token_hex(4)}"
 
 
 def create(*, memory_mb: int, max_processes: int, cpus: float | None = None) -> Cgroup | None:
@@ -308,7 +359,7 @@ def create(*, memory_mb: int, max_processes: int, cpus: float | None = None) -> 
 
     Raises CgroupError when cgroups exist but creating or configuring this one failed."""
     mem = str(memory_mb * 1024 * 1024)
-    name = f"run-{os.getpid()}-{secrets.token_hex(4)}"
+    name = _run_name()
     base, why2 = _v2_base()
     if base is not None:
         parent = base / "skybench"
@@ -320,6 +371,11 @@ def create(*, memory_mb: int, max_processes: int, cpus: float | None = None) -> 
             run = parent / name
             _mkdir(run)
             cg = Cgroup(2, {"unified": run}, memory_mb)
+            try:
+                cg.claim(run)
+            except CgroupError:
+                cg.remove()
+                raise
         except CgroupError as exc:
             why2 = str(exc)
         else:
@@ -349,6 +405,7 @@ def create(*, memory_mb: int, max_processes: int, cpus: float | None = None) -> 
         for ctrl, b in bases.items():
             dirs[ctrl] = b / "skybench" / name
             _mkdir(dirs[ctrl])
+            cg.claim(dirs[ctrl])
         m = dirs["memory"]
         _write(m / "memory.limit_in_bytes", mem)  # before memsw, which must stay >= it
         if (m / "memory.memsw.limit_in_bytes").exists():

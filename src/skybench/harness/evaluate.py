@@ -46,7 +46,6 @@ from skybench.harness.record import (
     sweep_stale,
     writing,
 )
-from skybench.harness.sandbox import remove_tree
 from skybench.harness.score import score, score_real
 from skybench.harness.submission import (
     RESERVED_TEAMS,
@@ -65,7 +64,6 @@ from skybench.harness.visibility import make_private_root, private_dir, write_pa
 from skybench.release import ReleaseError, layout, read_manifest, release_digest, verify_release
 from skybench.release.mixing import Stream
 from skybench.release.reader import HiddenSplit, Release
-from skybench.release.writer import sweep_dead_temps
 from skybench.tasks import BUILTIN, get_task
 from skybench.tracks import Track, default_release, for_release, list_tracks, load_track, project_root
 
@@ -293,9 +291,10 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
     manifest = read_manifest(release)
     challenge = manifest.get("profile") == "challenge"  # never run without cgroup limits
     task, public = get_task(track.task), layout.public_dir(release, "test")
-    fresh = make_private_root(out) / "inputs"  # inputs drawn per submission (generate tracks), ...
-    sweep_dead_temps(fresh)  # ... in .inputs.tmp-<pid>: a killed evaluation's are removed here
-    fresh = fresh.with_name(f".inputs.tmp-{os.getpid()}")
+    # inputs drawn per submission (generate tracks): in a folder flocked while this evaluation lives, never named by
+    # its pid (evaluators in containers or on other hosts share the folder, not the pids); sweep_stale above
+    # removes a killed one's
+    fresh = _stage(make_private_root(out) / "inputs")
     jobs: list[Job] = []
     runs: dict[int, int] = {}  # plan's index -> its jobs: 2 with a re-run check
     for i, plan in enumerate(plans):
@@ -353,8 +352,7 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
                         f"the record is kept in {outcome.record}, publish it later with `skybench log {out}`"
             outcomes.append(outcome)
     finally:
-        if fresh.exists():
-            remove_tree(fresh)
+        discard_stage(fresh)
     return outcomes
 
 

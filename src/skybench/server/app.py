@@ -60,8 +60,7 @@ def shown_metrics(cfg: ChallengeConfig, sub: Submission, phase: Phase, session: 
         from skybench.server import ladder
 
         return ladder.shown(session, cfg, sub, memo)
-    digits = cfg.public_score_digits
-    decimals = SHOWN_DECIMALS if digits is None or not shown_as_open(phase) else min(digits, SHOWN_DECIMALS)
+    decimals = cfg.open_digits if shown_as_open(phase) else SHOWN_DECIMALS
     return participant_view(_track_in(sub.track, phase == "final"), sub.metrics or {}, decimals)
 
 

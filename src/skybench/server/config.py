@@ -134,6 +134,14 @@ class ChallengeConfig(_Strict):
         return next((list(g) for g in twin_groups(tuple(self.tracks)) if track in g), [track])
 
     @property
+    def open_digits(self) -> int:
+        """Decimals of every score shown while a track is open (boards, the JSON API, a team's submissions, the
+        Ladder's score): ``public_score_digits``, at most and by default 4."""
+        from skybench.harness.visibility import SHOWN_DECIMALS
+
+        return SHOWN_DECIMALS if self.public_score_digits is None else min(self.public_score_digits, SHOWN_DECIMALS)
+
+    @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.storage / 'skybench.db').resolve()}"
 

@@ -258,7 +258,7 @@ def _shown(cfg: ChallengeConfig, quantum: float | None, score: float | None) -> 
     if score is None or not quantum:
         return None
     score = round(score / quantum) * quantum
-    return round(score, cfg.public_score_digits) if cfg.public_score_digits is not None else score
+    return round(score, cfg.open_digits)
 
 
 def _one_over_n(track: str) -> float | None:

@@ -124,9 +124,7 @@ def board(session: Session, cfg: ChallengeConfig, track: str, part: str, *, fres
 
 
 def _round(cfg: ChallengeConfig, track_name: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    digits = cfg.public_score_digits
-    if digits is None:
-        return rows
+    digits = cfg.open_digits  # never every digit: a mean's digits carry many labels (Whitehill 2017)
     from skybench.tracking.leaderboard import _metric_columns
 
     metrics = set(_metric_columns(_track(track_name)))
@@ -203,7 +201,7 @@ def live_board(session: Session, cfg: ChallengeConfig, track: str, phase: str, *
         if not shown_as_open(phase):
             return _rows(public)
         return _round(cfg, track, _rows(ranked_as_shown(open_board(session, cfg, track, public), track,
-                                                        cfg.public_score_digits)))
+                                                        cfg.open_digits)))
     return _rows(final_board(session, cfg, track, fresh=fresh))
 
 

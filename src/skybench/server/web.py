@@ -225,7 +225,7 @@ def public_board(cfg: ChallengeConfig, track_name: str, phase: Phase, session: A
         board = open_board(session, cfg, track_name, board)
     primary = track.metrics.primary
     report = [m for m in track.metrics.report if m != primary]
-    digits = cfg.public_score_digits if shown_as_open(phase) else None
+    digits = cfg.open_digits if shown_as_open(phase) else None
     board = ranked_as_shown(board, track_name, digits)
 
     def num(v: object) -> str:

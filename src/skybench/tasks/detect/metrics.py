@@ -112,7 +112,9 @@ def pr_curve(m: Matched, w: np.ndarray | None = None) -> tuple[np.ndarray, np.nd
 
 def average_precision(m: Matched, w: np.ndarray | None = None) -> float:
     """COCO's AP (cocoeval.py ``accumulate``, Lin et al. 2014): the precision made non-increasing from the right,
-    read at the first point reaching each of 101 recall levels 0, 0.01, ..., 1 (0 beyond the last), averaged."""
+    read at the first point reaching each of 101 recall levels 0, 0.01, ..., 1 (0 beyond the last), averaged. The
+    levels are COCOeval's ``np.linspace`` floats, as pycocotools reads them: a recall of exactly 7/10 does not reach
+    0.7000000000000001, so AP can differ from exact k/100 levels by ~1e-3 (it matches pycocotools exactly)."""
     recall, precision, _ = pr_curve(m, w)
     if recall.size == 0:
         return 0.0
