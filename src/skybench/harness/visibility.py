@@ -118,7 +118,8 @@ def _complement(part: str, bins: Mapping[str, tuple[list[str], Mapping[str, floa
     """``hidden`` and the fewest more bins (the smallest first) such that, for every count ``n_*`` of the bins, the
     objects of the part in no bin shown (the part's count ``<part>n_*`` less those shown; without it, those of the
     bins hidden) are none, at least :data:`MIN_STRATUM_OBJECTS`, or the whole part (then it is the part's own
-    value)."""
+    value). Bins that overlap (an object counts in each contaminant it has) make that difference negative: the
+    objects counted twice are a group of their own, held to the same rule."""
     hidden = set(hidden)
     names = sorted({n for _, counts in bins.values() for n in counts})
     while True:
@@ -129,7 +130,7 @@ def _complement(part: str, bins: Mapping[str, tuple[list[str], Mapping[str, floa
             total = _count(metrics.get(part + n))
             rest = total - sum(_count(bins[b][1][n]) for b in have) if math.isfinite(total) else \
                 sum(c for b in hidden if math.isfinite(c := _count(bins[b][1].get(n, 0))))
-            if have and 0 < rest < MIN_STRATUM_OBJECTS:
+            if have and 0 < abs(rest) < MIN_STRATUM_OBJECTS:
                 grow = min(have, key=lambda b: _count(bins[b][1][n]))
                 break
         if grow is None:
