@@ -33,7 +33,7 @@ TRACK = "lens-ground-injected"
 N_GAL = 20  # cut-outs of the stand-in real set (about 8 end up in test)
 
 
-def _cutout_release(out: Path, track: LensTrack) -> Path:
+def _cutout_release(out: Path, track: LensTrack, extra: dict | None = None) -> Path:
     """A real-set release (tasks/lens/real.py's writer) of ``N_GAL`` KiDS-like cut-outs (Gaussian galaxies in the
     track's white noise; stamps 0-1 and 2-3 overlap in the parent frame) and one real lens, which must be left out."""
     from skybench.tasks.lens.real import _write
@@ -49,7 +49,8 @@ def _cutout_release(out: Path, track: LensTrack) -> Path:
         image = galaxy[None] + sigma[:, None, None] * rng.standard_normal((len(sigma), n, n))
         x0 = [0, 30, 500, 540][k] if k < 4 else 1000 + 100 * k  # stamps are 64 px: 0-1 and 2-3 overlap
         meta = {"real_kind": "nonlens" if k < N_GAL else "lens", "source_kind": "kids_stamp", "stamp": k,
-                "file": "kids_viking_field/KiDS_field_stamps_{band}.fits", "cat_x0": x0, "cat_y0": 100}
+                "file": "kids_viking_field/KiDS_field_stamps_{band}.fits", "cat_x0": x0, "cat_y0": 100,
+                **(extra or {})}
         items.append((int(k == N_GAL), Item(image.astype(np.float32), meta)))
     return _write(out, track, items, {"track": track.name, "task": "lens", "profile": "real", "seed": 0,
                                       "bands": track.band_names, "pixel_scale": track.survey.pixel_scale,
@@ -103,6 +104,26 @@ def test_the_injected_image_minus_the_cutout_is_the_rendered_arc(track):
     bright = arc > 1e-3 * arc.max()
     pull = (images.astype(np.float64) - exact)[bright] / np.sqrt(arc[bright] / total_time[bright])
     assert abs(pull.std() - 1.0) < 0.05 and abs(pull.mean()) < 0.05
+
+
+def test_the_arcs_take_the_cutouts_psf_where_it_is_broader(tmp_path):
+    """KiDS cut-outs keep their broader PSF (0.93-1.12", nothing can sharpen them): arcs drawn at the track's
+    0.71-0.81" were 1.3-1.6x too peaked, a cue no real lens has. Real injections convolve the arc with the image's
+    PSF; a band whose cut-outs are sharper than the track's keeps the track's."""
+    base = load_track(TRACK)
+    assert isinstance(base, LensTrack) and base.injection is not None
+    psf = {"u": 1.03, "g": 1.12, "r": 0.93, "i": 0.5}  # i sharper than the track's 0.71": the track's
+    release = _cutout_release(tmp_path / "cutouts", base, {f"psf_fwhm_result_{b}": v for b, v in psf.items()})
+    track = base.model_copy(update={"injection": base.injection.model_copy(update={"cutouts": str(release)})})
+    sim = LensSimulator(track, get_backend("numpy"))
+    want = {b.name: max(b.seeing, psf[b.name]) for b in track.survey.bands}
+    assert library(track).info["arc_psf_fwhm"] == want
+    mats = np.asarray(sim.renderer._conv)[0]  # (bands, n, n): each row a 1-D kernel of the separable PSF
+    x = np.arange(mats.shape[-1]) - mats.shape[-1] // 2
+    for k, b in enumerate(track.band_names):
+        row = mats[k, mats.shape[-1] // 2]
+        fwhm = np.sqrt((row * x**2).sum() / row.sum()) * 2.3548 * track.survey.pixel_scale
+        assert fwhm == pytest.approx(want[b], rel=0.02), b
 
 
 def test_arc_flux_is_conserved(track):

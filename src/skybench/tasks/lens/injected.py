@@ -1,17 +1,18 @@
 """Injected-arc lens tracks (``lens-space-injected``, ``lens-ground-injected``): the track population's arcs (SIE +
 shear, Sersic sources with clumps, rendered with the track's PSF and pixels by :class:`LensSimulator`) added to REAL
-galaxy cut-outs, the approach of most modern lens searches (e.g. Petrillo et al. 2019, Jacobs et al. 2019).
+galaxy cut-outs, the approach of most modern lens searches (e.g. Petrillo et al. 2019, Jacobs et al. 2019). The
+arcs take the cut-outs' PSF where it is broader than the track's (:func:`arc_seeing`: the KiDS stamps').
 
 The cut-outs are the real non-lenses (``is_lens = 0``) of the track's real set (``injection.cutouts``, made by
 ``skybench import-real-set`` from ``data/galaxies``: KiDS u, g, r, i stamps for lens-ground; HST stamps and cut-outs
-of HST scenes for lens-space), already brought to the track's grid, PSF and white noise by
-:func:`skybench.real_hst.match_to_target`. Each object of the release is one cut-out of its split's galaxies, under
-one of the 8 rotations by 90 degrees and flips (exact on a white-noise, circular-PSF image), with an arc (a fraction
-``p_arc``) or without. The lens is centred on the galaxy's light centroid (within 1"); theta_E comes from the
-population, or (``theta_E_from: flux``) at the quantile of the galaxy's 2" flux among the cut-outs (plus
-``theta_E_scatter``), so brighter deflectors lens more. An arc is redrawn (``max_attempts``) until it passes the
-track's visibility rule; ``is_lens`` = an arc was injected. The image is ``cut-out + arc + Poisson noise of the arc``
-(the cut-out carries the background noise already).
+of HST scenes for lens-space), already brought to the track's grid and white noise, and to its PSF where theirs is
+sharper (:func:`skybench.real_hst.match_to_target`; the KiDS PSFs are broader). Each object of the release is one
+cut-out of its split's galaxies, under one of the 8 rotations by 90 degrees and flips (exact on a white-noise,
+circular-PSF image), with an arc (a fraction ``p_arc``) or without. The lens is centred on the galaxy's light
+centroid (within 1"); theta_E comes from the population, or (``theta_E_from: flux``) at the quantile of the galaxy's
+2" flux among the cut-outs (plus ``theta_E_scatter``), so brighter deflectors lens more. An arc is redrawn
+(``max_attempts``) until it passes the track's visibility rule; ``is_lens`` = an arc was injected. The image is
+``cut-out + arc + Poisson noise of the arc`` (the cut-out carries the background noise already).
 
 Galaxies, not cut-outs, are split (:func:`galaxy_groups`: an HST stamp's galaxy, a whole HST scene, KiDS stamps that
 overlap in their parent frame), so no galaxy is in two of train, val and test. Train and val (public) reuse their few
@@ -230,6 +231,7 @@ def _load(track: LensTrack, path: Path) -> Library:
         "galaxy_flux_2arcsec": flux,
         # the galaxy's flux quantile among the cut-outs (mid-ranks): theta_E_from: flux
         "galaxy_flux_quantile": (pd.Series(flux).rank(method="average").to_numpy() - 0.5) / len(flux)})
+    seeing = arc_seeing(track, meta)
     first = meta.iloc[0] if len(meta) else {}
     considered = int(first.get("stamps_considered", len(meta))) if len(meta) else 0
     dropped = int(first.get("stamps_dropped_unreachable_flux", 0)) if len(meta) else 0
@@ -241,17 +243,34 @@ def _load(track: LensTrack, path: Path) -> Library:
             "cutouts_used": {s: int((lib_meta["split"] == s).sum()) for s in SPLITS},
             "galaxies_dropped": {s: 0 for s in SPLITS},  # every galaxy of the real set is in one split
             "split_seed": inj.split_seed, "test_fraction": inj.test_fraction, "val_fraction": inj.val_fraction,
-            "p_arc": inj.p_arc, "max_attempts": inj.max_attempts, "theta_E_from": inj.theta_E_from}
+            "p_arc": inj.p_arc, "max_attempts": inj.max_attempts, "theta_E_from": inj.theta_E_from,
+            "arc_psf_fwhm": seeing}
     return Library(images, lib_meta, info)
 
 
-def arc_track(track: LensTrack) -> LensTrack:
+def arc_track(track: LensTrack, seeing: dict[str, float] | None = None) -> LensTrack:
     """``track`` as a plain lens track that draws only a lens and its source: every object has a source, no
-    look-alikes (their probabilities 0); the lens light is removed after sampling (:meth:`InjectedSimulator.arcs`)."""
+    look-alikes (their probabilities 0); the lens light is removed after sampling (:meth:`InjectedSimulator.arcs`).
+    ``seeing``: {band: PSF FWHM in arcsec} of the cut-outs the arcs go into, where not the track's."""
     pop = track.population
     contaminants = pop.contaminants.model_copy(update={"companion": 0.0, "ring": 0.0, "arclet": 0.0})
     pop = pop.model_copy(update={"p_source": 1.0, "contaminants": contaminants})
-    return track.model_copy(update={"injection": None, "population": pop})
+    bands = [b.model_copy(update={"seeing": (seeing or {}).get(b.name, b.seeing)}) for b in track.survey.bands]
+    survey = track.survey.model_copy(update={"bands": bands})
+    return track.model_copy(update={"injection": None, "population": pop, "survey": survey})
+
+
+def arc_seeing(track: LensTrack, meta: pd.DataFrame) -> dict[str, float]:
+    """{band: PSF FWHM (arcsec)} to render the arcs with: the cut-outs' own (the real set's median
+    ``psf_fwhm_result``) where broader than the track's. Real injections convolve the arc with the image's PSF
+    (Petrillo et al. 2019, Jacobs et al. 2019): KiDS cut-outs keep their 0.93-1.12" PSFs (nothing can sharpen them,
+    :mod:`skybench.tasks.lens.real_nonlens`), and arcs at the track's 0.71-0.81" were 1.3-1.6x too peaked."""
+    out = {}
+    for b in track.survey.bands:
+        col = next((c for c in (f"psf_fwhm_result_{b.name}", "psf_fwhm_result") if c in meta), None)
+        fwhm = float(np.nanmedian(meta[col].to_numpy(np.float64))) if col is not None and len(meta) else np.nan
+        out[b.name] = round(max(b.seeing, fwhm), 4) if np.isfinite(fwhm) else b.seeing
+    return out
 
 
 def centroid(image: np.ndarray, pixel_scale: float) -> tuple[float, float]:
@@ -310,7 +329,7 @@ class InjectedSimulator:
             raise ValueError(f"{track.name}: injected arcs are drawn with PCG64 only, not {backend.generator!r}")
         self.track, self.inj, self.backend = track, track.injection, backend
         self.lib = library(track)
-        self.sim = LensSimulator(arc_track(track), backend)
+        self.sim = LensSimulator(arc_track(track, self.lib.info.get("arc_psf_fwhm")), backend)
         self.renderer = self.sim.renderer
         self.poisson = True  # the arc's Poisson noise (False: the image is cut-out + arc exactly; tests)
 
