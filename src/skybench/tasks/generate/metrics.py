@@ -241,7 +241,37 @@ def _log_var_moments(n: int) -> tuple[float, float]:
     return float(digamma(k) - np.log(k)), float(polygamma(1, k))
 
 
-def chi2_per_dof(gen: np.ndarray, truth: np.ndarray) -> Chi2:
+@dataclass(frozen=True)
+class TruthVectors:
+    """What :func:`chi2_per_dof` needs of the truth's summary vectors, computed once (a bootstrap resamples the
+    generated maps only, against the same truth)."""
+
+    n: int
+    mu: np.ndarray  # (D,) mean
+    sd: np.ndarray  # (D,) standard deviation
+    corr: np.ndarray  # (D, D) correlation of the standardised vectors
+    excess: np.ndarray  # (D,) excess kurtosis, at least -2
+    log_var: tuple[float, float]  # _log_var_moments(n)
+
+    @classmethod
+    def of(cls, truth: np.ndarray) -> TruthVectors:
+        t = np.atleast_2d(np.asarray(truth, float))
+        n_t, d = t.shape
+        if n_t < d + 3:
+            raise ValueError(f"chi2_per_dof: {n_t} truth maps cannot estimate a {d}x{d} covariance; need >= {d + 3}")
+        if not np.isfinite(t).all():
+            raise ValueError("chi2_per_dof: summary vectors must be finite")
+        mu, sd = t.mean(axis=0), t.std(axis=0, ddof=1)
+        if (sd == 0).any():
+            raise ValueError(f"chi2_per_dof: summary components {np.flatnonzero(sd == 0).tolist()} do not vary over "
+                             "the truth maps (e.g. an empty peak or threshold bin); choose bins from the truth maps")
+        z_t = (t - mu) / sd  # standardised: solve with the correlation matrix, better conditioned
+        corr = np.cov(z_t, rowvar=False, ddof=1).reshape(d, d)
+        excess = np.maximum(stats.kurtosis(z_t, axis=0, fisher=True, bias=False), -2.0)
+        return cls(n_t, mu, sd, corr, excess, _log_var_moments(n_t))
+
+
+def chi2_per_dof(gen: np.ndarray, truth: np.ndarray | TruthVectors) -> Chi2:
     """chi^2 of the generated maps' summary vectors against the truth maps', in their mean and in their spread.
 
     ``gen`` (Ng, D) and ``truth`` (Nt, D) are per-map summary vectors (e.g. C_l bins, peak counts, Minkowski
@@ -254,30 +284,22 @@ def chi2_per_dof(gen: np.ndarray, truth: np.ndarray) -> Chi2:
     dof on average; too little or too much spread, or a wrong mean, scores more.
     """
     # Hartlap, Simon & Schneider 2007, A&A 464, 399, eq. (17)
-    g, t = np.atleast_2d(np.asarray(gen, float)), np.atleast_2d(np.asarray(truth, float))
-    (n_g, d), n_t = g.shape, t.shape[0]
-    if t.shape[1] != d:
-        raise ValueError(f"chi2_per_dof: gen has {d} summary components, truth {t.shape[1]}")
-    if n_t < d + 3:
-        raise ValueError(f"chi2_per_dof: {n_t} truth maps cannot estimate a {d}x{d} covariance; need >= {d + 3}")
+    tv = truth if isinstance(truth, TruthVectors) else TruthVectors.of(truth)
+    g = np.atleast_2d(np.asarray(gen, float))
+    (n_g, d), n_t = g.shape, tv.n
+    if len(tv.mu) != d:
+        raise ValueError(f"chi2_per_dof: gen has {d} summary components, truth {len(tv.mu)}")
     if n_g < 2:
         raise ValueError("chi2_per_dof: one generated map has no spread; need >= 2")
-    if not (np.isfinite(g).all() and np.isfinite(t).all()):
+    if not np.isfinite(g).all():
         raise ValueError("chi2_per_dof: summary vectors must be finite")
-    mu, sd = t.mean(axis=0), t.std(axis=0, ddof=1)
-    if (sd == 0).any():
-        raise ValueError(f"chi2_per_dof: summary components {np.flatnonzero(sd == 0).tolist()} do not vary over "
-                         "the truth maps (e.g. an empty peak or threshold bin); choose bins from the truth maps")
-    z_t = (t - mu) / sd  # standardised: solve with the correlation matrix, better conditioned
-    corr = np.cov(z_t, rowvar=False, ddof=1).reshape(d, d)
-    diff = (g.mean(axis=0) - mu) / sd
+    diff = (g.mean(axis=0) - tv.mu) / tv.sd
     hartlap = (n_t - d - 2) / (n_t - 1)
-    chi2 = hartlap * float(diff @ np.linalg.solve(corr, diff)) / (1 / n_g + 1 / n_t)
+    chi2 = hartlap * float(diff @ np.linalg.solve(tv.corr, diff)) / (1 / n_g + 1 / n_t)
     # the spread: log(s_g^2 / s_t^2) per component; a generated component with no spread is 1e-12 of the truth's
-    excess = np.maximum(stats.kurtosis(z_t, axis=0, fisher=True, bias=False), -2.0)
-    (bias_g, var_g), (bias_t, var_t) = _log_var_moments(n_g), _log_var_moments(n_t)
-    ratio = np.maximum((g.std(axis=0, ddof=1) / sd) ** 2, 1e-12)
-    z = (np.log(ratio) - bias_g + bias_t) / np.sqrt(var_g + var_t + excess * (1 / n_g + 1 / n_t))
+    (bias_g, var_g), (bias_t, var_t) = _log_var_moments(n_g), tv.log_var
+    ratio = np.maximum((g.std(axis=0, ddof=1) / tv.sd) ** 2, 1e-12)
+    z = (np.log(ratio) - bias_g + bias_t) / np.sqrt(var_g + var_t + tv.excess * (1 / n_g + 1 / n_t))
     spread = float(np.sum(z**2))
     return Chi2(chi2=chi2, spread=spread, dof=d, per_dof=(chi2 + spread) / (2 * d), hartlap=hartlap)
 

@@ -34,7 +34,7 @@ training maps'; nothing from the hidden maps.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,7 @@ from skybench.tasks.generate.metrics import (
     CollapseCheck,
     MemorisationCheck,
     SummaryBins,
+    TruthVectors,
     as_maps,
     chi2_per_dof,
     cl_mean_abs_rel_diff,
@@ -121,6 +122,7 @@ class Reference:
     maps: np.ndarray  # (Nt, H, W)
     bins: SummaryBins
     vectors: np.ndarray  # (Nt, D)
+    stats: dict[str, TruthVectors] = field(default_factory=dict, compare=False, repr=False)  # by components
 
     @classmethod
     def of(cls, track: GenerateTrack, truth: HiddenSplit, ids: np.ndarray) -> Reference:
@@ -233,8 +235,15 @@ def _binned_pdf_distances(counts: np.ndarray, ref_cdf: np.ndarray, widths: np.nd
 
 def _chi2(gen_vectors: np.ndarray, ref: Reference, part: slice | list[slice] | None = None) -> float:
     cols = np.r_[tuple(part)] if isinstance(part, list) else (part if part is not None else slice(None))
-    t = ref.vectors[:, cols]
-    return chi2_per_dof(gen_vectors[:, cols], t).per_dof
+    return chi2_per_dof(gen_vectors[:, cols], _truth_vectors(ref, cols)).per_dof
+
+
+def _truth_vectors(ref: Reference, cols: slice | np.ndarray) -> TruthVectors:
+    """The truth's statistics of components ``cols``, once per reference (a bootstrap resamples the maps only)."""
+    key = str(cols)
+    if (tv := ref.stats.get(key)) is None:
+        tv = ref.stats[key] = TruthVectors.of(ref.vectors[:, cols])
+    return tv
 
 
 def score_maps(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
@@ -266,7 +275,7 @@ def score_maps(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, t
         return out
     vec = ref.bins.vectors(gen)
     sl = ref.bins.slices
-    whole = chi2_per_dof(vec, ref.vectors)
+    whole = chi2_per_dof(vec, _truth_vectors(ref, slice(None)))
     raw = out["chi2_per_dof_raw"] = whole.per_dof
     out["chi2_mean"], out["chi2_spread"] = whole.chi2 / whole.dof, whole.spread / whole.dof
     out["chi2_cl"], out["chi2_peaks"] = _chi2(vec, ref, sl["cl"]), _chi2(vec, ref, sl["peaks"])
