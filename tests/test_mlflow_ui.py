@@ -103,4 +103,4 @@ def test_runs_url_sorts_by_the_ranked_metric(store: MlflowClient) -> None:
     ui.track_urls(photoz, "http://h", store)
     view = json.loads(store.get_experiment_by_name("skybench-photoz-catalog").tags[
         "mlflow.sharedViewState.skybench-leaderboard"])
-    assert (view["orderByKey"], view["orderByAsc"]) == ("metrics.`public_sigma_mad`", True)
+    assert (view["orderByKey"], view["orderByAsc"]) == ("metrics.`public_sigma_total`", True)

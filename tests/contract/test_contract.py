@@ -45,8 +45,8 @@ SHUFFLES = 2
 EXTRA_TRACKS = {"toy": [toy.TRACK_FILE]}
 # The value of a perfect prediction, for metrics that have one; a primary metric not listed is only checked
 # to rate the oracle better than shuffled predictions.
-IDEAL = {"auroc": 1.0, "tpr0": 1.0, "tpr10": 1.0, "sigma_mad": 0.0, "outlier_frac": 0.0, "psnr": math.inf,
-         "ssim": 1.0, "median_rel_flux_error": 0.0}
+IDEAL = {"auroc": 1.0, "tpr0": 1.0, "tpr10": 1.0, "sigma_mad": 0.0, "sigma_total": 0.0, "outlier_frac": 0.0,
+         "psnr": math.inf, "ssim": 1.0, "median_rel_flux_error": 0.0}
 # The expected value of predictions unrelated to the truth, with the tolerance of SIZE objects.
 CHANCE = {"auroc": (0.5, 0.25)}
 

@@ -11,7 +11,7 @@ from skybench.common import Strict as _Strict
 from skybench.tracks import Track
 
 Range = tuple[float, float]
-CONTAMINANT_TYPES = {"ring", "arclet", "companion", "none"}
+CONTAMINANT_TYPES = {"ring", "arclet", "companion", "several", "none"}
 
 
 class LensPop(_Strict):
@@ -109,7 +109,7 @@ class LensTrack(Track):
 
     def strata_columns(self) -> set[str]:
         """What ``strata:`` may name: parameters and labels of the simulated test table, and ``contaminant``
-        (categories ring, arclet, companion, none: an object counts in each type it has, ``none`` if it has none)."""
+        (categories ring, arclet, companion: the one type an object has; ``several``, ``none``)."""
         per_band = [f"{c}_mag_{b}" for c in ("lens_light", "source") for b in self.band_names]
         return {"lens_theta_E", "arc_snr", "magnification", "n_pix_source", "n_clumps", "lens_light_R_sersic",
                 "source_R_sersic", "contaminant", *per_band}

@@ -153,14 +153,17 @@ CONTAMINANTS = ("ring", "arclet", "companion")
 
 
 def contaminant_mask(truth: pd.DataFrame, kind: str) -> np.ndarray:
-    """Objects of contaminant type ``kind``: an object counts in each type it has (``has_<kind>``), and in
-    ``none`` when it has none of them."""
+    """Objects of contaminant type ``kind``: those with that type alone (``has_<kind>``), ``several`` with two or
+    more, ``none`` with none. Exclusive bins: with an object in each type it has, the bins' counts less the part's
+    named the few objects counted twice, a group the small-cell rule cannot see (``visibility._complement``)."""
     has = {c: truth[f"has_{c}"].to_numpy().astype(bool) for c in CONTAMINANTS}
-    if kind == "none":
-        return ~np.logical_or.reduce(list(has.values()))
+    n = np.sum(list(has.values()), axis=0)
+    if kind in ("none", "several"):
+        return n == 0 if kind == "none" else n >= 2
     if kind not in has:
-        raise ValueError(f"unknown contaminant type {kind!r}; choose from {', '.join((*CONTAMINANTS, 'none'))}")
-    return has[kind]
+        raise ValueError(f"unknown contaminant type {kind!r}; choose from "
+                         f"{', '.join((*CONTAMINANTS, 'several', 'none'))}")
+    return has[kind] & (n == 1)
 
 
 def stratified_lens(truth: pd.DataFrame, labels: np.ndarray, scores: np.ndarray,

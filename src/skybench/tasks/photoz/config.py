@@ -135,5 +135,5 @@ class PhotozTrack(Track):
             "M_r", "ebv_galactic", "ebv_internal", "bulge_fraction", "disk_type", "red_sequence"}
 
     def strata_metrics(self) -> set[str]:
-        return {"sigma_mad", "bias_mean", "bias_median", "sigma_iqr", "outlier_frac", "rail_outlier_frac", "pit_ks",
-                "crps", "cde_loss", "n_objects"}
+        return {"sigma_total", "sigma_mad", "bias_mean", "bias_median", "sigma_iqr", "outlier_frac",
+                "rail_outlier_frac", "pit_ks", "crps", "cde_loss", "n_objects"}

@@ -21,7 +21,7 @@ import pandas as pd
 
 from skybench.common import check_indices, on_resamples, stratified, stratum_key, stratum_masks
 from skybench.tasks.photoz.config import PhotozTrack
-from skybench.tasks.photoz.metrics import pdf_grid, pdf_point_estimate, photoz_metrics, pit, validate_pdf
+from skybench.tasks.photoz.metrics import _sigma_total, pdf_grid, pdf_point_estimate, photoz_metrics, pit, validate_pdf
 
 if TYPE_CHECKING:
     from skybench.release.reader import HiddenSplit
@@ -81,19 +81,21 @@ def oracle(track: PhotozTrack, truth: HiddenSplit, ids: np.ndarray) -> np.ndarra
 
 def score_resamples(track: PhotozTrack, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
                     indices: np.ndarray) -> np.ndarray:
-    """The primary metric on each resample: sigma_MAD (as :func:`photoz_metrics`: of dz = (z_phot - z_spec) /
-    (1 + z_spec)) by medians along the resample axis; any other metric of :func:`photoz_metrics` by the generic loop."""
+    """The primary metric on each resample: sigma_total or sigma_MAD (as :func:`photoz_metrics`: of dz = (z_phot -
+    z_spec) / (1 + z_spec)) by medians along the resample axis; any other metric of :func:`photoz_metrics` by the
+    generic loop."""
     z_spec = true_redshifts(track, truth, ids)
     z_phot, pdf, edges = point_and_pdf(track, predictions)
     primary = track.metrics.primary
     idx = check_indices(indices, len(z_spec))
-    if primary == "sigma_mad":
+    if primary in ("sigma_total", "sigma_mad"):
         dz = ((z_phot - z_spec) / (1.0 + z_spec))
         out = np.empty(idx.shape[0])
         step = max(1, 4_000_000 // max(idx.shape[1], 1))
         for lo in range(0, idx.shape[0], step):
             d = dz[idx[lo:lo + step]]
-            out[lo:lo + step] = 1.4826 * np.median(np.abs(d - np.median(d, axis=1, keepdims=True)), axis=1)
+            out[lo:lo + step] = _sigma_total(d, axis=1) if primary == "sigma_total" else \
+                1.4826 * np.median(np.abs(d - np.median(d, axis=1, keepdims=True)), axis=1)
         return out
     if pdf is None:
         return on_resamples(lambda zs, zp: photoz_metrics(zs, zp, n_resamples=0)[primary], idx, z_spec, z_phot)
@@ -130,7 +132,8 @@ def stratified_photoz(track: PhotozTrack, table: pd.DataFrame, z_spec: np.ndarra
     its PIT histogram in ``pit_strata.csv`` / ``.png`` (organiser only, like the global one). ``table``: the hidden
     columns of the objects, in the order of ``z_spec``; the label column is ``z_spec`` itself."""
     z_phot, pdf, edges = point_and_pdf(track, predictions)
-    keep = {*track.metrics.report, "sigma_mad_ci_low", "sigma_mad_ci_high", "n_objects"}
+    keep = {*track.metrics.report, "sigma_mad_ci_low", "sigma_mad_ci_high", "sigma_total_ci_low",
+            "sigma_total_ci_high", "n_objects"}
     columns = {c: table[c].to_numpy() for c in table.columns} | {track.label.name: z_spec}
 
     def per_bin(mask: np.ndarray) -> dict[str, float]:
