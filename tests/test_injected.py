@@ -124,6 +124,34 @@ def test_the_arcs_take_the_cutouts_psf_where_it_is_broader(tmp_path):
         row = mats[k, mats.shape[-1] // 2]
         fwhm = np.sqrt((row * x**2).sum() / row.sum()) * 2.3548 * track.survey.pixel_scale
         assert fwhm == pytest.approx(want[b], rel=0.02), b
+    # the README's recipe re-renders an arc with lenstronomy from its metadata row alone (its arc_psf_fwhm_<band>)
+    pytest.importorskip("lenstronomy")
+    from helpers import lenstronomy_psf
+    from lenstronomy.Data.imaging_data import ImageData
+    from lenstronomy.ImSim.image_model import ImageModel
+    from lenstronomy.LensModel.lens_model import LensModel
+    from lenstronomy.LightModel.light_model import LightModel
+
+    from skybench.tasks.lens.injected import ABSENT
+    from skybench.tasks.lens.simulator import lenstronomy_kwargs
+
+    _, meta = sim.simulate(3, "train", 0, 8)
+    cols = {k: np.asarray(v) for k, v in meta.items()}
+    arcs, _ = sim.arcs(cols)
+    i = int(np.flatnonzero(cols["has_source"])[0])
+    row = {f"{p}_amp_{b}": 0.0 for p in ABSENT for b in track.band_names} | {k: v[i] for k, v in cols.items()}
+    for k, b in enumerate(track.band_names):
+        kw = lenstronomy_kwargs(row, track, b)
+        assert kw["psf_fwhm"] == want[b]
+        g = kw["kwargs_pixel_grid"]
+        data = ImageData(image_data=np.zeros((g["nx"], g["ny"])), transform_pix2angle=g["transform_pix2angle"],
+                         ra_at_xy_0=g["ra_at_xy_0"], dec_at_xy_0=g["dec_at_xy_0"])
+        m = kw["kwargs_model"]
+        ref = ImageModel(data, lenstronomy_psf(kw["psf_fwhm"], kw["pixel_scale"]), LensModel(m["lens_model_list"]),
+                         LightModel(m["source_light_model_list"]), LightModel(m["lens_light_model_list"]),
+                         kwargs_numerics=kw["kwargs_numerics"]).image(kw["kwargs_lens"], kw["kwargs_source"],
+                                                                     kw["kwargs_lens_light"])
+        assert np.max(np.abs(arcs[i, k] - ref)) < 1e-3 * np.max(np.abs(ref)), b
 
 
 def test_arc_flux_is_conserved(track):

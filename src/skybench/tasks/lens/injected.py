@@ -428,6 +428,8 @@ class InjectedSimulator:
                  "galaxy_flux_quantile": lm["galaxy_flux_quantile"].to_numpy(), "transform": k.astype(np.int8),
                  "wants_arc": wants, "arc_attempts": attempts, "has_source": done}
         meta |= {f"arc_flux_{b}": arc[:, i].sum(axis=(1, 2)) for i, b in enumerate(self.track.band_names)}
+        seeing = {b.name: b.seeing for b in self.sim.track.survey.bands}  # the arcs' PSF (arc_seeing)
+        meta |= {f"arc_psf_fwhm_{b}": np.full(B, seeing[b]) for b in self.track.band_names}
         meta |= {name: v for name, v in labels.items() if name != "is_lens"}
         meta["is_lens"] = done.astype(np.int8)
         return images.astype(np.float32), meta

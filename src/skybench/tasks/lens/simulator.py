@@ -443,5 +443,6 @@ def lenstronomy_kwargs(row: pd.Series | dict, track: LensTrack, band: str) -> di
         kwargs_pixel_grid=dict(nx=n, ny=n, transform_pix2angle=np.eye(2) * pix,
                                ra_at_xy_0=-(n - 1) / 2 * pix, dec_at_xy_0=-(n - 1) / 2 * pix),
         kwargs_numerics=dict(supersampling_factor=track.cutout.supersampling, supersampling_convolution=False),
-        psf_fwhm=b.seeing, pixel_scale=pix,
+        # an injected arc's PSF is its cut-out's where broader (tasks/lens/injected.py: arc_seeing)
+        psf_fwhm=float(row.get(f"arc_psf_fwhm_{band}", b.seeing)), pixel_scale=pix,
     )
