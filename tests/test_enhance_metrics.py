@@ -161,3 +161,26 @@ def test_an_empty_output_image_scores_badly_instead_of_failing_the_submission() 
         assert np.isfinite(metrics["psnr"]) and np.isfinite(metrics["size_rel_error"])
     with pytest.raises(ValueError, match="positive weighted flux"):
         shape_errors(t, np.zeros_like(t), PIX, 3.0)
+
+
+def test_ssim_is_wang_et_al_2004_with_its_gaussian_window():
+    """Wang et al. 2004, eqs. 13 and 15-16, Sec. III-C: local means, variances and covariance under an 11x11
+    Gaussian window of sd 1.5 (the paper's, not skimage's default 7x7 uniform one), C1 = (0.01 R)^2,
+    C2 = (0.03 R)^2, the map's mean over the window positions inside the image."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(4)
+    t = rng.random((2, 3, 48, 48))
+    p = t + 0.1 * rng.normal(size=t.shape)
+    R = np.array([2.0, 1.5, 3.0])
+
+    def reference(x: np.ndarray, y: np.ndarray, r: float) -> float:
+        c1, c2 = (0.01 * r) ** 2, (0.03 * r) ** 2
+        w = lambda a: gaussian_filter(a, 1.5, truncate=3.5)  # noqa: E731 - radius 5: the 11x11 window
+        mx, my = w(x), w(y)
+        sxx, syy, sxy = w(x * x) - mx**2, w(y * y) - my**2, w(x * y) - mx * my
+        s = (2 * mx * my + c1) * (2 * sxy + c2) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+        return float(s[5:-5, 5:-5].mean())
+
+    want = [np.mean([reference(t[i, b], p[i, b], R[b]) for b in range(3)]) for i in range(2)]
+    np.testing.assert_allclose(ssim(p, t, R), want, rtol=1e-10)

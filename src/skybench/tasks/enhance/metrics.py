@@ -45,8 +45,9 @@ def ssim(pred: ArrayLike, truth: ArrayLike, data_range: ArrayLike) -> NDArray[np
 
     p, t = _image_pair(pred, truth)
     r = _per_band(data_range, t.shape[1], "data_range")
-    # SSIM of Wang et al. 2004 (IEEE TIP 13, 600), 7x7 uniform window: skimage.metrics.structural_similarity
-    return np.array([np.mean([structural_similarity(t[i, b], p[i, b], data_range=float(r[b]))
+    # Wang et al. 2004 (IEEE TIP 13, 600) Sec. III-C: an 11x11 Gaussian window of sd 1.5, K1 = 0.01, K2 = 0.03
+    return np.array([np.mean([structural_similarity(t[i, b], p[i, b], data_range=float(r[b]), gaussian_weights=True,
+                                                    sigma=1.5, use_sample_covariance=False)
                               for b in range(t.shape[1])]) for i in range(t.shape[0])])
 
 
