@@ -64,7 +64,7 @@ def main() -> None:
 
     t_scene = t_cut = 0.0
     parts = {"field": 0.0, "lens population": 0.0, "noise + saturation": 0.0}
-    objects = {"galaxy": 0, "star": 0, "lens": 0, "lookalike": 0}
+    objects = {"galaxy": 0, "star": 0, "lens": 0, "lookalike": 0, "deflector": 0}
     for r in range(args.rounds):
         first = 1 + r * args.tiles
         t0 = time.perf_counter()
