@@ -184,3 +184,14 @@ def test_ssim_is_wang_et_al_2004_with_its_gaussian_window():
 
     want = [np.mean([reference(t[i, b], p[i, b], R[b]) for b in range(3)]) for i in range(2)]
     np.testing.assert_allclose(ssim(p, t, R), want, rtol=1e-10)
+
+
+def test_a_track_too_small_for_the_ssim_window_is_refused():
+    import yaml
+
+    from skybench.tasks.enhance.config import EnhanceTrack
+    from skybench.tracks import benchmarks_dir
+
+    raw = yaml.safe_load((benchmarks_dir() / "enhance.yaml").read_text())
+    with pytest.raises(ValueError, match="cutout.size 9: SSIM's 11x11 window"):
+        EnhanceTrack.model_validate({**raw, "cutout": {**raw["cutout"], "size": 9}})

@@ -258,7 +258,7 @@ def test_a_hidden_stratum_bin_is_not_the_part_less_the_bins_shown(tmp_path: Path
 
 
 def test_bins_that_overlap_do_not_show_the_objects_counted_twice() -> None:
-    """The contaminant bins overlapped (an object counted in each contaminant it has): with every bin shown, their
+    """The contaminant bins overlapped once (an object counted in each contaminant it had): with every bin shown, their
     counts less the part's gave the few objects with two contaminants as a group of their own (2 lenses here,
     their found count decoded exactly as a team demoted them); a hidden bin and the objects counted twice could
     also offset each other. The bins are exclusive now (``several``), and the complement rule holds for them."""

@@ -118,8 +118,9 @@ def _complement(part: str, bins: Mapping[str, tuple[list[str], Mapping[str, floa
     """``hidden`` and the fewest more bins (the smallest first) such that, for every count ``n_*`` of the bins, the
     objects of the part in no bin shown (the part's count ``<part>n_*`` less those shown; without it, those of the
     bins hidden) are none, at least :data:`MIN_STRATUM_OBJECTS`, or the whole part (then it is the part's own
-    value). Bins that overlap (an object counts in each contaminant it has) make that difference negative: the
-    objects counted twice are a group of their own, held to the same rule."""
+    value). It needs exclusive bins (an object in two bins would be counted twice: the contaminant stratum puts an
+    object with several types in ``several``); were bins to overlap, the negative difference is held to the rule
+    too."""
     hidden = set(hidden)
     names = sorted({n for _, counts in bins.values() for n in counts})
     while True:

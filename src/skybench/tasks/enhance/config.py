@@ -17,6 +17,9 @@ MAX_CLUMPS = 10
 Range = tuple[float, float]
 
 
+SSIM_WINDOW = 11  # the Gaussian window of sd 1.5 that tasks/enhance/metrics.py's SSIM uses
+
+
 class Component(_Strict):
     R_sersic: Range
     n_sersic: Range = (1.0, 1.0)
@@ -76,6 +79,13 @@ class EnhanceTrack(Track):
     task: Literal["enhance"]
     population: EnhancePopulation
     label: Degradation
+
+    @model_validator(mode="after")
+    def _fits_the_ssim_window(self) -> EnhanceTrack:
+        if self.cutout is not None and self.cutout.size < SSIM_WINDOW:
+            raise ValueError(f"cutout.size {self.cutout.size}: SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window (Wang et al. "
+                             f"2004) needs images of at least {SSIM_WINDOW} pixels")
+        return self
 
     def strata_columns(self) -> set[str]:
         """What ``strata:`` may name: parameters of the simulated galaxies (sizes in arcsec, r magnitude, model

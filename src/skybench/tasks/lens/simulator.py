@@ -428,11 +428,11 @@ def lenstronomy_kwargs(row: pd.Series | dict, track: LensTrack, band: str) -> di
                 src_kw.append(dict(image=(stamp[:, ::-1] if row["source_flip"] else stamp) / scale**2,
                                    amp=row["source_amp_" + band], center_x=row["source_center_x"],
                                    center_y=row["source_center_y"], phi_G=row["source_angle"], scale=scale))
-        elif row[f"{prefix}_amp_{band}"] != 0.0:
+        elif row.get(f"{prefix}_amp_{band}", 0.0) != 0.0:  # absent from the row (an injected track's): none
             (src_models if lensed else ll_models).append("SERSIC_ELLIPSE")
             (src_kw if lensed else ll_kw).append(sersic(prefix))
     for prefix, lensed in GAUSSIAN_COMPONENTS:
-        if row[f"{prefix}_amp_{band}"] != 0.0:
+        if row.get(f"{prefix}_amp_{band}", 0.0) != 0.0:
             (src_models if lensed else ll_models).append("GAUSSIAN_ELLIPSE")
             (src_kw if lensed else ll_kw).append(gauss(prefix))
     b = next(b for b in track.survey.bands if b.name == band)

@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from skybench.common import PDF_NORM_TOLERANCE as PDF_NORM_TOLERANCE  # the pdf output kind's check, re-exported
-from skybench.common import bootstrap_ci
+from skybench.common import bootstrap_ci, percentile_interval
 from skybench.common import validate_pdf as validate_pdf
 
 PHOTOZ_OUTLIER_DZ = 0.05  # Pasquet et al. 2019: eta = fraction of |dz| > 0.05
@@ -194,10 +194,15 @@ def photoz_metrics(z_spec: ArrayLike, z_phot: ArrayLike, pdf: ArrayLike | None =
     low, high, low_t, high_t = nan, nan, nan, nan
     if n_resamples:
         dz = (zp - zs) / (1.0 + zs)
-        # of resampled dz (faster than recomputing dz per resample; same value)
-        low, high = bootstrap_ci(lambda d: 1.4826 * np.median(np.abs(d - np.median(d))), dz,
-                                 n_resamples=n_resamples, seed=seed)
-        low_t, high_t = bootstrap_ci(lambda d: float(_sigma_total(d)), dz, n_resamples=n_resamples, seed=seed)
+        mads: list[float] = []  # sigma_MAD of the same resamples (one draw, one median each)
+
+        def total(d: np.ndarray) -> float:  # of resampled dz (faster than recomputing dz per resample; same value)
+            med = np.median(d)
+            mads.append(1.4826 * float(np.median(np.abs(d - med))))
+            return float(np.hypot(mads[-1], med))
+
+        low_t, high_t = bootstrap_ci(total, dz, n_resamples=n_resamples, seed=seed)
+        low, high = percentile_interval(np.asarray([m for m in mads if np.isfinite(m)]), 0.05)
     out = {"sigma_total": sigma_total(zp, zs), "sigma_total_ci_low": low_t, "sigma_total_ci_high": high_t,
            "sigma_mad": sigma_mad(zp, zs), "sigma_mad_ci_low": low, "sigma_mad_ci_high": high,
            "bias_mean": bias_mean(zp, zs), "bias_median": bias_median(zp, zs), "sigma_iqr": sigma_iqr(zp, zs),
