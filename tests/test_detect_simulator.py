@@ -166,6 +166,8 @@ def test_track_checks():
         _track(output__shape=["N", 50, 3])
     with pytest.raises(ValueError, match="one colour per band"):
         _track(galaxies__colors={"r": 0.0})
+    with pytest.raises(ValueError, match="max_draws 64 cannot fill up to 75"):  # it fell short without a word
+        _track(lenses__deflectors_per_tile=(0, 70))
     d = load_detect_track(YAML).model_dump()
     d["survey"]["pixel_scale"] = 0.2
     with pytest.raises(ValueError, match="differs from that of the lens track"):

@@ -308,3 +308,19 @@ def test_missing_bwrap_raises_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(RuntimeError, match="apt-get install bubblewrap"):
         run_sandboxed(["true"], scratch=tmp_path / "scratch")
+
+
+@pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create namespaces here")
+def test_models_run_in_full_float32_on_a_gpu_whatever_the_framework(tmp_path, tiny_space_release):
+    """cuBLAS and cuDNN round float32 products to TF32 (~1e-3) by default on Ampere and later: the CPU's 1e-4 and a
+    maps track's re-run check (1e-3 of each map's spread, at another batch size) would fail honest models. The runner
+    sets NVIDIA's override before any framework loads (a python model sees it too)."""
+    sub = load_submission(python_submission(tmp_path / "subs", "tf32", """
+        import os
+        import numpy as np
+        def load(d): return None
+        def predict(m, b): return np.full(len(b), float(os.environ.get("NVIDIA_TF32_OVERRIDE") == "0"), np.float32)
+    """))
+    res = sandboxed_predict(sub, tiny_space_release, scratch=tmp_path / "scratch", track=load_track("lens-space"),
+                            gpu=False)
+    assert res.ok and res.predictions is not None and (res.predictions == 1).all(), res.reason

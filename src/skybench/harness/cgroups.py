@@ -165,10 +165,10 @@ class Cgroup:
         self._locks.append(fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                raise CgroupError(f"cgroup {d} is held by another evaluator") from exc
-            # no flock on this file system: the sweep falls back to the pid in the name
+        except OSError as exc:  # cgroupfs always has flock: a run this evaluator cannot hold is not started
+            held = exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+            raise CgroupError(f"cannot lock cgroup {d}: " + ("another evaluator holds it" if held else
+                                                             (exc.strerror or str(exc)))) from exc
 
     @property
     def procs_files(self) -> list[Path]:

@@ -294,28 +294,32 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
     # inputs drawn per submission (generate tracks): in a folder flocked while this evaluation lives, never named by
     # its pid (evaluators in containers or on other hosts share the folder, not the pids); sweep_stale above
     # removes a killed one's
-    fresh = _stage(make_private_root(out) / "inputs")
-    jobs: list[Job] = []
-    runs: dict[int, int] = {}  # plan's index -> its jobs: 2 with a re-run check
-    for i, plan in enumerate(plans):
-        if not isinstance(plan, _Plan):
-            continue
-        try:
-            drawn = task.fresh_inputs(track, public, manifest, plan.sub.sha256, fresh / str(i))
-        except Exception as exc:  # noqa: BLE001 - from the release and the machine alone: never the submission's
-            why = exc if isinstance(exc, OSError) else OSError(f"drawing its inputs failed: {one_line(exc)}")
-            plans[i] = _crashed(plan.folder, plan, why, out, release_sha, track, current)
-            continue
-        if drawn is None:
-            jobs.append(Job(plan.sub, public, track, challenge))
-        else:  # the re-run at another batch size: a track of that evaluation batch size
-            rerun_track = track.model_copy(update={"evaluation": track.evaluation.model_copy(
-                update={"batch_size": drawn[2]})})
-            jobs += [Job(plan.sub, drawn[0], track, challenge), Job(plan.sub, drawn[1], rerun_track, challenge)]
-        runs[i] = 1 if drawn is None else 2
-    results = _results(get_executor(executor, **(executor_options or {})), jobs) if jobs else iter(())
-    outcomes = []
+    from skybench.tasks.base import Task
+
+    draws = type(task).fresh_inputs is not Task.fresh_inputs  # a task that draws inputs per submission
+    fresh = _stage(make_private_root(out) / "inputs") if draws else None
     try:
+        jobs: list[Job] = []
+        runs: dict[int, int] = {}  # plan's index -> its jobs: 2 with a re-run check
+        for i, plan in enumerate(plans):
+            if not isinstance(plan, _Plan):
+                continue
+            try:
+                drawn = None if fresh is None else \
+                    task.fresh_inputs(track, public, manifest, plan.sub.sha256, fresh / str(i))
+            except Exception as exc:  # noqa: BLE001 - from the release and the machine alone: never the submission's
+                why = exc if isinstance(exc, OSError) else OSError(f"drawing its inputs failed: {one_line(exc)}")
+                plans[i] = _crashed(plan.folder, plan, why, out, release_sha, track, current)
+                continue
+            if drawn is None:
+                jobs.append(Job(plan.sub, public, track, challenge))
+            else:  # the re-run at another batch size: a track of that evaluation batch size
+                rerun_track = track.model_copy(update={"evaluation": track.evaluation.model_copy(
+                    update={"batch_size": drawn[2]})})
+                jobs += [Job(plan.sub, drawn[0], track, challenge), Job(plan.sub, drawn[1], rerun_track, challenge)]
+            runs[i] = 1 if drawn is None else 2
+        results = _results(get_executor(executor, **(executor_options or {})), jobs) if jobs else iter(())
+        outcomes = []
         for i, plan in enumerate(plans):
             try:
                 if isinstance(plan, Outcome):
@@ -352,7 +356,8 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
                         f"the record is kept in {outcome.record}, publish it later with `skybench log {out}`"
             outcomes.append(outcome)
     finally:
-        discard_stage(fresh)
+        if fresh is not None:
+            discard_stage(fresh)
     return outcomes
 
 

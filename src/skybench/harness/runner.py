@@ -129,8 +129,11 @@ def load_onnx(path: Path, device: str) -> tuple[Predict, str]:
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     if device == "cuda" and not cuda:
         raise RunnerError("--device cuda, but onnxruntime has no CUDAExecutionProvider")
-    providers = (["CUDAExecutionProvider"] if cuda and device != "cpu" else []) + ["CPUExecutionProvider"]
-    if providers[0] == "CUDAExecutionProvider" and hasattr(ort, "preload_dlls"):
+    use_cuda = cuda and device != "cpu"
+    # full float32, as NVIDIA_TF32_OVERRIDE (main): the CUDA EP's own switch
+    cuda_ep: list[str | tuple[str, dict[str, str]]] = [("CUDAExecutionProvider", {"use_tf32": "0"})]
+    providers = (cuda_ep if use_cuda else []) + ["CPUExecutionProvider"]
+    if use_cuda and hasattr(ort, "preload_dlls"):
         try:  # onnxruntime-gpu >= 1.21 finds CUDA and cuDNN from pip's nvidia-* packages only this way
             ort.preload_dlls()
         except Exception:  # nothing to preload: the libraries come from the system's search path
@@ -195,6 +198,7 @@ def load_torch(path: Path, device: str) -> tuple[Predict, str]:
         # a GPU bound in and a CUDA build that cannot reach it (a read-only /proc did this): say so in the log
         print("runner: warning: a GPU is bound in but torch cannot initialise CUDA; predicting on the CPU",
               file=sys.stderr)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # as NVIDIA_TF32_OVERRIDE (main)
     try:
         module = torch.export.load(str(path)).module().to(used)
     except Exception as exc:
@@ -397,6 +401,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = p.parse_args(argv)
+    # Full float32 on the GPU, whatever the framework: cuBLAS and cuDNN round float32 products to TF32 (10-bit
+    # mantissa, ~1e-3) by default on Ampere and later (torch's convolutions, TensorFlow, onnxruntime's CUDA EP).
+    # Predictions must match the CPU's to 1e-4, and a maps track's re-run at another batch size (other kernels) must
+    # come back within 1e-3 of each map's spread. NVIDIA's override holds for every library loaded after it.
+    os.environ["NVIDIA_TF32_OVERRIDE"] = "0"
     try:
         run(args.submission, args.inputs, args.out, limit=args.limit, batch_size=args.batch_size,
             device=args.device)

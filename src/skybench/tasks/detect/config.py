@@ -106,6 +106,10 @@ class LensDraw(_Strict):
                                ("deflectors_per_tile", self.deflectors_per_tile)):
             if not 0 <= lo <= hi:
                 raise ValueError(f"lenses.{name}: [low, high] with 0 <= low <= high, got {[lo, hi]}")
+        most = self.per_tile[1] + self.lookalikes_per_tile[1] + self.deflectors_per_tile[1]
+        if most > self.max_draws:
+            raise ValueError(f"lenses.max_draws {self.max_draws} cannot fill up to {most} lenses, look-alikes and "
+                             "deflectors in a tile (each draw gives at most one); raise it")
         return self
 
 
