@@ -144,6 +144,12 @@ def _init_worker(track: Track, backend: str, generator: str, one_thread: bool = 
     global _SIM
     if parent:  # a pool worker: it dies with the simulation (killed, it left workers blocked for ever)
         _die_with_parent(parent)
+        # and by SIGTERM, not the caller's handler it inherited by fork (`skybench simulate` turns SIGTERM into
+        # SystemExit): the pool terminates its workers so when one died, and the worker loop catches a SystemExit
+        # raised inside a chunk, then waits for work for ever; the pool's exit waited on it (a hang, under load)
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if one_thread:  # one process per core: torch's element-wise math (physics.kernels) runs on one thread
         os.environ["OMP_NUM_THREADS"] = "1"
         if "torch" in sys.modules:  # imported before the fork: also safe after the parent used OpenMP
