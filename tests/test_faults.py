@@ -670,3 +670,21 @@ def test_a_command_s_unforeseen_os_error_is_one_line_naming_the_file(tmp_path, t
         r = CliRunner().invoke(app, command)
         assert r.exit_code == 1 and isinstance(r.exception, SystemExit), (command, r.output)
         assert len(r.output.strip().splitlines()) == 1 and str(blocker) in r.output, (command, r.output)
+
+
+POOL_WORKER_SIGTERM = """
+import signal, sys
+from skybench.simulate import _init_worker
+from skybench.tracks import load_track
+
+signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(SystemExit(143)))  # as `skybench simulate`'s
+_init_worker(load_track("lens-space"), "numpy", "pcg64", True, __import__("os").getppid())
+print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)
+"""
+
+
+def test_a_pool_worker_dies_on_sigterm_instead_of_raising_the_callers_systemexit():
+    """A forked worker inherited `skybench simulate`'s SIGTERM -> SystemExit handler: when one worker died the pool
+    SIGTERMed the others, one caught the SystemExit inside its chunk and waited for work for ever (a 300 s hang)."""
+    res = subprocess.run([sys.executable, "-c", POOL_WORKER_SIGTERM], capture_output=True, text=True, timeout=120)
+    assert res.stdout.strip() == "True", res.stdout + res.stderr[-2000:]
