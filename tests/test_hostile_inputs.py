@@ -618,6 +618,28 @@ def test_one_submission_raising_anywhere_does_not_stop_the_others(store, tmp_pat
 
 # --- display: team-supplied text is never markup or terminal control -----------------------------------
 
+def test_a_markdown_board_shows_team_text_as_text():
+    """A failure reason is the team's own text: in leaderboard.md (GitHub, mkdocs) it must make no link, image,
+    autolink, emphasis or extra column, and read back as the same text."""
+    from markdown_it import MarkdownIt
+
+    from skybench.tracking import leaderboard as lb
+
+    reason = ("![ ](https://evil.example/p.png) [Organisers: log in](https://evil.example/login) <https://e.x> "
+              "www.evil.example *bold* _it_ `code` a|b &amp; &#60;b&#62; \\[x\\](y)")
+    board = pd.DataFrame({"rank": [1], "team": ["t[1](x)"], "name": ["n"], "auroc": [0.5], "status": ["FAILED"],
+                          "reason": [reason]})
+    md = lb.render(board, "markdown")
+    assert "://" not in md and "www." not in md  # GFM autolinks need these unescaped
+    html = MarkdownIt("commonmark").enable("table").render(md)
+    assert "<a " not in html and "<img" not in html and "<em" not in html and "<strong" not in html
+    assert "<code" not in html and html.count("<td") == board.shape[1], html
+    assert "0.5000" in md and "t[1](x)" in MarkdownIt("commonmark").enable("table").render(md)
+    from html import unescape
+
+    assert unescape(html).count(reason) == 1, html
+
+
 def test_markup_and_control_characters_are_shown_literally(store, tmp_path, tiny_space_release, capsys):
     from skybench.cli import app
     from skybench.tracking import leaderboard as lb

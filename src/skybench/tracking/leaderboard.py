@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import warnings
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -277,6 +278,19 @@ def _cell(value: object) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(str(value).split()))
 
 
+_MD_NUMBER = re.compile(r"[-+]?[0-9.eE]*")
+_MD_PUNCT = re.compile(r"[!-,./:-@\[-`{-~]")  # ASCII punctuation but "-"
+
+
+def _md(cell: str) -> str:
+    """A markdown table cell that shows ``cell`` as text: every ASCII punctuation of a non-number backslash-escaped
+    (CommonMark 2.4), so team text makes no link, image, emphasis, table break or autolink ("https\\://"), and
+    ``<``/``>`` as entities (no raw HTML)."""
+    if _MD_NUMBER.fullmatch(cell):
+        return cell
+    return _MD_PUNCT.sub(lambda m: {"<": "&lt;", ">": "&gt;"}.get(m[0], "\\" + m[0]), cell)
+
+
 def render(df: pd.DataFrame, fmt: Format = "table") -> str:
     """Render a leaderboard as a text table, a markdown pipe table, CSV (full precision) or HTML."""
     if fmt == "csv":
@@ -284,10 +298,7 @@ def render(df: pd.DataFrame, fmt: Format = "table") -> str:
     cells = [[_cell(v) for v in row] for row in df.astype(object).itertuples(index=False)]
     if fmt == "markdown":
         lines = [list(map(str, df.columns)), ["---"] * len(df.columns), *cells]
-        def md(cell: str) -> str:  # no table breaks, no raw HTML
-            return cell.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-
-        return "\n".join("| " + " | ".join(map(md, line)) + " |" for line in lines) + "\n"
+        return "\n".join("| " + " | ".join(map(_md, line)) + " |" for line in lines) + "\n"
     if fmt == "html":
         return pd.DataFrame(cells, columns=df.columns).to_html(index=False, escape=True)
     if fmt == "table":
