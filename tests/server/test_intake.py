@@ -104,6 +104,30 @@ def test_refused_upload_keeps_no_row_and_no_quota(setup, bad):
     assert list(store.incoming.iterdir()) == []
 
 
+def test_uploads_refused_after_unpacking_are_bounded_per_hour(setup):
+    """Refused uploads cost no quota, but each was unpacked and hashed (up to ``max_unpacked_bytes``): past
+    ``upload.max_refused_per_hour`` a team's uploads are refused before unpacking until the UTC hour ends."""
+    from skybench.server import intake, queue
+    from skybench.server.db import utcnow
+    from skybench.server.storage import UploadError
+
+    cfg, Session, store, team = setup
+    cfg = cfg.model_copy(update={"upload": cfg.upload.model_copy(update={"max_refused_per_hour": 2})})
+    t0 = utcnow().replace(minute=5)
+    for i in range(2):  # a submission.yaml naming another team: unpacked, then refused
+        with pytest.raises(UploadError, match="beta"):
+            intake.accept(cfg, Session, store, team.id, "lens-space", f"m{i}", io.BytesIO(pack("beta", f"m{i}")), t0)
+    seen = _SeeRowWhileChecking(store, Session)
+    with pytest.raises(queue.Refused, match="refused this hour") as refused:  # even a good one, this hour
+        intake.accept(cfg, Session, store, team.id, "lens-space", "ok", io.BytesIO(pack("alpha", "ok")), t0)
+    assert refused.value.status == 429 and seen.seen == [] and list(store.incoming.iterdir()) == []
+    with Session() as s:
+        assert queue.quota_left(s, cfg, team, "lens-space", t0) == {"today": 3, "phase": 5}
+    later = t0 + timedelta(hours=1)
+    sub = intake.accept(cfg, Session, store, team.id, "lens-space", "ok", io.BytesIO(pack("alpha", "ok")), later)
+    assert sub.state == "queued"
+
+
 def test_stale_received_rows_fail_uncounted(setup):
     from skybench.server import queue
     from skybench.server.db import Submission, utcnow

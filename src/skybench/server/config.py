@@ -70,6 +70,9 @@ class UploadLimits(_Strict):
     max_unpacked_bytes: int = Field(1024**3, ge=1)  # sum of the unpacked file sizes
     max_depth: int = Field(16, ge=1)  # folder nesting
     max_in_flight: int = Field(2, ge=1)  # one team's uploads in progress at once (per server process)
+    # uploads of one team refused after they were unpacked (a wrong submission.yaml, a bad folder) per UTC hour,
+    # all tracks together; then 429 until the hour ends: such refusals cost no quota, but unpacking does cost
+    max_refused_per_hour: int = Field(10, ge=1)
 
 
 class AuthLimits(_Strict):

@@ -5,7 +5,8 @@
 Run whole in one worker thread, which cleans up after itself: a request cancelled meanwhile (the client went
 away, the server is shutting down) cannot leave a file in ``incoming/`` or a ``received`` row behind, since
 the thread, not the cancelled coroutine, removes them. A refused upload (:class:`UploadError`,
-:class:`queue.Refused`) keeps no row and costs no quota."""
+:class:`queue.Refused`) keeps no row and costs no quota; one refused after unpacking counts towards the team's
+``upload.max_refused_per_hour``."""
 
 from __future__ import annotations
 
@@ -52,6 +53,11 @@ def accept(cfg: ChallengeConfig, sessions: sessionmaker, store: Store, team_id: 
                 raise
         queued = True
         return sub
+    except UploadError:
+        if sub_id is not None:  # refused after unpacking: free of quota, but bounded per hour
+            with sessions() as s:
+                queue.count_refused(s, team_id, received)
+        raise
     finally:
         for leftover in (archive, folder):
             if leftover is not None:

@@ -159,11 +159,33 @@ def _quota_used(cfg: ChallengeConfig, track: str, period: Literal["day", "phase"
     return Refused(f"quota of {q.per_phase} submissions on {track!r} in phase {which!r} used up", 429)
 
 
+_ALL_TRACKS = "*"  # the quota_use track of a team's refused-upload count
+
+
+def _refused_period(when: datetime) -> str:
+    return f"refused:{when.strftime('%Y-%m-%dT%H')}"
+
+
+def count_refused(session: Session, team_id: int, when: datetime) -> None:
+    """Count one upload of ``team_id`` refused after it was unpacked, in the UTC hour of ``when``; commits."""
+    _reserve(session, team_id, _ALL_TRACKS, _refused_period(when), 2**31 - 1)  # INTEGER
+    session.commit()
+
+
 def _refuse_early(session: Session, cfg: ChallengeConfig, team: Team, track: str, name: str,
                   received_at: datetime) -> None:
     """Raise what :func:`enqueue` would (track closed, name taken, quota used up) before an upload is unpacked
     and stored: a refused upload costs no quota, so it must not cost the store's disk either (a team out of
-    quota could fill it with valid uploads). :func:`enqueue` checks again, atomically."""
+    quota could fill it with valid uploads). :func:`enqueue` checks again, atomically. Also refuse (429) a team
+    whose uploads were refused after unpacking ``upload.max_refused_per_hour`` times this hour: refusals are
+    free, unpacking and checking up to ``max_unpacked_bytes`` is not."""
+    refused = session.scalar(select(QuotaUse.used).where(QuotaUse.team_id == team.id, QuotaUse.track == _ALL_TRACKS,
+                                                         QuotaUse.period == _refused_period(received_at))) or 0
+    if refused >= cfg.upload.max_refused_per_hour:
+        until = received_at.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        raise Refused(f"{refused} uploads of this team were refused this hour after unpacking (upload."
+                      f"max_refused_per_hour); check the folder with `skybench validate` and upload again after "
+                      f"{until.strftime('%H:%M')} UTC", 429)
     phase = _open_phase(session, cfg, track, received_at)
     other = session.scalar(select(EntryName.track).where(EntryName.team_id == team.id, EntryName.name == name))
     if other is not None and other != track:
