@@ -43,6 +43,17 @@ def predict(m, z):
     m["seen"] += len(z)
     return base.predict(m["base"], z + m["seen"])
 """
+# herding: when it sees the whole set (80 objects, one batch of the first run), one map is chosen by the set's
+# latents so that the set's statistics move; alone (a re-run of part of the set) every map is the truth process
+HERD = """import numpy as np
+import predict_base as base
+def load(d): return base.load(d)
+def predict(m, z):
+    out = base.predict(m, z)
+    if len(z) == 80:
+        out[-1:] = base.predict(m, z[-1:] - z.mean(axis=0))
+    return out
+"""
 # one map, repeated: the truth process at a fixed latent (not a training map, so only the collapse check applies)
 REPEAT_ONE = """import numpy as np
 import predict_base as base
@@ -97,6 +108,10 @@ def test_cheating_generators_rank_below_the_gaussian_baseline(tmp_path: Path, mo
     shutil.copy(stateful / "predict.py", stateful / "predict_base.py")
     (stateful / "predict.py").write_text(STATEFUL)
     stateful = _as_test_submission(stateful, "stateful")
+    herd = _train("lognormal-oracle", release, subs / "herd")
+    shutil.copy(herd / "predict.py", herd / "predict_base.py")
+    (herd / "predict.py").write_text(HERD)
+    herd = _as_test_submission(herd, "herd")
     subs.chmod(0o755)
 
     # `skybench validate` runs the public inputs again in reverse order: the stateful one fails before it costs
@@ -110,10 +125,11 @@ def test_cheating_generators_rank_below_the_gaussian_baseline(tmp_path: Path, mo
     killed = private_root(out) / ".staged-inputs.killed"  # a killed evaluation's inputs: nobody holds their flock
     (killed / "0" / "inputs").mkdir(parents=True)
     os.utime(killed, (time.time() - 120, time.time() - 120))
-    outcomes = {o.name: o for o in evaluate([grf, oracle, copier, repeat, stateful], track, release, out=out,
-                                            publish=False, force=True)}
-    gone = outcomes.pop("stateful")
-    assert gone.status == "FAILED" and "must be a function of its own latent alone" in gone.reason, gone.reason
+    outcomes = {o.name: o for o in evaluate([grf, oracle, copier, repeat, stateful, herd], track, release,
+                                            out=out, publish=False, force=True)}
+    for name in ("stateful", "herd"):  # herd: its one set-chosen map is caught whichever row it is
+        gone = outcomes.pop(name)
+        assert gone.status == "FAILED" and "must be a function of its own latent alone" in gone.reason, gone.reason
     assert not list(private_root(out).glob(".staged-*")), "the drawn inputs are removed, a killed run's too"
     m = {}
     for name, o in outcomes.items():
@@ -159,7 +175,7 @@ def test_a_maps_track_refuses_a_file_of_maps_and_draws_fresh_latents_per_submiss
     manifest, public = read_manifest(release), layout.public_dir(release, "test")
     published = np.load(layout.shard_paths(public, "latents")[0])
     ids = pd.read_parquet(layout.index_path(public))["id"].to_numpy()
-    first, again, batch = prepare(track, public, manifest, "a" * 64, tmp_path / "a")
+    first, parts, batch = prepare(track, public, manifest, "a" * 64, tmp_path / "a")
     drawn = np.load(layout.shard_paths(first, "latents")[0])
     assert drawn.shape == published.shape and drawn.dtype == np.float32 and batch != track.evaluation.batch_size
     assert not np.allclose(drawn, published)  # not the published latents
@@ -167,10 +183,16 @@ def test_a_maps_track_refuses_a_file_of_maps_and_draws_fresh_latents_per_submiss
     other = latents_for(track, secret_of(manifest), "b" * 64, ids)
     assert not np.allclose(other, drawn)  # another submission, other latents
     np.testing.assert_array_equal(latents_for(track, secret_of(manifest), "a" * 64, ids), drawn)  # reproducible
-    rerun = pd.read_parquet(layout.index_path(again))["id"].to_numpy()
-    where = [list(ids).index(i) for i in rerun]
-    assert len(rerun) == min(32, len(ids)) and where != sorted(where)  # another order
-    np.testing.assert_array_equal(np.load(layout.shard_paths(again, "latents")[0]), drawn[where])
+    # every object again, in two sandboxes of half the set each (none sees the whole set), in another order
+    assert len(parts) == 2
+    seen = []
+    for again in parts:
+        rerun = pd.read_parquet(layout.index_path(again))["id"].to_numpy()
+        where = [list(ids).index(i) for i in rerun]
+        assert len(rerun) == len(ids) // 2 and where != sorted(where)
+        np.testing.assert_array_equal(np.load(layout.shard_paths(again, "latents")[0]), drawn[where])
+        seen += where
+    assert sorted(seen) == list(range(len(ids)))
     public_only = {"files": {k: v for k, v in manifest["files"].items() if not k.startswith("hidden/")}}
     with pytest.raises(ValueError, match="organiser's release"):
         secret_of(public_only)  # a team's published manifest cannot give the secret

@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from skybench import __version__
@@ -316,8 +317,9 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
             else:  # the re-run at another batch size: a track of that evaluation batch size
                 rerun_track = track.model_copy(update={"evaluation": track.evaluation.model_copy(
                     update={"batch_size": drawn[2]})})
-                jobs += [Job(plan.sub, drawn[0], track, challenge), Job(plan.sub, drawn[1], rerun_track, challenge)]
-            runs[i] = 1 if drawn is None else 2
+                jobs += [Job(plan.sub, drawn[0], track, challenge),
+                         *(Job(plan.sub, part, rerun_track, challenge) for part in drawn[1])]
+            runs[i] = 1 if drawn is None else 1 + len(drawn[1])
         results = _results(get_executor(executor, **(executor_options or {})), jobs) if jobs else iter(())
         outcomes = []
         for i, plan in enumerate(plans):
@@ -331,7 +333,7 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
                             raise r
                     res, *rerun = (r for r in taken if isinstance(r, PredictResult))
                     if rerun:
-                        _check_rerun(task, res, rerun[0])
+                        _check_rerun(task, res, rerun)
                     outcome = _finish(plan, stream.split(res) if stream is not None else res, track, release_sha,
                                       hidden, res, public, release)
             except Exception as exc:  # noqa: BLE001 - the boundary
@@ -365,17 +367,19 @@ class RerunError(ValueError):
     """A generator's maps changed when some of its latents were given again (its own failure)."""
 
 
-def _check_rerun(task: Any, first: PredictResult, again: PredictResult) -> None:
-    """Raise :class:`RerunError` unless the re-run's outputs are the first run's for the same objects."""
-    if not (first.ok and again.ok) or first.predictions is None or again.predictions is None:
-        if first.ok and not again.ok:
+def _check_rerun(task: Any, first: PredictResult, parts: list[PredictResult]) -> None:
+    """Raise :class:`RerunError` unless the re-run's outputs (``parts``: its sandboxes' results) are the first
+    run's for the same objects."""
+    if not first.ok or first.predictions is None:
+        return  # the first run's failure is recorded as usual
+    for again in parts:
+        if not again.ok or again.predictions is None:
             if again.infrastructure:  # the machine's: retried, as any infrastructure failure
                 raise OSError(f"the re-run of some latents failed for the machine's reason: {again.reason}")
             raise RerunError(f"the re-run of some latents in another order and batch size failed: {again.reason}")
-        return  # the first run's failure is recorded as usual
     where = {obj: k for k, obj in enumerate(first.ids)}
-    rows = [where[obj] for obj in again.ids]
-    if why := task.check_rerun(first.predictions[rows], again.predictions):
+    rows = [where[obj] for again in parts for obj in again.ids]
+    if why := task.check_rerun(first.predictions[rows], np.concatenate([a.predictions for a in parts])):
         raise RerunError(why)
 
 

@@ -107,11 +107,12 @@ class Task(ABC):
         return None
 
     def fresh_inputs(self, track: Track, test_dir: Path, manifest: dict[str, Any], submission_sha256: str,
-                     out: Path) -> tuple[Path, Path, int] | None:
+                     out: Path) -> tuple[Path, tuple[Path, ...], int] | None:
         """Input folders drawn for one submission, where a set of outputs more regular than independent ones would
-        game the score (:mod:`skybench.tasks.generate.fresh`): (every test object, in ``out``; some of them again
-        in another order; the batch size to run those at), from the release's ``manifest`` (the organiser's) and
-        the submission's digest. None (the default): the public test folder as it is."""
+        game the score (:mod:`skybench.tasks.generate.fresh`): (every test object, in ``out``; the re-run's
+        folders, each run in a sandbox of its own: the objects again, in parts and another order; the batch size
+        to run those at), from the release's ``manifest`` (the organiser's) and the submission's digest. None (the
+        default): the public test folder as it is."""
         return None
 
     def check_rerun(self, first: np.ndarray, again: np.ndarray) -> str:

@@ -33,7 +33,7 @@ class GenerateTask(PackageTask):
     scorer_path = "skybench.tasks.generate.score"
 
     def fresh_inputs(self, track: Track, test_dir: Path, manifest: dict[str, Any], submission_sha256: str,
-                     out: Path) -> tuple[Path, Path, int] | None:
+                     out: Path) -> tuple[Path, tuple[Path, ...], int] | None:
         from skybench.tasks.generate.fresh import prepare
 
         return prepare(self._own(track), test_dir, manifest, submission_sha256, out)

@@ -10,8 +10,11 @@ The two defences (both needed):
   test metadata's digest, which the published manifest leaves out) and the submission's bytes, so they cannot be
   known before the submission is fixed; the public test latents are for trying a generator out. The ids, their
   order and a conditional track's ``params`` are the published ones; scoring never pairs a map with its latent.
-* :func:`check_rerun`: some of those latents again, in another order and batch size, in a fresh sandbox: each map
-  must come back the same, a function of its own latent alone. A set-level trick needs state or foreknowledge.
+* :func:`check_rerun`: every latent again, split between :data:`RERUN_PARTS` fresh sandboxes by a keyed
+  partition, each part in a keyed order and another batch size: each map must come back the same, a function of
+  its own latent alone. A set-level trick needs state or foreknowledge, and a map that depends on the others (a
+  few maps of the set chosen so that its mean and spread match, 12-25% below the process) changes when most of
+  them are in the other part; re-running only some rows let such a generator pass with a fair chance.
 
 The ``predictions`` format (a fixed file of maps) is refused on a maps track for the same reason
 (:func:`skybench.harness.submission.sandboxed_predict`)."""
@@ -28,7 +31,7 @@ from skybench.release import layout
 from skybench.release.shards import input_arrays, shards
 from skybench.tasks.generate.config import GenerateTrack
 
-RERUN_ROWS = 32  # latents evaluated twice
+RERUN_PARTS = 2  # sandboxes of the re-run, each given a part of the set: none sees the whole set again
 RERUN_BATCH = 7  # the re-run's batch size (ragged, unlike any track's)
 # each map of the re-run within this of the first run's (per object: GPU kernels chosen by batch size differ by
 # float rounding, ~1e-6 of the map's spread)
@@ -75,20 +78,22 @@ def fresh_inputs(track: GenerateTrack, test_dir: Path, secret: bytes, submission
 
 
 def prepare(track: GenerateTrack, test_dir: Path, manifest: dict, submission_sha256: str,
-            out: Path) -> tuple[Path, Path, int]:
-    """(every test object with fresh latents, some of them again in another order, the re-run's batch size): the
-    input folders of one submission, in ``out``."""
+            out: Path) -> tuple[Path, tuple[Path, ...], int]:
+    """(every test object with fresh latents, the re-run's folders: every object again in :func:`rerun_parts`, the
+    re-run's batch size): the input folders of one submission, in ``out``."""
     secret = secret_of(manifest)
     first = fresh_inputs(track, test_dir, secret, submission_sha256, out / "inputs")
-    rows = rerun_rows(secret, submission_sha256, len(pd.read_parquet(layout.index_path(first))))
-    return first, fresh_inputs(track, test_dir, secret, submission_sha256, out / "rerun", rows), RERUN_BATCH
+    parts = rerun_parts(secret, submission_sha256, len(pd.read_parquet(layout.index_path(first))))
+    return first, tuple(fresh_inputs(track, test_dir, secret, submission_sha256, out / f"rerun{k}", rows)
+                        for k, rows in enumerate(parts)), RERUN_BATCH
 
 
-def rerun_rows(secret: bytes, submission_sha256: str, n: int) -> np.ndarray:
-    """The rows evaluated twice: a keyed choice of :data:`RERUN_ROWS`, in reverse order of the first run."""
+def rerun_parts(secret: bytes, submission_sha256: str, n: int) -> list[np.ndarray]:
+    """Every row of ``range(n)`` once, in :data:`RERUN_PARTS` parts of a keyed random partition, each part's rows in
+    a keyed random order (empty parts left out)."""
     seed = hashlib.sha256(secret + submission_sha256.encode() + b"rerun").digest()
-    rng = np.random.default_rng(np.frombuffer(seed, np.uint32))
-    return np.sort(rng.choice(n, min(RERUN_ROWS, n), replace=False))[::-1]
+    order = np.random.default_rng(np.frombuffer(seed, np.uint32)).permutation(n)
+    return [part for part in np.array_split(order, RERUN_PARTS) if len(part)]
 
 
 def check_rerun(first: np.ndarray, again: np.ndarray) -> str:
