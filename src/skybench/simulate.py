@@ -77,7 +77,7 @@ def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", se
     if capped != counts:
         info |= {"counts_requested": counts, "split_limits": limits}
         counts = capped
-    finish = _real_set_fold(track, real_set, order_key(key, seed))
+    finish = _real_set_fold(track, real_set, order_key(key, seed, track.name))
     try:
         with _Pool(workers, initializer=_init_worker, initargs=(track, backend, generator, True, os.getpid())) \
                 if workers > 1 else _InProcess(track, backend, generator, ahead=be.name != "numpy") as pool:

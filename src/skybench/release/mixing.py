@@ -82,10 +82,12 @@ SOURCES = layout.SOURCES  # in the hidden test folder: the stream's mapping back
 _ORDER_MSG = b"skybench real-set stream order/1"
 
 
-def order_key(key: ReleaseKey, seed: int) -> bytes:
+def order_key(key: ReleaseKey, seed: int, track: str) -> bytes:
     """The key of a release's stream order: an HMAC under the private test-set key; for a public key (the
-    ``demo`` profile, public by design) a hash of the release seed, which anyone can recompute."""
-    msg = _ORDER_MSG + b"\0" + str(int(seed)).encode()
+    ``demo`` profile, public by design) a hash of the release seed, which anyone can recompute. Keyed by the track
+    too: tracks sharing a key, a seed and a real set would otherwise hold its objects in the same order (real object
+    r of one track at the place of real object r of the other), so a label found in one names its twin's."""
+    msg = _ORDER_MSG + b"\0" + str(int(seed)).encode() + b"\0" + track.encode()
     if key.secret is None:
         return hashlib.sha256(msg).digest()
     return hmac.new(key.secret, msg, hashlib.sha256).digest()
