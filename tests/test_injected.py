@@ -246,6 +246,16 @@ def test_hst_bands_of_one_galaxy_and_scene_cutouts_group_together():
                          "name": ["a", "b", "A peak (1, 2)", "A peak (50, 60)", "c"]})
     g = galaxy_groups(meta)
     assert g[0] == g[1] and g[2] == g[3] and len(set(g)) == 3
+    # scene B overlaps A's cut-out on the sky (one mosaic), scene C and the stamps are elsewhere: A and B are one
+    sky = pd.DataFrame({"source_kind": ["hst_scene", "hst_scene", "hst_scene", "hst_stamp"],
+                        "file": ["hst_fields/A.fits", "hst_fields/B.fits", "hst_fields/C.fits",
+                                 "hst_stamps/AEGIS_1_F814W.fits"],
+                        "name": ["A", "B", "C", "a"], "ra": [3.59, 3.59 + 8 / 3600 / np.cos(np.radians(-30)), 3.59,
+                                                           np.nan],
+                        "dec": [-30.0, -30.0, -30.0 + 11 / 3600, -30.0], "footprint_arcsec_x": [10.0, 10.0, 10.0, 4.0],
+                        "footprint_arcsec_y": [10.0, 10.0, 10.0, 4.0]})
+    g = galaxy_groups(sky)
+    assert g[0] == g[1] and len(set(g)) == 3, g
 
 
 @pytest.mark.slow

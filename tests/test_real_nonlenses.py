@@ -246,6 +246,15 @@ def test_lens_space_nonlenses_from_hst_stamps_and_scenes(galaxies):
     flux = meta.flux_scale * meta.aperture_flux_orig
     assert (flux <= meta.flux_reach * (1 + 1e-9)).all() and meta.target_mag.nunique() == len(meta)
     assert (meta.existing_sigma_processed_eig_max <= meta.sigma_bkg_target * (1 + 1e-9)).all()
+    # Two HFF scenes are cut from one mosaic and share a galaxy, pixels and noise alike: the injected track's
+    # train/val/test split (by galaxy group) keeps them together, by their cut-outs' places on the sky.
+    from skybench.tasks.lens.injected import galaxy_groups
+
+    assert np.isfinite(meta[meta.source_kind == "hst_scene"][["ra", "dec"]]).all().all()
+    groups = pd.Series(galaxy_groups(meta), index=meta.file)
+    hff = groups[groups.index.str.contains("HFF_A2744_F105W_(?:cd|dwarf)_galaxy")]
+    assert hff.index.nunique() == 2 and hff.nunique() == 1, hff
+    assert groups.nunique() == kept + 5  # each stamp, and the scenes: the mosaic, group, spiral, two COSMOS fields
 
 
 def test_lens_ground_nonlenses_from_kids_stamps(galaxies):

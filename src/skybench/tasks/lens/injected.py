@@ -71,7 +71,9 @@ def test_assignment(seeds: ObjectSeeds | int, n_cutouts: int, p_arc: float) -> t
 def galaxy_groups(meta: pd.DataFrame) -> np.ndarray:
     """One galaxy id per real cut-out (rows of a real set's hidden metadata): cut-outs sharing any sky share an id.
     An HST stamp: its galaxy (the same galaxy in another band too); an HST scene: the whole scene (its cut-outs may
-    overlap); a KiDS stamp: the connected set of stamps whose 64 x 64 footprints overlap in the parent frame."""
+    overlap); a KiDS stamp: the connected set of stamps whose 64 x 64 footprints overlap in the parent frame. Then
+    any of these whose cut-outs' footprints overlap on the sky (``ra``, ``dec``, ``footprint_arcsec_*``): two
+    scenes cut from one mosaic hold the same galaxies, pixels and noise alike."""
     kind = meta.get("source_kind", pd.Series([""] * len(meta), index=meta.index)).astype(str).to_numpy()
     files = meta.get("file", pd.Series([""] * len(meta), index=meta.index)).astype(str).to_numpy()
     out = np.empty(len(meta), dtype=object)
@@ -102,7 +104,38 @@ def galaxy_groups(meta: pd.DataFrame) -> np.ndarray:
         first = {r: int(stamp[roots == r].min()) for r in set(roots.tolist())}
         for j, row in enumerate(kids):
             out[row] = f"kids:{first[int(roots[j])]}"
-    return out.astype(str)
+    return _sky_groups(meta, out.astype(str))
+
+
+def _sky_groups(meta: pd.DataFrame, groups: np.ndarray) -> np.ndarray:
+    """``groups`` merged where two cut-outs' footprints (boxes of ``footprint_arcsec_x/y`` centred on ``ra``,
+    ``dec``) overlap on the sky; each merged group named by its first id in sorted order."""
+    if not {"ra", "dec"} <= set(meta.columns):
+        return groups
+    ra, dec = (meta[c].to_numpy(np.float64) for c in ("ra", "dec"))
+    half = [meta.get(c, pd.Series(0.0, index=meta.index)).fillna(0.0).to_numpy(np.float64) / 2.0
+            for c in ("footprint_arcsec_x", "footprint_arcsec_y")]
+    known = np.flatnonzero(np.isfinite(ra) & np.isfinite(dec))
+    # flat-sky offsets in arcsec (footprints of seconds of arc)
+    dx = (ra[known, None] - ra[None, known] + 180.0) % 360.0 - 180.0
+    dx *= np.cos(np.radians(dec[known, None])) * 3600.0
+    dy = (dec[known, None] - dec[None, known]) * 3600.0
+    touch = (np.abs(dx) < half[0][known, None] + half[0][None, known]) & \
+        (np.abs(dy) < half[1][known, None] + half[1][None, known])
+    names = sorted(set(groups.tolist()))
+    parent = {g: g for g in names}
+
+    def find(g: str) -> str:
+        while parent[g] != g:
+            parent[g] = parent[parent[g]]
+            g = parent[g]
+        return g
+
+    for a, b in zip(*np.nonzero(np.triu(touch, 1)), strict=True):
+        ra_, rb = find(groups[known[a]]), find(groups[known[b]])
+        if ra_ != rb:
+            parent[max(ra_, rb)] = min(ra_, rb)
+    return np.array([find(g) for g in groups], dtype=str)
 
 
 def assign_splits(groups: np.ndarray, seed: int, test_fraction: float, val_fraction: float) -> dict[str, str]:

@@ -183,6 +183,7 @@ def _stamp_item(path: Path, track: LensTrack, seed: int, index: int, psf_cube: n
             "band": str(header.get("FILTER", "")), "telescope": str(header.get("TELESCOP", "")),
             "instrument": str(header.get("INSTRUME", "")), "orig_mag": float(header.get("MAG", np.nan)),
             "redshift": float(header.get("ZPHOT", np.nan)),
+            "ra": float(header.get("RA", np.nan)), "dec": float(header.get("DEC", np.nan)),  # its galaxy's
             "background_subtracted": bkg, "existing_noise_from": noise_from, "psf_from": psf_from,
             "source_sha256": _sha256(path), **numbers}
     return Item(out[None].astype(np.float32), meta)
@@ -209,6 +210,21 @@ def find_galaxies(image: np.ndarray, sigma: float, scale: float, count: int) -> 
         if len(kept) == count:
             break
     return kept
+
+
+def _sky(header: fits.Header, y: int, x: int) -> dict[str, float]:
+    """{"ra", "dec"} (degrees) of pixel (y, x) of an image by its header's WCS; NaN without one."""
+    import warnings
+
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        wcs = WCS(header)
+    if not wcs.has_celestial:
+        return {"ra": np.nan, "dec": np.nan}
+    ra, dec = wcs.celestial.all_pix2world(float(x), float(y), 0)
+    return {"ra": float(ra), "dec": float(dec)}
 
 
 def _scene_items(galaxy_dir: Path, track: LensTrack, seed: int, start: int, reference: np.ndarray) -> list[Item]:
@@ -242,6 +258,7 @@ def _scene_items(galaxy_dir: Path, track: LensTrack, seed: int, start: int, refe
             numbers |= placed
             numbers["flux_reach"] = reach
             meta = {"source_kind": "hst_scene", "file": f"hst_fields/{name}", "name": f"{name} peak ({y}, {x})",
+                    **_sky(header, y, x),
                     "band": str(header.get("FILTER", "F105W" if "F105W" in name else "F814W")),
                     "telescope": "HST", "instrument": "WFC3/IR" if "F105W" in name else "ACS/WFC",
                     "scene_peak_y": y, "scene_peak_x": x, "scene_window_half_px": h,
