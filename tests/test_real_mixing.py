@@ -363,6 +363,13 @@ def test_evaluation_refuses_a_real_set_that_is_not_the_one_folded_in(real_set, f
         evaluate([sub], _with_real(changed), folded, out=tmp_path / "evals", publish=False)
     with pytest.raises(ReleaseError, match="re-make the release"):
         evaluate([sub], _with_real(tmp_path / "nowhere"), folded, out=tmp_path / "evals", publish=False)
+    damaged = tmp_path / "damaged"  # its manifest as folded in, its labels flipped: real_auroc 0.77 -> 0.23
+    shutil.copytree(real_set, damaged)
+    labels = layout.hidden_dir(damaged, "test") / "meta.parquet"
+    meta = pd.read_parquet(labels)
+    meta.assign(is_lens=1 - meta.is_lens).to_parquet(labels)
+    with pytest.raises(ReleaseError, match=r"real set that fails verification:\n  hidden/test/meta.parquet"):
+        evaluate([sub], _with_real(damaged), folded, out=tmp_path / "evals", publish=False)
 
 
 IDENTITY = """

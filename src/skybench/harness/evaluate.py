@@ -628,7 +628,8 @@ def check_twin_releases(release: Path, track: Track) -> None:
 
 def _real_set(track: Track, release: Path) -> Path | None:
     """The track's release of real objects (``evaluation.real_set``) when it is folded into ``release``'s test
-    stream (``skybench simulate`` does that); raises ``ReleaseError`` when it is not the one folded in."""
+    stream (``skybench simulate`` does that); raises ``ReleaseError`` when it is not the one folded in or its files
+    do not match its manifest."""
     folded = read_manifest(release).get("real_set") or {}
     if not track.evaluation.real_set or not folded.get("folded_in"):
         return None
@@ -637,6 +638,10 @@ def _real_set(track: Track, release: Path) -> Path | None:
         raise ReleaseError(f"{release} holds the real set {folded.get('path')} as it was when the release was made "
                            f"(sha256 {folded.get('release_sha256')}), but {real} is missing or has changed since; "
                            "re-make the release (`dvc repro`, or `skybench simulate`) so both agree")
+    if problems := verify_release(real, only=layout.split_prefixes("test")):  # its labels score real_* metrics
+        inside = f"{real}{os.sep}"
+        raise ReleaseError(f"{real}: refusing to score on a real set that fails verification:\n  "
+                           + "\n  ".join(p.replace(inside, "") for p in problems))
     return real
 
 
