@@ -688,3 +688,32 @@ def test_a_pool_worker_dies_on_sigterm_instead_of_raising_the_callers_systemexit
     SIGTERMed the others, one caught the SystemExit inside its chunk and waited for work for ever (a 300 s hang)."""
     res = subprocess.run([sys.executable, "-c", POOL_WORKER_SIGTERM], capture_output=True, text=True, timeout=120)
     assert res.stdout.strip() == "True", res.stdout + res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("damage", ["missing", "changed", "no manifest"])
+def test_damaged_real_data_is_refused_and_the_real_set_kept(tmp_path, damage):
+    """One real-data file gone (or changed) was taken for "no data/": the import replaced the real set with an
+    empty one and exited 0, so every real_* metric vanished without an error."""
+    import hashlib
+
+    data = tmp_path / "data"
+    (data / "lenses_hst").mkdir(parents=True)
+    files = {"lenses_hst/catalog.csv": b"name\nA\n", "lenses_hst/A_F814W.fits": b"SIMPLE  =" + bytes(100)}
+    for rel, body in files.items():
+        (data / rel).write_bytes(body)
+    (data / "MANIFEST.sha256").write_text("".join(f"{hashlib.sha256(b).hexdigest()}  {rel}\n"
+                                                  for rel, b in files.items()))
+    target = {"missing": "lenses_hst/A_F814W.fits", "changed": "lenses_hst/catalog.csv",
+              "no manifest": "MANIFEST.sha256"}[damage]
+    if damage == "changed":
+        (data / target).write_bytes(b"name\nB\n")
+    else:
+        (data / target).unlink()
+    out = tmp_path / "releases" / "real-lens-space"
+    out.mkdir(parents=True)
+    (out / "kept").write_text("the good real set")
+    for cmd in (["import-real-set", "lens-space"], ["import-real-lenses"], ["import-real-truth"]):
+        res = CliRunner().invoke(app, [*cmd, "--data", str(data), "--out", str(out)])
+        assert res.exit_code == 1, res.output
+        assert target in res.output and "nothing was written" in res.output and "Traceback" not in res.output
+        assert [p.name for p in out.iterdir()] == ["kept"]

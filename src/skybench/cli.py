@@ -502,6 +502,20 @@ def ui(port: int = 5000, host: Annotated[str, typer.Option(help="address to serv
                     "--port", str(port)], check=False)
 
 
+def _real_data(data: Path) -> bool:
+    """Whether the real-data folder is there (without it, offline, the real sets are empty: a documented mode);
+    exits with the files that are missing or changed when it is there but damaged, before anything is written."""
+    from skybench.release.verify import verify_real_data
+
+    if not data.exists():
+        return False
+    if problems := verify_real_data(data):
+        shown = "\n  ".join(problems[:10]) + (f"\n  and {len(problems) - 10} more" if len(problems) > 10 else "")
+        _fail(f"{data}: the real data does not match its manifest, so nothing was written:\n  {shown}\n"
+              f"pull it again (`dvc pull`), or remove {data} to build without real data")
+    return True
+
+
 @app.command("import-real-lenses")
 def import_real_lenses(data: Path = Path("data"), out: Path = Path("releases/real-hst-lenses"),
                        track: str = "lens-space", seed: int = 0) -> None:
@@ -510,6 +524,8 @@ def import_real_lenses(data: Path = Path("data"), out: Path = Path("releases/rea
     from skybench.tasks.lens.real import import_real_lenses as run
 
     try:
+        if not _real_data(data):
+            raise FileNotFoundError(f"no folder {data}")
         path = run(data, track, out, seed=seed, progress=sys.stderr.isatty())
     except FileNotFoundError as exc:
         typer.echo(f"real data not available ({exc}); writing an empty real-lens set to {out}")
@@ -533,6 +549,8 @@ def import_real_set(track: Annotated[str, typer.Argument(help="lens track: lens-
 
     out = out if out is not None else Path("releases") / f"real-{track}"
     try:
+        if not _real_data(data):
+            raise FileNotFoundError(f"no folder {data}")
         path = run(data, track, out, seed=seed, progress=sys.stderr.isatty())
     except FileNotFoundError as exc:
         typer.echo(f"real data not available ({exc}); writing an empty real set to {out}")
@@ -585,6 +603,7 @@ def import_sdss_mgs(data: Path = Path("data"), out: Path = Path("releases/photoz
     """Turn the real SDSS MGS catalogue in data/photoz_sdss_mgs into the photoz-sdss-mgs release."""
     from skybench.tasks.photoz.real import import_sdss_mgs as run
 
+    _real_data(data)
     try:
         path = run(data, track, out, n_val=n_val, progress=sys.stderr.isatty())
     except (FileNotFoundError, ValueError) as exc:
@@ -600,6 +619,8 @@ def import_real_truth(data: Path = Path("data"), out: Path = Path("releases/enha
     from skybench.tasks.enhance.real import import_real_truth as run
 
     try:
+        if not _real_data(data):
+            raise FileNotFoundError(f"no folder {data}")
         path = run(data, track, out, seed=seed, progress=sys.stderr.isatty())
     except FileNotFoundError as exc:
         typer.echo(f"real data not available ({exc}); writing an empty real-truth set to {out}")

@@ -39,6 +39,36 @@ def sha256_files(paths: list[Path]) -> list[str]:
         return list(pool.map(sha256_file, paths))
 
 
+REAL_DATA_MANIFEST = "MANIFEST.sha256"  # of the real-data folder (``sha256sum`` lines), from the DVC remote
+
+
+def verify_real_data(data: Path) -> list[str]:
+    """Check the real-data folder ``data`` (``dvc pull`` brings it) against its ``MANIFEST.sha256``; one message per
+    file missing, unreadable or changed (empty list: all good)."""
+    manifest = Path(data) / REAL_DATA_MANIFEST
+    try:
+        lines = manifest.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        return [f"{manifest}: unreadable ({type(exc).__name__}: {exc}); pull data/ whole again (dvc pull)"]
+    listed: dict[Path, str] = {}
+    for n, line in enumerate(lines, 1):
+        digest, _, rel = line.strip().partition("  ")
+        if not line.strip():
+            continue
+        if len(digest) != 64 or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+            return [f"{manifest}:{n}: not a `sha256sum` line: {line[:80]!r}"]
+        listed[Path(data) / rel] = digest
+    problems = [f"{p}: missing" for p in listed if not p.is_file()]
+    present = [p for p in listed if p.is_file()]
+    try:
+        digests = sha256_files(present)
+    except OSError as exc:
+        return [*problems, f"{exc.filename or data}: unreadable ({exc.strerror or exc})"]
+    problems += [f"{p}: sha256 does not match {manifest}" for p, d in zip(present, digests, strict=True)
+                 if d != listed[p]]
+    return sorted(problems)
+
+
 def read_manifest(root: Path) -> dict[str, Any]:
     path = layout.manifest_path(root)
     if not path.is_file():
