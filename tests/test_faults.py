@@ -717,3 +717,31 @@ def test_damaged_real_data_is_refused_and_the_real_set_kept(tmp_path, damage):
         assert res.exit_code == 1, res.output
         assert target in res.output and "nothing was written" in res.output and "Traceback" not in res.output
         assert [p.name for p in out.iterdir()] == ["kept"]
+
+
+def test_a_database_that_takes_connections_and_never_answers_is_reported_fast(monkeypatch):
+    """A PostgreSQL tracking store behind a listener that accepts and never replies passed the TCP probe, then held
+    `evaluate` and `leaderboard` in psycopg's and MLflow's retries for over 8 minutes, silently."""
+    from skybench.tracking import unreachable
+
+    hole = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    try:
+        port = hole.getsockname()[1]
+        import threading
+
+        def take() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    held.append(hole.accept()[0])
+
+        threading.Thread(target=take, daemon=True).start()
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"postgresql+psycopg://mlflow:secret@127.0.0.1:{port}/mlflow")
+        start = time.monotonic()
+        why = unreachable(timeout=2.0)
+        assert time.monotonic() - start < 30
+        assert "does not answer" in why and f"127.0.0.1:{port}" in why and "secret" not in why, why
+    finally:
+        hole.close()
+        for c in held:
+            c.close()

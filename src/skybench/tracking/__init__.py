@@ -345,8 +345,9 @@ _DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}  # MLflow's datab
 
 
 def _database_unreachable(uri: str, timeout: float) -> str:
-    """"" when the database server of a ``postgresql://``-like tracking URI takes a TCP connection, else a reason
-    (without the URI's password)."""
+    """"" when the database server of a ``postgresql://``-like tracking URI takes a TCP connection (and, for
+    PostgreSQL, a log-in and ``SELECT 1`` within ``timeout``: a server that takes connections and never answers
+    held MLflow for minutes), else a reason (without the URI's password)."""
     import socket
 
     from sqlalchemy.engine import make_url
@@ -360,8 +361,27 @@ def _database_unreachable(uri: str, timeout: float) -> str:
     shown = url.render_as_string(hide_password=True)
     try:
         with socket.create_connection((url.host, url.port or _DB_PORTS[url.get_backend_name()]), timeout=timeout):
-            return ""
+            pass
     except OSError as exc:
         return f"MLflow database {shown} is unreachable ({exc.strerror or exc})"
+    if url.get_backend_name() != "postgresql":
+        return ""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    try:  # libpq's connect_timeout bounds the whole log-in; the statement's own timeout the query
+        engine = create_engine(url, poolclass=NullPool, connect_args={
+            "connect_timeout": max(1, round(timeout)), "options": f"-c statement_timeout={round(timeout * 1000)}"})
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        finally:
+            engine.dispose()
+    except ImportError:  # no driver for the URI here: MLflow, which needs it too, says why
+        return ""
+    except Exception as exc:  # noqa: BLE001 - any failure to log in and read is this one reason
+        why = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        return f"MLflow database {shown} does not answer ({type(exc).__name__}: {why[0][:200] if why else ''})"
+    return ""
 
 
