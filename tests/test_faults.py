@@ -745,3 +745,30 @@ def test_a_database_that_takes_connections_and_never_answers_is_reported_fast(mo
         hole.close()
         for c in held:
             c.close()
+
+
+@pytest.mark.parametrize("store", ["corrupt", "locked", "file"])
+def test_an_unreadable_local_tracking_store_is_one_line(tmp_path, monkeypatch, store):
+    """A damaged SQLite store, one held by an exclusive lock, or a file store (which MLflow refuses): `leaderboard`
+    printed a 38-line traceback; it says what is wrong with which store, in one line."""
+    import sqlite3
+
+    db = tmp_path / "mlflow.db"
+    holder = None
+    if store == "corrupt":
+        db.write_bytes(b"garbage" * 100)
+    elif store == "locked":
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("CREATE TABLE t (x)")
+        holder.execute("BEGIN EXCLUSIVE")
+    uri = f"file://{tmp_path}/mlruns" if store == "file" else f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    try:  # the lock: the probe waits its 10 s for it
+        res = CliRunner().invoke(app, ["leaderboard", "lens-space", "--all-releases"])
+    finally:
+        if holder is not None:
+            holder.close()
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    said = {"corrupt": "not a database", "locked": "locked", "file": "file store"}[store]
+    assert said in res.output and (str(db) in res.output or store == "file"), res.output

@@ -309,8 +309,14 @@ def drop_duplicates(c: MlflowClient, exp_id: str, tags: Mapping[str, str], *, te
 def unreachable(timeout: float = 10.0) -> str:
     """"" when the tracking store answers, else a one-line reason (used to fail fast, before any work)."""
     uri = tracking_uri()
-    if uri.split(":", 1)[0].split("+", 1)[0] in _DB_PORTS:  # MLflow retries a dead database for minutes
+    scheme = uri.split(":", 1)[0].split("+", 1)[0] if "://" in uri else ""
+    if scheme in _DB_PORTS:  # MLflow retries a dead database for minutes
         return _database_unreachable(uri, timeout)
+    if scheme == "sqlite":
+        return _sqlite_unreadable(uri, timeout)
+    if scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+        return (f"MLflow tracking URI {uri} is a file store, which MLflow no longer serves; give a database "
+                "(sqlite:///mlflow.db) or a server (http://...)")
     if not uri.startswith(("http://", "https://")):
         return ""
     import urllib.error
@@ -342,6 +348,30 @@ EVALUATION_PROBE = "/api/2.0/mlflow/experiments/get-by-name"  # reads the tracki
 
 
 _DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}  # MLflow's database stores (sqlite aside)
+
+
+def _sqlite_unreadable(uri: str, timeout: float) -> str:
+    """"" when a ``sqlite:`` tracking store is new or can be read within ``timeout`` (not held by an exclusive lock,
+    not damaged), else a reason naming its file."""
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    try:
+        path = make_url(uri).database
+    except Exception:  # noqa: BLE001 - a URI SQLAlchemy cannot parse: MLflow will say why
+        return ""
+    if not path or path == ":memory:" or not Path(path).exists():
+        return ""  # MLflow makes it
+    try:
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True, timeout=timeout)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return f"MLflow store {path} cannot be read ({type(exc).__name__}: {exc})"
+    return ""
 
 
 def _database_unreachable(uri: str, timeout: float) -> str:
