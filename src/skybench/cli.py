@@ -27,18 +27,33 @@ class _App(typer.Typer):
         register = super().command(*args, **kwargs)
 
         def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
-            @functools.wraps(fn)
-            def run(*a: Any, **k: Any) -> Any:
-                try:
-                    return fn(*a, **k)
-                except OSError as exc:
-                    _fail(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror
-                          else exc.strerror or str(exc))
-
-            register(run)
+            register(self.guarded(fn))
             return fn
 
         return decorator
+
+    def add_typer(self, typer_instance: typer.Typer, *args: Any, **kwargs: Any) -> None:
+        """A sub-app's commands (``skybench admin ...``) guarded alike, at any depth."""
+        groups = [typer_instance]
+        while groups:
+            group = groups.pop()
+            for info in group.registered_commands:
+                if info.callback is not None:
+                    info.callback = self.guarded(info.callback)
+            groups += [g.typer_instance for g in group.registered_groups if g.typer_instance is not None]
+        super().add_typer(typer_instance, *args, **kwargs)
+
+    @staticmethod
+    def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def run(*a: Any, **k: Any) -> Any:
+            try:
+                return fn(*a, **k)
+            except OSError as exc:
+                _fail(f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror
+                      else exc.strerror or str(exc))
+
+        return run
 
 
 app = _App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,

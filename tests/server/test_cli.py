@@ -291,6 +291,22 @@ def test_an_unreachable_database_is_one_line_naming_it_without_its_password(tmp_
         assert "hunter2" not in out
 
 
+def test_an_admin_command_that_meets_an_os_error_says_it_in_one_line(tmp_path: Path):
+    """`admin` and its groups were plain Typer apps: a storage path that is a file gave a FileExistsError
+    traceback where `serve` and `worker` say one line."""
+    from typer.testing import CliRunner
+
+    from skybench.cli import app
+
+    (tmp_path / "base.yaml").write_text("not a folder\n")
+    path = tmp_path / "challenge.yaml"
+    path.write_text(yaml.safe_dump({"tracks": {"lens-space": {}}, "storage": str(tmp_path / "base.yaml")}))
+    for args in (["admin", "db", "upgrade"], ["admin", "team", "add", "x"]):
+        r = CliRunner().invoke(app, [*args, "--config", str(path)])
+        assert r.exit_code == 1 and not isinstance(r.exception, OSError), (args, r.exception, r.output)
+        assert "base.yaml" in r.output and "Traceback" not in r.output, (args, r.output)
+
+
 @pytest.mark.parametrize("page", [b"<html>Sign in to the guest network</html>", b'{"ok": true}', b"[1, 2]"])
 def test_submit_answered_200_by_something_else_says_so_in_one_line(tmp_path: Path, monkeypatch, page):
     """A captive portal or a proxy answers 200 with its own page: a JSONDecodeError or KeyError traceback left the
