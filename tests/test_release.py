@@ -134,6 +134,21 @@ def test_a_test_shard_cut_short_with_a_matching_digest_is_refused_before_scoring
     assert result.exit_code == 1 and "fails verification" in result.output, result.output
 
 
+def test_a_shard_whose_bytes_fall_short_of_its_header_fails_verification(tmp_path, tiny_space_release):
+    """Three rows' bytes cut off a shard (its header still counting them) under a manifest rehashed to match:
+    verify said "all files match" and the sandboxed runner failed the submission for the release's damage."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_space_release, copy)
+    shard = layout.shard_paths(layout.public_dir(copy, "test"), "images")[0]
+    row = int(np.prod(np.load(shard, mmap_mode="r").shape[1:])) * 4
+    shard.write_bytes(shard.read_bytes()[:-3 * row])
+    _rehash(copy)
+    problems = verify_release(copy, only=layout.split_prefixes("test"))
+    assert len(problems) == 1 and shard.name in problems[0] and "header's" in problems[0], problems
+
+
 def test_verify_names_a_per_object_shape_the_manifest_does_not_list(tmp_path, tiny_space_release):
     import shutil
 

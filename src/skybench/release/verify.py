@@ -184,6 +184,10 @@ def _row_problems(root: Path, manifest: dict[str, Any], only: tuple[str, ...]) -
                                     f"manifest says {shape}")
                 else:
                     expect(folder / layout.shard_pattern(name), rows, sum(s.rows for s in found))
+                    for s in found:  # a file cut short (or grown) under a manifest that matches it
+                        if (size := s.path.stat().st_size) != (want := s.offset + s.rows * s.row_bytes):
+                            problems.append(f"{s.path}: {size} bytes, its header's {s.rows} rows of shape "
+                                            f"{list(s.shape[1:])} take {want}")
             tables = [(layout.public_meta_path(root, split), stream)]
             if split == "test" and has_hidden:
                 tables.append((layout.meta_path(secret), n))
