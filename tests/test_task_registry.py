@@ -193,6 +193,11 @@ def test_a_population_is_validated_against_its_own_tasks_model(tmp_path):
     bad = yaml.safe_load((ROOT / "benchmarks" / "enhance.yaml").read_text())["population"] | {"typo": 1}
     with pytest.raises(ValueError, match="typo"):
         load_track(_yaml_like("enhance", tmp_path, population=bad))
+    # one line, "key.path: message", not pydantic's dump with the union's internal validator names
+    with pytest.raises(ValueError) as err:
+        load_track(_yaml_like("lens-space", tmp_path, cutout={"size": -5, "supersampling": 2}))
+    assert "\n" not in str(err.value) and "cutout.size: Input should be greater than 0" in str(err.value)
+    assert "tagged-union" not in str(err.value) and "function-after" not in str(err.value)
 
 
 def test_an_output_kind_the_task_does_not_produce_is_rejected(tmp_path):

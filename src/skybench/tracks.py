@@ -312,7 +312,10 @@ def load_track(name_or_path: str | Path) -> Track:
     try:
         track = _track_adapter(tuple(get_task(t).track_model for t in task_names())).validate_python(raw)
     except ValidationError as exc:
-        raise ValueError(f"{path}: invalid track definition:\n{exc}") from exc
+        errors = exc.errors()  # "key.path: message" each, without the discriminated union's internal names
+        lines = [f"{'.'.join(map(str, e['loc'][1:] or e['loc']))}: {e['msg']}" for e in errors[:5]]
+        more = f"; and {len(errors) - 5} more" if len(errors) > 5 else ""
+        raise ValueError(f"{path}: invalid track definition: {'; '.join(lines)}{more}") from exc
     kinds = get_task(track.task).output_kinds
     if track.output.kind not in kinds:
         raise ValueError(f"{path}: output.kind {track.output.kind!r} is not one of the {track.task} task's "
