@@ -612,7 +612,7 @@ def test_one_submission_raising_anywhere_does_not_stop_the_others(store, tmp_pat
     outcomes = _run([first, victim, blocked, _good(root, tiny_space_release)], tiny_space_release, out,
                     executor=_FaultyExecutor("victim", broken="blocked"))
     assert outcomes[0].status == "FINISHED" and 0 <= outcomes[0].metrics["auroc"] <= 1
-    _failed(outcomes[1], "OSError", "No space left on device")
+    _failed(outcomes[1], "OSError", "No space left on device", f"(evaluating into {out})")  # where: no filename
     _failed(outcomes[2], "evaluation failed:")
 
 

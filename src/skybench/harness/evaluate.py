@@ -429,6 +429,8 @@ def _crashed(folder: Path, plan: _Plan | None, exc: Exception, out: Path, releas
     is kept whole (its scores and predictions), else the FAILED record is marked ``infrastructure`` (retried)."""
     kind = INFRASTRUCTURE if isinstance(exc, OSError) else ""
     reason = f"evaluation failed: {one_line(exc)}"
+    if kind and not getattr(exc, "filename", None):  # ENOSPC from a write names no file: say where
+        reason += f" (evaluating into {out})"
     if kind:
         reason = f"infrastructure failure, not the submission's (retried at the next evaluation): {reason}"
     team, name, record = "invalid", _storable(folder.name), None
