@@ -174,6 +174,40 @@ def test_a_release_under_a_system_folder_the_sandbox_binds_is_hidden(tiny_space_
         shutil.rmtree(top)
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access("/usr/local/src", os.W_OK),
+                    reason="needs a writable /usr/local/src")
+def test_a_release_under_a_system_folder_is_hidden_from_inputs_outside_it(tiny_space_release, tmp_path):
+    """Before: a Ray shard's view of the test set (and a maps track's drawn latents) is a folder outside the release,
+    so only the project root was hidden: a release under /usr outside the project was readable, hidden/ included
+    (redteam/ray_view_unmasked.py, redteam/maps_release_unmasked.py). The job carries the release now."""
+    from skybench.harness.executors import Job, _predict_shard, shard_ranges
+
+    top = Path(tempfile.mkdtemp(prefix="skybench-test-", dir="/usr/local/src"))
+    try:
+        top.chmod(0o755)
+        release = top / "lens-space"
+        shutil.copytree(tiny_space_release, release)
+        hidden = layout.hidden_dir(release, "test")
+        sub = load_submission(python_submission(tmp_path / "subs", "peek", f"""
+            import os, sys
+            def load(d):
+                try:
+                    print("hidden holds", sorted(os.listdir({str(hidden)!r})), file=sys.stderr)
+                except OSError as exc:
+                    print("hidden unseen", type(exc).__name__, file=sys.stderr)
+            def predict(m, b):
+                return b.sum(axis=(1, 2, 3))
+        """))
+        track = load_track("lens-space")
+        test_dir = layout.public_dir(release, "test")
+        (a, b), *_ = shard_ranges(test_dir, 4, 2)  # a part of the set: the sandbox sees a view of it
+        res = _predict_shard(Job(sub, test_dir, track, private=(release,)), a, b, 1)
+        assert res.ok, res
+        assert "hidden unseen FileNotFoundError" in res.log, res.log
+    finally:
+        shutil.rmtree(top)
+
+
 def test_a_private_folder_inside_a_bound_folder_is_refused(tmp_path):
     """A bound folder (a submission's, the Python installation) is bound after the masks: a private folder inside
     it would show through, so the run is refused as the evaluating machine's fault."""

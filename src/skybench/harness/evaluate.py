@@ -297,6 +297,9 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
     # removes a killed one's
     from skybench.tasks.base import Task
 
+    # hidden from every sandbox whatever folder a job's inputs are in (a Ray shard's view, drawn latents), and named
+    # here: a Ray worker on another node has its own cwd and environment, so its project_root() may be another
+    hide = tuple(Path(p).resolve() for p in (release, real, project_root()) if p is not None)
     draws = type(task).fresh_inputs is not Task.fresh_inputs  # a task that draws inputs per submission
     fresh = _stage(make_private_root(out) / "inputs") if draws else None
     try:
@@ -313,12 +316,12 @@ def evaluate(folders: list[Path], track: str | Track, release: Path | None = Non
                 plans[i] = _crashed(plan.folder, plan, why, out, release_sha, track, current)
                 continue
             if drawn is None:
-                jobs.append(Job(plan.sub, public, track, challenge))
+                jobs.append(Job(plan.sub, public, track, challenge, hide))
             else:  # the re-run at another batch size: a track of that evaluation batch size
                 rerun_track = track.model_copy(update={"evaluation": track.evaluation.model_copy(
                     update={"batch_size": drawn[2]})})
-                jobs += [Job(plan.sub, drawn[0], track, challenge),
-                         *(Job(plan.sub, part, rerun_track, challenge) for part in drawn[1])]
+                jobs += [Job(plan.sub, drawn[0], track, challenge, hide),
+                         *(Job(plan.sub, part, rerun_track, challenge, hide) for part in drawn[1])]
             runs[i] = 1 if drawn is None else 1 + len(drawn[1])
         results = _results(get_executor(executor, **(executor_options or {})), jobs) if jobs else iter(())
         outcomes = []

@@ -43,6 +43,7 @@ class Job:
     test_dir: Path  # the folder the sandbox sees as /inputs
     track: Track
     require_cgroups: bool = False  # a challenge release: never run without cgroup limits
+    private: tuple[Path, ...] = ()  # the release (and real set) whatever folder test_dir is: hidden from the sandbox
 
 
 class Executor(Protocol):
@@ -64,7 +65,7 @@ class LocalExecutor:
             scratch = Path(tempfile.mkdtemp(prefix="skybench-scratch-"))
             try:
                 res = sandboxed_predict(job.sub, job.test_dir, scratch=scratch, track=job.track,
-                                        require_cgroups=job.require_cgroups)
+                                        require_cgroups=job.require_cgroups, private=job.private)
             except Exception as exc:
                 if not is_infrastructure(exc):
                     raise
@@ -261,7 +262,7 @@ def _predict_shard(job: Job, start: int, stop: int, threads: int | None) -> Pred
         inputs = job.test_dir if (start, stop) == (0, total) else write_view(job.test_dir, start, stop,
                                                                              tmp / "inputs")
         return sandboxed_predict(job.sub, inputs, scratch=tmp / "scratch", track=job.track, threads=threads,
-                                 require_cgroups=job.require_cgroups)
+                                 require_cgroups=job.require_cgroups, private=job.private)
     finally:
         remove_tree(tmp)  # iterative: any depth
 

@@ -158,6 +158,7 @@ _SO_ATTACH = (26, 50, 51, 52)
 # (newer than the library: open_tree_attr, a mount-API call of Linux 6.15; listmount, statmount...) is ENOSYS, as on
 # a kernel without it (libraries fall back). Linux 6.18 stops at about 470 on x86_64.
 _SYSCALL_CEILING = 1024
+_RWF_NOWAIT = 0x8  # linux/fs.h
 
 
 # Open files are one count for the whole host (fs.file-max), in every namespace: RLIMIT_NOFILE bounds a process's
@@ -216,6 +217,10 @@ def seccomp_bpf() -> bytes:
         f.add_rule(sc.ERRNO(errno.EPERM), call, sc.Arg(arg, sc.MASKED_EQ, bit, bit))
     for name in _PIN_PAGES:
         f.add_rule(sc.ERRNO(errno.ENOSYS), name)
+    # preadv2/pwritev2(fd, iov, iovcnt, pos_l, pos_h, flags): RWF_NOWAIT answers "is this page of a shared file
+    # cached?" without reading it: a noiseless channel between runs through the host's page cache (redteam/)
+    for call in ("preadv2", "pwritev2"):
+        f.add_rule(sc.ERRNO(errno.EOPNOTSUPP), call, sc.Arg(5, sc.MASKED_EQ, _RWF_NOWAIT, _RWF_NOWAIT))
     for call, arg, advice in _DROP_CACHE:
         f.add_rule(sc.ERRNO(0), call, sc.Arg(arg, sc.MASKED_EQ, _INT, advice))
     for nr in unnamed_syscalls():

@@ -21,7 +21,7 @@ import re
 import reprlib
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -496,7 +496,8 @@ def default_threads() -> int:
 
 def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Track, limit: int | None = None,
                       gpu: bool | None = None, threads: int | None = None,
-                      require_cgroups: bool | None = None, batch_size: int | None = None) -> PredictResult:
+                      require_cgroups: bool | None = None, batch_size: int | None = None,
+                      private: Sequence[Path] = ()) -> PredictResult:
     """Predict the test set of the release ``inputs`` (its root or its public test folder).
 
     Code runs in the sandbox with the track's limits, seeing only the submission and the public test
@@ -569,7 +570,9 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
         require_cgroups = _challenge(test_dir)
     limits = Limits(memory_mb=box.memory_mb, cpu_seconds=cpu, wall_seconds=wall, max_processes=box.max_processes,
                     cpus=float(n_threads), scratch_mb=box.scratch_mb, require_cgroups=require_cgroups)
-    private = [project_root()]  # its releases' hidden splits, the organiser's key and the records stay out of sight
+    # its releases' hidden splits, the organiser's key and the records stay out of sight; ``private``: the release
+    # (and real set) of inputs that are not in one (a Ray shard's view, a maps track's drawn latents)
+    private = list(dict.fromkeys([*map(Path, private), project_root()]))
     try:
         private.insert(0, layout.release_of(test_dir)[0])
     except ValueError:  # a bare test folder (Ray shard views, validate): not a release
