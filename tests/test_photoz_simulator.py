@@ -67,6 +67,37 @@ def test_petrosian_aperture_misses_what_the_literature_says():
                                -2.5 * np.log10([petrosian_fraction(1.0), petrosian_fraction(4.0)]))
 
 
+def test_the_luminosity_function_is_blantons_in_the_band_shifted_r(sims):
+    """Blanton et al. 2003 give the Schechter function in ^{0.1}r (r shifted to z = 0.1: M* = -20.44 + 5 log10 h,
+    alpha = -1.05). A volume-limited subsample (z < 0.06, complete to M_0.1r < -19.6 whatever the SED: the cut is
+    at M_0.1r ~ -19.2 there) follows it; and M_0.1r is, by its definition, the object's observed r at z = 0.1 less
+    the distance modulus plus 2.5 log10(1.1) (its rest-frame band's own K-correction)."""
+    from scipy.stats import kstest
+
+    sim = sims["photoz-catalog"]
+    m = sim.simulate(5, "train", 0, 6000)[1]
+    p = sim.pop
+    assert p.M_star == pytest.approx(-20.44 + 5 * np.log10(0.7), abs=0.005)
+    vol = m[(m["z"] < 0.06) & (m["M_01r"] < -19.6)]["M_01r"].to_numpy()
+    assert len(vol) > 300
+
+    def cdf(M: np.ndarray) -> np.ndarray:  # the Schechter function in magnitudes, truncated to [-24, -19.6]
+        grid = np.linspace(-24.0, -19.6, 4001)
+        x = 10 ** (-0.4 * (grid - p.M_star))
+        phi = x ** (p.alpha + 1) * np.exp(-x)
+        c = np.concatenate([[0.0], np.cumsum((phi[1:] + phi[:-1]) / 2 * np.diff(grid))])
+        return np.interp(M, grid, c / c[-1])
+
+    assert kstest(vol, cdf).pvalue > 0.01
+    shift = m["M_01r"] - m["M_r"]
+    assert 0.1 < shift.median() < 0.4 and (shift >= 2.5 * np.log10(1.1) - 0.05).all()  # K_r(0.1) > 0 here
+    one = m.iloc[:40]
+    at01 = sim.photometry(one.assign(z=0.1, **{f"calib_{b}": 0.0 for b in SDSS_BANDS}, ebv_galactic=0.0))
+    dm01 = float(np.interp(0.1, sim.z_grid, sim.dm_grid))
+    np.testing.assert_allclose(at01["mag_true_r"] - at01["M_r"] - dm01 + 2.5 * np.log10(1.1),
+                               at01["M_01r"] - at01["M_r"], atol=1e-9)
+
+
 def test_mgs_like_selection(population):
     m = population
     petro = m["mag_true_r"] + m["petrosian_deficit_r"]

@@ -3,8 +3,9 @@
 Per object (its own seeded generator, :class:`~skybench.testkey.ObjectSeeds`):
 
 * redshift from dV/dz x the number of galaxies brighter than the r < ``r_limit`` cut at that redshift (a Schechter
-  r-band luminosity function, Blanton et al. 2003), then the absolute magnitude M_r from that luminosity function
-  truncated at the cut with the object's own K-correction, so that every galaxy has r <= ``r_limit``. The cut is on
+  luminosity function in ^{0.1}r, r shifted to z = 0.1, as Blanton et al. 2003 give it), then the absolute magnitude
+  M_0.1r from that luminosity function truncated at the cut with the object's own K-corrections, so that every
+  galaxy has r <= ``r_limit``; M_r (rest-frame r at z = 0) is M_0.1r less the object's band shift. The cut is on
   the Petrosian magnitude, as the MGS's (Strauss et al. 2002), and the catalogue holds model (total) magnitudes:
   the Petrosian aperture misses 0.20 mag of a de Vaucouleurs bulge and 0.006 of an exponential disk
   (:func:`petrosian_fraction`), so bulge-dominated galaxies enter the sample up to 0.2 mag brighter in the
@@ -168,7 +169,8 @@ class GalaxySimulator:
         self.da_grid = cosmo.angular_diameter_distance(self.z_grid).to("kpc").value
         dvdz = cosmo.differential_comoving_volume(self.z_grid).value
         # Schechter function in magnitudes (Blanton et al. 2003 eq. 1 with M): phi ~ x^(alpha+1) exp(-x),
-        # x = 10^(-0.4 (M - M*)); its cumulative on a fine grid gives the truncated inverse CDF.
+        # x = 10^(-0.4 (M - M*)); its cumulative on a fine grid gives the truncated inverse CDF. M_grid is in
+        # Blanton's band, r shifted to z = 0.1 (^{0.1}r), where M* is; M_r (rest r at z = 0) = M_0.1r - shift.
         self.M_grid = np.linspace(p.M_range[0], p.M_range[1], 2001)
         x = 10.0 ** (-0.4 * (self.M_grid - p.M_star))
         phi = x ** (p.alpha + 1.0) * np.exp(-x)
@@ -181,9 +183,16 @@ class GalaxySimulator:
         w = self._light_weights(np.tile(mid, (len(self.z_grid), 1)))
         k_r = self._kcorr(self.z_grid, w, np.zeros_like(self.z_grid))[:, 2]
         self.k_typ_r = k_r + petrosian_deficit(np.full(1, 0.5))
-        n_z = dvdz * np.interp(p.r_limit - self.dm_grid - self.k_typ_r, self.M_grid, self.M_cdf)
+        self.shift_typ = float(self._band_shift(self._kcorr(np.full(1, 0.1), w[:1], np.zeros(1))[:, 2])[0])
+        n_z = dvdz * np.interp(p.r_limit - self.dm_grid - self.k_typ_r + self.shift_typ, self.M_grid, self.M_cdf)
         c = np.concatenate([[0.0], np.cumsum((n_z[1:] + n_z[:-1]) / 2 * np.diff(self.z_grid))])
         self.z_cdf = c / c[-1]
+
+    @staticmethod
+    def _band_shift(k_r_at_01: np.ndarray) -> np.ndarray:
+        """M_0.1r - M_r from the r K-correction at z = 0.1 (m_r - M_r - DM there): observed r at z = 0.1 is ^{0.1}r
+        at rest, whose own K-correction is -2.5 log10(1.1) (Blanton & Roweis 2007, AJ 133, 734, sec. 2)."""
+        return k_r_at_01 + 2.5 * np.log10(1.1)
 
     def _kcorr(self, z: np.ndarray, weights: np.ndarray, ebv_int: np.ndarray) -> np.ndarray:
         """(B, bands) m_b - M_r - DM: observed magnitudes of the SED at z relative to its rest-frame r band."""
@@ -256,8 +265,9 @@ class GalaxySimulator:
         out = pd.DataFrame(index=meta.index)
         # Red or blue from a first M_r (the luminosity-function quantile with the mid-type K-correction of the
         # selection tables), then each object's own parameters, SED and K-correction.
-        m_typ = p.r_limit - dm - np.interp(z, self.z_grid, self.k_typ_r)
-        M_typ = np.interp(meta["u_M"].to_numpy() * np.interp(m_typ, self.M_grid, self.M_cdf), self.M_cdf, self.M_grid)
+        m_typ = p.r_limit - dm - np.interp(z, self.z_grid, self.k_typ_r) + self.shift_typ
+        M_typ = np.interp(meta["u_M"].to_numpy() * np.interp(m_typ, self.M_grid, self.M_cdf), self.M_cdf,
+                          self.M_grid) - self.shift_typ
         rf = p.red_fraction
         f_red = rf.low + (rf.high - rf.low) * (1 + np.tanh((rf.M_mid - M_typ) / rf.width)) / 2
         red = meta["u_red"].to_numpy() < f_red
@@ -277,9 +287,14 @@ class GalaxySimulator:
         share_b = fb[:, None] * k_bulge / (fb[:, None] * k_bulge + (1 - fb[:, None]) * k_disk)  # per band
         out["petrosian_deficit_r"] = petrosian_deficit(share_b[:, 2])
         m_lim = p.r_limit - dm - k_total[:, 2] - out["petrosian_deficit_r"].to_numpy()  # Petrosian r < r_limit
-        cdf_lim = np.interp(m_lim, self.M_grid, self.M_cdf)
-        M_r = np.interp(meta["u_M"].to_numpy() * cdf_lim, self.M_cdf, self.M_grid)
-        out["M_r"] = M_r
+        z01 = np.full(n, 0.1)
+        k01 = -2.5 * np.log10(fb * 10.0 ** (-0.4 * self._kcorr(z01, w_bulge, np.zeros(n))[:, 2])
+                              + (1 - fb) * 10.0 ** (-0.4 * self._kcorr(z01, w_disk, ebv_int)[:, 2]))
+        shift = self._band_shift(k01)  # this object's M_0.1r - M_r
+        cdf_lim = np.interp(m_lim + shift, self.M_grid, self.M_cdf)
+        M_01 = np.interp(meta["u_M"].to_numpy() * cdf_lim, self.M_cdf, self.M_grid)
+        M_r = M_01 - shift
+        out["M_r"], out["M_01r"] = M_r, M_01
         out["distmod"] = dm
         mag_true = M_r[:, None] + dm[:, None] + k_total  # extinction-free AB magnitudes
         ext = np.array([SDSS_EXTINCTION[b] for b in SDSS_BANDS])[None, :] * ebv_gal[:, None]
