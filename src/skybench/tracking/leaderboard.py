@@ -278,16 +278,18 @@ def _cell(value: object) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(str(value).split()))
 
 
-_MD_NUMBER = re.compile(r"[-+]?[0-9.eE]*")
+_MD_PLAIN = re.compile(r"[A-Za-z0-9 .,:;+%=/_-]*")  # numbers, names, times: no markdown construct ...
+_MD_ACTIVE = re.compile(r"www\.|://|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])", re.IGNORECASE)  # ... unless autolink, emphasis
 _MD_PUNCT = re.compile(r"[!-,./:-@\[-`{-~]")  # ASCII punctuation but "-"
 
 
-def _md(cell: str) -> str:
-    """A markdown table cell that shows ``cell`` as text: every ASCII punctuation of a non-number backslash-escaped
-    (CommonMark 2.4), so team text makes no link, image, emphasis, table break or autolink ("https\\://"), and
-    ``<``/``>`` as entities (no raw HTML)."""
-    if _MD_NUMBER.fullmatch(cell):
-        return cell
+def _md(cell: str, header: bool = False) -> str:
+    """A markdown table cell that shows ``cell`` as text. A header (ours) only keeps the table whole; a cell with
+    anything but letters, digits and plain punctuation, or an autolink or emphasis in those, has every ASCII
+    punctuation mark backslash-escaped (CommonMark 2.4: team text makes no link, image, emphasis, table break or
+    autolink, "https\\://"); ``<``/``>`` are entities (no raw HTML) either way."""
+    if header or (_MD_PLAIN.fullmatch(cell) and not _MD_ACTIVE.search(cell)):
+        return cell.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
     return _MD_PUNCT.sub(lambda m: {"<": "&lt;", ">": "&gt;"}.get(m[0], "\\" + m[0]), cell)
 
 
@@ -298,7 +300,8 @@ def render(df: pd.DataFrame, fmt: Format = "table") -> str:
     cells = [[_cell(v) for v in row] for row in df.astype(object).itertuples(index=False)]
     if fmt == "markdown":
         lines = [list(map(str, df.columns)), ["---"] * len(df.columns), *cells]
-        return "\n".join("| " + " | ".join(map(_md, line)) + " |" for line in lines) + "\n"
+        return "\n".join("| " + " | ".join(_md(c, header=k < 2) for c in line) + " |"
+                         for k, line in enumerate(lines)) + "\n"
     if fmt == "html":
         return pd.DataFrame(cells, columns=df.columns).to_html(index=False, escape=True)
     if fmt == "table":
