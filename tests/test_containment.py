@@ -1433,3 +1433,18 @@ def test_a_run_cannot_ask_whether_a_shared_page_is_cached(tmp_path):
     """)
     assert res.ok, res
     assert res.stdout.split() in (["EOPNOTSUPP", "1"], ["ENOTSUP", "1"]), res.stdout  # one number, two names
+
+    # mincore on a mapping of a file the run's uid owns (without root: the evaluator's venv, inputs, submission)
+    res = run_script(tmp_path, f"""
+        import ctypes, errno
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+        with open({sys.executable!r}, "rb") as f:
+            base = libc.mmap(None, 4096, 1, 1, f.fileno(), 0)  # PROT_READ, MAP_SHARED
+            vec = (ctypes.c_ubyte * 1)()
+            rc = libc.mincore(ctypes.c_void_p(base), ctypes.c_size_t(4096), vec)
+            print(rc, errno.errorcode.get(ctypes.get_errno(), "0"))
+    """)
+    assert res.ok, res
+    assert res.stdout.split() == ["-1", "ENOSYS"], res.stdout

@@ -772,3 +772,27 @@ def test_an_unreadable_local_tracking_store_is_one_line(tmp_path, monkeypatch, s
     assert res.exit_code == 1 and "Traceback" not in res.output, res.output
     said = {"corrupt": "not a database", "locked": "locked", "file": "file store"}[store]
     assert said in res.output and (str(db) in res.output or store == "file"), res.output
+
+
+def test_real_data_manifests_as_sha256sum_writes_them_pass(tmp_path):
+    """`sha256sum -b` writes "<digest> *<path>", and digests may be upper case: `sha256sum -c` accepts both."""
+    import hashlib
+
+    from skybench.release.verify import verify_real_data
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.csv").write_bytes(b"1\n")
+    digest = hashlib.sha256(b"1\n").hexdigest()
+    for line in (f"{digest}  a/x.csv\n", f"{digest} *a/x.csv\n", f"{digest.upper()}  a/x.csv\r\n"):
+        (tmp_path / "MANIFEST.sha256").write_text(line)
+        assert verify_real_data(tmp_path) == [], line
+    (tmp_path / "MANIFEST.sha256").write_text(f"{digest}  ../outside\n")
+    assert "not a `sha256sum` line" in verify_real_data(tmp_path)[0]
+
+
+@pytest.mark.parametrize("uri", ["databricks", "databricks-uc", "uc:databricks-uc"])
+def test_hosted_tracking_uris_are_not_taken_for_file_stores(monkeypatch, uri):
+    from skybench.tracking import unreachable
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert "file store" not in unreachable(timeout=1.0)

@@ -209,7 +209,9 @@ def test_store_full(cfg, engine, small_store):  # type: ignore[no-untyped-def]
     from skybench.server.auth import add_team
     from skybench.server.db import Submission, sessions
 
-    cfg = cfg.model_copy(update={"storage": small_store / "store"})
+    # a full store is the server's fault: it must not use up the team's budget of refused uploads (1 here)
+    cfg = cfg.model_copy(update={"storage": small_store / "store",
+                                 "upload": cfg.upload.model_copy(update={"max_refused_per_hour": 1})})
     app = create_app(cfg, engine)
     with sessions(engine)() as s:
         token = add_team(s, "alpha").token

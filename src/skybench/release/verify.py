@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -52,12 +53,13 @@ def verify_real_data(data: Path) -> list[str]:
         return [f"{manifest}: unreadable ({type(exc).__name__}: {exc}); pull data/ whole again (dvc pull)"]
     listed: dict[Path, str] = {}
     for n, line in enumerate(lines, 1):
-        digest, _, rel = line.strip().partition("  ")
         if not line.strip():
             continue
-        if len(digest) != 64 or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        # "<digest>  <path>" (text mode) or "<digest> *<path>" (sha256sum -b), as `sha256sum -c` reads them
+        m = re.fullmatch(r"([0-9a-fA-F]{64}) [ *](.+)", line.rstrip("\r"))
+        if m is None or Path(m[2]).is_absolute() or ".." in Path(m[2]).parts:
             return [f"{manifest}:{n}: not a `sha256sum` line: {line[:80]!r}"]
-        listed[Path(data) / rel] = digest
+        listed[Path(data) / m[2]] = m[1].lower()
     problems = [f"{p}: missing" for p in listed if not p.is_file()]
     present = [p for p in listed if p.is_file()]
     try:

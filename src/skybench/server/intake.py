@@ -53,8 +53,8 @@ def accept(cfg: ChallengeConfig, sessions: sessionmaker, store: Store, team_id: 
                 raise
         queued = True
         return sub
-    except UploadError:
-        if sub_id is not None:  # refused after unpacking: free of quota, but bounded per hour
+    except UploadError as exc:
+        if sub_id is not None and exc.status < 500:  # the team's upload refused after unpacking (not a full store)
             with sessions() as s:
                 queue.count_refused(s, team_id, received)
         raise

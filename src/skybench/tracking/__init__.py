@@ -309,12 +309,15 @@ def drop_duplicates(c: MlflowClient, exp_id: str, tags: Mapping[str, str], *, te
 def unreachable(timeout: float = 10.0) -> str:
     """"" when the tracking store answers, else a one-line reason (used to fail fast, before any work)."""
     uri = tracking_uri()
-    scheme = uri.split(":", 1)[0].split("+", 1)[0] if "://" in uri else ""
+    from urllib.parse import urlparse
+
+    scheme = urlparse(uri).scheme.split("+", 1)[0]
     if scheme in _DB_PORTS:  # MLflow retries a dead database for minutes
         return _database_unreachable(uri, timeout)
     if scheme == "sqlite":
         return _sqlite_unreadable(uri, timeout)
-    if scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+    file_store = scheme == "file" or (not scheme and uri not in ("databricks", "databricks-uc", "uc"))  # a path
+    if file_store and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
         return (f"MLflow tracking URI {uri} is a file store, which MLflow no longer serves; give a database "
                 "(sqlite:///mlflow.db) or a server (http://...)")
     if not uri.startswith(("http://", "https://")):
@@ -399,15 +402,16 @@ def _database_unreachable(uri: str, timeout: float) -> str:
     from sqlalchemy import create_engine, text
     from sqlalchemy.pool import NullPool
 
-    try:  # libpq's connect_timeout bounds the whole log-in; the statement's own timeout the query
-        engine = create_engine(url, poolclass=NullPool, connect_args={
-            "connect_timeout": max(1, round(timeout)), "options": f"-c statement_timeout={round(timeout * 1000)}"})
+    try:  # libpq's connect_timeout bounds the whole log-in; the statement's own timeout the query (set after it:
+        # a pooler such as PgBouncer refuses startup options)
+        engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": max(1, round(timeout))})
         try:
             with engine.connect() as conn:
+                conn.execute(text(f"SET statement_timeout = {round(timeout * 1000)}"))
                 conn.execute(text("SELECT 1"))
         finally:
             engine.dispose()
-    except ImportError:  # no driver for the URI here: MLflow, which needs it too, says why
+    except (ImportError, TypeError):  # no driver here, or one without connect_timeout: MLflow says what it says
         return ""
     except Exception as exc:  # noqa: BLE001 - any failure to log in and read is this one reason
         why = str(getattr(exc, "orig", None) or exc).strip().splitlines()

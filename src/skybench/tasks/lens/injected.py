@@ -111,6 +111,9 @@ def _sky_groups(meta: pd.DataFrame, groups: np.ndarray) -> np.ndarray:
     """``groups`` merged where two cut-outs' footprints (boxes of ``footprint_arcsec_x/y`` centred on ``ra``,
     ``dec``) overlap on the sky; each merged group named by its first id in sorted order."""
     if not {"ra", "dec"} <= set(meta.columns):
+        if "source_kind" in meta and (meta["source_kind"] == "hst_scene").any():  # scenes may share a mosaic
+            raise ValueError("the real set's HST scene cut-outs have no sky positions (ra, dec): it was imported "
+                             "before they were recorded; re-import it (skybench import-real-set, or dvc repro)")
         return groups
     ra, dec = (meta[c].to_numpy(np.float64) for c in ("ra", "dec"))
     half = [meta.get(c, pd.Series(0.0, index=meta.index)).fillna(0.0).to_numpy(np.float64) / 2.0
