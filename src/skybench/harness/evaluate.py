@@ -569,7 +569,7 @@ def _finish(plan: _Plan, res: PredictResult, track: Track, release_sha: str, hid
                                  private_stage=private_stage if status == "FINISHED" else None, team=plan.team,
                                  name=plan.name, fmt=sub.spec.format, status=status, reason=reason,
                                  sub_sha=sub.sha256, release_sha=release_sha, device=res.device, metrics=metrics,
-                                 seconds=res.seconds, n=len(res.ids), real_release_sha256=plan.real_sha,
+                                 seconds=res.seconds, n=len(streamed.ids), real_release_sha256=plan.real_sha,
                                  failure_kind=kind, submitted=plan.submitted, **cache_key(track))
     finally:
         for folder in (stage, private_stage):
