@@ -131,6 +131,19 @@ def test_real_truth_set(track, tmp_path) -> None:
     gain = 1.0 / (2.0 * np.sqrt(np.pi) * (1.4 / 0.396 / 2.3548))  # sum of a sampled unit Gaussian's squares
     expected = np.sqrt(1.2**2 - gain**2) * meta[[f"sigma_truth_{b}" for b in "gri"]].to_numpy()
     np.testing.assert_allclose(resid, expected, rtol=0.1)
+    # The truth holds the track's white background noise, as a simulated truth does: the HST noise it carries is
+    # dimmed below it (it was up to 9x the track's at mag_r = 15, and the recorded sigma its median diagonal, so the
+    # "degraded" copy was 0.4x as noisy as its truth), and the degraded copy 1.2x that.
+    from skybench.real_hst import robust_sigma
+    from skybench.tasks.enhance.simulator import degradation_info
+
+    track_sigma = np.array([degradation_info(track)["sigma_truth"][b] for b in "gri"])
+    recorded = meta[[f"sigma_truth_{b}" for b in "gri"]].to_numpy()
+    np.testing.assert_allclose(recorded, np.tile(track_sigma, (2, 1)), rtol=1e-6)
+    ends = (slice(0, 12), slice(-12, None))
+    corners = np.concatenate([truth[..., y, x].reshape(*truth.shape[:2], -1) for y in ends for x in ends], axis=-1)
+    noise = np.array([[robust_sigma(c) for c in obj] for obj in corners])
+    np.testing.assert_allclose(noise, np.broadcast_to(track_sigma, noise.shape), rtol=0.2)
 
 
 def test_torch_backend_matches_numpy(track) -> None:

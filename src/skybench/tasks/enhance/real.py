@@ -14,8 +14,9 @@ image, the **truth** (hidden) and its **degraded** copy (``images``, public), in
    of the band (the HST image is one band: the three bands share its morphology);
 2. degrade the three-band truth with :func:`skybench.physics.degrade.degrade`, the simulator's recipe: Gaussian
    blur of FWHM ``label.psf_fwhm`` and white noise raising the background sigma to ``label.noise_factor`` times the
-   truth's (the truth sigma of a band is the track's background sigma, or the HST noise carried through step 1
-   where that is larger).
+   truth's. At ``mag_r`` the HST noise carried through step 1 (whitened) can be above a band's background sigma
+   (up to 9x): such an object is dimmed until it is not in any band (``dimmed_mag``), so every truth holds the
+   track's white background noise, as the simulated truths do, and the degradation raises it to 1.2x.
 
 Every number is in the hidden metadata; the manifest's ``processing`` says the same.
 """
@@ -52,6 +53,13 @@ def _targets(track: EnhanceTrack, mag_r: float, stretch: float) -> list[Target]:
             for b in track.survey.bands]
 
 
+def _process(path: Path, targets: list[Target], seed: int, index: int) -> list[tuple[np.ndarray, dict]]:
+    """:func:`process_lens` of one HST image for each band's target, the noise of band k from [seed, index, k]."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # duplicated keywords in the HLA headers
+        return [process_lens(path, t, np.random.default_rng([seed, index, k])) for k, t in enumerate(targets)]
+
+
 def _processing(track: EnhanceTrack, mag_r: float, stretch: float, seed: int) -> str:
     info = degradation_info(track)
     return (
@@ -63,7 +71,9 @@ def _processing(track: EnhanceTrack, mag_r: float, stretch: float, seed: int) ->
         f" nearer) and the flux within r = {APERTURE_RADIUS} HST-arcsec set to r = {mag_r} mag plus the track's bulge"
         " colour of the band (one HST band: the three bands share its morphology). Then the simulator's degradation:"
         f" Gaussian blur of FWHM {info['psf_fwhm_arcsec']}\" and white noise raising the background sigma to"
-        f" {info['noise_factor']} x the truth's (max of the track sigma and the propagated HST noise)."
+        f" {info['noise_factor']} x the truth's. An object whose carried HST noise (whitened) would be above a band's"
+        " sigma at that flux is dimmed until it is not (dimmed_mag in the metadata): its truth holds the track's"
+        " white noise, as a simulated truth does."
         f" Noise: numpy default_rng([seed={seed}, index, band]) for the truth, [seed, index, 99] for the degradation."
     )
 
@@ -91,12 +101,19 @@ def import_real_truth(data_dir: Path, track: Track | str, out: Path, *, seed: in
                               "telescope": entry["telescope"], "instrument": entry["instrument"],
                               "hst_band": entry["band"], "angular_stretch": angular_stretch, "mag_r": mag_r}
             sigma = np.zeros(len(names))
-            for k, (band, target) in enumerate(zip(names, targets, strict=True)):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # duplicated keywords in the HLA headers
-                    image, numbers = process_lens(path, target, np.random.default_rng([seed, index, k]))
+            done = _process(path, targets, seed, index)
+            # At mag_r the carried HST noise (whitened: its covariance's largest eigenvalue) may be above a band's
+            # background sigma (up to 9x): the object is dimmed until it is not in any band, so its truth holds the
+            # track's white noise, as a simulated truth does, and the degradation adds 1.2x of that (lens/real.py
+            # caps a real object's flux the same way, flux_reach).
+            dim = max(n["existing_sigma_processed_eig_max"] / n["sigma_bkg_target"] for _, n in done)
+            row["dimmed_mag"] = float(2.5 * np.log10(dim)) if dim > 1.0 else 0.0
+            if dim > 1.0:
+                row["mag_r"] = mag_r + row["dimmed_mag"] + 1e-6
+                done = _process(path, _targets(track, row["mag_r"], angular_stretch), seed, index)
+            for k, (band, (image, numbers)) in enumerate(zip(names, done, strict=True)):
                 bands.append(image)
-                sigma[k] = max(numbers["sigma_bkg_target"], numbers["existing_sigma_processed"])
+                sigma[k] = numbers["white_noise_sigma"]  # the truth's noise: white at this sigma
                 row.update({f"{key}_{band}": value for key, value in numbers.items()
                             if key in ("flux_scale", "existing_sigma_processed", "added_bkg_sigma", "psf_fwhm_hst",
                                        "footprint_fraction", "final_border_sigma")})
