@@ -168,6 +168,12 @@ def test_track_checks():
         _track(galaxies__colors={"r": 0.0})
     with pytest.raises(ValueError, match="max_draws 64 cannot fill up to 75"):  # it fell short without a word
         _track(lenses__deflectors_per_tile=(0, 70))
+    # a field galaxy of R_sersic 3" needs a 512-pixel stamp at 0.1"/px: at 128 its stamp was cut at about 2 R_e
+    # (a square edge, line S/N up to 10, and up to 22% of its flux missing)
+    with pytest.raises(ValueError, match="max_stamp 128 cuts the largest field galaxies.*raise it to 512"):
+        _track(tile__max_stamp=128)
+    sim = DetectSimulator(_track(tile__max_stamp=512))
+    assert sim._stamp_sizes(np.array([0.05, 1.0, 3.0])).tolist() == [16, 128, 512]
     d = load_detect_track(YAML).model_dump()
     d["survey"]["pixel_scale"] = 0.2
     with pytest.raises(ValueError, match="differs from that of the lens track"):

@@ -78,7 +78,9 @@ class EvaluationRecord(BaseModel):
     # UTC ISO time the record was written: its MLflow run's start time, so an entry's runs are in the order their
     # records were written (one at a time, under the records lock), whatever order they are published in
     evaluated: str = ""
-    n: int | None = None  # objects predicted (the whole stream: its simulated count would give the real set's away); absent when nothing ran
+    # objects predicted: the whole stream (its simulated count would give the real set's away); absent when
+    # nothing ran
+    n: int | None = None
     metrics: dict[str, Metric]
 
     def to_json(self, with_run: bool = False) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
@@ -138,7 +138,18 @@ class Tile(_Strict):
     # pixels per side; per profile ({demo: 512, challenge: 1024}), resolved by DetectTrack.for_profile
     size: PositiveInt | dict[str, PositiveInt]
     supersampling: int = Field(2, ge=1)  # of the field-galaxy stamps
-    max_stamp: int = Field(128, ge=8)  # the largest field-galaxy stamp (pixels)
+    max_stamp: int = Field(512, ge=8)  # the largest field-galaxy stamp (pixels); must hold the largest galaxy
+
+
+STAMP_RADII = 5.0  # field-galaxy stamps reach this many half-light radii (plus the PSF) from the centre
+
+
+def stamp_sizes(R: Any, pixel_scale: float, seeing: float, cap: int | None = None) -> Any:
+    """Field-galaxy stamp sides (pixels, powers of 2 from 16) for half-light radii ``R`` (arcsec): out to
+    :data:`STAMP_RADII` radii plus twice the PSF FWHM on each side; at most ``cap``."""
+    need = 2 * (STAMP_RADII * np.asarray(R) / pixel_scale + 2 * seeing / pixel_scale) + 2
+    size = 2 ** np.ceil(np.log2(np.maximum(need, 16)))
+    return (size if cap is None else np.minimum(size, cap)).astype(int)
 
 
 class Matching(_Strict):
@@ -207,6 +218,11 @@ class DetectTrack(Track):
             _check_range(f"population.{name}", r)
         if not 0 < p.galaxies.q[0] <= p.galaxies.q[1] <= 1:
             raise ValueError(f"population.galaxies.q: axis ratios in (0, 1], got {list(p.galaxies.q)}")
+        largest = int(stamp_sizes(p.galaxies.size.max_R_sersic, self.survey.pixel_scale,
+                                  max(b.seeing for b in self.survey.bands)))
+        if self.tile.max_stamp < largest:  # a cut stamp: a square edge and missing flux (22% at R 3")
+            raise ValueError(f"tile.max_stamp {self.tile.max_stamp} cuts the largest field galaxies (R_sersic "
+                             f"{p.galaxies.size.max_R_sersic}\" needs a {largest}-pixel stamp): raise it to {largest}")
         if self.output.shape != ["N", self.output.max_candidates, 3]:
             raise ValueError(f"output.shape must be [N, {self.output.max_candidates}, 3] (candidates x, y, score), "
                              f"got {self.output.shape}")

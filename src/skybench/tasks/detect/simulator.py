@@ -28,12 +28,11 @@ from skybench.physics.lens_mass import phi_q2ellipticity
 from skybench.physics.light import sersic_total_flux
 from skybench.physics.noise import magnitude2cps, noise_stream
 from skybench.physics.render import Renderer
-from skybench.tasks.detect.config import TABLE, DetectTrack
+from skybench.tasks.detect.config import TABLE, DetectTrack, stamp_sizes
 from skybench.testkey import ObjectSeeds, as_object_seeds
 
 FIELD, PLACEMENT, NOISE = 0, 1, 2  # the tile's random streams
 EXP_HALF_LIGHT = 1.678  # half-light radius / scale length of an exponential disc (b_1 of the Sersic profile)
-STAMP_RADII = 5.0  # field-galaxy stamps reach this many half-light radii (plus the PSF) from the centre
 LOOKALIKE_FLAGS = ("has_companion", "has_arclet", "has_ring")
 
 
@@ -138,9 +137,7 @@ class DetectSimulator:
         return self._stamp_renderers[size]
 
     def _stamp_sizes(self, R: np.ndarray) -> np.ndarray:
-        psf = max(b.seeing for b in self.bands) / self.pix
-        need = 2 * (STAMP_RADII * R / self.pix + 2 * psf) + 2
-        return np.clip(2 ** np.ceil(np.log2(np.maximum(need, 16))), 16, self.track.tile.max_stamp).astype(int)
+        return stamp_sizes(R, self.pix, max(b.seeing for b in self.bands), self.track.tile.max_stamp)
 
     def _add_galaxies(self, tile: np.ndarray, gal: pd.DataFrame, chunk: int = 64) -> None:
         """Add the field galaxies, unconvolved, to ``tile`` (bands, H, W): Sersic stamps on the supersampled grid,
