@@ -430,7 +430,9 @@ def _crashed(folder: Path, plan: _Plan | None, exc: Exception, out: Path, releas
 
     An ``OSError`` (a full disk, an I/O error) is the machine's failure, not the submission's: a previous record
     is kept whole (its scores and predictions), else the FAILED record is marked ``infrastructure`` (retried)."""
-    kind = INFRASTRUCTURE if isinstance(exc, OSError) else ""
+    from skybench.harness.executors import is_ray_fault
+
+    kind = INFRASTRUCTURE if isinstance(exc, OSError) or is_ray_fault(exc) else ""  # the machine's, retried
     reason = f"evaluation failed: {one_line(exc)}"
     if kind and not getattr(exc, "filename", None):  # ENOSPC from a write names no file: say where
         reason += f" (evaluating into {out})"

@@ -98,7 +98,14 @@ class RayExecutor:
                 yield infrastructure_failure(exc)
             return
         try:
-            resources = ray.cluster_resources()
+            try:
+                resources = ray.cluster_resources()
+                largest = max((n.get("Resources", {}).get("memory", 0) for n in ray.nodes() if n.get("Alive", True)),
+                              default=0)
+            except Exception as exc:  # noqa: BLE001 - the cluster's state unreadable: the machine's, every job retried
+                for _ in jobs:
+                    yield infrastructure_failure(exc)
+                return
             gpus = int(resources.get("GPU", 0))
             slots = gpus or max(1, int(resources.get("CPU", 1)) // self.cpus_per_task)
             task = ray.remote(_predict_shard)
@@ -107,18 +114,22 @@ class RayExecutor:
             # Each task reserves its sandbox's memory limit (at most the largest node's memory, so that it can run),
             # so Ray never runs more sandboxes on a node than its memory holds: past that, the kernel's OOM killer
             # picks whichever sandbox has the most resident memory, another team's run within its own limit.
-            largest = max((n.get("Resources", {}).get("memory", 0) for n in ray.nodes() if n.get("Alive", True)),
-                          default=0)
-            pending: list[list[Any] | None] = []
+            pending: list[list[Any] | Exception | None] = []
             for job in jobs:
                 if job.sub.spec.format == "predictions":  # runs no code: checked here, nothing to distribute
                     pending.append(None)
                     continue
-                ranges = shard_ranges(job.test_dir, job.track.evaluation.batch_size, self.shards or slots)
-                memory = int(min(job.track.sandbox.memory_mb * 2**20, largest))
-                run = task.options(**per_task, **({"memory": memory} if memory > 0 else {}))
-                pending.append([run.remote(job, a, b, threads) for a, b in ranges])
+                try:  # a failure to submit is this job's alone, judged as a task's would be
+                    ranges = shard_ranges(job.test_dir, job.track.evaluation.batch_size, self.shards or slots)
+                    memory = int(min(job.track.sandbox.memory_mb * 2**20, largest))
+                    run = task.options(**per_task, **({"memory": memory} if memory > 0 else {}))
+                    pending.append([run.remote(job, a, b, threads) for a, b in ranges])
+                except Exception as exc:  # noqa: BLE001
+                    pending.append(exc)
             for job, refs in zip(jobs, pending, strict=True):
+                if isinstance(refs, Exception):
+                    yield infrastructure_failure(refs) if is_infrastructure(refs) else refs
+                    continue
                 if refs is None:
                     try:
                         res = next(LocalExecutor().run([job]))
@@ -150,8 +161,12 @@ def is_infrastructure(exc: BaseException) -> bool:
     exc = _task_cause(exc)
     if isinstance(exc, RecursionError):  # a hostile output nested too deep: the submission's doing
         return False
-    return isinstance(exc, (OSError, RuntimeError)) or any(c.__module__.split(".")[0] == "ray"
-                                                           for c in type(exc).__mro__)
+    return isinstance(exc, (OSError, RuntimeError)) or is_ray_fault(exc)
+
+
+def is_ray_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` is Ray's own error (a lost worker, node or control store), not what a task raised."""
+    return any(c.__module__.split(".")[0] == "ray" for c in type(_task_cause(exc)).__mro__)
 
 
 def _task_cause(exc: BaseException) -> BaseException:
@@ -256,8 +271,12 @@ def _copy_rows(src: Path, a: int, b: int, target: Path, block: int = 256) -> Non
 
 def _predict_shard(job: Job, start: int, stop: int, threads: int | None) -> PredictResult:
     """Body of a Ray task: predict rows [start, stop) of the job's test set in the sandbox, on this worker."""
+    from skybench.harness.record import _stage, discard_stage
+
     total = sum(rows for _, rows in next(iter(_shard_files(job.test_dir).values())))
-    tmp = Path(tempfile.mkdtemp(prefix="skybench-shard-"))
+    # flocked while this task lives, so a killed worker's or evaluator's folder (a view of up to half the test set)
+    # is swept by the next task on the node, whatever pid namespace either ran in (record.sweep_stale)
+    tmp = _stage(Path(tempfile.gettempdir()) / "skybench-shard")
     try:
         inputs = job.test_dir if (start, stop) == (0, total) else write_view(job.test_dir, start, stop,
                                                                              tmp / "inputs")
@@ -265,6 +284,7 @@ def _predict_shard(job: Job, start: int, stop: int, threads: int | None) -> Pred
                                  require_cgroups=job.require_cgroups, private=job.private)
     finally:
         remove_tree(tmp)  # iterative: any depth
+        discard_stage(tmp)
 
 
 def merge_results(parts: list[PredictResult]) -> PredictResult:
