@@ -3,7 +3,6 @@
 import json
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -265,22 +264,31 @@ def test_a_ray_fault_while_sending_tasks_is_the_machine_s_not_the_first_team_s(r
 
 def test_a_killed_shard_task_s_folder_is_swept_by_the_next(tiny_space_release, tmp_path):
     """A SIGKILLed Ray worker or evaluator left its shard folder (a view of up to half the test set: ~16 GB on a
-    100,000-object lens-ground run) in /tmp for good; the next shard task on the node removes it."""
-    import tempfile
-
-    from skybench.harness.executors import Job, _predict_shard
+    100,000-object lens-ground run) in /tmp for good; the next shard task on the node removes it, in a folder of
+    this user's alone, whatever the killed run's scratch held (1,500 levels: shutil.rmtree's RecursionError failed
+    every later shard on the node as the team's own failure)."""
+    from skybench.harness.executors import Job, _predict_shard, private_temp
     from skybench.harness.record import _STAGE
     from skybench.harness.submission import load_submission
 
-    tmp = Path(tempfile.gettempdir())
-    dead = tmp / f"{_STAGE}skybench-shard.killed-test"
+    root = private_temp()
+    assert root.stat().st_mode & 0o777 == 0o700 and root.stat().st_uid == os.geteuid()
+    dead = root / f"{_STAGE}shard.killed-test"
     (dead / "inputs").mkdir(parents=True)
     (dead / "inputs" / "images-00000.npy").write_bytes(bytes(1000))
+    deep = dead / "scratch"
+    deep.mkdir()
+    fd = os.open(deep, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(1500):  # relative to the last folder: deeper than PATH_MAX allows in one path
+        os.mkdir("d", dir_fd=fd)
+        fd, old = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd), fd
+        os.close(old)
+    os.close(fd)
     os.utime(dead, (time.time() - 120, time.time() - 120))
-    before = set(tmp.glob(f"{_STAGE}skybench-shard.*")) - {dead}
+    before = set(root.glob(f"{_STAGE}shard.*")) - {dead}
     sub = load_submission(python_submission(tmp_path / "subs", "det", PREDICT, team="ray"))
     test_dir = layout.public_dir(tiny_space_release, "test")
     (a, b), *_ = shard_ranges(test_dir, 16, 2)
     res = _predict_shard(Job(sub, test_dir, load_track("lens-space")), a, b, 1)
     assert res.ok, res.reason
-    assert not dead.exists() and set(tmp.glob(f"{_STAGE}skybench-shard.*")) == before  # and its own is gone
+    assert not dead.exists() and set(root.glob(f"{_STAGE}shard.*")) == before  # and its own is gone

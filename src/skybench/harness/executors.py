@@ -14,8 +14,10 @@ the ids index (:mod:`skybench.release.layout`); the sandbox sees only that folde
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -269,14 +271,30 @@ def _copy_rows(src: Path, a: int, b: int, target: Path, block: int = 256) -> Non
             f.write(np.ascontiguousarray(arr[i:min(b, i + block)]).tobytes())
 
 
+def private_temp() -> Path:
+    """``$TMPDIR/skybench-<uid>``: made mode 0700 on first use; ``OSError`` (the machine's) unless it is a folder of
+    this user's that nobody else can enter (not a link another user planted)."""
+    root = Path(tempfile.gettempdir()) / f"skybench-{os.geteuid()}"
+    with contextlib.suppress(FileExistsError):
+        root.mkdir(mode=0o700)
+    st = os.lstat(root)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise OSError(f"{root}: not a private folder of this user (a link, another user's, or open to others); "
+                      "remove it")
+    return root
+
+
 def _predict_shard(job: Job, start: int, stop: int, threads: int | None) -> PredictResult:
     """Body of a Ray task: predict rows [start, stop) of the job's test set in the sandbox, on this worker."""
     from skybench.harness.record import _stage, discard_stage
+    from skybench.harness.sandbox import _sweep_scratch_mounts
 
     total = sum(rows for _, rows in next(iter(_shard_files(job.test_dir).values())))
     # flocked while this task lives, so a killed worker's or evaluator's folder (a view of up to half the test set)
-    # is swept by the next task on the node, whatever pid namespace either ran in (record.sweep_stale)
-    tmp = _stage(Path(tempfile.gettempdir()) / "skybench-shard")
+    # is swept by the next task on the node, whatever pid namespace either ran in (record.sweep_stale), in a folder
+    # of this user's alone (in /tmp itself another user could plant links or folders for the sweep to follow)
+    _sweep_scratch_mounts()  # a killed task's scratch tmpfs first, so that its folder can go
+    tmp = _stage(private_temp() / "shard")
     try:
         inputs = job.test_dir if (start, stop) == (0, total) else write_view(job.test_dir, start, stop,
                                                                              tmp / "inputs")
