@@ -399,23 +399,33 @@ def _database_unreachable(uri: str, timeout: float) -> str:
         return f"MLflow database {shown} is unreachable ({exc.strerror or exc})"
     if url.get_backend_name() != "postgresql":
         return ""
+    import threading
+
     from sqlalchemy import create_engine, text
     from sqlalchemy.pool import NullPool
 
-    try:  # libpq's connect_timeout bounds the whole log-in; the statement's own timeout the query (set after it:
-        # a pooler such as PgBouncer refuses startup options)
-        engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": max(1, round(timeout))})
-        try:
-            with engine.connect() as conn:
-                conn.execute(text(f"SET statement_timeout = {round(timeout * 1000)}"))
-                conn.execute(text("SELECT 1"))
-        finally:
-            engine.dispose()
-    except (ImportError, TypeError):  # no driver here, or one without connect_timeout: MLflow says what it says
-        return ""
-    except Exception as exc:  # noqa: BLE001 - any failure to log in and read is this one reason
-        why = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        return f"MLflow database {shown} does not answer ({type(exc).__name__}: {why[0][:200] if why else ''})"
-    return ""
+    said: list[str] = []
+
+    def probe() -> None:
+        try:  # libpq's connect_timeout bounds the log-in; the thread's join everything after it (the dialect's
+            # first queries, a server that answers the log-in and then nothing)
+            engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": max(1, round(timeout))})
+            try:
+                with engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+            finally:
+                engine.dispose()
+            said.append("")
+        except (ImportError, TypeError):  # no driver here, or one without connect_timeout: MLflow says what it says
+            said.append("")
+        except Exception as exc:  # noqa: BLE001 - any failure to log in and read is this one reason
+            why = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            said.append(f"MLflow database {shown} does not answer ({type(exc).__name__}: "
+                        f"{why[0][:200] if why else ''})")
+
+    worker = threading.Thread(target=probe, daemon=True, name="skybench-db-probe")
+    worker.start()
+    worker.join(2 * timeout + 1)  # the log-in's own timeout, then as long again for the rest
+    return said[0] if said else f"MLflow database {shown} does not answer (no reply within {2 * timeout + 1:g} s)"
 
 
