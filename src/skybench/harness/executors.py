@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from skybench.harness.sandbox import remove_tree
+from skybench.harness.files import remove_tree
 from skybench.harness.submission import PredictResult, Submission, sandboxed_predict
 from skybench.release import layout
 from skybench.release.shards import input_arrays, shards

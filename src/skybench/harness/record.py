@@ -305,7 +305,7 @@ def sweep_stale(folder: Path, name: str = "*") -> None:
 def _remove_quietly(folder: Path) -> None:
     """Remove a gone writer's folder, whatever it holds (a sandbox's scratch of any depth: ``shutil.rmtree``
     recursed into a RecursionError); a sweep never fails the evaluation that runs it."""
-    from skybench.harness.sandbox import remove_tree
+    from skybench.harness.files import remove_tree
 
     try:
         remove_tree(folder)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from skybench.harness import cgroups
+from skybench.harness.files import remove_tree
 
 __all__ = ["Limits", "SandboxResult", "check_bwrap_features", "gpu_binds", "gpu_library_path", "remove_tree",
            "run_sandboxed", "seccomp_bpf"]
@@ -325,56 +326,6 @@ def _memfd(name: str, data: str | bytes) -> int:
     os.write(fd, data.encode() if isinstance(data, str) else data)
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
-
-
-def remove_tree(path: Path) -> None:
-    """Delete a directory tree of any depth (iteratively, at most two open folders): a sandbox can leave
-    trees deeper than ``shutil.rmtree``'s recursion limit or than PATH_MAX. Symlinks are removed, never followed."""
-    path = Path(path)
-    try:
-        root = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        return
-    except NotADirectoryError:
-        path.unlink()
-        return
-    except PermissionError:  # without root: a sandbox's /scratch (our own uid's folder) it made chmod 000
-        if not stat.S_ISDIR(os.lstat(path).st_mode):
-            raise
-        os.chmod(path, 0o700)
-        root = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    n = 0
-    try:
-        while names := os.listdir(root):
-            for name in names:
-                try:
-                    os.unlink(name, dir_fd=root)
-                    continue
-                except FileNotFoundError:
-                    continue
-                except IsADirectoryError:
-                    pass
-                os.chmod(name, 0o700, dir_fd=root)  # the sandbox may have left it unreadable (it is dead now)
-                sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=root)
-                try:  # move its sub-folders up to the top, delete its files, then remove it
-                    for child in os.listdir(sub):
-                        try:
-                            os.unlink(child, dir_fd=sub)
-                        except IsADirectoryError:
-                            while True:  # the tree may hold a folder or file of that name already: the next one
-                                n += 1
-                                try:
-                                    os.rename(child, f".rm-{n}", src_dir_fd=sub, dst_dir_fd=root)
-                                    break
-                                except OSError as exc:
-                                    if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EINVAL):
-                                        raise
-                finally:
-                    os.close(sub)
-                os.rmdir(name, dir_fd=root)
-    finally:
-        os.close(root)
-    os.rmdir(path)
 
 
 def _libc() -> ctypes.CDLL:
