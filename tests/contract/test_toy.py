@@ -119,7 +119,9 @@ def test_a_toy_submission_is_run_in_the_sandbox_scored_and_recorded(tmp_path: Pa
     ok = outcomes["psf-flux"]
     assert ok.status == "FINISHED", ok.reason
     record = json.loads((ok.record / "evaluation.json").read_text())
-    assert record["status"] == "FINISHED" and record["n"] == 40  # the simulated part of the stream
+    # n: the whole stream the model was given (40 simulated and the real set): the simulated count alone would give
+    # the real set's size away
+    assert record["status"] == "FINISHED" and record["n"] == 40 + open_release(release).manifest["real_set"]["real"]
     # The same metrics as the baseline run here, in this process: on the simulated test set (the same release
     # without the real set folded in) and on the real set.
     plain = simulate_release(ToyTrack.model_validate(raw), tmp_path / "plain", seed=4, size=40, progress=False,
