@@ -1420,7 +1420,7 @@ def test_a_sandboxed_model_gets_the_hosts_thread_count(tiny_space_release, tmp_p
 def test_a_run_cannot_ask_whether_a_shared_page_is_cached(tmp_path):
     """Before: preadv2(RWF_NOWAIT) told a run, without reading it, whether a page of a file every run can read (the
     venv, /usr) was in the host's page cache: a later run read 128 of 128 bits an earlier one had left there by reading
-    chosen pages (redteam/cache_channel.py), and a maps track's re-run sandboxes got the first run's per-map state."""
+    chosen pages, and a maps track's re-run sandboxes got the first run's per-map state."""
     res = run_script(tmp_path, f"""
         import errno, os
         fd = os.open({sys.executable!r}, os.O_RDONLY)

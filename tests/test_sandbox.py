@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -10,13 +11,14 @@ import tempfile
 import textwrap
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers import bwrap_works, python_submission
 
 from skybench.harness.sandbox import Limits, SandboxResult, run_sandboxed
-from skybench.harness.submission import load_submission, sandboxed_predict
+from skybench.harness.submission import Submission, load_submission, sandboxed_predict
 from skybench.release import layout, open_release
 from skybench.tracks import load_track
 
@@ -143,18 +145,20 @@ def test_hidden_dir_next_to_bound_public_dir_is_invisible(tmp_path):
     assert secret not in res.stdout + res.stderr
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not os.access("/usr/local/src", os.W_OK),
-                    reason="needs a writable /usr/local/src")
-def test_a_release_under_a_system_folder_the_sandbox_binds_is_hidden(tiny_space_release, tmp_path):
-    # e.g. a project in /usr/src/app (the python Docker image's WORKDIR): the sandbox binds /usr whole, so the
-    # release's hidden/ folder would be readable at its own path; it is masked, and the test inputs bound again
+needs_usr_local = pytest.mark.skipif(os.geteuid() != 0 or not os.access("/usr/local/src", os.W_OK),
+                                    reason="needs a writable /usr/local/src")
+
+
+@contextlib.contextmanager
+def _release_under_usr(tiny_space_release: Path, tmp_path: Path) -> Iterator[tuple[Path, Submission]]:
+    """(a copy of the release under /usr/local/src, a submission that says whether it sees its hidden/ folder)."""
     top = Path(tempfile.mkdtemp(prefix="skybench-test-", dir="/usr/local/src"))
     try:
         top.chmod(0o755)
         release = top / "lens-space"
         shutil.copytree(tiny_space_release, release)
         hidden = layout.hidden_dir(release, "test")
-        sub = load_submission(python_submission(tmp_path / "subs", "peek", f"""
+        yield release, load_submission(python_submission(tmp_path / "subs", "peek", f"""
             import os, sys
             def load(d):
                 print("release holds", sorted(os.listdir({str(release)!r})), file=sys.stderr)
@@ -165,47 +169,35 @@ def test_a_release_under_a_system_folder_the_sandbox_binds_is_hidden(tiny_space_
             def predict(m, b):
                 return b.sum(axis=(1, 2, 3))
         """))
+    finally:
+        shutil.rmtree(top)
+
+
+@needs_usr_local
+def test_a_release_under_a_system_folder_the_sandbox_binds_is_hidden(tiny_space_release, tmp_path):
+    # e.g. a project in /usr/src/app (the python Docker image's WORKDIR): the sandbox binds /usr whole, so the
+    # release's hidden/ folder would be readable at its own path; it is masked, and the test inputs bound again
+    with _release_under_usr(tiny_space_release, tmp_path) as (release, sub):
         res = sandboxed_predict(sub, release, scratch=tmp_path / "scratch", track=load_track("lens-space"),
                                 gpu=False)
         assert res.ok, res
         assert "hidden unseen FileNotFoundError" in res.log and "release holds []" in res.log, res.log
         assert len(res.predictions) == len(open_release(release).meta("test"))
-    finally:
-        shutil.rmtree(top)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not os.access("/usr/local/src", os.W_OK),
-                    reason="needs a writable /usr/local/src")
+@needs_usr_local
 def test_a_release_under_a_system_folder_is_hidden_from_inputs_outside_it(tiny_space_release, tmp_path):
     """Before: a Ray shard's view of the test set (and a maps track's drawn latents) is a folder outside the release,
-    so only the project root was hidden: a release under /usr outside the project was readable, hidden/ included
-    (redteam/ray_view_unmasked.py, redteam/maps_release_unmasked.py). The job carries the release now."""
+    so only the project root was hidden: a release under /usr outside the project was readable, hidden/ included.
+    The job carries the release now."""
     from skybench.harness.executors import Job, _predict_shard, shard_ranges
 
-    top = Path(tempfile.mkdtemp(prefix="skybench-test-", dir="/usr/local/src"))
-    try:
-        top.chmod(0o755)
-        release = top / "lens-space"
-        shutil.copytree(tiny_space_release, release)
-        hidden = layout.hidden_dir(release, "test")
-        sub = load_submission(python_submission(tmp_path / "subs", "peek", f"""
-            import os, sys
-            def load(d):
-                try:
-                    print("hidden holds", sorted(os.listdir({str(hidden)!r})), file=sys.stderr)
-                except OSError as exc:
-                    print("hidden unseen", type(exc).__name__, file=sys.stderr)
-            def predict(m, b):
-                return b.sum(axis=(1, 2, 3))
-        """))
-        track = load_track("lens-space")
+    with _release_under_usr(tiny_space_release, tmp_path) as (release, sub):
         test_dir = layout.public_dir(release, "test")
         (a, b), *_ = shard_ranges(test_dir, 4, 2)  # a part of the set: the sandbox sees a view of it
-        res = _predict_shard(Job(sub, test_dir, track, private=(release,)), a, b, 1)
+        res = _predict_shard(Job(sub, test_dir, load_track("lens-space"), private=(release,)), a, b, 1)
         assert res.ok, res
         assert "hidden unseen FileNotFoundError" in res.log, res.log
-    finally:
-        shutil.rmtree(top)
 
 
 def test_a_private_folder_inside_a_bound_folder_is_refused(tmp_path):
