@@ -350,3 +350,24 @@ def test_an_injected_track_folds_in_no_real_set(track, tmp_path):
                                                        {"real_set": "releases/real-lens-ground"}})
     with pytest.raises(ValueError, match="no real set may be folded"):
         simulate_release(track, tmp_path / "r", size=4, progress=False, workers=1, real_set="releases/real-lens-ground")
+
+
+@pytest.mark.slow
+def test_a_real_set_built_on_the_fly_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    """Without a release at ``injection.cutouts`` the real set is built from data/galaxies into a temporary folder
+    and read into memory; the folder went on existing after the process (one per test run and track)."""
+    import tempfile
+
+    from skybench.tasks.lens import injected
+
+    base = load_track(TRACK)
+    assert isinstance(base, LensTrack) and base.injection is not None
+    inj = base.injection.model_copy(update={"cutouts": str(tmp_path / "absent"), "split_seed": 987})
+    track = base.model_copy(update={"injection": inj})
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(injected, "_LIBRARIES", {})
+    lib = library(track)
+    assert lib.info["cutouts"].startswith("built on the fly") and len(lib.images) > 0
+    assert list(scratch.iterdir()) == []

@@ -95,12 +95,17 @@ def check_release(release: Path, track: Track) -> str:
     manifest = read_manifest(release)
     if manifest.get("track") != track.name:
         raise ReleaseError(f"{release}: release of track {manifest.get('track')!r}, not {track.name!r}")
-    problems = verify_release(release, only=layout.split_prefixes("test"))  # what scoring reads
-    if problems:  # each file named within the release: a one-line reason keeps the name, not a long prefix
-        inside = (f"{Path(release)}{os.sep}", f"{Path(release).resolve()}{os.sep}")
-        raise ReleaseError(f"{release}: refusing to evaluate on a release that fails verification:\n  "
-                           + "\n  ".join(p.replace(inside[0], "").replace(inside[1], "") for p in problems))
+    _refuse_unverified(release, "evaluate on a release")
     return release_digest(release)
+
+
+def _refuse_unverified(release: Path, what: str) -> None:
+    """Raise ``ReleaseError`` when the files scoring reads (the test split) do not match ``release``'s manifest,
+    each file named within the release (a one-line reason keeps the name, not a long prefix)."""
+    if problems := verify_release(release, only=layout.split_prefixes("test")):
+        inside = (f"{Path(release)}{os.sep}", f"{Path(release).resolve()}{os.sep}")
+        raise ReleaseError(f"{release}: refusing to {what} that fails verification:\n  "
+                           + "\n  ".join(p.replace(inside[0], "").replace(inside[1], "") for p in problems))
 
 
 def _spec_folders(root: str, examples: bool = True) -> list[Path]:
@@ -645,10 +650,7 @@ def _real_set(track: Track, release: Path) -> Path | None:
         raise ReleaseError(f"{release} holds the real set {folded.get('path')} as it was when the release was made "
                            f"(sha256 {folded.get('release_sha256')}), but {real} is missing or has changed since; "
                            "re-make the release (`dvc repro`, or `skybench simulate`) so both agree")
-    if problems := verify_release(real, only=layout.split_prefixes("test")):  # its labels score real_* metrics
-        inside = f"{real}{os.sep}"
-        raise ReleaseError(f"{real}: refusing to score on a real set that fails verification:\n  "
-                           + "\n  ".join(p.replace(inside, "") for p in problems))
+    _refuse_unverified(real, "score on a real set")  # its labels score the real_* metrics
     return real
 
 

@@ -204,10 +204,16 @@ def library(track: LensTrack) -> Library:
     path = cutouts_path(track)
     key = (str(path), inj.split_seed, inj.test_fraction, inj.val_fraction, track.survey.pixel_scale)
     if key not in _LIBRARIES:
+        import shutil
+
         from skybench.release import layout
 
         built = None if layout.is_release(path) else _build_real_set(track)
-        lib = _load(track, built or path)
+        try:
+            lib = _load(track, built or path)  # read into memory whole
+        finally:
+            if built is not None:  # its temporary folder
+                shutil.rmtree(built.parent, ignore_errors=True)
         if built is not None:
             lib.info["cutouts"] = f"built on the fly from data/galaxies (no release at {inj.cutouts})"
         _LIBRARIES[key] = lib
