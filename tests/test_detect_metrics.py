@@ -117,6 +117,7 @@ def test_bootstrap_intervals_bracket_the_values_and_resample_tiles():
         assert out[f"{k}_ci_low"] <= out[k] <= out[f"{k}_ci_high"], k
         assert out[f"{k}_ci_low"] < out[f"{k}_ci_high"], k
     assert out["n_tiles"] == 40 and out["n_lens"] == len(truth)
+
     # weights are tile multiplicities: tile 3 twice and tile 7 once is the problem of those three tiles
     w = np.zeros(40)
     w[[3, 7]] = [2, 1]
@@ -143,6 +144,23 @@ def _random_problem(rng: np.random.Generator, n_tiles: int, size: int = 200, k: 
             c = np.where(near[:, None], np.clip(pick, 0, size - 1), c)
         cands[t, :nc, :2], cands[t, :nc, 2] = c, rng.random(nc)
     return cands, pd.DataFrame(rows)
+
+
+def test_a_completeness_of_every_lens_has_an_interval_below_1():
+    """Every lens found: each tile resample finds all its lenses too, so the bootstrap's interval was [1, 1]; the
+    interval takes in the Wilson one of n of n (what a fixed threshold alone leaves open)."""
+    from scipy.stats import binomtest
+
+    truth = _truth()
+    cands = np.array([[[20, 20, 0.9], [70, 70, 0.8], NAN3], [[50, 50, 0.7], NAN3, NAN3]], dtype=np.float64)
+    m = match(cands, truth, [0, 1], 1.0, 1.0, PIX, tile_area_deg2=1.0)
+    out = detection_metrics(m, fp_per_deg2=(1.0,), theta_E_edges=[0.4, 1.0, 2.0], n_resamples=200)
+    for key, n in (("completeness", 3), ("completeness_fp1", 3), ("by_lens_theta_E_0.4-1_completeness_fp1", 2)):
+        assert out[key] == 1.0, key
+        want = binomtest(n, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert out[f"{key}_ci_low"] == pytest.approx(want.low, abs=1e-12) and out[f"{key}_ci_high"] == 1.0, key
+    assert out["average_precision"] == 1.0
+
 
 
 def _coco_ap(cands: np.ndarray, truth: pd.DataFrame, k: int) -> float:

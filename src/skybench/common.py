@@ -4,6 +4,7 @@ harness and a task share (PDF rows, detections)."""
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import shutil
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 __all__ = ["Strict", "UndefinedMetricError", "bootstrap_ci", "check_bootstrap_args", "check_indices", "write_whole",
            "detections_from_csv", "on_resamples", "percentile_interval", "proportion_ci", "stratified", "stratum_key",
-           "stratum_labels", "stratum_masks", "swap_in", "validate_detections"]
+           "stratum_labels", "stratum_masks", "swap_in", "validate_detections", "wilson_interval"]
 
 
 class Strict(BaseModel):
@@ -206,18 +207,33 @@ def stratified(strata: Sequence[object], table: Mapping[str, ArrayLike],
     return out
 
 
-def proportion_ci(hits: ArrayLike, n_resamples: int = 1000, seed: int = 0) -> dict[str, float]:
-    """``value`` (the mean of the 0/1 ``hits``), its bootstrap ``ci_low`` / ``ci_high`` and ``n``; value and
-    interval NaN when ``hits`` is empty."""
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of the binomial proportion ``successes / n`` (NaN, NaN for n = 0): unlike the normal
+    approximation or a bootstrap it stays inside [0, 1] and is not empty at 0 or n successes."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + confidence / 2))
+    p = successes / n
+    # Wilson 1927, JASA 22, 209: (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    denom = 1 + z * z / n
+    # exactly 0 / 1 at 0 / n successes (the formula's terms cancel there, up to rounding)
+    low = 0.0 if successes <= 0 else max(0.0, (centre - half) / denom)
+    high = 1.0 if successes >= n else min(1.0, (centre + half) / denom)
+    return low, high
+
+
+def proportion_ci(hits: ArrayLike) -> dict[str, float]:
+    """``value`` (the mean of the 0/1 ``hits``), its Wilson 95% ``ci_low`` / ``ci_high`` and ``n``; value and
+    interval NaN when ``hits`` is empty. (A bootstrap of a 0/1 mean is [0, 0] or [1, 1] at 0 or n hits, whatever n.)"""
     h = np.asarray(hits, dtype=np.float64)
     if h.size == 0:
         return {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
-    check_bootstrap_args(n_resamples, 0.05)
     if not np.all((h == 0) | (h == 1)):
         raise ValueError("proportion_ci needs 0/1 values")
-    # the percentile bootstrap of a mean of 0/1 values, drawn directly: a resample's hit count is Binomial(n, p)
-    k = np.random.default_rng(seed).binomial(h.size, h.mean(), size=int(n_resamples))
-    low, high = percentile_interval(k / h.size, 0.05)
+    low, high = wilson_interval(int(h.sum()), h.size)
     return {"value": float(h.mean()), "ci_low": low, "ci_high": high, "n": int(h.size)}
 
 

@@ -25,6 +25,7 @@ from skybench.common import (  # noqa: F401 - the predictions' checks, shared wi
     stratum_key,
     stratum_masks,
     validate_detections,
+    wilson_interval,
 )
 from skybench.tasks.detect.config import DetectTrack
 
@@ -199,6 +200,10 @@ def detection_metrics(m: Matched, fp_per_deg2: Sequence[float] = (1.0, 10.0),
                 cache[key] = None
         return cache[key]
 
+    lenses = {name: m.lens_tile.size for name in point if name != "average_precision"}  # lenses of each completeness
+    if theta_E_edges is not None and fp_per_deg2:
+        for label, mask in stratum_masks(theta_E_edges, None, m.lens_theta_E):
+            lenses[stratum_key("lens_theta_E", label, _fp_key(max(fp_per_deg2)))] = int(np.sum(mask))
     out = dict(point)
     for name in point:
         def metric(idx: np.ndarray, name: str = name) -> float:
@@ -211,6 +216,10 @@ def detection_metrics(m: Matched, fp_per_deg2: Sequence[float] = (1.0, 10.0),
             low, high = bootstrap_ci(metric, np.arange(m.n_tiles), n_resamples=n_resamples, seed=seed)
         except ValueError:  # undefined on every resample (an empty bin)
             low, high = float("nan"), float("nan")
+        if name in lenses and math.isfinite(point[name]):  # a completeness: a proportion of lenses
+            # the tiles' bootstrap carries the threshold's spread but is [1, 1] at n of n found; Wilson's is not
+            w_low, w_high = wilson_interval(round(point[name] * lenses[name]), lenses[name])
+            low, high = min(low, w_low), max(high, w_high)
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = low, high
     out.update(n_tiles=float(m.n_tiles), n_lens=float(m.lens_tile.size), n_candidates=float(m.score.size))
     return out

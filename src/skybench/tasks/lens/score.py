@@ -8,7 +8,6 @@ Written to ``out_dir``, the organiser's folder: ``metrics.json``, ``roc.csv`` / 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from skybench.common import on_resamples, percentile_interval, proportion_ci, stratified
+from skybench.common import on_resamples, percentile_interval, proportion_ci, stratified, wilson_interval
 from skybench.tasks.lens.metrics import (
     auroc_resamples,
     completeness_by_bin,
@@ -169,7 +168,7 @@ def contaminant_mask(truth: pd.DataFrame, kind: str) -> np.ndarray:
 def stratified_lens(truth: pd.DataFrame, labels: np.ndarray, scores: np.ndarray,
                     strata: Sequence[Stratum]) -> dict[str, float]:
     """Per bin of each stratum, at the entry's FPR = 1% threshold over the whole set scored (fixed, so the interval
-    is the bootstrap one of a proportion given that threshold): ``tpr_fpr1`` (completeness of the bin's lenses)
+    is the Wilson one of a proportion given that threshold): ``tpr_fpr1`` (completeness of the bin's lenses)
     with ``_ci_low`` / ``_ci_high``, ``tpr0`` (at the threshold before the first false positive), ``fpr_fpr1`` (the
     bin's non-lenses scored above the threshold) with its interval, ``n_lens`` and ``n_nonlens``. NaN (empty)
     values are left out."""
@@ -233,21 +232,3 @@ def real_lens_recall(truth: pd.DataFrame, scores: np.ndarray, real_scores: np.nd
     """Fraction of real lenses scored at or above the threshold that gives FPR = 1% on the simulated test set."""
     found, n = real_lens_found(truth, scores, real_scores)
     return found / n if n else float("nan")
-
-
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of the binomial proportion ``successes / n`` (NaN, NaN for n = 0): unlike the normal
-    approximation it stays inside [0, 1] and is not empty at 0 or n successes, as happens with a few dozen lenses."""
-    if n <= 0:
-        return float("nan"), float("nan")
-    from scipy.stats import norm
-
-    z = float(norm.ppf(0.5 + confidence / 2))
-    p = successes / n
-    # Wilson 1927, JASA 22, 209: (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)
-    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    denom = 1 + z * z / n
-    # exactly 0 / 1 at 0 / n successes (the formula's terms cancel there, up to rounding)
-    low = 0.0 if successes <= 0 else max(0.0, (centre - half) / denom)
-    high = 1.0 if successes >= n else min(1.0, (centre + half) / denom)
-    return low, high
