@@ -246,6 +246,29 @@ def test_store_full(cfg, engine, small_store):  # type: ignore[no-untyped-def]
     assert (stored / "weights.bin").stat().st_size == 1_000_000
 
 
+def test_a_full_temporary_folder_is_the_servers_fault(cfg, engine, small_store, monkeypatch):  # type: ignore[no-untyped-def]
+    """The web framework spools a body past 1 MiB to the system's temporary folder, not the store: that folder full
+    answered a bare 500 to every team's upload (the store had room)."""
+    import tempfile
+
+    from skybench.server.app import create_app
+    from skybench.server.auth import add_team
+    from skybench.server.db import sessions
+
+    monkeypatch.setattr(tempfile, "tempdir", str(small_store))
+    app = create_app(cfg, engine)
+    with sessions(engine)() as s:
+        token = add_team(s, "alpha").token
+    with TestClient(app) as client:
+        filler = _fill(small_store, leave=300_000)
+        r = _upload(client, token, "big", _big("big", 1_500_000))
+        assert r.status_code == 507, r.text
+        assert "temporary folder" in r.json()["detail"] and "costs no quota" in r.json()["detail"]
+        assert _objects(cfg) == []
+        filler.unlink()
+        assert _upload(client, token, "big", _big("big", 1_500_000)).status_code == 202
+
+
 def test_a_full_store_when_a_phase_ends_keeps_the_snapshot_and_the_board(cfg, engine, small_store, tmp_path,
                                                                          monkeypatch):  # type: ignore[no-untyped-def]
     """The store full as an admin closes a track: the phase changes, the board of the phase that ended is kept in
@@ -335,6 +358,71 @@ def test_database_unreachable_answers_503_and_recovers(tmp_path, postgres):  # t
         engine.dispose()
     finally:
         pg.stop()
+
+
+def test_the_database_lost_between_storing_and_queueing_keeps_nothing(cfg, engine, monkeypatch):  # type: ignore[no-untyped-def]
+    """The database away after an upload was stored and before it was queued: the answer said "this request changed
+    nothing", yet its stored folder stayed in objects/ (never collected) and its ``received`` row in the team's list
+    until a restart and an hour. Now the folder is dropped when the database answers again, else the next start's
+    sweep takes it, and each tick fails the row."""
+    from sqlalchemy.exc import OperationalError
+
+    from skybench.server import queue
+    from skybench.server.app import create_app
+    from skybench.server.auth import add_team
+    from skybench.server.db import sessions
+    from skybench.server.storage import Store
+
+    def away(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OperationalError("SELECT", {}, Exception("database is locked"))
+
+    app = create_app(cfg, engine)
+    with sessions(engine)() as s:
+        token = add_team(s, "alpha").token
+    auth = {"Authorization": f"Bearer {token}"}
+    with TestClient(app) as client:
+        acked = _upload(client, token, "acked").json()
+        monkeypatch.setattr(queue, "enqueue", away)  # back at once: the folder is dropped
+        r = _upload(client, token, "m1", _big("m1", 10_000))
+        assert r.status_code == 503 and "changed nothing" in r.json()["detail"], r.text
+        assert _objects(cfg) == [acked["sha256"]]
+        assert [x["name"] for x in client.get("/api/submissions", headers=auth).json()] == ["acked"]
+        for name in ("stored_for", "abandon"):  # away for the clean-up too
+            monkeypatch.setattr(queue, name, away)
+        assert _upload(client, token, "m2", _big("m2", 10_000)).status_code == 503
+    monkeypatch.undo()
+    assert len(_objects(cfg)) == 2
+    with sessions(engine)() as s:
+        assert queue.expire_received(s, older_than=0) == 1  # what each tick does (after an hour)
+        gone = Store(cfg.storage, cfg.upload).sweep_objects(lambda sha: queue.stored_for(s, sha), older_than=0)
+    assert _objects(cfg) == [acked["sha256"]] and len(gone) == 1
+    with TestClient(create_app(cfg, engine)) as client:
+        listed = {x["name"]: x for x in client.get("/api/submissions", headers=auth).json()}
+        assert listed["m2"]["state"] == "failed" and not listed["m2"]["counted"]
+        assert "lost its database" in listed["m2"]["reason"]
+
+
+def test_a_track_taken_out_of_challenge_yaml_still_lists_its_submissions(cfg, engine, caplog):  # type: ignore[no-untyped-def]
+    """An organiser removes a track after teams submitted to it: every listing of their submissions answered 500.
+    They are listed without scores (no phase, no Ladder of its own), and the start says that they wait."""
+    import logging
+
+    from skybench.server.app import create_app
+    from skybench.server.auth import add_team
+    from skybench.server.db import sessions
+
+    with sessions(engine)() as s:
+        token = add_team(s, "alpha").token
+    auth = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app(cfg, engine)) as client:
+        sub = _upload(client, token, "m1").json()
+    fewer = cfg.model_copy(update={"tracks": {"lens-ground": cfg.tracks["lens-ground"]}})
+    with caplog.at_level(logging.WARNING, logger="skybench.server"), TestClient(create_app(fewer, engine)) as client:
+        for path in ("/api/submissions", sub["status_url"]):
+            r = client.get(path, headers=auth)
+            assert r.status_code == 200, (path, r.text)
+        assert r.json()["state"] == "queued" and r.json()["metrics"] == {}
+    assert "1 submissions wait on track 'lens-space'" in caplog.text
 
 
 @pytest.mark.parametrize("when", ["mid-body", "before-answer"])

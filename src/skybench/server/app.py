@@ -56,6 +56,8 @@ def shown_metrics(cfg: ChallengeConfig, sub: Submission, phase: Phase, session: 
     request's, so a list of a team's submissions climbs each track's ladder once, not once per submission."""
     from skybench.harness.visibility import SHOWN_DECIMALS, participant_view
 
+    if sub.track not in cfg.tracks:  # removed from challenge.yaml: no Ladder, no phase of its own
+        return {}
     if shown_as_open(phase) and cfg.open_board == "ladder":
         from skybench.server import ladder
 
@@ -69,6 +71,7 @@ async def _tick(cfg: ChallengeConfig, Session: sessionmaker) -> None:  # noqa: N
 
     def once() -> None:
         with Session() as s:
+            queue.expire_received(s)  # left by an upload whose database went away, or by a stopped server
             now = phases.catch_up_all(s, cfg)
             if cfg.open_board == "ladder":  # the ladder's new steps are computed here, not in a team's request
                 from skybench.server import ladder
@@ -147,9 +150,13 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
     check_clock(engine, cfg.max_clock_skew_seconds)
     upgrade(engine)
     Session = sessions(engine)
+    store = Store(cfg.storage, cfg.upload)
     with Session() as s:
         queue.expire_received(s)  # uploads a stopped server was checking: never acknowledged, not counted
-    store = Store(cfg.storage, cfg.upload)
+        store.sweep_objects(lambda sha: queue.stored_for(s, sha))  # stored, then the database went away
+        for track, n in queue.waiting_elsewhere(s, cfg).items():
+            log.warning("%d submissions wait on track %r, which challenge.yaml no longer names: no worker takes "
+                        "them until it is back", n, track)
     limiter = FailureLimiter(cfg.auth.max_failures, cfg.auth.window_seconds, max_hashing=cfg.auth.max_hashing)
     verified = VerifiedCache()
     app = FastAPI(title="skybench challenge server", docs_url=None, openapi_url="/api/openapi.json",

@@ -11,6 +11,7 @@ the thread, not the cancelled coroutine, removes them. A refused upload (:class:
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ from skybench.server import queue
 from skybench.server.config import ChallengeConfig
 from skybench.server.db import Submission, Team
 from skybench.server.storage import Store, UploadError
+
+log = logging.getLogger("skybench.server")
 
 
 def accept(cfg: ChallengeConfig, sessions: sessionmaker, store: Store, team_id: int, track: str, name: str,
@@ -47,9 +50,8 @@ def accept(cfg: ChallengeConfig, sessions: sessionmaker, store: Store, team_id: 
         with sessions() as s:
             try:
                 sub = queue.enqueue(s, cfg, team, track, name, loaded.sha256, received, sub_id=sub_id)
-            except queue.Refused:  # a quota or name race lost after the early check: the upload keeps no disk
-                if not queue.stored_for(s, loaded.sha256):
-                    store.drop_object(loaded.sha256)
+            except Exception:  # a quota or name race lost after the early check, or the database away: no disk kept
+                _drop_unused(sessions, store, loaded.sha256)
                 raise
         queued = True
         return sub
@@ -63,8 +65,24 @@ def accept(cfg: ChallengeConfig, sessions: sessionmaker, store: Store, team_id: 
             if leftover is not None:
                 store.discard(leftover)
         if sub_id is not None and not queued:
-            with sessions() as s:
-                queue.abandon(s, sub_id)
+            try:
+                with sessions() as s:
+                    queue.abandon(s, sub_id)
+            except Exception:  # noqa: BLE001 - the database away: the row is failed by the tick's expire_received
+                log.warning("could not remove the received row %s; it expires later", sub_id)
+
+
+def _drop_unused(sessions: sessionmaker, store: Store, sha256: str) -> None:
+    """Remove the stored folder ``sha256`` unless a queued submission uses it; with the database away, leave it to
+    the start-up sweep of unreferenced objects (:meth:`Store.sweep_objects`)."""
+    try:
+        with sessions() as s:
+            used = queue.stored_for(s, sha256)
+    except Exception:  # noqa: BLE001 - what failed the upload may fail this too
+        log.warning("could not check whether stored object %s is used; the next start-up sweeps it", sha256)
+        return
+    if not used:
+        store.drop_object(sha256)
 
 
 class UploadSlots:

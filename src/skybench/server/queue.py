@@ -49,11 +49,12 @@ class Refused(Exception):
 
 
 def current_phase(session: Session, cfg: ChallengeConfig, track: str, now: datetime | None = None) -> Phase:
-    """An admin's override of the track's phase, else what the dates in ``challenge.yaml`` give."""
+    """An admin's override of the track's phase, else what the dates in ``challenge.yaml`` give; ``pending`` (shown
+    as a paused track) for a track of earlier submissions that ``challenge.yaml`` no longer names."""
     override = session.get(PhaseState, track)
     if override is not None:
         return override.phase  # type: ignore[return-value]
-    return cfg.track(track).phase_at(now or utcnow())
+    return cfg.tracks[track].phase_at(now or utcnow()) if track in cfg.tracks else "pending"
 
 
 def set_phase(session: Session, track: str, phase: Phase, by: str = "") -> None:
@@ -202,6 +203,14 @@ def stored_for(session: Session, sha256: str) -> bool:
     return session.scalar(select(Submission.id).where(Submission.sha256 == sha256).limit(1)) is not None
 
 
+def waiting_elsewhere(session: Session, cfg: ChallengeConfig) -> dict[str, int]:
+    """{track: submissions queued or running} of tracks ``challenge.yaml`` no longer names (no worker takes them)."""
+    rows = session.execute(select(Submission.track, func.count()).where(
+        Submission.state.in_(("queued", "running")), Submission.track.not_in(list(cfg.tracks)))
+        .group_by(Submission.track))
+    return {track: int(n) for track, n in rows}
+
+
 def abandon(session: Session, sub_id: str) -> None:
     """Remove the row of an upload refused before it was queued (a no-op once it is queued); commits."""
     session.execute(delete(Submission).where(Submission.id == sub_id, Submission.state == "received"))
@@ -209,14 +218,15 @@ def abandon(session: Session, sub_id: str) -> None:
 
 
 def expire_received(session: Session, older_than: float = RECEIVED_STALE_SECONDS) -> int:
-    """Fail the ``received`` rows a stopped server left (older than ``older_than`` seconds: a live upload of
-    another server sharing the database is younger); they were never acknowledged nor counted. Commits."""
+    """Fail the ``received`` rows a stopped server, or an upload whose database went away, left (older than
+    ``older_than`` seconds: a live upload of another server sharing the database is younger); they were never
+    acknowledged nor counted. Commits."""
     res = session.execute(update(Submission)
                           .where(Submission.state == "received",
                                  Submission.received_at < utcnow() - timedelta(seconds=older_than))
                           .values(state="failed", failed_at=utcnow(), counted=False,
-                                  reason="the server stopped while checking this upload; it was not queued and "
-                                         "costs no quota: submit it again"))
+                                  reason="the server stopped or lost its database while checking this upload; it "
+                                         "was not queued and costs no quota: submit it again"))
     session.commit()
     return res.rowcount  # type: ignore[attr-defined]
 

@@ -15,16 +15,18 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import secrets
 import shutil
 import socket
 import stat
 import tarfile
+import tempfile
 import time
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
     from starlette.datastructures import FormData
     from starlette.requests import Request
     from starlette.types import Message
+
+log = logging.getLogger("skybench.server")
 
 MULTIPART_SLACK = 64 * 1024  # form fields and part headers around the archive
 
@@ -59,7 +63,15 @@ async def read_upload_form(request: Request, max_bytes: int) -> FormData:
             raise UploadError(f"upload larger than the limit of {max_bytes} bytes; it was cut off and discarded", 413)
         return message
 
-    return await Request(request.scope, capped).form(max_files=1, max_fields=8)
+    try:  # a body past 1 MiB is spooled to the system's temporary folder, not the store
+        return await Request(request.scope, capped).form(max_files=1, max_fields=8)
+    except OSError as exc:
+        if exc.errno not in _NO_SPACE:
+            raise
+        log.error("upload refused: the temporary folder %s is full (%s)", tempfile.gettempdir(), exc)
+        raise UploadError(f"the server's temporary folder for uploads is full ({os.strerror(exc.errno or 0)}); your "
+                          "upload was not stored and costs no quota; try again later and tell the organisers",
+                          507) from None
 
 CHUNK = 1024 * 1024
 STALE_SECONDS = 6 * 3600  # an upload in incoming/ older than this was left by a crash
@@ -125,6 +137,20 @@ class Store:
                     self.discard(p)
                     gone.append(p)
             except OSError:  # removed meanwhile by another process
+                continue
+        return gone
+
+    def sweep_objects(self, used: Callable[[str], bool], older_than: float = STALE_SECONDS) -> list[str]:
+        """Remove the stored folders no submission uses (``used(sha256)`` false) and untouched for ``older_than``
+        seconds: an upload stored, then neither queued nor dropped (the database went away in between; a live
+        upload of the same content touches its folder, :meth:`store`); return their sha256."""
+        cutoff, gone = time.time() - older_than, []
+        for d in sorted(self.root.joinpath("objects").glob("??/*")):
+            try:
+                if d.lstat().st_mtime < cutoff and not used(d.name):
+                    self.drop_object(d.name)
+                    gone.append(d.name)
+            except (OSError, ValueError):  # removed meanwhile, or not a stored folder's name
                 continue
         return gone
 
@@ -232,6 +258,8 @@ class Store:
                 raise UploadError(f"submission.yaml: key '{key}' is {getattr(spec, key)!r}, but this upload is "
                                   f"{key} {want!r}; make them agree", 422)
         dest = self.object_dir(sha)
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(dest)  # in use again: not the start-up sweep's (sweep_objects)
         if not dest.exists():
             for p in folder.rglob("*"):  # read-only for everyone: the sandbox's unprivileged user reads it
                 p.chmod(0o555 if p.is_dir() else 0o444)
