@@ -141,6 +141,38 @@ def test_renderer_profiles_equal_the_light_functions():
         np.testing.assert_allclose(r.bin(sb), ref, rtol=1e-6)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch-cpu"])
+def test_renderer_integrates_steep_sersic_cores_to_1_percent(backend):
+    """Renderer.image's peak pixel against the pixel integral of lenstronomy's SERSIC (scipy quadrature in polar
+    coordinates over the pixel's 8 triangles, centre on a pixel centre): the supersampling-2 grid alone is 12-62%
+    low for n = 4..8; the nested core grids bring it within 1% for n <= 8, R_sersic >= pixel / 4."""
+    from scipy import integrate
+
+    from skybench.physics.backend import get_backend
+    from skybench.physics.render import Renderer
+    from skybench.tracks import load_track
+
+    if backend != "numpy":
+        pytest.importorskip("torch")
+    from lenstronomy.LightModel.Profiles.sersic import SersicElliptic
+
+    def pixel_integral(R: float, n: float, pix: float) -> float:
+        def f(r: float) -> float:
+            return float(SersicElliptic().function(r, 0.0, 1.0, R, n, 0.0, 0.0))
+        return 8 * integrate.quad(lambda t: integrate.quad(lambda r: f(r) * r, 0, pix / 2 / np.cos(t), limit=200,
+                                                           points=[R * 1e-3, R * 1e-2, R * 0.1])[0],
+                                  0, np.pi / 4, limit=200)[0]
+
+    bands = load_track("lens-space").survey.bands
+    for pix in (0.1, 0.2):
+        r = Renderer(15, pix, 2, bands, get_backend(backend))
+        R, n = np.array([pix / 4, 0.4, 1.0, pix / 4, 0.4, 1.0]), np.array([4.0, 4.0, 4.0, 8.0, 8.0, 8.0])
+        zero = np.zeros(len(R))
+        peak = r.backend.to_numpy(r.image("sersic", R, n, zero, zero, zero, zero))[:, 7, 7]
+        ref = np.array([pixel_integral(a, b, pix) for a, b in zip(R, n, strict=True)])
+        np.testing.assert_allclose(peak, ref, rtol=0.01)
+
+
 def test_float32_kernels():
     from skybench.physics import kernels
 

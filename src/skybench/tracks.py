@@ -43,6 +43,8 @@ class Survey(_Strict):
 class Cutout(_Strict):
     size: int = Field(gt=0)
     supersampling: int = Field(1, ge=1)
+    # levels of nested 4x finer grids on the 7x7 pixels around each centred profile's centre (Renderer.image)
+    core_levels: int = Field(5, ge=0)
 
 
 class Split(_Strict):

@@ -91,6 +91,18 @@ def scatter_add_(dst: Any, idx: np.ndarray, src: Any) -> Any:
     return dst
 
 
+def put_blocks_(dst: Any, rows: np.ndarray, cols: np.ndarray, src: Any) -> Any:
+    """dst[b, rows[b] + i, cols[b] + j] = src[b, i, j] in place, for (B, ...) arrays and per-object offsets."""
+    B, h, w = src.shape
+    idx = [np.arange(B)[:, None, None], (rows[:, None] + np.arange(h))[:, :, None],
+           (cols[:, None] + np.arange(w))[:, None, :]]
+    if not isinstance(dst, np.ndarray):
+        torch = sys.modules["torch"]
+        idx = [torch.as_tensor(i, dtype=torch.long, device=dst.device) for i in idx]
+    dst[tuple(idx)] = src
+    return dst
+
+
 def quadratic_form_factors(xs: np.ndarray, ys: np.ndarray, qxx: Any, qxy: Any, qyy: Any, center_x: Any,
                            center_y: Any, const: Any = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Factors L (B, ny, 3), R (B, 3, nx) (float64) with (L @ R)[b, i, j] = f_b(xs[j], ys[i]), where

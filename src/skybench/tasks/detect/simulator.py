@@ -153,8 +153,8 @@ class DetectSimulator:
                 c0, r0 = np.floor(x - (size - 1) / 2).astype(int), np.floor(y - (size - 1) / 2).astype(int)
                 cx, cy = (x - c0 - (size - 1) / 2) * self.pix, (y - r0 - (size - 1) / 2) * self.pix
                 R, n = sel["R_sersic"].to_numpy(), sel["n_sersic"].to_numpy()
-                sb = r.sersic(R, n, sel["e1"].to_numpy(), sel["e2"].to_numpy(), cx, cy)
-                img = self.backend.to_numpy(r.bin(sb)).astype(np.float64)  # (P, n, n) per unit amplitude
+                img = self.backend.to_numpy(r.image("sersic", R, n, sel["e1"].to_numpy(), sel["e2"].to_numpy(), cx,
+                                                    cy)).astype(np.float64)  # (P, n, n) per unit amplitude
                 unit = sersic_total_flux(1.0, R, n)
                 for k in range(len(sel)):
                     amps = [magnitude2cps(float(sel[f"mag_{b}"].iloc[k]), band.zero_point) / unit[k]

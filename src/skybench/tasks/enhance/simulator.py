@@ -26,7 +26,7 @@ from skybench.physics.backend import Backend, device
 from skybench.physics.degrade import added_sigma, blurred_noise_gain, degradation_kernel, degradation_kernel_1d, degrade
 from skybench.physics.galaxy import spiral_arms
 from skybench.physics.lens_mass import phi_q2ellipticity
-from skybench.physics.light import gaussian_ellipse, sersic_ellipse, sersic_total_flux
+from skybench.physics.light import sersic_total_flux
 from skybench.physics.noise import background_sigma, magnitude2cps, noise_stream, object_normals
 from skybench.physics.render import Renderer
 from skybench.tasks.enhance.config import MAX_CLUMPS, TYPES, EnhanceTrack
@@ -84,7 +84,7 @@ class EnhanceSimulator:
             if set(table) != set(self.band_names):
                 raise ValueError(f"label.{name} must give every band {self.band_names}")
         self.renderer = Renderer(track.cutout.size, track.survey.pixel_scale, track.cutout.supersampling,
-                                 track.survey.bands, backend)
+                                 track.survey.bands, backend, track.cutout.core_levels)
         self.info = degradation_info(track)
 
     # ---------------------------------------------------------------- parameters
@@ -165,13 +165,13 @@ class EnhanceSimulator:
             if idx.size == 0:
                 continue
             centre = (col("center_x", idx), col("center_y", idx))
-            if prefix == "bulge":
+            if prefix == "bulge":  # centred profiles: their cores refined (Renderer.image)
                 R, nn = col("bulge_R_sersic", idx), col("bulge_n_sersic", idx)
-                sb = sersic_ellipse(x, y, 1.0, R, nn, col("bulge_e1", idx), col("bulge_e2", idx), *centre)
+                img = r.image("sersic", R, nn, col("bulge_e1", idx), col("bulge_e2", idx), *centre)
                 unit = sersic_total_flux(1.0, R, nn)[:, :, 0]  # (k, 1)
             elif prefix == "disk":
                 R = col("disk_R_sersic", idx)
-                sb = sersic_ellipse(x, y, 1.0, R, 1.0, col("disk_e1", idx), col("disk_e2", idx), *centre)
+                img = r.image("sersic", R, 1.0, col("disk_e1", idx), col("disk_e2", idx), *centre)
                 unit = sersic_total_flux(1.0, R, 1.0)[:, :, 0]
             elif prefix == "arms":
                 sb = spiral_arms(x, y, 1.0, col("disk_R_sersic", idx), col("n_arms", idx), col("arm_pitch", idx),
@@ -180,12 +180,13 @@ class EnhanceSimulator:
                 # no closed form: the flux of the unit pattern on the supersampled grid
                 unit = be.to_numpy(xp.sum(sb, axis=(1, 2))).astype(np.float64)[:, None] * \
                     (r.pixel_scale / r.supersampling) ** 2
+                img = r.bin(sb)  # a modulated disk, zero at the centre: the grid alone
             else:
-                sb = gaussian_ellipse(x, y, 1.0, col(f"{prefix}_sigma", idx), 0.0, 0.0,
-                                      col(f"{prefix}_center_x", idx), col(f"{prefix}_center_y", idx))
+                img = r.image("gaussian", col(f"{prefix}_sigma", idx), 0.0, 0.0, col(f"{prefix}_center_x", idx),
+                              col(f"{prefix}_center_y", idx))
                 unit = np.ones((idx.size, 1))
             amps = flux[idx] / np.maximum(unit, 1e-30)
-            total[be.index(idx)] += r.bin(sb)[:, None] * be.asarray(amps[:, :, None, None])
+            total[be.index(idx)] += img[:, None] * be.asarray(amps[:, :, None, None])
         return r.convolve(total)
 
     # ---------------------------------------------------------------- one chunk

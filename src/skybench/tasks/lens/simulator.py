@@ -81,7 +81,7 @@ class LensSimulator:
         self.band_names = track.band_names
         assert track.cutout is not None, f"track {track.name!r} has no cutout"
         self.renderer = Renderer(track.cutout.size, track.survey.pixel_scale, track.cutout.supersampling,
-                                 self.bands, backend)
+                                 self.bands, backend, track.cutout.core_levels)
         real = self.pop.source.real if self.pop.source.kind == "real" else None
         # the prepared stamps of a real-source track (loaded once per process)
         self.stamps: tuple[Stamp, ...] = source_library(real) if real is not None else ()
@@ -229,13 +229,12 @@ class LensSimulator:
         source = r.workspace("source", (lensed_idx.size, nb, n, n))  # of the lensed objects
         total[...], source[...] = 0, 0
 
-        def add(prefixes: list[str], sb: Any, factor: Any = 1.0, lensed: bool = False) -> None:
-            """Bin the unit-amplitude surface brightness (P, m, m) of the (object, component) pairs of
-            ``prefixes``, in that order, and add it with the amplitudes. Each object's components are added in one
-            fixed order, so its image does not depend on the batch."""
-            img = r.bin(sb, out=r.workspace("binned", (sb.shape[0], n, n)))
+        def add(prefixes: list[str], img: Any, factor: Any = 1.0, lensed: bool = False) -> None:
+            """Add the unit-amplitude images (P, n, n) of the (object, component) pairs of ``prefixes``, in that
+            order, with the amplitudes. Each object's components are added in one fixed order, so its image does
+            not depend on the batch."""
             a = np.concatenate([amps[p][present[p]] for p in prefixes]) * factor  # (P, bands)
-            contrib = r.workspace("contrib", (sb.shape[0], nb, n, n))
+            contrib = r.workspace("contrib", (img.shape[0], nb, n, n))
             array_module(img).multiply(img[:, None], be.asarray(a[:, :, None, None]), out=contrib)
             start = 0
             for p in prefixes:
@@ -245,13 +244,16 @@ class LensSimulator:
                     scatter_add_(source, slot[present[p]], contrib[start:stop])
                 start = stop
 
-        # Unlensed components: one batch per profile over every (object, component) pair.
-        for kind, profile, names in (("sersic", r.sersic, ("R_sersic", "n_sersic") + shape),
-                                     ("gauss", r.gaussian, ("sigma",) + shape)):
+        def binned(sb: Any) -> Any:
+            return r.bin(sb, out=r.workspace("binned", (sb.shape[0], n, n)))
+
+        # Unlensed components: one batch per profile over every (object, component) pair, cores refined.
+        for kind, profile, names in (("sersic", "sersic", ("R_sersic", "n_sersic") + shape),
+                                     ("gauss", "gaussian", ("sigma",) + shape)):
             prefixes = [p for p, lensed, k in comps if k == kind and not lensed and present[p].size]
             if prefixes:
                 args = [np.concatenate([col(f"{p}_{a}", present[p]) for p in prefixes]) for a in names]
-                add(prefixes, profile(*args, out=r.workspace("sb", (len(args[0]), m, m))))  # type: ignore[misc]
+                add(prefixes, r.image(profile, *args, out=r.workspace("binned", (len(args[0]), n, n))))
 
         # Lensed components at the source-plane positions beta (lens equation), relative to the source centre.
         if lensed_idx.size:
@@ -291,9 +293,9 @@ class LensSimulator:
                     sersic_profile_(sb, cat("R_sersic"), cat("n_sersic"))
                 else:  # compact clumps: most of the grid underflows to 0
                     exp_mostly_zero_(sb)
-                add(prefixes, sb, factor, lensed=True)
+                add(prefixes, binned(sb), factor, lensed=True)  # ray-traced: no core refinement
             if real and present["source"].size:
-                add(["source"], self._real_source(X, Y, slot[present["source"]], cols, present["source"]),
+                add(["source"], binned(self._real_source(X, Y, slot[present["source"]], cols, present["source"])),
                     1 / col("source_scale", present["source"])[:, None] ** 2, lensed=True)
 
         full_source = xp.zeros((B, nb, n, n), dtype=be.dtype, device=device(r.x))

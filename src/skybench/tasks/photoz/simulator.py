@@ -53,7 +53,7 @@ import pandas as pd
 
 from skybench.physics.backend import Backend
 from skybench.physics.lens_mass import phi_q2ellipticity
-from skybench.physics.light import sersic_ellipse, sersic_total_flux
+from skybench.physics.light import sersic_total_flux
 from skybench.physics.noise import background_sigma, noise_stream, object_normals
 from skybench.physics.psf import FWHM_TO_SIGMA
 from skybench.physics.render import Renderer
@@ -149,7 +149,7 @@ class GalaxySimulator:
         if "images" in track.inputs:
             assert track.cutout is not None, f"track {track.name!r} has image inputs but no cutout"
             self.renderer = Renderer(track.cutout.size, track.survey.pixel_scale, track.cutout.supersampling,
-                                     self.bands, backend)
+                                     self.bands, backend, track.cutout.core_levels)
         px = track.survey.pixel_scale
         self.sigma_bkg = np.array([background_sigma(b.read_noise, b.exposure_time, b.num_exposures,
                                                     b.sky_brightness, b.zero_point, px) for b in self.bands])
@@ -347,13 +347,12 @@ class GalaxySimulator:
                 return meta[name].to_numpy(np.float64)[:, None, None]
 
             R, ns = col(f"{comp}_R_sersic"), col(f"{comp}_n_sersic")
-            sb = sersic_ellipse(r.x, r.y, 1.0, R, ns, col(f"{comp}_e1"), col(f"{comp}_e2"), col("center_x"),
-                                col("center_y"))
+            img = r.image("sersic", R, ns, col(f"{comp}_e1"), col(f"{comp}_e2"), col("center_x"), col("center_y"))
             unit = sersic_total_flux(1.0, R[:, 0, 0], ns[:, 0, 0])  # total flux of amp = 1
             amps = np.stack([meta[f"flux_{b}"].to_numpy() * (meta[f"bulge_share_{b}"].to_numpy() if comp == "bulge"
                                                                 else 1 - meta[f"bulge_share_{b}"].to_numpy())
                              for b in SDSS_BANDS], axis=1) / unit[:, None]
-            contrib = r.bin(sb)[:, None] * be.asarray(amps[:, :, None, None])
+            contrib = img[:, None] * be.asarray(amps[:, :, None, None])
             total = contrib if total is None else total + contrib
         assert total is not None and tuple(total.shape) == (B, len(self.bands), n, n)
         return r.convolve(total)
