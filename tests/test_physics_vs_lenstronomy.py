@@ -127,7 +127,7 @@ def test_renderer_profiles_equal_the_light_functions():
                 center_y=np.array([-0.04, -1.3]))
     col = {k: v[:, None, None] for k, v in args.items()}
     for dtype, rtol in ((np.float64, 1e-9), (np.float32, 2e-5)):
-        r = Renderer(21, 0.1, 2, bands, Backend("numpy", "cpu", dtype))
+        r = Renderer(21, 0.1, 2, bands, Backend("numpy", "cpu", dtype), 0)
         x, y = np.asarray(r.x, np.float64), np.asarray(r.y, np.float64)
         R, n, sigma = np.array([0.4, 0.15]), np.array([4.0, 0.8]), np.array([0.3, 0.05])
         ours = r.sersic(R, n, **args)
@@ -150,7 +150,7 @@ def test_renderer_integrates_steep_sersic_cores_to_1_percent(backend):
 
     from skybench.physics.backend import get_backend
     from skybench.physics.render import Renderer
-    from skybench.tracks import load_track
+    from skybench.tracks import CORE_LEVELS, load_track
 
     if backend != "numpy":
         pytest.importorskip("torch")
@@ -165,7 +165,7 @@ def test_renderer_integrates_steep_sersic_cores_to_1_percent(backend):
 
     bands = load_track("lens-space").survey.bands
     for pix in (0.1, 0.2):
-        r = Renderer(15, pix, 2, bands, get_backend(backend))
+        r = Renderer(15, pix, 2, bands, get_backend(backend), CORE_LEVELS)
         R, n = np.array([pix / 4, 0.4, 1.0, pix / 4, 0.4, 1.0]), np.array([4.0, 4.0, 4.0, 8.0, 8.0, 8.0])
         zero = np.zeros(len(R))
         peak = r.backend.to_numpy(r.image("sersic", R, n, zero, zero, zero, zero))[:, 7, 7]

@@ -83,7 +83,7 @@ def test_a_real_galaxy_is_blurred_as_the_simulator_blurs_the_same_galaxy(track_n
     track = load_track(track_name)
     p, b = track.survey.pixel_scale, track.survey.bands[band]
     r = Renderer(track.cutout.size, p, track.cutout.supersampling, [b],
-                 dataclasses.replace(get_backend("numpy"), dtype=np.float64))
+                 dataclasses.replace(get_backend("numpy"), dtype=np.float64), 0)
     zero = np.zeros(1)
     sim = np.asarray(r.convolve(r.bin(r.gaussian(np.array([1.5 * p]), zero, zero, zero, zero))[:, None]))[0, 0]
     n = int(round(track.cutout.size * p / p_in)) | 1

@@ -40,11 +40,13 @@ class Survey(_Strict):
     bands: list[Band]
 
 
+CORE_LEVELS = 5  # nested 4x finer grids on the 7x7 pixels around each centred profile's centre (Renderer.image)
+
+
 class Cutout(_Strict):
     size: int = Field(gt=0)
     supersampling: int = Field(1, ge=1)
-    # levels of nested 4x finer grids on the 7x7 pixels around each centred profile's centre (Renderer.image)
-    core_levels: int = Field(5, ge=0)
+    core_levels: int = Field(CORE_LEVELS, ge=0)  # 0: the supersampled grid alone
 
 
 class Split(_Strict):

@@ -33,7 +33,7 @@ class Renderer:
     """
 
     def __init__(self, size: int, pixel_scale: float, supersampling: int, bands: Sequence[Any],
-                 backend: Backend, core_levels: int = 5):
+                 backend: Backend, core_levels: int):
         self.size, self.pixel_scale, self.supersampling, self.backend = size, pixel_scale, supersampling, backend
         self.core_levels = core_levels
         s = supersampling

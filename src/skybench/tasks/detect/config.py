@@ -16,7 +16,7 @@ import yaml
 from pydantic import Field, model_validator
 
 from skybench.common import Strict as _Strict
-from skybench.tracks import Output, Track, per_profile
+from skybench.tracks import CORE_LEVELS, Output, Track, per_profile
 
 Range = tuple[float, float]
 KINDS = ("lens", "lookalike", "deflector", "galaxy", "star")  # the ``kind`` of a truth-table row
@@ -138,6 +138,7 @@ class Tile(_Strict):
     # pixels per side; per profile ({demo: 512, challenge: 1024}), resolved by DetectTrack.for_profile
     size: PositiveInt | dict[str, PositiveInt]
     supersampling: int = Field(2, ge=1)  # of the field-galaxy stamps
+    core_levels: int = Field(CORE_LEVELS, ge=0)  # of the field-galaxy stamps (Renderer.image)
     max_stamp: int = Field(512, ge=8)  # the largest field-galaxy stamp (pixels); must hold the largest galaxy
 
 

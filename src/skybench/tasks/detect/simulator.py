@@ -93,7 +93,7 @@ class DetectSimulator:
         self.lens_sim = lens_cls(lens_track, self.backend)
         self.stamp = int(lens_track.cutout.size)
         self.size, self.pix = track.tile_size, track.survey.pixel_scale
-        self.tile_renderer = Renderer(self.size, self.pix, 1, self.bands, get_backend("numpy"))
+        self.tile_renderer = Renderer(self.size, self.pix, 1, self.bands, get_backend("numpy"), 0)
         self._stamp_renderers: dict[int, Renderer] = {}
         self.saturation = np.array([self.pop.saturation.full_well / b.exposure_time for b in self.bands])
         g = self.pop.galaxies
@@ -133,7 +133,7 @@ class DetectSimulator:
     def _renderer(self, size: int) -> Renderer:
         if size not in self._stamp_renderers:
             self._stamp_renderers[size] = Renderer(size, self.pix, self.track.tile.supersampling, self.bands,
-                                                   self.backend)
+                                                   self.backend, self.track.tile.core_levels)
         return self._stamp_renderers[size]
 
     def _stamp_sizes(self, R: np.ndarray) -> np.ndarray:
