@@ -332,10 +332,12 @@ def test_remove_tree_deletes_folders_named_like_its_own_moves(tmp_path, names):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another uid")
-def test_remove_tree_deletes_a_scratch_folder_its_sandbox_made_unreadable():
+@pytest.mark.parametrize("mode", [0, 0o555, 0o444, 0o500])
+def test_remove_tree_deletes_a_scratch_folder_its_sandbox_made_unreadable(mode: int):
     # Without root the sandbox's /scratch is a host folder of the evaluator's own uid: the command can chmod it
-    # 000. The evaluator (no override of permissions) must still remove it; a PermissionError would make a
-    # submission's doing an infrastructure failure (executors.is_infrastructure), retried at every evaluation.
+    # (000, or read-only: 0555 was removed from nothing). The evaluator (no override of permissions) must still
+    # remove it; a PermissionError would make a submission's doing an infrastructure failure
+    # (executors.is_infrastructure), retried at every evaluation.
     top = Path(tempfile.mkdtemp(prefix="skybench-test-"))  # in /tmp: reachable by the dropped uid
     try:
         box = top / ".sandbox-x"
@@ -345,7 +347,7 @@ def test_remove_tree_deletes_a_scratch_folder_its_sandbox_made_unreadable():
         for p in (top, box, box / "sub", box / "sub" / "f", box / "f"):
             os.chown(p, 65534, 65534)
         os.chmod(box / "sub", 0)
-        os.chmod(box, 0)
+        os.chmod(box, mode)
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:  # as an ordinary user, the way an unprivileged evaluator runs

@@ -155,6 +155,10 @@ YAML_ATTACKS: dict[str, tuple[str | bytes, list[str]]] = {
     "long-contact": (GOOD_SPEC.format(name="x") + "contact: " + "c" * 300 + "\n", ["key 'contact'", "200"]),
     "python-tag": (GOOD_SPEC.format(name="x") + "description: !!python/object/apply:os.system [id]\n",
                    ["YAML syntax error", "python/object"]),
+    # !!binary: the checks read bytes (pydantic decodes them to "predict.py"), the sandbox's runner str(b'...')
+    "binary-model": (GOOD_SPEC.format(name="x").replace("model: predict.py", "model: !!binary cHJlZGljdC5weQ=="),
+                     ["YAML syntax error", "tags", "binary", "not allowed"]),
+    "str-tag": (GOOD_SPEC.format(name="x").replace("name: x", "name: !!str x"), ["tags", "not allowed"]),
 }
 
 

@@ -7,6 +7,7 @@ follows symlinks, and stops with a :class:`FolderError` naming the limit as soon
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -149,6 +150,8 @@ def remove_tree(path: Path) -> None:
             raise
         os.chmod(path, 0o700)
         root = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    with contextlib.suppress(PermissionError):  # made read-only (0555): its entries could not be removed
+        os.fchmod(root, 0o700)
     n = 0
     try:
         while names := os.listdir(root):

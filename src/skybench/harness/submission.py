@@ -192,7 +192,7 @@ def _describe_error(err: ErrorDetails) -> tuple[str, str]:
 
 
 class _SpecLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` without anchors or aliases (no "billion laughs") and with a nesting limit.
+    """``yaml.SafeLoader`` without anchors or aliases (no "billion laughs"), without tags, and with a nesting limit.
 
     Nesting is the only recursion in PyYAML (the composer), so the limit rules out a RecursionError."""
 
@@ -203,6 +203,8 @@ class _SpecLoader(yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             raise yaml.composer.ComposerError(None, None, "anchors and aliases (& and *) are not allowed",
                                               event.start_mark)
+        if getattr(event, "tag", None) is not None:  # !!binary made bytes the checks and the runner read apart
+            raise yaml.composer.ComposerError(None, None, f"tags ({event.tag}) are not allowed", event.start_mark)
         if self._depth >= SPEC_MAX_DEPTH:
             raise yaml.composer.ComposerError(None, None, f"nested deeper than {SPEC_MAX_DEPTH} levels",
                                               event.start_mark)
