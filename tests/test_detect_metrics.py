@@ -85,6 +85,17 @@ def test_tied_scores_are_kept_or_dropped_together():
     assert completeness_at(m, threshold_at_fp_rate(m, 1.0)) == 1.0
 
 
+def test_average_precision_of_tied_scores_does_not_depend_on_the_order_of_the_tiles():
+    """Every candidate scored 1: COCO reads the curve inside the tie, in tile order, so AP moved with the order of
+    the tiles (0.0 with the false positive's tile first, 1.0 with the lens's); a tie is one threshold: recall 1 at
+    precision 1/2 wherever the tiles are, AP 0.5."""
+    lens, empty = [[20, 20, 1.0], NAN3], [[90, 90, 1.0], NAN3]
+    for at, rows in ((0, [lens, empty]), (1, [empty, lens])):
+        truth = pd.DataFrame({"tile": [at], "x": [20.0], "y": [20.0], "theta_E": [0.5]})
+        m = match(np.array(rows, dtype=np.float64), truth, [0, 1], 1.0, 1.0, PIX, 1.0)
+        assert average_precision(m) == pytest.approx(0.5, abs=1e-6), at
+
+
 def test_a_lens_no_candidate_found_is_never_complete():
     """Unmatched lenses carry score -inf; at the threshold -inf (no candidate at all, or "completeness" of any
     candidate) they must not count as found: an empty submission scores 0, not 1."""

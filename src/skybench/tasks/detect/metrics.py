@@ -4,7 +4,8 @@ Matching (as COCO's ``evaluateImg``, with a distance rule instead of IoU): per t
 (stable: ties keep their order) each take the unmatched true lens with the smallest distance / radius among those
 within their radius, radius = max(radius, theta_E_factor x theta_E); a candidate that takes none is a false positive
 (a second candidate on a matched lens too). Candidates are then pooled over tiles (tile order, then score, sorted
-stably by score as COCO's ``accumulate``) into the completeness-purity (recall-precision) curve.
+stably by score as COCO's ``accumulate``) into the completeness-purity (recall-precision) curve, read at the ends of
+blocks of equal scores (a tie is one threshold).
 
 Every metric is a function of per-tile weights (how many times each tile is in a bootstrap resample), so the
 intervals resample tiles (:func:`skybench.common.bootstrap_ci`) without matching again."""
@@ -115,10 +116,14 @@ def average_precision(m: Matched, w: np.ndarray | None = None) -> float:
     """COCO's AP (cocoeval.py ``accumulate``, Lin et al. 2014): the precision made non-increasing from the right,
     read at the first point reaching each of 101 recall levels 0, 0.01, ..., 1 (0 beyond the last), averaged. The
     levels are COCOeval's ``np.linspace`` floats, as pycocotools reads them: a recall of exactly 7/10 does not reach
-    0.7000000000000001, so AP can differ from exact k/100 levels by ~1e-3 (it matches pycocotools exactly)."""
-    recall, precision, _ = pr_curve(m, w)
+    0.7000000000000001, so AP can differ from exact k/100 levels by ~1e-3 (it matches pycocotools exactly).
+    Candidates of equal score are one threshold, as in the lens metrics: the curve is read at the end of each block
+    of ties (COCO reads inside it, in tile order, so a detector of tied scores scored by the order of the tiles)."""
+    recall, precision, score = pr_curve(m, w)
     if recall.size == 0:
         return 0.0
+    last = np.append(score[1:] != score[:-1], True)
+    recall, precision = recall[last], precision[last]
     envelope = np.maximum.accumulate(precision[::-1])[::-1]
     idx = np.searchsorted(recall, REC_THRESHOLDS, side="left")
     q = np.where(idx < recall.size, envelope[np.minimum(idx, recall.size - 1)], 0.0)
