@@ -7,9 +7,10 @@ of the lens-population objects, 2 the noise; the lens-population objects are tho
 each with its own seed derived from the tile's, rendered by that track's simulator (taken from the task registry:
 the same population, renderer and visibility rule as the cut-out tracks). So a tile does not depend on the batch.
 
-Image formation: field galaxies (Sersic stamps on the supersampled grid) and stars (point sources at pixel centres)
-are convolved once over the whole tile with the survey PSF (zero padding outside the tile); lens-population objects
-come as PSF-convolved stamps of the lens track's cut-out size and are added after that. Then background + Poisson
+Image formation: field galaxies (Sersic stamps on the supersampled grid) are convolved once over the whole tile with
+the survey PSF (zero padding outside the tile); stars (point sources at pixel centres) are the PSF integrated over
+the pixels; lens-population objects come as PSF-convolved stamps of the lens track's cut-out size. Both are added
+after the convolution. Then background + Poisson
 noise, and saturation: each exposure holds at most the full well, so a pixel's rate is clipped at
 full_well / exposure_time. Pixel (0, 0)'s centre is at x = y = 0; x runs along columns, y along rows."""
 
@@ -27,6 +28,7 @@ from skybench.physics.backend import Backend, get_backend
 from skybench.physics.lens_mass import phi_q2ellipticity
 from skybench.physics.light import sersic_total_flux
 from skybench.physics.noise import magnitude2cps, noise_stream
+from skybench.physics.psf import pixel_integrated_gaussian_1d
 from skybench.physics.render import Renderer
 from skybench.tasks.detect.config import TABLE, DetectTrack, stamp_sizes
 from skybench.testkey import ObjectSeeds, as_object_seeds
@@ -161,10 +163,15 @@ class DetectSimulator:
                             for b, band in zip(self.band_names, self.bands, strict=True)]
                     _paste(tile, img[k][None] * np.asarray(amps)[:, None, None], int(r0[k]), int(c0[k]))
 
-    def _add_stars(self, tile: np.ndarray, stars: pd.DataFrame) -> None:
+    def _add_stars(self, model: np.ndarray, stars: pd.DataFrame) -> None:
+        """Add the stars to the convolved ``model`` (bands, H, W): each band's PSF integrated over the pixels, centred
+        on the star's pixel (the galaxies' pixel box comes from their binning; a point source has none to bin)."""
+        kernels = [pixel_integrated_gaussian_1d(band.seeing, self.pix) for band in self.bands]
         for _, row in stars.iterrows():
             for i, (b, band) in enumerate(zip(self.band_names, self.bands, strict=True)):
-                tile[i, int(row["y"]), int(row["x"])] += magnitude2cps(float(row[f"mag_{b}"]), band.zero_point)
+                k, h = kernels[i], len(kernels[i]) // 2
+                flux = magnitude2cps(float(row[f"mag_{b}"]), band.zero_point)
+                _paste(model[i:i + 1], flux * np.outer(k, k)[None], int(row["y"]) - h, int(row["x"]) - h)
 
     # ------------------------------------------------------------------ lenses and look-alikes
     def _lens_population(self, tile_seed: int, n_lens: int, n_look: int, n_defl: int, chunk: int = 8
@@ -226,8 +233,8 @@ class DetectSimulator:
         nb = len(self.bands)
         tile = np.zeros((nb, self.size, self.size))
         self._add_galaxies(tile, gal)
-        self._add_stars(tile, stars)
         model = self.tile_renderer.convolve(tile[None].astype(np.float32))[0].astype(np.float64)
+        self._add_stars(model, stars)
 
         rng = noise_stream(tile_seed, PLACEMENT)
         lo, hi = self.pop.lenses.per_tile
