@@ -89,6 +89,9 @@ def test_a_truth_free_detector_is_scored_and_hostile_outputs_fail_with_one_line(
     outside = _submission(subs / "outside", "outside", "python", "predict.py", OUTSIDE)
     csv_ok = _submission(subs / "csv-ok", "csv-ok", "predictions", "candidates.csv",
                          _csv([(int(t), 100.0 + i, 200.0, 0.5) for i, t in enumerate(ids)]))
+    # equal scores too large for numpy to cut their range into histogram bins (the participant's plot failed them)
+    csv_huge = _submission(subs / "csv-huge", "csv-huge", "predictions", "candidates.csv",
+                           _csv([(int(t), 100.0 + i, 200.0, 1e17) for i, t in enumerate(ids)]))
     csv_outside = _submission(subs / "csv-outside", "csv-outside", "predictions", "candidates.csv",
                               _csv([(int(ids[0]), 10.0, 512.0, 0.5)]))
     csv_too_many = _submission(subs / "csv-too-many", "csv-too-many", "predictions", "candidates.csv",
@@ -96,7 +99,7 @@ def test_a_truth_free_detector_is_scored_and_hostile_outputs_fail_with_one_line(
     subs.chmod(0o755)
 
     out = project / "results" / "lens-tiles" / "evaluations"
-    outcomes = {o.name: o for o in evaluate([local_max, outside, csv_ok, csv_outside, csv_too_many], track,
+    outcomes = {o.name: o for o in evaluate([local_max, outside, csv_ok, csv_huge, csv_outside, csv_too_many], track,
                                             release, out=out, publish=False, force=True)}
     failed = {"outside": "outside the tile", "csv-outside": "outside the tile",
               "csv-too-many": f"tile {int(ids[1])} has {k + 1} candidates, more than the track's K = {k}"}
@@ -105,7 +108,7 @@ def test_a_truth_free_detector_is_scored_and_hostile_outputs_fail_with_one_line(
         assert o.status == "FAILED" and words in o.reason and "\n" not in o.reason, (name, o.reason)
         assert json.loads((o.record / "evaluation.json").read_text())["status"] == "FAILED"
 
-    for name in ("local-max", "csv-ok"):
+    for name in ("local-max", "csv-ok", "csv-huge"):
         o = outcomes[name]
         assert o.status == "FINISHED", f"{name}: {o.reason}"
         assert 0 <= o.metrics["average_precision"] <= 1 and o.metrics["n_tiles"] == len(ids), o.metrics

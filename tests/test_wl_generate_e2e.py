@@ -199,6 +199,12 @@ def test_a_maps_track_refuses_a_file_of_maps_and_draws_fresh_latents_per_submiss
     maps = np.random.default_rng(0).normal(0, 0.01, (5, 1, 8, 8)).astype(np.float32)
     assert check_rerun(maps, maps + 1e-9) == ""
     assert "2 of 5 maps came back different" in check_rerun(maps, np.concatenate([maps[:3], maps[3:] * 1.1]))
+    # one pixel of 2e19 in each map overflowed the float32 spread to inf: any difference divided by it passed
+    other = np.random.default_rng(1).normal(0, 0.01, maps.shape).astype(np.float32)
+    maps[:, 0, 0, 0] = other[:, 0, 0, 0] = 2e19
+    assert "5 of 5 maps came back different" in check_rerun(maps, other)
+    maps[0, 0, 0, 1] = other[0, 0, 0, 1] = np.inf
+    assert "5 of 5 maps came back different" in check_rerun(maps, other)
     # drawing them depends on the release and the machine alone: a failure there is never the submission's
     import skybench.tasks.generate.fresh as fresh_module
 

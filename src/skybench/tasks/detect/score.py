@@ -183,7 +183,12 @@ def public_artifacts(track: DetectTrack, ids: np.ndarray, predictions: np.ndarra
     cands = np.asarray(predictions, dtype=np.float64)
     used = np.all(np.isfinite(cands), axis=2)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.5))
-    a1.hist(cands[..., 2][used], bins=30)
+    scores = cands[..., 2][used]
+    try:
+        counts, edges = np.histogram(scores, bins=30)
+    except ValueError:  # a range float64 cannot cut into 30 bins (equal scores of 1e15 and more): one bar
+        counts, edges = np.array([scores.size]), np.array([scores.min(), scores.max()])
+    a1.stairs(counts, edges, fill=True)
     a1.set(xlabel="candidate score", ylabel="candidates", title="your candidates (public part)")
     a2.hist(used.sum(axis=1), bins=np.arange(track.output.max_candidates + 2) - 0.5)
     a2.set(xlabel="candidates per tile", ylabel="tiles")

@@ -100,8 +100,10 @@ def check_rerun(first: np.ndarray, again: np.ndarray) -> str:
     """"" when the re-run's maps ``again`` are the first run's rows ``first`` (same order), else why not."""
     if first.shape != again.shape:
         return f"the re-run returned shape {again.shape}, the first run {first.shape}"
-    scale = np.maximum(first.reshape(len(first), -1).std(axis=1), np.finfo(np.float32).tiny)
-    diff = np.abs(again - first).reshape(len(first), -1).max(axis=1) / scale
+    a, b = (np.asarray(x, dtype=np.float64).reshape(len(first), -1) for x in (first, again))
+    scale = np.maximum(a.std(axis=1), np.finfo(np.float32).tiny)  # float64: a float32 spread overflowed to inf
+    diff = np.abs(b - a).max(axis=1) / scale
+    diff[~np.isfinite(diff)] = np.inf  # NaN (inf - inf, inf / inf) is a difference, never a pass
     worst = int(np.argmax(diff)) if diff.size else 0
     if diff.size and diff[worst] > RERUN_RTOL:
         return (f"{int((diff > RERUN_RTOL).sum())} of {len(first)} maps came back different when their latents "
