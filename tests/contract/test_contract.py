@@ -10,7 +10,8 @@ task's ``toy.yaml``), simulated at a tiny size: the first track of each task in 
   public array);
 * the scorer rates the task's ``oracle()`` best (its metric's ideal value, where known), does not depend on
   the order of the objects, and rates shuffled oracle predictions worse, near chance;
-* ``score_real`` works on a small real set (a second simulated release, with another seed, as the truth);
+* ``score_real`` works on a small real set (a second simulated release, with another seed, as the truth) and
+  rates the oracle's real predictions at the ideal value of ``real_<primary>``, where known;
 * the output kind accepts the oracle and rejects wrong shapes, NaN, inf and non-numbers with a one-line reason.
 """
 
@@ -46,7 +47,7 @@ EXTRA_TRACKS = {"toy": [toy.TRACK_FILE]}
 # The value of a perfect prediction, for metrics that have one; a primary metric not listed is only checked
 # to rate the oracle better than shuffled predictions.
 IDEAL = {"auroc": 1.0, "tpr0": 1.0, "tpr10": 1.0, "sigma_mad": 0.0, "sigma_total": 0.0, "outlier_frac": 0.0,
-         "psnr": math.inf, "ssim": 1.0, "median_rel_flux_error": 0.0}
+         "psnr": math.inf, "ssim": 1.0, "median_rel_flux_error": 0.0, "average_precision": 1.0}
 # The expected value of predictions unrelated to the truth, with the tolerance of SIZE objects.
 CHANCE = {"auroc": (0.5, 0.25)}
 
@@ -318,6 +319,11 @@ def test_score_real_works_on_a_small_real_set(task: Task, track: Track, truth: H
         metrics
     clash = set(metrics) & set(oracle_metrics)  # evaluate merges both into one record
     assert not clash, f"score_real returns metrics named as the simulated test set's: {sorted(clash)}"
+    primary = track.metrics.primary
+    if primary in IDEAL:  # the real set's truth is the oracle's: a perfect score, not only a number
+        assert f"real_{primary}" in metrics, f"score_real does not return real_{primary}: {sorted(metrics)}"
+        assert metrics[f"real_{primary}"] == pytest.approx(IDEAL[primary], abs=1e-6), \
+            f"oracle's real_{primary}: {metrics[f'real_{primary}']}"
 
 
 def test_public_artifacts_are_files_participants_are_shown(task: Task, track: Track, truth: HiddenSplit,
