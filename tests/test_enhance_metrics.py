@@ -8,6 +8,7 @@ import pytest
 
 from skybench.tasks.enhance.metrics import (
     chi2_per_pixel,
+    display_stretch,
     flux_rel_error,
     image_metrics,
     psnr,
@@ -15,6 +16,7 @@ from skybench.tasks.enhance.metrics import (
     shape_errors,
     ssim,
     stretched_psnr,
+    truth_variance,
 )
 
 PIX = 0.396
@@ -125,6 +127,25 @@ def test_stretched_psnr() -> None:
     assert np.all(stretched_psnr(faint, t, LOW, HIGH) < psnr(faint, t, R))
     with pytest.raises(ValueError, match="high > low"):
         stretched_psnr(t, t, HIGH, LOW)
+
+
+def test_display_stretch_by_hand() -> None:
+    """Schawinski et al. 2017: clip to [low, high], rescale to [0, 1], asinh(10 x) / 3."""
+    img = np.array([[[[-1.0, 1.0, 2.0, 5.0]], [[0.0, -1.0, 3.0, 1.0]]]])  # (1 image, 2 bands, 1, 4)
+    got = display_stretch(img, [0.0, -1.0], [2.0, 3.0])
+    top = 0.9994076500993233  # asinh(10) / 3
+    # band 0: x = -0.5 -> 0, 0.5 -> asinh(5)/3, 1 -> top, 2.5 -> 1; band 1: x = 0.25 -> asinh(2.5)/3, 0, 1, 0.5
+    assert got[0, 0, 0] == pytest.approx([0.0, 0.7708127804242508, top, top], rel=1e-12)
+    assert got[0, 1, 0] == pytest.approx([0.5490770487903652, 0.0, top, 0.7708127804242508], rel=1e-12)
+
+
+def test_truth_variance_by_hand() -> None:
+    """sigma_bkg^2 + max(truth, 0) / T per band: background plus the Poisson variance of the (positive) truth."""
+    t = np.array([[[[-3.0, 40.0]], [[8.0, 0.0]]]])  # (1 image, 2 bands, 1, 2)
+    got = truth_variance(t, [0.5, 2.0], [100.0, 4.0])
+    assert got[0, :, 0] == pytest.approx(np.array([[0.25, 0.25 + 0.4], [4.0 + 2.0, 4.0]]), rel=1e-12)
+    per_object = truth_variance(np.concatenate([t, t]), [[0.5, 2.0], [1.0, 3.0]], [100.0, 4.0])  # (N, bands) sigma
+    assert per_object[1, :, 0] == pytest.approx(np.array([[1.0, 1.4], [11.0, 9.0]]), rel=1e-12)
 
 
 def test_bad_inputs() -> None:
