@@ -134,7 +134,7 @@ def test_real_truth_set(track, tmp_path) -> None:
     # The truth holds the track's white background noise, as a simulated truth does: the HST noise it carries is
     # dimmed below it (it was up to 9x the track's at mag_r = 15, and the recorded sigma its median diagonal, so the
     # "degraded" copy was 0.4x as noisy as its truth), and the degraded copy 1.2x that.
-    from skybench.real_hst import robust_sigma
+    from skybench.common import robust_sigma
     from skybench.tasks.enhance.simulator import degradation_info
 
     track_sigma = np.array([degradation_info(track)["sigma_truth"][b] for b in "gri"])

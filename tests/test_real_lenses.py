@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 from scipy.special import erf
 
+from skybench.common import robust_sigma
 from skybench.physics.noise import magnitude2cps
 from skybench.real_hst import (
     discrete_gaussian_kernel,
@@ -15,7 +16,6 @@ from skybench.real_hst import (
     overlap_matrix,
     process_lens,
     resample_flux,
-    robust_sigma,
 )
 from skybench.release import open_release, read_manifest, verify_release
 from skybench.tasks.lens.real import import_real_lenses, main

@@ -13,9 +13,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
+from skybench.common import robust_sigma
 from skybench.harness.evaluate import evaluate, record_dir
 from skybench.harness.visibility import private_dir
-from skybench.real_hst import robust_sigma
 from skybench.release import open_release, read_manifest
 from skybench.release.mixing import Stream
 from skybench.simulate import simulate_release

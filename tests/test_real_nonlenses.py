@@ -12,8 +12,9 @@ from scipy.special import erf
 from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
 
+from skybench.common import robust_sigma
 from skybench.physics.psf import FWHM_TO_SIGMA
-from skybench.real_hst import Target, match_to_target, robust_sigma
+from skybench.real_hst import Target, match_to_target
 from skybench.tasks.lens.metrics import threshold_at_fpr
 from skybench.tasks.lens.score import real_auroc, score_real
 from skybench.tasks.lens.score import wilson_interval as score_wilson

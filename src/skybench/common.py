@@ -1,6 +1,6 @@
 """What the science tasks share (tasks never import one another): the strict pydantic base of every
-configuration model, the bootstrap confidence interval of any metric, and the checks of output kinds that the
-harness and a task share (PDF rows, detections)."""
+configuration model, the bootstrap confidence interval of any metric, the robust (MAD) sigma, and the checks of
+output kinds that the harness and a task share (PDF rows, detections)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import secrets
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from pydantic import BaseModel, ConfigDict
 
 __all__ = ["Strict", "UndefinedMetricError", "bootstrap_ci", "check_bootstrap_args", "check_indices", "write_whole",
-           "detections_from_csv", "on_resamples", "percentile_interval", "proportion_ci", "stratified", "stratum_key",
-           "stratum_labels", "stratum_masks", "swap_in", "validate_detections", "wilson_interval"]
+           "detections_from_csv", "on_resamples", "percentile_interval", "proportion_ci", "robust_sigma", "stratified",
+           "stratum_key", "stratum_labels", "stratum_masks", "swap_in", "validate_detections", "wilson_interval"]
 
 
 class Strict(BaseModel):
@@ -119,6 +119,29 @@ def percentile_interval(stats: NDArray[np.float64], alpha: float) -> tuple[float
     # Efron & Tibshirani 1993, Sec. 13.3: percentile interval [q(alpha/2), q(1 - alpha/2)]
     low, high = np.quantile(stats, [alpha / 2.0, 1.0 - alpha / 2.0])
     return float(low), float(high)
+
+
+MAD_TO_SIGMA = 1.4826  # Pasquet et al. 2019 Sec. 4's factor as published (1 / Phi^-1(3/4) = 1.482602...)
+
+
+@overload
+def robust_sigma(x: ArrayLike, axis: None = None, *, center: ArrayLike | None = None) -> float: ...
+
+
+@overload
+def robust_sigma(x: ArrayLike, axis: int | tuple[int, ...], *,
+                 center: ArrayLike | None = None) -> NDArray[np.floating[Any]]: ...
+
+
+def robust_sigma(x: ArrayLike, axis: int | tuple[int, ...] | None = None, *,
+                 center: ArrayLike | None = None) -> float | NDArray[np.floating[Any]]:
+    """The sigma of Gaussian noise estimated robustly, 1.4826 x median(|x - median(x)|), along ``axis`` (None: of
+    all of ``x``, a float), in ``x``'s precision. ``center``: the median along ``axis`` (keepdims), if known."""
+    a = np.asarray(x)
+    med = np.median(a, axis=axis, keepdims=True) if center is None else center
+    # Rousseeuw & Croux 1993 (JASA 88, 1273) Eq. 1: MAD = b med_i |x_i - med_j x_j|, b = 1.4826 for Gaussian noise
+    s = MAD_TO_SIGMA * np.median(np.abs(a - med), axis=axis)
+    return float(s) if axis is None else s
 
 
 PDF_NORM_TOLERANCE = 1e-3  # a PDF row's probabilities must sum to 1 within this

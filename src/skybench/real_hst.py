@@ -44,13 +44,13 @@ from scipy.ndimage import gaussian_filter
 from scipy.optimize import least_squares
 from scipy.special import erf, ive
 
+from skybench.common import robust_sigma
 from skybench.physics.noise import background_sigma, cps2magnitude, magnitude2cps
 from skybench.physics.psf import FWHM_TO_SIGMA, convolution_matrix
 from skybench.tracks import Track
 
 APERTURE_RADIUS = 2.0  # arcsec: flux of deflector + arcs used to set the magnitude
 BORDER_WIDTH = 5  # pixels of the original image used for a MAD noise estimate when BKG_RMS is missing
-MAD_TO_SIGMA = 1.4826
 # AB zero points (magnitude of 1 e-/s), only to record the HST magnitude of each object. WFC3/IR F140W:
 # STScI WFC3 IR photometric calibration; ACS/WFC: computed from PHOTFLAM and PHOTPLAM in the header.
 F140W_AB_ZERO_POINT = 26.4524
@@ -240,11 +240,6 @@ def _border(image: np.ndarray, width: int) -> np.ndarray:
     mask = np.zeros(image.shape, dtype=bool)
     mask[:width], mask[-width:], mask[:, :width], mask[:, -width:] = True, True, True, True
     return image[mask]
-
-
-def robust_sigma(values: np.ndarray) -> float:
-    v = np.asarray(values, dtype=np.float64).ravel()
-    return float(MAD_TO_SIGMA * np.median(np.abs(v - np.median(v))))
 
 
 NOISE_MAX_LAG = 3  # input pixels of noise autocorrelation measured per axis

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from skybench.common import robust_sigma
 from skybench.tracks import list_tracks, project_root
 from skybench.training.loop import (
     KeepBest,
@@ -258,8 +259,7 @@ def noise_sigma(x: np.ndarray, border: int = 8) -> np.ndarray:
     mask = np.ones(x.shape[-2:], bool)
     mask[border:-border, border:-border] = False
     pix = np.moveaxis(x[..., mask], 1, 0).reshape(x.shape[1], -1)  # (bands, N * n_border)
-    med = np.median(pix, axis=1, keepdims=True)
-    sigma = 1.4826 * np.median(np.abs(pix - med), axis=1)
+    sigma = robust_sigma(pix, axis=1)
     if not np.all(np.isfinite(sigma) & (sigma > 0)):
         raise ValueError(f"could not estimate the noise level from the border pixels: {sigma}")
     return sigma.astype(np.float32)

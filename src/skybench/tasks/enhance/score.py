@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from skybench.common import bootstrap_ci, check_indices, stratified
+from skybench.common import bootstrap_ci, check_indices, robust_sigma, stratified
 from skybench.tasks.enhance.config import EnhanceTrack
 from skybench.tasks.enhance.metrics import image_metrics, stretched_psnr, truth_variance
 
@@ -196,7 +196,7 @@ def _outputs(inputs: np.ndarray, pred: np.ndarray, ids: np.ndarray, path: Path) 
     fig, axes = plt.subplots(n, 2, figsize=(4, 2.1 * n), squeeze=False)
     for i in range(n):
         band_sum = inputs[i].sum(axis=0)
-        noise = float(1.4826 * np.median(np.abs(band_sum - np.median(band_sum)))) or 1.0  # MAD -> sigma
+        noise = robust_sigma(band_sum) or 1.0
         stretch = [np.arcsinh(a[i].sum(axis=0) / noise) for a in (inputs, pred)]
         vmax = max(float(np.percentile(stretch[0], 99.5)), 1.0)
         for j, (img, title) in enumerate(zip(stretch, ("input", "output"), strict=True)):

@@ -41,6 +41,7 @@ from astropy.stats import sigma_clipped_stats
 from astropy.table import Table
 from scipy.ndimage import gaussian_filter, maximum_filter
 
+from skybench.common import robust_sigma
 from skybench.physics.noise import cps2magnitude
 from skybench.real_hst import (
     APERTURE_RADIUS,
@@ -55,7 +56,6 @@ from skybench.real_hst import (
     match_to_target,
     noise_correlation,
     resample_flux,
-    robust_sigma,
 )
 from skybench.tasks.lens.config import LensTrack
 from skybench.tracks import Track

@@ -33,6 +33,8 @@ from scipy import sparse
 from scipy.ndimage import gaussian_filter
 from scipy.stats import ks_2samp, spearmanr
 
+from skybench.common import robust_sigma
+
 if TYPE_CHECKING:
     from skybench.tasks.lens.config import LensTrack
 
@@ -54,7 +56,7 @@ def band_stats(x: np.ndarray, scale: float) -> list[float]:
     border[BORDER:-BORDER, BORDER:-BORDER] = False
     b = x[border]
     bmed = float(np.median(b))
-    mad = float(1.4826 * np.median(np.abs(b - bmed)))
+    mad = robust_sigma(b, center=bmed)
     xf = np.where(np.isfinite(x), x, 0.0).astype(np.float64)
     f1, f2, f4 = (float(xf[r <= a].sum()) for a in (1.0, 2.0, 4.0))
     tot = float(xf.sum())
@@ -141,7 +143,7 @@ def _background(x: np.ndarray, g: Geometry) -> tuple[np.ndarray, np.ndarray]:
     """Per object (N,): the border median and the border noise 1.4826 MAD of (N, H, W) ``x``."""
     b = x[:, g.border]
     med = np.median(b, axis=1)
-    return med, 1.4826 * np.median(np.abs(b - med[:, None]), axis=1)
+    return med, robust_sigma(b, axis=1, center=med[:, None])
 
 
 def _radius_at(growth: np.ndarray, radii: np.ndarray, frac: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from skybench.common import PDF_NORM_TOLERANCE as PDF_NORM_TOLERANCE  # the pdf output kind's check, re-exported
-from skybench.common import bootstrap_ci, percentile_interval
+from skybench.common import bootstrap_ci, percentile_interval, robust_sigma
 from skybench.common import validate_pdf as validate_pdf
 
 PHOTOZ_OUTLIER_DZ = 0.05  # Pasquet et al. 2019: eta = fraction of |dz| > 0.05
@@ -41,13 +41,14 @@ def sigma_mad(z_phot: ArrayLike, z_spec: ArrayLike) -> float:
     """sigma_MAD = 1.4826 x median(|dz - median(dz)|)."""
     dz = photoz_dz(z_phot, z_spec)
     # Pasquet et al. 2019 Sec. 4: "sigma_MAD = 1.4826 x MAD", MAD = median(|dz - median(dz)|)
-    return float(1.4826 * np.median(np.abs(dz - np.median(dz))))
+    return robust_sigma(dz)
 
 
-def _sigma_total(dz: np.ndarray, axis: int | None = None) -> np.ndarray:
+def _sigma_total_and_mad(dz: np.ndarray, axis: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(sigma_total, sigma_MAD) of ``dz`` along ``axis`` (None: all of it), one median each."""
     med = np.median(dz, axis=axis, keepdims=True)
-    mad = 1.4826 * np.median(np.abs(dz - med), axis=axis)
-    return np.hypot(mad, np.squeeze(med, axis=axis))
+    mad = np.asarray(robust_sigma(dz, axis, center=med))
+    return np.hypot(mad, np.squeeze(med, axis=axis)), mad
 
 
 def sigma_total(z_phot: ArrayLike, z_spec: ArrayLike) -> float:
@@ -58,7 +59,7 @@ def sigma_total(z_phot: ArrayLike, z_spec: ArrayLike) -> float:
     MGS for a shrink chosen on the public val split, at a bias of -0.03 and 10x the outliers); here it costs its
     offset in quadrature (a gain of ~sigma^2 / 2 at most)."""
     # MSE = variance + bias^2, with the robust estimators: Pasquet et al. 2019 Sec. 4's sigma_MAD, RAIL's median bias
-    return float(_sigma_total(photoz_dz(z_phot, z_spec)))
+    return float(_sigma_total_and_mad(photoz_dz(z_phot, z_spec))[0])
 
 
 def bias_mean(z_phot: ArrayLike, z_spec: ArrayLike) -> float:
@@ -193,13 +194,13 @@ def photoz_metrics(z_spec: ArrayLike, z_phot: ArrayLike, pdf: ArrayLike | None =
     nan = float("nan")
     low, high, low_t, high_t = nan, nan, nan, nan
     if n_resamples:
-        dz = (zp - zs) / (1.0 + zs)
+        dz = photoz_dz(zp, zs)
         mads: list[float] = []  # sigma_MAD of the same resamples (one draw, one median each)
 
         def total(d: np.ndarray) -> float:  # of resampled dz (faster than recomputing dz per resample; same value)
-            med = np.median(d)
-            mads.append(1.4826 * float(np.median(np.abs(d - med))))
-            return float(np.hypot(mads[-1], med))
+            t, mad = _sigma_total_and_mad(d)
+            mads.append(float(mad))
+            return float(t)
 
         low_t, high_t = bootstrap_ci(total, dz, n_resamples=n_resamples, seed=seed)
         low, high = percentile_interval(np.asarray([m for m in mads if np.isfinite(m)]), 0.05)

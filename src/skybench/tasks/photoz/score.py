@@ -21,7 +21,15 @@ import pandas as pd
 
 from skybench.common import check_indices, on_resamples, stratified, stratum_key, stratum_masks
 from skybench.tasks.photoz.config import PhotozTrack
-from skybench.tasks.photoz.metrics import _sigma_total, pdf_grid, pdf_point_estimate, photoz_metrics, pit, validate_pdf
+from skybench.tasks.photoz.metrics import (
+    _sigma_total_and_mad,
+    pdf_grid,
+    pdf_point_estimate,
+    photoz_dz,
+    photoz_metrics,
+    pit,
+    validate_pdf,
+)
 
 if TYPE_CHECKING:
     from skybench.release.reader import HiddenSplit
@@ -89,13 +97,11 @@ def score_resamples(track: PhotozTrack, ids: np.ndarray, predictions: np.ndarray
     primary = track.metrics.primary
     idx = check_indices(indices, len(z_spec))
     if primary in ("sigma_total", "sigma_mad"):
-        dz = ((z_phot - z_spec) / (1.0 + z_spec))
+        dz = photoz_dz(z_phot, z_spec)
         out = np.empty(idx.shape[0])
         step = max(1, 4_000_000 // max(idx.shape[1], 1))
         for lo in range(0, idx.shape[0], step):
-            d = dz[idx[lo:lo + step]]
-            out[lo:lo + step] = _sigma_total(d, axis=1) if primary == "sigma_total" else \
-                1.4826 * np.median(np.abs(d - np.median(d, axis=1, keepdims=True)), axis=1)
+            out[lo:lo + step] = _sigma_total_and_mad(dz[idx[lo:lo + step]], axis=1)[primary == "sigma_mad"]
         return out
     if pdf is None:
         return on_resamples(lambda zs, zp: photoz_metrics(zs, zp, n_resamples=0)[primary], idx, z_spec, z_phot)
@@ -113,7 +119,7 @@ def score_photoz(track: PhotozTrack, ids: np.ndarray, z_spec: np.ndarray, predic
         return metrics
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dz = (z_phot - z_spec) / (1 + z_spec)
+    dz = photoz_dz(z_phot, z_spec)
     pd.DataFrame({"id": ids, "z_spec": z_spec, "z_phot": z_phot, "dz": dz}).to_csv(out_dir / f"zphot{suffix}.csv",
                                                                                  index=False)
     pit_values = pit(pdf, edges, z_spec) if pdf is not None and edges is not None else None
