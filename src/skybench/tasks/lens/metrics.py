@@ -131,7 +131,8 @@ def roc_on_grid(labels: ArrayLike, scores: ArrayLike,
 
 
 def auroc(labels: ArrayLike, scores: ArrayLike) -> float:
-    """Area under the tie-aware ROC curve (equals ``sklearn.metrics.roc_auc_score``)."""
+    """Area under the tie-aware ROC curve (equals ``sklearn.metrics.roc_auc_score``; not a wrapper of it: the
+    integer sum is exact, shares :func:`_counts` with the TPR metrics, and is ~4x faster at 100,000 objects)."""
     y, s = _validate(labels, scores)
     tp, fp, _ = _counts(y, s)
     # Metcalf+19 Sec. 4: "AUROC ... the area under the ROC curve" (trapezoid, exact integer sum)
@@ -198,66 +199,68 @@ def average_precision(labels: ArrayLike, scores: ArrayLike) -> float:
 # --------------------------------------------------------------------------- bootstrap
 
 
-def _auroc_bootstrap_ci(
-    y: NDArray[np.bool_], s: NDArray[np.float64], n_resamples: int, seed: int, alpha: float
-) -> tuple[float, float]:
-    """Same result as ``bootstrap_ci(auroc, y, s, ...)`` (same draws), without a sort per resample.
-
-    The data are sorted once; each resample becomes integer counts per object, and the exact
-    integer trapezoid sum of :func:`auroc` is taken over the fixed tie blocks.
-    """
-    check_bootstrap_args(n_resamples, alpha)
+def _tie_blocks(y: NDArray[np.bool_], s: NDArray[np.float64]) -> tuple[NDArray[np.intp], NDArray[np.bool_],
+                                                                       NDArray[np.intp]]:
+    """(each object's rank by descending score, the labels in that order, the first rank of each tie block)."""
     n = s.shape[0]
-    order = np.argsort(s)[::-1]
-    pos = np.empty(n, dtype=np.intp)
-    pos[order] = np.arange(n)
-    s_sorted = s[order]
-    y_sorted = y[order]
-    starts = np.flatnonzero(np.concatenate([[True], s_sorted[1:] != s_sorted[:-1]]))
-    rng = np.random.default_rng(seed)
-    stats = np.empty(int(n_resamples))
-    n_ok = 0
-    for _ in range(int(n_resamples)):
-        w = np.bincount(pos[rng.integers(0, n, size=n)], minlength=n)
-        tp_b = np.add.reduceat(np.where(y_sorted, w, 0), starts)
-        fp_b = np.add.reduceat(w, starts) - tp_b
-        n_pos = int(tp_b.sum())
-        n_neg = n - n_pos
-        if n_pos == 0 or n_neg == 0:
-            continue
-        # trapezoid: sum dFP * (TP + TP_prev), TP_prev = TP - dTP; empty blocks add zero area
-        twice_area = int(np.sum(fp_b * (2 * np.cumsum(tp_b) - tp_b)))
-        stats[n_ok] = twice_area / (2.0 * float(n_pos) * float(n_neg))
-        n_ok += 1
-    return percentile_interval(stats[:n_ok], alpha)
-
-
-def auroc_resamples(labels: ArrayLike, scores: ArrayLike, indices: ArrayLike,
-                    chunk_elements: int = 4_000_000) -> NDArray[np.float64]:
-    """:func:`auroc` of each resample ``labels[indices[r]], scores[indices[r]]`` (NaN without both classes).
-
-    As :func:`_auroc_bootstrap_ci`: sorted once, each resample is a count per object, and the exact trapezoid sum
-    runs over the fixed tie blocks, for a chunk of resamples at a time (at most ``chunk_elements`` counts)."""
-    y, s = _validate(labels, scores, require_both=False)
-    n = s.shape[0]
-    idx = check_indices(indices, n)
     order = np.argsort(s, kind="stable")[::-1]
     pos = np.empty(n, dtype=np.intp)
     pos[order] = np.arange(n)
-    s_sorted, y_sorted = s[order], y[order]
-    starts = np.flatnonzero(np.concatenate([[True], s_sorted[1:] != s_sorted[:-1]])) if n else np.zeros(0, int)
+    s_sorted = s[order]
+    starts = np.flatnonzero(np.concatenate([[True], s_sorted[1:] != s_sorted[:-1]])) if n else np.zeros(0, np.intp)
+    return pos, y[order], starts
+
+
+def _chunk_aurocs(pos: NDArray[np.intp], y_sorted: NDArray[np.bool_], starts: NDArray[np.intp],
+                  rows: NDArray[np.intp]) -> NDArray[np.float64]:
+    """:func:`auroc` of each resample (row of object indices) of ``rows``, NaN without both classes: each resample
+    is a count per object, and the exact trapezoid sum runs over the fixed tie blocks (no sort per resample)."""
+    n = pos.shape[0]
+    block = pos[rows]
+    k = block.shape[0]
+    w = np.bincount((block + n * np.arange(k)[:, None]).ravel(), minlength=k * n).reshape(k, n)
+    tp_b = np.add.reduceat(np.where(y_sorted, w, 0), starts, axis=1)
+    fp_b = np.add.reduceat(w, starts, axis=1) - tp_b
+    n_pos, n_neg = tp_b.sum(axis=1), fp_b.sum(axis=1)
+    # trapezoid: sum dFP * (TP + TP_prev), TP_prev = TP - dTP; empty blocks add zero area
+    twice_area = np.sum(fp_b * (2 * np.cumsum(tp_b, axis=1) - tp_b), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((n_pos > 0) & (n_neg > 0), twice_area / (2.0 * n_pos * n_neg), np.nan)
+
+
+CHUNK_ELEMENTS = 2**17  # counts per chunk of resamples: 1 MB of int64 stays in cache (4M: 1.3-2x slower)
+
+
+def _auroc_bootstrap_ci(
+    y: NDArray[np.bool_], s: NDArray[np.float64], n_resamples: int, seed: int, alpha: float
+) -> tuple[float, float]:
+    """Same result as ``bootstrap_ci(auroc, y, s, ...)`` (same draws, one resample after another), by
+    :func:`auroc_resamples`' algorithm: sorted once, a chunk of resamples at a time."""
+    check_bootstrap_args(n_resamples, alpha)
+    n = s.shape[0]
+    blocks = _tie_blocks(y, s)
+    rng = np.random.default_rng(seed)
+    step = max(1, CHUNK_ELEMENTS // max(n, 1))
+    chunks = []
+    for lo in range(0, int(n_resamples), step):
+        rows = np.stack([rng.integers(0, n, size=n) for _ in range(min(step, int(n_resamples) - lo))])
+        chunks.append(_chunk_aurocs(*blocks, rows))
+    stats = np.concatenate(chunks)
+    return percentile_interval(stats[np.isfinite(stats)], alpha)
+
+
+def auroc_resamples(labels: ArrayLike, scores: ArrayLike, indices: ArrayLike,
+                    chunk_elements: int = CHUNK_ELEMENTS) -> NDArray[np.float64]:
+    """:func:`auroc` of each resample ``labels[indices[r]], scores[indices[r]]`` (NaN without both classes), for a
+    chunk of resamples at a time (at most ``chunk_elements`` counts)."""
+    y, s = _validate(labels, scores, require_both=False)
+    n = s.shape[0]
+    idx = check_indices(indices, n)
+    blocks = _tie_blocks(y, s)
     out = np.full(idx.shape[0], np.nan)
     step = max(1, chunk_elements // max(n, 1))
     for lo in range(0, idx.shape[0], step):
-        block = pos[idx[lo:lo + step]]
-        k = block.shape[0]
-        w = np.bincount((block + n * np.arange(k)[:, None]).ravel(), minlength=k * n).reshape(k, n)
-        tp_b = np.add.reduceat(np.where(y_sorted, w, 0), starts, axis=1)
-        fp_b = np.add.reduceat(w, starts, axis=1) - tp_b
-        n_pos, n_neg = tp_b.sum(axis=1), fp_b.sum(axis=1)
-        twice_area = np.sum(fp_b * (2 * np.cumsum(tp_b, axis=1) - tp_b), axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[lo:lo + k] = np.where((n_pos > 0) & (n_neg > 0), twice_area / (2.0 * n_pos * n_neg), np.nan)
+        out[lo:lo + step] = _chunk_aurocs(*blocks, idx[lo:lo + step])
     return out
 
 
