@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from skybench.escape import escape
 from skybench.release import layout  # names only: keeps the CLI start light
 
 if TYPE_CHECKING:
@@ -62,8 +63,7 @@ app = _App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=
 
 def _shown(text: object) -> str:
     """``text`` with control characters (terminal escapes, bidi overrides) escaped; newlines kept."""
-    return "\n".join("".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
-                     for line in str(text).splitlines())
+    return "\n".join(escape(line) for line in str(text).splitlines())
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:

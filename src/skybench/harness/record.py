@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import BaseModel, ConfigDict, PlainValidator, ValidationError
 
 from skybench import __version__
+from skybench.escape import escaped_line
 from skybench.tracks import git_commit
 
 if TYPE_CHECKING:
@@ -191,7 +192,7 @@ def _write_record(rdir: Path, *, team: str, name: str, fmt: str, status: str, re
         # a reason may quote a folder name that is not UTF-8 (lone surrogates): escaped, as a store can hold it;
         # or one holding "\r", "\x85" or "\u2028" (line breaks to a viewer) or terminal escapes: one printable line
         reason = reason.encode("utf-8", "backslashreplace").decode("utf-8")
-        reason = "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(reason.split()))
+        reason = escaped_line(reason)
         rec = EvaluationRecord.model_validate(
             {"team": team, "name": name, "format": fmt, "status": status, "reason": reason,
              "submission_sha256": sub_sha, "release_sha256": release_sha, "device": device,

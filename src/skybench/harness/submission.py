@@ -32,6 +32,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError
 from pydantic_core import ErrorDetails
 
+from skybench.escape import escape
 from skybench.harness.files import SUBMISSION_LIMITS, FolderError, WalkLimits, open_regular, read_regular, walk
 from skybench.harness.sandbox import Limits, run_sandboxed
 from skybench.release import layout, read_manifest, sha256_file
@@ -68,7 +69,7 @@ class SubmissionError(ValueError):
 def clip(text: str, n: int = MAX_MESSAGE) -> str:
     """``text`` on one line, at most ``n`` characters, non-printable characters escaped."""
     text = " ".join(str(text)[:8 * n].split())  # sliced first: a huge message costs nothing
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:4 * n])
+    text = escape(text[:4 * n])
     return text if len(text) <= n else text[:n - 3] + "..."
 
 

@@ -31,6 +31,7 @@ from mlflow.store.tracking import SEARCH_MAX_RESULTS_DEFAULT
 from mlflow.tracking import MlflowClient
 
 from skybench.common import stratum_key, stratum_labels, write_whole
+from skybench.escape import escaped_line
 from skybench.harness.visibility import SHOWN_DECIMALS, shown_value
 from skybench.tracking import KIND_TAG, experiment_name, organiser_experiment, tracking_uri
 from skybench.tracking.ranks import RANK_COLUMNS
@@ -275,7 +276,7 @@ def _cell(value: object) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.{SHOWN_DECIMALS}f}"
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in " ".join(str(value).split()))
+    return escaped_line(value)
 
 
 _MD_PLAIN = re.compile(r"[A-Za-z0-9 .,:;+%=/_-]*")  # numbers, names, times: no markdown construct ...
