@@ -44,7 +44,9 @@ __all__ = ["Limits", "SandboxResult", "check_bwrap_features", "gpu_binds", "gpu_
 
 TAIL_BYTES = 20_000
 FLOOD_BYTES = 4 << 20  # output past this on one pipe is read at most a 64 KiB chunk per 10 ms
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+# the thread caps of the math libraries and frameworks: passed through from the host, set by a submission run
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+               "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 _MEMORY_PATTERNS = ("MemoryError", "std::bad_alloc", "Cannot allocate memory", "can't allocate memory",
                     "Unable to allocate", "Failed to allocate memory")
 _DISK_PATTERNS = ("No space left on device", "Disk quota exceeded", "File too large")
@@ -687,7 +689,7 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
         rlimits.append(["RLIMIT_FSIZE", limits.scratch_mb * 1024 * 1024])
     cfg = {"uid": uid if privileged else None, "gid": gid, "rlimits": rlimits}
 
-    child_env = {k: os.environ[k] for k in _THREAD_VARS if k in os.environ}
+    child_env = {k: os.environ[k] for k in THREAD_VARS if k in os.environ}
     child_env.update(PATH=f"{sys.prefix}/bin:/usr/local/bin:/usr/bin:/bin", HOME="/scratch", LANG="C.UTF-8",
                      LC_ALL="C.UTF-8", PYTHONPATH=str(pkg_dir.parent), PYTHONDONTWRITEBYTECODE="1")
     if gpu and (lib := gpu_library_path(os.environ.get("LD_LIBRARY_PATH"),

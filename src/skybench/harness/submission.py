@@ -34,7 +34,7 @@ from pydantic_core import ErrorDetails
 
 from skybench.escape import escape
 from skybench.harness.files import SUBMISSION_LIMITS, FolderError, WalkLimits, open_regular, read_regular, walk
-from skybench.harness.sandbox import Limits, run_sandboxed
+from skybench.harness.sandbox import THREAD_VARS, Limits, run_sandboxed
 from skybench.release import layout, read_manifest, sha256_file
 from skybench.release.shards import shards
 from skybench.tracks import Output, Track, list_tracks, project_root
@@ -44,9 +44,6 @@ MODEL_SUFFIX = {"onnx": ".onnx", "keras": ".keras", "torch": ".pt2", "sklearn": 
                 "predictions": ".csv"}
 SPEC_FILE = "submission.yaml"
 NPY_PREDICTIONS = ".npy"  # a file of maps: recognised on a maps track to refuse it (skybench.tasks.generate.fresh)
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-                "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
-
 
 SPEC_MAX_BYTES = 64 * 1024  # submission.yaml
 CSV_MAX_BYTES = 64 * 1024**2  # a predictions-format CSV
@@ -556,7 +553,7 @@ def sandboxed_predict(sub: Submission, inputs: Path, *, scratch: Path, track: Tr
         stale.unlink(missing_ok=True)
 
     n_threads = str(threads or default_threads())
-    env = dict.fromkeys(_THREAD_VARS, n_threads) | {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONNOUSERSITE": "1"}
+    env = dict.fromkeys(THREAD_VARS, n_threads) | {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONNOUSERSITE": "1"}
     if not gpu:
         env["CUDA_VISIBLE_DEVICES"] = ""
     # else none: the sandbox holds only this task's /dev/nvidiaN (sandbox.gpu_binds, from the host's
