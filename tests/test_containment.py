@@ -57,6 +57,19 @@ def run_groups() -> list[Path]:
     return out
 
 
+def test_mountinfo_paths_are_unescaped_as_proc5_writes_them():
+    """A mount point with a space (\\040), a tab (\\011) or a backslash (\\134) is found where it is: the sweep of
+    killed evaluators' scratch tmpfs read the tab and backslash forms literally and could not unmount them."""
+    text = ("36 25 0:32 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate\n"
+            "97 36 0:51 / /tmp/my\\040runs/skybench-scratch-x/a\\011b\\134c rw - tmpfs skybench-scratch-4242 rw\n"
+            "malformed line\n")
+    got = cgroups.parse_mountinfo(text)
+    assert [(m.root, m.point, m.fstype, m.source) for m in got] == [
+        ("/", "/sys/fs/cgroup", "cgroup2", "cgroup2"),
+        ("/", "/tmp/my runs/skybench-scratch-x/a\tb\\c", "tmpfs", "skybench-scratch-4242")]
+    assert got[0].options == {"rw", "nsdelegate"}
+
+
 # --- memory: pages outside the address space are charged to the sandbox's cgroup --------------------
 
 WRITE_800_MB = """

@@ -14,13 +14,14 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import secrets
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 __all__ = ["Cgroup", "CgroupError", "create", "unavailable_reason"]
 
@@ -34,19 +35,42 @@ class CgroupError(RuntimeError):
     """A cgroup could not be created or configured (the host's fault, not the submission's)."""
 
 
-def _mounts() -> list[tuple[str, str, str, set[str]]]:
-    """(mount root, mount point, fstype, super options) of the cgroup mounts in /proc/self/mountinfo."""
-    out: list[tuple[str, str, str, set[str]]] = []
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
+class Mount(NamedTuple):
+    root: str
+    point: str
+    fstype: str
+    source: str
+    options: set[str]  # the super options
+
+
+def _unescape(field: str) -> str:
+    # proc(5), /proc/pid/mountinfo: a space, tab, newline or backslash in a path is written as its octal \ooo escape
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """The mounts of a /proc/<pid>/mountinfo text (proc(5): fields 4 and 5, then fstype, source and super options
+    after the " - " separator), paths unescaped."""
+    out: list[Mount] = []
+    for line in text.splitlines():
         left, _, right = line.partition(" - ")
         f, r = left.split(), right.split()
-        if len(f) >= 5 and len(r) >= 3 and r[0] in ("cgroup", "cgroup2"):
-            out.append((f[3], f[4].replace("\\040", " "), r[0], set(r[2].split(","))))
+        if len(f) >= 5 and len(r) >= 3:
+            out.append(Mount(_unescape(f[3]), _unescape(f[4]), r[0], _unescape(r[1]), set(r[2].split(","))))
     return out
+
+
+def mounts() -> list[Mount]:
+    """The mounts this process sees (/proc/self/mountinfo; none if it cannot be read)."""
+    try:
+        return parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+    except OSError:
+        return []
+
+
+def _mounts() -> list[Mount]:
+    """The cgroup mounts."""
+    return [m for m in mounts() if m.fstype in ("cgroup", "cgroup2")]
 
 
 def _own_paths() -> dict[str, str]:
@@ -68,7 +92,7 @@ def _v2_base() -> tuple[Path | None, str]:
     own = _own_paths()
     if "" not in own:
         return None, "no cgroup v2 hierarchy"
-    for root, point, fstype, _ in _mounts():
+    for root, point, fstype, _, _ in _mounts():
         if fstype == "cgroup2":
             base = _join(root, point, own[""])
             try:
@@ -84,7 +108,7 @@ def _v2_base() -> tuple[Path | None, str]:
 def _v1_bases() -> tuple[dict[str, Path] | None, str]:
     own = _own_paths()
     bases: dict[str, Path] = {}
-    for root, point, fstype, opts in _mounts():
+    for root, point, fstype, _, opts in _mounts():
         for c in _V1_CONTROLLERS:
             if fstype == "cgroup" and c in opts and c in own and c not in bases:
                 bases[c] = _join(root, point, own[c])

@@ -345,19 +345,13 @@ def _mount_scratch(target: Path, limits: Limits, uid: int, gid: int) -> None:
 
 def _sweep_scratch_mounts() -> None:
     """Unmount /scratch tmpfs left by evaluators that were killed before they could clean up."""
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        f, r = left.split(), right.split()
-        if len(f) < 5 or len(r) < 2 or r[0] != "tmpfs" or not r[1].startswith(_MOUNT_SOURCE + "-"):
+    for m in cgroups.mounts():
+        if m.fstype != "tmpfs" or not m.source.startswith(_MOUNT_SOURCE + "-"):
             continue
-        pid = r[1].rsplit("-", 1)[1]
+        pid = m.source.rsplit("-", 1)[1]
         if not pid.isdigit() or Path(f"/proc/{pid}").exists():
             continue
-        target = Path(f[4].replace("\\040", " "))
+        target = Path(m.point)
         try:
             _umount(target)
             target.rmdir()
