@@ -32,7 +32,6 @@ Every number of every step is returned with the image, for the hidden metadata.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -460,10 +459,6 @@ def _lens_dir(data_dir: Path) -> Path:
 
 def _text(value: Any) -> str:
     return "" if pd.isna(value) else str(value)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _read_catalog(lens_dir: Path) -> pd.DataFrame:

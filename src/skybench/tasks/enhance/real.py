@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 
 from skybench.physics.degrade import degrade
-from skybench.real_hst import APERTURE_RADIUS, Target, _lens_dir, _read_catalog, _sha256, process_lens
-from skybench.release import open_release, write_release
+from skybench.real_hst import APERTURE_RADIUS, Target, _lens_dir, _read_catalog, process_lens
+from skybench.release import open_release, sha256_file, write_release
 from skybench.tasks.enhance.config import EnhanceTrack
 from skybench.tasks.enhance.simulator import EnhanceSimulator, degradation_info
 from skybench.tracks import Track, load_track
@@ -124,7 +124,7 @@ def import_real_truth(data_dir: Path, track: Track | str, out: Path, *, seed: in
             degraded.append(degrade(truth, sigma, info["psf_fwhm_arcsec"], pix, info["noise_factor"], normal))
             truths.append(truth)
             row.update(psf_fwhm=info["psf_fwhm_arcsec"], noise_factor=info["noise_factor"], seed=seed,
-                       source_sha256=_sha256(path), provenance_repo=entry["provenance_repo"],
+                       source_sha256=sha256_file(path), provenance_repo=entry["provenance_repo"],
                        provenance_path=entry["provenance_path"], provenance_commit=entry["provenance_commit"],
                        licence=entry["licence"])
             metas.append(row)

@@ -32,11 +32,10 @@ from skybench.real_hst import (
     Target,
     _lens_dir,
     _read_catalog,
-    _sha256,
     _text,
     process_lens,
 )
-from skybench.release import layout, open_release, write_release
+from skybench.release import layout, open_release, sha256_file, write_release
 from skybench.tasks.lens.config import LensTrack
 from skybench.tasks.lens.real_nonlens import (
     REFERENCE_SEED,
@@ -121,7 +120,7 @@ def _lens_items(data_dir: Path, target: Target, seed: int, centre_sigma: float, 
             "survey": entry["survey"], "telescope": entry["telescope"], "instrument": entry["instrument"],
             "band": entry["band"], "z_lens": float(entry["z_lens"]), "z_lens_type": _text(entry["z_lens_type"]),
             "z_source": float(entry["z_source"]), "seed": seed, "noise_seed": f"[{seed}, {index}]",
-            **numbers, "source_sha256": _sha256(path), "provenance_repo": entry["provenance_repo"],
+            **numbers, "source_sha256": sha256_file(path), "provenance_repo": entry["provenance_repo"],
             "provenance_path": entry["provenance_path"], "provenance_commit": entry["provenance_commit"],
             "licence": entry["licence"]}))
     return items

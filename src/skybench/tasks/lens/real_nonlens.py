@@ -48,7 +48,6 @@ from skybench.real_hst import (
     BORDER_WIDTH,
     Target,
     _border,
-    _sha256,
     draw_flux,
     fit_psf_fwhm,
     flux_reach,
@@ -57,6 +56,7 @@ from skybench.real_hst import (
     noise_correlation,
     resample_flux,
 )
+from skybench.release import sha256_file
 from skybench.tasks.lens.config import LensTrack
 from skybench.tracks import Track
 
@@ -185,7 +185,7 @@ def _stamp_item(path: Path, track: LensTrack, seed: int, index: int, psf_cube: n
             "redshift": float(header.get("ZPHOT", np.nan)),
             "ra": float(header.get("RA", np.nan)), "dec": float(header.get("DEC", np.nan)),  # its galaxy's
             "background_subtracted": bkg, "existing_noise_from": noise_from, "psf_from": psf_from,
-            "source_sha256": _sha256(path), **numbers}
+            "source_sha256": sha256_file(path), **numbers}
     return Item(out[None].astype(np.float32), meta)
 
 
@@ -263,7 +263,7 @@ def _scene_items(galaxy_dir: Path, track: LensTrack, seed: int, start: int, refe
                     "telescope": "HST", "instrument": "WFC3/IR" if "F105W" in name else "ACS/WFC",
                     "scene_peak_y": y, "scene_peak_x": x, "scene_window_half_px": h,
                     "background_subtracted": float(bkg), "existing_noise_from": "sigma-clipped (3 sigma) scene std",
-                    "psf_from": "PSF HDU of the scene", "source_sha256": _sha256(path), **numbers}
+                    "psf_from": "PSF HDU of the scene", "source_sha256": sha256_file(path), **numbers}
             items.append(Item(out[None].astype(np.float32), meta))
     return items
 
@@ -301,7 +301,7 @@ def ground_nonlenses(galaxy_dir: Path, track: LensTrack, seed: int = 0, limit: i
             if catalog is None:
                 catalog = Table(hdul["CATALOG"].data).to_pandas()
     assert catalog is not None
-    sha = {b: _sha256(p) for b, p in paths.items()}
+    sha = {b: sha256_file(p) for b, p in paths.items()}
     targets = {b: Target.for_band(track, i, float("nan")) for i, b in enumerate(bands)}
     fwhms = {b: _psf_fwhm(psfs[b], float(headers[b]["PIXSCALE"]), KIDS_PSF_RADIUS) for b in bands}
     zps = {b: float(10 ** (0.4 * targets[b].zero_point)) for b in bands}  # KiDS flux (AB ZP 0) -> e-/s at the ZP
