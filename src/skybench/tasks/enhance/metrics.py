@@ -83,23 +83,19 @@ def second_moments(images: ArrayLike, pixel_scale: float, weight_sigma: float,
     xs = (np.arange(w) - (w - 1) / 2.0) * pixel_scale
     cx, cy = np.zeros(n), np.zeros(n)
     dark = np.zeros(n, dtype=bool)  # no positive weighted flux at some step: left at its last centroid
-    for _ in range(max(1, iterations)):
+    steps = max(1, iterations)
+    for step in range(steps + 1):  # ``steps`` re-centrings, then the moments about the last centroid
         dx, dy = xs[None, None, :] - cx[:, None, None], ys[None, :, None] - cy[:, None, None]
         wi = np.exp(-(dx**2 + dy**2) / (2.0 * weight_sigma**2)) * img
         norm = wi.sum(axis=(1, 2))
         dark |= ~(norm > 0)
         if dark.any() and strict:
             raise ValueError("second moments need a positive weighted flux in every image")
-        safe = np.where(dark, 1.0, norm)
-        cx = np.where(dark, cx, cx + (wi * dx).sum(axis=(1, 2)) / safe)
-        cy = np.where(dark, cy, cy + (wi * dy).sum(axis=(1, 2)) / safe)
-    dx, dy = xs[None, None, :] - cx[:, None, None], ys[None, :, None] - cy[:, None, None]
-    wi = np.exp(-(dx**2 + dy**2) / (2.0 * weight_sigma**2)) * img
-    norm = wi.sum(axis=(1, 2))
-    dark |= ~(norm > 0)
-    if dark.any() and strict:
-        raise ValueError("second moments need a positive weighted flux in every image")
-    norm = np.where(dark, 1.0, norm)
+        norm = np.where(dark, 1.0, norm)
+        if step == steps:
+            break
+        cx = np.where(dark, cx, cx + (wi * dx).sum(axis=(1, 2)) / norm)
+        cy = np.where(dark, cy, cy + (wi * dy).sum(axis=(1, 2)) / norm)
     qxx, qyy, qxy = ((wi * dx * dx).sum(axis=(1, 2)) / norm, (wi * dy * dy).sum(axis=(1, 2)) / norm,
                      (wi * dx * dy).sum(axis=(1, 2)) / norm)
     trace = np.where(dark, 1.0, qxx + qyy)
