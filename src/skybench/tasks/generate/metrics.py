@@ -525,5 +525,6 @@ def collapse_check(gen: np.ndarray, truth: np.ndarray, size_deg: float, edges: n
     dup = float(np.median(_scale_free_nn(invariant_features(g_sub))) /
                 np.median(_scale_free_nn(invariant_features(t_sub))))
     med = float(np.median(ratio))
+    # both tests and the min_ratio = 0.5 threshold are an in-house heuristic, not a published collapse criterion
     return CollapseCheck(cl_variance_ratio=ratio, median_variance_ratio=med, duplicate_ratio=dup,
                          flagged=not (med >= min_ratio and dup >= min_ratio))  # NaN: flagged
