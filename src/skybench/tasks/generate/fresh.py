@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from skybench.common import robust_sigma
 from skybench.release import layout
 from skybench.release.shards import input_arrays, shards
 from skybench.tasks.generate.config import GenerateTrack
@@ -101,12 +102,15 @@ def check_rerun(first: np.ndarray, again: np.ndarray) -> str:
     if first.shape != again.shape:
         return f"the re-run returned shape {again.shape}, the first run {first.shape}"
     a, b = (np.asarray(x, dtype=np.float64).reshape(len(first), -1) for x in (first, again))
-    scale = np.maximum(a.std(axis=1), np.finfo(np.float32).tiny)  # float64: a float32 spread overflowed to inf
-    diff = np.abs(b - a).max(axis=1) / scale
-    diff[~np.isfinite(diff)] = np.inf  # NaN (inf - inf, inf / inf) is a difference, never a pass
+    # each pixel within RERUN_RTOL of the map's robust spread plus its own size: one huge pixel (2e19) set the
+    # spread (std) so high, or made it inf in float32, that any maps passed
+    scale = np.maximum(robust_sigma(a, axis=1), np.finfo(np.float32).tiny)[:, None] + np.abs(a)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = (np.abs(b - a) / scale).max(axis=1)
+    diff[~np.isfinite(diff)] = np.inf  # NaN (inf - inf) is a difference, never a pass
     worst = int(np.argmax(diff)) if diff.size else 0
     if diff.size and diff[worst] > RERUN_RTOL:
         return (f"{int((diff > RERUN_RTOL).sum())} of {len(first)} maps came back different when their latents "
-                f"were given again in another order and batch size (up to {diff[worst]:.3g} of the map's spread): "
+                f"were given again in another order and batch size (a relative difference up to {diff[worst]:.3g}): "
                 "each map must be a function of its own latent alone (no state across inputs)")
     return ""
