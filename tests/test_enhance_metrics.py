@@ -216,3 +216,21 @@ def test_a_track_too_small_for_the_ssim_window_is_refused():
     raw = yaml.safe_load((benchmarks_dir() / "enhance.yaml").read_text())
     with pytest.raises(ValueError, match="cutout.size 9: SSIM's 11x11 window"):
         EnhanceTrack.model_validate({**raw, "cutout": {**raw["cutout"], "size": 9}})
+
+
+def test_image_metrics_in_chunks_are_the_metrics_of_the_whole_set(monkeypatch) -> None:
+    """Scored a chunk at a time (the temporaries of a whole challenge set were ~6 GB outside any sandbox): the same
+    per-image values and means, with per-pixel variances sliced with their images."""
+    from skybench.tasks.enhance import metrics
+
+    t = galaxy(7)
+    p = t + np.random.default_rng(2).normal(0.0, 0.5, t.shape)
+    kw = dict(stretch_low=LOW, stretch_high=HIGH, flux_range=R, pixel_scale=PIX, weight_sigma=1.0, n_resamples=50)
+    variance = truth_variance(t, np.full((7, 3), 0.5), [1.0, 2.0, 3.0])
+    whole, per = image_metrics(p, t, variance=variance, **kw)
+    monkeypatch.setattr(metrics, "CHUNK", 3)
+    chunked, per3 = image_metrics(p, t, variance=variance, **kw)
+    assert whole == chunked
+    for name, values in per.items():
+        np.testing.assert_array_equal(per3[name], values)
+    np.testing.assert_array_equal(per3["chi2"], chi2_per_pixel(p, t, variance))

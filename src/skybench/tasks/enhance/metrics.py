@@ -154,6 +154,9 @@ def stretched_psnr(pred: ArrayLike, truth: ArrayLike, low: ArrayLike, high: Arra
     return psnr(display_stretch(p, low, high), display_stretch(t, low, high), STRETCH_RANGE)
 
 
+CHUNK = 256  # images scored at a time by image_metrics
+
+
 def image_metrics(pred: ArrayLike, truth: ArrayLike, *, stretch_low: ArrayLike, stretch_high: ArrayLike,
                   flux_range: ArrayLike, variance: ArrayLike, pixel_scale: float, weight_sigma: float,
                   n_resamples: int = 1000, seed: int = 0) -> tuple[dict[str, float], dict[str, NDArray[np.float64]]]:
@@ -163,11 +166,17 @@ def image_metrics(pred: ArrayLike, truth: ArrayLike, *, stretch_low: ArrayLike, 
     ``psnr`` and ``ssim`` are on the display-stretched images (:func:`display_stretch`), ``psnr_flux`` on the flux
     with the fixed data range ``flux_range`` per band; the others on the flux."""
     p, t = _image_pair(pred, truth)
-    sp, st = display_stretch(p, stretch_low, stretch_high), display_stretch(t, stretch_low, stretch_high)
-    per = {"psnr": psnr(sp, st, STRETCH_RANGE), "ssim": ssim(sp, st, STRETCH_RANGE),
-           "psnr_flux": psnr(p, t, flux_range),
-           "flux_rel_error": flux_rel_error(p, t), "flux_bias": flux_rel_error(p, t, signed=True),
-           **shape_errors(p, t, pixel_scale, weight_sigma), "chi2": chi2_per_pixel(p, t, variance)}
+    var = np.asarray(variance, dtype=np.float64)
+    parts = []
+    for i in range(0, max(len(t), 1), CHUNK):  # the temporaries of a chunk, not of the whole set (~0.6 MB an image)
+        sl = slice(i, i + CHUNK)
+        pp, tt, v = p[sl], t[sl], var[sl] if var.ndim == 4 and len(var) == len(t) else var
+        sp, st = display_stretch(pp, stretch_low, stretch_high), display_stretch(tt, stretch_low, stretch_high)
+        parts.append({"psnr": psnr(sp, st, STRETCH_RANGE), "ssim": ssim(sp, st, STRETCH_RANGE),
+                      "psnr_flux": psnr(pp, tt, flux_range),
+                      "flux_rel_error": flux_rel_error(pp, tt), "flux_bias": flux_rel_error(pp, tt, signed=True),
+                      **shape_errors(pp, tt, pixel_scale, weight_sigma), "chi2": chi2_per_pixel(pp, tt, v)})
+    per = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
     out: dict[str, float] = {}
     for name, values in per.items():
         out[name] = float(np.mean(values))
