@@ -354,13 +354,13 @@ def test_remove_tree_deletes_a_scratch_folder_its_sandbox_made_unreadable(mode: 
     top = Path(tempfile.mkdtemp(prefix="skybench-test-"))  # in /tmp: reachable by the dropped uid
     try:
         box = top / ".sandbox-x"
-        (box / "sub").mkdir(parents=True)
+        (box / "sub" / "deeper" / "deepest").mkdir(parents=True)
         (box / "sub" / "f").write_text("x")
         (box / "f").write_text("x")
-        for p in (top, box, box / "sub", box / "sub" / "f", box / "f"):
+        for p in (top, box, box / "sub", box / "sub" / "f", box / "f", *(box / "sub").rglob("deep*")):
             os.chown(p, 65534, 65534)
-        os.chmod(box / "sub", 0)
-        os.chmod(box, mode)
+        for p in (box / "sub" / "deeper" / "deepest", box / "sub" / "deeper", box / "sub", box):
+            os.chmod(p, mode)  # a folder moved to another parent must be writable (its ".." changes)
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:  # as an ordinary user, the way an unprivileged evaluator runs

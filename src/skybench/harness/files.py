@@ -170,6 +170,8 @@ def remove_tree(path: Path) -> None:
                         try:
                             os.unlink(child, dir_fd=sub)
                         except IsADirectoryError:
+                            # moving a folder to another parent rewrites its "..": it must be writable
+                            os.chmod(child, 0o700, dir_fd=sub)  # a folder (unlink said so); the run is over
                             while True:  # the tree may hold a folder or file of that name already: the next one
                                 n += 1
                                 try:

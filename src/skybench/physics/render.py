@@ -135,8 +135,8 @@ class Renderer:
         x0 = y0 = np.full(cx.shape, -self.size / 2 * self.pixel_scale)  # the left (lower) edge of the frame
         h, cells, offsets, origins = self.pixel_scale, self.size, [], []
         for _ in range(L):  # the patch of each level: q cells of size h from cell (tx, ty) of the level above
-            tx, ty = (np.clip(np.floor((c - o) / h) - q // 2, 0, cells - q).astype(np.int64) for c, o in
-                      ((cx, x0), (cy, y0)))
+            tx, ty = (np.clip(np.nan_to_num(np.floor((c - o) / h)) - q // 2, 0, cells - q).astype(np.int64)
+                      for c, o in ((cx, x0), (cy, y0)))  # a NaN centre: a NaN image, as on the plain grid
             x0, y0 = x0 + tx * h, y0 + ty * h
             offsets.append((ty, tx))
             origins.append((x0, y0, h))
