@@ -37,6 +37,15 @@ class Component(_Strict):
     uv_repair: tuple[float, float] = (0.0, 0.0)
     # share of the disk's rest-frame r light from the starburst template (BR07_1, strong emission lines)
     burst: tuple[float, float] = (0.0, 0.0)
+    # colour-magnitude relation: per parameter, its change per magnitude brighter than M_r = -21 (added to the
+    # drawn value, clipped to the parameter's physical range), so that brighter galaxies are redder within a population
+    luminosity_slope: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_slopes(self) -> Component:
+        if unknown := sorted(set(self.luminosity_slope) - (set(type(self).model_fields) - {"luminosity_slope"})):
+            raise ValueError(f"luminosity_slope: unknown parameters {unknown}")
+        return self
 
 
 class RedFraction(_Strict):

@@ -13,7 +13,8 @@ Per object (its own seeded generator, :class:`~skybench.testkey.ObjectSeeds`):
 * two populations (``red_sequence``, ``blue_cloud``: :class:`~skybench.tasks.photoz.config.Component`): an object is
   red with the probability ``red_fraction`` of its M_r (a tanh rising with luminosity, Baldry et al. 2004), then
   its parameters come from its population's uniform ranges (per-object quantiles, so they move smoothly with the
-  population's parameters: the fit of :mod:`skybench.tasks.photoz.calibrate` uses common random numbers);
+  population's parameters: the fit of :mod:`skybench.tasks.photoz.calibrate` uses common random numbers), moved by
+  the population's colour-magnitude slopes (``luminosity_slope``: brighter galaxies redder within a population);
 * a bulge (Sersic n = 4) plus a disk (Sersic n = 1), their SEDs non-negative mixtures of the Blanton & Roweis 2007
   templates that ship with the ``kcorrect`` package (``BR07_*``, :mod:`skybench.physics.sed`): the bulge old light
   (BR07_3, a ``uv_repair`` share of it UV-repaired as in Budavari et al. 2000, a ``metal_rich`` share of it from the
@@ -64,6 +65,10 @@ from skybench.testkey import ObjectSeeds, as_object_seeds
 ARCSEC_PER_RAD = 206264.806
 _COMPONENT_PARAMS = ("bulge_fraction", "bulge_young_fraction", "disk_type", "ebv_internal", "metal_rich", "burst",
                      "uv_repair")
+# the limits of a value moved by a population's luminosity_slope: disk types 0 .. 2, E(B-V) within the magnitude
+# table (MagnitudeTable's ebv_max), the others shares in [0, 1]
+_PARAM_LIMITS = {"disk_type": (0.0, 2.0), "ebv_internal": (0.0, 0.3)}
+M_PIVOT = -21.0  # M_r where the colour-magnitude relations (Component.luminosity_slope) leave the drawn values
 _T = {t: i for i, t in enumerate(TEMPLATES)}
 MAG_ERR = 2.5 / np.log(10.0)  # sigma_m = 1.0857 sigma_F / F (first-order error propagation)
 
@@ -274,7 +279,10 @@ class GalaxySimulator:
         out["red_sequence"] = red.astype(np.int8)
         for name in _COMPONENT_PARAMS:
             lo_hi = np.where(red[:, None], getattr(p.red_sequence, name), getattr(p.blue_cloud, name))
-            out[name] = lo_hi[:, 0] + meta[f"u_{name}"].to_numpy() * (lo_hi[:, 1] - lo_hi[:, 0])
+            value = lo_hi[:, 0] + meta[f"u_{name}"].to_numpy() * (lo_hi[:, 1] - lo_hi[:, 0])
+            slope = np.where(red, p.red_sequence.luminosity_slope.get(name, 0.0),
+                             p.blue_cloud.luminosity_slope.get(name, 0.0))
+            out[name] = np.clip(value + slope * (M_PIVOT - M_typ), *_PARAM_LIMITS.get(name, (0.0, 1.0)))
         fb = out["bulge_fraction"].to_numpy(np.float64)
         ebv_int, ebv_gal = out["ebv_internal"].to_numpy(np.float64), meta["ebv_galactic"].to_numpy(np.float64)
         w_bulge = self._bulge_weights(out["bulge_young_fraction"].to_numpy(np.float64),
