@@ -104,6 +104,50 @@ def test_refused_upload_keeps_no_row_and_no_quota(setup, bad):
     assert list(store.incoming.iterdir()) == []
 
 
+def test_refused_upload_keeps_the_object_another_upload_of_it_is_queueing(setup, monkeypatch):
+    """Two uploads of the same bytes at once: one refused at the queue while the other is between storing and
+    queueing must not remove the stored folder that the other then queues."""
+    import threading
+
+    from skybench.server import intake, queue
+    from skybench.server.db import utcnow
+
+    cfg, Session, store, team = setup
+    data, enqueue = pack("alpha", "m1"), queue.enqueue
+    holding, go = threading.Event(), threading.Event()
+
+    def paused_then_refused(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name == "second":
+            raise queue.Refused("lost a race for the quota", 429)
+        holding.set()
+        assert go.wait(30)
+        return enqueue(*args, **kwargs)
+
+    monkeypatch.setattr(queue, "enqueue", paused_then_refused)
+    done: list[object] = []
+    first = threading.Thread(name="first", target=lambda: done.append(
+        intake.accept(cfg, Session, store, team.id, "lens-space", "m1", io.BytesIO(data), utcnow())))
+    first.start()
+    assert holding.wait(30)  # the first is stored, about to be queued
+
+    def refused() -> None:
+        with pytest.raises(queue.Refused):
+            intake.accept(cfg, Session, store, team.id, "lens-space", "m1", io.BytesIO(data), utcnow())
+
+    second = threading.Thread(name="second", target=refused)
+    second.start()
+    second.join(30)
+    go.set()
+    first.join(30)
+    [row] = _rows(Session)
+    assert row.state == "queued" and done and store.object_dir(row.sha256).is_dir(), "the queued entry's files"
+    # and a refused upload alone still keeps no disk
+    monkeypatch.setattr(queue, "enqueue", lambda *a, **k: (_ for _ in ()).throw(queue.Refused("no", 429)))
+    with pytest.raises(queue.Refused):
+        intake.accept(cfg, Session, store, team.id, "lens-space", "m2", io.BytesIO(pack("alpha", "m2")), utcnow())
+    assert [d.name for d in store.objects.glob("*/*")] == [row.sha256]
+
+
 def test_uploads_refused_after_unpacking_are_bounded_per_hour(setup):
     """Refused uploads cost no quota, but each was unpacked and hashed (up to ``max_unpacked_bytes``): past
     ``upload.max_refused_per_hour`` a team's uploads are refused before unpacking until the UTC hour ends."""

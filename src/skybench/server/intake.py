@@ -21,6 +21,7 @@ from typing import BinaryIO
 
 from sqlalchemy.orm import sessionmaker
 
+from skybench.harness import submission
 from skybench.server import queue
 from skybench.server.config import ChallengeConfig
 from skybench.server.db import Submission, Team
@@ -45,14 +46,15 @@ def accept(cfg: ChallengeConfig, sessions: sessionmaker, store: Store, team_id: 
             assert team is not None
             sub_id = queue.receive(s, cfg, team, track, name, received).id
         folder = store.unpack(archive)
-        # Moved into the store when valid: only its staging folder is left to remove.
-        loaded, _ = store.store(folder, {"team": team.name, "name": name, "track": track})
-        with sessions() as s:
-            try:
+        loaded: submission.Submission | None = None
+        try:  # moved into the store when valid (only its staging folder is left to remove), held until queued
+            with store.stored(folder, {"team": team.name, "name": name, "track": track}) as (loaded, _), \
+                    sessions() as s:
                 sub = queue.enqueue(s, cfg, team, track, name, loaded.sha256, received, sub_id=sub_id)
-            except Exception:  # a quota or name race lost after the early check, or the database away: no disk kept
+        except Exception:  # a quota or name race lost after the early check, or the database away: no disk kept
+            if loaded is not None:
                 _drop_unused(sessions, store, loaded.sha256)
-                raise
+            raise
         queued = True
         return sub
     except UploadError as exc:
@@ -73,16 +75,13 @@ def accept(cfg: ChallengeConfig, sessions: sessionmaker, store: Store, team_id: 
 
 
 def _drop_unused(sessions: sessionmaker, store: Store, sha256: str) -> None:
-    """Remove the stored folder ``sha256`` unless a queued submission uses it; with the database away, leave it to
-    the start-up sweep of unreferenced objects (:meth:`Store.sweep_objects`)."""
+    """Remove the stored folder ``sha256`` unless a queued submission uses it or another upload holds it; with the
+    database away, leave it to the start-up sweep of unreferenced objects (:meth:`Store.sweep_objects`)."""
     try:
         with sessions() as s:
-            used = queue.stored_for(s, sha256)
+            store.drop_unused(sha256, lambda sha: queue.stored_for(s, sha))
     except Exception:  # noqa: BLE001 - what failed the upload may fail this too
         log.warning("could not check whether stored object %s is used; the next start-up sweeps it", sha256)
-        return
-    if not used:
-        store.drop_object(sha256)
 
 
 class UploadSlots:

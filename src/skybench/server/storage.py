@@ -4,6 +4,8 @@
                                              after a crash, by the next start: Store.sweep); <owner> names
                                              the process (pid and host), so a dead one's files go at once
     <storage>/objects/<sha[:2]>/<sha>/       a stored submission folder, read-only (sha256 of the folder)
+    <storage>/locks/<sha>                    its lock (flock): shared by each upload between storing and
+                                             queueing, exclusive for a removal, which never waits for it
 
 Unpacking accepts only regular files and folders, with relative names that stay inside the folder, within
 the file-count, unpacked-size and depth limits of ``challenge.yaml``'s ``upload:``; everything else (absolute
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -26,7 +29,7 @@ import tempfile
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -121,8 +124,8 @@ def store_full(exc: OSError) -> UploadError | None:
 class Store:
     def __init__(self, root: Path, limits: UploadLimits) -> None:
         self.root, self.limits = Path(root), limits
-        self.incoming, self.objects = self.root / "incoming", self.root / "objects"
-        for d in (self.incoming, self.objects):
+        self.incoming, self.objects, self.locks = (self.root / d for d in ("incoming", "objects", "locks"))
+        for d in (self.incoming, self.objects, self.locks):
             d.mkdir(parents=True, exist_ok=True)
         self.sweep()
 
@@ -147,8 +150,7 @@ class Store:
         cutoff, gone = time.time() - older_than, []
         for d in sorted(self.root.joinpath("objects").glob("??/*")):
             try:
-                if d.lstat().st_mtime < cutoff and not used(d.name):
-                    self.drop_object(d.name)
+                if d.lstat().st_mtime < cutoff and self.drop_unused(d.name, used):
                     gone.append(d.name)
             except (OSError, ValueError):  # removed meanwhile, or not a stored folder's name
                 continue
@@ -243,11 +245,19 @@ class Store:
 
     # -- storing ----------------------------------------------------------------------------------------------
     def store(self, folder: Path, expect: dict[str, str] | None = None) -> tuple[Submission, Path]:
-        """Validate ``folder`` (an unpacked upload) and move it to ``objects/`` under its sha256.
+        """:meth:`stored`, for a caller that does not queue it."""
+        with self.stored(folder, expect) as done:
+            return done
+
+    @contextlib.contextmanager
+    def stored(self, folder: Path, expect: dict[str, str] | None = None) -> Iterator[tuple[Submission, Path]]:
+        """Validate ``folder`` (an unpacked upload) and move it to ``objects/`` under its sha256; the object is
+        held (a shared lock) until the block ends, so that no :meth:`drop_unused` (another upload of the same
+        bytes refused at the queue) removes it before this upload is queued.
 
         ``expect``: keys of ``submission.yaml`` that must have these values (the uploading team, the entry's
         name, the track). Raises :class:`UploadError` (422) with the schema's one-line reasons, before
-        anything is stored. Returns the submission as loaded from its stored place, and that place."""
+        anything is stored. Yields the submission as loaded from its stored place, and that place."""
         try:
             spec = load_submission(folder).spec
             sha = folder_sha256(folder)
@@ -257,23 +267,55 @@ class Store:
             if getattr(spec, key) != want:
                 raise UploadError(f"submission.yaml: key '{key}' is {getattr(spec, key)!r}, but this upload is "
                                   f"{key} {want!r}; make them agree", 422)
-        dest = self.object_dir(sha)
-        with contextlib.suppress(FileNotFoundError):
-            os.utime(dest)  # in use again: not the start-up sweep's (sweep_objects)
-        if not dest.exists():
-            for p in folder.rglob("*"):  # read-only for everyone: the sandbox's unprivileged user reads it
-                p.chmod(0o555 if p.is_dir() else 0o444)
+        with self._object_lock(sha, exclusive=False):
+            dest = self.object_dir(sha)
+            with contextlib.suppress(FileNotFoundError):
+                os.utime(dest)  # in use again: not the start-up sweep's (sweep_objects)
+            if not dest.exists():
+                for p in folder.rglob("*"):  # read-only for everyone: the sandbox's unprivileged user reads it
+                    p.chmod(0o555 if p.is_dir() else 0o444)
+                try:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.rename(folder, dest)
+                except OSError as exc:
+                    if full := store_full(exc):
+                        raise full from exc
+                    if not dest.exists():  # another upload of the same content won the rename: keep that one
+                        raise
+                else:
+                    dest.chmod(0o555)
+            yield load_submission(dest), dest
+
+    def drop_unused(self, sha256: str, used: Callable[[str], bool]) -> bool:
+        """Remove the stored folder ``sha256`` unless ``used(sha256)`` (a queued submission uses it) or an upload
+        holds it (:meth:`stored`: it is about to be queued); return whether it was removed."""
+        with self._object_lock(sha256, exclusive=True) as got:
+            if not got or used(sha256):
+                return False
+            self.drop_object(sha256)
+            return True
+
+    @contextlib.contextmanager
+    def _object_lock(self, sha256: str, exclusive: bool) -> Iterator[bool]:
+        """flock on ``locks/<sha256>`` (across the processes and hosts sharing the store): shared, waited for;
+        exclusive, not waited for. Yields whether it was got. The files stay: removing one while another
+        process has it open would give two holders two different files."""
+        self.object_dir(sha256)  # a sha256, not a path
+        try:
+            fd = os.open(self.locks / sha256, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            if full := store_full(exc):
+                raise full from exc
+            raise
+        try:
             try:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(folder, dest)
-            except OSError as exc:
-                if full := store_full(exc):
-                    raise full from exc
-                if not dest.exists():  # another upload of the same content won the rename: keep that one
-                    raise
-            else:
-                dest.chmod(0o555)
-        return load_submission(dest), dest
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
 
 
 def _member_path(name: str, limits: UploadLimits) -> PurePosixPath:
