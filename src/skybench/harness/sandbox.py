@@ -224,9 +224,12 @@ def seccomp_bpf() -> bytes:
     # cached?" without reading it: a noiseless channel between runs through the host's page cache (redteam/)
     for call in ("preadv2", "pwritev2"):
         f.add_rule(sc.ERRNO(errno.EOPNOTSUPP), call, sc.Arg(5, sc.MASKED_EQ, _RWF_NOWAIT, _RWF_NOWAIT))
-    # mincore(2) shows the page cache's state of a file the caller owns: without root the run's uid is the
-    # evaluator's, which owns the venv, the inputs and the submission (32 of 32 bits passed between two runs)
-    f.add_rule(sc.ERRNO(errno.ENOSYS), "mincore")
+    # mincore(2) and cachestat(2) (Linux 6.5) show the page cache's state of a file the caller owns: without root
+    # the run's uid is the evaluator's, which owns the venv, the inputs and the submission (32 of 32 bits passed
+    # between two runs by mincore, 16 of 16 by cachestat)
+    for name in ("mincore", "cachestat"):
+        with contextlib.suppress(OSError, ValueError):  # unknown to this libseccomp: unnamed_syscalls has it
+            f.add_rule(sc.ERRNO(errno.ENOSYS), name)
     for call, arg, advice in _DROP_CACHE:
         f.add_rule(sc.ERRNO(0), call, sc.Arg(arg, sc.MASKED_EQ, _INT, advice))
     for nr in unnamed_syscalls():
