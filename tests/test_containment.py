@@ -479,6 +479,21 @@ def test_a_gpu_run_keeps_proc_writable_and_how_low_it_can_set_its_oom_score(tmp_
 
 
 @needs_bwrap
+def test_the_shim_holds_no_capability_but_dropping_to_the_runs_uid(tmp_path):
+    """As root bwrap kept every capability (CapEff 1fffeffffff) for the sandbox's pid 1, the shim that runs the
+    command: a bug in it would have been root's. It keeps CAP_SETGID and CAP_SETUID (6, 7: linux/capability.h)
+    to drop the command to the run's uid; the command has none."""
+    res = run_script(tmp_path, """
+        def caps(pid):
+            return int(open(f"/proc/{pid}/status").read().split("CapEff:")[1].split()[0], 16)
+        print(caps(1), caps("self"))
+    """)
+    assert res.ok, res
+    shim, command = map(int, res.stdout.split())
+    assert shim & ~(1 << 6 | 1 << 7) == 0 and command == 0, (hex(shim), hex(command))
+
+
+@needs_bwrap
 def test_system_calls_the_filter_cannot_name_are_absent_inside(tmp_path):
     """A deny-list cannot name calls newer than its libseccomp: open_tree_attr (Linux 6.15) is the mount API's
     open_tree, which the filter denies by name, under a number the library did not know. Every number the library
@@ -909,9 +924,14 @@ def test_gpu_task_sees_only_its_own_device():
 
 @needs_bwrap
 def test_setup_failures_are_the_hosts_and_submission_failures_are_not(tmp_path):
-    res = run_script(tmp_path, "print('never')", cwd="/no/such/folder")  # bwrap fails before any code runs
+    res = run_script(tmp_path, "print('never')", cwd="/no/such/folder")  # the shim fails before any code runs
     assert not res.ok and res.infrastructure
-    assert res.reason.startswith("sandbox setup failed (bubblewrap exited with status 1)")
+    assert res.reason.startswith("sandbox setup failed: FileNotFoundError"), res.reason
+    code = tmp_path / "code"  # a bind under the read-only /usr: bwrap fails before the shim
+    res = run_sandboxed([sys.executable, "-c", "print('never')"], scratch=tmp_path / "scratch2", limits=SMALL,
+                        ro_binds=[(code, "/usr/skybench-no-such/x")])
+    assert not res.ok and res.infrastructure, res
+    assert res.reason.startswith("sandbox setup failed (bubblewrap exited with status 1)"), res.reason
     res = run_script(tmp_path, "raise SystemExit(3)")
     assert not res.ok and not res.infrastructure
     assert res.reason == "exited with status 3"

@@ -27,7 +27,7 @@ def test_the_shim_imports_the_standard_library_only():
 def test_the_shim_runs_isolated_and_reports_the_command():
     """``python -I -S shim.py``, as in the sandbox (no skybench, no site-packages on its path): it reports
     ``S``, applies the rlimits to the command and reports the command's exit status, which it exits with."""
-    cfg = {"uid": None, "gid": os.getgid(), "rlimits": [["RLIMIT_NOFILE", 77], ["RLIMIT_CORE", 0]]}
+    cfg = {"uid": None, "gid": os.getgid(), "rlimits": [["RLIMIT_NOFILE", 77], ["RLIMIT_CORE", 0]], "cwd": "/"}
     r, w = os.pipe()
     try:
         done = subprocess.run([sys.executable, "-I", "-S", str(sandbox._SHIM), str(w), json.dumps(cfg),
@@ -44,3 +44,4 @@ def test_the_shim_runs_isolated_and_reports_the_command():
     assert done.returncode == 3 and status.startswith(b"S"), (done.returncode, status, done.stderr)
     report = json.loads(status[1:])
     assert report["returncode"] == 3 and report["cpu"] >= 0 and isinstance(report["survivors"], int)
+    assert report["setup"] == "", report

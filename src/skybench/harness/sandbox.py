@@ -510,6 +510,8 @@ def _classify(status: dict | None, rc: int | None, timed_out: bool, stderr: str,
             return (f"sandbox killed from outside by signal {_signal_name(-rc)} (by the host, not the submission)"
                     + (f": {last}" if last else "")), True
         return f"sandbox killed (status {rc})" + (f": {last}" if last else ""), False
+    if status.get("setup"):  # the shim could not set up the command: the evaluator's uid, folder or limits
+        return f"sandbox setup failed: {status['setup']}", True
     code, left = status["returncode"], status["survivors"]
     extra = f" (and left {left} background process{'es' if left != 1 else ''} running)" if left else ""
     # rusage can read a little under the kernel's RLIMIT_CPU clock; SIGXCPU comes only from that limit
@@ -684,7 +686,7 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
                ["RLIMIT_MEMLOCK", 64 << 10]]
     if not privileged:  # /scratch is a host folder, not a size-limited tmpfs: bound each file at least
         rlimits.append(["RLIMIT_FSIZE", limits.scratch_mb * 1024 * 1024])
-    cfg = {"uid": uid if privileged else None, "gid": gid, "rlimits": rlimits}
+    cfg = {"uid": uid if privileged else None, "gid": gid, "rlimits": rlimits, "cwd": cwd}
 
     child_env = {k: os.environ[k] for k in THREAD_VARS if k in os.environ}
     child_env.update(PATH=f"{sys.prefix}/bin:/usr/local/bin:/usr/bin:/bin", HOME="/scratch", LANG="C.UTF-8",
@@ -726,12 +728,14 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
                "--dev-bind", "/dev/null", "/dev/pts/ptmx"]
     for opt, src, *to in gpu_args:
         m.add(opt, src, to[0] if to else src)
-    m.args += ["--remount-ro", "/", "--chdir", cwd]
+    m.args += ["--remount-ro", "/", "--chdir", "/"]  # the shim enters ``cwd`` as the run's uid
     ns = ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
           "--hostname", "sandbox", "--die-with-parent", "--new-session", "--as-pid-1",
           "--seccomp", str(fds["seccomp"])]
     if not privileged:  # as root bwrap cannot --disable-userns; the seccomp filter denies new namespaces then
         ns += ["--unshare-user", "--uid", str(uid), "--gid", str(gid), "--disable-userns"]
+    else:  # as root bwrap keeps every capability for the shim (pid 1): it needs only to drop to the run's uid
+        ns += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     # the whole sandbox is the OOM killer's first choice (oom_score_adj 1000, inherited; raising it needs no
     # privilege), before the evaluator, MLflow or another run; among its own processes, the largest goes first
     cmd = ["/bin/sh", "-c", '{ echo 1000 >/proc/self/oom_score_adj; } 2>/dev/null; exec "$@"', "sh",
