@@ -446,3 +446,34 @@ def test_the_submissions_index_changes_with_what_evaluate_runs_and_never_follows
     assert list(first) == ["submissions/a/finder"] and len(first["submissions/a/finder"]) == 64
     (entry / "weights.bin").write_bytes(b"1")
     assert submissions_index()["submissions/a/finder"] != first["submissions/a/finder"]
+
+
+def _hidden(path: str) -> bool:
+    """Outputs that hold hidden labels or organiser-only results: every release (its hidden/ folder) and
+    results/<track>/private."""
+    return PurePosixPath(path).parts[:1] == ("releases",) or PurePosixPath(path).name == "private"
+
+
+def test_no_output_with_hidden_labels_is_ever_pushed() -> None:
+    """`dvc push` (no target) sent every release, hidden/ and all, to the `challenge` remote that teams pull data/
+    from: a team then pulled the hidden test labels by the lock file's hash. Such outputs are `push: false`."""
+    with Repo(str(ROOT)) as repo:
+        outs = [(s.addressing, o.def_path, o.can_push) for s in repo.index.stages for o in s.outs]
+    hidden = [(stage, path) for stage, path, push in outs if _hidden(path)]
+    assert len(hidden) >= 10, hidden  # every simulate and import stage's release, every evaluate stage's private
+    assert [(stage, path) for stage, path, push in outs if _hidden(path) and push] == []
+
+
+def test_dvc_push_leaves_push_false_outputs_behind(tmp_path: Path) -> None:
+    """What `push: false` does, with DVC itself: the public output reaches the remote, the hidden one does not."""
+    project, remote = tmp_path / "project", tmp_path / "remote"
+    project.mkdir()
+    (project / "dvc.yaml").write_text(
+        "stages:\n  simulate:\n    cmd: mkdir -p releases/t/hidden && echo 0.731 > releases/t/hidden/labels.csv"
+        " && echo public > notes.txt\n    outs:\n      - releases/t:\n          push: false\n      - notes.txt\n")
+    dvc = [str(Path(sys.executable).parent / "dvc")]
+    for cmd in (["init", "--no-scm", "-q"], ["remote", "add", "-d", "r", str(remote)], ["repro", "-q"], ["push"]):
+        done = subprocess.run([*dvc, *cmd], cwd=project, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+    pushed = [p.read_bytes() for p in remote.rglob("*") if p.is_file()]
+    assert b"public\n" in pushed and not any(b"0.731" in b for b in pushed), pushed
