@@ -101,6 +101,26 @@ def test_noise_level_matches_the_data_util_formula_within_2_percent(track_name, 
     np.testing.assert_allclose(measured, expected, rtol=0.02)
 
 
+def test_the_noise_does_not_continue_the_generator_that_drew_the_parameters():
+    """PCG64: the noise came from each object's parameter generator continued after its draws, so the background
+    pixels (float32 normals, most bits of each output) showed the state that drew the object's parameters and
+    is_lens. It has its own stream (noise_stream), as every other task's."""
+    from skybench.testkey import as_object_seeds
+
+    track = load_track("lens-space")
+    sim = LensSimulator(track, get_backend("numpy", "pcg64"))
+    images, meta = sim.simulate(5, "train", 0, 4)
+    model = sim.backend.to_numpy(sim.render(meta)[0])
+    for k, seed in enumerate(as_object_seeds(5).many("train", 0, 4)):
+        z = (images[k] - model[k]) / np.sqrt(sim.renderer.sigma_bkg[:, None, None] ** 2
+                                             + np.abs(model[k]) / sim.renderer.total_time[:, None, None])
+        rng = np.random.default_rng(seed)
+        rng.random(sim.N_UNIFORM)
+        rng.standard_normal(sim.N_NORMAL + 5 * len(sim.bands))
+        continued = rng.standard_normal(z.shape, dtype=np.float32)
+        assert abs(np.corrcoef(z.ravel(), continued.ravel())[0, 1]) < 0.05
+
+
 def test_label_follows_the_visibility_rule_and_records_its_quantities(tiny_space_release):
     meta = open_release(tiny_space_release).meta("train")
     rule = load_track("lens-space").label

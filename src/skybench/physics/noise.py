@@ -39,8 +39,8 @@ def noise_stream(seed: int, stream: int) -> np.random.Generator:
 def object_normals(generators: Iterable[np.random.Generator], shape: tuple[int, ...],
                    dtype: Any = np.float32) -> np.ndarray:
     """(objects, *shape) standard normals, object k's drawn from its own generator alone, so an object's noise
-    is fixed by its seed whatever the batch; the generator is that of :func:`noise_stream`, or the object's
-    parameter generator continued after its draws."""
+    is fixed by its seed whatever the batch; the generator is that of :func:`noise_stream` (never the parameters'
+    generator continued: the noise would show its state)."""
     gens = list(generators)
     out = np.empty((len(gens), *shape), dtype=dtype)
     for k, rng in enumerate(gens):

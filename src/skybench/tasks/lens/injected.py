@@ -379,7 +379,7 @@ class InjectedSimulator:
                ) -> dict[str, np.ndarray]:
         """The lens and source parameters drawn from ``seeds`` (the track's population), without lens light, the lens
         moved to (cx, cy) and given ``theta_E`` where not None (the source's offset from it scaled alike)."""
-        cols, _ = self.sim._sample(seeds)
+        cols = self.sim._sample(seeds)
         cols["arc_seed"] = cols.pop("seed")
         for b in self.track.band_names:  # no lens light: the real galaxy is the deflector
             cols[f"lens_light_amp_{b}"] = np.zeros(len(seeds))

@@ -19,7 +19,7 @@ from skybench.physics.kernels import exp_mostly_zero_, per_object, quadratic_for
 from skybench.physics.kernels import module as array_module
 from skybench.physics.lens_mass import einstein_radius, phi_q2ellipticity, sie_shear_ray_shoot
 from skybench.physics.light import ellipse_metric, sersic_profile_, sersic_total_flux
-from skybench.physics.noise import magnitude2cps, object_normals
+from skybench.physics.noise import magnitude2cps, noise_stream, object_normals
 from skybench.physics.philox import normal32, normal64, uniform64
 from skybench.physics.render import Renderer
 from skybench.tasks.lens.config import LensTrack
@@ -111,17 +111,15 @@ class LensSimulator:
 
     def sample(self, obj_seed: int) -> dict[str, Any]:
         """Every parameter of one object, drawn from ``default_rng(obj_seed)``, as Python scalars."""
-        cols, _ = self._sample([obj_seed])
+        cols = self._sample([obj_seed])
         return {k: v[0].item() for k, v in cols.items()}
 
-    def _sample(self, seeds: list[int]) -> tuple[dict[str, np.ndarray], list[np.random.Generator] | None]:
-        """The parameters of a batch of objects as columns, and each object's PCG64 generator after its draws (its
-        noise comes next from it; None with Philox, whose noise has its own stream). Each object draws its uniforms
-        and normals from its own generator; the formulas below then run on whole columns, so an object's values do
-        not depend on the batch."""
+    def _sample(self, seeds: list[int]) -> dict[str, np.ndarray]:
+        """The parameters of a batch of objects as columns. Each object draws its uniforms and normals from its own
+        generator; the formulas below then run on whole columns, so an object's values do not depend on the
+        batch."""
         real, be = bool(self.stamps), self.backend
         n_uniform, n_normal = self.N_UNIFORM + (self.N_UNIFORM_REAL if real else 0), self.N_NORMAL + 5 * len(self.bands)
-        rngs: list[np.random.Generator] | None = None
         if be.generator == "philox":  # every object's draws at once, where the images will be
             keys = np.asarray(seeds, dtype=np.int64)
             U, N = (be.to_numpy(f(be, keys, k)).T for f, k in ((uniform64, n_uniform), (normal64, n_normal)))
@@ -199,7 +197,7 @@ class LensSimulator:
                        source_scale=R_src / r_half, source_n_sersic=np.full(len(seeds), np.nan),
                        source_e1=np.zeros(len(seeds)), source_e2=np.zeros(len(seeds)))
         assert next(uniforms, None) is None and next(normals, None) is None, "every draw is used"
-        return {k: v if np.ndim(v) else np.full(len(seeds), v) for k, v in row.items()}, rngs
+        return {k: v if np.ndim(v) else np.full(len(seeds), v) for k, v in row.items()}
 
     # ---------------------------------------------------------------- rendering
     def render(self, meta: pd.DataFrame | dict[str, np.ndarray]) -> tuple[Any, Any]:
@@ -364,11 +362,13 @@ class LensSimulator:
         columns (``pd.DataFrame(meta)`` is the table). ``seeds``: the per-object seeds (an int: a release seed,
         public derivation)."""
         object_seeds = as_object_seeds(seeds).many(split, start, stop)
-        samples, rngs = self._sample(object_seeds)
-        # the noise is fixed by each object's seed too: its Philox noise stream, or its PCG64 stream continued
+        samples = self._sample(object_seeds)
+        # the noise is fixed by each object's seed too, on its own stream (Philox's, or PCG64's noise_stream): never
+        # the parameters' generator continued, whose state the background pixels' noise would show
         shape = (len(self.bands), self.renderer.size, self.renderer.size)
-        normal = object_normals(rngs, shape) if rngs is not None else \
-            normal32(self.backend, np.asarray(object_seeds, dtype=np.int64), shape)
+        normal = normal32(self.backend, np.asarray(object_seeds, dtype=np.int64), shape) \
+            if self.backend.generator == "philox" else \
+            object_normals((noise_stream(int(s), 1) for s in object_seeds), shape)
         cols = {"id": np.arange(start, stop, dtype=np.int64), **samples}
         model, source = self.render(cols)
         labels = self._label(cols, model, source)
