@@ -325,6 +325,25 @@ def test_the_chi2_interval_is_bias_corrected_so_it_holds_its_own_point_estimate(
     assert missed == 6 and held == 6
 
 
+def test_the_binned_pdf_distances_behind_the_intervals_see_the_tails() -> None:
+    """The intervals of pdf_ks and pdf_w1 come from binned distances: W1 was integrated between the truth's inner
+    quantile edges only, so pixels beyond them counted for nothing. A Gaussian field of the truth's variance had W1
+    10% above its own interval, and maps wrong only in their top 0.1% of pixels an interval of honest maps."""
+    from skybench.tasks.generate.metrics import pdf_distances
+    from skybench.tasks.generate.score import _BinnedPdf
+
+    truth, honest = lognormal_maps(40, 1), lognormal_maps(40, 2)
+    gauss = smooth_gaussian_maps(40, 3)
+    gauss = (gauss - gauss.mean()) / gauss.std() * truth.std() + truth.mean()
+    tails = honest.copy()
+    tails[honest > np.quantile(truth, 0.999)] *= 3
+    rows = np.arange(40)
+    for gen in (honest, gauss, tails, honest + 0.05):
+        ks, w1 = pdf_distances(gen, truth)
+        binned_ks, binned_w1 = _BinnedPdf.of(gen, truth).distances(rows)
+        assert binned_ks == pytest.approx(ks, abs=2e-3) and binned_w1 == pytest.approx(w1, rel=0.02), (ks, w1)
+
+
 def test_invariant_features_are_kept_by_content_never_stale() -> None:
     """The cache the leaderboard's flags share between entries: same content, same (read-only) features; changed
     content, recomputed ones."""

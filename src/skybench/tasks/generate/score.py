@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -211,26 +211,45 @@ def _flag_values(mem: MemorisationCheck, col: CollapseCheck) -> dict[str, float]
             "cl_variance_ratio": col.median_variance_ratio, "duplicate_ratio": col.duplicate_ratio}
 
 
-def _pdf_histograms(gen: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per generated map, its pixel counts in PDF_BINS bins holding equal shares of the truth's pixels (outer
-    bins open), with the truth's CDF at the inner edges and the bins' widths: a bootstrap resample's binned KS and
-    W1 are then sums over rows (the intervals of ``pdf_ks`` and ``pdf_w1``)."""
-    t = truth.ravel()
-    edges = np.unique(np.quantile(t, np.linspace(0, 1, PDF_BINS + 1)))
-    inner = edges[1:-1]
-    n = gen.shape[0]
-    idx = np.searchsorted(inner, gen.reshape(n, -1), side="right")  # bin 0 .. len(inner)
-    k = len(inner) + 1
-    hist = np.bincount((idx + k * np.arange(n)[:, None]).ravel(), minlength=k * n).reshape(n, k).astype(float)
-    ref_cdf = np.searchsorted(np.sort(t), inner, side="right") / t.size
-    return hist, ref_cdf, np.diff(inner)
+class _BinnedPdf(NamedTuple):
+    """Per generated map, its pixel counts in PDF_BINS bins holding equal shares of the truth's pixels (outer bins
+    open) and its pixels' summed distances beyond the outermost inner edges, (n, 2); the truth's CDF at the inner
+    edges, its mean distances beyond them (2,), and the inner bins' widths. A bootstrap resample's binned KS and W1
+    are then sums over rows (the intervals of ``pdf_ks`` and ``pdf_w1``)."""
 
+    hist: np.ndarray
+    tails: np.ndarray
+    ref_cdf: np.ndarray
+    ref_tails: np.ndarray
+    widths: np.ndarray
 
-def _binned_pdf_distances(counts: np.ndarray, ref_cdf: np.ndarray, widths: np.ndarray) -> tuple[float, float]:
-    """(KS, W1) between the pixel counts ``counts`` and the truth's CDF at the same bins' inner edges."""
-    cdf = np.cumsum(counts)[:-1] / counts.sum()
-    diff = np.abs(cdf - ref_cdf)
-    return float(diff.max()), float(np.sum(0.5 * (diff[1:] + diff[:-1]) * widths))
+    @classmethod
+    def of(cls, gen: np.ndarray, truth: np.ndarray) -> _BinnedPdf:
+        t = truth.ravel()
+        edges = np.unique(np.quantile(t, np.linspace(0, 1, PDF_BINS + 1)))
+        inner = edges[1:-1]
+        n = gen.shape[0]
+        flat = gen.reshape(n, -1)
+        idx = np.searchsorted(inner, flat, side="right")  # bin 0 .. len(inner)
+        k = len(inner) + 1
+        hist = np.bincount((idx + k * np.arange(n)[:, None]).ravel(), minlength=k * n).reshape(n, k).astype(float)
+        ref_cdf = np.searchsorted(np.sort(t), inner, side="right") / t.size
+
+        def beyond(x: np.ndarray) -> np.ndarray:  # (lo - x)+ and (x - hi)+ summed over the last axis
+            return np.stack([np.maximum(inner[0] - x, 0).sum(-1), np.maximum(x - inner[-1], 0).sum(-1)], -1)
+
+        return cls(hist, beyond(flat), ref_cdf, beyond(t) / t.size, np.diff(inner))
+
+    def distances(self, rows: np.ndarray) -> tuple[float, float]:
+        """(KS, W1) of the maps ``rows`` against the truth. W1 = integral of |F_g - F_t| (Villani 2009, remark
+        6.6, in one dimension): the trapezoid rule between the inner edges, and beyond them |E(lo - X)+ -
+        E(lo - Y)+| and the same above (integrals of F and of 1 - F there; exact unless the CDFs cross there)."""
+        counts = self.hist[rows].sum(axis=0)
+        total = counts.sum()
+        diff = np.abs(np.cumsum(counts)[:-1] / total - self.ref_cdf)
+        inside = np.sum(0.5 * (diff[1:] + diff[:-1]) * self.widths)
+        outside = np.abs(self.tails[rows].sum(axis=0) / total - self.ref_tails).sum()
+        return float(diff.max()), float(inside + outside)
 
 
 def _chi2(gen_vectors: np.ndarray, ref: Reference, part: slice | list[slice] | None = None) -> float:
@@ -264,11 +283,10 @@ def score_maps(track: GenerateTrack, ids: np.ndarray, predictions: np.ndarray, t
     if label.n_bootstrap:
         out["cl_rel_diff_ci_low"], out["cl_rel_diff_ci_high"] = bootstrap_ci(
             lambda r: cl_mean_abs_rel_diff(cl_g[r], cl_t), rows, n_resamples=label.n_bootstrap)
-        hist, ref_cdf, widths = _pdf_histograms(gen, ref.maps)
+        binned = _BinnedPdf.of(gen, ref.maps)
         for k, name in enumerate(("pdf_ks", "pdf_w1")):
             out[f"{name}_ci_low"], out[f"{name}_ci_high"] = bootstrap_ci(
-                lambda r, k=k: _binned_pdf_distances(hist[r].sum(axis=0), ref_cdf, widths)[k], rows,
-                n_resamples=label.n_bootstrap)
+                lambda r, k=k: binned.distances(r)[k], rows, n_resamples=label.n_bootstrap)
     if with_flags:
         out |= flags(track, gen, ids, ref, train, heldout=heldout_maps(track, truth, ids, ref))
     if not with_chi2:
