@@ -122,6 +122,7 @@ def rank_intervals(values: np.ndarray, higher_is_better: bool, order: Sequence[i
         raise ValueError("the primary metric is undefined on every resample; no rank interval")
     from scipy.stats import rankdata
 
+    # percentile bootstrap of each entry's rank (Hall & Miller 2009, Ann. Stat. 37, 3929: the authority of a ranking)
     ranks = rankdata(-values[:, keep] if higher_is_better else values[:, keep], method="min", axis=0)
     low = np.quantile(ranks, ALPHA / 2, axis=1, method="lower").astype(int)
     high = np.quantile(ranks, 1 - ALPHA / 2, axis=1, method="higher").astype(int)

@@ -59,7 +59,7 @@ def flux_rel_error(pred: ArrayLike, truth: ArrayLike, signed: bool = False) -> N
     if not np.all(ft > 0):
         raise ValueError(f"relative flux error needs a positive total truth flux; {int(np.sum(ft <= 0))} "
                          "band(s) have none")
-    rel = (fp - ft) / ft  # (N, bands)
+    rel = (fp - ft) / ft  # (N, bands); a relative error of the total flux (Schawinski et al. 2017 score (m1 - m2)^2)
     return rel.mean(axis=1) if signed else np.abs(rel).mean(axis=1)
 
 

@@ -63,6 +63,7 @@ def _rfft_weights(n_pix: int) -> np.ndarray:
 def ell_bins(n_pix: int, size_deg: float, n_bins: int, spacing: str = "log") -> np.ndarray:
     """Bin edges from the fundamental mode 2 pi / L to the axis Nyquist frequency (excluded), every bin holding
     at least one mode."""
+    # l = 2 pi fftfreq(N, d = L / N): fundamental 2 pi / L, axis Nyquist pi N / L (flat periodic map)
     l_f = 2 * np.pi / np.deg2rad(size_deg)
     lo, hi = l_f * 0.999, l_f * (n_pix / 2 - 1e-6)  # the axis Nyquist modes (real, unpaired) stay out
     edges = np.geomspace(lo, hi, n_bins + 1) if spacing == "log" else np.linspace(lo, hi, n_bins + 1)
@@ -101,6 +102,8 @@ def bin_grid(values: np.ndarray, n_pix: int, size_deg: float, edges: np.ndarray)
 def power_spectrum(maps: np.ndarray, size_deg: float, edges: np.ndarray) -> PowerSpectrum:
     """Binned C_l of each map: C = pixel_area^2 |rfft2|^2 / map area (the flat-sky estimator with numpy's
     unnormalised FFT; :func:`skybench.tasks.generate.simulator.grid_correlation` is its inverse)."""
+    # P = |Delta^2 fft2(kappa)|^2 / L^2 averaged in annuli of |l| (flat-sky estimator, e.g. LensTools
+    # ConvergenceMap.powerSpectrum)
     m = as_maps(maps)
     n = m.shape[-1]
     d = np.deg2rad(size_deg) / n
@@ -116,6 +119,7 @@ def power_spectrum(maps: np.ndarray, size_deg: float, edges: np.ndarray) -> Powe
 
 def cl_mean_abs_rel_diff(gen_cl: np.ndarray, truth_cl: np.ndarray) -> float:
     """Mean over l bins of |<C_gen> / <C_truth> - 1|, from the per-map spectra ``(N, bins)`` of each set."""
+    # the relative difference of the mean spectra, by which Mustafa et al. 2019 (CosmoGAN) compare power spectra
     g, t = np.asarray(gen_cl), np.asarray(truth_cl)
     if g.ndim != 2 or t.ndim != 2 or g.shape[1] != t.shape[1]:
         raise ValueError(f"cl_mean_abs_rel_diff: per-map spectra (N, bins) expected, got {g.shape} and {t.shape}")
@@ -144,6 +148,7 @@ def pdf_distances(gen: np.ndarray, truth: np.ndarray, max_pixels: int | None = 4
 
 def peak_mask(maps: np.ndarray) -> np.ndarray:
     """Pixels strictly above all 8 neighbours (periodic boundaries)."""
+    # LensTools lenstools/extern/peaks.c (a pixel greater than its 8 neighbours, periodic wrap)
     m = as_maps(maps)
     mask = np.ones(m.shape, dtype=bool)
     for dy in (-1, 0, 1):

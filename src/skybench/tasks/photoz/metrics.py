@@ -107,6 +107,7 @@ def pdf_grid(grid: Sequence[float]) -> tuple[NDArray[np.float64], NDArray[np.flo
 def pdf_point_estimate(pdf: ArrayLike, centres: ArrayLike, kind: str = "mean") -> NDArray[np.float64]:
     """Point estimate of each binned PDF row: ``mean`` (sum p_k z_k), ``median`` (CDF = 1/2, linear within
     the bin) or ``mode`` (centre of the most probable bin)."""
+    # definitions for a piecewise-constant p(z): E[z] = sum_k p_k z_k, median at CDF = 1/2, mode = argmax bin
     p, z = np.asarray(pdf, dtype=np.float64), np.asarray(centres, dtype=np.float64)
     p = p / p.sum(axis=1, keepdims=True)
     if kind == "mean":
