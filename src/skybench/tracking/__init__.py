@@ -9,7 +9,8 @@ Conventions:
   full record (every metric, per-object tables, full ROC) goes to ``skybench-<track>-organiser``
   (:func:`organiser_experiment`), whose artifacts live apart (``$SKYBENCH_ORGANISER_ARTIFACTS`` or
   ``mlartifacts/skybench-<track>-organiser``). Grant teams read access to ``skybench-<track>`` only (MLflow's
-  experiment permissions with ``--app-name basic-auth``) and keep the organiser artifact path unreadable to
+  experiment permissions with ``--app-name basic-auth`` and ``default_permission = NO_PERMISSIONS``: its default,
+  READ, opens every experiment without a grant, docs/SCALE.md) and keep the organiser artifact path unreadable to
   them (file permissions or the object store's ACL);
 * a run is *complete* when its MLflow status is ``FINISHED``. The submission's outcome is the ``status``
   tag (``FINISHED`` or ``FAILED``, with ``failure_reason``): a failing submission is a complete record too.
