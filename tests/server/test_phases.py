@@ -605,3 +605,26 @@ def test_tracks_sharing_a_real_set_go_through_phases_together(cfg, Session, tmp_
         assert phases.change_phase(s, twins, "lens-space-realsrc", "final") == "open"
         assert {t: queue.current_phase(s, twins, t) for t in twins.tracks} == {
             "lens-space": "final", "lens-space-realsrc": "final", "lens-tiles": "open"}
+
+
+def test_a_track_and_the_track_whose_submissions_it_evaluates_go_through_phases_together(
+        cfg, Session, tmp_path, monkeypatch):  # noqa: N803
+    """lens-space-injected evaluates lens-space's submissions (evaluation.also_from): in ``final`` it showed their
+    private scores at full precision while lens-space still took new versions (a probe of its private labels).
+    Staggered dates are refused and an admin's phase change moves both, as the git flow's check_linked_phases."""
+    from skybench.server import phases, queue
+    from skybench.server.config import ChallengeConfig
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    base = cfg.model_dump()
+    with pytest.raises(ValueError, match="lens-space, lens-space-injected share .*evaluation.also_from"):
+        ChallengeConfig.model_validate({**base, "tracks": {
+            "lens-space": {"phases": {"open": "2027-01-01", "final": "2027-04-01"}},
+            "lens-space-injected": {"phases": {"open": "2027-01-01", "final": "2027-02-01"}}}})
+    linked = ChallengeConfig.model_validate({**base, "tracks": {"lens-space": {}, "lens-space-injected": {},
+                                                                 "lens-tiles": {}}})
+    assert linked.twins("lens-space-injected") == ["lens-space", "lens-space-injected"]
+    with Session() as s:
+        assert phases.change_phase(s, linked, "lens-space-injected", "final") == "open"
+        assert {t: queue.current_phase(s, linked, t) for t in linked.tracks} == {
+            "lens-space": "final", "lens-space-injected": "final", "lens-tiles": "open"}

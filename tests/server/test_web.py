@@ -173,6 +173,12 @@ def test_when_every_hashing_slot_is_taken_a_token_check_waits_then_gets_503(web)
         assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1 and "busy" in r.text
         api = client.get("/api/me", headers={"Authorization": f"Bearer {tokens['beta']}"})
         assert api.status_code == 503 and "busy" in api.json()["detail"]
+        # a token that is malformed or names no token id costs no slot: refused at once, unhashed (hashing them
+        # let junk from many addresses hold every slot while the teams' checks got 503)
+        unknown = "sbt_" + "0" * len(tokens["beta"].split("_")[1]) + "_" + tokens["beta"].split("_", 2)[2]
+        for junk in ("x", unknown):
+            r = client.get("/api/me", headers={"Authorization": f"Bearer {junk}"})
+            assert r.status_code == 401 and "invalid" in r.json()["detail"], (junk, r.status_code)
     finally:
         for _ in range(taken):
             slots.release()

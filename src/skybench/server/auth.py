@@ -228,21 +228,20 @@ def _check(session: Session, token: str | None, client: str, limiter: FailureLim
         limiter.passed(client, stamp)
         raise
     session.close()  # its database connection goes back to the pool during the hash (``team`` stays loaded)
+    if team is None or m is None:  # malformed, or no such token id: refused unhashed (the attempt stays counted).
+        # Hashing these, to look as slow as a wrong secret, let junk tokens from many addresses hold every
+        # argon2 slot; the id's existence tells nothing of a 256-bit secret.
+        raise AuthError("invalid or missing token (send 'Authorization: Bearer <your team token>')")
     if not limiter.hashing.acquire(timeout=2.0):  # no guess was checked
         limiter.passed(client, stamp)
         raise Busy()
-    ok = False
     try:
-        if team is not None and m is not None:
-            try:
-                ok = _HASHER.verify(team.token_hash, m.group(2))
-            except (VerificationError, InvalidHashError):
-                ok = False
-        else:
-            _HASHER.hash("x")  # as slow as a real check: no timing difference between unknown and wrong
+        ok: bool = _HASHER.verify(team.token_hash, m.group(2))
+    except (VerificationError, InvalidHashError):
+        ok = False
     finally:
         limiter.hashing.release()
-    if not ok or team is None:  # the attempt stays counted
+    if not ok:  # the attempt stays counted
         raise AuthError("invalid or missing token (send 'Authorization: Bearer <your team token>')")
     limiter.passed(client, stamp)
     if cache is not None:

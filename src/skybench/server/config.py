@@ -123,18 +123,18 @@ class ChallengeConfig(_Strict):
         unknown = sorted(set(self.tracks) - set(list_tracks()))
         if unknown:
             raise ValueError(f"unknown track(s) {', '.join(unknown)} (known: {', '.join(list_tracks())})")
-        for group in twin_groups(tuple(self.tracks)):
+        for group in phase_groups(tuple(self.tracks)):
             if len({tuple(sorted(self.tracks[t].phases.items())) for t in group}) > 1:
                 raise ValueError(f"tracks {', '.join(group)} share their test objects or real set "
-                                 "(and its public-private split): "
-                                 "give them the same phase dates (one in `final` shows every submission's private "
-                                 "scores, the other's labels, while the other still takes submissions)")
+                                 "(and its public-private split), or one evaluates the other's submissions "
+                                 "(evaluation.also_from): give them the same phase dates (one in `final` shows "
+                                 "every submission's private scores, the other's labels, while the other still "
+                                 "takes submissions)")
         return self
 
     def twins(self, track: str) -> list[str]:
-        """``track`` and the tracks of this challenge that share its test objects or its real set (moved through
-        phases together)."""
-        return next((list(g) for g in twin_groups(tuple(self.tracks)) if track in g), [track])
+        """``track`` and the tracks of this challenge that move through phases with it (:func:`phase_groups`)."""
+        return next((list(g) for g in phase_groups(tuple(self.tracks)) if track in g), [track])
 
     @property
     def open_digits(self) -> int:
@@ -193,3 +193,26 @@ def load_config(path: str | Path) -> ChallengeConfig:
     if cfg.project_root is not None:
         update["project_root"] = base / cfg.project_root
     return cfg.model_copy(update=update)
+
+
+def phase_groups(tracks: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """:func:`~skybench.twins.twin_groups` of ``tracks``, each joined with the tracks linked to it by
+    ``evaluation.also_from`` (a closed ``lens-space-injected`` shows the private scores of the ``lens-space``
+    submissions it evaluates while ``lens-space`` still takes them): the groups that move through phases together,
+    as the git flow's ``twins.check_linked_phases`` asks."""
+    from skybench.tracks import load_track
+
+    groups = [set(g) for g in twin_groups(tracks)]
+    for name in tracks:
+        try:
+            sources = load_track(name).evaluation.also_from
+        except (ValueError, KeyError, OSError):  # not loadable: _known_tracks says so
+            continue
+        merged = {name} | {t for t in sources if t in tracks}
+        if len(merged) < 2:
+            continue
+        for g in [g for g in groups if g & merged]:
+            groups.remove(g)
+            merged |= g
+        groups.append(merged)
+    return [tuple(t for t in tracks if t in g) for g in groups]
