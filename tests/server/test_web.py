@@ -368,3 +368,28 @@ def test_leaderboard_is_the_cli_ranking_and_reveals_private_only_in_final(web, e
     assert "0.9500" in final  # the private value, unrounded after the open phase
     assert client.get("/tracks/nope").status_code == 404
     assert "lens-space" in client.get("/").text
+
+
+def test_board_reads_are_counted_per_address_and_answered_from_one_build(cfg, engine, tmp_path, monkeypatch):
+    """Anyone may read a board (no token): 45 anonymous clients asking for a 1,000-run board held every server
+    thread (each answer built and encoded anew, ~150 ms of a core) and a team's requests waited seconds. An
+    address past ``max_board_reads_per_minute`` is answered 429, other addresses are not, and within the cache's
+    seconds the answer is built once."""
+    from skybench.server import phases
+    from skybench.server.app import create_app
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
+    built: list[str] = []
+    build = phases._live_board
+    monkeypatch.setattr(phases, "_live_board", lambda *a, **k: built.append(a[2]) or build(*a, **k))
+    app = create_app(cfg.model_copy(update={"max_board_reads_per_minute": 5, "leaderboard_cache_seconds": 60}),
+                     engine)
+    one, other = TestClient(app, client=("192.0.2.1", 5000)), TestClient(app, client=("192.0.2.2", 5000))
+    answers = [one.get("/api/tracks/lens-space/leaderboard") for _ in range(3)]
+    answers += [one.get("/tracks/lens-space") for _ in range(2)]
+    assert [r.status_code for r in answers] == [200] * 5 and built == ["lens-space"]
+    assert len({r.content for r in answers[:3]}) == 1
+    for path in ("/api/tracks/lens-space/leaderboard", "/tracks/lens-space"):
+        r = one.get(path)
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1, (path, r.status_code)
+        assert other.get(path).status_code == 200

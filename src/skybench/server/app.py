@@ -163,6 +163,7 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
                   redoc_url=None, lifespan=functools.partial(_ticking, cfg, Session))
     app.state.cfg, app.state.engine, app.state.sessions, app.state.store = cfg, engine, Session, store
     app.state.limiter, app.state.verified = limiter, verified
+    app.state.board_reads = FailureLimiter(cfg.max_board_reads_per_minute, 60.0)  # a count per client and minute
     app.state.uploads = uploads = intake.UploadSlots(cfg.upload.max_in_flight)
     faults.install(app)  # 503 while the database is away, 507 when the store is full
 
@@ -178,6 +179,16 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
                                     headers={"Retry-After": str(exc.retry_after)}) from None
             except AuthError as exc:
                 raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+
+    def board_read(request: Request) -> None:
+        """Count a board read of the request's client; 429 past ``max_board_reads_per_minute``."""
+        try:
+            app.state.board_reads.begin(client_key(request.client.host if request.client else None))
+        except RateLimited as exc:
+            raise HTTPException(429, f"more than {cfg.max_board_reads_per_minute} leaderboard reads a minute from "
+                                     "this address; wait", headers={"Retry-After": str(exc.retry_after)}) from None
+
+    app.state.board_read = board_read
 
     def view(sub: Submission, team_name: str, memo: dict[str, Any] | None = None) -> dict[str, Any]:
         memo = {} if memo is None else memo  # one request's phases and ladders
@@ -252,7 +263,7 @@ def create_app(cfg: ChallengeConfig, engine: Engine | None = None) -> FastAPI:
 
     from skybench.server import admin, phases
 
-    app.include_router(phases.router(cfg, Session, team))
+    app.include_router(phases.router(cfg, Session, team, board_read))
     app.include_router(admin.router(cfg, Session, team))
     from skybench.server.web import install
 

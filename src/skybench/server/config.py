@@ -111,6 +111,9 @@ class ChallengeConfig(_Strict):
     shutdown_grace_seconds: int = Field(10, ge=1)
     # The leaderboard read from MLflow is reused this long (0: never) unless a worker finished a job since.
     leaderboard_cache_seconds: float = Field(5.0, ge=0)
+    # Board reads (the JSON API's and the track pages, no token needed) per client address (an IPv6 /64) per
+    # minute; then 429: a flood of them from one address took the server's threads from the teams
+    max_board_reads_per_minute: int = Field(120, ge=1)
     project_root: Path | None = None  # where `submissions/<team>/<name>/` goes; None: skybench's project root
     # Evaluate tracks whose release was made with the public test-set key (the demo profile): anyone can make its
     # test labels again from its published manifest (skybench.testkey). Off: workers refuse them; for trials only.

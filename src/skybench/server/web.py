@@ -316,9 +316,17 @@ def track_page(request: Request, track: str) -> HTMLResponse:
     cfg: ChallengeConfig = request.app.state.cfg
     if track not in cfg.tracks:
         return _error(request, 404, f"no track {track!r} in this challenge")
+    try:
+        request.app.state.board_read(request)
+    except HTTPException as exc:
+        page = _error(request, exc.status_code, str(exc.detail))
+        page.headers.update(exc.headers or {})
+        return page
+    from skybench.server.phases import SHOWN
+
     with request.app.state.sessions() as s:
         phase = queue.current_phase(s, cfg, track)
-        shown = public_board(cfg, track, phase, s)
+        shown = SHOWN.get(s, cfg, "page", track, phase, lambda: public_board(cfg, track, phase, s))
     return _page(request, "track.html", phase=phase, open=cfg.tracks[track].open, **shown)
 
 
