@@ -103,6 +103,19 @@ def put_blocks_(dst: Any, rows: np.ndarray, cols: np.ndarray, src: Any) -> Any:
     return dst
 
 
+def add_blocks_(dst: Any, idx: np.ndarray, rows: np.ndarray, cols: np.ndarray, src: Any) -> Any:
+    """dst[idx[b], :, rows[b] + i, cols[b] + j] += src[b, :, i, j] in place, for (B, C, h, w) ``src`` (``idx``
+    without repeats)."""
+    B, C, h, w = src.shape
+    ix = [np.asarray(idx)[:, None, None, None], np.arange(C)[None, :, None, None],
+          (rows[:, None] + np.arange(h))[:, None, :, None], (cols[:, None] + np.arange(w))[:, None, None, :]]
+    if not isinstance(dst, np.ndarray):
+        torch = sys.modules["torch"]
+        ix = [torch.as_tensor(i, dtype=torch.long, device=dst.device) for i in ix]
+    dst[tuple(ix)] += src
+    return dst
+
+
 def quadratic_form_factors(xs: np.ndarray, ys: np.ndarray, qxx: Any, qxy: Any, qyy: Any, center_x: Any,
                            center_y: Any, const: Any = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Factors L (B, ny, 3), R (B, 3, nx) (float64) with (L @ R)[b, i, j] = f_b(xs[j], ys[i]), where

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,13 +13,33 @@ from skybench.physics import kernels as K
 from skybench.physics.backend import Backend
 from skybench.physics.light import _SMOOTHING, ellipse_metric, sersic_profile_
 from skybench.physics.noise import background_sigma
-from skybench.physics.psf import convolution_matrix, gaussian_kernel_1d
+from skybench.physics.psf import convolution_matrix, gaussian_kernel_1d, pixel_integrated_gaussian_weights
 
 # Adaptive supersampling of the cores (lenstronomy ImageNumerics compute_mode='adaptive', nested): the CORE_PATCH^2
 # cells around a centred profile's centre are re-evaluated CORE_FACTOR^2 times, and so again ``core_levels`` times
 # within each patch, a patch of the cells next to the centre. perf/core_convergence.py chose 7 and 4: with 5 levels
 # the peak pixel of a Sersic n <= 8 with R_sersic >= pixel/4 is within 0.25% of its pixel integral.
 CORE_PATCH, CORE_FACTOR = 7, 4
+
+
+@dataclass(frozen=True)
+class Cores:
+    """The nested cells of :meth:`Renderer.refine_cores` for P profiles, for the PSF integrated over the pixels from
+    them (:meth:`Renderer.core_psf`). ``cells`` (levels, P, q*F, q*F): each level's flux per cell, with the cells
+    that the next level refines set to 0; ``pixels`` (P, q, q): the patch's pixel values (their sums); ``top``,
+    ``left`` (P,): the patch's first pixel; ``ey``, ``ex`` (levels, P): each level's patch edge, in pixels past the
+    patch's edge."""
+
+    cells: Any
+    pixels: Any
+    top: np.ndarray
+    left: np.ndarray
+    ey: np.ndarray
+    ex: np.ndarray
+
+    def __getitem__(self, part: slice) -> Cores:
+        return Cores(self.cells[:, part], self.pixels[part], self.top[part], self.left[part], self.ey[:, part],
+                     self.ex[:, part])
 
 
 class Renderer:
@@ -29,7 +50,8 @@ class Renderer:
     evaluated on a grid supersampled ``supersampling`` times per axis, averaged and multiplied by the pixel
     area, then convolved at the native resolution (lenstronomy's default supersampling_convolution=False).
     :meth:`image` then replaces the pixels around each profile's centre with nested finer grids (``core_levels``
-    of them; 0: none).
+    of them; 0: none), and :meth:`convolve` given their :class:`Cores` blurs those from the finer cells by the PSF
+    integrated over the pixels (lenstronomy supersampling_convolution=True, there).
     """
 
     def __init__(self, size: int, pixel_scale: float, supersampling: int, bands: Sequence[Any],
@@ -46,6 +68,11 @@ class Renderer:
         self._work: dict[str, Any] = {}
         kernels = [gaussian_kernel_1d(b.seeing, pixel_scale) for b in bands]
         mats = np.stack([convolution_matrix(k, size) for k in kernels])[None]  # (1, bands, n, n)
+        # the cores' PSF windows: the patch grown by the widest kernel's half-width
+        self.seeing, h = [b.seeing for b in bands], max(len(k) for k in kernels) // 2
+        q, self.psf_half = min(CORE_PATCH, size), h
+        self._core_conv = np.stack([convolution_matrix(np.pad(k, h - len(k) // 2), q + 2 * h)[:, h:h + q]
+                                    for k in kernels])[None]  # (1, bands, w, q): the patch's pixels -> the window
         self._conv, self._conv_t = backend.asarray(mats), backend.asarray(np.swapaxes(mats, -1, -2))
         # The convolution matrices are banded (half-width h): on numpy, products by row blocks of ~n/4 skip
         # most of the zeros (about 2.5x fewer operations at 101 pixels); exact, the band holds every tap.
@@ -117,19 +144,24 @@ class Renderer:
     def image(self, kind: str, *params: Any, out: Any = None) -> Any:
         """(B, n, n) flux per pixel of :meth:`profile`'s profiles: binned from the supersampled grid, the pixels
         around each centre refined by :meth:`refine_cores`."""
+        return self.image_cores(kind, *params, out=out)[0]
+
+    def image_cores(self, kind: str, *params: Any, out: Any = None) -> tuple[Any, Cores | None]:
+        """:meth:`image` and its :class:`Cores` (None without core levels), for :meth:`convolve`."""
         m = len(self.coords)
         sb = self.profile(kind, *params, out=self.workspace("sb", (len(np.reshape(params[0], -1)), m, m)))
         return self.refine_cores(self.bin(sb, out=out), kind, *params)
 
-    def refine_cores(self, img: Any, kind: str, *params: Any) -> Any:
+    def refine_cores(self, img: Any, kind: str, *params: Any) -> tuple[Any, Cores | None]:
         """In place: the CORE_PATCH^2 pixels of ``img`` (B, n, n) around each profile's centre (clipped to the
         frame) -> their integrals on nested grids. Level 0's cells are pixels; each level samples its cells'
         centres CORE_FACTOR^2 times, and the next level's patch, CORE_PATCH^2 of those samples around the centre,
-        replaces them by their own cell means. All levels of all objects are one batched quadratic form."""
+        replaces them by their own cell means. All levels of all objects are one batched quadratic form.
+        Returns ``img`` and the levels' cells (:class:`Cores`)."""
         L, F = self.core_levels, CORE_FACTOR
         q = min(CORE_PATCH, self.size)
         if L == 0:
-            return img
+            return img, None
         cx, cy = (np.asarray(c, dtype=np.float64).reshape(-1) for c in params[-2:])
         qxx, qxy, qyy, const = (np.broadcast_to(v, cx.shape) for v in self._form(kind, params))
         x0 = y0 = np.full(cx.shape, -self.size / 2 * self.pixel_scale)  # the left (lower) edge of the frame
@@ -157,12 +189,17 @@ class Renderer:
         def cell_means(v: Any) -> Any:
             return v.reshape(B, q, F, q, F).sum((2, 4)) * (1.0 / F**2)
 
-        means = cell_means(vals[L - 1])
+        means, zeros = cell_means(vals[L - 1]), K.lift(np.zeros((B, q, q)), img)
         for k in range(L - 2, -1, -1):
             K.put_blocks_(vals[k], *offsets[k + 1], means)
             means = cell_means(vals[k])
+            K.put_blocks_(vals[k], *offsets[k + 1], zeros)  # those cells are the next level's
         means *= self.pixel_scale**2
-        return K.put_blocks_(img, *offsets[0], means)
+        vals *= K.lift((self.pixel_scale / F ** np.arange(1.0, L + 1)).reshape(L, 1, 1, 1) ** 2, img)  # flux
+        # each level's patch edge in pixels past level 0's: offsets in cells of 1 / F^k pixel
+        ey, ex = (np.cumsum([o[i] / float(F) ** k for k, o in enumerate(offsets)][1:], axis=0) for i in (0, 1))
+        ey, ex = (np.concatenate([np.zeros((1, B)), e.reshape(L - 1, B)]) for e in (ey, ex))
+        return K.put_blocks_(img, *offsets[0], means), Cores(vals, means, *offsets[0], ey, ex)
 
     def bin(self, surface_brightness: Any, out: Any = None) -> Any:
         """(..., n*s, n*s) surface brightness per arcsec^2 -> (..., n, n) flux per pixel."""
@@ -182,8 +219,48 @@ class Renderer:
         out *= self.pixel_scale**2 / s**2
         return out
 
-    def convolve(self, images: Any) -> Any:
-        """Convolve (B, bands, n, n) images with each band's PSF."""
+    def convolve(self, images: Any, cores: Sequence[tuple[Cores, np.ndarray, np.ndarray]] = ()) -> Any:
+        """Convolve (B, bands, n, n) images with each band's PSF. ``cores``: (Cores, amplitudes (P, bands), rows
+        of ``images`` (P,), none twice) of the refined profiles in ``images``: their cores blurred from the cells
+        (:meth:`core_psf`), in that order."""
+        out = self._convolve(images)
+        if cores:
+            h, n = self.psf_half, self.size
+            canvas = K.empty(tuple(out.shape[:2]) + (n + 2 * h, n + 2 * h), out)  # window (0, 0) at patch (0, 0)
+            canvas[...] = 0
+            for c, amps, rows in cores:
+                win = self.core_psf(c)
+                win *= K.lift(np.asarray(amps, dtype=np.float64)[:, :, None, None], win)
+                K.add_blocks_(canvas, rows, c.top, c.left, win)
+            out += canvas[..., h:h + n, h:h + n]
+        return out
+
+    def core_psf(self, cores: Cores) -> Any:
+        """(P, bands, w, w) per unit amplitude, w = CORE_PATCH + 2 psf_half, window (0, 0) at pixel (top - psf_half,
+        left - psf_half): the cores blurred by each band's PSF integrated over the pixels from every level's cells
+        (as points) less their pixels blurred by the pixel-sampled PSF, what :meth:`convolve` adds. lenstronomy
+        supersampling_convolution=True on the cores (Numerics: the supersampled image convolved, then binned)."""
+        L, P, c = cores.cells.shape[:3]
+        q, h = cores.pixels.shape[-1], self.psf_half
+        w = q + 2 * h
+        centres = (np.arange(c) + 0.5) / float(CORE_FACTOR) ** np.arange(1, L + 1)[:, None, None]  # (L, 1, c)
+
+        def weights(e: np.ndarray) -> np.ndarray:  # (L, P, bands, w, c); the window's pixel i spans [i, i + 1)
+            u = h + e[:, :, None] + centres
+            return np.stack([pixel_integrated_gaussian_weights(s, self.pixel_scale, u, w) for s in self.seeing], 2)
+
+        gy = K.lift(weights(cores.ey), cores.cells)
+        gx_t = K.lift(np.swapaxes(weights(cores.ex), -1, -2), cores.cells)
+        fine = gy @ cores.cells[:, :, None] @ gx_t  # (L, P, bands, w, w)
+        out = fine[0]
+        for k in range(1, L):  # one order per object: independent of the batch
+            out += fine[k]
+        conv = K.lift(self._core_conv, cores.cells)
+        out -= conv @ cores.pixels[:, None] @ K.lift(np.swapaxes(self._core_conv, -1, -2), cores.cells)
+        return out
+
+    def _convolve(self, images: Any) -> Any:
+        """Convolve (B, bands, n, n) images with each band's pixel-sampled PSF."""
         if self.backend.name != "numpy" or self._blocks is None:
             return self._conv @ images @ self._conv_t
         shape = tuple(np.broadcast_shapes(self._conv.shape, images.shape))

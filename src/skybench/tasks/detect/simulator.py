@@ -141,11 +141,14 @@ class DetectSimulator:
     def _stamp_sizes(self, R: np.ndarray) -> np.ndarray:
         return stamp_sizes(R, self.pix, max(b.seeing for b in self.bands), self.track.tile.max_stamp)
 
-    def _add_galaxies(self, tile: np.ndarray, gal: pd.DataFrame, chunk: int = 64) -> None:
+    def _add_galaxies(self, tile: np.ndarray, gal: pd.DataFrame, chunk: int = 64
+                      ) -> list[tuple[np.ndarray, int, int]]:
         """Add the field galaxies, unconvolved, to ``tile`` (bands, H, W): Sersic stamps on the supersampled grid,
-        batched per stamp size (an object's stamp does not depend on the others)."""
+        batched per stamp size (an object's stamp does not depend on the others). Returns what the PSF adds to
+        each galaxy's core once convolved (Renderer.core_psf), and the tile pixel of the window's (0, 0)."""
+        cores: list[tuple[np.ndarray, int, int]] = []
         if gal.empty:
-            return
+            return cores
         sizes = self._stamp_sizes(gal["R_sersic"].to_numpy())
         for size in np.unique(sizes):
             r, rows = self._renderer(int(size)), np.flatnonzero(sizes == size)
@@ -155,13 +158,18 @@ class DetectSimulator:
                 c0, r0 = np.floor(x - (size - 1) / 2).astype(int), np.floor(y - (size - 1) / 2).astype(int)
                 cx, cy = (x - c0 - (size - 1) / 2) * self.pix, (y - r0 - (size - 1) / 2) * self.pix
                 R, n = sel["R_sersic"].to_numpy(), sel["n_sersic"].to_numpy()
-                img = self.backend.to_numpy(r.image("sersic", R, n, sel["e1"].to_numpy(), sel["e2"].to_numpy(), cx,
-                                                    cy)).astype(np.float64)  # (P, n, n) per unit amplitude
+                img, cells = r.image_cores("sersic", R, n, sel["e1"].to_numpy(), sel["e2"].to_numpy(), cx, cy)
+                img = self.backend.to_numpy(img).astype(np.float64)  # (P, n, n) per unit amplitude
+                win = None if cells is None else self.backend.to_numpy(r.core_psf(cells)).astype(np.float64)
                 unit = sersic_total_flux(1.0, R, n)
                 for k in range(len(sel)):
                     amps = [magnitude2cps(float(sel[f"mag_{b}"].iloc[k]), band.zero_point) / unit[k]
                             for b, band in zip(self.band_names, self.bands, strict=True)]
                     _paste(tile, img[k][None] * np.asarray(amps)[:, None, None], int(r0[k]), int(c0[k]))
+                    if win is not None and cells is not None:
+                        cores.append((win[k] * np.asarray(amps)[:, None, None], int(r0[k] + cells.top[k]) - r.psf_half,
+                                      int(c0[k] + cells.left[k]) - r.psf_half))
+        return cores
 
     def _add_stars(self, model: np.ndarray, stars: pd.DataFrame) -> None:
         """Add the stars to the convolved ``model`` (bands, H, W): each band's PSF integrated over the pixels, centred
@@ -232,8 +240,10 @@ class DetectSimulator:
         gal, stars = self.draw_field(tile_seed)
         nb = len(self.bands)
         tile = np.zeros((nb, self.size, self.size))
-        self._add_galaxies(tile, gal)
+        cores = self._add_galaxies(tile, gal)
         model = self.tile_renderer.convolve(tile[None].astype(np.float32))[0].astype(np.float64)
+        for win, r0, c0 in cores:  # the galaxies' cores blurred from their cells
+            _paste(model, win, r0, c0)
         self._add_stars(model, stars)
 
         rng = noise_stream(tile_seed, PLACEMENT)

@@ -28,7 +28,7 @@ from skybench.physics.galaxy import spiral_arms
 from skybench.physics.lens_mass import phi_q2ellipticity
 from skybench.physics.light import sersic_total_flux
 from skybench.physics.noise import background_sigma, magnitude2cps, noise_stream, object_normals
-from skybench.physics.render import Renderer
+from skybench.physics.render import Cores, Renderer
 from skybench.tasks.enhance.config import MAX_CLUMPS, TYPES, EnhanceTrack
 from skybench.testkey import ObjectSeeds, as_object_seeds
 
@@ -158,20 +158,21 @@ class EnhanceSimulator:
             return cols[name].astype(np.float64)[idx, None, None]
 
         total = xp.zeros((B, nb, n, n), dtype=be.dtype, device=device(x))
+        cores: list[tuple[Cores, np.ndarray, np.ndarray]] = []  # the refined profiles' cells, for the PSF
         comps = ["bulge", "disk", "arms"] + [f"clump{k}" for k in range(MAX_CLUMPS)]
         for prefix in comps:
             flux = np.stack([cols[f"{prefix}_flux_{b}"] for b in self.band_names], axis=1).astype(np.float64)
             idx = np.flatnonzero(np.any(flux != 0.0, axis=1))
             if idx.size == 0:
                 continue
-            centre = (col("center_x", idx), col("center_y", idx))
+            centre, cells = (col("center_x", idx), col("center_y", idx)), None
             if prefix == "bulge":  # centred profiles: their cores refined (Renderer.image)
                 R, nn = col("bulge_R_sersic", idx), col("bulge_n_sersic", idx)
-                img = r.image("sersic", R, nn, col("bulge_e1", idx), col("bulge_e2", idx), *centre)
+                img, cells = r.image_cores("sersic", R, nn, col("bulge_e1", idx), col("bulge_e2", idx), *centre)
                 unit = sersic_total_flux(1.0, R, nn)[:, :, 0]  # (k, 1)
             elif prefix == "disk":
                 R = col("disk_R_sersic", idx)
-                img = r.image("sersic", R, 1.0, col("disk_e1", idx), col("disk_e2", idx), *centre)
+                img, cells = r.image_cores("sersic", R, 1.0, col("disk_e1", idx), col("disk_e2", idx), *centre)
                 unit = sersic_total_flux(1.0, R, 1.0)[:, :, 0]
             elif prefix == "arms":
                 sb = spiral_arms(x, y, 1.0, col("disk_R_sersic", idx), col("n_arms", idx), col("arm_pitch", idx),
@@ -182,12 +183,14 @@ class EnhanceSimulator:
                     (r.pixel_scale / r.supersampling) ** 2
                 img = r.bin(sb)  # a modulated disk, zero at the centre: the grid alone
             else:
-                img = r.image("gaussian", col(f"{prefix}_sigma", idx), 0.0, 0.0, col(f"{prefix}_center_x", idx),
-                              col(f"{prefix}_center_y", idx))
+                img, cells = r.image_cores("gaussian", col(f"{prefix}_sigma", idx), 0.0, 0.0,
+                                           col(f"{prefix}_center_x", idx), col(f"{prefix}_center_y", idx))
                 unit = np.ones((idx.size, 1))
             amps = flux[idx] / np.maximum(unit, 1e-30)
             total[be.index(idx)] += img[:, None] * be.asarray(amps[:, :, None, None])
-        return r.convolve(total)
+            if cells is not None:
+                cores.append((cells, amps, idx))
+        return r.convolve(total, cores)
 
     # ---------------------------------------------------------------- one chunk
     def simulate(self, seeds: ObjectSeeds | int, split: str, start: int, stop: int

@@ -21,7 +21,7 @@ from skybench.physics.lens_mass import einstein_radius, phi_q2ellipticity, sie_s
 from skybench.physics.light import ellipse_metric, sersic_profile_, sersic_total_flux
 from skybench.physics.noise import magnitude2cps, noise_stream, object_normals
 from skybench.physics.philox import normal32, normal64, uniform64
-from skybench.physics.render import Renderer
+from skybench.physics.render import Cores, Renderer
 from skybench.tasks.lens.config import LensTrack
 from skybench.tasks.lens.sources import Stamp, antialiased, interpolate, source_library
 from skybench.testkey import ObjectSeeds, as_object_seeds
@@ -227,10 +227,13 @@ class LensSimulator:
         source = r.workspace("source", (lensed_idx.size, nb, n, n))  # of the lensed objects
         total[...], source[...] = 0, 0
 
-        def add(prefixes: list[str], img: Any, factor: Any = 1.0, lensed: bool = False) -> None:
+        cores: list[tuple[Cores, np.ndarray, np.ndarray]] = []  # the refined profiles' cells, for the PSF
+
+        def add(prefixes: list[str], img: Any, factor: Any = 1.0, lensed: bool = False,
+                cells: Cores | None = None) -> None:
             """Add the unit-amplitude images (P, n, n) of the (object, component) pairs of ``prefixes``, in that
-            order, with the amplitudes. Each object's components are added in one fixed order, so its image does
-            not depend on the batch."""
+            order, with the amplitudes (and their ``cells`` to ``cores``). Each object's components are added in
+            one fixed order, so its image does not depend on the batch."""
             a = np.concatenate([amps[p][present[p]] for p in prefixes]) * factor  # (P, bands)
             contrib = r.workspace("contrib", (img.shape[0], nb, n, n))
             array_module(img).multiply(img[:, None], be.asarray(a[:, :, None, None]), out=contrib)
@@ -240,6 +243,8 @@ class LensSimulator:
                 scatter_add_(total, present[p], contrib[start:stop])
                 if lensed:
                     scatter_add_(source, slot[present[p]], contrib[start:stop])
+                if cells is not None:
+                    cores.append((cells[start:stop], a[start:stop], present[p]))
                 start = stop
 
         def binned(sb: Any) -> Any:
@@ -251,7 +256,7 @@ class LensSimulator:
             prefixes = [p for p, lensed, k in comps if k == kind and not lensed and present[p].size]
             if prefixes:
                 args = [np.concatenate([col(f"{p}_{a}", present[p]) for p in prefixes]) for a in names]
-                add(prefixes, r.image(profile, *args, out=r.workspace("binned", (len(args[0]), n, n))))
+                add(prefixes, *r.image_cores(profile, *args, out=r.workspace("binned", (len(args[0]), n, n))))
 
         # Lensed components at the source-plane positions beta (lens equation), relative to the source centre.
         if lensed_idx.size:
@@ -299,7 +304,7 @@ class LensSimulator:
         full_source = xp.zeros((B, nb, n, n), dtype=be.dtype, device=device(r.x))
         if lensed_idx.size:  # the source is zero elsewhere
             full_source[be.index(lensed_idx)] = r.convolve(source)
-        return r.convolve(total), full_source
+        return r.convolve(total, cores), full_source
 
     def source_image(self, stamp: int, scale: float) -> np.ndarray:
         """Stamp ``stamp`` as interpolated at ``scale`` arcsec per stamp pixel (anti-aliased, unit sum)."""

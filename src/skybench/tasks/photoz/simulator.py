@@ -57,7 +57,7 @@ from skybench.physics.lens_mass import phi_q2ellipticity
 from skybench.physics.light import sersic_total_flux
 from skybench.physics.noise import background_sigma, noise_stream, object_normals
 from skybench.physics.psf import FWHM_TO_SIGMA
-from skybench.physics.render import Renderer
+from skybench.physics.render import Cores, Renderer
 from skybench.physics.sed import SDSS_BANDS, SDSS_EXTINCTION, TEMPLATES, MagnitudeTable
 from skybench.tasks.photoz.config import GalaxyPopulation, PhotozTrack
 from skybench.testkey import ObjectSeeds, as_object_seeds
@@ -350,20 +350,24 @@ class GalaxySimulator:
         assert r is not None, "render() needs a track with image inputs"
         B, n = len(meta), r.size
         total = None
+        cores: list[tuple[Cores, np.ndarray, np.ndarray]] = []  # the refined profiles' cells, for the PSF
         for comp in ("bulge", "disk"):
             def col(name: str) -> np.ndarray:
                 return meta[name].to_numpy(np.float64)[:, None, None]
 
             R, ns = col(f"{comp}_R_sersic"), col(f"{comp}_n_sersic")
-            img = r.image("sersic", R, ns, col(f"{comp}_e1"), col(f"{comp}_e2"), col("center_x"), col("center_y"))
+            img, cells = r.image_cores("sersic", R, ns, col(f"{comp}_e1"), col(f"{comp}_e2"), col("center_x"),
+                                       col("center_y"))
             unit = sersic_total_flux(1.0, R[:, 0, 0], ns[:, 0, 0])  # total flux of amp = 1
             amps = np.stack([meta[f"flux_{b}"].to_numpy() * (meta[f"bulge_share_{b}"].to_numpy() if comp == "bulge"
                                                                 else 1 - meta[f"bulge_share_{b}"].to_numpy())
                              for b in SDSS_BANDS], axis=1) / unit[:, None]
             contrib = img[:, None] * be.asarray(amps[:, :, None, None])
             total = contrib if total is None else total + contrib
+            if cells is not None:
+                cores.append((cells, amps, np.arange(B)))
         assert total is not None and tuple(total.shape) == (B, len(self.bands), n, n)
-        return r.convolve(total)
+        return r.convolve(total, cores)
 
     # ---------------------------------------------------------------- one chunk
     def simulate(self, seeds: ObjectSeeds | int, split: str, start: int, stop: int
