@@ -154,17 +154,20 @@ def tiles_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return project
 
 
-def lenstronomy_psf(fwhm: float, pixel_scale: float, truncation: float = 5.0) -> object:
+def lenstronomy_psf(fwhm: float, pixel_scale: float, truncation: float = 5.0, supersampling: int = 1) -> object:
     """lenstronomy's own Gaussian PSF of ``fwhm`` arcsec (``kernel_util.kernel_gaussian``: sampled at pixel centres,
     ``truncation`` sigma), convolved as a PIXEL kernel: zero padding outside the frame, as the renderer (its
-    GAUSSIAN type filters with ``mode='nearest'``, which repeats the frame's edge)."""
+    GAUSSIAN type filters with ``mode='nearest'``, which repeats the frame's edge). ``supersampling``: sampled
+    that many times finer, for supersampling_convolution=True at that factor."""
     import math
 
     from lenstronomy.Data.psf import PSF
     from lenstronomy.Util import kernel_util
 
-    n = 2 * math.ceil(truncation * fwhm / 2.3548200450309493 / pixel_scale) + 1
-    return PSF(psf_type="PIXEL", kernel_point_source=kernel_util.kernel_gaussian(n, pixel_scale, fwhm))
+    s = supersampling
+    n = 2 * math.ceil(truncation * fwhm / 2.3548200450309493 / pixel_scale * s) + 1
+    return PSF(psf_type="PIXEL", kernel_point_source=kernel_util.kernel_gaussian(n, pixel_scale / s, fwhm),
+               point_source_supersampling_factor=s)
 
 
 def core_mask(cx: float, cy: float, n: int, pix: float) -> np.ndarray:
@@ -179,7 +182,9 @@ def lenstronomy_image(row: pd.Series, track: Any, band: str, gaussian: bool = Fa
     """Re-render one object from its metadata row and the track YAML alone, with lenstronomy (``gaussian``: its
     GAUSSIAN PSF type, which repeats the frame's edge outside it). The unlensed (centred) profiles' 7x7 core
     pixels are lenstronomy's adaptive render at supersampling 128 (compute_mode='adaptive'), the rest its regular
-    render at the track's supersampling, then convolved as ImageModel does (supersampling_convolution=False)."""
+    render at the track's supersampling, then convolved as ImageModel does (supersampling_convolution=False), plus
+    what supersampling_convolution=True at supersampling 8 changes in the unlensed light's blur: the renderer blurs
+    the cores from their sub-pixel cells (Renderer.core_psf)."""
     from lenstronomy.Data.imaging_data import ImageData
     from lenstronomy.Data.psf import PSF
     from lenstronomy.ImSim.image_model import ImageModel
@@ -208,4 +213,11 @@ def lenstronomy_image(row: pd.Series, track: Any, band: str, gaussian: bool = Fa
                      supersampled_indexes=mask, supersampling_factor=128, supersampling_convolution=False)
         image += np.where(mask, fine.lens_surface_brightness(kw["kwargs_lens_light"], unconvolved=True, k=k),
                           regular.lens_surface_brightness(kw["kwargs_lens_light"], unconvolved=True, k=k))
-    return regular.ImageNumerics.convolution_class.re_size_convolve(image, image)
+    # what supersampling_convolution=True (the kernel sampled 8x finer, to ~4 sigma; beyond it, binned) changes
+    fine_psf = lenstronomy_psf(kw["psf_fwhm"], kw["pixel_scale"], supersampling=8)
+    size = ((len(fine_psf.kernel_point_source_supersampled(8)) - 1) // 8 - 1) // 2 * 2 + 1  # odd, within the kernel
+    pairs = ((fine_psf, True), (lenstronomy_psf(kw["psf_fwhm"], kw["pixel_scale"]), False))
+    blur = np.subtract(*(model(p, supersampling_factor=8, supersampling_convolution=conv,
+                               supersampling_kernel_size=size).lens_surface_brightness(kw["kwargs_lens_light"])
+                         for p, conv in pairs))
+    return regular.ImageNumerics.convolution_class.re_size_convolve(image, image) + blur

@@ -35,16 +35,16 @@ def pixel_integrated_gaussian_1d(fwhm: float, pixel_scale: float, truncation: fl
 def pixel_integrated_gaussian_weights(fwhm: float, pixel_scale: float, u: np.ndarray, width: int,
                                       truncation: float = 5.0) -> np.ndarray:
     """(..., width, k) fractions of a point at ``u`` (..., k) that the Gaussian PSF puts in pixels 0..width-1 (pixel
-    i spans [i, i + 1), in pixels): Phi((i + 1 - u) / sigma) - Phi((i - u) / sigma), within :func:`gaussian_kernel_1d`'s
-    half-width of the pixel holding u, sum 1; at a pixel centre, :func:`pixel_integrated_gaussian_1d`."""
+    i spans [i, i + 1), in pixels): Phi((i + 1 - u) / sigma) - Phi((i - u) / sigma), within
+    :func:`gaussian_kernel_1d`'s half-width of the pixel holding u, sum 1; at a pixel centre, the kernel of
+    :func:`pixel_integrated_gaussian_1d`."""
     from scipy.special import ndtr
 
     sigma = fwhm * FWHM_TO_SIGMA / pixel_scale
     half = max(1, int(np.ceil(truncation * sigma)))
     u = np.asarray(u, dtype=np.float64)[..., None, :]
     edges = np.arange(width + 1, dtype=np.float64)[:, None]
-    cdf = ndtr((edges - u) / sigma)  # (..., width + 1, k)
-    w = np.diff(cdf, axis=-2)
+    w = np.diff(ndtr((edges - u) / sigma), axis=-2)
     w[np.abs(edges[:-1] - np.floor(u)) > half] = 0.0
     return w / w.sum(axis=-2, keepdims=True)
 

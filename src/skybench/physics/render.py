@@ -26,20 +26,20 @@ CORE_PATCH, CORE_FACTOR = 7, 4
 class Cores:
     """The nested cells of :meth:`Renderer.refine_cores` for P profiles, for the PSF integrated over the pixels from
     them (:meth:`Renderer.core_psf`). ``cells`` (levels, P, q*F, q*F): each level's flux per cell, with the cells
-    that the next level refines set to 0; ``pixels`` (P, q, q): the patch's pixel values (their sums); ``top``,
-    ``left`` (P,): the patch's first pixel; ``ey``, ``ex`` (levels, P): each level's patch edge, in pixels past the
-    patch's edge."""
+    that the next level refines set to 0; ``top``, ``left`` (P,): the patch's first pixel; ``ey``, ``ex`` (levels,
+    P): each level's patch edge and ``cy``, ``cx`` (P,): the profile's centre, in pixels past the patch's edge."""
 
     cells: Any
-    pixels: Any
     top: np.ndarray
     left: np.ndarray
     ey: np.ndarray
     ex: np.ndarray
+    cy: np.ndarray
+    cx: np.ndarray
 
     def __getitem__(self, part: slice) -> Cores:
-        return Cores(self.cells[:, part], self.pixels[part], self.top[part], self.left[part], self.ey[:, part],
-                     self.ex[:, part])
+        return Cores(self.cells[:, part], self.top[part], self.left[part], self.ey[:, part], self.ex[:, part],
+                     self.cy[part], self.cx[part])
 
 
 class Renderer:
@@ -199,7 +199,8 @@ class Renderer:
         # each level's patch edge in pixels past level 0's: offsets in cells of 1 / F^k pixel
         ey, ex = (np.cumsum([o[i] / float(F) ** k for k, o in enumerate(offsets)][1:], axis=0) for i in (0, 1))
         ey, ex = (np.concatenate([np.zeros((1, B)), e.reshape(L - 1, B)]) for e in (ey, ex))
-        return K.put_blocks_(img, *offsets[0], means), Cores(vals, means, *offsets[0], ey, ex)
+        centre = [(c - o) / self.pixel_scale for c, o in ((cy, origins[0][1]), (cx, origins[0][0]))]
+        return K.put_blocks_(img, *offsets[0], means), Cores(vals, *offsets[0], ey, ex, *centre)
 
     def bin(self, surface_brightness: Any, out: Any = None) -> Any:
         """(..., n*s, n*s) surface brightness per arcsec^2 -> (..., n, n) flux per pixel."""
@@ -237,26 +238,37 @@ class Renderer:
 
     def core_psf(self, cores: Cores) -> Any:
         """(P, bands, w, w) per unit amplitude, w = CORE_PATCH + 2 psf_half, window (0, 0) at pixel (top - psf_half,
-        left - psf_half): the cores blurred by each band's PSF integrated over the pixels from every level's cells
-        (as points) less their pixels blurred by the pixel-sampled PSF, what :meth:`convolve` adds. lenstronomy
-        supersampling_convolution=True on the cores (Numerics: the supersampled image convolved, then binned)."""
+        left - psf_half), what :meth:`convolve` adds: the cores' light, tapered, blurred by each band's PSF
+        integrated over the pixels from every level's cells (as points), less its pixels blurred by the PSF sampled
+        at pixel centres: lenstronomy's supersampling_convolution=True (Numerics: the supersampled image convolved,
+        then binned) on the core. The taper, per axis 1 - 3 t^4 + 2 t^6 of the distance t to the centre over 3
+        pixels, leaves the light around the core to the pixel-sampled PSF, right there in sum: cut at the patch's
+        edge, each side's pixels were 0.5% of the peak off (perf/psf_cores.py)."""
         L, P, c = cores.cells.shape[:3]
-        q, h = cores.pixels.shape[-1], self.psf_half
-        w = q + 2 * h
+        q, h = c // CORE_FACTOR, self.psf_half
+        w, half = q + 2 * h, max((q - 1) / 2, 1e-12)
         centres = (np.arange(c) + 0.5) / float(CORE_FACTOR) ** np.arange(1, L + 1)[:, None, None]  # (L, 1, c)
 
-        def weights(e: np.ndarray) -> np.ndarray:  # (L, P, bands, w, c); the window's pixel i spans [i, i + 1)
-            u = h + e[:, :, None] + centres
-            return np.stack([pixel_integrated_gaussian_weights(s, self.pixel_scale, u, w) for s in self.seeing], 2)
+        def weights(e: np.ndarray, centre: np.ndarray) -> tuple[Any, Any]:
+            """The PSF integrated over the window's pixels (L, P, bands, w, c) and the patch's pixels (L, P, q, c)
+            of each cell, times the taper."""
+            u = e[:, :, None] + centres  # pixels past the patch's edge
+            t2 = np.clip((u - centre[:, None]) / half, -1, 1) ** 2
+            taper = (1 - t2) ** 2 * (1 + 2 * t2)  # 1 - 3 t^4 + 2 t^6: flat at the centre, 0 with zero slope at t = 1
+            g = np.stack([pixel_integrated_gaussian_weights(s, self.pixel_scale, h + u, w) for s in self.seeing], 2)
+            binned = np.floor(u)[:, :, None] == np.arange(q)[:, None]
+            return (K.lift(g * taper[:, :, None, None], cores.cells),
+                    K.lift(np.swapaxes(binned * taper[:, :, None], -1, -2), cores.cells))
 
-        gy = K.lift(weights(cores.ey), cores.cells)
-        gx_t = K.lift(np.swapaxes(weights(cores.ex), -1, -2), cores.cells)
-        fine = gy @ cores.cells[:, :, None] @ gx_t  # (L, P, bands, w, w)
-        out = fine[0]
+        (gy, by), (gx, bx) = weights(cores.ey, cores.cy), weights(cores.ex, cores.cx)
+        fine = gy @ cores.cells[:, :, None] @ gx.swapaxes(-1, -2)  # (L, P, bands, w, w)
+        pixels = by.swapaxes(-1, -2) @ cores.cells @ bx  # (L, P, q, q)
+        out, pix = fine[0], pixels[0]
         for k in range(1, L):  # one order per object: independent of the batch
             out += fine[k]
+            pix += pixels[k]
         conv = K.lift(self._core_conv, cores.cells)
-        out -= conv @ cores.pixels[:, None] @ K.lift(np.swapaxes(self._core_conv, -1, -2), cores.cells)
+        out -= conv @ pix[:, None] @ K.lift(np.swapaxes(self._core_conv, -1, -2), cores.cells)
         return out
 
     def _convolve(self, images: Any) -> Any:

@@ -256,7 +256,8 @@ class LensSimulator:
             prefixes = [p for p, lensed, k in comps if k == kind and not lensed and present[p].size]
             if prefixes:
                 args = [np.concatenate([col(f"{p}_{a}", present[p]) for p in prefixes]) for a in names]
-                add(prefixes, *r.image_cores(profile, *args, out=r.workspace("binned", (len(args[0]), n, n))))
+                img, cells = r.image_cores(profile, *args, out=r.workspace("binned", (len(args[0]), n, n)))
+                add(prefixes, img, cells=cells)
 
         # Lensed components at the source-plane positions beta (lens equation), relative to the source centre.
         if lensed_idx.size:
