@@ -93,8 +93,7 @@ def lens_light(track_name: str, n: int, fine: int) -> None:
 
 
 def field_galaxies(n: int, fine: int) -> None:
-    track = load_track("lens-tiles")
-    sim = DetectSimulator(track)
+    sim = DetectSimulator(load_track("lens-tiles").for_profile("demo"))
     gal = sim.draw_field(0)[0].nsmallest(n, "R_sersic")
     pix, bands = sim.pix, sim.bands
     R, ns = gal["R_sersic"].to_numpy(), gal["n_sersic"].to_numpy()
@@ -117,7 +116,7 @@ def field_galaxies(n: int, fine: int) -> None:
               f"{after[i, 0].max() / unit[i] / star:.4f}  reference {ref[i, 0].max() / unit[i] / star:.4f}")
 
 
-def cost(chunk: int, repeats: int = 3) -> None:
+def cost(chunk: int, repeats: int = 5) -> None:
     """simulate (lens tracks) and scene (lens-tiles, demo tile) with the cores' PSF, over the same code with
     image_cores returning no cores (before; its refine_cores still keeps the cells), alternated, best of
     ``repeats``."""
@@ -130,7 +129,7 @@ def cost(chunk: int, repeats: int = 3) -> None:
     for name in ("lens-space", "lens-ground"):
         sim = LensSimulator(load_track(name), get_backend("numpy"))
         jobs.append((f"{name} simulate({chunk})", lambda sim=sim: sim.simulate(3, "train", 0, chunk)))
-    det = DetectSimulator(load_track("lens-tiles"))
+    det = DetectSimulator(load_track("lens-tiles").for_profile("demo"))
     jobs.append((f"lens-tiles scene ({det.size} px)", lambda: det.scene(0)))
     for label, job in jobs:
         job()  # warm

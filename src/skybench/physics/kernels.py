@@ -104,15 +104,22 @@ def put_blocks_(dst: Any, rows: np.ndarray, cols: np.ndarray, src: Any) -> Any:
 
 
 def add_blocks_(dst: Any, idx: np.ndarray, rows: np.ndarray, cols: np.ndarray, src: Any) -> Any:
-    """dst[idx[b], :, rows[b] + i, cols[b] + j] += src[b, :, i, j] in place, for (B, C, h, w) ``src`` (``idx``
-    without repeats)."""
+    """dst[idx[b], :, rows[b] + i, cols[b] + j] += src[b, :, i, j] in place for a contiguous (N, C, H, W) ``dst`` and
+    (B, C, h, w) ``src``, the parts outside dst dropped (``idx`` without repeats)."""
     B, C, h, w = src.shape
-    ix = [np.asarray(idx)[:, None, None, None], np.arange(C)[None, :, None, None],
-          (rows[:, None] + np.arange(h))[:, None, :, None], (cols[:, None] + np.arange(w))[:, None, None, :]]
-    if not isinstance(dst, np.ndarray):
+    H, W = dst.shape[-2:]
+    r, c = rows[:, None] + np.arange(h), cols[:, None] + np.arange(w)  # (B, h), (B, w)
+    flat = ((np.asarray(idx)[:, None, None, None] * C + np.arange(C)[:, None, None]) * H + r[:, None, :, None]) * W \
+        + c[:, None, None, :]
+    inside = ((r >= 0) & (r < H))[:, None, :, None] & ((c >= 0) & (c < W))[:, None, None, :]
+    inside = np.broadcast_to(inside, flat.shape)
+    if isinstance(dst, np.ndarray):
+        assert dst.flags.c_contiguous, "add_blocks_ writes through a flat view"
+        dst.reshape(-1)[flat[inside]] += src[inside]
+    else:
         torch = sys.modules["torch"]
-        ix = [torch.as_tensor(i, dtype=torch.long, device=dst.device) for i in ix]
-    dst[tuple(ix)] += src
+        mask = torch.as_tensor(inside, device=dst.device)
+        dst.view(-1).index_add_(0, torch.as_tensor(flat[inside], device=dst.device), src[mask])
     return dst
 
 

@@ -3,6 +3,8 @@ the PSF integrated over each pixel from sub-pixel points (lenstronomy supersampl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))  # sigma = FWHM / 2.3548
@@ -32,21 +34,18 @@ def pixel_integrated_gaussian_1d(fwhm: float, pixel_scale: float, truncation: fl
     return k / k.sum()
 
 
-def pixel_integrated_gaussian_weights(fwhm: float, pixel_scale: float, u: np.ndarray, width: int,
-                                      truncation: float = 5.0) -> np.ndarray:
-    """(..., width, k) fractions of a point at ``u`` (..., k) that the Gaussian PSF puts in pixels 0..width-1 (pixel
-    i spans [i, i + 1), in pixels): Phi((i + 1 - u) / sigma) - Phi((i - u) / sigma), within
-    :func:`gaussian_kernel_1d`'s half-width of the pixel holding u, sum 1; at a pixel centre, the kernel of
-    :func:`pixel_integrated_gaussian_1d`."""
+def pixel_integrated_gaussian_weights(fwhms: Sequence[float], pixel_scale: float, u: np.ndarray,
+                                      width: int) -> np.ndarray:
+    """(..., len(fwhms), width, k) fractions of a point at ``u`` (..., k) that each Gaussian PSF puts in pixels
+    0..width-1 (pixel i spans [i, i + 1), in pixels): Phi((i + 1 - u) / sigma) - Phi((i - u) / sigma) over their
+    sum (the PSF cut at the frame of ``width`` pixels: :func:`pixel_integrated_gaussian_1d` where it holds the
+    5-sigma kernel around a pixel centre)."""
     from scipy.special import ndtr
 
-    sigma = fwhm * FWHM_TO_SIGMA / pixel_scale
-    half = max(1, int(np.ceil(truncation * sigma)))
-    u = np.asarray(u, dtype=np.float64)[..., None, :]
-    edges = np.arange(width + 1, dtype=np.float64)[:, None]
-    w = np.diff(ndtr((edges - u) / sigma), axis=-2)
-    w[np.abs(edges[:-1] - np.floor(u)) > half] = 0.0
-    return w / w.sum(axis=-2, keepdims=True)
+    sigmas = np.array([fwhm * FWHM_TO_SIGMA / pixel_scale for fwhm in fwhms])[:, None, None]
+    x = np.arange(width + 1, dtype=np.float64)[:, None] - np.asarray(u, dtype=np.float64)[..., None, None, :]
+    cdf = ndtr(x / sigmas)  # (..., bands, width + 1, k)
+    return np.diff(cdf, axis=-2) / (cdf[..., -1:, :] - cdf[..., :1, :])
 
 
 def gaussian_kernel_2d(fwhm: float, pixel_scale: float, truncation: float = 5.0) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""One renderer for every simulator: supersampled pixel grid, binning, per-band PSF, noise."""
+"""One renderer for every simulator: supersampled pixel grid, binning, per-band PSF (on the refined cores, from their
+sub-pixel cells), noise."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from skybench.physics.psf import convolution_matrix, gaussian_kernel_1d, pixel_i
 # Adaptive supersampling of the cores (lenstronomy ImageNumerics compute_mode='adaptive', nested): the CORE_PATCH^2
 # cells around a centred profile's centre are re-evaluated CORE_FACTOR^2 times, and so again ``core_levels`` times
 # within each patch, a patch of the cells next to the centre. perf/core_convergence.py chose 7 and 4: with 5 levels
-# the peak pixel of a Sersic n <= 8 with R_sersic >= pixel/4 is within 0.25% of its pixel integral.
+# the peak pixel of a Sersic n <= 8 with R_sersic >= pixel/4 is within 0.25% of its pixel integral. The same cells
+# carry the cores through the PSF (Renderer.core_psf; perf/psf_cores.py).
 CORE_PATCH, CORE_FACTOR = 7, 4
 
 
@@ -66,6 +68,7 @@ class Renderer:
         self.x, self.y = backend.asarray(xx[None]), backend.asarray(yy[None])
         self.coords = coords  # x of the columns and y of the rows (float64)
         self._work: dict[str, Any] = {}
+        self._core_tables: dict[tuple[int, int, int], np.ndarray] = {}
         kernels = [gaussian_kernel_1d(b.seeing, pixel_scale) for b in bands]
         mats = np.stack([convolution_matrix(k, size) for k in kernels])[None]  # (1, bands, n, n)
         # the cores' PSF windows: the patch grown by the widest kernel's half-width
@@ -225,15 +228,10 @@ class Renderer:
         of ``images`` (P,), none twice) of the refined profiles in ``images``: their cores blurred from the cells
         (:meth:`core_psf`), in that order."""
         out = self._convolve(images)
-        if cores:
-            h, n = self.psf_half, self.size
-            canvas = K.empty(tuple(out.shape[:2]) + (n + 2 * h, n + 2 * h), out)  # window (0, 0) at patch (0, 0)
-            canvas[...] = 0
-            for c, amps, rows in cores:
-                win = self.core_psf(c)
-                win *= K.lift(np.asarray(amps, dtype=np.float64)[:, :, None, None], win)
-                K.add_blocks_(canvas, rows, c.top, c.left, win)
-            out += canvas[..., h:h + n, h:h + n]
+        for c, amps, rows in cores:
+            win = self.core_psf(c)
+            win *= K.lift(np.asarray(amps, dtype=np.float64)[:, :, None, None], win)
+            K.add_blocks_(out, rows, c.top - self.psf_half, c.left - self.psf_half, win)
         return out
 
     def core_psf(self, cores: Cores) -> Any:
@@ -245,24 +243,25 @@ class Renderer:
         pixels, leaves the light around the core to the pixel-sampled PSF, right there in sum: cut at the patch's
         edge, each side's pixels were 0.5% of the peak off (perf/psf_cores.py)."""
         L, P, c = cores.cells.shape[:3]
-        q, h = c // CORE_FACTOR, self.psf_half
-        w, half = q + 2 * h, max((q - 1) / 2, 1e-12)
-        centres = (np.arange(c) + 0.5) / float(CORE_FACTOR) ** np.arange(1, L + 1)[:, None, None]  # (L, 1, c)
-
-        def weights(e: np.ndarray, centre: np.ndarray) -> tuple[Any, Any]:
-            """The PSF integrated over the window's pixels (L, P, bands, w, c) and the patch's pixels (L, P, q, c)
-            of each cell, times the taper."""
-            u = e[:, :, None] + centres  # pixels past the patch's edge
+        q, F = c // CORE_FACTOR, CORE_FACTOR
+        table, half = self._core_weights(L, q), max((q - 1) / 2, 1e-12)
+        first = np.cumsum([0] + [F**k for k in range(L - 1)])[:, None]  # each level's first phase in ``table``
+        cells = K.empty(tuple(cores.cells.shape), cores.cells)
+        cells[...] = cores.cells
+        g, b = [], []
+        for e, centre, axis in ((cores.ey, cores.cy, -2), (cores.ex, cores.cx, -1)):
+            u = e[:, :, None] + (np.arange(c) + 0.5) / float(F) ** np.arange(1, L + 1)[:, None, None]  # (L, P, c)
             t2 = np.clip((u - centre[:, None]) / half, -1, 1) ** 2
             taper = (1 - t2) ** 2 * (1 + 2 * t2)  # 1 - 3 t^4 + 2 t^6: flat at the centre, 0 with zero slope at t = 1
-            g = np.stack([pixel_integrated_gaussian_weights(s, self.pixel_scale, h + u, w) for s in self.seeing], 2)
-            binned = np.floor(u)[:, :, None] == np.arange(q)[:, None]
-            return (K.lift(g * taper[:, :, None, None], cores.cells),
-                    K.lift(np.swapaxes(binned * taper[:, :, None], -1, -2), cores.cells))
-
-        (gy, by), (gx, bx) = weights(cores.ey, cores.cy), weights(cores.ex, cores.cx)
-        fine = gy @ cores.cells[:, :, None] @ gx.swapaxes(-1, -2)  # (L, P, bands, w, w)
-        pixels = by.swapaxes(-1, -2) @ cores.cells @ bx  # (L, P, q, q)
+            cells *= K.lift(np.expand_dims(taper, axis), cells)
+            n = np.floor(e).astype(np.int64)  # each level's rows: its phase's, shifted by whole pixels
+            phase = first + np.rint((e - n) * F ** np.arange(L)[:, None]).astype(np.int64)
+            rows = (q - n)[:, :, None] + np.arange(q + 2 * self.psf_half)  # (L, P, w)
+            bands = np.arange(len(self.seeing))[:, None]
+            g.append(K.lift(table[phase[:, :, None, None], bands, rows[:, :, None]], cells))  # (L, P, bands, w, c)
+            b.append(K.lift(np.floor(u)[:, :, None] == np.arange(q)[:, None], cells))  # (L, P, q, c): the pixels
+        fine = g[0] @ cells[:, :, None] @ g[1].swapaxes(-1, -2)  # (L, P, bands, w, w)
+        pixels = b[0] @ cells @ b[1].swapaxes(-1, -2)  # (L, P, q, q)
         out, pix = fine[0], pixels[0]
         for k in range(1, L):  # one order per object: independent of the batch
             out += fine[k]
@@ -270,6 +269,19 @@ class Renderer:
         conv = K.lift(self._core_conv, cores.cells)
         out -= conv @ pix[:, None] @ K.lift(np.swapaxes(self._core_conv, -1, -2), cores.cells)
         return out
+
+    def _core_weights(self, levels: int, q: int) -> np.ndarray:
+        """(phases, bands, q + w + 1, q F) in the backend's dtype: for each level k, F^k phases of the PSF integrated
+        over the pixels of its cells, the patch's edge at phase / F^k pixel and the rows shifted by q (a patch offset
+        by n pixels takes rows q - n to q - n + w - 1). Computed once per renderer."""
+        key = (levels, q, CORE_FACTOR)
+        if key not in self._core_tables:
+            F, h = CORE_FACTOR, self.psf_half
+            self._core_tables[key] = np.concatenate([pixel_integrated_gaussian_weights(
+                self.seeing, self.pixel_scale, (np.arange(F**k) / F**k)[:, None] + q + h
+                + (np.arange(q * F) + 0.5) / float(F) ** (k + 1), 2 * q + 2 * h + 1)
+                for k in range(levels)]).astype(self.backend.dtype)
+        return self._core_tables[key]
 
     def _convolve(self, images: Any) -> Any:
         """Convolve (B, bands, n, n) images with each band's pixel-sampled PSF."""
