@@ -103,6 +103,14 @@ def put_blocks_(dst: Any, rows: np.ndarray, cols: np.ndarray, src: Any) -> Any:
     return dst
 
 
+def gather(a: Any, *index: np.ndarray) -> Any:
+    """a[index] for numpy integer index arrays, on a's backend."""
+    if isinstance(a, np.ndarray):
+        return a[index]
+    torch = sys.modules["torch"]
+    return a[tuple(torch.as_tensor(i, dtype=torch.long, device=a.device) for i in index)]
+
+
 def add_blocks_(dst: Any, idx: np.ndarray, rows: np.ndarray, cols: np.ndarray, src: Any) -> Any:
     """dst[idx[b], :, rows[b] + i, cols[b] + j] += src[b, :, i, j] in place for a contiguous (N, C, H, W) ``dst`` and
     (B, C, h, w) ``src``, the parts outside dst dropped (``idx`` without repeats)."""
@@ -112,7 +120,7 @@ def add_blocks_(dst: Any, idx: np.ndarray, rows: np.ndarray, cols: np.ndarray, s
     flat = ((np.asarray(idx)[:, None, None, None] * C + np.arange(C)[:, None, None]) * H + r[:, None, :, None]) * W \
         + c[:, None, None, :]
     inside = ((r >= 0) & (r < H))[:, None, :, None] & ((c >= 0) & (c < W))[:, None, None, :]
-    inside = np.broadcast_to(inside, flat.shape)
+    inside = np.broadcast_to(inside, flat.shape).copy()
     if isinstance(dst, np.ndarray):
         assert dst.flags.c_contiguous, "add_blocks_ writes through a flat view"
         dst.reshape(-1)[flat[inside]] += src[inside]

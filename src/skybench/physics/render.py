@@ -68,7 +68,7 @@ class Renderer:
         self.x, self.y = backend.asarray(xx[None]), backend.asarray(yy[None])
         self.coords = coords  # x of the columns and y of the rows (float64)
         self._work: dict[str, Any] = {}
-        self._core_tables: dict[tuple[int, int, int], np.ndarray] = {}
+        self._core_tables: dict[tuple[int, int, int], Any] = {}
         kernels = [gaussian_kernel_1d(b.seeing, pixel_scale) for b in bands]
         mats = np.stack([convolution_matrix(k, size) for k in kernels])[None]  # (1, bands, n, n)
         # the cores' PSF windows: the patch grown by the widest kernel's half-width
@@ -258,7 +258,7 @@ class Renderer:
             phase = first + np.rint((e - n) * F ** np.arange(L)[:, None]).astype(np.int64)
             rows = (q - n)[:, :, None] + np.arange(q + 2 * self.psf_half)  # (L, P, w)
             bands = np.arange(len(self.seeing))[:, None]
-            g.append(K.lift(table[phase[:, :, None, None], bands, rows[:, :, None]], cells))  # (L, P, bands, w, c)
+            g.append(K.gather(table, phase[:, :, None, None], bands, rows[:, :, None]))  # (L, P, bands, w, c)
             b.append(K.lift(np.floor(u)[:, :, None] == np.arange(q)[:, None], cells))  # (L, P, q, c): the pixels
         fine = g[0] @ cells[:, :, None] @ g[1].swapaxes(-1, -2)  # (L, P, bands, w, w)
         pixels = b[0] @ cells @ b[1].swapaxes(-1, -2)  # (L, P, q, q)
@@ -270,17 +270,17 @@ class Renderer:
         out -= conv @ pix[:, None] @ K.lift(np.swapaxes(self._core_conv, -1, -2), cores.cells)
         return out
 
-    def _core_weights(self, levels: int, q: int) -> np.ndarray:
-        """(phases, bands, q + w + 1, q F) in the backend's dtype: for each level k, F^k phases of the PSF integrated
+    def _core_weights(self, levels: int, q: int) -> Any:
+        """(phases, bands, q + w + 1, q F) on the backend: for each level k, F^k phases of the PSF integrated
         over the pixels of its cells, the patch's edge at phase / F^k pixel and the rows shifted by q (a patch offset
         by n pixels takes rows q - n to q - n + w - 1). Computed once per renderer."""
         key = (levels, q, CORE_FACTOR)
         if key not in self._core_tables:
             F, h = CORE_FACTOR, self.psf_half
-            self._core_tables[key] = np.concatenate([pixel_integrated_gaussian_weights(
+            self._core_tables[key] = K.lift(np.concatenate([pixel_integrated_gaussian_weights(
                 self.seeing, self.pixel_scale, (np.arange(F**k) / F**k)[:, None] + q + h
                 + (np.arange(q * F) + 0.5) / float(F) ** (k + 1), 2 * q + 2 * h + 1)
-                for k in range(levels)]).astype(self.backend.dtype)
+                for k in range(levels)]), self.x)
         return self._core_tables[key]
 
     def _convolve(self, images: Any) -> Any:
