@@ -39,10 +39,6 @@ class Cores:
     cy: np.ndarray
     cx: np.ndarray
 
-    def __getitem__(self, part: slice) -> Cores:
-        return Cores(self.cells[:, part], self.top[part], self.left[part], self.ey[:, part], self.ex[:, part],
-                     self.cy[part], self.cx[part])
-
 
 class Renderer:
     """Pixel grid and image formation for (B, bands, size, size) cut-outs.
@@ -225,13 +221,20 @@ class Renderer:
 
     def convolve(self, images: Any, cores: Sequence[tuple[Cores, np.ndarray, np.ndarray]] = ()) -> Any:
         """Convolve (B, bands, n, n) images with each band's PSF. ``cores``: (Cores, amplitudes (P, bands), rows
-        of ``images`` (P,), none twice) of the refined profiles in ``images``: their cores blurred from the cells
-        (:meth:`core_psf`), in that order."""
+        of ``images`` (P,)) of the refined profiles in ``images``: their cores blurred from the cells
+        (:meth:`core_psf`), in that order (so an object's image does not depend on the batch)."""
         out = self._convolve(images)
         for c, amps, rows in cores:
             win = self.core_psf(c)
             win *= K.lift(np.asarray(amps, dtype=np.float64)[:, :, None, None], win)
-            K.add_blocks_(out, rows, c.top - self.psf_half, c.left - self.psf_half, win)
+            start = 0
+            while start < len(rows):  # runs without a repeated row, in order
+                _, first = np.unique(rows[start:], return_index=True)
+                repeat = np.setdiff1d(np.arange(len(rows) - start), first)
+                stop = start + (int(repeat[0]) if repeat.size else len(rows) - start)
+                part = slice(start, stop)
+                K.add_blocks_(out, rows[part], c.top[part] - self.psf_half, c.left[part] - self.psf_half, win[part])
+                start = stop
         return out
 
     def core_psf(self, cores: Cores) -> Any:

@@ -243,9 +243,9 @@ class LensSimulator:
                 scatter_add_(total, present[p], contrib[start:stop])
                 if lensed:
                     scatter_add_(source, slot[present[p]], contrib[start:stop])
-                if cells is not None:
-                    cores.append((cells[start:stop], a[start:stop], present[p]))
                 start = stop
+            if cells is not None:
+                cores.append((cells, a, np.concatenate([present[p] for p in prefixes])))
 
         def binned(sb: Any) -> Any:
             return r.bin(sb, out=r.workspace("binned", (sb.shape[0], n, n)))
