@@ -133,14 +133,14 @@ def cost(chunk: int, repeats: int = 5) -> None:
     jobs.append((f"lens-tiles scene ({det.size} px)", lambda: det.scene(0)))
     for label, job in jobs:
         job()  # warm
-        t = {"before": [], "after": []}
+        t: dict[str, list[float]] = {"before": [], "after": []}
         for _ in range(repeats):
             for key in ("before", "after"):
-                Renderer.image_cores = without if key == "before" else plain  # type: ignore[method-assign]
+                Renderer.image_cores = without if key == "before" else plain
                 t0 = time.perf_counter()
                 job()
                 t[key].append(time.perf_counter() - t0)
-        Renderer.image_cores = plain  # type: ignore[method-assign]
+        Renderer.image_cores = plain
         b, a = min(t["before"]), min(t["after"])
         print(f"{label}: before {b:.3f} s, after {a:.3f} s, after / before {a / b:.3f}", flush=True)
 
