@@ -219,6 +219,20 @@ class Renderer:
         out *= self.pixel_scale**2 / s**2
         return out
 
+    def spread(self, surface_brightness: Any) -> Any:
+        """(..., n*s, n*s) -> (..., n, n): the range (max - min) of each pixel's s^2 sub-samples, a new array."""
+        s, m = self.supersampling, K.module(surface_brightness)
+        hi = lo = surface_brightness
+        for axis in (-2, -1):  # rows, then columns
+            def take(a: Any, i: int, axis: int = axis) -> Any:
+                return a[..., i::s, :] if axis == -2 else a[..., i::s]
+
+            h, low = hi, lo
+            hi, lo = take(h, 0), take(low, 0)
+            for i in range(1, s):
+                hi, lo = m.maximum(hi, take(h, i)), m.minimum(lo, take(low, i))
+        return hi - lo
+
     def convolve(self, images: Any, cores: Sequence[tuple[Cores, np.ndarray, np.ndarray]] = ()) -> Any:
         """Convolve (B, bands, n, n) images with each band's PSF. ``cores``: (Cores, amplitudes (P, bands), rows
         of ``images`` (P,)) of the refined profiles in ``images``: their cores blurred from the cells
