@@ -178,13 +178,16 @@ def core_mask(cx: float, cy: float, n: int, pix: float) -> np.ndarray:
     return mask
 
 
-def lenstronomy_image(row: pd.Series, track: Any, band: str, gaussian: bool = False) -> np.ndarray:
+def lenstronomy_image(row: pd.Series, track: Any, band: str, gaussian: bool = False,
+                      source_only: bool = False) -> np.ndarray:
     """Re-render one object from its metadata row and the track YAML alone, with lenstronomy (``gaussian``: its
-    GAUSSIAN PSF type, which repeats the frame's edge outside it). The unlensed (centred) profiles' 7x7 core
-    pixels are lenstronomy's adaptive render at supersampling 128 (compute_mode='adaptive'), the rest its regular
-    render at the track's supersampling, then convolved as ImageModel does (supersampling_convolution=False), plus
-    what supersampling_convolution=True at supersampling 8 changes in the unlensed light's blur: the renderer blurs
-    the cores from their sub-pixel cells (Renderer.core_psf)."""
+    GAUSSIAN PSF type, which repeats the frame's edge outside it; ``source_only``: the lensed source alone). The
+    unlensed (centred) profiles' 7x7 core pixels are lenstronomy's adaptive render at supersampling 128
+    (compute_mode='adaptive'), the lensed source's pixels above 1e-6 of its peak its adaptive render at 16 (the
+    renderer refines the arcs' least resolved pixels, simulator.ARC_LEVELS), the rest its regular render at the
+    track's supersampling, then convolved as ImageModel does (supersampling_convolution=False), plus what
+    supersampling_convolution=True at supersampling 8 changes in the unlensed light's blur: the renderer blurs the
+    cores from their sub-pixel cells (Renderer.core_psf)."""
     from lenstronomy.Data.imaging_data import ImageData
     from lenstronomy.Data.psf import PSF
     from lenstronomy.ImSim.image_model import ImageModel
@@ -207,12 +210,21 @@ def lenstronomy_image(row: pd.Series, track: Any, band: str, gaussian: bool = Fa
 
     regular = model(**kw["kwargs_numerics"])
     image = regular.source_surface_brightness(kw["kwargs_source"], kw["kwargs_lens"], unconvolved=True)
-    for k, comp in enumerate(kw["kwargs_lens_light"]):
+    if image.any():
+        mask = np.abs(image) > 1e-6 * np.abs(image).max()
+        fine = model(lenstronomy_psf(kw["psf_fwhm"], kw["pixel_scale"]), compute_mode="adaptive",
+                     supersampled_indexes=mask, supersampling_factor=16, supersampling_convolution=False)
+        image = np.where(mask, fine.source_surface_brightness(kw["kwargs_source"], kw["kwargs_lens"],
+                                                              unconvolved=True), image)
+    for k, comp in enumerate([] if source_only else kw["kwargs_lens_light"]):
         mask = core_mask(comp["center_x"], comp["center_y"], grid["nx"], kw["pixel_scale"])
         fine = model(lenstronomy_psf(kw["psf_fwhm"], kw["pixel_scale"]), compute_mode="adaptive",
                      supersampled_indexes=mask, supersampling_factor=128, supersampling_convolution=False)
         image += np.where(mask, fine.lens_surface_brightness(kw["kwargs_lens_light"], unconvolved=True, k=k),
                           regular.lens_surface_brightness(kw["kwargs_lens_light"], unconvolved=True, k=k))
+    blurred = regular.ImageNumerics.convolution_class.re_size_convolve(image, image)
+    if source_only:
+        return blurred
     # what supersampling_convolution=True (the kernel sampled 8x finer, to ~4 sigma; beyond it, binned) changes
     fine_psf = lenstronomy_psf(kw["psf_fwhm"], kw["pixel_scale"], supersampling=8)
     size = ((len(fine_psf.kernel_point_source_supersampled(8)) - 1) // 8 - 1) // 2 * 2 + 1  # odd, within the kernel
@@ -220,4 +232,4 @@ def lenstronomy_image(row: pd.Series, track: Any, band: str, gaussian: bool = Fa
     blur = np.subtract(*(model(p, supersampling_factor=8, supersampling_convolution=conv,
                                supersampling_kernel_size=size).lens_surface_brightness(kw["kwargs_lens_light"])
                          for p, conv in pairs))
-    return regular.ImageNumerics.convolution_class.re_size_convolve(image, image) + blur
+    return blurred + blur
