@@ -72,7 +72,7 @@ def test_bilinear_real_source_matches_lenstronomy_interpol(monkeypatch):
 def test_refined_real_source_converges_to_lenstronomy_interpol_at_supersampling_16():
     """With the arcs' adaptive refinement (simulator.ARC_LEVELS), the bilinear source against lenstronomy's
     adaptive render at 16 of every pixel of it (tests/helpers.py): within 1.5% of the source's peak and 0.15
-    sigma_bkg, and its flux within 0.3%. The track's supersampling 2 alone was up to 4% of the peak, 0.8 sigma."""
+    sigma_bkg, and its flux within 0.5%. The track's supersampling 2 alone was up to 4% of the peak, 0.8 sigma."""
     pytest.importorskip("lenstronomy")
     track = _track(interpolation="linear")
     sim = LensSimulator(track, get_backend("numpy"))
@@ -83,7 +83,7 @@ def test_refined_real_source_converges_to_lenstronomy_interpol_at_supersampling_
         ref = lenstronomy_image(row, track, "VIS", source_only=True)
         err = np.max(np.abs(source[i, 0] - ref))
         assert err < 0.015 * np.max(np.abs(ref)) and err < 0.15 * sigma, (i, err / sigma)
-        assert abs(source[i, 0].sum() / ref.sum() - 1) < 3e-3, i
+        assert abs(source[i, 0].sum() / ref.sum() - 1) < 5e-3, i
 
 
 def test_cubic_real_source_agrees_with_lenstronomy_interpol_within_the_noise():

@@ -49,7 +49,8 @@ class Renderer:
     area, then convolved at the native resolution (lenstronomy's default supersampling_convolution=False).
     :meth:`image` then replaces the pixels around each profile's centre with nested finer grids (``core_levels``
     of them; 0: none), and :meth:`convolve` given their :class:`Cores` blurs those from the finer cells by the PSF
-    integrated over the pixels (lenstronomy supersampling_convolution=True, there).
+    integrated over the pixels (lenstronomy supersampling_convolution=True, there). Ray-traced (lensed) light is
+    refined by its simulator (lens: ``LensSimulator._refine_arcs``, which picks its pixels by :meth:`spread`).
     """
 
     def __init__(self, size: int, pixel_scale: float, supersampling: int, bands: Sequence[Any],
