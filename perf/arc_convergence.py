@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--levels", default=",".join(f"{k}x{f}" for k, f in S.ARC_LEVELS))
     ap.add_argument("--tracks", default="lens-space,lens-ground")
     args = ap.parse_args()
-    levels = tuple(tuple(int(v) for v in lv.split("x")) for lv in args.levels.split(",") if lv)
+    levels = tuple((int(k), int(f)) for k, f in (lv.split("x") for lv in args.levels.split(",") if lv))
     be = get_backend("numpy")
     print(f"ARC_LEVELS {levels} (pixels, factor); reference: supersampling {args.ref}")
     print("track        objs | worst px / sigma_bkg (median p90 max) | worst px / source peak (median p90 max) "
@@ -63,7 +63,7 @@ def main() -> None:
         ref_track = track.model_copy(update={"cutout": track.cutout.model_copy(update={"supersampling": args.ref})})
         ref_sim = S.LensSimulator(ref_track, be)
         ref_sim.antialias = sim.antialias  # a real stamp's smoothing is the track's, whatever the sampling
-        cols, _ = sim._sample([int(s) for s in np.random.default_rng(3).integers(0, 2**62, args.n)])
+        cols = sim._sample([int(s) for s in np.random.default_rng(3).integers(0, 2**62, args.n)])
         keep = np.flatnonzero(cols["has_source"])
         cols = {k: v[keep] for k, v in cols.items()}
         ref, ref_mag, ref_lens = render(ref_sim, cols, (), chunk=max(1, 64 // args.ref))

@@ -33,7 +33,7 @@ def stages(sim: LensSimulator, start: int, chunk: int, sync: Callable[[], None])
         return out
 
     seeds = timed("seeds", lambda: as_object_seeds(0).many("test", start, start + chunk))
-    samples, _ = timed("sample", lambda: sim._sample(seeds))
+    samples = timed("sample", lambda: sim._sample(seeds))
     shape = (len(sim.bands), sim.renderer.size, sim.renderer.size)
     normal = timed("normal", lambda: normal32(sim.backend, np.asarray(seeds, dtype=np.int64), shape))
     cols = {"id": np.arange(start, start + chunk, dtype=np.int64), **samples}

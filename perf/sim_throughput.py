@@ -70,7 +70,7 @@ def ours_images_only(track, backend: str, generator: str, n: int):
     sim, chunk = LensSimulator(track, get_backend(backend, generator)), chunk_of(backend)
     chunks = []
     for a in range(0, n, chunk):
-        chunks.append(sim._sample([public_object_seed(0, "test", i) for i in range(a, min(a + chunk, n))])[0])
+        chunks.append(sim._sample([public_object_seed(0, "test", i) for i in range(a, min(a + chunk, n))]))
     rng = np.random.default_rng(0)
     state = {"next": 0}
 
