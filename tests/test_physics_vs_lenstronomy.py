@@ -192,12 +192,19 @@ def test_cuspy_cores_through_the_psf_match_lenstronomys_supersampled_convolution
     n, pix, S, fwhm = 15, 0.1, 128, 0.18
     bands = load_track("lens-space").survey.bands
     assert [b.seeing for b in bands] == [fwhm]
+    half = (n - 1) / 2 * pix
+    # centred, off-centre elliptical, at the frame's edge (its patch clipped: the x and y tapers were swapped, 6.7e-3
+    # of the peak off) and 1 px in at a corner (9.1e-3)
     cases = [dict(R_sersic=0.05, n_sersic=4.0, e1=0.0, e2=0.0, center_x=0.0, center_y=0.0),
-             dict(R_sersic=0.03, n_sersic=4.0, e1=0.1, e2=-0.05, center_x=0.013, center_y=-0.021)]
+             dict(R_sersic=0.03, n_sersic=4.0, e1=0.1, e2=-0.05, center_x=0.013, center_y=-0.021),
+             dict(R_sersic=0.05, n_sersic=4.0, e1=0.0, e2=0.0, center_x=-half + 0.02, center_y=0.0),
+             dict(R_sersic=0.05, n_sersic=4.0, e1=0.05, e2=0.0, center_x=-half + 0.1, center_y=half - 0.1)]
     r = Renderer(n, pix, 2, bands, get_backend(backend), CORE_LEVELS)
     img, cores = r.image_cores("sersic", *(np.array([c[k] for c in cases]) for k in cases[0]))
-    ours = r.backend.to_numpy(r.convolve(img[:, None], [(cores, np.ones((2, 1)), np.arange(2))]))[:, 0]
-    half = (n - 1) / 2 * pix
+    ours = r.backend.to_numpy(r.convolve(img[:, None], [(cores, np.ones((len(cases), 1)),
+                                                         np.arange(len(cases)))]))[:, 0]
+    # a round core on row 7 blurs symmetrically about it, at the edge too
+    assert np.abs(ours[2, :7] - ours[2, 8:][::-1]).max() < 5e-4 * ours[2].max()
     data = ImageData(image_data=np.zeros((n, n)), transform_pix2angle=np.eye(2) * pix, ra_at_xy_0=-half,
                      dec_at_xy_0=-half)
     size = 2 * int(np.ceil(5 * fwhm / 2.3548200450309493 / pix * S)) + 1  # 5 sigma, as psf.gaussian_kernel_1d

@@ -271,7 +271,7 @@ class Renderer:
             u = e[:, :, None] + (np.arange(c) + 0.5) / float(F) ** np.arange(1, L + 1)[:, None, None]  # (L, P, c)
             t2 = np.clip((u - centre[:, None]) / half, -1, 1) ** 2
             taper = (1 - t2) ** 2 * (1 + 2 * t2)  # 1 - 3 t^4 + 2 t^6: flat at the centre, 0 with zero slope at t = 1
-            cells *= K.lift(np.expand_dims(taper, axis), cells)
+            cells *= K.lift(np.expand_dims(taper, -1 if axis == -2 else -2), cells)  # rows: the y taper
             n = np.floor(e).astype(np.int64)  # each level's rows: its phase's, shifted by whole pixels
             phase = first + np.rint((e - n) * F ** np.arange(L)[:, None]).astype(np.int64)
             rows = (q - n)[:, :, None] + np.arange(q + 2 * self.psf_half)  # (L, P, w)
