@@ -24,7 +24,7 @@ def _rows_covering_every_component(sim: LensSimulator, n: int = 400) -> pd.DataF
     picks = [rows[rows[c]].index[0] for c in ("has_source", "has_companion", "has_arclet", "has_ring")]
     picks.append(rows[rows.n_clumps == 3].index[0])
     picks.append(rows[~rows.has_source].index[0])
-    return rows.loc[picks].reset_index(drop=True)
+    return rows.loc[list(dict.fromkeys(picks))].reset_index(drop=True)  # one row may cover several
 
 
 # The CPU path (numpy, PCG64) and the GPU path's code run on the CPU (torch, Philox): physics tests take both.
@@ -34,7 +34,7 @@ BACKENDS = [pytest.param(("numpy", "pcg64"), id="numpy-pcg64"),
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("track_name", ["lens-space", "lens-ground"])
-def test_noise_free_image_matches_lenstronomy_image_model_to_8e3_of_peak(track_name, backend):
+def test_noise_free_image_matches_lenstronomy_image_model_to_6e3_of_peak(track_name, backend):
     track = load_track(track_name)
     sim = LensSimulator(track, get_backend(*backend))
     rows = _rows_covering_every_component(sim)
@@ -43,11 +43,12 @@ def test_noise_free_image_matches_lenstronomy_image_model_to_8e3_of_peak(track_n
         for b, band in enumerate(track.band_names):
             ref = lenstronomy_image(row, track, band)
             peak = np.max(np.abs(ref))
-            # 8e-3: the cores blurred from their cells are 3-6e-3 off lenstronomy's supersampling_convolution=True
-            # (perf/psf_cores.py: against a converged render too); their pixel integrals, ours and
-            # lenstronomy's 128^2 samples, are each ~1e-3 from the converged value (perf/core_convergence.py). The
-            # PSF sampled at pixel centres on the cores' pixels (supersampling_convolution=False) was 2-3e-2 high.
-            assert np.max(np.abs(model[i, b] - ref)) < 8e-3 * peak, (track_name, i, band)
+            # 6e-3: the cores blurred from their cells are at most 4.6e-3 off lenstronomy's
+            # supersampling_convolution=True at 8 (2.4-3.8e-3 numpy, 4.5-4.6e-3 philox's objects; perf/psf_cores.py:
+            # ~3e-3 against a converged render); their pixel integrals, ours and lenstronomy's 128^2 samples, are each
+            # ~1e-3 from the converged value (perf/core_convergence.py). The PSF sampled at pixel centres on the
+            # cores' pixels (supersampling_convolution=False) was 2-3e-2 high.
+            assert np.max(np.abs(model[i, b] - ref)) < 6e-3 * peak, (track_name, i, band)
 
 
 @pytest.mark.parametrize("track_name", ["lens-space", "lens-ground"])
