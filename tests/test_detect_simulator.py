@@ -59,9 +59,9 @@ def test_lenses_in_a_tile_rerender_against_lenstronomy():
             ref = lenstronomy_image(row, sim.lens_track, "VIS")
             cut = scene.model[0, r0:r0 + n, c0:c0 + n]
             assert cut.shape == ref.shape
-            # 8e-3: the cores blurred from their cells are 3-6e-3 off (perf/psf_cores.py); the PSF sampled at pixel
-            # centres was 2-4e-2 high against lenstronomy_image's supersampling_convolution=True
-            assert np.max(np.abs(cut - ref)) < 8e-3 * np.max(np.abs(ref)), (tile_seed, row["kind"])
+            # 6e-3: the cores blurred from their cells are 3.5-4.5e-3 off (perf/psf_cores.py); the PSF sampled at
+            # pixel centres was 2-4e-2 high against lenstronomy_image's supersampling_convolution=True
+            assert np.max(np.abs(cut - ref)) < 6e-3 * np.max(np.abs(ref)), (tile_seed, row["kind"])
             covered[r0:r0 + n, c0:c0 + n] = True
         assert np.all(scene.model[0, ~covered] == 0)  # nothing else in the tile
 
