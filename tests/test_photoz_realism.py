@@ -221,3 +221,41 @@ def test_the_fit_reads_the_train_split_only(tmp_path):
     assert not any("test" in Path(p).name for p in data), data
     fitted = yaml.safe_load((tmp_path / "pop.yaml").read_text())
     assert set(fitted) == {"red_sequence", "blue_cloud", "red_fraction"}
+
+
+def test_valley_is_where_the_two_weighted_gaussians_cross():
+    """A 40/60 mix of N(0.60, 0.10) and N(1.00, 0.05) (a blue cloud and a red sequence): the divider is where
+    0.4 N(x; 0.6, 0.1) = 0.6 N(x; 1.0, 0.05), 0.853 (the quadratic's root between the means), to the sampling noise."""
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.normal(0.6, 0.1, 4000), rng.normal(1.0, 0.05, 6000)])
+    grid = np.linspace(0.6, 1.0, 40001)
+    crossing = grid[np.argmin(np.abs(0.4 / 0.1 * np.exp(-0.5 * ((grid - 0.6) / 0.1) ** 2)
+                                     - 0.6 / 0.05 * np.exp(-0.5 * ((grid - 1.0) / 0.05) ** 2)))]
+    assert crossing == pytest.approx(0.853, abs=0.001)
+    assert rl.valley(x) == pytest.approx(crossing, abs=0.01)
+    assert np.mean(x > rl.valley(x)) == pytest.approx(0.6, abs=0.02)  # the red share: the red Gaussian's weight
+
+
+def test_the_table_shows_what_the_medians_hide():
+    """Two samples with medians g-r within 0.05 of each other, but a red share 0.65 against 0.5 and both peaks 0.05
+    mag bluer (the population before the red share was fitted): the red share and the third quartile show it."""
+    import pandas as pd
+
+    rng = np.random.default_rng(6)
+
+    def sample(n: int, red_share: float, shift: float) -> pd.DataFrame:
+        z = rng.uniform(0.02, 0.30, n)
+        red = rng.random(n) < red_share
+        g_r = np.where(red, rng.normal(0.95, 0.05, n), rng.normal(0.6, 0.1, n)) + 1.5 * (z - 0.1) - shift
+        r = rng.uniform(14.5, 17.7, n)
+        return pd.DataFrame({"z": z, "mag_u": r + g_r + 1.5, "mag_g": r + g_r, "mag_r": r, "mag_i": r - 0.4,
+                             "mag_z": r - 0.7})
+
+    real = sample(8_000, 0.5, 0.0)
+    result = rl.compare(sample(8_000, 0.65, 0.05), real)
+    g = result.g_r_by_z
+    assert (g["diff"].abs() < 0.05).all()  # the medians nearly hide it
+    assert (g["sim_red"] - g["real_red"]).min() > 0.06 and (g["sim_q75"] - g["real_q75"]).max() < -0.02
+    assert "red sim" in result.table() and "q25 sim" in result.table()
+    assert sum("g-r red at z" in f for f in result.bimodality_failures()) == 5
+    assert not rl.compare(sample(8_000, 0.5, 0.0), real).bimodality_failures()
