@@ -584,48 +584,28 @@ def test_tracks_sharing_test_objects_go_through_phases_together(cfg, Session, tm
         assert phases.latest_snapshot(s, "photoz-images", "open") is not None  # its open board kept, as ended
 
 
-def test_tracks_sharing_a_real_set_go_through_phases_together(cfg, Session, tmp_path, monkeypatch):  # noqa: N803
+@pytest.mark.parametrize("linked", ["lens-space-realsrc", "lens-space-injected"])
+def test_tracks_sharing_a_real_set_or_evaluating_the_same_entries_go_through_phases_together(
+        cfg, Session, tmp_path, monkeypatch, linked):  # noqa: N803
     """lens-space and lens-space-realsrc score the same real set (releases/real-lens-space), split alike: one in
     ``closed`` or ``final`` shows every submission's ``private_real_*`` (probes that move one real object's score
     name its label) while the other, still open, shows those objects' ``public_real_*`` nowhere but takes
-    submissions scored on them. Staggered dates are refused and an admin's phase change moves both; a track
-    sharing nothing stays where it was."""
+    submissions scored on them. lens-space-injected evaluates lens-space's submissions (evaluation.also_from): in
+    ``final`` it showed their private scores at full precision while lens-space still took new versions (the git
+    flow's check_linked_phases refused that, the server did not). Staggered dates are refused and an admin's phase
+    change moves both; a track sharing nothing stays where it was."""
     from skybench.server import phases, queue
     from skybench.server.config import ChallengeConfig
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     base = cfg.model_dump()
-    with pytest.raises(ValueError, match="lens-space, lens-space-realsrc share their test objects or real set"):
+    with pytest.raises(ValueError, match=f"lens-space, {linked} share their test objects or real set"):
         ChallengeConfig.model_validate({**base, "tracks": {
             "lens-space": {"phases": {"open": "2027-01-01", "final": "2027-02-01"}},
-            "lens-space-realsrc": {"phases": {"open": "2027-01-01", "final": "2027-04-01"}}}})
-    twins = ChallengeConfig.model_validate({**base, "tracks": {"lens-space": {}, "lens-space-realsrc": {},
-                                                                "lens-tiles": {}}})
-    assert twins.twins("lens-space-realsrc") == ["lens-space", "lens-space-realsrc"]
+            linked: {"phases": {"open": "2027-01-01", "final": "2027-04-01"}}}})
+    twins = ChallengeConfig.model_validate({**base, "tracks": {"lens-space": {}, linked: {}, "lens-tiles": {}}})
+    assert twins.twins(linked) == ["lens-space", linked]
     with Session() as s:
-        assert phases.change_phase(s, twins, "lens-space-realsrc", "final") == "open"
+        assert phases.change_phase(s, twins, linked, "final") == "open"
         assert {t: queue.current_phase(s, twins, t) for t in twins.tracks} == {
-            "lens-space": "final", "lens-space-realsrc": "final", "lens-tiles": "open"}
-
-
-def test_a_track_and_the_track_whose_submissions_it_evaluates_go_through_phases_together(
-        cfg, Session, tmp_path, monkeypatch):  # noqa: N803
-    """lens-space-injected evaluates lens-space's submissions (evaluation.also_from): in ``final`` it showed their
-    private scores at full precision while lens-space still took new versions (a probe of its private labels).
-    Staggered dates are refused and an admin's phase change moves both, as the git flow's check_linked_phases."""
-    from skybench.server import phases, queue
-    from skybench.server.config import ChallengeConfig
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
-    base = cfg.model_dump()
-    with pytest.raises(ValueError, match="lens-space, lens-space-injected share .*evaluation.also_from"):
-        ChallengeConfig.model_validate({**base, "tracks": {
-            "lens-space": {"phases": {"open": "2027-01-01", "final": "2027-04-01"}},
-            "lens-space-injected": {"phases": {"open": "2027-01-01", "final": "2027-02-01"}}}})
-    linked = ChallengeConfig.model_validate({**base, "tracks": {"lens-space": {}, "lens-space-injected": {},
-                                                                 "lens-tiles": {}}})
-    assert linked.twins("lens-space-injected") == ["lens-space", "lens-space-injected"]
-    with Session() as s:
-        assert phases.change_phase(s, linked, "lens-space-injected", "final") == "open"
-        assert {t: queue.current_phase(s, linked, t) for t in linked.tracks} == {
-            "lens-space": "final", "lens-space-injected": "final", "lens-tiles": "open"}
+            "lens-space": "final", linked: "final", "lens-tiles": "open"}
