@@ -380,8 +380,8 @@ def test_board_reads_are_counted_per_address_and_answered_from_one_build(cfg, en
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_store(tmp_path))
     built: list[str] = []
-    build = phases._live_board
-    monkeypatch.setattr(phases, "_live_board", lambda *a, **k: built.append(a[2]) or build(*a, **k))
+    build = phases.live_board
+    monkeypatch.setattr(phases, "live_board", lambda *a, **k: built.append(a[2]) or build(*a, **k))
     app = create_app(cfg.model_copy(update={"max_board_reads_per_minute": 5, "leaderboard_cache_seconds": 60}),
                      engine)
     one, other = TestClient(app, client=("192.0.2.1", 5000)), TestClient(app, client=("192.0.2.2", 5000))

@@ -119,7 +119,7 @@ BOARDS = _BoardCache()
 
 
 class _Shown:
-    """What a board request answers (the API's rows, the track page's table) per (what, track, phase, results
+    """What a board request answers (the API's encoded rows, the track page's table) per (what, track, phase, results
     version, display settings), kept ``leaderboard_cache_seconds``: anyone may ask (no token), and building it from
     the cached board (a copy, the Ladder, ranking, rounding, rows) took ~60 ms of a core per request at 1,000 runs,
     so 45 anonymous clients held every thread while a team's requests waited seconds. Callers do not mutate it."""
@@ -231,14 +231,7 @@ def final_board(session: Session, cfg: ChallengeConfig, track: str, *, fresh: bo
 def live_board(session: Session, cfg: ChallengeConfig, track: str, phase: str, *, fresh: bool = False
                ) -> list[dict[str, Any]]:
     """The leaderboard a phase shows: the public part (rounded while open), or the final private ranking
-    (``fresh``: read from MLflow now, not from the few-seconds caches)."""
-    if fresh:
-        return _live_board(session, cfg, track, phase, fresh=True)
-    return SHOWN.get(session, cfg, "rows", track, phase, lambda: _live_board(session, cfg, track, phase, fresh=False))
-
-
-def _live_board(session: Session, cfg: ChallengeConfig, track: str, phase: str, *, fresh: bool
-                ) -> list[dict[str, Any]]:
+    (``fresh``: read from MLflow now, not from the few-seconds cache)."""
     if phase in ("pending", "open", "closed"):
         public = board(session, cfg, track, "public", fresh=fresh)
         if not shown_as_open(phase):
