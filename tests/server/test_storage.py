@@ -204,6 +204,42 @@ def test_valid_upload_is_stored_content_addressed_and_read_only(kind: str, store
     assert store.store(again)[1] == dest
 
 
+def test_a_removed_folders_lock_file_goes_with_it_and_a_waiter_takes_a_fresh_one(store: Store):
+    """storage/locks/<sha> stayed for ever, one file per refused upload (cheap to make: many small ones). A
+    removal now removes it; a holder that waited on the removed file retries on the path's fresh one, so that a
+    removal cannot get its own file while an upload holds another."""
+    import threading
+    import time
+
+    data = _example_tar()
+    sub, dest = store.store(store.unpack(store.receive([data])))
+    assert [p.name for p in store.locks.iterdir()] == [sub.sha256]
+    assert store.drop_unused(sub.sha256, lambda sha: False) and not dest.exists()
+    assert list(store.locks.iterdir()) == [], "the lock file goes with its folder"
+
+    sha, entered, release = "b" * 64, threading.Event(), threading.Event()
+
+    def hold_shared() -> None:
+        with store._object_lock(sha, exclusive=False):
+            entered.set()
+            release.wait(30)
+
+    with store._object_lock(sha, exclusive=True) as got:
+        assert got
+        waiter = threading.Thread(target=hold_shared)
+        waiter.start()
+        time.sleep(0.3)  # it opens the file this holder removes on leaving, and waits for it
+    try:
+        assert entered.wait(30)
+        with store._object_lock(sha, exclusive=True) as got:
+            assert not got, "the waiter holds the file now at the path"
+    finally:
+        release.set()
+        waiter.join(30)
+    store.sweep_objects(lambda sha: False, older_than=0)
+    assert list(store.locks.iterdir()) == [], "a lock file without its folder is swept"
+
+
 def test_a_dvcignore_is_refused_before_it_reaches_submissions(store: Store):
     # dvc compiles a nested .dvcignore's patterns into regexes and matches every path below it, in the organiser's
     # process: this pair held `dvc status` over a minute (a polynomial of degree 6 in the name's length)

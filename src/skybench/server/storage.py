@@ -5,7 +5,8 @@
                                              the process (pid and host), so a dead one's files go at once
     <storage>/objects/<sha[:2]>/<sha>/       a stored submission folder, read-only (sha256 of the folder)
     <storage>/locks/<sha>                    its lock (flock): shared by each upload between storing and
-                                             queueing, exclusive for a removal, which never waits for it
+                                             queueing, exclusive for a removal, which never waits for it and
+                                             removes the lock file with the folder
 
 Unpacking accepts only regular files and folders, with relative names that stay inside the folder, within
 the file-count, unpacked-size and depth limits of ``challenge.yaml``'s ``upload:``; everything else (absolute
@@ -154,6 +155,11 @@ class Store:
                     gone.append(d.name)
             except (OSError, ValueError):  # removed meanwhile, or not a stored folder's name
                 continue
+        for lock in self.locks.iterdir():  # left by an upload that failed before its folder was stored
+            with contextlib.suppress(OSError, ValueError):
+                if not self.object_dir(lock.name).exists() and lock.lstat().st_mtime < cutoff:
+                    with self._object_lock(lock.name, exclusive=True):
+                        pass
         return gone
 
     def object_dir(self, sha256: str) -> Path:
@@ -298,23 +304,34 @@ class Store:
     @contextlib.contextmanager
     def _object_lock(self, sha256: str, exclusive: bool) -> Iterator[bool]:
         """flock on ``locks/<sha256>`` (across the processes and hosts sharing the store): shared, waited for;
-        exclusive, not waited for. Yields whether it was got. The files stay: removing one while another
-        process has it open would give two holders two different files."""
+        exclusive, not waited for. Yields whether it was got. An exclusive holder removes the file if the folder
+        is gone (none is stored but under a shared lock); a holder whose file was removed so meanwhile retries
+        on a fresh one, so that two holders never hold two different files."""
+        path = self.locks / sha256
         self.object_dir(sha256)  # a sha256, not a path
-        try:
-            fd = os.open(self.locks / sha256, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            if full := store_full(exc):
-                raise full from exc
-            raise
-        try:
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                if full := store_full(exc):
+                    raise full from exc
+                raise
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
             except BlockingIOError:
+                os.close(fd)
                 yield False
                 return
+            with contextlib.suppress(FileNotFoundError):
+                here, there = os.fstat(fd), os.stat(path)
+                if (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino):
+                    break
+            os.close(fd)  # removed by an exclusive holder while this one waited
+        try:
             yield True
         finally:
+            if exclusive and not self.object_dir(sha256).exists():
+                path.unlink(missing_ok=True)
             os.close(fd)
 
 
