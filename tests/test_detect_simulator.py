@@ -9,7 +9,7 @@ import pytest
 from helpers import lenstronomy_image
 from scipy import stats
 
-from skybench.tasks.detect.config import DetectTrack, load_detect_track
+from skybench.tasks.detect.config import DetectTrack, load_detect_track, stamp_sizes
 from skybench.tasks.detect.simulator import DetectSimulator
 
 YAML = Path(__file__).parent / "detect" / "lens-tiles-small.yaml"
@@ -123,6 +123,27 @@ def test_a_star_is_its_psf_integrated_over_the_pixels():
         np.testing.assert_allclose(scene.model[0, y - 1:y + 2, x - 1:x + 2] / flux, want, rtol=1e-6)
 
 
+@pytest.mark.parametrize("n", [1.0, 2.5, 4.0])
+@pytest.mark.parametrize("q", [1.0, 0.35])
+def test_a_field_galaxy_holds_its_catalogue_flux(n: float, q: float):
+    """A field galaxy's pixels add up to its catalogue flux (the Sersic integral, as lenstronomy's amplitude): its
+    stamp reached 5 R_e, where an n = 4 profile holds 90% of its light (Graham & Driver 2005 eq. 2), less along
+    the major axis of a flat one. Now it reaches the isophote that holds 99%."""
+    from skybench.physics.lens_mass import phi_q2ellipticity
+    from skybench.physics.noise import magnitude2cps
+
+    sim = DetectSimulator(_track())
+    e1, e2 = phi_q2ellipticity(0.3, q)
+    gal = pd.DataFrame({"x": [511.3], "y": [511.6], "R_sersic": [0.4], "n_sersic": [n], "e1": [e1], "e2": [e2],
+                        "mag_VIS": [20.0]})
+    tile = np.zeros((1, 1024, 1024))
+    cores = sim._add_galaxies(tile, gal)
+    for win, r0, c0 in cores:  # what the PSF adds to the core moves light, adds none
+        assert abs(win.sum()) < 1e-3 * magnitude2cps(20.0, 24.0)
+        tile[:, r0:r0 + win.shape[-2], c0:c0 + win.shape[-1]] += win
+    assert 0.99 <= tile.sum() / magnitude2cps(20.0, 24.0) <= 1.001
+
+
 def test_bright_stars_saturate_at_full_well():
     track = _track(galaxies__log10_n_ref=NONE, stars__mag=(13.0, 14.0), stars__log10_n_ref=6.0,
                    stars__m_ref=14.0, lenses__per_tile=(0, 0), lenses__lookalikes_per_tile=(0, 0),
@@ -185,8 +206,7 @@ def test_track_checks():
     # (a square edge, line S/N up to 10, and up to 22% of its flux missing)
     with pytest.raises(ValueError, match="max_stamp 128 cuts the largest field galaxies.*raise it to 512"):
         _track(tile__max_stamp=128)
-    sim = DetectSimulator(_track(tile__max_stamp=512))
-    assert sim._stamp_sizes(np.array([0.05, 1.0, 3.0])).tolist() == [16, 128, 512]
+    assert stamp_sizes(np.array([0.05, 1.0, 3.0]), 0.1, 0.18, 512).tolist() == [16, 128, 512]
     d = load_detect_track(YAML).model_dump()
     d["survey"]["pixel_scale"] = 0.2
     with pytest.raises(ValueError, match="differs from that of the lens track"):

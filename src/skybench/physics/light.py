@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 from scipy.special import gamma as gamma_fn
+from scipy.special import gammaincinv
 
 from skybench.physics.backend import array_namespace, param
 
@@ -51,6 +52,13 @@ def sersic_total_flux(amp: Any, R_sersic: Any, n_sersic: Any) -> Any:
             pass
     n, bn = np.asarray(n_sersic, dtype=np.float64), b_n(n_sersic)
     return amp * np.asarray(R_sersic) ** 2 * 2 * np.pi * n * np.exp(bn) / bn ** (2 * n) * gamma_fn(2 * n)
+
+
+def sersic_flux_radius(n_sersic: Any, share: float) -> Any:
+    """The radius, in half-light radii, inside which a Sersic profile holds ``share`` of its light:
+    L(<x R_e) / L = P(2n, b_n x^(1/n)) (Graham & Driver 2005, PASA 22, 118, eq. 2), with :func:`b_n`."""
+    n = np.asarray(n_sersic, dtype=np.float64)
+    return (gammaincinv(2 * n, share) / b_n(n)) ** n
 
 
 def gaussian_ellipse(x: Any, y: Any, amp: Any, sigma: Any, e1: Any, e2: Any,

@@ -142,13 +142,14 @@ class Tile(_Strict):
     max_stamp: int = Field(512, ge=8)  # the largest field-galaxy stamp (pixels); must hold the largest galaxy
 
 
-STAMP_RADII = 5.0  # field-galaxy stamps reach this many half-light radii (plus the PSF) from the centre
+STAMP_RADII = 5.0  # field-galaxy stamps reach at least this many half-light radii (plus the PSF) from the centre
+STAMP_FLUX = 0.99  # ... and out to the isophote holding this share of the light (a cusp's wings: n = 4 holds 90% at 5)
 
 
-def stamp_sizes(R: Any, pixel_scale: float, seeing: float, cap: int | None = None) -> Any:
-    """Field-galaxy stamp sides (pixels, powers of 2 from 16) for half-light radii ``R`` (arcsec): out to
-    :data:`STAMP_RADII` radii plus twice the PSF FWHM on each side; at most ``cap``."""
-    need = 2 * (STAMP_RADII * np.asarray(R) / pixel_scale + 2 * seeing / pixel_scale) + 2
+def stamp_sizes(R: Any, pixel_scale: float, seeing: float, cap: int | None = None, radii: Any = STAMP_RADII) -> Any:
+    """Field-galaxy stamp sides (pixels, powers of 2 from 16) for half-light radii ``R`` (arcsec): out to ``radii``
+    of them (at least :data:`STAMP_RADII`) plus twice the PSF FWHM on each side; at most ``cap``."""
+    need = 2 * (np.maximum(radii, STAMP_RADII) * np.asarray(R) / pixel_scale + 2 * seeing / pixel_scale) + 2
     size = 2 ** np.ceil(np.log2(np.maximum(need, 16)))
     return (size if cap is None else np.minimum(size, cap)).astype(int)
 

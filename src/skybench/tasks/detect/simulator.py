@@ -25,12 +25,12 @@ import pandas as pd
 from scipy.stats import gamma as gamma_dist
 
 from skybench.physics.backend import Backend, get_backend
-from skybench.physics.lens_mass import phi_q2ellipticity
-from skybench.physics.light import sersic_total_flux
+from skybench.physics.lens_mass import ellipticity2phi_q, phi_q2ellipticity
+from skybench.physics.light import sersic_flux_radius, sersic_total_flux
 from skybench.physics.noise import magnitude2cps, noise_stream
 from skybench.physics.psf import pixel_integrated_gaussian_1d
 from skybench.physics.render import Renderer
-from skybench.tasks.detect.config import TABLE, DetectTrack, stamp_sizes
+from skybench.tasks.detect.config import STAMP_FLUX, TABLE, DetectTrack, stamp_sizes
 from skybench.testkey import ObjectSeeds, as_object_seeds
 
 FIELD, PLACEMENT, NOISE = 0, 1, 2  # the tile's random streams
@@ -138,8 +138,13 @@ class DetectSimulator:
                                                    self.backend, self.track.tile.core_levels)
         return self._stamp_renderers[size]
 
-    def _stamp_sizes(self, R: np.ndarray) -> np.ndarray:
-        return stamp_sizes(R, self.pix, max(b.seeing for b in self.bands), self.track.tile.max_stamp)
+    def _stamp_sizes(self, gal: pd.DataFrame) -> np.ndarray:
+        """Out to the isophote holding :data:`STAMP_FLUX` of the light, along the major axis (a / R = 1 / sqrt(q) in
+        lenstronomy's product-average ellipse)."""
+        _, q = ellipticity2phi_q(gal["e1"].to_numpy(), gal["e2"].to_numpy())
+        radii = sersic_flux_radius(gal["n_sersic"].to_numpy(), STAMP_FLUX) / np.sqrt(q)
+        return stamp_sizes(gal["R_sersic"].to_numpy(), self.pix, max(b.seeing for b in self.bands),
+                           self.track.tile.max_stamp, radii)
 
     def _add_galaxies(self, tile: np.ndarray, gal: pd.DataFrame, chunk: int = 64
                       ) -> list[tuple[np.ndarray, int, int]]:
@@ -149,7 +154,7 @@ class DetectSimulator:
         cores: list[tuple[np.ndarray, int, int]] = []
         if gal.empty:
             return cores
-        sizes = self._stamp_sizes(gal["R_sersic"].to_numpy())
+        sizes = self._stamp_sizes(gal)
         for size in np.unique(sizes):
             r, rows = self._renderer(int(size)), np.flatnonzero(sizes == size)
             for start in range(0, rows.size, chunk):
