@@ -324,6 +324,47 @@ def test_parent_environment_does_not_leak(tmp_path, monkeypatch):
     assert "'HOME': '/scratch'" in res.stdout
 
 
+def test_a_run_reads_no_host_wide_counter_a_later_run_could_read(tmp_path):
+    """The run's /proc showed the host's counters: a run left negative dentries (stat of missing names under /usr)
+    that outlived it, and a later run read fs/dentry-state back exactly (10 bits per run, no timing; session 34's red
+    team), an other-run channel through the re-run check of the maps tracks. Every global /proc entry a run reads
+    is now the same whatever the host does in between (cpuinfo aside: static but for clock rates)."""
+    read_all = """
+        import hashlib, json, os
+        seen = {}
+        for top, dirs, files in os.walk("/proc"):
+            if top == "/proc":
+                dirs[:] = [d for d in dirs if not d.isdigit() and not os.path.islink(f"/proc/{d}")]
+                files = [f for f in files if f != "cpuinfo" and not os.path.islink(f"/proc/{f}")]
+            for f in files:
+                try:
+                    with open(os.path.join(top, f), "rb") as fh:
+                        seen[os.path.join(top, f)] = hashlib.sha256(fh.read(1 << 20)).hexdigest()
+                except OSError:
+                    pass
+        with open("/scratch/seen.json", "w") as out:
+            json.dump(seen, out)
+    """
+    import json
+    import subprocess
+
+    before = run_script(tmp_path, read_all, outputs=["seen.json"])
+    assert before.ok, before
+    old = json.loads((tmp_path / "scratch" / "seen.json").read_text())
+    for i in range(3000):  # the host moves its counters: negative dentries, processes, memory
+        with contextlib.suppress(FileNotFoundError):
+            os.stat(f"/usr/.skybench-test-{uuid.uuid4().hex}-{i}")
+    subprocess.run(["true"], check=True)
+    ballast = bytearray(64 << 20)
+    after = run_script(tmp_path, read_all, outputs=["seen.json"])
+    del ballast
+    assert after.ok, after
+    new = json.loads((tmp_path / "scratch" / "seen.json").read_text())
+    assert old, "read nothing"
+    assert "/proc/meminfo" in old and "/proc/sys/vm/overcommit_memory" in old, "what libraries read is there"
+    assert {k for k in old if old[k] != new.get(k)} == set()
+
+
 def test_gpu_flag_without_gpu_still_runs(tmp_path):
     res = run_script(tmp_path, "print('ok')", gpu=True)
     assert res.ok, res

@@ -333,6 +333,46 @@ def _memfd(name: str, data: str | bytes) -> int:
     return fd
 
 
+# /proc entries a run sees as the host's: static facts. Every other global entry counts something host-wide that a run
+# can move and a later run read (fs/dentry-state's negative dentries outlive a run, its cgroup and any timing noise:
+# 10 bits from one run to the next, session 34's red team), so it is masked: a file by an empty one, a folder by an
+# empty tmpfs; meminfo and stat are the run's own (its memory limit, its CPUs at zero time), sys holds settings only.
+_PROC_SHOWN = frozenset({"acpi", "bus", "cmdline", "config.gz", "consoles", "cpuinfo", "crypto", "devices", "dma",
+                         "driver", "execdomains", "filesystems", "iomem", "ioports", "kallsyms", "keys", "misc", "mtrr",
+                         "partitions", "sysvipc", "tty", "version"})  # sysvipc, keys: the run's own namespace, keys
+_SYSCTLS_SHOWN = ("kernel/cap_last_cap", "kernel/ngroups_max", "kernel/osrelease", "kernel/pid_max",
+                  "vm/max_map_count", "vm/overcommit_memory")
+
+
+def _proc_masks(m: _Mounts, fds: dict[str, int], mem_bytes: int) -> None:
+    """Mask the host-wide counters of the run's /proc (after ``--proc``): see :data:`_PROC_SHOWN`."""
+    for name in sorted(os.listdir("/proc")):
+        path = f"/proc/{name}"
+        if name.isdigit() or name in _PROC_SHOWN or os.path.islink(path) or not os.stat(path).st_mode & stat.S_IROTH:
+            continue  # the run's own processes, static facts, links into self/, what only root reads
+        if name == "sys":
+            m.args += ["--perms", "0555", "--tmpfs", path]
+            for key in _SYSCTLS_SHOWN:  # the host's own files, bound: settings, not counters
+                if os.path.exists(f"{path}/{key}"):
+                    m.args += ["--perms", "0555", "--dir", str(Path(f"{path}/{key}").parent),
+                               "--ro-bind", f"{path}/{key}", f"{path}/{key}"]
+            m.args += ["--remount-ro", path]
+        elif name in ("meminfo", "stat"):
+            kb, cpus = mem_bytes >> 10, os.cpu_count() or 1
+            text = (f"MemTotal: {kb} kB\nMemFree: {kb} kB\nMemAvailable: {kb} kB\n" + "".join(
+                f"{k}: 0 kB\n" for k in ("Buffers", "Cached", "SwapCached", "SwapTotal", "SwapFree", "Shmem", "Slab",
+                                         "SReclaimable", "SUnreclaim")) if name == "meminfo" else
+                    "".join(f"cpu{c} 0 0 0 0 0 0 0 0 0 0\n" for c in ["", *range(cpus)])
+                    + "intr 0\nctxt 0\nbtime 0\nprocesses 0\nprocs_running 1\nprocs_blocked 0\nsoftirq 0\n")
+            fds[name] = _memfd(name, text)
+            m.args += ["--perms", "0444", "--ro-bind-data", str(fds[name]), path]
+        elif os.path.isdir(path):
+            m.args += ["--perms", "0555", "--size", "4096", "--tmpfs", path, "--remount-ro", path]
+        else:  # an empty file (a device node would be refused on /proc, which is nodev)
+            fds[name] = _memfd(name, b"")
+            m.args += ["--perms", "0444", "--ro-bind-data", str(fds[name]), path]
+
+
 def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
@@ -721,7 +761,10 @@ def _run(argv: Sequence[str], bwrap: str, box: Path, scratch: Path, binds: list[
     # /proc read-only: the run cannot lower the oom_score_adj it starts with (cmd below), nor write any of it. Not
     # for a GPU run: CUDA cannot initialise under a read-only /proc (error 304, on an H200); there a privileged
     # evaluator's write of 1000 (CAP_SYS_RESOURCE) is also the run's floor (the kernel's oom_score_adj_min)
-    m.args += ["--proc", "/proc", *([] if gpu else ["--remount-ro", "/proc"]), "--dev", "/dev", *size,
+    m.args += ["--proc", "/proc"]
+    if not gpu:  # CUDA reads its driver's entries and more under /proc: a GPU run sees them (docs/SECURITY.md)
+        _proc_masks(m, fds, mem)
+    m.args += [*([] if gpu else ["--remount-ro", "/proc"]), "--dev", "/dev", *size,
                "--perms", "1777", "--tmpfs", "/dev/shm",
                # no pseudo-terminals: every devpts instance but the host's draws on one host-wide count
                # (kernel.pty.max - kernel.pty.reserve), which one run could hold all of
