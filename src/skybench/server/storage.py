@@ -19,6 +19,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import io
 import logging
 import os
 import secrets
@@ -34,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
-from skybench.harness.submission import Submission, SubmissionError, folder_sha256, load_submission
+from skybench.harness.submission import Submission, SubmissionError, clip, folder_sha256, load_submission
 from skybench.server.config import UploadLimits
 
 if TYPE_CHECKING:
@@ -112,6 +113,12 @@ class UploadError(ValueError):
 
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _unexpected(exc: Exception, what: str, status: int) -> UploadError:
+    """The team's one-line refusal for an error no handler names (logged whole for the organisers)."""
+    log.warning("upload refused: %s", what, exc_info=exc)
+    return UploadError(clip(f"{what} ({type(exc).__name__}: {exc})"), status)
 
 
 def store_full(exc: OSError) -> UploadError | None:
@@ -199,21 +206,15 @@ class Store:
     # -- unpacking --------------------------------------------------------------------------------------------
     def unpack(self, archive: Path) -> Path:
         """Unpack a .tar.gz/.tar/.zip into a fresh staging folder in ``incoming/`` and return the submission
-        folder in it (the archive's only top-level folder, if it has one and nothing else)."""
+        folder in it (the archive's only top-level folder, if it has one and nothing else).
+
+        Every failure is the team's one-line :class:`UploadError` (400, counted by ``intake.accept``), an error
+        no handler names too (a decoder's new exception type), but a full store (507) and an OSError that the
+        archive's readers did not wrap (the host's: the staging folder)."""
         stage = self.incoming / f"{_owner()}.{secrets.token_hex(16)}.d"
         try:
             stage.mkdir(mode=0o700)
-            if zipfile.is_zipfile(archive):
-                _unzip(archive, stage, self.limits)
-            else:
-                try:
-                    tar = tarfile.open(archive, mode="r:*", tarinfo=_TarInfo)
-                except UploadError:
-                    raise
-                except (tarfile.TarError, OSError, EOFError, ValueError) as exc:  # ValueError: a negative size
-                    raise UploadError(f"not a .tar.gz, .tar or .zip archive ({exc})") from exc
-                with tar:
-                    _untar(tar, stage, self.limits)
+            _unpack(archive, stage, self.limits)
             entries = list(stage.iterdir())
             return entries[0] if len(entries) == 1 and entries[0].is_dir() else stage
         except BaseException as exc:
@@ -221,6 +222,8 @@ class Store:
             cause = exc.__cause__ if isinstance(exc, UploadError) else exc  # _untar/_unzip wrap OSError
             if isinstance(cause, OSError) and (full := store_full(cause)):
                 raise full from exc
+            if isinstance(exc, Exception) and not isinstance(exc, (UploadError, OSError)):
+                raise _unexpected(exc, "archive could not be unpacked", 400) from exc
             raise
 
     def drop_object(self, sha256: str) -> None:
@@ -269,6 +272,10 @@ class Store:
             sha = folder_sha256(folder)
         except SubmissionError as exc:
             raise UploadError(str(exc).replace(f"{folder}/", "").replace(str(folder), "(upload)"), 422) from exc
+        except OSError:  # reading the folder unpacked here: the host's fault
+            raise
+        except Exception as exc:  # a parser's error no handler names: still the team's upload
+            raise _unexpected(exc, "submission could not be checked", 422) from exc
         for key, want in (expect or {}).items():
             if getattr(spec, key) != want:
                 raise UploadError(f"submission.yaml: key '{key}' is {getattr(spec, key)!r}, but this upload is "
@@ -414,6 +421,88 @@ class _TarInfo(tarfile.TarInfo):
 
     def _proc_gnusparse_10(self, next: tarfile.TarInfo, pax_headers: dict, tar: tarfile.TarFile) -> None:
         raise UploadError(f"archive member {next.name!r}: sparse files are not allowed; pack the file itself")
+
+
+ACCEPTED = "a .tar.gz, .tar or .zip archive"
+REFUSED_MAGIC = {b"\xfd7zXZ\x00": "xz", b"BZh": "bzip2", b"\x28\xb5\x2f\xfd": "zstd"}
+
+
+def _unpack(archive: Path, stage: Path, limits: UploadLimits) -> None:
+    """Unpack ``archive`` by the format its first bytes name (never its own choice of decompressor: tarfile's
+    ``r:*`` also inflates xz and bzip2, whose errors, memory and time no limit here covers); gzip is read by
+    :class:`_Gunzip`, one member, so only zlib ever decompresses."""
+    with open(archive, "rb") as raw:
+        head = raw.read(6)
+        raw.seek(0)
+        if head.startswith(b"\x1f\x8b"):  # RFC 1952 sec. 2.3.1: ID1 ID2
+            _open_tar(io.BufferedReader(_Gunzip(raw), 64 * 1024), stage, limits)
+            return
+    if zipfile.is_zipfile(archive):
+        _unzip(archive, stage, limits)
+        return
+    for magic, name in REFUSED_MAGIC.items():
+        if head.startswith(magic):
+            raise UploadError(f"archive is compressed with {name}; only {ACCEPTED} is accepted (pack it with "
+                              "`skybench submit` or `tar czf`)")
+    with open(archive, "rb") as raw:
+        _open_tar(raw, stage, limits)
+
+
+def _open_tar(src: IO[bytes], stage: Path, limits: UploadLimits) -> None:
+    try:
+        tar = tarfile.open(fileobj=src, mode="r:", tarinfo=_TarInfo)  # "r:": no decompressor of tarfile's
+    except UploadError:
+        raise
+    except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError) as exc:  # ValueError: a negative size
+        raise UploadError(f"not {ACCEPTED}, or a damaged one ({exc})") from exc
+    with tar:
+        _untar(tar, stage, limits)
+
+
+class _Gunzip(io.RawIOBase):
+    """The first gzip member of ``raw``, inflated by zlib, whose C code also reads the member's header (its
+    name and comment fields: read a byte per call by Python's gzip, unbounded) and checks its CRC and length.
+    Any byte after the member is refused: Python's gzip reads the next member's header in Python, so 20-byte
+    empty members were seconds of CPU per MB with no output to count. Seeks forward only, as tarfile does
+    reading members in order."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw, self.pos, self.pending = raw, 0, b""
+        self.z = zlib.decompressobj(16 + zlib.MAX_WBITS)  # zlib manual, inflateInit2: +16 is one gzip member
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        pos += self.pos if whence == io.SEEK_CUR else 0
+        if whence not in (io.SEEK_SET, io.SEEK_CUR) or pos < self.pos:
+            raise io.UnsupportedOperation("a gzip stream is read forward only")
+        while self.pos < pos and self.read(min(pos - self.pos, CHUNK)):
+            pass
+        return self.pos
+
+    def readinto(self, b: Any) -> int:
+        while b and not self.z.eof:
+            if not self.pending:
+                self.pending = self.raw.read(64 * 1024)
+                if not self.pending:
+                    raise EOFError("compressed file ended before the end-of-stream marker was reached")
+            out = self.z.decompress(self.pending, len(b))
+            self.pending = self.z.unconsumed_tail
+            if out:
+                b[:len(out)] = out
+                self.pos += len(out)
+                return len(out)
+        if self.z.eof and (self.z.unused_data or self.raw.read(1)):
+            raise UploadError("archive has data after the end of its gzip stream (another gzip member?); pack the "
+                              "folder with one `tar czf`")
+        return 0
 
 
 def _untar(tar: tarfile.TarFile, stage: Path, limits: UploadLimits) -> None:
