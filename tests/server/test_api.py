@@ -191,6 +191,20 @@ def test_archive_attack_over_the_api_leaves_nothing(server, tmp_path):
     assert not any(p.name == "escaped" for p in tmp_path.rglob("*"))
 
 
+def test_a_damaged_tar_xz_is_a_one_line_400_not_a_500(server):
+    """tarfile's ``r:*`` inflated .tar.xz: a stream corrupt after its first block raised LZMAError, a 500."""
+    import gzip
+    import lzma
+
+    client, tokens, app = server
+    data = bytearray(lzma.compress(gzip.decompress(pack("alpha", "m1", pad=200_000))))
+    data[-60:-20] = bytes(b ^ 0xFF for b in data[-60:-20])
+    r = _upload(client, tokens["alpha"], bytes(data))
+    assert r.status_code == 400, r.text
+    assert "compressed with xz; only a .tar.gz, .tar or .zip" in r.json()["detail"] and "\n" not in r.json()["detail"]
+    assert list(app.state.store.incoming.iterdir()) == [] and list(app.state.store.objects.iterdir()) == []
+
+
 def test_a_team_never_sees_its_metrics_of_a_stratum_bin_with_few_objects(server):
     """The API and the team's pages show a team's own metrics through the participant view: a per-stratum value of
     a bin with fewer than MIN_STRATUM_OBJECTS objects (one lens: whether it scored above the cut; one galaxy: its

@@ -172,6 +172,51 @@ def test_uploads_refused_after_unpacking_are_bounded_per_hour(setup):
     assert sub.state == "queued"
 
 
+def test_other_compressors_and_unnamed_decoder_errors_are_counted_refusals(setup, monkeypatch):
+    """tarfile's ``r:*`` unpacked .tar.xz and .tar.bz2 (a damaged xz stream raised LZMAError: a 500, not counted,
+    so ``upload.max_refused_per_hour`` never answered). Each is a one-line 400 now, counted, and so is an error
+    of a type no handler names (a future decoder's); past the hourly limit even a good upload is refused (429)."""
+    import bz2
+    import gzip
+    import lzma
+    import zlib
+
+    from skybench.server import intake, queue
+    from skybench.server.db import utcnow
+    from skybench.server.storage import UploadError
+
+    cfg, Session, store, team = setup
+    cfg = cfg.model_copy(update={"upload": cfg.upload.model_copy(update={"max_refused_per_hour": 4})})
+    t0 = utcnow().replace(minute=5)
+    tar = gzip.decompress(pack("alpha", "m1"))
+    damaged = bytearray(lzma.compress(tar))
+    damaged[-60:-20] = bytes(b ^ 0xFF for b in damaged[-60:-20])
+
+    class NewDecoderError(Exception):
+        pass
+
+    class Broken:
+        eof, unused_data, unconsumed_tail = False, b"", b""
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def decompress(self, *args: object, **kwargs: object) -> bytes:
+            raise NewDecoderError("no handler names me")
+
+    for data, reason in ((lzma.compress(tar), "compressed with xz"), (bytes(damaged), "compressed with xz"),
+                         (bz2.compress(tar), "compressed with bzip2"), (pack("alpha", "m1"), "NewDecoderError")):
+        with monkeypatch.context() as m:
+            if reason == "NewDecoderError":
+                m.setattr(zlib, "decompressobj", Broken)
+            with pytest.raises(UploadError, match=reason) as exc:
+                intake.accept(cfg, Session, store, team.id, "lens-space", "m1", io.BytesIO(data), t0)
+        assert exc.value.status == 400 and "\n" not in str(exc.value)
+    with pytest.raises(queue.Refused, match="refused this hour") as refused:
+        intake.accept(cfg, Session, store, team.id, "lens-space", "ok", io.BytesIO(pack("alpha", "ok")), t0)
+    assert refused.value.status == 429 and _rows(Session) == [] and list(store.incoming.iterdir()) == []
+
+
 def test_stale_received_rows_fail_uncounted(setup):
     from skybench.server import queue
     from skybench.server.db import Submission, utcnow
