@@ -3,6 +3,7 @@ back in the parent by the hidden mapping (mixing.fold_in at `skybench simulate`,
 
 import hashlib
 import json
+import re
 import shutil
 
 import numpy as np
@@ -17,6 +18,7 @@ from skybench.release import ReleaseError, layout, open_release, read_manifest, 
 from skybench.release.mixing import SOURCES, Stream, fold_in
 from skybench.simulate import simulate_release
 from skybench.tasks.lens.metrics import threshold_at_fpr
+from skybench.testkey import ReleaseKey, create_key, read_key
 from skybench.tracks import load_track
 
 needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot create namespaces here")
@@ -246,7 +248,7 @@ def test_the_published_test_folder_holds_both_sets_and_nothing_that_names_them(r
     # The streaming writer over several shard files (bounded memory): folding into a copy of the plain release.
     copy = tmp_path / "copy"
     shutil.copytree(plain, copy)
-    counts = fold_in(copy, real_set, b"k" * 32, shard_size=40)
+    counts = fold_in(copy, real_set, b"k" * 32, key=ReleaseKey.public(), shard_size=40)
     assert counts == {"simulated": 64, "real": 32, "stream": 96}
     assert sorted(p.name for p in (layout.public_dir(copy, "test")).iterdir()) == \
         [*(layout.shard_name("images", k) for k in range(3)), layout.INDEX]
@@ -276,11 +278,18 @@ def test_the_split_restores_each_set_for_image_outputs_too(real_set, folded, pla
     assert not failed.ok and failed.reason == "crashed" and len(failed.ids) == 64
 
 
-def test_a_release_is_remade_byte_identically_with_the_same_key_seed_and_real_set(real_set, tmp_path):
+def _keyed_real_set(out, key_file):
+    """A small stand-in real set made under the private key in ``key_file`` (as `import-real-set --key-file`)."""
+    return simulate_release("lens-space", out, profile="challenge", seed=11, size=8, progress=False,
+                            key_file=key_file, workers=1, real_set=False)
+
+
+def test_a_release_is_remade_byte_identically_with_the_same_key_seed_and_real_set(tmp_path):
     keys = tmp_path / "keys"
+    real = {k: _keyed_real_set(tmp_path / f"real-{k}", keys / k) for k in ("one.key", "two.key")}
 
     def make(out, key):
-        return simulate_release(_with_real(real_set), tmp_path / out, profile="challenge", seed=5, size=24,
+        return simulate_release(_with_real(real[key]), tmp_path / out, profile="challenge", seed=5, size=24,
                                 progress=False, key_file=keys / key, workers=1, real_set=True)
 
     a, b, c = make("a", "one.key"), make("b", "one.key"), make("c", "two.key")
@@ -296,10 +305,11 @@ def test_a_release_is_remade_byte_identically_with_the_same_key_seed_and_real_se
     assert "t0000" not in layout.manifest_path(a).read_text()
 
 
-def test_tracks_sharing_a_key_seed_and_real_set_hold_it_in_different_orders(real_set, tmp_path):
+def test_tracks_sharing_a_key_seed_and_real_set_hold_it_in_different_orders(tmp_path):
     """Two tracks made with one key and seed (lens-space and lens-ground at the challenge profile) held the real
     objects at the same places of their streams, so a real object recognised in one named its twin in the other."""
     key = tmp_path / "one.key"
+    real_set = _keyed_real_set(tmp_path / "real", key)
 
     def real_places(name: str) -> np.ndarray:
         track = _with_real(real_set).model_copy(update={"name": name})  # type: ignore[attr-defined]
@@ -310,6 +320,25 @@ def test_tracks_sharing_a_key_seed_and_real_set_hold_it_in_different_orders(real
 
     a, b = real_places("lens-space"), real_places("lens-space-twin")
     assert sorted(a) == sorted(b) and not np.array_equal(a, b)
+
+
+def test_a_real_set_imported_under_another_key_is_refused(real_set, plain, tmp_path):
+    """A real set imported with the public seed (or under another private key) can be rebuilt by whoever holds that
+    key (anyone, for the public one) and found in the stream: refused before anything is simulated, naming both
+    keys; fold_in itself refuses it too."""
+    keys = tmp_path / "keys"
+    ours, other = create_key(keys / "ours.key"), _keyed_real_set(tmp_path / "other", keys / "other.key")
+    for real, theirs in ((real_set, "public"), (other, read_key(keys / "other.key").describe())):
+        with pytest.raises(ReleaseError, match=re.escape(f"imported under the {theirs} test-set key but this release "
+                                                         f"is made under the {ours.describe()} one; re-import")):
+            simulate_release(_with_real(real), tmp_path / "rel", profile="challenge", seed=3, size=8, progress=False,
+                             key_file=keys / "ours.key", workers=1, real_set=True)
+        assert not (tmp_path / "rel").exists() and not list(tmp_path.glob(".rel.tmp-*"))
+    copy = tmp_path / "copy"
+    shutil.copytree(plain, copy)
+    with pytest.raises(ReleaseError, match=r"imported under the private .* made under the public one"):
+        fold_in(copy, other, b"k" * 32, key=ReleaseKey.public())
+    assert Stream.load(copy) is None  # nothing was folded in
 
 
 def _fake_release(out, arrays: dict[str, tuple[int, ...]], n: int = 4):

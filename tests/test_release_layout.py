@@ -18,6 +18,7 @@ from skybench.release import layout, open_release, read_manifest, write_release
 from skybench.release.mixing import fold_in
 from skybench.release.reader import HiddenSplit
 from skybench.release.shards import ShardError, iter_batches
+from skybench.testkey import ReleaseKey
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "skybench"
 
@@ -201,7 +202,7 @@ def test_hidden_inputs_undo_the_folded_stream(tmp_path):
     each simulated object's own input back."""
     real, _ = _release(tmp_path / "real", 4, {"test": 6}, arrays=("images", "features"), hidden=())
     root, data = _release(tmp_path / "r", 5, {"test": 11}, arrays=("images", "features"), hidden=(),
-                          finish=lambda folder: fold_in(folder, real, b"k" * 32, shard_size=4))
+                          finish=lambda folder: fold_in(folder, real, b"k" * 32, key=ReleaseKey.public(), shard_size=4))
     assert read_manifest(root)["counts"]["test"] == 11
     assert len(open_release(root).array("test")) == 17
     assert not np.array_equal(open_release(root).array("test")[:11], data["test"]["images"])  # shuffled

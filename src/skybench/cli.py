@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from skybench.harness.submission import Submission
+    from skybench.testkey import ReleaseKey
     from skybench.tracks import Track
 
 class _App(typer.Typer):
@@ -99,6 +100,7 @@ def simulate(track: str, out: Annotated[Path, typer.Option(help="release folder 
     """Simulate a track into a versioned release (manifest, public and hidden folders)."""
     import signal
 
+    from skybench.release import ReleaseError
     from skybench.simulate import simulate_release
 
     def stop(signum: int, _frame: object) -> None:  # a SIGTERM (`dvc repro` stopped): the writer cleans up first
@@ -110,7 +112,7 @@ def simulate(track: str, out: Annotated[Path, typer.Option(help="release folder 
                                 generator=generator, chunk_size=chunk_size, progress=sys.stderr.isatty(),
                                 key_file=key_file, create_key=create_key,
                                 real_set=True)  # the track's real set, folded in (a library call opts in)
-    except (FileNotFoundError, KeyError, ValueError) as exc:
+    except (FileNotFoundError, KeyError, ValueError, ReleaseError) as exc:
         _fail(str(exc))
     except OSError as exc:  # a full or read-only disk: write_release removed what it had written
         _fail(f"cannot write the release {out}: {exc.strerror or exc} ({exc.filename or out}); {out} is as it was")
@@ -551,27 +553,45 @@ def import_real_lenses(data: Path = Path("data"), out: Path = Path("releases/rea
     typer.echo(f"wrote {path}")
 
 
+# The test-set key a real set is imported under: that of the releases it is folded into (skybench.testkey).
+_REAL_PROFILE_HELP = "profile of the releases it is folded into: its test-set key draws the noise (demo: public)"
+_REAL_KEY_HELP = "the organiser's test-set key (default: $SKYBENCH_KEY_DIR/PROFILE.key, else secrets/PROFILE.key)"
+
+
+def _real_key(profile: str, key_file: Path | None, out: Path) -> ReleaseKey:
+    from skybench.testkey import profile_key
+
+    try:
+        return profile_key(profile, key_file=key_file, out=out)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
 @app.command("import-real-set")
 def import_real_set(track: Annotated[str, typer.Argument(help="lens track: lens-space or lens-ground")],
                     data: Path = Path("data"),
                     out: Annotated[Path | None, typer.Option(help="default releases/real-TRACK")] = None,
-                    seed: int = 0) -> None:
+                    seed: int = 0, profile: Annotated[str, typer.Option(help=_REAL_PROFILE_HELP)] = "demo",
+                    key_file: Annotated[Path | None, typer.Option(help=_REAL_KEY_HELP)] = None) -> None:
     """A lens track's real evaluation set: real lenses (where data/ has them) and real non-lenses from
-    data/galaxies, in the track's format and noise (empty if data/ is missing)."""
+    data/galaxies, in the track's format and noise (empty if data/ is missing), its random draws from the test-set
+    key of --profile (a private one but for demo, so a team cannot rebuild it and find it in the test stream)."""
     from skybench.release import write_release
     from skybench.tasks.lens.real import import_real_set as run
     from skybench.tracks import load_track
 
     out = out if out is not None else Path("releases") / f"real-{track}"
+    key = _real_key(profile, key_file, out)
     try:
         if not _real_data(data):
             raise FileNotFoundError(f"no folder {data}")
-        path = run(data, track, out, seed=seed, progress=sys.stderr.isatty())
+        path = run(data, track, out, seed=seed, progress=sys.stderr.isatty(), key=key)
     except FileNotFoundError as exc:
         typer.echo(f"real data not available ({exc}); writing an empty real set to {out}")
         t = load_track(track)
         size = t.cutout.size if t.cutout is not None else 0
         path = write_release(out, info={"track": t.name, "task": t.task, "profile": "real-set", "seed": seed,
+                                        "test_key": key.real_set_entry(f"real:{t.name}"),
                                         "note": "real data was not available"},
                              counts={}, image_shape=(len(t.band_names), size, size), make_chunks=lambda s, r: iter(()),
                              label_columns=("is_lens",), progress=False)
@@ -628,18 +648,21 @@ def import_sdss_mgs(data: Path = Path("data"), out: Path = Path("releases/photoz
 
 @app.command("import-real-truth")
 def import_real_truth(data: Path = Path("data"), out: Path = Path("releases/enhance-real"), track: str = "enhance",
-                      seed: int = 0) -> None:
-    """Degrade the real HST galaxy images in data/ into the enhance track's real-truth set (empty without data/)."""
+                      seed: int = 0, profile: Annotated[str, typer.Option(help=_REAL_PROFILE_HELP)] = "demo",
+                      key_file: Annotated[Path | None, typer.Option(help=_REAL_KEY_HELP)] = None) -> None:
+    """Degrade the real HST galaxy images in data/ into the enhance track's real-truth set (empty without data/),
+    its noise drawn from the test-set key of --profile (a private one but for demo)."""
     from skybench.tasks.enhance.real import empty_real_truth
     from skybench.tasks.enhance.real import import_real_truth as run
 
+    key = _real_key(profile, key_file, out)
     try:
         if not _real_data(data):
             raise FileNotFoundError(f"no folder {data}")
-        path = run(data, track, out, seed=seed, progress=sys.stderr.isatty())
+        path = run(data, track, out, seed=seed, progress=sys.stderr.isatty(), key=key)
     except FileNotFoundError as exc:
         typer.echo(f"real data not available ({exc}); writing an empty real-truth set to {out}")
-        path = empty_real_truth(track, out, seed=seed, note=str(exc))
+        path = empty_real_truth(track, out, seed=seed, note=str(exc), key=key)
     typer.echo(f"wrote {path}")
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from skybench.physics.backend import get_backend
 from skybench.release import layout, read_manifest, release_digest, write_release
-from skybench.release.mixing import fold_in, order_key
-from skybench.testkey import ObjectSeeds, default_key_path, release_key, require_private
+from skybench.release.mixing import check_real_key, fold_in, order_key
+from skybench.testkey import ObjectSeeds, ReleaseKey, profile_key
 from skybench.tracks import Track, load_track, project_root
 
 CHUNK_SIZE = 32  # objects rendered together on the CPU: larger batches cost more in cache misses than they save
@@ -46,11 +46,7 @@ def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", se
     track = load_track(track) if isinstance(track, str) else track
     split = track.split_sizes(profile)
     track = track.for_profile(profile)  # per-profile values (a detect track's tile size) resolved
-    key, created = release_key(profile, key_file=key_file, create=create_key, out=Path(out))
-    require_private(profile, key)
-    if created:
-        print(f"created a new test-set key {key_file or default_key_path(profile)} (fingerprint {key.fingerprint}); "
-              "keep it private and back it up: this release can only be re-made with it", file=sys.stderr)
+    key = profile_key(profile, key_file=key_file, create=create_key, out=Path(out))
     seeds = ObjectSeeds(seed, key, object_domain(track))
     counts = {"train": split.train, "val": split.val, "test": split.test}
     if size is not None:
@@ -77,7 +73,7 @@ def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", se
     if capped != counts:
         info |= {"counts_requested": counts, "split_limits": limits}
         counts = capped
-    finish = _real_set_fold(track, real_set, order_key(key, seed, track.name))
+    finish = _real_set_fold(track, real_set, order_key(key, seed, track.name), key)
     try:
         with _Pool(workers, initializer=_init_worker, initargs=(track, backend, generator, True, os.getpid())) \
                 if workers > 1 else _InProcess(track, backend, generator, ahead=be.name != "numpy") as pool:
@@ -100,12 +96,18 @@ def simulate_release(track: Track | str, out: Path, *, profile: str = "demo", se
                          f"rerun with a smaller --chunk-size (say {max(1, chunk_size // 4)})") from exc
 
 
-def _real_set_fold(track: Track, real_set: Path | str | bool, key: bytes) -> Callable[[Path], dict[str, Any]]:
-    """The ``finish`` step of the release writer: fold the real set into the test split (or say why not)."""
+def _real_set_fold(track: Track, real_set: Path | str | bool, order: bytes, key: ReleaseKey
+                   ) -> Callable[[Path], dict[str, Any]]:
+    """The ``finish`` step of the release writer: fold the real set into the test split (or say why not). A real
+    set imported under another test-set key is refused now, before anything is simulated."""
     given = track.evaluation.real_set if real_set is True else (None if real_set is False else str(real_set))
 
     if given and getattr(track, "injection", None) is not None:  # its test objects ARE real cut-outs (injected.py)
         raise ValueError(f"{track.name}: no real set may be folded into an injected track's test stream ({given})")
+
+    path = project_root() / given if given else None
+    if path is not None and layout.is_release(path) and read_manifest(path)["counts"]["test"]:
+        check_real_key(path, key)
 
     def finish(root: Path) -> dict[str, Any]:
         if not given:
@@ -116,7 +118,7 @@ def _real_set_fold(track: Track, real_set: Path | str | bool, key: bytes) -> Cal
             return {"real_set": entry | {"why": "no real release there when this release was made"}}
         if read_manifest(real)["counts"]["test"] == 0:
             return {"real_set": entry | {"why": "the real release has no test objects"}}
-        counts = fold_in(root, real, key)
+        counts = fold_in(root, real, order, key=key)
         return {"real_set": {"path": given, "folded_in": True, "release_sha256": release_digest(real),
                              **counts}}
 

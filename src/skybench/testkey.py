@@ -15,6 +15,9 @@ source, 99% the same ``is_lens``), so one track's public test inputs would be a 
   ``--key-file PATH``, else ``$SKYBENCH_KEY_DIR/<profile>.key``, else ``<project root>/secrets/<profile>.key``.
   One key per profile, shared by the tracks; tracks that share a population (photoz-images and photoz-catalog)
   share a domain, so they keep the same test galaxies. The manifest records only an HMAC fingerprint of the key.
+* A real set folded into a release's test stream is imported under the same key (:func:`real_set_seed`, domain
+  ``real:<track>``): under a private key its noise, offsets and flux draws cannot be rebuilt from the public data,
+  code and seed, so a team cannot find the real objects (and their labels) in the stream by rebuilding them.
 
 Keep the key outside the release, ``src/`` and the Python installation: the sandbox binds those, not the
 rest of the host, so a model cannot read it."""
@@ -42,6 +45,7 @@ SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 KEY_DIR_ENV = "SKYBENCH_KEY_DIR"
 _FINGERPRINT_MSG = b"skybench test-set key fingerprint/1"
 _SEED_MSG = b"skybench object seed/2"  # /2: with the track's domain
+_REAL_MSG = b"skybench real-set seed/1"
 
 
 class KeyFileError(ValueError):
@@ -86,6 +90,19 @@ class ReleaseKey:
                                 "domain/seed/split/index), first 63 bits, the domain the track's own (shared by "
                                 "tracks of one population); the key is kept by the organiser"}
 
+    def real_set_entry(self, domain: str) -> dict[str, Any]:
+        """What a real set's manifest says about the key it was imported under (:func:`real_set_seed`)."""
+        if self.secret is None:
+            return {"kind": "public", "domain": domain, "object_seeds": "numpy default_rng([seed, stream, index]) "
+                    "with the public seed: anyone can rebuild this real set from the public code and data"}
+        return {"kind": "private", "fingerprint": self.fingerprint, "domain": domain,
+                "object_seeds": "numpy default_rng([HMAC-SHA256(key, domain/seed) first 63 bits, stream, index]); "
+                                "the key is kept by the organiser"}
+
+    def describe(self) -> str:
+        """The key in a message: ``public`` or ``private (fingerprint ...)``."""
+        return "public" if self.secret is None else f"private (fingerprint {self.fingerprint})"
+
 
 @dataclass(frozen=True)
 class ObjectSeeds:
@@ -107,6 +124,18 @@ class ObjectSeeds:
 
     def many(self, split: str, start: int, stop: int) -> list[int]:
         return [self(split, i) for i in range(start, stop)]
+
+
+def real_set_seed(key: ReleaseKey, domain: str, seed: int) -> int:
+    """The seed every random draw of a real-set import comes from (its added noise, centre offsets, flux draws, PSF
+    planes: ``default_rng([this, stream, index])``). A public key gives ``seed`` itself (the demo's real sets are
+    rebuildable, as its test sets are); a private one ``HMAC-SHA256(key, domain/seed)``, first 63 bits, so the real
+    objects folded into a private-key release cannot be rebuilt from the public code, data and seed. ``domain``:
+    ``real:<track>`` of the import."""
+    if key.secret is None:
+        return int(seed)
+    msg = b"\0".join([_REAL_MSG, domain.encode(), str(int(seed)).encode()])
+    return int.from_bytes(hmac.new(key.secret, msg, hashlib.sha256).digest()[:8], "big") >> 1
 
 
 def as_object_seeds(seeds: ObjectSeeds | int) -> ObjectSeeds:
@@ -204,6 +233,18 @@ def release_key(profile: str, *, key_file: Path | str | None = None, create: boo
                            f"set ${KEY_DIR_ENV}") from None
 
 
+def profile_key(profile: str, *, key_file: Path | str | None = None, create: bool = True,
+                out: Path | None = None) -> ReleaseKey:
+    """The key of ``profile`` (:func:`release_key`), refused if public at a private profile; says so on stderr when
+    it was just created. What ``skybench simulate`` and the real-set imports use."""
+    key, created = release_key(profile, key_file=key_file, create=create, out=out)
+    require_private(profile, key)
+    if created:
+        print(f"created a new test-set key {key_file or default_key_path(profile)} (fingerprint {key.fingerprint}); "
+              "keep it private and back it up: this release can only be re-made with it", file=sys.stderr)
+    return key
+
+
 def require_private(profile: str, key: ReleaseKey) -> None:
     """Refuse a public key for a profile whose test set must stay hidden."""
     if profile not in PUBLIC_PROFILES and key.secret is None:
@@ -212,4 +253,5 @@ def require_private(profile: str, key: ReleaseKey) -> None:
 
 
 __all__ = ["KEY_BYTES", "KeyFileError", "ObjectSeeds", "PUBLIC_PROFILES", "ReleaseKey", "as_object_seeds",
-           "create_key", "default_key_path", "public_object_seed", "read_key", "release_key", "require_private"]
+           "create_key", "default_key_path", "profile_key", "public_object_seed", "read_key", "real_set_seed",
+           "release_key", "require_private"]

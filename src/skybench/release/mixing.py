@@ -10,6 +10,9 @@ test-set key (:func:`order_key`), with ids ``t000000 ... t{N-1}`` in stream orde
 source ``sim``/``real``, original id, row) is kept in ``hidden/test/sources.parquet``; the evaluator runs the
 sandbox on ``public/test`` as it is and splits the predictions with it (:class:`Stream`) into the simulated
 test set's and the real set's, each in its original order, so the scorers are unchanged.
+
+A real set imported with public randomness could be rebuilt by a team and found in the stream by matching, so
+:func:`fold_in` takes only a real set imported under the release's own test-set key (:func:`check_real_key`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import pyarrow.parquet as pq
 
 from skybench.release import layout
 from skybench.release.shards import input_arrays, shards
-from skybench.release.verify import ReleaseError
+from skybench.release.verify import ReleaseError, read_manifest
 from skybench.testkey import ReleaseKey
 
 if TYPE_CHECKING:  # annotations only: the release package does not import the sandbox
@@ -115,21 +118,36 @@ def stream_ids(n: int) -> np.ndarray:
     return np.array([f"t{i:0{width}d}" for i in range(n)], dtype=object)
 
 
-def fold_in(root: Path, real: Path, key: bytes, *, shard_size: int = SHARD_SIZE) -> dict[str, object]:
+def check_real_key(real: Path, key: ReleaseKey) -> None:
+    """Raise ``ReleaseError`` unless the real release ``real`` was imported under ``key`` (its manifest's
+    ``test_key``; none: public, as every real set imported before keys were recorded)."""
+    entry = read_manifest(Path(real)).get("test_key") or {"kind": "public"}
+    ours = {"kind": "public"} if key.secret is None else {"kind": "private", "fingerprint": key.fingerprint}
+    if {k: entry.get(k) for k in ours} != ours:
+        theirs = "public" if entry.get("kind") == "public" else f"private (fingerprint {entry.get('fingerprint')})"
+        raise ReleaseError(f"{real}: the real set was imported under the {theirs} test-set key but this release is "
+                           f"made under the {key.describe()} one; re-import it with the release's key "
+                           "(`skybench import-real-set` / `import-real-truth` with the same --profile, --key-file)")
+
+
+def fold_in(root: Path, real: Path, order: bytes, *, key: ReleaseKey, shard_size: int = SHARD_SIZE
+            ) -> dict[str, object]:
     """Rewrite the test split of the release being written in ``root`` (``public/test``, ``hidden/test``) as one
     stream of its simulated objects and the real release ``real``'s test objects, in the order drawn from
-    ``key`` (:func:`order_key`); write the mapping to ``hidden/test/sources.parquet``. Hidden labels and arrays
+    ``order`` (:func:`order_key`); write the mapping to ``hidden/test/sources.parquet``. Hidden labels and arrays
     of the simulated objects keep their original ids and order. Reads and writes a block of rows at a time.
+    ``key``: the release's test-set key, which the real set must have been imported under (:func:`check_real_key`).
 
-    Returns the counts for the manifest. Raises ``ReleaseError`` when the sets' arrays differ."""
+    Returns the counts for the manifest. Raises ``ReleaseError`` when the sets' arrays or keys differ."""
     root, real = Path(root), Path(real)
+    check_real_key(real, key)
     test_dir, hidden = layout.public_dir(root, "test"), layout.hidden_dir(root, "test")
     test, test_ids, real_rows, real_ids = check_shapes(test_dir, layout.public_dir(real, "test"))
     n_test, n = len(test_ids), len(test_ids) + len(real_ids)
-    order = secret_order(n, key)
-    # Stream position p holds object order[p] of the concatenation (test rows, then real rows).
-    is_real = order >= n_test
-    row = np.where(is_real, order - n_test, order)
+    perm = secret_order(n, order)
+    # Stream position p holds object perm[p] of the concatenation (test rows, then real rows).
+    is_real = perm >= n_test
+    row = np.where(is_real, perm - n_test, perm)
     ids = stream_ids(n)
     new = test_dir.with_name(".test-stream")
     new.mkdir()

@@ -36,6 +36,7 @@ from skybench.real_hst import APERTURE_RADIUS, Target, _lens_dir, _read_catalog,
 from skybench.release import open_release, sha256_file, write_release
 from skybench.tasks.enhance.config import EnhanceTrack
 from skybench.tasks.enhance.simulator import EnhanceSimulator, degradation_info
+from skybench.testkey import ReleaseKey, real_set_seed
 from skybench.tracks import Track, load_track
 
 PROFILE = "real-hst"
@@ -60,7 +61,7 @@ def _process(path: Path, targets: list[Target], seed: int, index: int) -> list[t
         return [process_lens(path, t, np.random.default_rng([seed, index, k])) for k, t in enumerate(targets)]
 
 
-def _processing(track: EnhanceTrack, mag_r: float, stretch: float, seed: int) -> str:
+def _processing(track: EnhanceTrack, mag_r: float, stretch: float, seed: int | str) -> str:
     info = degradation_info(track)
     return (
         "Real HST galaxy images (data/lenses_hst: 20 DESI-LS WFC3/IR F140W at 0.08\"/px, 7 SLACS ACS/WFC F814W at"
@@ -79,9 +80,14 @@ def _processing(track: EnhanceTrack, mag_r: float, stretch: float, seed: int) ->
 
 
 def import_real_truth(data_dir: Path, track: Track | str, out: Path, *, seed: int = 0, mag_r: float = 15.0,
-                      angular_stretch: float = 3.0, progress: bool = False) -> Path:
-    """Write the real-truth release of ``track`` (default ``enhance``) from ``data_dir``/lenses_hst; return ``out``."""
+                      angular_stretch: float = 3.0, progress: bool = False, key: ReleaseKey | None = None) -> Path:
+    """Write the real-truth release of ``track`` (default ``enhance``) from ``data_dir``/lenses_hst; return ``out``.
+    ``key``: the test-set key of the releases it will be folded into (default public: the demo's); every random
+    draw comes from :func:`skybench.testkey.real_set_seed` of it and ``seed``."""
     track = load_track(track) if isinstance(track, str) else track
+    key = key or ReleaseKey.public()
+    domain = f"real:{track.name}"
+    drawn = real_set_seed(key, domain, seed)
     if not isinstance(track, EnhanceTrack):
         raise ValueError(f"track {track.name!r} is a {track.task} track, not an enhance track")
     if angular_stretch <= 0:
@@ -101,7 +107,7 @@ def import_real_truth(data_dir: Path, track: Track | str, out: Path, *, seed: in
                               "telescope": entry["telescope"], "instrument": entry["instrument"],
                               "hst_band": entry["band"], "angular_stretch": angular_stretch, "mag_r": mag_r}
             sigma = np.zeros(len(names))
-            done = _process(path, targets, seed, index)
+            done = _process(path, targets, drawn, index)
             # At mag_r the carried HST noise (whitened: its covariance's largest eigenvalue) may be above a band's
             # background sigma (up to 9x): the object is dimmed until it is not in any band, so its truth holds the
             # track's white noise, as a simulated truth does, and the degradation adds 1.2x of that (lens/real.py
@@ -110,7 +116,7 @@ def import_real_truth(data_dir: Path, track: Track | str, out: Path, *, seed: in
             row["dimmed_mag"] = float(2.5 * np.log10(dim)) if dim > 1.0 else 0.0
             if dim > 1.0:
                 row["mag_r"] = mag_r + row["dimmed_mag"] + 1e-6
-                done = _process(path, _targets(track, row["mag_r"], angular_stretch), seed, index)
+                done = _process(path, _targets(track, row["mag_r"], angular_stretch), drawn, index)
             for k, (band, (image, numbers)) in enumerate(zip(names, done, strict=True)):
                 bands.append(image)
                 sigma[k] = numbers["white_noise_sigma"]  # the truth's noise: white at this sigma
@@ -120,10 +126,10 @@ def import_real_truth(data_dir: Path, track: Track | str, out: Path, *, seed: in
                 row[f"sigma_truth_{band}"] = sigma[k]
                 row[f"sigma_degraded_{band}"] = info["noise_factor"] * sigma[k]
             truth = np.stack(bands)[None]
-            normal = np.random.default_rng([seed, index, 99]).standard_normal(truth.shape)
+            normal = np.random.default_rng([drawn, index, 99]).standard_normal(truth.shape)
             degraded.append(degrade(truth, sigma, info["psf_fwhm_arcsec"], pix, info["noise_factor"], normal))
             truths.append(truth)
-            row.update(psf_fwhm=info["psf_fwhm_arcsec"], noise_factor=info["noise_factor"], seed=seed,
+            row.update(psf_fwhm=info["psf_fwhm_arcsec"], noise_factor=info["noise_factor"], seed=drawn,
                        source_sha256=sha256_file(path), provenance_repo=entry["provenance_repo"],
                        provenance_path=entry["provenance_path"], provenance_commit=entry["provenance_commit"],
                        licence=entry["licence"])
@@ -134,21 +140,24 @@ def import_real_truth(data_dir: Path, track: Track | str, out: Path, *, seed: in
     def make_chunks(split: str, ranges: list[tuple[int, int]]) -> Iterator[tuple[dict[str, np.ndarray], pd.DataFrame]]:
         return (rows(a, b) for a, b in ranges)
 
+    shown = seed if key.secret is None else f"HMAC-SHA256(key, {domain}/{seed}), test_key"
     manifest = {"track": track.name, "task": track.task, "profile": PROFILE, "seed": seed, "bands": names,
-                "pixel_scale": pix, "units": "e-/s per pixel", "degradation": info,
-                "source": "data/lenses_hst (real HST images; data/README.md section 1)",
-                "processing": _processing(track, mag_r, angular_stretch, seed)}
+                "test_key": key.real_set_entry(domain), "pixel_scale": pix, "units": "e-/s per pixel",
+                "degradation": info, "source": "data/lenses_hst (real HST images; data/README.md section 1)",
+                "processing": _processing(track, mag_r, angular_stretch, shown)}
     return write_release(Path(out), info=manifest, counts={"test": len(catalog)},
                          arrays=EnhanceSimulator.arrays(track), hidden_arrays=EnhanceSimulator.hidden_arrays,
                          make_chunks=make_chunks, chunk_size=8, progress=progress)
 
 
-def empty_real_truth(track: Track | str, out: Path, *, seed: int = 0, note: str = "") -> Path:
+def empty_real_truth(track: Track | str, out: Path, *, seed: int = 0, note: str = "",
+                     key: ReleaseKey | None = None) -> Path:
     """An empty real-truth release (when the real data is not available): evaluation then skips the real set."""
     track = load_track(track) if isinstance(track, str) else track
     if not isinstance(track, EnhanceTrack):
         raise ValueError(f"track {track.name!r} is a {track.task} track, not an enhance track")
     return write_release(Path(out), info={"track": track.name, "task": track.task, "profile": PROFILE, "seed": seed,
+                                          "test_key": (key or ReleaseKey.public()).real_set_entry(f"real:{track.name}"),
                                           "note": note or "real data was not available"},
                          counts={}, arrays=EnhanceSimulator.arrays(track), hidden_arrays=EnhanceSimulator.hidden_arrays,
                          make_chunks=lambda s, r: iter(()), progress=False)

@@ -45,6 +45,7 @@ from skybench.tasks.lens.real_nonlens import (
     nonlenses,
     simulated_fluxes,
 )
+from skybench.testkey import ReleaseKey, real_set_seed
 from skybench.tracks import Track, load_track
 
 PROFILE = "real-hst"
@@ -64,7 +65,7 @@ def lens_target(track: Track, target_mag: float) -> Target:
     return target
 
 
-def _processing(target: Target, seed: int, centre_sigma: float) -> str:
+def _processing(target: Target, seed: int | str, centre_sigma: float) -> str:
     target_cps = float(magnitude2cps(target.target_mag, target.zero_point))
     return (
         "Real HST lenses (data/lenses_hst: 20 DESI-LS WFC3/IR F140W at 0.08\"/px, 7 SLACS ACS/WFC F814W at 0.05\"/px)"
@@ -178,18 +179,24 @@ NO_REAL_LENSES = ("no real lenses for a multi-band track: data/lenses_hst is one
 
 @ONE_BLAS_THREAD
 def import_real_set(data_dir: Path, track: Track | str, out: Path, *, seed: int = 0, target_mag: float = 20.25,
-                    progress: bool = False, limit: int | None = None) -> Path:
+                    progress: bool = False, limit: int | None = None, key: ReleaseKey | None = None) -> Path:
     """The real evaluation set of a lens track at ``out``: its real lenses (``is_lens = 1``; the HST lenses for a
     one-band track, none for a multi-band one: :data:`NO_REAL_LENSES`) and its real non-lenses (``is_lens = 0``,
     :mod:`skybench.tasks.lens.real_nonlens`), ids 0..N-1 (lenses first: the release's test stream shuffles them);
-    the hidden ``real_kind`` column says ``lens`` or ``nonlens``. ``limit``: only the first KiDS stamps (tests)."""
+    the hidden ``real_kind`` column says ``lens`` or ``nonlens``. ``limit``: only the first KiDS stamps (tests).
+    ``key``: the test-set key of the releases it will be folded into (default public: the demo's); every random
+    draw comes from :func:`skybench.testkey.real_set_seed` of it and ``seed``."""
     track = load_track(track) if isinstance(track, str) else track
+    key = key or ReleaseKey.public()
+    domain = f"real:{track.name}"
+    drawn = real_set_seed(key, domain, seed)
+    shown = seed if key.secret is None else f"HMAC-SHA256(key, {domain}/{seed}), test_key"
     notes = {}
     if len(track.survey.bands) == 1:
         target = lens_target(track, target_mag)
         assert isinstance(track, LensTrack)
-        lenses = _lens_items(data_dir, target, seed, track.population.lens.center_sigma, simulated_fluxes(track)[1])
-        notes["lenses"] = _processing(target, seed, track.population.lens.center_sigma).replace(
+        lenses = _lens_items(data_dir, target, drawn, track.population.lens.center_sigma, simulated_fluxes(track)[1])
+        notes["lenses"] = _processing(target, shown, track.population.lens.center_sigma).replace(
             f"is magnitude {target.target_mag} at", "has a magnitude drawn (numpy default_rng([seed, 4, index])) from"
             f" the simulated lenses' fluxes within {APERTURE_RADIUS}\" ({REFERENCE_SIZE} objects of this track, public"
             f" seed {REFERENCE_SEED}, split train), below the flux at which the lens's own noise, whitened, would"
@@ -197,12 +204,12 @@ def import_real_set(data_dir: Path, track: Track | str, out: Path, *, seed: int 
     else:
         lenses = []
         notes["lenses"] = NO_REAL_LENSES
-    non = nonlenses(data_dir, track, seed, limit)
+    non = nonlenses(data_dir, track, drawn, limit)
     notes["nonlenses"] = describe(track)
     items = [(1, Item(it.image, {"real_kind": "lens", **it.meta})) for it in lenses]
-    items += [(0, Item(it.image, {"real_kind": "nonlens", "seed": seed, **it.meta})) for it in non]
+    items += [(0, Item(it.image, {"real_kind": "nonlens", "seed": drawn, **it.meta})) for it in non]
     info = {"track": track.name, "task": track.task, "profile": SET_PROFILE, "seed": seed, "bands": track.band_names,
-            "pixel_scale": track.survey.pixel_scale, "units": "e-/s per pixel",
+            "test_key": key.real_set_entry(domain), "pixel_scale": track.survey.pixel_scale, "units": "e-/s per pixel",
             "source": "data/lenses_hst (real lenses) and data/galaxies (real non-lenses); data/README.md",
             "real_lenses": len(lenses), "real_nonlenses": len(non),
             **({} if lenses else {"real_lenses_why_none": NO_REAL_LENSES}),
