@@ -140,7 +140,7 @@ def import_real_truth(data_dir: Path, track: Track | str, out: Path, *, seed: in
     def make_chunks(split: str, ranges: list[tuple[int, int]]) -> Iterator[tuple[dict[str, np.ndarray], pd.DataFrame]]:
         return (rows(a, b) for a, b in ranges)
 
-    shown = seed if key.secret is None else f"HMAC-SHA256(key, {domain}/{seed}), test_key"
+    shown = seed if key.secret is None else f"HMAC-SHA256(key, {domain}/{seed}) (manifest test_key)"
     manifest = {"track": track.name, "task": track.task, "profile": PROFILE, "seed": seed, "bands": names,
                 "test_key": key.real_set_entry(domain), "pixel_scale": pix, "units": "e-/s per pixel",
                 "degradation": info, "source": "data/lenses_hst (real HST images; data/README.md section 1)",

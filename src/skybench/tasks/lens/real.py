@@ -190,7 +190,7 @@ def import_real_set(data_dir: Path, track: Track | str, out: Path, *, seed: int 
     key = key or ReleaseKey.public()
     domain = f"real:{track.name}"
     drawn = real_set_seed(key, domain, seed)
-    shown = seed if key.secret is None else f"HMAC-SHA256(key, {domain}/{seed}), test_key"
+    shown = seed if key.secret is None else f"HMAC-SHA256(key, {domain}/{seed}) (manifest test_key)"
     notes = {}
     if len(track.survey.bands) == 1:
         target = lens_target(track, target_mag)
