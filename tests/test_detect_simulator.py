@@ -96,7 +96,7 @@ def test_field_galaxy_sizes_follow_the_size_magnitude_relation(base):
 def test_a_star_is_its_psf_integrated_over_the_pixels():
     """A point source's pixel values are the PSF's integral over each pixel (here by scipy's dblquad of the Gaussian):
     binned to its pixel and blurred by the PSF sampled at pixel centres, a star's peak was 15% too high (0.18" FWHM
-    at 0.1"/px)."""
+    at 0.1"/px). Stars sat at pixel centres, which set them apart from galaxies in every tile: they lie anywhere."""
     from scipy import integrate
 
     from skybench.physics.noise import magnitude2cps
@@ -107,20 +107,24 @@ def test_a_star_is_its_psf_integrated_over_the_pixels():
     band, p = track.survey.bands[0], track.survey.pixel_scale
     sigma = band.seeing / (2 * np.sqrt(2 * np.log(2))) / p  # pixels
 
-    def pixel(di: int, dj: int) -> float:  # the unit-flux Gaussian integrated over the pixel (di, dj) from its centre
+    def pixel(di: float, dj: float) -> float:  # the unit-flux Gaussian integrated over the pixel (di, dj) from it
         return integrate.dblquad(lambda y, x: np.exp(-(x * x + y * y) / (2 * sigma**2)) / (2 * np.pi * sigma**2),
                                  dj - 0.5, dj + 0.5, di - 0.5, di + 0.5)[0]
 
-    want = np.array([[pixel(i, j) for j in (-1, 0, 1)] for i in (-1, 0, 1)])
     stars = scene.truth[scene.truth["kind"] == "star"]
     n = track.tile_size
     isolated = [s for _, s in stars.iterrows() if 10 <= s["x"] < n - 10 and 10 <= s["y"] < n - 10
                 and (np.hypot(stars["x"] - s["x"], stars["y"] - s["y"]) > 12).sum() == len(stars) - 1]
     assert isolated
+    offsets = []
     for s in isolated:
-        x, y = int(s["x"]), int(s["y"])
+        x, y = int(np.rint(s["x"])), int(np.rint(s["y"]))
+        dx, dy = s["x"] - x, s["y"] - y
+        offsets.append(np.hypot(dx, dy))
+        want = np.array([[pixel(i - dy, j - dx) for j in (-1, 0, 1)] for i in (-1, 0, 1)])
         flux = magnitude2cps(float(s[f"mag_{band.name}"]), band.zero_point)
         np.testing.assert_allclose(scene.model[0, y - 1:y + 2, x - 1:x + 2] / flux, want, rtol=1e-6)
+    assert max(offsets) > 0.1, "stars sit anywhere in their pixel, not at its centre (a tell no galaxy has)"
 
 
 @pytest.mark.parametrize("n", [1.0, 2.5, 4.0])

@@ -8,8 +8,8 @@ each with its own seed derived from the tile's, rendered by that track's simulat
 the same population, renderer and visibility rule as the cut-out tracks). So a tile does not depend on the batch.
 
 Image formation: field galaxies (Sersic stamps on the supersampled grid) are convolved once over the whole tile with
-the survey PSF (zero padding outside the tile); stars (point sources at pixel centres) are the PSF integrated over
-the pixels; lens-population objects come as PSF-convolved stamps of the lens track's cut-out size. Both are added
+the survey PSF (zero padding outside the tile); stars (point sources anywhere in a pixel) are the PSF integrated
+over the pixels; lens-population objects come as PSF-convolved stamps of the lens track's cut-out size. Both are added
 after the convolution. Then background + Poisson
 noise, and saturation: each exposure holds at most the full well, so a pixel's rate is clipped at
 full_well / exposure_time. Pixel (0, 0)'s centre is at x = y = 0; x runs along columns, y along rows."""
@@ -127,8 +127,8 @@ class DetectSimulator:
             c = g.colors[b]
             gal[f"mag_{b}"] = mag + c + (g.color_scatter * colour_normals[k] if c != 0.0 else 0.0)
         V = rng.random((3, n_star))
-        star_mag = s.magnitudes(V[2])  # stars sit at pixel centres (a point source is the PSF there)
-        stars = {"kind": np.full(n_star, "star"), "x": np.floor(V[0] * self.size), "y": np.floor(V[1] * self.size),
+        star_mag = s.magnitudes(V[2])
+        stars = {"kind": np.full(n_star, "star"), "x": V[0] * span, "y": V[1] * span,
                  "mag": star_mag, **{f"mag_{b}": star_mag + s.colors[b] for b in self.band_names}}
         return pd.DataFrame(gal), pd.DataFrame(stars)
 
@@ -177,14 +177,15 @@ class DetectSimulator:
         return cores
 
     def _add_stars(self, model: np.ndarray, stars: pd.DataFrame) -> None:
-        """Add the stars to the convolved ``model`` (bands, H, W): each band's PSF integrated over the pixels, centred
-        on the star's pixel (the galaxies' pixel box comes from their binning; a point source has none to bin)."""
-        kernels = [pixel_integrated_gaussian_1d(band.seeing, self.pix) for band in self.bands]
+        """Add the stars to the convolved ``model`` (bands, H, W): each band's PSF integrated over the pixels around
+        the star's position (the galaxies' pixel box comes from their binning; a point source has none to bin)."""
         for _, row in stars.iterrows():
+            cx, cy = int(np.rint(row["x"])), int(np.rint(row["y"]))
             for i, (b, band) in enumerate(zip(self.band_names, self.bands, strict=True)):
-                k, h = kernels[i], len(kernels[i]) // 2
-                flux = magnitude2cps(float(row[f"mag_{b}"]), band.zero_point)
-                _paste(model[i:i + 1], flux * np.outer(k, k)[None], int(row["y"]) - h, int(row["x"]) - h)
+                kx = pixel_integrated_gaussian_1d(band.seeing, self.pix, offset=float(row["x"]) - cx)
+                ky = pixel_integrated_gaussian_1d(band.seeing, self.pix, offset=float(row["y"]) - cy)
+                flux, h = magnitude2cps(float(row[f"mag_{b}"]), band.zero_point), len(kx) // 2
+                _paste(model[i:i + 1], flux * np.outer(ky, kx)[None], cy - h, cx - h)
 
     # ------------------------------------------------------------------ lenses and look-alikes
     def _lens_population(self, tile_seed: int, n_lens: int, n_look: int, n_defl: int, chunk: int = 8
