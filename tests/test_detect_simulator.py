@@ -63,6 +63,11 @@ def test_lenses_in_a_tile_rerender_against_lenstronomy():
             # pixel centres was 2-4e-2 high against lenstronomy_image's supersampling_convolution=True
             assert np.max(np.abs(cut - ref)) < 6e-3 * np.max(np.abs(ref)), (tile_seed, row["kind"])
             covered[r0:r0 + n, c0:c0 + n] = True
+        ph = sim.tile_renderer.psf_half  # the unlensed light's stamps, sized by their light, blurred by the PSF
+        for kind, light in sim._population_light(truth):
+            for size, x, y in zip(sim._stamp_sizes(kind, light), light["x"], light["y"], strict=True):
+                c0, r0 = int(np.floor(x - (size - 1) / 2)) - ph, int(np.floor(y - (size - 1) / 2)) - ph
+                covered[max(r0, 0):r0 + size + 2 * ph, max(c0, 0):c0 + size + 2 * ph] = True
         assert np.all(scene.model[0, ~covered] == 0)  # nothing else in the tile
 
 
@@ -148,6 +153,39 @@ def test_a_field_galaxy_holds_its_catalogue_flux(n: float, q: float):
     assert 0.99 <= tile.sum() / magnitude2cps(20.0, 24.0) <= 1.001
 
 
+@pytest.mark.parametrize("kind, tile_seed", [("deflector", 1), ("deflector", 3), ("lookalike", 1), ("lookalike", 12),
+                                             ("lookalike", 24)])  # with a companion; and a ring; and an arclet
+def test_a_lens_population_object_holds_its_catalogue_flux(kind: str, tile_seed: int):
+    """A deflector's or look-alike's pixels add up to its catalogue flux (lens light, companion, arclet, ring): they
+    were the lens track's 101 x 101 cut-out, which cut a deflector's light (Sersic n 2.5-5, R up to 1.5") at
+    5": up to 18% of it missing, and a step at the box's edge of up to 0.5 sigma_bkg a pixel. Now the unlensed light
+    is on a stamp that reaches the isophote holding 99% of it, as a field galaxy's."""
+    from skybench.physics.noise import background_sigma, magnitude2cps
+
+    size = 2048  # the object at its centre, its whole stamp inside
+    track = _track(galaxies__log10_n_ref=NONE, stars__log10_n_ref=NONE, lenses__per_tile=(0, 0),
+                   lenses__lookalikes_per_tile=(int(kind == "lookalike"),) * 2,
+                   lenses__deflectors_per_tile=(int(kind == "deflector"),) * 2,
+                   placement__edge_margin=(size - 1) / 2 * 0.1, tile__size=size)
+    sim = DetectSimulator(track)
+    scene = sim.scene(tile_seed)
+    (_, row), = scene.truth.iterrows()
+    assert row["kind"] == kind and not row["has_source"]  # no lensed light: the catalogue holds all of it
+    want = sum(magnitude2cps(row[f"{p}_mag_VIS"], 24.0) for p in ("lens_light", "companion", "arclet", "ring")
+               if np.isfinite(row[f"{p}_mag_VIS"]))
+    assert abs(scene.model.sum() / want - 1) < 0.01
+    if kind == "deflector":  # a smooth Sersic across where the cut-out's edge was: no step there
+        b = track.survey.bands[0]
+        sig = background_sigma(b.read_noise, b.exposure_time, b.num_exposures, b.sky_brightness, b.zero_point,
+                               track.survey.pixel_scale)
+        h, m = (sim.stamp - 1) // 2, scene.model[0]
+        c0, r0 = (int(round(row[a] - row[f"lens_center_{a}"] / 0.1)) - h for a in ("x", "y"))
+        box = m[r0 - 1:r0 + sim.stamp + 1, c0 - 1:c0 + sim.stamp + 1]  # the cut-out and a pixel around it
+        sides = [box[:3, 1:-1], box[::-1][:3, 1:-1], box.T[:3, 1:-1], box.T[::-1][:3, 1:-1]]  # outside first
+        step = max(np.abs(s[0] - 2 * s[1] + s[2]).max() for s in sides)  # the second difference across the edge
+        assert step < 0.01 * sig
+
+
 def test_bright_stars_saturate_at_full_well():
     track = _track(galaxies__log10_n_ref=NONE, stars__mag=(13.0, 14.0), stars__log10_n_ref=6.0,
                    stars__m_ref=14.0, lenses__per_tile=(0, 0), lenses__lookalikes_per_tile=(0, 0),
@@ -211,6 +249,9 @@ def test_track_checks():
     with pytest.raises(ValueError, match="max_stamp 128 cuts the largest field galaxies.*raise it to 512"):
         _track(tile__max_stamp=128)
     assert stamp_sizes(np.array([0.05, 1.0, 3.0]), 0.1, 0.18, 512).tolist() == [16, 128, 512]
+    # lens-space's deflectors (R_sersic up to 1.5", n up to 5, q down to 0.6) reach their 99% isophote at 2048
+    with pytest.raises(ValueError, match="max_stamp 1024 cuts the deflectors of 'lens-space'.*raise it to 2048"):
+        DetectSimulator(_track(tile__max_stamp=1024))
     d = load_detect_track(YAML).model_dump()
     d["survey"]["pixel_scale"] = 0.2
     with pytest.raises(ValueError, match="differs from that of the lens track"):

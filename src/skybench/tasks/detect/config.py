@@ -137,9 +137,11 @@ PositiveInt = Annotated[int, Field(gt=0)]
 class Tile(_Strict):
     # pixels per side; per profile ({demo: 512, challenge: 1024}), resolved by DetectTrack.for_profile
     size: PositiveInt | dict[str, PositiveInt]
-    supersampling: int = Field(2, ge=1)  # of the field-galaxy stamps
-    core_levels: int = Field(CORE_LEVELS, ge=0)  # of the field-galaxy stamps (Renderer.image)
-    max_stamp: int = Field(512, ge=8)  # the largest field-galaxy stamp (pixels); must hold the largest galaxy
+    supersampling: int = Field(2, ge=1)  # of the stamps (field galaxies, lens-population objects' unlensed light)
+    core_levels: int = Field(CORE_LEVELS, ge=0)  # of those stamps (Renderer.image)
+    # the largest stamp (pixels) of a field galaxy or of a lens-population object's unlensed light; must hold the
+    # largest galaxy (here) and the lens track's largest deflector (DetectSimulator)
+    max_stamp: int = Field(512, ge=8)
 
 
 STAMP_RADII = 5.0  # field-galaxy stamps reach at least this many half-light radii (plus the PSF) from the centre

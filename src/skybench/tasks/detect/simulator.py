@@ -7,10 +7,11 @@ of the lens-population objects, 2 the noise; the lens-population objects are tho
 each with its own seed derived from the tile's, rendered by that track's simulator (taken from the task registry:
 the same population, renderer and visibility rule as the cut-out tracks). So a tile does not depend on the batch.
 
-Image formation: field galaxies (Sersic stamps on the supersampled grid) are convolved once over the whole tile with
-the survey PSF (zero padding outside the tile); stars (point sources anywhere in a pixel) are the PSF integrated
-over the pixels; lens-population objects come as PSF-convolved stamps of the lens track's cut-out size. Both are added
-after the convolution. Then background + Poisson
+Image formation: field galaxies and the lens-population objects' lens light (Sersic stamps on the supersampled grid,
+out to the isophote holding 99% of the light) are convolved once over the whole tile with the survey PSF (zero
+padding outside the tile); stars (point sources anywhere in a pixel) are the PSF integrated over the pixels; the rest of
+a lens-population object (lensed source, companion, arclet, ring) comes as a PSF-convolved stamp of the lens track's
+cut-out size, which holds it. Both are added after the convolution. Then background + Poisson
 noise, and saturation: each exposure holds at most the full well, so a pixel's rate is clipped at
 full_well / exposure_time. Pixel (0, 0)'s centre is at x = y = 0; x runs along columns, y along rows."""
 
@@ -89,10 +90,18 @@ class DetectSimulator:
             raise ValueError(f"track {track.name!r}: population.lenses.track {lens_track.name!r} is a "
                              f"{lens_track.task} track; name a lens track (lens-space)")
         self.lens_track = lens_track
+        lens = lens_track.population.lens  # its deflectors' light: the largest, most cuspy and flattest at once
+        need = int(stamp_sizes(lens.R_sersic[1], track.survey.pixel_scale, max(b.seeing for b in track.survey.bands),
+                               None, sersic_flux_radius(lens.n_sersic[1], STAMP_FLUX) / math.sqrt(lens.light_q[0])))
+        if track.tile.max_stamp < need:  # a cut deflector: a square edge around each and its catalogue flux short
+            raise ValueError(f"track {track.name!r}: tile.max_stamp {track.tile.max_stamp} cuts the deflectors of "
+                             f"{lens_track.name!r} (R_sersic {lens.R_sersic[1]}\", n_sersic {lens.n_sersic[1]}, q "
+                             f"{lens.light_q[0]} needs a {need}-pixel stamp): raise it to {need}")
         # the lens task's simulator, from the registry (tasks never import one another): its population,
         # renderer and visibility rule; sample, render and label are its public methods
         lens_cls: Any = get_task("lens").simulator()
         self.lens_sim = lens_cls(lens_track, self.backend)
+        self._unlensed: list[tuple[str, str]] = self.lens_sim.unlensed_components()
         self.stamp = int(lens_track.cutout.size)
         self.size, self.pix = track.tile_size, track.survey.pixel_scale
         self.tile_renderer = Renderer(self.size, self.pix, 1, self.bands, get_backend("numpy"), 0)
@@ -138,41 +147,59 @@ class DetectSimulator:
                                                    self.backend, self.track.tile.core_levels)
         return self._stamp_renderers[size]
 
-    def _stamp_sizes(self, gal: pd.DataFrame) -> np.ndarray:
+    def _stamp_sizes(self, kind: str, p: pd.DataFrame) -> np.ndarray:
         """Out to the isophote holding :data:`STAMP_FLUX` of the light, along the major axis (a / R = 1 / sqrt(q) in
-        lenstronomy's product-average ellipse)."""
-        _, q = ellipticity2phi_q(gal["e1"].to_numpy(), gal["e2"].to_numpy())
-        radii = sersic_flux_radius(gal["n_sersic"].to_numpy(), STAMP_FLUX) / np.sqrt(q)
-        return stamp_sizes(gal["R_sersic"].to_numpy(), self.pix, max(b.seeing for b in self.bands),
-                           self.track.tile.max_stamp, radii)
+        lenstronomy's product-average ellipse), and no larger than a stamp that covers the whole tile from (x, y)
+        (the tile is convolved with zero padding: light off the tile adds nothing to it)."""
+        _, q = ellipticity2phi_q(p["e1"].to_numpy(), p["e2"].to_numpy())
+        # a Gaussian holds 1 - exp(-r^2 / 2 sigma^2) inside r sigmas
+        share = sersic_flux_radius(p["n"].to_numpy(), STAMP_FLUX) if kind == "sersic" else \
+            np.sqrt(-2 * np.log(1 - STAMP_FLUX))
+        sizes = stamp_sizes(p["R"].to_numpy(), self.pix, max(b.seeing for b in self.bands),
+                            self.track.tile.max_stamp, share / np.sqrt(q))
+        x, y, last = p["x"].to_numpy(), p["y"].to_numpy(), self.size - 1
+        cover = 2 ** np.ceil(np.log2(2 * np.max([x, last - x, y, last - y], axis=0) + 2))
+        return np.minimum(sizes, np.maximum(cover, 16)).astype(int)
 
-    def _add_galaxies(self, tile: np.ndarray, gal: pd.DataFrame, chunk: int = 64
-                      ) -> list[tuple[np.ndarray, int, int]]:
-        """Add the field galaxies, unconvolved, to ``tile`` (bands, H, W): Sersic stamps on the supersampled grid,
-        batched per stamp size (an object's stamp does not depend on the others). Returns what the PSF adds to
-        each galaxy's core once convolved (Renderer.core_psf), and the tile pixel of the window's (0, 0)."""
-        cores: list[tuple[np.ndarray, int, int]] = []
+    def _add_galaxies(self, tile: np.ndarray, gal: pd.DataFrame) -> list[tuple[np.ndarray, int, int]]:
+        """Add the field galaxies, unconvolved, to ``tile`` (bands, H, W) (:meth:`_add_profiles`)."""
         if gal.empty:
-            return cores
-        sizes = self._stamp_sizes(gal)
+            return []
+        R, n = gal["R_sersic"].to_numpy(), gal["n_sersic"].to_numpy()
+        unit = sersic_total_flux(1.0, R, n)
+        amps = {f"amp_{b}": magnitude2cps(gal[f"mag_{b}"].to_numpy(), band.zero_point) / unit
+                for b, band in zip(self.band_names, self.bands, strict=True)}
+        return self._add_profiles(tile, "sersic", pd.DataFrame(
+            {"x": gal["x"].to_numpy(), "y": gal["y"].to_numpy(), "R": R, "n": n, "e1": gal["e1"].to_numpy(),
+             "e2": gal["e2"].to_numpy(), **amps}))
+
+    def _add_profiles(self, tile: np.ndarray, kind: str, p: pd.DataFrame, pixels: int = 1 << 24
+                      ) -> list[tuple[np.ndarray, int, int]]:
+        """Add elliptical Sersic (``kind`` "sersic": R = R_sersic, n) or Gaussian ("gaussian": R = sigma) profiles,
+        unconvolved, to ``tile`` (bands, H, W): one row of ``p`` each, centre (x, y) in tile pixels, e1, e2 and
+        amp_<band> (lenstronomy's amp). Stamps on the supersampled grid (:meth:`_stamp_sizes`), batched per stamp
+        size, at most ``pixels`` stamp pixels a batch (an object's stamp does not depend on the others). Returns
+        what the PSF adds to each profile's core once convolved (Renderer.core_psf), and the tile pixel of the
+        window's (0, 0)."""
+        cores: list[tuple[np.ndarray, int, int]] = []
+        sizes = self._stamp_sizes(kind, p) if len(p) else np.zeros(0, int)
         for size in np.unique(sizes):
             r, rows = self._renderer(int(size)), np.flatnonzero(sizes == size)
+            chunk = max(1, pixels // int(size) ** 2)
             for start in range(0, rows.size, chunk):
-                sel = gal.iloc[rows[start:start + chunk]]
+                sel = p.iloc[rows[start:start + chunk]]
                 x, y = sel["x"].to_numpy(), sel["y"].to_numpy()
                 c0, r0 = np.floor(x - (size - 1) / 2).astype(int), np.floor(y - (size - 1) / 2).astype(int)
                 cx, cy = (x - c0 - (size - 1) / 2) * self.pix, (y - r0 - (size - 1) / 2) * self.pix
-                R, n = sel["R_sersic"].to_numpy(), sel["n_sersic"].to_numpy()
-                img, cells = r.image_cores("sersic", R, n, sel["e1"].to_numpy(), sel["e2"].to_numpy(), cx, cy)
+                shape = (sel["R"].to_numpy(), *([sel["n"].to_numpy()] if kind == "sersic" else []))
+                img, cells = r.image_cores(kind, *shape, sel["e1"].to_numpy(), sel["e2"].to_numpy(), cx, cy)
                 img = self.backend.to_numpy(img).astype(np.float64)  # (P, n, n) per unit amplitude
                 win = None if cells is None else self.backend.to_numpy(r.core_psf(cells)).astype(np.float64)
-                unit = sersic_total_flux(1.0, R, n)
+                amps = sel[[f"amp_{b}" for b in self.band_names]].to_numpy()
                 for k in range(len(sel)):
-                    amps = [magnitude2cps(float(sel[f"mag_{b}"].iloc[k]), band.zero_point) / unit[k]
-                            for b, band in zip(self.band_names, self.bands, strict=True)]
-                    _paste(tile, img[k][None] * np.asarray(amps)[:, None, None], int(r0[k]), int(c0[k]))
+                    _paste(tile, img[k][None] * amps[k][:, None, None], int(r0[k]), int(c0[k]))
                     if win is not None and cells is not None:
-                        cores.append((win[k] * np.asarray(amps)[:, None, None], int(r0[k] + cells.top[k]) - r.psf_half,
+                        cores.append((win[k] * amps[k][:, None, None], int(r0[k] + cells.top[k]) - r.psf_half,
                                       int(c0[k] + cells.left[k]) - r.psf_half))
         return cores
 
@@ -192,7 +219,8 @@ class DetectSimulator:
                          ) -> tuple[pd.DataFrame, np.ndarray]:
         """The first ``n_lens`` objects of the tile's lens-population stream that pass the visibility rule, the
         first ``n_look`` that fail it with a ring, arclet or companion and the first ``n_defl`` that fail it with
-        neither, with their PSF-convolved stamps."""
+        neither, with the PSF-convolved stamps of their lensed light (the unlensed light: :meth:`_population_light`).
+        The visibility rule sees the whole object in the lens track's cut-out, as in that track."""
         seeds = lens_object_seeds(tile_seed, self.pop.lenses.max_draws)
         taken: list[pd.DataFrame] = []
         stamps: list[np.ndarray] = []
@@ -202,8 +230,9 @@ class DetectSimulator:
                 break
             samples = [self.lens_sim.sample(s) for s in seeds[start:start + chunk]]
             cols = {k: np.array([smp[k] for smp in samples]) for k in samples[0]}
-            model, source = self.lens_sim.render(cols)
-            meta = pd.concat([pd.DataFrame(cols), self.lens_sim.label(cols, model, source)], axis=1)
+            model, source = self.lens_sim.render(_light(cols, self._unlensed, lensed=True))
+            unlensed, _ = self.lens_sim.render(_light(cols, self._unlensed, lensed=False))
+            meta = pd.concat([pd.DataFrame(cols), self.lens_sim.label(cols, model + unlensed, source)], axis=1)
             lens = meta["is_lens"].to_numpy() == 1
             look = ~lens & np.any(meta[list(LOOKALIKE_FLAGS)].to_numpy(dtype=bool), axis=1)
             kind = np.where(lens, "lens", np.where(look, "lookalike", "deflector"))
@@ -216,6 +245,26 @@ class DetectSimulator:
             return pd.DataFrame(), np.zeros((0, len(self.bands), self.stamp, self.stamp))
         order = sorted(range(len(taken)), key=lambda i: taken[i]["kind"].iloc[0] != "lens")  # lenses first
         return (pd.concat([taken[i] for i in order], ignore_index=True), np.stack([stamps[i] for i in order]))
+
+    def _population_light(self, objs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+        """The unlensed light of the placed lens-population objects (deflector, companion, arclet, ring), as
+        :meth:`_add_profiles` takes it: (profile, rows) per profile, each component present a row, with the lens
+        track's amplitudes; its centre from the deflector's (x, y) and the offset between the two."""
+        out = []
+        for kind in ("sersic", "gaussian"):
+            rows = []
+            for p in (p for p, k in self._unlensed if k == kind):
+                amps = {f"amp_{b}": objs[f"{p}_amp_{b}"].to_numpy(dtype=np.float64) for b in self.band_names}
+                on = np.any(np.array(list(amps.values())) != 0.0, axis=0)
+                c = {a: objs[f"{p}_{a}"].to_numpy(dtype=np.float64)[on] for a in ("center_x", "center_y", "e1", "e2")}
+                rows.append(pd.DataFrame({
+                    "x": objs["x"].to_numpy()[on] + (c["center_x"] - objs["lens_center_x"].to_numpy()[on]) / self.pix,
+                    "y": objs["y"].to_numpy()[on] + (c["center_y"] - objs["lens_center_y"].to_numpy()[on]) / self.pix,
+                    "R": objs[f"{p}_R_sersic" if kind == "sersic" else f"{p}_sigma"].to_numpy(dtype=np.float64)[on],
+                    **({"n": objs[f"{p}_n_sersic"].to_numpy(dtype=np.float64)[on]} if kind == "sersic" else {}),
+                    "e1": c["e1"], "e2": c["e2"], **{k: v[on] for k, v in amps.items()}}))
+            out.append((kind, pd.concat(rows, ignore_index=True)))
+        return out
 
     def _place(self, rng: np.random.Generator, n: int) -> list[tuple[float, float] | None]:
         """Centres (pixels) of ``n`` lens-population objects: uniform inside the edge margin, at least
@@ -244,14 +293,6 @@ class DetectSimulator:
         """The noise-free model of one tile and its truth table."""
         tile_seed = int(tile_seed)
         gal, stars = self.draw_field(tile_seed)
-        nb = len(self.bands)
-        tile = np.zeros((nb, self.size, self.size))
-        cores = self._add_galaxies(tile, gal)
-        model = self.tile_renderer.convolve(tile[None].astype(np.float32))[0].astype(np.float64)
-        for win, r0, c0 in cores:  # the galaxies' cores blurred from their cells
-            _paste(model, win, r0, c0)
-        self._add_stars(model, stars)
-
         rng = noise_stream(tile_seed, PLACEMENT)
         lo, hi = self.pop.lenses.per_tile
         n_lens = int(rng.integers(lo, hi + 1))
@@ -262,14 +303,24 @@ class DetectSimulator:
         objs, stamps = self._lens_population(tile_seed, n_lens, n_look, n_defl)
         spots = self._place(rng, len(objs))
         keep = [k for k, s in enumerate(spots) if s is not None]
-        h = (self.stamp - 1) / 2
+        h, corners = (self.stamp - 1) / 2, {}
         for k in keep:  # stamp pixel (0, 0) at tile (r0, c0): the stamp's centre at (c0 + h, r0 + h)
             sx, sy = spots[k]  # type: ignore[misc]
-            c0, r0 = int(np.floor(sx - h + 0.5)), int(np.floor(sy - h + 0.5))
-            _paste(model, stamps[k], r0, c0)
+            c0, r0 = corners[k] = int(np.floor(sx - h + 0.5)), int(np.floor(sy - h + 0.5))
             objs.loc[k, "x"] = c0 + h + objs.loc[k, "lens_center_x"] / self.pix
             objs.loc[k, "y"] = r0 + h + objs.loc[k, "lens_center_y"] / self.pix
         objs = objs.iloc[keep].reset_index(drop=True) if len(objs) else objs
+        # the field galaxies and the objects' unlensed light convolved together, their cores blurred from their cells
+        tile = np.zeros((len(self.bands), self.size, self.size))
+        cores = self._add_galaxies(tile, gal)
+        for kind, light in self._population_light(objs) if len(objs) else []:
+            cores += self._add_profiles(tile, kind, light)
+        model = self.tile_renderer.convolve(tile[None].astype(np.float32))[0].astype(np.float64)
+        for win, r0, c0 in cores:
+            _paste(model, win, r0, c0)
+        self._add_stars(model, stars)
+        for k, (c0, r0) in corners.items():  # the lensed light, already convolved in the lens track's cut-out
+            _paste(model, stamps[k], r0, c0)
         if len(objs):
             objs["seed"] = objs["seed"].astype("Int64")  # exact through the concat with the field (no seed)
             ref = self.band_names[0]
@@ -340,6 +391,17 @@ class DetectSimulator:
         truth table (``objects``: one row per catalogued object, ``tile`` the tile's id)."""
         images, tiles, truth = self.simulate_tiles(seeds, split, start, stop)
         return images, {c: tiles[c].to_numpy() for c in tiles.columns}, {TABLE: self.release_table(truth)}
+
+
+def _light(cols: dict[str, np.ndarray], unlensed: list[tuple[str, str]], lensed: bool) -> dict[str, np.ndarray]:
+    """``cols`` with only the lensed light components' amplitudes (``lensed``) or only the unlensed ones' (and no
+    source to ray-trace) left."""
+    names = {p for p, _ in unlensed}
+    out = {k: np.zeros_like(v) if "_amp_" in k and (k.split("_amp_")[0] in names) == lensed else v
+           for k, v in cols.items()}
+    if not lensed:
+        out["has_source"] = np.zeros_like(cols["has_source"])
+    return out
 
 
 def _paste(tile: np.ndarray, stamp: np.ndarray, r0: int, c0: int) -> None:

@@ -206,6 +206,13 @@ class LensSimulator:
         assert next(uniforms, None) is None and next(normals, None) is None, "every draw is used"
         return {k: v if np.ndim(v) else np.full(len(seeds), v) for k, v in row.items()}
 
+    @staticmethod
+    def unlensed_components() -> list[tuple[str, str]]:
+        """The light components that are not lensed, (column prefix, profile "sersic" or "gaussian"): a survey tile
+        renders them apart, on stamps sized by their light (tasks/detect/simulator.py)."""
+        return [(p, "sersic") for p, lensed in SERSIC_COMPONENTS if not lensed] + \
+               [(p, "gaussian") for p, lensed in GAUSSIAN_COMPONENTS if not lensed]
+
     # ---------------------------------------------------------------- rendering
     def render(self, meta: pd.DataFrame | dict[str, np.ndarray]) -> tuple[Any, Any]:
         """Noise-free (B, bands, n, n) images and the PSF-convolved lensed source alone, on the backend.
