@@ -10,10 +10,11 @@ the same population, renderer and visibility rule as the cut-out tracks). So a t
 Image formation: field galaxies and the lens-population objects' unlensed light (deflector, companion and arclet
 Sersics, ring Gaussians; stamps on the supersampled grid out to the isophote holding 99% of the light) are convolved
 once over the whole tile with the survey PSF (zero padding outside the tile); stars (point sources anywhere in a
-pixel) are the PSF integrated over the pixels; a lens-population object's lensed light comes as a PSF-convolved stamp of the
-lens track's cut-out size (the frame its visibility rule measures). Both are added after the convolution. Then
-background + Poisson noise, and saturation: each exposure holds at most the full well, so a pixel's rate is clipped
-at full_well / exposure_time. Pixel (0, 0)'s centre is at x = y = 0; x runs along columns, y along rows."""
+pixel) are the PSF integrated over the pixels; a lens-population object's lensed light comes as a PSF-convolved
+stamp of the lens track's cut-out size (the frame its visibility rule measures). Both are added after the
+convolution. Then background + Poisson noise, and saturation: each exposure holds at most the full well, so a
+pixel's rate is clipped at full_well / exposure_time. Pixel (0, 0)'s centre is at x = y = 0; x runs along columns,
+y along rows."""
 
 from __future__ import annotations
 
