@@ -1,4 +1,4 @@
-"""Convergence of the lensed light (simulator.py: ARC_LEVELS, the arcs' adaptive refinement) and its cost.
+"""Convergence of the lensed light (simulator.py: ARC_LEVELS, arc_levels: the arcs' adaptive refinement) and its cost.
 
 Over the lensed objects among the first --n objects of lens-space and lens-ground (train split, seed 3): the
 PSF-convolved lensed source of the tracks' render (supersampling 2) without the adaptive refinement of the arcs
@@ -7,7 +7,7 @@ PSF-convolved lensed source of the tracks' render (supersampling 2) without the 
 fraction of the source's peak; median, 90th percentile and max over objects), the `magnification` label's
 relative error, the number of objects whose is_lens flips, and the cost of `simulate` (best of 3, interleaved).
 
-    python perf/arc_convergence.py [--n 500] [--ref 16] [--levels 128x8,8x32]
+    python perf/arc_convergence.py [--n 500] [--ref 16] [--levels 128x8,8x32 (default: each track's arc_levels)]
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from skybench.tracks import load_track
 
 def render(sim: S.LensSimulator, cols: dict[str, np.ndarray], levels: tuple[tuple[int, int], ...], chunk: int = 16
            ) -> tuple[np.ndarray, ...]:
-    """Source images (B, bands, n, n), magnification and is_lens of ``cols`` with ARC_LEVELS = levels."""
-    saved, S.ARC_LEVELS = S.ARC_LEVELS, levels
+    """Source images (B, bands, n, n), magnification and is_lens of ``cols`` with arc_levels = levels."""
+    saved, sim.arc_levels = sim.arc_levels, levels
     try:
         src, mag, lens = [], [], []
         for a in range(0, len(cols["seed"]), chunk):
@@ -37,7 +37,7 @@ def render(sim: S.LensSimulator, cols: dict[str, np.ndarray], levels: tuple[tupl
             lens.append(lab["is_lens"])
         return np.concatenate(src), np.concatenate(mag), np.concatenate(lens)
     finally:
-        S.ARC_LEVELS = saved
+        sim.arc_levels = saved
 
 
 def stats(v: np.ndarray) -> str:
@@ -48,17 +48,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--ref", type=int, default=16)
-    ap.add_argument("--levels", default=",".join(f"{k}x{f}" for k, f in S.ARC_LEVELS))
+    ap.add_argument("--levels", default="")
     ap.add_argument("--tracks", default="lens-space,lens-ground")
     args = ap.parse_args()
-    levels = tuple((int(k), int(f)) for k, f in (lv.split("x") for lv in args.levels.split(",") if lv))
+    given = tuple((int(k), int(f)) for k, f in (lv.split("x") for lv in args.levels.split(",") if lv))
     be = get_backend("numpy")
-    print(f"ARC_LEVELS {levels} (pixels, factor); reference: supersampling {args.ref}")
+    print(f"reference: supersampling {args.ref}")
     print("track        objs | worst px / sigma_bkg (median p90 max) | worst px / source peak (median p90 max) "
           "| |magnification err| (median p90 max) | is_lens flips")
     for name in args.tracks.split(","):
         track = load_track(name)
         sim = S.LensSimulator(track, be)
+        levels = given or sim.arc_levels
+        print(f"{name}: arc_levels {levels} (pixels, factor)")
         assert track.cutout is not None
         ref_track = track.model_copy(update={"cutout": track.cutout.model_copy(update={"supersampling": args.ref})})
         ref_sim = S.LensSimulator(ref_track, be)
@@ -80,7 +82,7 @@ def main() -> None:
         best = {(): np.inf, levels: np.inf}
         for _ in range(3):
             for lv in best:
-                S.ARC_LEVELS = lv
+                sim.arc_levels = lv
                 t = time.perf_counter()
                 sim.simulate(3, "train", 0, 256)
                 best[lv] = min(best[lv], time.perf_counter() - t)

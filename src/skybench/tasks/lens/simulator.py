@@ -28,17 +28,28 @@ from skybench.testkey import ObjectSeeds, as_object_seeds
 
 MAX_CLUMPS = 3
 # Adaptive supersampling of the lensed light (lenstronomy ImageNumerics compute_mode='adaptive', supersampled_indexes),
-# nested, (pixels, factor) per level: per lensed object the 128 pixels whose sub-samples spread most are re-evaluated
-# 8^2 times, then the 16 of those whose rays spread most 16^2 times; the 5x5 pixels at the lens centre (which see
-# a long arc of the source plane each) are in the first level, the 3x3 in every level. A fixed count per object
-# keeps an object's image independent of its batch. perf/arc_convergence.py chose them (against supersampling 16:
-# worst pixel a median 0.01 sigma_bkg, at most 0.5, magnification within 0.4%; at 2 alone 0.3, 30 sigma, 6.6%).
-ARC_LEVELS = ((128, 8), (16, 16))
+# nested, (ring widths, factor) per level: per lensed object the pixels whose sub-samples spread most are re-evaluated
+# 4^2 times, those of them whose rays spread most 8^2 times, then 16^2 times; the 5x5 pixels at the lens centre
+# (which see a long arc of the source plane each) are in the first level, the 3x3 in every level. A level's count of
+# pixels is its ring widths times the circumference 2 pi theta_E / pixel_scale of the track's largest Einstein ring
+# (the longest arc its population makes; a near-round lens's ring is 2-3 high-gradient pixels across), plus those
+# centre pixels (arc_levels: lens-space 402, 135, 41). A fixed count per track keeps an object's image independent of
+# its batch. perf/arc_convergence.py chose them (against supersampling 16: worst pixel a median 0.002-0.004 sigma_bkg,
+# at most 0.18, magnification within 0.1%; a q = 0.99, theta_E = 2" ring 0.07 sigma and 0.3% of its peak, where a
+# fixed 128 and 16 pixels per object left 1.5 sigma and 15%).
+ARC_LEVELS = ((3.0, 4), (1.0, 8), (0.25, 16))
 
 # Light components: (column prefix, profile, lensed?). Absent components have zero amplitude.
 SERSIC_COMPONENTS = [("lens_light", False), ("source", True), ("companion", False), ("arclet", False)]
 GAUSSIAN_COMPONENTS = [(f"clump{k}", True) for k in range(MAX_CLUMPS)] + [("ring_outer", False),
                                                                           ("ring_inner", False)]
+
+
+def arc_levels(track: LensTrack) -> tuple[tuple[int, int], ...]:
+    """The (pixels, factor) per object of each ARC_LEVELS level on ``track``: its ring widths times the circumference
+    in pixels of the population's largest Einstein ring, plus the lens centre's 5x5 (first level) or 3x3 pixels."""
+    ring = 2 * math.pi * track.population.lens.theta_E[1] / track.survey.pixel_scale
+    return tuple((math.ceil(w * ring) + (25 if k == 0 else 9), f) for k, (w, f) in enumerate(ARC_LEVELS))
 
 
 class LensSimulator:
@@ -94,6 +105,7 @@ class LensSimulator:
         self.stamps: tuple[Stamp, ...] = source_library(real) if real is not None else ()
         self.interp_order = 1 if real is not None and real.interpolation == "linear" else 3
         self.antialias = real.antialias * self.renderer.pixel_scale / self.renderer.supersampling if real else 0.0
+        self.arc_levels = arc_levels(track)  # (pixels, factor) per level of _refine_arcs
 
     # ---------------------------------------------------------------- parameters
     # Each object draws N_UNIFORM uniforms and N_NORMAL + 5 * bands standard normals from its own generator in
@@ -220,7 +232,7 @@ class LensSimulator:
         Each component is evaluated for all the objects that have it at once, into reused buffers: the
         unlensed ones on the regular supersampled grid (radius as one matrix product), the lensed ones at the
         source-plane positions of the lensed objects, then the lensed light's least resolved pixels on finer
-        grids (:meth:`_refine_arcs`, ARC_LEVELS)."""
+        grids (:meth:`_refine_arcs`, :attr:`arc_levels`)."""
         be, r = self.backend, self.renderer
         xp = be.xp
         cols = _columns(meta)
@@ -334,7 +346,7 @@ class LensSimulator:
                 factor = 1 / col("source_scale", present["source"])[:, None] ** 2
                 add_spread(["source"], sb, factor)
                 add(["source"], binned(sb), factor, lensed=True)
-            if ARC_LEVELS:
+            if self.arc_levels:
                 self._refine_arcs(cols, lensed_idx, be.to_numpy(spread), amps, present, source, total)
 
         full_source = xp.zeros((B, nb, n, n), dtype=be.dtype, device=device(r.x))
@@ -345,7 +357,7 @@ class LensSimulator:
     def _refine_arcs(self, cols: dict[str, np.ndarray], lensed_idx: np.ndarray, spread: np.ndarray,
                      amps: dict[str, np.ndarray], present: dict[str, np.ndarray], source: Any, total: Any) -> None:
         """In place: the pixels of each lensed object where its sub-samples spread most -> their means over finer
-        sub-pixel grids (every lensed component), in ``source`` (L, bands, n, n) and ``total``. ARC_LEVELS: the
+        sub-pixel grids (every lensed component), in ``source`` (L, bands, n, n) and ``total``. arc_levels: the
         first level takes its count of pixels with the largest ``spread`` (L, n, n) or near the lens centre, each
         next one that many of the previous level's pixels whose rays spread most or next to the lens centre."""
         be, r, n, nl = self.backend, self.renderer, self.renderer.size, lensed_idx.size
@@ -364,7 +376,7 @@ class LensSimulator:
 
         rank, centre = np.where(around(2), np.inf, spread.reshape(nl, n * n)), around(1)
         pix, pos, values = np.zeros((nl, 0), np.int64), o, None
-        for K, F in ARC_LEVELS:  # pos: where this level's pixels are in the first level's pix and values
+        for K, F in self.arc_levels:  # pos: where this level's pixels are in the first level's pix and values
             K = min(K, rank.shape[1])  # a fixed count: an object's pixels do not depend on its batch
             pick = np.sort(np.argpartition(-rank, K - 1, axis=1)[:, :K], axis=1)
             pix, pos = (pick, np.broadcast_to(np.arange(K), (nl, K))) if values is None else (pix, pos[o, pick])
