@@ -16,7 +16,6 @@ from skybench.physics.backend import get_backend
 from skybench.physics.light import sersic_total_flux
 from skybench.real_hst import Target
 from skybench.release import open_release, verify_release
-from skybench.tasks.lens import simulator
 from skybench.tasks.lens.config import LensTrack
 from skybench.tasks.lens.injected import (
     TRANSFORMS,
@@ -137,7 +136,7 @@ def test_the_arcs_take_the_cutouts_psf_where_it_is_broader(tmp_path, monkeypatch
 
     _, meta = sim.simulate(3, "train", 0, 8)
     cols = {k: np.asarray(v) for k, v in meta.items()}
-    monkeypatch.setattr(simulator, "ARC_LEVELS", ())  # both sampled on the track's grid (no refined arcs)
+    monkeypatch.setattr(sim.sim, "arc_levels", ())  # both sampled on the track's grid (no refined arcs)
     arcs, _ = sim.arcs(cols)
     i = int(np.flatnonzero(cols["has_source"])[0])
     row = pd.Series({k: v[i] for k, v in meta.items()})  # as the release's table has it: no absent components
