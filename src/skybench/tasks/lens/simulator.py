@@ -29,15 +29,15 @@ from skybench.testkey import ObjectSeeds, as_object_seeds
 MAX_CLUMPS = 3
 # Adaptive supersampling of the lensed light (lenstronomy ImageNumerics compute_mode='adaptive', supersampled_indexes),
 # nested, (ring widths, factor) per level: per lensed object the pixels whose sub-samples spread most are re-evaluated
-# 4^2 times, those of them whose rays spread most 8^2 times, then 16^2 times; the 5x5 pixels at the lens centre
+# 6^2 times, those of them whose rays spread most 8^2 times, then 16^2 times; the 5x5 pixels at the lens centre
 # (which see a long arc of the source plane each) are in the first level, the 3x3 in every level. A level's count of
 # pixels is its ring widths times the circumference 2 pi theta_E / pixel_scale of the track's largest Einstein ring
 # (the longest arc its population makes; a near-round lens's ring is 2-3 high-gradient pixels across), plus those
 # centre pixels (arc_levels: lens-space 402, 135, 41). A fixed count per track keeps an object's image independent of
 # its batch. perf/arc_convergence.py chose them (against supersampling 16: worst pixel a median 0.002-0.004 sigma_bkg,
-# at most 0.18, magnification within 0.1%; a q = 0.99, theta_E = 2" ring 0.07 sigma and 0.3% of its peak, where a
-# fixed 128 and 16 pixels per object left 1.5 sigma and 15%).
-ARC_LEVELS = ((3.0, 4), (1.0, 8), (0.25, 16))
+# at most 0.07, magnification within 0.09%; a q = 0.99, theta_E = 2" ring within 0.05 sigma and 0.3% of its peak,
+# where a fixed 128 and 16 pixels per object left 1.5 sigma and 15%; 6^2 first: 4^2 left 0.2 sigma on some objects).
+ARC_LEVELS = ((3.0, 6), (1.0, 8), (0.25, 16))
 
 # Light components: (column prefix, profile, lensed?). Absent components have zero amplitude.
 SERSIC_COMPONENTS = [("lens_light", False), ("source", True), ("companion", False), ("arclet", False)]
