@@ -358,13 +358,56 @@ def test_bootstrap_ci_propagates_other_errors_and_checks_arguments() -> None:
         common.bootstrap_ci(lambda x: float("nan"), np.arange(5), n_resamples=10)
 
 
+_POINT = {"auroc": m.auroc, "tpr0": m.tpr0, "tpr10": m.tpr10, "tpr_fpr1e-3": lambda y, s: m.tpr_at_fpr(y, s, 1e-3)}
+
+
 @pytest.mark.parametrize("n, seed", [(3, 0), (40, 1), (3000, 2)])
-def test_lens_metrics_fast_auroc_ci_equals_generic_bootstrap(n: int, seed: int) -> None:
+def test_lens_metrics_fast_cis_equal_generic_bootstrap(n: int, seed: int) -> None:
     labels, scores = _gaussian_scores(n, seed)
     scores = np.round(scores, 1)  # ties
     out = m.lens_metrics(labels, scores, n_resamples=150, seed=seed)
-    low, high = common.bootstrap_ci(m.auroc, labels, scores, n_resamples=150, seed=seed)
-    assert (out["auroc_ci_low"], out["auroc_ci_high"]) == (low, high)
+    assert set(_POINT) == set(m.BOOTSTRAPPED)
+    for name, metric in _POINT.items():
+        low, high = common.bootstrap_ci(metric, labels, scores, n_resamples=150, seed=seed)
+        assert (out[f"{name}_ci_low"], out[f"{name}_ci_high"]) == (low, high), name
+
+
+def test_tpr0_interval_is_the_brute_force_bootstrap() -> None:
+    # 2000 objects at AUROC ~0.95: TPR0 hangs on the top-scored non-lens, so its interval is wide
+    rng = np.random.default_rng(0)
+    labels = (rng.random(2000) < 0.3).astype(int)
+    scores = rng.normal(size=2000) + 2.3 * labels
+    out = m.lens_metrics(labels, scores, n_resamples=300, seed=4)
+    draws = np.random.default_rng(4)  # the resample indices: lens_metrics' draws, one resample after another
+    values = [m.tpr0(labels[i], scores[i]) for i in (draws.integers(0, 2000, size=2000) for _ in range(300))]
+    want = tuple(np.quantile(values, [0.025, 0.975]))
+    assert (out["tpr0_ci_low"], out["tpr0_ci_high"]) == want
+    assert out["tpr0_ci_low"] <= out["tpr0"] <= out["tpr0_ci_high"] and want[1] - want[0] > 0.05
+
+
+def test_resampled_tprs_keep_a_tie_block_as_one_threshold() -> None:
+    # the top block (0.9) is a non-lens tied with two lenses, the non-lens first: sorting the block's objects
+    # would put the lenses above it (TPR0 = 2/4 instead of 0); dropping the non-lens makes the block all lenses
+    labels = np.array([0, 1, 1, 1, 0, 1, 0])
+    scores = np.array([0.9, 0.9, 0.9, 0.5, 0.5, 0.2, 0.1])
+    idx = np.array([np.arange(7), [1, 2, 3, 4, 5, 6, 6], [0, 0, 1, 3, 3, 4, 6], [3, 4, 4, 4, 5, 6, 6]])
+    got = m.roc_resamples(labels, scores, idx, chunk_elements=14)  # two chunks
+    assert got["tpr0"].tolist() == [0.0, 0.5, 0.0, 0.0]  # [3, 4, ...]: the 0.5 block ties lens 3 with non-lens 4
+    for name, metric in _POINT.items():
+        np.testing.assert_array_equal(got[name], [metric(labels[i], scores[i]) for i in idx], err_msg=name)
+    assert np.isnan(m.roc_resamples(labels, scores, [[1, 2, 3, 5, 1, 2, 3]])["tpr10"][0])  # lenses only
+    with pytest.raises(ValueError, match="no resampled metric"):
+        m.roc_resamples(labels, scores, idx, ("average_precision",))
+
+
+def test_resampled_tprs_equal_the_point_metrics() -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 400)
+    scores = np.round(labels + rng.normal(0, 1, 400), 1)  # ties within and across classes
+    idx = rng.integers(0, 400, size=(60, 400))
+    got = m.roc_resamples(labels, scores, idx, chunk_elements=5000)
+    for name, metric in _POINT.items():
+        np.testing.assert_array_equal(got[name], [metric(labels[i], scores[i]) for i in idx], err_msg=name)
 
 
 # --------------------------------------------------------------------------- lens_metrics
@@ -378,8 +421,14 @@ def test_lens_metrics_returns_exact_keys_and_consistent_values() -> None:
         "auroc_ci_low",
         "auroc_ci_high",
         "tpr0",
+        "tpr0_ci_low",
+        "tpr0_ci_high",
         "tpr10",
+        "tpr10_ci_low",
+        "tpr10_ci_high",
         "tpr_fpr1e-3",
+        "tpr_fpr1e-3_ci_low",
+        "tpr_fpr1e-3_ci_high",
         "average_precision",
         "n_lens",
         "n_nonlens",
@@ -390,13 +439,14 @@ def test_lens_metrics_returns_exact_keys_and_consistent_values() -> None:
     assert out["tpr10"] == m.tpr10(labels, scores)
     assert out["tpr_fpr1e-3"] == m.tpr_at_fpr(labels, scores, 1e-3)
     assert out["n_lens"] == int(labels.sum()) and out["n_nonlens"] == int((labels == 0).sum())
-    assert out["auroc_ci_low"] <= out["auroc"] <= out["auroc_ci_high"]
+    for name in m.BOOTSTRAPPED:
+        assert out[f"{name}_ci_low"] <= out[name] <= out[f"{name}_ci_high"], name
     assert 0.0 <= out["tpr0"] <= out["tpr_fpr1e-3"] <= out["tpr10"] <= 1.0
 
 
 def test_lens_metrics_without_bootstrap_gives_nan_ci() -> None:
     out = m.lens_metrics([0, 1, 1], [0.1, 0.7, 0.9], n_resamples=0)
-    assert math.isnan(out["auroc_ci_low"]) and math.isnan(out["auroc_ci_high"])
+    assert all(math.isnan(out[f"{k}_ci_{b}"]) for k in m.BOOTSTRAPPED for b in ("low", "high"))
     assert out["auroc"] == 1.0 and out["tpr0"] == 1.0
 
 

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from skybench import tracking
 from skybench.release import release_digest
 from skybench.release.reader import open_release
-from skybench.tasks.lens.metrics import auroc_resamples
+from skybench.tasks.lens.metrics import roc_resamples
 from skybench.tracking import ranks
 from skybench.tracking.leaderboard import find_entry, finished_entries, leaderboard, render, write_results
 from skybench.tracks import Track, load_track
@@ -73,10 +73,10 @@ def test_auroc_of_each_resample_equals_sklearn() -> None:
     y = rng.integers(0, 2, 300)
     s = np.round(y + rng.normal(0, 1, 300), 1)  # ties within and across classes
     idx = rng.integers(0, 300, size=(50, 300))
-    got = auroc_resamples(y, s, idx, chunk_elements=3000)  # several chunks
+    got = roc_resamples(y, s, idx, ("auroc",), chunk_elements=3000)["auroc"]  # several chunks
     want = [roc_auc_score(y[i], s[i]) for i in idx]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
-    assert np.isnan(auroc_resamples(y, s, np.zeros((1, 300), int)))[0]  # one object drawn: one class only
+    assert np.isnan(roc_resamples(y, s, np.zeros((1, 300), int))["auroc"])[0]  # one object drawn: one class only
 
 
 def test_groups_follow_overlap_with_each_group_head() -> None:

@@ -23,12 +23,14 @@ from sklearn.metrics import average_precision_score
 from skybench.common import UndefinedMetricError, check_bootstrap_args, check_indices, percentile_interval
 
 __all__ = [
+    "BOOTSTRAPPED",
     "auroc",
     "average_precision",
     "completeness_by_bin",
     "lens_metrics",
     "roc_curve",
     "roc_on_grid",
+    "roc_resamples",
     "threshold_at_fpr",
     "tpr0",
     "tpr10",
@@ -150,17 +152,24 @@ def tpr_at_max_fp(labels: ArrayLike, scores: ArrayLike, max_fp: int) -> float:
     return float(tp[fp <= max_fp].max() / tp[-1])
 
 
+# The TPRs of :func:`lens_metrics` at a fixed number of false positives (at most N) or rate (FPR <= f); with AUROC,
+# the metrics it gives a bootstrap interval, all from the same resamples (:func:`roc_resamples`).
+TPR_AT_MAX_FP = {"tpr0": 0, "tpr10": 9}
+TPR_AT_FPR = {"tpr_fpr1e-3": 1e-3}
+BOOTSTRAPPED = ("auroc", *TPR_AT_MAX_FP, *TPR_AT_FPR)
+
+
 def tpr0(labels: ArrayLike, scores: ArrayLike) -> float:
     """TPR0: the highest TPR reached before a single false positive occurs."""
     # Metcalf+19 Sec. 4: "TPR0 ... the highest TPR reached, as a function of p threshold,
     # before a single false positive occurs"
-    return tpr_at_max_fp(labels, scores, 0)
+    return tpr_at_max_fp(labels, scores, TPR_AT_MAX_FP["tpr0"])
 
 
 def tpr10(labels: ArrayLike, scores: ArrayLike) -> float:
     """TPR10: the highest TPR over thresholds with fewer than ten false positives."""
     # Metcalf+19 Sec. 4: "TPR10 ... the TPR at the point where less than ten false positives are made"
-    return tpr_at_max_fp(labels, scores, 9)
+    return tpr_at_max_fp(labels, scores, TPR_AT_MAX_FP["tpr10"])
 
 
 def _fpr_ok(fp: NDArray[np.int64], fpr: float) -> NDArray[np.bool_]:
@@ -198,7 +207,6 @@ def average_precision(labels: ArrayLike, scores: ArrayLike) -> float:
 
 # --------------------------------------------------------------------------- bootstrap
 
-
 def _tie_blocks(y: NDArray[np.bool_], s: NDArray[np.float64]) -> tuple[NDArray[np.intp], NDArray[np.bool_],
                                                                        NDArray[np.intp]]:
     """(each object's rank by descending score, the labels in that order, the first rank of each tie block)."""
@@ -211,31 +219,40 @@ def _tie_blocks(y: NDArray[np.bool_], s: NDArray[np.float64]) -> tuple[NDArray[n
     return pos, y[order], starts
 
 
-def _chunk_aurocs(pos: NDArray[np.intp], y_sorted: NDArray[np.bool_], starts: NDArray[np.intp],
-                  rows: NDArray[np.intp]) -> NDArray[np.float64]:
-    """:func:`auroc` of each resample (row of object indices) of ``rows``, NaN without both classes: each resample
-    is a count per object, and the exact trapezoid sum runs over the fixed tie blocks (no sort per resample)."""
+def _chunk_stats(pos: NDArray[np.intp], y_sorted: NDArray[np.bool_], starts: NDArray[np.intp],
+                 rows: NDArray[np.intp], names: Sequence[str]) -> dict[str, NDArray[np.float64]]:
+    """The metrics ``names`` (of :data:`BOOTSTRAPPED`) of each resample (row of object indices) of ``rows``, NaN
+    without both classes: each resample is a count per object, summed over the fixed tie blocks (one threshold per
+    block, as :func:`_counts`; no sort per resample); the same numbers as :func:`auroc`, :func:`tpr_at_max_fp` and
+    :func:`tpr_at_fpr` of the resampled objects."""
     n = pos.shape[0]
     block = pos[rows]
     k = block.shape[0]
     w = np.bincount((block + n * np.arange(k)[:, None]).ravel(), minlength=k * n).reshape(k, n)
     tp_b = np.add.reduceat(np.where(y_sorted, w, 0), starts, axis=1)
     fp_b = np.add.reduceat(w, starts, axis=1) - tp_b
-    n_pos, n_neg = tp_b.sum(axis=1), fp_b.sum(axis=1)
-    # trapezoid: sum dFP * (TP + TP_prev), TP_prev = TP - dTP; empty blocks add zero area
-    twice_area = np.sum(fp_b * (2 * np.cumsum(tp_b, axis=1) - tp_b), axis=1)
+    tp, n_pos, n_neg = np.cumsum(tp_b, axis=1), tp_b.sum(axis=1), fp_b.sum(axis=1)
+    fp = np.cumsum(fp_b, axis=1) if set(names) - {"auroc"} else fp_b  # cumulative FP: only the TPRs need it
+    out = {}
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where((n_pos > 0) & (n_neg > 0), twice_area / (2.0 * n_pos * n_neg), np.nan)
+        for name in names:
+            if name == "auroc":  # trapezoid: sum dFP * (TP + TP_prev), TP_prev = TP - dTP; empty blocks add zero
+                value = np.sum(fp_b * (2 * tp - tp_b), axis=1) / (2.0 * n_pos * n_neg)
+            else:  # the (0, 0) point always qualifies (the 0); TP is non-decreasing, so its max is the last one's
+                ok = fp <= TPR_AT_MAX_FP[name] if name in TPR_AT_MAX_FP else fp / n_neg[:, None] <= TPR_AT_FPR[name]
+                value = np.max(np.where(ok, tp, 0), axis=1) / n_pos
+            out[name] = np.where((n_pos > 0) & (n_neg > 0), value, np.nan)
+    return out
 
 
 CHUNK_ELEMENTS = 2**17  # counts per chunk of resamples: 1 MB of int64 stays in cache (4M: 1.3-2x slower)
 
 
-def _auroc_bootstrap_ci(
+def _bootstrap_cis(
     y: NDArray[np.bool_], s: NDArray[np.float64], n_resamples: int, seed: int, alpha: float
-) -> tuple[float, float]:
-    """Same result as ``bootstrap_ci(auroc, y, s, ...)`` (same draws, one resample after another), by
-    :func:`auroc_resamples`' algorithm: sorted once, a chunk of resamples at a time."""
+) -> dict[str, tuple[float, float]]:
+    """The interval of each of :data:`BOOTSTRAPPED`: the same as ``bootstrap_ci(<metric>, y, s, ...)`` (the same
+    draws, one resample after another), by :func:`roc_resamples`' algorithm: sorted once, a chunk at a time."""
     check_bootstrap_args(n_resamples, alpha)
     n = s.shape[0]
     blocks = _tie_blocks(y, s)
@@ -244,23 +261,26 @@ def _auroc_bootstrap_ci(
     chunks = []
     for lo in range(0, int(n_resamples), step):
         rows = np.stack([rng.integers(0, n, size=n) for _ in range(min(step, int(n_resamples) - lo))])
-        chunks.append(_chunk_aurocs(*blocks, rows))
-    stats = np.concatenate(chunks)
-    return percentile_interval(stats[np.isfinite(stats)], alpha)
+        chunks.append(_chunk_stats(*blocks, rows, BOOTSTRAPPED))
+    stats = {name: np.concatenate([c[name] for c in chunks]) for name in BOOTSTRAPPED}
+    return {name: percentile_interval(v[np.isfinite(v)], alpha) for name, v in stats.items()}
 
 
-def auroc_resamples(labels: ArrayLike, scores: ArrayLike, indices: ArrayLike,
-                    chunk_elements: int = CHUNK_ELEMENTS) -> NDArray[np.float64]:
-    """:func:`auroc` of each resample ``labels[indices[r]], scores[indices[r]]`` (NaN without both classes), for a
-    chunk of resamples at a time (at most ``chunk_elements`` counts)."""
+def roc_resamples(labels: ArrayLike, scores: ArrayLike, indices: ArrayLike, names: Sequence[str] = BOOTSTRAPPED,
+                  chunk_elements: int = CHUNK_ELEMENTS) -> dict[str, NDArray[np.float64]]:
+    """Each metric ``names`` (of :data:`BOOTSTRAPPED`) of each resample ``labels[indices[r]], scores[indices[r]]``
+    (NaN without both classes), for a chunk of resamples at a time (at most ``chunk_elements`` counts)."""
+    if unknown := [m for m in names if m not in BOOTSTRAPPED]:
+        raise ValueError(f"no resampled metric {unknown}; choose from {', '.join(BOOTSTRAPPED)}")
     y, s = _validate(labels, scores, require_both=False)
     n = s.shape[0]
     idx = check_indices(indices, n)
     blocks = _tie_blocks(y, s)
-    out = np.full(idx.shape[0], np.nan)
+    out = {name: np.full(idx.shape[0], np.nan) for name in names}
     step = max(1, chunk_elements // max(n, 1))
     for lo in range(0, idx.shape[0], step):
-        out[lo:lo + step] = _chunk_aurocs(*blocks, idx[lo:lo + step])
+        for name, v in _chunk_stats(*blocks, idx[lo:lo + step], names).items():
+            out[name][lo:lo + step] = v
     return out
 
 
@@ -310,25 +330,19 @@ def completeness_by_bin(
 def lens_metrics(
     labels: ArrayLike, scores: ArrayLike, *, n_resamples: int = 1000, seed: int = 0
 ) -> dict[str, float]:
-    """All lens-finding metrics of Metcalf et al. 2019 plus a bootstrap CI on AUROC.
+    """All lens-finding metrics of Metcalf et al. 2019, each of :data:`BOOTSTRAPPED` with its 95% percentile
+    bootstrap interval (``<metric>_ci_low`` / ``_ci_high``, all from the same resamples).
 
     ``n_resamples=0`` skips the bootstrap (CI bounds are NaN).
     """
     y, s = _validate(labels, scores)
-    if n_resamples:
-        # fast path, identical to bootstrap_ci(auroc, y, s, n_resamples=n_resamples, seed=seed)
-        low, high = _auroc_bootstrap_ci(y, s, n_resamples, seed, 0.05)
-    else:
-        low, high = float("nan"), float("nan")
+    nan = (float("nan"), float("nan"))
+    # fast path, identical to bootstrap_ci(<metric>, y, s, n_resamples=n_resamples, seed=seed) for each metric
+    ci = _bootstrap_cis(y, s, n_resamples, seed, 0.05) if n_resamples else dict.fromkeys(BOOTSTRAPPED, nan)
+    point = {"auroc": auroc(y, s), **{m: tpr_at_max_fp(y, s, k) for m, k in TPR_AT_MAX_FP.items()},
+             **{m: tpr_at_fpr(y, s, f) for m, f in TPR_AT_FPR.items()}}
+    out: dict[str, float] = {}
+    for name, value in point.items():
+        out |= {name: value, f"{name}_ci_low": ci[name][0], f"{name}_ci_high": ci[name][1]}
     n_lens = int(np.count_nonzero(y))
-    return {
-        "auroc": auroc(y, s),
-        "auroc_ci_low": low,
-        "auroc_ci_high": high,
-        "tpr0": tpr0(y, s),
-        "tpr10": tpr10(y, s),
-        "tpr_fpr1e-3": tpr_at_fpr(y, s, 1e-3),
-        "average_precision": average_precision(y, s),
-        "n_lens": n_lens,
-        "n_nonlens": int(y.shape[0]) - n_lens,
-    }
+    return out | {"average_precision": average_precision(y, s), "n_lens": n_lens, "n_nonlens": int(y.shape[0]) - n_lens}

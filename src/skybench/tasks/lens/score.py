@@ -17,11 +17,12 @@ import pandas as pd
 
 from skybench.common import on_resamples, percentile_interval, proportion_ci, stratified, wilson_interval
 from skybench.tasks.lens.metrics import (
-    auroc_resamples,
+    BOOTSTRAPPED,
     completeness_by_bin,
     lens_metrics,
     roc_curve,
     roc_on_grid,
+    roc_resamples,
     threshold_at_fpr,
 )
 from skybench.tracks import Stratum, Track
@@ -78,7 +79,7 @@ def real_auroc(labels: np.ndarray, scores: np.ndarray, n_resamples: int = REAL_A
     rng = np.random.default_rng(seed)
     idx = np.concatenate([rng.choice(pos, (n_resamples, len(pos))), rng.choice(neg, (n_resamples, len(neg)))], axis=1)
     # Efron & Tibshirani 1993, Sec. 13.3: percentile interval of the resampled AUROCs
-    low, high = percentile_interval(auroc_resamples(y, s, idx), 0.05)
+    low, high = percentile_interval(roc_resamples(y, s, idx, ("auroc",))["auroc"], 0.05)
     return auc, low, high
 
 
@@ -89,13 +90,14 @@ def oracle(track: Track, truth: HiddenSplit, ids: np.ndarray) -> np.ndarray:
 
 def score_resamples(track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
                     indices: np.ndarray) -> np.ndarray:
-    """The primary metric on each resample: AUROC by one sort and counts per resample; any other metric of
-    :func:`lens_metrics` by the generic loop (NaN on a resample without both classes)."""
+    """The primary metric on each resample: AUROC or a TPR at fixed false positives by one sort and counts per
+    resample (:func:`roc_resamples`); any other metric of :func:`lens_metrics` by the generic loop (NaN on a
+    resample without both classes)."""
     labels = truth.truth(ids, ["is_lens"])["is_lens"].to_numpy().astype(int)
     scores = np.asarray(predictions, dtype=np.float64)
     primary = track.metrics.primary
-    if primary == "auroc":
-        return auroc_resamples(labels, scores, indices)
+    if primary in BOOTSTRAPPED:
+        return roc_resamples(labels, scores, indices, (primary,))[primary]
     return on_resamples(lambda y, s: lens_metrics(y, s, n_resamples=0)[primary], indices, labels, scores)
 
 
