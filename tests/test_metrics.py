@@ -523,3 +523,11 @@ def test_boolean_and_float_labels_are_accepted() -> None:
     assert m.auroc(np.array([False, True, True, False]), [0.1, 0.8, 0.3, 0.4]) == expected
     assert m.auroc([0.0, 1.0, 1.0, 0.0], [0.1, 0.8, 0.3, 0.4]) == expected
     assert expected == 0.75
+
+
+def test_resampled_fpr_limit_is_the_point_metrics_division() -> None:
+    # tpr_at_fpr keeps the points with FP / N <= fpr (a float division): the resampled path's integer limit too
+    n = np.arange(1, 20_001)
+    for fpr in (0.0, 1e-3, 0.01, 0.07, 0.1, 1 / 3, 0.3, 1.0):
+        most = m._max_fp(n, fpr)
+        assert np.all(most / n <= fpr) and np.all((most + 1) / n > fpr), fpr

@@ -225,24 +225,40 @@ def _chunk_stats(pos: NDArray[np.intp], y_sorted: NDArray[np.bool_], starts: NDA
     without both classes: each resample is a count per object, summed over the fixed tie blocks (one threshold per
     block, as :func:`_counts`; no sort per resample); the same numbers as :func:`auroc`, :func:`tpr_at_max_fp` and
     :func:`tpr_at_fpr` of the resampled objects."""
-    n = pos.shape[0]
-    block = pos[rows]
-    k = block.shape[0]
-    w = np.bincount((block + n * np.arange(k)[:, None]).ravel(), minlength=k * n).reshape(k, n)
-    tp_b = np.add.reduceat(np.where(y_sorted, w, 0), starts, axis=1)
-    fp_b = np.add.reduceat(w, starts, axis=1) - tp_b
-    tp, n_pos, n_neg = np.cumsum(tp_b, axis=1), tp_b.sum(axis=1), fp_b.sum(axis=1)
-    fp = np.cumsum(fp_b, axis=1) if set(names) - {"auroc"} else fp_b  # cumulative FP: only the TPRs need it
+    n, k = pos.shape[0], rows.shape[0]
+    w = np.bincount((pos[rows] + n * np.arange(k)[:, None]).ravel(), minlength=k * n).reshape(k, n)
+    # in place where it can: a fresh array of k x n costs about what the sums over it do
+    fp_b = np.add.reduceat(w, starts, axis=1)
+    w[:, ~y_sorted] = 0
+    tp_b = np.add.reduceat(w, starts, axis=1)
+    del w
+    fp_b -= tp_b
+    n_pos, n_neg = tp_b.sum(axis=1), fp_b.sum(axis=1)
+    tp = np.cumsum(tp_b, axis=1)
     out = {}
     with np.errstate(invalid="ignore", divide="ignore"):
-        for name in names:
-            if name == "auroc":  # trapezoid: sum dFP * (TP + TP_prev), TP_prev = TP - dTP; empty blocks add zero
-                value = np.sum(fp_b * (2 * tp - tp_b), axis=1) / (2.0 * n_pos * n_neg)
-            else:  # the (0, 0) point always qualifies (the 0); TP is non-decreasing, so its max is the last one's
-                ok = fp <= TPR_AT_MAX_FP[name] if name in TPR_AT_MAX_FP else fp / n_neg[:, None] <= TPR_AT_FPR[name]
-                value = np.max(np.where(ok, tp, 0), axis=1) / n_pos
-            out[name] = np.where((n_pos > 0) & (n_neg > 0), value, np.nan)
-    return out
+        if "auroc" in names:  # trapezoid: sum dFP * (TP + TP_prev), TP_prev = TP - dTP; empty blocks add zero area
+            twice = 2 * tp
+            twice -= tp_b
+            twice *= fp_b
+            out["auroc"] = twice.sum(axis=1) / (2.0 * n_pos * n_neg)
+            del twice
+        fp = np.cumsum(fp_b, axis=1, out=fp_b)
+        for name in (m for m in names if m != "auroc"):
+            # highest TP over the points with FP <= the limit: (0, 0) and a prefix of the blocks (FP never falls,
+            # so a binary search per resample finds it: last = -1 is (0, 0) alone)
+            limit = np.full(k, TPR_AT_MAX_FP[name]) if name in TPR_AT_MAX_FP else _max_fp(n_neg, TPR_AT_FPR[name])
+            last = np.array([np.searchsorted(row, c, side="right") for row, c in zip(fp, limit, strict=True)]) - 1
+            out[name] = np.where(last >= 0, tp[np.arange(k), last], 0) / n_pos
+    both = (n_pos > 0) & (n_neg > 0)
+    return {name: np.where(both, out[name], np.nan) for name in names}
+
+
+def _max_fp(n_neg: NDArray[np.int64], fpr: float) -> NDArray[np.int64]:
+    """The most false positives ``m`` with ``m / n_neg <= fpr`` (as :func:`_fpr_ok` divides), for each ``n_neg``."""
+    m = np.floor(fpr * n_neg).astype(np.int64)  # off by at most one: fix up as the division rounds
+    m = np.where((m + 1) / n_neg <= fpr, m + 1, m)
+    return np.where(m / n_neg > fpr, m - 1, m)
 
 
 CHUNK_ELEMENTS = 2**17  # counts per chunk of resamples: 1 MB of int64 stays in cache (4M: 1.3-2x slower)
