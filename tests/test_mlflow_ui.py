@@ -96,7 +96,10 @@ def test_runs_url_sorts_by_the_ranked_metric(store: MlflowClient) -> None:
     assert view["searchFilter"] == "tags.`skybench.leaderboard` = 'yes'"
     assert view["selectedColumns"] == ["metrics.`public_auroc`", "metrics.`public_auroc_ci_low`",
                                        "metrics.`public_auroc_ci_high`", "metrics.`public_tpr0`",
-                                       "metrics.`public_real_lens_recall`", "metrics.`public_real_fpr`",
+                                       "metrics.`public_tpr0_ci_low`", "metrics.`public_tpr0_ci_high`",
+                                       "metrics.`public_real_lens_recall`", "metrics.`public_real_lens_recall_ci_low`",
+                                       "metrics.`public_real_lens_recall_ci_high`", "metrics.`public_real_fpr`",
+                                       "metrics.`public_real_fpr_ci_low`", "metrics.`public_real_fpr_ci_high`",
                                        "tags.`rank`", "tags.`group`"]
     photoz = load_track("photoz-catalog")  # lower is better; split too
     _log(photoz, "a", None, "a")

@@ -61,6 +61,11 @@ def test_split_is_seeded_and_the_phase_decides_what_ranks(project, tiny_space_re
     assert m["public-fit"]["public_auroc"] == 1.0 and m["private-fit"]["private_auroc"] == 1.0
     expect = lens_metrics(y[~pub], noise[~pub], seed=0)["auroc"]
     assert m["public-fit"]["private_auroc"] == pytest.approx(expect, abs=1e-12)
+    # an interval of the public part is the public objects' own bootstrap: nothing of the private part in it
+    want = lens_metrics(y[pub], noise[pub], seed=0)
+    for k in ("auroc", "tpr0", "tpr10", "tpr_fpr1e-3"):
+        got = (m["private-fit"][f"public_{k}_ci_low"], m["private-fit"][f"public_{k}_ci_high"])
+        assert got == (want[f"{k}_ci_low"], want[f"{k}_ci_high"]), k
 
     board = lb.leaderboard(track)  # open: the public part ranks, and it is all that is shown
     assert list(board["name"]) == ["public-fit", "private-fit"]
@@ -70,6 +75,7 @@ def test_split_is_seeded_and_the_phase_decides_what_ranks(project, tiny_space_re
     shown = pd.read_csv(__import__("io").StringIO(result.output))
     cols = [c for c in shown.columns if c in m["public-fit"]]
     assert "auroc" in cols and "auroc_ci_low" in cols and not any(c.startswith("private") for c in shown.columns)
+    assert {"tpr0_ci_low", "tpr0_ci_high", "tpr10_ci_low", "tpr_fpr1e-3_ci_high"} <= set(cols)
     for _, row in shown.iterrows():  # every number shown is the public part's, none private or whole-set
         view = participant_view(track, m[row["name"]])  # ... and none of a stratum bin too small to show
         pub_m = {c: view.get(f"public_{c}", float("nan")) for c in cols}
@@ -80,9 +86,11 @@ def test_split_is_seeded_and_the_phase_decides_what_ranks(project, tiny_space_re
     exp = client().get_experiment_by_name(organiser_experiment("lens-space"))
     run = client().search_runs([exp.experiment_id])[0]
     assert {"public_auroc", "private_auroc", "private_auroc_ci_low", "auroc"} <= set(run.data.metrics)
+    assert {"public_tpr0_ci_low", "private_tpr0_ci_high", "tpr10_ci_low"} <= set(run.data.metrics)
     exp = client().get_experiment_by_name(experiment_name("lens-space"))
     for run in client().search_runs([exp.experiment_id]):
         assert run.data.metrics and all(k.startswith("public_") for k in run.data.metrics)
+        assert {"public_tpr0_ci_low", "public_tpr0_ci_high"} <= set(run.data.metrics)
 
     closed = track.model_copy(update={"evaluation": track.evaluation.model_copy(update={"phase": "closed"})})
     final = lb.leaderboard(closed)

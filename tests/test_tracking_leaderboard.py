@@ -40,6 +40,8 @@ def _metrics(auroc: float) -> dict[str, float]:
         "auroc_ci_low": auroc - 0.02,
         "auroc_ci_high": auroc + 0.02,
         "tpr0": 0.1,
+        "tpr0_ci_low": 0.05,
+        "tpr0_ci_high": 0.25,
         "tpr10": 0.3,
         "tpr_fpr1e-3": float("nan"),  # skipped, not logged
         "average_precision": 0.8,
@@ -156,10 +158,13 @@ def test_leaderboard_ties_go_to_earliest_submission(store: str, track: Track, tm
 
     df = leaderboard(track)
     assert list(df.columns) == [
-        "rank", "rank_low", "rank_high", "group", "team", "name", "status", *track.metrics.report,
-        "auroc_ci_low", "auroc_ci_high", "format", "device", "submitted", "reason",
-    ]  # fmt: skip
+        "rank", "rank_low", "rank_high", "group", "team", "name", "status", "auroc", "tpr0", "tpr0_ci_low",
+        "tpr0_ci_high", "tpr10", "tpr10_ci_low", "tpr10_ci_high", "tpr_fpr1e-3", "tpr_fpr1e-3_ci_low",
+        "tpr_fpr1e-3_ci_high", *track.metrics.report[4:], "auroc_ci_low", "auroc_ci_high", "format", "device",
+        "submitted", "reason",
+    ]  # fmt: skip; each bootstrapped TPR with its interval (Track.interval_metrics), the primary's last
     assert track.metrics.report[:5] == ["auroc", "tpr0", "tpr10", "tpr_fpr1e-3", "average_precision"]
+    assert (df["tpr0_ci_low"].iloc[0], df["tpr0_ci_high"].iloc[0]) == (0.05, 0.25)  # the TPR0 interval on the board
     assert list(df["team"]) == ["zeta", "alpha", "carol", "bob"]
     assert df["rank"].tolist()[:3] == [1, 2, 3] and pd.isna(df["rank"].iloc[3])
     assert df["auroc"].iloc[2] == 0.85 and len(df) == 4
@@ -171,6 +176,7 @@ def test_leaderboard_ties_go_to_earliest_submission(store: str, track: Track, tm
     write_results(track, tmp_path / "results")
     metrics = json.loads((tmp_path / "results" / "metrics.json").read_text())
     assert list(metrics) == ["zeta/m1", "alpha/m1", "carol/m"] and metrics["carol/m"]["auroc"] == 0.85
+    assert metrics["carol/m"]["tpr0_ci_high"] == 0.25
     assert "zeta" in (tmp_path / "results" / "leaderboard.md").read_text()
 
 

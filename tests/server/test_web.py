@@ -332,7 +332,8 @@ def test_script_names_are_escaped(web, engine, monkeypatch):
         s.commit()
     log_evaluation("lens-space", team=EVIL, name=EVIL, fmt="onnx", status="FINISHED",
                    metrics={"public_auroc": 0.91, "public_auroc_ci_low": 0.9, "public_auroc_ci_high": 0.92,
-                            "auroc": 0.5, "private_auroc": 0.123456},
+                            "public_tpr0": 0.25, "public_tpr0_ci_low": 0.2, "public_tpr0_ci_high": 0.3,
+                            "auroc": 0.5, "private_auroc": 0.123456, "private_tpr0_ci_high": 0.777777},
                    tags={"submitted": "2026-01-01T00:00:00+00:00"})
     log_evaluation("lens-space", team=EVIL, name="broken", fmt="onnx", status="FAILED", metrics={},
                    tags={}, reason=EVIL)
@@ -342,7 +343,9 @@ def test_script_names_are_escaped(web, engine, monkeypatch):
         assert EVIL not in page.text and "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
     board = a.get("/tracks/lens-space").text
     assert "0.910" in board and "[0.900, 0.920]" in board  # public part, rounded to 3 digits (public_score_digits)
-    assert "0.123" not in board and "0.500" not in board  # no private or whole-set value while open
+    assert "0.250 <span class=\"ci\">[0.200, 0.300]</span>" in board  # a report metric's interval: in its cell
+    assert "tpr0_ci_low" not in board  # ... not a column of its own
+    assert "0.123" not in board and "0.500" not in board and "0.778" not in board  # no private or whole-set value
     assert "Entries without a score" in board
 
 

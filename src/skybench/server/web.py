@@ -224,7 +224,10 @@ def public_board(cfg: ChallengeConfig, track_name: str, phase: Phase, session: A
     if shown_as_open(phase):
         board = open_board(session, cfg, track_name, board)
     primary = track.metrics.primary
-    report = [m for m in track.metrics.report if m != primary]
+    # a report metric's interval (Track.interval_metrics, or <m>_ci_low / _ci_high listed too) goes in its cell, as
+    # the primary's
+    bounds = {f"{m}_ci_{b}" for m in (primary, *track.metrics.report) for b in ("low", "high")}
+    report = [m for m in track.metrics.report if m != primary and m not in bounds]
     digits = cfg.open_digits if shown_as_open(phase) else None
     board = ranked_as_shown(board, track_name, digits)
 
@@ -234,11 +237,15 @@ def public_board(cfg: ChallengeConfig, track_name: str, phase: Phase, session: A
         v = float(v)
         return f"{round(v, digits):.{digits}f}" if digits is not None else f"{v:.4f}"
 
+    def cell(row: dict[str, Any], m: str) -> dict[str, str]:
+        return {"value": num(row[m]), "ci_low": num(row.get(f"{m}_ci_low")), "ci_high": num(row.get(f"{m}_ci_high"))}
+
     ranked, failed = [], []
     for row in board.astype(object).to_dict("records"):
+        p = cell(row, primary)
         entry = {"team": str(row["team"]), "name": str(row["name"]), "submitted": str(row["submitted"])[:19],
-                 "primary": num(row[primary]), "ci_low": num(row.get(f"{primary}_ci_low")),
-                 "ci_high": num(row.get(f"{primary}_ci_high")), "report": [num(row[m]) for m in report],
+                 "primary": p["value"], "ci_low": p["ci_low"], "ci_high": p["ci_high"],
+                 "report": [cell(row, m) for m in report],
                  "status": str(row["status"]), "reason": str(row["reason"] or "")}
         if row["rank"] is not _NA and row["rank"] is not None:
             ranked.append({"rank": int(row["rank"]), **entry})

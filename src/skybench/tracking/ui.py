@@ -147,12 +147,14 @@ def _facets(sort_metric: str, higher_is_better: bool) -> dict[str, str | bool]:
 
 def view_columns(track: Track) -> list[str]:
     """The runs table's columns after the run name (the UI's ``<type>.`<name>``` keys): the ranked metric, its
-    interval, the track's other default leaderboard metrics, then the rank and group tags."""
-    from skybench.tracking.leaderboard import default_columns, metric_prefix
+    interval, the track's other default leaderboard metrics, each with its interval where the board has one, then
+    the rank and group tags."""
+    from skybench.tracking.leaderboard import _metric_columns, default_columns, metric_prefix
 
-    p = track.metrics.primary
+    p, board = track.metrics.primary, _metric_columns(track)
+    shown = [c for c in default_columns(track) if c in track.metrics.report and c != p]
     metrics = [p, f"{p}_ci_low", f"{p}_ci_high",
-               *(c for c in default_columns(track) if c in track.metrics.report and c != p)]
+               *(x for c in shown for x in ((c, f"{c}_ci_low", f"{c}_ci_high") if f"{c}_ci_low" in board else (c,)))]
     return ([f"metrics.`{metric_prefix(track)}{m}`" for m in dict.fromkeys(metrics)]
             + [f"tags.`{RANK_TAG}`", f"tags.`{GROUP_TAG}`"])
 
