@@ -230,11 +230,6 @@ class Track(_Strict):
         """Per-bin metric names a stratum's ``metric`` may name (None: not checked)."""
         return None
 
-    def interval_metrics(self) -> set[str]:
-        """Metrics besides the primary that the scorer reports with a 95% interval (``<m>_ci_low`` / ``_ci_high``):
-        where ``metrics.report`` lists one, the leaderboard shows its interval with it, as the primary's."""
-        return set()
-
     @property
     def band_names(self) -> list[str]:
         return [b.name for b in self.survey.bands]

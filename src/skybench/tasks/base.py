@@ -88,6 +88,12 @@ class Task(ABC):
         draw). Returns (R,) float64, NaN where the metric is undefined on a resample. Vectorised where cheap: the
         leaderboard's rank intervals call it with 1,000 resamples for every entry."""
 
+    def interval_metrics(self, track: Track) -> frozenset[str]:
+        """Metrics besides the primary that :meth:`score` reports with a 95% interval (``<m>_ci_low`` / ``_ci_high``):
+        where ``metrics.report`` lists one, the leaderboard shows its interval with it, as the primary's (default:
+        none)."""
+        return frozenset()
+
     def public_artifacts(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
                          out_dir: Path) -> None:
         """Label-dependent files participants may see, from the public part ``ids`` only (default: none)."""
@@ -126,7 +132,8 @@ class PackageTask(Task):
     use, so reading a track imports neither the physics nor the plotting. The scorer module defines ``score``,
     ``score_real``, ``oracle``, ``score_resamples`` and optionally ``public_artifacts``, ``stream_artifacts`` and
     ``split_groups``, with
-    the signatures of the methods of the same names (``track`` first, checked to be a :attr:`track_model`)."""
+    the signatures of the methods of the same names (``track`` first, checked to be a :attr:`track_model`), and
+    optionally ``INTERVAL_METRICS`` (:meth:`interval_metrics`, the same for every track of the task)."""
 
     simulator_path: ClassVar[str]  # "package.module:Class"
     scorer_path: ClassVar[str]  # "package.module"
@@ -154,6 +161,10 @@ class PackageTask(Task):
     def score_resamples(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
                         indices: np.ndarray) -> np.ndarray:
         return np.asarray(self._scorer().score_resamples(self._own(track), ids, predictions, truth, indices))
+
+    def interval_metrics(self, track: Track) -> frozenset[str]:
+        self._own(track)
+        return frozenset(getattr(self._scorer(), "INTERVAL_METRICS", ()))
 
     def public_artifacts(self, track: Track, ids: np.ndarray, predictions: np.ndarray, truth: HiddenSplit,
                          out_dir: Path) -> None:

@@ -46,9 +46,11 @@ Format = Literal["table", "markdown", "csv", "html"]
 
 
 def _metric_columns(track: Track, extra_columns: Sequence[str] = ()) -> list[str]:
-    """The metrics, each report metric with an interval (:meth:`Track.interval_metrics`) followed by its bounds,
-    and the primary's interval last."""
-    p, ci = track.metrics.primary, track.interval_metrics() - {track.metrics.primary}
+    """The metrics, each report metric with an interval (:meth:`skybench.tasks.base.Task.interval_metrics`)
+    followed by its bounds, and the primary's interval last."""
+    from skybench.tasks import get_task
+
+    p, ci = track.metrics.primary, get_task(track.task).interval_metrics(track) - {track.metrics.primary}
     names = [x for m in (*track.metrics.report, *extra_columns)
              for x in ((m, f"{m}_ci_low", f"{m}_ci_high") if m in ci else (m,))]
     return list(dict.fromkeys([*names, f"{p}_ci_low", f"{p}_ci_high"]))  # dedupe, keep order

@@ -117,11 +117,6 @@ class LensTrack(Track):
     def strata_metrics(self) -> set[str]:
         return {"tpr_fpr1", "tpr0", "fpr_fpr1", "n_lens", "n_nonlens"}
 
-    def interval_metrics(self) -> set[str]:
-        from skybench.tasks.lens.metrics import BOOTSTRAPPED  # numpy and scikit-learn: only when a board asks
-
-        return set(BOOTSTRAPPED)
-
     @model_validator(mode="after")
     def _no_real_set_folded_into_injected(self) -> LensTrack:
         if self.injection is not None and self.evaluation.real_set:

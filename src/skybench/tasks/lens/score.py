@@ -30,6 +30,7 @@ from skybench.tracks import Stratum, Track
 if TYPE_CHECKING:
     from skybench.release.reader import HiddenSplit
 
+INTERVAL_METRICS = BOOTSTRAPPED  # lens_metrics' intervals: the leaderboard shows them (Task.interval_metrics)
 COMPLETENESS_FPR = 0.01  # completeness and real-lens recall use the threshold giving 1% false positives
 THETA_E_BINS = np.array([0.0, 0.6, 0.9, 1.2, 1.5, 2.0, 3.0])
 SNR_BINS = np.array([0.0, 10, 20, 40, 80, 160, 1e6])
