@@ -287,6 +287,15 @@ def test_score_resamples_gives_the_scorers_primary_metric_of_each_resample(
         assert np.isfinite(got).all() and len(np.unique(got)) == len(got), got
 
 
+def test_interval_metrics_come_with_their_interval(task: Task, track: Track, truth: HiddenSplit,
+                                                   oracle: tuple[np.ndarray, np.ndarray]) -> None:
+    """What the leaderboard shows with an interval (Task.interval_metrics) the scorer reports with one."""
+    ids, pred = oracle
+    metrics = task.score(track, ids, np.asarray(pred), truth, None)
+    for m in task.interval_metrics(track):
+        assert metrics[f"{m}_ci_low"] <= metrics[m] <= metrics[f"{m}_ci_high"], m
+
+
 def test_score_without_out_dir_gives_the_same_metrics_and_writes_nothing(
         task: Task, track: Track, truth: HiddenSplit, oracle: tuple[np.ndarray, np.ndarray], real_release: Path,
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
