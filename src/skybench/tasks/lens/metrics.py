@@ -245,8 +245,8 @@ def _chunk_stats(pos: NDArray[np.intp], y_sorted: NDArray[np.bool_], starts: NDA
             del twice
         fp = np.cumsum(fp_b, axis=1, out=fp_b)
         for name in (m for m in names if m != "auroc"):
-            # highest TP over the points with FP <= the limit: (0, 0) and a prefix of the blocks (FP never falls,
-            # so a binary search per resample finds it: last = -1 is (0, 0) alone)
+            # Metcalf+19 Sec. 4, as tpr_at_max_fp / tpr_at_fpr: highest TP over the points with FP <= the limit,
+            # (0, 0) and a prefix of the blocks (FP never falls: a binary search per resample; last = -1: (0, 0))
             limit = np.full(k, TPR_AT_MAX_FP[name]) if name in TPR_AT_MAX_FP else _max_fp(n_neg, TPR_AT_FPR[name])
             last = np.array([np.searchsorted(row, c, side="right") for row, c in zip(fp, limit, strict=True)]) - 1
             out[name] = np.where(last >= 0, tp[np.arange(k), last], 0) / n_pos
