@@ -22,6 +22,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -113,6 +114,9 @@ class UploadError(ValueError):
 
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+HOST_ERRORS = (MemoryError, RecursionError)  # the server short of memory or stack (every decoder here is bounded)
 
 
 def _unexpected(exc: Exception, what: str, status: int) -> UploadError:
@@ -222,7 +226,7 @@ class Store:
             cause = exc.__cause__ if isinstance(exc, UploadError) else exc  # _untar/_unzip wrap OSError
             if isinstance(cause, OSError) and (full := store_full(cause)):
                 raise full from exc
-            if isinstance(exc, Exception) and not isinstance(exc, (UploadError, OSError)):
+            if isinstance(exc, Exception) and not isinstance(exc, (UploadError, OSError, *HOST_ERRORS)):
                 raise _unexpected(exc, "archive could not be unpacked", 400) from exc
             raise
 
@@ -272,7 +276,7 @@ class Store:
             sha = folder_sha256(folder)
         except SubmissionError as exc:
             raise UploadError(str(exc).replace(f"{folder}/", "").replace(str(folder), "(upload)"), 422) from exc
-        except OSError:  # reading the folder unpacked here: the host's fault
+        except (OSError, *HOST_ERRORS):  # reading the folder unpacked here, or short of memory: the host's fault
             raise
         except Exception as exc:  # a parser's error no handler names: still the team's upload
             raise _unexpected(exc, "submission could not be checked", 422) from exc
@@ -424,7 +428,9 @@ class _TarInfo(tarfile.TarInfo):
 
 
 ACCEPTED = "a .tar.gz, .tar or .zip archive"
-REFUSED_MAGIC = {b"\xfd7zXZ\x00": "xz", b"BZh": "bzip2", b"\x28\xb5\x2f\xfd": "zstd"}
+# xz file format 2.1.1.1; bzip2: "BZh", a block size 1-9, then a block's or the end's magic; zstd RFC 8878 3.1.1
+REFUSED_MAGIC = {"xz": rb"\xfd7zXZ\x00", "bzip2": rb"BZh[1-9](1AY&SY|\x17rE8P\x90)", "zstd": rb"\x28\xb5\x2f\xfd"}
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # APPNOTE 4.3.7 local file header; 4.3.16 an empty zip's end record
 
 
 def _unpack(archive: Path, stage: Path, limits: UploadLimits) -> None:
@@ -432,16 +438,16 @@ def _unpack(archive: Path, stage: Path, limits: UploadLimits) -> None:
     ``r:*`` also inflates xz and bzip2, whose errors, memory and time no limit here covers); gzip is read by
     :class:`_Gunzip`, one member, so only zlib ever decompresses."""
     with open(archive, "rb") as raw:
-        head = raw.read(6)
+        head = raw.read(10)
         raw.seek(0)
         if head.startswith(b"\x1f\x8b"):  # RFC 1952 sec. 2.3.1: ID1 ID2
             _open_tar(io.BufferedReader(_Gunzip(raw), 64 * 1024), stage, limits)
             return
-    if zipfile.is_zipfile(archive):
-        _unzip(archive, stage, limits)
+    if head.startswith(ZIP_MAGIC):  # by its start, not zipfile.is_zipfile's end record: a plain tar's last member
+        _unzip(archive, stage, limits)  # may be a zip (.npz, .pt, .keras), whose end record that finds
         return
-    for magic, name in REFUSED_MAGIC.items():
-        if head.startswith(magic):
+    for name, magic in REFUSED_MAGIC.items():
+        if re.match(magic, head):
             raise UploadError(f"archive is compressed with {name}; only {ACCEPTED} is accepted (pack it with "
                               "`skybench submit` or `tar czf`)")
     with open(archive, "rb") as raw:
@@ -462,12 +468,12 @@ def _open_tar(src: IO[bytes], stage: Path, limits: UploadLimits) -> None:
 class _Gunzip(io.RawIOBase):
     """The first gzip member of ``raw``, inflated by zlib, whose C code also reads the member's header (its
     name and comment fields: read a byte per call by Python's gzip, unbounded) and checks its CRC and length.
-    Any byte after the member is refused: Python's gzip reads the next member's header in Python, so 20-byte
-    empty members were seconds of CPU per MB with no output to count. Seeks forward only, as tarfile does
+    Any byte after the member but zeros is refused: Python's gzip reads the next member's header in Python, so
+    20-byte empty members were seconds of CPU per MB with no output to count. Seeks forward only, as tarfile does
     reading members in order."""
 
     def __init__(self, raw: BinaryIO) -> None:
-        self.raw, self.pos, self.pending = raw, 0, b""
+        self.raw, self.pos, self.pending, self.ended = raw, 0, b"", False
         self.z = zlib.decompressobj(16 + zlib.MAX_WBITS)  # zlib manual, inflateInit2: +16 is one gzip member
 
     def readable(self) -> bool:
@@ -499,9 +505,14 @@ class _Gunzip(io.RawIOBase):
                 b[:len(out)] = out
                 self.pos += len(out)
                 return len(out)
-        if self.z.eof and (self.z.unused_data or self.raw.read(1)):
-            raise UploadError("archive has data after the end of its gzip stream (another gzip member?); pack the "
-                              "folder with one `tar czf`")
+        if self.z.eof and not self.ended:  # tar to a pipe pads its output with zeros to a block (libarchive: 10240)
+            after, seen, self.ended = self.z.unused_data, 0, True
+            while after:
+                seen += len(after)
+                if after.strip(b"\0") or seen > 16 * CHUNK:
+                    raise UploadError("archive has data after the end of its gzip stream (another gzip member?); "
+                                      "pack the folder with one `tar czf`")
+                after = self.raw.read(CHUNK)
         return 0
 
 

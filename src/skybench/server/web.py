@@ -224,7 +224,7 @@ def public_board(cfg: ChallengeConfig, track_name: str, phase: Phase, session: A
     if shown_as_open(phase):
         board = open_board(session, cfg, track_name, board)
     primary = track.metrics.primary
-    # a report metric's interval (Track.interval_metrics, or <m>_ci_low / _ci_high listed too) goes in its cell, as
+    # a report metric's interval (Task.interval_metrics, or <m>_ci_low / _ci_high listed too) goes in its cell, as
     # the primary's
     bounds = {f"{m}_ci_{b}" for m in (primary, *track.metrics.report) for b in ("low", "high")}
     report = [m for m in track.metrics.report if m != primary and m not in bounds]
