@@ -448,6 +448,30 @@ def test_the_submissions_index_changes_with_what_evaluate_runs_and_never_follows
     assert submissions_index()["submissions/a/finder"] != first["submissions/a/finder"]
 
 
+def test_a_team_folder_that_cannot_be_listed_leaves_the_others_indexed(tmp_path, monkeypatch, capsys):
+    """One team's folder that cannot be listed (mode 000 as a non-root organiser: git carries no folder modes, a
+    tarball does) raised out of the whole walk, and every evaluate stage (they depend on the index) failed."""
+    from skybench.harness import files
+    from skybench.harness.evaluate import submissions_index
+
+    root = tmp_path / "project"
+    monkeypatch.setenv("SKYBENCH_ROOT", str(root))
+    for team in ("a", "b", "c"):
+        entry = root / "submissions" / team / "finder"
+        entry.mkdir(parents=True)
+        (entry / "submission.yaml").write_text(f"team: {team}\nname: finder\n")
+    walk = files.iter_entries
+
+    def unlistable_b(top, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if Path(top).name == "b":
+            raise files.FolderError(f"{top}: cannot list (Permission denied)")
+        return walk(top, *args, **kwargs)
+
+    monkeypatch.setattr(files, "iter_entries", unlistable_b)
+    assert list(submissions_index()) == ["submissions/a/finder", "submissions/c/finder"]
+    assert "submissions/b left out of the submissions: " in capsys.readouterr().err
+
+
 def _hidden(path: str) -> bool:
     """Outputs that hold hidden labels or organiser-only results: every release (its hidden/ folder) and
     results/<track>/private."""

@@ -105,8 +105,25 @@ def test_default_columns_tolerate_a_missing_group_and_show_it_when_present() -> 
     board[["psnr", "psnr_ci_low", "psnr_ci_high"]] = [-12.345678, -13.0, -11.0]  # garbage outputs
     text = lb.render(lb.terminal_view(t, board), "table")
     assert _width(text) <= 120, text
-    assert "t" * 13 + "\u2026" in text and "n" * 19 + "\u2026" in text
+    assert "'" + "t" * 12 + "\u2026" in text and "'" + "n" * 18 + "\u2026" in text  # not slugs: quoted
     assert "t" * 300 in lb.render(lb.terminal_view(t, board, all_columns=True), "table")  # --all: uncut
+
+
+def test_a_name_that_is_not_a_slug_is_never_shown_as_one() -> None:
+    """Refused folders named ``alice `` (a trailing space), ``alice\\n`` or ``alice\\u3000`` printed exactly as
+    ``alice`` in leaderboard.md and the terminal, beside alice's own entry; and two long names that differ only
+    past the cut printed alike in the terminal. Entry names are slugs: anything else is shown quoted, escaped."""
+    t = load_track("enhance")
+    teams = ["alice", "alice ", "alice\n", "alice\u3000", "bob-" + "x" * 40 + "1", "bob-" + "x" * 40 + "2"]
+    board = pd.DataFrame({c: [1.0] * len(teams) for c in lb.columns(t)})
+    board[["team", "name", "status"]] = [[team, "resnet", "FINISHED"] for team in teams]
+    for text in (lb.render(board, "markdown"), lb.render(lb.terminal_view(t, board), "table")):
+        cells = [c.strip() for line in text.splitlines() for c in line.replace("\u2502", "|").split("|")]
+        assert cells.count("alice") == 1, text
+    view = lb.terminal_view(t, board)
+    assert view["team"].tolist()[:4] == ["alice", "'alice '", "'alice\\n'", "'alice\\u3000'"]
+    assert view["team"].tolist()[4:] == teams[4:], "cut, they would read alike: shown whole"
+    assert lb.terminal_view(t, board.iloc[:5])["team"].tolist()[4] == "bob-" + "x" * 9 + "\u2026"
 
 
 @pytest.mark.parametrize("name", list_tracks())

@@ -16,9 +16,13 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["Strict", "UndefinedMetricError", "bootstrap_ci", "check_bootstrap_args", "check_indices", "write_whole",
-           "detections_from_csv", "on_resamples", "percentile_interval", "proportion_ci", "robust_sigma", "stratified",
-           "stratum_key", "stratum_labels", "stratum_masks", "swap_in", "validate_detections", "wilson_interval"]
+__all__ = ["SLUG", "Strict", "UndefinedMetricError", "bootstrap_ci", "check_bootstrap_args", "check_indices",
+           "write_whole", "detections_from_csv", "on_resamples", "percentile_interval", "proportion_ci", "robust_sigma",
+           "stratified", "stratum_key", "stratum_labels", "stratum_masks", "swap_in", "validate_detections",
+           "wilson_interval"]
+
+
+SLUG = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a team's or entry's name (match it whole: re.fullmatch)
 
 
 class Strict(BaseModel):

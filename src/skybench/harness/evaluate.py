@@ -24,6 +24,7 @@ import functools
 import hashlib
 import os
 import subprocess
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from skybench import __version__
+from skybench.escape import escaped_line
 from skybench.harness.record import (
     INFRASTRUCTURE,
     RECORD,
@@ -112,13 +114,24 @@ def _spec_folders(root: str, examples: bool = True) -> list[Path]:
     """Every folder under ``root`` (relative to the project root) holding a ``submission.yaml``, sorted; without
     those under ``submissions/examples/`` when ``examples`` is false. Team folders are walked without recursion
     and not below 8 levels (submissions/examples/<track>/<format> is 4), never following symlinks."""
-    from skybench.harness.files import WalkLimits, iter_entries
+    from skybench.harness.files import FolderError, WalkLimits, iter_entries
 
     top = project_root() / root
     if not top.is_dir():
         return []
-    limits = WalkLimits(max_depth=8, max_entries=None, max_bytes=None)
-    specs = sorted(e.path for e in iter_entries(top, limits, prune=True) if e.path.name == SPEC_FILE and not e.is_dir)
+    limits, specs = WalkLimits(max_depth=7, max_entries=None, max_bytes=None), []
+    with os.scandir(top) as entries:  # the project's own folder: an error here is the organiser's
+        children = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in entries)
+    for name, is_dir in children:
+        if not is_dir:
+            specs += [top / name] if name == SPEC_FILE else []
+            continue
+        try:  # each team's folder on its own: one that cannot be listed is left out (logged), not every one
+            specs += [e.path for e in iter_entries(top / name, limits, prune=True)
+                      if e.path.name == SPEC_FILE and not e.is_dir]
+        except FolderError as exc:
+            print(escaped_line(f"skybench: {root}/{name} left out of the submissions: {exc}"), file=sys.stderr)
+    specs.sort()
     examples_dir = project_root() / "submissions" / "examples"
     return [spec.parent for spec in specs if examples or not spec.is_relative_to(examples_dir)]
 

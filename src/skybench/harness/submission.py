@@ -32,6 +32,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError
 from pydantic_core import ErrorDetails
 
+from skybench.common import SLUG
 from skybench.escape import escape
 from skybench.harness.files import SUBMISSION_LIMITS, FolderError, WalkLimits, open_regular, read_regular, walk
 from skybench.harness.sandbox import THREAD_VARS, Limits, run_sandboxed
@@ -49,7 +50,6 @@ SPEC_MAX_BYTES = 64 * 1024  # submission.yaml
 CSV_MAX_BYTES = 64 * 1024**2  # a predictions-format CSV
 SPEC_MAX_DEPTH = 8  # nesting of submission.yaml (the spec itself is one flat mapping)
 MAX_MESSAGE = 300  # characters of one error line
-SLUG = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 RESERVED_TEAMS = ("examples", "baselines", "invalid")  # identities the project itself files records under
 

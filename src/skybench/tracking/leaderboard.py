@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.tracking import SEARCH_MAX_RESULTS_DEFAULT
 from mlflow.tracking import MlflowClient
 
-from skybench.common import stratum_key, stratum_labels, write_whole
+from skybench.common import SLUG, stratum_key, stratum_labels, write_whole
 from skybench.escape import escaped_line
 from skybench.harness.visibility import SHOWN_DECIMALS, shown_value
 from skybench.tracking import KIND_TAG, experiment_name, organiser_experiment, tracking_uri
@@ -284,6 +284,27 @@ def _cell(value: object) -> str:
     return escaped_line(value)
 
 
+IDENTITY_COLUMNS = ("team", "name")
+
+
+def shown_identity(value: object) -> str:
+    """A team or entry name as a table shows it: itself when it is a slug (every entry's name is one), else quoted
+    with its odd characters escaped (``'alice\\u3000'``), so that a refused folder named ``alice `` (a trailing
+    space, a newline, an ideographic space) is not shown as ``alice``."""
+    text = "" if value is None or value is pd.NA else str(value)
+    return text if not text or re.fullmatch(SLUG, text) else escaped_line(repr(text))
+
+
+_SHOWN = "skybench_identities_shown"  # DataFrame.attrs key: team and name are shown_identity's already
+
+
+def _shown_identities(df: pd.DataFrame) -> pd.DataFrame:
+    out = df.assign(**{c: [shown_identity(v) for v in df[c].astype(object)] for c in IDENTITY_COLUMNS
+                       if c in df.columns})
+    out.attrs[_SHOWN] = True
+    return out
+
+
 _MD_PLAIN = re.compile(r"[A-Za-z0-9 .,:;+%=/_-]*")  # numbers, names, times: no markdown construct ...
 _MD_ACTIVE = re.compile(r"www\.|://|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])", re.IGNORECASE)  # ... unless autolink, emphasis
 _MD_PUNCT = re.compile(r"[!-,./:-@\[-`{-~]")  # ASCII punctuation but "-"
@@ -300,9 +321,12 @@ def _md(cell: str, header: bool = False) -> str:
 
 
 def render(df: pd.DataFrame, fmt: Format = "table") -> str:
-    """Render a leaderboard as a text table, a markdown pipe table, CSV (full precision) or HTML."""
+    """Render a leaderboard as a text table, a markdown pipe table, CSV (full precision, names as they are) or HTML;
+    team and name as :func:`shown_identity` (a :func:`terminal_view` has them so already)."""
     if fmt == "csv":
         return df.to_csv(index=False)
+    if not df.attrs.get(_SHOWN):
+        df = _shown_identities(df)
     cells = [[_cell(v) for v in row] for row in df.astype(object).itertuples(index=False)]
     if fmt == "markdown":
         lines = [list(map(str, df.columns)), ["---"] * len(df.columns), *cells]
@@ -527,9 +551,10 @@ def terminal_view(track: Track, df: pd.DataFrame, columns: Sequence[str] | None 
                   all_columns: bool = False) -> pd.DataFrame:
     """The columns of ``df`` to print in a terminal: all of them, ``columns`` (an unknown one raises ValueError
     naming the known ones), or :func:`default_columns` (those ``df`` lacks left out). ``<m>_ci`` cells read
-    ``[low, high]``; team and name are cut to :data:`_CLIP` characters (all of them with ``all_columns``)."""
+    ``[low, high]``; team and name as :func:`shown_identity`, cut to :data:`_CLIP` characters (not with
+    ``all_columns``, nor where two entries would then read alike)."""
     if all_columns:
-        return df
+        return _shown_identities(df)
     known = known_columns(df)
     if columns is not None:
         if unknown := [c for c in columns if c not in known]:
@@ -539,15 +564,23 @@ def terminal_view(track: Track, df: pd.DataFrame, columns: Sequence[str] | None 
         chosen = list(dict.fromkeys(columns))
     else:
         chosen = [c for c in default_columns(track) if c in known]
-    out = pd.DataFrame(index=df.index)
+    out, shown = pd.DataFrame(index=df.index), _shown_identities(df)
+    clipped = {c: [_clip(_cell(v), _CLIP[c]) for v in shown[c]] for c in IDENTITY_COLUMNS if c in df.columns}
+    if len(clipped) == len(IDENTITY_COLUMNS):  # two entries that read alike once cut are shown whole
+        full = list(zip(*(shown[c] for c in IDENTITY_COLUMNS), strict=True))
+        cut = list(zip(*clipped.values(), strict=True))
+        whole = {k for k in set(cut) if len({f for f, k2 in zip(full, cut, strict=True) if k2 == k}) > 1}
+        for c in IDENTITY_COLUMNS:
+            clipped[c] = [s if k not in whole else f for s, f, k in zip(clipped[c], shown[c], cut, strict=True)]
     for c in chosen:
-        if c in _CLIP and c in df.columns:
-            out[c] = [_clip(_cell(v), _CLIP[c]) for v in df[c].astype(object)]
+        if c in clipped:
+            out[c] = clipped[c]
         elif c in df.columns:
             out[c] = df[c]
         else:
             out[c] = [f"[{_cell(lo)}, {_cell(hi)}]" if _cell(lo) or _cell(hi) else ""
                       for lo, hi in zip(df[f"{c}_low"].astype(object), df[f"{c}_high"].astype(object), strict=True)]
+    out.attrs[_SHOWN] = True
     return out
 
 
@@ -555,4 +588,5 @@ def failure_notes(df: pd.DataFrame, view: pd.DataFrame) -> list[str]:
     """One line per entry with a failure reason, ``team/name: reason``, when ``view`` does not show reasons."""
     if "reason" in view.columns or "reason" not in df.columns:
         return []
-    return [_cell(f"{r['team']}/{r['name']}: {r['reason']}") for _, r in df.iterrows() if _cell(r["reason"])]
+    return [_cell(f"{shown_identity(r['team'])}/{shown_identity(r['name'])}: {r['reason']}")
+            for _, r in df.iterrows() if _cell(r["reason"])]
