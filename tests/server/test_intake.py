@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_api import pack  # noqa: E402
+from test_storage import broken_decompressobj  # noqa: E402
 
 
 @pytest.fixture
@@ -192,23 +193,11 @@ def test_other_compressors_and_unnamed_decoder_errors_are_counted_refusals(setup
     damaged = bytearray(lzma.compress(tar))
     damaged[-60:-20] = bytes(b ^ 0xFF for b in damaged[-60:-20])
 
-    class NewDecoderError(Exception):
-        pass
-
-    class Broken:
-        eof, unused_data, unconsumed_tail = False, b"", b""
-
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            pass
-
-        def decompress(self, *args: object, **kwargs: object) -> bytes:
-            raise NewDecoderError("no handler names me")
-
     for data, reason in ((lzma.compress(tar), "compressed with xz"), (bytes(damaged), "compressed with xz"),
                          (bz2.compress(tar), "compressed with bzip2"), (pack("alpha", "m1"), "NewDecoderError")):
         with monkeypatch.context() as m:
             if reason == "NewDecoderError":
-                m.setattr(zlib, "decompressobj", Broken)
+                m.setattr(zlib, "decompressobj", broken_decompressobj("no handler names me"))
             with pytest.raises(UploadError, match=reason) as exc:
                 intake.accept(cfg, Session, store, team.id, "lens-space", "m1", io.BytesIO(data), t0)
         assert exc.value.status == 400 and "\n" not in str(exc.value)

@@ -390,15 +390,12 @@ def test_gzip_headers_are_never_parsed_a_byte_at_a_time_in_python(kind: str, sto
     assert reads[0] < 100, f"{reads[0]} reads of gzip headers in Python"
 
 
-def test_an_error_no_handler_names_is_the_teams_one_line_refusal(store: Store, monkeypatch):
-    """A decoder's or parser's exception of a type no handler lists (liblzma's LZMAError was one) answered 500,
-    uncounted: it is the team's one-line refusal, logged whole for the organisers."""
-    import zlib
+class NewDecoderError(Exception):
+    """An error of a type no handler of the store names (liblzma's LZMAError was one)."""
 
-    from skybench.server import storage
 
-    class NewDecoderError(Exception):
-        pass
+def broken_decompressobj(message: str) -> type:
+    """A stand-in for ``zlib.decompressobj`` whose ``decompress`` raises :class:`NewDecoderError` (``message``)."""
 
     class Broken:
         eof, unused_data, unconsumed_tail = False, b"", b""
@@ -407,12 +404,22 @@ def test_an_error_no_handler_names_is_the_teams_one_line_refusal(store: Store, m
             pass
 
         def decompress(self, *args: object, **kwargs: object) -> bytes:
-            raise NewDecoderError("first line\nsecond line")
+            raise NewDecoderError(message)
+
+    return Broken
+
+
+def test_an_error_no_handler_names_is_the_teams_one_line_refusal(store: Store, monkeypatch):
+    """A decoder's or parser's exception of a type no handler lists (liblzma's LZMAError was one) answered 500,
+    uncounted: it is the team's one-line refusal, logged whole for the organisers."""
+    import zlib
+
+    from skybench.server import storage
 
     data = _example_tar()
     folder = store.unpack(store.receive([data]))
     with monkeypatch.context() as m:
-        m.setattr(zlib, "decompressobj", Broken)
+        m.setattr(zlib, "decompressobj", broken_decompressobj("first line\nsecond line"))
         with pytest.raises(UploadError, match="could not be unpacked .*NewDecoderError: first line second line") \
                 as exc:
             store.unpack(store.receive([data]))
